@@ -22,12 +22,28 @@ class CheckpointError(ValueError):
     """A checkpoint or model file is missing, corrupt, truncated or does not fit."""
 
 
+def _read_umask() -> int:
+    """The process umask, read once at import (os.umask can only be read by setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+NEW_FILE_MODE = 0o666 & ~_read_umask()
+"""The mode `open()` gives a new file; mkstemp's temporary files are private (0600)."""
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` atomically (temp file in the same folder + os.replace)."""
+    """Write `data` to `path` atomically (temp file in the same folder + os.replace).
+
+    The file gets the mode a plain `open()` would give it, not mkstemp's private 0600, so
+    saved models and reports stay readable by the user's group as their other files are.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, NEW_FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

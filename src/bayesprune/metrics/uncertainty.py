@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
 from ._inputs import EPS, as_tensor, mc_samples
@@ -53,5 +52,7 @@ def ood_auroc(scores_in: Any, scores_out: Any) -> float:
         )
     if not (np.isfinite(s_in).all() and np.isfinite(s_out).all()):
         raise ValueError("ood_auroc: scores contain NaN or inf")
+    from sklearn.metrics import roc_auc_score  # imported here: scikit-learn takes ~1 s to load
+
     labels = np.r_[np.zeros(len(s_in)), np.ones(len(s_out))]
     return float(roc_auc_score(labels, np.r_[s_in, s_out]))
