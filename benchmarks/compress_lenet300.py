@@ -165,6 +165,26 @@ def main() -> None:
     parser.add_argument("--svd-epochs", type=int, default=20)
     parser.add_argument("--kl-warmup", type=float, default=3.0)
     parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument(
+        "--finetune-lr", type=float, default=None, help="fine-tuning learning rate (default lr/3)"
+    )
+    parser.add_argument(
+        "--finetune-compressions",
+        type=float,
+        nargs="*",
+        default=[],
+        help="extra compression ratios (e.g. 68 80) to prune to and fine-tune",
+    )
+    parser.add_argument("--finetune-schedule", choices=("constant", "cosine"), default="constant")
+    parser.add_argument(
+        "--save-svd", type=Path, default=None, help="save the trained Sparse VD net's state_dict"
+    )
+    parser.add_argument(
+        "--load-svd",
+        type=Path,
+        default=None,
+        help="skip Sparse VD training: load a state_dict saved by --save-svd (same settings)",
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-error", type=float, default=1.9)
@@ -179,7 +199,8 @@ def main() -> None:
     train = load_mnist("train", limit=args.train_limit, seed=args.seed)
     x_test, y_test = load_mnist("test").tensors
     common = dict(batch_size=args.batch_size, seed=args.seed, progress=False)
-    payload: dict[str, Any] = {"settings": vars(args), "notes": []}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    payload: dict[str, Any] = {"settings": settings, "notes": []}
 
     # 1. training: deterministic, then two Bayesian nets started from its weights
     torch.manual_seed(args.seed)
@@ -208,25 +229,35 @@ def main() -> None:
         **common,
     )
     models["sparse_vd"] = bp.convert(models["deterministic"], "sparse_vd", init_from_weights=True)
-    hist["sparse_vd"] = bp.fit(
-        models["sparse_vd"],
-        train,
-        epochs=args.svd_epochs,
-        lr=args.lr,
-        lr_schedule="cosine",
-        kl_warmup_epochs=args.kl_warmup,
-        **common,
-    )
+    if args.load_svd is None:
+        hist["sparse_vd"] = bp.fit(
+            models["sparse_vd"],
+            train,
+            epochs=args.svd_epochs,
+            lr=args.lr,
+            lr_schedule="cosine",
+            kl_warmup_epochs=args.kl_warmup,
+            **common,
+        )
+    else:
+        models["sparse_vd"].load_state_dict(torch.load(args.load_svd, weights_only=True))
+        payload["notes"].append(
+            f"Sparse VD net ({args.svd_epochs} epochs) loaded from {args.load_svd}, saved by an "
+            "earlier run of this script with the same settings and --save-svd"
+        )
     payload["trained"] = [
         {
             "model": k,
-            "epochs": len(h.epochs),
-            "train_seconds": round(sum(h.column("seconds")), 1),
-            "test_error_pct": test_error(models[k], x_test, y_test),
+            "epochs": len(hist[k].epochs) if k in hist else args.svd_epochs,
+            "train_seconds": round(sum(hist[k].column("seconds")), 1) if k in hist else None,
+            "test_error_pct": test_error(m, x_test, y_test),
         }
-        for k, h in hist.items()
+        for k, m in models.items()
     ]
     payload["history"] = {k: h.epochs for k, h in hist.items()}
+    if args.save_svd is not None:  # lets compress_nodes.py start from this net
+        args.save_svd.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(models["sparse_vd"].state_dict(), args.save_svd)
     save(payload)
 
     # 2. error vs sparsity per model and score
@@ -280,10 +311,20 @@ def main() -> None:
     s0 = top["max_sparsity"]
     fine: list[dict[str, Any]] = []
     kl_kw = {} if top["model"] == "deterministic" else {"kl_weight": 1.0}
-    for s in sorted({s0, *(1 - (1 - s0) * f for f in (0.7, 0.5, 0.4, 0.3))}):
+    extra = (1 - 1 / c for c in args.finetune_compressions)
+    ft_lr = args.finetune_lr or args.lr / 3
+    for s in sorted({s0, *(1 - (1 - s0) * f for f in (0.7, 0.5, 0.4, 0.3)), *extra}):
         m = pruned(base, scores, s)
         before = test_error(m, x_test, y_test)
-        compress.finetune(m, train, epochs=args.finetune_epochs, lr=args.lr / 3, **kl_kw, **common)
+        compress.finetune(
+            m,
+            train,
+            epochs=args.finetune_epochs,
+            lr=ft_lr,
+            lr_schedule=args.finetune_schedule,
+            **kl_kw,
+            **common,
+        )
         fine.append(
             {
                 "model": top["model"],

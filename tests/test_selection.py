@@ -86,6 +86,11 @@ def test_rules_decide_per_layer():
     assert top.kept()["0"] == 2 and top.kept()[INPUTS] == 3
     assert torch.equal(top.keep["2"], pips.units["2"] > 0.5)  # not named: median
     assert top.selected_features == sorted(torch.argsort(-pips.inputs)[:3].tolist())
+    expected = decide(pips, "expected_size")
+    for name, pip in [*pips.units.items(), (INPUTS, pips.inputs)]:
+        assert expected.kept()[name] == round(float(pip.sum()))
+        kept_min = pip[expected.keep[name]].min() if expected.kept()[name] else 1.0
+        assert (pip[~expected.keep[name]] <= kept_min).all()  # the top PIPs
     fdr = decide(pips, "fdr", alpha=0.2)
     for name, mask in fdr.keep.items():
         pip = pips.units.get(name, pips.inputs)
@@ -164,7 +169,7 @@ def test_select_model_finds_the_true_inputs_and_the_pruned_net_predicts():
         (x[:200], y[:200]),
         (x[200:], y[200:]),
         likelihood="gaussian",
-        fit_kwargs={"epochs": 60, "batch_size": 50, "lr": 1e-2},
+        fit_kwargs={"epochs": 150, "batch_size": 50, "lr": 1e-2},
         refit_how="deterministic",
         refit_kwargs={"epochs": 20, "batch_size": 50, "lr": 1e-2},
     )

@@ -10,6 +10,7 @@ import bayesprune as bp
 from bayesprune.compress.pip_rules import (
     bayesian_fdr,
     expected_fdr,
+    expected_size,
     median_probability_model,
     select_by_pip,
     target_size,
@@ -26,6 +27,7 @@ from bayesprune.nn import (
 from bayesprune.nn.spike_slab import default_prior_inclusion, straight_through_bernoulli
 
 Normal, Bernoulli = torch.distributions.Normal, torch.distributions.Bernoulli
+ST = "straight_through"  # the estimators that sample gates give exact zeros
 
 
 def _randomise(layer, seed=0):
@@ -146,11 +148,43 @@ def test_straight_through_sample_is_an_exact_bernoulli_draw_with_the_relaxed_gra
     assert torch.equal(z.detach(), (u < probs).double())
     assert torch.equal(z.detach(), (soft > 0.5).double())
     assert torch.allclose(logits.grad, ref_logits.grad)
+    relaxed = straight_through_bernoulli(
+        logits.detach(), 0.5, (500, 4), torch.Generator().manual_seed(7), hard=False
+    )
+    torch.testing.assert_close(relaxed, soft.detach())  # "relaxed": the Concrete sample itself
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda e: SpikeSlabLinear(3, 2, input_gates=True, gate_estimator=e),
+        lambda e: SpikeSlabEdgeLinear(3, 2, gate_estimator=e),
+    ],
+    ids=["node", "edge"],
+)
+def test_marginal_forward_has_the_mean_and_variance_of_sampled_gates(make):
+    """ "marginal" draws from a Gaussian with the exact moments of gates × slabs."""
+    torch.manual_seed(0)
+    marginal = _randomise(make("marginal")).double()
+    sampled = make(ST).double()
+    sampled.load_state_dict(marginal.state_dict())
+    x = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
+    edge = isinstance(sampled, SpikeSlabEdgeLinear)
+    n = 8_000 if edge else 40_000
+    with torch.no_grad():  # edge gates: one draw per call
+        repeat = [sampled(x) for _ in range(n)] if edge else [sampled(x.expand(n, 3))]
+        draws_st = torch.cat(repeat)
+        draws_m = marginal(x.expand(n, 3))
+    se = draws_st.std(0) / math.sqrt(n)
+    assert ((draws_m.mean(0) - draws_st.mean(0)).abs() <= 6 * se).all()
+    rtol = 0.12 if edge else 0.06  # about 5 standard errors of a sample variance
+    torch.testing.assert_close(draws_m.var(0), draws_st.var(0), rtol=rtol, atol=1e-6)
 
 
 @pytest.mark.parametrize("sampling", ["local", "shared"])
 def test_layer_gates_fire_with_frequency_gamma(sampling):
-    layer = SpikeSlabLinear(3, 2, gate_sampling=sampling).double()
+    layer = SpikeSlabLinear(3, 2, gate_sampling=sampling, gate_estimator="straight_through")
+    layer = layer.double()
     gamma = torch.tensor([0.3, 0.8], dtype=torch.float64)
     with torch.no_grad():
         layer.gate_logit.copy_(torch.logit(gamma))
@@ -167,9 +201,9 @@ def test_layer_gates_fire_with_frequency_gamma(sampling):
 @pytest.mark.parametrize(
     "layer, shape",
     [
-        (SpikeSlabLinear(4, 3, input_gates=True), (16, 4)),
-        (SpikeSlabConv2d(2, 3, 3, padding=1), (4, 2, 5, 5)),
-        (SpikeSlabEdgeLinear(4, 3), (16, 4)),
+        (SpikeSlabLinear(4, 3, input_gates=True, gate_estimator=ST), (16, 4)),
+        (SpikeSlabConv2d(2, 3, 3, padding=1, gate_estimator=ST), (4, 2, 5, 5)),
+        (SpikeSlabEdgeLinear(4, 3, gate_estimator=ST), (16, 4)),
     ],
     ids=["linear", "conv", "edge"],
 )
@@ -193,7 +227,7 @@ def test_a_gate_at_gamma_zero_makes_the_output_exactly_zero(layer, shape):
 
 
 def test_an_input_gate_at_gamma_zero_removes_the_feature():
-    layer = _randomise(SpikeSlabLinear(4, 3, input_gates=True))
+    layer = _randomise(SpikeSlabLinear(4, 3, input_gates=True, gate_estimator=ST))
     with torch.no_grad():
         layer.input_gate_logit[2] = -100.0
     x = torch.randn(8, 4)
@@ -206,9 +240,10 @@ def test_an_input_gate_at_gamma_zero_removes_the_feature():
     assert torch.equal(outs[0], outs[1])
 
 
-def test_gradients_reach_the_gate_logits():
-    model = spike_slab_mlp(4, [5], 2, input_gates=True)
-    edge = SpikeSlabEdgeLinear(4, 3)
+@pytest.mark.parametrize("estimator", ["marginal", "straight_through", "relaxed"])
+def test_gradients_reach_the_gate_logits(estimator):
+    model = spike_slab_mlp(4, [5], 2, input_gates=True, gate_estimator=estimator)
+    edge = SpikeSlabEdgeLinear(4, 3, gate_estimator=estimator)
     x = torch.randn(64, 4)
     (model(x).square().mean() + edge(x).square().mean()).backward()  # likelihood path only
     for logit in (model[0].gate_logit, model[0].input_gate_logit, edge.weight_gate_logit):
@@ -326,6 +361,8 @@ def test_bad_options_raise_clear_errors():
         SpikeSlabLinear(3, 2, gate_sampling="per-batch")
     with pytest.raises(ValueError, match="valid"):
         SpikeSlabLinear(3, 2, mean_gates="mode")
+    with pytest.raises(ValueError, match="gate_estimator"):
+        SpikeSlabEdgeLinear(3, 2, gate_estimator="reinforce")
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
         SpikeSlabLinear(3, 2, prior_inclusion=1.5)
     with pytest.raises(ValueError, match="slab_scale"):
@@ -362,6 +399,16 @@ def test_bayesian_fdr_keeps_the_largest_top_set_with_expected_fdr_below_alpha(se
     ordered = pip.sort(descending=True).values
     admissible = [k for k in range(1, 31) if (1 - ordered[:k]).mean() <= alpha + 1e-9]
     assert int(keep.sum()) == max(admissible, default=0)
+
+
+def test_expected_size_keeps_a_redundant_layer_the_median_model_drops():
+    pip = torch.tensor([0.4, 0.3, 0.45, 0.35, 0.05, 0.9])  # Σ = 2.45: keep the top 2
+    keep = expected_size(pip)
+    assert keep.tolist() == [False, False, True, False, False, True]
+    assert median_probability_model(pip).sum() == 1
+    assert torch.equal(select_by_pip(pip, "expected_size"), keep)
+    assert expected_size(torch.full((4,), 0.1)).sum() == 0  # Σ = 0.4 rounds to none
+    assert expected_size(torch.ones(3)).all()
 
 
 def test_median_and_target_size_rules():

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .compress import (
+    EVI_PASSTHROUGH,
     apply_masks,
     compression_report,
     export_onnx,
@@ -60,6 +61,7 @@ from .config import (
     parse_config,
 )
 from .nn import to_deterministic, variational_layers
+from .nn.moments import to_torch
 from .predict import predict
 from .runs import Run, RunData
 from .train import evaluate as quick_evaluate
@@ -312,7 +314,7 @@ def compress_run(
     final, shrink_info = pruned, None
     if c.shrink:
         try:
-            result = shrink(pruned, data.input_shape)
+            result = shrink(pruned, data.input_shape, passthrough=EVI_PASSTHROUGH)
             final, shrink_info = result.model, result.as_dict()
             shrink_info["architecture"] = result.architecture
         except (TypeError, ValueError) as err:
@@ -418,12 +420,8 @@ def export_run(
     if which == "auto":
         which = "compressed" if run.has_model("compressed") else "trained"
     model = run.load_model(which)
-    if run.config.model.family == EVI:
-        raise ConfigError(
-            "export of eVI moment networks is not supported: their layers pass (mean, cov) "
-            "pairs; export a sampling family (gaussian, spike_slab, ...) instead"
-        )
-    deployed = to_deterministic(model).eval()
+    # an eVI net exports its mean network, moment ops swapped for their torch twins
+    deployed = (to_torch if run.config.model.family == EVI else to_deterministic)(model).eval()
     data = run.data()
     out: dict[str, Any] = {"model": which}
     if plain:

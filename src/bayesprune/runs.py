@@ -246,6 +246,7 @@ def _register_spike_slab_codecs() -> None:
             "rho_init": m.rho_init,
             "temperature": m.temperature,
             "mean_gates": m.mean_gates,
+            "gate_estimator": m.gate_estimator,
             "masked": m.weight_mask is not None,
         }
 

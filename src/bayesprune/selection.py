@@ -3,12 +3,13 @@
 `select_model` runs the whole pipeline of Saha, Liu & Liang (2024) and reports whether
 the selected (pruned) network generalises as well as the full one:
 
-1. train the spike-and-slab network with `fit` (`SPIKE_SLAB_FIT` holds the training
-   defaults that make its gates move; see docs/spike_slab.md for the measurements);
+1. train the spike-and-slab network with `fit` (full KL; `SPIKE_SLAB_FIT` holds any
+   training defaults, see docs/spike_slab.md for the measurements);
 2. read the posterior inclusion probabilities (`inclusion_probabilities`): one per
    unit of every gated hidden layer and one per input feature of the first layer;
 3. decide per layer with a rule of `compress.pip_rules` (`decide`): "median" (keep
-   PIP > 0.5, the median-probability model, default), "target_size" or "fdr";
+   PIP > 0.5, the median-probability model, default), "target_size", "expected_size"
+   or "fdr";
 4. pin every gate to the decision (kept → always on, dropped → always off, frozen) and
    `shrink`: a physically smaller network that is exactly the selected model;
 5. optionally refit the smaller network (`refit`): "none", "bayes" (its slabs trained
@@ -48,17 +49,14 @@ from .train import DataLike, History, as_dataset, fit
 REFITS = ("none", "bayes", "deterministic")
 EDGE_PIPS = ("any", "max")
 INPUTS = "inputs"  # the key of the input features in `Selection.keep` and in `k`
-PIN = 30.0  # |logit| of a pinned gate: sigmoid(30) is 1.0 in float32, sigmoid(-30) ≈ 1e-13
+PIN = 1000.0  # |logit| of a pinned gate: sigmoid(±1000) is exactly 1 / 0 in float32 and 64
 
-SPIKE_SLAB_FIT: dict[str, Any] = {
-    "lr_multipliers": {"input_gate_logit": 10.0, "gate_logit": 1.0},
-}
-"""Training defaults `select_model` merges under the caller's `fit_kwargs`.
+SPIKE_SLAB_FIT: dict[str, Any] = {}
+"""Training defaults `select_model` merges under the caller's `fit_kwargs`: none.
 
-Input-feature gates learn 10 × faster than the rest (see docs/spike_slab.md): with the
-slabs starting narrow (ρ = −6) every unit's slab KL is dominated by its many noise
-inputs, and unless those inputs are switched off first the KL switches off whole
-hidden layers before the likelihood can object.
+Gate-specific learning rates are not needed since the layers' default
+`gate_estimator="marginal"` gives the gates analytic gradients (measurements in
+docs/spike_slab.md); pass e.g. {"lr_multipliers": {"input_gate_logit": 10.0}} to try one.
 """
 
 
@@ -184,8 +182,8 @@ def decide(
     """Apply a PIP rule to every gated layer and to the input features.
 
     `rule`: "median" (PIP > `threshold`), "target_size" (the `k` highest PIPs; `k` an
-    int for every layer, or {layer name or "inputs": k}, layers left out use "median")
-    or "fdr" (Bayesian FDR at level `alpha`).
+    int for every layer, or {layer name or "inputs": k}, layers left out use "median"),
+    "expected_size" (the round(Σ PIP) highest) or "fdr" (Bayesian FDR at level `alpha`).
     """
     if rule not in PIP_RULES:
         raise ValueError(f"unknown PIP rule {rule!r}; valid: {PIP_RULES}")
@@ -407,12 +405,14 @@ def select_model(
 def _defaults_for(model: nn.Module) -> dict[str, Any]:
     """`SPIKE_SLAB_FIT` without learning-rate multipliers that match none of `model`'s names."""
     names = [name for name, _ in model.named_parameters()]
-    multipliers = {
-        key: factor
-        for key, factor in SPIKE_SLAB_FIT["lr_multipliers"].items()
-        if any(name.endswith(key) for name in names)
-    }
-    return {**SPIKE_SLAB_FIT, "lr_multipliers": multipliers}
+    defaults = dict(SPIKE_SLAB_FIT)
+    if "lr_multipliers" in defaults:
+        defaults["lr_multipliers"] = {
+            key: factor
+            for key, factor in defaults["lr_multipliers"].items()
+            if any(name.endswith(key) for name in names)
+        }
+    return defaults
 
 
 def _jsonable(value: Any) -> bool:

@@ -47,18 +47,29 @@ from .scores import (
     unit_scores,
     weight_scores,
 )
+from .self_compress import (
+    EVI_PASSTHROUGH,
+    SELF_COMPRESS_SCORES,
+    CompressionRound,
+    SelfCompressResult,
+    self_compress,
+)
 from .serialize import architecture, register_layer, registered_layers
 from .shrink import PASSTHROUGH, LayerRecord, SelectInputs, ShrinkResult, shrink
 
 __all__ = [
+    "EVI_PASSTHROUGH",
     "INPUT_SCORES",
     "PASSTHROUGH",
+    "SELF_COMPRESS_SCORES",
     "UNIT_SCORES",
     "WEIGHT_SCORES",
+    "CompressionRound",
     "LayerRecord",
     "PlainLayer",
     "SearchResult",
     "SelectInputs",
+    "SelfCompressResult",
     "ShrinkResult",
     "apply_masks",
     "apply_torch_prune",
@@ -84,6 +95,7 @@ __all__ = [
     "save_report",
     "saved_metadata",
     "search_sparsity",
+    "self_compress",
     "shrink",
     "sparse_storage",
     "sparsity",

@@ -6,6 +6,10 @@ feature, e.g. `Posterior.unit_inclusion`) and returns a boolean mask, True = kee
 - "median": the median-probability model, keep PIP > 0.5 (Barbieri & Berger 2004:
   the predictively optimal single model under orthogonality), the default.
 - "target_size": keep the k units with the highest PIPs (a fixed budget).
+- "expected_size": keep the round(Σ PIP) units with the highest PIPs, the posterior
+  expected model size. Unlike "median" it does not drop a layer of redundant units
+  whose PIPs are each below ½ although together they carry the fit (each unit is
+  dispensable given the others, not all at once; measured in docs/spike_slab.md).
 - "fdr": Bayesian false-discovery-rate control (Newton et al. 2004; Müller et al.
   2006): keep the largest top-PIP set whose expected FDR, the mean of (1 − PIP) over
   the set, is at most `alpha`.
@@ -16,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-PIP_RULES = ("median", "target_size", "fdr")
+PIP_RULES = ("median", "target_size", "expected_size", "fdr")
 
 
 def _check_pips(pip: Tensor) -> Tensor:
@@ -50,6 +54,12 @@ def target_size(pip: Tensor, k: int) -> Tensor:
     if not 0 <= k <= pip.numel():
         raise ValueError(f"target size k must be in [0, {pip.numel()}], got {k}")
     return _top(pip, int(k))
+
+
+def expected_size(pip: Tensor) -> Tensor:
+    """Keep the round(Σ PIP) units with the highest PIPs (posterior expected size)."""
+    pip = _check_pips(pip)
+    return _top(pip, int(torch.floor(pip.double().sum() + 0.5)))
 
 
 def expected_fdr(pip: Tensor, keep: Tensor) -> float:
@@ -89,13 +99,16 @@ def select_by_pip(
     k: int | None = None,
     alpha: float = 0.05,
 ) -> Tensor:
-    """Apply a named rule ("median", "target_size" with `k`, "fdr" with `alpha`)."""
+    """Apply a named rule ("median", "target_size" with `k`, "expected_size", "fdr" with
+    `alpha`)."""
     if rule == "median":
         return median_probability_model(pip, threshold)
     if rule == "target_size":
         if k is None:
             raise ValueError("rule='target_size' needs k, the number of units to keep")
         return target_size(pip, k)
+    if rule == "expected_size":
+        return expected_size(pip)
     if rule == "fdr":
         return bayesian_fdr(pip, alpha)
     raise ValueError(f"unknown PIP rule {rule!r}; valid: {PIP_RULES}")

@@ -19,6 +19,17 @@ import torch
 from torch import nn
 
 from ..nn.gaussian import BayesConv2d, BayesLinear
+from ..nn.moments import (
+    EVIELU,
+    EVIConv2d,
+    EVIFlatten,
+    EVILinear,
+    EVIMaxPool2d,
+    EVIReLU,
+    EVISigmoid,
+    EVISoftmax,
+    EVITanh,
+)
 from ..nn.priors import make_prior
 from ..nn.sparse_vd import SparseVDConv2d, SparseVDLinear
 from .shrink import SelectInputs
@@ -142,6 +153,52 @@ _gaussian_codec(BayesLinear, conv=False, prior=True)
 _gaussian_codec(BayesConv2d, conv=True, prior=True)
 _gaussian_codec(SparseVDLinear, conv=False, prior=False)
 _gaussian_codec(SparseVDConv2d, conv=True, prior=False)
+
+
+for _cls in (EVIReLU, EVITanh, EVISigmoid, EVIFlatten, EVISoftmax):
+    _simple(_cls)
+_simple(EVIELU, "alpha")
+_simple(EVIMaxPool2d, "kernel_size", "stride", "padding")
+
+
+def _evi_codec(cls: type[nn.Module], conv: bool) -> None:
+    """Codec of an eVI moment layer (shape, covariance mode, regulariser, mask flag)."""
+
+    def to_config(m: Any) -> Config:
+        if conv:
+            shape = {  # no groups: eVI convolutions are dense (groups = 1)
+                "in_channels": m.in_channels,
+                "out_channels": m.out_channels,
+                "kernel_size": list(m.kernel_size),
+                "stride": m.stride,
+                "padding": m.padding,
+                "dilation": m.dilation,
+            }
+        else:
+            shape = {"in_features": m.in_features, "out_features": m.out_features}
+        return {
+            **shape,
+            "bias": m.bias is not None,
+            "covariance": m.covariance,
+            "rho_init": m.rho_init,
+            "regularizer": m.regularizer,
+            "l1": m.l1,
+            "masked": m.weight_mask is not None,
+        }
+
+    def from_config(c: Config) -> nn.Module:
+        c = {k: _tuple(v) for k, v in c.items()}
+        masked = c.pop("masked", False)
+        layer = cls(**c)
+        if masked:  # the values come with the state dict
+            layer.set_weight_mask(torch.ones_like(layer.weight_mu))  # type: ignore[operator]
+        return layer
+
+    register_layer(cls, to_config, from_config)
+
+
+_evi_codec(EVILinear, conv=False)
+_evi_codec(EVIConv2d, conv=True)
 
 
 def architecture(model: nn.Module) -> Config:

@@ -18,15 +18,23 @@ posterior is then closed form and summed (never averaged) over the layer:
 Edge level (Bai, Song, Cheng 2020): one gate per weight and per bias, the same KL
 with γ per edge.
 
-Training forward pass. Gates are straight-through binary Concrete samples
-(`straight_through_bernoulli`): the value is an exact Bernoulli(γ) draw and the
-gradient is that of the relaxed sample at `temperature` (0.5). Given the gates the
-weights are Gaussian, so the pre-activation is sampled by the Gaussian family's local
-reparameterisation (`_GaussianLayer._lrt`). Node gates are drawn per example
-(`gate_sampling="local"`, default: like the local reparameterisation, each example
-gets its own draw, which keeps every example's marginal exact and lowers gradient
-variance) or once per call (`"shared"`). Edge gates are always drawn once per call:
-per-example edge gates would cost batch × out × in.
+Training forward pass (`gate_estimator`). "marginal" (default): the pre-activation is
+sampled from a Gaussian with the exact mean and variance of gates × slabs given the
+input (per weight E[z w] = γ μ, Var = γ σ² + γ (1 − γ) μ²; a node gate maps a unit's
+(m, v) to (γ m, γ v + γ (1 − γ) m²)), so the gates' gradients are analytic: a unit the
+likelihood needs pays in predictive noise when its gate becomes doubtful. The sampling
+estimators draw gates: "straight_through" (`straight_through_bernoulli`: the value is
+an exact Bernoulli(γ) draw, the gradient that of the binary Concrete relaxation at
+`temperature`) and "relaxed" (the Concrete sample itself). The straight-through
+gradient of the likelihood is dL/dz at the drawn z = 1, which is about 0 once the
+slabs fit (a unit's scale is a symmetry of its weights), so under the full KL it
+switches whole layers off (measured in docs/spike_slab.md); it is kept as an option.
+Given the gates the weights are Gaussian, so the pre-activation is sampled by the
+Gaussian family's local reparameterisation (`_GaussianLayer._lrt`). Sampled node gates
+are drawn per example (`gate_sampling="local"`, default: each example gets its own
+draw, which keeps every example's marginal exact and lowers gradient variance) or once
+per call (`"shared"`). Sampled edge gates are drawn once per call: per-example edge
+gates would cost batch × out × in.
 
 Posterior-mean mode (`sample=False`) and `to_deterministic` use the posterior means
 of the slabs with gates set by `mean_gates`: "median" (default) = 1[γ > 0.5], the
@@ -62,10 +70,11 @@ from torch import Tensor, nn
 
 from .base import Posterior
 from .convert import _gaussian_factory, register_family
-from .gaussian import _constructor_args, _Conv2dMap, _GaussianLayer, _LinearMap
+from .gaussian import _VAR_FLOOR, _constructor_args, _Conv2dMap, _GaussianLayer, _LinearMap
 from .priors import GaussianPrior
 
 GATE_SAMPLING = ("local", "shared")
+GATE_ESTIMATORS = ("marginal", "straight_through", "relaxed")
 MEAN_GATES = ("median", "expected")
 LEVELS = ("node", "edge")
 
@@ -82,6 +91,7 @@ def straight_through_bernoulli(
     temperature: float = 0.5,
     shape: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
+    hard: bool = True,
 ) -> Tensor:
     """A Bernoulli(sigmoid(logits)) sample with the binary Concrete gradient.
 
@@ -89,14 +99,17 @@ def straight_through_bernoulli(
     draw, and the gradient is that of soft = sigmoid((logit γ + log((1−u)/u)) / T), the
     relaxed sample whose threshold soft > 0.5 is the same event. `shape` (default
     `logits.shape`) must broadcast with `logits`; e.g. (batch, units) for per-example gates.
+    `hard=False` returns the relaxed sample itself (value and gradient of `soft`).
     """
     shape = tuple(logits.shape if shape is None else shape)
     u = 1.0 - torch.rand(shape, dtype=logits.dtype, device=logits.device, generator=generator)
-    hard = (u < torch.sigmoid(logits)).to(logits.dtype)  # u ∈ (0, 1]: γ = 0 is never on
+    hard_sample = (u < torch.sigmoid(logits)).to(logits.dtype)  # u ∈ (0, 1]: γ = 0 never on
     finfo = torch.finfo(logits.dtype)
     uc = u.clamp(finfo.tiny, 1.0 - finfo.eps)
     soft = torch.sigmoid((logits + torch.log1p(-uc) - torch.log(uc)) / temperature)
-    return hard + (soft - soft.detach())
+    if not hard:
+        return soft
+    return hard_sample + (soft - soft.detach())
 
 
 def bernoulli_kl(logits: Tensor, prior_inclusion: float) -> Tensor:
@@ -136,6 +149,7 @@ class _SpikeSlabLayer(_GaussianLayer):
         temperature: float,
         gate_sampling: str,
         mean_gates: str,
+        gate_estimator: str,
     ) -> None:
         if not slab_scale > 0:
             raise ValueError(f"slab_scale must be > 0, got {slab_scale}; e.g. slab_scale=1.0")
@@ -145,6 +159,9 @@ class _SpikeSlabLayer(_GaussianLayer):
             raise ValueError(f"unknown gate_sampling {gate_sampling!r}; valid: {GATE_SAMPLING}")
         if mean_gates not in MEAN_GATES:
             raise ValueError(f"unknown mean_gates {mean_gates!r}; valid: {MEAN_GATES}")
+        if gate_estimator not in GATE_ESTIMATORS:
+            raise ValueError(f"unknown gate_estimator {gate_estimator!r}; valid: {GATE_ESTIMATORS}")
+        self.gate_estimator = gate_estimator
         self.slab_scale = float(slab_scale)
         self.gate_init = _check_probability("gate_init", gate_init)
         self.temperature = float(temperature)
@@ -172,18 +189,29 @@ class _SpikeSlabLayer(_GaussianLayer):
             return (logit > 0).to(logit.dtype)
         return torch.sigmoid(logit)
 
-    def _unit_gates(self, logit: Tensor, like: Tensor) -> Tensor:
-        """Straight-through gates for the units of `like` (an input or output activation)."""
+    def _channel_dim(self, logit: Tensor, like: Tensor) -> int:
+        """The units' dim of `like` (an input or output activation), checked against `logit`."""
         ch = self.channel_dim % like.ndim
         if like.shape[ch] != logit.numel():
             raise ValueError(
                 f"expected {logit.numel()} units along dim {ch} of the input, got shape "
                 f"{tuple(like.shape)}"
             )
+        return ch
+
+    def _unit_gates(self, logit: Tensor, like: Tensor) -> Tensor:
+        """Sampled gates (straight-through or relaxed) for the units of `like`."""
+        ch = self._channel_dim(logit, like)
         trailing = (1,) * (like.ndim - ch - 1)  # spatial dims of a conv share the gate
         logit = logit.view(-1, *trailing)
         shape = (*like.shape[: ch + 1], *trailing) if self.gate_sampling == "local" else None
-        return straight_through_bernoulli(logit, self.temperature, shape)
+        hard = self.gate_estimator != "relaxed"
+        return straight_through_bernoulli(logit, self.temperature, shape, hard=hard)
+
+    def _gaussian_sample(self, mean: Tensor, var: Tensor) -> Tensor:
+        """mean + sd · ε, a point mass where the variance is exactly 0 (as `_lrt`)."""
+        std = torch.where(var > 0, var.clamp_min(_VAR_FLOOR).sqrt(), torch.zeros_like(var))
+        return mean + std * torch.randn_like(mean)
 
     def _slab_kl(self) -> Tensor:
         """Element-wise slab KL of the weights (0 where the weight mask removed a weight)."""
@@ -218,7 +246,7 @@ class _SpikeSlabLayer(_GaussianLayer):
     def _spike_slab_repr(self) -> str:
         return (
             f"slab_scale={self.slab_scale}, temperature={self.temperature}, "
-            f"mean_gates={self.mean_gates!r}"
+            f"mean_gates={self.mean_gates!r}, gate_estimator={self.gate_estimator!r}"
         )
 
 
@@ -246,8 +274,11 @@ class _NodeSpikeSlab(_SpikeSlabLayer):
         temperature: float,
         gate_sampling: str,
         mean_gates: str,
+        gate_estimator: str,
     ) -> None:
-        self._init_spike_slab(slab_scale, gate_init, temperature, gate_sampling, mean_gates)
+        self._init_spike_slab(
+            slab_scale, gate_init, temperature, gate_sampling, mean_gates, gate_estimator
+        )
         n_out, n_in = shape[0], shape[1]
         if input_gates and getattr(self, "groups", 1) != 1:
             raise ValueError("input_gates need groups=1 (one gate per input channel)")
@@ -295,6 +326,8 @@ class _NodeSpikeSlab(_SpikeSlabLayer):
     def forward(self, x: Tensor) -> Tensor:
         if not self.sample:
             return self._linear_map(x, *self._deterministic_weights())
+        if self.gate_estimator == "marginal":
+            return self._marginal_forward(x)
         if self.input_gate_logit is not None:
             x = x * self._unit_gates(self.input_gate_logit, x)
         weight_var = self._masked(self.weight_sigma.square())
@@ -303,6 +336,31 @@ class _NodeSpikeSlab(_SpikeSlabLayer):
         if self.gate_logit is not None:
             out = out * self._unit_gates(self.gate_logit, out)
         return out
+
+    def _marginal_forward(self, x: Tensor) -> Tensor:
+        """Sample the pre-activation from the exact mean and variance of gates × slabs.
+
+        Input gates: E[z_i w] = γ_i μ, Var = γ_i σ² + γ_i (1 − γ_i) μ² per weight (the
+        terms of one unit are independent, so the unit's moments are exact); a node gate
+        then maps the unit's (m, v) to (γ m, γ v + γ (1 − γ) m²). The gates' gradients are
+        analytic, so a unit the likelihood needs feels the noise its doubtful gate adds.
+        """
+        w_mu = self._masked(self.weight_mu)
+        w_var = self._masked(self.weight_sigma.square())
+        if self.input_gate_logit is not None:
+            self._channel_dim(self.input_gate_logit, x)
+            g = self._weight_gate_product(None, self.input_gamma)
+            w_var = g * w_var + g * (1 - g) * w_mu.square()
+            w_mu = g * w_mu
+        bias_var = None if self.bias_rho is None else self.bias_sigma.square()
+        mean = self._linear_map(x, w_mu, self.bias_mu)
+        var = self._linear_map(x * x, w_var, bias_var)
+        if self.gate_logit is not None:
+            ch = self._channel_dim(self.gate_logit, mean)
+            g = torch.sigmoid(self.gate_logit).view(-1, *(1,) * (mean.ndim - ch - 1))
+            var = g * var + g * (1 - g) * mean.square()
+            mean = g * mean
+        return self._gaussian_sample(mean, var)
 
     def _deterministic_weights(self) -> tuple[Tensor, Tensor | None]:
         out_g = None if self.gate_logit is None else self._mean_gate(self.gate_logit)
@@ -388,6 +446,7 @@ class SpikeSlabLinear(_LinearMap, _NodeSpikeSlab):
         temperature: float = 0.5,
         gate_sampling: str = "local",
         mean_gates: str = "median",
+        gate_estimator: str = "marginal",
     ) -> None:
         super().__init__()
         self._init_node(
@@ -403,6 +462,7 @@ class SpikeSlabLinear(_LinearMap, _NodeSpikeSlab):
             temperature=temperature,
             gate_sampling=gate_sampling,
             mean_gates=mean_gates,
+            gate_estimator=gate_estimator,
         )
 
     def extra_repr(self) -> str:
@@ -441,6 +501,7 @@ class SpikeSlabConv2d(_Conv2dMap, _NodeSpikeSlab):
         temperature: float = 0.5,
         gate_sampling: str = "local",
         mean_gates: str = "median",
+        gate_estimator: str = "marginal",
     ) -> None:
         super().__init__()
         shape = self._init_conv(
@@ -459,6 +520,7 @@ class SpikeSlabConv2d(_Conv2dMap, _NodeSpikeSlab):
             temperature=temperature,
             gate_sampling=gate_sampling,
             mean_gates=mean_gates,
+            gate_estimator=gate_estimator,
         )
 
     def extra_repr(self) -> str:
@@ -487,8 +549,11 @@ class _EdgeSpikeSlab(_SpikeSlabLayer):
         rho_init: float,
         temperature: float,
         mean_gates: str,
+        gate_estimator: str,
     ) -> None:
-        self._init_spike_slab(slab_scale, gate_init, temperature, "shared", mean_gates)
+        self._init_spike_slab(
+            slab_scale, gate_init, temperature, "shared", mean_gates, gate_estimator
+        )
         if getattr(self, "groups", 1) != 1:
             raise ValueError("edge-level spike-and-slab convolutions need groups=1")
         n_gates = math.prod(shape) + (shape[0] if bias else 0)
@@ -530,14 +595,26 @@ class _EdgeSpikeSlab(_SpikeSlabLayer):
     def forward(self, x: Tensor) -> Tensor:
         if not self.sample:
             return self._linear_map(x, *self._deterministic_weights())
-        z = straight_through_bernoulli(self.weight_gate_logit, self.temperature)
-        weight_mean = self._masked(z * self.weight_mu)
-        weight_var = self._masked(z.square() * self.weight_sigma.square())
+        weight_mean, weight_var = self._gated_moments(
+            self.weight_gate_logit, self.weight_mu, self.weight_sigma.square()
+        )
         bias_mean = bias_var = None
         if self.bias_mu is not None:
-            zb = straight_through_bernoulli(self.bias_gate_logit, self.temperature)
-            bias_mean, bias_var = zb * self.bias_mu, zb.square() * self.bias_sigma.square()
-        return self._lrt(x, weight_mean, bias_mean, weight_var, bias_var)
+            bias_mean, bias_var = self._gated_moments(
+                self.bias_gate_logit, self.bias_mu, self.bias_sigma.square()
+            )
+        return self._lrt(
+            x, self._masked(weight_mean), bias_mean, self._masked(weight_var), bias_var
+        )
+
+    def _gated_moments(self, logit: Tensor, mu: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and variance of z·w: exact marginals ("marginal") or given a gate sample."""
+        if self.gate_estimator == "marginal":
+            g = torch.sigmoid(logit)
+            return g * mu, g * var + g * (1 - g) * mu.square()
+        hard = self.gate_estimator == "straight_through"
+        z = straight_through_bernoulli(logit, self.temperature, hard=hard)
+        return z * mu, z.square() * var
 
     def _deterministic_weights(self) -> tuple[Tensor, Tensor | None]:
         weight = self._masked(self.weight_mu * self._mean_gate(self.weight_gate_logit))
@@ -608,6 +685,7 @@ class SpikeSlabEdgeLinear(_LinearMap, _EdgeSpikeSlab):
         rho_init: float = -6.0,
         temperature: float = 0.5,
         mean_gates: str = "median",
+        gate_estimator: str = "marginal",
     ) -> None:
         super().__init__()
         self._init_edge(
@@ -619,6 +697,7 @@ class SpikeSlabEdgeLinear(_LinearMap, _EdgeSpikeSlab):
             rho_init=rho_init,
             temperature=temperature,
             mean_gates=mean_gates,
+            gate_estimator=gate_estimator,
         )
 
     def extra_repr(self) -> str:
@@ -649,6 +728,7 @@ class SpikeSlabEdgeConv2d(_Conv2dMap, _EdgeSpikeSlab):
         rho_init: float = -6.0,
         temperature: float = 0.5,
         mean_gates: str = "median",
+        gate_estimator: str = "marginal",
     ) -> None:
         super().__init__()
         shape = self._init_conv(
@@ -663,6 +743,7 @@ class SpikeSlabEdgeConv2d(_Conv2dMap, _EdgeSpikeSlab):
             rho_init=rho_init,
             temperature=temperature,
             mean_gates=mean_gates,
+            gate_estimator=gate_estimator,
         )
 
     def extra_repr(self) -> str:

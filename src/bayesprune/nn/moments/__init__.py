@@ -30,6 +30,7 @@ from .ops import (
     EVISoftmax,
     EVITanh,
     make_activation,
+    to_torch,
 )
 
 __all__ = [
@@ -60,5 +61,6 @@ __all__ = [
     "make_activation",
     "predictive_variance",
     "to_diagonal",
+    "to_torch",
     "variance",
 ]

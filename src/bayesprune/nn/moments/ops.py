@@ -55,6 +55,9 @@ class EVIReLU(_Elementwise):
     def df(self, x: Tensor) -> Tensor:
         return (x > 0).to(x.dtype)
 
+    def torch_twin(self) -> nn.Module:
+        return nn.ReLU()
+
 
 class EVIELU(_Elementwise):
     """ELU(alpha); f'(m) = 1 where m > 0, else alpha·exp(m)."""
@@ -70,6 +73,9 @@ class EVIELU(_Elementwise):
         # clamp so the unused branch cannot overflow (and poison gradients with inf·0)
         return torch.where(x > 0, torch.ones_like(x), self.alpha * torch.exp(x.clamp_max(0)))
 
+    def torch_twin(self) -> nn.Module:
+        return nn.ELU(self.alpha)
+
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
 
@@ -83,6 +89,9 @@ class EVITanh(_Elementwise):
     def df(self, x: Tensor) -> Tensor:
         return 1 - torch.tanh(x).square()
 
+    def torch_twin(self) -> nn.Module:
+        return nn.Tanh()
+
 
 class EVISigmoid(_Elementwise):
     """Logistic sigmoid; f'(m) = s(m)(1 − s(m))."""
@@ -93,6 +102,9 @@ class EVISigmoid(_Elementwise):
     def df(self, x: Tensor) -> Tensor:
         s = torch.sigmoid(x)
         return s * (1 - s)
+
+    def torch_twin(self) -> nn.Module:
+        return nn.Sigmoid()
 
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -151,6 +163,9 @@ class EVIMaxPool2d(nn.Module):
             return Moments(out, cov.gather_rows(q))
         raise ValueError(f"EVIMaxPool2d cannot take a {kind!r} covariance of a feature map")
 
+    def torch_twin(self) -> nn.Module:
+        return nn.MaxPool2d(self.kernel_size, self.stride, self.padding)
+
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
@@ -170,6 +185,9 @@ class EVIFlatten(nn.Module):
         if kind == DIAG:
             return Moments(mean.flatten(1), cov.flatten(1))
         return Moments(mean.flatten(1), cov)
+
+    def torch_twin(self) -> nn.Module:
+        return nn.Flatten()
 
 
 class EVISoftmax(nn.Module):
@@ -194,3 +212,22 @@ class EVISoftmax(nn.Module):
             full = cov if kind == FULL else x.dense_covariance()
             out = jac @ full @ jac
         return Moments(p, symmetrize(out))
+
+    def torch_twin(self) -> nn.Module:
+        return nn.Softmax(-1)
+
+
+def to_torch(model: nn.Module) -> nn.Module:
+    """A plain torch copy of a moment network: the posterior-mean network of
+    `bayesprune.to_deterministic`, with every moment op (anything offering
+    `torch_twin()`) swapped for its torch twin. Same output as the moment net's mean."""
+    from ..convert import to_deterministic  # nn.convert imports nothing from here
+
+    plain = to_deterministic(model)
+    if hasattr(plain, "torch_twin"):
+        return plain.torch_twin()
+    for parent in list(plain.modules()):
+        for name, child in list(parent.named_children()):
+            if hasattr(child, "torch_twin"):
+                setattr(parent, name, child.torch_twin())
+    return plain

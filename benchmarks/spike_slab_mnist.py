@@ -1,0 +1,245 @@
+"""Spike-and-slab MLP 784-400-400-10 on MNIST: which nodes and pixels does the posterior keep?
+
+A node-level spike-and-slab network with input gates (one gate per pixel and per
+hidden unit) is trained with the full KL. The median-probability model (keep every
+gate with PIP > 0.5, the posterior-mean network of the layers) is then shrunk
+physically (`compress.shrink`) and evaluated: test error, nodes kept per layer, input
+pixels kept, the dense multiply-add ratio; optionally refit for a few epochs with
+the selection fixed (the shrunk spike-and-slab net with its gates frozen on, KL on).
+Target (issue 5): <= 2 % error with >= 80 % of the hidden nodes pruned.
+
+    python benchmarks/spike_slab_mnist.py --epochs 12 --kl-warmup 5 --rho-init -3 \
+        --gate-lr 10 --input-gate-lr 10 --refit-epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import RESULTS, md_table, write_results
+from torch import Tensor, nn
+
+import bayesprune as bp
+from bayesprune import compress
+from bayesprune.data import load_mnist
+from bayesprune.nn import spike_slab_mlp
+from bayesprune.nn.spike_slab import SpikeSlabLinear
+
+NAME = "spike_slab_mnist"
+
+
+def error(model: nn.Module, x: Tensor, y: Tensor, mode: str, samples: int = 10) -> float:
+    pred = bp.predict(model, x, mode=mode, samples=samples, seed=0)
+    return 100.0 * (1.0 - float((pred.probs.argmax(-1) == y).float().mean()))
+
+
+def gated(model: nn.Module) -> list[SpikeSlabLinear]:
+    return [m for m in model.modules() if isinstance(m, SpikeSlabLinear)]
+
+
+def dense_weights(w: list[int]) -> int:
+    return sum(a * b for a, b in itertools.pairwise(w))
+
+
+def pip_summary(model: nn.Module) -> list[dict[str, Any]]:
+    rows = []
+    layers = gated(model)
+    for k, layer in enumerate(layers):
+        for kind, pip in (("inputs", layer.input_gamma), ("units", layer.gamma)):
+            if pip is None:
+                continue
+            pip = pip.detach()
+            rows.append(
+                {
+                    "layer": k + 1,
+                    "gates": kind,
+                    "n": pip.numel(),
+                    "kept_pip_gt_0.5": int((pip > 0.5).sum()),
+                    "pip_gt_0.9": int((pip > 0.9).sum()),
+                    "pip_in_0.1_0.9": int(((pip > 0.1) & (pip <= 0.9)).sum()),
+                    "mean_pip": float(pip.mean()),
+                    "prior_inclusion": layer.input_prior_inclusion
+                    if kind == "inputs"
+                    else layer.prior_inclusion,
+                }
+            )
+    return rows
+
+
+def freeze_gates(model: nn.Module) -> None:
+    """Pin every remaining gate on (logit 30) and stop its training: the refit keeps the
+    selected architecture and trains only the slabs."""
+    for layer in gated(model):
+        for logit in (layer.gate_logit, layer.input_gate_logit):
+            if logit is not None:
+                with torch.no_grad():
+                    logit.fill_(30.0)
+                logit.requires_grad_(False)
+
+
+def render(p: dict[str, Any]) -> str:
+    out = [f"Settings: {json.dumps(p.get('settings', {}))}\n"]
+    for key, title in (
+        ("training", "Training"),
+        ("pips", "Posterior inclusion probabilities after training"),
+        ("result", "Median-probability model, shrunk"),
+        ("refit", "Refit of the shrunk model (gates fixed on, KL on)"),
+    ):
+        if key in p:
+            rows = p[key] if isinstance(p[key], list) else [p[key]]
+            out += [f"## {title}\n", md_table(rows), ""]
+    if "notes" in p:
+        out += ["## Notes\n"] + [f"- {n}" for n in p["notes"]] + [""]
+    if Path(RESULTS / f"{NAME}.png").exists():
+        out += [f"![kept pixels]({NAME}.png)\n"]
+    return "\n".join(out)
+
+
+def plot_pixels(model: nn.Module) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pip = gated(model)[0].input_gamma.detach().view(28, 28)
+    fig, axes = plt.subplots(1, 2, figsize=(6.5, 3.2))
+    axes[0].imshow(pip, cmap="viridis", vmin=0, vmax=1)
+    axes[0].set_title("input PIP")
+    axes[1].imshow(pip > 0.5, cmap="gray")
+    axes[1].set_title(f"kept pixels ({int((pip > 0.5).sum())} of 784)")
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{NAME}.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[400, 400])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--kl-weight", type=float, default=1.0)
+    parser.add_argument("--kl-warmup", type=float, default=0.0)
+    parser.add_argument("--gate-lr", type=float, default=None, help="lr multiplier, unit gates")
+    parser.add_argument("--input-gate-lr", type=float, default=None, help="lr multiplier, pixels")
+    parser.add_argument("--rho-init", type=float, default=None)
+    parser.add_argument("--slab-scale", type=float, default=None)
+    parser.add_argument("--gate-init", type=float, default=None)
+    parser.add_argument("--refit-epochs", type=int, default=3)
+    parser.add_argument("--refit-lr", type=float, default=3e-4)
+    parser.add_argument("--samples", type=int, default=10, help="MC samples, full network")
+    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.time()
+
+    train = load_mnist("train", limit=args.train_limit, seed=args.seed)
+    x_test, y_test = load_mnist("test").tensors
+    payload: dict[str, Any] = {"settings": vars(args), "notes": []}
+
+    def save() -> None:
+        write_results(NAME, payload, render(payload))
+
+    layer_kwargs = {
+        k: v
+        for k, v in (
+            ("rho_init", args.rho_init),
+            ("slab_scale", args.slab_scale),
+            ("gate_init", args.gate_init),
+        )
+        if v is not None
+    }
+    multipliers = {
+        k: v
+        for k, v in (("input_gate_logit", args.input_gate_lr), ("gate_logit", args.gate_lr))
+        if v is not None
+    }
+    torch.manual_seed(args.seed)
+    model = nn.Sequential(
+        nn.Flatten(), spike_slab_mlp(784, args.hidden, 10, input_gates=True, **layer_kwargs)
+    )
+    hist = bp.fit(
+        model,
+        train,
+        epochs=args.epochs,
+        lr=args.lr,
+        lr_schedule="cosine",
+        lr_multipliers=multipliers or None,
+        kl_weight=args.kl_weight,
+        kl_warmup_epochs=args.kl_warmup,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=False,
+    )
+    payload["training"] = {
+        "epochs": args.epochs,
+        "train_seconds": round(sum(hist.column("seconds")), 1),
+        "final_loss": hist.last().get("loss"),
+        "full_mc_error_pct": error(model, x_test, y_test, "mc", args.samples),
+        "median_model_error_pct": error(model, x_test, y_test, "mean"),
+    }
+    payload["history"] = hist.epochs
+    payload["pips"] = pip_summary(model)
+    plot_pixels(model)
+    save()
+
+    result = compress.shrink(model, input_shape=(1, 28, 28), inclusion_threshold=0.5)
+    small = result.model
+    arch = result.architecture
+    dense = [784, *args.hidden, 10]
+    hidden_kept = sum(arch[1:-1])
+    payload["result"] = {
+        "architecture": "-".join(map(str, arch)),
+        "dense_architecture": "-".join(map(str, dense)),
+        "input_pixels_kept": arch[0],
+        "hidden_nodes_kept": hidden_kept,
+        "hidden_nodes_pruned_pct": 100.0 * (1 - hidden_kept / sum(args.hidden)),
+        "flops_ratio": dense_weights(dense) / max(dense_weights(arch), 1),
+        "error_pct": error(small, x_test, y_test, "mean"),
+        "mc_error_pct": error(small, x_test, y_test, "mc", args.samples),
+        "max_abs_difference": result.max_abs_difference,
+    }
+    save()
+
+    if args.refit_epochs > 0:
+        freeze_gates(small)
+        t0 = time.time()
+        compress.finetune(
+            small,
+            train,
+            epochs=args.refit_epochs,
+            lr=args.refit_lr,
+            lr_schedule="cosine",
+            kl_weight=args.kl_weight,
+            batch_size=args.batch_size,
+            seed=args.seed + 1,
+            progress=False,
+        )
+        payload["refit"] = {
+            "epochs": args.refit_epochs,
+            "seconds": round(time.time() - t0, 1),
+            "error_pct": error(small, x_test, y_test, "mean"),
+            "mc_error_pct": error(small, x_test, y_test, "mc", args.samples),
+        }
+    errs = [payload["result"]["error_pct"], payload.get("refit", {}).get("error_pct", 100.0)]
+    met = min(errs) <= 2.0 and payload["result"]["hidden_nodes_pruned_pct"] >= 80.0
+    payload["notes"].append(
+        f"target <= 2 % error with >= 80 % hidden nodes pruned: {'met' if met else 'missed'} "
+        f"(error {min(errs):.2f} %, {payload['result']['hidden_nodes_pruned_pct']:.1f} % pruned)"
+    )
+    payload["total_seconds"] = round(time.time() - started, 1)
+    save()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""Iterative self-compression (Carannante et al. 2020): score, delete, shrink, fine-tune, repeat.
+
+Each round reads one importance per kernel / hidden unit through the shared
+interface (`unit_scores`), removes the units whose importance is *near zero*,
+physically shrinks the network (`shrink` with `prune_units`) and fine-tunes the
+smaller one (`finetune`). It stops when no near-zero unit remains, when
+`max_rounds` is reached, or when the validation accuracy falls more than
+`tolerance` below the uncompressed accuracy; the round that fell is discarded and
+the last accepted model returned.
+
+"Near zero" is defined per layer, relative to its strongest unit: a unit is near
+zero when its importance is below ``rel_threshold × max importance`` of its layer.
+Importances are non-negative and larger means "keep":
+
+- ``"norm"``: ‖m_k‖_F, the Frobenius norm of the kernel's posterior mean (the paper);
+- ``"snr"``: mean |m| / σ over the kernel's weights;
+- ``"variance"``: the kernel's posterior precision 1 / mean σ² (a kernel whose
+  posterior stayed wide is one the data did not need).
+
+Alternatively `fraction` removes that fraction of each layer's units per round
+(lowest importance first), and the loop runs until the tolerance or `max_rounds`.
+Nothing here asks what type a layer is: any chain `shrink` can walk works
+(eVI nets, Gaussian / Sparse VD nets, plain torch nets); parameter-free modules
+between layers are named in `passthrough` (the eVI ones are included by default).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..likelihoods import Likelihood
+from ..nn.moments import EVIELU, EVIFlatten, EVIMaxPool2d, EVIReLU, EVISigmoid, EVITanh
+from ..predict import predict
+from ..train import DataLike, as_dataset
+from .adapters import copy_model
+from .finetune import finetune
+from .scores import unit_scores
+from .shrink import shrink
+
+EVI_PASSTHROUGH: tuple[type[nn.Module], ...] = (
+    EVIReLU,
+    EVIELU,
+    EVITanh,
+    EVISigmoid,
+    EVIMaxPool2d,
+    EVIFlatten,
+)
+"""Parameter-free moment modules that act on each channel apart (EVIFlatten flattens)."""
+
+_TINY = 1e-30
+
+
+def _precision(score: Tensor) -> Tensor:
+    return 1.0 / (-score).clamp_min(_TINY)  # unit_scores "variance" is −mean σ²
+
+
+# self-compression score → (unit_scores name, map to a non-negative importance)
+SELF_COMPRESS_SCORES: dict[str, tuple[str, Callable[[Tensor], Tensor]]] = {
+    "norm": ("norm", lambda s: s),
+    "snr": ("mean_snr", lambda s: s),
+    "variance": ("variance", _precision),
+}
+
+
+@dataclass
+class CompressionRound:
+    """One round: units per layer after it, what it removed, and the validation accuracy."""
+
+    round: int
+    units: dict[str, int]
+    removed: dict[str, int]
+    accuracy_pruned: float | None  # right after the deletion, before fine-tuning
+    accuracy: float  # after fine-tuning (round 0: the uncompressed model)
+    accepted: bool
+
+
+@dataclass
+class SelfCompressResult:
+    """The last accepted (shrunk, fine-tuned) model and the history of every round."""
+
+    model: nn.Module
+    history: list[CompressionRound]
+    baseline_accuracy: float
+    stopped: str  # "no near-zero units" | "tolerance" | "max_rounds"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> CompressionRound:
+        """The round whose model is `model` (round 0 if none was accepted)."""
+        return [r for r in self.history if r.accepted][-1]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able record (without the model)."""
+        return {
+            "history": [asdict(r) for r in self.history],
+            "baseline_accuracy": self.baseline_accuracy,
+            "stopped": self.stopped,
+            "final_units": self.accepted.units,
+            "final_accuracy": self.accepted.accuracy,
+            "notes": self.notes,
+        }
+
+
+def importances(model: nn.Module, score: str = "norm") -> dict[str, Tensor]:
+    """Non-negative importance of every hidden unit / kernel, by layer (output layer excluded)."""
+    if score not in SELF_COMPRESS_SCORES:
+        raise ValueError(
+            f"unknown self-compression score {score!r}; valid: {sorted(SELF_COMPRESS_SCORES)}"
+        )
+    name, to_importance = SELF_COMPRESS_SCORES[score]
+    return {k: to_importance(v.double()) for k, v in unit_scores(model, name).items()}
+
+
+def near_zero(importance: Tensor, rel_threshold: float) -> Tensor:
+    """Boolean mask of units below `rel_threshold` × the layer's largest importance."""
+    top = importance.max()
+    if not top > 0:
+        return torch.zeros_like(importance, dtype=torch.bool)
+    return importance < rel_threshold * top
+
+
+def _to_remove(
+    scores: dict[str, Tensor], rel_threshold: float | None, fraction: float | None, min_units: int
+) -> dict[str, Tensor]:
+    """Per layer, a boolean mask of the units to delete this round (never below `min_units`)."""
+    out = {}
+    for name, imp in scores.items():
+        n = imp.numel()
+        if fraction is not None:
+            k = min(math.ceil(fraction * n), n - min_units)
+            remove = torch.zeros(n, dtype=torch.bool)
+            if k > 0:
+                remove[torch.argsort(imp, stable=True)[:k]] = True
+        else:
+            remove = near_zero(imp, rel_threshold).cpu()  # type: ignore[arg-type]
+            extra = int(remove.sum()) - (n - min_units)
+            if extra > 0:  # keep the strongest of the near-zero ones
+                order = torch.argsort(imp, descending=True, stable=True)
+                remove[order[:min_units]] = False
+        out[name] = remove
+    return out
+
+
+def _accuracy_fn(
+    val: DataLike, likelihood: str | Likelihood, batch_size: int
+) -> Callable[[nn.Module], float]:
+    x, y = _tensors(val)
+
+    def accuracy(model: nn.Module) -> float:
+        pred = predict(model, x, mode="mean", likelihood=likelihood, batch_size=batch_size)
+        return float((pred.probs.argmax(-1) == y).double().mean())
+
+    return accuracy
+
+
+def _tensors(data: DataLike) -> tuple[Tensor, Tensor]:
+    dataset = as_dataset(data, "val")
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is None or len(tensors) != 2:
+        raise ValueError("val must be an (X, y) pair or a TensorDataset of (X, y)")
+    return tensors[0], tensors[1]
+
+
+def _check(
+    rel_threshold: float | None,
+    fraction: float | None,
+    tolerance: float,
+    max_rounds: int,
+    finetune_epochs: int,
+    min_units: int,
+) -> float | None:
+    if rel_threshold is not None and fraction is not None:
+        raise ValueError(
+            "give either rel_threshold (delete near-zero units) or fraction (delete a share of "
+            "units per round), not both"
+        )
+    if fraction is None:
+        rel_threshold = 0.05 if rel_threshold is None else float(rel_threshold)
+        if not 0.0 < rel_threshold < 1.0:
+            raise ValueError(f"rel_threshold must be in (0, 1), got {rel_threshold}")
+    elif not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be >= 0 (an accuracy drop, e.g. 0.005), got {tolerance}")
+    if max_rounds < 1 or finetune_epochs < 0 or min_units < 1:
+        raise ValueError(
+            "need max_rounds >= 1, finetune_epochs >= 0 and min_units >= 1, got "
+            f"{max_rounds}, {finetune_epochs}, {min_units}"
+        )
+    return rel_threshold
+
+
+def self_compress(
+    model: nn.Module,
+    train: DataLike,
+    val: DataLike,
+    *,
+    input_shape: Sequence[int] | None = None,
+    score: str = "norm",
+    rel_threshold: float | None = None,
+    fraction: float | None = None,
+    tolerance: float = 0.005,
+    max_rounds: int = 10,
+    finetune_epochs: int = 1,
+    likelihood: str | Likelihood = "categorical",
+    min_units: int = 1,
+    passthrough: Sequence[type[nn.Module]] = (),
+    evaluate: Callable[[nn.Module], float] | None = None,
+    eval_batch_size: int = 1024,
+    **finetune_kwargs: Any,
+) -> SelfCompressResult:
+    """Delete near-zero kernels / hidden units, shrink, fine-tune; repeat (see the module doc).
+
+    `input_shape`: one example's shape (needed for convolutional nets, e.g. (1, 28, 28)).
+    `rel_threshold` (default 0.05) or `fraction` choose what a round deletes.
+    `tolerance`: the largest accepted drop of validation accuracy below the
+    uncompressed model's, as a fraction (0.005 = 0.5 points). `evaluate(model) ->
+    accuracy` replaces the default (argmax of the posterior-mean predictive on `val`,
+    read through `likelihood`). `finetune_kwargs` go to `compress.finetune` /
+    `fit` (lr, batch_size, kl_weight, seed, progress, ...). The input model is not
+    modified.
+    """
+    rel_threshold = _check(
+        rel_threshold, fraction, tolerance, max_rounds, finetune_epochs, min_units
+    )
+    current = copy_model(model)
+    if not importances(current, score):  # also checks `score`
+        raise ValueError(
+            "the model has no hidden prunable layer (only the output layer): nothing to compress"
+        )
+    accuracy = evaluate or _accuracy_fn(val, likelihood, eval_batch_size)
+    passthrough = EVI_PASSTHROUGH + tuple(passthrough)
+    base = accuracy(current)
+    units = {k: v.numel() for k, v in importances(current, score).items()}
+    history = [CompressionRound(0, units, dict.fromkeys(units, 0), None, base, True)]
+    notes: list[str] = []
+    stopped = "max_rounds"
+    for r in range(1, max_rounds + 1):
+        remove = _to_remove(importances(current, score), rel_threshold, fraction, min_units)
+        if not any(bool(m.any()) for m in remove.values()):
+            stopped = "no near-zero units" if fraction is None else "min_units"
+            break
+        keep = {name: ~m for name, m in remove.items()}
+        shrunk = shrink(current, input_shape, prune_units=keep, passthrough=passthrough)
+        notes += [f"round {r}: {n}" for n in shrunk.notes]
+        candidate = shrunk.model
+        pruned_acc = accuracy(candidate)
+        if finetune_epochs:
+            finetune(
+                candidate,
+                train,
+                None,
+                epochs=finetune_epochs,
+                likelihood=likelihood,
+                **finetune_kwargs,
+            )
+        acc = accuracy(candidate)
+        left = {k: v.numel() for k, v in importances(candidate, score).items()}
+        removed = {k: int(m.sum()) for k, m in remove.items()}
+        ok = acc >= base - tolerance
+        history.append(CompressionRound(r, left, removed, pruned_acc, acc, ok))
+        if not ok:
+            stopped = "tolerance"
+            break
+        current = candidate
+    return SelfCompressResult(current.eval(), history, base, stopped, notes)
