@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _images import bars
 from torch import nn
 
 import bayesprune as bp
@@ -441,23 +442,9 @@ def test_layout_errors_name_the_valid_layouts():
 
 
 # -- learning --------------------------------------------------------------------------------------
-def _bars(n, seed=0):
-    """8×8 images of one of three bars (row, column, diagonal) plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 3, (n,), generator=g)
-    x = 0.3 * torch.rand(n, 1, 8, 8, generator=g)
-    pos = torch.randint(1, 7, (n,), generator=g)
-    idx = torch.arange(n)
-    x[idx[y == 0], 0, pos[y == 0], :] += 1.0
-    x[idx[y == 1], 0, :, pos[y == 1]] += 1.0
-    diag = torch.eye(8).bool()
-    x[idx[y == 2]] += diag.float()
-    return x, y
-
-
 def test_evi_cnn_learns_a_tiny_image_problem():
-    x, y = _bars(240)
-    xv, yv = _bars(120, seed=1)
+    x, y = bars(240)
+    xv, yv = bars(120, seed=1)
     model = evi_cnn(4, image_size=8, kernel_size=3, n_classes=3)
     hist = bp.fit(model, (x, y), (xv, yv), likelihood=EVILikelihood(), epochs=6,
                   batch_size=32, lr=1e-2, seed=0, progress=False)  # fmt: skip

@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from _images import bars
 from torch import nn
 
 import bayesprune as bp
@@ -21,19 +22,6 @@ from bayesprune.nn.moments import EVILikelihood, evi_cnn, to_torch
 
 DT = torch.float64
 SHAPE = (1, 8, 8)
-
-
-def _bars(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """8×8 images of a row, a column or the diagonal, plus noise (3 classes)."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 3, (n,), generator=g)
-    x = 0.3 * torch.rand(n, 1, 8, 8, generator=g)
-    pos = torch.randint(1, 7, (n,), generator=g)
-    idx = torch.arange(n)
-    x[idx[y == 0], 0, pos[y == 0], :] += 1.0
-    x[idx[y == 1], 0, :, pos[y == 1]] += 1.0
-    x[idx[y == 2]] += torch.eye(8)
-    return x, y
 
 
 def _evi(n: int = 6) -> nn.Sequential:
@@ -62,7 +50,7 @@ def _zero_kernels(model: nn.Module, kernels: list[int]) -> None:
 def test_removes_the_kernels_zeroed_on_purpose(build, likelihood):
     model = build()
     _zero_kernels(model, [1, 4])
-    val = _bars(60, seed=1)
+    val = bars(60, seed=1)
     result = self_compress(
         model, val, val, input_shape=SHAPE, rel_threshold=0.01, finetune_epochs=0,
         tolerance=1.0, likelihood=likelihood,
@@ -79,7 +67,7 @@ def test_shrunk_evi_output_equals_the_masked_output():
     model = _evi().double()
     _zero_kernels(model, [0, 3])
     result = self_compress(
-        model, _bars(30), _bars(30), input_shape=SHAPE, rel_threshold=0.01,
+        model, bars(30), bars(30), input_shape=SHAPE, rel_threshold=0.01,
         finetune_epochs=0, tolerance=1.0, likelihood=EVILikelihood(),
     )  # fmt: skip
     mask = torch.ones_like(model[0].weight_mu)
@@ -99,7 +87,7 @@ def test_stops_on_tolerance_and_returns_the_last_accepted_model():
         return m[0].weight_mu.shape[0] / 8
 
     result = self_compress(
-        model, _bars(10), _bars(10), input_shape=SHAPE, fraction=0.25, tolerance=0.3,
+        model, bars(10), bars(10), input_shape=SHAPE, fraction=0.25, tolerance=0.3,
         finetune_epochs=0, evaluate=fake_accuracy,
     )  # fmt: skip
     kernels = [r.units["0"] for r in result.history]
@@ -116,7 +104,7 @@ def test_stops_on_tolerance_and_returns_the_last_accepted_model():
 
 def test_fine_tuning_runs_and_history_is_consistent():
     model = _evi()
-    train, val = _bars(120), _bars(60, seed=1)
+    train, val = bars(120), bars(60, seed=1)
     bp.fit(model, train, likelihood=EVILikelihood(), epochs=2, lr=1e-2, progress=False)
     result = self_compress(
         model, train, val, input_shape=SHAPE, fraction=0.34, max_rounds=2, finetune_epochs=1,
@@ -135,7 +123,7 @@ def test_variance_score_removes_the_kernel_whose_posterior_stayed_wide():
     imp = importances(model, "variance")["0"]
     assert int(imp.argmin()) == 2
     result = self_compress(
-        model, _bars(20), _bars(20), input_shape=SHAPE, score="variance", rel_threshold=0.01,
+        model, bars(20), bars(20), input_shape=SHAPE, score="variance", rel_threshold=0.01,
         finetune_epochs=0, tolerance=1.0, max_rounds=1, likelihood=EVILikelihood(),
     )  # fmt: skip
     assert result.history[1].removed == {"0": 1}
@@ -154,7 +142,7 @@ def test_variance_score_removes_the_kernel_whose_posterior_stayed_wide():
     ],
 )
 def test_bad_arguments_give_clear_errors(kwargs, match):
-    data = _bars(10)
+    data = bars(10)
     with pytest.raises(ValueError, match=match):
         self_compress(_evi(), data, data, input_shape=SHAPE, **kwargs)
 

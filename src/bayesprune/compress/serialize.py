@@ -94,7 +94,8 @@ register_layer(
 )
 
 
-def _conv_args(m: Any) -> Config:
+def _conv_shape(m: Any) -> Config:
+    """A convolution's geometry without `groups` (eVI convolutions are always dense)."""
     return {
         "in_channels": m.in_channels,
         "out_channels": m.out_channels,
@@ -102,8 +103,11 @@ def _conv_args(m: Any) -> Config:
         "stride": m.stride,
         "padding": m.padding,
         "dilation": m.dilation,
-        "groups": m.groups,
     }
+
+
+def _conv_args(m: Any) -> Config:
+    return {**_conv_shape(m), "groups": m.groups}
 
 
 register_layer(
@@ -166,14 +170,7 @@ def _evi_codec(cls: type[nn.Module], conv: bool) -> None:
 
     def to_config(m: Any) -> Config:
         if conv:
-            shape = {  # no groups: eVI convolutions are dense (groups = 1)
-                "in_channels": m.in_channels,
-                "out_channels": m.out_channels,
-                "kernel_size": list(m.kernel_size),
-                "stride": m.stride,
-                "padding": m.padding,
-                "dilation": m.dilation,
-            }
+            shape = _conv_shape(m)
         else:
             shape = {"in_features": m.in_features, "out_features": m.out_features}
         return {
