@@ -45,15 +45,20 @@ def this_command() -> str:
 
 
 def write_results(
-    name: str, payload: dict[str, Any], markdown: str, command: str | None = None
+    name: str,
+    payload: dict[str, Any],
+    markdown: str,
+    command: str | None = None,
+    machine_info: dict[str, Any] | None = None,
 ) -> Path:
-    """Write results/<name>.json and .md. `command` overrides this process's command line
-    (used when results are re-rendered from a saved run); the machine is then kept too."""
+    """Write results/<name>.json and .md. `command` and `machine_info` override this
+    process's command line and machine (used when results are re-rendered from a saved
+    run, which must keep the machine it was measured on)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
         "command": command or this_command(),
-        "machine": machine(),
+        "machine": machine_info or machine(),
         **payload,
     }
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -9,7 +9,8 @@ Per dataset it records
   the share of near-zero kernels (‖m_k‖ < --rel-threshold × the largest norm);
 - accuracy vs kernels removed in ascending-norm order *without retraining*, both nets;
 - the regulariser ablation at N = --compress-kernels (analytic KL vs the authors'
-  regulariser: near-zero share and accuracy);
+  regulariser, each at --ablation-scales × its default weight: near-zero share and
+  accuracy);
 - iterative self-compression at N = --compress-kernels (`compress.self_compress`:
   near-zero deletion, and a fixed-share schedule that probes how far the tolerance goes);
 - robustness: mean predictive variance and accuracy under Gaussian input noise;
@@ -32,12 +33,13 @@ import time
 from typing import Any
 
 import torch
-from _common import RESULTS, md_table, median_time, this_command, write_results
+from _common import RESULTS, machine, md_table, median_time, this_command, write_results
 from torch import Tensor, nn
 from torch.utils.data import Subset
 
 import bayesprune as bp
 from bayesprune import compress
+from bayesprune.compress.adapters import copy_model
 from bayesprune.data import load_fashion_mnist, load_mnist
 from bayesprune.nn.moments import EVILikelihood, evi_cnn
 
@@ -63,7 +65,9 @@ def kl_weight(regularizer: str, n_train: int) -> float:
     return 1.0 if regularizer == "kl" else TAU * n_train
 
 
-def train(model: nn.Module, data: Any, args: argparse.Namespace, evi: str | None) -> float:
+def train(
+    model: nn.Module, data: Any, args: argparse.Namespace, evi: str | None, scale: float = 1.0
+) -> float:
     start = time.perf_counter()
     bp.fit(
         model,
@@ -72,7 +76,8 @@ def train(model: nn.Module, data: Any, args: argparse.Namespace, evi: str | None
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
-        kl_weight=kl_weight(evi, len(data)) if evi else 1.0,
+        lr_schedule=args.lr_schedule,
+        kl_weight=scale * kl_weight(evi, len(data)) if evi else 1.0,
         seed=args.seed,
         progress=False,
     )
@@ -161,8 +166,9 @@ def near_zero_share(model: nn.Module, rel: float) -> float:
 
 def compression(
     model: nn.Module, data: Any, x: Tensor, y: Tensor, args: argparse.Namespace, reg: str
-) -> dict[str, Any]:
-    """self_compress twice: near-zero deletion (the paper), then a fixed share per round."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """self_compress per mode (near-zero deletion as in the paper, a fixed share per round),
+    and the fine-tuned uncompressed control."""
     common = {
         "input_shape": SHAPE,
         "tolerance": args.tolerance,
@@ -170,7 +176,7 @@ def compression(
         "likelihood": EVILikelihood(),
         "lr": args.lr,
         "batch_size": args.batch_size,
-        "kl_weight": kl_weight(reg, len(data)),
+        "kl_weight": args.compress_scale * kl_weight(reg, len(data)),
         "dataset_size": len(data),  # the full training set, also when fine-tuning on a subset
         "seed": args.seed,
         "progress": False,
@@ -183,7 +189,7 @@ def compression(
     if args.finetune_subset and args.finetune_subset < len(data):
         gen = torch.Generator().manual_seed(args.seed)
         data = Subset(data, torch.randperm(len(data), generator=gen)[: args.finetune_subset])
-    out = {}
+    out: dict[str, Any] = {}
     for mode in args.compress_modes:
         start = time.perf_counter()
         result = compress.self_compress(model, data, (x, y), **common, **modes[mode])
@@ -192,7 +198,28 @@ def compression(
         rec["kernels_before"] = result.history[0].units["0"]
         rec["kernels_after"] = result.accepted.units["0"]
         out[mode] = rec
-    return out
+    return out, control(model, data, common, out, args.finetune_epochs)
+
+
+def control(
+    model: nn.Module, data: Any, common: dict[str, Any], modes: dict[str, Any], per_round: int
+) -> dict[str, Any]:
+    """The fair reference: the *uncompressed* net fine-tuned as many epochs as the longest run.
+
+    Self-compression fine-tunes after every round, so part of any gain over the
+    uncompressed accuracy is just more training; this control gets the same epochs.
+    """
+    rounds = max(len(rec["history"]) - 1 for rec in modes.values())
+    epochs = rounds * per_round
+    net = copy_model(model)
+    kwargs = {
+        k: v
+        for k, v in common.items()
+        if k not in ("input_shape", "tolerance", "evaluate", "finetune_epochs")
+    }
+    if epochs:
+        compress.finetune(net, data, epochs=epochs, **kwargs)
+    return {"epochs": epochs, "accuracy": common["evaluate"](net)}
 
 
 def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -231,30 +258,36 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
             nets = {main_reg: evi_net, "vanilla": plain}
     if not nets:
         raise SystemExit(f"--compress-kernels {args.compress_kernels} must be one of --kernels")
-    for reg in args.regularizers:
-        if reg not in nets:
+    compress_nets: dict[str, nn.Module] = {}
+    for reg, scale in itertools.product(args.regularizers, args.ablation_scales):
+        net = nets.get(reg) if scale == 1 else None
+        if net is None:
             torch.manual_seed(args.seed)
-            nets[reg] = evi_cnn(args.compress_kernels, regularizer=reg)
-            train(nets[reg], train_set, args, reg)
-        norms = kernel_norms(nets[reg])
+            net = evi_cnn(args.compress_kernels, regularizer=reg)
+            train(net, train_set, args, reg, scale)
+            if scale == 1:
+                nets[reg] = net
+        if scale == args.compress_scale:
+            compress_nets[reg] = net
         out["ablation"].append(
             {
                 "regularizer": reg,
-                "kl_weight": kl_weight(reg, len(train_set)),
-                "accuracy": accuracy(nets[reg], x, y, True),
-                "near_zero_share": near_zero_share(nets[reg], args.rel_threshold),
-                "norms": norms.tolist(),
+                "scale": scale,
+                "kl_weight": scale * kl_weight(reg, len(train_set)),
+                "accuracy": accuracy(net, x, y, True),
+                "near_zero_share": near_zero_share(net, args.rel_threshold),
+                "norms": kernel_norms(net).tolist(),
             }
         )
-        print(name, "ablation", reg, out["ablation"][-1]["accuracy"], flush=True)
+        print(name, "ablation", reg, scale, out["ablation"][-1]["accuracy"], flush=True)
     out["noise"] = noise_rows(nets[main_reg], nets["vanilla"], x, y, args.noise, args.seed)
     sigmas_var = [r["evi_variance_predicted_class"] for r in out["noise"]]
     out["variance_grows_with_noise"] = all(b > a for a, b in itertools.pairwise(sigmas_var))
     if args.finetune_epochs >= 0 and not args.skip_compress:
         for reg in args.regularizers:
-            out.setdefault("self_compress", {})[reg] = compression(
-                nets[reg], train_set, x, y, args, reg
-            )
+            modes, ctrl = compression(compress_nets[reg], train_set, x, y, args, reg)
+            out.setdefault("self_compress", {})[reg] = modes
+            out.setdefault("self_compress_control", {})[reg] = ctrl
             done = out["self_compress"][reg].items()
             summary = {k: (v["kernels_after"], v["final_accuracy"]) for k, v in done}
             print(name, "self_compress", reg, summary, flush=True)
@@ -306,9 +339,13 @@ def targets(runs: dict[str, Any]) -> str:
                 if ds == "mnist" and r["kernels"] == 32:
                     acc.append((r["evi"]["accuracy"], tag, res["train_examples"]))
             for reg, modes in res.get("self_compress", {}).items():
+                ctrl = res.get("self_compress_control", {}).get(reg, {}).get("accuracy")
                 for mode, rec in modes.items():
                     share = 1 - rec["kernels_after"] / rec["kernels_before"]
-                    removal.append((share, rec["final_accuracy"], f"{ds} [{tag}] {reg}/{mode}"))
+                    tol = run["args"]["tolerance"]
+                    fair = ctrl is None or rec["final_accuracy"] >= ctrl - tol
+                    where = f"{ds} [{tag}] {reg}/{mode}"
+                    removal.append((fair, share, rec["final_accuracy"], ctrl, where))
         if run.get("speed"):
             speedups.append(run["speed"]["evi_over_mc"])
     lines = ["## Targets\n"]
@@ -335,11 +372,12 @@ def targets(runs: dict[str, Any]) -> str:
                 f"(run `{top[2]}`)."
             )
     if removal:
-        best = max(removal)
+        fair, share, final, ctrl, where = max(removal)
+        vs = "" if ctrl is None else f", fine-tuned uncompressed control {_pct(ctrl)} %"
         lines.append(
             f"- self-compression removes >= 50 % of the kernels within the tolerance: best "
-            f"{_pct(best[0])} % removed ({best[2]}, accuracy {_pct(best[1])} %): "
-            f"{'met' if best[0] >= 0.5 else 'missed'} (near-zero rule alone: see tables)."
+            f"{_pct(share)} % removed ({where}, accuracy {_pct(final)} %{vs}): "
+            f"{'met' if share >= 0.5 and fair else 'missed'} (near-zero rule alone: see tables)."
         )
     if speedups:
         lines.append(
@@ -356,11 +394,14 @@ def render(runs: dict[str, Any]) -> str:
         a = run["args"]
         parts.append(
             f"## Run `{tag}`\n\nCommand: `{run['command']}`\n\n"
-            f"Train subset {a['train_subset'] or 'all'}"
+            + (f"Machine: {run['machine']}\n\n" if "machine" in run else "")
+            + f"Train subset {a['train_subset'] or 'all'}"
             f", test subset {a['test_subset'] or 'all'}, {a['epochs']} epochs, batch "
             f"{a['batch_size']}, Adam lr {a['lr']}, near-zero = norm < {a['rel_threshold']} × "
             f"largest kernel norm, tolerance {a['tolerance']}, fine-tune {a['finetune_epochs']} "
-            f"epoch(s) per round, {run['seconds']:.0f} s in all.\n"
+            f"epoch(s) per round, self-compression of the nets trained at "
+            f"{a.get('compress_scale', 1.0)} × the default regulariser weight, lr schedule "
+            f"{a.get('lr_schedule', 'constant')}, {run['seconds']:.0f} s in all.\n"
         )
         for ds, res in run["datasets"].items():
             parts.append(
@@ -387,6 +428,7 @@ def render(runs: dict[str, Any]) -> str:
             abl = [
                 {
                     "regularizer": r["regularizer"],
+                    "× default": r.get("scale", 1.0),
                     "kl_weight": r["kl_weight"],
                     "acc %": _pct(r["accuracy"]),
                     "near-zero kernels %": _pct(r["near_zero_share"]),
@@ -404,6 +446,17 @@ def render(runs: dict[str, Any]) -> str:
             ]
             if sc:
                 parts.append("\nIterative self-compression:\n\n" + md_table(sc))
+            ctrl = res.get("self_compress_control", {})
+            if ctrl:
+                parts.append(
+                    "\nControl: the uncompressed net fine-tuned as many epochs as the longest "
+                    "self-compression run (same data, lr, batch): "
+                    + "; ".join(
+                        f"{reg}: {c['epochs']} epochs → {_pct(c['accuracy'])} %"
+                        for reg, c in ctrl.items()
+                    )
+                    + ".\n"
+                )
             noise = [
                 {
                     "sigma": r["sigma"],
@@ -443,7 +496,9 @@ def plot(runs: dict[str, Any]) -> None:
         n = runs[tag]["args"]["compress_kernels"]
         row = next(r for r in res["sweep"] if r["kernels"] == n)
         for label, norms in [("vanilla", row["vanilla"]["norms"])] + [
-            (f"eVI {r['regularizer']}", r["norms"]) for r in res["ablation"]
+            (f"eVI {r['regularizer']}", r["norms"])
+            for r in res["ablation"]
+            if r.get("scale", 1.0) == 1.0
         ]:
             t = torch.tensor(norms)
             ax[0].hist((t / t.max()).numpy(), bins=20, range=(0, 1), alpha=0.5, label=label)
@@ -476,11 +531,20 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     p.add_argument("--train-subset", type=int, default=10000, help="0 = all")
     p.add_argument("--test-subset", type=int, default=5000, help="0 = all")
     p.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.1, 0.2, 0.3])
     p.add_argument("--rel-threshold", type=float, default=0.05)
+    p.add_argument(
+        "--ablation-scales", nargs="+", type=float, default=[1.0],
+        help="regulariser weights (× the default) in the ablation",
+    )  # fmt: skip
     p.add_argument("--fraction", type=float, default=0.25)
+    p.add_argument(
+        "--compress-scale", type=float, default=1.0,
+        help="self-compress the ablation nets with this regulariser scale",
+    )  # fmt: skip
     p.add_argument("--tolerance", type=float, default=0.005)
     p.add_argument("--max-rounds", type=int, default=4)
     p.add_argument("--finetune-epochs", type=int, default=1)
@@ -496,11 +560,14 @@ def main() -> None:
     p.add_argument("--tag", default="sweep", help="name of this run inside the merged results")
     p.add_argument("--render-only", action="store_true", help="re-render the saved results")
     args = p.parse_args()
+    if args.compress_scale not in args.ablation_scales:
+        p.error("--compress-scale must be one of --ablation-scales")
     torch.set_num_threads(args.threads)
     path = RESULTS / f"{NAME}.json"
     if args.render_only:
         saved = json.loads(path.read_text())
-        write_results(NAME, {"runs": saved["runs"]}, render(saved["runs"]), saved["command"])
+        runs = saved["runs"]
+        write_results(NAME, {"runs": runs}, render(runs), saved["command"], saved["machine"])
         plot(saved["runs"])
         return
     torch.set_num_threads(args.threads)
@@ -512,6 +579,7 @@ def main() -> None:
         run["datasets"][ds] = run_dataset(ds, args)
     run["seconds"] = time.perf_counter() - start
     run["command"] = this_command()
+    run["machine"] = machine()
     runs = json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
     runs[args.tag] = run
     commands = "; ".join(r["command"] for r in runs.values())

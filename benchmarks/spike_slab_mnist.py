@@ -132,6 +132,11 @@ def main() -> None:
     parser.add_argument("--rho-init", type=float, default=None)
     parser.add_argument("--slab-scale", type=float, default=None)
     parser.add_argument("--gate-init", type=float, default=None)
+    parser.add_argument(
+        "--gate-estimator", default="marginal", choices=["marginal", "straight_through", "relaxed"]
+    )
+    parser.add_argument("--prior-inclusion", type=float, default=None, help="unit gates' λ")
+    parser.add_argument("--input-prior-inclusion", type=float, default=None, help="pixels' λ")
     parser.add_argument("--refit-epochs", type=int, default=3)
     parser.add_argument("--refit-lr", type=float, default=3e-4)
     parser.add_argument("--samples", type=int, default=10, help="MC samples, full network")
@@ -156,6 +161,9 @@ def main() -> None:
             ("rho_init", args.rho_init),
             ("slab_scale", args.slab_scale),
             ("gate_init", args.gate_init),
+            ("prior_inclusion", args.prior_inclusion),
+            ("input_prior_inclusion", args.input_prior_inclusion),
+            ("gate_estimator", args.gate_estimator),
         )
         if v is not None
     }

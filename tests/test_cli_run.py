@@ -161,6 +161,8 @@ def test_a_changed_training_config_is_refused_but_compress_options_may_change(sp
     out = _invoke("compress", str(run), "--rule", "target_size", "--k", "2", "--quiet")
     assert "pip + target_size" in out
     assert yaml.safe_load((run / "config.yaml").read_text())["compress"]["k"] == 2
+    out = _invoke("compress", str(run), "--rule", "expected_size", "--quiet")
+    assert "pip + expected_size" in out
 
 
 def test_gaussian_search_and_regression_runs(tmp_path):

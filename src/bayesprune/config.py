@@ -44,10 +44,10 @@ SPIKE_SLAB_FAMILIES = ("spike_slab", "spike_slab_edge")
 LIKELIHOODS = ("auto", "categorical", "gaussian", "evi")
 WEIGHT_SCORE_NAMES = ("snr", "abs_mean", "log_alpha", "magnitude")
 UNIT_SCORE_NAMES = ("norm", "mean_snr", "variance", "pip")
-COMPRESS_RULES = ("auto", "global", "layer", "threshold", "search", "median", "target_size", "fdr")
-PIP_RULE_NAMES = ("median", "target_size", "fdr")
+PIP_RULE_NAMES = ("median", "target_size", "expected_size", "fdr")
+COMPRESS_RULES = ("auto", "global", "layer", "threshold", "search", *PIP_RULE_NAMES)
 FEATURE_SCORES = ("auto", "pip", "norm")
-FEATURE_RULES = ("auto", "median", "target_size", "fdr", "relative")
+FEATURE_RULES = ("auto", *PIP_RULE_NAMES, "relative")
 # the data fill these builder arguments; a config may still set them
 FROM_DATA = ("in_features", "out_features", "n_classes", "in_channels", "image_size")
 
@@ -376,7 +376,7 @@ def _check_compress(c: CompressConfig) -> None:
 def _check_features(f: FeaturesConfig) -> None:
     if f.rule == "target_size" and f.k is None:
         raise ConfigError("features.rule 'target_size' needs features.k (features kept)")
-    if f.rule in ("median", "fdr") and f.score == "norm":
+    if f.rule in ("median", "expected_size", "fdr") and f.score == "norm":
         raise ConfigError(f"features.rule {f.rule!r} needs PIPs: set features.score to 'pip'")
 
 

@@ -364,7 +364,7 @@ def select_features(run: Run, *, write: bool = True) -> dict[str, Any]:
     data = run.data()
     kind, scores = feature_scores(model, run)
     rule = f.rule if f.rule != "auto" else ("median" if kind == "pip" else "relative")
-    if rule in ("median", "fdr") and kind != "pip":
+    if rule in ("median", "expected_size", "fdr") and kind != "pip":
         raise ConfigError(f"features.rule {rule!r} needs input PIPs, but the model has none")
     if rule == "relative":
         top = float(scores.max()) if scores.numel() else 0.0
