@@ -39,9 +39,13 @@ def machine() -> dict[str, Any]:
 
 
 def this_command() -> str:
-    return "python " + " ".join(
-        [Path(sys.argv[0]).as_posix().split("/work/main/")[-1], *sys.argv[1:]]
-    )
+    """The command line, with the script named from the repository root (as the docs run it)."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        shown = script.relative_to(RESULTS.parent.parent).as_posix()
+    except ValueError:
+        shown = script.as_posix()
+    return "python " + " ".join([shown, *sys.argv[1:]])
 
 
 def write_results(
