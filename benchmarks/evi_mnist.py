@@ -174,7 +174,7 @@ def compression(
         "tolerance": args.tolerance,
         "finetune_epochs": args.finetune_epochs,
         "likelihood": EVILikelihood(),
-        "lr": args.lr,
+        "lr": args.finetune_lr or args.lr,
         "batch_size": args.batch_size,
         "kl_weight": args.compress_scale * kl_weight(reg, len(data)),
         "dataset_size": len(data),  # the full training set, also when fine-tuning on a subset
@@ -403,8 +403,9 @@ def render(runs: dict[str, Any]) -> str:
             f", test subset {a['test_subset'] or 'all'}, {a['epochs']} epochs, batch "
             f"{a['batch_size']}, Adam lr {a['lr']}, near-zero = norm < {a['rel_threshold']} × "
             f"largest kernel norm, tolerance {a['tolerance']}, fine-tune {a['finetune_epochs']} "
-            f"epoch(s) per round, self-compression of the nets trained at "
-            f"{a.get('compress_scale', 1.0)} × the default regulariser weight, lr schedule "
+            f"epoch(s) per round at lr {a.get('finetune_lr') or a['lr']}, self-compression "
+            f"of the nets trained at {a.get('compress_scale', 1.0)} × the default regulariser "
+            "weight, lr schedule "
             f"{a.get('lr_schedule', 'constant')}, {run['seconds']:.0f} s in all.\n"
         )
         for ds, res in run["datasets"].items():
@@ -553,6 +554,7 @@ def main() -> None:
     p.add_argument("--max-rounds", type=int, default=4)
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--finetune-subset", type=int, default=0, help="0 = the training set")
+    p.add_argument("--finetune-lr", type=float, default=0.0, help="0 = --lr")
     p.add_argument(
         "--compress-modes", nargs="+", default=["near_zero", "fixed_share"],
         choices=["near_zero", "fixed_share"],

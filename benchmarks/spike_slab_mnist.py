@@ -1,11 +1,13 @@
 """Spike-and-slab MLP 784-400-400-10 on MNIST: which nodes and pixels does the posterior keep?
 
 A node-level spike-and-slab network with input gates (one gate per pixel and per
-hidden unit) is trained with the full KL. The median-probability model (keep every
+hidden unit) is trained with the KL weighted by --kl-weight (1: the full KL, < 1: a
+tempered posterior). The median-probability model (keep every
 gate with PIP > 0.5, the posterior-mean network of the layers) is then shrunk
 physically (`compress.shrink`) and evaluated: test error, nodes kept per layer, input
 pixels kept, the dense multiply-add ratio; optionally refit for a few epochs with
-the selection fixed (the shrunk spike-and-slab net with its gates frozen on, KL on).
+the selection fixed (`--refit-how bayes`: the shrunk spike-and-slab net with its
+gates frozen on, KL on; `deterministic`: its posterior means as a plain network).
 Target (issue 5): <= 2 % error with >= 80 % of the hidden nodes pruned.
 
     python benchmarks/spike_slab_mnist.py --epochs 12 --kl-warmup 5 --rho-init -3 \
@@ -30,6 +32,7 @@ from bayesprune import compress
 from bayesprune.data import load_mnist
 from bayesprune.nn import spike_slab_mlp
 from bayesprune.nn.spike_slab import SpikeSlabLinear
+from bayesprune.selection import refit
 
 NAME = "spike_slab_mnist"
 
@@ -83,25 +86,25 @@ def freeze_gates(model: nn.Module) -> None:
                 logit.requires_grad_(False)
 
 
-def render(p: dict[str, Any]) -> str:
+def render(p: dict[str, Any], name: str) -> str:
     out = [f"Settings: {json.dumps(p.get('settings', {}))}\n"]
     for key, title in (
         ("training", "Training"),
         ("pips", "Posterior inclusion probabilities after training"),
         ("result", "Median-probability model, shrunk"),
-        ("refit", "Refit of the shrunk model (gates fixed on, KL on)"),
+        ("refit", "Refit of the shrunk model"),
     ):
         if key in p:
             rows = p[key] if isinstance(p[key], list) else [p[key]]
             out += [f"## {title}\n", md_table(rows), ""]
     if "notes" in p:
         out += ["## Notes\n"] + [f"- {n}" for n in p["notes"]] + [""]
-    if Path(RESULTS / f"{NAME}.png").exists():
-        out += [f"![kept pixels]({NAME}.png)\n"]
+    if Path(RESULTS / f"{name}.png").exists():
+        out += [f"![kept pixels]({name}.png)\n"]
     return "\n".join(out)
 
 
-def plot_pixels(model: nn.Module) -> None:
+def plot_pixels(model: nn.Module, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,7 +119,7 @@ def plot_pixels(model: nn.Module) -> None:
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{NAME}.png", dpi=110)
+    fig.savefig(RESULTS / f"{name}.png", dpi=110)
     plt.close(fig)
 
 
@@ -139,11 +142,17 @@ def main() -> None:
     parser.add_argument("--input-prior-inclusion", type=float, default=None, help="pixels' λ")
     parser.add_argument("--refit-epochs", type=int, default=3)
     parser.add_argument("--refit-lr", type=float, default=3e-4)
+    parser.add_argument(
+        "--refit-how", default="bayes", choices=["bayes", "deterministic"],
+        help="bayes: the shrunk net with its gates frozen on, KL on; deterministic: its "
+        "posterior means as a plain net, maximum likelihood",
+    )  # fmt: skip
     parser.add_argument("--samples", type=int, default=10, help="MC samples, full network")
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default=NAME, help="results file name")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
@@ -153,7 +162,7 @@ def main() -> None:
     payload: dict[str, Any] = {"settings": vars(args), "notes": []}
 
     def save() -> None:
-        write_results(NAME, payload, render(payload))
+        write_results(args.name, payload, render(payload, args.name))
 
     layer_kwargs = {
         k: v
@@ -198,7 +207,7 @@ def main() -> None:
     }
     payload["history"] = hist.epochs
     payload["pips"] = pip_summary(model)
-    plot_pixels(model)
+    plot_pixels(model, args.name)
     save()
 
     result = compress.shrink(model, input_shape=(1, 28, 28), inclusion_threshold=0.5)
@@ -220,20 +229,22 @@ def main() -> None:
     save()
 
     if args.refit_epochs > 0:
-        freeze_gates(small)
+        settings = {
+            "epochs": args.refit_epochs,
+            "lr": args.refit_lr,
+            "lr_schedule": "cosine",
+            "batch_size": args.batch_size,
+            "seed": args.seed + 1,
+            "progress": False,
+        }
         t0 = time.time()
-        compress.finetune(
-            small,
-            train,
-            epochs=args.refit_epochs,
-            lr=args.refit_lr,
-            lr_schedule="cosine",
-            kl_weight=args.kl_weight,
-            batch_size=args.batch_size,
-            seed=args.seed + 1,
-            progress=False,
-        )
+        if args.refit_how == "deterministic":
+            small, _ = refit(small, train, "deterministic", **settings)
+        else:
+            freeze_gates(small)
+            compress.finetune(small, train, kl_weight=args.kl_weight, **settings)
         payload["refit"] = {
+            "how": args.refit_how,
             "epochs": args.refit_epochs,
             "seconds": round(time.time() - t0, 1),
             "error_pct": error(small, x_test, y_test, "mean"),
