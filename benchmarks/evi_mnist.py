@@ -26,10 +26,13 @@ and one fuller N = 32 MNIST run, for instance), and the markdown / PNG re-render
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,6 +85,35 @@ def train(
         progress=False,
     )
     return time.perf_counter() - start
+
+
+def trained(
+    build: Callable[[], nn.Module],
+    data: Any,
+    args: argparse.Namespace,
+    evi: str | None,
+    scale: float = 1.0,
+) -> tuple[nn.Module, float]:
+    """A freshly trained net and its training seconds, or, with --model-cache, the one
+    an earlier run trained with the same settings (so compression options can be
+    re-run without retraining)."""
+    key = "-".join(
+        str(v)
+        for v in (
+            args.dataset_name, evi or "vanilla", scale, args.epochs, args.lr, args.lr_schedule,
+            args.batch_size, args.train_subset, args.seed,
+        )
+    )  # fmt: skip
+    torch.manual_seed(args.seed)
+    net = build()
+    key = f"{key}-{sum(p.numel() for p in net.parameters())}"
+    path = Path(args.model_cache) / f"{key}.safetensors" if args.model_cache else None
+    if path is not None and path.is_file():
+        return compress.load_model(path).train(), compress.saved_metadata(path)["seconds"]
+    seconds = train(net, data, args, evi, scale)
+    if path is not None:
+        compress.save_model(net, path, {"seconds": seconds})
+    return net, seconds
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, evi: bool) -> float:
@@ -234,13 +266,11 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "ablation": [],
     }
     nets: dict[str, nn.Module] = {}
+    args.dataset_name = name
     for n in args.kernels:
-        torch.manual_seed(args.seed)
-        evi_net = evi_cnn(n, regularizer=main_reg)
-        t_evi = train(evi_net, train_set, args, main_reg)
-        torch.manual_seed(args.seed)
-        plain = vanilla_cnn(n)
-        t_plain = train(plain, train_set, args, None)
+        build = functools.partial(evi_cnn, n, regularizer=main_reg)
+        evi_net, t_evi = trained(build, train_set, args, main_reg)
+        plain, t_plain = trained(functools.partial(vanilla_cnn, n), train_set, args, None)
         row: dict[str, Any] = {"kernels": n}
         runs = (("evi", evi_net, True, t_evi), ("vanilla", plain, False, t_plain))
         for label, net, evi, secs in runs:
@@ -262,9 +292,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     for reg, scale in itertools.product(args.regularizers, args.ablation_scales):
         net = nets.get(reg) if scale == 1 else None
         if net is None:
-            torch.manual_seed(args.seed)
-            net = evi_cnn(args.compress_kernels, regularizer=reg)
-            train(net, train_set, args, reg, scale)
+            build = functools.partial(evi_cnn, args.compress_kernels, regularizer=reg)
+            net, _ = trained(build, train_set, args, reg, scale)
             if scale == 1:
                 nets[reg] = net
         if scale == args.compress_scale:
@@ -563,6 +592,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--model-cache", default=None,
+        help="folder of trained nets (safetensors): reused when the settings match",
+    )  # fmt: skip
     p.add_argument("--tag", default="sweep", help="name of this run inside the merged results")
     p.add_argument("--render-only", action="store_true", help="re-render the saved results")
     p.add_argument("--drop", nargs="+", default=[], help="with --render-only: runs to delete")
