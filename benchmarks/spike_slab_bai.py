@@ -48,6 +48,7 @@ def replicate(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         likelihood="gaussian",
         fit_kwargs=fit_kwargs,
         input_shape=(args.p,),
+        rule=args.rule,
         seed=seed,
     )
     seconds = time.perf_counter() - started
@@ -71,7 +72,8 @@ def replicate(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         scores = heldout_scores(net, x_test, y_test, report.likelihood, seed=seed)
         row[f"rmse_refit_{how}"] = scores["rmse"] * ys
     truth, p = data.true_features, data.n_features
-    median = metrics.selection_scores(report.selection.selected_features, truth, p)
+    median_rule = decide(report.selection.pips, "median")
+    median = metrics.selection_scores(median_rule.selected_features, truth, p)
     fdr_rule = decide(report.selection.pips, "fdr", alpha=args.alpha)
     fdr = metrics.selection_scores(fdr_rule.selected_features, truth, p)
     row.update(
@@ -130,6 +132,10 @@ def main() -> None:
         "--gate-estimator", default="marginal", choices=["marginal", "straight_through", "relaxed"]
     )
     parser.add_argument("--alpha", type=float, default=0.05, help="level of the FDR rule")
+    parser.add_argument(
+        "--rule", default="median", choices=["median", "expected_size"],
+        help="decision rule of the pruned network (TPR / FDR: always the median and FDR rules)",
+    )  # fmt: skip
     parser.add_argument("--no-dense", dest="dense", action="store_false")
     parser.add_argument("--seed", type=int, default=0, help="first replicate's seed")
     parser.add_argument("--threads", type=int, default=1)
@@ -151,7 +157,8 @@ def main() -> None:
     markdown = (
         f"Design `{args.design}`: n = {args.n}, p = {args.p}, network "
         f"{args.p}-{'-'.join(map(str, args.hidden))}-1, gate estimator "
-        f"`{args.gate_estimator}`, full KL, {args.epochs} epochs "
+        f"`{args.gate_estimator}`, full KL, rule `{args.rule}` for the pruned network, "
+        f"{args.epochs} epochs "
         f"(lr {args.lr}, batch {args.batch_size}), refits {args.refit_epochs} epochs; "
         f"{args.replicates} replicates. RMSE in the units of y (noise sd 1).\n\n"
         "## Summary (mean ± sd over replicates)\n\n"

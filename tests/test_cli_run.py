@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from bayesprune.cli import main
-from bayesprune.compress import load_model
+from bayesprune.compress import load_model, unit_scores
 from bayesprune.io import load_tensors
 from bayesprune.plots import PNG_MAGIC
 
@@ -163,6 +163,11 @@ def test_a_changed_training_config_is_refused_but_compress_options_may_change(sp
     assert yaml.safe_load((run / "config.yaml").read_text())["compress"]["k"] == 2
     out = _invoke("compress", str(run), "--rule", "expected_size", "--quiet")
     assert "pip + expected_size" in out
+    # expected_size keeps the round(Σ PIP) most probable units of every hidden layer
+    pips = unit_scores(load_model(run / "model.safetensors"), "pip")
+    report = json.loads((run / "compressed" / "compression.json").read_text())
+    kept = report["extra"]["shrink"]["architecture"][1:-1]
+    assert kept and kept == [int(torch.floor(p.double().sum() + 0.5)) for p in pips.values()]
 
 
 def test_gaussian_search_and_regression_runs(tmp_path):
