@@ -89,6 +89,7 @@ def train(
 
 def trained(
     build: Callable[[], nn.Module],
+    dataset: str,
     data: Any,
     args: argparse.Namespace,
     evi: str | None,
@@ -100,7 +101,7 @@ def trained(
     key = "-".join(
         str(v)
         for v in (
-            args.dataset_name, evi or "vanilla", scale, args.epochs, args.lr, args.lr_schedule,
+            dataset, evi or "vanilla", scale, args.epochs, args.lr, args.lr_schedule,
             args.batch_size, args.train_subset, args.seed,
         )
     )  # fmt: skip
@@ -266,11 +267,10 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "ablation": [],
     }
     nets: dict[str, nn.Module] = {}
-    args.dataset_name = name
     for n in args.kernels:
         build = functools.partial(evi_cnn, n, regularizer=main_reg)
-        evi_net, t_evi = trained(build, train_set, args, main_reg)
-        plain, t_plain = trained(functools.partial(vanilla_cnn, n), train_set, args, None)
+        evi_net, t_evi = trained(build, name, train_set, args, main_reg)
+        plain, t_plain = trained(functools.partial(vanilla_cnn, n), name, train_set, args, None)
         row: dict[str, Any] = {"kernels": n}
         runs = (("evi", evi_net, True, t_evi), ("vanilla", plain, False, t_plain))
         for label, net, evi, secs in runs:
@@ -293,7 +293,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         net = nets.get(reg) if scale == 1 else None
         if net is None:
             build = functools.partial(evi_cnn, args.compress_kernels, regularizer=reg)
-            net, _ = trained(build, train_set, args, reg, scale)
+            net, _ = trained(build, name, train_set, args, reg, scale)
             if scale == 1:
                 nets[reg] = net
         if scale == args.compress_scale:
@@ -609,7 +609,7 @@ def main() -> None:
         runs = {tag: run for tag, run in saved["runs"].items() if tag not in args.drop}
         saved["command"] = "; ".join(r["command"] for r in runs.values())
         write_results(NAME, {"runs": runs}, render(runs), saved["command"], saved["machine"])
-        plot(saved["runs"])
+        plot(runs)
         return
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

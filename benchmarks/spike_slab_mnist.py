@@ -10,8 +10,8 @@ the selection fixed (`--refit-how bayes`: the shrunk spike-and-slab net with its
 gates frozen on, KL on; `deterministic`: its posterior means as a plain network).
 Target (issue 5): <= 2 % error with >= 80 % of the hidden nodes pruned.
 
-    python benchmarks/spike_slab_mnist.py --epochs 12 --kl-warmup 5 --rho-init -3 \
-        --gate-lr 10 --input-gate-lr 10 --refit-epochs 3
+    python benchmarks/spike_slab_mnist.py --epochs 20 --kl-warmup 3 --rho-init -3 \
+        --gate-lr 10 --input-gate-lr 10 --kl-weight 0.1 --refit-epochs 10 --refit-lr 1e-3
 """
 
 from __future__ import annotations
