@@ -27,6 +27,7 @@ import bayesprune as bp
 from bayesprune import metrics
 from bayesprune.data import bai2020, correlated
 from bayesprune.nn import spike_slab_mlp
+from bayesprune.screen import screen_features
 from bayesprune.selection import decide, heldout_scores, refit, select_model
 
 DESIGNS = {"bai": bai2020, "correlated": correlated}
@@ -86,6 +87,8 @@ def replicate(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         true_pips=[round(float(v), 3) for v in report.selection.pips.inputs[truth]],
         seconds=seconds,
     )
+    if args.screen:
+        row.update(screened(args, data, median_rule.selected_features, seed))
     if args.dense:
         torch.manual_seed(seed)
         dense = bp.mlp(args.p, args.hidden, 1, family="gaussian")
@@ -96,6 +99,45 @@ def replicate(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         row["rmse_dense_gaussian"] = dense_scores["rmse"] * ys
     row["record"] = report.as_dict() | {"history": None}
     return row
+
+
+def screened(args: argparse.Namespace, data: Any, selected: Any, seed: int) -> dict[str, Any]:
+    """The evidence screen on the median selection, then a network on what it keeps.
+
+    The features are the screen's decision; the new network has unit gates only (its
+    hidden layers are still selected), since on 2,250 rows an input gate can drop x1
+    again before the network learns its interaction (the failure the screen repairs).
+    """
+    started = time.perf_counter()
+    screen = screen_features(
+        data.train, [int(i) for i in selected], epochs=args.screen_epochs, seed=seed
+    )
+    features = screen.features
+    (x, y), (x_test, y_test) = data.train, data.test
+    torch.manual_seed(seed)
+    model = spike_slab_mlp(len(features), args.hidden, 1, gate_estimator=args.gate_estimator)
+    fit_kwargs = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+    report = select_model(
+        model,
+        (x[:, features], y),
+        (x_test[:, features], y_test),
+        likelihood="gaussian",
+        fit_kwargs=fit_kwargs,
+        input_shape=(len(features),),
+        seed=seed,
+    )
+    scores = metrics.selection_scores(features, data.true_features, data.n_features)
+    return {
+        "screen_added": screen.added,
+        "screen_top_gain": round(float(screen.gains.max()), 1),
+        "screen_top_z": round(float(screen.z.max()), 2),
+        "rmse_screened_full": report.scores["full"]["rmse"] * data.y_std,
+        "rmse_screened_pruned": report.scores["pruned"]["rmse"] * data.y_std,
+        "tpr_screened": scores.tpr,
+        "fdr_screened": scores.fdr,
+        "nodes_screened": report.architecture[1:-1],
+        "seconds_screen": time.perf_counter() - started,
+    }
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -114,6 +156,14 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         mean_fdr_fdr_rule=f"{statistics.mean(r['fdr_fdr_rule'] for r in rows):.3f}",
         pruned_le_full=f"{sum(r['rmse_pruned'] <= r['rmse_full'] for r in rows)}/{len(rows)}",
     )
+    if "tpr_screened" in rows[0]:
+        out.update(
+            all_true_found_screened=f"{sum(r['tpr_screened'] == 1.0 for r in rows)}/{len(rows)}",
+            mean_fdr_screened=f"{statistics.mean(r['fdr_screened'] for r in rows):.3f}",
+            screened_le_full=(
+                f"{sum(r['rmse_screened_pruned'] <= r['rmse_full'] for r in rows)}/{len(rows)}"
+            ),
+        )
     return out
 
 
@@ -137,6 +187,11 @@ def main() -> None:
         help="decision rule of the pruned network (TPR / FDR: always the median and FDR rules)",
     )  # fmt: skip
     parser.add_argument("--no-dense", dest="dense", action="store_false")
+    parser.add_argument(
+        "--no-screen", dest="screen", action="store_false",
+        help="skip the evidence screen of the excluded features (bayesprune.screen)",
+    )  # fmt: skip
+    parser.add_argument("--screen-epochs", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0, help="first replicate's seed")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default=None, help="results file name")

@@ -213,3 +213,24 @@ def test_user_errors_are_one_line_without_traceback(args, expected, tmp_path, mo
     result = CliRunner().invoke(main, args)
     assert result.exit_code != 0 and expected in result.output
     assert "Traceback" not in result.output
+
+
+def test_select_features_with_the_evidence_screen(tmp_path):
+    """features.screen adds, to the rule's selection, the features whose evidence gain
+    is an outlier; on an image model it is refused with the fix."""
+    raw = {
+        "data": {"name": "bai2020", "n": 300, "p": 10},
+        "model": {"kwargs": {"hidden": [6]}, "family": "spike_slab", "input_gates": True},
+        "train": {"epochs": 3, "batch_size": 64, "lr": 0.01},
+        "features": {"rule": "target_size", "k": 3, "screen": True, "screen_epochs": 5},
+    }
+    run = tmp_path / "screen"
+    _invoke("train", str(_write(tmp_path, raw)), "--out", str(run), "--quiet")
+    _invoke("select-features", str(run))
+    features = json.loads((run / "features.json").read_text())
+    screen = features["screen"]
+    assert features["selected"] == sorted(screen["selected"] + screen["added"])
+    top3 = sorted(np.argsort(features["scores"])[-3:].tolist())
+    assert screen["selected"] == top3  # the rule's choice is where the screen starts
+    assert len(screen["top"]) == 7  # every other feature was screened
+    assert all(t["feature"] not in top3 for t in screen["top"])

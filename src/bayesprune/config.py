@@ -6,7 +6,7 @@ A run config has five sections (every key optional; defaults below)::
     model:    {builder: mlp, kwargs: {hidden: [64]}, family: spike_slab, prior: {}, ...}
     train:    {epochs: 10, batch_size: 128, lr: 0.001, ...}      # bayesprune.fit's arguments
     compress: {score: auto, rule: auto, sparsity: 0.9, ...}
-    features: {score: auto, rule: auto, ...}
+    features: {score: auto, rule: auto, screen: false, ...}
     evaluate: {samples: 30, bins: 15}
 
 Validation is strict because a typo in a config otherwise silently trains the
@@ -148,6 +148,9 @@ class FeaturesConfig:
     k: int | None = field(default=None, metadata={"min": 0})
     alpha: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})
     threshold: float | None = field(default=None, metadata={"min": 0.0})
+    # then test every excluded feature by its evidence gain (bayesprune.screen; tabular)
+    screen: bool = False
+    screen_epochs: int = field(default=150, metadata={"min": 1})
 
 
 @dataclass

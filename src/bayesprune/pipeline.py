@@ -64,6 +64,7 @@ from .nn import to_deterministic, variational_layers
 from .nn.moments import to_torch
 from .predict import predict
 from .runs import Run, RunData
+from .screen import ScreenResult, screen_features
 from .train import evaluate as quick_evaluate
 from .train import fit
 
@@ -357,6 +358,26 @@ def feature_scores(model: nn.Module, run: Run) -> tuple[str, Tensor]:
     return "norm", next(iter(input_scores(model, "norm").values()))
 
 
+def _screen(run: Run, data: RunData, selected: list[int], n_scores: int) -> ScreenResult | None:
+    """The evidence screen of the features the rule left out (tabular data only)."""
+    if data.train[0].ndim != 2 or n_scores != data.n_features:
+        raise ConfigError(
+            "features.screen needs a model on flat features (one input per feature), not "
+            "images or channels; set features.screen to false or use an MLP"
+        )
+    if len(selected) == n_scores:
+        return None  # every feature is in: nothing to screen
+    hidden = run.config.model.kwargs.get("hidden", (16,))
+    return screen_features(
+        data.train,
+        selected,
+        likelihood="categorical" if data.task == "classification" else "gaussian",
+        hidden=tuple(hidden),
+        epochs=run.config.features.screen_epochs,
+        seed=run.config.train.seed,
+    )
+
+
 def select_features(run: Run, *, write: bool = True) -> dict[str, Any]:
     """Selected input features of the trained model (PIPs or norms); features.json."""
     f = run.config.features
@@ -378,6 +399,9 @@ def select_features(run: Run, *, write: bool = True) -> dict[str, Any]:
     else:
         names = data.feature_names or [f"x{i}" for i in range(scores.numel())]
     selected = torch.nonzero(keep).flatten().tolist()
+    screen = _screen(run, data, selected, scores.numel()) if f.screen else None
+    if screen is not None:
+        selected = screen.features
     result: dict[str, Any] = {
         "score": kind,
         "rule": rule,
@@ -387,6 +411,8 @@ def select_features(run: Run, *, write: bool = True) -> dict[str, Any]:
         "selected_names": [names[i] for i in selected],
         "n_features": scores.numel(),
     }
+    if screen is not None:
+        result["screen"] = screen.as_dict()
     if data.true_features is not None and scores.numel() == data.n_features:
         truth = metrics.selection_scores(selected, data.true_features, scores.numel())
         result["true_features"] = data.true_features

@@ -1,0 +1,56 @@
+"""Evidence screen: an interaction-only feature is found, noise columns are not."""
+
+import numpy as np
+import pytest
+import torch
+
+from bayesprune.screen import screen_features
+
+
+def _interaction_data(n: int, p: int, seed: int, task: str):
+    """x1 acts only with x0 (no main effect: its effect is odd in x0); the rest is noise."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, p, generator=g) * 2 - 1
+    if task == "regression":
+        y = 6 * x[:, 0] * x[:, 1].abs() + 2 * x[:, 0] + 0.3 * torch.randn(n, generator=g)
+        return x, y
+    return x, (x[:, 0] * x[:, 1] > 0).long()  # XOR: neither feature alone predicts y
+
+
+@pytest.mark.parametrize(
+    ("task", "likelihood"), [("regression", "gaussian"), ("classification", "categorical")]
+)
+def test_screen_adds_the_interacting_feature_and_no_noise(task, likelihood):
+    x, y = _interaction_data(600, 16, seed=0, task=task)
+    result = screen_features(
+        (x, y), [0], likelihood=likelihood, hidden=(8,), epochs=60, lr=2e-2, seed=0
+    )
+    assert result.candidates == list(range(1, 16))
+    assert result.gains.shape == (15,) and np.isfinite(result.gains).all()
+    assert int(np.argmax(result.gains)) == 0  # candidate x1 has the largest evidence gain
+    assert result.added == [1]  # and is the only one added
+    assert result.features == [0, 1]
+    assert result.gains[0] > result.min_gain and result.z[0] > result.z_critical
+    record = result.as_dict()
+    assert record["top"][0]["feature"] == 1 and record["added"] == [1]
+
+
+def test_screen_with_nothing_selected_finds_main_effects():
+    x, y = _interaction_data(600, 16, seed=1, task="regression")
+    result = screen_features((x, y), [], hidden=(8,), epochs=60, lr=2e-2, seed=0)
+    assert 0 in result.added  # x0 has a main effect: found from an empty start
+    assert not set(result.added) - {0, 1}
+
+
+def test_screen_rejects_bad_requests():
+    x, y = _interaction_data(50, 4, seed=0, task="regression")
+    with pytest.raises(ValueError, match="both selected and candidates"):
+        screen_features((x, y), [0], candidates=[0, 1])
+    with pytest.raises(ValueError, match="out of range"):
+        screen_features((x, y), [7])
+    with pytest.raises(ValueError, match="no candidate"):
+        screen_features((x, y), [0, 1, 2, 3])
+    with pytest.raises(ValueError, match="tabular"):
+        screen_features((x.reshape(50, 2, 2), y), [0])
+    with pytest.raises(ValueError, match="alpha"):
+        screen_features((x, y), [0], alpha=1.5)
