@@ -109,3 +109,21 @@ def test_bad_parameters_raise_in_fit_not_in_init():
         BayesianMLPClassifier(hidden_layer_sizes=(0,)).fit(X, y)
     with pytest.raises(ValueError, match="unknown predict_mode"):
         BayesianMLPClassifier(predict_mode="best").fit(X, y)
+
+
+def test_screen_adds_the_feature_the_gates_miss():
+    """x1 acts only through x0 (its effect is even in x1): its gate closes, the screen
+    finds it, and get_support / transform include it."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (400, 10))
+    y = 2 * X[:, 0] + 6 * X[:, 0] * np.abs(X[:, 1]) + 0.3 * rng.standard_normal(400)
+    kwargs = {"epochs": 60, "lr": 0.02, "random_state": 0}
+    plain = BayesianMLPRegressor((8,), **kwargs).fit(X, y)
+    assert plain.screen_ is None and plain.get_support().nonzero()[0].tolist() == [0]
+    est = BayesianMLPRegressor((8,), screen=True, screen_epochs=60, **kwargs).fit(X, y)
+    assert est.feature_importances_[1] < 0.5  # the gate missed x1 ...
+    assert est.screen_.added == [1]  # ... the screen found it
+    assert est.get_support().nonzero()[0].tolist() == [0, 1]
+    np.testing.assert_array_equal(est.transform(X), X[:, :2])
+    with pytest.raises(ValueError, match="input PIPs"):
+        BayesianMLPRegressor((8,), family="gaussian", screen=True, epochs=2).fit(X, y)

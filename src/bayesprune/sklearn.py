@@ -13,7 +13,11 @@ input's outgoing posterior-mean weights divided by the largest. `get_support()`
 keeps PIP > `selection_threshold` (0.5, the median-probability model) or, for
 norms, importance ≥ `selection_threshold` (0.1 of the largest); `transform(X)`
 returns the kept columns, so the estimator can feed a later Pipeline step via
-`sklearn.feature_selection.SelectFromModel` as well.
+`sklearn.feature_selection.SelectFromModel` as well. With `screen=True` (spike-and-slab
+with input gates) `fit` then runs the evidence screen (`bayesprune.screen`) on the
+features the PIPs left out, and `get_support()` also keeps those it adds (`screen_`
+holds the gains): features that act only through an interaction, which a gate can
+miss. The fitted network itself does not use them; refit on `transform(X)` for one that does.
 
 Inputs are standardised inside (with training statistics), so the priors mean the
 same for every data set; regression targets too (predictions are returned in the
@@ -48,6 +52,7 @@ from .likelihoods import Gaussian
 from .models import DETERMINISTIC, mlp
 from .nn import families, spike_slab_mlp
 from .predict import MODES, predict
+from .screen import screen_features
 from .train import fit
 
 try:
@@ -86,6 +91,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         samples: int = 20,
         predict_mode: str = "mc",
         selection_threshold: float | None = None,
+        screen: bool = False,
+        screen_epochs: int = 150,
         standardize: bool = True,
         random_state: int | np.random.RandomState | None = None,
         verbose: bool = False,
@@ -105,6 +112,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.samples = samples
         self.predict_mode = predict_mode
         self.selection_threshold = selection_threshold
+        self.screen = screen
+        self.screen_epochs = screen_epochs
         self.standardize = standardize
         self.random_state = random_state
         self.verbose = verbose
@@ -118,7 +127,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         hidden = list(self.hidden_layer_sizes)
         if any(not isinstance(h, int | np.integer) or h < 1 for h in hidden):
             raise ValueError(f"hidden_layer_sizes must be positive ints, got {hidden}")
-        for name in ("epochs", "batch_size", "samples"):
+        for name in ("epochs", "batch_size", "samples", "screen_epochs"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or value < (0 if name == "epochs" else 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -180,6 +189,23 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.history_ = history.epochs
         self.seed_ = seed
         self.feature_importances_, self.importance_kind_ = self._importances()
+        self.screen_ = self._screen(x, targets, likelihood, seed) if self.screen else None
+
+    def _screen(self, x: torch.Tensor, targets: torch.Tensor, likelihood: Any, seed: int) -> Any:
+        """The evidence screen of the features the PIPs left out (`bayesprune.screen`)."""
+        if self.importance_kind_ != "pip":
+            raise ValueError(
+                "screen=True starts from input PIPs: use family='spike_slab' with input_gates=True"
+            )
+        selected = np.flatnonzero(self._pip_mask()).tolist()
+        if len(selected) == x.shape[1]:
+            return None  # every feature is in: nothing to screen
+        kind = "gaussian" if isinstance(likelihood, Gaussian) else "categorical"
+        hidden = [int(h) for h in self.hidden_layer_sizes]
+        return screen_features(
+            (x, targets), selected, likelihood=kind, hidden=hidden, epochs=int(self.screen_epochs),
+            activation=self.activation, seed=seed,
+        )  # fmt: skip
 
     def _importances(self) -> tuple[np.ndarray, str]:
         try:
@@ -200,13 +226,19 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         )
 
     # -- feature selection (SelectorMixin gives get_support, transform, ...) ----------------
-    def _get_support_mask(self) -> np.ndarray:
-        """The input features the posterior keeps (see the module docstring)."""
-        check_is_fitted(self)
+    def _pip_mask(self) -> np.ndarray:
         default = 0.5 if self.importance_kind_ == "pip" else 0.1
         cut = default if self.selection_threshold is None else self.selection_threshold
         imp = self.feature_importances_
         return imp > cut if self.importance_kind_ == "pip" else imp >= cut
+
+    def _get_support_mask(self) -> np.ndarray:
+        """The input features the posterior keeps, plus those the screen added."""
+        check_is_fitted(self)
+        mask = self._pip_mask()
+        if self.screen_ is not None:
+            mask[self.screen_.added] = True
+        return mask
 
 
 class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
@@ -218,12 +250,14 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     `epochs`, `batch_size`, `lr`, `kl_weight` (as in `bayesprune.fit`); priors
     `prior_scale` (Gaussian), `slab_scale`, `prior_inclusion`, `gate_init`
     (spike-and-slab); `samples` and `predict_mode` ("mc" or "mean") for
-    prediction; `selection_threshold` for `get_support`; `standardize` the
+    prediction; `selection_threshold` for `get_support`; `screen` (and
+    `screen_epochs`): also test the left-out features by their evidence gain; `standardize` the
     inputs; `random_state`; `verbose` shows a progress bar.
 
     Fitted attributes: `classes_`, `model_` (the torch network), `likelihood_`,
     `history_` (per-epoch records), `feature_importances_`, `importance_kind_`
-    ("pip" or "norm"), `n_features_in_`, `x_mean_`, `x_scale_`. See the module
+    ("pip" or "norm"), `screen_` (a `ScreenResult`, or None), `n_features_in_`,
+    `x_mean_`, `x_scale_`. See the module
     docstring for the estimator checks that do not apply and why.
     """
 
