@@ -14,7 +14,8 @@ trained at once with `torch.func.vmap` over stacked copies of one network, and t
 comparison is paired: every member starts from the same weights, sees the same
 mini-batches and the same noise draws, and the baseline S is the member whose extra
 input column is zero (its extra weights sit at the prior, KL 0). The gain of c is
-ELBO(S ∪ {c}) − ELBO(S) in nats, a lower-bound estimate of the log Bayes factor.
+ELBO(S ∪ {c}) − ELBO(S) in nats: each ELBO bounds its log evidence from below, so
+the gain estimates the log Bayes factor of adding c.
 
 Gains of null candidates are not centred at 0: each candidate changes the path of
 training, and a noise column buys some overfitting. With few true features among
@@ -24,11 +25,15 @@ empirical null, median and 1.4826 · MAD). Two stages:
 1. screen: one paired run over every candidate; the shortlist is the candidates whose
    gain is above the prior odds against a feature, log((1 − λ)/λ), and an outlier of
    the null at a Bonferroni-corrected level, z > Φ⁻¹(1 − α / #candidates);
-2. confirm: the shortlist is trained again from `confirm_runs` fresh initialisations
-   (new seeds, paired as before) and a candidate is added when its mean gain passes
-   both tests again, the z now against the null's spread / √runs. A gain that came
-   from one lucky training path does not repeat (on the correlated design, one run
-   shortlisted dozens of noise columns); a real effect does.
+2. confirm out of sample: the shortlist and `decoys` random non-shortlisted candidates
+   (the null of this stage) are trained on all but one of `confirm_folds` folds and
+   scored by the log predictive density of the held-out fold, summed over the folds
+   (a cross-fitted, prequential-style evidence). A candidate is added when its
+   held-out gain exceeds the prior odds and exceeds max(0, the decoys' median) by more
+   than Φ⁻¹(1 − α / #shortlist) times the decoys' robust spread. In-sample gains carry
+   the winner's curse: among a thousand noise columns some correlate with the residual
+   by chance, and retraining on the same rows confirms the chance (it did on the
+   correlated design); held-out rows do not.
 
 Add-one screening cannot find a pair of features that only act together (sin(x3·x4)
 with both excluded); the gates find those because together they have a large effect.
@@ -45,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -64,7 +70,10 @@ class ScreenResult:
     gains: np.ndarray  # ELBO(S ∪ {c}) − ELBO(S) in nats, one per candidate (stage 1)
     z: np.ndarray  # robust z-score of each gain against the candidates' median / MAD
     shortlist: list[int]  # candidates that passed stage 1
-    confirm_gains: np.ndarray  # (confirm_runs, len(shortlist)): stage-2 gains
+    confirm_gains: np.ndarray  # stage 2: held-out log predictive gain of each shortlisted one
+    confirm_z: np.ndarray  # ... minus max(0, decoys' median), over the decoys' spread
+    decoys: list[int]  # non-shortlisted candidates run through stage 2 as its null
+    decoy_gains: np.ndarray
     added: list[int]
     min_gain: float  # log prior odds against a feature
     z_critical: float
@@ -81,7 +90,9 @@ class ScreenResult:
         return {
             "selected": self.selected,
             "shortlist": self.shortlist,
-            "confirm_mean_gain": self.confirm_gains.mean(0).tolist() if self.shortlist else [],
+            "confirm_gains": self.confirm_gains.tolist(),
+            "confirm_z": self.confirm_z.tolist(),
+            "decoy_gains": self.decoy_gains.tolist(),
             "added": self.added,
             "features": self.features,
             "min_gain": self.min_gain,
@@ -100,7 +111,7 @@ class ScreenResult:
 
 
 class _Member(nn.Module):
-    """One candidate network and its likelihood: returns (mean NLL, KL) for a batch."""
+    """One candidate network and its likelihood: returns (NLL per row, KL) for a batch."""
 
     def __init__(self, net: nn.Module, likelihood: Likelihood) -> None:
         super().__init__()
@@ -114,8 +125,9 @@ class _Member(nn.Module):
             # which vmap cannot trace: the same formula written out.
             mean, var = self.likelihood.mean_and_variance(out)
             nll = 0.5 * (torch.log(2 * math.pi * var) + (y.reshape(-1) - mean).square() / var)
-            return nll.mean(), model_kl(self.net)
-        return self.likelihood.nll(out, y), model_kl(self.net)
+        else:
+            nll = F.cross_entropy(out, y, reduction="none")
+        return nll, model_kl(self.net)
 
 
 def _check_features(selected: Sequence[int], candidates: Sequence[int], p: int) -> None:
@@ -152,10 +164,21 @@ class _Training:
 
 
 def _paired_gains(
-    x: Tensor, y: Tensor, selected: list[int], candidates: list[int], how: _Training, seed: int
+    x: Tensor,
+    y: Tensor,
+    selected: list[int],
+    candidates: list[int],
+    how: _Training,
+    seed: int,
+    held_out: Tensor | None = None,
 ) -> np.ndarray:
-    """ELBO(S ∪ {c}) − ELBO(S) per candidate, all members trained at once (paired)."""
-    n = len(x)
+    """Gain of S ∪ {c} over S per candidate, all members trained at once (paired).
+
+    Without `held_out`: ELBO gains on all rows. With it (a boolean row mask): trained on
+    the other rows, the gain in log predictive density of the held-out rows.
+    """
+    train_rows = torch.arange(len(x)) if held_out is None else torch.nonzero(~held_out).flatten()
+    n = len(train_rows)
     torch.manual_seed(seed)
     net = mlp(len(selected) + 1, how.hidden, how.out_features, activation=how.activation)
     template = _Member(net, how.likelihood)
@@ -183,21 +206,29 @@ def _paired_gains(
     optimizer = torch.optim.Adam(list(params.values()), lr=how.lr)
     order = torch.Generator().manual_seed(seed)
     for _ in range(how.epochs):
-        perm = torch.randperm(n, generator=order)
+        perm = train_rows[torch.randperm(n, generator=order)]
         for start in range(0, n, how.batch_size):
             rows = perm[start : start + how.batch_size]
             nll, kl = batched(params, buffers, member_inputs(rows), y[rows])
-            loss = (nll + kl / n).sum()  # members are independent: a sum trains each
+            loss = (nll.mean(-1) + kl / n).sum()  # members are independent: a sum trains each
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     with torch.no_grad():
-        everything = member_inputs(torch.arange(n))
-        neg_elbo = torch.zeros(len(candidates) + 1)
-        for _ in range(how.mc_samples):
-            nll, kl = batched(params, buffers, everything, y)
-            neg_elbo += (nll * n + kl) / how.mc_samples
-    return (neg_elbo[-1] - neg_elbo[:-1]).numpy().astype(float)
+        if held_out is None:
+            everything = member_inputs(train_rows)
+            neg_elbo = torch.zeros(len(candidates) + 1)
+            for _ in range(how.mc_samples):
+                nll, kl = batched(params, buffers, everything, y)
+                neg_elbo += (nll.sum(-1) + kl) / how.mc_samples
+            return (neg_elbo[-1] - neg_elbo[:-1]).numpy().astype(float)
+        rows = torch.nonzero(held_out).flatten()
+        inputs = member_inputs(rows)
+        log_lik = torch.stack(
+            [-batched(params, buffers, inputs, y[rows])[0] for _ in range(how.mc_samples)]
+        )  # (samples, members, rows)
+        lpd = (torch.logsumexp(log_lik, 0) - math.log(how.mc_samples)).sum(-1)
+        return (lpd[:-1] - lpd[-1]).numpy().astype(float)
 
 
 def screen_features(
@@ -214,7 +245,8 @@ def screen_features(
     prior_inclusion: float | None = None,
     alpha: float = 0.05,
     mc_samples: int = 8,
-    confirm_runs: int = 3,
+    confirm_folds: int = 3,
+    decoys: int = 30,
     seed: int = 0,
 ) -> ScreenResult:
     """Paired variational Bayes factors of S ∪ {c} against S for every candidate c.
@@ -235,11 +267,17 @@ def screen_features(
     candidates = [int(i) for i in candidates]
     _check_features(selected, candidates, p)
     counts = {"epochs": epochs, "batch_size": batch_size, "mc_samples": mc_samples}
-    counts["confirm_runs"] = confirm_runs
-    if min(counts.values()) < 1 or not lr > 0 or not 0 < alpha < 1:
+    counts["confirm_folds"] = confirm_folds
+    if (
+        min(counts.values()) < 1
+        or confirm_folds < 2
+        or decoys < 2
+        or not lr > 0
+        or not 0 < alpha < 1
+    ):
         raise ValueError(
-            f"{', '.join(counts)} must be >= 1, lr > 0 and 0 < alpha < 1; got {counts}, "
-            f"lr={lr}, alpha={alpha}"
+            f"{', '.join(counts)} must be >= 1, confirm_folds and decoys >= 2, lr > 0 and "
+            f"0 < alpha < 1; got {counts}, decoys={decoys}, lr={lr}, alpha={alpha}"
         )
     lam = default_prior_inclusion(p) if prior_inclusion is None else float(prior_inclusion)
     if not 0 < lam < 1:
@@ -264,13 +302,27 @@ def screen_features(
     shortlist = [
         c for c, g, zc in zip(candidates, gains, z, strict=True) if g > min_gain and zc > z_critical
     ]
-    confirm = np.zeros((confirm_runs, len(shortlist)))
+
+    # stage 2: cross-fitted held-out gains of the shortlist and of random decoys
+    rest = [c for c in candidates if c not in set(shortlist)]
+    picked = np.random.default_rng(seed).permutation(len(rest))[:decoys] if shortlist else []
+    tested = shortlist + sorted(rest[int(i)] for i in picked)
+    held_out = np.zeros(len(tested))
     if shortlist:
-        for run in range(confirm_runs):
-            confirm[run] = _paired_gains(x, y, selected, shortlist, how, seed + 1000 * (run + 1))
-    mean_gain = confirm.mean(0)
-    mean_z = (mean_gain - median) / (null_scale / math.sqrt(confirm_runs))
-    passed = (mean_gain > min_gain) & (mean_z > z_critical)
+        n = len(x)
+        fold = torch.empty(n, dtype=torch.long)
+        fold[torch.randperm(n, generator=torch.Generator().manual_seed(seed))] = (
+            torch.arange(n) % confirm_folds
+        )
+        for k in range(confirm_folds):
+            held_out += _paired_gains(x, y, selected, tested, how, seed + 1000 * (k + 1), fold == k)
+    confirm, decoy = held_out[: len(shortlist)], held_out[len(shortlist) :]
+    decoy_median, decoy_scale = _null_statistics(decoy) if len(decoy) > 1 else (0.0, math.inf)
+    # a null feature's expected held-out gain is at most 0: centre there unless the
+    # decoys sit higher, and take only their spread from them
+    confirm_z = (confirm - max(decoy_median, 0.0)) / decoy_scale
+    confirm_critical = NormalDist().inv_cdf(1 - alpha / max(len(shortlist), 1))
+    passed = (confirm > min_gain) & (confirm_z > confirm_critical)
     return ScreenResult(
         selected=selected,
         candidates=candidates,
@@ -278,6 +330,9 @@ def screen_features(
         z=z,
         shortlist=shortlist,
         confirm_gains=confirm,
+        confirm_z=confirm_z,
+        decoys=tested[len(shortlist) :],
+        decoy_gains=decoy,
         added=[c for c, ok in zip(shortlist, passed, strict=True) if ok],
         min_gain=min_gain,
         z_critical=z_critical,
