@@ -11,6 +11,8 @@ Methods (one hidden layer of `--hidden` units for the networks, full KL):
   units kept by the median model (PIP > 0.5) or by the expected size (the round(Σ PIP)
   highest PIPs per layer); held-out score of the full network (Monte-Carlo), of the
   pruned one (no refit) and, for the expected size, after a deterministic refit;
+  the median selection plus the features the evidence screen adds
+  (`bayesprune.screen`), scored by a Gaussian BNN trained on them ("refit" column);
 - the same network with Gaussian weights (no gates): inputs ranked by the norm of
   their outgoing posterior means ("norm") or by their mean weight SNR |μ|/σ ("snr");
 - Lasso (regression, `LassoCV`) / L1-logistic (`LogisticRegressionCV`, saga): 5-fold
@@ -45,6 +47,7 @@ import bayesprune as bp
 from bayesprune.compress import input_scores
 from bayesprune.data import load_tabular
 from bayesprune.nn import spike_slab_mlp
+from bayesprune.screen import screen_features
 from bayesprune.selection import decide, heldout_scores, prune, refit, select_model
 
 SETS = ("breast_cancer", "wine", "diabetes")
@@ -116,6 +119,7 @@ def _networks(data: Any, args: argparse.Namespace, seed: int) -> list[dict]:
             architecture="-".join(map(str, result.architecture)),
         )
     )
+    rows.append(_screened(data, args, report, full, likelihood, metric, unit, seed))
     torch.manual_seed(seed)
     gauss = bp.mlp(p, [args.hidden], out, family="gaussian")
     history = bp.fit(
@@ -128,6 +132,40 @@ def _networks(data: Any, args: argparse.Namespace, seed: int) -> list[dict]:
     for name, s in (("norm", norm), ("snr", snr)):
         rows.append(_row(f"Gaussian BNN, input {name} > mean", s > s.mean(), data, score))
     return rows
+
+
+def _screened(
+    data: Any, args: argparse.Namespace, report: Any, full: float, likelihood: str,
+    metric: str, unit: float, seed: int,
+) -> dict:  # fmt: skip
+    """The median selection plus what the evidence screen adds; a Gaussian BNN on it."""
+    selected = report.selection.selected_features or []
+    if len(selected) == data.n_features:
+        features, added = selected, []
+    else:
+        screen = screen_features(
+            data.train, selected, likelihood=likelihood, hidden=(args.hidden,), seed=seed
+        )
+        features, added = screen.features, screen.added
+    (x, y), (x_test, y_test) = data.train, data.test
+    out = data.n_classes if data.task == "classification" else 1
+    torch.manual_seed(seed)
+    net = bp.mlp(len(features), [args.hidden], out, family="gaussian")
+    fit_kwargs = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+    history = bp.fit(
+        net, (x[:, features], y), likelihood=likelihood, seed=seed, progress=False, **fit_kwargs
+    )
+    scores = heldout_scores(net, x_test[:, features], y_test, history.likelihood, seed=seed)
+    mask = np.zeros(data.n_features, dtype=bool)
+    mask[features] = True
+    return _row(
+        "spike-and-slab, median + evidence screen",
+        mask,
+        data,
+        full,
+        score_refit=scores[metric] * unit,
+        screen_added=added,
+    )
 
 
 def _sklearn(data: Any, seed: int) -> list[dict]:

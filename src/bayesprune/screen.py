@@ -92,6 +92,7 @@ class ScreenResult:
             "shortlist": self.shortlist,
             "confirm_gains": self.confirm_gains.tolist(),
             "confirm_z": self.confirm_z.tolist(),
+            "decoys": self.decoys,
             "decoy_gains": self.decoy_gains.tolist(),
             "added": self.added,
             "features": self.features,
@@ -219,7 +220,7 @@ def _paired_gains(
             everything = member_inputs(train_rows)
             neg_elbo = torch.zeros(len(candidates) + 1)
             for _ in range(how.mc_samples):
-                nll, kl = batched(params, buffers, everything, y)
+                nll, kl = batched(params, buffers, everything, y[train_rows])
                 neg_elbo += (nll.sum(-1) + kl) / how.mc_samples
             return (neg_elbo[-1] - neg_elbo[:-1]).numpy().astype(float)
         rows = torch.nonzero(held_out).flatten()
@@ -266,18 +267,18 @@ def screen_features(
         candidates = [i for i in range(p) if i not in set(selected)]
     candidates = [int(i) for i in candidates]
     _check_features(selected, candidates, p)
-    counts = {"epochs": epochs, "batch_size": batch_size, "mc_samples": mc_samples}
-    counts["confirm_folds"] = confirm_folds
+    settings = dict(
+        epochs=epochs, batch_size=batch_size, mc_samples=mc_samples,
+        confirm_folds=confirm_folds, decoys=decoys, lr=lr, alpha=alpha,
+    )  # fmt: skip
     if (
-        min(counts.values()) < 1
-        or confirm_folds < 2
-        or decoys < 2
-        or not lr > 0
-        or not 0 < alpha < 1
+        min(epochs, batch_size, mc_samples) < 1
+        or min(confirm_folds, decoys) < 2
+        or not (lr > 0 and 0 < alpha < 1)
     ):
         raise ValueError(
-            f"{', '.join(counts)} must be >= 1, confirm_folds and decoys >= 2, lr > 0 and "
-            f"0 < alpha < 1; got {counts}, decoys={decoys}, lr={lr}, alpha={alpha}"
+            "need epochs, batch_size, mc_samples >= 1, confirm_folds, decoys >= 2, lr > 0 "
+            f"and 0 < alpha < 1; got {settings}"
         )
     lam = default_prior_inclusion(p) if prior_inclusion is None else float(prior_inclusion)
     if not 0 < lam < 1:
