@@ -110,7 +110,11 @@ def screened(args: argparse.Namespace, data: Any, selected: Any, seed: int) -> d
     """
     started = time.perf_counter()
     screen = screen_features(
-        data.train, [int(i) for i in selected], epochs=args.screen_epochs, seed=seed
+        data.train,
+        [int(i) for i in selected],
+        epochs=args.screen_epochs,
+        rounds=args.screen_rounds,
+        seed=seed,
     )
     features = screen.features
     (x, y), (x_test, y_test) = data.train, data.test
@@ -129,6 +133,7 @@ def screened(args: argparse.Namespace, data: Any, selected: Any, seed: int) -> d
     scores = metrics.selection_scores(features, data.true_features, data.n_features)
     return {
         "screen_added": screen.added,
+        "screen_rounds": screen.rounds,
         "screen_top_gain": round(float(screen.gains.max()), 1),
         "screen_top_z": round(float(screen.z.max()), 2),
         "rmse_screened_full": report.scores["full"]["rmse"] * data.y_std,
@@ -192,6 +197,7 @@ def main() -> None:
         help="skip the evidence screen of the excluded features (bayesprune.screen)",
     )  # fmt: skip
     parser.add_argument("--screen-epochs", type=int, default=150)
+    parser.add_argument("--screen-rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="first replicate's seed")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default=None, help="results file name")

@@ -54,3 +54,16 @@ def test_screen_rejects_bad_requests():
         screen_features((x.reshape(50, 2, 2), y), [0])
     with pytest.raises(ValueError, match="alpha"):
         screen_features((x, y), [0], alpha=1.5)
+
+
+def test_a_later_round_finds_the_feature_that_needs_an_added_one():
+    """y = 3·x0 + 8·x0·|x1| + 5·x1·x2: from S = {x0}, x2 has no effect until x1 is in."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1200, 12, generator=g) * 2 - 1
+    y = 3 * x[:, 0] + 8 * x[:, 0] * x[:, 1].abs() + 5 * x[:, 1] * x[:, 2]
+    y = y + 0.3 * torch.randn(1200, generator=g)
+    kwargs = {"hidden": (16,), "epochs": 60, "lr": 2e-2, "seed": 0}
+    one = screen_features((x, y), [0], rounds=1, **kwargs)
+    assert one.added == [1] and one.rounds == [[1]]
+    two = screen_features((x, y), [0], rounds=2, **kwargs)
+    assert two.rounds == [[1], [2]] and two.features == [0, 1, 2]
