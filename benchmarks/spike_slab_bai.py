@@ -221,7 +221,15 @@ def main() -> None:
         f"`{args.gate_estimator}`, full KL, rule `{args.rule}` for the pruned network, "
         f"{args.epochs} epochs "
         f"(lr {args.lr}, batch {args.batch_size}), refits {args.refit_epochs} epochs; "
-        f"{args.replicates} replicates. RMSE in the units of y (noise sd 1).\n\n"
+        f"{args.replicates} replicates. RMSE in the units of y (noise sd 1)."
+        + (
+            f" Evidence screen on the median selection: {args.screen_epochs} epochs, up to "
+            f"{args.screen_rounds} rounds; `screened` = a spike-and-slab net with unit gates "
+            "on the screened features."
+            if args.screen
+            else ""
+        )
+        + "\n\n"
         "## Summary (mean ± sd over replicates)\n\n"
         + md_table([overall])
         + "\n## Replicates\n\n"
