@@ -23,7 +23,7 @@ def _interaction_data(n: int, p: int, seed: int, task: str):
 def test_screen_adds_the_interacting_feature_and_no_noise(task, likelihood):
     x, y = _interaction_data(600, 16, seed=0, task=task)
     result = screen_features(
-        (x, y), [0], likelihood=likelihood, hidden=(8,), epochs=60, lr=2e-2, seed=0
+        (x, y), [0], likelihood=likelihood, hidden=(8,), epochs=60, min_steps=0, lr=2e-2, seed=0
     )
     assert result.candidates == list(range(1, 16))
     assert result.gains.shape == (15,) and np.isfinite(result.gains).all()
@@ -37,7 +37,7 @@ def test_screen_adds_the_interacting_feature_and_no_noise(task, likelihood):
 
 def test_screen_with_nothing_selected_finds_main_effects():
     x, y = _interaction_data(600, 16, seed=1, task="regression")
-    result = screen_features((x, y), [], hidden=(8,), epochs=60, lr=2e-2, seed=0)
+    result = screen_features((x, y), [], hidden=(8,), epochs=60, min_steps=0, lr=2e-2, seed=0)
     assert 0 in result.added  # x0 has a main effect: found from an empty start
     assert not set(result.added) - {0, 1}
 
@@ -62,8 +62,20 @@ def test_a_later_round_finds_the_feature_that_needs_an_added_one():
     x = torch.rand(1200, 12, generator=g) * 2 - 1
     y = 3 * x[:, 0] + 8 * x[:, 0] * x[:, 1].abs() + 5 * x[:, 1] * x[:, 2]
     y = y + 0.3 * torch.randn(1200, generator=g)
-    kwargs = {"hidden": (16,), "epochs": 60, "lr": 2e-2, "seed": 0}
+    kwargs = {"hidden": (16,), "epochs": 60, "min_steps": 0, "lr": 2e-2, "seed": 0}
     one = screen_features((x, y), [0], rounds=1, **kwargs)
     assert one.added == [1] and one.rounds == [[1]]
     two = screen_features((x, y), [0], rounds=2, **kwargs)
     assert two.rounds == [[1], [2]] and two.features == [0, 1, 2]
+
+
+def test_small_data_gets_enough_steps_to_see_a_main_effect():
+    """120 rows are one batch: 20 epochs are 20 steps, too few for the extra weights to
+    leave their initial KL; min_steps trains on until x1's main effect shows."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(120, 10, generator=g) * 2 - 1
+    y = 3 * x[:, 0] + x[:, 1] + 0.3 * torch.randn(120, generator=g)
+    kwargs = {"hidden": (16,), "epochs": 20, "lr": 2e-2, "seed": 0}
+    short = screen_features((x, y), [0], min_steps=0, **kwargs)
+    assert short.added == [] and short.gains[0] < 0  # x1's gain is still the KL it costs
+    assert screen_features((x, y), [0], **kwargs).added == [1]

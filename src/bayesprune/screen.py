@@ -163,6 +163,7 @@ class _Training:
     hidden: tuple[int, ...]
     activation: str
     epochs: int
+    min_steps: int
     lr: float
     batch_size: int
     mc_samples: int
@@ -210,7 +211,10 @@ def _paired_gains(
 
     optimizer = torch.optim.Adam(list(params.values()), lr=how.lr)
     order = torch.Generator().manual_seed(seed)
-    for _ in range(how.epochs):
+    # small data: at least `min_steps` optimiser steps, or the extra weights keep the
+    # KL of their initial, tiny sigma and every gain is negative (wine: 2 steps / epoch)
+    epochs = max(how.epochs, math.ceil(how.min_steps / math.ceil(n / how.batch_size)))
+    for _ in range(epochs):
         perm = train_rows[torch.randperm(n, generator=order)]
         for start in range(0, n, how.batch_size):
             rows = perm[start : start + how.batch_size]
@@ -245,6 +249,7 @@ def screen_features(
     hidden: Sequence[int] = (7, 7, 7),
     activation: str = "relu",
     epochs: int = 150,
+    min_steps: int = 1500,
     lr: float = 1e-2,
     batch_size: int = 128,
     prior_inclusion: float | None = None,
@@ -259,7 +264,9 @@ def screen_features(
 
     `train` is tabular (x of shape (n, p), y). `candidates` defaults to every feature
     not in `selected`. `prior_inclusion` is λ of one feature (default 1 / (p + 1), the
-    spike-and-slab input gates' default). See the module doc for the two-stage rule.
+    spike-and-slab input gates' default). Every candidate network trains `epochs`
+    epochs, more on small data to reach `min_steps` optimiser steps. See the module
+    doc for the two-stage rule.
     Up to `rounds` rounds: each later one starts from S plus what was added so far and
     screens the rest (stops when a round adds nothing). The gains, shortlist and decoys
     recorded are the first round's; `rounds` lists what each round added.
@@ -298,6 +305,7 @@ def screen_features(
         hidden=tuple(hidden),
         activation=activation,
         epochs=epochs,
+        min_steps=min_steps,
         lr=lr,
         batch_size=batch_size,
         mc_samples=mc_samples,
