@@ -79,3 +79,12 @@ def test_small_data_gets_enough_steps_to_see_a_main_effect():
     short = screen_features((x, y), [0], min_steps=0, **kwargs)
     assert short.added == [] and short.gains[0] < 0  # x1's gain is still the KL it costs
     assert screen_features((x, y), [0], **kwargs).added == [1]
+
+
+def test_the_callers_random_state_is_left_alone():
+    x, y = _interaction_data(200, 6, seed=0, task="regression")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    screen_features((x, y), [0], hidden=(4,), epochs=2, min_steps=0, seed=5)
+    assert torch.equal(torch.rand(3), expected)

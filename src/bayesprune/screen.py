@@ -311,17 +311,18 @@ def screen_features(
         mc_samples=mc_samples,
     )
 
-    result = _one_round(x, y, selected, candidates, how, lam, alpha, confirm_folds, decoys, seed)
-    result.rounds = [list(result.added)]
-    while result.rounds[-1] and len(result.rounds) < rounds:
-        rest = [c for c in candidates if c not in set(result.added)]
-        if not rest:
-            break
-        start = sorted(selected + result.added)
-        later_seed = seed + 7919 * len(result.rounds)
-        later = _one_round(x, y, start, rest, how, lam, alpha, confirm_folds, decoys, later_seed)
-        result.rounds.append(list(later.added))
-        result.added = result.added + later.added
+    settings_ = (how, lam, alpha, confirm_folds, decoys)
+    with torch.random.fork_rng(devices=[]):  # seeded here; the caller's RNG is left alone
+        result = _one_round(x, y, selected, candidates, *settings_, seed)
+        result.rounds = [list(result.added)]
+        while result.rounds[-1] and len(result.rounds) < rounds:
+            rest = [c for c in candidates if c not in set(result.added)]
+            if not rest:
+                break
+            start = sorted(selected + result.added)
+            later = _one_round(x, y, start, rest, *settings_, seed + 7919 * len(result.rounds))
+            result.rounds.append(list(later.added))
+            result.added = result.added + later.added
     return result
 
 
