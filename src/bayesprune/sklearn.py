@@ -52,7 +52,7 @@ from .likelihoods import Gaussian
 from .models import DETERMINISTIC, mlp
 from .nn import families, spike_slab_mlp
 from .predict import MODES, predict
-from .screen import screen_features
+from .screen import ScreenResult, screen_features
 from .train import fit
 
 try:
@@ -191,7 +191,9 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.feature_importances_, self.importance_kind_ = self._importances()
         self.screen_ = self._screen(x, targets, likelihood, seed) if self.screen else None
 
-    def _screen(self, x: torch.Tensor, targets: torch.Tensor, likelihood: Any, seed: int) -> Any:
+    def _screen(
+        self, x: torch.Tensor, targets: torch.Tensor, likelihood: Any, seed: int
+    ) -> ScreenResult | None:
         """The evidence screen of the features the PIPs left out (`bayesprune.screen`)."""
         if self.importance_kind_ != "pip":
             raise ValueError(
