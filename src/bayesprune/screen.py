@@ -59,6 +59,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from .likelihoods import Gaussian, Likelihood, make_likelihood
 from .models import mlp
 from .nn import kl as model_kl
+from .nn.gaussian import inverse_softplus
 from .nn.spike_slab import default_prior_inclusion
 from .train import DataLike, as_dataset
 
@@ -192,8 +193,7 @@ def _paired_gains(
     first = members[-1].net[0]  # the baseline: its extra column is zero, its weights at the prior
     with torch.no_grad():
         first.weight_mu[:, -1] = 0.0
-        scale = torch.tensor(first.prior.scale)
-        first.weight_rho[:, -1] = scale + torch.log(-torch.expm1(-scale))  # softplus⁻¹
+        first.weight_rho[:, -1] = inverse_softplus(torch.tensor(first.prior.scale))
     params, buffers = stack_module_state(members)
     skeleton = copy.deepcopy(template).to("meta")
 

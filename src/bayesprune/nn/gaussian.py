@@ -23,6 +23,11 @@ from .priors import GaussianPrior, Prior, make_prior
 _VAR_FLOOR = 1e-16  # keeps sqrt differentiable where an input is exactly zero
 
 
+def inverse_softplus(sigma: Tensor) -> Tensor:
+    """The ρ with softplus(ρ) = σ: σ + log(−expm1(−σ)), stable for small and large σ."""
+    return sigma + torch.log(-torch.expm1(-sigma))
+
+
 class _GaussianLayer(VariationalLayer):
     """Parameters, KL and forward maths shared by the dense and conv variants.
 
@@ -101,8 +106,7 @@ class _GaussianLayer(VariationalLayer):
             self.bias_mu.add_(mean.to(self.bias_mu))
             if var is not None and self.bias_rho is not None:
                 sigma = (self.bias_sigma.square() + var.to(self.bias_rho)).sqrt()
-                # softplus⁻¹(s) = s + log(−expm1(−s)), stable for small and large s
-                self.bias_rho.copy_(sigma + torch.log(-torch.expm1(-sigma)))
+                self.bias_rho.copy_(inverse_softplus(sigma))
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.sample:
