@@ -54,6 +54,8 @@ def test_screen_rejects_bad_requests():
         screen_features((x.reshape(50, 2, 2), y), [0])
     with pytest.raises(ValueError, match="alpha"):
         screen_features((x, y), [0], alpha=1.5)
+    with pytest.raises(ValueError, match="rounds"):
+        screen_features((x, y), [0], rounds=0)
 
 
 def test_a_later_round_finds_the_feature_that_needs_an_added_one():

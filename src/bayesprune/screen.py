@@ -287,7 +287,7 @@ def screen_features(
         confirm_folds=confirm_folds, decoys=decoys, lr=lr, alpha=alpha,
     )  # fmt: skip
     if (
-        min(epochs, batch_size, mc_samples) < 1
+        min(epochs, batch_size, mc_samples, rounds) < 1
         or min(confirm_folds, decoys) < 2
         or not (lr > 0 and 0 < alpha < 1)
     ):
@@ -311,16 +311,16 @@ def screen_features(
         mc_samples=mc_samples,
     )
 
-    settings_ = (how, lam, alpha, confirm_folds, decoys)
+    round_args = (how, lam, alpha, confirm_folds, decoys)
     with torch.random.fork_rng(devices=[]):  # seeded here; the caller's RNG is left alone
-        result = _one_round(x, y, selected, candidates, *settings_, seed)
+        result = _one_round(x, y, selected, candidates, *round_args, seed)
         result.rounds = [list(result.added)]
         while result.rounds[-1] and len(result.rounds) < rounds:
             rest = [c for c in candidates if c not in set(result.added)]
             if not rest:
                 break
             start = sorted(selected + result.added)
-            later = _one_round(x, y, start, rest, *settings_, seed + 7919 * len(result.rounds))
+            later = _one_round(x, y, start, rest, *round_args, seed + 7919 * len(result.rounds))
             result.rounds.append(list(later.added))
             result.added = result.added + later.added
     return result
