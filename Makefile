@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: install test test-fast lint format demo clean
+.PHONY: install test test-fast lint format docs demo clean
 
 install: $(STAMP)
 
@@ -24,15 +25,24 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 
 format: install
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks tools
+	$(BIN)/ruff check --fix src tests benchmarks tools
+
+# The site goes to site/; warnings (a broken link, a malformed docstring) fail the build.
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict
+
+# After `install`, so torch is already the pinned CPU build and nothing pulls another.
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
 
 demo: install
 	$(BIN)/bayesprune demo --out runs/demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build site *.egg-info src/*.egg-info .pytest_cache
