@@ -31,7 +31,7 @@ import bayesprune as bp
 from bayesprune import compress
 from bayesprune.compress.adapters import copy_model
 from bayesprune.data import load_mnist
-from bayesprune.nn.convert import to_deterministic
+from bayesprune.nn import to_deterministic
 
 NAME = "compress_lenet300"
 GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.985, 0.99, 0.9925, 0.995)

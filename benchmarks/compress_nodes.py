@@ -46,8 +46,8 @@ import bayesprune as bp
 from bayesprune import compress
 from bayesprune.compress.adapters import copy_model
 from bayesprune.data import load_mnist
+from bayesprune.nn import to_deterministic
 from bayesprune.nn.base import use_posterior_mean
-from bayesprune.nn.convert import to_deterministic
 from bayesprune.nn.sparse_vd import SparseVDLinear
 
 NAME = "compress_nodes"

@@ -137,9 +137,7 @@ def removal_curve(model: nn.Module, x: Tensor, y: Tensor, evi: bool) -> list[dic
     for k in counts:
         keep = torch.ones(n, dtype=torch.bool)
         keep[order[:k]] = False
-        small = compress.shrink(
-            model, SHAPE, prune_units={"0": keep}, passthrough=compress.EVI_PASSTHROUGH
-        ).model
+        small = compress.shrink(model, SHAPE, prune_units={"0": keep}).model
         rows.append({"removed": k, "share": k / n, "accuracy": accuracy(small, x, y, evi)})
     return rows
 

@@ -28,7 +28,7 @@ from _common import md_table, write_results
 import bayesprune as bp
 from bayesprune import metrics
 from bayesprune.data import bai2020, correlated
-from bayesprune.nn import spike_slab_mlp
+from bayesprune.models import mlp
 from bayesprune.screen import screen_features
 from bayesprune.selection import decide, heldout_scores, refit, select_model
 
@@ -40,8 +40,13 @@ def replicate(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     x_test, y_test = data.test
     fit_kwargs = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
     torch.manual_seed(seed)
-    model = spike_slab_mlp(
-        args.p, args.hidden, 1, input_gates=True, gate_estimator=args.gate_estimator
+    model = mlp(
+        args.p,
+        args.hidden,
+        1,
+        family="spike_slab",
+        input_gates=True,
+        gate_estimator=args.gate_estimator,
     )
     started = time.perf_counter()
     report = select_model(
@@ -121,7 +126,9 @@ def screened(args: argparse.Namespace, data: Any, selected: Any, seed: int) -> d
     features = screen.features
     (x, y), (x_test, y_test) = data.train, data.test
     torch.manual_seed(seed)
-    model = spike_slab_mlp(len(features), args.hidden, 1, gate_estimator=args.gate_estimator)
+    model = mlp(
+        len(features), args.hidden, 1, family="spike_slab", gate_estimator=args.gate_estimator
+    )
     fit_kwargs = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
     report = select_model(
         model,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from typing import Any
 
@@ -32,8 +31,8 @@ from torch import nn
 
 import bayesprune as bp
 from bayesprune.data import bai2020
-from bayesprune.nn import spike_slab_mlp
-from bayesprune.nn.spike_slab import SpikeSlabLinear
+from bayesprune.models import mlp
+from bayesprune.nn import gated_layers
 from bayesprune.selection import select_model
 
 NAME = "spike_slab_bai_x1"
@@ -79,22 +78,23 @@ def oracle_rmse(data: Any, features: list[int], hidden: list[int], seed: int) ->
 
 def set_input_gates(model: nn.Module, which: str, truth: list[int]) -> None:
     """Open x1's gate, every input gate, or exactly the true features' gates."""
-    first = next(m for m in model.modules() if isinstance(m, SpikeSlabLinear))
-    with torch.no_grad():
-        if which == "x1":
-            first.input_gate_logit[0] = 5.0
-        elif which == "all":
-            first.input_gate_logit.fill_(math.log(0.99 / 0.01))
-        else:
-            first.input_gate_logit.fill_(-10.0)
-            first.input_gate_logit[truth] = 5.0
+    _, first = next(gated_layers(model))
+    pips = first.input_inclusion().clone()
+    if which == "x1":
+        pips[0] = torch.sigmoid(torch.tensor(5.0))
+    elif which == "all":
+        pips.fill_(0.99)
+    else:
+        pips.fill_(torch.sigmoid(torch.tensor(-10.0)))
+        pips[truth] = torch.sigmoid(torch.tensor(5.0))
+    first.set_inclusion(inputs=pips)
 
 
 def spike_slab_row(data: Any, label: str, seed: int) -> dict[str, Any]:
     overrides, hidden, after = VARIANTS[label]
     fit_kwargs = {**BASE, **overrides}
     torch.manual_seed(seed)
-    model = spike_slab_mlp(data.n_features, hidden, 1, input_gates=True)
+    model = mlp(data.n_features, hidden, 1, family="spike_slab", input_gates=True)
     started = time.perf_counter()
     truth = [int(i) for i in data.true_features]
     if after == "start_true":

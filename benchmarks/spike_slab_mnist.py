@@ -30,8 +30,8 @@ from torch import Tensor, nn
 import bayesprune as bp
 from bayesprune import compress
 from bayesprune.data import load_mnist
-from bayesprune.nn import spike_slab_mlp
-from bayesprune.nn.spike_slab import SpikeSlabLinear
+from bayesprune.models import mlp
+from bayesprune.nn import GatedLayer, gated_layers
 from bayesprune.selection import refit
 
 NAME = "spike_slab_mnist"
@@ -42,8 +42,8 @@ def error(model: nn.Module, x: Tensor, y: Tensor, mode: str, samples: int = 10) 
     return 100.0 * (1.0 - float((pred.probs.argmax(-1) == y).float().mean()))
 
 
-def gated(model: nn.Module) -> list[SpikeSlabLinear]:
-    return [m for m in model.modules() if isinstance(m, SpikeSlabLinear)]
+def gated(model: nn.Module) -> list[GatedLayer]:
+    return [layer for _, layer in gated_layers(model)]
 
 
 def dense_weights(w: list[int]) -> int:
@@ -54,10 +54,9 @@ def pip_summary(model: nn.Module) -> list[dict[str, Any]]:
     rows = []
     layers = gated(model)
     for k, layer in enumerate(layers):
-        for kind, pip in (("inputs", layer.input_gamma), ("units", layer.gamma)):
+        for kind, pip in (("inputs", layer.input_inclusion()), ("units", layer.unit_inclusion())):
             if pip is None:
                 continue
-            pip = pip.detach()
             rows.append(
                 {
                     "layer": k + 1,
@@ -76,14 +75,10 @@ def pip_summary(model: nn.Module) -> list[dict[str, Any]]:
 
 
 def freeze_gates(model: nn.Module) -> None:
-    """Pin every remaining gate on (logit 30) and stop its training: the refit keeps the
-    selected architecture and trains only the slabs."""
+    """Pin every remaining gate on and stop its training: the refit keeps the selected
+    architecture and trains only the slabs."""
     for layer in gated(model):
-        for logit in (layer.gate_logit, layer.input_gate_logit):
-            if logit is not None:
-                with torch.no_grad():
-                    logit.fill_(30.0)
-                logit.requires_grad_(False)
+        layer.pin_gates()
 
 
 def render(p: dict[str, Any], name: str) -> str:
@@ -183,7 +178,8 @@ def main() -> None:
     }
     torch.manual_seed(args.seed)
     model = nn.Sequential(
-        nn.Flatten(), spike_slab_mlp(784, args.hidden, 10, input_gates=True, **layer_kwargs)
+        nn.Flatten(),
+        mlp(784, args.hidden, 10, family="spike_slab", input_gates=True, **layer_kwargs),
     )
     hist = bp.fit(
         model,

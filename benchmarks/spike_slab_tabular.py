@@ -46,7 +46,7 @@ from sklearn.model_selection import train_test_split
 import bayesprune as bp
 from bayesprune.compress import input_scores
 from bayesprune.data import load_tabular
-from bayesprune.nn import spike_slab_mlp
+from bayesprune.models import mlp
 from bayesprune.screen import screen_features
 from bayesprune.selection import decide, heldout_scores, prune, refit, select_model
 
@@ -81,7 +81,7 @@ def _networks(data: Any, args: argparse.Namespace, seed: int) -> list[dict]:
     unit = 1.0 if task == "classification" else data.y_std
     fit_kwargs = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
     torch.manual_seed(seed)
-    model = spike_slab_mlp(p, [args.hidden], out, input_gates=True)
+    model = mlp(p, [args.hidden], out, family="spike_slab", input_gates=True)
     report = select_model(
         model, data.train, data.test, likelihood=likelihood, fit_kwargs=fit_kwargs, seed=seed
     )

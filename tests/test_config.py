@@ -52,7 +52,7 @@ def test_unknown_key_names_the_path_and_the_closest_key(raw, where, suggestion):
         ({"compress": {"rule": "median", "score": "snr"}}, "set compress.score to 'pip'"),
         ({"data": {"name": "mnist", "noise_columns": 3}}, "data.noise_columns applies"),
         ({"model": {"input_gates": True}}, "needs model.family 'spike_slab'"),
-        ({"model": {"builder": "evi_cnn", "family": "gaussian"}}, "need family 'evi'"),
+        ({"model": {"builder": "evi_cnn", "family": "gaussian"}}, "set model.family to 'evi'"),
         ({"model": {"builder": "lenet5_caffe", "prior": {"scale": 0.1}, "family": "sparse_vd"}},
          "takes no prior options"),
     ],

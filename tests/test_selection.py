@@ -5,10 +5,11 @@ import torch
 from torch import nn
 
 import bayesprune as bp
-from bayesprune.nn import SpikeSlabEdgeLinear, spike_slab_mlp, use_posterior_mean
+from bayesprune.models import mlp
+from bayesprune.nn import SpikeSlabEdgeLinear, use_posterior_mean
+from bayesprune.nn.spike_slab import PIN
 from bayesprune.selection import (
     INPUTS,
-    PIN,
     decide,
     heldout_scores,
     inclusion_probabilities,
@@ -32,7 +33,8 @@ def _spread_gates(model, seed=0):
 def _net(level="node", seed=0):
     torch.manual_seed(seed)
     kwargs = {"input_gates": True} if level == "node" else {}
-    model = spike_slab_mlp(6, [5, 4], 2, level=level, **kwargs).double()
+    family = "spike_slab" if level == "node" else "spike_slab_edge"
+    model = mlp(6, [5, 4], 2, family=family, **kwargs).double()
     return _spread_gates(model, seed)
 
 
@@ -163,7 +165,7 @@ def _regression(n=300, p=8, seed=0):
 def test_select_model_finds_the_true_inputs_and_the_pruned_net_predicts():
     x, y = _regression()
     torch.manual_seed(0)
-    model = spike_slab_mlp(8, [6], 1, input_gates=True)
+    model = mlp(8, [6], 1, family="spike_slab", input_gates=True)
     report = select_model(
         model,
         (x[:200], y[:200]),
@@ -186,7 +188,7 @@ def test_bayes_refit_keeps_the_gates_pinned():
     x, y = _regression(120)
     model = _net().float()
     with torch.no_grad():
-        model[-1] = spike_slab_mlp(4, [], 1)[0]
+        model[-1] = mlp(4, [], 1, family="spike_slab")[0]
     result = prune(model, decide(inclusion_probabilities(model)))
     refitted, history = refit(
         result.model, (x[:, :6], y), "bayes", likelihood="gaussian", epochs=2, progress=False

@@ -158,8 +158,7 @@ def _compressed_evi() -> nn.Sequential:
     model = _evi()
     _zero_kernels(model, [2, 5])
     keep = torch.tensor([True, True, False, True, True, False])
-    small = shrink(model, SHAPE, prune_units={"0": keep},
-                   passthrough=bp.compress.EVI_PASSTHROUGH).model  # fmt: skip
+    small = shrink(model, SHAPE, prune_units={"0": keep}).model
     assert small[0].weight_mu.shape[0] == 4
     return small
 

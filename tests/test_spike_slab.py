@@ -15,13 +15,13 @@ from bayesprune.compress.pip_rules import (
     select_by_pip,
     target_size,
 )
+from bayesprune.models import mlp
 from bayesprune.nn import (
     BayesLinear,
     SpikeSlabConv2d,
     SpikeSlabEdgeConv2d,
     SpikeSlabEdgeLinear,
     SpikeSlabLinear,
-    spike_slab_mlp,
     use_posterior_mean,
 )
 from bayesprune.nn.spike_slab import default_prior_inclusion, straight_through_bernoulli
@@ -242,7 +242,7 @@ def test_an_input_gate_at_gamma_zero_removes_the_feature():
 
 @pytest.mark.parametrize("estimator", ["marginal", "straight_through", "relaxed"])
 def test_gradients_reach_the_gate_logits(estimator):
-    model = spike_slab_mlp(4, [5], 2, input_gates=True, gate_estimator=estimator)
+    model = mlp(4, [5], 2, family="spike_slab", input_gates=True, gate_estimator=estimator)
     edge = SpikeSlabEdgeLinear(4, 3, gate_estimator=estimator)
     x = torch.randn(64, 4)
     (model(x).square().mean() + edge(x).square().mean()).backward()  # likelihood path only
@@ -285,7 +285,7 @@ def test_select_equals_the_masked_layer_for_kept_units(make, shape, mean_gates):
 
 
 def test_pruning_by_the_median_model_leaves_the_mean_network_unchanged():
-    model = _randomise(spike_slab_mlp(6, [7], 2, input_gates=True), seed=5)
+    model = _randomise(mlp(6, [7], 2, family="spike_slab", input_gates=True), seed=5)
     first, last = model[0], model[2]
     keep_in = median_probability_model(first.posterior().input_inclusion).nonzero().flatten()
     keep_h = median_probability_model(first.posterior().unit_inclusion).nonzero().flatten()
@@ -350,10 +350,10 @@ def test_builders_register_both_families():
     assert isinstance(edge[2], SpikeSlabEdgeLinear) and edge[2].prior_inclusion == 1e-4
     cnn = bp.convert(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4, 2)), "spike_slab")
     assert isinstance(cnn[0], SpikeSlabConv2d) and cnn[0].gate_logit.shape == (4,)
-    ss = spike_slab_mlp(8, [5, 4], 1, input_gates=True)
+    ss = mlp(8, [5, 4], 1, family="spike_slab", input_gates=True)
     assert ss[0].input_gate_logit is not None and ss[2].input_gate_logit is None
     assert ss[4].gate_logit is None and ss[2].gate_logit is not None
-    assert spike_slab_mlp(8, [5], 1, output_gates=True)[2].gate_logit is not None
+    assert mlp(8, [5], 1, family="spike_slab", output_gates=True)[2].gate_logit is not None
 
 
 def test_bad_options_raise_clear_errors():
@@ -369,10 +369,14 @@ def test_bad_options_raise_clear_errors():
         SpikeSlabEdgeLinear(3, 2, slab_scale=0.0)
     with pytest.raises(ValueError, match="groups=1"):
         SpikeSlabConv2d(4, 4, 3, groups=2, input_gates=True)
-    with pytest.raises(ValueError, match="valid"):
-        spike_slab_mlp(3, [2], 1, level="layer")
-    with pytest.raises(ValueError, match="input gates"):
-        spike_slab_mlp(3, [2], 1, level="edge", input_gates=True)
+    with pytest.raises(ValueError, match="valid families"):
+        mlp(3, [2], 1, family="spike_slab_node")
+    with pytest.raises(ValueError, match="takes no option"):
+        mlp(3, [2], 1, family="spike_slab_edge", input_gates=True)
+    with pytest.raises(ValueError, match="gate_sampling applies to node-level"):
+        SpikeSlabEdgeLinear(3, 2, gate_sampling="local")
+    with pytest.raises(TypeError, match="valid"):
+        SpikeSlabLinear(3, 2, gate_int=0.5)
     with pytest.raises(ValueError, match="units along dim"):
         SpikeSlabLinear(3, 2, input_gates=True)(torch.randn(4, 5))
 
@@ -431,7 +435,7 @@ def test_input_gates_select_the_true_features():
     n = 500
     x = torch.randn(n, 8, generator=g)  # x0, x1 matter; x2..x7 are noise
     y = x[:, 0] + 2 * x[:, 1] + 0.5 * torch.randn(n, generator=g)
-    model = spike_slab_mlp(8, [8], 1, input_gates=True)
+    model = mlp(8, [8], 1, family="spike_slab", input_gates=True)
     history = bp.fit(
         model, (x, y), likelihood="gaussian", epochs=60, batch_size=100, lr=0.02, progress=False
     )

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import bayesprune as bp
-from bayesprune.nn import spike_slab_mlp
+from bayesprune.models import mlp
 
 
 def _data(n=64, seed=0):
@@ -15,7 +15,7 @@ def _data(n=64, seed=0):
 
 def _model():
     torch.manual_seed(1)
-    return spike_slab_mlp(5, [4], 2, input_gates=True)
+    return mlp(5, [4], 2, family="spike_slab", input_gates=True)
 
 
 def test_first_adam_step_moves_each_group_by_its_own_rate():

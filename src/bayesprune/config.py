@@ -36,11 +36,6 @@ SIMULATED_SETS = ("bai2020", "correlated", "friedman1")
 DATA_NAMES = IMAGE_SETS + TABULAR_SETS + SIMULATED_SETS
 REGRESSION_SETS = ("diabetes", *SIMULATED_SETS)
 
-DETERMINISTIC = "deterministic"
-EVI = "evi"  # moment-propagation networks (builders evi_cnn, evi_deep_cnn)
-EVI_BUILDERS = ("evi_cnn", "evi_deep_cnn")
-SPIKE_SLAB_FAMILIES = ("spike_slab", "spike_slab_edge")
-
 LIKELIHOODS = ("auto", "categorical", "gaussian", "evi")
 WEIGHT_SCORE_NAMES = ("snr", "abs_mean", "log_alpha", "magnitude")
 UNIT_SCORE_NAMES = ("norm", "mean_snr", "variance", "pip")
@@ -65,7 +60,7 @@ def _builders() -> dict[str, Callable[..., Any]]:
 def _families() -> list[str]:
     from .nn import families
 
-    return [*families(), DETERMINISTIC, EVI]
+    return families()
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -98,8 +93,7 @@ class ModelConfig:
     family: str = field(default="gaussian", metadata={"choices": _families})
     prior: dict[str, Any] = field(default_factory=dict)
     layer: dict[str, Any] = field(default_factory=dict)  # other layer options (rho_init, ...)
-    input_gates: bool = False  # spike-and-slab MLPs: one gate per input feature
-    level: str = field(default="node", metadata=_choices("node", "edge"))  # spike-and-slab
+    input_gates: bool = False  # spike-and-slab: one gate per input feature of the first layer
 
 
 @dataclass
@@ -262,41 +256,7 @@ def _section(cls: type, raw: Any, path: str) -> Any:
 # ---------------------------------------------------------------------------------------
 # cross-field checks
 # ---------------------------------------------------------------------------------------
-def _layer_classes(family: str) -> list[type] | None:
-    """The layer classes of a family, to check `model.layer` keys (None: unknown family)."""
-    from . import nn as bnn
-
-    table = {
-        "gaussian": [bnn.BayesLinear, bnn.BayesConv2d],
-        "spike_slab": [bnn.SpikeSlabLinear, bnn.SpikeSlabConv2d],
-        "spike_slab_edge": [bnn.SpikeSlabEdgeLinear, bnn.SpikeSlabEdgeConv2d],
-        "sparse_vd": [bnn.SparseVDLinear, bnn.SparseVDConv2d],
-        EVI: [bnn.EVILinear, bnn.EVIConv2d],
-        DETERMINISTIC: [],
-    }
-    return table.get(family)
-
-
-_SHAPE_ARGS = {
-    "self",
-    "in_features",
-    "out_features",
-    "bias",
-    "in_channels",
-    "out_channels",
-    "kernel_size",
-    "stride",
-    "padding",
-    "dilation",
-    "groups",
-    "padding_mode",
-}
-_SET_ELSEWHERE = {"prior", "prior_scale", "node_gates", "input_gates"}  # model.prior, input_gates
-PRIOR_KEYS = {
-    "gaussian": ("kind", "scale", "pi", "scale1", "scale2"),
-    "spike_slab": ("slab_scale", "prior_inclusion", "input_prior_inclusion"),
-    "spike_slab_edge": ("slab_scale", "prior_inclusion"),
-}
+_SET_ELSEWHERE = ("input_gates",)  # model.input_gates
 
 
 def _keyword_names(fn: Callable[..., Any]) -> list[str]:
@@ -305,14 +265,23 @@ def _keyword_names(fn: Callable[..., Any]) -> list[str]:
 
 
 def _check_model(m: ModelConfig, data: DataConfig) -> None:
+    from .nn import families, get_family
+
     builder = _builders()[m.builder]
     if m.builder == "mlp":
         m.kwargs.setdefault("hidden", [64])
-    is_evi = m.builder in EVI_BUILDERS
-    if is_evi != (m.family == EVI):
+    family = get_family(m.family)
+    owners = [f for f in families() if m.builder in get_family(f).builders]
+    if owners and m.family not in owners:
         raise ConfigError(
-            f"model.family {m.family!r} does not fit model.builder {m.builder!r}: the moment "
-            f"builders {list(EVI_BUILDERS)} need family 'evi', and family 'evi' needs one of them"
+            f"model.family {m.family!r} does not fit model.builder {m.builder!r}: that builder "
+            f"makes {owners[0]!r} networks; set model.family to {owners[0]!r}"
+        )
+    if family.builders and m.builder not in family.builders:
+        raise ConfigError(
+            f"model.family {m.family!r} does not fit model.builder {m.builder!r}: family "
+            f"{m.family!r} builds its own networks; set model.builder to one of "
+            f"{list(family.builders)}"
         )
     allowed = [n for n in _keyword_names(builder) if n != "family"]
     for key in m.kwargs:
@@ -326,11 +295,10 @@ def _check_model(m: ModelConfig, data: DataConfig) -> None:
     missing = [n for n in required if n not in m.kwargs and n not in FROM_DATA]
     if missing:
         raise ConfigError(f"model.kwargs.{missing[0]} is required by builder {m.builder!r}")
-    if m.input_gates and m.family != "spike_slab":
-        raise ConfigError("model.input_gates needs model.family 'spike_slab' (node level)")
-    if m.family in SPIKE_SLAB_FAMILIES and m.level == "edge" and m.input_gates:
-        raise ConfigError("model.input_gates needs model.level 'node' (edges have no input gates)")
-    prior_keys = PRIOR_KEYS.get(m.family, ())
+    if m.input_gates and not family.takes("input_gates"):
+        with_gates = " or ".join(repr(f) for f in families() if get_family(f).takes("input_gates"))
+        raise ConfigError(f"model.input_gates needs model.family {with_gates}, not {m.family!r}")
+    prior_keys = family.prior_keys
     for key in m.prior:
         if key not in prior_keys:
             if not prior_keys:
@@ -339,13 +307,11 @@ def _check_model(m: ModelConfig, data: DataConfig) -> None:
                     "model.prior"
                 )
             raise _unknown("model.prior", key, prior_keys)
-    classes = _layer_classes(m.family)
-    if classes is not None:
-        valid = sorted({n for c in classes for n in _keyword_names(c.__init__)} - _SHAPE_ARGS)
-        valid = [n for n in valid if n not in prior_keys and n not in _SET_ELSEWHERE]
-        for key in m.layer:
-            if key not in valid:
-                raise _unknown("model.layer", key, valid)
+    hidden = {*family.prior_layer_options, *_SET_ELSEWHERE, "options"}
+    valid = [n for n in family.layer_options if n not in hidden]
+    for key in m.layer:
+        if key not in valid:
+            raise _unknown("model.layer", key, valid)
     if data.name in IMAGE_SETS and m.builder == "mlp" and m.kwargs.get("in_features", 784) != 784:
         raise ConfigError("model.kwargs.in_features must be 784 for 28×28 images (or unset)")
 

@@ -1,8 +1,10 @@
 """Network builders.
 
-Each builder makes the plain torch network and, unless `family="deterministic"`,
-converts it with `bayesprune.nn.convert`, so every variational family gets every
-architecture for free.
+Each builder makes the plain torch network and converts it with
+`bayesprune.nn.convert`, so every variational family gets every architecture for
+free; the family's layer factories are told each layer's role (first / hidden /
+last), so e.g. `mlp(..., family="spike_slab", input_gates=True)` gates the input
+features and the hidden units but not the outputs.
 """
 
 from __future__ import annotations
@@ -13,10 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from .nn.convert import convert
-from .nn.moments import evi_cnn, evi_deep_cnn
-
-DETERMINISTIC = "deterministic"
+from .nn import DETERMINISTIC, convert, evi_cnn, evi_deep_cnn
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -34,8 +33,6 @@ def _activation(name: str) -> nn.Module:
 
 
 def _finish(model: nn.Module, family: str, layer_kwargs: dict[str, Any]) -> nn.Module:
-    if family == DETERMINISTIC:
-        return model
     return convert(model, family, inplace=True, **layer_kwargs)
 
 
@@ -48,7 +45,11 @@ def mlp(
     family: str = "gaussian",
     **layer_kwargs: Any,
 ) -> nn.Sequential:
-    """A fully connected network in_features → hidden[0] → … → out_features."""
+    """A fully connected network in_features → hidden[0] → … → out_features.
+
+    `layer_kwargs` are the family's options (e.g. `prior_scale=0.1` for "gaussian",
+    `input_gates=True, gate_init=0.9` for "spike_slab"); see `bayesprune.nn.convert`.
+    """
     widths = [in_features, *hidden, out_features]
     if any(w <= 0 for w in widths):
         raise ValueError(f"all layer widths must be positive, got {widths}")

@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .compress import (
-    EVI_PASSTHROUGH,
     apply_masks,
     compression_report,
     export_onnx,
@@ -49,19 +48,15 @@ from .compress import (
 )
 from .compress.pip_rules import select_by_pip
 from .config import (
-    DETERMINISTIC,
-    EVI,
     PIP_RULE_NAMES,
     REGRESSION_SETS,
-    SPIKE_SLAB_FAMILIES,
     UNIT_SCORE_NAMES,
     ConfigError,
     RunConfig,
     config_to_dict,
     parse_config,
 )
-from .nn import to_deterministic, variational_layers
-from .nn.moments import to_torch
+from .nn import get_family, to_deterministic, variational_layers
 from .predict import predict
 from .runs import Run, RunData
 from .screen import ScreenResult, screen_features
@@ -156,7 +151,8 @@ def train_run(
 # ---------------------------------------------------------------------------------------
 def modes_for(config: RunConfig, model: nn.Module) -> tuple[str, ...]:
     """Prediction modes worth reporting: MC needs sampling layers (not eVI, not plain)."""
-    if config.model.family == EVI or not any(True for _ in variational_layers(model)):
+    deterministic = get_family(config.model.family).deterministic_predictive
+    if deterministic or not any(True for _ in variational_layers(model)):
         return ("mean",)
     return ("mc", "mean")
 
@@ -211,17 +207,10 @@ def evaluate_run(run: Run, which: str = "auto", *, progress: bool = False) -> di
 # ---------------------------------------------------------------------------------------
 def resolve_compress(config: RunConfig) -> tuple[str, str]:
     """(score, rule) with "auto" resolved by the model family (see the module doc)."""
-    c, family = config.compress, config.model.family
+    c = config.compress
     score = c.score
     if score == "auto":
-        if c.rule in PIP_RULE_NAMES or family in SPIKE_SLAB_FAMILIES:
-            score = "pip"
-        elif family == DETERMINISTIC:
-            score = "magnitude"
-        elif family == EVI:
-            score = "norm"
-        else:
-            score = "snr"
+        score = "pip" if c.rule in PIP_RULE_NAMES else get_family(config.model.family).default_score
     rule = c.rule
     if rule == "auto":
         if score == "pip":
@@ -281,7 +270,7 @@ def with_overrides(config: RunConfig, section: str, overrides: dict[str, Any]) -
 
 
 def _metrics_pair(run: Run, model: nn.Module) -> dict[str, float]:
-    mode = "mean" if run.config.model.family == EVI else "mc"
+    mode = "mean" if get_family(run.config.model.family).deterministic_predictive else "mc"
     if not any(True for _ in variational_layers(model)):
         mode = "mean"
     return evaluate_model(model, run, mode)
@@ -315,7 +304,7 @@ def compress_run(
     final, shrink_info = pruned, None
     if c.shrink:
         try:
-            result = shrink(pruned, data.input_shape, passthrough=EVI_PASSTHROUGH)
+            result = shrink(pruned, data.input_shape)
             final, shrink_info = result.model, result.as_dict()
             shrink_info["architecture"] = result.architecture
         except (TypeError, ValueError) as err:
@@ -447,7 +436,7 @@ def export_run(
         which = "compressed" if run.has_model("compressed") else "trained"
     model = run.load_model(which)
     # an eVI net exports its mean network, moment ops swapped for their torch twins
-    deployed = (to_torch if run.config.model.family == EVI else to_deterministic)(model).eval()
+    deployed = to_deterministic(model).eval()
     data = run.data()
     out: dict[str, Any] = {"model": which}
     if plain:

@@ -32,13 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .compress import load_model, register_layer, registered_layers, save_model
+from .compress import load_model, save_model
 from .config import (
-    DETERMINISTIC,
-    EVI,
     IMAGE_SETS,
     SIMULATED_SETS,
-    SPIKE_SLAB_FAMILIES,
     TABULAR_SETS,
     ConfigError,
     DataConfig,
@@ -49,7 +46,7 @@ from .config import (
 )
 from .io import CheckpointError, atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
 from .likelihoods import Likelihood, make_likelihood
-from .nn import variational_layers
+from .nn import get_family, variational_layers
 
 TRAINING_SECTIONS = ("data", "model", "train")  # a change here needs a new run folder
 STATE_FORMAT = "bayesprune-run-state"
@@ -173,32 +170,17 @@ def _fill_from_data(builder: Any, kwargs: dict[str, Any], data: RunData) -> dict
 def build_model(config: RunConfig, data: RunData) -> nn.Module:
     """The untrained model of a config, sized for `data`, initialised from `train.seed`."""
     from .models import BUILDERS
-    from .nn import spike_slab_mlp
 
     m = config.model
+    family = get_family(m.family)
     builder = BUILDERS[m.builder]
     kwargs = _fill_from_data(builder, m.kwargs, data)
-    layer = dict(m.layer)
-    if m.family in SPIKE_SLAB_FAMILIES:
-        layer.update(m.prior)
-    elif m.prior:
-        layer["prior"] = dict(m.prior)
+    layer = {**m.layer, **family.prior_options(m.prior)}
+    if m.input_gates:
+        layer["input_gates"] = True
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         try:
-            if m.family in SPIKE_SLAB_FAMILIES and m.builder == "mlp":
-                level = "edge" if m.family == "spike_slab_edge" else m.level
-                return spike_slab_mlp(
-                    kwargs.pop("in_features"),
-                    kwargs.pop("hidden"),
-                    kwargs.pop("out_features"),
-                    level=level,
-                    input_gates=m.input_gates,
-                    **kwargs,
-                    **layer,
-                )
-            if m.family == EVI:
-                return builder(**kwargs, **layer)
             return builder(**kwargs, family=m.family, **layer)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"model: cannot build {m.builder!r} ({m.family}): {err}") from err
@@ -208,11 +190,8 @@ def run_likelihood(config: RunConfig, task: str) -> Likelihood:
     """The likelihood of a run ("auto": categorical / gaussian by task, eVI for eVI nets)."""
     name = config.train.likelihood
     if name == "auto":
-        name = (
-            "evi"
-            if config.model.family == EVI
-            else ("categorical" if task == "classification" else "gaussian")
-        )
+        by_task = "categorical" if task == "classification" else "gaussian"
+        name = get_family(config.model.family).default_likelihood or by_task
     if name == "evi":
         from .nn import EVILikelihood
 
@@ -229,64 +208,6 @@ def run_likelihood(config: RunConfig, task: str) -> Likelihood:
 def flattens(config: RunConfig) -> bool:
     """Whether the model takes images as vectors (an MLP on an image set)."""
     return config.model.builder == "mlp"
-
-
-# ---------------------------------------------------------------------------------------
-# spike-and-slab layers in the architecture spec (registered only if nobody else did)
-# ---------------------------------------------------------------------------------------
-def _register_spike_slab_codecs() -> None:
-    from .nn import SpikeSlabConv2d, SpikeSlabEdgeConv2d, SpikeSlabEdgeLinear, SpikeSlabLinear
-
-    def common(m: Any) -> dict[str, Any]:
-        return {
-            "bias": m.bias_mu is not None,
-            "prior_inclusion": m.prior_inclusion,
-            "gate_init": m.gate_init,
-            "slab_scale": m.slab_scale,
-            "rho_init": m.rho_init,
-            "temperature": m.temperature,
-            "mean_gates": m.mean_gates,
-            "gate_estimator": m.gate_estimator,
-            "masked": m.weight_mask is not None,
-        }
-
-    def node(m: Any) -> dict[str, Any]:
-        return {
-            **common(m),
-            "node_gates": m.gate_logit is not None,
-            "input_gates": m.input_gate_logit is not None,
-            "input_prior_inclusion": m.input_prior_inclusion,
-            "gate_sampling": m.gate_sampling,
-        }
-
-    def shape(m: Any, conv: bool) -> dict[str, Any]:
-        if not conv:
-            return {"in_features": m.in_features, "out_features": m.out_features}
-        names = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation")
-        return {**{k: getattr(m, k) for k in names}, "groups": m.groups}
-
-    def codec(cls: type[nn.Module], conv: bool, edge: bool) -> None:
-        def to_config(m: Any) -> dict[str, Any]:
-            return {**shape(m, conv), **(common(m) if edge else node(m))}
-
-        def from_config(c: dict[str, Any]) -> nn.Module:
-            c = {k: tuple(v) if isinstance(v, list) else v for k, v in c.items()}
-            masked = c.pop("masked", False)
-            layer = cls(**c)
-            if masked:  # values come with the state dict
-                layer.set_weight_mask(torch.ones_like(layer.weight_mu))  # type: ignore[operator]
-            return layer
-
-        if cls.__name__ not in registered_layers():
-            register_layer(cls, to_config, from_config)
-
-    codec(SpikeSlabLinear, conv=False, edge=False)
-    codec(SpikeSlabConv2d, conv=True, edge=False)
-    codec(SpikeSlabEdgeLinear, conv=False, edge=True)
-    codec(SpikeSlabEdgeConv2d, conv=True, edge=True)
-
-
-_register_spike_slab_codecs()
 
 
 # ---------------------------------------------------------------------------------------
@@ -467,5 +388,5 @@ class Run:
             "n_outputs": d.n_outputs,
             "builder": m.builder,
             "family": m.family,
-            "bayesian": m.family != DETERMINISTIC,
+            "bayesian": get_family(m.family).bayesian,
         }

@@ -58,9 +58,9 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from .likelihoods import Gaussian, Likelihood, make_likelihood
 from .models import mlp
+from .nn import default_prior_inclusion
 from .nn import kl as model_kl
 from .nn.gaussian import inverse_softplus
-from .nn.spike_slab import default_prior_inclusion
 from .train import DataLike, as_dataset
 
 

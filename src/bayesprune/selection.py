@@ -37,19 +37,17 @@ import torch
 from torch import Tensor, nn
 
 from . import metrics
-from .compress.adapters import as_prunable, prunable_layers
+from .compress.adapters import prunable_layers
 from .compress.pip_rules import PIP_RULES, select_by_pip
 from .compress.shrink import ShrinkResult, shrink
 from .likelihoods import Likelihood, make_likelihood
-from .nn import to_deterministic, variational_layers
-from .nn.spike_slab import _EdgeSpikeSlab, _NodeSpikeSlab
+from .nn import EdgeAggregate, GatedLayer, to_deterministic, variational_layers
 from .predict import predict
 from .train import DataLike, History, as_dataset, fit
 
 REFITS = ("none", "bayes", "deterministic")
-EDGE_PIPS = ("any", "max")
+EDGE_PIPS = EdgeAggregate.values()
 INPUTS = "inputs"  # the key of the input features in `Selection.keep` and in `k`
-PIN = 1000.0  # |logit| of a pinned gate: sigmoid(±1000) is exactly 1 / 0 in float32 and 64
 
 SPIKE_SLAB_FIT: dict[str, Any] = {}
 """Training defaults `select_model` merges under the caller's `fit_kwargs`: none.
@@ -127,46 +125,28 @@ class SelectionReport:
 # ---------------------------------------------------------------------------------------
 # PIPs and decisions
 # ---------------------------------------------------------------------------------------
-def _edge_max(layer: _EdgeSpikeSlab) -> Tensor:
-    phi = layer.edge_inclusion.detach().flatten(1).max(1).values
-    if layer.bias_gate_logit is not None:
-        phi = torch.maximum(phi, torch.sigmoid(layer.bias_gate_logit.detach()))
-    return phi
-
-
-def _edge_input_max(layer: _EdgeSpikeSlab) -> Tensor:
-    return layer.edge_inclusion.detach().transpose(0, 1).flatten(1).max(1).values
-
-
 def inclusion_probabilities(model: nn.Module, edge_pip: str = "any") -> InclusionProbabilities:
     """PIPs of every gated hidden layer's units and of the first layer's input features.
 
     The last layer's units are the outputs and are never pruned, so they are left out.
     `edge_pip` says how an edge-level unit's PIP is formed (see the module docstring).
     """
-    if edge_pip not in EDGE_PIPS:
-        raise ValueError(f"unknown edge_pip {edge_pip!r}; valid: {EDGE_PIPS}")
+    aggregate = EdgeAggregate(edge_pip)
     layers = prunable_layers(model)
     if not layers:
         raise ValueError("the model has no prunable layer (Linear, Conv2d or variational)")
     units: dict[str, Tensor] = {}
     for name, layer in layers[:-1]:
-        if isinstance(layer, _EdgeSpikeSlab) and edge_pip == "max":
-            units[name] = _edge_max(layer)
-            continue
-        pip = as_prunable(layer).posterior().unit_inclusion
-        if pip is not None:
-            units[name] = pip.detach()
+        if isinstance(layer, GatedLayer):
+            pip = layer.unit_inclusion(aggregate)
+            if pip is not None:
+                units[name] = pip
     first = layers[0][1]
-    if isinstance(first, _EdgeSpikeSlab) and edge_pip == "max":
-        inputs: Tensor | None = _edge_input_max(first)
-    else:
-        inputs = as_prunable(first).posterior().input_inclusion
-        inputs = None if inputs is None else inputs.detach()
+    inputs = first.input_inclusion(aggregate) if isinstance(first, GatedLayer) else None
     if not units and inputs is None:
         raise ValueError(
             "the model has no inclusion probabilities: build it with spike-and-slab layers, "
-            "e.g. bayesprune.nn.spike_slab_mlp(..., input_gates=True)"
+            'e.g. bayesprune.models.mlp(..., family="spike_slab", input_gates=True)'
         )
     return InclusionProbabilities(units, inputs)
 
@@ -208,41 +188,6 @@ def decide(
 # ---------------------------------------------------------------------------------------
 # prune: pin the gates, then shrink
 # ---------------------------------------------------------------------------------------
-def _pin(logit: Tensor | None, keep: Tensor) -> None:
-    if logit is None:
-        return
-    with torch.no_grad():
-        on = torch.full_like(logit, PIN)
-        logit.copy_(torch.where(keep.to(logit.device), on, -on))
-    logit.requires_grad_(False)
-
-
-def _pin_layer(layer: nn.Module, units: Tensor | None, inputs: Tensor | None) -> None:
-    """Set one layer's gates to the decision; gates the decision does not cover: all on."""
-    if isinstance(layer, _NodeSpikeSlab):
-        if layer.gate_logit is not None:
-            _pin(layer.gate_logit, torch.ones_like(layer.gate_logit, dtype=torch.bool))
-            if units is not None:
-                _pin(layer.gate_logit, units)
-        if layer.input_gate_logit is not None:
-            full = torch.ones_like(layer.input_gate_logit, dtype=torch.bool)
-            _pin(layer.input_gate_logit, full if inputs is None else inputs)
-    elif isinstance(layer, _EdgeSpikeSlab):
-        edges = layer.weight_gate_logit.detach() > 0  # each edge: its own median rule
-        if units is not None:
-            edges &= units.view(-1, *(1,) * (edges.ndim - 1))
-        if inputs is not None:
-            edges &= inputs.view(1, -1, *(1,) * (edges.ndim - 2))
-        bias_on = None
-        if layer.bias_gate_logit is not None:
-            bias_on = layer.bias_gate_logit.detach() > 0
-            if units is not None:
-                bias_on &= units
-        _pin(layer.weight_gate_logit, edges)
-        if bias_on is not None:
-            _pin(layer.bias_gate_logit, bias_on)
-
-
 def pin_gates(model: nn.Module, selection: Selection) -> nn.Module:
     """A copy of `model` whose gates are fixed to `selection` (on or off) and frozen.
 
@@ -256,7 +201,9 @@ def pin_gates(model: nn.Module, selection: Selection) -> nn.Module:
     if unknown:
         raise ValueError(f"selection names layers the model does not have: {unknown}")
     for i, (name, layer) in enumerate(layers):
-        _pin_layer(layer, selection.keep.get(name), selection.keep.get(INPUTS) if i == 0 else None)
+        if isinstance(layer, GatedLayer):
+            inputs = selection.keep.get(INPUTS) if i == 0 else None
+            layer.pin_gates(selection.keep.get(name), inputs)
     return pinned
 
 

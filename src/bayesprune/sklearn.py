@@ -49,8 +49,8 @@ from torch import nn
 
 from .compress import input_scores
 from .likelihoods import Gaussian
-from .models import DETERMINISTIC, mlp
-from .nn import families, spike_slab_mlp
+from .models import mlp
+from .nn import families, get_family
 from .predict import MODES, predict
 from .screen import ScreenResult, screen_features
 from .train import fit
@@ -67,7 +67,7 @@ FAMILY_AUTO = "auto"
 
 
 def _auto_family() -> str:
-    return "spike_slab" if "spike_slab" in families() else "gaussian"
+    return "spike_slab"
 
 
 class _BayesianMLP(SelectorMixin, BaseEstimator):
@@ -121,7 +121,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
     # -- validation -----------------------------------------------------------------------
     def _check_params(self) -> str:
         family = _auto_family() if self.family == FAMILY_AUTO else self.family
-        valid = [FAMILY_AUTO, *families(), DETERMINISTIC]
+        valid = [FAMILY_AUTO, *(f for f in families() if not get_family(f).builders)]
         if family not in valid:
             raise ValueError(f"unknown family {self.family!r}; valid: {valid}")
         hidden = list(self.hidden_layer_sizes)
@@ -136,26 +136,17 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         return family
 
     def _build(self, family: str, n_in: int, n_out: int) -> nn.Module:
+        """The MLP of `family` with the estimator's options that the family takes."""
+        fam = get_family(family)
+        prior = {"scale": self.prior_scale, "slab_scale": self.slab_scale}
+        if self.prior_inclusion is not None:
+            prior["prior_inclusion"] = self.prior_inclusion
+        prior = {k: v for k, v in prior.items() if k in fam.prior_keys}
+        layer = {"gate_init": self.gate_init, "input_gates": self.input_gates}
+        options = {k: v for k, v in layer.items() if fam.takes(k)}
+        options.update(fam.prior_options(prior))
         hidden = [int(h) for h in self.hidden_layer_sizes]
-        if family in ("spike_slab", "spike_slab_edge"):
-            kwargs: dict[str, Any] = {"slab_scale": self.slab_scale, "gate_init": self.gate_init}
-            if self.prior_inclusion is not None:
-                kwargs["prior_inclusion"] = self.prior_inclusion
-            level = "edge" if family == "spike_slab_edge" else "node"
-            gates = self.input_gates and level == "node"
-            return spike_slab_mlp(
-                n_in,
-                hidden,
-                n_out,
-                activation=self.activation,
-                level=level,
-                input_gates=gates,
-                **kwargs,
-            )
-        if family == "gaussian":
-            prior = self.prior_scale
-            return mlp(n_in, hidden, n_out, activation=self.activation, prior_scale=prior)
-        return mlp(n_in, hidden, n_out, activation=self.activation, family=family)
+        return mlp(n_in, hidden, n_out, activation=self.activation, family=family, **options)
 
     def _inputs(self, X: Any, reset: bool) -> torch.Tensor:
         X = np.asarray(X, dtype=np.float64)

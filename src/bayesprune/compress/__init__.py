@@ -48,7 +48,6 @@ from .scores import (
     weight_scores,
 )
 from .self_compress import (
-    EVI_PASSTHROUGH,
     SELF_COMPRESS_SCORES,
     CompressionRound,
     SelfCompressResult,
@@ -58,7 +57,6 @@ from .serialize import architecture, register_layer, registered_layers
 from .shrink import PASSTHROUGH, LayerRecord, SelectInputs, ShrinkResult, shrink
 
 __all__ = [
-    "EVI_PASSTHROUGH",
     "INPUT_SCORES",
     "PASSTHROUGH",
     "SELF_COMPRESS_SCORES",

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from ..io import CheckpointError, atomic_write_bytes, load_tensors, save_tensors
+from ..nn import to_deterministic
 from ..nn.base import variational_layers
-from ..nn.convert import to_deterministic
 from .adapters import as_prunable, copy_model, prunable_layers
 from .serialize import architecture, build
 

@@ -154,6 +154,6 @@ def input_scores(model: nn.Module, score: str = "norm") -> dict[str, Tensor]:
     if value is None:
         raise ValueError(
             f"layer {name!r} has no input inclusion probabilities (score 'pip' needs input "
-            "gates, e.g. spike_slab_mlp(..., input_gates=True)); use 'norm' instead"
+            "gates, e.g. mlp(..., family='spike_slab', input_gates=True)); use 'norm' instead"
         )
     return {name: _clean(value)}

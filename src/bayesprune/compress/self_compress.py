@@ -35,23 +35,12 @@ import torch
 from torch import Tensor, nn
 
 from ..likelihoods import Likelihood
-from ..nn.moments import EVIELU, EVIFlatten, EVIMaxPool2d, EVIReLU, EVISigmoid, EVITanh
 from ..predict import predict
 from ..train import DataLike, as_dataset
 from .adapters import copy_model
 from .finetune import finetune
 from .scores import unit_scores
 from .shrink import shrink
-
-EVI_PASSTHROUGH: tuple[type[nn.Module], ...] = (
-    EVIReLU,
-    EVIELU,
-    EVITanh,
-    EVISigmoid,
-    EVIMaxPool2d,
-    EVIFlatten,
-)
-"""Parameter-free moment modules that act on each channel apart (EVIFlatten flattens)."""
 
 _TINY = 1e-30
 
@@ -235,7 +224,7 @@ def self_compress(
             "the model has no hidden prunable layer (only the output layer): nothing to compress"
         )
     accuracy = evaluate or _accuracy_fn(val, likelihood, eval_batch_size)
-    passthrough = EVI_PASSTHROUGH + tuple(passthrough)
+    passthrough = tuple(passthrough)
     base = accuracy(current)
     units = {k: v.numel() for k, v in importances(current, score).items()}
     history = [CompressionRound(0, units, dict.fromkeys(units, 0), None, base, True)]

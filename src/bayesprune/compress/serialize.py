@@ -5,8 +5,11 @@ A spec is plain JSON: {"type": "BayesLinear", "config": {...}} per layer and
 captures shrunk widths and names. Tensors travel separately (the state dict in
 safetensors); a spec never holds code and loading never unpickles.
 
-New layer types join with `register_layer(cls, to_config, from_config)`;
-`from_config` builds a module with the right shapes (values come from the state dict).
+The layers of `bayesprune.nn` describe themselves (`config()` / `from_config`,
+registered by class name when their class is created: see `nn.base`); this module
+holds the codecs of the torch layers they are used with. Other layer types join
+with `register_layer(cls, to_config, from_config)`; `from_config` builds a module
+with the right shapes (values come from the state dict).
 """
 
 from __future__ import annotations
@@ -18,20 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..nn.gaussian import BayesConv2d, BayesLinear
-from ..nn.moments import (
-    EVIELU,
-    EVIConv2d,
-    EVIFlatten,
-    EVILinear,
-    EVIMaxPool2d,
-    EVIReLU,
-    EVISigmoid,
-    EVISoftmax,
-    EVITanh,
-)
-from ..nn.priors import make_prior
-from ..nn.sparse_vd import SparseVDConv2d, SparseVDLinear
+from ..nn import SerializableLayer, layer_types
 from .shrink import SelectInputs
 
 Config = dict[str, Any]
@@ -57,7 +47,8 @@ def register_layer(
 
 
 def registered_layers() -> list[str]:
-    return sorted(_CODECS)
+    """Every layer type a spec may name: torch codecs, `register_layer`, bayesprune's own."""
+    return sorted(set(_CODECS) | set(layer_types()))
 
 
 def _tuple(v: Any) -> Any:
@@ -94,8 +85,7 @@ register_layer(
 )
 
 
-def _conv_shape(m: Any) -> Config:
-    """A convolution's geometry without `groups` (eVI convolutions are always dense)."""
+def _conv_args(m: Any) -> Config:
     return {
         "in_channels": m.in_channels,
         "out_channels": m.out_channels,
@@ -103,11 +93,8 @@ def _conv_shape(m: Any) -> Config:
         "stride": m.stride,
         "padding": m.padding,
         "dilation": m.dilation,
+        "groups": m.groups,
     }
-
-
-def _conv_args(m: Any) -> Config:
-    return {**_conv_shape(m), "groups": m.groups}
 
 
 register_layer(
@@ -126,78 +113,6 @@ register_layer(
 )
 
 
-def _gaussian_codec(cls: type[nn.Module], conv: bool, prior: bool) -> None:
-    """Codec of a `_GaussianLayer` family member (weights, mask flag, rho_init, prior)."""
-
-    def to_config(m: Any) -> Config:
-        shape = (
-            _conv_args(m)
-            if conv
-            else {"in_features": m.in_features, "out_features": m.out_features}
-        )
-        cfg = {**shape, "bias": m.bias_mu is not None, "rho_init": m.rho_init}
-        if prior:
-            cfg["prior"] = m.prior.config()
-        return {**cfg, "masked": m.weight_mask is not None}
-
-    def from_config(c: Config) -> nn.Module:
-        c = {k: _tuple(v) for k, v in c.items()}
-        masked = c.pop("masked", False)
-        if "prior" in c:
-            c["prior"] = make_prior(dict(c["prior"]))
-        layer = cls(**c)
-        if masked:  # the values come with the state dict
-            layer.set_weight_mask(torch.ones_like(layer.weight_mu))  # type: ignore[operator]
-        return layer
-
-    register_layer(cls, to_config, from_config)
-
-
-_gaussian_codec(BayesLinear, conv=False, prior=True)
-_gaussian_codec(BayesConv2d, conv=True, prior=True)
-_gaussian_codec(SparseVDLinear, conv=False, prior=False)
-_gaussian_codec(SparseVDConv2d, conv=True, prior=False)
-
-
-for _cls in (EVIReLU, EVITanh, EVISigmoid, EVIFlatten, EVISoftmax):
-    _simple(_cls)
-_simple(EVIELU, "alpha")
-_simple(EVIMaxPool2d, "kernel_size", "stride", "padding")
-
-
-def _evi_codec(cls: type[nn.Module], conv: bool) -> None:
-    """Codec of an eVI moment layer (shape, covariance mode, regulariser, mask flag)."""
-
-    def to_config(m: Any) -> Config:
-        if conv:
-            shape = _conv_shape(m)
-        else:
-            shape = {"in_features": m.in_features, "out_features": m.out_features}
-        return {
-            **shape,
-            "bias": m.bias is not None,
-            "covariance": m.covariance,
-            "rho_init": m.rho_init,
-            "regularizer": m.regularizer,
-            "l1": m.l1,
-            "masked": m.weight_mask is not None,
-        }
-
-    def from_config(c: Config) -> nn.Module:
-        c = {k: _tuple(v) for k, v in c.items()}
-        masked = c.pop("masked", False)
-        layer = cls(**c)
-        if masked:  # the values come with the state dict
-            layer.set_weight_mask(torch.ones_like(layer.weight_mu))  # type: ignore[operator]
-        return layer
-
-    register_layer(cls, to_config, from_config)
-
-
-_evi_codec(EVILinear, conv=False)
-_evi_codec(EVIConv2d, conv=True)
-
-
 def architecture(model: nn.Module) -> Config:
     """The JSON spec of `model` (an nn.Sequential tree of registered layer types)."""
     if type(model) is nn.Sequential:
@@ -205,7 +120,10 @@ def architecture(model: nn.Module) -> Config:
             "type": "Sequential",
             "children": [[name, architecture(child)] for name, child in model.named_children()],
         }
-    codec = _CODECS.get(type(model).__name__)
+    name = type(model).__name__
+    if isinstance(model, SerializableLayer) and layer_types().get(name) is type(model):
+        return {"type": name, "config": model.config()}
+    codec = _CODECS.get(name)
     if codec is None or codec.cls is not type(model):
         raise TypeError(
             f"cannot describe {type(model).__name__}: known layer types are "
@@ -225,6 +143,9 @@ def build(spec: Config) -> nn.Module:
         for name, child in spec.get("children", []):
             seq.add_module(str(name), build(child))
         return seq
+    own = layer_types().get(kind)
+    if own is not None and kind not in _CODECS:
+        return own.from_config(dict(spec.get("config", {})))  # type: ignore[attr-defined]
     if kind not in _CODECS:
         raise ValueError(
             f"unknown layer type {kind!r} in the spec; known: {registered_layers()} (register "

@@ -50,6 +50,7 @@ PASSTHROUGH: tuple[type[nn.Module], ...] = (
     nn.AdaptiveMaxPool2d,
 )  # fmt: skip
 """Module types that act on each unit (channel) apart; extend with `shrink(passthrough=...)`.
+bayesprune's own such layers say so themselves (`channelwise = True`).
 (nn.PReLU must have a single shared parameter.) A passthrough type seen turning
 (B, C, H, W) into (B, C·H·W) on the dummy input is taken as a channel-major flatten."""
 
@@ -239,9 +240,10 @@ class _Chain:
             if isinstance(module, nn.Flatten) and (module.start_dim, module.end_dim) != (1, -1):
                 raise ValueError(f"shrink needs nn.Flatten(1, -1) at {slot.name!r}")
             flattens = len(in_shape) > 2 and len(out_shape) == 2  # (B, C, H, W) → (B, C·H·W)
-            if isinstance(module, nn.Flatten) or (isinstance(module, passthrough) and flattens):
+            passes = isinstance(module, passthrough) or getattr(module, "channelwise", False)
+            if isinstance(module, nn.Flatten) or (passes and flattens):
                 group *= math.prod(in_shape[2:])  # channel-major, as torch flattens
-            elif not isinstance(module, passthrough):
+            elif not passes:
                 raise TypeError(
                     f"shrink does not know how units pass through {type(module).__name__} at "
                     f"{slot.name!r}; if it acts on each unit/channel apart, pass "

@@ -1,45 +1,82 @@
-"""Variational layers, priors and the KL of a whole model."""
+"""Variational layers, their families, priors and the KL of a whole model."""
 
-from .base import Posterior, VariationalLayer, kl, use_posterior_mean, variational_layers
-from .convert import convert, families, register_family, to_deterministic
+from .base import (
+    EdgeAggregate,
+    GatedLayer,
+    Posterior,
+    Role,
+    SerializableLayer,
+    VariationalLayer,
+    gated_layers,
+    kl,
+    layer_types,
+    use_posterior_mean,
+    variational_layers,
+)
+from .family import (
+    DETERMINISTIC,
+    Family,
+    convert,
+    families,
+    get_family,
+    register_family,
+    to_deterministic,
+)
 from .gaussian import BayesConv2d, BayesLinear
 from .moments import EVIConv2d, EVILikelihood, EVILinear, Moments, evi_cnn, evi_deep_cnn
 from .priors import GaussianPrior, ScaleMixturePrior, make_prior
 from .sparse_vd import LogUniformPrior, SparseVDConv2d, SparseVDLinear
 from .spike_slab import (
+    GateEstimator,
+    GateSampling,
+    MeanGates,
     SpikeSlabConv2d,
     SpikeSlabEdgeConv2d,
     SpikeSlabEdgeLinear,
     SpikeSlabLinear,
-    spike_slab_mlp,
+    SpikeSlabOptions,
+    default_prior_inclusion,
 )
 
 __all__ = [
+    "DETERMINISTIC",
     "BayesConv2d",
     "BayesLinear",
     "EVIConv2d",
     "EVILikelihood",
     "EVILinear",
+    "EdgeAggregate",
+    "Family",
+    "GateEstimator",
+    "GateSampling",
+    "GatedLayer",
     "GaussianPrior",
     "LogUniformPrior",
+    "MeanGates",
     "Moments",
     "Posterior",
+    "Role",
     "ScaleMixturePrior",
+    "SerializableLayer",
     "SparseVDConv2d",
     "SparseVDLinear",
     "SpikeSlabConv2d",
     "SpikeSlabEdgeConv2d",
     "SpikeSlabEdgeLinear",
     "SpikeSlabLinear",
+    "SpikeSlabOptions",
     "VariationalLayer",
     "convert",
+    "default_prior_inclusion",
     "evi_cnn",
     "evi_deep_cnn",
     "families",
+    "gated_layers",
+    "get_family",
     "kl",
+    "layer_types",
     "make_prior",
     "register_family",
-    "spike_slab_mlp",
     "to_deterministic",
     "use_posterior_mean",
     "variational_layers",

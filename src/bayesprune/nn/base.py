@@ -1,18 +1,68 @@
-"""The one small interface every variational layer offers.
+"""The small interfaces every layer of `bayesprune.nn` offers.
 
-Compression code reads a layer only through this interface: its posterior
-(`Posterior`), its KL, and how to rebuild itself with a subset of its output
-and input units (`select`). It never asks what type a layer is.
+Compression, selection and the app read a layer only through these: its posterior
+(`Posterior`), its KL, how to rebuild itself with a subset of its output and input
+units (`select`), its deterministic twin, its JSON config (`config` /
+`from_config`), and, for layers with inclusion gates, the gate protocol
+(`GatedLayer`). They never ask what concrete type a layer is.
+
+Serialization is owned by the layers: every public subclass of `SerializableLayer`
+is registered by class name when its class is created, so a model file can be
+rebuilt in a fresh process without importing anything but `bayesprune`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import copy
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from ..options import Choice
+
+Config = dict[str, Any]
+_LAYER_TYPES: dict[str, type[nn.Module]] = {}
+
+
+def _from_json(value: Any) -> Any:
+    """JSON lists back to the tuples torch layers expect (kernel sizes, strides…)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+class SerializableLayer(nn.Module):
+    """A layer that describes itself as JSON and rebuilds itself from it.
+
+    `config()` returns the constructor arguments (shapes and options, never tensor
+    values: those travel in the state dict); `from_config` builds an untrained layer
+    of the right shapes. Public subclasses register themselves by class name.
+    `channelwise` layers act on each unit (channel) apart, so `shrink` passes units
+    through them (activations, pooling, flatten of moment networks).
+    """
+
+    channelwise: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            _LAYER_TYPES[cls.__name__] = cls
+
+    def config(self) -> Config:
+        """Constructor arguments as JSON-able values (default: none)."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SerializableLayer:
+        """An untrained layer of the shapes `config` describes."""
+        return cls(**{k: _from_json(v) for k, v in config.items()})
+
+
+def layer_types() -> dict[str, type[nn.Module]]:
+    """Every registered `SerializableLayer` class by name (for model files)."""
+    return dict(_LAYER_TYPES)
 
 
 @dataclass(frozen=True)
@@ -32,26 +82,44 @@ class Posterior:
     input_inclusion: Tensor | None = None
 
 
-class VariationalLayer(nn.Module):
+@dataclass(frozen=True)
+class Role:
+    """Where a layer sits in its network, told to a family's layer factory.
+
+    A family may treat the first layer (its inputs are the features) and the last
+    (its outputs are the predictions) differently, e.g. spike-and-slab gates the
+    inputs of the first layer and never the outputs of the last.
+    """
+
+    first: bool = False
+    last: bool = False
+
+    @property
+    def hidden(self) -> bool:
+        return not (self.first or self.last)
+
+
+class VariationalLayer(SerializableLayer):
     """Base class of all Bayesian layers: KL, posterior summaries, rebuild, export.
 
     Attribute `sample` (default True) makes the forward pass stochastic; with it
     off the layer uses the posterior mean (see `use_posterior_mean`).
+
+    Subclasses declare `sliced` (tensor name → (output axis, input axis), None where
+    the tensor has no such axis) so that the generic `select` cuts every tensor that
+    belongs to a unit together, and supply `_plain_twin`, `_deterministic_weights`
+    and `_set_sizes`.
     """
 
     sample: bool = True
+    sliced: ClassVar[dict[str, tuple[int | None, int | None]]] = {}
+    weight_mask: Tensor | None
 
     def kl(self) -> Tensor:  # pragma: no cover - abstract
         """KL(q ‖ p) of this layer, summed over all its parameters (never averaged)."""
         raise NotImplementedError
 
     def posterior(self) -> Posterior:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def select(
-        self, out_idx: Tensor | None = None, in_idx: Tensor | None = None
-    ) -> VariationalLayer:  # pragma: no cover - abstract
-        """A new layer of the same kind keeping only the given output / input units."""
         raise NotImplementedError
 
     def set_weight_mask(self, mask: Tensor | None) -> None:  # pragma: no cover - abstract
@@ -67,9 +135,130 @@ class VariationalLayer(nn.Module):
         """
         raise NotImplementedError
 
-    def to_deterministic(self) -> nn.Module:  # pragma: no cover - abstract
-        """A plain torch layer holding the posterior mean."""
+    # -- shapes and twins of the subclass ---------------------------------------------
+    def _plain_twin(self) -> nn.Module:  # pragma: no cover - abstract
+        """An untrained plain torch layer of the same shape (nn.Linear / nn.Conv2d)."""
         raise NotImplementedError
+
+    def _deterministic_weights(self) -> tuple[Tensor, Tensor | None]:  # pragma: no cover
+        """Weight and bias of the posterior-mean network."""
+        raise NotImplementedError
+
+    def _set_sizes(self, out_units: int, in_units: int) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _init_config(self) -> Config:  # pragma: no cover - abstract
+        """The constructor arguments of this layer (shapes and options)."""
+        raise NotImplementedError
+
+    # -- generic: rebuild, export, serialize ----------------------------------------------
+    def select(
+        self, out_idx: Tensor | None = None, in_idx: Tensor | None = None
+    ) -> VariationalLayer:
+        """A copy keeping output units `out_idx` and input units `in_idx` (posterior kept).
+
+        Every tensor named in `sliced` is cut along its unit axes, so a unit's mean,
+        scale, gate and mask leave together.
+        """
+        if getattr(self, "groups", 1) != 1 and in_idx is not None:
+            raise NotImplementedError("selecting input channels of a grouped convolution")
+        weight = self.weight_mu
+        idx = {
+            0: torch.arange(weight.shape[0]) if out_idx is None else out_idx,
+            1: torch.arange(weight.shape[1]) if in_idx is None else in_idx,
+        }
+        idx = {
+            k: torch.as_tensor(v, dtype=torch.long, device=weight.device) for k, v in idx.items()
+        }
+        new = copy.deepcopy(self)
+        for name, axes in self.sliced.items():
+            tensor = getattr(self, name, None)
+            if tensor is None:
+                continue
+            cut = tensor.detach()
+            for which, axis in enumerate(axes):
+                if axis is not None:
+                    cut = cut.index_select(axis, idx[which])
+            cut = cut.clone()
+            if isinstance(tensor, nn.Parameter):
+                cut = nn.Parameter(cut, requires_grad=tensor.requires_grad)
+            setattr(new, name, cut)
+        new._set_sizes(len(idx[0]), len(idx[1]))
+        return new
+
+    def to_deterministic(self) -> nn.Module:
+        """A plain torch layer holding the posterior mean."""
+        weight, bias = self._deterministic_weights()
+        plain = self._plain_twin().to(weight)
+        with torch.no_grad():
+            plain.weight.copy_(weight)
+            if bias is not None:
+                plain.bias.copy_(bias)
+        return plain
+
+    def config(self) -> Config:
+        """Constructor arguments plus whether a weight mask is set (its values: state dict)."""
+        return {**self._init_config(), "masked": self.weight_mask is not None}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> VariationalLayer:
+        cfg = {k: _from_json(v) for k, v in config.items()}
+        masked = cfg.pop("masked", False)
+        layer = cls(**cfg)
+        if masked:  # the values come with the state dict
+            layer.set_weight_mask(torch.ones_like(layer.weight_mu))
+        return layer
+
+
+class EdgeAggregate(Choice):
+    """How an edge-gated layer forms one inclusion probability per unit or input."""
+
+    ANY = "any"  # 1 − Π(1 − φ): the probability that at least one edge is on
+    MAX = "max"  # max φ: kept exactly when the median model keeps one of its edges
+
+
+class GatedLayer(VariationalLayer):
+    """The gate protocol: a variational layer whose units, inputs or edges have gates.
+
+    Inclusion probabilities (PIPs) are read per output unit, per input unit and per
+    edge (None where the layer has no such gates and cannot aggregate them); gates are
+    set from probabilities (warm starts, diagnostics) or pinned on / off and frozen
+    (the selected model). `gate_parameter_names` names the gate parameters, e.g. for
+    their own learning rate.
+    """
+
+    def unit_inclusion(self, aggregate: EdgeAggregate | str = "any") -> Tensor | None:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def input_inclusion(self, aggregate: EdgeAggregate | str = "any") -> Tensor | None:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def edge_inclusion(self) -> Tensor | None:
+        """q(z = 1) per weight for edge-gated layers, else None."""
+        return None
+
+    def gate_parameter_names(self) -> tuple[str, ...]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def set_inclusion(self, units: Tensor | None = None, inputs: Tensor | None = None) -> None:
+        """Set the unit / input gates to the given inclusion probabilities (not frozen)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def pin_gates(self, units: Tensor | None = None, inputs: Tensor | None = None) -> None:
+        """Fix every gate on or off and freeze it: the selected model.
+
+        `units` / `inputs` are keep-masks (True = on). Gates they do not cover: unit
+        and input gates on; edge gates by their own median rule (on iff φ > 0.5),
+        and off wherever their unit or input is dropped.
+        """
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+def gated_layers(model: nn.Module) -> Iterator[tuple[str, GatedLayer]]:
+    """(name, layer) for every gated layer of `model`, in module order."""
+    for name, module in model.named_modules():
+        if isinstance(module, GatedLayer):
+            yield name, module
 
 
 def variational_layers(model: nn.Module) -> Iterator[tuple[str, VariationalLayer]]:

@@ -9,15 +9,15 @@ lower-variance gradients than sampling weights (Kingma et al. 2015).
 
 from __future__ import annotations
 
-import copy
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Posterior, VariationalLayer
+from .family import Family, keyword_options, register_family, twin_factory
 from .priors import GaussianPrior, Prior, make_prior
 
 _VAR_FLOOR = 1e-16  # keeps sqrt differentiable where an input is exactly zero
@@ -37,6 +37,13 @@ class _GaussianLayer(VariationalLayer):
     """
 
     weight_mask: Tensor | None
+    sliced: ClassVar[dict[str, tuple[int | None, int | None]]] = {
+        "weight_mu": (0, 1),
+        "weight_rho": (0, 1),
+        "weight_mask": (0, 1),
+        "bias_mu": (0, None),
+        "bias_rho": (0, None),
+    }
 
     def _init_variational(
         self,
@@ -157,40 +164,12 @@ class _GaussianLayer(VariationalLayer):
             bias_std=None if self.bias_rho is None else self.bias_sigma.detach(),
         )
 
-    # -- rebuild / export ---------------------------------------------------------------
-    def _set_sizes(self, out_units: int, in_units: int) -> None:
+    # -- rebuild / export / serialize -------------------------------------------------
+    def _init_config(self) -> dict[str, Any]:
+        return {**self._shape_config(), "bias": self.bias_mu is not None, "rho_init": self.rho_init}
+
+    def _shape_config(self) -> dict[str, Any]:  # pragma: no cover - supplied by the map mixin
         raise NotImplementedError
-
-    def select(self, out_idx: Tensor | None = None, in_idx: Tensor | None = None) -> _GaussianLayer:
-        """A copy keeping output units `out_idx` and input units `in_idx` (posterior kept)."""
-        if getattr(self, "groups", 1) != 1 and in_idx is not None:
-            raise NotImplementedError("selecting input channels of a grouped convolution")
-        new = copy.deepcopy(self)
-        out_idx = torch.arange(self.weight_mu.shape[0]) if out_idx is None else out_idx
-        in_idx = torch.arange(self.weight_mu.shape[1]) if in_idx is None else in_idx
-        out_idx, in_idx = out_idx.to(self.weight_mu.device), in_idx.to(self.weight_mu.device)
-
-        def cut(w: Tensor) -> Tensor:
-            return w.detach().index_select(0, out_idx).index_select(1, in_idx).clone()
-
-        new.weight_mu = nn.Parameter(cut(self.weight_mu))
-        new.weight_rho = nn.Parameter(cut(self.weight_rho))
-        if self.weight_mask is not None:
-            new.weight_mask = cut(self.weight_mask)
-        if self.bias_mu is not None:
-            new.bias_mu = nn.Parameter(self.bias_mu.detach()[out_idx].clone())
-            new.bias_rho = nn.Parameter(self.bias_rho.detach()[out_idx].clone())
-        new._set_sizes(len(out_idx), len(in_idx))
-        return new
-
-    def to_deterministic(self) -> nn.Module:
-        plain = self._plain_twin().to(self.weight_mu)
-        weight, bias = self._deterministic_weights()
-        with torch.no_grad():
-            plain.weight.copy_(weight)
-            if bias is not None:
-                plain.bias.copy_(bias)
-        return plain
 
     def load_means_from(self, plain: nn.Module) -> None:
         """Initialise the posterior means from a trained deterministic layer."""
@@ -220,6 +199,9 @@ class _LinearMap:
 
     def _set_sizes(self, out_units: int, in_units: int) -> None:
         self.out_features, self.in_features = out_units, in_units
+
+    def _shape_config(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features}
 
 
 class _Conv2dMap:
@@ -275,6 +257,17 @@ class _Conv2dMap:
     def _set_sizes(self, out_units: int, in_units: int) -> None:
         self.out_channels, self.in_channels = out_units, in_units
 
+    def _shape_config(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": self.stride,
+            "padding": self.padding,
+            "dilation": self.dilation,
+            "groups": self.groups,
+        }
+
 
 class BayesLinear(_LinearMap, _GaussianLayer):
     """Drop-in for `nn.Linear` with a mean-field Gaussian posterior over weights and bias."""
@@ -292,6 +285,9 @@ class BayesLinear(_LinearMap, _GaussianLayer):
         super().__init__()
         shape = self._init_linear(in_features, out_features)
         self._init_variational(shape, bias, prior, prior_scale, rho_init)
+
+    def _init_config(self) -> dict[str, Any]:
+        return {**super()._init_config(), "prior": self.prior.config()}
 
     def extra_repr(self) -> str:
         return (
@@ -325,6 +321,9 @@ class BayesConv2d(_Conv2dMap, _GaussianLayer):
         )
         self._init_variational(shape, bias, prior, prior_scale, rho_init)
 
+    def _init_config(self) -> dict[str, Any]:
+        return {**super()._init_config(), "prior": self.prior.config()}
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -332,22 +331,15 @@ class BayesConv2d(_Conv2dMap, _GaussianLayer):
         )
 
 
-def _constructor_args(plain: nn.Module) -> dict[str, Any]:
-    """Arguments that rebuild a Bayesian twin of a plain Linear / Conv2d layer."""
-    if isinstance(plain, nn.Conv2d):
-        return {
-            "in_channels": plain.in_channels,
-            "out_channels": plain.out_channels,
-            "kernel_size": plain.kernel_size,
-            "stride": plain.stride,
-            "padding": plain.padding,
-            "dilation": plain.dilation,
-            "groups": plain.groups,
-            "bias": plain.bias is not None,
-            "padding_mode": plain.padding_mode,
-        }
-    return {
-        "in_features": plain.in_features,
-        "out_features": plain.out_features,
-        "bias": plain.bias is not None,
-    }
+register_family(
+    Family(
+        "gaussian",
+        factories={nn.Linear: twin_factory(BayesLinear), nn.Conv2d: twin_factory(BayesConv2d)},
+        layer_options=keyword_options(BayesLinear, BayesConv2d),
+        prior_keys=("kind", "scale", "pi", "scale1", "scale2"),
+        prior_options=lambda prior: {"prior": dict(prior)} if prior else {},
+        prior_layer_options=("prior", "prior_scale"),
+        default_score="snr",
+        description="mean-field Gaussian (Bayes by Backprop, local reparameterisation)",
+    )
+)

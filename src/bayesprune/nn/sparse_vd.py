@@ -22,14 +22,12 @@ term), the limit of the paper's deterministic bias.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .convert import register_family
-from .gaussian import _constructor_args, _Conv2dMap, _GaussianLayer, _LinearMap
+from .family import Family, keyword_options, register_family, twin_factory
+from .gaussian import _Conv2dMap, _GaussianLayer, _LinearMap
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 LOG_ALPHA_MIN, LOG_ALPHA_MAX = -10.0, 10.0
@@ -137,13 +135,15 @@ class SparseVDConv2d(_Conv2dMap, _SparseVDLayer):
         )
 
 
-def _factory(cls: type[_SparseVDLayer]) -> Any:
-    def build(plain: nn.Module, kwargs: dict[str, Any]) -> _SparseVDLayer:
-        return cls(**_constructor_args(plain), **kwargs)
-
-    return build
-
-
 register_family(
-    "sparse_vd", {nn.Linear: _factory(SparseVDLinear), nn.Conv2d: _factory(SparseVDConv2d)}
+    Family(
+        "sparse_vd",
+        factories={
+            nn.Linear: twin_factory(SparseVDLinear),
+            nn.Conv2d: twin_factory(SparseVDConv2d),
+        },
+        layer_options=keyword_options(SparseVDLinear, SparseVDConv2d),
+        default_score="snr",
+        description="Sparse Variational Dropout (log-uniform prior; Molchanov et al. 2017)",
+    )
 )

@@ -6,6 +6,7 @@ See `core` for the covariance layouts, `layers` for the variational family and
 its two regularisers, `likelihood` for the loss.
 """
 
+from ..family import Family, keyword_options, register_family
 from .builders import evi_cnn, evi_deep_cnn
 from .core import (
     LAYOUTS,
@@ -64,3 +65,15 @@ __all__ = [
     "to_torch",
     "variance",
 ]
+
+register_family(
+    Family(
+        "evi",
+        layer_options=keyword_options(EVILinear, EVIConv2d),
+        default_score="norm",
+        default_likelihood="evi",
+        deterministic_predictive=True,
+        builders=("evi_cnn", "evi_deep_cnn"),
+        description="extended variational inference: moments propagated, no sampling",
+    )
+)

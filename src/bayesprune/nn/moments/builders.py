@@ -16,6 +16,13 @@ from .layers import EVIConv2d, EVILinear
 from .ops import EVIFlatten, EVIMaxPool2d, EVISoftmax, make_activation
 
 
+def _check_family(family: str, builder: str) -> None:
+    if family != "evi":
+        raise ValueError(
+            f"{builder} builds eVI moment networks: family must be 'evi', not {family!r}"
+        )
+
+
 def _pooled(size: int, kernel: int, padding: int, pool: int) -> int:
     conv = size + 2 * padding - kernel + 1
     if conv < pool:
@@ -37,6 +44,7 @@ def evi_cnn(
     activation: str = "relu",
     conv_bias: bool = False,
     covariance: str = "full",
+    family: str = "evi",
     **layer_kwargs: Any,
 ) -> nn.Sequential:
     """The reference network of Carannante et al. (2020).
@@ -48,6 +56,7 @@ def evi_cnn(
     (factored); `"diag"` keeps variances only. `layer_kwargs` (rho_init,
     regularizer, l1) go to both parametric layers.
     """
+    _check_family(family, "evi_cnn")
     if n_kernels < 1 or n_classes < 2:
         raise ValueError(f"need n_kernels >= 1 and n_classes >= 2, got {n_kernels}, {n_classes}")
     side = _pooled(image_size, kernel_size, 0, pool)
@@ -74,6 +83,7 @@ def evi_deep_cnn(
     kernel_size: int = 5,
     pool: int = 2,
     activation: str = "relu",
+    family: str = "evi",
     **layer_kwargs: Any,
 ) -> nn.Sequential:
     """A deeper moment CNN in diagonal mode: [conv (same padding) → act → pool] per entry of
@@ -82,6 +92,7 @@ def evi_deep_cnn(
     Every hidden covariance is diagonal (cost linear in the width); the output
     layer keeps the full K × K covariance for the likelihood.
     """
+    _check_family(family, "evi_deep_cnn")
     if not channels or any(c < 1 for c in channels) or any(h < 1 for h in hidden):
         raise ValueError(f"channel and hidden widths must be positive, got {channels}, {hidden}")
     layers: list[nn.Module] = []

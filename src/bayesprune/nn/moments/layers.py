@@ -32,8 +32,8 @@ regulariser by the data-set size; the authors' per-example weight τ = 0.002 on
 
 from __future__ import annotations
 
-import copy
 import math
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,12 @@ class _EVILayer(VariationalLayer):
     weight_rho: nn.Parameter
     bias: nn.Parameter | None
     weight_mask: Tensor | None
+    sliced: ClassVar[dict[str, tuple[int | None, int | None]]] = {
+        "weight_mu": (0, 1),
+        "weight_rho": (0, None),
+        "weight_mask": (0, 1),
+        "bias": (0, None),
+    }
 
     def _init_evi(
         self,
@@ -161,40 +167,21 @@ class _EVILayer(VariationalLayer):
         )
 
     # -- rebuild / export ---------------------------------------------------------------
-    def _set_sizes(self, out_units: int, in_units: int) -> None:  # pragma: no cover
+    def _deterministic_weights(self) -> tuple[Tensor, Tensor | None]:
+        return self.mean_weight, self.bias
+
+    def _init_config(self) -> dict[str, Any]:
+        return {
+            **self._shape_config(),
+            "bias": self.bias is not None,
+            "covariance": self.covariance,
+            "rho_init": self.rho_init,
+            "regularizer": self.regularizer,
+            "l1": self.l1,
+        }
+
+    def _shape_config(self) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def _plain_twin(self) -> nn.Module:  # pragma: no cover
-        raise NotImplementedError
-
-    def select(self, out_idx: Tensor | None = None, in_idx: Tensor | None = None) -> _EVILayer:
-        """A copy keeping output units (kernels) `out_idx` and input units `in_idx`."""
-        device = self.weight_mu.device
-        out_idx = torch.arange(self.weight_mu.shape[0]) if out_idx is None else out_idx
-        in_idx = torch.arange(self.weight_mu.shape[1]) if in_idx is None else in_idx
-        out_idx = torch.as_tensor(out_idx, dtype=torch.long, device=device)
-        in_idx = torch.as_tensor(in_idx, dtype=torch.long, device=device)
-
-        def cut(w: Tensor) -> Tensor:
-            return w.detach().index_select(0, out_idx).index_select(1, in_idx).clone()
-
-        new = copy.deepcopy(self)
-        new.weight_mu = nn.Parameter(cut(self.weight_mu))
-        new.weight_rho = nn.Parameter(self.weight_rho.detach()[out_idx].clone())
-        if self.weight_mask is not None:
-            new.weight_mask = cut(self.weight_mask)
-        if self.bias is not None:
-            new.bias = nn.Parameter(self.bias.detach()[out_idx].clone())
-        new._set_sizes(len(out_idx), len(in_idx))
-        return new
-
-    def to_deterministic(self) -> nn.Module:
-        plain = self._plain_twin().to(self.weight_mu)
-        with torch.no_grad():
-            plain.weight.copy_(self.mean_weight)
-            if self.bias is not None:
-                plain.bias.copy_(self.bias)
-        return plain
 
     def load_means_from(self, plain: nn.Module) -> None:
         """Initialise the posterior means from a trained deterministic layer."""
@@ -279,6 +266,9 @@ class EVILinear(_EVILayer):
 
     def _set_sizes(self, out_units: int, in_units: int) -> None:
         self.out_features, self.in_features = out_units, in_units
+
+    def _shape_config(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features}
 
     def extra_repr(self) -> str:
         return (
@@ -372,6 +362,16 @@ class EVIConv2d(_EVILayer):
 
     def _set_sizes(self, out_units: int, in_units: int) -> None:
         self.out_channels, self.in_channels = out_units, in_units
+
+    def _shape_config(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": self.stride,
+            "padding": self.padding,
+            "dilation": self.dilation,
+        }
 
     def extra_repr(self) -> str:
         return (

@@ -8,20 +8,24 @@ parametric layers swapped for nn.Conv2d / nn.Linear — runs unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..base import SerializableLayer
 from .core import BLOCK, DIAG, FACTORED, FULL, Factored, Moments, channels_of, layout, symmetrize
 
 
-class _Elementwise(nn.Module):
+class _Elementwise(SerializableLayer):
     """f applied entry by entry, first-order Taylor: mean f(m), covariance Σ ⊙ J Jᵀ, J = f'(m).
 
     The mean is f(m), not E[f(x)]: the approximation of the eVI papers, accurate
     when the input variance is small next to the curvature of f.
     """
+
+    channelwise = True
 
     def f(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -76,6 +80,9 @@ class EVIELU(_Elementwise):
     def torch_twin(self) -> nn.Module:
         return nn.ELU(self.alpha)
 
+    def config(self) -> dict[str, float]:
+        return {"alpha": self.alpha}
+
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
 
@@ -122,12 +129,14 @@ def make_activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-class EVIMaxPool2d(nn.Module):
+class EVIMaxPool2d(SerializableLayer):
     """Max-pool whose winners are picked by the mean; the covariance keeps those rows/columns.
 
     For a factored covariance only the factor rows of the winners are gathered,
     so a pooled first-conv map costs (pooled positions × patch size) per kernel.
     """
+
+    channelwise = True
 
     def __init__(
         self,
@@ -166,16 +175,21 @@ class EVIMaxPool2d(nn.Module):
     def torch_twin(self) -> nn.Module:
         return nn.MaxPool2d(self.kernel_size, self.stride, self.padding)
 
+    def config(self) -> dict[str, Any]:
+        return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
+
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
-class EVIFlatten(nn.Module):
+class EVIFlatten(SerializableLayer):
     """(B, C, H, W) → (B, C·H·W) in torch's channel-major order, for mean and covariance alike.
 
     Block and factored covariances are already indexed (channel, h·W + w), the
     order of the flattened mean, so they pass through untouched.
     """
+
+    channelwise = True
 
     def forward(self, x: Tensor | Moments) -> Tensor | Moments:
         if not isinstance(x, Moments):
@@ -190,7 +204,7 @@ class EVIFlatten(nn.Module):
         return nn.Flatten()
 
 
-class EVISoftmax(nn.Module):
+class EVISoftmax(SerializableLayer):
     """Softmax over the last dimension: mean p = softmax(m), covariance J Σ Jᵀ, J = diag(p) − p pᵀ.
 
     The output covariance is always full (B, K, K); a diagonal input becomes
@@ -218,16 +232,11 @@ class EVISoftmax(nn.Module):
 
 
 def to_torch(model: nn.Module) -> nn.Module:
-    """A plain torch copy of a moment network: the posterior-mean network of
-    `bayesprune.to_deterministic`, with every moment op (anything offering
-    `torch_twin()`) swapped for its torch twin. Same output as the moment net's mean."""
-    from ..convert import to_deterministic  # nn.convert imports nothing from here
+    """A plain torch copy of a moment network (same output as the moment net's mean).
 
-    plain = to_deterministic(model)
-    if hasattr(plain, "torch_twin"):
-        return plain.torch_twin()
-    for parent in list(plain.modules()):
-        for name, child in list(parent.named_children()):
-            if hasattr(child, "torch_twin"):
-                setattr(parent, name, child.torch_twin())
-    return plain
+    The same as `bayesprune.nn.to_deterministic`, which swaps every moment op for its
+    torch twin; kept under this name for eVI users.
+    """
+    from ..family import to_deterministic  # nn.family imports nothing from here
+
+    return to_deterministic(model)

@@ -1,0 +1,241 @@
+"""Layer families: one record per family holds everything the rest of the library asks.
+
+A `Family` says how to build its layers from plain torch layers (told each layer's
+`Role`), which options its layers and its prior take, which compression score suits
+its posterior by default, whether its predictive is one deterministic pass (eVI),
+and whether it has gates. `convert`, the builders, the config checks, the compress
+policy and the scikit-learn estimators read the record; nothing outside `nn/`
+branches on a family's name.
+
+Families register themselves when their module is imported (`import bayesprune`
+imports them all); `register_family` adds a user's own.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .base import Role, VariationalLayer
+
+LayerFactory = Callable[[nn.Module, Role, dict[str, Any]], VariationalLayer]
+"""(plain layer, its role, the family options) → the Bayesian twin."""
+
+_SHAPE_ARGS = frozenset(
+    {
+        "self",
+        "in_features",
+        "out_features",
+        "bias",
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "padding_mode",
+    }
+)
+
+
+def keyword_options(*classes: type, exclude: Iterable[str] = ()) -> tuple[str, ...]:
+    """Constructor keywords of `classes` that are options, not shapes (sorted)."""
+    names: set[str] = set()
+    for cls in classes:
+        for p in inspect.signature(cls.__init__).parameters.values():
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                names.add(p.name)
+    return tuple(sorted(names - _SHAPE_ARGS - set(exclude)))
+
+
+def plain_layer_args(plain: nn.Module) -> dict[str, Any]:
+    """Arguments that rebuild a Bayesian twin of a plain Linear / Conv2d layer."""
+    if isinstance(plain, nn.Conv2d):
+        return {
+            "in_channels": plain.in_channels,
+            "out_channels": plain.out_channels,
+            "kernel_size": plain.kernel_size,
+            "stride": plain.stride,
+            "padding": plain.padding,
+            "dilation": plain.dilation,
+            "groups": plain.groups,
+            "bias": plain.bias is not None,
+            "padding_mode": plain.padding_mode,
+        }
+    return {
+        "in_features": plain.in_features,
+        "out_features": plain.out_features,
+        "bias": plain.bias is not None,
+    }
+
+
+def twin_factory(cls: type[VariationalLayer]) -> LayerFactory:
+    """A factory that builds `cls` with the plain layer's shape, whatever the role."""
+
+    def build(plain: nn.Module, role: Role, options: dict[str, Any]) -> VariationalLayer:
+        return cls(**plain_layer_args(plain), **options)
+
+    return build
+
+
+def _no_prior(prior: Mapping[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything the library knows about one layer family (see the module docstring).
+
+    `factories` maps plain layer types to their builders; a family without factories
+    (eVI, which needs moment activations too) builds its networks with `builders`.
+    `layer_options` are the options its factories take (`convert(..., **options)`);
+    `prior_keys` the names of its prior (a config's `model.prior`), turned into layer
+    options by `prior_options`, which set `prior_layer_options`. `default_score` is
+    the compression score "auto" picks, `default_likelihood` the likelihood "auto"
+    picks (None: by the task). `deterministic_predictive`: one pass gives the
+    predictive (no Monte Carlo).
+    """
+
+    name: str
+    factories: Mapping[type[nn.Module], LayerFactory] = field(default_factory=dict)
+    layer_options: tuple[str, ...] = ()
+    prior_keys: tuple[str, ...] = ()
+    prior_options: Callable[[Mapping[str, Any]], dict[str, Any]] = _no_prior
+    prior_layer_options: tuple[str, ...] = ()
+    default_score: str = "snr"
+    default_likelihood: str | None = None
+    deterministic_predictive: bool = False
+    gated: bool = False
+    builders: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def convertible(self) -> bool:
+        """Whether `convert` can turn a plain network into this family."""
+        return bool(self.factories)
+
+    @property
+    def bayesian(self) -> bool:
+        return self.name != DETERMINISTIC
+
+    def takes(self, option: str) -> bool:
+        """Whether `option` is one of this family's layer options."""
+        return option in self.layer_options
+
+
+DETERMINISTIC = "deterministic"
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Add (or replace) a family; returns it."""
+    _FAMILIES[family.name] = family
+    return family
+
+
+def families() -> list[str]:
+    """Names of every registered family."""
+    return sorted(_FAMILIES)
+
+
+def get_family(name: str | Family) -> Family:
+    """The record of family `name`; a ValueError lists the valid names."""
+    if isinstance(name, Family):
+        return name
+    if name not in _FAMILIES:
+        raise ValueError(f"unknown layer family {name!r}; valid families: {families()}")
+    return _FAMILIES[name]
+
+
+register_family(
+    Family(
+        DETERMINISTIC,
+        default_score="magnitude",
+        description="plain torch layers (the baseline; magnitude pruning)",
+    )
+)
+
+
+def convertible_layers(model: nn.Module, family: Family) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute name, child) of every layer `family` can replace, in module order."""
+    found = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) in family.factories:
+                found.append((parent, name, child))
+    return found
+
+
+def convert(
+    model: nn.Module,
+    family: str | Family = "gaussian",
+    *,
+    init_from_weights: bool = False,
+    inplace: bool = False,
+    **options: Any,
+) -> nn.Module:
+    """Return `model` with every nn.Linear / nn.Conv2d replaced by a Bayesian twin.
+
+    Works on any `nn.Module`, whatever its `forward`. The first and last replaceable
+    layers in module order get the roles "first" and "last" (e.g. spike-and-slab gates
+    the first layer's inputs with `input_gates=True` and leaves the last layer's
+    outputs ungated). `init_from_weights=True` starts the posterior means at the
+    trained weights (a cheap way to make a pretrained network Bayesian); `options`
+    go to the family's layer factories (for example `prior_scale=0.1`).
+    """
+    fam = get_family(family)
+    if not fam.bayesian:
+        return model if inplace else copy.deepcopy(model)
+    if not fam.convertible:
+        raise ValueError(
+            f"family {fam.name!r} cannot convert plain layers; build its networks with "
+            f"{list(fam.builders)}"
+        )
+    unknown = sorted(set(options) - set(fam.layer_options))
+    if unknown:
+        raise ValueError(
+            f"family {fam.name!r} takes no option(s) {unknown}; valid: {sorted(fam.layer_options)}"
+        )
+    model = model if inplace else copy.deepcopy(model)
+    if type(model) in fam.factories:  # a single layer
+        return _twin(model, fam, Role(first=True, last=True), init_from_weights, options)
+    found = convertible_layers(model, fam)
+    for i, (parent, name, child) in enumerate(found):
+        role = Role(first=i == 0, last=i == len(found) - 1)
+        setattr(parent, name, _twin(child, fam, role, init_from_weights, options))
+    return model
+
+
+def _twin(
+    plain: nn.Module, fam: Family, role: Role, init_from_weights: bool, options: dict[str, Any]
+) -> VariationalLayer:
+    layer = fam.factories[type(plain)](plain, role, dict(options)).to(plain.weight)
+    if init_from_weights:
+        layer.load_means_from(plain)
+    return layer
+
+
+def to_deterministic(model: nn.Module) -> nn.Module:
+    """A plain torch copy of `model`: variational layers hold their posterior means.
+
+    Any other module that offers `torch_twin()` (the eVI moment activations, pooling
+    and flatten) is swapped for its torch twin, so the result runs without bayesprune.
+    """
+    if isinstance(model, VariationalLayer):
+        return model.to_deterministic()
+    if hasattr(model, "torch_twin"):
+        return model.torch_twin()
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, VariationalLayer):
+                setattr(parent, name, child.to_deterministic())
+            elif hasattr(child, "torch_twin"):
+                setattr(parent, name, child.torch_twin())
+    return model
