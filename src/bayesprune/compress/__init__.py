@@ -10,6 +10,7 @@ Typical use::
 """
 
 from .adapters import PlainLayer, as_prunable, is_prunable, prunable_layers
+from .chain import PASSTHROUGH, SelectInputs
 from .export import (
     csr_bytes,
     export_onnx,
@@ -54,7 +55,7 @@ from .self_compress import (
     self_compress,
 )
 from .serialize import architecture, register_layer, registered_layers
-from .shrink import PASSTHROUGH, LayerRecord, SelectInputs, ShrinkResult, shrink
+from .shrink import LayerRecord, ShrinkResult, shrink
 
 __all__ = [
     "INPUT_SCORES",

@@ -20,7 +20,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-PIP_RULES = ("median", "target_size", "expected_size", "fdr")
+from ..options import Choice
+
+
+class PipRule(Choice):
+    """How a layer's PIPs become a keep-mask (see the module docstring)."""
+
+    MEDIAN = "median"
+    TARGET_SIZE = "target_size"
+    EXPECTED_SIZE = "expected_size"
+    FDR = "fdr"
+
+
+PIP_RULES = PipRule.values()
 
 
 def _check_pips(pip: Tensor) -> Tensor:
@@ -93,7 +105,7 @@ def bayesian_fdr(pip: Tensor, alpha: float = 0.05) -> Tensor:
 
 def select_by_pip(
     pip: Tensor,
-    rule: str = "median",
+    rule: PipRule | str = "median",
     *,
     threshold: float = 0.5,
     k: int | None = None,
@@ -101,6 +113,7 @@ def select_by_pip(
 ) -> Tensor:
     """Apply a named rule ("median", "target_size" with `k`, "expected_size", "fdr" with
     `alpha`)."""
+    rule = PipRule(rule)
     if rule == "median":
         return median_probability_model(pip, threshold)
     if rule == "target_size":
@@ -111,4 +124,4 @@ def select_by_pip(
         return expected_size(pip)
     if rule == "fdr":
         return bayesian_fdr(pip, alpha)
-    raise ValueError(f"unknown PIP rule {rule!r}; valid: {PIP_RULES}")
+    raise AssertionError(f"unhandled PIP rule {rule!r}")  # pragma: no cover

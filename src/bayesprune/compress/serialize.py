@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..nn import SerializableLayer, layer_types
-from .shrink import SelectInputs
+from .chain import SelectInputs
 
 Config = dict[str, Any]
 

@@ -30,7 +30,6 @@ dead unit's bias noise is replaced by its mean, a small change.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,34 +39,8 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.base import use_posterior_mean
-from .adapters import as_prunable, copy_model, is_prunable
-
-PASSTHROUGH: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish,
-    nn.Hardsigmoid, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
-)  # fmt: skip
-"""Module types that act on each unit (channel) apart; extend with `shrink(passthrough=...)`.
-bayesprune's own such layers say so themselves (`channelwise = True`).
-(nn.PReLU must have a single shared parameter.) A passthrough type seen turning
-(B, C, H, W) into (B, C·H·W) on the dummy input is taken as a channel-major flatten."""
-
-
-class SelectInputs(nn.Module):
-    """Keep the input features `index` along `dim` (what `shrink` puts before the first layer)."""
-
-    def __init__(self, index: Sequence[int] | Tensor, dim: int = -1) -> None:
-        super().__init__()
-        self.dim = int(dim)
-        self.register_buffer("index", torch.as_tensor(index, dtype=torch.long).clone())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.index_select(self.dim, self.index)
-
-    def extra_repr(self) -> str:
-        return f"n={self.index.numel()}, dim={self.dim}"
+from .adapters import as_prunable, copy_model
+from .chain import PASSTHROUGH, Chain, SelectInputs, deployed_weight, first_tensor, unit_columns
 
 
 @dataclass
@@ -112,157 +85,6 @@ class ShrinkResult:
         return [len(self.input_features), *(r.units_after for r in self.layers)]
 
 
-@dataclass
-class _Slot:
-    parent: nn.Module
-    key: str
-    name: str
-
-    def get(self) -> nn.Module:
-        return self.parent._modules[self.key]  # type: ignore[return-value]
-
-    def set(self, module: nn.Module) -> None:
-        self.parent._modules[self.key] = module
-
-
-def _leaves(model: nn.Module) -> list[_Slot]:
-    """The modules a Sequential chain applies, in order (nested Sequentials unrolled)."""
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(
-            f"shrink needs an nn.Sequential chain, got {type(model).__name__}; wrap the layers "
-            "in nn.Sequential (nested Sequentials are fine)"
-        )
-    slots: list[_Slot] = []
-
-    def walk(seq: nn.Sequential, prefix: str) -> None:
-        for key, child in seq.named_children():
-            name = f"{prefix}{key}"
-            if isinstance(child, nn.Sequential):
-                walk(child, f"{name}.")
-            elif not is_prunable(child) and any(is_prunable(m) for m in child.modules()):
-                raise TypeError(
-                    f"module {name!r} ({type(child).__name__}) holds prunable layers but is not "
-                    "an nn.Sequential, so shrink cannot follow units through it"
-                )
-            else:
-                slots.append(_Slot(seq, key, name))
-
-    walk(model, "")
-    return slots
-
-
-def _first_tensor(value: Any) -> Tensor:
-    while isinstance(value, tuple | list):  # e.g. moment layers return (mean, cov)
-        value = value[0]
-    return value
-
-
-def _shapes(model: nn.Module, slots: list[_Slot], x: Tensor) -> dict[str, tuple[tuple, tuple]]:
-    """(input shape, output shape) of every leaf on one dummy example."""
-    shapes: dict[str, tuple[tuple, tuple]] = {}
-    handles = []
-    for slot in slots:
-
-        def hook(module: nn.Module, args: tuple, out: Any, name: str = slot.name) -> None:
-            shapes[name] = (tuple(_first_tensor(args).shape), tuple(_first_tensor(out).shape))
-
-        handles.append(slot.get().register_forward_hook(hook))
-    try:
-        with torch.no_grad(), use_posterior_mean(model):
-            model(x)
-    except RuntimeError as err:
-        raise ValueError(
-            f"a dummy input of shape {tuple(x.shape)} does not fit the model ({err}); pass "
-            "input_shape as the shape of ONE example without the batch dimension, e.g. (1, 28, 28)"
-        ) from err
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
-
-
-def _deployed_weight(layer: nn.Module) -> Tensor:
-    plain = as_prunable(layer).to_deterministic()
-    return plain.weight.detach()  # type: ignore[union-attr]
-
-
-class _Chain:
-    """The prunable layers of a chain, the modules between them and the unit → column maps."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        input_shape: Sequence[int] | None,
-        passthrough: tuple[type[nn.Module], ...],
-    ) -> None:
-        self.model = model
-        self.slots = _leaves(model)
-        self.layer_pos = [i for i, s in enumerate(self.slots) if is_prunable(s.get())]
-        if not self.layer_pos:
-            raise ValueError("the model has no prunable layer (Linear, Conv2d or variational)")
-        first = _deployed_weight(self.slots[self.layer_pos[0]].get())
-        if input_shape is None:
-            if first.ndim != 2:
-                raise ValueError(
-                    "shrink needs input_shape (one example's shape, e.g. (1, 28, 28)) for a "
-                    "network that starts with a convolution"
-                )
-            input_shape = (first.shape[1],)
-        ref = next(iter(model.parameters()))
-        self.example = torch.zeros(1, *input_shape, dtype=ref.dtype, device=ref.device)
-        self.input_shape = tuple(input_shape)
-        model_was_training = model.training
-        model.eval()
-        try:
-            self.shapes = _shapes(model, self.slots, self.example)
-        finally:
-            model.train(model_was_training)
-        self.groups = [self._group(k, passthrough) for k in range(len(self.layer_pos) - 1)]
-
-    def layer(self, k: int) -> nn.Module:
-        return self.slots[self.layer_pos[k]].get()
-
-    def set_layer(self, k: int, module: nn.Module) -> None:
-        self.slots[self.layer_pos[k]].set(module)
-
-    def name(self, k: int) -> str:
-        return self.slots[self.layer_pos[k]].name
-
-    def between(self, k: int) -> list[nn.Module]:
-        return [s.get() for s in self.slots[self.layer_pos[k] + 1 : self.layer_pos[k + 1]]]
-
-    def _group(self, k: int, passthrough: tuple[type[nn.Module], ...]) -> int:
-        """How many consumer input columns each producer unit feeds (H·W across a Flatten)."""
-        group = 1
-        for slot in self.slots[self.layer_pos[k] + 1 : self.layer_pos[k + 1]]:
-            module = slot.get()
-            in_shape, out_shape = self.shapes[slot.name]
-            if isinstance(module, nn.Flatten) and (module.start_dim, module.end_dim) != (1, -1):
-                raise ValueError(f"shrink needs nn.Flatten(1, -1) at {slot.name!r}")
-            flattens = len(in_shape) > 2 and len(out_shape) == 2  # (B, C, H, W) → (B, C·H·W)
-            passes = isinstance(module, passthrough) or getattr(module, "channelwise", False)
-            if isinstance(module, nn.Flatten) or (passes and flattens):
-                group *= math.prod(in_shape[2:])  # channel-major, as torch flattens
-            elif not passes:
-                raise TypeError(
-                    f"shrink does not know how units pass through {type(module).__name__} at "
-                    f"{slot.name!r}; if it acts on each unit/channel apart, pass "
-                    f"passthrough=({type(module).__name__},)"
-                )
-        out_units = _deployed_weight(self.layer(k)).shape[0]
-        in_next = _deployed_weight(self.layer(k + 1)).shape[1]
-        if out_units * group != in_next:
-            raise ValueError(
-                f"layer {self.name(k)!r} has {out_units} units × {group} positions but "
-                f"{self.name(k + 1)!r} takes {in_next} inputs"
-            )
-        return group
-
-
-def _columns(units: Tensor, group: int) -> Tensor:
-    return (units.view(-1, 1) * group + torch.arange(group, device=units.device)).reshape(-1)
-
-
 def _as_keep(spec: Tensor | Sequence[int], n: int) -> Tensor:
     t = torch.as_tensor(spec)
     if t.dtype == torch.bool:
@@ -275,10 +97,10 @@ def _as_keep(spec: Tensor | Sequence[int], n: int) -> Tensor:
 
 
 class _Shrinker:
-    def __init__(self, chain: _Chain, threshold: float, forced: dict[int, Tensor]) -> None:
+    def __init__(self, chain: Chain, threshold: float, forced: dict[int, Tensor]) -> None:
         self.chain, self.threshold, self.forced = chain, threshold, forced
         n = len(chain.layer_pos)
-        weights = [_deployed_weight(chain.layer(k)) for k in range(n)]
+        weights = [deployed_weight(chain.layer(k)) for k in range(n)]
         self.kept = [torch.arange(w.shape[0]) for w in weights]
         self.inputs = torch.arange(weights[0].shape[1])
         self.inputs_before = weights[0].shape[1]
@@ -289,7 +111,7 @@ class _Shrinker:
     # -- what is dead --------------------------------------------------------------
     def _dead_units(self, k: int) -> Tensor:
         layer = self.chain.layer(k)
-        w = _deployed_weight(layer)
+        w = deployed_weight(layer)
         dead = (w.flatten(1) == 0).all(1)
         pip = as_prunable(layer).posterior().unit_inclusion
         if pip is not None:
@@ -299,7 +121,7 @@ class _Shrinker:
         return dead
 
     def _dead_inputs(self, layer: nn.Module) -> Tensor:
-        w = _deployed_weight(layer)
+        w = deployed_weight(layer)
         dead = (w.transpose(0, 1).flatten(1) == 0).all(1)
         pip = as_prunable(layer).posterior().input_inclusion
         if pip is not None:
@@ -312,7 +134,7 @@ class _Shrinker:
         chain = self.chain
         layer = chain.layer(k)
         plain = as_prunable(layer).to_deterministic().eval()
-        shape = (1, _deployed_weight(layer).shape[1], *chain.shapes[chain.name(k)][0][2:])
+        shape = (1, deployed_weight(layer).shape[1], *chain.shapes[chain.name(k)][0][2:])
         with torch.no_grad():
             z = plain(chain.example.new_zeros(shape))
             z = z * _unit_mask(z, units)
@@ -320,7 +142,7 @@ class _Shrinker:
                 was = module.training
                 z = module.eval()(z)
                 module.train(was)
-            return z * _unit_mask(z, _columns(units, chain.groups[k]))
+            return z * _unit_mask(z, unit_columns(units, chain.groups[k]))
 
     def _try_fold(self, k: int, units: Tensor) -> int | None:
         """Fold the constants of dead `units` of layer k into layer k+1's bias, if exact.
@@ -378,7 +200,7 @@ class _Shrinker:
         keep = torch.nonzero(~remove).flatten()
         producer, consumer_p = as_prunable(chain.layer(k)), as_prunable(consumer)
         chain.set_layer(k, producer.select(out_idx=keep))
-        chain.set_layer(k + 1, consumer_p.select(in_idx=_columns(keep, group)))
+        chain.set_layer(k + 1, consumer_p.select(in_idx=unit_columns(keep, group)))
         self.kept[k] = self.kept[k][keep]
         return True
 
@@ -416,9 +238,9 @@ def _unit_mask(z: Tensor, units: Tensor) -> Tensor:
     return mask.view(1, -1, *([1] * (z.ndim - 2)))
 
 
-def _insert_selection(chain: _Chain, inputs: Tensor) -> None:
+def _insert_selection(chain: Chain, inputs: Tensor) -> None:
     slot = chain.slots[chain.layer_pos[0]]
-    dim = 1 if _deployed_weight(slot.get()).ndim > 2 else -1
+    dim = 1 if deployed_weight(slot.get()).ndim > 2 else -1
     items = list(slot.parent._modules.items())
     name = "select_inputs"
     while name in slot.parent._modules:
@@ -441,7 +263,7 @@ def _max_difference(
         was = m.training
         m.eval()
         with torch.no_grad(), use_posterior_mean(m):
-            outs.append(_first_tensor(m(x)))
+            outs.append(first_tensor(m(x)))
         m.train(was)
     return float((outs[0] - outs[1]).abs().max()), float(outs[0].abs().max())
 
@@ -473,13 +295,13 @@ def shrink(
         raise ValueError(f"inclusion_threshold must be in [0, 1), got {inclusion_threshold}")
     original = model
     model = copy_model(model)
-    chain = _Chain(model, input_shape, PASSTHROUGH + tuple(passthrough))
+    chain = Chain(model, input_shape, PASSTHROUGH + tuple(passthrough))
     names = {chain.name(k): k for k in range(len(chain.layer_pos))}
     forced: dict[int, Tensor] = {}
     for name, spec in (prune_units or {}).items():
         if name not in names:
             raise ValueError(f"prune_units names unknown layer {name!r}; layers: {list(names)}")
-        forced[names[name]] = _as_keep(spec, _deployed_weight(chain.layer(names[name])).shape[0])
+        forced[names[name]] = _as_keep(spec, deployed_weight(chain.layer(names[name])).shape[0])
     if len(chain.layer_pos) - 1 in forced:
         raise ValueError("the last layer's units are the model's outputs and cannot be pruned")
     worker = _Shrinker(chain, inclusion_threshold, forced)
@@ -488,7 +310,7 @@ def shrink(
         _insert_selection(chain, worker.inputs)
     records = []
     for k in range(len(chain.layer_pos)):
-        w = _deployed_weight(chain.layer(k))
+        w = deployed_weight(chain.layer(k))
         records.append(
             LayerRecord(
                 name=chain.name(k),

@@ -19,7 +19,15 @@ from .core import (
     to_diagonal,
     variance,
 )
-from .layers import COVARIANCES, REGULARIZERS, EVIConv2d, EVILinear, log_softplus
+from .layers import (
+    COVARIANCES,
+    REGULARIZERS,
+    Covariance,
+    EVIConv2d,
+    EVILinear,
+    Regularizer,
+    log_softplus,
+)
 from .likelihood import EVILikelihood, cap_variance, predictive_variance
 from .ops import (
     ACTIVATIONS,
@@ -40,6 +48,7 @@ __all__ = [
     "EVIELU",
     "LAYOUTS",
     "REGULARIZERS",
+    "Covariance",
     "EVIConv2d",
     "EVIFlatten",
     "EVILikelihood",
@@ -51,6 +60,7 @@ __all__ = [
     "EVITanh",
     "Factored",
     "Moments",
+    "Regularizer",
     "as_moments",
     "block_covariance",
     "cap_variance",

@@ -39,11 +39,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...options import Choice
 from ..base import Posterior, VariationalLayer
 from .core import BLOCK, DIAG, FULL, Factored, Moments, layout, variance
 
-REGULARIZERS = ("kl", "original")
-COVARIANCES = ("full", "diag")
+
+class Regularizer(Choice):
+    """The eVI penalty: the analytic Gaussian KL, or the authors' code's regulariser."""
+
+    KL = "kl"
+    ORIGINAL = "original"
+
+
+class Covariance(Choice):
+    """What a moment layer propagates: the full covariance, or its diagonal."""
+
+    FULL = "full"
+    DIAG = "diag"
+
+
+REGULARIZERS = Regularizer.values()
+COVARIANCES = Covariance.values()
 _LOG_SOFTPLUS_SWITCH = -20.0  # below it log softplus(ρ) = ρ to float precision
 
 
@@ -51,12 +67,6 @@ def log_softplus(rho: Tensor) -> Tensor:
     """log(softplus(ρ)), finite with finite gradients for any ρ (softplus underflows at −104)."""
     safe = F.softplus(rho.clamp_min(_LOG_SOFTPLUS_SWITCH)).log()
     return torch.where(rho < _LOG_SOFTPLUS_SWITCH, rho, safe)
-
-
-def _check_option(name: str, value: str, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; valid: {list(valid)}")
-    return value
 
 
 class _EVILayer(VariationalLayer):
@@ -87,8 +97,8 @@ class _EVILayer(VariationalLayer):
         l1: float | None,
         covariance: str,
     ) -> None:
-        self.regularizer = _check_option("regularizer", regularizer, REGULARIZERS)
-        self.covariance = _check_option("covariance", covariance, COVARIANCES)
+        self.regularizer = Regularizer(regularizer).value
+        self.covariance = Covariance(covariance).value
         self.l1 = (0.5 if regularizer == "original" else 0.0) if l1 is None else float(l1)
         if self.l1 < 0:
             raise ValueError(f"l1 must be >= 0, got {self.l1}")
