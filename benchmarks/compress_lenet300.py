@@ -5,7 +5,7 @@ a Gaussian scale-mixture Bayesian net and a Sparse VD net. For each model and sc
 (SNR, |μ|, −log α; magnitude for the deterministic net) it prunes the globally
 lowest-scoring weights and records the test error (posterior mean) against the
 fraction removed. It then reports the largest compression within the error budgets,
-with and without a short fine-tune (`compress.finetune`), shrinks the pruned network
+with and without a short fine-tune (`bayesprune.finetune`), shrinks the pruned network
 (dead units and unused input pixels are removed) and times the shrunk deterministic
 network against the dense one on CPU at batch 1 and 1024.
 
@@ -44,8 +44,7 @@ CURVES = {  # model -> scores to rank its weights by
 
 def test_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Test error (%) of the posterior-mean network."""
-    pred = bp.predict(model, x, mode="mean")
-    return 100.0 * (1.0 - float((pred.probs.argmax(-1) == y).float().mean()))
+    return bp.evaluate(model, (x, y), metrics=["error_pct"])["error_pct"]
 
 
 def pruned(model: nn.Module, scores: dict[str, torch.Tensor], sparsity: float) -> nn.Module:
@@ -316,7 +315,7 @@ def main() -> None:
     for s in sorted({s0, *(1 - (1 - s0) * f for f in (0.7, 0.5, 0.4, 0.3)), *extra}):
         m = pruned(base, scores, s)
         before = test_error(m, x_test, y_test)
-        compress.finetune(
+        bp.finetune(
             m,
             train,
             epochs=args.finetune_epochs,

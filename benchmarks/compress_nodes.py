@@ -70,8 +70,8 @@ def widths(net: nn.Sequential) -> tuple[int, ...]:
 
 
 def test_error(net: nn.Module, x: Tensor, y: Tensor) -> float:
-    pred = bp.predict(net, x, mode="mean")
-    return 100.0 * (1.0 - float((pred.probs.argmax(-1) == y).float().mean()))
+    """Test error (%) of the posterior-mean network."""
+    return bp.evaluate(net, (x, y), metrics=["error_pct"])["error_pct"]
 
 
 def nonzero(net: nn.Module) -> int:
@@ -185,7 +185,7 @@ def initial_net(args: argparse.Namespace, train: TensorDataset) -> tuple[nn.Sequ
 def finetune(
     net: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: float, seed: int, kl_weight: float
 ) -> None:
-    compress.finetune(
+    bp.finetune(
         net,
         TensorDataset(x, y),
         epochs=epochs,

@@ -119,8 +119,7 @@ def trained(
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, evi: bool) -> float:
     lik = EVILikelihood() if evi else "categorical"
-    pred = bp.predict(model, x, mode="mean", likelihood=lik, batch_size=500)
-    return float((pred.probs.argmax(-1) == y).double().mean())
+    return bp.evaluate(model, (x, y), lik, metrics=["accuracy"], batch_size=500)["accuracy"]
 
 
 def kernel_norms(model: nn.Module) -> Tensor:
@@ -200,10 +199,7 @@ def compression(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """self_compress per mode (near-zero deletion as in the paper, a fixed share per round),
     and the fine-tuned uncompressed control."""
-    common = {
-        "input_shape": SHAPE,
-        "tolerance": args.tolerance,
-        "finetune_epochs": args.finetune_epochs,
+    tune = {
         "likelihood": EVILikelihood(),
         "lr": args.finetune_lr or args.lr,
         "batch_size": args.batch_size,
@@ -211,8 +207,8 @@ def compression(
         "dataset_size": len(data),  # the full training set, also when fine-tuning on a subset
         "seed": args.seed,
         "progress": False,
-        "evaluate": lambda m: accuracy(m, x, y, evi=True),
     }
+    evaluate = bp.scorer((x, y), EVILikelihood(), metrics=["accuracy"], batch_size=500)
     modes = {
         "near_zero": {"rel_threshold": args.rel_threshold, "max_rounds": args.max_rounds},
         "fixed_share": {"fraction": args.fraction, "max_rounds": args.max_rounds},
@@ -220,20 +216,36 @@ def compression(
     if args.finetune_subset and args.finetune_subset < len(data):
         gen = torch.Generator().manual_seed(args.seed)
         data = Subset(data, torch.randperm(len(data), generator=gen)[: args.finetune_subset])
+
+    def finetune(m: nn.Module) -> None:
+        bp.finetune(m, data, epochs=args.finetune_epochs, **tune)
+
     out: dict[str, Any] = {}
     for mode in args.compress_modes:
         start = time.perf_counter()
-        result = compress.self_compress(model, data, (x, y), **common, **modes[mode])
+        result = compress.self_compress(
+            model,
+            evaluate,
+            finetune if args.finetune_epochs else None,
+            input_shape=SHAPE,
+            tolerance=args.tolerance,
+            **modes[mode],
+        )
         rec = result.as_dict()
         rec["seconds"] = time.perf_counter() - start
         rec["kernels_before"] = result.history[0].units["0"]
         rec["kernels_after"] = result.accepted.units["0"]
         out[mode] = rec
-    return out, control(model, data, common, out, args.finetune_epochs)
+    return out, control(model, data, tune, evaluate, out, args.finetune_epochs)
 
 
 def control(
-    model: nn.Module, data: Any, common: dict[str, Any], modes: dict[str, Any], per_round: int
+    model: nn.Module,
+    data: Any,
+    tune: dict[str, Any],
+    evaluate: Callable[[nn.Module], dict[str, float]],
+    modes: dict[str, Any],
+    per_round: int,
 ) -> dict[str, Any]:
     """The fair reference: the *uncompressed* net fine-tuned as many epochs as the longest run.
 
@@ -243,14 +255,9 @@ def control(
     rounds = max(len(rec["history"]) - 1 for rec in modes.values())
     epochs = rounds * per_round
     net = copy_model(model)
-    kwargs = {
-        k: v
-        for k, v in common.items()
-        if k not in ("input_shape", "tolerance", "evaluate", "finetune_epochs")
-    }
     if epochs:
-        compress.finetune(net, data, epochs=epochs, **kwargs)
-    return {"epochs": epochs, "accuracy": common["evaluate"](net)}
+        bp.finetune(net, data, epochs=epochs, **tune)
+    return {"epochs": epochs, "accuracy": evaluate(net)["accuracy"]}
 
 
 def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -22,17 +22,9 @@ import torch.nn.functional as F
 from _common import md_table, write_results
 
 import bayesprune as bp
-from bayesprune import metrics
 from bayesprune.data import load_mnist
 
-
-def scores(pred: bp.ClassificationPrediction, y: torch.Tensor) -> dict[str, float]:
-    return {
-        "error_pct": 100 * (1 - metrics.accuracy(pred.probs, y)),
-        "nll": metrics.nll(pred.probs, y),
-        "ece": metrics.ece(pred.probs, y),
-        "brier": metrics.brier(pred.probs, y),
-    }
+METRICS = ("error_pct", "nll", "ece", "brier")
 
 
 def step_ratio(batch_size: int, repeats: int) -> dict[str, float]:
@@ -106,11 +98,12 @@ def main() -> None:
     bayes = bp.lenet_300_100(prior=prior)
     bayes_history = bp.fit(bayes, train, **settings)
 
+    test = (x_test, y_test)
     results = {
-        "deterministic": scores(bp.predict(plain, x_test, mode="mean"), y_test),
-        "bayesian_mean": scores(bp.predict(bayes, x_test, mode="mean"), y_test),
-        "bayesian_mc": scores(
-            bp.predict(bayes, x_test, samples=args.mc_samples, seed=args.seed), y_test
+        "deterministic": bp.evaluate(plain, test, metrics=METRICS),
+        "bayesian_mean": bp.evaluate(bayes, test, metrics=METRICS),
+        "bayesian_mc": bp.evaluate(
+            bayes, test, mode="mc", samples=args.mc_samples, seed=args.seed, metrics=METRICS
         ),
     }
     epoch_det = statistics.median(plain_history.column("seconds"))

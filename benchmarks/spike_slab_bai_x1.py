@@ -71,9 +71,8 @@ def oracle_rmse(data: Any, features: list[int], hidden: list[int], seed: int) ->
         progress=False,
         **BASE,
     )
-    with torch.no_grad():
-        pred = net(x_test[:, features]).squeeze(-1)
-    return float(((pred - y_test.reshape(-1)) ** 2).mean().sqrt()) * data.y_std
+    test = (x_test[:, features], y_test)
+    return bp.evaluate(net, test, "gaussian", metrics=["rmse"])["rmse"] * data.y_std
 
 
 def set_input_gates(model: nn.Module, which: str, truth: list[int]) -> None:

@@ -38,8 +38,8 @@ NAME = "spike_slab_mnist"
 
 
 def error(model: nn.Module, x: Tensor, y: Tensor, mode: str, samples: int = 10) -> float:
-    pred = bp.predict(model, x, mode=mode, samples=samples, seed=0)
-    return 100.0 * (1.0 - float((pred.probs.argmax(-1) == y).float().mean()))
+    scores = bp.evaluate(model, (x, y), mode=mode, samples=samples, metrics=["error_pct"])
+    return scores["error_pct"]
 
 
 def gated(model: nn.Module) -> list[GatedLayer]:
@@ -238,7 +238,7 @@ def main() -> None:
             small, _ = refit(small, train, "deterministic", **settings)
         else:
             freeze_gates(small)
-            compress.finetune(small, train, kl_weight=args.kl_weight, **settings)
+            bp.finetune(small, train, kl_weight=args.kl_weight, **settings)
         payload["refit"] = {
             "how": args.refit_how,
             "epochs": args.refit_epochs,

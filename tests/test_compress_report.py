@@ -8,11 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from bayesprune import mlp
+from bayesprune import finetune, mlp
 from bayesprune.compress import (
     apply_masks,
     compression_report,
-    finetune,
     global_sparsity_masks,
     report_markdown,
     save_report,
@@ -21,6 +20,7 @@ from bayesprune.compress import (
     weight_masks,
     weight_scores,
 )
+from bayesprune.evaluation import scorer
 
 
 def _pruned_pair() -> tuple[nn.Module, nn.Module]:
@@ -60,8 +60,10 @@ def test_report_counts_units_weights_flops_and_bytes(tmp_path):
 def test_report_computes_metrics_from_data():
     before, after = _pruned_pair()
     x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
-    report = compression_report(before, after, input_shape=(6,), data=(x, y))
-    for side in ("before", "after"):
+    score = scorer((x, y), metrics=("accuracy", "nll", "ece"))
+    report = compression_report(before, after, input_shape=(6,), evaluate=score)
+    for side, model in (("before", before), ("after", after)):
+        assert report["metrics"][side] == score(model)
         assert set(report["metrics"][side]) == {"accuracy", "nll", "ece"}
         assert 0.0 <= report["metrics"][side]["ece"] <= 1.0
 

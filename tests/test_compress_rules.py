@@ -22,6 +22,7 @@ from bayesprune.compress import (
     weight_masks_for,
     weight_scores,
 )
+from bayesprune.evaluation import scorer
 
 
 def _scores() -> dict[str, torch.Tensor]:
@@ -105,8 +106,8 @@ def test_search_finds_the_largest_sparsity_within_delta_on_a_known_curve():
     model = mlp(10, [20], 3, family="gaussian")
     scores = weight_scores(model, "snr")
 
-    def accuracy(m: nn.Module) -> float:  # falls linearly with the fraction pruned
-        return 0.9 - 0.5 * sparsity(weight_masks(m))
+    def accuracy(m: nn.Module) -> dict[str, float]:  # falls linearly with the fraction pruned
+        return {"accuracy": 0.9 - 0.5 * sparsity(weight_masks(m))}
 
     result = search_sparsity(model, scores, accuracy, delta=0.3, refine_steps=6)
     assert result.baseline == pytest.approx(0.9)
@@ -128,8 +129,25 @@ def test_search_on_real_validation_data():
     model = mlp(6, [16], 2, family="gaussian", prior_scale=0.3)
     fit(model, (x[:200], y[:200]), epochs=40, batch_size=50, lr=0.02, progress=False)
     val = (x[200:], y[200:])
-    result = search_sparsity(model, weight_scores(model, "snr"), val, delta=0.03)
+    result = search_sparsity(model, weight_scores(model, "snr"), scorer(val), delta=0.03)
     assert result.baseline > 0.85
     assert result.accuracy >= result.baseline - 0.03
     assert result.sparsity >= 0.5
     assert result.as_dict()["curve"]
+
+
+def test_search_names_its_metric_and_refuses_data_in_place_of_a_scorer():
+    model = mlp(4, [6], 2, family="gaussian")
+    scores = weight_scores(model, "snr")
+    val = (torch.randn(20, 4), torch.randint(0, 2, (20,)))
+    with pytest.raises(TypeError, match="evaluate=.*scorer"):
+        search_sparsity(model, scores, val)
+    with pytest.raises(KeyError, match="'accuracy' is not among"):
+        search_sparsity(model, scores, scorer(val, metrics=["nll"]))
+
+    def minus_nll(m: nn.Module) -> dict[str, float]:  # higher is better
+        return {"minus_nll": -scorer(val, metrics=["nll"])(m)["nll"]}
+
+    result = search_sparsity(model, scores, minus_nll, metric="minus_nll", grid=(0.5,))
+    assert result.metric == "minus_nll" and result.as_dict()["metric"] == "minus_nll"
+    assert result.baseline == pytest.approx(minus_nll(model)["minus_nll"])

@@ -18,6 +18,7 @@ from bayesprune.compress import (
     shrink,
 )
 from bayesprune.compress.self_compress import importances
+from bayesprune.evaluation import scorer
 from bayesprune.nn.moments import EVILikelihood, evi_cnn, to_torch
 
 DT = torch.float64
@@ -52,9 +53,8 @@ def test_removes_the_kernels_zeroed_on_purpose(build, likelihood):
     _zero_kernels(model, [1, 4])
     val = bars(60, seed=1)
     result = self_compress(
-        model, val, val, input_shape=SHAPE, rel_threshold=0.01, finetune_epochs=0,
-        tolerance=1.0, likelihood=likelihood,
-    )  # fmt: skip
+        model, scorer(val, likelihood), input_shape=SHAPE, rel_threshold=0.01, tolerance=1.0
+    )
     first = result.history[1]
     assert first.removed == {"0": 2} and first.units == {"0": 4} and first.accepted
     assert result.stopped == "no near-zero units" and len(result.history) == 2
@@ -67,8 +67,8 @@ def test_shrunk_evi_output_equals_the_masked_output():
     model = _evi().double()
     _zero_kernels(model, [0, 3])
     result = self_compress(
-        model, bars(30), bars(30), input_shape=SHAPE, rel_threshold=0.01,
-        finetune_epochs=0, tolerance=1.0, likelihood=EVILikelihood(),
+        model, scorer(bars(30), EVILikelihood()), input_shape=SHAPE, rel_threshold=0.01,
+        tolerance=1.0,
     )  # fmt: skip
     mask = torch.ones_like(model[0].weight_mu)
     mask[[0, 3]] = 0  # mean AND variance of those kernels leave the network
@@ -83,13 +83,10 @@ def test_shrunk_evi_output_equals_the_masked_output():
 def test_stops_on_tolerance_and_returns_the_last_accepted_model():
     model = _evi(8)
 
-    def fake_accuracy(m: nn.Module) -> float:  # accuracy falls with every kernel removed
-        return m[0].weight_mu.shape[0] / 8
+    def fake_accuracy(m: nn.Module) -> dict[str, float]:  # falls with every kernel removed
+        return {"accuracy": m[0].weight_mu.shape[0] / 8}
 
-    result = self_compress(
-        model, bars(10), bars(10), input_shape=SHAPE, fraction=0.25, tolerance=0.3,
-        finetune_epochs=0, evaluate=fake_accuracy,
-    )  # fmt: skip
+    result = self_compress(model, fake_accuracy, input_shape=SHAPE, fraction=0.25, tolerance=0.3)
     kernels = [r.units["0"] for r in result.history]
     assert kernels == [8, 6, 4]
     assert [r.accepted for r in result.history] == [True, True, False]
@@ -106,10 +103,19 @@ def test_fine_tuning_runs_and_history_is_consistent():
     model = _evi()
     train, val = bars(120), bars(60, seed=1)
     bp.fit(model, train, likelihood=EVILikelihood(), epochs=2, lr=1e-2, progress=False)
+    likelihood = EVILikelihood()
+    tuned = []
+
+    def finetune(m: nn.Module) -> None:
+        tuned.append(m[0].weight_mu.shape[0])
+        bp.finetune(m, train, epochs=1, likelihood=likelihood, lr=1e-3, batch_size=32,
+                    progress=False)  # fmt: skip
+
     result = self_compress(
-        model, train, val, input_shape=SHAPE, fraction=0.34, max_rounds=2, finetune_epochs=1,
-        tolerance=1.0, likelihood=EVILikelihood(), lr=1e-3, batch_size=32, progress=False,
+        model, scorer(val, likelihood), finetune, input_shape=SHAPE, fraction=0.34,
+        max_rounds=2, tolerance=1.0,
     )  # fmt: skip
+    assert tuned == [3, 1]  # each round's shrunk model was fine-tuned
     assert result.stopped == "max_rounds" and len(result.history) == 3
     assert [r.units["0"] for r in result.history] == [6, 3, 1]
     assert all(0.0 <= r.accuracy <= 1.0 for r in result.history)
@@ -123,8 +129,8 @@ def test_variance_score_removes_the_kernel_whose_posterior_stayed_wide():
     imp = importances(model, "variance")["0"]
     assert int(imp.argmin()) == 2
     result = self_compress(
-        model, bars(20), bars(20), input_shape=SHAPE, score="variance", rel_threshold=0.01,
-        finetune_epochs=0, tolerance=1.0, max_rounds=1, likelihood=EVILikelihood(),
+        model, scorer(bars(20), EVILikelihood()), input_shape=SHAPE, score="variance",
+        rel_threshold=0.01, tolerance=1.0, max_rounds=1,
     )  # fmt: skip
     assert result.history[1].removed == {"0": 1}
     assert result.model[0].weight_mu.shape[0] == 5
@@ -142,15 +148,24 @@ def test_variance_score_removes_the_kernel_whose_posterior_stayed_wide():
     ],
 )
 def test_bad_arguments_give_clear_errors(kwargs, match):
-    data = bars(10)
     with pytest.raises(ValueError, match=match):
-        self_compress(_evi(), data, data, input_shape=SHAPE, **kwargs)
+        self_compress(_evi(), scorer(bars(10), EVILikelihood()), input_shape=SHAPE, **kwargs)
+
+
+def test_data_instead_of_callables_is_refused_with_the_fix():
+    data = bars(10)
+    with pytest.raises(TypeError, match="evaluate=.*scorer"):
+        self_compress(_evi(), data, data, input_shape=SHAPE)
+    with pytest.raises(TypeError, match="finetune=.*bayesprune.finetune"):
+        self_compress(_evi(), scorer(data, EVILikelihood()), data, input_shape=SHAPE)
+    with pytest.raises(TypeError, match="must return a dict"):
+        self_compress(_evi(), lambda m: 0.5, input_shape=SHAPE, rel_threshold=0.01)
 
 
 def test_a_net_with_only_an_output_layer_is_refused():
     data = (torch.randn(10, 4), torch.randint(0, 2, (10,)))
     with pytest.raises(ValueError, match="no hidden prunable layer"):
-        self_compress(nn.Sequential(nn.Linear(4, 2)), data, data)
+        self_compress(nn.Sequential(nn.Linear(4, 2)), scorer(data))
 
 
 # -- serialisation and export of (self-compressed) eVI nets ---------------------------------------

@@ -1,17 +1,20 @@
 """bayesprune: Bayesian neural networks that let the posterior decide what to delete."""
 
 from . import compress, metrics, nn
+from .evaluation import EvalMode, evaluate, scorer
+from .finetuning import finetune
 from .likelihoods import Categorical, Gaussian
 from .models import build, lenet5_caffe, lenet_300_100, mlp
 from .nn import convert, kl, to_deterministic
 from .predict import ClassificationPrediction, RegressionPrediction, predict
-from .train import History, evaluate, fit
+from .train import History, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Categorical",
     "ClassificationPrediction",
+    "EvalMode",
     "Gaussian",
     "History",
     "RegressionPrediction",
@@ -20,6 +23,7 @@ __all__ = [
     "compress",
     "convert",
     "evaluate",
+    "finetune",
     "fit",
     "kl",
     "lenet5_caffe",
@@ -28,5 +32,6 @@ __all__ = [
     "mlp",
     "nn",
     "predict",
+    "scorer",
     "to_deterministic",
 ]

@@ -10,6 +10,7 @@ state stacked in `rng.torch.ranks` (world_size × state); each rank restores its
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import distributed as dp
 from .io import CheckpointError, load_tensors, save_tensors
 
 _NAME = re.compile(r"^epoch-(\d{4,})\.safetensors$")
@@ -139,3 +141,38 @@ def load_training_state(
     loader_rng.set_state(tensors["rng.loader"])
     world = meta.get("world_size", 1)
     return TrainingState(meta["epoch"], meta["history"], meta["settings"], world)
+
+
+def resume_training(
+    folder: Path,
+    model: nn.Module,
+    likelihood: nn.Module,
+    opt: torch.optim.Optimizer,
+    loader_rng: torch.Generator,
+    ctx: dp.DistContext = dp.LOCAL,
+    seed: int = 0,
+) -> tuple[int, list[dict[str, Any]]]:
+    """Restore the newest checkpoint of `folder`: (epochs completed, their history records).
+
+    With several processes rank 0 reads it and broadcasts the bytes; (0, []) when the
+    folder holds none.
+    """
+    found = list_checkpoints(folder) if ctx.is_main else []
+    names = json.loads(ctx.broadcast_bytes(json.dumps([p.name for p in found[-2:]]).encode()))
+    if not names:
+        return 0, []
+    newest = folder / names[-1]
+    raw = ctx.broadcast_bytes(newest.read_bytes() if ctx.is_main else b"") if ctx.active else None
+    try:
+        state = load_training_state(
+            newest, model, likelihood, opt, loader_rng, raw=raw, rank=ctx.rank
+        )
+    except CheckpointError as err:
+        older = f" The previous one is {names[-2]}." if len(names) > 1 else ""
+        raise CheckpointError(
+            f"cannot resume: {err} To resume from an earlier epoch, move {newest.name} "
+            f"aside.{older}"
+        ) from err
+    if ctx.rank >= state.world_size:  # saved by fewer processes: a fresh, reproducible stream
+        torch.manual_seed(dp.rank_seed(seed, ctx.rank, state.epoch))
+    return state.epoch, list(state.history)

@@ -33,7 +33,6 @@ from .compress import (
     apply_masks,
     compression_report,
     export_onnx,
-    finetune,
     global_sparsity_masks,
     input_scores,
     layer_sparsity_masks,
@@ -56,11 +55,11 @@ from .config import (
     config_to_dict,
     parse_config,
 )
+from .evaluation import VALIDATION_METRICS, evaluate, scorer
+from .finetuning import finetune
 from .nn import get_family, to_deterministic, variational_layers
-from .predict import predict
 from .runs import Run, RunData
 from .screen import ScreenResult, screen_features
-from .train import evaluate as quick_evaluate
 from .train import fit
 
 RELATIVE_THRESHOLD = 0.1
@@ -132,7 +131,7 @@ def train_run(
     )
     run.save_model(model, "trained", {"config": config_to_dict(config)})
     run.save_likelihood(likelihood)
-    test = quick_evaluate(model, data.test, likelihood, device=config.train.device)
+    test = evaluate(model, data.test, likelihood, metrics=VALIDATION_METRICS[likelihood.task])
     if data.task == "regression":
         test["rmse_original_units"] = test["rmse"] * data.y_std
     result = {
@@ -162,27 +161,20 @@ def evaluate_model(
 ) -> dict[str, float]:
     """Accuracy / NLL / ECE / Brier (classification) or RMSE / NLL (regression)."""
     data = run.data()
-    x, y = data.test if split == "test" else data.train
     cfg = run.config.evaluate
-    seed = run.config.train.seed
-    pred = predict(model, x, samples=cfg.samples, mode=mode, likelihood=run.likelihood(), seed=seed)
-    if data.task == "classification":
-        return {
-            "accuracy": metrics.accuracy(pred.probs, y),
-            "nll": metrics.nll(pred.probs, y),
-            "ece": metrics.ece(pred.probs, y, n_bins=cfg.bins),
-            "brier": metrics.brier(pred.probs, y),
-            "mean_entropy": float(pred.entropy.mean()),
-            "mean_mutual_information": float(pred.mutual_information.mean()),
-        }
-    rmse = metrics.rmse(pred.mean, y)
-    return {
-        "rmse": rmse,
-        "rmse_original_units": rmse * data.y_std,
-        "nll": metrics.gaussian_nll(pred.mean, pred.variance, y),
-        "mean_aleatoric_variance": float(pred.aleatoric.mean()),
-        "mean_epistemic_variance": float(pred.epistemic.mean()),
-    }
+    score = scorer(
+        data.test if split == "test" else data.train,
+        run.likelihood(),
+        mode=mode,
+        samples=cfg.samples,
+        seed=run.config.train.seed,
+        bins=cfg.bins,
+    )
+    scores = score(model)
+    if data.task == "regression":  # the standardised RMSE, and in the units of y
+        rmse = scores.pop("rmse")
+        scores = {"rmse": rmse, "rmse_original_units": rmse * data.y_std, **scores}
+    return scores
 
 
 def evaluate_run(run: Run, which: str = "auto", *, progress: bool = False) -> dict[str, Any]:
@@ -243,14 +235,8 @@ def compression_masks(
     if rule == "search":
         if run.data().task != "classification":
             raise ConfigError("compress.rule 'search' needs classification data; use 'global'")
-        found = search_sparsity(
-            model,
-            scores,
-            _search_data(run.data()),
-            delta=c.delta,
-            level=level,
-            likelihood=run.likelihood(),
-        )
+        accuracy = scorer(_search_data(run.data()), run.likelihood(), metrics=("accuracy",))
+        found = search_sparsity(model, scores, accuracy, delta=c.delta, level=level)
         info["search"] = found.as_dict()
         return found.masks, info
     if rule == "global":

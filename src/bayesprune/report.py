@@ -23,13 +23,13 @@ from torch import nn
 from . import metrics, plots
 from .compress import apply_masks, global_sparsity_masks, unit_scores, weight_scores
 from .config import dump_config
+from .evaluation import scorer
 from .io import atomic_write_bytes
 from .nn import variational_layers
 from .nn.base import Posterior
 from .pipeline import evaluate_model, modes_for, select_features
 from .predict import predict
 from .runs import Run
-from .train import evaluate as quick_evaluate
 
 PRUNE_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
@@ -103,13 +103,14 @@ def _pruning_figure(model: nn.Module, run: Run) -> Figure:
     bayesian = any(True for _ in variational_layers(model))
     scores = ("snr", "abs_mean") if bayesian else ("magnitude",)
     key = "accuracy" if data.task == "classification" else "rmse"
+    error_or_rmse = scorer(data.test, likelihood, metrics=(key,))
     curves = {}
     for score in scores:
         ranked = weight_scores(model, score)
         points = []
         for level in PRUNE_GRID:
             pruned = apply_masks(copy.deepcopy(model), global_sparsity_masks(ranked, level))
-            value = quick_evaluate(pruned, data.test, likelihood)[key]
+            value = error_or_rmse(pruned)[key]
             points.append((level, 1 - value if key == "accuracy" else value))
         curves[score] = points
     ylabel = "test error" if key == "accuracy" else "test RMSE (standardised)"

@@ -56,12 +56,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .data.xy import DataLike, as_xy
 from .likelihoods import Gaussian, Likelihood, make_likelihood
 from .models import mlp
 from .nn import default_prior_inclusion
 from .nn import kl as model_kl
 from .nn.gaussian import inverse_softplus
-from .train import DataLike, as_dataset
 
 
 @dataclass
@@ -271,11 +271,10 @@ def screen_features(
     screens the rest (stops when a round adds nothing). The gains, shortlist and decoys
     recorded are the first round's; `rounds` lists what each round added.
     """
-    dataset = as_dataset(train)
-    tensors = getattr(dataset, "tensors", None)
-    if tensors is None or tensors[0].ndim != 2:
+    x, y = as_xy(train, "train")
+    if x.ndim != 2:
         raise ValueError("screen_features needs tabular data: x of shape (n, p) and y")
-    x, y = tensors[0].float(), tensors[1]
+    x = x.float()
     p = x.shape[1]
     selected = [int(i) for i in selected]
     if candidates is None:

@@ -33,17 +33,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from . import metrics
 from .compress.adapters import prunable_layers
 from .compress.pip_rules import PIP_RULES, select_by_pip
 from .compress.shrink import ShrinkResult, shrink
+from .data.xy import as_xy
+from .evaluation import evaluate
 from .likelihoods import Likelihood, make_likelihood
 from .nn import EdgeAggregate, GatedLayer, to_deterministic, variational_layers
-from .predict import predict
-from .train import DataLike, History, as_dataset, fit
+from .train import DataLike, History, fit
 
 REFITS = ("none", "bayes", "deterministic")
 EDGE_PIPS = EdgeAggregate.values()
@@ -255,26 +254,9 @@ def heldout_scores(
     """
     likelihood = make_likelihood(likelihood)
     bayesian = any(True for _ in variational_layers(model))
+    names = ("error_pct", "nll") if likelihood.task == "classification" else ("rmse", "nll")
     mode = "mc" if bayesian else "mean"
-    pred = predict(model, x, samples=samples, mode=mode, likelihood=likelihood, seed=seed)
-    if likelihood.task == "classification":
-        return {
-            "error_pct": 100 * (1 - metrics.accuracy(pred.probs, y)),
-            "nll": metrics.nll(pred.probs, y),
-        }
-    return {
-        "rmse": metrics.rmse(pred.mean, y),
-        "nll": metrics.gaussian_nll(pred.mean, pred.variance, y),
-    }
-
-
-def _xy(data: DataLike) -> tuple[Tensor, Tensor]:
-    dataset = as_dataset(data, "test")
-    tensors = getattr(dataset, "tensors", None)
-    if tensors is not None:
-        return tensors[0], tensors[1]
-    xs, ys = zip(*(dataset[i] for i in range(len(dataset))), strict=True)  # type: ignore[arg-type]
-    return torch.stack(list(xs)), torch.as_tensor(ys)
+    return evaluate(model, (x, y), likelihood, mode=mode, samples=samples, seed=seed, metrics=names)
 
 
 def select_model(
@@ -322,7 +304,7 @@ def select_model(
         )
     scores: dict[str, dict[str, float]] = {}
     if test is not None:
-        x, y = _xy(test)
+        x, y = as_xy(test, "test")
         for key, net in (("full", model), ("pruned", pruned)):
             scores[key] = heldout_scores(net, x, y, trained, samples=samples, seed=seed)
     record = {

@@ -23,7 +23,6 @@ and DDP averages the gradients, which is exactly the loss above (KL counted once
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -32,31 +31,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from . import distributed as dp
-from .checkpoint import TrainingState, list_checkpoints, load_training_state, save_training_state
-from .io import CheckpointError
+from .checkpoint import TrainingState, resume_training, save_training_state
+from .data.xy import DataLike, as_dataset
+from .evaluation import VALIDATION_METRICS, evaluate
 from .likelihoods import Likelihood, make_likelihood
 from .nn import kl as model_kl
-from .nn import use_posterior_mean
+from .optim import LR_SCHEDULES, make_optimizer, param_groups
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "sgd": torch.optim.SGD,
-}
+__all__ = ["Callback", "DataLike", "History", "as_dataset", "evaluate", "fit"]
 
-LR_SCHEDULES: dict[str, Callable[[float, int, int], float]] = {
-    "constant": lambda lr, epoch, epochs: lr,
-    "cosine": lambda lr, epoch, epochs: 0.5 * lr * (1 + math.cos(math.pi * epoch / max(epochs, 1))),
-}
-
-DataLike = Dataset | tuple[Any, Any] | Sequence[Any]
 Callback = Callable[[dict[str, Any]], None]
 
 
@@ -86,37 +75,6 @@ class _Settings:
     kl_warmup_epochs: float
     dataset_size: int
     seed: int
-
-
-def _to_tensor(value: Any, what: str) -> Tensor:
-    if isinstance(value, Tensor):
-        return value
-    try:
-        return torch.as_tensor(np.asarray(value))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{what} must be a tensor or array-like, got {type(value)}") from err
-
-
-def as_dataset(data: DataLike, what: str = "train") -> Dataset:
-    """A Dataset from a Dataset or an (X, y) pair, with inputs checked for NaN/inf."""
-    if isinstance(data, Dataset):
-        return data
-    if not (isinstance(data, tuple | list) and len(data) == 2):
-        raise ValueError(f"{what} must be a torch Dataset or an (X, y) pair, got {type(data)}")
-    x, y = _to_tensor(data[0], f"{what} X"), _to_tensor(data[1], f"{what} y")
-    if x.dtype == torch.float64:
-        x = x.float()
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{what}: X has {x.shape[0]} rows but y has {y.shape[0]}; they must match")
-    for tensor, name in ((x, "X"), (y, "y")):
-        if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
-            bad = (~torch.isfinite(tensor.reshape(tensor.shape[0], -1))).any(1).nonzero()
-            rows = bad[:5, 0].tolist()
-            raise ValueError(
-                f"{what} {name} contains NaN or inf in {len(bad)} rows (first: {rows}); "
-                "remove or impute those rows before training"
-            )
-    return TensorDataset(x, y)
 
 
 def _batches(
@@ -191,108 +149,27 @@ class _Objective(nn.Module):
         return self.likelihood.nll(out, y)
 
 
-def _make_optimizer(
-    name: str, groups: list[dict[str, Any]], lr: float, weight_decay: float
-) -> torch.optim.Optimizer:
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; valid: {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name](groups, lr=lr, weight_decay=weight_decay)
-
-
-def _param_groups(
-    named: list[tuple[str, nn.Parameter]], lr: float, multipliers: Mapping[str, float]
-) -> list[dict[str, Any]]:
-    """One optimizer group per learning-rate multiplier; a name takes its first matching key.
-
-    E.g. {"gate_logit": 10.0}: spike-and-slab gate logits start near logit(0.99) = 4.6
-    and Adam moves a parameter by about `lr` per step whatever its gradient's size, so
-    at lr 1e-3 a gate needs thousands of steps to cross 0.5; the slabs need no such boost.
-    """
-    for key, factor in multipliers.items():
-        if not (isinstance(factor, int | float) and math.isfinite(factor) and factor > 0):
-            raise ValueError(f"lr_multipliers[{key!r}] must be a finite number > 0, got {factor}")
-        if not any(name.endswith(key) for name, _ in named):
-            example = ", ".join(name for name, _ in named[:4])
-            raise ValueError(
-                f"lr_multipliers key {key!r} matches no parameter name ending (parameters "
-                f"are named like: {example})"
-            )
-    by_factor: dict[float, list[nn.Parameter]] = {}
-    for name, param in named:
-        factor = next((float(f) for k, f in multipliers.items() if name.endswith(k)), 1.0)
-        by_factor.setdefault(factor, []).append(param)
-    return [
-        {"params": params, "lr": lr * factor, "lr_multiplier": factor}
-        for factor, params in by_factor.items()
-    ]
-
-
-def evaluate(
-    model: nn.Module,
-    data: DataLike,
-    likelihood: Likelihood | str = "categorical",
-    *,
-    batch_size: int = 1024,
-    device: str | torch.device = "cpu",
-) -> dict[str, float]:
-    """NLL and accuracy / RMSE of the posterior-mean network on `data` (one pass)."""
-    likelihood = make_likelihood(likelihood).to(device)
-    dataset = as_dataset(data, "val")
-    sums = _evaluation_sums(model, dataset, likelihood, batch_size, device)
-    return _metrics(sums, likelihood.task)
-
-
-def _evaluation_sums(
-    model: nn.Module,
-    dataset: Dataset,
-    likelihood: Likelihood,
-    batch_size: int,
-    device: str | torch.device,
-) -> list[float]:
-    """[summed NLL, correct, squared error, n]: sums, so that processes can add theirs."""
-    was_training = model.training
-    model.eval()
-    total_nll, correct, sq_err, n = 0.0, 0, 0.0, 0
-    with torch.no_grad(), use_posterior_mean(model):
-        for x, y in _batches(dataset, batch_size, torch.Generator(), shuffle=False):
-            x, y = x.to(device), y.to(device)
-            out = _forward(model, x)
-            total_nll += float(likelihood.nll(out, y)) * len(y)
-            point = likelihood.point_prediction(out)
-            if likelihood.task == "classification":
-                correct += int((point.argmax(-1) == y).sum())
-            else:
-                sq_err += float(((point - y.reshape(-1).to(point)) ** 2).sum())
-            n += len(y)
-    model.train(was_training)
-    return [total_nll, correct, sq_err, n]
-
-
-def _metrics(sums: Sequence[float], task: str) -> dict[str, float]:
-    total_nll, correct, sq_err, n = sums
-    metrics = {"nll": total_nll / n}
-    if task == "classification":
-        metrics["accuracy"] = correct / n
-    else:
-        metrics["rmse"] = math.sqrt(sq_err / n)
-    return metrics
-
-
 def _validate(
     model: nn.Module,
     val_set: Dataset,
     likelihood: Likelihood,
-    device: str | torch.device,
     ctx: dp.DistContext,
 ) -> dict[str, float]:
-    """Validation metrics over the whole set: each process scores its shard, sums are added."""
+    """Validation metrics of the posterior-mean network over the whole set.
+
+    With several processes each scores its shard; the shards' means, weighted by
+    their sizes, add up to the whole set's (RMSE through its square).
+    """
+    names = VALIDATION_METRICS[likelihood.task]
     if not ctx.active:
-        return evaluate(model, val_set, likelihood, device=device)
+        return evaluate(model, val_set, likelihood, mode="mean", metrics=names)
     part = dp.shard(val_set, ctx.rank, ctx.world_size)
-    sums = _evaluation_sums(model, part, likelihood, 1024, device)
-    return _metrics(
-        ctx.all_reduce(torch.tensor(sums, dtype=torch.float64)).tolist(), likelihood.task
-    )
+    n = len(part)  # type: ignore[arg-type]
+    mine = evaluate(model, part, likelihood, mode="mean", metrics=names) if n else {}
+    sums = [n * mine.get(k, 0.0) ** (2 if k == "rmse" else 1) for k in names]
+    *totals, count = ctx.all_reduce(torch.tensor([*sums, n], dtype=torch.float64)).tolist()
+    means = [total / count for total in totals]
+    return {k: math.sqrt(v) if k == "rmse" else v for k, v in zip(names, means, strict=True)}
 
 
 def fit(
@@ -378,9 +255,7 @@ def fit(
         ]
         if p.requires_grad
     ]
-    opt = _make_optimizer(
-        optimizer, _param_groups(named, lr, lr_multipliers or {}), lr, weight_decay
-    )
+    opt = make_optimizer(optimizer, param_groups(named, lr, lr_multipliers or {}), lr, weight_decay)
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
     history = History(likelihood=likelihood)
     show = (sys.stderr.isatty() if progress is None else progress) and ctx.is_main
@@ -390,7 +265,10 @@ def fit(
         loader_rng = torch.Generator().manual_seed(seed)  # the same order on every process
         start_epoch = 0
         if resume and folder is not None:
-            start_epoch = _resume(folder, model, likelihood, opt, loader_rng, history, ctx, seed)
+            start_epoch, done = resume_training(
+                folder, model, likelihood, opt, loader_rng, ctx, seed
+            )
+            history.epochs.extend(done)
         objective = ctx.wrap(_Objective(model, likelihood), torch.device(device))
         steps_per_epoch = max(1, math.ceil(dp.padded_length(n_train, ctx.world_size) / batch_size))
         warmup_steps = kl_warmup_epochs * steps_per_epoch
@@ -415,7 +293,7 @@ def fit(
                 ctx=ctx,
             )
             if val_set is not None:
-                scores = _validate(model, val_set, likelihood, device, ctx)
+                scores = _validate(model, val_set, likelihood, ctx)
                 record.update({f"val_{k}": v for k, v in scores.items()})
             history.epochs.append(record)
             if folder is not None:
@@ -429,39 +307,6 @@ def fit(
             for callback in callbacks:
                 callback(record)
     return history
-
-
-def _resume(
-    folder: Path,
-    model: nn.Module,
-    likelihood: Likelihood,
-    opt: torch.optim.Optimizer,
-    loader_rng: torch.Generator,
-    history: History,
-    ctx: dp.DistContext = dp.LOCAL,
-    seed: int = 0,
-) -> int:
-    """Restore the newest checkpoint; with several processes rank 0 reads and broadcasts it."""
-    found = list_checkpoints(folder) if ctx.is_main else []
-    names = json.loads(ctx.broadcast_bytes(json.dumps([p.name for p in found[-2:]]).encode()))
-    if not names:
-        return 0
-    newest = folder / names[-1]
-    raw = ctx.broadcast_bytes(newest.read_bytes() if ctx.is_main else b"") if ctx.active else None
-    try:
-        state = load_training_state(
-            newest, model, likelihood, opt, loader_rng, raw=raw, rank=ctx.rank
-        )
-    except CheckpointError as err:
-        older = f" The previous one is {names[-2]}." if len(names) > 1 else ""
-        raise CheckpointError(
-            f"cannot resume: {err} To resume from an earlier epoch, move {newest.name} "
-            f"aside.{older}"
-        ) from err
-    if ctx.rank >= state.world_size:  # saved by fewer processes: a fresh, reproducible stream
-        torch.manual_seed(dp.rank_seed(seed, ctx.rank, state.epoch))
-    history.epochs.extend(state.history)
-    return state.epoch
 
 
 def _train_epoch(

@@ -7,7 +7,13 @@ Typical use::
     result = shrink(model, input_shape=(1, 28, 28))      # a genuinely smaller model
     save_model(result.model, "small.safetensors")
     export_onnx(result.model, "small.onnx", input_shape=(1, 28, 28))
+
+Nothing here trains or evaluates: the schedules (`search_sparsity`, `self_compress`)
+and the report receive an `evaluate` callable (`bayesprune.evaluation.scorer`) and a
+fine-tuning step (`bayesprune.finetune`) from the caller.
 """
+
+from typing import Any
 
 from .adapters import PlainLayer, as_prunable, is_prunable, prunable_layers
 from .chain import PASSTHROUGH, SelectInputs
@@ -20,18 +26,18 @@ from .export import (
     sparse_storage,
     spec_json,
 )
-from .finetune import finetune
 from .masks import (
     apply_masks,
     apply_torch_prune,
     combine_masks,
+    hold_pruned,
     input_weight_masks,
     sparsity,
     torch_prune_importance,
     unit_weight_masks,
     weight_masks,
 )
-from .report import compression_report, evaluate_classifier, report_markdown, save_report
+from .report import compression_report, report_markdown, save_report
 from .rules import (
     SearchResult,
     global_sparsity_masks,
@@ -77,10 +83,9 @@ __all__ = [
     "combine_masks",
     "compression_report",
     "csr_bytes",
-    "evaluate_classifier",
     "export_onnx",
-    "finetune",
     "global_sparsity_masks",
+    "hold_pruned",
     "input_scores",
     "input_weight_masks",
     "is_prunable",
@@ -107,3 +112,16 @@ __all__ = [
     "weight_masks_for",
     "weight_scores",
 ]
+
+_MOVED = {
+    "finetune": "bayesprune.finetune (compression no longer imports training)",
+    "evaluate_classifier": (
+        "bayesprune.evaluation.evaluate(model, (x, y), metrics=('accuracy', 'nll', 'ece'))"
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        raise AttributeError(f"bayesprune.compress.{name} has moved: use {_MOVED[name]}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,8 @@ masks as torch prune masks on plain layers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -136,3 +137,26 @@ def apply_torch_prune(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Modul
     for (module, param), score in torch_prune_importance(model, masks).items():
         prune.custom_from_mask(module, param, score.to(module.weight))
     return model
+
+
+@contextlib.contextmanager
+def hold_pruned(model: nn.Module) -> Iterator[nn.Module]:
+    """Keep every pruned weight at zero while the block trains `model`.
+
+    Variational layers hold their masks as buffers: a masked weight gets no gradient
+    and no KL, so training cannot bring it back. Plain layers have no mask, so every
+    weight that is exactly zero is held there by a torch.nn.utils.prune mask, removed
+    again on exit (the model stays a plain torch model).
+    """
+    plain = [
+        m
+        for _, m in prunable_layers(model)
+        if not isinstance(m, VariationalLayer) and not prune.is_pruned(m)
+    ]
+    for m in plain:
+        prune.custom_from_mask(m, "weight", (m.weight.detach() != 0).to(m.weight.dtype))
+    try:
+        yield model
+    finally:
+        for m in plain:
+            prune.remove(m, "weight")

@@ -3,24 +3,22 @@
 A report is a plain dict (JSON-able): per prunable layer, before → after, the units,
 inputs, weights, non-zero weights, FLOPs (dense, and "sparse" = only non-zero
 weights counted) and bytes (dense float32 and CSR); totals with ratios; and the
-accuracy / NLL / ECE before and after, given as values or computed on data with
-`bayesprune.predict` + `bayesprune.metrics`. `report_markdown` renders it;
+accuracy / NLL / ECE before and after, given as values or computed by an `evaluate`
+callable (e.g. `bayesprune.evaluation.scorer`). `report_markdown` renders it;
 `save_report` writes both atomically. Layers are paired in order (shrinking keeps
 every layer, only narrower).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from .. import metrics
 from ..io import atomic_write_bytes, atomic_write_json
 from ..metrics.size import layer_sizes
-from ..predict import predict
 from .export import sparse_storage
 
 _FIELDS = (
@@ -33,18 +31,6 @@ _FIELDS = (
     "dense_bytes",
     "csr_bytes",
 )
-
-
-def evaluate_classifier(
-    model: nn.Module, x: Any, y: Any, *, mode: str = "mean", samples: int = 30, seed: int = 0
-) -> dict[str, float]:
-    """Accuracy, NLL and ECE of `model`'s predictive distribution on (x, y)."""
-    pred = predict(model, x, mode=mode, samples=samples, seed=seed)
-    return {
-        "accuracy": metrics.accuracy(pred.probs, y),
-        "nll": metrics.nll(pred.probs, y),
-        "ece": metrics.ece(pred.probs, y),
-    }
 
 
 def _layers(model: nn.Module, input_shape: Sequence[int]) -> list[dict[str, Any]]:
@@ -83,9 +69,7 @@ def compression_report(
     input_shape_after: Sequence[int] | None = None,
     metrics_before: Mapping[str, float] | None = None,
     metrics_after: Mapping[str, float] | None = None,
-    data: tuple[Any, Any] | None = None,
-    mode: str = "mean",
-    samples: int = 30,
+    evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
     title: str = "compression report",
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -93,8 +77,9 @@ def compression_report(
 
     `input_shape`: one example's shape (no batch dimension), for FLOPs; give
     `input_shape_after` if the compressed model takes fewer inputs. Metrics: pass
-    dicts (any keys, e.g. accuracy / nll / ece), or `data=(x, y)` to compute accuracy,
-    NLL and ECE with `predict(mode=mode)`.
+    dicts (any keys, e.g. accuracy / nll / ece), or `evaluate`, a callable model →
+    {metric: value} such as `bayesprune.evaluation.scorer((x, y), likelihood)`, for
+    the ones not given.
     """
     rows_b = _layers(before, input_shape)
     rows_a = _layers(after, input_shape_after or input_shape)
@@ -121,14 +106,9 @@ def compression_report(
     totals["bytes_ratio"] = _ratio(totals["dense_bytes_before"], totals["csr_bytes_after"])
     totals["architecture_before"] = [rows_b[0]["inputs"], *(r["units"] for r in rows_b)]
     totals["architecture_after"] = [rows_a[0]["inputs"], *(r["units"] for r in rows_a)]
-    if data is not None:
-        x, y = data
-        metrics_before = metrics_before or evaluate_classifier(
-            before, x, y, mode=mode, samples=samples
-        )
-        metrics_after = metrics_after or evaluate_classifier(
-            after, x, y, mode=mode, samples=samples
-        )
+    if evaluate is not None:
+        metrics_before = metrics_before or evaluate(before)
+        metrics_after = metrics_after or evaluate(after)
     return {
         "title": title,
         "layers": layers,

@@ -12,7 +12,8 @@ sparsity is hit exactly: round(sparsity · n) entries go.
 - `threshold_masks`: keep score > threshold (e.g. Sparse VD's log α < 3 is
   threshold −3 on the "log_alpha" score; the median-probability model is PIP > 0.5).
 - `search_sparsity`: the largest pruning whose validation accuracy stays within
-  `delta` of the unpruned model; returns the curve it walked.
+  `delta` of the unpruned model; returns the curve it walked. It scores networks
+  through a callable it is given (`bayesprune.evaluation.scorer`), never by itself.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
-from ..train import evaluate
 from .adapters import copy_model
 from .masks import apply_masks, combine_masks, input_weight_masks, unit_weight_masks, weight_masks
+
+Evaluate = Callable[[nn.Module], Mapping[str, float]]
+"""model → {metric: value}, e.g. `bayesprune.evaluation.scorer(val, likelihood)`."""
 
 LEVELS = ("weight", "unit", "input")
 SEARCH_RULES = ("global", "layer")
@@ -110,11 +112,12 @@ class SearchResult:
 
     sparsity: float  # chosen fraction of the scored entries removed
     threshold: float | None  # global rule: keep score > threshold gives the same masks
-    accuracy: float  # validation accuracy at the chosen sparsity
-    baseline: float  # validation accuracy of the unpruned model
+    accuracy: float  # the metric (validation accuracy by default) at the chosen sparsity
+    baseline: float  # the metric of the unpruned model
     delta: float
     masks: dict[str, Tensor]  # weight masks, ready for apply_masks
     curve: list[dict[str, Any]] = field(default_factory=list)  # sparsity, accuracy, within
+    metric: str = "accuracy"  # the key of the evaluation's dict that was compared
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able summary (without the masks)."""
@@ -124,14 +127,35 @@ class SearchResult:
             "accuracy": self.accuracy,
             "baseline": self.baseline,
             "delta": self.delta,
+            "metric": self.metric,
             "curve": self.curve,
         }
 
 
-def _accuracy_fn(val: Any, likelihood: Any) -> Callable[[nn.Module], float]:
-    if callable(val) and not isinstance(val, Dataset):
-        return val
-    return lambda m: float(evaluate(m, val, likelihood)["accuracy"])
+def metric_of(evaluate: Any, metric: str, caller: str) -> Callable[[nn.Module], float]:
+    """model → `evaluate(model)[metric]`, with errors that say what `evaluate` must be."""
+    if not callable(evaluate):
+        raise TypeError(
+            f"{caller} takes evaluate=, a callable model -> {{metric: value}}, not data "
+            f"({type(evaluate).__name__}); build one with "
+            "bayesprune.evaluation.scorer(val, likelihood)"
+        )
+
+    def value(model: nn.Module) -> float:
+        scores = evaluate(model)
+        if not isinstance(scores, Mapping):
+            raise TypeError(
+                f"{caller}: evaluate(model) must return a dict of metrics (e.g. "
+                f"{{{metric!r}: 0.97}}), got {type(scores).__name__}"
+            )
+        if metric not in scores:
+            raise KeyError(
+                f"{caller}: metric {metric!r} is not among evaluate's {sorted(scores)}; "
+                "pass metric= one of them"
+            )
+        return float(scores[metric])
+
+    return value
 
 
 def _cut(scores: Mapping[str, Tensor], sparsity: float) -> float | None:
@@ -145,20 +169,21 @@ def _cut(scores: Mapping[str, Tensor], sparsity: float) -> float | None:
 def search_sparsity(
     model: nn.Module,
     scores: Mapping[str, Tensor],
-    val: Any,
+    evaluate: Evaluate,
     *,
+    metric: str = "accuracy",
     delta: float = 0.01,
     rule: str = "global",
     level: str = "weight",
     grid: Sequence[float] = DEFAULT_GRID,
     refine_steps: int = 4,
-    likelihood: Any = "categorical",
 ) -> SearchResult:
-    """The largest sparsity whose validation accuracy is ≥ (unpruned accuracy − `delta`).
+    """The largest sparsity whose `metric` is ≥ (the unpruned model's − `delta`).
 
-    `val` is validation data ((X, y) or a Dataset; accuracy of the posterior-mean
-    network via `bayesprune.train.evaluate`) or a callable model → accuracy (e.g. a
-    Monte-Carlo accuracy). Every sparsity in `grid` is tried on a copy of the model;
+    `evaluate(model) -> {metric: value}` scores a network, e.g.
+    `bayesprune.evaluation.scorer((x_val, y_val), likelihood)` (posterior-mean
+    accuracy); `metric` names the key compared, higher being better. Every sparsity
+    in `grid` is tried on a copy of the model;
     then `refine_steps` bisection steps between the largest passing point and the next
     grid point. Accuracy need not fall monotonically, so the chosen point is the
     largest passing one seen, and `curve` records every point in sparsity order.
@@ -170,7 +195,7 @@ def search_sparsity(
     if delta < 0:
         raise ValueError(f"delta must be >= 0, got {delta}")
     make = global_sparsity_masks if rule == "global" else layer_sparsity_masks
-    accuracy_of = _accuracy_fn(val, likelihood)
+    accuracy_of = metric_of(evaluate, metric, "search_sparsity")
     baseline = accuracy_of(model)
     points: dict[float, float] = {}
 
@@ -203,4 +228,5 @@ def search_sparsity(
         delta=delta,
         masks=masks_at(best),
         curve=curve,
+        metric=metric,
     )

@@ -3,10 +3,13 @@
 Each round reads one importance per kernel / hidden unit through the shared
 interface (`unit_scores`), removes the units whose importance is *near zero*,
 physically shrinks the network (`shrink` with `prune_units`) and fine-tunes the
-smaller one (`finetune`). It stops when no near-zero unit remains, when
+smaller one (the `finetune` callable it is given, e.g. `bayesprune.finetune` bound
+to the training data). It stops when no near-zero unit remains, when
 `max_rounds` is reached, or when the validation accuracy falls more than
 `tolerance` below the uncompressed accuracy; the round that fell is discarded and
-the last accepted model returned.
+the last accepted model returned. Accuracy is `evaluate(model)[metric]`, from the
+callable it is given (e.g. `bayesprune.evaluation.scorer(val, likelihood)`): this
+module holds no training or evaluation code of its own.
 
 "Near zero" is defined per layer, relative to its strongest unit: a unit is near
 zero when its importance is below ``rel_threshold × max importance`` of its layer.
@@ -34,11 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..likelihoods import Likelihood
-from ..predict import predict
-from ..train import DataLike, as_dataset
 from .adapters import copy_model
-from .finetune import finetune
+from .rules import Evaluate, metric_of
 from .scores import unit_scores
 from .shrink import shrink
 
@@ -136,32 +136,11 @@ def _to_remove(
     return out
 
 
-def _accuracy_fn(
-    val: DataLike, likelihood: str | Likelihood, batch_size: int
-) -> Callable[[nn.Module], float]:
-    x, y = _tensors(val)
-
-    def accuracy(model: nn.Module) -> float:
-        pred = predict(model, x, mode="mean", likelihood=likelihood, batch_size=batch_size)
-        return float((pred.probs.argmax(-1) == y).double().mean())
-
-    return accuracy
-
-
-def _tensors(data: DataLike) -> tuple[Tensor, Tensor]:
-    dataset = as_dataset(data, "val")
-    tensors = getattr(dataset, "tensors", None)
-    if tensors is None or len(tensors) != 2:
-        raise ValueError("val must be an (X, y) pair or a TensorDataset of (X, y)")
-    return tensors[0], tensors[1]
-
-
 def _check(
     rel_threshold: float | None,
     fraction: float | None,
     tolerance: float,
     max_rounds: int,
-    finetune_epochs: int,
     min_units: int,
 ) -> float | None:
     if rel_threshold is not None and fraction is not None:
@@ -177,53 +156,51 @@ def _check(
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
     if not tolerance >= 0:
         raise ValueError(f"tolerance must be >= 0 (an accuracy drop, e.g. 0.005), got {tolerance}")
-    if max_rounds < 1 or finetune_epochs < 0 or min_units < 1:
-        raise ValueError(
-            "need max_rounds >= 1, finetune_epochs >= 0 and min_units >= 1, got "
-            f"{max_rounds}, {finetune_epochs}, {min_units}"
-        )
+    if max_rounds < 1 or min_units < 1:
+        raise ValueError(f"need max_rounds >= 1 and min_units >= 1, got {max_rounds}, {min_units}")
     return rel_threshold
 
 
 def self_compress(
     model: nn.Module,
-    train: DataLike,
-    val: DataLike,
+    evaluate: Evaluate,
+    finetune: Callable[[nn.Module], Any] | None = None,
     *,
+    metric: str = "accuracy",
     input_shape: Sequence[int] | None = None,
     score: str = "norm",
     rel_threshold: float | None = None,
     fraction: float | None = None,
     tolerance: float = 0.005,
     max_rounds: int = 10,
-    finetune_epochs: int = 1,
-    likelihood: str | Likelihood = "categorical",
     min_units: int = 1,
     passthrough: Sequence[type[nn.Module]] = (),
-    evaluate: Callable[[nn.Module], float] | None = None,
-    eval_batch_size: int = 1024,
-    **finetune_kwargs: Any,
 ) -> SelfCompressResult:
     """Delete near-zero kernels / hidden units, shrink, fine-tune; repeat (see the module doc).
 
-    `input_shape`: one example's shape (needed for convolutional nets, e.g. (1, 28, 28)).
-    `rel_threshold` (default 0.05) or `fraction` choose what a round deletes.
-    `tolerance`: the largest accepted drop of validation accuracy below the
-    uncompressed model's, as a fraction (0.005 = 0.5 points). `evaluate(model) ->
-    accuracy` replaces the default (argmax of the posterior-mean predictive on `val`,
-    read through `likelihood`). `finetune_kwargs` go to `compress.finetune` /
-    `fit` (lr, batch_size, kl_weight, seed, progress, ...). The input model is not
-    modified.
+    `evaluate(model) -> {metric: value}` scores a network on validation data, e.g.
+    `bayesprune.evaluation.scorer((x_val, y_val), likelihood)` (posterior-mean
+    accuracy; pass the eVI likelihood for an eVI net); `metric` names the key
+    compared, higher being better. `finetune(model)` trains a shrunk model in place,
+    e.g. ``lambda m: bayesprune.finetune(m, train, epochs=1, likelihood=lik)``; None
+    skips fine-tuning. `input_shape`: one example's shape (needed for convolutional
+    nets, e.g. (1, 28, 28)). `rel_threshold` (default 0.05) or `fraction` choose what
+    a round deletes. `tolerance`: the largest accepted drop of the metric below the
+    uncompressed model's (0.005 = 0.5 accuracy points). The input model is not modified.
     """
-    rel_threshold = _check(
-        rel_threshold, fraction, tolerance, max_rounds, finetune_epochs, min_units
-    )
+    accuracy = metric_of(evaluate, metric, "self_compress")
+    if finetune is not None and not callable(finetune):
+        raise TypeError(
+            "self_compress takes finetune=, a callable that trains a model in place, not "
+            f"data ({type(finetune).__name__}); e.g. "
+            "lambda m: bayesprune.finetune(m, train, epochs=1)"
+        )
+    rel_threshold = _check(rel_threshold, fraction, tolerance, max_rounds, min_units)
     current = copy_model(model)
     if not importances(current, score):  # also checks `score`
         raise ValueError(
             "the model has no hidden prunable layer (only the output layer): nothing to compress"
         )
-    accuracy = evaluate or _accuracy_fn(val, likelihood, eval_batch_size)
     passthrough = tuple(passthrough)
     base = accuracy(current)
     units = {k: v.numel() for k, v in importances(current, score).items()}
@@ -240,15 +217,8 @@ def self_compress(
         notes += [f"round {r}: {n}" for n in shrunk.notes]
         candidate = shrunk.model
         pruned_acc = accuracy(candidate)
-        if finetune_epochs:
-            finetune(
-                candidate,
-                train,
-                None,
-                epochs=finetune_epochs,
-                likelihood=likelihood,
-                **finetune_kwargs,
-            )
+        if finetune is not None:
+            finetune(candidate)
         acc = accuracy(candidate)
         left = {k: v.numel() for k, v in importances(candidate, score).items()}
         removed = {k: int(m.sum()) for k, m in remove.items()}

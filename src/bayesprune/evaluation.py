@@ -1,0 +1,177 @@
+"""One evaluation scorer: data and a likelihood in, a function model → metrics out.
+
+Training's validation pass, the compression schedules, the compression report, the
+run pipeline, model selection and the benchmarks all score a network the same way:
+the predictive distribution of `bayesprune.predict` on held-out (X, y), read by
+the functions of `bayesprune.metrics`. `scorer` fixes the data and the settings
+once and returns a callable, so a schedule that scores many candidate networks
+receives one argument and never needs to know about data, likelihoods or modes.
+
+Metrics are looked up by name in a table per task (`METRICS`); `DEFAULT_METRICS`
+are what a user expects to see, `VALIDATION_METRICS` the two that training records
+after every epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from typing import Any
+
+from torch import Tensor, nn
+
+from . import metrics as m
+from .data.xy import DataLike, as_xy
+from .likelihoods import Likelihood, make_likelihood
+from .predict import ClassificationPrediction, RegressionPrediction, predict
+
+Scorer = Callable[[nn.Module], dict[str, float]]
+
+
+class EvalMode(StrEnum):
+    """Which predictive distribution is scored."""
+
+    MC = "mc"
+    """Monte-Carlo: `samples` stochastic passes, per-sample predictions averaged (the
+    Bayesian model average)."""
+    MEAN = "mean"
+    """One pass with every variational layer at its posterior mean. For an eVI network
+    (which propagates moments and returns (mean, cov)) this is its moment predictive,
+    read through the eVI likelihood; extra passes would repeat it."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> EvalMode:
+        raise ValueError(f"unknown mode {value!r}; valid: {[mode.value for mode in cls]}")
+
+
+_Class = Callable[[ClassificationPrediction, Tensor, int], float]
+_Reg = Callable[[RegressionPrediction, Tensor, int], float]
+
+CLASSIFICATION_METRICS: dict[str, _Class] = {
+    "accuracy": lambda p, y, bins: m.accuracy(p.probs, y),
+    "error_pct": lambda p, y, bins: 100 * (1 - m.accuracy(p.probs, y)),
+    "nll": lambda p, y, bins: m.nll(p.probs, y),
+    "ece": lambda p, y, bins: m.ece(p.probs, y, n_bins=bins),
+    "brier": lambda p, y, bins: m.brier(p.probs, y),
+    "mean_entropy": lambda p, y, bins: float(p.entropy.mean()),
+    "mean_mutual_information": lambda p, y, bins: float(p.mutual_information.mean()),
+}
+"""Classification: accuracy, error in percent, log score, calibration, Brier, uncertainty."""
+
+REGRESSION_METRICS: dict[str, _Reg] = {
+    "rmse": lambda p, y, bins: m.rmse(p.mean, y),
+    "nll": lambda p, y, bins: m.gaussian_nll(p.mean, p.variance, y),
+    "mean_aleatoric_variance": lambda p, y, bins: float(p.aleatoric.mean()),
+    "mean_epistemic_variance": lambda p, y, bins: float(p.epistemic.mean()),
+}
+"""Regression (in the units of y): RMSE, Gaussian log score, the two variance parts."""
+
+METRICS: dict[str, dict[str, Any]] = {
+    "classification": CLASSIFICATION_METRICS,
+    "regression": REGRESSION_METRICS,
+}
+
+DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": (
+        "accuracy",
+        "nll",
+        "ece",
+        "brier",
+        "mean_entropy",
+        "mean_mutual_information",
+    ),
+    "regression": ("rmse", "nll", "mean_aleatoric_variance", "mean_epistemic_variance"),
+}
+
+VALIDATION_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("nll", "accuracy"),
+    "regression": ("nll", "rmse"),
+}
+"""What `fit` records per epoch on its validation data (as val_nll, val_accuracy / val_rmse)."""
+
+
+def metric_names(names: Sequence[str] | None, task: str) -> tuple[str, ...]:
+    """`names` checked against the task's table (None: `DEFAULT_METRICS`)."""
+    if task not in METRICS:
+        raise ValueError(f"cannot evaluate a likelihood of task {task!r}; valid: {list(METRICS)}")
+    if names is None:
+        return DEFAULT_METRICS[task]
+    if isinstance(names, str):
+        names = (names,)
+    unknown = [name for name in names if name not in METRICS[task]]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown {task} metrics {unknown}; valid: {list(METRICS[task])}"
+            if unknown
+            else "metrics must name at least one metric"
+        )
+    return tuple(names)
+
+
+def scorer(
+    data: DataLike,
+    likelihood: str | Likelihood = "categorical",
+    *,
+    mode: EvalMode | str = EvalMode.MEAN,
+    samples: int = 30,
+    batch_size: int = 1024,
+    seed: int | None = 0,
+    metrics: Sequence[str] | None = None,
+    bins: int = 15,
+) -> Scorer:
+    """A function model → {metric: value} on `data` ((X, y), a Dataset or a DataLoader).
+
+    `mode`: "mean" (default: one deterministic pass, what the compression schedules
+    compare) or "mc" (`samples` passes, drawn from `seed` so that a score repeats).
+    `metrics`: names from `METRICS[likelihood.task]`, in the order wanted (None:
+    `DEFAULT_METRICS`); `bins`: ECE's bins. The data is read once, here; the model
+    is scored by `predict` (eval mode, no_grad, its train/eval state and the caller's
+    RNG left as they were) on the device its parameters live on.
+    """
+    mode = EvalMode(mode)
+    lik = make_likelihood(likelihood)
+    names = metric_names(metrics, lik.task)
+    if samples < 1 or batch_size < 1 or bins < 1:
+        raise ValueError(
+            f"samples, batch_size and bins must be >= 1, got {samples}, {batch_size}, {bins}"
+        )
+    x, y = as_xy(data, "evaluation data")
+    table = METRICS[lik.task]
+
+    def score(model: nn.Module) -> dict[str, float]:
+        pred = predict(
+            model,
+            x,
+            samples=samples,
+            mode=mode.value,
+            likelihood=lik,
+            batch_size=batch_size,
+            seed=seed,
+        )
+        return {name: float(table[name](pred, y, bins)) for name in names}
+
+    return score
+
+
+def evaluate(
+    model: nn.Module,
+    data: DataLike,
+    likelihood: str | Likelihood = "categorical",
+    **options: Any,
+) -> dict[str, float]:
+    """Score `model` on `data` once: `scorer(data, likelihood, **options)(model)`."""
+    return scorer(data, likelihood, **options)(model)
+
+
+__all__ = [
+    "CLASSIFICATION_METRICS",
+    "DEFAULT_METRICS",
+    "METRICS",
+    "REGRESSION_METRICS",
+    "VALIDATION_METRICS",
+    "EvalMode",
+    "Scorer",
+    "evaluate",
+    "metric_names",
+    "scorer",
+]

@@ -1,0 +1,63 @@
+"""What `fit` optimises with: optimizers by name, learning-rate schedules, parameter groups.
+
+Schedules are pure functions of the epoch (no scheduler state), so a resumed run
+needs nothing beyond the optimizer's own state to continue exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+}
+
+LR_SCHEDULES: dict[str, Callable[[float, int, int], float]] = {
+    "constant": lambda lr, epoch, epochs: lr,
+    "cosine": lambda lr, epoch, epochs: 0.5 * lr * (1 + math.cos(math.pi * epoch / max(epochs, 1))),
+}
+"""(base lr, epoch, epochs) → that epoch's lr; "cosine" decays from lr to 0."""
+
+
+def make_optimizer(
+    name: str, groups: list[dict[str, Any]], lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """The optimizer `name` (a key of `OPTIMIZERS`) over `groups`."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](groups, lr=lr, weight_decay=weight_decay)
+
+
+def param_groups(
+    named: list[tuple[str, nn.Parameter]], lr: float, multipliers: Mapping[str, float]
+) -> list[dict[str, Any]]:
+    """One optimizer group per learning-rate multiplier; a name takes its first matching key.
+
+    E.g. {"gate_logit": 10.0}: spike-and-slab gate logits start near logit(0.99) = 4.6
+    and Adam moves a parameter by about `lr` per step whatever its gradient's size, so
+    at lr 1e-3 a gate needs thousands of steps to cross 0.5; the slabs need no such boost.
+    """
+    for key, factor in multipliers.items():
+        if not (isinstance(factor, int | float) and math.isfinite(factor) and factor > 0):
+            raise ValueError(f"lr_multipliers[{key!r}] must be a finite number > 0, got {factor}")
+        if not any(name.endswith(key) for name, _ in named):
+            example = ", ".join(name for name, _ in named[:4])
+            raise ValueError(
+                f"lr_multipliers key {key!r} matches no parameter name ending (parameters "
+                f"are named like: {example})"
+            )
+    by_factor: dict[float, list[nn.Parameter]] = {}
+    for name, param in named:
+        factor = next((float(f) for k, f in multipliers.items() if name.endswith(k)), 1.0)
+        by_factor.setdefault(factor, []).append(param)
+    return [
+        {"params": params, "lr": lr * factor, "lr_multiplier": factor}
+        for factor, params in by_factor.items()
+    ]
