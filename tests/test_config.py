@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bayesprune.config import ConfigError, dump_config, load_config, parse_config
+from bayesprune.app.config import ConfigError, dump_config, load_config, parse_config
 
 
 def _error(raw: dict) -> str:

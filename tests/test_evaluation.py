@@ -146,7 +146,7 @@ def test_as_xy_keeps_tensors_and_refuses_bad_data():
 
 def test_bad_options_name_the_valid_choices():
     data = _data(5)
-    with pytest.raises(ValueError, match=r"unknown mode 'median'; valid: \['mc', 'mean'\]"):
+    with pytest.raises(ValueError, match=r"unknown PredictMode 'median'; valid: mc, mean"):
         scorer(data, mode="median")
     with pytest.raises(ValueError, match=r"unknown classification metrics \['rmse'\]; valid:"):
         scorer(data, metrics=["accuracy", "rmse"])

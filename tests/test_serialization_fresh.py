@@ -22,7 +22,7 @@ SAVE = textwrap.dedent(
     from bayesprune.models import build
     from bayesprune.nn import convert, families, get_family, use_posterior_mean
 
-    assert "bayesprune.runs" not in sys.modules  # nothing registers codecs on the side
+    assert "bayesprune.app" not in sys.modules  # nothing registers codecs on the side
     out, outputs = Path(sys.argv[1]), {}
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     for name in families():

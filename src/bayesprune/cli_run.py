@@ -1,6 +1,6 @@
 """`bayesprune train | evaluate | compress | select-features | report | export` (run folders).
 
-Each command is a thin wrapper over `bayesprune.pipeline`; registered on the main
+Each command is a thin wrapper over `bayesprune.app.steps`; registered on the main
 group in cli.py. Errors the user can fix (a bad config, a missing run, a corrupt
 file) are printed as one line, without a traceback.
 """
@@ -17,7 +17,13 @@ from typing import Any
 
 import click
 
-from .config import COMPRESS_RULES, UNIT_SCORE_NAMES, WEIGHT_SCORE_NAMES, ConfigError, load_config
+from .app.config import (
+    COMPRESS_RULES,
+    UNIT_SCORE_NAMES,
+    WEIGHT_SCORE_NAMES,
+    ConfigError,
+    load_config,
+)
 from .io import CheckpointError
 
 _USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError)
@@ -37,7 +43,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     @_THREADS
     @functools.wraps(fn)
     def wrapper(*args: Any, threads: int | None = None, **kwargs: Any) -> Any:
-        from .pipeline import limited_threads
+        from .app.threads import limited_threads
 
         try:
             with limited_threads(threads):
@@ -54,7 +60,7 @@ def _progress(quiet: bool) -> bool:
 
 
 def _open(run: str) -> Any:
-    from .runs import Run
+    from .app.folder import Run
 
     return Run.open(run)
 
@@ -84,8 +90,8 @@ def _show(obj: Any) -> str:
 @_friendly
 def train(config: str, out: str | None, quiet: bool, nproc: int) -> None:
     """Train the model of CONFIG (YAML) into a run folder; resumes an interrupted run."""
+    from .app.steps import train_run
     from .distributed import launch, torchrun_world
-    from .pipeline import train_run
 
     cfg = load_config(config)
     folder = Path(out) if out else Path("runs") / Path(config).stem
@@ -105,8 +111,8 @@ def _train_process(config: str, folder: str, quiet: bool) -> dict[str, Any] | No
     Every process trains (fit splits the batches); rank 0 alone writes the run folder,
     the others write their copies of the outputs to a scratch folder that is deleted.
     """
+    from .app.steps import train_run
     from .distributed import setup
-    from .pipeline import train_run
 
     cfg = load_config(config)
     if not setup(device=cfg.train.device).is_main:
@@ -132,7 +138,7 @@ def _train_process(config: str, folder: str, quiet: bool) -> dict[str, Any] | No
 @_friendly
 def evaluate(run: str, which: str, quiet: bool) -> None:
     """Accuracy / NLL / ECE / Brier (or RMSE / NLL) of RUN's models, MC and posterior mean."""
-    from .pipeline import evaluate_run
+    from .app.steps import evaluate_run
 
     results = evaluate_run(_open(run), which, progress=_progress(quiet))
     for name, entry in results.items():
@@ -167,7 +173,7 @@ def evaluate(run: str, which: str, quiet: bool) -> None:
 @_friendly
 def compress(run: str, quiet: bool, **overrides: Any) -> None:
     """Prune RUN's trained model by its posterior, shrink it, write RUN/compressed/."""
-    from .pipeline import compress_run
+    from .app.steps import compress_run
 
     report = compress_run(_open(run), overrides, progress=_progress(quiet))
     t, m = report["totals"], report["metrics"]
@@ -191,19 +197,17 @@ def compress(run: str, quiet: bool, **overrides: Any) -> None:
 def select_features(run: str) -> None:
     """Input features RUN's model uses (input PIPs, or input-weight norms); features.json/.png."""
     from . import plots
+    from .app.steps import select_features as select
     from .io import atomic_write_bytes
-    from .pipeline import select_features as select
 
     r = _open(run)
     result = select(r)
-    data = r.data()
-    shape = data.image_shape if result["n_features"] == data.n_features else None
     png = plots.feature_scores(
         result["scores"],
         result["selected"],
         result["names"],
         result["score"],
-        image_shape=shape,
+        image_shape=result.get("image_shape"),
         true_features=result.get("true_features"),
     )
     atomic_write_bytes(r.path("features.png"), png)
@@ -222,9 +226,9 @@ def select_features(run: str) -> None:
 @_friendly
 def report(run: str) -> None:
     """One self-contained HTML page (and markdown) with RUN's curves, histograms and tables."""
-    from .report import build_report
+    from .app.report import build_report
 
-    paths = build_report(_open(run))
+    paths = build_report(_open(run), progress=_progress(False))
     click.echo(f"report written to {paths['html']} (and {paths['markdown'].name})")
 
 
@@ -248,7 +252,7 @@ def report(run: str) -> None:
 @_friendly
 def export(run: str, onnx: bool, plain: bool, which: str) -> None:
     """Export RUN's deterministic network (posterior means) to RUN/export/."""
-    from .pipeline import export_run
+    from .app.steps import export_run
 
     if not (onnx or plain):
         raise click.UsageError("nothing to export: give --onnx and/or --plain")

@@ -12,7 +12,7 @@ feature selection has a known answer:
 - the same deterministic MLP pruned by weight magnitude with the same search, the
   usual non-Bayesian baseline.
 
-Each is a run folder (`out/<name>/`, see `bayesprune.runs`) that goes through
+Each is a run folder (`out/<name>/`, see `bayesprune.app.folder`) that goes through
 train → compress (mask + shrink) → select-features → report, so each has its own
 HTML report; `out/demo.md` and `out/demo.json` hold the comparison table (size,
 accuracy, ECE, selected features). The spike-and-slab and Gaussian KL terms are
@@ -25,11 +25,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, parse_config
+from .app.config import RunConfig, parse_config
+from .app.folder import Run
+from .app.report import build_report
+from .app.steps import compress_run, select_features, train_run
+from .app.threads import limited_threads
 from .io import atomic_write_bytes, atomic_write_json
-from .pipeline import compress_run, limited_threads, select_features, train_run
-from .report import build_report
-from .runs import Run
 
 NOISE_COLUMNS = 16
 MODELS = {

@@ -15,7 +15,6 @@ after every epoch.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from enum import StrEnum
 from typing import Any
 
 from torch import Tensor, nn
@@ -23,25 +22,13 @@ from torch import Tensor, nn
 from . import metrics as m
 from .data.xy import DataLike, as_xy
 from .likelihoods import Likelihood, make_likelihood
-from .predict import ClassificationPrediction, RegressionPrediction, predict
+from .predict import ClassificationPrediction, PredictMode, RegressionPrediction, predict
 
 Scorer = Callable[[nn.Module], dict[str, float]]
 
 
-class EvalMode(StrEnum):
-    """Which predictive distribution is scored."""
-
-    MC = "mc"
-    """Monte-Carlo: `samples` stochastic passes, per-sample predictions averaged (the
-    Bayesian model average)."""
-    MEAN = "mean"
-    """One pass with every variational layer at its posterior mean. For an eVI network
-    (which propagates moments and returns (mean, cov)) this is its moment predictive,
-    read through the eVI likelihood; extra passes would repeat it."""
-
-    @classmethod
-    def _missing_(cls, value: object) -> EvalMode:
-        raise ValueError(f"unknown mode {value!r}; valid: {[mode.value for mode in cls]}")
+EvalMode = PredictMode
+"""The predictive a scorer reads (`bayesprune.predict.PredictMode`)."""
 
 
 _Class = Callable[[ClassificationPrediction, Tensor, int], float]
@@ -153,6 +140,19 @@ def scorer(
     return score
 
 
+def score_prediction(
+    pred: ClassificationPrediction | RegressionPrediction,
+    y: Tensor,
+    task: str,
+    metrics: Sequence[str] | None = None,
+    bins: int = 15,
+) -> dict[str, float]:
+    """The metrics of a prediction already made (e.g. when its probabilities are also
+    plotted), by the same table `scorer` uses."""
+    table = METRICS[task]
+    return {name: float(table[name](pred, y, bins)) for name in metric_names(metrics, task)}
+
+
 def evaluate(
     model: nn.Module,
     data: DataLike,
@@ -173,5 +173,6 @@ __all__ = [
     "Scorer",
     "evaluate",
     "metric_names",
+    "score_prediction",
     "scorer",
 ]

@@ -118,8 +118,18 @@ class Gaussian(Likelihood):
 _LIKELIHOODS: dict[str, type[Likelihood]] = {"categorical": Categorical, "gaussian": Gaussian}
 
 
+def register_likelihood(name: str, cls: type[Likelihood]) -> None:
+    """Make `make_likelihood(name)` build `cls` (the eVI likelihood registers as "evi")."""
+    _LIKELIHOODS[name] = cls
+
+
+def likelihood_names() -> list[str]:
+    """Every name `make_likelihood` knows."""
+    return sorted(_LIKELIHOODS)
+
+
 def make_likelihood(spec: str | Likelihood) -> Likelihood:
-    """A likelihood from its name ('categorical', 'gaussian') or an instance."""
+    """A likelihood from its name ('categorical', 'gaussian', 'evi') or an instance."""
     if isinstance(spec, Likelihood):
         return spec
     if spec not in _LIKELIHOODS:

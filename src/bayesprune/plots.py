@@ -74,18 +74,33 @@ def training_curves(history: Sequence[Mapping[str, Any]]) -> bytes:
     return _png(fig)
 
 
+def histogram_counts(values: Any, *, log10: bool = False, bins: int = 50) -> dict[str, Any]:
+    """{"edges", "counts", "log10"}: a histogram small enough to keep in a JSON record."""
+    arr = _finite(values)
+    if log10:
+        arr = np.log10(arr[arr > 0])
+    if not arr.size:
+        return {"edges": [], "counts": [], "log10": log10}
+    counts, edges = np.histogram(arr, bins=bins)
+    return {"edges": edges.tolist(), "counts": counts.tolist(), "log10": log10}
+
+
 def histogram(
     values: Any, title: str, xlabel: str, *, log10: bool = False, bins: int = 50
 ) -> bytes:
     """A histogram; `log10` plots log10 of the (positive) values."""
-    arr = _finite(values)
-    if log10:
-        arr = np.log10(arr[arr > 0])
+    return histogram_from_counts(histogram_counts(values, log10=log10, bins=bins), title, xlabel)
+
+
+def histogram_from_counts(hist: Mapping[str, Any], title: str, xlabel: str) -> bytes:
+    """Plot a histogram recorded by `histogram_counts`."""
+    if hist.get("log10"):
         xlabel = f"log10 {xlabel}"
     fig = Figure(figsize=(6, 3.5))
     ax = fig.add_subplot(1, 1, 1)
-    if arr.size:
-        ax.hist(arr, bins=bins, color="#4c72b0")
+    edges, counts = np.asarray(hist["edges"]), np.asarray(hist["counts"])
+    if counts.size:
+        ax.stairs(counts, edges, fill=True, color="#4c72b0")
     else:
         ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(title, fontsize=10)

@@ -29,8 +29,21 @@ from torch import Tensor, nn
 from . import metrics
 from .likelihoods import Likelihood, make_likelihood
 from .nn import use_posterior_mean
+from .options import Choice
 
-MODES = ("mc", "mean")
+
+class PredictMode(Choice):
+    """Which predictive distribution: Monte Carlo ("mc") or the posterior-mean pass."""
+
+    MC = "mc"
+    """`samples` stochastic passes, per-sample predictions averaged (the Bayesian
+    model average)."""
+    MEAN = "mean"
+    """One pass with every variational layer at its posterior mean. For an eVI network
+    (which propagates moments and returns (mean, cov)) this is its moment predictive."""
+
+
+MODES = PredictMode.values()
 
 
 @dataclass
@@ -81,8 +94,7 @@ def predict(
     global RNG state is left untouched; `seed` makes the draws repeatable (for a given
     `batch_size`).
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; valid: {list(MODES)}")
+    mode = PredictMode(mode).value
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if batch_size < 1:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...likelihoods import Categorical, Likelihood
+from ...likelihoods import Categorical, Likelihood, register_likelihood
 from .core import DIAG, Moments, as_moments, layout, symmetrize, variance
 
 
@@ -104,3 +104,6 @@ def _cholesky(cov: Tensor, tries: int = 4) -> Tensor:
             "probably holds NaN or inf: lower the learning rate or check the inputs"
         )
     return chol
+
+
+register_likelihood("evi", EVILikelihood)

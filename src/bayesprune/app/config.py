@@ -1,6 +1,6 @@
 """Run configurations: YAML files validated against dataclasses.
 
-A run config has five sections (every key optional; defaults below)::
+A run config has six sections (every key optional; defaults below)::
 
     data:     {name: digits, limit: null, noise_columns: 0, seed: 0, ...}
     model:    {builder: mlp, kwargs: {hidden: [64]}, family: spike_slab, prior: {}, ...}
@@ -19,16 +19,19 @@ names only what a person chooses.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
-import types
-import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..compress.pip_rules import PIP_RULES
+from ..compress.scores import INPUT_SCORES, UNIT_SCORES, WEIGHT_SCORES
+from ..likelihoods import likelihood_names
+from ..optim import LR_SCHEDULES, OPTIMIZERS
+from .schema import ConfigError, _section, _unknown
 
 IMAGE_SETS = ("mnist", "fashion-mnist")
 TABULAR_SETS = ("digits", "breast_cancer", "wine", "diabetes")
@@ -36,29 +39,29 @@ SIMULATED_SETS = ("bai2020", "correlated", "friedman1")
 DATA_NAMES = IMAGE_SETS + TABULAR_SETS + SIMULATED_SETS
 REGRESSION_SETS = ("diabetes", *SIMULATED_SETS)
 
-LIKELIHOODS = ("auto", "categorical", "gaussian", "evi")
-WEIGHT_SCORE_NAMES = ("snr", "abs_mean", "log_alpha", "magnitude")
-UNIT_SCORE_NAMES = ("norm", "mean_snr", "variance", "pip")
-PIP_RULE_NAMES = ("median", "target_size", "expected_size", "fdr")
-COMPRESS_RULES = ("auto", "global", "layer", "threshold", "search", *PIP_RULE_NAMES)
-FEATURE_SCORES = ("auto", "pip", "norm")
-FEATURE_RULES = ("auto", *PIP_RULE_NAMES, "relative")
+# The choices below come from the library's own tables, never re-typed here.
+AUTO = "auto"  # resolved by the policy (bayesprune.app.policy), asking the Family record
+LIKELIHOODS = (AUTO, *likelihood_names())
+WEIGHT_SCORE_NAMES = tuple(WEIGHT_SCORES)
+UNIT_SCORE_NAMES = tuple(UNIT_SCORES)
+PIP_RULE_NAMES = PIP_RULES
+GLOBAL_RULES = ("global", "layer", "threshold", "search")  # rules of compress.rules
+COMPRESS_RULES = (AUTO, *GLOBAL_RULES, *PIP_RULE_NAMES)
+FEATURE_SCORES = (AUTO, *INPUT_SCORES)
+RELATIVE = "relative"  # keep features whose norm is >= threshold × the largest
+FEATURE_RULES = (AUTO, *PIP_RULE_NAMES, RELATIVE)
 # the data fill these builder arguments; a config may still set them
 FROM_DATA = ("in_features", "out_features", "n_classes", "in_channels", "image_size")
 
 
-class ConfigError(ValueError):
-    """A run config has an unknown key or a bad value (the message names the key path)."""
-
-
 def _builders() -> dict[str, Callable[..., Any]]:
-    from .models import BUILDERS
+    from ..models import BUILDERS
 
     return BUILDERS
 
 
 def _families() -> list[str]:
-    from .nn import families
+    from ..nn import families
 
     return families()
 
@@ -103,9 +106,9 @@ class TrainConfig:
     epochs: int = field(default=10, metadata={"min": 0})
     batch_size: int = field(default=128, metadata={"min": 1})
     lr: float = field(default=1e-3, metadata={"min": 1e-12})
-    optimizer: str = field(default="adam", metadata=_choices("adam", "adamw", "sgd"))
+    optimizer: str = field(default="adam", metadata=_choices(*OPTIMIZERS))
     weight_decay: float = field(default=0.0, metadata={"min": 0.0})
-    lr_schedule: str = field(default="constant", metadata=_choices("constant", "cosine"))
+    lr_schedule: str = field(default="constant", metadata=_choices(*LR_SCHEDULES))
     kl_weight: float = field(default=1.0, metadata={"min": 0.0})
     kl_warmup_epochs: float = field(default=0.0, metadata={"min": 0.0})
     dataset_size: int | None = field(default=None, metadata={"min": 1})
@@ -117,7 +120,7 @@ class TrainConfig:
 
 @dataclass
 class CompressConfig:
-    """How `compress` scores and prunes; "auto" picks by the model family (see pipeline)."""
+    """How `compress` scores and prunes; "auto" picks by the model family (see app.policy)."""
 
     score: str = field(
         default="auto", metadata=_choices("auto", *WEIGHT_SCORE_NAMES, *UNIT_SCORE_NAMES)
@@ -164,96 +167,6 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------------------------------
-# generic validation
-# ---------------------------------------------------------------------------------------
-def _suggest(key: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
-def _unknown(path: str, key: str, valid: Sequence[str]) -> ConfigError:
-    where = f"{path}.{key}" if path else key
-    return ConfigError(
-        f"unknown config key {where!r}; {_suggest(key, valid)}valid keys"
-        f"{' of ' + path if path else ''}: {sorted(valid)}"
-    )
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """`value` checked against annotation `tp` (int, float, bool, str, dict, list, X | None)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], path)
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path} must be a mapping (key: value), got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{path} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path} must be a string, got {value!r}")
-        return value
-    raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")  # pragma: no cover
-
-
-def _check_field(f: dataclasses.Field, value: Any, path: str) -> None:
-    meta = f.metadata
-    choices = meta.get("choices")
-    if choices is not None and value is not None:
-        valid = list(choices() if callable(choices) else choices)
-        if value not in valid:
-            raise ConfigError(
-                f"bad value {value!r} for {path}; {_suggest(str(value), valid)}valid: {valid}"
-            )
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if "min" in meta and value < meta["min"]:
-            raise ConfigError(f"{path} must be >= {meta['min']}, got {value!r}")
-        if "max" in meta and value > meta["max"]:
-            raise ConfigError(f"{path} must be <= {meta['max']}, got {value!r}")
-
-
-def _section(cls: type, raw: Any, path: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path or 'the config'} must be a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = {}
-    for key, value in raw.items():
-        if not isinstance(key, str) or key not in fields:
-            raise _unknown(path, str(key), list(fields))
-        sub = f"{path}.{key}" if path else key
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            values[key] = _section(tp, value, sub)
-            continue
-        value = _coerce(value, tp, sub)
-        _check_field(fields[key], value, sub)
-        values[key] = value
-    return cls(**values)
-
-
-# ---------------------------------------------------------------------------------------
 # cross-field checks
 # ---------------------------------------------------------------------------------------
 _SET_ELSEWHERE = ("input_gates",)  # model.input_gates
@@ -265,7 +178,7 @@ def _keyword_names(fn: Callable[..., Any]) -> list[str]:
 
 
 def _check_model(m: ModelConfig, data: DataConfig) -> None:
-    from .nn import families, get_family
+    from ..nn import families, get_family
 
     builder = _builders()[m.builder]
     if m.builder == "mlp":

@@ -14,205 +14,35 @@ Layout of a run folder::
     report/                 `report`: report.html (self-contained), report.md, *.png
     export/                 `export`: model.onnx, model.safetensors (deterministic)
 
-Everything is rebuilt from the config: the data deterministically from its seed,
-the model from its builder. Models are saved with `compress.save_model` (a JSON
-architecture spec in the safetensors header) so a shrunk model reloads with its
-new widths; nothing is ever pickled.
+Everything is rebuilt from the config (`app.data`, `app.factory`): the data
+deterministically from its seed, the model from its builder. Models are saved with
+`compress.save_model` (a JSON architecture spec in the safetensors header) so a
+shrunk model reloads with its new widths; nothing is ever pickled.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .compress import load_model, save_model
-from .config import (
-    IMAGE_SETS,
-    SIMULATED_SETS,
-    TABULAR_SETS,
-    ConfigError,
-    DataConfig,
-    RunConfig,
-    config_to_dict,
-    dump_config,
-    load_config,
-)
-from .io import CheckpointError, atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
-from .likelihoods import Likelihood, make_likelihood
-from .nn import get_family, variational_layers
+from ..compress import load_model, save_model
+from ..io import CheckpointError, atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
+from ..likelihoods import Likelihood
+from ..nn import get_family, variational_layers
+from .config import ConfigError, RunConfig, config_to_dict, dump_config, load_config
+from .data import RunData, load_data
+from .factory import build_model, flattens, run_likelihood
 
 TRAINING_SECTIONS = ("data", "model", "train")  # a change here needs a new run folder
 STATE_FORMAT = "bayesprune-run-state"
 
 
-# ---------------------------------------------------------------------------------------
-# data
-# ---------------------------------------------------------------------------------------
-@dataclass
-class RunData:
-    """The splits of a run, shaped for its model, and what is known about the features."""
-
-    train: tuple[Tensor, Tensor]
-    test: tuple[Tensor, Tensor]
-    val: tuple[Tensor, Tensor] | None
-    task: str  # "classification" | "regression"
-    n_outputs: int  # classes, or 1 for regression
-    input_shape: tuple[int, ...]  # one example, as the model takes it
-    image_shape: tuple[int, ...] | None = None  # (C, H, W) of image data, even when flattened
-    feature_names: list[str] = field(default_factory=list)
-    true_features: list[int] | None = None  # known truth (simulations, added noise columns)
-    y_std: float = 1.0  # regression targets are standardised; RMSE × y_std = original units
-
-    @property
-    def n_features(self) -> int:
-        return math.prod(self.input_shape)
-
-
-def _limit(xy: tuple[Tensor, Tensor], limit: int | None) -> tuple[Tensor, Tensor]:
-    return xy if limit is None else (xy[0][:limit], xy[1][:limit])
-
-
-def _split_val(
-    xy: tuple[Tensor, Tensor], fraction: float, seed: int
-) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
-    if fraction <= 0:
-        return xy, None
-    n = len(xy[0])
-    n_val = max(1, round(fraction * n))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7))
-    val, train = order[:n_val], order[n_val:]
-    return (xy[0][train], xy[1][train]), (xy[0][val], xy[1][val])
-
-
-def load_data(config: DataConfig, *, flatten: bool = False) -> RunData:
-    """The data a config names; `flatten` gives images as vectors (for an MLP)."""
-    from . import data as bdata
-
-    image_shape = None
-    true_features = None
-    y_std = 1.0
-    if config.name in IMAGE_SETS:
-        loader = bdata.load_mnist if config.name == "mnist" else bdata.load_fashion_mnist
-        tr = loader("train", config.root, limit=config.limit, seed=config.seed).tensors
-        te = loader("test", config.root, limit=config.test_limit, seed=config.seed).tensors
-        train, test = (tr[0], tr[1]), (te[0], te[1])
-        task, n_out = "classification", 10
-        image_shape = tuple(train[0].shape[1:])
-        names = [f"px{r}_{c}" for r in range(image_shape[1]) for c in range(image_shape[2])]
-    else:
-        if config.name in TABULAR_SETS:
-            tab = bdata.load_tabular(
-                config.name, config.noise_columns, test_size=config.test_size, seed=config.seed
-            )
-            truth_known = config.noise_columns > 0
-        else:
-            sizes = ("n", "p", "noise")
-            kwargs = {k: getattr(config, k) for k in sizes if getattr(config, k) is not None}
-            tab = bdata.SIMULATIONS[config.name](
-                test_size=config.test_size, seed=config.seed, **kwargs
-            )
-            truth_known = config.name in SIMULATED_SETS
-        train, test = _limit(tab.train, config.limit), _limit(tab.test, config.test_limit)
-        task, names, y_std = tab.task, tab.feature_names, tab.y_std
-        n_out = tab.n_classes or 1
-        true_features = list(tab.true_features) if truth_known else None
-    train, val = _split_val(train, config.val_fraction, config.seed)
-    if flatten and train[0].ndim > 2:
-        train, test = _flat(train), _flat(test)
-        val = None if val is None else _flat(val)
-    return RunData(
-        train=train,
-        test=test,
-        val=val,
-        task=task,
-        n_outputs=n_out,
-        input_shape=tuple(train[0].shape[1:]),
-        image_shape=image_shape,
-        feature_names=list(names),
-        true_features=true_features,
-        y_std=y_std,
-    )
-
-
-def _flat(xy: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    return xy[0].reshape(len(xy[0]), -1), xy[1]
-
-
-# ---------------------------------------------------------------------------------------
-# model and likelihood
-# ---------------------------------------------------------------------------------------
-def _fill_from_data(builder: Any, kwargs: dict[str, Any], data: RunData) -> dict[str, Any]:
-    import inspect
-
-    shape = data.input_shape
-    known = {
-        "in_features": data.n_features,
-        "out_features": data.n_outputs,
-        "n_classes": data.n_outputs,
-        "in_channels": shape[0] if len(shape) == 3 else None,
-        "image_size": shape[-1] if len(shape) == 3 else None,
-    }
-    params = inspect.signature(builder).parameters
-    out = dict(kwargs)
-    for name, value in known.items():
-        if name in params and name not in out and value is not None:
-            out[name] = value
-    return out
-
-
-def build_model(config: RunConfig, data: RunData) -> nn.Module:
-    """The untrained model of a config, sized for `data`, initialised from `train.seed`."""
-    from .models import BUILDERS
-
-    m = config.model
-    family = get_family(m.family)
-    builder = BUILDERS[m.builder]
-    kwargs = _fill_from_data(builder, m.kwargs, data)
-    layer = {**m.layer, **family.prior_options(m.prior)}
-    if m.input_gates:
-        layer["input_gates"] = True
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.train.seed)
-        try:
-            return builder(**kwargs, family=m.family, **layer)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"model: cannot build {m.builder!r} ({m.family}): {err}") from err
-
-
-def run_likelihood(config: RunConfig, task: str) -> Likelihood:
-    """The likelihood of a run ("auto": categorical / gaussian by task, eVI for eVI nets)."""
-    name = config.train.likelihood
-    if name == "auto":
-        by_task = "categorical" if task == "classification" else "gaussian"
-        name = get_family(config.model.family).default_likelihood or by_task
-    if name == "evi":
-        from .nn import EVILikelihood
-
-        return EVILikelihood()
-    likelihood = make_likelihood(name)
-    if likelihood.task != task:
-        raise ConfigError(
-            f"train.likelihood {name!r} is for {likelihood.task}, but data {config.data.name!r} "
-            f"is {task}; use 'auto'"
-        )
-    return likelihood
-
-
-def flattens(config: RunConfig) -> bool:
-    """Whether the model takes images as vectors (an MLP on an image set)."""
-    return config.model.builder == "mlp"
-
-
-# ---------------------------------------------------------------------------------------
-# the run folder
-# ---------------------------------------------------------------------------------------
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
@@ -285,6 +115,13 @@ class Run:
 
     def has_model(self, which: str = "trained") -> bool:
         return self.model_path(which).is_file()
+
+    def model_digest(self, which: str = "trained") -> str | None:
+        """SHA-256 of the saved model file (None if absent): keys cached evaluations."""
+        path = self.model_path(which)
+        if not path.is_file():
+            return None
+        return hashlib.sha256(path.read_bytes()).hexdigest()
 
     # -- logging and JSON ----------------------------------------------------------------
     def log(self, message: str) -> None:

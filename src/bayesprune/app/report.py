@@ -6,32 +6,25 @@ The page shows what the posterior says and what compression did: training curves
 reliability diagram and the selected features. Figures are PNGs written next to
 the page (`report/*.png`, which the markdown references) and also embedded in
 the HTML as base64, so the HTML alone can be mailed or archived.
+
+The report renders only from the JSON the steps wrote (metrics.json,
+evaluation.json, compressed/compression.json, features.json); a missing or stale
+one is written first by its step, which reuses what is current.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
 import html
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from . import metrics, plots
-from .compress import apply_masks, global_sparsity_masks, unit_scores, weight_scores
+from .. import plots
+from ..io import atomic_write_bytes
 from .config import dump_config
-from .evaluation import scorer
-from .io import atomic_write_bytes
-from .nn import variational_layers
-from .nn.base import Posterior
-from .pipeline import evaluate_model, modes_for, select_features
-from .predict import predict
-from .runs import Run
-
-PRUNE_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+from .folder import Run
+from .steps import evaluate_run, select_features
 
 
 @dataclass
@@ -42,83 +35,35 @@ class Figure:
     png: bytes
 
 
-def _posteriors(model: nn.Module) -> list[tuple[str, Posterior]]:
-    return [(name, layer.posterior()) for name, layer in variational_layers(model)]
+_POSTERIOR_FIGURES = (
+    ("snr", "snr_histogram.png", "Weight signal-to-noise ratio", "weight SNR |μ|/σ", "SNR",
+     "|μ|/σ of every weight; pruning by SNR removes the left tail first."),
+    ("unit_norm", "unit_norm_histogram.png", "Unit / kernel norms", "‖μ‖ per unit / kernel",
+     "norm", "Frobenius norm of each unit's (kernel's) posterior-mean incoming weights; a "
+     "spike near zero is redundancy the network found by itself."),
+    ("unit_pip", "unit_pip_histogram.png", "Posterior inclusion probabilities of units",
+     "unit PIPs", "PIP", "γ per unit (or 1 − Π(1 − φ) over its edges); the "
+     "median-probability model keeps PIP > 0.5."),
+    ("input_pip", "input_pip_histogram.png", "Posterior inclusion probabilities of input "
+     "features", "input PIPs", "PIP", "PIP of each input feature of the first layer."),
+)  # fmt: skip
 
 
-def _posterior_figures(model: nn.Module) -> list[Figure]:
-    figs = []
-    posts = _posteriors(model)
-    if posts:
-        snr = torch.cat(
-            [(p.weight_mean.abs() / p.weight_std.clamp_min(1e-12)).flatten() for _, p in posts]
-        )
-        figs.append(
-            Figure(
-                "snr_histogram.png",
-                "Weight signal-to-noise ratio",
-                "|μ|/σ of every weight; pruning by SNR removes the left tail first.",
-                plots.histogram(snr, "weight SNR |μ|/σ", "SNR", log10=True),
-            )
-        )
-    per_unit = unit_scores(model, "norm", include_output=True)
-    norms = torch.cat([s.flatten() for s in per_unit.values()])
-    figs.append(
-        Figure(
-            "unit_norm_histogram.png",
-            "Unit / kernel norms",
-            "Frobenius norm of each unit's (kernel's) posterior-mean incoming weights; "
-            "a spike near zero is redundancy the network found by itself.",
-            plots.histogram(norms, "‖μ‖ per unit / kernel", "norm", log10=True),
-        )
-    )
-    unit_pips = [p.unit_inclusion.flatten() for _, p in posts if p.unit_inclusion is not None]
-    first = posts[:1]
-    input_pips = [p.input_inclusion.flatten() for _, p in first if p.input_inclusion is not None]
-    if unit_pips:
-        figs.append(
-            Figure(
-                "unit_pip_histogram.png",
-                "Posterior inclusion probabilities of units",
-                "γ per unit (or 1 − Π(1 − φ) over its edges); the median-probability model keeps "
-                "PIP > 0.5.",
-                plots.histogram(torch.cat(unit_pips), "unit PIPs", "PIP", bins=20),
-            )
-        )
-    if input_pips:
-        figs.append(
-            Figure(
-                "input_pip_histogram.png",
-                "Posterior inclusion probabilities of input features",
-                "PIP of each input feature of the first layer.",
-                plots.histogram(torch.cat(input_pips), "input PIPs", "PIP", bins=20),
-            )
-        )
-    return figs
+def _posterior_figures(summary: dict[str, Any]) -> list[Figure]:
+    return [
+        Figure(name, title, caption, plots.histogram_from_counts(summary[key], label, xlabel))
+        for key, name, title, label, xlabel, caption in _POSTERIOR_FIGURES
+        if key in summary
+    ]
 
 
-def _pruning_figure(model: nn.Module, run: Run) -> Figure:
-    data = run.data()
-    likelihood = run.likelihood()
-    bayesian = any(True for _ in variational_layers(model))
-    scores = ("snr", "abs_mean") if bayesian else ("magnitude",)
-    key = "accuracy" if data.task == "classification" else "rmse"
-    error_or_rmse = scorer(data.test, likelihood, metrics=(key,))
-    curves = {}
-    for score in scores:
-        ranked = weight_scores(model, score)
-        points = []
-        for level in PRUNE_GRID:
-            pruned = apply_masks(copy.deepcopy(model), global_sparsity_masks(ranked, level))
-            value = error_or_rmse(pruned)[key]
-            points.append((level, 1 - value if key == "accuracy" else value))
-        curves[score] = points
-    ylabel = "test error" if key == "accuracy" else "test RMSE (standardised)"
+def _pruning_figure(curve: dict[str, Any]) -> Figure:
+    curves = {k: [tuple(p) for p in v] for k, v in curve["curves"].items()}
     return Figure(
         "error_vs_pruned.png",
         "Error vs. fraction of weights pruned",
         "Weights removed globally in ascending order of the score, no retraining.",
-        plots.pruning_curve(curves, ylabel),
+        plots.pruning_curve(curves, curve["metric"]),
     )
 
 
@@ -139,31 +84,16 @@ def _units_figure(compression: dict[str, Any]) -> Figure | None:
     )
 
 
-def _reliability_figure(model: nn.Module, run: Run) -> Figure:
-    data = run.data()
-    mode = modes_for(run.config, model)[0]
-    x, y = data.test
-    pred = predict(
-        model,
-        x,
-        samples=run.config.evaluate.samples,
-        mode=mode,
-        likelihood=run.likelihood(),
-        seed=run.config.train.seed,
-    )
-    bins = metrics.calibration_bins(pred.probs, y, run.config.evaluate.bins)
-    ece = metrics.ece(pred.probs, y, run.config.evaluate.bins)
+def _reliability_figure(rel: dict[str, Any], bins: int) -> Figure:
     return Figure(
         "reliability.png",
         "Reliability diagram",
-        f"Test set, {mode} predictive ({run.config.evaluate.bins} bins).",
-        plots.reliability(bins.confidence, bins.accuracy, bins.count, ece),
+        f"Test set, {rel['mode']} predictive ({bins} bins).",
+        plots.reliability(rel["confidence"], rel["accuracy"], rel["count"], rel["ece"]),
     )
 
 
-def _features_figure(features: dict[str, Any], run: Run) -> Figure:
-    data = run.data()
-    shape = data.image_shape if features["n_features"] == data.n_features else None
+def _features_figure(features: dict[str, Any]) -> Figure:
     return Figure(
         "features.png",
         "Selected input features",
@@ -174,7 +104,7 @@ def _features_figure(features: dict[str, Any], run: Run) -> Figure:
             features["selected"],
             features["names"],
             features["score"],
-            image_shape=shape,
+            image_shape=features.get("image_shape"),
             true_features=features.get("true_features"),
         ),
     )
@@ -211,19 +141,18 @@ def _metric_rows(evaluation: dict[str, Any]) -> tuple[list[list[Any]], list[str]
     return [[n, m, nz, *(v.get(k, "–") for k in keys)] for n, m, nz, v in rows], header
 
 
-def build_report(run: Run) -> dict[str, Path]:
+def build_report(run: Run, *, progress: bool = False) -> dict[str, Path]:
     """Write report/report.html, report/report.md and the PNGs; return their paths."""
-    model = run.load_model("trained")
+    trained = run.read_json("metrics.json")
+    if trained is None:
+        raise FileNotFoundError(
+            f"{run.path('metrics.json')} is missing; run `bayesprune train CONFIG --out RUN` first"
+        )
+    evaluation = evaluate_run(run, progress=progress)
+    features = run.read_json("features.json") or select_features(run)
+    compression = run.read_json("compressed/compression.json")
     folder = run.path("report")
-    evaluation = {
-        name: {
-            "size": metrics.model_size(m).as_dict(),
-            "modes": {mode: evaluate_model(m, run, mode) for mode in modes_for(run.config, m)},
-        }
-        for name, m in [("trained", model)]
-        + ([("compressed", run.load_model("compressed"))] if run.has_model("compressed") else [])
-    }
-    history = (run.read_json("metrics.json") or {}).get("history", [])
+    history = trained.get("history", [])
     figures = [
         Figure(
             "training_curves.png",
@@ -233,9 +162,9 @@ def build_report(run: Run) -> dict[str, Path]:
             plots.training_curves(history),
         ),
     ]
-    figures += _posterior_figures(model)
-    figures.append(_pruning_figure(model, run))
-    compression = run.read_json("compressed/compression.json")
+    figures += _posterior_figures(trained.get("posterior", {}))
+    if "pruning_curve" in evaluation.get("trained", {}):
+        figures.append(_pruning_figure(evaluation["trained"]["pruning_curve"]))
     notes = []
     if compression:
         units = _units_figure(compression)
@@ -243,16 +172,16 @@ def build_report(run: Run) -> dict[str, Path]:
             figures.append(units)
     else:
         notes.append("No compression yet: run `bayesprune compress RUN` for surviving units.")
-    if run.data().task == "classification":
-        figures.append(_reliability_figure(model, run))
-    features = run.read_json("features.json") or select_features(run, write=False)
-    figures.append(_features_figure(features, run))
+    reliability = evaluation.get("trained", {}).get("reliability")
+    if reliability:
+        figures.append(_reliability_figure(reliability, run.config.evaluate.bins))
+    figures.append(_features_figure(features))
 
     for fig in figures:
         atomic_write_bytes(folder / fig.name, fig.png)
     rows, header = _metric_rows(evaluation)
     metric_html, metric_md = _table(rows, header)
-    desc = run.describe()
+    desc = trained.get("run", {})
     info_html, info_md = _table([[k, v] for k, v in desc.items()], ["", "value"])
     title = f"bayesprune report: {run.folder.name}"
     names = features["selected_names"]

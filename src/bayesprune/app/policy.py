@@ -1,0 +1,88 @@
+"""What "auto" means in a run config, decided by asking the model's `Family` record.
+
+- compression score: "pip" when the rule reads PIPs, else the family's
+  `default_score` ("pip" for spike-and-slab, "magnitude" for a deterministic net,
+  "norm" for eVI, "snr" otherwise);
+- compression rule: "median" (keep PIP > 0.5) for PIPs; otherwise "search", the
+  largest global sparsity whose validation accuracy stays within `delta` of the
+  unpruned model (classification), or "global" at `sparsity` (regression);
+- prediction modes: the posterior-mean pass only where one pass is the predictive
+  (eVI) or nothing samples (a plain net), else Monte Carlo and the mean pass;
+- feature rule: "median" for PIPs, "relative" (norm ≥ `threshold` × the largest,
+  `RELATIVE_THRESHOLD` by default) for norms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from ..nn import get_family, variational_layers
+from .config import (
+    AUTO,
+    PIP_RULE_NAMES,
+    REGRESSION_SETS,
+    RELATIVE,
+    UNIT_SCORE_NAMES,
+    ConfigError,
+    RunConfig,
+)
+
+RELATIVE_THRESHOLD = 0.1
+SEARCH_ROWS = 2000  # validation rows the sparsity search evaluates (it runs many passes)
+
+
+def modes_for(config: RunConfig, model: nn.Module) -> tuple[str, ...]:
+    """Prediction modes worth reporting, the primary one first."""
+    deterministic = get_family(config.model.family).deterministic_predictive
+    if deterministic or not any(True for _ in variational_layers(model)):
+        return ("mean",)
+    return ("mc", "mean")
+
+
+def primary_mode(config: RunConfig, model: nn.Module) -> str:
+    """The mode a single figure of a model is quoted in (Monte Carlo where it samples)."""
+    return modes_for(config, model)[0]
+
+
+def resolve_compress(config: RunConfig) -> tuple[str, str]:
+    """(score, rule) with "auto" resolved (see the module docstring)."""
+    c = config.compress
+    score = c.score
+    if score == AUTO:
+        pip_rule = c.rule in PIP_RULE_NAMES
+        score = "pip" if pip_rule else get_family(config.model.family).default_score
+    rule = c.rule
+    if rule == AUTO:
+        if score == "pip":
+            rule = "median"
+        else:
+            rule = "global" if config.data.name in REGRESSION_SETS else "search"
+    if rule in PIP_RULE_NAMES and score != "pip":
+        raise ConfigError(f"compress.rule {rule!r} needs compress.score 'pip', got {score!r}")
+    return score, rule
+
+
+def score_level(score: str) -> str:
+    """ "unit" for a per-unit score, else "weight"."""
+    return "unit" if score in UNIT_SCORE_NAMES else "weight"
+
+
+def feature_rule(config: RunConfig, score_kind: str) -> str:
+    """The feature rule, "auto" resolved by the kind of score the model offers."""
+    rule = config.features.rule
+    if rule == AUTO:
+        rule = "median" if score_kind == "pip" else RELATIVE
+    if rule in ("median", "expected_size", "fdr") and score_kind != "pip":
+        raise ConfigError(f"features.rule {rule!r} needs input PIPs, but the model has none")
+    return rule
+
+
+def fit_kwargs(config: RunConfig) -> dict[str, Any]:
+    """The `train` section as `bayesprune.fit` arguments."""
+    t = dataclasses.asdict(config.train)
+    t.pop("likelihood")
+    t.pop("keep_checkpoints")
+    return t

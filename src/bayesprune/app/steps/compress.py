@@ -1,0 +1,132 @@
+"""Step `compress`: score, mask, optionally fine-tune and shrink the trained model.
+
+Writes compressed/model.safetensors and compressed/compression.json (+ .md). The
+trained model's metrics come from evaluation.json when it is current (see
+`evaluate`), so they are not predicted twice.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import Tensor, nn
+
+from ...compress import (
+    apply_masks,
+    compression_report,
+    global_sparsity_masks,
+    layer_sparsity_masks,
+    save_report,
+    search_sparsity,
+    shrink,
+    threshold_masks,
+    unit_scores,
+    weight_masks_for,
+    weight_scores,
+)
+from ...compress.pip_rules import select_by_pip
+from ...evaluation import scorer
+from ...finetuning import finetune
+from ..config import PIP_RULE_NAMES, ConfigError, RunConfig, config_to_dict, parse_config
+from ..data import RunData
+from ..folder import Run
+from ..policy import SEARCH_ROWS, fit_kwargs, primary_mode, resolve_compress, score_level
+from .evaluate import evaluate_model, model_metrics
+
+
+def _search_data(data: RunData) -> tuple[Tensor, Tensor]:
+    x, y = data.val if data.val is not None else data.train
+    return x[:SEARCH_ROWS], y[:SEARCH_ROWS]
+
+
+def compression_masks(
+    model: nn.Module, run: Run, score: str, rule: str
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Weight masks for `model` by `score` and `rule`, and a JSON-able record of the choice."""
+    c = run.config.compress
+    level = score_level(score)
+    scores = unit_scores(model, score) if level == "unit" else weight_scores(model, score)
+    info: dict[str, Any] = {"score": score, "rule": rule, "level": level}
+    if rule in PIP_RULE_NAMES:
+        keep = {
+            name: select_by_pip(s, rule, k=c.k, alpha=c.alpha).float() for name, s in scores.items()
+        }
+        return weight_masks_for(model, keep, "unit"), info
+    if rule == "search":
+        if run.data().task != "classification":
+            raise ConfigError("compress.rule 'search' needs classification data; use 'global'")
+        accuracy = scorer(_search_data(run.data()), run.likelihood(), metrics=("accuracy",))
+        found = search_sparsity(model, scores, accuracy, delta=c.delta, level=level)
+        info["search"] = found.as_dict()
+        return found.masks, info
+    if rule == "global":
+        masks = global_sparsity_masks(scores, c.sparsity)
+    elif rule == "layer":
+        masks = layer_sparsity_masks(scores, c.sparsity)
+    else:
+        masks = threshold_masks(scores, float(c.threshold))  # type: ignore[arg-type]
+    return weight_masks_for(model, masks, level), info
+
+
+def with_overrides(config: RunConfig, section: str, overrides: dict[str, Any]) -> RunConfig:
+    """`config` with some keys of one section replaced (validated like a config file)."""
+    raw = config_to_dict(config)
+    raw[section].update({k: v for k, v in overrides.items() if v is not None})
+    return parse_config(raw)
+
+
+def compress_run(
+    run: Run, overrides: dict[str, Any] | None = None, *, progress: bool = False
+) -> dict[str, Any]:
+    """Score, mask, optionally fine-tune and shrink the trained model; write compressed/."""
+    if overrides:
+        run = Run.create(run.folder, with_overrides(run.config, "compress", overrides))
+    c = run.config.compress
+    score, rule = resolve_compress(run.config)
+    model = run.load_model("trained")
+    data = run.data()
+    masks, info = compression_masks(model, run, score, rule)
+    pruned = apply_masks(copy.deepcopy(model), masks)
+    if c.finetune_epochs:
+        kwargs = fit_kwargs(run.config)
+        for key in ("epochs", "lr", "lr_schedule"):
+            kwargs.pop(key)
+        finetune(
+            pruned,
+            data.train,
+            epochs=c.finetune_epochs,
+            lr=c.finetune_lr,
+            likelihood=run.likelihood(),
+            progress=progress,
+            **kwargs,
+        )
+    final, shrink_info = pruned, None
+    if c.shrink:
+        try:
+            result = shrink(pruned, data.input_shape)
+            final, shrink_info = result.model, result.as_dict()
+            shrink_info["architecture"] = result.architecture
+        except (TypeError, ValueError) as err:
+            shrink_info = {"skipped": str(err)}
+            run.log(f"compress: shrink skipped ({err})")
+    info["shrink"] = shrink_info
+    info["weights_removed"] = 1.0 - sum(float(m.sum()) for m in masks.values()) / max(
+        1, sum(m.numel() for m in masks.values())
+    )
+    report = compression_report(
+        model,
+        final,
+        input_shape=data.input_shape,
+        metrics_before=model_metrics(run, "trained", model, primary_mode(run.config, model)),
+        metrics_after=evaluate_model(final, run, primary_mode(run.config, final)),
+        title=f"compression of {run.folder.name}: {score} + {rule}",
+        extra=info,
+    )
+    run.save_model(final, "compressed", {"compression": info})
+    save_report(report, run.path("compressed"), "compression")
+    run.log(
+        f"compress: {score}/{rule}; non-zero weights {report['totals']['nonzero_before']} → "
+        f"{report['totals']['nonzero_after']}; metrics {report['metrics']['after']}"
+    )
+    return report

@@ -1,0 +1,132 @@
+"""Step `evaluate`: metrics of the trained / compressed model in every useful mode.
+
+Writes evaluation.json, one entry per model: its size, the metrics per prediction
+mode on the test set, the reliability bins of the primary mode (classification)
+and, for the trained model, the error against the fraction of weights pruned. An
+entry is keyed by the model file's SHA-256 and the evaluation settings, so a later
+step (compress, report) reuses it instead of predicting again.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from ... import metrics
+from ...compress import apply_masks, global_sparsity_masks, weight_scores
+from ...evaluation import score_prediction, scorer
+from ...nn import variational_layers
+from ...predict import predict
+from ..folder import Run
+from ..policy import modes_for
+
+PRUNE_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+EVALUATION = "evaluation.json"
+
+
+def _settings(run: Run) -> dict[str, Any]:
+    cfg = run.config.evaluate
+    return {"samples": cfg.samples, "bins": cfg.bins, "seed": run.config.train.seed}
+
+
+def _predict(model: nn.Module, run: Run, mode: str) -> Any:
+    cfg = run.config.evaluate
+    x = run.data().test[0]
+    lik = run.likelihood()
+    return predict(
+        model, x, samples=cfg.samples, mode=mode, likelihood=lik, seed=run.config.train.seed
+    )
+
+
+def _metrics(run: Run, pred: Any) -> dict[str, float]:
+    data = run.data()
+    scores = score_prediction(pred, data.test[1], data.task, bins=run.config.evaluate.bins)
+    if data.task == "regression":  # the standardised RMSE, and in the units of y
+        rmse = scores.pop("rmse")
+        scores = {"rmse": rmse, "rmse_original_units": rmse * data.y_std, **scores}
+    return scores
+
+
+def evaluate_model(model: nn.Module, run: Run, mode: str) -> dict[str, float]:
+    """Accuracy / NLL / ECE / Brier … (classification) or RMSE / NLL … (regression), test set."""
+    return _metrics(run, _predict(model, run, mode))
+
+
+def _reliability(run: Run, pred: Any) -> dict[str, Any]:
+    bins = run.config.evaluate.bins
+    y = run.data().test[1]
+    cal = metrics.calibration_bins(pred.probs, y, bins)
+    return {
+        "confidence": list(cal.confidence),
+        "accuracy": list(cal.accuracy),
+        "count": list(cal.count),
+        "ece": metrics.ece(pred.probs, y, bins),
+    }
+
+
+def pruning_curve(model: nn.Module, run: Run) -> dict[str, Any]:
+    """Test error (or RMSE) of the posterior-mean network pruned globally by each score."""
+    data = run.data()
+    bayesian = any(True for _ in variational_layers(model))
+    key = "accuracy" if data.task == "classification" else "rmse"
+    score = scorer(data.test, run.likelihood(), metrics=(key,))
+    curves = {}
+    for name in ("snr", "abs_mean") if bayesian else ("magnitude",):
+        ranked = weight_scores(model, name)
+        points = []
+        for level in PRUNE_GRID:
+            pruned = apply_masks(copy.deepcopy(model), global_sparsity_masks(ranked, level))
+            value = score(pruned)[key]
+            points.append([level, 1 - value if key == "accuracy" else value])
+        curves[name] = points
+    return {"metric": "test error" if key == "accuracy" else "test RMSE (standardised)",
+            "curves": curves}  # fmt: skip
+
+
+def cached_entry(run: Run, which: str) -> dict[str, Any] | None:
+    """The evaluation.json entry of model `which` if it belongs to the saved file and settings."""
+    entry = (run.read_json(EVALUATION) or {}).get(which)
+    if not entry or entry.get("model_sha256") != run.model_digest(which):
+        return None
+    return entry if entry.get("settings") == _settings(run) else None
+
+
+def model_metrics(run: Run, which: str, model: nn.Module, mode: str) -> dict[str, float]:
+    """Metrics of saved model `which` in `mode`: from evaluation.json when it is current."""
+    entry = cached_entry(run, which)
+    if entry and mode in entry.get("modes", {}):
+        return entry["modes"][mode]
+    return evaluate_model(model, run, mode)
+
+
+def evaluate_run(
+    run: Run, which: str = "auto", *, progress: bool = False, curve: bool = True
+) -> dict[str, Any]:
+    """Evaluate the trained and/or compressed model (see the module docstring)."""
+    names = ["trained", "compressed"] if which == "auto" else [which]
+    names = [n for n in names if which != "auto" or run.has_model(n)]
+    results = run.read_json(EVALUATION) or {}
+    todo = [n for n in names if cached_entry(run, n) is None or (curve and n == "trained"
+            and "pruning_curve" not in results.get(n, {}))]  # fmt: skip
+    for name in tqdm(todo, desc="evaluate", disable=not progress, leave=False):
+        model = run.load_model(name)
+        entry: dict[str, Any] = {
+            "model_sha256": run.model_digest(name),
+            "settings": _settings(run),
+            "size": metrics.model_size(model).as_dict(),
+            "modes": {},
+        }
+        for k, mode in enumerate(modes_for(run.config, model)):
+            pred = _predict(model, run, mode)
+            entry["modes"][mode] = _metrics(run, pred)
+            if k == 0 and run.data().task == "classification":
+                entry["reliability"] = {"mode": mode, **_reliability(run, pred)}
+        if curve and name == "trained":
+            entry["pruning_curve"] = pruning_curve(model, run)
+        results[name] = entry
+        run.log(f"evaluate: {name} {entry['modes']}")
+    run.write_json(EVALUATION, results)
+    return results

@@ -1,0 +1,66 @@
+"""Step `train`: fit the run's model (resuming from its newest checkpoint); metrics.json."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ... import metrics
+from ...evaluation import VALIDATION_METRICS, evaluate
+from ...train import fit
+from ..config import RunConfig, config_to_dict
+from ..folder import Run
+from ..policy import fit_kwargs
+from ..summaries import posterior_summary
+
+
+def train_run(
+    config: RunConfig,
+    folder: str | Path,
+    *,
+    progress: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train, save model and likelihood, and write metrics.json (history, test metrics,
+    size and the posterior summary the report plots)."""
+    run = Run.create(folder, config)
+    data = run.data()
+    model = run.build_model()
+    likelihood = run.likelihood()
+    say = echo or (lambda _msg: None)
+    run.log(f"train: start ({config.train.epochs} epochs, {run.describe()})")
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        parts = [f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float) and k != "lr"]
+        line = f"epoch {record['epoch']}/{config.train.epochs} " + " ".join(parts)
+        run.log("train: " + line)
+        say(line)
+
+    history = fit(
+        model,
+        data.train,
+        data.val,
+        likelihood=likelihood,
+        checkpoint_dir=run.checkpoints,
+        resume=True,
+        keep_checkpoints=config.train.keep_checkpoints,
+        progress=progress,
+        callbacks=(on_epoch,),
+        **fit_kwargs(config),
+    )
+    run.save_model(model, "trained", {"config": config_to_dict(config)})
+    run.save_likelihood(likelihood)
+    test = evaluate(model, data.test, likelihood, metrics=VALIDATION_METRICS[likelihood.task])
+    if data.task == "regression":
+        test["rmse_original_units"] = test["rmse"] * data.y_std
+    result = {
+        "run": run.describe(),
+        "history": history.epochs,
+        "test": test,
+        "size": metrics.model_size(model).as_dict(),
+        "posterior": posterior_summary(model),
+    }
+    run.write_json("metrics.json", result)
+    run.log(f"train: done; test {test}")
+    return result
