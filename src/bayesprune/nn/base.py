@@ -47,8 +47,10 @@ class SerializableLayer(nn.Module):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        # the first class of a name keeps it: a user's subclass that reuses a name of ours
+        # must not make our model files load as the user's class
         if not cls.__name__.startswith("_"):
-            _LAYER_TYPES[cls.__name__] = cls
+            _LAYER_TYPES.setdefault(cls.__name__, cls)
 
     def config(self) -> Config:
         """Constructor arguments as JSON-able values (default: none)."""
