@@ -37,9 +37,12 @@ from .masks import (
     unit_weight_masks,
     weight_masks,
 )
+from .pip_rules import PipRule, select_by_pip
 from .report import compression_report, report_markdown, save_report
 from .rules import (
+    PruneLevel,
     SearchResult,
+    SearchRule,
     global_sparsity_masks,
     layer_sparsity_masks,
     search_sparsity,
@@ -71,8 +74,11 @@ __all__ = [
     "WEIGHT_SCORES",
     "CompressionRound",
     "LayerRecord",
+    "PipRule",
     "PlainLayer",
+    "PruneLevel",
     "SearchResult",
+    "SearchRule",
     "SelectInputs",
     "SelfCompressResult",
     "ShrinkResult",
@@ -99,6 +105,7 @@ __all__ = [
     "save_report",
     "saved_metadata",
     "search_sparsity",
+    "select_by_pip",
     "self_compress",
     "shrink",
     "sparse_storage",

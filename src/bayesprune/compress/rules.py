@@ -26,14 +26,31 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..options import Choice
 from .adapters import copy_model
 from .masks import apply_masks, combine_masks, input_weight_masks, unit_weight_masks, weight_masks
 
 Evaluate = Callable[[nn.Module], Mapping[str, float]]
 """model → {metric: value}, e.g. `bayesprune.evaluation.scorer(val, likelihood)`."""
 
-LEVELS = ("weight", "unit", "input")
-SEARCH_RULES = ("global", "layer")
+
+class PruneLevel(Choice):
+    """What a score ranks: single weights, output units (kernels), or input units."""
+
+    WEIGHT = "weight"
+    UNIT = "unit"
+    INPUT = "input"
+
+
+class SearchRule(Choice):
+    """How `search_sparsity` spreads a sparsity: one global ranking, or per layer."""
+
+    GLOBAL = "global"
+    LAYER = "layer"
+
+
+LEVELS = PruneLevel.values()
+SEARCH_RULES = SearchRule.values()
 DEFAULT_GRID = (0.5, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.96, 0.97, 0.98, 0.985, 0.99, 0.995)
 
 
@@ -96,8 +113,7 @@ def weight_masks_for(
 ) -> dict[str, Tensor]:
     """Weight masks from masks at `level` ("weight", "unit" or "input"), combined with the
     masks already in force on those layers (pruned weights stay pruned)."""
-    if level not in LEVELS:
-        raise ValueError(f"unknown level {level!r}; valid: {list(LEVELS)}")
+    level = PruneLevel(level)
     if level == "unit":
         masks = unit_weight_masks(model, masks)
     elif level == "input":
@@ -190,8 +206,8 @@ def search_sparsity(
     `rule` is "global" or "layer" (same fraction in each layer); `level` says what
     the scores rank ("weight", "unit" or "input").
     """
-    if rule not in SEARCH_RULES:
-        raise ValueError(f"unknown rule {rule!r}; valid: {list(SEARCH_RULES)}")
+    rule = SearchRule(rule)
+    PruneLevel(level)
     if delta < 0:
         raise ValueError(f"delta must be >= 0, got {delta}")
     make = global_sparsity_masks if rule == "global" else layer_sparsity_masks
