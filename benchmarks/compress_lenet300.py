@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS, md_table, median_time, write_results
+from _common import (
+    add_results_dir_option,
+    md_table,
+    median_time,
+    results_dir,
+    use_results_dir,
+    write_results,
+)
 from torch import nn
 
 import bayesprune as bp
@@ -129,7 +136,7 @@ def render(p: dict[str, Any]) -> str:
         out += [md_table(p["timing"]), ""]
     if "notes" in p:
         out += ["## Notes\n"] + [f"- {n}" for n in p["notes"]] + [""]
-    if Path(RESULTS / f"{NAME}.png").exists():
+    if Path(results_dir() / f"{NAME}.png").exists():
         out += [f"![error vs sparsity]({NAME}.png)\n"]
     return "\n".join(out)
 
@@ -152,7 +159,7 @@ def plot(curves: dict[str, list[dict[str, float]]], budget: float) -> None:
     ax.set_title("LeNet-300-100: pruning by posterior score")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{NAME}.png", dpi=120)
+    fig.savefig(results_dir() / f"{NAME}.png", dpi=120)
     plt.close(fig)
 
 
@@ -191,7 +198,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    add_results_dir_option(parser)
     args = parser.parse_args()
+    use_results_dir(args)
     torch.set_num_threads(args.threads)
     started = time.time()
 

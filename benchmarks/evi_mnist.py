@@ -36,7 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS, machine, md_table, median_time, this_command, write_results
+from _common import (
+    add_results_dir_option,
+    machine,
+    md_table,
+    median_time,
+    results_dir,
+    this_command,
+    use_results_dir,
+    write_results,
+)
 from torch import Tensor, nn
 from torch.utils.data import Subset
 
@@ -557,7 +566,7 @@ def plot(runs: dict[str, Any]) -> None:
         ax[3].plot(sig, [r["evi_variance_predicted_class"] for r in res["noise"]], "o-")
         ax[3].set(title="eVI predictive variance (pred. class)", xlabel="noise sigma")
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{NAME}.png", dpi=80)
+    fig.savefig(results_dir() / f"{NAME}.png", dpi=80)
 
 
 def main() -> None:
@@ -604,11 +613,13 @@ def main() -> None:
     p.add_argument("--tag", default="sweep", help="name of this run inside the merged results")
     p.add_argument("--render-only", action="store_true", help="re-render the saved results")
     p.add_argument("--drop", nargs="+", default=[], help="with --render-only: runs to delete")
+    add_results_dir_option(p)
     args = p.parse_args()
+    use_results_dir(args)
     if args.compress_scale not in args.ablation_scales:
         p.error("--compress-scale must be one of --ablation-scales")
     torch.set_num_threads(args.threads)
-    path = RESULTS / f"{NAME}.json"
+    path = results_dir() / f"{NAME}.json"
     if args.render_only:
         saved = json.loads(path.read_text())
         runs = {tag: run for tag, run in saved["runs"].items() if tag not in args.drop}

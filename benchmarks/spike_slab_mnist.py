@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS, md_table, write_results
+from _common import add_results_dir_option, md_table, results_dir, use_results_dir, write_results
 from torch import Tensor, nn
 
 import bayesprune as bp
@@ -94,7 +94,7 @@ def render(p: dict[str, Any], name: str) -> str:
             out += [f"## {title}\n", md_table(rows), ""]
     if "notes" in p:
         out += ["## Notes\n"] + [f"- {n}" for n in p["notes"]] + [""]
-    if Path(RESULTS / f"{name}.png").exists():
+    if Path(results_dir() / f"{name}.png").exists():
         out += [f"![kept pixels]({name}.png)\n"]
     return "\n".join(out)
 
@@ -114,7 +114,7 @@ def plot_pixels(model: nn.Module, name: str) -> None:
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{name}.png", dpi=110)
+    fig.savefig(results_dir() / f"{name}.png", dpi=110)
     plt.close(fig)
 
 
@@ -148,7 +148,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default=NAME, help="results file name")
+    add_results_dir_option(parser)
     args = parser.parse_args()
+    use_results_dir(args)
     torch.set_num_threads(args.threads)
     started = time.time()
 
