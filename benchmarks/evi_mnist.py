@@ -52,6 +52,7 @@ from torch.utils.data import Subset
 import bayesprune as bp
 from bayesprune import compress
 from bayesprune.compress.adapters import copy_model
+from bayesprune.compress.self_compress import near_zero
 from bayesprune.data import load_fashion_mnist, load_mnist
 from bayesprune.nn.moments import EVILikelihood, evi_cnn
 
@@ -137,17 +138,9 @@ def kernel_norms(model: nn.Module) -> Tensor:
 
 def removal_curve(model: nn.Module, x: Tensor, y: Tensor, evi: bool) -> list[dict[str, Any]]:
     """Accuracy with the k smallest-norm kernels removed (no retraining), k from 0 to N − 1."""
-    norms = kernel_norms(model)
-    n = norms.numel()
-    order = torch.argsort(norms)
-    rows = []
-    counts = sorted({min(round(share * n / 10), n - 1) for share in range(10)})
-    for k in counts:
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[order[:k]] = False
-        small = compress.shrink(model, SHAPE, prune_units={"0": keep}).model
-        rows.append({"removed": k, "share": k / n, "accuracy": accuracy(small, x, y, evi)})
-    return rows
+    lik = EVILikelihood() if evi else "categorical"
+    evaluate = bp.scorer((x, y), lik, metrics=["accuracy"], batch_size=500)
+    return compress.unit_removal_curve(model, evaluate, "0", input_shape=SHAPE)
 
 
 def noise_rows(
@@ -199,8 +192,8 @@ def speed(n: int, repeats: int) -> dict[str, float]:
 
 
 def near_zero_share(model: nn.Module, rel: float) -> float:
-    norms = kernel_norms(model)
-    return float((norms < rel * norms.max()).double().mean())
+    """Share of kernels with norm below `rel` × the largest (self_compress's near-zero rule)."""
+    return float(near_zero(kernel_norms(model), rel).double().mean())
 
 
 def compression(

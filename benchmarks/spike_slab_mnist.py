@@ -17,7 +17,6 @@ Target (issue 5): <= 2 % error with >= 80 % of the hidden nodes pruned.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
@@ -30,9 +29,10 @@ from torch import Tensor, nn
 import bayesprune as bp
 from bayesprune import compress
 from bayesprune.data import load_mnist
+from bayesprune.metrics import dense_weight_count
 from bayesprune.models import mlp
 from bayesprune.nn import GatedLayer, gated_layers
-from bayesprune.selection import refit
+from bayesprune.selection import pip_summary, refit
 
 NAME = "spike_slab_mnist"
 
@@ -44,34 +44,6 @@ def error(model: nn.Module, x: Tensor, y: Tensor, mode: str, samples: int = 10) 
 
 def gated(model: nn.Module) -> list[GatedLayer]:
     return [layer for _, layer in gated_layers(model)]
-
-
-def dense_weights(w: list[int]) -> int:
-    return sum(a * b for a, b in itertools.pairwise(w))
-
-
-def pip_summary(model: nn.Module) -> list[dict[str, Any]]:
-    rows = []
-    layers = gated(model)
-    for k, layer in enumerate(layers):
-        for kind, pip in (("inputs", layer.input_inclusion()), ("units", layer.unit_inclusion())):
-            if pip is None:
-                continue
-            rows.append(
-                {
-                    "layer": k + 1,
-                    "gates": kind,
-                    "n": pip.numel(),
-                    "kept_pip_gt_0.5": int((pip > 0.5).sum()),
-                    "pip_gt_0.9": int((pip > 0.9).sum()),
-                    "pip_in_0.1_0.9": int(((pip > 0.1) & (pip <= 0.9)).sum()),
-                    "mean_pip": float(pip.mean()),
-                    "prior_inclusion": layer.input_prior_inclusion
-                    if kind == "inputs"
-                    else layer.prior_inclusion,
-                }
-            )
-    return rows
 
 
 def freeze_gates(model: nn.Module) -> None:
@@ -219,7 +191,7 @@ def main() -> None:
         "input_pixels_kept": arch[0],
         "hidden_nodes_kept": hidden_kept,
         "hidden_nodes_pruned_pct": 100.0 * (1 - hidden_kept / sum(args.hidden)),
-        "flops_ratio": dense_weights(dense) / max(dense_weights(arch), 1),
+        "flops_ratio": dense_weight_count(dense) / max(dense_weight_count(arch), 1),
         "error_pct": error(small, x_test, y_test, "mean"),
         "mc_error_pct": error(small, x_test, y_test, "mc", args.samples),
         "max_abs_difference": result.max_abs_difference,
