@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -15,6 +16,32 @@ from typing import Any
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+"""Where results go by default (committed); `--results-dir` moves them, e.g. for quick runs."""
+_results_dir = RESULTS
+
+
+def add_results_dir_option(parser: argparse.ArgumentParser) -> None:
+    """`--results-dir` (default benchmarks/results): where the JSON, markdown and figures go."""
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS,
+        help="folder for the result files (default: benchmarks/results); e.g. /tmp for a quick run",
+    )
+
+
+def use_results_dir(args: argparse.Namespace) -> Path:
+    """Send this process's results to `args.results_dir` and take the option out of `args`,
+    so the settings recorded in the results stay those that change the numbers."""
+    global _results_dir
+    _results_dir = Path(args.results_dir)
+    del args.results_dir
+    return _results_dir
+
+
+def results_dir() -> Path:
+    """The folder results are written to (benchmarks/results unless --results-dir)."""
+    return _results_dir
 
 
 def machine() -> dict[str, Any]:
@@ -58,17 +85,18 @@ def write_results(
     """Write results/<name>.json and .md. `command` and `machine_info` override this
     process's command line and machine (used when results are re-rendered from a saved
     run, which must keep the machine it was measured on)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
         "command": command or this_command(),
         "machine": machine_info or machine(),
         **payload,
     }
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (folder / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     header = f"# {name}\n\nCommand: `{payload['command']}`\n\nMachine: {payload['machine']}\n\n"
-    (RESULTS / f"{name}.md").write_text(header + markdown)
-    return RESULTS / f"{name}.md"
+    (folder / f"{name}.md").write_text(header + markdown)
+    return folder / f"{name}.md"
 
 
 def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:

@@ -24,16 +24,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS, md_table, median_time, write_results
+from _common import (
+    add_results_dir_option,
+    md_table,
+    median_time,
+    results_dir,
+    use_results_dir,
+    write_results,
+)
 from torch import nn
 
 import bayesprune as bp
 from bayesprune import compress
 from bayesprune.compress.adapters import copy_model
 from bayesprune.data import load_mnist
+from bayesprune.metrics import count_flops, model_size
 from bayesprune.nn import to_deterministic
 
 NAME = "compress_lenet300"
+INPUT = (1, 28, 28)
 GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.985, 0.99, 0.9925, 0.995)
 CURVES = {  # model -> scores to rank its weights by
     "deterministic": ("magnitude",),
@@ -47,49 +56,22 @@ def test_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return bp.evaluate(model, (x, y), metrics=["error_pct"])["error_pct"]
 
 
-def pruned(model: nn.Module, scores: dict[str, torch.Tensor], sparsity: float) -> nn.Module:
-    out = copy_model(model)
-    compress.apply_masks(out, compress.global_sparsity_masks(scores, sparsity))
-    return out
-
-
 def curve(
     model: nn.Module, score: str, x: torch.Tensor, y: torch.Tensor, budget: float
 ) -> tuple[list[dict[str, float]], float]:
     """Error on the grid, then bisection for the largest sparsity with error <= budget."""
     scores = compress.weight_scores(model, score)
-    points = [
-        {"sparsity": s, "error_pct": test_error(pruned(model, scores, s), x, y)} for s in GRID
-    ]
-    ok = [p["sparsity"] for p in points if p["error_pct"] <= budget]
-    lo = max(ok) if ok else 0.0
-    hi = min([p["sparsity"] for p in points if p["sparsity"] > lo] or [1.0])
-    for _ in range(5):
-        mid = (lo + hi) / 2
-        err = test_error(pruned(model, scores, mid), x, y)
-        points.append({"sparsity": mid, "error_pct": err})
-        lo, hi = (mid, hi) if err <= budget else (lo, mid)
-    return sorted(points, key=lambda p: p["sparsity"]), lo
-
-
-def architecture(result: compress.ShrinkResult) -> str:
-    sizes = [len(result.input_features)] + [r.units_after for r in result.layers]
-    return "-".join(str(n) for n in sizes)
-
-
-def nonzero(model: nn.Module) -> int:
-    return sum(int(m.sum()) for m in compress.weight_masks(model).values())
-
-
-def linear_flops(model: nn.Module) -> int:
-    """Multiply-adds of the dense matrix products (what the CPU actually executes)."""
-    return sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    evaluate = bp.scorer((x, y), metrics=["error_pct"])
+    points = compress.pruning_curve(model, scores, evaluate, GRID, metric="error_pct")
+    return compress.bisect_sparsity(
+        model, scores, evaluate, points, lambda err: err <= budget, metric="error_pct", steps=5
+    )
 
 
 def timing(dense: nn.Module, small: nn.Module, repeats: int) -> list[dict[str, Any]]:
     rows = []
     for batch in (1, 1024):
-        x = torch.rand(batch, 1, 28, 28)
+        x = torch.rand(batch, *INPUT)
         reps = repeats if batch == 1 else max(5, repeats // 10)
         with torch.inference_mode():
             t_dense = median_time(lambda x=x: dense(x), reps)
@@ -100,7 +82,7 @@ def timing(dense: nn.Module, small: nn.Module, repeats: int) -> list[dict[str, A
                 "dense_ms": 1e3 * t_dense,
                 "shrunk_ms": 1e3 * t_small,
                 "speedup": t_dense / t_small,
-                "flops_ratio": linear_flops(dense) / linear_flops(small),
+                "flops_ratio": count_flops(dense, INPUT) / count_flops(small, INPUT),
                 "repeats": reps,
             }
         )
@@ -129,7 +111,7 @@ def render(p: dict[str, Any]) -> str:
         out += [md_table(p["timing"]), ""]
     if "notes" in p:
         out += ["## Notes\n"] + [f"- {n}" for n in p["notes"]] + [""]
-    if Path(RESULTS / f"{NAME}.png").exists():
+    if Path(results_dir() / f"{NAME}.png").exists():
         out += [f"![error vs sparsity]({NAME}.png)\n"]
     return "\n".join(out)
 
@@ -152,7 +134,7 @@ def plot(curves: dict[str, list[dict[str, float]]], budget: float) -> None:
     ax.set_title("LeNet-300-100: pruning by posterior score")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{NAME}.png", dpi=120)
+    fig.savefig(results_dir() / f"{NAME}.png", dpi=120)
     plt.close(fig)
 
 
@@ -191,7 +173,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    add_results_dir_option(parser)
     args = parser.parse_args()
+    use_results_dir(args)
     torch.set_num_threads(args.threads)
     started = time.time()
 
@@ -313,7 +297,7 @@ def main() -> None:
     extra = (1 - 1 / c for c in args.finetune_compressions)
     ft_lr = args.finetune_lr or args.lr / 3
     for s in sorted({s0, *(1 - (1 - s0) * f for f in (0.7, 0.5, 0.4, 0.3)), *extra}):
-        m = pruned(base, scores, s)
+        m = compress.pruned_copy(base, scores, s)
         before = test_error(m, x_test, y_test)
         bp.finetune(
             m,
@@ -330,7 +314,7 @@ def main() -> None:
                 "score": top["score"],
                 "sparsity": s,
                 "compression_x": 1 / (1 - s),
-                "nonzero_weights": nonzero(m),
+                "nonzero_weights": model_size(m).nonzero_weights,
                 "error_before_pct": before,
                 "error_after_pct": test_error(m, x_test, y_test),
                 "_model": m,
@@ -343,7 +327,7 @@ def main() -> None:
         payload["notes"].append(
             f"largest compression at <= {args.max_error} % error after fine-tuning: "
             f"{r['compression_x']:.1f}x fewer non-zero weights ({r['nonzero_weights']} of "
-            f"{nonzero(base)}), {r['error_after_pct']:.2f} % error"
+            f"{model_size(base).nonzero_weights}), {r['error_after_pct']:.2f} % error"
         )
     save(payload)
 
@@ -360,7 +344,7 @@ def main() -> None:
         "model": chosen["model"],
         "score": chosen["score"],
         "sparsity": chosen["sparsity"],
-        "architecture": architecture(result),
+        "architecture": "-".join(map(str, result.architecture)),
         "dense_architecture": "784-300-100-10",
         "nonzero_weights": chosen["nonzero_weights"],
         "error_pct": test_error(small, x_test, y_test),

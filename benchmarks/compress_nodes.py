@@ -9,8 +9,9 @@ rounds of
    its output over training images times the norm of its outgoing posterior-mean
    weights, i.e. how much the next layer's input moves when the unit is replaced by
    its mean; "norm" / "mean_snr" use `compress.unit_scores` / `input_scores`);
-2. keep the top units of each layer to a geometric width schedule; a removed unit's
-   mean output is folded into the next layer's bias, so only its variation is lost;
+2. keep the top units of each layer to a geometric width schedule
+   (`compress.width_schedule`, `compress.prune_to_widths`); a removed unit's mean
+   output is folded into the next layer's bias, so only its variation is lost;
 3. drop the weights Sparse VD calls noise (log α > 3), `compress.shrink` the net
    (removed and dead units leave physically) and fine-tune it for a few epochs with
    the full KL (--alpha-threshold 10 keeps every weight of the kept units).
@@ -30,15 +31,13 @@ classes) vs error. Reference: Bayesian Compression (Louizos et al. 2017) reports
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS, md_table, write_results
+from _common import add_results_dir_option, md_table, results_dir, use_results_dir, write_results
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
@@ -46,13 +45,14 @@ import bayesprune as bp
 from bayesprune import compress
 from bayesprune.compress.adapters import copy_model
 from bayesprune.data import load_mnist
+from bayesprune.metrics import dense_weight_count, layer_widths, model_size
 from bayesprune.nn import to_deterministic
-from bayesprune.nn.base import use_posterior_mean
 from bayesprune.nn.sparse_vd import SparseVDLinear
 
 NAME = "compress_nodes"
 REFERENCE = (311, 86, 14)  # Bayesian Compression (group horseshoe), 1.8 % error
 DENSE = (784, 300, 100)
+SCORES = {"act": "activation", "norm": "norm", "mean_snr": "mean_snr"}  # --score: library name
 
 
 def body(model: nn.Sequential) -> nn.Sequential:
@@ -60,104 +60,29 @@ def body(model: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*[m for m in model if not isinstance(m, nn.Flatten)])
 
 
-def linears(net: nn.Sequential) -> list[SparseVDLinear]:
-    return [m for m in net if isinstance(m, SparseVDLinear)]
-
-
-def widths(net: nn.Sequential) -> tuple[int, ...]:
-    layers = [m for m in net if isinstance(m, SparseVDLinear | nn.Linear)]
-    return (layers[0].in_features, *(m.out_features for m in layers))
-
-
 def test_error(net: nn.Module, x: Tensor, y: Tensor) -> float:
     """Test error (%) of the posterior-mean network."""
     return bp.evaluate(net, (x, y), metrics=["error_pct"])["error_pct"]
 
 
-def nonzero(net: nn.Module) -> int:
-    return sum(int(m.sum()) for m in compress.weight_masks(net).values())
-
-
-def dense_weights(w: tuple[int, ...]) -> int:
-    return sum(a * b for a, b in itertools.pairwise(w))
-
-
-def mask_of(layer: SparseVDLinear) -> Tensor:
-    m = layer.weight_mask
-    return torch.ones_like(layer.weight_mu) if m is None else m.clone()
-
-
-def outputs(net: nn.Sequential, x: Tensor) -> list[Tensor]:
-    """The input and every hidden activation (posterior mean) on `x`."""
-    acts = [x]
-    with torch.no_grad(), use_posterior_mean(net):
-        h = x
-        for m in net[:-1]:
-            h = m(h)
-            if not isinstance(m, SparseVDLinear):
-                acts.append(h)
-    return acts
-
-
-def scores(net: nn.Sequential, x: Tensor, kind: str) -> list[Tensor]:
-    """Importance of the inputs and of each hidden layer's units (higher = keep)."""
-    layers = linears(net)
-    if kind == "act":
-        out = []
-        for a, nxt in zip(outputs(net, x), layers, strict=False):
-            w = nxt.posterior().weight_mean  # masked posterior mean, (out, in)
-            out.append(a.std(0) * w.norm(dim=0))
-        return out
-    units = compress.unit_scores(net, kind)
-    inputs = compress.input_scores(net, "norm")
-    return [next(iter(inputs.values())), *units.values()]
+def noise_masks(net: nn.Module, alpha_threshold: float) -> dict[str, Tensor]:
+    """Keep the weights Sparse VD does not call noise: log α <= `alpha_threshold`."""
+    return {
+        name: (m.log_alpha() <= alpha_threshold).float()
+        for name, m in net.named_modules()
+        if isinstance(m, SparseVDLinear)
+    }
 
 
 def prune_round(
     net: nn.Sequential, x: Tensor, target: tuple[int, ...], kind: str, alpha_threshold: float
 ) -> tuple[nn.Sequential, Tensor]:
-    """Keep the top `target` units per layer, fold the rest's mean, shrink. Returns the
+    """`compress.prune_to_widths` (weights Sparse VD calls noise leave too). Returns the
     smaller net and the kept input columns (indices into the current inputs)."""
-    net = copy_model(net)
-    layers = linears(net)
-    acts = outputs(net, x)
-    masks = {}
-    names = {id(m): n for n, m in net.named_modules()}
-    for k, (score, width) in enumerate(zip(scores(net, x, kind), target, strict=True)):
-        drop = score.argsort(descending=True)[width:]
-        nxt = layers[k]
-        mean = acts[k].mean(0)
-        with torch.no_grad():
-            if k == 0:  # inputs: fold their mean contribution into the first bias now
-                w = nxt.posterior().weight_mean
-                nxt.bias_mu.add_(w[:, drop] @ mean[drop])
-            else:  # hidden unit: emits relu(bias) = its mean once its inputs are gone;
-                prev = layers[k - 1]  # shrink then folds it into the next bias
-                prev.bias_mu[drop] = mean[drop]
-        if k == 0:
-            m = mask_of(nxt)
-            m[:, drop] = 0
-            masks[names[id(nxt)]] = m
-        else:
-            name = names[id(layers[k - 1])]
-            m = masks.get(name, mask_of(layers[k - 1]))
-            m[drop, :] = 0
-            masks[name] = m
-    for layer in layers:  # weights Sparse VD calls noise (log α > threshold) leave too
-        name = names[id(layer)]
-        m = masks.get(name, mask_of(layer))
-        masks[name] = m * (layer.log_alpha() <= alpha_threshold).float()
-    compress.apply_masks(net, masks)
-    result = compress.shrink(net, gather_inputs=False)
+    score = SCORES[kind]
+    keep = noise_masks(net, alpha_threshold)
+    result = compress.prune_to_widths(net, x, target, score, keep_weights=keep)
     return result.model, torch.as_tensor(result.input_features, dtype=torch.long)
-
-
-def schedule(start: tuple[int, ...], final: tuple[int, ...], rounds: int) -> list[tuple[int, ...]]:
-    """Geometric interpolation of the widths from `start` to `final`."""
-    return [
-        tuple(round(s * (f / s) ** (r / rounds)) for s, f in zip(start, final, strict=True))
-        for r in range(1, rounds + 1)
-    ]
 
 
 def initial_net(args: argparse.Namespace, train: TensorDataset) -> tuple[nn.Sequential, str]:
@@ -217,7 +142,7 @@ def render(p: dict[str, Any]) -> str:
         out += ["## Longer fine-tune of the late snapshots\n", md_table(p["final"]), ""]
     if "notes" in p:
         out += ["## Notes\n"] + [f"- {n}" for n in p["notes"]] + [""]
-    if Path(RESULTS / f"{NAME}.png").exists():
+    if Path(results_dir() / f"{NAME}.png").exists():
         out += [f"![architecture vs error]({NAME}.png)\n"]
     return "\n".join(out)
 
@@ -235,7 +160,7 @@ def plot(p: dict[str, Any], budget: float) -> None:
         ax.plot(xs, [r["error_pct"] for r in rows], marker="o", label=label)
         for r in rows if key == "final" else []:
             ax.annotate(r["architecture"], (r["dense_weights"], r["error_pct"]), fontsize=7)
-    ref = dense_weights((*REFERENCE, 10))
+    ref = dense_weight_count((*REFERENCE, 10))
     ax.scatter([ref], [1.8], marker="*", s=120, color="k", label="Bayesian Compression 311-86-14")
     ax.axhline(budget, color="grey", ls="--", lw=0.8)
     ax.set_xscale("log")
@@ -245,7 +170,7 @@ def plot(p: dict[str, Any], budget: float) -> None:
     ax.set_title("LeNet-300-100: iterative node pruning of a Sparse VD net")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{NAME}.png", dpi=120)
+    fig.savefig(results_dir() / f"{NAME}.png", dpi=120)
     plt.close(fig)
 
 
@@ -285,7 +210,9 @@ def main() -> None:
     parser.add_argument("--max-error", type=float, default=1.8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    add_results_dir_option(parser)
     args = parser.parse_args()
+    use_results_dir(args)
     torch.set_num_threads(args.threads)
     started = time.time()
 
@@ -301,21 +228,26 @@ def main() -> None:
 
     net, start = initial_net(args, train)
     inputs = torch.arange(784)
+    error = test_error(net, x_test_all, y_test)
     payload["start"] = (
-        f"{start}: {arch(widths(net))}, test error {test_error(net, x_test_all, y_test):.2f} %, "
-        f"{nonzero(net)} non-zero weights"
+        f"{start}: {arch(layer_widths(net))}, test error {error:.2f} %, "
+        f"{model_size(net).nonzero_weights} non-zero weights"
     )
 
     def save() -> None:
         write_results(NAME, payload, render(payload))
 
-    targets = schedule(DENSE, tuple(args.final), args.rounds)
-    for _ in range(args.extra_rounds):
-        targets.append(tuple(max(1, math.floor(w * args.extra_factor)) for w in targets[-1]))
+    targets = compress.width_schedule(
+        DENSE,
+        tuple(args.final),
+        args.rounds,
+        extra_rounds=args.extra_rounds,
+        extra_factor=args.extra_factor,
+    )
     rounds, snapshots = [], []
     for r, target in enumerate(targets, 1):
         t0 = time.time()
-        current = widths(net)[:3]
+        current = layer_widths(net)[:3]
         target = tuple(min(t, c) for t, c in zip(target, current, strict=True))
         net, kept = prune_round(net, score_x[:, inputs], target, args.score, args.alpha_threshold)
         inputs = inputs[kept]
@@ -329,14 +261,14 @@ def main() -> None:
             args.seed + r,
             args.kl_weight,
         )
-        w = widths(net)
+        w = layer_widths(net)
         rounds.append(
             {
                 "round": r,
                 "target": arch(target),
                 "architecture": arch(w),
-                "dense_weights": dense_weights(w),
-                "nonzero_weights": nonzero(net),
+                "dense_weights": dense_weight_count(w),
+                "nonzero_weights": model_size(net).nonzero_weights,
                 "error_before_ft_pct": before,
                 "error_pct": test_error(net, x_test_all[:, inputs], y_test),
                 "seconds": round(time.time() - t0, 1),
@@ -356,14 +288,14 @@ def main() -> None:
         kl = 0.0 if args.final_deterministic else args.kl_weight
         lr = args.final_lr or args.lr
         finetune(snap, x_all[:, cols], y_train, args.final_epochs, lr, args.seed + 100 + r, kl)
-        w = widths(snap)
+        w = layer_widths(snap)
         final.append(
             {
                 "round": r,
                 "architecture": arch(w),
-                "dense_weights": dense_weights(w),
-                "flops_ratio": dense_weights((*DENSE, 10)) / dense_weights(w),
-                "nonzero_weights": nonzero(snap),
+                "dense_weights": dense_weight_count(w),
+                "flops_ratio": dense_weight_count((*DENSE, 10)) / dense_weight_count(w),
+                "nonzero_weights": model_size(snap).nonzero_weights,
                 "error_pct": test_error(snap, x_test_all[:, cols], y_test),
                 "smaller_than_311_86_14": smaller_than_reference(w),
                 "seconds": round(time.time() - t0, 1),
@@ -380,7 +312,7 @@ def main() -> None:
             f"smallest at <= {args.max_error} % error: {best['architecture']} at "
             f"{best['error_pct']:.2f} % ({best['dense_weights']} dense weights, "
             f"{best['nonzero_weights']} non-zero; 311-86-14-10 has "
-            f"{dense_weights((*REFERENCE, 10))})"
+            f"{dense_weight_count((*REFERENCE, 10))})"
         )
     else:
         best = min(final, key=lambda f: f["error_pct"])

@@ -36,13 +36,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS, machine, md_table, median_time, this_command, write_results
+from _common import (
+    add_results_dir_option,
+    machine,
+    md_table,
+    median_time,
+    results_dir,
+    this_command,
+    use_results_dir,
+    write_results,
+)
 from torch import Tensor, nn
 from torch.utils.data import Subset
 
 import bayesprune as bp
 from bayesprune import compress
 from bayesprune.compress.adapters import copy_model
+from bayesprune.compress.self_compress import near_zero
 from bayesprune.data import load_fashion_mnist, load_mnist
 from bayesprune.nn.moments import EVILikelihood, evi_cnn
 
@@ -128,17 +138,9 @@ def kernel_norms(model: nn.Module) -> Tensor:
 
 def removal_curve(model: nn.Module, x: Tensor, y: Tensor, evi: bool) -> list[dict[str, Any]]:
     """Accuracy with the k smallest-norm kernels removed (no retraining), k from 0 to N − 1."""
-    norms = kernel_norms(model)
-    n = norms.numel()
-    order = torch.argsort(norms)
-    rows = []
-    counts = sorted({min(round(share * n / 10), n - 1) for share in range(10)})
-    for k in counts:
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[order[:k]] = False
-        small = compress.shrink(model, SHAPE, prune_units={"0": keep}).model
-        rows.append({"removed": k, "share": k / n, "accuracy": accuracy(small, x, y, evi)})
-    return rows
+    lik = EVILikelihood() if evi else "categorical"
+    evaluate = bp.scorer((x, y), lik, metrics=["accuracy"], batch_size=500)
+    return compress.unit_removal_curve(model, evaluate, "0", input_shape=SHAPE)
 
 
 def noise_rows(
@@ -190,8 +192,8 @@ def speed(n: int, repeats: int) -> dict[str, float]:
 
 
 def near_zero_share(model: nn.Module, rel: float) -> float:
-    norms = kernel_norms(model)
-    return float((norms < rel * norms.max()).double().mean())
+    """Share of kernels with norm below `rel` × the largest (self_compress's near-zero rule)."""
+    return float(near_zero(kernel_norms(model), rel).double().mean())
 
 
 def compression(
@@ -557,7 +559,7 @@ def plot(runs: dict[str, Any]) -> None:
         ax[3].plot(sig, [r["evi_variance_predicted_class"] for r in res["noise"]], "o-")
         ax[3].set(title="eVI predictive variance (pred. class)", xlabel="noise sigma")
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{NAME}.png", dpi=80)
+    fig.savefig(results_dir() / f"{NAME}.png", dpi=80)
 
 
 def main() -> None:
@@ -604,11 +606,13 @@ def main() -> None:
     p.add_argument("--tag", default="sweep", help="name of this run inside the merged results")
     p.add_argument("--render-only", action="store_true", help="re-render the saved results")
     p.add_argument("--drop", nargs="+", default=[], help="with --render-only: runs to delete")
+    add_results_dir_option(p)
     args = p.parse_args()
+    use_results_dir(args)
     if args.compress_scale not in args.ablation_scales:
         p.error("--compress-scale must be one of --ablation-scales")
     torch.set_num_threads(args.threads)
-    path = RESULTS / f"{NAME}.json"
+    path = results_dir() / f"{NAME}.json"
     if args.render_only:
         saved = json.loads(path.read_text())
         runs = {tag: run for tag, run in saved["runs"].items() if tag not in args.drop}

@@ -17,22 +17,22 @@ Target (issue 5): <= 2 % error with >= 80 % of the hidden nodes pruned.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS, md_table, write_results
+from _common import add_results_dir_option, md_table, results_dir, use_results_dir, write_results
 from torch import Tensor, nn
 
 import bayesprune as bp
 from bayesprune import compress
 from bayesprune.data import load_mnist
+from bayesprune.metrics import dense_weight_count
 from bayesprune.models import mlp
 from bayesprune.nn import GatedLayer, gated_layers
-from bayesprune.selection import refit
+from bayesprune.selection import pip_summary, refit
 
 NAME = "spike_slab_mnist"
 
@@ -44,34 +44,6 @@ def error(model: nn.Module, x: Tensor, y: Tensor, mode: str, samples: int = 10) 
 
 def gated(model: nn.Module) -> list[GatedLayer]:
     return [layer for _, layer in gated_layers(model)]
-
-
-def dense_weights(w: list[int]) -> int:
-    return sum(a * b for a, b in itertools.pairwise(w))
-
-
-def pip_summary(model: nn.Module) -> list[dict[str, Any]]:
-    rows = []
-    layers = gated(model)
-    for k, layer in enumerate(layers):
-        for kind, pip in (("inputs", layer.input_inclusion()), ("units", layer.unit_inclusion())):
-            if pip is None:
-                continue
-            rows.append(
-                {
-                    "layer": k + 1,
-                    "gates": kind,
-                    "n": pip.numel(),
-                    "kept_pip_gt_0.5": int((pip > 0.5).sum()),
-                    "pip_gt_0.9": int((pip > 0.9).sum()),
-                    "pip_in_0.1_0.9": int(((pip > 0.1) & (pip <= 0.9)).sum()),
-                    "mean_pip": float(pip.mean()),
-                    "prior_inclusion": layer.input_prior_inclusion
-                    if kind == "inputs"
-                    else layer.prior_inclusion,
-                }
-            )
-    return rows
 
 
 def freeze_gates(model: nn.Module) -> None:
@@ -94,7 +66,7 @@ def render(p: dict[str, Any], name: str) -> str:
             out += [f"## {title}\n", md_table(rows), ""]
     if "notes" in p:
         out += ["## Notes\n"] + [f"- {n}" for n in p["notes"]] + [""]
-    if Path(RESULTS / f"{name}.png").exists():
+    if Path(results_dir() / f"{name}.png").exists():
         out += [f"![kept pixels]({name}.png)\n"]
     return "\n".join(out)
 
@@ -114,7 +86,7 @@ def plot_pixels(model: nn.Module, name: str) -> None:
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{name}.png", dpi=110)
+    fig.savefig(results_dir() / f"{name}.png", dpi=110)
     plt.close(fig)
 
 
@@ -148,7 +120,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default=NAME, help="results file name")
+    add_results_dir_option(parser)
     args = parser.parse_args()
+    use_results_dir(args)
     torch.set_num_threads(args.threads)
     started = time.time()
 
@@ -217,7 +191,7 @@ def main() -> None:
         "input_pixels_kept": arch[0],
         "hidden_nodes_kept": hidden_kept,
         "hidden_nodes_pruned_pct": 100.0 * (1 - hidden_kept / sum(args.hidden)),
-        "flops_ratio": dense_weights(dense) / max(dense_weights(arch), 1),
+        "flops_ratio": dense_weight_count(dense) / max(dense_weight_count(arch), 1),
         "error_pct": error(small, x_test, y_test, "mean"),
         "mc_error_pct": error(small, x_test, y_test, "mc", args.samples),
         "max_abs_difference": result.max_abs_difference,

@@ -180,3 +180,14 @@ def test_model_size_reads_layers_that_return_moments():
     size = M.model_size(model, (3,))
     assert size.flops == 2 * (3 * 4 + 4 * 2)
     assert (size.weights, size.nonzero_weights, size.bytes) == (20, 16, 4 * 20)
+
+
+def test_layer_widths_and_dense_weight_count_of_an_mlp():
+    model = bp.mlp(784, [300, 100], 10, family="sparse_vd")
+    widths = M.layer_widths(nn.Sequential(nn.Flatten(), model))
+    assert widths == (784, 300, 100, 10)
+    assert M.dense_weight_count(widths) == 784 * 300 + 300 * 100 + 100 * 10
+    assert M.dense_weight_count(widths) == M.model_size(model).weights
+    assert M.dense_weight_count((311, 86, 14, 10)) == 28_090  # 311·86 + 86·14 + 14·10
+    with pytest.raises(ValueError, match="no connection layer"):
+        M.layer_widths(nn.ReLU())

@@ -14,6 +14,7 @@ from bayesprune.selection import (
     heldout_scores,
     inclusion_probabilities,
     pin_gates,
+    pip_summary,
     prune,
     refit,
     select_model,
@@ -206,3 +207,22 @@ def test_heldout_scores_of_a_plain_network_use_one_pass():
     scores = heldout_scores(net, x, y, bp.Gaussian(noise_std=1.0))
     pred = net(x).detach().squeeze(1)
     assert scores["rmse"] == pytest.approx(float((pred - y).pow(2).mean().sqrt()), rel=1e-5)
+
+
+def test_pip_summary_counts_each_gate_kind_of_every_gated_layer():
+    model = _net()
+    rows = pip_summary(model)
+    assert [(r["layer"], r["gates"]) for r in rows] == [
+        (1, "inputs"),
+        (1, "units"),
+        (2, "units"),
+    ]  # the output layer is not gated
+    pips = inclusion_probabilities(model)
+    first_units = pips.units["0"]
+    assert [r["n"] for r in rows] == [6, 5, 4]
+    assert rows[0]["kept_pip_gt_0.5"] == int((pips.inputs > 0.5).sum())
+    assert rows[1]["kept_pip_gt_0.5"] == int((first_units > 0.5).sum())
+    assert rows[1]["mean_pip"] == pytest.approx(float(first_units.mean()))
+    assert rows[1]["pip_gt_0.9"] + rows[1]["pip_in_0.1_0.9"] == int((first_units > 0.1).sum())
+    assert rows[0]["prior_inclusion"] == pytest.approx(1 / 7)  # λ = 1 / (m + 1), 6 inputs
+    assert rows[1]["prior_inclusion"] == pytest.approx(1 / 6)

@@ -41,7 +41,7 @@ from .compress.shrink import ShrinkResult, shrink
 from .data.xy import as_xy
 from .evaluation import evaluate
 from .likelihoods import Likelihood, make_likelihood
-from .nn import EdgeAggregate, GatedLayer, to_deterministic, variational_layers
+from .nn import EdgeAggregate, GatedLayer, gated_layers, to_deterministic, variational_layers
 from .train import DataLike, History, fit
 
 REFITS = ("none", "bayes", "deterministic")
@@ -148,6 +148,40 @@ def inclusion_probabilities(model: nn.Module, edge_pip: str = "any") -> Inclusio
             'e.g. bayesprune.models.mlp(..., family="spike_slab", input_gates=True)'
         )
     return InclusionProbabilities(units, inputs)
+
+
+def pip_summary(model: nn.Module, threshold: float = 0.5) -> list[dict[str, Any]]:
+    """One row per gate kind of every gated layer: how many gates, how many the median
+    model keeps, how many are confident or undecided, the mean PIP, and the prior λ.
+
+    Rows read `unit_inclusion` / `input_inclusion` of the gate protocol, numbering the
+    gated layers from 1 in module order; a layer's kinds without gates are left out.
+    The mean PIP against the prior λ shows how far the data moved the gates; many PIPs
+    in (0.1, 0.9] say the selection is unsure. "prior_inclusion" is the layer's
+    `prior_inclusion` (units) or `input_prior_inclusion` (inputs), None if it has none.
+    """
+    rows: list[dict[str, Any]] = []
+    for k, (_, layer) in enumerate(gated_layers(model), 1):
+        kinds = (
+            ("inputs", layer.input_inclusion(), "input_prior_inclusion"),
+            ("units", layer.unit_inclusion(), "prior_inclusion"),
+        )
+        for kind, pip, prior in kinds:
+            if pip is None:
+                continue
+            rows.append(
+                {
+                    "layer": k,
+                    "gates": kind,
+                    "n": pip.numel(),
+                    f"kept_pip_gt_{threshold}": int((pip > threshold).sum()),
+                    "pip_gt_0.9": int((pip > 0.9).sum()),
+                    "pip_in_0.1_0.9": int(((pip > 0.1) & (pip <= 0.9)).sum()),
+                    "mean_pip": float(pip.mean()),
+                    "prior_inclusion": getattr(layer, prior, None),
+                }
+            )
+    return rows
 
 
 def decide(

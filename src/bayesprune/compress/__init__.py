@@ -8,15 +8,18 @@ Typical use::
     save_model(result.model, "small.safetensors")
     export_onnx(result.model, "small.onnx", input_shape=(1, 28, 28))
 
-Nothing here trains or evaluates: the schedules (`search_sparsity`, `self_compress`)
-and the report receive an `evaluate` callable (`bayesprune.evaluation.scorer`) and a
-fine-tuning step (`bayesprune.finetune`) from the caller.
+Nothing here trains or evaluates: the schedules (`search_sparsity`, `self_compress`,
+the width rounds of `prune_to_widths`), the curves (`pruning_curve`,
+`unit_removal_curve`) and the report receive an `evaluate` callable
+(`bayesprune.evaluation.scorer`) and a fine-tuning step (`bayesprune.finetune`)
+from the caller.
 """
 
 from typing import Any
 
 from .adapters import PlainLayer, as_prunable, is_prunable, prunable_layers
 from .chain import PASSTHROUGH, SelectInputs
+from .curves import bisect_sparsity, pruned_copy, pruning_curve, unit_removal_curve
 from .export import (
     csr_bytes,
     export_onnx,
@@ -49,6 +52,13 @@ from .rules import (
     threshold_masks,
     weight_masks_for,
 )
+from .schedules import (
+    WIDTH_SCORES,
+    layer_inputs,
+    prune_to_widths,
+    width_schedule,
+    width_scores,
+)
 from .scores import (
     INPUT_SCORES,
     UNIT_SCORES,
@@ -72,6 +82,7 @@ __all__ = [
     "SELF_COMPRESS_SCORES",
     "UNIT_SCORES",
     "WEIGHT_SCORES",
+    "WIDTH_SCORES",
     "CompressionRound",
     "LayerRecord",
     "PipRule",
@@ -86,6 +97,7 @@ __all__ = [
     "apply_torch_prune",
     "architecture",
     "as_prunable",
+    "bisect_sparsity",
     "combine_masks",
     "compression_report",
     "csr_bytes",
@@ -95,9 +107,13 @@ __all__ = [
     "input_scores",
     "input_weight_masks",
     "is_prunable",
+    "layer_inputs",
     "layer_sparsity_masks",
     "load_model",
     "prunable_layers",
+    "prune_to_widths",
+    "pruned_copy",
+    "pruning_curve",
     "register_layer",
     "registered_layers",
     "report_markdown",
@@ -113,11 +129,14 @@ __all__ = [
     "spec_json",
     "threshold_masks",
     "torch_prune_importance",
+    "unit_removal_curve",
     "unit_scores",
     "unit_weight_masks",
     "weight_masks",
     "weight_masks_for",
     "weight_scores",
+    "width_schedule",
+    "width_scores",
 ]
 
 _MOVED = {

@@ -9,7 +9,15 @@ raise ValueError.
 from .classification import CalibrationBins, accuracy, brier, calibration_bins, ece, nll
 from .regression import gaussian_nll, rmse
 from .selection import SelectionScores, selection_scores
-from .size import LayerSize, ModelSize, count_flops, layer_sizes, model_size
+from .size import (
+    LayerSize,
+    ModelSize,
+    count_flops,
+    dense_weight_count,
+    layer_sizes,
+    layer_widths,
+    model_size,
+)
 from .uncertainty import (
     entropy,
     expected_entropy,
@@ -27,11 +35,13 @@ __all__ = [
     "brier",
     "calibration_bins",
     "count_flops",
+    "dense_weight_count",
     "ece",
     "entropy",
     "expected_entropy",
     "gaussian_nll",
     "layer_sizes",
+    "layer_widths",
     "model_size",
     "mutual_information",
     "nll",

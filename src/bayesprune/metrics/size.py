@@ -9,6 +9,8 @@ normalisation scales and biases are not weights but do count in parameters and b
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -168,3 +170,25 @@ def model_size(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> 
         flops=count_flops(model, input_shape) if input_shape is not None else 0,
         bytes=4 * (sum(w.numel() for w in weights) + biases + other),
     )
+
+
+def layer_widths(model: nn.Module) -> tuple[int, ...]:
+    """Widths from inputs to outputs: the first connection layer's inputs, then every
+    connection layer's outputs (channels for a convolution), e.g. (784, 300, 100, 10).
+
+    Read from the deterministic network's weights, so masked units still count: shrink
+    the network first to see the widths it really has.
+    """
+    weights = [weight for _, _, weight in _weight_layers(model)]
+    if not weights:
+        raise ValueError("the model has no connection layer (Linear, Conv or variational)")
+    return (weights[0].shape[1], *(w.shape[0] for w in weights))
+
+
+def dense_weight_count(widths: Sequence[int]) -> int:
+    """Weights of a fully connected chain with these widths (Σ width_k · width_k+1).
+
+    The size of an architecture before any training, e.g. 311-86-14-10 → 28,218; with
+    `layer_widths` it compares a shrunk MLP against the dense one.
+    """
+    return sum(a * b for a, b in itertools.pairwise(widths))
