@@ -157,16 +157,15 @@ def pip_summary(model: nn.Module, threshold: float = 0.5) -> list[dict[str, Any]
     Rows read `unit_inclusion` / `input_inclusion` of the gate protocol, numbering the
     gated layers from 1 in module order; a layer's kinds without gates are left out.
     The mean PIP against the prior λ shows how far the data moved the gates; many PIPs
-    in (0.1, 0.9] say the selection is unsure. "prior_inclusion" is the layer's
-    `prior_inclusion` (units) or `input_prior_inclusion` (inputs), None if it has none.
+    in (0.1, 0.9] say the selection is unsure. "prior_inclusion" is the layer's λ for
+    that kind of gate (`GatedLayer.prior_inclusions`), None where the PIPs are
+    aggregated from edges.
     """
     rows: list[dict[str, Any]] = []
     for k, (_, layer) in enumerate(gated_layers(model), 1):
-        kinds = (
-            ("inputs", layer.input_inclusion(), "input_prior_inclusion"),
-            ("units", layer.unit_inclusion(), "prior_inclusion"),
-        )
-        for kind, pip, prior in kinds:
+        priors = layer.prior_inclusions()
+        kinds = (("inputs", layer.input_inclusion()), ("units", layer.unit_inclusion()))
+        for kind, pip in kinds:
             if pip is None:
                 continue
             rows.append(
@@ -178,7 +177,7 @@ def pip_summary(model: nn.Module, threshold: float = 0.5) -> list[dict[str, Any]
                     "pip_gt_0.9": int((pip > 0.9).sum()),
                     "pip_in_0.1_0.9": int(((pip > 0.1) & (pip <= 0.9)).sum()),
                     "mean_pip": float(pip.mean()),
-                    "prior_inclusion": getattr(layer, prior, None),
+                    "prior_inclusion": priors.get(kind),
                 }
             )
     return rows

@@ -242,6 +242,10 @@ class GatedLayer(VariationalLayer):
     def gate_parameter_names(self) -> tuple[str, ...]:
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def prior_inclusions(self) -> dict[str, float]:
+        """The prior inclusion probability λ per kind of gate ("units", "inputs", "edges")."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
     def set_inclusion(self, units: Tensor | None = None, inputs: Tensor | None = None) -> None:
         """Set the unit / input gates to the given inclusion probabilities (not frozen)."""
         raise NotImplementedError  # pragma: no cover - abstract

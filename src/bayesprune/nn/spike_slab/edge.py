@@ -106,6 +106,9 @@ class _EdgeSpikeSlab(_SpikeSlabLayer):
         names = ("weight_gate_logit", "bias_gate_logit")
         return tuple(n for n in names if getattr(self, n) is not None)
 
+    def prior_inclusions(self) -> dict[str, float]:
+        return {"edges": self.prior_inclusion}
+
     def set_inclusion(self, units: Tensor | None = None, inputs: Tensor | None = None) -> None:
         raise ValueError(
             "edge-level layers have no unit or input gates to set (one gate per weight); "

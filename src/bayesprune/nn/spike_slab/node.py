@@ -179,6 +179,11 @@ class _NodeSpikeSlab(_SpikeSlabLayer):
         names = ("gate_logit", "input_gate_logit")
         return tuple(n for n in names if getattr(self, n) is not None)
 
+    def prior_inclusions(self) -> dict[str, float]:
+        kinds = {"units": (self.gate_logit, self.prior_inclusion)}
+        kinds["inputs"] = (self.input_gate_logit, self.input_prior_inclusion)
+        return {kind: lam for kind, (logit, lam) in kinds.items() if logit is not None}
+
     def set_inclusion(self, units: Tensor | None = None, inputs: Tensor | None = None) -> None:
         for logit, probs, what in (
             (self.gate_logit, units, "unit"),
