@@ -160,7 +160,10 @@ def test_a_changed_training_config_is_refused_but_compress_options_may_change(sp
     assert "Traceback" not in result.output
     out = _invoke("compress", str(run), "--rule", "target_size", "--k", "2", "--quiet")
     assert "pip + target_size" in out
-    assert yaml.safe_load((run / "config.yaml").read_text())["compress"]["k"] == 2
+    # the override is recorded with the compression, config.yaml is left as trained
+    assert yaml.safe_load((run / "config.yaml").read_text())["compress"]["k"] is None
+    used = json.loads((run / "compressed" / "compression.json").read_text())["extra"]["options"]
+    assert used["rule"] == "target_size" and used["k"] == 2
     out = _invoke("compress", str(run), "--rule", "expected_size", "--quiet")
     assert "pip + expected_size" in out
     # expected_size keeps the round(Σ PIP) most probable units of every hidden layer

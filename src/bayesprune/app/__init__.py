@@ -9,6 +9,7 @@ One job per module:
 | `data` | the splits a config names, shaped for its model |
 | `factory` | the model and the likelihood of a config (asks the `Family` record) |
 | `folder` | the run folder: config.yaml, log, JSON records, models |
+| `transaction` | the folder's lock; each step's files published together with a manifest |
 | `policy` | what "auto" means (asks the `Family` record) |
 | `steps` | train, evaluate, compress, select features, export; each writes one JSON |
 | `summaries` | posterior histograms recorded for the report |

@@ -12,7 +12,16 @@ Layout of a run folder::
     compressed/             `compress`: model.safetensors, compression.json / .md
     features.json, .png     `select-features`
     report/                 `report`: report.html (self-contained), report.md, *.png
-    export/                 `export`: model.onnx, model.safetensors (deterministic)
+    export/                 `export`: model.onnx, model.safetensors (deterministic), export.json
+    manifests/              SET.json per artefact set (train, compress, features, export,
+                            report): size and SHA-256 of each file, written last
+    .lock                   the pid of the process using the folder (an fcntl lock)
+
+Every command holds the folder's lock while it runs, and publishes each set of files
+it writes together (`app.transaction`): a kill leaves the old set or the new one,
+and a reader verifies a set against its manifest before trusting it. Options given
+on the command line (`compress --rule ...`) are recorded in the step's JSON, never
+written into config.yaml, which only `train` writes.
 
 Everything is rebuilt from the config (`app.data`, `app.factory`): the data
 deterministically from its seed, the model from its builder. Models are saved with
@@ -23,8 +32,12 @@ shrunk model reloads with its new widths; nothing is ever pickled.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
+import os
+import re
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +51,40 @@ from ..nn import get_family, variational_layers
 from .config import ConfigError, RunConfig, config_to_dict, dump_config, load_config
 from .data import RunData, load_data
 from .factory import build_model, flattens, run_likelihood
+from .transaction import ArtefactSet, RunFolderError, Transaction, folder_lock, recover, verify
 
 TRAINING_SECTIONS = ("data", "model", "train")  # a change here needs a new run folder
 STATE_FORMAT = "bayesprune-run-state"
+
+ARTEFACTS = {
+    s.name: s
+    for s in (
+        ArtefactSet(
+            "train",
+            "train {run}/config.yaml --out {run}",
+            files=("model.safetensors", "likelihood.safetensors", "metrics.json"),
+        ),
+        ArtefactSet("compress", "compress {run}", directory="compressed"),
+        ArtefactSet("features", "select-features {run}", files=("features.json", "features.png")),
+        ArtefactSet("export", "export {run}", directory="export"),
+        ArtefactSet("report", "report {run}", directory="report"),
+    )
+}
+"""The sets of files each step publishes together, with one manifest each."""
+
+_MODEL_SET = {"trained": "train", "compressed": "compress"}
+
+
+def default_run_folder(config: str | Path) -> Path:
+    """runs/<config name>, the name made safe: a config called `...yaml` or `.yaml` must
+    not make runs/.. (the current directory) or runs/ itself the run folder."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(config).stem).strip(".")
+    return Path("runs") / (name or "run")
+
+
+def lock_folder(folder: str | Path) -> Any:
+    """Hold `folder`'s lock (see `app.transaction`); recovers the folder when taken."""
+    return folder_lock(folder, on_acquire=recover)
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
@@ -79,7 +123,8 @@ class Run:
 
         Sections that only later commands read (compress, features, evaluate) may
         change; they are rewritten. A change to data, model or train is refused,
-        because the checkpoints there belong to the old settings.
+        because the checkpoints there belong to the old settings. Call it holding the
+        folder's lock (`lock_folder`), as `train_run` does.
         """
         folder = Path(folder)
         path = folder / "config.yaml"
@@ -95,6 +140,36 @@ class Run:
                     )
         atomic_write_bytes(path, dump_config(config).encode())
         return cls(folder, config)
+
+    def with_config(self, config: RunConfig) -> Run:
+        """The same folder read with other options (e.g. command-line overrides), config.yaml
+        untouched; the data are shared when the data section is the same."""
+        other = Run(self.folder, config)
+        if config.data == self.config.data:
+            other._data = self._data
+        return other
+
+    # -- locking and artefact sets -------------------------------------------------------
+    def locked(self) -> Any:
+        """Context manager: hold the folder's lock (re-entrant within a process)."""
+        return lock_folder(self.folder)
+
+    @contextmanager
+    def publish(self, name: str) -> Iterator[Transaction]:
+        """Write artefact set `name`: stage files on the transaction; on success they are
+        published together with their manifest, on error discarded."""
+        with self.locked():
+            tx = Transaction(self.folder, ARTEFACTS[name])
+            try:
+                yield tx
+            except BaseException:
+                tx.discard()
+                raise
+            tx.commit()
+
+    def artefacts(self, name: str) -> dict[str, Any] | None:
+        """The verified manifest of set `name`; None if absent; RunFolderError if incomplete."""
+        return verify(self.folder, ARTEFACTS[name])
 
     # -- paths ---------------------------------------------------------------------------
     def path(self, *parts: str) -> Path:
@@ -113,28 +188,56 @@ class Run:
             else self.path("compressed", "model.safetensors")
         )
 
+    def _model_record(self, which: str) -> dict[str, Any] | None:
+        manifest = self.artefacts(_MODEL_SET[which]) if which in _MODEL_SET else None
+        rel = self.model_path(which).relative_to(self.folder).as_posix()
+        return None if manifest is None else manifest["files"].get(rel)
+
     def has_model(self, which: str = "trained") -> bool:
-        return self.model_path(which).is_file()
+        """Whether model `which` was published whole (an incomplete set is an error)."""
+        self.model_path(which)  # checks the name
+        return self._model_record(which) is not None
 
     def model_digest(self, which: str = "trained") -> str | None:
         """SHA-256 of the saved model file (None if absent): keys cached evaluations."""
-        path = self.model_path(which)
-        if not path.is_file():
-            return None
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        self.model_path(which)
+        record = self._model_record(which)
+        return None if record is None else record["sha256"]
 
     # -- logging and JSON ----------------------------------------------------------------
     def log(self, message: str) -> None:
-        """Append one timestamped line to log.txt."""
+        """Append one timestamped line to log.txt; never through a planted symlink or into
+        anything but a regular file (a FIFO would block, a link would write elsewhere)."""
         stamp = _dt.datetime.now().isoformat(timespec="seconds")
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.path("log.txt"), "a", encoding="utf-8") as handle:
+        path = self.path("log.txt")
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            fd = os.open(path, flags | os.O_CLOEXEC, 0o666)
+        except OSError as err:
+            raise RunFolderError(f"cannot append to {path} ({err.strerror}); it must be a "
+                                 "regular file, not a link: remove it") from err  # fmt: skip
+        with open(fd, "a", encoding="utf-8") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RunFolderError(f"{path} is not a regular file; remove it")
             handle.write(f"{stamp} {message}\n")
 
     def write_json(self, name: str, obj: Any) -> Path:
+        """A JSON file of its own (evaluation.json); a set's files go through `publish`."""
+        owner = self._owner(name)
+        if owner is not None:
+            raise ValueError(f"{name} belongs to the {owner} outputs; write it with publish()")
         return atomic_write_json(self.path(name), obj)
 
+    def _owner(self, name: str) -> str | None:
+        return next((s.name for s in ARTEFACTS.values() if s.owns(name)), None)
+
     def read_json(self, name: str) -> Any | None:
+        """A JSON file of the run, None if absent; a file of an artefact set is read only
+        when its set verifies against the manifest."""
+        owner = self._owner(name)
+        if owner is not None and self.artefacts(owner) is None:
+            return None
         path = self.path(name)
         if not path.is_file():
             return None
@@ -153,24 +256,32 @@ class Run:
         return build_model(self.config, self.data())
 
     def likelihood(self) -> Likelihood:
+        """The run's likelihood with its trained parameters (when training published them)."""
         likelihood = run_likelihood(self.config, self.data().task)
         path = self.path("likelihood.safetensors")
-        if path.is_file():
+        manifest = self.artefacts("train")
+        if manifest is not None and "likelihood.safetensors" in manifest["files"]:
             tensors, _ = load_tensors(path)
             likelihood.load_state_dict(tensors)
         return likelihood
 
-    def save_likelihood(self, likelihood: Likelihood) -> None:
+    def save_likelihood(self, likelihood: Likelihood, tx: Transaction) -> None:
         state = likelihood.state_dict()
         if state:
-            save_tensors(self.path("likelihood.safetensors"), dict(state))
+            save_tensors(tx.stage("likelihood.safetensors"), dict(state))
 
     def save_model(
-        self, model: nn.Module, which: str = "trained", metadata: dict | None = None
+        self,
+        model: nn.Module,
+        which: str = "trained",
+        metadata: dict | None = None,
+        *,
+        tx: Transaction,
     ) -> Path:
-        """Save with the architecture spec. A model the spec cannot describe (e.g. eVI) is
-        saved as a state dict if the config rebuilds its architecture (it is not shrunk)."""
-        path = self.model_path(which)
+        """Save with the architecture spec, staged on `tx`. A model the spec cannot describe
+        (e.g. eVI) is saved as a state dict if the config rebuilds its architecture (it is
+        not shrunk)."""
+        path = tx.stage(self.model_path(which).relative_to(self.folder).as_posix())
         meta = {"input_shape": list(self.data().input_shape), **(metadata or {})}
         try:
             return save_model(model, path, meta)
@@ -199,7 +310,7 @@ class Run:
 
     def load_model(self, which: str = "trained") -> nn.Module:
         path = self.model_path(which)
-        if not path.is_file():
+        if not self.has_model(which):
             step = "train CONFIG --out RUN" if which == "trained" else "compress RUN"
             raise FileNotFoundError(f"{path} is missing; run `bayesprune {step}` first")
         tensors, meta = load_tensors(path)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import plots
-from ..io import atomic_write_bytes
 from .config import dump_config
 from .folder import Run
 from .steps import evaluate_run, select_features
@@ -143,6 +142,11 @@ def _metric_rows(evaluation: dict[str, Any]) -> tuple[list[list[Any]], list[str]
 
 def build_report(run: Run, *, progress: bool = False) -> dict[str, Path]:
     """Write report/report.html, report/report.md and the PNGs; return their paths."""
+    with run.locked():
+        return _build_report(run, progress)
+
+
+def _build_report(run: Run, progress: bool) -> dict[str, Path]:
     trained = run.read_json("metrics.json")
     if trained is None:
         raise FileNotFoundError(
@@ -177,8 +181,6 @@ def build_report(run: Run, *, progress: bool = False) -> dict[str, Path]:
         figures.append(_reliability_figure(reliability, run.config.evaluate.bins))
     figures.append(_features_figure(features))
 
-    for fig in figures:
-        atomic_write_bytes(folder / fig.name, fig.png)
     rows, header = _metric_rows(evaluation)
     metric_html, metric_md = _table(rows, header)
     desc = trained.get("run", {})
@@ -237,7 +239,11 @@ def build_report(run: Run, *, progress: bool = False) -> dict[str, Path]:
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
         f"</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
     )
-    html_path = atomic_write_bytes(folder / "report.html", page.encode())
-    md_path = atomic_write_bytes(folder / "report.md", "\n".join(md).encode())
+    with run.publish("report") as tx:
+        for fig in figures:
+            tx.write_bytes(f"report/{fig.name}", fig.png)
+        tx.write_bytes("report/report.html", page.encode())
+        tx.write_bytes("report/report.md", "\n".join(md).encode())
+    html_path, md_path = folder / "report.html", folder / "report.md"
     run.log(f"report: {html_path}")
     return {"html": html_path, "markdown": md_path, **{f.name: folder / f.name for f in figures}}

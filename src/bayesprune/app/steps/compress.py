@@ -1,8 +1,10 @@
 """Step `compress`: score, mask, optionally fine-tune and shrink the trained model.
 
-Writes compressed/model.safetensors and compressed/compression.json (+ .md). The
-trained model's metrics come from evaluation.json when it is current (see
-`evaluate`), so they are not predicted twice.
+Writes compressed/model.safetensors and compressed/compression.json (+ .md), published
+together. Options given as overrides are used for this compression and recorded in
+compression.json (`extra.options`); config.yaml is never rewritten, so a failing
+override leaves nothing behind. The trained model's metrics come from
+evaluation.json when it is current (see `evaluate`), so they are not predicted twice.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ...compress import (
     compression_report,
     global_sparsity_masks,
     layer_sparsity_masks,
-    save_report,
+    report_markdown,
     search_sparsity,
     shrink,
     threshold_masks,
@@ -80,13 +82,19 @@ def compress_run(
     run: Run, overrides: dict[str, Any] | None = None, *, progress: bool = False
 ) -> dict[str, Any]:
     """Score, mask, optionally fine-tune and shrink the trained model; write compressed/."""
-    if overrides:
-        run = Run.create(run.folder, with_overrides(run.config, "compress", overrides))
+    with run.locked():
+        if overrides:
+            run = run.with_config(with_overrides(run.config, "compress", overrides))
+        return _compress(run, progress)
+
+
+def _compress(run: Run, progress: bool) -> dict[str, Any]:
     c = run.config.compress
     score, rule = resolve_compress(run.config)
     model = run.load_model("trained")
     data = run.data()
     masks, info = compression_masks(model, run, score, rule)
+    info["options"] = config_to_dict(run.config)["compress"]
     pruned = apply_masks(copy.deepcopy(model), masks)
     if c.finetune_epochs:
         kwargs = fit_kwargs(run.config)
@@ -123,8 +131,10 @@ def compress_run(
         title=f"compression of {run.folder.name}: {score} + {rule}",
         extra=info,
     )
-    run.save_model(final, "compressed", {"compression": info})
-    save_report(report, run.path("compressed"), "compression")
+    with run.publish("compress") as tx:
+        run.save_model(final, "compressed", {"compression": info}, tx=tx)
+        tx.write_json("compressed/compression.json", dict(report))
+        tx.write_bytes("compressed/compression.md", report_markdown(report).encode())
     run.log(
         f"compress: {score}/{rule}; non-zero weights {report['totals']['nonzero_before']} → "
         f"{report['totals']['nonzero_after']}; metrics {report['metrics']['after']}"

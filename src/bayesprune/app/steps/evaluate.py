@@ -106,6 +106,11 @@ def evaluate_run(
     run: Run, which: str = "auto", *, progress: bool = False, curve: bool = True
 ) -> dict[str, Any]:
     """Evaluate the trained and/or compressed model (see the module docstring)."""
+    with run.locked():
+        return _evaluate(run, which, progress, curve)
+
+
+def _evaluate(run: Run, which: str, progress: bool, curve: bool) -> dict[str, Any]:
     names = ["trained", "compressed"] if which == "auto" else [which]
     names = [n for n in names if which != "auto" or run.has_model(n)]
     results = run.read_json(EVALUATION) or {}

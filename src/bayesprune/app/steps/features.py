@@ -1,4 +1,4 @@
-"""Step `select-features`: which input features the trained model keeps; features.json.
+"""Step `select-features`: which input features the trained model keeps; features.json / .png.
 
 Scores are the first layer's input PIPs where it has input gates, else the norm of
 each input's outgoing posterior-mean weights; the rule is chosen by `app.policy`.
@@ -55,7 +55,15 @@ def _screen(run: Run, data: RunData, selected: list[int], n_scores: int) -> Scre
 
 
 def select_features(run: Run, *, write: bool = True) -> dict[str, Any]:
-    """Selected input features of the trained model (PIPs or norms); features.json."""
+    """Selected input features of the trained model (PIPs or norms); with `write`,
+    features.json and features.png published together."""
+    if not write:
+        return _select(run, write)
+    with run.locked():
+        return _select(run, write)
+
+
+def _select(run: Run, write: bool) -> dict[str, Any]:
     f = run.config.features
     model = run.load_model("trained")
     data = run.data()
@@ -95,6 +103,22 @@ def select_features(run: Run, *, write: bool = True) -> dict[str, Any]:
         result["true_features"] = data.true_features
         result["selection"] = truth.as_dict()
     if write:
-        run.write_json("features.json", result)
+        with run.publish("features") as tx:
+            tx.write_json("features.json", result)
+            tx.write_bytes("features.png", features_png(result))
         run.log(f"select-features: {kind}/{rule}: {len(selected)} of {scores.numel()} kept")
     return result
+
+
+def features_png(result: dict[str, Any]) -> bytes:
+    """The figure of features.json (scores, the selected ones, the truth if known)."""
+    from ... import plots
+
+    return plots.feature_scores(
+        result["scores"],
+        result["selected"],
+        result["names"],
+        result["score"],
+        image_shape=result.get("image_shape"),
+        true_features=result.get("true_features"),
+    )

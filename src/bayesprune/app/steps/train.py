@@ -10,7 +10,8 @@ from ... import metrics
 from ...evaluation import VALIDATION_METRICS, evaluate
 from ...train import fit
 from ..config import RunConfig, config_to_dict
-from ..folder import Run
+from ..factory import run_likelihood
+from ..folder import Run, lock_folder
 from ..policy import fit_kwargs
 from ..summaries import posterior_summary
 
@@ -24,10 +25,16 @@ def train_run(
 ) -> dict[str, Any]:
     """Train, save model and likelihood, and write metrics.json (history, test metrics,
     size and the posterior summary the report plots)."""
-    run = Run.create(folder, config)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with lock_folder(folder):
+        return _train(Run.create(folder, config), progress, echo)
+
+
+def _train(run: Run, progress: bool, echo: Callable[[str], None] | None) -> dict[str, Any]:
+    config = run.config
     data = run.data()
     model = run.build_model()
-    likelihood = run.likelihood()
+    likelihood = run_likelihood(config, data.task)  # a resumed fit restores its state
     say = echo or (lambda _msg: None)
     run.log(f"train: start ({config.train.epochs} epochs, {run.describe()})")
 
@@ -49,8 +56,6 @@ def train_run(
         callbacks=(on_epoch,),
         **fit_kwargs(config),
     )
-    run.save_model(model, "trained", {"config": config_to_dict(config)})
-    run.save_likelihood(likelihood)
     test = evaluate(model, data.test, likelihood, metrics=VALIDATION_METRICS[likelihood.task])
     if data.task == "regression":
         test["rmse_original_units"] = test["rmse"] * data.y_std
@@ -61,6 +66,9 @@ def train_run(
         "size": metrics.model_size(model).as_dict(),
         "posterior": posterior_summary(model),
     }
-    run.write_json("metrics.json", result)
+    with run.publish("train") as tx:
+        run.save_model(model, "trained", {"config": config_to_dict(config)}, tx=tx)
+        run.save_likelihood(likelihood, tx)
+        tx.write_json("metrics.json", result)
     run.log(f"train: done; test {test}")
     return result
