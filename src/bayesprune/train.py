@@ -345,6 +345,18 @@ def _checked_inputs(dataset: Dataset, model: nn.Module, what: str) -> Dataset:
     return TensorDataset(x.to(reference.dtype), *rest)
 
 
+def _step(opt: torch.optim.Optimizer, epoch: int) -> None:
+    """One optimiser step; a learning rate beyond the parameters' float range is one clear error."""
+    try:
+        opt.step()
+    except RuntimeError as err:
+        if "overflow" not in str(err):
+            raise
+        raise FloatingPointError(
+            f"the optimiser step overflowed at epoch {epoch + 1} ({err}); lower train.lr"
+        ) from err
+
+
 def _non_finite(named: Sequence[tuple[str, Tensor]], epoch: int) -> Exception | None:
     try:
         check_finite_parameters(named, epoch)
@@ -407,7 +419,7 @@ def _train_epoch(
         ctx.raise_if_any(problem)  # with several processes: all stop together, none hangs
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        _step(opt, epoch)
         b = len(y)
         n_seen += b
         sums["loss"] += float(loss.detach()) * b

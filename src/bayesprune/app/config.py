@@ -32,7 +32,7 @@ from ..compress.scores import INPUT_SCORES, UNIT_SCORES, WEIGHT_SCORES
 from ..likelihoods import likelihood_names
 from ..optim import LR_SCHEDULES, OPTIMIZERS
 from .schema import ConfigError, _section, _unknown
-from .yaml_safe import load_strict
+from .yaml_safe import YamlRefused, load_strict
 
 IMAGE_SETS = ("mnist", "fashion-mnist")
 TABULAR_SETS = ("digits", "breast_cancer", "wine", "diabetes")
@@ -318,10 +318,12 @@ def load_config(path: str | Path) -> RunConfig:
     try:
         raw = load_strict(path.read_text())
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path} is not a UTF-8 text file ({err.reason}); save it as UTF-8") from err
+        raise ConfigError(f"{path} is not UTF-8 text ({err.reason}); save it as UTF-8") from err
+    except YamlRefused as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         shown = " ".join(str(err).split())
-        raise ConfigError(f"{path} is not a valid run config: {shown}") from err
+        raise ConfigError(f"{path} is not valid YAML: {shown}") from err
     except RecursionError as err:
         raise ConfigError(f"{path} nests too deeply to be a run config") from err
     try:

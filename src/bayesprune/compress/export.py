@@ -64,7 +64,10 @@ def load_model(path: str | Path) -> nn.Module:
     model is first built on the meta device (shapes only, no memory), so a small file
     whose spec asks for huge layers fails at once. NaN or inf tensors are refused.
     """
-    tensors, spec = load_tensors(path)
+    try:
+        tensors, spec = load_tensors(path)
+    except RecursionError as err:  # a header nested thousands deep
+        raise CheckpointError(f"{path}: its header is nested too deeply to be a model") from err
     if not isinstance(spec, dict) or spec.get("format") != FORMAT or "architecture" not in spec:
         raise CheckpointError(
             f"{path} is a safetensors file but not a bayesprune model (no architecture spec); "

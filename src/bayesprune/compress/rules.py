@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .adapters import copy_model
 from ..validation import check_scores
+from .adapters import copy_model
 from .masks import apply_masks, combine_masks, input_weight_masks, unit_weight_masks, weight_masks
 
 Evaluate = Callable[[nn.Module], Mapping[str, float]]
