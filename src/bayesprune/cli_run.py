@@ -88,7 +88,7 @@ def train(config: str, out: str | None, quiet: bool, nproc: int) -> None:
     from .distributed import launch, torchrun_world
 
     cfg = load_config(config)
-    folder = Path(out) if out else Path("runs") / Path(config).stem
+    folder = Path(out) if out else _default_folder(config)
     if nproc > 1 or torchrun_world() > 1:  # data-parallel: see _train_process
         timeout = cfg.train.timeout_s
         test = launch(_train_process, nproc, config, str(folder), quiet, timeout_s=timeout)[0]
@@ -98,6 +98,14 @@ def train(config: str, out: str | None, quiet: bool, nproc: int) -> None:
         test = train_run(cfg, folder, progress=progress, echo=echo)["test"]
     if test is not None:  # None: a process other than rank 0 under torchrun
         click.echo(f"trained {folder}: test {_show(test)}")
+
+
+def _default_folder(config: str) -> Path:
+    """runs/<config name>; a name such as `...yaml` (stem "..") would escape runs/."""
+    stem = Path(config).stem
+    if stem in ("", ".", "..") or stem.startswith("."):
+        raise click.UsageError(f"cannot name a run folder after {config!r}; give --out FOLDER")
+    return Path("runs") / stem
 
 
 def _train_process(config: str, folder: str, quiet: bool) -> dict[str, Any] | None:

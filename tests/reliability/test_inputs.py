@@ -360,6 +360,12 @@ def test_cli_one_line_on_real_stderr(tmp_path):
     ]
 
 
+def test_a_config_name_that_would_escape_runs_needs_out(tmp_path):
+    config = _write(tmp_path, yaml.safe_dump(TINY), "...yaml")
+    result = _cli("train", str(config))
+    assert result.exit_code == 2 and "give --out FOLDER" in result.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_one_line(tmp_path):
     with pytest.raises(ValueError, match="finds no CUDA device.*train.device: cpu"):
