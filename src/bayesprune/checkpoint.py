@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from . import distributed as dp
 from .io import CheckpointError, load_tensors, save_tensors
+from .validation import check_checkpoint_meta
 
 _NAME = re.compile(r"^epoch-(\d{4,})\.safetensors$")
 FORMAT = "bayesprune-checkpoint/1"
@@ -123,6 +124,7 @@ def load_training_state(
     tensors, meta = load_tensors(path, raw)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a bayesprune training checkpoint")
+    check_checkpoint_meta(meta, path)
     for prefix, module in (("model.", model), ("likelihood.", likelihood)):
         sub = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         try:

@@ -8,12 +8,18 @@ import click
 
 from . import __version__
 from .cli_data import data
+from .cli_errors import BoundedGroup
 from .cli_run import COMMANDS as RUN_COMMANDS
 
 
-@click.group()
+@click.group(cls=BoundedGroup)
 @click.version_option(__version__, prog_name="bayesprune")
-def main() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show the full traceback of an error instead of its one-line message.",
+)
+def main(debug: bool) -> None:
     """Bayesian neural networks that let the posterior decide what to delete."""
 
 

@@ -1,8 +1,8 @@
 """`bayesprune train | evaluate | compress | select-features | report | export` (run folders).
 
 Each command is a thin wrapper over `bayesprune.app.steps`; registered on the main
-group in cli.py. Errors the user can fix (a bad config, a missing run, a corrupt
-file) are printed as one line, without a traceback.
+group in cli.py, whose error boundary (cli_errors.py) prints every error as one line
+(`bayesprune --debug ...` shows the traceback).
 """
 
 from __future__ import annotations
@@ -21,12 +21,9 @@ from .app.config import (
     COMPRESS_RULES,
     UNIT_SCORE_NAMES,
     WEIGHT_SCORE_NAMES,
-    ConfigError,
     load_config,
 )
-from .io import CheckpointError
 
-_USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError)
 _RUN = click.argument("run", type=click.Path(file_okay=False))
 _QUIET = click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 _THREADS = click.option(
@@ -38,18 +35,15 @@ _THREADS = click.option(
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Add --threads, and turn errors a user can fix into a one-line click error (exit 1)."""
+    """Add --threads (errors become one line at the group's boundary, cli_errors.py)."""
 
     @_THREADS
     @functools.wraps(fn)
     def wrapper(*args: Any, threads: int | None = None, **kwargs: Any) -> Any:
         from .app.threads import limited_threads
 
-        try:
-            with limited_threads(threads):
-                return fn(*args, **kwargs)
-        except _USER_ERRORS as err:
-            raise click.ClickException(str(err)) from err
+        with limited_threads(threads):
+            return fn(*args, **kwargs)
 
     return wrapper
 
@@ -94,15 +88,24 @@ def train(config: str, out: str | None, quiet: bool, nproc: int) -> None:
     from .distributed import launch, torchrun_world
 
     cfg = load_config(config)
-    folder = Path(out) if out else Path("runs") / Path(config).stem
+    folder = Path(out) if out else _default_folder(config)
     if nproc > 1 or torchrun_world() > 1:  # data-parallel: see _train_process
-        test = launch(_train_process, nproc, config, str(folder), quiet)[0]
+        timeout = cfg.train.timeout_s
+        test = launch(_train_process, nproc, config, str(folder), quiet, timeout_s=timeout)[0]
     else:
         progress = _progress(quiet)
         echo = None if quiet or progress else click.echo
         test = train_run(cfg, folder, progress=progress, echo=echo)["test"]
     if test is not None:  # None: a process other than rank 0 under torchrun
         click.echo(f"trained {folder}: test {_show(test)}")
+
+
+def _default_folder(config: str) -> Path:
+    """runs/<config name>; a name such as `...yaml` (stem "..") would escape runs/."""
+    stem = Path(config).stem
+    if stem in ("", ".", "..") or stem.startswith("."):
+        raise click.UsageError(f"cannot name a run folder after {config!r}; give --out FOLDER")
+    return Path("runs") / stem
 
 
 def _train_process(config: str, folder: str, quiet: bool) -> dict[str, Any] | None:
@@ -115,7 +118,7 @@ def _train_process(config: str, folder: str, quiet: bool) -> dict[str, Any] | No
     from .distributed import setup
 
     cfg = load_config(config)
-    if not setup(device=cfg.train.device).is_main:
+    if not setup(device=cfg.train.device, timeout_s=cfg.train.timeout_s).is_main:
         with tempfile.TemporaryDirectory(prefix="bayesprune-rank-") as scratch:
             train_run(cfg, scratch)
         return None
@@ -196,21 +199,10 @@ def compress(run: str, quiet: bool, **overrides: Any) -> None:
 @_friendly
 def select_features(run: str) -> None:
     """Input features RUN's model uses (input PIPs, or input-weight norms); features.json/.png."""
-    from . import plots
     from .app.steps import select_features as select
-    from .io import atomic_write_bytes
 
     r = _open(run)
     result = select(r)
-    png = plots.feature_scores(
-        result["scores"],
-        result["selected"],
-        result["names"],
-        result["score"],
-        image_shape=result.get("image_shape"),
-        true_features=result.get("true_features"),
-    )
-    atomic_write_bytes(r.path("features.png"), png)
     click.echo(
         f"{len(result['selected'])} of {result['n_features']} features selected "
         f"({result['score']}, rule {result['rule']}): {', '.join(result['selected_names'][:40])}"

@@ -25,6 +25,7 @@ See docs/distributed.md for launch commands.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -44,7 +45,40 @@ from .io import atomic_write_json
 
 BACKENDS = ("gloo", "nccl")
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-_DEFAULT_TIMEOUT_S = 1800.0
+_DEFAULT_TIMEOUT_S = 300.0  # torch's own default (30 min) leaves a frozen run waiting
+_TIMEOUT_HINT = (
+    "a collective timed out waiting for the other processes: one of them froze, died or is "
+    "far slower (check its output); raise train.timeout_s if it is only slow"
+)
+
+
+def clean_error(err: BaseException) -> BaseException:
+    """A collective's raw backend error as one clear error (TimeoutError / ConnectionError).
+
+    gloo and NCCL report a frozen or dead peer as a RuntimeError whose text is a page
+    of backend detail; the CLI shows the one line this returns instead.
+    """
+    if isinstance(err, TimeoutError | ConnectionError) or not isinstance(err, RuntimeError):
+        return err
+    text = str(err).lower()
+    if "timed out" in text or "timeout" in text:
+        return TimeoutError(_TIMEOUT_HINT)
+    if "connection" in text or "peer" in text or "broken pipe" in text:
+        return ConnectionError(
+            "lost contact with another process of the group (it crashed or was killed); its "
+            "own output names the problem"
+        )
+    return err
+
+
+def _collective(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError as err:
+        clean = clean_error(err)
+        if clean is err:
+            raise
+        raise clean from err
 
 
 @dataclass(frozen=True)
@@ -70,7 +104,7 @@ class DistContext:
             return t
         ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
         buf = t.detach().to(self.comm_device).clone()
-        dist.all_reduce(buf, op=ops[op])
+        _collective(dist.all_reduce, buf, op=ops[op])
         return buf.to(t.device)
 
     def all_gather(self, t: Tensor) -> Tensor:
@@ -79,7 +113,7 @@ class DistContext:
             return t.unsqueeze(0)
         buf = t.detach().to(self.comm_device).contiguous()
         parts = [torch.empty_like(buf) for _ in range(self.world_size)]
-        dist.all_gather(parts, buf)
+        _collective(dist.all_gather, parts, buf)
         return torch.stack(parts).to(t.device)
 
     def broadcast_bytes(self, data: bytes) -> bytes:
@@ -97,7 +131,7 @@ class DistContext:
 
     def _broadcast(self, t: Tensor) -> Tensor:
         buf = t.to(self.comm_device)
-        dist.broadcast(buf, src=0)
+        _collective(dist.broadcast, buf, src=0)
         return buf.cpu()
 
     def raise_if_any(self, problem: Exception | None) -> None:
@@ -305,16 +339,82 @@ def launch(
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="bayesprune-ddp-") as folder:
-        mp.start_processes(
-            _launched,
-            args=(nproc, fn, args, backend, threads, folder, timeout_s),
-            nprocs=nproc,
-            join=True,
-            start_method="spawn",
-        )
+        try:
+            mp.start_processes(
+                _launched,
+                args=(nproc, fn, args, backend, threads, folder, timeout_s),
+                nprocs=nproc,
+                join=True,
+                start_method="spawn",
+            )
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
+            raise _first_error(Path(folder), nproc) from err
         return [
             json.loads((Path(folder) / f"result-{rank}.json").read_text()) for rank in range(nproc)
         ]
+
+
+# errors a process may hand back to `launch` by name (anything else comes back a RuntimeError)
+_RAISABLE: dict[str, type[BaseException]] = {
+    cls.__name__: cls
+    for cls in (
+        ValueError,
+        TypeError,
+        KeyError,
+        FloatingPointError,
+        TimeoutError,
+        ConnectionError,
+        FileNotFoundError,
+        PermissionError,
+        OSError,
+        RuntimeError,
+    )
+}
+
+
+def _record_error(folder: str, rank: int, err: BaseException) -> None:
+    """Leave this process's error (type, one-line message) for `launch` to raise."""
+    from .io import CheckpointError
+
+    kind = type(err)
+    name = "CheckpointError" if isinstance(err, CheckpointError) else kind.__name__
+    if kind.__name__ == "ConfigError":
+        name = "ConfigError"
+    message = " ".join(str(err).split()) or kind.__name__
+    secondary = isinstance(err, TimeoutError | ConnectionError) or message.startswith(
+        "training stopped: process"
+    )
+    record = {"type": name, "message": message, "secondary": secondary}
+    atomic_write_json(Path(folder) / f"error-{rank}.json", record)
+
+
+def _first_error(folder: Path, nproc: int) -> BaseException:
+    """One clean error for the whole group: the first process's own problem, else a timeout."""
+    records = []
+    for rank in range(nproc):
+        path = folder / f"error-{rank}.json"
+        if path.is_file():
+            records.append((rank, json.loads(path.read_text())))
+    if not records:
+        return RuntimeError(
+            f"a process of the {nproc} died without an error message (killed, or out of "
+            "memory); rerun with --nproc 1 to see the problem"
+        )
+    rank, record = min(records, key=lambda r: (r[1]["secondary"], r[0]))
+    kind = _raisable(record["type"])
+    return kind(f"process {rank} of {nproc}: {record['message']}")
+
+
+def _raisable(name: str) -> type[BaseException]:
+    if name == "CheckpointError":
+        from .io import CheckpointError
+
+        return CheckpointError
+    if name == "ConfigError":
+        from .app.schema import ConfigError
+
+        return ConfigError
+    return _RAISABLE.get(name, RuntimeError)
 
 
 def _launched(
@@ -331,21 +431,34 @@ def _launched(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc)
     )
     torch.set_num_threads(threads)
-    dist.init_process_group(
-        backend,
-        init_method=f"file://{Path(folder) / 'rendezvous'}",
-        rank=rank,
-        world_size=nproc,
-        timeout=timedelta(seconds=timeout_s),
-    )
     try:
+        dist.init_process_group(
+            backend,
+            init_method=f"file://{Path(folder) / 'rendezvous'}",
+            rank=rank,
+            world_size=nproc,
+            timeout=timedelta(seconds=timeout_s),
+        )
         result = fn(*args)
-        try:
-            atomic_write_json(Path(folder) / f"result-{rank}.json", result)
-        except TypeError as err:
-            raise TypeError(
-                f"launch: {getattr(fn, '__name__', fn)} returned {type(result).__name__}; "
-                "return JSON-able values (numbers, strings, lists, dicts) or write files"
-            ) from err
+    except Exception as err:
+        clean = clean_error(err)
+        _record_error(folder, rank, clean)
+        _destroy_quietly()
+        if clean is err:
+            raise
+        raise clean from err
+    try:
+        atomic_write_json(Path(folder) / f"result-{rank}.json", result)
+    except TypeError as err:
+        raise TypeError(
+            f"launch: {getattr(fn, '__name__', fn)} returned {type(result).__name__}; "
+            "return JSON-able values (numbers, strings, lists, dicts) or write files"
+        ) from err
     finally:
+        _destroy_quietly()
+
+
+def _destroy_quietly() -> None:
+    """Leave the group; after a peer froze or died this may itself fail, which adds nothing."""
+    with contextlib.suppress(Exception):  # the process is ending with its own error already
         dist.destroy_process_group()

@@ -86,7 +86,7 @@ def load_tensors(
         header_len = int.from_bytes(raw[:8], "little")
         header = json.loads(raw[8 : 8 + header_len])
         metadata = json.loads(header.get("__metadata__", {}).get("json", "{}"))
-    except (SafetensorError, ValueError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (SafetensorError, ValueError, UnicodeDecodeError, RecursionError, AttributeError) as err:
         raise CheckpointError(
             f"{path} is corrupt or truncated ({err}); it cannot be loaded. Use an earlier "
             "checkpoint from the same folder, or retrain; the file was left untouched."

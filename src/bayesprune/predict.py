@@ -30,6 +30,7 @@ from . import metrics
 from .likelihoods import Likelihood, make_likelihood
 from .nn import use_posterior_mean
 from .options import Choice
+from .validation import check_input_dtype, forward_checked
 
 
 class PredictMode(Choice):
@@ -120,21 +121,41 @@ def predict(
             parts = _run(model, x, passes, batch_size, device, lambda out: reduce(out, likelihood))
     finally:
         model.train(was_training)
+    _check_finite_output(parts, x)
     if likelihood.task == "regression":
         return _regression(parts[0], parts[1], keep_samples)
     return _classification(parts[0], keep_samples)
 
 
+def _check_finite_output(parts: list[Tensor], x: Tensor) -> None:
+    """Refuse NaN or inf predictions: returned silently they poison every metric downstream.
+
+    Finite inputs of huge magnitude (|x| ≳ 1e19 in float32) overflow the sampled
+    variances of the local reparameterisation, so this names the input scale.
+    """
+    if all(bool(torch.isfinite(p).all()) for p in parts):
+        return
+    largest = float(x.abs().max()) if x.is_floating_point() else float("nan")
+    raise ValueError(
+        f"the model's predictions are NaN or inf for these inputs (largest |x| = {largest:.3g}); "
+        "standardise or rescale the inputs to the range the model was trained on"
+    )
+
+
 def _as_input(x: Any, reference: Tensor | None) -> Tensor:
     """A tensor in the model's floating dtype; empty or non-finite inputs are refused."""
-    x = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+    if not isinstance(x, Tensor):
+        try:
+            x = torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"x must be a tensor or a numeric array, got {type(x)}") from err
     if x.ndim == 0 or len(x) == 0:
         raise ValueError(f"x must hold at least one example (batch first), got {tuple(x.shape)}")
-    if x.is_floating_point():
-        if not torch.isfinite(x).all():
-            raise ValueError("x contains NaN or inf; clean or impute the inputs first")
-        if reference is not None and reference.is_floating_point():
-            x = x.to(reference.dtype)
+    check_input_dtype(x)
+    if not torch.isfinite(x).all():
+        raise ValueError("x contains NaN or inf; clean or impute the inputs first")
+    if reference is not None and reference.is_floating_point():
+        x = x.to(reference.dtype)
     return x
 
 
@@ -158,7 +179,7 @@ def _run(
     per_batch: list[list[tuple[Tensor, ...]]] = []
     for start in range(0, len(x), batch_size):
         batch = x[start : start + batch_size].to(device)
-        per_batch.append([reduce(model(batch)) for _ in range(passes)])
+        per_batch.append([reduce(forward_checked(model, batch)) for _ in range(passes)])
     n_parts = len(per_batch[0][0])
     return [
         torch.cat([torch.stack([run[k] for run in batch]) for batch in per_batch], dim=1)

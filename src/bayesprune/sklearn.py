@@ -64,6 +64,20 @@ except ImportError:  # scikit-learn < 1.6
 
 
 FAMILY_AUTO = "auto"
+_MAX_FLOAT32 = float(np.finfo(np.float32).max)
+
+
+def _mean_std(a: np.ndarray, axis: int | None = 0) -> tuple[Any, Any]:
+    """Mean and standard deviation without overflow: computed on `a` / max|a|, then scaled.
+
+    `np.std` squares the values, so a column of magnitude 1e160 has an infinite std, and
+    dividing by it would silently zero the column.
+    """
+    big = np.abs(a).max(axis=axis, keepdims=True) if a.size else np.ones((1,) * a.ndim)
+    big = np.where(big > 0, big, 1.0)
+    unit = a / big
+    squeeze = np.squeeze(big, axis=axis) if axis is not None else float(big.reshape(-1)[0])
+    return unit.mean(axis) * squeeze, unit.std(axis) * squeeze
 
 
 def _auto_family() -> str:
@@ -151,10 +165,19 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
     def _inputs(self, X: Any, reset: bool) -> torch.Tensor:
         X = np.asarray(X, dtype=np.float64)
         if reset:
-            self.x_mean_ = X.mean(0) if self.standardize else np.zeros(X.shape[1])
-            scale = X.std(0) if self.standardize else np.ones(X.shape[1])
+            if self.standardize:
+                self.x_mean_, scale = _mean_std(X)
+            else:
+                self.x_mean_, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
             self.x_scale_ = np.where(scale > 0, scale, 1.0)
-        return torch.tensor((X - self.x_mean_) / self.x_scale_, dtype=torch.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = (X - self.x_mean_) / self.x_scale_
+        if not np.isfinite(z).all() or np.abs(z).max(initial=0.0) > _MAX_FLOAT32:
+            raise ValueError(
+                "X, standardised with the training statistics, overflows float32 (values far "
+                "beyond the training range); rescale X"
+            )
+        return torch.tensor(z, dtype=torch.float32)
 
     # -- training ------------------------------------------------------------------------
     def _fit(self, X: Any, targets: torch.Tensor, n_out: int, likelihood: Any) -> None:
@@ -285,8 +308,8 @@ class BayesianMLPRegressor(RegressorMixin, _BayesianMLP):
     def fit(self, X: Any, y: Any) -> BayesianMLPRegressor:
         X, y = validate_data(self, X, y, y_numeric=True)
         y = np.asarray(y, dtype=np.float64)
-        self.y_mean_ = float(y.mean()) if self.standardize else 0.0
-        scale = float(y.std()) if self.standardize else 1.0
+        mean, std = _mean_std(y, None) if self.standardize else (0.0, 1.0)
+        self.y_mean_, scale = float(mean), float(std)
         self.y_scale_ = scale if scale > 0 and math.isfinite(scale) else 1.0
         targets = torch.as_tensor((y - self.y_mean_) / self.y_scale_, dtype=torch.float32)
         self._fit(X, targets, 1, Gaussian())

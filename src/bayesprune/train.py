@@ -43,6 +43,13 @@ from .evaluation import VALIDATION_METRICS, evaluate
 from .likelihoods import Likelihood, make_likelihood
 from .nn import kl as model_kl
 from .optim import LR_SCHEDULES, make_optimizer, param_groups
+from .validation import (
+    check_device,
+    check_finite_number,
+    check_finite_parameters,
+    check_input_dtype,
+    forward_checked,
+)
 
 __all__ = ["Callback", "DataLike", "History", "as_dataset", "evaluate", "fit"]
 
@@ -121,18 +128,6 @@ def _check_targets(likelihood: Likelihood, out: Any, y: Tensor, dataset: Dataset
     likelihood.check_target(head, y)
 
 
-def _forward(model: nn.Module, x: Tensor) -> Any:
-    try:
-        return model(x)
-    except RuntimeError as err:
-        if "shape" in str(err) or "size" in str(err):
-            raise ValueError(
-                f"inputs of shape {tuple(x.shape)} (batch first) do not fit the model: {err}. "
-                "Reshape the data or change the first layer's input size."
-            ) from err
-        raise
-
-
 class _Objective(nn.Module):
     """Model and likelihood as one module, so that DDP averages the gradients of both."""
 
@@ -143,7 +138,7 @@ class _Objective(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor, check_with: Dataset | None = None) -> Tensor:
         """Mean NLL of the batch; `check_with` first validates the labels against the output."""
-        out = _forward(self.model, x)
+        out = forward_checked(self.model, x)
         if check_with is not None:
             _check_targets(self.likelihood, out, y, check_with)
         return self.likelihood.nll(out, y)
@@ -215,16 +210,16 @@ def fit(
     rank 0 writes checkpoints and shows progress, callbacks run on every process with
     the same (all-reduced) record. See `bayesprune.distributed` and docs/distributed.md.
     """
-    if epochs < 0 or batch_size <= 0 or not lr > 0:
-        raise ValueError(
-            f"need epochs >= 0, batch_size > 0, lr > 0; got {epochs}, {batch_size}, {lr}"
-        )
-    if kl_weight < 0 or kl_warmup_epochs < 0:
-        raise ValueError("kl_weight and kl_warmup_epochs must be >= 0")
+    _check_settings(epochs, batch_size, lr, weight_decay, kl_weight, kl_warmup_epochs)
+    if dataset_size is not None and (
+        isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1
+    ):
+        raise ValueError(f"dataset_size must be an integer >= 1 (or None), got {dataset_size!r}")
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid: {sorted(LR_SCHEDULES)}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir, the folder of the run to resume")
+    check_device(device)
     ctx = dp.context(distributed, device)
     device = dp.device_for(device, ctx)
     dp.check_batch_size(batch_size, ctx.world_size)
@@ -232,6 +227,13 @@ def fit(
     train_set = as_dataset(train, "train")
     val_set = None if val is None else as_dataset(val, "val")
     n_train = len(train_set)  # type: ignore[arg-type]
+    if n_train == 0:
+        raise ValueError(
+            "the training set has 0 rows; give it at least one (with a run config: raise "
+            "data.limit or lower data.val_fraction)"
+        )
+    train_set = _checked_inputs(train_set, model, "train")
+    val_set = None if val_set is None else _checked_inputs(val_set, model, "val")
     settings = _Settings(
         epochs,
         batch_size,
@@ -295,6 +297,7 @@ def fit(
             if val_set is not None:
                 scores = _validate(model, val_set, likelihood, ctx)
                 record.update({f"val_{k}": v for k, v in scores.items()})
+            ctx.raise_if_any(_non_finite(named, epoch + 1))  # before anything is saved
             history.epochs.append(record)
             if folder is not None:
                 # a collective: every process hands its RNG state to rank 0, which writes
@@ -307,6 +310,59 @@ def fit(
             for callback in callbacks:
                 callback(record)
     return history
+
+
+def _check_settings(
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    kl_weight: float,
+    kl_warmup_epochs: float,
+) -> None:
+    """Bounds of fit's numeric arguments: an inf or NaN would train to a silently wrong model."""
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    if epochs < 0 or batch_size <= 0:
+        raise ValueError(f"need epochs >= 0 and batch_size > 0; got {epochs}, {batch_size}")
+    if not check_finite_number(lr, "lr") > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    check_finite_number(weight_decay, "weight_decay", minimum=0.0)
+    check_finite_number(kl_weight, "kl_weight", minimum=0.0)
+    check_finite_number(kl_warmup_epochs, "kl_warmup_epochs", minimum=0.0)
+
+
+def _checked_inputs(dataset: Dataset, model: nn.Module, what: str) -> Dataset:
+    """Tensor inputs must be real floats; other float widths are cast to the model's dtype."""
+    if not isinstance(dataset, TensorDataset):
+        return dataset
+    x, *rest = dataset.tensors
+    check_input_dtype(x, f"{what} X")
+    reference = next(iter(model.parameters()), None)
+    if reference is None or not reference.is_floating_point() or x.dtype == reference.dtype:
+        return dataset
+    return TensorDataset(x.to(reference.dtype), *rest)
+
+
+def _step(opt: torch.optim.Optimizer, epoch: int) -> None:
+    """One optimiser step; a learning rate beyond the parameters' float range is one clear error."""
+    try:
+        opt.step()
+    except RuntimeError as err:
+        if "overflow" not in str(err):
+            raise
+        raise FloatingPointError(
+            f"the optimiser step overflowed at epoch {epoch + 1} ({err}); lower train.lr"
+        ) from err
+
+
+def _non_finite(named: Sequence[tuple[str, Tensor]], epoch: int) -> Exception | None:
+    try:
+        check_finite_parameters(named, epoch)
+    except FloatingPointError as err:
+        return err
+    return None
 
 
 def _train_epoch(
@@ -363,7 +419,7 @@ def _train_epoch(
         ctx.raise_if_any(problem)  # with several processes: all stop together, none hangs
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        _step(opt, epoch)
         b = len(y)
         n_seen += b
         sums["loss"] += float(loss.detach()) * b

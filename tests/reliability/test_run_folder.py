@@ -30,7 +30,7 @@ import yaml
 from click.testing import CliRunner
 
 from bayesprune.app import Run, parse_config
-from bayesprune.app.folder import ARTEFACTS, default_run_folder, lock_folder
+from bayesprune.app.folder import ARTEFACTS, lock_folder
 from bayesprune.app.steps import compress_run, export_run, select_features, train_run
 from bayesprune.app.transaction import RunFolderError
 from bayesprune.cli import main
@@ -341,22 +341,6 @@ def test_a_set_folder_planted_as_a_symlink_is_refused(base, tmp_path):
     with pytest.raises(RunFolderError, match="symbolic link"):
         export_run(Run.open(folder))
     assert not list(elsewhere.iterdir())
-
-
-@pytest.mark.parametrize(
-    ("config", "expected"),
-    [
-        ("...yaml", "runs/run"),
-        ("..yaml", "runs/run"),
-        (".yaml", "runs/yaml"),
-        ("dir/my run.yaml", "runs/my_run"),
-        ("configs/bc.yaml", "runs/bc"),
-    ],
-)
-def test_the_default_run_folder_stays_under_runs(config, expected):
-    folder = default_run_folder(config)
-    assert folder == Path(expected)
-    assert folder.resolve().parent == Path("runs").resolve()
 
 
 def test_config_yaml_is_written_only_by_train(base, tmp_path):

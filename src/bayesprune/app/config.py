@@ -32,6 +32,7 @@ from ..compress.scores import INPUT_SCORES, UNIT_SCORES, WEIGHT_SCORES
 from ..likelihoods import likelihood_names
 from ..optim import LR_SCHEDULES, OPTIMIZERS
 from .schema import ConfigError, _section, _unknown
+from .yaml_safe import YamlRefused, load_strict
 
 IMAGE_SETS = ("mnist", "fashion-mnist")
 TABULAR_SETS = ("digits", "breast_cancer", "wine", "diabetes")
@@ -116,6 +117,8 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata={"min": 1})
     device: str = "cpu"
     seed: int = 0
+    # seconds a collective waits for the other processes (train --nproc / torchrun)
+    timeout_s: float = field(default=300.0, metadata={"min": 1.0, "max": 86400.0})
 
 
 @dataclass
@@ -243,6 +246,32 @@ def _check_data(d: DataConfig) -> None:
             )
 
 
+def _check_rows(d: DataConfig) -> None:
+    """A limit that leaves no training row once the validation split is carved out."""
+    if d.limit is None or d.val_fraction <= 0:
+        return
+    n_val = max(1, round(d.val_fraction * d.limit))
+    if d.limit - n_val < 1:
+        raise ConfigError(
+            f"data.limit {d.limit} with data.val_fraction {d.val_fraction} leaves no training "
+            "row; raise data.limit or lower data.val_fraction"
+        )
+
+
+def _check_train(t: TrainConfig) -> None:
+    import torch
+
+    try:
+        device = torch.device(t.device)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(
+            f"train.device {t.device!r} is not a device torch knows ({err}); use 'cpu', "
+            "'cuda' or 'cuda:0'"
+        ) from None
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ConfigError(f"train.device {t.device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+
+
 def _check_compress(c: CompressConfig) -> None:
     if c.rule in PIP_RULE_NAMES and c.score not in ("auto", "pip"):
         raise ConfigError(
@@ -265,6 +294,8 @@ def _check_features(f: FeaturesConfig) -> None:
 def validate(config: RunConfig) -> RunConfig:
     """Cross-field checks (the per-key ones ran while parsing); returns `config`."""
     _check_data(config.data)
+    _check_rows(config.data)
+    _check_train(config.train)
     _check_model(config.model, config.data)
     _check_compress(config.compress)
     _check_features(config.features)
@@ -285,9 +316,16 @@ def load_config(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise ConfigError(f"no config file at {path}; write one (see `bayesprune train --help`)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_strict(path.read_text())
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text ({err.reason}); save it as UTF-8") from err
+    except YamlRefused as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+        shown = " ".join(str(err).split())
+        raise ConfigError(f"{path} is not valid YAML: {shown}") from err
+    except RecursionError as err:
+        raise ConfigError(f"{path} nests too deeply to be a run config") from err
     try:
         return parse_config(raw)
     except ConfigError as err:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .config import IMAGE_SETS, SIMULATED_SETS, TABULAR_SETS, DataConfig
+from .config import IMAGE_SETS, SIMULATED_SETS, TABULAR_SETS, ConfigError, DataConfig
 
 
 @dataclass
@@ -49,6 +49,11 @@ def _split_val(
     n_val = max(1, round(fraction * n))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7))
     val, train = order[:n_val], order[n_val:]
+    if len(train) == 0:
+        raise ConfigError(
+            f"data.val_fraction {fraction} of {n} rows leaves no training row; lower "
+            "data.val_fraction or raise data.limit"
+        )
     return (xy[0][train], xy[1][train]), (xy[0][val], xy[1][val])
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,13 +72,6 @@ ARTEFACTS = {
 """The sets of files each step publishes together, with one manifest each."""
 
 _MODEL_SET = {"trained": "train", "compressed": "compress"}
-
-
-def default_run_folder(config: str | Path) -> Path:
-    """runs/<config name>, the name made safe: a config called `...yaml` or `.yaml` must
-    not make runs/.. (the current directory) or runs/ itself the run folder."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(config).stem).strip(".")
-    return Path("runs") / (name or "run")
 
 
 def lock_folder(folder: str | Path) -> Any:

@@ -85,4 +85,5 @@ def fit_kwargs(config: RunConfig) -> dict[str, Any]:
     t = dataclasses.asdict(config.train)
     t.pop("likelihood")
     t.pop("keep_checkpoints")
+    t.pop("timeout_s")  # the process group's, set where it is created (cli_run)
     return t

@@ -58,27 +58,81 @@ def save_model(model: nn.Module, path: str | Path, metadata: dict[str, Any] | No
 
 
 def load_model(path: str | Path) -> nn.Module:
-    """Rebuild a model saved by `save_model` (same dtypes; in eval mode)."""
-    tensors, spec = load_tensors(path)
-    if spec.get("format") != FORMAT or "architecture" not in spec:
+    """Rebuild a model saved by `save_model` (same dtypes; in eval mode).
+
+    The spec is checked against the file's tensors before anything is allocated: the
+    model is first built on the meta device (shapes only, no memory), so a small file
+    whose spec asks for huge layers fails at once. NaN or inf tensors are refused.
+    """
+    try:
+        tensors, spec = load_tensors(path)
+    except RecursionError as err:  # a header nested thousands deep
+        raise CheckpointError(f"{path}: its header is nested too deeply to be a model") from err
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT or "architecture" not in spec:
         raise CheckpointError(
             f"{path} is a safetensors file but not a bayesprune model (no architecture spec); "
             "save it with bayesprune.compress.save_model"
         )
-    if spec.get("version", 0) > VERSION:
+    version = spec.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: format version {version!r} is not an integer")
+    if version > VERSION:
         raise CheckpointError(
-            f"{path} was written by a newer bayesprune (format version {spec['version']}); "
+            f"{path} was written by a newer bayesprune (format version {version}); "
             "upgrade bayesprune to load it"
         )
     try:
+        _check_shapes(spec["architecture"], tensors)
         model = build(spec["architecture"])
         model.load_state_dict(tensors, strict=True, assign=True)
-    except (ValueError, TypeError, KeyError, RuntimeError) as err:
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError) as err:
         raise CheckpointError(
-            f"{path} does not match its own architecture spec ({err}); the file is damaged or "
-            "was edited; re-export the model"
+            f"{path} does not match its own architecture spec ({_first_line(err)}); the file is "
+            "damaged or was edited; re-export the model"
         ) from err
+    except RecursionError as err:
+        raise CheckpointError(f"{path}: its architecture spec is nested too deeply") from err
+    bad = [name for name, t in tensors.items() if not _finite(t)]
+    if bad:
+        raise CheckpointError(
+            f"{path} holds NaN or inf values in {', '.join(bad[:3])}; the file is damaged or the "
+            "model diverged; re-export it from a healthy run"
+        )
     return model.eval()
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _finite(t: Tensor) -> bool:
+    return not t.is_floating_point() or bool(torch.isfinite(t).all())
+
+
+def _check_shapes(architecture: Any, tensors: dict[str, Tensor]) -> None:
+    """Build the spec on the meta device (no memory) and compare every shape with the file's.
+
+    Tensors the model holds outside its state dict (non-persistent buffers) may not
+    exceed what the file holds, so no spec can make loading allocate much more than
+    the file's own size.
+    """
+    with torch.device("meta"):
+        skeleton = build(architecture)
+    expected = skeleton.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ValueError(f"tensors missing: {missing[:5]}, unexpected: {extra[:5]}")
+    for name, t in expected.items():
+        if tuple(t.shape) != tuple(tensors[name].shape):
+            raise ValueError(
+                f"{name} has shape {tuple(tensors[name].shape)} in the file but "
+                f"{tuple(t.shape)} in the spec"
+            )
+    held = sum(t.numel() for t in tensors.values())
+    built = sum(t.numel() for t in (*skeleton.parameters(), *skeleton.buffers()))
+    if built > 2 * held + 1_000_000:
+        raise ValueError(f"the spec allocates {built} values but the file holds {held}")
 
 
 def saved_metadata(path: str | Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..options import Choice
+from ..validation import check_scores
 from .adapters import copy_model
 from .masks import apply_masks, combine_masks, input_weight_masks, unit_weight_masks, weight_masks
 
@@ -70,6 +71,7 @@ def _drop_lowest(flat: Tensor, n_remove: int) -> Tensor:
 def global_sparsity_masks(scores: Mapping[str, Tensor], sparsity: float) -> dict[str, Tensor]:
     """Remove the `sparsity` fraction of all entries with the lowest score, across layers."""
     _check_fraction(sparsity)
+    check_scores(scores)
     if not scores:
         return {}
     flat = torch.cat([s.detach().reshape(-1).float() for s in scores.values()])
@@ -89,6 +91,7 @@ def layer_sparsity_masks(
     `sparsity` is one fraction for every layer or a {name: fraction} dict (layers not
     named keep everything).
     """
+    check_scores(scores)
     per_layer = sparsity if isinstance(sparsity, Mapping) else dict.fromkeys(scores, sparsity)
     unknown = sorted(set(per_layer) - set(scores))
     if unknown:
@@ -105,6 +108,7 @@ def threshold_masks(scores: Mapping[str, Tensor], threshold: float) -> dict[str,
     """Keep the entries whose score is strictly above `threshold`."""
     if math.isnan(threshold):
         raise ValueError("threshold must be a number, got NaN")
+    check_scores(scores)
     return {name: (s.detach() > threshold).float() for name, s in scores.items()}
 
 
@@ -210,6 +214,7 @@ def search_sparsity(
     PruneLevel(level)
     if delta < 0:
         raise ValueError(f"delta must be >= 0, got {delta}")
+    check_scores(scores)
     make = global_sparsity_masks if rule == "global" else layer_sparsity_masks
     accuracy_of = metric_of(evaluate, metric, "search_sparsity")
     baseline = accuracy_of(model)

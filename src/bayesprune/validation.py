@@ -1,0 +1,136 @@
+"""Checks at the library's entry points: bounds and finiteness, not only types.
+
+A value that is the right type but out of range (an infinite learning rate, an
+integer tensor, a NaN importance score, a checkpoint claiming epoch −5) otherwise
+travels on and comes out as a silently wrong result or a raw torch traceback far
+from its cause. Each check here raises one error that names the value and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .io import CheckpointError
+
+__all__ = [
+    "check_checkpoint_meta",
+    "check_device",
+    "check_finite_number",
+    "check_finite_parameters",
+    "check_input_dtype",
+    "check_scores",
+    "forward_checked",
+]
+
+
+def check_finite_number(value: Any, name: str, *, minimum: float | None = None) -> float:
+    """`value` as a float, refused when it is not a finite number (or is below `minimum`)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def check_finite_parameters(named: Iterable[tuple[str, Tensor]], epoch: int) -> None:
+    """Raise FloatingPointError if a parameter holds NaN or ±inf after training `epoch`.
+
+    The loss is checked before each step, but the last step itself can overflow (an
+    enormous learning rate): without this check a model of ±inf weights is saved.
+    """
+    bad = [name for name, p in named if not bool(torch.isfinite(p.detach()).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise FloatingPointError(
+            f"parameters became non-finite (NaN or inf) at epoch {epoch}: {shown}; lower "
+            "train.lr (or kl_weight), or check the data scale. Nothing was saved for this epoch."
+        )
+
+
+def check_input_dtype(x: Tensor, what: str = "x") -> None:
+    """Refuse inputs a network cannot take: integers, booleans, complex numbers."""
+    if x.dtype.is_complex or not x.dtype.is_floating_point:
+        raise ValueError(
+            f"{what} has dtype {x.dtype}, but the network takes real floating-point inputs "
+            f"(float32 or float64); convert with {what}.float() (or np.asarray(..., "
+            "dtype='float32'))"
+        )
+
+
+def forward_checked(model: nn.Module, x: Tensor) -> Any:
+    """`model(x)`, with a shape or dtype mismatch turned into one ValueError."""
+    try:
+        return model(x)
+    except RuntimeError as err:
+        text = str(err)
+        if "shape" in text or "size" in text or "dimension" in text:
+            raise ValueError(
+                f"inputs of shape {tuple(x.shape)} (batch first) do not fit the model "
+                f"({text.splitlines()[0]}); reshape the data or change the first layer's "
+                "input size"
+            ) from err
+        if "dtype" in text or "type" in text:
+            raise ValueError(
+                f"inputs of dtype {x.dtype} do not fit the model ({text.splitlines()[0]}); "
+                "convert them to the model's dtype"
+            ) from err
+        raise
+
+
+def check_device(device: str | torch.device) -> None:
+    """Refuse an accelerator this torch build cannot use, naming the fix."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {str(device)!r} was asked for but torch finds no CUDA device here; set "
+            "train.device: cpu (or device='cpu'), or install a CUDA build of torch"
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} is not available here; use device 'cpu'")
+
+
+def check_scores(scores: Mapping[str, Tensor], what: str = "importance scores") -> None:
+    """Refuse NaN scores: a NaN sorts as the largest value, so it would silently keep a weight."""
+    for name, s in scores.items():
+        t = torch.as_tensor(s)
+        if t.dtype.is_floating_point and bool(torch.isnan(t).any()):
+            raise ValueError(
+                f"{what} of {name!r} contain NaN ({int(torch.isnan(t).sum())} of {t.numel()}); "
+                "the posterior is damaged: retrain, or check the model file"
+            )
+
+
+def check_checkpoint_meta(meta: Any, path: Any) -> None:
+    """Refuse a training checkpoint whose header is malformed (a negative epoch, ...)."""
+    problem = None
+    if not isinstance(meta, Mapping):
+        problem = f"its header is a {type(meta).__name__}, not a mapping"
+    else:
+        epoch = meta.get("epoch")
+        world = meta.get("world_size", 1)
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            problem = f"epoch must be an integer >= 0, got {epoch!r}"
+        elif not isinstance(meta.get("history"), list) or not all(
+            isinstance(r, dict) for r in meta["history"]
+        ):
+            problem = "history must be a list of per-epoch records"
+        elif len(meta["history"]) != epoch:
+            problem = f"history has {len(meta['history'])} records for {epoch} epochs"
+        elif not isinstance(meta.get("settings"), dict):
+            problem = "settings must be a mapping"
+        elif not isinstance(meta.get("optimizer"), dict):
+            problem = "optimizer state must be a mapping"
+        elif isinstance(world, bool) or not isinstance(world, int) or world < 1:
+            problem = f"world_size must be an integer >= 1, got {world!r}"
+    if problem:
+        raise CheckpointError(
+            f"{path} is not a valid training checkpoint ({problem}); it was damaged or "
+            "edited: move it aside to resume from the previous one, or retrain"
+        )
