@@ -6,16 +6,20 @@ place with `os.replace`, so a crash mid-write leaves the previous file intact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
+
+DIGEST = "__tensors_sha256__"  # key of the tensors' checksum in the header's JSON record
 
 
 class CheckpointError(ValueError):
@@ -59,12 +63,29 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def tensors_digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of `tensors` (in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def save_tensors(
     path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, Any] | None = None
 ) -> Path:
-    """Save tensors (+ JSON-able metadata, stored in the safetensors header) atomically."""
-    meta = {"json": json.dumps(metadata or {}, sort_keys=True)}
+    """Save tensors (+ JSON-able metadata, stored in the safetensors header) atomically.
+
+    The header also holds a SHA-256 of the tensors, checked on load, so a flipped bit
+    or a partial copy is an error rather than a silently different model.
+    """
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    # one metadata key only: safetensors writes several in a per-process random order,
+    # which would make identical saves differ byte for byte
+    record = {**(metadata or {}), DIGEST: tensors_digest(flat)}
+    meta = {"json": json.dumps(record, sort_keys=True)}
     return atomic_write_bytes(path, st_save(flat, metadata=meta))
 
 
@@ -86,9 +107,16 @@ def load_tensors(
         header_len = int.from_bytes(raw[:8], "little")
         header = json.loads(raw[8 : 8 + header_len])
         metadata = json.loads(header.get("__metadata__", {}).get("json", "{}"))
+        expected = metadata.pop(DIGEST, None) if isinstance(metadata, dict) else None
     except (SafetensorError, ValueError, UnicodeDecodeError, RecursionError, AttributeError) as err:
         raise CheckpointError(
             f"{path} is corrupt or truncated ({err}); it cannot be loaded. Use an earlier "
             "checkpoint from the same folder, or retrain; the file was left untouched."
         ) from err
+    if expected is not None and expected != tensors_digest(tensors):
+        raise CheckpointError(
+            f"{path} does not match its checksum (a flipped bit or a damaged copy); it cannot "
+            "be trusted. Use an earlier checkpoint or a fresh copy, or retrain; the file was "
+            "left untouched."
+        )
     return tensors, metadata
