@@ -73,7 +73,7 @@ def reestimate_variances(
     val: Any = None,
     *,
     epochs: int = 2,
-    lr: float = 1e-3,
+    lr: float = 1e-2,
     suffixes: Sequence[str] = VARIANCE_SUFFIXES,
     **fit_kwargs: Any,
 ) -> History:

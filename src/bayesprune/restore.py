@@ -60,7 +60,7 @@ def restore_uncertainty(
     `mode` with `samples` passes from `seed` (the one the network will be used with);
     returns a `calibration.TemperatureScaled` wrapper. "variances" / "finetune":
     `epochs` of training on `train` (`val` recorded per epoch if given), pruned
-    weights held at zero, at `lr` (None: 1e-3 for the scales, 1e-4 for full
+    weights held at zero, at `lr` (None: 1e-2 for the scales, 1e-4 for full
     fine-tuning); `fit_kwargs` go to `bayesprune.fit` (batch_size, kl_weight, ...).
     """
     method = RestoreMethod(method)
@@ -72,7 +72,7 @@ def restore_uncertainty(
     if train is None:
         raise ValueError(f"restore_uncertainty({method.value!r}) needs train= (training data)")
     train_step = reestimate_variances if method == RestoreMethod.VARIANCES else finetune
-    default_lr = 1e-3 if method == RestoreMethod.VARIANCES else 1e-4
+    default_lr = 1e-2 if method == RestoreMethod.VARIANCES else 1e-4
     train_step(
         repaired,
         train,
