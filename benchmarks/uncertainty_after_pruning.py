@@ -15,8 +15,10 @@ mean ± sd over seeds. The test and OOD test sets only score; nothing is chosen 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -177,6 +179,41 @@ def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def verdict(payload: dict[str, Any]) -> str:
+    """Which of issue 18's targets this run meets or misses, and by how much."""
+    runs = payload["runs"]
+    acc = statistics.mean(r["stages"]["bayesian/before"]["accuracy"] for r in runs)
+    ece = statistics.mean(r["stages"]["bayesian/before"]["ece"] for r in runs)
+    det = statistics.mean(r["stages"]["deterministic/before"]["ece"] for r in runs)
+    lines = [
+        f"- Accuracy: the unpruned Bayesian net reaches {100 * (1 - acc):.1f} % test error "
+        f"here, against the foundation target of 2.0 %: the accuracy target is missed by "
+        f"{100 * (1 - acc) - 2:.1f} points before any pruning, because this run is small. Its "
+        f"ECE ({ece:.4f}) is that of an under-trained net and above the deterministic net's "
+        f"({det:.4f}), so 'ECE ≤ 1.5× the unpruned Bayesian net' is a weak bar in this run.",
+    ]
+    for stage, t in payload["targets"].items():
+        misses = []
+        if not t["ece_le_1.5x_unpruned"]:
+            misses.append(f"ECE {t['ece_ratio_to_unpruned']:.2f}× the unpruned (target ≤ 1.5×)")
+        if not t["ece_below_deterministic_same_sparsity"]:
+            misses.append("ECE not below the deterministic net's at the same sparsity")
+        worst = max(t["auroc_entropy_drop"], t["auroc_mi_drop"])
+        if worst > 0.02:
+            misses.append(f"OOD AUROC down {worst:.3f} (target ≤ 0.02)")
+        state = "misses " + "; ".join(misses) if misses else "meets the ECE and AUROC targets"
+        lines.append(
+            f"- {stage}: {state} (ECE {t['ece_ratio_to_unpruned']:.2f}× unpruned, AUROC drop "
+            f"{worst:+.3f}, accuracy drop {t['accuracy_drop']:+.4f})."
+        )
+    lines.append(
+        "- Not measured here: the 40-epoch foundation setting, the reverse OOD direction "
+        "(Fashion-MNIST in, MNIST out), LeNet-5-Caffe, the eVI CNN and the spike-and-slab "
+        "median model, all of which issue 18 asks for."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def render(payload: dict[str, Any]) -> str:
     s = payload["settings"]
     target_rows = [{"stage": k, **v} for k, v in payload["targets"].items()]
@@ -194,6 +231,8 @@ def render(payload: dict[str, Any]) -> str:
         + md_table(payload["summary"])
         + "\nIssue 18 targets (Bayesian stages, seed means):\n\n"
         + md_table(target_rows)
+        + "\nMet and missed in this small run (seed means; the sd over seeds is in the "
+        "first table):\n\n" + verdict(payload)
     )
 
 
@@ -213,10 +252,15 @@ def main() -> None:
     parser.add_argument("--restore-epochs", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rerender", metavar="JSON", help="only rewrite results from a JSON")
     add_results_dir_option(parser)
     args = parser.parse_args()
     use_results_dir(args)
+    if args.rerender:
+        rerender(args.rerender)
+        return
     torch.set_num_threads(args.threads)
+    del args.rerender
     settings = {**vars(args), "prior": PRIOR}
     runs = [run_seed(seed, args) for seed in args.seeds]
     payload = {"settings": settings, "runs": runs, "summary": summarise(runs)}
@@ -224,6 +268,17 @@ def main() -> None:
     md = render(payload)
     print(md)
     write_results("uncertainty_after_pruning", payload, md)
+
+
+def rerender(path: str) -> None:
+    """Rewrite the summary, targets and markdown from a saved JSON, keeping its command
+    and machine, without retraining."""
+    payload = json.loads(Path(path).read_text())
+    command, machine_info = payload.pop("command"), payload.pop("machine")
+    payload.pop("benchmark", None)
+    payload["summary"] = summarise(payload["runs"])
+    payload["targets"] = targets(payload["runs"])
+    write_results("uncertainty_after_pruning", payload, render(payload), command, machine_info)
 
 
 if __name__ == "__main__":
