@@ -1,12 +1,14 @@
 """bayesprune: Bayesian neural networks that let the posterior decide what to delete."""
 
 from . import compress, metrics, nn
+from .calibration import TemperatureScaled, fit_temperature, temperature_scale
 from .evaluation import EvalMode, evaluate, scorer
-from .finetuning import finetune
+from .finetuning import finetune, reestimate_variances
 from .likelihoods import Categorical, Gaussian
 from .models import build, lenet5_caffe, lenet_300_100, mlp
 from .nn import convert, kl, to_deterministic
 from .predict import ClassificationPrediction, RegressionPrediction, predict
+from .restore import RestoreMethod, restore_uncertainty
 from .train import History, fit
 
 __version__ = "0.1.0"
@@ -18,6 +20,8 @@ __all__ = [
     "Gaussian",
     "History",
     "RegressionPrediction",
+    "RestoreMethod",
+    "TemperatureScaled",
     "__version__",
     "build",
     "compress",
@@ -25,6 +29,7 @@ __all__ = [
     "evaluate",
     "finetune",
     "fit",
+    "fit_temperature",
     "kl",
     "lenet5_caffe",
     "lenet_300_100",
@@ -32,6 +37,9 @@ __all__ = [
     "mlp",
     "nn",
     "predict",
+    "reestimate_variances",
+    "restore_uncertainty",
     "scorer",
+    "temperature_scale",
     "to_deterministic",
 ]

@@ -9,7 +9,12 @@ receives one argument and never needs to know about data, likelihoods or modes.
 
 Metrics are looked up by name in a table per task (`METRICS`); `DEFAULT_METRICS`
 are what a user expects to see, `VALIDATION_METRICS` the two that training records
-after every epoch.
+after every epoch. Given out-of-distribution inputs (`ood=`), a classification
+scorer also reads `OOD_METRICS`: how well the predictive's entropy / mutual
+information tells those inputs from the evaluation data (AUROC), so a pruning
+search can hold out-of-distribution detection as it holds accuracy. Which way each
+metric is better is `METRIC_DIRECTIONS` (kept in `bayesprune.metrics` so that
+`compress` can read it without importing prediction code).
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 
 from . import metrics as m
 from .data.xy import DataLike, as_xy
 from .likelihoods import Likelihood, make_likelihood
+from .metrics.directions import METRIC_DIRECTIONS, Direction
 from .predict import ClassificationPrediction, PredictMode, RegressionPrediction, predict
 
 Scorer = Callable[[nn.Module], dict[str, float]]
@@ -53,6 +61,22 @@ REGRESSION_METRICS: dict[str, _Reg] = {
 }
 """Regression (in the units of y): RMSE, Gaussian log score, the two variance parts."""
 
+_Ood = Callable[[ClassificationPrediction, ClassificationPrediction], float]
+
+OOD_METRICS: dict[str, _Ood] = {
+    "ood_auroc_entropy": lambda p_in, p_out: m.ood_auroc(p_in.entropy, p_out.entropy),
+    "ood_auroc_mi": lambda p_in, p_out: m.ood_auroc(
+        p_in.mutual_information, p_out.mutual_information
+    ),
+}
+"""Classification with out-of-distribution inputs: AUROC of flagging them (positives)
+by predictive entropy, or by mutual information (epistemic part; Monte-Carlo
+predictive only, since one pass has none)."""
+
+# METRIC_DIRECTIONS (imported above, re-exported): metric name → `Direction`, higher or
+# lower is better, for every metric of these tables except the descriptive ones (mean
+# entropy, mean mutual information, the variance parts); a test keeps it complete.
+
 METRICS: dict[str, dict[str, Any]] = {
     "classification": CLASSIFICATION_METRICS,
     "regression": REGRESSION_METRICS,
@@ -77,18 +101,33 @@ VALIDATION_METRICS: dict[str, tuple[str, ...]] = {
 """What `fit` records per epoch on its validation data (as val_nll, val_accuracy / val_rmse)."""
 
 
-def metric_names(names: Sequence[str] | None, task: str) -> tuple[str, ...]:
-    """`names` checked against the task's table (None: `DEFAULT_METRICS`)."""
+def ood_metric_names(mode: EvalMode | str) -> tuple[str, ...]:
+    """The OOD metrics a classification scorer in `mode` can compute (MI needs samples)."""
+    return tuple(OOD_METRICS) if EvalMode(mode) == EvalMode.MC else ("ood_auroc_entropy",)
+
+
+def metric_names(
+    names: Sequence[str] | None, task: str, ood: Sequence[str] = ()
+) -> tuple[str, ...]:
+    """`names` checked against the task's table and the OOD metrics available (`ood`);
+    None: `DEFAULT_METRICS` followed by `ood`."""
     if task not in METRICS:
         raise ValueError(f"cannot evaluate a likelihood of task {task!r}; valid: {list(METRICS)}")
     if names is None:
-        return DEFAULT_METRICS[task]
+        return (*DEFAULT_METRICS[task], *ood)
     if isinstance(names, str):
         names = (names,)
-    unknown = [name for name in names if name not in METRICS[task]]
+    valid = [*METRICS[task], *ood]
+    unknown = [name for name in names if name not in valid]
     if unknown or not names:
+        hint = ""
+        if any(name in OOD_METRICS for name in unknown):
+            hint = (
+                " (OOD AUROC needs scorer(..., ood=x_ood) on a classification likelihood; "
+                "ood_auroc_mi also mode='mc')"
+            )
         raise ValueError(
-            f"unknown {task} metrics {unknown}; valid: {list(METRICS[task])}"
+            f"unknown {task} metrics {unknown}; valid: {valid}{hint}"
             if unknown
             else "metrics must name at least one metric"
         )
@@ -105,6 +144,7 @@ def scorer(
     seed: int | None = 0,
     metrics: Sequence[str] | None = None,
     bins: int = 15,
+    ood: Any = None,
 ) -> Scorer:
     """A function model → {metric: value} on `data` ((X, y), a Dataset or a DataLoader).
 
@@ -114,10 +154,16 @@ def scorer(
     `DEFAULT_METRICS`); `bins`: ECE's bins. The data is read once, here; the model
     is scored by `predict` (eval mode, no_grad, its train/eval state and the caller's
     RNG left as they were) on the device its parameters live on.
+
+    `ood`: out-of-distribution inputs (a tensor / array, or data whose labels are
+    ignored), classification only. They add `OOD_METRICS`: "ood_auroc_entropy" and,
+    in mode "mc", "ood_auroc_mi" (by default both follow `DEFAULT_METRICS`), computed
+    by `metrics.ood_auroc` with the evaluation data as in-distribution.
     """
     mode = EvalMode(mode)
     lik = make_likelihood(likelihood)
-    names = metric_names(metrics, lik.task)
+    x_ood = None if ood is None else _ood_inputs(ood, lik.task)
+    names = metric_names(metrics, lik.task, ood_metric_names(mode) if ood is not None else ())
     if samples < 1 or batch_size < 1 or bins < 1:
         raise ValueError(
             f"samples, batch_size and bins must be >= 1, got {samples}, {batch_size}, {bins}"
@@ -125,19 +171,40 @@ def scorer(
     x, y = as_xy(data, "evaluation data")
     table = METRICS[lik.task]
 
-    def score(model: nn.Module) -> dict[str, float]:
-        pred = predict(
+    def predictive(model: nn.Module, inputs: Tensor) -> Any:
+        return predict(
             model,
-            x,
+            inputs,
             samples=samples,
             mode=mode.value,
             likelihood=lik,
             batch_size=batch_size,
             seed=seed,
         )
-        return {name: float(table[name](pred, y, bins)) for name in names}
+
+    def score(model: nn.Module) -> dict[str, float]:
+        pred = predictive(model, x)
+        result = {name: float(table[name](pred, y, bins)) for name in names if name in table}
+        if any(name in OOD_METRICS for name in names):
+            pred_ood = predictive(model, x_ood)
+            result |= {n: float(OOD_METRICS[n](pred, pred_ood)) for n in names if n in OOD_METRICS}
+        return {name: result[name] for name in names}
 
     return score
+
+
+def _ood_inputs(ood: Any, task: str) -> Tensor:
+    """The inputs of `ood` (a tensor or array, or data whose labels are ignored)."""
+    if task != "classification":
+        raise ValueError(
+            f"ood= (OOD AUROC) needs a classification likelihood, not one of task {task!r}"
+        )
+    if isinstance(ood, Tensor):
+        return ood
+    try:
+        return as_xy(ood, "out-of-distribution data")[0]
+    except (TypeError, ValueError):
+        return torch.as_tensor(np.asarray(ood))
 
 
 def score_prediction(
@@ -167,12 +234,16 @@ __all__ = [
     "CLASSIFICATION_METRICS",
     "DEFAULT_METRICS",
     "METRICS",
+    "METRIC_DIRECTIONS",
+    "OOD_METRICS",
     "REGRESSION_METRICS",
     "VALIDATION_METRICS",
+    "Direction",
     "EvalMode",
     "Scorer",
     "evaluate",
     "metric_names",
+    "ood_metric_names",
     "score_prediction",
     "scorer",
 ]

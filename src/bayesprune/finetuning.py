@@ -3,16 +3,30 @@
 Training after compression lives here, beside `fit`, so that `bayesprune.compress`
 holds no training code: its schedules receive a fine-tuning step as a callable
 (see `compress.self_compress`), and `compress.hold_pruned` keeps pruned weights at zero.
+
+Two ways to retrain the survivors of a pruning:
+
+- `finetune`: every parameter (variational means and scales), the variational
+  fine-tuning that lets the remaining weights take over the pruned ones' work;
+- `reestimate_variances`: the posterior scales only (parameters named ``*rho``), the
+  means held where training put them. Pruning removes weights whose noise the
+  survivors' scales were fitted alongside; re-estimating the scales alone restores
+  the predictive spread without moving the function the means compute.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
 
 from .compress.masks import hold_pruned
 from .train import History, fit
+
+VARIANCE_SUFFIXES = ("rho",)
+"""Names of the posterior-scale parameters (σ = softplus(ρ)) `reestimate_variances` trains."""
 
 
 def finetune(
@@ -31,3 +45,47 @@ def finetune(
     """
     with hold_pruned(model):
         return fit(model, train, val, epochs=epochs, lr=lr, **fit_kwargs)
+
+
+@contextmanager
+def only_trainable(model: nn.Module, suffixes: Sequence[str]) -> Iterator[list[str]]:
+    """Within the block, only parameters whose names end in one of `suffixes` require
+    gradients (yields their names); every parameter's flag is restored afterwards."""
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    chosen = [name for name in flags if name.endswith(tuple(suffixes))]
+    if not chosen:
+        raise ValueError(
+            f"no parameter name ends in {list(suffixes)} (parameters are named like "
+            f"{list(flags)[:4]}); a deterministic network has no posterior scales to re-estimate"
+        )
+    try:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in chosen)
+        yield chosen
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags[name])
+
+
+def reestimate_variances(
+    model: nn.Module,
+    train: Any,
+    val: Any = None,
+    *,
+    epochs: int = 2,
+    lr: float = 1e-2,
+    suffixes: Sequence[str] = VARIANCE_SUFFIXES,
+    **fit_kwargs: Any,
+) -> History:
+    """Train only the posterior scales of `model` in place (`finetune` with every other
+    parameter frozen); pruned weights stay pruned and the means do not move.
+
+    `suffixes`: which parameter names count as scales (default ``("rho",)``: σ =
+    softplus(ρ) in the Gaussian, scale-mixture and Sparse VD layers). The learning rate
+    is larger than `finetune`'s: ρ moves on a log-like scale.
+    """
+    with only_trainable(model, suffixes):
+        return finetune(model, train, val, epochs=epochs, lr=lr, **fit_kwargs)
+
+
+__all__ = ["VARIANCE_SUFFIXES", "finetune", "only_trainable", "reestimate_variances"]

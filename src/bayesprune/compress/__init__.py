@@ -75,6 +75,7 @@ from .self_compress import (
 )
 from .serialize import architecture, register_layer, registered_layers
 from .shrink import LayerRecord, ShrinkResult, shrink
+from .tolerances import Tolerance, ToleranceSpec, as_tolerances
 
 __all__ = [
     "INPUT_SCORES",
@@ -93,10 +94,13 @@ __all__ = [
     "SelectInputs",
     "SelfCompressResult",
     "ShrinkResult",
+    "Tolerance",
+    "ToleranceSpec",
     "apply_masks",
     "apply_torch_prune",
     "architecture",
     "as_prunable",
+    "as_tolerances",
     "bisect_sparsity",
     "combine_masks",
     "compression_report",

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .adapters import copy_model
 from .masks import apply_masks
-from .rules import Evaluate, global_sparsity_masks, metric_of
+from .rules import Evaluate, global_sparsity_masks, metric_of, metrics_of
 from .scores import unit_scores
 from .shrink import shrink
 
@@ -36,14 +36,17 @@ def pruning_curve(
     evaluate: Evaluate,
     fractions: Sequence[float],
     *,
-    metric: str = "accuracy",
+    metric: str | Sequence[str] = "accuracy",
 ) -> list[dict[str, float]]:
     """{"sparsity": s, metric: value} for every fraction s, in the order given.
 
-    At fraction 0 the copy keeps every weight, so the point is the unpruned metric.
+    `metric` may name several metrics (e.g. ``("accuracy", "ece", "ood_auroc_mi")``), each
+    then a key of every row, so one curve shows what pruning does to the uncertainty
+    too. At fraction 0 the copy keeps every weight, so the point is the unpruned metric.
     """
-    value = metric_of(evaluate, metric, "pruning_curve")
-    return [{"sparsity": s, metric: value(pruned_copy(model, scores, s))} for s in fractions]
+    names = (metric,) if isinstance(metric, str) else tuple(metric)
+    values = metrics_of(evaluate, names, "pruning_curve")
+    return [{"sparsity": s, **values(pruned_copy(model, scores, s))} for s in fractions]
 
 
 def bisect_sparsity(

@@ -12,8 +12,10 @@ sparsity is hit exactly: round(sparsity · n) entries go.
 - `threshold_masks`: keep score > threshold (e.g. Sparse VD's log α < 3 is
   threshold −3 on the "log_alpha" score; the median-probability model is PIP > 0.5).
 - `search_sparsity`: the largest pruning whose validation accuracy stays within
-  `delta` of the unpruned model; returns the curve it walked. It scores networks
-  through a callable it is given (`bayesprune.evaluation.scorer`), never by itself.
+  `delta` of the unpruned model, or, given `tolerances`, whose every named metric
+  (accuracy, NLL, ECE, OOD AUROC, ...) stays within its own tolerance; returns the
+  curve it walked. It scores networks through a callable it is given
+  (`bayesprune.evaluation.scorer`), never by itself.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..options import Choice
 from ..validation import check_scores
 from .adapters import copy_model
 from .masks import apply_masks, combine_masks, input_weight_masks, unit_weight_masks, weight_masks
+from .tolerances import Tolerance, ToleranceSpec, all_hold, as_tolerances, legacy_tolerance
 
 Evaluate = Callable[[nn.Module], Mapping[str, float]]
 """model → {metric: value}, e.g. `bayesprune.evaluation.scorer(val, likelihood)`."""
@@ -132,12 +135,15 @@ class SearchResult:
 
     sparsity: float  # chosen fraction of the scored entries removed
     threshold: float | None  # global rule: keep score > threshold gives the same masks
-    accuracy: float  # the metric (validation accuracy by default) at the chosen sparsity
-    baseline: float  # the metric of the unpruned model
-    delta: float
+    accuracy: float  # the primary metric (validation accuracy by default) at the chosen sparsity
+    baseline: float  # the primary metric of the unpruned model
+    delta: float  # the primary metric's tolerance
     masks: dict[str, Tensor]  # weight masks, ready for apply_masks
-    curve: list[dict[str, Any]] = field(default_factory=list)  # sparsity, accuracy, within
-    metric: str = "accuracy"  # the key of the evaluation's dict that was compared
+    curve: list[dict[str, Any]] = field(default_factory=list)  # sparsity, metric(s), within
+    metric: str = "accuracy"  # the primary key of the evaluation's dict that was compared
+    values: dict[str, float] = field(default_factory=dict)  # every held metric, chosen point
+    baselines: dict[str, float] = field(default_factory=dict)  # every held metric, unpruned
+    tolerances: list[Tolerance] = field(default_factory=list)  # what had to hold
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able summary (without the masks)."""
@@ -148,12 +154,25 @@ class SearchResult:
             "baseline": self.baseline,
             "delta": self.delta,
             "metric": self.metric,
+            "values": self.values,
+            "baselines": self.baselines,
+            "tolerances": [t.as_dict() for t in self.tolerances],
             "curve": self.curve,
         }
 
 
 def metric_of(evaluate: Any, metric: str, caller: str) -> Callable[[nn.Module], float]:
     """model → `evaluate(model)[metric]`, with errors that say what `evaluate` must be."""
+    values = metrics_of(evaluate, (metric,), caller)
+    return lambda model: values(model)[metric]
+
+
+def metrics_of(
+    evaluate: Any, metrics: Sequence[str], caller: str
+) -> Callable[[nn.Module], dict[str, float]]:
+    """model → {name: `evaluate(model)[name]`} for `metrics`, from one call of `evaluate`,
+    with errors that say what `evaluate` must be."""
+    metric = metrics[0]
     if not callable(evaluate):
         raise TypeError(
             f"{caller} takes evaluate=, a callable model -> {{metric: value}}, not data "
@@ -161,21 +180,22 @@ def metric_of(evaluate: Any, metric: str, caller: str) -> Callable[[nn.Module], 
             "bayesprune.evaluation.scorer(val, likelihood)"
         )
 
-    def value(model: nn.Module) -> float:
+    def values(model: nn.Module) -> dict[str, float]:
         scores = evaluate(model)
         if not isinstance(scores, Mapping):
             raise TypeError(
                 f"{caller}: evaluate(model) must return a dict of metrics (e.g. "
                 f"{{{metric!r}: 0.97}}), got {type(scores).__name__}"
             )
-        if metric not in scores:
+        missing = [name for name in metrics if name not in scores]
+        if missing:
             raise KeyError(
-                f"{caller}: metric {metric!r} is not among evaluate's {sorted(scores)}; "
-                "pass metric= one of them"
+                f"{caller}: metric {missing[0]!r} is not among evaluate's {sorted(scores)}; "
+                "pass metric= (or tolerances=) naming them, or build the scorer with them"
             )
-        return float(scores[metric])
+        return {name: float(scores[name]) for name in metrics}
 
-    return value
+    return values
 
 
 def _cut(scores: Mapping[str, Tensor], sparsity: float) -> float | None:
@@ -193,40 +213,50 @@ def search_sparsity(
     *,
     metric: str = "accuracy",
     delta: float = 0.01,
+    tolerances: ToleranceSpec | None = None,
     rule: str = "global",
     level: str = "weight",
     grid: Sequence[float] = DEFAULT_GRID,
     refine_steps: int = 4,
 ) -> SearchResult:
-    """The largest sparsity whose `metric` is ≥ (the unpruned model's − `delta`).
+    """The largest sparsity whose `metric` is ≥ (the unpruned model's − `delta`), or
+    whose every metric in `tolerances` stays within its tolerance.
 
     `evaluate(model) -> {metric: value}` scores a network, e.g.
     `bayesprune.evaluation.scorer((x_val, y_val), likelihood)` (posterior-mean
-    accuracy); `metric` names the key compared, higher being better. Every sparsity
-    in `grid` is tried on a copy of the model;
-    then `refine_steps` bisection steps between the largest passing point and the next
-    grid point. Accuracy need not fall monotonically, so the chosen point is the
-    largest passing one seen, and `curve` records every point in sparsity order.
-    `rule` is "global" or "layer" (same fraction in each layer); `level` says what
-    the scores rank ("weight", "unit" or "input").
+    accuracy). Without `tolerances`, `metric` names the key compared and `delta` its
+    allowed drop (direction from `bayesprune.metrics.METRIC_DIRECTIONS`, higher-is-better
+    for a name the table does not know). `tolerances`, e.g. ``{"accuracy": 0.005,
+    "ece": 0.01}`` or `Tolerance` records, replaces them: each an absolute worsening
+    allowed against the unpruned model, in the metric's own direction, and all must
+    hold (`metric` is then the one reported as `accuracy` / `baseline`, the first
+    tolerance's if it is not among them). Every sparsity in `grid` is tried on a copy
+    of the model; then `refine_steps` bisection steps between the largest passing
+    point and the next grid point. Metrics need not worsen monotonically, so the
+    chosen point is the largest passing one seen, and `curve` records every point in
+    sparsity order. `rule` is "global" or "layer" (same fraction in each layer);
+    `level` says what the scores rank ("weight", "unit" or "input").
     """
     rule = SearchRule(rule)
     PruneLevel(level)
     if delta < 0:
         raise ValueError(f"delta must be >= 0, got {delta}")
     check_scores(scores)
+    held = (legacy_tolerance(metric, delta),) if tolerances is None else as_tolerances(tolerances)
+    names = [t.metric for t in held]
+    primary = metric if metric in names else names[0]
     make = global_sparsity_masks if rule == "global" else layer_sparsity_masks
-    accuracy_of = metric_of(evaluate, metric, "search_sparsity")
-    baseline = accuracy_of(model)
-    points: dict[float, float] = {}
+    values_of = metrics_of(evaluate, names, "search_sparsity")
+    baselines = values_of(model)
+    points: dict[float, dict[str, float]] = {}
 
     def masks_at(s: float) -> dict[str, Tensor]:
         return weight_masks_for(model, make(scores, s), level)
 
     def try_point(s: float) -> bool:
         if s not in points:
-            points[s] = accuracy_of(apply_masks(copy_model(model), masks_at(s)))
-        return points[s] >= baseline - delta
+            points[s] = values_of(apply_masks(copy_model(model), masks_at(s)))
+        return all_hold(held, points[s], baselines)
 
     passing = [s for s in sorted({_check_fraction(g) for g in grid}) if try_point(s)]
     best = max(passing, default=0.0)
@@ -237,17 +267,22 @@ def search_sparsity(
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if try_point(mid) else (lo, mid)
         best = lo
-    curve = [
-        {"sparsity": s, "accuracy": points[s], "within": points[s] >= baseline - delta}
-        for s in sorted(points)
-    ]
+
+    def row(s: float) -> dict[str, Any]:
+        shown = {"accuracy": points[s][primary]} if tolerances is None else points[s]
+        return {"sparsity": s, **shown, "within": all_hold(held, points[s], baselines)}
+
+    chosen = points.get(best, baselines)
     return SearchResult(
         sparsity=best,
         threshold=_cut(scores, best) if rule == "global" else None,
-        accuracy=points.get(best, baseline),
-        baseline=baseline,
-        delta=delta,
+        accuracy=chosen[primary],
+        baseline=baselines[primary],
+        delta=next(t.tolerance for t in held if t.metric == primary),
         masks=masks_at(best),
-        curve=curve,
-        metric=metric,
+        curve=[row(s) for s in sorted(points)],
+        metric=primary,
+        values=dict(chosen),
+        baselines=dict(baselines),
+        tolerances=list(held),
     )

@@ -38,9 +38,10 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import copy_model
-from .rules import Evaluate, metric_of
+from .rules import Evaluate, metrics_of
 from .scores import unit_scores
 from .shrink import shrink
+from .tolerances import ToleranceSpec, all_hold, as_tolerances, legacy_tolerance
 
 _TINY = 1e-30
 
@@ -67,6 +68,7 @@ class CompressionRound:
     accuracy_pruned: float | None  # right after the deletion, before fine-tuning
     accuracy: float  # after fine-tuning (round 0: the uncompressed model)
     accepted: bool
+    values: dict[str, float] = field(default_factory=dict)  # every held metric, after fine-tuning
 
 
 @dataclass
@@ -172,6 +174,7 @@ def self_compress(
     rel_threshold: float | None = None,
     fraction: float | None = None,
     tolerance: float = 0.005,
+    tolerances: ToleranceSpec | None = None,
     max_rounds: int = 10,
     min_units: int = 1,
     passthrough: Sequence[type[nn.Module]] = (),
@@ -186,25 +189,36 @@ def self_compress(
     skips fine-tuning. `input_shape`: one example's shape (needed for convolutional
     nets, e.g. (1, 28, 28)). `rel_threshold` (default 0.05) or `fraction` choose what
     a round deletes. `tolerance`: the largest accepted drop of the metric below the
-    uncompressed model's (0.005 = 0.5 accuracy points). The input model is not modified.
+    uncompressed model's (0.005 = 0.5 accuracy points). `tolerances` (e.g.
+    ``{"accuracy": 0.005, "ece": 0.01}``, see `compress.tolerances`) replaces `metric`
+    and `tolerance`: a round is accepted only when every named metric stays within its
+    own tolerance of the uncompressed model's, in its own direction; `accuracy` in the
+    history is then `metric` if held, else the first held one. The input model is not
+    modified.
     """
-    accuracy = metric_of(evaluate, metric, "self_compress")
+    rel_threshold = _check(rel_threshold, fraction, tolerance, max_rounds, min_units)
+    held = (
+        (legacy_tolerance(metric, tolerance),) if tolerances is None else as_tolerances(tolerances)
+    )
+    names = [t.metric for t in held]
+    primary = metric if metric in names else names[0]
+    values_of = metrics_of(evaluate, names, "self_compress")
     if finetune is not None and not callable(finetune):
         raise TypeError(
             "self_compress takes finetune=, a callable that trains a model in place, not "
             f"data ({type(finetune).__name__}); e.g. "
             "lambda m: bayesprune.finetune(m, train, epochs=1)"
         )
-    rel_threshold = _check(rel_threshold, fraction, tolerance, max_rounds, min_units)
     current = copy_model(model)
     if not importances(current, score):  # also checks `score`
         raise ValueError(
             "the model has no hidden prunable layer (only the output layer): nothing to compress"
         )
     passthrough = tuple(passthrough)
-    base = accuracy(current)
+    baselines = values_of(current)
+    base = baselines[primary]
     units = {k: v.numel() for k, v in importances(current, score).items()}
-    history = [CompressionRound(0, units, dict.fromkeys(units, 0), None, base, True)]
+    history = [CompressionRound(0, units, dict.fromkeys(units, 0), None, base, True, baselines)]
     notes: list[str] = []
     stopped = "max_rounds"
     for r in range(1, max_rounds + 1):
@@ -216,14 +230,14 @@ def self_compress(
         shrunk = shrink(current, input_shape, prune_units=keep, passthrough=passthrough)
         notes += [f"round {r}: {n}" for n in shrunk.notes]
         candidate = shrunk.model
-        pruned_acc = accuracy(candidate)
+        pruned_acc = values_of(candidate)[primary]
         if finetune is not None:
             finetune(candidate)
-        acc = accuracy(candidate)
+        values = values_of(candidate)
         left = {k: v.numel() for k, v in importances(candidate, score).items()}
         removed = {k: int(m.sum()) for k, m in remove.items()}
-        ok = acc >= base - tolerance
-        history.append(CompressionRound(r, left, removed, pruned_acc, acc, ok))
+        ok = all_hold(held, values, baselines)
+        history.append(CompressionRound(r, left, removed, pruned_acc, values[primary], ok, values))
         if not ok:
             stopped = "tolerance"
             break

@@ -7,6 +7,7 @@ raise ValueError.
 """
 
 from .classification import CalibrationBins, accuracy, brier, calibration_bins, ece, nll
+from .directions import METRIC_DIRECTIONS, Direction, direction_of
 from .regression import gaussian_nll, rmse
 from .selection import SelectionScores, selection_scores
 from .size import (
@@ -27,7 +28,9 @@ from .uncertainty import (
 )
 
 __all__ = [
+    "METRIC_DIRECTIONS",
     "CalibrationBins",
+    "Direction",
     "LayerSize",
     "ModelSize",
     "SelectionScores",
@@ -36,6 +39,7 @@ __all__ = [
     "calibration_bins",
     "count_flops",
     "dense_weight_count",
+    "direction_of",
     "ece",
     "entropy",
     "expected_entropy",

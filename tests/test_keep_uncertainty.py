@@ -1,0 +1,252 @@
+"""Keeping the uncertainty (issue 18): tolerances in a metric's own direction, OOD AUROC
+in the scorer, and the restoring methods, each checked by brute force in float64."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bayesprune import (
+    TemperatureScaled,
+    fit,
+    fit_temperature,
+    metrics,
+    mlp,
+    predict,
+    reestimate_variances,
+    restore_uncertainty,
+)
+from bayesprune.calibration import fit_temperature_to_samples, tempered_probs
+from bayesprune.compress import (
+    Tolerance,
+    pruning_curve,
+    search_sparsity,
+    self_compress,
+    sparsity,
+    weight_masks,
+    weight_scores,
+)
+from bayesprune.evaluation import (
+    CLASSIFICATION_METRICS,
+    METRIC_DIRECTIONS,
+    OOD_METRICS,
+    REGRESSION_METRICS,
+    scorer,
+)
+
+DESCRIPTIVE = {
+    "mean_entropy",
+    "mean_mutual_information",
+    "mean_aleatoric_variance",
+    "mean_epistemic_variance",
+}
+
+
+def _overconfident(n: int = 200, c: int = 4, samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, N, C) probabilities from logits 5× too sharp, and labels drawn from the true ones."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(n, c, generator=g, dtype=torch.float64)
+    y = torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(1)
+    noise = 0.3 * torch.randn(samples, n, c, generator=g, dtype=torch.float64)
+    return torch.softmax(5.0 * (logits + noise), -1), y
+
+
+def _nll(probs: torch.Tensor, y: torch.Tensor) -> float:
+    return metrics.nll(probs, y)
+
+
+# --- temperature scaling -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_samples", [1, 8])
+def test_temperature_lowers_validation_nll_and_keeps_the_argmax(n_samples):
+    samples, y = _overconfident(samples=n_samples)
+    t = fit_temperature_to_samples(samples, y)
+    assert t > 2  # the logits were 5× too sharp
+    assert _nll(tempered_probs(samples, t), y) < _nll(samples.mean(0), y) - 0.1
+    if n_samples == 1:  # dividing one sample's logits keeps its arg-max exactly
+        assert torch.equal(tempered_probs(samples, t).argmax(-1), samples[0].argmax(-1))
+    # the fitted T is the minimum: brute force on a grid of log T
+    grid = [math.exp(v) for v in torch.linspace(-2, 3, 201).tolist()]
+    assert (
+        _nll(tempered_probs(samples, t), y)
+        <= min(_nll(tempered_probs(samples, g), y) for g in grid) + 1e-9
+    )
+
+
+def test_temperature_one_is_the_identity():
+    samples, _ = _overconfident(samples=3)
+    assert torch.allclose(tempered_probs(samples, 1.0), samples.mean(0), atol=1e-12)
+    model = mlp(5, [7], 3, family="deterministic").double()
+    x = torch.randn(10, 5, dtype=torch.float64)
+    assert torch.equal(TemperatureScaled(model, 1.0)(x), model(x))
+    with pytest.raises(ValueError, match="> 0"):
+        TemperatureScaled(model, 0.0)
+
+
+def test_fitted_temperature_on_a_network_keeps_accuracy_and_lowers_nll():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=g)
+    y = (x[:, 0] + 0.8 * torch.randn(400, generator=g) > 0).long()
+    model = mlp(6, [16], 2, family="deterministic")  # fit trains in float32
+    fit(model, (x[:200], y[:200]), epochs=150, batch_size=200, lr=0.05, progress=False)
+    val = (x[200:], y[200:])
+    score = scorer(val, metrics=["accuracy", "nll"])
+    t = fit_temperature(model, val, mode="mean")
+    scaled = TemperatureScaled(model, t)
+    assert score(scaled)["nll"] < score(model)["nll"]
+    assert score(scaled)["accuracy"] == score(model)["accuracy"]
+
+
+# --- tolerances in the metric's own direction --------------------------------------------------
+
+
+def _ece_rises_with_sparsity(m: nn.Module) -> dict[str, float]:
+    """Accuracy constant; ECE = 0.02 + 0.1 · fraction pruned (known outcome)."""
+    return {"accuracy": 0.9, "ece": 0.02 + 0.1 * sparsity(weight_masks(m))}
+
+
+def test_a_lower_is_better_tolerance_rejects_a_sparsity_that_raises_ece_beyond_it():
+    model = mlp(10, [20], 3, family="gaussian")
+    scores = weight_scores(model, "snr")
+    # ECE 0.025 at 0.05 (within 0.01 of 0.02) and 0.04 at 0.2 (beyond): 0.05 is chosen
+    result = search_sparsity(
+        model,
+        scores,
+        _ece_rises_with_sparsity,
+        tolerances={"accuracy": 0.005, "ece": 0.01},
+        grid=(0.05, 0.2),
+        refine_steps=0,
+    )
+    assert result.sparsity == pytest.approx(0.05)
+    assert [p["within"] for p in result.curve] == [True, False]
+    assert result.values["ece"] == pytest.approx(0.025, abs=1e-3)
+    assert result.baselines == {"accuracy": 0.9, "ece": pytest.approx(0.02)}
+    # with bisection the limit 0.1 is approached from below, never passed
+    refined = search_sparsity(
+        model, scores, _ece_rises_with_sparsity, tolerances={"ece": 0.01}, grid=(0.05, 0.2)
+    )
+    assert 0.08 <= refined.sparsity <= 0.1 and refined.metric == "ece"
+    # the same numbers read as higher-is-better would accept everything
+    flipped = search_sparsity(
+        model,
+        scores,
+        _ece_rises_with_sparsity,
+        tolerances=[Tolerance("ece", 0.01, direction="higher")],
+        grid=(0.05, 0.2),
+        refine_steps=0,
+    )
+    assert flipped.sparsity == pytest.approx(0.2)
+
+
+def test_tolerance_bounds_and_errors():
+    assert Tolerance("ece", 0.01).holds(0.029, 0.02)
+    assert not Tolerance("ece", 0.01).holds(0.031, 0.02)
+    assert Tolerance("accuracy", 0.01).holds(0.891, 0.9)
+    assert not Tolerance("ood_auroc_mi", 0.02).holds(0.85, 0.88)
+    with pytest.raises(ValueError, match="no direction known for metric 'mine'"):
+        Tolerance("mine", 0.1)
+    with pytest.raises(ValueError, match=">= 0"):
+        Tolerance("nll", -0.1)
+    with pytest.raises(ValueError, match="valid: higher, lower"):
+        Tolerance("mine", 0.1, direction="up")
+
+
+def test_every_non_descriptive_metric_has_a_direction():
+    named = {*CLASSIFICATION_METRICS, *REGRESSION_METRICS, *OOD_METRICS} - DESCRIPTIVE
+    assert named == set(METRIC_DIRECTIONS)
+
+
+def test_self_compress_and_curves_hold_several_metrics():
+    model = mlp(6, [12, 8], 3, family="gaussian")
+    curve = pruning_curve(
+        model, weight_scores(model, "snr"), _ece_rises_with_sparsity, [0.0, 0.5], metric=["ece"]
+    )
+    assert curve[0]["ece"] == pytest.approx(0.02) and curve[1]["ece"] == pytest.approx(0.07)
+
+    def ece_by_width(m: nn.Module) -> dict[str, float]:  # worse with every unit removed
+        units = sum(p.shape[0] for n, p in m.named_parameters() if n.endswith("weight_mu"))
+        return {"accuracy": 0.9, "ece": 0.02 + 0.001 * (23 - units)}
+
+    result = self_compress(
+        model, ece_by_width, fraction=0.25, tolerances={"ece": 0.006}, max_rounds=5
+    )
+    assert result.stopped == "tolerance"
+    assert [r.accepted for r in result.history] == [True, True, False]
+    assert result.history[1].values["ece"] == pytest.approx(0.025)
+    assert result.history[-1].values["ece"] > 0.026
+
+
+# --- OOD AUROC in the scorer -------------------------------------------------------------------
+
+
+def test_ood_auroc_equals_the_metric_on_hand_computed_entropies():
+    model = mlp(4, [8], 3, family="deterministic").double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(60, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (60,), generator=g)
+    x_ood = 3 * torch.randn(40, 4, generator=g, dtype=torch.float64)
+    got = scorer((x, y), ood=x_ood)(model)
+    assert "ood_auroc_mi" not in got  # one pass has no mutual information
+
+    def entropy(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            p = torch.softmax(model(inputs), -1)
+        return -(p * p.log()).sum(-1)
+
+    assert got["ood_auroc_entropy"] == pytest.approx(
+        metrics.ood_auroc(entropy(x), entropy(x_ood)), abs=1e-12
+    )
+
+
+def test_ood_auroc_mi_in_mc_mode_equals_the_metric_on_the_samples():
+    model = mlp(4, [8], 3, family="gaussian")
+    g = torch.Generator().manual_seed(3)
+    x, x_ood = torch.randn(50, 4, generator=g), 4 * torch.randn(30, 4, generator=g)
+    y = torch.randint(0, 3, (50,), generator=g)
+    got = scorer((x, y), mode="mc", samples=6, seed=1, ood=x_ood)(model)
+
+    def mi(inputs: torch.Tensor) -> torch.Tensor:
+        pred = predict(model, inputs, samples=6, mode="mc", seed=1, keep_samples=True)
+        return metrics.mutual_information(pred.samples)
+
+    assert got["ood_auroc_mi"] == pytest.approx(metrics.ood_auroc(mi(x), mi(x_ood)), abs=1e-12)
+    with pytest.raises(ValueError, match="ood=x_ood"):
+        scorer((x, y), metrics=["ood_auroc_entropy"])
+    with pytest.raises(ValueError, match="classification"):
+        scorer((x, y.float()), "gaussian", ood=x_ood)
+
+
+# --- restoring by training ----------------------------------------------------------------------
+
+
+def test_variance_reestimation_changes_only_the_rho_parameters():
+    model = mlp(5, [9], 3, family="gaussian")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 5, generator=g)
+    y = torch.randint(0, 3, (64,), generator=g)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    reestimate_variances(model, (x, y), epochs=2, batch_size=16, progress=False)
+    for name, p in model.named_parameters():
+        changed = not torch.equal(p, before[name])
+        assert changed == name.endswith("rho"), name
+        assert p.requires_grad  # flags restored
+    with pytest.raises(ValueError, match="no parameter name ends in"):
+        reestimate_variances(mlp(5, [9], 3, family="deterministic"), (x, y))
+
+
+def test_restore_uncertainty_leaves_its_input_alone_and_names_its_methods():
+    model = mlp(5, [9], 3, family="gaussian")
+    x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    repaired = restore_uncertainty(model, "finetune", train=(x, y), epochs=1, batch_size=20)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert any(not torch.equal(v, repaired.state_dict()[k]) for k, v in state.items())
+    assert isinstance(restore_uncertainty(model, "temperature", val=(x, y)), TemperatureScaled)
+    with pytest.raises(ValueError, match="valid: temperature, variances, finetune"):
+        restore_uncertainty(model, "dropout", train=(x, y))
+    with pytest.raises(ValueError, match="needs val="):
+        restore_uncertainty(model, "temperature", train=(x, y))
