@@ -10,7 +10,7 @@
 """
 
 from .compress import compress_run, compression_masks, with_overrides
-from .evaluate import evaluate_model, evaluate_run, model_metrics
+from .evaluate import evaluate_model, evaluate_run, model_entry
 from .export import export_run
 from .features import feature_scores, select_features
 from .train import train_run
@@ -22,7 +22,7 @@ __all__ = [
     "evaluate_run",
     "export_run",
     "feature_scores",
-    "model_metrics",
+    "model_entry",
     "select_features",
     "train_run",
     "with_overrides",

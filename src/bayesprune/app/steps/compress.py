@@ -34,7 +34,7 @@ from ..config import PIP_RULE_NAMES, ConfigError, RunConfig, config_to_dict, par
 from ..data import RunData
 from ..folder import Run
 from ..policy import SEARCH_ROWS, fit_kwargs, primary_mode, resolve_compress, score_level
-from .evaluate import evaluate_model, model_metrics
+from .evaluate import evaluate_models, model_entry, record_entry
 
 
 def _search_data(data: RunData) -> tuple[Tensor, Tensor]:
@@ -122,12 +122,19 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
     info["weights_removed"] = 1.0 - sum(float(m.sum()) for m in masks.values()) / max(
         1, sum(m.numel() for m in masks.values())
     )
+    # test metrics of both models: the trained one's from evaluation.json when current,
+    # the compressed one's recorded there after publishing, so `evaluate` and `report`
+    # predict nothing again
+    before = evaluate_models(run, "trained", progress, curve=False)["trained"]
+    after = model_entry(final, run, None)
+    mode_before, mode_after = primary_mode(run.config, model), primary_mode(run.config, final)
+    info["metrics_mode"] = {"before": mode_before, "after": mode_after}
     report = compression_report(
         model,
         final,
         input_shape=data.input_shape,
-        metrics_before=model_metrics(run, "trained", model, primary_mode(run.config, model)),
-        metrics_after=evaluate_model(final, run, primary_mode(run.config, final)),
+        metrics_before=before["modes"][mode_before],
+        metrics_after=after["modes"][mode_after],
         title=f"compression of {run.folder.name}: {score} + {rule}",
         extra=info,
     )
@@ -135,6 +142,7 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
         run.save_model(final, "compressed", {"compression": info}, tx=tx)
         tx.write_json("compressed/compression.json", dict(report))
         tx.write_bytes("compressed/compression.md", report_markdown(report).encode())
+    record_entry(run, "compressed", {**after, "model_sha256": run.model_digest("compressed")})
     run.log(
         f"compress: {score}/{rule}; non-zero weights {report['totals']['nonzero_before']} → "
         f"{report['totals']['nonzero_after']}; metrics {report['metrics']['after']}"

@@ -94,12 +94,27 @@ def cached_entry(run: Run, which: str) -> dict[str, Any] | None:
     return entry if entry.get("settings") == _settings(run) else None
 
 
-def model_metrics(run: Run, which: str, model: nn.Module, mode: str) -> dict[str, float]:
-    """Metrics of saved model `which` in `mode`: from evaluation.json when it is current."""
-    entry = cached_entry(run, which)
-    if entry and mode in entry.get("modes", {}):
-        return entry["modes"][mode]
-    return evaluate_model(model, run, mode)
+def model_entry(model: nn.Module, run: Run, digest: str | None) -> dict[str, Any]:
+    """A fresh evaluation.json entry of `model` (every mode, reliability), keyed by `digest`."""
+    entry: dict[str, Any] = {
+        "model_sha256": digest,
+        "settings": _settings(run),
+        "size": metrics.model_size(model).as_dict(),
+        "modes": {},
+    }
+    for k, mode in enumerate(modes_for(run.config, model)):
+        pred = _predict(model, run, mode)
+        entry["modes"][mode] = _metrics(run, pred)
+        if k == 0 and run.data().task == "classification":
+            entry["reliability"] = {"mode": mode, **_reliability(run, pred)}
+    return entry
+
+
+def record_entry(run: Run, which: str, entry: dict[str, Any]) -> None:
+    """Store `entry` as model `which`'s evaluation (the caller holds the run's lock)."""
+    results = run.read_json(EVALUATION) or {}
+    results[which] = entry
+    run.write_json(EVALUATION, results)
 
 
 def evaluate_run(
@@ -107,31 +122,25 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate the trained and/or compressed model (see the module docstring)."""
     with run.locked():
-        return _evaluate(run, which, progress, curve)
+        return evaluate_models(run, which, progress, curve)
 
 
-def _evaluate(run: Run, which: str, progress: bool, curve: bool) -> dict[str, Any]:
+def evaluate_models(run: Run, which: str, progress: bool, curve: bool) -> dict[str, Any]:
+    """`evaluate_run` for a caller that already holds the run's lock (e.g. `compress`)."""
     names = ["trained", "compressed"] if which == "auto" else [which]
     names = [n for n in names if which != "auto" or run.has_model(n)]
     results = run.read_json(EVALUATION) or {}
-    todo = [n for n in names if cached_entry(run, n) is None or (curve and n == "trained"
-            and "pruning_curve" not in results.get(n, {}))]  # fmt: skip
-    for name in tqdm(todo, desc="evaluate", disable=not progress, leave=False):
+    for name in tqdm(names, desc="evaluate", disable=not progress, leave=False):
+        entry = cached_entry(run, name)
+        needs_curve = curve and name == "trained" and "pruning_curve" not in (entry or {})
+        if entry is not None and not needs_curve:
+            continue  # current: nothing is predicted again
         model = run.load_model(name)
-        entry: dict[str, Any] = {
-            "model_sha256": run.model_digest(name),
-            "settings": _settings(run),
-            "size": metrics.model_size(model).as_dict(),
-            "modes": {},
-        }
-        for k, mode in enumerate(modes_for(run.config, model)):
-            pred = _predict(model, run, mode)
-            entry["modes"][mode] = _metrics(run, pred)
-            if k == 0 and run.data().task == "classification":
-                entry["reliability"] = {"mode": mode, **_reliability(run, pred)}
-        if curve and name == "trained":
+        if entry is None:
+            entry = model_entry(model, run, run.model_digest(name))
+            run.log(f"evaluate: {name} {entry['modes']}")
+        if needs_curve:
             entry["pruning_curve"] = pruning_curve(model, run)
         results[name] = entry
-        run.log(f"evaluate: {name} {entry['modes']}")
-    run.write_json(EVALUATION, results)
+        run.write_json(EVALUATION, results)
     return results
