@@ -214,3 +214,65 @@ class Branchy(nn.Module):
 def test_untraceable_forward_names_the_op_and_the_fix():
     with pytest.raises(GraphTraceError, match=r"x.sum\(\) > 0.*leaf_modules"):
         shrink_graph(Branchy(), torch.randn(2, 3))
+
+
+class Block(nn.Module):
+    """A ResNet basic block; a 1×1 conv + BN shortcut when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False)
+        self.bn1 = _bn(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = _bn(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _bn(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class ResNetish(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1, bias=False), _bn(6), nn.ReLU())
+        self.layer1 = Block(6, 6)
+        self.layer2 = Block(6, 8, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(self.layer2(self.layer1(self.stem(x)))), 1))
+
+
+def _silence(model: nn.Module, bn: str, channels: list[int]) -> None:
+    """β ≪ 0 on these channels: after the ReLU a dead channel is exactly 0 (nothing to fold)."""
+    with torch.no_grad():
+        model.get_submodule(bn).bias[channels] = -50.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resnetish_two_stages_with_a_downsampling_shortcut(family):
+    model = _build(ResNetish, family)
+    # stage 1: the residual stream is read by padded 3×3 convs, so only zero constants go
+    _kill(model, "stem.0", [1, 4])
+    _kill(model, "layer1.conv2", [1, 4])
+    _silence(model, "stem.1", [1, 4])
+    _silence(model, "layer1.bn2", [1, 4])
+    _kill(model, "layer1.conv1", [2])
+    _silence(model, "layer1.bn1", [2])
+    # stage 2: the stream is read by the head only: non-zero constants fold into fc
+    _kill(model, "layer2.conv2", [0, 5, 7])
+    _kill(model, "layer2.shortcut.0", [0, 5])  # 7 lives in the shortcut: kept
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    result = shrink_graph(model, x)
+    torch.testing.assert_close(_out(result.model, x), _out(model, x), atol=TOL, rtol=TOL)
+    kept = {r.name: r.kept_units for r in result.layers}
+    assert kept["stem.0"] == kept["layer1.conv2"] == [0, 2, 3, 5]
+    assert kept["layer1.conv1"] == [0, 1, 3, 4, 5]
+    assert kept["layer2.conv2"] == kept["layer2.shortcut.0"] == [1, 2, 3, 4, 6, 7]
+    assert result.followers["layer2.shortcut.1"] == [1, 2, 3, 4, 6, 7]
+    assert result.model.layer2.conv1.in_channels == 4
+    assert _params(result.model) < _params(model)
