@@ -9,8 +9,7 @@ from torch import Tensor, nn
 
 from bayesprune import convert
 from bayesprune.compress import apply_masks, unit_weight_masks
-from bayesprune.compress.graph import GraphShrinkError, shrink_graph
-from bayesprune.compress.graph_trace import GraphTraceError
+from bayesprune.compress.graph import GraphShrinkError, GraphTraceError, shrink_graph
 from bayesprune.nn import use_posterior_mean
 
 TOL = 1e-5

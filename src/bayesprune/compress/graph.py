@@ -44,10 +44,10 @@ from torch.func import functional_call
 from ..nn.base import use_posterior_mean
 from .adapters import as_prunable, copy_model
 from .chain import deployed_weight, first_tensor
-from .graph_trace import BATCHNORMS, ChannelGraph, Use, analyse
+from .graph_trace import BATCHNORMS, ChannelGraph, GraphTraceError, Use, analyse
 from .shrink import LayerRecord
 
-__all__ = ["GraphShrinkError", "GraphShrinkResult", "shrink_graph"]
+__all__ = ["GraphShrinkError", "GraphShrinkResult", "GraphTraceError", "shrink_graph"]
 
 
 class GraphShrinkError(RuntimeError):
