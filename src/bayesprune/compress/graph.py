@@ -1,0 +1,469 @@
+"""Physically remove dead channels from any traceable network, keeping its output exactly.
+
+`shrink_graph(model, example_inputs)` works on a model with its own `forward`
+(residual additions, concatenations, BatchNorm, depthwise convolutions, flatten, global
+pooling); `shrink` remains the tool for plain nn.Sequential chains. Channels coupled by
+the graph form groups (`graph_trace`); each round:
+
+- a group is removed when it is *dead* in every producer (the deployed network gives
+  the unit no incoming weight, its PIP is ≤ `inclusion_threshold`, or `prune_units`
+  drops it) or *orphaned* (every layer that reads it has zero weights for it), and it
+  reaches neither the model's inputs, outputs nor an op that is not understood;
+- a dead group carries values that do not depend on the input (a bias, pushed through
+  BatchNorm, activations, pooling, residual sums). At each reading layer their
+  contribution W·c (recorded on the example run) is an offset per output unit when it
+  is the same at every position: it is folded into the layer's bias
+  (`fold_into_bias`, mean and, for a random weight, variance Σ σ²c²), or, for a layer
+  without bias whose only reader is a BatchNorm, into that BatchNorm's running mean
+  (BN(y + δ) = BN(y) with μ → μ − δ, exact in eval and in batch-statistics mode; the
+  variance of a Bayesian weight is then dropped, which only changes sampling mode).
+  An offset that varies across positions (a padded convolution, where the constant
+  meets the zero border) cannot be folded: that group is kept and recorded;
+- producers lose those output units (`select(out_idx=…)`), readers the input columns
+  (H·W of them per channel across a flatten), BatchNorms their weight, bias and running
+  statistics, depthwise convolutions their kernels.
+
+It repeats until nothing changes (a unit whose only inputs were folded constants is dead
+in the next round). Units dropped by `prune_units` or the threshold that still had
+weights are first masked (their incoming weights set to zero), so the contract is: the
+shrunk model equals the input model with those masks, in posterior-mean mode, on any
+input. `check=True` verifies it on the example inputs and raises otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ..nn.base import use_posterior_mean
+from .adapters import as_prunable, copy_model
+from .chain import deployed_weight, first_tensor
+from .graph_trace import BATCHNORMS, ChannelGraph, GraphTraceError, Use, analyse
+from .shrink import LayerRecord
+
+__all__ = ["GraphShrinkError", "GraphShrinkResult", "GraphTraceError", "shrink_graph"]
+
+
+class GraphShrinkError(RuntimeError):
+    """The shrunk model does not compute what the (masked) input model computes."""
+
+
+@dataclass
+class GraphShrinkResult:
+    """The smaller model, what was kept per prunable layer and per follower (BatchNorm…)."""
+
+    model: nn.Module
+    layers: list[LayerRecord]
+    followers: dict[str, list[int]]  # BatchNorm / depthwise conv → kept channels (original)
+    rounds: int = 0
+    max_abs_difference: float | None = None  # shrunk vs masked input, example inputs
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able record (without the model)."""
+        return {
+            "layers": [asdict(r) for r in self.layers],
+            "followers": self.followers,
+            "rounds": self.rounds,
+            "max_abs_difference": self.max_abs_difference,
+            "notes": self.notes,
+        }
+
+
+def _as_keep(spec: Tensor | Sequence[int], n: int, name: str) -> Tensor:
+    t = torch.as_tensor(spec)
+    if t.dtype == torch.bool:
+        if t.shape != (n,):
+            raise ValueError(f"prune_units[{name!r}] needs shape ({n},), got {tuple(t.shape)}")
+        return t.clone()
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[t.long()] = True
+    return keep
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def _mask_rows(model: nn.Module, name: str, rows: Sequence[int]) -> None:
+    """Zero the incoming weights of units `rows` of layer `name` (combined with its mask)."""
+    layer = model.get_submodule(name)
+    current = getattr(layer, "weight_mask", None)
+    w = deployed_weight(layer)
+    mask = torch.ones_like(w) if current is None else current.detach().clone()
+    mask[list(rows)] = 0
+    as_prunable(layer).set_weight_mask(mask)
+
+
+@dataclass
+class _Fold:
+    """One reader's offset from the removed constant channels, and where it goes."""
+
+    use: Use
+    mean: Tensor
+    var: Tensor
+    target: str  # "bias" | "batchnorm:<name>"
+
+
+class _GraphShrinker:
+    def __init__(
+        self,
+        model: nn.Module,
+        reference: nn.Module,
+        inputs: tuple[Tensor, ...],
+        threshold: float,
+        forced: dict[str, Tensor],
+        options: dict[str, Any],
+    ) -> None:
+        self.model, self.reference, self.inputs = model, reference, inputs
+        self.threshold, self.forced, self.options = threshold, forced, options
+        self.kept: dict[str, Tensor] = {}  # producer / follower → kept original channels
+        self.kept_inputs: dict[str, int] = {}
+        self.before: dict[str, tuple[int, int]] = {}
+        self.folded: dict[str, int] = {}
+        self.kept_dead: dict[str, int] = {}
+        self.masked = 0
+        self.bn_variance_dropped: set[str] = set()
+
+    # -- deadness --------------------------------------------------------------------
+    def _dead_units(self, name: str) -> Tensor:
+        layer = self.model.get_submodule(name)
+        w = deployed_weight(layer)
+        dead = (w.flatten(1) == 0).all(1).cpu()
+        pip = as_prunable(layer).posterior().unit_inclusion
+        if pip is not None:
+            dead |= pip.cpu() <= self.threshold
+        if name in self.forced:
+            dead |= ~self.forced[name][self.kept[name]]
+        return dead
+
+    def _zero_columns(self, use: Use) -> Tensor:
+        w = deployed_weight(self.model.get_submodule(use.name))
+        return (w.transpose(0, 1).flatten(1) == 0).all(1).cpu()
+
+    def _removable(self, cg: ChannelGraph) -> tuple[set[int], set[int]]:
+        """Groups that may go: (dead ones, orphaned ones), before folding is checked."""
+        pinned = cg.pinned_groups()
+        members = cg.members()
+        dead_units = {p.name: self._dead_units(p.name) for p in cg.producers}
+        dead = {
+            g
+            for g, owners in members.items()
+            if g not in pinned and all(bool(dead_units[n][u]) for n, u in owners)
+        }
+        read_live: set[int] = set()
+        for use in cg.sinks:
+            zero = self._zero_columns(use)
+            read_live |= {cg.find(i) for i, z in zip(use.ids, zero.tolist(), strict=True) if not z}
+        orphan = {g for g in members if g not in pinned and g not in read_live}
+        return dead - orphan, orphan
+
+    # -- folding ---------------------------------------------------------------------
+    def _offset(self, cg: ChannelGraph, use: Use, groups: set[int]) -> tuple[Tensor, Tensor]:
+        """Per-position contribution W·c of the `groups` columns to `use`'s output, and Σσ²c²."""
+        layer = self.model.get_submodule(use.name)
+        plain = as_prunable(layer).to_deterministic().eval()
+        x = cg.input_value(use)
+        cols = torch.tensor([cg.find(i) in groups for i in use.ids], device=x.device)
+        c = x * cols.view(1, -1, *([1] * (x.ndim - 2))).to(x.dtype)
+        std = as_prunable(layer).posterior().weight_std.detach().to(x)
+        with torch.no_grad():
+            mean = plain(c) - plain(torch.zeros_like(c))
+            var = functional_call(plain, {"weight": std.square(), "bias": None}, (c.square(),))
+        return mean[0].flatten(1) if mean.ndim > 2 else mean.T, var[0].flatten(
+            1
+        ) if var.ndim > 2 else var.T
+
+    def _target(self, cg: ChannelGraph, use: Use) -> str | None:
+        layer = self.model.get_submodule(use.name)
+        if as_prunable(layer).posterior().bias_mean is not None:
+            return "bias"
+        users = list(use.node.users)
+        if len(users) == 1 and users[0].op == "call_module":
+            bn = self.model.get_submodule(str(users[0].target))
+            follows = any(f.name == users[0].target for f in cg.followers)
+            if isinstance(bn, BATCHNORMS) and bn.running_mean is not None and follows:
+                return f"batchnorm:{users[0].target}"
+        return None
+
+    def _fold(self, cg: ChannelGraph, use: Use, groups: set[int]) -> _Fold | None | bool:
+        """The fold of `groups` into `use`: a _Fold, True (nothing to fold) or None (impossible)."""
+        mean, var = self._offset(cg, use, groups)
+        if not mean.any():
+            return True
+        if not torch.allclose(mean, mean[:, :1].expand_as(mean), rtol=1e-6, atol=1e-7):
+            return None  # the constant meets a padded border: not a bias shift
+        target = self._target(cg, use)
+        if target is None:
+            return None
+        return _Fold(use, mean[:, 0], var.mean(1), target)
+
+    def _plan_folds(self, cg: ChannelGraph, dead: set[int]) -> list[_Fold]:
+        """Folds for every reader; dead groups whose fold is impossible leave `dead`."""
+        while True:
+            folds, failed = [], None
+            for use in cg.sinks:
+                mine = {cg.find(i) for i in use.ids} & dead
+                if not mine:
+                    continue
+                fold = self._fold(cg, use, mine)
+                if fold is None:
+                    failed = (use, mine)
+                    break
+                if isinstance(fold, _Fold):
+                    folds.append(fold)
+            if failed is None:
+                return folds
+            use, mine = failed
+            for g in sorted(mine):
+                if self._fold(cg, use, {g}) is None:
+                    dead.discard(g)
+            if mine <= dead:  # jointly impossible although each alone folds: keep them all
+                dead -= mine
+
+    def _apply_fold(self, fold: _Fold) -> None:
+        layer = self.model.get_submodule(fold.use.name)
+        if fold.target == "bias":
+            as_prunable(layer).fold_into_bias(fold.mean, fold.var)
+            return
+        bn = self.model.get_submodule(fold.target.split(":", 1)[1])
+        with torch.no_grad():
+            bn.running_mean.sub_(fold.mean.to(bn.running_mean))
+        if fold.var.any():
+            self.bn_variance_dropped.add(fold.use.name)
+
+    # -- surgery ---------------------------------------------------------------------
+    def _keep_one(self, cg: ChannelGraph, removed: set[int]) -> None:
+        """Every producer, reader and follower keeps at least one channel."""
+        for use in [*cg.producers, *cg.sinks, *cg.followers]:
+            groups = [cg.find(i) for i in use.ids]
+            if groups and all(g in removed for g in groups):
+                removed.discard(groups[0])
+
+    def _slice(self, cg: ChannelGraph, removed: set[int]) -> None:
+        def keep(use: Use) -> Tensor:
+            return torch.tensor([i for i, j in enumerate(use.ids) if cg.find(j) not in removed])
+
+        outs = {p.name: keep(p) for p in cg.producers}
+        ins = {s.name: keep(s) for s in cg.sinks}
+        for name in outs.keys() | ins.keys():
+            layer = self.model.get_submodule(name)
+            out_idx, in_idx = outs.get(name), ins.get(name)
+            new = as_prunable(layer).select(out_idx=out_idx, in_idx=in_idx)
+            _set_module(self.model, name, new)
+            if out_idx is not None:
+                self.kept[name] = self.kept[name][out_idx]
+        for f in cg.followers:
+            idx = keep(f)
+            _set_module(self.model, f.name, _slice_follower(self.model.get_submodule(f.name), idx))
+            self.kept[f.name] = self.kept[f.name][idx]
+
+    def _start(self, cg: ChannelGraph) -> None:
+        for use in [*cg.producers, *cg.followers]:
+            if use.name not in self.kept:
+                self.kept[use.name] = torch.arange(len(use.ids))
+        for use in cg.producers:
+            w = deployed_weight(self.model.get_submodule(use.name))
+            self.before.setdefault(use.name, (w.shape[0], w.shape[1]))
+            self.folded.setdefault(use.name, 0)
+        for name in self.forced:
+            if name not in self.kept:
+                raise ValueError(
+                    f"prune_units names {name!r}, which is not a prunable layer of the graph; "
+                    f"layers: {[p.name for p in cg.producers]}"
+                )
+
+    def _mask_dead(self, cg: ChannelGraph, dead: set[int]) -> bool:
+        """Mask the dead units that still have weights, here and in the reference."""
+        before = self.masked
+        for p in cg.producers:
+            w = deployed_weight(self.model.get_submodule(p.name))
+            live = ~(w.flatten(1) == 0).all(1).cpu()
+            rows = [u for u, i in enumerate(p.ids) if cg.find(i) in dead and live[u]]
+            if rows:
+                _mask_rows(self.model, p.name, rows)
+                _mask_rows(self.reference, p.name, self.kept[p.name][rows].tolist())
+                self.masked += len(rows)
+        return self.masked > before
+
+    def round(self) -> bool:
+        """One analysis, fold and cut; False when nothing could be removed."""
+        cg = analyse(self.model, self.inputs, **self.options)
+        self._start(cg)
+        dead, orphan = self._removable(cg)
+        if dead and self._mask_dead(cg, dead):
+            cg = analyse(self.model, self.inputs, **self.options)  # values with the masks
+            dead, orphan = self._removable(cg)
+        while True:
+            removed = dead | orphan
+            self._keep_one(cg, removed)
+            dead, orphan = dead & removed, orphan & removed
+            folds = self._plan_folds(cg, dead)  # drops the dead groups that cannot fold
+            if dead | orphan == removed:
+                break
+        self._record_kept_dead(cg, removed)
+        if not removed:
+            return False
+        self._count_folded(cg, dead)
+        for fold in folds:
+            self._apply_fold(fold)
+        self._slice(cg, removed)
+        return True
+
+    def _count_folded(self, cg: ChannelGraph, dead: set[int]) -> None:
+        nonzero: set[int] = set()
+        for use in cg.sinks:
+            x = cg.input_value(use)
+            for col, i in enumerate(use.ids):
+                g = cg.find(i)
+                if g in dead and g not in nonzero and x[:, col].any():
+                    nonzero.add(g)
+        for g, owners in cg.members().items():
+            if g in nonzero:
+                for name, _ in owners:
+                    self.folded[name] += 1
+
+    def _record_kept_dead(self, cg: ChannelGraph, removed: set[int]) -> None:
+        pinned = cg.pinned_groups()
+        dead_units = {p.name: self._dead_units(p.name) for p in cg.producers}
+        self.kept_dead = {p.name: 0 for p in cg.producers}
+        for g, owners in cg.members().items():
+            if g in pinned or g in removed:
+                continue
+            if all(bool(dead_units[n][u]) for n, u in owners):
+                for name, _ in owners:
+                    self.kept_dead[name] += 1
+
+    def records(self) -> list[LayerRecord]:
+        out = []
+        for name, (units, inputs) in self.before.items():
+            w = deployed_weight(self.model.get_submodule(name))
+            out.append(
+                LayerRecord(
+                    name=name,
+                    kind=type(self.model.get_submodule(name)).__name__,
+                    units_before=units,
+                    units_after=w.shape[0],
+                    inputs_before=inputs,
+                    inputs_after=w.shape[1],
+                    kept_units=self.kept[name].tolist(),
+                    folded_units=self.folded[name],
+                    kept_dead_units=self.kept_dead.get(name, 0),
+                )
+            )
+        return out
+
+
+def _slice_follower(module: nn.Module, idx: Tensor) -> nn.Module:
+    """A BatchNorm or depthwise convolution keeping channels `idx` (one per channel)."""
+    if isinstance(module, BATCHNORMS):
+        new = copy.deepcopy(module)
+        new.num_features = len(idx)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            t = getattr(module, name)
+            if t is None:
+                continue
+            cut = t.detach().index_select(0, idx.to(t.device)).clone()
+            setattr(
+                new,
+                name,
+                nn.Parameter(cut, t.requires_grad) if isinstance(t, nn.Parameter) else cut,
+            )
+        return new
+    # depthwise: in = out = groups; its kernels are its "output units"
+    if isinstance(module, nn.Conv2d):
+        new = copy.deepcopy(module)
+        with torch.no_grad():
+            new.weight = nn.Parameter(module.weight.detach()[idx].clone())
+            if module.bias is not None:
+                new.bias = nn.Parameter(module.bias.detach()[idx].clone())
+    else:
+        new = as_prunable(module).select(out_idx=idx)
+    new.in_channels = new.out_channels = new.groups = len(idx)
+    return new
+
+
+def _outputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), use_posterior_mean(model):
+            return first_tensor(model(*inputs))
+    finally:
+        model.train(was)
+
+
+def shrink_graph(
+    model: nn.Module,
+    example_inputs: Tensor | tuple[Tensor, ...],
+    *,
+    prune_units: Mapping[str, Tensor | Sequence[int]] | None = None,
+    inclusion_threshold: float = 0.5,
+    passthrough: Sequence[type[nn.Module]] = (),
+    leaf_modules: Sequence[type[nn.Module]] = (),
+    check: bool = True,
+    tolerance: float = 1e-4,
+    max_rounds: int = 20,
+) -> GraphShrinkResult:
+    """A genuinely smaller copy of `model` without its dead channels (module docstring).
+
+    `example_inputs`: one batch for `model(*example_inputs)` (a tensor or a tuple);
+    its spatial size fixes where folding is checked. `prune_units` = {layer name: units
+    to KEEP (indices or boolean mask)} drops the others as if their incoming weights
+    were masked. `passthrough`: extra module types that act on each channel apart;
+    `leaf_modules`: module types kept whole (their channels are kept). `check`
+    compares the shrunk and the masked input model on the example inputs in
+    posterior-mean mode and raises GraphShrinkError beyond `tolerance` (relative to
+    the output's scale). The input model is not modified.
+    """
+    if not 0.0 <= inclusion_threshold < 1.0:
+        raise ValueError(f"inclusion_threshold must be in [0, 1), got {inclusion_threshold}")
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    work, reference = copy_model(model), copy_model(model)
+    forced: dict[str, Tensor] = {}
+    for name, spec in (prune_units or {}).items():
+        try:
+            layer = work.get_submodule(name)
+        except AttributeError as err:
+            raise ValueError(f"prune_units names unknown module {name!r}") from err
+        forced[name] = _as_keep(spec, deployed_weight(layer).shape[0], name)
+    options = {"passthrough": tuple(passthrough), "leaf_modules": tuple(leaf_modules)}
+    worker = _GraphShrinker(work, reference, inputs, inclusion_threshold, forced, options)
+    rounds = 0
+    while rounds < max_rounds and worker.round():
+        rounds += 1
+    followers = {n: k.tolist() for n, k in worker.kept.items() if n not in worker.before}
+    result = GraphShrinkResult(work, worker.records(), followers, rounds)
+    if worker.masked:
+        result.notes.append(
+            f"{worker.masked} units dropped by prune_units / the inclusion threshold still had "
+            "weights: they were masked first (the result equals the masked model)"
+        )
+    for name in sorted(worker.bn_variance_dropped):
+        result.notes.append(
+            f"{name!r} has no bias: folded constants went into the next BatchNorm's running "
+            "mean, without their weight variance (sampling mode changes slightly)"
+        )
+    kept_dead = sum(r.kept_dead_units for r in result.layers)
+    if kept_dead:
+        result.notes.append(
+            f"{kept_dead} dead units were kept: their constant output meets a padded border or "
+            "a layer without bias or BatchNorm, so it cannot be folded exactly"
+        )
+    expected, got = _outputs(reference, inputs), _outputs(work, inputs)
+    diff = float((expected - got).abs().max())
+    result.max_abs_difference = diff
+    if check and diff > tolerance * max(1.0, float(expected.abs().max())):
+        raise GraphShrinkError(
+            f"shrunk output differs from the masked model by up to {diff:.3g}: a module in "
+            "passthrough= may mix channels, or a layer's to_deterministic/posterior may not "
+            "reflect its gates; pass check=False to inspect result.model"
+        )
+    return result

@@ -1,0 +1,336 @@
+"""Which channels of a traced network are one: the channel groups `shrink_graph` prunes.
+
+The model is traced with `torch.fx` (every variational layer, every bayesprune layer
+and every standard torch module is a leaf) and run once on the example inputs; every
+node then carries, per entry of its channel axis (dim 1), a *channel id*. A prunable
+layer's outputs get fresh ids (its units); channelwise ops pass ids through; a residual
+`add` / `sub` unites the ids of its operands position by position (union-find), so a
+channel coupled by the add is one group; `torch.cat` along dim 1 concatenates the id
+lists; a flatten repeats each channel's id over its H·W block. BatchNorm and depthwise
+convolutions are *followers*: they pass ids through and are sliced with them. Ids that
+reach the graph's inputs, outputs, or any op that is not understood are *pinned*: such
+a group is never removed, which keeps the model's interface and makes every unknown op
+safe. Only prunable layers that read ids are *sinks*: their input columns are cut.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from ..nn.base import SerializableLayer, use_posterior_mean
+from .adapters import is_prunable
+from .chain import PASSTHROUGH
+
+BATCHNORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+_ADD = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub}
+_ADD_METHODS = {"add", "add_", "sub", "sub_"}
+_SCALE = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div}
+_SCALE_METHODS = {"mul", "mul_", "div", "div_"}
+_CAT = {torch.cat, torch.concat}
+_RESHAPE = {torch.flatten, torch.reshape}
+_RESHAPE_METHODS = {"flatten", "view", "reshape"}
+_REDUCE = {torch.mean, torch.sum, torch.amax, torch.amin}
+_REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+_CHANNELWISE: set[Callable[..., Any]] = {
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardtanh,
+    F.hardswish, F.hardsigmoid, F.softplus, F.softsign, F.sigmoid, F.tanh, F.dropout,
+    F.dropout1d, F.dropout2d, F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.abs,
+}  # fmt: skip
+_CHANNELWISE_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min",
+    "clamp_max", "abs", "contiguous", "clone", "detach", "float", "double", "to", "type_as",
+}  # fmt: skip
+
+
+class GraphTraceError(TypeError):
+    """torch.fx could not trace the model (data-dependent control flow, untraceable op)."""
+
+
+class Tracer(fx.Tracer):
+    """Keeps variational / bayesprune layers, torch modules and `leaf_modules` whole."""
+
+    def __init__(self, leaf_modules: Sequence[type[nn.Module]] = ()) -> None:
+        super().__init__()
+        self.extra_leaves = tuple(leaf_modules)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, (SerializableLayer, *self.extra_leaves)):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def _user_frame(err: BaseException) -> str:
+    """'file:line: code' of the innermost frame outside torch (where tracing failed)."""
+    torch_dir = str(Path(torch.__file__).parent)
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if torch_dir not in f.filename]
+    if not frames:
+        return "unknown place"
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno}: {f.line}"
+
+
+def trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = ()) -> fx.GraphModule:
+    """The fx graph of `model`; a GraphTraceError names the op that stops tracing and the fix."""
+    tracer = Tracer(leaf_modules)
+    try:
+        graph = tracer.trace(model)
+    except Exception as err:  # fx raises TraceError, TypeError, RuntimeError...
+        raise GraphTraceError(
+            f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {err}) at "
+            f"{_user_frame(err)}; move that code into its own nn.Module and pass its type in "
+            "leaf_modules=(...) (its channels are then kept), or make it free of data-dependent "
+            "Python control flow"
+        ) from err
+    return fx.GraphModule(tracer.root, graph)
+
+
+def record(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> dict[fx.Node, Any]:
+    """Every node's value on `inputs` (eval mode, posterior mean, no grad)."""
+    values: dict[fx.Node, Any] = {}
+
+    class _Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            out = super().run_node(n)
+            values[n] = out
+            return out
+
+    was = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad(), use_posterior_mean(gm):
+            _Recorder(gm).run(*inputs)
+    except RuntimeError as err:
+        raise ValueError(
+            f"the example inputs do not fit the model ({err}); pass example_inputs as one batch "
+            "(a tensor, or a tuple of the forward's positional tensors)"
+        ) from err
+    finally:
+        gm.train(was)
+    return values
+
+
+@dataclass
+class Use:
+    """A module reached by channel ids: a producer's outputs, a sink's or follower's inputs."""
+
+    name: str
+    node: fx.Node
+    ids: list[int]  # channel id per entry of the channel axis (per column for a Linear)
+
+
+@dataclass
+class ChannelGraph:
+    """The channel ids of one traced run (see the module docstring)."""
+
+    gm: fx.GraphModule
+    values: dict[fx.Node, Any]
+    parent: list[int] = field(default_factory=list)
+    pinned: set[int] = field(default_factory=set)
+    owner: dict[int, tuple[str, int]] = field(default_factory=dict)  # id → (producer, unit)
+    producers: list[Use] = field(default_factory=list)
+    sinks: list[Use] = field(default_factory=list)
+    followers: list[Use] = field(default_factory=list)
+    ids: dict[fx.Node, list[int]] = field(default_factory=dict)
+
+    # -- union-find ------------------------------------------------------------------
+    def fresh(self, n: int, pinned: bool = False) -> list[int]:
+        start = len(self.parent)
+        new = list(range(start, start + n))
+        self.parent.extend(new)
+        if pinned:
+            self.pinned.update(new)
+        return new
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def pinned_groups(self) -> set[int]:
+        return {self.find(i) for i in self.pinned}
+
+    def members(self) -> dict[int, list[tuple[str, int]]]:
+        """Group → the (producer, unit) channels in it."""
+        groups: dict[int, list[tuple[str, int]]] = {}
+        for i, owner in self.owner.items():
+            groups.setdefault(self.find(i), []).append(owner)
+        return groups
+
+    def input_value(self, use: Use) -> Tensor:
+        """The recorded input of a sink or follower (first example of the batch)."""
+        return self.values[use.node.args[0]][:1]
+
+
+def _tensor(value: Any) -> bool:
+    return isinstance(value, Tensor) and value.ndim >= 2
+
+
+def _is_shape(value: Any) -> bool:
+    """Sizes and shapes (x.size(0), x.shape) read no channel values: they pin nothing."""
+    if isinstance(value, tuple | list):
+        return all(isinstance(v, int) for v in value)
+    return isinstance(value, int)
+
+
+def _node_ids(cg: ChannelGraph, arg: Any) -> list[list[int]]:
+    """Id lists of every node inside `arg` (nested tuples / lists / dicts)."""
+    found: list[list[int]] = []
+    fx.node.map_arg(arg, lambda n: found.append(cg.ids[n]) if n in cg.ids else None)
+    return found
+
+
+def _pin_args(cg: ChannelGraph, node: fx.Node) -> None:
+    for ids in _node_ids(cg, (node.args, node.kwargs)):
+        cg.pinned.update(ids)
+
+
+def _flatten_ids(ids: list[int], in_shape: torch.Size, out_shape: torch.Size) -> list[int] | None:
+    """Ids after a reshape: the same, repeated over H·W (channel-major flatten), or None."""
+    if tuple(out_shape) == tuple(in_shape):
+        return ids
+    block = math.prod(in_shape[2:])
+    if len(in_shape) > 2 and tuple(out_shape) == (in_shape[0], in_shape[1] * block):
+        return [i for i in ids for _ in range(block)]
+    return None
+
+
+def _reduce_keeps_channels(node: fx.Node, ndim: int) -> bool:
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    if dim is None:
+        return False
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    return all(d % ndim > 1 for d in dims)
+
+
+def analyse(
+    model: nn.Module,
+    inputs: tuple[Tensor, ...],
+    passthrough: tuple[type[nn.Module], ...] = (),
+    leaf_modules: Sequence[type[nn.Module]] = (),
+) -> ChannelGraph:
+    """Trace and run `model` once, and give every channel of every node its id."""
+    gm = trace(model, leaf_modules)
+    cg = ChannelGraph(gm, record(gm, inputs))
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    channelwise = PASSTHROUGH + tuple(passthrough)
+    for node in gm.graph.nodes:
+        out = cg.values.get(node)
+        if node.op == "output":
+            _pin_args(cg, node)
+            continue
+        ids: list[int] | None = None
+        args = [a for a in node.args if isinstance(a, fx.Node)]
+        first = cg.ids.get(args[0]) if args else None
+        if node.op == "call_module":
+            module = gm.get_submodule(str(node.target))
+            ids = _module_ids(cg, node, module, first, calls[node.target] == 1, channelwise)
+        elif node.op in ("call_function", "call_method"):
+            ids = _function_ids(cg, node, first)
+        if ids is None and node.op != "placeholder" and not _is_shape(out):
+            _pin_args(cg, node)
+        if _tensor(out):
+            if ids is None or len(ids) != out.shape[1]:
+                ids = cg.fresh(out.shape[1], pinned=True)
+            cg.ids[node] = ids
+    return cg
+
+
+def _module_ids(
+    cg: ChannelGraph,
+    node: fx.Node,
+    module: nn.Module,
+    first: list[int] | None,
+    called_once: bool,
+    channelwise: tuple[type[nn.Module], ...],
+) -> list[int] | None:
+    name, value = str(node.target), cg.values[node]
+    if not called_once or first is None or not _tensor(value):
+        return None  # shared modules and modules on non-channel tensors stay as they are
+    in_value = cg.values[node.args[0]]
+    if is_prunable(module):
+        groups = getattr(module, "groups", 1)
+        if groups > 1 and groups == module.in_channels == module.out_channels:
+            cg.followers.append(Use(name, node, first))  # depthwise: follows its producer
+            return first
+        if groups != 1 or (value.ndim > 2 and not hasattr(module, "in_channels")):
+            return None  # grouped convolution, or a Linear over a non-channel axis
+        cg.sinks.append(Use(name, node, first))
+        ids = cg.fresh(value.shape[1])
+        for unit, i in enumerate(ids):
+            cg.owner[i] = (name, unit)
+        cg.producers.append(Use(name, node, ids))
+        return ids
+    if isinstance(module, BATCHNORMS):
+        cg.followers.append(Use(name, node, first))
+        return first
+    if isinstance(module, nn.Flatten):
+        if module.start_dim != 1 or module.end_dim != -1:
+            return None
+        return _flatten_ids(first, in_value.shape, value.shape)
+    if isinstance(module, channelwise) or getattr(module, "channelwise", False):
+        return first if value.shape[1] == in_value.shape[1] else None
+    return None
+
+
+def _function_ids(cg: ChannelGraph, node: fx.Node, first: list[int] | None) -> list[int] | None:
+    target, value = node.target, cg.values[node]
+    method = node.op == "call_method"
+    if not _tensor(value):
+        return None
+    if (method and target in _ADD_METHODS) or (not method and target in _ADD):
+        return _add_ids(cg, node)
+    if (method and target in _SCALE_METHODS) or (not method and target in _SCALE):
+        tensors = [a for a in node.args if isinstance(a, fx.Node) and _tensor(cg.values[a])]
+        return first if len(tensors) == 1 and tensors[0] is node.args[0] else None
+    if not method and target in _CAT:
+        parts = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        if dim % value.ndim != 1 or not all(p in cg.ids for p in parts):
+            return None
+        return [i for p in parts for i in cg.ids[p]]
+    if first is None:
+        return None
+    in_value = cg.values[node.args[0]]
+    if (method and target in _RESHAPE_METHODS) or (not method and target in _RESHAPE):
+        return _flatten_ids(first, in_value.shape, value.shape)
+    if (method and target in _REDUCE_METHODS) or (not method and target in _REDUCE):
+        return first if _reduce_keeps_channels(node, in_value.ndim) else None
+    if (method and target in _CHANNELWISE_METHODS) or (not method and target in _CHANNELWISE):
+        return first if value.shape[:2] == in_value.shape[:2] else None
+    return None
+
+
+def _add_ids(cg: ChannelGraph, node: fx.Node) -> list[int] | None:
+    """A residual sum: operands of one shape unite channel by channel; scalars pass."""
+    value = cg.values[node]
+    operands = [a for a in node.args if isinstance(a, fx.Node) and isinstance(cg.values[a], Tensor)]
+    shaped = [a for a in operands if cg.values[a].ndim >= 2]
+    if len(shaped) != len(operands) or not shaped:
+        return None  # a tensor operand of another rank broadcasts across channels
+    if any(cg.values[a].shape[:2] != value.shape[:2] or a not in cg.ids for a in shaped):
+        return None
+    ids = cg.ids[shaped[0]]
+    for other in shaped[1:]:
+        for a, b in zip(ids, cg.ids[other], strict=True):
+            cg.union(a, b)
+    return ids
