@@ -370,7 +370,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             warnings.warn(
                 f"every one of the {p} inputs was kept (smallest {kind} {imp.min():.3g}): "
                 "either all of them matter, or training was too short for the gates to "
-                "close (epochs given explicitly: try epochs='auto' or more steps). "
+                "close (with explicit epochs try epochs='auto', else raise min_steps). "
                 "Keeping every input.",
                 UserWarning,
                 stacklevel=3,
