@@ -16,10 +16,12 @@ known (simulations), seconds per fit.
 from __future__ import annotations
 
 import argparse
+import ast
 import statistics
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -179,6 +181,16 @@ def run_design(name: str, seed: int) -> list[dict]:
     return rows
 
 
+def _rows_from_logs(paths: list[str]) -> list[dict]:
+    """The rows `run_design` printed (one dict a line), in the order of the logs."""
+    rows = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("{'design'"):
+                rows.append(ast.literal_eval(line))
+    return rows
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     out = []
     for key in dict.fromkeys((r["design"], r["method"]) for r in rows):
@@ -203,6 +215,10 @@ def main() -> None:
     parser.add_argument("--designs", nargs="+", choices=list(DESIGNS), default=list(DESIGNS))
     parser.add_argument("--splits", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--from-logs", nargs="+", default=None,
+        help="render the results from the per-fit rows printed by earlier runs (their logs)",
+    )  # fmt: skip
     add_results_dir_option(parser)
     args = parser.parse_args()
     use_results_dir(args)
@@ -210,7 +226,9 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     rows: list[dict] = []
-    for name in args.designs:
+    if args.from_logs:
+        rows = _rows_from_logs(args.from_logs)
+    for name in [] if args.from_logs else args.designs:
         for seed in range(args.splits):
             rows += run_design(name, seed)
     table = summarise(rows)
