@@ -3,6 +3,7 @@ clone, and feature selection that finds the informative inputs."""
 
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone
 from sklearn.feature_selection import SelectFromModel
 from sklearn.linear_model import LogisticRegression
@@ -127,3 +128,69 @@ def test_screen_adds_the_feature_the_gates_miss():
     np.testing.assert_array_equal(est.transform(X), X[:, :2])
     with pytest.raises(ValueError, match="input PIPs"):
         BayesianMLPRegressor((8,), family="gaussian", screen=True, epochs=2).fit(X, y)
+
+
+# -- data-dependent defaults (issue 17) ---------------------------------------------------
+
+
+def test_an_empty_selection_warns_and_falls_back_to_the_expected_size_rule():
+    X, y = _xor_like(80, p=5)
+    est = BayesianMLPClassifier((4,), epochs=2, selection_threshold=0.9999, random_state=0)
+    with pytest.warns(UserWarning, match="every input was left out"):
+        est.fit(X, y)
+    k = max(1, round(float(est.feature_importances_.sum())))
+    assert est.n_features_selected_ == k == est.get_support().sum()
+    assert est.get_support()[np.argmax(est.feature_importances_)]
+
+
+def test_an_all_in_selection_warns():
+    X, y = _xor_like(60, p=4)
+    with pytest.warns(UserWarning, match="every one of the 4 inputs was kept"):
+        BayesianMLPClassifier((4,), epochs=1, random_state=0).fit(X, y)
+
+
+def test_auto_epochs_give_at_least_min_steps_on_100_rows():
+    X, y = _xor_like(100, p=4)
+    est = BayesianMLPClassifier((4,), min_steps=60, max_steps=60, batch_size=32, random_state=0)
+    est.fit(X, y)
+    assert est.n_steps_ >= 60  # 80 training rows (20 held out): 3 steps an epoch
+    assert est.n_features_selected_ == est.get_support().sum()
+
+
+def test_early_stopping_restores_the_best_validation_state():
+    from bayesprune.evaluation import evaluate
+
+    X, y = _xor_like(200, p=4)
+    est = BayesianMLPClassifier(
+        (8,), min_steps=20, max_steps=400, patience=60, lr=0.05, random_state=0
+    ).fit(X, y)
+    scored = [r["val_nll"] for r in est.history_ if "val_nll" in r]
+    assert len(scored) >= 2 and est.best_epoch_ is not None
+    best = est.history_[est.best_epoch_ - 1]["val_nll"]
+    assert best == min(scored)
+    # the restored network scores exactly the best recorded validation NLL
+    from bayesprune.estimator_defaults import validation_rows
+
+    val = validation_rows(len(y), est.validation_fraction, est.seed_, y)
+    x = est._inputs(X[val], reset=False)
+    now = evaluate(est.model_, (x, torch.as_tensor(y[val])), est.likelihood_, mode="mean",
+                   metrics=["nll"])["nll"]  # fmt: skip
+    assert now == pytest.approx(best, rel=1e-5)
+
+
+def test_new_parameters_round_trip_through_clone_and_get_params():
+    est = BayesianMLPRegressor(min_steps=10, max_steps=20, early_stopping=True, monitor="rmse")
+    twin = clone(est)
+    assert twin.get_params() == est.get_params()
+    assert BayesianMLPRegressor().get_params()["epochs"] == "auto"
+    with pytest.raises(ValueError, match="unknown monitor"):
+        BayesianMLPRegressor(monitor="r2").fit(*_xor_like(50))
+
+
+def test_default_regressor_beats_a_constant_on_a_small_friedman_set():
+    from sklearn.datasets import make_friedman1
+
+    X, y = make_friedman1(n_samples=240, n_features=8, noise=0.5, random_state=0)
+    est = BayesianMLPRegressor(min_steps=400, max_steps=600, random_state=0)
+    est.fit(X[:160], y[:160])
+    assert est.score(X[160:], y[160:]) > 0.3  # a constant predictor scores <= 0

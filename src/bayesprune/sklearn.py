@@ -34,7 +34,9 @@ scikit-learn estimator checks that do not apply (see tests/test_sklearn.py):
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,7 +50,15 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from .compress import input_scores
-from .likelihoods import Gaussian
+from .estimator_defaults import (
+    MONITORS,
+    EarlyStopping,
+    StopTraining,
+    fallback_support,
+    step_budget,
+    validation_rows,
+)
+from .likelihoods import Gaussian, make_likelihood
 from .models import mlp
 from .nn import families, get_family
 from .predict import MODES, predict
@@ -80,6 +90,14 @@ def _mean_std(a: np.ndarray, axis: int | None = 0) -> tuple[Any, Any]:
     return unit.mean(axis) * squeeze, unit.std(axis) * squeeze
 
 
+def _is_int(value: Any, least: int) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= least
+
+
+MIN_VALIDATION_ROWS = 40
+"""Below this many training rows, `early_stopping="auto"` trains on every row (too few to split)."""
+
+
 def _auto_family() -> str:
     return "spike_slab"
 
@@ -94,9 +112,15 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         family: str = FAMILY_AUTO,
         input_gates: bool = True,
         activation: str = "relu",
-        epochs: int = 100,
+        epochs: int | str = "auto",
         batch_size: int = 64,
-        lr: float = 3e-3,
+        lr: float = 1e-2,
+        min_steps: int = 1500,
+        max_steps: int = 5000,
+        early_stopping: bool | str = "auto",
+        validation_fraction: float = 0.2,
+        patience: int = 500,
+        monitor: str = "nll",
         kl_weight: float = 1.0,
         prior_scale: float = 1.0,
         slab_scale: float = 1.0,
@@ -118,6 +142,12 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.min_steps = min_steps
+        self.max_steps = max_steps
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.monitor = monitor
         self.kl_weight = kl_weight
         self.prior_scale = prior_scale
         self.slab_scale = slab_scale
@@ -141,10 +171,29 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         hidden = list(self.hidden_layer_sizes)
         if any(not isinstance(h, int | np.integer) or h < 1 for h in hidden):
             raise ValueError(f"hidden_layer_sizes must be positive ints, got {hidden}")
-        for name in ("epochs", "batch_size", "samples", "screen_epochs"):
+        if not (self.epochs == "auto" or _is_int(self.epochs, 0)):
+            raise ValueError(f"epochs must be 'auto' or an int >= 0, got {self.epochs!r}")
+        for name in (
+            "batch_size",
+            "samples",
+            "screen_epochs",
+            "min_steps",
+            "max_steps",
+            "patience",
+        ):
             value = getattr(self, name)
-            if not isinstance(value, int | np.integer) or value < (0 if name == "epochs" else 1):
+            if not _is_int(value, 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.early_stopping not in ("auto", True, False):
+            raise ValueError(
+                f"early_stopping must be 'auto', True or False, got {self.early_stopping!r}"
+            )
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
+            )
+        if self.monitor not in MONITORS:
+            raise ValueError(f"unknown monitor {self.monitor!r}; valid: {list(MONITORS)}")
         if self.predict_mode not in MODES:
             raise ValueError(f"unknown predict_mode {self.predict_mode!r}; valid: {list(MODES)}")
         return family
@@ -187,33 +236,85 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.model_ = self._build(family, x.shape[1], n_out)
-        history = fit(
-            self.model_,
-            (x, targets),
-            likelihood=likelihood,
-            epochs=int(self.epochs),
-            batch_size=min(int(self.batch_size), len(x)),
-            lr=self.lr,
-            kl_weight=self.kl_weight,
-            seed=seed,
-            progress=bool(self.verbose),
+        val = self._validation_mask(targets, seed)
+        train = (x, targets) if val is None else (x[~val], targets[~val])
+        batch_size = min(int(self.batch_size), len(train[0]))
+        budget = step_budget(
+            len(train[0]), batch_size, self.epochs, self._min_steps(), int(self.max_steps)
         )
+        likelihood = make_likelihood(likelihood)
+        stopper, records = None, []
+        if val is not None:
+            stopper = EarlyStopping(
+                self.model_, likelihood, (x[val], targets[val]), self.monitor,
+                budget.steps_per_epoch, self._min_steps(), int(self.patience),
+            )  # fmt: skip
+        with contextlib.suppress(StopTraining):  # early stopping ended it; records below
+            records = fit(
+                self.model_,
+                train,
+                likelihood=likelihood,
+                epochs=budget.epochs,
+                batch_size=batch_size,
+                lr=self.lr,
+                kl_weight=self.kl_weight,
+                dataset_size=len(train[0]),
+                seed=seed,
+                progress=bool(self.verbose),
+                callbacks=() if stopper is None else (stopper,),
+            ).epochs
+        if stopper is not None:
+            stopper.restore()
+            records = stopper.records
+        self.history_ = records
+        self.best_epoch_ = None if stopper is None else stopper.best_epoch
+        self.n_iter_ = len(records)
+        self.n_steps_ = self.n_iter_ * budget.steps_per_epoch
         self.family_ = family
-        self.likelihood_ = history.likelihood
-        self.history_ = history.epochs
+        self.likelihood_ = likelihood
         self.seed_ = seed
         self.feature_importances_, self.importance_kind_ = self._importances()
-        self.screen_ = self._screen(x, targets, likelihood, seed) if self.screen else None
+        support = self._decide_support()
+        self.screen_ = self._screen(x, targets, likelihood, seed, support) if self.screen else None
+        if self.screen_ is not None:
+            support[self.screen_.added] = True
+        self.support_ = support
+        self.n_features_selected_ = int(support.sum())
+
+    def _uses_early_stopping(self) -> bool:
+        return self.early_stopping is True or (
+            self.early_stopping == "auto" and self.epochs == "auto"
+        )
+
+    def _min_steps(self) -> int:
+        """`min_steps` applies to epochs="auto"; an explicit epoch count is taken literally."""
+        return int(self.min_steps) if self.epochs == "auto" else 0
+
+    def _validation_mask(self, targets: torch.Tensor, seed: int) -> torch.Tensor | None:
+        """Rows carved from the training rows for early stopping, or None."""
+        n = len(targets)
+        if not self._uses_early_stopping() or (
+            self.early_stopping == "auto" and n < MIN_VALIDATION_ROWS
+        ):
+            return None
+        labels = targets.numpy() if targets.dtype == torch.long else None
+        mask = validation_rows(n, float(self.validation_fraction), seed, labels)
+        return torch.as_tensor(mask)
 
     def _screen(
-        self, x: torch.Tensor, targets: torch.Tensor, likelihood: Any, seed: int
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        likelihood: Any,
+        seed: int,
+        support: np.ndarray,
     ) -> ScreenResult | None:
         """The evidence screen of the features the PIPs left out (`bayesprune.screen`)."""
         if self.importance_kind_ != "pip":
             raise ValueError(
                 "screen=True starts from input PIPs: use family='spike_slab' with input_gates=True"
             )
-        selected = np.flatnonzero(self._pip_mask()).tolist()
+        selected = np.flatnonzero(support).tolist()
         if len(selected) == x.shape[1]:
             return None  # every feature is in: nothing to screen
         kind = "gaussian" if isinstance(likelihood, Gaussian) else "categorical"
@@ -248,13 +349,38 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         imp = self.feature_importances_
         return imp > cut if self.importance_kind_ == "pip" else imp >= cut
 
-    def _get_support_mask(self) -> np.ndarray:
-        """The input features the posterior keeps, plus those the screen added."""
-        check_is_fitted(self)
+    def _decide_support(self) -> np.ndarray:
+        """The threshold rule, never an empty selection in silence (see the module doc)."""
         mask = self._pip_mask()
-        if self.screen_ is not None:
-            mask[self.screen_.added] = True
+        imp, p = self.feature_importances_, len(self.feature_importances_)
+        kind = "PIP" if self.importance_kind_ == "pip" else "relative input norm"
+        if not mask.any():
+            mask = fallback_support(imp)
+            warnings.warn(
+                f"every input was left out (largest {kind} {imp.max():.3g} is below the "
+                f"selection threshold): the prior outweighed the likelihood on these "
+                f"{p} inputs. Falling back to the expected-size rule, the "
+                f"{int(mask.sum())} input(s) with the highest {kind}s. To change it: more "
+                "rows or optimiser steps (min_steps), a smaller kl_weight, a larger "
+                "prior_inclusion, or a lower selection_threshold.",
+                UserWarning,
+                stacklevel=3,
+            )
+        elif mask.all() and p > 1:
+            warnings.warn(
+                f"every one of the {p} inputs was kept (smallest {kind} {imp.min():.3g}): "
+                "either all of them matter, or training was too short for the gates to "
+                "close (with explicit epochs try epochs='auto', else raise min_steps). "
+                "Keeping every input.",
+                UserWarning,
+                stacklevel=3,
+            )
         return mask
+
+    def _get_support_mask(self) -> np.ndarray:
+        """The inputs the posterior keeps (or the fallback), plus those the screen added."""
+        check_is_fitted(self)
+        return self.support_.copy()
 
 
 class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):

@@ -1,0 +1,141 @@
+"""Training defaults of the scikit-learn estimators that follow the data, not a fixed epoch count.
+
+A fixed number of epochs means a few hundred optimiser steps on a table of a few hundred
+rows, too few for spike-and-slab input gates (initialised at 0.99) to move, and tens of
+thousands on a large table. The estimators therefore count optimiser steps:
+
+- `step_budget`: at least `min_steps` steps (as the evidence screen's `min_steps`) and at
+  most `max_steps`, whatever the number of rows; epochs follow from rows and batch size.
+- `EarlyStopping`: a `bayesprune.fit` callback that scores a validation split carved from
+  the training rows after every epoch once `min_steps` are done, keeps the best posterior
+  (model and likelihood state) by the monitored metric, stops after `patience` steps
+  without improvement, and restores the best state at the end.
+  Monitoring starts only after `min_steps` because the gates close slowly under the KL:
+  an earlier state predicts as well with every input still in.
+- `validation_rows`: the split (stratified for classes), seeded.
+- `fallback_support`: the expected-size rule for a selection that came out empty.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import Tensor, nn
+
+from .evaluation import evaluate
+from .likelihoods import Likelihood
+
+MONITORS = {"nll": -1.0, "accuracy": 1.0, "rmse": -1.0}
+"""Validation metrics early stopping can monitor, with the sign that makes larger better."""
+
+
+class StopTraining(Exception):
+    """Raised by `EarlyStopping` inside `bayesprune.fit` to end training (caught by the caller)."""
+
+
+@dataclass(frozen=True)
+class StepBudget:
+    """How long a fit trains: `epochs` of `steps_per_epoch` optimiser steps."""
+
+    epochs: int
+    steps_per_epoch: int
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+def step_budget(
+    n_rows: int, batch_size: int, epochs: int | str, min_steps: int, max_steps: int
+) -> StepBudget:
+    """Epochs for `n_rows` rows: `epochs` when given as an int, else ("auto") enough for
+    `max_steps` steps, and never fewer than `min_steps` steps."""
+    per_epoch = max(1, math.ceil(n_rows / batch_size))
+    if epochs == "auto":
+        wanted = max(min_steps, max_steps)
+    else:
+        wanted = max(int(epochs) * per_epoch, min_steps)
+    return StepBudget(max(1, math.ceil(wanted / per_epoch)), per_epoch)
+
+
+def validation_rows(
+    n: int, fraction: float, seed: int, labels: np.ndarray | None = None
+) -> np.ndarray:
+    """A boolean mask of the rows held out for validation (stratified when `labels` given).
+
+    Every class keeps at least one training row; at least one row is held out."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(n, dtype=bool)
+    groups = (
+        [np.arange(n)]
+        if labels is None
+        else [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    )
+    for rows in groups:
+        take = min(round(fraction * len(rows)), len(rows) - 1)
+        mask[rng.permutation(rows)[:take]] = True
+    if not mask.any():
+        mask[rng.integers(n)] = True
+    return mask
+
+
+@dataclass
+class EarlyStopping:
+    """`bayesprune.fit` callback: keep the best posterior by `monitor` (see the module doc).
+
+    It scores `val` (posterior-mean network) itself, every `every` optimiser steps rather
+    than every epoch: on 100 rows an epoch is two steps, and scoring each would cost more
+    than the training."""
+
+    model: nn.Module
+    likelihood: Likelihood
+    val: tuple[Tensor, Tensor]
+    monitor: str
+    steps_per_epoch: int
+    start_step: int
+    patience: int
+    every: int = 50
+    records: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_score: float = -math.inf
+    _best_state: tuple[dict[str, Any], dict[str, Any]] | None = None
+    _last_check: int = -1
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        epoch = len(self.records)
+        step = epoch * self.steps_per_epoch
+        if step < self.start_step or step - self._last_check < self.every:
+            return
+        self._last_check = step
+        scores = evaluate(
+            self.model, self.val, self.likelihood, mode="mean", metrics=[self.monitor]
+        )
+        record[f"val_{self.monitor}"] = scores[self.monitor]
+        score = MONITORS[self.monitor] * float(scores[self.monitor])
+        if self.best_epoch is None or score > self.best_score:
+            self.best_epoch, self.best_score = epoch, score
+            self._best_state = (
+                copy.deepcopy(self.model.state_dict()),
+                copy.deepcopy(self.likelihood.state_dict()),
+            )
+        elif (epoch - self.best_epoch) * self.steps_per_epoch >= self.patience:
+            raise StopTraining
+
+    def restore(self) -> None:
+        """Load the best state seen (no-op when monitoring never started)."""
+        if self._best_state is not None:
+            self.model.load_state_dict(self._best_state[0])
+            self.likelihood.load_state_dict(self._best_state[1])
+
+
+def fallback_support(pips: np.ndarray) -> np.ndarray:
+    """The expected-size rule: the max(1, round(Σ PIP)) features with the highest PIPs."""
+    k = max(1, round(float(pips.sum())))
+    mask = np.zeros(len(pips), dtype=bool)
+    mask[np.argsort(-pips, kind="stable")[:k]] = True
+    return mask
