@@ -29,6 +29,7 @@ from .export import (
     sparse_storage,
     spec_json,
 )
+from .graph import GraphShrinkError, GraphShrinkResult, GraphTraceError, shrink_graph
 from .masks import (
     apply_masks,
     apply_torch_prune,
@@ -85,6 +86,9 @@ __all__ = [
     "WEIGHT_SCORES",
     "WIDTH_SCORES",
     "CompressionRound",
+    "GraphShrinkError",
+    "GraphShrinkResult",
+    "GraphTraceError",
     "LayerRecord",
     "PipRule",
     "PlainLayer",
@@ -128,6 +132,7 @@ __all__ = [
     "select_by_pip",
     "self_compress",
     "shrink",
+    "shrink_graph",
     "sparse_storage",
     "sparsity",
     "spec_json",
