@@ -234,7 +234,8 @@ def main() -> None:
     table = summarise(rows)
     markdown = (
         f"{len(dict.fromkeys(r['design'] for r in rows))} designs, {NOISE} N(0, 1) noise "
-        f"columns each, up to {args.splits} random 75/25 splits; score: test accuracy (classification) or R² (regression); "
+        f"columns each, up to {args.splits} random 75/25 splits; score: test accuracy "
+        "(classification) or R² (regression); "
         "means over splits. Noise kept: of the 20 noise columns. TPR / FDR: simulations "
         "(true support = first 5 columns). Seconds per fit on one thread of a shared "
         "machine.\n\n" + md_table(table)
