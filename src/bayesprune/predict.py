@@ -48,6 +48,13 @@ class PredictMode(Choice):
 MODES = PredictMode.values()
 
 
+def describe_prediction(mode: str, samples: int, split: str, rows: int | None = None) -> str:
+    """How a figure was predicted, for every printed number: e.g. "test (MC, 30 samples,
+    450 rows)" or "validation (posterior mean, 200 rows)"."""
+    how = f"MC, {samples} samples" if PredictMode(mode) == PredictMode.MC else "posterior mean"
+    return f"{split} ({how}{'' if rows is None else f', {rows} rows'})"
+
+
 @dataclass
 class ClassificationPrediction:
     """Predictive class probabilities and their uncertainty (float64, on the CPU; nats)."""

@@ -1,6 +1,10 @@
 """Compression: importance scores, pruning rules and masks, physical shrinking, export.
 
-Typical use::
+Typical use, in one call (`prune`)::
+
+    prune(model, level="unit", score="norm", rule="global", sparsity=0.5)
+
+or step by step::
 
     scores = weight_scores(model, "snr")                 # per weight, higher = keep
     apply_masks(model, global_sparsity_masks(scores, 0.95))
@@ -41,6 +45,7 @@ from .masks import (
     weight_masks,
 )
 from .pip_rules import PipRule, select_by_pip
+from .prune import DEFAULT_SCORES, PruneRule, keep_masks, prune
 from .report import compression_report, report_markdown, save_report
 from .rules import (
     PruneLevel,
@@ -78,6 +83,7 @@ from .shrink import LayerRecord, ShrinkResult, shrink
 from .tolerances import Tolerance, ToleranceSpec, as_tolerances
 
 __all__ = [
+    "DEFAULT_SCORES",
     "INPUT_SCORES",
     "PASSTHROUGH",
     "SELF_COMPRESS_SCORES",
@@ -89,6 +95,7 @@ __all__ = [
     "PipRule",
     "PlainLayer",
     "PruneLevel",
+    "PruneRule",
     "SearchResult",
     "SearchRule",
     "SelectInputs",
@@ -111,10 +118,12 @@ __all__ = [
     "input_scores",
     "input_weight_masks",
     "is_prunable",
+    "keep_masks",
     "layer_inputs",
     "layer_sparsity_masks",
     "load_model",
     "prunable_layers",
+    "prune",
     "prune_to_widths",
     "pruned_copy",
     "pruning_curve",
