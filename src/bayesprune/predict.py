@@ -193,7 +193,7 @@ class _Batches:
 
     def __iter__(self) -> Iterator[Tensor]:
         count = 0
-        for batch in self.source:
+        for batch in self._drawn():
             if self.loader:
                 inputs = batch[0] if isinstance(batch, tuple | list) else batch
                 batch = _as_input(inputs, self.reference)
@@ -203,6 +203,21 @@ class _Batches:
             yield batch
         if not count:
             raise ValueError("x yields no batches; give it at least one example")
+
+    def _drawn(self) -> Iterator[Any]:
+        """The source's batches; a loader's own draws (its base seed, a shuffle) are made
+        outside the model's noise stream, so `seed` gives the same draws as for a tensor."""
+        if not self.loader:
+            yield from self.source
+            return
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(self.source)
+        while True:
+            with torch.random.fork_rng(devices=[]):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
 
 
 def _is_batch_iterable(x: Any) -> bool:
