@@ -86,8 +86,8 @@ def test_early_stopping_stops_on_a_plateau_and_restore_best_restores():
         seen[record["epoch"]] = {k: v.clone() for k, v in model.state_dict().items()}
 
     # lr tiny: val_nll barely moves, so min_delta makes every epoch after the first a plateau
-    history = bp.fit(model, (x, y), (x, y), epochs=30, lr=1e-6, early_stopping=3,
-                     min_delta=1.0, restore_best=True, callbacks=(keep,), progress=False)  # fmt: skip
+    options = dict(early_stopping=3, min_delta=1.0, restore_best=True, callbacks=(keep,))
+    history = bp.fit(model, (x, y), (x, y), epochs=30, lr=1e-6, progress=False, **options)
     assert history.stopped_epoch == 4 and len(history.epochs) == 4  # 1 best + 3 patience
     assert history.best_epoch == 1
     for k, v in model.state_dict().items():
