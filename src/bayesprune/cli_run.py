@@ -117,7 +117,8 @@ def train(
     if nproc > 1 or torchrun_world() > 1:  # data-parallel: see _train_process
         timeout = cfg.train.timeout_s
         args = (config, str(folder), quiet, sets)
-        result = launch(_train_process, nproc, *args, timeout_s=timeout)[0]
+        test = launch(_train_process, nproc, *args, timeout_s=timeout)[0]
+        result = None if test is None else {"test": test}
     else:
         progress = _progress(quiet)
         echo = None if quiet or progress else click.echo
@@ -168,7 +169,7 @@ def _train_process(
         return None
     progress = _progress(quiet)
     echo = None if quiet or progress else click.echo
-    return train_run(cfg, folder, progress=progress, echo=echo)
+    return train_run(cfg, folder, progress=progress, echo=echo)["test"]
 
 
 @click.command("evaluate")
