@@ -19,6 +19,8 @@ import click
 
 from .app.config import (
     COMPRESS_RULES,
+    FEATURE_RULES,
+    FEATURE_SCORES,
     UNIT_SCORE_NAMES,
     WEIGHT_SCORE_NAMES,
     load_config,
@@ -72,6 +74,16 @@ def _show(obj: Any) -> str:
     default=None,
     help="Run folder (default: runs/<config name>). Rerunning resumes it.",
 )
+@click.option(
+    "--set",
+    "assignments",
+    metavar="KEY=VALUE",
+    multiple=True,
+    help="Override one config value, e.g. --set train.epochs=2 --set "
+    "model.kwargs.hidden=[32,16] (a YAML value; repeatable; validated like the file).",
+)
+@click.option("--seed", type=int, default=None, help="Shortcut for --set train.seed=N.")
+@click.option("--device", default=None, help="Shortcut for --set train.device=DEV (cpu, cuda:0).")
 @_QUIET
 @click.option(
     "--nproc",
@@ -82,22 +94,53 @@ def _show(obj: Any) -> str:
     "(docs/distributed.md).",
 )
 @_friendly
-def train(config: str, out: str | None, quiet: bool, nproc: int) -> None:
-    """Train the model of CONFIG (YAML) into a run folder; resumes an interrupted run."""
+def train(
+    config: str,
+    out: str | None,
+    assignments: tuple[str, ...],
+    seed: int | None,
+    device: str | None,
+    quiet: bool,
+    nproc: int,
+) -> None:
+    """Train the model of CONFIG (YAML) into a run folder; resumes an interrupted run.
+
+    Overrides (--set, --seed, --device) become part of the run's config.yaml, so a
+    rerun into the same folder resumes only with the same overrides.
+    """
     from .app.steps import train_run
     from .distributed import launch, torchrun_world
 
-    cfg = load_config(config)
+    sets = _assignments(assignments, seed, device)
+    cfg = load_config(config, sets)
     folder = Path(out) if out else _default_folder(config)
     if nproc > 1 or torchrun_world() > 1:  # data-parallel: see _train_process
         timeout = cfg.train.timeout_s
-        test = launch(_train_process, nproc, config, str(folder), quiet, timeout_s=timeout)[0]
+        args = (config, str(folder), quiet, sets)
+        test = launch(_train_process, nproc, *args, timeout_s=timeout)[0]
+        result = None if test is None else {"test": test}
     else:
         progress = _progress(quiet)
         echo = None if quiet or progress else click.echo
-        test = train_run(cfg, folder, progress=progress, echo=echo)["test"]
-    if test is not None:  # None: a process other than rank 0 under torchrun
-        click.echo(f"trained {folder}: test {_show(test)}")
+        result = train_run(cfg, folder, progress=progress, echo=echo)
+    if result is not None:  # None: a process other than rank 0 under torchrun
+        click.echo(f"trained {folder}: {_test_label(result)} {_show(result['test'])}")
+
+
+def _assignments(assignments: tuple[str, ...], seed: int | None, device: str | None) -> tuple:
+    """--set values, with the --seed / --device shortcuts last (they win)."""
+    extra = ([f"train.seed={seed}"] if seed is not None else []) + (
+        [f"train.device={device}"] if device is not None else []
+    )
+    return (*assignments, *extra)
+
+
+def _test_label(result: dict[str, Any]) -> str:
+    """e.g. "test (posterior mean, 450 rows)": which prediction and split the figures are."""
+    from .predict import describe_prediction
+
+    how = result.get("test_prediction") or {"mode": "mean", "split": "test"}
+    return describe_prediction(how["mode"], 1, how["split"], how.get("rows"))
 
 
 def _default_folder(config: str) -> Path:
@@ -108,7 +151,9 @@ def _default_folder(config: str) -> Path:
     return Path("runs") / stem
 
 
-def _train_process(config: str, folder: str, quiet: bool) -> dict[str, Any] | None:
+def _train_process(
+    config: str, folder: str, quiet: bool, sets: tuple[str, ...] = ()
+) -> dict[str, Any] | None:
     """One process of a data-parallel `train` (under `launch` or torchrun).
 
     Every process trains (fit splits the batches); rank 0 alone writes the run folder,
@@ -117,7 +162,7 @@ def _train_process(config: str, folder: str, quiet: bool) -> dict[str, Any] | No
     from .app.steps import train_run
     from .distributed import setup
 
-    cfg = load_config(config)
+    cfg = load_config(config, sets)
     if not setup(device=cfg.train.device, timeout_s=cfg.train.timeout_s).is_main:
         with tempfile.TemporaryDirectory(prefix="bayesprune-rank-") as scratch:
             train_run(cfg, scratch)
@@ -142,12 +187,16 @@ def _train_process(config: str, folder: str, quiet: bool) -> dict[str, Any] | No
 def evaluate(run: str, which: str, quiet: bool) -> None:
     """Accuracy / NLL / ECE / Brier (or RMSE / NLL) of RUN's models, MC and posterior mean."""
     from .app.steps import evaluate_run
+    from .predict import describe_prediction
 
-    results = evaluate_run(_open(run), which, progress=_progress(quiet))
+    r = _open(run)
+    results = evaluate_run(r, which, progress=_progress(quiet))
+    samples = r.config.evaluate.samples
     for name, entry in results.items():
+        rows = (entry.get("split") or {}).get("rows")
         for mode, values in entry["modes"].items():
             shown = " ".join(f"{k}={v:.4g}" for k, v in values.items())
-            click.echo(f"{name:10s} {mode:4s} {shown}")
+            click.echo(f"{name:10s} {describe_prediction(mode, samples, 'test', rows)}: {shown}")
     click.echo(f"written to {Path(run) / 'evaluation.json'}")
 
 
@@ -186,8 +235,23 @@ def compress(run: str, quiet: bool, **overrides: Any) -> None:
         f"{'-'.join(map(str, t['architecture_after']))}; non-zero weights "
         f"{t['nonzero_before']} → {t['nonzero_after']}"
     )
+    from .predict import describe_prediction
+
+    extra, samples = report["extra"], _open(run).config.evaluate.samples
+    modes, rows = extra.get("metrics_mode", {}), extra.get("metrics_split", {}).get("rows")
+    if modes:
+        before = describe_prediction(modes["before"], samples, "test", rows)
+        after = describe_prediction(modes["after"], samples, "test", rows)
+        click.echo(f"metrics: {before} → {after if after != before else 'the same'}")
     for key in m["after"]:
         click.echo(f"  {key}: {m['before'].get(key, float('nan')):.4g} → {m['after'][key]:.4g}")
+    search = (extra.get("search") or {}).get("data")
+    if search:
+        click.echo(
+            f"search held accuracy on {search['rows']} {search['split']} rows (posterior mean)"
+        )
+        if "warning" in search:
+            click.echo(f"warning: {search['warning']}", err=True)
     skipped = (report["extra"].get("shrink") or {}).get("skipped")
     if skipped:
         click.echo(f"not shrunk (weights are masked instead): {skipped}")
@@ -196,17 +260,44 @@ def compress(run: str, quiet: bool, **overrides: Any) -> None:
 
 @click.command("select-features")
 @_RUN
+@click.option(
+    "--score",
+    type=click.Choice(FEATURE_SCORES),
+    default=None,
+    help="Input score (default: the config's features.score).",
+)
+@click.option(
+    "--rule",
+    type=click.Choice(FEATURE_RULES),
+    default=None,
+    help="Selection rule (default: the config's features.rule).",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="PIP cut (median) or fraction of the largest norm (relative).",
+)
+@click.option("--k", type=int, default=None, help="Features kept (target_size).")
+@click.option("--alpha", type=float, default=None, help="Expected FDR bound (fdr).")
 @_friendly
-def select_features(run: str) -> None:
-    """Input features RUN's model uses (input PIPs, or input-weight norms); features.json/.png."""
+def select_features(run: str, **overrides: Any) -> None:
+    """Input features RUN's model uses (input PIPs, or input-weight norms); features.json/.png.
+
+    Options apply to this selection only: recorded in features.json ("options"),
+    never written into config.yaml.
+    """
     from .app.steps import select_features as select
 
     r = _open(run)
-    result = select(r)
+    result = select(r, overrides=overrides)
+    what = result.get("inputs", "features")
     click.echo(
-        f"{len(result['selected'])} of {result['n_features']} features selected "
+        f"{len(result['selected'])} of {result['n_features']} {what} selected "
         f"({result['score']}, rule {result['rule']}): {', '.join(result['selected_names'][:40])}"
     )
+    if result.get("note"):
+        click.echo(result["note"])
     if "selection" in result:
         s = result["selection"]
         click.echo(f"against the known truth: TPR {s['tpr']:.3f}, FDR {s['fdr']:.3f}")

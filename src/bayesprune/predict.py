@@ -17,7 +17,7 @@ folded in here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from . import metrics
 from .likelihoods import Likelihood, make_likelihood
@@ -45,6 +46,13 @@ class PredictMode(Choice):
 
 
 MODES = PredictMode.values()
+
+
+def describe_prediction(mode: str, samples: int, split: str, rows: int | None = None) -> str:
+    """How a figure was predicted, for every printed number: e.g. "test (MC, 30 samples,
+    450 rows)" or "validation (posterior mean, 200 rows)"."""
+    how = f"MC, {samples} samples" if PredictMode(mode) == PredictMode.MC else "posterior mean"
+    return f"{split} ({how}{'' if rows is None else f', {rows} rows'})"
 
 
 @dataclass
@@ -87,6 +95,11 @@ def predict(
 ) -> ClassificationPrediction | RegressionPrediction:
     """Predict `x` (tensor or array, batch first) with the model's posterior.
 
+    `x` may also be a DataLoader (or any re-iterable of batches) whose batches are
+    inputs or (inputs, targets) pairs, as laplace-torch and Lightning take; the
+    batches are predicted as they come (`batch_size` is then the loader's), so with
+    the same batches and `seed` the result equals predicting the stacked inputs.
+
     mode="mc": `samples` stochastic forward passes (variational layers sample while
     their `sample` attribute is True, the default; a layer set to False stays at its
     mean); mode="mean": one pass with every variational layer at its posterior mean
@@ -103,7 +116,7 @@ def predict(
     likelihood = make_likelihood(likelihood)
     reference = next(iter(model.parameters()), None)
     device = reference.device if reference is not None else torch.device("cpu")
-    x = _as_input(x, reference)
+    batches = _Batches(x, reference, batch_size)
     likelihood.to(device)
     reduce = _regression_parts if likelihood.task == "regression" else _class_probs
     passes = samples if mode == "mc" else 1
@@ -118,16 +131,16 @@ def predict(
         ):
             if seed is not None:
                 torch.manual_seed(seed)
-            parts = _run(model, x, passes, batch_size, device, lambda out: reduce(out, likelihood))
+            parts = _run(model, batches, passes, device, lambda out: reduce(out, likelihood))
     finally:
         model.train(was_training)
-    _check_finite_output(parts, x)
+    _check_finite_output(parts, batches.largest)
     if likelihood.task == "regression":
         return _regression(parts[0], parts[1], keep_samples)
     return _classification(parts[0], keep_samples)
 
 
-def _check_finite_output(parts: list[Tensor], x: Tensor) -> None:
+def _check_finite_output(parts: list[Tensor], largest: float) -> None:
     """Refuse NaN or inf predictions: returned silently they poison every metric downstream.
 
     Finite inputs of huge magnitude (|x| ≳ 1e19 in float32) overflow the sampled
@@ -135,7 +148,6 @@ def _check_finite_output(parts: list[Tensor], x: Tensor) -> None:
     """
     if all(bool(torch.isfinite(p).all()) for p in parts):
         return
-    largest = float(x.abs().max()) if x.is_floating_point() else float("nan")
     raise ValueError(
         f"the model's predictions are NaN or inf for these inputs (largest |x| = {largest:.3g}); "
         "standardise or rescale the inputs to the range the model was trained on"
@@ -148,7 +160,9 @@ def _as_input(x: Any, reference: Tensor | None) -> Tensor:
         try:
             x = torch.as_tensor(np.asarray(x))
         except (TypeError, ValueError, RuntimeError) as err:
-            raise ValueError(f"x must be a tensor or a numeric array, got {type(x)}") from err
+            raise ValueError(
+                f"x must be a tensor, a numeric array or a DataLoader, got {type(x)}"
+            ) from err
     if x.ndim == 0 or len(x) == 0:
         raise ValueError(f"x must hold at least one example (batch first), got {tuple(x.shape)}")
     check_input_dtype(x)
@@ -157,6 +171,60 @@ def _as_input(x: Any, reference: Tensor | None) -> Tensor:
     if reference is not None and reference.is_floating_point():
         x = x.to(reference.dtype)
     return x
+
+
+class _Batches:
+    """The inputs as batches: slices of one tensor, or the batches of a loader."""
+
+    def __init__(self, x: Any, reference: Tensor | None, batch_size: int) -> None:
+        self.reference, self.largest = reference, 0.0
+        if isinstance(x, DataLoader) or _is_batch_iterable(x):
+            if iter(x) is x:
+                raise ValueError(
+                    "x is a one-shot iterator (a generator?); pass a DataLoader, a tensor or an "
+                    "array"
+                )
+            self.source: Iterable[Any] = x
+            self.loader = True
+        else:
+            whole = _as_input(x, reference)
+            self.source = [whole[i : i + batch_size] for i in range(0, len(whole), batch_size)]
+            self.loader = False
+
+    def __iter__(self) -> Iterator[Tensor]:
+        count = 0
+        for batch in self._drawn():
+            if self.loader:
+                inputs = batch[0] if isinstance(batch, tuple | list) else batch
+                batch = _as_input(inputs, self.reference)
+            if batch.is_floating_point():
+                self.largest = max(self.largest, float(batch.abs().max()))
+            count += 1
+            yield batch
+        if not count:
+            raise ValueError("x yields no batches; give it at least one example")
+
+    def _drawn(self) -> Iterator[Any]:
+        """The source's batches; a loader's own draws (its base seed, a shuffle) are made
+        outside the model's noise stream, so `seed` gives the same draws as for a tensor."""
+        if not self.loader:
+            yield from self.source
+            return
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(self.source)
+        while True:
+            with torch.random.fork_rng(devices=[]):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
+
+
+def _is_batch_iterable(x: Any) -> bool:
+    """An iterable of batches, not an array-like of rows (tensor, array, list, tuple)."""
+    return isinstance(x, Iterable) and not isinstance(
+        x, Tensor | np.ndarray | list | tuple | str | bytes | Mapping
+    )
 
 
 def _forked_rng(device: torch.device) -> Any:
@@ -169,16 +237,15 @@ def _forked_rng(device: torch.device) -> Any:
 
 def _run(
     model: nn.Module,
-    x: Tensor,
+    batches: Iterable[Tensor],
     passes: int,
-    batch_size: int,
     device: torch.device,
     reduce: Callable[[Any], tuple[Tensor, ...]],
 ) -> list[Tensor]:
     """Each reduced part stacked over passes and concatenated over batches: (S, N, ...)."""
     per_batch: list[list[tuple[Tensor, ...]]] = []
-    for start in range(0, len(x), batch_size):
-        batch = x[start : start + batch_size].to(device)
+    for batch in batches:
+        batch = batch.to(device)
         per_batch.append([reduce(forward_checked(model, batch)) for _ in range(passes)])
     n_parts = len(per_batch[0][0])
     return [

@@ -16,6 +16,12 @@ the *sum* of every layer's KL, never a mean. `kl_weight` < 1 tempers the
 posterior (a "cold" posterior), and `kl_warmup_epochs` ramps the KL term from 0
 to 1 linearly over the first steps (Sønderby et al. 2016).
 
+Data: a Dataset or an (X, y) pair is batched here (seeded, exactly resumable); a
+DataLoader (or any re-iterable of (x, y) batches) is streamed as it comes, one pass
+per epoch, with N = `len(loader.dataset)` unless `dataset_size` is given.
+Stopping: `early_stopping` (patience), `restore_best` and callbacks that return
+False or raise `StopTraining` (see `bayesprune.training_control`).
+
 Data parallelism (several processes, `bayesprune.distributed`): `batch_size` stays
 the global batch; each process adds the whole KL / N to the mean NLL of its share
 and DDP averages the gradients, which is exactly the loss above (KL counted once).
@@ -26,7 +32,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,15 +41,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from tqdm.auto import tqdm
 
 from . import distributed as dp
 from .checkpoint import TrainingState, resume_training, save_training_state
 from .data.xy import DataLike, as_dataset
 from .evaluation import VALIDATION_METRICS, evaluate
+from .io import CheckpointError, load_tensors, save_tensors
 from .likelihoods import Likelihood, make_likelihood
 from .nn import kl as model_kl
 from .optim import LR_SCHEDULES, make_optimizer, param_groups
+from .training_control import (
+    Callback,
+    EpochBar,
+    StopTraining,
+    make_stopper,
+    run_callbacks,
+)
 from .validation import (
     check_device,
     check_finite_number,
@@ -51,9 +65,9 @@ from .validation import (
     forward_checked,
 )
 
-__all__ = ["Callback", "DataLike", "History", "as_dataset", "evaluate", "fit"]
+__all__ = ["Callback", "DataLike", "History", "StopTraining", "as_dataset", "evaluate", "fit"]
 
-Callback = Callable[[dict[str, Any]], None]
+BEST_FILE = "best.safetensors"  # in checkpoint_dir: the best state, for restore_best on resume
 
 
 @dataclass
@@ -62,6 +76,9 @@ class History:
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
     likelihood: Likelihood | None = None
+    dataset_size: int = 0  # N of the KL scaling
+    best_epoch: int | None = None  # by the monitored metric (early_stopping / restore_best)
+    stopped_epoch: int | None = None  # set when early stopping or a callback ended training
 
     def last(self) -> dict[str, Any]:
         return self.epochs[-1] if self.epochs else {}
@@ -109,6 +126,22 @@ def _batches(
         return
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
     yield from loader
+
+
+def _loader_batches(loader: Iterable[Any], model: nn.Module) -> Iterator[tuple[Tensor, Tensor]]:
+    """(x, y) from each batch of a loader, x cast to the model's floating dtype."""
+    reference = next(iter(model.parameters()), None)
+    for batch in loader:
+        if not (isinstance(batch, tuple | list) and len(batch) >= 2):
+            raise ValueError(
+                f"each training batch must be an (x, y) pair, got {type(batch).__name__}; "
+                "return (inputs, targets) from the Dataset or collate_fn"
+            )
+        x, y = torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
+        check_input_dtype(x, "train x")
+        if reference is not None and reference.is_floating_point() and x.dtype != reference.dtype:
+            x = x.to(reference.dtype)
+        yield x, y
 
 
 def _check_finite_batch(x: Tensor, step: int) -> None:
@@ -169,8 +202,8 @@ def _validate(
 
 def fit(
     model: nn.Module,
-    train: DataLike,
-    val: DataLike | None = None,
+    train: DataLike | DataLoader | Iterable[Any],
+    val: DataLike | DataLoader | None = None,
     *,
     likelihood: str | Likelihood = "categorical",
     epochs: int = 10,
@@ -192,6 +225,11 @@ def fit(
     device: str | torch.device = "cpu",
     callbacks: Sequence[Callback] = (),
     distributed: bool | None = None,
+    early_stopping: int | None = None,
+    monitor: str | None = None,
+    monitor_mode: str | None = None,
+    min_delta: float = 0.0,
+    restore_best: bool = False,
 ) -> History:
     """Train `model` by minimising the negative ELBO (see the module docstring).
 
@@ -209,6 +247,22 @@ def fit(
     `batch_size` is the global batch (divisible by the number of processes), only
     rank 0 writes checkpoints and shows progress, callbacks run on every process with
     the same (all-reduced) record. See `bayesprune.distributed` and docs/distributed.md.
+
+    `train` / `val`: a Dataset, an (X, y) pair, or a DataLoader (for `train` also any
+    re-iterable of (x, y) batches, streamed once per epoch; N is `len(loader.dataset)`,
+    else pass `dataset_size`). A loader shuffles with its own generator, so resuming
+    it is exact only if that generator is seeded per epoch by the caller.
+
+    Stopping (Lightning's EarlyStopping / ModelCheckpoint(monitor=...)):
+    `early_stopping=P` stops after P epochs without improvement of `monitor` (default
+    "val_nll" with `val`, else "loss"; any key of the epoch record, e.g.
+    "val_accuracy"), by more than `min_delta`; its direction comes from the metric's
+    name unless `monitor_mode` is "min" / "max". `restore_best=True` loads the best
+    epoch's parameters at the end. A callback `f(record)` that returns False or
+    raises `StopTraining` ends training after that epoch. The early-stopping state is
+    rebuilt from the checkpointed history on resume (exact); the best state is kept
+    in `checkpoint_dir/best.safetensors`. `History.best_epoch` / `stopped_epoch` say
+    what happened. With several processes a callback must decide alike on every one.
     """
     _check_settings(epochs, batch_size, lr, weight_decay, kl_weight, kl_warmup_epochs)
     if dataset_size is not None and (
@@ -224,15 +278,27 @@ def fit(
     device = dp.device_for(device, ctx)
     dp.check_batch_size(batch_size, ctx.world_size)
     likelihood = make_likelihood(likelihood)
-    train_set = as_dataset(train, "train")
-    val_set = None if val is None else as_dataset(val, "val")
-    n_train = len(train_set)  # type: ignore[arg-type]
+    stopper = (
+        make_stopper(monitor, early_stopping, monitor_mode, min_delta, val is not None)
+        if early_stopping is not None or restore_best
+        else None
+    )
+    loader = _loader_of(train)
+    if loader is not None and ctx.active:
+        raise ValueError(
+            "data-parallel training shards the rows itself: pass a Dataset or (X, y), not a "
+            "DataLoader"
+        )
+    train_set: Any = loader if loader is not None else as_dataset(train, "train")
+    val_set: Any = val if val is None or isinstance(val, DataLoader) else as_dataset(val, "val")
+    n_train = _loader_size(loader, dataset_size) if loader is not None else len(train_set)
     if n_train == 0:
         raise ValueError(
             "the training set has 0 rows; give it at least one (with a run config: raise "
             "data.limit or lower data.val_fraction)"
         )
-    train_set = _checked_inputs(train_set, model, "train")
+    if loader is None:
+        train_set = _checked_inputs(train_set, model, "train")
     val_set = None if val_set is None else _checked_inputs(val_set, model, "val")
     settings = _Settings(
         epochs,
@@ -259,8 +325,9 @@ def fit(
     ]
     opt = make_optimizer(optimizer, param_groups(named, lr, lr_multipliers or {}), lr, weight_decay)
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
-    history = History(likelihood=likelihood)
+    history = History(likelihood=likelihood, dataset_size=settings.dataset_size)
     show = (sys.stderr.isatty() if progress is None else progress) and ctx.is_main
+    best: dict[str, Tensor] | None = None
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.noise_seed(seed))  # each process draws its own noise
@@ -271,13 +338,19 @@ def fit(
                 folder, model, likelihood, opt, loader_rng, ctx, seed
             )
             history.epochs.extend(done)
+        if stopper is not None:  # a pure function of the history: resumes exactly
+            stopper.replay(history.epochs)
+            if restore_best and stopper.best_epoch and folder is not None:
+                best = _load_best(folder, stopper.best_epoch)
         objective = ctx.wrap(_Objective(model, likelihood), torch.device(device))
-        steps_per_epoch = max(1, math.ceil(dp.padded_length(n_train, ctx.world_size) / batch_size))
+        steps_per_epoch = _steps_per_epoch(loader, n_train, batch_size, ctx, kl_warmup_epochs)
         warmup_steps = kl_warmup_epochs * steps_per_epoch
-        for epoch in range(start_epoch, epochs):
+        finished = stopper is not None and stopper.should_stop  # stopped before the resume
+        for epoch in range(start_epoch, epochs if not finished else start_epoch):
             for group in opt.param_groups:
                 rate = LR_SCHEDULES[lr_schedule](lr, epoch, epochs)
                 group["lr"] = rate * group.get("lr_multiplier", 1.0)
+            bar = EpochBar(epoch, epochs, None if loader is not None else steps_per_epoch, show)
             record = _train_epoch(
                 model,
                 likelihood,
@@ -290,13 +363,14 @@ def fit(
                 steps_per_epoch,
                 warmup_steps,
                 device,
-                show,
+                bar,
                 objective=objective,
                 ctx=ctx,
             )
             if val_set is not None:
                 scores = _validate(model, val_set, likelihood, ctx)
                 record.update({f"val_{k}": v for k, v in scores.items()})
+            bar.close(record)
             ctx.raise_if_any(_non_finite(named, epoch + 1))  # before anything is saved
             history.epochs.append(record)
             if folder is not None:
@@ -307,9 +381,98 @@ def fit(
                     save_training_state(
                         folder, model, likelihood, opt, loader_rng, state, keep_checkpoints, rngs
                     )
-            for callback in callbacks:
-                callback(record)
+            if stopper is not None and stopper.update(record) and restore_best:
+                best = _state_of(model, likelihood)
+                if folder is not None and ctx.is_main:
+                    save_tensors(folder / BEST_FILE, best, {"epoch": stopper.best_epoch})
+            if run_callbacks(callbacks, record) or (stopper is not None and stopper.should_stop):
+                history.stopped_epoch = epoch + 1
+                break
+    if stopper is not None:
+        history.best_epoch = stopper.best_epoch or None
+    if restore_best and best is not None:
+        _load_state(model, likelihood, best)
     return history
+
+
+def _loader_of(train: Any) -> Iterable[Any] | None:
+    """`train` when it is a DataLoader or another re-iterable of batches, else None."""
+    if isinstance(train, DataLoader):
+        return train
+    if isinstance(train, Dataset | tuple | list | Tensor | Mapping) or not isinstance(
+        train, Iterable
+    ):
+        return None
+    if iter(train) is train:
+        raise ValueError(
+            "train is a one-shot iterator (a generator?), which cannot serve several epochs; "
+            "pass a DataLoader, a Dataset or an (X, y) pair"
+        )
+    return train
+
+
+def _loader_size(loader: Iterable[Any], dataset_size: int | None) -> int:
+    """N for the KL scaling: `dataset_size`, else the loader's dataset's length."""
+    if dataset_size is not None:
+        return dataset_size
+    try:
+        return len(loader.dataset)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        raise ValueError(
+            "cannot tell the training set's size from this loader (no len(loader.dataset)), "
+            "which the KL scaling needs; pass dataset_size=N"
+        ) from None
+
+
+def _steps_per_epoch(
+    loader: Iterable[Any] | None,
+    n_train: int,
+    batch_size: int,
+    ctx: dp.DistContext,
+    kl_warmup_epochs: float,
+) -> int:
+    """Optimiser steps per epoch (the KL warm-up counts in them)."""
+    if loader is None:
+        return max(1, math.ceil(dp.padded_length(n_train, ctx.world_size) / batch_size))
+    try:
+        return max(1, len(loader))  # type: ignore[arg-type]
+    except TypeError:
+        if kl_warmup_epochs > 0:
+            raise ValueError(
+                "kl_warmup_epochs counts steps per epoch, which this loader cannot tell (no "
+                "len()); pass a DataLoader or set kl_warmup_epochs=0"
+            ) from None
+        return 1
+
+
+def _state_of(model: nn.Module, likelihood: nn.Module) -> dict[str, Tensor]:
+    """A detached copy of the parameters and buffers of model and likelihood."""
+    state = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    state |= {f"likelihood.{k}": v.detach().clone() for k, v in likelihood.state_dict().items()}
+    return state
+
+
+def _load_state(model: nn.Module, likelihood: nn.Module, state: dict[str, Tensor]) -> None:
+    for prefix, module in (("model.", model), ("likelihood.", likelihood)):
+        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        module.load_state_dict(part)
+
+
+def _load_best(folder: Path, epoch: int) -> dict[str, Tensor] | None:
+    """The best state saved before a resume; None (with a warning) if it is not there."""
+    path = folder / BEST_FILE
+    try:
+        state, meta = load_tensors(path)
+    except (CheckpointError, OSError):
+        state, meta = {}, {}
+    if meta.get("epoch") != epoch:
+        warnings.warn(
+            f"restore_best: {path} does not hold epoch {epoch}, the best before the resume; "
+            "the best epoch from here on will be restored instead",
+            stacklevel=3,
+        )
+        return None
+    return state
 
 
 def _check_settings(
@@ -377,7 +540,7 @@ def _train_epoch(
     steps_per_epoch: int,
     warmup_steps: float,
     device: str | torch.device,
-    show: bool,
+    bar: EpochBar,
     *,
     objective: nn.Module,
     ctx: dp.DistContext = dp.LOCAL,
@@ -387,16 +550,14 @@ def _train_epoch(
     started = time.perf_counter()
     sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
     n_seen = 0
-    batches = _batches(train_set, settings.batch_size, loader_rng, shuffle=True, ctx=ctx)
-    bar = tqdm(
-        batches,
-        total=steps_per_epoch,
-        desc=f"epoch {epoch + 1}/{settings.epochs}",
-        disable=not show,
-        leave=False,
+    streamed = not isinstance(train_set, Dataset)  # a DataLoader or other batch iterable
+    batches = (
+        _loader_batches(train_set, model)
+        if streamed
+        else _batches(train_set, settings.batch_size, loader_rng, shuffle=True, ctx=ctx)
     )
     checked = False
-    for step, (x, y) in enumerate(bar):
+    for step, (x, y) in enumerate(batches):
         x, y = x.to(device), y.to(device)
         global_step = epoch * steps_per_epoch + step
         warm = 1.0 if warmup_steps <= 0 else min(1.0, (global_step + 1) / warmup_steps)
@@ -425,8 +586,7 @@ def _train_epoch(
         sums["loss"] += float(loss.detach()) * b
         sums["nll"] += float(nll.detach()) * b
         sums["kl"] += float(kl.detach()) * b
-        if show:
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        bar.step(float(loss.detach()))
     if ctx.active:  # shares are equal, so summing share-weighted means gives the global ones
         totals = ctx.all_reduce(torch.tensor([*sums.values(), n_seen], dtype=torch.float64))
         sums, n_seen = dict(zip(sums, totals[:-1].tolist(), strict=True)), int(totals[-1])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from ..compress.pip_rules import PIP_RULES
 from ..compress.scores import INPUT_SCORES, UNIT_SCORES, WEIGHT_SCORES
 from ..likelihoods import likelihood_names
 from ..optim import LR_SCHEDULES, OPTIMIZERS
+from .overrides import apply_overrides, override_keys
 from .schema import ConfigError, _section, _unknown
 from .yaml_safe import YamlRefused, load_strict
 
@@ -310,8 +311,9 @@ def parse_config(raw: dict[str, Any] | None) -> RunConfig:
     return validate(_section(RunConfig, raw, ""))
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML run config."""
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read and validate a YAML run config; `overrides` are KEY=VALUE strings put into
+    it first (`app.overrides`, the CLI's `--set`), validated with the rest."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no config file at {path}; write one (see `bayesprune train --help`)")
@@ -326,10 +328,14 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path} is not valid YAML: {shown}") from err
     except RecursionError as err:
         raise ConfigError(f"{path} nests too deeply to be a run config") from err
+    if overrides:
+        raw = apply_overrides(raw, overrides)
     try:
         return parse_config(raw)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        named = [k for k in override_keys(overrides) if k in str(err)]
+        given = f" (given by --set {named[0]})" if named else ""
+        raise ConfigError(f"{path}: {err}{given}") from None
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

@@ -1,6 +1,10 @@
 """Compression: importance scores, pruning rules and masks, physical shrinking, export.
 
-Typical use::
+Typical use, in one call (`prune`)::
+
+    prune(model, level="unit", score="norm", rule="global", sparsity=0.5)
+
+or step by step::
 
     scores = weight_scores(model, "snr")                 # per weight, higher = keep
     apply_masks(model, global_sparsity_masks(scores, 0.95))
@@ -42,6 +46,7 @@ from .masks import (
     weight_masks,
 )
 from .pip_rules import PipRule, select_by_pip
+from .prune import DEFAULT_SCORES, PruneRule, keep_masks, prune
 from .report import compression_report, report_markdown, save_report
 from .rules import (
     PruneLevel,
@@ -79,6 +84,7 @@ from .shrink import LayerRecord, ShrinkResult, shrink
 from .tolerances import Tolerance, ToleranceSpec, as_tolerances
 
 __all__ = [
+    "DEFAULT_SCORES",
     "INPUT_SCORES",
     "PASSTHROUGH",
     "SELF_COMPRESS_SCORES",
@@ -93,6 +99,7 @@ __all__ = [
     "PipRule",
     "PlainLayer",
     "PruneLevel",
+    "PruneRule",
     "SearchResult",
     "SearchRule",
     "SelectInputs",
@@ -115,10 +122,12 @@ __all__ = [
     "input_scores",
     "input_weight_masks",
     "is_prunable",
+    "keep_masks",
     "layer_inputs",
     "layer_sparsity_masks",
     "load_model",
     "prunable_layers",
+    "prune",
     "prune_to_widths",
     "pruned_copy",
     "pruning_curve",

@@ -27,7 +27,7 @@ class LayerSize:
     kind: str  # the layer's class name
     weights: int
     nonzero_weights: int
-    flops: int  # 0 when no input shape was given
+    flops: int | None  # None when no input shape was given: unknown, not 0
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,19 @@ class ModelSize:
     parameters: int
     weights: int
     nonzero_weights: int
-    flops: int
+    flops: int | None  # None: unknown (no input shape given), never a silent 0
     bytes: int
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | None]:
         return asdict(self)
+
+    def describe(self) -> str:
+        """One line for a report; FLOPs say "unknown" when no input shape was given."""
+        flops = "unknown (no input shape)" if self.flops is None else f"{self.flops:,}"
+        return (
+            f"{self.parameters:,} parameters, {self.nonzero_weights:,} of {self.weights:,} "
+            f"weights non-zero, {flops} FLOPs, {self.bytes:,} bytes"
+        )
 
 
 def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module, Tensor]]:
@@ -146,7 +154,7 @@ def layer_sizes(model: nn.Module, input_shape: tuple[int, ...] | None = None) ->
             type(layer).__name__,
             weight.numel(),
             int(torch.count_nonzero(weight)),
-            flops.get(name, 0),
+            flops.get(name) if input_shape is not None else None,
         )
         for name, layer, weight in _weight_layers(model)
     ]
@@ -156,7 +164,8 @@ def model_size(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> 
     """Parameters, weights, non-zero weights (after masks), FLOPs and bytes of `model`.
 
     `input_shape` is one example's shape without the batch dimension, e.g. (1, 28, 28);
-    without it FLOPs are reported as 0. Bytes: dense float32 storage of the deterministic
+    without it FLOPs are None (unknown: a conv net's cost depends on the image size,
+    so no figure is better than a wrong one). Bytes: dense float32 storage of the deterministic
     network: weights and biases of connection layers plus the parameters and
     floating-point buffers of every other module (e.g. batch-norm statistics).
     """
@@ -167,7 +176,7 @@ def model_size(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> 
         parameters=sum(p.numel() for p in model.parameters()),
         weights=sum(w.numel() for w in weights),
         nonzero_weights=sum(int(torch.count_nonzero(w)) for w in weights),
-        flops=count_flops(model, input_shape) if input_shape is not None else 0,
+        flops=count_flops(model, input_shape) if input_shape is not None else None,
         bytes=4 * (sum(w.numel() for w in weights) + biases + other),
     )
 

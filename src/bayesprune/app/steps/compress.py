@@ -36,10 +36,21 @@ from ..folder import Run
 from ..policy import SEARCH_ROWS, fit_kwargs, primary_mode, resolve_compress, score_level
 from .evaluate import evaluate_models, model_entry, record_entry
 
+SMALL_SPLIT = 500  # fewer rows than this: an accuracy step is >= 0.2 %, a search is noisy
 
-def _search_data(data: RunData) -> tuple[Tensor, Tensor]:
+
+def _search_data(data: RunData) -> tuple[tuple[Tensor, Tensor], dict[str, Any]]:
+    """The rows the search scores, and a record of them (split, rows, a warning if few)."""
+    split = "validation" if data.val is not None else "training"
     x, y = data.val if data.val is not None else data.train
-    return x[:SEARCH_ROWS], y[:SEARCH_ROWS]
+    x, y = x[:SEARCH_ROWS], y[:SEARCH_ROWS]
+    record: dict[str, Any] = {"split": split, "rows": len(x), "mode": "mean"}
+    if len(x) < SMALL_SPLIT:
+        record["warning"] = (
+            f"the search held accuracy on only {len(x)} {split} rows (one row = "
+            f"{100 / max(len(x), 1):.2g} % accuracy); raise data.val_fraction or data.limit"
+        )
+    return (x, y), record
 
 
 def compression_masks(
@@ -58,9 +69,12 @@ def compression_masks(
     if rule == "search":
         if run.data().task != "classification":
             raise ConfigError("compress.rule 'search' needs classification data; use 'global'")
-        accuracy = scorer(_search_data(run.data()), run.likelihood(), metrics=("accuracy",))
+        rows, used = _search_data(run.data())
+        accuracy = scorer(rows, run.likelihood(), metrics=("accuracy",))
         found = search_sparsity(model, scores, accuracy, delta=c.delta, level=level)
-        info["search"] = found.as_dict()
+        info["search"] = {**found.as_dict(), "data": used}
+        if "warning" in used:
+            run.log(f"compress: warning: {used['warning']}")
         return found.masks, info
     if rule == "global":
         masks = global_sparsity_masks(scores, c.sparsity)
@@ -129,6 +143,7 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
     after = model_entry(final, run, None)
     mode_before, mode_after = primary_mode(run.config, model), primary_mode(run.config, final)
     info["metrics_mode"] = {"before": mode_before, "after": mode_after}
+    info["metrics_split"] = {"name": "test", "rows": len(data.test[0])}
     report = compression_report(
         model,
         final,

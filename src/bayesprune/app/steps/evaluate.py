@@ -99,7 +99,8 @@ def model_entry(model: nn.Module, run: Run, digest: str | None) -> dict[str, Any
     entry: dict[str, Any] = {
         "model_sha256": digest,
         "settings": _settings(run),
-        "size": metrics.model_size(model).as_dict(),
+        "size": metrics.model_size(model, run.data().input_shape).as_dict(),
+        "split": {"name": "test", "rows": len(run.data().test[0])},
         "modes": {},
     }
     for k, mode in enumerate(modes_for(run.config, model)):

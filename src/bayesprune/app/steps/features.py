@@ -7,6 +7,7 @@ With `features.screen` the evidence screen then tests every feature left out.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -54,9 +55,17 @@ def _screen(run: Run, data: RunData, selected: list[int], n_scores: int) -> Scre
     )
 
 
-def select_features(run: Run, *, write: bool = True) -> dict[str, Any]:
+def select_features(
+    run: Run, *, write: bool = True, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Selected input features of the trained model (PIPs or norms); with `write`,
-    features.json and features.png published together."""
+    features.json and features.png published together. `overrides` (keys of the
+    features section, e.g. from `select-features --rule`) apply to this selection only:
+    recorded in features.json's "options", config.yaml untouched."""
+    if overrides and any(v is not None for v in overrides.values()):
+        from .compress import with_overrides
+
+        run = run.with_config(with_overrides(run.config, "features", overrides))
     if not write:
         return _select(run, write)
     with run.locked():
@@ -76,8 +85,9 @@ def _select(run: Run, write: bool) -> dict[str, Any]:
     else:
         threshold = 0.5 if f.threshold is None else f.threshold
         keep = select_by_pip(scores.double(), rule, threshold=threshold, k=f.k, alpha=f.alpha)
-    if scores.numel() != data.n_features:  # a conv's input channels, not pixels
-        names = [f"channel{i}" for i in range(scores.numel())]
+    channels = scores.numel() != data.n_features  # a conv's input channels, not pixels
+    if channels:
+        names = [f"channel {i}" for i in range(scores.numel())]
     else:
         names = data.feature_names or [f"x{i}" for i in range(scores.numel())]
     selected = torch.nonzero(keep).flatten().tolist()
@@ -92,10 +102,17 @@ def _select(run: Run, write: bool) -> dict[str, Any]:
         "selected": selected,
         "selected_names": [names[i] for i in selected],
         "n_features": scores.numel(),
+        "inputs": "input channels" if channels else "features",
+        "options": dataclasses.asdict(f),
         "image_shape": list(data.image_shape)
         if data.image_shape and scores.numel() == data.n_features
         else None,
     }
+    if channels:
+        result["note"] = (
+            f"the first layer is a convolution: it scores its {scores.numel()} input "
+            f"channel(s), not the {data.n_features} pixels; to select pixels, use an MLP"
+        )
     if screen is not None:
         result["screen"] = screen.as_dict()
     if data.true_features is not None and scores.numel() == data.n_features:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ... import metrics
 from ...evaluation import VALIDATION_METRICS, evaluate
+from ...predict import describe_prediction
 from ...train import fit
 from ..config import RunConfig, config_to_dict
 from ..factory import run_likelihood
@@ -37,9 +38,16 @@ def _train(run: Run, progress: bool, echo: Callable[[str], None] | None) -> dict
     likelihood = run_likelihood(config, data.task)  # a resumed fit restores its state
     say = echo or (lambda _msg: None)
     run.log(f"train: start ({config.train.epochs} epochs, {run.describe()})")
+    val_label = (
+        None if data.val is None else describe_prediction("mean", 1, "val", len(data.val[0]))
+    )
 
     def on_epoch(record: dict[str, Any]) -> None:
-        parts = [f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float) and k != "lr"]
+        shown = [(k, v) for k, v in record.items() if isinstance(v, float) and k != "lr"]
+        parts = [f"{k}={v:.4g}" for k, v in shown if not k.startswith("val_")]
+        if val_label is not None:  # fit validates with the posterior-mean network
+            parts.append(f"| {val_label}:")
+            parts += [f"{k[4:]}={v:.4g}" for k, v in shown if k.startswith("val_")]
         line = f"epoch {record['epoch']}/{config.train.epochs} " + " ".join(parts)
         run.log("train: " + line)
         say(line)
@@ -56,14 +64,18 @@ def _train(run: Run, progress: bool, echo: Callable[[str], None] | None) -> dict
         callbacks=(on_epoch,),
         **fit_kwargs(config),
     )
-    test = evaluate(model, data.test, likelihood, metrics=VALIDATION_METRICS[likelihood.task])
+    # the posterior-mean network (one pass), as fit's validation; `evaluate` adds MC
+    test = evaluate(
+        model, data.test, likelihood, mode="mean", metrics=VALIDATION_METRICS[likelihood.task]
+    )
     if data.task == "regression":
         test["rmse_original_units"] = test["rmse"] * data.y_std
     result = {
         "run": run.describe(),
         "history": history.epochs,
         "test": test,
-        "size": metrics.model_size(model).as_dict(),
+        "test_prediction": {"mode": "mean", "split": "test", "rows": len(data.test[0])},
+        "size": metrics.model_size(model, data.input_shape).as_dict(),
         "posterior": posterior_summary(model),
     }
     with run.publish("train") as tx:
