@@ -129,3 +129,15 @@ def test_feature_selection_and_scaling_are_folded_into_the_graph(tmp_path):
         want = net((raw - torch.tensor(mean)) / torch.tensor(scale)).softmax(-1).numpy()
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert {p.key: p.value for p in onnx.load(str(path)).metadata_props} == {"k": "v"}
+
+
+def test_exported_files_name_no_folder(tmp_path):
+    """The same run exported in two folders gives byte-identical model files."""
+    import shutil
+
+    run = _run(tmp_path, REGRESS, compress=False)
+    other = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run.folder, other)
+    export_run(Run.open(other))
+    for name in ("model.onnx", "model.safetensors"):
+        assert (other / "export" / name).read_bytes() == run.path("export", name).read_bytes()

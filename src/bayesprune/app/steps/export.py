@@ -119,17 +119,18 @@ def _export(run: Run, onnx: bool, plain: bool, which: str) -> dict[str, Any]:
     # an eVI net exports its mean network, moment ops swapped for their torch twins
     net = to_deterministic(model).eval()
     data = run.data()
-    out = describe(net, data, which)
+    info = describe(net, data, which)  # no paths: the files are the same in any folder
+    out = dict(info)
     with run.publish("export") as tx:
         if plain:
             staged = tx.stage("export/model.safetensors")
-            meta = {"input_shape": list(data.input_shape), "source": which, "deploy": out}
+            meta = {"input_shape": list(data.input_shape), "source": which, "deploy": info}
             save_model(net, staged, meta)
             out["safetensors"] = str(run.path("export", "model.safetensors"))
         if onnx:
             deployed = deployable(net, data).eval()
             staged = tx.stage("export/model.onnx")
-            export_onnx(deployed, staged, data.input_shape, metadata=_onnx_metadata(out))
+            export_onnx(deployed, staged, data.input_shape, metadata=_onnx_metadata(info))
             out["onnx"] = str(run.path("export", "model.onnx"))
             x = raw_inputs(data.test[0][:64], data).to(next(net.parameters()).dtype)
             out["onnx_max_abs_difference"] = _check_onnx(staged, deployed, x)
