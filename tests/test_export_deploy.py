@@ -116,11 +116,12 @@ def test_feature_selection_and_scaling_are_folded_into_the_graph(tmp_path):
     from bayesprune.compress import export_onnx
     from bayesprune.compress.chain import SelectInputs
     from bayesprune.deploy import Deployable
+    from bayesprune.likelihoods import Categorical
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(SelectInputs([1, 3]), torch.nn.Linear(2, 3)).eval()
     mean, scale = [10.0, -5.0, 100.0, 0.5], [2.0, 4.0, 50.0, 0.1]
-    deployed = Deployable(net, "classification", x_mean=mean, x_scale=scale)
+    deployed = Deployable(net, Categorical(), x_mean=mean, x_scale=scale)
     path = export_onnx(deployed, tmp_path / "m.onnx", (4,), metadata={"k": "v"})
     raw = torch.randn(16, 4) * torch.tensor(scale) + torch.tensor(mean)
     raw[:, 0] = float("nan")  # a column the model does not read cannot matter

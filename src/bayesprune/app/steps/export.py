@@ -31,6 +31,7 @@ from ...compress.chain import SelectInputs
 from ...deploy import Deployable
 from ...extras import MissingExtraError, require
 from ...io import tensors_digest
+from ...likelihoods import Likelihood
 from ...nn import to_deterministic
 from ..data import RunData
 from ..folder import Run
@@ -63,11 +64,11 @@ def export_run(
         return _export(run, onnx, plain, which)
 
 
-def deployable(net: nn.Module, data: RunData) -> Deployable:
+def deployable(net: nn.Module, data: RunData, likelihood: Likelihood) -> Deployable:
     """`net` (standardised inputs) wrapped to take raw rows and answer in original units."""
     return Deployable(
         net,
-        data.task,
+        likelihood,
         x_mean=data.x_mean,
         x_scale=data.x_scale,
         y_mean=data.y_mean,
@@ -128,7 +129,7 @@ def _export(run: Run, onnx: bool, plain: bool, which: str) -> dict[str, Any]:
             save_model(net, staged, meta)
             out["safetensors"] = str(run.path("export", "model.safetensors"))
         if onnx:
-            deployed = deployable(net, data).eval()
+            deployed = deployable(net, data, run.likelihood()).eval()
             staged = tx.stage("export/model.onnx")
             export_onnx(deployed, staged, data.input_shape, metadata=_onnx_metadata(info))
             out["onnx"] = str(run.path("export", "model.onnx"))
