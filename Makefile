@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: install test test-fast lint format docs demo clean
+.PHONY: install test test-fast lint format docs demo wheel-check clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ $(DOCS_STAMP): $(STAMP) pyproject.toml
 
 demo: install
 	$(BIN)/bayesprune demo --out runs/demo
+
+# The built wheel in a fresh venv without extras: demo, export (one-line error), export extra.
+wheel-check:
+	PYTHON=$(PYTHON) .ci/wheel-check
 
 clean:
 	rm -rf $(VENV) build site *.egg-info src/*.egg-info .pytest_cache

@@ -102,13 +102,16 @@ def test_compressed_model_reloads_with_its_shrunk_widths(spike_run):
 
 
 def test_onnx_export_matches_torch(spike_run):
+    """The ONNX takes raw rows: the plain network after the recorded scaling, softmaxed."""
     run, out = spike_run
     plain = load_model(run / "export" / "model.safetensors")
-    x = torch.randn(7, 34)
+    scaling = json.loads((run / "export" / "export.json").read_text())["scaling"]
+    mean, scale = torch.tensor(scaling["x_mean"]), torch.tensor(scaling["x_scale"])
+    raw = torch.randn(7, 34) * scale + mean
     session = ort.InferenceSession(str(run / "export" / "model.onnx"))
-    got = session.run(None, {"input": x.numpy()})[0]
+    got = session.run(None, {"input": raw.numpy()})[0]
     with torch.no_grad():
-        want = plain(x).numpy()
+        want = plain((raw - mean) / scale).softmax(-1).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert "onnxruntime vs torch" in out["export"]
 

@@ -11,7 +11,18 @@ from .predict import ClassificationPrediction, RegressionPrediction, predict
 from .restore import RestoreMethod, restore_uncertainty
 from .train import History, fit
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed distribution's version: pyproject.toml is its one source."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bayesprune")
+    except PackageNotFoundError:  # a source checkout on PYTHONPATH, never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "Categorical",

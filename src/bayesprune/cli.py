@@ -7,6 +7,7 @@ import sys
 import click
 
 from . import __version__
+from .cli_config import config
 from .cli_data import data
 from .cli_errors import BoundedGroup
 from .cli_run import COMMANDS as RUN_COMMANDS
@@ -24,6 +25,7 @@ def main(debug: bool) -> None:
 
 
 main.add_command(data)
+main.add_command(config)
 for _command in RUN_COMMANDS:  # train, evaluate, compress, select-features, report, export
     main.add_command(_command)
 

@@ -15,12 +15,14 @@ from typing import Any
 import click
 
 from .app.schema import ConfigError
+from .extras import MissingExtraError
 from .io import CheckpointError
 
 # errors whose message is written for the user (the library's own, the OS's)
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     CheckpointError,
+    MissingExtraError,  # names the pip command of its extra
     FloatingPointError,
     ValueError,
     OSError,  # FileNotFoundError, PermissionError, disk full, TimeoutError, ...

@@ -316,7 +316,10 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     it first (`app.overrides`, the CLI's `--set`), validated with the rest."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"no config file at {path}; write one (see `bayesprune train --help`)")
+        raise ConfigError(
+            f"no config file at {path}; start from an example: `bayesprune config list`, then "
+            "`bayesprune config show NAME > my.yaml` (every key: docs/cli.md)"
+        )
     try:
         raw = load_strict(path.read_text())
     except UnicodeDecodeError as err:

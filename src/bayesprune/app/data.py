@@ -30,6 +30,10 @@ class RunData:
     feature_names: list[str] = field(default_factory=list)
     true_features: list[int] | None = None  # known truth (simulations, added noise columns)
     y_std: float = 1.0  # regression targets are standardised; RMSE × y_std = original units
+    y_mean: float = 0.0  # original y = standardised y × y_std + y_mean
+    x_mean: list[float] | None = None  # tabular inputs: raw = standardised × x_scale + x_mean
+    x_scale: list[float] | None = None
+    class_names: list[str] = field(default_factory=list)  # label j's name (classification)
 
     @property
     def n_features(self) -> int:
@@ -63,7 +67,7 @@ def load_data(config: DataConfig, *, flatten: bool = False) -> RunData:
 
     image_shape = None
     true_features = None
-    y_std = 1.0
+    y_std, y_mean, x_mean, x_scale = 1.0, 0.0, None, None
     if config.name in IMAGE_SETS:
         loader = bdata.load_mnist if config.name == "mnist" else bdata.load_fashion_mnist
         tr = loader("train", config.root, limit=config.limit, seed=config.seed).tensors
@@ -72,6 +76,7 @@ def load_data(config: DataConfig, *, flatten: bool = False) -> RunData:
         task, n_out = "classification", 10
         image_shape = tuple(train[0].shape[1:])
         names = [f"px{r}_{c}" for r in range(image_shape[1]) for c in range(image_shape[2])]
+        classes = [str(c) for c in range(n_out)]
     else:
         if config.name in TABULAR_SETS:
             tab = bdata.load_tabular(
@@ -86,8 +91,10 @@ def load_data(config: DataConfig, *, flatten: bool = False) -> RunData:
             )
             truth_known = config.name in SIMULATED_SETS
         train, test = _limit(tab.train, config.limit), _limit(tab.test, config.test_limit)
-        task, names, y_std = tab.task, tab.feature_names, tab.y_std
+        task, names, y_std, y_mean = tab.task, tab.feature_names, tab.y_std, tab.y_mean
+        x_mean, x_scale = tab.x_mean, tab.x_scale
         n_out = tab.n_classes or 1
+        classes = tab.class_names or [str(c) for c in range(n_out if task != "regression" else 0)]
         true_features = list(tab.true_features) if truth_known else None
     train, val = _split_val(train, config.val_fraction, config.seed)
     if flatten and train[0].ndim > 2:
@@ -104,6 +111,10 @@ def load_data(config: DataConfig, *, flatten: bool = False) -> RunData:
         feature_names=list(names),
         true_features=true_features,
         y_std=y_std,
+        y_mean=y_mean,
+        x_mean=x_mean,
+        x_scale=x_scale,
+        class_names=classes,
     )
 
 

@@ -7,7 +7,9 @@
   Bayesian models (the posterior is kept) and plain ones, shrunk widths included.
 - `export_onnx`: the deterministic network (posterior means) through torch's
   TorchScript-based exporter (`dynamo=False`; needs only the `onnx` package, not
-  onnxscript), with a dynamic batch dimension.
+  onnxscript, from the `export` extra), with a dynamic batch dimension and optional
+  `metadata_props`. For raw inputs and probabilities / original units, wrap the
+  network in `bayesprune.deploy.Deployable` first (as `bayesprune export` does).
 - `csr_bytes` / `sparse_storage`: bytes of unstructured-sparse weights stored as CSR
   (values + column indices + row pointers), next to the dense size.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from ..extras import require
 from ..io import CheckpointError, atomic_write_bytes, load_tensors, save_tensors
 from ..nn import to_deterministic
 from ..nn.base import variational_layers
@@ -147,12 +150,17 @@ def export_onnx(
     *,
     opset: int = 17,
     dynamic_batch: bool = True,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the deterministic network (posterior means) of `model` as ONNX, atomically.
 
     `input_shape` is one example's shape without the batch dimension. The graph has
     one input "input" and one output "output"; with `dynamic_batch` any batch size works.
+    `metadata` goes into the model's `metadata_props` (string keys and values). Needs
+    the `onnx` package (`pip install 'bayesprune[export]'`); without it this raises
+    `MissingExtraError` before writing anything.
     """
+    onnx = require("onnx", "export", "ONNX export")
     plain = to_deterministic(model) if any(True for _ in variational_layers(model)) else model
     plain = _without_prune_hooks(plain).eval()
     ref = next(iter(plain.parameters()))
@@ -171,7 +179,13 @@ def export_onnx(
             opset_version=opset,
             dynamo=False,
         )
-    return atomic_write_bytes(path, buffer.getvalue())
+    data = buffer.getvalue()
+    if metadata:
+        proto = onnx.load_from_string(data)
+        for key, value in metadata.items():
+            proto.metadata_props.add(key=str(key), value=str(value))
+        data = proto.SerializeToString()
+    return atomic_write_bytes(path, data)
 
 
 def csr_bytes(weight: Tensor, value_bytes: int = 4, index_bytes: int = 4) -> int:

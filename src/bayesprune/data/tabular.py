@@ -31,7 +31,9 @@ class TabularData:
 
     X is float32 (standardised with training statistics unless asked otherwise);
     y is int64 class labels, or float32 targets standardised as (y - y_mean) / y_std
-    (multiply an RMSE by `y_std` to get it in the original units).
+    (multiply an RMSE by `y_std` to get it in the original units). The scaling is kept
+    (`x_mean`, `x_scale`, `y_mean`, `y_std`) so that an exported model can take raw rows
+    and answer in the original units.
     """
 
     X_train: Tensor
@@ -44,6 +46,9 @@ class TabularData:
     y_mean: float = 0.0
     y_std: float = 1.0
     info: dict = field(default_factory=dict)
+    x_mean: list[float] | None = None  # None: X was not standardised
+    x_scale: list[float] | None = None  # raw = standardised × x_scale + x_mean
+    class_names: list[str] = field(default_factory=list)  # label j's name (classification)
 
     @property
     def noise_features(self) -> list[int]:
@@ -82,6 +87,7 @@ def make_split(
     seed: int = 0,
     standardize: bool = True,
     info: dict | None = None,
+    class_names: list[str] | None = None,
 ) -> TabularData:
     """Split (stratified for classification), standardise with training statistics only,
     and convert to tensors."""
@@ -97,10 +103,12 @@ def make_split(
         X, y, test_size=test_size, random_state=seed, stratify=stratify
     )
     y_mean, y_std = 0.0, 1.0
+    x_mean = x_scale = None
     if standardize:
         mu, sd = X_tr.mean(0), X_tr.std(0)
         sd[sd == 0] = 1.0
         X_tr, X_te = (X_tr - mu) / sd, (X_te - mu) / sd
+        x_mean, x_scale = mu.tolist(), sd.tolist()
         if task == "regression":
             y_mean, y_std = float(y_tr.mean()), float(y_tr.std())
             y_tr, y_te = (y_tr - y_mean) / y_std, (y_te - y_mean) / y_std
@@ -117,6 +125,9 @@ def make_split(
         y_mean,
         y_std,
         info or {},
+        x_mean,
+        x_scale,
+        list(class_names or []),
     )
 
 
@@ -144,6 +155,8 @@ def load_tabular(
     noise = np.random.default_rng(seed + 1).standard_normal((X.shape[0], noise_columns))
     names = [str(n) for n in getattr(bunch, "feature_names", range(p))]
     names += [f"noise{j}" for j in range(noise_columns)]
+    labels = getattr(bunch, "target_names", []) if task == "classification" else []
+    classes = [str(c) for c in labels]
     return make_split(
         np.hstack([X, noise]),
         y,
@@ -154,6 +167,7 @@ def load_tabular(
         seed=seed,
         standardize=standardize,
         info={"name": name, "noise_columns": noise_columns, "seed": seed},
+        class_names=classes,
     )
 
 
