@@ -106,7 +106,9 @@ def train(
     """Train the model of CONFIG (YAML) into a run folder; resumes an interrupted run.
 
     Overrides (--set, --seed, --device) become part of the run's config.yaml, so a
-    rerun into the same folder resumes only with the same overrides.
+    rerun into the same folder resumes only with the same overrides. Example configs:
+    `bayesprune config list`, `bayesprune config show NAME > my.yaml`; every key is
+    described in docs/cli.md.
     """
     from .app.steps import train_run
     from .distributed import launch, torchrun_world
