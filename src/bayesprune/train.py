@@ -32,8 +32,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,28 +45,36 @@ from . import distributed as dp
 from .checkpoint import TrainingState, resume_training, save_training_state
 from .data.xy import DataLike, as_dataset
 from .evaluation import VALIDATION_METRICS, evaluate
-from .io import CheckpointError, load_tensors, save_tensors
+from .io import save_tensors
 from .likelihoods import Likelihood, make_likelihood
 from .nn import kl as model_kl
 from .optim import LR_SCHEDULES, make_optimizer, param_groups
+from .train_checks import check_settings, check_targets, checked_inputs, non_finite, optimizer_step
+from .train_data import (
+    check_finite_batch,
+    count_steps_per_epoch,
+    iterate_batches,
+    loader_batches,
+    loader_of,
+    loader_size,
+)
 from .training_control import (
+    BEST_FILE,
     Callback,
     EpochBar,
     StopTraining,
+    load_best,
+    load_state,
     make_stopper,
     run_callbacks,
+    state_of,
 )
 from .validation import (
     check_device,
-    check_finite_number,
-    check_finite_parameters,
-    check_input_dtype,
     forward_checked,
 )
 
 __all__ = ["Callback", "DataLike", "History", "StopTraining", "as_dataset", "evaluate", "fit"]
-
-BEST_FILE = "best.safetensors"  # in checkpoint_dir: the best state, for restore_best on resume
 
 
 @dataclass
@@ -101,66 +108,6 @@ class _Settings:
     seed: int
 
 
-def _batches(
-    dataset: Dataset,
-    batch_size: int,
-    generator: torch.Generator,
-    shuffle: bool,
-    ctx: dp.DistContext = dp.LOCAL,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Mini-batches (this process's share of each global batch, see `dp.batch_indices`).
-
-    Tensor data is sliced directly (much faster than a DataLoader).
-    """
-    if isinstance(dataset, TensorDataset):
-        x, y = dataset.tensors
-        for idx in dp.batch_indices(
-            x.shape[0], batch_size, generator, shuffle, ctx.rank, ctx.world_size
-        ):
-            yield x[idx], y[idx]
-        return
-    if ctx.active:
-        n = len(dataset)  # type: ignore[arg-type]
-        plan = dp.batch_indices(n, batch_size, generator, shuffle, ctx.rank, ctx.world_size)
-        yield from DataLoader(dataset, batch_sampler=[idx.tolist() for idx in plan])
-        return
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
-    yield from loader
-
-
-def _loader_batches(loader: Iterable[Any], model: nn.Module) -> Iterator[tuple[Tensor, Tensor]]:
-    """(x, y) from each batch of a loader, x cast to the model's floating dtype."""
-    reference = next(iter(model.parameters()), None)
-    for batch in loader:
-        if not (isinstance(batch, tuple | list) and len(batch) >= 2):
-            raise ValueError(
-                f"each training batch must be an (x, y) pair, got {type(batch).__name__}; "
-                "return (inputs, targets) from the Dataset or collate_fn"
-            )
-        x, y = torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
-        check_input_dtype(x, "train x")
-        if reference is not None and reference.is_floating_point() and x.dtype != reference.dtype:
-            x = x.to(reference.dtype)
-        yield x, y
-
-
-def _check_finite_batch(x: Tensor, step: int) -> None:
-    if x.dtype.is_floating_point and not torch.isfinite(x).all():
-        raise ValueError(
-            f"a training batch (step {step}) contains NaN or inf inputs; "
-            "clean the data set before training"
-        )
-
-
-def _check_targets(likelihood: Likelihood, out: Any, y: Tensor, dataset: Dataset) -> None:
-    """Validate labels against the model's output: all of them at once for tensor data."""
-    head = out if isinstance(out, Tensor) else out[0]
-    if isinstance(dataset, TensorDataset):
-        y = dataset.tensors[1]
-        head = head[:1].expand(len(y), *head.shape[1:])
-    likelihood.check_target(head, y)
-
-
 class _Objective(nn.Module):
     """Model and likelihood as one module, so that DDP averages the gradients of both."""
 
@@ -173,7 +120,7 @@ class _Objective(nn.Module):
         """Mean NLL of the batch; `check_with` first validates the labels against the output."""
         out = forward_checked(self.model, x)
         if check_with is not None:
-            _check_targets(self.likelihood, out, y, check_with)
+            check_targets(self.likelihood, out, y, check_with)
         return self.likelihood.nll(out, y)
 
 
@@ -264,7 +211,7 @@ def fit(
     in `checkpoint_dir/best.safetensors`. `History.best_epoch` / `stopped_epoch` say
     what happened. With several processes a callback must decide alike on every one.
     """
-    _check_settings(epochs, batch_size, lr, weight_decay, kl_weight, kl_warmup_epochs)
+    check_settings(epochs, batch_size, lr, weight_decay, kl_weight, kl_warmup_epochs)
     if dataset_size is not None and (
         isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1
     ):
@@ -283,7 +230,7 @@ def fit(
         if early_stopping is not None or restore_best
         else None
     )
-    loader = _loader_of(train)
+    loader = loader_of(train)
     if loader is not None and ctx.active:
         raise ValueError(
             "data-parallel training shards the rows itself: pass a Dataset or (X, y), not a "
@@ -291,15 +238,15 @@ def fit(
         )
     train_set: Any = loader if loader is not None else as_dataset(train, "train")
     val_set: Any = val if val is None or isinstance(val, DataLoader) else as_dataset(val, "val")
-    n_train = _loader_size(loader, dataset_size) if loader is not None else len(train_set)
+    n_train = loader_size(loader, dataset_size) if loader is not None else len(train_set)
     if n_train == 0:
         raise ValueError(
             "the training set has 0 rows; give it at least one (with a run config: raise "
             "data.limit or lower data.val_fraction)"
         )
     if loader is None:
-        train_set = _checked_inputs(train_set, model, "train")
-    val_set = None if val_set is None else _checked_inputs(val_set, model, "val")
+        train_set = checked_inputs(train_set, model, "train")
+    val_set = None if val_set is None else checked_inputs(val_set, model, "val")
     settings = _Settings(
         epochs,
         batch_size,
@@ -341,9 +288,9 @@ def fit(
         if stopper is not None:  # a pure function of the history: resumes exactly
             stopper.replay(history.epochs)
             if restore_best and stopper.best_epoch and folder is not None:
-                best = _load_best(folder, stopper.best_epoch)
+                best = load_best(folder, stopper.best_epoch)
         objective = ctx.wrap(_Objective(model, likelihood), torch.device(device))
-        steps_per_epoch = _steps_per_epoch(loader, n_train, batch_size, ctx, kl_warmup_epochs)
+        steps_per_epoch = count_steps_per_epoch(loader, n_train, batch_size, ctx, kl_warmup_epochs)
         warmup_steps = kl_warmup_epochs * steps_per_epoch
         finished = stopper is not None and stopper.should_stop  # stopped before the resume
         for epoch in range(start_epoch, epochs if not finished else start_epoch):
@@ -371,7 +318,7 @@ def fit(
                 scores = _validate(model, val_set, likelihood, ctx)
                 record.update({f"val_{k}": v for k, v in scores.items()})
             bar.close(record)
-            ctx.raise_if_any(_non_finite(named, epoch + 1))  # before anything is saved
+            ctx.raise_if_any(non_finite(named, epoch + 1))  # before anything is saved
             history.epochs.append(record)
             if folder is not None:
                 # a collective: every process hands its RNG state to rank 0, which writes
@@ -382,7 +329,7 @@ def fit(
                         folder, model, likelihood, opt, loader_rng, state, keep_checkpoints, rngs
                     )
             if stopper is not None and stopper.update(record) and restore_best:
-                best = _state_of(model, likelihood)
+                best = state_of(model, likelihood)
                 if folder is not None and ctx.is_main:
                     save_tensors(folder / BEST_FILE, best, {"epoch": stopper.best_epoch})
             if run_callbacks(callbacks, record) or (stopper is not None and stopper.should_stop):
@@ -391,141 +338,8 @@ def fit(
     if stopper is not None:
         history.best_epoch = stopper.best_epoch or None
     if restore_best and best is not None:
-        _load_state(model, likelihood, best)
+        load_state(model, likelihood, best)
     return history
-
-
-def _loader_of(train: Any) -> Iterable[Any] | None:
-    """`train` when it is a DataLoader or another re-iterable of batches, else None."""
-    if isinstance(train, DataLoader):
-        return train
-    if isinstance(train, Dataset | tuple | list | Tensor | Mapping) or not isinstance(
-        train, Iterable
-    ):
-        return None
-    if iter(train) is train:
-        raise ValueError(
-            "train is a one-shot iterator (a generator?), which cannot serve several epochs; "
-            "pass a DataLoader, a Dataset or an (X, y) pair"
-        )
-    return train
-
-
-def _loader_size(loader: Iterable[Any], dataset_size: int | None) -> int:
-    """N for the KL scaling: `dataset_size`, else the loader's dataset's length."""
-    if dataset_size is not None:
-        return dataset_size
-    try:
-        return len(loader.dataset)  # type: ignore[attr-defined]
-    except (AttributeError, TypeError):
-        raise ValueError(
-            "cannot tell the training set's size from this loader (no len(loader.dataset)), "
-            "which the KL scaling needs; pass dataset_size=N"
-        ) from None
-
-
-def _steps_per_epoch(
-    loader: Iterable[Any] | None,
-    n_train: int,
-    batch_size: int,
-    ctx: dp.DistContext,
-    kl_warmup_epochs: float,
-) -> int:
-    """Optimiser steps per epoch (the KL warm-up counts in them)."""
-    if loader is None:
-        return max(1, math.ceil(dp.padded_length(n_train, ctx.world_size) / batch_size))
-    try:
-        return max(1, len(loader))  # type: ignore[arg-type]
-    except TypeError:
-        if kl_warmup_epochs > 0:
-            raise ValueError(
-                "kl_warmup_epochs counts steps per epoch, which this loader cannot tell (no "
-                "len()); pass a DataLoader or set kl_warmup_epochs=0"
-            ) from None
-        return 1
-
-
-def _state_of(model: nn.Module, likelihood: nn.Module) -> dict[str, Tensor]:
-    """A detached copy of the parameters and buffers of model and likelihood."""
-    state = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
-    state |= {f"likelihood.{k}": v.detach().clone() for k, v in likelihood.state_dict().items()}
-    return state
-
-
-def _load_state(model: nn.Module, likelihood: nn.Module, state: dict[str, Tensor]) -> None:
-    for prefix, module in (("model.", model), ("likelihood.", likelihood)):
-        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        module.load_state_dict(part)
-
-
-def _load_best(folder: Path, epoch: int) -> dict[str, Tensor] | None:
-    """The best state saved before a resume; None (with a warning) if it is not there."""
-    path = folder / BEST_FILE
-    try:
-        state, meta = load_tensors(path)
-    except (CheckpointError, OSError):
-        state, meta = {}, {}
-    if meta.get("epoch") != epoch:
-        warnings.warn(
-            f"restore_best: {path} does not hold epoch {epoch}, the best before the resume; "
-            "the best epoch from here on will be restored instead",
-            stacklevel=3,
-        )
-        return None
-    return state
-
-
-def _check_settings(
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    kl_weight: float,
-    kl_warmup_epochs: float,
-) -> None:
-    """Bounds of fit's numeric arguments: an inf or NaN would train to a silently wrong model."""
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    if epochs < 0 or batch_size <= 0:
-        raise ValueError(f"need epochs >= 0 and batch_size > 0; got {epochs}, {batch_size}")
-    if not check_finite_number(lr, "lr") > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    check_finite_number(weight_decay, "weight_decay", minimum=0.0)
-    check_finite_number(kl_weight, "kl_weight", minimum=0.0)
-    check_finite_number(kl_warmup_epochs, "kl_warmup_epochs", minimum=0.0)
-
-
-def _checked_inputs(dataset: Dataset, model: nn.Module, what: str) -> Dataset:
-    """Tensor inputs must be real floats; other float widths are cast to the model's dtype."""
-    if not isinstance(dataset, TensorDataset):
-        return dataset
-    x, *rest = dataset.tensors
-    check_input_dtype(x, f"{what} X")
-    reference = next(iter(model.parameters()), None)
-    if reference is None or not reference.is_floating_point() or x.dtype == reference.dtype:
-        return dataset
-    return TensorDataset(x.to(reference.dtype), *rest)
-
-
-def _step(opt: torch.optim.Optimizer, epoch: int) -> None:
-    """One optimiser step; a learning rate beyond the parameters' float range is one clear error."""
-    try:
-        opt.step()
-    except RuntimeError as err:
-        if "overflow" not in str(err):
-            raise
-        raise FloatingPointError(
-            f"the optimiser step overflowed at epoch {epoch + 1} ({err}); lower train.lr"
-        ) from err
-
-
-def _non_finite(named: Sequence[tuple[str, Tensor]], epoch: int) -> Exception | None:
-    try:
-        check_finite_parameters(named, epoch)
-    except FloatingPointError as err:
-        return err
-    return None
 
 
 def _train_epoch(
@@ -552,9 +366,9 @@ def _train_epoch(
     n_seen = 0
     streamed = not isinstance(train_set, Dataset)  # a DataLoader or other batch iterable
     batches = (
-        _loader_batches(train_set, model)
+        loader_batches(train_set, model)
         if streamed
-        else _batches(train_set, settings.batch_size, loader_rng, shuffle=True, ctx=ctx)
+        else iterate_batches(train_set, settings.batch_size, loader_rng, shuffle=True, ctx=ctx)
     )
     checked = False
     for step, (x, y) in enumerate(batches):
@@ -564,7 +378,7 @@ def _train_epoch(
         problem: Exception | None = None
         try:
             if not isinstance(train_set, TensorDataset):
-                _check_finite_batch(x, global_step)
+                check_finite_batch(x, global_step)
             nll = objective(x, y, None if checked else train_set)
             checked = checked or isinstance(train_set, TensorDataset)
             # on the unwrapped model, whole on every process: DDP's average keeps KL / N once
@@ -580,7 +394,7 @@ def _train_epoch(
         ctx.raise_if_any(problem)  # with several processes: all stop together, none hangs
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        _step(opt, epoch)
+        optimizer_step(opt, epoch)
         b = len(y)
         n_seen += b
         sums["loss"] += float(loss.detach()) * b

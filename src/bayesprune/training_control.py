@@ -14,12 +14,16 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .io import CheckpointError, load_tensors
 from .metrics.directions import METRIC_DIRECTIONS, Direction
 from .options import Choice
 
@@ -157,3 +161,36 @@ class EpochBar:
             }
             self._bar.set_postfix(shown, refresh=True)
         self._bar.close()
+
+
+def state_of(model: nn.Module, likelihood: nn.Module) -> dict[str, Tensor]:
+    """A detached copy of the parameters and buffers of model and likelihood."""
+    state = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    state |= {f"likelihood.{k}": v.detach().clone() for k, v in likelihood.state_dict().items()}
+    return state
+
+
+def load_state(model: nn.Module, likelihood: nn.Module, state: dict[str, Tensor]) -> None:
+    for prefix, module in (("model.", model), ("likelihood.", likelihood)):
+        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        module.load_state_dict(part)
+
+
+def load_best(folder: Path, epoch: int) -> dict[str, Tensor] | None:
+    """The best state saved before a resume; None (with a warning) if it is not there."""
+    path = folder / BEST_FILE
+    try:
+        state, meta = load_tensors(path)
+    except (CheckpointError, OSError):
+        state, meta = {}, {}
+    if meta.get("epoch") != epoch:
+        warnings.warn(
+            f"restore_best: {path} does not hold epoch {epoch}, the best before the resume; "
+            "the best epoch from here on will be restored instead",
+            stacklevel=3,
+        )
+        return None
+    return state
+
+
+BEST_FILE = "best.safetensors"  # in checkpoint_dir: the best state, for restore_best on resume
