@@ -1,5 +1,9 @@
 """scikit-learn estimators: a Bayesian MLP that also tells which input features it uses.
 
+(Over 400 lines on purpose: the scikit-learn contract — parameters, validation, fit,
+selection, screen, prediction — of one shared base class reads best in one place; the
+data-dependent defaults and early stopping live in `estimator_defaults`.)
+
 `BayesianMLPClassifier` and `BayesianMLPRegressor` train a spike-and-slab MLP with
 a gate on every input feature (default, when that family is registered) or a
 mean-field Gaussian MLP, with `bayesprune.fit`, and predict by Monte-Carlo

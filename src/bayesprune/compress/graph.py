@@ -1,5 +1,9 @@
 """Physically remove dead channels from any traceable network, keeping its output exactly.
 
+(Over 400 lines on purpose: which channels go, how their constants are folded and the
+surgery that slices the modules share one group record and must agree; the graph
+analysis itself is `graph_trace`.)
+
 `shrink_graph(model, example_inputs)` works on a model with its own `forward`
 (residual additions, concatenations, BatchNorm, depthwise convolutions, flatten, global
 pooling); `shrink` remains the tool for plain nn.Sequential chains. Channels coupled by
