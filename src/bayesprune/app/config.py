@@ -120,6 +120,13 @@ class TrainConfig:
     seed: int = 0
     # seconds a collective waits for the other processes (train --nproc / torchrun)
     timeout_s: float = field(default=300.0, metadata={"min": 1.0, "max": 86400.0})
+    # early stopping: epochs without improvement of `monitor` (None: train all epochs)
+    early_stopping: int | None = field(default=None, metadata={"min": 1})
+    monitor: str | None = field(
+        default=None, metadata=_choices("val_nll", "val_accuracy", "val_rmse", "loss")
+    )
+    min_delta: float = field(default=0.0, metadata={"min": 0.0})
+    restore_best: bool = False  # end with the best epoch's state by `monitor`
 
 
 @dataclass
@@ -133,6 +140,8 @@ class CompressConfig:
     sparsity: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
     threshold: float | None = None
     delta: float = field(default=0.01, metadata={"min": 0.0})  # rule "search"
+    # rule "search": every metric held within its tolerance, e.g. {accuracy: 0.005, ece: 0.01}
+    tolerances: dict[str, Any] = field(default_factory=dict)
     k: int | None = field(default=None, metadata={"min": 0})  # rule "target_size", per layer
     alpha: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})  # rule "fdr"
     shrink: bool = True
@@ -274,6 +283,18 @@ def _check_train(t: TrainConfig) -> None:
 
 
 def _check_compress(c: CompressConfig) -> None:
+    from ..evaluation import CLASSIFICATION_METRICS
+
+    for name, value in c.tolerances.items():
+        if name not in CLASSIFICATION_METRICS:
+            raise _unknown("compress.tolerances", str(name), list(CLASSIFICATION_METRICS))
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise ConfigError(
+                f"compress.tolerances.{name} must be a number >= 0 (the allowed worsening), "
+                f"got {value!r}"
+            )
+    if c.tolerances and c.rule not in ("search", AUTO):
+        raise ConfigError("compress.tolerances apply to compress.rule 'search'; remove them")
     if c.rule in PIP_RULE_NAMES and c.score not in ("auto", "pip"):
         raise ConfigError(
             f"compress.rule {c.rule!r} ranks posterior inclusion probabilities: set "

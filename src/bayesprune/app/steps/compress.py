@@ -70,8 +70,12 @@ def compression_masks(
         if run.data().task != "classification":
             raise ConfigError("compress.rule 'search' needs classification data; use 'global'")
         rows, used = _search_data(run.data())
-        accuracy = scorer(rows, run.likelihood(), metrics=("accuracy",))
-        found = search_sparsity(model, scores, accuracy, delta=c.delta, level=level)
+        held = {k: float(v) for k, v in c.tolerances.items()}
+        names = tuple(dict.fromkeys(("accuracy", *held)))
+        evaluate = scorer(rows, run.likelihood(), metrics=names)
+        found = search_sparsity(
+            model, scores, evaluate, delta=c.delta, level=level, tolerances=held or None
+        )
         info["search"] = {**found.as_dict(), "data": used}
         if "warning" in used:
             run.log(f"compress: warning: {used['warning']}")
@@ -112,8 +116,9 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
     pruned = apply_masks(copy.deepcopy(model), masks)
     if c.finetune_epochs:
         kwargs = fit_kwargs(run.config)
-        for key in ("epochs", "lr", "lr_schedule"):
+        for key in ("epochs", "lr", "lr_schedule", "early_stopping", "monitor", "min_delta"):
             kwargs.pop(key)
+        kwargs.pop("restore_best")
         finetune(
             pruned,
             data.train,
