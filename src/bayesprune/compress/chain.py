@@ -65,8 +65,9 @@ def leaves(model: nn.Module) -> list[Slot]:
     """The modules a Sequential chain applies, in order (nested Sequentials unrolled)."""
     if not isinstance(model, nn.Sequential):
         raise TypeError(
-            f"shrink needs an nn.Sequential chain, got {type(model).__name__}; wrap the layers "
-            "in nn.Sequential (nested Sequentials are fine)"
+            f"shrink needs an nn.Sequential chain, got {type(model).__name__}; for a model "
+            "with its own forward (residual additions, concatenations, BatchNorm) use "
+            "compress.shrink_graph(model, example_inputs)"
         )
     slots: list[Slot] = []
 
