@@ -24,6 +24,7 @@ from .. import plots
 from .config import dump_config
 from .folder import Run
 from .steps import evaluate_run, select_features
+from .steps.features import features_png
 
 
 @dataclass
@@ -98,14 +99,7 @@ def _features_figure(features: dict[str, Any]) -> Figure:
         "Selected input features",
         f"{len(features['selected'])} of {features['n_features']} features kept by "
         f"{features['score']} + rule {features['rule']}.",
-        plots.feature_scores(
-            features["scores"],
-            features["selected"],
-            features["names"],
-            features["score"],
-            image_shape=features.get("image_shape"),
-            true_features=features.get("true_features"),
-        ),
+        features_png(features),
     )
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..nn import SerializableLayer, layer_types
+from ..nn.base import conv_geometry
 from .chain import SelectInputs
 
 Config = dict[str, Any]
@@ -86,15 +87,7 @@ register_layer(
 
 
 def _conv_args(m: Any) -> Config:
-    return {
-        "in_channels": m.in_channels,
-        "out_channels": m.out_channels,
-        "kernel_size": list(m.kernel_size),
-        "stride": m.stride,
-        "padding": m.padding,
-        "dilation": m.dilation,
-        "groups": m.groups,
-    }
+    return {**conv_geometry(m), "groups": m.groups}
 
 
 register_layer(

@@ -62,6 +62,19 @@ class SerializableLayer(nn.Module):
         return cls(**{k: _from_json(v) for k, v in config.items()})
 
 
+def conv_geometry(conv: Any) -> Config:
+    """A 2-D convolution's shape as JSON-able constructor arguments (`groups` aside: not
+    every convolution has it). Shared by the layers' configs and the torch codecs."""
+    return {
+        "in_channels": conv.in_channels,
+        "out_channels": conv.out_channels,
+        "kernel_size": list(conv.kernel_size),
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "dilation": conv.dilation,
+    }
+
+
 def layer_types() -> dict[str, type[nn.Module]]:
     """Every registered `SerializableLayer` class by name (for model files)."""
     return dict(_LAYER_TYPES)

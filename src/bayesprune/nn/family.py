@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import Role, VariationalLayer
+from .base import Role, VariationalLayer, conv_geometry
 
 LayerFactory = Callable[[nn.Module, Role, dict[str, Any]], VariationalLayer]
 """(plain layer, its role, the family options) → the Bayesian twin."""
@@ -58,12 +58,7 @@ def plain_layer_args(plain: nn.Module) -> dict[str, Any]:
     """Arguments that rebuild a Bayesian twin of a plain Linear / Conv2d layer."""
     if isinstance(plain, nn.Conv2d):
         return {
-            "in_channels": plain.in_channels,
-            "out_channels": plain.out_channels,
-            "kernel_size": plain.kernel_size,
-            "stride": plain.stride,
-            "padding": plain.padding,
-            "dilation": plain.dilation,
+            **conv_geometry(plain),
             "groups": plain.groups,
             "bias": plain.bias is not None,
             "padding_mode": plain.padding_mode,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Posterior, VariationalLayer
+from .base import Posterior, VariationalLayer, conv_geometry
 from .family import Family, keyword_options, register_family, twin_factory
 from .priors import GaussianPrior, Prior, make_prior
 
@@ -258,15 +258,7 @@ class _Conv2dMap:
         self.out_channels, self.in_channels = out_units, in_units
 
     def _shape_config(self) -> dict[str, Any]:
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": list(self.kernel_size),
-            "stride": self.stride,
-            "padding": self.padding,
-            "dilation": self.dilation,
-            "groups": self.groups,
-        }
+        return {**conv_geometry(self), "groups": self.groups}
 
 
 class BayesLinear(_LinearMap, _GaussianLayer):

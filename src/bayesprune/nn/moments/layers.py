@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...options import Choice
-from ..base import Posterior, VariationalLayer
+from ..base import Posterior, VariationalLayer, conv_geometry
 from .core import BLOCK, DIAG, FULL, Factored, Moments, layout, variance
 
 
@@ -374,14 +374,7 @@ class EVIConv2d(_EVILayer):
         self.out_channels, self.in_channels = out_units, in_units
 
     def _shape_config(self) -> dict[str, Any]:
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": list(self.kernel_size),
-            "stride": self.stride,
-            "padding": self.padding,
-            "dilation": self.dilation,
-        }
+        return conv_geometry(self)  # eVI convolutions are always dense (no groups)
 
     def extra_repr(self) -> str:
         return (
