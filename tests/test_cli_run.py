@@ -240,3 +240,21 @@ def test_select_features_with_the_evidence_screen(tmp_path):
     assert screen["selected"] == top3  # the rule's choice is where the screen starts
     assert len(screen["top"]) == 7  # every other feature was screened
     assert all(t["feature"] not in top3 for t in screen["top"])
+
+
+def test_report_names_layers_and_says_how_the_run_was_made(spike_run):
+    run, _ = spike_run
+    markdown = (run / "report" / "report.md").read_text()
+    for row in ("| seed |", "| training time |", "| trained (UTC) |", "| report (UTC) |"):
+        assert row in markdown
+    assert "mode mc: the Monte-Carlo predictive" in markdown
+
+
+def test_layer_labels_name_chain_layers_by_kind_and_keep_attribute_paths():
+    from bayesprune.app.report import layer_labels
+
+    kinds = {"0": "GaussianConv2d", "3": "GaussianConv2d", "7": "GaussianLinear", "9": "X"}
+    chain = [{"name": n, "kind": k} for n, k in kinds.items()]
+    assert layer_labels(chain) == ["conv 1", "conv 2", "dense 1", "output"]
+    graph = [{"name": "stem.conv", "kind": "GaussianConv2d"}, {"name": "head", "kind": "X"}]
+    assert layer_labels(graph) == ["stem.conv", "head"]

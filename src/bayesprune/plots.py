@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -106,6 +107,7 @@ def histogram_from_counts(hist: Mapping[str, Any], title: str, xlabel: str) -> b
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 1.5 ticks
     return _png(fig)
 
 
@@ -135,6 +137,9 @@ def surviving_units(names: Sequence[str], before: Sequence[int], after: Sequence
     for xi, b, a in zip(x, before, after, strict=True):
         ax.text(xi + 0.2, a, f"{a}/{b}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, list(names), rotation=20, fontsize=8)
+    widths = [w for w in (*before, *after) if w > 0]
+    if widths and max(widths) > 50 * min(widths):  # e.g. 784 inputs beside 10 outputs
+        ax.set_yscale("log")
     ax.set_ylabel("units")
     ax.set_title("surviving units per layer", fontsize=10)
     ax.legend()
@@ -211,12 +216,13 @@ def feature_scores(
     colors = ["#4c72b0" if i in chosen else "#cccccc" for i in range(values.size)]
     ax.bar(np.arange(values.size), values, color=colors)
     truth = set(true_features or ())
-    if truth:
-        for i in range(values.size):
-            if i in truth:
-                ax.plot(i, 0, marker="^", color="#dd8452", markersize=5, clip_on=False)
+    if truth:  # above the bars, so a marker never hides behind a tick label
+        top = float(np.nanmax(values)) if values.size else 1.0
+        marks = sorted(truth & set(range(values.size)))
+        ax.plot(marks, [top * 1.06] * len(marks), "^", color="#c44e52", markersize=7)
+        ax.set_ylim(top=top * 1.15)
     ax.set_xticks(np.arange(values.size), list(names), rotation=90, fontsize=6)
     ax.set_ylabel(score_name)
     title = f"input {score_name}: {len(selected)} of {values.size} selected (blue)"
-    ax.set_title(title + ("; ▲ = true feature" if truth else ""), fontsize=10)
+    ax.set_title(title + ("; red ▲ = true feature" if truth else ""), fontsize=10)
     return _png(fig)

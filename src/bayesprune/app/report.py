@@ -17,10 +17,11 @@ from __future__ import annotations
 import base64
 import html
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import plots
+from .. import __version__, plots
 from .config import dump_config
 from .folder import Run
 from .steps import evaluate_run, select_features
@@ -72,15 +73,51 @@ def _units_figure(compression: dict[str, Any]) -> Figure | None:
     before, after = totals.get("architecture_before"), totals.get("architecture_after")
     if not before or not after or len(before) != len(after):
         return None
-    names = ["inputs", *(r["name"] for r in compression.get("layers", []))]
+    names = ["inputs", *layer_labels(compression.get("layers", []))]
     if len(names) != len(before):
-        names = [f"{i}" for i in range(len(before))]
+        names = [f"width {i}" for i in range(len(before))]
     return Figure(
         "surviving_units.png",
         "Surviving units per layer",
         f"Widths before → after compression: {'-'.join(map(str, before))} → "
         f"{'-'.join(map(str, after))}.",
         plots.surviving_units(names, before, after),
+    )
+
+
+def layer_labels(layers: list[dict[str, Any]]) -> list[str]:
+    """Readable names for the prunable layers: a chain's "0", "3", "7" become "conv 1",
+    "conv 2", "dense 1", "output"; a model's own attribute paths are kept as they are."""
+    if not all(str(r["name"]).isdigit() for r in layers):
+        return [str(r["name"]) for r in layers]
+    labels, counts = [], {"conv": 0, "dense": 0}
+    for k, r in enumerate(layers):
+        kind = "conv" if "conv" in str(r.get("kind", "")).lower() else "dense"
+        counts[kind] += 1
+        labels.append("output" if k == len(layers) - 1 else f"{kind} {counts[kind]}")
+    return labels
+
+
+def _header_rows(trained: dict[str, Any], run: Run) -> list[list[Any]]:
+    """What was run (data, model) and how: seed, version, when, how long."""
+    rows = [[k, v] for k, v in trained.get("run", {}).items()]
+    made = trained.get("provenance", {})
+    rows.append(["seed", made.get("seed", run.config.train.seed)])
+    if "training_seconds" in made:
+        rows.append(["training time", f"{made['training_seconds']:.1f} s"])
+    if "finished" in made:
+        rows.append(["trained (UTC)", made["finished"]])
+    rows.append(["trained with", f"bayesprune {made.get('bayesprune', 'unknown')}"])
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    rows.append(["report (UTC)", f"{now}, bayesprune {__version__}"])
+    return rows
+
+
+def _modes_note(run: Run) -> str:
+    return (
+        f"mode mc: the Monte-Carlo predictive ({run.config.evaluate.samples} forward passes "
+        "with sampled weights, averaged); mode mean: one pass of the posterior-mean network. "
+        "A deterministic predictive (eVI, or a plain network) has only mean."
     )
 
 
@@ -177,8 +214,7 @@ def _build_report(run: Run, progress: bool) -> dict[str, Path]:
 
     rows, header = _metric_rows(evaluation)
     metric_html, metric_md = _table(rows, header)
-    desc = trained.get("run", {})
-    info_html, info_md = _table([[k, v] for k, v in desc.items()], ["", "value"])
+    info_html, info_md = _table(_header_rows(trained, run), ["", "value"])
     title = f"bayesprune report: {run.folder.name}"
     names = features["selected_names"]
     more = "" if len(names) <= 60 else f" … (+{len(names) - 60})"
@@ -203,6 +239,7 @@ def _build_report(run: Run, progress: bool) -> dict[str, Path]:
         info_html,
         "<h2>Metrics (test set)</h2>",
         metric_html,
+        f"<p><small>{html.escape(_modes_note(run))}</small></p>",
         comp_html,
         f"<p>{html.escape(sel_line)}</p>",
     ]
@@ -214,6 +251,8 @@ def _build_report(run: Run, progress: bool) -> dict[str, Path]:
         "## Metrics (test set)",
         "",
         metric_md,
+        _modes_note(run),
+        "",
         comp_md,
         "",
         sel_line,

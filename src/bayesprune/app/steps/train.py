@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ... import metrics
+from ... import __version__, metrics
 from ...evaluation import VALIDATION_METRICS, evaluate
 from ...predict import describe_prediction
 from ...train import fit
@@ -77,6 +78,12 @@ def _train(run: Run, progress: bool, echo: Callable[[str], None] | None) -> dict
         "test_prediction": {"mode": "mean", "split": "test", "rows": len(data.test[0])},
         "size": metrics.model_size(model, data.input_shape).as_dict(),
         "posterior": posterior_summary(model),
+        "provenance": {  # shown in the report's header
+            "bayesprune": __version__,
+            "seed": config.train.seed,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "training_seconds": sum(float(e.get("seconds", 0.0)) for e in history.epochs),
+        },
     }
     with run.publish("train") as tx:
         run.save_model(model, "trained", {"config": config_to_dict(config)}, tx=tx)
