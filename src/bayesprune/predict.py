@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from . import metrics
 from .likelihoods import Likelihood, make_likelihood
@@ -92,6 +93,7 @@ def predict(
     batch_size: int = 1024,
     seed: int | None = None,
     keep_samples: bool = False,
+    progress: bool = False,
 ) -> ClassificationPrediction | RegressionPrediction:
     """Predict `x` (tensor or array, batch first) with the model's posterior.
 
@@ -106,7 +108,7 @@ def predict(
     (`samples` is ignored). Runs in eval mode
     under no_grad and restores the model's train/eval state afterwards. The caller's
     global RNG state is left untouched; `seed` makes the draws repeatable (for a given
-    `batch_size`).
+    `batch_size`). `progress` shows a bar over the forward passes (batches x samples).
     """
     mode = PredictMode(mode).value
     if samples < 1:
@@ -131,7 +133,9 @@ def predict(
         ):
             if seed is not None:
                 torch.manual_seed(seed)
-            parts = _run(model, batches, passes, device, lambda out: reduce(out, likelihood))
+            parts = _run(
+                model, batches, passes, device, lambda out: reduce(out, likelihood), progress
+            )
     finally:
         model.train(was_training)
     _check_finite_output(parts, batches.largest)
@@ -241,12 +245,18 @@ def _run(
     passes: int,
     device: torch.device,
     reduce: Callable[[Any], tuple[Tensor, ...]],
+    progress: bool = False,
 ) -> list[Tensor]:
     """Each reduced part stacked over passes and concatenated over batches: (S, N, ...)."""
     per_batch: list[list[tuple[Tensor, ...]]] = []
-    for batch in batches:
-        batch = batch.to(device)
-        per_batch.append([reduce(forward_checked(model, batch)) for _ in range(passes)])
+    with tqdm(desc="predict", unit="pass", disable=not progress, leave=False) as bar:
+        for batch in batches:
+            batch = batch.to(device)
+            outputs = []
+            for _ in range(passes):
+                outputs.append(reduce(forward_checked(model, batch)))
+                bar.update()
+            per_batch.append(outputs)
     n_parts = len(per_batch[0][0])
     return [
         torch.cat([torch.stack([run[k] for run in batch]) for batch in per_batch], dim=1)

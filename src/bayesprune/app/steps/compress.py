@@ -13,6 +13,7 @@ import copy
 from typing import Any
 
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ...compress import (
     apply_masks,
@@ -54,7 +55,7 @@ def _search_data(data: RunData) -> tuple[tuple[Tensor, Tensor], dict[str, Any]]:
 
 
 def compression_masks(
-    model: nn.Module, run: Run, score: str, rule: str
+    model: nn.Module, run: Run, score: str, rule: str, progress: bool = False
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Weight masks for `model` by `score` and `rule`, and a JSON-able record of the choice."""
     c = run.config.compress
@@ -73,9 +74,15 @@ def compression_masks(
         held = {k: float(v) for k, v in c.tolerances.items()}
         names = tuple(dict.fromkeys(("accuracy", *held)))
         evaluate = scorer(rows, run.likelihood(), metrics=names)
-        found = search_sparsity(
-            model, scores, evaluate, delta=c.delta, level=level, tolerances=held or None
-        )
+        with tqdm(desc="search", unit="candidate", disable=not progress, leave=False) as bar:
+
+            def counted(candidate: nn.Module) -> dict[str, float]:
+                bar.update()
+                return evaluate(candidate)
+
+            found = search_sparsity(
+                model, scores, counted, delta=c.delta, level=level, tolerances=held or None
+            )
         info["search"] = {**found.as_dict(), "data": used}
         if "warning" in used:
             run.log(f"compress: warning: {used['warning']}")
@@ -111,7 +118,7 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
     score, rule = resolve_compress(run.config)
     model = run.load_model("trained")
     data = run.data()
-    masks, info = compression_masks(model, run, score, rule)
+    masks, info = compression_masks(model, run, score, rule, progress)
     info["options"] = config_to_dict(run.config)["compress"]
     pruned = apply_masks(copy.deepcopy(model), masks)
     if c.finetune_epochs:
@@ -145,7 +152,7 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
     # the compressed one's recorded there after publishing, so `evaluate` and `report`
     # predict nothing again
     before = evaluate_models(run, "trained", progress, curve=False)["trained"]
-    after = model_entry(final, run, None)
+    after = model_entry(final, run, None, progress)
     mode_before, mode_after = primary_mode(run.config, model), primary_mode(run.config, final)
     info["metrics_mode"] = {"before": mode_before, "after": mode_after}
     info["metrics_split"] = {"name": "test", "rows": len(data.test[0])}

@@ -32,12 +32,16 @@ def _settings(run: Run) -> dict[str, Any]:
     return {"samples": cfg.samples, "bins": cfg.bins, "seed": run.config.train.seed}
 
 
-def _predict(model: nn.Module, run: Run, mode: str) -> Any:
+def _predict(model: nn.Module, run: Run, mode: str, progress: bool = False) -> Any:
     cfg = run.config.evaluate
-    x = run.data().test[0]
-    lik = run.likelihood()
     return predict(
-        model, x, samples=cfg.samples, mode=mode, likelihood=lik, seed=run.config.train.seed
+        model,
+        run.data().test[0],
+        samples=cfg.samples,
+        mode=mode,
+        likelihood=run.likelihood(),
+        seed=run.config.train.seed,
+        progress=progress,
     )
 
 
@@ -67,21 +71,20 @@ def _reliability(run: Run, pred: Any) -> dict[str, Any]:
     }
 
 
-def pruning_curve(model: nn.Module, run: Run) -> dict[str, Any]:
+def pruning_curve(model: nn.Module, run: Run, progress: bool = False) -> dict[str, Any]:
     """Test error (or RMSE) of the posterior-mean network pruned globally by each score."""
     data = run.data()
     bayesian = any(True for _ in variational_layers(model))
     key = "accuracy" if data.task == "classification" else "rmse"
     score = scorer(data.test, run.likelihood(), metrics=(key,))
-    curves = {}
-    for name in ("snr", "abs_mean") if bayesian else ("magnitude",):
-        ranked = weight_scores(model, name)
-        points = []
-        for level in PRUNE_GRID:
-            pruned = apply_masks(copy.deepcopy(model), global_sparsity_masks(ranked, level))
-            value = score(pruned)[key]
-            points.append([level, 1 - value if key == "accuracy" else value])
-        curves[name] = points
+    curves: dict[str, list[list[float]]] = {}
+    names = ("snr", "abs_mean") if bayesian else ("magnitude",)
+    grid = [(name, level) for name in names for level in PRUNE_GRID]
+    ranked = {name: weight_scores(model, name) for name in names}
+    for name, level in tqdm(grid, desc="pruning curve", disable=not progress, leave=False):
+        pruned = apply_masks(copy.deepcopy(model), global_sparsity_masks(ranked[name], level))
+        value = score(pruned)[key]
+        curves.setdefault(name, []).append([level, 1 - value if key == "accuracy" else value])
     return {"metric": "test error" if key == "accuracy" else "test RMSE (standardised)",
             "curves": curves}  # fmt: skip
 
@@ -94,7 +97,9 @@ def cached_entry(run: Run, which: str) -> dict[str, Any] | None:
     return entry if entry.get("settings") == _settings(run) else None
 
 
-def model_entry(model: nn.Module, run: Run, digest: str | None) -> dict[str, Any]:
+def model_entry(
+    model: nn.Module, run: Run, digest: str | None, progress: bool = False
+) -> dict[str, Any]:
     """A fresh evaluation.json entry of `model` (every mode, reliability), keyed by `digest`."""
     entry: dict[str, Any] = {
         "model_sha256": digest,
@@ -104,7 +109,7 @@ def model_entry(model: nn.Module, run: Run, digest: str | None) -> dict[str, Any
         "modes": {},
     }
     for k, mode in enumerate(modes_for(run.config, model)):
-        pred = _predict(model, run, mode)
+        pred = _predict(model, run, mode, progress)
         entry["modes"][mode] = _metrics(run, pred)
         if k == 0 and run.data().task == "classification":
             entry["reliability"] = {"mode": mode, **_reliability(run, pred)}
@@ -138,10 +143,10 @@ def evaluate_models(run: Run, which: str, progress: bool, curve: bool) -> dict[s
             continue  # current: nothing is predicted again
         model = run.load_model(name)
         if entry is None:
-            entry = model_entry(model, run, run.model_digest(name))
+            entry = model_entry(model, run, run.model_digest(name), progress)
             run.log(f"evaluate: {name} {entry['modes']}")
         if needs_curve:
-            entry["pruning_curve"] = pruning_curve(model, run)
+            entry["pruning_curve"] = pruning_curve(model, run, progress)
         results[name] = entry
         run.write_json(EVALUATION, results)
     return results
