@@ -8,6 +8,7 @@ classification, values in the original units for regression.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -142,3 +143,12 @@ def test_exported_files_name_no_folder(tmp_path):
     export_run(Run.open(other))
     for name in ("model.onnx", "model.safetensors"):
         assert (other / "export" / name).read_bytes() == run.path("export", name).read_bytes()
+
+
+def test_export_json_names_files_relative_to_the_run(tmp_path):
+    """A run folder that is moved or archived keeps a valid export.json."""
+    run = _run(tmp_path, REGRESS, compress=False)
+    out = export_run(run, onnx=False)
+    recorded = run.read_json("export/export.json")
+    assert recorded["safetensors"] == "export/model.safetensors"
+    assert Path(out["safetensors"]).is_absolute() and Path(out["safetensors"]).exists()

@@ -127,14 +127,15 @@ def _export(run: Run, onnx: bool, plain: bool, which: str) -> dict[str, Any]:
             staged = tx.stage("export/model.safetensors")
             meta = {"input_shape": list(data.input_shape), "source": which, "deploy": info}
             save_model(net, staged, meta)
-            out["safetensors"] = str(run.path("export", "model.safetensors"))
+            out["safetensors"] = "export/model.safetensors"
         if onnx:
             deployed = deployable(net, data, run.likelihood()).eval()
             staged = tx.stage("export/model.onnx")
             export_onnx(deployed, staged, data.input_shape, metadata=_onnx_metadata(info))
-            out["onnx"] = str(run.path("export", "model.onnx"))
+            out["onnx"] = "export/model.onnx"
             x = raw_inputs(data.test[0][:64], data).to(next(net.parameters()).dtype)
             out["onnx_max_abs_difference"] = _check_onnx(staged, deployed, x)
-        tx.write_json("export/export.json", out)
+        tx.write_json("export/export.json", out)  # paths relative to the run: it may move
     run.log(f"export: {which} → {', '.join(k for k in ('onnx', 'safetensors') if k in out)}")
-    return out
+    files = {k: str(run.path(*out[k].split("/"))) for k in ("onnx", "safetensors") if k in out}
+    return {**out, **files}
