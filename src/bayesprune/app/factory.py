@@ -7,6 +7,8 @@ Both ask the `Family` record of `model.family` (its prior options, the likelihoo
 from __future__ import annotations
 
 import inspect
+import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,6 +37,34 @@ def _fill_from_data(builder: Any, kwargs: dict[str, Any], data: RunData) -> dict
     return out
 
 
+def _memory_bytes() -> int | None:
+    """Physical memory of this machine (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_size(build: Callable[[], nn.Module], builder_name: str) -> None:
+    """Build on the meta device first (no memory), so that a model larger than the
+    machine (e.g. `hidden: [1000000, 1000000]`) is one clear error, not an OOM kill."""
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except Exception:  # a builder that cannot run on meta is built for real
+        return
+    tensors = [*skeleton.parameters(), *skeleton.buffers()]
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    memory = _memory_bytes()
+    if memory is not None and size > memory // 2:
+        raise ConfigError(
+            f"model: {builder_name!r} with these model.kwargs has "
+            f"{sum(t.numel() for t in tensors):,} parameters ({size / 2**30:.1f} GiB), more "
+            f"than half of this machine's {memory / 2**30:.1f} GiB before any training "
+            "memory; lower model.kwargs (e.g. hidden widths)"
+        )
+
+
 def build_model(config: RunConfig, data: RunData) -> nn.Module:
     """The untrained model of a config, sized for `data`, initialised from `train.seed`."""
     from ..models import BUILDERS
@@ -47,6 +77,7 @@ def build_model(config: RunConfig, data: RunData) -> nn.Module:
     if m.input_gates:
         layer["input_gates"] = True
     with torch.random.fork_rng(devices=[]):
+        _check_size(lambda: builder(**kwargs, family=m.family, **layer), m.builder)
         torch.manual_seed(config.train.seed)
         try:
             return builder(**kwargs, family=m.family, **layer)

@@ -115,12 +115,16 @@ class Run:
 
         Sections that only later commands read (compress, features, evaluate) may
         change; they are rewritten. A change to data, model or train is refused,
-        because the checkpoints there belong to the old settings. Call it holding the
+        because the checkpoints there belong to the old settings (a folder where
+        nothing was trained yet takes the new config). Call it holding the
         folder's lock (`lock_folder`), as `train_run` does.
         """
         folder = Path(folder)
         path = folder / "config.yaml"
-        if path.is_file():
+        nothing_trained = not any((folder / "checkpoints").glob("*")) and not (
+            folder / "model.safetensors"
+        ).exists()  # e.g. the first attempt stopped at a config error: start over
+        if path.is_file() and not nothing_trained:
             old = config_to_dict(load_config(path))
             new = config_to_dict(config)
             for section in TRAINING_SECTIONS:
