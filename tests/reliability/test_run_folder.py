@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import stat
@@ -113,17 +112,17 @@ def _state(folder: Path) -> dict[str, Any]:
 
 
 def _contents(folder: Path, manifest: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A verified set by its files' SHA-256; metrics.json without its wall-clock times."""
+    """A verified set by its files' SHA-256; metrics.json without its wall-clock times
+    (per-epoch seconds, and the provenance's training time and finishing date)."""
     if manifest is None:
         return None
     out: dict[str, Any] = {rel: r["sha256"] for rel, r in manifest["files"].items()}
-    if "export/export.json" in out:  # it names the files by their full paths
-        text = (folder / "export/export.json").read_text()
-        out["export/export.json"] = json.loads(re.sub(r'"[^"]*/(export/[^"/]+)"', r'"\1"', text))
     if "metrics.json" in out:
         metrics = json.loads((folder / "metrics.json").read_text())
         for epoch in metrics["history"]:
             epoch.pop("seconds", None)
+        for clock in ("training_seconds", "finished"):
+            metrics.get("provenance", {}).pop(clock, None)
         out["metrics.json"] = metrics
     return out
 
