@@ -28,6 +28,7 @@ from .export import (
     csr_bytes,
     export_onnx,
     load_model,
+    onnx_difference,
     save_model,
     saved_metadata,
     sparse_storage,
@@ -45,6 +46,7 @@ from .masks import (
     unit_weight_masks,
     weight_masks,
 )
+from .persist import apply_shapes, load_shrunk, pruned_shapes, save_shrunk
 from .pip_rules import PipRule, select_by_pip
 from .prune import DEFAULT_SCORES, PruneRule, keep_masks, prune
 from .report import compression_report, report_markdown, save_report
@@ -82,6 +84,7 @@ from .self_compress import (
 from .serialize import architecture, register_layer, registered_layers
 from .shrink import LayerRecord, ShrinkResult, shrink
 from .tolerances import Tolerance, ToleranceSpec, as_tolerances
+from .unit_scores import activation_scores, keep_units
 
 __all__ = [
     "DEFAULT_SCORES",
@@ -107,7 +110,9 @@ __all__ = [
     "ShrinkResult",
     "Tolerance",
     "ToleranceSpec",
+    "activation_scores",
     "apply_masks",
+    "apply_shapes",
     "apply_torch_prune",
     "architecture",
     "as_prunable",
@@ -123,19 +128,24 @@ __all__ = [
     "input_weight_masks",
     "is_prunable",
     "keep_masks",
+    "keep_units",
     "layer_inputs",
     "layer_sparsity_masks",
     "load_model",
+    "load_shrunk",
+    "onnx_difference",
     "prunable_layers",
     "prune",
     "prune_to_widths",
     "pruned_copy",
+    "pruned_shapes",
     "pruning_curve",
     "register_layer",
     "registered_layers",
     "report_markdown",
     "save_model",
     "save_report",
+    "save_shrunk",
     "saved_metadata",
     "search_sparsity",
     "select_by_pip",

@@ -30,8 +30,9 @@ from torch.nn.utils import prune
 from ..extras import require
 from ..io import CheckpointError, atomic_write_bytes, load_tensors, save_tensors
 from ..nn import to_deterministic
-from ..nn.base import variational_layers
+from ..nn.base import use_posterior_mean, variational_layers
 from .adapters import as_prunable, copy_model, prunable_layers
+from .chain import first_tensor
 from .serialize import architecture, build
 
 FORMAT = "bayesprune-model"
@@ -186,6 +187,28 @@ def export_onnx(
             proto.metadata_props.add(key=str(key), value=str(value))
         data = proto.SerializeToString()
     return atomic_write_bytes(path, data)
+
+
+def onnx_difference(path: str | Path, model: nn.Module, inputs: Tensor) -> float:
+    """Largest |onnxruntime − torch| of the file at `path` on `inputs` (one batch).
+
+    torch's side is `model` itself in eval mode with posterior means (its mode is put
+    back afterwards), so the check covers `to_deterministic` as well as the exporter.
+    Needs onnxruntime (`pip install 'bayesprune[export]'`).
+    """
+    ort = require("onnxruntime", "export", "checking an ONNX file")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    dtype = {"tensor(double)": torch.float64}.get(session.get_inputs()[0].type, torch.float32)
+    got = torch.from_numpy(session.run(None, {name: inputs.detach().cpu().to(dtype).numpy()})[0])
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), use_posterior_mean(model):
+            want = first_tensor(model(inputs))
+    finally:
+        model.train(was)
+    return float((got.to(want) - want).abs().max())
 
 
 def csr_bytes(weight: Tensor, value_bytes: int = 4, index_bytes: int = 4) -> int:
