@@ -17,7 +17,10 @@ def test_bring_your_own_model_guide_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile("\n".join(blocks), "docs/byom.md", "exec"), namespace)
-    assert namespace["compress"].onnx_difference(
-        namespace["path"], namespace["small"], namespace["example"]
-    ) < 1e-5
+    assert (
+        namespace["compress"].onnx_difference(
+            namespace["path"], namespace["small"], namespace["example"]
+        )
+        < 1e-5
+    )
     assert (tmp_path / "resnet18_small.safetensors").stat().st_size > 0
