@@ -35,6 +35,7 @@ from .export import (
     spec_json,
 )
 from .graph import GraphShrinkError, GraphShrinkResult, GraphTraceError, shrink_graph
+from .graph_scores import activation_scores, keep_units
 from .masks import (
     apply_masks,
     apply_torch_prune,
@@ -84,7 +85,6 @@ from .self_compress import (
 from .serialize import architecture, register_layer, registered_layers
 from .shrink import LayerRecord, ShrinkResult, shrink
 from .tolerances import Tolerance, ToleranceSpec, as_tolerances
-from .unit_scores import activation_scores, keep_units
 
 __all__ = [
     "DEFAULT_SCORES",

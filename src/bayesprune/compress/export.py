@@ -5,11 +5,13 @@
   (temporary file + os.replace, see `bayesprune.io`). Loading never unpickles; a
   corrupt, truncated or mismatched file raises one `CheckpointError`. Works for
   Bayesian models (the posterior is kept) and plain ones, shrunk widths included.
-- `export_onnx`: the deterministic network (posterior means) through torch's
+- `export_onnx`: the deterministic network (posterior means) of any traceable model
+  (chains, and graphs of the user's own class from `shrink_graph`) through torch's
   TorchScript-based exporter (`dynamo=False`; needs only the `onnx` package, not
   onnxscript, from the `export` extra), with a dynamic batch dimension and optional
   `metadata_props`. For raw inputs and probabilities / original units, wrap the
   network in `bayesprune.deploy.Deployable` first (as `bayesprune export` does).
+  `onnx_difference` runs the file in onnxruntime against the torch model.
 - `csr_bytes` / `sparse_storage`: bytes of unstructured-sparse weights stored as CSR
   (values + column indices + row pointers), next to the dense size.
 """

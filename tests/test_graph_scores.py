@@ -118,3 +118,9 @@ def test_keep_units_feeds_shrink_graph():
         keep_units(scores, widths={"nope": 1})
     with pytest.raises(ValueError, match="no batch"):
         activation_scores(model, [])
+
+
+def test_the_module_does_not_shadow_compress_unit_scores():
+    from bayesprune import compress
+
+    assert callable(compress.unit_scores) and callable(compress.activation_scores)
