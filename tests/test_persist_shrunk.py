@@ -164,6 +164,11 @@ def test_files_that_do_not_fit_the_class_fail_clearly(tmp_path):
     wide = {**conv, "config": {**conv["config"], "out_channels": 5}}
     with pytest.raises(CheckpointError, match=r"conv1.weight_mu has shape \(4, 6, 1, 1\) in"):
         load_shrunk(tampered(conv1=wide), Net())
+    huge = {**conv, "config": {**conv["config"], "out_channels": 10**9}}
+    with pytest.raises(CheckpointError, match="in its recorded spec"):  # checked on meta
+        load_shrunk(tampered(conv1=huge), Net())
+    with pytest.raises(CheckpointError, match="not a layer spec"):
+        load_shrunk(tampered(conv1=[1, 2]), Net())
     bare = {k: v for k, v in record["modules"].items() if k != "head"}
     save_tensors(tmp_path / "bare.safetensors", tensors, {**record, "modules": bare})
     with pytest.raises(CheckpointError, match=r"\['head'\] that the file does not record"):
