@@ -220,3 +220,35 @@ def test_torchvision_resnet18_round_trip_and_onnx(tmp_path, family):
     if family == "gaussian":  # the exporter does not depend on the family: once is enough
         onnx_path = export_onnx(loaded, tmp_path / "r18.onnx", input_shape=(3, 32, 32))
         assert onnx_difference(onnx_path, small, x) < 1e-5
+
+
+class TwoInputs(nn.Module):
+    """An image branch and a tabular branch, concatenated before the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(2, 5, 3), _bn(5)
+        self.tab = nn.Linear(4, 3)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, image: Tensor, row: Tensor) -> Tensor:
+        a = F.adaptive_avg_pool2d(F.relu(self.bn(self.conv(image))), 1).flatten(1)
+        return self.head(torch.cat([a, torch.tanh(self.tab(row))], dim=1))
+
+
+def test_a_two_input_graph_shrinks_saves_and_exports(tmp_path):
+    torch.manual_seed(0)
+    model = convert(TwoInputs(), "gaussian").eval()
+    _kill(model, "conv", [1, 3])
+    _kill(model, "tab", [0])
+    inputs = (torch.randn(4, 2, 6, 6), torch.randn(4, 4))
+    small = shrink_graph(model, inputs).model
+    assert small.conv.out_channels == 3 and small.tab.out_features == 2
+    loaded = load_shrunk(save_shrunk(small, tmp_path / "two.safetensors"), TwoInputs())
+    assert loaded.head.in_features == 5
+    path = export_onnx(loaded, tmp_path / "two.onnx", input_shape=[(2, 6, 6), (4,)])
+    assert onnx_difference(path, small, inputs) < 1e-5
+    with pytest.raises(ValueError, match="takes 2 input"):
+        onnx_difference(path, small, inputs[0])
+    with pytest.raises(ValueError, match="one per input"):
+        export_onnx(loaded, tmp_path / "bad.onnx", input_shape=[(2, 6, 6), 4])
