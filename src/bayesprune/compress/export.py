@@ -194,16 +194,23 @@ def export_onnx(
     axes = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's notice
-        torch.onnx.export(
-            plain,
-            examples,
-            buffer,
-            input_names=names,
-            output_names=["output"],
-            dynamic_axes=axes,
-            opset_version=opset,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                plain,
+                examples,
+                buffer,
+                input_names=names,
+                output_names=["output"],
+                dynamic_axes=axes,
+                opset_version=opset,
+                dynamo=False,
+            )
+        except torch.onnx.errors.OnnxExporterError as err:
+            raise ValueError(
+                f"torch's ONNX exporter cannot export {type(model).__name__} for inputs "
+                f"{shapes}: {_first_line(err)}; nothing was written (an adaptive pooling "
+                "whose output size does not divide its input needs a larger input_shape)"
+            ) from err
     data = buffer.getvalue()
     if metadata:
         proto = onnx.load_from_string(data)
