@@ -252,3 +252,12 @@ def test_a_two_input_graph_shrinks_saves_and_exports(tmp_path):
         onnx_difference(path, small, inputs[0])
     with pytest.raises(ValueError, match="one per input"):
         export_onnx(loaded, tmp_path / "bad.onnx", input_shape=[(2, 6, 6), 4])
+
+
+def test_an_op_the_exporter_cannot_export_is_one_clear_error(tmp_path):
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 1), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(18, 2)
+    )
+    with pytest.raises(ValueError, match=r"cannot export Sequential .*adaptive_avg_pool2d"):
+        export_onnx(model, tmp_path / "x.onnx", input_shape=(1, 4, 4))
+    assert not (tmp_path / "x.onnx").exists()
