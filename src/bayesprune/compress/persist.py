@@ -196,21 +196,8 @@ def _compare_state(model: nn.Module, tensors: dict[str, Tensor]) -> None:
             )
 
 
-def load_shrunk(path: str | Path, model: nn.Module | Callable[[], nn.Module]) -> nn.Module:
-    """Load a file of `save_shrunk` into `model`, a fresh instance of the saved class.
-
-    `model` (or the module a factory such as `MyNet` returns) gets the recorded shapes
-    (`apply_shapes`), then the file's tensors, strictly and in the file's dtypes; it
-    is returned in eval mode. The fresh instance may be plain or `bp.convert`-ed: the
-    file says which layers are Bayesian. A file of another class or architecture, or a
-    damaged one, raises `CheckpointError` naming the first module that does not fit.
-    """
-    if not isinstance(model, nn.Module):
-        if not callable(model):
-            raise TypeError(f"model must be an nn.Module or a factory, got {type(model).__name__}")
-        model = model()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"the model factory returned a {type(model).__name__}, not a module")
+def _read(path: str | Path, cls: type[nn.Module]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The file's tensors and record, checked: format, version, class, finite values."""
     tensors, record = load_tensors(path)
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(
@@ -223,28 +210,52 @@ def load_shrunk(path: str | Path, model: nn.Module | Callable[[], nn.Module]) ->
             f"{path} has format version {version!r}; this bayesprune reads up to {VERSION}: "
             "upgrade bayesprune to load it"
         )
-    saved_cls, cls = record.get("class"), type(model).__qualname__
-    if saved_cls != cls:
+    saved = record.get("class")
+    if saved != cls.__qualname__:
         raise CheckpointError(
-            f"{path} holds a {record.get('class_module')}.{saved_cls}, but model is a "
-            f"{type(model).__module__}.{cls}: pass a fresh {saved_cls}(...) built with the "
+            f"{path} holds a {record.get('class_module')}.{saved}, but model is a "
+            f"{cls.__module__}.{cls.__qualname__}: pass a fresh {saved}(...) built with the "
             "arguments it was saved with"
         )
-    try:
-        changes = _plan(model, record.get("modules", {}))
-        _check_tensors(changes, tensors)
-        apply_shapes(model, record.get("modules", {}))
-        _compare_state(model, tensors)
-        model.load_state_dict(tensors, strict=True, assign=True)
-    except (ValueError, TypeError, KeyError, RuntimeError) as err:
-        raise CheckpointError(
-            f"{path} does not fit this {cls} ({_first_line(err)}); pass a fresh {cls} built "
-            "with the arguments the saved model had (before shrinking)"
-        ) from err
     bad = [name for name, t in tensors.items() if not _finite(t)]
     if bad:
         raise CheckpointError(
             f"{path} holds NaN or inf values in {', '.join(bad[:3])}; the file is damaged or the "
             "model diverged"
         )
+    return tensors, record
+
+
+def load_shrunk(path: str | Path, model: nn.Module | Callable[[], nn.Module]) -> nn.Module:
+    """Load a file of `save_shrunk` into `model`, a fresh instance of the saved class.
+
+    `model` (or the module a factory such as `MyNet` returns) gets the recorded shapes
+    (`apply_shapes`), then the file's tensors, strictly, in the file's dtypes and on
+    the model's device; it is returned in eval mode. The fresh instance may be plain or
+    `bp.convert`-ed: the file says which layers are Bayesian. A file of another class
+    or architecture, or a damaged one, raises `CheckpointError` naming the first module
+    that does not fit (the fresh instance may then be half-changed: build another).
+    """
+    if not isinstance(model, nn.Module):
+        if not callable(model):
+            raise TypeError(f"model must be an nn.Module or a factory, got {type(model).__name__}")
+        model = model()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"the model factory returned a {type(model).__name__}, not a module")
+    tensors, record = _read(path, type(model))
+    cls = type(model).__name__
+    try:
+        shapes = record.get("modules", {})
+        _check_tensors(_plan(model, shapes), tensors)
+        apply_shapes(model, shapes)
+        _compare_state(model, tensors)
+        device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
+        model.load_state_dict(
+            {k: v.to(device) for k, v in tensors.items()}, strict=True, assign=True
+        )
+    except (ValueError, TypeError, KeyError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{path} does not fit this {cls} ({_first_line(err)}); pass a fresh {cls} built "
+            "with the arguments the saved model had (before shrinking)"
+        ) from err
     return model.eval()
