@@ -62,12 +62,14 @@ def _describe(module: nn.Module) -> Spec | None:
     return json.loads(json.dumps(spec))  # tuples as lists, as they come back from the file
 
 
-def _kind(module: nn.Module) -> type[nn.Module]:
-    """The torch layer a module stands for: a Bayesian layer's plain twin, else its type."""
-    if isinstance(module, VariationalLayer):
-        with torch.device("meta"):
-            return type(module._plain_twin())
-    return type(module)
+def _kind(spec: Spec | None, module: nn.Module) -> type[nn.Module]:
+    """The torch layer a spec stands for (a Bayesian layer's deterministic twin), built on
+    the meta device; `module`'s own type when it has no spec."""
+    if spec is None:
+        return type(module)
+    with torch.device("meta"):
+        built = build(spec)
+        return type(built.to_deterministic() if isinstance(built, VariationalLayer) else built)
 
 
 def pruned_shapes(model: nn.Module) -> dict[str, Spec]:
@@ -111,15 +113,15 @@ def _plan(model: nn.Module, shapes: Mapping[str, Any]) -> dict[str, Spec]:
         )
     changes = {}
     for name, spec in shapes.items():
-        if _describe(current[name]) == spec:
-            continue
-        with torch.device("meta"):  # shapes only: a bad record allocates nothing
-            built = build(spec)
         fresh = current[name]
-        if _kind(built) is not _kind(fresh):
+        fresh_spec = _describe(fresh)
+        if fresh_spec == spec:
+            continue
+        saved, now = _kind(spec, fresh), _kind(fresh_spec, fresh)  # on meta: nothing allocated
+        if saved is not now:
             raise ValueError(
-                f"{name!r} is a {spec.get('type')} ({_kind(built).__name__}) in the file but a "
-                f"{type(fresh).__name__} ({_kind(fresh).__name__}) in {cls}: the file was saved "
+                f"{name!r} is a {spec.get('type')} ({saved.__name__}) in the file but a "
+                f"{type(fresh).__name__} ({now.__name__}) in {cls}: the file was saved "
                 "from another architecture"
             )
         changes[name] = spec
