@@ -12,6 +12,13 @@ or step by step::
     save_model(result.model, "small.safetensors")
     export_onnx(result.model, "small.onnx", input_shape=(1, 28, 28))
 
+and for a model with its own `forward` (residual additions, concatenations, BatchNorm)::
+
+    keep = keep_units(activation_scores(model, loader), sparsity=0.3)
+    result = shrink_graph(model, example_batch, prune_units=keep)  # still your class
+    save_shrunk(result.model, "small.safetensors")
+    small = load_shrunk("small.safetensors", MyNet())             # shapes re-applied
+
 Nothing here trains or evaluates: the schedules (`search_sparsity`, `self_compress`,
 the width rounds of `prune_to_widths`), the curves (`pruning_curve`,
 `unit_removal_curve`) and the report receive an `evaluate` callable
