@@ -8,7 +8,9 @@ rounds of
 1. score every input pixel and hidden unit (default "act": the standard deviation of
    its output over training images times the norm of its outgoing posterior-mean
    weights, i.e. how much the next layer's input moves when the unit is replaced by
-   its mean; "norm" / "mean_snr" use `compress.unit_scores` / `input_scores`);
+   its mean: `compress.width_scores(net, "activation", x)`, whose graph form for any
+   model is `compress.activation_scores`; "norm" / "mean_snr" use `compress.unit_scores`
+   / `input_scores`);
 2. keep the top units of each layer to a geometric width schedule
    (`compress.width_schedule`, `compress.prune_to_widths`); a removed unit's mean
    output is folded into the next layer's bias, so only its variation is lost;

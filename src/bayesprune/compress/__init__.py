@@ -12,6 +12,13 @@ or step by step::
     save_model(result.model, "small.safetensors")
     export_onnx(result.model, "small.onnx", input_shape=(1, 28, 28))
 
+and for a model with its own `forward` (residual additions, concatenations, BatchNorm)::
+
+    keep = keep_units(activation_scores(model, loader), sparsity=0.3)
+    result = shrink_graph(model, example_batch, prune_units=keep)  # still your class
+    save_shrunk(result.model, "small.safetensors")
+    small = load_shrunk("small.safetensors", MyNet())             # shapes re-applied
+
 Nothing here trains or evaluates: the schedules (`search_sparsity`, `self_compress`,
 the width rounds of `prune_to_widths`), the curves (`pruning_curve`,
 `unit_removal_curve`) and the report receive an `evaluate` callable
@@ -28,12 +35,14 @@ from .export import (
     csr_bytes,
     export_onnx,
     load_model,
+    onnx_difference,
     save_model,
     saved_metadata,
     sparse_storage,
     spec_json,
 )
 from .graph import GraphShrinkError, GraphShrinkResult, GraphTraceError, shrink_graph
+from .graph_scores import activation_scores, keep_units
 from .masks import (
     apply_masks,
     apply_torch_prune,
@@ -45,6 +54,7 @@ from .masks import (
     unit_weight_masks,
     weight_masks,
 )
+from .persist import apply_shapes, load_shrunk, pruned_shapes, save_shrunk
 from .pip_rules import PipRule, select_by_pip
 from .prune import DEFAULT_SCORES, PruneRule, keep_masks, prune
 from .report import compression_report, report_markdown, save_report
@@ -107,7 +117,9 @@ __all__ = [
     "ShrinkResult",
     "Tolerance",
     "ToleranceSpec",
+    "activation_scores",
     "apply_masks",
+    "apply_shapes",
     "apply_torch_prune",
     "architecture",
     "as_prunable",
@@ -123,19 +135,24 @@ __all__ = [
     "input_weight_masks",
     "is_prunable",
     "keep_masks",
+    "keep_units",
     "layer_inputs",
     "layer_sparsity_masks",
     "load_model",
+    "load_shrunk",
+    "onnx_difference",
     "prunable_layers",
     "prune",
     "prune_to_widths",
     "pruned_copy",
+    "pruned_shapes",
     "pruning_curve",
     "register_layer",
     "registered_layers",
     "report_markdown",
     "save_model",
     "save_report",
+    "save_shrunk",
     "saved_metadata",
     "search_sparsity",
     "select_by_pip",

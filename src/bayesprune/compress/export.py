@@ -5,11 +5,13 @@
   (temporary file + os.replace, see `bayesprune.io`). Loading never unpickles; a
   corrupt, truncated or mismatched file raises one `CheckpointError`. Works for
   Bayesian models (the posterior is kept) and plain ones, shrunk widths included.
-- `export_onnx`: the deterministic network (posterior means) through torch's
+- `export_onnx`: the deterministic network (posterior means) of any traceable model
+  (chains, and graphs of the user's own class from `shrink_graph`) through torch's
   TorchScript-based exporter (`dynamo=False`; needs only the `onnx` package, not
   onnxscript, from the `export` extra), with a dynamic batch dimension and optional
   `metadata_props`. For raw inputs and probabilities / original units, wrap the
   network in `bayesprune.deploy.Deployable` first (as `bayesprune export` does).
+  `onnx_difference` runs the file in onnxruntime against the torch model.
 - `csr_bytes` / `sparse_storage`: bytes of unstructured-sparse weights stored as CSR
   (values + column indices + row pointers), next to the dense size.
 """
@@ -30,8 +32,9 @@ from torch.nn.utils import prune
 from ..extras import require
 from ..io import CheckpointError, atomic_write_bytes, load_tensors, save_tensors
 from ..nn import to_deterministic
-from ..nn.base import variational_layers
+from ..nn.base import use_posterior_mean, variational_layers
 from .adapters import as_prunable, copy_model, prunable_layers
+from .chain import first_tensor
 from .serialize import architecture, build
 
 FORMAT = "bayesprune-model"
@@ -143,10 +146,27 @@ def saved_metadata(path: str | Path) -> dict[str, Any]:
     return dict(load_tensors(path)[1].get("metadata", {}))
 
 
+def _input_shapes(input_shape: Sequence[int] | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """One shape per input of the forward: `(3, 32, 32)` or `[(3, 32, 32), (4,)]`."""
+    shapes = list(input_shape)
+    if shapes and all(isinstance(s, Sequence) for s in shapes):
+        return [tuple(int(d) for d in s) for s in shapes]  # type: ignore[union-attr]
+    if all(isinstance(s, int) for s in shapes):
+        return [tuple(shapes)]  # type: ignore[arg-type]
+    raise ValueError(
+        f"input_shape must be one example's shape, e.g. (3, 32, 32), or one per input of "
+        f"the forward, e.g. [(3, 32, 32), (4,)]; got {input_shape!r}"
+    )
+
+
+def _input_names(n: int) -> list[str]:
+    return ["input", *(f"input_{i}" for i in range(1, n))]
+
+
 def export_onnx(
     model: nn.Module,
     path: str | Path,
-    input_shape: Sequence[int],
+    input_shape: Sequence[int] | Sequence[Sequence[int]],
     *,
     opset: int = 17,
     dynamic_batch: bool = True,
@@ -154,31 +174,43 @@ def export_onnx(
 ) -> Path:
     """Write the deterministic network (posterior means) of `model` as ONNX, atomically.
 
-    `input_shape` is one example's shape without the batch dimension. The graph has
-    one input "input" and one output "output"; with `dynamic_batch` any batch size works.
-    `metadata` goes into the model's `metadata_props` (string keys and values). Needs
-    the `onnx` package (`pip install 'bayesprune[export]'`); without it this raises
-    `MissingExtraError` before writing anything.
+    `input_shape` is one example's shape without the batch dimension, or a list of
+    them for a `forward` that takes several tensors. The graph's inputs are "input"
+    (then "input_1", ...) and its output "output"; with `dynamic_batch` any batch size
+    works. Any model the TorchScript tracer follows is exported, chains and graphs
+    alike (residual additions, concatenations, a class of your own from
+    `shrink_graph`). `metadata` goes into the model's `metadata_props` (string keys
+    and values). Needs the `onnx` package (`pip install 'bayesprune[export]'`);
+    without it this raises `MissingExtraError` before writing anything.
     """
     onnx = require("onnx", "export", "ONNX export")
+    shapes = _input_shapes(input_shape)
     plain = to_deterministic(model) if any(True for _ in variational_layers(model)) else model
     plain = _without_prune_hooks(plain).eval()
     ref = next(iter(plain.parameters()))
-    example = torch.zeros(1, *input_shape, dtype=ref.dtype, device=ref.device)
+    examples = tuple(torch.zeros(1, *s, dtype=ref.dtype, device=ref.device) for s in shapes)
+    names = _input_names(len(shapes))
     buffer = io.BytesIO()
-    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    axes = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's notice
-        torch.onnx.export(
-            plain,
-            (example,),
-            buffer,
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes=axes,
-            opset_version=opset,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                plain,
+                examples,
+                buffer,
+                input_names=names,
+                output_names=["output"],
+                dynamic_axes=axes,
+                opset_version=opset,
+                dynamo=False,
+            )
+        except torch.onnx.errors.OnnxExporterError as err:
+            raise ValueError(
+                f"torch's ONNX exporter cannot export {type(model).__name__} for inputs "
+                f"{shapes}: {_first_line(err)}; nothing was written (an adaptive pooling "
+                "whose output size does not divide its input needs a larger input_shape)"
+            ) from err
     data = buffer.getvalue()
     if metadata:
         proto = onnx.load_from_string(data)
@@ -186,6 +218,44 @@ def export_onnx(
             proto.metadata_props.add(key=str(key), value=str(value))
         data = proto.SerializeToString()
     return atomic_write_bytes(path, data)
+
+
+def onnx_difference(
+    path: str | Path, model: nn.Module, inputs: Tensor | tuple[Tensor, ...]
+) -> float:
+    """Largest |onnxruntime − torch| of the file at `path` on `inputs` (one batch, or a
+    tuple with one per input of the forward), over the first output.
+
+    torch's side is `model` itself in eval mode with posterior means (its mode is put
+    back afterwards), so the check covers `to_deterministic` as well as the exporter.
+    Needs onnxruntime (`pip install 'bayesprune[export]'`).
+    """
+    ort = require("onnxruntime", "export", "checking an ONNX file")
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    specs = session.get_inputs()
+    if len(specs) != len(args):
+        raise ValueError(f"{path} takes {len(specs)} input(s) but {len(args)} were given")
+    feed = {
+        spec.name: x.detach().cpu().to(_ONNX_DTYPES.get(spec.type, torch.float32)).numpy()
+        for spec, x in zip(specs, args, strict=True)
+    }
+    got = torch.from_numpy(session.run(None, feed)[0])
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), use_posterior_mean(model):
+            want = first_tensor(model(*args))
+    finally:
+        model.train(was)
+    return float((got.to(want) - want).abs().max())
+
+
+_ONNX_DTYPES = {
+    "tensor(float)": torch.float32,
+    "tensor(double)": torch.float64,
+    "tensor(int64)": torch.int64,
+}
 
 
 def csr_bytes(weight: Tensor, value_bytes: int = 4, index_bytes: int = 4) -> int:

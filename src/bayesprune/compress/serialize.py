@@ -79,6 +79,8 @@ _simple(nn.Dropout2d, "p")
 _simple(nn.MaxPool2d, "kernel_size", "stride", "padding", "dilation", "ceil_mode")
 _simple(nn.AvgPool2d, "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
 _simple(nn.AdaptiveAvgPool2d, "output_size")
+for _bn in (nn.BatchNorm1d, nn.BatchNorm2d):
+    _simple(_bn, "num_features", "eps", "momentum", "affine", "track_running_stats")
 register_layer(
     SelectInputs,
     lambda m: {"n": int(m.index.numel()), "dim": m.dim},

@@ -1,0 +1,175 @@
+"""How much the network moves when a unit is replaced by its mean: a unit score for any graph.
+
+A removed unit's mean output is folded into its readers (`shrink`, `shrink_graph`), so
+what pruning loses is the unit's *variation*. The activation score measures it where it
+acts, at every layer that reads the unit:
+
+    score(u)² = Σ over readers r, over the columns j of r that carry u:  sd(x_j)² · ‖W_r[:, j]‖²
+
+with sd(x_j) the standard deviation of r's input column j over the data (and over the
+positions of a feature map) in the posterior-mean network, and W_r the reader's
+posterior-mean weights (all outputs and kernel positions of column j). A unit whose
+output does not vary, or that no reader weighs, scores 0. On a chain this is the
+"activation" width score (`schedules.width_scores`): the sd of the next layer's input
+times the norm of its outgoing weights.
+
+On a graph the readers come from `graph_trace.analyse`: a residual addition makes one
+channel of several producers (they all get the channel's score, so the same units are
+kept on both branches), a concatenation or flatten maps columns to their producer, and
+BatchNorm, activations, pooling and depthwise convolutions between producer and reader
+are part of what the sd sees. Channels the graph pins (model outputs, ops it does not
+understand) score +inf: they are not for removal. The data pass uses forward pre-hooks
+on the readers, so it streams any number of batches in constant memory.
+
+`keep_units` turns scores into the `prune_units` masks of `shrink_graph`; the width
+schedule of iterative pruning is `schedules.width_schedule`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.base import use_posterior_mean
+from .adapters import as_prunable
+from .graph_trace import analyse
+
+Batches = Tensor | Iterable[Any]
+
+
+def _batches(data: Batches) -> Iterable[Tensor]:
+    """Input tensors of `data`: one tensor, or batches that are tensors or (x, y, ...)."""
+    if isinstance(data, Tensor):
+        yield data
+        return
+    for batch in data:
+        x = batch[0] if isinstance(batch, tuple | list) else batch
+        if not isinstance(x, Tensor):
+            raise TypeError(
+                f"a batch must be a tensor or a tuple starting with one, got {type(x).__name__}"
+            )
+        yield x
+
+
+class _ColumnMoments:
+    """Running mean and variance of each column (dim 1) of a layer's input (Chan et al.)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: Tensor | None = None
+        self.m2: Tensor | None = None
+
+    def __call__(self, _module: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0].detach().double()
+        cols = x.transpose(0, 1).reshape(x.shape[1], -1)
+        n = cols.shape[1]
+        mean = cols.mean(1)
+        m2 = (cols - mean[:, None]).square().sum(1)
+        if self.mean is None or self.m2 is None:
+            self.n, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * n / total
+        self.m2 = self.m2 + m2 + delta.square() * self.n * n / total
+        self.n = total
+
+    def sd(self) -> Tensor:
+        if self.m2 is None or self.n == 0:
+            raise ValueError("the data gave no batch")
+        return (self.m2 / self.n).sqrt()
+
+
+def activation_scores(
+    model: nn.Module,
+    data: Batches,
+    *,
+    max_batches: int | None = None,
+    passthrough: Sequence[type[nn.Module]] = (),
+    leaf_modules: Sequence[type[nn.Module]] = (),
+) -> dict[str, Tensor]:
+    """Per output unit of every prunable layer of the graph: sd × outgoing-norm (see above).
+
+    `data`: one input batch, or an iterable of batches (a DataLoader; a batch may be
+    `(x, y)`), read up to `max_batches`. `passthrough` / `leaf_modules` as for
+    `shrink_graph`. Higher = keep; +inf for pinned channels. Layers called more than once
+    or grouped convolutions are not producers of the graph and get no entry. The model
+    is run in eval mode with posterior means; its mode is put back.
+    """
+    batches = iter(_batches(data))
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("activation_scores needs data: the iterable gave no batch")
+    options = {"passthrough": tuple(passthrough), "leaf_modules": tuple(leaf_modules)}
+    cg = analyse(model, (first[:2],), **options)
+    moments = {use.name: _ColumnMoments() for use in cg.sinks}
+    handles = [model.get_submodule(n).register_forward_pre_hook(m) for n, m in moments.items()]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), use_posterior_mean(model):
+            model(first)
+            for i, x in enumerate(batches, start=2):
+                if max_batches is not None and i > max_batches:
+                    break
+                model(x)
+    finally:
+        model.train(was)
+        for handle in handles:
+            handle.remove()
+    squared: dict[int, float] = {}
+    for use in cg.sinks:
+        weight = as_prunable(model.get_submodule(use.name)).posterior().weight_mean.detach()
+        norm = weight.double().transpose(0, 1).reshape(weight.shape[1], -1).norm(dim=1)
+        part = (moments[use.name].sd().to(norm) * norm).square().cpu()
+        for col, i in enumerate(use.ids):
+            g = cg.find(i)
+            squared[g] = squared.get(g, 0.0) + float(part[col])
+    pinned = cg.pinned_groups()
+    scores = {}
+    for use in cg.producers:
+        groups = [cg.find(i) for i in use.ids]
+        values = [float("inf") if g in pinned else squared.get(g, 0.0) ** 0.5 for g in groups]
+        scores[use.name] = torch.tensor(values, dtype=torch.float64)
+    return scores
+
+
+def keep_units(
+    scores: Mapping[str, Tensor],
+    sparsity: float | None = None,
+    *,
+    widths: Mapping[str, int] | None = None,
+) -> dict[str, Tensor]:
+    """Boolean keep-masks per layer for `shrink_graph(prune_units=...)`, highest scores kept.
+
+    Either `sparsity` (the fraction of each layer's removable units, those with a finite
+    score, to drop) or `widths` ({layer: units to keep}; layers not named keep all).
+    Units scoring +inf are always kept, and every layer keeps at least one. Ties are
+    broken by unit index (stable), so layers that share channels through a residual
+    addition, which get equal scores, keep the same channels.
+    """
+    if (sparsity is None) == (widths is None):
+        raise ValueError("give either sparsity (a fraction) or widths ({layer: units to keep})")
+    if sparsity is not None and not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    unknown = sorted(set(widths or {}) - set(scores))
+    if unknown:
+        raise ValueError(f"widths names layers without scores: {unknown}; scored: {list(scores)}")
+    masks = {}
+    for name, score in scores.items():
+        score = score.detach().cpu()
+        finite = torch.isfinite(score)
+        removable = int(finite.sum())
+        if widths is not None:
+            drop = 0 if name not in widths else max(0, len(score) - max(1, int(widths[name])))
+        else:
+            drop = int(sparsity * removable)  # type: ignore[operator]
+        drop = min(drop, removable, len(score) - 1)
+        order = torch.argsort(score, stable=True)  # lowest first; +inf last
+        keep = torch.ones(len(score), dtype=torch.bool)
+        keep[order[:drop]] = False
+        masks[name] = keep
+    return masks

@@ -1,0 +1,263 @@
+"""Save and load a shrunk model of the user's own class: pruned shapes + tensors, no pickle.
+
+`shrink_graph` returns the user's own class (a torchvision ResNet, `MyNet`) with some
+modules replaced by narrower ones, and after `bp.convert` with Bayesian layers in place of
+plain ones. Neither can be rebuilt from a JSON spec, since the class's `forward` is code,
+so, as with `torch.save(model.state_dict())` and Torch-Pruning's `tp.state_dict` /
+`tp.load_state_dict`, the class comes from the user and the file holds what changed:
+
+- `save_shrunk(model, path)` writes one safetensors file: the state dict, and in its JSON
+  header the class name and the shape of every module that holds tensors and that the
+  serializer can describe (`serialize.architecture`: Linear, Conv2d, BatchNorm, every
+  bayesprune layer through its own `config()`, and types added with `register_layer`);
+- `load_shrunk(path, MyNet())` (a fresh instance, or a factory such as `MyNet`) replaces
+  each module whose recorded shape or type differs from the fresh one's by one built from
+  the record, then loads the tensors strictly. The fresh instance may be the plain
+  network or its `bp.convert`-ed twin: a recorded `BayesConv2d` replaces an `nn.Conv2d`
+  and the other way round, never an `nn.Linear` by a convolution.
+
+`pruned_shapes` / `apply_shapes` are the two halves without a file, for users who store
+tensors their own way. A file that does not fit the given class (another class, a module
+the class lacks or does not describe, a layer of another kind, a tensor of another shape)
+raises one `CheckpointError` that names the module. Attributes a `forward` reads besides
+its modules (`self.width = 64` used in a `view`) are not shapes of a module: such a
+class must derive them from its modules to load narrower.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..io import CheckpointError, load_tensors, save_tensors
+from ..nn.base import VariationalLayer
+from .export import _finite, _first_line, _without_prune_hooks
+from .serialize import architecture, build
+
+FORMAT = "bayesprune-shrunk"
+VERSION = 1
+
+Spec = dict[str, Any]
+
+
+def _holds_tensors(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False)) or any(
+        True for _ in module.buffers(recurse=False)
+    )
+
+
+def _describe(module: nn.Module) -> Spec | None:
+    """The module's JSON spec, or None when it holds no tensors or has no codec."""
+    if not _holds_tensors(module):
+        return None
+    try:
+        spec = architecture(module)
+    except TypeError:
+        return None  # no codec: its tensors still travel, and strict loading checks them
+    return json.loads(json.dumps(spec))  # tuples as lists, as they come back from the file
+
+
+def _kind(spec: Spec | None, module: nn.Module) -> type[nn.Module]:
+    """The torch layer a spec stands for (a Bayesian layer's deterministic twin), built on
+    the meta device; `module`'s own type when it has no spec."""
+    if spec is None:
+        return type(module)
+    with torch.device("meta"):
+        built = build(spec)
+        return type(built.to_deterministic() if isinstance(built, VariationalLayer) else built)
+
+
+def pruned_shapes(model: nn.Module) -> dict[str, Spec]:
+    """{module name: {"type", "config"}} of every module that holds tensors and has a codec.
+
+    Enough to turn a fresh instance of the model's class into one with the same shapes
+    (`apply_shapes`); the tensors go separately (the state dict).
+    """
+    shapes = {}
+    for name, module in model.named_modules():
+        spec = _describe(module) if name else None  # the root is the user's class
+        if spec is not None:
+            shapes[name] = spec
+    return shapes
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def _plan(model: nn.Module, shapes: Mapping[str, Any]) -> dict[str, Spec]:
+    """The recorded specs that differ from `model`'s modules; ValueError where they clash."""
+    if not isinstance(shapes, Mapping):
+        raise ValueError("the shapes record is not a mapping of module names")
+    current = dict(model.named_modules())
+    cls = type(model).__name__
+    unknown = sorted(n for n in shapes if n not in current or not n)
+    if unknown:
+        raise ValueError(
+            f"module(s) {unknown[:5]} are recorded but {cls} has none of that name: "
+            "the file was saved from another architecture"
+        )
+    undescribed = sorted(
+        n for n, m in current.items() if n and n not in shapes and _describe(m) is not None
+    )
+    if undescribed:
+        raise ValueError(
+            f"{cls} has module(s) {undescribed[:5]} that the file does not record: "
+            "the file was saved from another architecture"
+        )
+    changes = {}
+    for name, spec in shapes.items():
+        fresh = current[name]
+        fresh_spec = _describe(fresh)
+        if fresh_spec == spec:
+            continue
+        saved, now = _kind(spec, fresh), _kind(fresh_spec, fresh)  # on meta: nothing allocated
+        if saved is not now:
+            raise ValueError(
+                f"{name!r} is a {spec.get('type')} ({saved.__name__}) in the file but a "
+                f"{type(fresh).__name__} ({now.__name__}) in {cls}: the file was saved "
+                "from another architecture"
+            )
+        changes[name] = spec
+    return changes
+
+
+def apply_shapes(model: nn.Module, shapes: Mapping[str, Any]) -> nn.Module:
+    """Give `model` (in place) the recorded shapes and layer types; returns it.
+
+    Modules whose spec already matches are kept as they are (with any hooks); the
+    others are replaced by untrained modules of the recorded spec, on the device and
+    in the dtype of the module they replace. Values come afterwards (`load_state_dict`).
+    """
+    for name, spec in _plan(model, shapes).items():
+        old = model.get_submodule(name)
+        ref = next(iter([*old.parameters(), *old.buffers()]), None)
+        new = build(spec)
+        if ref is not None:
+            new = new.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+        new.train(old.training)
+        _set_module(model, name, new)
+    return model
+
+
+def save_shrunk(
+    model: nn.Module, path: str | Path, metadata: Mapping[str, Any] | None = None
+) -> Path:
+    """Save a (shrunk, converted or plain) model of any class: tensors + pruned shapes.
+
+    One safetensors file, written atomically, with the class name and `pruned_shapes`
+    in its JSON header (and `metadata`, e.g. `result.as_dict()` of `shrink_graph`).
+    Load it with `load_shrunk(path, MyClass())`.
+    """
+    model = _without_prune_hooks(model)
+    record = {
+        "format": FORMAT,
+        "version": VERSION,
+        "class": type(model).__qualname__,
+        "class_module": type(model).__module__,
+        "modules": pruned_shapes(model),
+        "metadata": dict(metadata or {}),
+    }
+    return save_tensors(path, dict(model.state_dict()), record)
+
+
+def _check_tensors(changes: Mapping[str, Spec], tensors: dict[str, Tensor]) -> None:
+    """Each replacement's tensors have the file's shapes (checked before allocating it)."""
+    for name, spec in changes.items():
+        with torch.device("meta"):
+            skeleton = build(spec)
+        for key, t in skeleton.state_dict().items():
+            full = f"{name}.{key}"
+            if full not in tensors:
+                raise ValueError(f"{full} is missing from the file")
+            if tuple(tensors[full].shape) != tuple(t.shape):
+                raise ValueError(
+                    f"{full} has shape {tuple(tensors[full].shape)} in the file but "
+                    f"{tuple(t.shape)} in its recorded spec"
+                )
+
+
+def _compare_state(model: nn.Module, tensors: dict[str, Tensor]) -> None:
+    """The first key missing, unexpected or of another shape, as a ValueError."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ValueError(f"tensors missing from the file: {missing[:3]}, unexpected: {extra[:3]}")
+    for key, t in expected.items():
+        if tuple(t.shape) != tuple(tensors[key].shape):
+            raise ValueError(
+                f"{key} has shape {tuple(tensors[key].shape)} in the file but {tuple(t.shape)} "
+                "in the model (a module the file does not describe: register_layer its type)"
+            )
+
+
+def _read(path: str | Path, cls: type[nn.Module]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The file's tensors and record, checked: format, version, class, finite values."""
+    tensors, record = load_tensors(path)
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a file of save_shrunk (no pruned shapes in its header); a model "
+            "saved with compress.save_model loads with compress.load_model"
+        )
+    version = record.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version > VERSION:
+        raise CheckpointError(
+            f"{path} has format version {version!r}; this bayesprune reads up to {VERSION}: "
+            "upgrade bayesprune to load it"
+        )
+    saved = record.get("class")
+    if saved != cls.__qualname__:
+        raise CheckpointError(
+            f"{path} holds a {record.get('class_module')}.{saved}, but model is a "
+            f"{cls.__module__}.{cls.__qualname__}: pass a fresh {saved}(...) built with the "
+            "arguments it was saved with"
+        )
+    bad = [name for name, t in tensors.items() if not _finite(t)]
+    if bad:
+        raise CheckpointError(
+            f"{path} holds NaN or inf values in {', '.join(bad[:3])}; the file is damaged or the "
+            "model diverged"
+        )
+    return tensors, record
+
+
+def load_shrunk(path: str | Path, model: nn.Module | Callable[[], nn.Module]) -> nn.Module:
+    """Load a file of `save_shrunk` into `model`, a fresh instance of the saved class.
+
+    `model` (or the module a factory such as `MyNet` returns) gets the recorded shapes
+    (`apply_shapes`), then the file's tensors, strictly, in the file's dtypes and on
+    the model's device; it is returned in eval mode. The fresh instance may be plain or
+    `bp.convert`-ed: the file says which layers are Bayesian. A file of another class
+    or architecture, or a damaged one, raises `CheckpointError` naming the first module
+    that does not fit (the fresh instance may then be half-changed: build another).
+    """
+    if not isinstance(model, nn.Module):
+        if not callable(model):
+            raise TypeError(f"model must be an nn.Module or a factory, got {type(model).__name__}")
+        model = model()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"the model factory returned a {type(model).__name__}, not a module")
+    tensors, record = _read(path, type(model))
+    cls = type(model).__name__
+    try:
+        shapes = record.get("modules", {})
+        _check_tensors(_plan(model, shapes), tensors)
+        apply_shapes(model, shapes)
+        _compare_state(model, tensors)
+        device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
+        model.load_state_dict(
+            {k: v.to(device) for k, v in tensors.items()}, strict=True, assign=True
+        )
+    except (ValueError, TypeError, KeyError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{path} does not fit this {cls} ({_first_line(err)}); pass a fresh {cls} built "
+            "with the arguments the saved model had (before shrinking)"
+        ) from err
+    return model.eval()

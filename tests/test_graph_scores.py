@@ -1,0 +1,126 @@
+"""activation_scores / keep_units: sd × outgoing norm per unit on chains and graphs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from bayesprune import convert
+from bayesprune.compress import activation_scores, keep_units, shrink_graph, width_scores
+
+
+class Residual(nn.Module):
+    """stem conv-BN, a block conv1-BN-ReLU-conv2-BN + identity, depthwise, pool, head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv1, self.bn1 = nn.Conv2d(6, 5, 1), nn.BatchNorm2d(5)
+        self.conv2, self.bn2 = nn.Conv2d(5, 6, 1), nn.BatchNorm2d(6)
+        self.dw = nn.Conv2d(6, 6, 3, groups=6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn0(self.stem(x)))
+        y = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(y)) + x)
+        x = F.relu(self.dw(x))
+        return self.head(x.mean((2, 3)))
+
+
+def _residual(family: str = "gaussian") -> nn.Module:
+    torch.manual_seed(0)
+    model = convert(Residual(), family).double().eval()
+    for bn in (model.bn0, model.bn1, model.bn2):  # eval statistics that are not the identity
+        bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("family", ["deterministic", "gaussian", "sparse_vd", "spike_slab"])
+def test_dead_units_rank_last_and_residual_channels_share_a_score(family):
+    model = _residual(family)
+    with torch.no_grad():
+        model.bn1.bias.fill_(2.0)  # every unit alive (relu of a positive pre-activation)...
+        model.bn1.bias[1] = -50.0  # ...but unit 1: relu(...) = 0 everywhere, no variance
+        w = model.conv2.weight_mu if family != "deterministic" else model.conv2.weight
+        w[:, 3] = 0.0  # unit 3 of conv1: no outgoing weight
+        mask = getattr(model.conv2, "weight_mask", None)
+        if mask is not None:
+            mask[:, 3] = 1.0
+    x = torch.randn(16, 2, 6, 6, dtype=torch.float64)
+    scores = activation_scores(model, x)
+    assert list(scores) == ["stem", "conv1", "conv2", "head"]
+    conv1 = scores["conv1"]
+    assert conv1[1] == 0 and conv1[3] == 0
+    assert set(conv1.argsort()[:2].tolist()) == {1, 3}  # ranked last (lowest)
+    assert (conv1[[0, 2, 4]] > 0).all()
+    torch.testing.assert_close(scores["stem"], scores["conv2"])  # one residual channel each
+    assert torch.isinf(scores["head"]).all()  # the model's outputs are not for removal
+
+
+def test_a_chain_gives_the_activation_width_score():
+    torch.manual_seed(0)
+    model = convert(
+        nn.Sequential(nn.Linear(4, 7), nn.ReLU(), nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 2)),
+        "gaussian",
+    ).double()
+    x = torch.randn(50, 4, dtype=torch.float64)
+    scores = activation_scores(model, x)
+    chain = width_scores(model, "activation", x)  # [inputs, hidden 1, hidden 2]
+    population = ((len(x) - 1) / len(x)) ** 0.5  # torch.std is the unbiased one
+    torch.testing.assert_close(scores["0"], chain[1] * population)
+    torch.testing.assert_close(scores["2"], chain[2] * population)
+
+
+class Flat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(2, 3, 3), nn.Linear(3 * 4 * 4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(torch.tanh(self.conv(x)), 1))
+
+
+def test_brute_force_across_a_flatten_and_a_data_loader():
+    torch.manual_seed(0)
+    model = Flat().double()
+    x = torch.randn(40, 2, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        cols = torch.flatten(torch.tanh(model.conv(x)), 1)
+    part = cols.var(0, unbiased=False) * model.fc.weight.square().sum(0)
+    expected = part.view(3, 16).sum(1).sqrt()
+    loader = DataLoader(TensorDataset(x, torch.zeros(40)), batch_size=16)
+    torch.testing.assert_close(activation_scores(model, loader)["conv"], expected)
+    torch.testing.assert_close(activation_scores(model, x)["conv"], expected)
+    first_two = activation_scores(model, loader, max_batches=2)["conv"]
+    torch.testing.assert_close(first_two, activation_scores(model, x[:32])["conv"])
+
+
+def test_keep_units_feeds_shrink_graph():
+    model = _residual()
+    x = torch.randn(8, 2, 6, 6, dtype=torch.float64)
+    scores = activation_scores(model, x)
+    keep = keep_units(scores, 0.4)
+    assert keep["conv1"].sum() == 3 and keep["head"].all()
+    assert torch.equal(keep["stem"], keep["conv2"])  # equal scores: the same channels kept
+    result = shrink_graph(model, x, prune_units=keep)
+    assert result.model.conv1.out_channels == 3
+    assert result.model.stem.out_channels == result.model.dw.groups == 4
+    by_width = keep_units(scores, widths={"conv1": 1})
+    assert by_width["conv1"].sum() == 1 and by_width["stem"].all()
+    assert keep_units({"a": torch.zeros(3)}, widths={"a": 0})["a"].sum() == 1  # one stays
+    with pytest.raises(ValueError, match="either sparsity"):
+        keep_units(scores)
+    with pytest.raises(ValueError, match="without scores"):
+        keep_units(scores, widths={"nope": 1})
+    with pytest.raises(ValueError, match="no batch"):
+        activation_scores(model, [])
+
+
+def test_the_module_does_not_shadow_compress_unit_scores():
+    from bayesprune import compress
+
+    assert callable(compress.unit_scores) and callable(compress.activation_scores)
