@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,12 +159,24 @@ register_family(
 
 def convertible_layers(model: nn.Module, family: Family) -> list[tuple[nn.Module, str, nn.Module]]:
     """(parent, attribute name, child) of every layer `family` can replace, in module order."""
+    return [(parent, name, child) for parent, name, child, _ in _named_convertible(model, family)]
+
+
+def _named_convertible(
+    model: nn.Module, family: Family
+) -> list[tuple[nn.Module, str, nn.Module, str]]:
+    """`convertible_layers` with each layer's qualified name ("layer1.0.conv1")."""
     found = []
-    for parent in model.modules():
+    for prefix, parent in model.named_modules():
         for name, child in parent.named_children():
             if type(child) in family.factories:
-                found.append((parent, name, child))
+                found.append((parent, name, child, f"{prefix}.{name}" if prefix else name))
     return found
+
+
+def _kept(qualified: str, keep: Sequence[str]) -> bool:
+    """Whether `qualified` is one of the `keep` names or inside one ("layer4" keeps its convs)."""
+    return any(qualified == k or qualified.startswith(k + ".") for k in keep)
 
 
 def convert(
@@ -173,16 +185,19 @@ def convert(
     *,
     init_from_weights: bool = False,
     inplace: bool = False,
+    keep: Sequence[str] = (),
     **options: Any,
 ) -> nn.Module:
     """Return `model` with every nn.Linear / nn.Conv2d replaced by a Bayesian twin.
 
-    Works on any `nn.Module`, whatever its `forward`. The first and last replaceable
-    layers in module order get the roles "first" and "last" (e.g. spike-and-slab gates
-    the first layer's inputs with `input_gates=True` and leaves the last layer's
-    outputs ungated). `init_from_weights=True` starts the posterior means at the
-    trained weights (a cheap way to make a pretrained network Bayesian); `options`
-    go to the family's layer factories (for example `prior_scale=0.1`).
+    Works on any `nn.Module`, whatever its `forward`. `keep` names modules (as in
+    `model.named_modules()`, e.g. `("conv1", "fc")`, or a block such as `"layer4"`) whose
+    layers stay deterministic; a name that matches no replaceable layer is an error. The
+    first and last converted layers in module order get the roles "first" and "last"
+    (e.g. spike-and-slab gates the first layer's inputs with `input_gates=True` and
+    leaves the last layer's outputs ungated). `init_from_weights=True` starts the
+    posterior means at the trained weights (a cheap way to make a pretrained network
+    Bayesian); `options` go to the family's layer factories (e.g. `prior_scale=0.1`).
     """
     fam = get_family(family)
     if not fam.bayesian:
@@ -197,10 +212,18 @@ def convert(
         raise ValueError(
             f"family {fam.name!r} takes no option(s) {unknown}; valid: {sorted(fam.layer_options)}"
         )
+    keep = [keep] if isinstance(keep, str) else list(keep)
     model = model if inplace else copy.deepcopy(model)
-    if type(model) in fam.factories:  # a single layer
+    if type(model) in fam.factories and not keep:  # a single layer
         return _twin(model, fam, Role(first=True, last=True), init_from_weights, options)
-    found = convertible_layers(model, fam)
+    named = _named_convertible(model, fam)
+    unmatched = [k for k in keep if not any(_kept(q, [k]) for *_, q in named)]
+    if unmatched:
+        raise ValueError(
+            f"keep names {unmatched} match no nn.Linear / nn.Conv2d of the model; "
+            f"replaceable layers: {[q for *_, q in named][:20]}"
+        )
+    found = [(parent, name, child) for parent, name, child, q in named if not _kept(q, keep)]
     for i, (parent, name, child) in enumerate(found):
         role = Role(first=i == 0, last=i == len(found) - 1)
         setattr(parent, name, _twin(child, fam, role, init_from_weights, options))
