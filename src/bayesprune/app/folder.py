@@ -121,9 +121,10 @@ class Run:
         """
         folder = Path(folder)
         path = folder / "config.yaml"
-        nothing_trained = not any((folder / "checkpoints").glob("*")) and not (
-            folder / "model.safetensors"
-        ).exists()  # e.g. the first attempt stopped at a config error: start over
+        nothing_trained = (
+            not any((folder / "checkpoints").glob("*"))
+            and not (folder / "model.safetensors").exists()
+        )  # e.g. the first attempt stopped at a config error: start over
         if path.is_file() and not nothing_trained:
             old = config_to_dict(load_config(path))
             new = config_to_dict(config)
