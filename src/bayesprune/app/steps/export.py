@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ... import __version__
-from ...compress import export_onnx, save_model
+from ...compress import export_onnx, onnx_difference, save_model
 from ...compress.chain import SelectInputs
 from ...deploy import Deployable
 from ...extras import MissingExtraError, require
@@ -40,14 +40,9 @@ from ..folder import Run
 def _check_onnx(path: Path, model: nn.Module, x: Tensor) -> float | None:
     """Largest |ONNX − torch| on `x`, or None when onnxruntime is not installed."""
     try:
-        import onnxruntime as ort
-    except ImportError:
+        return onnx_difference(path, model, x)
+    except MissingExtraError:
         return None
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": x.numpy()})[0]
-    with torch.no_grad():
-        want = model(x).numpy()
-    return float(abs(got - want).max())
 
 
 def export_run(
