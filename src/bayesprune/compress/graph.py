@@ -43,12 +43,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from ..nn.base import use_posterior_mean
 from .adapters import as_prunable, copy_model
 from .chain import deployed_weight, first_tensor
-from .graph_trace import BATCHNORMS, ChannelGraph, GraphTraceError, Use, analyse
+from .graph_fold import Fold, apply_fold, plan_fold
+from .graph_trace import NORMS, ChannelGraph, GraphTraceError, Use, analyse
 from .shrink import LayerRecord
 
 __all__ = ["GraphShrinkError", "GraphShrinkResult", "GraphTraceError", "shrink_graph"]
@@ -106,16 +106,6 @@ def _mask_rows(model: nn.Module, name: str, rows: Sequence[int]) -> None:
     as_prunable(layer).set_weight_mask(mask)
 
 
-@dataclass
-class _Fold:
-    """One reader's offset from the removed constant channels, and where it goes."""
-
-    use: Use
-    mean: Tensor
-    var: Tensor
-    target: str  # "bias" | "batchnorm:<name>"
-
-
 class _GraphShrinker:
     def __init__(
         self,
@@ -169,47 +159,15 @@ class _GraphShrinker:
         orphan = {g for g in members if g not in pinned and g not in read_live}
         return dead - orphan, orphan
 
-    # -- folding ---------------------------------------------------------------------
-    def _offset(self, cg: ChannelGraph, use: Use, groups: set[int]) -> tuple[Tensor, Tensor]:
-        """Per-position contribution W·c of the `groups` columns to `use`'s output, and Σσ²c²."""
-        layer = self.model.get_submodule(use.name)
-        plain = as_prunable(layer).to_deterministic().eval()
-        x = cg.input_value(use)
-        cols = torch.tensor([cg.find(i) in groups for i in use.ids], device=x.device)
-        c = x * cols.view(1, -1, *([1] * (x.ndim - 2))).to(x.dtype)
-        std = as_prunable(layer).posterior().weight_std.detach().to(x)
-        with torch.no_grad():
-            mean = plain(c) - plain(torch.zeros_like(c))
-            var = functional_call(plain, {"weight": std.square(), "bias": None}, (c.square(),))
-        return mean[0].flatten(1) if mean.ndim > 2 else mean.T, var[0].flatten(
-            1
-        ) if var.ndim > 2 else var.T
+    # -- folding (graph_fold) ---------------------------------------------------------
+    def _fold(self, cg: ChannelGraph, use: Use, groups: set[int]) -> Fold | None | bool:
+        """The fold of `groups` into `use`: a Fold, True (nothing to fold) or None (impossible)."""
+        columns = torch.tensor([cg.find(i) in groups for i in use.ids])
+        own = next((p.ids for p in cg.producers if p.name == use.name), [])
+        rows = torch.tensor([cg.find(i) in groups for i in own], dtype=torch.bool)
+        return plan_fold(cg, use, self.model.get_submodule(use.name), columns, rows)
 
-    def _target(self, cg: ChannelGraph, use: Use) -> str | None:
-        layer = self.model.get_submodule(use.name)
-        if as_prunable(layer).posterior().bias_mean is not None:
-            return "bias"
-        users = list(use.node.users)
-        if len(users) == 1 and users[0].op == "call_module":
-            bn = self.model.get_submodule(str(users[0].target))
-            follows = any(f.name == users[0].target for f in cg.followers)
-            if isinstance(bn, BATCHNORMS) and bn.running_mean is not None and follows:
-                return f"batchnorm:{users[0].target}"
-        return None
-
-    def _fold(self, cg: ChannelGraph, use: Use, groups: set[int]) -> _Fold | None | bool:
-        """The fold of `groups` into `use`: a _Fold, True (nothing to fold) or None (impossible)."""
-        mean, var = self._offset(cg, use, groups)
-        if not mean.any():
-            return True
-        if not torch.allclose(mean, mean[:, :1].expand_as(mean), rtol=1e-6, atol=1e-7):
-            return None  # the constant meets a padded border: not a bias shift
-        target = self._target(cg, use)
-        if target is None:
-            return None
-        return _Fold(use, mean[:, 0], var.mean(1), target)
-
-    def _plan_folds(self, cg: ChannelGraph, dead: set[int]) -> list[_Fold]:
+    def _plan_folds(self, cg: ChannelGraph, dead: set[int]) -> list[Fold]:
         """Folds for every reader; dead groups whose fold is impossible leave `dead`."""
         while True:
             folds, failed = [], None
@@ -221,7 +179,7 @@ class _GraphShrinker:
                 if fold is None:
                     failed = (use, mine)
                     break
-                if isinstance(fold, _Fold):
+                if isinstance(fold, Fold):
                     folds.append(fold)
             if failed is None:
                 return folds
@@ -232,15 +190,8 @@ class _GraphShrinker:
             if mine <= dead:  # jointly impossible although each alone folds: keep them all
                 dead -= mine
 
-    def _apply_fold(self, fold: _Fold) -> None:
-        layer = self.model.get_submodule(fold.use.name)
-        if fold.target == "bias":
-            as_prunable(layer).fold_into_bias(fold.mean, fold.var)
-            return
-        bn = self.model.get_submodule(fold.target.split(":", 1)[1])
-        with torch.no_grad():
-            bn.running_mean.sub_(fold.mean.to(bn.running_mean))
-        if fold.var.any():
+    def _apply_fold(self, fold: Fold) -> None:
+        if apply_fold(self.model, fold):
             self.bn_variance_dropped.add(fold.use.name)
 
     # -- surgery ---------------------------------------------------------------------
@@ -365,29 +316,33 @@ class _GraphShrinker:
         return out
 
 
+def _cut(module: nn.Module, new: nn.Module, names: tuple[str, ...], idx: Tensor) -> None:
+    """Give `new` the channels `idx` of `module`'s per-channel tensors `names`."""
+    for name in names:
+        t = getattr(module, name, None)
+        if t is None:
+            continue
+        cut = t.detach().index_select(0, idx.to(t.device)).clone()
+        if isinstance(t, nn.Parameter):
+            cut = nn.Parameter(cut, t.requires_grad)
+        setattr(new, name, cut)
+
+
 def _slice_follower(module: nn.Module, idx: Tensor) -> nn.Module:
-    """A BatchNorm or depthwise convolution keeping channels `idx` (one per channel)."""
-    if isinstance(module, BATCHNORMS):
-        new = copy.deepcopy(module)
+    """A norm layer or depthwise convolution keeping channels `idx` (one per channel)."""
+    new = copy.deepcopy(module)
+    if isinstance(module, NORMS):
         new.num_features = len(idx)
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            t = getattr(module, name)
-            if t is None:
-                continue
-            cut = t.detach().index_select(0, idx.to(t.device)).clone()
-            setattr(
-                new,
-                name,
-                nn.Parameter(cut, t.requires_grad) if isinstance(t, nn.Parameter) else cut,
-            )
+        _cut(module, new, ("weight", "bias", "running_mean", "running_var"), idx)
+        return new
+    if isinstance(module, nn.GroupNorm):  # whole groups go (graph_trace unites them)
+        size = module.num_channels // module.num_groups
+        new.num_channels, new.num_groups = len(idx), len(idx) // size
+        _cut(module, new, ("weight", "bias"), idx)
         return new
     # depthwise: in = out = groups; its kernels are its "output units"
     if isinstance(module, nn.Conv2d):
-        new = copy.deepcopy(module)
-        with torch.no_grad():
-            new.weight = nn.Parameter(module.weight.detach()[idx].clone())
-            if module.bias is not None:
-                new.bias = nn.Parameter(module.bias.detach()[idx].clone())
+        _cut(module, new, ("weight", "bias"), idx)
     else:
         new = as_prunable(module).select(out_idx=idx)
     new.in_channels = new.out_channels = new.groups = len(idx)
