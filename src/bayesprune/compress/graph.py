@@ -44,10 +44,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..nn.base import use_posterior_mean
+from ..nn.base import GatedLayer, use_posterior_mean
 from .adapters import as_prunable, copy_model
 from .chain import deployed_weight, first_tensor
-from .graph_fold import Fold, apply_fold, plan_fold
+from .graph_fold import Fold, Reader, apply_fold, group_folds
 from .graph_trace import NORMS, ChannelGraph, GraphTraceError, Use, analyse
 from .shrink import LayerRecord
 
@@ -125,21 +125,32 @@ class _GraphShrinker:
         self.kept_dead: dict[str, int] = {}
         self.masked = 0
         self.bn_variance_dropped: set[str] = set()
+        self._cache: dict[tuple[str, str], Any] = {}  # this round's posterior-mean layers
+
+    def _deployed(self, name: str) -> nn.Module:
+        """The posterior-mean twin of layer `name`, built once per state of the model."""
+        key = ("plain", name)
+        if key not in self._cache:
+            self._cache[key] = as_prunable(self.model.get_submodule(name)).to_deterministic()
+        return self._cache[key]
 
     # -- deadness --------------------------------------------------------------------
     def _dead_units(self, name: str) -> Tensor:
+        if ("dead", name) in self._cache:
+            return self._cache[("dead", name)]
         layer = self.model.get_submodule(name)
-        w = deployed_weight(layer)
+        w = self._deployed(name).weight.detach()
         dead = (w.flatten(1) == 0).all(1).cpu()
-        pip = as_prunable(layer).posterior().unit_inclusion
+        pip = layer.unit_inclusion() if isinstance(layer, GatedLayer) else None
         if pip is not None:
             dead |= pip.cpu() <= self.threshold
         if name in self.forced:
             dead |= ~self.forced[name][self.kept[name]]
+        self._cache[("dead", name)] = dead
         return dead
 
     def _zero_columns(self, use: Use) -> Tensor:
-        w = deployed_weight(self.model.get_submodule(use.name))
+        w = self._deployed(use.name).weight.detach()
         return (w.transpose(0, 1).flatten(1) == 0).all(1).cpu()
 
     def _removable(self, cg: ChannelGraph) -> tuple[set[int], set[int]]:
@@ -160,35 +171,29 @@ class _GraphShrinker:
         return dead - orphan, orphan
 
     # -- folding (graph_fold) ---------------------------------------------------------
-    def _fold(self, cg: ChannelGraph, use: Use, groups: set[int]) -> Fold | None | bool:
-        """The fold of `groups` into `use`: a Fold, True (nothing to fold) or None (impossible)."""
-        columns = torch.tensor([cg.find(i) in groups for i in use.ids])
-        own = next((p.ids for p in cg.producers if p.name == use.name), [])
-        rows = torch.tensor([cg.find(i) in groups for i in own], dtype=torch.bool)
-        return plan_fold(cg, use, self.model.get_submodule(use.name), columns, rows)
-
     def _plan_folds(self, cg: ChannelGraph, dead: set[int]) -> list[Fold]:
         """Folds for every reader; dead groups whose fold is impossible leave `dead`."""
+        readers: dict[str, Reader] = {}
+        own = {p.name: p.ids for p in cg.producers}
         while True:
-            folds, failed = [], None
+            planned, before = [], len(dead)
             for use in cg.sinks:
-                mine = {cg.find(i) for i in use.ids} & dead
-                if not mine:
+                column_groups = [g if (g := cg.find(i)) in dead else None for i in use.ids]
+                if all(g is None for g in column_groups):
                     continue
-                fold = self._fold(cg, use, mine)
-                if fold is None:
-                    failed = (use, mine)
-                    break
-                if isinstance(fold, Fold):
-                    folds.append(fold)
-            if failed is None:
-                return folds
-            use, mine = failed
-            for g in sorted(mine):
-                if self._fold(cg, use, {g}) is None:
-                    dead.discard(g)
-            if mine <= dead:  # jointly impossible although each alone folds: keep them all
-                dead -= mine
+                if use.name not in readers:
+                    layer = self.model.get_submodule(use.name)
+                    readers[use.name] = Reader.of(cg, use, layer, self._deployed(use.name))
+                reader = readers[use.name]
+                rows = torch.tensor([cg.find(i) in dead for i in own[use.name]], dtype=torch.bool)
+                means, variances, bad = group_folds(cg, use, reader, column_groups, rows)
+                dead -= bad
+                if means:
+                    shifts = [] if reader.has_bias else reader.shifts or []
+                    mean, var = sum(means.values()), sum(variances.values())
+                    planned.append(Fold(use, mean, var, shifts))
+            if len(dead) == before:
+                return planned
 
     def _apply_fold(self, fold: Fold) -> None:
         if apply_fold(self.model, fold):
@@ -225,7 +230,7 @@ class _GraphShrinker:
             if use.name not in self.kept:
                 self.kept[use.name] = torch.arange(len(use.ids))
         for use in cg.producers:
-            w = deployed_weight(self.model.get_submodule(use.name))
+            w = self._deployed(use.name).weight.detach()
             self.before.setdefault(use.name, (w.shape[0], w.shape[1]))
             self.folded.setdefault(use.name, 0)
         for name in self.forced:
@@ -239,17 +244,19 @@ class _GraphShrinker:
         """Mask the dead units that still have weights, here and in the reference."""
         before = self.masked
         for p in cg.producers:
-            w = deployed_weight(self.model.get_submodule(p.name))
+            w = self._deployed(p.name).weight.detach()
             live = ~(w.flatten(1) == 0).all(1).cpu()
             rows = [u for u, i in enumerate(p.ids) if cg.find(i) in dead and live[u]]
             if rows:
                 _mask_rows(self.model, p.name, rows)
                 _mask_rows(self.reference, p.name, self.kept[p.name][rows].tolist())
                 self.masked += len(rows)
+        self._cache.clear()
         return self.masked > before
 
     def round(self) -> bool:
         """One analysis, fold and cut; False when nothing could be removed."""
+        self._cache.clear()
         cg = analyse(self.model, self.inputs, **self.options)
         self._start(cg)
         dead, orphan = self._removable(cg)

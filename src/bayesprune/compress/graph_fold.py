@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
-from torch.func import functional_call
 
 from .adapters import as_prunable
 from .graph_trace import BATCHNORMS, ChannelGraph, Use
@@ -55,35 +54,47 @@ class Fold:
     """(BatchNorm, per channel the reader's unit whose offset it absorbs, or −1)."""
 
 
-def _uniform(t: Tensor) -> bool:
-    """Every (example, channel) row the same at each position."""
-    flat = t.flatten(2)
-    return torch.allclose(flat, flat[..., :1].expand_as(flat), rtol=1e-6, atol=1e-7)
+@dataclass
+class Reader:
+    """A reading layer's posterior-mean map, weight spread and shift targets (one round)."""
+
+    plain: nn.Module  # nn.Linear or nn.Conv2d (groups = 1)
+    weight_std: Tensor
+    has_bias: bool
+    shifts: list[tuple[str, Tensor]] | None  # where a bias-free reader's offset can go
+
+    @classmethod
+    def of(cls, cg: ChannelGraph, use: Use, layer: nn.Module, plain: nn.Module) -> Reader:
+        prunable = as_prunable(layer)
+        posterior = prunable.posterior()
+        has_bias = posterior.bias_mean is not None
+        shifts = None if has_bias else shift_targets(cg, use)
+        return cls(plain, posterior.weight_std.detach(), has_bias, shifts)
 
 
-def _offset(layer: nn.Module, c: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-position contribution W·c of input `c` to `layer`'s output (unit × position), Σσ²c²."""
-    plain = as_prunable(layer).to_deterministic().eval()
-    std = as_prunable(layer).posterior().weight_std.detach().to(c)
+def _same(t: Tensor) -> Tensor:
+    """Per leading index: are all entries along the last axis equal (to tolerance)?"""
+    return torch.isclose(t, t[..., :1].expand_as(t), rtol=1e-6, atol=1e-7).all(-1)
+
+
+def _tap_sums(plain: nn.Conv2d, weight: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Σ over in-bounds taps of `weight` (O × D × k × k), per column, on an all-ones map.
+
+    (D, O, positions): what a constant 1 in column d adds to output unit o at each
+    position of a map of `size` (zero padding drops the taps that hang over the border).
+    """
+    out_units, columns = weight.shape[:2]
+    grouped = weight.transpose(0, 1).reshape(columns * out_units, 1, *weight.shape[2:])
+    ones = torch.ones(1, columns, *size, dtype=weight.dtype, device=weight.device)
     with torch.no_grad():
-        mean = plain(c) - plain(torch.zeros_like(c))
-        var = functional_call(plain, {"weight": std.square(), "bias": None}, (c.square(),))
-    if mean.ndim > 2:
-        return mean[0].flatten(1), var[0].flatten(1)
-    return mean.T, var.T
+        out = F.conv2d(ones, grouped, None, plain.stride, plain.padding, plain.dilation, columns)
+    return out.view(columns, out_units, -1)
 
 
-def _size_free(layer: nn.Module, c: Tensor, expected: Tensor) -> bool:
-    """A padded convolution gives `expected` everywhere on a map with border and interior."""
-    plain = as_prunable(layer).to_deterministic().eval()
-    if not isinstance(plain, nn.Conv2d) or plain.padding in (0, (0, 0), "valid"):
-        return True
+def _probe_size(plain: nn.Conv2d) -> tuple[int, int]:
+    """A map with interior positions and every kind of border position."""
     reach = [d * (k - 1) + 1 for d, k in zip(plain.dilation, plain.kernel_size, strict=True)]
-    size = [3 * r + 2 * max(r, 1) for r in reach]  # border on both sides and an interior
-    probe = c[:1, :, :1, :1].expand(1, c.shape[1], *size).contiguous()
-    with torch.no_grad():
-        out = (plain(probe) - plain(torch.zeros_like(probe)))[0].flatten(1)
-    return torch.allclose(out, expected.view(-1, 1).expand_as(out), rtol=1e-6, atol=1e-7)
+    return tuple(2 * (r + s) + r for r, s in zip(reach, plain.stride, strict=True))
 
 
 def _shift_ok(module: nn.Module) -> bool:
@@ -140,31 +151,67 @@ def shift_targets(cg: ChannelGraph, use: Use) -> list[tuple[str, Tensor]] | None
     return targets or None
 
 
-def plan_fold(
-    cg: ChannelGraph, use: Use, layer: nn.Module, columns: Tensor, rows: Tensor
-) -> Fold | bool | None:
-    """Fold input `columns` of the reader `use` (its outputs `rows` go too, so they do not count).
+def group_folds(
+    cg: ChannelGraph,
+    use: Use,
+    reader: Reader,
+    column_groups: list[int | None],
+    removed_rows: Tensor,
+) -> tuple[dict[int, Tensor], dict[int, Tensor], set[int]]:
+    """Per dead group read by `use`: its offset W·c and Σσ²c² per output unit, or impossible.
 
-    Returns a Fold, True (nothing to fold) or None (no exact fold: the channels stay).
+    `column_groups[j]` is the dead group of input column j (None: a live column);
+    `removed_rows` the reader's own outputs that go in the same round (not counted).
+    Returns (offset mean by group, offset variance by group, groups that cannot fold).
+    Each group is judged on its own: offsets add up, so groups that fold alone fold
+    together.
     """
-    x = cg.input_value(use)
-    c = x * columns.to(x.device).view(1, -1, *([1] * (x.ndim - 2))).to(x.dtype)
-    if not c.any():
-        return True
-    if c.ndim > 2 and not _uniform(c):
-        return None  # a constant that met a padded border: it depends on the input size
-    mean, var = _offset(layer, c)
-    mean[rows], var[rows] = 0.0, 0.0
-    if not mean.any():
-        return True
-    if not torch.allclose(mean, mean[:, :1].expand_as(mean), rtol=1e-6, atol=1e-7):
-        return None  # the constant meets a padded border: not a bias shift
-    if c.ndim > 2 and not _size_free(layer, c, mean[:, 0]):
-        return None  # would only hold at the example's size
-    if as_prunable(layer).posterior().bias_mean is not None:
-        return Fold(use, mean[:, 0], var.mean(1))
-    shifts = shift_targets(cg, use)
-    return None if shifts is None else Fold(use, mean[:, 0], var.mean(1), shifts)
+    x = cg.input_value(use)[0]
+    flat = x.reshape(len(column_groups), -1)
+    cols = [j for j, g in enumerate(column_groups) if g is not None and flat[j].any()]
+    if not cols:  # every dead column is exactly 0 here: nothing to fold
+        return {}, {}, set()
+    groups = sorted({column_groups[j] for j in cols})
+    slot = torch.tensor([groups.index(column_groups[j]) for j in cols])
+    c = x[cols].reshape(len(cols), -1)  # (D, positions) of the constant columns
+    weight = reader.plain.weight.detach()[:, cols]
+    var_w = reader.weight_std.to(weight)[:, cols].square()
+    bad: set[int] = set()
+    if isinstance(reader.plain, nn.Conv2d):
+        uniform = _same(c)
+        value = c[:, 0]
+        sums = [_tap_sums(reader.plain, weight, tuple(x.shape[1:]))]
+        if reader.plain.padding not in ((0, 0), "valid"):  # size-free only if the border adds 0
+            sums.append(_tap_sums(reader.plain, weight, _probe_size(reader.plain)))
+        per_col = [value.view(-1, 1, 1) * t for t in sums]  # (D, O, positions)
+        var_col = value.square().view(-1, 1) * var_w.flatten(2).sum(-1).T
+        bad |= {groups[int(k)] for k in slot[~uniform].unique()}
+    else:
+        per_col = [(weight * c[:, 0]).T.unsqueeze(-1)]  # Linear: (D, O, 1)
+        var_col = (var_w * c[:, 0].square()).T
+    if len(groups) == len(cols):  # one column per group (the usual case): no sums
+        mean_by, var_by = [t[slot.argsort()] for t in per_col], var_col[slot.argsort()]
+    else:
+        mean_by = [t.new_zeros(len(groups), *t.shape[1:]).index_add_(0, slot, t) for t in per_col]
+        var_by = var_col.new_zeros(len(groups), var_col.shape[1]).index_add_(0, slot, var_col)
+    for t in mean_by:
+        t[:, removed_rows.to(t.device)] = 0.0
+    var_by[:, removed_rows.to(var_by.device)] = 0.0
+    means, variances = {}, {}
+    for k, g in enumerate(groups):
+        if g in bad:
+            continue
+        parts = [t[k] for t in mean_by]
+        if not any(p.any() for p in parts):
+            continue  # nothing to fold (a zero constant, or zero weights)
+        level = parts[0][:, :1]
+        if not all(bool(_same(torch.cat([level, p], 1)).all()) for p in parts):
+            bad.add(g)  # the constant meets a padded border: not a bias shift
+        elif not reader.has_bias and reader.shifts is None:
+            bad.add(g)  # no bias and no BatchNorm that takes the shift
+        else:
+            means[g], variances[g] = level[:, 0], var_by[k]
+    return means, variances, bad
 
 
 def apply_fold(model: nn.Module, fold: Fold) -> bool:
