@@ -1,6 +1,7 @@
 """shrink_graph on the constructs of real models, each in a small graph, every family.
 
-chunk / slices, squeeze-excitation products, GroupNorm, LayerNorm, grouped convolutions,
+chunk / slices, squeeze-excitation products, GroupNorm, LayerNorm, grouped convolutions
+(whole groups) and channel multipliers,
 a reused activation module, a bias-free reader whose constant reaches BatchNorms through
 pooling and a concatenation (DenseNet's transition), and a padded reader on a 1×1 map
 (the example cannot show the border: the fold must still hold at every size).
@@ -172,24 +173,44 @@ def test_layer_norm_over_space_passes_over_features_pins(family):
 
 
 class Grouped(nn.Module):
-    def __init__(self) -> None:
+    """A grouped 3×3 convolution (2 groups of 4 → 4), or one with a channel multiplier."""
+
+    def __init__(self, multiplier: bool) -> None:
         super().__init__()
-        self.a, self.g = nn.Conv2d(2, 8, 1), nn.Conv2d(8, 8, 3, groups=2)
-        self.b, self.head = nn.Conv2d(8, 3, 1), nn.Linear(3, 2)
+        self.a = nn.Conv2d(2, 8, 1)
+        groups, out = (8, 16) if multiplier else (2, 8)
+        self.g = nn.Conv2d(8, out, 3, padding=1, groups=groups)
+        self.b, self.head = nn.Conv2d(out, 3, 1), nn.Linear(3, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.b(F.relu(self.g(F.relu(self.a(x))))).mean((2, 3)))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_grouped_convolution_channels_are_pinned(family):
-    model = _build(Grouped, family)
-    _kill(model, "a", [0, 1, 2, 3])
-    _kill(model, "b", [1])  # downstream of the grouped conv: unaffected, it goes
+def test_grouped_convolution_loses_whole_groups(family):
+    model = _build(Grouped, family, False)
+    _kill(model, "a", [0, 1, 2, 3, 4])  # group 0's inputs ...
+    _kill(model, "g", [0, 1, 2, 3])  # ... and outputs are dead: it goes; 4 stays
+    with torch.no_grad():  # relu(1): a constant the padded conv cannot fold
+        (model.a.bias_mu if hasattr(model.a, "bias_mu") else model.a.bias)[4] = 1.0
+    x = torch.randn(2, 2, 6, 6, dtype=torch.float64)
+    result, layers = _shrunk(model, x, torch.randn(1, 2, 9, 9, dtype=torch.float64))
+    assert layers["a"].kept_units == layers["g"].kept_units == [4, 5, 6, 7]
+    g = result.model.g
+    assert (g.groups, g.in_channels, g.out_channels) == (1, 4, 4)
+    assert layers["b"].inputs_after == 4 and layers["g"].inputs_after == 4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_depthwise_multiplier_keeps_a_channel_with_both_its_outputs(family):
+    model = _build(Grouped, family, True)  # groups = 8: channel c feeds outputs 2c, 2c + 1
+    _kill(model, "a", [1, 5])
+    _kill(model, "g", [2, 3, 10])  # channel 1 and both its outputs go; 5 keeps output 11
     x = torch.randn(2, 2, 6, 6, dtype=torch.float64)
     result, layers = _shrunk(model, x)
-    assert layers["a"].units_after == 8 and result.model.g.groups == 2
-    assert layers["b"].kept_units == [0, 2]
+    assert layers["a"].kept_units == [0, 2, 3, 4, 5, 6, 7]
+    assert layers["g"].kept_units == [0, 1, *range(4, 16)]
+    assert result.model.g.groups == 7 and layers["b"].inputs_after == 14
 
 
 class Transition(nn.Module):

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from ..nn.base import GatedLayer, use_posterior_mean
 from .adapters import as_prunable, copy_model
 from .chain import deployed_weight, first_tensor
-from .graph_fold import Fold, Reader, apply_fold, group_folds
+from .graph_fold import Fold, Reader, apply_fold, dense_weight, group_folds
 from .graph_trace import NORMS, ChannelGraph, GraphTraceError, Use, analyse
 from .shrink import LayerRecord
 
@@ -150,7 +150,7 @@ class _GraphShrinker:
         return dead
 
     def _zero_columns(self, use: Use) -> Tensor:
-        w = self._deployed(use.name).weight.detach()
+        w = dense_weight(self._deployed(use.name).weight.detach(), use.groups)
         return (w.transpose(0, 1).flatten(1) == 0).all(1).cpu()
 
     def _removable(self, cg: ChannelGraph) -> tuple[set[int], set[int]]:
@@ -216,7 +216,10 @@ class _GraphShrinker:
         for name in outs.keys() | ins.keys():
             layer = self.model.get_submodule(name)
             out_idx, in_idx = outs.get(name), ins.get(name)
-            new = as_prunable(layer).select(out_idx=out_idx, in_idx=in_idx)
+            if getattr(layer, "groups", 1) > 1:
+                new = _slice_grouped(layer, out_idx, len(in_idx))
+            else:
+                new = as_prunable(layer).select(out_idx=out_idx, in_idx=in_idx)
             _set_module(self.model, name, new)
             if out_idx is not None:
                 self.kept[name] = self.kept[name][out_idx]
@@ -231,7 +234,7 @@ class _GraphShrinker:
                 self.kept[use.name] = torch.arange(len(use.ids))
         for use in cg.producers:
             w = self._deployed(use.name).weight.detach()
-            self.before.setdefault(use.name, (w.shape[0], w.shape[1]))
+            self.before.setdefault(use.name, (w.shape[0], w.shape[1] * use.groups))
             self.folded.setdefault(use.name, 0)
         for name in self.forced:
             if name not in self.kept:
@@ -306,7 +309,8 @@ class _GraphShrinker:
     def records(self) -> list[LayerRecord]:
         out = []
         for name, (units, inputs) in self.before.items():
-            w = deployed_weight(self.model.get_submodule(name))
+            layer = self.model.get_submodule(name)
+            w = deployed_weight(layer)
             out.append(
                 LayerRecord(
                     name=name,
@@ -314,7 +318,7 @@ class _GraphShrinker:
                     units_before=units,
                     units_after=w.shape[0],
                     inputs_before=inputs,
-                    inputs_after=w.shape[1],
+                    inputs_after=w.shape[1] * getattr(layer, "groups", 1),
                     kept_units=self.kept[name].tolist(),
                     folded_units=self.folded[name],
                     kept_dead_units=self.kept_dead.get(name, 0),
@@ -333,6 +337,19 @@ def _cut(module: nn.Module, new: nn.Module, names: tuple[str, ...], idx: Tensor)
         if isinstance(t, nn.Parameter):
             cut = nn.Parameter(cut, t.requires_grad)
         setattr(new, name, cut)
+
+
+def _slice_grouped(module: nn.Module, out_idx: Tensor, inputs: int) -> nn.Module:
+    """A grouped convolution keeping the output channels `out_idx` (whole groups)."""
+    per_group = module.out_channels // module.groups
+    if isinstance(module, nn.Conv2d):
+        new = copy.deepcopy(module)
+        _cut(module, new, ("weight", "bias"), out_idx)
+    else:
+        new = as_prunable(module).select(out_idx=out_idx)
+    new.out_channels, new.in_channels = len(out_idx), inputs
+    new.groups = len(out_idx) // per_group
+    return new
 
 
 def _slice_follower(module: nn.Module, idx: Tensor) -> nn.Module:

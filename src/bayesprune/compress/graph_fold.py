@@ -56,9 +56,14 @@ class Fold:
 
 @dataclass
 class Reader:
-    """A reading layer's posterior-mean map, weight spread and shift targets (one round)."""
+    """A reading layer's posterior-mean map, weight spread and shift targets (one round).
 
-    plain: nn.Module  # nn.Linear or nn.Conv2d (groups = 1)
+    A grouped convolution's weight is seen as the dense (block-diagonal) one, so that
+    column j is input channel j for every kind of reader.
+    """
+
+    plain: nn.Module  # nn.Linear or nn.Conv2d
+    weight: Tensor  # dense: (units, input channels, ...)
     weight_std: Tensor
     has_bias: bool
     shifts: list[tuple[str, Tensor]] | None  # where a bias-free reader's offset can go
@@ -69,7 +74,21 @@ class Reader:
         posterior = prunable.posterior()
         has_bias = posterior.bias_mean is not None
         shifts = None if has_bias else shift_targets(cg, use)
-        return cls(plain, posterior.weight_std.detach(), has_bias, shifts)
+        weight = dense_weight(plain.weight.detach(), use.groups)
+        std = dense_weight(posterior.weight_std.detach(), use.groups).to(weight)
+        return cls(plain, weight, std, has_bias, shifts)
+
+
+def dense_weight(weight: Tensor, groups: int) -> Tensor:
+    """A grouped convolution's weight (O × C/G × k × k) as the dense O × C × k × k one."""
+    if groups == 1:
+        return weight
+    out_units, per_group = weight.shape[:2]
+    dense = weight.new_zeros(out_units, per_group * groups, *weight.shape[2:])
+    m, k = out_units // groups, per_group
+    for g in range(groups):
+        dense[g * m : (g + 1) * m, g * k : (g + 1) * k] = weight[g * m : (g + 1) * m]
+    return dense
 
 
 def _same(t: Tensor) -> Tensor:
@@ -174,8 +193,8 @@ def group_folds(
     groups = sorted({column_groups[j] for j in cols})
     slot = torch.tensor([groups.index(column_groups[j]) for j in cols])
     c = x[cols].reshape(len(cols), -1)  # (D, positions) of the constant columns
-    weight = reader.plain.weight.detach()[:, cols]
-    var_w = reader.weight_std.to(weight)[:, cols].square()
+    weight = reader.weight[:, cols]
+    var_w = reader.weight_std[:, cols].square()
     bad: set[int] = set()
     if isinstance(reader.plain, nn.Conv2d):
         uniform = _same(c)

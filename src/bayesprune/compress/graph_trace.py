@@ -139,6 +139,7 @@ class Use:
     name: str
     node: fx.Node
     ids: list[int]  # channel id per entry of the channel axis (per column for a Linear)
+    groups: int = 1  # a grouped convolution's groups (its groups go whole)
 
 
 @dataclass
@@ -290,13 +291,18 @@ def _module_ids(
         if groups > 1 and groups == module.in_channels == module.out_channels:
             cg.followers.append(Use(name, node, first))  # depthwise: follows its producer
             return first
-        if groups != 1 or (value.ndim > 2 and not hasattr(module, "in_channels")):
-            return None  # grouped convolution, or a Linear over a non-channel axis: pinned
-        cg.sinks.append(Use(name, node, first))
+        if value.ndim > 2 and not hasattr(module, "in_channels"):
+            return None  # a Linear over a non-channel axis: pinned
+        cg.sinks.append(Use(name, node, first, groups))
         ids = cg.fresh(value.shape[1])
         for unit, i in enumerate(ids):
             cg.owner[i] = (name, unit)
-        cg.producers.append(Use(name, node, ids))
+        cg.producers.append(Use(name, node, ids, groups))
+        if groups > 1:  # a group of a grouped conv goes whole: its inputs with its outputs
+            k, m = len(first) // groups, len(ids) // groups
+            for g in range(groups):
+                for i in [*first[g * k : (g + 1) * k], *ids[g * m : (g + 1) * m]]:
+                    cg.union(ids[g * m], i)
         return ids
     if isinstance(module, NORMS):
         cg.followers.append(Use(name, node, first))
