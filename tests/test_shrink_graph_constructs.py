@@ -268,3 +268,26 @@ def test_fold_holds_at_every_size_not_only_the_examples(family):
     x3, big = (torch.randn(2, 2, s, s, dtype=torch.float64) for s in (3, 7))
     _, layers = _shrunk(unpadded, x3, big)
     assert layers["a"].kept_units == [0, 2, 3]
+
+
+class Viewed(nn.Module):
+    """LeNet's `x.view(-1, 4 * 2 * 2)`, or a computed `x.view(x.size(0), -1)`; an upsample."""
+
+    def __init__(self, constant: bool) -> None:
+        super().__init__()
+        self.constant = constant
+        self.a, self.fc = nn.Conv2d(2, 4, 3), nn.Linear(4 * 4 * 4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.interpolate(F.relu(self.a(x)), scale_factor=2.0)
+        return self.fc(y.view(-1, 4 * 4 * 4) if self.constant else y.view(y.size(0), -1))
+
+
+@pytest.mark.parametrize("constant", [True, False])
+def test_a_view_with_a_constant_size_pins_its_channels(constant):
+    model = _build(Viewed, "gaussian", constant)
+    _kill(model, "a", [2])
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    _, layers = _shrunk(model, x)
+    assert layers["a"].units_after == (4 if constant else 3)
+    assert layers["fc"].inputs_after == (64 if constant else 48)

@@ -38,6 +38,8 @@ NORMS: tuple[type[nn.Module], ...] = (*BATCHNORMS, nn.InstanceNorm1d, nn.Instanc
 CHANNELWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d, nn.LPPool2d, nn.Hardshrink,
     nn.Softshrink, nn.Tanhshrink, nn.LogSigmoid, nn.Threshold, nn.RReLU, nn.ZeroPad2d,
+    nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.Upsample,
+    nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
 )  # fmt: skip
 """Channelwise modules beyond `chain.PASSTHROUGH` (which `shrink` shares)."""
 
@@ -50,6 +52,7 @@ _CHUNK_METHODS = {"chunk"}
 _CAT = {torch.cat, torch.concat}
 _RESHAPE = {torch.flatten, torch.reshape}
 _RESHAPE_METHODS = {"flatten", "view", "reshape"}
+_SIZED = {torch.reshape, "view", "reshape"}  # take the new shape as arguments
 _REDUCE = {torch.mean, torch.sum, torch.amax, torch.amin}
 _REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 _CHANNELWISE: set[Callable[..., Any]] = {
@@ -57,6 +60,7 @@ _CHANNELWISE: set[Callable[..., Any]] = {
     F.hardswish, F.hardsigmoid, F.softplus, F.softsign, F.sigmoid, F.tanh, F.dropout,
     F.dropout1d, F.dropout2d, F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear,
     torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.abs,
 }  # fmt: skip
 _CHANNELWISE_METHODS = {
@@ -225,6 +229,18 @@ def _flatten_ids(ids: list[int], in_shape: torch.Size, out_shape: torch.Size) ->
     return None
 
 
+def _size_follows(node: fx.Node) -> bool:
+    """`view(n, -1)` or `view(x.size(0), -1)`: the size that holds the channels is computed.
+
+    A constant there (`x.view(-1, 16 * 5 * 5)`) fixes the channel count in the forward's
+    code: the reshape then pins its channels.
+    """
+    sizes = list(node.args[1:]) or [node.kwargs.get("shape", ())]
+    if len(sizes) == 1 and isinstance(sizes[0], tuple | list):
+        sizes = list(sizes[0])
+    return len(sizes) > 1 and (sizes[1] == -1 or isinstance(sizes[1], fx.Node))
+
+
 def _reduce_keeps_channels(node: fx.Node, ndim: int) -> bool:
     dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
     if dim is None:
@@ -378,6 +394,8 @@ def _function_ids(cg: ChannelGraph, node: fx.Node, first: list[int] | None) -> l
         return None
     in_value = cg.values[node.args[0]]
     if _is(node, _RESHAPE, _RESHAPE_METHODS):
+        if node.target in _SIZED and not _size_follows(node):
+            return None
         return _flatten_ids(first, in_value.shape, value.shape)
     if _is(node, _REDUCE, _REDUCE_METHODS):
         return first if _reduce_keeps_channels(node, in_value.ndim) else None
