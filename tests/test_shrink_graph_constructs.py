@@ -9,6 +9,8 @@ pooling and a concatenation (DenseNet's transition), and a padded reader on a 1Ã
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -145,6 +147,8 @@ def test_group_norm_removes_whole_groups(family):
     assert layers["a"].kept_units == [0, 1, 4, 5, 6, 7]
     assert result.model.gn.num_groups == 3 and result.model.gn.num_channels == 6
     assert result.followers["gn"] == [0, 1, 4, 5, 6, 7]
+    assert result.shapes["gn"] == {"num_groups": 3, "num_channels": 6}
+    assert json.loads(json.dumps(result.as_dict()))["shapes"] == result.shapes
 
 
 class LayerNormed(nn.Module):
@@ -198,6 +202,7 @@ def test_grouped_convolution_loses_whole_groups(family):
     assert layers["a"].kept_units == layers["g"].kept_units == [4, 5, 6, 7]
     g = result.model.g
     assert (g.groups, g.in_channels, g.out_channels) == (1, 4, 4)
+    assert result.shapes["g"] == {"in_channels": 4, "out_channels": 4, "groups": 1}
     assert layers["b"].inputs_after == 4 and layers["g"].inputs_after == 4
 
 

@@ -51,7 +51,13 @@ from .graph_fold import Fold, Reader, apply_fold, dense_weight, group_folds
 from .graph_trace import NORMS, ChannelGraph, GraphTraceError, Use, analyse
 from .shrink import LayerRecord
 
-__all__ = ["GraphShrinkError", "GraphShrinkResult", "GraphTraceError", "shrink_graph"]
+__all__ = [
+    "GraphShrinkError",
+    "GraphShrinkResult",
+    "GraphTraceError",
+    "module_shape",
+    "shrink_graph",
+]
 
 
 class GraphShrinkError(RuntimeError):
@@ -68,6 +74,9 @@ class GraphShrinkResult:
     rounds: int = 0
     max_abs_difference: float | None = None  # shrunk vs masked input, example inputs
     notes: list[str] = field(default_factory=list)
+    shapes: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Every resized module → its new size attributes (`module_shape`), e.g. to rebuild
+    the user's class with these widths before loading the shrunk weights."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able record (without the model)."""
@@ -77,7 +86,19 @@ class GraphShrinkResult:
             "rounds": self.rounds,
             "max_abs_difference": self.max_abs_difference,
             "notes": self.notes,
+            "shapes": self.shapes,
         }
+
+
+SIZE_ATTRIBUTES = (
+    "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+    "num_groups", "num_channels",
+)  # fmt: skip
+
+
+def module_shape(module: nn.Module) -> dict[str, int]:
+    """The size attributes a module has (of `SIZE_ATTRIBUTES`): what shrinking changes."""
+    return {a: int(getattr(module, a)) for a in SIZE_ATTRIBUTES if hasattr(module, a)}
 
 
 def _as_keep(spec: Tensor | Sequence[int], n: int, name: str) -> Tensor:
@@ -424,6 +445,10 @@ def shrink_graph(
         rounds += 1
     followers = {n: k.tolist() for n, k in worker.kept.items() if n not in worker.before}
     result = GraphShrinkResult(work, worker.records(), followers, rounds)
+    for name in [*worker.before, *followers]:
+        shape = module_shape(work.get_submodule(name))
+        if shape != module_shape(model.get_submodule(name)):
+            result.shapes[name] = shape
     if worker.masked:
         result.notes.append(
             f"{worker.masked} units dropped by prune_units / the inclusion threshold still had "
