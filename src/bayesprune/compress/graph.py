@@ -5,27 +5,30 @@ surgery that slices the modules share one group record and must agree; the graph
 analysis itself is `graph_trace`.)
 
 `shrink_graph(model, example_inputs)` works on a model with its own `forward`
-(residual additions, concatenations, BatchNorm, depthwise convolutions, flatten, global
-pooling); `shrink` remains the tool for plain nn.Sequential chains. Channels coupled by
-the graph form groups (`graph_trace`); each round:
+(torchvision's ResNets, MobileNetV3, VGG-BN and DenseNets are tested: residual sums,
+concatenations, squeeze-excitation, BatchNorm / GroupNorm, depthwise and grouped
+convolutions, chunk and channel slices, flatten, global pooling); `shrink` remains the
+tool for plain nn.Sequential chains. Channels coupled by the graph form groups
+(`graph_trace`, which lists what is followed and what is pinned); each round:
 
 - a group is removed when it is *dead* in every producer (the deployed network gives
   the unit no incoming weight, its PIP is ≤ `inclusion_threshold`, or `prune_units`
   drops it) or *orphaned* (every layer that reads it has zero weights for it), and it
   reaches neither the model's inputs, outputs nor an op that is not understood;
 - a dead group carries values that do not depend on the input (a bias, pushed through
-  BatchNorm, activations, pooling, residual sums). At each reading layer their
-  contribution W·c (recorded on the example run) is an offset per output unit when it
-  is the same at every position: it is folded into the layer's bias
-  (`fold_into_bias`, mean and, for a random weight, variance Σ σ²c²), or, for a layer
-  without bias whose only reader is a BatchNorm, into that BatchNorm's running mean
-  (BN(y + δ) = BN(y) with μ → μ − δ, exact in eval and in batch-statistics mode; the
-  variance of a Bayesian weight is then dropped, which only changes sampling mode).
-  An offset that varies across positions (a padded convolution, where the constant
-  meets the zero border) cannot be folded: that group is kept and recorded;
+  BatchNorm, activations, pooling, residual sums, products). At each reading layer
+  their contribution W·c is folded where that is exact at every input size
+  (`graph_fold`): into the reader's bias (mean, and for a random weight variance
+  Σσ²c²), or, for a reader without bias, into the running mean of every BatchNorm its
+  output reaches through pooling and concatenations (BN(y + δ) = BN(y) with μ → μ − δ;
+  the variance of a Bayesian weight is then dropped, which only changes sampling
+  mode). A constant that meets a zero-padded border (a padded convolution reading it,
+  or a constant made non-uniform upstream) is not a bias: that group is kept and
+  recorded;
 - producers lose those output units (`select(out_idx=…)`), readers the input columns
-  (H·W of them per channel across a flatten), BatchNorms their weight, bias and running
-  statistics, depthwise convolutions their kernels.
+  (H·W of them per channel across a flatten), grouped convolutions whole groups,
+  BatchNorm / InstanceNorm / GroupNorm their affine parameters and statistics,
+  depthwise convolutions their kernels.
 
 It repeats until nothing changes (a unit whose only inputs were folded constants is dead
 in the next round). Units dropped by `prune_units` or the threshold that still had

@@ -1,22 +1,26 @@
 """Where the constant of a removed channel goes: a reader's bias, or BatchNorms downstream.
 
-A removed (dead) channel still carries a value that does not depend on the input.
-At a reading layer its contribution W·c is read off the example run (`offset`). It
-can be folded exactly only when it is the same number at every position, *for every
-input size* — the contract of `shrink_graph` is "equal on any input":
+A removed (dead) channel still carries a value that does not depend on the input. At a
+reading layer its contribution W·c is folded only where that is exact *at every input
+size* (the contract of `shrink_graph` is "equal on any input"), judged per dead group
+(contributions add up, so groups that fold alone fold together):
 
-- the constant itself must be the same at every position of the reader's input
-  (a constant that met a zero-padded border upstream depends on the image size);
-- a zero-padded convolution reading it gives a different sum where its kernel hangs
-  over the border; the example run may not show it (a 1×1 feature map has no interior),
-  so such a reader is probed on a map large enough to have both border and interior.
+- the constant must be the same at every position of the reader's input (one that met
+  a zero-padded border upstream depends on the image size);
+- for a convolution, the contribution of a constant 1 in column d is the sum of the
+  kernel taps inside the map at each position (`_tap_sums`); with zero padding it
+  differs where the kernel hangs over the border. The example run may not show that
+  (a 1×1 map has no interior), so a padded reader is also evaluated on a probe map with
+  every kind of border position and an interior: the offset must be one number there
+  and on the example's map.
 
 It then goes into the reader's bias (mean, and Σσ²c² for a random weight), or, for a
 reader without bias, into the running mean of every BatchNorm its output reaches
 through shift-equivariant ops only (identity, dropout, max / adaptive pooling, average
 pooling without zero padding, concatenation along the channels): BN(y + δ) = BN(y) with
 μ → μ − δ. That is DenseNet's transition (conv, average pool, then the next block's
-concatenations feed only BatchNorms) as well as the plain conv → BatchNorm pair.
+concatenations feed only BatchNorms) as well as the plain conv → BatchNorm pair. A
+grouped reader is seen through its dense block-diagonal weight.
 """
 
 from __future__ import annotations

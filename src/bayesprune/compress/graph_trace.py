@@ -1,16 +1,37 @@
 """Which channels of a traced network are one: the channel groups `shrink_graph` prunes.
 
+(Over 400 lines on purpose: one rule per kind of op, each a few lines, all writing the
+same union-find; split apart they would have to share its internals.)
+
 The model is traced with `torch.fx` (every variational layer, every bayesprune layer
 and every standard torch module is a leaf) and run once on the example inputs; every
-node then carries, per entry of its channel axis (dim 1), a *channel id*. A prunable
-layer's outputs get fresh ids (its units); channelwise ops pass ids through; a residual
-`add` / `sub` unites the ids of its operands position by position (union-find), so a
-channel coupled by the add is one group; `torch.cat` along dim 1 concatenates the id
-lists; a flatten repeats each channel's id over its H·W block. BatchNorm and depthwise
-convolutions are *followers*: they pass ids through and are sliced with them. Ids that
-reach the graph's inputs, outputs, or any op that is not understood are *pinned*: such
-a group is never removed, which keeps the model's interface and makes every unknown op
-safe. Only prunable layers that read ids are *sinks*: their input columns are cut.
+node then carries, per entry of its channel axis (dim 1), a *channel id*. Ids that must
+go together are united (union-find) into one *group*:
+
+- a prunable layer's outputs get fresh ids (its units); it is a *sink* for its inputs
+  (their columns are cut). A grouped convolution unites each group's input channels
+  with that group's output channels: a group goes whole (channel multipliers too);
+- *followers* pass ids through and are sliced with them: BatchNorm, InstanceNorm,
+  depthwise convolutions, GroupNorm (which also unites the channels of each of its
+  groups, since they share statistics);
+- channelwise ops pass ids: activations (hardswish / hardsigmoid included), dropout,
+  identity, pooling, adaptive pooling, upsampling, padding, `mean` over H·W, and an
+  activation *module* reused at several places (stateless, so sharing is harmless);
+  LayerNorm over the spatial axes only passes, LayerNorm over the channels pins them;
+- `+ − × ÷` of tensors with the same channels unite their ids position by position (a
+  residual sum; a squeeze-excitation product x · s with s of shape N×C×1×1); an
+  operand broadcast over the channels has its own ids pinned;
+- `torch.cat` along dim 1 concatenates the id lists; `chunk(n, dim=1)` unites position
+  p of every piece (the pieces must stay equal); `x[:, a:]` passes the channels from a
+  on and pins those before (their count fixes where a falls), other slices pin what
+  their bounds fix; `torch.split` (its sizes are constants of the forward) pins;
+- a flatten, or a view/reshape whose channel-bearing size is computed (-1,
+  `x.size(0)`), repeats each channel's id over its H·W block; a size written as a
+  constant (`x.view(-1, 400)`) pins.
+
+Ids that reach the graph's inputs, outputs, a stateful module called twice, or any op
+that is not understood are *pinned*: such a group is never removed, which keeps the
+model's interface and makes every unknown op safe (it costs pruning, never correctness).
 """
 
 from __future__ import annotations
