@@ -100,18 +100,36 @@ def _same(t: Tensor) -> Tensor:
     return torch.isclose(t, t[..., :1].expand_as(t), rtol=1e-6, atol=1e-7).all(-1)
 
 
+def _tap_masks(plain: nn.Conv2d, axis: int, size: int) -> Tensor:
+    """Which kernel taps along `axis` lie inside a map of `size`, one row per distinct case.
+
+    Output position i reads input i·stride − pad + t·dilation for tap t; with zero
+    padding the taps outside [0, size) add nothing. Positions with the same in-bounds
+    taps give the same sum, so only the distinct cases (≤ 2·kernel + 1) are kept.
+    """
+    k, s, d = plain.kernel_size[axis], plain.stride[axis], plain.dilation[axis]
+    if isinstance(plain.padding, str):  # "valid" / "same" (stride 1)
+        pad = 0 if plain.padding == "valid" else d * (k - 1) // 2
+        out = size - d * (k - 1) if plain.padding == "valid" else size
+    else:
+        pad = plain.padding[axis]
+        out = (size + 2 * pad - d * (k - 1) - 1) // s + 1
+    where = torch.arange(max(out, 0)).view(-1, 1) * s - pad + torch.arange(k).view(1, -1) * d
+    inside = (where >= 0) & (where < size)
+    if plain.padding_mode != "zeros":  # reflect / replicate / circular keep a constant
+        inside = torch.ones_like(inside)
+    return torch.unique(inside, dim=0)
+
+
 def _tap_sums(plain: nn.Conv2d, weight: Tensor, size: tuple[int, ...]) -> Tensor:
     """Σ over in-bounds taps of `weight` (O × D × k × k), per column, on an all-ones map.
 
-    (D, O, positions): what a constant 1 in column d adds to output unit o at each
+    (D, O, cases): what a constant 1 in column d adds to output unit o at each kind of
     position of a map of `size` (zero padding drops the taps that hang over the border).
     """
-    out_units, columns = weight.shape[:2]
-    grouped = weight.transpose(0, 1).reshape(columns * out_units, 1, *weight.shape[2:])
-    ones = torch.ones(1, columns, *size, dtype=weight.dtype, device=weight.device)
-    with torch.no_grad():
-        out = F.conv2d(ones, grouped, None, plain.stride, plain.padding, plain.dilation, columns)
-    return out.view(columns, out_units, -1)
+    rows, cols = (_tap_masks(plain, axis, n).to(weight) for axis, n in enumerate(size))
+    sums = torch.einsum("odhw,ah,bw->doab", weight, rows, cols)
+    return sums.reshape(weight.shape[1], weight.shape[0], -1)
 
 
 def _probe_size(plain: nn.Conv2d) -> tuple[int, int]:
@@ -204,8 +222,7 @@ def group_folds(
         uniform = _same(c)
         value = c[:, 0]
         sums = [_tap_sums(reader.plain, weight, tuple(x.shape[1:]))]
-        if reader.plain.padding not in ((0, 0), "valid"):  # size-free only if the border adds 0
-            sums.append(_tap_sums(reader.plain, weight, _probe_size(reader.plain)))
+        sums.append(_tap_sums(reader.plain, weight, _probe_size(reader.plain)))  # any size
         per_col = [value.view(-1, 1, 1) * t for t in sums]  # (D, O, positions)
         var_col = value.square().view(-1, 1) * var_w.flatten(2).sum(-1).T
         bad |= {groups[int(k)] for k in slot[~uniform].unique()}
