@@ -296,3 +296,32 @@ def test_a_view_with_a_constant_size_pins_its_channels(constant):
     _, layers = _shrunk(model, x)
     assert layers["a"].units_after == (4 if constant else 3)
     assert layers["fc"].inputs_after == (64 if constant else 48)
+
+
+class DepthwiseOnOneByOne(nn.Module):
+    """1×1 conv, padded depthwise 3×3, pointwise: on a 1×1 map only the centre tap acts."""
+
+    def __init__(self, pool: bool) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(2, 4, 1)
+        self.dw = nn.AvgPool2d(3, 1, 1) if pool else nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.pw, self.head = nn.Conv2d(4, 3, 1), nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.relu(self.pw(self.dw(F.relu(self.a(x))))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("pool", [False, True])
+def test_padded_depthwise_or_pool_constant_is_judged_at_every_size(family, pool):
+    model = _build(DepthwiseOnOneByOne, family, pool)
+    _kill(model, "a", [1, 2])
+    with torch.no_grad():
+        bias = model.a.bias_mu if hasattr(model.a, "bias_mu") else model.a.bias
+        bias[1], bias[2] = 1.0, -1.0  # relu: 1 meets the border, 0 has nothing to fold
+    x, big = (torch.randn(2, 2, s, s, dtype=torch.float64) for s in (1, 5))
+    _, layers = _shrunk(model, x, big)
+    if pool:  # zeros averaged in at the border: the pool pins its channels
+        assert layers["a"].units_after == 4
+    else:
+        assert layers["a"].kept_units == [0, 1, 3] and layers["a"].kept_dead_units == 1

@@ -48,9 +48,16 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.base import GatedLayer, use_posterior_mean
-from .adapters import as_prunable, copy_model
+from .adapters import as_prunable, copy_model, is_prunable
 from .chain import deployed_weight, first_tensor
-from .graph_fold import Fold, Reader, apply_fold, dense_weight, group_folds
+from .graph_fold import (
+    Fold,
+    Reader,
+    apply_fold,
+    dense_weight,
+    depthwise_size_bound,
+    group_folds,
+)
 from .graph_trace import NORMS, ChannelGraph, GraphTraceError, Use, analyse
 from .shrink import LayerRecord
 
@@ -199,6 +206,9 @@ class _GraphShrinker:
         """Folds for every reader; dead groups whose fold is impossible leave `dead`."""
         readers: dict[str, Reader] = {}
         own = {p.name: p.ids for p in cg.producers}
+        for f in cg.followers:  # depthwise convolutions
+            if dead and is_prunable(self.model.get_submodule(f.name)):
+                dead -= depthwise_size_bound(cg, f, self._deployed(f.name), dead)
         while True:
             planned, before = [], len(dead)
             for use in cg.sinks:

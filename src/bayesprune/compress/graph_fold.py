@@ -192,6 +192,27 @@ def shift_targets(cg: ChannelGraph, use: Use) -> list[tuple[str, Tensor]] | None
     return targets or None
 
 
+def depthwise_size_bound(cg: ChannelGraph, use: Use, plain: nn.Conv2d, dead: set[int]) -> set[int]:
+    """Dead groups whose constant a padded depthwise convolution makes size-dependent.
+
+    A depthwise kernel on a constant v gives v·(sum of its in-bounds taps): one number at
+    every position and every input size only when v = 0 or the border taps add nothing.
+    (Downstream readers see the example's map only, which may hide it.)
+    """
+    x = cg.input_value(use)[0]
+    cols = [j for j, i in enumerate(use.ids) if cg.find(i) in dead and x[j].any()]
+    if not cols:
+        return set()
+    c = x[cols].flatten(1)
+    weight = plain.weight.detach()[cols].transpose(0, 1)  # (1, D, k, k): one "unit"
+    sums = torch.cat(
+        [_tap_sums(plain, weight, size)[:, 0] for size in (tuple(x.shape[1:]), _probe_size(plain))],
+        dim=1,
+    )
+    ok = _same(c) & _same(sums)
+    return {cg.find(use.ids[j]) for j, good in zip(cols, ok.tolist(), strict=True) if not good}
+
+
 def group_folds(
     cg: ChannelGraph,
     use: Use,

@@ -79,7 +79,7 @@ _REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 _CHANNELWISE: set[Callable[..., Any]] = {
     F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardtanh,
     F.hardswish, F.hardsigmoid, F.softplus, F.softsign, F.sigmoid, F.tanh, F.dropout,
-    F.dropout1d, F.dropout2d, F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d,
+    F.dropout1d, F.dropout2d, F.max_pool1d, F.max_pool2d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
     F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear,
     torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.abs,
@@ -358,9 +358,16 @@ def _module_ids(
         if module.start_dim != 1 or module.end_dim != -1:
             return None
         return _flatten_ids(first, in_value.shape, value.shape)
+    if isinstance(module, nn.AvgPool1d | nn.AvgPool2d) and _pads_zeros_in(module):
+        return None  # averages zeros in at the border: a constant there depends on the size
     if isinstance(module, channelwise) or getattr(module, "channelwise", False):
         return first if value.shape[1] == in_value.shape[1] else None
     return None
+
+
+def _pads_zeros_in(pool: nn.Module) -> bool:
+    padding = pool.padding if isinstance(pool.padding, tuple) else (pool.padding,)
+    return bool(pool.count_include_pad and any(padding))
 
 
 def _is(node: fx.Node, functions: set[Any], methods: set[str]) -> bool:
@@ -421,6 +428,12 @@ def _function_ids(cg: ChannelGraph, node: fx.Node, first: list[int] | None) -> l
     if _is(node, _REDUCE, _REDUCE_METHODS):
         return first if _reduce_keeps_channels(node, in_value.ndim) else None
     if _is(node, _CHANNELWISE, _CHANNELWISE_METHODS):
+        return first if value.shape[:2] == in_value.shape[:2] else None
+    if _is(node, {F.avg_pool1d, F.avg_pool2d}, set()):
+        padding = _arg(node, 3, "padding", 0)
+        padded = any(padding) if isinstance(padding, tuple | list) else bool(padding)
+        if padded and _arg(node, 5, "count_include_pad", True):
+            return None  # averages zeros in at the border: pinned, as the module
         return first if value.shape[:2] == in_value.shape[:2] else None
     return None
 
