@@ -12,7 +12,8 @@ size* (the contract of `shrink_graph` is "equal on any input"), judged per dead 
   differs where the kernel hangs over the border. The example run may not show that
   (a 1×1 map has no interior), so a padded reader is also evaluated on a probe map with
   every kind of border position and an interior: the offset must be one number there
-  and on the example's map.
+  and on the example's map. A zero-padded depthwise convolution (a follower) on the
+  way is judged the same way (`depthwise_size_bound`).
 
 It then goes into the reader's bias (mean, and Σσ²c² for a random weight), or, for a
 reader without bias, into the running mean of every BatchNorm its output reaches

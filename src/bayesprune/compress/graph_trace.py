@@ -17,6 +17,7 @@ go together are united (union-find) into one *group*:
 - channelwise ops pass ids: activations (hardswish / hardsigmoid included), dropout,
   identity, pooling, adaptive pooling, upsampling, padding, `mean` over H·W, and an
   activation *module* reused at several places (stateless, so sharing is harmless);
+  average pooling that counts zero padding pins (a constant there depends on the size);
   LayerNorm over the spatial axes only passes, LayerNorm over the channels pins them;
 - `+ − × ÷` of tensors with the same channels unite their ids position by position (a
   residual sum; a squeeze-excitation product x · s with s of shape N×C×1×1); an
