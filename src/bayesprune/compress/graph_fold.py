@@ -109,11 +109,10 @@ def _tap_masks(plain: nn.Conv2d, axis: int, size: int) -> Tensor:
     taps give the same sum, so only the distinct cases (≤ 2·kernel + 1) are kept.
     """
     k, s, d = plain.kernel_size[axis], plain.stride[axis], plain.dilation[axis]
-    if isinstance(plain.padding, str):  # "valid" / "same" (stride 1)
-        pad = 0 if plain.padding == "valid" else d * (k - 1) // 2
-        out = size - d * (k - 1) if plain.padding == "valid" else size
+    if plain.padding == "same":  # stride 1; torch puts the odd one on the far side
+        pad, out = d * (k - 1) // 2, size
     else:
-        pad = plain.padding[axis]
+        pad = 0 if plain.padding == "valid" else plain.padding[axis]
         out = (size + 2 * pad - d * (k - 1) - 1) // s + 1
     where = torch.arange(max(out, 0)).view(-1, 1) * s - pad + torch.arange(k).view(1, -1) * d
     inside = (where >= 0) & (where < size)
