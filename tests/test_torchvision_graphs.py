@@ -270,3 +270,6 @@ def test_densenet121(family):
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
     result = _check(model, x, plan)
     assert result.model.features.norm0.num_features == 64 - len(plan.removed["features.conv0"])
+    # block 1's dead growth channels reach the bias-free transition conv: its offset went
+    # through the average pool and block 2's concatenations into their BatchNorms
+    assert any("'features.transition1.conv' has no bias" in note for note in result.notes)
