@@ -18,7 +18,7 @@ from test_shrink_graph import FAMILIES, TOL, _bn, _build, _kill, _out
 from torch import Tensor, nn
 
 from bayesprune.compress.graph import shrink_graph
-from bayesprune.nn.base import VariationalLayer
+from bayesprune.nn import VariationalLayer
 
 
 def _shrunk(model: nn.Module, x: Tensor, *more: Tensor):

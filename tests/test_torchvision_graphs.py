@@ -25,8 +25,7 @@ from torch import Tensor, nn
 from bayesprune import convert
 from bayesprune.compress import apply_masks, unit_weight_masks
 from bayesprune.compress.graph import GraphShrinkResult, shrink_graph
-from bayesprune.nn import use_posterior_mean
-from bayesprune.nn.base import GatedLayer, VariationalLayer
+from bayesprune.nn import GatedLayer, VariationalLayer, use_posterior_mean
 
 TOL = 1e-5
 FAMILIES = ["gaussian", "sparse_vd", "spike_slab"]
