@@ -84,10 +84,10 @@ def torch_pruning(model: nn.Module, x: torch.Tensor) -> Counter:
         for dep, idxs in group:
             module = dep.target.module
             producer = isinstance(module, nn.Conv2d | nn.Linear | VariationalLayer)
-            if producer and dep.handler.__name__ == "prune_out_channels":
-                if not _depthwise(module):
-                    layers.add(names[module])
-                    channels = len(idxs)
+            out = producer and dep.handler.__name__ == "prune_out_channels"
+            if out and not _depthwise(module):
+                layers.add(names[module])
+                channels = len(idxs)
         if layers:
             found[frozenset(layers)] += channels
     return found
@@ -111,7 +111,7 @@ def compare(name: str, model: nn.Module, x: torch.Tensor, repeats: int) -> dict[
         row["same_groups"] = mine == theirs
         row["only_fx"] = len(set(mine) - set(theirs))
         row["only_tp"] = len(set(theirs) - set(mine))
-    except Exception as err:  # noqa: BLE001 - recorded: what Torch-Pruning does with our layers
+    except Exception as err:  # recorded: what Torch-Pruning does with our layers
         row.update(tp_groups=None, tp_channels=None, tp_ms=None, same_groups=False)
         row["tp_error"] = f"{type(err).__name__}: {str(err)[:120]}"
     return row
@@ -134,8 +134,9 @@ def main() -> None:
         plain = getattr(models, name)(num_classes=10)
         x = torch.randn(1, 3, args.size, args.size)
         for variant, model in (("plain", plain), ("gaussian", bp.convert(plain, "gaussian"))):
-            row = compare(name, model, x, args.repeats)
-            row = {"model": name, "layers": variant, **{k: v for k, v in row.items() if k != "model"}}
+            measured = compare(name, model, x, args.repeats)
+            row = {"model": name, "layers": variant}
+            row.update({k: v for k, v in measured.items() if k != "model"})
             rows.append(row)
             print(row, flush=True)
             if variant == "plain" and not row["same_groups"] and row.get("tp_groups") is not None:
@@ -144,7 +145,8 @@ def main() -> None:
                     "only_fx": [sorted(k) for k in set(mine) - set(theirs)][:5],
                     "only_tp": [sorted(k) for k in set(theirs) - set(mine)][:5],
                     "channel_counts_differ": [
-                        [sorted(k), mine[k], theirs[k]] for k in set(mine) & set(theirs)
+                        [sorted(k), mine[k], theirs[k]]
+                        for k in set(mine) & set(theirs)
                         if mine[k] != theirs[k]
                     ][:5],
                 }
