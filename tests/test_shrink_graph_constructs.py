@@ -325,3 +325,28 @@ def test_padded_depthwise_or_pool_constant_is_judged_at_every_size(family, pool)
         assert layers["a"].units_after == 4
     else:
         assert layers["a"].kept_units == [0, 1, 3] and layers["a"].kept_dead_units == 1
+
+
+class Unknown(nn.Module):
+    """`x.flip(1)` and `torch.roll` move channels: ops the analysis does not know."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(2, 4, 1), nn.Conv2d(2, 4, 1), nn.Conv2d(8, 3, 1)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.cat([self.a(x).flip(1), torch.roll(self.b(x), 1, dims=1)], dim=1)
+        return self.head(torch.relu(self.c(torch.sigmoid(y))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unknown_channel_ops_pin_instead_of_guessing(family):
+    model = _build(Unknown, family)
+    _kill(model, "a", [1])
+    _kill(model, "b", [2])
+    _kill(model, "c", [0])  # after the unknown ops: still removable
+    x = torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    _, layers = _shrunk(model, x)
+    assert layers["a"].units_after == layers["b"].units_after == 4
+    assert layers["c"].kept_units == [1, 2]
