@@ -5,27 +5,30 @@ surgery that slices the modules share one group record and must agree; the graph
 analysis itself is `graph_trace`.)
 
 `shrink_graph(model, example_inputs)` works on a model with its own `forward`
-(residual additions, concatenations, BatchNorm, depthwise convolutions, flatten, global
-pooling); `shrink` remains the tool for plain nn.Sequential chains. Channels coupled by
-the graph form groups (`graph_trace`); each round:
+(torchvision's ResNets, MobileNetV3, VGG-BN and DenseNets are tested: residual sums,
+concatenations, squeeze-excitation, BatchNorm / GroupNorm, depthwise and grouped
+convolutions, chunk and channel slices, flatten, global pooling); `shrink` remains the
+tool for plain nn.Sequential chains. Channels coupled by the graph form groups
+(`graph_trace`, which lists what is followed and what is pinned); each round:
 
 - a group is removed when it is *dead* in every producer (the deployed network gives
   the unit no incoming weight, its PIP is ≤ `inclusion_threshold`, or `prune_units`
   drops it) or *orphaned* (every layer that reads it has zero weights for it), and it
   reaches neither the model's inputs, outputs nor an op that is not understood;
 - a dead group carries values that do not depend on the input (a bias, pushed through
-  BatchNorm, activations, pooling, residual sums). At each reading layer their
-  contribution W·c (recorded on the example run) is an offset per output unit when it
-  is the same at every position: it is folded into the layer's bias
-  (`fold_into_bias`, mean and, for a random weight, variance Σ σ²c²), or, for a layer
-  without bias whose only reader is a BatchNorm, into that BatchNorm's running mean
-  (BN(y + δ) = BN(y) with μ → μ − δ, exact in eval and in batch-statistics mode; the
-  variance of a Bayesian weight is then dropped, which only changes sampling mode).
-  An offset that varies across positions (a padded convolution, where the constant
-  meets the zero border) cannot be folded: that group is kept and recorded;
+  BatchNorm, activations, pooling, residual sums, products). At each reading layer
+  their contribution W·c is folded where that is exact at every input size
+  (`graph_fold`): into the reader's bias (mean, and for a random weight variance
+  Σσ²c²), or, for a reader without bias, into the running mean of every BatchNorm its
+  output reaches through pooling and concatenations (BN(y + δ) = BN(y) with μ → μ − δ;
+  the variance of a Bayesian weight is then dropped, which only changes sampling
+  mode). A constant that meets a zero-padded border (a padded convolution reading it,
+  or a constant made non-uniform upstream) is not a bias: that group is kept and
+  recorded;
 - producers lose those output units (`select(out_idx=…)`), readers the input columns
-  (H·W of them per channel across a flatten), BatchNorms their weight, bias and running
-  statistics, depthwise convolutions their kernels.
+  (H·W of them per channel across a flatten), grouped convolutions whole groups,
+  BatchNorm / InstanceNorm / GroupNorm their affine parameters and statistics,
+  depthwise convolutions their kernels.
 
 It repeats until nothing changes (a unit whose only inputs were folded constants is dead
 in the next round). Units dropped by `prune_units` or the threshold that still had
@@ -43,15 +46,28 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from ..nn.base import use_posterior_mean
-from .adapters import as_prunable, copy_model
+from ..nn.base import GatedLayer, use_posterior_mean
+from .adapters import as_prunable, copy_model, is_prunable
 from .chain import deployed_weight, first_tensor
-from .graph_trace import BATCHNORMS, ChannelGraph, GraphTraceError, Use, analyse
+from .graph_fold import (
+    Fold,
+    Reader,
+    apply_fold,
+    dense_weight,
+    depthwise_size_bound,
+    group_folds,
+)
+from .graph_trace import NORMS, ChannelGraph, GraphTraceError, Use, analyse
 from .shrink import LayerRecord
 
-__all__ = ["GraphShrinkError", "GraphShrinkResult", "GraphTraceError", "shrink_graph"]
+__all__ = [
+    "GraphShrinkError",
+    "GraphShrinkResult",
+    "GraphTraceError",
+    "module_shape",
+    "shrink_graph",
+]
 
 
 class GraphShrinkError(RuntimeError):
@@ -68,6 +84,9 @@ class GraphShrinkResult:
     rounds: int = 0
     max_abs_difference: float | None = None  # shrunk vs masked input, example inputs
     notes: list[str] = field(default_factory=list)
+    shapes: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Every resized module → its new size attributes (`module_shape`), e.g. to rebuild
+    the user's class with these widths before loading the shrunk weights."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able record (without the model)."""
@@ -77,7 +96,19 @@ class GraphShrinkResult:
             "rounds": self.rounds,
             "max_abs_difference": self.max_abs_difference,
             "notes": self.notes,
+            "shapes": self.shapes,
         }
+
+
+SIZE_ATTRIBUTES = (
+    "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+    "num_groups", "num_channels",
+)  # fmt: skip
+
+
+def module_shape(module: nn.Module) -> dict[str, int]:
+    """The size attributes a module has (of `SIZE_ATTRIBUTES`): what shrinking changes."""
+    return {a: int(getattr(module, a)) for a in SIZE_ATTRIBUTES if hasattr(module, a)}
 
 
 def _as_keep(spec: Tensor | Sequence[int], n: int, name: str) -> Tensor:
@@ -106,16 +137,6 @@ def _mask_rows(model: nn.Module, name: str, rows: Sequence[int]) -> None:
     as_prunable(layer).set_weight_mask(mask)
 
 
-@dataclass
-class _Fold:
-    """One reader's offset from the removed constant channels, and where it goes."""
-
-    use: Use
-    mean: Tensor
-    var: Tensor
-    target: str  # "bias" | "batchnorm:<name>"
-
-
 class _GraphShrinker:
     def __init__(
         self,
@@ -135,21 +156,32 @@ class _GraphShrinker:
         self.kept_dead: dict[str, int] = {}
         self.masked = 0
         self.bn_variance_dropped: set[str] = set()
+        self._cache: dict[tuple[str, str], Any] = {}  # this round's posterior-mean layers
+
+    def _deployed(self, name: str) -> nn.Module:
+        """The posterior-mean twin of layer `name`, built once per state of the model."""
+        key = ("plain", name)
+        if key not in self._cache:
+            self._cache[key] = as_prunable(self.model.get_submodule(name)).to_deterministic()
+        return self._cache[key]
 
     # -- deadness --------------------------------------------------------------------
     def _dead_units(self, name: str) -> Tensor:
+        if ("dead", name) in self._cache:
+            return self._cache[("dead", name)]
         layer = self.model.get_submodule(name)
-        w = deployed_weight(layer)
+        w = self._deployed(name).weight.detach()
         dead = (w.flatten(1) == 0).all(1).cpu()
-        pip = as_prunable(layer).posterior().unit_inclusion
+        pip = layer.unit_inclusion() if isinstance(layer, GatedLayer) else None
         if pip is not None:
             dead |= pip.cpu() <= self.threshold
         if name in self.forced:
             dead |= ~self.forced[name][self.kept[name]]
+        self._cache[("dead", name)] = dead
         return dead
 
     def _zero_columns(self, use: Use) -> Tensor:
-        w = deployed_weight(self.model.get_submodule(use.name))
+        w = dense_weight(self._deployed(use.name).weight.detach(), use.groups)
         return (w.transpose(0, 1).flatten(1) == 0).all(1).cpu()
 
     def _removable(self, cg: ChannelGraph) -> tuple[set[int], set[int]]:
@@ -169,78 +201,36 @@ class _GraphShrinker:
         orphan = {g for g in members if g not in pinned and g not in read_live}
         return dead - orphan, orphan
 
-    # -- folding ---------------------------------------------------------------------
-    def _offset(self, cg: ChannelGraph, use: Use, groups: set[int]) -> tuple[Tensor, Tensor]:
-        """Per-position contribution W·c of the `groups` columns to `use`'s output, and Σσ²c²."""
-        layer = self.model.get_submodule(use.name)
-        plain = as_prunable(layer).to_deterministic().eval()
-        x = cg.input_value(use)
-        cols = torch.tensor([cg.find(i) in groups for i in use.ids], device=x.device)
-        c = x * cols.view(1, -1, *([1] * (x.ndim - 2))).to(x.dtype)
-        std = as_prunable(layer).posterior().weight_std.detach().to(x)
-        with torch.no_grad():
-            mean = plain(c) - plain(torch.zeros_like(c))
-            var = functional_call(plain, {"weight": std.square(), "bias": None}, (c.square(),))
-        return mean[0].flatten(1) if mean.ndim > 2 else mean.T, var[0].flatten(
-            1
-        ) if var.ndim > 2 else var.T
-
-    def _target(self, cg: ChannelGraph, use: Use) -> str | None:
-        layer = self.model.get_submodule(use.name)
-        if as_prunable(layer).posterior().bias_mean is not None:
-            return "bias"
-        users = list(use.node.users)
-        if len(users) == 1 and users[0].op == "call_module":
-            bn = self.model.get_submodule(str(users[0].target))
-            follows = any(f.name == users[0].target for f in cg.followers)
-            if isinstance(bn, BATCHNORMS) and bn.running_mean is not None and follows:
-                return f"batchnorm:{users[0].target}"
-        return None
-
-    def _fold(self, cg: ChannelGraph, use: Use, groups: set[int]) -> _Fold | None | bool:
-        """The fold of `groups` into `use`: a _Fold, True (nothing to fold) or None (impossible)."""
-        mean, var = self._offset(cg, use, groups)
-        if not mean.any():
-            return True
-        if not torch.allclose(mean, mean[:, :1].expand_as(mean), rtol=1e-6, atol=1e-7):
-            return None  # the constant meets a padded border: not a bias shift
-        target = self._target(cg, use)
-        if target is None:
-            return None
-        return _Fold(use, mean[:, 0], var.mean(1), target)
-
-    def _plan_folds(self, cg: ChannelGraph, dead: set[int]) -> list[_Fold]:
+    # -- folding (graph_fold) ---------------------------------------------------------
+    def _plan_folds(self, cg: ChannelGraph, dead: set[int]) -> list[Fold]:
         """Folds for every reader; dead groups whose fold is impossible leave `dead`."""
+        readers: dict[str, Reader] = {}
+        own = {p.name: p.ids for p in cg.producers}
+        for f in cg.followers:  # depthwise convolutions
+            if dead and is_prunable(self.model.get_submodule(f.name)):
+                dead -= depthwise_size_bound(cg, f, self._deployed(f.name), dead)
         while True:
-            folds, failed = [], None
+            planned, before = [], len(dead)
             for use in cg.sinks:
-                mine = {cg.find(i) for i in use.ids} & dead
-                if not mine:
+                column_groups = [g if (g := cg.find(i)) in dead else None for i in use.ids]
+                if all(g is None for g in column_groups):
                     continue
-                fold = self._fold(cg, use, mine)
-                if fold is None:
-                    failed = (use, mine)
-                    break
-                if isinstance(fold, _Fold):
-                    folds.append(fold)
-            if failed is None:
-                return folds
-            use, mine = failed
-            for g in sorted(mine):
-                if self._fold(cg, use, {g}) is None:
-                    dead.discard(g)
-            if mine <= dead:  # jointly impossible although each alone folds: keep them all
-                dead -= mine
+                if use.name not in readers:
+                    layer = self.model.get_submodule(use.name)
+                    readers[use.name] = Reader.of(cg, use, layer, self._deployed(use.name))
+                reader = readers[use.name]
+                rows = torch.tensor([cg.find(i) in dead for i in own[use.name]], dtype=torch.bool)
+                means, variances, bad = group_folds(cg, use, reader, column_groups, rows)
+                dead -= bad
+                if means:
+                    shifts = [] if reader.has_bias else reader.shifts or []
+                    mean, var = sum(means.values()), sum(variances.values())
+                    planned.append(Fold(use, mean, var, shifts))
+            if len(dead) == before:
+                return planned
 
-    def _apply_fold(self, fold: _Fold) -> None:
-        layer = self.model.get_submodule(fold.use.name)
-        if fold.target == "bias":
-            as_prunable(layer).fold_into_bias(fold.mean, fold.var)
-            return
-        bn = self.model.get_submodule(fold.target.split(":", 1)[1])
-        with torch.no_grad():
-            bn.running_mean.sub_(fold.mean.to(bn.running_mean))
-        if fold.var.any():
+    def _apply_fold(self, fold: Fold) -> None:
+        if apply_fold(self.model, fold):
             self.bn_variance_dropped.add(fold.use.name)
 
     # -- surgery ---------------------------------------------------------------------
@@ -260,7 +250,10 @@ class _GraphShrinker:
         for name in outs.keys() | ins.keys():
             layer = self.model.get_submodule(name)
             out_idx, in_idx = outs.get(name), ins.get(name)
-            new = as_prunable(layer).select(out_idx=out_idx, in_idx=in_idx)
+            if getattr(layer, "groups", 1) > 1:
+                new = _slice_grouped(layer, out_idx, len(in_idx))
+            else:
+                new = as_prunable(layer).select(out_idx=out_idx, in_idx=in_idx)
             _set_module(self.model, name, new)
             if out_idx is not None:
                 self.kept[name] = self.kept[name][out_idx]
@@ -274,8 +267,8 @@ class _GraphShrinker:
             if use.name not in self.kept:
                 self.kept[use.name] = torch.arange(len(use.ids))
         for use in cg.producers:
-            w = deployed_weight(self.model.get_submodule(use.name))
-            self.before.setdefault(use.name, (w.shape[0], w.shape[1]))
+            w = self._deployed(use.name).weight.detach()
+            self.before.setdefault(use.name, (w.shape[0], w.shape[1] * use.groups))
             self.folded.setdefault(use.name, 0)
         for name in self.forced:
             if name not in self.kept:
@@ -288,17 +281,19 @@ class _GraphShrinker:
         """Mask the dead units that still have weights, here and in the reference."""
         before = self.masked
         for p in cg.producers:
-            w = deployed_weight(self.model.get_submodule(p.name))
+            w = self._deployed(p.name).weight.detach()
             live = ~(w.flatten(1) == 0).all(1).cpu()
             rows = [u for u, i in enumerate(p.ids) if cg.find(i) in dead and live[u]]
             if rows:
                 _mask_rows(self.model, p.name, rows)
                 _mask_rows(self.reference, p.name, self.kept[p.name][rows].tolist())
                 self.masked += len(rows)
+        self._cache.clear()
         return self.masked > before
 
     def round(self) -> bool:
         """One analysis, fold and cut; False when nothing could be removed."""
+        self._cache.clear()
         cg = analyse(self.model, self.inputs, **self.options)
         self._start(cg)
         dead, orphan = self._removable(cg)
@@ -348,7 +343,8 @@ class _GraphShrinker:
     def records(self) -> list[LayerRecord]:
         out = []
         for name, (units, inputs) in self.before.items():
-            w = deployed_weight(self.model.get_submodule(name))
+            layer = self.model.get_submodule(name)
+            w = deployed_weight(layer)
             out.append(
                 LayerRecord(
                     name=name,
@@ -356,7 +352,7 @@ class _GraphShrinker:
                     units_before=units,
                     units_after=w.shape[0],
                     inputs_before=inputs,
-                    inputs_after=w.shape[1],
+                    inputs_after=w.shape[1] * getattr(layer, "groups", 1),
                     kept_units=self.kept[name].tolist(),
                     folded_units=self.folded[name],
                     kept_dead_units=self.kept_dead.get(name, 0),
@@ -365,29 +361,46 @@ class _GraphShrinker:
         return out
 
 
-def _slice_follower(module: nn.Module, idx: Tensor) -> nn.Module:
-    """A BatchNorm or depthwise convolution keeping channels `idx` (one per channel)."""
-    if isinstance(module, BATCHNORMS):
+def _cut(module: nn.Module, new: nn.Module, names: tuple[str, ...], idx: Tensor) -> None:
+    """Give `new` the channels `idx` of `module`'s per-channel tensors `names`."""
+    for name in names:
+        t = getattr(module, name, None)
+        if t is None:
+            continue
+        cut = t.detach().index_select(0, idx.to(t.device)).clone()
+        if isinstance(t, nn.Parameter):
+            cut = nn.Parameter(cut, t.requires_grad)
+        setattr(new, name, cut)
+
+
+def _slice_grouped(module: nn.Module, out_idx: Tensor, inputs: int) -> nn.Module:
+    """A grouped convolution keeping the output channels `out_idx` (whole groups)."""
+    per_group = module.out_channels // module.groups
+    if isinstance(module, nn.Conv2d):
         new = copy.deepcopy(module)
+        _cut(module, new, ("weight", "bias"), out_idx)
+    else:
+        new = as_prunable(module).select(out_idx=out_idx)
+    new.out_channels, new.in_channels = len(out_idx), inputs
+    new.groups = len(out_idx) // per_group
+    return new
+
+
+def _slice_follower(module: nn.Module, idx: Tensor) -> nn.Module:
+    """A norm layer or depthwise convolution keeping channels `idx` (one per channel)."""
+    new = copy.deepcopy(module)
+    if isinstance(module, NORMS):
         new.num_features = len(idx)
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            t = getattr(module, name)
-            if t is None:
-                continue
-            cut = t.detach().index_select(0, idx.to(t.device)).clone()
-            setattr(
-                new,
-                name,
-                nn.Parameter(cut, t.requires_grad) if isinstance(t, nn.Parameter) else cut,
-            )
+        _cut(module, new, ("weight", "bias", "running_mean", "running_var"), idx)
+        return new
+    if isinstance(module, nn.GroupNorm):  # whole groups go (graph_trace unites them)
+        size = module.num_channels // module.num_groups
+        new.num_channels, new.num_groups = len(idx), len(idx) // size
+        _cut(module, new, ("weight", "bias"), idx)
         return new
     # depthwise: in = out = groups; its kernels are its "output units"
     if isinstance(module, nn.Conv2d):
-        new = copy.deepcopy(module)
-        with torch.no_grad():
-            new.weight = nn.Parameter(module.weight.detach()[idx].clone())
-            if module.bias is not None:
-                new.bias = nn.Parameter(module.bias.detach()[idx].clone())
+        _cut(module, new, ("weight", "bias"), idx)
     else:
         new = as_prunable(module).select(out_idx=idx)
     new.in_channels = new.out_channels = new.groups = len(idx)
@@ -445,6 +458,10 @@ def shrink_graph(
         rounds += 1
     followers = {n: k.tolist() for n, k in worker.kept.items() if n not in worker.before}
     result = GraphShrinkResult(work, worker.records(), followers, rounds)
+    for name in [*worker.before, *followers]:
+        shape = module_shape(work.get_submodule(name))
+        if shape != module_shape(model.get_submodule(name)):
+            result.shapes[name] = shape
     if worker.masked:
         result.notes.append(
             f"{worker.masked} units dropped by prune_units / the inclusion threshold still had "

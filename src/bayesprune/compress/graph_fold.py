@@ -1,0 +1,288 @@
+"""Where the constant of a removed channel goes: a reader's bias, or BatchNorms downstream.
+
+A removed (dead) channel still carries a value that does not depend on the input. At a
+reading layer its contribution W·c is folded only where that is exact *at every input
+size* (the contract of `shrink_graph` is "equal on any input"), judged per dead group
+(contributions add up, so groups that fold alone fold together):
+
+- the constant must be the same at every position of the reader's input (one that met
+  a zero-padded border upstream depends on the image size);
+- for a convolution, the contribution of a constant 1 in column d is the sum of the
+  kernel taps inside the map at each position (`_tap_sums`); with zero padding it
+  differs where the kernel hangs over the border. The example run may not show that
+  (a 1×1 map has no interior), so a padded reader is also evaluated on a probe map with
+  every kind of border position and an interior: the offset must be one number there
+  and on the example's map. A zero-padded depthwise convolution (a follower) on the
+  way is judged the same way (`depthwise_size_bound`).
+
+It then goes into the reader's bias (mean, and Σσ²c² for a random weight), or, for a
+reader without bias, into the running mean of every BatchNorm its output reaches
+through shift-equivariant ops only (identity, dropout, max / adaptive pooling, average
+pooling without zero padding, concatenation along the channels): BN(y + δ) = BN(y) with
+μ → μ − δ. That is DenseNet's transition (conv, average pool, then the next block's
+concatenations feed only BatchNorms) as well as the plain conv → BatchNorm pair. A
+grouped reader is seen through its dense block-diagonal weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from .adapters import as_prunable
+from .graph_trace import BATCHNORMS, ChannelGraph, Use
+
+_SHIFT_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.MaxPool1d,
+    nn.MaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+)  # fmt: skip
+"""y ↦ op(y) with op(y + δ) = op(y) + δ for a constant δ per channel (eval mode)."""
+_SHIFT_FUNCTIONS = {
+    F.max_pool1d, F.max_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+}  # fmt: skip
+_CAT = {torch.cat, torch.concat}
+
+
+@dataclass
+class Fold:
+    """One reader's offset from the removed constant channels, and where it goes."""
+
+    use: Use
+    mean: Tensor  # per output unit of the reader
+    var: Tensor
+    shifts: list[tuple[str, Tensor]] = field(default_factory=list)  # empty: into the bias
+    """(BatchNorm, per channel the reader's unit whose offset it absorbs, or −1)."""
+
+
+@dataclass
+class Reader:
+    """A reading layer's posterior-mean map, weight spread and shift targets (one round).
+
+    A grouped convolution's weight is seen as the dense (block-diagonal) one, so that
+    column j is input channel j for every kind of reader.
+    """
+
+    plain: nn.Module  # nn.Linear or nn.Conv2d
+    weight: Tensor  # dense: (units, input channels, ...)
+    weight_std: Tensor
+    has_bias: bool
+    shifts: list[tuple[str, Tensor]] | None  # where a bias-free reader's offset can go
+
+    @classmethod
+    def of(cls, cg: ChannelGraph, use: Use, layer: nn.Module, plain: nn.Module) -> Reader:
+        prunable = as_prunable(layer)
+        posterior = prunable.posterior()
+        has_bias = posterior.bias_mean is not None
+        shifts = None if has_bias else shift_targets(cg, use)
+        weight = dense_weight(plain.weight.detach(), use.groups)
+        std = dense_weight(posterior.weight_std.detach(), use.groups).to(weight)
+        return cls(plain, weight, std, has_bias, shifts)
+
+
+def dense_weight(weight: Tensor, groups: int) -> Tensor:
+    """A grouped convolution's weight (O × C/G × k × k) as the dense O × C × k × k one."""
+    if groups == 1:
+        return weight
+    out_units, per_group = weight.shape[:2]
+    dense = weight.new_zeros(out_units, per_group * groups, *weight.shape[2:])
+    m, k = out_units // groups, per_group
+    for g in range(groups):
+        dense[g * m : (g + 1) * m, g * k : (g + 1) * k] = weight[g * m : (g + 1) * m]
+    return dense
+
+
+def _same(t: Tensor) -> Tensor:
+    """Per leading index: are all entries along the last axis equal (to tolerance)?"""
+    return torch.isclose(t, t[..., :1].expand_as(t), rtol=1e-6, atol=1e-7).all(-1)
+
+
+def _tap_masks(plain: nn.Conv2d, axis: int, size: int) -> Tensor:
+    """Which kernel taps along `axis` lie inside a map of `size`, one row per distinct case.
+
+    Output position i reads input i·stride − pad + t·dilation for tap t; with zero
+    padding the taps outside [0, size) add nothing. Positions with the same in-bounds
+    taps give the same sum, so only the distinct cases (≤ 2·kernel + 1) are kept.
+    """
+    k, s, d = plain.kernel_size[axis], plain.stride[axis], plain.dilation[axis]
+    if plain.padding == "same":  # stride 1; torch puts the odd one on the far side
+        pad, out = d * (k - 1) // 2, size
+    else:
+        pad = 0 if plain.padding == "valid" else plain.padding[axis]
+        out = (size + 2 * pad - d * (k - 1) - 1) // s + 1
+    where = torch.arange(max(out, 0)).view(-1, 1) * s - pad + torch.arange(k).view(1, -1) * d
+    inside = (where >= 0) & (where < size)
+    if plain.padding_mode != "zeros":  # reflect / replicate / circular keep a constant
+        inside = torch.ones_like(inside)
+    return torch.unique(inside, dim=0)
+
+
+def _tap_sums(plain: nn.Conv2d, weight: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Σ over in-bounds taps of `weight` (O × D × k × k), per column, on an all-ones map.
+
+    (D, O, cases): what a constant 1 in column d adds to output unit o at each kind of
+    position of a map of `size` (zero padding drops the taps that hang over the border).
+    """
+    rows, cols = (_tap_masks(plain, axis, n).to(weight) for axis, n in enumerate(size))
+    sums = torch.einsum("odhw,ah,bw->doab", weight, rows, cols)
+    return sums.reshape(weight.shape[1], weight.shape[0], -1)
+
+
+def _probe_size(plain: nn.Conv2d) -> tuple[int, int]:
+    """A map with interior positions and every kind of border position."""
+    reach = [d * (k - 1) + 1 for d, k in zip(plain.dilation, plain.kernel_size, strict=True)]
+    return tuple(2 * (r + s) + r for r, s in zip(reach, plain.stride, strict=True))
+
+
+def _shift_ok(module: nn.Module) -> bool:
+    if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d)):
+        padding = module.padding if isinstance(module.padding, tuple) else (module.padding,)
+        return not module.count_include_pad or not any(padding)
+    return isinstance(module, _SHIFT_MODULES)
+
+
+def shift_targets(cg: ChannelGraph, use: Use) -> list[tuple[str, Tensor]] | None:
+    """The BatchNorms that absorb a per-unit shift of `use`'s output, or None.
+
+    Walks forward from the reader's output: every op the shift reaches must pass it
+    unchanged (`_SHIFT_MODULES`, a concatenation) or be a BatchNorm follower with
+    running statistics, which takes it; anything else (an activation, the output)
+    and there is no exact place for it.
+    """
+    gm = cg.gm
+    units = len(cg.values[use.node][0])
+    carried: dict[fx.Node, Tensor] = {use.node: torch.arange(units)}
+    followers = {f.name for f in cg.followers}
+    targets: list[tuple[str, Tensor]] = []
+    started = False
+    for node in gm.graph.nodes:
+        if node is use.node:
+            started = True
+            continue
+        if not started or not any(a in carried for a in node.all_input_nodes):
+            continue
+        if node.op == "call_module":
+            module = gm.get_submodule(str(node.target))
+            source = node.args[0]
+            if len(node.all_input_nodes) != 1 or source not in carried:
+                return None
+            if isinstance(module, BATCHNORMS) and str(node.target) in followers:
+                if module.running_mean is None:
+                    return None
+                targets.append((str(node.target), carried[source]))
+            elif _shift_ok(module):
+                carried[node] = carried[source]
+            else:
+                return None
+        elif node.op == "call_function" and node.target in _SHIFT_FUNCTIONS:
+            if len(node.all_input_nodes) != 1:
+                return None
+            carried[node] = carried[node.args[0]]
+        elif node.op == "call_function" and node.target in _CAT and node in cg.ids:
+            parts = node.args[0] if node.args else node.kwargs["tensors"]
+            carried[node] = torch.cat(
+                [carried.get(p, torch.full((len(cg.ids[p]),), -1)) for p in parts]
+            )
+        else:
+            return None
+    return targets or None
+
+
+def depthwise_size_bound(cg: ChannelGraph, use: Use, plain: nn.Conv2d, dead: set[int]) -> set[int]:
+    """Dead groups whose constant a padded depthwise convolution makes size-dependent.
+
+    A depthwise kernel on a constant v gives v·(sum of its in-bounds taps): one number at
+    every position and every input size only when v = 0 or the border taps add nothing.
+    (Downstream readers see the example's map only, which may hide it.)
+    """
+    x = cg.input_value(use)[0]
+    cols = [j for j, i in enumerate(use.ids) if cg.find(i) in dead and x[j].any()]
+    if not cols:
+        return set()
+    c = x[cols].flatten(1)
+    weight = plain.weight.detach()[cols].transpose(0, 1)  # (1, D, k, k): one "unit"
+    sums = torch.cat(
+        [_tap_sums(plain, weight, size)[:, 0] for size in (tuple(x.shape[1:]), _probe_size(plain))],
+        dim=1,
+    )
+    ok = _same(c) & _same(sums)
+    return {cg.find(use.ids[j]) for j, good in zip(cols, ok.tolist(), strict=True) if not good}
+
+
+def group_folds(
+    cg: ChannelGraph,
+    use: Use,
+    reader: Reader,
+    column_groups: list[int | None],
+    removed_rows: Tensor,
+) -> tuple[dict[int, Tensor], dict[int, Tensor], set[int]]:
+    """Per dead group read by `use`: its offset W·c and Σσ²c² per output unit, or impossible.
+
+    `column_groups[j]` is the dead group of input column j (None: a live column);
+    `removed_rows` the reader's own outputs that go in the same round (not counted).
+    Returns (offset mean by group, offset variance by group, groups that cannot fold).
+    Each group is judged on its own: offsets add up, so groups that fold alone fold
+    together.
+    """
+    x = cg.input_value(use)[0]
+    flat = x.reshape(len(column_groups), -1)
+    cols = [j for j, g in enumerate(column_groups) if g is not None and flat[j].any()]
+    if not cols:  # every dead column is exactly 0 here: nothing to fold
+        return {}, {}, set()
+    groups = sorted({column_groups[j] for j in cols})
+    slot = torch.tensor([groups.index(column_groups[j]) for j in cols])
+    c = x[cols].reshape(len(cols), -1)  # (D, positions) of the constant columns
+    weight = reader.weight[:, cols]
+    var_w = reader.weight_std[:, cols].square()
+    bad: set[int] = set()
+    if isinstance(reader.plain, nn.Conv2d):
+        uniform = _same(c)
+        value = c[:, 0]
+        sums = [_tap_sums(reader.plain, weight, tuple(x.shape[1:]))]
+        sums.append(_tap_sums(reader.plain, weight, _probe_size(reader.plain)))  # any size
+        per_col = [value.view(-1, 1, 1) * t for t in sums]  # (D, O, positions)
+        var_col = value.square().view(-1, 1) * var_w.flatten(2).sum(-1).T
+        bad |= {groups[int(k)] for k in slot[~uniform].unique()}
+    else:
+        per_col = [(weight * c[:, 0]).T.unsqueeze(-1)]  # Linear: (D, O, 1)
+        var_col = (var_w * c[:, 0].square()).T
+    if len(groups) == len(cols):  # one column per group (the usual case): no sums
+        mean_by, var_by = [t[slot.argsort()] for t in per_col], var_col[slot.argsort()]
+    else:
+        mean_by = [t.new_zeros(len(groups), *t.shape[1:]).index_add_(0, slot, t) for t in per_col]
+        var_by = var_col.new_zeros(len(groups), var_col.shape[1]).index_add_(0, slot, var_col)
+    for t in mean_by:
+        t[:, removed_rows.to(t.device)] = 0.0
+    var_by[:, removed_rows.to(var_by.device)] = 0.0
+    means, variances = {}, {}
+    for k, g in enumerate(groups):
+        if g in bad:
+            continue
+        parts = [t[k] for t in mean_by]
+        if not any(p.any() for p in parts):
+            continue  # nothing to fold (a zero constant, or zero weights)
+        level = parts[0][:, :1]
+        if not all(bool(_same(torch.cat([level, p], 1)).all()) for p in parts):
+            bad.add(g)  # the constant meets a padded border: not a bias shift
+        elif not reader.has_bias and reader.shifts is None:
+            bad.add(g)  # no bias and no BatchNorm that takes the shift
+        else:
+            means[g], variances[g] = level[:, 0], var_by[k]
+    return means, variances, bad
+
+
+def apply_fold(model: nn.Module, fold: Fold) -> bool:
+    """Apply `fold` in place; True when a weight variance had to be dropped (a BatchNorm)."""
+    if not fold.shifts:
+        as_prunable(model.get_submodule(fold.use.name)).fold_into_bias(fold.mean, fold.var)
+        return False
+    for name, units in fold.shifts:
+        bn = model.get_submodule(name)
+        delta = torch.where(units >= 0, fold.mean[units.clamp(min=0)], 0.0)
+        with torch.no_grad():
+            bn.running_mean.sub_(delta.to(bn.running_mean))
+    return bool(fold.var.any())
