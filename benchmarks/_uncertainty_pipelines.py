@@ -199,7 +199,8 @@ def searched(name: str, data: Data, s: Settings) -> dict[str, Any]:
     sparsity = record.compression["bayesian/accuracy"]["sparsity"]
     same = compress.pruned_copy(det, compress.weight_scores(det, "magnitude"), sparsity)
     record.compression["deterministic/same-sparsity"] = {"sparsity": sparsity}
-    _restores(record, "deterministic/same-sparsity", same, data, s, ("temperature",), "mean", sparsity)
+    plain = ("temperature",)
+    _restores(record, "deterministic/same-sparsity", same, data, s, plain, "mean", sparsity)
     return record.as_dict()
 
 
@@ -404,7 +405,8 @@ def spike_slab(data: Data, s: Settings) -> dict[str, Any]:
     _restores(record, "bayesian/median+refit", refitted, data, s, methods, "mc", sparsity)
     same = compress.pruned_copy(det, compress.weight_scores(det, "magnitude"), sparsity)
     record.compression["deterministic/same-sparsity"] = {"sparsity": sparsity}
-    _restores(record, "deterministic/same-sparsity", same, data, s, ("temperature",), "mean", sparsity)
+    plain = ("temperature",)
+    _restores(record, "deterministic/same-sparsity", same, data, s, plain, "mean", sparsity)
     return record.as_dict()
 
 

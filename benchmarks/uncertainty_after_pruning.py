@@ -1,4 +1,4 @@
-"""Uncertainty after compression: do compressed Bayesian networks keep calibration and OOD detection?
+"""Uncertainty after compression: do compressed Bayesian nets keep calibration and OOD detection?
 
 Per model (`--models`: LeNet-300-100, LeNet-5-Caffe, the eVI CNN, the spike-and-slab
 MLP), per direction (`--directions`: "mnist" = MNIST in / Fashion-MNIST out, "fashion"
@@ -55,6 +55,7 @@ REPORTED = (
     "ood_auroc_mi",
     "ood_auroc_variance",
 )
+TITLES = {"mnist": "MNIST in, Fashion-MNIST out", "fashion": "Fashion-MNIST in, MNIST out"}
 AUROCS = ("ood_auroc_entropy", "ood_auroc_mi", "ood_auroc_variance")
 
 
@@ -219,16 +220,17 @@ def render(payload: dict[str, Any]) -> str:
         "on all of it, temperature on its first half, the restoring method chosen on its "
         f"second half by NLL). Test: {s['test_limit'][model] or 'all'} test images in, as many "
         f"of the other data set's test images out. MC predictive {s['mc_samples'][model]} "
-        f"samples (test), {s['val_samples'][model]} (validation). Accuracy tolerance {s['delta']}; the 'held' "
-        f"variant also holds NLL {s['nll_tolerance']}, ECE {s['ece_tolerance']}, AUROC "
-        f"{s['auroc_tolerance']}. Restoring: temperature; variances / finetune "
-        f"{s['restore_epochs']} epoch(s). Seconds per direction: {payload.get('seconds')}.\n"
+        f"samples (test), {s['val_samples'][model]} (validation). Accuracy tolerance "
+        f"{s['delta']}; the 'held' variant also holds NLL {s['nll_tolerance']}, ECE "
+        f"{s['ece_tolerance']}, AUROC {s['auroc_tolerance']}. Restoring: temperature; "
+        f"variances / finetune {s['restore_epochs']} epoch(s). Seconds per direction: "
+        f"{payload.get('seconds')}.\n"
     ]
     for direction, runs in payload["directions"].items():
         if not runs:
             continue
         runs = with_chosen(runs, model)
-        title = "MNIST in, Fashion-MNIST out" if direction == "mnist" else "Fashion-MNIST in, MNIST out"
+        title = TITLES[direction]
         parts.append(
             f"\n## {title} (seeds {[r['seed'] for r in runs]}, mean ± sd)\n\n"
             + md_table(summarise(runs))
@@ -260,12 +262,13 @@ def summary(args: argparse.Namespace) -> None:
                 for stage in (f"{group}/pruned", f"{group}/chosen-on-validation"):
                     if stage in table:
                         picks = sorted({r["stages"][stage].get("chosen", "") for r in runs})
+                        shown = f" ({', '.join(picks)})" if picks != [""] else ""
                         rows.append(
                             {
                                 "model": model,
                                 "in": direction,
                                 "seeds": len(runs),
-                                "stage": stage + (f" ({', '.join(picks)})" if picks != [""] else ""),
+                                "stage": stage + shown,
                                 **{k: v for k, v in table[stage].items() if k != "stage"},
                             }
                         )
@@ -280,7 +283,7 @@ def summary(args: argparse.Namespace) -> None:
 
 def per_model(values: list[str], kind: type, key: str, default: Any = None) -> dict[str, Any]:
     """`MODEL=VALUE` pairs (a bare VALUE: every model) over the defaults of `key`."""
-    out = {m: DEFAULTS[m][key] if key in DEFAULTS[m] else default for m in MODELS}
+    out = {m: DEFAULTS[m].get(key, default) for m in MODELS}
     for item in values:
         model, _, value = item.rpartition("=")
         if (model and model not in out) or not value:

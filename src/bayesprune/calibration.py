@@ -102,10 +102,8 @@ class TemperatureScaled(nn.Module):
             return out / self.temperature.to(out.dtype)
         if _is_moments(out):  # eVI: temper the mean probabilities, keep the covariance
             mean = out.mean
-            tempered = torch.softmax(
-                mean.clamp_min(torch.finfo(mean.dtype).tiny).log() / self.temperature.to(mean.dtype),
-                dim=-1,
-            )
+            logits = mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
+            tempered = torch.softmax(logits / self.temperature.to(mean.dtype), dim=-1)
             return out._replace(mean=tempered)
         raise TypeError(
             "TemperatureScaled needs a model that returns logits (a tensor) or eVI moments "
