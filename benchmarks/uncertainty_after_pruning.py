@@ -135,10 +135,23 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
 
-def chosen(run: dict[str, Any], group: str) -> str | None:
-    """The stage of `group` (e.g. "bayesian/accuracy") with the lowest validation-pick NLL."""
+def chosen(run: dict[str, Any], group: str, tolerance: float = 0.02) -> str | None:
+    """The stage of `group` (e.g. "bayesian/accuracy") that `bayesprune restore` would keep:
+    the lowest validation-pick NLL among the stages whose pick ECE is no worse than the
+    pruned model's and whose pick OOD AUROCs fall by at most `tolerance`."""
+    base = run["pick"].get(f"{group}/pruned")
     names = [s for s in run["pick"] if s.startswith(group + "/") or s.startswith(group + "+")]
-    return min(names, key=lambda s: run["pick"][s]["nll"]) if names else None
+    if base is None or not names:
+        return None
+
+    def eligible(stage: str) -> bool:
+        values = run["pick"][stage]
+        aurocs = [m for m in AUROCS if m in values and m in base]
+        return values["ece"] <= base["ece"] and all(
+            values[m] >= base[m] - tolerance for m in aurocs
+        )
+
+    return min(filter(eligible, names), key=lambda s: run["pick"][s]["nll"])
 
 
 def groups(model: str) -> list[str]:
@@ -218,8 +231,9 @@ def render(payload: dict[str, Any]) -> str:
         f"Model: **{model}**; {s['epochs'][model]} epochs, lr {s['lr'][model]}, training rows "
         f"{s['train_limit'][model] or 'all'} ({s['val_size']} held out for validation: searches "
         "on all of it, temperature on its first half, the restoring method chosen on its "
-        f"second half by NLL). Test: {s['test_limit'][model] or 'all'} test images in, as many "
-        f"of the other data set's test images out. MC predictive {s['mc_samples'][model]} "
+        "second half: lowest NLL among the stages that keep its ECE and OOD AUROC, as "
+        f"`bayesprune restore` does). Test: {s['test_limit'][model] or 'all'} test images in, "
+        f"as many of the other data set's test images out. MC predictive {s['mc_samples'][model]} "
         f"samples (test), {s['val_samples'][model]} (validation). Accuracy tolerance "
         f"{s['delta']}; the 'held' variant also holds NLL {s['nll_tolerance']}, ECE "
         f"{s['ece_tolerance']}, AUROC {s['auroc_tolerance']}. Restoring: temperature; "
