@@ -38,7 +38,6 @@ from ..policy import primary_mode
 from .compress import with_overrides
 
 NONE = "none"
-AUTO_ORDER = (NONE, *RestoreMethod.values())
 RESTORE_JSON = "restored/restore.json"
 METRICS = ("accuracy", "nll", "ece")
 
@@ -74,25 +73,12 @@ def _restore(run: Run) -> dict[str, Any]:
     pick_rows = (data.val[0][half:], data.val[1][half:])
     ood_val = _ood(run, "train", len(pick_rows[0])) if cfg.ood else None
     judge = _scorer(run, pick_rows, ood_val, mode)
-    before = judge(compressed)
-    candidates: dict[str, dict[str, Any]] = {NONE: {"validation": before, "eligible": True}}
-    models: dict[str, nn.Module] = {NONE: compressed}
-    for method in _methods(cfg.method, compressed):
-        start = time.perf_counter()
-        repaired = _apply(run, compressed, method, fit_rows, mode)
-        values = judge(repaired)
-        why = _refusal(values, before, cfg.auroc_tolerance)
-        candidates[method] = {
-            "validation": values,
-            "eligible": why is None,
-            "why_not": why,
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-        models[method] = repaired
+    candidates, models = _candidates(run, compressed, fit_rows, judge, mode)
     chosen = min(
         (m for m, c in candidates.items() if c["eligible"]),
         key=lambda m: candidates[m]["validation"]["nll"],
     )
+    before = candidates[NONE]["validation"]
     final = models[chosen]
     test_ood = _ood(run, "test", len(data.test[0])) if cfg.ood else None
     test = _scorer(run, data.test, test_ood, mode)
@@ -129,6 +115,32 @@ def _restore(run: Run) -> dict[str, Any]:
         f"{_short(record['after']['validation'])}"
     )
     return record
+
+
+def _candidates(
+    run: Run,
+    compressed: nn.Module,
+    fit_rows: tuple[Tensor, Tensor],
+    judge: Scorer,
+    mode: str,
+) -> tuple[dict[str, dict[str, Any]], dict[str, nn.Module]]:
+    """Every method tried: its validation metrics and whether it may be chosen; the models."""
+    before = judge(compressed)
+    candidates: dict[str, dict[str, Any]] = {NONE: {"validation": before, "eligible": True}}
+    models: dict[str, nn.Module] = {NONE: compressed}
+    for method in _methods(run.config.restore.method, compressed):
+        start = time.perf_counter()
+        repaired = _apply(run, compressed, method, fit_rows, mode)
+        values = judge(repaired)
+        why = _refusal(values, before, run.config.restore.auroc_tolerance)
+        candidates[method] = {
+            "validation": values,
+            "eligible": why is None,
+            "why_not": why,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        models[method] = repaired
+    return candidates, models
 
 
 def load_restored(run: Run) -> nn.Module:
