@@ -83,6 +83,7 @@ class Settings:
     evi_finetune_epochs: int = 1
     ss_hidden: tuple[int, ...] = (400, 400)
     ss_refit_epochs: int = 3
+    ss_kl_weight: float | None = None  # None: 0.1 x rows / 60,000 (see spike_slab)
 
 
 class Record:
@@ -376,10 +377,13 @@ def spike_slab(data: Data, s: Settings) -> dict[str, Any]:
     torch.manual_seed(s.seed)
     layers = mlp(784, list(s.ss_hidden), 10, family="spike_slab", input_gates=True, rho_init=-3.0)
     bayes = nn.Sequential(nn.Flatten(), layers)
-    # the settings that met issue 5's MNIST target (benchmarks/spike_slab_mnist.py)
+    # the settings that met issue 5's MNIST target (benchmarks/spike_slab_mnist.py), with
+    # its tempered KL (0.1 on 60,000 rows) kept per example: on fewer rows the same 0.1
+    # closes every gate (a 1-1-1-10 median network on 5,000 rows, seen on validation)
+    kl = s.ss_kl_weight if s.ss_kl_weight is not None else 0.1 * len(data.train[1]) / 60000
     multipliers = {"gate_logit": 10.0, "input_gate_logit": 10.0}
     warmup = min(3.0, s.epochs / 4)
-    _fit(bayes, data, s, kl_weight=0.1, kl_warmup_epochs=warmup, lr_multipliers=multipliers)
+    _fit(bayes, data, s, kl_weight=kl, kl_warmup_epochs=warmup, lr_multipliers=multipliers)
     torch.manual_seed(s.seed)
     det = nn.Sequential(nn.Flatten(), mlp(784, list(s.ss_hidden), 10, family="deterministic"))
     _fit(det, data, s)
@@ -392,15 +396,15 @@ def spike_slab(data: Data, s: Settings) -> dict[str, Any]:
     median = shrunk.model
     sparsity = 1 - weight_count(median) / dense
     widths = shrunk.architecture
-    record.compression["bayesian/median"] = {"sparsity": sparsity, "hidden": widths}
+    record.compression["bayesian/median"] = {"sparsity": sparsity, "widths": widths, "kl": kl}
     _restores(record, "bayesian/median", median, data, s, ("temperature",), "mc", sparsity)
-    options = {"epochs": s.ss_refit_epochs, "lr": s.lr, "lr_schedule": "cosine"}
+    options = {"epochs": s.ss_refit_epochs, "lr": 1e-3, "lr_schedule": "cosine"}  # issue 5
     options |= {"batch_size": s.batch_size, "seed": s.seed + 1, "progress": False}
     refitted = copy_model(median)
     for _, layer in gated_layers(refitted):
         layer.pin_gates()  # the selected architecture stays; only the slabs train
-    bp.finetune(refitted, data.train, kl_weight=0.1, **options)
-    record.compression["bayesian/median+refit"] = {"sparsity": sparsity, "hidden": widths}
+    bp.finetune(refitted, data.train, kl_weight=kl, **options)
+    record.compression["bayesian/median+refit"] = {"sparsity": sparsity, "widths": widths}
     methods = ("temperature",)
     _restores(record, "bayesian/median+refit", refitted, data, s, methods, "mc", sparsity)
     same = compress.pruned_copy(det, compress.weight_scores(det, "magnitude"), sparsity)

@@ -124,6 +124,7 @@ def settings_for(model: str, seed: int, args: argparse.Namespace) -> Settings:
         evi_finetune_epochs=args.evi_finetune_epochs,
         ss_hidden=tuple(args.ss_hidden),
         ss_refit_epochs=args.ss_refit_epochs,
+        ss_kl_weight=args.ss_kl_weight,
     )
 
 
@@ -331,6 +332,9 @@ def main() -> None:
     parser.add_argument("--evi-finetune-epochs", type=int, default=1)
     parser.add_argument("--ss-hidden", type=int, nargs="+", default=[400, 400])
     parser.add_argument("--ss-refit-epochs", type=int, default=3)
+    parser.add_argument(
+        "--ss-kl-weight", type=float, default=None, help="default: 0.1 x training rows / 60,000"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--summary", action="store_true", help="only write the overview")
     parser.add_argument("--rerender", metavar="JSON", help="only rewrite one model's results")
