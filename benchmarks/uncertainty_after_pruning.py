@@ -338,6 +338,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--summary", action="store_true", help="only write the overview")
     parser.add_argument("--rerender", metavar="JSON", help="only rewrite one model's results")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="combine one model's runs of different directions (run as separate processes)",
+    )
     add_results_dir_option(parser)
     args = parser.parse_args()
     use_results_dir(args)
@@ -347,7 +353,10 @@ def main() -> None:
     if args.rerender:
         rerender(args.rerender)
         return
-    del args.summary, args.rerender
+    if args.merge:
+        merge(args.merge)
+        return
+    del args.summary, args.rerender, args.merge
     args.epochs = per_model(args.epochs, int, "epochs")
     args.train_limit = per_model(args.train_limit, int, "train_limit")
     args.lr = per_model(args.lr, float, "lr")
@@ -371,6 +380,30 @@ def main() -> None:
                 payload["directions"][direction].append({"seed": seed, **run})
                 payload["seconds"][direction] = round(time.perf_counter() - start)
                 save(payload)
+
+
+def merge(paths: list[str]) -> None:
+    """One model's result from runs of different directions with the same settings: the
+    directions each finished, every command, the first run's machine."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    ignored = ("directions",)
+    for part in parts[1:]:
+        same = {k: v for k, v in part["settings"].items() if k not in ignored}
+        if part["model"] != first["model"] or same != {
+            k: v for k, v in first["settings"].items() if k not in ignored
+        }:
+            raise SystemExit(f"{paths[0]} and the others differ in model or settings")
+    payload = {k: v for k, v in first.items() if k not in ("benchmark", "command", "machine")}
+    payload["directions"], payload["seconds"] = {}, {}
+    for part in parts:
+        for direction, runs in part["directions"].items():
+            if len(runs) > len(payload["directions"].get(direction, [])):
+                payload["directions"][direction] = runs
+                payload["seconds"][direction] = part["seconds"].get(direction)
+    payload["settings"] = {**first["settings"], "directions": list(payload["directions"])}
+    command = " ; ".join(dict.fromkeys(p["command"] for p in parts))
+    write_results(f"{NAME}_{first['model']}", payload, render(payload), command, first["machine"])
 
 
 def rerender(path: str) -> None:
