@@ -387,13 +387,11 @@ def merge(paths: list[str]) -> None:
     directions each finished, every command, the first run's machine."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     first = parts[0]
-    ignored = ("directions",)
     for part in parts[1:]:
-        same = {k: v for k, v in part["settings"].items() if k not in ignored}
-        if part["model"] != first["model"] or same != {
-            k: v for k, v in first["settings"].items() if k not in ignored
-        }:
-            raise SystemExit(f"{paths[0]} and the others differ in model or settings")
+        shared = (set(part["settings"]) & set(first["settings"])) - {"directions"}
+        differ = [k for k in shared if part["settings"][k] != first["settings"][k]]
+        if part["model"] != first["model"] or differ:
+            raise SystemExit(f"{paths[0]} and the others differ in model or settings {differ}")
     payload = {k: v for k, v in first.items() if k not in ("benchmark", "command", "machine")}
     payload["directions"], payload["seconds"] = {}, {}
     for part in parts:
