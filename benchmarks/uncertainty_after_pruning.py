@@ -183,7 +183,9 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             values = [r["stages"][stage].get(metric) for r in runs]
             row[metric] = _mean_sd(values) if None not in values else "-"
         if "chosen" in runs[0]["stages"][stage]:
-            row["stage"] += " (" + ", ".join(r["stages"][stage]["chosen"] for r in runs) + ")"
+            picks = [r["stages"][stage]["chosen"].rsplit("/", 1)[-1] for r in runs]
+            row["stage"] += " (" + ", ".join(f"{picks.count(p)}× {p}" for p in sorted(set(picks)))
+            row["stage"] += ")"
         rows.append(row)
     return rows
 
@@ -197,6 +199,7 @@ def targets(runs: list[dict[str, Any]], delta: float) -> list[dict[str, Any]]:
 
     base = "bayesian/before"
     det = "deterministic/same-sparsity/pruned"
+    det_t = "deterministic/same-sparsity/pruned+temperature"
     rows = []
     for stage in runs[0]["stages"]:
         if not stage.startswith("bayesian/") or stage == base:
@@ -217,6 +220,7 @@ def targets(runs: list[dict[str, Any]], delta: float) -> list[dict[str, Any]]:
                 "≤ 1.5×": ece <= 1.5 * mean(base, "ece"),
                 "deterministic ece": mean(det, "ece"),
                 "< deterministic": ece < mean(det, "ece"),
+                "deterministic + T ece": mean(det_t, "ece"),
                 "worst AUROC drop": worst,
                 "≤ 0.02": worst <= 0.02,
                 "accuracy drop": acc_drop,
@@ -276,8 +280,10 @@ def summary(args: argparse.Namespace) -> None:
             for group in groups(model):
                 for stage in (f"{group}/pruned", f"{group}/chosen-on-validation"):
                     if stage in table:
-                        picks = sorted({r["stages"][stage].get("chosen", "") for r in runs})
-                        shown = f" ({', '.join(picks)})" if picks != [""] else ""
+                        picks = [r["stages"][stage].get("chosen", "") for r in runs]
+                        picks = [p.rsplit("/", 1)[-1] for p in picks if p]
+                        counts = ", ".join(f"{picks.count(p)}× {p}" for p in sorted(set(picks)))
+                        shown = f" ({counts})" if picks else ""
                         rows.append(
                             {
                                 "model": model,
