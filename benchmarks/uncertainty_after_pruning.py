@@ -348,7 +348,7 @@ def main() -> None:
         "--merge",
         nargs="+",
         metavar="JSON",
-        help="combine one model's runs of different directions (run as separate processes)",
+        help="combine one model's runs of other directions / seeds (separate processes)",
     )
     add_results_dir_option(parser)
     args = parser.parse_args()
@@ -389,8 +389,9 @@ def main() -> None:
 
 
 def merge(paths: list[str]) -> None:
-    """One model's result from runs of different directions with the same settings: the
-    directions each finished, every command, the first run's machine."""
+    """One model's result from runs of different directions or seeds with the same settings
+    (run as separate processes): every seed of every direction, the summed seconds, every
+    command, the first run's machine."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     first = parts[0]
     for part in parts[1:]:
@@ -399,12 +400,16 @@ def merge(paths: list[str]) -> None:
         if part["model"] != first["model"] or differ:
             raise SystemExit(f"{paths[0]} and the others differ in model or settings {differ}")
     payload = {k: v for k, v in first.items() if k not in ("benchmark", "command", "machine")}
-    payload["directions"], payload["seconds"] = {}, {}
+    by_seed: dict[str, dict[int, Any]] = {}
+    payload["seconds"] = {}
     for part in parts:
         for direction, runs in part["directions"].items():
-            if len(runs) > len(payload["directions"].get(direction, [])):
-                payload["directions"][direction] = runs
-                payload["seconds"][direction] = part["seconds"].get(direction)
+            for run in runs:  # a seed run twice: the first file's run is kept
+                by_seed.setdefault(direction, {}).setdefault(run["seed"], run)
+            seconds = part["seconds"].get(direction)
+            if seconds is not None:
+                payload["seconds"][direction] = payload["seconds"].get(direction, 0) + seconds
+    payload["directions"] = {d: [runs[k] for k in sorted(runs)] for d, runs in by_seed.items()}
     payload["settings"] = {**first["settings"], "directions": list(payload["directions"])}
     command = " ; ".join(dict.fromkeys(p["command"] for p in parts))
     write_results(f"{NAME}_{first['model']}", payload, render(payload), command, first["machine"])
