@@ -183,7 +183,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             values = [r["stages"][stage].get(metric) for r in runs]
             row[metric] = _mean_sd(values) if None not in values else "-"
         if "chosen" in runs[0]["stages"][stage]:
-            picks = [r["stages"][stage]["chosen"].rsplit("/", 1)[-1] for r in runs]
+            picks = [r["stages"][stage]["chosen"].removeprefix("bayesian/") for r in runs]
             row["stage"] += " (" + ", ".join(f"{picks.count(p)}× {p}" for p in sorted(set(picks)))
             row["stage"] += ")"
         rows.append(row)
@@ -281,7 +281,7 @@ def summary(args: argparse.Namespace) -> None:
                 for stage in (f"{group}/pruned", f"{group}/chosen-on-validation"):
                     if stage in table:
                         picks = [r["stages"][stage].get("chosen", "") for r in runs]
-                        picks = [p.rsplit("/", 1)[-1] for p in picks if p]
+                        picks = [p.removeprefix("bayesian/") for p in picks if p]
                         counts = ", ".join(f"{picks.count(p)}× {p}" for p in sorted(set(picks)))
                         shown = f" ({counts})" if picks else ""
                         rows.append(
