@@ -56,6 +56,12 @@ REPORTED = (
     "ood_auroc_variance",
 )
 TITLES = {"mnist": "MNIST in, Fashion-MNIST out", "fashion": "Fashion-MNIST in, MNIST out"}
+SUMMARY_EXTRA = {  # shown in the overview beside the compression of record
+    "lenet300": ("bayesian/held/pruned",),
+    "lenet5": ("bayesian/held/pruned",),
+    "evi": ("bayesian/held/pruned",),
+    "spike_slab": ("bayesian/median+refit/pruned",),
+}
 AUROCS = ("ood_auroc_entropy", "ood_auroc_mi", "ood_auroc_variance")
 
 
@@ -215,6 +221,7 @@ def targets(runs: list[dict[str, Any]], delta: float) -> list[dict[str, Any]]:
         rows.append(
             {
                 "stage": stage,
+                "sparsity": mean(stage, "sparsity"),
                 "ece": ece,
                 "ece / unpruned": ece / mean(base, "ece"),
                 "≤ 1.5×": ece <= 1.5 * mean(base, "ece"),
@@ -278,7 +285,11 @@ def summary(args: argparse.Namespace) -> None:
             runs = with_chosen(runs, model)
             table = {row["stage"]: row for row in targets(runs, payload["settings"]["delta"])}
             for group in groups(model):
-                for stage in (f"{group}/pruned", f"{group}/chosen-on-validation"):
+                for stage in (
+                    f"{group}/pruned",
+                    *SUMMARY_EXTRA[model],
+                    f"{group}/chosen-on-validation",
+                ):
                     if stage in table:
                         picks = [r["stages"][stage].get("chosen", "") for r in runs]
                         picks = [p.removeprefix("bayesian/") for p in picks if p]
