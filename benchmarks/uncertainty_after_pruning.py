@@ -406,7 +406,7 @@ def merge(paths: list[str]) -> None:
     parts = [json.loads(Path(p).read_text()) for p in paths]
     first = parts[0]
     for part in parts[1:]:
-        shared = (set(part["settings"]) & set(first["settings"])) - {"directions"}
+        shared = (set(part["settings"]) & set(first["settings"])) - {"directions", "seeds"}
         differ = [k for k in shared if part["settings"][k] != first["settings"][k]]
         if part["model"] != first["model"] or differ:
             raise SystemExit(f"{paths[0]} and the others differ in model or settings {differ}")
@@ -421,7 +421,12 @@ def merge(paths: list[str]) -> None:
             if seconds is not None:
                 payload["seconds"][direction] = payload["seconds"].get(direction, 0) + seconds
     payload["directions"] = {d: [runs[k] for k in sorted(runs)] for d, runs in by_seed.items()}
-    payload["settings"] = {**first["settings"], "directions": list(payload["directions"])}
+    seeds = sorted({r["seed"] for runs in payload["directions"].values() for r in runs})
+    payload["settings"] = {
+        **first["settings"],
+        "directions": list(payload["directions"]),
+        "seeds": seeds,
+    }
     command = " ; ".join(dict.fromkeys(p["command"] for p in parts))
     write_results(f"{NAME}_{first['model']}", payload, render(payload), command, first["machine"])
 
