@@ -279,9 +279,8 @@ def compress(run: str, quiet: bool, **overrides: Any) -> None:
     default=None,
     help="Out-of-distribution images (the other image set): measure and hold OOD AUROC.",
 )
-@_QUIET
 @_friendly
-def restore(run: str, quiet: bool, **overrides: Any) -> None:
+def restore(run: str, **overrides: Any) -> None:
     """Restore the calibration of RUN's compressed model; the method is chosen on validation.
 
     Writes RUN/restored/ (model.safetensors, restore.json with the metrics before and
@@ -290,7 +289,7 @@ def restore(run: str, quiet: bool, **overrides: Any) -> None:
     """
     from .app.steps.restore import restore_run
 
-    record = restore_run(_open(run), overrides, progress=_progress(quiet))
+    record = restore_run(_open(run), overrides)
     t = record["temperature"]
     click.echo(
         f"restore: {record['method']}"

@@ -42,11 +42,9 @@ RESTORE_JSON = "restored/restore.json"
 METRICS = ("accuracy", "nll", "ece")
 
 
-def restore_run(
-    run: Run, overrides: dict[str, Any] | None = None, *, progress: bool = False
-) -> dict[str, Any]:
-    """Choose and apply a restoring method for RUN's compressed model (module docstring)."""
-    del progress  # the methods train a few epochs without bars
+def restore_run(run: Run, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Choose and apply a restoring method for RUN's compressed model (module docstring);
+    the few epochs of variances / finetune train without progress bars."""
     with run.locked():
         if overrides:
             run = run.with_config(with_overrides(run.config, "restore", overrides))
