@@ -1,148 +1,140 @@
-"""Uncertainty after pruning: does a pruned LeNet-300-100 keep its calibration and OOD detection?
+"""Uncertainty after compression: do compressed Bayesian nets keep calibration and OOD detection?
 
-Trains a Bayesian (scale-mixture prior, as `foundation_lenet300.py`) and a
-deterministic LeNet-300-100 on MNIST, prunes them (SNR / magnitude) at the sparsity
-`compress.search_sparsity` picks on a validation split carved from the training data,
-once holding accuracy alone and once holding accuracy, NLL, ECE and OOD AUROC
-(validation OOD: Fashion-MNIST *training* images), then applies each restoring method
-of `bayesprune.restore_uncertainty`. Reports accuracy, NLL, ECE and OOD AUROC (MNIST
-test in, Fashion-MNIST test out) before pruning, after pruning and after each method,
-mean ± sd over seeds. The test and OOD test sets only score; nothing is chosen on them.
+Per model (`--models`: LeNet-300-100, LeNet-5-Caffe, the eVI CNN, the spike-and-slab
+MLP), per direction (`--directions`: "mnist" = MNIST in / Fashion-MNIST out, "fashion"
+= the reverse) and per seed, a Bayesian network and its deterministic twin are trained,
+the Bayesian one is compressed the way that model is compressed (SNR search; eVI
+self-compression; the spike-and-slab median-probability network, refit or not), every
+restoring method of `bayesprune.restore_uncertainty` is applied, and each stage is
+scored on the test set (accuracy, NLL, ECE, OOD AUROC against the other data set's
+test images). The pipelines are in `_uncertainty_pipelines.py`.
 
-    python benchmarks/uncertainty_after_pruning.py --epochs 40 --seeds 0 1 2
+Every choice is made on a validation split carved (seeded) from the training rows:
+sparsities and self-compression rounds on the whole split (OOD: the other data set's
+*training* images), temperatures on its first half, the restoring method on its second
+half (lowest NLL). The test and OOD test sets are only scored.
+
+Each model writes results/uncertainty_after_pruning_<model>.{json,md} (after every
+seed, so a run cut short keeps what it finished); `--summary` writes the overview of
+targets over every model's file. Sizes per model: `--epochs lenet300=5 lenet5=3 ...`,
+`--train-limit lenet300=10000 ...`.
+
+    python benchmarks/uncertainty_after_pruning.py --models lenet300 --epochs lenet300=40
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import add_results_dir_option, md_table, use_results_dir, write_results
-from torch import nn
+from _common import (
+    add_results_dir_option,
+    md_table,
+    results_dir,
+    use_results_dir,
+    write_results,
+)
+from _uncertainty_pipelines import DEFAULTS, MODELS, Data, Settings, evi_scorer, run_model
 
 import bayesprune as bp
-from bayesprune import compress
 from bayesprune.data import load_fashion_mnist, load_mnist
 
-PRIOR = {"kind": "scale_mixture", "pi": 0.5, "scale1": 1.0, "scale2": math.exp(-6)}
-REPORTED = ("accuracy", "nll", "ece", "ood_auroc_entropy", "ood_auroc_mi")
+NAME = "uncertainty_after_pruning"
+LOADERS = {"mnist": load_mnist, "fashion": load_fashion_mnist}
+OTHER = {"mnist": "fashion", "fashion": "mnist"}
+REPORTED = (
+    "accuracy",
+    "nll",
+    "ece",
+    "ood_auroc_entropy",
+    "ood_auroc_mi",
+    "ood_auroc_variance",
+)
+TITLES = {"mnist": "MNIST in, Fashion-MNIST out", "fashion": "Fashion-MNIST in, MNIST out"}
+SUMMARY_EXTRA = {  # shown in the overview beside the compression of record
+    "lenet300": ("bayesian/held/pruned",),
+    "lenet5": ("bayesian/held/pruned",),
+    "evi": ("bayesian/held/pruned",),
+    "spike_slab": ("bayesian/median+refit/pruned",),
+}
+AUROCS = ("ood_auroc_entropy", "ood_auroc_mi", "ood_auroc_variance")
 
 
-def prune_and_restore(
-    model: nn.Module,
-    bayesian: bool,
-    data: dict[str, Any],
-    tolerances: dict[str, float],
-    args: argparse.Namespace,
-    seed: int,
-) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """Search the sparsity on validation, prune, restore by each method: test metrics per stage."""
-    mode = "mc" if bayesian else "mean"
-    val = bp.scorer(
-        data["val"], mode=mode, samples=args.val_samples, ood=data["val_ood"], seed=seed
+def make_data(model: str, direction: str, seed: int, args: argparse.Namespace) -> Data:
+    """Training rows (shuffled, seeded) with the validation split carved off; test scorers."""
+    load_in, load_out = LOADERS[direction], LOADERS[OTHER[direction]]
+    x, y = load_in("train", limit=args.train_limit[model], seed=seed).tensors
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    x, y = x[perm], y[perm]
+    n_val, half = args.val_size, args.val_size // 2
+    if n_val >= len(y):
+        raise SystemExit(f"--val-size {n_val} leaves no training rows of {len(y)}")
+    x_ood = load_out("train", limit=n_val, seed=seed).tensors[0]
+    val = (x[-n_val:], y[-n_val:])
+    x_test, y_test = load_in("test", limit=args.test_limit[model], seed=0).tensors
+    x_ood_test = load_out("test", limit=args.test_limit[model], seed=0).tensors[0]
+    cache: dict[Any, Any] = {}
+
+    def test(mode: str, likelihood: Any) -> Any:
+        if mode not in cache:
+            cache[mode] = (
+                evi_scorer((x_test, y_test), x_ood_test)
+                if mode == "evi"
+                else bp.scorer(
+                    (x_test, y_test),
+                    likelihood,
+                    mode=mode,
+                    samples=args.mc_samples[model],
+                    ood=x_ood_test,
+                    seed=seed,
+                )
+            )
+        return cache[mode]
+
+    return Data(
+        train=(x[:-n_val], y[:-n_val]),
+        val=val,
+        val_fit=(val[0][:half], val[1][:half]),
+        val_pick=(val[0][half:], val[1][half:]),
+        val_ood=x_ood,
+        val_pick_ood=x_ood[half:],
+        test=test,
     )
-    held = {k: v for k, v in tolerances.items() if bayesian or k != "ood_auroc_mi"}
-    scores = compress.weight_scores(model, "snr" if bayesian else "magnitude")
-    search = compress.search_sparsity(model, scores, val, tolerances=held)
-    pruned = compress.pruned_copy(model, scores, search.sparsity)  # = search.masks
-    stages = {"pruned": data["test_score"][mode](pruned)}
-    methods = ["temperature", "variances", "finetune"] if bayesian else ["temperature", "finetune"]
-    for method in methods:
-        repaired = bp.restore_uncertainty(
-            pruned,
-            method,
-            train=data["train"],
-            val=data["val"],
-            epochs=args.restore_epochs,
-            mode=mode,
-            samples=args.val_samples,
-            seed=seed,
-            batch_size=args.batch_size,
-        )
-        stages[method] = data["test_score"][mode](repaired)
-    return stages, search.as_dict()
 
 
-def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Both networks trained, pruned under both tolerance sets and restored, for one seed."""
-    train_all = load_mnist("train", limit=args.train_limit, seed=seed)
-    x, y = train_all.tensors
-    n_val = args.val_size
-    x_test, y_test = load_mnist("test").tensors
-    x_ood_test = load_fashion_mnist("test").tensors[0]
-    x_ood_val = load_fashion_mnist("train", limit=n_val, seed=seed).tensors[0]
-    test_score = {
-        mode: bp.scorer(
-            (x_test, y_test), mode=mode, samples=args.mc_samples, ood=x_ood_test, seed=seed
-        )
-        for mode in ("mc", "mean")
-    }
-    data = {
-        "train": (x[:-n_val], y[:-n_val]),
-        "val": (x[-n_val:], y[-n_val:]),
-        "val_ood": x_ood_val,
-        "test_score": test_score,
-    }
-    settings = dict(
-        epochs=args.epochs,
+def settings_for(model: str, seed: int, args: argparse.Namespace) -> Settings:
+    return Settings(
+        epochs=args.epochs[model],
+        lr=args.lr[model],
         batch_size=args.batch_size,
-        lr=args.lr,
-        lr_schedule="cosine",
-        seed=seed,
-        progress=False,
-    )
-    variants = {
-        "accuracy": {"accuracy": args.delta},
-        "uncertainty": {
+        mc_samples=args.mc_samples[model],
+        val_samples=args.val_samples[model],
+        restore_epochs=args.restore_epochs,
+        delta=args.delta,
+        uncertainty_tolerances={
             "accuracy": args.delta,
             "nll": args.nll_tolerance,
             "ece": args.ece_tolerance,
             "ood_auroc_entropy": args.auroc_tolerance,
             "ood_auroc_mi": args.auroc_tolerance,
         },
-    }
-    out: dict[str, Any] = {"seed": seed, "stages": {}, "searches": {}}
-    for name, bayesian in (("bayesian", True), ("deterministic", False)):
-        torch.manual_seed(seed)
-        model = (
-            bp.lenet_300_100(prior=PRIOR) if bayesian else bp.lenet_300_100(family="deterministic")
-        )
-        bp.fit(model, data["train"], **settings)
-        out["stages"][f"{name}/before"] = test_score["mc" if bayesian else "mean"](model)
-        for variant, tolerances in variants.items():
-            stages, search = prune_and_restore(model, bayesian, data, tolerances, args, seed)
-            out["searches"][f"{name}/{variant}"] = search
-            for stage, metrics in stages.items():
-                out["stages"][f"{name}/{variant}/{stage}"] = metrics
-        if bayesian:
-            bayes_sparsity = out["searches"]["bayesian/accuracy"]["sparsity"]
-        else:  # the deterministic net at the Bayesian net's sparsity, for the ECE target
-            scores = compress.weight_scores(model, "magnitude")
-            same = compress.pruned_copy(model, scores, bayes_sparsity)
-            out["searches"]["deterministic/at-bayesian-sparsity"] = {"sparsity": bayes_sparsity}
-            out["stages"]["deterministic/at-bayesian-sparsity/pruned"] = test_score["mean"](same)
-        print(f"seed {seed}: {name} done", flush=True)
-    return out
+        seed=seed,
+        evi_kernels=args.evi_kernels,
+        evi_fraction=args.evi_fraction,
+        evi_rounds=args.evi_rounds,
+        evi_finetune_epochs=args.evi_finetune_epochs,
+        ss_hidden=tuple(args.ss_hidden),
+        ss_refit_epochs=args.ss_refit_epochs,
+        ss_kl_weight=args.ss_kl_weight,
+    )
 
 
-def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± sd over seeds of every stage's metrics, and of the searched sparsity."""
-    rows = []
-    for stage in runs[0]["stages"]:
-        row: dict[str, Any] = {"model / stage": stage}
-        search = stage.rsplit("/", 1)[0]
-        sparsities = [r["searches"][search]["sparsity"] for r in runs if search in r["searches"]]
-        row["sparsity"] = _mean_sd(sparsities) if sparsities else ("-" if "before" in stage else "")
-        for metric in REPORTED:
-            values = [r["stages"][stage].get(metric) for r in runs]
-            row[metric] = _mean_sd(values) if None not in values else "-"
-        rows.append(row)
-    return rows
+# --- summaries and targets ------------------------------------------------------------------
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -150,135 +142,301 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
 
-def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Issue 18's targets, per seed averaged: ECE ≤ 1.5× unpruned Bayesian and below the
-    deterministic net at the same sparsity; OOD AUROC within 0.02 of the unpruned Bayesian."""
+def chosen(run: dict[str, Any], group: str, tolerance: float = 0.02) -> str | None:
+    """The stage of `group` (e.g. "bayesian/accuracy") that `bayesprune restore` would keep:
+    the lowest validation-pick NLL among the stages whose pick ECE is no worse than the
+    pruned model's and whose pick OOD AUROCs fall by at most `tolerance`."""
+    base = run["pick"].get(f"{group}/pruned")
+    names = [s for s in run["pick"] if s.startswith(group + "/") or s.startswith(group + "+")]
+    if base is None or not names:
+        return None
 
-    def mean(stage: str, metric: str) -> float:
-        return statistics.mean(r["stages"][stage][metric] for r in runs)
-
-    base_ece = mean("bayesian/before", "ece")
-    det_ece = mean("deterministic/at-bayesian-sparsity/pruned", "ece")
-    out = {}
-    for stage in runs[0]["stages"]:
-        if not stage.startswith("bayesian/") or stage.endswith("before"):
-            continue
-        ece = mean(stage, "ece")
-        out[stage] = {
-            "ece_le_1.5x_unpruned": ece <= 1.5 * base_ece,
-            "ece_ratio_to_unpruned": ece / base_ece,
-            "ece_below_deterministic_same_sparsity": ece < det_ece,
-            "auroc_entropy_drop": mean("bayesian/before", "ood_auroc_entropy")
-            - mean(stage, "ood_auroc_entropy"),
-            "auroc_mi_drop": mean("bayesian/before", "ood_auroc_mi") - mean(stage, "ood_auroc_mi"),
-            "accuracy_drop": mean("bayesian/before", "accuracy") - mean(stage, "accuracy"),
-        }
-        out[stage]["auroc_within_0.02"] = (
-            max(out[stage]["auroc_entropy_drop"], out[stage]["auroc_mi_drop"]) <= 0.02
+    def eligible(stage: str) -> bool:
+        values = run["pick"][stage]
+        aurocs = [m for m in AUROCS if m in values and m in base]
+        return values["ece"] <= base["ece"] and all(
+            values[m] >= base[m] - tolerance for m in aurocs
         )
+
+    return min(filter(eligible, names), key=lambda s: run["pick"][s]["nll"])
+
+
+def groups(model: str) -> list[str]:
+    """Where the restoring method is chosen: the compression of record's stages."""
+    return ["bayesian/median"] if model == "spike_slab" else ["bayesian/accuracy"]
+
+
+def with_chosen(runs: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
+    """Each run with a synthetic stage "<group>/chosen-on-validation" (its test metrics)."""
+    out = []
+    for run in runs:
+        stages = dict(run["stages"])
+        for group in groups(model):
+            pick = chosen(run, group)
+            if pick is not None:
+                stages[f"{group}/chosen-on-validation"] = {**stages[pick], "chosen": pick}
+        out.append({**run, "stages": stages})
     return out
 
 
-def verdict(payload: dict[str, Any]) -> str:
-    """Which of issue 18's targets this run meets or misses, and by how much."""
-    runs = payload["runs"]
-    acc = statistics.mean(r["stages"]["bayesian/before"]["accuracy"] for r in runs)
-    ece = statistics.mean(r["stages"]["bayesian/before"]["ece"] for r in runs)
-    det = statistics.mean(r["stages"]["deterministic/before"]["ece"] for r in runs)
-    lines = [
-        f"- Accuracy: the unpruned Bayesian net reaches {100 * (1 - acc):.1f} % test error "
-        f"here, against the foundation target of 2.0 %: the accuracy target is missed by "
-        f"{100 * (1 - acc) - 2:.1f} points before any pruning, because this run is small. Its "
-        f"ECE ({ece:.4f}) is that of an under-trained net and above the deterministic net's "
-        f"({det:.4f}), so 'ECE ≤ 1.5× the unpruned Bayesian net' is a weak bar in this run.",
-    ]
-    for stage, t in payload["targets"].items():
-        misses = []
-        if not t["ece_le_1.5x_unpruned"]:
-            misses.append(f"ECE {t['ece_ratio_to_unpruned']:.2f}× the unpruned (target ≤ 1.5×)")
-        if not t["ece_below_deterministic_same_sparsity"]:
-            misses.append("ECE not below the deterministic net's at the same sparsity")
-        worst = max(t["auroc_entropy_drop"], t["auroc_mi_drop"])
-        if worst > 0.02:
-            misses.append(f"OOD AUROC down {worst:.3f} (target ≤ 0.02)")
-        state = "misses " + "; ".join(misses) if misses else "meets the ECE and AUROC targets"
-        lines.append(
-            f"- {stage}: {state} (ECE {t['ece_ratio_to_unpruned']:.2f}× unpruned, AUROC drop "
-            f"{worst:+.3f}, accuracy drop {t['accuracy_drop']:+.4f})."
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± sd over seeds of every stage's metrics."""
+    rows = []
+    for stage in runs[0]["stages"]:
+        row: dict[str, Any] = {"stage": stage}
+        row["sparsity"] = _mean_sd([r["stages"][stage]["sparsity"] for r in runs])
+        for metric in REPORTED:
+            values = [r["stages"][stage].get(metric) for r in runs]
+            row[metric] = _mean_sd(values) if None not in values else "-"
+        if "chosen" in runs[0]["stages"][stage]:
+            picks = [r["stages"][stage]["chosen"].removeprefix("bayesian/") for r in runs]
+            row["stage"] += " (" + ", ".join(f"{picks.count(p)}× {p}" for p in sorted(set(picks)))
+            row["stage"] += ")"
+        rows.append(row)
+    return rows
+
+
+def targets(runs: list[dict[str, Any]], delta: float) -> list[dict[str, Any]]:
+    """Issue 18's targets on seed means, for every compressed Bayesian stage."""
+
+    def mean(stage: str, metric: str) -> float | None:
+        values = [r["stages"][stage].get(metric) for r in runs]
+        return None if None in values else statistics.mean(values)
+
+    base = "bayesian/before"
+    det = "deterministic/same-sparsity/pruned"
+    det_t = "deterministic/same-sparsity/pruned+temperature"
+    rows = []
+    for stage in runs[0]["stages"]:
+        if not stage.startswith("bayesian/") or stage == base:
+            continue
+        ece = mean(stage, "ece")
+        drops = {
+            m: mean(base, m) - mean(stage, m)
+            for m in AUROCS
+            if mean(stage, m) is not None and mean(base, m) is not None
+        }
+        worst = max(drops.values())
+        acc_drop = mean(base, "accuracy") - mean(stage, "accuracy")
+        rows.append(
+            {
+                "stage": stage,
+                "sparsity": mean(stage, "sparsity"),
+                "ece": ece,
+                "ece / unpruned": ece / mean(base, "ece"),
+                "≤ 1.5×": ece <= 1.5 * mean(base, "ece"),
+                "deterministic ece": mean(det, "ece"),
+                "< deterministic": ece < mean(det, "ece"),
+                "deterministic + T ece": mean(det_t, "ece"),
+                "worst AUROC drop": worst,
+                "≤ 0.02": worst <= 0.02,
+                "accuracy drop": acc_drop,
+                f"≤ {delta}": acc_drop <= delta,
+            }
         )
-    lines.append(
-        "- Not measured here: the 40-epoch foundation setting, the reverse OOD direction "
-        "(Fashion-MNIST in, MNIST out), LeNet-5-Caffe, the eVI CNN and the spike-and-slab "
-        "median model, all of which issue 18 asks for."
-    )
-    return "\n".join(lines) + "\n"
+    return rows
 
 
 def render(payload: dict[str, Any]) -> str:
-    s = payload["settings"]
-    target_rows = [{"stage": k, **v} for k, v in payload["targets"].items()]
-    return (
-        f"Small configuration: {s['epochs']} epochs on {s['train_limit']} MNIST training images "
-        f"({s['val_size']} of them held out for validation), seeds {s['seeds']}; NOT the "
-        "40-epoch foundation setting. Test: MNIST test (10,000) in-distribution, "
-        "Fashion-MNIST test (10,000) out. Bayesian: Monte-Carlo predictive "
-        f"({s['mc_samples']} samples); deterministic: one pass. Searches on validation "
-        f"({s['val_samples']} samples, validation OOD = {s['val_size']} Fashion-MNIST "
-        f"training images): 'accuracy' holds accuracy within {s['delta']}; 'uncertainty' also "
-        f"NLL within {s['nll_tolerance']}, ECE within {s['ece_tolerance']} and OOD AUROC "
-        f"within {s['auroc_tolerance']}. Restoring: temperature on validation; variances / "
-        f"finetune {s['restore_epochs']} epoch(s).\n\nMean ± sd over seeds:\n\n"
-        + md_table(payload["summary"])
-        + "\nIssue 18 targets (Bayesian stages, seed means):\n\n"
-        + md_table(target_rows)
-        + "\nMet and missed in this small run (seed means; the sd over seeds is in the "
-        "first table):\n\n" + verdict(payload)
+    s, model = payload["settings"], payload["model"]
+    parts = [
+        f"Model: **{model}**; {s['epochs'][model]} epochs, lr {s['lr'][model]}, training rows "
+        f"{s['train_limit'][model] or 'all'} ({s['val_size']} held out for validation: searches "
+        "on all of it, temperature on its first half, the restoring method chosen on its "
+        "second half: lowest NLL among the stages that keep its ECE and OOD AUROC, as "
+        f"`bayesprune restore` does). Test: {s['test_limit'][model] or 'all'} test images in, "
+        f"as many of the other data set's test images out. MC predictive {s['mc_samples'][model]} "
+        f"samples (test), {s['val_samples'][model]} (validation). Accuracy tolerance "
+        f"{s['delta']}; the 'held' variant also holds NLL {s['nll_tolerance']}, ECE "
+        f"{s['ece_tolerance']}, AUROC {s['auroc_tolerance']}. Restoring: temperature; "
+        f"variances / finetune {s['restore_epochs']} epoch(s). Seconds per direction: "
+        f"{payload.get('seconds')}.\n"
+    ]
+    for direction, runs in payload["directions"].items():
+        if not runs:
+            continue
+        runs = with_chosen(runs, model)
+        title = TITLES[direction]
+        parts.append(
+            f"\n## {title} (seeds {[r['seed'] for r in runs]}, mean ± sd)\n\n"
+            + md_table(summarise(runs))
+            + "\nIssue 18 targets (seed means):\n\n"
+            + md_table(targets(runs, s["delta"]))
+        )
+    return "".join(parts)
+
+
+def save(payload: dict[str, Any]) -> None:
+    write_results(f"{NAME}_{payload['model']}", payload, render(payload))
+
+
+def summary(args: argparse.Namespace) -> None:
+    """The overview: per model and direction, the compression of record with and without
+    the restoring method chosen on validation, against the targets."""
+    rows = []
+    for model in MODELS:
+        path = results_dir() / f"{NAME}_{model}.json"
+        if not path.is_file():
+            continue
+        payload = json.loads(path.read_text())
+        for direction, runs in payload["directions"].items():
+            if not runs:
+                continue
+            runs = with_chosen(runs, model)
+            table = {row["stage"]: row for row in targets(runs, payload["settings"]["delta"])}
+            for group in groups(model):
+                for stage in (
+                    f"{group}/pruned",
+                    *SUMMARY_EXTRA[model],
+                    f"{group}/chosen-on-validation",
+                ):
+                    if stage in table:
+                        picks = [r["stages"][stage].get("chosen", "") for r in runs]
+                        picks = [p.removeprefix("bayesian/") for p in picks if p]
+                        counts = ", ".join(f"{picks.count(p)}× {p}" for p in sorted(set(picks)))
+                        shown = f" ({counts})" if picks else ""
+                        rows.append(
+                            {
+                                "model": model,
+                                "in": direction,
+                                "seeds": len(runs),
+                                "stage": stage + shown,
+                                **{k: v for k, v in table[stage].items() if k != "stage"},
+                            }
+                        )
+    md = (
+        "Per model and direction: the compression of record, as pruned and with the "
+        "restoring method chosen on validation (in brackets), against issue 18's targets "
+        "(seed means; the per-model files hold every stage and the sd).\n\n" + md_table(rows)
     )
+    print(md)
+    write_results(NAME + "_summary", {"rows": rows}, md)
+
+
+def per_model(values: list[str], kind: type, key: str, default: Any = None) -> dict[str, Any]:
+    """`MODEL=VALUE` pairs (a bare VALUE: every model) over the defaults of `key`."""
+    out = {m: DEFAULTS[m].get(key, default) for m in MODELS}
+    for item in values:
+        model, _, value = item.rpartition("=")
+        if (model and model not in out) or not value:
+            raise SystemExit(f"--{key.replace('_', '-')} takes [MODEL=]VALUE, MODEL in {MODELS}")
+        parsed = None if value.lower() == "all" else kind(value)
+        out.update({model: parsed} if model else dict.fromkeys(out, parsed))
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--directions", nargs="+", choices=list(LOADERS), default=list(LOADERS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", nargs="*", default=[], help="MODEL=N (defaults per model)")
+    parser.add_argument("--train-limit", nargs="*", default=[], help="MODEL=ROWS or MODEL=all")
+    parser.add_argument("--lr", nargs="*", default=[], help="MODEL=LR")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--val-size", type=int, default=5000)
-    parser.add_argument("--mc-samples", type=int, default=30, help="test predictive")
-    parser.add_argument("--val-samples", type=int, default=10, help="validation predictive")
+    parser.add_argument("--test-limit", nargs="*", default=[], help="[MODEL=]test images per set")
+    parser.add_argument("--mc-samples", nargs="*", default=[], help="[MODEL=]N, test (30)")
+    parser.add_argument("--val-samples", nargs="*", default=[], help="[MODEL=]N, validation (10)")
     parser.add_argument("--delta", type=float, default=0.005, help="accuracy tolerance")
     parser.add_argument("--nll-tolerance", type=float, default=0.02)
     parser.add_argument("--ece-tolerance", type=float, default=0.005)
     parser.add_argument("--auroc-tolerance", type=float, default=0.01)
     parser.add_argument("--restore-epochs", type=int, default=2)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--evi-kernels", type=int, default=32)
+    parser.add_argument("--evi-fraction", type=float, default=0.25, help="kernels per round")
+    parser.add_argument("--evi-rounds", type=int, default=3)
+    parser.add_argument("--evi-finetune-epochs", type=int, default=1)
+    parser.add_argument("--ss-hidden", type=int, nargs="+", default=[400, 400])
+    parser.add_argument("--ss-refit-epochs", type=int, default=3)
+    parser.add_argument(
+        "--ss-kl-weight", type=float, default=None, help="default: 0.1 x training rows / 60,000"
+    )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rerender", metavar="JSON", help="only rewrite results from a JSON")
+    parser.add_argument("--summary", action="store_true", help="only write the overview")
+    parser.add_argument("--rerender", metavar="JSON", help="only rewrite one model's results")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="combine one model's runs of other directions / seeds (separate processes)",
+    )
     add_results_dir_option(parser)
     args = parser.parse_args()
     use_results_dir(args)
+    if args.summary:
+        summary(args)
+        return
     if args.rerender:
         rerender(args.rerender)
         return
+    if args.merge:
+        merge(args.merge)
+        return
+    del args.summary, args.rerender, args.merge
+    args.epochs = per_model(args.epochs, int, "epochs")
+    args.train_limit = per_model(args.train_limit, int, "train_limit")
+    args.lr = per_model(args.lr, float, "lr")
+    args.test_limit = per_model(args.test_limit, int, "test_limit")
+    args.mc_samples = per_model(args.mc_samples, int, "mc_samples", 30)
+    args.val_samples = per_model(args.val_samples, int, "val_samples", 10)
     torch.set_num_threads(args.threads)
-    del args.rerender
-    settings = {**vars(args), "prior": PRIOR}
-    runs = [run_seed(seed, args) for seed in args.seeds]
-    payload = {"settings": settings, "runs": runs, "summary": summarise(runs)}
-    payload["targets"] = targets(runs)
-    md = render(payload)
-    print(md)
-    write_results("uncertainty_after_pruning", payload, md)
+    for model in args.models:
+        payload: dict[str, Any] = {
+            "model": model,
+            "settings": vars(args),
+            "directions": {d: [] for d in args.directions},
+            "seconds": {},
+        }
+        for direction in args.directions:
+            start = time.perf_counter()
+            for seed in args.seeds:
+                print(f"{model} / {direction} / seed {seed}", flush=True)
+                data = make_data(model, direction, seed, args)
+                run = run_model(model, data, settings_for(model, seed, args))
+                payload["directions"][direction].append({"seed": seed, **run})
+                payload["seconds"][direction] = round(time.perf_counter() - start)
+                save(payload)
+
+
+def merge(paths: list[str]) -> None:
+    """One model's result from runs of different directions or seeds with the same settings
+    (run as separate processes): every seed of every direction, the summed seconds, every
+    command, the first run's machine."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    for part in parts[1:]:
+        shared = (set(part["settings"]) & set(first["settings"])) - {"directions", "seeds"}
+        differ = [k for k in shared if part["settings"][k] != first["settings"][k]]
+        if part["model"] != first["model"] or differ:
+            raise SystemExit(f"{paths[0]} and the others differ in model or settings {differ}")
+    payload = {k: v for k, v in first.items() if k not in ("benchmark", "command", "machine")}
+    by_seed: dict[str, dict[int, Any]] = {}
+    payload["seconds"] = {}
+    for part in parts:
+        for direction, runs in part["directions"].items():
+            for run in runs:  # a seed run twice: the first file's run is kept
+                by_seed.setdefault(direction, {}).setdefault(run["seed"], run)
+            seconds = part["seconds"].get(direction)
+            if seconds is not None:
+                payload["seconds"][direction] = payload["seconds"].get(direction, 0) + seconds
+    payload["directions"] = {d: [runs[k] for k in sorted(runs)] for d, runs in by_seed.items()}
+    seeds = sorted({r["seed"] for runs in payload["directions"].values() for r in runs})
+    payload["settings"] = {
+        **first["settings"],
+        "directions": list(payload["directions"]),
+        "seeds": seeds,
+    }
+    command = " ; ".join(dict.fromkeys(p["command"] for p in parts))
+    write_results(f"{NAME}_{first['model']}", payload, render(payload), command, first["machine"])
 
 
 def rerender(path: str) -> None:
-    """Rewrite the summary, targets and markdown from a saved JSON, keeping its command
-    and machine, without retraining."""
+    """Rewrite one model's markdown from its JSON, keeping its command and machine."""
     payload = json.loads(Path(path).read_text())
     command, machine_info = payload.pop("command"), payload.pop("machine")
     payload.pop("benchmark", None)
-    payload["summary"] = summarise(payload["runs"])
-    payload["targets"] = targets(payload["runs"])
-    write_results("uncertainty_after_pruning", payload, render(payload), command, machine_info)
+    write_results(f"{NAME}_{payload['model']}", payload, render(payload), command, machine_info)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from bayesprune.evaluation import (
     METRIC_DIRECTIONS,
     OOD_METRICS,
     REGRESSION_METRICS,
+    evaluate,
     scorer,
 )
 
@@ -250,3 +251,28 @@ def test_restore_uncertainty_leaves_its_input_alone_and_names_its_methods():
         restore_uncertainty(model, "dropout", train=(x, y))
     with pytest.raises(ValueError, match="needs val="):
         restore_uncertainty(model, "temperature", train=(x, y))
+
+
+def test_temperature_on_an_evi_network_tempers_its_mean_and_keeps_its_covariance():
+    """eVI returns (mean probabilities, cov): the wrapper tempers the mean as
+    fit_temperature's map does, so restore_uncertainty('temperature') serves eVI too."""
+    from bayesprune.nn.moments import EVILikelihood, evi_cnn
+
+    torch.manual_seed(0)
+    net = evi_cnn(4, image_size=12).eval()
+    x = torch.rand(16, 1, 12, 12)
+    y = torch.randint(0, 10, (16,))
+    with torch.no_grad():
+        raw = net(x)
+        one = TemperatureScaled(net, 1.0)(x)
+        hot = TemperatureScaled(net, 3.0)(x)
+    torch.testing.assert_close(one.mean, raw.mean / raw.mean.sum(-1, keepdim=True))
+    assert hot.cov is raw.cov or torch.equal(hot.dense_covariance(), raw.dense_covariance())
+    torch.testing.assert_close(hot.mean, tempered_probs(raw.mean[None], 3.0).float())
+    assert hot.mean.max() < raw.mean.max()  # softer
+    fixed = restore_uncertainty(net, "temperature", val=(x, y), likelihood=EVILikelihood(),
+                                mode="mean")  # fmt: skip
+    assert isinstance(fixed, TemperatureScaled)
+    before = evaluate(net, (x, y), EVILikelihood(), metrics=["nll"])["nll"]
+    after = evaluate(fixed, (x, y), EVILikelihood(), metrics=["nll"])["nll"]
+    assert after <= before + 1e-9

@@ -84,6 +84,9 @@ class TemperatureScaled(nn.Module):
     Wraps a classifier that returns logits; its variational layers stay inside, so
     Monte-Carlo and posterior-mean prediction, `evaluation.scorer` and `predict` see
     them as before. T is a buffer: it is saved with the model and never trained.
+    An eVI network's `Moments` output gets its mean probabilities tempered,
+    softmax(log μ / T), the same map `fit_temperature` fits on its one-pass predictive;
+    the propagated covariance is returned unchanged (it describes the untempered mean).
     """
 
     def __init__(self, model: nn.Module, temperature: float) -> None:
@@ -93,14 +96,24 @@ class TemperatureScaled(nn.Module):
         self.model = model
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Any:
         out = self.model(x)
-        if not isinstance(out, Tensor):
-            raise TypeError(
-                "TemperatureScaled needs a model that returns logits (a tensor), got "
-                f"{type(out).__name__}; eVI (mean, cov) outputs are not supported"
-            )
-        return out / self.temperature.to(out.dtype)
+        if isinstance(out, Tensor):
+            return out / self.temperature.to(out.dtype)
+        if _is_moments(out):  # eVI: temper the mean probabilities, keep the covariance
+            mean = out.mean
+            logits = mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
+            tempered = torch.softmax(logits / self.temperature.to(mean.dtype), dim=-1)
+            return out._replace(mean=tempered)
+        raise TypeError(
+            "TemperatureScaled needs a model that returns logits (a tensor) or eVI moments "
+            f"(mean probabilities, cov), got {type(out).__name__}"
+        )
+
+
+def _is_moments(out: Any) -> bool:
+    """An eVI `Moments` (a named (mean, cov) tuple), recognised without importing nn.moments."""
+    return hasattr(out, "_replace") and isinstance(getattr(out, "mean", None), Tensor)
 
 
 def fit_temperature(

@@ -26,7 +26,7 @@ def main(debug: bool) -> None:
 
 main.add_command(data)
 main.add_command(config)
-for _command in RUN_COMMANDS:  # train, evaluate, compress, select-features, report, export
+for _command in RUN_COMMANDS:  # train, evaluate, compress, restore, select-features, report, export
     main.add_command(_command)
 
 

@@ -1,4 +1,4 @@
-"""`bayesprune train | evaluate | compress | select-features | report | export` (run folders).
+"""`bayesprune train | evaluate | compress | restore | select-features | report | export`.
 
 Each command is a thin wrapper over `bayesprune.app.steps`; registered on the main
 group in cli.py, whose error boundary (cli_errors.py) prints every error as one line
@@ -21,6 +21,8 @@ from .app.config import (
     COMPRESS_RULES,
     FEATURE_RULES,
     FEATURE_SCORES,
+    IMAGE_SETS,
+    RESTORE_METHODS,
     UNIT_SCORE_NAMES,
     WEIGHT_SCORE_NAMES,
     load_config,
@@ -260,6 +262,48 @@ def compress(run: str, quiet: bool, **overrides: Any) -> None:
     click.echo(f"written to {Path(run) / 'compressed'}")
 
 
+@click.command("restore")
+@_RUN
+@click.option(
+    "--method",
+    type=click.Choice(RESTORE_METHODS),
+    default=None,
+    help="Restoring method (default: the config's restore.method; auto: chosen on validation).",
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=None, help="Epochs (variances, finetune)."
+)
+@click.option(
+    "--ood",
+    type=click.Choice(IMAGE_SETS),
+    default=None,
+    help="Out-of-distribution images (the other image set): measure and hold OOD AUROC.",
+)
+@_friendly
+def restore(run: str, **overrides: Any) -> None:
+    """Restore the calibration of RUN's compressed model; the method is chosen on validation.
+
+    Writes RUN/restored/ (model.safetensors, restore.json with the metrics before and
+    after). Options apply to this command only: recorded in restore.json, never
+    written into config.yaml.
+    """
+    from .app.steps.restore import restore_run
+
+    record = restore_run(_open(run), overrides)
+    t = record["temperature"]
+    click.echo(
+        f"restore: {record['method']}"
+        + (f" (temperature {t:.3g})" if t is not None else "")
+        + f", chosen on {record['splits']['choose']['rows']} validation rows "
+        + f"(tried: {', '.join(record['candidates'])})"
+    )
+    for split in ("validation", "test"):
+        before, after = record["before"][split], record["after"][split]
+        shown = ", ".join(f"{k} {before[k]:.4g} → {after[k]:.4g}" for k in after)
+        click.echo(f"  {split}: {shown}")
+    click.echo(f"written to {Path(run) / 'restored'}")
+
+
 @click.command("select-features")
 @_RUN
 @click.option(
@@ -349,4 +393,4 @@ def export(run: str, onnx: bool, plain: bool, which: str) -> None:
         click.echo(f"onnxruntime vs torch, max |difference|: {out['onnx_max_abs_difference']:.3g}")
 
 
-COMMANDS = (train, evaluate, compress, select_features, report, export)
+COMMANDS = (train, evaluate, compress, restore, select_features, report, export)

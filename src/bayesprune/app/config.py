@@ -1,6 +1,6 @@
 """Run configurations: YAML files validated against dataclasses.
 
-A run config has six sections (every key optional; defaults below)::
+A run config has seven sections (every key optional; defaults below)::
 
     data:     {name: digits, limit: null, noise_columns: 0, seed: 0, ...}
     model:    {builder: mlp, kwargs: {hidden: [64]}, family: spike_slab, prior: {}, ...}
@@ -8,6 +8,7 @@ A run config has six sections (every key optional; defaults below)::
     compress: {score: auto, rule: auto, sparsity: 0.9, ...}
     features: {score: auto, rule: auto, screen: false, ...}
     evaluate: {samples: 30, bins: 15}
+    restore:  {method: auto, epochs: 2, ood: null, ...}
 
 Validation is strict because a typo in a config otherwise silently trains the
 wrong model: an unknown key or a bad value raises one `ConfigError` that names
@@ -169,6 +170,21 @@ class EvaluateConfig:
     bins: int = field(default=15, metadata={"min": 1})  # calibration bins (ECE, reliability)
 
 
+RESTORE_METHODS = (AUTO, "none", "temperature", "variances", "finetune")
+
+
+@dataclass
+class RestoreConfig:
+    """How `restore` repairs the compressed model's uncertainty, chosen on validation data."""
+
+    method: str = field(default="auto", metadata=_choices(*RESTORE_METHODS))
+    epochs: int = field(default=2, metadata={"min": 1})  # variances / finetune
+    lr: float | None = field(default=None, metadata={"min": 1e-12})  # None: the method's
+    # out-of-distribution images (the other image set): OOD AUROC measured and held
+    ood: str | None = field(default=None, metadata=_choices(*IMAGE_SETS))
+    auroc_tolerance: float = field(default=0.02, metadata={"min": 0.0, "max": 1.0})
+
+
 @dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -177,6 +193,7 @@ class RunConfig:
     compress: CompressConfig = field(default_factory=CompressConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    restore: RestoreConfig = field(default_factory=RestoreConfig)
 
 
 # ---------------------------------------------------------------------------------------
@@ -313,6 +330,21 @@ def _check_features(f: FeaturesConfig) -> None:
         raise ConfigError(f"features.rule {f.rule!r} needs PIPs: set features.score to 'pip'")
 
 
+def _check_restore(r: RestoreConfig, data: DataConfig) -> None:
+    if r.ood is None:
+        return
+    if data.name not in IMAGE_SETS:
+        raise ConfigError(
+            f"restore.ood names out-of-distribution images for an image run, and data.name "
+            f"{data.name!r} is not one of {list(IMAGE_SETS)}; remove restore.ood"
+        )
+    if r.ood == data.name:
+        other = next(n for n in IMAGE_SETS if n != data.name)
+        raise ConfigError(
+            f"restore.ood {r.ood!r} is the run's own data set; name the other one ({other!r})"
+        )
+
+
 def validate(config: RunConfig) -> RunConfig:
     """Cross-field checks (the per-key ones ran while parsing); returns `config`."""
     _check_data(config.data)
@@ -321,6 +353,7 @@ def validate(config: RunConfig) -> RunConfig:
     _check_model(config.model, config.data)
     _check_compress(config.compress)
     _check_features(config.features)
+    _check_restore(config.restore, config.data)
     return config
 
 

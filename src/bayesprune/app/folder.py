@@ -10,11 +10,13 @@ Layout of a run folder::
     metrics.json            training history and test metrics
     evaluation.json         `evaluate`: metrics of the trained / compressed model, MC and mean
     compressed/             `compress`: model.safetensors, compression.json / .md
+    restored/               `restore`: model.safetensors, restore.json (method chosen on
+                            validation, metrics before / after)
     features.json, .png     `select-features`
     report/                 `report`: report.html (self-contained), report.md, *.png
     export/                 `export`: model.onnx, model.safetensors (deterministic), export.json
-    manifests/              SET.json per artefact set (train, compress, features, export,
-                            report): size and SHA-256 of each file, written last
+    manifests/              SET.json per artefact set (train, compress, restore, features,
+                            export, report): size and SHA-256 of each file, written last
     .lock                   the pid of the process using the folder (an fcntl lock)
 
 Every command holds the folder's lock while it runs, and publishes each set of files
@@ -64,6 +66,7 @@ ARTEFACTS = {
             files=("model.safetensors", "likelihood.safetensors", "metrics.json"),
         ),
         ArtefactSet("compress", "compress {run}", directory="compressed"),
+        ArtefactSet("restore", "restore {run}", directory="restored"),
         ArtefactSet("features", "select-features {run}", files=("features.json", "features.png")),
         ArtefactSet("export", "export {run}", directory="export"),
         ArtefactSet("report", "report {run}", directory="report"),
@@ -71,7 +74,12 @@ ARTEFACTS = {
 }
 """The sets of files each step publishes together, with one manifest each."""
 
-_MODEL_SET = {"trained": "train", "compressed": "compress"}
+_MODEL_SET = {"trained": "train", "compressed": "compress", "restored": "restore"}
+_MODEL_FILES = {
+    "trained": "model.safetensors",
+    "compressed": "compressed/model.safetensors",
+    "restored": "restored/model.safetensors",
+}
 
 
 def lock_folder(folder: str | Path) -> Any:
@@ -177,13 +185,9 @@ class Run:
         return self.path("checkpoints")
 
     def model_path(self, which: str = "trained") -> Path:
-        if which not in ("trained", "compressed"):
-            raise ValueError(f"unknown model {which!r}; valid: ['compressed', 'trained']")
-        return (
-            self.path("model.safetensors")
-            if which == "trained"
-            else self.path("compressed", "model.safetensors")
-        )
+        if which not in _MODEL_FILES:
+            raise ValueError(f"unknown model {which!r}; valid: {sorted(_MODEL_FILES)}")
+        return self.path(_MODEL_FILES[which])
 
     def _model_record(self, which: str) -> dict[str, Any] | None:
         manifest = self.artefacts(_MODEL_SET[which]) if which in _MODEL_SET else None
@@ -308,7 +312,9 @@ class Run:
     def load_model(self, which: str = "trained") -> nn.Module:
         path = self.model_path(which)
         if not self.has_model(which):
-            step = "train CONFIG --out RUN" if which == "trained" else "compress RUN"
+            step = {"trained": "train CONFIG --out RUN", "compressed": "compress RUN"}.get(
+                which, f"{_MODEL_SET[which]} RUN"
+            )
             raise FileNotFoundError(f"{path} is missing; run `bayesprune {step}` first")
         tensors, meta = load_tensors(path)
         if meta.get("format") != STATE_FORMAT:

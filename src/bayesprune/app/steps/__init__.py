@@ -5,6 +5,7 @@
 | `train_run` | model.safetensors, metrics.json (history, test metrics, posterior summary) |
 | `evaluate_run` | evaluation.json (metrics per mode, reliability, pruning curve) |
 | `compress_run` | compressed/model.safetensors, compressed/compression.json |
+| `restore_run` | restored/model.safetensors, restored/restore.json |
 | `select_features` | features.json |
 | `export_run` | export/model.onnx, export/model.safetensors, export/export.json |
 """
@@ -13,6 +14,7 @@ from .compress import compress_run, compression_masks, with_overrides
 from .evaluate import evaluate_model, evaluate_run, model_entry
 from .export import export_run
 from .features import feature_scores, select_features
+from .restore import load_restored, restore_run
 from .train import train_run
 
 __all__ = [
@@ -22,7 +24,9 @@ __all__ = [
     "evaluate_run",
     "export_run",
     "feature_scores",
+    "load_restored",
     "model_entry",
+    "restore_run",
     "select_features",
     "train_run",
     "with_overrides",

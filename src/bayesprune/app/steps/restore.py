@@ -1,0 +1,237 @@
+"""Step `restore`: give the compressed model back the uncertainty its pruning cost.
+
+Pruning by accuracy keeps the arg-max but not the predictive spread (issue 18), so
+after `compress` this step tries the restoring methods of `restore.method` on the
+compressed model (auto: none, temperature, variances where the model has posterior
+scales, finetune) and keeps one, chosen on validation data only:
+
+- the validation split is cut in two halves: every method is fitted on the first
+  (temperature) or trained on the training rows and watched on it (variances,
+  finetune), and judged on the second;
+- the chosen method has the lowest NLL on the second half among the candidates
+  whose ECE there is no worse than the compressed model's and, with `restore.ood`,
+  whose OOD AUROC there falls by at most `restore.auroc_tolerance`; "none" (the
+  compressed model as it is) always qualifies, so validation ECE never gets worse.
+
+Writes restored/model.safetensors (the network; a temperature is kept beside it) and
+restored/restore.json (every candidate's validation metrics, the choice and why, and
+the test metrics before and after), published together. Options given on the command
+line are recorded in restore.json ("options"), never written to config.yaml. The test
+set is read once, for the before / after figures; nothing is chosen on it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from torch import Tensor, nn
+
+from ...calibration import TemperatureScaled
+from ...evaluation import Scorer, ood_metric_names, scorer
+from ...finetuning import VARIANCE_SUFFIXES
+from ...restore import RestoreMethod, restore_uncertainty
+from ..config import ConfigError, config_to_dict
+from ..factory import flattens
+from ..folder import Run
+from ..policy import primary_mode
+from .compress import with_overrides
+
+NONE = "none"
+RESTORE_JSON = "restored/restore.json"
+METRICS = ("accuracy", "nll", "ece")
+
+
+def restore_run(run: Run, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Choose and apply a restoring method for RUN's compressed model (module docstring);
+    the few epochs of variances / finetune train without progress bars."""
+    with run.locked():
+        if overrides:
+            run = run.with_config(with_overrides(run.config, "restore", overrides))
+        return _restore(run)
+
+
+def _restore(run: Run) -> dict[str, Any]:
+    cfg = run.config.restore
+    data = run.data()
+    if data.task != "classification":
+        raise ConfigError(
+            "restore needs a classification run (it restores calibration and OOD detection); "
+            f"this run's data {run.config.data.name!r} is a regression task"
+        )
+    if data.val is None or len(data.val[0]) < 2:
+        raise ConfigError(
+            "restore chooses its method on validation data, and this run has none: set "
+            "data.val_fraction (e.g. 0.2) in the config and train a new run folder"
+        )
+    compressed = run.load_model("compressed")  # one clear error when compress has not run
+    mode = primary_mode(run.config, compressed)
+    half = len(data.val[0]) // 2
+    fit_rows = (data.val[0][:half], data.val[1][:half])
+    pick_rows = (data.val[0][half:], data.val[1][half:])
+    ood_val = _ood(run, "train", len(pick_rows[0])) if cfg.ood else None
+    judge = _scorer(run, pick_rows, ood_val, mode)
+    candidates, models = _candidates(run, compressed, fit_rows, judge, mode)
+    chosen = min(
+        (m for m, c in candidates.items() if c["eligible"]),
+        key=lambda m: candidates[m]["validation"]["nll"],
+    )
+    before = candidates[NONE]["validation"]
+    final = models[chosen]
+    test_ood = _ood(run, "test", len(data.test[0])) if cfg.ood else None
+    test = _scorer(run, data.test, test_ood, mode)
+    record = {
+        "method": chosen,
+        "requested": cfg.method,
+        "temperature": _temperature(final),
+        "mode": mode,
+        "samples": run.config.evaluate.samples,
+        "rule": (
+            "lowest validation NLL (second half) among candidates whose validation ECE is no "
+            "worse than the compressed model's"
+            + (f" and whose OOD AUROC falls by at most {cfg.auroc_tolerance}" if cfg.ood else "")
+        ),
+        "splits": {
+            "fit": {"name": "validation, first half", "rows": len(fit_rows[0])},
+            "choose": {"name": "validation, second half", "rows": len(pick_rows[0])},
+            "test": {"name": "test", "rows": len(data.test[0])},
+        },
+        "ood": cfg.ood,
+        "candidates": candidates,
+        "before": {"validation": before, "test": test(compressed)},
+        "after": {"validation": candidates[chosen]["validation"], "test": test(final)},
+        "options": config_to_dict(run.config)["restore"],
+        "compressed_sha256": run.model_digest("compressed"),
+    }
+    inner = final.model if isinstance(final, TemperatureScaled) else final
+    with run.publish("restore") as tx:
+        run.save_model(inner, "restored", {"restore": {"method": chosen,
+                       "temperature": record["temperature"]}}, tx=tx)  # fmt: skip
+        tx.write_json(RESTORE_JSON, record)
+    run.log(
+        f"restore: {chosen} (of {list(candidates)}); validation {_short(before)} → "
+        f"{_short(record['after']['validation'])}"
+    )
+    return record
+
+
+def _candidates(
+    run: Run,
+    compressed: nn.Module,
+    fit_rows: tuple[Tensor, Tensor],
+    judge: Scorer,
+    mode: str,
+) -> tuple[dict[str, dict[str, Any]], dict[str, nn.Module]]:
+    """Every method tried: its validation metrics and whether it may be chosen; the models."""
+    before = judge(compressed)
+    candidates: dict[str, dict[str, Any]] = {NONE: {"validation": before, "eligible": True}}
+    models: dict[str, nn.Module] = {NONE: compressed}
+    for method in _methods(run.config.restore.method, compressed):
+        start = time.perf_counter()
+        repaired = _apply(run, compressed, method, fit_rows, mode)
+        values = judge(repaired)
+        why = _refusal(values, before, run.config.restore.auroc_tolerance)
+        candidates[method] = {
+            "validation": values,
+            "eligible": why is None,
+            "why_not": why,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        models[method] = repaired
+    return candidates, models
+
+
+def load_restored(run: Run) -> nn.Module:
+    """The restored model as `restore` chose it (temperature-scaled when it chose that)."""
+    record = run.read_json(RESTORE_JSON)
+    if record is None:
+        raise FileNotFoundError(
+            f"{run.path('restored')} is missing; run `bayesprune restore {run.folder}` first"
+        )
+    model = run.load_model("restored")
+    t = record.get("temperature")
+    return TemperatureScaled(model, t) if t is not None else model
+
+
+def _methods(requested: str, model: nn.Module) -> list[str]:
+    """The methods to try besides "none": the one asked for, or every applicable one."""
+    scaled = any(name.endswith(VARIANCE_SUFFIXES) for name, _ in model.named_parameters())
+    if requested == NONE:
+        return []
+    if requested != "auto":
+        if requested == RestoreMethod.VARIANCES and not scaled:
+            raise ConfigError(
+                "restore.method 'variances' re-estimates posterior scales, and the compressed "
+                "model has none (a deterministic network); use 'temperature' or 'auto'"
+            )
+        return [requested]
+    return [m for m in RestoreMethod.values() if scaled or m != RestoreMethod.VARIANCES]
+
+
+def _apply(
+    run: Run, model: nn.Module, method: str, fit_rows: tuple[Tensor, Tensor], mode: str
+) -> nn.Module:
+    cfg, t = run.config.restore, run.config.train
+    training = {"batch_size": t.batch_size, "kl_weight": t.kl_weight}
+    if t.dataset_size is not None:
+        training["dataset_size"] = t.dataset_size
+    return restore_uncertainty(
+        model,
+        method,
+        train=run.data().train,
+        val=fit_rows,
+        likelihood=run.likelihood(),
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        mode=mode,
+        samples=run.config.evaluate.samples,
+        seed=t.seed,
+        **({} if method == RestoreMethod.TEMPERATURE else training),
+    )
+
+
+def _refusal(values: dict[str, float], before: dict[str, float], tolerance: float) -> str | None:
+    """Why a candidate may not be chosen (None: it may)."""
+    if values["ece"] > before["ece"]:
+        return f"validation ECE {values['ece']:.4g} > {before['ece']:.4g} (compressed)"
+    for name in values:
+        if name.startswith("ood_auroc") and values[name] < before[name] - tolerance:
+            return f"validation {name} fell by more than {tolerance}"
+    return None
+
+
+def _scorer(run: Run, rows: tuple[Tensor, Tensor], ood: Tensor | None, mode: str) -> Scorer:
+    names = (*METRICS, *(ood_metric_names(mode) if ood is not None else ()))
+    return scorer(
+        rows,
+        run.likelihood(),
+        mode=mode,
+        samples=run.config.evaluate.samples,
+        bins=run.config.evaluate.bins,
+        seed=run.config.train.seed,
+        metrics=names,
+        ood=ood,
+    )
+
+
+def _ood(run: Run, split: str, rows: int) -> Tensor:
+    """`rows` images of `restore.ood` (its training split for validation, test for test),
+    shaped like the run's inputs."""
+    from ... import data as bdata
+
+    name = run.config.restore.ood
+    loader = bdata.load_mnist if name == "mnist" else bdata.load_fashion_mnist
+    d = run.config.data
+    x = loader(split, d.root, limit=rows, seed=d.seed).tensors[0]
+    return x.reshape(len(x), -1) if flattens(run.config) else x
+
+
+def _temperature(model: nn.Module) -> float | None:
+    return float(model.temperature) if isinstance(model, TemperatureScaled) else None
+
+
+def _short(values: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+
+
+__all__ = ["RESTORE_JSON", "load_restored", "restore_run"]

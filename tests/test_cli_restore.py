@@ -1,0 +1,202 @@
+"""`bayesprune restore RUN` on a tiny image run: chosen on validation, published whole, errors.
+
+The image sets are tiny synthetic stand-ins written as IDX files under a temporary
+`data.root` ("mnist": a horizontal bar whose row is the class; "fashion-mnist": blobs),
+so the OOD AUROC path runs without the real data.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from bayesprune.app.folder import Run
+from bayesprune.app.steps import load_restored
+from bayesprune.app.steps.restore import METRICS
+from bayesprune.app.transaction import Transaction
+from bayesprune.cli import main
+from bayesprune.data.idx import encode_idx
+from bayesprune.evaluation import scorer
+
+
+def _bars(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = rng.uniform(0, 120, (n, 28, 28))  # noisy enough that the net is not always sure
+    for i, label in enumerate(y):
+        row = 2 + 2 * label + rng.integers(0, 2)
+        x[i, row : row + 2, 4:24] += 90 + rng.uniform(0, 15)
+    return x.clip(0, 255).astype(np.uint8), y.astype(np.uint8)
+
+
+def _blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 60, (n, 28, 28))
+    for i in range(n):
+        r, c = rng.integers(4, 18, 2)
+        x[i, r : r + 8, c : c + 8] += 150
+    return x.clip(0, 255).astype(np.uint8), rng.integers(0, 10, n).astype(np.uint8)
+
+
+def _write_set(root, name: str, make, seed: int) -> None:
+    folder = root / name
+    folder.mkdir(parents=True)
+    for prefix, n in (("train", 500), ("t10k", 200)):
+        x, y = make(n, seed + (prefix == "t10k"))
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(encode_idx(x))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(encode_idx(y))
+
+
+def _invoke(*args: str, ok: bool = True):
+    result = CliRunner().invoke(main, [*args, "--threads", "1"])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def _config(root, **changes) -> dict:
+    raw = {
+        "data": {"name": "mnist", "root": str(root), "val_fraction": 0.4},
+        "model": {"kwargs": {"hidden": [24]}},
+        "train": {"epochs": 4, "batch_size": 32, "lr": 0.01},
+        "compress": {"rule": "global", "sparsity": 0.9},
+        "evaluate": {"samples": 4},
+    }
+    for section, values in changes.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return raw
+
+
+def _train_and_compress(tmp, raw: dict, name: str):
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    run = tmp / name
+    _invoke("train", str(path), "--out", str(run), "--quiet")
+    _invoke("compress", str(run), "--quiet")
+    return run
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("restore")
+    root = tmp / "data"
+    _write_set(root, "mnist", _bars, 0)
+    _write_set(root, "fashion-mnist", _blobs, 10)
+    torch.manual_seed(0)
+    run = _train_and_compress(tmp, _config(root), "gauss")
+    out = _invoke("restore", str(run), "--ood", "fashion-mnist", "--epochs", "1").output
+    return tmp, root, run, out
+
+
+def test_restore_keeps_or_improves_validation_ece_and_records_before_after(image_run):
+    _, _, run, out = image_run
+    record = json.loads((run / "restored" / "restore.json").read_text())
+    assert f"restore: {record['method']}" in out and "written to" in out
+    assert set(record["candidates"]) == {"none", "temperature", "variances", "finetune"}
+    before, after = record["before"]["validation"], record["after"]["validation"]
+    assert after["ece"] <= before["ece"] + 1e-12
+    assert after == record["candidates"][record["method"]]["validation"]
+    for stage in ("before", "after"):
+        for split in ("validation", "test"):
+            names = set(record[stage][split])
+            assert {*METRICS, "ood_auroc_entropy", "ood_auroc_mi"} <= names
+    # the rule: no eligible candidate has a lower validation NLL than the chosen one
+    eligible = [c for c in record["candidates"].values() if c["eligible"]]
+    assert min(c["validation"]["nll"] for c in eligible) == after["nll"]
+    assert record["splits"]["fit"]["rows"] + record["splits"]["choose"]["rows"] == 200
+    assert record["options"]["ood"] == "fashion-mnist" and record["options"]["epochs"] == 1
+    assert "restore" not in yaml.safe_load((run / "config.yaml").read_text()) or (
+        yaml.safe_load((run / "config.yaml").read_text())["restore"]["ood"] is None
+    )  # a command-line option is never written to config.yaml
+
+
+def test_pruning_worsened_calibration_and_temperature_repairs_it(image_run):
+    """At 90 % sparsity the tiny net's validation ECE rises; some method lowers it."""
+    _, _, run, _ = image_run
+    record = json.loads((run / "restored" / "restore.json").read_text())
+    before = record["before"]["validation"]["ece"]
+    best = min(c["validation"]["ece"] for c in record["candidates"].values())
+    assert best < before
+    assert record["candidates"]["temperature"]["validation"]["ece"] < before
+
+
+def test_the_restored_model_reloads_and_scores_as_recorded(image_run):
+    _, _, run, _ = image_run
+    r = Run.open(run)
+    record = json.loads((run / "restored" / "restore.json").read_text())
+    model = load_restored(r)
+    data = r.data()
+    half = len(data.val[0]) // 2
+    rows = (data.val[0][half:], data.val[1][half:])
+    mode = record["mode"]
+    score = scorer(rows, r.likelihood(), mode=mode, samples=4, seed=0, metrics=METRICS)
+    again = score(model)
+    for name in METRICS:
+        assert again[name] == pytest.approx(record["after"]["validation"][name], abs=1e-9)
+    assert (run / "manifests" / "restore.json").is_file()
+
+
+def test_a_failed_restore_leaves_the_previous_set_whole(image_run, monkeypatch):
+    _, _, run, _ = image_run
+    files = sorted(p for p in (run / "restored").iterdir())
+    old = {p.name: p.read_bytes() for p in files}
+
+    def fail(self, rel, obj):
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(Transaction, "write_json", fail)
+    result = _invoke("restore", str(run), "--method", "temperature", ok=False)
+    assert result.exit_code == 1 and "disk full (injected)" in result.output
+    assert "Traceback" not in result.output
+    assert {p.name: p.read_bytes() for p in (run / "restored").iterdir()} == old
+    leftovers = [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+    Run.open(run).artefacts("restore")  # still verifies against its manifest
+
+
+def test_explicit_method_and_none(image_run):
+    _, _, run, _ = image_run
+    out = _invoke("restore", str(run), "--method", "none").output
+    record = json.loads((run / "restored" / "restore.json").read_text())
+    assert record["method"] == "none" and list(record["candidates"]) == ["none"]
+    assert record["before"] == record["after"] and "restore: none" in out
+
+
+@pytest.mark.parametrize(
+    ("changes", "args", "expected"),
+    [
+        ({}, ["--ood", "mnist"], "restore.ood 'mnist' is the run's own data set"),
+        ({"data": {"val_fraction": 0.0}}, [], "set data.val_fraction"),
+        ({"model": {"family": "deterministic"}}, ["--method", "variances"], "has none"),
+    ],
+)
+def test_bad_requests_are_one_clear_line(image_run, changes, args, expected):
+    tmp, root, _, _ = image_run
+    name = f"bad{abs(hash((str(changes), tuple(args)))) % 10**6}"
+    raw = _config(root, train={"epochs": 1}, **changes)
+    run = _train_and_compress(tmp, raw, name)
+    result = _invoke("restore", str(run), *args, ok=False)
+    assert result.exit_code == 1 and expected in result.output, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (run / "restored").exists()
+
+
+def test_restore_before_compress_names_the_missing_step(image_run):
+    tmp, root, _, _ = image_run
+    path = tmp / "fresh.yaml"
+    path.write_text(yaml.safe_dump(_config(root, train={"epochs": 1})))
+    run = tmp / "fresh"
+    _invoke("train", str(path), "--out", str(run), "--quiet")
+    result = _invoke("restore", str(run), ok=False)
+    assert result.exit_code == 1 and "bayesprune compress" in result.output
+
+
+def test_ood_on_a_tabular_run_is_refused_in_the_config(tmp_path):
+    raw = {"data": {"name": "wine"}, "restore": {"ood": "mnist"}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = _invoke("train", str(path), "--out", str(tmp_path / "r"), ok=False)
+    assert result.exit_code == 1 and "remove restore.ood" in result.output
