@@ -200,3 +200,15 @@ def test_ood_on_a_tabular_run_is_refused_in_the_config(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     result = _invoke("train", str(path), "--out", str(tmp_path / "r"), ok=False)
     assert result.exit_code == 1 and "remove restore.ood" in result.output
+
+
+def test_the_report_shows_what_restore_chose(image_run):
+    _, _, run, _ = image_run
+    _invoke("report", str(run))
+    markdown = (run / "report" / "report.md").read_text()
+    record = json.loads((run / "restored" / "restore.json").read_text())
+    assert "## Restored uncertainty" in markdown and f"Chosen: {record['method']}" in markdown
+    assert "| candidate | eligible |" in markdown and "### Before → after" in markdown
+    for metric in record["before"]["test"]:  # whatever the last restore measured
+        if metric in ("accuracy", "nll", "ece") or metric.startswith("ood_auroc"):
+            assert metric in markdown

@@ -26,6 +26,7 @@ from .config import dump_config
 from .folder import Run
 from .steps import evaluate_run, select_features
 from .steps.features import features_png
+from .steps.restore import RESTORE_JSON
 
 
 @dataclass
@@ -160,6 +161,52 @@ font-size:13px;text-align:right}th{background:#f3f3f3}img{max-width:100%}
 figure{margin:1.5em 0}figcaption{font-size:13px;color:#555}pre{background:#f7f7f7;padding:8px}"""
 
 
+def _restore_section(run: Run) -> tuple[str, str]:
+    """What `restore` chose and the metrics before → after (HTML, markdown); empty if none.
+
+    A restore.json written for another compressed model is shown as stale, not as current.
+    """
+    record = run.read_json(RESTORE_JSON)
+    if not record:
+        return "", ""
+    if record.get("compressed_sha256") != run.model_digest("compressed"):
+        note = "restored/ belongs to an earlier compressed model: run `bayesprune restore RUN`."
+        return f"<h2>Restored uncertainty</h2><p><em>{html.escape(note)}</em></p>", (
+            f"## Restored uncertainty\n\n*{note}*\n"
+        )
+    temperature = record.get("temperature")
+    chosen = f"Chosen: {record['method']}" + (
+        f" (temperature {temperature:.3g})" if isinstance(temperature, float) else ""
+    )
+    splits = ", ".join(f"{s['name']}: {s['rows']} rows" for s in record["splits"].values())
+    text = f"{chosen}. Rule: {record['rule']}. Splits: {splits}."
+    tested = record["before"]["test"]
+    keys = [k for k in ("accuracy", "nll", "ece") if k in tested]
+    keys += [k for k in tested if k.startswith("ood_auroc")]
+    cand_rows = [
+        [name, "yes" if c["eligible"] else f"no: {c.get('why_not')}",
+         *(c["validation"].get(k, "–") for k in keys)]
+        for name, c in record["candidates"].items()
+    ]  # fmt: skip
+    split_rows = [
+        [split, when, *(record[when][split].get(k, "–") for k in keys)]
+        for split in ("validation", "test")
+        for when in ("before", "after")
+    ]
+    cand_html, cand_md = _table(cand_rows, ["candidate", "eligible", *keys])
+    split_html, split_md = _table(split_rows, ["split", "", *keys])
+    body = (
+        f"<h2>Restored uncertainty</h2><p>{html.escape(text)}</p>"
+        f"<h3>Candidates (validation, second half)</h3>{cand_html}"
+        f"<h3>Before → after</h3>{split_html}"
+    )
+    md = (
+        f"## Restored uncertainty\n\n{text}\n\n### Candidates (validation, second half)\n\n"
+        f"{cand_md}\n### Before → after\n\n{split_md}"
+    )
+    return body, md
+
+
 def _metric_rows(evaluation: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
     keys: list[str] = []
     rows = []
@@ -244,20 +291,26 @@ def _build_report(run: Run, progress: bool) -> dict[str, Path]:
         f"<p>{html.escape(sel_line)}</p>",
     ]
     body += [f"<p><em>{html.escape(n)}</em></p>" for n in notes]
-    md = [
-        f"# {title}",
-        "",
-        info_md,
-        "## Metrics (test set)",
-        "",
-        metric_md,
-        _modes_note(run),
-        "",
-        comp_md,
-        "",
-        sel_line,
-        "",
-    ] + [f"*{n}*\n" for n in notes]
+    restore_html, restore_md = _restore_section(run) if compression else ("", "")
+    body.append(restore_html)
+    md = (
+        [
+            f"# {title}",
+            "",
+            info_md,
+            "## Metrics (test set)",
+            "",
+            metric_md,
+            _modes_note(run),
+            "",
+            comp_md,
+            "",
+            sel_line,
+            "",
+        ]
+        + [f"*{n}*\n" for n in notes]
+        + [restore_md]
+    )
     for fig in figures:
         data = base64.b64encode(fig.png).decode()
         body.append(
