@@ -1,6 +1,8 @@
 """scikit-learn estimators: the estimator checks, Pipeline / cross_val_score / GridSearchCV,
 clone, and feature selection that finds the informative inputs."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
+from bayesprune.estimator_defaults import FULL_BATCH_ROWS, auto_batch_size
 from bayesprune.sklearn import BayesianMLPClassifier, BayesianMLPRegressor
 
 # Monte-Carlo prediction draws the local-reparameterisation noise per row from one
@@ -63,12 +66,13 @@ def test_clone_keeps_parameters_and_fit_sets_only_underscore_attributes():
 
 def test_pipeline_cross_val_score_and_grid_search():
     X, y = _xor_like(120)
-    est = BayesianMLPClassifier((8,), epochs=15, batch_size=16, lr=0.02, random_state=0)
+    short = {"batch_size": 16, "kl_warmup_steps": 0, "gate_lr_multiplier": 1.0}  # 60 steps
+    est = BayesianMLPClassifier((8,), epochs=15, lr=0.02, random_state=0, **short)
     pipe = make_pipeline(StandardScaler(), est)
     scores = cross_val_score(pipe, X, y, cv=2)
     assert scores.shape == (2,) and scores.mean() > 0.7  # chance is about 0.5
     grid = GridSearchCV(
-        BayesianMLPClassifier((4,), epochs=10, batch_size=16, random_state=0),
+        BayesianMLPClassifier((4,), epochs=10, random_state=0, **short),
         {"lr": [1e-4, 3e-2]},
         cv=2,
     ).fit(X, y)
@@ -118,7 +122,8 @@ def test_screen_adds_the_feature_the_gates_miss():
     rng = np.random.default_rng(0)
     X = rng.uniform(-1, 1, (400, 10))
     y = 2 * X[:, 0] + 6 * X[:, 0] * np.abs(X[:, 1]) + 0.3 * rng.standard_normal(400)
-    kwargs = {"epochs": 60, "lr": 0.02, "random_state": 0}
+    kwargs = {"epochs": 60, "lr": 0.02, "random_state": 0, "batch_size": 64}
+    kwargs.update(gate_lr_multiplier=1.0, kl_warmup_steps=0)  # the gates as before issue 17
     plain = BayesianMLPRegressor((8,), **kwargs).fit(X, y)
     assert plain.screen_ is None and plain.get_support().nonzero()[0].tolist() == [0]
     est = BayesianMLPRegressor((8,), screen=True, screen_epochs=60, **kwargs).fit(X, y)
@@ -153,7 +158,7 @@ def test_auto_epochs_give_at_least_min_steps_on_100_rows():
     X, y = _xor_like(100, p=4)
     est = BayesianMLPClassifier((4,), min_steps=60, max_steps=60, batch_size=32, random_state=0)
     est.fit(X, y)
-    assert est.n_steps_ >= 60  # 80 training rows (20 held out): 3 steps an epoch
+    assert est.n_steps_ >= 60  # 100 training rows at batch 32: 4 steps an epoch
     assert est.n_features_selected_ == est.get_support().sum()
 
 
@@ -162,8 +167,9 @@ def test_early_stopping_restores_the_best_validation_state():
 
     X, y = _xor_like(200, p=4)
     est = BayesianMLPClassifier(
-        (8,), min_steps=20, max_steps=400, patience=60, lr=0.05, random_state=0
-    ).fit(X, y)
+        (8,), early_stopping=True, min_steps=20, max_steps=400, patience=60, lr=0.05,
+        kl_warmup_steps=20, random_state=0,
+    ).fit(X, y)  # fmt: skip
     scored = [r["val_nll"] for r in est.history_ if "val_nll" in r]
     assert len(scored) >= 2 and est.best_epoch_ is not None
     best = est.history_[est.best_epoch_ - 1]["val_nll"]
@@ -173,8 +179,8 @@ def test_early_stopping_restores_the_best_validation_state():
 
     val = validation_rows(len(y), est.validation_fraction, est.seed_, y)
     x = est._inputs(X[val], reset=False)
-    now = evaluate(est.model_, (x, torch.as_tensor(y[val])), est.likelihood_, mode="mean",
-                   metrics=["nll"])["nll"]  # fmt: skip
+    now = evaluate(est.model_, (x, torch.as_tensor(y[val])), est.likelihood_, mode="mc",
+                   samples=est.samples, seed=est.seed_, metrics=["nll"])["nll"]  # fmt: skip
     assert now == pytest.approx(best, rel=1e-5)
 
 
@@ -194,3 +200,58 @@ def test_default_regressor_beats_a_constant_on_a_small_friedman_set():
     est = BayesianMLPRegressor(min_steps=400, max_steps=600, random_state=0)
     est.fit(X[:160], y[:160])
     assert est.score(X[160:], y[160:]) > 0.3  # a constant predictor scores <= 0
+
+
+def _three_true_columns(n=200, noise_columns=10, seed=0, signal=True):
+    """Labels from columns 0, 1, 2 (logistic), then noise columns; or labels from nothing."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 3 + noise_columns))
+    logit = 2 * X[:, 0] - 2 * X[:, 1] + 2 * X[:, 2] if signal else np.zeros(n)
+    return X, (logit + rng.logistic(size=n) > 0).astype(int)
+
+
+@pytest.mark.slow
+def test_the_default_classifier_selects_the_three_true_columns_of_200_rows():
+    X, y = _three_true_columns()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither an empty nor an all-in selection
+        est = BayesianMLPClassifier(random_state=0).fit(X, y)
+    assert est.get_support().nonzero()[0].tolist() == [0, 1, 2]
+    assert est.n_features_selected_ == 3
+    assert est.n_steps_ == est.max_steps  # the whole table in each step, no early stop
+    assert est.score(X, y) > 0.8
+
+
+@pytest.mark.slow
+def test_a_default_fit_on_labels_without_signal_warns_that_every_input_closed():
+    X, y = _three_true_columns(signal=False)
+    with pytest.warns(UserWarning, match="every input was left out"):
+        est = BayesianMLPClassifier(random_state=0).fit(X, y)
+    assert est.feature_importances_.max() < 0.5
+    assert est.n_features_selected_ == max(1, round(float(est.feature_importances_.sum())))
+
+
+def test_auto_batch_is_the_whole_table_up_to_1024_rows_and_the_kl_warms_up():
+    assert auto_batch_size(300, "auto") == 300
+    assert auto_batch_size(5000, "auto") == FULL_BATCH_ROWS == 1024
+    assert auto_batch_size(300, 64) == 64
+    X, y = _xor_like(100, p=4)
+    est = BayesianMLPClassifier((4,), min_steps=40, max_steps=40, kl_warmup_steps=10)
+    est.set_params(random_state=0).fit(X, y)
+    assert est.n_steps_ == est.n_iter_ == 40  # one step an epoch
+    weights = [r["kl_weight"] / est.kl_weight for r in est.history_]  # warm-up x kl_weight
+    assert weights[0] == pytest.approx(0.1) and weights[9:] == pytest.approx([1.0] * 31)
+    # the warm-up never takes more than half the steps
+    short = BayesianMLPClassifier((4,), epochs=8, kl_warmup_steps=500, random_state=0)
+    short.fit(X, y)
+    assert [r["kl_weight"] for r in short.history_][3:] == pytest.approx([short.kl_weight] * 5)
+
+
+def test_the_gate_learning_rate_applies_to_gated_families_only():
+    X, y = _xor_like(60, p=3)
+    BayesianMLPClassifier((4,), family="gaussian", epochs=2, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match="gate_lr_multiplier"):
+        BayesianMLPClassifier(gate_lr_multiplier=0).fit(X, y)
+    for bad in ({"batch_size": "big"}, {"kl_warmup_steps": -1}, {"early_stopping": "auto"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            BayesianMLPClassifier(**bad).fit(X, y)

@@ -2,16 +2,19 @@
 
 A fixed number of epochs means a few hundred optimiser steps on a table of a few hundred
 rows, too few for spike-and-slab input gates (initialised at 0.99) to move, and tens of
-thousands on a large table. The estimators therefore count optimiser steps:
+thousands on a large table. The estimators therefore count optimiser steps (the values
+and the measurements behind them: docs/spike_slab.md, "Small tables"):
 
-- `step_budget`: at least `min_steps` steps (as the evidence screen's `min_steps`) and at
-  most `max_steps`, whatever the number of rows; epochs follow from rows and batch size.
-- `EarlyStopping`: a `bayesprune.fit` callback that scores a validation split carved from
-  the training rows after every epoch once `min_steps` are done, keeps the best posterior
-  (model and likelihood state) by the monitored metric, stops after `patience` steps
-  without improvement, and restores the best state at the end.
-  Monitoring starts only after `min_steps` because the gates close slowly under the KL:
-  an earlier state predicts as well with every input still in.
+- `step_budget`: `max_steps` steps with epochs="auto" (never fewer than `min_steps`),
+  whatever the number of rows; epochs follow from rows and batch size.
+- `auto_batch_size`: the whole table in each step up to `FULL_BATCH_ROWS` rows.
+- `EarlyStopping` (off by default in the estimators): a `bayesprune.fit` callback that
+  scores a validation split carved from the training rows every `every` steps once
+  `start_step` steps are done, with the estimator's prediction mode (Monte Carlo by
+  default: the posterior-mean network can have every hidden unit closed while the
+  Monte-Carlo predictive is good), keeps the best posterior (model and likelihood state)
+  by the monitored metric, stops after `patience` steps without improvement, and
+  restores the best state at the end.
 - `validation_rows`: the split (stratified for classes), seeded.
 - `fallback_support`: the expected-size rule for a selection that came out empty.
 """
@@ -62,6 +65,18 @@ def step_budget(
     return StepBudget(max(1, math.ceil(wanted / per_epoch)), per_epoch)
 
 
+FULL_BATCH_ROWS = 1024
+"""`batch_size="auto"`: every training row in one batch up to this many rows, else batches of it."""
+
+
+def auto_batch_size(n_rows: int, batch_size: int | str) -> int:
+    """The batch size for `n_rows` training rows: `batch_size`, or with "auto" the whole
+    set up to `FULL_BATCH_ROWS` rows (a step then costs about the same as a small batch
+    on a table of a few hundred rows, and the gates see the whole likelihood)."""
+    wanted = FULL_BATCH_ROWS if batch_size == "auto" else int(batch_size)
+    return max(1, min(wanted, n_rows))
+
+
 def validation_rows(
     n: int, fraction: float, seed: int, labels: np.ndarray | None = None
 ) -> np.ndarray:
@@ -87,9 +102,9 @@ def validation_rows(
 class EarlyStopping:
     """`bayesprune.fit` callback: keep the best posterior by `monitor` (see the module doc).
 
-    It scores `val` (posterior-mean network) itself, every `every` optimiser steps rather
-    than every epoch: on 100 rows an epoch is two steps, and scoring each would cost more
-    than the training."""
+    It scores `val` itself (`mode` "mc" with `samples` draws from `seed`, or "mean"),
+    every `every` optimiser steps rather than every epoch: on 100 rows an epoch is one
+    step, and scoring each would cost more than the training."""
 
     model: nn.Module
     likelihood: Likelihood
@@ -98,6 +113,9 @@ class EarlyStopping:
     steps_per_epoch: int
     start_step: int
     patience: int
+    mode: str = "mc"
+    samples: int = 20
+    seed: int = 0
     every: int = 50
     records: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
@@ -113,8 +131,9 @@ class EarlyStopping:
             return
         self._last_check = step
         scores = evaluate(
-            self.model, self.val, self.likelihood, mode="mean", metrics=[self.monitor]
-        )
+            self.model, self.val, self.likelihood, mode=self.mode, samples=self.samples,
+            seed=self.seed, metrics=[self.monitor],
+        )  # fmt: skip
         record[f"val_{self.monitor}"] = scores[self.monitor]
         score = MONITORS[self.monitor] * float(scores[self.monitor])
         if self.best_epoch is None or score > self.best_score:

@@ -58,6 +58,7 @@ from .estimator_defaults import (
     MONITORS,
     EarlyStopping,
     StopTraining,
+    auto_batch_size,
     fallback_support,
     step_budget,
     validation_rows,
@@ -78,6 +79,7 @@ except ImportError:  # scikit-learn < 1.6
 
 
 FAMILY_AUTO = "auto"
+GATE_SUFFIX = "gate_logit"  # unit and input gate logits of the spike-and-slab layers
 _MAX_FLOAT32 = float(np.finfo(np.float32).max)
 
 
@@ -98,10 +100,6 @@ def _is_int(value: Any, least: int) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= least
 
 
-MIN_VALIDATION_ROWS = 40
-"""Below this many training rows, `early_stopping="auto"` trains on every row (too few to split)."""
-
-
 def _auto_family() -> str:
     return "spike_slab"
 
@@ -117,18 +115,21 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         input_gates: bool = True,
         activation: str = "relu",
         epochs: int | str = "auto",
-        batch_size: int = 64,
+        batch_size: int | str = "auto",
         lr: float = 1e-2,
-        min_steps: int = 1500,
-        max_steps: int = 5000,
-        early_stopping: bool | str = "auto",
+        gate_lr_multiplier: float = 10.0,
+        kl_warmup_steps: int = 500,
+        min_steps: int = 500,
+        max_steps: int = 1000,
+        early_stopping: bool = False,
         validation_fraction: float = 0.2,
         patience: int = 500,
         monitor: str = "nll",
-        kl_weight: float = 1.0,
+        kl_weight: float = 0.7,
         prior_scale: float = 1.0,
-        slab_scale: float = 1.0,
+        slab_scale: float = 2.0,
         prior_inclusion: float | None = None,
+        input_prior_inclusion: float | None = None,
         gate_init: float = 0.99,
         samples: int = 20,
         predict_mode: str = "mc",
@@ -146,6 +147,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.gate_lr_multiplier = gate_lr_multiplier
+        self.kl_warmup_steps = kl_warmup_steps
         self.min_steps = min_steps
         self.max_steps = max_steps
         self.early_stopping = early_stopping
@@ -156,6 +159,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.prior_scale = prior_scale
         self.slab_scale = slab_scale
         self.prior_inclusion = prior_inclusion
+        self.input_prior_inclusion = input_prior_inclusion
         self.gate_init = gate_init
         self.samples = samples
         self.predict_mode = predict_mode
@@ -177,8 +181,15 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             raise ValueError(f"hidden_layer_sizes must be positive ints, got {hidden}")
         if not (self.epochs == "auto" or _is_int(self.epochs, 0)):
             raise ValueError(f"epochs must be 'auto' or an int >= 0, got {self.epochs!r}")
+        if not (self.batch_size == "auto" or _is_int(self.batch_size, 1)):
+            raise ValueError(f"batch_size must be 'auto' or an int >= 1, got {self.batch_size!r}")
+        if not _is_int(self.kl_warmup_steps, 0):
+            raise ValueError(f"kl_warmup_steps must be an int >= 0, got {self.kl_warmup_steps!r}")
+        if not (isinstance(self.gate_lr_multiplier, int | float) and self.gate_lr_multiplier > 0):
+            raise ValueError(
+                f"gate_lr_multiplier must be a number > 0, got {self.gate_lr_multiplier!r}"
+            )
         for name in (
-            "batch_size",
             "samples",
             "screen_epochs",
             "min_steps",
@@ -188,10 +199,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             value = getattr(self, name)
             if not _is_int(value, 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.early_stopping not in ("auto", True, False):
-            raise ValueError(
-                f"early_stopping must be 'auto', True or False, got {self.early_stopping!r}"
-            )
+        if not isinstance(self.early_stopping, bool | np.bool_):
+            raise ValueError(f"early_stopping must be True or False, got {self.early_stopping!r}")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(
                 f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
@@ -208,6 +217,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         prior = {"scale": self.prior_scale, "slab_scale": self.slab_scale}
         if self.prior_inclusion is not None:
             prior["prior_inclusion"] = self.prior_inclusion
+        if self.input_prior_inclusion is not None:
+            prior["input_prior_inclusion"] = self.input_prior_inclusion
         prior = {k: v for k, v in prior.items() if k in fam.prior_keys}
         layer = {"gate_init": self.gate_init, "input_gates": self.input_gates}
         options = {k: v for k, v in layer.items() if fam.takes(k)}
@@ -242,7 +253,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             self.model_ = self._build(family, x.shape[1], n_out)
         val = self._validation_mask(targets, seed)
         train = (x, targets) if val is None else (x[~val], targets[~val])
-        batch_size = min(int(self.batch_size), len(train[0]))
+        batch_size = auto_batch_size(len(train[0]), self.batch_size)
         budget = step_budget(
             len(train[0]), batch_size, self.epochs, self._min_steps(), int(self.max_steps)
         )
@@ -251,7 +262,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         if val is not None:
             stopper = EarlyStopping(
                 self.model_, likelihood, (x[val], targets[val]), self.monitor,
-                budget.steps_per_epoch, self._min_steps(), int(self.patience),
+                budget.steps_per_epoch, max(self._min_steps(), int(self.kl_warmup_steps)),
+                int(self.patience), mode=self.predict_mode, samples=int(self.samples), seed=seed,
             )  # fmt: skip
         with contextlib.suppress(StopTraining):  # early stopping ended it; records below
             records = fit(
@@ -261,7 +273,10 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
                 epochs=budget.epochs,
                 batch_size=batch_size,
                 lr=self.lr,
+                lr_multipliers=self._gate_lr(),
                 kl_weight=self.kl_weight,
+                kl_warmup_epochs=min(int(self.kl_warmup_steps), budget.steps // 2)
+                / budget.steps_per_epoch,
                 dataset_size=len(train[0]),
                 seed=seed,
                 progress=bool(self.verbose),
@@ -285,10 +300,10 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.support_ = support
         self.n_features_selected_ = int(support.sum())
 
-    def _uses_early_stopping(self) -> bool:
-        return self.early_stopping is True or (
-            self.early_stopping == "auto" and self.epochs == "auto"
-        )
+    def _gate_lr(self) -> dict[str, float]:
+        """`fit`'s lr_multipliers: the gate logits at `gate_lr_multiplier` (families with gates)."""
+        gated = any(name.endswith(GATE_SUFFIX) for name, _ in self.model_.named_parameters())
+        return {GATE_SUFFIX: float(self.gate_lr_multiplier)} if gated else {}
 
     def _min_steps(self) -> int:
         """`min_steps` applies to epochs="auto"; an explicit epoch count is taken literally."""
@@ -297,9 +312,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
     def _validation_mask(self, targets: torch.Tensor, seed: int) -> torch.Tensor | None:
         """Rows carved from the training rows for early stopping, or None."""
         n = len(targets)
-        if not self._uses_early_stopping() or (
-            self.early_stopping == "auto" and n < MIN_VALIDATION_ROWS
-        ):
+        if not self.early_stopping:
             return None
         labels = targets.numpy() if targets.dtype == torch.long else None
         mask = validation_rows(n, float(self.validation_fraction), seed, labels)
@@ -365,7 +378,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
                 f"selection threshold): the prior outweighed the likelihood on these "
                 f"{p} inputs. Falling back to the expected-size rule, the "
                 f"{int(mask.sum())} input(s) with the highest {kind}s. To change it: more "
-                "rows or optimiser steps (min_steps), a smaller kl_weight, a larger "
+                "rows or optimiser steps (max_steps), a smaller kl_weight, a larger "
                 "prior_inclusion, or a lower selection_threshold.",
                 UserWarning,
                 stacklevel=3,
@@ -374,7 +387,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             warnings.warn(
                 f"every one of the {p} inputs was kept (smallest {kind} {imp.min():.3g}): "
                 "either all of them matter, or training was too short for the gates to "
-                "close (with explicit epochs try epochs='auto', else raise min_steps). "
+                "close (with explicit epochs try epochs='auto', else raise max_steps). "
                 "Keeping every input.",
                 UserWarning,
                 stacklevel=3,
@@ -393,17 +406,26 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     Parameters: `hidden_layer_sizes`; `family` ("auto" = "spike_slab" when
     registered, else "gaussian"; also "spike_slab_edge", "sparse_vd",
     "deterministic"); `input_gates` (spike-and-slab: a PIP per input feature);
-    `epochs`, `batch_size`, `lr`, `kl_weight` (as in `bayesprune.fit`); priors
-    `prior_scale` (Gaussian), `slab_scale`, `prior_inclusion`, `gate_init`
-    (spike-and-slab); `samples` and `predict_mode` ("mc" or "mean") for
-    prediction; `selection_threshold` for `get_support`; `screen` (and
-    `screen_epochs`): also test the left-out features by their evidence gain; `standardize` the
-    inputs; `random_state`; `verbose` shows a progress bar.
+    `epochs`, `batch_size`, `lr`, `kl_weight` (as in `bayesprune.fit`); the
+    data-dependent training defaults `epochs="auto"` (`max_steps` optimiser steps, at
+    least `min_steps`), `batch_size="auto"` (the whole table up to 1,024 rows),
+    `kl_warmup_steps` (the KL's weight rises from 0 to 1 over these steps, at most half
+    of them), `gate_lr_multiplier` (the gate logits' learning rate over `lr`) and
+    `early_stopping` (off; with True: `validation_fraction`, `patience`, `monitor`),
+    a tempered KL (`kl_weight=0.7`) and N(0, 2²) slabs (`slab_scale=2`), all chosen on
+    validation rows of small tables (docs/spike_slab.md); priors `prior_scale`
+    (Gaussian), `slab_scale`, `prior_inclusion` (hidden units),
+    `input_prior_inclusion` (default 1 / (p + 1)), `gate_init` (spike-and-slab);
+    `samples` and `predict_mode` ("mc" or "mean") for prediction;
+    `selection_threshold` for `get_support`; `screen` (and `screen_epochs`): also test
+    the left-out features by their evidence gain; `standardize` the inputs;
+    `random_state`; `verbose` shows a progress bar.
 
     Fitted attributes: `classes_`, `model_` (the torch network), `likelihood_`,
-    `history_` (per-epoch records), `feature_importances_`, `importance_kind_`
-    ("pip" or "norm"), `screen_` (a `ScreenResult`, or None), `n_features_in_`,
-    `x_mean_`, `x_scale_`. See the module
+    `history_` (per-epoch records), `n_iter_` (epochs), `n_steps_`, `best_epoch_`
+    (early stopping), `feature_importances_`, `importance_kind_` ("pip" or "norm"),
+    `support_`, `n_features_selected_`, `screen_` (a `ScreenResult`, or None),
+    `n_features_in_`, `x_mean_`, `x_scale_`. See the module
     docstring for the estimator checks that do not apply and why.
     """
 
