@@ -54,7 +54,7 @@ def test_kl_is_zero_when_posterior_equals_prior():
 
 
 def test_scale_mixture_kl_estimate_is_unbiased():
-    prior = ScaleMixturePrior(0.5, 1.0, 0.05)
+    prior = ScaleMixturePrior(0.5, 1.0, 0.05, kl="mc")
     mu = torch.tensor([0.3, -0.2, 0.0], dtype=torch.float64)
     sigma = torch.tensor([0.1, 0.2, 0.05], dtype=torch.float64)
     torch.manual_seed(1)

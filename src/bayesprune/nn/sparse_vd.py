@@ -79,7 +79,7 @@ class _SparseVDLayer(_GaussianLayer):
 
     def kl(self) -> Tensor:
         """Approximate KL of the kept weights (a pruned weight leaves the model and its KL)."""
-        la = log_alpha(self.weight_mu, self.weight_sigma)
+        la = log_alpha(self.weight_mu, self._scales("weight_rho", share=False)[0])
         if self.weight_mask is not None:
             la = la[self.weight_mask.bool()]
         return log_uniform_kl(la).sum()
