@@ -136,9 +136,7 @@ def main() -> None:
         "epoch_seconds_deterministic": epoch_det,
         "epoch_seconds_bayesian": epoch_bayes,
         "epoch_ratio": epoch_bayes / epoch_det,
-        "steps": [
-            step_ratio(b, args.step_repeats, layer_options) for b in (args.batch_size, 1024)
-        ],
+        "steps": [step_ratio(b, args.step_repeats, layer_options) for b in (args.batch_size, 1024)],
     }
     payload = {
         "settings": {

@@ -32,14 +32,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from ..options import Choice
 from .base import Posterior, VariationalLayer, conv_geometry
 from .family import Family, keyword_options, register_family, twin_factory
+from .fused import eager, sample_normal, softplus_scales
 from .priors import GaussianPrior, Prior, make_prior
-
-_VAR_FLOOR = 1e-16  # bounds the gradient 1/(2·sd) of a variance that is tiny but not 0
 
 
 class GradientEstimator(Choice):
@@ -53,41 +51,6 @@ class GradientEstimator(Choice):
 def inverse_softplus(sigma: Tensor) -> Tensor:
     """The ρ with softplus(ρ) = σ: σ + log(−expm1(−σ)), stable for small and large σ."""
     return sigma + torch.log(-torch.expm1(-sigma))
-
-
-class _SoftplusScales(torch.autograd.Function):
-    """(σ, σ²) = (softplus(ρ), softplus(ρ)²) as one autograd node.
-
-    The forward pass of a step reads σ² (local reparameterisation) or σ (weight
-    samples) and the KL reads σ; with one node, ρ gets one gradient,
-    (g_σ + 2σ g_σ²) · dσ/dρ with dσ/dρ = sigmoid(ρ) = 1 − e^−σ, computed in one
-    allocation. The node keeps its tensors as attributes, not saved tensors, so it can
-    be backpropagated through again after the graph of a first loss was freed: the
-    forward pass and the KL of a step share it (`_GaussianLayer._scales`) whichever
-    order the user calls them in.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, rho: Tensor) -> tuple[Tensor, Tensor]:
-        ctx.set_materialize_grads(False)
-        sigma = F.softplus(rho)
-        # aliases without history (no reference cycle through the outputs)
-        ctx.sigma = sigma.detach()
-        ctx.slope = torch.neg(sigma).expm1_().neg_()  # 1 − e^−σ
-        return sigma, sigma.square()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, g_sigma: Tensor | None, g_var: Tensor | None) -> Tensor | None:
-        if g_var is not None:
-            grad = torch.mul(g_var, ctx.sigma).mul_(2)
-            if g_sigma is not None:
-                grad.add_(g_sigma)
-        elif g_sigma is not None:
-            grad = g_sigma.clone()
-        else:
-            return None
-        return grad.mul_(ctx.slope)
 
 
 class _ScalesCache(dict):
@@ -108,38 +71,6 @@ def _forget(cache: dict, name: str, token: object, grad: Tensor) -> None:
     """Backward hook of shared scales: a backward pass through them ends the sharing."""
     if name in cache and cache[name][3] is token:
         del cache[name]
-
-
-class _SampleNormal(torch.autograd.Function):
-    """mean + √var · ε in one node; a variance of exactly 0 is a point mass.
-
-    d out / d var = ε √var / (2 max(var, _VAR_FLOOR)): ε / (2 √var) where var ≥ the
-    floor, bounded for a tiny variance, and exactly 0 where var = 0 (every contributing
-    weight gated or masked off), where the output is the mean exactly. The variances
-    are sums of non-negative terms. Backward costs one allocation.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, mean: Tensor, var: Tensor) -> Tensor:
-        std = var.sqrt()
-        eps = torch.randn_like(mean)
-        out = torch.addcmul(mean, std, eps)
-        if ctx.needs_input_grad[1]:  # ε is not needed again: its memory holds d out / d var
-            ctx.save_for_backward(eps.mul_(std).div_(var.clamp_min(_VAR_FLOOR)).mul_(0.5))
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor | None]:
-        if not ctx.needs_input_grad[1]:
-            return grad, None
-        (slope,) = ctx.saved_tensors
-        return grad, grad * slope
-
-
-def sample_normal(mean: Tensor, var: Tensor) -> Tensor:
-    """A draw of N(mean, var) element-wise, differentiable in both (see `_SampleNormal`)."""
-    return _SampleNormal.apply(mean, var)
 
 
 def _random_signs(shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -225,18 +156,16 @@ class _GaussianLayer(VariationalLayer):
         (`.to`, a new tensor), so a KL computed after an optimizer step is never stale.
         """
         rho = getattr(self, name)
-        tracked = torch.is_grad_enabled() and rho.requires_grad
-        key = (rho._version, rho.data_ptr(), tracked)
+        if not (eager() and torch.is_grad_enabled() and isinstance(rho, nn.Parameter)):
+            return softplus_scales(rho)  # nothing to share (no grad, a torch.func transform)
+        key = (rho._version, rho.data_ptr())
         cache = self.__dict__.setdefault("_scales_cache", _ScalesCache())
         if not share:
             hit = cache.pop(name, None)
             if hit is not None and hit[0]() is rho and hit[1] == key:
                 return hit[2]
-        if not tracked:
-            sigma = F.softplus(rho)
-            return sigma, sigma.square()
-        scales = _SoftplusScales.apply(rho)
-        if share:
+        scales = softplus_scales(rho)
+        if share and rho.requires_grad:
             token = object()  # the hooks hold the token, not the tensors: no reference cycle
             cache[name] = (weakref.ref(rho), key, scales, token)
             for t in scales:

@@ -9,78 +9,12 @@ one-sample Monte-Carlo estimate for the scale mixture.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..options import Choice
-
-
-class _GaussianKL(torch.autograd.Function):
-    """Σ KL(N(μ, σ²) ‖ N(0, s²)) with a hand-written backward: two allocations, not ten.
-
-    d/dμ = μ / s², d/dσ = σ / s² − 1 / σ. The value is dot products and one log.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, mu: Tensor, sigma: Tensor, scale: float) -> Tensor:
-        ctx.save_for_backward(mu, sigma)
-        ctx.inv_var = 1.0 / scale**2
-        flat_mu, flat_sigma = mu.reshape(-1), sigma.reshape(-1)
-        squares = torch.dot(flat_sigma, flat_sigma) + torch.dot(flat_mu, flat_mu)
-        return (
-            squares * (0.5 * ctx.inv_var)
-            - torch.log(flat_sigma).sum()
-            + mu.numel() * (math.log(scale) - 0.5)
-        )
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        mu, sigma = ctx.saved_tensors
-        scaled = grad * ctx.inv_var
-        g_mu = mu * scaled if ctx.needs_input_grad[0] else None
-        g_sigma = None
-        if ctx.needs_input_grad[1]:
-            g_sigma = torch.reciprocal(sigma).mul_(-grad).addcmul_(sigma, scaled)
-        return g_mu, g_sigma, None
-
-
-class _MixtureBoundKL(torch.autograd.Function):
-    """Σ of the scale-mixture KL bound (see `ScaleMixturePrior`), hand-written backward.
-
-    Per element, with t = μ² + σ² and z = (k1 − k2) t + c2 − c1:
-    value = k1 t − log σ − softplus(z) − ½ − c1, d value / d t = k1 − (k1 − k2) sigmoid(z),
-    d/dμ = 2μ d/dt, d/dσ = 2σ d/dt − 1/σ.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, mu: Tensor, sigma: Tensor, prior: ScaleMixturePrior) -> Tensor:
-        c1 = math.log(prior.pi) - math.log(prior.scale1)
-        c2 = math.log1p(-prior.pi) - math.log(prior.scale2)
-        k1, k2 = 0.5 / prior.scale1**2, 0.5 / prior.scale2**2
-        t = torch.mul(mu, mu).addcmul_(sigma, sigma)  # E_q[w²]
-        t_sum = t.sum()
-        z = t.mul_(k1 - k2).add_(c2 - c1)  # t is not needed again: reuse its memory
-        value = k1 * t_sum - torch.log(sigma).sum() - F.softplus(z).sum() - mu.numel() * (0.5 + c1)
-        ctx.save_for_backward(mu, sigma, z)
-        ctx.k1, ctx.dk = k1, k1 - k2
-        return value
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        mu, sigma, z = ctx.saved_tensors
-        # 2·g·(k1 − (k1 − k2) sigmoid(z)), the shared factor of both gradients
-        d_t = torch.sigmoid(z).mul_(-ctx.dk).add_(ctx.k1).mul_(2 * grad)
-        g_mu = mu * d_t if ctx.needs_input_grad[0] else None
-        g_sigma = None
-        if ctx.needs_input_grad[1]:
-            g_sigma = d_t.mul_(sigma).addcdiv_(grad.expand_as(sigma), sigma, value=-1.0)
-        return g_mu, g_sigma, None
+from .fused import gaussian_kl, mixture_kl_bound
 
 
 class GaussianPrior:
@@ -98,8 +32,8 @@ class GaussianPrior:
     def kl(self, mu: Tensor, sigma: Tensor, sample: Tensor | None = None) -> Tensor:
         """Σ KL(N(mu, sigma²) ‖ N(0, scale²)) over all elements (closed form; `sample` unused)."""
         # Σ [log(s/σ) + (σ² + μ²) / (2s²) − ½]: dot products and one log forward, two
-        # element-wise passes backward (`_GaussianKL`), over hundreds of thousands of weights.
-        return _GaussianKL.apply(mu, sigma, self.scale)
+        # element-wise passes backward (`fused`), over hundreds of thousands of weights.
+        return gaussian_kl(mu, sigma, self.scale)
 
     def config(self) -> dict[str, float | str]:
         return {"kind": "gaussian", "scale": self.scale}
@@ -159,7 +93,7 @@ class ScaleMixturePrior:
     def kl(self, mu: Tensor, sigma: Tensor, sample: Tensor | None = None) -> Tensor:
         """Σ over elements of the KL estimate chosen by `kl_estimator` (`sample`: MC only)."""
         if self.kl_estimator == MixtureKL.BOUND:
-            return _MixtureBoundKL.apply(mu, sigma, self)
+            return mixture_kl_bound(mu, sigma, self.pi, self.scale1, self.scale2)
         if sample is None:
             sample = mu + sigma * torch.randn_like(mu)
         log_q = -0.5 * ((sample - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)

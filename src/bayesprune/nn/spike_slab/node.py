@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from ..base import EdgeAggregate, Posterior
-from ..gaussian import _Conv2dMap, _LinearMap, sample_normal
+from ..fused import sample_normal
+from ..gaussian import _Conv2dMap, _LinearMap
 from .core import (
     SpikeSlabOptions,
     _check_probability,
