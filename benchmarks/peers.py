@@ -47,6 +47,7 @@ import ctypes
 import functools
 import importlib
 import io
+import json
 import math
 import resource
 import statistics
@@ -63,7 +64,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from _common import (
+    add_results_dir_option,
+    machine,
+    md_table,
+    results_dir,
+    this_command,
+    use_results_dir,
+    write_results,
+)
 from torch import Tensor, nn
 
 import bayesprune as bp
@@ -644,30 +653,42 @@ def time_to_accuracy(args: argparse.Namespace, device: torch.device) -> list[dic
 
 
 def render(payload: dict[str, Any]) -> str:
-    lines = [
-        "Step timing: median ms per optimiser step, contenders interleaved in one process; "
-        f"ratio to the deterministic twin (torch.optim.Adam). Allocator: "
-        f"{payload['settings']['allocator']}; threads: {payload['machine_threads']}.\n"
-    ]
-    for arch, by_batch in payload["steps"].items():
-        names = [r["contender"] for r in next(iter(by_batch.values()))]
+    """The markdown of every section present; each section names its command and settings."""
+    sections = payload["sections"]
+    lines = []
+    if "steps" in sections:
+        steps = sections["steps"]
+        memory = sections.get("memory", {}).get("results", {})
+        lines.append(
+            "## Step timing\n\nMedian ms per optimiser step (forward, KL, backward, update), "
+            "contenders' steps interleaved in one process; ratio to the deterministic twin "
+            f"(torch.optim.Adam); {_about(steps)}"
+        )
+        if memory:
+            lines.append(
+                "Peak MiB: resident memory of a fresh process over 5 training steps minus its "
+                f"peak before building the model; {_about(sections['memory'])}"
+            )
+        for arch, by_batch in steps["results"].items():
+            names = [r["contender"] for r in next(iter(by_batch.values()))]
+            rows = []
+            for i, name in enumerate(names):
+                row: dict[str, Any] = {"contender": name}
+                for batch, results in by_batch.items():
+                    row[f"b{batch} ms"] = results[i]["ms"]
+                    row[f"b{batch} ratio"] = results[i]["ratio"]
+                for batch, mem in memory.get(arch, {}).items():
+                    value = mem.get(name)
+                    row[f"b{batch} peak MiB"] = "n/a" if value is None else round(value, 1)
+                rows.append(row)
+            lines.append(f"### {arch}\n\n" + md_table(rows))
+    if "accuracy" in sections:
+        acc = sections["accuracy"]
+        settings = acc["settings"]
         rows = []
-        for i, name in enumerate(names):
-            row: dict[str, Any] = {"contender": name}
-            for batch, results in by_batch.items():
-                row[f"b{batch} ms"] = results[i]["ms"]
-                row[f"b{batch} ratio"] = results[i]["ratio"]
-            for batch, mem in payload.get("memory", {}).get(arch, {}).items():
-                value = mem.get(name)
-                row[f"b{batch} peak MiB"] = "n/a" if value is None else round(value, 1)
-            rows.append(row)
-        lines.append(f"\n### {arch}\n\n" + md_table(rows))
-    if payload.get("accuracy"):
-        targets = payload["settings"]["targets"]
-        rows = []
-        for r in payload["accuracy"]:
+        for r in acc["results"]:
             row = {"contender": r["contender"]}
-            for t in sorted(targets, reverse=True):
+            for t in sorted(settings["targets"], reverse=True):
                 s = r[f"s_to_{t}"]
                 row[f"s to {t} %"] = "not reached" if s is None else round(s, 1)
                 e = r[f"epochs_to_{t}"]
@@ -680,14 +701,22 @@ def render(payload: dict[str, Any]) -> str:
             )
             rows.append(row)
         lines.append(
-            "\n### Time to validation accuracy (LeNet-300-100, MNIST, "
-            f"{payload['settings']['val_size']} validation images carved from training; "
-            f"at most {payload['settings']['max_epochs']} epochs)\n\n"
-            "Seconds of training steps (each contender's own clock; evaluation not timed) "
-            "until the posterior-mean network first reaches the target, checked every "
-            f"{payload['settings']['eval_every']} epoch.\n\n" + md_table(rows)
+            "## Time to validation accuracy (LeNet-300-100, MNIST)\n\n"
+            f"{settings['val_size']} validation images carved from the training set; at most "
+            f"{settings['max_epochs']} epochs. Seconds of training steps (each contender's own "
+            "clock, steps interleaved; evaluation not timed) until the posterior-mean network "
+            f"first reaches the target, checked every {settings['eval_every']} epoch; "
+            f"{_about(acc)}\n\n" + md_table(rows)
         )
     return "\n".join(lines)
+
+
+def _about(section: dict[str, Any]) -> str:
+    settings = section["settings"]
+    return (
+        f"allocator {settings['allocator']}, {section['threads']} torch thread(s), device "
+        f"{settings['device']}. Command: `{section['command']}`\n"
+    )
 
 
 def main() -> None:
@@ -696,6 +725,9 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024])
     parser.add_argument("--repeats", type=int, default=100, help="timed steps per contender")
+    parser.add_argument(
+        "--repeats-large", type=int, default=30, help="timed steps at batch sizes >= 1024"
+    )
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument(
         "--estimators",
@@ -708,11 +740,15 @@ def main() -> None:
     )
     parser.add_argument("--before", metavar="REV", help="also time bayesprune at git REV")
     parser.add_argument("--no-peers", action="store_true", help="bayesprune only")
-    parser.add_argument("--skip-steps", action="store_true")
-    parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["steps", "memory", "accuracy"],
+        default=["steps", "memory", "accuracy"],
+        help="measure these sections; the others are kept from the existing result file",
+    )
     parser.add_argument("--targets", nargs="+", type=float, default=[98.0, 97.5])
-    parser.add_argument("--max-epochs", type=int, default=15)
+    parser.add_argument("--max-epochs", type=int, default=12)
     parser.add_argument("--eval-every", type=float, default=0.25, help="in epochs")
     parser.add_argument("--val-size", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
@@ -730,29 +766,44 @@ def main() -> None:
     use_results_dir(args)
     device = torch.device(args.device)
     before = (lambda: load_revision(args.before)) if args.before else None
-    payload: dict[str, Any] = {
-        "settings": vars(args) | {"mixture": MIXTURE},
-        "machine_threads": torch.get_num_threads(),
-        "steps": {},
-        "memory": {},
-    }
+    existing = results_dir() / f"{args.name}.json"
+    sections = json.loads(existing.read_text())["sections"] if existing.exists() else {}
+    settings = {k: v for k, v in vars(args).items() if k != "memory_child"}
+
+    def section(results: Any) -> dict[str, Any]:
+        return {
+            "results": results,
+            "settings": settings | {"mixture": MIXTURE},
+            "threads": torch.get_num_threads(),
+            "command": this_command(),
+            "machine": machine(),
+        }
+
     factories = step_contenders(args, before)
-    contenders = [make() for make in factories.values()]
-    if not args.skip_steps:
+    if "steps" in args.only:
+        contenders = [make() for make in factories.values()]
+        found: dict[str, Any] = {}
         for arch in args.archs:
-            payload["steps"][arch] = {}
+            found[arch] = {}
             for batch in args.batch_sizes:
-                rows = time_steps(contenders, arch, batch, args.repeats, args.warmup, device)
-                payload["steps"][arch][str(batch)] = rows
+                repeats = args.repeats_large if batch >= 1024 else args.repeats
+                rows = time_steps(contenders, arch, batch, repeats, args.warmup, device)
+                found[arch][str(batch)] = rows
                 print(f"{arch} b{batch}\n" + md_table(rows), flush=True)
-    if not args.skip_memory:
-        for arch in args.archs:
-            payload["memory"][arch] = {
-                str(batch): peak_memory(list(factories), arch, batch, args)
-                for batch in args.batch_sizes
+        sections["steps"] = section(found)
+    if "memory" in args.only:
+        sections["memory"] = section(
+            {
+                arch: {
+                    str(batch): peak_memory(list(factories), arch, batch, args)
+                    for batch in args.batch_sizes
+                }
+                for arch in args.archs
             }
-    if not args.skip_accuracy:
-        payload["accuracy"] = time_to_accuracy(args, device)
+        )
+    if "accuracy" in args.only:
+        sections["accuracy"] = section(time_to_accuracy(args, device))
+    payload = {"sections": sections}
     md = render(payload)
     print(md)
     write_results(args.name, payload, md)
