@@ -119,11 +119,10 @@ def _replace_layers(net: nn.Module, make: Callable[[nn.Module], nn.Module]) -> n
 
 
 def _mean_twin(net: nn.Module, weight_names: dict[str, tuple[str, str]]) -> nn.Module:
-    """A plain copy of `net` whose Bayesian layers hold their mean weights.
+    """A plain copy of the Sequential `net` whose Bayesian layers hold their mean weights.
 
     `weight_names`: peer layer class name → (mean weight attribute, mean bias attribute).
     """
-    twin = copy.deepcopy(net)
 
     def plain(layer: nn.Module) -> nn.Module:
         w_name, b_name = weight_names[type(layer).__name__]
@@ -149,11 +148,11 @@ def _mean_twin(net: nn.Module, weight_names: dict[str, tuple[str, str]]) -> nn.M
                 out.bias.copy_(bias)
         return out
 
-    for parent in list(twin.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child).__name__ in weight_names:
-                setattr(parent, name, plain(child))
-    return twin
+    # a Sequential of layers: peers keep sampled, non-leaf tensors on their layers, which
+    # deepcopy refuses, so only the parameter-free modules are copied
+    return nn.Sequential(
+        *(plain(m) if type(m).__name__ in weight_names else copy.deepcopy(m) for m in net)
+    )
 
 
 def _fit_optimizer(net: nn.Module, lr: float) -> torch.optim.Optimizer:
