@@ -13,6 +13,9 @@ CASES = {
     "mixture_kl_bound": lambda a, b: fused.mixture_kl_bound(
         a * 0.02, b.abs() * 0.01 + 1e-3, 0.3, 1.0, math.exp(-6)
     ),
+    "mixture_kl_sampled": lambda a, b: fused.mixture_kl_sampled(
+        a * 0.02, b.abs() * 0.01 + 1e-3, 0.3, 1.0, math.exp(-6)
+    ),
     "sample_normal": lambda a, b: (fused.sample_normal(a, b.square()) * a.cos()).sum(),
 }
 

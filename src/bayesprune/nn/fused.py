@@ -195,3 +195,57 @@ def mixture_kl_bound(mu: Tensor, sigma: Tensor, pi: float, scale1: float, scale2
     t = mu.square() + sigma.square()
     elem = k1 * t - torch.log(sigma) - F.softplus((k1 - k2) * t + (c2 - c1)) - (0.5 + c1)
     return elem.sum()
+
+
+class _MixtureSampledKL(torch.autograd.Function):
+    """Σ of the one-sample Monte-Carlo KL to the scale mixture, hand-written backward.
+
+    With w = μ + σε, u = w² and z = (k1 − k2) u + c2 − c1 (as in the bound, at the
+    sample): log q(w) − log p(w) = −ε²/2 − log σ − c1 + k1 u − softplus(z);
+    d/du = k1 − (k1 − k2) sigmoid(z), d/dμ = 2w d/du, d/dσ = 2wε d/du − 1/σ.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, mu: Tensor, sigma: Tensor, pi: float, scale1: float, scale2: float
+    ) -> Tensor:
+        c1, c2, k1, k2 = _mixture_constants(pi, scale1, scale2)
+        eps = torch.randn_like(mu)
+        w = torch.addcmul(mu, sigma, eps)
+        z = torch.mul(w, w)
+        u_sum = z.sum()
+        z.mul_(k1 - k2).add_(c2 - c1)
+        flat_eps = eps.reshape(-1)
+        value = (
+            k1 * u_sum
+            - 0.5 * torch.dot(flat_eps, flat_eps)
+            - torch.log(sigma).sum()
+            - F.softplus(z).sum()
+            - mu.numel() * c1
+        )
+        ctx.save_for_backward(sigma, eps, w, z)
+        ctx.k1, ctx.dk = k1, k1 - k2
+        return value
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        sigma, eps, w, z = ctx.saved_tensors
+        g_mu = torch.sigmoid(z).mul_(-ctx.dk).add_(ctx.k1).mul_(w).mul_(2 * grad)  # d/dw
+        g_sigma = None
+        if ctx.needs_input_grad[1]:
+            g_sigma = torch.mul(g_mu, eps).addcdiv_(grad.expand_as(sigma), sigma, value=-1.0)
+        return (g_mu if ctx.needs_input_grad[0] else None), g_sigma, None, None, None
+
+
+def mixture_kl_sampled(
+    mu: Tensor, sigma: Tensor, pi: float, scale1: float, scale2: float
+) -> Tensor:
+    """Σ log q(w) − log p(w) at one draw w ~ N(μ, σ²) per element (scale-mixture p)."""
+    if eager():
+        return _MixtureSampledKL.apply(mu, sigma, pi, scale1, scale2)
+    c1, c2, k1, k2 = _mixture_constants(pi, scale1, scale2)
+    eps = torch.randn_like(mu)
+    u = (mu + sigma * eps).square()
+    elem = k1 * u - 0.5 * eps.square() - torch.log(sigma) - F.softplus((k1 - k2) * u + (c2 - c1))
+    return (elem - c1).sum()

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..options import Choice
-from .fused import gaussian_kl, mixture_kl_bound
+from .fused import gaussian_kl, mixture_kl_bound, mixture_kl_sampled
 
 
 class GaussianPrior:
@@ -94,8 +94,8 @@ class ScaleMixturePrior:
         """Σ over elements of the KL estimate chosen by `kl_estimator` (`sample`: MC only)."""
         if self.kl_estimator == MixtureKL.BOUND:
             return mixture_kl_bound(mu, sigma, self.pi, self.scale1, self.scale2)
-        if sample is None:
-            sample = mu + sigma * torch.randn_like(mu)
+        if sample is None:  # one draw per weight, value and gradients in one node
+            return mixture_kl_sampled(mu, sigma, self.pi, self.scale1, self.scale2)
         log_q = -0.5 * ((sample - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)
         return (log_q - self.log_prob(sample)).sum()
 
