@@ -592,6 +592,8 @@ def time_to_accuracy(args: argparse.Namespace, device: torch.device) -> list[dic
     n = len(x_tr)
     runs = []
     for recipe in recipes(args):
+        if args.recipes and recipe.contender.name not in args.recipes:
+            continue
         torch.manual_seed(args.seed)
         trainer = Trainer(recipe.contender, "lenet300", recipe.lr, device)
         runs.append(Run(recipe, trainer, torch.Generator().manual_seed(args.seed)))
@@ -747,6 +749,9 @@ def main() -> None:
         help="measure these sections; the others are kept from the existing result file",
     )
     parser.add_argument("--targets", nargs="+", type=float, default=[98.0, 97.5])
+    parser.add_argument(
+        "--recipes", nargs="+", help="time to accuracy of these contenders only (exact names)"
+    )
     parser.add_argument("--max-epochs", type=int, default=12)
     parser.add_argument("--eval-every", type=float, default=0.25, help="in epochs")
     parser.add_argument("--val-size", type=int, default=6000)

@@ -374,3 +374,29 @@ def test_fit_uses_the_fused_optimizer_where_it_can():
     assert make_optimizer("adam", [{"params": params, "lr": 1e-3}], 1e-3, 0.0).defaults["fused"]
     huge = make_optimizer("sgd", [{"params": params, "lr": 1e300}], 1e300, 0.0)
     assert not huge.defaults["fused"]  # float32 cannot hold the rate: the loop reports it
+
+
+@pytest.mark.parametrize("estimator", ["shared", "flipout"])
+def test_a_monte_carlo_kl_reads_the_forward_passs_own_weight_sample(estimator):
+    """Bayes by Backprop: with weight samples the sampled KL needs no draw of its own."""
+    prior = {"kind": "scale_mixture", "pi": 0.5, "scale1": 1.0, "scale2": 0.05, "kl": "mc"}
+    layer = BayesLinear(4, 3, prior=prior, estimator=estimator).double()
+    _randomise(layer)
+    torch.manual_seed(3)
+    layer(torch.randn(5, 4, dtype=torch.float64))
+    kl = layer.kl()
+    torch.manual_seed(3)
+    torch.randn(5, 4, dtype=torch.float64)  # the input
+    eps_w = torch.randn(3, 4, dtype=torch.float64)  # the forward pass's draws, in its order
+    eps_b = torch.randn(3, dtype=torch.float64)
+    expected = 0.0
+    for mu, rho, eps in (
+        (layer.weight_mu, layer.weight_rho, eps_w),
+        (layer.bias_mu, layer.bias_rho, eps_b),
+    ):
+        sigma = F.softplus(rho)
+        w = mu + sigma * eps
+        log_q = torch.distributions.Normal(mu, sigma).log_prob(w)
+        expected = expected + (log_q - layer.prior.log_prob(w)).sum()
+    assert torch.allclose(kl, expected)
+    assert not torch.allclose(layer.kl(), expected)  # taken once: a later KL draws afresh

@@ -207,10 +207,16 @@ class _MixtureSampledKL(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, mu: Tensor, sigma: Tensor, pi: float, scale1: float, scale2: float
+        ctx: Any,
+        mu: Tensor,
+        sigma: Tensor,
+        pi: float,
+        scale1: float,
+        scale2: float,
+        noise: Tensor | None,
     ) -> Tensor:
         c1, c2, k1, k2 = _mixture_constants(pi, scale1, scale2)
-        eps = torch.randn_like(mu)
+        eps = torch.randn_like(mu) if noise is None else noise
         w = torch.addcmul(mu, sigma, eps)
         z = torch.mul(w, w)
         u_sum = z.sum()
@@ -235,17 +241,23 @@ class _MixtureSampledKL(torch.autograd.Function):
         g_sigma = None
         if ctx.needs_input_grad[1]:
             g_sigma = torch.mul(g_mu, eps).addcdiv_(grad.expand_as(sigma), sigma, value=-1.0)
-        return (g_mu if ctx.needs_input_grad[0] else None), g_sigma, None, None, None
+        return (g_mu if ctx.needs_input_grad[0] else None), g_sigma, None, None, None, None
 
 
 def mixture_kl_sampled(
-    mu: Tensor, sigma: Tensor, pi: float, scale1: float, scale2: float
+    mu: Tensor,
+    sigma: Tensor,
+    pi: float,
+    scale1: float,
+    scale2: float,
+    noise: Tensor | None = None,
 ) -> Tensor:
-    """Σ log q(w) − log p(w) at one draw w ~ N(μ, σ²) per element (scale-mixture p)."""
+    """Σ log q(w) − log p(w) at w = μ + σε per element (scale-mixture p); ε is `noise`
+    (a forward pass's draw, as in Bayes by Backprop) or a fresh standard-normal draw."""
     if eager():
-        return _MixtureSampledKL.apply(mu, sigma, pi, scale1, scale2)
+        return _MixtureSampledKL.apply(mu, sigma, pi, scale1, scale2, noise)
     c1, c2, k1, k2 = _mixture_constants(pi, scale1, scale2)
-    eps = torch.randn_like(mu)
+    eps = torch.randn_like(mu) if noise is None else noise
     u = (mu + sigma * eps).square()
     elem = k1 * u - 0.5 * eps.square() - torch.log(sigma) - F.softplus((k1 - k2) * u + (c2 - c1))
     return (elem - c1).sum()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import weakref
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -67,9 +68,20 @@ class _ScalesCache(dict):
         return (_ScalesCache, ())
 
 
+@dataclass
+class _Shared:
+    """What a training forward pass leaves for the step's KL: σ, σ² and the weight noise."""
+
+    rho: weakref.ref
+    key: tuple[int, int]  # ρ's version and storage when σ was computed
+    scales: tuple[Tensor, Tensor]
+    token: object  # what the backward hooks hold, instead of the tensors (no cycle)
+    noise: Tensor | None = None  # ε of a weight sample μ + σε ("shared", "flipout")
+
+
 def _forget(cache: dict, name: str, token: object, grad: Tensor) -> None:
     """Backward hook of shared scales: a backward pass through them ends the sharing."""
-    if name in cache and cache[name][3] is token:
+    if name in cache and cache[name].token is token:
         del cache[name]
 
 
@@ -145,32 +157,45 @@ class _GaussianLayer(VariationalLayer):
     def bias_sigma(self) -> Tensor | None:
         return None if self.bias_rho is None else F.softplus(self.bias_rho)
 
-    def _scales(self, name: str, *, share: bool) -> tuple[Tensor, Tensor]:
-        """(σ, σ²) of the ρ parameter `name` for one training step.
+    def _scales(self, name: str) -> tuple[Tensor, Tensor]:
+        """(σ, σ²) of the ρ parameter `name` for a training forward pass, left for the KL.
 
-        The training forward pass (`share=True`) computes them and leaves them for the
-        step's KL (`share=False`), which takes them if ρ is unchanged since, else
-        computes its own: one softplus per step instead of two. The sharing ends when
-        the KL takes them, when a backward pass reaches them, and when ρ changes in
-        place (its version: optimizer steps, `load_state_dict`, `copy_`) or is replaced
-        (`.to`, a new tensor), so a KL computed after an optimizer step is never stale.
+        The step's KL (`_taken`) takes them if ρ is unchanged since, else computes its
+        own: one softplus per step instead of two. The sharing ends when the KL takes
+        them, when a backward pass reaches them, and when ρ changes in place (its
+        version: optimizer steps, `load_state_dict`, `copy_`) or is replaced (`.to`, a
+        new tensor), so a KL computed after an optimizer step is never stale.
         """
         rho = getattr(self, name)
-        if not (eager() and torch.is_grad_enabled() and isinstance(rho, nn.Parameter)):
-            return softplus_scales(rho)  # nothing to share (no grad, a torch.func transform)
-        key = (rho._version, rho.data_ptr())
-        cache = self.__dict__.setdefault("_scales_cache", _ScalesCache())
-        if not share:
-            hit = cache.pop(name, None)
-            if hit is not None and hit[0]() is rho and hit[1] == key:
-                return hit[2]
         scales = softplus_scales(rho)
-        if share and rho.requires_grad:
-            token = object()  # the hooks hold the token, not the tensors: no reference cycle
-            cache[name] = (weakref.ref(rho), key, scales, token)
+        if self._shares(rho) and rho.requires_grad:
+            token = object()
+            cache = self.__dict__.setdefault("_scales_cache", _ScalesCache())
+            cache[name] = _Shared(weakref.ref(rho), (rho._version, rho.data_ptr()), scales, token)
             for t in scales:
                 t.register_hook(functools.partial(_forget, cache, name, token))
         return scales
+
+    def _taken(self, name: str) -> tuple[tuple[Tensor, Tensor], Tensor | None]:
+        """(σ, σ²) and the weight noise the forward pass left (see `_scales`), or fresh σ."""
+        rho = getattr(self, name)
+        if self._shares(rho):
+            hit = self.__dict__.setdefault("_scales_cache", _ScalesCache()).pop(name, None)
+            if hit is not None and hit.rho() is rho and hit.key == (rho._version, rho.data_ptr()):
+                return hit.scales, hit.noise
+        return softplus_scales(rho), None
+
+    def _leave_noise(self, name: str, noise: Tensor) -> None:
+        """Leave ε of this forward pass's weight sample for the KL (a Monte-Carlo KL uses it)."""
+        hit = self.__dict__.get("_scales_cache", {}).get(name)
+        if hit is not None:
+            hit.noise = noise
+
+    @staticmethod
+    def _shares(rho: Tensor) -> bool:
+        """Whether forward and KL share σ: a parameter in eager grad mode (not under
+        torch.func transforms, which substitute tensors)."""
+        return eager() and torch.is_grad_enabled() and isinstance(rho, nn.Parameter)
 
     def _masked(self, t: Tensor) -> Tensor:
         return t if self.weight_mask is None else t * self.weight_mask
@@ -197,31 +222,37 @@ class _GaussianLayer(VariationalLayer):
         if not self.sample:
             return self._linear_map(x, *self._deterministic_weights())
         if self.estimator == GradientEstimator.LRT:
-            weight_var = self._masked(self._scales("weight_rho", share=True)[1])
-            bias_var = None if self.bias_rho is None else self._scales("bias_rho", share=True)[1]
+            weight_var = self._masked(self._scales("weight_rho")[1])
+            bias_var = None if self.bias_rho is None else self._scales("bias_rho")[1]
             return self._lrt(x, self._masked(self.weight_mu), self.bias_mu, weight_var, bias_var)
         if self.estimator == GradientEstimator.SHARED:
             return self._linear_map(x, *self._weight_sample())
         return self._flipout(x)
 
     def _weight_sample(self, centred: bool = False) -> tuple[Tensor, Tensor | None]:
-        """One draw of q for the weights (masked) and the bias; `centred`: its noise σ·ε only."""
-        sigma = self._scales("weight_rho", share=True)[0]
-        eps = torch.randn_like(sigma)
-        weight = sigma * eps if centred else torch.addcmul(self.weight_mu, sigma, eps)
-        bias = None
-        if self.bias_rho is not None:
-            sigma = self._scales("bias_rho", share=True)[0]
+        """One draw of q for the weights (masked) and the bias; `centred`: its noise σ·ε only.
+
+        ε is left for the step's KL: a Monte-Carlo KL then reads q at this same draw, as
+        in Bayes by Backprop, instead of drawing its own.
+        """
+        drawn = []
+        for name, mean in (("weight_rho", self.weight_mu), ("bias_rho", self.bias_mu)):
+            if mean is None:
+                drawn.append(None)
+                continue
+            sigma = self._scales(name)[0]
             eps = torch.randn_like(sigma)
-            bias = sigma * eps if centred else torch.addcmul(self.bias_mu, sigma, eps)
-        return self._masked(weight), bias
+            self._leave_noise(name, eps)
+            drawn.append(sigma * eps if centred else torch.addcmul(mean, sigma, eps))
+        return self._masked(drawn[0]), drawn[1]
 
     def _flipout(self, x: Tensor) -> Tensor:
         """op(x, μ) + s_out ⊙ op(x ⊙ s_in, Δ): one perturbation Δ, signs per example and unit."""
+        noise = self._weight_sample(centred=True)
         mean = self._linear_map(x, self._masked(self.weight_mu), self.bias_mu)
         s_in = _random_signs(self._unit_shape(x), x)
         s_out = _random_signs(self._unit_shape(mean), mean)
-        return mean + s_out * self._linear_map(x * s_in, *self._weight_sample(centred=True))
+        return mean + s_out * self._linear_map(x * s_in, *noise)
 
     def _unit_shape(self, t: Tensor) -> tuple[int, ...]:
         """`t`'s shape up to its units' dim, then 1s (a conv's positions share a sign)."""
@@ -250,13 +281,16 @@ class _GaussianLayer(VariationalLayer):
         return self._masked(self.weight_mu), self.bias_mu
 
     def kl(self) -> Tensor:
-        mu, sigma = self.weight_mu, self._scales("weight_rho", share=False)[0]
+        (sigma, _), noise = self._taken("weight_rho")
+        mu = self.weight_mu
         if self.weight_mask is not None:  # pruned weights no longer carry a posterior
             keep = self.weight_mask.bool()
             mu, sigma = mu[keep], sigma[keep]
-        total = self.prior.kl(mu, sigma)
+            noise = None if noise is None else noise[keep]
+        total = self.prior.kl(mu, sigma, noise=noise)
         if self.bias_mu is not None:
-            total = total + self.prior.kl(self.bias_mu, self._scales("bias_rho", share=False)[0])
+            (sigma, _), noise = self._taken("bias_rho")
+            total = total + self.prior.kl(self.bias_mu, sigma, noise=noise)
         return total
 
     def posterior(self) -> Posterior:

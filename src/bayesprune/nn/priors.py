@@ -29,8 +29,11 @@ class GaussianPrior:
         var = self.scale**2
         return -0.5 * (w * w / var + math.log(2 * math.pi * var))
 
-    def kl(self, mu: Tensor, sigma: Tensor, sample: Tensor | None = None) -> Tensor:
-        """Σ KL(N(mu, sigma²) ‖ N(0, scale²)) over all elements (closed form; `sample` unused)."""
+    def kl(
+        self, mu: Tensor, sigma: Tensor, sample: Tensor | None = None, noise: Tensor | None = None
+    ) -> Tensor:
+        """Σ KL(N(mu, sigma²) ‖ N(0, scale²)) over all elements (closed form; `sample`,
+        `noise` unused)."""
         # Σ [log(s/σ) + (σ² + μ²) / (2s²) − ½]: dot products and one log forward, two
         # element-wise passes backward (`fused`), over hundreds of thousands of weights.
         return gaussian_kl(mu, sigma, self.scale)
@@ -90,12 +93,18 @@ class ScaleMixturePrior:
         lp2 = GaussianPrior(self.scale2).log_prob(w) + math.log1p(-self.pi)
         return torch.logaddexp(lp1, lp2)
 
-    def kl(self, mu: Tensor, sigma: Tensor, sample: Tensor | None = None) -> Tensor:
-        """Σ over elements of the KL estimate chosen by `kl_estimator` (`sample`: MC only)."""
+    def kl(
+        self, mu: Tensor, sigma: Tensor, sample: Tensor | None = None, noise: Tensor | None = None
+    ) -> Tensor:
+        """Σ over elements of the KL estimate chosen by `kl_estimator`.
+
+        Monte Carlo only: at the weights `sample`, or at μ + σ·`noise` (the draw of a
+        forward pass: value and gradients in one node), else at a fresh draw.
+        """
         if self.kl_estimator == MixtureKL.BOUND:
             return mixture_kl_bound(mu, sigma, self.pi, self.scale1, self.scale2)
-        if sample is None:  # one draw per weight, value and gradients in one node
-            return mixture_kl_sampled(mu, sigma, self.pi, self.scale1, self.scale2)
+        if sample is None:
+            return mixture_kl_sampled(mu, sigma, self.pi, self.scale1, self.scale2, noise)
         log_q = -0.5 * ((sample - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)
         return (log_q - self.log_prob(sample)).sum()
 
