@@ -96,7 +96,7 @@ def _mixture_kl_by_monte_carlo(prior, mu, sigma, n=400_000, seed=0):
     ids=["slab", "spike", "mixed"],
 )
 def test_scale_mixture_kl_bound_agrees_with_monte_carlo_where_one_component_dominates(mu, sigma):
-    prior = ScaleMixturePrior(0.5, 1.0, math.exp(-6))
+    prior = ScaleMixturePrior(0.5, 1.0, math.exp(-6), kl="bound")
     mu = torch.tensor(mu, dtype=torch.float64)
     sigma = torch.tensor(sigma, dtype=torch.float64)
     bound = prior.kl(mu, sigma).item()
@@ -105,14 +105,14 @@ def test_scale_mixture_kl_bound_agrees_with_monte_carlo_where_one_component_domi
 
 
 def test_scale_mixture_kl_bound_is_an_upper_bound_and_exact_for_one_component():
-    prior = ScaleMixturePrior(0.5, 1.0, math.exp(-6))
+    prior = ScaleMixturePrior(0.5, 1.0, math.exp(-6), kl="bound")
     # posteriors that straddle the switch from spike to slab (|w| ~ 0.01): the bound is loose
     mu = torch.tensor([0.01, 0.02, 0.008, -0.015], dtype=torch.float64)
     sigma = torch.tensor([0.003, 0.02, 0.002, 0.01], dtype=torch.float64)
     mc, se = _mixture_kl_by_monte_carlo(prior, mu, sigma)
     assert prior.kl(mu, sigma).item() >= mc - 5 * se
     # two equal components are one Gaussian: the bound is its closed-form KL
-    same = ScaleMixturePrior(0.3, 0.7, 0.7)
+    same = ScaleMixturePrior(0.3, 0.7, 0.7, kl="bound")
     torch.manual_seed(0)
     mu, sigma = torch.randn(50, dtype=torch.float64), torch.rand(50, dtype=torch.float64) + 0.1
     assert same.kl(mu, sigma).item() == pytest.approx(GaussianPrior(0.7).kl(mu, sigma).item())
@@ -122,10 +122,10 @@ def test_scale_mixture_kl_bound_is_an_upper_bound_and_exact_for_one_component():
     "prior",
     [
         GaussianPrior(0.7),
-        ScaleMixturePrior(0.3, 1.0, math.exp(-6)),
-        ScaleMixturePrior(0.5, 0.1, 2.0),
+        ScaleMixturePrior(0.3, 1.0, math.exp(-6), kl="bound"),
+        ScaleMixturePrior(0.5, 0.1, 2.0, kl="bound"),
     ],
-    ids=["gaussian", "mixture", "mixture-wide-spike"],
+    ids=["gaussian", "mixture-bound", "mixture-bound-wide-spike"],
 )
 def test_closed_form_kls_have_exact_gradients(prior):
     torch.manual_seed(0)
@@ -135,11 +135,11 @@ def test_closed_form_kls_have_exact_gradients(prior):
 
 
 def test_mixture_kl_option_round_trips_and_rejects_unknown_values():
-    layer = BayesLinear(3, 2, prior={"kind": "scale_mixture", "kl": "mc"})
-    assert layer.config()["prior"]["kl"] == "mc"
-    assert BayesLinear.from_config(layer.config()).prior.kl_estimator == MixtureKL.MC
-    assert ScaleMixturePrior().kl_estimator == MixtureKL.BOUND  # the default
-    with pytest.raises(ValueError, match="valid: bound, mc"):
+    layer = BayesLinear(3, 2, prior={"kind": "scale_mixture", "kl": "bound"})
+    assert layer.config()["prior"]["kl"] == "bound"
+    assert BayesLinear.from_config(layer.config()).prior.kl_estimator == MixtureKL.BOUND
+    assert ScaleMixturePrior().kl_estimator == MixtureKL.MC  # the default
+    with pytest.raises(ValueError, match="valid: mc, bound"):
         make_prior({"kind": "scale_mixture", "kl": "exact"})
 
 

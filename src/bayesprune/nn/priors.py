@@ -2,8 +2,8 @@
 
 A prior knows two things: its log-density (for Monte-Carlo KL estimates) and the
 KL from a factorised Gaussian posterior, `kl(mu, sigma)`, summed over elements:
-closed form for the Gaussian prior, a closed-form upper bound (default) or a
-one-sample Monte-Carlo estimate for the scale mixture.
+closed form for the Gaussian prior, a one-sample Monte-Carlo estimate (default) or a
+closed-form upper bound for the scale mixture.
 """
 
 from __future__ import annotations
@@ -45,22 +45,27 @@ class GaussianPrior:
 class MixtureKL(Choice):
     """How `ScaleMixturePrior.kl` evaluates KL(N(μ, σ²) ‖ π N(0, s1²) + (1 − π) N(0, s2²)).
 
-    BOUND (default): the closed-form upper bound −log Σ_j π_j exp(−KL(q ‖ N(0, s_j²)))
-    (Jensen's inequality; see `ScaleMixturePrior`). Deterministic, a few passes over
-    the weights, and the training loss stays an upper bound of −log evidence.
-    MC: the single-sample Monte-Carlo estimate log q(w) − log p(w) of Bayes by
-    Backprop (Blundell et al. 2015): unbiased, noisy, and it draws a full weight
-    sample and two mixture log-densities every step.
+    MC (default): the single-sample Monte-Carlo estimate log q(w) − log p(w) of Bayes
+    by Backprop (Blundell et al. 2015), unbiased: value and gradients in one node
+    (`nn.fused`); it reads the forward pass's weight sample where the layer draws one
+    ("shared", "flipout" estimators), else draws one normal per weight.
+    BOUND: the closed-form upper bound −log Σ_j π_j exp(−KL(q ‖ N(0, s_j²))) (Jensen's
+    inequality; see `ScaleMixturePrior`): deterministic and cheaper (no draw), and the
+    loss stays an upper bound of −log evidence, but it over-charges weights whose
+    posterior straddles the spike-slab switch. Measured on LeNet-300-100 (40 epochs,
+    3 seeds, benchmarks/results/mixture_kl.md): test error 2.29 % against 1.96 % for MC.
     """
 
-    BOUND = "bound"
     MC = "mc"
+    BOUND = "bound"
 
 
 class ScaleMixturePrior:
     """Blundell et al.'s two-Gaussian scale mixture π N(0, s1²) + (1-π) N(0, s2²).
 
-    The KL from a Gaussian posterior has no closed form. `kl="bound"` (default) uses
+    The KL from a Gaussian posterior has no closed form. `kl="mc"` (default) is the
+    one-sample Monte-Carlo estimate log q(w) − log p(w) (unbiased, as in Bayes by
+    Backprop). `kl="bound"` uses
 
         KL(q ‖ p) ≤ −log Σ_j π_j exp(−KL(q ‖ N(0, s_j²))),
 
@@ -70,8 +75,7 @@ class ScaleMixturePrior:
     component dominates over the spread of w² and is largest for a posterior that
     straddles the point where the mixture switches from spike to slab. Per weight the
     bound is −log σ − ½ − c1 + t/(2 s1²) − softplus(c2 − c1 − (1/(2 s2²) − 1/(2 s1²)) t)
-    with t = μ² + σ², c_j = log π_j − log s_j. `kl="mc"` is the one-sample Monte-Carlo
-    estimate log q(w) − log p(w) (unbiased, as in Bayes by Backprop). See `MixtureKL`.
+    with t = μ² + σ², c_j = log π_j − log s_j. See `MixtureKL`.
     """
 
     def __init__(
@@ -79,7 +83,7 @@ class ScaleMixturePrior:
         pi: float = 0.5,
         scale1: float = 1.0,
         scale2: float = math.exp(-6),
-        kl: MixtureKL | str = MixtureKL.BOUND,
+        kl: MixtureKL | str = MixtureKL.MC,
     ) -> None:
         if not 0.0 < pi < 1.0:
             raise ValueError(f"mixture weight pi must be in (0, 1), got {pi}")
