@@ -317,7 +317,7 @@ def step_contenders(
     for estimator in args.estimators:
         add(ours, f"bayesprune N(0,1) {estimator}", estimator=estimator)
         for kl in args.mixture_kls:
-            name = f"bayesprune mixture {estimator}" + (f" kl={kl}" if kl != "bound" else "")
+            name = f"bayesprune mixture {estimator} kl={kl}"
             add(ours, name, prior={**MIXTURE, "kl": kl}, estimator=estimator)
     if before is not None:
         rev = args.before
