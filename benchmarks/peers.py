@@ -9,11 +9,11 @@ Three measurements, as a user comparing libraries would make them:
    twin (plain torch, `torch.optim.Adam`). One Monte-Carlo sample per step for
    everyone. Ours use the optimiser `bayesprune.fit` builds (torch's fused Adam);
    a second deterministic row with fused Adam shows what the optimiser alone is worth.
-2. Peak memory of each contender's training step: a fresh process per contender
-   builds it and runs steps; the figure is its peak resident set size after the steps
-   minus the peak before the model was built (MiB): parameters, optimiser state,
-   activations, the autograd graph, and pages the allocator keeps. On CUDA the figure
-   is `torch.cuda.max_memory_allocated` instead.
+2. Peak memory of each contender's training step: the bytes glibc's allocator has in
+   use, sampled after every tensor operation while the contender is built and takes 5
+   steps, minus those in use before (MiB): parameters, optimiser state, activations,
+   gradients, the autograd graph (`peak_memory`). On CUDA,
+   `torch.cuda.max_memory_allocated`.
 3. Time to accuracy (LeNet-300-100, MNIST): wall time of training steps until the
    validation accuracy (6,000 images carved from the training set by a seeded
    permutation; the test set is never read) first reaches each target. Every contender
@@ -45,11 +45,11 @@ import argparse
 import copy
 import ctypes
 import functools
+import gc
 import importlib
 import io
 import json
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -57,7 +57,6 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +73,7 @@ from _common import (
     write_results,
 )
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import bayesprune as bp
 from bayesprune.data import load_mnist
@@ -424,26 +424,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class Trainer:
-    """A contender's network and optimiser, one step at a time, on its own clock."""
+CLOCK = {"cpu": time.thread_time, "wall": time.perf_counter}
+"""The step clock: this thread's CPU time (`--clock cpu`, at one torch thread: what the
+step costs, whatever else the machine runs) or wall time (`wall`: several threads, CUDA)."""
 
-    def __init__(self, contender: Contender, arch: str, lr: float, device: torch.device) -> None:
+
+class Trainer:
+    """A contender's network and optimiser, one step at a time, on its own clocks."""
+
+    def __init__(
+        self, contender: Contender, arch: str, lr: float, device: torch.device, clock: str
+    ) -> None:
         self.contender = contender
         self.net = contender.build(arch).to(device)
         self.opt = contender.optimizer(self.net, lr)
         self.device = device
-        self.seconds = 0.0
+        self.clock = CLOCK[clock]
+        self.seconds = 0.0  # on `clock`
+        self.wall_seconds = 0.0
 
-    def step(self, x: Tensor, y: Tensor, n: int) -> float:
+    def step(self, x: Tensor, y: Tensor, n: int) -> tuple[float, float]:
+        """One optimiser step; its seconds on the chosen clock and on the wall clock."""
         _sync(self.device)
-        start = time.perf_counter()
+        start, wall = self.clock(), time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
         self.contender.loss(self.net, x, y, n).backward()
         self.opt.step()
         _sync(self.device)
-        took = time.perf_counter() - start
+        took, took_wall = self.clock() - start, time.perf_counter() - wall
         self.seconds += took
-        return took
+        self.wall_seconds += took_wall
+        return took, took_wall
 
 
 def time_steps(
@@ -453,91 +464,109 @@ def time_steps(
     repeats: int,
     warmup: int,
     device: torch.device,
+    clock: str,
 ) -> list[dict[str, Any]]:
     """Median ms per step of each contender, steps interleaved; ratio to the first one."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch_size, 1, 28, 28, generator=g).to(device)
     y = torch.randint(0, 10, (batch_size,), generator=g).to(device)
     torch.manual_seed(0)
-    trainers = [Trainer(c, arch, 1e-3, device) for c in contenders]
-    times: list[list[float]] = [[] for _ in trainers]
+    trainers = [Trainer(c, arch, 1e-3, device, clock) for c in contenders]
+    times: list[list[tuple[float, float]]] = [[] for _ in trainers]
     for i in range(warmup + repeats):
         for t, trainer in zip(times, trainers, strict=True):
             took = trainer.step(x, y, 60_000)
             if i >= warmup:
                 t.append(took)
-    reference = statistics.median(times[0])
+    reference = [statistics.median(s[k] for s in times[0]) for k in (0, 1)]
     rows = []
     for trainer, t in zip(trainers, times, strict=True):
-        median = statistics.median(t)
+        median, wall = (statistics.median(s[k] for s in t) for k in (0, 1))
+        quartiles = statistics.quantiles([s[0] for s in t], n=4)
         rows.append(
             {
                 "contender": trainer.contender.name,
                 "ms": 1e3 * median,
-                "ratio": median / reference,
-                "q25_ms": 1e3 * statistics.quantiles(t, n=4)[0],
-                "q75_ms": 1e3 * statistics.quantiles(t, n=4)[2],
+                "ratio": median / reference[0],
+                "q25_ms": 1e3 * quartiles[0],
+                "q75_ms": 1e3 * quartiles[2],
+                "wall_ms": 1e3 * wall,
+                "wall_ratio": wall / reference[1],
             }
         )
     return rows
 
 
-def peak_memory(
-    names: list[str], arch: str, batch_size: int, args: argparse.Namespace
-) -> dict[str, float | None]:
-    """Peak memory (MiB) of each contender's training steps, each in a fresh process
-    (two at a time: the figure is per process, so they do not disturb each other)."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        found = pool.map(lambda name: _peak_memory(name, arch, batch_size, args), names)
-        return dict(zip(names, found, strict=True))
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [  # glibc's struct mallinfo2 (2.33+), every field a size_t
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
 
 
-def _peak_memory(name: str, arch: str, batch_size: int, args: argparse.Namespace) -> float | None:
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--memory-child",
-        name,
-        arch,
-        str(batch_size),
-        "--allocator",
-        args.allocator,
-        "--device",
-        args.device,
-        "--estimators",
-        *args.estimators,
-        "--mixture-kls",
-        *args.mixture_kls,
-        "--threads",
-        str(args.threads),
-    ]
-    if args.before:
-        command += ["--before", args.before]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        print(f"memory of {name} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+def _heap_in_use() -> Callable[[], int] | None:
+    """Bytes in use from glibc's allocator (heap + mapped blocks), or None without glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
         return None
-    return float(done.stdout.strip().splitlines()[-1])
+    mallinfo2.restype = _MallInfo2
+
+    def in_use() -> int:
+        info = mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    return in_use
 
 
-def memory_child(args: argparse.Namespace) -> None:
-    """Runs in the fresh process of `peak_memory`: build, 5 steps, print the peak in MiB."""
-    name, arch, batch = args.memory_child
-    device = torch.device(args.device)
-    before = (lambda: load_revision(args.before)) if args.before else None
-    contender = step_contenders(args, before)[name]()
-    x = torch.rand(int(batch), 1, 28, 28, device=device)
-    y = torch.randint(0, 10, (int(batch),), device=device)
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+class _PeakAfterEachOp(TorchDispatchMode):
+    """Samples the bytes in use after every tensor operation (forward, backward, update)."""
+
+    def __init__(self, in_use: Callable[[], int]) -> None:
+        super().__init__()
+        self.in_use, self.peak = in_use, in_use()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.peak = max(self.peak, self.in_use())
+        return out
+
+
+def peak_memory(
+    factory: Callable[[], Contender], arch: str, batch_size: int, device: torch.device
+) -> float | None:
+    """Peak MiB that building one contender and 5 of its training steps add.
+
+    CPU: glibc's bytes in use (torch allocates CPU tensors with malloc), sampled after
+    every operation, minus those in use before the model was built: parameters,
+    optimiser state, activations, gradients and the autograd graph, not the
+    temporaries freed inside one operation. CUDA: `torch.cuda.max_memory_allocated`.
+    """
+    x = torch.rand(batch_size, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    trainer = Trainer(contender, arch, 1e-3, device)
-    for _ in range(5):
-        trainer.step(x, y, 60_000)
-    if device.type == "cuda":
-        print(torch.cuda.max_memory_allocated(device) / 2**20)
-    else:
-        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) / 1024)
+        start = torch.cuda.memory_allocated(device)
+        trainer = Trainer(factory(), arch, 1e-3, device, "wall")
+        for _ in range(5):
+            trainer.step(x, y, 60_000)
+        return (torch.cuda.max_memory_allocated(device) - start) / 2**20
+    in_use = _heap_in_use()
+    if in_use is None:
+        return None
+    start = in_use()
+    with _PeakAfterEachOp(in_use) as probe:
+        trainer = Trainer(factory(), arch, 1e-3, device, "wall")
+        for _ in range(5):
+            trainer.step(x, y, 60_000)
+    del trainer
+    gc.collect()
+    return (probe.peak - start) / 2**20
 
 
 # -- time to accuracy -------------------------------------------------------------------
@@ -595,7 +624,7 @@ def time_to_accuracy(args: argparse.Namespace, device: torch.device) -> list[dic
         if args.recipes and recipe.contender.name not in args.recipes:
             continue
         torch.manual_seed(args.seed)
-        trainer = Trainer(recipe.contender, "lenet300", recipe.lr, device)
+        trainer = Trainer(recipe.contender, "lenet300", recipe.lr, device, args.clock)
         runs.append(Run(recipe, trainer, torch.Generator().manual_seed(args.seed)))
     targets = sorted(args.targets, reverse=True)
     while not all(r.done for r in runs):
@@ -613,6 +642,7 @@ def time_to_accuracy(args: argparse.Namespace, device: torch.device) -> list[dic
                 run.trainer.net.train()
                 point = {
                     "seconds": run.trainer.seconds,
+                    "wall_seconds": run.trainer.wall_seconds,
                     "epochs": run.steps / steps_per_epoch,
                     "val_accuracy": acc,
                 }
@@ -667,8 +697,9 @@ def render(payload: dict[str, Any]) -> str:
         )
         if memory:
             lines.append(
-                "Peak MiB: resident memory of a fresh process over 5 training steps minus its "
-                f"peak before building the model; {_about(sections['memory'])}"
+                "Peak MiB: bytes in use by the allocator, sampled after every operation while "
+                "the contender is built and takes 5 steps, minus those in use before; "
+                f"{_about(sections['memory'])}"
             )
         for arch, by_batch in steps["results"].items():
             names = [r["contender"] for r in next(iter(by_batch.values()))]
@@ -714,9 +745,10 @@ def render(payload: dict[str, Any]) -> str:
 
 def _about(section: dict[str, Any]) -> str:
     settings = section["settings"]
+    clock = {"cpu": "the thread's CPU time", "wall": "wall time"}[settings.get("clock", "wall")]
     return (
-        f"allocator {settings['allocator']}, {section['threads']} torch thread(s), device "
-        f"{settings['device']}. Command: `{section['command']}`\n"
+        f"clock: {clock}; allocator {settings['allocator']}, {section['threads']} torch "
+        f"thread(s), device {settings['device']}. Command: `{section['command']}`\n"
     )
 
 
@@ -758,21 +790,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--allocator", choices=["retain", "system"], default="retain")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--clock",
+        choices=["auto", *CLOCK],
+        default="auto",
+        help="step clock; auto: thread CPU time at one thread on the CPU, else wall time",
+    )
     parser.add_argument("--name", default="peers")
-    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     add_results_dir_option(parser)
     args = parser.parse_args()
     use_allocator(args.allocator)
     torch.set_num_threads(args.threads if args.threads > 0 else torch.get_num_threads())
-    if args.memory_child:
-        memory_child(args)
-        return
     use_results_dir(args)
     device = torch.device(args.device)
+    if args.clock == "auto":
+        args.clock = "cpu" if args.threads == 1 and device.type == "cpu" else "wall"
     before = (lambda: load_revision(args.before)) if args.before else None
     existing = results_dir() / f"{args.name}.json"
     sections = json.loads(existing.read_text())["sections"] if existing.exists() else {}
-    settings = {k: v for k, v in vars(args).items() if k != "memory_child"}
+    settings = dict(vars(args))
 
     def section(results: Any) -> dict[str, Any]:
         return {
@@ -791,20 +827,21 @@ def main() -> None:
             found[arch] = {}
             for batch in args.batch_sizes:
                 repeats = args.repeats_large if batch >= 1024 else args.repeats
-                rows = time_steps(contenders, arch, batch, repeats, args.warmup, device)
+                rows = time_steps(contenders, arch, batch, repeats, args.warmup, device, args.clock)
                 found[arch][str(batch)] = rows
                 print(f"{arch} b{batch}\n" + md_table(rows), flush=True)
         sections["steps"] = section(found)
     if "memory" in args.only:
-        sections["memory"] = section(
-            {
-                arch: {
-                    str(batch): peak_memory(list(factories), arch, batch, args)
-                    for batch in args.batch_sizes
+        found = {}
+        for arch in args.archs:
+            found[arch] = {}
+            for batch in args.batch_sizes:
+                peak_memory(deterministic, arch, batch, device)  # first-use buffers: not counted
+                found[arch][str(batch)] = {
+                    name: peak_memory(factory, arch, batch, device)
+                    for name, factory in factories.items()
                 }
-                for arch in args.archs
-            }
-        )
+        sections["memory"] = section(found)
     if "accuracy" in args.only:
         sections["accuracy"] = section(time_to_accuracy(args, device))
     payload = {"sections": sections}
