@@ -2,7 +2,8 @@
 
 LeNet-300-100 on MNIST in the accuracy configuration of record (the scale mixture
 ½ N(0, 1) + ½ N(0, e⁻¹²), Adam 1e-3, batch 128, cosine schedule; see
-foundation_lenet300.py), trained once per KL estimator (`--kls`) and seed with
+foundation_lenet300.py), trained once per KL estimator (`--kls`; "mc+shared": with the
+layers' "shared" gradient estimator instead of the local reparameterisation) and seed with
 identical settings, and a deterministic twin per seed for the ECE target. Reports
 final-epoch test error, NLL and ECE of the posterior mean and of the 30-sample
 Monte-Carlo predictive, mean ± sd over seeds, and the interleaved step ratio of each
@@ -31,15 +32,21 @@ from bayesprune.data import load_mnist
 PRIOR = {"kind": "scale_mixture", "pi": 0.5, "scale1": 1.0, "scale2": math.exp(-6)}
 
 
+def layer_options(variant: str) -> dict:
+    """ "mc", "bound", or either with "+estimator" (e.g. "mc+shared"): the layers' options."""
+    kl, _, estimator = variant.partition("+")
+    return {"prior": {**PRIOR, "kl": kl}, "estimator": estimator or "lrt"}
+
+
 def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
-    """Train one network (`variant`: a KL estimator or "deterministic"); test metrics."""
+    """Train one network (`variant`: see `layer_options`, or "deterministic"); test metrics."""
     train = load_mnist("train", limit=args.train_limit, seed=seed)
     x_test, y_test = load_mnist("test").tensors
     torch.manual_seed(seed)
     if variant == "deterministic":
         model = bp.lenet_300_100(family="deterministic")
     else:
-        model = bp.lenet_300_100(prior={**PRIOR, "kl": variant})
+        model = bp.lenet_300_100(**layer_options(variant))
 
     def report(record: dict) -> None:
         print(
@@ -100,7 +107,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--kls", nargs="+", default=list(bp.nn.MixtureKL.values()))
+    parser.add_argument(
+        "--kls",
+        nargs="+",
+        default=list(bp.nn.MixtureKL.values()),
+        help='KL estimators, each optionally with "+estimator" (e.g. mc+shared; default lrt)',
+    )
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--mc-samples", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
@@ -126,7 +138,7 @@ def main() -> None:
         if (folder / f"{v}_seed{s}_epochs{args.epochs}.json").exists()
     ]
     steps = {
-        kl: [step_ratio(b, args.step_repeats, {"prior": {**PRIOR, "kl": kl}}) for b in (128, 1024)]
+        kl: [step_ratio(b, args.step_repeats, layer_options(kl)) for b in (128, 1024)]
         for kl in args.kls
     }
     rows = summarise(runs, args.kls)
