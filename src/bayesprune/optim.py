@@ -26,13 +26,35 @@ LR_SCHEDULES: dict[str, Callable[[float, int, int], float]] = {
 """(base lr, epoch, epochs) → that epoch's lr; "cosine" decays from lr to 0."""
 
 
+_FUSED_DEVICES = ("cpu", "cuda")
+
+
+def _fusable(param: torch.Tensor, lr: float) -> bool:
+    """Whether the fused kernel takes `param`: a float tensor on the CPU or CUDA, and a
+    rate its dtype can hold (the loop implementation reports such an overflow, which
+    `fit` turns into one clear error; the fused kernel would silently write inf)."""
+    return (
+        param.is_floating_point()
+        and param.device.type in _FUSED_DEVICES
+        and abs(lr) <= torch.finfo(param.dtype).max
+    )
+
+
 def make_optimizer(
     name: str, groups: list[dict[str, Any]], lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
-    """The optimizer `name` (a key of `OPTIMIZERS`) over `groups`."""
+    """The optimizer `name` (a key of `OPTIMIZERS`) over `groups`.
+
+    torch's fused implementation (one kernel per step over all parameters, instead
+    of several element-wise operations per parameter) wherever every parameter is a
+    floating-point tensor on the CPU or a CUDA device (`_fusable`); the loop
+    implementation otherwise. Same update rule: Bayesian layers double the parameters, so the
+    optimizer's share of a step doubles too.
+    """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid: {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name](groups, lr=lr, weight_decay=weight_decay)
+    fused = all(_fusable(p, group["lr"]) for group in groups for p in group["params"])
+    return OPTIMIZERS[name](groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def param_groups(

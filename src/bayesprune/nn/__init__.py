@@ -22,9 +22,9 @@ from .family import (
     register_family,
     to_deterministic,
 )
-from .gaussian import BayesConv2d, BayesLinear
+from .gaussian import BayesConv2d, BayesLinear, GradientEstimator
 from .moments import EVIConv2d, EVILikelihood, EVILinear, Moments, evi_cnn, evi_deep_cnn
-from .priors import GaussianPrior, ScaleMixturePrior, make_prior
+from .priors import GaussianPrior, MixtureKL, ScaleMixturePrior, make_prior
 from .sparse_vd import LogUniformPrior, SparseVDConv2d, SparseVDLinear
 from .spike_slab import (
     GateEstimator,
@@ -51,8 +51,10 @@ __all__ = [
     "GateSampling",
     "GatedLayer",
     "GaussianPrior",
+    "GradientEstimator",
     "LogUniformPrior",
     "MeanGates",
+    "MixtureKL",
     "Moments",
     "Posterior",
     "Role",

@@ -292,10 +292,10 @@ def kl(model: nn.Module) -> Tensor:
 
     The training loss divides it by the data-set size; see `bayesprune.train`.
     """
-    terms = [layer.kl() for _, layer in variational_layers(model)]
-    if not terms:
-        return torch.zeros(())
-    return torch.stack(terms).sum()
+    total: Tensor | None = None
+    for _, layer in variational_layers(model):  # a chain of additions: no stack to undo
+        total = layer.kl() if total is None else total + layer.kl()
+    return torch.zeros(()) if total is None else total
 
 
 @contextlib.contextmanager

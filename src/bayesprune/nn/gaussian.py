@@ -1,31 +1,93 @@
-"""Mean-field Gaussian layers trained with the local reparameterisation trick.
+"""Mean-field Gaussian layers and their training-time gradient estimators.
 
-q(w) = N(mu, sigma²) per weight with sigma = softplus(rho). For an input x the
-pre-activation is Gaussian with mean op(x, mu) and variance op(x², sigma²), where
-op is the layer's linear map (matmul or convolution); the layer samples that
-pre-activation directly, which costs two linear maps instead of one and gives
-lower-variance gradients than sampling weights (Kingma et al. 2015).
+q(w) = N(mu, sigma²) per weight with sigma = softplus(rho). In training a layer
+draws its output by one of three estimators (`GradientEstimator`, the `estimator`
+option), all unbiased for the output of a weight sample w ~ q:
+
+- "lrt" (default), local reparameterisation (Kingma et al. 2015): for an input x the
+  pre-activation is Gaussian with mean op(x, mu) and variance op(x², sigma²), where op
+  is the layer's linear map (matmul or convolution); the layer samples that
+  pre-activation directly, independently per example and unit. Two linear maps
+  forward and two weight gradients backward, the lowest-variance gradients.
+- "shared": one weight sample w = mu + sigma·ε for the whole batch (Bayes by
+  Backprop). One linear map, as a deterministic layer, plus a pass over the weights;
+  the examples of a batch share their weight noise, so its gradient variance does
+  not shrink with the batch.
+- "flipout" (Wen et al. 2018): one weight perturbation Δ = sigma·ε, decorrelated
+  across examples by random signs: op(x, mu) + s_out ⊙ op(x ⊙ s_in, Δ), with s_in /
+  s_out ±1 per example and input / output unit (per channel for convolutions). Two
+  linear maps, like "lrt", and a weight sample, like "shared".
+
+sigma and sigma² are computed once per training step and shared by the forward pass
+and the KL (`_GaussianLayer._scales`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import weakref
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..options import Choice
 from .base import Posterior, VariationalLayer, conv_geometry
 from .family import Family, keyword_options, register_family, twin_factory
+from .fused import eager, sample_normal, softplus_scales
 from .priors import GaussianPrior, Prior, make_prior
 
-_VAR_FLOOR = 1e-16  # keeps sqrt differentiable where an input is exactly zero
+
+class GradientEstimator(Choice):
+    """How a Gaussian layer samples its output in training (see the module docstring)."""
+
+    LRT = "lrt"
+    SHARED = "shared"
+    FLIPOUT = "flipout"
 
 
 def inverse_softplus(sigma: Tensor) -> Tensor:
     """The ρ with softplus(ρ) = σ: σ + log(−expm1(−σ)), stable for small and large σ."""
     return sigma + torch.log(-torch.expm1(-sigma))
+
+
+class _ScalesCache(dict):
+    """(σ, σ²) per ρ parameter name, valid while that parameter is unchanged.
+
+    Copies and pickles of a layer start empty: a cached σ carries autograd history,
+    which cannot be copied, and is cheap to recompute.
+    """
+
+    def __deepcopy__(self, memo: dict) -> _ScalesCache:
+        return _ScalesCache()
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return (_ScalesCache, ())
+
+
+@dataclass
+class _Shared:
+    """What a training forward pass leaves for the step's KL: σ, σ² and the weight noise."""
+
+    rho: weakref.ref
+    key: tuple[int, int]  # ρ's version and storage when σ was computed
+    scales: tuple[Tensor, Tensor]
+    token: object  # what the backward hooks hold, instead of the tensors (no cycle)
+    noise: Tensor | None = None  # ε of a weight sample μ + σε ("shared", "flipout")
+
+
+def _forget(cache: dict, name: str, token: object, grad: Tensor) -> None:
+    """Backward hook of shared scales: a backward pass through them ends the sharing."""
+    if name in cache and cache[name].token is token:
+        del cache[name]
+
+
+def _random_signs(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """±1 with probability ½ each, of `like`'s dtype and device."""
+    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(0.5).mul_(2).sub_(1)
 
 
 class _GaussianLayer(VariationalLayer):
@@ -37,6 +99,7 @@ class _GaussianLayer(VariationalLayer):
     """
 
     weight_mask: Tensor | None
+    estimator: GradientEstimator = GradientEstimator.LRT  # BayesLinear / BayesConv2d: an option
     sliced: ClassVar[dict[str, tuple[int | None, int | None]]] = {
         "weight_mu": (0, 1),
         "weight_rho": (0, 1),
@@ -94,6 +157,46 @@ class _GaussianLayer(VariationalLayer):
     def bias_sigma(self) -> Tensor | None:
         return None if self.bias_rho is None else F.softplus(self.bias_rho)
 
+    def _scales(self, name: str) -> tuple[Tensor, Tensor]:
+        """(σ, σ²) of the ρ parameter `name` for a training forward pass, left for the KL.
+
+        The step's KL (`_taken`) takes them if ρ is unchanged since, else computes its
+        own: one softplus per step instead of two. The sharing ends when the KL takes
+        them, when a backward pass reaches them, and when ρ changes in place (its
+        version: optimizer steps, `load_state_dict`, `copy_`) or is replaced (`.to`, a
+        new tensor), so a KL computed after an optimizer step is never stale.
+        """
+        rho = getattr(self, name)
+        scales = softplus_scales(rho)
+        if self._shares(rho) and rho.requires_grad:
+            token = object()
+            cache = self.__dict__.setdefault("_scales_cache", _ScalesCache())
+            cache[name] = _Shared(weakref.ref(rho), (rho._version, rho.data_ptr()), scales, token)
+            for t in scales:
+                t.register_hook(functools.partial(_forget, cache, name, token))
+        return scales
+
+    def _taken(self, name: str) -> tuple[tuple[Tensor, Tensor], Tensor | None]:
+        """(σ, σ²) and the weight noise the forward pass left (see `_scales`), or fresh σ."""
+        rho = getattr(self, name)
+        if self._shares(rho):
+            hit = self.__dict__.setdefault("_scales_cache", _ScalesCache()).pop(name, None)
+            if hit is not None and hit.rho() is rho and hit.key == (rho._version, rho.data_ptr()):
+                return hit.scales, hit.noise
+        return softplus_scales(rho), None
+
+    def _leave_noise(self, name: str, noise: Tensor) -> None:
+        """Leave ε of this forward pass's weight sample for the KL (a Monte-Carlo KL uses it)."""
+        hit = self.__dict__.get("_scales_cache", {}).get(name)
+        if hit is not None:
+            hit.noise = noise
+
+    @staticmethod
+    def _shares(rho: Tensor) -> bool:
+        """Whether forward and KL share σ: a parameter in eager grad mode (not under
+        torch.func transforms, which substitute tensors)."""
+        return eager() and torch.is_grad_enabled() and isinstance(rho, nn.Parameter)
+
     def _masked(self, t: Tensor) -> Tensor:
         return t if self.weight_mask is None else t * self.weight_mask
 
@@ -118,9 +221,43 @@ class _GaussianLayer(VariationalLayer):
     def forward(self, x: Tensor) -> Tensor:
         if not self.sample:
             return self._linear_map(x, *self._deterministic_weights())
-        weight_var = self._masked(self.weight_sigma.square())
-        bias_var = None if self.bias_rho is None else self.bias_sigma.square()
-        return self._lrt(x, self._masked(self.weight_mu), self.bias_mu, weight_var, bias_var)
+        if self.estimator == GradientEstimator.LRT:
+            weight_var = self._masked(self._scales("weight_rho")[1])
+            bias_var = None if self.bias_rho is None else self._scales("bias_rho")[1]
+            return self._lrt(x, self._masked(self.weight_mu), self.bias_mu, weight_var, bias_var)
+        if self.estimator == GradientEstimator.SHARED:
+            return self._linear_map(x, *self._weight_sample())
+        return self._flipout(x)
+
+    def _weight_sample(self, centred: bool = False) -> tuple[Tensor, Tensor | None]:
+        """One draw of q for the weights (masked) and the bias; `centred`: its noise σ·ε only.
+
+        ε is left for the step's KL: a Monte-Carlo KL then reads q at this same draw, as
+        in Bayes by Backprop, instead of drawing its own.
+        """
+        drawn = []
+        for name, mean in (("weight_rho", self.weight_mu), ("bias_rho", self.bias_mu)):
+            if mean is None:
+                drawn.append(None)
+                continue
+            sigma = self._scales(name)[0]
+            eps = torch.randn_like(sigma)
+            self._leave_noise(name, eps)
+            drawn.append(sigma * eps if centred else torch.addcmul(mean, sigma, eps))
+        return self._masked(drawn[0]), drawn[1]
+
+    def _flipout(self, x: Tensor) -> Tensor:
+        """op(x, μ) + s_out ⊙ op(x ⊙ s_in, Δ): one perturbation Δ, signs per example and unit."""
+        noise = self._weight_sample(centred=True)
+        mean = self._linear_map(x, self._masked(self.weight_mu), self.bias_mu)
+        s_in = _random_signs(self._unit_shape(x), x)
+        s_out = _random_signs(self._unit_shape(mean), mean)
+        return mean + s_out * self._linear_map(x * s_in, *noise)
+
+    def _unit_shape(self, t: Tensor) -> tuple[int, ...]:
+        """`t`'s shape up to its units' dim, then 1s (a conv's positions share a sign)."""
+        ch = self.channel_dim % t.ndim  # type: ignore[attr-defined]
+        return (*t.shape[: ch + 1], *(1,) * (t.ndim - ch - 1))
 
     def _lrt(
         self,
@@ -137,23 +274,23 @@ class _GaussianLayer(VariationalLayer):
         """
         mean = self._linear_map(x, weight_mean, bias_mean)
         var = self._linear_map(x * x, weight_var, bias_var)
-        # A variance of exactly 0 (every contributing weight gated or masked off) is a point
-        # mass: return the mean exactly rather than adding floor-sized noise.
-        std = torch.where(var > 0, var.clamp_min(_VAR_FLOOR).sqrt(), torch.zeros_like(var))
-        return mean + std * torch.randn_like(mean)
+        return sample_normal(mean, var)  # a variance of exactly 0 is a point mass
 
     def _deterministic_weights(self) -> tuple[Tensor, Tensor | None]:
         """Weight and bias of the posterior-mean forward pass and of `to_deterministic`."""
         return self._masked(self.weight_mu), self.bias_mu
 
     def kl(self) -> Tensor:
-        mu, sigma = self.weight_mu, self.weight_sigma
+        (sigma, _), noise = self._taken("weight_rho")
+        mu = self.weight_mu
         if self.weight_mask is not None:  # pruned weights no longer carry a posterior
             keep = self.weight_mask.bool()
             mu, sigma = mu[keep], sigma[keep]
-        total = self.prior.kl(mu, sigma)
+            noise = None if noise is None else noise[keep]
+        total = self.prior.kl(mu, sigma, noise=noise)
         if self.bias_mu is not None:
-            total = total + self.prior.kl(self.bias_mu, self.bias_sigma)
+            (sigma, _), noise = self._taken("bias_rho")
+            total = total + self.prior.kl(self.bias_mu, sigma, noise=noise)
         return total
 
     def posterior(self) -> Posterior:
@@ -261,7 +398,24 @@ class _Conv2dMap:
         return {**conv_geometry(self), "groups": self.groups}
 
 
-class BayesLinear(_LinearMap, _GaussianLayer):
+class _PriorGaussianLayer(_GaussianLayer):
+    """The Gaussian family's layers: a prior object and a choice of gradient estimator."""
+
+    def _init_options(self, estimator: GradientEstimator | str) -> None:
+        self.estimator = GradientEstimator(estimator)
+
+    def _init_config(self) -> dict[str, Any]:
+        return {
+            **super()._init_config(),
+            "prior": self.prior.config(),
+            "estimator": self.estimator.value,
+        }
+
+    def _options_repr(self) -> str:
+        return f"prior={self.prior.config()}, estimator={self.estimator.value}"
+
+
+class BayesLinear(_LinearMap, _PriorGaussianLayer):
     """Drop-in for `nn.Linear` with a mean-field Gaussian posterior over weights and bias."""
 
     def __init__(
@@ -273,22 +427,21 @@ class BayesLinear(_LinearMap, _GaussianLayer):
         prior: Prior | dict | None = None,
         prior_scale: float = 1.0,
         rho_init: float = -6.0,
+        estimator: GradientEstimator | str = GradientEstimator.LRT,
     ) -> None:
         super().__init__()
         shape = self._init_linear(in_features, out_features)
         self._init_variational(shape, bias, prior, prior_scale, rho_init)
-
-    def _init_config(self) -> dict[str, Any]:
-        return {**super()._init_config(), "prior": self.prior.config()}
+        self._init_options(estimator)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias_mu is not None}, prior={self.prior.config()}"
+            f"bias={self.bias_mu is not None}, {self._options_repr()}"
         )
 
 
-class BayesConv2d(_Conv2dMap, _GaussianLayer):
+class BayesConv2d(_Conv2dMap, _PriorGaussianLayer):
     """Drop-in for `nn.Conv2d` (zero padding) with a mean-field Gaussian posterior."""
 
     def __init__(
@@ -306,20 +459,19 @@ class BayesConv2d(_Conv2dMap, _GaussianLayer):
         prior: Prior | dict | None = None,
         prior_scale: float = 1.0,
         rho_init: float = -6.0,
+        estimator: GradientEstimator | str = GradientEstimator.LRT,
     ) -> None:
         super().__init__()
         shape = self._init_conv(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode
         )
         self._init_variational(shape, bias, prior, prior_scale, rho_init)
-
-    def _init_config(self) -> dict[str, Any]:
-        return {**super()._init_config(), "prior": self.prior.config()}
+        self._init_options(estimator)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, prior={self.prior.config()}"
+            f"stride={self.stride}, padding={self.padding}, {self._options_repr()}"
         )
 
 
@@ -328,10 +480,11 @@ register_family(
         "gaussian",
         factories={nn.Linear: twin_factory(BayesLinear), nn.Conv2d: twin_factory(BayesConv2d)},
         layer_options=keyword_options(BayesLinear, BayesConv2d),
-        prior_keys=("kind", "scale", "pi", "scale1", "scale2"),
+        prior_keys=("kind", "scale", "pi", "scale1", "scale2", "kl"),
         prior_options=lambda prior: {"prior": dict(prior)} if prior else {},
         prior_layer_options=("prior", "prior_scale"),
         default_score="snr",
-        description="mean-field Gaussian (Bayes by Backprop, local reparameterisation)",
+        description="mean-field Gaussian (Bayes by Backprop; local reparameterisation, shared "
+        "weight sample or flipout)",
     )
 )

@@ -52,8 +52,10 @@ def log_uniform_kl(log_alpha: Tensor) -> Tensor:
 class LogUniformPrior:
     """The improper log-uniform prior p(|w|) ∝ 1/|w| with the approximate KL above."""
 
-    def kl(self, mu: Tensor, sigma: Tensor, sample: Tensor | None = None) -> Tensor:
-        """Σ of the approximate KL over all elements (`sample` unused)."""
+    def kl(
+        self, mu: Tensor, sigma: Tensor, sample: Tensor | None = None, noise: Tensor | None = None
+    ) -> Tensor:
+        """Σ of the approximate KL over all elements (`sample`, `noise` unused)."""
         return log_uniform_kl(log_alpha(mu, sigma)).sum()
 
     def log_prob(self, w: Tensor) -> Tensor:
@@ -79,7 +81,7 @@ class _SparseVDLayer(_GaussianLayer):
 
     def kl(self) -> Tensor:
         """Approximate KL of the kept weights (a pruned weight leaves the model and its KL)."""
-        la = log_alpha(self.weight_mu, self.weight_sigma)
+        la = log_alpha(self.weight_mu, self._taken("weight_rho")[0][0])
         if self.weight_mask is not None:
             la = la[self.weight_mask.bool()]
         return log_uniform_kl(la).sum()

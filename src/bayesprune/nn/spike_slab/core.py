@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ...options import Choice
 from ..base import GatedLayer
-from ..gaussian import _VAR_FLOOR, _GaussianLayer
+from ..gaussian import _GaussianLayer
 from ..priors import GaussianPrior
 
 PIN = 1000.0  # |logit| of a pinned gate: sigmoid(±1000) is exactly 1 / 0 in float32 and 64
@@ -229,11 +229,6 @@ class _SpikeSlabLayer(_GaussianLayer, GatedLayer):
         shape = (*like.shape[: ch + 1], *trailing) if self.gate_sampling == "local" else None
         hard = self.gate_estimator != "relaxed"
         return straight_through_bernoulli(logit, self.temperature, shape, hard=hard)
-
-    def _gaussian_sample(self, mean: Tensor, var: Tensor) -> Tensor:
-        """mean + sd · ε, a point mass where the variance is exactly 0 (as `_lrt`)."""
-        std = torch.where(var > 0, var.clamp_min(_VAR_FLOOR).sqrt(), torch.zeros_like(var))
-        return mean + std * torch.randn_like(mean)
 
     def _slab_kl(self) -> Tensor:
         """Element-wise slab KL of the weights (0 where the weight mask removed a weight)."""

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..base import EdgeAggregate, Posterior
+from ..fused import sample_normal
 from ..gaussian import _Conv2dMap, _LinearMap
 from .core import (
     SpikeSlabOptions,
@@ -125,7 +126,7 @@ class _NodeSpikeSlab(_SpikeSlabLayer):
             g = torch.sigmoid(self.gate_logit).view(-1, *(1,) * (mean.ndim - ch - 1))
             var = g * var + g * (1 - g) * mean.square()
             mean = g * mean
-        return self._gaussian_sample(mean, var)
+        return sample_normal(mean, var)  # a variance of exactly 0 is a point mass
 
     def _deterministic_weights(self) -> tuple[Tensor, Tensor | None]:
         out_g = None if self.gate_logit is None else self._mean_gate(self.gate_logit)
