@@ -138,3 +138,23 @@ def test_mc_respects_a_layer_held_at_its_mean():
     assert not first.sample and not second.sample
     second.sample = True  # only the last layer samples
     assert (bp.predict(model, x, samples=4, seed=0).mutual_information > 0).all()
+
+
+def test_shared_weight_sampling_gives_the_same_predictive_and_restores_the_layers():
+    """One weight draw per batch and pass: each row's predictive is unchanged (it is
+    the same posterior), only cheaper; the layers keep their own estimator afterwards."""
+    torch.manual_seed(0)
+    model = bp.models.mlp(6, [32], 3, family="gaussian", prior_scale=1.0)
+    with torch.no_grad():
+        for layer in model:
+            if hasattr(layer, "weight_rho"):
+                layer.weight_rho.fill_(-1.0)  # wide posteriors: a visible MC spread
+    x = torch.randn(40, 6)
+    lrt = bp.predict(model, x, samples=3000, seed=1, batch_size=8)
+    shared = bp.predict(model, x, samples=3000, seed=1, batch_size=8, sampling="shared")
+    assert torch.allclose(shared.probs, lrt.probs, atol=0.03)
+    assert torch.allclose(shared.mutual_information, lrt.mutual_information, atol=0.03)
+    assert not torch.allclose(shared.probs, lrt.probs, atol=1e-6)  # really another draw
+    assert all(m.estimator == "lrt" for m in model if hasattr(m, "estimator"))
+    with pytest.raises(ValueError, match="shared"):
+        bp.predict(model, x, samples=2, sampling="per-weight")

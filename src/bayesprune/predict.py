@@ -18,7 +18,7 @@ folded in here.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .likelihoods import Likelihood, make_likelihood
-from .nn import use_posterior_mean
+from .nn import GradientEstimator, use_posterior_mean
 from .options import Choice
 from .validation import check_input_dtype, forward_checked
 
@@ -94,6 +94,7 @@ def predict(
     seed: int | None = None,
     keep_samples: bool = False,
     progress: bool = False,
+    sampling: str | None = None,
 ) -> ClassificationPrediction | RegressionPrediction:
     """Predict `x` (tensor or array, batch first) with the model's posterior.
 
@@ -109,6 +110,13 @@ def predict(
     under no_grad and restores the model's train/eval state afterwards. The caller's
     global RNG state is left untouched; `seed` makes the draws repeatable (for a given
     `batch_size`). `progress` shows a bar over the forward passes (batches x samples).
+
+    `sampling="shared"` makes every Gaussian layer draw one weight sample per batch and
+    pass (its `estimator` set to "shared" for the call) instead of sampling each output
+    (local reparameterisation): each example's predictive distribution is the same, at
+    one linear map per layer instead of two, so Monte Carlo costs about a deterministic
+    pass per sample; only the draws of examples in one batch become correlated. None
+    keeps each layer's own estimator.
     """
     mode = PredictMode(mode).value
     if samples < 1:
@@ -130,6 +138,7 @@ def predict(
             _forked_rng(device),
             # mc leaves each layer's `sample` flag as the caller set it
             use_posterior_mean(model) if mode == "mean" else nullcontext(),
+            _estimators(model, sampling),
         ):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -229,6 +238,26 @@ def _is_batch_iterable(x: Any) -> bool:
     return isinstance(x, Iterable) and not isinstance(
         x, Tensor | np.ndarray | list | tuple | str | bytes | Mapping
     )
+
+
+@contextmanager
+def _estimators(model: nn.Module, sampling: str | None) -> Iterator[None]:
+    """Every layer with an `estimator` option set to `sampling` for the block, then back."""
+    if sampling is None:
+        yield
+        return
+    choice = GradientEstimator(sampling)
+    layers = [
+        m for m in model.modules() if isinstance(getattr(m, "estimator", None), GradientEstimator)
+    ]
+    before = [m.estimator for m in layers]
+    try:
+        for m in layers:
+            m.estimator = choice
+        yield
+    finally:
+        for m, e in zip(layers, before, strict=True):
+            m.estimator = e
 
 
 def _forked_rng(device: torch.device) -> Any:

@@ -24,12 +24,16 @@ from ..folder import Run
 from ..policy import modes_for
 
 PRUNE_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+# Monte-Carlo test predictions draw one weight sample per batch and pass: each row's
+# predictive is the same as with per-output sampling, at half the linear maps
+MC_SAMPLING = "shared"
 EVALUATION = "evaluation.json"
 
 
 def _settings(run: Run) -> dict[str, Any]:
     cfg = run.config.evaluate
-    return {"samples": cfg.samples, "bins": cfg.bins, "seed": run.config.train.seed}
+    seed = run.config.train.seed
+    return {"samples": cfg.samples, "bins": cfg.bins, "seed": seed, "sampling": MC_SAMPLING}
 
 
 def _predict(model: nn.Module, run: Run, mode: str, progress: bool = False) -> Any:
@@ -42,6 +46,7 @@ def _predict(model: nn.Module, run: Run, mode: str, progress: bool = False) -> A
         likelihood=run.likelihood(),
         seed=run.config.train.seed,
         progress=progress,
+        sampling=MC_SAMPLING,
     )
 
 
