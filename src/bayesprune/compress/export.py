@@ -115,6 +115,23 @@ def _finite(t: Tensor) -> bool:
     return not t.is_floating_point() or bool(torch.isfinite(t).all())
 
 
+def compare_state(
+    expected: Mapping[str, Tensor], tensors: Mapping[str, Tensor], holder: str, hint: str = ""
+) -> None:
+    """The first key missing, unexpected or of another shape in `tensors` (a file's) against
+    `expected` (what `holder` needs, e.g. "the spec", "the model"), as a ValueError."""
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ValueError(f"tensors missing from the file: {missing[:5]}, unexpected: {extra[:5]}")
+    for name, t in expected.items():
+        if tuple(t.shape) != tuple(tensors[name].shape):
+            raise ValueError(
+                f"{name} has shape {tuple(tensors[name].shape)} in the file but "
+                f"{tuple(t.shape)} in {holder}{hint}"
+            )
+
+
 def _check_shapes(architecture: Any, tensors: dict[str, Tensor]) -> None:
     """Build the spec on the meta device (no memory) and compare every shape with the file's.
 
@@ -124,17 +141,7 @@ def _check_shapes(architecture: Any, tensors: dict[str, Tensor]) -> None:
     """
     with torch.device("meta"):
         skeleton = build(architecture)
-    expected = skeleton.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise ValueError(f"tensors missing: {missing[:5]}, unexpected: {extra[:5]}")
-    for name, t in expected.items():
-        if tuple(t.shape) != tuple(tensors[name].shape):
-            raise ValueError(
-                f"{name} has shape {tuple(tensors[name].shape)} in the file but "
-                f"{tuple(t.shape)} in the spec"
-            )
+    compare_state(skeleton.state_dict(), tensors, "the spec")
     held = sum(t.numel() for t in tensors.values())
     built = sum(t.numel() for t in (*skeleton.parameters(), *skeleton.buffers()))
     if built > 2 * held + 1_000_000:

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..io import CheckpointError, load_tensors, save_tensors
 from ..nn.base import VariationalLayer
-from .export import _finite, _first_line, _without_prune_hooks
+from .export import _finite, _first_line, _without_prune_hooks, compare_state
 from .serialize import architecture, build
 
 FORMAT = "bayesprune-shrunk"
@@ -183,21 +183,6 @@ def _check_tensors(changes: Mapping[str, Spec], tensors: dict[str, Tensor]) -> N
                 )
 
 
-def _compare_state(model: nn.Module, tensors: dict[str, Tensor]) -> None:
-    """The first key missing, unexpected or of another shape, as a ValueError."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise ValueError(f"tensors missing from the file: {missing[:3]}, unexpected: {extra[:3]}")
-    for key, t in expected.items():
-        if tuple(t.shape) != tuple(tensors[key].shape):
-            raise ValueError(
-                f"{key} has shape {tuple(tensors[key].shape)} in the file but {tuple(t.shape)} "
-                "in the model (a module the file does not describe: register_layer its type)"
-            )
-
-
 def _read(path: str | Path, cls: type[nn.Module]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The file's tensors and record, checked: format, version, class, finite values."""
     tensors, record = load_tensors(path)
@@ -250,7 +235,12 @@ def load_shrunk(path: str | Path, model: nn.Module | Callable[[], nn.Module]) ->
         shapes = record.get("modules", {})
         _check_tensors(_plan(model, shapes), tensors)
         apply_shapes(model, shapes)
-        _compare_state(model, tensors)
+        compare_state(
+            model.state_dict(),
+            tensors,
+            "the model",
+            " (a module the file does not describe: register_layer its type)",
+        )
         device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
         model.load_state_dict(
             {k: v.to(device) for k, v in tensors.items()}, strict=True, assign=True
