@@ -775,10 +775,17 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true", help="bayesprune only")
     parser.add_argument(
         "--only",
-        nargs="+",
+        nargs="*",
         choices=["steps", "memory", "accuracy"],
         default=["steps", "memory", "accuracy"],
         help="measure these sections; the others are kept from the existing result file",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="take the sections of these result files (measured elsewhere) into this one",
     )
     parser.add_argument("--targets", nargs="+", type=float, default=[98.0, 97.5])
     parser.add_argument(
@@ -808,6 +815,8 @@ def main() -> None:
     before = (lambda: load_revision(args.before)) if args.before else None
     existing = results_dir() / f"{args.name}.json"
     sections = json.loads(existing.read_text())["sections"] if existing.exists() else {}
+    for other in args.merge:
+        sections.update(json.loads(Path(other).read_text())["sections"])
     settings = dict(vars(args))
 
     def section(results: Any) -> dict[str, Any]:
