@@ -17,7 +17,7 @@ Three measurements, as a user comparing libraries would make them:
 3. Time to accuracy (LeNet-300-100, MNIST): wall time of training steps until the
    validation accuracy (6,000 images carved from the training set by a seeded
    permutation; the test set is never read) first reaches each target. Every contender
-   trains with its library's recommended settings (`RECOMMENDED`, with the file each
+   trains with its library's recommended settings (`recipes`, with the file each
    comes from) and ours with `fit`'s defaults; the contenders' steps are interleaved
    as above and each contender's clock counts only its own steps. Validation uses the
    posterior-mean network of every library (the mean weights in plain torch layers),
