@@ -282,6 +282,14 @@ def test_every_estimator_trains_and_round_trips(cls, estimator):
     assert f"estimator={estimator}" in repr(layer)
 
 
+def test_layer_configs_without_an_estimator_keep_the_local_reparameterisation():
+    """Model files written before the option trained with the local reparameterisation."""
+    config = BayesLinear(3, 2).config()
+    del config["estimator"]
+    assert BayesLinear.from_config(config).estimator == "lrt"
+    assert BayesLinear(3, 2).estimator == "shared"  # a new layer takes the default
+
+
 def test_estimator_is_a_family_option_and_rejects_unknown_values():
     model = bp.lenet_300_100(estimator="flipout")
     assert {m.estimator for m in model if isinstance(m, BayesLinear)} == {"flipout"}

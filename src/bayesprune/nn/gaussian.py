@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import math
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -420,6 +421,12 @@ class _PriorGaussianLayer(_GaussianLayer):
 
     def _options_repr(self) -> str:
         return f"prior={self.prior.config()}, estimator={self.estimator.value}"
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> VariationalLayer:
+        """As `VariationalLayer.from_config`; a config written before the `estimator`
+        option (which trained with the local reparameterisation) keeps it."""
+        return super().from_config({"estimator": GradientEstimator.LRT.value, **config})
 
 
 class BayesLinear(_LinearMap, _PriorGaussianLayer):
