@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument(
         "--estimator",
         choices=bp.nn.GradientEstimator.values(),
-        default=bp.nn.GradientEstimator.LRT.value,
+        default=bp.nn.GradientEstimator.SHARED.value,  # the layers' default
     )
     parser.add_argument("--name", default="foundation_lenet300", help="result file name")
     parser.add_argument("--rerender", metavar="JSON", help="only rewrite results from a JSON")

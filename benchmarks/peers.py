@@ -17,7 +17,7 @@ Three measurements, as a user comparing libraries would make them:
 3. Time to accuracy (LeNet-300-100, MNIST): wall time of training steps until the
    validation accuracy (6,000 images carved from the training set by a seeded
    permutation; the test set is never read) first reaches each target. Every contender
-   trains with its library's recommended settings (`RECOMMENDED`, with the file each
+   trains with its library's recommended settings (`recipes`, with the file each
    comes from) and ours with `fit`'s defaults; the contenders' steps are interleaved
    as above and each contender's clock counts only its own steps. Validation uses the
    posterior-mean network of every library (the mean weights in plain torch layers),
@@ -775,10 +775,17 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true", help="bayesprune only")
     parser.add_argument(
         "--only",
-        nargs="+",
+        nargs="*",
         choices=["steps", "memory", "accuracy"],
         default=["steps", "memory", "accuracy"],
         help="measure these sections; the others are kept from the existing result file",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="take the sections of these result files (measured elsewhere) into this one",
     )
     parser.add_argument("--targets", nargs="+", type=float, default=[98.0, 97.5])
     parser.add_argument(
@@ -808,6 +815,8 @@ def main() -> None:
     before = (lambda: load_revision(args.before)) if args.before else None
     existing = results_dir() / f"{args.name}.json"
     sections = json.loads(existing.read_text())["sections"] if existing.exists() else {}
+    for other in args.merge:
+        sections.update(json.loads(Path(other).read_text())["sections"])
     settings = dict(vars(args))
 
     def section(results: Any) -> dict[str, Any]:

@@ -282,10 +282,18 @@ def test_every_estimator_trains_and_round_trips(cls, estimator):
     assert f"estimator={estimator}" in repr(layer)
 
 
+def test_layer_configs_without_an_estimator_keep_the_local_reparameterisation():
+    """Model files written before the option trained with the local reparameterisation."""
+    config = BayesLinear(3, 2).config()
+    del config["estimator"]
+    assert BayesLinear.from_config(config).estimator == "lrt"
+    assert BayesLinear(3, 2).estimator == "shared"  # a new layer takes the default
+
+
 def test_estimator_is_a_family_option_and_rejects_unknown_values():
     model = bp.lenet_300_100(estimator="flipout")
     assert {m.estimator for m in model if isinstance(m, BayesLinear)} == {"flipout"}
-    with pytest.raises(ValueError, match="valid: lrt, shared, flipout"):
+    with pytest.raises(ValueError, match="valid: shared, lrt, flipout"):
         BayesLinear(2, 2, estimator="reinforce")
 
 
@@ -305,9 +313,13 @@ def _reference_gradients(layer, x, seed):
     """Gradients of output + KL computed by plain autograd (no shared sigma, no custom nodes)."""
     torch.manual_seed(seed)
     sigma_w, sigma_b = F.softplus(layer.weight_rho), F.softplus(layer.bias_rho)
-    mean = F.linear(x, layer.weight_mu, layer.bias_mu)
-    var = F.linear(x * x, sigma_w.square(), sigma_b.square())
-    out = mean + var.sqrt() * torch.randn_like(mean)
+    if layer.estimator == "lrt":
+        mean = F.linear(x, layer.weight_mu, layer.bias_mu)
+        var = F.linear(x * x, sigma_w.square(), sigma_b.square())
+        out = mean + var.sqrt() * torch.randn_like(mean)
+    else:  # shared: the weights' draw, then the bias's
+        eps_w, eps_b = torch.randn_like(sigma_w), torch.randn_like(sigma_b)
+        out = F.linear(x, layer.weight_mu + sigma_w * eps_w, layer.bias_mu + sigma_b * eps_b)
     prior = layer.prior
     kl = sum(
         (torch.distributions.kl_divergence(
@@ -319,8 +331,9 @@ def _reference_gradients(layer, x, seed):
     return (out.square().sum() + kl).detach(), grads
 
 
-def test_forward_and_kl_share_sigma_with_exact_gradients_in_any_order():
-    layer = BayesLinear(4, 3, prior_scale=0.5).double()
+@pytest.mark.parametrize("estimator", ["lrt", "shared"])
+def test_forward_and_kl_share_sigma_with_exact_gradients_in_any_order(estimator):
+    layer = BayesLinear(4, 3, prior_scale=0.5, estimator=estimator).double()
     _randomise(layer)
     x = torch.randn(6, 4, dtype=torch.float64)
     loss_ref, grads_ref = _reference_gradients(layer, x, seed=7)

@@ -48,8 +48,8 @@ def make_optimizer(
     torch's fused implementation (one kernel per step over all parameters, instead
     of several element-wise operations per parameter) wherever every parameter is a
     floating-point tensor on the CPU or a CUDA device (`_fusable`); the loop
-    implementation otherwise. Same update rule: Bayesian layers double the parameters, so the
-    optimizer's share of a step doubles too.
+    implementation otherwise. The update rule is the same; Bayesian layers double the
+    parameters, so the optimizer's share of a step doubles too.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid: {sorted(OPTIMIZERS)}")

@@ -30,8 +30,8 @@ original units).
 scikit-learn estimator checks that do not apply (see tests/test_sklearn.py):
 
 - check_methods_subset_invariance, check_methods_sample_order_invariance: with
-  `predict_mode="mc"` the local reparameterisation draws noise per row from one
-  seeded stream, so a row's Monte-Carlo prediction depends on which rows share
+  `predict_mode="mc"` the sampled forward passes draw their noise from one seeded
+  stream per batch, so a row's Monte-Carlo prediction depends on which rows share
   its batch (by Monte-Carlo error only). With `predict_mode="mean"` they pass.
 - check_sample_weight_equivalence*: `fit` takes no `sample_weight`.
 """

@@ -4,19 +4,25 @@ q(w) = N(mu, sigma²) per weight with sigma = softplus(rho). In training a layer
 draws its output by one of three estimators (`GradientEstimator`, the `estimator`
 option), all unbiased for the output of a weight sample w ~ q:
 
-- "lrt" (default), local reparameterisation (Kingma et al. 2015): for an input x the
+- "shared" (default): one weight sample w = mu + sigma·ε for the whole batch (Bayes
+  by Backprop). One linear map, as a deterministic layer, plus a pass over the
+  weights; the examples of a batch share their weight noise, so its gradient variance
+  does not shrink with the batch.
+- "lrt", local reparameterisation (Kingma et al. 2015): for an input x the
   pre-activation is Gaussian with mean op(x, mu) and variance op(x², sigma²), where op
   is the layer's linear map (matmul or convolution); the layer samples that
   pre-activation directly, independently per example and unit. Two linear maps
   forward and two weight gradients backward, the lowest-variance gradients.
-- "shared": one weight sample w = mu + sigma·ε for the whole batch (Bayes by
-  Backprop). One linear map, as a deterministic layer, plus a pass over the weights;
-  the examples of a batch share their weight noise, so its gradient variance does
-  not shrink with the batch.
 - "flipout" (Wen et al. 2018): one weight perturbation Δ = sigma·ε, decorrelated
   across examples by random signs: op(x, mu) + s_out ⊙ op(x ⊙ s_in, Δ), with s_in /
   s_out ±1 per example and input / output unit (per channel for convolutions). Two
   linear maps, like "lrt", and a weight sample, like "shared".
+
+The default is chosen by time to accuracy, not step cost (docs/speed.md): on MNIST
+LeNet-300-100 at batch 128 "shared" reached 97 % validation accuracy in 13 % less
+CPU time than "lrt" (97.5 %: 2 % less), and the scale-mixture network of record
+ended at 1.93 ± 0.09 % test error against 1.96 ± 0.06 % (40 epochs, 3 seeds); at
+batch 1024 its step costs 1.3× a deterministic step against 2.2× for "lrt".
 
 sigma and sigma² are computed once per training step and shared by the forward pass
 and the KL (`_GaussianLayer._scales`).
@@ -27,6 +33,7 @@ from __future__ import annotations
 import functools
 import math
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -44,8 +51,8 @@ from .priors import GaussianPrior, Prior, make_prior
 class GradientEstimator(Choice):
     """How a Gaussian layer samples its output in training (see the module docstring)."""
 
-    LRT = "lrt"
     SHARED = "shared"
+    LRT = "lrt"
     FLIPOUT = "flipout"
 
 
@@ -99,7 +106,8 @@ class _GaussianLayer(VariationalLayer):
     """
 
     weight_mask: Tensor | None
-    estimator: GradientEstimator = GradientEstimator.LRT  # BayesLinear / BayesConv2d: an option
+    # Sparse VD keeps the local reparameterisation; BayesLinear / BayesConv2d: an option
+    estimator: GradientEstimator = GradientEstimator.LRT
     sliced: ClassVar[dict[str, tuple[int | None, int | None]]] = {
         "weight_mu": (0, 1),
         "weight_rho": (0, 1),
@@ -414,6 +422,12 @@ class _PriorGaussianLayer(_GaussianLayer):
     def _options_repr(self) -> str:
         return f"prior={self.prior.config()}, estimator={self.estimator.value}"
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> VariationalLayer:
+        """As `VariationalLayer.from_config`; a config written before the `estimator`
+        option (which trained with the local reparameterisation) keeps it."""
+        return super().from_config({"estimator": GradientEstimator.LRT.value, **config})
+
 
 class BayesLinear(_LinearMap, _PriorGaussianLayer):
     """Drop-in for `nn.Linear` with a mean-field Gaussian posterior over weights and bias."""
@@ -427,7 +441,7 @@ class BayesLinear(_LinearMap, _PriorGaussianLayer):
         prior: Prior | dict | None = None,
         prior_scale: float = 1.0,
         rho_init: float = -6.0,
-        estimator: GradientEstimator | str = GradientEstimator.LRT,
+        estimator: GradientEstimator | str = GradientEstimator.SHARED,
     ) -> None:
         super().__init__()
         shape = self._init_linear(in_features, out_features)
@@ -459,7 +473,7 @@ class BayesConv2d(_Conv2dMap, _PriorGaussianLayer):
         prior: Prior | dict | None = None,
         prior_scale: float = 1.0,
         rho_init: float = -6.0,
-        estimator: GradientEstimator | str = GradientEstimator.LRT,
+        estimator: GradientEstimator | str = GradientEstimator.SHARED,
     ) -> None:
         super().__init__()
         shape = self._init_conv(
@@ -484,7 +498,7 @@ register_family(
         prior_options=lambda prior: {"prior": dict(prior)} if prior else {},
         prior_layer_options=("prior", "prior_scale"),
         default_score="snr",
-        description="mean-field Gaussian (Bayes by Backprop; local reparameterisation, shared "
-        "weight sample or flipout)",
+        description="mean-field Gaussian (Bayes by Backprop; a shared weight draw, local "
+        "reparameterisation or flipout)",
     )
 )
