@@ -144,7 +144,7 @@ def test_shared_weight_sampling_gives_the_same_predictive_and_restores_the_layer
     """One weight draw per batch and pass: each row's predictive is unchanged (it is
     the same posterior), only cheaper; the layers keep their own estimator afterwards."""
     torch.manual_seed(0)
-    model = bp.models.mlp(6, [32], 3, family="gaussian", prior_scale=1.0)
+    model = bp.models.mlp(6, [32], 3, family="gaussian", prior_scale=1.0, estimator="lrt")
     with torch.no_grad():
         for layer in model:
             if hasattr(layer, "weight_rho"):

@@ -124,7 +124,7 @@ def fit_temperature(
     mode: EvalMode | str = EvalMode.MC,
     samples: int = 30,
     seed: int | None = 0,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
 ) -> float:
     """The temperature minimising the validation NLL of `model`'s predictive in `mode`
     ("mc": `samples` Monte-Carlo passes from `seed`; "mean": the posterior-mean pass)."""

@@ -140,7 +140,7 @@ def scorer(
     *,
     mode: EvalMode | str = EvalMode.MEAN,
     samples: int = 30,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     seed: int | None = 0,
     metrics: Sequence[str] | None = None,
     bins: int = 15,
@@ -164,7 +164,7 @@ def scorer(
     lik = make_likelihood(likelihood)
     x_ood = None if ood is None else _ood_inputs(ood, lik.task)
     names = metric_names(metrics, lik.task, ood_metric_names(mode) if ood is not None else ())
-    if samples < 1 or batch_size < 1 or bins < 1:
+    if samples < 1 or (batch_size is not None and batch_size < 1) or bins < 1:
         raise ValueError(
             f"samples, batch_size and bins must be >= 1, got {samples}, {batch_size}, {bins}"
         )
