@@ -38,6 +38,18 @@ _THREADS = click.option(
 )
 
 
+def _model_choice(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The `--model auto|trained|compressed` option; `help` says what auto picks."""
+    return click.option(
+        "--model",
+        "which",
+        type=click.Choice(["auto", "trained", "compressed"]),
+        default="auto",
+        show_default=True,
+        help=help,
+    )
+
+
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add --threads (errors become one line at the group's boundary, cli_errors.py)."""
 
@@ -178,14 +190,7 @@ def _train_process(
 
 @click.command("evaluate")
 @_RUN
-@click.option(
-    "--model",
-    "which",
-    type=click.Choice(["auto", "trained", "compressed"]),
-    default="auto",
-    show_default=True,
-    help="auto: the trained model and, if present, the compressed one.",
-)
+@_model_choice("auto: the trained model and, if present, the compressed one.")
 @_QUIET
 @_friendly
 def evaluate(run: str, which: str, quiet: bool) -> None:
@@ -370,14 +375,7 @@ def report(run: str) -> None:
     show_default=True,
     help="Write the deterministic network as safetensors + JSON spec.",
 )
-@click.option(
-    "--model",
-    "which",
-    type=click.Choice(["auto", "trained", "compressed"]),
-    default="auto",
-    show_default=True,
-    help="auto: compressed if present.",
-)
+@_model_choice("auto: compressed if present.")
 @_friendly
 def export(run: str, onnx: bool, plain: bool, which: str) -> None:
     """Export RUN's deterministic network (posterior means) to RUN/export/."""
