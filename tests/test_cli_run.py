@@ -258,3 +258,23 @@ def test_layer_labels_name_chain_layers_by_kind_and_keep_attribute_paths():
     assert layer_labels(chain) == ["conv 1", "conv 2", "dense 1", "output"]
     graph = [{"name": "stem.conv", "kind": "GaussianConv2d"}, {"name": "head", "kind": "X"}]
     assert layer_labels(graph) == ["stem.conv", "head"]
+
+
+def test_the_pruning_curve_reads_evenly_spaced_test_rows(spike_run, monkeypatch):
+    """The curve's 16 passes read about CURVE_ROWS test rows, every k-th, and its
+    unpruned point is the posterior-mean accuracy on exactly those rows."""
+    from bayesprune.app.folder import Run
+    from bayesprune.app.steps import evaluate as step
+    from bayesprune.evaluation import scorer
+
+    run = Run.open(spike_run[0])
+    monkeypatch.setattr(step, "CURVE_ROWS", 20)
+    model = run.load_model("trained")
+    curve = step.pruning_curve(model, run)
+    x, y = run.data().test
+    assert (curve["rows"], curve["of_rows"]) == (20, len(x)) == (20, 60)
+    unpruned = dict(curve["curves"]["snr"])[0.0]
+    on_rows = scorer((x[::3], y[::3]), run.likelihood(), metrics=("accuracy",))(model)
+    assert unpruned == pytest.approx(1 - on_rows["accuracy"])
+    evaluation = json.loads((spike_run[0] / "evaluation.json").read_text())
+    assert evaluation["trained"]["pruning_curve"]["rows"] == 60  # under CURVE_ROWS: all rows

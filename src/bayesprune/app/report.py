@@ -61,10 +61,14 @@ def _posterior_figures(summary: dict[str, Any]) -> list[Figure]:
 
 def _pruning_figure(curve: dict[str, Any]) -> Figure:
     curves = {k: [tuple(p) for p in v] for k, v in curve["curves"].items()}
+    rows, of = curve.get("rows"), curve.get("of_rows")
+    subset = ""
+    if rows and of and rows < of:
+        subset = f" On {rows:,} of the {of:,} test rows (evenly spaced)."
     return Figure(
         "error_vs_pruned.png",
         "Error vs. fraction of weights pruned",
-        "Weights removed globally in ascending order of the score, no retraining.",
+        "Weights removed globally in ascending order of the score, no retraining." + subset,
         plots.pruning_curve(curves, curve["metric"]),
     )
 

@@ -99,9 +99,7 @@ def pruning_curve(model: nn.Module, run: Run, progress: bool = False) -> dict[st
         value = score(pruned)[key]
         curves.setdefault(name, []).append([level, 1 - value if key == "accuracy" else value])
     metric = "test error" if key == "accuracy" else "test RMSE (standardised)"
-    if len(rows[0]) < len(x):
-        metric += f", one test row in {stride} ({len(rows[0]):,} of {len(x):,})"
-    return {"metric": metric, "rows": len(rows[0]), "curves": curves}
+    return {"metric": metric, "rows": len(rows[0]), "of_rows": len(x), "curves": curves}
 
 
 def cached_entry(run: Run, which: str) -> dict[str, Any] | None:
