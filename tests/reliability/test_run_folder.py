@@ -1,7 +1,7 @@
 """The run folder as a transaction: kills at every write and rename, the lock, overrides.
 
-Fault injection: a forked child runs one step (train, compress, select-features,
-export) with `os.open` / `os.fsync` / `os.replace` / `os.rename` / `os.unlink` /
+Fault injection: a forked child runs one step (train, compress, restore,
+select-features, export) with `os.open` / `os.fsync` / `os.replace` / `os.rename` / `os.unlink` /
 `os.mkdir` wrapped; at the k-th call it dies with `os._exit` (at an fsync it first
 tears the file to half its size, as a kill mid-write would). A counting run gives the
 number of such calls N; every k in 1..N is then killed in turn, and the parent checks
@@ -30,7 +30,13 @@ from click.testing import CliRunner
 
 from bayesprune.app import Run, parse_config
 from bayesprune.app.folder import ARTEFACTS, lock_folder
-from bayesprune.app.steps import compress_run, export_run, select_features, train_run
+from bayesprune.app.steps import (
+    compress_run,
+    export_run,
+    restore_run,
+    select_features,
+    train_run,
+)
 from bayesprune.app.transaction import RunFolderError
 from bayesprune.cli import main
 from bayesprune.compress import load_model, saved_metadata
@@ -112,8 +118,9 @@ def _state(folder: Path) -> dict[str, Any]:
 
 
 def _contents(folder: Path, manifest: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A verified set by its files' SHA-256; metrics.json without its wall-clock times
-    (per-epoch seconds, and the provenance's training time and finishing date)."""
+    """A verified set by its files' SHA-256; metrics.json and restore.json without their
+    wall-clock times (per-epoch and per-candidate seconds, the provenance's training
+    time and finishing date)."""
     if manifest is None:
         return None
     out: dict[str, Any] = {rel: r["sha256"] for rel, r in manifest["files"].items()}
@@ -124,6 +131,11 @@ def _contents(folder: Path, manifest: dict[str, Any] | None) -> dict[str, Any] |
         for clock in ("training_seconds", "finished"):
             metrics.get("provenance", {}).pop(clock, None)
         out["metrics.json"] = metrics
+    if "restored/restore.json" in out:  # each candidate's seconds
+        restore = json.loads((folder / "restored/restore.json").read_text())
+        for candidate in restore["candidates"].values():
+            candidate.pop("seconds", None)
+        out["restored/restore.json"] = restore
     return out
 
 
@@ -165,11 +177,12 @@ def base(tmp_path_factory) -> Path:
 STEPS: dict[str, Callable[[Path], Any]] = {
     "train": lambda f: train_run(parse_config(RAW), f),
     "compress": lambda f: compress_run(Run.open(f), {"sparsity": 0.8}),
+    "restore": lambda f: restore_run(Run.open(f), {"method": "temperature"}),
     "select-features": lambda f: select_features(Run.open(f)),
     "export": lambda f: export_run(Run.open(f)),  # the compressed model: another model
 }
-SET_OF = {"train": "train", "compress": "compress", "select-features": "features",
-          "export": "export"}  # fmt: skip
+SET_OF = {"train": "train", "compress": "compress", "restore": "restore",
+          "select-features": "features", "export": "export"}  # fmt: skip
 
 
 @pytest.mark.slow
