@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from .nn import DETERMINISTIC, convert, evi_cnn, evi_deep_cnn
+from .resnet import resnet
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -89,6 +90,7 @@ def lenet5_caffe(
 
 
 BUILDERS = {"mlp": mlp, "lenet_300_100": lenet_300_100, "lenet5_caffe": lenet5_caffe}
+BUILDERS["resnet"] = resnet  # residual graph: compress shrinks it with shrink_graph
 BUILDERS.update({"evi_cnn": evi_cnn, "evi_deep_cnn": evi_deep_cnn})  # moment networks
 
 

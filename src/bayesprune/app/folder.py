@@ -46,6 +46,8 @@ import torch
 from torch import Tensor, nn
 
 from ..compress import load_model, save_model
+from ..compress.persist import FORMAT as SHRUNK_FORMAT
+from ..compress.persist import load_shrunk, save_shrunk
 from ..io import CheckpointError, atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
 from ..likelihoods import Likelihood
 from ..nn import get_family, variational_layers
@@ -280,20 +282,23 @@ class Run:
         tx: Transaction,
     ) -> Path:
         """Save with the architecture spec, staged on `tx`. A model the spec cannot describe
-        (e.g. eVI) is saved as a state dict if the config rebuilds its architecture (it is
-        not shrunk)."""
+        (a graph such as the `resnet` builder's, eVI) is saved as a state dict if the
+        config rebuilds its architecture, else (a shrunk graph) with its pruned shapes
+        (`compress.save_shrunk`), re-applied to the config's model on load."""
         path = tx.stage(self.model_path(which).relative_to(self.folder).as_posix())
         meta = {"input_shape": list(self.data().input_shape), **(metadata or {})}
         try:
             return save_model(model, path, meta)
         except TypeError as err:
             state = dict(model.state_dict())
-            if not self._rebuilds(state):
+            if self._rebuilds(state):
+                return save_tensors(path, state, {"format": STATE_FORMAT, **meta})
+            if not isinstance(model, type(self.build_model())):
                 raise ConfigError(
                     f"cannot save the {which} model: {err}. Set compress.shrink: false to keep "
                     "the original architecture (masked), which is rebuilt from the config"
                 ) from err
-            return save_tensors(path, state, {"format": STATE_FORMAT, **meta})
+            return save_shrunk(model, path, meta)
 
     def _fresh_model(self, tensors: dict[str, Tensor]) -> nn.Module:
         """The config's model, with weight-mask buffers where `tensors` holds masks."""
@@ -305,7 +310,10 @@ class Run:
         return model
 
     def _rebuilds(self, state: dict[str, Tensor]) -> bool:
-        fresh = self._fresh_model(state).state_dict()
+        try:
+            fresh = self._fresh_model(state).state_dict()
+        except ValueError:  # a mask of another shape: the layer was shrunk
+            return False
         same_keys = fresh.keys() == state.keys()
         return same_keys and all(fresh[k].shape == v.shape for k, v in state.items())
 
@@ -317,6 +325,8 @@ class Run:
             )
             raise FileNotFoundError(f"{path} is missing; run `bayesprune {step}` first")
         tensors, meta = load_tensors(path)
+        if meta.get("format") == SHRUNK_FORMAT:
+            return load_shrunk(path, self.build_model)
         if meta.get("format") != STATE_FORMAT:
             return load_model(path)
         model = self._fresh_model(tensors)

@@ -12,10 +12,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ...compress import (
+    GraphShrinkError,
+    GraphTraceError,
     apply_masks,
     compression_report,
     global_sparsity_masks,
@@ -23,6 +26,7 @@ from ...compress import (
     report_markdown,
     search_sparsity,
     shrink,
+    shrink_graph,
     threshold_masks,
     unit_scores,
     weight_masks_for,
@@ -96,6 +100,17 @@ def compression_masks(
     return weight_masks_for(model, masks, level), info
 
 
+def _shrunk(pruned: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Module, dict[str, Any]]:
+    """The physically smaller model and a record: a chain by `shrink`, any other graph
+    (residual additions, BatchNorm…) by `shrink_graph` on a two-row example batch."""
+    if isinstance(pruned, nn.Sequential):
+        result = shrink(pruned, input_shape)
+        return result.model, {**result.as_dict(), "architecture": result.architecture}
+    example = torch.zeros(2, *input_shape)
+    graph = shrink_graph(pruned, example)
+    return graph.model, {"graph": True, **graph.as_dict()}
+
+
 def with_overrides(config: RunConfig, section: str, overrides: dict[str, Any]) -> RunConfig:
     """`config` with some keys of one section replaced (validated like a config file)."""
     raw = config_to_dict(config)
@@ -138,10 +153,8 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
     final, shrink_info = pruned, None
     if c.shrink:
         try:
-            result = shrink(pruned, data.input_shape)
-            final, shrink_info = result.model, result.as_dict()
-            shrink_info["architecture"] = result.architecture
-        except (TypeError, ValueError) as err:
+            final, shrink_info = _shrunk(pruned, data.input_shape)
+        except (TypeError, ValueError, GraphShrinkError, GraphTraceError) as err:
             shrink_info = {"skipped": str(err)}
             run.log(f"compress: shrink skipped ({err})")
     info["shrink"] = shrink_info

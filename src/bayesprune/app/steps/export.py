@@ -26,8 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from ... import __version__
-from ...compress import export_onnx, onnx_difference, save_model
+from ...compress import export_onnx, onnx_difference, save_model, save_shrunk
 from ...compress.chain import SelectInputs
+from ...compress.persist import FORMAT as SHRUNK_FORMAT
 from ...deploy import Deployable
 from ...extras import MissingExtraError, require
 from ...io import tensors_digest
@@ -121,7 +122,12 @@ def _export(run: Run, onnx: bool, plain: bool, which: str) -> dict[str, Any]:
         if plain:
             staged = tx.stage("export/model.safetensors")
             meta = {"input_shape": list(data.input_shape), "source": which, "deploy": info}
-            save_model(net, staged, meta)
+            try:
+                save_model(net, staged, meta)
+                out["safetensors_format"] = "spec"  # compress.load_model(path)
+            except TypeError:  # a graph (residual additions…): its class's pruned shapes
+                save_shrunk(net, staged, meta)
+                out["safetensors_format"] = SHRUNK_FORMAT  # compress.load_shrunk(path, net)
             out["safetensors"] = "export/model.safetensors"
         if onnx:
             deployed = deployable(net, data, run.likelihood()).eval()

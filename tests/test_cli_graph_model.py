@@ -1,0 +1,87 @@
+"""A residual network (the `resnet` builder: BatchNorm, residual additions) through
+every CLI step: compress removes channels with `shrink_graph`, the shrunk model is
+saved with its class's pruned shapes and reloads equal to what compress evaluated,
+and the exported ONNX file matches torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from test_readme_sequence import _fake_mnist
+
+from bayesprune.app import Run
+from bayesprune.cli import main
+from bayesprune.compress import load_shrunk
+from bayesprune.nn import use_posterior_mean, variational_layers
+from bayesprune.resnet import ResNet, resnet
+
+WIDTHS = [6, 12]
+CONFIG = {
+    "data": {"name": "mnist", "limit": 400, "test_limit": 120, "val_fraction": 0.2},
+    "model": {"builder": "resnet", "kwargs": {"widths": WIDTHS, "blocks": 1}},
+    "train": {"epochs": 3, "batch_size": 50, "lr": 0.01},
+    "compress": {"score": "norm", "rule": "global", "sparsity": 0.4, "finetune_epochs": 0},
+    "evaluate": {"samples": 3},
+}
+
+
+def _invoke(*args: str) -> str:
+    result = CliRunner().invoke(main, [*args, "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("graph")
+    _fake_mnist(tmp / "cache", n_train=400, n_test=120)
+    raw = {**CONFIG, "data": {**CONFIG["data"], "root": str(tmp / "cache")}}
+    (tmp / "resnet.yaml").write_text(yaml.safe_dump(raw))
+    run = tmp / "run"
+    torch.manual_seed(0)
+    _invoke("train", str(tmp / "resnet.yaml"), "--out", str(run), "--quiet")
+    for step in ("compress", "evaluate", "report", "export"):
+        _invoke(step, str(run), *(["--quiet"] if step == "compress" else []))
+    return run
+
+
+def test_compress_shrinks_the_residual_graph_and_it_reloads(resnet_run: Path) -> None:
+    report = json.loads((resnet_run / "compressed" / "compression.json").read_text())
+    shrink = report["extra"]["shrink"]
+    assert shrink.get("graph") is True, shrink
+    run = Run.open(resnet_run)
+    model = run.load_model("compressed")
+    assert isinstance(model, ResNet)
+    kept = sum(layer["units_after"] for layer in shrink["layers"])
+    before = sum(layer["units_before"] for layer in shrink["layers"])
+    assert kept < before  # channels really went, not only masks
+    assert any(True for _ in variational_layers(model))  # still Bayesian
+    # the reloaded model is the one compress evaluated: same posterior-mean metrics
+    evaluation = json.loads((resnet_run / "evaluation.json").read_text())
+    recorded = evaluation["compressed"]["modes"]["mean"]["accuracy"]
+    x, y = run.data().test
+    with torch.no_grad(), use_posterior_mean(model):
+        accuracy = (model(x).argmax(1) == y).double().mean().item()
+    assert accuracy == pytest.approx(recorded)
+
+
+def test_the_exported_graph_reloads_into_the_plain_class_and_matches_onnx(
+    resnet_run: Path,
+) -> None:
+    out = json.loads((resnet_run / "export" / "export.json").read_text())
+    assert out["safetensors_format"] == "bayesprune-shrunk"
+    assert out["onnx_max_abs_difference"] < 1e-4
+    plain = load_shrunk(
+        resnet_run / "export" / "model.safetensors",
+        lambda: resnet(1, 10, widths=WIDTHS, blocks=1, family="deterministic"),
+    )
+    assert not any(True for _ in variational_layers(plain))
+    compressed = Run.open(resnet_run).load_model("compressed")
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad(), use_posterior_mean(compressed):
+        assert torch.allclose(plain(x), compressed(x), atol=1e-5)
