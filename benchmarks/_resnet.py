@@ -146,11 +146,11 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[Tensor]) -> nn.Module:
 
 @dataclass
 class BayesCompression:
-    """The chosen level and what was seen at every level of the grid (validation only)."""
+    """The chosen level and what was seen at every level tried (validation only)."""
 
     model: nn.Module
     sparsity: float
-    val_accuracy: float
+    within_tolerance: bool
     dense_val_accuracy: float
     grid: list[dict[str, Any]] = field(default_factory=list)
     shrink: dict[str, Any] = field(default_factory=dict)
@@ -160,42 +160,51 @@ def bayes_compress(
     model: nn.Module,
     score_batches: Any,
     val_accuracy: Callable[[nn.Module], float],
+    finetune: Callable[[nn.Module], None],
     example: Tensor,
     grid: Sequence[float],
     tolerance: float,
     calibration: Sequence[Tensor],
-    max_batches: int | None = None,
 ) -> BayesCompression:
-    """Activation scores → keep_units(sparsity) → `silence` → shrink_graph → BatchNorm
-    statistics re-estimated on `calibration`: the largest sparsity of `grid` whose
-    validation accuracy (posterior mean) is within `tolerance` of the dense net's.
-    shrink_graph checks the shrunk net against the silenced masked one."""
+    """Per sparsity of `grid`, lowest first: activation scores → keep_units → `silence` →
+    shrink_graph (checked against the silenced, masked net) → BatchNorm statistics
+    re-estimated on `calibration` → `finetune`. The largest sparsity whose fine-tuned
+    validation accuracy (posterior mean) is within `tolerance` of the dense net's is
+    kept; the walk stops at the first level that is not. If none is, the level with
+    the best validation accuracy (the closest point)."""
     model.eval()
-    scores = compress.activation_scores(model, score_batches, max_batches=max_batches)
+    scores = compress.activation_scores(model, score_batches)
     dense = val_accuracy(model)
-    best: tuple[float, nn.Module, float, Any] | None = None
+    chosen: tuple[float, nn.Module, Any] | None = None
+    fallback: tuple[float, float, nn.Module, Any] | None = None
     seen = []
     for sparsity in sorted(grid):
         keep = compress.keep_units(scores, sparsity)
         result = compress.shrink_graph(silence(model, keep), example, prune_units=keep)
-        recalibrate_bn(result.model, calibration)
-        acc = val_accuracy(result.model)
-        kept_dead = sum(r.kept_dead_units for r in result.layers)
+        small = recalibrate_bn(result.model, calibration)
+        before = val_accuracy(small)
+        finetune(small)
+        after = val_accuracy(small)
         seen.append(
             {
                 "sparsity": sparsity,
-                "val_accuracy": acc,
-                "flops": flops(result.model),
-                "kept_dead_units": kept_dead,
+                "val_accuracy_pruned": before,
+                "val_accuracy_finetuned": after,
+                "flops": flops(small),
+                "kept_dead_units": sum(r.kept_dead_units for r in result.layers),
+                "shrunk_minus_masked": result.max_abs_difference,
             }
         )
-        print(f"    sparsity {sparsity:.2f}: val acc {acc:.4f}, {seen[-1]}", flush=True)
-        if acc >= dense - tolerance:
-            best = (sparsity, result.model, acc, result.as_dict())
-    if best is None:  # nothing within tolerance: the dense net, shrunk of its dead units
-        best = (0.0, copy.deepcopy(model), dense, {})
-    sparsity, small, acc, record = best
-    return BayesCompression(small, sparsity, acc, dense, seen, record)
+        print(f"    {seen[-1]}", flush=True)
+        if fallback is None or after > fallback[0]:
+            fallback = (after, sparsity, small, result.as_dict())
+        if after < dense - tolerance:
+            break
+        chosen = (sparsity, small, result.as_dict())
+    if chosen is not None:
+        return BayesCompression(chosen[1], chosen[0], True, dense, seen, chosen[2])
+    assert fallback is not None
+    return BayesCompression(fallback[2], fallback[1], False, dense, seen, fallback[3])
 
 
 # --- Torch-Pruning at equal FLOPs ----------------------------------------------------------
@@ -207,8 +216,10 @@ def _tp_prune(
     ratio: float,
     example: Tensor,
     grad_batches: Sequence[tuple[Tensor, Tensor]],
+    global_pruning: bool = False,
 ) -> nn.Module:
-    """A pruned copy of `model` at uniform `ratio` of each group's channels."""
+    """A pruned copy of `model`: `ratio` of each group's channels (uniform), or of all
+    channels ranked together (`global_pruning`, at most 90 % of a layer)."""
     import torch_pruning as tp
 
     net = copy.deepcopy(model).eval()
@@ -222,7 +233,8 @@ def _tp_prune(
         importance=importance,
         pruning_ratio=ratio,
         ignored_layers=[net.fc],
-        round_to=None,
+        global_pruning=global_pruning,
+        max_pruning_ratio=0.9,
     )
     if kind == "taylor":
         net.zero_grad()
@@ -240,22 +252,27 @@ def tp_prune_to_flops(
     example: Tensor,
     grad_batches: Sequence[tuple[Tensor, Tensor]],
     steps: int = 14,
-) -> tuple[nn.Module, float]:
-    """Bisect Torch-Pruning's uniform `pruning_ratio` so that FLOPs come closest to
-    `target_flops` (FLOPs fall as the ratio grows); returns the net and its ratio."""
-    lo, hi = 0.0, 0.95
-    best: tuple[float, nn.Module, float] | None = None
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        net = _tp_prune(model, kind, mid, example, grad_batches)
-        got = flops(net)
-        gap = abs(got - target_flops) / target_flops
-        if best is None or gap < best[0]:
-            best = (gap, net, mid)
-        if got > target_flops:
-            lo = mid
-        else:
-            hi = mid
+    max_gap: float = 0.02,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Bisect Torch-Pruning's `pruning_ratio` so that FLOPs come closest to `target_flops`
+    (FLOPs fall as the ratio grows): uniform per layer first; if that cannot come within
+    `max_gap` (a narrow layer loses channels in whole steps), also global ranking, and
+    the closer of the two. Returns the net and {mode, pruning_ratio, flops_gap}."""
+    best: tuple[float, nn.Module, dict[str, Any]] | None = None
+    for global_pruning in (False, True):
+        lo, hi = 0.0, 0.95
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            net = _tp_prune(model, kind, mid, example, grad_batches, global_pruning)
+            got = flops(net)
+            gap = got / target_flops - 1
+            if best is None or abs(gap) < abs(best[0]):
+                mode = "global" if global_pruning else "uniform"
+                best = (gap, net, {"mode": mode, "pruning_ratio": mid, "flops_gap": gap})
+            lo, hi = (mid, hi) if got > target_flops else (lo, mid)
+        assert best is not None
+        if abs(best[0]) <= max_gap:
+            break
     assert best is not None
     return best[1], best[2]
 

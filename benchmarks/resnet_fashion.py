@@ -114,11 +114,17 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     val_acc = bp.scorer(data["val"], mode="mean", metrics=["accuracy"])
     calibration = _batches(x_train, 256, args.calibration_batches)
     example = x_train[:16]
+    tune = {"epochs": args.finetune_epochs, "lr": args.finetune_lr, "lr_schedule": "cosine"}
+
+    def finetune(net: nn.Module) -> None:
+        bp.finetune(net, train, **tune, **fit)
+
     start = time.perf_counter()
     ours = bayes_compress(
         bayes,
         _batches(x_train, 256, args.score_batches),
         lambda m: val_acc(m)["accuracy"],
+        finetune,
         example,
         args.grid,
         args.tolerance,
@@ -130,18 +136,17 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     nets: dict[str, nn.Module] = {"bayesian compressed": ours.model}
     matching: dict[str, Any] = {}
+    before = {}
     for kind in ("magnitude", "taylor"):
-        net, ratio = tp_prune_to_flops(det, kind, target, example, grads)
+        net, found = tp_prune_to_flops(det, kind, target, example, grads)
         recalibrate_bn(net, calibration)
+        before[f"tp {kind}"] = val_acc(net)["accuracy"]
+        finetune(net)
         nets[f"tp {kind}"] = net
-        matching[kind] = {"pruning_ratio": ratio, "flops": flops(net), "target": target}
-        matching[kind]["flops_gap"] = matching[kind]["flops"] / target - 1
-    seconds["tp_match"] = time.perf_counter() - start
-    before = {k: val_acc(m)["accuracy"] for k, m in nets.items()}
-    start = time.perf_counter()
-    for key, net in nets.items():
-        bp.finetune(net, train, epochs=args.finetune_epochs, lr=args.finetune_lr, **fit)
-    seconds["finetune"] = time.perf_counter() - start
+        matching[kind] = {**found, "flops": flops(net), "target": target}
+    seconds["tp_match_and_finetune"] = time.perf_counter() - start
+    level = next(g for g in ours.grid if g["sparsity"] == ours.sparsity)
+    before = {"bayesian compressed": level["val_accuracy_pruned"], **before}
     after = {k: val_acc(m)["accuracy"] for k, m in nets.items()}
     print(f"  compressed: sparsity {ours.sparsity}, val {before} -> {after}", flush=True)
 
@@ -177,6 +182,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         },
         "bayesian_compression": {
             "sparsity": ours.sparsity,
+            "within_tolerance": ours.within_tolerance,
             "grid": ours.grid,
             "shrink_max_abs_difference": ours.shrink.get("max_abs_difference"),
             "shrink_notes": ours.shrink.get("notes", []),
@@ -223,12 +229,12 @@ def _mean_sd(values: list[float], digits: int = 4) -> str:
 
 
 def _channels(ch: dict[str, Any]) -> str:
-    """stem / stage streams, and each stage's inner widths, e.g. 8 | 8 (8,8,8) | ..."""
+    """stem / stage streams, and each stage's inner widths, e.g. 8 / 8 (8,8,8) / ..."""
     parts = [str(ch["stem"])]
     for stage in ("layer1", "layer2", "layer3"):
         inner = ",".join(str(i) for i in ch[stage]["inner"])
         parts.append(f"{ch[stage]['stream']} ({inner})")
-    return " | ".join(parts)
+    return " / ".join(parts)
 
 
 def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -292,7 +298,7 @@ def per_seed_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "seed": run["seed"],
                     "contender": key,
                     **{m: c.get(m, "-") for m in REPORTED},
-                    "channels: stem | stage stream (block inner)": _channels(c["channels"]),
+                    "channels: stem / stage stream (block inner)": _channels(c["channels"]),
                 }
             )
     return rows
@@ -306,7 +312,8 @@ def render(payload: dict[str, Any]) -> str:
             "our sparsity": r["bayesian_compression"]["sparsity"],
             "target FLOPs": r["tp_matching"]["magnitude"]["target"],
             **{
-                f"{k} ratio / FLOPs gap": f"{v['pruning_ratio']:.3f} / {v['flops_gap']:+.2%}"
+                f"{k}: mode, ratio, FLOPs gap": f"{v.get('mode', 'uniform')} "
+                f"{v['pruning_ratio']:.3f}, {v['flops_gap']:+.2%}"
                 for k, v in r["tp_matching"].items()
             },
             "shrunk - masked": r["bayesian_compression"]["shrink_max_abs_difference"],
@@ -373,7 +380,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--widths", type=int, nargs=3, default=[8, 16, 32])
     parser.add_argument("--blocks", type=int, default=3, help="basic blocks per stage")
-    parser.add_argument("--train-limit", type=int, default=12000, help="training rows (+val)")
+    parser.add_argument("--train-limit", type=int, default=10000, help="training rows (+val)")
     parser.add_argument("--val-size", type=int, default=2000)
     parser.add_argument("--test-limit", type=int, default=5000, help="test images, in and out")
     parser.add_argument("--epochs", type=int, default=8)
@@ -382,14 +389,16 @@ def main() -> None:
     parser.add_argument("--kl-weight", type=float, default=1.0)
     parser.add_argument("--keep", nargs="*", default=["stem.0", "fc"], help="stay deterministic")
     parser.add_argument(
-        "--grid", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+        "--grid", type=float, nargs="+", default=[0.2, 0.35, 0.5, 0.65], help="sparsities tried"
     )
-    parser.add_argument("--tolerance", type=float, default=0.03, help="validation accuracy")
+    parser.add_argument(
+        "--tolerance", type=float, default=0.01, help="validation accuracy after fine-tuning"
+    )
     parser.add_argument("--score-batches", type=int, default=8, help="of 256 training images")
     parser.add_argument("--calibration-batches", type=int, default=8, help="BN statistics")
     parser.add_argument("--finetune-epochs", type=int, default=2)
-    parser.add_argument("--finetune-lr", type=float, default=1e-3)
-    parser.add_argument("--mc-samples", type=int, default=16)
+    parser.add_argument("--finetune-lr", type=float, default=5e-4, help="cosine to 0")
+    parser.add_argument("--mc-samples", type=int, default=12)
     parser.add_argument("--latency-repeats", type=int, default=200, help="batch 1; /20 at 256")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default=NAME, help="result file name")
