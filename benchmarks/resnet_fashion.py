@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -72,9 +73,13 @@ def make_data(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     n = args.val_size
     if n >= len(y):
         raise SystemExit(f"--val-size {n} leaves no training rows of {len(y)}")
-    test = load_fashion_mnist("test", limit=args.test_limit, seed=0).tensors
-    ood = load_mnist("test", limit=args.test_limit, seed=0).tensors[0]
-    return {"train": (x[:-n], y[:-n]), "val": (x[-n:], y[-n:]), "test": test, "ood": ood}
+    out = {"train": (x[:-n], y[:-n]), "val": (x[-n:], y[-n:])}
+    if args.trace:  # validation only: MNIST *training* images as the OOD set
+        out["val_ood"] = load_mnist("train", limit=n, seed=seed).tensors[0]
+        return out
+    out["test"] = load_fashion_mnist("test", limit=args.test_limit, seed=0).tensors
+    out["ood"] = load_mnist("test", limit=args.test_limit, seed=0).tensors[0]
+    return out
 
 
 def _batches(x: Tensor, size: int, count: int) -> list[Tensor]:
@@ -116,8 +121,20 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     example = x_train[:16]
     tune = {"epochs": args.finetune_epochs, "lr": args.finetune_lr, "lr_schedule": "cosine"}
 
+    traced: dict[str, dict[str, float]] = {}
+    tracer = _tracer(data, args, seed, traced) if args.trace else None
+    if tracer is not None:
+        tracer("bayesian (dense)", bayes)
+        tracer("deterministic (dense)", det)
+
+    current = ["bayesian compressed"]  # what `finetune` is tuning, for --trace
+
     def finetune(net: nn.Module) -> None:
+        if tracer is not None:
+            tracer(f"{current[0]} ({flops(net)} FLOPs), pruned", net)
         bp.finetune(net, train, **tune, **fit)
+        if tracer is not None:
+            tracer(f"{current[0]} ({flops(net)} FLOPs), fine-tuned", net)
 
     start = time.perf_counter()
     ours = bayes_compress(
@@ -138,6 +155,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     matching: dict[str, Any] = {}
     before = {}
     for kind in ("magnitude", "taylor"):
+        current[0] = f"tp {kind}"
         net, found = tp_prune_to_flops(det, kind, target, example, grads)
         recalibrate_bn(net, calibration)
         before[f"tp {kind}"] = val_acc(net)["accuracy"]
@@ -149,6 +167,9 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     before = {"bayesian compressed": level["val_accuracy_pruned"], **before}
     after = {k: val_acc(m)["accuracy"] for k, m in nets.items()}
     print(f"  compressed: sparsity {ours.sparsity}, val {before} -> {after}", flush=True)
+    if tracer is not None:
+        _restores(nets, data, args, seed, tracer, fit)
+        return {"seed": seed, "trace": traced, "sparsity": ours.sparsity, "matching": matching}
 
     # --- the test and OOD test sets, read once per contender
     start = time.perf_counter()
@@ -191,6 +212,58 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "onnx": deploy,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
+
+
+def _label(net: nn.Module) -> str:
+    return "bayesian" if any(True for _ in bp.nn.variational_layers(net)) else "deterministic"
+
+
+def _tracer(
+    data: dict[str, Any], args: argparse.Namespace, seed: int, out: dict[str, dict[str, float]]
+) -> Any:
+    """`--trace`: score a stage on the second half of the validation split against MNIST
+    training images (Monte Carlo for a Bayesian net), and record it under a name."""
+    x, y = data["val"]
+    half = len(y) // 2
+    pick = ((x[half:], y[half:]), data["val_ood"][half:])
+    mc = bp.scorer(pick[0], mode="mc", samples=args.mc_samples, ood=pick[1], seed=seed)
+    mean = bp.scorer(pick[0], mode="mean", ood=pick[1], seed=seed)
+
+    def trace(name: str, model: nn.Module) -> None:
+        scorer = mc if _label(_unwrapped(model)) == "bayesian" else mean
+        row = {k: v for k, v in scorer(model).items() if not k.startswith("mean_")}
+        out[name] = row
+        print(f"    trace {name}: {_short(row)}", flush=True)
+
+    return trace
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return getattr(model, "model", model)
+
+
+def _restores(
+    nets: dict[str, nn.Module],
+    data: dict[str, Any],
+    args: argparse.Namespace,
+    seed: int,
+    tracer: Any,
+    fit: dict[str, Any],
+) -> None:
+    """`--trace`: the fine-tuned nets after temperature scaling (fitted on the first half
+    of the validation split), and the Bayesian one after its variances are re-estimated."""
+    x, y = data["val"]
+    half = len(y) // 2
+    for key, net in nets.items():
+        mode = "mc" if key.startswith("bayesian") else "mean"
+        scaled = bp.restore_uncertainty(
+            net, "temperature", val=(x[:half], y[:half]), mode=mode, samples=args.mc_samples
+        )
+        tracer(f"{key} + temperature", scaled)
+    ours = nets["bayesian compressed"]
+    options = {"batch_size": fit["batch_size"], "seed": seed}
+    variances = bp.restore_uncertainty(ours, "variances", train=data["train"], epochs=1, **options)
+    tracer("bayesian compressed + variances (1 epoch)", variances)
 
 
 def deployed_weights(model: nn.Module) -> int:
@@ -402,6 +475,11 @@ def main() -> None:
     parser.add_argument("--latency-repeats", type=int, default=200, help="batch 1; /20 at 256")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default=NAME, help="result file name")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="diagnosis on validation only (no test set): every stage's validation metrics",
+    )
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="combine seed runs")
     parser.add_argument("--rerender", metavar="JSON", help="rewrite the markdown from a JSON")
     add_results_dir_option(parser)
@@ -423,8 +501,25 @@ def main() -> None:
     for seed in args.seeds:
         print(f"seed {seed}", flush=True)
         payload["runs"].append(run_seed(seed, args))
-        payload["load_average"] = list(__import__("os").getloadavg())
-        save(payload, name)
+        payload["load_average"] = list(os.getloadavg())
+        if args.trace:
+            write_results(name, payload, render_trace(payload))
+        else:
+            save(payload, name)
+
+
+def render_trace(payload: dict[str, Any]) -> str:
+    """`--trace`: each stage's validation metrics, per seed."""
+    rows = [
+        {"seed": run["seed"], "stage": stage, "ood_auroc_mi": "-", **values}
+        for run in payload["runs"]
+        for stage, values in run["trace"].items()
+    ]
+    return (
+        "Diagnosis on validation only (second half of the validation split; OOD: MNIST "
+        "training images; temperature fitted on the first half). Settings: "
+        f"{payload['settings']}\n\n" + md_table(rows)
+    )
 
 
 if __name__ == "__main__":
