@@ -383,6 +383,7 @@ def render(payload: dict[str, Any]) -> str:
         {
             "seed": r["seed"],
             "our sparsity": r["bayesian_compression"]["sparsity"],
+            "within tolerance": r["bayesian_compression"]["within_tolerance"],
             "target FLOPs": r["tp_matching"]["magnitude"]["target"],
             **{
                 f"{k}: mode, ratio, FLOPs gap": f"{v.get('mode', 'uniform')} "
@@ -410,7 +411,7 @@ def render(payload: dict[str, Any]) -> str:
         f"{s['mc_samples']} samples for the Bayesian nets, one pass for the deterministic ones. "
         f"Latency: onnxruntime, 1 intra-op thread, sessions interleaved, medians "
         f"(the dense deterministic net shares the dense Bayesian net's exported graph). "
-        f"Seconds per seed: {[sum(r['seconds'].values()) for r in runs]}.\n\n"
+        f"Seconds per seed: {[round(sum(r['seconds'].values())) for r in runs]}.\n\n"
         f"## Mean ± sd over seeds {[r['seed'] for r in runs]}\n\n"
         + md_table(summary_rows(runs))
         + "\n## The issue's goal (seed means)\n\n"
