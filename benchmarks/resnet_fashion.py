@@ -19,6 +19,8 @@ Per seed, on Fashion-MNIST (a training subset; the validation split is carved fr
    the exported nets (1 thread, batch 1 and 256, sessions interleaved).
 
 Every choice reads validation only; the test sets are read once per contender, at the end.
+`--trace` reads no test set: it scores every stage (pruned, fine-tuned, temperature- or
+variance-restored) on half of the validation split against MNIST training images.
 `--merge` combines result files of separate processes (seeds); `--rerender` rewrites
 the markdown from the JSON.
 
