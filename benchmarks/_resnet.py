@@ -1,0 +1,305 @@
+"""Pieces of `resnet_fashion.py`: the ResNet-20-style network, the two pruning paths, latency.
+
+- `ResNet`: stem conv + BN, three stages of `blocks` basic blocks (BN, residual add; the
+  first block of stages 2 and 3 downsamples with a strided 3×3 conv and a 1×1 + BN
+  projection), global average pool, linear head. Plain torch, fx-traceable, so
+  `bp.convert` and `compress.shrink_graph` take it as a user's model.
+- `bayes_compress`: the library's path: activation scores → `keep_units` (one fraction
+  of every layer) → `shrink_graph`, at the largest fraction of a grid whose validation
+  accuracy (posterior mean, before fine-tuning) stays within a tolerance.
+- `tp_prune_to_flops`: Torch-Pruning's `MetaPruner` (magnitude or Taylor importance)
+  on the deterministic twin, its uniform `pruning_ratio` bisected until the pruned
+  net's FLOPs (counted as ours are, `metrics.count_flops`) meet a target.
+- `onnx_latency`: two onnxruntime sessions (1 intra-op thread) timed interleaved.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bayesprune import compress
+from bayesprune.compress.chain import deployed_weight
+from bayesprune.metrics import count_flops
+
+SHAPE = (1, 28, 28)
+
+
+class Block(nn.Module):
+    """A basic block: two 3×3 convs with BN; a 1×1 + BN projection when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """ResNet-20 layout (He et al. 2016, CIFAR variant) for 1×28×28 inputs."""
+
+    def __init__(self, widths: Sequence[int] = (8, 16, 32), blocks: int = 3, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
+        stages, cin = [], widths[0]
+        for i, width in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layers = [Block(cin, width, stride)]
+            layers += [Block(width, width) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            cin = width
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[-1], classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def stage_channels(model: nn.Module) -> dict[str, Any]:
+    """Channels per stage: the residual stream (the stage's last conv2 outputs) and the
+    inner widths of its blocks (each conv1's outputs), read off the modules."""
+    out: dict[str, Any] = {"stem": _out_channels(model.get_submodule("stem.0"))}
+    for stage in ("layer1", "layer2", "layer3"):
+        blocks = list(model.get_submodule(stage))
+        out[stage] = {
+            "stream": _out_channels(blocks[-1].conv2),
+            "inner": [_out_channels(b.conv1) for b in blocks],
+        }
+    return out
+
+
+def _out_channels(layer: nn.Module) -> int:
+    return int(deployed_weight(layer).shape[0])
+
+
+def flops(model: nn.Module) -> int:
+    return count_flops(model, SHAPE)
+
+
+# --- the library's path ---------------------------------------------------------------------
+
+
+def following_bn(name: str) -> str:
+    """The BatchNorm that reads producer `name` in `ResNet` (stem.0 → stem.1, conv1 → bn1,
+    conv2 → bn2, shortcut.0 → shortcut.1)."""
+    head, _, last = name.rpartition(".")
+    bn = {"0": "1", "conv1": "bn1", "conv2": "bn2"}[last]
+    return f"{head}.{bn}" if head else bn
+
+
+def silence(model: nn.Module, keep: dict[str, Tensor]) -> nn.Module:
+    """A copy whose dropped channels emit 0 after their BatchNorm (γ = β = 0), as deleting
+    them does in Torch-Pruning. Masking a channel's conv alone leaves the BN's constant
+    β − γμ/σ, which meets the next padded conv and cannot be removed (see the report)."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, mask in keep.items():
+            if name == "fc" or bool(mask.all()):
+                continue
+            bn = out.get_submodule(following_bn(name))
+            bn.weight[~mask] = 0.0
+            bn.bias[~mask] = 0.0
+    return out
+
+
+def recalibrate_bn(model: nn.Module, batches: Sequence[Tensor]) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics on `batches` (cumulative average,
+    no gradient step): what a pruned net's statistics are before fine-tuning."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    was = model.training
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    model.train(was)
+    for bn, momentum in zip(bns, saved, strict=True):
+        bn.momentum = momentum
+    return model
+
+
+@dataclass
+class BayesCompression:
+    """The chosen level and what was seen at every level tried (validation only)."""
+
+    model: nn.Module
+    sparsity: float
+    within_tolerance: bool
+    dense_val_accuracy: float
+    grid: list[dict[str, Any]] = field(default_factory=list)
+    shrink: dict[str, Any] = field(default_factory=dict)
+
+
+def bayes_compress(
+    model: nn.Module,
+    score_batches: Any,
+    val_accuracy: Callable[[nn.Module], float],
+    finetune: Callable[[nn.Module], None],
+    example: Tensor,
+    grid: Sequence[float],
+    tolerance: float,
+    calibration: Sequence[Tensor],
+) -> BayesCompression:
+    """Per sparsity of `grid`, lowest first: activation scores → keep_units → `silence` →
+    shrink_graph (checked against the silenced, masked net) → BatchNorm statistics
+    re-estimated on `calibration` → `finetune`. The largest sparsity whose fine-tuned
+    validation accuracy (posterior mean) is within `tolerance` of the dense net's is
+    kept; the walk stops at the first level that is not. If none is, the level with
+    the best validation accuracy (the closest point)."""
+    model.eval()
+    scores = compress.activation_scores(model, score_batches)
+    dense = val_accuracy(model)
+    chosen: tuple[float, nn.Module, Any] | None = None
+    fallback: tuple[float, float, nn.Module, Any] | None = None
+    seen = []
+    for sparsity in sorted(grid):
+        keep = compress.keep_units(scores, sparsity)
+        result = compress.shrink_graph(silence(model, keep), example, prune_units=keep)
+        small = recalibrate_bn(result.model, calibration)
+        before = val_accuracy(small)
+        finetune(small)
+        after = val_accuracy(small)
+        seen.append(
+            {
+                "sparsity": sparsity,
+                "val_accuracy_pruned": before,
+                "val_accuracy_finetuned": after,
+                "flops": flops(small),
+                "kept_dead_units": sum(r.kept_dead_units for r in result.layers),
+                "shrunk_minus_masked": result.max_abs_difference,
+            }
+        )
+        print(f"    {seen[-1]}", flush=True)
+        if fallback is None or after > fallback[0]:
+            fallback = (after, sparsity, small, result.as_dict())
+        if after < dense - tolerance:
+            break
+        chosen = (sparsity, small, result.as_dict())
+    if chosen is not None:
+        return BayesCompression(chosen[1], chosen[0], True, dense, seen, chosen[2])
+    assert fallback is not None
+    return BayesCompression(fallback[2], fallback[1], False, dense, seen, fallback[3])
+
+
+# --- Torch-Pruning at equal FLOPs ----------------------------------------------------------
+
+
+def _tp_prune(
+    model: nn.Module,
+    kind: str,
+    ratio: float,
+    example: Tensor,
+    grad_batches: Sequence[tuple[Tensor, Tensor]],
+    global_pruning: bool = False,
+) -> nn.Module:
+    """A pruned copy of `model`: `ratio` of each group's channels (uniform), or of all
+    channels ranked together (`global_pruning`, at most 90 % of a layer)."""
+    import torch_pruning as tp
+
+    net = copy.deepcopy(model).eval()
+    importance = {
+        "magnitude": lambda: tp.importance.MagnitudeImportance(p=2),
+        "taylor": lambda: tp.importance.TaylorImportance(),
+    }[kind]()
+    pruner = tp.pruner.MetaPruner(
+        net,
+        example,
+        importance=importance,
+        pruning_ratio=ratio,
+        ignored_layers=[net.fc],
+        global_pruning=global_pruning,
+        max_pruning_ratio=0.9,
+    )
+    if kind == "taylor":
+        net.zero_grad()
+        for x, y in grad_batches:  # eval mode: BN statistics stay, gradients accumulate
+            F.cross_entropy(net(x), y).backward()
+    pruner.step()
+    net.zero_grad(set_to_none=True)
+    return net
+
+
+def tp_prune_to_flops(
+    model: nn.Module,
+    kind: str,
+    target_flops: int,
+    example: Tensor,
+    grad_batches: Sequence[tuple[Tensor, Tensor]],
+    steps: int = 14,
+    max_gap: float = 0.02,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Bisect Torch-Pruning's `pruning_ratio` so that FLOPs come closest to `target_flops`
+    (FLOPs fall as the ratio grows): uniform per layer first; if that cannot come within
+    `max_gap` (a narrow layer loses channels in whole steps), also global ranking, and
+    the closer of the two. Returns the net and {mode, pruning_ratio, flops_gap}."""
+    best: tuple[float, nn.Module, dict[str, Any]] | None = None
+    for global_pruning in (False, True):
+        lo, hi = 0.0, 0.95
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            net = _tp_prune(model, kind, mid, example, grad_batches, global_pruning)
+            got = flops(net)
+            gap = got / target_flops - 1
+            if best is None or abs(gap) < abs(best[0]):
+                mode = "global" if global_pruning else "uniform"
+                best = (gap, net, {"mode": mode, "pruning_ratio": mid, "flops_gap": gap})
+            lo, hi = (mid, hi) if got > target_flops else (lo, mid)
+        assert best is not None
+        if abs(best[0]) <= max_gap:
+            break
+    assert best is not None
+    return best[1], best[2]
+
+
+# --- latency ---------------------------------------------------------------------------------
+
+
+def onnx_latency(
+    paths: dict[str, Path], batch: int, repeats: int, warmup: int = 5
+) -> dict[str, float]:
+    """Median seconds per run of each ONNX file at `batch`, one intra-op thread; the
+    sessions' runs interleaved so that load changes hit every file alike."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    sessions = {
+        k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+        for k, p in paths.items()
+    }
+    x = torch.randn(batch, *SHAPE, generator=torch.Generator().manual_seed(0)).numpy()
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for i in range(warmup + repeats):
+        for k, s in sessions.items():
+            start = time.perf_counter()
+            s.run(None, {"input": x})
+            if i >= warmup:
+                times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}

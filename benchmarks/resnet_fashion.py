@@ -1,0 +1,529 @@
+"""Residual CNN head-to-head: a compressed Bayesian ResNet against Torch-Pruning at equal FLOPs.
+
+Per seed, on Fashion-MNIST (a training subset; the validation split is carved from it):
+
+1. A ResNet-20-style net (`_resnet.ResNet`: stem + 3 stages × `--blocks` basic blocks
+   with BatchNorm and residual adds, strided conv + 1×1 projection, global pool, linear
+   head) trained deterministically, and its Bayesian twin (`bp.convert`, Gaussian;
+   `--keep` stays deterministic, BatchNorm always does) trained with `bp.fit`.
+2. The Bayesian net compressed by the library's channel scores: `activation_scores` →
+   `keep_units` → `shrink_graph`, at the largest sparsity of `--grid` whose validation
+   accuracy (posterior mean, BatchNorm statistics re-estimated on training images) is
+   within `--tolerance` of the dense net's.
+3. Torch-Pruning (`MetaPruner`, magnitude and Taylor importance) prunes the
+   deterministic twin to the same FLOPs (uniform ratio, bisected).
+4. All three compressed nets are fine-tuned `--finetune-epochs` at `--finetune-lr`,
+   then scored once on the test set (accuracy, ECE, NLL, OOD AUROC against MNIST test
+   images by predictive entropy and, for the Bayesian nets' Monte-Carlo predictive, by
+   mutual information), with channels per stage, FLOPs, and onnxruntime latency of
+   the exported nets (1 thread, batch 1 and 256, sessions interleaved).
+
+Every choice reads validation only; the test sets are read once per contender, at the end.
+`--trace` reads no test set: it scores every stage (pruned, fine-tuned, temperature- or
+variance-restored) on half of the validation split against MNIST training images.
+`--merge` combines result files of separate processes (seeds); `--rerender` rewrites
+the markdown from the JSON.
+
+    python benchmarks/resnet_fashion.py --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from _resnet import (
+    SHAPE,
+    ResNet,
+    bayes_compress,
+    flops,
+    onnx_latency,
+    recalibrate_bn,
+    stage_channels,
+    tp_prune_to_flops,
+)
+from torch import Tensor, nn
+
+import bayesprune as bp
+from bayesprune import compress
+from bayesprune.data import load_fashion_mnist, load_mnist
+
+NAME = "resnet_fashion"
+CONTENDERS = (
+    "deterministic (dense)",
+    "bayesian (dense)",
+    "bayesian compressed",
+    "tp magnitude",
+    "tp taylor",
+)
+REPORTED = ("accuracy", "ece", "nll", "ood_auroc_entropy", "ood_auroc_mi", "flops_ratio")
+
+
+def make_data(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Seeded training rows with the validation split carved off; test and OOD test sets."""
+    x, y = load_fashion_mnist("train", limit=args.train_limit, seed=seed).tensors
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    x, y = x[perm], y[perm]
+    n = args.val_size
+    if n >= len(y):
+        raise SystemExit(f"--val-size {n} leaves no training rows of {len(y)}")
+    out = {"train": (x[:-n], y[:-n]), "val": (x[-n:], y[-n:])}
+    if args.trace:  # validation only: MNIST *training* images as the OOD set
+        out["val_ood"] = load_mnist("train", limit=n, seed=seed).tensors[0]
+        return out
+    out["test"] = load_fashion_mnist("test", limit=args.test_limit, seed=0).tensors
+    out["ood"] = load_mnist("test", limit=args.test_limit, seed=0).tensors[0]
+    return out
+
+
+def _batches(x: Tensor, size: int, count: int) -> list[Tensor]:
+    return list(x[: size * count].split(size))
+
+
+def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train, compress, match, fine-tune and score every contender for one seed."""
+    data = make_data(seed, args)
+    train, (x_train, y_train) = data["train"], data["train"]
+    fit = {"batch_size": args.batch_size, "seed": seed, "progress": False}
+    widths, seconds = tuple(args.widths), {}
+
+    def build() -> nn.Module:
+        torch.manual_seed(seed)
+        return ResNet(widths, args.blocks)
+
+    start = time.perf_counter()
+    det = build()
+    bp.fit(det, train, epochs=args.epochs, lr=args.lr, lr_schedule="cosine", **fit)
+    seconds["train_deterministic"] = time.perf_counter() - start
+    start = time.perf_counter()
+    bayes = bp.convert(build(), "gaussian", init_from_weights=True, keep=tuple(args.keep))
+    bp.fit(
+        bayes,
+        train,
+        epochs=args.epochs,
+        lr=args.lr,
+        lr_schedule="cosine",
+        kl_weight=args.kl_weight,
+        **fit,
+    )
+    seconds["train_bayesian"] = time.perf_counter() - start
+    print(f"  trained ({seconds})", flush=True)
+
+    # --- compression, on validation only
+    val_acc = bp.scorer(data["val"], mode="mean", metrics=["accuracy"])
+    calibration = _batches(x_train, 256, args.calibration_batches)
+    example = x_train[:16]
+    tune = {"epochs": args.finetune_epochs, "lr": args.finetune_lr, "lr_schedule": "cosine"}
+
+    traced: dict[str, dict[str, float]] = {}
+    tracer = _tracer(data, args, seed, traced) if args.trace else None
+    if tracer is not None:
+        tracer("bayesian (dense)", bayes)
+        tracer("deterministic (dense)", det)
+
+    current = ["bayesian compressed"]  # what `finetune` is tuning, for --trace
+
+    def finetune(net: nn.Module) -> None:
+        if tracer is not None:
+            tracer(f"{current[0]} ({flops(net)} FLOPs), pruned", net)
+        bp.finetune(net, train, **tune, **fit)
+        if tracer is not None:
+            tracer(f"{current[0]} ({flops(net)} FLOPs), fine-tuned", net)
+
+    start = time.perf_counter()
+    ours = bayes_compress(
+        bayes,
+        _batches(x_train, 256, args.score_batches),
+        lambda m: val_acc(m)["accuracy"],
+        finetune,
+        example,
+        args.grid,
+        args.tolerance,
+        calibration,
+    )
+    seconds["compress_bayesian"] = time.perf_counter() - start
+    target = flops(ours.model)
+    grads = list(zip(x_train.split(128)[:4], y_train.split(128)[:4], strict=True))
+    start = time.perf_counter()
+    nets: dict[str, nn.Module] = {"bayesian compressed": ours.model}
+    matching: dict[str, Any] = {}
+    before = {}
+    for kind in ("magnitude", "taylor"):
+        current[0] = f"tp {kind}"
+        net, found = tp_prune_to_flops(det, kind, target, example, grads)
+        recalibrate_bn(net, calibration)
+        before[f"tp {kind}"] = val_acc(net)["accuracy"]
+        finetune(net)
+        nets[f"tp {kind}"] = net
+        matching[kind] = {**found, "flops": flops(net), "target": target}
+    seconds["tp_match_and_finetune"] = time.perf_counter() - start
+    level = next(g for g in ours.grid if g["sparsity"] == ours.sparsity)
+    before = {"bayesian compressed": level["val_accuracy_pruned"], **before}
+    after = {k: val_acc(m)["accuracy"] for k, m in nets.items()}
+    print(f"  compressed: sparsity {ours.sparsity}, val {before} -> {after}", flush=True)
+    if tracer is not None:
+        _restores(nets, data, args, seed, tracer, fit)
+        return {"seed": seed, "trace": traced, "sparsity": ours.sparsity, "matching": matching}
+
+    # --- the test and OOD test sets, read once per contender
+    start = time.perf_counter()
+    x_test, y_test = data["test"]
+    mean = bp.scorer((x_test, y_test), mode="mean", ood=data["ood"], seed=seed)
+    mc = bp.scorer((x_test, y_test), mode="mc", samples=args.mc_samples, ood=data["ood"], seed=seed)
+    models = {"deterministic (dense)": det, "bayesian (dense)": bayes, **nets}
+    dense_flops = flops(det)
+    scores = {}
+    for key, model in models.items():
+        scorer = mc if key.startswith("bayesian") else mean
+        row = {k: v for k, v in scorer(model).items() if not k.startswith("mean_")}
+        row["flops"] = flops(model)
+        row["flops_ratio"] = row["flops"] / dense_flops
+        row["parameters_deployed"] = deployed_weights(model)
+        row["channels"] = stage_channels(model)
+        scores[key] = row
+        print(f"  {key}: {_short(row)}", flush=True)
+    seconds["test"] = time.perf_counter() - start
+    start = time.perf_counter()
+    deploy = onnx_checks(models, x_test[:256], args)
+    seconds["onnx"] = time.perf_counter() - start
+    return {
+        "seed": seed,
+        "contenders": scores,
+        "val_accuracy": {
+            "dense_deterministic": val_acc(det)["accuracy"],
+            "dense_bayesian": ours.dense_val_accuracy,
+            "pruned_before_finetune": before,
+            "after_finetune": after,
+        },
+        "bayesian_compression": {
+            "sparsity": ours.sparsity,
+            "within_tolerance": ours.within_tolerance,
+            "grid": ours.grid,
+            "shrink_max_abs_difference": ours.shrink.get("max_abs_difference"),
+            "shrink_notes": ours.shrink.get("notes", []),
+        },
+        "tp_matching": matching,
+        "onnx": deploy,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    }
+
+
+def _label(net: nn.Module) -> str:
+    return "bayesian" if any(True for _ in bp.nn.variational_layers(net)) else "deterministic"
+
+
+def _tracer(
+    data: dict[str, Any], args: argparse.Namespace, seed: int, out: dict[str, dict[str, float]]
+) -> Any:
+    """`--trace`: score a stage on the second half of the validation split against MNIST
+    training images (Monte Carlo for a Bayesian net), and record it under a name."""
+    x, y = data["val"]
+    half = len(y) // 2
+    pick = ((x[half:], y[half:]), data["val_ood"][half:])
+    mc = bp.scorer(pick[0], mode="mc", samples=args.mc_samples, ood=pick[1], seed=seed)
+    mean = bp.scorer(pick[0], mode="mean", ood=pick[1], seed=seed)
+
+    def trace(name: str, model: nn.Module) -> None:
+        scorer = mc if _label(_unwrapped(model)) == "bayesian" else mean
+        row = {k: v for k, v in scorer(model).items() if not k.startswith("mean_")}
+        out[name] = row
+        print(f"    trace {name}: {_short(row)}", flush=True)
+
+    return trace
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return getattr(model, "model", model)
+
+
+def _restores(
+    nets: dict[str, nn.Module],
+    data: dict[str, Any],
+    args: argparse.Namespace,
+    seed: int,
+    tracer: Any,
+    fit: dict[str, Any],
+) -> None:
+    """`--trace`: the fine-tuned nets after temperature scaling (fitted on the first half
+    of the validation split), and the Bayesian one after its variances are re-estimated."""
+    x, y = data["val"]
+    half = len(y) // 2
+    for key, net in nets.items():
+        mode = "mc" if key.startswith("bayesian") else "mean"
+        scaled = bp.restore_uncertainty(
+            net, "temperature", val=(x[:half], y[:half]), mode=mode, samples=args.mc_samples
+        )
+        tracer(f"{key} + temperature", scaled)
+    ours = nets["bayesian compressed"]
+    options = {"batch_size": fit["batch_size"], "seed": seed}
+    variances = bp.restore_uncertainty(ours, "variances", train=data["train"], epochs=1, **options)
+    tracer("bayesian compressed + variances (1 epoch)", variances)
+
+
+def deployed_weights(model: nn.Module) -> int:
+    """Weights of the deployed (posterior-mean) network's conv and linear layers."""
+    return bp.metrics.model_size(model).weights
+
+
+def onnx_checks(
+    models: dict[str, nn.Module], batch: Tensor, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Export the dense Bayesian net (posterior mean; the dense deterministic net has the
+    same graph) and each compressed net; onnx_difference of each; latency, interleaved."""
+    keys = ["bayesian (dense)", "bayesian compressed", "tp magnitude", "tp taylor"]
+    out: dict[str, Any] = {"difference": {}, "latency_ms": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {}
+        for i, key in enumerate(keys):
+            paths[key] = compress.export_onnx(models[key], Path(folder) / f"{i}.onnx", SHAPE)
+            out["difference"][key] = compress.onnx_difference(paths[key], models[key], batch)
+        for size, repeats in ((1, args.latency_repeats), (256, max(5, args.latency_repeats // 20))):
+            times = onnx_latency(paths, size, repeats)
+            out["latency_ms"][f"batch {size}"] = {k: 1e3 * v for k, v in times.items()}
+    return out
+
+
+def _short(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float))
+
+
+# --- summaries ----------------------------------------------------------------------------------
+
+
+def _mean_sd(values: list[float], digits: int = 4) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def _channels(ch: dict[str, Any]) -> str:
+    """stem / stage streams, and each stage's inner widths, e.g. 8 / 8 (8,8,8) / ..."""
+    parts = [str(ch["stem"])]
+    for stage in ("layer1", "layer2", "layer3"):
+        inner = ",".join(str(i) for i in ch[stage]["inner"])
+        parts.append(f"{ch[stage]['stream']} ({inner})")
+    return " / ".join(parts)
+
+
+def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for key in CONTENDERS:
+        row: dict[str, Any] = {"contender": key}
+        for metric in REPORTED:
+            values = [r["contenders"][key].get(metric) for r in runs]
+            row[metric] = "-" if None in values else _mean_sd(values, 3 if "flops" in metric else 4)
+        for size in ("batch 1", "batch 256"):
+            values = [r["onnx"]["latency_ms"][size].get(key) for r in runs]
+            if key == "deterministic (dense)":
+                values = [r["onnx"]["latency_ms"][size]["bayesian (dense)"] for r in runs]
+            row[f"ms, {size}"] = _mean_sd(values, 3)
+        rows.append(row)
+    return rows
+
+
+def goal(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's goal on seed means: compressed Bayesian at least as accurate as both
+    baselines, lower ECE, OOD AUROC within 0.02 of the dense Bayesian net's."""
+
+    def mean(key: str, metric: str) -> float:
+        return statistics.mean(r["contenders"][key][metric] for r in runs)
+
+    ours = "bayesian compressed"
+    rows = []
+    for base in ("tp magnitude", "tp taylor"):
+        rows.append(
+            {
+                "against": base,
+                "accuracy ours - theirs": mean(ours, "accuracy") - mean(base, "accuracy"),
+                "as accurate": mean(ours, "accuracy") >= mean(base, "accuracy"),
+                "ece ours / theirs": mean(ours, "ece") / mean(base, "ece"),
+                "better ece": mean(ours, "ece") < mean(base, "ece"),
+            }
+        )
+    drops = {
+        m: mean("bayesian (dense)", m) - mean(ours, m)
+        for m in ("ood_auroc_entropy", "ood_auroc_mi")
+    }
+    rows.append(
+        {
+            "against": "bayesian (dense), OOD AUROC drop",
+            "accuracy ours - theirs": mean(ours, "accuracy") - mean("bayesian (dense)", "accuracy"),
+            "as accurate": f"entropy {drops['ood_auroc_entropy']:+.4f}",
+            "ece ours / theirs": f"MI {drops['ood_auroc_mi']:+.4f}",
+            "better ece": f"within 0.02: {max(drops.values()) <= 0.02}",
+        }
+    )
+    return rows
+
+
+def per_seed_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        for key in CONTENDERS:
+            c = run["contenders"][key]
+            rows.append(
+                {
+                    "seed": run["seed"],
+                    "contender": key,
+                    **{m: c.get(m, "-") for m in REPORTED},
+                    "channels: stem / stage stream (block inner)": _channels(c["channels"]),
+                }
+            )
+    return rows
+
+
+def render(payload: dict[str, Any]) -> str:
+    s, runs = payload["settings"], payload["runs"]
+    matching = [
+        {
+            "seed": r["seed"],
+            "our sparsity": r["bayesian_compression"]["sparsity"],
+            "within tolerance": r["bayesian_compression"]["within_tolerance"],
+            "target FLOPs": r["tp_matching"]["magnitude"]["target"],
+            **{
+                f"{k}: mode, ratio, FLOPs gap": f"{v.get('mode', 'uniform')} "
+                f"{v['pruning_ratio']:.3f}, {v['flops_gap']:+.2%}"
+                for k, v in r["tp_matching"].items()
+            },
+            "shrunk - masked": r["bayesian_compression"]["shrink_max_abs_difference"],
+            "onnx - torch (ours)": r["onnx"]["difference"]["bayesian compressed"],
+            "val acc before / after fine-tune (ours, mag, taylor)": " / ".join(
+                ", ".join(f"{r['val_accuracy'][w][k]:.3f}" for k in r["val_accuracy"][w])
+                for w in ("pruned_before_finetune", "after_finetune")
+            ),
+        }
+        for r in runs
+    ]
+    return (
+        f"ResNet ({'-'.join(map(str, s['widths']))}, {s['blocks']} blocks per stage) on "
+        f"Fashion-MNIST: {s['train_limit']} training rows ({s['val_size']} of them held out "
+        f"for validation), {s['epochs']} epochs at lr {s['lr']} (cosine), batch "
+        f"{s['batch_size']}; Bayesian: Gaussian, `keep={s['keep']}`, KL weight "
+        f"{s['kl_weight']}. Compression: activation scores, sparsity grid {s['grid']}, "
+        f"validation accuracy tolerance {s['tolerance']}; every compressed net fine-tuned "
+        f"{s['finetune_epochs']} epoch(s) at lr {s['finetune_lr']}. Test: {s['test_limit']} "
+        f"Fashion-MNIST test images in, as many MNIST test images out; Monte-Carlo predictive "
+        f"{s['mc_samples']} samples for the Bayesian nets, one pass for the deterministic ones. "
+        f"Latency: onnxruntime, 1 intra-op thread, sessions interleaved, medians "
+        f"(the dense deterministic net shares the dense Bayesian net's exported graph). "
+        f"Seconds per seed: {[round(sum(r['seconds'].values())) for r in runs]}.\n\n"
+        f"## Mean ± sd over seeds {[r['seed'] for r in runs]}\n\n"
+        + md_table(summary_rows(runs))
+        + "\n## The issue's goal (seed means)\n\n"
+        + md_table(goal(runs))
+        + "\n## Compression level and FLOPs matching (validation only)\n\n"
+        + md_table(matching)
+        + "\n## Per seed\n\n"
+        + md_table(per_seed_rows(runs))
+    )
+
+
+def save(payload: dict[str, Any], name: str, command: str | None = None, machine=None) -> None:
+    write_results(name, payload, render(payload), command, machine)
+
+
+def merge(paths: list[str], name: str) -> None:
+    """One result from runs of different seeds with the same settings (separate processes)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    for part in parts[1:]:
+        differ = [
+            k
+            for k in first["settings"]
+            if k != "seeds" and part["settings"][k] != first["settings"][k]
+        ]
+        if differ:
+            raise SystemExit(f"{paths[0]} and the others differ in settings {differ}")
+    runs = {r["seed"]: r for part in reversed(parts) for r in part["runs"]}
+    payload = {
+        "settings": {**first["settings"], "seeds": sorted(runs)},
+        "runs": [runs[k] for k in sorted(runs)],
+        "load_average": [p.get("load_average") for p in parts],
+    }
+    command = " ; ".join(dict.fromkeys(p["command"] for p in parts))
+    save(payload, name, command, first["machine"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--widths", type=int, nargs=3, default=[8, 16, 32])
+    parser.add_argument("--blocks", type=int, default=3, help="basic blocks per stage")
+    parser.add_argument("--train-limit", type=int, default=10000, help="training rows (+val)")
+    parser.add_argument("--val-size", type=int, default=2000)
+    parser.add_argument("--test-limit", type=int, default=5000, help="test images, in and out")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--kl-weight", type=float, default=1.0)
+    parser.add_argument("--keep", nargs="*", default=["stem.0", "fc"], help="stay deterministic")
+    parser.add_argument(
+        "--grid", type=float, nargs="+", default=[0.2, 0.35, 0.5, 0.65], help="sparsities tried"
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=0.01, help="validation accuracy after fine-tuning"
+    )
+    parser.add_argument("--score-batches", type=int, default=8, help="of 256 training images")
+    parser.add_argument("--calibration-batches", type=int, default=8, help="BN statistics")
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--finetune-lr", type=float, default=5e-4, help="cosine to 0")
+    parser.add_argument("--mc-samples", type=int, default=12)
+    parser.add_argument("--latency-repeats", type=int, default=200, help="batch 1; /20 at 256")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default=NAME, help="result file name")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="diagnosis on validation only (no test set): every stage's validation metrics",
+    )
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="combine seed runs")
+    parser.add_argument("--rerender", metavar="JSON", help="rewrite the markdown from a JSON")
+    add_results_dir_option(parser)
+    args = parser.parse_args()
+    use_results_dir(args)
+    name = args.name
+    if args.merge:
+        merge(args.merge, name)
+        return
+    if args.rerender:
+        payload = json.loads(Path(args.rerender).read_text())
+        command, machine = payload.pop("command"), payload.pop("machine")
+        payload.pop("benchmark", None)
+        save(payload, name, command, machine)
+        return
+    del args.merge, args.rerender, args.name
+    torch.set_num_threads(args.threads)
+    payload: dict[str, Any] = {"settings": vars(args), "runs": []}
+    for seed in args.seeds:
+        print(f"seed {seed}", flush=True)
+        payload["runs"].append(run_seed(seed, args))
+        payload["load_average"] = list(os.getloadavg())
+        if args.trace:
+            write_results(name, payload, render_trace(payload))
+        else:
+            save(payload, name)
+
+
+def render_trace(payload: dict[str, Any]) -> str:
+    """`--trace`: each stage's validation metrics, per seed."""
+    rows = [
+        {"seed": run["seed"], "stage": stage, "ood_auroc_mi": "-", **values}
+        for run in payload["runs"]
+        for stage, values in run["trace"].items()
+    ]
+    return (
+        "Diagnosis on validation only (second half of the validation split; OOD: MNIST "
+        "training images; temperature fitted on the first half). Settings: "
+        f"{payload['settings']}\n\n" + md_table(rows)
+    )
+
+
+if __name__ == "__main__":
+    main()
