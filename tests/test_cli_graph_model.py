@@ -60,6 +60,9 @@ def test_compress_shrinks_the_residual_graph_and_it_reloads(resnet_run: Path) ->
     kept = sum(layer["units_after"] for layer in shrink["layers"])
     before = sum(layer["units_before"] for layer in shrink["layers"])
     assert kept < before  # channels really went, not only masks
+    # a unit rule deletes channels with their BatchNorm: none stays behind as a constant
+    assert all(layer["kept_dead_units"] == 0 for layer in shrink["layers"])
+    assert report["totals"]["flops_ratio"] > 1.2
     assert any(True for _ in variational_layers(model))  # still Bayesian
     # the reloaded model is the one compress evaluated: same posterior-mean metrics
     evaluation = json.loads((resnet_run / "evaluation.json").read_text())

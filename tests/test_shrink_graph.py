@@ -275,3 +275,38 @@ def test_resnetish_two_stages_with_a_downsampling_shortcut(family):
     assert result.followers["layer2.shortcut.1"] == [1, 2, 3, 4, 6, 7]
     assert result.model.layer2.conv1.in_channels == 4
     assert _params(result.model) < _params(model)
+
+
+class PaddedAfterBN(nn.Module):
+    """conv-BN-ReLU into a padded 3×3 conv: a dropped channel's BatchNorm constant
+    would meet the zero border, where no bias can absorb it exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(2, 6, 3, padding=1, bias=False), _bn(6)
+        self.conv2 = nn.Conv2d(6, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv2(F.relu(self.bn1(self.conv1(x))))
+        return self.head(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prune_units_deletes_the_channel_through_its_batchnorm(family):
+    """Units dropped by prune_units are deleted (BatchNorm scale and shift zeroed with
+    the weights), so they go even before a padded conv, and the shrunk net equals the
+    input model with those channels deleted by hand."""
+    model = _build(PaddedAfterBN, family)
+    x = torch.randn(3, 2, 7, 7, dtype=torch.float64)
+    result = shrink_graph(model, x, prune_units={"conv1": [0, 2, 5]})
+    record = {r.name: r for r in result.layers}["conv1"]
+    assert record.units_after == 3 and record.kept_dead_units == 0
+    assert result.model.bn1.num_features == 3 and result.model.conv2.in_channels == 3
+    by_hand = _build(PaddedAfterBN, family)
+    _kill(by_hand, "conv1", [1, 3, 4])
+    with torch.no_grad():
+        by_hand.bn1.weight[[1, 3, 4]] = 0.0
+        by_hand.bn1.bias[[1, 3, 4]] = 0.0
+    assert torch.allclose(_out(result.model, x), _out(by_hand, x), atol=TOL)
+    assert model.bn1.weight.ne(0).all()  # the input model is not modified

@@ -155,6 +155,7 @@ class _GraphShrinker:
         self.folded: dict[str, int] = {}
         self.kept_dead: dict[str, int] = {}
         self.masked = 0
+        self.silenced = 0  # normalisation channels zeroed after dropped units
         self.bn_variance_dropped: set[str] = set()
         self._cache: dict[tuple[str, str], Any] = {}  # this round's posterior-mean layers
 
@@ -277,9 +278,42 @@ class _GraphShrinker:
                     f"layers: {[p.name for p in cg.producers]}"
                 )
 
+    def _forced_groups(self, cg: ChannelGraph, dead: set[int]) -> set[int]:
+        """The dead groups holding a unit that `prune_units` drops."""
+        groups: set[int] = set()
+        for p in cg.producers:
+            if p.name in self.forced:
+                drop = ~self.forced[p.name][self.kept[p.name]]
+                groups |= {cg.find(i) for u, i in enumerate(p.ids) if drop[u]}
+        return groups & dead
+
+    def _silence_followers(self, cg: ChannelGraph, groups: set[int]) -> None:
+        """Zero the affine scale and shift of normalisations after dropped channels, here
+        and in the reference: a dropped channel is deleted, not left at BatchNorm's
+        constant β − γμ/σ, which a padded convolution downstream could not fold."""
+        for f in cg.followers:
+            module = self.model.get_submodule(f.name)
+            if is_prunable(module) or getattr(module, "weight", None) is None:
+                continue
+            bias = getattr(module, "bias", None)
+            live = module.weight.detach() != 0
+            if bias is not None:
+                live |= bias.detach() != 0
+            rows = [u for u, i in enumerate(f.ids) if cg.find(i) in groups and live[u]]
+            if rows:
+                original = self.kept[f.name][rows].tolist()
+                for model, idx in ((self.model, rows), (self.reference, original)):
+                    norm = model.get_submodule(f.name)
+                    with torch.no_grad():
+                        norm.weight[idx] = 0.0
+                        if getattr(norm, "bias", None) is not None:
+                            norm.bias[idx] = 0.0
+                self.silenced += len(rows)
+
     def _mask_dead(self, cg: ChannelGraph, dead: set[int]) -> bool:
         """Mask the dead units that still have weights, here and in the reference."""
-        before = self.masked
+        before = self.masked + self.silenced
+        self._silence_followers(cg, self._forced_groups(cg, dead))
         for p in cg.producers:
             w = self._deployed(p.name).weight.detach()
             live = ~(w.flatten(1) == 0).all(1).cpu()
@@ -289,7 +323,7 @@ class _GraphShrinker:
                 _mask_rows(self.reference, p.name, self.kept[p.name][rows].tolist())
                 self.masked += len(rows)
         self._cache.clear()
-        return self.masked > before
+        return self.masked + self.silenced > before
 
     def round(self) -> bool:
         """One analysis, fold and cut; False when nothing could be removed."""
@@ -433,12 +467,15 @@ def shrink_graph(
 
     `example_inputs`: one batch for `model(*example_inputs)` (a tensor or a tuple);
     its spatial size fixes where folding is checked. `prune_units` = {layer name: units
-    to KEEP (indices or boolean mask)} drops the others as if their incoming weights
-    were masked. `passthrough`: extra module types that act on each channel apart;
-    `leaf_modules`: module types kept whole (their channels are kept). `check`
-    compares the shrunk and the masked input model on the example inputs in
-    posterior-mean mode and raises GraphShrinkError beyond `tolerance` (relative to
-    the output's scale). The input model is not modified.
+    to KEEP (indices or boolean mask)} deletes the others: their incoming weights are
+    masked and the scale and shift of a normalisation after them (BatchNorm…) zeroed,
+    so the channel is 0 rather than BatchNorm's constant, which a padded convolution
+    downstream could not absorb (the check compares against that model).
+    `passthrough`: extra module types that act on each channel apart; `leaf_modules`:
+    module types kept whole (their channels are kept). `check` compares the shrunk and
+    the masked input model on the example inputs in posterior-mean mode and raises
+    GraphShrinkError beyond `tolerance` (relative to the output's scale). The input
+    model is not modified.
     """
     if not 0.0 <= inclusion_threshold < 1.0:
         raise ValueError(f"inclusion_threshold must be in [0, 1), got {inclusion_threshold}")
@@ -466,6 +503,12 @@ def shrink_graph(
         result.notes.append(
             f"{worker.masked} units dropped by prune_units / the inclusion threshold still had "
             "weights: they were masked first (the result equals the masked model)"
+        )
+    if worker.silenced:
+        result.notes.append(
+            f"{worker.silenced} normalisation channels after units dropped by prune_units had "
+            "their scale and shift zeroed: the result equals the model with those channels "
+            "deleted, not only masked"
         )
     for name in sorted(worker.bn_variance_dropped):
         result.notes.append(

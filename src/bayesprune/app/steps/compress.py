@@ -100,14 +100,19 @@ def compression_masks(
     return weight_masks_for(model, masks, level), info
 
 
-def _shrunk(pruned: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Module, dict[str, Any]]:
+def _shrunk(
+    pruned: nn.Module, input_shape: tuple[int, ...], unit_masks: dict[str, Tensor] | None
+) -> tuple[nn.Module, dict[str, Any]]:
     """The physically smaller model and a record: a chain by `shrink`, any other graph
-    (residual additions, BatchNorm…) by `shrink_graph` on a two-row example batch."""
+    (residual additions, BatchNorm…) by `shrink_graph` on a two-row example batch.
+    Units removed by a unit-level rule (`unit_masks`) are deleted there, their BatchNorm
+    channels with them, instead of leaving BatchNorm's constant to fold."""
     if isinstance(pruned, nn.Sequential):
         result = shrink(pruned, input_shape)
         return result.model, {**result.as_dict(), "architecture": result.architecture}
     example = torch.zeros(2, *input_shape)
-    graph = shrink_graph(pruned, example)
+    keep = {name: m.flatten(1).any(1) for name, m in (unit_masks or {}).items()}
+    graph = shrink_graph(pruned, example, prune_units=keep or None)
     return graph.model, {"graph": True, **graph.as_dict()}
 
 
@@ -153,7 +158,8 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
     final, shrink_info = pruned, None
     if c.shrink:
         try:
-            final, shrink_info = _shrunk(pruned, data.input_shape)
+            unit_masks = masks if info["level"] == "unit" else None
+            final, shrink_info = _shrunk(pruned, data.input_shape, unit_masks)
         except (TypeError, ValueError, GraphShrinkError, GraphTraceError) as err:
             shrink_info = {"skipped": str(err)}
             run.log(f"compress: shrink skipped ({err})")
