@@ -255,6 +255,12 @@ def _check_model(m: ModelConfig, data: DataConfig) -> None:
     for key in m.layer:
         if key not in valid:
             raise _unknown("model.layer", key, valid)
+    if "in_channels" in allowed and data.name not in IMAGE_SETS:
+        raise ConfigError(
+            f"model.builder {m.builder!r} is a convolutional network for images, but data "
+            f"{data.name!r} is a table; use data.name one of {sorted(IMAGE_SETS)} or "
+            "model.builder 'mlp'"
+        )
     if data.name in IMAGE_SETS and m.builder == "mlp" and m.kwargs.get("in_features", 784) != 784:
         raise ConfigError("model.kwargs.in_features must be 784 for 28×28 images (or unset)")
 

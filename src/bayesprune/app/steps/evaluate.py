@@ -148,6 +148,8 @@ def evaluate_models(run: Run, which: str, progress: bool, curve: bool) -> dict[s
     """`evaluate_run` for a caller that already holds the run's lock (e.g. `compress`)."""
     names = ["trained", "compressed"] if which == "auto" else [which]
     names = [n for n in names if which != "auto" or run.has_model(n)]
+    if not names:  # a folder whose training never finished
+        run.load_model("trained")  # raises: the model file is missing, and how to make it
     results = run.read_json(EVALUATION) or {}
     for name in tqdm(names, desc="evaluate", disable=not progress, leave=False):
         entry = cached_entry(run, name)
