@@ -1,0 +1,253 @@
+"""One autograd node per layer for the shared weight draw and its KL (Bayes by Backprop).
+
+With the "shared" estimator a training step of a Gaussian layer needs, per weight,
+σ = softplus(ρ), a normal draw ε, the sample w = μ + σε for the linear map and the
+KL term of the loss, then the gradients of both. Written with autograd's own
+operations that is about twenty passes over weight-sized tensors (σ, σ², the slope of
+softplus, the KL's terms, each gradient accumulated separately); this node does the
+forward work in the passes the maths needs and the backward in about six, for the
+weight and the bias together, and computes the KL from the same draw:
+
+- closed-form KL (`GaussianTerms`, `MixtureBoundTerms`): exact, as before;
+- the one-sample Monte-Carlo KL of the scale mixture (`MixtureSampledTerms`):
+  log q(w) − log p(w) at the w of the forward pass, the estimate of Bayes by
+  Backprop, unbiased.
+
+d/dρ = (g_w ε + ∂KL/∂σ) · sigmoid(ρ) and d/dμ = g_w + ∂KL/∂μ, with g_w the gradient
+that reaches w (for the Monte-Carlo KL, including ∂KL/∂w). The layer leaves the KL
+output for its `kl()` (see `_GaussianLayer._fused_draw`); a backward pass through the
+node marks it used, so a KL read after an optimiser step is computed afresh.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+class KLTerms(Protocol):
+    """A prior's KL to N(μ, σ²) as the node needs it: a value and its partial derivatives.
+
+    `value` returns Σ KL over the elements and what `grads` needs again; `grads`
+    returns (∂/∂w, ∂/∂μ, ∂/∂σ) times the upstream gradient `g` (None where zero), with
+    w = μ + σε the forward pass's sample and ε held fixed.
+    """
+
+    def value(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> tuple[Tensor, Any]: ...
+
+    def grads(
+        self, saved: Any, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor, g: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor]: ...
+
+    def plain(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> Tensor:
+        """The same Σ KL in plain autograd operations (reference and torch.func path)."""
+        ...
+
+
+def _minus_inv(sigma: Tensor, g: Tensor) -> Tensor:
+    """−g / σ, the gradient of −g Σ log σ, in a fresh tensor (every KL has that term)."""
+    return torch.reciprocal(sigma).mul_(-g)
+
+
+@dataclass(frozen=True)
+class GaussianTerms:
+    """KL(N(μ, σ²) ‖ N(0, s²)) = log s − log σ + (σ² + μ²) / (2s²) − ½, closed form."""
+
+    scale: float
+
+    def value(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> tuple[Tensor, Any]:
+        flat_mu, flat_sigma = mu.reshape(-1), sigma.reshape(-1)
+        squares = torch.dot(flat_sigma, flat_sigma) + torch.dot(flat_mu, flat_mu)
+        constant = mu.numel() * (math.log(self.scale) - 0.5)
+        return squares * (0.5 / self.scale**2) - torch.log(flat_sigma).sum() + constant, None
+
+    def grads(
+        self, saved: Any, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor, g: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        scaled = g / self.scale**2
+        return None, mu * scaled, _minus_inv(sigma, g).addcmul_(sigma, scaled)
+
+    def plain(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> Tensor:
+        s2 = self.scale**2
+        elem = (sigma.square() + mu.square()) / (2 * s2) - torch.log(sigma)
+        return elem.sum() + mu.numel() * (math.log(self.scale) - 0.5)
+
+
+@dataclass(frozen=True)
+class _MixtureConstants:
+    """π N(0, s1²) + (1 − π) N(0, s2²): c_j = log π_j − log s_j and k_j = 1 / (2 s_j²)."""
+
+    pi: float
+    scale1: float
+    scale2: float
+
+    @property
+    def c1(self) -> float:
+        return math.log(self.pi) - math.log(self.scale1)
+
+    @property
+    def c2(self) -> float:
+        return math.log1p(-self.pi) - math.log(self.scale2)
+
+    @property
+    def k1(self) -> float:
+        return 0.5 / self.scale1**2
+
+    @property
+    def dk(self) -> float:
+        return self.k1 - 0.5 / self.scale2**2
+
+
+@dataclass(frozen=True)
+class MixtureSampledTerms(_MixtureConstants):
+    """One-sample Monte-Carlo KL to the scale mixture at the forward pass's w.
+
+    Per element, with u = w² and z = (k1 − k2) u + c2 − c1:
+    log q(w) − log p(w) = −ε²/2 − log σ − c1 + k1 u − softplus(z), ∂/∂w = 2w (k1 − (k1 −
+    k2) sigmoid(z)), ∂/∂σ = −1/σ (with ε fixed; the path through w is the node's).
+    """
+
+    def value(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> tuple[Tensor, Any]:
+        flat_w, flat_eps = w.reshape(-1), eps.reshape(-1)
+        z = torch.mul(w, w).mul_(self.dk).add_(self.c2 - self.c1)
+        value = (
+            self.k1 * torch.dot(flat_w, flat_w)
+            - 0.5 * torch.dot(flat_eps, flat_eps)
+            - torch.log(sigma).sum()
+            - F.softplus(z).sum()
+            - mu.numel() * self.c1
+        )
+        return value, z
+
+    def grads(
+        self, saved: Any, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor, g: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        d_w = torch.sigmoid(saved).mul_(-self.dk).add_(self.k1).mul_(w).mul_(2 * g)
+        return d_w, None, _minus_inv(sigma, g)
+
+    def plain(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> Tensor:
+        u = w.square()
+        z = self.dk * u + (self.c2 - self.c1)
+        elem = self.k1 * u - 0.5 * eps.square() - torch.log(sigma) - F.softplus(z)
+        return (elem - self.c1).sum()
+
+
+@dataclass(frozen=True)
+class MixtureBoundTerms(_MixtureConstants):
+    """The closed-form upper bound of the mixture KL (see `ScaleMixturePrior`).
+
+    Per element, with t = μ² + σ² and z = (k1 − k2) t + c2 − c1: k1 t − log σ −
+    softplus(z) − ½ − c1; ∂/∂t = k1 − (k1 − k2) sigmoid(z), ∂/∂μ = 2μ ∂/∂t, ∂/∂σ = 2σ
+    ∂/∂t − 1/σ.
+    """
+
+    def value(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> tuple[Tensor, Any]:
+        z = torch.mul(mu, mu).addcmul_(sigma, sigma)
+        t_sum = z.sum()
+        z.mul_(self.dk).add_(self.c2 - self.c1)
+        value = (
+            self.k1 * t_sum
+            - torch.log(sigma).sum()
+            - F.softplus(z).sum()
+            - mu.numel() * (0.5 + self.c1)
+        )
+        return value, z
+
+    def grads(
+        self, saved: Any, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor, g: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        d_t = torch.sigmoid(saved).mul_(-self.dk).add_(self.k1).mul_(2 * g)
+        return None, mu * d_t, _minus_inv(sigma, g).addcmul_(d_t, sigma)
+
+    def plain(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> Tensor:
+        t = mu.square() + sigma.square()
+        z = self.dk * t + (self.c2 - self.c1)
+        elem = self.k1 * t - torch.log(sigma) - F.softplus(z) - (0.5 + self.c1)
+        return elem.sum()
+
+
+class DrawState:
+    """Whether a draw's KL may still be used: a backward pass through the node ends it."""
+
+    __slots__ = ("used",)
+
+    def __init__(self) -> None:
+        self.used = False
+
+
+class _WeightSample(torch.autograd.Function):
+    """(w_1, …, w_k, Σ KL) from (μ_1, ρ_1, …, μ_k, ρ_k): w_i = μ_i + softplus(ρ_i) ε_i.
+
+    Tensors are kept as ctx attributes (aliases without history), not saved tensors,
+    so the node can be backpropagated through twice (the data term's graph freed
+    first, the KL after), as `_SoftplusScales` can.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, terms: KLTerms, state: DrawState, *params: Tensor) -> tuple[Tensor, ...]:
+        ctx.set_materialize_grads(False)
+        ctx.terms, ctx.state = terms, state
+        kept, samples, total = [], [], None
+        for mu, rho in zip(params[0::2], params[1::2], strict=True):
+            sigma = F.softplus(rho)
+            eps = torch.randn_like(sigma)
+            w = torch.addcmul(mu, sigma, eps)
+            value, saved = terms.value(mu, sigma, eps, w)
+            total = value if total is None else total + value
+            kept.append((mu.detach(), rho.detach(), sigma, eps, w.detach(), saved))
+            samples.append(w)
+        ctx.kept = kept
+        return (*samples, total)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        ctx.state.used = True
+        g_kl = grads[-1]
+        out: list[Tensor | None] = [None, None]
+        for i, (mu, rho, sigma, eps, w, saved) in enumerate(ctx.kept):
+            g_w = grads[i]
+            d_w = d_mu = d_sigma = None
+            if g_kl is not None:
+                d_w, d_mu, d_sigma = ctx.terms.grads(saved, mu, sigma, eps, w, g_kl)
+            if d_w is None:
+                d_w = g_w
+            elif g_w is not None:
+                d_w.add_(g_w)
+            g_mu = d_w if d_mu is None else (d_mu if d_w is None else d_mu.add_(d_w))
+            if d_w is not None:
+                d_sigma = torch.mul(d_w, eps) if d_sigma is None else d_sigma.addcmul_(d_w, eps)
+            g_rho = None if d_sigma is None else d_sigma.mul_(torch.sigmoid(rho))
+            out += [g_mu, g_rho]
+        return tuple(
+            g if needed else None for g, needed in zip(out, ctx.needs_input_grad, strict=True)
+        )
+
+
+def sample_weights(terms: KLTerms, state: DrawState, *params: Tensor) -> tuple[Tensor, ...]:
+    """(w_1, …, w_k, Σ KL) for (μ_1, ρ_1, …): one weight draw per pair and its KL.
+
+    `state.used` turns True once a backward pass has gone through the draw. The draws
+    are made in the order of the pairs (the same normal numbers as drawing each
+    weight with `torch.randn_like` in turn).
+    """
+    return _WeightSample.apply(terms, state, *params)
+
+
+def sample_weights_plain(terms: KLTerms, *params: Tensor) -> tuple[Tensor, ...]:
+    """What `sample_weights` computes, in plain autograd operations (the reference)."""
+    samples, total = [], None
+    for mu, rho in zip(params[0::2], params[1::2], strict=True):
+        sigma = F.softplus(rho)
+        eps = torch.randn_like(sigma)
+        w = mu + sigma * eps
+        value = terms.plain(mu, sigma, eps, w)
+        total = value if total is None else total + value
+        samples.append(w)
+    return (*samples, total)
