@@ -52,7 +52,18 @@ class KLTerms(Protocol):
 
 def _minus_inv(sigma: Tensor, g: Tensor) -> Tensor:
     """−g / σ, the gradient of −g Σ log σ, in a fresh tensor (every KL has that term)."""
-    return torch.reciprocal(sigma).mul_(-g)
+    return torch.div(-g, sigma)
+
+
+Z_FLOOR = -80.0
+"""Where the mixture's z = (k1 − k2) w² + c2 − c1 is clamped: softplus(z) and sigmoid(z)
+are below 2e-35 there (a change far below float32's resolution of the sum), and exp of a
+smaller z is a denormal number, which costs a CPU about ten times a normal one."""
+
+
+def _mixture_z(u: Tensor, dk: float, c: float) -> Tensor:
+    """z = dk·u + c, clamped at `Z_FLOOR`, in `u`'s memory."""
+    return u.mul_(dk).add_(c).clamp_min_(Z_FLOOR)
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,7 @@ class GaussianTerms:
     def grads(
         self, saved: Any, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor, g: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        # ∂/∂μ = μ / s² (the node adds g_w to it), ∂/∂σ = σ / s² − 1 / σ
         scaled = g / self.scale**2
         return None, mu * scaled, _minus_inv(sigma, g).addcmul_(sigma, scaled)
 
@@ -115,7 +127,7 @@ class MixtureSampledTerms(_MixtureConstants):
 
     def value(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> tuple[Tensor, Any]:
         flat_w, flat_eps = w.reshape(-1), eps.reshape(-1)
-        z = torch.mul(w, w).mul_(self.dk).add_(self.c2 - self.c1)
+        z = _mixture_z(torch.mul(w, w), self.dk, self.c2 - self.c1)
         value = (
             self.k1 * torch.dot(flat_w, flat_w)
             - 0.5 * torch.dot(flat_eps, flat_eps)
@@ -128,7 +140,8 @@ class MixtureSampledTerms(_MixtureConstants):
     def grads(
         self, saved: Any, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor, g: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor]:
-        d_w = torch.sigmoid(saved).mul_(-self.dk).add_(self.k1).mul_(w).mul_(2 * g)
+        g2 = 2 * g  # 2g (k1 − dk sigmoid(z)) · w, the factor in sigmoid(z)'s memory
+        d_w = torch.sigmoid(saved).mul_(-self.dk * g2).add_(self.k1 * g2).mul_(w)
         return d_w, None, _minus_inv(sigma, g)
 
     def plain(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> Tensor:
@@ -150,7 +163,7 @@ class MixtureBoundTerms(_MixtureConstants):
     def value(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> tuple[Tensor, Any]:
         z = torch.mul(mu, mu).addcmul_(sigma, sigma)
         t_sum = z.sum()
-        z.mul_(self.dk).add_(self.c2 - self.c1)
+        _mixture_z(z, self.dk, self.c2 - self.c1)
         value = (
             self.k1 * t_sum
             - torch.log(sigma).sum()
@@ -162,7 +175,8 @@ class MixtureBoundTerms(_MixtureConstants):
     def grads(
         self, saved: Any, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor, g: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor]:
-        d_t = torch.sigmoid(saved).mul_(-self.dk).add_(self.k1).mul_(2 * g)
+        g2 = 2 * g
+        d_t = torch.sigmoid(saved).mul_(-self.dk * g2).add_(self.k1 * g2)
         return None, mu * d_t, _minus_inv(sigma, g).addcmul_(d_t, sigma)
 
     def plain(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> Tensor:
@@ -179,6 +193,13 @@ class DrawState:
 
     def __init__(self) -> None:
         self.used = False
+
+
+def _plus(fresh: Tensor | None, other: Tensor | None) -> Tensor | None:
+    """fresh + other, in `fresh`'s memory; either may be None (zero)."""
+    if fresh is None:
+        return other
+    return fresh if other is None else fresh.add_(other)
 
 
 class _WeightSample(torch.autograd.Function):
@@ -216,11 +237,8 @@ class _WeightSample(torch.autograd.Function):
             d_w = d_mu = d_sigma = None
             if g_kl is not None:
                 d_w, d_mu, d_sigma = ctx.terms.grads(saved, mu, sigma, eps, w, g_kl)
-            if d_w is None:
-                d_w = g_w
-            elif g_w is not None:
-                d_w.add_(g_w)
-            g_mu = d_w if d_mu is None else (d_mu if d_w is None else d_mu.add_(d_w))
+            d_w = _plus(d_w, g_w)  # d_w, d_mu, d_sigma are fresh; g_w is autograd's
+            g_mu = _plus(d_mu, d_w)
             if d_w is not None:
                 d_sigma = torch.mul(d_w, eps) if d_sigma is None else d_sigma.addcmul_(d_w, eps)
             g_rho = None if d_sigma is None else d_sigma.mul_(torch.sigmoid(rho))
