@@ -35,7 +35,8 @@ class KLTerms(Protocol):
     """A prior's KL to N(μ, σ²) as the node needs it: a value and its partial derivatives.
 
     `value` returns Σ KL over the elements and what `grads` needs again; `grads`
-    returns (∂/∂w, ∂/∂μ, ∂/∂σ) times the upstream gradient `g` (None where zero), with
+    returns ∂/∂w, a factor f with ∂/∂μ = μ·f (a tensor that broadcasts to μ) and ∂/∂σ,
+    each times the upstream gradient `g` (None where zero), with
     w = μ + σε the forward pass's sample and ε held fixed.
     """
 
@@ -83,7 +84,7 @@ class GaussianTerms:
     ) -> tuple[Tensor | None, Tensor | None, Tensor]:
         # ∂/∂μ = μ / s² (the node adds g_w to it), ∂/∂σ = σ / s² − 1 / σ
         scaled = g / self.scale**2
-        return None, mu * scaled, _minus_inv(sigma, g).addcmul_(sigma, scaled)
+        return None, scaled, _minus_inv(sigma, g).addcmul_(sigma, scaled)
 
     def plain(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> Tensor:
         s2 = self.scale**2
@@ -127,7 +128,7 @@ class MixtureSampledTerms(_MixtureConstants):
 
     def value(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> tuple[Tensor, Any]:
         flat_w, flat_eps = w.reshape(-1), eps.reshape(-1)
-        z = _mixture_z(torch.mul(w, w), self.dk, self.c2 - self.c1)
+        z = _mixture_z(torch.mul(w, w), self.dk, self.c2 - self.c1)  # u's memory
         value = (
             self.k1 * torch.dot(flat_w, flat_w)
             - 0.5 * torch.dot(flat_eps, flat_eps)
@@ -177,7 +178,7 @@ class MixtureBoundTerms(_MixtureConstants):
     ) -> tuple[Tensor | None, Tensor | None, Tensor]:
         g2 = 2 * g
         d_t = torch.sigmoid(saved).mul_(-self.dk * g2).add_(self.k1 * g2)
-        return None, mu * d_t, _minus_inv(sigma, g).addcmul_(d_t, sigma)
+        return None, d_t, _minus_inv(sigma, g).addcmul_(d_t, sigma)
 
     def plain(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> Tensor:
         t = mu.square() + sigma.square()
@@ -234,11 +235,14 @@ class _WeightSample(torch.autograd.Function):
         out: list[Tensor | None] = [None, None]
         for i, (mu, rho, sigma, eps, w, saved) in enumerate(ctx.kept):
             g_w = grads[i]
-            d_w = d_mu = d_sigma = None
+            d_w = mu_factor = d_sigma = None
             if g_kl is not None:
-                d_w, d_mu, d_sigma = ctx.terms.grads(saved, mu, sigma, eps, w, g_kl)
-            d_w = _plus(d_w, g_w)  # d_w, d_mu, d_sigma are fresh; g_w is autograd's
-            g_mu = _plus(d_mu, d_w)
+                d_w, mu_factor, d_sigma = ctx.terms.grads(saved, mu, sigma, eps, w, g_kl)
+            d_w = _plus(d_w, g_w)  # d_w and d_sigma are fresh; g_w is autograd's
+            if mu_factor is None:
+                g_mu = d_w
+            else:
+                g_mu = mu * mu_factor if d_w is None else torch.addcmul(d_w, mu, mu_factor)
             if d_w is not None:
                 d_sigma = torch.mul(d_w, eps) if d_sigma is None else d_sigma.addcmul_(d_w, eps)
             g_rho = None if d_sigma is None else d_sigma.mul_(torch.sigmoid(rho))
