@@ -35,8 +35,8 @@ class KLTerms(Protocol):
     """A prior's KL to N(μ, σ²) as the node needs it: a value and its partial derivatives.
 
     `value` returns Σ KL over the elements and what `grads` needs again; `grads`
-    returns ∂/∂w, a factor f with ∂/∂μ = μ·f (a tensor that broadcasts to μ) and ∂/∂σ,
-    each times the upstream gradient `g` (None where zero), with
+    returns factors f_w, f_μ with ∂/∂w = w·f_w and ∂/∂μ = μ·f_μ (tensors that broadcast,
+    or None for zero) and ∂/∂σ, each times the upstream gradient `g`, with
     w = μ + σε the forward pass's sample and ε held fixed.
     """
 
@@ -62,9 +62,9 @@ are below 2e-35 there (a change far below float32's resolution of the sum), and 
 smaller z is a denormal number, which costs a CPU about ten times a normal one."""
 
 
-def _mixture_z(u: Tensor, dk: float, c: float) -> Tensor:
-    """z = dk·u + c, clamped at `Z_FLOOR`, in `u`'s memory."""
-    return u.mul_(dk).add_(c).clamp_min_(Z_FLOOR)
+def _mixture_z(a: Tensor, b: Tensor, dk: float, c: float) -> Tensor:
+    """z = dk·a·b + c, clamped at `Z_FLOOR` (two passes)."""
+    return torch.addcmul(a.new_tensor(c), a, b, value=dk).clamp_min_(Z_FLOOR)
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class MixtureSampledTerms(_MixtureConstants):
 
     def value(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> tuple[Tensor, Any]:
         flat_w, flat_eps = w.reshape(-1), eps.reshape(-1)
-        z = _mixture_z(torch.mul(w, w), self.dk, self.c2 - self.c1)  # u's memory
+        z = _mixture_z(w, w, self.dk, self.c2 - self.c1)
         value = (
             self.k1 * torch.dot(flat_w, flat_w)
             - 0.5 * torch.dot(flat_eps, flat_eps)
@@ -141,9 +141,12 @@ class MixtureSampledTerms(_MixtureConstants):
     def grads(
         self, saved: Any, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor, g: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor]:
-        g2 = 2 * g  # 2g (k1 − dk sigmoid(z)) · w, the factor in sigmoid(z)'s memory
-        d_w = torch.sigmoid(saved).mul_(-self.dk * g2).add_(self.k1 * g2).mul_(w)
-        return d_w, None, _minus_inv(sigma, g)
+        g2 = 2 * g  # ∂/∂w = w · 2g (k1 − dk sigmoid(z)), the factor in sigmoid(z)'s memory
+        return (
+            torch.sigmoid(saved).mul_(-self.dk * g2).add_(self.k1 * g2),
+            None,
+            _minus_inv(sigma, g),
+        )
 
     def plain(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> Tensor:
         u = w.square()
@@ -164,7 +167,7 @@ class MixtureBoundTerms(_MixtureConstants):
     def value(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> tuple[Tensor, Any]:
         z = torch.mul(mu, mu).addcmul_(sigma, sigma)
         t_sum = z.sum()
-        _mixture_z(z, self.dk, self.c2 - self.c1)
+        z.mul_(self.dk).add_(self.c2 - self.c1).clamp_min_(Z_FLOOR)
         value = (
             self.k1 * t_sum
             - torch.log(sigma).sum()
@@ -196,11 +199,11 @@ class DrawState:
         self.used = False
 
 
-def _plus(fresh: Tensor | None, other: Tensor | None) -> Tensor | None:
-    """fresh + other, in `fresh`'s memory; either may be None (zero)."""
-    if fresh is None:
-        return other
-    return fresh if other is None else fresh.add_(other)
+def _scaled_plus(base: Tensor | None, t: Tensor, factor: Tensor | None) -> Tensor | None:
+    """base + t·factor in one pass; None stands for zero."""
+    if factor is None:
+        return base
+    return t * factor if base is None else torch.addcmul(base, t, factor)
 
 
 class _WeightSample(torch.autograd.Function):
@@ -235,14 +238,11 @@ class _WeightSample(torch.autograd.Function):
         out: list[Tensor | None] = [None, None]
         for i, (mu, rho, sigma, eps, w, saved) in enumerate(ctx.kept):
             g_w = grads[i]
-            d_w = mu_factor = d_sigma = None
+            w_factor = mu_factor = d_sigma = None
             if g_kl is not None:
-                d_w, mu_factor, d_sigma = ctx.terms.grads(saved, mu, sigma, eps, w, g_kl)
-            d_w = _plus(d_w, g_w)  # d_w and d_sigma are fresh; g_w is autograd's
-            if mu_factor is None:
-                g_mu = d_w
-            else:
-                g_mu = mu * mu_factor if d_w is None else torch.addcmul(d_w, mu, mu_factor)
+                w_factor, mu_factor, d_sigma = ctx.terms.grads(saved, mu, sigma, eps, w, g_kl)
+            d_w = _scaled_plus(g_w, w, w_factor)
+            g_mu = _scaled_plus(d_w, mu, mu_factor)
             if d_w is not None:
                 d_sigma = torch.mul(d_w, eps) if d_sigma is None else d_sigma.addcmul_(d_w, eps)
             g_rho = None if d_sigma is None else d_sigma.mul_(torch.sigmoid(rho))
