@@ -19,6 +19,9 @@ TERMS = {
     "gaussian": GaussianTerms(0.7),
     "mixture_mc": MixtureSampledTerms(0.3, 1.0, 0.05),
     "mixture_bound": MixtureBoundTerms(0.3, 1.0, 0.05),
+    # the second component wider than the first: z is unbounded, log σ and softplus apart
+    "mixture_mc_wide_second": MixtureSampledTerms(0.3, 0.05, 1.0),
+    "mixture_bound_wide_second": MixtureBoundTerms(0.3, 0.05, 1.0),
 }
 
 
@@ -83,6 +86,20 @@ def test_data_term_and_kl_backpropagated_apart_sum_to_the_joint_gradient(name):
     second = torch.autograd.grad(kl, params)
     for j, f, s in zip(joint, first, second, strict=True):
         assert torch.allclose(j, (0 if f is None else f) + s)
+
+
+@pytest.mark.parametrize(
+    "terms", [MixtureSampledTerms(0.5, 1.0, 1e-3), MixtureSampledTerms(0.5, 1e-3, 1.0)]
+)
+def test_mixture_kl_of_far_out_weights_is_finite_and_exact(terms):
+    """Weights far into the wide component (z at its floor, or beyond e^z's range)."""
+    mu = torch.tensor([0.0, 1e-4, 2.0, 30.0], dtype=torch.float64)
+    rho = torch.full((4,), -5.0, dtype=torch.float64)
+    torch.manual_seed(0)
+    *_, kl = sample_weights(terms, DrawState(), mu, rho)
+    torch.manual_seed(0)
+    *_, ref = sample_weights_plain(terms, mu, rho)
+    assert torch.isfinite(kl) and kl.item() == pytest.approx(ref.item(), rel=1e-9)
 
 
 def test_mu_without_gradient_gets_none():

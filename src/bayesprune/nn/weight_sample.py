@@ -92,6 +92,18 @@ class GaussianTerms:
         return elem.sum() + mu.numel() * (math.log(self.scale) - 0.5)
 
 
+def _log_sigma_softplus(sigma: Tensor, z: Tensor, z_max: float) -> Tensor:
+    """Σ log σ + Σ softplus(z) for z ≤ `z_max`.
+
+    As Σ log(σ + σ e^z): one logarithm per element, not two (softplus is exp and
+    log1p); z ≥ `Z_FLOOR`, so e^z is never a denormal. Where e^z could overflow (a prior
+    whose z can exceed 80) the two sums apart.
+    """
+    if z_max > 80.0:
+        return torch.log(sigma).sum() + F.softplus(z).sum()
+    return torch.exp(z).mul_(sigma).add_(sigma).log_().sum()
+
+
 @dataclass(frozen=True)
 class _MixtureConstants:
     """π N(0, s1²) + (1 − π) N(0, s2²): c_j = log π_j − log s_j and k_j = 1 / (2 s_j²)."""
@@ -116,6 +128,11 @@ class _MixtureConstants:
     def dk(self) -> float:
         return self.k1 - 0.5 / self.scale2**2
 
+    @property
+    def z_max(self) -> float:
+        """The largest z = dk·u + c2 − c1 over u ≥ 0 (unbounded where dk > 0)."""
+        return self.c2 - self.c1 if self.dk <= 0 else math.inf
+
 
 @dataclass(frozen=True)
 class MixtureSampledTerms(_MixtureConstants):
@@ -132,8 +149,7 @@ class MixtureSampledTerms(_MixtureConstants):
         value = (
             self.k1 * torch.dot(flat_w, flat_w)
             - 0.5 * torch.dot(flat_eps, flat_eps)
-            - torch.log(sigma).sum()
-            - F.softplus(z).sum()
+            - _log_sigma_softplus(sigma, z, self.z_max)
             - mu.numel() * self.c1
         )
         return value, z
@@ -170,8 +186,7 @@ class MixtureBoundTerms(_MixtureConstants):
         z.mul_(self.dk).add_(self.c2 - self.c1).clamp_min_(Z_FLOOR)
         value = (
             self.k1 * t_sum
-            - torch.log(sigma).sum()
-            - F.softplus(z).sum()
+            - _log_sigma_softplus(sigma, z, self.z_max)
             - mu.numel() * (0.5 + self.c1)
         )
         return value, z
