@@ -22,7 +22,7 @@ node marks it used, so a KL read after an optimiser step is computed afresh.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -44,7 +44,7 @@ class KLTerms(Protocol):
 
     def grads(
         self, saved: Any, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor, g: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor]: ...
+    ) -> tuple[Tensor | None, float | Tensor | None, Tensor]: ...
 
     def plain(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> Tensor:
         """The same Σ KL in plain autograd operations (reference and torch.func path)."""
@@ -56,15 +56,17 @@ def _minus_inv(sigma: Tensor, g: Tensor) -> Tensor:
     return torch.div(-g, sigma)
 
 
+def _number(g: Tensor) -> float | Tensor:
+    """The upstream gradient of the KL as a Python number where reading it costs no device
+    synchronisation (the CPU): element-wise operations take a number without wrapping it
+    in a tensor each time. On other devices the 0-d tensor itself."""
+    return g.item() if g.device.type == "cpu" else g
+
+
 Z_FLOOR = -80.0
 """Where the mixture's z = (k1 − k2) w² + c2 − c1 is clamped: softplus(z) and sigmoid(z)
 are below 2e-35 there (a change far below float32's resolution of the sum), and exp of a
 smaller z is a denormal number, which costs a CPU about ten times a normal one."""
-
-
-def _mixture_z(a: Tensor, b: Tensor, dk: float, c: float) -> Tensor:
-    """z = dk·a·b + c, clamped at `Z_FLOOR` (two passes)."""
-    return torch.addcmul(a.new_tensor(c), a, b, value=dk).clamp_min_(Z_FLOOR)
 
 
 @dataclass(frozen=True)
@@ -75,16 +77,19 @@ class GaussianTerms:
 
     def value(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> tuple[Tensor, Any]:
         flat_mu, flat_sigma = mu.reshape(-1), sigma.reshape(-1)
-        squares = torch.dot(flat_sigma, flat_sigma) + torch.dot(flat_mu, flat_mu)
-        constant = mu.numel() * (math.log(self.scale) - 0.5)
-        return squares * (0.5 / self.scale**2) - torch.log(flat_sigma).sum() + constant, None
+        value = torch.dot(flat_sigma, flat_sigma).add_(torch.dot(flat_mu, flat_mu))
+        value.mul_(0.5 / self.scale**2).sub_(flat_sigma.log().sum())
+        return value.add_(mu.numel() * (math.log(self.scale) - 0.5)), None
 
     def grads(
         self, saved: Any, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor, g: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor]:
+    ) -> tuple[Tensor | None, float | Tensor | None, Tensor]:
         # ∂/∂μ = μ / s² (the node adds g_w to it), ∂/∂σ = σ / s² − 1 / σ
-        scaled = g / self.scale**2
-        return None, scaled, _minus_inv(sigma, g).addcmul_(sigma, scaled)
+        scaled = _number(g) / self.scale**2
+        d_sigma = _minus_inv(sigma, g)
+        if isinstance(scaled, Tensor):
+            return None, scaled, d_sigma.addcmul_(sigma, scaled)
+        return None, scaled, d_sigma.add_(sigma, alpha=scaled)
 
     def plain(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> Tensor:
         s2 = self.scale**2
@@ -100,38 +105,43 @@ def _log_sigma_softplus(sigma: Tensor, z: Tensor, z_max: float) -> Tensor:
     whose z can exceed 80) the two sums apart.
     """
     if z_max > 80.0:
-        return torch.log(sigma).sum() + F.softplus(z).sum()
+        return torch.log(sigma).sum().add_(F.softplus(z).sum())
     return torch.exp(z).mul_(sigma).add_(sigma).log_().sum()
 
 
 @dataclass(frozen=True)
 class _MixtureConstants:
-    """π N(0, s1²) + (1 − π) N(0, s2²): c_j = log π_j − log s_j and k_j = 1 / (2 s_j²)."""
+    """π N(0, s1²) + (1 − π) N(0, s2²): c_j = log π_j − log s_j, k_j = 1 / (2 s_j²),
+    dk = k1 − k2, c = c2 − c1 and z_max, the largest z = dk·u + c over u ≥ 0 (unbounded
+    where dk > 0); computed once."""
 
     pi: float
     scale1: float
     scale2: float
+    c1: float = field(init=False)
+    c: float = field(init=False)
+    k1: float = field(init=False)
+    dk: float = field(init=False)
+    z_max: float = field(init=False)
 
-    @property
-    def c1(self) -> float:
-        return math.log(self.pi) - math.log(self.scale1)
+    def __post_init__(self) -> None:
+        c1 = math.log(self.pi) - math.log(self.scale1)
+        c2 = math.log1p(-self.pi) - math.log(self.scale2)
+        k1 = 0.5 / self.scale1**2
+        dk = k1 - 0.5 / self.scale2**2
+        z_max = c2 - c1 if dk <= 0 else math.inf
+        for name, value in (("c1", c1), ("c", c2 - c1), ("k1", k1), ("dk", dk), ("z_max", z_max)):
+            object.__setattr__(self, name, value)
 
-    @property
-    def c2(self) -> float:
-        return math.log1p(-self.pi) - math.log(self.scale2)
+    def _z(self, u: Tensor) -> Tensor:
+        """z = dk·u + c, clamped at `Z_FLOOR`, in u's memory."""
+        return u.mul_(self.dk).add_(self.c).clamp_min_(Z_FLOOR)
 
-    @property
-    def k1(self) -> float:
-        return 0.5 / self.scale1**2
-
-    @property
-    def dk(self) -> float:
-        return self.k1 - 0.5 / self.scale2**2
-
-    @property
-    def z_max(self) -> float:
-        """The largest z = dk·u + c2 − c1 over u ≥ 0 (unbounded where dk > 0)."""
-        return self.c2 - self.c1 if self.dk <= 0 else math.inf
+    def _factor(self, z: Tensor, g: Tensor) -> Tensor:
+        """2g (k1 − dk sigmoid(z)) in a fresh tensor: g · the derivative of
+        k1 u − softplus(z) with respect to u, times 2 (u = w² or μ² + σ²)."""
+        g2 = 2 * _number(g)
+        return torch.sigmoid(z).mul_(-self.dk * g2).add_(self.k1 * g2)
 
 
 @dataclass(frozen=True)
@@ -145,28 +155,20 @@ class MixtureSampledTerms(_MixtureConstants):
 
     def value(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> tuple[Tensor, Any]:
         flat_w, flat_eps = w.reshape(-1), eps.reshape(-1)
-        z = _mixture_z(w, w, self.dk, self.c2 - self.c1)
-        value = (
-            self.k1 * torch.dot(flat_w, flat_w)
-            - 0.5 * torch.dot(flat_eps, flat_eps)
-            - _log_sigma_softplus(sigma, z, self.z_max)
-            - mu.numel() * self.c1
-        )
-        return value, z
+        z = self._z(torch.mul(w, w))
+        value = torch.dot(flat_w, flat_w).mul_(self.k1)
+        value.sub_(torch.dot(flat_eps, flat_eps), alpha=0.5)
+        value.sub_(_log_sigma_softplus(sigma, z, self.z_max))
+        return value.sub_(mu.numel() * self.c1), z
 
     def grads(
         self, saved: Any, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor, g: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor]:
-        g2 = 2 * g  # ∂/∂w = w · 2g (k1 − dk sigmoid(z)), the factor in sigmoid(z)'s memory
-        return (
-            torch.sigmoid(saved).mul_(-self.dk * g2).add_(self.k1 * g2),
-            None,
-            _minus_inv(sigma, g),
-        )
+    ) -> tuple[Tensor | None, float | Tensor | None, Tensor]:
+        return self._factor(saved, g), None, _minus_inv(sigma, g)
 
     def plain(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> Tensor:
         u = w.square()
-        z = self.dk * u + (self.c2 - self.c1)
+        z = self.dk * u + self.c
         elem = self.k1 * u - 0.5 * eps.square() - torch.log(sigma) - F.softplus(z)
         return (elem - self.c1).sum()
 
@@ -181,26 +183,21 @@ class MixtureBoundTerms(_MixtureConstants):
     """
 
     def value(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> tuple[Tensor, Any]:
-        z = torch.mul(mu, mu).addcmul_(sigma, sigma)
-        t_sum = z.sum()
-        z.mul_(self.dk).add_(self.c2 - self.c1).clamp_min_(Z_FLOOR)
-        value = (
-            self.k1 * t_sum
-            - _log_sigma_softplus(sigma, z, self.z_max)
-            - mu.numel() * (0.5 + self.c1)
-        )
-        return value, z
+        t = torch.mul(mu, mu).addcmul_(sigma, sigma)
+        value = t.sum().mul_(self.k1)
+        z = self._z(t)
+        value.sub_(_log_sigma_softplus(sigma, z, self.z_max))
+        return value.sub_(mu.numel() * (0.5 + self.c1)), z
 
     def grads(
         self, saved: Any, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor, g: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor]:
-        g2 = 2 * g
-        d_t = torch.sigmoid(saved).mul_(-self.dk * g2).add_(self.k1 * g2)
+    ) -> tuple[Tensor | None, float | Tensor | None, Tensor]:
+        d_t = self._factor(saved, g)
         return None, d_t, _minus_inv(sigma, g).addcmul_(d_t, sigma)
 
     def plain(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> Tensor:
         t = mu.square() + sigma.square()
-        z = self.dk * t + (self.c2 - self.c1)
+        z = self.dk * t + self.c
         elem = self.k1 * t - torch.log(sigma) - F.softplus(z) - (0.5 + self.c1)
         return elem.sum()
 
@@ -214,11 +211,16 @@ class DrawState:
         self.used = False
 
 
-def _scaled_plus(base: Tensor | None, t: Tensor, factor: Tensor | None) -> Tensor | None:
-    """base + t·factor in one pass; None stands for zero."""
+def _scaled_plus(base: Tensor | None, t: Tensor, factor: float | Tensor | None) -> Tensor | None:
+    """base + t·factor in one pass and a fresh tensor (`base` may be autograd's own);
+    None stands for zero."""
     if factor is None:
         return base
-    return t * factor if base is None else torch.addcmul(base, t, factor)
+    if base is None:
+        return t * factor
+    if isinstance(factor, Tensor):
+        return torch.addcmul(base, t, factor)
+    return torch.add(base, t, alpha=factor)
 
 
 class _WeightSample(torch.autograd.Function):
