@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bayesprune.nn import BayesConv2d, BayesLinear, GaussianPrior, ScaleMixturePrior
+from bayesprune.nn.gaussian import _random_signs
 from bayesprune.nn.weight_sample import (
     DrawState,
     GaussianTerms,
@@ -47,8 +48,9 @@ def _seeded(fn, seed=1):
     return call
 
 
+@pytest.mark.parametrize("centred", [False, True])
 @pytest.mark.parametrize("name", list(TERMS))
-def test_node_matches_plain_autograd_in_value_and_gradients(name):
+def test_node_matches_plain_autograd_in_value_and_gradients(name, centred):
     terms = TERMS[name]
     params = _params()
     weights = [torch.randn(4, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)]
@@ -57,8 +59,10 @@ def test_node_matches_plain_autograd_in_value_and_gradients(name):
         w, b, kl = outputs
         return (w * weights[0]).sum() + (b * weights[1]).sum() + 0.3 * kl, kl
 
-    node_loss, node_kl = loss(_seeded(lambda *p: sample_weights(terms, DrawState(), *p))(*params))
-    plain_loss, plain_kl = loss(_seeded(lambda *p: sample_weights_plain(terms, *p))(*params))
+    node = _seeded(lambda *p: sample_weights(terms, DrawState(), *p, centred=centred))
+    plain = _seeded(lambda *p: sample_weights_plain(terms, *p, centred=centred))
+    node_loss, node_kl = loss(node(*params))
+    plain_loss, plain_kl = loss(plain(*params))
     assert torch.allclose(node_kl, plain_kl)
     node_grads = torch.autograd.grad(node_loss, params)
     plain_grads = torch.autograd.grad(plain_loss, params)
@@ -66,20 +70,22 @@ def test_node_matches_plain_autograd_in_value_and_gradients(name):
         assert torch.allclose(n, p)
 
 
+@pytest.mark.parametrize("centred", [False, True])
 @pytest.mark.parametrize("name", list(TERMS))
-def test_node_passes_gradcheck_in_float64(name):
+def test_node_passes_gradcheck_in_float64(name, centred):
     terms = TERMS[name]
-    fn = _seeded(lambda *p: sample_weights(terms, DrawState(), *p))
+    fn = _seeded(lambda *p: sample_weights(terms, DrawState(), *p, centred=centred))
     assert torch.autograd.gradcheck(fn, tuple(_params()))
 
 
+@pytest.mark.parametrize("centred", [False, True])
 @pytest.mark.parametrize("name", list(TERMS))
-def test_data_term_and_kl_backpropagated_apart_sum_to_the_joint_gradient(name):
+def test_data_term_and_kl_backpropagated_apart_sum_to_the_joint_gradient(name, centred):
     """The graph of the data term freed first, the KL's after: the same gradients."""
     terms = TERMS[name]
     params = _params()
     torch.manual_seed(2)
-    w, b, kl = sample_weights(terms, state := DrawState(), *params)
+    w, b, kl = sample_weights(terms, state := DrawState(), *params, centred=centred)
     joint = torch.autograd.grad(w.sum() + b.square().sum() + kl, params, retain_graph=True)
     assert state.used
     first = torch.autograd.grad(w.sum() + b.square().sum(), params, allow_unused=True)
@@ -125,6 +131,7 @@ def test_sampled_mixture_kl_is_unbiased():
     assert abs(draws.mean() - brute) < 4 * draws.std() / math.sqrt(len(draws)) + 0.01
 
 
+@pytest.mark.parametrize("estimator", ["shared", "flipout"])
 @pytest.mark.parametrize(
     "prior",
     [
@@ -134,23 +141,33 @@ def test_sampled_mixture_kl_is_unbiased():
     ],
 )
 @pytest.mark.parametrize(
-    "make", [lambda p: BayesLinear(4, 3, prior=p), lambda p: BayesConv2d(2, 3, 2, prior=p)]
+    "make",
+    [
+        lambda p, e: BayesLinear(4, 3, prior=p, estimator=e),
+        lambda p, e: BayesConv2d(2, 3, 2, prior=p, estimator=e),
+    ],
 )
-def test_layer_kl_is_the_draws_and_gradients_match_plain_autograd(prior, make):
-    layer = make(prior).double()
+def test_layer_kl_is_the_draws_and_gradients_match_plain_autograd(prior, make, estimator):
+    layer = make(prior, estimator).double()
     with torch.no_grad():
         for name, p in layer.named_parameters():
             p.copy_(torch.randn_like(p) * 0.3 + (-2.5 if "rho" in name else 0.0))
-    x = torch.randn(
-        5, *((4,) if isinstance(layer, BayesLinear) else (2, 4, 4)), dtype=torch.float64
-    )
+    shape = (5, 4) if isinstance(layer, BayesLinear) else (5, 2, 4, 4)
+    x = torch.randn(*shape, dtype=torch.float64)
     torch.manual_seed(4)
     loss = layer(x).square().sum() + layer.kl()
     grads = torch.autograd.grad(loss, list(layer.parameters()))
-    torch.manual_seed(4)
+    torch.manual_seed(4)  # the reference: the same draws in the same order
     params = [layer.weight_mu, layer.weight_rho, layer.bias_mu, layer.bias_rho]
-    w, b, kl = sample_weights_plain(prior.sample_terms(), *params)
-    ref = layer._linear_map(x, w, b).square().sum() + kl
+    w, b, kl = sample_weights_plain(prior.sample_terms(), *params, centred=estimator == "flipout")
+    if estimator == "shared":
+        out = layer._linear_map(x, w, b)
+    else:
+        mean = layer._linear_map(x, layer.weight_mu, layer.bias_mu)
+        s_in = _random_signs(layer._unit_shape(x), x)
+        s_out = _random_signs(layer._unit_shape(mean), mean)
+        out = mean + s_out * layer._linear_map(x * s_in, w, b)
+    ref = out.square().sum() + kl
     ref_grads = torch.autograd.grad(ref, params)
     assert torch.allclose(loss, ref)
     assert all(torch.allclose(g, r) for g, r in zip(grads, ref_grads, strict=True))

@@ -259,10 +259,11 @@ class _GaussianLayer(VariationalLayer):
         pairs = [self.weight_mu, self.weight_rho]
         return pairs if self.bias_mu is None else [*pairs, self.bias_mu, self.bias_rho]
 
-    def _fused_draw(self) -> tuple[Tensor, Tensor | None] | None:
-        """The weight and bias samples and the layer's KL from one node (`nn.weight_sample`),
-        the KL left for `kl()`; None where the node does not apply (a weight mask, no
-        gradient, torch.func transforms, a prior without `sample_terms`)."""
+    def _fused_draw(self, centred: bool = False) -> tuple[Tensor, Tensor | None] | None:
+        """The weight and bias samples (`centred`: their noise σ·ε only) and the layer's KL
+        from one node (`nn.weight_sample`), the KL left for `kl()`; None where the node
+        does not apply (a weight mask, no gradient, torch.func transforms, a prior without
+        `sample_terms`)."""
         sample_terms = getattr(self.prior, "sample_terms", None)
         rho = self.weight_rho
         if sample_terms is None or self.weight_mask is not None:
@@ -271,7 +272,7 @@ class _GaussianLayer(VariationalLayer):
             return None
         params = self._variational_params()
         state = DrawState()
-        *drawn, kl = sample_weights(sample_terms(), state, *params)
+        *drawn, kl = sample_weights(sample_terms(), state, *params, centred=centred)
         cache = self.__dict__.setdefault("_scales_cache", _ScalesCache())
         refs = tuple(weakref.ref(p) for p in params)
         cache[_DRAW] = _Draw(refs, tuple((p._version, p.data_ptr()) for p in params), kl, state)
@@ -310,7 +311,7 @@ class _GaussianLayer(VariationalLayer):
 
     def _flipout(self, x: Tensor) -> Tensor:
         """op(x, μ) + s_out ⊙ op(x ⊙ s_in, Δ): one perturbation Δ, signs per example and unit."""
-        noise = self._weight_sample(centred=True)
+        noise = self._fused_draw(centred=True) or self._weight_sample(centred=True)
         mean = self._linear_map(x, self._masked(self.weight_mu), self.bias_mu)
         s_in = _random_signs(self._unit_shape(x), x)
         s_out = _random_signs(self._unit_shape(mean), mean)

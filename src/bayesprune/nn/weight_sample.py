@@ -224,7 +224,8 @@ def _scaled_plus(base: Tensor | None, t: Tensor, factor: float | Tensor | None) 
 
 
 class _WeightSample(torch.autograd.Function):
-    """(w_1, …, w_k, Σ KL) from (μ_1, ρ_1, …, μ_k, ρ_k): w_i = μ_i + softplus(ρ_i) ε_i.
+    """(w_1, …, w_k, Σ KL) from (μ_1, ρ_1, …, μ_k, ρ_k): w_i = μ_i + softplus(ρ_i) ε_i
+    (`centred`: σ_i ε_i in place of w_i).
 
     Tensors are kept as ctx attributes (aliases without history), not saved tensors,
     so the node can be backpropagated through twice (the data term's graph freed
@@ -232,9 +233,11 @@ class _WeightSample(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, terms: KLTerms, state: DrawState, *params: Tensor) -> tuple[Tensor, ...]:
+    def forward(
+        ctx: Any, terms: KLTerms, state: DrawState, centred: bool, *params: Tensor
+    ) -> tuple[Tensor, ...]:
         ctx.set_materialize_grads(False)
-        ctx.terms, ctx.state = terms, state
+        ctx.terms, ctx.state, ctx.centred = terms, state, centred
         kept, samples, total = [], [], None
         for mu, rho in zip(params[0::2], params[1::2], strict=True):
             sigma = F.softplus(rho)
@@ -243,7 +246,7 @@ class _WeightSample(torch.autograd.Function):
             value, saved = terms.value(mu, sigma, eps, w)
             total = value if total is None else total + value
             kept.append((mu.detach(), rho.detach(), sigma, eps, w.detach(), saved))
-            samples.append(w)
+            samples.append(sigma * eps if centred else w)
         ctx.kept = kept
         return (*samples, total)
 
@@ -252,16 +255,22 @@ class _WeightSample(torch.autograd.Function):
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         ctx.state.used = True
         g_kl = grads[-1]
-        out: list[Tensor | None] = [None, None]
+        out: list[Tensor | None] = [None, None, None]
         for i, (mu, rho, sigma, eps, w, saved) in enumerate(ctx.kept):
-            g_w = grads[i]
+            g_out = grads[i]
             w_factor = mu_factor = d_sigma = None
             if g_kl is not None:
                 w_factor, mu_factor, d_sigma = ctx.terms.grads(saved, mu, sigma, eps, w, g_kl)
-            d_w = _scaled_plus(g_w, w, w_factor)
+            # the gradient that reaches w = μ + σε, and the one that reaches σε
+            d_w = _scaled_plus(None if ctx.centred else g_out, w, w_factor)
             g_mu = _scaled_plus(d_w, mu, mu_factor)
-            if d_w is not None:
-                d_sigma = torch.mul(d_w, eps) if d_sigma is None else d_sigma.addcmul_(d_w, eps)
+            d_noise = d_w
+            if ctx.centred and g_out is not None:
+                d_noise = g_out if d_w is None else d_w + g_out
+            if d_noise is not None:
+                d_sigma = (
+                    torch.mul(d_noise, eps) if d_sigma is None else d_sigma.addcmul_(d_noise, eps)
+                )
             g_rho = None if d_sigma is None else d_sigma.mul_(torch.sigmoid(rho))
             out += [g_mu, g_rho]
         return tuple(
@@ -269,17 +278,23 @@ class _WeightSample(torch.autograd.Function):
         )
 
 
-def sample_weights(terms: KLTerms, state: DrawState, *params: Tensor) -> tuple[Tensor, ...]:
+def sample_weights(
+    terms: KLTerms, state: DrawState, *params: Tensor, centred: bool = False
+) -> tuple[Tensor, ...]:
     """(w_1, …, w_k, Σ KL) for (μ_1, ρ_1, …): one weight draw per pair and its KL.
 
-    `state.used` turns True once a backward pass has gone through the draw. The draws
-    are made in the order of the pairs (the same normal numbers as drawing each
-    weight with `torch.randn_like` in turn).
+    `centred`: return the noise σ_i ε_i instead of w_i (flipout perturbs the mean's
+    output with it); the KL is the same, at w_i = μ_i + σ_i ε_i. `state.used` turns True
+    once a backward pass has gone through the draw. The draws are made in the order of
+    the pairs (the same normal numbers as drawing each weight with `torch.randn_like` in
+    turn).
     """
-    return _WeightSample.apply(terms, state, *params)
+    return _WeightSample.apply(terms, state, centred, *params)
 
 
-def sample_weights_plain(terms: KLTerms, *params: Tensor) -> tuple[Tensor, ...]:
+def sample_weights_plain(
+    terms: KLTerms, *params: Tensor, centred: bool = False
+) -> tuple[Tensor, ...]:
     """What `sample_weights` computes, in plain autograd operations (the reference)."""
     samples, total = [], None
     for mu, rho in zip(params[0::2], params[1::2], strict=True):
@@ -288,5 +303,5 @@ def sample_weights_plain(terms: KLTerms, *params: Tensor) -> tuple[Tensor, ...]:
         w = mu + sigma * eps
         value = terms.plain(mu, sigma, eps, w)
         total = value if total is None else total + value
-        samples.append(w)
+        samples.append(sigma * eps if centred else w)
     return (*samples, total)
