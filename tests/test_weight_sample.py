@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bayesprune.nn import BayesConv2d, BayesLinear, GaussianPrior, ScaleMixturePrior
+from bayesprune.nn import BayesConv2d, BayesLinear, GaussianPrior, ScaleMixturePrior, weight_sample
 from bayesprune.nn.gaussian import _random_signs
 from bayesprune.nn.weight_sample import (
     DrawState,
@@ -48,9 +48,13 @@ def _seeded(fn, seed=1):
     return call
 
 
+@pytest.mark.parametrize("number", [True, False], ids=["cpu-number", "tensor"])
 @pytest.mark.parametrize("centred", [False, True])
 @pytest.mark.parametrize("name", list(TERMS))
-def test_node_matches_plain_autograd_in_value_and_gradients(name, centred):
+def test_node_matches_plain_autograd_in_value_and_gradients(name, centred, number, monkeypatch):
+    """Also with the KL's upstream gradient kept a tensor, as on devices other than the CPU."""
+    if not number:
+        monkeypatch.setattr(weight_sample, "_number", lambda g: g)
     terms = TERMS[name]
     params = _params()
     weights = [torch.randn(4, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)]

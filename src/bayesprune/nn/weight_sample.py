@@ -106,7 +106,7 @@ def _log_sigma_softplus(sigma: Tensor, z: Tensor, z_max: float) -> Tensor:
     """
     if z_max > 80.0:
         return torch.log(sigma).sum().add_(F.softplus(z).sum())
-    return torch.exp(z).mul_(sigma).add_(sigma).log_().sum()
+    return torch.addcmul(sigma, sigma, torch.exp(z)).log_().sum()
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,9 @@ class _MixtureConstants:
         """2g (k1 − dk sigmoid(z)) in a fresh tensor: g · the derivative of
         k1 u − softplus(z) with respect to u, times 2 (u = w² or μ² + σ²)."""
         g2 = 2 * _number(g)
-        return torch.sigmoid(z).mul_(-self.dk * g2).add_(self.k1 * g2)
+        if isinstance(g2, Tensor):
+            return torch.sigmoid(z).mul_(-self.dk * g2).add_(self.k1 * g2)
+        return torch.add(z.new_tensor(self.k1 * g2), torch.sigmoid(z), alpha=-self.dk * g2)
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class MixtureSampledTerms(_MixtureConstants):
 
     def value(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> tuple[Tensor, Any]:
         flat_w, flat_eps = w.reshape(-1), eps.reshape(-1)
-        z = self._z(torch.mul(w, w))
+        z = torch.addcmul(w.new_tensor(self.c), w, w, value=self.dk).clamp_min_(Z_FLOOR)
         value = torch.dot(flat_w, flat_w).mul_(self.k1)
         value.sub_(torch.dot(flat_eps, flat_eps), alpha=0.5)
         value.sub_(_log_sigma_softplus(sigma, z, self.z_max))
