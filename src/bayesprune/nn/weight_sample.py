@@ -137,6 +137,13 @@ class _MixtureConstants:
         """z = dk·u + c, clamped at `Z_FLOOR`, in u's memory."""
         return u.mul_(self.dk).add_(self.c).clamp_min_(Z_FLOOR)
 
+    def _z_of_square(self, w: Tensor) -> Tensor:
+        """z at u = w², clamped at `Z_FLOOR`: two passes on the CPU (a 0-d constant
+        there costs no copy to a device), three elsewhere."""
+        if w.device.type == "cpu":
+            return torch.addcmul(w.new_tensor(self.c), w, w, value=self.dk).clamp_min_(Z_FLOOR)
+        return self._z(torch.mul(w, w))
+
     def _factor(self, z: Tensor, g: Tensor) -> Tensor:
         """2g (k1 − dk sigmoid(z)) in a fresh tensor: g · the derivative of
         k1 u − softplus(z) with respect to u, times 2 (u = w² or μ² + σ²)."""
@@ -157,7 +164,7 @@ class MixtureSampledTerms(_MixtureConstants):
 
     def value(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> tuple[Tensor, Any]:
         flat_w, flat_eps = w.reshape(-1), eps.reshape(-1)
-        z = torch.addcmul(w.new_tensor(self.c), w, w, value=self.dk).clamp_min_(Z_FLOOR)
+        z = self._z_of_square(w)
         value = torch.dot(flat_w, flat_w).mul_(self.k1)
         value.sub_(torch.dot(flat_eps, flat_eps), alpha=0.5)
         value.sub_(_log_sigma_softplus(sigma, z, self.z_max))
