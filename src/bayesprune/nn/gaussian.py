@@ -21,8 +21,9 @@ option), all unbiased for the output of a weight sample w ~ q:
 The default is chosen by time to accuracy, not step cost (docs/speed.md): on MNIST
 LeNet-300-100 at batch 128 "shared" reached 97 % validation accuracy in 13 % less
 CPU time than "lrt" (97.5 %: 2 % less), and the scale-mixture network of record
-ended at 1.93 ± 0.09 % test error against 1.96 ± 0.06 % (40 epochs, 3 seeds); at
-batch 1024 its step costs 1.3× a deterministic step against 2.2× for "lrt".
+ended at 1.93 ± 0.09 % test error against 1.96 ± 0.06 % (40 epochs, 3 seeds); its
+step costs 1.9× a deterministic step at batch 128 and 1.2× at 1024, against 2.5× and
+2.2× for "lrt".
 
 With "shared", a training forward pass draws the weight and bias samples and computes
 the layer's KL in one autograd node (`nn.weight_sample`), which `kl()` then returns:
