@@ -1,12 +1,13 @@
 """One autograd node per layer for the shared weight draw and its KL (Bayes by Backprop).
 
-With the "shared" estimator a training step of a Gaussian layer needs, per weight,
-σ = softplus(ρ), a normal draw ε, the sample w = μ + σε for the linear map and the
-KL term of the loss, then the gradients of both. Written with autograd's own
-operations that is about twenty passes over weight-sized tensors (σ, σ², the slope of
-softplus, the KL's terms, each gradient accumulated separately); this node does the
-forward work in the passes the maths needs and the backward in about six, for the
-weight and the bias together, and computes the KL from the same draw:
+With the "shared" estimator (and for flipout's noise) a training step of a Gaussian
+layer needs, per weight, σ = softplus(ρ), a normal draw ε, the sample w = μ + σε for
+the linear map and the KL term of the loss, then the gradients of both. Written with
+autograd's own operations that was about twenty passes over weight-sized tensors with
+the N(0, 1) prior (σ² and the slope of softplus that nothing needed, each gradient
+accumulated separately), more for the mixture (w evaluated twice); this node makes
+about thirteen, forward and backward, for the weight and the bias together, and
+computes the KL from the same draw:
 
 - closed-form KL (`GaussianTerms`, `MixtureBoundTerms`): exact, as before;
 - the one-sample Monte-Carlo KL of the scale mixture (`MixtureSampledTerms`):
@@ -35,8 +36,8 @@ class KLTerms(Protocol):
     """A prior's KL to N(μ, σ²) as the node needs it: a value and its partial derivatives.
 
     `value` returns Σ KL over the elements and what `grads` needs again; `grads`
-    returns factors f_w, f_μ with ∂/∂w = w·f_w and ∂/∂μ = μ·f_μ (tensors that broadcast,
-    or None for zero) and ∂/∂σ, each times the upstream gradient `g`, with
+    returns factors f_w, f_μ with ∂/∂w = w·f_w and ∂/∂μ = μ·f_μ (numbers or tensors that
+    broadcast, None for zero) and ∂/∂σ, each times the upstream gradient `g`, with
     w = μ + σε the forward pass's sample and ε held fixed.
     """
 
@@ -47,7 +48,7 @@ class KLTerms(Protocol):
     ) -> tuple[Tensor | None, float | Tensor | None, Tensor]: ...
 
     def plain(self, mu: Tensor, sigma: Tensor, eps: Tensor, w: Tensor) -> Tensor:
-        """The same Σ KL in plain autograd operations (reference and torch.func path)."""
+        """The same Σ KL in plain autograd operations (the tests' reference)."""
         ...
 
 
