@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..options import Choice
 from .fused import gaussian_kl, mixture_kl_bound, mixture_kl_sampled
+from .weight_sample import GaussianTerms, KLTerms, MixtureBoundTerms, MixtureSampledTerms
 
 
 class GaussianPrior:
@@ -37,6 +38,10 @@ class GaussianPrior:
         # Σ [log(s/σ) + (σ² + μ²) / (2s²) − ½]: dot products and one log forward, two
         # element-wise passes backward (`fused`), over hundreds of thousands of weights.
         return gaussian_kl(mu, sigma, self.scale)
+
+    def sample_terms(self) -> KLTerms:
+        """The KL as the shared weight draw's node computes it (`nn.weight_sample`)."""
+        return GaussianTerms(self.scale)
 
     def config(self) -> dict[str, float | str]:
         return {"kind": "gaussian", "scale": self.scale}
@@ -111,6 +116,12 @@ class ScaleMixturePrior:
             return mixture_kl_sampled(mu, sigma, self.pi, self.scale1, self.scale2, noise)
         log_q = -0.5 * ((sample - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)
         return (log_q - self.log_prob(sample)).sum()
+
+    def sample_terms(self) -> KLTerms:
+        """The KL estimate `kl_estimator` as the shared weight draw's node computes it
+        (`nn.weight_sample`); Monte Carlo at the forward pass's own weight sample."""
+        cls = MixtureBoundTerms if self.kl_estimator == MixtureKL.BOUND else MixtureSampledTerms
+        return cls(self.pi, self.scale1, self.scale2)
 
     def config(self) -> dict[str, float | str]:
         return {

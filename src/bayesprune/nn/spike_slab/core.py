@@ -232,7 +232,8 @@ class _SpikeSlabLayer(_GaussianLayer, GatedLayer):
 
     def _slab_kl(self) -> Tensor:
         """Element-wise slab KL of the weights (0 where the weight mask removed a weight)."""
-        elem = normal_kl(self.weight_mu, self.weight_sigma, self.slab_scale)
+        # σ as the training forward pass left it (`_GaussianLayer._scales`), else fresh
+        elem = normal_kl(self.weight_mu, self._taken("weight_rho")[0][0], self.slab_scale)
         if self.weight_mask is not None:
             elem = torch.where(self.weight_mask.bool(), elem, torch.zeros_like(elem))
         return elem
@@ -240,7 +241,7 @@ class _SpikeSlabLayer(_GaussianLayer, GatedLayer):
     def _bias_slab_kl(self) -> Tensor | None:
         if self.bias_mu is None:
             return None
-        return normal_kl(self.bias_mu, self.bias_sigma, self.slab_scale)
+        return normal_kl(self.bias_mu, self._taken("bias_rho")[0][0], self.slab_scale)
 
     def _effective_posterior(
         self, inclusion: Tensor, bias_inclusion: Tensor | None

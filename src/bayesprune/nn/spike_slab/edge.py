@@ -143,12 +143,12 @@ class _EdgeSpikeSlab(_SpikeSlabLayer):
         if not self.sample:
             return self._linear_map(x, *self._deterministic_weights())
         weight_mean, weight_var = self._gated_moments(
-            self.weight_gate_logit, self.weight_mu, self.weight_sigma.square()
+            self.weight_gate_logit, self.weight_mu, self._scales("weight_rho")[1]
         )
         bias_mean = bias_var = None
         if self.bias_mu is not None:
             bias_mean, bias_var = self._gated_moments(
-                self.bias_gate_logit, self.bias_mu, self.bias_sigma.square()
+                self.bias_gate_logit, self.bias_mu, self._scales("bias_rho")[1]
             )
         return self._lrt(
             x, self._masked(weight_mean), bias_mean, self._masked(weight_var), bias_var

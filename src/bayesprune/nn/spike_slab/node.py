@@ -96,8 +96,8 @@ class _NodeSpikeSlab(_SpikeSlabLayer):
             return self._marginal_forward(x)
         if self.input_gate_logit is not None:
             x = x * self._unit_gates(self.input_gate_logit, x)
-        weight_var = self._masked(self.weight_sigma.square())
-        bias_var = None if self.bias_rho is None else self.bias_sigma.square()
+        weight_var = self._masked(self._scales("weight_rho")[1])
+        bias_var = None if self.bias_rho is None else self._scales("bias_rho")[1]
         out = self._lrt(x, self._masked(self.weight_mu), self.bias_mu, weight_var, bias_var)
         if self.gate_logit is not None:
             out = out * self._unit_gates(self.gate_logit, out)
@@ -112,13 +112,13 @@ class _NodeSpikeSlab(_SpikeSlabLayer):
         analytic, so a unit the likelihood needs feels the noise its doubtful gate adds.
         """
         w_mu = self._masked(self.weight_mu)
-        w_var = self._masked(self.weight_sigma.square())
+        w_var = self._masked(self._scales("weight_rho")[1])
         if self.input_gate_logit is not None:
             self._channel_dim(self.input_gate_logit, x)
             g = self._weight_gate_product(None, self.input_gamma)
             w_var = g * w_var + g * (1 - g) * w_mu.square()
             w_mu = g * w_mu
-        bias_var = None if self.bias_rho is None else self.bias_sigma.square()
+        bias_var = None if self.bias_rho is None else self._scales("bias_rho")[1]
         mean = self._linear_map(x, w_mu, self.bias_mu)
         var = self._linear_map(x * x, w_var, bias_var)
         if self.gate_logit is not None:
