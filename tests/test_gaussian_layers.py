@@ -250,7 +250,7 @@ def test_builders_have_the_published_shapes():
     with pytest.raises(ValueError, match="valid"):
         bp.mlp(3, [4], 2, activation="swish")
     with pytest.raises(ValueError, match="valid"):
-        bp.build("resnet")
+        bp.build("resnet50")
 
 
 @pytest.mark.parametrize("estimator", GradientEstimator.values())
