@@ -11,12 +11,15 @@ over `functional_call` of stacked modules), loaded from git into a temporary mod
 
     python benchmarks/screen_speed.py --design bai --replicates 3 --impls new old
     python benchmarks/screen_speed.py --design correlated --replicates 3 --impls new old
+    python benchmarks/screen_speed.py --design correlated --step-cost
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import math
 import os
 import statistics
 import subprocess
@@ -39,8 +42,8 @@ OLD_COMMIT = "a362f81"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def old_screen() -> Any:
-    """`screen_features` as committed at OLD_COMMIT, imported as bayesprune._screen_old."""
+def old_module() -> Any:
+    """bayesprune/screen.py as committed at OLD_COMMIT, imported as bayesprune._screen_old."""
     source = subprocess.run(
         ["git", "show", f"{OLD_COMMIT}:src/bayesprune/screen.py"],
         cwd=REPO,
@@ -56,13 +59,67 @@ def old_screen() -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    return module.screen_features
+    return module
+
+
+def old_screen() -> Any:
+    return old_module().screen_features
 
 
 def new_screen() -> Any:
     from bayesprune.screen import screen_features
 
     return screen_features
+
+
+def step_cost(args: argparse.Namespace, repeats: int = 5) -> dict[str, Any]:
+    """CPU ms per training step of stage 1's paired run, old vs new, interleaved.
+
+    One run of all candidates trained 1 and 4 epochs (one Monte-Carlo sample in the
+    evaluation): the difference over the 3 extra epochs' steps is the step cost without
+    the setup and evaluation. Median over `repeats`, after one warm-up run of each.
+    """
+    from bayesprune.likelihoods import make_likelihood
+    from bayesprune.screen_batched import Training, paired_gains
+
+    old = old_module()
+    data = DESIGNS[args.design](n=args.n, p=args.p, seed=args.seed)
+    x, y = data.train
+    x = x.float()
+    selected = GATES_KEEP[args.design]
+    candidates = [i for i in range(args.p) if i not in selected]
+    steps = 3 * math.ceil(len(x) / 128)
+    runs: dict[str, Any] = {
+        "old": lambda kw: old._paired_gains(x, y, selected, candidates, old._Training(**kw), 0),
+        "new": lambda kw: paired_gains(x, y, selected, candidates, Training(**kw), [0]),
+    }
+
+    def settings(epochs: int) -> dict[str, Any]:
+        return dict(
+            likelihood=make_likelihood("gaussian"), out_features=1, hidden=(7, 7, 7),
+            activation="relu", epochs=epochs, min_steps=0, lr=1e-2, batch_size=128,
+            mc_samples=1,
+        )  # fmt: skip
+
+    for run in runs.values():  # warm-up: one-time costs stay out of the differences
+        run(settings(1))
+    cost: dict[str, list[float]] = {"old": [], "new": []}
+    for _ in range(repeats):
+        for impl, run in runs.items():
+            seconds = []
+            for epochs in (1, 4):
+                started = time.process_time()
+                run(settings(epochs))
+                seconds.append(time.process_time() - started)
+            cost[impl].append(1e3 * (seconds[1] - seconds[0]) / steps)
+    median = {impl: statistics.median(v) for impl, v in cost.items()}
+    return {
+        "candidates": len(candidates),
+        "cpu_ms_per_step": {k: [round(v, 1) for v in vs] for k, vs in cost.items()},
+        "median_cpu_ms_per_step": {k: round(v, 1) for k, v in median.items()},
+        "old_over_new": round(median["old"] / median["new"], 2),
+        "load_1min": round(os.getloadavg()[0], 2),
+    }
 
 
 def replicate(args: argparse.Namespace, impl: str, screen: Any, seed: int) -> dict[str, Any]:
@@ -127,8 +184,24 @@ def main() -> None:
     parser.add_argument("--impls", nargs="+", choices=["new", "old"], default=["new", "old"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default=None, help="results file name")
+    parser.add_argument(
+        "--step-cost", action="store_true",
+        help="only the CPU cost of one training step, old vs new (interleaved, 5 repeats)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.step_cost:
+        cost = step_cost(args)
+        print(json.dumps(cost))
+        name = args.name or f"screen_step_cost_{args.design}"
+        markdown = (
+            f"Design `{args.design}`, p = {args.p}, seed {args.seed}: CPU ms per training step "
+            f"of stage 1's paired run ({cost['candidates']} candidates + the baseline, batch "
+            f"128, 7-7-7), old ({OLD_COMMIT}) vs new, interleaved, {args.threads} thread(s)."
+            "\n\n" + md_table([{k: str(v) for k, v in cost.items()}])
+        )
+        print(write_results(name, {"settings": vars(args), "step_cost": cost}, markdown))
+        return
     screens = {"new": new_screen, "old": old_screen}
     loaded = {impl: screens[impl]() for impl in args.impls}
 
