@@ -192,8 +192,8 @@ def paired_gains(
     One paired run per seed (all members trained at once). Without `held_out`: ELBO
     gains on all rows. With it (one boolean row mask per seed): run k trains on the
     rows outside mask k and scores the gain in log predictive density of its rows.
-    Runs whose training sets differ in size are trained one batch of equal sizes at
-    a time (their step schedules differ).
+    Runs whose training sets have the same size (the same step schedule) train as
+    groups of one batched run; uneven folds make two such runs.
     """
     masks: list[Tensor | None] = list(held_out) if held_out is not None else [None] * len(seeds)
     sizes = [len(x) if m is None else int((~m).sum()) for m in masks]
@@ -216,6 +216,7 @@ def _batched_run(
     seeds: list[int],
     masks: list[Tensor | None],
 ) -> Tensor:
+    """[runs, candidates] gains of runs with equally many training rows, as groups."""
     templates, groups = [], []
     for seed, mask in zip(seeds, masks, strict=True):
         torch.manual_seed(seed)
