@@ -10,8 +10,9 @@ network keeps it: the search misses it, not the posterior.
 The screen asks the question the gates cannot: for every excluded feature c, is the
 variational evidence of a network on S ∪ {c} higher than that of the same network on
 the selected features S? All candidate networks (mean-field Gaussian MLPs) are
-trained at once with `torch.func.vmap` over stacked copies of one network, and the
-comparison is paired: every member starts from the same weights, sees the same
+trained at once as one batched network (`screen_batched`: every member's parameters
+in one stacked tensor, each layer one batched matrix product), and the comparison is
+paired: every member starts from the same weights, sees the same
 mini-batches and the same noise draws, and the baseline S is the member whose extra
 input column is zero (its extra weights sit at the prior, KL 0). The gain of c is
 ELBO(S ∪ {c}) − ELBO(S) in nats: each ELBO bounds its log evidence from below, so
@@ -26,13 +27,14 @@ empirical null, median and 1.4826 · MAD). Two stages:
    gain is above the prior odds against a feature, log((1 − λ)/λ), and an outlier of
    the null at a Bonferroni-corrected level, z > Φ⁻¹(1 − α / #candidates);
 2. confirm out of sample: the shortlist and `decoys` random non-shortlisted candidates
-   (the null of this stage) are trained on all but one of `confirm_folds` folds and
-   scored by the log predictive density of the held-out fold, summed over the folds
-   (a cross-fitted, prequential-style evidence). A candidate is added when its
-   held-out gain exceeds the prior odds and exceeds max(0, the decoys' median) by more
-   than Φ⁻¹(1 − α / #shortlist) times the decoys' robust spread. In-sample gains carry
-   the winner's curse: among a thousand noise columns some correlate with the residual
-   by chance, and retraining on the same rows confirms the chance (it did on the
+   (the null of this stage) are trained on all but one of `confirm_folds` folds (the
+   folds' networks as groups of one batched run) and scored by the log predictive
+   density of the held-out fold, summed over the folds (a cross-fitted,
+   prequential-style evidence). A candidate is added when its held-out gain exceeds
+   the prior odds and exceeds max(0, the decoys' median) by more than
+   Φ⁻¹(1 − α / #shortlist) times the decoys' robust spread. In-sample gains carry the
+   winner's curse: among a thousand noise columns some correlate with the residual by
+   chance, and retraining on the same rows confirms the chance (it did on the
    correlated design); held-out rows do not.
 
 Rounds: a later round starts from S plus what the earlier ones added, so a feature
@@ -43,7 +45,6 @@ reach of add-one screening; the gates find those when the joint effect is large.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,16 +53,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch import Tensor
 
 from .data.xy import DataLike, as_xy
 from .likelihoods import Gaussian, Likelihood, make_likelihood
-from .models import mlp
 from .nn import default_prior_inclusion
-from .nn import kl as model_kl
-from .nn.gaussian import inverse_softplus
+from .screen_batched import Training, paired_gains
 
 
 @dataclass
@@ -116,26 +113,6 @@ class ScreenResult:
         }
 
 
-class _Member(nn.Module):
-    """One candidate network and its likelihood: returns (NLL per row, KL) for a batch."""
-
-    def __init__(self, net: nn.Module, likelihood: Likelihood) -> None:
-        super().__init__()
-        self.net = net
-        self.likelihood = likelihood
-
-    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.net(x)
-        if isinstance(self.likelihood, Gaussian):
-            # F.gaussian_nll_loss checks its variance with data-dependent control flow,
-            # which vmap cannot trace: the same formula written out.
-            mean, var = self.likelihood.mean_and_variance(out)
-            nll = 0.5 * (torch.log(2 * math.pi * var) + (y.reshape(-1) - mean).square() / var)
-        else:
-            nll = F.cross_entropy(out, y, reduction="none")
-        return nll, model_kl(self.net)
-
-
 def _check_features(selected: Sequence[int], candidates: Sequence[int], p: int) -> None:
     for name, values in (("selected", selected), ("candidates", candidates)):
         bad = [int(i) for i in values if not 0 <= int(i) < p]
@@ -153,91 +130,6 @@ def _null_statistics(gains: np.ndarray) -> tuple[float, float]:
     median = float(np.median(gains))
     scale = 1.4826 * float(np.median(np.abs(gains - median)))
     return median, max(scale, 1e-8)
-
-
-@dataclass(frozen=True)
-class _Training:
-    """How every candidate network is trained and its evidence estimated."""
-
-    likelihood: Likelihood
-    out_features: int
-    hidden: tuple[int, ...]
-    activation: str
-    epochs: int
-    min_steps: int
-    lr: float
-    batch_size: int
-    mc_samples: int
-
-
-def _paired_gains(
-    x: Tensor,
-    y: Tensor,
-    selected: list[int],
-    candidates: list[int],
-    how: _Training,
-    seed: int,
-    held_out: Tensor | None = None,
-) -> np.ndarray:
-    """Gain of S ∪ {c} over S per candidate, all members trained at once (paired).
-
-    Without `held_out`: ELBO gains on all rows. With it (a boolean row mask): trained on
-    the other rows, the gain in log predictive density of the held-out rows.
-    """
-    train_rows = torch.arange(len(x)) if held_out is None else torch.nonzero(~held_out).flatten()
-    n = len(train_rows)
-    torch.manual_seed(seed)
-    net = mlp(len(selected) + 1, how.hidden, how.out_features, activation=how.activation)
-    template = _Member(net, how.likelihood)
-    members = [copy.deepcopy(template) for _ in range(len(candidates) + 1)]
-    first = members[-1].net[0]  # the baseline: its extra column is zero, its weights at the prior
-    with torch.no_grad():
-        first.weight_mu[:, -1] = 0.0
-        first.weight_rho[:, -1] = inverse_softplus(torch.tensor(first.prior.scale))
-    params, buffers = stack_module_state(members)
-    skeleton = copy.deepcopy(template).to("meta")
-
-    def call(p_: dict[str, Tensor], b_: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Any:
-        return functional_call(skeleton, (p_, b_), (xb, yb))
-
-    # randomness="same": every member gets the same noise draws (paired comparison)
-    batched = vmap(call, in_dims=(0, 0, 0, None), randomness="same")
-    columns = torch.tensor([[*selected, c] for c in candidates] + [[*selected, 0]])
-
-    def member_inputs(rows: Tensor) -> Tensor:
-        xb = x[rows][:, columns].permute(1, 0, 2).contiguous()  # (members, batch, k)
-        xb[-1, :, -1] = 0.0
-        return xb
-
-    optimizer = torch.optim.Adam(list(params.values()), lr=how.lr)
-    order = torch.Generator().manual_seed(seed)
-    # small data: at least `min_steps` optimiser steps, or the extra weights keep the
-    # KL of their initial, tiny sigma and every gain is negative (wine: 2 steps / epoch)
-    epochs = max(how.epochs, math.ceil(how.min_steps / math.ceil(n / how.batch_size)))
-    for _ in range(epochs):
-        perm = train_rows[torch.randperm(n, generator=order)]
-        for start in range(0, n, how.batch_size):
-            rows = perm[start : start + how.batch_size]
-            nll, kl = batched(params, buffers, member_inputs(rows), y[rows])
-            loss = (nll.mean(-1) + kl / n).sum()  # members are independent: a sum trains each
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    with torch.no_grad():
-        if held_out is None:
-            everything = member_inputs(train_rows)
-            neg_elbo = torch.zeros(len(candidates) + 1)
-            for _ in range(how.mc_samples):
-                nll, kl = batched(params, buffers, everything, y[train_rows])
-                neg_elbo += (nll.sum(-1) + kl) / how.mc_samples
-            return (neg_elbo[-1] - neg_elbo[:-1]).numpy().astype(float)
-        rows = torch.nonzero(held_out).flatten()
-        inputs = member_inputs(rows)
-        log_lik = torch.stack(
-            [-batched(params, buffers, inputs, y[rows])[0] for _ in range(how.mc_samples)]
-        )  # (samples, members, rows)
-        lpd = (torch.logsumexp(log_lik, 0) - math.log(how.mc_samples)).sum(-1)
-        return (lpd[:-1] - lpd[-1]).numpy().astype(float)
 
 
 def screen_features(
@@ -298,7 +190,7 @@ def screen_features(
     if not 0 < lam < 1:
         raise ValueError(f"prior_inclusion must be in (0, 1), got {lam}")
     lik = make_likelihood(likelihood)
-    how = _Training(
+    how = Training(
         likelihood=lik,
         out_features=1 if isinstance(lik, Gaussian) else int(y.max()) + 1,
         hidden=tuple(hidden),
@@ -330,7 +222,7 @@ def _one_round(
     y: Tensor,
     selected: list[int],
     candidates: list[int],
-    how: _Training,
+    how: Training,
     lam: float,
     alpha: float,
     confirm_folds: int,
@@ -338,7 +230,7 @@ def _one_round(
     seed: int,
 ) -> ScreenResult:
     """Stage 1 over every candidate, stage 2 on its shortlist (see the module doc)."""
-    gains = _paired_gains(x, y, selected, candidates, how, seed)
+    gains = paired_gains(x, y, selected, candidates, how, [seed])[0].numpy().astype(float)
     median, null_scale = _null_statistics(gains)
     z = (gains - median) / null_scale
     min_gain = math.log((1 - lam) / lam)
@@ -358,8 +250,11 @@ def _one_round(
         fold[torch.randperm(n, generator=torch.Generator().manual_seed(seed))] = (
             torch.arange(n) % confirm_folds
         )
-        for k in range(confirm_folds):
-            held_out += _paired_gains(x, y, selected, tested, how, seed + 1000 * (k + 1), fold == k)
+        seeds = [seed + 1000 * (k + 1) for k in range(confirm_folds)]
+        masks = [fold == k for k in range(confirm_folds)]  # the folds: groups of one run
+        per_fold = paired_gains(x, y, selected, tested, how, seeds, masks)
+        for k in range(confirm_folds):  # summed in fold order, as before
+            held_out += per_fold[k].numpy().astype(float)
     confirm, decoy = held_out[: len(shortlist)], held_out[len(shortlist) :]
     decoy_median, decoy_scale = _null_statistics(decoy) if len(decoy) > 1 else (0.0, math.inf)
     # a null feature's expected held-out gain is at most 0: centre there unless the
