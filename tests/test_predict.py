@@ -158,3 +158,25 @@ def test_shared_weight_sampling_gives_the_same_predictive_and_restores_the_layer
     assert all(m.estimator == "lrt" for m in model if hasattr(m, "estimator"))
     with pytest.raises(ValueError, match="shared"):
         bp.predict(model, x, samples=2, sampling="per-weight")
+
+
+def test_shared_sampling_draws_one_network_per_pass():
+    """With sampling="shared" every batch of a pass uses the same weight draw: the
+    result does not depend on the batch size, each pass is one network (a row predicted
+    twice in a pass gets the same output), and no draw outlives the call."""
+    torch.manual_seed(0)
+    model = bp.models.lenet5_caffe(family="gaussian")
+    x = torch.rand(12, 1, 28, 28)
+    x[6:] = x[:6]  # every row twice, in different batches for batch_size=5
+    small = bp.predict(model, x, samples=4, seed=3, batch_size=5, sampling="shared",
+                       keep_samples=True)  # fmt: skip
+    large = bp.predict(model, x, samples=4, seed=3, batch_size=12, sampling="shared",
+                       keep_samples=True)  # fmt: skip
+    assert torch.allclose(small.samples, large.samples, atol=1e-5)
+    assert torch.allclose(small.samples[:, :6], small.samples[:, 6:], atol=1e-5)
+    assert not torch.allclose(small.samples[0], small.samples[1], atol=1e-3)  # passes differ
+    assert not any("_pass_draw" in vars(m) for m in model.modules())
+    mean = bp.predict(model, x, mode="mean", batch_size=5)
+    with bp.nn.use_posterior_mean(model):  # grad on: the default layout, not channels-last
+        reference = torch.softmax(model(x), dim=1).detach()
+    assert torch.allclose(mean.probs.float(), reference, atol=1e-5)

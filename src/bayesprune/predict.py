@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from . import metrics
 from .likelihoods import Likelihood, make_likelihood
 from .nn import GradientEstimator, use_posterior_mean
+from .nn.pass_draws import one_draw_per_pass
 from .options import Choice
 from .validation import check_input_dtype, forward_checked
 
@@ -128,12 +129,12 @@ def predict(
     `batch_size`). `progress` shows a bar over the forward passes (batches x samples).
     `batch_size=None` picks `default_batch_size(device)`.
 
-    `sampling="shared"` makes every Gaussian layer draw one weight sample per batch and
-    pass (its `estimator` set to "shared" for the call) instead of sampling each output
-    (local reparameterisation): each example's predictive distribution is the same, at
-    one linear map per layer instead of two, so Monte Carlo costs about a deterministic
-    pass per sample; only the draws of examples in one batch become correlated. None
-    keeps each layer's own estimator.
+    `sampling="shared"` makes every Gaussian layer draw one weight sample per pass (its
+    `estimator` set to "shared" for the call; per batch and pass for a loader) instead
+    of sampling each output (local reparameterisation): each example's predictive
+    distribution is the same, at one linear map per layer instead of two and one weight
+    draw per pass, so Monte Carlo costs about a deterministic pass per sample; only the
+    examples of one pass share their network. None keeps each layer's own estimator.
     """
     mode = PredictMode(mode).value
     if samples < 1:
@@ -160,9 +161,14 @@ def predict(
         ):
             if seed is not None:
                 torch.manual_seed(seed)
-            parts = _run(
-                model, batches, passes, device, lambda out: reduce(out, likelihood), progress
-            )
+
+            def reduced(out: Any) -> tuple[Tensor, ...]:
+                return reduce(out, likelihood)
+
+            if sampling == GradientEstimator.SHARED and passes > 1 and not batches.loader:
+                parts = _run_per_pass(model, batches, passes, device, reduced, progress)
+            else:
+                parts = _run(model, batches, passes, device, reduced, progress)
     finally:
         model.train(was_training)
     _check_finite_output(parts, batches.largest)
@@ -308,6 +314,31 @@ def _run(
     return [
         torch.cat([torch.stack([run[k] for run in batch]) for batch in per_batch], dim=1)
         for k in range(n_parts)
+    ]
+
+
+def _run_per_pass(
+    model: nn.Module,
+    batches: Iterable[Tensor],
+    passes: int,
+    device: torch.device,
+    reduce: Callable[[Any], tuple[Tensor, ...]],
+    progress: bool = False,
+) -> list[Tensor]:
+    """`_run` with one weight draw per pass shared by all batches (`one_draw_per_pass`)."""
+    inputs = [batch.to(device) for batch in batches]
+    per_pass: list[list[tuple[Tensor, ...]]] = []
+    with (
+        tqdm(desc="predict", unit="pass", disable=not progress, leave=False) as bar,
+        one_draw_per_pass(model) as redraw,
+    ):
+        for _ in range(passes):
+            redraw()
+            per_pass.append([reduce(forward_checked(model, batch)) for batch in inputs])
+            bar.update(len(inputs))
+    return [
+        torch.stack([torch.cat([out[k] for out in outs]) for outs in per_pass])
+        for k in range(len(per_pass[0][0]))
     ]
 
 

@@ -61,6 +61,15 @@ class GradientEstimator(Choice):
     FLIPOUT = "flipout"
 
 
+def channels_last_on_cpu(out: Tensor) -> Tensor:
+    """A CPU feature map in channels-last layout, where the max pooling and ReLU after a
+    convolution run several times faster than in torch's default layout (LeNet-5's
+    first pooling: 13 ms against 2.7 ms for 256 images); other outputs as they are."""
+    if out.dim() == 4 and out.device.type == "cpu":
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
 def inverse_softplus(sigma: Tensor) -> Tensor:
     """The ρ with softplus(ρ) = σ: σ + log(−expm1(−σ)), stable for small and large σ."""
     return sigma + torch.log(-torch.expm1(-sigma))
@@ -246,12 +255,16 @@ class _GaussianLayer(VariationalLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.sample:
-            return self._linear_map(x, *self._deterministic_weights())
+            out = self._linear_map(x, *self._deterministic_weights())
+            return out if torch.is_grad_enabled() else channels_last_on_cpu(out)
         if self.estimator == GradientEstimator.LRT:
             weight_var = self._masked(self._scales("weight_rho")[1])
             bias_var = None if self.bias_rho is None else self._scales("bias_rho")[1]
             return self._lrt(x, self._masked(self.weight_mu), self.bias_mu, weight_var, bias_var)
         if self.estimator == GradientEstimator.SHARED:
+            frozen = self.__dict__.get("_pass_draw")  # `one_draw_per_pass` holds a draw
+            if frozen is not None:
+                return channels_last_on_cpu(self._linear_map(x, *frozen))
             return self._linear_map(x, *(self._fused_draw() or self._weight_sample()))
         return self._flipout(x)
 
