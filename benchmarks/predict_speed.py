@@ -1,11 +1,13 @@
 """CPU cost of Monte-Carlo prediction: one network per pass vs a weight draw per batch.
 
 The same Gaussian LeNet-5-Caffe (or LeNet-300-100) with the shared estimator predicts
-random 28×28 images three ways, interleaved in one process so that machine load hits
+random 28×28 images four ways, interleaved in one process so that machine load hits
 all alike, on the thread's CPU clock at one torch thread:
 
-- `per pass`: `predict(..., sampling="shared")`, one weight draw per pass for every
-  batch, convolution outputs channels-last on CPU (what `bayesprune evaluate` does);
+- `per pass, channels-last`: `predict(..., sampling="shared", channels_last=True)`, one
+  weight draw per pass for every batch, convolution outputs channels-last on CPU (what
+  `bayesprune evaluate` does: the builders flatten with `nn.Flatten`);
+- `per pass`: the same in torch's default layout (`predict`'s default);
 - `per batch, 256` / `per batch, 1024`: `sampling=None`, each layer's own shared
   estimator, which draws per batch and keeps torch's default layout (the code before
   `one_draw_per_pass`), at the current and at the former default batch size.
@@ -49,7 +51,8 @@ def main() -> None:
     model = bp.models.build(args.model, family="gaussian", estimator="shared")
     x = torch.rand(args.rows, 1, 28, 28)
     ways = {
-        "per pass (sampling='shared')": {"sampling": "shared"},
+        "per pass, channels-last": {"sampling": "shared", "channels_last": True},
+        "per pass": {"sampling": "shared"},
         "per batch, 256 rows": {"sampling": None, "batch_size": 256},
         "per batch, 1024 rows": {"sampling": None, "batch_size": 1024},
     }
@@ -75,7 +78,7 @@ def main() -> None:
     text = (
         f"{args.model}, Gaussian, shared estimator; {args.rows} random 28×28 images, "
         f"{args.samples} Monte-Carlo passes; thread CPU seconds at one torch thread, the "
-        f"three ways interleaved, median of {args.repeats} rounds after one warm-up round.\n\n"
+        f"four ways interleaved, median of {args.repeats} rounds after one warm-up round.\n\n"
         + md_table(rows)
     )
     out = write_results(

@@ -180,3 +180,33 @@ def test_shared_sampling_draws_one_network_per_pass():
     with bp.nn.use_posterior_mean(model):  # grad on: the default layout, not channels-last
         reference = torch.softmax(model(x), dim=1).detach()
     assert torch.allclose(mean.probs.float(), reference, atol=1e-5)
+
+
+class _ViewsItsFeatureMap(torch.nn.Module):
+    """A user's CNN that flattens with `.view`, which a channels-last map refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.head = torch.nn.Linear(4 * 3 * 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+        return self.head(h.view(h.size(0), -1))
+
+
+def test_channels_last_is_opt_in_for_networks_that_view_their_feature_maps():
+    torch.manual_seed(0)
+    model = bp.convert(_ViewsItsFeatureMap(), "gaussian")
+    x = torch.rand(10, 1, 8, 8)
+    plain = bp.predict(model, x, samples=3, seed=0, sampling="shared")  # the default layout
+    assert plain.probs.shape == (10, 3)
+    with pytest.raises(ValueError, match="view size"):
+        bp.predict(model, x, samples=3, seed=0, sampling="shared", channels_last=True)
+    flat = bp.models.lenet5_caffe(family="gaussian")  # nn.Flatten: any layout
+    images = torch.rand(6, 1, 28, 28)
+    same = [
+        bp.predict(flat, images, samples=3, seed=0, sampling="shared", channels_last=c).probs
+        for c in (False, True)
+    ]
+    assert torch.allclose(same[0], same[1], atol=1e-5)

@@ -37,7 +37,8 @@ EVALUATION = "evaluation.json"
 def _settings(run: Run) -> dict[str, Any]:
     cfg = run.config.evaluate
     seed = run.config.train.seed
-    return {"samples": cfg.samples, "bins": cfg.bins, "seed": seed, "sampling": MC_SAMPLING}
+    return {"samples": cfg.samples, "bins": cfg.bins, "seed": seed, "sampling": MC_SAMPLING,
+            "draws": "per pass"}  # fmt: skip
 
 
 def _predict(model: nn.Module, run: Run, mode: str, progress: bool = False) -> Any:
@@ -51,6 +52,7 @@ def _predict(model: nn.Module, run: Run, mode: str, progress: bool = False) -> A
         seed=run.config.train.seed,
         progress=progress,
         sampling=MC_SAMPLING,
+        channels_last=True,  # the builders flatten with nn.Flatten, never .view
     )
 
 
