@@ -169,7 +169,7 @@ def predict(
             def reduced(out: Any) -> tuple[Tensor, ...]:
                 return reduce(out, likelihood)
 
-            if sampling == GradientEstimator.SHARED and passes > 1 and not batches.loader:
+            if sampling == GradientEstimator.SHARED and mode == "mc" and not batches.loader:
                 parts = _run_per_pass(
                     model, batches, passes, device, reduced, progress, channels_last
                 )
@@ -333,7 +333,7 @@ def _run_per_pass(
     channels_last: bool = False,
 ) -> list[Tensor]:
     """`_run` with one weight draw per pass shared by all batches (`one_draw_per_pass`)."""
-    inputs = [batch.to(device) for batch in batches]
+    inputs = list(batches)  # moved to the device batch by batch: it may not hold them all
     per_pass: list[list[tuple[Tensor, ...]]] = []
     with (
         tqdm(desc="predict", unit="pass", disable=not progress, leave=False) as bar,
@@ -341,7 +341,7 @@ def _run_per_pass(
     ):
         for _ in range(passes):
             redraw()
-            per_pass.append([reduce(forward_checked(model, batch)) for batch in inputs])
+            per_pass.append([reduce(forward_checked(model, b.to(device))) for b in inputs])
             bar.update(len(inputs))
     return [
         torch.stack([torch.cat([out[k] for out in outs]) for outs in per_pass])
