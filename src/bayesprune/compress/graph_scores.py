@@ -21,8 +21,10 @@ are part of what the sd sees. Channels the graph pins (model outputs, ops it doe
 understand) score +inf: they are not for removal. The data pass uses forward pre-hooks
 on the readers, so it streams any number of batches in constant memory.
 
-`keep_units` turns scores into the `prune_units` masks of `shrink_graph`; the width
-schedule of iterative pruning is `schedules.width_schedule`.
+`keep_units` turns scores into the `prune_units` masks of `shrink_graph`, one fraction
+of every layer (`scope="layer"`) or ranked across layers (`scope="global"`, each layer's
+scores over their mean; a residual group ranked as one); the width schedule of
+iterative pruning is `schedules.width_schedule`.
 """
 
 from __future__ import annotations
