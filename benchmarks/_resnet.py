@@ -232,6 +232,7 @@ def bayes_compress(
                     "val_accuracy_pruned": before,
                     "val_accuracy_finetuned": after,
                     "flops": flops(small),
+                    "channels": stage_channels(small),
                     "kept_dead_units": sum(r.kept_dead_units for r in result.layers),
                     "shrunk_minus_masked": result.max_abs_difference,
                 }
