@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from bayesprune import compress
 from bayesprune.compress.chain import deployed_weight
+from bayesprune.compress.graph_scores import _keep_global
 from bayesprune.metrics import count_flops
 
 SHAPE = (1, 28, 28)
@@ -158,21 +159,36 @@ class BayesCompression:
     allocation: str = "layer"
 
 
+ALLOCATIONS = ("layer", "global", "streams")
+
+
+def allocate(scores: dict[str, Tensor], sparsity: float, allocation: str) -> dict[str, Tensor]:
+    """Keep-masks: "layer" and "global" are `keep_units(scope=...)`; "streams" is the
+    global ranking with each residual group's scores times its number of layers (streams
+    kept wide, the shape Torch-Pruning's global ranking chose), a comparison only."""
+    if allocation == "streams":
+        return _keep_global(
+            {k: v.detach().cpu() for k, v in scores.items()}, sparsity, by_members=True
+        )
+    return compress.keep_units(scores, sparsity, scope=allocation)
+
+
 def global_keep_at_flops(
     model: nn.Module,
     scores: dict[str, Tensor],
     example: Tensor,
     target: int,
     steps: int = 12,
+    allocation: str = "global",
 ) -> tuple[float, dict[str, Tensor]]:
-    """The global (`keep_units(scope="global")`) sparsity whose shrunk net has the most
-    FLOPs not above `target` (bisected; FLOPs fall as the sparsity grows), and its masks:
-    so that the two allocations are compared at equal cost."""
+    """The sparsity of a cross-layer `allocation` whose shrunk net has the most FLOPs not
+    above `target` (bisected; FLOPs fall as the sparsity grows), and its masks: so that
+    the allocations are compared at equal cost."""
     lo, hi = 0.0, 0.95
-    best = (0.0, compress.keep_units(scores, 0.0, scope="global"))
+    best = (0.0, allocate(scores, 0.0, allocation))
     for _ in range(steps):
         mid = (lo + hi) / 2
-        keep = compress.keep_units(scores, mid, scope="global")
+        keep = allocate(scores, mid, allocation)
         got = flops(compress.shrink_graph(model, example, prune_units=keep).model)
         if got <= target:
             best, hi = (mid, keep), mid
@@ -202,9 +218,9 @@ def bayes_compress(
     accuracy is within `tolerance` of the dense net's is kept; the walk stops at the
     first level that is not. If none is, the level with the best validation accuracy
     (the closest point)."""
-    unknown = set(allocations) - {"layer", "global"}
+    unknown = set(allocations) - set(ALLOCATIONS)
     if unknown or not allocations:
-        raise ValueError(f"allocations are 'layer' and/or 'global', got {list(allocations)}")
+        raise ValueError(f"allocations are some of {ALLOCATIONS}, got {list(allocations)}")
     model.eval()
     scores = compress.activation_scores(model, score_batches)
     dense = val_accuracy(model)
@@ -217,8 +233,10 @@ def bayes_compress(
         best: tuple[float, nn.Module, Any, str] | None = None
         for allocation in allocations:
             effective, keep = sparsity, layer_keep
-            if allocation == "global":
-                effective, keep = global_keep_at_flops(model, scores, example, target)
+            if allocation != "layer":
+                effective, keep = global_keep_at_flops(
+                    model, scores, example, target, allocation=allocation
+                )
             result = compress.shrink_graph(silence(model, keep), example, prune_units=keep)
             small = recalibrate_bn(result.model, calibration)
             before = val_accuracy(small)

@@ -11,8 +11,9 @@ Per seed, on Fashion-MNIST (a training subset; the validation split is carved fr
    accuracy (posterior mean, BatchNorm statistics re-estimated on training images,
    after fine-tuning) is within `--tolerance` of the dense net's. `--allocation`: the
    units dropped per layer ("layer": the same fraction of each) or ranked across layers
-   ("global", `keep_units(scope="global")`, at the "layer" net's FLOPs); given both
-   (the default), each level keeps the one more accurate on validation.
+   ("global", `keep_units(scope="global")`, at the "layer" net's FLOPs; "streams", a
+   comparison: global with residual groups weighted by their layers); given several
+   (default: layer and global), each level keeps the one more accurate on validation.
 3. Torch-Pruning (`MetaPruner`, magnitude and Taylor importance) prunes the
    deterministic twin to the same FLOPs (uniform ratio, bisected).
 4. All three compressed nets are fine-tuned `--finetune-epochs` at `--finetune-lr`,
@@ -44,6 +45,7 @@ from typing import Any
 import torch
 from _common import add_results_dir_option, md_table, use_results_dir, write_results
 from _resnet import (
+    ALLOCATIONS,
     SHAPE,
     ResNet,
     bayes_compress,
@@ -405,7 +407,7 @@ def render(payload: dict[str, Any]) -> str:
         {
             "seed": r["seed"],
             "our sparsity": r["bayesian_compression"]["sparsity"],
-            "allocation (validation: layer / global)": _allocation(r),
+            "allocation kept: validation of each tried": _allocation(r),
             "within tolerance": r["bayesian_compression"]["within_tolerance"],
             "target FLOPs": r["tp_matching"]["magnitude"]["target"],
             **{
@@ -428,8 +430,8 @@ def render(payload: dict[str, Any]) -> str:
         f"for validation), {s['epochs']} epochs at lr {s['lr']} (cosine), batch "
         f"{s['batch_size']}; Bayesian: Gaussian, `keep={s['keep']}`, KL weight "
         f"{s['kl_weight']}. Compression: activation scores, sparsity grid {s['grid']}, "
-        f"allocation {s.get('allocation', ['layer'])} (global at the layer net's FLOPs, "
-        "the more accurate on validation kept), "
+        f"allocation {s.get('allocation', ['layer'])} (cross-layer ones at the layer net's "
+        "FLOPs, the more accurate on validation kept), "
         f"validation accuracy tolerance {s['tolerance']}; every compressed net fine-tuned "
         f"{s['finetune_epochs']} epoch(s) at lr {s['finetune_lr']}. Test: {s['test_limit']} "
         f"Fashion-MNIST test images in, as many MNIST test images out; Monte-Carlo predictive "
@@ -496,7 +498,7 @@ def main() -> None:
     parser.add_argument(
         "--allocation",
         nargs="+",
-        choices=["layer", "global"],
+        choices=list(ALLOCATIONS),
         default=["layer", "global"],
         help="keep_units scope(s) tried per level; the better on validation is kept",
     )

@@ -148,6 +148,13 @@ def test_global_never_splits_a_residual_group():
     assert torch.equal(keep["a"], keep["b"])
     assert keep["a"].tolist() == [False, True, True, True]
     assert sum(int((~m).sum()) for m in keep.values()) == 3
+    from bayesprune.compress.graph_scores import _keep_global
+
+    stream = torch.tensor([3.0, 4.0, 5.0, 6.0])  # normalised 0.67-1.33, x2 layers: above 1
+    scores = {"a": stream, "b": stream.clone(), "inner": torch.ones(4)}
+    assert not keep_units(scores, 0.25, scope="global")["a"].all()
+    wide = _keep_global(scores, 0.25, by_members=True)  # the benchmark's "streams" variant
+    assert wide["a"].all() and wide["b"].all() and wide["inner"].sum() == 1
     model = _residual()  # stem and conv2 share the residual channels
     x = torch.randn(16, 2, 6, 6, dtype=torch.float64)
     scores = activation_scores(model, x)

@@ -97,11 +97,11 @@ def test_level_search_and_equal_flops_matching():
         [0.5],
         1.0,
         [x],
-        ("layer", "global"),
+        ("layer", "global", "streams"),
     )
-    layer, glob = both.grid  # global allocation at (at most) the layer net's FLOPs
-    assert [layer["allocation"], glob["allocation"]] == ["layer", "global"]
-    assert glob["flops"] <= layer["flops"] and glob["keep_units_sparsity"] > 0
+    layer, *others = both.grid  # the cross-layer ones at (at most) the layer net's FLOPs
+    assert [g["allocation"] for g in both.grid] == ["layer", "global", "streams"]
+    assert all(g["flops"] <= layer["flops"] and g["keep_units_sparsity"] > 0 for g in others)
     kept = max(both.grid, key=lambda g: g["val_accuracy_finetuned"])  # first one on a tie
     assert both.allocation == kept["allocation"]
     with pytest.raises(ValueError, match="allocations"):

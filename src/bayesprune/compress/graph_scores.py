@@ -200,11 +200,15 @@ def keep_units(
     return masks
 
 
-def _keep_global(scores: dict[str, Tensor], sparsity: float) -> dict[str, Tensor]:
+def _keep_global(
+    scores: dict[str, Tensor], sparsity: float, *, by_members: bool = False
+) -> dict[str, Tensor]:
     """`keep_units(..., scope="global")`: residual groups (identical score vectors) ranked
     as one; scores over their group's mean finite score; lowest dropped first until the
     fraction of all removable layer-units is reached (a candidate that would overshoot
-    is skipped), each group keeping at least one unit."""
+    is skipped), each group keeping at least one unit. `by_members` (for the benchmark's
+    comparison only) multiplies a group's normalised scores by its number of layers,
+    which keeps residual streams wide as Torch-Pruning's global ranking did."""
     groups: dict[tuple[float, ...], list[str]] = {}
     for name, score in scores.items():
         groups.setdefault(tuple(score.double().tolist()), []).append(name)
@@ -215,6 +219,8 @@ def _keep_global(scores: dict[str, Tensor], sparsity: float) -> dict[str, Tensor
         finite = torch.isfinite(score)
         scale = float(score[finite].mean()) if bool(finite.any()) else 1.0
         normalised = score / scale if scale > 0 else score
+        if by_members:
+            normalised = normalised * len(names)
         candidates += [(float(normalised[u]), g, u) for u in range(len(score)) if finite[u]]
         limits.append(min(int(finite.sum()), len(score) - 1))
         members.append(names)
