@@ -5,8 +5,9 @@
   projection), global average pool, linear head. Plain torch, fx-traceable, so
   `bp.convert` and `compress.shrink_graph` take it as a user's model.
 - `bayes_compress`: the library's path: activation scores → `keep_units` (one fraction
-  of every layer) → `shrink_graph`, at the largest fraction of a grid whose validation
-  accuracy (posterior mean, before fine-tuning) stays within a tolerance.
+  of every layer, and/or ranked across layers at the same FLOPs, the better kept on
+  validation) → `shrink_graph`, at the largest fraction of a grid whose validation
+  accuracy (posterior mean, after fine-tuning) stays within a tolerance.
 - `tp_prune_to_flops`: Torch-Pruning's `MetaPruner` (magnitude or Taylor importance)
   on the deterministic twin, its uniform `pruning_ratio` bisected until the pruned
   net's FLOPs (counted as ours are, `metrics.count_flops`) meet a target.
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 
 from bayesprune import compress
 from bayesprune.compress.chain import deployed_weight
+from bayesprune.compress.graph_scores import _keep_global
 from bayesprune.metrics import count_flops
 
 SHAPE = (1, 28, 28)
@@ -154,6 +156,45 @@ class BayesCompression:
     dense_val_accuracy: float
     grid: list[dict[str, Any]] = field(default_factory=list)
     shrink: dict[str, Any] = field(default_factory=dict)
+    allocation: str = "layer"
+
+
+ALLOCATIONS = ("layer", "global", "streams")
+
+
+def allocate(scores: dict[str, Tensor], sparsity: float, allocation: str) -> dict[str, Tensor]:
+    """Keep-masks: "layer" and "global" are `keep_units(scope=...)`; "streams" is the
+    global ranking with each residual group's scores times its number of layers (streams
+    kept wide, the shape Torch-Pruning's global ranking chose), a comparison only."""
+    if allocation == "streams":
+        return _keep_global(
+            {k: v.detach().cpu() for k, v in scores.items()}, sparsity, by_members=True
+        )
+    return compress.keep_units(scores, sparsity, scope=allocation)
+
+
+def global_keep_at_flops(
+    model: nn.Module,
+    scores: dict[str, Tensor],
+    example: Tensor,
+    target: int,
+    steps: int = 12,
+    allocation: str = "global",
+) -> tuple[float, dict[str, Tensor]]:
+    """The sparsity of a cross-layer `allocation` whose shrunk net has the most FLOPs not
+    above `target` (bisected; FLOPs fall as the sparsity grows), and its masks: so that
+    the allocations are compared at equal cost."""
+    lo, hi = 0.0, 0.95
+    best = (0.0, allocate(scores, 0.0, allocation))
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        keep = allocate(scores, mid, allocation)
+        got = flops(compress.shrink_graph(model, example, prune_units=keep).model)
+        if got <= target:
+            best, hi = (mid, keep), mid
+        else:
+            lo = mid
+    return best
 
 
 def bayes_compress(
@@ -165,46 +206,70 @@ def bayes_compress(
     grid: Sequence[float],
     tolerance: float,
     calibration: Sequence[Tensor],
+    allocations: Sequence[str] = ("layer",),
 ) -> BayesCompression:
-    """Per sparsity of `grid`, lowest first: activation scores → keep_units → `silence` →
-    shrink_graph (checked against the silenced, masked net) → BatchNorm statistics
-    re-estimated on `calibration` → `finetune`. The largest sparsity whose fine-tuned
-    validation accuracy (posterior mean) is within `tolerance` of the dense net's is
-    kept; the walk stops at the first level that is not. If none is, the level with
-    the best validation accuracy (the closest point)."""
+    """Per sparsity of `grid`, lowest first, and per allocation of `allocations`:
+    activation scores → keep_units → `silence` → shrink_graph (checked against the
+    silenced, masked net) → BatchNorm statistics re-estimated on `calibration` →
+    `finetune`. "layer" drops the level's fraction of every layer; "global" ranks units
+    across layers (`scope="global"`) at the sparsity whose FLOPs come closest below the
+    "layer" net's, so both are compared at equal cost, and the level keeps the one with
+    the better fine-tuned validation accuracy (posterior mean). The largest level whose
+    accuracy is within `tolerance` of the dense net's is kept; the walk stops at the
+    first level that is not. If none is, the level with the best validation accuracy
+    (the closest point)."""
+    unknown = set(allocations) - set(ALLOCATIONS)
+    if unknown or not allocations:
+        raise ValueError(f"allocations are some of {ALLOCATIONS}, got {list(allocations)}")
     model.eval()
     scores = compress.activation_scores(model, score_batches)
     dense = val_accuracy(model)
-    chosen: tuple[float, nn.Module, Any] | None = None
-    fallback: tuple[float, float, nn.Module, Any] | None = None
+    chosen: tuple[float, nn.Module, Any, str] | None = None
+    fallback: tuple[float, float, nn.Module, Any, str] | None = None
     seen = []
     for sparsity in sorted(grid):
-        keep = compress.keep_units(scores, sparsity)
-        result = compress.shrink_graph(silence(model, keep), example, prune_units=keep)
-        small = recalibrate_bn(result.model, calibration)
-        before = val_accuracy(small)
-        finetune(small)
-        after = val_accuracy(small)
-        seen.append(
-            {
-                "sparsity": sparsity,
-                "val_accuracy_pruned": before,
-                "val_accuracy_finetuned": after,
-                "flops": flops(small),
-                "kept_dead_units": sum(r.kept_dead_units for r in result.layers),
-                "shrunk_minus_masked": result.max_abs_difference,
-            }
-        )
-        print(f"    {seen[-1]}", flush=True)
+        layer_keep = compress.keep_units(scores, sparsity)
+        target = flops(compress.shrink_graph(model, example, prune_units=layer_keep).model)
+        best: tuple[float, nn.Module, Any, str] | None = None
+        for allocation in allocations:
+            effective, keep = sparsity, layer_keep
+            if allocation != "layer":
+                effective, keep = global_keep_at_flops(
+                    model, scores, example, target, allocation=allocation
+                )
+            result = compress.shrink_graph(silence(model, keep), example, prune_units=keep)
+            small = recalibrate_bn(result.model, calibration)
+            before = val_accuracy(small)
+            finetune(small)
+            after = val_accuracy(small)
+            seen.append(
+                {
+                    "sparsity": sparsity,
+                    "allocation": allocation,
+                    "keep_units_sparsity": effective,
+                    "val_accuracy_pruned": before,
+                    "val_accuracy_finetuned": after,
+                    "flops": flops(small),
+                    "channels": stage_channels(small),
+                    "kept_dead_units": sum(r.kept_dead_units for r in result.layers),
+                    "shrunk_minus_masked": result.max_abs_difference,
+                }
+            )
+            print(f"    {seen[-1]}", flush=True)
+            if best is None or after > best[0]:
+                best = (after, small, result.as_dict(), allocation)
+        assert best is not None
+        after, small, shrunk, allocation = best
         if fallback is None or after > fallback[0]:
-            fallback = (after, sparsity, small, result.as_dict())
+            fallback = (after, sparsity, small, shrunk, allocation)
         if after < dense - tolerance:
             break
-        chosen = (sparsity, small, result.as_dict())
+        chosen = (sparsity, small, shrunk, allocation)
     if chosen is not None:
-        return BayesCompression(chosen[1], chosen[0], True, dense, seen, chosen[2])
+        return BayesCompression(chosen[1], chosen[0], True, dense, seen, chosen[2], chosen[3])
     assert fallback is not None
-    return BayesCompression(fallback[2], fallback[1], False, dense, seen, fallback[3])
+    _, level, small, shrunk, allocation = fallback
+    return BayesCompression(small, level, False, dense, seen, shrunk, allocation)
 
 
 # --- Torch-Pruning at equal FLOPs ----------------------------------------------------------

@@ -8,8 +8,12 @@ Per seed, on Fashion-MNIST (a training subset; the validation split is carved fr
    `--keep` stays deterministic, BatchNorm always does) trained with `bp.fit`.
 2. The Bayesian net compressed by the library's channel scores: `activation_scores` →
    `keep_units` → `shrink_graph`, at the largest sparsity of `--grid` whose validation
-   accuracy (posterior mean, BatchNorm statistics re-estimated on training images) is
-   within `--tolerance` of the dense net's.
+   accuracy (posterior mean, BatchNorm statistics re-estimated on training images,
+   after fine-tuning) is within `--tolerance` of the dense net's. `--allocation`: the
+   units dropped per layer ("layer": the same fraction of each) or ranked across layers
+   ("global", `keep_units(scope="global")`, at the "layer" net's FLOPs; "streams", a
+   comparison: global with residual groups weighted by their layers); given several
+   (default: layer and global), each level keeps the one more accurate on validation.
 3. Torch-Pruning (`MetaPruner`, magnitude and Taylor importance) prunes the
    deterministic twin to the same FLOPs (uniform ratio, bisected).
 4. All three compressed nets are fine-tuned `--finetune-epochs` at `--finetune-lr`,
@@ -41,6 +45,7 @@ from typing import Any
 import torch
 from _common import add_results_dir_option, md_table, use_results_dir, write_results
 from _resnet import (
+    ALLOCATIONS,
     SHAPE,
     ResNet,
     bayes_compress,
@@ -148,6 +153,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         args.grid,
         args.tolerance,
         calibration,
+        args.allocation,
     )
     seconds["compress_bayesian"] = time.perf_counter() - start
     target = flops(ours.model)
@@ -165,7 +171,11 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         nets[f"tp {kind}"] = net
         matching[kind] = {**found, "flops": flops(net), "target": target}
     seconds["tp_match_and_finetune"] = time.perf_counter() - start
-    level = next(g for g in ours.grid if g["sparsity"] == ours.sparsity)
+    level = next(
+        g
+        for g in ours.grid
+        if g["sparsity"] == ours.sparsity and g["allocation"] == ours.allocation
+    )
     before = {"bayesian compressed": level["val_accuracy_pruned"], **before}
     after = {k: val_acc(m)["accuracy"] for k, m in nets.items()}
     print(f"  compressed: sparsity {ours.sparsity}, val {before} -> {after}", flush=True)
@@ -205,6 +215,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         },
         "bayesian_compression": {
             "sparsity": ours.sparsity,
+            "allocation": ours.allocation,
             "within_tolerance": ours.within_tolerance,
             "grid": ours.grid,
             "shrink_max_abs_difference": ours.shrink.get("max_abs_difference"),
@@ -379,12 +390,24 @@ def per_seed_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _allocation(run: dict[str, Any]) -> str:
+    """The chosen allocation and, at the chosen level, each allocation's fine-tuned
+    validation accuracy and FLOPs."""
+    comp = run["bayesian_compression"]
+    level = [g for g in comp["grid"] if g["sparsity"] == comp["sparsity"]]
+    seen = " / ".join(
+        f"{g['val_accuracy_finetuned']:.3f} ({g['flops'] / 1e6:.2f} MFLOPs)" for g in level
+    )
+    return f"{comp.get('allocation', 'layer')}: {seen}"
+
+
 def render(payload: dict[str, Any]) -> str:
     s, runs = payload["settings"], payload["runs"]
     matching = [
         {
             "seed": r["seed"],
             "our sparsity": r["bayesian_compression"]["sparsity"],
+            "allocation kept: validation of each tried": _allocation(r),
             "within tolerance": r["bayesian_compression"]["within_tolerance"],
             "target FLOPs": r["tp_matching"]["magnitude"]["target"],
             **{
@@ -407,6 +430,8 @@ def render(payload: dict[str, Any]) -> str:
         f"for validation), {s['epochs']} epochs at lr {s['lr']} (cosine), batch "
         f"{s['batch_size']}; Bayesian: Gaussian, `keep={s['keep']}`, KL weight "
         f"{s['kl_weight']}. Compression: activation scores, sparsity grid {s['grid']}, "
+        f"allocation {s.get('allocation', ['layer'])} (cross-layer ones at the layer net's "
+        "FLOPs, the more accurate on validation kept), "
         f"validation accuracy tolerance {s['tolerance']}; every compressed net fine-tuned "
         f"{s['finetune_epochs']} epoch(s) at lr {s['finetune_lr']}. Test: {s['test_limit']} "
         f"Fashion-MNIST test images in, as many MNIST test images out; Monte-Carlo predictive "
@@ -469,6 +494,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--tolerance", type=float, default=0.01, help="validation accuracy after fine-tuning"
+    )
+    parser.add_argument(
+        "--allocation",
+        nargs="+",
+        choices=list(ALLOCATIONS),
+        default=["layer", "global"],
+        help="keep_units scope(s) tried per level; the better on validation is kept",
     )
     parser.add_argument("--score-batches", type=int, default=8, help="of 256 training images")
     parser.add_argument("--calibration-batches", type=int, default=8, help="BN statistics")

@@ -124,3 +124,55 @@ def test_the_module_does_not_shadow_compress_unit_scores():
     from bayesprune import compress
 
     assert callable(compress.unit_scores) and callable(compress.activation_scores)
+
+
+def test_global_ranks_across_layers_on_each_layers_own_scale():
+    evenly = torch.tensor([100.0, 100.0, 100.0, 100.0])  # every unit matters alike...
+    tail = torch.tensor([1.0, 2.0, 3.0, 4.0])  # ...here two are weak against the others
+    scores = {"even": evenly, "tail": tail}
+    per_layer = keep_units(scores, 0.25)
+    assert per_layer["even"].sum() == 3 and per_layer["tail"].sum() == 3
+    glob = keep_units(scores, 0.25, scope="global")
+    assert glob["even"].all()  # the two weakest units of all are both in "tail"
+    assert glob["tail"].tolist() == [False, False, True, True]
+    rescaled = keep_units({"even": evenly / 1e4, "tail": tail}, 0.25, scope="global")
+    assert all(torch.equal(rescaled[k], glob[k]) for k in glob)  # raw scale does not count
+    assert keep_units(scores, 0.0, scope="global")["tail"].all()
+
+
+def test_global_never_splits_a_residual_group():
+    # a naive unit-by-unit ranking would drop stream units 0, 0 and then 1 of one layer only
+    stream = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    scores = {"a": stream, "b": stream.clone(), "inner": torch.ones(4)}
+    keep = keep_units(scores, 0.25, scope="global")  # 3 of 12 layer-units
+    assert torch.equal(keep["a"], keep["b"])
+    assert keep["a"].tolist() == [False, True, True, True]
+    assert sum(int((~m).sum()) for m in keep.values()) == 3
+    from bayesprune.compress.graph_scores import _keep_global
+
+    stream = torch.tensor([3.0, 4.0, 5.0, 6.0])  # normalised 0.67-1.33, x2 layers: above 1
+    scores = {"a": stream, "b": stream.clone(), "inner": torch.ones(4)}
+    assert not keep_units(scores, 0.25, scope="global")["a"].all()
+    wide = _keep_global(scores, 0.25, by_members=True)  # the benchmark's "streams" variant
+    assert wide["a"].all() and wide["b"].all() and wide["inner"].sum() == 1
+    model = _residual()  # stem and conv2 share the residual channels
+    x = torch.randn(16, 2, 6, 6, dtype=torch.float64)
+    scores = activation_scores(model, x)
+    for sparsity in (0.1, 0.3, 0.5, 0.7, 0.9):
+        keep = keep_units(scores, sparsity, scope="global")
+        assert torch.equal(keep["stem"], keep["conv2"]) and keep["head"].all()
+        assert all(m.any() for m in keep.values())
+        result = shrink_graph(model, x, prune_units=keep)
+        assert result.model.stem.out_channels == result.model.conv2.out_channels
+
+
+def test_global_keeps_pinned_units_and_one_per_layer():
+    scores = {"dead": torch.zeros(3), "pinned": torch.full((2,), float("inf"))}
+    keep = keep_units(scores, 0.9, scope="global")
+    assert keep["dead"].sum() == 1 and keep["pinned"].all()
+    with pytest.raises(ValueError, match="scope must be"):
+        keep_units(scores, 0.5, scope="stage")
+    with pytest.raises(ValueError, match="widths are per layer"):
+        keep_units(scores, widths={"dead": 1}, scope="global")
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        keep_units(scores, 1.0, scope="global")

@@ -85,10 +85,29 @@ def test_level_search_and_equal_flops_matching():
     ours = bayes_compress(
         net, x, lambda m: accuracy(m)["accuracy"], tuned.append, x[:4], [0.25, 0.5], 1.0, [x]
     )  # tolerance 1.0: every level passes, the largest is kept
-    assert ours.sparsity == 0.5 and ours.within_tolerance
+    assert ours.sparsity == 0.5 and ours.within_tolerance and ours.allocation == "layer"
     assert [g["sparsity"] for g in ours.grid] == [0.25, 0.5] and len(tuned) == 2
     assert ours.model is tuned[-1]
+    both = bayes_compress(
+        net,
+        x,
+        lambda m: accuracy(m)["accuracy"],
+        lambda m: None,
+        x[:4],
+        [0.5],
+        1.0,
+        [x],
+        ("layer", "global", "streams"),
+    )
+    layer, *others = both.grid  # the cross-layer ones at (at most) the layer net's FLOPs
+    assert [g["allocation"] for g in both.grid] == ["layer", "global", "streams"]
+    assert all(g["flops"] <= layer["flops"] and g["keep_units_sparsity"] > 0 for g in others)
+    kept = max(both.grid, key=lambda g: g["val_accuracy_finetuned"])  # first one on a tie
+    assert both.allocation == kept["allocation"]
+    with pytest.raises(ValueError, match="allocations"):
+        bayes_compress(net, x, lambda m: 0.0, lambda m: None, x[:4], [0.5], 1.0, [x], ("x",))
     assert max(g["shrunk_minus_masked"] for g in ours.grid) < 1e-5
+    pytest.importorskip("torch_pruning")  # the `bench` extra; CI installs only `dev`
     target = flops(ours.model)
     torch.manual_seed(0)
     det = _trained_bn(ResNet((4, 6, 8), blocks=2), x)
