@@ -201,7 +201,7 @@ def test_channels_last_is_opt_in_for_networks_that_view_their_feature_maps():
     x = torch.rand(10, 1, 8, 8)
     plain = bp.predict(model, x, samples=3, seed=0, sampling="shared")  # the default layout
     assert plain.probs.shape == (10, 3)
-    with pytest.raises(ValueError, match="view size"):
+    with pytest.raises(ValueError, match="channels_last=False"):
         bp.predict(model, x, samples=3, seed=0, sampling="shared", channels_last=True)
     flat = bp.models.lenet5_caffe(family="gaussian")  # nn.Flatten: any layout
     images = torch.rand(6, 1, 28, 28)

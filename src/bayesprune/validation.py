@@ -70,6 +70,12 @@ def forward_checked(model: nn.Module, x: Tensor) -> Any:
         return model(x)
     except RuntimeError as err:
         text = str(err)
+        if "view size is not compatible" in text:  # not the data's fault: the layout's
+            raise ValueError(
+                f"the model's forward calls .view on a tensor whose memory layout does not "
+                f"allow it ({text.splitlines()[0]}); with predict(..., channels_last=True) "
+                "use channels_last=False, or flatten with torch.flatten / nn.Flatten"
+            ) from err
         if "shape" in text or "size" in text or "dimension" in text:
             raise ValueError(
                 f"inputs of shape {tuple(x.shape)} (batch first) do not fit the model "
