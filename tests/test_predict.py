@@ -175,7 +175,7 @@ def test_shared_sampling_draws_one_network_per_pass():
     assert torch.allclose(small.samples, large.samples, atol=1e-5)
     assert torch.allclose(small.samples[:, :6], small.samples[:, 6:], atol=1e-5)
     assert not torch.allclose(small.samples[0], small.samples[1], atol=1e-3)  # passes differ
-    assert not any("_pass_draw" in vars(m) for m in model.modules())
+    assert not any("_held_draw" in vars(m) for m in model.modules())
     mean = bp.predict(model, x, mode="mean", batch_size=5)
     with bp.nn.use_posterior_mean(model):  # grad on: the default layout, not channels-last
         reference = torch.softmax(model(x), dim=1).detach()
@@ -183,15 +183,18 @@ def test_shared_sampling_draws_one_network_per_pass():
 
 
 class _ViewsItsFeatureMap(torch.nn.Module):
-    """A user's CNN that flattens with `.view`, which a channels-last map refuses."""
+    """A user's CNN that flattens with `.view`, which a channels-last map refuses; two
+    convolutions, so a layout passed on from one to the next would show."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = torch.nn.Conv2d(1, 4, 3)
-        self.head = torch.nn.Linear(4 * 3 * 3, 3)
+        self.conv2 = torch.nn.Conv2d(4, 5, 3, padding=1)
+        self.head = torch.nn.Linear(5 * 3 * 3, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+        h = torch.relu(self.conv2(h))
         return self.head(h.view(h.size(0), -1))
 
 

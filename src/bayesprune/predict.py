@@ -169,12 +169,10 @@ def predict(
             def reduced(out: Any) -> tuple[Tensor, ...]:
                 return reduce(out, likelihood)
 
-            if sampling == GradientEstimator.SHARED and mode == "mc" and not batches.loader:
-                parts = _run_per_pass(
-                    model, batches, passes, device, reduced, progress, channels_last
-                )
-            else:
-                parts = _run(model, batches, passes, device, reduced, progress)
+            per_pass = sampling == GradientEstimator.SHARED and mode == "mc" and not batches.loader
+            held = one_draw_per_pass(model, channels_last) if per_pass else nullcontext()
+            with held as redraw:
+                parts = _run(model, batches, passes, device, reduced, progress, redraw)
     finally:
         model.train(was_training)
     _check_finite_output(parts, batches.largest)
@@ -305,47 +303,34 @@ def _run(
     device: torch.device,
     reduce: Callable[[Any], tuple[Tensor, ...]],
     progress: bool = False,
+    redraw: Callable[[], None] | None = None,
 ) -> list[Tensor]:
-    """Each reduced part stacked over passes and concatenated over batches: (S, N, ...)."""
-    per_batch: list[list[tuple[Tensor, ...]]] = []
+    """Each reduced part stacked over passes and concatenated over batches: (S, N, ...).
+
+    Without `redraw` each batch is predicted `passes` times in turn (a loader is read
+    once); with it (`one_draw_per_pass`) the passes are the outer loop, `redraw()`
+    before each, so every batch of a pass sees the same network. Batches move to the
+    device one at a time: it may not hold them all."""
+    grid: list[list[tuple[Tensor, ...]]] = [[] for _ in range(passes)]  # [pass][batch]
     with tqdm(desc="predict", unit="pass", disable=not progress, leave=False) as bar:
-        for batch in batches:
-            batch = batch.to(device)
-            outputs = []
-            for _ in range(passes):
-                outputs.append(reduce(forward_checked(model, batch)))
-                bar.update()
-            per_batch.append(outputs)
-    n_parts = len(per_batch[0][0])
-    return [
-        torch.cat([torch.stack([run[k] for run in batch]) for batch in per_batch], dim=1)
-        for k in range(n_parts)
-    ]
 
+        def one(k: int, batch: Tensor) -> None:
+            grid[k].append(reduce(forward_checked(model, batch.to(device))))
+            bar.update()
 
-def _run_per_pass(
-    model: nn.Module,
-    batches: Iterable[Tensor],
-    passes: int,
-    device: torch.device,
-    reduce: Callable[[Any], tuple[Tensor, ...]],
-    progress: bool = False,
-    channels_last: bool = False,
-) -> list[Tensor]:
-    """`_run` with one weight draw per pass shared by all batches (`one_draw_per_pass`)."""
-    inputs = list(batches)  # moved to the device batch by batch: it may not hold them all
-    per_pass: list[list[tuple[Tensor, ...]]] = []
-    with (
-        tqdm(desc="predict", unit="pass", disable=not progress, leave=False) as bar,
-        one_draw_per_pass(model, channels_last) as redraw,
-    ):
-        for _ in range(passes):
-            redraw()
-            per_pass.append([reduce(forward_checked(model, b.to(device))) for b in inputs])
-            bar.update(len(inputs))
+        if redraw is None:
+            for batch in batches:
+                for k in range(passes):
+                    one(k, batch)
+        else:
+            inputs = list(batches)
+            for k in range(passes):
+                redraw()
+                for batch in inputs:
+                    one(k, batch)
     return [
-        torch.stack([torch.cat([out[k] for out in outs]) for outs in per_pass])
-        for k in range(len(per_pass[0][0]))
+        torch.stack([torch.cat([out[i] for out in row]) for row in grid])
+        for i in range(len(grid[0][0]))
     ]
 
 
