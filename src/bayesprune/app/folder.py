@@ -290,28 +290,30 @@ class Run:
         try:
             return save_model(model, path, meta)
         except TypeError as err:
-            state = dict(model.state_dict())
-            if self._rebuilds(state):
+            state, fresh = dict(model.state_dict()), self.build_model()
+            if self._rebuilds(state, fresh):
                 return save_tensors(path, state, {"format": STATE_FORMAT, **meta})
-            if not isinstance(model, type(self.build_model())):
+            if not isinstance(model, type(fresh)):
                 raise ConfigError(
                     f"cannot save the {which} model: {err}. Set compress.shrink: false to keep "
                     "the original architecture (masked), which is rebuilt from the config"
                 ) from err
             return save_shrunk(model, path, meta)
 
-    def _fresh_model(self, tensors: dict[str, Tensor]) -> nn.Module:
-        """The config's model, with weight-mask buffers where `tensors` holds masks."""
-        model = self.build_model()
+    def _fresh_model(self, tensors: dict[str, Tensor], model: nn.Module | None = None) -> nn.Module:
+        """The config's model (`model`, or a new one), with weight-mask buffers where
+        `tensors` holds masks."""
+        model = self.build_model() if model is None else model
         for name, layer in variational_layers(model):
             mask = tensors.get(f"{name}.weight_mask" if name else "weight_mask")
             if mask is not None:
                 layer.set_weight_mask(torch.ones_like(mask))
         return model
 
-    def _rebuilds(self, state: dict[str, Tensor]) -> bool:
+    def _rebuilds(self, state: dict[str, Tensor], model: nn.Module) -> bool:
+        """Whether `state` loads into `model`, the config's model (given masks here)."""
         try:
-            fresh = self._fresh_model(state).state_dict()
+            fresh = self._fresh_model(state, model).state_dict()
         except ValueError:  # a mask of another shape: the layer was shrunk
             return False
         same_keys = fresh.keys() == state.keys()
