@@ -7,8 +7,13 @@ Three measurements, as a user comparing libraries would make them:
    steps interleaved round-robin in one process, so that load from other processes
    hits all alike; median milliseconds per step and its ratio to the deterministic
    twin (plain torch, `torch.optim.Adam`). One Monte-Carlo sample per step for
-   everyone. Ours use the optimiser `bayesprune.fit` builds (torch's fused Adam);
-   a second deterministic row with fused Adam shows what the optimiser alone is worth.
+   everyone. Every contender steps through the same sequence of MNIST training
+   batches (`--step-data mnist`, the default): a single fixed batch of noise images
+   with random labels (`--step-data noise`, the runs before 2026-12) is memorised
+   within a few dozen steps, and the extreme logits then put denormal numbers into the
+   convolutions' backward, a value-dependent cost that real training does not pay.
+   Ours use the optimiser `bayesprune.fit` builds (torch's fused Adam); a second
+   deterministic row with fused Adam shows what the optimiser alone is worth.
 2. Peak memory of each contender's training step: the bytes glibc's allocator has in
    use, sampled after every tensor operation while the contender is built and takes 5
    steps, minus those in use before (MiB): parameters, optimiser state, activations,
@@ -457,6 +462,28 @@ class Trainer:
         return took, took_wall
 
 
+def step_batches(
+    step_data: str, batch_size: int, device: torch.device
+) -> Callable[[int], tuple[Tensor, Tensor]]:
+    """Step i's batch, the same for every contender: consecutive slices of a seeded
+    permutation of MNIST's training images ("mnist"), or one fixed batch of uniform
+    noise with random labels ("noise")."""
+    g = torch.Generator().manual_seed(0)
+    if step_data == "noise":
+        x = torch.rand(batch_size, 1, 28, 28, generator=g).to(device)
+        y = torch.randint(0, 10, (batch_size,), generator=g).to(device)
+        return lambda i: (x, y)
+    images, labels = load_mnist("train").tensors
+    order = torch.randperm(len(images), generator=g)
+    per_epoch = len(images) // batch_size
+
+    def batch(i: int) -> tuple[Tensor, Tensor]:
+        idx = order[(i % per_epoch) * batch_size : (i % per_epoch + 1) * batch_size]
+        return images[idx].to(device), labels[idx].to(device)
+
+    return batch
+
+
 def time_steps(
     contenders: list[Contender],
     arch: str,
@@ -465,15 +492,15 @@ def time_steps(
     warmup: int,
     device: torch.device,
     clock: str,
+    step_data: str = "mnist",
 ) -> list[dict[str, Any]]:
     """Median ms per step of each contender, steps interleaved; ratio to the first one."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch_size, 1, 28, 28, generator=g).to(device)
-    y = torch.randint(0, 10, (batch_size,), generator=g).to(device)
+    batches = step_batches(step_data, batch_size, device)
     torch.manual_seed(0)
     trainers = [Trainer(c, arch, 1e-3, device, clock) for c in contenders]
     times: list[list[tuple[float, float]]] = [[] for _ in trainers]
     for i in range(warmup + repeats):
+        x, y = batches(i)
         for t, trainer in zip(times, trainers, strict=True):
             took = trainer.step(x, y, 60_000)
             if i >= warmup:
@@ -693,7 +720,7 @@ def render(payload: dict[str, Any]) -> str:
         lines.append(
             "## Step timing\n\nMedian ms per optimiser step (forward, KL, backward, update), "
             "contenders' steps interleaved in one process; ratio to the deterministic twin "
-            f"(torch.optim.Adam); {_about(steps)}"
+            f"(torch.optim.Adam); batches: {_step_data(steps)}; {_about(steps)}"
         )
         if memory:
             lines.append(
@@ -743,6 +770,13 @@ def render(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _step_data(section: dict[str, Any]) -> str:
+    return {
+        "mnist": "the same sequence of MNIST training batches for every contender",
+        "noise": "one fixed batch of noise images with random labels",
+    }[section["settings"].get("step_data", "noise")]
+
+
 def _about(section: dict[str, Any]) -> str:
     settings = section["settings"]
     clock = {"cpu": "the thread's CPU time", "wall": "wall time"}[settings.get("clock", "wall")]
@@ -762,6 +796,12 @@ def main() -> None:
         "--repeats-large", type=int, default=30, help="timed steps at batch sizes >= 1024"
     )
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument(
+        "--step-data",
+        choices=["mnist", "noise"],
+        default="mnist",
+        help="step timing on MNIST training batches, or on one fixed noise batch (older runs)",
+    )
     parser.add_argument(
         "--estimators",
         nargs="+",
@@ -836,7 +876,16 @@ def main() -> None:
             found[arch] = {}
             for batch in args.batch_sizes:
                 repeats = args.repeats_large if batch >= 1024 else args.repeats
-                rows = time_steps(contenders, arch, batch, repeats, args.warmup, device, args.clock)
+                rows = time_steps(
+                    contenders,
+                    arch,
+                    batch,
+                    repeats,
+                    args.warmup,
+                    device,
+                    args.clock,
+                    args.step_data,
+                )
                 found[arch][str(batch)] = rows
                 print(f"{arch} b{batch}\n" + md_table(rows), flush=True)
         sections["steps"] = section(found)
