@@ -60,12 +60,12 @@ from .graph_fold import (
     group_folds,
 )
 from .graph_trace import (
-    MOMENT_LAYERS,
     NORMS,
     ChannelGraph,
     GraphTraceError,
     Use,
     analyse,
+    propagates_variance,
     trace,
 )
 from .shrink import LayerRecord
@@ -209,7 +209,7 @@ class _GraphShrinker:
         """A moment layer's weight standard deviations (its variance reaches its output in
         the deterministic pass), None for other layers."""
         layer = self.model.get_submodule(name)
-        if not isinstance(layer, MOMENT_LAYERS):
+        if not propagates_variance(layer):
             return None
         return as_prunable(layer).posterior().weight_std.detach()
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .adapters import as_prunable
-from .graph_trace import BATCHNORMS, MOMENT_LAYERS, ChannelGraph, Use
+from .graph_trace import BATCHNORMS, ChannelGraph, Use, propagates_variance
 
 _SHIFT_MODULES: tuple[type[nn.Module], ...] = (
     nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.MaxPool1d,
@@ -83,7 +83,7 @@ class Reader:
         prunable = as_prunable(layer)
         posterior = prunable.posterior()
         has_bias = posterior.bias_mean is not None
-        folds = not isinstance(layer, MOMENT_LAYERS)
+        folds = not propagates_variance(layer)
         shifts = None if has_bias or not folds else shift_targets(cg, use)
         weight = dense_weight(plain.weight.detach(), use.groups)
         std = dense_weight(posterior.weight_std.detach(), use.groups).to(weight)

@@ -31,8 +31,10 @@ go together are united (union-find) into one *group*:
   constant (`x.view(-1, 400)`) pins.
 
 Moment networks (eVI) pass `Moments(mean, cov)` between layers: a node's channels are
-its mean's, `EVIAdd` unites like a residual sum, `EVICat` concatenates and `EVIFlatten`
-flattens like `nn.Flatten`.
+its mean's. Layers say what they do through class attributes (family knowledge stays in
+`nn/`): `joins = "add"` unites like a residual sum (`EVIAdd`), `joins = "cat"`
+concatenates along the channels (`EVICat`), `flattens = True` flattens like `nn.Flatten`
+(`EVIFlatten`).
 
 Ids that reach the graph's inputs, outputs, a stateful module called twice, or any op
 that is not understood are *pinned*: such a group is never removed, which keeps the
@@ -57,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..nn.base import SerializableLayer, use_posterior_mean
-from ..nn.moments import EVIAdd, EVICat, EVIConv2d, EVIFlatten, EVILinear, Moments
+from ..nn.moments import Moments
 from .adapters import is_prunable
 from .chain import PASSTHROUGH
 
@@ -71,9 +73,13 @@ CHANNELWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
 )  # fmt: skip
 """Channelwise modules beyond `chain.PASSTHROUGH` (which `shrink` shares)."""
-MOMENT_LAYERS: tuple[type[nn.Module], ...] = (EVILinear, EVIConv2d)
-"""Layers whose deterministic output carries their weight variance (eVI): a unit or column
-is silent only when its mean *and* its variance are zero."""
+
+
+def propagates_variance(module: nn.Module) -> bool:
+    """A moment (eVI) layer: its deterministic output carries its weight variance, so a
+    unit or column is silent only when its mean *and* its variance are zero."""
+    return bool(getattr(module, "propagates_variance", False))
+
 
 _ADD = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub}
 _ADD_METHODS = {"add", "add_", "sub", "sub_"}
@@ -360,11 +366,12 @@ def _module_ids(
     if not called_once or first is None or not _tensor(value):
         return None  # shared modules and modules on non-channel tensors stay as they are
     in_value = cg.values[node.args[0]]
-    if isinstance(module, EVIAdd):
+    joins = getattr(module, "joins", None)
+    if joins == "add":
         return _elementwise_ids(cg, node)
-    if isinstance(module, EVICat):
+    if joins == "cat":
         return _cat_ids(cg, node.args, value.ndim, 1)
-    if isinstance(module, EVIFlatten):
+    if getattr(module, "flattens", False):
         return _flatten_ids(first, in_value.shape, value.shape)
     if is_prunable(module):
         groups = getattr(module, "groups", 1)

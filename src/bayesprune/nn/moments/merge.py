@@ -14,7 +14,7 @@ tensor out, so the deterministic twin of a moment network runs unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -74,6 +74,8 @@ def _as_layout(mean: Tensor, cov: Tensor | None, kind: str | None, target: str, 
 class EVIAdd(SerializableLayer):
     """`EVIAdd()(a, b, ...)`: the sum of independent branches (moments or tensors)."""
 
+    joins: ClassVar[str] = "add"  # shrink_graph: channel c of each operand goes together
+
     def forward(self, *parts: Tensor | Moments) -> Tensor | Moments:
         if len(parts) < 2:
             raise ValueError(f"EVIAdd needs at least two operands, got {len(parts)}")
@@ -98,14 +100,16 @@ class EVICat(SerializableLayer):
     per-channel blocks (B, C, P, P) concatenate along the channels.
     """
 
+    joins: ClassVar[str] = "cat"  # shrink_graph: the operands' channels, one after the other
+
     def forward(self, *parts: Tensor | Moments) -> Tensor | Moments:
         if not parts:
             raise ValueError("EVICat needs at least one operand")
         ops = _operands(parts)
-        mean = torch.cat([m for m, _, _ in ops], 1)
         if all(k is None for _, _, k in ops):
-            return mean
+            return torch.cat(parts, 1)
         target = _common(ops)
+        mean = torch.cat([m for m, _, _ in ops], 1)
         if target == DIAG:
             return Moments(mean, torch.cat([_as_layout(m, c, k, DIAG, 0) for m, c, k in ops], 1))
         if target == FULL:
