@@ -178,3 +178,14 @@ def test_kept_inputs_survive_save_and_load_and_onnx_takes_the_reduced_input(tmp_
     plain = loaded.float()
     onnx_path = compress.export_onnx(plain, tmp_path / "small.onnx", input_shape=(2, 4, 4))
     assert compress.onnx_difference(onnx_path, plain, x[:, [1, 3]].float()) < 1e-5
+
+
+def test_a_second_pruning_composes_the_kept_indices():
+    model = TwoReaders().to(DT)
+    x = torch.randn(4, 7, dtype=DT)
+    first = shrink_graph(model, x, prune_inputs={"x": [1, 2, 4, 5, 6]})
+    second = shrink_graph(first.model, x[:, [1, 2, 4, 5, 6]], prune_inputs={"x": [0, 3]})
+    assert second.kept_inputs == {"x": [0, 3]}  # relative to the model it was given
+    assert kept_inputs(second.model) == {"x": [1, 5]}  # relative to the data
+    again = shrink_graph(second.model, x[:, [1, 5]])
+    assert kept_inputs(again.model) == {"x": [1, 5]}

@@ -31,10 +31,14 @@ tool for plain nn.Sequential chains. Channels coupled by the graph form groups
   depthwise convolutions their kernels.
 
 It repeats until nothing changes (a unit whose only inputs were folded constants is dead
-in the next round). Units dropped by `prune_units` or the threshold that still had
-weights are first masked (their incoming weights set to zero), so the contract is: the
-shrunk model equals the input model with those masks, in posterior-mean mode, on any
-input. `check=True` verifies it on the example inputs and raises otherwise.
+in the next round). Before the rounds, `prune_inputs` removes input features from every
+layer that reads them (`kept_inputs` records which stay). Moment (eVI) networks are
+followed through their means; their variance counts too (a unit is silent only without
+mean and variance, and no constant is folded into an eVI reader). Units dropped by
+`prune_units` or the threshold that still had weights are first masked (their incoming
+weights set to zero), so the contract is: the shrunk model equals the input model with
+those masks, in posterior-mean mode, on any input (for eVI: mean and covariance).
+`check=True` verifies it on the example inputs and raises otherwise.
 """
 
 from __future__ import annotations
@@ -157,6 +161,10 @@ def _mask_rows(model: nn.Module, name: str, rows: Sequence[int], columns: bool =
     else:
         mask[list(rows)] = 0
     as_prunable(layer).set_weight_mask(mask)
+
+
+def _tensor_input(x: Any) -> bool:
+    return isinstance(x, Tensor) and x.ndim >= 2
 
 
 class _GraphShrinker:
@@ -393,7 +401,7 @@ class _GraphShrinker:
         reads (zero weights, or an input PIP at most the threshold, masked first)."""
         graph = trace(self.model, self.options["leaf_modules"])
         places = [str(n.target) for n in graph.graph.nodes if n.op == "placeholder"]
-        taking = {n for n, x in zip(places, self.inputs, strict=False) if x.ndim >= 2}
+        taking = {n for n, x in zip(places, self.inputs, strict=False) if _tensor_input(x)}
         explicit = spec if isinstance(spec, Mapping) else {}
         unknown = sorted(set(explicit) - taking)
         if unknown:
@@ -668,8 +676,13 @@ def shrink_graph(
     followers = {n: k.tolist() for n, k in worker.kept.items() if n not in worker.before}
     result = GraphShrinkResult(work, worker.records(), followers, rounds)
     result.kept_inputs, result.inputs_before = worker.kept_inputs, worker.inputs_before
-    if worker.kept_inputs:
-        setattr(work, KEPT_INPUTS, {k: list(v) for k, v in worker.kept_inputs.items()})
+    if worker.kept_inputs:  # relative to the data: composed with an earlier pruning
+        before = kept_inputs(model)
+        composed = {
+            k: [before[k][i] for i in v] if k in before else list(v)
+            for k, v in worker.kept_inputs.items()
+        }
+        setattr(work, KEPT_INPUTS, {**before, **composed})
     for name in [*worker.before, *followers]:
         shape = module_shape(work.get_submodule(name))
         if shape != module_shape(model.get_submodule(name)):
