@@ -189,3 +189,31 @@ def test_a_second_pruning_composes_the_kept_indices():
     assert kept_inputs(second.model) == {"x": [1, 5]}  # relative to the data
     again = shrink_graph(second.model, x[:, [1, 5]])
     assert kept_inputs(again.model) == {"x": [1, 5]}
+
+
+class NormedInput(nn.Module):
+    """The image goes through BatchNorm and a depthwise convolution before a 1x1 reader."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn, self.dw = nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.mix, self.fc = nn.Conv2d(4, 3, 1), nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.mix(self.dw(self.bn(x)))
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def test_followers_on_the_input_lose_the_channel_with_its_readers():
+    torch.manual_seed(0)
+    model = convert(NormedInput().to(DT), "gaussian").to(DT).eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1.0, 1.0)  # a zeroed channel is not zero after it
+    x = torch.randn(3, 4, 5, 5, dtype=DT)
+    result = shrink_graph(model, x, prune_inputs={"x": [0, 3]})
+    assert result.followers == {"bn": [0, 3], "dw": [0, 3]} and result.model.mix.in_channels == 2
+    reference = convert(NormedInput().to(DT), "gaussian").to(DT).eval()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():  # the model that ignores channels 1 and 2
+        reference.mix.weight_mu[:, [1, 2]] = 0.0
+    torch.testing.assert_close(_out(result.model, x[:, [0, 3]]), _out(reference, x), **_tol())
