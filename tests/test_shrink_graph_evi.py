@@ -118,6 +118,22 @@ def test_a_dead_units_constant_is_kept_where_an_evi_layer_reads_it():
     assert any("moment (eVI) layer" in note for note in result.notes)
 
 
+def test_a_column_with_zero_mean_is_still_read_through_its_variance():
+    model = _rescat({})
+    with torch.no_grad():
+        model.fc.weight_mu[:, 24:28] = 0.0  # side channel 0 (cat channel 6, 2×2 columns)
+    x = torch.rand(2, 3, 4, 4, dtype=DT)
+    kept = shrink_graph(model, x)
+    _same(_moments(kept.model, x), _moments(model, x))
+    assert {r.name: r for r in kept.layers}["side"].units_after == 4  # σ²·E[x²] reaches fc
+    mask = torch.ones_like(model.fc.weight_mu)
+    mask[:, 24:28] = 0.0
+    model.fc.set_weight_mask(mask)  # now mean and variance are gone: an orphan
+    gone = shrink_graph(model, x)
+    _same(_moments(gone.model, x), _moments(model, x))
+    assert {r.name: r for r in gone.layers}["side"].kept_units == [1, 2, 3]
+
+
 def test_evi_graph_inputs_save_and_load(tmp_path):
     model = _rescat({"c1": [0, 2]})
     x = torch.rand(2, 3, 4, 4, dtype=DT)
