@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from bayesprune import compress, convert
 from bayesprune.compress.graph import kept_inputs, shrink_graph
+from bayesprune.io import load_tensors
 from bayesprune.nn import SpikeSlabLinear, use_posterior_mean
 
 TOL = 1e-5
@@ -172,6 +173,7 @@ def test_kept_inputs_survive_save_and_load_and_onnx_takes_the_reduced_input(tmp_
     path = compress.save_shrunk(small, tmp_path / "small.safetensors")
     loaded = compress.load_shrunk(path, _build(ConvReaders, "gaussian"))
     assert kept_inputs(loaded) == {"x": [1, 3]} and loaded.a.in_channels == 2
+    assert load_tensors(path)[1]["version"] == 2  # bayesprune without kept inputs refuses it
     torch.testing.assert_close(_out(loaded, x[:, [1, 3]]), _out(small, x[:, [1, 3]]))
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")

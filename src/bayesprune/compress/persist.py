@@ -44,7 +44,9 @@ from .graph import KEPT_INPUTS, kept_inputs
 from .serialize import architecture, build
 
 FORMAT = "bayesprune-shrunk"
-VERSION = 1
+VERSION = 2
+"""1: shapes and tensors; 2: also kept input features (written only when there are some,
+so that a reader of version 1 refuses a model that takes fewer inputs than it expects)."""
 
 Spec = dict[str, Any]
 
@@ -162,7 +164,7 @@ def save_shrunk(
     model = _without_prune_hooks(model)
     record = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": VERSION if kept_inputs(model) else 1,
         "class": type(model).__qualname__,
         "class_module": type(model).__module__,
         "modules": pruned_shapes(model),
