@@ -31,10 +31,14 @@ tool for plain nn.Sequential chains. Channels coupled by the graph form groups
   depthwise convolutions their kernels.
 
 It repeats until nothing changes (a unit whose only inputs were folded constants is dead
-in the next round). Units dropped by `prune_units` or the threshold that still had
-weights are first masked (their incoming weights set to zero), so the contract is: the
-shrunk model equals the input model with those masks, in posterior-mean mode, on any
-input. `check=True` verifies it on the example inputs and raises otherwise.
+in the next round). Before the rounds, `prune_inputs` removes input features from every
+layer that reads them (`kept_inputs` records which stay). Moment (eVI) networks are
+followed through their means; their variance counts too (a unit is silent only without
+mean and variance, and no constant is folded into an eVI reader). Units dropped by
+`prune_units` or the threshold that still had weights are first masked (their incoming
+weights set to zero), so the contract is: the shrunk model equals the input model with
+those masks, in posterior-mean mode, on any input (for eVI: mean and covariance).
+`check=True` verifies it on the example inputs and raises otherwise.
 """
 
 from __future__ import annotations
@@ -48,8 +52,9 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.base import GatedLayer, use_posterior_mean
+from ..nn.moments import Factored, Moments
 from .adapters import as_prunable, copy_model, is_prunable
-from .chain import deployed_weight, first_tensor
+from .chain import deployed_weight
 from .graph_fold import (
     Fold,
     Reader,
@@ -58,13 +63,22 @@ from .graph_fold import (
     depthwise_size_bound,
     group_folds,
 )
-from .graph_trace import NORMS, ChannelGraph, GraphTraceError, Use, analyse
+from .graph_trace import (
+    NORMS,
+    ChannelGraph,
+    GraphTraceError,
+    Use,
+    analyse,
+    propagates_variance,
+    trace,
+)
 from .shrink import LayerRecord
 
 __all__ = [
     "GraphShrinkError",
     "GraphShrinkResult",
     "GraphTraceError",
+    "kept_inputs",
     "module_shape",
     "shrink_graph",
 ]
@@ -87,11 +101,17 @@ class GraphShrinkResult:
     shapes: dict[str, dict[str, int]] = field(default_factory=dict)
     """Every resized module → its new size attributes (`module_shape`), e.g. to rebuild
     the user's class with these widths before loading the shrunk weights."""
+    kept_inputs: dict[str, list[int]] = field(default_factory=dict)
+    """Per pruned input (forward argument name): the kept features / channels, original
+    indices; the shrunk model takes `x[:, kept_inputs["x"]]`. Also `kept_inputs(model)`."""
+    inputs_before: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able record (without the model)."""
         return {
             "layers": [asdict(r) for r in self.layers],
+            "kept_inputs": self.kept_inputs,
+            "inputs_before": self.inputs_before,
             "followers": self.followers,
             "rounds": self.rounds,
             "max_abs_difference": self.max_abs_difference,
@@ -111,12 +131,14 @@ def module_shape(module: nn.Module) -> dict[str, int]:
     return {a: int(getattr(module, a)) for a in SIZE_ATTRIBUTES if hasattr(module, a)}
 
 
-def _as_keep(spec: Tensor | Sequence[int], n: int, name: str) -> Tensor:
+def _as_keep(spec: Tensor | Sequence[int], n: int, name: str, what: str = "prune_units") -> Tensor:
     t = torch.as_tensor(spec)
     if t.dtype == torch.bool:
         if t.shape != (n,):
-            raise ValueError(f"prune_units[{name!r}] needs shape ({n},), got {tuple(t.shape)}")
+            raise ValueError(f"{what}[{name!r}] needs shape ({n},), got {tuple(t.shape)}")
         return t.clone()
+    if t.numel() and (int(t.min()) < -n or int(t.max()) >= n):
+        raise ValueError(f"{what}[{name!r}] holds indices outside 0..{n - 1}")
     keep = torch.zeros(n, dtype=torch.bool)
     keep[t.long()] = True
     return keep
@@ -127,14 +149,22 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
-def _mask_rows(model: nn.Module, name: str, rows: Sequence[int]) -> None:
-    """Zero the incoming weights of units `rows` of layer `name` (combined with its mask)."""
+def _mask_rows(model: nn.Module, name: str, rows: Sequence[int], columns: bool = False) -> None:
+    """Zero the incoming weights of units `rows` of layer `name` (combined with its mask);
+    with `columns`, zero its weights on inputs `rows` instead."""
     layer = model.get_submodule(name)
     current = getattr(layer, "weight_mask", None)
     w = deployed_weight(layer)
     mask = torch.ones_like(w) if current is None else current.detach().clone()
-    mask[list(rows)] = 0
+    if columns:
+        mask[:, list(rows)] = 0
+    else:
+        mask[list(rows)] = 0
     as_prunable(layer).set_weight_mask(mask)
+
+
+def _tensor_input(x: Any) -> bool:
+    return isinstance(x, Tensor) and x.ndim >= 2
 
 
 class _GraphShrinker:
@@ -150,7 +180,9 @@ class _GraphShrinker:
         self.model, self.reference, self.inputs = model, reference, inputs
         self.threshold, self.forced, self.options = threshold, forced, options
         self.kept: dict[str, Tensor] = {}  # producer / follower → kept original channels
-        self.kept_inputs: dict[str, int] = {}
+        self.kept_inputs: dict[str, list[int]] = {}
+        self.inputs_before: dict[str, int] = {}
+        self.masked_inputs = 0  # input columns masked because their PIP is low
         self.before: dict[str, tuple[int, int]] = {}
         self.folded: dict[str, int] = {}
         self.kept_dead: dict[str, int] = {}
@@ -181,8 +213,19 @@ class _GraphShrinker:
         self._cache[("dead", name)] = dead
         return dead
 
+    def _spread(self, name: str) -> Tensor | None:
+        """A moment layer's weight standard deviations (its variance reaches its output in
+        the deterministic pass), None for other layers."""
+        layer = self.model.get_submodule(name)
+        if not propagates_variance(layer):
+            return None
+        return as_prunable(layer).posterior().weight_std.detach()
+
     def _zero_columns(self, use: Use) -> Tensor:
         w = dense_weight(self._deployed(use.name).weight.detach(), use.groups)
+        spread = self._spread(use.name)
+        if spread is not None:
+            w = w.abs() + dense_weight(spread, use.groups)
         return (w.transpose(0, 1).flatten(1) == 0).all(1).cpu()
 
     def _removable(self, cg: ChannelGraph) -> tuple[set[int], set[int]]:
@@ -316,6 +359,8 @@ class _GraphShrinker:
         self._silence_followers(cg, self._forced_groups(cg, dead))
         for p in cg.producers:
             w = self._deployed(p.name).weight.detach()
+            spread = self._spread(p.name)  # a moment layer's zero-mean unit still adds variance
+            w = w if spread is None else w.abs() + spread
             live = ~(w.flatten(1) == 0).all(1).cpu()
             rows = [u for u, i in enumerate(p.ids) if cg.find(i) in dead and live[u]]
             if rows:
@@ -349,6 +394,107 @@ class _GraphShrinker:
             self._apply_fold(fold)
         self._slice(cg, removed)
         return True
+
+    # -- inputs (before the rounds) ------------------------------------------------------
+    def prune_inputs(self, spec: Mapping[str, Any] | bool) -> None:
+        """Remove input features: those `spec` does not keep, or (spec True) those no layer
+        reads (zero weights, or an input PIP at most the threshold, masked first)."""
+        graph = trace(self.model, self.options["leaf_modules"])
+        places = [str(n.target) for n in graph.graph.nodes if n.op == "placeholder"]
+        taking = {n for n, x in zip(places, self.inputs, strict=False) if _tensor_input(x)}
+        explicit = spec if isinstance(spec, Mapping) else {}
+        unknown = sorted(set(explicit) - taking)
+        if unknown:
+            raise ValueError(
+                f"prune_inputs names {unknown}, which are not inputs of the model with "
+                f"features on dim 1; inputs: {sorted(taking)}"
+            )
+        free = set(explicit) if explicit else taking
+        cg = analyse(self.model, self.inputs, free_inputs=free, **self.options)
+        self._start(cg)
+        removed: set[int] = set()
+        unread = self._unread_input_groups(cg) if not explicit else set()
+        for name, ids in cg.inputs.items():
+            if explicit:
+                keep = _as_keep(explicit[name], len(ids), name, "prune_inputs")
+                if not keep.any():
+                    raise ValueError(f"prune_inputs[{name!r}] keeps no feature: keep at least one")
+                drop = {cg.find(i) for i, k in zip(ids, keep.tolist(), strict=True) if not k}
+                self._check_sliceable(cg, name, ids, keep, drop)
+            else:
+                drop = {g for i in ids if (g := cg.find(i)) in unread}
+                if len(drop) == len({cg.find(i) for i in ids}):
+                    drop.discard(cg.find(ids[0]))  # an input keeps one feature
+            removed |= drop
+        if not removed:
+            return
+        self._mask_input_columns(cg, removed)
+        self._slice(cg, removed)
+        for position, name in enumerate(places):
+            if name not in cg.inputs or position >= len(self.inputs):
+                continue
+            ids = cg.inputs[name]
+            keep = torch.tensor([j for j, i in enumerate(ids) if cg.find(i) not in removed])
+            self.inputs_before[name] = len(ids)
+            self.kept_inputs[name] = keep.tolist()
+            x = self.inputs[position]
+            self.inputs = (
+                *self.inputs[:position],
+                x.index_select(1, keep.to(x.device)),
+                *self.inputs[position + 1 :],
+            )
+        self._cache.clear()
+
+    def _check_sliceable(
+        self, cg: ChannelGraph, name: str, ids: list[int], keep: Tensor, drop: set[int]
+    ) -> None:
+        """An input feature goes only where every op it reaches can be sliced."""
+        pinned, members = cg.pinned_groups(), cg.members()
+        for j, i in enumerate(ids):
+            g = cg.find(i)
+            if g not in drop:
+                continue
+            why = None
+            if g in pinned:
+                why = f"reaches {cg.why_pinned(g)}, which shrink_graph cannot slice"
+            elif g in members:
+                layer = members[g][0][0]
+                why = f"is tied to the outputs of {layer!r} (an addition, or a grouped convolution)"
+            elif any(cg.find(k) == g and keep[m] for m, k in enumerate(ids)):
+                why = "is tied to a kept feature (an addition or chunk of the input)"
+            if why:
+                raise ValueError(
+                    f"prune_inputs: feature {j} of input {name!r} {why}. Only features that "
+                    "reach prunable layers (nn.Linear / nn.Conv2d / Bayesian layers, through "
+                    "activations, pooling, flatten, BatchNorm or concatenation) can be removed: "
+                    "keep that feature, or drop it from your data and build the model narrower"
+                )
+
+    def _unread_input_groups(self, cg: ChannelGraph) -> set[int]:
+        """Free input groups that every reading layer ignores (zero weights or low PIP)."""
+        candidates = {cg.find(i) for ids in cg.inputs.values() for i in ids}
+        candidates -= cg.pinned_groups() | set(cg.members())
+        read: set[int] = set()
+        for use in cg.sinks:
+            unread = self._zero_columns(use)
+            pip = as_prunable(self.model.get_submodule(use.name)).posterior().input_inclusion
+            if pip is not None and len(pip) == len(use.ids):
+                unread = unread | (pip.detach().cpu() <= self.threshold)
+            read |= {cg.find(i) for i, u in zip(use.ids, unread.tolist(), strict=True) if not u}
+        return candidates - read
+
+    def _mask_input_columns(self, cg: ChannelGraph, removed: set[int]) -> None:
+        """Mask the readers' columns of removed inputs, here and in the reference, so the
+        reference is the model that does not read those features."""
+        for use in cg.sinks:
+            zero = self._zero_columns(use)
+            cols = [j for j, i in enumerate(use.ids) if cg.find(i) in removed]
+            live = [j for j in cols if not zero[j]]
+            if live:
+                for model in (self.model, self.reference):
+                    _mask_rows(model, use.name, live, columns=True)
+                self.masked_inputs += len(live)
+        self._cache.clear()
 
     def _count_folded(self, cg: ChannelGraph, dead: set[int]) -> None:
         nonzero: set[int] = set()
@@ -441,14 +587,38 @@ def _slice_follower(module: nn.Module, idx: Tensor) -> nn.Module:
     return new
 
 
-def _outputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
+def _tensors(value: Any) -> list[Tensor]:
+    """Every tensor of an output (a moment network's mean and covariance, a tuple...)."""
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, tuple | list):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def _outputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> list[Tensor]:
     was = model.training
     model.eval()
     try:
         with torch.no_grad(), use_posterior_mean(model):
-            return first_tensor(model(*inputs))
+            out = model(*inputs)
+            if isinstance(out, Moments) and isinstance(out.cov, Factored):
+                out = (out.mean, out.variance())  # eVI: a low-rank covariance by its marginals
+            return _tensors(out)
     finally:
         model.train(was)
+
+
+KEPT_INPUTS = "bayesprune_kept_inputs"
+"""The attribute of a shrunk model holding its kept input features (`kept_inputs`)."""
+
+
+def kept_inputs(model: nn.Module) -> dict[str, list[int]]:
+    """{input name: kept features} of a model shrunk with `prune_inputs` (or loaded by
+    `load_shrunk`); {} when its inputs are whole. Slice data with `x[:, kept["x"]]`."""
+    return dict(getattr(model, KEPT_INPUTS, None) or {})
 
 
 def shrink_graph(
@@ -459,6 +629,7 @@ def shrink_graph(
     inclusion_threshold: float = 0.5,
     passthrough: Sequence[type[nn.Module]] = (),
     leaf_modules: Sequence[type[nn.Module]] = (),
+    prune_inputs: Mapping[str, Tensor | Sequence[int]] | bool | None = None,
     check: bool = True,
     tolerance: float = 1e-4,
     max_rounds: int = 20,
@@ -472,7 +643,14 @@ def shrink_graph(
     so the channel is 0 rather than BatchNorm's constant, which a padded convolution
     downstream could not absorb (the check compares against that model).
     `passthrough`: extra module types that act on each channel apart; `leaf_modules`:
-    module types kept whole (their channels are kept). `check` compares the shrunk and
+    module types kept whole (their channels are kept). `prune_inputs` = {forward argument
+    name: features / channels (dim 1) to KEEP} removes the others from every layer that
+    reads them, or True removes the features no layer reads (all-zero weights, or input
+    inclusion probability ≤ `inclusion_threshold`, masked first); the shrunk model then
+    takes `x[:, result.kept_inputs["x"]]` and equals the model that does not read the
+    dropped features. A feature that reaches an op that cannot be sliced (a reshape with
+    constant sizes, an addition to a layer's output, the output) is a ValueError naming
+    the op; with True such features are kept. `check` compares the shrunk and
     the masked input model on the example inputs in posterior-mean mode and raises
     GraphShrinkError beyond `tolerance` (relative to the output's scale). The input
     model is not modified.
@@ -490,11 +668,21 @@ def shrink_graph(
         forced[name] = _as_keep(spec, deployed_weight(layer).shape[0], name)
     options = {"passthrough": tuple(passthrough), "leaf_modules": tuple(leaf_modules)}
     worker = _GraphShrinker(work, reference, inputs, inclusion_threshold, forced, options)
+    if prune_inputs:
+        worker.prune_inputs(prune_inputs)
     rounds = 0
     while rounds < max_rounds and worker.round():
         rounds += 1
     followers = {n: k.tolist() for n, k in worker.kept.items() if n not in worker.before}
     result = GraphShrinkResult(work, worker.records(), followers, rounds)
+    result.kept_inputs, result.inputs_before = worker.kept_inputs, worker.inputs_before
+    if worker.kept_inputs:  # relative to the data: composed with an earlier pruning
+        before = kept_inputs(model)
+        composed = {
+            k: [before[k][i] for i in v] if k in before else list(v)
+            for k, v in worker.kept_inputs.items()
+        }
+        setattr(work, KEPT_INPUTS, {**before, **composed})
     for name in [*worker.before, *followers]:
         shape = module_shape(work.get_submodule(name))
         if shape != module_shape(model.get_submodule(name)):
@@ -502,7 +690,8 @@ def shrink_graph(
     if worker.masked:
         result.notes.append(
             f"{worker.masked} units dropped by prune_units / the inclusion threshold still had "
-            "weights: they were masked first (the result equals the masked model)"
+            "weights (or, in an eVI layer, weight variance): they were masked first (the result "
+            "equals the masked model)"
         )
     if worker.silenced:
         result.notes.append(
@@ -515,16 +704,23 @@ def shrink_graph(
             f"{name!r} has no bias: folded constants went into the next BatchNorm's running "
             "mean, without their weight variance (sampling mode changes slightly)"
         )
+    if worker.masked_inputs:
+        result.notes.append(
+            f"{worker.masked_inputs} weight columns on removed input features were not zero: "
+            "they were masked first (the result equals the model that ignores those features)"
+        )
     kept_dead = sum(r.kept_dead_units for r in result.layers)
     if kept_dead:
         result.notes.append(
-            f"{kept_dead} dead units were kept: their constant output meets a padded border or "
-            "a layer without bias or BatchNorm, so it cannot be folded exactly"
+            f"{kept_dead} dead units were kept: their constant output meets a padded border, "
+            "a layer without bias or BatchNorm, or a moment (eVI) layer, so it cannot be "
+            "folded exactly"
         )
-    expected, got = _outputs(reference, inputs), _outputs(work, inputs)
-    diff = float((expected - got).abs().max())
+    expected, got = _outputs(reference, inputs), _outputs(work, worker.inputs)
+    diff = max(float((e - g).abs().max()) for e, g in zip(expected, got, strict=True))
     result.max_abs_difference = diff
-    if check and diff > tolerance * max(1.0, float(expected.abs().max())):
+    scale = max(float(e.abs().max()) for e in expected)
+    if check and diff > tolerance * max(1.0, scale):
         raise GraphShrinkError(
             f"shrunk output differs from the masked model by up to {diff:.3g}: a module in "
             "passthrough= may mix channels, or a layer's to_deterministic/posterior may not "

@@ -22,6 +22,10 @@ pooling without zero padding, concatenation along the channels): BN(y + δ) = BN
 μ → μ − δ. That is DenseNet's transition (conv, average pool, then the next block's
 concatenations feed only BatchNorms) as well as the plain conv → BatchNorm pair. A
 grouped reader is seen through its dense block-diagonal weight.
+
+A moment (eVI) reader adds σ²·E[x²] of every column to its output variance, and its
+bias is a point estimate: there is no exact place for a constant's σ²c², so a dead
+group with a non-zero constant that such a layer reads is kept.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .adapters import as_prunable
-from .graph_trace import BATCHNORMS, ChannelGraph, Use
+from .graph_trace import BATCHNORMS, ChannelGraph, Use, propagates_variance
 
 _SHIFT_MODULES: tuple[type[nn.Module], ...] = (
     nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.MaxPool1d,
@@ -72,16 +76,18 @@ class Reader:
     weight_std: Tensor
     has_bias: bool
     shifts: list[tuple[str, Tensor]] | None  # where a bias-free reader's offset can go
+    folds: bool = True  # False: a moment layer, whose variance term cannot absorb a constant
 
     @classmethod
     def of(cls, cg: ChannelGraph, use: Use, layer: nn.Module, plain: nn.Module) -> Reader:
         prunable = as_prunable(layer)
         posterior = prunable.posterior()
         has_bias = posterior.bias_mean is not None
-        shifts = None if has_bias else shift_targets(cg, use)
+        folds = not propagates_variance(layer)
+        shifts = None if has_bias or not folds else shift_targets(cg, use)
         weight = dense_weight(plain.weight.detach(), use.groups)
         std = dense_weight(posterior.weight_std.detach(), use.groups).to(weight)
-        return cls(plain, weight, std, has_bias, shifts)
+        return cls(plain, weight, std, has_bias, shifts, folds)
 
 
 def dense_weight(weight: Tensor, groups: int) -> Tensor:
@@ -263,10 +269,13 @@ def group_folds(
         if g in bad:
             continue
         parts = [t[k] for t in mean_by]
-        if not any(p.any() for p in parts):
+        spread = not reader.folds and bool(var_by[k].any())  # σ²c² in a moment layer's variance
+        if not spread and not any(p.any() for p in parts):
             continue  # nothing to fold (a zero constant, or zero weights)
         level = parts[0][:, :1]
-        if not all(bool(_same(torch.cat([level, p], 1)).all()) for p in parts):
+        if not reader.folds:
+            bad.add(g)
+        elif not all(bool(_same(torch.cat([level, p], 1)).all()) for p in parts):
             bad.add(g)  # the constant meets a padded border: not a bias shift
         elif not reader.has_bias and reader.shifts is None:
             bad.add(g)  # no bias and no BatchNorm that takes the shift

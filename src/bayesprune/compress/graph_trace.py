@@ -30,9 +30,17 @@ go together are united (union-find) into one *group*:
   `x.size(0)`), repeats each channel's id over its H·W block; a size written as a
   constant (`x.view(-1, 400)`) pins.
 
+Moment networks (eVI) pass `Moments(mean, cov)` between layers: a node's channels are
+its mean's. Layers say what they do through class attributes (family knowledge stays in
+`nn/`): `joins = "add"` unites like a residual sum (`EVIAdd`), `joins = "cat"`
+concatenates along the channels (`EVICat`), `flattens = True` flattens like `nn.Flatten`
+(`EVIFlatten`).
+
 Ids that reach the graph's inputs, outputs, a stateful module called twice, or any op
 that is not understood are *pinned*: such a group is never removed, which keeps the
 model's interface and makes every unknown op safe (it costs pruning, never correctness).
+Inputs named in `free_inputs` get unpinned ids (`ChannelGraph.inputs`) for input pruning;
+`pinned_at` remembers the op that pinned an id, to name it in errors.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import math
 import operator
 import traceback
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..nn.base import SerializableLayer, use_posterior_mean
+from ..nn.moments import Moments
 from .adapters import is_prunable
 from .chain import PASSTHROUGH
 
@@ -64,6 +73,13 @@ CHANNELWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
 )  # fmt: skip
 """Channelwise modules beyond `chain.PASSTHROUGH` (which `shrink` shares)."""
+
+
+def propagates_variance(module: nn.Module) -> bool:
+    """A moment (eVI) layer: its deterministic output carries its weight variance, so a
+    unit or column is silent only when its mean *and* its variance are zero."""
+    return bool(getattr(module, "propagates_variance", False))
+
 
 _ADD = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub}
 _ADD_METHODS = {"add", "add_", "sub", "sub_"}
@@ -140,7 +156,7 @@ def record(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> dict[fx.Node, Any]
     class _Recorder(fx.Interpreter):
         def run_node(self, n: fx.Node) -> Any:
             out = super().run_node(n)
-            values[n] = out
+            values[n] = out.mean if isinstance(out, Moments) else out  # channels: the mean's
             return out
 
     was = gm.training
@@ -182,6 +198,8 @@ class ChannelGraph:
     followers: list[Use] = field(default_factory=list)
     ids: dict[fx.Node, list[int]] = field(default_factory=dict)
     pieces: dict[fx.Node, list[list[int]]] = field(default_factory=dict)  # chunk → per piece
+    inputs: dict[str, list[int]] = field(default_factory=dict)  # free input → its ids
+    pinned_at: dict[int, str] = field(default_factory=dict)  # id → the op that pinned it
 
     # -- union-find ------------------------------------------------------------------
     def fresh(self, n: int, pinned: bool = False) -> list[int]:
@@ -205,6 +223,13 @@ class ChannelGraph:
 
     def pinned_groups(self) -> set[int]:
         return {self.find(i) for i in self.pinned}
+
+    def why_pinned(self, group: int) -> str:
+        """The op that pinned a member of `group` (for error messages)."""
+        for i in sorted(self.pinned):
+            if self.find(i) == group:
+                return self.pinned_at.get(i, "an op shrink_graph cannot slice")
+        return "nothing"
 
     def members(self) -> dict[int, list[tuple[str, int]]]:
         """Group → the (producer, unit) channels in it."""
@@ -236,8 +261,17 @@ def _node_ids(cg: ChannelGraph, arg: Any) -> list[list[int]]:
     return found
 
 
+def _describe(node: fx.Node) -> str:
+    if node.op == "output":
+        return "the model's output"
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return f"{node.op} {target!r} (node {node.name})"
+
+
 def _pin_args(cg: ChannelGraph, node: fx.Node) -> None:
     for ids in _node_ids(cg, (node.args, node.kwargs)):
+        for i in ids:
+            cg.pinned_at.setdefault(i, _describe(node))
         cg.pinned.update(ids)
 
 
@@ -276,8 +310,12 @@ def analyse(
     inputs: tuple[Tensor, ...],
     passthrough: tuple[type[nn.Module], ...] = (),
     leaf_modules: Sequence[type[nn.Module]] = (),
+    free_inputs: Collection[str] = (),
 ) -> ChannelGraph:
-    """Trace and run `model` once, and give every channel of every node its id."""
+    """Trace and run `model` once, and give every channel of every node its id.
+
+    The inputs named in `free_inputs` (forward argument names) are not pinned.
+    """
     gm = trace(model, leaf_modules)
     cg = ChannelGraph(gm, record(gm, inputs))
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
@@ -300,9 +338,13 @@ def analyse(
             ids = _function_ids(cg, node, first)
         if ids is None and node.op != "placeholder" and not _is_shape(out):
             _pin_args(cg, node)
+        if node.op == "placeholder" and node.target in free_inputs and _tensor(out):
+            ids = cg.inputs[str(node.target)] = cg.fresh(out.shape[1])
         if _tensor(out):
             if ids is None or len(ids) != out.shape[1]:
                 ids = cg.fresh(out.shape[1], pinned=True)
+                for i in ids:
+                    cg.pinned_at[i] = f"the output of {_describe(node)}"
             cg.ids[node] = ids
     return cg
 
@@ -324,6 +366,13 @@ def _module_ids(
     if not called_once or first is None or not _tensor(value):
         return None  # shared modules and modules on non-channel tensors stay as they are
     in_value = cg.values[node.args[0]]
+    joins = getattr(module, "joins", None)
+    if joins == "add":
+        return _elementwise_ids(cg, node)
+    if joins == "cat":
+        return _cat_ids(cg, node.args, value.ndim, 1)
+    if getattr(module, "flattens", False):
+        return _flatten_ids(first, in_value.shape, value.shape)
     if is_prunable(module):
         groups = getattr(module, "groups", 1)
         if groups > 1 and groups == module.in_channels == module.out_channels:
@@ -415,10 +464,7 @@ def _function_ids(cg: ChannelGraph, node: fx.Node, first: list[int] | None) -> l
         return _elementwise_ids(cg, node)
     if _is(node, _CAT, set()):
         parts = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = _arg(node, 1, "dim", 0)
-        if dim % value.ndim != 1 or not all(p in cg.ids for p in parts):
-            return None
-        return [i for p in parts for i in cg.ids[p]]
+        return _cat_ids(cg, parts, value.ndim, _arg(node, 1, "dim", 0))
     if first is None:
         return None
     in_value = cg.values[node.args[0]]
@@ -437,6 +483,13 @@ def _function_ids(cg: ChannelGraph, node: fx.Node, first: list[int] | None) -> l
             return None  # averages zeros in at the border: pinned, as the module
         return first if value.shape[:2] == in_value.shape[:2] else None
     return None
+
+
+def _cat_ids(cg: ChannelGraph, parts: Any, ndim: int, dim: int) -> list[int] | None:
+    """A concatenation along the channels: the parts' id lists, one after the other."""
+    if dim % ndim != 1 or not all(p in cg.ids for p in parts):
+        return None
+    return [i for p in parts for i in cg.ids[p]]
 
 
 def _elementwise_ids(cg: ChannelGraph, node: fx.Node) -> list[int] | None:

@@ -16,6 +16,9 @@ so, as with `torch.save(model.state_dict())` and Torch-Pruning's `tp.state_dict`
   network or its `bp.convert`-ed twin: a recorded `BayesConv2d` replaces an `nn.Conv2d`
   and the other way round, never an `nn.Linear` by a convolution.
 
+A model shrunk with `prune_inputs` takes fewer input features: the kept indices
+(`graph.kept_inputs`) go into the header and come back on the loaded model.
+
 `pruned_shapes` / `apply_shapes` are the two halves without a file, for users who store
 tensors their own way. A file that does not fit the given class (another class, a module
 the class lacks or does not describe, a layer of another kind, a tensor of another shape)
@@ -37,10 +40,13 @@ from torch import Tensor, nn
 from ..io import CheckpointError, load_tensors, save_tensors
 from ..nn.base import VariationalLayer
 from .export import _finite, _first_line, _without_prune_hooks, compare_state
+from .graph import KEPT_INPUTS, kept_inputs
 from .serialize import architecture, build
 
 FORMAT = "bayesprune-shrunk"
-VERSION = 1
+VERSION = 2
+"""1: shapes and tensors; 2: also kept input features (written only when there are some,
+so that a reader of version 1 refuses a model that takes fewer inputs than it expects)."""
 
 Spec = dict[str, Any]
 
@@ -158,10 +164,11 @@ def save_shrunk(
     model = _without_prune_hooks(model)
     record = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": VERSION if kept_inputs(model) else 1,
         "class": type(model).__qualname__,
         "class_module": type(model).__module__,
         "modules": pruned_shapes(model),
+        "kept_inputs": kept_inputs(model),
         "metadata": dict(metadata or {}),
     }
     return save_tensors(path, dict(model.state_dict()), record)
@@ -210,6 +217,12 @@ def _read(path: str | Path, cls: type[nn.Module]) -> tuple[dict[str, Tensor], di
             f"{path} holds NaN or inf values in {', '.join(bad[:3])}; the file is damaged or the "
             "model diverged"
         )
+    inputs = record.get("kept_inputs", {})
+    if not isinstance(inputs, dict) or not all(
+        isinstance(v, list) and all(isinstance(i, int) and i >= 0 for i in v)
+        for v in inputs.values()
+    ):
+        raise CheckpointError(f"{path} has a damaged kept_inputs record: {inputs!r:.80}")
     return tensors, record
 
 
@@ -221,7 +234,8 @@ def load_shrunk(path: str | Path, model: nn.Module | Callable[[], nn.Module]) ->
     the model's device; it is returned in eval mode. The fresh instance may be plain or
     `bp.convert`-ed: the file says which layers are Bayesian. A file of another class
     or architecture, or a damaged one, raises `CheckpointError` naming the first module
-    that does not fit (the fresh instance may then be half-changed: build another).
+    that does not fit (the fresh instance may then be half-changed: build another). A
+    model saved with pruned inputs gets them back (`compress.kept_inputs(model)`).
     """
     if not isinstance(model, nn.Module):
         if not callable(model):
@@ -250,4 +264,6 @@ def load_shrunk(path: str | Path, model: nn.Module | Callable[[], nn.Module]) ->
             f"{path} does not fit this {cls} ({_first_line(err)}); pass a fresh {cls} built "
             "with the arguments the saved model had (before shrinking)"
         ) from err
+    if record.get("kept_inputs"):
+        setattr(model, KEPT_INPUTS, record["kept_inputs"])
     return model.eval()

@@ -3,7 +3,8 @@
 A moment network passes `Moments(mean, cov)` from layer to layer instead of
 samples; one deterministic pass gives the predictive mean and covariance.
 See `core` for the covariance layouts, `layers` for the variational family and
-its two regularisers, `likelihood` for the loss.
+its two regularisers, `merge` for residual sums and concatenations of branches,
+`likelihood` for the loss.
 """
 
 from ..family import Family, keyword_options, register_family
@@ -29,6 +30,7 @@ from .layers import (
     log_softplus,
 )
 from .likelihood import EVILikelihood, cap_variance, predictive_variance
+from .merge import EVIAdd, EVICat
 from .ops import (
     ACTIVATIONS,
     EVIELU,
@@ -49,6 +51,8 @@ __all__ = [
     "LAYOUTS",
     "REGULARIZERS",
     "Covariance",
+    "EVIAdd",
+    "EVICat",
     "EVIConv2d",
     "EVIFlatten",
     "EVILikelihood",

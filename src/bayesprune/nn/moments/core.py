@@ -92,6 +92,15 @@ class Moments(NamedTuple):
         """The full (B, D, D) covariance of the flattened mean (small networks only)."""
         return dense_covariance(self)
 
+    def __add__(self, other: object) -> Moments:
+        # a tuple's + would concatenate (mean, cov, mean, cov) and fail far from here
+        raise TypeError(
+            "Moments cannot be added with +: use bayesprune.nn.moments.EVIAdd()(a, b) for a "
+            "residual sum, or EVICat()(a, b) to concatenate channels"
+        )
+
+    __radd__ = __add__
+
 
 def _bad(moments: Moments, why: str) -> ValueError:
     cov = moments.cov

@@ -81,6 +81,7 @@ class _EVILayer(VariationalLayer):
     weight_rho: nn.Parameter
     bias: nn.Parameter | None
     weight_mask: Tensor | None
+    propagates_variance: ClassVar[bool] = True  # compression: σ² reaches the output too
     sliced: ClassVar[dict[str, tuple[int | None, int | None]]] = {
         "weight_mu": (0, 1),
         "weight_rho": (0, None),

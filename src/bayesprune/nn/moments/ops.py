@@ -8,7 +8,7 @@ parametric layers swapped for nn.Conv2d / nn.Linear — runs unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -190,6 +190,7 @@ class EVIFlatten(SerializableLayer):
     """
 
     channelwise = True
+    flattens: ClassVar[bool] = True  # shrink_graph: channel-major, like nn.Flatten
 
     def forward(self, x: Tensor | Moments) -> Tensor | Moments:
         if not isinstance(x, Moments):
