@@ -41,7 +41,13 @@ from .export import (
     sparse_storage,
     spec_json,
 )
-from .graph import GraphShrinkError, GraphShrinkResult, GraphTraceError, shrink_graph
+from .graph import (
+    GraphShrinkError,
+    GraphShrinkResult,
+    GraphTraceError,
+    kept_inputs,
+    shrink_graph,
+)
 from .graph_scores import activation_scores, keep_units
 from .masks import (
     apply_masks,
@@ -136,6 +142,7 @@ __all__ = [
     "is_prunable",
     "keep_masks",
     "keep_units",
+    "kept_inputs",
     "layer_inputs",
     "layer_sparsity_masks",
     "load_model",
