@@ -52,6 +52,7 @@ import ctypes
 import functools
 import gc
 import importlib
+import inspect
 import io
 import json
 import math
@@ -82,7 +83,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import bayesprune as bp
 from bayesprune.data import load_mnist
-from bayesprune.optim import make_optimizer
+from bayesprune.optim import make_optimizer, resolve_schedule
 
 ARCHS = {"lenet300": bp.lenet_300_100, "lenet5": bp.lenet5_caffe}
 MIXTURE = {"kind": "scale_mixture", "pi": 0.5, "scale1": 1.0, "scale2": math.exp(-6)}
@@ -348,18 +349,34 @@ class Recipe:
     contender: Contender
     batch_size: int = 128
     lr: float = 1e-3
-    schedule: str = "constant"  # or "cosine" over the run's max epochs (as fit does)
+    schedule: str = "constant"  # or "cosine" over `epochs` (as fit does)
     source: str = ""
+    epochs: int | None = None  # the run's length (None: --max-epochs), the cosine's horizon
+
+
+FIT_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(bp.fit).parameters.items()
+    if name in ("epochs", "batch_size", "lr", "lr_schedule")
+}
+"""What `bp.fit(model, train)` uses when the user passes nothing: our recipe."""
 
 
 def recipes(args: argparse.Namespace) -> list[Recipe]:
     """Ours with `fit`'s defaults, peers with their READMEs' / MNIST examples' settings."""
     out = [Recipe(deterministic(), source="torch.optim.Adam(lr=1e-3), batch 128")]
+    d = FIT_DEFAULTS
+    schedule = resolve_schedule(d["lr_schedule"], bp.lenet_300_100())  # "auto": cosine here
     for estimator in args.estimators:
         out.append(
             Recipe(
                 ours(f"bayesprune N(0,1) {estimator}", estimator=estimator),
-                source="bp.lenet_300_100() + bp.fit defaults (Adam 1e-3, batch 128)",
+                batch_size=d["batch_size"],
+                lr=d["lr"],
+                schedule=schedule,
+                epochs=d["epochs"],
+                source=f"bp.lenet_300_100() + bp.fit defaults (Adam {d['lr']:g}, "
+                f"{schedule} over {d['epochs']} epochs, batch {d['batch_size']})",
             )
         )
     out.append(
@@ -623,14 +640,14 @@ def _accuracy(net: nn.Module, x: Tensor, y: Tensor) -> float:
     return 100.0 * correct / len(x)
 
 
-def _next_batch(run: Run, x: Tensor, y: Tensor, max_epochs: int) -> tuple[Tensor, Tensor]:
+def _next_batch(run: Run, x: Tensor, y: Tensor, epochs: int) -> tuple[Tensor, Tensor]:
     """The next batch of `run`: a seeded permutation per epoch (last batch kept), and the
     epoch's learning rate when one starts."""
     if run.order is None or run.position >= len(x):
         run.order = torch.randperm(len(x), generator=run.generator).to(x.device)
         run.position, run.epoch = 0, run.epoch + 1
         if run.recipe.schedule == "cosine":  # as fit's schedule: a function of the epoch
-            rate = 0.5 * run.recipe.lr * (1 + math.cos(math.pi * run.epoch / max_epochs))
+            rate = 0.5 * run.recipe.lr * (1 + math.cos(math.pi * run.epoch / epochs))
             for group in run.trainer.opt.param_groups:
                 group["lr"] = rate
     idx = run.order[run.position : run.position + run.recipe.batch_size]
@@ -659,7 +676,8 @@ def time_to_accuracy(args: argparse.Namespace, device: torch.device) -> list[dic
             if run.done:
                 continue
             steps_per_epoch = math.ceil(n / run.recipe.batch_size)
-            xb, yb = _next_batch(run, x_tr, y_tr, args.max_epochs)
+            epochs = min(run.recipe.epochs or args.max_epochs, args.max_epochs)
+            xb, yb = _next_batch(run, x_tr, y_tr, epochs)
             run.trainer.step(xb, yb, n)
             run.steps += 1
             every = max(1, round(steps_per_epoch * args.eval_every))
@@ -677,9 +695,7 @@ def time_to_accuracy(args: argparse.Namespace, device: torch.device) -> list[dic
                 for target in targets:
                     if acc >= target and str(target) not in run.reached:
                         run.reached[str(target)] = point
-                if len(run.reached) == len(targets) or run.steps >= args.max_epochs * (
-                    steps_per_epoch
-                ):
+                if len(run.reached) == len(targets) or run.steps >= epochs * steps_per_epoch:
                     run.done = True
                     best = max(p["val_accuracy"] for p in run.curve)
                     print(

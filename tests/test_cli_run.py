@@ -180,7 +180,7 @@ def test_gaussian_search_and_regression_runs(tmp_path):
     gauss = {
         "data": {"name": "wine", "val_fraction": 0.3},
         "model": {"kwargs": {"hidden": [6]}},
-        "train": {"epochs": 2, "batch_size": 32, "lr": 0.01},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.01, "lr_schedule": "constant"},
         "compress": {"delta": 0.05},
         "evaluate": {"samples": 3},
     }

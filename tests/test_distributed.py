@@ -71,7 +71,14 @@ def _learn() -> dict:
     )
     x, y = _blobs(400)
     history = bp.fit(
-        model, (x, y), _blobs(101, seed=1), epochs=8, batch_size=50, lr=1e-2, progress=False
+        model,
+        (x, y),
+        _blobs(101, seed=1),
+        epochs=8,
+        batch_size=50,
+        lr=1e-2,
+        lr_schedule="constant",
+        progress=False,
     )
     return {"history": history.epochs, "params": _flat(model).tolist(), "noise": noise_states[0]}
 

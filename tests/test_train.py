@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import bayesprune as bp
 from bayesprune.checkpoint import list_checkpoints
 from bayesprune.io import CheckpointError
+from bayesprune.optim import resolve_schedule
 
 
 def _blobs(n=400, seed=0):
@@ -246,3 +248,22 @@ def test_cosine_schedule_decays_and_bad_schedule_is_rejected():
     assert lrs[0] == pytest.approx(0.01) and all(a > b for a, b in pairwise(lrs))
     with pytest.raises(ValueError, match="unknown lr_schedule 'step'; valid"):
         bp.fit(bp.mlp(4, [8], 3), (x, y), epochs=1, lr_schedule="step")
+
+
+def test_the_default_schedule_is_what_the_layers_declare():
+    """Cosine for Gaussian (and plain) networks; constant as soon as a spike-and-slab
+    layer is in the model, whose gates need a sustained rate to close."""
+    x, y = _blobs(100)
+    for model, expected in (
+        (bp.mlp(4, [8], 3), "cosine"),
+        (bp.mlp(4, [8], 3, family="deterministic"), "cosine"),
+        (bp.mlp(4, [8], 3, family="spike_slab"), "constant"),
+    ):
+        lrs = bp.fit(model, (x, y), epochs=3, lr=0.01, progress=False).column("lr")
+        if expected == "cosine":
+            assert lrs[0] == pytest.approx(0.01) and lrs[0] > lrs[1] > lrs[2]
+        else:
+            assert lrs == pytest.approx([0.01] * 3)
+    mixed = nn.Sequential(bp.mlp(4, [8], 8)[:-1], bp.mlp(8, [], 3, family="spike_slab"))
+    assert resolve_schedule("auto", mixed) == "constant"
+    assert resolve_schedule("cosine", mixed) == "cosine"  # an explicit choice stands

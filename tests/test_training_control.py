@@ -34,7 +34,7 @@ def test_fit_streams_a_dataloader_learns_and_scales_the_kl_by_the_dataset():
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
     model = bp.mlp(4, [16], 3, prior_scale=0.5)
     history = bp.fit(model, loader, DataLoader(_Rows(x, y), batch_size=100), epochs=15,
-                     lr=1e-2, progress=False)  # fmt: skip
+                     lr=1e-2, lr_schedule="constant", progress=False)  # fmt: skip
     assert history.dataset_size == 400  # len(loader.dataset), not the batch or the batches
     losses = history.column("loss")
     assert losses[-1] < losses[0]

@@ -36,15 +36,16 @@ def finetune(
     *,
     epochs: int = 3,
     lr: float = 1e-4,
+    lr_schedule: str = "constant",
     **fit_kwargs: Any,
 ) -> History:
     """Train `model` in place for `epochs` with `bayesprune.fit`; pruned weights stay pruned.
 
-    `fit_kwargs` go to `fit` (likelihood, batch_size, kl_weight, seed, ...). A small
-    learning rate is the default: the network is already trained.
+    `fit_kwargs` go to `fit` (likelihood, batch_size, kl_weight, seed, ...). A small,
+    fixed learning rate is the default: the network is already trained.
     """
     with hold_pruned(model):
-        return fit(model, train, val, epochs=epochs, lr=lr, **fit_kwargs)
+        return fit(model, train, val, epochs=epochs, lr=lr, lr_schedule=lr_schedule, **fit_kwargs)
 
 
 @contextmanager

@@ -25,6 +25,21 @@ LR_SCHEDULES: dict[str, Callable[[float, int, int], float]] = {
 }
 """(base lr, epoch, epochs) → that epoch's lr; "cosine" decays from lr to 0."""
 
+AUTO_SCHEDULE = "auto"
+
+
+def resolve_schedule(name: str, model: nn.Module) -> str:
+    """`name`, or for "auto" what the model's layers declare (`lr_schedule` of each
+    variational layer): "constant" if any asks for it (spike-and-slab gates need a
+    sustained rate to close), else "cosine" (time to accuracy, docs/speed.md)."""
+    if name != AUTO_SCHEDULE:
+        if name not in LR_SCHEDULES:
+            valid = sorted([AUTO_SCHEDULE, *LR_SCHEDULES])
+            raise ValueError(f"unknown lr_schedule {name!r}; valid: {valid}")
+        return name
+    wanted = {getattr(type(m), "lr_schedule", None) for m in model.modules()}
+    return "constant" if "constant" in wanted else "cosine"
+
 
 _FUSED_DEVICES = ("cpu", "cuda")
 

@@ -273,6 +273,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
                 epochs=budget.epochs,
                 batch_size=batch_size,
                 lr=self.lr,
+                lr_schedule="constant",  # the step budget and rates were tuned at a fixed rate
                 lr_multipliers=self._gate_lr(),
                 kl_weight=self.kl_weight,
                 kl_warmup_epochs=min(int(self.kl_warmup_steps), budget.steps // 2)

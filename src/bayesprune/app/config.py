@@ -4,7 +4,7 @@ A run config has seven sections (every key optional; defaults below)::
 
     data:     {name: digits, limit: null, noise_columns: 0, seed: 0, ...}
     model:    {builder: mlp, kwargs: {hidden: [64]}, family: spike_slab, prior: {}, ...}
-    train:    {epochs: 10, batch_size: 128, lr: 0.001, ...}      # bayesprune.fit's arguments
+    train:    {epochs: 10, batch_size: 128, lr: 0.003, ...}      # bayesprune.fit's arguments
     compress: {score: auto, rule: auto, sparsity: 0.9, ...}
     features: {score: auto, rule: auto, screen: false, ...}
     evaluate: {samples: 30, bins: 15}
@@ -31,7 +31,7 @@ import yaml
 from ..compress.pip_rules import PIP_RULES
 from ..compress.scores import INPUT_SCORES, UNIT_SCORES, WEIGHT_SCORES
 from ..likelihoods import likelihood_names
-from ..optim import LR_SCHEDULES, OPTIMIZERS
+from ..optim import AUTO_SCHEDULE, LR_SCHEDULES, OPTIMIZERS
 from .overrides import apply_overrides, override_keys
 from .schema import ConfigError, _section, _unknown
 from .yaml_safe import YamlRefused, load_strict
@@ -108,10 +108,10 @@ class TrainConfig:
 
     epochs: int = field(default=10, metadata={"min": 0})
     batch_size: int = field(default=128, metadata={"min": 1})
-    lr: float = field(default=1e-3, metadata={"min": 1e-12})
+    lr: float = field(default=3e-3, metadata={"min": 1e-12})
     optimizer: str = field(default="adam", metadata=_choices(*OPTIMIZERS))
     weight_decay: float = field(default=0.0, metadata={"min": 0.0})
-    lr_schedule: str = field(default="constant", metadata=_choices(*LR_SCHEDULES))
+    lr_schedule: str = field(default=AUTO_SCHEDULE, metadata=_choices(AUTO_SCHEDULE, *LR_SCHEDULES))
     kl_weight: float = field(default=1.0, metadata={"min": 0.0})
     kl_warmup_epochs: float = field(default=0.0, metadata={"min": 0.0})
     dataset_size: int | None = field(default=None, metadata={"min": 1})

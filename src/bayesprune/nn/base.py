@@ -128,6 +128,9 @@ class VariationalLayer(SerializableLayer):
 
     sample: bool = True
     sliced: ClassVar[dict[str, tuple[int | None, int | None]]] = {}
+    lr_schedule: ClassVar[str] = "cosine"
+    """The learning-rate schedule `fit(lr_schedule="auto")` uses for a network of these
+    layers (a constant rate wins if any layer asks for one)."""
     weight_mask: Tensor | None
 
     def kl(self) -> Tensor:  # pragma: no cover - abstract
@@ -241,6 +244,8 @@ class GatedLayer(VariationalLayer):
     (the selected model). `gate_parameter_names` names the gate parameters, e.g. for
     their own learning rate.
     """
+
+    lr_schedule: ClassVar[str] = "constant"  # a decaying rate stops gates before they close
 
     def unit_inclusion(self, aggregate: EdgeAggregate | str = "any") -> Tensor | None:
         raise NotImplementedError  # pragma: no cover - abstract
