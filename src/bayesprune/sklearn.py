@@ -442,7 +442,9 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     validation rows of small tables (docs/spike_slab.md); priors `prior_scale`
     (Gaussian), `slab_scale`, `prior_inclusion` (hidden units),
     `input_prior_inclusion` (default 1 / (p + 1)), `gate_init` (spike-and-slab);
-    `samples` and `predict_mode` ("mc" or "mean") for prediction;
+    `samples` and `predict_mode` for prediction ("mc": Monte Carlo; "mean": one pass of
+    the posterior-mean network with every gate at its PIP, cheaper but worse on small
+    tables);
     `selection_threshold` for `get_support`; `screen` (and `screen_epochs`): also test
     the left-out features by their evidence gain; `standardize` the inputs;
     `random_state`; `verbose` shows a progress bar.
