@@ -69,6 +69,7 @@ def run(name: str, kwargs: dict[str, Any], design: str, seed: int) -> dict[str, 
             row["fdr"] = len(kept - set(truth)) / max(len(kept), 1)
     if key == OURS:
         row["pip_real"] = [round(float(v), 2) for v in est.feature_importances_[:p]]
+        row["pip_noise"] = [round(float(v), 2) for v in est.feature_importances_[p:]]
         row["steps"] = est.n_steps_
     return row
 

@@ -255,3 +255,31 @@ def test_the_gate_learning_rate_applies_to_gated_families_only():
     for bad in ({"batch_size": "big"}, {"kl_warmup_steps": -1}, {"early_stopping": "auto"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             BayesianMLPClassifier(**bad).fit(X, y)
+
+
+def test_posterior_mean_prediction_is_not_a_constant_when_hidden_pips_sit_at_the_prior():
+    # On wine every hidden-unit PIP stays near its prior (about 0.01): the median-probability
+    # network (gates 1[PIP > 0.5]) has no hidden unit and predicts the majority class. The
+    # estimators' mean network multiplies each slab by its PIP instead.
+    from sklearn.datasets import load_wine
+
+    from bayesprune.nn.spike_slab.core import _SpikeSlabLayer
+
+    X, y = load_wine(return_X_y=True)
+    rng = np.random.default_rng(0)
+    test = rng.permutation(len(y))[:50]
+    train = np.setdiff1d(np.arange(len(y)), test)
+    est = BayesianMLPClassifier(predict_mode="mean", max_steps=500, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no constant-prediction warning
+        est.fit(X[train], y[train])
+    assert est.model_[0].gamma.max() < 0.5  # every hidden unit closed by the median rule
+    assert len(np.unique(est.predict(X[test]))) == 3
+    expected = est.score(X[test], y[test])
+    for layer in est.model_.modules():
+        if isinstance(layer, _SpikeSlabLayer):
+            layer.mean_gates = "median"
+    assert len(np.unique(est.predict(X[test]))) == 1
+    assert expected > est.score(X[test], y[test]) + 0.2  # 0.74 against the majority's 0.44
+    with pytest.warns(UserWarning, match="same prediction"):
+        est._warn_if_constant(torch.randn(3, X.shape[1]))

@@ -81,6 +81,12 @@ except ImportError:  # scikit-learn < 1.6
 FAMILY_AUTO = "auto"
 GATE_SUFFIX = "gate_logit"  # unit and input gate logits of the spike-and-slab layers
 _MAX_FLOAT32 = float(np.finfo(np.float32).max)
+CONSTANT_TOL = 1e-7
+"""A posterior-mean prediction whose spread over the training rows is below this is constant."""
+MEAN_GATES = "expected"
+"""Gates of the estimators' posterior-mean network (`predict_mode="mean"`): each slab times
+its PIP. The median-probability network (gates 1[PIP > 0.5]) closes every hidden unit on
+small tables, where the hidden PIPs stay near their prior, and predicts a constant."""
 
 
 def _mean_std(a: np.ndarray, axis: int | None = 0) -> tuple[Any, Any]:
@@ -220,7 +226,11 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         if self.input_prior_inclusion is not None:
             prior["input_prior_inclusion"] = self.input_prior_inclusion
         prior = {k: v for k, v in prior.items() if k in fam.prior_keys}
-        layer = {"gate_init": self.gate_init, "input_gates": self.input_gates}
+        layer = {
+            "gate_init": self.gate_init,
+            "input_gates": self.input_gates,
+            "mean_gates": MEAN_GATES,
+        }
         options = {k: v for k, v in layer.items() if fam.takes(k)}
         options.update(fam.prior_options(prior))
         hidden = [int(h) for h in self.hidden_layer_sizes]
@@ -300,6 +310,22 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             support[self.screen_.added] = True
         self.support_ = support
         self.n_features_selected_ = int(support.sum())
+        if self.predict_mode == "mean":
+            self._warn_if_constant(x)
+
+    def _warn_if_constant(self, x: torch.Tensor) -> None:
+        """Warn when the posterior-mean network gives every training row the same output."""
+        pred = predict(self.model_, x, mode="mean", likelihood=self.likelihood_, seed=self.seed_)
+        out = pred.probs if hasattr(pred, "probs") else pred.mean
+        if len(x) > 1 and float(out.std(0).max()) < CONSTANT_TOL:
+            warnings.warn(
+                "the posterior-mean network (predict_mode='mean') gives every training row "
+                "the same prediction: the posterior has closed every path from the inputs to "
+                "the output. Use predict_mode='mc' (Monte Carlo over the posterior), or more "
+                "rows or optimiser steps (max_steps), or a smaller kl_weight.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _gate_lr(self) -> dict[str, float]:
         """`fit`'s lr_multipliers: the gate logits at `gate_lr_multiplier` (families with gates)."""
@@ -417,7 +443,9 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     validation rows of small tables (docs/spike_slab.md); priors `prior_scale`
     (Gaussian), `slab_scale`, `prior_inclusion` (hidden units),
     `input_prior_inclusion` (default 1 / (p + 1)), `gate_init` (spike-and-slab);
-    `samples` and `predict_mode` ("mc" or "mean") for prediction;
+    `samples` and `predict_mode` for prediction ("mc": Monte Carlo; "mean": one pass of
+    the posterior-mean network with every gate at its PIP, cheaper but worse on small
+    tables);
     `selection_threshold` for `get_support`; `screen` (and `screen_epochs`): also test
     the left-out features by their evidence gain; `standardize` the inputs;
     `random_state`; `verbose` shows a progress bar.
