@@ -68,10 +68,15 @@ def old_screen() -> Any:
     return old_module().screen_features
 
 
-def new_screen() -> Any:
+def new_screen(first_round: int | None = None) -> Any:
+    """The current screen; `first_round`: narrow from that round on instead of the default."""
     from bayesprune.screen import screen_features
+    from bayesprune.screen_batched import Narrowing
 
-    return screen_features
+    if first_round is None:
+        return screen_features
+    narrowing = Narrowing(first_round=first_round)
+    return lambda *args, **kwargs: screen_features(*args, narrowing=narrowing, **kwargs)
 
 
 def exact_screen() -> Any:
@@ -244,6 +249,10 @@ def main() -> None:
         "--impls", nargs="+", choices=["new", "exact", "old"], default=["new", "old"]
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--narrow-from-round", type=int, default=None,
+        help="new: stage 1 narrowed from this round on (default: the library's, round 2)",
+    )  # fmt: skip
     parser.add_argument("--name", default=None, help="results file name")
     parser.add_argument(
         "--trajectory",
@@ -291,7 +300,11 @@ def main() -> None:
         )
         print(write_results(name, {"settings": vars(args), "runs": runs}, markdown))
         return
-    screens = {"new": new_screen, "exact": exact_screen, "old": old_screen}
+    screens = {
+        "new": lambda: new_screen(args.narrow_from_round),
+        "exact": exact_screen,
+        "old": old_screen,
+    }
     loaded = {impl: screens[impl]() for impl in args.impls}
 
     rows = []

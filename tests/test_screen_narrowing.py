@@ -8,7 +8,7 @@ from bayesprune.likelihoods import make_likelihood
 from bayesprune.screen import screen_features
 from bayesprune.screen_batched import Narrowing, Training, paired_gains
 
-FAST = Narrowing(at=0.3, keep=3, null=10)  # applies from 27 candidates on
+FAST = Narrowing(at=0.3, keep=3, null=10, first_round=1)  # applies from 27 candidates on
 
 
 def _interaction_data(n: int, p: int, seed: int):
@@ -64,7 +64,8 @@ def test_narrowing_keeps_the_feature_a_later_round_needs():
 
 
 def test_small_fields_are_not_narrowed_and_bad_settings_are_refused():
-    assert not Narrowing().applies(600) and Narrowing().applies(996)
+    assert not Narrowing().applies(600, 2) and Narrowing().applies(996, 2)
+    assert not Narrowing().applies(996, 1)  # by default the first round is exact
     x, y = _interaction_data(200, 12, seed=0)
     result = screen_features((x, y), [0], hidden=(4,), epochs=5, min_steps=0, narrowing=FAST)
     assert not np.isnan(result.gains).any()  # 11 candidates: nothing to gain

@@ -68,14 +68,18 @@ class Narrowing:
     at: float = 0.25
     keep: int = 100
     null: int = 200
+    first_round: int = 2  # the screen's rounds it applies to: this one and the later ones
 
     def __post_init__(self) -> None:
-        if not (0 < self.at < 1 and self.keep >= 1 and self.null >= 2):
-            raise ValueError(f"Narrowing needs 0 < at < 1, keep >= 1 and null >= 2; got {self}")
+        if not (0 < self.at < 1 and self.keep >= 1 and self.null >= 2 and self.first_round >= 1):
+            raise ValueError(
+                f"Narrowing needs 0 < at < 1, keep >= 1, null >= 2 and first_round >= 1; got {self}"
+            )
 
-    def applies(self, candidates: int) -> bool:
-        """Worth it (and a null sample much smaller than the field) only with many candidates."""
-        return candidates > 2 * (self.keep + self.null)
+    def applies(self, candidates: int, round_: int = 1) -> bool:
+        """From `first_round` on, and only with many candidates (worth it, and a null
+        sample much smaller than the field)."""
+        return round_ >= self.first_round and candidates > 2 * (self.keep + self.null)
 
     def null_sample(self, candidates: int, seed: int) -> Tensor:
         """Sorted indices of the `null` candidates that train on whatever their gain."""
@@ -303,18 +307,19 @@ def _batched_run(
     model.baseline_at_prior()
     g, n = len(groups), len(groups[0].train_rows)
     training = torch.arange(len(candidates))  # the candidates still training, in order
-    extra = torch.tensor([*candidates, 0])  # the baseline's column is zeroed below
+    # the columns a run reads, gathered once (a mini-batch then copies only those):
+    # S's, and every member's extra one, the baseline's a column of zeros
+    x_s_all = x[:, selected]
+    x_c_all = torch.cat([x[:, candidates], torch.zeros(len(x), 1)], 1)
     gaussian = isinstance(how.likelihood, Gaussian)
 
     def batch(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """For rows [groups, b]: S's columns [groups, |S|, b], each member's extra column
         [groups · members, 1, b] and the targets [groups · members, b]."""
         m = model.members
-        xb = x[rows]  # [groups, b, p]
-        x_c = xb[:, :, extra].transpose(1, 2).contiguous()
-        x_c[:, -1] = 0.0  # the baseline of each group
+        x_c = x_c_all[rows].transpose(1, 2).contiguous()  # [groups, members, b]
         target = y[rows].reshape(g, 1, -1).expand(g, m, rows.shape[1]).reshape(g * m, -1)
-        x_s = xb[:, :, selected].transpose(1, 2).contiguous()
+        x_s = x_s_all[rows].transpose(1, 2).contiguous()
         return x_s, x_c.view(g * m, 1, -1), target.float() if gaussian else target
 
     def nll(part: tuple[Tensor, Tensor, Tensor], w: Tensor) -> Tensor:
@@ -368,9 +373,9 @@ def _batched_run(
                 if step == cut and narrowing is not None:
                     on = narrowing.survivors(early[0], len(candidates), seeds[0])
                     training = training[on]
-                    extra = torch.cat([extra[:-1][on], extra[-1:]])
-                    optimizer = model.keep(torch.cat([on, torch.tensor([model.members - 1])]),
-                                           optimizer)  # fmt: skip
+                    on = torch.cat([on, torch.tensor([model.members - 1])])  # + baseline
+                    x_c_all = x_c_all[:, on]
+                    optimizer = model.keep(on, optimizer)
             w, kl = model.draw(torch.stack([_noise(model, gr.noise) for gr in groups]))
             loss = (nll(batch(perm[:, start : start + how.batch_size]), w).mean(-1) + kl / n).sum()
             optimizer.zero_grad()  # members are independent: the sum trains each
