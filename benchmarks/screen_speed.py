@@ -68,15 +68,25 @@ def old_screen() -> Any:
     return old_module().screen_features
 
 
-def new_screen(first_round: int | None = None) -> Any:
-    """The current screen; `first_round`: narrow from that round on instead of the default."""
+def new_screen(args: argparse.Namespace) -> Any:
+    """The current screen, its narrowing's settings changed where the arguments say."""
+    import dataclasses
+
     from bayesprune.screen import screen_features
     from bayesprune.screen_batched import Narrowing
 
-    if first_round is None:
+    changes = {
+        field: value
+        for field, value in (
+            ("first_round", args.narrow_from_round), ("at", args.narrow_at),
+            ("keep", args.narrow_keep), ("null", args.narrow_null),
+        )
+        if value is not None
+    }  # fmt: skip
+    if not changes:
         return screen_features
-    narrowing = Narrowing(first_round=first_round)
-    return lambda *args, **kwargs: screen_features(*args, narrowing=narrowing, **kwargs)
+    narrowing = dataclasses.replace(Narrowing(), **changes)
+    return lambda *a, **kwargs: screen_features(*a, narrowing=narrowing, **kwargs)
 
 
 def exact_screen() -> Any:
@@ -253,6 +263,9 @@ def main() -> None:
         "--narrow-from-round", type=int, default=None,
         help="new: stage 1 narrowed from this round on (default: the library's, round 2)",
     )  # fmt: skip
+    parser.add_argument("--narrow-at", type=float, default=None, help="Narrowing.at")
+    parser.add_argument("--narrow-keep", type=int, default=None, help="Narrowing.keep")
+    parser.add_argument("--narrow-null", type=int, default=None, help="Narrowing.null")
     parser.add_argument("--name", default=None, help="results file name")
     parser.add_argument(
         "--trajectory",
@@ -301,7 +314,7 @@ def main() -> None:
         print(write_results(name, {"settings": vars(args), "runs": runs}, markdown))
         return
     screens = {
-        "new": lambda: new_screen(args.narrow_from_round),
+        "new": lambda: new_screen(args),
         "exact": exact_screen,
         "old": old_screen,
     }

@@ -64,7 +64,7 @@ def test_narrowing_keeps_the_feature_a_later_round_needs():
 
 
 def test_small_fields_are_not_narrowed_and_bad_settings_are_refused():
-    assert not Narrowing().applies(600, 2) and Narrowing().applies(996, 2)
+    assert not Narrowing().applies(400, 2) and Narrowing().applies(996, 2)
     assert not Narrowing().applies(996, 1)  # by default the first round is exact
     x, y = _interaction_data(200, 12, seed=0)
     result = screen_features((x, y), [0], hidden=(4,), epochs=5, min_steps=0, narrowing=FAST)

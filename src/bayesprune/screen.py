@@ -40,29 +40,26 @@ empirical null, median and 1.4826 · MAD). Two stages:
 Narrowing (`screen_batched.Narrowing`, by default in the second and later rounds and
 when there are more than 2 · (keep + null) candidates, e.g. p = 1000): stage 1's cost is
 steps × candidates, and nearly all candidates are noise whose gains only feed the null.
-After a quarter of the
-steps every candidate's ELBO gain is measured (its own noise stream: training is not
-disturbed); the `keep` = 100 highest and `null` = 200 drawn at random train on, the
-rest stop (gain NaN). A member that trains on ends where it ends in the full run (the
-members are independent; tests/test_screen_narrowing.py checks it to float rounding),
-so only two things can change a decision: (1) a feature that is not in the top 100 a
-quarter of the way through (and not drawn) is never shortlisted; (2) the null's median
-and spread come from 200 random candidates instead of all: over 20 such samples a
-true feature's z moved by 5-11 % (sd, development seeds), so a candidate within about
-a tenth of the critical z can land on either side (stage 2 still decides). On (1): an added feature
-must pass z > Φ⁻¹(1 − α / #candidates) ≈ 3.9 at the end; on the development seeds
-(10 and 11 of both designs, and the correlated one with x3 added: a second round;
-benchmarks/results/screen_trajectory_*_dev.md) every true candidate ranked first or
-second a quarter of the way in (up to 35th a fifth of the way in, 470th a tenth), far
-inside the top 100. This is a measured margin, not a proof: a feature whose gain
-appears only late in training is stopped. It happened in round one on Bai seed 0 (a
-reported seed): x1, whose effect is even (the gates' blind spot: its weights sit at a
-saddle until noise breaks it), had not yet left the null a quarter of the way in, and
-the narrowed screen missed it (benchmarks/README.md). So round one, where the
-interaction features the gates miss are found, is exact by default; the later rounds
-(a feature that acts with an added one: x4 once x3 is in ranked first from a tenth of
-the way in) are narrowed. `Narrowing(first_round=1)` narrows every round;
-`narrowing=None` none.
+A tenth of the way through the steps every candidate's ELBO gain is measured (its own
+noise stream: training is not disturbed); the `keep` = 50 highest and `null` = 150
+drawn at random train on, the rest stop (gain NaN). A member that trains on ends where
+it ends in the full run (the members are independent; tests/test_screen_narrowing.py
+checks it to float rounding), so only two things can change a decision: (1) a feature
+not in the top 50 at the cut (and not drawn) is never shortlisted; (2) the null's
+median and spread come from 150 random candidates instead of all: over 20 samples of
+200 a true feature's z moved by 5-11 % (sd, development seeds), so a candidate within
+about a tenth of the critical z can land on either side (stage 2 still decides).
+On (1), measured, not proven (development seeds 10 and 11 of both designs,
+benchmarks/results/screen_trajectory_*_dev.md): the feature a later round exists for,
+x4 once x3 is in, ranked first from a tenth of the way on. Round one is exact by
+default because there the margin is not there: the features the gates miss can leave
+the null late (x3 on correlated seed 11 ranked 470th a tenth of the way in, 35th a
+fifth, 2nd a quarter), and with every round narrowed at a quarter of the way (top
+100 + 200) x1 on Bai seed 0, whose even effect keeps its weights at a saddle until
+noise breaks it, had not yet left the null and was missed (benchmarks/README.md).
+A feature that needs an added one and leaves the null late would be missed the same
+way in a later round. `Narrowing(first_round=1)` narrows every round; `narrowing=None`
+none (the exact path).
 
 Rounds: a later round starts from S plus what the earlier ones added, so a feature
 whose effect needs an added one (x4 once x3 is in, for sin(x3·x4)) can enter next.

@@ -65,9 +65,9 @@ class Narrowing:
     and the null's median and spread come from `null` members instead of all.
     """
 
-    at: float = 0.25
-    keep: int = 100
-    null: int = 200
+    at: float = 0.1
+    keep: int = 50
+    null: int = 150
     first_round: int = 2  # the screen's rounds it applies to: this one and the later ones
 
     def __post_init__(self) -> None:
