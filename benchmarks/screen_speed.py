@@ -195,13 +195,42 @@ def trajectory(args: argparse.Namespace, seed: int, fractions: list[float]) -> d
     }  # fmt: skip
 
 
+def timed_runs(log: list[dict[str, Any]]) -> Any:
+    """`bayesprune.screen.paired_gains`, each call's process-CPU seconds appended to `log`
+    (stage 1 or the confirmation folds, the candidates and whether it was narrowed)."""
+    from bayesprune.screen_batched import paired_gains
+
+    def timed(*args: Any, **kwargs: Any) -> torch.Tensor:
+        started = time.process_time()
+        out = paired_gains(*args, **kwargs)
+        log.append(
+            {
+                "stage": "confirm" if len(args) > 6 and args[6] is not None else "stage 1",
+                "candidates": len(args[3]),
+                "narrowed": kwargs.get("narrowing") is not None,
+                "cpu_s": round(time.process_time() - started, 1),
+            }
+        )
+        return out
+
+    return timed
+
+
 def replicate(args: argparse.Namespace, impl: str, screen: Any, seed: int) -> dict[str, Any]:
+    import bayesprune.screen
+
     data = DESIGNS[args.design](n=args.n, p=args.p, seed=seed)
     selected = GATES_KEEP[args.design]
     load_before = os.getloadavg()[0]
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = screen(data.train, selected, rounds=args.rounds, seed=seed)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    runs: list[dict[str, Any]] = []
+    original = bayesprune.screen.paired_gains
+    bayesprune.screen.paired_gains = timed_runs(runs)  # the timing of each paired run
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = screen(data.train, selected, rounds=args.rounds, seed=seed)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        bayesprune.screen.paired_gains = original
     scores = metrics.selection_scores(result.features, data.true_features, data.n_features)
     return {
         "impl": impl,
@@ -216,6 +245,10 @@ def replicate(args: argparse.Namespace, impl: str, screen: Any, seed: int) -> di
         "rounds": result.rounds,
         "shortlist": result.shortlist,
         "stopped_early": int(np.isnan(result.gains).sum()),
+        "runs_cpu_s": [
+            f"{r['stage']}{' narrowed' if r['narrowed'] else ''} ({r['candidates']}): {r['cpu_s']}"
+            for r in runs
+        ],
         "top_gain": round(float(np.nanmax(result.gains)), 1),
         "top_z": round(float(np.nanmax(result.z)), 2),
     }
