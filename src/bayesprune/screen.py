@@ -56,7 +56,8 @@ default because there the margin is not there: the features the gates miss can l
 the null late (x3 on correlated seed 11 ranked 470th a tenth of the way in, 35th a
 fifth, 2nd a quarter), and with every round narrowed at a quarter of the way (top
 100 + 200) x1 on Bai seed 0, whose even effect keeps its weights at a saddle until
-noise breaks it, had not yet left the null and was missed (benchmarks/README.md).
+noise breaks it, was missed: it ranked 714th a quarter of the way in, 179th half way
+and first only three quarters of the way (benchmarks/README.md).
 A feature that needs an added one and leaves the null late would be missed the same
 way in a later round. `Narrowing(first_round=1)` narrows every round; `narrowing=None`
 none (the exact path).
