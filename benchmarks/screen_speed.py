@@ -7,7 +7,8 @@ and no noise input. Timed: `screen_features` alone, wall and process CPU seconds
 on `--threads` threads, with the 1-minute load average before and after (the
 machine may be shared). `--impls old` runs the screen as committed at a362f81 (vmap
 over `functional_call` of stacked modules), loaded from git into a temporary module;
-`new` is the current `bayesprune.screen`.
+`new` is the current `bayesprune.screen` (stage 1 narrowed at p = 1000), `exact` the
+same without the narrowing (`narrowing=None`: the decisions it must keep).
 
     python benchmarks/screen_speed.py --design bai --replicates 3 --impls new old
     python benchmarks/screen_speed.py --design correlated --replicates 3 --impls new old
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from _common import md_table, write_results
 
@@ -66,10 +68,32 @@ def old_screen() -> Any:
     return old_module().screen_features
 
 
-def new_screen() -> Any:
+def new_screen(args: argparse.Namespace) -> Any:
+    """The current screen, its narrowing's settings changed where the arguments say."""
+    import dataclasses
+
+    from bayesprune.screen import screen_features
+    from bayesprune.screen_batched import Narrowing
+
+    changes = {
+        field: value
+        for field, value in (
+            ("first_round", args.narrow_from_round), ("at", args.narrow_at),
+            ("keep", args.narrow_keep), ("null", args.narrow_null),
+        )
+        if value is not None
+    }  # fmt: skip
+    if not changes:
+        return screen_features
+    narrowing = dataclasses.replace(Narrowing(), **changes)
+    return lambda *a, **kwargs: screen_features(*a, narrowing=narrowing, **kwargs)
+
+
+def exact_screen() -> Any:
+    """The current screen without stage 1's narrowing: every candidate trains to the end."""
     from bayesprune.screen import screen_features
 
-    return screen_features
+    return lambda *args, **kwargs: screen_features(*args, narrowing=None, **kwargs)
 
 
 def step_cost(args: argparse.Namespace, repeats: int = 5) -> dict[str, Any]:
@@ -122,13 +146,91 @@ def step_cost(args: argparse.Namespace, repeats: int = 5) -> dict[str, Any]:
     }
 
 
+def trajectory(args: argparse.Namespace, seed: int, fractions: list[float]) -> dict[str, Any]:
+    """Stage 1 of round one, exact, with every candidate's ELBO gain measured at
+    `fractions` of the optimiser steps: where the true features rank then (what
+    `Narrowing.keep` must cover), and their final robust z under the null of all
+    candidates vs of random samples of `Narrowing.null` (what narrowing changes)."""
+    from bayesprune.likelihoods import make_likelihood
+    from bayesprune.screen_batched import Narrowing, Training, _batched_run
+
+    data = DESIGNS[args.design](n=args.n, p=args.p, seed=seed)
+    x, y = data.train
+    selected = sorted(GATES_KEEP[args.design] + args.also_selected)
+    candidates = [i for i in range(args.p) if i not in selected]
+    true = [c for c in data.true_features if c in candidates]
+    how = Training(
+        likelihood=make_likelihood("gaussian"), out_features=1, hidden=(7, 7, 7),
+        activation="relu", epochs=150, min_steps=1500, lr=1e-2, batch_size=128, mc_samples=8,
+    )  # fmt: skip
+    steps = 150 * math.ceil(len(x) / 128)
+    record: dict[int, torch.Tensor] = {round(f * steps): torch.empty(0) for f in fractions}
+    with torch.random.fork_rng(devices=[]):
+        final = _batched_run(x.float(), y, selected, candidates, how, [seed], [None], None, record)
+    final = final[0]
+
+    def rank(gains: torch.Tensor, c: int) -> int:
+        return int((gains > gains[candidates.index(c)]).sum()) + 1
+
+    def z(gains: torch.Tensor, null: torch.Tensor, c: int) -> float:
+        median = null.median()
+        scale = 1.4826 * (null - median).abs().median()
+        return round(float((gains[candidates.index(c)] - median) / scale), 2)
+
+    nulls = [Narrowing().null_sample(len(candidates), s) for s in range(20)]
+    return {
+        "seed": seed,
+        "selected": selected,
+        "true_candidates": true,
+        "rank_at": {
+            f"{f:.2f}": [rank(record[round(f * steps)], c) for c in true] for f in fractions
+        },
+        "final_rank": [rank(final, c) for c in true],
+        "final_gain": [round(float(final[candidates.index(c)]), 1) for c in true],
+        "final_z_all": [z(final, final, c) for c in true],
+        "final_z_null_samples": [[z(final, final[i], c) for i in nulls] for c in true],
+        "top_other_z_all": z(final, final, candidates[int(torch.argmax(
+            torch.where(torch.isin(torch.tensor(candidates), torch.tensor(true)), -math.inf, final)
+        ))]),
+    }  # fmt: skip
+
+
+def timed_runs(log: list[dict[str, Any]]) -> Any:
+    """`bayesprune.screen.paired_gains`, each call's process-CPU seconds appended to `log`
+    (stage 1 or the confirmation folds, the candidates and whether it was narrowed)."""
+    from bayesprune.screen_batched import paired_gains
+
+    def timed(*args: Any, **kwargs: Any) -> torch.Tensor:
+        started = time.process_time()
+        out = paired_gains(*args, **kwargs)
+        log.append(
+            {
+                "stage": "confirm" if len(args) > 6 and args[6] is not None else "stage 1",
+                "candidates": len(args[3]),
+                "narrowed": kwargs.get("narrowing") is not None,
+                "cpu_s": round(time.process_time() - started, 1),
+            }
+        )
+        return out
+
+    return timed
+
+
 def replicate(args: argparse.Namespace, impl: str, screen: Any, seed: int) -> dict[str, Any]:
+    import bayesprune.screen
+
     data = DESIGNS[args.design](n=args.n, p=args.p, seed=seed)
     selected = GATES_KEEP[args.design]
     load_before = os.getloadavg()[0]
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = screen(data.train, selected, rounds=args.rounds, seed=seed)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    runs: list[dict[str, Any]] = []
+    original = bayesprune.screen.paired_gains
+    bayesprune.screen.paired_gains = timed_runs(runs)  # the timing of each paired run
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = screen(data.train, selected, rounds=args.rounds, seed=seed)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        bayesprune.screen.paired_gains = original
     scores = metrics.selection_scores(result.features, data.true_features, data.n_features)
     return {
         "impl": impl,
@@ -142,8 +244,13 @@ def replicate(args: argparse.Namespace, impl: str, screen: Any, seed: int) -> di
         "added": result.added,
         "rounds": result.rounds,
         "shortlist": result.shortlist,
-        "top_gain": round(float(result.gains.max()), 1),
-        "top_z": round(float(result.z.max()), 2),
+        "stopped_early": int(np.isnan(result.gains).sum()),
+        "runs_cpu_s": [
+            f"{r['stage']}{' narrowed' if r['narrowed'] else ''} ({r['candidates']}): {r['cpu_s']}"
+            for r in runs
+        ],
+        "top_gain": round(float(np.nanmax(result.gains)), 1),
+        "top_z": round(float(np.nanmax(result.z)), 2),
     }
 
 
@@ -181,9 +288,30 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--p", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--impls", nargs="+", choices=["new", "old"], default=["new", "old"])
+    parser.add_argument(
+        "--impls", nargs="+", choices=["new", "exact", "old"], default=["new", "old"]
+    )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--narrow-from-round", type=int, default=None,
+        help="new: stage 1 narrowed from this round on (default: the library's, round 2)",
+    )  # fmt: skip
+    parser.add_argument("--narrow-at", type=float, default=None, help="Narrowing.at")
+    parser.add_argument("--narrow-keep", type=int, default=None, help="Narrowing.keep")
+    parser.add_argument("--narrow-null", type=int, default=None, help="Narrowing.null")
     parser.add_argument("--name", default=None, help="results file name")
+    parser.add_argument(
+        "--trajectory",
+        type=float,
+        nargs="*",
+        default=None,
+        help="only stage 1 of round one, exact, with every gain measured at these fractions "
+        "of the steps (the narrowing's development record)",
+    )
+    parser.add_argument(
+        "--also-selected", type=int, nargs="*", default=[],
+        help="with --trajectory: start from the gates' selection plus these (a later round)",
+    )  # fmt: skip
     parser.add_argument(
         "--step-cost", action="store_true",
         help="only the CPU cost of one training step, old vs new (interleaved, 5 repeats)",
@@ -202,7 +330,27 @@ def main() -> None:
         )
         print(write_results(name, {"settings": vars(args), "step_cost": cost}, markdown))
         return
-    screens = {"new": new_screen, "old": old_screen}
+    if args.trajectory is not None:
+        runs = []
+        for r in range(args.replicates):
+            runs.append(trajectory(args, args.seed + r, args.trajectory))
+            print(json.dumps(runs[-1]), flush=True)
+        name = args.name or f"screen_trajectory_{args.design}"
+        table = [{k: v for k, v in run.items() if k != "final_z_null_samples"} for run in runs]
+        markdown = (
+            f"Design `{args.design}`, p = {args.p}: stage 1 of round one, exact, from the "
+            "selection below; each true candidate's rank among all candidates by ELBO gain "
+            "at fractions of the optimiser steps, and its final robust z under the null of "
+            "all candidates (the JSON has it under 20 random null samples of 200).\n\n"
+            + md_table([{k: str(v) for k, v in row.items()} for row in table])
+        )
+        print(write_results(name, {"settings": vars(args), "runs": runs}, markdown))
+        return
+    screens = {
+        "new": lambda: new_screen(args),
+        "exact": exact_screen,
+        "old": old_screen,
+    }
     loaded = {impl: screens[impl]() for impl in args.impls}
 
     rows = []
@@ -218,7 +366,8 @@ def main() -> None:
         f"screen starts from the gates' selection {GATES_KEEP[args.design]} (0-based) and "
         f"must add the other true features; defaults of `screen_features`, up to "
         f"{args.rounds} rounds; {args.threads} torch thread(s). `old` = the screen at "
-        f"{OLD_COMMIT}. Seconds: `screen_features` alone; load = 1-minute load average.\n\n"
+        f"{OLD_COMMIT}; `exact` = the current screen with `narrowing=None`. Seconds: "
+        "`screen_features` alone; load = 1-minute load average.\n\n"
         "## Summary (mean ± sd over replicates)\n\n"
         + md_table(overall)
         + "\n## Replicates\n\n"

@@ -22,6 +22,7 @@ import statistics
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from _common import md_table, write_results
 
@@ -144,8 +145,8 @@ def screened(args: argparse.Namespace, data: Any, selected: Any, seed: int) -> d
     return {
         "screen_added": screen.added,
         "screen_rounds": screen.rounds,
-        "screen_top_gain": round(float(screen.gains.max()), 1),
-        "screen_top_z": round(float(screen.z.max()), 2),
+        "screen_top_gain": round(float(np.nanmax(screen.gains)), 1),
+        "screen_top_z": round(float(np.nanmax(screen.z)), 2),
         "rmse_screened_full": report.scores["full"]["rmse"] * data.y_std,
         "rmse_screened_pruned": report.scores["pruned"]["rmse"] * data.y_std,
         "tpr_screened": scores.tpr,

@@ -37,6 +37,31 @@ empirical null, median and 1.4826 · MAD). Two stages:
    chance, and retraining on the same rows confirms the chance (it did on the
    correlated design); held-out rows do not.
 
+Narrowing (`screen_batched.Narrowing`, by default in the second and later rounds and
+when there are more than 2 · (keep + null) candidates, e.g. p = 1000): stage 1's cost is
+steps × candidates, and nearly all candidates are noise whose gains only feed the null.
+A tenth of the way through the steps every candidate's ELBO gain is measured (its own
+noise stream: training is not disturbed); the `keep` = 50 highest and `null` = 150
+drawn at random train on, the rest stop (gain NaN). A member that trains on ends where
+it ends in the full run (the members are independent; tests/test_screen_narrowing.py
+checks it to float rounding), so only two things can change a decision: (1) a feature
+not in the top 50 at the cut (and not drawn) is never shortlisted; (2) the null's
+median and spread come from 150 random candidates instead of all: over 20 samples of
+200 a true feature's z moved by 5-11 % (sd, development seeds), so a candidate within
+about a tenth of the critical z can land on either side (stage 2 still decides).
+On (1), measured, not proven (development seeds 10 and 11 of both designs,
+benchmarks/results/screen_trajectory_*_dev.md): the feature a later round exists for,
+x4 once x3 is in, ranked first from a tenth of the way on. Round one is exact by
+default because there the margin is not there: the features the gates miss can leave
+the null late (x3 on correlated seed 11 ranked 470th a tenth of the way in, 35th a
+fifth, 2nd a quarter), and with every round narrowed at a quarter of the way (top
+100 + 200) x1 on Bai seed 0, whose even effect keeps its weights at a saddle until
+noise breaks it, was missed: it ranked 714th a quarter of the way in, 179th half way
+and first only three quarters of the way (benchmarks/README.md).
+A feature that needs an added one and leaves the null late would be missed the same
+way in a later round. `Narrowing(first_round=1)` narrows every round; `narrowing=None`
+none (the exact path).
+
 Rounds: a later round starts from S plus what the earlier ones added, so a feature
 whose effect needs an added one (x4 once x3 is in, for sin(x3·x4)) can enter next.
 A pair that acts only together and shows no gain for either alone is still out of
@@ -58,7 +83,7 @@ from torch import Tensor
 from .data.xy import DataLike, as_xy
 from .likelihoods import Gaussian, Likelihood, make_likelihood
 from .nn import default_prior_inclusion
-from .screen_batched import Training, paired_gains
+from .screen_batched import Narrowing, Training, paired_gains
 
 
 @dataclass
@@ -67,7 +92,8 @@ class ScreenResult:
 
     selected: list[int]
     candidates: list[int]
-    gains: np.ndarray  # ELBO(S ∪ {c}) − ELBO(S) in nats, one per candidate (stage 1)
+    gains: np.ndarray  # ELBO(S ∪ {c}) − ELBO(S) in nats, one per candidate (stage 1;
+    # NaN: stopped early by the narrowing)
     z: np.ndarray  # robust z-score of each gain against the candidates' median / MAD
     shortlist: list[int]  # candidates that passed stage 1
     confirm_gains: np.ndarray  # stage 2: held-out log predictive gain of each shortlisted one
@@ -87,7 +113,7 @@ class ScreenResult:
         return sorted(self.selected + self.added)
 
     def as_dict(self) -> dict[str, Any]:
-        order = np.argsort(-self.gains)[:10]
+        order = np.argsort(-np.nan_to_num(self.gains, nan=-np.inf))[:10]
         return {
             "selected": self.selected,
             "shortlist": self.shortlist,
@@ -150,6 +176,7 @@ def screen_features(
     confirm_folds: int = 3,
     decoys: int = 30,
     rounds: int = 2,
+    narrowing: Narrowing | None = Narrowing(),  # noqa: B008 (frozen: shared safely)
     seed: int = 0,
 ) -> ScreenResult:
     """Paired variational Bayes factors of S ∪ {c} against S for every candidate c.
@@ -162,6 +189,9 @@ def screen_features(
     Up to `rounds` rounds: each later one starts from S plus what was added so far and
     screens the rest (stops when a round adds nothing). The gains, shortlist and decoys
     recorded are the first round's; `rounds` lists what each round added.
+    `narrowing` stops stage 1's hopeless candidates early when there are many (more than
+    2 · (keep + null)); their gains and z are NaN. None: every candidate trains to the
+    end (the exact path). See `Narrowing` and the module doc.
     """
     x, y = as_xy(train, "train")
     if x.ndim != 2:
@@ -202,16 +232,17 @@ def screen_features(
         mc_samples=mc_samples,
     )
 
-    round_args = (how, lam, alpha, confirm_folds, decoys)
+    round_args = (how, lam, alpha, confirm_folds, decoys, narrowing)
     with torch.random.fork_rng(devices=[]):  # seeded here; the caller's RNG is left alone
-        result = _one_round(x, y, selected, candidates, *round_args, seed)
+        result = _one_round(x, y, selected, candidates, *round_args, seed, 1)
         result.rounds = [list(result.added)]
         while result.rounds[-1] and len(result.rounds) < rounds:
             rest = [c for c in candidates if c not in set(result.added)]
             if not rest:
                 break
             start = sorted(selected + result.added)
-            later = _one_round(x, y, start, rest, *round_args, seed + 7919 * len(result.rounds))
+            number = len(result.rounds) + 1
+            later = _one_round(x, y, start, rest, *round_args, seed + 7919 * (number - 1), number)
             result.rounds.append(list(later.added))
             result.added = result.added + later.added
     return result
@@ -227,15 +258,22 @@ def _one_round(
     alpha: float,
     confirm_folds: int,
     decoys: int,
+    narrowing: Narrowing | None,
     seed: int,
+    number: int,
 ) -> ScreenResult:
-    """Stage 1 over every candidate, stage 2 on its shortlist (see the module doc)."""
-    gains = paired_gains(x, y, selected, candidates, how, [seed])[0].numpy().astype(float)
-    median, null_scale = _null_statistics(gains)
+    """Round `number`: stage 1 over every candidate, stage 2 on its shortlist (see the
+    module doc)."""
+    if narrowing is not None and not narrowing.applies(len(candidates), number):
+        narrowing = None
+    gains = paired_gains(x, y, selected, candidates, how, [seed], narrowing=narrowing)
+    gains = gains[0].numpy().astype(float)
+    null = gains if narrowing is None else gains[narrowing.null_sample(len(candidates), seed)]
+    median, null_scale = _null_statistics(null)
     z = (gains - median) / null_scale
     min_gain = math.log((1 - lam) / lam)
     z_critical = NormalDist().inv_cdf(1 - alpha / len(candidates))
-    shortlist = [
+    shortlist = [  # NaN (stopped early) fails both comparisons
         c for c, g, zc in zip(candidates, gains, z, strict=True) if g > min_gain and zc > z_critical
     ]
 

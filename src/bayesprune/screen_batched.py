@@ -51,6 +51,50 @@ class Training:
     mc_samples: int
 
 
+@dataclass(frozen=True)
+class Narrowing:
+    """Stage 1's shortcut: after a fraction `at` of the optimiser steps, only the `keep`
+    candidates with the highest ELBO gains so far and `null` candidates drawn at random
+    (whatever their gain: the sample the final empirical null is taken from) train on.
+
+    A stopped member's remaining steps are skipped; every member that trains on follows
+    exactly the path it follows in the full run (its own parameters and Adam moments,
+    the same rows and noise: members are independent), so its final gain is the full
+    run's (up to the order of floating-point sums). What can differ: a candidate ranked
+    below `keep` at the cut and not drawn into the null sample is never shortlisted,
+    and the null's median and spread come from `null` members instead of all.
+    """
+
+    at: float = 0.1
+    keep: int = 50
+    null: int = 150
+    first_round: int = 2  # the screen's rounds it applies to: this one and the later ones
+
+    def __post_init__(self) -> None:
+        if not (0 < self.at < 1 and self.keep >= 1 and self.null >= 2 and self.first_round >= 1):
+            raise ValueError(
+                f"Narrowing needs 0 < at < 1, keep >= 1, null >= 2 and first_round >= 1; got {self}"
+            )
+
+    def applies(self, candidates: int, round_: int = 1) -> bool:
+        """From `first_round` on, and only with many candidates (worth it, and a null
+        sample much smaller than the field)."""
+        return round_ >= self.first_round and candidates > 2 * (self.keep + self.null)
+
+    def null_sample(self, candidates: int, seed: int) -> Tensor:
+        """Sorted indices of the `null` candidates that train on whatever their gain."""
+        order = torch.randperm(candidates, generator=torch.Generator().manual_seed(seed + 4099))
+        return order[: self.null].sort().values
+
+    def survivors(self, gains: Tensor, candidates: int, seed: int) -> Tensor:
+        """Sorted indices of the candidates that train on: the top `keep` and the null sample."""
+        top = torch.topk(torch.nan_to_num(gains, nan=-math.inf), min(self.keep, candidates)).indices
+        on = torch.zeros(candidates, dtype=torch.bool)
+        on[top] = True
+        on[self.null_sample(candidates, seed)] = True
+        return torch.nonzero(on).flatten()
+
+
 @dataclass
 class _Group:
     """One paired run inside a batched one: its rows, its seed and its noise stream."""
@@ -120,6 +164,22 @@ class StackedMLP:
             rho = inverse_softplus(torch.tensor(self.prior_scale))
             self.flat[last.unsqueeze(1), column + self.size] = rho
 
+    def keep(self, members: Tensor, optimizer: torch.optim.Adam) -> torch.optim.Adam:
+        """Keep only `members` (indices within one group) with their Adam moments; the
+        others stop training. Returns the optimiser of the narrowed tensor."""
+        if self.groups != 1:
+            raise ValueError("only a one-group run can be narrowed")
+        state = optimizer.state[self.flat]
+        with torch.no_grad():
+            self.flat = self.flat[members].clone().requires_grad_()
+        self.members = len(members)
+        narrowed = torch.optim.Adam([self.flat], **optimizer.defaults)
+        narrowed.state[self.flat] = {
+            key: value.clone() if key == "step" else value[members].clone()
+            for key, value in state.items()
+        }
+        return narrowed
+
     def draw(self, eps: Tensor) -> tuple[Tensor, Tensor]:
         """(w = μ + σ·ε [groups · members, P], KL(q ‖ N(0, s²)) per member); ε: [groups, P]."""
         mu, rho = self.flat[:, : self.size], self.flat[:, self.size : 2 * self.size]
@@ -172,10 +232,10 @@ class StackedMLP:
         return F.cross_entropy(out, y, reduction="none")  # out: [members, classes, rows]
 
 
-def _noise(model: StackedMLP, group: _Group) -> Tensor:
-    """ε [P] from the group's own stream, drawn layer by layer, weight then bias (the
+def _noise(model: StackedMLP, stream: torch.Generator) -> Tensor:
+    """ε [P] from a group's noise stream, drawn layer by layer, weight then bias (the
     draws of the layers' own forward passes)."""
-    return torch.cat([torch.randn(s, generator=group.noise).flatten() for s in model.shapes])
+    return torch.cat([torch.randn(s, generator=stream).flatten() for s in model.shapes])
 
 
 def paired_gains(
@@ -186,6 +246,7 @@ def paired_gains(
     how: Training,
     seeds: list[int],
     held_out: list[Tensor] | None = None,
+    narrowing: Narrowing | None = None,
 ) -> Tensor:
     """Gain of S ∪ {c} over S per run and candidate: [len(seeds), len(candidates)].
 
@@ -193,16 +254,20 @@ def paired_gains(
     gains on all rows. With it (one boolean row mask per seed): run k trains on the
     rows outside mask k and scores the gain in log predictive density of its rows.
     Runs whose training sets have the same size (the same step schedule) train as
-    groups of one batched run; uneven folds make two such runs.
+    groups of one batched run; uneven folds make two such runs. `narrowing` (one run on
+    all rows): stop the hopeless candidates early (`Narrowing`); theirs are NaN.
     """
+    if narrowing is not None and (len(seeds) != 1 or held_out is not None):
+        raise ValueError("narrowing applies to one run on all rows (stage 1)")
     masks: list[Tensor | None] = list(held_out) if held_out is not None else [None] * len(seeds)
     sizes = [len(x) if m is None else int((~m).sum()) for m in masks]
     out = torch.empty(len(seeds), len(candidates))
     for size in dict.fromkeys(sizes):
         pick = [i for i, s in enumerate(sizes) if s == size]
         gains = _batched_run(
-            x, y, selected, candidates, how, [seeds[i] for i in pick], [masks[i] for i in pick]
-        )
+            x, y, selected, candidates, how, [seeds[i] for i in pick], [masks[i] for i in pick],
+            narrowing,
+        )  # fmt: skip
         out[pick] = gains
     return out
 
@@ -215,8 +280,16 @@ def _batched_run(
     how: Training,
     seeds: list[int],
     masks: list[Tensor | None],
+    narrowing: Narrowing | None = None,
+    record: dict[int, Tensor] | None = None,
 ) -> Tensor:
-    """[runs, candidates] gains of runs with equally many training rows, as groups."""
+    """[runs, candidates] gains of runs with equally many training rows, as groups.
+
+    `narrowing` (one run on all rows only): see `Narrowing`; the candidates it stops
+    get NaN. `record`, when given, is filled with {step: ELBO gains of every member
+    still training at that optimiser step} for the steps already in it as keys
+    (measured with their own noise stream, so training is unchanged).
+    """
     templates, groups = [], []
     for seed, mask in zip(seeds, masks, strict=True):
         torch.manual_seed(seed)
@@ -227,40 +300,36 @@ def _batched_run(
         rows = torch.arange(len(x)) if mask is None else torch.nonzero(~mask).flatten()
         held = None if mask is None else torch.nonzero(mask).flatten()
         groups.append(_Group(rows, held, torch.Generator().manual_seed(seed), noise))
+    if (narrowing is not None or record) and (len(groups) > 1 or groups[0].held_rows is not None):
+        raise ValueError("narrowing and record apply to one run on all rows (stage 1)")
     first = next(m for m in templates[0] if hasattr(m, "weight_mu"))
     model = StackedMLP(templates, len(candidates) + 1, how.likelihood, first.prior.scale)
     model.baseline_at_prior()
-    g, m, n = len(groups), len(candidates) + 1, len(groups[0].train_rows)
-    extra = torch.tensor([*candidates, 0])  # the baseline's column is zeroed below
+    g, n = len(groups), len(groups[0].train_rows)
+    training = torch.arange(len(candidates))  # the candidates still training, in order
+    # the columns a run reads, gathered once (a mini-batch then copies only those):
+    # S's, and every member's extra one, the baseline's a column of zeros
+    x_s_all = x[:, selected]
+    x_c_all = torch.cat([x[:, candidates], torch.zeros(len(x), 1)], 1)
     gaussian = isinstance(how.likelihood, Gaussian)
 
     def batch(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """For rows [groups, b]: S's columns [groups, |S|, b], each member's extra column
         [groups · members, 1, b] and the targets [groups · members, b]."""
-        xb = x[rows]  # [groups, b, p]
-        x_c = xb[:, :, extra].transpose(1, 2).contiguous()
-        x_c[:, -1] = 0.0  # the baseline of each group
+        m = model.members
+        x_c = x_c_all[rows].transpose(1, 2).contiguous()  # [groups, members, b]
         target = y[rows].reshape(g, 1, -1).expand(g, m, rows.shape[1]).reshape(g * m, -1)
-        x_s = xb[:, :, selected].transpose(1, 2).contiguous()
+        x_s = x_s_all[rows].transpose(1, 2).contiguous()
         return x_s, x_c.view(g * m, 1, -1), target.float() if gaussian else target
 
     def nll(part: tuple[Tensor, Tensor, Tensor], w: Tensor) -> Tensor:
         x_s, x_c, target = part
         return model.nll(model.forward(x_s, x_c, w), target)
 
-    optimizer = torch.optim.Adam([model.flat], lr=how.lr, fused=True)  # one kernel per step
-    # small data: at least `min_steps` optimiser steps, or the extra weights keep the
-    # KL of their initial, tiny sigma and every gain is negative (wine: 2 steps / epoch)
-    epochs = max(how.epochs, math.ceil(how.min_steps / math.ceil(n / how.batch_size)))
-    for _ in range(epochs):
-        perm = torch.stack([gr.train_rows[torch.randperm(n, generator=gr.order)] for gr in groups])
-        for start in range(0, n, how.batch_size):
-            w, kl = model.draw(torch.stack([_noise(model, gr) for gr in groups]))
-            loss = (nll(batch(perm[:, start : start + how.batch_size]), w).mean(-1) + kl / n).sum()
-            optimizer.zero_grad()  # members are independent: the sum trains each
-            loss.backward()
-            optimizer.step()
-    with torch.no_grad():
+    def evaluate(noise: list[torch.Generator]) -> Tensor:
+        """[groups, members − 1] gains: in ELBO on the training rows, or in log
+        predictive density on the held-out rows; `mc_samples` draws from `noise`."""
+        g, m = model.groups, model.members
         held = groups[0].held_rows is not None
         rows = torch.stack(
             [gr.train_rows if gr.held_rows is None else gr.held_rows for gr in groups]
@@ -268,7 +337,7 @@ def _batched_run(
         parts = [batch(part) for part in rows.split(512, dim=1)]  # 512 rows at a time
         per_sample = []  # one weight draw per sample, for all members and rows
         for _ in range(how.mc_samples):
-            w, kl = model.draw(torch.stack([_noise(model, gr) for gr in groups]))
+            w, kl = model.draw(torch.stack([_noise(model, stream) for stream in noise]))
             per_sample.append(torch.cat([nll(part, w) for part in parts], 1))
         if not held:  # −ELBO per member, averaged over the samples
             neg_elbo = torch.zeros(g * m)
@@ -279,3 +348,40 @@ def _batched_run(
         log_lik = -torch.stack(per_sample)  # (samples, members, rows)
         lpd = (torch.logsumexp(log_lik, 0) - math.log(how.mc_samples)).sum(-1).view(g, m)
         return lpd[:, :-1] - lpd[:, -1:]
+
+    def as_row(gains: Tensor) -> Tensor:
+        """Gains of the members still training, at their candidates' places (NaN elsewhere)."""
+        row = torch.full((len(candidates),), math.nan)
+        row[training] = gains[0]
+        return row
+
+    optimizer = torch.optim.Adam([model.flat], lr=how.lr, fused=True)  # one kernel per step
+    # small data: at least `min_steps` optimiser steps, or the extra weights keep the
+    # KL of their initial, tiny sigma and every gain is negative (wine: 2 steps / epoch)
+    per_epoch = math.ceil(n / how.batch_size)
+    epochs = max(how.epochs, math.ceil(how.min_steps / per_epoch))
+    cut = -1 if narrowing is None else round(narrowing.at * epochs * per_epoch)
+    step = 0
+    for _ in range(epochs):
+        perm = torch.stack([gr.train_rows[torch.randperm(n, generator=gr.order)] for gr in groups])
+        for start in range(0, n, how.batch_size):
+            if (record is not None and step in record) or step == cut:
+                with torch.no_grad():  # a stream of its own: training's draws are unchanged
+                    early = evaluate([torch.Generator().manual_seed(seeds[0] + 7 * step + 1)])
+                if record is not None and step in record:
+                    record[step] = as_row(early)
+                if step == cut and narrowing is not None:
+                    on = narrowing.survivors(early[0], len(candidates), seeds[0])
+                    training = training[on]
+                    on = torch.cat([on, torch.tensor([model.members - 1])])  # + baseline
+                    x_c_all = x_c_all[:, on]
+                    optimizer = model.keep(on, optimizer)
+            w, kl = model.draw(torch.stack([_noise(model, gr.noise) for gr in groups]))
+            loss = (nll(batch(perm[:, start : start + how.batch_size]), w).mean(-1) + kl / n).sum()
+            optimizer.zero_grad()  # members are independent: the sum trains each
+            loss.backward()
+            optimizer.step()
+            step += 1
+    with torch.no_grad():
+        gains = evaluate([gr.noise for gr in groups])
+    return gains if narrowing is None else as_row(gains).unsqueeze(0)
