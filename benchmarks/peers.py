@@ -381,7 +381,7 @@ def recipes(args: argparse.Namespace) -> list[Recipe]:
         )
     out.append(
         Recipe(
-            ours("bayesprune mixture lrt, cosine", prior=MIXTURE),
+            ours("bayesprune mixture, cosine", prior=MIXTURE),
             schedule="cosine",
             source="the accuracy configuration: scale mixture, cosine over the max epochs",
         )
