@@ -1,0 +1,334 @@
+"""Compression record: LeNet-5-Caffe (20-50-800-500) on MNIST with Sparse VD.
+
+Per seed: a deterministic LeNet-5-Caffe is trained for a few epochs, a Sparse VD net
+is trained from its weights (KL warm-up, cosine learning rate), and then
+
+1. weight level: weights with log α > 3 (the paper's threshold) are pruned; a second
+   point uses the lowest log α threshold (the most pruning) of a grid whose error on
+   the validation split (carved from the MNIST training set) stays within
+   `--val-budget`, or with `--val-margin` within that margin of the log α = 3 net's
+   (none within: the threshold 3);
+2. structure: the pruned net is shrunk (`compress.shrink`: channels / units with no
+   incoming weights are removed); a unit-level step then removes the units whose
+   importance (norm of masked incoming × outgoing posterior-mean weights) is below
+   τ × the layer's largest, τ the largest of a grid whose validation error stays
+   within `--unit-tolerance` of the weight-pruned net's.
+
+The structure is written as Bayesian Compression writes it: conv1 channels - conv2
+channels - fc1 inputs in use - fc1 units (dense: 20-50-800-500). The test set is read
+once per reported figure. Seeds run one after another; results are written after
+each seed, so an interrupted run keeps the finished seeds.
+
+    python benchmarks/compress_lenet5.py --det-epochs 2 --svd-epochs 8 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import bayesprune as bp
+from bayesprune import compress
+from bayesprune.compress.adapters import as_prunable, copy_model, prunable_layers
+from bayesprune.data import load_mnist
+from bayesprune.metrics import model_size
+
+NAME = "compress_lenet5"
+INPUT = (1, 28, 28)
+DENSE = "20-50-800-500"
+THRESHOLDS = (3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0)  # prune log α above this
+TAUS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
+
+
+def split(train: TensorDataset, n_val: int, seed: int) -> tuple[TensorDataset, TensorDataset]:
+    """Training / validation split of the MNIST training set (seeded permutation)."""
+    x, y = train.tensors
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(10_000 + seed))
+    val, fit = order[:n_val], order[n_val:]
+    return TensorDataset(x[fit], y[fit]), TensorDataset(x[val], y[val])
+
+
+def error(model: nn.Module, data: TensorDataset) -> float:
+    """Error (%) of the posterior-mean network."""
+    return bp.evaluate(model, data.tensors, metrics=["error_pct"], batch_size=1000)["error_pct"]
+
+
+def masked(model: nn.Module, threshold: float) -> nn.Module:
+    """A copy of the Sparse VD net with the weights of log α > `threshold` pruned."""
+    out = copy_model(model)
+    scores = compress.weight_scores(model, "log_alpha")  # −log α, higher = keep
+    compress.apply_masks(out, compress.threshold_masks(scores, -threshold))
+    return out
+
+
+def mean_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(name, posterior-mean weight after masks) of each prunable layer, in order."""
+    return [
+        (name, as_prunable(layer).posterior().weight_mean.detach())
+        for name, layer in prunable_layers(model)
+    ]
+
+
+def structure(model: nn.Module, keep: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Live channels / units per layer as Bayesian Compression counts them.
+
+    A unit is live when it has an incoming and an outgoing non-zero weight (and is kept
+    by `keep`); fc1's inputs in use are the flattened conv2 outputs of live channels
+    with a non-zero weight into a live fc1 unit.
+    """
+    (n1, w1), (n2, w2), (n3, w3), (_, w4) = mean_weights(model)
+    keep = keep or {}
+    alive1 = (w1.flatten(1) != 0).any(1) & keep.get(n1, torch.ones(20, dtype=torch.bool))
+    alive2 = (w2[:, alive1].flatten(1) != 0).any(1) & keep.get(n2, torch.ones(50, dtype=torch.bool))
+    cols = alive2.repeat_interleave(16)  # 50 channels × 4 × 4 positions, channel-major
+    alive3 = (w3[:, cols] != 0).any(1) & keep.get(n3, torch.ones(500, dtype=torch.bool))
+    alive3 &= (w4 != 0).any(0)
+    used = (w3[alive3] != 0).any(0) & cols
+    ch2 = used.view(50, 16).any(1)
+    alive1 &= (w2[ch2] != 0).flatten(2).any(2).any(0)
+    return {
+        "conv1": int(alive1.sum()),
+        "conv2": int(ch2.sum()),
+        "fc1_inputs": int(used.sum()),
+        "fc1": int(alive3.sum()),
+    }
+
+
+def arch(s: dict[str, Any]) -> str:
+    return f"{s['conv1']}-{s['conv2']}-{s['fc1_inputs']}-{s['fc1']}"
+
+
+def unit_keep(model: nn.Module, tau: float) -> dict[str, torch.Tensor]:
+    """Hidden units to keep: importance >= tau × the layer's largest importance.
+
+    Importance = ‖masked incoming weights‖ × ‖masked outgoing weights‖ (posterior means);
+    a unit with either norm zero is dead already.
+    """
+    layers = mean_weights(model)
+    keep = {}
+    for k, (name, w) in enumerate(layers[:-1]):
+        w_next = layers[k + 1][1]
+        incoming = w.flatten(1).norm(dim=1)
+        if w_next.dim() == 2 and w_next.shape[1] != w.shape[0]:  # conv → flatten → linear
+            outgoing = w_next.view(w_next.shape[0], w.shape[0], -1).transpose(0, 1)
+        else:
+            outgoing = w_next.transpose(0, 1)
+        importance = incoming * outgoing.flatten(1).norm(dim=1)
+        keep[name] = importance >= max(tau * float(importance.max()), 1e-12)
+    return keep
+
+
+def layer_table(model: nn.Module) -> list[dict[str, Any]]:
+    rows = []
+    for name, w in mean_weights(model):
+        nz = int((w != 0).sum())
+        rows.append(
+            {"layer": name, "weights": w.numel(), "nonzero": nz, "kept_pct": 100 * nz / w.numel()}
+        )
+    return rows
+
+
+def nonzero(model: nn.Module) -> int:
+    return sum(int((w != 0).sum()) for _, w in mean_weights(model))
+
+
+def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset) -> dict[str, Any]:
+    train, val = split(load_mnist("train", limit=args.train_limit), args.val_size, seed)
+    common = dict(batch_size=args.batch_size, seed=seed, progress=False)
+    t0 = time.process_time()
+    torch.manual_seed(seed)
+    det = bp.lenet5_caffe(family="deterministic")
+    bp.fit(det, train, epochs=args.det_epochs, lr=args.lr, lr_schedule="cosine", **common)
+    t_det = time.process_time() - t0
+    svd = bp.convert(det, "sparse_vd", init_from_weights=True)
+    hist = bp.fit(
+        svd,
+        train,
+        epochs=args.svd_epochs,
+        lr=args.svd_lr,
+        lr_schedule="cosine",
+        lr_multipliers={"weight_rho": args.rho_lr_mult},
+        kl_warmup_epochs=min(args.kl_warmup, args.svd_epochs),
+        **common,
+    )
+    t_svd = time.process_time() - t0 - t_det
+    if args.save_svd is not None:  # lets later choice rules run without retraining
+        args.save_svd.mkdir(parents=True, exist_ok=True)
+        save_file(svd.state_dict(), args.save_svd / f"svd_seed{seed}.safetensors")
+    total = model_size(det).weights
+    row: dict[str, Any] = {
+        "seed": seed,
+        "det_cpu_s": round(t_det),
+        "svd_cpu_s": round(t_svd),
+        "det_test_error_pct": error(det, test),
+        "svd_history": hist.epochs,
+    }
+
+    # 1. weight level: the paper's threshold, and the validation-chosen one
+    grid = []
+    for thr in THRESHOLDS:
+        m = masked(svd, thr)
+        grid.append(
+            {"threshold": thr, "compression_x": total / nonzero(m), "val_error_pct": error(m, val)}
+        )
+    row["threshold_grid"] = grid
+    bound = args.val_budget
+    if args.val_margin is not None:  # relative: the validation split may be harder than test
+        bound = grid[0]["val_error_pct"] + args.val_margin
+    ok = [g for g in grid if g["val_error_pct"] <= bound] or grid[:1]
+    chosen_thr = min(ok, key=lambda g: g["threshold"])["threshold"]
+    points = {}
+    for label, thr in (("log_alpha_3", 3.0), ("val_chosen", chosen_thr)):
+        m = masked(svd, thr)
+        points[label] = {
+            "threshold": thr,
+            "nonzero_weights": nonzero(m),
+            "compression_x": total / nonzero(m),
+            "val_error_pct": error(m, val),
+            "test_error_pct": error(m, test),
+            "structure": arch(structure(m)),
+            "layers": layer_table(m),
+        }
+    row["weight_points"] = points
+
+    # 2. structure: shrink, then the unit-level step chosen on validation
+    m = masked(svd, chosen_thr)
+    base_val = error(m, val)
+    units = []
+    for tau in TAUS:
+        keep = unit_keep(m, tau)
+        small = compress.shrink(m, INPUT, prune_units=keep).model
+        units.append(
+            {"tau": tau, "structure": arch(structure(m, keep)), "val_error_pct": error(small, val)}
+        )
+    row["unit_grid"] = units
+    ok = [u for u in units if u["val_error_pct"] <= base_val + args.unit_tolerance]
+    tau = max(ok, key=lambda u: u["tau"])["tau"]
+    keep = unit_keep(m, tau)
+    result = compress.shrink(m, INPUT, prune_units=keep)
+    small = result.model
+    row["structured"] = {
+        "threshold": chosen_thr,
+        "tau": tau,
+        "structure": arch(structure(m, keep)),
+        "shrunk_architecture": "-".join(map(str, result.architecture)),
+        "nonzero_weights": model_size(small).nonzero_weights,
+        "compression_x": total / model_size(small).nonzero_weights,
+        "flops_ratio": model_size(det, INPUT).flops / model_size(small, INPUT).flops,
+        "val_error_pct": error(small, val),
+        "test_error_pct": error(small, test),
+    }
+    return row
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def ms(values: list[float]) -> str:
+        if len(values) == 1:
+            return f"{values[0]:.4g}"
+        return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+    out = []
+    for label, get in (
+        ("log α > 3 pruned", lambda r: r["weight_points"]["log_alpha_3"]),
+        ("log α threshold chosen on val", lambda r: r["weight_points"]["val_chosen"]),
+        ("+ unit step chosen on val, shrunk", lambda r: r["structured"]),
+    ):
+        pts = [get(r) for r in rows]
+        out.append(
+            {
+                "point": label,
+                "seeds": len(rows),
+                "compression_x": ms([p["compression_x"] for p in pts]),
+                "test_error_pct": ms([p["test_error_pct"] for p in pts]),
+                "structures": ", ".join(p["structure"] for p in pts),
+            }
+        )
+    return out
+
+
+def render(p: dict[str, Any]) -> str:
+    out = [f"Settings: {json.dumps(p['settings'])}\n"]
+    out += ["Dense LeNet-5-Caffe: 430,500 weights, structure " + DENSE + ".\n"]
+    if p["seeds"]:
+        out += ["## Summary (mean ± sd over seeds; test error of the posterior mean)\n"]
+        out += [md_table(summary(p["seeds"])), ""]
+        rows = []
+        for r in p["seeds"]:
+            for label, pt in (*r["weight_points"].items(), ("structured", r["structured"])):
+                rows.append(
+                    {
+                        "seed": r["seed"],
+                        "point": label,
+                        "threshold": pt["threshold"],
+                        "nonzero_weights": pt["nonzero_weights"],
+                        "compression_x": pt["compression_x"],
+                        "val_error_pct": pt["val_error_pct"],
+                        "test_error_pct": pt["test_error_pct"],
+                        "structure": pt["structure"],
+                    }
+                )
+        out += ["## Per seed\n", md_table(rows), ""]
+        for r in p["seeds"]:
+            out += [f"## Seed {r['seed']}: per-layer kept weights (log α > 3 pruned)\n"]
+            out += [md_table(r["weight_points"]["log_alpha_3"]["layers"]), ""]
+            out += [f"Validation grids (seed {r['seed']}):\n", md_table(r["threshold_grid"])]
+            out += [md_table(r["unit_grid"]), ""]
+    if p.get("notes"):
+        out += ["## Notes\n"] + [f"- {n}" for n in p["notes"]] + [""]
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--det-epochs", type=int, default=2)
+    parser.add_argument("--svd-epochs", type=int, default=8)
+    parser.add_argument("--kl-warmup", type=float, default=2.0)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--svd-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--rho-lr-mult", type=float, default=5.0, help="learning-rate factor of the σ parameters"
+    )
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--val-size", type=int, default=5000)
+    parser.add_argument("--val-budget", type=float, default=0.9, help="val error (%%) bound")
+    parser.add_argument(
+        "--val-margin",
+        type=float,
+        default=None,
+        help="instead of --val-budget: val error (%%) within this of the log α = 3 net's",
+    )
+    parser.add_argument(
+        "--save-svd", type=Path, default=None, help="folder for each seed's Sparse VD state_dict"
+    )
+    parser.add_argument("--unit-tolerance", type=float, default=0.1, help="val error (%%) margin")
+    parser.add_argument("--train-limit", type=int, default=None, help="smoke runs only")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default=NAME, help="results file stem")
+    add_results_dir_option(parser)
+    args = parser.parse_args()
+    use_results_dir(args)
+    torch.set_num_threads(args.threads)
+    name = args.name
+    del args.name
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    test = load_mnist("test")
+    payload: dict[str, Any] = {"settings": settings, "seeds": [], "notes": []}
+    for seed in args.seeds:
+        payload["seeds"].append(run_seed(args, seed, test))
+        payload["summary"] = summary(payload["seeds"])
+        write_results(name, payload, render(payload))
+
+
+if __name__ == "__main__":
+    main()
