@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from .gaussian import _Conv2dMap, _LinearMap, channels_last_on_cpu
 
@@ -79,15 +80,17 @@ def _channels_last(module: nn.Module, inputs: tuple, out: Tensor) -> Tensor:
     return channels_last_on_cpu(out)
 
 
+def hook_channels_last(model: nn.Module) -> list[RemovableHandle]:
+    """Make every 2-d convolution of `model` return its CPU feature maps channels-last,
+    until the returned handles are removed (`fit` uses `channels_last_convs`)."""
+    return [m.register_forward_hook(_channels_last) for m in model.modules() if _is_conv2d(m)]
+
+
 @contextmanager
 def channels_last_convs(model: nn.Module, on: bool = True) -> Iterator[None]:
     """Within the block (if `on`), every 2-d convolution of `model` returns its CPU
     feature maps channels-last; the hooks are gone afterwards."""
-    handles = (
-        [m.register_forward_hook(_channels_last) for m in model.modules() if _is_conv2d(m)]
-        if on
-        else []
-    )
+    handles = hook_channels_last(model) if on else []
     try:
         yield
     finally:
