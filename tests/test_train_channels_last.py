@@ -8,7 +8,7 @@ from torch import nn
 
 import bayesprune as bp
 from bayesprune.checkpoint import list_checkpoints
-from bayesprune.nn.layout import use_channels_last
+from bayesprune.nn.layout import channels_last_convs, use_channels_last
 
 CL = torch.channels_last
 
@@ -128,3 +128,22 @@ def test_auto_only_where_safe(model, device, expected):
 def test_a_bad_value_is_one_clear_error():
     with pytest.raises(ValueError, match="channels_last must be True, False or None"):
         use_channels_last("yes", bp.lenet5_caffe(), "cpu")  # type: ignore[arg-type]
+
+
+def test_per_activation_noise_families_train_channels_last():
+    """Sparse VD draws noise per pre-activation (other numbers channels-last, the same
+    distribution): it still learns, and its mean network is layout-independent."""
+    x, y = _data(96)
+    torch.manual_seed(1)
+    plain = nn.Sequential(
+        nn.Conv2d(3, 6, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(54, 2)
+    )
+    net = bp.convert(plain, "sparse_vd")
+    seen = _layouts_seen(net)
+    history = bp.fit(net, (x, y), epochs=6, batch_size=16, seed=0, lr=1e-2)
+    assert seen and all(seen)
+    assert history.epochs[-1]["nll"] < history.epochs[0]["nll"]
+    mean = bp.to_deterministic(net)
+    with channels_last_convs(mean), torch.no_grad():
+        channels_last = mean(x)
+    torch.testing.assert_close(channels_last, mean(x).detach())

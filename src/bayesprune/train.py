@@ -225,7 +225,10 @@ def fit(
     modules (activations, pooling, BatchNorm, Dropout, nn.Flatten) with a convolution,
     on the CPU; True forces it (a forward that calls `.view` on a feature map then
     fails). Only the activations change layout, and only during `fit`: parameters,
-    optimiser state, checkpoints and later forward passes are as without it.
+    optimiser state, checkpoints and later forward passes are as without it. Layers
+    that draw noise per pre-activation (`lrt`, `flipout`, Sparse VD, spike-and-slab)
+    then fill it in the channels-last memory order: an equally distributed draw, but
+    not the same numbers as with `channels_last=False` under one seed.
     """
     check_settings(epochs, batch_size, lr, weight_decay, kl_weight, kl_warmup_epochs)
     if dataset_size is not None and (

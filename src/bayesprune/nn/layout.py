@@ -7,7 +7,10 @@ benchmarks/results/channels_last_step.md). MNIST's one-channel input cannot carr
 that layout (its strides are the same in both), so the switch is made on each 2-d
 convolution's output: a forward hook, in place only while `fit` trains, so nothing
 reaches parameters, optimiser state, checkpoints or the user's later forward passes.
-The values are the same; only a forward that calls `.view` on a feature map would
+The values are the same for given weights and noise (noise drawn per pre-activation,
+as the local reparameterisation, flipout, Sparse VD and spike-and-slab draw it, fills
+channels-last maps in their memory order: equally distributed, other numbers under a
+seed). Only a forward that calls `.view` on a feature map would
 refuse the layout, so "auto" turns it on only for an `nn.Sequential` (recursively) of
 modules whose forward is known to be layout-agnostic, with at least one 2-d convolution.
 """
