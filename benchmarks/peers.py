@@ -83,6 +83,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import bayesprune as bp
 from bayesprune.data import load_mnist
+from bayesprune.nn.layout import hook_channels_last, use_channels_last
 from bayesprune.optim import make_optimizer, resolve_schedule
 
 ARCHS = {"lenet300": bp.lenet_300_100, "lenet5": bp.lenet5_caffe}
@@ -168,7 +169,9 @@ def _fit_optimizer(net: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 def ours(name: str, lib: Any = bp, **layer_options: Any) -> Contender:
-    """bayesprune (or a `--before` copy of it) with `layer_options`; loss = NLL + KL / N."""
+    """bayesprune (or a `--before` copy of it) with `layer_options`; loss = NLL + KL / N.
+    bayesprune's convolutional networks train as `fit`'s default does (channels_last
+    "auto": channels-last convolution outputs on CPU)."""
 
     def loss(net: nn.Module, x: Tensor, y: Tensor, n: int) -> Tensor:
         return F.cross_entropy(net(x), y) + lib.kl(net) / n
@@ -179,9 +182,16 @@ def ours(name: str, lib: Any = bp, **layer_options: Any) -> Contender:
     optimizer = (
         _fit_optimizer if lib is bp else lambda net, lr: torch.optim.Adam(net.parameters(), lr=lr)
     )  # the loop Adam the revision's fit used
+
+    def build(arch: str) -> nn.Module:
+        net = getattr(lib, ARCHS[arch].__name__)(**layer_options)
+        if lib is bp and use_channels_last(None, net, "cpu"):
+            hook_channels_last(net)  # as fit's default trains it (a no-op on CUDA tensors)
+        return net
+
     return Contender(
         name,
-        lambda arch: getattr(lib, ARCHS[arch].__name__)(**layer_options),
+        build,
         loss,
         optimizer,
         mean_net,
