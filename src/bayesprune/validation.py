@@ -74,7 +74,8 @@ def forward_checked(model: nn.Module, x: Tensor) -> Any:
             raise ValueError(
                 f"the model's forward calls .view on a tensor whose memory layout does not "
                 f"allow it ({text.splitlines()[0]}); with predict(..., channels_last=True) "
-                "use channels_last=False, or flatten with torch.flatten / nn.Flatten"
+                "or fit(..., channels_last=True) use channels_last=False (fit: None), or "
+                "flatten with torch.flatten / nn.Flatten"
             ) from err
         if "shape" in text or "size" in text or "dimension" in text:
             raise ValueError(
