@@ -66,7 +66,7 @@ def channels_last_on_cpu(out: Tensor) -> Tensor:
     convolution runs several times faster than in torch's default layout (LeNet-5's
     first pooling: 13 ms against 2.7 ms for 256 images); other outputs as they are.
     The values are the same, only the memory order differs; a forward that calls
-    `.view` on the feature map refuses it, hence opt-in (`hold_draw`)."""
+    `.view` on the feature map refuses it, hence opt-in (`nn.layout`)."""
     if out.dim() == 4 and out.device.type == "cpu":
         return out.contiguous(memory_format=torch.channels_last)
     return out
@@ -265,19 +265,15 @@ class _GaussianLayer(VariationalLayer):
         if self.estimator == GradientEstimator.SHARED:
             held = self.__dict__.get("_held_draw")
             if held is not None:
-                weight, bias, channels_last = held
-                out = self._linear_map(x, weight, bias)
-                return channels_last_on_cpu(out) if channels_last else out
+                return self._linear_map(x, *held)
             return self._linear_map(x, *(self._fused_draw() or self._weight_sample()))
         return self._flipout(x)
 
-    def hold_draw(self, channels_last: bool = False) -> None:
+    def hold_draw(self) -> None:
         """Draw the weights now and use this draw in every shared-estimator forward pass
-        until `release_draw` (one network per Monte-Carlo pass: `nn.pass_draws`); with
-        `channels_last`, CPU feature maps come out channels-last (`channels_last_on_cpu`)."""
+        until `release_draw` (one network per Monte-Carlo pass: `nn.pass_draws`)."""
         with torch.no_grad():
-            weight, bias = self._weight_sample()
-        self.__dict__["_held_draw"] = (weight, bias, channels_last)
+            self.__dict__["_held_draw"] = self._weight_sample()
 
     def release_draw(self) -> None:
         """Back to a fresh draw per forward pass."""

@@ -17,7 +17,7 @@ modules whose forward is known to be layout-agnostic, with at least one 2-d conv
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -83,17 +83,21 @@ def _channels_last(module: nn.Module, inputs: tuple, out: Tensor) -> Tensor:
     return channels_last_on_cpu(out)
 
 
-def hook_channels_last(model: nn.Module) -> list[RemovableHandle]:
-    """Make every 2-d convolution of `model` return its CPU feature maps channels-last,
-    until the returned handles are removed (`fit` uses `channels_last_convs`)."""
-    return [m.register_forward_hook(_channels_last) for m in model.modules() if _is_conv2d(m)]
+def hook_channels_last(modules: nn.Module | Iterable[nn.Module]) -> list[RemovableHandle]:
+    """Make every 2-d convolution among `modules` (a model: all of its modules) return
+    its CPU feature maps channels-last, until the returned handles are removed (`fit`
+    and `predict` use `channels_last_convs`)."""
+    found = modules.modules() if isinstance(modules, nn.Module) else modules
+    return [m.register_forward_hook(_channels_last) for m in found if _is_conv2d(m)]
 
 
 @contextmanager
-def channels_last_convs(model: nn.Module, on: bool = True) -> Iterator[None]:
-    """Within the block (if `on`), every 2-d convolution of `model` returns its CPU
+def channels_last_convs(
+    modules: nn.Module | Iterable[nn.Module], on: bool = True
+) -> Iterator[None]:
+    """Within the block (if `on`), every 2-d convolution among `modules` returns its CPU
     feature maps channels-last; the hooks are gone afterwards."""
-    handles = hook_channels_last(model) if on else []
+    handles = hook_channels_last(modules) if on else []
     try:
         yield
     finally:

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from torch import nn
 
 from .gaussian import GradientEstimator, _GaussianLayer
+from .layout import channels_last_convs
 
 
 @contextmanager
@@ -28,7 +29,9 @@ def one_draw_per_pass(
 ) -> Iterator[Callable[[], None]]:
     """Within the block, every sampling Gaussian layer with the shared estimator uses
     the draw made by the yielded `redraw()` (call it before each pass); other layers
-    sample as usual. The draw is a constant (made without gradient)."""
+    sample as usual. The draw is a constant (made without gradient). `channels_last`:
+    those layers' convolutions hand their CPU feature maps on channels-last
+    (`nn.layout`, the hooks `fit` uses)."""
     layers = [
         m
         for m in model.modules()
@@ -37,10 +40,11 @@ def one_draw_per_pass(
 
     def redraw() -> None:
         for layer in layers:
-            layer.hold_draw(channels_last)
+            layer.hold_draw()
 
     try:
-        yield redraw
+        with channels_last_convs(layers, channels_last):
+            yield redraw
     finally:
         for layer in layers:
             layer.release_draw()
