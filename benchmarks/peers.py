@@ -54,6 +54,7 @@ import gc
 import importlib
 import inspect
 import io
+import itertools
 import json
 import math
 import statistics
@@ -377,16 +378,17 @@ def recipes(args: argparse.Namespace) -> list[Recipe]:
     out = [Recipe(deterministic(), source="torch.optim.Adam(lr=1e-3), batch 128")]
     d = FIT_DEFAULTS
     schedule = resolve_schedule(d["lr_schedule"], bp.lenet_300_100())  # "auto": cosine here
-    for estimator in args.estimators:
+    for estimator, epochs in itertools.product(args.estimators, args.our_epochs or [d["epochs"]]):
+        suffix = "" if epochs == d["epochs"] else f", {epochs} epochs"
         out.append(
             Recipe(
-                ours(f"bayesprune N(0,1) {estimator}", estimator=estimator),
+                ours(f"bayesprune N(0,1) {estimator}{suffix}", estimator=estimator),
                 batch_size=d["batch_size"],
                 lr=d["lr"],
                 schedule=schedule,
-                epochs=d["epochs"],
+                epochs=epochs,
                 source=f"bp.lenet_300_100() + bp.fit defaults (Adam {d['lr']:g}, "
-                f"{schedule} over {d['epochs']} epochs, batch {d['batch_size']})",
+                f"{schedule} over {epochs} epochs, batch {d['batch_size']})",
             )
         )
     out.append(
@@ -858,6 +860,13 @@ def main() -> None:
         "--recipes", nargs="+", help="time to accuracy of these contenders only (exact names)"
     )
     parser.add_argument("--max-epochs", type=int, default=12)
+    parser.add_argument(
+        "--our-epochs",
+        type=int,
+        nargs="+",
+        help="ours trained with fit(epochs=N) for each N, the cosine over N epochs "
+        "(default: fit's default alone)",
+    )
     parser.add_argument("--eval-every", type=float, default=0.25, help="in epochs")
     parser.add_argument("--val-size", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
