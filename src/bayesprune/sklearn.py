@@ -42,6 +42,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,7 @@ from .compress import input_scores
 from .estimator_defaults import (
     MONITORS,
     EarlyStopping,
+    StepBudget,
     StopTraining,
     auto_batch_size,
     fallback_support,
@@ -102,12 +104,27 @@ def _mean_std(a: np.ndarray, axis: int | None = 0) -> tuple[Any, Any]:
     return unit.mean(axis) * squeeze, unit.std(axis) * squeeze
 
 
+def _mixture(preds: list[Any]) -> SimpleNamespace:
+    """The equal-weight mixture of predictions: mean probabilities, or the mixture's mean
+    and variance (within plus between the members)."""
+    if hasattr(preds[0], "probs"):
+        return SimpleNamespace(probs=torch.stack([p.probs for p in preds]).mean(0))
+    means = torch.stack([p.mean for p in preds])
+    second = torch.stack([p.variance + p.mean**2 for p in preds]).mean(0)
+    mean = means.mean(0)
+    return SimpleNamespace(mean=mean, variance=(second - mean**2).clamp_min(0))
+
+
 def _is_int(value: Any, least: int) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= least
 
 
 def _auto_family() -> str:
     return "spike_slab"
+
+
+REFIT_ENSEMBLE = "ensemble"
+"""`refit="ensemble"`: predict by the average of the selection network and the refit one."""
 
 
 class _BayesianMLP(SelectorMixin, BaseEstimator):
@@ -142,6 +159,9 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         selection_threshold: float | None = None,
         screen: bool = False,
         screen_epochs: int = 150,
+        refit: bool | str = False,
+        refit_kl_weight: float | None = None,
+        refit_max_steps: int | None = None,
         standardize: bool = True,
         random_state: int | np.random.RandomState | None = None,
         verbose: bool = False,
@@ -172,6 +192,9 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.selection_threshold = selection_threshold
         self.screen = screen
         self.screen_epochs = screen_epochs
+        self.refit = refit
+        self.refit_kl_weight = refit_kl_weight
+        self.refit_max_steps = refit_max_steps
         self.standardize = standardize
         self.random_state = random_state
         self.verbose = verbose
@@ -211,13 +234,21 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             raise ValueError(
                 f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
             )
+        if not (isinstance(self.refit, bool | np.bool_) or self.refit == REFIT_ENSEMBLE):
+            raise ValueError(f"refit must be True, False or {REFIT_ENSEMBLE!r}, got {self.refit!r}")
+        if self.refit_kl_weight is not None and not (
+            isinstance(self.refit_kl_weight, int | float) and self.refit_kl_weight >= 0
+        ):
+            raise ValueError(
+                f"refit_kl_weight must be None or a number >= 0, got {self.refit_kl_weight!r}"
+            )
         if self.monitor not in MONITORS:
             raise ValueError(f"unknown monitor {self.monitor!r}; valid: {list(MONITORS)}")
         if self.predict_mode not in MODES:
             raise ValueError(f"unknown predict_mode {self.predict_mode!r}; valid: {list(MODES)}")
         return family
 
-    def _build(self, family: str, n_in: int, n_out: int) -> nn.Module:
+    def _build(self, family: str, n_in: int, n_out: int, input_gates: bool) -> nn.Module:
         """The MLP of `family` with the estimator's options that the family takes."""
         fam = get_family(family)
         prior = {"scale": self.prior_scale, "slab_scale": self.slab_scale}
@@ -228,7 +259,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         prior = {k: v for k, v in prior.items() if k in fam.prior_keys}
         layer = {
             "gate_init": self.gate_init,
-            "input_gates": self.input_gates,
+            "input_gates": input_gates,
             "mean_gates": MEAN_GATES,
         }
         options = {k: v for k, v in layer.items() if fam.takes(k)}
@@ -258,34 +289,78 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         family = self._check_params()
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         x = self._inputs(X, reset=True)
+        self.family_ = family
+        self.seed_ = seed
+        self.model_, self.likelihood_, stopper, budget = self._train(
+            family, self.input_gates, x, targets, n_out, make_likelihood(likelihood),
+            float(self.kl_weight),
+        )  # fmt: skip
+        self.history_ = stopper.records if isinstance(stopper, EarlyStopping) else stopper
+        self.best_epoch_ = stopper.best_epoch if isinstance(stopper, EarlyStopping) else None
+        self.n_iter_ = len(self.history_)
+        self.n_steps_ = self.n_iter_ * budget.steps_per_epoch
+        self.feature_importances_, self.importance_kind_ = self._importances()
+        support = self._decide_support()
+        self.screen_ = (
+            self._screen(x, targets, self.likelihood_, seed, support) if self.screen else None
+        )
+        if self.screen_ is not None:
+            support[self.screen_.added] = True
+        self.support_ = support
+        self.n_features_selected_ = int(support.sum())
+        self.refit_model_ = self.refit_likelihood_ = None
+        if self.refit:
+            kl = self.kl_weight if self.refit_kl_weight is None else self.refit_kl_weight
+            fresh = make_likelihood(Gaussian() if isinstance(likelihood, Gaussian) else likelihood)
+            self.refit_model_, self.refit_likelihood_, _, _ = self._train(
+                family, False, x[:, torch.as_tensor(support)], targets, n_out, fresh, float(kl),
+                self.refit_max_steps,
+            )  # fmt: skip
+        if self.predict_mode == "mean":
+            self._warn_if_constant(x)
+
+    def _train(
+        self,
+        family: str,
+        input_gates: bool,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        n_out: int,
+        likelihood: Any,
+        kl_weight: float,
+        max_steps: int | None = None,
+    ) -> tuple[nn.Module, Any, Any, StepBudget]:
+        """One network of `family` trained on (x, targets) for the step budget; returns the
+        model, its likelihood, the early-stopping callback (or the epoch records), the budget."""
+        seed = self.seed_
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model_ = self._build(family, x.shape[1], n_out)
+            model = self._build(family, x.shape[1], n_out, input_gates)
         val = self._validation_mask(targets, seed)
         train = (x, targets) if val is None else (x[~val], targets[~val])
         batch_size = auto_batch_size(len(train[0]), self.batch_size)
-        budget = step_budget(
-            len(train[0]), batch_size, self.epochs, self._min_steps(), int(self.max_steps)
-        )
-        likelihood = make_likelihood(likelihood)
+        least, most = self._min_steps(), int(self.max_steps)
+        if max_steps is not None:  # the refit's own budget
+            least, most = min(least, max_steps), max_steps
+        budget = step_budget(len(train[0]), batch_size, self.epochs, least, most)
         stopper, records = None, []
         if val is not None:
             stopper = EarlyStopping(
-                self.model_, likelihood, (x[val], targets[val]), self.monitor,
+                model, likelihood, (x[val], targets[val]), self.monitor,
                 budget.steps_per_epoch, max(self._min_steps(), int(self.kl_warmup_steps)),
                 int(self.patience), mode=self.predict_mode, samples=int(self.samples), seed=seed,
             )  # fmt: skip
         with contextlib.suppress(StopTraining):  # early stopping ended it; records below
             records = fit(
-                self.model_,
+                model,
                 train,
                 likelihood=likelihood,
                 epochs=budget.epochs,
                 batch_size=batch_size,
                 lr=self.lr,
                 lr_schedule="constant",  # the step budget and rates were tuned at a fixed rate
-                lr_multipliers=self._gate_lr(),
-                kl_weight=self.kl_weight,
+                lr_multipliers=self._gate_lr(model),
+                kl_weight=kl_weight,
                 kl_warmup_epochs=min(int(self.kl_warmup_steps), budget.steps // 2)
                 / budget.steps_per_epoch,
                 dataset_size=len(train[0]),
@@ -295,23 +370,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             ).epochs
         if stopper is not None:
             stopper.restore()
-            records = stopper.records
-        self.history_ = records
-        self.best_epoch_ = None if stopper is None else stopper.best_epoch
-        self.n_iter_ = len(records)
-        self.n_steps_ = self.n_iter_ * budget.steps_per_epoch
-        self.family_ = family
-        self.likelihood_ = likelihood
-        self.seed_ = seed
-        self.feature_importances_, self.importance_kind_ = self._importances()
-        support = self._decide_support()
-        self.screen_ = self._screen(x, targets, likelihood, seed, support) if self.screen else None
-        if self.screen_ is not None:
-            support[self.screen_.added] = True
-        self.support_ = support
-        self.n_features_selected_ = int(support.sum())
-        if self.predict_mode == "mean":
-            self._warn_if_constant(x)
+            return model, likelihood, stopper, budget
+        return model, likelihood, records, budget
 
     def _warn_if_constant(self, x: torch.Tensor) -> None:
         """Warn when the posterior-mean network gives every training row the same output."""
@@ -327,9 +387,9 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
                 stacklevel=3,
             )
 
-    def _gate_lr(self) -> dict[str, float]:
+    def _gate_lr(self, model: nn.Module) -> dict[str, float]:
         """`fit`'s lr_multipliers: the gate logits at `gate_lr_multiplier` (families with gates)."""
-        gated = any(name.endswith(GATE_SUFFIX) for name, _ in self.model_.named_parameters())
+        gated = any(name.endswith(GATE_SUFFIX) for name, _ in model.named_parameters())
         return {GATE_SUFFIX: float(self.gate_lr_multiplier)} if gated else {}
 
     def _min_steps(self) -> int:
@@ -381,10 +441,16 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
         x = self._inputs(X, reset=False)
+        members = [(self.model_, self.likelihood_, x)]
+        if self.refit_model_ is not None:  # the relaxed network reads the kept columns only
+            kept = (self.refit_model_, self.refit_likelihood_, x[:, torch.as_tensor(self.support_)])
+            members = [*members, kept] if self.refit == REFIT_ENSEMBLE else [kept]
         mode, samples = self.predict_mode, int(self.samples)
-        return predict(
-            self.model_, x, samples=samples, mode=mode, likelihood=self.likelihood_, seed=self.seed_
-        )
+        preds = [
+            predict(m, xi, samples=samples, mode=mode, likelihood=lik, seed=self.seed_)
+            for m, lik, xi in members
+        ]
+        return preds[0] if len(preds) == 1 else _mixture(preds)
 
     # -- feature selection (SelectorMixin gives get_support, transform, ...) ----------------
     def _pip_mask(self) -> np.ndarray:
