@@ -269,7 +269,7 @@ def test_posterior_mean_prediction_is_not_a_constant_when_hidden_pips_sit_at_the
     rng = np.random.default_rng(0)
     test = rng.permutation(len(y))[:50]
     train = np.setdiff1d(np.arange(len(y)), test)
-    est = BayesianMLPClassifier(predict_mode="mean", max_steps=500, random_state=0)
+    est = BayesianMLPClassifier(predict_mode="mean", max_steps=500, refit=False, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no constant-prediction warning
         est.fit(X[train], y[train])
@@ -290,12 +290,13 @@ def test_posterior_mean_prediction_is_not_a_constant_when_hidden_pips_sit_at_the
 
 def test_refit_predicts_from_the_kept_columns_only_and_learns():
     X, y = _three_true_columns(n=320, noise_columns=5)
-    short = {"min_steps": 300, "max_steps": 300, "kl_warmup_steps": 100}
-    est = BayesianMLPClassifier((8,), refit=True, predict_mode="mean", random_state=0, **short)
+    short = {"min_steps": 300, "max_steps": 300, "refit_steps": 200, "kl_warmup_steps": 100}
+    est = BayesianMLPClassifier((8,), predict_mode="mean", random_state=0, **short)
     est.fit(X[:120], y[:120])
     support = est.get_support()
     assert support[:3].all() and support.sum() < X.shape[1]
     assert est.refit_model_[0].in_features == support.sum()
+    assert est.n_steps_ == 300 and len(est.refit_history_) == 200
     assert est.score(X[120:], y[120:]) > 0.75  # chance is about 0.5, logistic regression 0.81
     shuffled = X[120:].copy()
     shuffled[:, ~support] = np.random.default_rng(1).standard_normal((200, (~support).sum()))
@@ -309,12 +310,12 @@ def test_refit_regressor_uses_a_fresh_noise_and_checks_its_parameters():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((150, 6))
     y = 10 + 3 * X[:, 0] - 2 * X[:, 1] + 0.3 * rng.standard_normal(150)
-    est = BayesianMLPRegressor((8,), refit=True, min_steps=300, max_steps=300, random_state=0)
+    est = BayesianMLPRegressor((8,), min_steps=300, max_steps=300, random_state=0)
     est.fit(X, y)
     assert est.refit_likelihood_ is not est.likelihood_
     assert est.get_support()[:2].all() and est.score(X, y) > 0.9
     twin = clone(est)
     assert twin.get_params() == est.get_params() and twin.get_params()["refit"] is True
-    for bad in ({"refit": "yes"}, {"refit_kl_weight": -1.0}):
+    for bad in ({"refit": "yes"}, {"refit_steps": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             BayesianMLPRegressor(**bad).fit(X, y)

@@ -21,7 +21,15 @@ returns the kept columns, so the estimator can feed a later Pipeline step via
 with input gates) `fit` then runs the evidence screen (`bayesprune.screen`) on the
 features the PIPs left out, and `get_support()` also keeps those it adds (`screen_`
 holds the gains): features that act only through an interaction, which a gate can
-miss. The fitted network itself does not use them; refit on `transform(X)` for one that does.
+miss.
+
+Prediction (`refit=True`, the default): after the selection, a second network of the
+same family without input gates is trained on the kept columns only (`refit_steps`
+optimiser steps with epochs="auto"), the relaxed-lasso idea: the selection is the first
+network's, the predictions the second's, which no longer pays the gates' noise and
+prior on the inputs it uses (columns added by the screen included). `model_` is the
+selection network, `refit_model_` the predicting one; with `refit=False` `model_`
+predicts and reads every column.
 
 Inputs are standardised inside (with training statistics), so the priors mean the
 same for every data set; regression targets too (predictions are returned in the
@@ -42,7 +50,6 @@ import contextlib
 import math
 import warnings
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -104,15 +111,9 @@ def _mean_std(a: np.ndarray, axis: int | None = 0) -> tuple[Any, Any]:
     return unit.mean(axis) * squeeze, unit.std(axis) * squeeze
 
 
-def _mixture(preds: list[Any]) -> SimpleNamespace:
-    """The equal-weight mixture of predictions: mean probabilities, or the mixture's mean
-    and variance (within plus between the members)."""
-    if hasattr(preds[0], "probs"):
-        return SimpleNamespace(probs=torch.stack([p.probs for p in preds]).mean(0))
-    means = torch.stack([p.mean for p in preds])
-    second = torch.stack([p.variance + p.mean**2 for p in preds]).mean(0)
-    mean = means.mean(0)
-    return SimpleNamespace(mean=mean, variance=(second - mean**2).clamp_min(0))
+def _records(stopper: Any) -> list[dict]:
+    """Per-epoch training records from `_train`'s third result."""
+    return stopper.records if isinstance(stopper, EarlyStopping) else stopper
 
 
 def _is_int(value: Any, least: int) -> bool:
@@ -121,10 +122,6 @@ def _is_int(value: Any, least: int) -> bool:
 
 def _auto_family() -> str:
     return "spike_slab"
-
-
-REFIT_ENSEMBLE = "ensemble"
-"""`refit="ensemble"`: predict by the average of the selection network and the refit one."""
 
 
 class _BayesianMLP(SelectorMixin, BaseEstimator):
@@ -159,9 +156,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         selection_threshold: float | None = None,
         screen: bool = False,
         screen_epochs: int = 150,
-        refit: bool | str = False,
-        refit_kl_weight: float | None = None,
-        refit_max_steps: int | None = None,
+        refit: bool = True,
+        refit_steps: int = 500,
         standardize: bool = True,
         random_state: int | np.random.RandomState | None = None,
         verbose: bool = False,
@@ -193,8 +189,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.screen = screen
         self.screen_epochs = screen_epochs
         self.refit = refit
-        self.refit_kl_weight = refit_kl_weight
-        self.refit_max_steps = refit_max_steps
+        self.refit_steps = refit_steps
         self.standardize = standardize
         self.random_state = random_state
         self.verbose = verbose
@@ -224,6 +219,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             "min_steps",
             "max_steps",
             "patience",
+            "refit_steps",
         ):
             value = getattr(self, name)
             if not _is_int(value, 1):
@@ -234,14 +230,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             raise ValueError(
                 f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
             )
-        if not (isinstance(self.refit, bool | np.bool_) or self.refit == REFIT_ENSEMBLE):
-            raise ValueError(f"refit must be True, False or {REFIT_ENSEMBLE!r}, got {self.refit!r}")
-        if self.refit_kl_weight is not None and not (
-            isinstance(self.refit_kl_weight, int | float) and self.refit_kl_weight >= 0
-        ):
-            raise ValueError(
-                f"refit_kl_weight must be None or a number >= 0, got {self.refit_kl_weight!r}"
-            )
+        if not isinstance(self.refit, bool | np.bool_):
+            raise ValueError(f"refit must be True or False, got {self.refit!r}")
         if self.monitor not in MONITORS:
             raise ValueError(f"unknown monitor {self.monitor!r}; valid: {list(MONITORS)}")
         if self.predict_mode not in MODES:
@@ -295,7 +285,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             family, self.input_gates, x, targets, n_out, make_likelihood(likelihood),
             float(self.kl_weight),
         )  # fmt: skip
-        self.history_ = stopper.records if isinstance(stopper, EarlyStopping) else stopper
+        self.history_ = _records(stopper)
         self.best_epoch_ = stopper.best_epoch if isinstance(stopper, EarlyStopping) else None
         self.n_iter_ = len(self.history_)
         self.n_steps_ = self.n_iter_ * budget.steps_per_epoch
@@ -308,14 +298,14 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             support[self.screen_.added] = True
         self.support_ = support
         self.n_features_selected_ = int(support.sum())
-        self.refit_model_ = self.refit_likelihood_ = None
-        if self.refit:
-            kl = self.kl_weight if self.refit_kl_weight is None else self.refit_kl_weight
+        self.refit_model_ = self.refit_likelihood_ = self.refit_history_ = None
+        if self.refit:  # relaxed: the kept columns, no input gates (the selection stays)
             fresh = make_likelihood(Gaussian() if isinstance(likelihood, Gaussian) else likelihood)
-            self.refit_model_, self.refit_likelihood_, _, _ = self._train(
-                family, False, x[:, torch.as_tensor(support)], targets, n_out, fresh, float(kl),
-                self.refit_max_steps,
+            self.refit_model_, self.refit_likelihood_, refit_stop, _ = self._train(
+                family, False, x[:, torch.as_tensor(support)], targets, n_out, fresh,
+                float(self.kl_weight), int(self.refit_steps),
             )  # fmt: skip
+            self.refit_history_ = _records(refit_stop)
         if self.predict_mode == "mean":
             self._warn_if_constant(x)
 
@@ -375,7 +365,9 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
 
     def _warn_if_constant(self, x: torch.Tensor) -> None:
         """Warn when the posterior-mean network gives every training row the same output."""
-        pred = predict(self.model_, x, mode="mean", likelihood=self.likelihood_, seed=self.seed_)
+        model, likelihood, columns = self._predictor()
+        x = x if columns is None else x[:, columns]
+        pred = predict(model, x, mode="mean", likelihood=likelihood, seed=self.seed_)
         out = pred.probs if hasattr(pred, "probs") else pred.mean
         if len(x) > 1 and float(out.std(0).max()) < CONSTANT_TOL:
             warnings.warn(
@@ -441,16 +433,17 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
         x = self._inputs(X, reset=False)
-        members = [(self.model_, self.likelihood_, x)]
-        if self.refit_model_ is not None:  # the relaxed network reads the kept columns only
-            kept = (self.refit_model_, self.refit_likelihood_, x[:, torch.as_tensor(self.support_)])
-            members = [*members, kept] if self.refit == REFIT_ENSEMBLE else [kept]
+        model, likelihood, columns = self._predictor()
+        x = x if columns is None else x[:, columns]
         mode, samples = self.predict_mode, int(self.samples)
-        preds = [
-            predict(m, xi, samples=samples, mode=mode, likelihood=lik, seed=self.seed_)
-            for m, lik, xi in members
-        ]
-        return preds[0] if len(preds) == 1 else _mixture(preds)
+        return predict(model, x, samples=samples, mode=mode, likelihood=likelihood, seed=self.seed_)
+
+    def _predictor(self) -> tuple[nn.Module, Any, torch.Tensor | None]:
+        """The network `predict` uses, its likelihood, and the input columns it reads
+        (the refit network reads the kept columns only; None: every column)."""
+        if self.refit_model_ is None:
+            return self.model_, self.likelihood_, None
+        return self.refit_model_, self.refit_likelihood_, torch.as_tensor(self.support_)
 
     # -- feature selection (SelectorMixin gives get_support, transform, ...) ----------------
     def _pip_mask(self) -> np.ndarray:
@@ -513,13 +506,15 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     the posterior-mean network with every gate at its PIP, cheaper but worse on small
     tables);
     `selection_threshold` for `get_support`; `screen` (and `screen_epochs`): also test
-    the left-out features by their evidence gain; `standardize` the inputs;
+    the left-out features by their evidence gain; `refit` (and `refit_steps`): predict
+    with a network retrained on the kept columns only; `standardize` the inputs;
     `random_state`; `verbose` shows a progress bar.
 
     Fitted attributes: `classes_`, `model_` (the torch network), `likelihood_`,
     `history_` (per-epoch records), `n_iter_` (epochs), `n_steps_`, `best_epoch_`
     (early stopping), `feature_importances_`, `importance_kind_` ("pip" or "norm"),
     `support_`, `n_features_selected_`, `screen_` (a `ScreenResult`, or None),
+    `refit_model_`, `refit_likelihood_`, `refit_history_` (None with `refit=False`),
     `n_features_in_`, `x_mean_`, `x_scale_`. See the module
     docstring for the estimator checks that do not apply and why.
     """
