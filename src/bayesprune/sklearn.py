@@ -503,11 +503,12 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     (Gaussian), `slab_scale`, `prior_inclusion` (hidden units),
     `input_prior_inclusion` (default 1 / (p + 1)), `gate_init` (spike-and-slab);
     `samples` and `predict_mode` for prediction ("mc": Monte Carlo; "mean": one pass of
-    the posterior-mean network with every gate at its PIP, cheaper but worse on small
-    tables);
+    the posterior-mean network with every gate at its PIP, cheaper, worse on the
+    smallest tables);
     `selection_threshold` for `get_support`; `screen` (and `screen_epochs`): also test
     the left-out features by their evidence gain; `refit` (and `refit_steps`): predict
-    with a network retrained on the kept columns only; `standardize` the inputs;
+    with a network retrained on the kept columns only (default; `refit_steps` steps with
+    epochs="auto", an explicit `epochs` applies to both networks); `standardize` the inputs;
     `random_state`; `verbose` shows a progress bar.
 
     Fitted attributes: `classes_`, `model_` (the torch network), `likelihood_`,
