@@ -239,12 +239,12 @@ def test_auto_batch_is_the_whole_table_up_to_1024_rows_and_the_kl_warms_up():
     est = BayesianMLPClassifier((4,), min_steps=40, max_steps=40, kl_warmup_steps=10)
     est.set_params(random_state=0).fit(X, y)
     assert est.n_steps_ == est.n_iter_ == 40  # one step an epoch
-    weights = [r["kl_weight"] / est.kl_weight for r in est.history_]  # warm-up x kl_weight
+    weights = [r["kl_weight"] / est.kl_weight_ for r in est.history_]  # warm-up x kl_weight
     assert weights[0] == pytest.approx(0.1) and weights[9:] == pytest.approx([1.0] * 31)
     # the warm-up never takes more than half the steps
     short = BayesianMLPClassifier((4,), epochs=8, kl_warmup_steps=500, random_state=0)
     short.fit(X, y)
-    assert [r["kl_weight"] for r in short.history_][3:] == pytest.approx([short.kl_weight] * 5)
+    assert [r["kl_weight"] for r in short.history_][3:] == pytest.approx([short.kl_weight_] * 5)
 
 
 def test_the_gate_learning_rate_applies_to_gated_families_only():
@@ -319,3 +319,19 @@ def test_refit_regressor_uses_a_fresh_noise_and_checks_its_parameters():
     for bad in ({"refit": "yes"}, {"refit_steps": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             BayesianMLPRegressor(**bad).fit(X, y)
+
+
+def test_the_auto_kl_weight_is_tempered_below_1000_rows_and_full_from_there():
+    from bayesprune.estimator_defaults import FULL_KL_ROWS, auto_kl_weight
+
+    assert auto_kl_weight(FULL_KL_ROWS - 1, "auto") == 0.7
+    assert auto_kl_weight(FULL_KL_ROWS, "auto") == 1.0 and auto_kl_weight(50, 0.3) == 0.3
+    X, y = _xor_like(1000, p=3)
+    short = {"epochs": 2, "kl_warmup_steps": 0, "refit": False, "random_state": 0}
+    for rows, expected in ((999, 0.7), (1000, 1.0)):
+        est = BayesianMLPClassifier((4,), **short).fit(X[:rows], y[:rows])
+        assert est.kl_weight_ == expected
+        assert est.history_[-1]["kl_weight"] == pytest.approx(expected)
+    assert BayesianMLPClassifier((4,), kl_weight=0.5, **short).fit(X, y).kl_weight_ == 0.5
+    with pytest.raises(ValueError, match="kl_weight must be 'auto' or a number"):
+        BayesianMLPClassifier(kl_weight="full").fit(X, y)

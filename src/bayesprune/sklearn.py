@@ -68,6 +68,7 @@ from .estimator_defaults import (
     StepBudget,
     StopTraining,
     auto_batch_size,
+    auto_kl_weight,
     fallback_support,
     step_budget,
     validation_rows,
@@ -145,7 +146,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         validation_fraction: float = 0.2,
         patience: int = 500,
         monitor: str = "nll",
-        kl_weight: float = 0.7,
+        kl_weight: float | str = "auto",
         prior_scale: float = 1.0,
         slab_scale: float = 2.0,
         prior_inclusion: float | None = None,
@@ -230,6 +231,12 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             raise ValueError(
                 f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
             )
+        if not (
+            self.kl_weight == "auto"
+            or (isinstance(self.kl_weight, int | float) and not isinstance(self.kl_weight, bool)
+                and self.kl_weight >= 0)
+        ):  # fmt: skip
+            raise ValueError(f"kl_weight must be 'auto' or a number >= 0, got {self.kl_weight!r}")
         if not isinstance(self.refit, bool | np.bool_):
             raise ValueError(f"refit must be True or False, got {self.refit!r}")
         if self.monitor not in MONITORS:
@@ -281,9 +288,10 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         x = self._inputs(X, reset=True)
         self.family_ = family
         self.seed_ = seed
+        self.kl_weight_ = auto_kl_weight(len(x), self.kl_weight)
         self.model_, self.likelihood_, stopper, budget = self._train(
             family, self.input_gates, x, targets, n_out, make_likelihood(likelihood),
-            float(self.kl_weight),
+            self.kl_weight_,
         )  # fmt: skip
         self.history_ = _records(stopper)
         self.best_epoch_ = stopper.best_epoch if isinstance(stopper, EarlyStopping) else None
@@ -303,7 +311,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             fresh = make_likelihood(Gaussian() if isinstance(likelihood, Gaussian) else likelihood)
             self.refit_model_, self.refit_likelihood_, refit_stop, _ = self._train(
                 family, False, x[:, torch.as_tensor(support)], targets, n_out, fresh,
-                float(self.kl_weight), int(self.refit_steps),
+                self.kl_weight_, int(self.refit_steps),
             )  # fmt: skip
             self.refit_history_ = _records(refit_stop)
         if self.predict_mode == "mean":
@@ -498,8 +506,9 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     `kl_warmup_steps` (the KL's weight rises from 0 to 1 over these steps, at most half
     of them), `gate_lr_multiplier` (the gate logits' learning rate over `lr`) and
     `early_stopping` (off; with True: `validation_fraction`, `patience`, `monitor`),
-    a tempered KL (`kl_weight=0.7`) and N(0, 2²) slabs (`slab_scale=2`), all chosen on
-    validation rows of small tables (docs/spike_slab.md); priors `prior_scale`
+    the KL weight by the rows (`kl_weight="auto"`: 0.7, a tempered KL, below 1,000
+    training rows, the full KL from there) and N(0, 2²) slabs (`slab_scale=2`), all
+    chosen on development splits (docs/spike_slab.md); priors `prior_scale`
     (Gaussian), `slab_scale`, `prior_inclusion` (hidden units),
     `input_prior_inclusion` (default 1 / (p + 1)), `gate_init` (spike-and-slab);
     `samples` and `predict_mode` for prediction ("mc": Monte Carlo; "mean": one pass of
@@ -516,6 +525,7 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     (early stopping), `feature_importances_`, `importance_kind_` ("pip" or "norm"),
     `support_`, `n_features_selected_`, `screen_` (a `ScreenResult`, or None),
     `refit_model_`, `refit_likelihood_`, `refit_history_` (None with `refit=False`),
+    `kl_weight_` (the KL weight used),
     `n_features_in_`, `x_mean_`, `x_scale_`. See the module
     docstring for the estimator checks that do not apply and why.
     """
