@@ -1,9 +1,11 @@
-"""How the estimators' defaults were chosen: candidate settings on validation rows only.
+"""How the estimators' defaults were chosen: candidate settings on development splits only.
 
 For each design of `small_tables.py` and each development seed (100, 101, ...: never the
 splits 0-4 that `small_tables.py` reports), the table is split 75/25 as there and the
-25 % test part is thrown away; the 75 % is split again 75/25 (`random_state` = seed + 7)
-and every candidate is fitted on the first part and scored on the second. Candidates are
+25 % test part is set aside; the 75 % is split again 75/25 (`random_state` = seed + 7)
+and every candidate is fitted on the first part and scored on the second (with `--holdout
+test`: fitted on the 75 % and scored on that development split's own 25 %, four times the
+rows of the validation part; still never a reported split). Candidates are
 keyword arguments of `BayesianMLPClassifier` / `BayesianMLPRegressor` (JSON), compared
 with the baselines ("base:rf", "base:linear", "base:mlp") on the same rows. One JSON line
 per fit (score, columns kept, TPR / FDR, the PIPs of the real columns, steps, seconds).
