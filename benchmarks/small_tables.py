@@ -321,6 +321,10 @@ def main() -> None:
         "--time-limit-min", type=float, default=None,
         help="start no (design, split) run after this many minutes; the results say which ran",
     )  # fmt: skip
+    parser.add_argument(
+        "--name", default="small_tables",
+        help="results/<name>.json and .md (a new name keeps earlier runs' results)",
+    )  # fmt: skip
     add_results_dir_option(parser)
     args = parser.parse_args()
     use_results_dir(args)
@@ -372,7 +376,7 @@ def main() -> None:
         "targets": {"per_design": per_design, "overall": overall},
         "summary": table, "rows": rows,
     }  # fmt: skip
-    print(write_results("small_tables", payload, markdown))
+    print(write_results(args.name, payload, markdown))
 
 
 if __name__ == "__main__":

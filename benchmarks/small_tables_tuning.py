@@ -1,9 +1,11 @@
-"""How the estimators' defaults were chosen: candidate settings on validation rows only.
+"""How the estimators' defaults were chosen: candidate settings on development splits only.
 
 For each design of `small_tables.py` and each development seed (100, 101, ...: never the
 splits 0-4 that `small_tables.py` reports), the table is split 75/25 as there and the
-25 % test part is thrown away; the 75 % is split again 75/25 (`random_state` = seed + 7)
-and every candidate is fitted on the first part and scored on the second. Candidates are
+25 % test part is set aside; the 75 % is split again 75/25 (`random_state` = seed + 7)
+and every candidate is fitted on the first part and scored on the second (with `--holdout
+test`: fitted on the 75 % and scored on that development split's own 25 %, four times the
+rows of the validation part; still never a reported split). Candidates are
 keyword arguments of `BayesianMLPClassifier` / `BayesianMLPRegressor` (JSON), compared
 with the baselines ("base:rf", "base:linear", "base:mlp") on the same rows. One JSON line
 per fit (score, columns kept, TPR / FDR, the PIPs of the real columns, steps, seconds).
@@ -33,16 +35,24 @@ from bayesprune.sklearn import BayesianMLPClassifier, BayesianMLPRegressor
 BASELINES = {"base:rf": RF, "base:mlp": "MLP (sklearn)", "base:linear": None}
 
 
-def run(name: str, kwargs: dict[str, Any], design: str, seed: int) -> dict[str, Any]:
-    """One candidate on one development split, scored on validation rows."""
+def run(
+    name: str, kwargs: dict[str, Any], design: str, seed: int, holdout: str = "validation"
+) -> dict[str, Any]:
+    """One candidate on one development split, scored on validation rows (or, with
+    `holdout="test"`, fitted on the split's training part and scored on its 25 %)."""
     torch.set_num_threads(1)
     task, X, y, truth, p = with_noise(design, seed)
     strat = y if task == "classification" else None
-    X_tr, _, y_tr, _ = train_test_split(X, y, test_size=0.25, random_state=seed, stratify=strat)
-    strat = y_tr if task == "classification" else None
-    Xa, Xv, ya, yv = train_test_split(
-        X_tr, y_tr, test_size=0.25, random_state=seed + 7, stratify=strat
+    X_tr, X_te, y_tr, y_te = train_test_split(
+        X, y, test_size=0.25, random_state=seed, stratify=strat
     )
+    strat = y_tr if task == "classification" else None
+    if holdout == "test":
+        Xa, Xv, ya, yv = X_tr, X_te, y_tr, y_te
+    else:
+        Xa, Xv, ya, yv = train_test_split(
+            X_tr, y_tr, test_size=0.25, random_state=seed + 7, stratify=strat
+        )
     if name in BASELINES:
         candidates = methods(task, seed)
         key = BASELINES[name] or next(k for k in candidates if k.startswith(("L1", "Lasso")))
@@ -56,7 +66,8 @@ def run(name: str, kwargs: dict[str, Any], design: str, seed: int) -> dict[str, 
         warnings.simplefilter("always")
         est.fit(Xa, ya)
     row: dict[str, Any] = {
-        "cfg": name, "design": design, "seed": seed, "score": float(est.score(Xv, yv)),
+        "cfg": name, "design": design, "seed": seed, "holdout": holdout,
+        "score": float(est.score(Xv, yv)),
         "seconds": time.perf_counter() - start,
         "warned": any(issubclass(w.category, UserWarning) for w in caught),
     }  # fmt: skip
@@ -100,13 +111,23 @@ def main() -> None:
     parser.add_argument("--configs", required=True, help="JSON {name: estimator kwargs}")
     parser.add_argument("--designs", nargs="+", choices=list(DESIGNS), default=list(DESIGNS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[100, 101])
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument(
+        "--holdout", choices=["validation", "test"], default="validation",
+        help="score on validation rows carved from the training part, or on the development "
+        "split's own 25 %% (more rows; still never a reported split)",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="JSON-lines file (appended)")
     args = parser.parse_args()
     if any(s < 100 for s in args.seeds):
         parser.error("development seeds start at 100 (0-99 are the reported splits' range)")
     configs = json.loads(args.configs)
-    jobs = [(n, kw, d, s) for n, kw in configs.items() for d in args.designs for s in args.seeds]
+    jobs = [
+        (n, kw, d, s, args.holdout)
+        for n, kw in configs.items()
+        for d in args.designs
+        for s in args.seeds
+    ]
     rows = []
     with ProcessPoolExecutor(args.jobs) as pool, open(args.out, "a") as out:
         for row in pool.map(run, *zip(*jobs, strict=True)):

@@ -239,12 +239,12 @@ def test_auto_batch_is_the_whole_table_up_to_1024_rows_and_the_kl_warms_up():
     est = BayesianMLPClassifier((4,), min_steps=40, max_steps=40, kl_warmup_steps=10)
     est.set_params(random_state=0).fit(X, y)
     assert est.n_steps_ == est.n_iter_ == 40  # one step an epoch
-    weights = [r["kl_weight"] / est.kl_weight for r in est.history_]  # warm-up x kl_weight
+    weights = [r["kl_weight"] / est.kl_weight_ for r in est.history_]  # warm-up x kl_weight
     assert weights[0] == pytest.approx(0.1) and weights[9:] == pytest.approx([1.0] * 31)
     # the warm-up never takes more than half the steps
     short = BayesianMLPClassifier((4,), epochs=8, kl_warmup_steps=500, random_state=0)
     short.fit(X, y)
-    assert [r["kl_weight"] for r in short.history_][3:] == pytest.approx([short.kl_weight] * 5)
+    assert [r["kl_weight"] for r in short.history_][3:] == pytest.approx([short.kl_weight_] * 5)
 
 
 def test_the_gate_learning_rate_applies_to_gated_families_only():
@@ -269,7 +269,7 @@ def test_posterior_mean_prediction_is_not_a_constant_when_hidden_pips_sit_at_the
     rng = np.random.default_rng(0)
     test = rng.permutation(len(y))[:50]
     train = np.setdiff1d(np.arange(len(y)), test)
-    est = BayesianMLPClassifier(predict_mode="mean", max_steps=500, random_state=0)
+    est = BayesianMLPClassifier(predict_mode="mean", max_steps=500, refit=False, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no constant-prediction warning
         est.fit(X[train], y[train])
@@ -283,3 +283,55 @@ def test_posterior_mean_prediction_is_not_a_constant_when_hidden_pips_sit_at_the
     assert expected > est.score(X[test], y[test]) + 0.2  # 0.74 against the majority's 0.44
     with pytest.warns(UserWarning, match="same prediction"):
         est._warn_if_constant(torch.randn(3, X.shape[1]))
+
+
+# -- the relaxed refit (issue 17, second follow-up) ---------------------------------------
+
+
+def test_refit_predicts_from_the_kept_columns_only_and_learns():
+    X, y = _three_true_columns(n=320, noise_columns=5)
+    short = {"min_steps": 300, "max_steps": 300, "refit_steps": 200, "kl_warmup_steps": 100}
+    est = BayesianMLPClassifier((8,), predict_mode="mean", random_state=0, **short)
+    est.fit(X[:120], y[:120])
+    support = est.get_support()
+    assert support[:3].all() and support.sum() < X.shape[1]
+    assert est.refit_model_[0].in_features == support.sum()
+    assert est.n_steps_ == 300 and len(est.refit_history_) == 200
+    assert est.score(X[120:], y[120:]) > 0.75  # chance is about 0.5, logistic regression 0.81
+    shuffled = X[120:].copy()
+    shuffled[:, ~support] = np.random.default_rng(1).standard_normal((200, (~support).sum()))
+    np.testing.assert_array_equal(est.predict_proba(shuffled), est.predict_proba(X[120:]))
+    plain = clone(est).set_params(refit=False).fit(X[:120], y[:120])
+    assert plain.refit_model_ is None
+    assert not np.array_equal(plain.predict_proba(shuffled), plain.predict_proba(X[120:]))
+
+
+def test_refit_regressor_uses_a_fresh_noise_and_checks_its_parameters():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((150, 6))
+    y = 10 + 3 * X[:, 0] - 2 * X[:, 1] + 0.3 * rng.standard_normal(150)
+    est = BayesianMLPRegressor((8,), min_steps=300, max_steps=300, random_state=0)
+    est.fit(X, y)
+    assert est.refit_likelihood_ is not est.likelihood_
+    assert est.get_support()[:2].all() and est.score(X, y) > 0.9
+    twin = clone(est)
+    assert twin.get_params() == est.get_params() and twin.get_params()["refit"] is True
+    for bad in ({"refit": "yes"}, {"refit_steps": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            BayesianMLPRegressor(**bad).fit(X, y)
+
+
+def test_the_auto_kl_weight_is_tempered_below_1000_rows_and_full_from_there():
+    from bayesprune.estimator_defaults import FULL_KL_ROWS, auto_kl_weight
+
+    assert auto_kl_weight(FULL_KL_ROWS - 1, "auto") == 0.7
+    assert auto_kl_weight(FULL_KL_ROWS, "auto") == 1.0 and auto_kl_weight(50, 0.3) == 0.3
+    X, y = _xor_like(1000, p=3)
+    short = {"epochs": 2, "kl_warmup_steps": 0, "refit": False, "random_state": 0}
+    for rows, expected in ((999, 0.7), (1000, 1.0)):
+        est = BayesianMLPClassifier((4,), **short).fit(X[:rows], y[:rows])
+        assert est.kl_weight_ == expected
+        assert est.history_[-1]["kl_weight"] == pytest.approx(expected)
+    assert BayesianMLPClassifier((4,), kl_weight=0.5, **short).fit(X, y).kl_weight_ == 0.5
+    with pytest.raises(ValueError, match="kl_weight must be 'auto' or a number"):
+        BayesianMLPClassifier(kl_weight="full").fit(X, y)

@@ -17,6 +17,7 @@ and the measurements behind them: docs/spike_slab.md, "Small tables"):
   restores the best state at the end.
 - `validation_rows`: the split (stratified for classes), seeded.
 - `fallback_support`: the expected-size rule for a selection that came out empty.
+- `auto_kl_weight`: the KL weight by the number of training rows (`kl_weight="auto"`).
 """
 
 from __future__ import annotations
@@ -75,6 +76,22 @@ def auto_batch_size(n_rows: int, batch_size: int | str) -> int:
     on a table of a few hundred rows, and the gates see the whole likelihood)."""
     wanted = FULL_BATCH_ROWS if batch_size == "auto" else int(batch_size)
     return max(1, min(wanted, n_rows))
+
+
+TEMPERED_KL = 0.7
+"""`kl_weight="auto"` below `FULL_KL_ROWS` training rows: the likelihood outweighs the prior."""
+FULL_KL_ROWS = 1000
+"""`kl_weight="auto"`: the full KL (1.0) from this many training rows on."""
+
+
+def auto_kl_weight(n_rows: int, kl_weight: float | str) -> float:
+    """The KL weight for `n_rows` training rows: `kl_weight`, or with "auto" the tempered
+    `TEMPERED_KL` below `FULL_KL_ROWS` rows (on a few hundred rows the full KL keeps too few
+    of the true columns) and 1.0 from there (with thousands of rows the tempered KL lets
+    noise columns in)."""
+    if kl_weight != "auto":
+        return float(kl_weight)
+    return TEMPERED_KL if n_rows < FULL_KL_ROWS else 1.0
 
 
 def validation_rows(

@@ -21,7 +21,15 @@ returns the kept columns, so the estimator can feed a later Pipeline step via
 with input gates) `fit` then runs the evidence screen (`bayesprune.screen`) on the
 features the PIPs left out, and `get_support()` also keeps those it adds (`screen_`
 holds the gains): features that act only through an interaction, which a gate can
-miss. The fitted network itself does not use them; refit on `transform(X)` for one that does.
+miss.
+
+Prediction (`refit=True`, the default): after the selection, a second network of the
+same family without input gates is trained on the kept columns only (`refit_steps`
+optimiser steps with epochs="auto"), the relaxed-lasso idea: the selection is the first
+network's, the predictions the second's, which no longer pays the gates' noise and
+prior on the inputs it uses (columns added by the screen included). `model_` is the
+selection network, `refit_model_` the predicting one; with `refit=False` `model_`
+predicts and reads every column.
 
 Inputs are standardised inside (with training statistics), so the priors mean the
 same for every data set; regression targets too (predictions are returned in the
@@ -57,8 +65,10 @@ from .compress import input_scores
 from .estimator_defaults import (
     MONITORS,
     EarlyStopping,
+    StepBudget,
     StopTraining,
     auto_batch_size,
+    auto_kl_weight,
     fallback_support,
     step_budget,
     validation_rows,
@@ -102,6 +112,11 @@ def _mean_std(a: np.ndarray, axis: int | None = 0) -> tuple[Any, Any]:
     return unit.mean(axis) * squeeze, unit.std(axis) * squeeze
 
 
+def _records(stopper: Any) -> list[dict]:
+    """Per-epoch training records from `_train`'s third result."""
+    return stopper.records if isinstance(stopper, EarlyStopping) else stopper
+
+
 def _is_int(value: Any, least: int) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= least
 
@@ -131,7 +146,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         validation_fraction: float = 0.2,
         patience: int = 500,
         monitor: str = "nll",
-        kl_weight: float = 0.7,
+        kl_weight: float | str = "auto",
         prior_scale: float = 1.0,
         slab_scale: float = 2.0,
         prior_inclusion: float | None = None,
@@ -142,6 +157,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         selection_threshold: float | None = None,
         screen: bool = False,
         screen_epochs: int = 150,
+        refit: bool = True,
+        refit_steps: int = 500,
         standardize: bool = True,
         random_state: int | np.random.RandomState | None = None,
         verbose: bool = False,
@@ -172,6 +189,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.selection_threshold = selection_threshold
         self.screen = screen
         self.screen_epochs = screen_epochs
+        self.refit = refit
+        self.refit_steps = refit_steps
         self.standardize = standardize
         self.random_state = random_state
         self.verbose = verbose
@@ -201,6 +220,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             "min_steps",
             "max_steps",
             "patience",
+            "refit_steps",
         ):
             value = getattr(self, name)
             if not _is_int(value, 1):
@@ -211,13 +231,21 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             raise ValueError(
                 f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
             )
+        if not (
+            self.kl_weight == "auto"
+            or (isinstance(self.kl_weight, int | float) and not isinstance(self.kl_weight, bool)
+                and self.kl_weight >= 0)
+        ):  # fmt: skip
+            raise ValueError(f"kl_weight must be 'auto' or a number >= 0, got {self.kl_weight!r}")
+        if not isinstance(self.refit, bool | np.bool_):
+            raise ValueError(f"refit must be True or False, got {self.refit!r}")
         if self.monitor not in MONITORS:
             raise ValueError(f"unknown monitor {self.monitor!r}; valid: {list(MONITORS)}")
         if self.predict_mode not in MODES:
             raise ValueError(f"unknown predict_mode {self.predict_mode!r}; valid: {list(MODES)}")
         return family
 
-    def _build(self, family: str, n_in: int, n_out: int) -> nn.Module:
+    def _build(self, family: str, n_in: int, n_out: int, input_gates: bool) -> nn.Module:
         """The MLP of `family` with the estimator's options that the family takes."""
         fam = get_family(family)
         prior = {"scale": self.prior_scale, "slab_scale": self.slab_scale}
@@ -228,7 +256,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         prior = {k: v for k, v in prior.items() if k in fam.prior_keys}
         layer = {
             "gate_init": self.gate_init,
-            "input_gates": self.input_gates,
+            "input_gates": input_gates,
             "mean_gates": MEAN_GATES,
         }
         options = {k: v for k, v in layer.items() if fam.takes(k)}
@@ -258,34 +286,79 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         family = self._check_params()
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         x = self._inputs(X, reset=True)
+        self.family_ = family
+        self.seed_ = seed
+        self.kl_weight_ = auto_kl_weight(len(x), self.kl_weight)
+        self.model_, self.likelihood_, stopper, budget = self._train(
+            family, self.input_gates, x, targets, n_out, make_likelihood(likelihood),
+            self.kl_weight_,
+        )  # fmt: skip
+        self.history_ = _records(stopper)
+        self.best_epoch_ = stopper.best_epoch if isinstance(stopper, EarlyStopping) else None
+        self.n_iter_ = len(self.history_)
+        self.n_steps_ = self.n_iter_ * budget.steps_per_epoch
+        self.feature_importances_, self.importance_kind_ = self._importances()
+        support = self._decide_support()
+        self.screen_ = (
+            self._screen(x, targets, self.likelihood_, seed, support) if self.screen else None
+        )
+        if self.screen_ is not None:
+            support[self.screen_.added] = True
+        self.support_ = support
+        self.n_features_selected_ = int(support.sum())
+        self.refit_model_ = self.refit_likelihood_ = self.refit_history_ = None
+        if self.refit:  # relaxed: the kept columns, no input gates (the selection stays)
+            fresh = make_likelihood(Gaussian() if isinstance(likelihood, Gaussian) else likelihood)
+            self.refit_model_, self.refit_likelihood_, refit_stop, _ = self._train(
+                family, False, x[:, torch.as_tensor(support)], targets, n_out, fresh,
+                self.kl_weight_, int(self.refit_steps),
+            )  # fmt: skip
+            self.refit_history_ = _records(refit_stop)
+        if self.predict_mode == "mean":
+            self._warn_if_constant(x)
+
+    def _train(
+        self,
+        family: str,
+        input_gates: bool,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        n_out: int,
+        likelihood: Any,
+        kl_weight: float,
+        max_steps: int | None = None,
+    ) -> tuple[nn.Module, Any, Any, StepBudget]:
+        """One network of `family` trained on (x, targets) for the step budget; returns the
+        model, its likelihood, the early-stopping callback (or the epoch records), the budget."""
+        seed = self.seed_
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model_ = self._build(family, x.shape[1], n_out)
+            model = self._build(family, x.shape[1], n_out, input_gates)
         val = self._validation_mask(targets, seed)
         train = (x, targets) if val is None else (x[~val], targets[~val])
         batch_size = auto_batch_size(len(train[0]), self.batch_size)
-        budget = step_budget(
-            len(train[0]), batch_size, self.epochs, self._min_steps(), int(self.max_steps)
-        )
-        likelihood = make_likelihood(likelihood)
+        least, most = self._min_steps(), int(self.max_steps)
+        if max_steps is not None:  # the refit's own budget
+            least, most = min(least, max_steps), max_steps
+        budget = step_budget(len(train[0]), batch_size, self.epochs, least, most)
         stopper, records = None, []
         if val is not None:
             stopper = EarlyStopping(
-                self.model_, likelihood, (x[val], targets[val]), self.monitor,
+                model, likelihood, (x[val], targets[val]), self.monitor,
                 budget.steps_per_epoch, max(self._min_steps(), int(self.kl_warmup_steps)),
                 int(self.patience), mode=self.predict_mode, samples=int(self.samples), seed=seed,
             )  # fmt: skip
         with contextlib.suppress(StopTraining):  # early stopping ended it; records below
             records = fit(
-                self.model_,
+                model,
                 train,
                 likelihood=likelihood,
                 epochs=budget.epochs,
                 batch_size=batch_size,
                 lr=self.lr,
                 lr_schedule="constant",  # the step budget and rates were tuned at a fixed rate
-                lr_multipliers=self._gate_lr(),
-                kl_weight=self.kl_weight,
+                lr_multipliers=self._gate_lr(model),
+                kl_weight=kl_weight,
                 kl_warmup_epochs=min(int(self.kl_warmup_steps), budget.steps // 2)
                 / budget.steps_per_epoch,
                 dataset_size=len(train[0]),
@@ -295,27 +368,14 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             ).epochs
         if stopper is not None:
             stopper.restore()
-            records = stopper.records
-        self.history_ = records
-        self.best_epoch_ = None if stopper is None else stopper.best_epoch
-        self.n_iter_ = len(records)
-        self.n_steps_ = self.n_iter_ * budget.steps_per_epoch
-        self.family_ = family
-        self.likelihood_ = likelihood
-        self.seed_ = seed
-        self.feature_importances_, self.importance_kind_ = self._importances()
-        support = self._decide_support()
-        self.screen_ = self._screen(x, targets, likelihood, seed, support) if self.screen else None
-        if self.screen_ is not None:
-            support[self.screen_.added] = True
-        self.support_ = support
-        self.n_features_selected_ = int(support.sum())
-        if self.predict_mode == "mean":
-            self._warn_if_constant(x)
+            return model, likelihood, stopper, budget
+        return model, likelihood, records, budget
 
     def _warn_if_constant(self, x: torch.Tensor) -> None:
         """Warn when the posterior-mean network gives every training row the same output."""
-        pred = predict(self.model_, x, mode="mean", likelihood=self.likelihood_, seed=self.seed_)
+        model, likelihood, columns = self._predictor()
+        x = x if columns is None else x[:, columns]
+        pred = predict(model, x, mode="mean", likelihood=likelihood, seed=self.seed_)
         out = pred.probs if hasattr(pred, "probs") else pred.mean
         if len(x) > 1 and float(out.std(0).max()) < CONSTANT_TOL:
             warnings.warn(
@@ -327,9 +387,9 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
                 stacklevel=3,
             )
 
-    def _gate_lr(self) -> dict[str, float]:
+    def _gate_lr(self, model: nn.Module) -> dict[str, float]:
         """`fit`'s lr_multipliers: the gate logits at `gate_lr_multiplier` (families with gates)."""
-        gated = any(name.endswith(GATE_SUFFIX) for name, _ in self.model_.named_parameters())
+        gated = any(name.endswith(GATE_SUFFIX) for name, _ in model.named_parameters())
         return {GATE_SUFFIX: float(self.gate_lr_multiplier)} if gated else {}
 
     def _min_steps(self) -> int:
@@ -381,10 +441,17 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
         x = self._inputs(X, reset=False)
+        model, likelihood, columns = self._predictor()
+        x = x if columns is None else x[:, columns]
         mode, samples = self.predict_mode, int(self.samples)
-        return predict(
-            self.model_, x, samples=samples, mode=mode, likelihood=self.likelihood_, seed=self.seed_
-        )
+        return predict(model, x, samples=samples, mode=mode, likelihood=likelihood, seed=self.seed_)
+
+    def _predictor(self) -> tuple[nn.Module, Any, torch.Tensor | None]:
+        """The network `predict` uses, its likelihood, and the input columns it reads
+        (the refit network reads the kept columns only; None: every column)."""
+        if self.refit_model_ is None:
+            return self.model_, self.likelihood_, None
+        return self.refit_model_, self.refit_likelihood_, torch.as_tensor(self.support_)
 
     # -- feature selection (SelectorMixin gives get_support, transform, ...) ----------------
     def _pip_mask(self) -> np.ndarray:
@@ -439,21 +506,26 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     `kl_warmup_steps` (the KL's weight rises from 0 to 1 over these steps, at most half
     of them), `gate_lr_multiplier` (the gate logits' learning rate over `lr`) and
     `early_stopping` (off; with True: `validation_fraction`, `patience`, `monitor`),
-    a tempered KL (`kl_weight=0.7`) and N(0, 2²) slabs (`slab_scale=2`), all chosen on
-    validation rows of small tables (docs/spike_slab.md); priors `prior_scale`
+    the KL weight by the rows (`kl_weight="auto"`: 0.7, a tempered KL, below 1,000
+    training rows, the full KL from there) and N(0, 2²) slabs (`slab_scale=2`), all
+    chosen on development splits (docs/spike_slab.md); priors `prior_scale`
     (Gaussian), `slab_scale`, `prior_inclusion` (hidden units),
     `input_prior_inclusion` (default 1 / (p + 1)), `gate_init` (spike-and-slab);
     `samples` and `predict_mode` for prediction ("mc": Monte Carlo; "mean": one pass of
-    the posterior-mean network with every gate at its PIP, cheaper but worse on small
-    tables);
+    the posterior-mean network with every gate at its PIP, cheaper, worse on the
+    smallest tables);
     `selection_threshold` for `get_support`; `screen` (and `screen_epochs`): also test
-    the left-out features by their evidence gain; `standardize` the inputs;
+    the left-out features by their evidence gain; `refit` (and `refit_steps`): predict
+    with a network retrained on the kept columns only (default; `refit_steps` steps with
+    epochs="auto", an explicit `epochs` applies to both networks); `standardize` the inputs;
     `random_state`; `verbose` shows a progress bar.
 
     Fitted attributes: `classes_`, `model_` (the torch network), `likelihood_`,
     `history_` (per-epoch records), `n_iter_` (epochs), `n_steps_`, `best_epoch_`
     (early stopping), `feature_importances_`, `importance_kind_` ("pip" or "norm"),
     `support_`, `n_features_selected_`, `screen_` (a `ScreenResult`, or None),
+    `refit_model_`, `refit_likelihood_`, `refit_history_` (None with `refit=False`),
+    `kl_weight_` (the KL weight used),
     `n_features_in_`, `x_mean_`, `x_scale_`. See the module
     docstring for the estimator checks that do not apply and why.
     """
