@@ -15,6 +15,7 @@ the step timing uses the same configuration as the accuracy.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import statistics
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from torch.utils.data import TensorDataset
 
 import bayesprune as bp
 from bayesprune.data import load_mnist
@@ -83,8 +85,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=inspect.signature(bp.fit).parameters["lr"].default,
+        help="Adam's rate, cosine over the epochs (default: fit's default; runs before "
+        "2026-12 used 1e-3)",
+    )
+    parser.add_argument(
+        "--lr-multipliers",
+        nargs="*",
+        default=[],
+        metavar="SUFFIX=FACTOR",
+        help="fit's lr_multipliers for the Bayesian net, e.g. rho=0.333",
+    )
     parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument(
+        "--val-size",
+        type=int,
+        default=0,
+        help="score N training images held out (seeded by --seed) instead of the test set",
+    )
     parser.add_argument("--mc-samples", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -108,8 +129,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     train = load_mnist("train", limit=args.train_limit, seed=args.seed)
-    test = load_mnist("test")
-    x_test, y_test = test.tensors
+    if args.val_size:  # choose settings here: score a split of the training set, not test
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))
+        x_all, y_all = train.tensors
+        held, kept = order[: args.val_size], order[args.val_size :]
+        train = TensorDataset(x_all[kept], y_all[kept])
+        x_test, y_test = x_all[held], y_all[held]
+    else:
+        x_test, y_test = load_mnist("test").tensors
     prior = {
         "kind": "scale_mixture",
         "pi": 0.5,
@@ -132,7 +159,8 @@ def main() -> None:
     plain_history = bp.fit(plain, train, **settings)
     torch.manual_seed(args.seed)
     bayes = bp.lenet_300_100(**layer_options)
-    bayes_history = bp.fit(bayes, train, **settings)
+    multipliers = {k: float(v) for k, v in (item.split("=") for item in args.lr_multipliers)}
+    bayes_history = bp.fit(bayes, train, **settings, lr_multipliers=multipliers or None)
 
     test = (x_test, y_test)
     results = {
@@ -156,7 +184,8 @@ def main() -> None:
             "prior": prior,
             "lr_schedule": "cosine",
             "n_train": len(train),
-            "n_test": len(test),
+            "n_test": len(x_test),
+            "scored_split": "validation" if args.val_size else "test",
         },
         "results": results,
         "timing": timing,
@@ -179,7 +208,8 @@ def finish(payload: dict) -> None:
     }
     rows = [{"model": k, **v} for k, v in results.items()]
     md = (
-        "Final-epoch test metrics (MNIST test set, 10,000 images):\n\n"
+        f"Final-epoch metrics on the {payload['settings'].get('scored_split', 'test')} "
+        f"images ({payload['settings']['n_test']:,}):\n\n"
         + md_table(rows)
         + "\nTraining cost, Bayesian / deterministic, interleaved steps (median of "
         f"{payload['settings']['step_repeats']}; the Bayesian net with fit's optimiser, fused "
