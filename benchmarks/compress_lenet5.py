@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 from _common import add_results_dir_option, md_table, use_results_dir, write_results
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -64,8 +64,10 @@ def split(train: TensorDataset, n_val: int, seed: int) -> tuple[TensorDataset, T
     return TensorDataset(x[fit], y[fit]), TensorDataset(x[val], y[val])
 
 
-def error(model: nn.Module, data: TensorDataset) -> float:
-    """Error (%) of the posterior-mean network."""
+def error(model: nn.Module, data: TensorDataset | None) -> float | None:
+    """Error (%) of the posterior-mean network (None without data: `--no-test`)."""
+    if data is None:
+        return None
     return bp.evaluate(model, data.tensors, metrics=["error_pct"], batch_size=1000)["error_pct"]
 
 
@@ -149,7 +151,7 @@ def nonzero(model: nn.Module) -> int:
 
 
 def point(
-    m: nn.Module, thr: float, val: TensorDataset, test: TensorDataset, total: int
+    m: nn.Module, thr: float, val: TensorDataset, test: TensorDataset | None, total: int
 ) -> dict[str, Any]:
     """A reported weight-level point: size, validation and test error, structure."""
     return {
@@ -180,27 +182,33 @@ def finetune_survivors(
     )
 
 
-def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset) -> dict[str, Any]:
+def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset | None) -> dict[str, Any]:
     train, val = split(load_mnist("train", limit=args.train_limit), args.val_size, seed)
     common = dict(batch_size=args.batch_size, seed=seed, progress=False)
     t0 = time.process_time()
     torch.manual_seed(seed)
     det = bp.lenet5_caffe(family="deterministic")
-    bp.fit(det, train, epochs=args.det_epochs, lr=args.lr, lr_schedule="cosine", **common)
-    t_det = time.process_time() - t0
-    svd = bp.convert(det, "sparse_vd", init_from_weights=True, rho_init=args.rho_init)
-    hist = bp.fit(
-        svd,
-        train,
-        epochs=args.svd_epochs,
-        lr=args.svd_lr,
-        lr_schedule="cosine",
-        lr_multipliers={"weight_rho": args.rho_lr_mult},
-        kl_weight=args.kl_weight,
-        kl_warmup_epochs=min(args.kl_warmup, args.svd_epochs),
-        **common,
-    )
-    t_svd = time.process_time() - t0 - t_det
+    hist = None
+    if args.load_svd is not None:  # a saved Sparse VD net: only the choices run again
+        svd = bp.convert(det, "sparse_vd", rho_init=args.rho_init)
+        svd.load_state_dict(load_file(args.load_svd / f"svd_seed{seed}.safetensors"))
+        t_det = t_svd = 0.0
+    else:
+        bp.fit(det, train, epochs=args.det_epochs, lr=args.lr, lr_schedule="cosine", **common)
+        t_det = time.process_time() - t0
+        svd = bp.convert(det, "sparse_vd", init_from_weights=True, rho_init=args.rho_init)
+        hist = bp.fit(
+            svd,
+            train,
+            epochs=args.svd_epochs,
+            lr=args.svd_lr,
+            lr_schedule="cosine",
+            lr_multipliers={"weight_rho": args.rho_lr_mult},
+            kl_weight=args.kl_weight,
+            kl_warmup_epochs=min(args.kl_warmup, args.svd_epochs),
+            **common,
+        )
+        t_svd = time.process_time() - t0 - t_det
     if args.save_svd is not None:  # lets later choice rules run without retraining
         args.save_svd.mkdir(parents=True, exist_ok=True)
         save_file(svd.state_dict(), args.save_svd / f"svd_seed{seed}.safetensors")
@@ -209,8 +217,8 @@ def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset) -> dict[s
         "seed": seed,
         "det_cpu_s": round(t_det),
         "svd_cpu_s": round(t_svd),
-        "det_test_error_pct": error(det, test),
-        "svd_history": hist.epochs,
+        "det_test_error_pct": None if hist is None else error(det, test),
+        "svd_history": None if hist is None else hist.epochs,
     }
 
     # 1. weight level: the paper's threshold, and the validation-chosen one
@@ -237,7 +245,7 @@ def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset) -> dict[s
     # most compressed candidate whose validation error stays within the same bound
     if args.finetune_epochs > 0:
         tuned = []
-        for thr in args.ft_thresholds:
+        for thr in [t for t in args.ft_thresholds if t < chosen_thr]:  # only more pruning
             cand = masked(svd, thr)
             before = error(cand, val)
             finetune_survivors(cand, train, args, seed)
@@ -289,6 +297,8 @@ def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset) -> dict[s
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def ms(values: list[float]) -> str:
+        if None in values:
+            return "not read"
         if len(values) == 1:
             return f"{values[0]:.4g}"
         return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
@@ -341,7 +351,7 @@ def render(p: dict[str, Any]) -> str:
             out += [f"## Seed {r['seed']}: per-layer kept weights (log α > 3 pruned)\n"]
             out += [md_table(r["weight_points"]["log_alpha_3"]["layers"]), ""]
             out += [f"Validation grids (seed {r['seed']}):\n", md_table(r["threshold_grid"])]
-            if "finetune_grid" in r:
+            if r.get("finetune_grid"):
                 out += ["Fine-tuned candidates:\n", md_table(r["finetune_grid"])]
             out += [md_table(r["unit_grid"]), ""]
     if p.get("notes"):
@@ -386,6 +396,15 @@ def main() -> None:
     parser.add_argument("--ft-thresholds", type=float, nargs="+", default=[1.0, 0.5, 0.0, -0.5])
     parser.add_argument("--ft-lr", type=float, default=3e-4)
     parser.add_argument("--ft-kl-weight", type=float, default=1.0)
+    parser.add_argument(
+        "--load-svd",
+        type=Path,
+        default=None,
+        help="folder of --save-svd weights: skip training, run the choices again",
+    )
+    parser.add_argument(
+        "--no-test", action="store_true", help="development runs: never read the test set"
+    )
     parser.add_argument("--unit-tolerance", type=float, default=0.1, help="val error (%%) margin")
     parser.add_argument("--train-limit", type=int, default=None, help="smoke runs only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -398,7 +417,7 @@ def main() -> None:
     name = args.name
     del args.name
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    test = load_mnist("test")
+    test = None if args.no_test else load_mnist("test")
     payload: dict[str, Any] = {"settings": settings, "seeds": [], "notes": []}
     for seed in args.seeds:
         payload["seeds"].append(run_seed(args, seed, test))
