@@ -14,6 +14,12 @@ is trained from its weights (KL warm-up, cosine learning rate), and then
    τ × the layer's largest, τ the largest of a grid whose validation error stays
    within `--unit-tolerance` of the weight-pruned net's.
 
+With `--finetune-epochs F`, each `--ft-thresholds` pruning is fine-tuned (Sparse VD,
+masks held, `bayesprune.finetune`) for F epochs and the lowest threshold whose
+fine-tuned validation error stays within the same bound replaces the threshold of
+step 1; the shrunk net of step 2 is fine-tuned for F epochs before its test read.
+`--kl-weight β` trains Sparse VD with the KL term × β after warm-up (a tempered ELBO).
+
 The structure is written as Bayesian Compression writes it: conv1 channels - conv2
 channels - fc1 inputs in use - fc1 units (dense: 20-50-800-500). The test set is read
 once per reported figure. Seeds run one after another; results are written after
@@ -33,7 +39,7 @@ from typing import Any
 
 import torch
 from _common import add_results_dir_option, md_table, use_results_dir, write_results
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -58,8 +64,10 @@ def split(train: TensorDataset, n_val: int, seed: int) -> tuple[TensorDataset, T
     return TensorDataset(x[fit], y[fit]), TensorDataset(x[val], y[val])
 
 
-def error(model: nn.Module, data: TensorDataset) -> float:
-    """Error (%) of the posterior-mean network."""
+def error(model: nn.Module, data: TensorDataset | None) -> float | None:
+    """Error (%) of the posterior-mean network (None without data: `--no-test`)."""
+    if data is None:
+        return None
     return bp.evaluate(model, data.tensors, metrics=["error_pct"], batch_size=1000)["error_pct"]
 
 
@@ -142,26 +150,65 @@ def nonzero(model: nn.Module) -> int:
     return sum(int((w != 0).sum()) for _, w in mean_weights(model))
 
 
-def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset) -> dict[str, Any]:
+def point(
+    m: nn.Module, thr: float, val: TensorDataset, test: TensorDataset | None, total: int
+) -> dict[str, Any]:
+    """A reported weight-level point: size, validation and test error, structure."""
+    return {
+        "threshold": thr,
+        "nonzero_weights": nonzero(m),
+        "compression_x": total / nonzero(m),
+        "val_error_pct": error(m, val),
+        "test_error_pct": error(m, test),
+        "structure": arch(structure(m)),
+        "layers": layer_table(m),
+    }
+
+
+def finetune_survivors(
+    model: nn.Module, train: TensorDataset, args: argparse.Namespace, seed: int
+) -> None:
+    """Sparse VD training of the unpruned weights only (masks held), cosine from `--ft-lr`."""
+    bp.finetune(
+        model,
+        train,
+        epochs=args.finetune_epochs,
+        lr=args.ft_lr,
+        lr_schedule="cosine",
+        kl_weight=args.ft_kl_weight,
+        batch_size=args.batch_size,
+        seed=seed,
+        progress=False,
+    )
+
+
+def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset | None) -> dict[str, Any]:
     train, val = split(load_mnist("train", limit=args.train_limit), args.val_size, seed)
     common = dict(batch_size=args.batch_size, seed=seed, progress=False)
     t0 = time.process_time()
     torch.manual_seed(seed)
     det = bp.lenet5_caffe(family="deterministic")
-    bp.fit(det, train, epochs=args.det_epochs, lr=args.lr, lr_schedule="cosine", **common)
-    t_det = time.process_time() - t0
-    svd = bp.convert(det, "sparse_vd", init_from_weights=True)
-    hist = bp.fit(
-        svd,
-        train,
-        epochs=args.svd_epochs,
-        lr=args.svd_lr,
-        lr_schedule="cosine",
-        lr_multipliers={"weight_rho": args.rho_lr_mult},
-        kl_warmup_epochs=min(args.kl_warmup, args.svd_epochs),
-        **common,
-    )
-    t_svd = time.process_time() - t0 - t_det
+    hist = None
+    if args.load_svd is not None:  # a saved Sparse VD net: only the choices run again
+        svd = bp.convert(det, "sparse_vd", rho_init=args.rho_init)
+        svd.load_state_dict(load_file(args.load_svd / f"svd_seed{seed}.safetensors"))
+        t_det = t_svd = 0.0
+    else:
+        bp.fit(det, train, epochs=args.det_epochs, lr=args.lr, lr_schedule="cosine", **common)
+        t_det = time.process_time() - t0
+        svd = bp.convert(det, "sparse_vd", init_from_weights=True, rho_init=args.rho_init)
+        hist = bp.fit(
+            svd,
+            train,
+            epochs=args.svd_epochs,
+            lr=args.svd_lr,
+            lr_schedule="cosine",
+            lr_multipliers={"weight_rho": args.rho_lr_mult},
+            kl_weight=args.kl_weight,
+            kl_warmup_epochs=min(args.kl_warmup, args.svd_epochs),
+            **common,
+        )
+        t_svd = time.process_time() - t0 - t_det
     if args.save_svd is not None:  # lets later choice rules run without retraining
         args.save_svd.mkdir(parents=True, exist_ok=True)
         save_file(svd.state_dict(), args.save_svd / f"svd_seed{seed}.safetensors")
@@ -170,8 +217,8 @@ def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset) -> dict[s
         "seed": seed,
         "det_cpu_s": round(t_det),
         "svd_cpu_s": round(t_svd),
-        "det_test_error_pct": error(det, test),
-        "svd_history": hist.epochs,
+        "det_test_error_pct": None if hist is None else error(det, test),
+        "svd_history": None if hist is None else hist.epochs,
     }
 
     # 1. weight level: the paper's threshold, and the validation-chosen one
@@ -187,22 +234,37 @@ def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset) -> dict[s
         bound = grid[0]["val_error_pct"] + args.val_margin
     ok = [g for g in grid if g["val_error_pct"] <= bound] or grid[:1]
     chosen_thr = min(ok, key=lambda g: g["threshold"])["threshold"]
-    points = {}
-    for label, thr in (("log_alpha_3", 3.0), ("val_chosen", chosen_thr)):
-        m = masked(svd, thr)
-        points[label] = {
-            "threshold": thr,
-            "nonzero_weights": nonzero(m),
-            "compression_x": total / nonzero(m),
-            "val_error_pct": error(m, val),
-            "test_error_pct": error(m, test),
-            "structure": arch(structure(m)),
-            "layers": layer_table(m),
-        }
+    points = {
+        label: point(masked(svd, thr), thr, val, test, total)
+        for label, thr in (("log_alpha_3", 3.0), ("val_chosen", chosen_thr))
+    }
     row["weight_points"] = points
+    m = masked(svd, chosen_thr)
+
+    # 1b. optional: prune at each candidate threshold, fine-tune the survivors, keep the
+    # most compressed candidate whose validation error stays within the same bound
+    if args.finetune_epochs > 0:
+        tuned = []
+        for thr in [t for t in args.ft_thresholds if t < chosen_thr]:  # only more pruning
+            cand = masked(svd, thr)
+            before = error(cand, val)
+            finetune_survivors(cand, train, args, seed)
+            tuned.append((thr, cand, before, error(cand, val)))
+        row["finetune_grid"] = [
+            {
+                "threshold": thr,
+                "compression_x": total / nonzero(c),
+                "val_error_before_pct": b,
+                "val_error_pct": a,
+            }
+            for thr, c, b, a in tuned
+        ]
+        ok_ft = [t for t in tuned if t[3] <= bound]
+        if ok_ft:
+            chosen_thr, m, _, _ = min(ok_ft, key=lambda t: t[0])
+            points["finetuned"] = point(m, chosen_thr, val, test, total)
 
     # 2. structure: shrink, then the unit-level step chosen on validation
-    m = masked(svd, chosen_thr)
     base_val = error(m, val)
     units = []
     for tau in TAUS:
@@ -217,6 +279,8 @@ def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset) -> dict[s
     keep = unit_keep(m, tau)
     result = compress.shrink(m, INPUT, prune_units=keep)
     small = result.model
+    if args.finetune_epochs > 0:  # the shrunk survivors take over the removed units' work
+        finetune_survivors(small, train, args, seed)
     row["structured"] = {
         "threshold": chosen_thr,
         "tau": tau,
@@ -233,6 +297,8 @@ def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset) -> dict[s
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def ms(values: list[float]) -> str:
+        if None in values:
+            return "not read"
         if len(values) == 1:
             return f"{values[0]:.4g}"
         return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
@@ -241,9 +307,12 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for label, get in (
         ("log α > 3 pruned", lambda r: r["weight_points"]["log_alpha_3"]),
         ("log α threshold chosen on val", lambda r: r["weight_points"]["val_chosen"]),
+        ("fine-tuned survivors, threshold on val", lambda r: r["weight_points"].get("finetuned")),
         ("+ unit step chosen on val, shrunk", lambda r: r["structured"]),
     ):
         pts = [get(r) for r in rows]
+        if None in pts:
+            continue
         out.append(
             {
                 "point": label,
@@ -282,6 +351,8 @@ def render(p: dict[str, Any]) -> str:
             out += [f"## Seed {r['seed']}: per-layer kept weights (log α > 3 pruned)\n"]
             out += [md_table(r["weight_points"]["log_alpha_3"]["layers"]), ""]
             out += [f"Validation grids (seed {r['seed']}):\n", md_table(r["threshold_grid"])]
+            if r.get("finetune_grid"):
+                out += ["Fine-tuned candidates:\n", md_table(r["finetune_grid"])]
             out += [md_table(r["unit_grid"]), ""]
     if p.get("notes"):
         out += ["## Notes\n"] + [f"- {n}" for n in p["notes"]] + [""]
@@ -298,6 +369,12 @@ def main() -> None:
     parser.add_argument(
         "--rho-lr-mult", type=float, default=5.0, help="learning-rate factor of the σ parameters"
     )
+    parser.add_argument(
+        "--kl-weight", type=float, default=1.0, help="β: KL weight of Sparse VD after warm-up"
+    )
+    parser.add_argument(
+        "--rho-init", type=float, default=-5.0, help="initial ρ (σ = softplus(ρ)) of Sparse VD"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--val-budget", type=float, default=0.9, help="val error (%%) bound")
@@ -309,6 +386,24 @@ def main() -> None:
     )
     parser.add_argument(
         "--save-svd", type=Path, default=None, help="folder for each seed's Sparse VD state_dict"
+    )
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=0,
+        help="fine-tune the survivors of each --ft-thresholds pruning and of the unit step",
+    )
+    parser.add_argument("--ft-thresholds", type=float, nargs="+", default=[1.0, 0.5, 0.0, -0.5])
+    parser.add_argument("--ft-lr", type=float, default=3e-4)
+    parser.add_argument("--ft-kl-weight", type=float, default=1.0)
+    parser.add_argument(
+        "--load-svd",
+        type=Path,
+        default=None,
+        help="folder of --save-svd weights: skip training, run the choices again",
+    )
+    parser.add_argument(
+        "--no-test", action="store_true", help="development runs: never read the test set"
     )
     parser.add_argument("--unit-tolerance", type=float, default=0.1, help="val error (%%) margin")
     parser.add_argument("--train-limit", type=int, default=None, help="smoke runs only")
@@ -322,7 +417,7 @@ def main() -> None:
     name = args.name
     del args.name
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    test = load_mnist("test")
+    test = None if args.no_test else load_mnist("test")
     payload: dict[str, Any] = {"settings": settings, "seeds": [], "notes": []}
     for seed in args.seeds:
         payload["seeds"].append(run_seed(args, seed, test))
