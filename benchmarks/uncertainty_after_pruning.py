@@ -266,8 +266,14 @@ def render(payload: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def result_name(payload: dict[str, Any]) -> str:
+    """uncertainty_after_pruning_<model>[_<suffix>]: a suffix keeps runs of other sizes apart."""
+    suffix = payload["settings"].get("suffix")
+    return f"{NAME}_{payload['model']}" + (f"_{suffix}" if suffix else "")
+
+
 def save(payload: dict[str, Any]) -> None:
-    write_results(f"{NAME}_{payload['model']}", payload, render(payload))
+    write_results(result_name(payload), payload, render(payload))
 
 
 def summary(args: argparse.Namespace) -> None:
@@ -353,6 +359,9 @@ def main() -> None:
         "--ss-kl-weight", type=float, default=None, help="default: 0.1 x training rows / 60,000"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--suffix", default="", help="result files uncertainty_after_pruning_<model>_<suffix>"
+    )
     parser.add_argument("--summary", action="store_true", help="only write the overview")
     parser.add_argument("--rerender", metavar="JSON", help="only rewrite one model's results")
     parser.add_argument(
@@ -428,7 +437,7 @@ def merge(paths: list[str]) -> None:
         "seeds": seeds,
     }
     command = " ; ".join(dict.fromkeys(p["command"] for p in parts))
-    write_results(f"{NAME}_{first['model']}", payload, render(payload), command, first["machine"])
+    write_results(result_name(payload), payload, render(payload), command, first["machine"])
 
 
 def rerender(path: str) -> None:
@@ -436,7 +445,7 @@ def rerender(path: str) -> None:
     payload = json.loads(Path(path).read_text())
     command, machine_info = payload.pop("command"), payload.pop("machine")
     payload.pop("benchmark", None)
-    write_results(f"{NAME}_{payload['model']}", payload, render(payload), command, machine_info)
+    write_results(result_name(payload), payload, render(payload), command, machine_info)
 
 
 if __name__ == "__main__":
