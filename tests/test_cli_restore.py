@@ -95,7 +95,13 @@ def test_restore_keeps_or_improves_validation_ece_and_records_before_after(image
     _, _, run, out = image_run
     record = json.loads((run / "restored" / "restore.json").read_text())
     assert f"restore: {record['method']}" in out and "written to" in out
-    assert set(record["candidates"]) == {"none", "temperature", "variances", "finetune"}
+    assert set(record["candidates"]) == {
+        "none",
+        "temperature",
+        "variances",
+        "finetune",
+        "finetune+temperature",
+    }
     before, after = record["before"]["validation"], record["after"]["validation"]
     assert after["ece"] <= before["ece"] + 1e-12
     assert after == record["candidates"][record["method"]]["validation"]
@@ -163,6 +169,23 @@ def test_explicit_method_and_none(image_run):
     record = json.loads((run / "restored" / "restore.json").read_text())
     assert record["method"] == "none" and list(record["candidates"]) == ["none"]
     assert record["before"] == record["after"] and "restore: none" in out
+
+
+def test_finetune_then_temperature_keeps_a_temperature_beside_the_finetuned_net(image_run):
+    """Asked for alone, the combined method fine-tunes, fits T on the first half, and the
+    restored folder reloads as that network tempered (scores as recorded)."""
+    _, _, run, _ = image_run
+    _invoke("restore", str(run), "--method", "finetune+temperature", "--epochs", "1")
+    record = json.loads((run / "restored" / "restore.json").read_text())
+    assert set(record["candidates"]) == {"none", "finetune+temperature"}
+    model = load_restored(Run.open(run))
+    if record["method"] == "finetune+temperature":
+        assert record["temperature"] is not None and record["temperature"] != 1.0
+        assert float(model.temperature) == pytest.approx(record["temperature"])
+    else:  # refused on validation: the compressed model, untouched
+        assert (
+            record["method"] == "none" and record["candidates"]["finetune+temperature"]["why_not"]
+        )
 
 
 @pytest.mark.parametrize(

@@ -3,11 +3,12 @@
 Pruning by accuracy keeps the arg-max but not the predictive spread (issue 18), so
 after `compress` this step tries the restoring methods of `restore.method` on the
 compressed model (auto: none, temperature, variances where the model has posterior
-scales, finetune) and keeps one, chosen on validation data only:
+scales, finetune, finetune+temperature) and keeps one, chosen on validation data only:
 
 - the validation split is cut in two halves: every method is fitted on the first
   (temperature) or trained on the training rows and watched on it (variances,
-  finetune), and judged on the second;
+  finetune; finetune+temperature: the fine-tuned network's temperature fitted on it),
+  and judged on the second;
 - the chosen method has the lowest NLL on the second half among the candidates
   whose ECE there is no worse than the compressed model's and, with `restore.ood`,
   whose OOD AUROC there falls by at most `restore.auroc_tolerance`; "none" (the
@@ -128,7 +129,13 @@ def _candidates(
     models: dict[str, nn.Module] = {NONE: compressed}
     for method in _methods(run.config.restore.method, compressed):
         start = time.perf_counter()
-        repaired = _apply(run, compressed, method, fit_rows, mode)
+        if method == RestoreMethod.FINETUNE_TEMPERATURE and RestoreMethod.FINETUNE in models:
+            # the same network restore_uncertainty(method) gives (fine-tuning with the same
+            # seed and rows), tempered: the fine-tuning is not run twice
+            base = models[RestoreMethod.FINETUNE]
+            repaired = _apply(run, base, RestoreMethod.TEMPERATURE, fit_rows, mode)
+        else:
+            repaired = _apply(run, compressed, method, fit_rows, mode)
         values = judge(repaired)
         why = _refusal(values, before, run.config.restore.auroc_tolerance)
         candidates[method] = {
