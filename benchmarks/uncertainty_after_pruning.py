@@ -276,15 +276,24 @@ def save(payload: dict[str, Any]) -> None:
     write_results(result_name(payload), payload, render(payload))
 
 
+def result_files() -> list[Path]:
+    """Every model's result files, the committed small runs first, then suffixed ones
+    (e.g. `_full`, the foundation setting)."""
+    files = []
+    for model in MODELS:
+        files.append(results_dir() / f"{NAME}_{model}.json")
+        files += sorted(results_dir().glob(f"{NAME}_{model}_*.json"))
+    return [f for f in files if f.is_file()]
+
+
 def summary(args: argparse.Namespace) -> None:
     """The overview: per model and direction, the compression of record with and without
     the restoring method chosen on validation, against the targets."""
     rows = []
-    for model in MODELS:
-        path = results_dir() / f"{NAME}_{model}.json"
-        if not path.is_file():
-            continue
+    for path in result_files():
         payload = json.loads(path.read_text())
+        model = payload["model"]
+        size = payload["settings"].get("suffix") or "small"
         for direction, runs in payload["directions"].items():
             if not runs:
                 continue
@@ -304,6 +313,7 @@ def summary(args: argparse.Namespace) -> None:
                         rows.append(
                             {
                                 "model": model,
+                                "run": size,
                                 "in": direction,
                                 "seeds": len(runs),
                                 "stage": stage + shown,
@@ -311,9 +321,11 @@ def summary(args: argparse.Namespace) -> None:
                             }
                         )
     md = (
-        "Per model and direction: the compression of record, as pruned and with the "
+        "Per model, run and direction: the compression of record, as pruned and with the "
         "restoring method chosen on validation (in brackets), against issue 18's targets "
-        "(seed means; the per-model files hold every stage and the sd).\n\n" + md_table(rows)
+        "(seed means; the per-model files hold every stage and the sd). Run 'small': the "
+        "committed small configurations (uncertainty_after_pruning_<model>); 'full': the "
+        "foundation setting (uncertainty_after_pruning_<model>_full).\n\n" + md_table(rows)
     )
     print(md)
     write_results(NAME + "_summary", {"rows": rows}, md)
