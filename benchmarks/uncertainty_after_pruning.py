@@ -249,9 +249,13 @@ def render(payload: dict[str, Any]) -> str:
         f"samples (test), {s['val_samples'][model]} (validation). Accuracy tolerance "
         f"{s['delta']}; the 'held' variant also holds NLL {s['nll_tolerance']}, ECE "
         f"{s['ece_tolerance']}, AUROC {s['auroc_tolerance']}. Restoring: temperature; "
-        f"variances / finetune {s['restore_epochs']} epoch(s). Seconds per direction: "
+        f"variances / finetune {s['restore_epochs']} epoch(s); finetune+temperature (T fitted "
+        f"on the fine-tuned net, where run). Seconds per direction: "
         f"{payload.get('seconds')}.\n"
     ]
+    phases = _phase_seconds(payload)
+    if phases:
+        parts.append(f"\nWall seconds per phase, summed over directions and seeds: {phases}.\n")
     for direction, runs in payload["directions"].items():
         if not runs:
             continue
@@ -270,6 +274,16 @@ def result_name(payload: dict[str, Any]) -> str:
     """uncertainty_after_pruning_<model>[_<suffix>]: a suffix keeps runs of other sizes apart."""
     suffix = payload["settings"].get("suffix")
     return f"{NAME}_{payload['model']}" + (f"_{suffix}" if suffix else "")
+
+
+def _phase_seconds(payload: dict[str, Any]) -> dict[str, float]:
+    """Where the time went (runs that recorded it): training, searches, scoring, restores."""
+    total: dict[str, float] = {}
+    for runs in payload["directions"].values():
+        for run in runs:
+            for phase, seconds in run.get("seconds", {}).items():
+                total[phase] = round(total.get(phase, 0.0) + seconds, 1)
+    return total
 
 
 def save(payload: dict[str, Any]) -> None:
