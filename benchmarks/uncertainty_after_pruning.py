@@ -63,6 +63,7 @@ SUMMARY_EXTRA = {  # shown in the overview beside the compression of record
     "spike_slab": ("bayesian/median+refit/pruned",),
 }
 AUROCS = ("ood_auroc_entropy", "ood_auroc_mi", "ood_auroc_variance")
+OLD_RULE = "chosen, AUROC vs pruned"  # the restore rule before session 6, for comparison
 
 
 def make_data(model: str, direction: str, seed: int, args: argparse.Namespace) -> Data:
@@ -142,11 +143,16 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
 
-def chosen(run: dict[str, Any], group: str, tolerance: float = 0.02) -> str | None:
+def chosen(
+    run: dict[str, Any], group: str, tolerance: float = 0.02, floor: str = "lower"
+) -> str | None:
     """The stage of `group` (e.g. "bayesian/accuracy") that `bayesprune restore` would keep:
     the lowest validation-pick NLL among the stages whose pick ECE is no worse than the
-    pruned model's and whose pick OOD AUROCs fall by at most `tolerance`."""
+    pruned model's and whose pick OOD AUROCs fall by at most `tolerance` below the lower
+    of the pruned and the unpruned model's (`floor="pruned"`: the pruned model's, the
+    rule before session 6)."""
     base = run["pick"].get(f"{group}/pruned")
+    full = run["pick"].get("bayesian/before", {})
     names = [s for s in run["pick"] if s.startswith(group + "/") or s.startswith(group + "+")]
     if base is None or not names:
         return None
@@ -154,9 +160,11 @@ def chosen(run: dict[str, Any], group: str, tolerance: float = 0.02) -> str | No
     def eligible(stage: str) -> bool:
         values = run["pick"][stage]
         aurocs = [m for m in AUROCS if m in values and m in base]
-        return values["ece"] <= base["ece"] and all(
-            values[m] >= base[m] - tolerance for m in aurocs
-        )
+
+        def ref(m: str) -> float:
+            return min(base[m], full.get(m, base[m])) if floor == "lower" else base[m]
+
+        return values["ece"] <= base["ece"] and all(values[m] >= ref(m) - tolerance for m in aurocs)
 
     return min(filter(eligible, names), key=lambda s: run["pick"][s]["nll"])
 
@@ -167,14 +175,16 @@ def groups(model: str) -> list[str]:
 
 
 def with_chosen(runs: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
-    """Each run with a synthetic stage "<group>/chosen-on-validation" (its test metrics)."""
+    """Each run with synthetic stages "<group>/chosen-on-validation" (the current rule) and
+    "<group>/chosen, AUROC vs pruned" (the earlier rule), their test metrics."""
     out = []
     for run in runs:
         stages = dict(run["stages"])
         for group in groups(model):
-            pick = chosen(run, group)
-            if pick is not None:
-                stages[f"{group}/chosen-on-validation"] = {**stages[pick], "chosen": pick}
+            for name, floor in (("chosen-on-validation", "lower"), (OLD_RULE, "pruned")):
+                pick = chosen(run, group, floor=floor)
+                if pick is not None:
+                    stages[f"{group}/{name}"] = {**stages[pick], "chosen": pick}
         out.append({**run, "stages": stages})
     return out
 
@@ -243,8 +253,10 @@ def render(payload: dict[str, Any]) -> str:
         f"Model: **{model}**; {s['epochs'][model]} epochs, lr {s['lr'][model]}, training rows "
         f"{s['train_limit'][model] or 'all'} ({s['val_size']} held out for validation: searches "
         "on all of it, temperature on its first half, the restoring method chosen on its "
-        "second half: lowest NLL among the stages that keep its ECE and OOD AUROC, as "
-        f"`bayesprune restore` does). Test: {s['test_limit'][model] or 'all'} test images in, "
+        "second half: lowest NLL among the stages that keep its ECE and whose OOD AUROC "
+        "falls at most 0.02 below the lower of the pruned and unpruned net's, as "
+        "`bayesprune restore` does; 'chosen, AUROC vs pruned': the earlier rule, held "
+        f"against the pruned net's AUROC). Test: {s['test_limit'][model] or 'all'} test images in, "
         f"as many of the other data set's test images out. MC predictive {s['mc_samples'][model]} "
         f"samples (test), {s['val_samples'][model]} (validation). Accuracy tolerance "
         f"{s['delta']}; the 'held' variant also holds NLL {s['nll_tolerance']}, ECE "
@@ -317,6 +329,7 @@ def summary(args: argparse.Namespace) -> None:
                 for stage in (
                     f"{group}/pruned",
                     *SUMMARY_EXTRA[model],
+                    f"{group}/{OLD_RULE}",
                     f"{group}/chosen-on-validation",
                 ):
                     if stage in table:
