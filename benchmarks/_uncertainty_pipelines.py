@@ -23,7 +23,9 @@ choose). Nothing here reads the test sets except through `data.test`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +51,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "spike_slab": {"epochs": 20, "train_limit": None, "lr": 1e-3},
 }
 MODELS = tuple(DEFAULTS)
+RESTORES = ("temperature", "variances", "finetune", "finetune+temperature")  # compression of record
 
 
 @dataclass
@@ -93,17 +96,33 @@ class Record:
         self.stages: dict[str, dict[str, float]] = {}
         self.pick: dict[str, dict[str, float]] = {}
         self.compression: dict[str, dict[str, Any]] = {}
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the wall time of the block to `seconds[phase]` (where a run's time goes)."""
+        start = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - start
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + elapsed, 1)
 
     def score(
         self, name: str, model: nn.Module, test: Score, pick: Score | None, sparsity: float
     ) -> None:
-        self.stages[name] = {**test(model), "sparsity": sparsity}
+        with self.timed("score test"):
+            self.stages[name] = {**test(model), "sparsity": sparsity}
         if pick is not None:
-            self.pick[name] = pick(model)
+            with self.timed("score validation pick"):
+                self.pick[name] = pick(model)
         print(f"  {name}: {_short(self.stages[name])}", flush=True)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stages": self.stages, "pick": self.pick, "compression": self.compression}
+        return {
+            "stages": self.stages,
+            "pick": self.pick,
+            "compression": self.compression,
+            "seconds": self.seconds,
+        }
 
 
 def _short(metrics: dict[str, float]) -> str:
@@ -152,21 +171,35 @@ def _restores(
     """Score `pruned` and each restoring method applied to it, under `prefix`."""
     test, pick = _scorers(data, mode, s, lik)
     record.score(f"{prefix}/pruned", pruned, test, pick, sparsity)
+    done: dict[str, nn.Module] = {}
     for method in methods:
-        repaired = bp.restore_uncertainty(
-            pruned,
-            method,
-            train=data.train,
-            val=data.val_fit,
-            likelihood=lik,
-            epochs=s.restore_epochs,
-            mode=mode,
-            samples=s.val_samples,
-            seed=s.seed,
-            batch_size=s.batch_size,
-            **fit_kwargs,
-        )
+        with record.timed(f"restore {method}"):
+            if method == "finetune+temperature" and "finetune" in done:
+                # the same network as restore_uncertainty(pruned, method): its fine-tuning is
+                # the "finetune" one (same seed and data), so it is not trained twice
+                repaired = _restore(done["finetune"], "temperature", data, s, mode, lik)
+            else:
+                repaired = _restore(pruned, method, data, s, mode, lik, **fit_kwargs)
+        done[method] = repaired
         record.score(f"{prefix}/pruned+{method}", repaired, test, pick, sparsity)
+
+
+def _restore(
+    pruned: nn.Module, method: str, data: Data, s: Settings, mode: str, lik: Any, **fit_kwargs: Any
+) -> nn.Module:
+    return bp.restore_uncertainty(
+        pruned,
+        method,
+        train=data.train,
+        val=data.val_fit,
+        likelihood=lik,
+        epochs=s.restore_epochs,
+        mode=mode,
+        samples=s.val_samples,
+        seed=s.seed,
+        batch_size=s.batch_size,
+        **fit_kwargs,
+    )
 
 
 # --- LeNet-300-100 and LeNet-5-Caffe: SNR search ------------------------------------------
@@ -179,10 +212,11 @@ def searched(name: str, data: Data, s: Settings) -> dict[str, Any]:
     record = Record()
     torch.manual_seed(s.seed)
     bayes = build(**prior)
-    _fit(bayes, data, s)
-    torch.manual_seed(s.seed)
-    det = build(family="deterministic")
-    _fit(det, data, s)
+    with record.timed("train"):
+        _fit(bayes, data, s)
+        torch.manual_seed(s.seed)
+        det = build(family="deterministic")
+        _fit(det, data, s)
     test_mc, pick_mc = _scorers(data, "mc", s)
     test_mean, pick_mean = _scorers(data, "mean", s)
     record.score("bayesian/before", bayes, test_mc, pick_mc, 0.0)
@@ -191,10 +225,11 @@ def searched(name: str, data: Data, s: Settings) -> dict[str, Any]:
     scores = compress.weight_scores(bayes, "snr")
     variants = {"accuracy": {"accuracy": s.delta}, "held": s.uncertainty_tolerances}
     for variant, tolerances in variants.items():
-        search = compress.search_sparsity(bayes, scores, val, tolerances=tolerances)
+        with record.timed("search"):
+            search = compress.search_sparsity(bayes, scores, val, tolerances=tolerances)
         record.compression[f"bayesian/{variant}"] = search.as_dict()
         pruned = compress.pruned_copy(bayes, scores, search.sparsity)
-        methods = ("temperature", "variances", "finetune") if variant == "accuracy" else ()
+        methods = RESTORES if variant == "accuracy" else ()
         methods = methods or ("temperature",)
         _restores(record, f"bayesian/{variant}", pruned, data, s, methods, "mc", search.sparsity)
     sparsity = record.compression["bayesian/accuracy"]["sparsity"]
@@ -302,7 +337,7 @@ def evi(data: Data, s: Settings) -> dict[str, Any]:
             "stopped": result.stopped,
             "history": [r.values for r in result.history],
         }
-        methods = ("temperature", "variances", "finetune") if variant == "accuracy" else ()
+        methods = RESTORES if variant == "accuracy" else ()
         _evi_restores(record, f"bayesian/{variant}", result.model, data, s, methods, sparsity)
         if variant == "accuracy":
             accepted_rounds = sum(r.accepted for r in result.history[1:])
@@ -349,7 +384,7 @@ def _evi_restores(
             mode="mean",
             seed=s.seed,
             batch_size=s.batch_size,
-            **({"lr": s.lr / 10} if method == "finetune" else {}),
+            **({"lr": s.lr / 10} if method.startswith("finetune") else {}),
         )
         record.score(f"{prefix}/pruned+{method}", repaired, test, pick, sparsity)
 

@@ -63,6 +63,7 @@ SUMMARY_EXTRA = {  # shown in the overview beside the compression of record
     "spike_slab": ("bayesian/median+refit/pruned",),
 }
 AUROCS = ("ood_auroc_entropy", "ood_auroc_mi", "ood_auroc_variance")
+OLD_RULE = "chosen, AUROC vs pruned"  # the restore rule before session 6, for comparison
 
 
 def make_data(model: str, direction: str, seed: int, args: argparse.Namespace) -> Data:
@@ -142,11 +143,16 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
 
-def chosen(run: dict[str, Any], group: str, tolerance: float = 0.02) -> str | None:
+def chosen(
+    run: dict[str, Any], group: str, tolerance: float = 0.02, floor: str = "lower"
+) -> str | None:
     """The stage of `group` (e.g. "bayesian/accuracy") that `bayesprune restore` would keep:
     the lowest validation-pick NLL among the stages whose pick ECE is no worse than the
-    pruned model's and whose pick OOD AUROCs fall by at most `tolerance`."""
+    pruned model's and whose pick OOD AUROCs fall by at most `tolerance` below the lower
+    of the pruned and the unpruned model's (`floor="pruned"`: the pruned model's, the
+    rule before session 6)."""
     base = run["pick"].get(f"{group}/pruned")
+    full = run["pick"].get("bayesian/before", {})
     names = [s for s in run["pick"] if s.startswith(group + "/") or s.startswith(group + "+")]
     if base is None or not names:
         return None
@@ -154,9 +160,11 @@ def chosen(run: dict[str, Any], group: str, tolerance: float = 0.02) -> str | No
     def eligible(stage: str) -> bool:
         values = run["pick"][stage]
         aurocs = [m for m in AUROCS if m in values and m in base]
-        return values["ece"] <= base["ece"] and all(
-            values[m] >= base[m] - tolerance for m in aurocs
-        )
+
+        def ref(m: str) -> float:
+            return min(base[m], full.get(m, base[m])) if floor == "lower" else base[m]
+
+        return values["ece"] <= base["ece"] and all(values[m] >= ref(m) - tolerance for m in aurocs)
 
     return min(filter(eligible, names), key=lambda s: run["pick"][s]["nll"])
 
@@ -167,14 +175,16 @@ def groups(model: str) -> list[str]:
 
 
 def with_chosen(runs: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
-    """Each run with a synthetic stage "<group>/chosen-on-validation" (its test metrics)."""
+    """Each run with synthetic stages "<group>/chosen-on-validation" (the current rule) and
+    "<group>/chosen, AUROC vs pruned" (the earlier rule), their test metrics."""
     out = []
     for run in runs:
         stages = dict(run["stages"])
         for group in groups(model):
-            pick = chosen(run, group)
-            if pick is not None:
-                stages[f"{group}/chosen-on-validation"] = {**stages[pick], "chosen": pick}
+            for name, floor in (("chosen-on-validation", "lower"), (OLD_RULE, "pruned")):
+                pick = chosen(run, group, floor=floor)
+                if pick is not None:
+                    stages[f"{group}/{name}"] = {**stages[pick], "chosen": pick}
         out.append({**run, "stages": stages})
     return out
 
@@ -243,15 +253,21 @@ def render(payload: dict[str, Any]) -> str:
         f"Model: **{model}**; {s['epochs'][model]} epochs, lr {s['lr'][model]}, training rows "
         f"{s['train_limit'][model] or 'all'} ({s['val_size']} held out for validation: searches "
         "on all of it, temperature on its first half, the restoring method chosen on its "
-        "second half: lowest NLL among the stages that keep its ECE and OOD AUROC, as "
-        f"`bayesprune restore` does). Test: {s['test_limit'][model] or 'all'} test images in, "
+        "second half: lowest NLL among the stages that keep its ECE and whose OOD AUROC "
+        "falls at most 0.02 below the lower of the pruned and unpruned net's, as "
+        "`bayesprune restore` does; 'chosen, AUROC vs pruned': the earlier rule, held "
+        f"against the pruned net's AUROC). Test: {s['test_limit'][model] or 'all'} test images in, "
         f"as many of the other data set's test images out. MC predictive {s['mc_samples'][model]} "
         f"samples (test), {s['val_samples'][model]} (validation). Accuracy tolerance "
         f"{s['delta']}; the 'held' variant also holds NLL {s['nll_tolerance']}, ECE "
         f"{s['ece_tolerance']}, AUROC {s['auroc_tolerance']}. Restoring: temperature; "
-        f"variances / finetune {s['restore_epochs']} epoch(s). Seconds per direction: "
+        f"variances / finetune {s['restore_epochs']} epoch(s); finetune+temperature (T fitted "
+        f"on the fine-tuned net, where run). Seconds per direction: "
         f"{payload.get('seconds')}.\n"
     ]
+    phases = _phase_seconds(payload)
+    if phases:
+        parts.append(f"\nWall seconds per phase, summed over directions and seeds: {phases}.\n")
     for direction, runs in payload["directions"].items():
         if not runs:
             continue
@@ -266,19 +282,44 @@ def render(payload: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def result_name(payload: dict[str, Any]) -> str:
+    """uncertainty_after_pruning_<model>[_<suffix>]: a suffix keeps runs of other sizes apart."""
+    suffix = payload["settings"].get("suffix")
+    return f"{NAME}_{payload['model']}" + (f"_{suffix}" if suffix else "")
+
+
+def _phase_seconds(payload: dict[str, Any]) -> dict[str, float]:
+    """Where the time went (runs that recorded it): training, searches, scoring, restores."""
+    total: dict[str, float] = {}
+    for runs in payload["directions"].values():
+        for run in runs:
+            for phase, seconds in run.get("seconds", {}).items():
+                total[phase] = round(total.get(phase, 0.0) + seconds, 1)
+    return total
+
+
 def save(payload: dict[str, Any]) -> None:
-    write_results(f"{NAME}_{payload['model']}", payload, render(payload))
+    write_results(result_name(payload), payload, render(payload))
+
+
+def result_files() -> list[Path]:
+    """Every model's result files, the committed small runs first, then suffixed ones
+    (e.g. `_full`, the foundation setting)."""
+    files = []
+    for model in MODELS:
+        files.append(results_dir() / f"{NAME}_{model}.json")
+        files += sorted(results_dir().glob(f"{NAME}_{model}_*.json"))
+    return [f for f in files if f.is_file()]
 
 
 def summary(args: argparse.Namespace) -> None:
     """The overview: per model and direction, the compression of record with and without
     the restoring method chosen on validation, against the targets."""
     rows = []
-    for model in MODELS:
-        path = results_dir() / f"{NAME}_{model}.json"
-        if not path.is_file():
-            continue
+    for path in result_files():
         payload = json.loads(path.read_text())
+        model = payload["model"]
+        size = payload["settings"].get("suffix") or "small"
         for direction, runs in payload["directions"].items():
             if not runs:
                 continue
@@ -288,6 +329,7 @@ def summary(args: argparse.Namespace) -> None:
                 for stage in (
                     f"{group}/pruned",
                     *SUMMARY_EXTRA[model],
+                    f"{group}/{OLD_RULE}",
                     f"{group}/chosen-on-validation",
                 ):
                     if stage in table:
@@ -298,6 +340,7 @@ def summary(args: argparse.Namespace) -> None:
                         rows.append(
                             {
                                 "model": model,
+                                "run": size,
                                 "in": direction,
                                 "seeds": len(runs),
                                 "stage": stage + shown,
@@ -305,9 +348,11 @@ def summary(args: argparse.Namespace) -> None:
                             }
                         )
     md = (
-        "Per model and direction: the compression of record, as pruned and with the "
+        "Per model, run and direction: the compression of record, as pruned and with the "
         "restoring method chosen on validation (in brackets), against issue 18's targets "
-        "(seed means; the per-model files hold every stage and the sd).\n\n" + md_table(rows)
+        "(seed means; the per-model files hold every stage and the sd). Run 'small': the "
+        "committed small configurations (uncertainty_after_pruning_<model>); 'full': the "
+        "foundation setting (uncertainty_after_pruning_<model>_full).\n\n" + md_table(rows)
     )
     print(md)
     write_results(NAME + "_summary", {"rows": rows}, md)
@@ -353,6 +398,9 @@ def main() -> None:
         "--ss-kl-weight", type=float, default=None, help="default: 0.1 x training rows / 60,000"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--suffix", default="", help="result files uncertainty_after_pruning_<model>_<suffix>"
+    )
     parser.add_argument("--summary", action="store_true", help="only write the overview")
     parser.add_argument("--rerender", metavar="JSON", help="only rewrite one model's results")
     parser.add_argument(
@@ -428,7 +476,7 @@ def merge(paths: list[str]) -> None:
         "seeds": seeds,
     }
     command = " ; ".join(dict.fromkeys(p["command"] for p in parts))
-    write_results(f"{NAME}_{first['model']}", payload, render(payload), command, first["machine"])
+    write_results(result_name(payload), payload, render(payload), command, first["machine"])
 
 
 def rerender(path: str) -> None:
@@ -436,7 +484,7 @@ def rerender(path: str) -> None:
     payload = json.loads(Path(path).read_text())
     command, machine_info = payload.pop("command"), payload.pop("machine")
     payload.pop("benchmark", None)
-    write_results(f"{NAME}_{payload['model']}", payload, render(payload), command, machine_info)
+    write_results(result_name(payload), payload, render(payload), command, machine_info)
 
 
 if __name__ == "__main__":

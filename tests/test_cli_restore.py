@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from bayesprune.app.folder import Run
 from bayesprune.app.steps import load_restored
-from bayesprune.app.steps.restore import METRICS
+from bayesprune.app.steps.restore import METRICS, _refusal, auroc_floor
 from bayesprune.app.transaction import Transaction
 from bayesprune.cli import main
 from bayesprune.data.idx import encode_idx
@@ -95,7 +95,13 @@ def test_restore_keeps_or_improves_validation_ece_and_records_before_after(image
     _, _, run, out = image_run
     record = json.loads((run / "restored" / "restore.json").read_text())
     assert f"restore: {record['method']}" in out and "written to" in out
-    assert set(record["candidates"]) == {"none", "temperature", "variances", "finetune"}
+    assert set(record["candidates"]) == {
+        "none",
+        "temperature",
+        "variances",
+        "finetune",
+        "finetune+temperature",
+    }
     before, after = record["before"]["validation"], record["after"]["validation"]
     assert after["ece"] <= before["ece"] + 1e-12
     assert after == record["candidates"][record["method"]]["validation"]
@@ -103,8 +109,20 @@ def test_restore_keeps_or_improves_validation_ece_and_records_before_after(image
         for split in ("validation", "test"):
             names = set(record[stage][split])
             assert {*METRICS, "ood_auroc_entropy", "ood_auroc_mi"} <= names
-    # the rule: no eligible candidate has a lower validation NLL than the chosen one
+    # the rule: no eligible candidate has a lower validation NLL than the chosen one, and
+    # each eligible one's AUROC is within the tolerance of the lower of compressed / trained
     eligible = [c for c in record["candidates"].values() if c["eligible"]]
+    trained = record["trained_validation"]
+    for c in eligible:
+        for name in ("ood_auroc_entropy", "ood_auroc_mi"):
+            assert c["validation"][name] >= min(before[name], trained[name]) - 0.02
+    for c in record["candidates"].values():  # and every refused one breaks a rule
+        if not c["eligible"]:
+            worse_ece = c["validation"]["ece"] > before["ece"]
+            assert worse_ece or any(
+                c["validation"][n] < min(before[n], trained[n]) - 0.02
+                for n in ("ood_auroc_entropy", "ood_auroc_mi")
+            )
     assert min(c["validation"]["nll"] for c in eligible) == after["nll"]
     assert record["splits"]["fit"]["rows"] + record["splits"]["choose"]["rows"] == 200
     assert record["options"]["ood"] == "fashion-mnist" and record["options"]["epochs"] == 1
@@ -121,6 +139,24 @@ def test_pruning_worsened_calibration_and_temperature_repairs_it(image_run):
     best = min(c["validation"]["ece"] for c in record["candidates"].values())
     assert best < before
     assert record["candidates"]["temperature"]["validation"]["ece"] < before
+
+
+def test_the_auroc_reference_is_the_lower_of_the_compressed_and_trained_model():
+    """A pruned net that separates OOD better than the trained one (AUROC 0.80 vs 0.70)
+    does not make a repair back to 0.71 ineligible; a fall below 0.70 - 0.02 still does."""
+    compressed = {"ece": 0.1, "ood_auroc_entropy": 0.80}
+    trained = {"ece": 0.05, "ood_auroc_entropy": 0.70}
+    floor = auroc_floor(compressed, trained)
+    assert floor == {"ood_auroc_entropy": 0.70}
+    back = {"ece": 0.05, "ood_auroc_entropy": 0.71}
+    assert _refusal(back, compressed, 0.02, floor) is None
+    assert "fell by more than" in _refusal(back, compressed, 0.02)  # the compressed one's
+    assert "fell by more than" in _refusal(
+        {**back, "ood_auroc_entropy": 0.67}, compressed, 0.02, floor
+    )
+    assert "ECE" in _refusal({**back, "ece": 0.2}, compressed, 0.02, floor)
+    # a trained net that separates better does not raise the bar above the compressed one
+    assert auroc_floor(compressed, {"ood_auroc_entropy": 0.9}) == {"ood_auroc_entropy": 0.80}
 
 
 def test_the_restored_model_reloads_and_scores_as_recorded(image_run):
@@ -163,6 +199,23 @@ def test_explicit_method_and_none(image_run):
     record = json.loads((run / "restored" / "restore.json").read_text())
     assert record["method"] == "none" and list(record["candidates"]) == ["none"]
     assert record["before"] == record["after"] and "restore: none" in out
+
+
+def test_finetune_then_temperature_keeps_a_temperature_beside_the_finetuned_net(image_run):
+    """Asked for alone, the combined method fine-tunes, fits T on the first half, and the
+    restored folder reloads as that network tempered (scores as recorded)."""
+    _, _, run, _ = image_run
+    _invoke("restore", str(run), "--method", "finetune+temperature", "--epochs", "1")
+    record = json.loads((run / "restored" / "restore.json").read_text())
+    assert set(record["candidates"]) == {"none", "finetune+temperature"}
+    model = load_restored(Run.open(run))
+    if record["method"] == "finetune+temperature":
+        assert record["temperature"] is not None and record["temperature"] != 1.0
+        assert float(model.temperature) == pytest.approx(record["temperature"])
+    else:  # refused on validation: the compressed model, untouched
+        assert (
+            record["method"] == "none" and record["candidates"]["finetune+temperature"]["why_not"]
+        )
 
 
 @pytest.mark.parametrize(

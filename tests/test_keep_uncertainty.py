@@ -253,6 +253,29 @@ def test_restore_uncertainty_leaves_its_input_alone_and_names_its_methods():
         restore_uncertainty(model, "temperature", train=(x, y))
 
 
+def test_finetune_then_temperature_is_the_finetuned_network_with_its_fitted_temperature():
+    """The combined method equals "finetune" (same seed) wrapped with the T that
+    fit_temperature finds for it on `val`; it needs both data sets."""
+    torch.manual_seed(0)
+    model = mlp(5, [9], 3, family="gaussian")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(80, 5, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
+    train, val = (x[:60], y[:60]), (x[60:], y[60:])
+    options = {"train": train, "epochs": 2, "batch_size": 20, "lr": 1e-2, "samples": 4}
+    both = restore_uncertainty(model, "finetune+temperature", val=val, **options)
+    tuned = restore_uncertainty(model, "finetune", val=val, **options)
+    assert isinstance(both, TemperatureScaled)
+    for name, value in tuned.state_dict().items():
+        assert torch.equal(both.model.state_dict()[name], value), name
+    t = fit_temperature(tuned, val, samples=4, seed=0)
+    assert float(both.temperature) == pytest.approx(t, rel=1e-6) and t != 1.0
+    with pytest.raises(ValueError, match="needs val="):
+        restore_uncertainty(model, "finetune+temperature", train=train)
+    with pytest.raises(ValueError, match="needs train="):
+        restore_uncertainty(model, "finetune+temperature", val=val)
+
+
 def test_temperature_on_an_evi_network_tempers_its_mean_and_keeps_its_covariance():
     """eVI returns (mean probabilities, cov): the wrapper tempers the mean as
     fit_temperature's map does, so restore_uncertainty('temperature') serves eVI too."""

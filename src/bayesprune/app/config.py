@@ -170,7 +170,7 @@ class EvaluateConfig:
     bins: int = field(default=15, metadata={"min": 1})  # calibration bins (ECE, reliability)
 
 
-RESTORE_METHODS = (AUTO, "none", "temperature", "variances", "finetune")
+RESTORE_METHODS = (AUTO, "none", "temperature", "variances", "finetune", "finetune+temperature")
 
 
 @dataclass
