@@ -32,6 +32,7 @@ from ..compress.pip_rules import PIP_RULES
 from ..compress.scores import INPUT_SCORES, UNIT_SCORES, WEIGHT_SCORES
 from ..likelihoods import likelihood_names
 from ..optim import AUTO_SCHEDULE, LR_SCHEDULES, OPTIMIZERS
+from ..restore import RestoreMethod
 from .overrides import apply_overrides, override_keys
 from .schema import ConfigError, _section, _unknown
 from .yaml_safe import YamlRefused, load_strict
@@ -170,7 +171,7 @@ class EvaluateConfig:
     bins: int = field(default=15, metadata={"min": 1})  # calibration bins (ECE, reliability)
 
 
-RESTORE_METHODS = (AUTO, "none", "temperature", "variances", "finetune", "finetune+temperature")
+RESTORE_METHODS = (AUTO, "none", *RestoreMethod.values())
 
 
 @dataclass
