@@ -81,6 +81,18 @@ def step_ratio(batch_size: int, repeats: int, layer_options: dict) -> dict[str, 
     }
 
 
+def _multiplier(text: str) -> tuple[str, float]:
+    """One `--lr-multipliers` item, SUFFIX=FACTOR."""
+    suffix, _, factor = text.partition("=")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = None
+    if not suffix or value is None:
+        raise argparse.ArgumentTypeError(f"expected SUFFIX=FACTOR such as rho=0.333, got {text!r}")
+    return suffix, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=40)
@@ -96,6 +108,7 @@ def main() -> None:
         "--lr-multipliers",
         nargs="*",
         default=[],
+        type=_multiplier,
         metavar="SUFFIX=FACTOR",
         help="fit's lr_multipliers for the Bayesian net, e.g. rho=0.333",
     )
@@ -159,7 +172,7 @@ def main() -> None:
     plain_history = bp.fit(plain, train, **settings)
     torch.manual_seed(args.seed)
     bayes = bp.lenet_300_100(**layer_options)
-    multipliers = {k: float(v) for k, v in (item.split("=") for item in args.lr_multipliers)}
+    multipliers = dict(args.lr_multipliers)
     bayes_history = bp.fit(bayes, train, **settings, lr_multipliers=multipliers or None)
 
     test = (x_test, y_test)
