@@ -119,3 +119,15 @@ def md_table(rows: list[dict[str, Any]]) -> str:
         cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def lr_multiplier_item(text: str) -> tuple[str, float]:
+    """One SUFFIX=FACTOR item of an `--*lr-multipliers` option (fit's `lr_multipliers`)."""
+    suffix, _, factor = text.partition("=")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = None
+    if not suffix or value is None:
+        raise argparse.ArgumentTypeError(f"expected SUFFIX=FACTOR such as rho=0.333, got {text!r}")
+    return suffix, value

@@ -24,7 +24,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from _common import (
+    add_results_dir_option,
+    lr_multiplier_item,
+    md_table,
+    use_results_dir,
+    write_results,
+)
 from torch.utils.data import TensorDataset
 
 import bayesprune as bp
@@ -81,18 +87,6 @@ def step_ratio(batch_size: int, repeats: int, layer_options: dict) -> dict[str, 
     }
 
 
-def _multiplier(text: str) -> tuple[str, float]:
-    """One `--lr-multipliers` item, SUFFIX=FACTOR."""
-    suffix, _, factor = text.partition("=")
-    try:
-        value = float(factor)
-    except ValueError:
-        value = None
-    if not suffix or value is None:
-        raise argparse.ArgumentTypeError(f"expected SUFFIX=FACTOR such as rho=0.333, got {text!r}")
-    return suffix, value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=40)
@@ -108,7 +102,7 @@ def main() -> None:
         "--lr-multipliers",
         nargs="*",
         default=[],
-        type=_multiplier,
+        type=lr_multiplier_item,
         metavar="SUFFIX=FACTOR",
         help="fit's lr_multipliers for the Bayesian net, e.g. rho=0.333",
     )

@@ -72,6 +72,7 @@ import torch
 import torch.nn.functional as F
 from _common import (
     add_results_dir_option,
+    lr_multiplier_item,
     machine,
     md_table,
     results_dir,
@@ -85,7 +86,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import bayesprune as bp
 from bayesprune.data import load_mnist
 from bayesprune.nn.layout import hook_channels_last, use_channels_last
-from bayesprune.optim import make_optimizer, resolve_schedule
+from bayesprune.optim import make_optimizer, param_groups, resolve_schedule
 
 ARCHS = {"lenet300": bp.lenet_300_100, "lenet5": bp.lenet5_caffe}
 MIXTURE = {"kind": "scale_mixture", "pi": 0.5, "scale1": 1.0, "scale2": math.exp(-6)}
@@ -163,16 +164,24 @@ def _mean_twin(net: nn.Module, weight_names: dict[str, tuple[str, str]]) -> nn.M
     )
 
 
-def _fit_optimizer(net: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """The optimiser `bayesprune.fit` builds (fused Adam where torch has it)."""
-    params = [p for p in net.parameters() if p.requires_grad]
-    return make_optimizer("adam", [{"params": params, "lr": lr}], lr, 0.0)
+def _fit_optimizer(
+    net: nn.Module, lr: float, multipliers: dict[str, float] | None = None
+) -> torch.optim.Optimizer:
+    """The optimiser `bayesprune.fit` builds (fused Adam where torch has it), with fit's
+    `lr_multipliers` groups."""
+    named = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
+    return make_optimizer("adam", param_groups(named, lr, multipliers or {}), lr, 0.0)
 
 
-def ours(name: str, lib: Any = bp, **layer_options: Any) -> Contender:
+def ours(
+    name: str,
+    lib: Any = bp,
+    lr_multipliers: dict[str, float] | None = None,
+    **layer_options: Any,
+) -> Contender:
     """bayesprune (or a `--before` copy of it) with `layer_options`; loss = NLL + KL / N.
     bayesprune's convolutional networks train as `fit`'s default does (channels_last
-    "auto": channels-last convolution outputs on CPU)."""
+    "auto": channels-last convolution outputs on CPU); `lr_multipliers` as fit's."""
 
     def loss(net: nn.Module, x: Tensor, y: Tensor, n: int) -> Tensor:
         return F.cross_entropy(net(x), y) + lib.kl(net) / n
@@ -181,7 +190,9 @@ def ours(name: str, lib: Any = bp, **layer_options: Any) -> Contender:
         return lib.to_deterministic(net)
 
     optimizer = (
-        _fit_optimizer if lib is bp else lambda net, lr: torch.optim.Adam(net.parameters(), lr=lr)
+        functools.partial(_fit_optimizer, multipliers=lr_multipliers)
+        if lib is bp
+        else lambda net, lr: torch.optim.Adam(net.parameters(), lr=lr)
     )  # the loop Adam the revision's fit used
 
     def build(arch: str) -> nn.Module:
@@ -389,6 +400,21 @@ def recipes(args: argparse.Namespace) -> list[Recipe]:
                 epochs=epochs,
                 source=f"bp.lenet_300_100() + bp.fit defaults (Adam {d['lr']:g}, "
                 f"{schedule} over {epochs} epochs, batch {d['batch_size']})",
+            )
+        )
+    for estimator, (key, factor) in itertools.product(args.estimators, args.our_lr_multipliers):
+        out.append(
+            Recipe(
+                ours(
+                    f"bayesprune N(0,1) {estimator}, {key}×{factor:g}",
+                    lr_multipliers={key: factor},
+                    estimator=estimator,
+                ),
+                batch_size=d["batch_size"],
+                lr=d["lr"],
+                schedule=schedule,
+                epochs=d["epochs"],
+                source=f"as the default, with fit(lr_multipliers={{{key!r}: {factor:g}}})",
             )
         )
     out.append(
@@ -661,7 +687,7 @@ def _next_batch(run: Run, x: Tensor, y: Tensor, epochs: int) -> tuple[Tensor, Te
         if run.recipe.schedule == "cosine":  # as fit's schedule: a function of the epoch
             rate = 0.5 * run.recipe.lr * (1 + math.cos(math.pi * run.epoch / epochs))
             for group in run.trainer.opt.param_groups:
-                group["lr"] = rate
+                group["lr"] = rate * group.get("lr_multiplier", 1.0)
     idx = run.order[run.position : run.position + run.recipe.batch_size]
     run.position += run.recipe.batch_size
     return x[idx], y[idx]
@@ -866,6 +892,14 @@ def main() -> None:
         nargs="+",
         help="ours trained with fit(epochs=N) for each N, the cosine over N epochs "
         "(default: fit's default alone)",
+    )
+    parser.add_argument(
+        "--our-lr-multipliers",
+        type=lr_multiplier_item,
+        nargs="*",
+        default=[],
+        metavar="SUFFIX=FACTOR",
+        help="also ours at the defaults with fit(lr_multipliers={SUFFIX: FACTOR}), each",
     )
     parser.add_argument("--eval-every", type=float, default=0.25, help="in epochs")
     parser.add_argument("--val-size", type=int, default=6000)
