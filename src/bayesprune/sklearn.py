@@ -50,7 +50,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -112,9 +112,15 @@ def _mean_std(a: np.ndarray, axis: int | None = 0) -> tuple[Any, Any]:
     return unit.mean(axis) * squeeze, unit.std(axis) * squeeze
 
 
-def _records(stopper: Any) -> list[dict]:
-    """Per-epoch training records from `_train`'s third result."""
-    return stopper.records if isinstance(stopper, EarlyStopping) else stopper
+class _Trained(NamedTuple):
+    """One network trained by `_train`: its likelihood, per-epoch records, the epoch early
+    stopping restored (None without it) and the step budget it ran under."""
+
+    model: nn.Module
+    likelihood: Any
+    history: list[dict]
+    best_epoch: int | None
+    budget: StepBudget
 
 
 def _is_int(value: Any, least: int) -> bool:
@@ -289,14 +295,14 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.family_ = family
         self.seed_ = seed
         self.kl_weight_ = auto_kl_weight(len(x), self.kl_weight)
-        self.model_, self.likelihood_, stopper, budget = self._train(
+        trained = self._train(
             family, self.input_gates, x, targets, n_out, make_likelihood(likelihood),
             self.kl_weight_,
         )  # fmt: skip
-        self.history_ = _records(stopper)
-        self.best_epoch_ = stopper.best_epoch if isinstance(stopper, EarlyStopping) else None
+        self.model_, self.likelihood_ = trained.model, trained.likelihood
+        self.history_, self.best_epoch_ = trained.history, trained.best_epoch
         self.n_iter_ = len(self.history_)
-        self.n_steps_ = self.n_iter_ * budget.steps_per_epoch
+        self.n_steps_ = self.n_iter_ * trained.budget.steps_per_epoch
         self.feature_importances_, self.importance_kind_ = self._importances()
         support = self._decide_support()
         self.screen_ = (
@@ -309,11 +315,12 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.refit_model_ = self.refit_likelihood_ = self.refit_history_ = None
         if self.refit:  # relaxed: the kept columns, no input gates (the selection stays)
             fresh = make_likelihood(Gaussian() if isinstance(likelihood, Gaussian) else likelihood)
-            self.refit_model_, self.refit_likelihood_, refit_stop, _ = self._train(
+            relaxed = self._train(
                 family, False, x[:, torch.as_tensor(support)], targets, n_out, fresh,
                 self.kl_weight_, int(self.refit_steps),
             )  # fmt: skip
-            self.refit_history_ = _records(refit_stop)
+            self.refit_model_, self.refit_likelihood_ = relaxed.model, relaxed.likelihood
+            self.refit_history_ = relaxed.history
         if self.predict_mode == "mean":
             self._warn_if_constant(x)
 
@@ -327,9 +334,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         likelihood: Any,
         kl_weight: float,
         max_steps: int | None = None,
-    ) -> tuple[nn.Module, Any, Any, StepBudget]:
-        """One network of `family` trained on (x, targets) for the step budget; returns the
-        model, its likelihood, the early-stopping callback (or the epoch records), the budget."""
+    ) -> _Trained:
+        """One network of `family` trained on (x, targets) for the step budget."""
         seed = self.seed_
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -366,10 +372,10 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
                 progress=bool(self.verbose),
                 callbacks=() if stopper is None else (stopper,),
             ).epochs
-        if stopper is not None:
-            stopper.restore()
-            return model, likelihood, stopper, budget
-        return model, likelihood, records, budget
+        if stopper is None:
+            return _Trained(model, likelihood, records, None, budget)
+        stopper.restore()
+        return _Trained(model, likelihood, stopper.records, stopper.best_epoch, budget)
 
     def _warn_if_constant(self, x: torch.Tensor) -> None:
         """Warn when the posterior-mean network gives every training row the same output."""
