@@ -389,34 +389,30 @@ def recipes(args: argparse.Namespace) -> list[Recipe]:
     out = [Recipe(deterministic(), source="torch.optim.Adam(lr=1e-3), batch 128")]
     d = FIT_DEFAULTS
     schedule = resolve_schedule(d["lr_schedule"], bp.lenet_300_100())  # "auto": cosine here
+
+    def at_fit_defaults(contender: Contender, epochs: int, source: str) -> Recipe:
+        return Recipe(
+            contender,
+            batch_size=d["batch_size"],
+            lr=d["lr"],
+            schedule=schedule,
+            epochs=epochs,
+            source=source,
+        )
+
     for estimator, epochs in itertools.product(args.estimators, args.our_epochs or [d["epochs"]]):
         suffix = "" if epochs == d["epochs"] else f", {epochs} epochs"
-        out.append(
-            Recipe(
-                ours(f"bayesprune N(0,1) {estimator}{suffix}", estimator=estimator),
-                batch_size=d["batch_size"],
-                lr=d["lr"],
-                schedule=schedule,
-                epochs=epochs,
-                source=f"bp.lenet_300_100() + bp.fit defaults (Adam {d['lr']:g}, "
-                f"{schedule} over {epochs} epochs, batch {d['batch_size']})",
-            )
+        contender = ours(f"bayesprune N(0,1) {estimator}{suffix}", estimator=estimator)
+        source = (
+            f"bp.lenet_300_100() + bp.fit defaults (Adam {d['lr']:g}, {schedule} over "
+            f"{epochs} epochs, batch {d['batch_size']})"
         )
+        out.append(at_fit_defaults(contender, epochs, source))
     for estimator, (key, factor) in itertools.product(args.estimators, args.our_lr_multipliers):
-        out.append(
-            Recipe(
-                ours(
-                    f"bayesprune N(0,1) {estimator}, {key}×{factor:g}",
-                    lr_multipliers={key: factor},
-                    estimator=estimator,
-                ),
-                batch_size=d["batch_size"],
-                lr=d["lr"],
-                schedule=schedule,
-                epochs=d["epochs"],
-                source=f"as the default, with fit(lr_multipliers={{{key!r}: {factor:g}}})",
-            )
-        )
+        name = f"bayesprune N(0,1) {estimator}, {key}×{factor:g}"
+        contender = ours(name, lr_multipliers={key: factor}, estimator=estimator)
+        source = f"as the default, with fit(lr_multipliers={{{key!r}: {factor:g}}})"
+        out.append(at_fit_defaults(contender, d["epochs"], source))
     out.append(
         Recipe(
             ours("bayesprune mixture, cosine", prior=MIXTURE),
