@@ -86,7 +86,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import bayesprune as bp
 from bayesprune.data import load_mnist
 from bayesprune.nn.layout import hook_channels_last, use_channels_last
-from bayesprune.optim import make_optimizer, param_groups, resolve_schedule
+from bayesprune.optim import (
+    declared_multipliers,
+    make_optimizer,
+    param_groups,
+    resolve_schedule,
+)
 
 ARCHS = {"lenet300": bp.lenet_300_100, "lenet5": bp.lenet5_caffe}
 MIXTURE = {"kind": "scale_mixture", "pi": 0.5, "scale1": 1.0, "scale2": math.exp(-6)}
@@ -168,9 +173,10 @@ def _fit_optimizer(
     net: nn.Module, lr: float, multipliers: dict[str, float] | None = None
 ) -> torch.optim.Optimizer:
     """The optimiser `bayesprune.fit` builds (fused Adam where torch has it), with fit's
-    `lr_multipliers` groups."""
+    `lr_multipliers` groups over the layers' declared factors."""
     named = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
-    return make_optimizer("adam", param_groups(named, lr, multipliers or {}), lr, 0.0)
+    groups = param_groups(named, lr, multipliers or {}, declared_multipliers(net))
+    return make_optimizer("adam", groups, lr, 0.0)
 
 
 def ours(
@@ -400,12 +406,15 @@ def recipes(args: argparse.Namespace) -> list[Recipe]:
             source=source,
         )
 
+    declared = "".join(
+        f"{key} × {factor:.3g}, " for key, factor in bp.nn.BayesLinear.lr_multipliers.items()
+    )  # the layers' own rates, e.g. σ at a third
     for estimator, epochs in itertools.product(args.estimators, args.our_epochs or [d["epochs"]]):
         suffix = "" if epochs == d["epochs"] else f", {epochs} epochs"
         contender = ours(f"bayesprune N(0,1) {estimator}{suffix}", estimator=estimator)
         source = (
-            f"bp.lenet_300_100() + bp.fit defaults (Adam {d['lr']:g}, {schedule} over "
-            f"{epochs} epochs, batch {d['batch_size']})"
+            f"bp.lenet_300_100() + bp.fit defaults (Adam {d['lr']:g}, {declared}{schedule} "
+            f"over {epochs} epochs, batch {d['batch_size']})"
         )
         out.append(at_fit_defaults(contender, epochs, source))
     for estimator, (key, factor) in itertools.product(args.estimators, args.our_lr_multipliers):

@@ -95,3 +95,42 @@ def test_resume_with_multipliers_equals_uninterrupted_run(tmp_path):
     bp.fit(resumed, (x, y), checkpoint_dir=tmp_path / "b", resume=True, **settings)
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def _gaussian_model():
+    torch.manual_seed(2)
+    return torch.nn.Sequential(bp.nn.BayesLinear(5, 4), torch.nn.ReLU(), bp.nn.BayesLinear(4, 2))
+
+
+def _first_step_sizes(model, **fit_kwargs):
+    """{parameter name: the largest move of its first Adam step} (Adam's first step is
+    lr · sign(gradient), so this is the parameter's rate)."""
+    x, y = _data()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    bp.fit(model, (x, y), epochs=1, batch_size=len(x), lr=1e-3, progress=False, **fit_kwargs)
+    return {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}
+
+
+def test_gaussian_layers_train_sigma_at_their_declared_third_of_the_rate():
+    steps = _first_step_sizes(_gaussian_model())
+    for name, step in steps.items():
+        expected = 1e-3 / 3 if name.endswith("_rho") else 1e-3
+        assert step == pytest.approx(expected, rel=1e-3), name
+
+
+def test_the_callers_multiplier_overrides_the_declared_one():
+    steps = _first_step_sizes(_gaussian_model(), lr_multipliers={"weight_rho": 2.0})
+    assert steps["0.weight_rho"] == pytest.approx(2e-3, rel=1e-3)
+    assert steps["0.bias_rho"] == pytest.approx(1e-3 / 3, rel=1e-3)  # not named: declared
+    assert steps["2.weight_mu"] == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_declared_multipliers_name_only_the_declaring_layers_parameters():
+    from bayesprune.optim import declared_multipliers
+
+    gaussian = declared_multipliers(
+        torch.nn.Sequential(torch.nn.Sequential(bp.nn.BayesLinear(3, 2)))
+    )
+    third = pytest.approx(1 / 3)
+    assert gaussian == {"0.0.weight_rho": third, "0.0.bias_rho": third}
+    assert declared_multipliers(_model()) == {}  # spike-and-slab slabs keep the full rate

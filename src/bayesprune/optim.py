@@ -72,15 +72,34 @@ def make_optimizer(
     return OPTIMIZERS[name](groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
+def declared_multipliers(model: nn.Module) -> dict[str, float]:
+    """{parameter name: factor} for the parameters whose layer declares a learning-rate
+    factor for them (`lr_multipliers` of the layer's class, matched on the layer's own
+    parameter names by suffix), e.g. the Gaussian family's σ at a third of the rate."""
+    declared: dict[str, float] = {}
+    for prefix, module in model.named_modules():
+        factors: Mapping[str, float] = getattr(type(module), "lr_multipliers", {})
+        for name, _ in module.named_parameters(recurse=False) if factors else ():
+            factor = next((f for key, f in factors.items() if name.endswith(key)), None)
+            if factor is not None:
+                declared[f"{prefix}.{name}" if prefix else name] = float(factor)
+    return declared
+
+
 def param_groups(
-    named: list[tuple[str, nn.Parameter]], lr: float, multipliers: Mapping[str, float]
+    named: list[tuple[str, nn.Parameter]],
+    lr: float,
+    multipliers: Mapping[str, float],
+    declared: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """One optimizer group per learning-rate multiplier; a name takes its first matching key.
+    """One optimizer group per learning-rate multiplier; a name takes its first matching
+    key of `multipliers` (the caller's), else its layer's `declared` factor, else 1.
 
     E.g. {"gate_logit": 10.0}: spike-and-slab gate logits start near logit(0.99) = 4.6
     and Adam moves a parameter by about `lr` per step whatever its gradient's size, so
     at lr 1e-3 a gate needs thousands of steps to cross 0.5; the slabs need no such boost.
     """
+    declared = declared or {}
     for key, factor in multipliers.items():
         if not (isinstance(factor, int | float) and math.isfinite(factor) and factor > 0):
             raise ValueError(f"lr_multipliers[{key!r}] must be a finite number > 0, got {factor}")
@@ -92,7 +111,10 @@ def param_groups(
             )
     by_factor: dict[float, list[nn.Parameter]] = {}
     for name, param in named:
-        factor = next((float(f) for k, f in multipliers.items() if name.endswith(k)), 1.0)
+        factor = next(
+            (float(f) for k, f in multipliers.items() if name.endswith(k)),
+            declared.get(name, 1.0),
+        )
         by_factor.setdefault(factor, []).append(param)
     return [
         {"params": params, "lr": lr * factor, "lr_multiplier": factor}

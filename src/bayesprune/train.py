@@ -49,7 +49,13 @@ from .io import save_tensors
 from .likelihoods import Likelihood, make_likelihood
 from .nn import kl as model_kl
 from .nn.layout import channels_last_convs, use_channels_last
-from .optim import LR_SCHEDULES, make_optimizer, param_groups, resolve_schedule
+from .optim import (
+    LR_SCHEDULES,
+    declared_multipliers,
+    make_optimizer,
+    param_groups,
+    resolve_schedule,
+)
 from .train_checks import check_settings, check_targets, checked_inputs, non_finite, optimizer_step
 from .train_data import (
     check_finite_batch,
@@ -191,6 +197,9 @@ def fit(
     accuracy peaks.
     `lr_multipliers` = {parameter-name suffix: factor} trains the matching parameters
     at `factor` × the scheduled rate, e.g. {"gate_logit": 10.0} for spike-and-slab gates.
+    Layers declare their own factors, which these override: the Gaussian family's σ
+    parameters ("_rho") train at a third of the rate (pass {"_rho": 1.0} for the full
+    rate), which keeps the MC predictive calibrated at fit's rate (docs/speed.md).
     Returns a `History`. With `checkpoint_dir`, a checkpoint is written after every
     epoch; `resume=True` continues from the newest one and, with the same seed,
     ends with exactly the parameters an uninterrupted run would have.
@@ -289,7 +298,8 @@ def fit(
         ]
         if p.requires_grad
     ]
-    opt = make_optimizer(optimizer, param_groups(named, lr, lr_multipliers or {}), lr, weight_decay)
+    groups = param_groups(named, lr, lr_multipliers or {}, declared_multipliers(model))
+    opt = make_optimizer(optimizer, groups, lr, weight_decay)
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
     history = History(likelihood=likelihood, dataset_size=settings.dataset_size)
     show = (sys.stderr.isatty() if progress is None else progress) and ctx.is_main

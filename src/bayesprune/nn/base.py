@@ -131,6 +131,10 @@ class VariationalLayer(SerializableLayer):
     lr_schedule: ClassVar[str] = "cosine"
     """The learning-rate schedule `fit(lr_schedule="auto")` uses for a network of these
     layers (a constant rate wins if any layer asks for one)."""
+    lr_multipliers: ClassVar[Mapping[str, float]] = {}
+    """{own parameter-name suffix: factor}: the learning rate `fit` gives this layer's
+    parameters, as a factor of the scheduled rate, unless the caller's `lr_multipliers`
+    name them (the caller's keys win)."""
     weight_mask: Tensor | None
 
     def kl(self) -> Tensor:  # pragma: no cover - abstract
