@@ -55,11 +55,22 @@ def _digest(state: torch.Tensor) -> str:
 # what each of the two processes runs
 # ------------------------------------------------------------------------------------
 def _sgd_step_gradient(kind: str) -> list[float]:
-    """fit() with SGD, lr 1, one full batch: the parameter change is minus the gradient."""
+    """fit() with SGD, lr 1 for every parameter (σ's declared third lifted), one full
+    batch: the parameter change is minus the gradient."""
     model = _model(kind)
     before = _flat(model)
     x, y = _blobs(N_GRAD)
-    bp.fit(model, (x, y), epochs=1, batch_size=N_GRAD, lr=1.0, optimizer="sgd", progress=False)
+    every_rate_one = {"_rho": 1.0} if kind != "deterministic" else None
+    bp.fit(
+        model,
+        (x, y),
+        epochs=1,
+        batch_size=N_GRAD,
+        lr=1.0,
+        optimizer="sgd",
+        lr_multipliers=every_rate_one,
+        progress=False,
+    )
     return (before - _flat(model)).tolist()
 
 

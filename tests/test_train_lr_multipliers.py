@@ -134,3 +134,14 @@ def test_declared_multipliers_name_only_the_declaring_layers_parameters():
     third = pytest.approx(1 / 3)
     assert gaussian == {"0.0.weight_rho": third, "0.0.bias_rho": third}
     assert declared_multipliers(_model()) == {}  # spike-and-slab slabs keep the full rate
+
+
+def test_reestimating_the_variances_trains_sigma_at_its_own_rate():
+    """`reestimate_variances(lr=...)` names the scales' rate: no declared third on top."""
+    x, y = _data()
+    model = _gaussian_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    bp.reestimate_variances(model, (x, y), epochs=1, batch_size=len(x), lr=1e-3, progress=False)
+    for name, p in model.named_parameters():
+        step = (p.detach() - before[name]).abs().max().item()
+        assert step == pytest.approx(1e-3 if name.endswith("_rho") else 0.0, rel=1e-3), name

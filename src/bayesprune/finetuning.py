@@ -83,8 +83,11 @@ def reestimate_variances(
 
     `suffixes`: which parameter names count as scales (default ``("rho",)``: σ =
     softplus(ρ) in the Gaussian, scale-mixture and Sparse VD layers). The learning rate
-    is larger than `finetune`'s: ρ moves on a log-like scale.
+    is larger than `finetune`'s: ρ moves on a log-like scale. It is the scales' own
+    rate: the layers' declared factors (the Gaussian family's σ at a third) do not
+    apply unless `lr_multipliers` is passed.
     """
+    fit_kwargs.setdefault("lr_multipliers", dict.fromkeys(suffixes, 1.0))
     with only_trainable(model, suffixes):
         return finetune(model, train, val, epochs=epochs, lr=lr, **fit_kwargs)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,8 @@ class TrainConfig:
     optimizer: str = field(default="adam", metadata=_choices(*OPTIMIZERS))
     weight_decay: float = field(default=0.0, metadata={"min": 0.0})
     lr_schedule: str = field(default=AUTO_SCHEDULE, metadata=_choices(AUTO_SCHEDULE, *LR_SCHEDULES))
+    # {parameter-name suffix: factor of lr}, over the layers' own (Gaussian σ: a third)
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
     kl_weight: float = field(default=1.0, metadata={"min": 0.0})
     kl_warmup_epochs: float = field(default=0.0, metadata={"min": 0.0})
     dataset_size: int | None = field(default=None, metadata={"min": 1})
@@ -304,6 +307,13 @@ def _check_train(t: TrainConfig) -> None:
         ) from None
     if device.type not in ("cpu", "cuda", "mps", "xpu"):
         raise ConfigError(f"train.device {t.device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+    for suffix, factor in t.lr_multipliers.items():
+        number = isinstance(factor, int | float) and not isinstance(factor, bool)
+        if not (number and 0 < factor < math.inf):
+            raise ConfigError(
+                f"train.lr_multipliers.{suffix} must be a number > 0 (a factor of train.lr "
+                f"for the parameters whose names end in {suffix!r}), got {factor!r}"
+            )
 
 
 def _check_compress(c: CompressConfig) -> None:
