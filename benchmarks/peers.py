@@ -707,7 +707,12 @@ def time_to_accuracy(args: argparse.Namespace, device: torch.device) -> list[dic
     x_tr, y_tr = x_all[train_idx].to(device), y_all[train_idx].to(device)
     n = len(x_tr)
     runs = []
-    for recipe in recipes(args):
+    available = recipes(args)
+    unknown = sorted(set(args.recipes or ()) - {r.contender.name for r in available})
+    if unknown:
+        names = [r.contender.name for r in available]
+        raise SystemExit(f"--recipes: no contender named {unknown}; the contenders are {names}")
+    for recipe in available:
         if args.recipes and recipe.contender.name not in args.recipes:
             continue
         torch.manual_seed(args.seed)
