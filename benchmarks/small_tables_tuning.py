@@ -30,6 +30,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from small_tables import DESIGNS, OURS, RF, _support, methods, with_noise
 
+from bayesprune.likelihoods import Gaussian
 from bayesprune.sklearn import BayesianMLPClassifier, BayesianMLPRegressor
 
 BASELINES = {"base:rf": RF, "base:mlp": "MLP (sklearn)", "base:linear": None}
@@ -85,6 +86,79 @@ def run(
     return row
 
 
+REFIT_VARIANTS: dict[str, dict[str, Any]] = {
+    "pip>0.5": {"cut": 0.5},
+    "pip>0.2": {"cut": 0.2},
+    "pip>0.05": {"cut": 0.05},
+    "all real (oracle)": {"cut": "real"},
+    "pip>0.5, 3 seeds": {"cut": 0.5, "members": 3},
+    "pip>0.5, hidden 16": {"cut": 0.5, "hidden_layer_sizes": (16,)},
+    "pip>0.5, 1000 steps": {"cut": 0.5, "refit_steps": 1000},
+    "pip>0.5, 250 steps": {"cut": 0.5, "refit_steps": 250},
+    "pip>0.5, KL 1.0": {"cut": 0.5, "kl": 1.0},
+}
+"""Diagnosis (`--variants`): predictors refitted on one selection fit's PIPs (`cut`: the
+PIP above which a column is read; "real": every real column, an oracle), with `members`
+refits of different seeds averaged, or other refit settings."""
+
+
+def _score_members(est: Any, members: list, columns: np.ndarray, Xv: Any, yv: Any) -> float:
+    """Held-out score of the average predictive of the refitted `members`."""
+    preds = []
+    for trained in members:
+        est.refit_model_, est.refit_likelihood_ = trained.model, trained.likelihood
+        est.support_ = columns
+        preds.append(est.predict_proba(Xv) if hasattr(est, "classes_") else est.predict(Xv))
+    avg = np.mean(preds, axis=0)
+    if hasattr(est, "classes_"):
+        return float(np.mean(est.classes_[avg.argmax(1)] == yv))
+    return float(1 - np.sum((yv - avg) ** 2) / np.sum((yv - np.mean(yv)) ** 2))
+
+
+def run_variants(design: str, seed: int) -> list[dict[str, Any]]:
+    """One selection fit (refit=False) on a development split's 75 %, then every
+    `REFIT_VARIANTS` predictor refitted on it, each scored on the split's own 25 %."""
+    torch.set_num_threads(1)
+    task, X, y, _, p = with_noise(design, seed)
+    strat = y if task == "classification" else None
+    Xa, Xv, ya, yv = train_test_split(X, y, test_size=0.25, random_state=seed, stratify=strat)
+    clf = task == "classification"
+    est = (BayesianMLPClassifier if clf else BayesianMLPRegressor)(random_state=seed, refit=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(Xa, ya)
+    x = est._inputs(Xa, reset=False)
+    if clf:
+        targets = torch.as_tensor(np.searchsorted(est.classes_, ya), dtype=torch.long)
+        n_out, lik = len(est.classes_), "categorical"
+    else:
+        targets = torch.as_tensor((ya - est.y_mean_) / est.y_scale_, dtype=torch.float32)
+        n_out, lik = 1, Gaussian()
+    pips, base = est.feature_importances_, est.get_params()
+    rows = []
+    for name, v in REFIT_VARIANTS.items():
+        cols = np.arange(len(pips)) < p if v["cut"] == "real" else pips > v["cut"]
+        if not cols.any():
+            cols = est.support_.copy()
+        start = time.perf_counter()
+        members = []
+        for m in range(v.get("members", 1)):
+            est.set_params(**{k: v[k] for k in ("hidden_layer_sizes", "refit_steps") if k in v})
+            est.seed_ = est.seed_ + m
+            kl = est.kl_weight_
+            est.kl_weight_ = v.get("kl", kl)
+            members.append(est._refit(x, targets, n_out, lik, cols))
+            est.kl_weight_, est.seed_ = kl, est.seed_ - m
+            est.set_params(**base)
+        score = _score_members(est, members, cols, Xv, yv)
+        rows.append({
+            "cfg": name, "design": design, "seed": seed, "holdout": "test", "score": score,
+            "seconds": time.perf_counter() - start, "real": int(cols[:p].sum()),
+            "noise": int(cols[p:].sum()),
+        })  # fmt: skip
+    return rows
+
+
 def summary(rows: list[dict]) -> str:
     """Mean validation score, noise kept and TPR per candidate (rows) and design (columns)."""
     groups = collections.defaultdict(list)
@@ -108,7 +182,7 @@ def summary(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", required=True, help="JSON {name: estimator kwargs}")
+    parser.add_argument("--configs", default="{}", help="JSON {name: estimator kwargs}")
     parser.add_argument("--designs", nargs="+", choices=list(DESIGNS), default=list(DESIGNS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[100, 101])
     parser.add_argument("--jobs", type=int, default=1)
@@ -118,9 +192,17 @@ def main() -> None:
         "split's own 25 %% (more rows; still never a reported split)",
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="JSON-lines file (appended)")
+    parser.add_argument(
+        "--variants", action="store_true",
+        help="diagnosis: one selection fit per split, then the REFIT_VARIANTS predictors on "
+        "it (held-out 25 %%; --configs ignored)",
+    )  # fmt: skip
     args = parser.parse_args()
     if any(s < 100 for s in args.seeds):
         parser.error("development seeds start at 100 (0-99 are the reported splits' range)")
+    if args.variants:
+        _main_variants(args)
+        return
     configs = json.loads(args.configs)
     jobs = [
         (n, kw, d, s, args.holdout)
@@ -135,6 +217,19 @@ def main() -> None:
             out.flush()
             rows.append(row)
             print(json.dumps(row), flush=True)
+    print(summary(rows))
+
+
+def _main_variants(args: argparse.Namespace) -> None:
+    rows = []
+    jobs = [(d, s) for d in args.designs for s in args.seeds]
+    with ProcessPoolExecutor(args.jobs) as pool, open(args.out, "a") as out:
+        for group in pool.map(run_variants, *zip(*jobs, strict=True)):
+            for row in group:
+                out.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+            out.flush()
+            rows += group
     print(summary(rows))
 
 

@@ -314,15 +314,26 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.n_features_selected_ = int(support.sum())
         self.refit_model_ = self.refit_likelihood_ = self.refit_history_ = None
         if self.refit:  # relaxed: the kept columns, no input gates (the selection stays)
-            fresh = make_likelihood(Gaussian() if isinstance(likelihood, Gaussian) else likelihood)
-            relaxed = self._train(
-                family, False, x[:, torch.as_tensor(support)], targets, n_out, fresh,
-                self.kl_weight_, int(self.refit_steps),
-            )  # fmt: skip
+            relaxed = self._refit(x, targets, n_out, likelihood, support)
             self.refit_model_, self.refit_likelihood_ = relaxed.model, relaxed.likelihood
             self.refit_history_ = relaxed.history
         if self.predict_mode == "mean":
             self._warn_if_constant(x)
+
+    def _refit(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        n_out: int,
+        likelihood: Any,
+        columns: np.ndarray,
+    ) -> _Trained:
+        """The relaxed network: `columns` only, no input gates, `refit_steps` steps."""
+        fresh = make_likelihood(Gaussian() if isinstance(likelihood, Gaussian) else likelihood)
+        return self._train(
+            self.family_, False, x[:, torch.as_tensor(columns)], targets, n_out, fresh,
+            self.kl_weight_, int(self.refit_steps),
+        )  # fmt: skip
 
     def _train(
         self,
