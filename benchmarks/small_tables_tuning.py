@@ -96,6 +96,8 @@ REFIT_VARIANTS: dict[str, dict[str, Any]] = {
     "pip>0.5, 1000 steps": {"cut": 0.5, "refit_steps": 1000},
     "pip>0.5, 250 steps": {"cut": 0.5, "refit_steps": 250},
     "pip>0.5, KL 1.0": {"cut": 0.5, "kl": 1.0},
+    "pip>0.5, linear": {"cut": 0.5, "hidden_layer_sizes": ()},
+    "pip>0.5, hidden 8": {"cut": 0.5, "hidden_layer_sizes": (8,)},
 }
 """Diagnosis (`--variants`): predictors refitted on one selection fit's PIPs (`cut`: the
 PIP above which a column is read; "real": every real column, an oracle), with `members`
@@ -115,7 +117,7 @@ def _score_members(est: Any, members: list, columns: np.ndarray, Xv: Any, yv: An
     return float(1 - np.sum((yv - avg) ** 2) / np.sum((yv - np.mean(yv)) ** 2))
 
 
-def run_variants(design: str, seed: int) -> list[dict[str, Any]]:
+def run_variants(design: str, seed: int, names: list[str] | None = None) -> list[dict[str, Any]]:
     """One selection fit (refit=False) on a development split's 75 %, then every
     `REFIT_VARIANTS` predictor refitted on it, each scored on the split's own 25 %."""
     torch.set_num_threads(1)
@@ -137,6 +139,8 @@ def run_variants(design: str, seed: int) -> list[dict[str, Any]]:
     pips, base = est.feature_importances_, est.get_params()
     rows = []
     for name, v in REFIT_VARIANTS.items():
+        if names is not None and name not in names:
+            continue
         cols = np.arange(len(pips)) < p if v["cut"] == "real" else pips > v["cut"]
         if not cols.any():
             cols = est.support_.copy()
@@ -154,9 +158,19 @@ def run_variants(design: str, seed: int) -> list[dict[str, Any]]:
         rows.append({
             "cfg": name, "design": design, "seed": seed, "holdout": "test", "score": score,
             "seconds": time.perf_counter() - start, "real": int(cols[:p].sum()),
-            "noise": int(cols[p:].sum()),
+            "noise": int(cols[p:].sum()), "neg_elbo": _neg_elbo(members[0].history, len(x)),
         })  # fmt: skip
+    by = {r["cfg"]: r for r in rows if r["cfg"] in ("pip>0.5", "pip>0.5, linear")}
+    if len(by) == 2:
+        best = min(by.values(), key=lambda r: r["neg_elbo"])
+        rows.append({**best, "cfg": "pip>0.5, MLP or linear by ELBO", "chose": best["cfg"]})
     return rows
+
+
+def _neg_elbo(history: list[dict], n_rows: int, last: int = 50) -> float:
+    """The negative ELBO per training row (full KL) over the last `last` epochs' records."""
+    tail = history[-last:]
+    return float(np.mean([r["nll"] + r["kl"] / n_rows for r in tail]))
 
 
 def summary(rows: list[dict]) -> str:
@@ -193,6 +207,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="JSON-lines file (appended)")
     parser.add_argument(
+        "--variant-names", nargs="+", default=None,
+        help="with --variants: only these REFIT_VARIANTS (default: all)",
+    )  # fmt: skip
+    parser.add_argument(
         "--variants", action="store_true",
         help="diagnosis: one selection fit per split, then the REFIT_VARIANTS predictors on "
         "it (held-out 25 %%; --configs ignored)",
@@ -222,7 +240,7 @@ def main() -> None:
 
 def _main_variants(args: argparse.Namespace) -> None:
     rows = []
-    jobs = [(d, s) for d in args.designs for s in args.seeds]
+    jobs = [(d, s, args.variant_names) for d in args.designs for s in args.seeds]
     with ProcessPoolExecutor(args.jobs) as pool, open(args.out, "a") as out:
         for group in pool.map(run_variants, *zip(*jobs, strict=True)):
             for row in group:
