@@ -98,6 +98,15 @@ REFIT_VARIANTS: dict[str, dict[str, Any]] = {
     "pip>0.5, KL 1.0": {"cut": 0.5, "kl": 1.0},
     "pip>0.5, linear": {"cut": 0.5, "hidden_layer_sizes": ()},
     "pip>0.5, hidden 8": {"cut": 0.5, "hidden_layer_sizes": (8,)},
+    "pip>0.5 + proxies |r|>0.7": {"cut": 0.5, "proxies": 0.7},
+    "pip>0.5 + proxies |r|>0.5": {"cut": 0.5, "proxies": 0.5},
+    "pip>0.5 + proxies |r|>0.4": {"cut": 0.5, "proxies": 0.4},
+    "pip>0.5 + proxies |r|>0.3": {"cut": 0.5, "proxies": 0.3},
+    "pip>0.5 + proxies |r|>0.5, linear": {
+        "cut": 0.5,
+        "proxies": 0.5,
+        "hidden_layer_sizes": (),
+    },
 }
 """Diagnosis (`--variants`): predictors refitted on one selection fit's PIPs (`cut`: the
 PIP above which a column is read; "real": every real column, an oracle), with `members`
@@ -109,7 +118,7 @@ def _score_members(est: Any, members: list, columns: np.ndarray, Xv: Any, yv: An
     preds = []
     for trained in members:
         est.refit_model_, est.refit_likelihood_ = trained.model, trained.likelihood
-        est.support_ = columns
+        est.support_ = est.refit_columns_ = columns
         preds.append(est.predict_proba(Xv) if hasattr(est, "classes_") else est.predict(Xv))
     avg = np.mean(preds, axis=0)
     if hasattr(est, "classes_"):
@@ -144,6 +153,9 @@ def run_variants(design: str, seed: int, names: list[str] | None = None) -> list
         cols = np.arange(len(pips)) < p if v["cut"] == "real" else pips > v["cut"]
         if not cols.any():
             cols = est.support_.copy()
+        if "proxies" in v:  # columns correlated with a kept one (training rows)
+            r = np.abs(np.corrcoef(x.numpy(), rowvar=False))
+            cols = cols | (np.nan_to_num(r[cols]) > v["proxies"]).any(0)
         start = time.perf_counter()
         members = []
         for m in range(v.get("members", 1)):

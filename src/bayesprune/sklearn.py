@@ -165,6 +165,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         screen_epochs: int = 150,
         refit: bool = True,
         refit_steps: int = 500,
+        refit_correlation: float | None = 0.5,
         standardize: bool = True,
         random_state: int | np.random.RandomState | None = None,
         verbose: bool = False,
@@ -197,6 +198,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.screen_epochs = screen_epochs
         self.refit = refit
         self.refit_steps = refit_steps
+        self.refit_correlation = refit_correlation
         self.standardize = standardize
         self.random_state = random_state
         self.verbose = verbose
@@ -245,6 +247,11 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             raise ValueError(f"kl_weight must be 'auto' or a number >= 0, got {self.kl_weight!r}")
         if not isinstance(self.refit, bool | np.bool_):
             raise ValueError(f"refit must be True or False, got {self.refit!r}")
+        corr = self.refit_correlation
+        if corr is not None and not (
+            isinstance(corr, int | float) and not isinstance(corr, bool) and 0 <= corr < 1
+        ):
+            raise ValueError(f"refit_correlation must be None or in [0, 1), got {corr!r}")
         if self.monitor not in MONITORS:
             raise ValueError(f"unknown monitor {self.monitor!r}; valid: {list(MONITORS)}")
         if self.predict_mode not in MODES:
@@ -313,12 +320,26 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.support_ = support
         self.n_features_selected_ = int(support.sum())
         self.refit_model_ = self.refit_likelihood_ = self.refit_history_ = None
+        self.refit_columns_ = None
         if self.refit:  # relaxed: the kept columns, no input gates (the selection stays)
-            relaxed = self._refit(x, targets, n_out, likelihood, support)
+            self.refit_columns_ = self._refit_columns(x, support)
+            relaxed = self._refit(x, targets, n_out, likelihood, self.refit_columns_)
             self.refit_model_, self.refit_likelihood_ = relaxed.model, relaxed.likelihood
             self.refit_history_ = relaxed.history
         if self.predict_mode == "mean":
             self._warn_if_constant(x)
+
+    def _refit_columns(self, x: torch.Tensor, support: np.ndarray) -> np.ndarray:
+        """The kept columns and, with `refit_correlation`, their proxies: every column whose
+        absolute correlation with a kept one (training rows) exceeds it. The posterior keeps
+        one column of a correlated group; the predictor averages the group's noise."""
+        columns = support.copy()
+        if self.refit_correlation is None or not support.any():
+            return columns
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.nan_to_num(np.abs(np.corrcoef(x.double().numpy(), rowvar=False)))
+        r = np.atleast_2d(r)
+        return columns | (r[support] > float(self.refit_correlation)).any(0)
 
     def _refit(
         self,
@@ -465,10 +486,10 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
 
     def _predictor(self) -> tuple[nn.Module, Any, torch.Tensor | None]:
         """The network `predict` uses, its likelihood, and the input columns it reads
-        (the refit network reads the kept columns only; None: every column)."""
+        (the refit network reads `refit_columns_`; None: every column)."""
         if self.refit_model_ is None:
             return self.model_, self.likelihood_, None
-        return self.refit_model_, self.refit_likelihood_, torch.as_tensor(self.support_)
+        return self.refit_model_, self.refit_likelihood_, torch.as_tensor(self.refit_columns_)
 
     # -- feature selection (SelectorMixin gives get_support, transform, ...) ----------------
     def _pip_mask(self) -> np.ndarray:
