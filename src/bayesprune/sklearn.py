@@ -165,7 +165,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         screen_epochs: int = 150,
         refit: bool = True,
         refit_steps: int = 500,
-        refit_correlation: float | None = 0.5,
+        refit_correlation: float | None = 0.4,
         standardize: bool = True,
         random_state: int | np.random.RandomState | None = None,
         verbose: bool = False,
