@@ -24,12 +24,16 @@ holds the gains): features that act only through an interaction, which a gate ca
 miss.
 
 Prediction (`refit=True`, the default): after the selection, a second network of the
-same family without input gates is trained on the kept columns only (`refit_steps`
+same family without input gates is trained on the kept columns (`refit_steps`
 optimiser steps with epochs="auto"), the relaxed-lasso idea: the selection is the first
 network's, the predictions the second's, which no longer pays the gates' noise and
-prior on the inputs it uses (columns added by the screen included). `model_` is the
-selection network, `refit_model_` the predicting one; with `refit=False` `model_`
-predicts and reads every column.
+prior on the inputs it uses (columns added by the screen included). The posterior keeps
+one column of a group of correlated ones; the refit also reads the kept columns'
+proxies, every column whose absolute correlation with a kept one on the training rows
+exceeds `refit_correlation` (0.4; None: the kept columns only), and averages the
+group's measurement noise. `refit_columns_` are the columns it reads (`get_support()`
+stays the selection). `model_` is the selection network, `refit_model_` the predicting
+one; with `refit=False` `model_` predicts and reads every column.
 
 Inputs are standardised inside (with training statistics), so the priors mean the
 same for every data set; regression targets too (predictions are returned in the
@@ -554,15 +558,18 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     smallest tables);
     `selection_threshold` for `get_support`; `screen` (and `screen_epochs`): also test
     the left-out features by their evidence gain; `refit` (and `refit_steps`): predict
-    with a network retrained on the kept columns only (default; `refit_steps` steps with
-    epochs="auto", an explicit `epochs` applies to both networks); `standardize` the inputs;
+    with a network retrained on the kept columns (default; `refit_steps` steps with
+    epochs="auto", an explicit `epochs` applies to both networks) and on every column
+    correlated with a kept one above `refit_correlation` (0.4; None: kept columns only);
+    `standardize` the inputs;
     `random_state`; `verbose` shows a progress bar.
 
     Fitted attributes: `classes_`, `model_` (the torch network), `likelihood_`,
     `history_` (per-epoch records), `n_iter_` (epochs), `n_steps_`, `best_epoch_`
     (early stopping), `feature_importances_`, `importance_kind_` ("pip" or "norm"),
     `support_`, `n_features_selected_`, `screen_` (a `ScreenResult`, or None),
-    `refit_model_`, `refit_likelihood_`, `refit_history_` (None with `refit=False`),
+    `refit_model_`, `refit_likelihood_`, `refit_history_`, `refit_columns_` (the columns
+    the refit network reads; None with `refit=False`),
     `kl_weight_` (the KL weight used),
     `n_features_in_`, `x_mean_`, `x_scale_`. See the module
     docstring for the estimator checks that do not apply and why.
