@@ -12,6 +12,11 @@ per fit (score, columns kept, TPR / FDR, the PIPs of the real columns, steps, se
 
     python benchmarks/small_tables_tuning.py --configs '{"default": {}, "h32":
         {"hidden_layer_sizes": [32]}}' --designs wine diabetes --seeds 100 101 --out /tmp/t.jsonl
+
+With `--variants` (a diagnosis: is a gap the selection or the predictor?) each split gets
+one selection fit (`refit=False`) and then the `REFIT_VARIANTS` predictors refitted on it
+(columns by PIP cut, every real column as an oracle, correlated proxies, several seeds,
+other widths, steps or KL weights), each scored on the split's own 25 %.
 """
 
 from __future__ import annotations
