@@ -340,10 +340,12 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         columns = support.copy()
         if self.refit_correlation is None or not support.any():
             return columns
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = np.nan_to_num(np.abs(np.corrcoef(x.double().numpy(), rowvar=False)))
-        r = np.atleast_2d(r)
-        return columns | (r[support] > float(self.refit_correlation)).any(0)
+        z = x.double().numpy()
+        z = z - z.mean(0)
+        norm = np.linalg.norm(z, axis=0)
+        z = z / np.where(norm > 0, norm, 1.0)  # a constant column correlates with nothing
+        r = np.abs(z[:, support].T @ z)  # kept x all: no p x p matrix on wide tables
+        return columns | (r > float(self.refit_correlation)).any(0)
 
     def _refit(
         self,
