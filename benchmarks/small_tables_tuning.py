@@ -12,6 +12,11 @@ per fit (score, columns kept, TPR / FDR, the PIPs of the real columns, steps, se
 
     python benchmarks/small_tables_tuning.py --configs '{"default": {}, "h32":
         {"hidden_layer_sizes": [32]}}' --designs wine diabetes --seeds 100 101 --out /tmp/t.jsonl
+
+With `--variants` (a diagnosis: is a gap the selection or the predictor?) each split gets
+one selection fit (`refit=False`) and then the `REFIT_VARIANTS` predictors refitted on it
+(columns by PIP cut, every real column as an oracle, correlated proxies, several seeds,
+other widths, steps or KL weights), each scored on the split's own 25 %.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from small_tables import DESIGNS, OURS, RF, _support, methods, with_noise
 
+from bayesprune.likelihoods import Gaussian
 from bayesprune.sklearn import BayesianMLPClassifier, BayesianMLPRegressor
 
 BASELINES = {"base:rf": RF, "base:mlp": "MLP (sklearn)", "base:linear": None}
@@ -85,6 +91,105 @@ def run(
     return row
 
 
+REFIT_VARIANTS: dict[str, dict[str, Any]] = {
+    "pip>0.5": {"cut": 0.5},
+    "pip>0.2": {"cut": 0.2},
+    "pip>0.05": {"cut": 0.05},
+    "all real (oracle)": {"cut": "real"},
+    "pip>0.5, 3 seeds": {"cut": 0.5, "members": 3},
+    "pip>0.5, hidden 16": {"cut": 0.5, "hidden_layer_sizes": (16,)},
+    "pip>0.5, 1000 steps": {"cut": 0.5, "refit_steps": 1000},
+    "pip>0.5, 250 steps": {"cut": 0.5, "refit_steps": 250},
+    "pip>0.5, KL 1.0": {"cut": 0.5, "kl": 1.0},
+    "pip>0.5, linear": {"cut": 0.5, "hidden_layer_sizes": ()},
+    "pip>0.5, hidden 8": {"cut": 0.5, "hidden_layer_sizes": (8,)},
+    "pip>0.5 + proxies |r|>0.7": {"cut": 0.5, "proxies": 0.7},
+    "pip>0.5 + proxies |r|>0.5": {"cut": 0.5, "proxies": 0.5},
+    "pip>0.5 + proxies |r|>0.4": {"cut": 0.5, "proxies": 0.4},
+    "pip>0.5 + proxies |r|>0.3": {"cut": 0.5, "proxies": 0.3},
+    "pip>0.5 + proxies |r|>0.5, linear": {
+        "cut": 0.5,
+        "proxies": 0.5,
+        "hidden_layer_sizes": (),
+    },
+}
+"""Diagnosis (`--variants`): predictors refitted on one selection fit's PIPs (`cut`: the
+PIP above which a column is read; "real": every real column, an oracle), with `members`
+refits of different seeds averaged, or other refit settings."""
+
+
+def _score_members(est: Any, members: list, columns: np.ndarray, Xv: Any, yv: Any) -> float:
+    """Held-out score of the average predictive of the refitted `members`."""
+    preds = []
+    for trained in members:
+        est.refit_model_, est.refit_likelihood_ = trained.model, trained.likelihood
+        est.support_ = est.refit_columns_ = columns
+        preds.append(est.predict_proba(Xv) if hasattr(est, "classes_") else est.predict(Xv))
+    avg = np.mean(preds, axis=0)
+    if hasattr(est, "classes_"):
+        return float(np.mean(est.classes_[avg.argmax(1)] == yv))
+    return float(1 - np.sum((yv - avg) ** 2) / np.sum((yv - np.mean(yv)) ** 2))
+
+
+def run_variants(design: str, seed: int, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """One selection fit (refit=False) on a development split's 75 %, then every
+    `REFIT_VARIANTS` predictor refitted on it, each scored on the split's own 25 %."""
+    torch.set_num_threads(1)
+    task, X, y, _, p = with_noise(design, seed)
+    strat = y if task == "classification" else None
+    Xa, Xv, ya, yv = train_test_split(X, y, test_size=0.25, random_state=seed, stratify=strat)
+    clf = task == "classification"
+    est = (BayesianMLPClassifier if clf else BayesianMLPRegressor)(random_state=seed, refit=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(Xa, ya)
+    x = est._inputs(Xa, reset=False)
+    if clf:
+        targets = torch.as_tensor(np.searchsorted(est.classes_, ya), dtype=torch.long)
+        n_out, lik = len(est.classes_), "categorical"
+    else:
+        targets = torch.as_tensor((ya - est.y_mean_) / est.y_scale_, dtype=torch.float32)
+        n_out, lik = 1, Gaussian()
+    pips, base = est.feature_importances_, est.get_params()
+    rows = []
+    for name, v in REFIT_VARIANTS.items():
+        if names is not None and name not in names:
+            continue
+        cols = np.arange(len(pips)) < p if v["cut"] == "real" else pips > v["cut"]
+        if not cols.any():
+            cols = est.support_.copy()
+        if "proxies" in v:  # columns correlated with a kept one (training rows)
+            r = np.abs(np.corrcoef(x.numpy(), rowvar=False))
+            cols = cols | (np.nan_to_num(r[cols]) > v["proxies"]).any(0)
+        start = time.perf_counter()
+        members = []
+        for m in range(v.get("members", 1)):
+            est.set_params(**{k: v[k] for k in ("hidden_layer_sizes", "refit_steps") if k in v})
+            est.seed_ = est.seed_ + m
+            kl = est.kl_weight_
+            est.kl_weight_ = v.get("kl", kl)
+            members.append(est._refit(x, targets, n_out, lik, cols))
+            est.kl_weight_, est.seed_ = kl, est.seed_ - m
+            est.set_params(**base)
+        score = _score_members(est, members, cols, Xv, yv)
+        rows.append({
+            "cfg": name, "design": design, "seed": seed, "holdout": "test", "score": score,
+            "seconds": time.perf_counter() - start, "real": int(cols[:p].sum()),
+            "noise": int(cols[p:].sum()), "neg_elbo": _neg_elbo(members[0].history, len(x)),
+        })  # fmt: skip
+    by = {r["cfg"]: r for r in rows if r["cfg"] in ("pip>0.5", "pip>0.5, linear")}
+    if len(by) == 2:
+        best = min(by.values(), key=lambda r: r["neg_elbo"])
+        rows.append({**best, "cfg": "pip>0.5, MLP or linear by ELBO", "chose": best["cfg"]})
+    return rows
+
+
+def _neg_elbo(history: list[dict], n_rows: int, last: int = 50) -> float:
+    """The negative ELBO per training row (full KL) over the last `last` epochs' records."""
+    tail = history[-last:]
+    return float(np.mean([r["nll"] + r["kl"] / n_rows for r in tail]))
+
+
 def summary(rows: list[dict]) -> str:
     """Mean validation score, noise kept and TPR per candidate (rows) and design (columns)."""
     groups = collections.defaultdict(list)
@@ -108,7 +213,7 @@ def summary(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", required=True, help="JSON {name: estimator kwargs}")
+    parser.add_argument("--configs", default="{}", help="JSON {name: estimator kwargs}")
     parser.add_argument("--designs", nargs="+", choices=list(DESIGNS), default=list(DESIGNS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[100, 101])
     parser.add_argument("--jobs", type=int, default=1)
@@ -118,9 +223,21 @@ def main() -> None:
         "split's own 25 %% (more rows; still never a reported split)",
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="JSON-lines file (appended)")
+    parser.add_argument(
+        "--variant-names", nargs="+", default=None,
+        help="with --variants: only these REFIT_VARIANTS (default: all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--variants", action="store_true",
+        help="diagnosis: one selection fit per split, then the REFIT_VARIANTS predictors on "
+        "it (held-out 25 %%; --configs ignored)",
+    )  # fmt: skip
     args = parser.parse_args()
     if any(s < 100 for s in args.seeds):
         parser.error("development seeds start at 100 (0-99 are the reported splits' range)")
+    if args.variants:
+        _main_variants(args)
+        return
     configs = json.loads(args.configs)
     jobs = [
         (n, kw, d, s, args.holdout)
@@ -135,6 +252,19 @@ def main() -> None:
             out.flush()
             rows.append(row)
             print(json.dumps(row), flush=True)
+    print(summary(rows))
+
+
+def _main_variants(args: argparse.Namespace) -> None:
+    rows = []
+    jobs = [(d, s, args.variant_names) for d in args.designs for s in args.seeds]
+    with ProcessPoolExecutor(args.jobs) as pool, open(args.out, "a") as out:
+        for group in pool.map(run_variants, *zip(*jobs, strict=True)):
+            for row in group:
+                out.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+            out.flush()
+            rows += group
     print(summary(rows))
 
 

@@ -335,3 +335,25 @@ def test_the_auto_kl_weight_is_tempered_below_1000_rows_and_full_from_there():
     assert BayesianMLPClassifier((4,), kl_weight=0.5, **short).fit(X, y).kl_weight_ == 0.5
     with pytest.raises(ValueError, match="kl_weight must be 'auto' or a number"):
         BayesianMLPClassifier(kl_weight="full").fit(X, y)
+
+
+def test_the_refit_also_reads_the_kept_columns_correlated_proxies():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((200, 1))
+    x = np.hstack([base, base + 0.3 * rng.standard_normal((200, 1)), rng.standard_normal((200, 3))])
+    x = torch.tensor(x, dtype=torch.float32)
+    kept = np.array([True, False, False, False, False])
+    est = BayesianMLPClassifier(refit_correlation=0.5)
+    np.testing.assert_array_equal(est._refit_columns(x, kept), [True, True, False, False, False])
+    est.set_params(refit_correlation=None)
+    np.testing.assert_array_equal(est._refit_columns(x, kept), kept)
+    X, y = _three_true_columns(n=120, noise_columns=3)
+    X = np.hstack([X, X[:, :1] + 0.1 * rng.standard_normal((120, 1))])  # a proxy of column 0
+    short = {"min_steps": 200, "max_steps": 200, "refit_steps": 50, "kl_warmup_steps": 50}
+    fitted = BayesianMLPClassifier((8,), random_state=0, **short).fit(X, y)
+    assert fitted.refit_columns_[[0, -1]].all() and fitted.refit_columns_[3:6].sum() == 0
+    assert fitted.refit_model_[0].in_features == fitted.refit_columns_.sum()
+    assert (fitted.refit_columns_ >= fitted.get_support()).all()
+    for bad in (1.0, -0.1, "high", True):
+        with pytest.raises(ValueError, match="refit_correlation"):
+            BayesianMLPClassifier(refit_correlation=bad).fit(X, y)

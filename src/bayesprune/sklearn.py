@@ -24,12 +24,16 @@ holds the gains): features that act only through an interaction, which a gate ca
 miss.
 
 Prediction (`refit=True`, the default): after the selection, a second network of the
-same family without input gates is trained on the kept columns only (`refit_steps`
+same family without input gates is trained on the kept columns (`refit_steps`
 optimiser steps with epochs="auto"), the relaxed-lasso idea: the selection is the first
 network's, the predictions the second's, which no longer pays the gates' noise and
-prior on the inputs it uses (columns added by the screen included). `model_` is the
-selection network, `refit_model_` the predicting one; with `refit=False` `model_`
-predicts and reads every column.
+prior on the inputs it uses (columns added by the screen included). The posterior keeps
+one column of a group of correlated ones; the refit also reads the kept columns'
+proxies, every column whose absolute correlation with a kept one on the training rows
+exceeds `refit_correlation` (0.4; None: the kept columns only), and averages the
+group's measurement noise. `refit_columns_` are the columns it reads (`get_support()`
+stays the selection). `model_` is the selection network, `refit_model_` the predicting
+one; with `refit=False` `model_` predicts and reads every column.
 
 Inputs are standardised inside (with training statistics), so the priors mean the
 same for every data set; regression targets too (predictions are returned in the
@@ -165,6 +169,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         screen_epochs: int = 150,
         refit: bool = True,
         refit_steps: int = 500,
+        refit_correlation: float | None = 0.4,
         standardize: bool = True,
         random_state: int | np.random.RandomState | None = None,
         verbose: bool = False,
@@ -197,6 +202,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.screen_epochs = screen_epochs
         self.refit = refit
         self.refit_steps = refit_steps
+        self.refit_correlation = refit_correlation
         self.standardize = standardize
         self.random_state = random_state
         self.verbose = verbose
@@ -245,6 +251,11 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             raise ValueError(f"kl_weight must be 'auto' or a number >= 0, got {self.kl_weight!r}")
         if not isinstance(self.refit, bool | np.bool_):
             raise ValueError(f"refit must be True or False, got {self.refit!r}")
+        corr = self.refit_correlation
+        if corr is not None and not (
+            isinstance(corr, int | float) and not isinstance(corr, bool) and 0 <= corr < 1
+        ):
+            raise ValueError(f"refit_correlation must be None or in [0, 1), got {corr!r}")
         if self.monitor not in MONITORS:
             raise ValueError(f"unknown monitor {self.monitor!r}; valid: {list(MONITORS)}")
         if self.predict_mode not in MODES:
@@ -313,16 +324,43 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.support_ = support
         self.n_features_selected_ = int(support.sum())
         self.refit_model_ = self.refit_likelihood_ = self.refit_history_ = None
+        self.refit_columns_ = None
         if self.refit:  # relaxed: the kept columns, no input gates (the selection stays)
-            fresh = make_likelihood(Gaussian() if isinstance(likelihood, Gaussian) else likelihood)
-            relaxed = self._train(
-                family, False, x[:, torch.as_tensor(support)], targets, n_out, fresh,
-                self.kl_weight_, int(self.refit_steps),
-            )  # fmt: skip
+            self.refit_columns_ = self._refit_columns(x, support)
+            relaxed = self._refit(x, targets, n_out, likelihood, self.refit_columns_)
             self.refit_model_, self.refit_likelihood_ = relaxed.model, relaxed.likelihood
             self.refit_history_ = relaxed.history
         if self.predict_mode == "mean":
             self._warn_if_constant(x)
+
+    def _refit_columns(self, x: torch.Tensor, support: np.ndarray) -> np.ndarray:
+        """The kept columns and, with `refit_correlation`, their proxies: every column whose
+        absolute correlation with a kept one (training rows) exceeds it. The posterior keeps
+        one column of a correlated group; the predictor averages the group's noise."""
+        columns = support.copy()
+        if self.refit_correlation is None or not support.any():
+            return columns
+        z = x.double().numpy()
+        z = z - z.mean(0)
+        norm = np.linalg.norm(z, axis=0)
+        z = z / np.where(norm > 0, norm, 1.0)  # a constant column correlates with nothing
+        r = np.abs(z[:, support].T @ z)  # kept x all: no p x p matrix on wide tables
+        return columns | (r > float(self.refit_correlation)).any(0)
+
+    def _refit(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        n_out: int,
+        likelihood: Any,
+        columns: np.ndarray,
+    ) -> _Trained:
+        """The relaxed network: `columns` only, no input gates, `refit_steps` steps."""
+        fresh = make_likelihood(Gaussian() if isinstance(likelihood, Gaussian) else likelihood)
+        return self._train(
+            self.family_, False, x[:, torch.as_tensor(columns)], targets, n_out, fresh,
+            self.kl_weight_, int(self.refit_steps),
+        )  # fmt: skip
 
     def _train(
         self,
@@ -454,10 +492,10 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
 
     def _predictor(self) -> tuple[nn.Module, Any, torch.Tensor | None]:
         """The network `predict` uses, its likelihood, and the input columns it reads
-        (the refit network reads the kept columns only; None: every column)."""
+        (the refit network reads `refit_columns_`; None: every column)."""
         if self.refit_model_ is None:
             return self.model_, self.likelihood_, None
-        return self.refit_model_, self.refit_likelihood_, torch.as_tensor(self.support_)
+        return self.refit_model_, self.refit_likelihood_, torch.as_tensor(self.refit_columns_)
 
     # -- feature selection (SelectorMixin gives get_support, transform, ...) ----------------
     def _pip_mask(self) -> np.ndarray:
@@ -522,15 +560,18 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     smallest tables);
     `selection_threshold` for `get_support`; `screen` (and `screen_epochs`): also test
     the left-out features by their evidence gain; `refit` (and `refit_steps`): predict
-    with a network retrained on the kept columns only (default; `refit_steps` steps with
-    epochs="auto", an explicit `epochs` applies to both networks); `standardize` the inputs;
+    with a network retrained on the kept columns (default; `refit_steps` steps with
+    epochs="auto", an explicit `epochs` applies to both networks) and on every column
+    correlated with a kept one above `refit_correlation` (0.4; None: kept columns only);
+    `standardize` the inputs;
     `random_state`; `verbose` shows a progress bar.
 
     Fitted attributes: `classes_`, `model_` (the torch network), `likelihood_`,
     `history_` (per-epoch records), `n_iter_` (epochs), `n_steps_`, `best_epoch_`
     (early stopping), `feature_importances_`, `importance_kind_` ("pip" or "norm"),
     `support_`, `n_features_selected_`, `screen_` (a `ScreenResult`, or None),
-    `refit_model_`, `refit_likelihood_`, `refit_history_` (None with `refit=False`),
+    `refit_model_`, `refit_likelihood_`, `refit_history_`, `refit_columns_` (the columns
+    the refit network reads; None with `refit=False`),
     `kl_weight_` (the KL weight used),
     `n_features_in_`, `x_mean_`, `x_scale_`. See the module
     docstring for the estimator checks that do not apply and why.
