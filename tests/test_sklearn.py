@@ -350,7 +350,10 @@ def test_the_refit_also_reads_the_kept_columns_correlated_proxies():
     X, y = _three_true_columns(n=120, noise_columns=3)
     X = np.hstack([X, X[:, :1] + 0.1 * rng.standard_normal((120, 1))])  # a proxy of column 0
     short = {"min_steps": 200, "max_steps": 200, "refit_steps": 50, "kl_warmup_steps": 50}
-    fitted = BayesianMLPClassifier((8,), random_state=0, **short).fit(X, y)
+    default = BayesianMLPClassifier((8,), random_state=0, **short).fit(X, y)
+    np.testing.assert_array_equal(default.refit_columns_, default.get_support())  # opt-in
+    fitted = BayesianMLPClassifier((8,), random_state=0, refit_correlation=0.4, **short)
+    fitted.fit(X, y)
     assert fitted.refit_columns_[[0, -1]].all() and fitted.refit_columns_[3:6].sum() == 0
     assert fitted.refit_model_[0].in_features == fitted.refit_columns_.sum()
     assert (fitted.refit_columns_ >= fitted.get_support()).all()

@@ -28,10 +28,12 @@ same family without input gates is trained on the kept columns (`refit_steps`
 optimiser steps with epochs="auto"), the relaxed-lasso idea: the selection is the first
 network's, the predictions the second's, which no longer pays the gates' noise and
 prior on the inputs it uses (columns added by the screen included). The posterior keeps
-one column of a group of correlated ones; the refit also reads the kept columns'
-proxies, every column whose absolute correlation with a kept one on the training rows
-exceeds `refit_correlation` (0.4; None: the kept columns only), and averages the
-group's measurement noise. `refit_columns_` are the columns it reads (`get_support()`
+one column of a group of correlated ones; with `refit_correlation=r` (default None:
+the kept columns only) the refit also reads the kept columns' proxies, every column
+whose absolute correlation with a kept one on the training rows exceeds r, and
+averages the group's measurement noise (Monte Carlo about 1 point better on wine and
+breast cancer at 0.4, but the posterior-mean network 13-19 points worse: opt-in).
+`refit_columns_` are the columns it reads (`get_support()`
 stays the selection). `model_` is the selection network, `refit_model_` the predicting
 one; with `refit=False` `model_` predicts and reads every column.
 
@@ -169,7 +171,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         screen_epochs: int = 150,
         refit: bool = True,
         refit_steps: int = 500,
-        refit_correlation: float | None = 0.4,
+        refit_correlation: float | None = None,
         standardize: bool = True,
         random_state: int | np.random.RandomState | None = None,
         verbose: bool = False,
@@ -562,7 +564,7 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     the left-out features by their evidence gain; `refit` (and `refit_steps`): predict
     with a network retrained on the kept columns (default; `refit_steps` steps with
     epochs="auto", an explicit `epochs` applies to both networks) and on every column
-    correlated with a kept one above `refit_correlation` (0.4; None: kept columns only);
+    correlated with a kept one above `refit_correlation` (None, the default: kept columns only);
     `standardize` the inputs;
     `random_state`; `verbose` shows a progress bar.
 
