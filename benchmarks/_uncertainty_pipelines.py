@@ -16,8 +16,9 @@ choose). Nothing here reads the test sets except through `data.test`.
   NLL and ECE, and the predictive variance at the predicted class as an OOD score; the
   vanilla CNN with as many lowest-norm kernels removed, fine-tuned as long.
 - Spike-and-slab MLP: the median-probability network (every gate with PIP > 0.5,
-  shrunk), without and with a refit; deterministic twin magnitude-pruned to the same
-  share of weights.
+  shrunk), as it is and after every restoring method; "finetune" is the refit (gates
+  pinned open), "[gates=freeze]" the refit with the gates still sampled; deterministic
+  twin magnitude-pruned to the same share of weights.
 """
 
 from __future__ import annotations
@@ -35,9 +36,7 @@ from torch import Tensor, nn
 import bayesprune as bp
 from bayesprune import compress
 from bayesprune import metrics as m
-from bayesprune.compress.adapters import copy_model
 from bayesprune.models import mlp
-from bayesprune.nn import gated_layers
 from bayesprune.nn.moments import EVILikelihood, evi_cnn
 
 Score = Callable[[nn.Module], dict[str, float]]
@@ -156,50 +155,80 @@ def _scorers(data: Data, mode: str, s: Settings, lik: Any = "categorical") -> tu
     return data.test(mode, lik), pick
 
 
+@dataclass(frozen=True)
+class Restore:
+    """One restoring candidate: its stage label, the `restore_uncertainty` method and the
+    options that differ from `_restore`'s (epochs, lr, gates, kl_weight, ...)."""
+
+    label: str
+    method: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def base(self) -> Restore | None:
+        """The "finetune" this "finetune+temperature" tempers (same options), else None."""
+        if self.method != "finetune+temperature":
+            return None
+        return Restore(
+            self.label.replace("finetune+temperature", "finetune"), "finetune", self.options
+        )
+
+
+def candidates(
+    methods: tuple[str, ...], options: dict[str, dict[str, Any]] | None = None
+) -> tuple[Restore, ...]:
+    """Candidates labelled by their method; `options[method]`: that method's own options."""
+    options = options or {}
+    return tuple(Restore(m, m, tuple(options.get(m, {}).items())) for m in methods)
+
+
 def _restores(
     record: Record,
     prefix: str,
     pruned: nn.Module,
     data: Data,
     s: Settings,
-    methods: tuple[str, ...],
+    methods: tuple[Restore, ...],
     mode: str,
     sparsity: float,
     lik: Any = "categorical",
-    **fit_kwargs: Any,
+    scorers: tuple[Score, Score] | None = None,
 ) -> None:
-    """Score `pruned` and each restoring method applied to it, under `prefix`."""
-    test, pick = _scorers(data, mode, s, lik)
+    """Score `pruned` and each restoring candidate applied to it, under `prefix`
+    (`scorers`: (test, validation pick); default `_scorers` in `mode`)."""
+    test, pick = scorers or _scorers(data, mode, s, lik)
     record.score(f"{prefix}/pruned", pruned, test, pick, sparsity)
-    done: dict[str, nn.Module] = {}
+    done: dict[Restore, nn.Module] = {}
     for method in methods:
-        with record.timed(f"restore {method}"):
-            if method == "finetune+temperature" and "finetune" in done:
+        with record.timed(f"restore {method.method}"):
+            if method.base in done:
                 # the same network as restore_uncertainty(pruned, method): its fine-tuning is
-                # the "finetune" one (same seed and data), so it is not trained twice
-                repaired = _restore(done["finetune"], "temperature", data, s, mode, lik)
+                # the "finetune" one (same seed, data and options), so it is not trained twice
+                repaired = _restore(done[method.base], "temperature", data, s, mode, lik)
             else:
-                repaired = _restore(pruned, method, data, s, mode, lik, **fit_kwargs)
+                options = dict(method.options)
+                repaired = _restore(pruned, method.method, data, s, mode, lik, **options)
         done[method] = repaired
-        record.score(f"{prefix}/pruned+{method}", repaired, test, pick, sparsity)
+        record.score(f"{prefix}/pruned+{method.label}", repaired, test, pick, sparsity)
 
 
 def _restore(
-    pruned: nn.Module, method: str, data: Data, s: Settings, mode: str, lik: Any, **fit_kwargs: Any
+    pruned: nn.Module, method: str, data: Data, s: Settings, mode: str, lik: Any, **options: Any
 ) -> nn.Module:
-    return bp.restore_uncertainty(
-        pruned,
-        method,
-        train=data.train,
-        val=data.val_fit,
-        likelihood=lik,
-        epochs=s.restore_epochs,
-        mode=mode,
-        samples=s.val_samples,
-        seed=s.seed,
-        batch_size=s.batch_size,
-        **fit_kwargs,
-    )
+    """`bayesprune.restore_uncertainty` with the run's settings; `options` override them."""
+    base = {
+        "train": data.train,
+        "val": data.val_fit,
+        "likelihood": lik,
+        "epochs": s.restore_epochs,
+        "mode": mode,
+        "samples": s.val_samples,
+        "seed": s.seed,
+        "batch_size": s.batch_size,
+    }
+    if method == "temperature":  # no training: only what the temperature fit reads
+        options = {k: v for k, v in options.items() if k in ("mode", "samples", "seed")}
+    return bp.restore_uncertainty(pruned, method, **{**base, **options})
 
 
 # --- LeNet-300-100 and LeNet-5-Caffe: SNR search ------------------------------------------
@@ -229,14 +258,13 @@ def searched(name: str, data: Data, s: Settings) -> dict[str, Any]:
             search = compress.search_sparsity(bayes, scores, val, tolerances=tolerances)
         record.compression[f"bayesian/{variant}"] = search.as_dict()
         pruned = compress.pruned_copy(bayes, scores, search.sparsity)
-        methods = RESTORES if variant == "accuracy" else ()
-        methods = methods or ("temperature",)
+        methods = candidates(RESTORES if variant == "accuracy" else ("temperature",))
         _restores(record, f"bayesian/{variant}", pruned, data, s, methods, "mc", search.sparsity)
     sparsity = record.compression["bayesian/accuracy"]["sparsity"]
     same = compress.pruned_copy(det, compress.weight_scores(det, "magnitude"), sparsity)
     record.compression["deterministic/same-sparsity"] = {"sparsity": sparsity}
-    plain = ("temperature",)
-    _restores(record, "deterministic/same-sparsity", same, data, s, plain, "mean", sparsity)
+    tempered = candidates(("temperature",))
+    _restores(record, "deterministic/same-sparsity", same, data, s, tempered, "mean", sparsity)
     return record.as_dict()
 
 
@@ -342,10 +370,11 @@ def evi(data: Data, s: Settings) -> dict[str, Any]:
         if variant == "accuracy":
             accepted_rounds = sum(r.accepted for r in result.history[1:])
             removed = kept  # kernels the vanilla net keeps too
-    plain = _vanilla_with(det, removed, data, s, accepted_rounds)
+    vanilla = _vanilla_with(det, removed, data, s, accepted_rounds)
     same = 1 - removed / kernels
     record.compression["deterministic/same-sparsity"] = {"kernels": removed, "sparsity": same}
-    _restores(record, "deterministic/same-sparsity", plain, data, s, ("temperature",), "mean", same)
+    tempered = candidates(("temperature",))
+    _restores(record, "deterministic/same-sparsity", vanilla, data, s, tempered, "mean", same)
     return record.as_dict()
 
 
@@ -370,23 +399,14 @@ def _evi_restores(
     methods: tuple[str, ...],
     sparsity: float,
 ) -> None:
+    """The restoring methods on the self-compressed eVI net, through `_restores` (the path
+    every model takes), scored on its one-pass predictive; fine-tuning at the
+    self-compression rounds' learning rate."""
     lik = EVILikelihood()
-    test, pick = data.test("evi", lik), evi_scorer(data.val_pick, data.val_pick_ood)
-    record.score(f"{prefix}/pruned", model, test, pick, sparsity)
-    for method in methods:
-        repaired = bp.restore_uncertainty(
-            model,
-            method,
-            train=data.train,
-            val=data.val_fit,
-            likelihood=lik,
-            epochs=s.restore_epochs,
-            mode="mean",
-            seed=s.seed,
-            batch_size=s.batch_size,
-            **({"lr": s.lr / 10} if method.startswith("finetune") else {}),
-        )
-        record.score(f"{prefix}/pruned+{method}", repaired, test, pick, sparsity)
+    scorers = (data.test("evi", lik), evi_scorer(data.val_pick, data.val_pick_ood))
+    tuned = {"lr": s.lr / 10}
+    specs = candidates(methods, {"finetune": tuned, "finetune+temperature": tuned})
+    _restores(record, prefix, model, data, s, specs, "mean", sparsity, lik, scorers)
 
 
 def _vanilla_with(det: nn.Module, kernels: int, data: Data, s: Settings, rounds: int) -> nn.Module:
@@ -407,7 +427,7 @@ def _vanilla_with(det: nn.Module, kernels: int, data: Data, s: Settings, rounds:
 
 
 def spike_slab(data: Data, s: Settings) -> dict[str, Any]:
-    """Spike-and-slab MLP: median-probability network without and with a refit."""
+    """Spike-and-slab MLP: the median-probability network, as it is and restored (refit or not)."""
     record = Record()
     torch.manual_seed(s.seed)
     layers = mlp(784, list(s.ss_hidden), 10, family="spike_slab", input_gates=True, rho_init=-3.0)
@@ -432,21 +452,36 @@ def spike_slab(data: Data, s: Settings) -> dict[str, Any]:
     sparsity = 1 - weight_count(median) / dense
     widths = shrunk.architecture
     record.compression["bayesian/median"] = {"sparsity": sparsity, "widths": widths, "kl": kl}
-    _restores(record, "bayesian/median", median, data, s, ("temperature",), "mc", sparsity)
-    options = {"epochs": s.ss_refit_epochs, "lr": 1e-3, "lr_schedule": "cosine"}  # issue 5
-    options |= {"batch_size": s.batch_size, "seed": s.seed + 1, "progress": False}
-    refitted = copy_model(median)
-    for _, layer in gated_layers(refitted):
-        layer.pin_gates()  # the selected architecture stays; only the slabs train
-    bp.finetune(refitted, data.train, kl_weight=kl, **options)
-    record.compression["bayesian/median+refit"] = {"sparsity": sparsity, "widths": widths}
-    methods = ("temperature",)
-    _restores(record, "bayesian/median+refit", refitted, data, s, methods, "mc", sparsity)
+    specs = _spike_slab_restores(s, kl)
+    _restores(record, "bayesian/median", median, data, s, specs, "mc", sparsity)
     same = compress.pruned_copy(det, compress.weight_scores(det, "magnitude"), sparsity)
     record.compression["deterministic/same-sparsity"] = {"sparsity": sparsity}
-    plain = ("temperature",)
-    _restores(record, "deterministic/same-sparsity", same, data, s, plain, "mean", sparsity)
+    tempered = candidates(("temperature",))
+    _restores(record, "deterministic/same-sparsity", same, data, s, tempered, "mean", sparsity)
     return record.as_dict()
+
+
+def _spike_slab_restores(s: Settings, kl: float) -> tuple[Restore, ...]:
+    """The median network's candidates: temperature; the scales re-estimated; the refit of
+    record (issue 5: gates pinned open, slabs trained `ss_refit_epochs` at lr 1e-3, cosine,
+    the training's KL weight) as "finetune", tempered or not; and the same refit with the
+    gates kept at their inclusion probabilities and sampled ("[gates=freeze]")."""
+    refit = {"epochs": s.ss_refit_epochs, "lr": 1e-3, "lr_schedule": "cosine", "kl_weight": kl}
+    sampled = {**refit, "gates": "freeze"}
+    specs = candidates(
+        RESTORES,
+        {
+            "variances": {"kl_weight": kl},
+            "finetune": refit,
+            "finetune+temperature": refit,
+        },
+    )
+    frozen = tuple(sampled.items())
+    return (
+        *specs,
+        Restore("finetune[gates=freeze]", "finetune", frozen),
+        Restore("finetune+temperature[gates=freeze]", "finetune+temperature", frozen),
+    )
 
 
 def run_model(name: str, data: Data, s: Settings) -> dict[str, Any]:

@@ -60,7 +60,7 @@ SUMMARY_EXTRA = {  # shown in the overview beside the compression of record
     "lenet300": ("bayesian/held/pruned",),
     "lenet5": ("bayesian/held/pruned",),
     "evi": ("bayesian/held/pruned",),
-    "spike_slab": ("bayesian/median+refit/pruned",),
+    "spike_slab": ("bayesian/median/pruned+finetune",),
 }
 AUROCS = ("ood_auroc_entropy", "ood_auroc_mi", "ood_auroc_variance")
 OLD_RULE = "chosen, AUROC vs pruned"  # the restore rule before session 6, for comparison
