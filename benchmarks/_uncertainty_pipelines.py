@@ -36,6 +36,8 @@ from torch import Tensor, nn
 import bayesprune as bp
 from bayesprune import compress
 from bayesprune import metrics as m
+from bayesprune.compress.adapters import copy_model
+from bayesprune.compress.tolerances import parse_tolerance
 from bayesprune.models import mlp
 from bayesprune.nn.moments import EVILikelihood, evi_cnn
 
@@ -77,7 +79,7 @@ class Settings:
     val_samples: int
     restore_epochs: int
     delta: float
-    uncertainty_tolerances: dict[str, float]
+    uncertainty_tolerances: dict[str, float | str]  # a str: relative ("1.5x")
     seed: int
     evi_kernels: int = 32
     evi_fraction: float = 0.25
@@ -86,6 +88,7 @@ class Settings:
     ss_hidden: tuple[int, ...] = (400, 400)
     ss_refit_epochs: int = 3
     ss_kl_weight: float | None = None  # None: 0.1 x rows / 60,000 (see spike_slab)
+    ss_held: bool = False  # also the PIP search holding the uncertainty ("bayesian/held")
 
 
 class Record:
@@ -382,7 +385,7 @@ def _evi_tolerances(s: Settings) -> list[compress.Tolerance]:
     """The held tolerances read on the one-pass predictive: no MI (one pass has none);
     the predictive-variance AUROC held as the entropy AUROC is."""
     held = [
-        compress.Tolerance(k, v) for k, v in s.uncertainty_tolerances.items() if k != "ood_auroc_mi"
+        parse_tolerance(k, v) for k, v in s.uncertainty_tolerances.items() if k != "ood_auroc_mi"
     ]
     if "ood_auroc_entropy" in s.uncertainty_tolerances:
         tol = s.uncertainty_tolerances["ood_auroc_entropy"]
@@ -454,11 +457,37 @@ def spike_slab(data: Data, s: Settings) -> dict[str, Any]:
     record.compression["bayesian/median"] = {"sparsity": sparsity, "widths": widths, "kl": kl}
     specs = _spike_slab_restores(s, kl)
     _restores(record, "bayesian/median", median, data, s, specs, "mc", sparsity)
+    if s.ss_held:
+        held, search = _pip_search(bayes, data, s)
+        held_sparsity = 1 - weight_count(held.model) / dense
+        record.compression["bayesian/held"] = {
+            **search.as_dict(),
+            "weight_sparsity": held_sparsity,
+            "widths": held.architecture,
+        }
+        specs = tuple(r for r in specs if "gates=" not in r.label)
+        _restores(record, "bayesian/held", held.model, data, s, specs, "mc", held_sparsity)
     same = compress.pruned_copy(det, compress.weight_scores(det, "magnitude"), sparsity)
     record.compression["deterministic/same-sparsity"] = {"sparsity": sparsity}
     tempered = candidates(("temperature",))
     _restores(record, "deterministic/same-sparsity", same, data, s, tempered, "mean", sparsity)
     return record.as_dict()
+
+
+UNIT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # shares of the hidden units
+
+
+def _pip_search(bayes: nn.Module, data: Data, s: Settings) -> tuple[Any, Any]:
+    """The spike-and-slab net with the largest share of its hidden units removed, lowest
+    PIP first, whose validation accuracy, NLL, ECE and OOD AUROCs all stay within the
+    held tolerances (`search_sparsity` on unit PIPs); shrunk (every input kept)."""
+    val = bp.scorer(data.val, mode="mc", samples=s.val_samples, ood=data.val_ood, seed=s.seed)
+    pips = compress.unit_scores(bayes, "pip")
+    search = compress.search_sparsity(
+        bayes, pips, val, tolerances=s.uncertainty_tolerances, level="unit", grid=UNIT_GRID
+    )
+    masked = compress.apply_masks(copy_model(bayes), search.masks)
+    return compress.shrink(masked, input_shape=SHAPE, inclusion_threshold=0.0), search
 
 
 def _spike_slab_restores(s: Settings, kl: float) -> tuple[Restore, ...]:

@@ -42,6 +42,7 @@ from _common import (
 from _uncertainty_pipelines import DEFAULTS, MODELS, Data, Settings, evi_scorer, run_model
 
 import bayesprune as bp
+from bayesprune.compress.tolerances import parse_tolerance
 from bayesprune.data import load_fashion_mnist, load_mnist
 
 NAME = "uncertainty_after_pruning"
@@ -132,6 +133,7 @@ def settings_for(model: str, seed: int, args: argparse.Namespace) -> Settings:
         ss_hidden=tuple(args.ss_hidden),
         ss_refit_epochs=args.ss_refit_epochs,
         ss_kl_weight=args.ss_kl_weight,
+        ss_held=args.ss_held,
     )
 
 
@@ -171,7 +173,7 @@ def chosen(
 
 def groups(model: str) -> list[str]:
     """Where the restoring method is chosen: the compression of record's stages."""
-    return ["bayesian/median"] if model == "spike_slab" else ["bayesian/accuracy"]
+    return ["bayesian/median", "bayesian/held"] if model == "spike_slab" else ["bayesian/accuracy"]
 
 
 def with_chosen(runs: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
@@ -325,10 +327,10 @@ def summary(args: argparse.Namespace) -> None:
                 continue
             runs = with_chosen(runs, model)
             table = {row["stage"]: row for row in targets(runs, payload["settings"]["delta"])}
-            for group in groups(model):
+            for i, group in enumerate(groups(model)):
                 for stage in (
                     f"{group}/pruned",
-                    *SUMMARY_EXTRA[model],
+                    *(SUMMARY_EXTRA[model] if i == 0 else ()),
                     f"{group}/{OLD_RULE}",
                     f"{group}/chosen-on-validation",
                 ):
@@ -358,6 +360,19 @@ def summary(args: argparse.Namespace) -> None:
     write_results(NAME + "_summary", {"rows": rows}, md)
 
 
+def ece_tolerance(text: str) -> float | str:
+    """A number (absolute) or 'Fx' / 'P%' (relative), checked as the library parses it."""
+    try:
+        value: float | str = float(text)
+    except ValueError:
+        value = text
+    try:
+        parse_tolerance("ece", value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
+
 def per_model(values: list[str], kind: type, key: str, default: Any = None) -> dict[str, Any]:
     """`MODEL=VALUE` pairs (a bare VALUE: every model) over the defaults of `key`."""
     out = {m: DEFAULTS[m].get(key, default) for m in MODELS}
@@ -385,7 +400,12 @@ def main() -> None:
     parser.add_argument("--val-samples", nargs="*", default=[], help="[MODEL=]N, validation (10)")
     parser.add_argument("--delta", type=float, default=0.005, help="accuracy tolerance")
     parser.add_argument("--nll-tolerance", type=float, default=0.02)
-    parser.add_argument("--ece-tolerance", type=float, default=0.005)
+    parser.add_argument(
+        "--ece-tolerance",
+        type=ece_tolerance,
+        default="1.5x",
+        help="absolute (0.005) or relative to the unpruned net's validation ECE ('1.5x', '50%%')",
+    )
     parser.add_argument("--auroc-tolerance", type=float, default=0.01)
     parser.add_argument("--restore-epochs", type=int, default=2)
     parser.add_argument("--evi-kernels", type=int, default=32)
@@ -396,6 +416,12 @@ def main() -> None:
     parser.add_argument("--ss-refit-epochs", type=int, default=3)
     parser.add_argument(
         "--ss-kl-weight", type=float, default=None, help="default: 0.1 x training rows / 60,000"
+    )
+    parser.add_argument(
+        "--ss-held",
+        action="store_true",
+        help="spike-and-slab: also search the share of units to drop by PIP, holding the "
+        "uncertainty tolerances ('bayesian/held')",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
