@@ -39,6 +39,7 @@ from bayesprune import metrics as m
 from bayesprune.compress.adapters import copy_model
 from bayesprune.compress.tolerances import parse_tolerance
 from bayesprune.models import mlp
+from bayesprune.nn import gated_layers
 from bayesprune.nn.moments import EVILikelihood, evi_cnn
 
 Score = Callable[[nn.Module], dict[str, float]]
@@ -458,6 +459,15 @@ def spike_slab(data: Data, s: Settings) -> dict[str, Any]:
     specs = _spike_slab_restores(s, kl)
     _restores(record, "bayesian/median", median, data, s, specs, "mc", sparsity)
     if s.ss_held:
+        kept = compress.shrink(_inputs_opened(bayes), input_shape=SHAPE, inclusion_threshold=0.5)
+        kept_sparsity = 1 - weight_count(kept.model) / dense
+        record.compression["bayesian/median-all-inputs"] = {
+            "sparsity": kept_sparsity,
+            "widths": kept.architecture,
+        }
+        specs = tuple(r for r in _spike_slab_restores(s, kl) if "gates=" not in r.label)
+        prefix = "bayesian/median-all-inputs"
+        _restores(record, prefix, kept.model, data, s, specs, "mc", kept_sparsity)
         held, search = _pip_search(bayes, data, s)
         held_sparsity = 1 - weight_count(held.model) / dense
         record.compression["bayesian/held"] = {
@@ -465,7 +475,6 @@ def spike_slab(data: Data, s: Settings) -> dict[str, Any]:
             "weight_sparsity": held_sparsity,
             "widths": held.architecture,
         }
-        specs = tuple(r for r in specs if "gates=" not in r.label)
         _restores(record, "bayesian/held", held.model, data, s, specs, "mc", held_sparsity)
     same = compress.pruned_copy(det, compress.weight_scores(det, "magnitude"), sparsity)
     record.compression["deterministic/same-sparsity"] = {"sparsity": sparsity}
@@ -474,7 +483,22 @@ def spike_slab(data: Data, s: Settings) -> dict[str, Any]:
     return record.as_dict()
 
 
+OPEN = 1000.0  # a gate logit whose sigmoid is exactly 1 (the library's pinned value)
 UNIT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # shares of the hidden units
+
+
+def _inputs_opened(bayes: nn.Module) -> nn.Module:
+    """A copy whose input gates are open for good (PIP 1): the median rule then removes
+    hidden units only. Input selection drops the pixels the in-distribution set leaves
+    blank, which are those an out-of-distribution image often fills."""
+    opened = copy_model(bayes)
+    for _, layer in gated_layers(opened):
+        logit = getattr(layer, "input_gate_logit", None)
+        if logit is not None:
+            with torch.no_grad():
+                logit.fill_(OPEN)
+            logit.requires_grad_(False)
+    return opened
 
 
 def _pip_search(bayes: nn.Module, data: Data, s: Settings) -> tuple[Any, Any]:

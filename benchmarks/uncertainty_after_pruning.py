@@ -173,7 +173,9 @@ def chosen(
 
 def groups(model: str) -> list[str]:
     """Where the restoring method is chosen: the compression of record's stages."""
-    return ["bayesian/median", "bayesian/held"] if model == "spike_slab" else ["bayesian/accuracy"]
+    if model == "spike_slab":
+        return ["bayesian/median", "bayesian/median-all-inputs", "bayesian/held"]
+    return ["bayesian/accuracy"]
 
 
 def with_chosen(runs: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
@@ -420,8 +422,9 @@ def main() -> None:
     parser.add_argument(
         "--ss-held",
         action="store_true",
-        help="spike-and-slab: also search the share of units to drop by PIP, holding the "
-        "uncertainty tolerances ('bayesian/held')",
+        help="spike-and-slab: also the median rule on hidden units with every input kept "
+        "('bayesian/median-all-inputs') and the search of the share of units to drop by PIP "
+        "holding the uncertainty tolerances ('bayesian/held')",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
