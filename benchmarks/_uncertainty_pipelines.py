@@ -469,13 +469,10 @@ def spike_slab(data: Data, s: Settings) -> dict[str, Any]:
         prefix = "bayesian/median-all-inputs"
         _restores(record, prefix, kept.model, data, s, specs, "mc", kept_sparsity)
         held, search = _pip_search(bayes, data, s)
-        held_sparsity = 1 - weight_count(held.model) / dense
-        record.compression["bayesian/held"] = {
-            **search.as_dict(),
-            "weight_sparsity": held_sparsity,
-            "widths": held.architecture,
-        }
-        _restores(record, "bayesian/held", held.model, data, s, specs, "mc", held_sparsity)
+        held_sparsity = 1 - weight_count(held) / dense
+        record.compression["bayesian/held"] = {**search.as_dict(), "weight_sparsity": held_sparsity}
+        every = _spike_slab_restores(s, kl)  # "[gates=freeze]": the gates stay sampled
+        _restores(record, "bayesian/held", held, data, s, every, "mc", held_sparsity)
     same = compress.pruned_copy(det, compress.weight_scores(det, "magnitude"), sparsity)
     record.compression["deterministic/same-sparsity"] = {"sparsity": sparsity}
     tempered = candidates(("temperature",))
@@ -501,17 +498,18 @@ def _inputs_opened(bayes: nn.Module) -> nn.Module:
     return opened
 
 
-def _pip_search(bayes: nn.Module, data: Data, s: Settings) -> tuple[Any, Any]:
-    """The spike-and-slab net with the largest share of its hidden units removed, lowest
+def _pip_search(bayes: nn.Module, data: Data, s: Settings) -> tuple[nn.Module, Any]:
+    """The spike-and-slab net with the largest share of its hidden units masked, lowest
     PIP first, whose validation accuracy, NLL, ECE and OOD AUROCs all stay within the
-    held tolerances (`search_sparsity` on unit PIPs); shrunk (every input kept)."""
+    held tolerances (`search_sparsity` on unit PIPs, MC predictive with the remaining
+    gates sampled). Masked, not shrunk: `shrink` deploys the median rule (a gate with
+    PIP ≤ 0.5 is off), which would undo every unit the search kept below it."""
     val = bp.scorer(data.val, mode="mc", samples=s.val_samples, ood=data.val_ood, seed=s.seed)
     pips = compress.unit_scores(bayes, "pip")
     search = compress.search_sparsity(
         bayes, pips, val, tolerances=s.uncertainty_tolerances, level="unit", grid=UNIT_GRID
     )
-    masked = compress.apply_masks(copy_model(bayes), search.masks)
-    return compress.shrink(masked, input_shape=SHAPE, inclusion_threshold=0.0), search
+    return compress.apply_masks(copy_model(bayes), search.masks), search
 
 
 def _spike_slab_restores(s: Settings, kl: float) -> tuple[Restore, ...]:
