@@ -65,6 +65,7 @@ SUMMARY_EXTRA = {  # shown in the overview beside the compression of record
 }
 AUROCS = ("ood_auroc_entropy", "ood_auroc_mi", "ood_auroc_variance")
 OLD_RULE = "chosen, AUROC vs pruned"  # the restore rule before session 6, for comparison
+ECE_RULE = "chosen, ECE up to 1.5x unpruned"  # restore.ece_factor 1.5 (session 7)
 
 
 def make_data(model: str, direction: str, seed: int, args: argparse.Namespace) -> Data:
@@ -146,13 +147,18 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def chosen(
-    run: dict[str, Any], group: str, tolerance: float = 0.02, floor: str = "lower"
+    run: dict[str, Any],
+    group: str,
+    tolerance: float = 0.02,
+    floor: str = "lower",
+    ece_factor: float | None = None,
 ) -> str | None:
     """The stage of `group` (e.g. "bayesian/accuracy") that `bayesprune restore` would keep:
     the lowest validation-pick NLL among the stages whose pick ECE is no worse than the
     pruned model's and whose pick OOD AUROCs fall by at most `tolerance` below the lower
     of the pruned and the unpruned model's (`floor="pruned"`: the pruned model's, the
-    rule before session 6)."""
+    rule before session 6). `ece_factor`: the pick ECE may also reach that multiple of the
+    unpruned model's (`restore.ece_factor`)."""
     base = run["pick"].get(f"{group}/pruned")
     full = run["pick"].get("bayesian/before", {})
     names = [s for s in run["pick"] if s.startswith(group + "/") or s.startswith(group + "+")]
@@ -166,7 +172,10 @@ def chosen(
         def ref(m: str) -> float:
             return min(base[m], full.get(m, base[m])) if floor == "lower" else base[m]
 
-        return values["ece"] <= base["ece"] and all(values[m] >= ref(m) - tolerance for m in aurocs)
+        ceiling = base["ece"]
+        if ece_factor is not None and "ece" in full:
+            ceiling = max(ceiling, ece_factor * full["ece"])
+        return values["ece"] <= ceiling and all(values[m] >= ref(m) - tolerance for m in aurocs)
 
     return min(filter(eligible, names), key=lambda s: run["pick"][s]["nll"])
 
@@ -185,8 +194,13 @@ def with_chosen(runs: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
     for run in runs:
         stages = dict(run["stages"])
         for group in groups(model):
-            for name, floor in (("chosen-on-validation", "lower"), (OLD_RULE, "pruned")):
-                pick = chosen(run, group, floor=floor)
+            rules = (
+                ("chosen-on-validation", "lower", None),
+                (OLD_RULE, "pruned", None),
+                (ECE_RULE, "lower", 1.5),
+            )
+            for name, floor, factor in rules:
+                pick = chosen(run, group, floor=floor, ece_factor=factor)
                 if pick is not None:
                     stages[f"{group}/{name}"] = {**stages[pick], "chosen": pick}
         out.append({**run, "stages": stages})
@@ -260,7 +274,9 @@ def render(payload: dict[str, Any]) -> str:
         "second half: lowest NLL among the stages that keep its ECE and whose OOD AUROC "
         "falls at most 0.02 below the lower of the pruned and unpruned net's, as "
         "`bayesprune restore` does; 'chosen, AUROC vs pruned': the earlier rule, held "
-        f"against the pruned net's AUROC). Test: {s['test_limit'][model] or 'all'} test images in, "
+        "against the pruned net's AUROC; 'chosen, ECE up to 1.5x unpruned': the current rule "
+        "with `restore.ece_factor` 1.5, the ECE also allowed up to 1.5x the unpruned net's). "
+        f"Test: {s['test_limit'][model] or 'all'} test images in, "
         f"as many of the other data set's test images out. MC predictive {s['mc_samples'][model]} "
         f"samples (test), {s['val_samples'][model]} (validation). Accuracy tolerance "
         f"{s['delta']}; the 'held' variant also holds NLL {s['nll_tolerance']}, ECE "
@@ -335,6 +351,7 @@ def summary(args: argparse.Namespace) -> None:
                     *(SUMMARY_EXTRA[model] if i == 0 else ()),
                     f"{group}/{OLD_RULE}",
                     f"{group}/chosen-on-validation",
+                    f"{group}/{ECE_RULE}",
                 ):
                     if stage in table:
                         picks = [r["stages"][stage].get("chosen", "") for r in runs]
