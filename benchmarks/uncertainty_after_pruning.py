@@ -42,7 +42,7 @@ from _common import (
 from _uncertainty_pipelines import DEFAULTS, MODELS, Data, Settings, evi_scorer, run_model
 
 import bayesprune as bp
-from bayesprune.compress.tolerances import parse_tolerance
+from bayesprune.compress.tolerances import all_hold, as_tolerances, parse_tolerance
 from bayesprune.data import load_fashion_mnist, load_mnist
 
 NAME = "uncertainty_after_pruning"
@@ -392,6 +392,41 @@ def ece_tolerance(text: str) -> float | str:
     return value
 
 
+def replay_held(ece: float | str) -> None:
+    """The sparsity each recorded "held" search would have kept with the ECE tolerance
+    `ece` instead of its own: the largest point of its validation curve at which every
+    tolerance holds (validation only; the bisection points are the recorded ones)."""
+    rows = []
+    for path in result_files():
+        payload = json.loads(path.read_text())
+        for direction, runs in payload["directions"].items():
+            for run in runs:
+                held = run["compression"].get("bayesian/held", {})
+                if "curve" not in held:
+                    continue
+                tolerances = {t["metric"]: t["tolerance"] for t in held["tolerances"]}
+                recorded = as_tolerances({**tolerances, "ece": ece})
+                passing = [
+                    point["sparsity"]
+                    for point in held["curve"]
+                    if all_hold(recorded, point, held["baselines"])
+                ]
+                rows.append(
+                    {
+                        "file": path.stem.removeprefix(NAME + "_"),
+                        "in": direction,
+                        "seed": run["seed"],
+                        "unpruned validation ECE": held["baselines"]["ece"],
+                        "held (recorded)": held["sparsity"],
+                        f"held, ECE {ece}": max(passing, default=0.0),
+                        "accuracy search": run["compression"]
+                        .get("bayesian/accuracy", {})
+                        .get("sparsity"),
+                    }
+                )
+    print(md_table(rows))
+
+
 def per_model(values: list[str], kind: type, key: str, default: Any = None) -> dict[str, Any]:
     """`MODEL=VALUE` pairs (a bare VALUE: every model) over the defaults of `key`."""
     out = {m: DEFAULTS[m].get(key, default) for m in MODELS}
@@ -448,6 +483,13 @@ def main() -> None:
         "--suffix", default="", help="result files uncertainty_after_pruning_<model>_<suffix>"
     )
     parser.add_argument("--summary", action="store_true", help="only write the overview")
+    parser.add_argument(
+        "--replay-held",
+        type=ece_tolerance,
+        metavar="ECE_TOLERANCE",
+        help="only print the sparsity every recorded held search keeps with this ECE "
+        "tolerance (e.g. 1.5x), from its validation curve",
+    )
     parser.add_argument("--rerender", metavar="JSON", help="only rewrite one model's results")
     parser.add_argument(
         "--merge",
@@ -461,13 +503,16 @@ def main() -> None:
     if args.summary:
         summary(args)
         return
+    if args.replay_held is not None:
+        replay_held(args.replay_held)
+        return
     if args.rerender:
         rerender(args.rerender)
         return
     if args.merge:
         merge(args.merge)
         return
-    del args.summary, args.rerender, args.merge
+    del args.summary, args.rerender, args.merge, args.replay_held
     args.epochs = per_model(args.epochs, int, "epochs")
     args.train_limit = per_model(args.train_limit, int, "train_limit")
     args.lr = per_model(args.lr, float, "lr")
