@@ -372,8 +372,10 @@ def summary(args: argparse.Namespace) -> None:
         "Per model, run and direction: the compression of record, as pruned and with the "
         "restoring method chosen on validation (in brackets), against issue 18's targets "
         "(seed means; the per-model files hold every stage and the sd). Run 'small': the "
-        "committed small configurations (uncertainty_after_pruning_<model>); 'full': the "
-        "foundation setting (uncertainty_after_pruning_<model>_full).\n\n" + md_table(rows)
+        "committed small configurations (uncertainty_after_pruning_<model>); other runs by the "
+        "suffix of their file: 'full' the foundation setting, 's7' session 7's rerun of the "
+        "small configurations with every restoring method, 's7mid' larger ones.\n\n"
+        + md_table(rows)
     )
     print(md)
     write_results(NAME + "_summary", {"rows": rows}, md)
