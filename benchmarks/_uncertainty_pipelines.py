@@ -16,8 +16,9 @@ choose). Nothing here reads the test sets except through `data.test`.
   NLL and ECE, and the predictive variance at the predicted class as an OOD score; the
   vanilla CNN with as many lowest-norm kernels removed, fine-tuned as long.
 - Spike-and-slab MLP: the median-probability network (every gate with PIP > 0.5,
-  shrunk), without and with a refit; deterministic twin magnitude-pruned to the same
-  share of weights.
+  shrunk), as it is and after every restoring method; "finetune" is the refit (gates
+  pinned open), "[gates=freeze]" the refit with the gates still sampled; deterministic
+  twin magnitude-pruned to the same share of weights.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import bayesprune as bp
 from bayesprune import compress
 from bayesprune import metrics as m
 from bayesprune.compress.adapters import copy_model
+from bayesprune.compress.tolerances import parse_tolerance
 from bayesprune.models import mlp
 from bayesprune.nn import gated_layers
 from bayesprune.nn.moments import EVILikelihood, evi_cnn
@@ -78,7 +80,7 @@ class Settings:
     val_samples: int
     restore_epochs: int
     delta: float
-    uncertainty_tolerances: dict[str, float]
+    uncertainty_tolerances: dict[str, float | str]  # a str: relative ("1.5x")
     seed: int
     evi_kernels: int = 32
     evi_fraction: float = 0.25
@@ -87,6 +89,7 @@ class Settings:
     ss_hidden: tuple[int, ...] = (400, 400)
     ss_refit_epochs: int = 3
     ss_kl_weight: float | None = None  # None: 0.1 x rows / 60,000 (see spike_slab)
+    ss_held: bool = False  # also the PIP search holding the uncertainty ("bayesian/held")
 
 
 class Record:
@@ -156,50 +159,80 @@ def _scorers(data: Data, mode: str, s: Settings, lik: Any = "categorical") -> tu
     return data.test(mode, lik), pick
 
 
+@dataclass(frozen=True)
+class Restore:
+    """One restoring candidate: its stage label, the `restore_uncertainty` method and the
+    options that differ from `_restore`'s (epochs, lr, gates, kl_weight, ...)."""
+
+    label: str
+    method: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def base(self) -> Restore | None:
+        """The "finetune" this "finetune+temperature" tempers (same options), else None."""
+        if self.method != "finetune+temperature":
+            return None
+        return Restore(
+            self.label.replace("finetune+temperature", "finetune"), "finetune", self.options
+        )
+
+
+def candidates(
+    methods: tuple[str, ...], options: dict[str, dict[str, Any]] | None = None
+) -> tuple[Restore, ...]:
+    """Candidates labelled by their method; `options[method]`: that method's own options."""
+    options = options or {}
+    return tuple(Restore(m, m, tuple(options.get(m, {}).items())) for m in methods)
+
+
 def _restores(
     record: Record,
     prefix: str,
     pruned: nn.Module,
     data: Data,
     s: Settings,
-    methods: tuple[str, ...],
+    methods: tuple[Restore, ...],
     mode: str,
     sparsity: float,
     lik: Any = "categorical",
-    **fit_kwargs: Any,
+    scorers: tuple[Score, Score] | None = None,
 ) -> None:
-    """Score `pruned` and each restoring method applied to it, under `prefix`."""
-    test, pick = _scorers(data, mode, s, lik)
+    """Score `pruned` and each restoring candidate applied to it, under `prefix`
+    (`scorers`: (test, validation pick); default `_scorers` in `mode`)."""
+    test, pick = scorers or _scorers(data, mode, s, lik)
     record.score(f"{prefix}/pruned", pruned, test, pick, sparsity)
-    done: dict[str, nn.Module] = {}
+    done: dict[Restore, nn.Module] = {}
     for method in methods:
-        with record.timed(f"restore {method}"):
-            if method == "finetune+temperature" and "finetune" in done:
+        with record.timed(f"restore {method.method}"):
+            if method.base in done:
                 # the same network as restore_uncertainty(pruned, method): its fine-tuning is
-                # the "finetune" one (same seed and data), so it is not trained twice
-                repaired = _restore(done["finetune"], "temperature", data, s, mode, lik)
+                # the "finetune" one (same seed, data and options), so it is not trained twice
+                repaired = _restore(done[method.base], "temperature", data, s, mode, lik)
             else:
-                repaired = _restore(pruned, method, data, s, mode, lik, **fit_kwargs)
+                options = dict(method.options)
+                repaired = _restore(pruned, method.method, data, s, mode, lik, **options)
         done[method] = repaired
-        record.score(f"{prefix}/pruned+{method}", repaired, test, pick, sparsity)
+        record.score(f"{prefix}/pruned+{method.label}", repaired, test, pick, sparsity)
 
 
 def _restore(
-    pruned: nn.Module, method: str, data: Data, s: Settings, mode: str, lik: Any, **fit_kwargs: Any
+    pruned: nn.Module, method: str, data: Data, s: Settings, mode: str, lik: Any, **options: Any
 ) -> nn.Module:
-    return bp.restore_uncertainty(
-        pruned,
-        method,
-        train=data.train,
-        val=data.val_fit,
-        likelihood=lik,
-        epochs=s.restore_epochs,
-        mode=mode,
-        samples=s.val_samples,
-        seed=s.seed,
-        batch_size=s.batch_size,
-        **fit_kwargs,
-    )
+    """`bayesprune.restore_uncertainty` with the run's settings; `options` override them."""
+    base = {
+        "train": data.train,
+        "val": data.val_fit,
+        "likelihood": lik,
+        "epochs": s.restore_epochs,
+        "mode": mode,
+        "samples": s.val_samples,
+        "seed": s.seed,
+        "batch_size": s.batch_size,
+    }
+    if method == "temperature":  # no training: only what the temperature fit reads
+        options = {k: v for k, v in options.items() if k in ("mode", "samples", "seed")}
+    return bp.restore_uncertainty(pruned, method, **{**base, **options})
 
 
 # --- LeNet-300-100 and LeNet-5-Caffe: SNR search ------------------------------------------
@@ -229,14 +262,13 @@ def searched(name: str, data: Data, s: Settings) -> dict[str, Any]:
             search = compress.search_sparsity(bayes, scores, val, tolerances=tolerances)
         record.compression[f"bayesian/{variant}"] = search.as_dict()
         pruned = compress.pruned_copy(bayes, scores, search.sparsity)
-        methods = RESTORES if variant == "accuracy" else ()
-        methods = methods or ("temperature",)
+        methods = candidates(RESTORES if variant == "accuracy" else ("temperature",))
         _restores(record, f"bayesian/{variant}", pruned, data, s, methods, "mc", search.sparsity)
     sparsity = record.compression["bayesian/accuracy"]["sparsity"]
     same = compress.pruned_copy(det, compress.weight_scores(det, "magnitude"), sparsity)
     record.compression["deterministic/same-sparsity"] = {"sparsity": sparsity}
-    plain = ("temperature",)
-    _restores(record, "deterministic/same-sparsity", same, data, s, plain, "mean", sparsity)
+    tempered = candidates(("temperature",))
+    _restores(record, "deterministic/same-sparsity", same, data, s, tempered, "mean", sparsity)
     return record.as_dict()
 
 
@@ -342,10 +374,11 @@ def evi(data: Data, s: Settings) -> dict[str, Any]:
         if variant == "accuracy":
             accepted_rounds = sum(r.accepted for r in result.history[1:])
             removed = kept  # kernels the vanilla net keeps too
-    plain = _vanilla_with(det, removed, data, s, accepted_rounds)
+    vanilla = _vanilla_with(det, removed, data, s, accepted_rounds)
     same = 1 - removed / kernels
     record.compression["deterministic/same-sparsity"] = {"kernels": removed, "sparsity": same}
-    _restores(record, "deterministic/same-sparsity", plain, data, s, ("temperature",), "mean", same)
+    tempered = candidates(("temperature",))
+    _restores(record, "deterministic/same-sparsity", vanilla, data, s, tempered, "mean", same)
     return record.as_dict()
 
 
@@ -353,7 +386,7 @@ def _evi_tolerances(s: Settings) -> list[compress.Tolerance]:
     """The held tolerances read on the one-pass predictive: no MI (one pass has none);
     the predictive-variance AUROC held as the entropy AUROC is."""
     held = [
-        compress.Tolerance(k, v) for k, v in s.uncertainty_tolerances.items() if k != "ood_auroc_mi"
+        parse_tolerance(k, v) for k, v in s.uncertainty_tolerances.items() if k != "ood_auroc_mi"
     ]
     if "ood_auroc_entropy" in s.uncertainty_tolerances:
         tol = s.uncertainty_tolerances["ood_auroc_entropy"]
@@ -370,23 +403,14 @@ def _evi_restores(
     methods: tuple[str, ...],
     sparsity: float,
 ) -> None:
+    """The restoring methods on the self-compressed eVI net, through `_restores` (the path
+    every model takes), scored on its one-pass predictive; fine-tuning at the
+    self-compression rounds' learning rate."""
     lik = EVILikelihood()
-    test, pick = data.test("evi", lik), evi_scorer(data.val_pick, data.val_pick_ood)
-    record.score(f"{prefix}/pruned", model, test, pick, sparsity)
-    for method in methods:
-        repaired = bp.restore_uncertainty(
-            model,
-            method,
-            train=data.train,
-            val=data.val_fit,
-            likelihood=lik,
-            epochs=s.restore_epochs,
-            mode="mean",
-            seed=s.seed,
-            batch_size=s.batch_size,
-            **({"lr": s.lr / 10} if method.startswith("finetune") else {}),
-        )
-        record.score(f"{prefix}/pruned+{method}", repaired, test, pick, sparsity)
+    scorers = (data.test("evi", lik), evi_scorer(data.val_pick, data.val_pick_ood))
+    tuned = {"lr": s.lr / 10}
+    specs = candidates(methods, {"finetune": tuned, "finetune+temperature": tuned})
+    _restores(record, prefix, model, data, s, specs, "mean", sparsity, lik, scorers)
 
 
 def _vanilla_with(det: nn.Module, kernels: int, data: Data, s: Settings, rounds: int) -> nn.Module:
@@ -407,7 +431,7 @@ def _vanilla_with(det: nn.Module, kernels: int, data: Data, s: Settings, rounds:
 
 
 def spike_slab(data: Data, s: Settings) -> dict[str, Any]:
-    """Spike-and-slab MLP: median-probability network without and with a refit."""
+    """Spike-and-slab MLP: the median-probability network, as it is and restored (refit or not)."""
     record = Record()
     torch.manual_seed(s.seed)
     layers = mlp(784, list(s.ss_hidden), 10, family="spike_slab", input_gates=True, rho_init=-3.0)
@@ -432,21 +456,83 @@ def spike_slab(data: Data, s: Settings) -> dict[str, Any]:
     sparsity = 1 - weight_count(median) / dense
     widths = shrunk.architecture
     record.compression["bayesian/median"] = {"sparsity": sparsity, "widths": widths, "kl": kl}
-    _restores(record, "bayesian/median", median, data, s, ("temperature",), "mc", sparsity)
-    options = {"epochs": s.ss_refit_epochs, "lr": 1e-3, "lr_schedule": "cosine"}  # issue 5
-    options |= {"batch_size": s.batch_size, "seed": s.seed + 1, "progress": False}
-    refitted = copy_model(median)
-    for _, layer in gated_layers(refitted):
-        layer.pin_gates()  # the selected architecture stays; only the slabs train
-    bp.finetune(refitted, data.train, kl_weight=kl, **options)
-    record.compression["bayesian/median+refit"] = {"sparsity": sparsity, "widths": widths}
-    methods = ("temperature",)
-    _restores(record, "bayesian/median+refit", refitted, data, s, methods, "mc", sparsity)
+    specs = _spike_slab_restores(s, kl)
+    _restores(record, "bayesian/median", median, data, s, specs, "mc", sparsity)
+    if s.ss_held:
+        kept = compress.shrink(_inputs_opened(bayes), input_shape=SHAPE, inclusion_threshold=0.5)
+        kept_sparsity = 1 - weight_count(kept.model) / dense
+        record.compression["bayesian/median-all-inputs"] = {
+            "sparsity": kept_sparsity,
+            "widths": kept.architecture,
+        }
+        specs = tuple(r for r in _spike_slab_restores(s, kl) if "gates=" not in r.label)
+        prefix = "bayesian/median-all-inputs"
+        _restores(record, prefix, kept.model, data, s, specs, "mc", kept_sparsity)
+        held, search = _pip_search(bayes, data, s)
+        held_sparsity = 1 - weight_count(held) / dense
+        record.compression["bayesian/held"] = {**search.as_dict(), "weight_sparsity": held_sparsity}
+        every = _spike_slab_restores(s, kl)  # "[gates=freeze]": the gates stay sampled
+        _restores(record, "bayesian/held", held, data, s, every, "mc", held_sparsity)
     same = compress.pruned_copy(det, compress.weight_scores(det, "magnitude"), sparsity)
     record.compression["deterministic/same-sparsity"] = {"sparsity": sparsity}
-    plain = ("temperature",)
-    _restores(record, "deterministic/same-sparsity", same, data, s, plain, "mean", sparsity)
+    tempered = candidates(("temperature",))
+    _restores(record, "deterministic/same-sparsity", same, data, s, tempered, "mean", sparsity)
     return record.as_dict()
+
+
+OPEN = 1000.0  # a gate logit whose sigmoid is exactly 1 (the library's pinned value)
+UNIT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # shares of the hidden units
+
+
+def _inputs_opened(bayes: nn.Module) -> nn.Module:
+    """A copy whose input gates are open for good (PIP 1): the median rule then removes
+    hidden units only. Input selection drops the pixels the in-distribution set leaves
+    blank, which are those an out-of-distribution image often fills."""
+    opened = copy_model(bayes)
+    for _, layer in gated_layers(opened):
+        logit = getattr(layer, "input_gate_logit", None)
+        if logit is not None:
+            with torch.no_grad():
+                logit.fill_(OPEN)
+            logit.requires_grad_(False)
+    return opened
+
+
+def _pip_search(bayes: nn.Module, data: Data, s: Settings) -> tuple[nn.Module, Any]:
+    """The spike-and-slab net with the largest share of its hidden units masked, lowest
+    PIP first, whose validation accuracy, NLL, ECE and OOD AUROCs all stay within the
+    held tolerances (`search_sparsity` on unit PIPs, MC predictive with the remaining
+    gates sampled). Masked, not shrunk: `shrink` deploys the median rule (a gate with
+    PIP ≤ 0.5 is off), which would undo every unit the search kept below it."""
+    val = bp.scorer(data.val, mode="mc", samples=s.val_samples, ood=data.val_ood, seed=s.seed)
+    pips = compress.unit_scores(bayes, "pip")
+    search = compress.search_sparsity(
+        bayes, pips, val, tolerances=s.uncertainty_tolerances, level="unit", grid=UNIT_GRID
+    )
+    return compress.apply_masks(copy_model(bayes), search.masks), search
+
+
+def _spike_slab_restores(s: Settings, kl: float) -> tuple[Restore, ...]:
+    """The median network's candidates: temperature; the scales re-estimated; the refit of
+    record (issue 5: gates pinned open, slabs trained `ss_refit_epochs` at lr 1e-3, cosine,
+    the training's KL weight) as "finetune", tempered or not; and the same refit with the
+    gates kept at their inclusion probabilities and sampled ("[gates=freeze]")."""
+    refit = {"epochs": s.ss_refit_epochs, "lr": 1e-3, "lr_schedule": "cosine", "kl_weight": kl}
+    sampled = {**refit, "gates": "freeze"}
+    specs = candidates(
+        RESTORES,
+        {
+            "variances": {"kl_weight": kl},
+            "finetune": refit,
+            "finetune+temperature": refit,
+        },
+    )
+    frozen = tuple(sampled.items())
+    return (
+        *specs,
+        Restore("finetune[gates=freeze]", "finetune", frozen),
+        Restore("finetune+temperature[gates=freeze]", "finetune+temperature", frozen),
+    )
 
 
 def run_model(name: str, data: Data, s: Settings) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from _common import (
 from _uncertainty_pipelines import DEFAULTS, MODELS, Data, Settings, evi_scorer, run_model
 
 import bayesprune as bp
+from bayesprune.compress.tolerances import all_hold, as_tolerances, parse_tolerance
 from bayesprune.data import load_fashion_mnist, load_mnist
 
 NAME = "uncertainty_after_pruning"
@@ -60,10 +61,11 @@ SUMMARY_EXTRA = {  # shown in the overview beside the compression of record
     "lenet300": ("bayesian/held/pruned",),
     "lenet5": ("bayesian/held/pruned",),
     "evi": ("bayesian/held/pruned",),
-    "spike_slab": ("bayesian/median+refit/pruned",),
+    "spike_slab": ("bayesian/median/pruned+finetune",),
 }
 AUROCS = ("ood_auroc_entropy", "ood_auroc_mi", "ood_auroc_variance")
 OLD_RULE = "chosen, AUROC vs pruned"  # the restore rule before session 6, for comparison
+ECE_RULE = "chosen, ECE up to 1.5x unpruned"  # restore.ece_factor 1.5 (session 7)
 
 
 def make_data(model: str, direction: str, seed: int, args: argparse.Namespace) -> Data:
@@ -132,6 +134,7 @@ def settings_for(model: str, seed: int, args: argparse.Namespace) -> Settings:
         ss_hidden=tuple(args.ss_hidden),
         ss_refit_epochs=args.ss_refit_epochs,
         ss_kl_weight=args.ss_kl_weight,
+        ss_held=args.ss_held,
     )
 
 
@@ -144,13 +147,18 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def chosen(
-    run: dict[str, Any], group: str, tolerance: float = 0.02, floor: str = "lower"
+    run: dict[str, Any],
+    group: str,
+    tolerance: float = 0.02,
+    floor: str = "lower",
+    ece_factor: float | None = None,
 ) -> str | None:
     """The stage of `group` (e.g. "bayesian/accuracy") that `bayesprune restore` would keep:
     the lowest validation-pick NLL among the stages whose pick ECE is no worse than the
     pruned model's and whose pick OOD AUROCs fall by at most `tolerance` below the lower
     of the pruned and the unpruned model's (`floor="pruned"`: the pruned model's, the
-    rule before session 6)."""
+    rule before session 6). `ece_factor`: the pick ECE may also reach that multiple of the
+    unpruned model's (`restore.ece_factor`)."""
     base = run["pick"].get(f"{group}/pruned")
     full = run["pick"].get("bayesian/before", {})
     names = [s for s in run["pick"] if s.startswith(group + "/") or s.startswith(group + "+")]
@@ -164,14 +172,19 @@ def chosen(
         def ref(m: str) -> float:
             return min(base[m], full.get(m, base[m])) if floor == "lower" else base[m]
 
-        return values["ece"] <= base["ece"] and all(values[m] >= ref(m) - tolerance for m in aurocs)
+        ceiling = base["ece"]
+        if ece_factor is not None and "ece" in full:
+            ceiling = max(ceiling, ece_factor * full["ece"])
+        return values["ece"] <= ceiling and all(values[m] >= ref(m) - tolerance for m in aurocs)
 
     return min(filter(eligible, names), key=lambda s: run["pick"][s]["nll"])
 
 
 def groups(model: str) -> list[str]:
     """Where the restoring method is chosen: the compression of record's stages."""
-    return ["bayesian/median"] if model == "spike_slab" else ["bayesian/accuracy"]
+    if model == "spike_slab":
+        return ["bayesian/median", "bayesian/median-all-inputs", "bayesian/held"]
+    return ["bayesian/accuracy"]
 
 
 def with_chosen(runs: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
@@ -181,8 +194,13 @@ def with_chosen(runs: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
     for run in runs:
         stages = dict(run["stages"])
         for group in groups(model):
-            for name, floor in (("chosen-on-validation", "lower"), (OLD_RULE, "pruned")):
-                pick = chosen(run, group, floor=floor)
+            rules = (
+                ("chosen-on-validation", "lower", None),
+                (OLD_RULE, "pruned", None),
+                (ECE_RULE, "lower", 1.5),
+            )
+            for name, floor, factor in rules:
+                pick = chosen(run, group, floor=floor, ece_factor=factor)
                 if pick is not None:
                     stages[f"{group}/{name}"] = {**stages[pick], "chosen": pick}
         out.append({**run, "stages": stages})
@@ -256,7 +274,9 @@ def render(payload: dict[str, Any]) -> str:
         "second half: lowest NLL among the stages that keep its ECE and whose OOD AUROC "
         "falls at most 0.02 below the lower of the pruned and unpruned net's, as "
         "`bayesprune restore` does; 'chosen, AUROC vs pruned': the earlier rule, held "
-        f"against the pruned net's AUROC). Test: {s['test_limit'][model] or 'all'} test images in, "
+        "against the pruned net's AUROC; 'chosen, ECE up to 1.5x unpruned': the current rule "
+        "with `restore.ece_factor` 1.5, the ECE also allowed up to 1.5x the unpruned net's). "
+        f"Test: {s['test_limit'][model] or 'all'} test images in, "
         f"as many of the other data set's test images out. MC predictive {s['mc_samples'][model]} "
         f"samples (test), {s['val_samples'][model]} (validation). Accuracy tolerance "
         f"{s['delta']}; the 'held' variant also holds NLL {s['nll_tolerance']}, ECE "
@@ -325,12 +345,13 @@ def summary(args: argparse.Namespace) -> None:
                 continue
             runs = with_chosen(runs, model)
             table = {row["stage"]: row for row in targets(runs, payload["settings"]["delta"])}
-            for group in groups(model):
+            for i, group in enumerate(groups(model)):
                 for stage in (
                     f"{group}/pruned",
-                    *SUMMARY_EXTRA[model],
+                    *(SUMMARY_EXTRA[model] if i == 0 else ()),
                     f"{group}/{OLD_RULE}",
                     f"{group}/chosen-on-validation",
+                    f"{group}/{ECE_RULE}",
                 ):
                     if stage in table:
                         picks = [r["stages"][stage].get("chosen", "") for r in runs]
@@ -351,11 +372,61 @@ def summary(args: argparse.Namespace) -> None:
         "Per model, run and direction: the compression of record, as pruned and with the "
         "restoring method chosen on validation (in brackets), against issue 18's targets "
         "(seed means; the per-model files hold every stage and the sd). Run 'small': the "
-        "committed small configurations (uncertainty_after_pruning_<model>); 'full': the "
-        "foundation setting (uncertainty_after_pruning_<model>_full).\n\n" + md_table(rows)
+        "committed small configurations (uncertainty_after_pruning_<model>); other runs by the "
+        "suffix of their file: 'full' the foundation setting, 's7' session 7's rerun of the "
+        "small configurations with every restoring method, 's7mid' larger ones.\n\n"
+        + md_table(rows)
     )
     print(md)
     write_results(NAME + "_summary", {"rows": rows}, md)
+
+
+def ece_tolerance(text: str) -> float | str:
+    """A number (absolute) or 'Fx' / 'P%' (relative), checked as the library parses it."""
+    try:
+        value: float | str = float(text)
+    except ValueError:
+        value = text
+    try:
+        parse_tolerance("ece", value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
+
+def replay_held(ece: float | str) -> None:
+    """The sparsity each recorded "held" search would have kept with the ECE tolerance
+    `ece` instead of its own: the largest point of its validation curve at which every
+    tolerance holds (validation only; the bisection points are the recorded ones)."""
+    rows = []
+    for path in result_files():
+        payload = json.loads(path.read_text())
+        for direction, runs in payload["directions"].items():
+            for run in runs:
+                held = run["compression"].get("bayesian/held", {})
+                if "curve" not in held:
+                    continue
+                tolerances = {t["metric"]: t["tolerance"] for t in held["tolerances"]}
+                recorded = as_tolerances({**tolerances, "ece": ece})
+                passing = [
+                    point["sparsity"]
+                    for point in held["curve"]
+                    if all_hold(recorded, point, held["baselines"])
+                ]
+                rows.append(
+                    {
+                        "file": path.stem.removeprefix(NAME + "_"),
+                        "in": direction,
+                        "seed": run["seed"],
+                        "unpruned validation ECE": held["baselines"]["ece"],
+                        "held (recorded)": held["sparsity"],
+                        f"held, ECE {ece}": max(passing, default=0.0),
+                        "accuracy search": run["compression"]
+                        .get("bayesian/accuracy", {})
+                        .get("sparsity"),
+                    }
+                )
+    print(md_table(rows))
 
 
 def per_model(values: list[str], kind: type, key: str, default: Any = None) -> dict[str, Any]:
@@ -385,7 +456,12 @@ def main() -> None:
     parser.add_argument("--val-samples", nargs="*", default=[], help="[MODEL=]N, validation (10)")
     parser.add_argument("--delta", type=float, default=0.005, help="accuracy tolerance")
     parser.add_argument("--nll-tolerance", type=float, default=0.02)
-    parser.add_argument("--ece-tolerance", type=float, default=0.005)
+    parser.add_argument(
+        "--ece-tolerance",
+        type=ece_tolerance,
+        default="1.5x",
+        help="absolute (0.005) or relative to the unpruned net's validation ECE ('1.5x', '50%%')",
+    )
     parser.add_argument("--auroc-tolerance", type=float, default=0.01)
     parser.add_argument("--restore-epochs", type=int, default=2)
     parser.add_argument("--evi-kernels", type=int, default=32)
@@ -397,11 +473,25 @@ def main() -> None:
     parser.add_argument(
         "--ss-kl-weight", type=float, default=None, help="default: 0.1 x training rows / 60,000"
     )
+    parser.add_argument(
+        "--ss-held",
+        action="store_true",
+        help="spike-and-slab: also the median rule on hidden units with every input kept "
+        "('bayesian/median-all-inputs') and the search of the share of units to drop by PIP "
+        "holding the uncertainty tolerances ('bayesian/held')",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--suffix", default="", help="result files uncertainty_after_pruning_<model>_<suffix>"
     )
     parser.add_argument("--summary", action="store_true", help="only write the overview")
+    parser.add_argument(
+        "--replay-held",
+        type=ece_tolerance,
+        metavar="ECE_TOLERANCE",
+        help="only print the sparsity every recorded held search keeps with this ECE "
+        "tolerance (e.g. 1.5x), from its validation curve",
+    )
     parser.add_argument("--rerender", metavar="JSON", help="only rewrite one model's results")
     parser.add_argument(
         "--merge",
@@ -415,13 +505,16 @@ def main() -> None:
     if args.summary:
         summary(args)
         return
+    if args.replay_held is not None:
+        replay_held(args.replay_held)
+        return
     if args.rerender:
         rerender(args.rerender)
         return
     if args.merge:
         merge(args.merge)
         return
-    del args.summary, args.rerender, args.merge
+    del args.summary, args.rerender, args.merge, args.replay_held
     args.epochs = per_model(args.epochs, int, "epochs")
     args.train_limit = per_model(args.train_limit, int, "train_limit")
     args.lr = per_model(args.lr, float, "lr")

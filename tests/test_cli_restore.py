@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from bayesprune.app.folder import Run
 from bayesprune.app.steps import load_restored
-from bayesprune.app.steps.restore import METRICS, _refusal, auroc_floor
+from bayesprune.app.steps.restore import METRICS, _refusal, auroc_floor, ece_ceiling
 from bayesprune.app.transaction import Transaction
 from bayesprune.cli import main
 from bayesprune.data.idx import encode_idx
@@ -157,6 +157,22 @@ def test_the_auroc_reference_is_the_lower_of_the_compressed_and_trained_model():
     assert "ECE" in _refusal({**back, "ece": 0.2}, compressed, 0.02, floor)
     # a trained net that separates better does not raise the bar above the compressed one
     assert auroc_floor(compressed, {"ood_auroc_entropy": 0.9}) == {"ood_auroc_entropy": 0.80}
+
+
+def test_ece_factor_lets_a_repair_exceed_a_compressed_net_that_is_lucky_on_ece():
+    """A compressed net with a low validation ECE (0.022) but a fall in accuracy blocks a
+    fine-tuned candidate at 0.029 under the default; with ece_factor 1.5 of the trained
+    net's 0.024 (ceiling 0.036) the candidate may be chosen, one at 0.04 still not."""
+    compressed, trained = {"ece": 0.022}, {"ece": 0.024}
+    tuned = {"ece": 0.029}
+    assert "(compressed)" in _refusal(tuned, compressed, 0.02)
+    ceiling = ece_ceiling(compressed, trained, 1.5)
+    assert ceiling == pytest.approx(0.036)
+    assert _refusal(tuned, compressed, 0.02, ceiling=ceiling) is None
+    assert "ece_factor x trained" in _refusal({"ece": 0.04}, compressed, 0.02, ceiling=ceiling)
+    # never below the compressed net's own ECE, and no trained metrics: the default
+    assert ece_ceiling({"ece": 0.1}, trained, 1.5) == 0.1
+    assert ece_ceiling(compressed, None, 1.5) == 0.022
 
 
 def test_the_restored_model_reloads_and_scores_as_recorded(image_run):

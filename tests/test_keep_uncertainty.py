@@ -19,6 +19,7 @@ from bayesprune import (
     reestimate_variances,
     restore_uncertainty,
 )
+from bayesprune.app.config import ConfigError, parse_config
 from bayesprune.calibration import fit_temperature_to_samples, tempered_probs
 from bayesprune.compress import (
     Tolerance,
@@ -29,6 +30,7 @@ from bayesprune.compress import (
     weight_masks,
     weight_scores,
 )
+from bayesprune.compress.tolerances import parse_tolerance
 from bayesprune.evaluation import (
     CLASSIFICATION_METRICS,
     METRIC_DIRECTIONS,
@@ -154,6 +156,54 @@ def test_tolerance_bounds_and_errors():
         Tolerance("nll", -0.1)
     with pytest.raises(ValueError, match="valid: higher, lower"):
         Tolerance("mine", 0.1, direction="up")
+
+
+def test_relative_tolerances_scale_with_the_unpruned_value():
+    ece = parse_tolerance("ece", "1.5x")
+    assert ece == parse_tolerance("ece", "50%") == Tolerance("ece", 0.5, relative=True)
+    assert ece.holds(0.0149, 0.01) and not ece.holds(0.0151, 0.01)
+    assert ece.holds(0.0449, 0.03) and not ece.holds(0.0451, 0.03)  # same factor, other base
+    accuracy = parse_tolerance("accuracy", "0.98x")
+    assert accuracy.relative and accuracy.bound(0.9) == pytest.approx(0.882)
+    assert parse_tolerance("nll", 0.02) == Tolerance("nll", 0.02)  # a number: absolute
+    assert ece.as_dict()["relative"] is True and "relative" not in Tolerance("nll", 1).as_dict()
+    with pytest.raises(ValueError, match="must be ≥ 1"):
+        parse_tolerance("ece", "0.5x")
+    with pytest.raises(ValueError, match="must be ≤ 1"):
+        parse_tolerance("ood_auroc_mi", "1.1x")
+    with pytest.raises(ValueError, match="'1.5y'; write a number"):
+        parse_tolerance("ece", "1.5y")
+    with pytest.raises(TypeError, match="must be a number"):
+        parse_tolerance("ece", True)
+
+
+def test_a_relative_ece_tolerance_bites_where_the_absolute_one_does_not():
+    model = mlp(10, [20], 3, family="gaussian")
+    scores = weight_scores(model, "snr")
+    options = {"grid": (0.05, 0.2), "refine_steps": 0}
+    # ECE 0.02 unpruned, 0.025 at 0.05, 0.04 at 0.2: absolute 0.01 keeps 0.05, "1.2x"
+    # (bound 0.024) refuses it, "2x" (bound 0.04) accepts 0.2
+    absolute = search_sparsity(
+        model, scores, _ece_rises_with_sparsity, tolerances={"ece": 0.01}, **options
+    )
+    tight = search_sparsity(
+        model, scores, _ece_rises_with_sparsity, tolerances={"ece": "1.2x"}, **options
+    )
+    loose = search_sparsity(
+        model, scores, _ece_rises_with_sparsity, tolerances={"ece": "2x"}, **options
+    )
+    assert absolute.sparsity == pytest.approx(0.05)
+    assert tight.sparsity == 0.0 and [p["within"] for p in tight.curve] == [False, False]
+    assert loose.sparsity == pytest.approx(0.2)
+    assert tight.as_dict()["tolerances"][0]["relative"] is True
+
+
+def test_relative_tolerances_in_the_run_config():
+    parse_config({"compress": {"rule": "search", "tolerances": {"ece": "1.5x", "nll": "10%"}}})
+    with pytest.raises(ConfigError, match="compress.tolerances.ece: .*'1.5y'; write a number"):
+        parse_config({"compress": {"tolerances": {"ece": "1.5y"}}})
+    with pytest.raises(ConfigError, match="must be ≥ 1"):
+        parse_config({"compress": {"tolerances": {"ece": "0.9x"}}})
 
 
 def test_every_non_descriptive_metric_has_a_direction():
@@ -299,3 +349,29 @@ def test_temperature_on_an_evi_network_tempers_its_mean_and_keeps_its_covariance
     before = evaluate(net, (x, y), EVILikelihood(), metrics=["nll"])["nll"]
     after = evaluate(fixed, (x, y), EVILikelihood(), metrics=["nll"])["nll"]
     assert after <= before + 1e-9
+
+
+@pytest.mark.parametrize("rule", ["pin", "freeze", "train"])
+def test_restore_training_pins_freezes_or_trains_spike_and_slab_gates(rule):
+    torch.manual_seed(0)
+    x = torch.randn(64, 6)
+    y = (x[:, 0] > 0).long()
+    net = mlp(6, [8], 2, family="spike_slab", input_gates=True)
+    with torch.no_grad():
+        net[0].gate_logit[:3] = 0.3  # three doubtful units (PIP 0.57)
+    before = net[0].gate_logit.detach().clone()
+    repaired = restore_uncertainty(
+        net, "finetune", train=(x, y), epochs=2, lr=0.1, gates=rule, batch_size=32
+    )
+    gates = repaired[0].gate_logit
+    assert torch.equal(net[0].gate_logit.detach(), before)  # the input is left alone
+    if rule == "pin":  # every kept gate open for good: the median-probability model refit
+        assert bool((torch.sigmoid(gates) == 1).all()) and not gates.requires_grad
+    elif rule == "freeze":  # still at their PIPs (sampled), trainable again afterwards
+        assert torch.equal(gates.detach(), before) and gates.requires_grad
+    else:
+        assert not torch.equal(gates.detach(), before)
+    slabs = repaired[0].weight_mu.detach()
+    assert not torch.equal(slabs, net[0].weight_mu.detach())  # the slabs trained in all three
+    with pytest.raises(ValueError, match="valid: pin, freeze, train"):
+        restore_uncertainty(net, "finetune", train=(x, y), gates="open")

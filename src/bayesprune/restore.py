@@ -15,10 +15,19 @@ out-of-distribution inputs worse (issue 18). Three repairs, cheapest first:
   the network over-confident, which one scalar T then corrects.
 
 Which one to use is measured, not assumed: `benchmarks/uncertainty_after_pruning.py`.
+
+A spike-and-slab network's gates are a choice of architecture, not a weight to retrain:
+by default ("pin") the training methods open every kept gate for good and freeze it,
+the refit of the median-probability model (Saha et al.; issue 5), so the fine-tuning
+cannot close more units under the KL's pull. "freeze" keeps the gates at their
+inclusion probabilities (still sampled: the posterior's doubt about a unit stays in the
+predictive) and "train" lets them move, as any other parameter.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
@@ -29,7 +38,11 @@ from .data.xy import DataLike
 from .evaluation import EvalMode
 from .finetuning import finetune, reestimate_variances
 from .likelihoods import Likelihood
+from .nn import gated_layers
 from .options import Choice
+
+GATE_SUFFIX = "gate_logit"
+"""Parameters whose names end so are spike-and-slab gate logits (node, input, edge, bias)."""
 
 
 class RestoreMethod(Choice):
@@ -45,6 +58,17 @@ class RestoreMethod(Choice):
     """"finetune", then temperature scaling of the fine-tuned network (needs both)."""
 
 
+class GateRule(Choice):
+    """What the training methods do with a spike-and-slab network's gates."""
+
+    PIN = "pin"
+    """Every kept gate opened for good and frozen: the median-probability model refit."""
+    FREEZE = "freeze"
+    """Gates held at their inclusion probabilities, still sampled; only slabs train."""
+    TRAIN = "train"
+    """Gates trained with the slabs (under the KL's pull they may close more units)."""
+
+
 def restore_uncertainty(
     model: nn.Module,
     method: RestoreMethod | str,
@@ -57,6 +81,7 @@ def restore_uncertainty(
     mode: EvalMode | str = EvalMode.MC,
     samples: int = 30,
     seed: int = 0,
+    gates: GateRule | str = GateRule.PIN,
     **fit_kwargs: Any,
 ) -> nn.Module:
     """A repaired copy of the pruned `model` (the input is not modified).
@@ -68,8 +93,11 @@ def restore_uncertainty(
     weights held at zero, at `lr` (None: 1e-2 for the scales, 1e-4 for full
     fine-tuning); `fit_kwargs` go to `bayesprune.fit` (batch_size, kl_weight, ...).
     "finetune+temperature": "finetune", then "temperature" on the fine-tuned copy.
+    `gates`: what training does with spike-and-slab gates (`GateRule`; no effect on
+    networks without gates, nor on "temperature").
     """
     method = RestoreMethod(method)
+    gates = GateRule(gates)
     tempers = method in (RestoreMethod.TEMPERATURE, RestoreMethod.FINETUNE_TEMPERATURE)
     if tempers and val is None:
         raise ValueError(f"restore_uncertainty({method.value!r}) needs val= (validation data)")
@@ -79,17 +107,39 @@ def restore_uncertainty(
     if method != RestoreMethod.TEMPERATURE:
         train_step = reestimate_variances if method == RestoreMethod.VARIANCES else finetune
         default_lr = 1e-2 if method == RestoreMethod.VARIANCES else 1e-4
-        train_step(
-            repaired,
-            train,
-            val,
-            epochs=epochs,
-            lr=default_lr if lr is None else lr,
-            **{"likelihood": likelihood, "seed": seed, "progress": False, **fit_kwargs},
-        )
+        with _gates_held(repaired, gates):
+            train_step(
+                repaired,
+                train,
+                val,
+                epochs=epochs,
+                lr=default_lr if lr is None else lr,
+                **{"likelihood": likelihood, "seed": seed, "progress": False, **fit_kwargs},
+            )
     if tempers:
         return temperature_scale(repaired, val, likelihood, mode=mode, samples=samples, seed=seed)
     return repaired
 
 
-__all__ = ["RestoreMethod", "restore_uncertainty"]
+@contextmanager
+def _gates_held(model: nn.Module, rule: GateRule) -> Iterator[None]:
+    """Within the block, `model`'s gates follow `rule`: pinned (for good), frozen at their
+    inclusion probabilities (gradient flags restored afterwards), or left to train."""
+    if rule == GateRule.PIN:
+        for _, layer in gated_layers(model):
+            layer.pin_gates()
+    held = [
+        p
+        for name, p in model.named_parameters()
+        if rule == GateRule.FREEZE and name.endswith(GATE_SUFFIX) and p.requires_grad
+    ]
+    try:
+        for p in held:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in held:
+            p.requires_grad_(True)
+
+
+__all__ = ["GateRule", "RestoreMethod", "restore_uncertainty"]

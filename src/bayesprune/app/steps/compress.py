@@ -75,7 +75,7 @@ def compression_masks(
         if run.data().task != "classification":
             raise ConfigError("compress.rule 'search' needs classification data; use 'global'")
         rows, used = _search_data(run.data())
-        held = {k: float(v) for k, v in c.tolerances.items()}
+        held = {k: v if isinstance(v, str) else float(v) for k, v in c.tolerances.items()}
         names = tuple(dict.fromkeys(("accuracy", *held)))
         evaluate = scorer(rows, run.likelihood(), metrics=names)
         with tqdm(desc="search", unit="candidate", disable=not progress, leave=False) as bar:
