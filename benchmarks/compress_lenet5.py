@@ -37,6 +37,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,19 @@ class StagedKL:
         """Callback: `record["epoch"]` epochs are done, so the next one is 0-based that."""
         record["kl_stage_beta"] = self.beta
         self.beta = self.beta_at(int(record["epoch"]))
+
+
+def log_epoch(seed: int) -> Callable[[dict[str, Any]], None]:
+    """Callback: one flushed line per Sparse VD epoch, so a long run can be followed."""
+
+    def show(record: dict[str, Any]) -> None:
+        print(
+            f"seed {seed} svd epoch {record['epoch']}: nll {record['nll']:.4f} "
+            f"kl {record['kl']:.0f} {record.get('kl_stage_beta', '')} {record['seconds']:.0f}s",
+            flush=True,
+        )
+
+    return show
 
 
 def split(train: TensorDataset, n_val: int, seed: int) -> tuple[TensorDataset, TensorDataset]:
@@ -245,6 +259,7 @@ def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset | None) ->
         t_det = time.process_time() - t0
         svd = bp.convert(det, "sparse_vd", init_from_weights=True, rho_init=args.rho_init)
         staged = StagedKL(args.kl_weight_stages) if args.kl_weight_stages else None
+        callbacks = [log_epoch(seed)] if staged is None else [staged.after_epoch, log_epoch(seed)]
         hist = bp.fit(
             svd,
             train,
@@ -255,7 +270,7 @@ def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset | None) ->
             kl_weight=args.kl_weight,
             kl_warmup_epochs=min(args.kl_warmup, args.svd_epochs),
             regularizer=staged,
-            callbacks=() if staged is None else (staged.after_epoch,),
+            callbacks=callbacks,
             **common,
         )
         t_svd = time.process_time() - t0 - t_det
