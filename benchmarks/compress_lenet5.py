@@ -18,7 +18,10 @@ With `--finetune-epochs F`, each `--ft-thresholds` pruning is fine-tuned (Sparse
 masks held, `bayesprune.finetune`) for F epochs and the lowest threshold whose
 fine-tuned validation error stays within the same bound replaces the threshold of
 step 1; the shrunk net of step 2 is fine-tuned for F epochs before its test read.
-`--kl-weight β` trains Sparse VD with the KL term × β after warm-up (a tempered ELBO).
+`--kl-weight β` trains Sparse VD with the KL term × β after warm-up (a tempered ELBO);
+`--kl-weight-stages 4:10 1:20` instead anneals it: β = 4 for 10 epochs, then β = 1 for
+20, in one `fit` call (one cosine schedule, one optimiser state) whose KL regularizer
+is scaled by the stage's β and advanced by an epoch callback.
 
 The structure is written as Bayesian Compression writes it: conv1 channels - conv2
 channels - fc1 inputs in use - fc1 units (dense: 20-50-800-500). The test set is read
@@ -34,6 +37,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,63 @@ INPUT = (1, 28, 28)
 DENSE = "20-50-800-500"
 THRESHOLDS = (3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0)  # prune log α above this
 TAUS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
+
+
+def kl_stage(text: str) -> tuple[float, int]:
+    """One BETA:EPOCHS item of `--kl-weight-stages`."""
+    beta, _, epochs = text.partition(":")
+    try:
+        value, count = float(beta), int(epochs)
+    except ValueError:
+        value, count = -1.0, 0
+    if value < 0 or count < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected BETA:EPOCHS with BETA >= 0 and EPOCHS >= 1, such as 4:10, got {text!r}"
+        )
+    return value, count
+
+
+class StagedKL:
+    """KL × the current stage's β, for `fit(regularizer=..., callbacks=[...])`.
+
+    `fit`'s own `kl_weight` is fixed for a call; scaling the regularizer instead keeps one
+    cosine schedule and one Adam state across the stages (two `fit` calls would restart
+    both). The epoch records' `kl` is then the scaled KL.
+    """
+
+    def __init__(self, stages: list[tuple[float, int]]) -> None:
+        self.stages = stages
+        self.beta = stages[0][0]
+
+    def beta_at(self, epoch: int) -> float:
+        """β of the 0-based `epoch` (the last stage's after the end)."""
+        end = 0
+        for beta, count in self.stages:
+            end += count
+            if epoch < end:
+                return beta
+        return self.stages[-1][0]
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        return self.beta * bp.kl(model)
+
+    def after_epoch(self, record: dict[str, Any]) -> None:
+        """Callback: `record["epoch"]` epochs are done, so the next one is 0-based that."""
+        record["kl_stage_beta"] = self.beta
+        self.beta = self.beta_at(int(record["epoch"]))
+
+
+def log_epoch(seed: int) -> Callable[[dict[str, Any]], None]:
+    """Callback: one flushed line per Sparse VD epoch, so a long run can be followed."""
+
+    def show(record: dict[str, Any]) -> None:
+        print(
+            f"seed {seed} svd epoch {record['epoch']}: nll {record['nll']:.4f} "
+            f"kl {record['kl']:.0f} {record.get('kl_stage_beta', '')} {record['seconds']:.0f}s",
+            flush=True,
+        )
+
+    return show
 
 
 def split(train: TensorDataset, n_val: int, seed: int) -> tuple[TensorDataset, TensorDataset]:
@@ -197,6 +258,8 @@ def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset | None) ->
         bp.fit(det, train, epochs=args.det_epochs, lr=args.lr, lr_schedule="cosine", **common)
         t_det = time.process_time() - t0
         svd = bp.convert(det, "sparse_vd", init_from_weights=True, rho_init=args.rho_init)
+        staged = StagedKL(args.kl_weight_stages) if args.kl_weight_stages else None
+        callbacks = [log_epoch(seed)] if staged is None else [staged.after_epoch, log_epoch(seed)]
         hist = bp.fit(
             svd,
             train,
@@ -206,6 +269,8 @@ def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset | None) ->
             lr_multipliers={"weight_rho": args.rho_lr_mult},
             kl_weight=args.kl_weight,
             kl_warmup_epochs=min(args.kl_warmup, args.svd_epochs),
+            regularizer=staged,
+            callbacks=callbacks,
             **common,
         )
         t_svd = time.process_time() - t0 - t_det
@@ -359,10 +424,26 @@ def render(p: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def check_stages(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`--kl-weight-stages` sets the Sparse VD length and replaces `--kl-weight`."""
+    if not args.kl_weight_stages:
+        args.svd_epochs = 8 if args.svd_epochs is None else args.svd_epochs
+        return
+    total = sum(count for _, count in args.kl_weight_stages)
+    if args.svd_epochs not in (None, total):
+        parser.error(
+            f"--svd-epochs {args.svd_epochs} differs from the {total} epochs of "
+            "--kl-weight-stages; drop --svd-epochs (the stages set the length)"
+        )
+    if args.kl_weight != 1.0:
+        parser.error("give either --kl-weight or --kl-weight-stages, not both")
+    args.svd_epochs = total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--det-epochs", type=int, default=2)
-    parser.add_argument("--svd-epochs", type=int, default=8)
+    parser.add_argument("--svd-epochs", type=int, default=None, help="default 8")
     parser.add_argument("--kl-warmup", type=float, default=2.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--svd-lr", type=float, default=1e-3)
@@ -371,6 +452,14 @@ def main() -> None:
     )
     parser.add_argument(
         "--kl-weight", type=float, default=1.0, help="β: KL weight of Sparse VD after warm-up"
+    )
+    parser.add_argument(
+        "--kl-weight-stages",
+        type=kl_stage,
+        nargs="+",
+        default=None,
+        metavar="BETA:EPOCHS",
+        help="anneal β instead of --kl-weight: 4:10 1:20 = β 4 for 10 epochs, then 1 for 20",
     )
     parser.add_argument(
         "--rho-init", type=float, default=-5.0, help="initial ρ (σ = softplus(ρ)) of Sparse VD"
@@ -412,6 +501,7 @@ def main() -> None:
     parser.add_argument("--name", default=NAME, help="results file stem")
     add_results_dir_option(parser)
     args = parser.parse_args()
+    check_stages(parser, args)
     use_results_dir(args)
     torch.set_num_threads(args.threads)
     name = args.name
