@@ -145,3 +145,19 @@ def test_reestimating_the_variances_trains_sigma_at_its_own_rate():
     for name, p in model.named_parameters():
         step = (p.detach() - before[name]).abs().max().item()
         assert step == pytest.approx(1e-3 if name.endswith("_rho") else 0.0, rel=1e-3), name
+
+
+def test_resuming_with_other_rate_groups_is_one_clear_error(tmp_path):
+    """A checkpoint written with σ at the full rate (one group, as before the declared
+    third) does not resume into the default's two groups, and says how to resume it."""
+    from bayesprune.io import CheckpointError
+
+    x, y = _data()
+    settings = dict(epochs=2, batch_size=32, checkpoint_dir=tmp_path, progress=False)
+    bp.fit(_gaussian_model(), (x, y), **{**settings, "epochs": 1}, lr_multipliers={"_rho": 1.0})
+    with pytest.raises(CheckpointError, match=r'1 parameter group.*has 2.*"_rho": 1.0'):
+        bp.fit(_gaussian_model(), (x, y), **settings, resume=True)
+    resumed = bp.fit(
+        _gaussian_model(), (x, y), **settings, resume=True, lr_multipliers={"_rho": 1.0}
+    )
+    assert len(resumed.epochs) == 2

@@ -70,6 +70,14 @@ def _restore_optimizer(
             state.setdefault(int(idx), {})[key] = value
     for idx, entries in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(entries)
+    saved, now = len(meta["param_groups"]), len(optimizer.param_groups)
+    if saved != now:
+        raise CheckpointError(
+            f"its optimizer has {saved} parameter group(s), this run's has {now}: the groups "
+            "follow the learning-rate factors, so it was written with other lr_multipliers "
+            "(before 0.1.0 the Gaussian layers' σ had no declared third: resume such a run "
+            'with lr_multipliers={"_rho": 1.0}).'
+        )
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
