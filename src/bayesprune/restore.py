@@ -41,9 +41,6 @@ from .likelihoods import Likelihood
 from .nn import gated_layers
 from .options import Choice
 
-GATE_SUFFIX = "gate_logit"
-"""Parameters whose names end so are spike-and-slab gate logits (node, input, edge, bias)."""
-
 
 class RestoreMethod(Choice):
     """How `restore_uncertainty` repairs a pruned network's predictive."""
@@ -125,14 +122,12 @@ def restore_uncertainty(
 def _gates_held(model: nn.Module, rule: GateRule) -> Iterator[None]:
     """Within the block, `model`'s gates follow `rule`: pinned (for good), frozen at their
     inclusion probabilities (gradient flags restored afterwards), or left to train."""
+    layers = [layer for _, layer in gated_layers(model)]
     if rule == GateRule.PIN:
-        for _, layer in gated_layers(model):
+        for layer in layers:
             layer.pin_gates()
-    held = [
-        p
-        for name, p in model.named_parameters()
-        if rule == GateRule.FREEZE and name.endswith(GATE_SUFFIX) and p.requires_grad
-    ]
+    gates = (getattr(layer, n) for layer in layers for n in layer.gate_parameter_names())
+    held = [p for p in gates if rule == GateRule.FREEZE and p.requires_grad]
     try:
         for p in held:
             p.requires_grad_(False)

@@ -33,9 +33,9 @@ the kept columns only) the refit also reads the kept columns' proxies, every col
 whose absolute correlation with a kept one on the training rows exceeds r, and
 averages the group's measurement noise (Monte Carlo about 1 point better on wine and
 breast cancer at 0.4, but the posterior-mean network 13-19 points worse: opt-in).
-`refit_columns_` are the columns it reads (`get_support()`
-stays the selection). `model_` is the selection network, `refit_model_` the predicting
-one; with `refit=False` `model_` predicts and reads every column.
+`refit_columns_` are the columns it reads (`get_support()` stays the selection).
+`model_` is the selection network, `refit_model_` the predicting one; with
+`refit=False` `model_` predicts and reads every column.
 
 Inputs are standardised inside (with training statistics), so the priors mean the
 same for every data set; regression targets too (predictions are returned in the
