@@ -698,7 +698,17 @@ def _next_batch(run: Run, x: Tensor, y: Tensor, epochs: int) -> tuple[Tensor, Te
     return x[idx], y[idx]
 
 
+def _check_recipe_names(args: argparse.Namespace, available: list[Recipe]) -> None:
+    """`--recipes` names that match no contender are an error, not a silent omission."""
+    names = [r.contender.name for r in available]
+    unknown = sorted(set(args.recipes or ()) - set(names))
+    if unknown:
+        raise SystemExit(f"--recipes: no contender named {unknown}; the contenders are {names}")
+
+
 def time_to_accuracy(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    available = recipes(args)
+    _check_recipe_names(args, available)  # before minutes of loading and training
     data = load_mnist("train")
     x_all, y_all = data.tensors
     perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(args.seed))
@@ -707,11 +717,6 @@ def time_to_accuracy(args: argparse.Namespace, device: torch.device) -> list[dic
     x_tr, y_tr = x_all[train_idx].to(device), y_all[train_idx].to(device)
     n = len(x_tr)
     runs = []
-    available = recipes(args)
-    unknown = sorted(set(args.recipes or ()) - {r.contender.name for r in available})
-    if unknown:
-        names = [r.contender.name for r in available]
-        raise SystemExit(f"--recipes: no contender named {unknown}; the contenders are {names}")
     for recipe in available:
         if args.recipes and recipe.contender.name not in args.recipes:
             continue
