@@ -20,8 +20,8 @@ fine-tuned validation error stays within the same bound replaces the threshold o
 step 1; the shrunk net of step 2 is fine-tuned for F epochs before its test read.
 `--kl-weight β` trains Sparse VD with the KL term × β after warm-up (a tempered ELBO);
 `--kl-weight-stages 4:10 1:20` instead anneals it: β = 4 for 10 epochs, then β = 1 for
-20, in one `fit` call (one cosine schedule, one optimiser state) whose KL regularizer
-is scaled by the stage's β and advanced by an epoch callback.
+20, in one `fit` call (one cosine schedule, one optimiser state): fit's own staged
+`kl_weight=[(4.0, 10), (1.0, 20)]`.
 
 The structure is written as Bayesian Compression writes it: conv1 channels - conv2
 channels - fc1 inputs in use - fc1 units (dense: 20-50-800-500). The test set is read
@@ -74,43 +74,13 @@ def kl_stage(text: str) -> tuple[float, int]:
     return value, count
 
 
-class StagedKL:
-    """KL × the current stage's β, for `fit(regularizer=..., callbacks=[...])`.
-
-    `fit`'s own `kl_weight` is fixed for a call; scaling the regularizer instead keeps one
-    cosine schedule and one Adam state across the stages (two `fit` calls would restart
-    both). The epoch records' `kl` is then the scaled KL.
-    """
-
-    def __init__(self, stages: list[tuple[float, int]]) -> None:
-        self.stages = stages
-        self.beta = stages[0][0]
-
-    def beta_at(self, epoch: int) -> float:
-        """β of the 0-based `epoch` (the last stage's after the end)."""
-        end = 0
-        for beta, count in self.stages:
-            end += count
-            if epoch < end:
-                return beta
-        return self.stages[-1][0]
-
-    def __call__(self, model: nn.Module) -> torch.Tensor:
-        return self.beta * bp.kl(model)
-
-    def after_epoch(self, record: dict[str, Any]) -> None:
-        """Callback: `record["epoch"]` epochs are done, so the next one is 0-based that."""
-        record["kl_stage_beta"] = self.beta
-        self.beta = self.beta_at(int(record["epoch"]))
-
-
 def log_epoch(seed: int) -> Callable[[dict[str, Any]], None]:
     """Callback: one flushed line per Sparse VD epoch, so a long run can be followed."""
 
     def show(record: dict[str, Any]) -> None:
         print(
             f"seed {seed} svd epoch {record['epoch']}: nll {record['nll']:.4f} "
-            f"kl {record['kl']:.0f} {record.get('kl_stage_beta', '')} {record['seconds']:.0f}s",
+            f"kl {record['kl']:.0f} kl_weight {record['kl_weight']:.3g} {record['seconds']:.0f}s",
             flush=True,
         )
 
@@ -258,8 +228,6 @@ def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset | None) ->
         bp.fit(det, train, epochs=args.det_epochs, lr=args.lr, lr_schedule="cosine", **common)
         t_det = time.process_time() - t0
         svd = bp.convert(det, "sparse_vd", init_from_weights=True, rho_init=args.rho_init)
-        staged = StagedKL(args.kl_weight_stages) if args.kl_weight_stages else None
-        callbacks = [log_epoch(seed)] if staged is None else [staged.after_epoch, log_epoch(seed)]
         hist = bp.fit(
             svd,
             train,
@@ -267,10 +235,9 @@ def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset | None) ->
             lr=args.svd_lr,
             lr_schedule="cosine",
             lr_multipliers={"weight_rho": args.rho_lr_mult},
-            kl_weight=args.kl_weight,
+            kl_weight=args.kl_weight_stages or args.kl_weight,
             kl_warmup_epochs=min(args.kl_warmup, args.svd_epochs),
-            regularizer=staged,
-            callbacks=callbacks,
+            callbacks=[log_epoch(seed)],
             **common,
         )
         t_svd = time.process_time() - t0 - t_det

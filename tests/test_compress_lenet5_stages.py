@@ -1,8 +1,7 @@
-"""The annealed KL weight of benchmarks/compress_lenet5.py (`--kl-weight-stages`).
+"""`--kl-weight-stages` of benchmarks/compress_lenet5.py: parsed into fit's staged `kl_weight`.
 
-What the LeNet-5 record's annealed runs rest on: the staged regularizer switches β at the
-stage boundary inside one `fit` call, and a single stage trains exactly as fit's own
-`kl_weight` does.
+fit's stages themselves are tested in tests/test_kl_schedule.py; here the script's
+parsing, its length rule, and that the stages reach `fit` as the KL weight.
 """
 
 from __future__ import annotations
@@ -12,55 +11,35 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
-
-import bayesprune as bp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from compress_lenet5 import StagedKL, kl_stage
+from compress_lenet5 import check_stages, kl_stage
 
 
-def _data() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 4, generator=gen)
-    return x, (x[:, 0] > 0).long()
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--svd-epochs", type=int)
+    parser.add_argument("--kl-weight", type=float, default=1.0)
+    parser.add_argument("--kl-weight-stages", type=kl_stage, nargs="+")
+    return parser
 
 
-def _net() -> nn.Module:
-    torch.manual_seed(0)
-    return bp.convert(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), "sparse_vd")
+def test_stages_set_the_length_and_are_fit_kl_weight() -> None:
+    parser = _parser()
+    args = parser.parse_args(["--kl-weight-stages", "4:2", "1:3"])
+    check_stages(parser, args)
+    assert args.svd_epochs == 5
+    assert args.kl_weight_stages == [(4.0, 2), (1.0, 3)]
 
 
-def test_beta_by_epoch_follows_the_stages() -> None:
-    staged = StagedKL([(4.0, 2), (1.0, 3)])
-    assert [staged.beta_at(e) for e in range(7)] == [4.0, 4.0, 1.0, 1.0, 1.0, 1.0, 1.0]
-
-
-def test_fit_switches_beta_at_the_stage_boundary() -> None:
-    staged = StagedKL([(4.0, 1), (1.0, 2)])
-    model = _net()
-    hist = bp.fit(
-        model,
-        _data(),
-        epochs=3,
-        batch_size=16,
-        regularizer=staged,
-        callbacks=[staged.after_epoch],
-        progress=False,
-    )
-    assert [r["kl_stage_beta"] for r in hist.epochs] == [4.0, 1.0, 1.0]
-    assert torch.allclose(staged(model), bp.kl(model))  # β 1 at the end
-
-
-def test_one_stage_trains_as_fit_kl_weight() -> None:
-    staged = StagedKL([(2.0, 2)])
-    a, b = _net(), _net()
-    common = dict(epochs=2, batch_size=16, seed=3, progress=False)
-    bp.fit(a, _data(), regularizer=staged, callbacks=[staged.after_epoch], **common)
-    bp.fit(b, _data(), kl_weight=2.0, **common)
-    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
-        assert torch.allclose(pa, pb, atol=1e-6), name
+@pytest.mark.parametrize(
+    "argv", [["--kl-weight-stages", "4:2", "--kl-weight", "2"], ["--kl-weight-stages", "4:2",
+             "--svd-epochs", "9"]]
+)  # fmt: skip
+def test_stages_conflicting_with_other_options_are_refused(argv: list[str]) -> None:
+    parser = _parser()
+    with pytest.raises(SystemExit):
+        check_stages(parser, parser.parse_args(argv))
 
 
 @pytest.mark.parametrize("text", ["4", "4:0", "-1:3", "a:3", "4:x"])

@@ -8,7 +8,7 @@ from .likelihoods import Categorical, Gaussian
 from .models import build, lenet5_caffe, lenet_300_100, mlp
 from .nn import convert, kl, to_deterministic
 from .predict import ClassificationPrediction, RegressionPrediction, predict
-from .restore import RestoreMethod, restore_uncertainty
+from .restore import GateRule, RestoreMethod, restore_uncertainty
 from .train import History, fit
 
 
@@ -28,6 +28,7 @@ __all__ = [
     "Categorical",
     "ClassificationPrediction",
     "EvalMode",
+    "GateRule",
     "Gaussian",
     "History",
     "RegressionPrediction",

@@ -46,6 +46,7 @@ from .checkpoint import TrainingState, resume_training, save_training_state
 from .data.xy import DataLike, as_dataset
 from .evaluation import VALIDATION_METRICS, evaluate
 from .io import save_tensors
+from .kl_schedule import KLWeight, kl_stages
 from .likelihoods import Likelihood, make_likelihood
 from .nn import kl as model_kl
 from .nn.layout import channels_last_convs, use_channels_last
@@ -109,7 +110,7 @@ class _Settings:
     optimizer: str
     weight_decay: float
     lr_schedule: str
-    kl_weight: float
+    kl_weight: float | list[list[float | int]]  # KLStages.to_json: JSON in checkpoints
     kl_warmup_epochs: float
     dataset_size: int
     seed: int
@@ -167,7 +168,7 @@ def fit(
     weight_decay: float = 0.0,
     lr_schedule: str = "auto",
     lr_multipliers: Mapping[str, float] | None = None,
-    kl_weight: float = 1.0,
+    kl_weight: KLWeight = 1.0,
     kl_warmup_epochs: float = 0.0,
     dataset_size: int | None = None,
     regularizer: Callable[[nn.Module], Tensor] | None = None,
@@ -200,6 +201,11 @@ def fit(
     Layers declare their own factors, which these override: the Gaussian family's σ
     parameters ("_rho") train at a third of the rate (pass {"_rho": 1.0} for the full
     rate), which keeps the MC predictive calibrated at fit's rate (docs/speed.md).
+    `kl_weight` is β for every epoch, or stages [(β, epochs), ...] in one call (the
+    learning-rate schedule and Adam's state run on across them): [(4.0, 10), (1.0, 20)]
+    is a tempered KL for 10 epochs, then the full KL (`bayesprune.kl_schedule`); the
+    last β holds after the stages. The warm-up multiplies whichever β is current; each
+    epoch's record has its `kl_weight`.
     Returns a `History`. With `checkpoint_dir`, a checkpoint is written after every
     epoch; `resume=True` continues from the newest one and, with the same seed,
     ends with exactly the parameters an uninterrupted run would have.
@@ -239,7 +245,8 @@ def fit(
     then fill it in the channels-last memory order: an equally distributed draw, but
     not the same numbers as with `channels_last=False` under one seed.
     """
-    check_settings(epochs, batch_size, lr, weight_decay, kl_weight, kl_warmup_epochs)
+    check_settings(epochs, batch_size, lr, weight_decay, kl_warmup_epochs)
+    kl_by_epoch = kl_stages(kl_weight, epochs)
     if dataset_size is not None and (
         isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1
     ):
@@ -282,7 +289,7 @@ def fit(
         optimizer,
         weight_decay,
         lr_schedule,
-        kl_weight,
+        kl_by_epoch.to_json(),
         kl_warmup_epochs,
         dataset_size or n_train,
         seed,
@@ -342,6 +349,7 @@ def fit(
                     device,
                     bar,
                     objective=objective,
+                    kl_weight=kl_by_epoch.at(epoch),
                     ctx=ctx,
                 )
                 if val_set is not None:
@@ -387,9 +395,11 @@ def _train_epoch(
     bar: EpochBar,
     *,
     objective: nn.Module,
+    kl_weight: float,
     ctx: dp.DistContext = dp.LOCAL,
 ) -> dict[str, Any]:
-    """One epoch. `objective` (maybe DDP-wrapped) gives the NLL; the KL comes from `model`."""
+    """One epoch at KL weight `kl_weight` (this epoch's β). `objective` (maybe DDP-wrapped)
+    gives the NLL; the KL comes from `model`."""
     model.train()
     started = time.perf_counter()
     sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
@@ -413,7 +423,7 @@ def _train_epoch(
             checked = checked or isinstance(train_set, TensorDataset)
             # on the unwrapped model, whole on every process: DDP's average keeps KL / N once
             kl = regularizer(model)
-            loss = nll + settings.kl_weight * warm * kl / settings.dataset_size
+            loss = nll + kl_weight * warm * kl / settings.dataset_size
             if not torch.isfinite(loss):
                 problem = FloatingPointError(
                     f"the loss became {float(loss)} at epoch {epoch + 1}, step {step}; lower the "
@@ -440,7 +450,7 @@ def _train_epoch(
     record.update(
         epoch=epoch + 1,
         lr=opt.param_groups[0]["lr"] / opt.param_groups[0].get("lr_multiplier", 1.0),
-        kl_weight=settings.kl_weight * warm if n_seen else settings.kl_weight,
+        kl_weight=kl_weight * warm if n_seen else kl_weight,
         seconds=time.perf_counter() - started,
     )
     return record

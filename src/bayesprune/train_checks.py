@@ -31,10 +31,10 @@ def check_settings(
     batch_size: int,
     lr: float,
     weight_decay: float,
-    kl_weight: float,
     kl_warmup_epochs: float,
 ) -> None:
-    """Bounds of fit's numeric arguments: an inf or NaN would train to a silently wrong model."""
+    """Bounds of fit's numeric arguments: an inf or NaN would train to a silently wrong model.
+    (`kl_weight` is checked by `kl_schedule.kl_stages`.)"""
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -43,7 +43,6 @@ def check_settings(
     if not check_finite_number(lr, "lr") > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     check_finite_number(weight_decay, "weight_decay", minimum=0.0)
-    check_finite_number(kl_weight, "kl_weight", minimum=0.0)
     check_finite_number(kl_warmup_epochs, "kl_warmup_epochs", minimum=0.0)
 
 

@@ -31,6 +31,7 @@ import yaml
 
 from ..compress.pip_rules import PIP_RULES
 from ..compress.scores import INPUT_SCORES, UNIT_SCORES, WEIGHT_SCORES
+from ..kl_schedule import kl_stages
 from ..likelihoods import likelihood_names
 from ..optim import AUTO_SCHEDULE, LR_SCHEDULES, OPTIMIZERS
 from ..restore import RestoreMethod
@@ -116,7 +117,8 @@ class TrainConfig:
     lr_schedule: str = field(default=AUTO_SCHEDULE, metadata=_choices(AUTO_SCHEDULE, *LR_SCHEDULES))
     # {parameter-name suffix: factor of lr}, over the layers' own (Gaussian σ: a third)
     lr_multipliers: dict[str, float] = field(default_factory=dict)
-    kl_weight: float = field(default=1.0, metadata={"min": 0.0})
+    # β, or stages [[β, epochs], ...]: [[4, 10], [1, 20]] tempers the KL for 10 epochs
+    kl_weight: float | list = field(default=1.0, metadata={"min": 0.0})
     kl_warmup_epochs: float = field(default=0.0, metadata={"min": 0.0})
     dataset_size: int | None = field(default=None, metadata={"min": 1})
     likelihood: str = field(default="auto", metadata=_choices(*LIKELIHOODS))
@@ -311,6 +313,10 @@ def _check_train(t: TrainConfig) -> None:
         ) from None
     if device.type not in ("cpu", "cuda", "mps", "xpu"):
         raise ConfigError(f"train.device {t.device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+    try:
+        kl_stages(t.kl_weight, t.epochs)
+    except ValueError as err:
+        raise ConfigError(f"train.{err}") from None
     for suffix, factor in t.lr_multipliers.items():
         number = isinstance(factor, int | float) and not isinstance(factor, bool)
         if not (number and 0 < factor < math.inf):

@@ -46,7 +46,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], path)
+        lists = [a for a in inner if a is list or typing.get_origin(a) is list]
+        return _coerce(value, lists[0] if lists and isinstance(value, list) else inner[0], path)
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        return list(value)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path} must be a mapping (key: value), got {value!r}")

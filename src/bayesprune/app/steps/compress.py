@@ -35,6 +35,7 @@ from ...compress import (
 from ...compress.pip_rules import select_by_pip
 from ...evaluation import scorer
 from ...finetuning import finetune
+from ...kl_schedule import kl_stages
 from ..config import PIP_RULE_NAMES, ConfigError, RunConfig, config_to_dict, parse_config
 from ..data import RunData
 from ..folder import Run
@@ -146,6 +147,7 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
         for key in ("epochs", "lr", "lr_schedule", "early_stopping", "monitor", "min_delta"):
             kwargs.pop(key)
         kwargs.pop("restore_best")
+        kwargs["kl_weight"] = kl_stages(kwargs["kl_weight"]).final  # the posterior's own β
         finetune(
             pruned,
             data.train,

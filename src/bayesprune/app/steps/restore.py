@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from ...calibration import TemperatureScaled
 from ...evaluation import Scorer, ood_metric_names, scorer
 from ...finetuning import VARIANCE_SUFFIXES
+from ...kl_schedule import kl_stages
 from ...restore import RestoreMethod, restore_uncertainty
 from ..config import ConfigError, config_to_dict
 from ..factory import flattens
@@ -204,7 +205,8 @@ def _apply(
     run: Run, model: nn.Module, method: str, fit_rows: tuple[Tensor, Tensor], mode: str
 ) -> nn.Module:
     cfg, t = run.config.restore, run.config.train
-    training = {"batch_size": t.batch_size, "kl_weight": t.kl_weight}
+    # the posterior's own β: a staged train.kl_weight ends with it
+    training = {"batch_size": t.batch_size, "kl_weight": kl_stages(t.kl_weight).final}
     if t.dataset_size is not None:
         training["dataset_size"] = t.dataset_size
     return restore_uncertainty(
