@@ -63,7 +63,8 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -671,6 +672,26 @@ class Run:
     curve: list[dict[str, float]] = field(default_factory=list)
     reached: dict[str, dict[str, float]] = field(default_factory=dict)
     done: bool = False
+    noise_state: list[Tensor] = field(default_factory=list)  # see `_own_noise`
+
+
+def _noise_state(device: torch.device) -> list[Tensor]:
+    state = [torch.get_rng_state()]
+    return [*state, torch.cuda.get_rng_state(device)] if device.type == "cuda" else state
+
+
+@contextmanager
+def _own_noise(run: Run, device: torch.device) -> Iterator[None]:
+    """Within the block, torch's global generator (the layers' weight noise) is `run`'s
+    own: each contender draws the same noise whichever others run beside it, so a
+    split's result for one contender does not depend on the `--recipes` list."""
+    torch.set_rng_state(run.noise_state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(run.noise_state[1], device)
+    try:
+        yield
+    finally:
+        run.noise_state = _noise_state(device)
 
 
 def _accuracy(net: nn.Module, x: Tensor, y: Tensor) -> float:
@@ -706,6 +727,46 @@ def _check_recipe_names(args: argparse.Namespace, available: list[Recipe]) -> No
         raise SystemExit(f"--recipes: no contender named {unknown}; the contenders are {names}")
 
 
+def _advance(
+    run: Run,
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    targets: list[float],
+    args: argparse.Namespace,
+) -> None:
+    """One training step of `run`; at each evaluation point its validation accuracy, the
+    targets it reached, and whether it is done."""
+    n = len(train[1])
+    steps_per_epoch = math.ceil(n / run.recipe.batch_size)
+    epochs = min(run.recipe.epochs or args.max_epochs, args.max_epochs)
+    run.trainer.step(*_next_batch(run, *train, epochs), n)
+    run.steps += 1
+    every = max(1, round(steps_per_epoch * args.eval_every))
+    if run.steps % every and run.position < n:
+        return
+    mean_net = run.recipe.contender.mean_net(run.trainer.net)  # type: ignore[misc]
+    acc = _accuracy(mean_net, *val)
+    run.trainer.net.train()
+    point = {
+        "seconds": run.trainer.seconds,
+        "wall_seconds": run.trainer.wall_seconds,
+        "epochs": run.steps / steps_per_epoch,
+        "val_accuracy": acc,
+    }
+    run.curve.append(point)
+    for target in targets:
+        if acc >= target and str(target) not in run.reached:
+            run.reached[str(target)] = point
+    if len(run.reached) == len(targets) or run.steps >= epochs * steps_per_epoch:
+        run.done = True
+        best = max(p["val_accuracy"] for p in run.curve)
+        print(
+            f"{run.recipe.contender.name}: done after {point['epochs']:.2f} epochs, "
+            f"{run.trainer.seconds:.1f} s, best {best:.2f} %",
+            flush=True,
+        )
+
+
 def time_to_accuracy(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     available = recipes(args)
     _check_recipe_names(args, available)  # before minutes of loading and training
@@ -715,47 +776,20 @@ def time_to_accuracy(args: argparse.Namespace, device: torch.device) -> list[dic
     val_idx, train_idx = perm[: args.val_size], perm[args.val_size :]
     x_val, y_val = x_all[val_idx].to(device), y_all[val_idx].to(device)
     x_tr, y_tr = x_all[train_idx].to(device), y_all[train_idx].to(device)
-    n = len(x_tr)
     runs = []
     for recipe in available:
         if args.recipes and recipe.contender.name not in args.recipes:
             continue
         torch.manual_seed(args.seed)
         trainer = Trainer(recipe.contender, "lenet300", recipe.lr, device, args.clock)
-        runs.append(Run(recipe, trainer, torch.Generator().manual_seed(args.seed)))
+        run = Run(recipe, trainer, torch.Generator().manual_seed(args.seed))
+        run.noise_state = _noise_state(device)  # its noise: the seed's, after its build
+        runs.append(run)
     targets = sorted(args.targets, reverse=True)
     while not all(r.done for r in runs):
-        for run in runs:
-            if run.done:
-                continue
-            steps_per_epoch = math.ceil(n / run.recipe.batch_size)
-            epochs = min(run.recipe.epochs or args.max_epochs, args.max_epochs)
-            xb, yb = _next_batch(run, x_tr, y_tr, epochs)
-            run.trainer.step(xb, yb, n)
-            run.steps += 1
-            every = max(1, round(steps_per_epoch * args.eval_every))
-            if run.steps % every == 0 or run.position >= n:
-                mean_net = run.recipe.contender.mean_net(run.trainer.net)  # type: ignore[misc]
-                acc = _accuracy(mean_net, x_val, y_val)
-                run.trainer.net.train()
-                point = {
-                    "seconds": run.trainer.seconds,
-                    "wall_seconds": run.trainer.wall_seconds,
-                    "epochs": run.steps / steps_per_epoch,
-                    "val_accuracy": acc,
-                }
-                run.curve.append(point)
-                for target in targets:
-                    if acc >= target and str(target) not in run.reached:
-                        run.reached[str(target)] = point
-                if len(run.reached) == len(targets) or run.steps >= epochs * steps_per_epoch:
-                    run.done = True
-                    best = max(p["val_accuracy"] for p in run.curve)
-                    print(
-                        f"{run.recipe.contender.name}: done after {point['epochs']:.2f} epochs, "
-                        f"{run.trainer.seconds:.1f} s, best {best:.2f} %",
-                        flush=True,
-                    )
+        for run in (r for r in runs if not r.done):
+            with _own_noise(run, device):  # the step and any noise its evaluation draws
+                _advance(run, (x_tr, y_tr), (x_val, y_val), targets, args)
     rows = []
     for run in runs:
         best = max(run.curve, key=lambda p: p["val_accuracy"])
