@@ -638,7 +638,7 @@ def main() -> None:
         "--fallback-grid",
         type=float,
         nargs="*",
-        default=[0.1],
+        default=[0.05, 0.1],
         help="smaller sparsities tried, largest first, when no --grid level is acceptable",
     )
     parser.add_argument(
