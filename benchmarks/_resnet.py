@@ -7,7 +7,8 @@
 - `bayes_compress`: the library's path: activation scores → `keep_units` (one fraction
   of every layer, and/or ranked across layers at the same FLOPs, the better kept on
   validation) → `shrink_graph`, at the largest fraction of a grid whose validation
-  accuracy (posterior mean, after fine-tuning) stays within a tolerance.
+  metrics after fine-tuning (accuracy, OOD AUROC, ...) all stay within their
+  tolerances of the dense net's, with fallback levels below the grid.
 - `tp_prune_to_flops`: Torch-Pruning's `MetaPruner` (magnitude or Taylor importance)
   on the deterministic twin, its uniform `pruning_ratio` bisected until the pruned
   net's FLOPs (counted as ours are, `metrics.count_flops`) meet a target.

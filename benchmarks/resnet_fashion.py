@@ -7,13 +7,19 @@ Per seed, on Fashion-MNIST (a training subset; the validation split is carved fr
    head) trained deterministically, and its Bayesian twin (`bp.convert`, Gaussian;
    `--keep` stays deterministic, BatchNorm always does) trained with `bp.fit`.
 2. The Bayesian net compressed by the library's channel scores: `activation_scores` →
-   `keep_units` → `shrink_graph`, at the largest sparsity of `--grid` whose validation
-   accuracy (posterior mean, BatchNorm statistics re-estimated on training images,
-   after fine-tuning) is within `--tolerance` of the dense net's. `--allocation`: the
+   `keep_units` → `shrink_graph`, at the largest sparsity of `--grid` that keeps what a
+   Bayesian net is for, on validation after fine-tuning (BatchNorm statistics
+   re-estimated on training images): accuracy (posterior mean) within `--tolerance` of
+   the dense Bayesian net's, and OOD AUROC (Monte-Carlo predictive, validation images
+   in, MNIST *training* images out) by entropy and by MI within `--ood-tolerance` of
+   its (`compress.tolerances`). If no grid level holds, the `--fallback-grid` levels,
+   largest first; if none holds either, the least-pruned one, recorded as such. Then
+   `--restore-epochs` more fine-tuning (`restore_uncertainty("finetune")`), kept only if
+   both validation AUROCs rise (the baselines then get as many). `--allocation`: the
    units dropped per layer ("layer": the same fraction of each) or ranked across layers
    ("global", `keep_units(scope="global")`, at the "layer" net's FLOPs; "streams", a
    comparison: global with residual groups weighted by their layers); given several
-   (default: layer and global), each level keeps the one more accurate on validation.
+   (default: layer and global), each level keeps the more accurate acceptable one.
 3. Torch-Pruning (`MetaPruner`, magnitude and Taylor importance) prunes the
    deterministic twin to the same FLOPs (uniform ratio, bisected).
 4. All three compressed nets are fine-tuned `--finetune-epochs` at `--finetune-lr`,
