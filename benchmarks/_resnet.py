@@ -7,7 +7,8 @@
 - `bayes_compress`: the library's path: activation scores → `keep_units` (one fraction
   of every layer, and/or ranked across layers at the same FLOPs, the better kept on
   validation) → `shrink_graph`, at the largest fraction of a grid whose validation
-  accuracy (posterior mean, after fine-tuning) stays within a tolerance.
+  metrics after fine-tuning (accuracy, OOD AUROC, ...) all stay within their
+  tolerances of the dense net's, with fallback levels below the grid.
 - `tp_prune_to_flops`: Torch-Pruning's `MetaPruner` (magnitude or Taylor importance)
   on the deterministic twin, its uniform `pruning_ratio` bisected until the pruned
   net's FLOPs (counted as ours are, `metrics.count_flops`) meet a target.
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from bayesprune import compress
 from bayesprune.compress.chain import deployed_weight
 from bayesprune.compress.graph_scores import _keep_global
+from bayesprune.compress.tolerances import ToleranceSpec, all_hold, as_tolerances
 from bayesprune.metrics import count_flops
 
 SHAPE = (1, 28, 28)
@@ -148,15 +150,25 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[Tensor]) -> nn.Module:
 
 @dataclass
 class BayesCompression:
-    """The chosen level and what was seen at every level tried (validation only)."""
+    """The chosen level and what was seen at every level tried (validation only).
+
+    `within_tolerance`: the chosen level holds every tolerance; `rule`: how it was
+    found ("grid", "fallback": a `fallback_grid` level after none of the grid held, or
+    "none held": no level did, the least-pruned one kept)."""
 
     model: nn.Module
     sparsity: float
     within_tolerance: bool
-    dense_val_accuracy: float
+    dense_val: dict[str, float]
     grid: list[dict[str, Any]] = field(default_factory=list)
     shrink: dict[str, Any] = field(default_factory=dict)
     allocation: str = "layer"
+    rule: str = "grid"
+    tolerances: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def dense_val_accuracy(self) -> float:
+        return self.dense_val["accuracy"]
 
 
 ALLOCATIONS = ("layer", "global", "streams")
@@ -197,79 +209,140 @@ def global_keep_at_flops(
     return best
 
 
+@dataclass
+class _Candidate:
+    """One compressed net tried at one level and allocation, with its validation metrics
+    (`record`: what the results keep of it)."""
+
+    sparsity: float
+    allocation: str
+    model: nn.Module
+    shrunk: dict[str, Any]
+    values: dict[str, float]
+    record: dict[str, Any]
+    holds: bool = False
+
+
 def bayes_compress(
     model: nn.Module,
     score_batches: Any,
-    val_accuracy: Callable[[nn.Module], float],
+    validate: Callable[[nn.Module], dict[str, float]],
     finetune: Callable[[nn.Module], None],
     example: Tensor,
     grid: Sequence[float],
-    tolerance: float,
+    tolerances: ToleranceSpec,
     calibration: Sequence[Tensor],
     allocations: Sequence[str] = ("layer",),
+    fallback_grid: Sequence[float] = (),
+    validate_pruned: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> BayesCompression:
     """Per sparsity of `grid`, lowest first, and per allocation of `allocations`:
     activation scores → keep_units → `silence` → shrink_graph (checked against the
     silenced, masked net) → BatchNorm statistics re-estimated on `calibration` →
-    `finetune`. "layer" drops the level's fraction of every layer; "global" ranks units
-    across layers (`scope="global"`) at the sparsity whose FLOPs come closest below the
-    "layer" net's, so both are compared at equal cost, and the level keeps the one with
-    the better fine-tuned validation accuracy (posterior mean). The largest level whose
-    accuracy is within `tolerance` of the dense net's is kept; the walk stops at the
-    first level that is not. If none is, the level with the best validation accuracy
-    (the closest point)."""
+    `finetune` → `validate` (model → {metric: value} on validation data).
+
+    A net is acceptable when every metric of `tolerances` (e.g. ``{"accuracy": 0.01,
+    "ood_auroc_entropy": 0.02, "ood_auroc_mi": 0.02}``, `compress.tolerances`) stays
+    within its tolerance of the dense net's; the first tolerance's metric ranks nets.
+    "layer" drops the level's fraction of every layer; "global" ranks units across
+    layers (`scope="global"`) at the sparsity whose FLOPs come closest below the
+    "layer" net's, so both are compared at equal cost; a level keeps its best
+    acceptable allocation (else its best). The largest level that is acceptable is
+    kept; the walk stops at the first that is not. If no grid level is, the levels of
+    `fallback_grid` are walked largest first and the first acceptable one is kept; if
+    none is either, the least-pruned level tried (`rule` "none held").
+    `validate_pruned` (default `validate`; it must give "accuracy") scores the pruned
+    net before its fine-tune, for the record only."""
     unknown = set(allocations) - set(ALLOCATIONS)
     if unknown or not allocations:
         raise ValueError(f"allocations are some of {ALLOCATIONS}, got {list(allocations)}")
+    held = as_tolerances(tolerances)
     model.eval()
     scores = compress.activation_scores(model, score_batches)
-    dense = val_accuracy(model)
-    chosen: tuple[float, nn.Module, Any, str] | None = None
-    fallback: tuple[float, float, nn.Module, Any, str] | None = None
-    seen = []
-    for sparsity in sorted(grid):
-        layer_keep = compress.keep_units(scores, sparsity)
-        target = flops(compress.shrink_graph(model, example, prune_units=layer_keep).model)
-        best: tuple[float, nn.Module, Any, str] | None = None
-        for allocation in allocations:
-            effective, keep = sparsity, layer_keep
-            if allocation != "layer":
-                effective, keep = global_keep_at_flops(
-                    model, scores, example, target, allocation=allocation
-                )
-            result = compress.shrink_graph(silence(model, keep), example, prune_units=keep)
-            small = recalibrate_bn(result.model, calibration)
-            before = val_accuracy(small)
-            finetune(small)
-            after = val_accuracy(small)
-            seen.append(
-                {
-                    "sparsity": sparsity,
-                    "allocation": allocation,
-                    "keep_units_sparsity": effective,
-                    "val_accuracy_pruned": before,
-                    "val_accuracy_finetuned": after,
-                    "flops": flops(small),
-                    "channels": stage_channels(small),
-                    "kept_dead_units": sum(r.kept_dead_units for r in result.layers),
-                    "shrunk_minus_masked": result.max_abs_difference,
-                }
-            )
+    dense = validate(model)
+    seen: list[dict[str, Any]] = []
+    checks = (validate_pruned or validate, validate)
+
+    def level(sparsity: float) -> _Candidate:
+        candidates = [
+            _candidate(model, scores, sparsity, a, example, calibration, finetune, checks)
+            for a in allocations
+        ]
+        for c in candidates:
+            c.holds = c.record["acceptable"] = all_hold(held, c.values, dense)
+            seen.append(c.record)
             print(f"    {seen[-1]}", flush=True)
-            if best is None or after > best[0]:
-                best = (after, small, result.as_dict(), allocation)
-        assert best is not None
-        after, small, shrunk, allocation = best
-        if fallback is None or after > fallback[0]:
-            fallback = (after, sparsity, small, shrunk, allocation)
-        if after < dense - tolerance:
+        rank = held[0].metric
+        return max(candidates, key=lambda c: (c.holds, c.values[rank]))  # first on a tie
+
+    chosen: _Candidate | None = None
+    tried: list[_Candidate] = []
+    for sparsity in sorted(grid):
+        tried.append(level(sparsity))
+        if not tried[-1].holds:
             break
-        chosen = (sparsity, small, shrunk, allocation)
-    if chosen is not None:
-        return BayesCompression(chosen[1], chosen[0], True, dense, seen, chosen[2], chosen[3])
-    assert fallback is not None
-    _, level, small, shrunk, allocation = fallback
-    return BayesCompression(small, level, False, dense, seen, shrunk, allocation)
+        chosen = tried[-1]
+    rule = "grid"
+    if chosen is None:
+        rule = "fallback"
+        for sparsity in sorted((s for s in fallback_grid if s < min(grid)), reverse=True):
+            tried.append(level(sparsity))
+            if tried[-1].holds:
+                chosen = tried[-1]
+                break
+    if chosen is None:
+        rule, chosen = "none held", min(tried, key=lambda c: c.sparsity)
+    return BayesCompression(
+        chosen.model,
+        chosen.sparsity,
+        chosen.holds,
+        dense,
+        seen,
+        chosen.shrunk,
+        chosen.allocation,
+        rule,
+        [t.as_dict() for t in held],
+    )
+
+
+def _candidate(
+    model: nn.Module,
+    scores: dict[str, Tensor],
+    sparsity: float,
+    allocation: str,
+    example: Tensor,
+    calibration: Sequence[Tensor],
+    finetune: Callable[[nn.Module], None],
+    checks: tuple[Callable[[nn.Module], dict[str, float]], ...],
+) -> _Candidate:
+    """The net of one level and allocation: shrunk, BN re-estimated, scored by `checks[0]`,
+    fine-tuned, validated by `checks[1]`."""
+    keep = compress.keep_units(scores, sparsity)
+    effective = sparsity
+    if allocation != "layer":
+        target = flops(compress.shrink_graph(model, example, prune_units=keep).model)
+        effective, keep = global_keep_at_flops(
+            model, scores, example, target, allocation=allocation
+        )
+    result = compress.shrink_graph(silence(model, keep), example, prune_units=keep)
+    small = recalibrate_bn(result.model, calibration)
+    before = checks[0](small)
+    finetune(small)
+    values = checks[1](small)
+    record = {
+        "sparsity": sparsity,
+        "allocation": allocation,
+        "keep_units_sparsity": effective,
+        "val_accuracy_pruned": before["accuracy"],
+        "val_accuracy_finetuned": values["accuracy"],
+        "val_pruned": before,
+        "val_finetuned": values,
+        "flops": flops(small),
+        "channels": stage_channels(small),
+        "kept_dead_units": sum(r.kept_dead_units for r in result.layers),
+        "shrunk_minus_masked": result.max_abs_difference,
+    }
+    return _Candidate(sparsity, allocation, small, result.as_dict(), values, record)
 
 
 # --- Torch-Pruning at equal FLOPs ----------------------------------------------------------

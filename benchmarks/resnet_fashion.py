@@ -7,13 +7,19 @@ Per seed, on Fashion-MNIST (a training subset; the validation split is carved fr
    head) trained deterministically, and its Bayesian twin (`bp.convert`, Gaussian;
    `--keep` stays deterministic, BatchNorm always does) trained with `bp.fit`.
 2. The Bayesian net compressed by the library's channel scores: `activation_scores` →
-   `keep_units` → `shrink_graph`, at the largest sparsity of `--grid` whose validation
-   accuracy (posterior mean, BatchNorm statistics re-estimated on training images,
-   after fine-tuning) is within `--tolerance` of the dense net's. `--allocation`: the
+   `keep_units` → `shrink_graph`, at the largest sparsity of `--grid` that keeps what a
+   Bayesian net is for, on validation after fine-tuning (BatchNorm statistics
+   re-estimated on training images): accuracy (posterior mean) within `--tolerance` of
+   the dense Bayesian net's, and OOD AUROC (Monte-Carlo predictive, validation images
+   in, MNIST *training* images out) by entropy and by MI within `--ood-tolerance` of
+   its (`compress.tolerances`). If no grid level holds, the `--fallback-grid` levels,
+   largest first; if none holds either, the least-pruned one, recorded as such. Then
+   `--restore-epochs` more fine-tuning (`restore_uncertainty("finetune")`), kept only if
+   both validation AUROCs rise (the baselines then get as many). `--allocation`: the
    units dropped per layer ("layer": the same fraction of each) or ranked across layers
    ("global", `keep_units(scope="global")`, at the "layer" net's FLOPs; "streams", a
    comparison: global with residual groups weighted by their layers); given several
-   (default: layer and global), each level keeps the one more accurate on validation.
+   (default: layer and global), each level keeps the more accurate acceptable one.
 3. Torch-Pruning (`MetaPruner`, magnitude and Taylor importance) prunes the
    deterministic twin to the same FLOPs (uniform ratio, bisected).
 4. All three compressed nets are fine-tuned `--finetune-epochs` at `--finetune-lr`,
@@ -73,7 +79,8 @@ REPORTED = ("accuracy", "ece", "nll", "ood_auroc_entropy", "ood_auroc_mi", "flop
 
 
 def make_data(seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Seeded training rows with the validation split carved off; test and OOD test sets."""
+    """Seeded training rows with the validation split carved off, a validation OOD set
+    (MNIST training images), and the test and OOD test sets."""
     x, y = load_fashion_mnist("train", limit=args.train_limit, seed=seed).tensors
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     x, y = x[perm], y[perm]
@@ -81,8 +88,9 @@ def make_data(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     if n >= len(y):
         raise SystemExit(f"--val-size {n} leaves no training rows of {len(y)}")
     out = {"train": (x[:-n], y[:-n]), "val": (x[-n:], y[-n:])}
-    if args.trace:  # validation only: MNIST *training* images as the OOD set
-        out["val_ood"] = load_mnist("train", limit=n, seed=seed).tensors[0]
+    # the validation OOD set: MNIST *training* images (the MNIST test set is the test's)
+    out["val_ood"] = load_mnist("train", limit=n, seed=seed).tensors[0]
+    if args.trace:
         return out
     out["test"] = load_fashion_mnist("test", limit=args.test_limit, seed=0).tensors
     out["ood"] = load_mnist("test", limit=args.test_limit, seed=0).tensors[0]
@@ -124,6 +132,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
     # --- compression, on validation only
     val_acc = bp.scorer(data["val"], mode="mean", metrics=["accuracy"])
+    validate = _validator(data, args, seed, val_acc)
     calibration = _batches(x_train, 256, args.calibration_batches)
     example = x_train[:16]
     tune = {"epochs": args.finetune_epochs, "lr": args.finetune_lr, "lr_schedule": "cosine"}
@@ -147,14 +156,21 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     ours = bayes_compress(
         bayes,
         _batches(x_train, 256, args.score_batches),
-        lambda m: val_acc(m)["accuracy"],
+        validate,
         finetune,
         example,
         args.grid,
-        args.tolerance,
+        level_tolerances(args),
         calibration,
         args.allocation,
+        args.fallback_grid,
+        validate_pruned=val_acc,
     )
+    print(f"  level {ours.sparsity} ({ours.rule}, acceptable: {ours.within_tolerance})", flush=True)
+    restore = restore_step(ours.model, ours.dense_val, validate, args, train, fit)
+    if restore["kept"]:
+        ours.model = restore.pop("model")
+    restore.pop("model", None)
     seconds["compress_bayesian"] = time.perf_counter() - start
     target = flops(ours.model)
     grads = list(zip(x_train.split(128)[:4], y_train.split(128)[:4], strict=True))
@@ -168,6 +184,8 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         recalibrate_bn(net, calibration)
         before[f"tp {kind}"] = val_acc(net)["accuracy"]
         finetune(net)
+        if restore["kept"]:  # fine-tuned as long as ours
+            bp.finetune(net, train, **{**tune, "epochs": args.restore_epochs}, **fit)
         nets[f"tp {kind}"] = net
         matching[kind] = {**found, "flops": flops(net), "target": target}
     seconds["tp_match_and_finetune"] = time.perf_counter() - start
@@ -213,10 +231,17 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
             "pruned_before_finetune": before,
             "after_finetune": after,
         },
+        "validation": {
+            "dense_bayesian": ours.dense_val,
+            "compressed_bayesian": restore["after"] if restore["kept"] else level["val_finetuned"],
+        },
         "bayesian_compression": {
             "sparsity": ours.sparsity,
             "allocation": ours.allocation,
             "within_tolerance": ours.within_tolerance,
+            "rule": ours.rule,
+            "tolerances": ours.tolerances,
+            "restore": restore,
             "grid": ours.grid,
             "shrink_max_abs_difference": ours.shrink.get("max_abs_difference"),
             "shrink_notes": ours.shrink.get("notes", []),
@@ -225,6 +250,60 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "onnx": deploy,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
+
+
+def level_tolerances(args: argparse.Namespace) -> dict[str, float]:
+    """What a compression level must hold on validation against the dense Bayesian net:
+    accuracy within `--tolerance`, OOD AUROC by entropy and by MI within
+    `--ood-tolerance` (absolute; `compress.tolerances`)."""
+    ood = dict.fromkeys(("ood_auroc_entropy", "ood_auroc_mi"), args.ood_tolerance)
+    return {"accuracy": args.tolerance, **ood}
+
+
+def _validator(data: dict[str, Any], args: argparse.Namespace, seed: int, accuracy: Any) -> Any:
+    """model → validation accuracy (posterior mean, as the level search always compared)
+    and OOD AUROC by entropy and MI of the Monte-Carlo predictive, Fashion-MNIST
+    validation images in, MNIST training images (`val_ood`) out."""
+    ood = bp.scorer(
+        data["val"],
+        mode="mc",
+        samples=args.mc_samples,
+        ood=data["val_ood"],
+        metrics=["ood_auroc_entropy", "ood_auroc_mi"],
+        seed=seed,
+    )
+    return lambda model: {**accuracy(model), **ood(model)}
+
+
+def restore_step(
+    model: nn.Module,
+    dense: dict[str, float],
+    validate: Any,
+    args: argparse.Namespace,
+    train: Any,
+    fit: dict[str, Any],
+) -> dict[str, Any]:
+    """`--restore-epochs` more of fine-tuning (`restore_uncertainty("finetune")`, at
+    `--finetune-lr`, cosine) of the chosen compressed net, kept only if validation says it
+    helps: OOD AUROC higher by entropy and by MI, accuracy still within `--tolerance` of
+    the dense net's. Returns the record, with the restored "model"."""
+    if args.restore_epochs <= 0:
+        return {"tried": False, "kept": False}
+    before = validate(model)
+    restored = bp.restore_uncertainty(
+        model,
+        "finetune",
+        train=train,
+        epochs=args.restore_epochs,
+        lr=args.finetune_lr,
+        lr_schedule="cosine",
+        **fit,
+    )
+    after = validate(restored)
+    helps = all(after[m] > before[m] for m in ("ood_auroc_entropy", "ood_auroc_mi"))
+    kept = helps and after["accuracy"] >= dense["accuracy"] - args.tolerance
+    print(f"  restore ({args.restore_epochs} epochs): {before} -> {after}, kept {kept}", flush=True)
+    return {"tried": True, "kept": kept, "before": before, "after": after, "model": restored}
 
 
 def _label(net: nn.Module) -> str:
@@ -401,6 +480,47 @@ def _allocation(run: dict[str, Any]) -> str:
     return f"{comp.get('allocation', 'layer')}: {seen}"
 
 
+def _level_walk(run: dict[str, Any]) -> str:
+    """Each level tried, in order: sparsity, allocation, fine-tuned validation accuracy /
+    OOD AUROC by entropy / by MI, and whether it held the tolerances."""
+    comp = run["bayesian_compression"]
+    parts = []
+    for g in comp["grid"]:
+        v = g.get("val_finetuned", {"accuracy": g["val_accuracy_finetuned"]})
+        ood = "/".join(f"{v[m]:.3f}" for m in ("ood_auroc_entropy", "ood_auroc_mi") if m in v)
+        mark = "ok" if g.get("acceptable") else "no"
+        parts.append(f"{g['sparsity']} {g['allocation']}: {v['accuracy']:.3f} {ood} {mark}")
+    return "; ".join(parts)
+
+
+def uncertainty_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per seed, the level rule on validation: the dense Bayesian net's validation metrics,
+    every level tried, the rule that chose, and the restore step."""
+    rows = []
+    for r in runs:
+        comp, val = r["bayesian_compression"], r.get("validation", {})
+        dense = val.get("dense_bayesian", {})
+        ours = val.get("compressed_bayesian", {})
+        restore = comp.get("restore", {})
+        row = {
+            "seed": r["seed"],
+            "dense val acc / AUROC ent / MI": _triple(dense),
+            "levels tried (acc ent/MI, acceptable)": _level_walk(r),
+            "rule": comp.get("rule", "grid"),
+            "chosen val acc / AUROC ent / MI": _triple(ours),
+            "restore: after (kept)": "-"
+            if not restore.get("tried")
+            else f"{_triple(restore['after'])} ({restore['kept']})",
+        }
+        rows.append(row)
+    return rows
+
+
+def _triple(values: dict[str, float]) -> str:
+    keys = ("accuracy", "ood_auroc_entropy", "ood_auroc_mi")
+    return " / ".join(f"{values[k]:.3f}" for k in keys if k in values) or "-"
+
+
 def render(payload: dict[str, Any]) -> str:
     s, runs = payload["settings"], payload["runs"]
     matching = [
@@ -432,7 +552,9 @@ def render(payload: dict[str, Any]) -> str:
         f"{s['kl_weight']}. Compression: activation scores, sparsity grid {s['grid']}, "
         f"allocation {s.get('allocation', ['layer'])} (cross-layer ones at the layer net's "
         "FLOPs, the more accurate on validation kept), "
-        f"validation accuracy tolerance {s['tolerance']}; every compressed net fine-tuned "
+        f"validation accuracy tolerance {s['tolerance']}"
+        + _ood_rule_text(s)
+        + f"; every compressed net fine-tuned "
         f"{s['finetune_epochs']} epoch(s) at lr {s['finetune_lr']}. Test: {s['test_limit']} "
         f"Fashion-MNIST test images in, as many MNIST test images out; Monte-Carlo predictive "
         f"{s['mc_samples']} samples for the Bayesian nets, one pass for the deterministic ones. "
@@ -445,8 +567,24 @@ def render(payload: dict[str, Any]) -> str:
         + md_table(goal(runs))
         + "\n## Compression level and FLOPs matching (validation only)\n\n"
         + md_table(matching)
+        + "\n## The level rule on validation (Fashion-MNIST validation in, MNIST training out)\n\n"
+        + md_table(uncertainty_rows(runs))
         + "\n## Per seed\n\n"
         + md_table(per_seed_rows(runs))
+    )
+
+
+def _ood_rule_text(s: dict[str, Any]) -> str:
+    """The uncertainty part of the level rule, as recorded in the settings."""
+    if "ood_tolerance" not in s:
+        return ""
+    return (
+        f", and validation OOD AUROC (Monte-Carlo predictive, {s['val_size']} MNIST training "
+        f"images out) by entropy and by MI within {s['ood_tolerance']} of the dense Bayesian "
+        f"net's; if no level holds, fallback levels {s['fallback_grid']} (largest first), "
+        f"else the least-pruned; then {s['restore_epochs']} more fine-tuning epoch(s) of the "
+        "chosen net, kept only if both validation AUROCs rise (the Torch-Pruning nets then "
+        "get as many)"
     )
 
 
@@ -494,6 +632,26 @@ def main() -> None:
     )
     parser.add_argument(
         "--tolerance", type=float, default=0.01, help="validation accuracy after fine-tuning"
+    )
+    parser.add_argument(
+        "--ood-tolerance",
+        type=float,
+        default=0.02,
+        help="validation OOD AUROC (entropy and MI, MNIST training images out) drop allowed "
+        "against the dense Bayesian net; inf: accuracy alone",
+    )
+    parser.add_argument(
+        "--fallback-grid",
+        type=float,
+        nargs="*",
+        default=[0.05, 0.1],
+        help="smaller sparsities tried, largest first, when no --grid level is acceptable",
+    )
+    parser.add_argument(
+        "--restore-epochs",
+        type=int,
+        default=2,
+        help="more fine-tuning of the chosen net, kept if validation OOD AUROC rises (0: none)",
     )
     parser.add_argument(
         "--allocation",

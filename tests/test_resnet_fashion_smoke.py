@@ -83,19 +83,20 @@ def test_level_search_and_equal_flops_matching():
     accuracy = bp.scorer((x, y), mode="mean", metrics=["accuracy"])
     tuned = []
     ours = bayes_compress(
-        net, x, lambda m: accuracy(m)["accuracy"], tuned.append, x[:4], [0.25, 0.5], 1.0, [x]
+        net, x, accuracy, tuned.append, x[:4], [0.25, 0.5], {"accuracy": 1.0}, [x]
     )  # tolerance 1.0: every level passes, the largest is kept
     assert ours.sparsity == 0.5 and ours.within_tolerance and ours.allocation == "layer"
+    assert ours.rule == "grid" and all(g["acceptable"] for g in ours.grid)
     assert [g["sparsity"] for g in ours.grid] == [0.25, 0.5] and len(tuned) == 2
     assert ours.model is tuned[-1]
     both = bayes_compress(
         net,
         x,
-        lambda m: accuracy(m)["accuracy"],
+        accuracy,
         lambda m: None,
         x[:4],
         [0.5],
-        1.0,
+        {"accuracy": 1.0},
         [x],
         ("layer", "global", "streams"),
     )
@@ -105,7 +106,7 @@ def test_level_search_and_equal_flops_matching():
     kept = max(both.grid, key=lambda g: g["val_accuracy_finetuned"])  # first one on a tie
     assert both.allocation == kept["allocation"]
     with pytest.raises(ValueError, match="allocations"):
-        bayes_compress(net, x, lambda m: 0.0, lambda m: None, x[:4], [0.5], 1.0, [x], ("x",))
+        bayes_compress(net, x, accuracy, lambda m: None, x[:4], [0.5], {"accuracy": 1}, [x], ("x",))
     assert max(g["shrunk_minus_masked"] for g in ours.grid) < 1e-5
     pytest.importorskip("torch_pruning")  # the `bench` extra; CI installs only `dev`
     target = flops(ours.model)
@@ -117,3 +118,34 @@ def test_level_search_and_equal_flops_matching():
         assert flops(pruned) == pytest.approx(target, rel=0.05)
         assert found["flops_gap"] == pytest.approx(flops(pruned) / target - 1)
         assert pruned(x).shape == (64, 10)
+
+
+def _flops_share_as_auroc(dense: torch.nn.Module):
+    """A stand-in validation: accuracy 1 everywhere, an "OOD AUROC" equal to the net's share
+    of the dense FLOPs, so that it falls as the level rises, as the MI did."""
+    total = flops(dense)
+    return lambda m: {"accuracy": 1.0, "ood_auroc_mi": flops(m) / total}
+
+
+def _flops_share(net: torch.nn.Module, x: torch.Tensor, sparsity: float) -> float:
+    keep = compress.keep_units(compress.activation_scores(net.eval(), x), sparsity)
+    return flops(compress.shrink_graph(net, x[:4], prune_units=keep).model) / flops(net)
+
+
+def test_the_level_rule_holds_uncertainty_and_falls_back_honestly():
+    x = torch.rand(32, 1, 28, 28)
+    net = _net(x)
+    share = {s: _flops_share(net, x, s) for s in (0.2, 0.4)}
+    assert share[0.4] < share[0.2] < 1
+    tolerance = 1 - (share[0.2] + share[0.4]) / 2  # 0.2 holds, 0.4 does not
+    args = (_flops_share_as_auroc(net), lambda m: None, x[:4], [0.4, 0.6])
+    rule = {"accuracy": 0.0, "ood_auroc_mi": tolerance}
+    fell = bayes_compress(net, x, *args, rule, [x], fallback_grid=[0.1, 0.2])
+    assert (fell.sparsity, fell.rule, fell.within_tolerance) == (0.2, "fallback", True)
+    assert [g["sparsity"] for g in fell.grid] == [0.4, 0.2]  # the walk stops at 0.4
+    assert [g["acceptable"] for g in fell.grid] == [False, True]
+    assert fell.dense_val == {"accuracy": 1.0, "ood_auroc_mi": 1.0}
+    none = bayes_compress(net, x, *args, {"ood_auroc_mi": 0.0}, [x], fallback_grid=[0.2])
+    assert (none.sparsity, none.rule, none.within_tolerance) == (0.2, "none held", False)
+    alone = bayes_compress(net, x, *args, {"accuracy": 0.0}, [x], fallback_grid=[0.2])
+    assert (alone.sparsity, alone.rule) == (0.6, "grid")  # accuracy alone prunes the most
