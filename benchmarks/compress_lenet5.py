@@ -236,6 +236,12 @@ def train_det(det: nn.Module, train: TensorDataset, args: argparse.Namespace, se
     bp.fit(det, train, epochs=args.det_epochs, lr=args.lr, lr_schedule="cosine", **common)
 
 
+def seeded_det(seed: int) -> nn.Module:
+    """The deterministic LeNet-5-Caffe at its seeded initial weights."""
+    torch.manual_seed(seed)
+    return bp.lenet5_caffe(family="deterministic")
+
+
 def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset | None) -> dict[str, Any]:
     """One seed's record (the JSON row)."""
     return compress_seed(args, seed, test)[0]
@@ -248,8 +254,7 @@ def compress_seed(
     train, val = split(load_mnist("train", limit=args.train_limit), args.val_size, seed)
     common = dict(batch_size=args.batch_size, seed=seed, progress=False)
     t0 = time.process_time()
-    torch.manual_seed(seed)
-    det = bp.lenet5_caffe(family="deterministic")
+    det = seeded_det(seed)
     det_init = copy_model(det)
     hist = None
     if args.load_svd is not None:  # a saved Sparse VD net: only the choices run again
@@ -452,9 +457,32 @@ def deterministic_twin(nets: RecordNets, args: argparse.Namespace, seed: int) ->
     trained again from the same seeded init, data order and epochs."""
     if nets.det is not None:
         return nets.det
-    det = copy_model(nets.det_init)
-    train_det(det, nets.train, args, seed)
+    return cached_det(nets.det_init, nets.train, args, seed)
+
+
+def cached_det(
+    det_init: nn.Module, train: TensorDataset, args: argparse.Namespace, seed: int
+) -> nn.Module:
+    """The deterministic net trained from `det_init`, read from `--det-cache` when an
+    earlier run saved it there (the same seed, split and epochs give the same weights),
+    else trained (and saved there)."""
+    det = copy_model(det_init)
+    path = None if args.det_cache is None else args.det_cache / det_file(args, seed)
+    if path is not None and path.is_file():
+        det.load_state_dict(load_file(path))
+        return det
+    train_det(det, train, args, seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(det.state_dict(), path)
     return det
+
+
+def det_file(args: argparse.Namespace, seed: int) -> str:
+    """A cached deterministic net's file: named by everything its weights depend on."""
+    rows = "all" if args.train_limit is None else args.train_limit
+    trained = f"ep{args.det_epochs}_lr{args.lr}_b{args.batch_size}_n{rows}_v{args.val_size}"
+    return f"det_seed{seed}_{trained}.safetensors"
 
 
 def score_deterministic(det: nn.Module, sparsity: float, data: Data, s: Settings) -> Record:
@@ -709,6 +737,18 @@ def main() -> None:
         help="--uncertainty: accuracy drop the targets table allows",
     )
     parser.add_argument(
+        "--det-cache",
+        type=Path,
+        default=None,
+        help="--uncertainty after --load-svd: folder where the deterministic twin (trained "
+        "again, same seed and split) is saved, and read by later runs",
+    )
+    parser.add_argument(
+        "--det-only",
+        action="store_true",
+        help="only train each seed's deterministic net into --det-cache (before --load-svd)",
+    )
+    parser.add_argument(
         "--merge",
         nargs="+",
         type=Path,
@@ -733,6 +773,13 @@ def main() -> None:
     del args.merge
     if args.uncertainty and args.no_test:
         parser.error("--uncertainty reads the test sets; drop --no-test")
+    if args.det_only:
+        if args.det_cache is None:
+            parser.error("--det-only trains into --det-cache DIR; give it")
+        for seed in args.seeds:
+            train, _ = split(load_mnist("train", limit=args.train_limit), args.val_size, seed)
+            cached_det(seeded_det(seed), train, args, seed)
+        return
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     test = None if args.no_test else load_mnist("test")
     payload: dict[str, Any] = {"settings": settings, "seeds": [], "notes": []}
