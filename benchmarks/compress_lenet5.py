@@ -372,6 +372,7 @@ PRUNED_STAGE = "bayesian/weight-pruned"  # the chosen log α pruning, before the
 RECORD = "bayesian/record"  # the shrunk net of record; restoring methods apply to it
 DET_DENSE = "deterministic/before"
 DET_SAME = "deterministic/same-sparsity"
+DET_LAYERS = "deterministic/same-layers"
 MODES = ("mc", "mean")
 MODE_TITLES = {
     "mc": "Monte-Carlo predictive",
@@ -485,17 +486,42 @@ def det_file(args: argparse.Namespace, seed: int) -> str:
     return f"det_seed{seed}_{trained}.safetensors"
 
 
-def score_deterministic(det: nn.Module, sparsity: float, data: Data, s: Settings) -> Record:
-    """The deterministic net, dense and magnitude-pruned (global ranking) to the record's
-    sparsity, as it is and with a temperature; one pass (mode "mean")."""
+def score_deterministic(
+    det: nn.Module, final: nn.Module, data: Data, s: Settings, args: argparse.Namespace
+) -> Record:
+    """The deterministic net, one pass (mode "mean"): dense; magnitude-pruned to the
+    record's sparsity by one global ranking (the issue's twin), with a temperature; and
+    pruned layer by layer to the record's non-zero weights per layer (a global ranking
+    can empty a small layer), as it is, fine-tuned as the record's survivors are
+    (`--restore-epochs` at the deterministic rate, masks held), and tempered."""
     record = Record()
     test, pick = _scorers(data, "mean", s)
     record.score(DET_DENSE, det, test, pick, 0.0)
+    kept = [int((w != 0).sum()) for _, w in mean_weights(final)]
+    sparsity = 1 - sum(kept) / model_size(det).weights
     same = compress.pruned_copy(det, compress.weight_scores(det, "magnitude"), sparsity)
-    record.score(f"{DET_SAME}/pruned", same, test, pick, sparsity)
-    tempered = _restore(same, "temperature", data, s, "mean", "categorical")
-    record.score(f"{DET_SAME}/pruned+temperature", tempered, test, pick, sparsity)
+    layers = compress.apply_masks(copy_model(det), per_layer_masks(det, kept))
+    tuned = {"lr": args.lr, "lr_schedule": "cosine"}
+    for prefix, pruned in ((DET_SAME, same), (DET_LAYERS, layers)):
+        record.score(f"{prefix}/pruned", pruned, test, pick, sparsity)
+        tempered = _restore(pruned, "temperature", data, s, "mean", "categorical")
+        record.score(f"{prefix}/pruned+temperature", tempered, test, pick, sparsity)
+    finetuned = _restore(layers, "finetune", data, s, "mean", "categorical", **tuned)
+    record.score(f"{DET_LAYERS}/pruned+finetune", finetuned, test, pick, sparsity)
+    tempered = _restore(finetuned, "temperature", data, s, "mean", "categorical")
+    record.score(f"{DET_LAYERS}/pruned+finetune+temperature", tempered, test, pick, sparsity)
     return record
+
+
+def per_layer_masks(model: nn.Module, kept: list[int]) -> dict[str, Tensor]:
+    """Masks keeping the `kept[i]` largest-magnitude weights of the i-th prunable layer."""
+    scores = compress.weight_scores(model, "magnitude")
+    if len(scores) != len(kept):
+        raise ValueError(f"{len(kept)} per-layer counts for {len(scores)} prunable layers")
+    return {
+        name: compress.global_sparsity_masks({name: score}, 1 - k / score.numel())[name]
+        for (name, score), k in zip(scores.items(), kept, strict=True)
+    }
 
 
 def measure_uncertainty(
@@ -508,7 +534,7 @@ def measure_uncertainty(
     sparsity = 1 - model_size(nets.final).nonzero_weights / nets.total
     # scored shrunk: the same function as the masked net, without its dead units' cost
     pruned = compress.shrink(nets.pruned, INPUT).model
-    det_record = score_deterministic(det, sparsity, data, s)
+    det_record = score_deterministic(det, nets.final, data, s, args)
     start = time.perf_counter()
     trained = trained_restores(nets.final, data, s, args)
     out: dict[str, Any] = {

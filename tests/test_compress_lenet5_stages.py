@@ -29,7 +29,9 @@ from compress_lenet5 import (
     check_stages,
     kl_stage,
     masked,
+    mean_weights,
     measure_uncertainty,
+    per_layer_masks,
     render_uncertainty,
     seeded_det,
     uncertainty_data,
@@ -107,6 +109,18 @@ def _tiny_record(cache: Path) -> tuple[argparse.Namespace, RecordNets]:
     return args, RecordNets(train, val, None, copy_model(det), svd, pruned, final, 430_500)
 
 
+def test_per_layer_masks_keep_the_largest_weights_of_each_layer() -> None:
+    det = seeded_det(0)
+    _, nets = _tiny_record(Path("unused"))
+    kept = [int((w != 0).sum()) for _, w in mean_weights(nets.final)]
+    masks = per_layer_masks(det, kept)
+    assert [int(m.sum()) for m in masks.values()] == kept
+    for (_, w), mask in zip(mean_weights(det), masks.values(), strict=True):
+        assert w.abs()[mask.bool()].min() >= w.abs()[~mask.bool()].max()
+    with pytest.raises(ValueError, match="prunable layers"):
+        per_layer_masks(det, kept[:2])
+
+
 def test_uncertainty_scores_every_stage_and_chooses_on_validation(tmp_path: Path) -> None:
     args, nets = _tiny_record(tmp_path)
     before = {k: v.clone() for k, v in nets.final.state_dict().items()}
@@ -126,6 +140,9 @@ def test_uncertainty_scores_every_stage_and_chooses_on_validation(tmp_path: Path
         restored = {f"{RECORD}/pruned+{m}" for m in ("temperature", "variances", "finetune")}
         assert restored < set(stages)
         assert "deterministic/same-sparsity/pruned+temperature" in stages
+        assert "deterministic/same-layers/pruned+finetune+temperature" in stages
+        for name in ("deterministic/same-sparsity/pruned", "deterministic/same-layers/pruned"):
+            assert stages[name]["sparsity"] == pytest.approx(result["sparsity"])
         for name, values in stages.items():
             wanted = {"accuracy", "nll", "ece", "ood_auroc_entropy"}
             assert wanted | (mi if name.startswith("bayesian/") else set()) <= set(values)
