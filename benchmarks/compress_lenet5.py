@@ -835,21 +835,30 @@ def uncertainty_of_record(
     return result
 
 
+MAY_DIFFER = ("seeds", "ft_thresholds")  # settings a merge keeps per seed
+
+
 def merge(paths: list[Path], name: str) -> None:
-    """One result of runs that differ only in their seeds (one process per seed)."""
+    """One result of runs that differ only in their seeds (one process per seed) and in
+    `--ft-thresholds` (a replay may fine-tune only the candidate its record chose; each
+    candidate's fine-tune is seeded on its own, so the chosen net is the same); what
+    differs is kept per seed."""
     parts = [json.loads(p.read_text()) for p in paths]
     first = parts[0]
+    per_seed = {}
     for path, part in zip(paths, parts, strict=True):
         differ = sorted(
             k
             for k in set(part["settings"]) | set(first["settings"])
-            if k != "seeds" and part["settings"].get(k) != first["settings"].get(k)
+            if k not in MAY_DIFFER and part["settings"].get(k) != first["settings"].get(k)
         )
         if differ:
             raise SystemExit(f"{path} differs from {paths[0]} in settings {differ}; not merged")
+        for seed in part["settings"]["seeds"]:
+            per_seed[str(seed)] = {k: part["settings"].get(k) for k in MAY_DIFFER}
     by_seed = {r["seed"]: r for part in parts for r in part["seeds"]}  # a later file wins
     rows = [by_seed[k] for k in sorted(by_seed)]
-    settings = {**first["settings"], "seeds": sorted(by_seed)}
+    settings = {**first["settings"], "seeds": sorted(by_seed), "per_seed": per_seed}
     payload = {"settings": settings, "seeds": rows, "summary": summary(rows), "notes": []}
     payload["merged_from"] = [str(p) for p in paths]
     command = " ; ".join(dict.fromkeys(p["command"] for p in parts))
