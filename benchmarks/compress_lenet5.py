@@ -23,6 +23,15 @@ step 1; the shrunk net of step 2 is fine-tuned for F epochs before its test read
 20, in one `fit` call (one cosine schedule, one optimiser state): fit's own staged
 `kl_weight=[(4.0, 10), (1.0, 20)]`.
 
+`--uncertainty` (issue 18) also scores every stage on the MNIST test set with
+Fashion-MNIST test images out (accuracy, NLL, ECE, OOD AUROC by entropy and, Monte
+Carlo, by mutual information), for the MC predictive and the posterior mean: the dense
+Sparse VD net, the chosen weight pruning, the shrunk net of record, each
+`restore_uncertainty` method on it and the one `bayesprune restore`'s rule picks on the
+validation split (OOD for validation: Fashion-MNIST *training* images), and the
+deterministic net magnitude-pruned to the same sparsity. With `--load-svd` the
+deterministic net is trained again from the same seed (`--det-cache` keeps it).
+
 The structure is written as Bayesian Compression writes it: conv1 channels - conv2
 channels - fc1 inputs in use - fc1 units (dense: 20-50-800-500). The test set is read
 once per reported figure. Seeds run one after another; results are written after
@@ -492,7 +501,7 @@ def score_deterministic(
     """The deterministic net, one pass (mode "mean"): dense; magnitude-pruned to the
     record's sparsity by one global ranking (the issue's twin), with a temperature; and
     pruned layer by layer to the record's non-zero weights per layer (a global ranking
-    can empty a small layer), as it is, fine-tuned as the record's survivors are
+    can starve a layer), as it is, fine-tuned as the record's survivors are
     (`--restore-epochs` at the deterministic rate, masks held), and tempered."""
     record = Record()
     test, pick = _scorers(data, "mean", s)
