@@ -23,6 +23,15 @@ step 1; the shrunk net of step 2 is fine-tuned for F epochs before its test read
 20, in one `fit` call (one cosine schedule, one optimiser state): fit's own staged
 `kl_weight=[(4.0, 10), (1.0, 20)]`.
 
+`--uncertainty` (issue 18) also scores every stage on the MNIST test set with
+Fashion-MNIST test images out (accuracy, NLL, ECE, OOD AUROC by entropy and, Monte
+Carlo, by mutual information), for the MC predictive and the posterior mean: the dense
+Sparse VD net, the chosen weight pruning, the shrunk net of record, each
+`restore_uncertainty` method on it and the one `bayesprune restore`'s rule picks on the
+validation split (OOD for validation: Fashion-MNIST *training* images), and the
+deterministic net magnitude-pruned to the same sparsity. With `--load-svd` the
+deterministic net is trained again from the same seed (`--det-cache` keeps it).
+
 The structure is written as Bayesian Compression writes it: conv1 channels - conv2
 channels - fc1 inputs in use - fc1 units (dense: 20-50-800-500). The test set is read
 once per reported figure. Seeds run one after another; results are written after
@@ -38,19 +47,22 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from _uncertainty_pipelines import RESTORES, Data, Record, Settings, _restore, _scorers
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import TensorDataset
+from uncertainty_after_pruning import chosen, summarise, targets
 
 import bayesprune as bp
 from bayesprune import compress
 from bayesprune.compress.adapters import as_prunable, copy_model, prunable_layers
-from bayesprune.data import load_mnist
+from bayesprune.data import load_fashion_mnist, load_mnist
 from bayesprune.metrics import model_size
 
 NAME = "compress_lenet5"
@@ -213,19 +225,53 @@ def finetune_survivors(
     )
 
 
+@dataclass
+class RecordNets:
+    """What one seed's compression of record leaves, for the uncertainty read."""
+
+    train: TensorDataset
+    val: TensorDataset
+    det: nn.Module | None  # None after --load-svd (the deterministic init is not saved)
+    det_init: nn.Module  # the seeded initial weights the deterministic net trains from
+    svd: nn.Module  # dense Sparse VD
+    pruned: nn.Module  # the chosen weight pruning (fine-tuned where chosen), masked
+    final: nn.Module  # the unit step, shrunk and fine-tuned: the net of record
+    total: int  # dense weights
+
+
+def train_det(det: nn.Module, train: TensorDataset, args: argparse.Namespace, seed: int) -> None:
+    """The deterministic LeNet-5-Caffe of `--det-epochs` (the Sparse VD init)."""
+    common = dict(batch_size=args.batch_size, seed=seed, progress=False)
+    bp.fit(det, train, epochs=args.det_epochs, lr=args.lr, lr_schedule="cosine", **common)
+
+
+def seeded_det(seed: int) -> nn.Module:
+    """The deterministic LeNet-5-Caffe at its seeded initial weights."""
+    torch.manual_seed(seed)
+    return bp.lenet5_caffe(family="deterministic")
+
+
 def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset | None) -> dict[str, Any]:
+    """One seed's record (the JSON row)."""
+    return compress_seed(args, seed, test)[0]
+
+
+def compress_seed(
+    args: argparse.Namespace, seed: int, test: TensorDataset | None
+) -> tuple[dict[str, Any], RecordNets]:
+    """One seed's record and the nets it went through."""
     train, val = split(load_mnist("train", limit=args.train_limit), args.val_size, seed)
     common = dict(batch_size=args.batch_size, seed=seed, progress=False)
     t0 = time.process_time()
-    torch.manual_seed(seed)
-    det = bp.lenet5_caffe(family="deterministic")
+    det = seeded_det(seed)
+    det_init = copy_model(det)
     hist = None
     if args.load_svd is not None:  # a saved Sparse VD net: only the choices run again
         svd = bp.convert(det, "sparse_vd", rho_init=args.rho_init)
         svd.load_state_dict(load_file(args.load_svd / f"svd_seed{seed}.safetensors"))
         t_det = t_svd = 0.0
     else:
-        bp.fit(det, train, epochs=args.det_epochs, lr=args.lr, lr_schedule="cosine", **common)
+        train_det(det, train, args, seed)
         t_det = time.process_time() - t0
         svd = bp.convert(det, "sparse_vd", init_from_weights=True, rho_init=args.rho_init)
         hist = bp.fit(
@@ -324,7 +370,245 @@ def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset | None) ->
         "val_error_pct": error(small, val),
         "test_error_pct": error(small, test),
     }
-    return row
+    trained = det if hist is not None else None
+    return row, RecordNets(train, val, trained, det_init, svd, m, small, total)
+
+
+# --- issue 18: the uncertainty of the record -----------------------------------------------
+
+DENSE_STAGE = "bayesian/before"  # dense Sparse VD (the names `uncertainty_after_pruning` reads)
+PRUNED_STAGE = "bayesian/weight-pruned"  # the chosen log α pruning, before the unit step
+RECORD = "bayesian/record"  # the shrunk net of record; restoring methods apply to it
+DET_DENSE = "deterministic/before"
+DET_SAME = "deterministic/same-sparsity"
+DET_LAYERS = "deterministic/same-layers"
+MODES = ("mc", "mean")
+MODE_TITLES = {
+    "mc": "Monte-Carlo predictive",
+    "mean": "posterior-mean net (what the record reports)",
+}
+CHOSEN = f"{RECORD}/chosen-on-validation"
+
+
+def uncertainty_data(
+    nets: RecordNets,
+    val_ood: Tensor,
+    test: tuple[Tensor, Tensor],
+    test_ood: Tensor,
+    args: argparse.Namespace,
+    seed: int,
+) -> Data:
+    """The record's own training / validation split as `uncertainty_after_pruning` splits
+    it: temperature on the first validation half, the restoring method chosen on the
+    second (OOD for validation: `val_ood`, the other set's *training* images); test and
+    OOD test read only by the test scorers."""
+    x, y = nets.val.tensors
+    half = len(y) // 2
+    cache: dict[str, Callable[[nn.Module], dict[str, float]]] = {}
+
+    def test_scorer(mode: str, likelihood: Any) -> Callable[[nn.Module], dict[str, float]]:
+        if mode not in cache:
+            cache[mode] = bp.scorer(
+                test, likelihood, mode=mode, samples=args.mc_samples, ood=test_ood, seed=seed
+            )
+        return cache[mode]
+
+    return Data(
+        train=nets.train.tensors,
+        val=(x, y),
+        val_fit=(x[:half], y[:half]),
+        val_pick=(x[half:], y[half:]),
+        val_ood=val_ood,
+        val_pick_ood=val_ood[half:],
+        test=test_scorer,
+    )
+
+
+def load_uncertainty_sets(
+    args: argparse.Namespace, seed: int, n_val: int
+) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
+    """(validation OOD: Fashion-MNIST training images, MNIST test, Fashion-MNIST test)."""
+    val_ood = load_fashion_mnist("train", limit=n_val, seed=seed).tensors[0]
+    test = load_mnist("test", limit=args.test_limit).tensors
+    test_ood = load_fashion_mnist("test", limit=args.test_limit).tensors[0]
+    return val_ood, (test[0], test[1]), test_ood
+
+
+def restore_settings(args: argparse.Namespace, seed: int) -> Settings:
+    """`_uncertainty_pipelines` settings: MC samples, restore epochs, batch, seed."""
+    return Settings(
+        epochs=args.det_epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        mc_samples=args.mc_samples,
+        val_samples=args.val_samples,
+        restore_epochs=args.restore_epochs,
+        delta=args.accuracy_tolerance,
+        uncertainty_tolerances={},
+        seed=seed,
+    )
+
+
+def trained_restores(
+    final: nn.Module, data: Data, s: Settings, args: argparse.Namespace
+) -> dict[str, nn.Module]:
+    """The restoring methods that train, once for both predictives: the scales
+    re-estimated, and a fine-tune of the survivors as the record fine-tunes them
+    (`--ft-lr`, cosine, `--ft-kl-weight`)."""
+    tuned = {"lr": args.ft_lr, "lr_schedule": "cosine", "kl_weight": args.ft_kl_weight}
+    return {
+        "variances": _restore(final, "variances", data, s, "mc", "categorical"),
+        "finetune": _restore(final, "finetune", data, s, "mc", "categorical", **tuned),
+    }
+
+
+def deterministic_twin(nets: RecordNets, args: argparse.Namespace, seed: int) -> nn.Module:
+    """The record's deterministic LeNet-5-Caffe: kept when this process trained it, else
+    trained again from the same seeded init, data order and epochs."""
+    if nets.det is not None:
+        return nets.det
+    return cached_det(nets.det_init, nets.train, args, seed)
+
+
+def cached_det(
+    det_init: nn.Module, train: TensorDataset, args: argparse.Namespace, seed: int
+) -> nn.Module:
+    """The deterministic net trained from `det_init`, read from `--det-cache` when an
+    earlier run saved it there (the same seed, split and epochs give the same weights),
+    else trained (and saved there)."""
+    det = copy_model(det_init)
+    path = None if args.det_cache is None else args.det_cache / det_file(args, seed)
+    if path is not None and path.is_file():
+        det.load_state_dict(load_file(path))
+        return det
+    train_det(det, train, args, seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(det.state_dict(), path)
+    return det
+
+
+def det_file(args: argparse.Namespace, seed: int) -> str:
+    """A cached deterministic net's file: named by everything its weights depend on."""
+    rows = "all" if args.train_limit is None else args.train_limit
+    trained = f"ep{args.det_epochs}_lr{args.lr}_b{args.batch_size}_n{rows}_v{args.val_size}"
+    return f"det_seed{seed}_{trained}.safetensors"
+
+
+def score_deterministic(
+    det: nn.Module, final: nn.Module, data: Data, s: Settings, args: argparse.Namespace
+) -> Record:
+    """The deterministic net, one pass (mode "mean"): dense; magnitude-pruned to the
+    record's sparsity by one global ranking (the issue's twin), with a temperature; and
+    pruned layer by layer to the record's non-zero weights per layer (a global ranking
+    can starve a layer), as it is, fine-tuned as the record's survivors are
+    (`--restore-epochs` at the deterministic rate, masks held), and tempered."""
+    record = Record()
+    test, pick = _scorers(data, "mean", s)
+    record.score(DET_DENSE, det, test, pick, 0.0)
+    kept = [int((w != 0).sum()) for _, w in mean_weights(final)]
+    sparsity = 1 - sum(kept) / model_size(det).weights
+    same = compress.pruned_copy(det, compress.weight_scores(det, "magnitude"), sparsity)
+    layers = compress.apply_masks(copy_model(det), per_layer_masks(det, kept))
+    tuned = {"lr": args.lr, "lr_schedule": "cosine"}
+    for prefix, pruned in ((DET_SAME, same), (DET_LAYERS, layers)):
+        record.score(f"{prefix}/pruned", pruned, test, pick, sparsity)
+        tempered = _restore(pruned, "temperature", data, s, "mean", "categorical")
+        record.score(f"{prefix}/pruned+temperature", tempered, test, pick, sparsity)
+    finetuned = _restore(layers, "finetune", data, s, "mean", "categorical", **tuned)
+    record.score(f"{DET_LAYERS}/pruned+finetune", finetuned, test, pick, sparsity)
+    tempered = _restore(finetuned, "temperature", data, s, "mean", "categorical")
+    record.score(f"{DET_LAYERS}/pruned+finetune+temperature", tempered, test, pick, sparsity)
+    return record
+
+
+def per_layer_masks(model: nn.Module, kept: list[int]) -> dict[str, Tensor]:
+    """Masks keeping the `kept[i]` largest-magnitude weights of the i-th prunable layer."""
+    scores = compress.weight_scores(model, "magnitude")
+    if len(scores) != len(kept):
+        raise ValueError(f"{len(kept)} per-layer counts for {len(scores)} prunable layers")
+    return {
+        name: compress.global_sparsity_masks({name: score}, 1 - k / score.numel())[name]
+        for (name, score), k in zip(scores.items(), kept, strict=True)
+    }
+
+
+def measure_uncertainty(
+    nets: RecordNets, det: nn.Module, data: Data, args: argparse.Namespace, seed: int
+) -> dict[str, Any]:
+    """Every stage of the record scored in both predictives (test: reported; validation
+    pick half: only to choose a restoring method), the deterministic twin beside them."""
+    s = restore_settings(args, seed)
+    sparsity_pruned = 1 - nonzero(nets.pruned) / nets.total
+    sparsity = 1 - model_size(nets.final).nonzero_weights / nets.total
+    # scored shrunk: the same function as the masked net, without its dead units' cost
+    pruned = compress.shrink(nets.pruned, INPUT).model
+    det_record = score_deterministic(det, nets.final, data, s, args)
+    start = time.perf_counter()
+    trained = trained_restores(nets.final, data, s, args)
+    out: dict[str, Any] = {
+        "sparsity_weight_pruned": sparsity_pruned,
+        "sparsity": sparsity,
+        "restore_training_s": round(time.perf_counter() - start, 1),
+    }
+    for mode in MODES:
+        print(f"seed {seed} uncertainty, {mode} predictive", flush=True)
+        record = Record()
+        test, pick = _scorers(data, mode, s)
+        record.score(DENSE_STAGE, nets.svd, test, pick, 0.0)
+        record.score(PRUNED_STAGE, pruned, test, pick, sparsity_pruned)
+        record.score(f"{RECORD}/pruned", nets.final, test, pick, sparsity)
+        with record.timed("restore temperature"):
+            repaired = {
+                "temperature": _restore(nets.final, "temperature", data, s, mode, "categorical"),
+                **trained,
+                "finetune+temperature": _restore(
+                    trained["finetune"], "temperature", data, s, mode, "categorical"
+                ),
+            }
+        for method in RESTORES:
+            record.score(f"{RECORD}/pruned+{method}", repaired[method], test, pick, sparsity)
+        record.stages |= det_record.stages
+        record.pick |= det_record.pick
+        record.seconds |= {f"deterministic {k}": v for k, v in det_record.seconds.items()}
+        out[mode] = record.as_dict()
+    return out
+
+
+def with_record_choice(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run with the stage "bayesian/record/chosen-on-validation": the restoring method
+    `bayesprune restore`'s rule keeps on the validation pick half (`chosen`, as in
+    `uncertainty_after_pruning`), with its test metrics."""
+    out = []
+    for run in runs:
+        pick = chosen(run, RECORD)
+        stages = dict(run["stages"])
+        if pick is not None:
+            stages[CHOSEN] = {**stages[pick], "chosen": pick}
+        out.append({**run, "stages": stages})
+    return out
+
+
+def uncertainty_runs(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """The seeds' runs of one predictive, with the validation choice added."""
+    runs = [{"seed": r["seed"], **r["uncertainty"][mode]} for r in rows if r.get("uncertainty")]
+    return with_record_choice(runs)
+
+
+def render_uncertainty(rows: list[dict[str, Any]], delta: float) -> list[str]:
+    """Issue 18's tables: every stage (mean ± sd over seeds), the targets on seed means."""
+    out = []
+    for mode in MODES:
+        runs = uncertainty_runs(rows, mode)
+        if not runs:
+            continue
+        seeds = [r["seed"] for r in runs]
+        out += [
+            f"## Uncertainty, {MODE_TITLES[mode]} (MNIST in, Fashion-MNIST out; seeds {seeds})\n"
+        ]
+        out += [md_table(summarise(runs)), "Issue 18 targets (seed means):\n"]
+        out += [md_table(targets(runs, delta)), ""]
+    return out
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -386,6 +670,8 @@ def render(p: dict[str, Any]) -> str:
             if r.get("finetune_grid"):
                 out += ["Fine-tuned candidates:\n", md_table(r["finetune_grid"])]
             out += [md_table(r["unit_grid"]), ""]
+    if any(r.get("uncertainty") for r in p["seeds"]):
+        out += render_uncertainty(p["seeds"], p["settings"]["accuracy_tolerance"])
     if p.get("notes"):
         out += ["## Notes\n"] + [f"- {n}" for n in p["notes"]] + [""]
     return "\n".join(out)
@@ -462,6 +748,49 @@ def main() -> None:
         "--no-test", action="store_true", help="development runs: never read the test set"
     )
     parser.add_argument("--unit-tolerance", type=float, default=0.1, help="val error (%%) margin")
+    parser.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="issue 18: also score accuracy, NLL, ECE and OOD AUROC (Fashion-MNIST test images "
+        "out) of every stage, MC and posterior mean, the restoring methods on the net of "
+        "record (chosen on validation) and the deterministic twin at the same sparsity",
+    )
+    parser.add_argument("--mc-samples", type=int, default=30, help="--uncertainty: test MC passes")
+    parser.add_argument(
+        "--val-samples", type=int, default=10, help="--uncertainty: validation MC passes"
+    )
+    parser.add_argument(
+        "--restore-epochs", type=int, default=2, help="--uncertainty: variances / finetune epochs"
+    )
+    parser.add_argument(
+        "--test-limit", type=int, default=None, help="--uncertainty: test images per set"
+    )
+    parser.add_argument(
+        "--accuracy-tolerance",
+        type=float,
+        default=0.005,
+        help="--uncertainty: accuracy drop the targets table allows",
+    )
+    parser.add_argument(
+        "--det-cache",
+        type=Path,
+        default=None,
+        help="--uncertainty after --load-svd: folder where the deterministic twin (trained "
+        "again, same seed and split) is saved, and read by later runs",
+    )
+    parser.add_argument(
+        "--det-only",
+        action="store_true",
+        help="only train each seed's deterministic net into --det-cache (before --load-svd)",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="only combine the seeds of runs with the same settings (separate processes) "
+        "into --name",
+    )
     parser.add_argument("--train-limit", type=int, default=None, help="smoke runs only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
@@ -473,13 +802,76 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     name = args.name
     del args.name
+    if args.merge:
+        merge(args.merge, name)
+        return
+    del args.merge
+    if args.uncertainty and args.no_test:
+        parser.error("--uncertainty reads the test sets; drop --no-test")
+    if args.det_only:
+        if args.det_cache is None:
+            parser.error("--det-only trains into --det-cache DIR; give it")
+        for seed in args.seeds:
+            train, _ = split(load_mnist("train", limit=args.train_limit), args.val_size, seed)
+            cached_det(seeded_det(seed), train, args, seed)
+        return
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     test = None if args.no_test else load_mnist("test")
     payload: dict[str, Any] = {"settings": settings, "seeds": [], "notes": []}
     for seed in args.seeds:
-        payload["seeds"].append(run_seed(args, seed, test))
+        row, nets = compress_seed(args, seed, test)
+        if args.uncertainty:
+            row["uncertainty"] = uncertainty_of_record(nets, args, seed, test)
+        payload["seeds"].append(row)
         payload["summary"] = summary(payload["seeds"])
         write_results(name, payload, render(payload))
+
+
+def uncertainty_of_record(
+    nets: RecordNets, args: argparse.Namespace, seed: int, test: TensorDataset | None
+) -> dict[str, Any]:
+    """`--uncertainty` for one seed: the deterministic twin, the data, every stage scored."""
+    start = time.perf_counter()
+    det = deterministic_twin(nets, args, seed)
+    det_s = time.perf_counter() - start
+    val_ood, test_xy, test_ood = load_uncertainty_sets(args, seed, len(nets.val))
+    data = uncertainty_data(nets, val_ood, test_xy, test_ood, args, seed)
+    result = measure_uncertainty(nets, det, data, args, seed)
+    result["det_test_error_pct"] = error(det, test)
+    result["det_trained_here"] = nets.det is None
+    result["det_train_s"] = round(det_s, 1)
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+MAY_DIFFER = ("seeds", "ft_thresholds")  # settings a merge keeps per seed
+
+
+def merge(paths: list[Path], name: str) -> None:
+    """One result of runs that differ only in their seeds (one process per seed) and in
+    `--ft-thresholds` (a replay may fine-tune only the candidate its record chose; each
+    candidate's fine-tune is seeded on its own, so the chosen net is the same); what
+    differs is kept per seed."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    first = parts[0]
+    per_seed = {}
+    for path, part in zip(paths, parts, strict=True):
+        differ = sorted(
+            k
+            for k in set(part["settings"]) | set(first["settings"])
+            if k not in MAY_DIFFER and part["settings"].get(k) != first["settings"].get(k)
+        )
+        if differ:
+            raise SystemExit(f"{path} differs from {paths[0]} in settings {differ}; not merged")
+        for seed in part["settings"]["seeds"]:
+            per_seed[str(seed)] = {k: part["settings"].get(k) for k in MAY_DIFFER}
+    by_seed = {r["seed"]: r for part in parts for r in part["seeds"]}  # a later file wins
+    rows = [by_seed[k] for k in sorted(by_seed)]
+    settings = {**first["settings"], "seeds": sorted(by_seed), "per_seed": per_seed}
+    payload = {"settings": settings, "seeds": rows, "summary": summary(rows), "notes": []}
+    payload["merged_from"] = [str(p) for p in paths]
+    command = " ; ".join(dict.fromkeys(p["command"] for p in parts))
+    write_results(name, payload, render(payload), command, first["machine"])
 
 
 if __name__ == "__main__":
