@@ -36,8 +36,8 @@ def test_stages_give_each_epoch_its_beta_and_hold_the_last():
 @pytest.mark.parametrize(
     ("value", "match"),
     [
-        (-1.0, "beta must be a finite number >= 0"),
-        (float("nan"), "beta must be a finite number >= 0"),
+        (-1.0, "kl_weight must be a finite number >= 0"),
+        (float("nan"), "kl_weight must be a finite number >= 0"),
         ([], "a number >= 0, or stages"),
         ("4:10", "a number >= 0, or stages"),
         ([(4.0, 0), (1.0, 2)], "epochs must be an integer >= 1"),

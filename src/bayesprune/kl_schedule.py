@@ -84,12 +84,12 @@ def _stage(item: Any, index: int) -> tuple[float, int]:
     beta, count = item
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"{where}: epochs must be an integer >= 1, got {count!r}")
-    return _beta(beta, where), count
+    return _beta(beta, f"{where}: beta"), count
 
 
-def _beta(value: Any, where: str) -> float:
+def _beta(value: Any, what: str) -> float:
     if not _is_number(value) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{where}: beta must be a finite number >= 0, got {value!r}")
+        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
