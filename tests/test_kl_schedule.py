@@ -36,14 +36,15 @@ def test_stages_give_each_epoch_its_beta_and_hold_the_last():
 @pytest.mark.parametrize(
     ("value", "match"),
     [
-        (-1.0, "kl_weight must be a finite number >= 0"),
-        (float("nan"), "kl_weight must be a finite number >= 0"),
+        (-1.0, "kl_weight must be >= 0.0, got -1.0"),
+        (float("nan"), "kl_weight must be a finite number, got nan"),
         ([], "a number >= 0, or stages"),
         ("4:10", "a number >= 0, or stages"),
         ([(4.0, 0), (1.0, 2)], "epochs must be an integer >= 1"),
         ([(4.0, 2.5)], "epochs must be an integer >= 1"),
         ([(4.0, 2, 1)], "must be a pair"),
-        ([(True, 2)], "beta must be a finite number"),
+        ([(True, 2)], "kl_weight stage 0: beta must be a number, got True"),
+        ([(-4.0, 2)], "kl_weight stage 0: beta must be >= 0.0, got -4.0"),
     ],
 )
 def test_bad_kl_weight_is_one_clear_error(value, match):

@@ -14,10 +14,11 @@ JSON (`KLStages.to_json`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from .validation import check_finite_number
 
 KLWeight = float | Sequence[tuple[float, int]]
 """A number (β for every epoch) or stages [(β, epochs), ...]; the last β holds after them."""
@@ -64,7 +65,7 @@ def kl_stages(value: Any, epochs: int | None = None) -> KLStages:
     last β that never starts is a schedule that silently does not happen.
     """
     if _is_number(value):
-        return KLStages(((_beta(value, "kl_weight"), 1),))
+        return KLStages(((check_finite_number(value, "kl_weight", minimum=0.0), 1),))
     if isinstance(value, str | bytes) or not isinstance(value, Sequence) or not value:
         raise ValueError(f"kl_weight must be {_EXAMPLE}; got {value!r}")
     stages = tuple(_stage(item, i) for i, item in enumerate(value))
@@ -84,13 +85,7 @@ def _stage(item: Any, index: int) -> tuple[float, int]:
     beta, count = item
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"{where}: epochs must be an integer >= 1, got {count!r}")
-    return _beta(beta, f"{where}: beta"), count
-
-
-def _beta(value: Any, what: str) -> float:
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return check_finite_number(beta, f"{where}: beta", minimum=0.0), count
 
 
 def _is_number(value: Any) -> bool:
