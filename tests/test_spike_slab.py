@@ -181,6 +181,33 @@ def test_marginal_forward_has_the_mean_and_variance_of_sampled_gates(make):
     torch.testing.assert_close(draws_m.var(0), draws_st.var(0), rtol=rtol, atol=1e-6)
 
 
+def test_marginal_conv_gate_is_shared_by_a_channels_positions():
+    """A conv's channel gate is one draw per example: "marginal" keeps the per-position
+    moments of sampled gates and also their correlation across positions (the variance
+    of a channel's spatial mean), which independent noise per position would shrink."""
+    torch.manual_seed(0)
+    marginal = _randomise(SpikeSlabConv2d(2, 3, 3, gate_estimator="marginal")).double()
+    sampled = SpikeSlabConv2d(2, 3, 3, gate_estimator=ST).double()
+    sampled.load_state_dict(marginal.state_dict())
+    x = torch.randn(1, 2, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    n = 20_000
+    with torch.no_grad():
+        draws_m, draws_st = marginal(x.expand(n, -1, -1, -1)), sampled(x.expand(n, -1, -1, -1))
+    se = draws_st.std(0) / math.sqrt(n)
+    assert ((draws_m.mean(0) - draws_st.mean(0)).abs() <= 6 * se).all()
+    torch.testing.assert_close(draws_m.var(0), draws_st.var(0), rtol=0.15, atol=1e-6)
+    spatial_m, spatial_st = draws_m.mean((2, 3)).var(0), draws_st.mean((2, 3)).var(0)
+    torch.testing.assert_close(spatial_m, spatial_st, rtol=0.1, atol=1e-6)
+
+
+def test_marginal_conv_gate_gradient_is_finite_at_a_saturated_gate():
+    conv = SpikeSlabConv2d(1, 2, 3, gate_estimator="marginal")
+    with torch.no_grad():
+        conv.gate_logit.copy_(torch.tensor([40.0, -40.0]))  # γ(1 − γ) underflows to 0
+    conv(torch.randn(4, 1, 5, 5)).sum().backward()
+    assert torch.isfinite(conv.gate_logit.grad).all()
+
+
 @pytest.mark.parametrize("sampling", ["local", "shared"])
 def test_layer_gates_fire_with_frequency_gamma(sampling):
     layer = SpikeSlabLinear(3, 2, gate_sampling=sampling, gate_estimator="straight_through")

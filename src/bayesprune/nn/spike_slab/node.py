@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import EdgeAggregate, Posterior
@@ -110,6 +111,13 @@ class _NodeSpikeSlab(_SpikeSlabLayer):
         terms of one unit are independent, so the unit's moments are exact); a node gate
         then maps the unit's (m, v) to (γ m, γ v + γ (1 − γ) m²). The gates' gradients are
         analytic, so a unit the likelihood needs feels the noise its doubtful gate adds.
+
+        A convolution's channel gate is one draw for all positions of an example, so its
+        noise must be shared by them: there the slabs' pre-activation is sampled per
+        position and multiplied by one z ~ N(γ, γ (1 − γ)) per example and channel (the
+        same mean and variance per position). Independent noise per position would
+        average out in the next layer's sum, and every channel's gate could then drift
+        shut while the weights grow to make up for it.
         """
         w_mu = self._masked(self.weight_mu)
         w_var = self._masked(self._scales("weight_rho")[1])
@@ -121,12 +129,19 @@ class _NodeSpikeSlab(_SpikeSlabLayer):
         bias_var = None if self.bias_rho is None else self._scales("bias_rho")[1]
         mean = self._linear_map(x, w_mu, self.bias_mu)
         var = self._linear_map(x * x, w_var, bias_var)
-        if self.gate_logit is not None:
-            ch = self._channel_dim(self.gate_logit, mean)
-            g = torch.sigmoid(self.gate_logit).view(-1, *(1,) * (mean.ndim - ch - 1))
-            var = g * var + g * (1 - g) * mean.square()
-            mean = g * mean
-        return sample_normal(mean, var)  # a variance of exactly 0 is a point mass
+        if self.gate_logit is None:
+            return sample_normal(mean, var)  # a variance of exactly 0 is a point mass
+        ch = self._channel_dim(self.gate_logit, mean)
+        trailing = (1,) * (mean.ndim - ch - 1)  # a conv's positions share their channel's gate
+        g = torch.sigmoid(self.gate_logit).view(-1, *trailing)
+        if trailing:
+            logit = self.gate_logit.view(-1, *trailing)
+            gate_sd = torch.exp(-0.5 * (F.softplus(logit) + F.softplus(-logit)))  # √(γ(1−γ))
+            shared = torch.randn(
+                *mean.shape[: ch + 1], *trailing, dtype=mean.dtype, device=mean.device
+            )
+            return sample_normal(mean, var) * (g + gate_sd * shared)
+        return sample_normal(g * mean, g * var + g * (1 - g) * mean.square())
 
     def _deterministic_weights(self) -> tuple[Tensor, Tensor | None]:
         out_g = None if self.gate_logit is None else self._mean_gate(self.gate_logit)
