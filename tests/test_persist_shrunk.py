@@ -29,7 +29,7 @@ from bayesprune.compress import (
 from bayesprune.io import CheckpointError, load_tensors, save_tensors
 from bayesprune.nn import use_posterior_mean
 
-FAMILIES = ["gaussian", "sparse_vd", "spike_slab"]
+FAMILIES = ["gaussian", "sparse_vd", "sparse_vd_group", "spike_slab"]
 
 
 def _bn(c: int) -> nn.BatchNorm2d:

@@ -13,7 +13,7 @@ from bayesprune.compress.graph import GraphShrinkError, GraphTraceError, shrink_
 from bayesprune.nn import use_posterior_mean
 
 TOL = 1e-5
-FAMILIES = ["deterministic", "gaussian", "sparse_vd", "spike_slab"]
+FAMILIES = ["deterministic", "gaussian", "sparse_vd", "sparse_vd_group", "spike_slab"]
 
 
 def _out(model: nn.Module, x: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ from .family import (
     to_deterministic,
 )
 from .gaussian import BayesConv2d, BayesLinear, GradientEstimator
+from .group_sparse_vd import GroupSparseVDConv2d, GroupSparseVDLinear
 from .moments import EVIConv2d, EVILikelihood, EVILinear, Moments, evi_cnn, evi_deep_cnn
 from .priors import GaussianPrior, MixtureKL, ScaleMixturePrior, make_prior
 from .sparse_vd import LogUniformPrior, SparseVDConv2d, SparseVDLinear
@@ -52,6 +53,8 @@ __all__ = [
     "GatedLayer",
     "GaussianPrior",
     "GradientEstimator",
+    "GroupSparseVDConv2d",
+    "GroupSparseVDLinear",
     "LogUniformPrior",
     "MeanGates",
     "MixtureKL",

@@ -1,0 +1,150 @@
+"""Group Sparse VD: a log-uniform scale per unit / channel over Sparse VD weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bayesprune import convert, fit, kl, to_deterministic
+from bayesprune.compress import apply_masks, load_model, save_model, shrink
+from bayesprune.nn import (
+    GroupSparseVDConv2d,
+    GroupSparseVDLinear,
+    SparseVDLinear,
+    use_posterior_mean,
+)
+from bayesprune.nn.sparse_vd import log_alpha, log_uniform_kl
+
+
+def _randomise_units(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Unit scales away from 1 and noisy, so the tests see them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, (GroupSparseVDLinear, GroupSparseVDConv2d)):
+                n = layer.unit_mu.numel()
+                layer.unit_mu.copy_(0.5 + torch.rand(n, generator=g, dtype=layer.unit_mu.dtype))
+                layer.unit_rho.copy_(-3 + torch.rand(n, generator=g, dtype=layer.unit_rho.dtype))
+    return model
+
+
+def _lenet() -> nn.Module:
+    torch.manual_seed(0)
+    plain = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 5, 3), nn.ReLU(),
+        nn.Flatten(), nn.Linear(5 * 3 * 3, 6), nn.ReLU(), nn.Linear(6, 3),
+    )  # fmt: skip
+    return _randomise_units(convert(plain.double(), "sparse_vd_group").double())
+
+
+def test_conv_training_pass_shares_one_scale_per_example_and_channel():
+    conv = _randomise_units(GroupSparseVDConv2d(2, 3, 3).double())
+    with torch.no_grad():
+        conv.weight_rho.fill_(-40.0)  # weights without noise: only the unit scales vary
+        conv.bias_rho.fill_(-40.0)
+        conv.unit_rho.fill_(0.0)
+    x = torch.randn(64, 2, 7, 7, dtype=torch.float64)
+    with torch.no_grad():
+        ratio = conv(x) / to_deterministic(conv)(x) * conv.unit_mu.view(1, -1, 1, 1)
+    flat = ratio.flatten(2)
+    torch.testing.assert_close(flat, flat[..., :1].expand_as(flat))  # one z per channel
+    assert flat[..., 0].std(0).min() > 0.3  # and a fresh one per example
+
+
+def test_training_pass_has_the_moments_of_scale_times_pre_activation():
+    layer = _randomise_units(GroupSparseVDLinear(3, 2).double())
+    with torch.no_grad():
+        layer.weight_rho.fill_(-1.5)
+    x = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64).expand(100_000, 3)
+    with torch.no_grad():
+        draws = layer(x)
+    mean = x[0] @ layer.weight_mu.T + layer.bias_mu
+    var = (x[0] ** 2) @ layer.weight_sigma.square().T + layer.bias_sigma.square()
+    mu, s2 = layer.unit_mu.detach(), layer.unit_sigma.detach().square()
+    torch.testing.assert_close(draws.mean(0), (mean * mu).detach(), rtol=0.02, atol=0.01)
+    expected_var = ((mean.square() + var) * (mu.square() + s2) - (mean * mu).square()).detach()
+    torch.testing.assert_close(draws.var(0), expected_var, rtol=0.03, atol=1e-4)
+
+
+def test_posterior_mean_pass_equals_the_plain_twin_and_the_effective_means():
+    model = _lenet()
+    x = torch.randn(5, 1, 12, 12, dtype=torch.float64)
+    with use_posterior_mean(model):
+        ours = model(x)
+    torch.testing.assert_close(to_deterministic(model)(x), ours)
+    fc = model[6]
+    post = fc.posterior()
+    torch.testing.assert_close(post.weight_mean, (fc.weight_mu * fc.unit_mu[:, None]).detach())
+    assert (post.weight_std > fc.weight_sigma.detach() * fc.unit_mu.detach()[:, None]).all()
+
+
+def test_kl_adds_each_unit_scale_and_a_pure_noise_unit_costs_nothing():
+    layer = GroupSparseVDLinear(4, 3).double()
+    plain = SparseVDLinear(4, 3).double()
+    plain.load_state_dict({k: v for k, v in layer.state_dict().items() if "unit" not in k})
+    units = log_uniform_kl(log_alpha(layer.unit_mu, layer.unit_sigma)).sum()
+    torch.testing.assert_close(layer.kl(), plain.kl() + units)
+    with torch.no_grad():
+        layer.unit_rho[0] = 30.0  # α_0 huge: that unit's scale is noise
+    per_unit = log_uniform_kl(log_alpha(layer.unit_mu, layer.unit_sigma))
+    assert per_unit[0] < 1e-3 < per_unit[1]
+    assert layer.unit_log_alpha()[0] > 3 > layer.unit_log_alpha()[1]
+
+
+def test_shrink_of_noisy_units_equals_the_masked_model_and_round_trips(tmp_path):
+    model = _lenet()
+    masks = {}
+    for name, idx in (("0", [1]), ("3", [0, 3]), ("6", [2, 5])):
+        layer = model.get_submodule(name)
+        with torch.no_grad():
+            layer.unit_rho[idx] = 10.0
+        mask = torch.ones_like(layer.weight_mu)
+        mask[layer.unit_log_alpha() > 3] = 0
+        masks[name] = mask
+    apply_masks(model, masks)
+    result = shrink(model, (1, 12, 12))
+    x = torch.randn(6, 1, 12, 12, dtype=torch.float64)
+    with use_posterior_mean(model), use_posterior_mean(result.model):
+        torch.testing.assert_close(result.model(x), model(x), atol=1e-10, rtol=1e-8)
+    assert result.architecture[1:4] == [3, 3, 4]
+    small_fc = result.model[6]
+    assert small_fc.unit_mu.shape == (4,) and small_fc.weight_mu.shape == (4, 27)
+    path = save_model(result.model, tmp_path / "small.safetensors")
+    back = load_model(path)
+    with use_posterior_mean(back), use_posterior_mean(result.model):
+        torch.testing.assert_close(back(x), result.model(x))
+
+
+def test_training_makes_an_unused_unit_pure_noise():
+    """A hidden unit the output never reads gains nothing from a precise scale: the KL
+    drives its log α up, while the units the likelihood needs stay precise."""
+    torch.manual_seed(0)
+    x = torch.randn(512, 4)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    model = convert(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)), "sparse_vd_group")
+    mask = torch.ones_like(model[2].weight_mu)
+    mask[:, 5] = 0  # unit 5 of the hidden layer is never read
+    model[2].set_weight_mask(mask)
+    before = model[0].unit_log_alpha().clone()
+    kl_before = float(kl(model).detach())
+    fit(model, (x, y), epochs=40, lr=1e-2, batch_size=128, seed=0, progress=False)
+    after = model[0].unit_log_alpha()
+    assert after[5] > before[5] + 4  # pushed towards noise
+    assert float(kl(model).detach()) < kl_before
+    with use_posterior_mean(model):
+        accuracy = (model(x).argmax(1) == y).double().mean()
+    assert accuracy > 0.9
+
+
+@pytest.mark.parametrize("cls", [GroupSparseVDLinear, GroupSparseVDConv2d])
+def test_gradients_finite_at_extreme_scales(cls):
+    layer = cls(3, 2) if cls is GroupSparseVDLinear else cls(3, 2, 1)
+    layer = layer.double()
+    with torch.no_grad():
+        layer.unit_rho.copy_(torch.tensor([-40.0, 30.0]))
+        layer.unit_mu[1] = 0.0
+    x = torch.randn(4, 3, dtype=torch.float64)
+    x = x if cls is GroupSparseVDLinear else x[:, :, None, None]
+    (layer(x).sum() + layer.kl()).backward()
+    assert torch.isfinite(layer.unit_mu.grad).all() and torch.isfinite(layer.unit_rho.grad).all()
