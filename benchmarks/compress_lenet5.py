@@ -267,20 +267,23 @@ def compress_seed(
     det_init = copy_model(det)
     hist = None
     if args.load_svd is not None:  # a saved Sparse VD net: only the choices run again
-        svd = bp.convert(det, "sparse_vd", rho_init=args.rho_init)
+        svd = bp.convert(det, args.family, rho_init=args.rho_init)
         svd.load_state_dict(load_file(args.load_svd / f"svd_seed{seed}.safetensors"))
         t_det = t_svd = 0.0
     else:
         train_det(det, train, args, seed)
         t_det = time.process_time() - t0
-        svd = bp.convert(det, "sparse_vd", init_from_weights=True, rho_init=args.rho_init)
+        svd = bp.convert(det, args.family, init_from_weights=True, rho_init=args.rho_init)
+        names = {name.rsplit(".", 1)[-1] for name, _ in svd.named_parameters()}
         hist = bp.fit(
             svd,
             train,
             epochs=args.svd_epochs,
             lr=args.svd_lr,
             lr_schedule="cosine",
-            lr_multipliers={"weight_rho": args.rho_lr_mult},
+            lr_multipliers={
+                name: args.rho_lr_mult for name in ("weight_rho", "unit_rho") if name in names
+            },
             kl_weight=args.kl_weight_stages or args.kl_weight,
             kl_warmup_epochs=min(args.kl_warmup, args.svd_epochs),
             callbacks=[log_epoch(seed)],
@@ -716,6 +719,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--rho-init", type=float, default=-5.0, help="initial ρ (σ = softplus(ρ)) of Sparse VD"
+    )
+    parser.add_argument(
+        "--family",
+        choices=["sparse_vd", "sparse_vd_group"],
+        default="sparse_vd",
+        help="sparse_vd_group: one more log-uniform scale per channel / unit (group prior)",
     )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--val-size", type=int, default=5000)
