@@ -22,7 +22,9 @@ Per seed, on Fashion-MNIST (a training subset; the validation split is carved fr
    (default: layer and global), each level keeps the more accurate acceptable one.
 3. Torch-Pruning (`MetaPruner`, magnitude and Taylor importance) prunes the
    deterministic twin to the same FLOPs (uniform ratio, bisected).
-4. All three compressed nets are fine-tuned `--finetune-epochs` at `--finetune-lr`,
+4. All three compressed nets are fine-tuned `--finetune-epochs` at `--finetune-lr`
+   (the Bayesian ones at `--bayes-finetune-lr` if given, their posterior scales trained
+   or, `--finetune-variances hold`, held: `bp.finetune(train_variances=False)`),
    then scored once on the test set (accuracy, ECE, NLL, OOD AUROC against MNIST test
    images by predictive entropy and, for the Bayesian nets' Monte-Carlo predictive, by
    mutual information), with channels per stage, FLOPs, and onnxruntime latency of
