@@ -22,7 +22,9 @@ Per seed, on Fashion-MNIST (a training subset; the validation split is carved fr
    (default: layer and global), each level keeps the more accurate acceptable one.
 3. Torch-Pruning (`MetaPruner`, magnitude and Taylor importance) prunes the
    deterministic twin to the same FLOPs (uniform ratio, bisected).
-4. All three compressed nets are fine-tuned `--finetune-epochs` at `--finetune-lr`,
+4. All three compressed nets are fine-tuned `--finetune-epochs` at `--finetune-lr`
+   (the Bayesian ones at `--bayes-finetune-lr` if given, their posterior scales trained
+   or, `--finetune-variances hold`, held: `bp.finetune(train_variances=False)`),
    then scored once on the test set (accuracy, ECE, NLL, OOD AUROC against MNIST test
    images by predictive entropy and, for the Bayesian nets' Monte-Carlo predictive, by
    mutual information), with channels per stage, FLOPs, and onnxruntime latency of
@@ -136,6 +138,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     calibration = _batches(x_train, 256, args.calibration_batches)
     example = x_train[:16]
     tune = {"epochs": args.finetune_epochs, "lr": args.finetune_lr, "lr_schedule": "cosine"}
+    bayes_tune = {**tune, **bayes_finetune_options(args)}
 
     traced: dict[str, dict[str, float]] = {}
     tracer = _tracer(data, args, seed, traced) if args.trace else None
@@ -148,7 +151,8 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     def finetune(net: nn.Module) -> None:
         if tracer is not None:
             tracer(f"{current[0]} ({flops(net)} FLOPs), pruned", net)
-        bp.finetune(net, train, **tune, **fit)
+        options = bayes_tune if _label(net) == "bayesian" else tune
+        bp.finetune(net, train, **options, **fit)
         if tracer is not None:
             tracer(f"{current[0]} ({flops(net)} FLOPs), fine-tuned", net)
 
@@ -252,6 +256,15 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def bayes_finetune_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The compressed Bayesian nets' fine-tune, beyond the shared epochs and schedule: its
+    rate (`--bayes-finetune-lr`, default `--finetune-lr`) and whether the posterior
+    scales train (`--finetune-variances train`) or stay as the dense training left them
+    ("hold": `bp.finetune(..., train_variances=False)`, means and BatchNorm only)."""
+    lr = args.finetune_lr if args.bayes_finetune_lr is None else args.bayes_finetune_lr
+    return {"lr": lr, "train_variances": args.finetune_variances == "train"}
+
+
 def level_tolerances(args: argparse.Namespace) -> dict[str, float]:
     """What a compression level must hold on validation against the dense Bayesian net:
     accuracy within `--tolerance`, OOD AUROC by entropy and by MI within
@@ -295,8 +308,8 @@ def restore_step(
         "finetune",
         train=train,
         epochs=args.restore_epochs,
-        lr=args.finetune_lr,
         lr_schedule="cosine",
+        **bayes_finetune_options(args),
         **fit,
     )
     after = validate(restored)
@@ -555,7 +568,9 @@ def render(payload: dict[str, Any]) -> str:
         f"validation accuracy tolerance {s['tolerance']}"
         + _ood_rule_text(s)
         + f"; every compressed net fine-tuned "
-        f"{s['finetune_epochs']} epoch(s) at lr {s['finetune_lr']}. Test: {s['test_limit']} "
+        f"{s['finetune_epochs']} epoch(s) at lr {s['finetune_lr']}"
+        + _bayes_finetune_text(s)
+        + f". Test: {s['test_limit']} "
         f"Fashion-MNIST test images in, as many MNIST test images out; Monte-Carlo predictive "
         f"{s['mc_samples']} samples for the Bayesian nets, one pass for the deterministic ones. "
         f"Latency: onnxruntime, 1 intra-op thread, sessions interleaved, medians "
@@ -572,6 +587,17 @@ def render(payload: dict[str, Any]) -> str:
         + "\n## Per seed\n\n"
         + md_table(per_seed_rows(runs))
     )
+
+
+def _bayes_finetune_text(s: dict[str, Any]) -> str:
+    """The Bayesian nets' own fine-tune settings, where they differ from the shared one."""
+    lr = s.get("bayes_finetune_lr")
+    held = s.get("finetune_variances", "train") == "hold"
+    if lr is None and not held:
+        return ""
+    rate = f"at lr {lr}" if lr is not None else "at the same rate"
+    scales = ", posterior scales held (means and BatchNorm only)" if held else ""
+    return f" (the Bayesian ones {rate}{scales})"
 
 
 def _ood_rule_text(s: dict[str, Any]) -> str:
@@ -664,6 +690,18 @@ def main() -> None:
     parser.add_argument("--calibration-batches", type=int, default=8, help="BN statistics")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--finetune-lr", type=float, default=5e-4, help="cosine to 0")
+    parser.add_argument(
+        "--bayes-finetune-lr",
+        type=float,
+        default=None,
+        help="the compressed Bayesian nets' fine-tune rate (default --finetune-lr)",
+    )
+    parser.add_argument(
+        "--finetune-variances",
+        choices=["train", "hold"],
+        default="train",
+        help="the Bayesian fine-tune trains the posterior scales, or holds them (means only)",
+    )
     parser.add_argument("--mc-samples", type=int, default=12)
     parser.add_argument("--latency-repeats", type=int, default=200, help="batch 1; /20 at 256")
     parser.add_argument("--threads", type=int, default=1)

@@ -11,6 +11,7 @@ from torch import nn
 
 from bayesprune import (
     TemperatureScaled,
+    finetune,
     fit,
     fit_temperature,
     metrics,
@@ -375,3 +376,25 @@ def test_restore_training_pins_freezes_or_trains_spike_and_slab_gates(rule):
     assert not torch.equal(slabs, net[0].weight_mu.detach())  # the slabs trained in all three
     with pytest.raises(ValueError, match="valid: pin, freeze, train"):
         restore_uncertainty(net, "finetune", train=(x, y), gates="open")
+
+
+def test_finetune_without_variances_moves_only_the_means():
+    """`finetune(train_variances=False)`: the scales stay, everything else trains; the
+    flags come back; a network without scales says so."""
+    model = mlp(5, [9], 3, family="gaussian")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 5, generator=g)
+    y = torch.randint(0, 3, (64,), generator=g)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    finetune(model, (x, y), epochs=2, lr=1e-2, batch_size=16, progress=False, train_variances=False)
+    for name, p in model.named_parameters():
+        changed = not torch.equal(p, before[name])
+        assert changed != name.endswith("rho"), name
+        assert p.requires_grad  # flags restored
+    repaired = restore_uncertainty(
+        model, "finetune", train=(x, y), epochs=1, lr=1e-2, batch_size=16, train_variances=False
+    )
+    for name, p in repaired.named_parameters():
+        assert torch.equal(p, dict(model.named_parameters())[name]) == name.endswith("rho"), name
+    with pytest.raises(ValueError, match="no parameter name ends in"):
+        finetune(mlp(5, [9], 3, family="deterministic"), (x, y), train_variances=False)
