@@ -14,7 +14,7 @@ from bayesprune.nn import (
     SparseVDLinear,
     use_posterior_mean,
 )
-from bayesprune.nn.sparse_vd import log_alpha, log_uniform_kl
+from bayesprune.nn.sparse_vd import LOG_ALPHA_MAX, log_alpha, log_uniform_kl
 
 
 def _randomise_units(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -148,3 +148,17 @@ def test_gradients_finite_at_extreme_scales(cls):
     x = x if cls is GroupSparseVDLinear else x[:, :, None, None]
     (layer(x).sum() + layer.kl()).backward()
     assert torch.isfinite(layer.unit_mu.grad).all() and torch.isfinite(layer.unit_rho.grad).all()
+
+
+def test_weight_log_alpha_reads_the_unit_noise_and_pruned_weights_read_the_maximum():
+    layer = GroupSparseVDLinear(4, 3).double()
+    quiet = layer.log_alpha().clone()
+    with torch.no_grad():
+        layer.unit_rho[1] = 5.0  # unit 1's scale turns noisy: so do its weights
+    noisy = layer.log_alpha()
+    assert (noisy[1] > quiet[1] + 5).all()
+    torch.testing.assert_close(noisy[[0, 2]], quiet[[0, 2]])
+    mask = torch.ones(3, 4, dtype=torch.float64)
+    mask[2, :2] = 0
+    layer.set_weight_mask(mask)
+    assert (layer.log_alpha()[2, :2] == LOG_ALPHA_MAX).all()

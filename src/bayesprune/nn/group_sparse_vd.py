@@ -33,7 +33,7 @@ from .base import Posterior
 from .family import Family, keyword_options, register_family, twin_factory
 from .fused import sample_normal
 from .gaussian import _Conv2dMap, _LinearMap
-from .sparse_vd import _SparseVDLayer, log_alpha, log_uniform_kl
+from .sparse_vd import LOG_ALPHA_MAX, _SparseVDLayer, log_alpha, log_uniform_kl
 
 
 class _GroupSparseVDLayer(_SparseVDLayer):
@@ -49,6 +49,13 @@ class _GroupSparseVDLayer(_SparseVDLayer):
         self.unit_rho_init = float(unit_rho_init)
         self.unit_mu = nn.Parameter(torch.ones(n_out))
         self.unit_rho = nn.Parameter(torch.full((n_out,), self.unit_rho_init))
+
+    def reset_parameters(self) -> None:
+        """The weights as Sparse VD; every unit scale back to 1 with a small σ."""
+        super().reset_parameters()
+        if getattr(self, "unit_mu", None) is not None:  # not yet built on the first call
+            nn.init.ones_(self.unit_mu)
+            nn.init.constant_(self.unit_rho, self.unit_rho_init)
 
     @property
     def unit_sigma(self) -> Tensor:
@@ -107,7 +114,7 @@ class _GroupSparseVDLayer(_SparseVDLayer):
         la = log_alpha(post.weight_mean, post.weight_std)
         if self.weight_mask is None:
             return la
-        return torch.where(self.weight_mask.bool(), la, torch.full_like(la, la.max().item()))
+        return torch.where(self.weight_mask.bool(), la, torch.full_like(la, LOG_ALPHA_MAX))
 
     def fold_into_bias(self, mean: Tensor, var: Tensor | None = None) -> None:
         """A constant input reaches the bias before the unit's scale: divide it out."""
