@@ -97,6 +97,14 @@ class _SampleNormal(torch.autograd.Function):
         return grad, grad * slope
 
 
+def unit_noise(like: Tensor, channel_dim: int) -> Tensor:
+    """N(0, 1) noise, one value per example and unit of `like`, broadcast over the dims
+    after `channel_dim` (a convolution's positions share their channel's draw)."""
+    ch = channel_dim % like.ndim
+    shape = (*like.shape[: ch + 1], *(1,) * (like.ndim - ch - 1))
+    return torch.randn(shape, dtype=like.dtype, device=like.device)
+
+
 def sample_normal(mean: Tensor, var: Tensor) -> Tensor:
     """A draw of N(mean, var) element-wise, differentiable in both (see `_SampleNormal`)."""
     if eager():

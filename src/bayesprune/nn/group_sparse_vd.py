@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .base import Posterior
 from .family import Family, keyword_options, register_family, twin_factory
-from .fused import sample_normal
+from .fused import sample_normal, unit_noise
 from .gaussian import _Conv2dMap, _LinearMap
 from .sparse_vd import LOG_ALPHA_MAX, _SparseVDLayer, log_alpha, log_uniform_kl
 
@@ -76,10 +76,9 @@ class _GroupSparseVDLayer(_SparseVDLayer):
         mean = self._linear_map(x, self._masked(self.weight_mu), self.bias_mu)
         pre = sample_normal(mean, self._linear_map(x * x, weight_var, bias_var))
         ch = self.channel_dim % pre.ndim  # type: ignore[attr-defined]
-        trailing = (1,) * (pre.ndim - ch - 1)  # a conv's positions share their channel's z
-        noise = torch.randn(*pre.shape[: ch + 1], *trailing, dtype=pre.dtype, device=pre.device)
-        mu, sigma = (t.view(-1, *trailing) for t in (self.unit_mu, self.unit_sigma))
-        return pre * (mu + sigma * noise)
+        noise = unit_noise(pre, ch)
+        mu, sigma = (t.view(-1, *noise.shape[ch + 1 :]) for t in (self.unit_mu, self.unit_sigma))
+        return pre * (mu + sigma * noise)  # one z per example and unit (a conv: per channel)
 
     def _deterministic_weights(self) -> tuple[Tensor, Tensor | None]:
         weight = self._masked(self.weight_mu)

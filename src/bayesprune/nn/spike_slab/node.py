@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import EdgeAggregate, Posterior
-from ..fused import sample_normal
+from ..fused import sample_normal, unit_noise
 from ..gaussian import _Conv2dMap, _LinearMap
 from .core import (
     SpikeSlabOptions,
@@ -137,10 +137,7 @@ class _NodeSpikeSlab(_SpikeSlabLayer):
         if trailing:
             logit = self.gate_logit.view(-1, *trailing)
             gate_sd = torch.exp(-0.5 * (F.softplus(logit) + F.softplus(-logit)))  # √(γ(1−γ))
-            shared = torch.randn(
-                *mean.shape[: ch + 1], *trailing, dtype=mean.dtype, device=mean.device
-            )
-            return sample_normal(mean, var) * (g + gate_sd * shared)
+            return sample_normal(mean, var) * (g + gate_sd * unit_noise(mean, ch))
         return sample_normal(g * mean, g * var + g * (1 - g) * mean.square())
 
     def _deterministic_weights(self) -> tuple[Tensor, Tensor | None]:
