@@ -12,7 +12,12 @@ is trained from its weights (KL warm-up, cosine learning rate), and then
    incoming weights are removed); a unit-level step then removes the units whose
    importance (norm of masked incoming × outgoing posterior-mean weights) is below
    τ × the layer's largest, τ the largest of a grid whose validation error stays
-   within `--unit-tolerance` of the weight-pruned net's.
+   within `--unit-tolerance` of the weight-pruned net's;
+3. with `--slim-fraction f` (optional): iterative self-compression of that net
+   (`compress.self_compress`): each round removes the fraction f of every hidden
+   layer's channels / units with the lowest posterior-mean kernel norm, shrinks and
+   fine-tunes for `--finetune-epochs`; the last round whose validation error stays
+   within `--slim-tolerance` of the step-2 net's is reported.
 
 With `--finetune-epochs F`, each `--ft-thresholds` pruning is fine-tuned (Sparse VD,
 masks held, `bayesprune.finetune`) for F epochs and the lowest threshold whose
@@ -139,13 +144,15 @@ def structure(model: nn.Module, keep: dict[str, torch.Tensor] | None = None) -> 
     """
     (n1, w1), (n2, w2), (n3, w3), (_, w4) = mean_weights(model)
     keep = keep or {}
-    alive1 = (w1.flatten(1) != 0).any(1) & keep.get(n1, torch.ones(20, dtype=torch.bool))
-    alive2 = (w2[:, alive1].flatten(1) != 0).any(1) & keep.get(n2, torch.ones(50, dtype=torch.bool))
-    cols = alive2.repeat_interleave(16)  # 50 channels × 4 × 4 positions, channel-major
-    alive3 = (w3[:, cols] != 0).any(1) & keep.get(n3, torch.ones(500, dtype=torch.bool))
+    c1, c2, u3 = w1.shape[0], w2.shape[0], w3.shape[0]  # 20-50-500 dense, fewer once shrunk
+    positions = w3.shape[1] // c2  # 4 × 4
+    alive1 = (w1.flatten(1) != 0).any(1) & keep.get(n1, torch.ones(c1, dtype=torch.bool))
+    alive2 = (w2[:, alive1].flatten(1) != 0).any(1) & keep.get(n2, torch.ones(c2, dtype=torch.bool))
+    cols = alive2.repeat_interleave(positions)  # channel-major flatten
+    alive3 = (w3[:, cols] != 0).any(1) & keep.get(n3, torch.ones(u3, dtype=torch.bool))
     alive3 &= (w4 != 0).any(0)
     used = (w3[alive3] != 0).any(0) & cols
-    ch2 = used.view(50, 16).any(1)
+    ch2 = used.view(c2, positions).any(1)
     alive1 &= (w2[ch2] != 0).flatten(2).any(2).any(0)
     return {
         "conv1": int(alive1.sum()),
@@ -373,8 +380,67 @@ def compress_seed(
         "val_error_pct": error(small, val),
         "test_error_pct": error(small, test),
     }
+    if args.slim_fraction is not None:
+        row["slimmed"] = slim(small, train, val, test, args, seed, total, det)
     trained = det if hist is not None else None
     return row, RecordNets(train, val, trained, det_init, svd, m, small, total)
+
+
+def slim(
+    record: nn.Module,
+    train: TensorDataset,
+    val: TensorDataset,
+    test: TensorDataset | None,
+    args: argparse.Namespace,
+    seed: int,
+    total: int,
+    det: nn.Module,
+) -> dict[str, Any]:
+    """3. Structure: iterative self-compression of the net of record, stopped on validation.
+
+    Each round removes `--slim-fraction` of every hidden layer's channels / units (the
+    lowest posterior-mean kernel norms), shrinks and fine-tunes the survivors; the last
+    round whose validation error stays within `--slim-tolerance` of the record's is kept.
+    """
+
+    def val_accuracy(m: nn.Module) -> dict[str, float]:
+        return {"accuracy": 1.0 - error(m, val) / 100.0}
+
+    result = compress.self_compress(
+        record,
+        val_accuracy,
+        lambda m: finetune_survivors(m, train, args, seed),
+        input_shape=INPUT,
+        fraction=args.slim_fraction,
+        tolerance=args.slim_tolerance / 100.0,
+        max_rounds=args.slim_rounds,
+    )
+    net = result.model
+    return {
+        "rounds": len(result.history) - 1,
+        "accepted_round": result.accepted.round,
+        "stopped": result.stopped,
+        "history": [
+            {
+                "round": r.round,
+                "units": "-".join(str(n) for n in r.units.values()),
+                "val_error_pruned_pct": None
+                if r.accuracy_pruned is None
+                else round(100 * (1 - r.accuracy_pruned), 3),
+                "val_error_pct": round(100 * (1 - r.accuracy), 3),
+                "accepted": r.accepted,
+            }
+            for r in result.history
+        ],
+        "threshold": None,
+        "structure": arch(structure(net)),
+        "shrunk_architecture": "-".join(str(n) for n in result.accepted.units.values()),
+        "nonzero_weights": model_size(net).nonzero_weights,
+        "compression_x": total / model_size(net).nonzero_weights,
+        "flops_ratio": model_size(det, INPUT).flops / model_size(net, INPUT).flops,
+        "val_error_pct": error(net, val),
+        "test_error_pct": error(net, test),
+    }
 
 
 # --- issue 18: the uncertainty of the record -----------------------------------------------
@@ -628,6 +694,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ("log α threshold chosen on val", lambda r: r["weight_points"]["val_chosen"]),
         ("fine-tuned survivors, threshold on val", lambda r: r["weight_points"].get("finetuned")),
         ("+ unit step chosen on val, shrunk", lambda r: r["structured"]),
+        ("+ self-compression rounds on val (slimmed)", lambda r: r.get("slimmed")),
     ):
         pts = [get(r) for r in rows]
         if None in pts:
@@ -652,7 +719,8 @@ def render(p: dict[str, Any]) -> str:
         out += [md_table(summary(p["seeds"])), ""]
         rows = []
         for r in p["seeds"]:
-            for label, pt in (*r["weight_points"].items(), ("structured", r["structured"])):
+            stages = [("structured", r["structured"]), ("slimmed", r.get("slimmed"))]
+            for label, pt in (*r["weight_points"].items(), *[s for s in stages if s[1]]):
                 rows.append(
                     {
                         "seed": r["seed"],
@@ -673,6 +741,9 @@ def render(p: dict[str, Any]) -> str:
             if r.get("finetune_grid"):
                 out += ["Fine-tuned candidates:\n", md_table(r["finetune_grid"])]
             out += [md_table(r["unit_grid"]), ""]
+            if r.get("slimmed"):
+                out += ["Self-compression rounds (units per layer):\n"]
+                out += [md_table(r["slimmed"]["history"]), ""]
     if any(r.get("uncertainty") for r in p["seeds"]):
         out += render_uncertainty(p["seeds"], p["settings"]["accuracy_tolerance"])
     if p.get("notes"):
@@ -757,6 +828,20 @@ def main() -> None:
         "--no-test", action="store_true", help="development runs: never read the test set"
     )
     parser.add_argument("--unit-tolerance", type=float, default=0.1, help="val error (%%) margin")
+    parser.add_argument(
+        "--slim-fraction",
+        type=float,
+        default=None,
+        help="3. after the record: self-compression rounds removing this fraction of each "
+        "hidden layer's channels / units per round (off by default)",
+    )
+    parser.add_argument("--slim-rounds", type=int, default=12, help="self-compression rounds")
+    parser.add_argument(
+        "--slim-tolerance",
+        type=float,
+        default=0.1,
+        help="val error (%%) a self-compression round may add to the record's",
+    )
     parser.add_argument(
         "--uncertainty",
         action="store_true",

@@ -7,7 +7,14 @@ import torch
 from torch import nn
 
 from bayesprune import convert, fit, kl, to_deterministic
-from bayesprune.compress import apply_masks, load_model, save_model, shrink
+from bayesprune.compress import (
+    apply_masks,
+    load_model,
+    save_model,
+    self_compress,
+    shrink,
+    unit_scores,
+)
 from bayesprune.nn import (
     GroupSparseVDConv2d,
     GroupSparseVDLinear,
@@ -164,3 +171,37 @@ def test_weight_log_alpha_reads_the_unit_noise_and_pruned_weights_read_the_maxim
     mask[2, :2] = 0
     layer.set_weight_mask(mask)
     assert (layer.log_alpha()[2, :2] == LOG_ALPHA_MAX).all()
+
+
+def test_unit_score_reads_each_unit_scale_and_leaves_out_layers_without_one():
+    model = _lenet()
+    model[0] = nn.Conv2d(1, 4, 3).double()  # a plain layer has no unit scale
+    with torch.no_grad():
+        model[3].unit_rho[2] = 10.0  # channel 2 of conv2: pure noise
+    scores = unit_scores(model, "unit_log_alpha")
+    assert set(scores) == {"3", "6"}  # not the plain conv, not the output layer
+    torch.testing.assert_close(scores["3"], -model[3].unit_log_alpha())
+    assert int(scores["3"].argmin()) == 2
+    with pytest.raises(ValueError, match="sparse_vd_group"):
+        unit_scores(convert(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), "sparse_vd"),
+                    "unit_log_alpha")  # fmt: skip
+
+
+def test_self_compression_by_unit_scale_removes_the_noisy_units_first():
+    model = _lenet()
+    with torch.no_grad():
+        model[3].unit_rho[[1, 4]] = 10.0  # conv2 channels 1 and 4: noise
+        model[6].unit_rho[0] = 10.0  # fc unit 0: noise
+    before = {"3": model[3].unit_mu[[0, 2, 3]].clone(), "6": model[6].unit_mu[1:].clone()}
+    result = self_compress(
+        model,
+        lambda m: {"accuracy": 1.0},
+        input_shape=(1, 12, 12),
+        score="unit_log_alpha",
+        rel_threshold=0.5,  # 1 / (1 + α): about 1 for a kept unit, about 0 for noise
+        max_rounds=1,
+    )
+    small = result.model
+    assert result.accepted.removed == {"0": 0, "3": 2, "6": 1}
+    torch.testing.assert_close(small[3].unit_mu, before["3"])
+    torch.testing.assert_close(small[6].unit_mu, before["6"])

@@ -9,13 +9,16 @@ family needs no change here. Three granularities, each a dict of named scorers:
   so it ranks weights as SNR does); "magnitude" |w| (the deterministic baseline).
 - per output unit / kernel (`UNIT_SCORES`): "norm" ‖μ‖_F over the unit's incoming
   weights; "mean_snr"; "variance" = −(mean posterior variance), so a confident unit
-  scores high; "pip" the posterior inclusion probability of gated layers.
+  scores high; "pip" the posterior inclusion probability of gated layers;
+  "unit_log_alpha" −log α of the unit's own scale in group-prior layers
+  (`Posterior.unit_log_alpha`, family "sparse_vd_group": a unit above log α 3 is noise).
 - per input feature of the first layer (`INPUT_SCORES`): "norm" over its outgoing
   weights; "pip" (`Posterior.input_inclusion`).
 
 A plain layer has no posterior: every weight score falls back to "magnitude" and
-every unit score but "pip" to "norm" there. Masked weights have mean (and spread) 0,
-so they score lowest. NaNs (e.g. 0/0) become 0.
+every unit score but "pip" and "unit_log_alpha" to "norm" there; those two exist only
+for the layers that have gates / unit scales, and the others are left out. Masked
+weights have mean (and spread) 0, so they score lowest. NaNs (e.g. 0/0) become 0.
 """
 
 from __future__ import annotations
@@ -72,11 +75,21 @@ def _unit_pip(post: Posterior) -> Tensor | None:
     return post.unit_inclusion
 
 
+def _unit_neg_log_alpha(post: Posterior) -> Tensor | None:
+    return None if post.unit_log_alpha is None else -post.unit_log_alpha
+
+
 UNIT_SCORES: dict[str, Scorer] = {
     "norm": _unit_norm,
     "mean_snr": _unit_mean_snr,
     "variance": _unit_variance,
     "pip": _unit_pip,
+    "unit_log_alpha": _unit_neg_log_alpha,
+}
+# unit scores only some layers have: (what has them, what to use instead)
+PARTIAL_UNIT_SCORES = {
+    "pip": ("unit inclusion probabilities (gated layers such as spike-and-slab)", "'norm'"),
+    "unit_log_alpha": ("unit scales (family 'sparse_vd_group')", "'norm' or 'mean_snr'"),
 }
 
 
@@ -118,24 +131,25 @@ def unit_scores(
     """Per-output-unit (kernel) importance, shape (out,), keyed by module name.
 
     The last layer's units are the model's outputs and are left out unless
-    `include_output`. For "pip", layers without inclusion probabilities are left out
-    (a ValueError if no layer has them).
+    `include_output`. For "pip" and "unit_log_alpha", layers without inclusion
+    probabilities / unit scales are left out (a ValueError if no layer has them).
     """
     scorer = _check(score, UNIT_SCORES, "unit")
     layers = prunable_layers(model)
     if not include_output:
         layers = layers[:-1]
+    partial = score in PARTIAL_UNIT_SCORES
     out: dict[str, Tensor] = {}
     for name, layer in layers:
         post = as_prunable(layer).posterior()
-        use = scorer if isinstance(layer, VariationalLayer) or score == "pip" else _unit_norm
+        use = scorer if isinstance(layer, VariationalLayer) or partial else _unit_norm
         value = use(post)
         if value is not None:
             out[name] = _clean(value)
-    if score == "pip" and layers and not out:
+    if partial and layers and not out:
+        what, instead = PARTIAL_UNIT_SCORES[score]
         raise ValueError(
-            "no layer has unit inclusion probabilities (score 'pip' needs gated layers such "
-            "as spike-and-slab); use 'norm' or 'mean_snr' instead"
+            f"no layer has {what}, which unit score {score!r} reads; use {instead} instead"
         )
     return out
 

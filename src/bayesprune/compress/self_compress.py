@@ -18,7 +18,9 @@ Importances are non-negative and larger means "keep":
 - ``"norm"``: ‖m_k‖_F, the Frobenius norm of the kernel's posterior mean (the paper);
 - ``"snr"``: mean |m| / σ over the kernel's weights;
 - ``"variance"``: the kernel's posterior precision 1 / mean σ² (a kernel whose
-  posterior stayed wide is one the data did not need).
+  posterior stayed wide is one the data did not need);
+- ``"unit_log_alpha"``: 1 / (1 + α) of the unit's own scale in group-prior layers
+  (family "sparse_vd_group"); other layers are left as they are.
 
 Alternatively `fraction` removes that fraction of each layer's units per round
 (lowest importance first), and the loop runs until the tolerance or `max_rounds`.
@@ -55,6 +57,7 @@ SELF_COMPRESS_SCORES: dict[str, tuple[str, Callable[[Tensor], Tensor]]] = {
     "norm": ("norm", lambda s: s),
     "snr": ("mean_snr", lambda s: s),
     "variance": ("variance", _precision),
+    "unit_log_alpha": ("unit_log_alpha", torch.sigmoid),  # sigmoid(−log α) = 1 / (1 + α)
 }
 
 

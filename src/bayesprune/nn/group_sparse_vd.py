@@ -105,7 +105,9 @@ class _GroupSparseVDLayer(_SparseVDLayer):
         bias_mean = bias_std = None
         if self.bias_mu is not None:
             bias_mean, bias_std = product(self.bias_mu, self.bias_sigma)
-        return Posterior(weight_mean, weight_std, bias_mean, bias_std)
+        return Posterior(
+            weight_mean, weight_std, bias_mean, bias_std, unit_log_alpha=self.unit_log_alpha()
+        )
 
     def log_alpha(self) -> Tensor:
         """Per weight: log α of the effective weight z_j w_ji (pruned weights: the max)."""
