@@ -15,7 +15,8 @@ is trained from its weights (KL warm-up, cosine learning rate), and then
    within `--unit-tolerance` of the weight-pruned net's;
 3. with `--slim-fraction f` (optional): iterative self-compression of that net
    (`compress.self_compress`): each round removes the fraction f of every hidden
-   layer's channels / units with the lowest posterior-mean kernel norm, shrinks and
+   layer's channels / units with the lowest `--slim-score` (posterior-mean kernel norm
+   by default; `unit_log_alpha` reads the group prior's unit scales), shrinks and
    fine-tunes for `--finetune-epochs`; the last round whose validation error stays
    within `--slim-tolerance` of the step-2 net's is reported.
 
@@ -399,7 +400,7 @@ def slim(
     """3. Structure: iterative self-compression of the net of record, stopped on validation.
 
     Each round removes `--slim-fraction` of every hidden layer's channels / units (the
-    lowest posterior-mean kernel norms), shrinks and fine-tunes the survivors; the last
+    lowest `--slim-score`), shrinks and fine-tunes the survivors; the last
     round whose validation error stays within `--slim-tolerance` of the record's is kept.
     """
 
@@ -411,6 +412,7 @@ def slim(
         val_accuracy,
         lambda m: finetune_survivors(m, train, args, seed),
         input_shape=INPUT,
+        score=args.slim_score,
         fraction=args.slim_fraction,
         tolerance=args.slim_tolerance / 100.0,
         max_rounds=args.slim_rounds,
@@ -836,6 +838,12 @@ def main() -> None:
         "hidden layer's channels / units per round (off by default)",
     )
     parser.add_argument("--slim-rounds", type=int, default=12, help="self-compression rounds")
+    parser.add_argument(
+        "--slim-score",
+        default="norm",
+        choices=sorted(compress.SELF_COMPRESS_SCORES),
+        help="what ranks the units a self-compression round removes",
+    )
     parser.add_argument(
         "--slim-tolerance",
         type=float,
