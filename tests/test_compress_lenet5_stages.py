@@ -34,6 +34,7 @@ from compress_lenet5 import (
     per_layer_masks,
     render_uncertainty,
     seeded_det,
+    structure,
     uncertainty_data,
     uncertainty_runs,
     unit_keep,
@@ -119,6 +120,16 @@ def test_per_layer_masks_keep_the_largest_weights_of_each_layer() -> None:
         assert w.abs()[mask.bool()].min() >= w.abs()[~mask.bool()].max()
     with pytest.raises(ValueError, match="prunable layers"):
         per_layer_masks(det, kept[:2])
+
+
+def test_structure_of_a_shrunk_net_equals_the_masked_net_with_its_unit_step() -> None:
+    _, nets = _tiny_record(Path("unused"))
+    names = [name for name, _ in mean_weights(nets.pruned)][:3]
+    keep = {name: torch.arange(n) % 4 != 0 for name, n in zip(names, (20, 50, 500), strict=True)}
+    shrunk = compress.shrink(nets.pruned, INPUT, prune_units=keep).model
+    counted = structure(nets.pruned, keep)
+    assert counted == structure(shrunk)  # the slimmed stage counts shrunk nets
+    assert counted["conv1"] <= 15 and counted["conv2"] <= 37 and counted["fc1"] <= 375
 
 
 def test_uncertainty_scores_every_stage_and_chooses_on_validation(tmp_path: Path) -> None:
