@@ -18,7 +18,8 @@ is trained from its weights (KL warm-up, cosine learning rate), and then
    layer's channels / units with the lowest `--slim-score` (posterior-mean kernel norm
    by default; `unit_log_alpha` reads the group prior's unit scales), shrinks and
    fine-tunes for `--finetune-epochs`; the last round whose validation error stays
-   within `--slim-tolerance` of the step-2 net's is reported.
+   within `--slim-tolerance` of the step-2 net's is reported. `--slim-greedy`: each
+   round cuts one layer only, the one whose cut costs the least validation error.
 
 With `--finetune-epochs F`, each `--ft-thresholds` pruning is fine-tuned (Sparse VD,
 masks held, `bayesprune.finetune`) for F epochs and the lowest threshold whose
@@ -416,6 +417,7 @@ def slim(
         fraction=args.slim_fraction,
         tolerance=args.slim_tolerance / 100.0,
         max_rounds=args.slim_rounds,
+        greedy=args.slim_greedy,
     )
     net = result.model
     return {
@@ -843,6 +845,11 @@ def main() -> None:
         default="norm",
         choices=sorted(compress.SELF_COMPRESS_SCORES),
         help="what ranks the units a self-compression round removes",
+    )
+    parser.add_argument(
+        "--slim-greedy",
+        action="store_true",
+        help="each self-compression round cuts the one layer whose cut costs the least",
     )
     parser.add_argument(
         "--slim-tolerance",

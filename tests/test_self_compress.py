@@ -99,6 +99,24 @@ def test_stops_on_tolerance_and_returns_the_last_accepted_model():
     assert record["final_units"] == {"0": 6} and len(record["history"]) == 3
 
 
+def test_greedy_rounds_prune_the_layer_that_tolerates_it_and_spare_the_other():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    model = bp.convert(mlp, "gaussian")
+
+    def fake_accuracy(m: nn.Module) -> dict[str, float]:  # layer "0" matters, "2" barely
+        return {"accuracy": 1 - 0.1 * (8 - m[0].out_features) - 0.01 * (8 - m[2].out_features)}
+
+    kwargs = dict(fraction=0.25, tolerance=0.1, max_rounds=10)
+    plain = self_compress(model, fake_accuracy, **kwargs)
+    assert plain.accepted.round == 0  # every round cuts both layers: the first one fails
+    result = self_compress(model, fake_accuracy, greedy=True, **kwargs)
+    widths = [(r.units["0"], r.units["2"]) for r in result.history]
+    assert widths[: result.accepted.round + 1] == [(8, 8), (8, 6), (8, 4), (8, 3), (8, 2), (8, 1)]
+    assert result.stopped == "tolerance" and widths[-1] == (6, 1)  # then only "0" was left
+    assert (result.model[0].out_features, result.model[2].out_features) == (8, 1)
+
+
 def test_fine_tuning_runs_and_history_is_consistent():
     model = _evi()
     train, val = bars(120), bars(60, seed=1)

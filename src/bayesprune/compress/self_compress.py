@@ -24,6 +24,10 @@ Importances are non-negative and larger means "keep":
 
 Alternatively `fraction` removes that fraction of each layer's units per round
 (lowest importance first), and the loop runs until the tolerance or `max_rounds`.
+With `greedy=True` a round removes units from one layer only: of the layers with
+something to remove, the one whose removal costs the least validation metric before
+fine-tuning (as NetAdapt picks one layer per iteration), so a layer that tolerates
+pruning is not held back by one that does not.
 Nothing here asks what type a layer is: any chain `shrink` can walk works
 (eVI nets, Gaussian / Sparse VD nets, plain torch nets); parameter-free modules
 between layers are named in `passthrough` (the eVI ones are included by default).
@@ -141,6 +145,26 @@ def _to_remove(
     return out
 
 
+def _least_harmful(
+    model: nn.Module,
+    remove: dict[str, Tensor],
+    score_of: Callable[[nn.Module], float],
+    input_shape: Sequence[int] | None,
+    passthrough: tuple[type[nn.Module], ...],
+) -> dict[str, Tensor]:
+    """`remove` cut down to the one layer whose removal alone scores best (ties: first)."""
+    best, best_score = None, -math.inf
+    for name, mask in remove.items():
+        if not bool(mask.any()):
+            continue
+        keep = {name: ~mask}
+        candidate = shrink(model, input_shape, prune_units=keep, passthrough=passthrough).model
+        value = score_of(candidate)
+        if value > best_score:
+            best, best_score = name, value
+    return {k: m if k == best else torch.zeros_like(m) for k, m in remove.items()}
+
+
 def _check(
     rel_threshold: float | None,
     fraction: float | None,
@@ -181,6 +205,7 @@ def self_compress(
     max_rounds: int = 10,
     min_units: int = 1,
     passthrough: Sequence[type[nn.Module]] = (),
+    greedy: bool = False,
 ) -> SelfCompressResult:
     """Delete near-zero kernels / hidden units, shrink, fine-tune; repeat (see the module doc).
 
@@ -196,7 +221,8 @@ def self_compress(
     ``{"accuracy": 0.005, "ece": 0.01}``, see `compress.tolerances`) replaces `metric`
     and `tolerance`: a round is accepted only when every named metric stays within its
     own tolerance of the uncompressed model's, in its own direction; `accuracy` in the
-    history is then `metric` if held, else the first held one. The input model is not
+    history is then `metric` if held, else the first held one. `greedy`: one layer per
+    round, the one whose removal costs the least (module doc). The input model is not
     modified.
     """
     rel_threshold = _check(rel_threshold, fraction, tolerance, max_rounds, min_units)
@@ -220,12 +246,18 @@ def self_compress(
     passthrough = tuple(passthrough)
     baselines = values_of(current)
     base = baselines[primary]
+
+    def primary_of(candidate: nn.Module) -> float:
+        return values_of(candidate)[primary]
+
     units = {k: v.numel() for k, v in importances(current, score).items()}
     history = [CompressionRound(0, units, dict.fromkeys(units, 0), None, base, True, baselines)]
     notes: list[str] = []
     stopped = "max_rounds"
     for r in range(1, max_rounds + 1):
         remove = _to_remove(importances(current, score), rel_threshold, fraction, min_units)
+        if greedy:
+            remove = _least_harmful(current, remove, primary_of, input_shape, passthrough)
         if not any(bool(m.any()) for m in remove.values()):
             stopped = "no near-zero units" if fraction is None else "min_units"
             break
