@@ -17,9 +17,10 @@ is trained from its weights (KL warm-up, cosine learning rate), and then
    (`compress.self_compress`): each round removes the fraction f of every hidden
    layer's channels / units with the lowest `--slim-score` (posterior-mean kernel norm
    by default; `unit_log_alpha` reads the group prior's unit scales), shrinks and
-   fine-tunes for `--finetune-epochs`; the last round whose validation error stays
-   within `--slim-tolerance` of the step-2 net's is reported. `--slim-greedy`: each
-   round cuts one layer only, the one whose cut costs the least validation error.
+   fine-tunes for `--slim-epochs` (default `--finetune-epochs`); the last round whose
+   validation error stays within `--slim-tolerance` of the step-2 net's is reported.
+   `--slim-greedy`: each round cuts one layer only, the one whose cut costs the least
+   validation error.
 
 With `--finetune-epochs F`, each `--ft-thresholds` pruning is fine-tuned (Sparse VD,
 masks held, `bayesprune.finetune`) for F epochs and the lowest threshold whose
@@ -218,13 +219,17 @@ def point(
 
 
 def finetune_survivors(
-    model: nn.Module, train: TensorDataset, args: argparse.Namespace, seed: int
+    model: nn.Module,
+    train: TensorDataset,
+    args: argparse.Namespace,
+    seed: int,
+    epochs: int | None = None,
 ) -> None:
     """Sparse VD training of the unpruned weights only (masks held), cosine from `--ft-lr`."""
     bp.finetune(
         model,
         train,
-        epochs=args.finetune_epochs,
+        epochs=args.finetune_epochs if epochs is None else epochs,
         lr=args.ft_lr,
         lr_schedule="cosine",
         kl_weight=args.ft_kl_weight,
@@ -408,10 +413,15 @@ def slim(
     def val_accuracy(m: nn.Module) -> dict[str, float]:
         return {"accuracy": 1.0 - error(m, val) / 100.0}
 
+    epochs = args.finetune_epochs if args.slim_epochs is None else args.slim_epochs
+
+    def tune(m: nn.Module) -> None:
+        finetune_survivors(m, train, args, seed, epochs)
+
     result = compress.self_compress(
         record,
         val_accuracy,
-        lambda m: finetune_survivors(m, train, args, seed),
+        tune if epochs > 0 else None,
         input_shape=INPUT,
         score=args.slim_score,
         fraction=args.slim_fraction,
@@ -840,6 +850,9 @@ def main() -> None:
         "hidden layer's channels / units per round (off by default)",
     )
     parser.add_argument("--slim-rounds", type=int, default=12, help="self-compression rounds")
+    parser.add_argument(
+        "--slim-epochs", type=int, default=None, help="epochs per round (--finetune-epochs)"
+    )
     parser.add_argument(
         "--slim-score",
         default="norm",
