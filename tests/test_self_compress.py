@@ -160,7 +160,7 @@ def test_variance_score_removes_the_kernel_whose_posterior_stayed_wide():
         ({"rel_threshold": 0.1, "fraction": 0.2}, "not both"),
         ({"fraction": 1.5}, "fraction must be in"),
         ({"rel_threshold": 0.0}, "rel_threshold must be in"),
-        ({"score": "pip"}, "valid: \\['norm', 'snr', 'unit_log_alpha', 'variance'\\]"),
+        ({"score": "pip"}, "valid: \\['activation', 'norm', 'snr', 'unit_log_alpha', 'var"),
         ({"tolerance": -0.1}, "tolerance must be >= 0"),
         ({"max_rounds": 0}, "max_rounds >= 1"),
     ],

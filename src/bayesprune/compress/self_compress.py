@@ -31,6 +31,16 @@ pruning is not held back by one that does not.
 Nothing here asks what type a layer is: any chain `shrink` can walk works
 (eVI nets, Gaussian / Sparse VD nets, plain torch nets); parameter-free modules
 between layers are named in `passthrough` (the eVI ones are included by default).
+
+Any other graph (residual additions, concatenations, BatchNorm, a custom `forward`)
+is cut with `shrink_graph` when `example_inputs` (one batch) is given. Its score
+should then be ``"activation"`` (`compress.activation_scores` on `score_data`, the
+sd of what each unit sends times the norm of the weights that read it): layers that
+share channels through a residual addition get the same scores, so a round removes
+the same channels from all of them, and channels the graph pins (the outputs) are
+never removed. Per-layer posterior scores work on graphs too, but they rank a
+residual group's members apart, and a channel is only removed where every member of
+its group drops it.
 """
 
 from __future__ import annotations
@@ -44,6 +54,8 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import copy_model
+from .graph import shrink_graph
+from .graph_scores import Batches, activation_scores
 from .rules import Evaluate, metrics_of
 from .scores import unit_scores
 from .shrink import shrink
@@ -105,19 +117,39 @@ class SelfCompressResult:
         }
 
 
-def importances(model: nn.Module, score: str = "norm") -> dict[str, Tensor]:
-    """Non-negative importance of every hidden unit / kernel, by layer (output layer excluded)."""
+ACTIVATION = "activation"  # compress.activation_scores: needs data, works on any graph
+
+
+def importances(
+    model: nn.Module,
+    score: str = "norm",
+    data: Batches | None = None,
+    passthrough: Sequence[type[nn.Module]] = (),
+) -> dict[str, Tensor]:
+    """Non-negative importance of every hidden unit / kernel, by layer (output layer excluded).
+
+    `data` (batches) is read by ``"activation"`` only; there +inf marks a unit the graph
+    pins, and a layer with nothing removable is left out.
+    """
+    if score == ACTIVATION:
+        if data is None:
+            raise ValueError(
+                "score 'activation' reads data: pass score_data= (a batch of inputs or a "
+                "DataLoader, e.g. the validation inputs)"
+            )
+        scores = activation_scores(model, data, passthrough=passthrough)
+        return {k: v for k, v in scores.items() if bool(torch.isfinite(v).any())}
     if score not in SELF_COMPRESS_SCORES:
-        raise ValueError(
-            f"unknown self-compression score {score!r}; valid: {sorted(SELF_COMPRESS_SCORES)}"
-        )
+        valid = sorted([*SELF_COMPRESS_SCORES, ACTIVATION])
+        raise ValueError(f"unknown self-compression score {score!r}; valid: {valid}")
     name, to_importance = SELF_COMPRESS_SCORES[score]
     return {k: to_importance(v.double()) for k, v in unit_scores(model, name).items()}
 
 
 def near_zero(importance: Tensor, rel_threshold: float) -> Tensor:
-    """Boolean mask of units below `rel_threshold` × the layer's largest importance."""
-    top = importance.max()
+    """Boolean mask of units below `rel_threshold` × the layer's largest finite importance."""
+    finite = importance[torch.isfinite(importance)]
+    top = finite.max() if finite.numel() else importance.new_zeros(())
     if not top > 0:
         return torch.zeros_like(importance, dtype=torch.bool)
     return importance < rel_threshold * top
@@ -130,8 +162,9 @@ def _to_remove(
     out = {}
     for name, imp in scores.items():
         n = imp.numel()
-        if fraction is not None:
-            k = min(math.ceil(fraction * n), n - min_units)
+        if fraction is not None:  # a share of the removable (finite) units, lowest first
+            removable = int(torch.isfinite(imp).sum())
+            k = min(math.ceil(fraction * removable), n - min_units, removable)
             remove = torch.zeros(n, dtype=torch.bool)
             if k > 0:
                 remove[torch.argsort(imp, stable=True)[:k]] = True
@@ -145,24 +178,52 @@ def _to_remove(
     return out
 
 
+@dataclass
+class _Cutter:
+    """How a round scores and shrinks: a chain (`shrink`) or any graph (`shrink_graph`)."""
+
+    score: str
+    input_shape: Sequence[int] | None
+    example_inputs: Tensor | tuple[Tensor, ...] | None
+    score_data: Batches | None
+    passthrough: tuple[type[nn.Module], ...]
+
+    def importances(self, model: nn.Module) -> dict[str, Tensor]:
+        return importances(model, self.score, self.score_data, self.passthrough)
+
+    def shrink(self, model: nn.Module, keep: dict[str, Tensor]) -> tuple[nn.Module, list[str]]:
+        if self.example_inputs is not None:
+            graph = shrink_graph(
+                model, self.example_inputs, prune_units=keep, passthrough=self.passthrough
+            )
+            return graph.model, graph.notes
+        chain = shrink(model, self.input_shape, prune_units=keep, passthrough=self.passthrough)
+        return chain.model, chain.notes
+
+
 def _least_harmful(
     model: nn.Module,
+    scores: dict[str, Tensor],
     remove: dict[str, Tensor],
     score_of: Callable[[nn.Module], float],
-    input_shape: Sequence[int] | None,
-    passthrough: tuple[type[nn.Module], ...],
+    cutter: _Cutter,
 ) -> dict[str, Tensor]:
-    """`remove` cut down to the one layer whose removal alone scores best (ties: first)."""
-    best, best_score = None, -math.inf
-    for name, mask in remove.items():
-        if not bool(mask.any()):
-            continue
-        keep = {name: ~mask}
-        candidate = shrink(model, input_shape, prune_units=keep, passthrough=passthrough).model
+    """`remove` cut down to the one layer whose removal alone scores best (ties: first).
+
+    Layers with identical scores (a residual group, under "activation") count as one.
+    """
+    groups: dict[tuple[float, ...], list[str]] = {}
+    for name, imp in scores.items():
+        if bool(remove[name].any()):
+            groups.setdefault(tuple(imp.tolist()), []).append(name)
+    best: list[str] = []
+    best_score = -math.inf
+    for names in groups.values():
+        candidate, _ = cutter.shrink(model, {n: ~remove[n] for n in names})
         value = score_of(candidate)
         if value > best_score:
-            best, best_score = name, value
-    return {k: m if k == best else torch.zeros_like(m) for k, m in remove.items()}
+            best, best_score = names, value
+    return {k: m if k in best else torch.zeros_like(m) for k, m in remove.items()}
 
 
 def _check(
@@ -206,6 +267,8 @@ def self_compress(
     min_units: int = 1,
     passthrough: Sequence[type[nn.Module]] = (),
     greedy: bool = False,
+    example_inputs: Tensor | tuple[Tensor, ...] | None = None,
+    score_data: Batches | None = None,
 ) -> SelfCompressResult:
     """Delete near-zero kernels / hidden units, shrink, fine-tune; repeat (see the module doc).
 
@@ -222,8 +285,10 @@ def self_compress(
     and `tolerance`: a round is accepted only when every named metric stays within its
     own tolerance of the uncompressed model's, in its own direction; `accuracy` in the
     history is then `metric` if held, else the first held one. `greedy`: one layer per
-    round, the one whose removal costs the least (module doc). The input model is not
-    modified.
+    round, the one whose removal costs the least (module doc). `example_inputs` (one
+    batch for `model(*example_inputs)`): cut any graph with `shrink_graph` instead of
+    walking a chain; `score_data` (a batch or a DataLoader) is what `score="activation"`
+    reads. The input model is not modified.
     """
     rel_threshold = _check(rel_threshold, fraction, tolerance, max_rounds, min_units)
     held = (
@@ -239,37 +304,36 @@ def self_compress(
             "lambda m: bayesprune.finetune(m, train, epochs=1)"
         )
     current = copy_model(model)
-    if not importances(current, score):  # also checks `score`
+    cutter = _Cutter(score, input_shape, example_inputs, score_data, tuple(passthrough))
+    if not cutter.importances(current):  # also checks `score`
         raise ValueError(
             "the model has no hidden prunable layer (only the output layer): nothing to compress"
         )
-    passthrough = tuple(passthrough)
     baselines = values_of(current)
     base = baselines[primary]
 
     def primary_of(candidate: nn.Module) -> float:
         return values_of(candidate)[primary]
 
-    units = {k: v.numel() for k, v in importances(current, score).items()}
+    units = {k: v.numel() for k, v in cutter.importances(current).items()}
     history = [CompressionRound(0, units, dict.fromkeys(units, 0), None, base, True, baselines)]
     notes: list[str] = []
     stopped = "max_rounds"
     for r in range(1, max_rounds + 1):
-        remove = _to_remove(importances(current, score), rel_threshold, fraction, min_units)
+        scores = cutter.importances(current)
+        remove = _to_remove(scores, rel_threshold, fraction, min_units)
         if greedy:
-            remove = _least_harmful(current, remove, primary_of, input_shape, passthrough)
+            remove = _least_harmful(current, scores, remove, primary_of, cutter)
         if not any(bool(m.any()) for m in remove.values()):
             stopped = "no near-zero units" if fraction is None else "min_units"
             break
-        keep = {name: ~m for name, m in remove.items()}
-        shrunk = shrink(current, input_shape, prune_units=keep, passthrough=passthrough)
-        notes += [f"round {r}: {n}" for n in shrunk.notes]
-        candidate = shrunk.model
+        candidate, shrink_notes = cutter.shrink(current, {n: ~m for n, m in remove.items()})
+        notes += [f"round {r}: {n}" for n in shrink_notes]
         pruned_acc = values_of(candidate)[primary]
         if finetune is not None:
             finetune(candidate)
         values = values_of(candidate)
-        left = {k: v.numel() for k, v in importances(candidate, score).items()}
+        left = {k: v.numel() for k, v in cutter.importances(candidate).items()}
         removed = {k: int(m.sum()) for k, m in remove.items()}
         ok = all_hold(held, values, baselines)
         history.append(CompressionRound(r, left, removed, pruned_acc, values[primary], ok, values))
