@@ -6,6 +6,7 @@ and the exported ONNX file matches torch."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,25 @@ def test_the_exported_graph_reloads_into_the_plain_class_and_matches_onnx(
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad(), use_posterior_mean(compressed):
         assert torch.allclose(plain(x), compressed(x), atol=1e-5)
+
+
+def test_compress_rounds_cut_the_residual_graph_further_and_it_reloads(
+    resnet_run: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(resnet_run, run_dir)
+    _invoke("compress", str(run_dir), "--rounds", "2", "--round-fraction", "0.25",
+            "--round-tolerance", "1.0", "--quiet")  # fmt: skip
+    report = json.loads((run_dir / "compressed" / "compression.json").read_text())
+    rounds = report["extra"]["rounds"]
+    assert rounds["score"] == "activation" and rounds["stopped"] == "max_rounds"
+    widths = [sum(h["units"].values()) for h in rounds["history"]]
+    assert widths[0] > widths[1] > widths[2]  # each round removed channels for real
+    run = Run.open(run_dir)
+    model = run.load_model("compressed")
+    assert isinstance(model, ResNet)
+    recorded = json.loads((run_dir / "evaluation.json").read_text())["compressed"]
+    x, y = run.data().test
+    with torch.no_grad(), use_posterior_mean(model):
+        accuracy = (model(x).argmax(1) == y).double().mean().item()
+    assert accuracy == pytest.approx(recorded["modes"]["mean"]["accuracy"])

@@ -49,6 +49,8 @@ def test_unknown_key_names_the_path_and_the_closest_key(raw, where, suggestion):
         ({"compress": {"sparsity": 1.5}}, "compress.sparsity must be <= 1.0"),
         ({"train": []}, "train must be a mapping"),
         ({"compress": {"rule": "target_size"}}, "needs compress.k"),
+        ({"compress": {"rounds": 2, "shrink": False}}, "set compress.shrink: true"),
+        ({"compress": {"rounds": 2, "round_fraction": 1.0}}, "round_fraction must be in (0, 1)"),
         ({"compress": {"rule": "median", "score": "snr"}}, "set compress.score to 'pip'"),
         ({"data": {"name": "mnist", "noise_columns": 3}}, "data.noise_columns applies"),
         ({"model": {"input_gates": True}}, "needs model.family 'spike_slab'"),

@@ -230,6 +230,14 @@ def evaluate(run: str, which: str, quiet: bool) -> None:
 @click.option("--alpha", type=float, default=None, help="Expected FDR bound (fdr).")
 @click.option("--shrink/--no-shrink", default=None, help="Physically remove dead units.")
 @click.option("--finetune-epochs", type=int, default=None, help="Fine-tune after pruning.")
+@click.option(
+    "--rounds", type=int, default=None, help="Then up to N self-compression rounds (shrunk model)."
+)
+@click.option("--round-fraction", type=float, default=None, help="Units a round removes.")
+@click.option(
+    "--round-tolerance", type=float, default=None, help="Validation accuracy a round may lose."
+)
+@click.option("--greedy/--no-greedy", default=None, help="A round cuts the cheapest layer only.")
 @_QUIET
 @_friendly
 def compress(run: str, quiet: bool, **overrides: Any) -> None:
@@ -261,6 +269,15 @@ def compress(run: str, quiet: bool, **overrides: Any) -> None:
         )
         if "warning" in search:
             click.echo(f"warning: {search['warning']}", err=True)
+    rounds = extra.get("rounds")
+    if rounds:
+        accepted = [r["round"] for r in rounds["history"] if r["accepted"]][-1]
+        click.echo(
+            f"self-compression: {accepted} round(s) kept on {rounds['data']['rows']} "
+            f"{rounds['data']['split']} rows (stopped: {rounds['stopped']})"
+        )
+        if "warning" in rounds["data"]:
+            click.echo(f"warning: {rounds['data']['warning']}", err=True)
     skipped = (report["extra"].get("shrink") or {}).get("skipped")
     if skipped:
         click.echo(f"not shrunk (weights are masked instead): {skipped}")

@@ -155,6 +155,14 @@ class CompressConfig:
     shrink: bool = True
     finetune_epochs: int = field(default=0, metadata={"min": 0})
     finetune_lr: float = field(default=1e-4, metadata={"min": 1e-12})
+    # then up to `rounds` rounds of self-compression on the shrunk model: each removes
+    # `round_fraction` of every hidden layer's units (`greedy`: of the one layer that costs
+    # least), fine-tunes for finetune_epochs, and is kept while validation accuracy stays
+    # within `round_tolerance` of the shrunk model's
+    rounds: int = field(default=0, metadata={"min": 0})
+    round_fraction: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
+    round_tolerance: float = field(default=0.005, metadata={"min": 0.0})
+    greedy: bool = False
 
 
 @dataclass
@@ -352,6 +360,16 @@ def _check_compress(c: CompressConfig) -> None:
         )
     if c.rule == "target_size" and c.k is None:
         raise ConfigError("compress.rule 'target_size' needs compress.k (units kept per layer)")
+    if c.rounds and not c.shrink:
+        raise ConfigError(
+            "compress.rounds removes units from the shrunk model: set compress.shrink: true "
+            "(or compress.rounds: 0)"
+        )
+    if c.rounds and not 0.0 < c.round_fraction < 1.0:
+        raise ConfigError(
+            f"compress.round_fraction must be in (0, 1) (a share of each layer's units), "
+            f"got {c.round_fraction}"
+        )
     if c.rule == "threshold" and c.threshold is None:
         raise ConfigError("compress.rule 'threshold' needs compress.threshold")
 

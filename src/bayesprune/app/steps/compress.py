@@ -1,4 +1,5 @@
-"""Step `compress`: score, mask, optionally fine-tune and shrink the trained model.
+"""Step `compress`: score, mask, optionally fine-tune and shrink the trained model, then
+optionally run rounds of self-compression on the shrunk one (`compress.rounds`).
 
 Writes compressed/model.safetensors and compressed/compression.json (+ .md), published
 together. Options given as overrides are used for this compression and recorded in
@@ -25,6 +26,7 @@ from ...compress import (
     layer_sparsity_masks,
     report_markdown,
     search_sparsity,
+    self_compress,
     shrink,
     shrink_graph,
     threshold_masks,
@@ -117,6 +119,58 @@ def _shrunk(
     return graph.model, {"graph": True, **graph.as_dict()}
 
 
+def _finetune(model: nn.Module, run: Run, progress: bool) -> None:
+    """`compress.finetune_epochs` of the run's own objective, the posterior's final β."""
+    c = run.config.compress
+    kwargs = fit_kwargs(run.config)
+    for key in ("epochs", "lr", "lr_schedule", "early_stopping", "monitor", "min_delta"):
+        kwargs.pop(key)
+    kwargs.pop("restore_best")
+    kwargs["kl_weight"] = kl_stages(kwargs["kl_weight"]).final  # the posterior's own β
+    finetune(
+        model,
+        run.data().train,
+        epochs=c.finetune_epochs,
+        lr=c.finetune_lr,
+        likelihood=run.likelihood(),
+        progress=progress,
+        **kwargs,
+    )
+
+
+def _rounds(model: nn.Module, run: Run, progress: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """`compress.rounds` of `self_compress` on the shrunk model, held on validation
+    accuracy: a chain is cut by kernel norm, any other graph by activation scores (read
+    on the same rows), so residual channels go together."""
+    c = run.config.compress
+    data = run.data()
+    if data.task != "classification":
+        raise ConfigError(
+            "compress.rounds holds accuracy, so it needs classification data; set "
+            "compress.rounds: 0"
+        )
+    rows, used = _search_data(data)
+    evaluate = scorer(rows, run.likelihood(), metrics=("accuracy",))
+    if isinstance(model, nn.Sequential):
+        how: dict[str, Any] = {"input_shape": data.input_shape, "score": "norm"}
+    else:
+        example = torch.zeros(2, *data.input_shape)
+        how = {"example_inputs": example, "score": "activation", "score_data": rows[0].split(500)}
+    result = self_compress(
+        model,
+        evaluate,
+        (lambda m: _finetune(m, run, progress)) if c.finetune_epochs else None,
+        fraction=c.round_fraction,
+        tolerance=c.round_tolerance,
+        max_rounds=c.rounds,
+        greedy=c.greedy,
+        **how,
+    )
+    if "warning" in used:
+        run.log(f"compress: warning: {used['warning']}")
+    return result.model, {**result.as_dict(), "score": how["score"], "data": used}
+
+
 def with_overrides(config: RunConfig, section: str, overrides: dict[str, Any]) -> RunConfig:
     """`config` with some keys of one section replaced (validated like a config file)."""
     raw = config_to_dict(config)
@@ -143,20 +197,7 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
     info["options"] = config_to_dict(run.config)["compress"]
     pruned = apply_masks(copy.deepcopy(model), masks)
     if c.finetune_epochs:
-        kwargs = fit_kwargs(run.config)
-        for key in ("epochs", "lr", "lr_schedule", "early_stopping", "monitor", "min_delta"):
-            kwargs.pop(key)
-        kwargs.pop("restore_best")
-        kwargs["kl_weight"] = kl_stages(kwargs["kl_weight"]).final  # the posterior's own β
-        finetune(
-            pruned,
-            data.train,
-            epochs=c.finetune_epochs,
-            lr=c.finetune_lr,
-            likelihood=run.likelihood(),
-            progress=progress,
-            **kwargs,
-        )
+        _finetune(pruned, run, progress)
     final, shrink_info = pruned, None
     if c.shrink:
         try:
@@ -166,6 +207,10 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
             shrink_info = {"skipped": str(err)}
             run.log(f"compress: shrink skipped ({err})")
     info["shrink"] = shrink_info
+    if c.rounds and shrink_info is not None and "skipped" not in shrink_info:
+        final, info["rounds"] = _rounds(final, run, progress)
+    elif c.rounds:
+        run.log("compress: rounds skipped (the model was not shrunk)")
     info["weights_removed"] = 1.0 - sum(float(m.sum()) for m in masks.values()) / max(
         1, sum(m.numel() for m in masks.values())
     )
