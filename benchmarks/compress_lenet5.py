@@ -430,6 +430,7 @@ def slim(
         greedy=args.slim_greedy,
     )
     net = result.model
+    size = model_size(net, INPUT)
     return {
         "rounds": len(result.history) - 1,
         "accepted_round": result.accepted.round,
@@ -449,9 +450,9 @@ def slim(
         "threshold": None,
         "structure": arch(structure(net)),
         "shrunk_architecture": "-".join(str(n) for n in result.accepted.units.values()),
-        "nonzero_weights": model_size(net).nonzero_weights,
-        "compression_x": total / model_size(net).nonzero_weights,
-        "flops_ratio": model_size(det, INPUT).flops / model_size(net, INPUT).flops,
+        "nonzero_weights": size.nonzero_weights,
+        "compression_x": total / size.nonzero_weights,
+        "flops_ratio": model_size(det, INPUT).flops / size.flops,
         "val_error_pct": error(net, val),
         "test_error_pct": error(net, test),
     }

@@ -200,6 +200,15 @@ def keep_units(
     return masks
 
 
+def score_groups(scores: Mapping[str, Tensor]) -> dict[tuple[float, ...], list[str]]:
+    """Layers with identical score vectors (a residual group under activation scores),
+    keyed by those scores, in first-seen order."""
+    groups: dict[tuple[float, ...], list[str]] = {}
+    for name, score in scores.items():
+        groups.setdefault(tuple(score.double().tolist()), []).append(name)
+    return groups
+
+
 def _keep_global(
     scores: dict[str, Tensor], sparsity: float, *, by_members: bool = False
 ) -> dict[str, Tensor]:
@@ -209,9 +218,7 @@ def _keep_global(
     is skipped), each group keeping at least one unit. `by_members` (for the benchmark's
     comparison only) multiplies a group's normalised scores by its number of layers,
     which keeps residual streams wide as Torch-Pruning's global ranking did."""
-    groups: dict[tuple[float, ...], list[str]] = {}
-    for name, score in scores.items():
-        groups.setdefault(tuple(score.double().tolist()), []).append(name)
+    groups = score_groups(scores)
     candidates = []  # (normalised score, group, unit)
     limits, members = [], []
     for g, (values, names) in enumerate(groups.items()):

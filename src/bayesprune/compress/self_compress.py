@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from .adapters import copy_model
 from .graph import shrink_graph
-from .graph_scores import Batches, activation_scores
+from .graph_scores import Batches, activation_scores, score_groups
 from .rules import Evaluate, metrics_of
 from .scores import unit_scores
 from .shrink import shrink
@@ -201,29 +201,48 @@ class _Cutter:
         return chain.model, chain.notes
 
 
+@dataclass
+class _Cut:
+    """One round's deletion: what it removed, the shrunk model, and its metric before
+    fine-tuning."""
+
+    remove: dict[str, Tensor]
+    model: nn.Module
+    notes: list[str]
+    value: float
+
+
+def _cut(
+    model: nn.Module,
+    remove: dict[str, Tensor],
+    cutter: _Cutter,
+    score_of: Callable[[nn.Module], float],
+) -> _Cut:
+    shrunk, notes = cutter.shrink(model, {n: ~m for n, m in remove.items()})
+    return _Cut(remove, shrunk, notes, score_of(shrunk))
+
+
 def _least_harmful(
     model: nn.Module,
     scores: dict[str, Tensor],
     remove: dict[str, Tensor],
-    score_of: Callable[[nn.Module], float],
     cutter: _Cutter,
-) -> dict[str, Tensor]:
-    """`remove` cut down to the one layer whose removal alone scores best (ties: first).
+    score_of: Callable[[nn.Module], float],
+) -> _Cut:
+    """The cut of the one layer whose removal alone scores best (ties: first).
 
     Layers with identical scores (a residual group, under "activation") count as one.
     """
-    groups: dict[tuple[float, ...], list[str]] = {}
-    for name, imp in scores.items():
-        if bool(remove[name].any()):
-            groups.setdefault(tuple(imp.tolist()), []).append(name)
-    best: list[str] = []
-    best_score = -math.inf
-    for names in groups.values():
-        candidate, _ = cutter.shrink(model, {n: ~remove[n] for n in names})
-        value = score_of(candidate)
-        if value > best_score:
-            best, best_score = names, value
-    return {k: m if k in best else torch.zeros_like(m) for k, m in remove.items()}
+    best: _Cut | None = None
+    for names in score_groups(scores).values():
+        if not any(bool(remove[n].any()) for n in names):
+            continue
+        alone = {k: m if k in names else torch.zeros_like(m) for k, m in remove.items()}
+        cut = _cut(model, alone, cutter, score_of)
+        if best is None or cut.value > best.value:
+            best = cut
+    assert best is not None  # the caller stops first when nothing is to be removed
+    return best
 
 
 def _check(
@@ -305,7 +324,8 @@ def self_compress(
         )
     current = copy_model(model)
     cutter = _Cutter(score, input_shape, example_inputs, score_data, tuple(passthrough))
-    if not cutter.importances(current):  # also checks `score`
+    scores = cutter.importances(current)  # also checks `score`
+    if not scores:
         raise ValueError(
             "the model has no hidden prunable layer (only the output layer): nothing to compress"
         )
@@ -315,30 +335,31 @@ def self_compress(
     def primary_of(candidate: nn.Module) -> float:
         return values_of(candidate)[primary]
 
-    units = {k: v.numel() for k, v in cutter.importances(current).items()}
+    units = {k: v.numel() for k, v in scores.items()}
     history = [CompressionRound(0, units, dict.fromkeys(units, 0), None, base, True, baselines)]
     notes: list[str] = []
     stopped = "max_rounds"
     for r in range(1, max_rounds + 1):
-        scores = cutter.importances(current)
         remove = _to_remove(scores, rel_threshold, fraction, min_units)
-        if greedy:
-            remove = _least_harmful(current, scores, remove, primary_of, cutter)
         if not any(bool(m.any()) for m in remove.values()):
             stopped = "no near-zero units" if fraction is None else "min_units"
             break
-        candidate, shrink_notes = cutter.shrink(current, {n: ~m for n, m in remove.items()})
-        notes += [f"round {r}: {n}" for n in shrink_notes]
-        pruned_acc = values_of(candidate)[primary]
+        if greedy:
+            cut = _least_harmful(current, scores, remove, cutter, primary_of)
+        else:
+            cut = _cut(current, remove, cutter, primary_of)
+        candidate = cut.model
+        notes += [f"round {r}: {n}" for n in cut.notes]
         if finetune is not None:
             finetune(candidate)
         values = values_of(candidate)
-        left = {k: v.numel() for k, v in cutter.importances(candidate).items()}
-        removed = {k: int(m.sum()) for k, m in remove.items()}
+        candidate_scores = cutter.importances(candidate)  # the next round's, if accepted
+        left = {k: v.numel() for k, v in candidate_scores.items()}
+        removed = {k: int(m.sum()) for k, m in cut.remove.items()}
         ok = all_hold(held, values, baselines)
-        history.append(CompressionRound(r, left, removed, pruned_acc, values[primary], ok, values))
+        history.append(CompressionRound(r, left, removed, cut.value, values[primary], ok, values))
         if not ok:
             stopped = "tolerance"
             break
-        current = candidate
+        current, scores = candidate, candidate_scores
     return SelfCompressResult(current.eval(), history, base, stopped, notes)
