@@ -7,10 +7,10 @@ so the OOD AUROC path runs without the real data.
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import yaml
+from _images import write_image_sets
 from click.testing import CliRunner
 
 from bayesprune.app.folder import Run
@@ -18,36 +18,7 @@ from bayesprune.app.steps import load_restored
 from bayesprune.app.steps.restore import METRICS, _refusal, auroc_floor, ece_ceiling
 from bayesprune.app.transaction import Transaction
 from bayesprune.cli import main
-from bayesprune.data.idx import encode_idx
 from bayesprune.evaluation import scorer
-
-
-def _bars(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, n)
-    x = rng.uniform(0, 120, (n, 28, 28))  # noisy enough that the net is not always sure
-    for i, label in enumerate(y):
-        row = 2 + 2 * label + rng.integers(0, 2)
-        x[i, row : row + 2, 4:24] += 90 + rng.uniform(0, 15)
-    return x.clip(0, 255).astype(np.uint8), y.astype(np.uint8)
-
-
-def _blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0, 60, (n, 28, 28))
-    for i in range(n):
-        r, c = rng.integers(4, 18, 2)
-        x[i, r : r + 8, c : c + 8] += 150
-    return x.clip(0, 255).astype(np.uint8), rng.integers(0, 10, n).astype(np.uint8)
-
-
-def _write_set(root, name: str, make, seed: int) -> None:
-    folder = root / name
-    folder.mkdir(parents=True)
-    for prefix, n in (("train", 500), ("t10k", 200)):
-        x, y = make(n, seed + (prefix == "t10k"))
-        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(encode_idx(x))
-        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(encode_idx(y))
 
 
 def _invoke(*args: str, ok: bool = True):
@@ -83,8 +54,7 @@ def _train_and_compress(tmp, raw: dict, name: str):
 def image_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("restore")
     root = tmp / "data"
-    _write_set(root, "mnist", _bars, 0)
-    _write_set(root, "fashion-mnist", _blobs, 10)
+    write_image_sets(root)
     torch.manual_seed(0)
     run = _train_and_compress(tmp, _config(root), "gauss")
     out = _invoke("restore", str(run), "--ood", "fashion-mnist", "--epochs", "1").output

@@ -99,6 +99,27 @@ def test_stops_on_tolerance_and_returns_the_last_accepted_model():
     assert record["final_units"] == {"0": 6} and len(record["history"]) == 3
 
 
+def test_reference_holds_the_rounds_against_an_earlier_model_not_the_input():
+    model = _evi(8)
+
+    def fake(m: nn.Module) -> dict[str, float]:  # ECE grows by 0.01 per kernel removed
+        return {"accuracy": 1.0, "ece": 0.01 * (8 - m[0].weight_mu.shape[0])}
+
+    kwargs = dict(input_shape=SHAPE, fraction=0.25, max_rounds=3)
+    own = self_compress(model, fake, tolerances={"accuracy": 0.1, "ece": 0.02}, **kwargs)
+    assert [r.accepted for r in own.history] == [True, True, False]  # 0.02, then 0.04
+    # held against an unpruned model whose ECE was 0.01 lower: the pipeline's total slack
+    held = self_compress(
+        model, fake, tolerances={"accuracy": 0.1, "ece": 0.02}, reference={"ece": -0.01}, **kwargs
+    )
+    assert [r.accepted for r in held.history] == [True, False]  # 0.02 > -0.01 + 0.02
+    assert held.held_against == {"accuracy": 1.0, "ece": -0.01}
+    assert held.as_dict()["held_against"]["ece"] == -0.01
+    assert held.history[0].values["ece"] == 0.0  # round 0 records the input's own value
+    with pytest.raises(ValueError, match=r"reference names \['nll'\]"):
+        self_compress(model, fake, tolerances={"ece": 0.02}, reference={"nll": 0.1}, **kwargs)
+
+
 def test_greedy_rounds_prune_the_layer_that_tolerates_it_and_spare_the_other():
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))

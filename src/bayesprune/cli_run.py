@@ -238,6 +238,21 @@ def evaluate(run: str, which: str, quiet: bool) -> None:
     "--round-tolerance", type=float, default=None, help="Validation accuracy a round may lose."
 )
 @click.option("--greedy/--no-greedy", default=None, help="A round cuts the cheapest layer only.")
+@click.option(
+    "--tolerance",
+    "tolerances",
+    multiple=True,
+    callback=lambda _ctx, _param, value: _tolerances(value),
+    metavar="METRIC=VALUE",
+    help="Hold METRIC within VALUE of the trained model's (search and rounds), e.g. "
+    "ece=1.5x, nll=0.02, ood_auroc_entropy=0.02 (with --ood); repeatable.",
+)
+@click.option(
+    "--ood",
+    type=click.Choice(IMAGE_SETS),
+    default=None,
+    help="Out-of-distribution images (the other image set): OOD AUROC held and reported.",
+)
 @_QUIET
 @_friendly
 def compress(run: str, quiet: bool, **overrides: Any) -> None:
@@ -282,6 +297,22 @@ def compress(run: str, quiet: bool, **overrides: Any) -> None:
     if skipped:
         click.echo(f"not shrunk (weights are masked instead): {skipped}")
     click.echo(f"written to {Path(run) / 'compressed'}")
+
+
+def _tolerances(items: tuple[str, ...]) -> dict[str, float | str] | None:
+    """--tolerance METRIC=VALUE items as compress.tolerances (None: the config's)."""
+    held: dict[str, float | str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise click.BadParameter(
+                f"{item!r}: write METRIC=VALUE, e.g. ece=1.5x or nll=0.02", param_hint="--tolerance"
+            )
+        try:
+            held[name.strip()] = float(value)
+        except ValueError:
+            held[name.strip()] = value.strip()  # relative: "1.5x", "50%" (checked by the config)
+    return held or None
 
 
 @click.command("restore")

@@ -147,9 +147,12 @@ class CompressConfig:
     sparsity: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
     threshold: float | None = None
     delta: float = field(default=0.01, metadata={"min": 0.0})  # rule "search"
-    # rule "search": every metric held within its tolerance, e.g. {accuracy: 0.005, ece: 0.01};
-    # relative to the unpruned model's value: {ece: "1.5x"} or {ece: "50%"}
+    # rule "search" and the rounds: every metric held within its tolerance of the trained
+    # model's validation value, e.g. {accuracy: 0.005, ece: 0.01}; relative to it:
+    # {ece: "1.5x"} or {ece: "50%"}; {ood_auroc_entropy: 0.02} needs `ood`
     tolerances: dict[str, Any] = field(default_factory=dict)
+    # out-of-distribution images (the other image set): OOD AUROC held and reported
+    ood: str | None = field(default=None, metadata=_choices(*IMAGE_SETS))
     k: int | None = field(default=None, metadata={"min": 0})  # rule "target_size", per layer
     alpha: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})  # rule "fdr"
     shrink: bool = True
@@ -158,7 +161,7 @@ class CompressConfig:
     # then up to `rounds` rounds of self-compression on the shrunk model: each removes
     # `round_fraction` of every hidden layer's units (`greedy`: of the one layer that costs
     # least), fine-tunes for finetune_epochs, and is kept while validation accuracy stays
-    # within `round_tolerance` of the shrunk model's
+    # within `round_tolerance` of the shrunk model's (and `tolerances` of the trained one's)
     rounds: int = field(default=0, metadata={"min": 0})
     round_fraction: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
     round_tolerance: float = field(default=0.005, metadata={"min": 0.0})
@@ -334,13 +337,22 @@ def _check_train(t: TrainConfig) -> None:
             )
 
 
+COMPRESS_OOD_METRIC = "ood_auroc_entropy"  # compress scores the posterior mean: no MI
+
+
 def _check_compress(c: CompressConfig) -> None:
     from ..compress.tolerances import parse_tolerance
     from ..evaluation import CLASSIFICATION_METRICS
 
+    held = [*CLASSIFICATION_METRICS, COMPRESS_OOD_METRIC]
     for name, value in c.tolerances.items():
-        if name not in CLASSIFICATION_METRICS:
-            raise _unknown("compress.tolerances", str(name), list(CLASSIFICATION_METRICS))
+        if name == "ood_auroc_mi":
+            raise ConfigError(
+                "compress.tolerances.ood_auroc_mi: compress scores one posterior-mean pass, "
+                f"which has no mutual information; hold {COMPRESS_OOD_METRIC} instead"
+            )
+        if name not in held:
+            raise _unknown("compress.tolerances", str(name), held)
         if isinstance(value, str):  # relative: "50%" or "1.5x" of the unpruned model's
             try:
                 parse_tolerance(str(name), value)
@@ -351,8 +363,16 @@ def _check_compress(c: CompressConfig) -> None:
                 f"compress.tolerances.{name} must be a number >= 0 (the allowed worsening), "
                 f"or relative to the unpruned model's value, 'P%' or 'Fx', got {value!r}"
             )
-    if c.tolerances and c.rule not in ("search", AUTO):
-        raise ConfigError("compress.tolerances apply to compress.rule 'search'; remove them")
+    if COMPRESS_OOD_METRIC in c.tolerances and c.ood is None:
+        raise ConfigError(
+            f"compress.tolerances.{COMPRESS_OOD_METRIC} needs out-of-distribution images: set "
+            f"compress.ood to the other image set ({' or '.join(IMAGE_SETS)})"
+        )
+    if c.tolerances and c.rule not in ("search", AUTO) and not c.rounds:
+        raise ConfigError(
+            "compress.tolerances hold compress.rule 'search' and compress.rounds; set one of "
+            "them or remove the tolerances"
+        )
     if c.rule in PIP_RULE_NAMES and c.score not in ("auto", "pip"):
         raise ConfigError(
             f"compress.rule {c.rule!r} ranks posterior inclusion probabilities: set "
@@ -381,18 +401,19 @@ def _check_features(f: FeaturesConfig) -> None:
         raise ConfigError(f"features.rule {f.rule!r} needs PIPs: set features.score to 'pip'")
 
 
-def _check_restore(r: RestoreConfig, data: DataConfig) -> None:
-    if r.ood is None:
+def _check_ood(section: str, ood: str | None, data: DataConfig) -> None:
+    """`ood` names the other image set of an image run (`section`: where it was set)."""
+    if ood is None:
         return
     if data.name not in IMAGE_SETS:
         raise ConfigError(
-            f"restore.ood names out-of-distribution images for an image run, and data.name "
-            f"{data.name!r} is not one of {list(IMAGE_SETS)}; remove restore.ood"
+            f"{section}.ood names out-of-distribution images for an image run, and data.name "
+            f"{data.name!r} is not one of {list(IMAGE_SETS)}; remove {section}.ood"
         )
-    if r.ood == data.name:
+    if ood == data.name:
         other = next(n for n in IMAGE_SETS if n != data.name)
         raise ConfigError(
-            f"restore.ood {r.ood!r} is the run's own data set; name the other one ({other!r})"
+            f"{section}.ood {ood!r} is the run's own data set; name the other one ({other!r})"
         )
 
 
@@ -404,7 +425,8 @@ def validate(config: RunConfig) -> RunConfig:
     _check_model(config.model, config.data)
     _check_compress(config.compress)
     _check_features(config.features)
-    _check_restore(config.restore, config.data)
+    _check_ood("compress", config.compress.ood, config.data)
+    _check_ood("restore", config.restore.ood, config.data)
     return config
 
 

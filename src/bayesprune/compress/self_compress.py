@@ -46,7 +46,7 @@ its group drops it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -99,6 +99,7 @@ class SelfCompressResult:
     baseline_accuracy: float
     stopped: str  # "no near-zero units" | "tolerance" | "max_rounds"
     notes: list[str] = field(default_factory=list)
+    held_against: dict[str, float] = field(default_factory=dict)  # every tolerance's reference
 
     @property
     def accepted(self) -> CompressionRound:
@@ -114,6 +115,7 @@ class SelfCompressResult:
             "final_units": self.accepted.units,
             "final_accuracy": self.accepted.accuracy,
             "notes": self.notes,
+            "held_against": self.held_against,
         }
 
 
@@ -245,6 +247,19 @@ def _least_harmful(
     return best
 
 
+def _reference(reference: Mapping[str, float] | None, held: Sequence[str]) -> dict[str, float]:
+    """`reference` as floats, refusing a metric no tolerance holds (a typo would be ignored)."""
+    if not reference:
+        return {}
+    unknown = sorted(set(reference) - set(held))
+    if unknown:
+        raise ValueError(
+            f"reference names {unknown}, which no tolerance holds (held: {list(held)}); "
+            "give reference values only for the metrics in tolerances"
+        )
+    return {name: float(value) for name, value in reference.items()}
+
+
 def _check(
     rel_threshold: float | None,
     fraction: float | None,
@@ -288,6 +303,7 @@ def self_compress(
     greedy: bool = False,
     example_inputs: Tensor | tuple[Tensor, ...] | None = None,
     score_data: Batches | None = None,
+    reference: Mapping[str, float] | None = None,
 ) -> SelfCompressResult:
     """Delete near-zero kernels / hidden units, shrink, fine-tune; repeat (see the module doc).
 
@@ -307,7 +323,10 @@ def self_compress(
     round, the one whose removal costs the least (module doc). `example_inputs` (one
     batch for `model(*example_inputs)`): cut any graph with `shrink_graph` instead of
     walking a chain; `score_data` (a batch or a DataLoader) is what `score="activation"`
-    reads. The input model is not modified.
+    reads. `reference` ({metric: value}) replaces the input model's own value as what a
+    named metric is held against, e.g. the unpruned model's validation ECE when the input
+    is already pruned, so that a whole pipeline stays within one tolerance of it instead
+    of each stage adding its own. The input model is not modified.
     """
     rel_threshold = _check(rel_threshold, fraction, tolerance, max_rounds, min_units)
     held = (
@@ -329,14 +348,15 @@ def self_compress(
         raise ValueError(
             "the model has no hidden prunable layer (only the output layer): nothing to compress"
         )
-    baselines = values_of(current)
-    base = baselines[primary]
+    own = values_of(current)
+    baselines = {**own, **_reference(reference, names)}
+    base = own[primary]
 
     def primary_of(candidate: nn.Module) -> float:
         return values_of(candidate)[primary]
 
     units = {k: v.numel() for k, v in scores.items()}
-    history = [CompressionRound(0, units, dict.fromkeys(units, 0), None, base, True, baselines)]
+    history = [CompressionRound(0, units, dict.fromkeys(units, 0), None, base, True, own)]
     notes: list[str] = []
     stopped = "max_rounds"
     for r in range(1, max_rounds + 1):
@@ -362,4 +382,5 @@ def self_compress(
             stopped = "tolerance"
             break
         current, scores = candidate, candidate_scores
-    return SelfCompressResult(current.eval(), history, base, stopped, notes)
+    held_against = {name: baselines[name] for name in names}
+    return SelfCompressResult(current.eval(), history, base, stopped, notes, held_against)

@@ -35,11 +35,19 @@ from ...compress import (
     weight_scores,
 )
 from ...compress.pip_rules import select_by_pip
-from ...evaluation import scorer
+from ...evaluation import Scorer, ood_metric_names, scorer
 from ...finetuning import finetune
 from ...kl_schedule import kl_stages
-from ..config import PIP_RULE_NAMES, ConfigError, RunConfig, config_to_dict, parse_config
-from ..data import RunData
+from ..config import (
+    COMPRESS_OOD_METRIC,
+    PIP_RULE_NAMES,
+    ConfigError,
+    RunConfig,
+    config_to_dict,
+    parse_config,
+)
+from ..data import RunData, load_ood
+from ..factory import flattens
 from ..folder import Run
 from ..policy import SEARCH_ROWS, fit_kwargs, primary_mode, resolve_compress, score_level
 from .evaluate import evaluate_models, model_entry, record_entry
@@ -61,6 +69,32 @@ def _search_data(data: RunData) -> tuple[tuple[Tensor, Tensor], dict[str, Any]]:
     return (x, y), record
 
 
+def _tolerances(run: Run) -> dict[str, float | str]:
+    """`compress.tolerances` as the library takes them (numbers as floats)."""
+    return {
+        k: v if isinstance(v, str) else float(v) for k, v in run.config.compress.tolerances.items()
+    }
+
+
+def _validation_scorer(
+    run: Run, names: tuple[str, ...]
+) -> tuple[Scorer, tuple[Tensor, Tensor], dict[str, Any]]:
+    """What the search and the rounds hold: `names` on the validation rows (posterior
+    mean), OOD AUROC against as many images of `compress.ood`'s *training* split, so
+    the OOD test images stay unread until the reported figures."""
+    rows, used = _search_data(run.data())
+    ood = None
+    if COMPRESS_OOD_METRIC in names:
+        ood = _ood(run, "train", len(rows[0]))
+        used["ood"] = {"name": run.config.compress.ood, "split": "training", "rows": len(ood)}
+    return scorer(rows, run.likelihood(), metrics=names, ood=ood), rows, used
+
+
+def _ood(run: Run, split: str, rows: int) -> Tensor:
+    c = run.config
+    return load_ood(str(c.compress.ood), split, rows, c.data, flatten=flattens(c))
+
+
 def compression_masks(
     model: nn.Module, run: Run, score: str, rule: str, progress: bool = False
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -77,10 +111,8 @@ def compression_masks(
     if rule == "search":
         if run.data().task != "classification":
             raise ConfigError("compress.rule 'search' needs classification data; use 'global'")
-        rows, used = _search_data(run.data())
-        held = {k: v if isinstance(v, str) else float(v) for k, v in c.tolerances.items()}
-        names = tuple(dict.fromkeys(("accuracy", *held)))
-        evaluate = scorer(rows, run.likelihood(), metrics=names)
+        held = _tolerances(run)
+        evaluate, _, used = _validation_scorer(run, tuple(dict.fromkeys(("accuracy", *held))))
         with tqdm(desc="search", unit="candidate", disable=not progress, leave=False) as bar:
 
             def counted(candidate: nn.Module) -> dict[str, float]:
@@ -140,8 +172,10 @@ def _finetune(model: nn.Module, run: Run, progress: bool) -> None:
 
 def _rounds(model: nn.Module, run: Run, progress: bool) -> tuple[nn.Module, dict[str, Any]]:
     """`compress.rounds` of `self_compress` on the shrunk model, held on validation
-    accuracy: a chain is cut by kernel norm, any other graph by activation scores (read
-    on the same rows), so residual channels go together."""
+    accuracy (`round_tolerance` against the shrunk model) and on `compress.tolerances`
+    against the *trained* model, so that search and rounds together stay within them. A
+    chain is cut by kernel norm, any other graph by activation scores (read on the same
+    rows), so residual channels go together."""
     c = run.config.compress
     data = run.data()
     if data.task != "classification":
@@ -149,8 +183,13 @@ def _rounds(model: nn.Module, run: Run, progress: bool) -> tuple[nn.Module, dict
             "compress.rounds holds accuracy, so it needs classification data; set "
             "compress.rounds: 0"
         )
-    rows, used = _search_data(data)
-    evaluate = scorer(rows, run.likelihood(), metrics=("accuracy",))
+    against_trained = _tolerances(run)
+    held = {"accuracy": c.round_tolerance, **against_trained}
+    evaluate, rows, used = _validation_scorer(run, tuple(held))
+    reference = None
+    if against_trained:
+        trained = evaluate(run.load_model("trained"))
+        reference = {name: trained[name] for name in against_trained}
     if isinstance(model, nn.Sequential):
         how: dict[str, Any] = {"input_shape": data.input_shape, "score": "norm"}
     else:
@@ -161,7 +200,8 @@ def _rounds(model: nn.Module, run: Run, progress: bool) -> tuple[nn.Module, dict
         evaluate,
         (lambda m: _finetune(m, run, progress)) if c.finetune_epochs else None,
         fraction=c.round_fraction,
-        tolerance=c.round_tolerance,
+        tolerances=held,
+        reference=reference,
         max_rounds=c.rounds,
         greedy=c.greedy,
         **how,
@@ -169,6 +209,29 @@ def _rounds(model: nn.Module, run: Run, progress: bool) -> tuple[nn.Module, dict
     if "warning" in used:
         run.log(f"compress: warning: {used['warning']}")
     return result.model, {**result.as_dict(), "score": how["score"], "data": used}
+
+
+def _test_ood_auroc(
+    run: Run, models: dict[str, tuple[nn.Module, str]]
+) -> dict[str, dict[str, float]]:
+    """OOD AUROC on the test set against `compress.ood`'s test images, per model, in the
+    mode its metrics were given in (`models`: name → (model, mode))."""
+    data, cfg = run.data(), run.config
+    test_ood = _ood(run, "test", len(data.test[0]))
+    scores = {}
+    for name, (model, mode) in models.items():
+        score = scorer(
+            data.test,
+            run.likelihood(),
+            mode=mode,
+            samples=cfg.evaluate.samples,
+            bins=cfg.evaluate.bins,
+            seed=cfg.train.seed,
+            metrics=ood_metric_names(mode),
+            ood=test_ood,
+        )
+        scores[name] = score(model)
+    return scores
 
 
 def with_overrides(config: RunConfig, section: str, overrides: dict[str, Any]) -> RunConfig:
@@ -222,12 +285,20 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
     mode_before, mode_after = primary_mode(run.config, model), primary_mode(run.config, final)
     info["metrics_mode"] = {"before": mode_before, "after": mode_after}
     info["metrics_split"] = {"name": "test", "rows": len(data.test[0])}
+    metrics_before, metrics_after = before["modes"][mode_before], after["modes"][mode_after]
+    if c.ood is not None:
+        auroc = _test_ood_auroc(run, {"before": (model, mode_before), "after": (final, mode_after)})
+        metrics_before, metrics_after = (
+            metrics_before | auroc["before"],
+            metrics_after | auroc["after"],
+        )
+        info["metrics_ood"] = {"name": c.ood, "split": "test", "rows": len(data.test[0])}
     report = compression_report(
         model,
         final,
         input_shape=data.input_shape,
-        metrics_before=before["modes"][mode_before],
-        metrics_after=after["modes"][mode_after],
+        metrics_before=metrics_before,
+        metrics_after=metrics_after,
         title=f"compression of {run.folder.name}: {score} + {rule}",
         extra=info,
     )

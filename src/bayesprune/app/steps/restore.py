@@ -42,6 +42,7 @@ from ...finetuning import VARIANCE_SUFFIXES
 from ...kl_schedule import kl_stages
 from ...restore import RestoreMethod, restore_uncertainty
 from ..config import ConfigError, config_to_dict
+from ..data import load_ood
 from ..factory import flattens
 from ..folder import Run
 from ..policy import primary_mode
@@ -283,15 +284,10 @@ def _scorer(run: Run, rows: tuple[Tensor, Tensor], ood: Tensor | None, mode: str
 
 
 def _ood(run: Run, split: str, rows: int) -> Tensor:
-    """`rows` images of `restore.ood` (its training split for validation, test for test),
-    shaped like the run's inputs."""
-    from ... import data as bdata
-
-    name = run.config.restore.ood
-    loader = bdata.load_mnist if name == "mnist" else bdata.load_fashion_mnist
-    d = run.config.data
-    x = loader(split, d.root, limit=rows, seed=d.seed).tensors[0]
-    return x.reshape(len(x), -1) if flattens(run.config) else x
+    """`rows` images of `restore.ood` (its training split for validation, test for test)."""
+    return load_ood(
+        run.config.restore.ood, split, rows, run.config.data, flatten=flattens(run.config)
+    )
 
 
 def _temperature(model: nn.Module) -> float | None:

@@ -1,0 +1,122 @@
+"""`bayesprune compress` holding uncertainty: `--tolerance` on the rounds against the
+trained model, `--ood` for OOD AUROC held on validation and reported on test, and the
+config errors. Tiny synthetic image sets stand in for MNIST / Fashion-MNIST."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from _images import write_image_sets
+from click.testing import CliRunner
+
+from bayesprune.app.data import load_ood
+from bayesprune.app.folder import Run
+from bayesprune.app.steps.compress import SEARCH_ROWS
+from bayesprune.cli import main
+from bayesprune.evaluation import scorer
+
+
+def _invoke(*args: str, ok: bool = True):
+    result = CliRunner().invoke(main, [*args, "--threads", "1"])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A trained MLP (two hidden layers) on the bar images; returns (tmp, run folder)."""
+    tmp = tmp_path_factory.mktemp("held")
+    root = tmp / "data"
+    write_image_sets(root)
+    raw = {
+        "data": {"name": "mnist", "root": str(root), "val_fraction": 0.4},
+        "model": {"kwargs": {"hidden": [24, 24]}},
+        "train": {"epochs": 10, "batch_size": 32, "lr": 0.01},
+        "compress": {"rule": "global", "sparsity": 0.3},
+        "evaluate": {"samples": 4},
+    }
+    path = tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    torch.manual_seed(0)
+    _invoke("train", str(path), "--out", str(tmp / "run"), "--quiet")
+    return tmp, tmp / "run"
+
+
+def _rounds(run) -> dict:
+    return json.loads((run / "compressed" / "compression.json").read_text())["extra"]["rounds"]
+
+
+ROUNDS = ("--rounds", "6", "--round-fraction", "0.3", "--round-tolerance", "1.0")
+
+
+def test_a_tolerance_stops_the_rounds_that_accuracy_alone_lets_through(trained):
+    _, run = trained
+    _invoke("compress", str(run), *ROUNDS, "--quiet")
+    free = _rounds(run)
+    assert free["stopped"] != "tolerance"  # losing up to all accuracy: never stopped by it
+    _invoke("compress", str(run), *ROUNDS, "--tolerance", "nll=0", "--quiet")
+    held = _rounds(run)
+    assert held["stopped"] == "tolerance"
+    kept = [r for r in held["history"] if r["accepted"]]
+    assert len(kept) < len([r for r in free["history"] if r["accepted"]])
+    # held against the *trained* model's validation NLL, scored independently here
+    r = Run.open(run)
+    rows = tuple(t[:SEARCH_ROWS] for t in r.data().val)
+    trained_nll = scorer(rows, r.likelihood(), metrics=("nll",))(r.load_model("trained"))["nll"]
+    assert held["held_against"]["nll"] == pytest.approx(trained_nll, rel=1e-6)
+    assert all(k["values"]["nll"] <= trained_nll + 1e-9 for k in kept[1:])
+    assert held["history"][-1]["values"]["nll"] > trained_nll  # the refused round
+    options = json.loads((run / "compressed" / "compression.json").read_text())["extra"]
+    assert options["options"]["tolerances"] == {"nll": 0.0}
+    assert yaml.safe_load((run / "config.yaml").read_text())["compress"]["tolerances"] == {}
+
+
+def test_ood_auroc_is_held_on_training_images_and_reported_on_test(trained):
+    _, run = trained
+    out = _invoke(
+        "compress", str(run), *ROUNDS[:4], "--ood", "fashion-mnist",
+        "--tolerance", "ood_auroc_entropy=0.05", "--quiet",
+    ).output  # fmt: skip
+    report = json.loads((run / "compressed" / "compression.json").read_text())
+    rounds = report["extra"]["rounds"]
+    assert rounds["data"]["ood"] == {"name": "fashion-mnist", "split": "training", "rows": 200}
+    r = Run.open(run)
+    rows = tuple(t[:SEARCH_ROWS] for t in r.data().val)
+    ood = load_ood("fashion-mnist", "train", len(rows[0]), r.config.data, flatten=True)
+    score = scorer(rows, r.likelihood(), metrics=("ood_auroc_entropy",), ood=ood)
+    want = score(r.load_model("trained"))["ood_auroc_entropy"]
+    assert rounds["held_against"]["ood_auroc_entropy"] == pytest.approx(want, rel=1e-6)
+    for k in (k for k in rounds["history"][1:] if k["accepted"]):
+        assert k["values"]["ood_auroc_entropy"] >= want - 0.05 - 1e-9
+    assert report["extra"]["metrics_ood"]["split"] == "test"
+    for side in ("before", "after"):
+        auroc = report["metrics"][side]["ood_auroc_entropy"]
+        assert 0.0 <= auroc <= 1.0
+    assert "ood_auroc_entropy" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--tolerance", "ood_auroc_entropy=0.02", "--rounds", "1"), "set compress.ood"),
+        (("--tolerance", "ood_auroc_mi=0.02", "--rounds", "1"), "no mutual information"),
+        (("--tolerance", "ece=1.5x"), "hold compress.rule 'search' and compress.rounds"),
+        (("--tolerance", "ece=0.8x", "--rounds", "1"), "must be ≥ 1"),
+        (("--ood", "mnist"), "compress.ood 'mnist' is the run's own data set"),
+    ],
+)
+def test_bad_requests_are_one_clear_line_and_leave_nothing(trained, args, expected):
+    tmp, run = trained
+    before = sorted(p.name for p in run.iterdir())
+    result = _invoke("compress", str(run), *args, ok=False)
+    assert result.exit_code == 1 and expected in result.output, result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_tolerance_without_a_value_is_a_usage_error(trained):
+    _, run = trained
+    result = _invoke("compress", str(run), "--tolerance", "ece", ok=False)
+    assert result.exit_code == 2 and "METRIC=VALUE" in result.output
