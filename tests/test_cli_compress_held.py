@@ -95,6 +95,10 @@ def test_ood_auroc_is_held_on_training_images_and_reported_on_test(trained):
         auroc = report["metrics"][side]["ood_auroc_entropy"]
         assert 0.0 <= auroc <= 1.0
     assert "ood_auroc_entropy" in out
+    _invoke("report", str(run))
+    page = (run / "report" / "report.md").read_text()
+    before = report["metrics"]["before"]["ood_auroc_entropy"]
+    assert f"OOD AUROC against fashion-mnist test images: entropy {before:.3f}" in page
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,20 @@ def _pruning_figure(curve: dict[str, Any]) -> Figure:
     )
 
 
+def _ood_line(compression: dict[str, Any]) -> str:
+    """The test OOD AUROC before → after, when `compress` was given OOD images."""
+    ood = compression.get("extra", {}).get("metrics_ood")
+    before, after = (compression.get("metrics", {}).get(k, {}) for k in ("before", "after"))
+    shown = [
+        f"{name.removeprefix('ood_auroc_')} {before[name]:.3f} → {after[name]:.3f}"
+        for name in after
+        if name.startswith("ood_auroc_") and name in before
+    ]
+    if not ood or not shown:
+        return ""
+    return f" OOD AUROC against {ood['name']} test images: {', '.join(shown)}."
+
+
 def _units_figure(compression: dict[str, Any]) -> Figure | None:
     totals = compression.get("totals", {})
     before, after = totals.get("architecture_before"), totals.get("architecture_after")
@@ -282,7 +296,7 @@ def _build_report(run: Run, progress: bool) -> dict[str, Path]:
             f"{compression.get('extra', {}).get('rule')}): non-zero weights "
             f"{t['nonzero_before']} → {t['nonzero_after']}, architecture "
             f"{'-'.join(map(str, t['architecture_before']))} → "
-            f"{'-'.join(map(str, t['architecture_after']))}."
+            f"{'-'.join(map(str, t['architecture_after']))}." + _ood_line(compression)
         )
         comp_html = f"<p>{html.escape(comp_md)}</p>"
     body = [
