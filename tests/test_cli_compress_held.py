@@ -101,6 +101,21 @@ def test_ood_auroc_is_held_on_training_images_and_reported_on_test(trained):
     assert f"OOD AUROC against fashion-mnist test images: entropy {before:.3f}" in page
 
 
+def test_a_search_given_other_tolerances_still_holds_accuracy_by_delta(trained):
+    _, run = trained
+    _invoke(
+        "compress", str(run), "--rule", "search", "--delta", "0.01",
+        "--tolerance", "ece=100x", "--no-shrink", "--quiet",
+    )  # fmt: skip
+    search = json.loads((run / "compressed" / "compression.json").read_text())["extra"]["search"]
+    held = {t["metric"]: t["tolerance"] for t in search["tolerances"]}
+    assert held == {"accuracy": 0.01, "ece": 99.0}
+    assert search["values"]["accuracy"] >= search["baselines"]["accuracy"] - 0.01 - 1e-9
+    floor = search["baselines"]["accuracy"] - 0.01
+    refused = [p for p in search["curve"] if not p["within"]]
+    assert refused and all(p["accuracy"] < floor for p in refused)  # ECE alone let them in
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -111,17 +111,16 @@ def compression_masks(
     if rule == "search":
         if run.data().task != "classification":
             raise ConfigError("compress.rule 'search' needs classification data; use 'global'")
-        held = _tolerances(run)
-        evaluate, _, used = _validation_scorer(run, tuple(dict.fromkeys(("accuracy", *held))))
+        # accuracy is always held: by `delta` unless the tolerances name it themselves
+        held = {"accuracy": c.delta, **_tolerances(run)}
+        evaluate, _, used = _validation_scorer(run, tuple(held))
         with tqdm(desc="search", unit="candidate", disable=not progress, leave=False) as bar:
 
             def counted(candidate: nn.Module) -> dict[str, float]:
                 bar.update()
                 return evaluate(candidate)
 
-            found = search_sparsity(
-                model, scores, counted, delta=c.delta, level=level, tolerances=held or None
-            )
+            found = search_sparsity(model, scores, counted, level=level, tolerances=held)
         info["search"] = {**found.as_dict(), "data": used}
         if "warning" in used:
             run.log(f"compress: warning: {used['warning']}")
