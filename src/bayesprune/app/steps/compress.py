@@ -35,7 +35,7 @@ from ...compress import (
     weight_scores,
 )
 from ...compress.pip_rules import select_by_pip
-from ...evaluation import Scorer, ood_metric_names, scorer
+from ...evaluation import Scorer, scorer
 from ...finetuning import finetune
 from ...kl_schedule import kl_stages
 from ..config import (
@@ -50,7 +50,7 @@ from ..data import RunData, load_ood
 from ..factory import flattens
 from ..folder import Run
 from ..policy import SEARCH_ROWS, fit_kwargs, primary_mode, resolve_compress, score_level
-from .evaluate import evaluate_models, model_entry, record_entry
+from .evaluate import evaluate_models, model_entry, ood_scores, record_entry
 
 SMALL_SPLIT = 500  # fewer rows than this: an accuracy step is >= 0.2 %, a search is noisy
 
@@ -210,29 +210,6 @@ def _rounds(model: nn.Module, run: Run, progress: bool) -> tuple[nn.Module, dict
     return result.model, {**result.as_dict(), "score": how["score"], "data": used}
 
 
-def _test_ood_auroc(
-    run: Run, models: dict[str, tuple[nn.Module, str]]
-) -> dict[str, dict[str, float]]:
-    """OOD AUROC on the test set against `compress.ood`'s test images, per model, in the
-    mode its metrics were given in (`models`: name → (model, mode))."""
-    data, cfg = run.data(), run.config
-    test_ood = _ood(run, "test", len(data.test[0]))
-    scores = {}
-    for name, (model, mode) in models.items():
-        score = scorer(
-            data.test,
-            run.likelihood(),
-            mode=mode,
-            samples=cfg.evaluate.samples,
-            bins=cfg.evaluate.bins,
-            seed=cfg.train.seed,
-            metrics=ood_metric_names(mode),
-            ood=test_ood,
-        )
-        scores[name] = score(model)
-    return scores
-
-
 def with_overrides(config: RunConfig, section: str, overrides: dict[str, Any]) -> RunConfig:
     """`config` with some keys of one section replaced (validated like a config file)."""
     raw = config_to_dict(config)
@@ -279,19 +256,18 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
     # test metrics of both models: the trained one's from evaluation.json when current,
     # the compressed one's recorded there after publishing, so `evaluate` and `report`
     # predict nothing again
+    # with compress.ood, OOD AUROC against the other set's test images, predicted as
+    # the test metrics are (the compressed model's from the same test predictive)
+    test_ood = None if c.ood is None else _ood(run, "test", len(data.test[0]))
     before = evaluate_models(run, "trained", progress, curve=False)["trained"]
-    after = model_entry(final, run, None, progress)
+    after = model_entry(final, run, None, progress, ood=test_ood)
     mode_before, mode_after = primary_mode(run.config, model), primary_mode(run.config, final)
     info["metrics_mode"] = {"before": mode_before, "after": mode_after}
     info["metrics_split"] = {"name": "test", "rows": len(data.test[0])}
     metrics_before, metrics_after = before["modes"][mode_before], after["modes"][mode_after]
-    if c.ood is not None:
-        auroc = _test_ood_auroc(run, {"before": (model, mode_before), "after": (final, mode_after)})
-        metrics_before, metrics_after = (
-            metrics_before | auroc["before"],
-            metrics_after | auroc["after"],
-        )
-        info["metrics_ood"] = {"name": c.ood, "split": "test", "rows": len(data.test[0])}
+    if test_ood is not None:
+        metrics_before = metrics_before | ood_scores(model, run, mode_before, test_ood)
+        info["metrics_ood"] = {"name": c.ood, "split": "test", "rows": len(test_ood)}
     report = compression_report(
         model,
         final,
@@ -305,7 +281,14 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
         run.save_model(final, "compressed", {"compression": info}, tx=tx)
         tx.write_json("compressed/compression.json", dict(report))
         tx.write_bytes("compressed/compression.md", report_markdown(report).encode())
-    record_entry(run, "compressed", {**after, "model_sha256": run.model_digest("compressed")})
+    # evaluation.json keeps the test-set metrics every model has (OOD AUROC stays in
+    # compression.json, beside the trained model's)
+    modes = {
+        mode: {k: v for k, v in values.items() if not k.startswith("ood_auroc_")}
+        for mode, values in after["modes"].items()
+    }
+    entry = {**after, "modes": modes, "model_sha256": run.model_digest("compressed")}
+    record_entry(run, "compressed", entry)
     run.log(
         f"compress: {score}/{rule}; non-zero weights {report['totals']['nonzero_before']} → "
         f"{report['totals']['nonzero_after']}; metrics {report['metrics']['after']}"

@@ -12,12 +12,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ... import metrics
 from ...compress import apply_masks, global_sparsity_masks, weight_scores
-from ...evaluation import score_prediction, scorer
+from ...evaluation import OOD_METRICS, ood_metric_names, score_prediction, scorer
 from ...nn import variational_layers
 from ...predict import predict
 from ..folder import Run
@@ -41,11 +41,14 @@ def _settings(run: Run) -> dict[str, Any]:
             "draws": "per pass"}  # fmt: skip
 
 
-def _predict(model: nn.Module, run: Run, mode: str, progress: bool = False) -> Any:
+def _predict(
+    model: nn.Module, run: Run, mode: str, progress: bool = False, x: Tensor | None = None
+) -> Any:
+    """The test predictive (`x`: other inputs, predicted the same way)."""
     cfg = run.config.evaluate
     return predict(
         model,
-        run.data().test[0],
+        run.data().test[0] if x is None else x,
         samples=cfg.samples,
         mode=mode,
         likelihood=run.likelihood(),
@@ -63,6 +66,16 @@ def _metrics(run: Run, pred: Any) -> dict[str, float]:
         rmse = scores.pop("rmse")
         scores = {"rmse": rmse, "rmse_original_units": rmse * data.y_std, **scores}
     return scores
+
+
+def ood_scores(
+    model: nn.Module, run: Run, mode: str, ood: Tensor, pred: Any = None
+) -> dict[str, float]:
+    """OOD AUROC (entropy; MI in mode "mc") of telling `ood` from the test inputs, both
+    predicted as the test metrics are (`pred`: the test predictive, if already made)."""
+    pred = _predict(model, run, mode) if pred is None else pred
+    pred_ood = _predict(model, run, mode, x=ood)
+    return {name: float(OOD_METRICS[name](pred, pred_ood)) for name in ood_metric_names(mode)}
 
 
 def evaluate_model(model: nn.Module, run: Run, mode: str) -> dict[str, float]:
@@ -113,9 +126,14 @@ def cached_entry(run: Run, which: str) -> dict[str, Any] | None:
 
 
 def model_entry(
-    model: nn.Module, run: Run, digest: str | None, progress: bool = False
+    model: nn.Module,
+    run: Run,
+    digest: str | None,
+    progress: bool = False,
+    ood: Tensor | None = None,
 ) -> dict[str, Any]:
-    """A fresh evaluation.json entry of `model` (every mode, reliability), keyed by `digest`."""
+    """A fresh evaluation.json entry of `model` (every mode, reliability), keyed by `digest`;
+    with `ood` (out-of-distribution test inputs) each mode also has its OOD AUROC."""
     entry: dict[str, Any] = {
         "model_sha256": digest,
         "settings": _settings(run),
@@ -126,6 +144,8 @@ def model_entry(
     for k, mode in enumerate(modes_for(run.config, model)):
         pred = _predict(model, run, mode, progress)
         entry["modes"][mode] = _metrics(run, pred)
+        if ood is not None:
+            entry["modes"][mode] |= ood_scores(model, run, mode, ood, pred)
         if k == 0 and run.data().task == "classification":
             entry["reliability"] = {"mode": mode, **_reliability(run, pred)}
     return entry

@@ -1,0 +1,149 @@
+"""`bayesprune compress` holding accuracy alone against holding the uncertainty too (issue 18).
+
+For each seed: one run folder trained from a packaged config, then `compress` twice on
+the same trained model, each a separate process as a user types it:
+
+- "accuracy": the config's search (`compress.delta`) and `--rounds` of self-compression
+  held on validation accuracy alone (`--round-tolerance`);
+- "held": the same plus `--tolerance ece=1.5x --tolerance ood_auroc_entropy=0.02`
+  (against the trained model's validation values; OOD images for validation from the
+  other set's training split).
+
+Both get `--ood` so the report has the test OOD AUROC before and after; the test sets
+are read only for those reported figures. Records, per seed and variant, the test
+accuracy / NLL / ECE / OOD AUROC before and after, the architecture, the non-zero
+weights, the rounds kept and the seconds.
+
+    python benchmarks/cli_held_compress.py --seeds 0 1 2 --threads 1
+
+MNIST and Fashion-MNIST must be in the cache (`bayesprune data fetch mnist`, `... fashion-mnist`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import add_results_dir_option, md_table, use_results_dir, write_results
+
+VARIANTS = {
+    "accuracy": [],
+    "held": ["--tolerance", "ece=1.5x", "--tolerance", "ood_auroc_entropy=0.02"],
+}
+REPORTED = ("accuracy", "nll", "ece", "ood_auroc_entropy", "ood_auroc_mi")
+
+
+def _run(args: list[str], cwd: Path) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "bayesprune", *args], cwd=cwd, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"bayesprune {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    return time.perf_counter() - start, done.stdout
+
+
+def one_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train once, compress once per variant; the figures of each compression.json."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        threads = ["--threads", str(args.threads)]
+        (work / "run.yaml").write_text(_run(["config", "show", args.config], work)[1])
+        sets = [a for o in args.overrides for a in ("--set", o)]
+        train_s = _run(["train", "run.yaml", "--out", "run", "--quiet", "--seed", str(seed),
+                        *sets, *threads], work)[0]  # fmt: skip
+        rounds = ["--rounds", str(args.rounds), "--round-fraction", str(args.round_fraction)]
+        if args.greedy:
+            rounds.append("--greedy")
+        record: dict[str, Any] = {"seed": seed, "train_seconds": train_s, "variants": {}}
+        for name, extra in VARIANTS.items():
+            seconds = _run(
+                ["compress", "run", *rounds, "--ood", args.ood, *extra, "--quiet", *threads], work
+            )[0]
+            report = json.loads((work / "run" / "compressed" / "compression.json").read_text())
+            history = report["extra"]["rounds"]["history"]
+            record["variants"][name] = {
+                "seconds": seconds,
+                "before": report["metrics"]["before"],
+                "after": report["metrics"]["after"],
+                "architecture": report["totals"]["architecture_after"],
+                "nonzero_before": report["totals"]["nonzero_before"],
+                "nonzero_after": report["totals"]["nonzero_after"],
+                "search_sparsity": report["extra"]["search"]["sparsity"],
+                "rounds_kept": [r["round"] for r in history if r["accepted"]][-1],
+                "rounds_stopped": report["extra"]["rounds"]["stopped"],
+                "held_against": report["extra"]["rounds"]["held_against"],
+            }
+    return record
+
+
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+
+
+def summarise(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Seed means ± sd per variant: test metrics after, ECE ratio and AUROC drop vs before."""
+    first = seeds[0]["variants"]["accuracy"]["before"]
+    metrics = [k for k in REPORTED if k in first]
+    trained = {
+        k: _mean_sd([s["variants"]["accuracy"]["before"][k] for s in seeds]) for k in metrics
+    }
+    rows = [{"model": "trained", **trained}]
+    for name in VARIANTS:
+        runs = [s["variants"][name] for s in seeds]
+        row: dict[str, Any] = {"model": f"compressed, {name}"}
+        row |= {k: _mean_sd([r["after"][k] for r in runs]) for k in metrics}
+        row["ECE × trained"] = _mean_sd([r["after"]["ece"] / r["before"]["ece"] for r in runs])
+        row["AUROC drop (entropy)"] = _mean_sd(
+            [r["before"]["ood_auroc_entropy"] - r["after"]["ood_auroc_entropy"] for r in runs]
+        )
+        row["compression ×"] = _mean_sd([r["nonzero_before"] / r["nonzero_after"] for r in runs])
+        row["architectures"] = ", ".join("-".join(map(str, r["architecture"])) for r in runs)
+        row["rounds kept"] = ", ".join(str(r["rounds_kept"]) for r in runs)
+        rows.append(row)
+    return [{k: row.get(k, "–") for k in rows[-1]} for row in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="gaussian_lenet5_mnist")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--round-fraction", type=float, default=0.2)
+    parser.add_argument("--greedy", action="store_true")
+    parser.add_argument("--ood", default="fashion-mnist")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default="cli_held_compress")
+    add_results_dir_option(parser)
+    args = parser.parse_args()
+    use_results_dir(args)
+    seeds = []
+    for seed in args.seeds:
+        seeds.append(one_seed(seed, args))
+        print(json.dumps(seeds[-1]["variants"], default=str)[:2000], flush=True)
+    rows = summarise(seeds)
+    markdown = (
+        f"Config `{args.config}` with `{' '.join(args.overrides) or 'no overrides'}`; seeds "
+        f"{args.seeds}; `compress --rounds {args.rounds} --round-fraction "
+        f"{args.round_fraction}{' --greedy' if args.greedy else ''} --ood {args.ood}` "
+        "(accuracy), the same with `--tolerance ece=1.5x --tolerance ood_auroc_entropy=0.02` "
+        "(held). Test figures in the trained / compressed model's primary mode "
+        "(`evaluate.samples` Monte Carlo passes for a Gaussian net), mean ± sd over seeds.\n\n"
+        + md_table(rows)
+    )
+    settings = {k: v for k, v in vars(args).items() if k != "results_dir"}
+    write_results(args.name, {"settings": settings, "seeds": seeds, "summary": rows}, markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
