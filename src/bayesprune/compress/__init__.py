@@ -19,6 +19,9 @@ and for a model with its own `forward` (residual additions, concatenations, Batc
     save_shrunk(result.model, "small.safetensors")
     small = load_shrunk("small.safetensors", MyNet())             # shapes re-applied
 
+Pruning inside training: ``bp.fit(model, train, callbacks=[GradualPruning(model,
+sparsity=0.95, end_epoch=30)])`` masks the lowest-SNR weights on a cubic schedule.
+
 Nothing here trains or evaluates: the schedules (`search_sparsity`, `self_compress`,
 the width rounds of `prune_to_widths`), the curves (`pruning_curve`,
 `unit_removal_curve`) and the report receive an `evaluate` callable
@@ -41,6 +44,7 @@ from .export import (
     sparse_storage,
     spec_json,
 )
+from .gradual import GradualPruning, cubic_sparsity
 from .graph import (
     GraphShrinkError,
     GraphShrinkResult,
@@ -108,6 +112,7 @@ __all__ = [
     "WEIGHT_SCORES",
     "WIDTH_SCORES",
     "CompressionRound",
+    "GradualPruning",
     "GraphShrinkError",
     "GraphShrinkResult",
     "GraphTraceError",
@@ -134,6 +139,7 @@ __all__ = [
     "combine_masks",
     "compression_report",
     "csr_bytes",
+    "cubic_sparsity",
     "export_onnx",
     "global_sparsity_masks",
     "hold_pruned",
