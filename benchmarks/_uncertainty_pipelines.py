@@ -90,6 +90,7 @@ class Settings:
     ss_refit_epochs: int = 3
     ss_kl_weight: float | None = None  # None: 0.1 x rows / 60,000 (see spike_slab)
     ss_held: bool = False  # also the PIP search holding the uncertainty ("bayesian/held")
+    gradual: bool = False  # LeNets: also pruning inside training ("bayesian/gradual")
 
 
 class Record:
@@ -265,11 +266,43 @@ def searched(name: str, data: Data, s: Settings) -> dict[str, Any]:
         methods = candidates(RESTORES if variant == "accuracy" else ("temperature",))
         _restores(record, f"bayesian/{variant}", pruned, data, s, methods, "mc", search.sparsity)
     sparsity = record.compression["bayesian/accuracy"]["sparsity"]
+    if s.gradual:
+        _gradual(record, build, prior, sparsity, data, s)
     same = compress.pruned_copy(det, compress.weight_scores(det, "magnitude"), sparsity)
     record.compression["deterministic/same-sparsity"] = {"sparsity": sparsity}
     tempered = candidates(("temperature",))
     _restores(record, "deterministic/same-sparsity", same, data, s, tempered, "mean", sparsity)
     return record.as_dict()
+
+
+def gradual_epochs(epochs: int) -> tuple[int, int]:
+    """When pruning inside training starts and reaches its target: after a quarter of
+    the epochs (the posterior has found its modes) until three quarters (the last
+    quarter trains the survivors); fixed before any run, not tuned."""
+    start = max(1, round(epochs / 4))
+    return start, max(start, round(3 * epochs / 4))
+
+
+def _gradual(
+    record: Record, build: Any, prior: dict[str, Any], sparsity: float, data: Data, s: Settings
+) -> None:
+    """A fresh Bayesian net (same seed and init) pruned inside training to the accuracy
+    search's `sparsity` (chosen on validation), then every restoring method."""
+    start, end = gradual_epochs(s.epochs)
+    with record.timed("train gradual"):
+        torch.manual_seed(s.seed)
+        grown = build(**prior)
+        pruning = compress.GradualPruning(grown, sparsity, start_epoch=start, end_epoch=end)
+        _fit(grown, data, s, callbacks=[pruning])
+    record.compression["bayesian/gradual"] = {
+        "sparsity": pruning.pruned_share(),
+        "target": sparsity,
+        "start_epoch": start,
+        "end_epoch": end,
+        "schedule": pruning.history,
+    }
+    methods = candidates(RESTORES)
+    _restores(record, "bayesian/gradual", grown, data, s, methods, "mc", pruning.pruned_share())
 
 
 # --- eVI CNN: self-compression --------------------------------------------------------------

@@ -135,6 +135,7 @@ def settings_for(model: str, seed: int, args: argparse.Namespace) -> Settings:
         ss_refit_epochs=args.ss_refit_epochs,
         ss_kl_weight=args.ss_kl_weight,
         ss_held=args.ss_held,
+        gradual=args.gradual,
     )
 
 
@@ -184,7 +185,7 @@ def groups(model: str) -> list[str]:
     """Where the restoring method is chosen: the compression of record's stages."""
     if model == "spike_slab":
         return ["bayesian/median", "bayesian/median-all-inputs", "bayesian/held"]
-    return ["bayesian/accuracy"]
+    return ["bayesian/accuracy", "bayesian/gradual"]  # the second only in --gradual runs
 
 
 def with_chosen(runs: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
@@ -479,6 +480,13 @@ def main() -> None:
         help="spike-and-slab: also the median rule on hidden units with every input kept "
         "('bayesian/median-all-inputs') and the search of the share of units to drop by PIP "
         "holding the uncertainty tolerances ('bayesian/held')",
+    )
+    parser.add_argument(
+        "--gradual",
+        action="store_true",
+        help="LeNets: also a Bayesian net pruned inside training (compress.GradualPruning) to "
+        "the accuracy search's sparsity, cubic schedule from epoch E/4 to 3E/4 "
+        "('bayesian/gradual'), with every restoring method",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
