@@ -133,7 +133,7 @@ def model_entry(
     ood: Tensor | None = None,
 ) -> dict[str, Any]:
     """A fresh evaluation.json entry of `model` (every mode, reliability), keyed by `digest`;
-    with `ood` (out-of-distribution test inputs) each mode also has its OOD AUROC."""
+    with `ood` (out-of-distribution test inputs) the primary mode also has its OOD AUROC."""
     entry: dict[str, Any] = {
         "model_sha256": digest,
         "settings": _settings(run),
@@ -144,7 +144,7 @@ def model_entry(
     for k, mode in enumerate(modes_for(run.config, model)):
         pred = _predict(model, run, mode, progress)
         entry["modes"][mode] = _metrics(run, pred)
-        if ood is not None:
+        if k == 0 and ood is not None:  # the primary mode's, from the same test predictive
             entry["modes"][mode] |= ood_scores(model, run, mode, ood, pred)
         if k == 0 and run.data().task == "classification":
             entry["reliability"] = {"mode": mode, **_reliability(run, pred)}
