@@ -95,6 +95,7 @@ def test_ood_auroc_is_held_on_training_images_and_reported_on_test(trained):
         auroc = report["metrics"][side]["ood_auroc_entropy"]
         assert 0.0 <= auroc <= 1.0
     assert "ood_auroc_entropy" in out
+    assert "holding accuracy, ood_auroc_entropy on 200 validation rows" in out
     _invoke("report", str(run))
     page = (run / "report" / "report.md").read_text()
     before = report["metrics"]["before"]["ood_auroc_entropy"]

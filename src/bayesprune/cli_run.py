@@ -279,8 +279,9 @@ def compress(run: str, quiet: bool, **overrides: Any) -> None:
         click.echo(f"  {key}: {m['before'].get(key, float('nan')):.4g} → {m['after'][key]:.4g}")
     search = (extra.get("search") or {}).get("data")
     if search:
+        held = ", ".join(t["metric"] for t in extra["search"].get("tolerances", [])) or "accuracy"
         click.echo(
-            f"search held accuracy on {search['rows']} {search['split']} rows (posterior mean)"
+            f"search held {held} on {search['rows']} {search['split']} rows (posterior mean)"
         )
         if "warning" in search:
             click.echo(f"warning: {search['warning']}", err=True)
@@ -288,8 +289,10 @@ def compress(run: str, quiet: bool, **overrides: Any) -> None:
     if rounds:
         accepted = [r["round"] for r in rounds["history"] if r["accepted"]][-1]
         click.echo(
-            f"self-compression: {accepted} round(s) kept on {rounds['data']['rows']} "
-            f"{rounds['data']['split']} rows (stopped: {rounds['stopped']})"
+            f"self-compression: {accepted} round(s) kept, holding "
+            f"{', '.join(rounds.get('held_against', {})) or 'accuracy'} on "
+            f"{rounds['data']['rows']} {rounds['data']['split']} rows (stopped: "
+            f"{rounds['stopped']})"
         )
         if "warning" in rounds["data"]:
             click.echo(f"warning: {rounds['data']['warning']}", err=True)
