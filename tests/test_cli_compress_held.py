@@ -56,15 +56,19 @@ def test_a_tolerance_stops_the_rounds_that_accuracy_alone_lets_through(trained):
     _invoke("compress", str(run), *ROUNDS, "--quiet")
     free = _rounds(run)
     assert free["stopped"] != "tolerance"  # losing up to all accuracy: never stopped by it
+    assert free["data"]["mode"] == "mean"  # accuracy alone: the posterior mean's arg-max
     _invoke("compress", str(run), *ROUNDS, "--tolerance", "nll=0", "--quiet")
     held = _rounds(run)
     assert held["stopped"] == "tolerance"
     kept = [r for r in held["history"] if r["accepted"]]
     assert len(kept) < len([r for r in free["history"] if r["accepted"]])
-    # held against the *trained* model's validation NLL, scored independently here
+    # held against the *trained* model's validation NLL in its own predictive (Monte
+    # Carlo, compress.validation_samples passes), scored independently here
+    assert held["data"]["mode"] == "mc" and held["data"]["samples"] == 10
     r = Run.open(run)
     rows = tuple(t[:SEARCH_ROWS] for t in r.data().val)
-    trained_nll = scorer(rows, r.likelihood(), metrics=("nll",))(r.load_model("trained"))["nll"]
+    mc = scorer(rows, r.likelihood(), mode="mc", samples=10, seed=0, metrics=("nll",))
+    trained_nll = mc(r.load_model("trained"))["nll"]
     assert held["held_against"]["nll"] == pytest.approx(trained_nll, rel=1e-6)
     assert all(k["values"]["nll"] <= trained_nll + 1e-9 for k in kept[1:])
     assert held["history"][-1]["values"]["nll"] > trained_nll  # the refused round
@@ -85,7 +89,8 @@ def test_ood_auroc_is_held_on_training_images_and_reported_on_test(trained):
     r = Run.open(run)
     rows = tuple(t[:SEARCH_ROWS] for t in r.data().val)
     ood = load_ood("fashion-mnist", "train", len(rows[0]), r.config.data, flatten=True)
-    score = scorer(rows, r.likelihood(), metrics=("ood_auroc_entropy",), ood=ood)
+    names = ("ood_auroc_entropy",)
+    score = scorer(rows, r.likelihood(), mode="mc", samples=10, seed=0, metrics=names, ood=ood)
     want = score(r.load_model("trained"))["ood_auroc_entropy"]
     assert rounds["held_against"]["ood_auroc_entropy"] == pytest.approx(want, rel=1e-6)
     for k in (k for k in rounds["history"][1:] if k["accepted"]):
@@ -95,11 +100,28 @@ def test_ood_auroc_is_held_on_training_images_and_reported_on_test(trained):
         auroc = report["metrics"][side]["ood_auroc_entropy"]
         assert 0.0 <= auroc <= 1.0
     assert "ood_auroc_entropy" in out
-    assert "holding accuracy, ood_auroc_entropy on 200 validation rows" in out
+    assert "holding accuracy, ood_auroc_entropy on 200 rows: validation (MC, 10 samples)" in out
     _invoke("report", str(run))
     page = (run / "report" / "report.md").read_text()
     before = report["metrics"]["before"]["ood_auroc_entropy"]
     assert f"OOD AUROC against fashion-mnist test images: entropy {before:.3f}" in page
+
+
+def test_the_posterior_mean_can_be_held_instead_and_mi_needs_samples(trained):
+    _, run = trained
+    _invoke("compress", str(run), *ROUNDS, "--tolerance", "nll=0", "--validation-mode", "mean")
+    rounds = _rounds(run)
+    assert rounds["data"]["mode"] == "mean" and "samples" not in rounds["data"]
+    r = Run.open(run)
+    rows = tuple(t[:SEARCH_ROWS] for t in r.data().val)
+    mean = scorer(rows, r.likelihood(), metrics=("nll",))(r.load_model("trained"))["nll"]
+    assert rounds["held_against"]["nll"] == pytest.approx(mean, rel=1e-6)
+    out = _invoke(
+        "compress", str(run), *ROUNDS[:4], "--ood", "fashion-mnist",
+        "--tolerance", "ood_auroc_mi=0.1", "--quiet",
+    ).output  # fmt: skip
+    assert _rounds(run)["held_against"]["ood_auroc_mi"] > 0
+    assert "holding accuracy, ood_auroc_mi" in out
 
 
 def test_a_search_given_other_tolerances_still_holds_accuracy_by_delta(trained):
@@ -121,14 +143,27 @@ def test_a_search_given_other_tolerances_still_holds_accuracy_by_delta(trained):
     ("args", "expected"),
     [
         (("--tolerance", "ood_auroc_entropy=0.02", "--rounds", "1"), "set compress.ood"),
-        (("--tolerance", "ood_auroc_mi=0.02", "--rounds", "1"), "no mutual information"),
+        (("--tolerance", "ood_auroc_mi=0.02", "--rounds", "1"), "needs out-of-distribution"),
+        (
+            (
+                "--validation-mode",
+                "mean",
+                "--ood",
+                "fashion-mnist",
+                "--rounds",
+                "1",
+                "--tolerance",
+                "ood_auroc_mi=0.02",
+            ),
+            "no mutual information",
+        ),
         (("--tolerance", "ece=1.5x"), "hold compress.rule 'search' and compress.rounds"),
         (("--tolerance", "ece=0.8x", "--rounds", "1"), "must be ≥ 1"),
         (("--ood", "mnist"), "compress.ood 'mnist' is the run's own data set"),
     ],
 )
 def test_bad_requests_are_one_clear_line_and_leave_nothing(trained, args, expected):
-    tmp, run = trained
+    _, run = trained
     before = sorted(p.name for p in run.iterdir())
     result = _invoke("compress", str(run), *args, ok=False)
     assert result.exit_code == 1 and expected in result.output, result.output

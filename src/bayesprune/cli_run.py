@@ -253,6 +253,14 @@ def evaluate(run: str, which: str, quiet: bool) -> None:
     default=None,
     help="Out-of-distribution images (the other image set): OOD AUROC held and reported.",
 )
+@click.option(
+    "--validation-mode",
+    type=click.Choice(["auto", "mean", "mc"]),
+    default=None,
+    help="Predictive the search and rounds hold (auto: mean for accuracy alone, else the "
+    "model's own, Monte Carlo for a sampling net).",
+)
+@click.option("--validation-samples", type=int, default=None, help="MC passes on validation (mc).")
 @_QUIET
 @_friendly
 def compress(run: str, quiet: bool, **overrides: Any) -> None:
@@ -280,19 +288,19 @@ def compress(run: str, quiet: bool, **overrides: Any) -> None:
     search = (extra.get("search") or {}).get("data")
     if search:
         held = ", ".join(t["metric"] for t in extra["search"].get("tolerances", [])) or "accuracy"
-        click.echo(
-            f"search held {held} on {search['rows']} {search['split']} rows (posterior mean)"
-        )
+        how = describe_prediction(search["mode"], search.get("samples", 1), search["split"])
+        click.echo(f"search held {held} on {search['rows']} rows: {how}")
         if "warning" in search:
             click.echo(f"warning: {search['warning']}", err=True)
     rounds = extra.get("rounds")
     if rounds:
         accepted = [r["round"] for r in rounds["history"] if r["accepted"]][-1]
+        used = rounds["data"]
+        how = describe_prediction(used["mode"], used.get("samples", 1), used["split"])
+        held = ", ".join(rounds.get("held_against", {})) or "accuracy"
         click.echo(
-            f"self-compression: {accepted} round(s) kept, holding "
-            f"{', '.join(rounds.get('held_against', {})) or 'accuracy'} on "
-            f"{rounds['data']['rows']} {rounds['data']['split']} rows (stopped: "
-            f"{rounds['stopped']})"
+            f"self-compression: {accepted} round(s) kept, holding {held} on {used['rows']} "
+            f"rows: {how} (stopped: {rounds['stopped']})"
         )
         if "warning" in rounds["data"]:
             click.echo(f"warning: {rounds['data']['warning']}", err=True)

@@ -153,6 +153,12 @@ class CompressConfig:
     tolerances: dict[str, Any] = field(default_factory=dict)
     # out-of-distribution images (the other image set): OOD AUROC held and reported
     ood: str | None = field(default=None, metadata=_choices(*IMAGE_SETS))
+    # the validation predictive the search and the rounds hold: auto is the posterior
+    # mean (one pass) when only accuracy is held, else the model's own predictive (Monte
+    # Carlo for a sampling net, `validation_samples` passes: its uncertainty is what is
+    # reported)
+    validation_mode: str = field(default="auto", metadata=_choices(AUTO, "mean", "mc"))
+    validation_samples: int = field(default=10, metadata={"min": 1})
     k: int | None = field(default=None, metadata={"min": 0})  # rule "target_size", per layer
     alpha: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})  # rule "fdr"
     shrink: bool = True
@@ -337,19 +343,20 @@ def _check_train(t: TrainConfig) -> None:
             )
 
 
-COMPRESS_OOD_METRIC = "ood_auroc_entropy"  # compress scores the posterior mean: no MI
+COMPRESS_OOD_METRICS = ("ood_auroc_entropy", "ood_auroc_mi")  # MI needs mode mc
 
 
 def _check_compress(c: CompressConfig) -> None:
     from ..compress.tolerances import parse_tolerance
     from ..evaluation import CLASSIFICATION_METRICS
 
-    held = [*CLASSIFICATION_METRICS, COMPRESS_OOD_METRIC]
+    held = [*CLASSIFICATION_METRICS, *COMPRESS_OOD_METRICS]
     for name, value in c.tolerances.items():
-        if name == "ood_auroc_mi":
+        if name == "ood_auroc_mi" and c.validation_mode == "mean":
             raise ConfigError(
-                "compress.tolerances.ood_auroc_mi: compress scores one posterior-mean pass, "
-                f"which has no mutual information; hold {COMPRESS_OOD_METRIC} instead"
+                "compress.tolerances.ood_auroc_mi: compress.validation_mode 'mean' scores one "
+                "posterior-mean pass, which has no mutual information; set it to 'mc' (or "
+                "'auto') or hold ood_auroc_entropy instead"
             )
         if name not in held:
             raise _unknown("compress.tolerances", str(name), held)
@@ -363,10 +370,10 @@ def _check_compress(c: CompressConfig) -> None:
                 f"compress.tolerances.{name} must be a number >= 0 (the allowed worsening), "
                 f"or relative to the unpruned model's value, 'P%' or 'Fx', got {value!r}"
             )
-    if COMPRESS_OOD_METRIC in c.tolerances and c.ood is None:
+    for name in (n for n in COMPRESS_OOD_METRICS if n in c.tolerances and c.ood is None):
         raise ConfigError(
-            f"compress.tolerances.{COMPRESS_OOD_METRIC} needs out-of-distribution images: set "
-            f"compress.ood to the other image set ({' or '.join(IMAGE_SETS)})"
+            f"compress.tolerances.{name} needs out-of-distribution images: set compress.ood "
+            f"to the other image set ({' or '.join(IMAGE_SETS)})"
         )
     if c.tolerances and c.rule not in ("search", AUTO) and not c.rounds:
         raise ConfigError(

@@ -39,7 +39,8 @@ from ...evaluation import Scorer, scorer
 from ...finetuning import finetune
 from ...kl_schedule import kl_stages
 from ..config import (
-    COMPRESS_OOD_METRIC,
+    AUTO,
+    COMPRESS_OOD_METRICS,
     PIP_RULE_NAMES,
     ConfigError,
     RunConfig,
@@ -60,7 +61,7 @@ def _search_data(data: RunData) -> tuple[tuple[Tensor, Tensor], dict[str, Any]]:
     split = "validation" if data.val is not None else "training"
     x, y = data.val if data.val is not None else data.train
     x, y = x[:SEARCH_ROWS], y[:SEARCH_ROWS]
-    record: dict[str, Any] = {"split": split, "rows": len(x), "mode": "mean"}
+    record: dict[str, Any] = {"split": split, "rows": len(x)}
     if len(x) < SMALL_SPLIT:
         record["warning"] = (
             f"the search held accuracy on only {len(x)} {split} rows (one row = "
@@ -76,18 +77,54 @@ def _tolerances(run: Run) -> dict[str, float | str]:
     }
 
 
+def _held_mode(run: Run, model: nn.Module, names: tuple[str, ...]) -> str:
+    """The validation predictive `compress.validation_mode` asks for: auto is the posterior mean
+    (one pass, the arg-max the search has always held) when only accuracy is held,
+    else the model's own predictive, whose uncertainty the test figures report."""
+    c = run.config.compress
+    own = primary_mode(run.config, model)
+    mode = (
+        c.validation_mode
+        if c.validation_mode != AUTO
+        else ("mean" if set(names) == {"accuracy"} else own)
+    )
+    if mode == "mc" and own == "mean":
+        mode = "mean"  # a deterministic predictive (eVI, a plain net): one pass is all of it
+    if mode == "mean" and "ood_auroc_mi" in names:
+        raise ConfigError(
+            "compress.tolerances.ood_auroc_mi needs Monte-Carlo predictions, and this "
+            f"model's predictive is {'one pass' if own == 'mean' else 'held in mode mean'}; "
+            "hold ood_auroc_entropy instead"
+        )
+    return mode
+
+
 def _validation_scorer(
-    run: Run, names: tuple[str, ...]
+    run: Run, model: nn.Module, names: tuple[str, ...]
 ) -> tuple[Scorer, tuple[Tensor, Tensor], dict[str, Any]]:
-    """What the search and the rounds hold: `names` on the validation rows (posterior
-    mean), OOD AUROC against as many images of `compress.ood`'s *training* split, so
-    the OOD test images stay unread until the reported figures."""
+    """What the search and the rounds hold: `names` on the validation rows in the mode of
+    `_held_mode`, OOD AUROC against as many images of `compress.ood`'s *training*
+    split, so the OOD test images stay unread until the reported figures."""
+    c = run.config
     rows, used = _search_data(run.data())
+    used["mode"] = mode = _held_mode(run, model, names)
+    if mode == "mc":
+        used["samples"] = c.compress.validation_samples
     ood = None
-    if COMPRESS_OOD_METRIC in names:
+    if any(name in COMPRESS_OOD_METRICS for name in names):
         ood = _ood(run, "train", len(rows[0]))
-        used["ood"] = {"name": run.config.compress.ood, "split": "training", "rows": len(ood)}
-    return scorer(rows, run.likelihood(), metrics=names, ood=ood), rows, used
+        used["ood"] = {"name": c.compress.ood, "split": "training", "rows": len(ood)}
+    score = scorer(
+        rows,
+        run.likelihood(),
+        mode=mode,
+        samples=c.compress.validation_samples,
+        bins=c.evaluate.bins,
+        seed=c.train.seed,
+        metrics=names,
+        ood=ood,
+    )
+    return score, rows, used
 
 
 def _ood(run: Run, split: str, rows: int) -> Tensor:
@@ -113,7 +150,7 @@ def compression_masks(
             raise ConfigError("compress.rule 'search' needs classification data; use 'global'")
         # accuracy is always held: by `delta` unless the tolerances name it themselves
         held = {"accuracy": c.delta, **_tolerances(run)}
-        evaluate, _, used = _validation_scorer(run, tuple(held))
+        evaluate, _, used = _validation_scorer(run, model, tuple(held))
         with tqdm(desc="search", unit="candidate", disable=not progress, leave=False) as bar:
 
             def counted(candidate: nn.Module) -> dict[str, float]:
@@ -184,7 +221,7 @@ def _rounds(model: nn.Module, run: Run, progress: bool) -> tuple[nn.Module, dict
         )
     against_trained = _tolerances(run)
     held = {"accuracy": c.round_tolerance, **against_trained}
-    evaluate, rows, used = _validation_scorer(run, tuple(held))
+    evaluate, rows, used = _validation_scorer(run, model, tuple(held))
     reference = None
     if against_trained:
         trained = evaluate(run.load_model("trained"))
