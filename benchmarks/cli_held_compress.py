@@ -10,8 +10,9 @@ the same trained model, each a separate process as a user types it:
   validation values in its own predictive; OOD images for validation from the other
   set's training split).
 
-Both get `--ood` so the report has the test OOD AUROC before and after; the test sets
-are read only for those reported figures. Records, per seed and variant, the test
+Both get `--ood` so the report has the test OOD AUROC before and after, and each is then
+followed by `bayesprune restore run --ood ...` (the repair chosen on validation); the
+test sets are read only for the reported figures. Records, per seed and variant, the test
 accuracy / NLL / ECE / OOD AUROC before and after, the architecture, the non-zero
 weights, the rounds kept and the seconds.
 
@@ -74,7 +75,11 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
             )[0]
             report = json.loads((work / "run" / "compressed" / "compression.json").read_text())
             history = report["extra"]["rounds"]["history"]
+            restore_s = _run(["restore", "run", "--ood", args.ood, *threads], work)[0]
+            restored = json.loads((work / "run" / "restored" / "restore.json").read_text())
             record["variants"][name] = {
+                "restore_seconds": restore_s,
+                "restored": {"method": restored["method"], "test": restored["after"]["test"]},
                 "seconds": seconds,
                 "before": report["metrics"]["before"],
                 "after": report["metrics"]["after"],
@@ -108,16 +113,29 @@ def summarise(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"model": f"compressed, {name}"}
         row |= {k: _mean_sd([r["after"][k] for r in runs]) for k in metrics}
         row["ECE × trained"] = _mean_sd([r["after"]["ece"] / r["before"]["ece"] for r in runs])
-        for name in ("entropy", "mi"):
-            key = f"ood_auroc_{name}"
-            row[f"AUROC drop ({name})"] = _mean_sd(
+        for kind in ("entropy", "mi"):
+            key = f"ood_auroc_{kind}"
+            row[f"AUROC drop ({kind})"] = _mean_sd(
                 [r["before"][key] - r["after"][key] for r in runs]
             )
         row["compression ×"] = _mean_sd([r["nonzero_before"] / r["nonzero_after"] for r in runs])
         row["architectures"] = ", ".join("-".join(map(str, r["architecture"])) for r in runs)
         row["rounds kept"] = ", ".join(str(r["rounds_kept"]) for r in runs)
+        row["restore method"] = "–"
         rows.append(row)
-    return [{k: row.get(k, "–") for k in rows[-1]} for row in rows]
+        fixed: dict[str, Any] = {"model": f"compressed, {name}, + restore"}
+        fixed |= {k: _mean_sd([r["restored"]["test"][k] for r in runs]) for k in metrics}
+        fixed["ECE × trained"] = _mean_sd(
+            [r["restored"]["test"]["ece"] / r["before"]["ece"] for r in runs]
+        )
+        for kind in ("entropy", "mi"):
+            key = f"ood_auroc_{kind}"
+            fixed[f"AUROC drop ({kind})"] = _mean_sd(
+                [r["before"][key] - r["restored"]["test"][key] for r in runs]
+            )
+        fixed["restore method"] = ", ".join(r["restored"]["method"] for r in runs)
+        rows.append(fixed)
+    return [{k: row.get(k, "–") for k in rows[1]} for row in rows]
 
 
 def main() -> None:
