@@ -46,7 +46,10 @@ def test_early_stopping_and_tolerances_reach_fit_and_the_search(tmp_path):
     [
         ({"compress": {"tolerances": {"accuracyy": 0.01}}}, "did you mean 'accuracy'"),
         ({"compress": {"tolerances": {"ece": -1}}}, "must be a number >= 0"),
-        ({"compress": {"rule": "global", "tolerances": {"ece": 0.01}}}, "apply to compress.rule"),
+        (
+            {"compress": {"rule": "global", "tolerances": {"ece": 0.01}}},
+            "hold compress.rule 'search' and compress.rounds",
+        ),
         ({"train": {"monitor": "val_loss"}}, "val_nll"),
         ({"train": {"early_stopping": 0}}, ">= 1"),
         ({"train": {"lr_multipliers": {"_rho": 0}}}, "lr_multipliers._rho must be a number > 0"),

@@ -134,6 +134,13 @@ class TrainConfig:
     )
     min_delta: float = field(default=0.0, metadata={"min": 0.0})
     restore_best: bool = False  # end with the best epoch's state by `monitor`
+    # prune inside training (compress.GradualPruning): this share of the weights, lowest
+    # `prune_score` first, on a cubic schedule from `prune_start_epoch` (None: a quarter
+    # of the epochs) to `prune_end_epoch` (None: three quarters); None: no pruning
+    prune_sparsity: float | None = field(default=None, metadata={"min": 0.0, "max": 0.999})
+    prune_start_epoch: int | None = field(default=None, metadata={"min": 1})
+    prune_end_epoch: int | None = field(default=None, metadata={"min": 1})
+    prune_score: str = field(default="auto", metadata=_choices("auto", *WEIGHT_SCORE_NAMES))
 
 
 @dataclass
@@ -318,8 +325,27 @@ def _check_rows(d: DataConfig) -> None:
         )
 
 
+def prune_epochs(t: TrainConfig) -> tuple[int, int]:
+    """(start, end) of pruning inside training, the defaults filled in."""
+    start = t.prune_start_epoch or max(1, round(t.epochs / 4))
+    return start, t.prune_end_epoch or max(start, round(3 * t.epochs / 4))
+
+
 def _check_train(t: TrainConfig) -> None:
     import torch
+
+    if t.prune_sparsity is not None:
+        start, end = prune_epochs(t)
+        if not 1 <= start <= end <= t.epochs:
+            raise ConfigError(
+                f"train.prune_start_epoch {start} and prune_end_epoch {end} must satisfy "
+                f"1 <= start <= end <= train.epochs ({t.epochs})"
+            )
+    elif t.prune_start_epoch is not None or t.prune_end_epoch is not None:
+        raise ConfigError(
+            "train.prune_start_epoch / prune_end_epoch schedule pruning inside training: set "
+            "train.prune_sparsity (the share of weights to prune) or remove them"
+        )
 
     try:
         device = torch.device(t.device)
@@ -432,6 +458,10 @@ def validate(config: RunConfig) -> RunConfig:
     _check_model(config.model, config.data)
     _check_compress(config.compress)
     _check_features(config.features)
+    if config.train.prune_sparsity is not None:
+        from .policy import prune_score
+
+        prune_score(config)  # a family that ranks whole units needs a weight score named
     _check_ood("compress", config.compress.ood, config.data)
     _check_ood("restore", config.restore.ood, config.data)
     return config

@@ -86,4 +86,20 @@ def fit_kwargs(config: RunConfig) -> dict[str, Any]:
     t.pop("likelihood")
     t.pop("keep_checkpoints")
     t.pop("timeout_s")  # the process group's, set where it is created (cli_run)
+    for key in ("prune_sparsity", "prune_start_epoch", "prune_end_epoch", "prune_score"):
+        t.pop(key)  # a callback of the train step (`prune_score`)
     return t
+
+
+def prune_score(config: RunConfig) -> str:
+    """The weight score pruning inside training ranks by ("auto": the family's own)."""
+    score = config.train.prune_score
+    if score == AUTO:
+        score = get_family(config.model.family).default_score
+    if score_level(score) == "unit" or score == "pip":
+        raise ConfigError(
+            f"train.prune_sparsity prunes single weights, and family "
+            f"{config.model.family!r} ranks {score!r} (whole units); set train.prune_score to "
+            "a weight score (snr, abs_mean, log_alpha, magnitude)"
+        )
+    return score

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from ... import __version__, metrics
+from ...compress import GradualPruning
 from ...evaluation import VALIDATION_METRICS, evaluate
 from ...predict import describe_prediction
 from ...train import fit
-from ..config import RunConfig, config_to_dict
+from ..config import RunConfig, config_to_dict, prune_epochs
 from ..factory import run_likelihood
 from ..folder import Run, lock_folder
-from ..policy import fit_kwargs
+from ..policy import fit_kwargs, prune_score
 from ..summaries import posterior_summary
 
 
@@ -30,6 +31,27 @@ def train_run(
     Path(folder).mkdir(parents=True, exist_ok=True)
     with lock_folder(folder):
         return _train(Run.create(folder, config), progress, echo)
+
+
+def _pruning(config: RunConfig, model: Any) -> GradualPruning | None:
+    """`train.prune_sparsity` as a fit callback (pruning inside training), or None."""
+    t = config.train
+    if t.prune_sparsity is None:
+        return None
+    start, end = prune_epochs(t)
+    score = prune_score(config)
+    return GradualPruning(model, t.prune_sparsity, start_epoch=start, end_epoch=end, score=score)
+
+
+def _pruning_record(pruning: GradualPruning) -> dict[str, Any]:
+    return {
+        "sparsity": pruning.sparsity,
+        "score": pruning.score,
+        "start_epoch": pruning.start_epoch,
+        "end_epoch": pruning.end_epoch,
+        "pruned": pruning.pruned_share(),
+        "schedule": [{"epoch": e, "target": t, "pruned": p} for e, t, p in pruning.history],
+    }
 
 
 def _train(run: Run, progress: bool, echo: Callable[[str], None] | None) -> dict[str, Any]:
@@ -53,6 +75,7 @@ def _train(run: Run, progress: bool, echo: Callable[[str], None] | None) -> dict
         run.log("train: " + line)
         say(line)
 
+    pruning = _pruning(config, model)
     history = fit(
         model,
         data.train,
@@ -62,7 +85,7 @@ def _train(run: Run, progress: bool, echo: Callable[[str], None] | None) -> dict
         resume=True,
         keep_checkpoints=config.train.keep_checkpoints,
         progress=progress,
-        callbacks=(on_epoch,),
+        callbacks=(on_epoch,) if pruning is None else (pruning, on_epoch),
         **fit_kwargs(config),
     )
     # the posterior-mean network (one pass), as fit's validation; `evaluate` adds MC
@@ -78,6 +101,7 @@ def _train(run: Run, progress: bool, echo: Callable[[str], None] | None) -> dict
         "test_prediction": {"mode": "mean", "split": "test", "rows": len(data.test[0])},
         "size": metrics.model_size(model, data.input_shape).as_dict(),
         "posterior": posterior_summary(model),
+        "pruned_in_training": None if pruning is None else _pruning_record(pruning),
         "provenance": {  # shown in the report's header
             "bayesprune": __version__,
             "seed": config.train.seed,
