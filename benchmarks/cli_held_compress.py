@@ -10,11 +10,13 @@ the same trained model, each a separate process as a user types it:
   validation values in its own predictive; OOD images for validation from the other
   set's training split).
 
-Both get `--ood` so the report has the test OOD AUROC before and after, and each is then
-followed by `bayesprune restore run --ood ...` (the repair chosen on validation); the
-test sets are read only for the reported figures. Records, per seed and variant, the test
-accuracy / NLL / ECE / OOD AUROC before and after, the architecture, the non-zero
-weights, the rounds kept and the seconds.
+With `--gradual`, a "gradual" run trains again with `train.prune_sparsity` set to the
+accuracy search's sparsity (pruning inside training) and is compressed at that sparsity
+(`--rule global`) with the same rounds. All get `--ood` so the report has the test OOD
+AUROC before and after, and each is then followed by `bayesprune restore run --ood ...`
+(the repair chosen on validation); the test sets are read only for the reported figures.
+Records, per seed and variant, the test accuracy / NLL / ECE / OOD AUROC before and
+after, the architecture, the non-zero weights, the rounds kept and the seconds.
 
     python benchmarks/cli_held_compress.py --seeds 0 1 2 --threads 1
 
@@ -56,42 +58,59 @@ def _run(args: list[str], cwd: Path) -> tuple[float, str]:
     return time.perf_counter() - start, done.stdout
 
 
+def _compress_and_restore(work: Path, folder: str, options: list[str], args: Any) -> dict:
+    """`compress FOLDER OPTIONS --ood`, then `restore FOLDER --ood`: what both recorded."""
+    threads = ["--threads", str(args.threads)]
+    seconds = _run(["compress", folder, *options, "--ood", args.ood, "--quiet", *threads], work)[0]
+    report = json.loads((work / folder / "compressed" / "compression.json").read_text())
+    history = report["extra"]["rounds"]["history"]
+    restore_s = _run(["restore", folder, "--ood", args.ood, *threads], work)[0]
+    restored = json.loads((work / folder / "restored" / "restore.json").read_text())
+    return {
+        "seconds": seconds,
+        "restore_seconds": restore_s,
+        "restored": {"method": restored["method"], "test": restored["after"]["test"]},
+        "before": report["metrics"]["before"],
+        "after": report["metrics"]["after"],
+        "architecture": report["totals"]["architecture_after"],
+        "nonzero_before": report["totals"]["nonzero_before"],
+        "nonzero_after": report["totals"]["nonzero_after"],
+        "search_sparsity": (report["extra"].get("search") or {}).get("sparsity"),
+        "rounds_kept": [r["round"] for r in history if r["accepted"]][-1],
+        "rounds_stopped": report["extra"]["rounds"]["stopped"],
+        "held_against": report["extra"]["rounds"]["held_against"],
+        "validation": report["extra"]["rounds"]["data"],
+    }
+
+
 def one_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Train once, compress once per variant; the figures of each compression.json."""
+    """Train once, compress (and restore) once per variant; then, with --gradual, train
+    a second run pruned inside training to the accuracy search's sparsity."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         threads = ["--threads", str(args.threads)]
         (work / "run.yaml").write_text(_run(["config", "show", args.config], work)[1])
         sets = [a for o in args.overrides for a in ("--set", o)]
-        train_s = _run(["train", "run.yaml", "--out", "run", "--quiet", "--seed", str(seed),
-                        *sets, *threads], work)[0]  # fmt: skip
+        train = ["train", "run.yaml", "--quiet", "--seed", str(seed), *sets, *threads]
+        train_s = _run([*train, "--out", "run"], work)[0]
         rounds = ["--rounds", str(args.rounds), "--round-fraction", str(args.round_fraction)]
         if args.greedy:
             rounds.append("--greedy")
         record: dict[str, Any] = {"seed": seed, "train_seconds": train_s, "variants": {}}
         for name, extra in VARIANTS.items():
-            seconds = _run(
-                ["compress", "run", *rounds, "--ood", args.ood, *extra, "--quiet", *threads], work
-            )[0]
-            report = json.loads((work / "run" / "compressed" / "compression.json").read_text())
-            history = report["extra"]["rounds"]["history"]
-            restore_s = _run(["restore", "run", "--ood", args.ood, *threads], work)[0]
-            restored = json.loads((work / "run" / "restored" / "restore.json").read_text())
-            record["variants"][name] = {
-                "restore_seconds": restore_s,
-                "restored": {"method": restored["method"], "test": restored["after"]["test"]},
-                "seconds": seconds,
-                "before": report["metrics"]["before"],
-                "after": report["metrics"]["after"],
-                "architecture": report["totals"]["architecture_after"],
-                "nonzero_before": report["totals"]["nonzero_before"],
-                "nonzero_after": report["totals"]["nonzero_after"],
-                "search_sparsity": report["extra"]["search"]["sparsity"],
-                "rounds_kept": [r["round"] for r in history if r["accepted"]][-1],
-                "rounds_stopped": report["extra"]["rounds"]["stopped"],
-                "held_against": report["extra"]["rounds"]["held_against"],
-                "validation": report["extra"]["rounds"]["data"],
-            }
+            record["variants"][name] = _compress_and_restore(work, "run", [*rounds, *extra], args)
+        if args.gradual:
+            dense = record["variants"]["accuracy"]
+            target = dense["search_sparsity"]
+            prune = ["--set", f"train.prune_sparsity={target}"]
+            record["gradual_train_seconds"] = _run([*train, *prune, "--out", "grown"], work)[0]
+            options = ["--rule", "global", "--sparsity", str(target), *rounds]
+            grown = _compress_and_restore(work, "grown", options, args)
+            # figures against the dense trained model, as the other variants'
+            grown["trained_pruned_in_training"] = grown["before"]
+            grown["before"] = dense["before"]
+            grown["nonzero_before"] = dense["nonzero_before"]
+            record["variants"]["gradual"] = grown
     return record
 
 
@@ -108,7 +127,7 @@ def summarise(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         k: _mean_sd([s["variants"]["accuracy"]["before"][k] for s in seeds]) for k in metrics
     }
     rows = [{"model": "trained", **trained}]
-    for name in VARIANTS:
+    for name in seeds[0]["variants"]:
         runs = [s["variants"][name] for s in seeds]
         row: dict[str, Any] = {"model": f"compressed, {name}"}
         row |= {k: _mean_sd([r["after"][k] for r in runs]) for k in metrics}
@@ -147,6 +166,12 @@ def main() -> None:
     parser.add_argument("--round-fraction", type=float, default=0.2)
     parser.add_argument("--greedy", action="store_true")
     parser.add_argument("--ood", default="fashion-mnist")
+    parser.add_argument(
+        "--gradual",
+        action="store_true",
+        help="also a run pruned inside training (train.prune_sparsity = the accuracy "
+        "search's sparsity), compressed at that sparsity with the same rounds",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="cli_held_compress")
     add_results_dir_option(parser)
