@@ -520,7 +520,7 @@ def main() -> None:
         rerender(args.rerender)
         return
     if args.merge:
-        merge(args.merge)
+        merge(args.merge, args.suffix)
         return
     del args.summary, args.rerender, args.merge, args.replay_held
     args.epochs = per_model(args.epochs, int, "epochs")
@@ -548,14 +548,17 @@ def main() -> None:
                 save(payload)
 
 
-def merge(paths: list[str]) -> None:
+def merge(paths: list[str], suffix: str = "") -> None:
     """One model's result from runs of different directions or seeds with the same settings
     (run as separate processes): every seed of every direction, the summed seconds, every
-    command, the first run's machine."""
+    command, the first run's machine. `suffix` names the merged file (default: the first
+    run's; the parts' own suffixes may differ)."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     first = parts[0]
     for part in parts[1:]:
-        shared = (set(part["settings"]) & set(first["settings"])) - {"directions", "seeds"}
+        shared = (set(part["settings"]) & set(first["settings"])) - {
+            "directions", "seeds", "suffix", "results_dir",
+        }  # fmt: skip
         differ = [k for k in shared if part["settings"][k] != first["settings"][k]]
         if part["model"] != first["model"] or differ:
             raise SystemExit(f"{paths[0]} and the others differ in model or settings {differ}")
@@ -575,6 +578,7 @@ def merge(paths: list[str]) -> None:
         **first["settings"],
         "directions": list(payload["directions"]),
         "seeds": seeds,
+        "suffix": suffix or first["settings"].get("suffix", ""),
     }
     command = " ; ".join(dict.fromkeys(p["command"] for p in parts))
     write_results(result_name(payload), payload, render(payload), command, first["machine"])
