@@ -14,7 +14,8 @@ steep at first while many weights are redundant and flat near the end, and the
 remaining epochs train the survivors (means and scales) with the masks held. Masks
 only grow: a weight pruned at one epoch stays pruned (its score is −∞ at the next
 ranking). The target of each epoch is a function of the epoch alone, so a run resumed
-from a checkpoint reaches the same schedule.
+from a checkpoint reaches the same targets (the step of the epoch it was interrupted
+in is made up at the next one).
 
 Variational layers hold their masks as buffers (a masked weight gets no gradient and
 no KL); a plain layer's masked weights are zeroed at each epoch end and may move

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from ... import __version__, metrics
 from ...compress import GradualPruning
 from ...evaluation import VALIDATION_METRICS, evaluate
@@ -33,7 +35,7 @@ def train_run(
         return _train(Run.create(folder, config), progress, echo)
 
 
-def _pruning(config: RunConfig, model: Any) -> GradualPruning | None:
+def _pruning(config: RunConfig, model: nn.Module) -> GradualPruning | None:
     """`train.prune_sparsity` as a fit callback (pruning inside training), or None."""
     t = config.train
     if t.prune_sparsity is None:
