@@ -10,7 +10,7 @@ import yaml
 from _images import write_image_sets
 from click.testing import CliRunner
 
-from bayesprune.app.data import load_ood
+from bayesprune.app.factory import ood_inputs
 from bayesprune.app.folder import Run
 from bayesprune.app.steps.compress import SEARCH_ROWS
 from bayesprune.cli import main
@@ -88,7 +88,7 @@ def test_ood_auroc_is_held_on_training_images_and_reported_on_test(trained):
     assert rounds["data"]["ood"] == {"name": "fashion-mnist", "split": "training", "rows": 200}
     r = Run.open(run)
     rows = tuple(t[:SEARCH_ROWS] for t in r.data().val)
-    ood = load_ood("fashion-mnist", "train", len(rows[0]), r.config.data, flatten=True)
+    ood = ood_inputs(r.config, "fashion-mnist", "train", len(rows[0]))
     names = ("ood_auroc_entropy",)
     score = scorer(rows, r.likelihood(), mode="mc", samples=10, seed=0, metrics=names, ood=ood)
     want = score(r.load_model("trained"))["ood_auroc_entropy"]

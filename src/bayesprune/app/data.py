@@ -118,18 +118,5 @@ def load_data(config: DataConfig, *, flatten: bool = False) -> RunData:
     )
 
 
-def load_ood(
-    name: str, split: str, rows: int, config: DataConfig, *, flatten: bool = False
-) -> Tensor:
-    """`rows` images of the image set `name` for out-of-distribution scores: its training
-    split for validation (so the OOD test images stay unread until the reported figures),
-    "test" for test; shaped like the run's inputs (`flatten`: as vectors)."""
-    from .. import data as bdata
-
-    loader = bdata.load_mnist if name == "mnist" else bdata.load_fashion_mnist
-    x = loader(split, config.root, limit=rows, seed=config.seed).tensors[0]
-    return x.reshape(len(x), -1) if flatten else x
-
-
 def _flat(xy: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return xy[0].reshape(len(xy[0]), -1), xy[1]

@@ -103,3 +103,14 @@ def run_likelihood(config: RunConfig, task: str) -> Likelihood:
 def flattens(config: RunConfig) -> bool:
     """Whether the model takes images as vectors (an MLP on an image set)."""
     return config.model.builder == "mlp"
+
+
+def ood_inputs(config: RunConfig, name: str, split: str, rows: int) -> torch.Tensor:
+    """`rows` images of the image set `name` for out-of-distribution scores, shaped like
+    the run's inputs: its training split for validation (so the OOD test images stay
+    unread until the reported figures), "test" for test."""
+    from .. import data as bdata
+
+    loader = bdata.load_mnist if name == "mnist" else bdata.load_fashion_mnist
+    x = loader(split, config.data.root, limit=rows, seed=config.data.seed).tensors[0]
+    return x.reshape(len(x), -1) if flattens(config) else x

@@ -47,8 +47,8 @@ from ..config import (
     config_to_dict,
     parse_config,
 )
-from ..data import RunData, load_ood
-from ..factory import flattens
+from ..data import RunData
+from ..factory import ood_inputs
 from ..folder import Run
 from ..policy import SEARCH_ROWS, fit_kwargs, primary_mode, resolve_compress, score_level
 from .evaluate import evaluate_models, model_entry, ood_scores, record_entry
@@ -112,7 +112,7 @@ def _validation_scorer(
         used["samples"] = c.compress.validation_samples
     ood = None
     if any(name in COMPRESS_OOD_METRICS for name in names):
-        ood = _ood(run, "train", len(rows[0]))
+        ood = ood_inputs(c, str(c.compress.ood), "train", len(rows[0]))
         used["ood"] = {"name": c.compress.ood, "split": "training", "rows": len(ood)}
     score = scorer(
         rows,
@@ -125,11 +125,6 @@ def _validation_scorer(
         ood=ood,
     )
     return score, rows, used
-
-
-def _ood(run: Run, split: str, rows: int) -> Tensor:
-    c = run.config
-    return load_ood(str(c.compress.ood), split, rows, c.data, flatten=flattens(c))
 
 
 def compression_masks(
@@ -295,7 +290,7 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
     # predict nothing again
     # with compress.ood, OOD AUROC against the other set's test images, predicted as
     # the test metrics are (the compressed model's from the same test predictive)
-    test_ood = None if c.ood is None else _ood(run, "test", len(data.test[0]))
+    test_ood = None if c.ood is None else ood_inputs(run.config, c.ood, "test", len(data.test[0]))
     before = evaluate_models(run, "trained", progress, curve=False)["trained"]
     after = model_entry(final, run, None, progress, ood=test_ood)
     mode_before, mode_after = primary_mode(run.config, model), primary_mode(run.config, final)

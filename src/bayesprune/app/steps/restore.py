@@ -42,8 +42,7 @@ from ...finetuning import VARIANCE_SUFFIXES
 from ...kl_schedule import kl_stages
 from ...restore import RestoreMethod, restore_uncertainty
 from ..config import ConfigError, config_to_dict
-from ..data import load_ood
-from ..factory import flattens
+from ..factory import ood_inputs
 from ..folder import Run
 from ..policy import primary_mode
 from .compress import with_overrides
@@ -80,7 +79,7 @@ def _restore(run: Run) -> dict[str, Any]:
     half = len(data.val[0]) // 2
     fit_rows = (data.val[0][:half], data.val[1][:half])
     pick_rows = (data.val[0][half:], data.val[1][half:])
-    ood_val = _ood(run, "train", len(pick_rows[0])) if cfg.ood else None
+    ood_val = ood_inputs(run.config, cfg.ood, "train", len(pick_rows[0])) if cfg.ood else None
     judge = _scorer(run, pick_rows, ood_val, mode)
     needs_trained = cfg.ood or cfg.ece_factor is not None
     trained = judge(run.load_model("trained")) if needs_trained else None
@@ -91,7 +90,7 @@ def _restore(run: Run) -> dict[str, Any]:
     )
     before = candidates[NONE]["validation"]
     final = models[chosen]
-    test_ood = _ood(run, "test", len(data.test[0])) if cfg.ood else None
+    test_ood = ood_inputs(run.config, cfg.ood, "test", len(data.test[0])) if cfg.ood else None
     test = _scorer(run, data.test, test_ood, mode)
     record = {
         "method": chosen,
@@ -280,13 +279,6 @@ def _scorer(run: Run, rows: tuple[Tensor, Tensor], ood: Tensor | None, mode: str
         seed=run.config.train.seed,
         metrics=names,
         ood=ood,
-    )
-
-
-def _ood(run: Run, split: str, rows: int) -> Tensor:
-    """`rows` images of `restore.ood` (its training split for validation, test for test)."""
-    return load_ood(
-        run.config.restore.ood, split, rows, run.config.data, flatten=flattens(run.config)
     )
 
 
