@@ -201,10 +201,12 @@ def _finetune(model: nn.Module, run: Run, progress: bool) -> None:
     )
 
 
-def _rounds(model: nn.Module, run: Run, progress: bool) -> tuple[nn.Module, dict[str, Any]]:
+def _rounds(
+    model: nn.Module, trained: nn.Module, run: Run, progress: bool
+) -> tuple[nn.Module, dict[str, Any]]:
     """`compress.rounds` of `self_compress` on the shrunk model, held on validation
     accuracy (`round_tolerance` against the shrunk model) and on `compress.tolerances`
-    against the *trained* model, so that search and rounds together stay within them. A
+    against the `trained` model, so that search and rounds together stay within them. A
     chain is cut by kernel norm, any other graph by activation scores (read on the same
     rows), so residual channels go together."""
     c = run.config.compress
@@ -219,8 +221,8 @@ def _rounds(model: nn.Module, run: Run, progress: bool) -> tuple[nn.Module, dict
     evaluate, rows, used = _validation_scorer(run, model, tuple(held))
     reference = None
     if against_trained:
-        trained = evaluate(run.load_model("trained"))
-        reference = {name: trained[name] for name in against_trained}
+        values = evaluate(trained)
+        reference = {name: values[name] for name in against_trained}
     if isinstance(model, nn.Sequential):
         how: dict[str, Any] = {"input_shape": data.input_shape, "score": "norm"}
     else:
@@ -279,7 +281,7 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
             run.log(f"compress: shrink skipped ({err})")
     info["shrink"] = shrink_info
     if c.rounds and shrink_info is not None and "skipped" not in shrink_info:
-        final, info["rounds"] = _rounds(final, run, progress)
+        final, info["rounds"] = _rounds(final, model, run, progress)
     elif c.rounds:
         run.log("compress: rounds skipped (the model was not shrunk)")
     info["weights_removed"] = 1.0 - sum(float(m.sum()) for m in masks.values()) / max(
