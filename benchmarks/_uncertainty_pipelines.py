@@ -37,6 +37,7 @@ import bayesprune as bp
 from bayesprune import compress
 from bayesprune import metrics as m
 from bayesprune.compress.adapters import copy_model
+from bayesprune.compress.gradual import default_epochs
 from bayesprune.compress.tolerances import parse_tolerance
 from bayesprune.models import mlp
 from bayesprune.nn import gated_layers
@@ -275,20 +276,12 @@ def searched(name: str, data: Data, s: Settings) -> dict[str, Any]:
     return record.as_dict()
 
 
-def gradual_epochs(epochs: int) -> tuple[int, int]:
-    """When pruning inside training starts and reaches its target: after a quarter of
-    the epochs (the posterior has found its modes) until three quarters (the last
-    quarter trains the survivors); fixed before any run, not tuned."""
-    start = max(1, round(epochs / 4))
-    return start, max(start, round(3 * epochs / 4))
-
-
 def _gradual(
     record: Record, build: Any, prior: dict[str, Any], sparsity: float, data: Data, s: Settings
 ) -> None:
     """A fresh Bayesian net (same seed and init) pruned inside training to the accuracy
     search's `sparsity` (chosen on validation), then every restoring method."""
-    start, end = gradual_epochs(s.epochs)
+    start, end = default_epochs(s.epochs)  # fixed before any run, not tuned
     with record.timed("train gradual"):
         torch.manual_seed(s.seed)
         grown = build(**prior)

@@ -327,8 +327,11 @@ def _check_rows(d: DataConfig) -> None:
 
 def prune_epochs(t: TrainConfig) -> tuple[int, int]:
     """(start, end) of pruning inside training, the defaults filled in."""
-    start = t.prune_start_epoch or max(1, round(t.epochs / 4))
-    return start, t.prune_end_epoch or max(start, round(3 * t.epochs / 4))
+    from ..compress.gradual import default_epochs
+
+    start, end = default_epochs(t.epochs)
+    start = t.prune_start_epoch or start
+    return start, t.prune_end_epoch or max(start, end)
 
 
 def _check_train(t: TrainConfig) -> None:

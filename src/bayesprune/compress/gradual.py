@@ -52,6 +52,14 @@ def cubic_sparsity(epoch: int, final: float, start_epoch: int, end_epoch: int) -
     return final * (1.0 - (1.0 - progress) ** 3)
 
 
+def default_epochs(epochs: int) -> tuple[int, int]:
+    """(start_epoch, end_epoch) for a run of `epochs`: after a quarter of them (the
+    posterior has found its modes) until three quarters (the last quarter trains the
+    survivors)."""
+    start = max(1, round(epochs / 4))
+    return start, max(start, round(3 * epochs / 4))
+
+
 class GradualPruning:
     """A `fit` callback that prunes `model` to `sparsity` on a cubic schedule (module doc).
 
@@ -112,4 +120,4 @@ class GradualPruning:
         return {name: masks[name] * held[name] for name in masks}  # never bring one back
 
 
-__all__ = ["GradualPruning", "cubic_sparsity"]
+__all__ = ["GradualPruning", "cubic_sparsity", "default_epochs"]
