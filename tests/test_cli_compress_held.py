@@ -7,21 +7,13 @@ import json
 import pytest
 import torch
 import yaml
+from _cli import invoke
 from _images import write_image_sets
-from click.testing import CliRunner
 
 from bayesprune.app.factory import ood_inputs
 from bayesprune.app.folder import Run
 from bayesprune.app.steps.compress import SEARCH_ROWS
-from bayesprune.cli import main
 from bayesprune.evaluation import scorer
-
-
-def _invoke(*args: str, ok: bool = True):
-    result = CliRunner().invoke(main, [*args, "--threads", "1"])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +32,7 @@ def trained(tmp_path_factory):
     path = tmp / "run.yaml"
     path.write_text(yaml.safe_dump(raw))
     torch.manual_seed(0)
-    _invoke("train", str(path), "--out", str(tmp / "run"), "--quiet")
+    invoke("train", str(path), "--out", str(tmp / "run"), "--quiet")
     return tmp, tmp / "run"
 
 
@@ -53,11 +45,11 @@ ROUNDS = ("--rounds", "6", "--round-fraction", "0.3", "--round-tolerance", "1.0"
 
 def test_a_tolerance_stops_the_rounds_that_accuracy_alone_lets_through(trained):
     _, run = trained
-    _invoke("compress", str(run), *ROUNDS, "--quiet")
+    invoke("compress", str(run), *ROUNDS, "--quiet")
     free = _rounds(run)
     assert free["stopped"] != "tolerance"  # losing up to all accuracy: never stopped by it
     assert free["data"]["mode"] == "mean"  # accuracy alone: the posterior mean's arg-max
-    _invoke("compress", str(run), *ROUNDS, "--tolerance", "nll=0", "--quiet")
+    invoke("compress", str(run), *ROUNDS, "--tolerance", "nll=0", "--quiet")
     held = _rounds(run)
     assert held["stopped"] == "tolerance"
     kept = [r for r in held["history"] if r["accepted"]]
@@ -79,7 +71,7 @@ def test_a_tolerance_stops_the_rounds_that_accuracy_alone_lets_through(trained):
 
 def test_ood_auroc_is_held_on_training_images_and_reported_on_test(trained):
     _, run = trained
-    out = _invoke(
+    out = invoke(
         "compress", str(run), *ROUNDS[:4], "--ood", "fashion-mnist",
         "--tolerance", "ood_auroc_entropy=0.05", "--quiet",
     ).output  # fmt: skip
@@ -101,7 +93,7 @@ def test_ood_auroc_is_held_on_training_images_and_reported_on_test(trained):
         assert 0.0 <= auroc <= 1.0
     assert "ood_auroc_entropy" in out
     assert "holding accuracy, ood_auroc_entropy on 200 rows: validation (MC, 10 samples)" in out
-    _invoke("report", str(run))
+    invoke("report", str(run))
     page = (run / "report" / "report.md").read_text()
     before = report["metrics"]["before"]["ood_auroc_entropy"]
     assert f"OOD AUROC against fashion-mnist test images: entropy {before:.3f}" in page
@@ -109,14 +101,14 @@ def test_ood_auroc_is_held_on_training_images_and_reported_on_test(trained):
 
 def test_the_posterior_mean_can_be_held_instead_and_mi_needs_samples(trained):
     _, run = trained
-    _invoke("compress", str(run), *ROUNDS, "--tolerance", "nll=0", "--validation-mode", "mean")
+    invoke("compress", str(run), *ROUNDS, "--tolerance", "nll=0", "--validation-mode", "mean")
     rounds = _rounds(run)
     assert rounds["data"]["mode"] == "mean" and "samples" not in rounds["data"]
     r = Run.open(run)
     rows = tuple(t[:SEARCH_ROWS] for t in r.data().val)
     mean = scorer(rows, r.likelihood(), metrics=("nll",))(r.load_model("trained"))["nll"]
     assert rounds["held_against"]["nll"] == pytest.approx(mean, rel=1e-6)
-    out = _invoke(
+    out = invoke(
         "compress", str(run), *ROUNDS[:4], "--ood", "fashion-mnist",
         "--tolerance", "ood_auroc_mi=0.1", "--quiet",
     ).output  # fmt: skip
@@ -126,7 +118,7 @@ def test_the_posterior_mean_can_be_held_instead_and_mi_needs_samples(trained):
 
 def test_a_search_given_other_tolerances_still_holds_accuracy_by_delta(trained):
     _, run = trained
-    _invoke(
+    invoke(
         "compress", str(run), "--rule", "search", "--delta", "0.01",
         "--tolerance", "ece=100x", "--no-shrink", "--quiet",
     )  # fmt: skip
@@ -165,7 +157,7 @@ def test_a_search_given_other_tolerances_still_holds_accuracy_by_delta(trained):
 def test_bad_requests_are_one_clear_line_and_leave_nothing(trained, args, expected):
     _, run = trained
     before = sorted(p.name for p in run.iterdir())
-    result = _invoke("compress", str(run), *args, ok=False)
+    result = invoke("compress", str(run), *args, ok=False)
     assert result.exit_code == 1 and expected in result.output, result.output
     assert "Traceback" not in result.output
     assert sorted(p.name for p in run.iterdir()) == before
@@ -173,5 +165,5 @@ def test_bad_requests_are_one_clear_line_and_leave_nothing(trained, args, expect
 
 def test_a_tolerance_without_a_value_is_a_usage_error(trained):
     _, run = trained
-    result = _invoke("compress", str(run), "--tolerance", "ece", ok=False)
+    result = invoke("compress", str(run), "--tolerance", "ece", ok=False)
     assert result.exit_code == 2 and "METRIC=VALUE" in result.output

@@ -4,18 +4,10 @@ import json
 
 import pytest
 import yaml
-from click.testing import CliRunner
+from _cli import invoke
 
 from bayesprune.app.folder import Run
-from bayesprune.cli import main
 from bayesprune.compress import weight_masks
-
-
-def _invoke(*args: str, ok: bool = True):
-    result = CliRunner().invoke(main, [*args, "--threads", "1"])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 def _config(tmp_path, **train) -> str:
@@ -31,7 +23,7 @@ def _config(tmp_path, **train) -> str:
 
 def test_the_trained_model_is_pruned_on_schedule_and_still_predicts(tmp_path):
     path = _config(tmp_path, prune_sparsity=0.8, prune_start_epoch=2, prune_end_epoch=5)
-    _invoke("train", path, "--out", str(tmp_path / "run"), "--quiet")
+    invoke("train", path, "--out", str(tmp_path / "run"), "--quiet")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     record = metrics["pruned_in_training"]
     assert (record["start_epoch"], record["end_epoch"], record["score"]) == (2, 5, "snr")
@@ -54,7 +46,7 @@ def test_the_trained_model_is_pruned_on_schedule_and_still_predicts(tmp_path):
     ],
 )
 def test_bad_schedules_are_one_clear_line(tmp_path, train, expected):
-    result = _invoke("train", _config(tmp_path, **train), "--out", str(tmp_path / "r"), ok=False)
+    result = invoke("train", _config(tmp_path, **train), "--out", str(tmp_path / "r"), ok=False)
     assert result.exit_code == 1 and expected in result.output, result.output
     assert not (tmp_path / "r" / "metrics.json").exists()
 
@@ -64,6 +56,6 @@ def test_a_family_that_ranks_units_asks_for_a_weight_score(tmp_path):
         raw = yaml.safe_load(f)
     raw["model"]["family"] = "spike_slab"
     (tmp_path / "ss.yaml").write_text(yaml.safe_dump(raw))
-    result = _invoke("train", str(tmp_path / "ss.yaml"), "--out", str(tmp_path / "s"), ok=False)
+    result = invoke("train", str(tmp_path / "ss.yaml"), "--out", str(tmp_path / "s"), ok=False)
     assert result.exit_code == 1 and "set train.prune_score" in result.output, result.output
     assert not (tmp_path / "s").exists()  # refused with the config, before any folder

@@ -10,22 +10,14 @@ import json
 import pytest
 import torch
 import yaml
+from _cli import invoke
 from _images import write_image_sets
-from click.testing import CliRunner
 
 from bayesprune.app.folder import Run
 from bayesprune.app.steps import load_restored
 from bayesprune.app.steps.restore import METRICS, _refusal, auroc_floor, ece_ceiling
 from bayesprune.app.transaction import Transaction
-from bayesprune.cli import main
 from bayesprune.evaluation import scorer
-
-
-def _invoke(*args: str, ok: bool = True):
-    result = CliRunner().invoke(main, [*args, "--threads", "1"])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 def _config(root, **changes) -> dict:
@@ -45,8 +37,8 @@ def _train_and_compress(tmp, raw: dict, name: str):
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     run = tmp / name
-    _invoke("train", str(path), "--out", str(run), "--quiet")
-    _invoke("compress", str(run), "--quiet")
+    invoke("train", str(path), "--out", str(run), "--quiet")
+    invoke("compress", str(run), "--quiet")
     return run
 
 
@@ -57,7 +49,7 @@ def image_run(tmp_path_factory):
     write_image_sets(root)
     torch.manual_seed(0)
     run = _train_and_compress(tmp, _config(root), "gauss")
-    out = _invoke("restore", str(run), "--ood", "fashion-mnist", "--epochs", "1").output
+    out = invoke("restore", str(run), "--ood", "fashion-mnist", "--epochs", "1").output
     return tmp, root, run, out
 
 
@@ -170,7 +162,7 @@ def test_a_failed_restore_leaves_the_previous_set_whole(image_run, monkeypatch):
         raise OSError("disk full (injected)")
 
     monkeypatch.setattr(Transaction, "write_json", fail)
-    result = _invoke("restore", str(run), "--method", "temperature", ok=False)
+    result = invoke("restore", str(run), "--method", "temperature", ok=False)
     assert result.exit_code == 1 and "disk full (injected)" in result.output
     assert "Traceback" not in result.output
     assert {p.name: p.read_bytes() for p in (run / "restored").iterdir()} == old
@@ -181,7 +173,7 @@ def test_a_failed_restore_leaves_the_previous_set_whole(image_run, monkeypatch):
 
 def test_explicit_method_and_none(image_run):
     _, _, run, _ = image_run
-    out = _invoke("restore", str(run), "--method", "none").output
+    out = invoke("restore", str(run), "--method", "none").output
     record = json.loads((run / "restored" / "restore.json").read_text())
     assert record["method"] == "none" and list(record["candidates"]) == ["none"]
     assert record["before"] == record["after"] and "restore: none" in out
@@ -191,7 +183,7 @@ def test_finetune_then_temperature_keeps_a_temperature_beside_the_finetuned_net(
     """Asked for alone, the combined method fine-tunes, fits T on the first half, and the
     restored folder reloads as that network tempered (scores as recorded)."""
     _, _, run, _ = image_run
-    _invoke("restore", str(run), "--method", "finetune+temperature", "--epochs", "1")
+    invoke("restore", str(run), "--method", "finetune+temperature", "--epochs", "1")
     record = json.loads((run / "restored" / "restore.json").read_text())
     assert set(record["candidates"]) == {"none", "finetune+temperature"}
     model = load_restored(Run.open(run))
@@ -217,7 +209,7 @@ def test_bad_requests_are_one_clear_line(image_run, changes, args, expected):
     name = f"bad{abs(hash((str(changes), tuple(args)))) % 10**6}"
     raw = _config(root, train={"epochs": 1}, **changes)
     run = _train_and_compress(tmp, raw, name)
-    result = _invoke("restore", str(run), *args, ok=False)
+    result = invoke("restore", str(run), *args, ok=False)
     assert result.exit_code == 1 and expected in result.output, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     assert not (run / "restored").exists()
@@ -228,8 +220,8 @@ def test_restore_before_compress_names_the_missing_step(image_run):
     path = tmp / "fresh.yaml"
     path.write_text(yaml.safe_dump(_config(root, train={"epochs": 1})))
     run = tmp / "fresh"
-    _invoke("train", str(path), "--out", str(run), "--quiet")
-    result = _invoke("restore", str(run), ok=False)
+    invoke("train", str(path), "--out", str(run), "--quiet")
+    result = invoke("restore", str(run), ok=False)
     assert result.exit_code == 1 and "bayesprune compress" in result.output
 
 
@@ -237,13 +229,13 @@ def test_ood_on_a_tabular_run_is_refused_in_the_config(tmp_path):
     raw = {"data": {"name": "wine"}, "restore": {"ood": "mnist"}}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
-    result = _invoke("train", str(path), "--out", str(tmp_path / "r"), ok=False)
+    result = invoke("train", str(path), "--out", str(tmp_path / "r"), ok=False)
     assert result.exit_code == 1 and "remove restore.ood" in result.output
 
 
 def test_the_report_shows_what_restore_chose(image_run):
     _, _, run, _ = image_run
-    _invoke("report", str(run))
+    invoke("report", str(run))
     markdown = (run / "report" / "report.md").read_text()
     record = json.loads((run / "restored" / "restore.json").read_text())
     assert "## Restored uncertainty" in markdown and f"Chosen: {record['method']}" in markdown
