@@ -119,6 +119,18 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
 
+def _figures(label: str, runs: list[dict[str, Any]], metrics: list[str], stage: Any) -> dict:
+    """Seed means ± sd of the test figures `stage(run)` returns, with the ECE ratio and the
+    AUROC drops against each run's trained model ("before")."""
+    row: dict[str, Any] = {"model": label}
+    row |= {k: _mean_sd([stage(r)[k] for r in runs]) for k in metrics}
+    row["ECE × trained"] = _mean_sd([stage(r)["ece"] / r["before"]["ece"] for r in runs])
+    for kind in ("entropy", "mi"):
+        key = f"ood_auroc_{kind}"
+        row[f"AUROC drop ({kind})"] = _mean_sd([r["before"][key] - stage(r)[key] for r in runs])
+    return row
+
+
 def summarise(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Seed means ± sd per variant: test metrics after, ECE ratio and AUROC drop vs before."""
     first = seeds[0]["variants"]["accuracy"]["before"]
@@ -129,31 +141,16 @@ def summarise(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = [{"model": "trained", **trained}]
     for name in seeds[0]["variants"]:
         runs = [s["variants"][name] for s in seeds]
-        row: dict[str, Any] = {"model": f"compressed, {name}"}
-        row |= {k: _mean_sd([r["after"][k] for r in runs]) for k in metrics}
-        row["ECE × trained"] = _mean_sd([r["after"]["ece"] / r["before"]["ece"] for r in runs])
-        for kind in ("entropy", "mi"):
-            key = f"ood_auroc_{kind}"
-            row[f"AUROC drop ({kind})"] = _mean_sd(
-                [r["before"][key] - r["after"][key] for r in runs]
-            )
+        row = _figures(f"compressed, {name}", runs, metrics, lambda r: r["after"])
         row["compression ×"] = _mean_sd([r["nonzero_before"] / r["nonzero_after"] for r in runs])
         row["architectures"] = ", ".join("-".join(map(str, r["architecture"])) for r in runs)
         row["rounds kept"] = ", ".join(str(r["rounds_kept"]) for r in runs)
         row["restore method"] = "–"
-        rows.append(row)
-        fixed: dict[str, Any] = {"model": f"compressed, {name}, + restore"}
-        fixed |= {k: _mean_sd([r["restored"]["test"][k] for r in runs]) for k in metrics}
-        fixed["ECE × trained"] = _mean_sd(
-            [r["restored"]["test"]["ece"] / r["before"]["ece"] for r in runs]
+        fixed = _figures(
+            f"compressed, {name}, + restore", runs, metrics, lambda r: r["restored"]["test"]
         )
-        for kind in ("entropy", "mi"):
-            key = f"ood_auroc_{kind}"
-            fixed[f"AUROC drop ({kind})"] = _mean_sd(
-                [r["before"][key] - r["restored"]["test"][key] for r in runs]
-            )
         fixed["restore method"] = ", ".join(r["restored"]["method"] for r in runs)
-        rows.append(fixed)
+        rows += [row, fixed]
     return [{k: row.get(k, "–") for k in rows[1]} for row in rows]
 
 
