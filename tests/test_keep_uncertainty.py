@@ -31,6 +31,7 @@ from bayesprune.compress import (
     weight_masks,
     weight_scores,
 )
+from bayesprune.compress.rules import DEFAULT_GRID
 from bayesprune.compress.tolerances import parse_tolerance
 from bayesprune.evaluation import (
     CLASSIFICATION_METRICS,
@@ -133,7 +134,10 @@ def test_a_lower_is_better_tolerance_rejects_a_sparsity_that_raises_ece_beyond_i
     refined = search_sparsity(
         model, scores, _ece_rises_with_sparsity, tolerances={"ece": 0.01}, grid=(0.05, 0.2)
     )
-    assert 0.08 <= refined.sparsity <= 0.1 and refined.metric == "ece"
+    assert 0.08 <= refined.sparsity <= 0.1
+    # accuracy is held beside the named ECE (by delta), and reported as the metric
+    assert refined.metric == "accuracy"
+    assert [t.metric for t in refined.tolerances] == ["accuracy", "ece"]
     # the same numbers read as higher-is-better would accept everything
     flipped = search_sparsity(
         model,
@@ -144,6 +148,57 @@ def test_a_lower_is_better_tolerance_rejects_a_sparsity_that_raises_ece_beyond_i
         refine_steps=0,
     )
     assert flipped.sparsity == pytest.approx(0.2)
+
+
+def _accuracy_falls_with_sparsity(m: nn.Module) -> dict[str, float]:
+    """ECE constant; accuracy = 0.9 − 0.1 · fraction pruned (known outcome)."""
+    return {"accuracy": 0.9 - 0.1 * sparsity(weight_masks(m)), "ece": 0.02}
+
+
+@pytest.mark.parametrize("how", ["search", "rounds"])
+def test_naming_only_ece_still_holds_accuracy(how: str):
+    # ECE never moves, so a hold on ECE alone would accept every cut; accuracy held by
+    # delta / tolerance (0.01 = a tenth of the weights) must stop it
+    model = mlp(10, [20], 3, family="gaussian")
+    if how == "search":
+        options = {"grid": (0.05, 0.5), "refine_steps": 0, "tolerances": {"ece": "1.5x"}}
+        result = search_sparsity(
+            model, weight_scores(model, "snr"), _accuracy_falls_with_sparsity, **options
+        )
+        assert result.sparsity == pytest.approx(0.05) and result.metric == "accuracy"
+        named = search_sparsity(  # naming accuracy sets its tolerance itself
+            model,
+            weight_scores(model, "snr"),
+            _accuracy_falls_with_sparsity,
+            **{**options, "tolerances": {"ece": "1.5x", "accuracy": 0.1}},
+        )
+        assert named.sparsity == pytest.approx(0.5)
+        return
+
+    def accuracy_by_width(m: nn.Module) -> dict[str, float]:  # 0.01 lost per unit removed
+        units = sum(p.shape[0] for n, p in m.named_parameters() if n.endswith("weight_mu"))
+        return {"accuracy": 0.9 - 0.01 * (23 - units), "ece": 0.02}
+
+    result = self_compress(
+        model, accuracy_by_width, fraction=0.25, tolerance=0.06, tolerances={"ece": "1.5x"}
+    )
+    # round 0 is the input; 20 → 15 hidden units costs 0.05 (kept), → 11 costs 0.09 (refused)
+    assert [r.accepted for r in result.history] == [True, True, False]
+    assert result.stopped == "tolerance" and set(result.held_against) == {"accuracy", "ece"}
+
+
+def test_a_scorer_without_the_held_metric_gets_an_error_naming_metric():
+    model = mlp(10, [20], 3, family="gaussian")
+
+    def regression(_m: nn.Module) -> dict[str, float]:
+        return {"rmse": 1.0}
+
+    with pytest.raises(KeyError, match="metric 'accuracy' is not among .*pass metric="):
+        search_sparsity(model, weight_scores(model, "snr"), regression, tolerances={"rmse": 0.1})
+    found = search_sparsity(
+        model, weight_scores(model, "snr"), regression, metric="rmse", tolerances={"rmse": 0.1}
+    )
+    assert found.sparsity == max(DEFAULT_GRID)  # rmse never moves
 
 
 def test_tolerance_bounds_and_errors():
@@ -196,7 +251,7 @@ def test_a_relative_ece_tolerance_bites_where_the_absolute_one_does_not():
     assert absolute.sparsity == pytest.approx(0.05)
     assert tight.sparsity == 0.0 and [p["within"] for p in tight.curve] == [False, False]
     assert loose.sparsity == pytest.approx(0.2)
-    assert tight.as_dict()["tolerances"][0]["relative"] is True
+    assert tight.as_dict()["tolerances"][-1]["relative"] is True
 
 
 def test_relative_tolerances_in_the_run_config():

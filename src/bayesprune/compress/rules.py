@@ -32,7 +32,7 @@ from ..options import Choice
 from ..validation import check_scores
 from .adapters import copy_model
 from .masks import apply_masks, combine_masks, input_weight_masks, unit_weight_masks, weight_masks
-from .tolerances import Tolerance, ToleranceSpec, all_hold, as_tolerances, legacy_tolerance
+from .tolerances import Tolerance, ToleranceSpec, all_hold, held_tolerances
 
 Evaluate = Callable[[nn.Module], Mapping[str, float]]
 """model → {metric: value}, e.g. `bayesprune.evaluation.scorer(val, likelihood)`."""
@@ -191,7 +191,8 @@ def metrics_of(
         if missing:
             raise KeyError(
                 f"{caller}: metric {missing[0]!r} is not among evaluate's {sorted(scores)}; "
-                "pass metric= (or tolerances=) naming them, or build the scorer with them"
+                "pass metric= naming one it reports (metric is held beside any tolerances=), "
+                "or build the scorer with them"
             )
         return {name: float(scores[name]) for name in metrics}
 
@@ -219,34 +220,34 @@ def search_sparsity(
     grid: Sequence[float] = DEFAULT_GRID,
     refine_steps: int = 4,
 ) -> SearchResult:
-    """The largest sparsity whose `metric` is ≥ (the unpruned model's − `delta`), or
+    """The largest sparsity whose `metric` is ≥ (the unpruned model's − `delta`) and
     whose every metric in `tolerances` stays within its tolerance.
 
     `evaluate(model) -> {metric: value}` scores a network, e.g.
     `bayesprune.evaluation.scorer((x_val, y_val), likelihood)` (posterior-mean
-    accuracy). Without `tolerances`, `metric` names the key compared and `delta` its
-    allowed drop (direction from `bayesprune.metrics.METRIC_DIRECTIONS`, higher-is-better
-    for a name the table does not know). `tolerances`, e.g. ``{"accuracy": 0.005,
-    "ece": 0.01}`` or `Tolerance` records, replaces them: each an absolute worsening
-    allowed against the unpruned model, in the metric's own direction, and all must
-    hold (`metric` is then the one reported as `accuracy` / `baseline`, the first
-    tolerance's if it is not among them). Every sparsity in `grid` is tried on a copy
-    of the model; then `refine_steps` bisection steps between the largest passing
-    point and the next grid point. Metrics need not worsen monotonically, so the
-    chosen point is the largest passing one seen, and `curve` records every point in
-    sparsity order. `rule` is "global" or "layer" (same fraction in each layer);
-    `level` says what the scores rank ("weight", "unit" or "input").
+    accuracy). `metric` names the key compared and `delta` its allowed drop (direction
+    from `bayesprune.metrics.METRIC_DIRECTIONS`, higher-is-better for a name the table
+    does not know). `tolerances`, e.g. ``{"ece": "1.5x", "nll": 0.02}`` or `Tolerance`
+    records, adds further metrics, each an allowed worsening against the unpruned model
+    in the metric's own direction; all must hold. `metric` stays held by `delta` unless
+    `tolerances` name it (then their value rules), so a search on ECE alone cannot give
+    up accuracy unseen; a scorer without `metric` (e.g. regression) needs `metric=`
+    naming one it reports. `metric` is the one reported as `accuracy` / `baseline`.
+    Every sparsity in `grid` is tried on a copy of the model; then `refine_steps`
+    bisection steps between the largest passing point and the next grid point. Metrics
+    need not worsen monotonically, so the chosen point is the largest passing one seen,
+    and `curve` records every point in sparsity order. `rule` is "global" or "layer"
+    (same fraction in each layer); `level` says what the scores rank ("weight", "unit"
+    or "input").
     """
     rule = SearchRule(rule)
     PruneLevel(level)
     if delta < 0:
         raise ValueError(f"delta must be >= 0, got {delta}")
     check_scores(scores)
-    held = (legacy_tolerance(metric, delta),) if tolerances is None else as_tolerances(tolerances)
-    names = [t.metric for t in held]
-    primary = metric if metric in names else names[0]
+    held = held_tolerances(metric, delta, tolerances)
     make = global_sparsity_masks if rule == "global" else layer_sparsity_masks
-    values_of = metrics_of(evaluate, names, "search_sparsity")
+    values_of = metrics_of(evaluate, [t.metric for t in held], "search_sparsity")
     baselines = values_of(model)
     points: dict[float, dict[str, float]] = {}
 
@@ -269,19 +270,19 @@ def search_sparsity(
         best = lo
 
     def row(s: float) -> dict[str, Any]:
-        shown = {"accuracy": points[s][primary]} if tolerances is None else points[s]
+        shown = {"accuracy": points[s][metric]} if tolerances is None else points[s]
         return {"sparsity": s, **shown, "within": all_hold(held, points[s], baselines)}
 
     chosen = points.get(best, baselines)
     return SearchResult(
         sparsity=best,
         threshold=_cut(scores, best) if rule == "global" else None,
-        accuracy=chosen[primary],
-        baseline=baselines[primary],
-        delta=next(t.tolerance for t in held if t.metric == primary),
+        accuracy=chosen[metric],
+        baseline=baselines[metric],
+        delta=next(t.tolerance for t in held if t.metric == metric),
         masks=masks_at(best),
         curve=[row(s) for s in sorted(points)],
-        metric=primary,
+        metric=metric,
         values=dict(chosen),
         baselines=dict(baselines),
         tolerances=list(held),

@@ -59,7 +59,7 @@ from .graph_scores import Batches, activation_scores, score_groups
 from .rules import Evaluate, metrics_of
 from .scores import unit_scores
 from .shrink import shrink
-from .tolerances import ToleranceSpec, all_hold, as_tolerances, legacy_tolerance
+from .tolerances import ToleranceSpec, all_hold, held_tolerances
 
 _TINY = 1e-30
 
@@ -308,32 +308,29 @@ def self_compress(
     """Delete near-zero kernels / hidden units, shrink, fine-tune; repeat (see the module doc).
 
     `evaluate(model) -> {metric: value}` scores a network on validation data, e.g.
-    `bayesprune.evaluation.scorer((x_val, y_val), likelihood)` (posterior-mean
-    accuracy; pass the eVI likelihood for an eVI net); `metric` names the key
-    compared, higher being better. `finetune(model)` trains a shrunk model in place,
-    e.g. ``lambda m: bayesprune.finetune(m, train, epochs=1, likelihood=lik)``; None
-    skips fine-tuning. `input_shape`: one example's shape (needed for convolutional
-    nets, e.g. (1, 28, 28)). `rel_threshold` (default 0.05) or `fraction` choose what
-    a round deletes. `tolerance`: the largest accepted drop of the metric below the
-    uncompressed model's (0.005 = 0.5 accuracy points). `tolerances` (e.g.
-    ``{"accuracy": 0.005, "ece": 0.01}``, see `compress.tolerances`) replaces `metric`
-    and `tolerance`: a round is accepted only when every named metric stays within its
-    own tolerance of the uncompressed model's, in its own direction; `accuracy` in the
-    history is then `metric` if held, else the first held one. `greedy`: one layer per
-    round, the one whose removal costs the least (module doc). `example_inputs` (one
+    `bayesprune.evaluation.scorer((x_val, y_val), likelihood)` (posterior-mean accuracy;
+    pass the eVI likelihood for an eVI net); `metric` names the key compared, higher
+    being better. `finetune(model)` trains a shrunk model in place, e.g. ``lambda m:
+    bayesprune.finetune(m, train, epochs=1, likelihood=lik)``; None skips fine-tuning.
+    `input_shape`: one example's shape (needed for convolutional nets, e.g. (1, 28,
+    28)). `rel_threshold` (default 0.05) or `fraction` choose what a round deletes.
+    `tolerance`: the largest accepted drop of the metric below the uncompressed model's
+    (0.005 = 0.5 accuracy points). `tolerances` (e.g. ``{"ece": "1.5x", "nll": 0.02}``,
+    see `compress.tolerances`) adds metrics: a round is accepted only when `metric`
+    stays within `tolerance` and every named metric within its own tolerance of the
+    uncompressed model's, in its own direction (a `tolerances` entry for `metric` itself
+    replaces `tolerance`); `accuracy` in the history is `metric`. `greedy`: one layer
+    per round, the one whose removal costs the least (module doc). `example_inputs` (one
     batch for `model(*example_inputs)`): cut any graph with `shrink_graph` instead of
     walking a chain; `score_data` (a batch or a DataLoader) is what `score="activation"`
     reads. `reference` ({metric: value}) replaces the input model's own value as what a
-    named metric is held against, e.g. the unpruned model's validation ECE when the input
-    is already pruned, so that a whole pipeline stays within one tolerance of it instead
-    of each stage adding its own. The input model is not modified.
+    named metric is held against, e.g. the unpruned model's validation ECE when the
+    input is already pruned, so that a whole pipeline stays within one tolerance of it
+    instead of each stage adding its own. The input model is not modified.
     """
     rel_threshold = _check(rel_threshold, fraction, tolerance, max_rounds, min_units)
-    held = (
-        (legacy_tolerance(metric, tolerance),) if tolerances is None else as_tolerances(tolerances)
-    )
+    held = held_tolerances(metric, tolerance, tolerances)
     names = [t.metric for t in held]
-    primary = metric if metric in names else names[0]
     values_of = metrics_of(evaluate, names, "self_compress")
     if finetune is not None and not callable(finetune):
         raise TypeError(
@@ -350,10 +347,10 @@ def self_compress(
         )
     own = values_of(current)
     baselines = {**own, **_reference(reference, names)}
-    base = own[primary]
+    base = own[metric]
 
     def primary_of(candidate: nn.Module) -> float:
-        return values_of(candidate)[primary]
+        return values_of(candidate)[metric]
 
     units = {k: v.numel() for k, v in scores.items()}
     history = [CompressionRound(0, units, dict.fromkeys(units, 0), None, base, True, own)]
@@ -377,7 +374,7 @@ def self_compress(
         left = {k: v.numel() for k, v in candidate_scores.items()}
         removed = {k: int(m.sum()) for k, m in cut.remove.items()}
         ok = all_hold(held, values, baselines)
-        history.append(CompressionRound(r, left, removed, cut.value, values[primary], ok, values))
+        history.append(CompressionRound(r, left, removed, cut.value, values[metric], ok, values))
         if not ok:
             stopped = "tolerance"
             break

@@ -140,6 +140,19 @@ def legacy_tolerance(metric: str, delta: float) -> Tolerance:
     return Tolerance(metric, delta, METRIC_DIRECTIONS.get(metric, Direction.HIGHER))
 
 
+def held_tolerances(metric: str, delta: float, spec: ToleranceSpec | None) -> tuple[Tolerance, ...]:
+    """What a search or self-compression holds: `metric` within `delta`, plus every
+    tolerance of `spec`. `metric` is held even when `spec` leaves it out (by `delta`),
+    so naming only ECE cannot silently give up accuracy; a `spec` that names `metric`
+    sets its tolerance itself."""
+    if spec is None:
+        return (legacy_tolerance(metric, delta),)
+    named = as_tolerances(spec)
+    if any(t.metric == metric for t in named):
+        return named
+    return (legacy_tolerance(metric, delta), *named)
+
+
 def all_hold(
     tolerances: Sequence[Tolerance], values: Mapping[str, float], baselines: Mapping[str, float]
 ) -> bool:
@@ -152,6 +165,7 @@ __all__ = [
     "ToleranceSpec",
     "all_hold",
     "as_tolerances",
+    "held_tolerances",
     "legacy_tolerance",
     "parse_tolerance",
 ]
