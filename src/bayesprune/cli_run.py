@@ -79,6 +79,14 @@ def _show(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str)
 
 
+_ood_option = click.option(
+    "--ood",
+    type=click.Choice(IMAGE_SETS),
+    default=None,
+    help="Out-of-distribution images (the other image set): OOD AUROC held and reported.",
+)
+
+
 @click.command("train")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option(
@@ -247,12 +255,7 @@ def evaluate(run: str, which: str, quiet: bool) -> None:
     help="Hold METRIC within VALUE of the trained model's (search and rounds), e.g. "
     "ece=1.5x, nll=0.02, ood_auroc_entropy=0.02 (with --ood); repeatable.",
 )
-@click.option(
-    "--ood",
-    type=click.Choice(IMAGE_SETS),
-    default=None,
-    help="Out-of-distribution images (the other image set): OOD AUROC held and reported.",
-)
+@_ood_option
 @click.option(
     "--validation-mode",
     type=click.Choice(["auto", "mean", "mc"]),
@@ -337,12 +340,7 @@ def _tolerances(items: tuple[str, ...]) -> dict[str, float | str] | None:
 @click.option(
     "--epochs", type=click.IntRange(min=1), default=None, help="Epochs (variances, finetune)."
 )
-@click.option(
-    "--ood",
-    type=click.Choice(IMAGE_SETS),
-    default=None,
-    help="Out-of-distribution images (the other image set): measure and hold OOD AUROC.",
-)
+@_ood_option
 @_friendly
 def restore(run: str, **overrides: Any) -> None:
     """Restore the calibration of RUN's compressed model; the method is chosen on validation.
