@@ -15,7 +15,14 @@ from _images import write_image_sets
 
 from bayesprune.app.folder import Run
 from bayesprune.app.steps import load_restored
-from bayesprune.app.steps.restore import METRICS, _refusal, auroc_floor, ece_ceiling
+from bayesprune.app.steps.restore import (
+    METRICS,
+    _refusal,
+    auroc_floor,
+    choose,
+    ece_ceiling,
+    paired_gap,
+)
 from bayesprune.app.transaction import Transaction
 from bayesprune.evaluation import scorer
 
@@ -85,7 +92,15 @@ def test_restore_keeps_or_improves_validation_ece_and_records_before_after(image
                 c["validation"][n] < min(before[n], trained[n]) - 0.02
                 for n in ("ood_auroc_entropy", "ood_auroc_mi")
             )
-    assert min(c["validation"]["nll"] for c in eligible) == after["nll"]
+    # the chosen one is tied with the lowest NLL (within tie_se = 1 paired standard
+    # error) and has the lowest ECE of the tied ones
+    chosen = record["candidates"][record["method"]]
+    assert chosen["tied"] and chosen["nll_gap"]["mean"] <= chosen["nll_gap"]["se"]
+    tied = [c for c in eligible if c["tied"]]
+    assert chosen["validation"]["ece"] == min(c["validation"]["ece"] for c in tied)
+    lowest = min(c["validation"]["nll"] for c in eligible)
+    for c in eligible:  # the per-row losses are the recorded predictive's, row by row
+        assert c["nll_gap"]["mean"] == pytest.approx(c["validation"]["nll"] - lowest, abs=1e-9)
     assert record["splits"]["fit"]["rows"] + record["splits"]["choose"]["rows"] == 200
     assert record["options"]["ood"] == "fashion-mnist" and record["options"]["epochs"] == 1
     assert "restore" not in yaml.safe_load((run / "config.yaml").read_text()) or (
@@ -137,6 +152,33 @@ def test_ece_factor_lets_a_repair_exceed_a_compressed_net_that_is_lucky_on_ece()
     assert ece_ceiling(compressed, None, 1.5) == 0.022
 
 
+def _candidate(nll: float, ece: float, eligible: bool = True) -> dict:
+    return {"validation": {"nll": nll, "ece": ece}, "eligible": eligible}
+
+
+def test_a_tie_in_nll_goes_to_the_lower_ece_and_a_clear_gap_does_not():
+    """Temperature reads 0.001 worse in NLL than the untouched net, within the noise of
+    its rows, and cuts ECE by a third: tied, so it is chosen. A fine-tune worse by many
+    standard errors is not tied however low its ECE; tie_se 0 is NLL alone."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(500, generator=g, dtype=torch.float64) * 0.2
+    noise = (torch.rand(500, generator=g, dtype=torch.float64) - 0.5) * 0.1
+    rows = {"none": base, "temperature": base + 0.001 + noise, "finetune": base + 0.05}
+    candidates = {
+        name: _candidate(float(r.mean()), ece)
+        for (name, r), ece in zip(rows.items(), (0.030, 0.019, 0.005), strict=True)
+    }
+    gap, se = paired_gap(rows["temperature"], rows["none"])
+    assert 0 < gap < se  # within one standard error
+    assert choose(candidates, rows, tie_se=1.0) == "temperature"
+    assert candidates["temperature"]["tied"] and not candidates["finetune"]["tied"]
+    assert candidates["none"]["nll_gap"] == {"mean": 0.0, "se": 0.0}
+    assert choose(candidates, rows, tie_se=0.0) == "none"
+    # an ineligible candidate is never chosen, whatever its NLL and ECE
+    candidates["temperature"]["eligible"] = False
+    assert choose(candidates, rows, tie_se=1.0) == "none"
+
+
 def test_the_restored_model_reloads_and_scores_as_recorded(image_run):
     _, _, run, _ = image_run
     r = Run.open(run)
@@ -177,6 +219,15 @@ def test_explicit_method_and_none(image_run):
     record = json.loads((run / "restored" / "restore.json").read_text())
     assert record["method"] == "none" and list(record["candidates"]) == ["none"]
     assert record["before"] == record["after"] and "restore: none" in out
+
+
+def test_tie_se_zero_from_the_command_line_chooses_by_nll_alone(image_run):
+    _, _, run, _ = image_run
+    invoke("restore", str(run), "--method", "temperature", "--tie-se", "0")
+    record = json.loads((run / "restored" / "restore.json").read_text())
+    assert record["options"]["tie_se"] == 0 and record["rule"].endswith("the lowest validation NLL")
+    eligible = [c for c in record["candidates"].values() if c["eligible"]]
+    assert record["after"]["validation"]["nll"] == min(c["validation"]["nll"] for c in eligible)
 
 
 def test_finetune_then_temperature_keeps_a_temperature_beside_the_finetuned_net(image_run):

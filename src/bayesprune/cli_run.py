@@ -341,6 +341,13 @@ def _tolerances(items: tuple[str, ...]) -> dict[str, float | str] | None:
     "--epochs", type=click.IntRange(min=1), default=None, help="Epochs (variances, finetune)."
 )
 @_ood_option
+@click.option(
+    "--tie-se",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="Candidates within this many standard errors of the lowest validation NLL are "
+    "tied and the tie goes to the lowest ECE (default: restore.tie_se, 1; 0: NLL alone).",
+)
 @_friendly
 def restore(run: str, **overrides: Any) -> None:
     """Restore the calibration of RUN's compressed model; the method is chosen on validation.

@@ -217,6 +217,9 @@ class RestoreConfig:
     # a candidate's validation ECE may also reach ece_factor × the trained model's (e.g.
     # 1.5, issue 18's target), not only the compressed model's; None: the compressed one's
     ece_factor: float | None = field(default=None, metadata={"min": 1.0})
+    # candidates within tie_se paired standard errors of the lowest validation NLL are
+    # tied, and the tie goes to the lowest validation ECE; 0: the lowest NLL alone
+    tie_se: float = field(default=1.0, metadata={"min": 0.0})
 
 
 @dataclass

@@ -6,7 +6,15 @@ Monte-Carlo probability samples (S, N, C); shapes that would silently broadcast
 raise ValueError.
 """
 
-from .classification import CalibrationBins, accuracy, brier, calibration_bins, ece, nll
+from .classification import (
+    CalibrationBins,
+    accuracy,
+    brier,
+    calibration_bins,
+    ece,
+    nll,
+    nll_per_row,
+)
 from .directions import METRIC_DIRECTIONS, Direction, direction_of
 from .regression import gaussian_nll, rmse
 from .selection import SelectionScores, selection_scores
@@ -49,6 +57,7 @@ __all__ = [
     "model_size",
     "mutual_information",
     "nll",
+    "nll_per_row",
     "ood_auroc",
     "predictive_entropy",
     "rmse",

@@ -23,9 +23,15 @@ def accuracy(probs: Any, labels: Any) -> float:
 
 def nll(probs: Any, labels: Any) -> float:
     """Mean −log p(label), with probabilities clamped at 1e-12 so a confident miss is finite."""
+    return float(nll_per_row(probs, labels).mean())
+
+
+def nll_per_row(probs: Any, labels: Any) -> torch.Tensor:
+    """−log p(label) of each example (float64, clamped as `nll`): what a paired comparison
+    of two models on the same rows needs (the difference's standard error)."""
     p, y = probs_and_labels(probs, labels)
     picked = p.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-    return float(-picked.clamp_min(EPS).log().mean())
+    return -picked.clamp_min(EPS).log()
 
 
 def brier(probs: Any, labels: Any) -> float:

@@ -9,11 +9,18 @@ scales, finetune, finetune+temperature) and keeps one, chosen on validation data
   (temperature) or trained on the training rows and watched on it (variances,
   finetune; finetune+temperature: the fine-tuned network's temperature fitted on it),
   and judged on the second;
-- the chosen method has the lowest NLL on the second half among the candidates
-  whose ECE there is no worse than the compressed model's and, with `restore.ood`,
-  whose OOD AUROC there falls by at most `restore.auroc_tolerance` below the lower of
-  the compressed and the trained (unpruned) model's; "none" (the compressed model as
-  it is) always qualifies, so validation ECE never gets worse. With
+- a candidate is eligible when its ECE on the second half is no worse than the
+  compressed model's and, with `restore.ood`, its OOD AUROC there falls by at most
+  `restore.auroc_tolerance` below the lower of the compressed and the trained
+  (unpruned) model's; "none" (the compressed model as it is) always is, so validation
+  ECE never gets worse;
+- of the eligible ones, those whose NLL exceeds the lowest by at most `restore.tie_se`
+  (default 1) paired standard errors of the per-row difference are tied, and the tie
+  goes to the lowest ECE. This is the one-standard-error rule of model selection
+  (Breiman et al. 1984): on 500 rows a temperature that cuts ECE by a third can read
+  0.001 worse in NLL than the untouched net, a difference the rows cannot tell from
+  noise, and choosing by NLL alone then kept the uncalibrated net (issue 18).
+  `tie_se: 0` chooses by NLL alone. With
   `restore.ece_factor` (e.g. 1.5) a candidate's ECE may also reach that multiple of
   the trained model's: a compressed net whose validation ECE happens to be low while
   its accuracy and NLL fell (ECE on a thousand rows moves by ±0.01) no longer blocks
@@ -32,6 +39,7 @@ set is read once, for the before / after figures; nothing is chosen on it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
@@ -40,6 +48,8 @@ from ...calibration import TemperatureScaled
 from ...evaluation import Scorer, ood_metric_names, scorer
 from ...finetuning import VARIANCE_SUFFIXES
 from ...kl_schedule import kl_stages
+from ...metrics import nll_per_row
+from ...predict import predict
 from ...restore import RestoreMethod, restore_uncertainty
 from ..config import ConfigError, config_to_dict
 from ..factory import ood_inputs
@@ -84,10 +94,8 @@ def _restore(run: Run) -> dict[str, Any]:
     needs_trained = cfg.ood or cfg.ece_factor is not None
     trained = judge(run.load_model("trained")) if needs_trained else None
     candidates, models = _candidates(run, compressed, fit_rows, judge, mode, trained)
-    chosen = min(
-        (m for m, c in candidates.items() if c["eligible"]),
-        key=lambda m: candidates[m]["validation"]["nll"],
-    )
+    row_nll = _row_nll(run, pick_rows, mode)
+    chosen = choose(candidates, {m: row_nll(model) for m, model in models.items()}, cfg.tie_se)
     before = candidates[NONE]["validation"]
     final = models[chosen]
     test_ood = ood_inputs(run.config, cfg.ood, "test", len(data.test[0])) if cfg.ood else None
@@ -99,8 +107,8 @@ def _restore(run: Run) -> dict[str, Any]:
         "mode": mode,
         "samples": run.config.evaluate.samples,
         "rule": (
-            "lowest validation NLL (second half) among candidates whose validation ECE is no "
-            "worse than the compressed model's"
+            "among candidates whose validation ECE (second half) is no worse than the "
+            "compressed model's"
             + (
                 f" (or at most {cfg.ece_factor}x the trained model's)"
                 if cfg.ece_factor is not None
@@ -111,6 +119,12 @@ def _restore(run: Run) -> dict[str, Any]:
                 "of the compressed and the trained model's"
                 if cfg.ood
                 else ""
+            )
+            + (
+                f", the lowest validation ECE of those within {cfg.tie_se} paired standard "
+                "error(s) of the lowest validation NLL"
+                if cfg.tie_se > 0
+                else ", the lowest validation NLL"
             )
         ),
         "trained_validation": trained,
@@ -172,6 +186,33 @@ def _candidates(
         }
         models[method] = repaired
     return candidates, models
+
+
+def choose(candidates: dict[str, dict[str, Any]], row_nll: dict[str, Tensor], tie_se: float) -> str:
+    """The method chosen (module docstring): of the eligible candidates, those whose mean
+    per-row NLL exceeds the lowest by at most `tie_se` standard errors of the paired
+    difference, the one with the lowest ECE. Records each eligible candidate's "nll_gap"
+    (the difference to the lowest, and its standard error) and whether it was "tied"."""
+    eligible = [m for m, c in candidates.items() if c["eligible"]]
+    best = min(eligible, key=lambda m: candidates[m]["validation"]["nll"])
+    tied = []
+    for m in eligible:
+        gap, se = paired_gap(row_nll[m], row_nll[best])
+        candidates[m]["nll_gap"] = {"mean": gap, "se": se}
+        candidates[m]["tied"] = gap <= tie_se * se
+        if candidates[m]["tied"]:
+            tied.append(m)
+    # `best` is tied with itself (gap 0); equal ECEs go to the lower NLL
+    return min(
+        tied, key=lambda m: (candidates[m]["validation"]["ece"], candidates[m]["validation"]["nll"])
+    )
+
+
+def paired_gap(losses: Tensor, reference: Tensor) -> tuple[float, float]:
+    """Mean of `losses − reference` (the same rows) and its standard error."""
+    d = (losses - reference).double()
+    se = float(d.std(unbiased=True) / len(d) ** 0.5) if len(d) > 1 else 0.0
+    return float(d.mean()), se
 
 
 def load_restored(run: Run) -> nn.Module:
@@ -282,6 +323,25 @@ def _scorer(run: Run, rows: tuple[Tensor, Tensor], ood: Tensor | None, mode: str
     )
 
 
+def _row_nll(run: Run, rows: tuple[Tensor, Tensor], mode: str) -> Callable[[nn.Module], Tensor]:
+    """model → its per-row NLL on `rows`, from the same predictive (mode, samples, seed)
+    as the scorer's, so that the mean equals the candidate's recorded validation NLL."""
+    x, y = rows
+
+    def losses(model: nn.Module) -> Tensor:
+        pred = predict(
+            model,
+            x,
+            samples=run.config.evaluate.samples,
+            mode=mode,
+            likelihood=run.likelihood(),
+            seed=run.config.train.seed,
+        )
+        return nll_per_row(pred.probs, y)
+
+    return losses
+
+
 def _temperature(model: nn.Module) -> float | None:
     return float(model.temperature) if isinstance(model, TemperatureScaled) else None
 
@@ -290,4 +350,4 @@ def _short(values: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in values.items())
 
 
-__all__ = ["RESTORE_JSON", "load_restored", "restore_run"]
+__all__ = ["RESTORE_JSON", "choose", "load_restored", "paired_gap", "restore_run"]
