@@ -15,16 +15,16 @@ from _images import write_image_sets
 
 from bayesprune.app.folder import Run
 from bayesprune.app.steps import load_restored
-from bayesprune.app.steps.restore import (
+from bayesprune.app.transaction import Transaction
+from bayesprune.evaluation import scorer
+from bayesprune.restore_choice import (
     METRICS,
-    _refusal,
     auroc_floor,
     choose,
     ece_ceiling,
     paired_gap,
+    refusal,
 )
-from bayesprune.app.transaction import Transaction
-from bayesprune.evaluation import scorer
 
 
 def _config(root, **changes) -> dict:
@@ -126,12 +126,12 @@ def test_the_auroc_reference_is_the_lower_of_the_compressed_and_trained_model():
     floor = auroc_floor(compressed, trained)
     assert floor == {"ood_auroc_entropy": 0.70}
     back = {"ece": 0.05, "ood_auroc_entropy": 0.71}
-    assert _refusal(back, compressed, 0.02, floor) is None
-    assert "fell by more than" in _refusal(back, compressed, 0.02)  # the compressed one's
-    assert "fell by more than" in _refusal(
+    assert refusal(back, compressed, 0.02, floor) is None
+    assert "fell by more than" in refusal(back, compressed, 0.02)  # the compressed one's
+    assert "fell by more than" in refusal(
         {**back, "ood_auroc_entropy": 0.67}, compressed, 0.02, floor
     )
-    assert "ECE" in _refusal({**back, "ece": 0.2}, compressed, 0.02, floor)
+    assert "ECE" in refusal({**back, "ece": 0.2}, compressed, 0.02, floor)
     # a trained net that separates better does not raise the bar above the compressed one
     assert auroc_floor(compressed, {"ood_auroc_entropy": 0.9}) == {"ood_auroc_entropy": 0.80}
 
@@ -142,11 +142,11 @@ def test_ece_factor_lets_a_repair_exceed_a_compressed_net_that_is_lucky_on_ece()
     net's 0.024 (ceiling 0.036) the candidate may be chosen, one at 0.04 still not."""
     compressed, trained = {"ece": 0.022}, {"ece": 0.024}
     tuned = {"ece": 0.029}
-    assert "(compressed)" in _refusal(tuned, compressed, 0.02)
+    assert "(compressed)" in refusal(tuned, compressed, 0.02)
     ceiling = ece_ceiling(compressed, trained, 1.5)
     assert ceiling == pytest.approx(0.036)
-    assert _refusal(tuned, compressed, 0.02, ceiling=ceiling) is None
-    assert "ece_factor x trained" in _refusal({"ece": 0.04}, compressed, 0.02, ceiling=ceiling)
+    assert refusal(tuned, compressed, 0.02, ceiling=ceiling) is None
+    assert "ece_factor x trained" in refusal({"ece": 0.04}, compressed, 0.02, ceiling=ceiling)
     # never below the compressed net's own ECE, and no trained metrics: the default
     assert ece_ceiling({"ece": 0.1}, trained, 1.5) == 0.1
     assert ece_ceiling(compressed, None, 1.5) == 0.022

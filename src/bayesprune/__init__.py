@@ -9,6 +9,7 @@ from .models import build, lenet5_caffe, lenet_300_100, mlp
 from .nn import convert, kl, to_deterministic
 from .predict import ClassificationPrediction, RegressionPrediction, predict
 from .restore import GateRule, RestoreMethod, restore_uncertainty
+from .restore_choice import RestoreChoice, choose_restoration
 from .train import History, fit
 
 
@@ -32,10 +33,12 @@ __all__ = [
     "Gaussian",
     "History",
     "RegressionPrediction",
+    "RestoreChoice",
     "RestoreMethod",
     "TemperatureScaled",
     "__version__",
     "build",
+    "choose_restoration",
     "compress",
     "convert",
     "evaluate",
