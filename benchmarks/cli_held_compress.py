@@ -12,13 +12,16 @@ the same trained model, each a separate process as a user types it:
 
 With `--gradual`, a "gradual" run trains again with `train.prune_sparsity` set to the
 accuracy search's sparsity (pruning inside training) and is compressed at that sparsity
-(`--rule global`) with the same rounds. All get `--ood` so the report has the test OOD
-AUROC before and after, and each is then followed by `bayesprune restore run --ood ...`
-(the repair chosen on validation; where choosing by validation NLL alone, `--tie-se 0`,
-would pick another candidate, restore runs again with it so both rules have test
-figures); the test sets are read only for the reported figures.
-Records, per seed and variant, the test accuracy / NLL / ECE / OOD AUROC before and
-after, the architecture, the non-zero weights, the rounds kept and the seconds.
+(`--rule global`) with the same rounds; `--gradual-held` compresses that run again with
+the rounds also held on the uncertainty targets ("gradual-held"). `--variants` picks the
+dense run's variants (none: only the gradual ones, their sparsity and dense figures then
+read from `--sparsity-from` an earlier result file of the same seeds). All get `--ood`
+so the report has the test OOD AUROC before and after, and each is then followed by
+`bayesprune restore run --ood ...` (the repair chosen on validation; where choosing by
+validation NLL alone, `--tie-se 0`, would pick another candidate, restore runs again
+with it so both rules have test figures); the test sets are read only for the reported
+figures. Records, per seed and variant, the test accuracy / NLL / ECE / OOD AUROC before
+and after, the architecture, the non-zero weights, the rounds kept and the seconds.
 
     python benchmarks/cli_held_compress.py --seeds 0 1 2 --threads 1
 
@@ -111,34 +114,52 @@ def _choice(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def one_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Train once, compress (and restore) once per variant; then, with --gradual, train
-    a second run pruned inside training to the accuracy search's sparsity."""
+    """Train once, compress (and restore) once per variant; then, with --gradual /
+    --gradual-held, train a second run pruned inside training to the accuracy search's
+    sparsity and compress it with accuracy-held / uncertainty-held rounds."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         threads = ["--threads", str(args.threads)]
         (work / "run.yaml").write_text(_run(["config", "show", args.config], work)[1])
         sets = [a for o in args.overrides for a in ("--set", o)]
         train = ["train", "run.yaml", "--quiet", "--seed", str(seed), *sets, *threads]
-        train_s = _run([*train, "--out", "run"], work)[0]
         rounds = ["--rounds", str(args.rounds), "--round-fraction", str(args.round_fraction)]
         if args.greedy:
             rounds.append("--greedy")
-        record: dict[str, Any] = {"seed": seed, "train_seconds": train_s, "variants": {}}
-        for name, extra in VARIANTS.items():
-            record["variants"][name] = _compress_and_restore(work, "run", [*rounds, *extra], args)
-        if args.gradual:
-            dense = record["variants"]["accuracy"]
+        record: dict[str, Any] = {"seed": seed, "variants": {}}
+        if args.variants:
+            record["train_seconds"] = _run([*train, "--out", "run"], work)[0]
+        for name in args.variants:
+            options = [*rounds, *VARIANTS[name]]
+            record["variants"][name] = _compress_and_restore(work, "run", options, args)
+        grown_variants = {"gradual": args.gradual, "gradual-held": args.gradual_held}
+        if any(grown_variants.values()):
+            dense = record["variants"].get("accuracy") or _earlier_accuracy(args, seed)
             target = dense["search_sparsity"]
             prune = ["--set", f"train.prune_sparsity={target}"]
             record["gradual_train_seconds"] = _run([*train, *prune, "--out", "grown"], work)[0]
-            options = ["--rule", "global", "--sparsity", str(target), *rounds]
-            grown = _compress_and_restore(work, "grown", options, args)
-            # figures against the dense trained model, as the other variants'
-            grown["trained_pruned_in_training"] = grown["before"]
-            grown["before"] = dense["before"]
-            grown["nonzero_before"] = dense["nonzero_before"]
-            record["variants"]["gradual"] = grown
+            for name in (n for n, wanted in grown_variants.items() if wanted):
+                held = VARIANTS["held"] if name == "gradual-held" else []
+                options = ["--rule", "global", "--sparsity", str(target), *rounds, *held]
+                grown = _compress_and_restore(work, "grown", options, args)
+                # figures against the dense trained model, as the other variants'
+                grown["trained_pruned_in_training"] = grown["before"]
+                grown["before"] = dense["before"]
+                grown["nonzero_before"] = dense["nonzero_before"]
+                record["variants"][name] = grown
     return record
+
+
+def _earlier_accuracy(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """The "accuracy" variant of `seed` in the --sparsity-from results (the same trained
+    model: the runs are deterministic), for gradual runs without the dense variants."""
+    if args.sparsity_from is None:
+        raise SystemExit("--gradual without the 'accuracy' variant needs --sparsity-from FILE")
+    seeds = json.loads(Path(args.sparsity_from).read_text())["seeds"]
+    found = [s["variants"]["accuracy"] for s in seeds if s["seed"] == seed]
+    if not found:
+        raise SystemExit(f"{args.sparsity_from} has no 'accuracy' variant for seed {seed}")
+    return found[0]
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -160,11 +181,10 @@ def _figures(label: str, runs: list[dict[str, Any]], metrics: list[str], stage: 
 
 def summarise(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Seed means ± sd per variant: test metrics after, ECE ratio and AUROC drop vs before."""
-    first = seeds[0]["variants"]["accuracy"]["before"]
+    reference = next(iter(seeds[0]["variants"]))  # every variant's "before": the trained net
+    first = seeds[0]["variants"][reference]["before"]
     metrics = [k for k in REPORTED if k in first]
-    trained = {
-        k: _mean_sd([s["variants"]["accuracy"]["before"][k] for s in seeds]) for k in metrics
-    }
+    trained = {k: _mean_sd([s["variants"][reference]["before"][k] for s in seeds]) for k in metrics}
     rows = [{"model": "trained", **trained}]
     for name in seeds[0]["variants"]:
         runs = [s["variants"][name] for s in seeds]
@@ -201,6 +221,24 @@ def main() -> None:
         help="also a run pruned inside training (train.prune_sparsity = the accuracy "
         "search's sparsity), compressed at that sparsity with the same rounds",
     )
+    parser.add_argument(
+        "--gradual-held",
+        action="store_true",
+        help="also that run compressed with the rounds held on the uncertainty targets too",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        help="variants on the dense trained run (none: only the gradual ones)",
+    )
+    parser.add_argument(
+        "--sparsity-from",
+        default=None,
+        help="results JSON whose 'accuracy' variants give the gradual runs their sparsity "
+        "and dense figures when 'accuracy' is not among --variants",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="cli_held_compress")
     add_results_dir_option(parser)
@@ -216,7 +254,10 @@ def main() -> None:
         f"{args.seeds}; `compress --rounds {args.rounds} --round-fraction "
         f"{args.round_fraction}{' --greedy' if args.greedy else ''} --ood {args.ood}` "
         "(accuracy), the same with `--tolerance ece=1.5x --tolerance ood_auroc_entropy=0.02 "
-        "--tolerance ood_auroc_mi=0.02` (held). Test figures in the trained / compressed "
+        "--tolerance ood_auroc_mi=0.02` (held); gradual: trained with "
+        "`train.prune_sparsity` = the accuracy search's sparsity, then `--rule global` at it "
+        "with the same rounds (gradual-held: and the held tolerances). Test figures in the "
+        "trained / compressed "
         "model's primary mode (`evaluate.samples` Monte Carlo passes for a Gaussian net), "
         "mean ± sd over seeds.\n\n" + md_table(rows)
     )
