@@ -206,6 +206,21 @@ def summarise(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: row.get(k, "–") for k in rows[1]} for row in rows]
 
 
+def merge(paths: list[str]) -> list[dict[str, Any]]:
+    """The seeds of every file, each seed's variants gathered from all of them (a variant
+    given twice for one seed is an error: which one is meant?)."""
+    by_seed: dict[int, dict[str, Any]] = {}
+    for path in paths:
+        for record in json.loads(Path(path).read_text())["seeds"]:
+            seed = by_seed.setdefault(record["seed"], {"seed": record["seed"], "variants": {}})
+            twice = set(seed["variants"]) & set(record["variants"])
+            if twice:
+                raise SystemExit(f"seed {record['seed']}: variants {sorted(twice)} in two files")
+            seed["variants"] |= record["variants"]
+            seed |= {k: v for k, v in record.items() if k not in ("seed", "variants")}
+    return [by_seed[k] for k in sorted(by_seed)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="gaussian_lenet5_mnist")
@@ -241,13 +256,28 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="cli_held_compress")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="combine result files (their variants per seed, e.g. the dense and the gradual "
+        "runs of the same seeds) into --name; nothing is run",
+    )
     add_results_dir_option(parser)
     args = parser.parse_args()
     use_results_dir(args)
-    seeds = []
-    for seed in args.seeds:
-        seeds.append(one_seed(seed, args))
-        print(json.dumps(seeds[-1]["variants"], default=str)[:2000], flush=True)
+    if args.merge:
+        seeds = merge(args.merge)
+        ran = json.loads(Path(args.merge[0]).read_text())["settings"]  # what the runs used
+        for key in ("config", "overrides", "rounds", "round_fraction", "greedy", "ood"):
+            setattr(args, key, ran[key])
+        args.seeds = [s["seed"] for s in seeds]
+    else:
+        seeds = []
+        for seed in args.seeds:
+            seeds.append(one_seed(seed, args))
+            print(json.dumps(seeds[-1]["variants"], default=str)[:2000], flush=True)
     rows = summarise(seeds)
     markdown = (
         f"Config `{args.config}` with `{' '.join(args.overrides) or 'no overrides'}`; seeds "
