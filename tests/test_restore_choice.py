@@ -55,7 +55,7 @@ def test_the_choice_follows_the_rule_and_returns_the_chosen_network(pruned):
 
 
 def test_none_and_one_method_and_bad_requests(pruned):
-    trained, model, train, val = pruned
+    _, model, _, val = pruned
     alone = bp.choose_restoration(model, val, methods="none")
     assert alone.method == "none" and alone.model is model and list(alone.candidates) == ["none"]
     one = bp.choose_restoration(model, val, methods="temperature", samples=4, tie_se=0)
