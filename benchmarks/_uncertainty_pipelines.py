@@ -42,6 +42,7 @@ from bayesprune.compress.tolerances import parse_tolerance
 from bayesprune.models import mlp
 from bayesprune.nn import gated_layers
 from bayesprune.nn.moments import EVILikelihood, evi_cnn
+from bayesprune.restore_choice import paired_gap
 
 Score = Callable[[nn.Module], dict[str, float]]
 SHAPE = (1, 28, 28)
@@ -94,12 +95,25 @@ class Settings:
     gradual: bool = False  # LeNets: also pruning inside training ("bayesian/gradual")
 
 
+@dataclass(frozen=True)
+class PickScore:
+    """A validation-pick scorer and each row's NLL under the same predictive: the restore
+    rule's NLL ties (`bayesprune.restore_choice`) need the paired per-row differences."""
+
+    score: Score
+    rows: Callable[[nn.Module], Tensor]
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        return self.score(model)
+
+
 class Record:
     """Stages (test metrics), their validation-pick metrics, and compression records."""
 
     def __init__(self) -> None:
         self.stages: dict[str, dict[str, float]] = {}
         self.pick: dict[str, dict[str, float]] = {}
+        self.pick_rows: dict[str, Tensor] = {}  # per-row pick NLL (kept as pairwise gaps)
         self.compression: dict[str, dict[str, Any]] = {}
         self.seconds: dict[str, float] = {}
 
@@ -119,14 +133,30 @@ class Record:
         if pick is not None:
             with self.timed("score validation pick"):
                 self.pick[name] = pick(model)
+                if isinstance(pick, PickScore):
+                    self.pick_rows[name] = pick.rows(model)
         print(f"  {name}: {_short(self.stages[name])}", flush=True)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "stages": self.stages,
             "pick": self.pick,
+            "pick_gaps": self.pick_gaps(),
             "compression": self.compression,
             "seconds": self.seconds,
+        }
+
+    def pick_gaps(self) -> dict[str, dict[str, list[float]]]:
+        """{stage: {other: [mean, standard error] of stage's per-row pick NLL minus
+        other's}} for every pair scored on the same pick rows and predictive kind."""
+        rows = self.pick_rows
+        return {
+            a: {
+                b: list(paired_gap(rows[a], rows[b]))
+                for b in rows
+                if b != a and rows[b].shape == rows[a].shape
+            }
+            for a in rows
         }
 
 
@@ -155,10 +185,14 @@ def _fit(model: nn.Module, data: Data, s: Settings, **extra: Any) -> None:
 
 def _scorers(data: Data, mode: str, s: Settings, lik: Any = "categorical") -> tuple[Score, Score]:
     """(test scorer, validation-pick scorer) in `mode`."""
-    pick = bp.scorer(
-        data.val_pick, lik, mode=mode, samples=s.val_samples, ood=data.val_pick_ood, seed=s.seed
-    )
-    return data.test(mode, lik), pick
+    options = {"mode": mode, "samples": s.val_samples, "seed": s.seed}
+    pick = bp.scorer(data.val_pick, lik, ood=data.val_pick_ood, **options)
+    x, y = data.val_pick
+
+    def rows(model: nn.Module) -> Tensor:  # the scorer's predictive (same draws), per row
+        return m.nll_per_row(bp.predict(model, x, likelihood=lik, **options).probs, y)
+
+    return data.test(mode, lik), PickScore(pick, rows)
 
 
 @dataclass(frozen=True)
@@ -312,7 +346,7 @@ def vanilla_cnn(n: int) -> nn.Sequential:
     )
 
 
-def evi_scorer(data: tuple[Tensor, Tensor], ood: Tensor, bins: int = 15) -> Score:
+def evi_scorer(data: tuple[Tensor, Tensor], ood: Tensor, bins: int = 15) -> PickScore:
     """The eVI net's one-pass predictive: accuracy, NLL, ECE and OOD AUROC by entropy (of
     the mean probabilities) and by the predictive variance at the predicted class, from
     one pass over each set."""
@@ -344,7 +378,7 @@ def evi_scorer(data: tuple[Tensor, Tensor], ood: Tensor, bins: int = 15) -> Scor
             "ood_auroc_variance": m.ood_auroc(v_in, v_out),
         }
 
-    return score
+    return PickScore(score, lambda model: m.nll_per_row(outputs(model, x)[0], y))
 
 
 def _entropy(p: Tensor) -> Tensor:

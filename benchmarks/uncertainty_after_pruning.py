@@ -66,6 +66,7 @@ SUMMARY_EXTRA = {  # shown in the overview beside the compression of record
 AUROCS = ("ood_auroc_entropy", "ood_auroc_mi", "ood_auroc_variance")
 OLD_RULE = "chosen, AUROC vs pruned"  # the restore rule before session 6, for comparison
 ECE_RULE = "chosen, ECE up to 1.5x unpruned"  # restore.ece_factor 1.5 (session 7)
+TIE_RULE = "chosen, NLL ties to lower ECE"  # restore.tie_se 1, the default (session 12)
 
 
 def make_data(model: str, direction: str, seed: int, args: argparse.Namespace) -> Data:
@@ -153,13 +154,16 @@ def chosen(
     tolerance: float = 0.02,
     floor: str = "lower",
     ece_factor: float | None = None,
+    tie_se: float = 0.0,
 ) -> str | None:
     """The stage of `group` (e.g. "bayesian/accuracy") that `bayesprune restore` would keep:
     the lowest validation-pick NLL among the stages whose pick ECE is no worse than the
     pruned model's and whose pick OOD AUROCs fall by at most `tolerance` below the lower
     of the pruned and the unpruned model's (`floor="pruned"`: the pruned model's, the
     rule before session 6). `ece_factor`: the pick ECE may also reach that multiple of the
-    unpruned model's (`restore.ece_factor`)."""
+    unpruned model's (`restore.ece_factor`). `tie_se` > 0 (`restore.tie_se`): the eligible
+    stages within that many paired standard errors of the lowest pick NLL are tied and
+    the lowest pick ECE of them is kept (needs the run's "pick_gaps"; None without)."""
     base = run["pick"].get(f"{group}/pruned")
     full = run["pick"].get("bayesian/before", {})
     names = [s for s in run["pick"] if s.startswith(group + "/") or s.startswith(group + "+")]
@@ -178,7 +182,21 @@ def chosen(
             ceiling = max(ceiling, ece_factor * full["ece"])
         return values["ece"] <= ceiling and all(values[m] >= ref(m) - tolerance for m in aurocs)
 
-    return min(filter(eligible, names), key=lambda s: run["pick"][s]["nll"])
+    kept = list(filter(eligible, names))
+    best = min(kept, key=lambda s: run["pick"][s]["nll"])
+    if tie_se <= 0:
+        return best
+    if "pick_gaps" not in run:
+        return None  # a run recorded before per-row losses: the tie rule cannot be replayed
+    gaps = run["pick_gaps"]
+
+    def tied(stage: str) -> bool:
+        if stage == best:
+            return True
+        gap, se = gaps[stage][best]
+        return gap <= tie_se * se
+
+    return min(filter(tied, kept), key=lambda s: (run["pick"][s]["ece"], run["pick"][s]["nll"]))
 
 
 def groups(model: str) -> list[str]:
@@ -196,12 +214,13 @@ def with_chosen(runs: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
         stages = dict(run["stages"])
         for group in groups(model):
             rules = (
-                ("chosen-on-validation", "lower", None),
-                (OLD_RULE, "pruned", None),
-                (ECE_RULE, "lower", 1.5),
+                ("chosen-on-validation", "lower", None, 0.0),
+                (OLD_RULE, "pruned", None, 0.0),
+                (ECE_RULE, "lower", 1.5, 0.0),
+                (TIE_RULE, "lower", None, 1.0),
             )
-            for name, floor, factor in rules:
-                pick = chosen(run, group, floor=floor, ece_factor=factor)
+            for name, floor, factor, tie_se in rules:
+                pick = chosen(run, group, floor=floor, ece_factor=factor, tie_se=tie_se)
                 if pick is not None:
                     stages[f"{group}/{name}"] = {**stages[pick], "chosen": pick}
         out.append({**run, "stages": stages})
@@ -274,8 +293,10 @@ def render(payload: dict[str, Any]) -> str:
         "on all of it, temperature on its first half, the restoring method chosen on its "
         "second half: lowest NLL among the stages that keep its ECE and whose OOD AUROC "
         "falls at most 0.02 below the lower of the pruned and unpruned net's, as "
-        "`bayesprune restore --tie-se 0` does (its default now also gives near-ties in NLL "
-        "to the lower ECE, from per-row losses this benchmark does not record); "
+        "`bayesprune restore --tie-se 0` does; 'chosen, NLL ties to lower ECE': its "
+        "default since session 12, the stages within one paired standard error of the "
+        "lowest pick NLL tied and the lowest pick ECE of them kept (runs recorded before "
+        "then have no per-row gaps and no such row); "
         "'chosen, AUROC vs pruned': the earlier rule, held "
         "against the pruned net's AUROC; 'chosen, ECE up to 1.5x unpruned': the current rule "
         "with `restore.ece_factor` 1.5, the ECE also allowed up to 1.5x the unpruned net's). "
@@ -355,6 +376,7 @@ def summary(args: argparse.Namespace) -> None:
                     f"{group}/{OLD_RULE}",
                     f"{group}/chosen-on-validation",
                     f"{group}/{ECE_RULE}",
+                    f"{group}/{TIE_RULE}",
                 ):
                     if stage in table:
                         picks = [r["stages"][stage].get("chosen", "") for r in runs]
