@@ -42,6 +42,8 @@ from typing import Any
 
 from _common import add_results_dir_option, md_table, use_results_dir, write_results
 
+from bayesprune.restore_choice import lowest_nll
+
 VARIANTS = {
     "accuracy": [],
     "held": [
@@ -71,7 +73,7 @@ def _compress_and_restore(work: Path, folder: str, options: list[str], args: Any
     history = report["extra"]["rounds"]["history"]
     restore_s, restored = _restore(work, folder, [], args)
     by_nll = restored
-    if _lowest_nll(restored) != restored["method"]:  # the rule before tie_se, for its test
+    if lowest_nll(restored["candidates"]) != restored["method"]:  # tie_se 0, for its test
         by_nll = _restore(work, folder, ["--tie-se", "0"], args)[1]
     return {
         "seconds": seconds,
@@ -95,13 +97,6 @@ def _restore(work: Path, folder: str, options: list[str], args: Any) -> tuple[fl
     threads = ["--threads", str(args.threads)]
     seconds = _run(["restore", folder, "--ood", args.ood, *options, *threads], work)[0]
     return seconds, json.loads((work / folder / "restored" / "restore.json").read_text())
-
-
-def _lowest_nll(record: dict[str, Any]) -> str:
-    """What `restore --tie-se 0` chooses from `record`'s candidates: the eligible one with
-    the lowest validation NLL."""
-    eligible = {m: c for m, c in record["candidates"].items() if c["eligible"]}
-    return min(eligible, key=lambda m: eligible[m]["validation"]["nll"])
 
 
 def _choice(record: dict[str, Any]) -> dict[str, Any]:

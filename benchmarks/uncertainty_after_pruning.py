@@ -44,6 +44,13 @@ from _uncertainty_pipelines import DEFAULTS, MODELS, Data, Settings, evi_scorer,
 import bayesprune as bp
 from bayesprune.compress.tolerances import all_hold, as_tolerances, parse_tolerance
 from bayesprune.data import load_fashion_mnist, load_mnist
+from bayesprune.restore_choice import (
+    auroc_floor,
+    choose_by_gaps,
+    ece_ceiling,
+    lowest_nll,
+    refusal,
+)
 
 NAME = "uncertainty_after_pruning"
 LOADERS = {"mnist": load_mnist, "fashion": load_fashion_mnist}
@@ -165,38 +172,26 @@ def chosen(
     stages within that many paired standard errors of the lowest pick NLL are tied and
     the lowest pick ECE of them is kept (needs the run's "pick_gaps"; None without)."""
     base = run["pick"].get(f"{group}/pruned")
-    full = run["pick"].get("bayesian/before", {})
+    full = run["pick"].get("bayesian/before") or None
     names = [s for s in run["pick"] if s.startswith(group + "/") or s.startswith(group + "+")]
     if base is None or not names:
         return None
-
-    def eligible(stage: str) -> bool:
-        values = run["pick"][stage]
-        aurocs = [m for m in AUROCS if m in values and m in base]
-
-        def ref(m: str) -> float:
-            return min(base[m], full.get(m, base[m])) if floor == "lower" else base[m]
-
-        ceiling = base["ece"]
-        if ece_factor is not None and "ece" in full:
-            ceiling = max(ceiling, ece_factor * full["ece"])
-        return values["ece"] <= ceiling and all(values[m] >= ref(m) - tolerance for m in aurocs)
-
-    kept = list(filter(eligible, names))
-    best = min(kept, key=lambda s: run["pick"][s]["nll"])
+    # the library's own rule pieces (bayesprune.restore_choice), on the recorded metrics
+    reference = auroc_floor(base, full if floor == "lower" else None)
+    ceiling = ece_ceiling(base, full, ece_factor)
+    candidates = {
+        stage: {
+            "validation": run["pick"][stage],
+            "eligible": refusal(run["pick"][stage], base, tolerance, reference, ceiling) is None,
+        }
+        for stage in names
+    }
     if tie_se <= 0:
-        return best
+        return lowest_nll(candidates)
     if "pick_gaps" not in run:
         return None  # a run recorded before per-row losses: the tie rule cannot be replayed
     gaps = run["pick_gaps"]
-
-    def tied(stage: str) -> bool:
-        if stage == best:
-            return True
-        gap, se = gaps[stage][best]
-        return gap <= tie_se * se
-
-    return min(filter(tied, kept), key=lambda s: (run["pick"][s]["ece"], run["pick"][s]["nll"]))
+    return choose_by_gaps(candidates, lambda a, b: tuple(gaps[a][b]), tie_se)
 
 
 def groups(model: str) -> list[str]:

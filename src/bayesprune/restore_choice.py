@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .calibration import TemperatureScaled
 from .data.xy import DataLike, as_xy
-from .evaluation import EvalMode, ood_metric_names, scorer
+from .evaluation import EvalMode, Scorer, ood_metric_names, scorer
 from .finetuning import VARIANCE_SUFFIXES
 from .likelihoods import Likelihood
 from .metrics import nll_per_row
@@ -123,11 +123,7 @@ def choose_restoration(
         raise ValueError(f"restoring by {tried[0]!r} trains: pass train= (training data)")
     half = len(x) // 2
     fit_rows, pick_rows = (x[:half], y[:half]), (x[half:], y[half:])
-    names = (*METRICS, *(ood_metric_names(mode) if ood is not None else ()))
-    judge = scorer(
-        pick_rows, likelihood, mode=mode, samples=samples, bins=bins, seed=seed,
-        metrics=names, ood=ood,
-    )  # fmt: skip
+    judge = restore_scorer(pick_rows, likelihood, mode, samples, bins, seed, ood)
     reference = judge(trained) if trained is not None else None
     before = judge(model)
     floor = auroc_floor(before, reference)
@@ -168,6 +164,30 @@ def choose_restoration(
     )
 
 
+def restore_scorer(
+    rows: tuple[Tensor, Tensor],
+    likelihood: str | Likelihood,
+    mode: str,
+    samples: int,
+    bins: int,
+    seed: int,
+    ood: Tensor | None = None,
+) -> Scorer:
+    """What a restoring candidate is judged by on `rows`: accuracy, NLL, ECE and, given
+    `ood`, the OOD AUROCs of `mode`'s predictive."""
+    names = (*METRICS, *(ood_metric_names(mode) if ood is not None else ()))
+    return scorer(
+        rows, likelihood, mode=mode, samples=samples, bins=bins, seed=seed, metrics=names,
+        ood=ood,
+    )  # fmt: skip
+
+
+def lowest_nll(candidates: Mapping[str, Mapping[str, Any]]) -> str:
+    """The eligible candidate with the lowest validation NLL (the rule with `tie_se=0`)."""
+    eligible = [m for m, c in candidates.items() if c["eligible"]]
+    return min(eligible, key=lambda m: candidates[m]["validation"]["nll"])
+
+
 def choose(
     candidates: dict[str, dict[str, Any]], row_nll: Mapping[str, Tensor], tie_se: float
 ) -> str:
@@ -175,11 +195,20 @@ def choose(
     the lowest by at most `tie_se` standard errors of the paired difference, the one with
     the lowest ECE. Records each eligible candidate's "nll_gap" (the difference to the
     lowest, and its standard error) and whether it was "tied"."""
-    eligible = [m for m, c in candidates.items() if c["eligible"]]
-    best = min(eligible, key=lambda m: candidates[m]["validation"]["nll"])
+    return choose_by_gaps(candidates, lambda a, b: paired_gap(row_nll[a], row_nll[b]), tie_se)
+
+
+def choose_by_gaps(
+    candidates: dict[str, dict[str, Any]],
+    gap_of: Callable[[str, str], tuple[float, float]],
+    tie_se: float,
+) -> str:
+    """`choose` given the paired NLL gaps rather than the rows: `gap_of(a, b)` is the mean
+    of a's per-row NLL minus b's and its standard error (e.g. recorded earlier)."""
+    best = lowest_nll(candidates)
     tied = []
-    for m in eligible:
-        gap, se = paired_gap(row_nll[m], row_nll[best])
+    for m in (m for m, c in candidates.items() if c["eligible"]):
+        gap, se = (0.0, 0.0) if m == best else gap_of(m, best)
         candidates[m]["nll_gap"] = {"mean": gap, "se": se}
         candidates[m]["tied"] = gap <= tie_se * se
         if candidates[m]["tied"]:
@@ -281,9 +310,12 @@ __all__ = [
     "RestoreChoice",
     "auroc_floor",
     "choose",
+    "choose_by_gaps",
     "choose_restoration",
     "ece_ceiling",
+    "lowest_nll",
     "paired_gap",
     "refusal",
+    "restore_scorer",
     "restoring_methods",
 ]

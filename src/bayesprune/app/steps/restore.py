@@ -23,9 +23,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from ...calibration import TemperatureScaled
-from ...evaluation import Scorer, ood_metric_names, scorer
+from ...evaluation import Scorer
 from ...kl_schedule import kl_stages
-from ...restore_choice import METRICS, NONE, choose_restoration, restoring_methods
+from ...restore_choice import NONE, choose_restoration, restore_scorer, restoring_methods
 from ..config import ConfigError, config_to_dict
 from ..factory import ood_inputs
 from ..folder import Run
@@ -139,17 +139,8 @@ def load_restored(run: Run) -> nn.Module:
 
 
 def _scorer(run: Run, rows: tuple[Tensor, Tensor], ood: Tensor | None, mode: str) -> Scorer:
-    names = (*METRICS, *(ood_metric_names(mode) if ood is not None else ()))
-    return scorer(
-        rows,
-        run.likelihood(),
-        mode=mode,
-        samples=run.config.evaluate.samples,
-        bins=run.config.evaluate.bins,
-        seed=run.config.train.seed,
-        metrics=names,
-        ood=ood,
-    )
+    seed, e = run.config.train.seed, run.config.evaluate
+    return restore_scorer(rows, run.likelihood(), mode, e.samples, e.bins, seed, ood)
 
 
 def _short(values: dict[str, float]) -> str:
