@@ -265,6 +265,20 @@ def seeded_det(seed: int) -> nn.Module:
     return bp.lenet5_caffe(family="deterministic")
 
 
+SCALE_LAYOUTS: dict[str, Any] = {
+    "out": "out",
+    "in": "in",
+    "bc": {"conv": "out", "linear": "in"},  # Bayesian Compression's layout
+}
+
+
+def family_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The group family's `scale_on` (where its scales sit); none for plain Sparse VD."""
+    if args.family != "sparse_vd_group":
+        return {}
+    return {"scale_on": SCALE_LAYOUTS[args.scale_on]}
+
+
 def run_seed(args: argparse.Namespace, seed: int, test: TensorDataset | None) -> dict[str, Any]:
     """One seed's record (the JSON row)."""
     return compress_seed(args, seed, test)[0]
@@ -281,13 +295,15 @@ def compress_seed(
     det_init = copy_model(det)
     hist = None
     if args.load_svd is not None:  # a saved Sparse VD net: only the choices run again
-        svd = bp.convert(det, args.family, rho_init=args.rho_init)
+        svd = bp.convert(det, args.family, rho_init=args.rho_init, **family_options(args))
         svd.load_state_dict(load_file(args.load_svd / f"svd_seed{seed}.safetensors"))
         t_det = t_svd = 0.0
     else:
         train_det(det, train, args, seed)
         t_det = time.process_time() - t0
-        svd = bp.convert(det, args.family, init_from_weights=True, rho_init=args.rho_init)
+        svd = bp.convert(
+            det, args.family, init_from_weights=True, rho_init=args.rho_init, **family_options(args)
+        )
         names = {name.rsplit(".", 1)[-1] for name, _ in svd.named_parameters()}
         hist = bp.fit(
             svd,
@@ -811,6 +827,13 @@ def main() -> None:
         choices=["sparse_vd", "sparse_vd_group"],
         default="sparse_vd",
         help="sparse_vd_group: one more log-uniform scale per channel / unit (group prior)",
+    )
+    parser.add_argument(
+        "--scale-on",
+        choices=sorted(SCALE_LAYOUTS),
+        default="out",
+        help="sparse_vd_group: scales on each layer's outputs, inputs, or 'bc' (Bayesian "
+        "Compression's layout: convs per output channel, linears per input unit)",
     )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--val-size", type=int, default=5000)

@@ -205,3 +205,108 @@ def test_self_compression_by_unit_scale_removes_the_noisy_units_first():
     assert result.accepted.removed == {"0": 0, "3": 2, "6": 1}
     torch.testing.assert_close(small[3].unit_mu, before["3"])
     torch.testing.assert_close(small[6].unit_mu, before["6"])
+
+
+# -- scales on the inputs (scale_on="in"; Bayesian Compression's layout for dense layers)
+
+
+def _lenet_bc() -> nn.Module:
+    """The small LeNet with convs scaled per output channel and linears per input."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 5, 3), nn.ReLU(),
+        nn.Flatten(), nn.Linear(5 * 3 * 3, 6), nn.ReLU(), nn.Linear(6, 3),
+    )  # fmt: skip
+    model = convert(plain.double(), "sparse_vd_group", scale_on={"conv": "out", "linear": "in"})
+    return _randomise_units(model)
+
+
+def test_scale_mapping_puts_conv_scales_on_outputs_and_linear_scales_on_inputs():
+    model = _lenet_bc()
+    assert [model[i].scale_on for i in (0, 3, 6, 8)] == ["out", "out", "in", "in"]
+    assert model[6].unit_mu.shape == (45,) and model[8].unit_mu.shape == (6,)
+    assert model[6].unit_log_alpha() is None  # no scale of its own units
+    assert set(unit_scores(model, "unit_log_alpha")) == {"0", "3"}
+    with pytest.raises(ValueError, match="'conv' and / or 'linear'"):
+        convert(nn.Sequential(nn.Linear(3, 2)), "sparse_vd_group", scale_on={"dense": "in"})
+    with pytest.raises(ValueError, match="scale_on must be one of"):
+        GroupSparseVDLinear(3, 2, scale_on="both")
+    with pytest.raises(ValueError, match="ungrouped convolution"):
+        GroupSparseVDConv2d(4, 4, 3, groups=4, scale_on="in")
+
+
+def test_input_scale_training_pass_has_the_moments_of_the_effective_weights():
+    layer = _randomise_units(GroupSparseVDLinear(3, 2, scale_on="in").double())
+    with torch.no_grad():
+        layer.weight_rho.fill_(-1.5)
+        layer.unit_rho.fill_(-1.0)
+    x = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64).expand(100_000, 3)
+    with torch.no_grad():
+        draws = layer(x)
+    post = layer.posterior()
+    mean = x[0] @ post.weight_mean.T + post.bias_mean
+    var = x[0].square() @ post.weight_std.square().T + post.bias_std.square()
+    torch.testing.assert_close(draws.mean(0), mean, rtol=0.02, atol=0.01)
+    torch.testing.assert_close(draws.var(0), var, rtol=0.03, atol=1e-4)
+    # the bias is not scaled, the weights are scaled along their input axis
+    torch.testing.assert_close(post.bias_mean, layer.bias_mu.detach())
+    torch.testing.assert_close(post.weight_mean, (layer.weight_mu * layer.unit_mu).detach())
+
+
+def test_conv_input_scale_is_one_draw_per_example_and_input_channel():
+    conv = _randomise_units(GroupSparseVDConv2d(1, 3, 3, scale_on="in").double())
+    with torch.no_grad():
+        conv.weight_rho.fill_(-40.0)  # only the input channel's scale varies
+        conv.bias_rho.fill_(-40.0)
+        conv.unit_rho.fill_(0.0)
+    x = torch.rand(64, 1, 7, 7, dtype=torch.float64) + 0.5
+    with torch.no_grad():
+        y = conv(x)
+        plain = to_deterministic(conv)(x)
+        bias = conv.bias_mu.view(1, -1, 1, 1)
+    ratio = ((y - bias) / (plain - bias) * conv.unit_mu).flatten(1)  # = z / μ per example
+    torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio))
+    assert ratio[:, 0].std() > 0.3
+
+
+def test_noisy_input_scales_orphan_channels_and_units_and_shrink_round_trips(tmp_path):
+    model = _lenet_bc()
+    with torch.no_grad():
+        model[6].unit_rho[9:18] = 10.0  # every flattened position of conv2's channel 1
+        model[6].unit_rho[30] = 10.0  # one position of channel 3: the channel stays
+        model[8].unit_rho[[0, 4]] = 10.0  # the output layer's inputs 0, 4: fc units 0, 4
+    masks = {}
+    for name in ("6", "8"):
+        mask = torch.ones_like(model.get_submodule(name).weight_mu)
+        mask[model.get_submodule(name).log_alpha() > 3] = 0
+        masks[name] = mask
+    assert masks["6"][:, 9:18].sum() == 0 and masks["8"][:, [0, 4]].sum() == 0
+    apply_masks(model, masks)
+    result = shrink(model, (1, 12, 12))
+    x = torch.randn(6, 1, 12, 12, dtype=torch.float64)
+    with use_posterior_mean(model), use_posterior_mean(result.model):
+        torch.testing.assert_close(result.model(x), model(x), atol=1e-10, rtol=1e-8)
+    assert result.architecture[1:4] == [4, 4, 4]
+    assert result.model[6].unit_mu.shape == (36,) and result.model[8].unit_mu.shape == (4,)
+    back = load_model(save_model(result.model, tmp_path / "small.safetensors"))
+    assert back[6].scale_on == "in" and back[3].scale_on == "out"
+    with use_posterior_mean(back), use_posterior_mean(result.model):
+        torch.testing.assert_close(back(x), result.model(x))
+
+
+def test_input_scales_of_a_first_layer_turn_irrelevant_features_to_noise():
+    """Scales on the first layer's inputs select features: the columns that carry no
+    signal lose their precision, the two that decide the label keep it."""
+    torch.manual_seed(0)
+    x = torch.randn(1024, 6)
+    y = (x[:, 0] - x[:, 1] > 0).long()
+    model = convert(
+        nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2)),
+        "sparse_vd_group",
+        scale_on={"linear": "in"},
+    )
+    fit(model, (x, y), epochs=80, lr=1e-2, batch_size=128, seed=0, progress=False)
+    noise = model[0].scale_log_alpha()
+    assert noise[:2].max() < -3 and noise[2:].min() > 3  # kept / pruned at log α 3
+    with use_posterior_mean(model):
+        assert (model(x).argmax(1) == y).double().mean() > 0.95
