@@ -49,7 +49,6 @@ from .fused import sample_normal, unit_noise
 from .gaussian import _Conv2dMap, _LinearMap
 from .sparse_vd import LOG_ALPHA_MAX, _SparseVDLayer, log_alpha, log_uniform_kl
 
-
 SCALE_SIDES = ("out", "in")
 """Where a group layer's scales sit: one per output unit, or one per input unit."""
 
