@@ -1,6 +1,8 @@
 """The group family's `scale_on` from a config file: input scales reach the layers,
 survive compress's save and reload, and a bad value is one clear error."""
 
+import json
+
 import yaml
 from _cli import invoke
 
@@ -41,3 +43,18 @@ def test_a_bad_scale_side_is_one_line_error(tmp_path):
     result = invoke("train", _config(tmp_path, raw), "--out", str(tmp_path / "r"), ok=False)
     assert result.exit_code != 0 and "scale_on must be one of" in result.output
     assert "Traceback" not in result.output
+
+
+def test_select_features_reads_the_input_scales(tmp_path):
+    raw = {**CONFIG, "data": {"name": "wine", "val_fraction": 0.3, "noise_columns": 4}}
+    run = tmp_path / "run"
+    invoke("train", _config(tmp_path, raw), "--out", str(run), "--quiet")
+    invoke("select-features", str(run))
+    features = json.loads((run / "features.json").read_text())
+    assert features["score"] == "log_alpha" and features["rule"] == "log_alpha"
+    model = load_model(run / "model.safetensors")
+    first = next(m for m in model.modules() if isinstance(m, GroupSparseVDLinear))
+    kept = (first.scale_log_alpha() <= 3).nonzero().flatten().tolist()
+    assert features["selected"] == kept
+    result = invoke("select-features", str(run), "--rule", "relative", ok=False)
+    assert result.exit_code != 0 and "go with rule 'log_alpha' only" in result.output

@@ -9,6 +9,7 @@ from torch import nn
 from bayesprune import convert, fit, kl, to_deterministic
 from bayesprune.compress import (
     apply_masks,
+    input_scores,
     load_model,
     save_model,
     self_compress,
@@ -310,3 +311,19 @@ def test_input_scales_of_a_first_layer_turn_irrelevant_features_to_noise():
     assert noise[:2].max() < -3 and noise[2:].min() > 3  # kept / pruned at log α 3
     with use_posterior_mean(model):
         assert (model(x).argmax(1) == y).double().mean() > 0.95
+
+
+def test_input_score_reads_the_first_layer_input_scales():
+    model = convert(
+        nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)),
+        "sparse_vd_group",
+        scale_on={"linear": "in"},
+    )
+    with torch.no_grad():
+        model[0].unit_rho[3] = 10.0
+    ((name, score),) = input_scores(model, "log_alpha").items()
+    assert name == "0" and int(score.argmin()) == 3
+    torch.testing.assert_close(score, -model[0].scale_log_alpha())
+    outputs = convert(nn.Sequential(nn.Linear(5, 2)), "sparse_vd_group")
+    with pytest.raises(ValueError, match="no input scales"):
+        input_scores(outputs, "log_alpha")

@@ -55,7 +55,8 @@ GLOBAL_RULES = ("global", "layer", "threshold", "search")  # rules of compress.r
 COMPRESS_RULES = (AUTO, *GLOBAL_RULES, *PIP_RULE_NAMES)
 FEATURE_SCORES = (AUTO, *INPUT_SCORES)
 RELATIVE = "relative"  # keep features whose norm is >= threshold × the largest
-FEATURE_RULES = (AUTO, *PIP_RULE_NAMES, RELATIVE)
+LOG_ALPHA_RULE = "log_alpha"  # keep features whose input scale has log α <= threshold
+FEATURE_RULES = (AUTO, *PIP_RULE_NAMES, RELATIVE, LOG_ALPHA_RULE)
 # the data fill these builder arguments; a config may still set them
 FROM_DATA = ("in_features", "out_features", "n_classes", "in_channels", "image_size")
 
@@ -183,7 +184,8 @@ class CompressConfig:
 
 @dataclass
 class FeaturesConfig:
-    """Input-feature selection: PIPs where the first layer has input gates, else norms."""
+    """Input-feature selection: PIPs where the first layer has input gates, the input
+    scales' log α where it has those (group Sparse VD, `scale_on="in"`), else norms."""
 
     score: str = field(default="auto", metadata=_choices(*FEATURE_SCORES))
     rule: str = field(default="auto", metadata=_choices(*FEATURE_RULES))

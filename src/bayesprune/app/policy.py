@@ -8,8 +8,9 @@
   unpruned model (classification), or "global" at `sparsity` (regression);
 - prediction modes: the posterior-mean pass only where one pass is the predictive
   (eVI) or nothing samples (a plain net), else Monte Carlo and the mean pass;
-- feature rule: "median" for PIPs, "relative" (norm ≥ `threshold` × the largest,
-  `RELATIVE_THRESHOLD` by default) for norms.
+- feature rule: "median" for PIPs, "log_alpha" (keep log α ≤ `threshold`,
+  `LOG_ALPHA_THRESHOLD` = Sparse VD's 3 by default) for input scales, "relative"
+  (norm ≥ `threshold` × the largest, `RELATIVE_THRESHOLD` by default) for norms.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 from ..nn import get_family, variational_layers
 from .config import (
     AUTO,
+    LOG_ALPHA_RULE,
     PIP_RULE_NAMES,
     REGRESSION_SETS,
     RELATIVE,
@@ -31,6 +33,7 @@ from .config import (
 )
 
 RELATIVE_THRESHOLD = 0.1
+LOG_ALPHA_THRESHOLD = 3.0  # Sparse VD's: an input scale noisier than this is dropped
 SEARCH_ROWS = 2000  # validation rows the sparsity search evaluates (it runs many passes)
 
 
@@ -74,9 +77,14 @@ def feature_rule(config: RunConfig, score_kind: str) -> str:
     """The feature rule, "auto" resolved by the kind of score the model offers."""
     rule = config.features.rule
     if rule == AUTO:
-        rule = "median" if score_kind == "pip" else RELATIVE
+        rule = {"pip": "median", "log_alpha": LOG_ALPHA_RULE}.get(score_kind, RELATIVE)
     if rule in ("median", "expected_size", "fdr") and score_kind != "pip":
         raise ConfigError(f"features.rule {rule!r} needs input PIPs, but the model has none")
+    if (rule == LOG_ALPHA_RULE) != (score_kind == "log_alpha"):
+        raise ConfigError(
+            f"features.rule {rule!r} does not apply to score {score_kind!r}: the input scales' "
+            f"log α (score 'log_alpha') go with rule {LOG_ALPHA_RULE!r} only"
+        )
     return rule
 
 

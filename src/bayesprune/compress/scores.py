@@ -13,7 +13,8 @@ family needs no change here. Three granularities, each a dict of named scorers:
   "unit_log_alpha" −log α of the unit's own scale in group-prior layers
   (`Posterior.unit_log_alpha`, family "sparse_vd_group": a unit above log α 3 is noise).
 - per input feature of the first layer (`INPUT_SCORES`): "norm" over its outgoing
-  weights; "pip" (`Posterior.input_inclusion`).
+  weights; "pip" (`Posterior.input_inclusion`); "log_alpha", −log α of the feature's
+  own scale (`Posterior.input_log_alpha`: group Sparse VD with `scale_on="in"`).
 
 A plain layer has no posterior: every weight score falls back to "magnitude" and
 every unit score but "pip" and "unit_log_alpha" to "norm" there; those two exist only
@@ -101,7 +102,15 @@ def _input_pip(post: Posterior) -> Tensor | None:
     return post.input_inclusion
 
 
-INPUT_SCORES: dict[str, Scorer] = {"norm": _input_norm, "pip": _input_pip}
+def _input_log_alpha(post: Posterior) -> Tensor | None:
+    return None if post.input_log_alpha is None else -post.input_log_alpha
+
+
+INPUT_SCORES: dict[str, Scorer] = {
+    "norm": _input_norm,
+    "pip": _input_pip,
+    "log_alpha": _input_log_alpha,
+}
 
 
 def _check(score: str, table: dict[str, Scorer], kind: str) -> Scorer:
@@ -165,6 +174,11 @@ def input_scores(model: nn.Module, score: str = "norm") -> dict[str, Tensor]:
         raise ValueError("the model has no prunable layer (Linear, Conv2d or variational)")
     name, layer = layers[0]
     value = scorer(as_prunable(layer).posterior())
+    if value is None and score == "log_alpha":
+        raise ValueError(
+            f"layer {name!r} has no input scales (score 'log_alpha' needs family "
+            "'sparse_vd_group' with scale_on='in' on the first layer); use 'norm' instead"
+        )
     if value is None:
         raise ValueError(
             f"layer {name!r} has no input inclusion probabilities (score 'pip' needs input "

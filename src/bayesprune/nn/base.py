@@ -87,8 +87,8 @@ class Posterior:
     `weight_mean` / `weight_std` have the layer's weight shape (out, in, ...).
     `unit_inclusion` / `input_inclusion` are posterior inclusion probabilities
     per output unit / per input unit for layers that have gates, else None.
-    `unit_log_alpha` is log α of each output unit's own scale for layers with a group
-    prior (family "sparse_vd_group"), else None.
+    `unit_log_alpha` / `input_log_alpha` are log α of each output / input unit's scale
+    for layers with a group prior on that side (family "sparse_vd_group"), else None.
     """
 
     weight_mean: Tensor
@@ -98,6 +98,7 @@ class Posterior:
     unit_inclusion: Tensor | None = None
     input_inclusion: Tensor | None = None
     unit_log_alpha: Tensor | None = None
+    input_log_alpha: Tensor | None = None
 
 
 @dataclass(frozen=True)

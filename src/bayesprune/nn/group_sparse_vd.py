@@ -152,8 +152,14 @@ class _GroupSparseVDLayer(_SparseVDLayer):
             bias_mean, bias_std = product(self.bias_mu, self.bias_sigma)
         elif self.bias_mu is not None:
             bias_mean, bias_std = self.bias_mu.detach(), self.bias_sigma.detach()
+        inputs = self.scale_log_alpha() if self.scale_on == "in" else None
         return Posterior(
-            weight_mean, weight_std, bias_mean, bias_std, unit_log_alpha=self.unit_log_alpha()
+            weight_mean,
+            weight_std,
+            bias_mean,
+            bias_std,
+            unit_log_alpha=self.unit_log_alpha(),
+            input_log_alpha=inputs,
         )
 
     def log_alpha(self) -> Tensor:

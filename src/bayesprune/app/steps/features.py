@@ -17,21 +17,25 @@ from ... import metrics
 from ...compress import input_scores
 from ...compress.pip_rules import select_by_pip
 from ...screen import ScreenResult, screen_features
-from ..config import AUTO, RELATIVE, ConfigError
+from ..config import AUTO, LOG_ALPHA_RULE, RELATIVE, ConfigError
 from ..data import RunData
 from ..folder import Run
-from ..policy import RELATIVE_THRESHOLD, feature_rule
+from ..policy import LOG_ALPHA_THRESHOLD, RELATIVE_THRESHOLD, feature_rule
 
 
 def feature_scores(model: nn.Module, run: Run) -> tuple[str, Tensor]:
-    """("pip" | "norm", one score per input feature of the first layer)."""
+    """("pip" | "log_alpha" | "norm", one score per input feature of the first layer).
+
+    "auto" takes the first the model offers: input PIPs, input scales, norms.
+    """
     wanted = run.config.features.score
-    if wanted in (AUTO, "pip"):
-        try:
-            return "pip", next(iter(input_scores(model, "pip").values()))
-        except ValueError:
-            if wanted == "pip":
-                raise
+    for kind in ("pip", "log_alpha"):
+        if wanted in (AUTO, kind):
+            try:
+                return kind, next(iter(input_scores(model, kind).values()))
+            except ValueError:
+                if wanted == kind:
+                    raise
     return "norm", next(iter(input_scores(model, "norm").values()))
 
 
@@ -78,7 +82,9 @@ def _select(run: Run, write: bool) -> dict[str, Any]:
     data = run.data()
     kind, scores = feature_scores(model, run)
     rule = feature_rule(run.config, kind)
-    if rule == RELATIVE:
+    if rule == LOG_ALPHA_RULE:  # scores are −log α: keep log α <= threshold
+        keep = scores >= -(LOG_ALPHA_THRESHOLD if f.threshold is None else f.threshold)
+    elif rule == RELATIVE:
         top = float(scores.max()) if scores.numel() else 0.0
         cut = (f.threshold if f.threshold is not None else RELATIVE_THRESHOLD) * top
         keep = scores >= cut if top > 0 else torch.zeros_like(scores, dtype=torch.bool)
