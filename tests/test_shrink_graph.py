@@ -310,3 +310,26 @@ def test_prune_units_deletes_the_channel_through_its_batchnorm(family):
         by_hand.bn1.bias[[1, 3, 4]] = 0.0
     assert torch.allclose(_out(result.model, x), _out(by_hand, x), atol=TOL)
     assert model.bn1.weight.ne(0).all()  # the input model is not modified
+
+
+@pytest.mark.parametrize("cls", [Residual, Concat])
+def test_input_scales_fold_and_slice_on_a_graph(cls):
+    """Group Sparse VD with scales on every layer's inputs: a removed channel's constant
+    is folded through the reader's scaled weights, and the readers' scales are cut with
+    their input channels."""
+    torch.manual_seed(0)
+    model = convert(cls().double(), "sparse_vd_group", scale_on="in").double()
+    with torch.no_grad():
+        for layer in model.modules():
+            if hasattr(layer, "scale_on"):
+                layer.unit_mu.uniform_(0.5, 1.5)
+    first, second = ("stem", "conv1") if cls is Residual else ("a", "b")
+    _kill(model, first, [2, 4] if cls is Residual else [1])
+    _kill(model, second, [1, 3] if cls is Residual else [0, 2])
+    x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
+    result = shrink_graph(model, x)
+    torch.testing.assert_close(_out(result.model, x), _out(model, x), atol=TOL, rtol=TOL)
+    assert _params(result.model) < _params(model)
+    for layer in result.model.modules():
+        if hasattr(layer, "scale_on"):
+            assert layer.unit_mu.shape == (layer.weight_mu.shape[1],)
