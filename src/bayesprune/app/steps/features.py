@@ -141,7 +141,7 @@ def features_png(result: dict[str, Any]) -> bytes:
         result["scores"],
         result["selected"],
         result["names"],
-        result["score"],
+        "−log α" if result["score"] == "log_alpha" else result["score"],  # what the bars are
         image_shape=result.get("image_shape"),
         true_features=result.get("true_features"),
     )
