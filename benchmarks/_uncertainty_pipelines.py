@@ -42,7 +42,7 @@ from bayesprune.compress.tolerances import parse_tolerance
 from bayesprune.models import mlp
 from bayesprune.nn import gated_layers
 from bayesprune.nn.moments import EVILikelihood, evi_cnn
-from bayesprune.restore_choice import paired_gap
+from bayesprune.restore_choice import paired_gap, row_nll
 
 Score = Callable[[nn.Module], dict[str, float]]
 SHAPE = (1, 28, 28)
@@ -187,11 +187,7 @@ def _scorers(data: Data, mode: str, s: Settings, lik: Any = "categorical") -> tu
     """(test scorer, validation-pick scorer) in `mode`."""
     options = {"mode": mode, "samples": s.val_samples, "seed": s.seed}
     pick = bp.scorer(data.val_pick, lik, ood=data.val_pick_ood, **options)
-    x, y = data.val_pick
-
-    def rows(model: nn.Module) -> Tensor:  # the scorer's predictive (same draws), per row
-        return m.nll_per_row(bp.predict(model, x, likelihood=lik, **options).probs, y)
-
+    rows = row_nll(data.val_pick, lik, mode, s.val_samples, s.seed)  # the same predictive
     return data.test(mode, lik), PickScore(pick, rows)
 
 

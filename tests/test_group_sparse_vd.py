@@ -37,13 +37,13 @@ def _randomise_units(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def _lenet() -> nn.Module:
+def _lenet(**options) -> nn.Module:
     torch.manual_seed(0)
     plain = nn.Sequential(
         nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 5, 3), nn.ReLU(),
         nn.Flatten(), nn.Linear(5 * 3 * 3, 6), nn.ReLU(), nn.Linear(6, 3),
     )  # fmt: skip
-    return _randomise_units(convert(plain.double(), "sparse_vd_group").double())
+    return _randomise_units(convert(plain.double(), "sparse_vd_group", **options).double())
 
 
 def test_conv_training_pass_shares_one_scale_per_example_and_channel():
@@ -213,13 +213,7 @@ def test_self_compression_by_unit_scale_removes_the_noisy_units_first():
 
 def _lenet_bc() -> nn.Module:
     """The small LeNet with convs scaled per output channel and linears per input."""
-    torch.manual_seed(0)
-    plain = nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 5, 3), nn.ReLU(),
-        nn.Flatten(), nn.Linear(5 * 3 * 3, 6), nn.ReLU(), nn.Linear(6, 3),
-    )  # fmt: skip
-    model = convert(plain.double(), "sparse_vd_group", scale_on={"conv": "out", "linear": "in"})
-    return _randomise_units(model)
+    return _lenet(scale_on={"conv": "out", "linear": "in"})
 
 
 def test_scale_mapping_puts_conv_scales_on_outputs_and_linear_scales_on_inputs():

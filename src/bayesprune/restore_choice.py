@@ -26,6 +26,7 @@ as `bayesprune restore` does:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -151,8 +152,11 @@ def choose_restoration(
             "seconds": round(time.perf_counter() - start, 2),
         }
         models[method] = repaired
-    losses = _row_nll(pick_rows, likelihood, mode, samples, seed)
-    chosen = choose(candidates, {m: losses(net) for m, net in models.items()}, tie_se)
+    losses = row_nll(pick_rows, likelihood, mode, samples, seed)
+    row_losses = functools.cache(lambda m: losses(models[m]))  # eligible candidates only
+    chosen = choose_by_gaps(
+        candidates, lambda a, b: paired_gap(row_losses(a), row_losses(b)), tie_se
+    )
     return RestoreChoice(
         method=chosen,
         model=models[chosen],
@@ -189,13 +193,13 @@ def lowest_nll(candidates: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def choose(
-    candidates: dict[str, dict[str, Any]], row_nll: Mapping[str, Tensor], tie_se: float
+    candidates: dict[str, dict[str, Any]], losses: Mapping[str, Tensor], tie_se: float
 ) -> str:
     """The method chosen: of the eligible candidates, those whose mean per-row NLL exceeds
     the lowest by at most `tie_se` standard errors of the paired difference, the one with
     the lowest ECE. Records each eligible candidate's "nll_gap" (the difference to the
     lowest, and its standard error) and whether it was "tied"."""
-    return choose_by_gaps(candidates, lambda a, b: paired_gap(row_nll[a], row_nll[b]), tie_se)
+    return choose_by_gaps(candidates, lambda a, b: paired_gap(losses[a], losses[b]), tie_se)
 
 
 def choose_by_gaps(
@@ -271,7 +275,7 @@ def refusal(
     return None
 
 
-def _row_nll(
+def row_nll(
     rows: tuple[Tensor, Tensor], likelihood: str | Likelihood, mode: str, samples: int, seed: int
 ) -> Callable[[nn.Module], Tensor]:
     """model → its per-row NLL on `rows`, from the scorer's predictive (mode, samples,
@@ -318,4 +322,5 @@ __all__ = [
     "refusal",
     "restore_scorer",
     "restoring_methods",
+    "row_nll",
 ]

@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Posterior, Role
-from .family import Family, LayerFactory, keyword_options, plain_layer_args, register_family
+from .base import Posterior, Role, VariationalLayer
+from .family import Family, LayerFactory, keyword_options, register_family, twin_factory
 from .fused import sample_normal, unit_noise
 from .gaussian import _Conv2dMap, _LinearMap
 from .sparse_vd import LOG_ALPHA_MAX, _SparseVDLayer, log_alpha, log_uniform_kl
@@ -254,9 +254,11 @@ class GroupSparseVDConv2d(_Conv2dMap, _GroupSparseVDLayer):
 
 
 def _group_factory(cls: type[_GroupSparseVDLayer], kind: str) -> LayerFactory:
-    """Build `cls`; a `scale_on` mapping ({"conv": ..., "linear": ...}) is read by `kind`."""
+    """`twin_factory(cls)`, with a `scale_on` mapping ({"conv": ..., "linear": ...}) read
+    by `kind` first."""
+    twin = twin_factory(cls)
 
-    def build(plain: nn.Module, role: Role, options: dict[str, Any]) -> _GroupSparseVDLayer:
+    def build(plain: nn.Module, role: Role, options: dict[str, Any]) -> VariationalLayer:
         side = options.get("scale_on", "out")
         if isinstance(side, Mapping):
             unknown = sorted(set(side) - {"conv", "linear"})
@@ -265,7 +267,7 @@ def _group_factory(cls: type[_GroupSparseVDLayer], kind: str) -> LayerFactory:
                     f"scale_on mapping keys must be 'conv' and / or 'linear', got {unknown}"
                 )
             options = {**options, "scale_on": side.get(kind, "out")}
-        return cls(**plain_layer_args(plain), **options)
+        return twin(plain, role, options)
 
     return build
 
