@@ -28,23 +28,19 @@ p-value.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _common import add_results_dir_option, md_table, use_results_dir, write_results
 from scipy import optimize, stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
+from small_tables import with_noise
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_results_dir_option, md_table, use_results_dir, write_results  # noqa: E402
-from small_tables import with_noise  # noqa: E402
-
-from bayesprune.sklearn import BayesianMLPClassifier, BayesianMLPRegressor  # noqa: E402
+from bayesprune.sklearn import BayesianMLPClassifier, BayesianMLPRegressor
 
 DESIGNS = (
     "classification n=100 p=5",
@@ -99,9 +95,7 @@ def bai_drop_one(x: np.ndarray, y: np.ndarray) -> list[float]:
         return float(np.sum(fit.fun**2))
 
     full, n = rss(None), len(y)
-    return [
-        float(stats.chi2.sf(n * np.log(rss(j) / full), BAI_DF[j])) for j in range(TRUE)
-    ]
+    return [float(stats.chi2.sf(n * np.log(rss(j) / full), BAI_DF[j])) for j in range(TRUE)]
 
 
 def run(design: str, split: int) -> dict[str, Any]:
@@ -178,10 +172,7 @@ def main() -> None:
         "Oracle: drop-one likelihood-ratio tests on the true columns of each split's training "
         "rows (logistic for `make_classification`, the true response form for Bai); the "
         "estimator: default settings, selection only (`refit=False`), `random_state` = split. "
-        "Test rows are not read.\n\n"
-        + md_table(table)
-        + "\n## Per split\n\n"
-        + md_table(per_split)
+        "Test rows are not read.\n\n" + md_table(table) + "\n## Per split\n\n" + md_table(per_split)
     )
     print(write_results(args.name, {"settings": vars(args), "summary": table, "rows": rows},
                         markdown))  # fmt: skip
