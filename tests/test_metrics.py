@@ -191,3 +191,24 @@ def test_layer_widths_and_dense_weight_count_of_an_mlp():
     assert M.dense_weight_count((311, 86, 14, 10)) == 28_090  # 311·86 + 86·14 + 14·10
     with pytest.raises(ValueError, match="no connection layer"):
         M.layer_widths(nn.ReLU())
+
+
+def test_ece_floor_is_the_sampling_noise_of_a_calibrated_predictor():
+    # one bin at confidence 0.9: a calibrated predictor's ECE on n rows is |mean of
+    # Bernoulli(0.9) − 0.9|, whose expectation is about sqrt(0.09 / n) · sqrt(2 / π)
+    probs = torch.tensor([[0.9, 0.1]]).repeat(4000, 1)
+    floor = M.ece_floor(probs, draws=300, seed=1)
+    assert floor.rows == 4000 and floor.n_bins == 15
+    assert floor.mean == pytest.approx(math.sqrt(0.09 / 4000) * math.sqrt(2 / math.pi), rel=0.15)
+    assert floor.mean < floor.upper
+    # four times the rows, half the floor
+    bigger = M.ece_floor(probs.repeat(4, 1), draws=300, seed=1)
+    assert bigger.mean == pytest.approx(floor.mean / 2, rel=0.2)
+    # a miscalibrated predictor (90 % confident, 70 % right) is far above it; a calibrated
+    # one (labels drawn from its probabilities) is not
+    labels = (torch.arange(4000) % 10 >= 7).long()
+    assert floor.resolves(M.ece(probs, labels))
+    drawn = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(2)).squeeze(-1)
+    assert not floor.resolves(M.ece(probs, drawn))
+    with pytest.raises(ValueError, match="shape"):
+        M.ece_floor(torch.ones(3))

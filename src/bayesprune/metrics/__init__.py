@@ -8,10 +8,12 @@ raise ValueError.
 
 from .classification import (
     CalibrationBins,
+    EceFloor,
     accuracy,
     brier,
     calibration_bins,
     ece,
+    ece_floor,
     nll,
     nll_per_row,
 )
@@ -39,6 +41,7 @@ __all__ = [
     "METRIC_DIRECTIONS",
     "CalibrationBins",
     "Direction",
+    "EceFloor",
     "LayerSize",
     "ModelSize",
     "SelectionScores",
@@ -49,6 +52,7 @@ __all__ = [
     "dense_weight_count",
     "direction_of",
     "ece",
+    "ece_floor",
     "entropy",
     "expected_entropy",
     "gaussian_nll",
