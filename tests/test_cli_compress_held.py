@@ -12,8 +12,10 @@ from _images import write_image_sets
 
 from bayesprune.app.factory import ood_inputs
 from bayesprune.app.folder import Run
-from bayesprune.app.steps.compress import SEARCH_ROWS
+from bayesprune.app.steps.compress import SEARCH_ROWS, _ece_resolution
 from bayesprune.evaluation import scorer
+from bayesprune.metrics import ece, ece_floor
+from bayesprune.predict import predict
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +169,45 @@ def test_a_tolerance_without_a_value_is_a_usage_error(trained):
     _, run = trained
     result = invoke("compress", str(run), "--tolerance", "ece", ok=False)
     assert result.exit_code == 2 and "METRIC=VALUE" in result.output
+
+
+def test_an_ece_tolerance_on_too_few_rows_is_warned_about(trained):
+    _, run = trained
+    out = invoke(
+        "compress", str(run), "--rule", "search", "--tolerance", "ece=1.5x", "--no-shrink",
+    ).output  # fmt: skip
+    search = json.loads((run / "compressed" / "compression.json").read_text())["extra"]["search"]
+    recorded = search["data"]["ece_floor"]
+    # the trained model's ECE in the held predictive, and the floor of the same predictions
+    r = Run.open(run)
+    x, y = (t[:SEARCH_ROWS] for t in r.data().val)
+    probs = predict(r.load_model("trained"), x, samples=10, seed=0).probs
+    assert recorded["trained_ece"] == pytest.approx(ece(probs, y), rel=1e-6)
+    floor = ece_floor(probs, seed=0)
+    assert (recorded["mean"], recorded["upper_95"]) == pytest.approx((floor.mean, floor.upper))
+    assert search["baselines"]["ece"] == pytest.approx(recorded["trained_ece"], rel=1e-6)
+    unresolved = not floor.resolves(recorded["trained_ece"])
+    assert ("cannot resolve the ECE tolerance" in out) == unresolved
+    assert ("cannot resolve" in search["data"].get("warning", "")) == unresolved
+    # the helper on the same rows, both ways: a net whose confidence is its accuracy (0.99)
+    # measures an ECE within the floor and is warned about; a confident net that is wrong
+    # nine times in ten is far above the floor and is not
+    trained_net = r.load_model("trained")
+    for net, warned in ((_Confident(trained_net, 0.99), True), (_Confident(None, 0.99), False)):
+        used = {"mode": "mc", "split": "validation"}
+        _ece_resolution(r, net, (x, y), used, {"ece": 0.5})
+        assert ("cannot resolve" in used.get("warning", "")) == warned, used
+
+
+class _Confident(torch.nn.Module):
+    """Puts `confidence` on the arg-max of `net` (on class 0 without one), the rest spread."""
+
+    def __init__(self, net, confidence):
+        super().__init__()
+        self.net, self.confidence = net, confidence
+
+    def forward(self, x):
+        top = torch.zeros(len(x), dtype=torch.long) if self.net is None else self.net(x).argmax(-1)
+        probs = torch.full((len(x), 10), (1 - self.confidence) / 9)
+        probs[torch.arange(len(x)), top] = self.confidence
+        return probs.log()

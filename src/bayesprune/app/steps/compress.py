@@ -38,6 +38,8 @@ from ...compress.pip_rules import select_by_pip
 from ...evaluation import Scorer, scorer
 from ...finetuning import finetune
 from ...kl_schedule import kl_stages
+from ...metrics import ece, ece_floor
+from ...predict import predict
 from ..config import (
     AUTO,
     COMPRESS_OOD_METRICS,
@@ -127,6 +129,44 @@ def _validation_scorer(
     return score, rows, used
 
 
+def _ece_resolution(
+    run: Run,
+    trained: nn.Module,
+    rows: tuple[Tensor, Tensor],
+    used: dict[str, Any],
+    held: dict[str, Any],
+) -> None:
+    """With ECE among the `held` metrics, warn (in `used`) when the trained model's ECE on
+    the held rows is within the sampling noise of a perfectly calibrated model on as many
+    rows (`metrics.ece_floor`): an ECE tolerance then holds noise, not calibration."""
+    c = run.config
+    if "ece" not in held:
+        return
+    x, y = rows
+    probs = predict(
+        trained,
+        x,
+        mode=used["mode"],
+        samples=c.compress.validation_samples,
+        likelihood=run.likelihood(),
+        seed=c.train.seed,
+    ).probs
+    measured = ece(probs, y, c.evaluate.bins)
+    floor = ece_floor(probs, c.evaluate.bins, seed=c.train.seed)
+    used["ece_floor"] = {"trained_ece": measured, "mean": floor.mean, "upper_95": floor.upper}
+    if floor.resolves(measured):
+        return
+    warning = (
+        f"the {len(y)} {used['split']} rows cannot resolve the ECE tolerance: the trained "
+        f"model's ECE on them is {measured:.4f}, and a perfectly calibrated model with the "
+        f"same confidences measures {floor.mean:.4f} on as many rows (95 % below "
+        f"{floor.upper:.4f}), so the ECE held is mostly sampling noise; hold nll or brier "
+        "(no bins, no floor), or raise data.val_fraction / data.limit (the noise shrinks as "
+        "1/sqrt(rows))"
+    )
+    used["warning"] = f"{used['warning']}; {warning}" if "warning" in used else warning
+
+
 def compression_masks(
     model: nn.Module, run: Run, score: str, rule: str, progress: bool = False
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -145,7 +185,8 @@ def compression_masks(
             raise ConfigError("compress.rule 'search' needs classification data; use 'global'")
         # accuracy is always held: by `delta` unless the tolerances name it themselves
         held = {"accuracy": c.delta, **_tolerances(run)}
-        evaluate, _, used = _validation_scorer(run, model, tuple(held))
+        evaluate, rows, used = _validation_scorer(run, model, tuple(held))
+        _ece_resolution(run, model, rows, used, held)
         with tqdm(desc="search", unit="candidate", disable=not progress, leave=False) as bar:
 
             def counted(candidate: nn.Module) -> dict[str, float]:
@@ -219,6 +260,7 @@ def _rounds(
     against_trained = _tolerances(run)
     held = {"accuracy": c.round_tolerance, **against_trained}
     evaluate, rows, used = _validation_scorer(run, model, tuple(held))
+    _ece_resolution(run, trained, rows, used, held)
     reference = None
     if against_trained:
         values = evaluate(trained)
