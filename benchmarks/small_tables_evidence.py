@@ -60,7 +60,8 @@ def training_rows(design: str, split: int) -> tuple[str, np.ndarray, np.ndarray]
 
 
 def logistic_drop_one(x: np.ndarray, y: np.ndarray) -> list[float]:
-    """Drop-one likelihood-ratio p-values of an unpenalised logistic model on `x`'s columns."""
+    """Drop-one likelihood-ratio statistics (chi-squared, 1 df) of an unpenalised logistic
+    model on `x`'s columns."""
 
     def log_lik(cols: list[int]) -> float:
         model = LogisticRegression(C=1e6, max_iter=10_000).fit(x[:, cols], y)
@@ -69,9 +70,7 @@ def logistic_drop_one(x: np.ndarray, y: np.ndarray) -> list[float]:
 
     every = list(range(x.shape[1]))
     full = log_lik(every)
-    return [
-        float(stats.chi2.sf(2 * (full - log_lik([c for c in every if c != j])), 1)) for j in every
-    ]
+    return [2 * (full - log_lik([c for c in every if c != j])) for j in every]
 
 
 def _bai_form(theta: np.ndarray, x: np.ndarray, drop: int | None) -> np.ndarray:
@@ -87,7 +86,8 @@ BAI_DF = {0: 1, 1: 2, 2: 2, 3: 2, 4: 1}
 
 
 def bai_drop_one(x: np.ndarray, y: np.ndarray) -> list[float]:
-    """Drop-one likelihood-ratio p-values of the true response form (least squares)."""
+    """Drop-one likelihood-ratio statistics of the true response form (least squares;
+    chi-squared with `BAI_DF` degrees of freedom)."""
 
     def rss(drop: int | None) -> float:
         start = np.array([7.0, 1.0, 5.0, 1.0, 2.0, 0.0])  # the truth: a fair optimiser start
@@ -102,7 +102,12 @@ def run(design: str, split: int) -> dict[str, Any]:
     """Oracle p-values and the default estimator's selection on one split's training rows."""
     task, x, y = training_rows(design, split)
     truth = x[:, :TRUE]
-    pvalues = logistic_drop_one(truth, y) if task == "classification" else bai_drop_one(truth, y)
+    if task == "classification":
+        statistics = logistic_drop_one(truth, y)
+        dfs = [1] * TRUE
+    else:
+        statistics, dfs = bai_drop_one(truth, y), [BAI_DF[j] for j in range(TRUE)]
+    pvalues = [float(stats.chi2.sf(s, df)) for s, df in zip(statistics, dfs, strict=True)]
     estimator = BayesianMLPClassifier if task == "classification" else BayesianMLPRegressor
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -115,6 +120,8 @@ def run(design: str, split: int) -> dict[str, Any]:
         "split": split,
         "n_train": len(y),
         "oracle_p": [round(p, 4) for p in pvalues],
+        "oracle_statistic": [round(s, 1) for s in statistics],
+        "oracle_df": dfs,
         "pip": [round(float(p), 3) for p in pips[:TRUE]],
         "kept": [bool(k) for k in support[:TRUE]],
         "noise_kept": int(support[TRUE:].sum()),
@@ -163,6 +170,7 @@ def main() -> None:
             "design": r["design"],
             "split": r["split"],
             "oracle p (x1..x5)": " ".join(f"{p:.3g}" for p in r["oracle_p"]),
+            "LR statistic": " ".join(f"{s:.1f}" for s in r["oracle_statistic"]),
             "PIP (x1..x5)": " ".join(f"{p:.2f}" for p in r["pip"]),
             "noise kept": r["noise_kept"],
         }
