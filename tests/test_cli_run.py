@@ -82,6 +82,16 @@ def test_every_command_writes_its_files(spike_run):
     modes = evaluation["trained"]["modes"]
     assert set(modes) == {"mc", "mean"}
     assert set(modes["mc"]) >= {"accuracy", "nll", "ece", "brier"}
+    # the test ECE beside what a perfectly calibrated model measures on as many rows,
+    # for the same predictions (labels drawn from them): shown by evaluate and the report
+    reliability = evaluation["trained"]["reliability"]
+    floor = reliability["ece_floor"]
+    assert 0 < floor["mean"] < floor["upper_95"] < 1
+    assert reliability["ece"] == pytest.approx(modes[reliability["mode"]]["ece"])
+    assert f"95 % below {floor['upper_95']:.4g}" in out["evaluate"]
+    caption = "within" if reliability["ece"] <= floor["upper_95"] else "above"
+    report = (run / "report" / "report.md").read_text()
+    assert f"so this ECE is {caption} the sampling noise" in report
     features = json.loads((run / "features.json").read_text())
     assert features["score"] == "pip" and features["n_features"] == 34
     assert features["selected"] == [i for i, p in enumerate(features["scores"]) if p > 0.5]

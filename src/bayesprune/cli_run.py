@@ -214,6 +214,12 @@ def evaluate(run: str, which: str, quiet: bool) -> None:
         for mode, values in entry["modes"].items():
             shown = " ".join(f"{k}={v:.4g}" for k, v in values.items())
             click.echo(f"{name:10s} {describe_prediction(mode, samples, 'test', rows)}: {shown}")
+        floor = (entry.get("reliability") or {}).get("ece_floor")
+        if floor:
+            click.echo(
+                f"{'':10s} ECE of a perfectly calibrated model on {rows} rows: "
+                f"{floor['mean']:.4g} (95 % below {floor['upper_95']:.4g})"
+            )
     click.echo(f"written to {Path(run) / 'evaluation.json'}")
 
 

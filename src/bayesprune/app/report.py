@@ -140,11 +140,24 @@ def _modes_note(run: Run) -> str:
     )
 
 
+def _floor_note(rel: dict[str, Any]) -> str:
+    """The ECE beside what a perfectly calibrated model measures on as many rows."""
+    floor = rel.get("ece_floor")
+    if floor is None:  # an evaluation.json written before the floor was recorded
+        return ""
+    where = "within" if rel["ece"] <= floor["upper_95"] else "above"
+    return (
+        f" ECE {rel['ece']:.4f}: a perfectly calibrated model with these confidences "
+        f"measures {floor['mean']:.4f} on as many rows (95 % below {floor['upper_95']:.4f}), "
+        f"so this ECE is {where} the sampling noise."
+    )
+
+
 def _reliability_figure(rel: dict[str, Any], bins: int) -> Figure:
     return Figure(
         "reliability.png",
         "Reliability diagram",
-        f"Test set, {rel['mode']} predictive ({bins} bins).",
+        f"Test set, {rel['mode']} predictive ({bins} bins).{_floor_note(rel)}",
         plots.reliability(rel["confidence"], rel["accuracy"], rel["count"], rel["ece"]),
     )
 

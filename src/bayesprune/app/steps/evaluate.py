@@ -87,11 +87,15 @@ def _reliability(run: Run, pred: Any) -> dict[str, Any]:
     bins = run.config.evaluate.bins
     y = run.data().test[1]
     cal = metrics.calibration_bins(pred.probs, y, bins)
+    # what a perfectly calibrated model with these confidences measures on as many rows:
+    # an ECE within it is sampling noise, not miscalibration
+    floor = metrics.ece_floor(pred.probs, bins, seed=run.config.train.seed)
     return {
         "confidence": list(cal.confidence),
         "accuracy": list(cal.accuracy),
         "count": list(cal.count),
         "ece": metrics.ece(pred.probs, y, bins),
+        "ece_floor": {"mean": floor.mean, "upper_95": floor.upper},
     }
 
 
