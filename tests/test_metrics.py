@@ -212,3 +212,16 @@ def test_ece_floor_is_the_sampling_noise_of_a_calibrated_predictor():
     assert not floor.resolves(M.ece(probs, drawn))
     with pytest.raises(ValueError, match="shape"):
         M.ece_floor(torch.ones(3))
+
+
+def test_ece_floor_equals_ece_of_labels_drawn_from_the_predictive():
+    # the floor draws correctness per row; drawing whole labels and measuring `ece` on
+    # them must give the same distribution (many bins in use, 10 classes)
+    probs = torch.softmax(3 * torch.randn(3000, 10, generator=torch.Generator().manual_seed(0)), -1)
+    floor = M.ece_floor(probs, draws=400, seed=0)
+    g = torch.Generator().manual_seed(1)
+    drawn = torch.tensor(
+        [M.ece(probs, torch.multinomial(probs, 1, generator=g).squeeze(-1)) for _ in range(400)]
+    )
+    assert floor.mean == pytest.approx(float(drawn.mean()), rel=0.06)
+    assert floor.upper == pytest.approx(float(drawn.quantile(0.95)), rel=0.12)
