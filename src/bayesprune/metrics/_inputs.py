@@ -23,13 +23,19 @@ def as_tensor(x: Any, dtype: torch.dtype | None = None) -> Tensor:
     return t.to(dtype) if dtype is not None else t
 
 
-def probs_and_labels(probs: Any, labels: Any) -> tuple[Tensor, Tensor]:
-    """(N, C) float64 probabilities and (N,) int64 labels in 0..C-1."""
-    p, y = as_tensor(probs, torch.float64), as_tensor(labels)
+def probabilities(probs: Any) -> Tensor:
+    """(N, C) float64 probabilities with N >= 1."""
+    p = as_tensor(probs, torch.float64)
     if p.ndim != 2:
         raise ValueError(f"probabilities must have shape (N, C), got {tuple(p.shape)}")
     if p.shape[0] == 0:
         raise ValueError("no examples: probabilities have shape (0, C)")
+    return p
+
+
+def probs_and_labels(probs: Any, labels: Any) -> tuple[Tensor, Tensor]:
+    """(N, C) float64 probabilities and (N,) int64 labels in 0..C-1."""
+    p, y = probabilities(probs), as_tensor(labels)
     if y.dtype.is_floating_point and not torch.equal(y, y.round()):
         raise ValueError("labels must be integer class indices, got non-integer floats")
     y = y.long()

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._inputs import EPS, as_tensor, probs_and_labels
+from ._inputs import EPS, probabilities, probs_and_labels
 
 
 def accuracy(probs: Any, labels: Any) -> float:
@@ -65,8 +65,8 @@ def calibration_bins(probs: Any, labels: Any, n_bins: int = 15) -> CalibrationBi
     p, y = probs_and_labels(probs, labels)
     conf, pred = p.max(-1)
     correct = (pred == y).double()
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
-    which = _bin_of(conf, n_bins)
+    edges = _bin_edges(n_bins)
+    which = _bin_of(conf, edges)
     count = torch.bincount(which, minlength=n_bins)
     sum_conf = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, which, conf)
     sum_acc = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, which, correct)
@@ -76,11 +76,15 @@ def calibration_bins(probs: Any, labels: Any, n_bins: int = 15) -> CalibrationBi
     )
 
 
-def _bin_of(conf: torch.Tensor, n_bins: int) -> torch.Tensor:
-    """Each confidence's bin of `calibration_bins` (equal width, right-closed)."""
+def _bin_edges(n_bins: int) -> torch.Tensor:
+    """The `n_bins` + 1 edges of `calibration_bins`' equal-width bins on [0, 1]."""
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    return torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+
+
+def _bin_of(conf: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Each confidence's bin between `edges` (right-closed; 0 in the first)."""
     return torch.bucketize(conf, edges[1:-1], right=False)
 
 
@@ -129,11 +133,9 @@ def ece_floor(
     """
     if draws < 1 or not 0 < quantile < 1:
         raise ValueError(f"ece_floor needs draws >= 1 and 0 < quantile < 1, got {draws}/{quantile}")
-    p = as_tensor(probs, torch.float64)
-    if p.ndim != 2 or p.shape[0] == 0:
-        raise ValueError(f"probabilities must have shape (N, C) with N >= 1, got {tuple(p.shape)}")
+    p = probabilities(probs)
     conf = p.max(-1).values
-    which = _bin_of(conf, n_bins)
+    which = _bin_of(conf, _bin_edges(n_bins))
     sum_conf = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, which, conf)
     generator = torch.Generator().manual_seed(seed)
     chunk = max(1, _DRAW_CELLS // len(conf))  # draws per block: bounded memory on big sets
