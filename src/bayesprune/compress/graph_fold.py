@@ -160,7 +160,9 @@ def shift_targets(cg: ChannelGraph, use: Use) -> list[tuple[str, Tensor]] | None
     and there is no exact place for it.
     """
     gm = cg.gm
-    units = len(cg.values[use.node][0])
+    if cg.axis[use.node] != 1:
+        return None  # a Linear on tokens: BatchNorms normalise another axis
+    units = len(cg.ids[use.node])
     carried: dict[fx.Node, Tensor] = {use.node: torch.arange(units)}
     followers = {f.name for f in cg.followers}
     targets: list[tuple[str, Tensor]] = []
@@ -253,9 +255,10 @@ def group_folds(
         per_col = [value.view(-1, 1, 1) * t for t in sums]  # (D, O, positions)
         var_col = value.square().view(-1, 1) * var_w.flatten(2).sum(-1).T
         bad |= {groups[int(k)] for k in slot[~uniform].unique()}
-    else:
-        per_col = [(weight * c[:, 0]).T.unsqueeze(-1)]  # Linear: (D, O, 1)
+    else:  # Linear: one position, or the same constant at every token / pixel it reads
+        per_col = [(weight * c[:, 0]).T.unsqueeze(-1)]  # (D, O, 1)
         var_col = (var_w * c[:, 0].square()).T
+        bad |= {groups[int(k)] for k in slot[~_same(c)].unique()}
     if len(groups) == len(cols):  # one column per group (the usual case): no sums
         mean_by, var_by = [t[slot.argsort()] for t in per_col], var_col[slot.argsort()]
     else:

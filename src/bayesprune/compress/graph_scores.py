@@ -57,16 +57,18 @@ def _batches(data: Batches) -> Iterable[Tensor]:
 
 
 class _ColumnMoments:
-    """Running mean and variance of each column (dim 1) of a layer's input (Chan et al.)."""
+    """Running mean and variance of each column of a layer's input (Chan et al.): dim 1,
+    or the last axis for a Linear that reads tokens."""
 
-    def __init__(self) -> None:
+    def __init__(self, axis: int = 1) -> None:
+        self.axis = axis
         self.n = 0
         self.mean: Tensor | None = None
         self.m2: Tensor | None = None
 
     def __call__(self, _module: nn.Module, args: tuple[Any, ...]) -> None:
         x = args[0].detach().double()
-        cols = x.transpose(0, 1).reshape(x.shape[1], -1)
+        cols = x.movedim(self.axis, 0).reshape(x.shape[self.axis], -1)
         n = cols.shape[1]
         mean = cols.mean(1)
         m2 = (cols - mean[:, None]).square().sum(1)
@@ -107,7 +109,7 @@ def activation_scores(
         raise ValueError("activation_scores needs data: the iterable gave no batch")
     options = {"passthrough": tuple(passthrough), "leaf_modules": tuple(leaf_modules)}
     cg = analyse(model, (first[:2],), **options)
-    moments = {use.name: _ColumnMoments() for use in cg.sinks}
+    moments = {use.name: _ColumnMoments(use.axis) for use in cg.sinks}
     handles = [model.get_submodule(n).register_forward_pre_hook(m) for n, m in moments.items()]
     was = model.training
     model.eval()

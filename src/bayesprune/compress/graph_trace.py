@@ -45,7 +45,6 @@ Inputs named in `free_inputs` get unpinned ids (`ChannelGraph.inputs`) for input
 
 from __future__ import annotations
 
-import math
 import operator
 import traceback
 from collections import Counter
@@ -62,6 +61,7 @@ from ..nn.base import SerializableLayer, use_posterior_mean
 from ..nn.moments import Moments
 from .adapters import is_prunable
 from .chain import PASSTHROUGH
+from .graph_axes import indexed, permuted, reduced, reshaped, size_follows
 
 BATCHNORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d)
 NORMS: tuple[type[nn.Module], ...] = (*BATCHNORMS, nn.InstanceNorm1d, nn.InstanceNorm2d)
@@ -73,6 +73,10 @@ CHANNELWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
 )  # fmt: skip
 """Channelwise modules beyond `chain.PASSTHROUGH` (which `shrink` shares)."""
+_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+          nn.AdaptiveMaxPool2d)  # fmt: skip
+ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = tuple(m for m in PASSTHROUGH if m not in _POOLS)
+"""Passthrough modules that act on each entry apart: what channels on the last axis pass."""
 
 
 def propagates_variance(module: nn.Module) -> bool:
@@ -101,6 +105,12 @@ _CHANNELWISE: set[Callable[..., Any]] = {
     F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear,
     torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.abs,
 }  # fmt: skip
+_ELEMENTWISE = _CHANNELWISE - {
+    F.max_pool1d, F.max_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.interpolate, F.upsample,
+    F.upsample_nearest, F.upsample_bilinear,
+}  # fmt: skip
+"""The channelwise functions that act on each entry apart (also on channels-last tensors)."""
 _CHANNELWISE_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min",
     "clamp_max", "abs", "contiguous", "clone", "detach", "float", "double", "to", "type_as",
@@ -182,6 +192,7 @@ class Use:
     node: fx.Node
     ids: list[int]  # channel id per entry of the channel axis (per column for a Linear)
     groups: int = 1  # a grouped convolution's groups (its groups go whole)
+    axis: int = 1  # where those channels are: 1, or the last axis for a Linear on tokens
 
 
 @dataclass
@@ -197,7 +208,8 @@ class ChannelGraph:
     sinks: list[Use] = field(default_factory=list)
     followers: list[Use] = field(default_factory=list)
     ids: dict[fx.Node, list[int]] = field(default_factory=dict)
-    pieces: dict[fx.Node, list[list[int]]] = field(default_factory=dict)  # chunk → per piece
+    axis: dict[fx.Node, int] = field(default_factory=dict)  # where a node's ids are (≥ 0)
+    pieces: dict[fx.Node, list[tuple[list[int], int]]] = field(default_factory=dict)  # chunk
     inputs: dict[str, list[int]] = field(default_factory=dict)  # free input → its ids
     pinned_at: dict[int, str] = field(default_factory=dict)  # id → the op that pinned it
 
@@ -239,8 +251,16 @@ class ChannelGraph:
         return groups
 
     def input_value(self, use: Use) -> Tensor:
-        """The recorded input of a sink or follower (first example of the batch)."""
-        return self.values[use.node.args[0]][:1]
+        """The recorded input of a sink or follower (first example of the batch), with its
+        channels on dim 1 wherever the layer reads them (a Linear on tokens: the last)."""
+        return self.values[use.node.args[0]][:1].movedim(use.axis, 1)
+
+    def pinned_fresh(self, n: int, why: str) -> list[int]:
+        """New ids that may never go (an axis no rule follows), `why` naming the op."""
+        ids = self.fresh(n, pinned=True)
+        for i in ids:
+            self.pinned_at[i] = why
+        return ids
 
 
 def _tensor(value: Any) -> bool:
@@ -275,34 +295,13 @@ def _pin_args(cg: ChannelGraph, node: fx.Node) -> None:
         cg.pinned.update(ids)
 
 
-def _flatten_ids(ids: list[int], in_shape: torch.Size, out_shape: torch.Size) -> list[int] | None:
-    """Ids after a reshape: the same, repeated over H·W (channel-major flatten), or None."""
-    if tuple(out_shape) == tuple(in_shape):
-        return ids
-    block = math.prod(in_shape[2:])
-    if len(in_shape) > 2 and tuple(out_shape) == (in_shape[0], in_shape[1] * block):
-        return [i for i in ids for _ in range(block)]
-    return None
+Channels = tuple[list[int], int]
+"""A node's channel ids and the axis they run along."""
 
 
-def _size_follows(node: fx.Node) -> bool:
-    """`view(n, -1)` or `view(x.size(0), -1)`: the size that holds the channels is computed.
-
-    A constant there (`x.view(-1, 16 * 5 * 5)`) fixes the channel count in the forward's
-    code: the reshape then pins its channels.
-    """
-    sizes = list(node.args[1:]) or [node.kwargs.get("shape", ())]
-    if len(sizes) == 1 and isinstance(sizes[0], tuple | list):
-        sizes = list(sizes[0])
-    return len(sizes) > 1 and (sizes[1] == -1 or isinstance(sizes[1], fx.Node))
-
-
-def _reduce_keeps_channels(node: fx.Node, ndim: int) -> bool:
-    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-    if dim is None:
-        return False
-    dims = [dim] if isinstance(dim, int) else list(dim)
-    return all(d % ndim > 1 for d in dims)
+def _module_flattens(cg: ChannelGraph, node: fx.Node, first: Channels) -> Channels | None:
+    in_value, value = cg.values[node.args[0]], cg.values[node]
+    return reshaped(*first, in_value.shape, value.shape)
 
 
 def analyse(
@@ -325,27 +324,26 @@ def analyse(
         if node.op == "output":
             _pin_args(cg, node)
             continue
-        ids: list[int] | None = None
+        found: Channels | None = None
         args = [a for a in node.args if isinstance(a, fx.Node)]
-        first = cg.ids.get(args[0]) if args else None
+        first = (cg.ids[args[0]], cg.axis[args[0]]) if args and args[0] in cg.ids else None
         if node.op == "call_module":
             module = gm.get_submodule(str(node.target))
             once = calls[node.target] == 1 or _stateless(module)
-            ids = _module_ids(cg, node, module, first, once, channelwise)
+            found = _module_ids(cg, node, module, first, once, channelwise)
         elif node.op in ("call_function", "call_method"):
             if _chunk_pieces(cg, node, first):
                 continue
-            ids = _function_ids(cg, node, first)
-        if ids is None and node.op != "placeholder" and not _is_shape(out):
+            found = _function_ids(cg, node, first)
+        if found is None and node.op != "placeholder" and not _is_shape(out):
             _pin_args(cg, node)
         if node.op == "placeholder" and node.target in free_inputs and _tensor(out):
-            ids = cg.inputs[str(node.target)] = cg.fresh(out.shape[1])
+            found = (cg.fresh(out.shape[1]), 1)
+            cg.inputs[str(node.target)] = found[0]
         if _tensor(out):
-            if ids is None or len(ids) != out.shape[1]:
-                ids = cg.fresh(out.shape[1], pinned=True)
-                for i in ids:
-                    cg.pinned_at[i] = f"the output of {_describe(node)}"
-            cg.ids[node] = ids
+            if found is None or found[1] >= out.ndim or len(found[0]) != out.shape[found[1]]:
+                found = (cg.pinned_fresh(out.shape[1], f"the output of {_describe(node)}"), 1)
+            cg.ids[node], cg.axis[node] = found
     return cg
 
 
@@ -358,61 +356,79 @@ def _module_ids(
     cg: ChannelGraph,
     node: fx.Node,
     module: nn.Module,
-    first: list[int] | None,
+    first: Channels | None,
     called_once: bool,
     channelwise: tuple[type[nn.Module], ...],
-) -> list[int] | None:
-    name, value = str(node.target), cg.values[node]
+) -> Channels | None:
+    value = cg.values[node]
     if not called_once or first is None or not _tensor(value):
         return None  # shared modules and modules on non-channel tensors stay as they are
+    ids, axis = first
     in_value = cg.values[node.args[0]]
     joins = getattr(module, "joins", None)
     if joins == "add":
         return _elementwise_ids(cg, node)
     if joins == "cat":
         return _cat_ids(cg, node.args, value.ndim, 1)
-    if getattr(module, "flattens", False):
-        return _flatten_ids(first, in_value.shape, value.shape)
+    if getattr(module, "flattens", False) or isinstance(module, nn.Flatten):
+        whole = not isinstance(module, nn.Flatten) or (module.start_dim, module.end_dim) == (1, -1)
+        return _module_flattens(cg, node, first) if whole else None
     if is_prunable(module):
-        groups = getattr(module, "groups", 1)
-        if groups > 1 and groups == module.in_channels == module.out_channels:
-            cg.followers.append(Use(name, node, first))  # depthwise: follows its producer
-            return first
-        if value.ndim > 2 and not hasattr(module, "in_channels"):
-            return None  # a Linear over a non-channel axis: pinned
-        cg.sinks.append(Use(name, node, first, groups))
-        ids = cg.fresh(value.shape[1])
-        for unit, i in enumerate(ids):
-            cg.owner[i] = (name, unit)
-        cg.producers.append(Use(name, node, ids, groups))
-        if groups > 1:  # a group of a grouped conv goes whole: its inputs with its outputs
-            k, m = len(first) // groups, len(ids) // groups
-            for g in range(groups):
-                for i in [*first[g * k : (g + 1) * k], *ids[g * m : (g + 1) * m]]:
-                    cg.union(ids[g * m], i)
-        return ids
+        return _layer_ids(cg, node, module, first)
+    if axis != 1:  # channels last (tokens): only ops that act on each entry apart pass
+        same = value.shape == in_value.shape
+        if isinstance(module, nn.LayerNorm):
+            return first if axis < in_value.ndim - len(module.normalized_shape) else None
+        return first if same and isinstance(module, ELEMENTWISE_MODULES) else None
     if isinstance(module, NORMS):
-        cg.followers.append(Use(name, node, first))
+        cg.followers.append(Use(str(node.target), node, ids))
         return first
     if isinstance(module, nn.GroupNorm):
         size = module.num_channels // module.num_groups  # statistics shared within a group
         for g in range(module.num_groups):
-            for i in first[g * size + 1 : (g + 1) * size]:
-                cg.union(first[g * size], i)
-        cg.followers.append(Use(name, node, first))
+            for i in ids[g * size + 1 : (g + 1) * size]:
+                cg.union(ids[g * size], i)
+        cg.followers.append(Use(str(node.target), node, ids))
         return first
     if isinstance(module, nn.LayerNorm):
         normalised = len(module.normalized_shape)
         return first if in_value.ndim - normalised > 1 else None  # over the channels: pinned
-    if isinstance(module, nn.Flatten):
-        if module.start_dim != 1 or module.end_dim != -1:
-            return None
-        return _flatten_ids(first, in_value.shape, value.shape)
     if isinstance(module, nn.AvgPool1d | nn.AvgPool2d) and _pads_zeros_in(module):
         return None  # averages zeros in at the border: a constant there depends on the size
     if isinstance(module, channelwise) or getattr(module, "channelwise", False):
         return first if value.shape[1] == in_value.shape[1] else None
     return None
+
+
+def _layer_ids(cg: ChannelGraph, node: fx.Node, module: nn.Module, first: Channels) -> Channels:
+    """A prunable layer: a sink for its input columns, the producer of fresh unit ids.
+
+    A convolution reads dim 1; a Linear reads the last axis (dim 1 of a feature matrix,
+    the channels of tokens B × T × C or of a channels-last map). Columns on an axis the
+    input's ids do not run along are pinned; a depthwise convolution follows its input.
+    """
+    name, value = str(node.target), cg.values[node]
+    in_value = cg.values[node.args[0]]
+    ids, axis = first
+    groups = getattr(module, "groups", 1)
+    reads = 1 if hasattr(module, "in_channels") else in_value.ndim - 1
+    if reads != axis:
+        ids = cg.pinned_fresh(in_value.shape[reads], f"the input of {_describe(node)}")
+    if groups > 1 and groups == module.in_channels == module.out_channels:
+        cg.followers.append(Use(name, node, ids))  # depthwise: follows its producer
+        return ids, reads
+    units = 1 if reads == 1 else value.ndim - 1
+    cg.sinks.append(Use(name, node, ids, groups, reads))
+    out = cg.fresh(value.shape[units])
+    for unit, i in enumerate(out):
+        cg.owner[i] = (name, unit)
+    cg.producers.append(Use(name, node, out, groups, units))
+    if groups > 1:  # a group of a grouped conv goes whole: its inputs with its outputs
+        k, m = len(ids) // groups, len(out) // groups
+        for g in range(groups):
+            for i in [*ids[g * k : (g + 1) * k], *out[g * m : (g + 1) * m]]:
+                cg.union(out[g * m], i)
+    return out, units
 
 
 def _pads_zeros_in(pool: nn.Module) -> bool:
@@ -430,31 +446,33 @@ def _arg(node: fx.Node, pos: int, name: str, default: Any) -> Any:
     return node.kwargs.get(name, node.args[pos] if len(node.args) > pos else default)
 
 
-def _chunk_pieces(cg: ChannelGraph, node: fx.Node, first: list[int] | None) -> bool:
-    """`chunk` along dim 1 into equal pieces: position p of every piece is one group.
+def _chunk_pieces(cg: ChannelGraph, node: fx.Node, first: Channels | None) -> bool:
+    """`chunk` along the channel axis into equal pieces: position p of every piece is one group.
 
     The forward asks for n equal pieces, so a channel may go only together with the
-    channel at the same position of every other piece (pieces stay equal). Uneven
-    chunks and `split` (its sizes are constants of the forward) are pinned.
+    channel at the same position of every other piece (pieces stay equal): a gated
+    unit `a * silu(b)` after `x.chunk(2, dim=-1)` goes with its gate. Uneven chunks and
+    `split` (its sizes are constants of the forward) are pinned.
     """
     if first is None or not _is(node, _CHUNK, _CHUNK_METHODS):
         return False
+    ids, axis = first
     pieces, value = _arg(node, 1, "chunks", None), cg.values[node]
     dim = _arg(node, 2, "dim", 0)
-    channels = len(first)
-    if not isinstance(pieces, int) or not isinstance(dim, int) or dim % value[0].ndim != 1:
+    channels = len(ids)
+    if not isinstance(pieces, int) or not isinstance(dim, int) or dim % value[0].ndim != axis:
         return False
     if channels % pieces or len(value) != pieces:
         return False
     size = channels // pieces
     for p in range(size):
         for k in range(1, pieces):
-            cg.union(first[p], first[k * size + p])
-    cg.pieces[node] = [first[k * size : (k + 1) * size] for k in range(pieces)]
+            cg.union(ids[p], ids[k * size + p])
+    cg.pieces[node] = [(ids[k * size : (k + 1) * size], axis) for k in range(pieces)]
     return True
 
 
-def _function_ids(cg: ChannelGraph, node: fx.Node, first: list[int] | None) -> list[int] | None:
+def _function_ids(cg: ChannelGraph, node: fx.Node, first: Channels | None) -> Channels | None:
     target, value = node.target, cg.values[node]
     if not _tensor(value):
         return None
@@ -465,15 +483,24 @@ def _function_ids(cg: ChannelGraph, node: fx.Node, first: list[int] | None) -> l
     if _is(node, _CAT, set()):
         parts = node.args[0] if node.args else node.kwargs.get("tensors")
         return _cat_ids(cg, parts, value.ndim, _arg(node, 1, "dim", 0))
-    if first is None:
+    if first is None or not isinstance(node.args[0], fx.Node):
         return None
+    ids, axis = first
     in_value = cg.values[node.args[0]]
     if _is(node, _RESHAPE, _RESHAPE_METHODS):
-        if node.target in _SIZED and not _size_follows(node):
-            return None
-        return _flatten_ids(first, in_value.shape, value.shape)
+        moved = reshaped(ids, axis, in_value.shape, value.shape)
+        if moved is not None and node.target in _SIZED and not size_follows(node, moved[1]):
+            return None  # the size that holds the channels is a constant of the forward
+        return moved
+    if (moved := permuted(node, axis, in_value.ndim)) is not None:
+        return ids, moved
     if _is(node, _REDUCE, _REDUCE_METHODS):
-        return first if _reduce_keeps_channels(node, in_value.ndim) else None
+        dim = _arg(node, 1, "dim", None)
+        kept = reduced(dim, bool(_arg(node, 2, "keepdim", False)), axis, in_value.ndim)
+        return None if kept is None else (ids, kept)
+    if axis != 1:  # channels last: only ops that act on each entry apart pass
+        elementwise = _is(node, _ELEMENTWISE, _CHANNELWISE_METHODS)
+        return first if elementwise and value.shape == in_value.shape else None
     if _is(node, _CHANNELWISE, _CHANNELWISE_METHODS):
         return first if value.shape[:2] == in_value.shape[:2] else None
     if _is(node, {F.avg_pool1d, F.avg_pool2d}, set()):
@@ -485,57 +512,70 @@ def _function_ids(cg: ChannelGraph, node: fx.Node, first: list[int] | None) -> l
     return None
 
 
-def _cat_ids(cg: ChannelGraph, parts: Any, ndim: int, dim: int) -> list[int] | None:
+def _cat_ids(cg: ChannelGraph, parts: Any, ndim: int, dim: int) -> Channels | None:
     """A concatenation along the channels: the parts' id lists, one after the other."""
-    if dim % ndim != 1 or not all(p in cg.ids for p in parts):
+    if not all(p in cg.ids and cg.axis[p] == dim % ndim for p in parts):
         return None
-    return [i for p in parts for i in cg.ids[p]]
+    return [i for p in parts for i in cg.ids[p]], dim % ndim
 
 
-def _elementwise_ids(cg: ChannelGraph, node: fx.Node) -> list[int] | None:
+def _elementwise_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     """`+ − × ÷` of tensors: operands with the output's channels unite position by position.
 
     A residual sum and a squeeze-excitation product (x · s, s of shape N×C×1×1) both
     make channel c of the output depend on channel c of each operand only, so those
-    channels go together. An operand with one channel (N×1×H×W) or without a channel
-    axis (a scalar, an H×W map) broadcasts over every channel: its own channels are
-    pinned. A tensor of another rank that reaches the channel axis (a C×1×1 parameter)
-    holds constants per channel that no slice would follow: everything is pinned.
+    channels go together. An operand that does not reach the channel axis (a scalar, an
+    H×W map) or has size 1 there (N×1×H×W) broadcasts over every channel: its own
+    channels are pinned. Any other operand that reaches the channel axis (a C×1×1
+    parameter, a layer scale of size C on tokens, a tensor whose ids run along another
+    axis) holds values per channel that no slice would follow: everything is pinned.
     """
     value = cg.values[node]
-    shaped: list[fx.Node] = []
-    for a in node.args:
-        v = cg.values.get(a) if isinstance(a, fx.Node) else None
-        if not isinstance(v, Tensor):
+    nodes = [a for a in node.args if isinstance(a, fx.Node)]
+    tensors = [(a, v) for a in nodes if isinstance(v := cg.values.get(a), Tensor)]
+    shaped = [
+        a for a, v in tensors
+        if a in cg.ids and v.ndim == value.ndim and v.shape[cg.axis[a]] == value.shape[cg.axis[a]]
+    ]  # fmt: skip
+    axes = {cg.axis[a] for a in shaped}
+    if len(axes) != 1:
+        return None
+    axis = axes.pop()
+    for a, v in tensors:
+        if a in shaped:
             continue
-        if v.ndim == value.ndim and v.shape[1] == value.shape[1] and a in cg.ids:
-            shaped.append(a)
-        elif v.ndim < value.ndim - 1 or (v.ndim == value.ndim and v.shape[1] == 1):
+        at = axis - (value.ndim - v.ndim)  # the operand's dim that meets the channels
+        if at < 0 or v.shape[at] == 1:
             cg.pinned.update(cg.ids.get(a, []))
         else:
             return None
-    if not shaped:
-        return None
     ids = cg.ids[shaped[0]]
     for other in shaped[1:]:
         for a, b in zip(ids, cg.ids[other], strict=True):
             cg.union(a, b)
-    return ids
+    return ids, axis
 
 
-def _getitem_ids(cg: ChannelGraph, node: fx.Node) -> list[int] | None:
-    """A piece of a `chunk`, or `x[:, a:b]`: the channels a slice's constants do not move.
+def _getitem_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
+    """A piece of a `chunk`, `x[:, a:b]` on channels, or `x[:, 0]` on tokens.
 
     The slice bounds are constants of the forward. `x[:, a:]` reads the channels from
     position a on: those before a are pinned (their count fixes where a falls), the
     rest pass and may go. `x[:, :-k]` and `x[:, -k:]` pin the last k; `x[:, :b]` pins
-    everything up to b. Any other index (a step, an integer, a tensor) pins.
+    everything up to b. Any other index (a step, an integer, a tensor) pins. With the
+    channels after dim 1 (tokens), indexing the positions only passes them
+    (`graph_axes.indexed`).
     """
     source, index = node.args[0], node.args[1]
     if source in cg.pieces and isinstance(index, int):
         return cg.pieces[source][index]
     ids = cg.ids.get(source)
-    if ids is None or not isinstance(index, tuple) or len(index) < 2:
+    if ids is None:
+        return None
+    if cg.axis[source] != 1:
+        moved = indexed(index, cg.axis[source])
+        return None if moved is None else (ids, moved)
+    if not isinstance(index, tuple) or len(index) < 2:
         return None
     rest = index[2:]
     if index[0] != slice(None) or not isinstance(index[1], slice):
@@ -553,4 +593,4 @@ def _getitem_ids(cg: ChannelGraph, node: fx.Node) -> list[int] | None:
         cg.pinned.update(ids[-abs(start or stop) :])
     else:
         cg.pinned.update(ids[: stop if stop >= 0 else n])
-    return ids[start:stop]
+    return ids[start:stop], 1

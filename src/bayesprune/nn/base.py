@@ -141,6 +141,22 @@ class VariationalLayer(SerializableLayer):
     name them (the caller's keys win)."""
     weight_mask: Tensor | None
 
+    def __getattr__(self, name: str) -> Any:
+        """nn.Module's lookup; `weight` / `bias`, which a Bayesian layer does not have,
+        get an error that says why and what to do instead of a bare AttributeError."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name not in ("weight", "bias"):
+                raise
+        raise AttributeError(
+            f"{type(self).__name__} has no fixed `{name}`: its weights are random (see "
+            f"posterior()). Code that reads `.{name}` of this layer itself (a functional call "
+            f"such as torchvision's Swin attention, F.linear(x, self.qkv.{name})) bypasses the "
+            "Bayesian layer; keep the module whose forward does that deterministic: "
+            "bp.convert(model, keep=[ThatModuleClass]) or keep=['its.name']"
+        )
+
     def kl(self) -> Tensor:  # pragma: no cover - abstract
         """KL(q ‖ p) of this layer, summed over all its parameters (never averaged)."""
         raise NotImplementedError

@@ -185,14 +185,16 @@ def convert(
     *,
     init_from_weights: bool = False,
     inplace: bool = False,
-    keep: Sequence[str] = (),
+    keep: Sequence[str | type[nn.Module]] = (),
     **options: Any,
 ) -> nn.Module:
     """Return `model` with every nn.Linear / nn.Conv2d replaced by a Bayesian twin.
 
     Works on any `nn.Module`, whatever its `forward`. `keep` names modules (as in
-    `model.named_modules()`, e.g. `("conv1", "fc")`, or a block such as `"layer4"`) whose
-    layers stay deterministic; a name that matches no replaceable layer is an error. The
+    `model.named_modules()`, e.g. `("conv1", "fc")`, or a block such as `"layer4"`) or
+    module types (every module of the type, e.g. an attention class whose forward reads
+    `self.qkv.weight` itself) whose layers stay deterministic; a name or type that matches
+    no replaceable layer is an error. The
     first and last converted layers in module order get the roles "first" and "last"
     (e.g. spike-and-slab gates the first layer's inputs with `input_gates=True` and
     leaves the last layer's outputs ungated). `init_from_weights=True` starts the
@@ -212,8 +214,9 @@ def convert(
         raise ValueError(
             f"family {fam.name!r} takes no option(s) {unknown}; valid: {sorted(fam.layer_options)}"
         )
-    keep = [keep] if isinstance(keep, str) else list(keep)
+    keep = [keep] if isinstance(keep, str | type) else list(keep)
     model = model if inplace else copy.deepcopy(model)
+    keep = _keep_names(model, keep)
     if type(model) in fam.factories and not keep:  # a single layer
         return _twin(model, fam, Role(first=True, last=True), init_from_weights, options)
     named = _named_convertible(model, fam)
@@ -228,6 +231,20 @@ def convert(
         role = Role(first=i == 0, last=i == len(found) - 1)
         setattr(parent, name, _twin(child, fam, role, init_from_weights, options))
     return model
+
+
+def _keep_names(model: nn.Module, keep: list[str | type[nn.Module]]) -> list[str]:
+    """`keep` with every module type replaced by the names of the modules of that type."""
+    names: list[str] = []
+    for k in keep:
+        if isinstance(k, str):
+            names.append(k)
+            continue
+        found = [q for q, m in model.named_modules() if isinstance(m, k) and q]
+        if not found:
+            raise ValueError(f"keep names the type {k.__name__}, which no module of the model is")
+        names.extend(found)
+    return names
 
 
 def _twin(
