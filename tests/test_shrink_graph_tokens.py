@@ -251,3 +251,33 @@ def test_torchvision_swin_converts_with_its_attention_kept():
 def test_keep_names_a_type_that_no_module_is():
     with pytest.raises(ValueError, match="no module of the model is"):
         convert(nn.Sequential(nn.Linear(2, 2)), "gaussian", keep=[nn.Conv2d])
+
+
+class AttentionBlock(nn.Module):
+    """Tokens through nn.MultiheadAttention and an MLP: a transformer block end to end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.attention = nn.Linear(4, 8), nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc1, self.fc2, self.head = nn.Linear(8, 16), nn.Linear(16, 8), nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.embed(x)
+        x = x + self.attention(x, x, x, need_weights=False)[0]
+        x = x + self.fc2(F.gelu(self.fc1(x)))
+        return self.head(x[:, 0])
+
+
+def test_a_shrunk_transformer_block_exports_to_onnx(tmp_path):
+    """Attention's fused inference kernel has no ONNX form: export runs it as plain ops."""
+    from bayesprune.compress import export_onnx, onnx_difference
+
+    torch.manual_seed(0)
+    model = convert(AttentionBlock(), "gaussian").eval()
+    _kill(model, "fc1", [0, 1, 2, 3])
+    x = torch.randn(4, 5, 4)
+    result = shrink_graph(model, x)
+    assert result.model.fc1.weight_mu.shape[0] == 12
+    path = export_onnx(result.model, tmp_path / "block.onnx", (5, 4))
+    assert onnx_difference(path, result.model, x) < 1e-5
+    assert torch.backends.mha.get_fastpath_enabled()  # put back

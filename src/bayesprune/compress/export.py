@@ -21,7 +21,8 @@ from __future__ import annotations
 import io
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,22 @@ def _input_names(n: int) -> list[str]:
     return ["input", *(f"input_{i}" for i in range(1, n))]
 
 
+@contextmanager
+def _attention_as_ops() -> Iterator[None]:
+    """nn.MultiheadAttention's fused inference kernel off while exporting.
+
+    In eval mode without gradients the module calls `_native_multi_head_attention`,
+    which has no ONNX form; with the fast path off it runs the same attention as
+    matrix products and softmax, which export (same outputs to float precision).
+    """
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
+
 def export_onnx(
     model: nn.Module,
     path: str | Path,
@@ -199,7 +216,7 @@ def export_onnx(
     names = _input_names(len(shapes))
     buffer = io.BytesIO()
     axes = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _attention_as_ops():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's notice
         try:
             torch.onnx.export(
@@ -213,10 +230,13 @@ def export_onnx(
                 dynamo=False,
             )
         except torch.onnx.errors.OnnxExporterError as err:
+            hint = ""
+            if "adaptive" in str(err):
+                hint = " (an adaptive pooling whose output size does not divide its input "
+                hint += "needs a larger input_shape)"
             raise ValueError(
                 f"torch's ONNX exporter cannot export {type(model).__name__} for inputs "
-                f"{shapes}: {_first_line(err)}; nothing was written (an adaptive pooling "
-                "whose output size does not divide its input needs a larger input_shape)"
+                f"{shapes}: {_first_line(err)}; nothing was written{hint}"
             ) from err
     data = buffer.getvalue()
     if metadata:

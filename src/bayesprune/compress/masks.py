@@ -145,18 +145,22 @@ def hold_pruned(model: nn.Module) -> Iterator[nn.Module]:
 
     Variational layers hold their masks as buffers: a masked weight gets no gradient
     and no KL, so training cannot bring it back. Plain layers have no mask, so every
-    weight that is exactly zero is held there by a torch.nn.utils.prune mask, removed
-    again on exit (the model stays a plain torch model).
+    weight that is exactly zero gets a zero gradient (a hook on the weight, removed
+    again on exit): with no gradient, SGD, Adam and decoupled weight decay all leave a
+    zero where it is. (torch.nn.utils.prune's masks are recomputed by a forward hook
+    that never runs when a parent reads the weight itself, as nn.MultiheadAttention
+    reads `out_proj.weight`; a gradient hook holds there too.)
     """
-    plain = [
-        m
-        for _, m in prunable_layers(model)
-        if not isinstance(m, VariationalLayer) and not prune.is_pruned(m)
-    ]
-    for m in plain:
-        prune.custom_from_mask(m, "weight", (m.weight.detach() != 0).to(m.weight.dtype))
+    handles = []
+    for _, m in prunable_layers(model):
+        if isinstance(m, VariationalLayer) or prune.is_pruned(m):
+            continue
+        weight = m.weight
+        keep = (weight.detach() != 0).to(weight.dtype)
+        if weight.requires_grad and not bool(keep.all()):
+            handles.append(weight.register_hook(lambda grad, keep=keep: grad * keep))
     try:
         yield model
     finally:
-        for m in plain:
-            prune.remove(m, "weight")
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,403 @@
+"""A Vision Transformer's MLPs compressed: the Bayesian path against Torch-Pruning, equal FLOPs.
+
+Per seed, on Fashion-MNIST (a training subset; the validation split is carved from it):
+
+1. `_vit.ViT` (16 tokens of 7×7 patches, pre-norm blocks with nn.MultiheadAttention and a
+   GELU MLP) trained deterministically, and its Gaussian twin (`bp.convert`, patch
+   embedding and head kept deterministic; attention is not an nn.Linear child, so it
+   stays deterministic too) trained with `bp.fit` from the same initial weights.
+2. The Bayesian net's MLP hidden units compressed by the library: `activation_scores`
+   over every token → `keep_units` (the same fraction of every block) → `shrink_graph`,
+   at the largest sparsity of `--grid` whose validation metrics after a fine-tune stay
+   within the tolerances of the dense Bayesian net's: accuracy (posterior mean) within
+   `--tolerance`, OOD AUROC by entropy and by mutual information (Monte Carlo; validation
+   images in, MNIST *training* images out) within `--ood-tolerance` (the residual CNN's
+   rule, `resnet_fashion.py`, fixed in issue 13's session 8). The walk stops at the first
+   level that fails; if none holds, the least-pruned level, recorded as such.
+3. Torch-Pruning (`MetaPruner`, magnitude and Taylor importance) prunes the
+   deterministic twin's MLP hidden units by the same fraction (every other layer is in
+   `ignored_layers`), so FLOPs are equal by construction; fine-tuned as long.
+4. Test (read once per contender): accuracy, ECE, NLL, OOD AUROC against MNIST test
+   images by predictive entropy and, for the Bayesian nets' Monte-Carlo predictive, by
+   mutual information; MLP widths, FLOPs, parameters; onnxruntime latency (1 thread,
+   batch 1 and 256, sessions interleaved) of the dense and compressed nets.
+
+    python benchmarks/vit_fashion.py --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from _resnet import SHAPE, onnx_latency
+from _vit import ViT, hidden_units, mlp_widths
+from torch import Tensor, nn
+
+import bayesprune as bp
+from bayesprune import compress
+from bayesprune.compress.tolerances import all_hold, as_tolerances
+from bayesprune.data import load_fashion_mnist, load_mnist
+from bayesprune.metrics import count_flops
+
+NAME = "vit_fashion"
+CONTENDERS = (
+    "deterministic (dense)",
+    "bayesian (dense)",
+    "bayesian compressed",
+    "tp magnitude",
+    "tp taylor",
+)
+REPORTED = ("accuracy", "ece", "nll", "ood_auroc_entropy", "ood_auroc_mi", "flops_ratio")
+
+
+def make_data(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Seeded training rows with the validation split carved off, a validation OOD set
+    (MNIST training images), and the test and OOD test sets."""
+    x, y = load_fashion_mnist("train", limit=args.train_limit, seed=seed).tensors
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    x, y = x[perm], y[perm]
+    n = args.val_size
+    if n >= len(y):
+        raise SystemExit(f"--val-size {n} leaves no training rows of {len(y)}")
+    return {
+        "train": (x[:-n], y[:-n]),
+        "val": (x[-n:], y[-n:]),
+        "val_ood": load_mnist("train", limit=n, seed=seed).tensors[0],
+        "test": load_fashion_mnist("test", limit=args.test_limit, seed=0).tensors,
+        "ood": load_mnist("test", limit=args.test_limit, seed=0).tensors[0],
+    }
+
+
+def flops(model: nn.Module) -> int:
+    return count_flops(model, SHAPE)
+
+
+def build(seed: int, args: argparse.Namespace) -> nn.Module:
+    torch.manual_seed(seed)
+    return ViT(args.width, args.depth, args.heads, args.hidden)
+
+
+def tp_prune(
+    model: nn.Module, kind: str, ratio: float, example: Tensor, grads: list[tuple[Tensor, Tensor]]
+) -> nn.Module:
+    """A copy of `model` with `ratio` of every block's MLP hidden units removed by
+    Torch-Pruning (every other layer ignored, so only fc1's outputs / fc2's inputs go)."""
+    import torch_pruning as tp
+
+    net = copy.deepcopy(model).eval()
+    mlp = set(hidden_units(net))
+    ignored = [
+        m
+        for name, m in net.named_modules()
+        if isinstance(m, nn.Linear | nn.Conv2d) and name not in mlp
+    ]
+    importance = {
+        "magnitude": lambda: tp.importance.MagnitudeImportance(p=2),
+        "taylor": lambda: tp.importance.TaylorImportance(),
+    }[kind]()
+    pruner = tp.pruner.MetaPruner(
+        net, example, importance=importance, pruning_ratio=ratio, ignored_layers=ignored
+    )
+    if kind == "taylor":
+        net.zero_grad()
+        for x, y in grads:
+            F.cross_entropy(net(x), y).backward()
+    pruner.step()
+    net.zero_grad(set_to_none=True)
+    return net
+
+
+def compress_bayes(
+    bayes: nn.Module,
+    data: dict[str, Any],
+    args: argparse.Namespace,
+    seed: int,
+    finetune: Any,
+) -> dict[str, Any]:
+    """The level walk on validation (module docstring, step 2)."""
+    x_train = data["train"][0]
+    accuracy = bp.scorer(data["val"], mode="mean", metrics=["accuracy"])
+    ood = bp.scorer(
+        data["val"],
+        mode="mc",
+        samples=args.mc_samples,
+        ood=data["val_ood"],
+        metrics=["ood_auroc_entropy", "ood_auroc_mi"],
+        seed=seed,
+    )
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        return {**accuracy(model), **ood(model)}
+
+    held = as_tolerances(
+        {
+            "accuracy": args.tolerance,
+            "ood_auroc_entropy": args.ood_tolerance,
+            "ood_auroc_mi": args.ood_tolerance,
+        }
+    )
+    bayes.eval()
+    scores = compress.activation_scores(bayes, x_train[: 256 * args.score_batches].split(256))
+    scores = {name: scores[name] for name in hidden_units(bayes)}
+    dense = validate(bayes)
+    example = x_train[:8]
+    levels, chosen = [], None
+    for sparsity in sorted(args.grid):
+        keep = compress.keep_units(scores, sparsity)
+        result = compress.shrink_graph(bayes, example, prune_units=keep)
+        small = result.model
+        pruned = accuracy(small)["accuracy"]
+        finetune(small)
+        values = validate(small)
+        holds = all_hold(held, values, dense)
+        levels.append(
+            {
+                "sparsity": sparsity,
+                "val_accuracy_pruned": pruned,
+                "val_finetuned": values,
+                "acceptable": holds,
+                "mlp_widths": mlp_widths(small),
+                "flops": flops(small),
+                "shrunk_minus_masked": result.max_abs_difference,
+            }
+        )
+        print(f"    level {levels[-1]}", flush=True)
+        if not holds:
+            break
+        chosen = (sparsity, small)
+    rule = "grid"
+    if chosen is None:  # the least-pruned level, fine-tuned: recorded as not held
+        rule = "none held"
+        sparsity = min(args.grid)
+        small = compress.shrink_graph(
+            bayes, example, prune_units=compress.keep_units(scores, sparsity)
+        ).model
+        finetune(small)
+        chosen = (sparsity, small)
+    return {
+        "sparsity": chosen[0],
+        "model": chosen[1],
+        "rule": rule,
+        "dense_val": dense,
+        "levels": levels,
+        "tolerances": [t.as_dict() for t in held],
+    }
+
+
+def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train, compress, match, fine-tune and score every contender for one seed."""
+    data = make_data(seed, args)
+    train, (x_train, y_train) = data["train"], data["train"]
+    fit = {"batch_size": args.batch_size, "seed": seed, "progress": False}
+    seconds: dict[str, float] = {}
+
+    start = time.perf_counter()
+    det = build(seed, args)
+    bp.fit(det, train, epochs=args.epochs, lr=args.lr, lr_schedule="cosine", **fit)
+    seconds["train_deterministic"] = time.perf_counter() - start
+    start = time.perf_counter()
+    bayes = bp.convert(build(seed, args), "gaussian", init_from_weights=True, keep=args.keep)
+    bp.fit(bayes, train, epochs=args.epochs, lr=args.lr, lr_schedule="cosine", **fit)
+    seconds["train_bayesian"] = time.perf_counter() - start
+    print(f"  trained ({seconds})", flush=True)
+
+    tune = {"epochs": args.finetune_epochs, "lr": args.finetune_lr, "lr_schedule": "cosine"}
+
+    def finetune(net: nn.Module) -> None:
+        bp.finetune(net, train, **tune, **fit)
+
+    start = time.perf_counter()
+    ours = compress_bayes(bayes, data, args, seed, finetune)
+    seconds["compress_bayesian"] = time.perf_counter() - start
+    print(f"  level {ours['sparsity']} ({ours['rule']})", flush=True)
+    nets: dict[str, nn.Module] = {"bayesian compressed": ours.pop("model")}
+    grads = list(zip(x_train.split(128)[:4], y_train.split(128)[:4], strict=True))
+    start = time.perf_counter()
+    for kind in ("magnitude", "taylor"):
+        net = tp_prune(det, kind, ours["sparsity"], x_train[:2], grads)
+        finetune(net)
+        nets[f"tp {kind}"] = net
+    seconds["tp_prune_and_finetune"] = time.perf_counter() - start
+
+    # --- the test and OOD test sets, read once per contender
+    start = time.perf_counter()
+    x_test, y_test = data["test"]
+    mean = bp.scorer((x_test, y_test), mode="mean", ood=data["ood"], seed=seed)
+    mc = bp.scorer((x_test, y_test), mode="mc", samples=args.mc_samples, ood=data["ood"], seed=seed)
+    models = {"deterministic (dense)": det, "bayesian (dense)": bayes, **nets}
+    dense_flops = flops(det)
+    scores = {}
+    for key, model in models.items():
+        scorer = mc if key.startswith("bayesian") else mean
+        row = {k: v for k, v in scorer(model).items() if not k.startswith("mean_")}
+        row["flops"] = flops(model)
+        row["flops_ratio"] = row["flops"] / dense_flops
+        row["parameters"] = sum(p.numel() for p in bp.to_deterministic(model).parameters())
+        row["mlp_widths"] = mlp_widths(model)
+        scores[key] = row
+        print(f"  {key}: {_short(row)}", flush=True)
+    seconds["test"] = time.perf_counter() - start
+    start = time.perf_counter()
+    deploy = onnx_checks(models, x_test[:256], args)
+    seconds["onnx"] = time.perf_counter() - start
+    return {
+        "seed": seed,
+        "contenders": scores,
+        "bayesian_compression": ours,
+        "onnx": deploy,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    }
+
+
+def onnx_checks(
+    models: dict[str, nn.Module], batch: Tensor, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Export the dense Bayesian net (posterior mean) and each compressed net; the
+    exported files' difference from the models, and their latency, interleaved."""
+    keys = ["bayesian (dense)", "bayesian compressed", "tp magnitude", "tp taylor"]
+    out: dict[str, Any] = {"difference": {}, "latency_ms": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {}
+        for i, key in enumerate(keys):
+            paths[key] = compress.export_onnx(models[key], Path(folder) / f"{i}.onnx", SHAPE)
+            out["difference"][key] = compress.onnx_difference(paths[key], models[key], batch)
+        for size, repeats in ((1, args.latency_repeats), (256, max(5, args.latency_repeats // 20))):
+            times = onnx_latency(paths, size, repeats)
+            out["latency_ms"][f"batch {size}"] = {k: 1e3 * v for k, v in times.items()}
+    return out
+
+
+def _short(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float))
+
+
+# --- summaries ----------------------------------------------------------------------------
+
+
+def _mean_sd(values: list[float], digits: int = 4) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for key in CONTENDERS:
+        row: dict[str, Any] = {"contender": key}
+        for metric in REPORTED:
+            values = [r["contenders"][key].get(metric) for r in runs]
+            row[metric] = "–" if None in values else _mean_sd([float(v) for v in values], 3)
+        row["MLP widths"] = "; ".join(
+            "-".join(map(str, r["contenders"][key]["mlp_widths"])) for r in runs
+        )
+        rows.append(row)
+    return rows
+
+
+def per_seed_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for r in runs:
+        c, ours = r["contenders"], r["bayesian_compression"]
+        dense = c["bayesian (dense)"]
+        latency = r["onnx"]["latency_ms"]
+        pruned = ("bayesian compressed", "tp magnitude", "tp taylor")
+        rows.append(
+            {
+                "seed": r["seed"],
+                "level (rule)": f"{ours['sparsity']} ({ours['rule']})",
+                "acc ours / mag / Taylor": " / ".join(f"{c[k]['accuracy']:.4f}" for k in pruned),
+                "ECE ours / mag / Taylor": " / ".join(f"{c[k]['ece']:.4f}" for k in pruned),
+                "AUROC drop ent / MI": " / ".join(
+                    f"{dense[m] - c['bayesian compressed'][m]:+.3f}"
+                    for m in ("ood_auroc_entropy", "ood_auroc_mi")
+                ),
+                "ms batch 1 dense / ours / mag": " / ".join(
+                    f"{latency['batch 1'][k]:.3f}"
+                    for k in ("bayesian (dense)", "bayesian compressed", "tp magnitude")
+                ),
+                "ms batch 256 dense / ours / mag": " / ".join(
+                    f"{latency['batch 256'][k]:.1f}"
+                    for k in ("bayesian (dense)", "bayesian compressed", "tp magnitude")
+                ),
+            }
+        )
+    return rows
+
+
+def render(runs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    text = f"Settings: {settings}\n\n## Test (mean ± sd over seeds)\n\n"
+    text += md_table(summary_rows(runs))
+    text += "\n## Per seed\n\n" + md_table(per_seed_rows(runs))
+    text += "\n## Levels tried (validation)\n\n"
+    for r in runs:
+        for level in r["bayesian_compression"]["levels"]:
+            v = level["val_finetuned"]
+            text += (
+                f"- seed {r['seed']}, sparsity {level['sparsity']}: accuracy pruned "
+                f"{level['val_accuracy_pruned']:.4f} → fine-tuned {v['accuracy']:.4f}, AUROC "
+                f"{v['ood_auroc_entropy']:.3f} / {v['ood_auroc_mi']:.3f}, acceptable "
+                f"{level['acceptable']}\n"
+            )
+        d = r["bayesian_compression"]["dense_val"]
+        text += (
+            f"- seed {r['seed']}, dense: accuracy {d['accuracy']:.4f}, AUROC "
+            f"{d['ood_auroc_entropy']:.3f} / {d['ood_auroc_mi']:.3f}\n"
+        )
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256, help="MLP hidden units per block")
+    parser.add_argument("--train-limit", type=int, default=12000, help="training rows (+val)")
+    parser.add_argument("--val-size", type=int, default=2000)
+    parser.add_argument("--test-limit", type=int, default=5000, help="test images, in and out")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--keep", nargs="*", default=["patch", "head"], help="stay deterministic")
+    parser.add_argument("--grid", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    parser.add_argument("--tolerance", type=float, default=0.01, help="validation accuracy")
+    parser.add_argument("--ood-tolerance", type=float, default=0.02, help="validation AUROCs")
+    parser.add_argument("--score-batches", type=int, default=8, help="of 256 training images")
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--finetune-lr", type=float, default=5e-4, help="cosine to 0")
+    parser.add_argument("--mc-samples", type=int, default=12)
+    parser.add_argument("--latency-repeats", type=int, default=200, help="batch 1; /20 at 256")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default=NAME, help="result file name")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="combine seed runs")
+    add_results_dir_option(parser)
+    args = parser.parse_args()
+    use_results_dir(args)
+    if args.merge:
+        loaded = [json.loads(Path(p).read_text()) for p in args.merge]
+        runs = [r for run in loaded for r in run["runs"]]
+        settings = loaded[0]["settings"]
+        write_results(args.name, {"settings": settings, "runs": runs}, render(runs, settings))
+        return
+    torch.set_num_threads(args.threads)
+    settings = {k: v for k, v in vars(args).items() if k not in ("merge", "name")}
+    runs = []
+    for seed in args.seeds:
+        print(f"seed {seed}", flush=True)
+        runs.append(run_seed(seed, args))
+        write_results(args.name, {"settings": settings, "runs": runs}, render(runs, settings))
+    print(render(runs, settings))
+
+
+if __name__ == "__main__":
+    main()
