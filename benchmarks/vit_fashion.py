@@ -22,6 +22,10 @@ Per seed, on Fashion-MNIST (a training subset; the validation split is carved fr
    mutual information; MLP widths, FLOPs, parameters; onnxruntime latency (1 thread,
    batch 1 and 256, sessions interleaved) of the dense and compressed nets.
 
+`--dev-finetune-epochs E ...` reads no test set: it trains the Bayesian net once and walks
+the levels after a fine-tune of each length given, on validation only (to choose the
+fine-tune on development seeds).
+
     python benchmarks/vit_fashion.py --seeds 0 1 2
 """
 
@@ -69,13 +73,15 @@ def make_data(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     n = args.val_size
     if n >= len(y):
         raise SystemExit(f"--val-size {n} leaves no training rows of {len(y)}")
-    return {
+    out = {
         "train": (x[:-n], y[:-n]),
         "val": (x[-n:], y[-n:]),
         "val_ood": load_mnist("train", limit=n, seed=seed).tensors[0],
-        "test": load_fashion_mnist("test", limit=args.test_limit, seed=0).tensors,
-        "ood": load_mnist("test", limit=args.test_limit, seed=0).tensors[0],
     }
+    if not args.dev_finetune_epochs:  # development runs read no test set
+        out["test"] = load_fashion_mnist("test", limit=args.test_limit, seed=0).tensors
+        out["ood"] = load_mnist("test", limit=args.test_limit, seed=0).tensors[0]
+    return out
 
 
 def flops(model: nn.Module) -> int:
@@ -123,8 +129,10 @@ def compress_bayes(
     args: argparse.Namespace,
     seed: int,
     finetune: Any,
+    every_level: bool = False,
 ) -> dict[str, Any]:
-    """The level walk on validation (module docstring, step 2)."""
+    """The level walk on validation (module docstring, step 2); `every_level` walks on
+    past a level that fails (development: to see them all)."""
     x_train = data["train"][0]
     accuracy = bp.scorer(data["val"], mode="mean", metrics=["accuracy"])
     ood = bp.scorer(
@@ -151,7 +159,9 @@ def compress_bayes(
     scores = {name: scores[name] for name in hidden_units(bayes)}
     dense = validate(bayes)
     example = x_train[:8]
-    levels, chosen = [], None
+    levels: list[dict[str, Any]] = []
+    nets: list[nn.Module] = []
+    chosen: tuple[float, nn.Module] | None = None
     for sparsity in sorted(args.grid):
         keep = compress.keep_units(scores, sparsity)
         result = compress.shrink_graph(bayes, example, prune_units=keep)
@@ -172,9 +182,14 @@ def compress_bayes(
             }
         )
         print(f"    level {levels[-1]}", flush=True)
-        if not holds:
+        nets.append(small)
+        if not holds and not every_level:
             break
-        chosen = (sparsity, small)
+    held_run = 0  # the levels that hold before the first that does not
+    while held_run < len(levels) and levels[held_run]["acceptable"]:
+        held_run += 1
+    if held_run:
+        chosen = (levels[held_run - 1]["sparsity"], nets[held_run - 1])
     rule = "grid"
     if chosen is None:  # the least-pruned level, fine-tuned: recorded as not held
         rule = "none held"
@@ -192,6 +207,27 @@ def compress_bayes(
         "levels": levels,
         "tolerances": [t.as_dict() for t in held],
     }
+
+
+def dev_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """`--dev-finetune-epochs`: one Bayesian net, the level walk after each fine-tune
+    length, validation only."""
+    data = make_data(seed, args)
+    fit = {"batch_size": args.batch_size, "seed": seed, "progress": False}
+    bayes = bp.convert(build(seed, args), "gaussian", init_from_weights=True, keep=args.keep)
+    bp.fit(bayes, data["train"], epochs=args.epochs, lr=args.lr, lr_schedule="cosine", **fit)
+    walks = {}
+    for epochs in args.dev_finetune_epochs:
+        tune = {"epochs": epochs, "lr": args.finetune_lr, "lr_schedule": "cosine"}
+
+        def finetune(net: nn.Module, tune: dict[str, Any] = tune) -> None:
+            bp.finetune(net, data["train"], **tune, **fit)
+
+        walk = compress_bayes(bayes, data, args, seed, finetune, every_level=True)
+        walk.pop("model")
+        walks[str(epochs)] = walk
+        print(f"  fine-tune {epochs} epochs: level {walk['sparsity']} ({walk['rule']})", flush=True)
+    return {"seed": seed, "walks": walks}
 
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -355,6 +391,30 @@ def render(runs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     return text
 
 
+def render_dev(runs: list[dict[str, Any]]) -> str:
+    """Development runs: per seed and fine-tune length, each level's validation metrics."""
+    rows = []
+    for r in runs:
+        for epochs, walk in r["walks"].items():
+            d = walk["dense_val"]
+            for level in walk["levels"]:
+                v = level["val_finetuned"]
+                rows.append(
+                    {
+                        "seed": r["seed"],
+                        "fine-tune epochs": epochs,
+                        "sparsity": level["sparsity"],
+                        "accuracy (dense)": f"{v['accuracy']:.4f} ({d['accuracy']:.4f})",
+                        "AUROC entropy (dense)": (
+                            f"{v['ood_auroc_entropy']:.3f} ({d['ood_auroc_entropy']:.3f})"
+                        ),
+                        "AUROC MI (dense)": f"{v['ood_auroc_mi']:.3f} ({d['ood_auroc_mi']:.3f})",
+                        "acceptable": level["acceptable"],
+                    }
+                )
+    return "Validation only (no test set read).\n\n" + md_table(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -375,6 +435,13 @@ def main() -> None:
     parser.add_argument("--score-batches", type=int, default=8, help="of 256 training images")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--finetune-lr", type=float, default=5e-4, help="cosine to 0")
+    parser.add_argument(
+        "--dev-finetune-epochs",
+        type=int,
+        nargs="*",
+        default=[],
+        help="development: the level walk after each fine-tune length, no test set",
+    )
     parser.add_argument("--mc-samples", type=int, default=12)
     parser.add_argument("--latency-repeats", type=int, default=200, help="batch 1; /20 at 256")
     parser.add_argument("--threads", type=int, default=1)
@@ -387,15 +454,23 @@ def main() -> None:
         loaded = [json.loads(Path(p).read_text()) for p in args.merge]
         runs = [r for run in loaded for r in run["runs"]]
         settings = loaded[0]["settings"]
-        write_results(args.name, {"settings": settings, "runs": runs}, render(runs, settings))
+        text = render_dev(runs) if "walks" in runs[0] else render(runs, settings)
+        write_results(args.name, {"settings": settings, "runs": runs}, text)
         return
     torch.set_num_threads(args.threads)
     settings = {k: v for k, v in vars(args).items() if k not in ("merge", "name")}
     runs = []
     for seed in args.seeds:
         print(f"seed {seed}", flush=True)
+        if args.dev_finetune_epochs:
+            runs.append(dev_seed(seed, args))
+            write_results(args.name, {"settings": settings, "runs": runs}, render_dev(runs))
+            continue
         runs.append(run_seed(seed, args))
         write_results(args.name, {"settings": settings, "runs": runs}, render(runs, settings))
+    if args.dev_finetune_epochs:
+        print(render_dev(runs))
+        return
     print(render(runs, settings))
 
 

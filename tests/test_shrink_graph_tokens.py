@@ -281,3 +281,25 @@ def test_a_shrunk_transformer_block_exports_to_onnx(tmp_path):
     path = export_onnx(result.model, tmp_path / "block.onnx", (5, 4))
     assert onnx_difference(path, result.model, x) < 1e-5
     assert torch.backends.mha.get_fastpath_enabled()  # put back
+
+
+def test_self_compress_rounds_cut_transformer_mlp_units():
+    """Rounds of score, cut and shrink on tokens: the lowest-scoring hidden units go, and
+    the lowest stream channels from every layer that writes or reads them."""
+    from bayesprune.compress import self_compress
+
+    model = _build(TokenResidual, "gaussian")
+    x = torch.randn(16, 5, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    scores = activation_scores(model, x)
+    result = self_compress(
+        model, lambda m: {"accuracy": 1.0}, example_inputs=x[:2], score="activation",
+        score_data=x, fraction=0.3, max_rounds=1,
+    )  # fmt: skip
+    small = result.model
+    assert type(small) is TokenResidual and result.accepted.round == 1
+    torch.testing.assert_close(scores["embed"], scores["fc2"])  # one residual stream
+    kept = torch.argsort(scores["fc1"], descending=True, stable=True)[:7].sort().values
+    stream = torch.argsort(scores["embed"], descending=True, stable=True)[:4].sort().values
+    assert small.fc1.out_features == small.fc2.in_features == 7  # 10 − ceil(0.3·10)
+    assert small.embed.out_features == small.fc2.out_features == small.head.in_features == 4
+    torch.testing.assert_close(small.fc1.weight_mu, model.fc1.weight_mu[kept][:, stream])
