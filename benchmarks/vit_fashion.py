@@ -24,7 +24,9 @@ Per seed, on Fashion-MNIST (a training subset; the validation split is carved fr
 
 `--dev-finetune-epochs E ...` reads no test set: it trains the Bayesian net once and walks
 the levels after a fine-tune of each length given, on validation only (to choose the
-fine-tune on development seeds).
+fine-tune on development seeds). `--latency-widths W ...` measures only the deployed
+network's onnxruntime latency at each MLP width (random weights: latency depends on the
+shapes alone), interleaved, with nothing else running.
 
     python benchmarks/vit_fashion.py --seeds 0 1 2
 """
@@ -391,6 +393,35 @@ def render(runs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     return text
 
 
+def latency_by_width(args: argparse.Namespace) -> dict[str, Any]:
+    """`--latency-widths`: the exported deterministic ViT at each MLP width, timed
+    interleaved at batch 1 and 256 (median ms), with the ratio to the first width."""
+    out: dict[str, Any] = {"flops": {}, "latency_ms": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {}
+        for width in args.latency_widths:
+            torch.manual_seed(0)
+            net = ViT(args.width, args.depth, args.heads, width).eval()
+            out["flops"][str(width)] = flops(net)
+            paths[str(width)] = compress.export_onnx(net, Path(folder) / f"{width}.onnx", SHAPE)
+        for size, repeats in ((1, args.latency_repeats), (256, max(5, args.latency_repeats // 20))):
+            times = onnx_latency(paths, size, repeats)
+            out["latency_ms"][f"batch {size}"] = {k: 1e3 * v for k, v in times.items()}
+    return out
+
+
+def render_latency(result: dict[str, Any]) -> str:
+    first = next(iter(result["flops"]))
+    rows = []
+    for width, count in result["flops"].items():
+        row: dict[str, Any] = {"MLP width": width, "FLOPs ratio": count / result["flops"][first]}
+        for batch, times in result["latency_ms"].items():
+            row[f"ms {batch}"] = times[width]
+            row[f"ratio {batch}"] = times[width] / times[first]
+        rows.append(row)
+    return md_table(rows)
+
+
 def render_dev(runs: list[dict[str, Any]]) -> str:
     """Development runs: per seed and fine-tune length, each level's validation metrics."""
     rows = []
@@ -445,6 +476,9 @@ def main() -> None:
     parser.add_argument("--mc-samples", type=int, default=12)
     parser.add_argument("--latency-repeats", type=int, default=200, help="batch 1; /20 at 256")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--latency-widths", type=int, nargs="*", default=[], help="only latency, per MLP width"
+    )
     parser.add_argument("--name", default=NAME, help="result file name")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="combine seed runs")
     add_results_dir_option(parser)
@@ -453,12 +487,17 @@ def main() -> None:
     if args.merge:
         loaded = [json.loads(Path(p).read_text()) for p in args.merge]
         runs = [r for run in loaded for r in run["runs"]]
-        settings = loaded[0]["settings"]
+        settings = {**loaded[0]["settings"], "seeds": [r["seed"] for r in runs]}
         text = render_dev(runs) if "walks" in runs[0] else render(runs, settings)
         write_results(args.name, {"settings": settings, "runs": runs}, text)
         return
     torch.set_num_threads(args.threads)
     settings = {k: v for k, v in vars(args).items() if k not in ("merge", "name")}
+    if args.latency_widths:
+        result = latency_by_width(args)
+        write_results(args.name, {"settings": settings, **result}, render_latency(result))
+        print(render_latency(result))
+        return
     runs = []
     for seed in args.seeds:
         print(f"seed {seed}", flush=True)
