@@ -303,3 +303,20 @@ def test_self_compress_rounds_cut_transformer_mlp_units():
     assert small.fc1.out_features == small.fc2.in_features == 7  # 10 − ceil(0.3·10)
     assert small.embed.out_features == small.fc2.out_features == small.head.in_features == 4
     torch.testing.assert_close(small.fc1.weight_mu, model.fc1.weight_mu[kept][:, stream])
+
+
+class TokenInputs(nn.Module):
+    """Tokens as the model's input: dim 1 holds positions, not features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.fc(x)).mean(1))
+
+
+def test_input_pruning_never_takes_token_positions_for_features():
+    model = _build(TokenInputs, "gaussian")
+    result = shrink_graph(model, torch.randn(2, 6, 3, dtype=torch.float64), prune_inputs=True)
+    assert result.kept_inputs in ({}, {"x": list(range(6))})

@@ -412,7 +412,8 @@ def _layer_ids(cg: ChannelGraph, node: fx.Node, module: nn.Module, first: Channe
     ids, axis = first
     groups = getattr(module, "groups", 1)
     reads = 1 if hasattr(module, "in_channels") else in_value.ndim - 1
-    if reads != axis:
+    if reads != axis:  # the input's ids run along another axis: those and these stay
+        _pin_args(cg, node)
         ids = cg.pinned_fresh(in_value.shape[reads], f"the input of {_describe(node)}")
     if groups > 1 and groups == module.in_channels == module.out_channels:
         cg.followers.append(Use(name, node, ids))  # depthwise: follows its producer
