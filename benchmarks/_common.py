@@ -131,3 +131,14 @@ def lr_multiplier_item(text: str) -> tuple[str, float]:
     if not suffix or value is None:
         raise argparse.ArgumentTypeError(f"expected SUFFIX=FACTOR such as rho=0.333, got {text!r}")
     return suffix, value
+
+
+def mean_sd(values: list[float], digits: int = 4) -> str:
+    """ "mean ± sd" of `values` (sd 0 for one value)."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def short_metrics(row: dict[str, Any]) -> str:
+    """The float entries of a metrics row on one line, for progress output."""
+    return ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float))

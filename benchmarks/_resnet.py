@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -441,3 +442,21 @@ def onnx_latency(
             if i >= warmup:
                 times[k].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def onnx_checks(
+    models: dict[str, nn.Module], keys: Sequence[str], batch: Tensor, repeats: int
+) -> dict[str, Any]:
+    """Export each of `keys` (a Bayesian net as its posterior mean), the exported file's
+    largest difference from the model on `batch`, and their latency (median ms) at
+    batch 1 (`repeats` runs) and 256 (`repeats` / 20), sessions interleaved."""
+    out: dict[str, Any] = {"difference": {}, "latency_ms": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {}
+        for i, key in enumerate(keys):
+            paths[key] = compress.export_onnx(models[key], Path(folder) / f"{i}.onnx", SHAPE)
+            out["difference"][key] = compress.onnx_difference(paths[key], models[key], batch)
+        for size, runs in ((1, repeats), (256, max(5, repeats // 20))):
+            times = onnx_latency(paths, size, runs)
+            out["latency_ms"][f"batch {size}"] = {k: 1e3 * v for k, v in times.items()}
+    return out

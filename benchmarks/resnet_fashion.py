@@ -45,20 +45,25 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from _common import (
+    add_results_dir_option,
+    md_table,
+    mean_sd,
+    short_metrics,
+    use_results_dir,
+    write_results,
+)
 from _resnet import (
     ALLOCATIONS,
-    SHAPE,
     ResNet,
     bayes_compress,
     flops,
-    onnx_latency,
+    onnx_checks,
     recalibrate_bn,
     stage_channels,
     tp_prune_to_flops,
@@ -66,7 +71,6 @@ from _resnet import (
 from torch import Tensor, nn
 
 import bayesprune as bp
-from bayesprune import compress
 from bayesprune.data import load_fashion_mnist, load_mnist
 
 NAME = "resnet_fashion"
@@ -221,10 +225,11 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         row["parameters_deployed"] = deployed_weights(model)
         row["channels"] = stage_channels(model)
         scores[key] = row
-        print(f"  {key}: {_short(row)}", flush=True)
+        print(f"  {key}: {short_metrics(row)}", flush=True)
     seconds["test"] = time.perf_counter() - start
     start = time.perf_counter()
-    deploy = onnx_checks(models, x_test[:256], args)
+    keys = ["bayesian (dense)", "bayesian compressed", "tp magnitude", "tp taylor"]
+    deploy = onnx_checks(models, keys, x_test[:256], args.latency_repeats)
     seconds["onnx"] = time.perf_counter() - start
     return {
         "seed": seed,
@@ -338,7 +343,7 @@ def _tracer(
         scorer = mc if _label(_unwrapped(model)) == "bayesian" else mean
         row = {k: v for k, v in scorer(model).items() if not k.startswith("mean_")}
         out[name] = row
-        print(f"    trace {name}: {_short(row)}", flush=True)
+        print(f"    trace {name}: {short_metrics(row)}", flush=True)
 
     return trace
 
@@ -376,34 +381,7 @@ def deployed_weights(model: nn.Module) -> int:
     return bp.metrics.model_size(model).weights
 
 
-def onnx_checks(
-    models: dict[str, nn.Module], batch: Tensor, args: argparse.Namespace
-) -> dict[str, Any]:
-    """Export the dense Bayesian net (posterior mean; the dense deterministic net has the
-    same graph) and each compressed net; onnx_difference of each; latency, interleaved."""
-    keys = ["bayesian (dense)", "bayesian compressed", "tp magnitude", "tp taylor"]
-    out: dict[str, Any] = {"difference": {}, "latency_ms": {}}
-    with tempfile.TemporaryDirectory() as folder:
-        paths = {}
-        for i, key in enumerate(keys):
-            paths[key] = compress.export_onnx(models[key], Path(folder) / f"{i}.onnx", SHAPE)
-            out["difference"][key] = compress.onnx_difference(paths[key], models[key], batch)
-        for size, repeats in ((1, args.latency_repeats), (256, max(5, args.latency_repeats // 20))):
-            times = onnx_latency(paths, size, repeats)
-            out["latency_ms"][f"batch {size}"] = {k: 1e3 * v for k, v in times.items()}
-    return out
-
-
-def _short(row: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float))
-
-
 # --- summaries ----------------------------------------------------------------------------------
-
-
-def _mean_sd(values: list[float], digits: int = 4) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
 def _channels(ch: dict[str, Any]) -> str:
@@ -421,12 +399,12 @@ def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"contender": key}
         for metric in REPORTED:
             values = [r["contenders"][key].get(metric) for r in runs]
-            row[metric] = "-" if None in values else _mean_sd(values, 3 if "flops" in metric else 4)
+            row[metric] = "-" if None in values else mean_sd(values, 3 if "flops" in metric else 4)
         for size in ("batch 1", "batch 256"):
             values = [r["onnx"]["latency_ms"][size].get(key) for r in runs]
             if key == "deterministic (dense)":
                 values = [r["onnx"]["latency_ms"][size]["bayesian (dense)"] for r in runs]
-            row[f"ms, {size}"] = _mean_sd(values, 3)
+            row[f"ms, {size}"] = mean_sd(values, 3)
         rows.append(row)
     return rows
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -44,8 +43,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import add_results_dir_option, md_table, use_results_dir, write_results
-from _resnet import SHAPE, onnx_latency
+from _common import (
+    add_results_dir_option,
+    md_table,
+    mean_sd,
+    short_metrics,
+    use_results_dir,
+    write_results,
+)
+from _resnet import SHAPE, onnx_checks, onnx_latency
 from _vit import ViT, hidden_units, mlp_widths
 from torch import Tensor, nn
 
@@ -283,10 +289,11 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         row["parameters"] = sum(p.numel() for p in bp.to_deterministic(model).parameters())
         row["mlp_widths"] = mlp_widths(model)
         scores[key] = row
-        print(f"  {key}: {_short(row)}", flush=True)
+        print(f"  {key}: {short_metrics(row)}", flush=True)
     seconds["test"] = time.perf_counter() - start
     start = time.perf_counter()
-    deploy = onnx_checks(models, x_test[:256], args)
+    keys = ["bayesian (dense)", "bayesian compressed", "tp magnitude", "tp taylor"]
+    deploy = onnx_checks(models, keys, x_test[:256], args.latency_repeats)
     seconds["onnx"] = time.perf_counter() - start
     return {
         "seed": seed,
@@ -297,34 +304,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def onnx_checks(
-    models: dict[str, nn.Module], batch: Tensor, args: argparse.Namespace
-) -> dict[str, Any]:
-    """Export the dense Bayesian net (posterior mean) and each compressed net; the
-    exported files' difference from the models, and their latency, interleaved."""
-    keys = ["bayesian (dense)", "bayesian compressed", "tp magnitude", "tp taylor"]
-    out: dict[str, Any] = {"difference": {}, "latency_ms": {}}
-    with tempfile.TemporaryDirectory() as folder:
-        paths = {}
-        for i, key in enumerate(keys):
-            paths[key] = compress.export_onnx(models[key], Path(folder) / f"{i}.onnx", SHAPE)
-            out["difference"][key] = compress.onnx_difference(paths[key], models[key], batch)
-        for size, repeats in ((1, args.latency_repeats), (256, max(5, args.latency_repeats // 20))):
-            times = onnx_latency(paths, size, repeats)
-            out["latency_ms"][f"batch {size}"] = {k: 1e3 * v for k, v in times.items()}
-    return out
-
-
-def _short(row: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float))
-
-
 # --- summaries ----------------------------------------------------------------------------
-
-
-def _mean_sd(values: list[float], digits: int = 4) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
 def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -333,7 +313,7 @@ def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"contender": key}
         for metric in REPORTED:
             values = [r["contenders"][key].get(metric) for r in runs]
-            row[metric] = "–" if None in values else _mean_sd([float(v) for v in values], 3)
+            row[metric] = "–" if None in values else mean_sd([float(v) for v in values], 3)
         row["MLP widths"] = "; ".join(
             "-".join(map(str, r["contenders"][key]["mlp_widths"])) for r in runs
         )
