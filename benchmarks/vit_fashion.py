@@ -62,13 +62,6 @@ from bayesprune.data import load_fashion_mnist, load_mnist
 from bayesprune.metrics import count_flops
 
 NAME = "vit_fashion"
-CONTENDERS = (
-    "deterministic (dense)",
-    "bayesian (dense)",
-    "bayesian compressed",
-    "tp magnitude",
-    "tp taylor",
-)
 REPORTED = ("accuracy", "ece", "nll", "ood_auroc_entropy", "ood_auroc_mi", "flops_ratio")
 
 
@@ -272,6 +265,12 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         finetune(net)
         nets[f"tp {kind}"] = net
     seconds["tp_prune_and_finetune"] = time.perf_counter() - start
+    if args.temperature:  # every compressed net, alike: T fitted on the validation split
+        for key in list(nets):
+            mode = "mc" if key.startswith("bayesian") else "mean"
+            nets[f"{key} + T"] = bp.restore_uncertainty(
+                nets[key], "temperature", val=data["val"], mode=mode, samples=args.mc_samples
+            )
 
     # --- the test and OOD test sets, read once per contender
     start = time.perf_counter()
@@ -284,10 +283,13 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     for key, model in models.items():
         scorer = mc if key.startswith("bayesian") else mean
         row = {k: v for k, v in scorer(model).items() if not k.startswith("mean_")}
-        row["flops"] = flops(model)
+        net = getattr(model, "model", model)  # a temperature-scaled net's network
+        row["flops"] = flops(net)
         row["flops_ratio"] = row["flops"] / dense_flops
-        row["parameters"] = sum(p.numel() for p in bp.to_deterministic(model).parameters())
-        row["mlp_widths"] = mlp_widths(model)
+        row["parameters"] = sum(p.numel() for p in bp.to_deterministic(net).parameters())
+        row["mlp_widths"] = mlp_widths(net)
+        if net is not model:
+            row["temperature"] = float(model.temperature)
         scores[key] = row
         print(f"  {key}: {short_metrics(row)}", flush=True)
     seconds["test"] = time.perf_counter() - start
@@ -309,7 +311,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
 def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for key in CONTENDERS:
+    for key in [k for k in runs[0]["contenders"] if all(k in r["contenders"] for r in runs)]:
         row: dict[str, Any] = {"contender": key}
         for metric in REPORTED:
             values = [r["contenders"][key].get(metric) for r in runs]
@@ -454,6 +456,11 @@ def main() -> None:
         help="development: the level walk after each fine-tune length, no test set",
     )
     parser.add_argument("--mc-samples", type=int, default=12)
+    parser.add_argument(
+        "--temperature",
+        action="store_true",
+        help="also score every compressed net after temperature scaling on validation",
+    )
     parser.add_argument("--latency-repeats", type=int, default=200, help="batch 1; /20 at 256")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(

@@ -5,8 +5,11 @@ same union-find; split apart they would have to share its internals.)
 
 The model is traced with `torch.fx` (every variational layer, every bayesprune layer
 and every standard torch module is a leaf) and run once on the example inputs; every
-node then carries, per entry of its channel axis (dim 1), a *channel id*. Ids that must
-go together are united (union-find) into one *group*:
+node then carries, per entry of its channel axis, a *channel id*. The channel axis is
+dim 1, or the last axis where an nn.Linear writes tokens (B × T × C) or a channels-last
+map (`ChannelGraph.axis`; `graph_axes` says where it goes through reshapes, permutes,
+reductions and indexing). Ids that must go together are united (union-find) into one
+*group*:
 
 - a prunable layer's outputs get fresh ids (its units); it is a *sink* for its inputs
   (their columns are cut). A grouped convolution unites each group's input channels
@@ -28,7 +31,11 @@ go together are united (union-find) into one *group*:
   their bounds fix; `torch.split` (its sizes are constants of the forward) pins;
 - a flatten, or a view/reshape whose channel-bearing size is computed (-1,
   `x.size(0)`), repeats each channel's id over its H·W block; a size written as a
-  constant (`x.view(-1, 400)`) pins.
+  constant (`x.view(-1, 400)`) pins;
+- on the last axis: a Linear reads and writes it; `permute` / `transpose` move the axis,
+  `x[:, 0]` and a mean over the tokens pass the channels, activations and dropout pass,
+  LayerNorm over the channels pins; every dim-1 rule above (BatchNorm, pooling, slices
+  of channels) is for dim 1 only, and an operand whose ids run along another axis pins.
 
 Moment networks (eVI) pass `Moments(mean, cov)` between layers: a node's channels are
 its mean's. Layers say what they do through class attributes (family knowledge stays in
