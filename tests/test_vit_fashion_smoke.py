@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import bayesprune as bp
@@ -21,25 +22,34 @@ from _vit import ViT, hidden_units, mlp_widths
 from vit_fashion import flops, tp_prune
 
 
-def test_ours_and_torch_pruning_cut_the_same_mlp_units_count():
+def _ours(x: torch.Tensor) -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(0)
-    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
-    det = ViT(16, 2, 2, 32).eval()
     bayes = bp.convert(ViT(16, 2, 2, 32), "gaussian", keep=("patch", "head")).eval()
     scores = compress.activation_scores(bayes, x)
     keep = compress.keep_units({n: scores[n] for n in hidden_units(bayes)}, 0.5)
-    ours = compress.shrink_graph(bayes, x[:2], prune_units=keep).model
-    theirs = {kind: tp_prune(det, kind, 0.5, x[:2], [(x, y)]) for kind in ("magnitude", "taylor")}
-    assert mlp_widths(ours) == [16, 16]
-    for net in theirs.values():
-        assert mlp_widths(net) == [16, 16]
-        assert net.blocks[0].attention.embed_dim == 16 and net.head.in_features == 16
-        assert flops(net) == flops(ours) < flops(det)
-    models = {
-        "bayesian (dense)": bayes,
-        "bayesian compressed": ours,
-        **{f"tp {k}": v for k, v in theirs.items()},
-    }
+    return bayes, compress.shrink_graph(bayes, x[:2], prune_units=keep).model
+
+
+def test_our_path_halves_the_mlps_and_exports():
+    x = torch.rand(16, 1, 28, 28)
+    bayes, ours = _ours(x)
+    assert mlp_widths(bayes) == [32, 32] and mlp_widths(ours) == [16, 16]
+    assert ours.blocks[0].attention.embed_dim == 16 and ours.head.in_features == 16
+    assert flops(ours) < flops(bayes)
+    models = {"bayesian (dense)": bayes, "bayesian compressed": ours}
     checks = onnx_checks(models, list(models), x[:4], repeats=2)
     assert max(checks["difference"].values()) < 1e-4
     assert set(checks["latency_ms"]["batch 1"]) == set(models)
+
+
+def test_torch_pruning_cuts_as_many_mlp_units_at_equal_flops():
+    pytest.importorskip("torch_pruning", reason="Torch-Pruning comes with the bench extra")
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    _, ours = _ours(x)
+    torch.manual_seed(0)
+    det = ViT(16, 2, 2, 32).eval()
+    for kind in ("magnitude", "taylor"):
+        net = tp_prune(det, kind, 0.5, x[:2], [(x, y)])
+        assert mlp_widths(net) == [16, 16]
+        assert net.blocks[0].attention.embed_dim == 16 and net.head.in_features == 16
+        assert flops(net) == flops(ours) < flops(det)
