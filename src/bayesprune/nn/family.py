@@ -194,10 +194,10 @@ def convert(
     `model.named_modules()`, e.g. `("conv1", "fc")`, or a block such as `"layer4"`) or
     module types (every module of the type, e.g. an attention class whose forward reads
     `self.qkv.weight` itself) whose layers stay deterministic; a name or type that matches
-    no replaceable layer is an error. The
-    first and last converted layers in module order get the roles "first" and "last"
-    (e.g. spike-and-slab gates the first layer's inputs with `input_gates=True` and
-    leaves the last layer's outputs ungated). `init_from_weights=True` starts the
+    no replaceable layer is an error. The first and last converted layers in module
+    order get the roles "first" and "last" (e.g. spike-and-slab gates the first layer's
+    inputs with `input_gates=True` and leaves the last layer's outputs ungated).
+    `init_from_weights=True` starts the
     posterior means at the trained weights (a cheap way to make a pretrained network
     Bayesian); `options` go to the family's layer factories (e.g. `prior_scale=0.1`).
     """
