@@ -34,6 +34,7 @@ from bayesprune import compress
 from bayesprune.compress.chain import deployed_weight
 from bayesprune.compress.graph_scores import _keep_global
 from bayesprune.compress.tolerances import ToleranceSpec, all_hold, as_tolerances
+from bayesprune.data import load_fashion_mnist, load_mnist
 from bayesprune.metrics import count_flops
 
 SHAPE = (1, 28, 28)
@@ -346,19 +347,44 @@ def _candidate(
     return _Candidate(sparsity, allocation, small, result.as_dict(), values, record)
 
 
+# --- data ----------------------------------------------------------------------------------
+
+
+def fashion_data(
+    seed: int, train_limit: int, val_size: int, test_limit: int, with_test: bool = True
+) -> dict[str, Any]:
+    """Seeded Fashion-MNIST training rows with the validation split carved off, a
+    validation OOD set (MNIST *training* images: the MNIST test set is the test's), and,
+    `with_test`, the Fashion-MNIST test set and the MNIST test images as its OOD set."""
+    x, y = load_fashion_mnist("train", limit=train_limit, seed=seed).tensors
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    x, y = x[perm], y[perm]
+    n = val_size
+    if n >= len(y):
+        raise SystemExit(f"--val-size {n} leaves no training rows of {len(y)}")
+    out = {"train": (x[:-n], y[:-n]), "val": (x[-n:], y[-n:])}
+    out["val_ood"] = load_mnist("train", limit=n, seed=seed).tensors[0]
+    if with_test:
+        out["test"] = load_fashion_mnist("test", limit=test_limit, seed=0).tensors
+        out["ood"] = load_mnist("test", limit=test_limit, seed=0).tensors[0]
+    return out
+
+
 # --- Torch-Pruning at equal FLOPs ----------------------------------------------------------
 
 
-def _tp_prune(
+def tp_prune(
     model: nn.Module,
     kind: str,
     ratio: float,
     example: Tensor,
     grad_batches: Sequence[tuple[Tensor, Tensor]],
     global_pruning: bool = False,
+    ignored: Callable[[nn.Module], list[nn.Module]] = lambda net: [net.fc],
 ) -> nn.Module:
     """A pruned copy of `model`: `ratio` of each group's channels (uniform), or of all
-    channels ranked together (`global_pruning`, at most 90 % of a layer)."""
+    channels ranked together (`global_pruning`, at most 90 % of a layer), by Torch-Pruning
+    (magnitude or Taylor importance); `ignored(copy)` names the layers whose outputs stay."""
     import torch_pruning as tp
 
     net = copy.deepcopy(model).eval()
@@ -371,7 +397,7 @@ def _tp_prune(
         example,
         importance=importance,
         pruning_ratio=ratio,
-        ignored_layers=[net.fc],
+        ignored_layers=ignored(net),
         global_pruning=global_pruning,
         max_pruning_ratio=0.9,
     )
@@ -402,7 +428,7 @@ def tp_prune_to_flops(
         lo, hi = 0.0, 0.95
         for _ in range(steps):
             mid = (lo + hi) / 2
-            net = _tp_prune(model, kind, mid, example, grad_batches, global_pruning)
+            net = tp_prune(model, kind, mid, example, grad_batches, global_pruning)
             got = flops(net)
             gap = got / target_flops - 1
             if best is None or abs(gap) < abs(best[0]):

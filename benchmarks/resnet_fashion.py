@@ -62,6 +62,7 @@ from _resnet import (
     ALLOCATIONS,
     ResNet,
     bayes_compress,
+    fashion_data,
     flops,
     onnx_checks,
     recalibrate_bn,
@@ -71,7 +72,6 @@ from _resnet import (
 from torch import Tensor, nn
 
 import bayesprune as bp
-from bayesprune.data import load_fashion_mnist, load_mnist
 
 NAME = "resnet_fashion"
 CONTENDERS = (
@@ -85,22 +85,10 @@ REPORTED = ("accuracy", "ece", "nll", "ood_auroc_entropy", "ood_auroc_mi", "flop
 
 
 def make_data(seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Seeded training rows with the validation split carved off, a validation OOD set
-    (MNIST training images), and the test and OOD test sets."""
-    x, y = load_fashion_mnist("train", limit=args.train_limit, seed=seed).tensors
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    x, y = x[perm], y[perm]
-    n = args.val_size
-    if n >= len(y):
-        raise SystemExit(f"--val-size {n} leaves no training rows of {len(y)}")
-    out = {"train": (x[:-n], y[:-n]), "val": (x[-n:], y[-n:])}
-    # the validation OOD set: MNIST *training* images (the MNIST test set is the test's)
-    out["val_ood"] = load_mnist("train", limit=n, seed=seed).tensors[0]
-    if args.trace:
-        return out
-    out["test"] = load_fashion_mnist("test", limit=args.test_limit, seed=0).tensors
-    out["ood"] = load_mnist("test", limit=args.test_limit, seed=0).tensors[0]
-    return out
+    """`_resnet.fashion_data` with the settings' sizes; `--trace` reads no test set."""
+    return fashion_data(
+        seed, args.train_limit, args.val_size, args.test_limit, with_test=not args.trace
+    )
 
 
 def _batches(x: Tensor, size: int, count: int) -> list[Tensor]:

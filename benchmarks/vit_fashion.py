@@ -34,7 +34,6 @@ shapes alone), interleaved, with nothing else running.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 import time
@@ -42,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from _common import (
     add_results_dir_option,
     md_table,
@@ -51,14 +49,14 @@ from _common import (
     use_results_dir,
     write_results,
 )
-from _resnet import SHAPE, onnx_checks, onnx_latency
+from _resnet import SHAPE, fashion_data, onnx_checks, onnx_latency
+from _resnet import tp_prune as _resnet_tp_prune
 from _vit import ViT, hidden_units, mlp_widths
 from torch import Tensor, nn
 
 import bayesprune as bp
 from bayesprune import compress
 from bayesprune.compress.tolerances import all_hold, as_tolerances
-from bayesprune.data import load_fashion_mnist, load_mnist
 from bayesprune.metrics import count_flops
 
 NAME = "vit_fashion"
@@ -66,23 +64,14 @@ REPORTED = ("accuracy", "ece", "nll", "ood_auroc_entropy", "ood_auroc_mi", "flop
 
 
 def make_data(seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Seeded training rows with the validation split carved off, a validation OOD set
-    (MNIST training images), and the test and OOD test sets."""
-    x, y = load_fashion_mnist("train", limit=args.train_limit, seed=seed).tensors
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    x, y = x[perm], y[perm]
-    n = args.val_size
-    if n >= len(y):
-        raise SystemExit(f"--val-size {n} leaves no training rows of {len(y)}")
-    out = {
-        "train": (x[:-n], y[:-n]),
-        "val": (x[-n:], y[-n:]),
-        "val_ood": load_mnist("train", limit=n, seed=seed).tensors[0],
-    }
-    if not args.dev_finetune_epochs:  # development runs read no test set
-        out["test"] = load_fashion_mnist("test", limit=args.test_limit, seed=0).tensors
-        out["ood"] = load_mnist("test", limit=args.test_limit, seed=0).tensors[0]
-    return out
+    """`_resnet.fashion_data` with the settings' sizes; development runs read no test set."""
+    return fashion_data(
+        seed,
+        args.train_limit,
+        args.val_size,
+        args.test_limit,
+        with_test=not args.dev_finetune_epochs,
+    )
 
 
 def flops(model: nn.Module) -> int:
@@ -99,29 +88,16 @@ def tp_prune(
 ) -> nn.Module:
     """A copy of `model` with `ratio` of every block's MLP hidden units removed by
     Torch-Pruning (every other layer ignored, so only fc1's outputs / fc2's inputs go)."""
-    import torch_pruning as tp
 
-    net = copy.deepcopy(model).eval()
-    mlp = set(hidden_units(net))
-    ignored = [
-        m
-        for name, m in net.named_modules()
-        if isinstance(m, nn.Linear | nn.Conv2d) and name not in mlp
-    ]
-    importance = {
-        "magnitude": lambda: tp.importance.MagnitudeImportance(p=2),
-        "taylor": lambda: tp.importance.TaylorImportance(),
-    }[kind]()
-    pruner = tp.pruner.MetaPruner(
-        net, example, importance=importance, pruning_ratio=ratio, ignored_layers=ignored
-    )
-    if kind == "taylor":
-        net.zero_grad()
-        for x, y in grads:
-            F.cross_entropy(net(x), y).backward()
-    pruner.step()
-    net.zero_grad(set_to_none=True)
-    return net
+    def not_mlp(net: nn.Module) -> list[nn.Module]:
+        mlp = set(hidden_units(net))
+        return [
+            m
+            for name, m in net.named_modules()
+            if isinstance(m, nn.Linear | nn.Conv2d) and name not in mlp
+        ]
+
+    return _resnet_tp_prune(model, kind, ratio, example, grads, ignored=not_mlp)
 
 
 def compress_bayes(

@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _torchvision import import_torchvision_models
-from test_shrink_graph import TOL, _build, _kill, _out
+from test_shrink_graph import _build, _kill, _out
+from test_shrink_graph_constructs import _shrunk
 from torch import Tensor, nn
 
 from bayesprune import convert
@@ -24,19 +25,6 @@ from bayesprune.compress.graph_axes import indexed, reduced, reshaped
 from bayesprune.nn import VariationalLayer
 
 FAMILIES = ["gaussian", "sparse_vd", "spike_slab"]
-
-
-def _shrunk(model: nn.Module, x: Tensor, *more: Tensor):
-    """Shrink on `x`; the result must equal the masked model on `x` and on `more`."""
-    result = shrink_graph(model, x)
-    for batch in (x, *more):
-        torch.testing.assert_close(
-            _out(result.model, batch), _out(model, batch), atol=TOL, rtol=TOL
-        )
-    for name, module in model.named_modules():
-        if isinstance(module, VariationalLayer):
-            assert type(result.model.get_submodule(name)) is type(module), name
-    return result, {r.name: r for r in result.layers}
 
 
 class TokenBlock(nn.Module):
