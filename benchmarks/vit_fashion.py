@@ -168,14 +168,9 @@ def compress_bayes(
     if held_run:
         chosen = (levels[held_run - 1]["sparsity"], nets[held_run - 1])
     rule = "grid"
-    if chosen is None:  # the least-pruned level, fine-tuned: recorded as not held
+    if chosen is None:  # the least-pruned level, already fine-tuned: recorded as not held
         rule = "none held"
-        sparsity = min(args.grid)
-        small = compress.shrink_graph(
-            bayes, example, prune_units=compress.keep_units(scores, sparsity)
-        ).model
-        finetune(small)
-        chosen = (sparsity, small)
+        chosen = (levels[0]["sparsity"], nets[0])
     return {
         "sparsity": chosen[0],
         "model": chosen[1],
