@@ -197,6 +197,13 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         _restores(nets, data, args, seed, tracer, fit)
         return {"seed": seed, "trace": traced, "sparsity": ours.sparsity, "matching": matching}
 
+    if args.temperature:  # every compressed net alike: T fitted on the validation split
+        for key in list(nets):
+            mode = "mc" if key.startswith("bayesian") else "mean"
+            nets[f"{key} + T"] = bp.restore_uncertainty(
+                nets[key], "temperature", val=data["val"], mode=mode, samples=args.mc_samples
+            )
+
     # --- the test and OOD test sets, read once per contender
     start = time.perf_counter()
     x_test, y_test = data["test"]
@@ -208,10 +215,13 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     for key, model in models.items():
         scorer = mc if key.startswith("bayesian") else mean
         row = {k: v for k, v in scorer(model).items() if not k.startswith("mean_")}
-        row["flops"] = flops(model)
+        net = _unwrapped(model)  # a temperature-scaled net's network
+        row["flops"] = flops(net)
         row["flops_ratio"] = row["flops"] / dense_flops
-        row["parameters_deployed"] = deployed_weights(model)
-        row["channels"] = stage_channels(model)
+        row["parameters_deployed"] = deployed_weights(net)
+        row["channels"] = stage_channels(net)
+        if net is not model:
+            row["temperature"] = float(model.temperature)
         scores[key] = row
         print(f"  {key}: {short_metrics(row)}", flush=True)
     seconds["test"] = time.perf_counter() - start
@@ -381,15 +391,21 @@ def _channels(ch: dict[str, Any]) -> str:
     return " / ".join(parts)
 
 
+def contenders(runs: list[dict[str, Any]]) -> list[str]:
+    """CONTENDERS, and their temperature-scaled twins where every run has them."""
+    tempered = [f"{k} + T" for k in CONTENDERS if all(f"{k} + T" in r["contenders"] for r in runs)]
+    return [*CONTENDERS, *tempered]
+
+
 def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for key in CONTENDERS:
+    for key in contenders(runs):
         row: dict[str, Any] = {"contender": key}
         for metric in REPORTED:
             values = [r["contenders"][key].get(metric) for r in runs]
             row[metric] = "-" if None in values else mean_sd(values, 3 if "flops" in metric else 4)
         for size in ("batch 1", "batch 256"):
-            values = [r["onnx"]["latency_ms"][size].get(key) for r in runs]
+            values = [r["onnx"]["latency_ms"][size].get(key.removesuffix(" + T")) for r in runs]
             if key == "deterministic (dense)":
                 values = [r["onnx"]["latency_ms"][size]["bayesian (dense)"] for r in runs]
             row[f"ms, {size}"] = mean_sd(values, 3)
@@ -406,16 +422,18 @@ def goal(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     ours = "bayesian compressed"
     rows = []
-    for base in ("tp magnitude", "tp taylor"):
-        rows.append(
-            {
-                "against": base,
-                "accuracy ours - theirs": mean(ours, "accuracy") - mean(base, "accuracy"),
-                "as accurate": mean(ours, "accuracy") >= mean(base, "accuracy"),
-                "ece ours / theirs": mean(ours, "ece") / mean(base, "ece"),
-                "better ece": mean(ours, "ece") < mean(base, "ece"),
-            }
-        )
+    for suffix in ["", " + T"] if f"{ours} + T" in contenders(runs) else [""]:
+        for base in ("tp magnitude", "tp taylor"):
+            us, them = ours + suffix, base + suffix
+            rows.append(
+                {
+                    "against": them,
+                    "accuracy ours - theirs": mean(us, "accuracy") - mean(them, "accuracy"),
+                    "as accurate": mean(us, "accuracy") >= mean(them, "accuracy"),
+                    "ece ours / theirs": mean(us, "ece") / mean(them, "ece"),
+                    "better ece": mean(us, "ece") < mean(them, "ece"),
+                }
+            )
     drops = {
         m: mean("bayesian (dense)", m) - mean(ours, m)
         for m in ("ood_auroc_entropy", "ood_auroc_mi")
@@ -435,7 +453,7 @@ def goal(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def per_seed_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
-        for key in CONTENDERS:
+        for key in contenders(runs):
             c = run["contenders"][key]
             rows.append(
                 {
@@ -667,6 +685,11 @@ def main() -> None:
         choices=["train", "hold"],
         default="train",
         help="the Bayesian fine-tune trains the posterior scales, or holds them (means only)",
+    )
+    parser.add_argument(
+        "--temperature",
+        action="store_true",
+        help="also score every compressed net after temperature scaling on validation",
     )
     parser.add_argument("--mc-samples", type=int, default=12)
     parser.add_argument("--latency-repeats", type=int, default=200, help="batch 1; /20 at 256")
