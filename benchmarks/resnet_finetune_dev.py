@@ -55,7 +55,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     # resnet_fashion's settings; trace=True: make_data loads no test set
     settings = argparse.Namespace(
-        widths=[8, 16, 32], blocks=3, train_limit=10000, val_size=2000, epochs=8, lr=3e-3,
+        widths=[8, 16, 32], blocks=3, train_limit=10000, val_size=2000, test_limit=5000,
+        epochs=8, lr=3e-3,
         batch_size=128, kl_weight=1.0, keep=["stem.0", "fc"], mc_samples=12,
         score_batches=8, calibration_batches=8, trace=True,
     )  # fmt: skip

@@ -44,6 +44,7 @@ from .export import (
     sparse_storage,
     spec_json,
 )
+from .flops_budget import FlopsBudgetKeep, keep_units_for_flops
 from .gradual import GradualPruning, cubic_sparsity
 from .graph import (
     GraphShrinkError,
@@ -112,6 +113,7 @@ __all__ = [
     "WEIGHT_SCORES",
     "WIDTH_SCORES",
     "CompressionRound",
+    "FlopsBudgetKeep",
     "GradualPruning",
     "GraphShrinkError",
     "GraphShrinkResult",
@@ -148,6 +150,7 @@ __all__ = [
     "is_prunable",
     "keep_masks",
     "keep_units",
+    "keep_units_for_flops",
     "kept_inputs",
     "layer_inputs",
     "layer_sparsity_masks",

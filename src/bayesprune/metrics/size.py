@@ -90,10 +90,25 @@ def _walk(
 
 
 def _flops_by_layer(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """2 × multiply-adds of each connection layer on one example, by layer name.
+    """2 × multiply-adds of each connection layer on one example, by layer name, from a
+    dummy pass of zeros of `input_shape` (`_flops_on`)."""
+    reference = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = reference.dtype if reference is not None else torch.float32
+    device = reference.device if reference is not None else torch.device("cpu")
+    try:
+        return _flops_on(model, (torch.zeros(1, *input_shape, dtype=dtype, device=device),))
+    except RuntimeError as err:
+        raise ValueError(
+            f"a dummy input of shape (1, *{tuple(input_shape)}) does not fit the model ({err}); "
+            "pass input_shape as the shape of ONE example, without the batch dimension"
+        ) from err
 
-    The dummy pass runs with every variational layer at its posterior mean; a layer
-    whose output is not a tensor (a moment layer's (mean, cov)) is sized by its first
+
+def _flops_on(model: nn.Module, inputs: tuple[Tensor, ...]) -> dict[str, int]:
+    """2 × multiply-adds of each connection layer in `model(*inputs)` (one example).
+
+    The pass runs with every variational layer at its posterior mean; a layer whose
+    output is not a tensor (a moment layer's (mean, cov)) is sized by its first
     element, the mean, which has the deterministic layer's shape.
     """
     layers = _weight_layers(model)
@@ -112,20 +127,12 @@ def _flops_by_layer(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str,
 
         return count
 
-    reference = next((p for p in model.parameters() if p.is_floating_point()), None)
-    dtype = reference.dtype if reference is not None else torch.float32
-    device = reference.device if reference is not None else torch.device("cpu")
     handles = [layer.register_forward_hook(hook(name, w)) for name, layer, w in layers]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), use_posterior_mean(model):
-            model(torch.zeros(1, *input_shape, dtype=dtype, device=device))
-    except RuntimeError as err:
-        raise ValueError(
-            f"a dummy input of shape (1, *{tuple(input_shape)}) does not fit the model ({err}); "
-            "pass input_shape as the shape of ONE example, without the batch dimension"
-        ) from err
+            model(*inputs)
     finally:
         model.train(was_training)
         for handle in handles:
@@ -143,6 +150,15 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     twin costs (sampling doubles the work, moment propagation much more).
     """
     return sum(_flops_by_layer(model, tuple(input_shape)).values())
+
+
+def example_flops(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) -> int:
+    """`count_flops` of one example of a real batch: `model(*example_inputs)` on the
+    first row of each tensor, for models whose input is not one tensor of a fixed shape
+    (several arguments, token sequences) or whose cost depends on the values."""
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    first = tuple(t[:1] if isinstance(t, Tensor) else t for t in inputs)
+    return sum(_flops_on(model, first).values())
 
 
 def layer_sizes(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list[LayerSize]:
