@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from test_readme_sequence import _fake_mnist
 
 from bayesprune.app import Run
+from bayesprune.app.policy import SEARCH_ROWS
 from bayesprune.cli import main
 from bayesprune.compress import load_shrunk
 from bayesprune.nn import use_posterior_mean, variational_layers
@@ -106,6 +107,44 @@ def test_compress_rounds_cut_the_residual_graph_further_and_it_reloads(
     run = Run.open(run_dir)
     model = run.load_model("compressed")
     assert isinstance(model, ResNet)
+    recorded = json.loads((run_dir / "evaluation.json").read_text())["compressed"]
+    x, y = run.data().test
+    with torch.no_grad(), use_posterior_mean(model):
+        accuracy = (model(x).argmax(1) == y).double().mean().item()
+    assert accuracy == pytest.approx(recorded["modes"]["mean"]["accuracy"])
+
+
+def _val_accuracy(run: Run, model: torch.nn.Module) -> float:
+    x, y = run.data().val
+    x, y = x[:SEARCH_ROWS], y[:SEARCH_ROWS]
+    with torch.no_grad(), use_posterior_mean(model):
+        return (model(x).argmax(1) == y).double().mean().item()
+
+
+def test_a_unit_search_holds_the_network_compress_ships(tmp_path: Path) -> None:
+    """A unit score deletes channels with their BatchNorm, so the masked network (whose
+    BatchNorm still emits β − γμ/σ there) is not the one written: the search scores the
+    deleted one, and the fine-tune trains it."""
+    _fake_mnist(tmp_path / "cache", n_train=400, n_test=120)
+    train = {"epochs": 12, "batch_size": 32, "lr": 0.01}  # learns (validation ~0.65)
+    raw = {**CONFIG, "data": {**CONFIG["data"], "root": str(tmp_path / "cache")}, "train": train}
+    (tmp_path / "resnet.yaml").write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "run"
+    torch.manual_seed(0)
+    _invoke("train", str(tmp_path / "resnet.yaml"), "--out", str(run_dir), "--quiet")
+    _invoke("compress", str(run_dir), "--rule", "search", "--delta", "0.1", "--quiet")
+    report = json.loads((run_dir / "compressed" / "compression.json").read_text())
+    found = report["extra"]["search"]
+    assert 0 < found["sparsity"] < 1
+    run = Run.open(run_dir)
+    model = run.load_model("compressed")
+    assert _val_accuracy(run, model) == pytest.approx(found["accuracy"])
+    assert report["extra"]["shrink"]["graph"] is True
+
+    _invoke("compress", str(run_dir), "--rule", "global", "--finetune-epochs", "1", "--quiet")
+    report = json.loads((run_dir / "compressed" / "compression.json").read_text())
+    assert report["extra"]["shrink"]["finetuned"] == "after shrinking"
+    model = Run.open(run_dir).load_model("compressed")
     recorded = json.loads((run_dir / "evaluation.json").read_text())["compressed"]
     x, y = run.data().test
     with torch.no_grad(), use_posterior_mean(model):

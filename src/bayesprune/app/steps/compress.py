@@ -1,6 +1,11 @@
 """Step `compress`: score, mask, optionally fine-tune and shrink the trained model, then
 optionally run rounds of self-compression on the shrunk one (`compress.rounds`).
 
+A unit score on a model that is not a chain deletes channels together with the
+BatchNorm channels after them (`shrink_graph(prune_units=...)`), which the masked model
+does not: the search then scores, and the fine-tune trains, the shrunk network, so
+what is held on validation is what is written.
+
 Writes compressed/model.safetensors and compressed/compression.json (+ .md), published
 together. Options given as overrides are used for this compression and recorded in
 compression.json (`extra.options`); config.yaml is never rewritten, so a failing
@@ -11,6 +16,7 @@ evaluation.json when it is current (see `evaluate`), so they are not predicted t
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,6 +40,7 @@ from ...compress import (
     weight_masks_for,
     weight_scores,
 )
+from ...compress.chain import deployed_weight
 from ...compress.pip_rules import select_by_pip
 from ...evaluation import Scorer, scorer
 from ...finetuning import finetune
@@ -193,6 +200,8 @@ def compression_masks(
                 bar.update()
                 return evaluate(candidate)
 
+            if c.shrink and _deletes_units(model, level):
+                counted = _deleted_first(counted, list(scores), run.data().input_shape)
             found = search_sparsity(model, scores, counted, level=level, tolerances=held)
         info["search"] = {**found.as_dict(), "data": used}
         if "warning" in used:
@@ -205,6 +214,41 @@ def compression_masks(
     else:
         masks = threshold_masks(scores, float(c.threshold))  # type: ignore[arg-type]
     return weight_masks_for(model, masks, level), info
+
+
+def _deletes_units(model: nn.Module, level: str) -> bool:
+    """Whether shrinking will delete whole units of a graph model (`shrink_graph` with
+    `prune_units`): a normalisation after a deleted unit loses its channel, so the
+    shrunk network is not the masked one, whose BatchNorm still emits β − γμ/σ there."""
+    return level == "unit" and not isinstance(model, nn.Sequential)
+
+
+def _deleted_first(
+    evaluate: Callable[[nn.Module], dict[str, float]],
+    layers: list[str],
+    input_shape: tuple[int, ...],
+) -> Callable[[nn.Module], dict[str, float]]:
+    """`evaluate` of the network a unit-masked candidate ships as: its units with no
+    weight left deleted by `shrink_graph` (normalisation channels with them), so that
+    what the search holds is what compress writes (`_deletes_units`). A graph that
+    cannot be traced is scored masked; the shrink step then says why it was skipped."""
+    example = torch.zeros(2, *input_shape)
+
+    def score(candidate: nn.Module) -> dict[str, float]:
+        keep = {
+            name: deployed_weight(candidate.get_submodule(name)).flatten(1).ne(0).any(1)
+            for name in layers
+        }
+        try:
+            deleted = shrink_graph(candidate, example, prune_units=keep, check=False).model
+        except _SHRINK_ERRORS:
+            deleted = candidate
+        return evaluate(deleted)
+
+    return score
+
+
+_SHRINK_ERRORS = (TypeError, ValueError, GraphShrinkError, GraphTraceError)
 
 
 def _shrunk(
@@ -311,16 +355,23 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
     masks, info = compression_masks(model, run, score, rule, progress)
     info["options"] = config_to_dict(run.config)["compress"]
     pruned = apply_masks(copy.deepcopy(model), masks)
-    if c.finetune_epochs:
+    # a graph model's deleted units go before the fine-tune, which then trains the
+    # network that ships (`_deletes_units`); otherwise shrinking after it is exact
+    deleting = c.shrink and _deletes_units(model, info["level"])
+    if c.finetune_epochs and not deleting:
         _finetune(pruned, run, progress)
     final, shrink_info = pruned, None
     if c.shrink:
         try:
             unit_masks = masks if info["level"] == "unit" else None
             final, shrink_info = _shrunk(pruned, data.input_shape, unit_masks)
-        except (TypeError, ValueError, GraphShrinkError, GraphTraceError) as err:
+        except _SHRINK_ERRORS as err:
             shrink_info = {"skipped": str(err)}
             run.log(f"compress: shrink skipped ({err})")
+    if c.finetune_epochs and deleting:
+        _finetune(final, run, progress)
+        when = "masked (the shrink was skipped)" if "skipped" in shrink_info else "after shrinking"
+        shrink_info = {**shrink_info, "finetuned": when}
     info["shrink"] = shrink_info
     if c.rounds and shrink_info is not None and "skipped" not in shrink_info:
         final, info["rounds"] = _rounds(final, model, run, progress)
