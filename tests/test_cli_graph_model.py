@@ -150,3 +150,29 @@ def test_a_unit_search_holds_the_network_compress_ships(tmp_path: Path) -> None:
     with torch.no_grad(), use_posterior_mean(model):
         accuracy = (model(x).argmax(1) == y).double().mean().item()
     assert accuracy == pytest.approx(recorded["modes"]["mean"]["accuracy"])
+
+
+def test_compress_to_a_flops_budget(resnet_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(resnet_run, run_dir)
+    output = _invoke("compress", str(run_dir), "--flops", "0.5", "--finetune-epochs", "1")
+    assert "FLOPs: " in output and "budget 0.5" in output
+    report = json.loads((run_dir / "compressed" / "compression.json").read_text())
+    budget = report["extra"]["flops"]
+    assert report["extra"]["rule"] == "flops" and report["extra"]["level"] == "unit"
+    assert 0.3 < budget["ratio"] <= 0.5
+    assert report["totals"]["flops_ratio"] == pytest.approx(1 / budget["ratio"], rel=1e-6)
+    assert report["extra"]["shrink"]["finetuned"] == "after shrinking"
+    model = Run.open(run_dir).load_model("compressed")
+    assert isinstance(model, ResNet)
+    assert any(True for _ in variational_layers(model))  # still Bayesian
+
+
+def test_a_flops_budget_below_one_unit_per_layer_is_refused(resnet_run: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(resnet_run, run_dir)
+    before = (run_dir / "compressed" / "compression.json").read_bytes()
+    result = CliRunner().invoke(main, ["compress", str(run_dir), "--flops", "0.001", "--quiet"])
+    assert result.exit_code != 0
+    assert "compress.flops" in result.output and "ask for at least" in result.output
+    assert (run_dir / "compressed" / "compression.json").read_bytes() == before  # kept

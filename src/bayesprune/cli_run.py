@@ -238,6 +238,13 @@ def evaluate(run: str, which: str, quiet: bool) -> None:
     help="Pruning rule (default: the config's compress.rule).",
 )
 @click.option("--sparsity", type=float, default=None, help="Fraction removed (global / layer).")
+@click.option(
+    "--flops",
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+    default=None,
+    help="Share of the trained model's FLOPs to keep: units go by activation scores "
+    "(rule flops, implied when --rule is not given).",
+)
 @click.option("--threshold", type=float, default=None, help="Keep score > this (threshold).")
 @click.option("--delta", type=float, default=None, help="Accuracy drop allowed (search).")
 @click.option("--k", type=int, default=None, help="Units kept per layer (target_size).")
@@ -276,6 +283,9 @@ def compress(run: str, quiet: bool, **overrides: Any) -> None:
     """Prune RUN's trained model by its posterior, shrink it, write RUN/compressed/."""
     from .app.steps import compress_run
 
+    if overrides.get("flops") is not None and overrides.get("rule") is None:
+        overrides["rule"] = "flops"  # with its own score unless one is given
+        overrides["score"] = overrides.get("score") or "auto"
     report = compress_run(_open(run), overrides, progress=_progress(quiet))
     t, m = report["totals"], report["metrics"]
     click.echo(
@@ -301,6 +311,13 @@ def compress(run: str, quiet: bool, **overrides: Any) -> None:
         click.echo(f"search held {held} on {search['rows']} rows: {how}")
         if "warning" in search:
             click.echo(f"warning: {search['warning']}", err=True)
+    budget = extra.get("flops")
+    if budget:
+        click.echo(
+            f"FLOPs: {budget['ratio']:.3g} of the trained model's (budget {budget['budget']:g}; "
+            f"{budget['dense']} → {budget['shrunk']} per example, units by activation scores "
+            f"on {budget['data']['rows']} {budget['data']['split']} rows)"
+        )
     rounds = extra.get("rounds")
     if rounds:
         accepted = [r["round"] for r in rounds["history"] if r["accepted"]][-1]

@@ -52,7 +52,8 @@ WEIGHT_SCORE_NAMES = tuple(WEIGHT_SCORES)
 UNIT_SCORE_NAMES = tuple(UNIT_SCORES)
 PIP_RULE_NAMES = PIP_RULES
 GLOBAL_RULES = ("global", "layer", "threshold", "search")  # rules of compress.rules
-COMPRESS_RULES = (AUTO, *GLOBAL_RULES, *PIP_RULE_NAMES)
+FLOPS_RULE = "flops"  # units by activation scores, as many as a FLOPs budget allows
+COMPRESS_RULES = (AUTO, *GLOBAL_RULES, FLOPS_RULE, *PIP_RULE_NAMES)
 FEATURE_SCORES = (AUTO, *INPUT_SCORES)
 RELATIVE = "relative"  # keep features whose norm is >= threshold × the largest
 LOG_ALPHA_RULE = "log_alpha"  # keep features whose input scale has log α <= threshold
@@ -167,6 +168,8 @@ class CompressConfig:
     # reported)
     validation_mode: str = field(default="auto", metadata=_choices(AUTO, "mean", "mc"))
     validation_samples: int = field(default=10, metadata={"min": 1})
+    # rule "flops": the share of the trained model's FLOPs the shrunk one may cost
+    flops: float | None = field(default=None, metadata={"min": 0.0, "max": 1.0})
     k: int | None = field(default=None, metadata={"min": 0})  # rule "target_size", per layer
     alpha: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})  # rule "fdr"
     shrink: bool = True
@@ -433,6 +436,27 @@ def _check_compress(c: CompressConfig) -> None:
         )
     if c.rule == "threshold" and c.threshold is None:
         raise ConfigError("compress.rule 'threshold' needs compress.threshold")
+    if c.rule == FLOPS_RULE:
+        if c.flops is None or c.flops <= 0:
+            raise ConfigError(
+                "compress.rule 'flops' needs compress.flops, the share of the trained model's "
+                f"FLOPs to keep, in (0, 1] (e.g. 0.5), got {c.flops}"
+            )
+        if c.score != AUTO:
+            raise ConfigError(
+                "compress.rule 'flops' ranks units by their activation scores (spread x "
+                f"outgoing norm): set compress.score to 'auto', got {c.score!r}"
+            )
+        if not c.shrink:
+            raise ConfigError(
+                "compress.rule 'flops' counts the FLOPs of the shrunk model: set "
+                "compress.shrink: true"
+            )
+    elif c.flops is not None:
+        raise ConfigError(
+            f"compress.flops is the budget of compress.rule 'flops', and the rule is {c.rule!r}: "
+            "set compress.rule: flops, or remove compress.flops"
+        )
 
 
 def _check_features(f: FeaturesConfig) -> None:

@@ -3,6 +3,7 @@
 - compression score: "pip" when the rule reads PIPs, else the family's
   `default_score` ("pip" for spike-and-slab, "magnitude" for a deterministic net,
   "norm" for eVI, "snr" otherwise);
+- compression score of rule "flops": "activation" (`compress.activation_scores`);
 - compression rule: "median" (keep PIP > 0.5) for PIPs; otherwise "search", the
   largest global sparsity whose validation accuracy stays within `delta` of the
   unpruned model (classification), or "global" at `sparsity` (regression);
@@ -23,6 +24,7 @@ from torch import nn
 from ..nn import get_family, variational_layers
 from .config import (
     AUTO,
+    FLOPS_RULE,
     LOG_ALPHA_RULE,
     PIP_RULE_NAMES,
     REGRESSION_SETS,
@@ -54,6 +56,8 @@ def resolve_compress(config: RunConfig) -> tuple[str, str]:
     """(score, rule) with "auto" resolved (see the module docstring)."""
     c = config.compress
     score = c.score
+    if c.rule == FLOPS_RULE:
+        return ACTIVATION_SCORE, FLOPS_RULE
     if score == AUTO:
         pip_rule = c.rule in PIP_RULE_NAMES
         score = "pip" if pip_rule else get_family(config.model.family).default_score
@@ -68,9 +72,14 @@ def resolve_compress(config: RunConfig) -> tuple[str, str]:
     return score, rule
 
 
+ACTIVATION_SCORE = "activation"
+"""Rule "flops"'s score: `compress.activation_scores` (spread of a unit's output ×
+its outgoing weights' norm), per unit of any graph."""
+
+
 def score_level(score: str) -> str:
     """ "unit" for a per-unit score, else "weight"."""
-    return "unit" if score in UNIT_SCORE_NAMES else "weight"
+    return "unit" if score in (*UNIT_SCORE_NAMES, ACTIVATION_SCORE) else "weight"
 
 
 def feature_rule(config: RunConfig, score_kind: str) -> str:

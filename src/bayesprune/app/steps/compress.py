@@ -26,9 +26,11 @@ from tqdm.auto import tqdm
 from ...compress import (
     GraphShrinkError,
     GraphTraceError,
+    activation_scores,
     apply_masks,
     compression_report,
     global_sparsity_masks,
+    keep_units_for_flops,
     layer_sparsity_masks,
     report_markdown,
     search_sparsity,
@@ -50,6 +52,7 @@ from ...predict import predict
 from ..config import (
     AUTO,
     COMPRESS_OOD_METRICS,
+    FLOPS_RULE,
     PIP_RULE_NAMES,
     ConfigError,
     RunConfig,
@@ -59,7 +62,14 @@ from ..config import (
 from ..data import RunData
 from ..factory import ood_inputs
 from ..folder import Run
-from ..policy import SEARCH_ROWS, fit_kwargs, primary_mode, resolve_compress, score_level
+from ..policy import (
+    ACTIVATION_SCORE,
+    SEARCH_ROWS,
+    fit_kwargs,
+    primary_mode,
+    resolve_compress,
+    score_level,
+)
 from .evaluate import evaluate_models, model_entry, ood_scores, record_entry
 
 SMALL_SPLIT = 500  # fewer rows than this: an accuracy step is >= 0.2 %, a search is noisy
@@ -180,6 +190,8 @@ def compression_masks(
     """Weight masks for `model` by `score` and `rule`, and a JSON-able record of the choice."""
     c = run.config.compress
     level = score_level(score)
+    if rule == FLOPS_RULE:
+        return _flops_masks(model, run)
     scores = unit_scores(model, score) if level == "unit" else weight_scores(model, score)
     info: dict[str, Any] = {"score": score, "rule": rule, "level": level}
     if rule in PIP_RULE_NAMES:
@@ -214,6 +226,42 @@ def compression_masks(
     else:
         masks = threshold_masks(scores, float(c.threshold))  # type: ignore[arg-type]
     return weight_masks_for(model, masks, level), info
+
+
+def _flops_masks(model: nn.Module, run: Run) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Rule "flops": units ranked by `activation_scores` on the validation rows (the
+    search's), as many dropped from every layer alike as `compress.flops` asks
+    (`keep_units_for_flops`: the shrunk model's FLOPs at most that share of the
+    trained model's)."""
+    c = run.config.compress
+    data = run.data()
+    (x, _), used = _search_data(data)
+    example = torch.zeros(2, *data.input_shape)
+    try:
+        scores = activation_scores(model, x.split(500))
+    except GraphTraceError as err:
+        raise ConfigError(
+            f"compress.rule 'flops' deletes units from the model's traced graph, and this "
+            f"model cannot be traced: {err}"
+        ) from None
+    try:
+        found = keep_units_for_flops(model, scores, example, float(c.flops))  # type: ignore[arg-type]
+    except ValueError as err:  # a budget below one unit per layer
+        raise ConfigError(f"compress.flops: {err}") from None
+    info: dict[str, Any] = {
+        "score": ACTIVATION_SCORE,
+        "rule": FLOPS_RULE,
+        "level": "unit",
+        "flops": {
+            "budget": c.flops,
+            "ratio": found.ratio,
+            "sparsity": found.sparsity,
+            "dense": found.dense_flops,
+            "shrunk": found.flops,
+            "data": used,
+        },
+    }
+    return weight_masks_for(model, found.masks, "unit"), info
 
 
 def _deletes_units(model: nn.Module, level: str) -> bool:
