@@ -86,7 +86,7 @@ def test_token_models_with_several_inputs_are_costed_on_the_example():
     torch.manual_seed(0)
     model = convert(TokenMLP(), "gaussian").eval()
     example = (torch.randn(4, 6, 5), torch.ones(4, 1))
-    scores = {"fc1": torch.rand(32)}  # any scores: activation_scores reads one input
+    scores = activation_scores(model, example, inputs=2)
     found = keep_units_for_flops(model, scores, example, 0.5)
     # FLOPs per token row: embed 2·5·8, fc1 2·8·32, fc2 2·32·8, head 2·8·3 (once)
     assert found.dense_flops == 6 * (80 + 512 + 512) + 48

@@ -176,3 +176,56 @@ def test_global_keeps_pinned_units_and_one_per_layer():
         keep_units(scores, widths={"dead": 1}, scope="global")
     with pytest.raises(ValueError, match=r"in \[0, 1\)"):
         keep_units(scores, 1.0, scope="global")
+
+
+class TwoInputs(nn.Module):
+    """An image branch and a metadata branch joined by addition: forward(x, meta)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.fc_meta = nn.Linear(3, 6)
+        self.hidden, self.head = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x: Tensor, meta: Tensor) -> Tensor:
+        image = F.relu(self.bn(self.conv(x))).mean((2, 3))
+        return self.head(F.relu(self.hidden(image + self.fc_meta(meta))))
+
+
+def test_a_model_with_several_inputs_is_scored_on_each_batch_s_inputs():
+    torch.manual_seed(0)
+    model = convert(TwoInputs(), "gaussian").eval()
+    x, meta, y = torch.randn(40, 2, 5, 5), torch.randn(40, 3), torch.randint(0, 3, (40,))
+    whole = activation_scores(model, (x, meta), inputs=2)  # one batch of both inputs
+    loader = DataLoader(TensorDataset(x, meta, y), batch_size=16)  # (x, meta, y) batches
+    batched = activation_scores(model, loader, inputs=2)
+    assert set(whole) == {"conv", "fc_meta", "hidden", "head"}
+    for name in whole:
+        torch.testing.assert_close(batched[name], whole[name])
+    torch.testing.assert_close(whole["conv"], whole["fc_meta"])  # joined by the addition
+    assert torch.isfinite(whole["hidden"]).all() and (whole["hidden"] > 0).all()
+    keep = keep_units(whole, sparsity=0.5)
+    small = shrink_graph(model, (x[:4], meta[:4]), prune_units=keep).model
+    assert small.hidden.out_features == 4 and small.conv.out_channels == 3
+    with pytest.raises(TypeError, match="forward's 2 input tensor"):
+        activation_scores(model, x, inputs=2)  # the metadata is missing
+
+
+def test_self_compress_scores_a_model_with_several_inputs_by_its_example():
+    from bayesprune.compress import self_compress
+    from bayesprune.nn import use_posterior_mean
+
+    torch.manual_seed(0)
+    model = convert(TwoInputs(), "gaussian").eval()
+    x, meta = torch.randn(40, 2, 5, 5), torch.randn(40, 3)
+    y = model(x, meta).argmax(1).detach()
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        with torch.no_grad(), use_posterior_mean(m):
+            return {"accuracy": float((m(x, meta).argmax(1) == y).double().mean())}
+
+    result = self_compress(
+        model, evaluate, None, example_inputs=(x[:4], meta[:4]), score="activation",
+        score_data=(x, meta), fraction=0.25, tolerance=1.0, max_rounds=1,
+    )  # fmt: skip
+    assert result.model.hidden.out_features < 8  # a round cut units, scored on both inputs

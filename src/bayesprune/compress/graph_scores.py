@@ -42,18 +42,24 @@ from .graph_trace import analyse
 Batches = Tensor | Iterable[Any]
 
 
-def _batches(data: Batches) -> Iterable[Tensor]:
-    """Input tensors of `data`: one tensor, or batches that are tensors or (x, y, ...)."""
+def _batches(data: Batches, inputs: int = 1) -> Iterable[tuple[Tensor, ...]]:
+    """The forward's arguments in each batch of `data`: its first `inputs` tensors.
+
+    `data` is one batch (a tensor; with `inputs` > 1 a tuple of that many or more
+    tensors) or an iterable of batches, each a tensor or a tuple / list starting with
+    the inputs, e.g. ``(x, y)`` or ``(x, mask, y)``."""
     if isinstance(data, Tensor):
-        yield data
-        return
+        data = [data]
+    elif inputs > 1 and isinstance(data, tuple) and all(isinstance(t, Tensor) for t in data):
+        data = [data]  # one batch of several inputs
     for batch in data:
-        x = batch[0] if isinstance(batch, tuple | list) else batch
-        if not isinstance(x, Tensor):
+        args = tuple(batch[:inputs]) if isinstance(batch, tuple | list) else (batch,)
+        if len(args) < inputs or not all(isinstance(t, Tensor) for t in args):
+            got = [type(t).__name__ for t in args]
             raise TypeError(
-                f"a batch must be a tensor or a tuple starting with one, got {type(x).__name__}"
+                f"a batch must start with the forward's {inputs} input tensor(s), got {got}"
             )
-        yield x
+        yield args
 
 
 class _ColumnMoments:
@@ -94,32 +100,37 @@ def activation_scores(
     max_batches: int | None = None,
     passthrough: Sequence[type[nn.Module]] = (),
     leaf_modules: Sequence[type[nn.Module]] = (),
+    inputs: int = 1,
 ) -> dict[str, Tensor]:
     """Per output unit of every prunable layer of the graph: sd × outgoing-norm (see above).
 
     `data`: one input batch, or an iterable of batches (a DataLoader; a batch may be
-    `(x, y)`), read up to `max_batches`. `passthrough` / `leaf_modules` as for
+    `(x, y)`), read up to `max_batches`; a model whose `forward` takes several tensors
+    reads the first `inputs` of each batch (``(x, mask, y)`` with ``inputs=2``, or one
+    batch ``(x, mask)``). `passthrough` / `leaf_modules` as for
     `shrink_graph`. Higher = keep; +inf for pinned channels. Layers called more than once
     or grouped convolutions are not producers of the graph and get no entry. The model
     is run in eval mode with posterior means; its mode is put back.
     """
-    batches = iter(_batches(data))
+    if inputs < 1:
+        raise ValueError(f"inputs counts the forward's tensors, at least 1, got {inputs}")
+    batches = iter(_batches(data, inputs))
     first = next(batches, None)
     if first is None:
         raise ValueError("activation_scores needs data: the iterable gave no batch")
     options = {"passthrough": tuple(passthrough), "leaf_modules": tuple(leaf_modules)}
-    cg = analyse(model, (first[:2],), **options)
+    cg = analyse(model, tuple(t[:2] for t in first), **options)
     moments = {use.name: _ColumnMoments(use.axis) for use in cg.sinks}
     handles = [model.get_submodule(n).register_forward_pre_hook(m) for n, m in moments.items()]
     was = model.training
     model.eval()
     try:
         with torch.no_grad(), use_posterior_mean(model):
-            model(first)
-            for i, x in enumerate(batches, start=2):
+            model(*first)
+            for i, args in enumerate(batches, start=2):
                 if max_batches is not None and i > max_batches:
                     break
-                model(x)
+                model(*args)
     finally:
         model.train(was)
         for handle in handles:

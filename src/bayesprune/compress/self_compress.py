@@ -127,11 +127,13 @@ def importances(
     score: str = "norm",
     data: Batches | None = None,
     passthrough: Sequence[type[nn.Module]] = (),
+    inputs: int = 1,
 ) -> dict[str, Tensor]:
     """Non-negative importance of every hidden unit / kernel, by layer (output layer excluded).
 
-    `data` (batches) is read by ``"activation"`` only; there +inf marks a unit the graph
-    pins, and a layer with nothing removable is left out.
+    `data` (batches; their first `inputs` tensors go to the forward) is read by
+    ``"activation"`` only; there +inf marks a unit the graph pins, and a layer with
+    nothing removable is left out.
     """
     if score == ACTIVATION:
         if data is None:
@@ -139,7 +141,7 @@ def importances(
                 "score 'activation' reads data: pass score_data= (a batch of inputs or a "
                 "DataLoader, e.g. the validation inputs)"
             )
-        scores = activation_scores(model, data, passthrough=passthrough)
+        scores = activation_scores(model, data, passthrough=passthrough, inputs=inputs)
         return {k: v for k, v in scores.items() if bool(torch.isfinite(v).any())}
     if score not in SELF_COMPRESS_SCORES:
         valid = sorted([*SELF_COMPRESS_SCORES, ACTIVATION])
@@ -191,7 +193,8 @@ class _Cutter:
     passthrough: tuple[type[nn.Module], ...]
 
     def importances(self, model: nn.Module) -> dict[str, Tensor]:
-        return importances(model, self.score, self.score_data, self.passthrough)
+        inputs = len(self.example_inputs) if isinstance(self.example_inputs, tuple) else 1
+        return importances(model, self.score, self.score_data, self.passthrough, inputs)
 
     def shrink(self, model: nn.Module, keep: dict[str, Tensor]) -> tuple[nn.Module, list[str]]:
         if self.example_inputs is not None:
