@@ -231,7 +231,9 @@ class VariationalLayer(SerializableLayer):
     def to_deterministic(self) -> nn.Module:
         """A plain torch layer holding the posterior mean."""
         weight, bias = self._deterministic_weights()
-        plain = self._plain_twin().to(weight)
+        with torch.device("meta"):  # no initialisation of weights overwritten below
+            plain = self._plain_twin()
+        plain = plain.to_empty(device=weight.device).to(weight.dtype)
         with torch.no_grad():
             plain.weight.copy_(weight)
             if bias is not None:
