@@ -4,7 +4,7 @@ optionally run rounds of self-compression on the shrunk one (`compress.rounds`).
 A unit score on a model that is not a chain deletes channels together with the
 BatchNorm channels after them (`shrink_graph(prune_units=...)`), which the masked model
 does not: the search then scores, and the fine-tune trains, the shrunk network, so
-what is held on validation is what is written.
+what is held on validation is what is written (`graph_units`, also rule "flops").
 
 Writes compressed/model.safetensors and compressed/compression.json (+ .md), published
 together. Options given as overrides are used for this compression and recorded in
@@ -16,7 +16,6 @@ evaluation.json when it is current (see `evaluate`), so they are not predicted t
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,13 +23,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ...compress import (
-    GraphShrinkError,
-    GraphTraceError,
-    activation_scores,
     apply_masks,
     compression_report,
     global_sparsity_masks,
-    keep_units_for_flops,
     layer_sparsity_masks,
     report_markdown,
     search_sparsity,
@@ -42,7 +37,6 @@ from ...compress import (
     weight_masks_for,
     weight_scores,
 )
-from ...compress.chain import deployed_weight
 from ...compress.pip_rules import select_by_pip
 from ...evaluation import Scorer, scorer
 from ...finetuning import finetune
@@ -63,7 +57,6 @@ from ..data import RunData
 from ..factory import ood_inputs
 from ..folder import Run
 from ..policy import (
-    ACTIVATION_SCORE,
     SEARCH_ROWS,
     fit_kwargs,
     primary_mode,
@@ -71,6 +64,7 @@ from ..policy import (
     score_level,
 )
 from .evaluate import evaluate_models, model_entry, ood_scores, record_entry
+from .graph_units import SHRINK_ERRORS, deleted_first, deletes_units, flops_masks
 
 SMALL_SPLIT = 500  # fewer rows than this: an accuracy step is >= 0.2 %, a search is noisy
 
@@ -191,7 +185,8 @@ def compression_masks(
     c = run.config.compress
     level = score_level(score)
     if rule == FLOPS_RULE:
-        return _flops_masks(model, run)
+        rows, used = _search_data(run.data())
+        return flops_masks(model, rows[0], used, run.data().input_shape, float(c.flops or 0))
     scores = unit_scores(model, score) if level == "unit" else weight_scores(model, score)
     info: dict[str, Any] = {"score": score, "rule": rule, "level": level}
     if rule in PIP_RULE_NAMES:
@@ -212,8 +207,8 @@ def compression_masks(
                 bar.update()
                 return evaluate(candidate)
 
-            if c.shrink and _deletes_units(model, level):
-                counted = _deleted_first(counted, list(scores), run.data().input_shape)
+            if c.shrink and deletes_units(model, level):
+                counted = deleted_first(counted, list(scores), run.data().input_shape)
             found = search_sparsity(model, scores, counted, level=level, tolerances=held)
         info["search"] = {**found.as_dict(), "data": used}
         if "warning" in used:
@@ -226,77 +221,6 @@ def compression_masks(
     else:
         masks = threshold_masks(scores, float(c.threshold))  # type: ignore[arg-type]
     return weight_masks_for(model, masks, level), info
-
-
-def _flops_masks(model: nn.Module, run: Run) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Rule "flops": units ranked by `activation_scores` on the validation rows (the
-    search's), as many dropped from every layer alike as `compress.flops` asks
-    (`keep_units_for_flops`: the shrunk model's FLOPs at most that share of the
-    trained model's)."""
-    c = run.config.compress
-    data = run.data()
-    (x, _), used = _search_data(data)
-    example = torch.zeros(2, *data.input_shape)
-    try:
-        scores = activation_scores(model, x.split(500))
-    except GraphTraceError as err:
-        raise ConfigError(
-            f"compress.rule 'flops' deletes units from the model's traced graph, and this "
-            f"model cannot be traced: {err}"
-        ) from None
-    try:
-        found = keep_units_for_flops(model, scores, example, float(c.flops))  # type: ignore[arg-type]
-    except ValueError as err:  # a budget below one unit per layer
-        raise ConfigError(f"compress.flops: {err}") from None
-    info: dict[str, Any] = {
-        "score": ACTIVATION_SCORE,
-        "rule": FLOPS_RULE,
-        "level": "unit",
-        "flops": {
-            "budget": c.flops,
-            "ratio": found.ratio,
-            "sparsity": found.sparsity,
-            "dense": found.dense_flops,
-            "shrunk": found.flops,
-            "data": used,
-        },
-    }
-    return weight_masks_for(model, found.masks, "unit"), info
-
-
-def _deletes_units(model: nn.Module, level: str) -> bool:
-    """Whether shrinking will delete whole units of a graph model (`shrink_graph` with
-    `prune_units`): a normalisation after a deleted unit loses its channel, so the
-    shrunk network is not the masked one, whose BatchNorm still emits β − γμ/σ there."""
-    return level == "unit" and not isinstance(model, nn.Sequential)
-
-
-def _deleted_first(
-    evaluate: Callable[[nn.Module], dict[str, float]],
-    layers: list[str],
-    input_shape: tuple[int, ...],
-) -> Callable[[nn.Module], dict[str, float]]:
-    """`evaluate` of the network a unit-masked candidate ships as: its units with no
-    weight left deleted by `shrink_graph` (normalisation channels with them), so that
-    what the search holds is what compress writes (`_deletes_units`). A graph that
-    cannot be traced is scored masked; the shrink step then says why it was skipped."""
-    example = torch.zeros(2, *input_shape)
-
-    def score(candidate: nn.Module) -> dict[str, float]:
-        keep = {
-            name: deployed_weight(candidate.get_submodule(name)).flatten(1).ne(0).any(1)
-            for name in layers
-        }
-        try:
-            deleted = shrink_graph(candidate, example, prune_units=keep, check=False).model
-        except _SHRINK_ERRORS:
-            deleted = candidate
-        return evaluate(deleted)
-
-    return score
-
-
-_SHRINK_ERRORS = (TypeError, ValueError, GraphShrinkError, GraphTraceError)
 
 
 def _shrunk(
@@ -405,7 +329,7 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
     pruned = apply_masks(copy.deepcopy(model), masks)
     # a graph model's deleted units go before the fine-tune, which then trains the
     # network that ships (`_deletes_units`); otherwise shrinking after it is exact
-    deleting = c.shrink and _deletes_units(model, info["level"])
+    deleting = c.shrink and deletes_units(model, info["level"])
     if c.finetune_epochs and not deleting:
         _finetune(pruned, run, progress)
     final, shrink_info = pruned, None
@@ -413,7 +337,7 @@ def _compress(run: Run, progress: bool) -> dict[str, Any]:
         try:
             unit_masks = masks if info["level"] == "unit" else None
             final, shrink_info = _shrunk(pruned, data.input_shape, unit_masks)
-        except _SHRINK_ERRORS as err:
+        except SHRINK_ERRORS as err:
             shrink_info = {"skipped": str(err)}
             run.log(f"compress: shrink skipped ({err})")
     if c.finetune_epochs and deleting:
