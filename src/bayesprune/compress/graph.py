@@ -222,6 +222,9 @@ class _GraphShrinker:
         return as_prunable(layer).posterior().weight_std.detach()
 
     def _zero_columns(self, use: Use) -> Tensor:
+        if use.transposed:  # in × out × k × k: an input channel is a row
+            w = self.model.get_submodule(use.name).weight.detach()
+            return (w.flatten(1) == 0).all(1).cpu()
         w = dense_weight(self._deployed(use.name).weight.detach(), use.groups)
         spread = self._spread(use.name)
         if spread is not None:
@@ -259,6 +262,9 @@ class _GraphShrinker:
                 column_groups = [g if (g := cg.find(i)) in dead else None for i in use.ids]
                 if all(g is None for g in column_groups):
                     continue
+                if use.transposed:  # nothing folds into it: only exact zeros may go
+                    dead -= _nonzero_groups(cg, use, column_groups)
+                    continue
                 if use.name not in readers:
                     layer = self.model.get_submodule(use.name)
                     readers[use.name] = Reader.of(cg, use, layer, self._deployed(use.name))
@@ -294,7 +300,9 @@ class _GraphShrinker:
         for name in outs.keys() | ins.keys():
             layer = self.model.get_submodule(name)
             out_idx, in_idx = outs.get(name), ins.get(name)
-            if getattr(layer, "groups", 1) > 1:
+            if isinstance(layer, nn.ConvTranspose2d):
+                new = _slice_transposed_inputs(layer, in_idx)
+            elif getattr(layer, "groups", 1) > 1:
                 new = _slice_grouped(layer, out_idx, len(in_idx))
             else:
                 new = as_prunable(layer).select(out_idx=out_idx, in_idx=in_idx)
@@ -477,7 +485,8 @@ class _GraphShrinker:
         read: set[int] = set()
         for use in cg.sinks:
             unread = self._zero_columns(use)
-            pip = as_prunable(self.model.get_submodule(use.name)).posterior().input_inclusion
+            layer = self.model.get_submodule(use.name)
+            pip = None if use.transposed else as_prunable(layer).posterior().input_inclusion
             if pip is not None and len(pip) == len(use.ids):
                 unread = unread | (pip.detach().cpu() <= self.threshold)
             read |= {cg.find(i) for i, u in zip(use.ids, unread.tolist(), strict=True) if not u}
@@ -492,7 +501,11 @@ class _GraphShrinker:
             live = [j for j in cols if not zero[j]]
             if live:
                 for model in (self.model, self.reference):
-                    _mask_rows(model, use.name, live, columns=True)
+                    if use.transposed:
+                        with torch.no_grad():
+                            model.get_submodule(use.name).weight[live] = 0.0
+                    else:
+                        _mask_rows(model, use.name, live, columns=True)
                 self.masked_inputs += len(live)
         self._cache.clear()
 
@@ -564,6 +577,20 @@ def _slice_grouped(module: nn.Module, out_idx: Tensor, inputs: int) -> nn.Module
     new.out_channels, new.in_channels = len(out_idx), inputs
     new.groups = len(out_idx) // per_group
     return new
+
+
+def _slice_transposed_inputs(module: nn.ConvTranspose2d, idx: Tensor) -> nn.Module:
+    """An nn.ConvTranspose2d keeping the input channels `idx` (its weight's rows)."""
+    new = copy.deepcopy(module)
+    _cut(module, new, ("weight",), idx)
+    new.in_channels = len(idx)
+    return new
+
+
+def _nonzero_groups(cg: ChannelGraph, use: Use, column_groups: list[int | None]) -> set[int]:
+    """The dead groups `use` reads that are not exactly 0 on the example."""
+    x = cg.input_value(use)[0]
+    return {g for j, g in enumerate(column_groups) if g is not None and bool(x[j].any())}
 
 
 def _slice_follower(module: nn.Module, idx: Tensor) -> nn.Module:

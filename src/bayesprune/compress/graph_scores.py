@@ -137,7 +137,11 @@ def activation_scores(
             handle.remove()
     squared: dict[int, float] = {}
     for use in cg.sinks:
-        weight = as_prunable(model.get_submodule(use.name)).posterior().weight_mean.detach()
+        layer = model.get_submodule(use.name)
+        if use.transposed:  # nn.ConvTranspose2d: in × out × k × k
+            weight = layer.weight.detach().transpose(0, 1)
+        else:
+            weight = as_prunable(layer).posterior().weight_mean.detach()
         norm = weight.double().transpose(0, 1).reshape(weight.shape[1], -1).norm(dim=1)
         part = (moments[use.name].sd().to(norm) * norm).square().cpu()
         for col, i in enumerate(use.ids):

@@ -200,6 +200,7 @@ class Use:
     ids: list[int]  # channel id per entry of the channel axis (per column for a Linear)
     groups: int = 1  # a grouped convolution's groups (its groups go whole)
     axis: int = 1  # where those channels are: 1, or the last axis for a Linear on tokens
+    transposed: bool = False  # an nn.ConvTranspose2d reading them (weight: in × out × k × k)
 
 
 @dataclass
@@ -382,6 +383,8 @@ def _module_ids(
         return _module_flattens(cg, node, first) if whole else None
     if is_prunable(module):
         return _layer_ids(cg, node, module, first)
+    if isinstance(module, nn.ConvTranspose2d) and module.groups == 1 and axis == 1:
+        return _transposed_ids(cg, node, first)
     if axis != 1:  # channels last (tokens): only ops that act on each entry apart pass
         same = value.shape == in_value.shape
         if isinstance(module, nn.LayerNorm):
@@ -437,6 +440,16 @@ def _layer_ids(cg: ChannelGraph, node: fx.Node, module: nn.Module, first: Channe
             for i in [*ids[g * k : (g + 1) * k], *out[g * m : (g + 1) * m]]:
                 cg.union(out[g * m], i)
     return out, units
+
+
+def _transposed_ids(cg: ChannelGraph, node: fx.Node, first: Channels) -> Channels:
+    """An nn.ConvTranspose2d (a U-Net's upsampling): a sink for its input channels, which
+    can go with their producer; its own outputs stay (it is not a prunable layer, and a
+    constant through a strided transposed convolution is not a constant, so nothing is
+    folded into it: a dead input channel goes only where it is exactly 0)."""
+    cg.sinks.append(Use(str(node.target), node, first[0], transposed=True))
+    why = f"the output of {_describe(node)} (a transposed convolution keeps its channels)"
+    return cg.pinned_fresh(cg.values[node].shape[1], why), 1
 
 
 def _pads_zeros_in(pool: nn.Module) -> bool:

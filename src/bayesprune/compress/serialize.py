@@ -108,6 +108,17 @@ register_layer(
 )
 
 
+register_layer(
+    nn.ConvTranspose2d,
+    lambda m: {
+        **_conv_args(m),
+        "output_padding": m.output_padding,
+        "bias": m.bias is not None,
+    },
+    lambda c: nn.ConvTranspose2d(**{k: _tuple(v) for k, v in c.items()}),
+)
+
+
 def architecture(model: nn.Module) -> Config:
     """The JSON spec of `model` (an nn.Sequential tree of registered layer types)."""
     if type(model) is nn.Sequential:
