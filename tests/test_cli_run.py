@@ -288,3 +288,19 @@ def test_the_pruning_curve_reads_evenly_spaced_test_rows(spike_run, monkeypatch)
     assert unpruned == pytest.approx(1 - on_rows["accuracy"])
     evaluation = json.loads((spike_run[0] / "evaluation.json").read_text())
     assert evaluation["trained"]["pruning_curve"]["rows"] == 60  # under CURVE_ROWS: all rows
+
+
+def test_compress_a_chain_to_a_flops_budget(spike_run, tmp_path):
+    """`--flops` on an nn.Sequential (hidden units by activation score; the input gates'
+    features are untouched): the written network costs at most the budget."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(spike_run[0], run)
+    output = _invoke("compress", str(run), "--flops", "0.6", "--finetune-epochs", "1", "--quiet")
+    assert "budget 0.6" in output
+    report = json.loads((run / "compressed" / "compression.json").read_text())
+    assert report["extra"]["rule"] == "flops" and report["extra"]["flops"]["ratio"] <= 0.6
+    assert report["totals"]["flops_ratio"] >= 1 / 0.6 - 1e-9  # before / after, as shrunk
+    model = load_model(run / "compressed" / "model.safetensors")
+    assert model[0].out_features < 8  # hidden units went
