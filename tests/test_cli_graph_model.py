@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -38,15 +39,24 @@ def _invoke(*args: str) -> str:
     return result.output
 
 
-@pytest.fixture(scope="module")
-def resnet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("graph")
+def _trained(tmp: Path, **train: Any) -> Path:
+    """A ResNet run trained on fake MNIST under `tmp` (CONFIG, `train` keys replaced)."""
     _fake_mnist(tmp / "cache", n_train=400, n_test=120)
-    raw = {**CONFIG, "data": {**CONFIG["data"], "root": str(tmp / "cache")}}
+    raw = {
+        **CONFIG,
+        "data": {**CONFIG["data"], "root": str(tmp / "cache")},
+        "train": {**CONFIG["train"], **train},
+    }
     (tmp / "resnet.yaml").write_text(yaml.safe_dump(raw))
     run = tmp / "run"
     torch.manual_seed(0)
     _invoke("train", str(tmp / "resnet.yaml"), "--out", str(run), "--quiet")
+    return run
+
+
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = _trained(tmp_path_factory.mktemp("graph"))
     for step in ("compress", "evaluate", "report", "export"):
         _invoke(step, str(run), *(["--quiet"] if step == "compress" else []))
     return run
@@ -125,13 +135,7 @@ def test_a_unit_search_holds_the_network_compress_ships(tmp_path: Path) -> None:
     """A unit score deletes channels with their BatchNorm, so the masked network (whose
     BatchNorm still emits β − γμ/σ there) is not the one written: the search scores the
     deleted one, and the fine-tune trains it."""
-    _fake_mnist(tmp_path / "cache", n_train=400, n_test=120)
-    train = {"epochs": 12, "batch_size": 32, "lr": 0.01}  # learns (validation ~0.65)
-    raw = {**CONFIG, "data": {**CONFIG["data"], "root": str(tmp_path / "cache")}, "train": train}
-    (tmp_path / "resnet.yaml").write_text(yaml.safe_dump(raw))
-    run_dir = tmp_path / "run"
-    torch.manual_seed(0)
-    _invoke("train", str(tmp_path / "resnet.yaml"), "--out", str(run_dir), "--quiet")
+    run_dir = _trained(tmp_path, epochs=12, batch_size=32)  # learns (validation ~0.65)
     _invoke("compress", str(run_dir), "--rule", "search", "--delta", "0.1", "--quiet")
     report = json.loads((run_dir / "compressed" / "compression.json").read_text())
     found = report["extra"]["search"]

@@ -185,8 +185,9 @@ def compression_masks(
     c = run.config.compress
     level = score_level(score)
     if rule == FLOPS_RULE:
-        rows, used = _search_data(run.data())
-        return flops_masks(model, rows[0], used, run.data().input_shape, float(c.flops or 0))
+        data = run.data()
+        (x, _), used = _search_data(data)
+        return flops_masks(model, x, used, data.input_shape, float(c.flops or 0))
     scores = unit_scores(model, score) if level == "unit" else weight_scores(model, score)
     info: dict[str, Any] = {"score": score, "rule": rule, "level": level}
     if rule in PIP_RULE_NAMES:
