@@ -10,6 +10,7 @@ deterministic baseline goes through exactly the same code as the Bayesian models
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
@@ -149,3 +150,17 @@ def copy_model(model: nn.Module) -> nn.Module:
                 name = hook._tensor_name
                 setattr(module, name, getattr(module, name).detach())
     return copy.deepcopy(model)
+
+
+def mask_rows(model: nn.Module, name: str, rows: Sequence[int], columns: bool = False) -> None:
+    """Zero the incoming weights of units `rows` of layer `name` (combined with its mask);
+    with `columns`, zero its weights on inputs `rows` instead."""
+    layer = as_prunable(model.get_submodule(name))
+    current = getattr(model.get_submodule(name), "weight_mask", None)
+    weight = layer.to_deterministic().weight.detach()
+    mask = torch.ones_like(weight) if current is None else current.detach().clone()
+    if columns:
+        mask[:, list(rows)] = 0
+    else:
+        mask[list(rows)] = 0
+    layer.set_weight_mask(mask)

@@ -30,6 +30,9 @@ tool for plain nn.Sequential chains. Channels coupled by the graph form groups
   BatchNorm / InstanceNorm / GroupNorm their affine parameters and statistics,
   depthwise convolutions their kernels.
 
+Attention heads (`bayesprune.nn.MultiheadAttention`, whose inputs and outputs the
+graph pins) are removed first, by `heads`: those `prune_units` drops and dead ones.
+
 It repeats until nothing changes (a unit whose only inputs were folded constants is dead
 in the next round). Before the rounds, `prune_inputs` removes input features from every
 layer that reads them (`kept_inputs` records which stay). Moment (eVI) networks are
@@ -53,7 +56,7 @@ from torch import Tensor, nn
 
 from ..nn.base import GatedLayer, use_posterior_mean
 from ..nn.moments import Factored, Moments
-from .adapters import as_prunable, copy_model, is_prunable
+from .adapters import as_prunable, copy_model, is_prunable, mask_rows
 from .chain import deployed_weight
 from .graph_fold import (
     Fold,
@@ -72,6 +75,7 @@ from .graph_trace import (
     propagates_variance,
     trace,
 )
+from .heads import attention_modules, dead_heads, remove_heads
 from .shrink import LayerRecord
 
 __all__ = [
@@ -105,12 +109,16 @@ class GraphShrinkResult:
     """Per pruned input (forward argument name): the kept features / channels, original
     indices; the shrunk model takes `x[:, kept_inputs["x"]]`. Also `kept_inputs(model)`."""
     inputs_before: dict[str, int] = field(default_factory=dict)
+    heads: dict[str, list[int]] = field(default_factory=dict)
+    """Per attention module that lost heads (`bayesprune.nn.MultiheadAttention`): the
+    kept heads, original indices."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able record (without the model)."""
         return {
             "layers": [asdict(r) for r in self.layers],
             "kept_inputs": self.kept_inputs,
+            "heads": self.heads,
             "inputs_before": self.inputs_before,
             "followers": self.followers,
             "rounds": self.rounds,
@@ -122,7 +130,7 @@ class GraphShrinkResult:
 
 SIZE_ATTRIBUTES = (
     "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
-    "num_groups", "num_channels",
+    "num_groups", "num_channels", "num_heads",
 )  # fmt: skip
 
 
@@ -147,20 +155,6 @@ def _as_keep(spec: Tensor | Sequence[int], n: int, name: str, what: str = "prune
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, module)
-
-
-def _mask_rows(model: nn.Module, name: str, rows: Sequence[int], columns: bool = False) -> None:
-    """Zero the incoming weights of units `rows` of layer `name` (combined with its mask);
-    with `columns`, zero its weights on inputs `rows` instead."""
-    layer = model.get_submodule(name)
-    current = getattr(layer, "weight_mask", None)
-    w = deployed_weight(layer)
-    mask = torch.ones_like(w) if current is None else current.detach().clone()
-    if columns:
-        mask[:, list(rows)] = 0
-    else:
-        mask[list(rows)] = 0
-    as_prunable(layer).set_weight_mask(mask)
 
 
 def _tensor_input(x: Any) -> bool:
@@ -372,8 +366,8 @@ class _GraphShrinker:
             live = ~(w.flatten(1) == 0).all(1).cpu()
             rows = [u for u, i in enumerate(p.ids) if cg.find(i) in dead and live[u]]
             if rows:
-                _mask_rows(self.model, p.name, rows)
-                _mask_rows(self.reference, p.name, self.kept[p.name][rows].tolist())
+                mask_rows(self.model, p.name, rows)
+                mask_rows(self.reference, p.name, self.kept[p.name][rows].tolist())
                 self.masked += len(rows)
         self._cache.clear()
         return self.masked + self.silenced > before
@@ -505,7 +499,7 @@ class _GraphShrinker:
                         with torch.no_grad():
                             model.get_submodule(use.name).weight[live] = 0.0
                     else:
-                        _mask_rows(model, use.name, live, columns=True)
+                        mask_rows(model, use.name, live, columns=True)
                 self.masked_inputs += len(live)
         self._cache.clear()
 
@@ -648,6 +642,22 @@ def kept_inputs(model: nn.Module) -> dict[str, list[int]]:
     return dict(getattr(model, KEPT_INPUTS, None) or {})
 
 
+def _remove_heads(
+    work: nn.Module, reference: nn.Module, keep: Mapping[str, Tensor], threshold: float
+) -> dict[str, list[int]]:
+    """Remove the heads `keep` drops and the dead ones (`heads`); kept heads per module
+    that lost any."""
+    kept = {}
+    for name, module in attention_modules(work).items():
+        wanted = keep.get(name, torch.ones(module.num_heads, dtype=torch.bool))
+        wanted = wanted & ~dead_heads(module, threshold)
+        before = module.num_heads
+        if remove_heads(work, name, wanted, reference):
+            survivors = torch.arange(before)[wanted] if wanted.any() else torch.arange(1)
+            kept[name] = survivors.tolist()
+    return kept
+
+
 def shrink_graph(
     model: nn.Module,
     example_inputs: Tensor | tuple[Tensor, ...],
@@ -668,7 +678,9 @@ def shrink_graph(
     to KEEP (indices or boolean mask)} deletes the others: their incoming weights are
     masked and the scale and shift of a normalisation after them (BatchNorm…) zeroed,
     so the channel is 0 rather than BatchNorm's constant, which a padded convolution
-    downstream could not absorb (the check compares against that model).
+    downstream could not absorb (the check compares against that model). For a
+    `bayesprune.nn.MultiheadAttention` the units are its heads (`compress.heads`: their
+    value rows masked, the constant folded into `out_proj`'s bias); dead heads go too.
     `passthrough`: extra module types that act on each channel apart; `leaf_modules`:
     module types kept whole (their channels are kept). `prune_inputs` = {forward argument
     name: features / channels (dim 1) to KEEP} removes the others from every layer that
@@ -687,22 +699,27 @@ def shrink_graph(
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     work, reference = copy_model(model), copy_model(model)
     forced: dict[str, Tensor] = {}
+    attention = attention_modules(work)
     for name, spec in (prune_units or {}).items():
         try:
             layer = work.get_submodule(name)
         except AttributeError as err:
             raise ValueError(f"prune_units names unknown module {name!r}") from err
-        forced[name] = _as_keep(spec, deployed_weight(layer).shape[0], name)
+        units = layer.num_heads if name in attention else deployed_weight(layer).shape[0]
+        forced[name] = _as_keep(spec, units, name)
+    heads = {n: forced.pop(n) for n in list(forced) if n in attention}
     options = {"passthrough": tuple(passthrough), "leaf_modules": tuple(leaf_modules)}
     worker = _GraphShrinker(work, reference, inputs, inclusion_threshold, forced, options)
     if prune_inputs:
         worker.prune_inputs(prune_inputs)
+    kept_heads = _remove_heads(work, reference, heads, inclusion_threshold)
     rounds = 0
     while rounds < max_rounds and worker.round():
         rounds += 1
     followers = {n: k.tolist() for n, k in worker.kept.items() if n not in worker.before}
     result = GraphShrinkResult(work, worker.records(), followers, rounds)
     result.kept_inputs, result.inputs_before = worker.kept_inputs, worker.inputs_before
+    result.heads = kept_heads
     if worker.kept_inputs:  # relative to the data: composed with an earlier pruning
         before = kept_inputs(model)
         composed = {
@@ -710,7 +727,9 @@ def shrink_graph(
             for k, v in worker.kept_inputs.items()
         }
         setattr(work, KEPT_INPUTS, {**before, **composed})
-    for name in [*worker.before, *followers]:
+    projections = [f"{n}.{p}" for n in kept_heads for p in ("q_proj", "k_proj", "v_proj")]
+    projections += [f"{n}.out_proj" for n in kept_heads]
+    for name in [*worker.before, *followers, *kept_heads, *projections]:
         shape = module_shape(work.get_submodule(name))
         if shape != module_shape(model.get_submodule(name)):
             result.shapes[name] = shape

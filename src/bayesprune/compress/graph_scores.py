@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from ..nn.base import use_posterior_mean
 from .adapters import as_prunable
 from .graph_trace import analyse
+from .heads import head_hooks, head_scores
 
 Batches = Tensor | Iterable[Any]
 
@@ -109,7 +110,9 @@ def activation_scores(
     reads the first `inputs` of each batch (``(x, mask, y)`` with ``inputs=2``, or one
     batch ``(x, mask)``). `passthrough` / `leaf_modules` as for
     `shrink_graph`. Higher = keep; +inf for pinned channels. Layers called more than once
-    or grouped convolutions are not producers of the graph and get no entry. The model
+    or grouped convolutions are not producers of the graph and get no entry. A
+    `bayesprune.nn.MultiheadAttention` gets one score per head under its own name (the
+    same formula, its heads' outputs as the columns of `out_proj`). The model
     is run in eval mode with posterior means; its mode is put back.
     """
     if inputs < 1:
@@ -122,6 +125,8 @@ def activation_scores(
     cg = analyse(model, tuple(t[:2] for t in first), **options)
     moments = {use.name: _ColumnMoments(use.axis) for use in cg.sinks}
     handles = [model.get_submodule(n).register_forward_pre_hook(m) for n, m in moments.items()]
+    head_stats, head_handles = head_hooks(model)
+    handles += head_handles
     was = model.training
     model.eval()
     try:
@@ -153,7 +158,7 @@ def activation_scores(
         groups = [cg.find(i) for i in use.ids]
         values = [float("inf") if g in pinned else squared.get(g, 0.0) ** 0.5 for g in groups]
         scores[use.name] = torch.tensor(values, dtype=torch.float64)
-    return scores
+    return {**scores, **head_scores(model, head_stats)}
 
 
 def keep_units(

@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from ..nn.attention import MultiheadAttention
 from ..nn.base import SerializableLayer, use_posterior_mean
 from ..nn.moments import Moments
 from .adapters import is_prunable
@@ -129,14 +130,16 @@ class GraphTraceError(TypeError):
 
 
 class Tracer(fx.Tracer):
-    """Keeps variational / bayesprune layers, torch modules and `leaf_modules` whole."""
+    """Keeps variational / bayesprune layers, torch modules and `leaf_modules` whole
+    (bayesprune's MultiheadAttention too: its heads are pruned by `heads`, its input and
+    output, the residual stream, are pinned like any module's tuple output)."""
 
     def __init__(self, leaf_modules: Sequence[type[nn.Module]] = ()) -> None:
         super().__init__()
         self.extra_leaves = tuple(leaf_modules)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (SerializableLayer, *self.extra_leaves)):
+        if isinstance(m, (SerializableLayer, MultiheadAttention, *self.extra_leaves)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

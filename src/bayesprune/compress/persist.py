@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..io import CheckpointError, load_tensors, save_tensors
+from ..nn.attention import MultiheadAttention
 from ..nn.base import VariationalLayer
 from .export import _finite, _first_line, _without_prune_hooks, compare_state
 from .graph import KEPT_INPUTS, kept_inputs
@@ -134,13 +135,31 @@ def _plan(model: nn.Module, shapes: Mapping[str, Any]) -> dict[str, Spec]:
     return changes
 
 
+def _split_as_recorded(model: nn.Module, shapes: Mapping[str, Any]) -> None:
+    """Split (in place) each nn.MultiheadAttention whose projections the record holds:
+    the model was saved after `split_attention`, its fresh instance is built before."""
+    for name in shapes:
+        parent, _, attr = name.rpartition(".")
+        if attr != "q_proj" or not parent:
+            continue
+        try:
+            module = model.get_submodule(parent)
+        except AttributeError:
+            continue  # _plan names the module the class lacks
+        if isinstance(module, nn.MultiheadAttention):
+            _set_module(model, parent, MultiheadAttention.from_torch(module))
+
+
 def apply_shapes(model: nn.Module, shapes: Mapping[str, Any]) -> nn.Module:
     """Give `model` (in place) the recorded shapes and layer types; returns it.
 
     Modules whose spec already matches are kept as they are (with any hooks); the
     others are replaced by untrained modules of the recorded spec, on the device and
-    in the dtype of the module they replace. Values come afterwards (`load_state_dict`).
+    in the dtype of the module they replace. An `nn.MultiheadAttention` saved split into
+    heads (`bayesprune.nn.split_attention`) is split first. Values come afterwards
+    (`load_state_dict`).
     """
+    _split_as_recorded(model, shapes)
     for name, spec in _plan(model, shapes).items():
         old = model.get_submodule(name)
         ref = next(iter([*old.parameters(), *old.buffers()]), None)
@@ -247,6 +266,8 @@ def load_shrunk(path: str | Path, model: nn.Module | Callable[[], nn.Module]) ->
     cls = type(model).__name__
     try:
         shapes = record.get("modules", {})
+        if isinstance(shapes, Mapping):
+            _split_as_recorded(model, shapes)
         _check_tensors(_plan(model, shapes), tensors)
         apply_shapes(model, shapes)
         compare_state(

@@ -1,5 +1,6 @@
 """Variational layers, their families, priors and the KL of a whole model."""
 
+from .attention import MultiheadAttention, split_attention
 from .base import (
     EdgeAggregate,
     GatedLayer,
@@ -59,6 +60,7 @@ __all__ = [
     "MeanGates",
     "MixtureKL",
     "Moments",
+    "MultiheadAttention",
     "Posterior",
     "Role",
     "ScaleMixturePrior",
@@ -82,6 +84,7 @@ __all__ = [
     "layer_types",
     "make_prior",
     "register_family",
+    "split_attention",
     "to_deterministic",
     "use_posterior_mean",
     "variational_layers",

@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from .attention import split_attention as _split_attention
 from .base import Role, VariationalLayer, conv_geometry
 
 LayerFactory = Callable[[nn.Module, Role, dict[str, Any]], VariationalLayer]
@@ -186,6 +187,7 @@ def convert(
     init_from_weights: bool = False,
     inplace: bool = False,
     keep: Sequence[str | type[nn.Module]] = (),
+    split_attention: bool = False,
     **options: Any,
 ) -> nn.Module:
     """Return `model` with every nn.Linear / nn.Conv2d replaced by a Bayesian twin.
@@ -197,13 +199,18 @@ def convert(
     no replaceable layer is an error. The first and last converted layers in module
     order get the roles "first" and "last" (e.g. spike-and-slab gates the first layer's
     inputs with `input_gates=True` and leaves the last layer's outputs ungated).
+    `split_attention=True` first replaces every `nn.MultiheadAttention` by
+    `bayesprune.nn.MultiheadAttention` (same outputs, four projection layers), whose
+    projections are then converted and whose heads `compress.shrink_graph` can delete;
+    without it torch's attention stays deterministic and whole.
     `init_from_weights=True` starts the
     posterior means at the trained weights (a cheap way to make a pretrained network
     Bayesian); `options` go to the family's layer factories (e.g. `prior_scale=0.1`).
     """
     fam = get_family(family)
     if not fam.bayesian:
-        return model if inplace else copy.deepcopy(model)
+        model = model if inplace else copy.deepcopy(model)
+        return _split_attention(model, inplace=True) if split_attention else model
     if not fam.convertible:
         raise ValueError(
             f"family {fam.name!r} cannot convert plain layers; build its networks with "
@@ -216,6 +223,8 @@ def convert(
         )
     keep = [keep] if isinstance(keep, str | type) else list(keep)
     model = model if inplace else copy.deepcopy(model)
+    if split_attention:
+        model = _split_attention(model, inplace=True)
     keep = _keep_names(model, keep)
     if type(model) in fam.factories and not keep:  # a single layer
         return _twin(model, fam, Role(first=True, last=True), init_from_weights, options)
