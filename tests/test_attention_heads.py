@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -9,14 +11,17 @@ from torch import nn
 import bayesprune as bp
 from bayesprune.compress import (
     activation_scores,
+    apply_masks,
     export_onnx,
     keep_units,
     load_shrunk,
     onnx_difference,
     save_shrunk,
     shrink_graph,
+    weight_masks_for,
 )
 from bayesprune.compress.adapters import mask_rows
+from bayesprune.metrics import example_flops
 from bayesprune.nn import BayesLinear, MultiheadAttention, split_attention
 
 
@@ -231,3 +236,33 @@ def test_a_bayesian_transformer_with_split_attention_learns():
     history = bp.fit(model, (x[:300], y[:300]), (x[300:], y[300:]), epochs=15, batch_size=50,
                      lr=1e-2, progress=False)  # fmt: skip
     assert history.last()["val_accuracy"] > 0.8  # the majority class is about 0.5
+
+
+def test_flops_count_attention_and_fall_with_its_heads():
+    fused = TinyTransformer().double()
+    split = split_attention(fused)
+    x = _tokens()
+    assert example_flops(split, x) == example_flops(fused, x)  # one function, one cost
+    small = shrink_graph(split, x, prune_units={"attn": [0]}).model
+    tokens, width, size = 6, 16, 4
+    per_head = 2 * tokens * 4 * size * width + 2 * 2 * tokens * tokens * size  # q, k, v, out
+    assert example_flops(split, x) - example_flops(small, x) == 3 * per_head
+
+
+def test_head_masks_are_value_rows_and_shrink_deletes_what_they_silence():
+    torch.manual_seed(8)
+    model = _with_biases(bp.convert(TinyTransformer().double(), "gaussian", split_attention=True))
+    keep = torch.tensor([True, False, True, False])
+    masks = weight_masks_for(model, {"attn": keep}, "unit")
+    assert set(masks) == {"attn.v_proj"}
+    assert masks["attn.v_proj"].flatten(1).any(1).tolist() == keep.repeat_interleave(4).tolist()
+    masked = copy.deepcopy(model)
+    apply_masks(masked, masks)
+    x = _tokens()
+    # what the CLI passes on: the rows each projection keeps; heads without values go
+    rows = {"attn.v_proj": masks["attn.v_proj"].flatten(1).any(1), "attn.q_proj": [0, 1, 2]}
+    result = shrink_graph(masked, x, prune_units=rows)
+    assert result.heads == {"attn": [0, 2]}
+    assert result.model.attn.q_proj.out_features == 8
+    q = bp.to_deterministic(result.model.attn.q_proj).weight
+    assert int(q.flatten(1).ne(0).any(1).sum()) == 3  # q units 0-2 stay, the others masked

@@ -708,6 +708,10 @@ def shrink_graph(
         units = layer.num_heads if name in attention else deployed_weight(layer).shape[0]
         forced[name] = _as_keep(spec, units, name)
     heads = {n: forced.pop(n) for n in list(forced) if n in attention}
+    for name in [n for n in forced if n.rpartition(".")[0] in attention]:
+        dropped = (~forced.pop(name)).nonzero().flatten().tolist()  # a projection's units:
+        for target in (work, reference):  # masked; heads left without values go below
+            mask_rows(target, name, dropped)
     options = {"passthrough": tuple(passthrough), "leaf_modules": tuple(leaf_modules)}
     worker = _GraphShrinker(work, reference, inputs, inclusion_threshold, forced, options)
     if prune_inputs:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from ..nn.attention import MultiheadAttention
 from ..nn.base import VariationalLayer
 from .adapters import as_prunable, prunable_layers
 
@@ -48,9 +49,13 @@ def _weight_shape(model: nn.Module, name: str) -> torch.Size:
 
 
 def unit_weight_masks(model: nn.Module, unit_masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Weight masks that remove every incoming weight of the pruned output units."""
+    """Weight masks that remove every incoming weight of the pruned output units (of an
+    attention module's heads: their value rows, what `shrink_graph` deletes them by)."""
     out = {}
     for name, keep in unit_masks.items():
+        module = _module(model, name)
+        if isinstance(module, MultiheadAttention):  # a head's incoming weights: its values
+            name, keep = f"{name}.v_proj", keep.repeat_interleave(module.head_dim)
         shape = _weight_shape(model, name)
         if keep.shape != shape[:1]:
             raise ValueError(

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from ..nn.attention import MultiheadAttention
 from ..nn.base import VariationalLayer, use_posterior_mean
 
 _CONNECTIONS = (nn.Linear, nn.modules.conv._ConvNd)
@@ -127,7 +128,22 @@ def _flops_on(model: nn.Module, inputs: tuple[Tensor, ...]) -> dict[str, int]:
 
         return count
 
-    handles = [layer.register_forward_hook(hook(name, w)) for name, layer, w in layers]
+    fused = {
+        f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+    }
+    handles = [
+        layer.register_forward_hook(hook(name, w)) for name, layer, w in layers if name not in fused
+    ]
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention | MultiheadAttention):
+            flops[name] = 0
+
+            def attend(
+                module: nn.Module, args: tuple, kwargs: dict, _out: object, name=name
+            ) -> None:
+                flops[name] += _attention_flops(module, args, kwargs)
+
+            handles.append(module.register_forward_hook(attend, with_kwargs=True))
     was_training = model.training
     model.eval()
     try:
@@ -140,10 +156,29 @@ def _flops_on(model: nn.Module, inputs: tuple[Tensor, ...]) -> dict[str, int]:
     return flops
 
 
+def _attention_flops(module: nn.Module, args: tuple, kwargs: dict) -> int:
+    """2 × multiply-adds of attention itself (q·kᵀ and weights·v) and, for torch's fused
+    nn.MultiheadAttention, of its projections (bayesprune's MultiheadAttention has its
+    projections as layers of their own, counted by their hooks)."""
+    names = ("query", "key", "value")
+    query, key, value = (args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names))
+    first = getattr(module, "batch_first", False) and key.dim() == 3
+    sources = key.shape[1] if first else key.shape[0]
+    width = module.embed_dim
+    queries = query.numel() // width  # batch × targets
+    if isinstance(module, MultiheadAttention):
+        return 2 * 2 * queries * sources * int(module.q_proj.out_features)
+    keys, values = key.numel() // module.kdim, value.numel() // module.vdim
+    projections = queries * width * width * 2 + keys * width * module.kdim
+    projections += values * width * module.vdim
+    return 2 * (projections + 2 * queries * sources * width)
+
+
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """FLOPs of one forward pass of one example through the deterministic network.
 
-    Convention: 2 × the multiply-adds of every Linear and Conv layer; bias additions,
+    Convention: 2 × the multiply-adds of every Linear and Conv layer and of attention
+    (its projections, q·kᵀ and weights·v, under the attention module's name); bias additions,
     activations, pooling and normalisation are not counted (they are small and
     conventions differ). Dense cost: zeros left by masks still count; shrink the
     network to make them go away. A Bayesian layer costs what its posterior-mean
