@@ -61,3 +61,13 @@ def mlp_widths(model: nn.Module) -> list[int]:
     from bayesprune.compress.chain import deployed_weight
 
     return [int(deployed_weight(b.fc1).shape[0]) for b in model.blocks]
+
+
+def attention_units(model: nn.Module) -> list[str]:
+    """The attention modules whose heads compression removes (after `split_attention`)."""
+    return [f"blocks.{i}.attention" for i in range(len(model.blocks))]
+
+
+def head_counts(model: nn.Module) -> list[int]:
+    """Attention heads per block (torch's fused module or bayesprune's split one)."""
+    return [int(b.attention.num_heads) for b in model.blocks]

@@ -22,6 +22,13 @@ Per seed, on Fashion-MNIST (a training subset; the validation split is carved fr
    mutual information; MLP widths, FLOPs, parameters; onnxruntime latency (1 thread,
    batch 1 and 256, sessions interleaved) of the dense and compressed nets.
 
+`--prune-heads` also removes attention heads: the Bayesian twin is converted with
+`split_attention=True` (attention Bayesian too, in heads), each level drops the same
+fraction of every block's heads as of its MLP units (`activation_scores` scores both),
+and Torch-Pruning, which cannot remove a head of the deterministic twin's attention,
+removes MLP hidden units until its FLOPs are the closest to ours (a bisection of its
+ratio; FLOPs count attention's projections and products).
+
 `--dev-finetune-epochs E ...` reads no test set: it trains the Bayesian net once and walks
 the levels after a fine-tune of each length given, on validation only (to choose the
 fine-tune on development seeds). `--latency-widths W ...` measures only the deployed
@@ -51,7 +58,7 @@ from _common import (
 )
 from _resnet import SHAPE, fashion_data, onnx_checks, onnx_latency
 from _resnet import tp_prune as _resnet_tp_prune
-from _vit import ViT, hidden_units, mlp_widths
+from _vit import ViT, attention_units, head_counts, hidden_units, mlp_widths
 from torch import Tensor, nn
 
 import bayesprune as bp
@@ -100,6 +107,39 @@ def tp_prune(
     return _resnet_tp_prune(model, kind, ratio, example, grads, ignored=not_mlp)
 
 
+def build_bayes(seed: int, args: argparse.Namespace) -> nn.Module:
+    """The Gaussian twin, from the deterministic net's initial weights."""
+    return bp.convert(
+        build(seed, args),
+        "gaussian",
+        init_from_weights=True,
+        keep=args.keep,
+        split_attention=args.prune_heads,
+    )
+
+
+def tp_prune_to_flops(
+    model: nn.Module,
+    kind: str,
+    target: int,
+    example: Tensor,
+    grads: list[tuple[Tensor, Tensor]],
+    steps: int = 10,
+) -> tuple[nn.Module, dict[str, float]]:
+    """`tp_prune` at the MLP ratio whose FLOPs come closest to `target` (bisection)."""
+    lo, hi, best = 0.0, 0.99, None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        net = tp_prune(model, kind, mid, example, grads)
+        got = flops(net)
+        gap = got / target - 1
+        if best is None or abs(gap) < abs(best[2]["flops_gap"]):
+            best = (mid, net, {"pruning_ratio": mid, "flops_gap": gap})
+        lo, hi = (mid, hi) if got > target else (lo, mid)
+    assert best is not None
+    return best[1], best[2]
+
+
 def compress_bayes(
     bayes: nn.Module,
     data: dict[str, Any],
@@ -133,7 +173,8 @@ def compress_bayes(
     )
     bayes.eval()
     scores = compress.activation_scores(bayes, x_train[: 256 * args.score_batches].split(256))
-    scores = {name: scores[name] for name in hidden_units(bayes)}
+    units = hidden_units(bayes) + (attention_units(bayes) if args.prune_heads else [])
+    scores = {name: scores[name] for name in units}
     dense = validate(bayes)
     example = x_train[:8]
     levels: list[dict[str, Any]] = []
@@ -154,6 +195,7 @@ def compress_bayes(
                 "val_finetuned": values,
                 "acceptable": holds,
                 "mlp_widths": mlp_widths(small),
+                "heads": head_counts(small),
                 "flops": flops(small),
                 "shrunk_minus_masked": result.max_abs_difference,
             }
@@ -186,7 +228,7 @@ def dev_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     length, validation only."""
     data = make_data(seed, args)
     fit = {"batch_size": args.batch_size, "seed": seed, "progress": False}
-    bayes = bp.convert(build(seed, args), "gaussian", init_from_weights=True, keep=args.keep)
+    bayes = build_bayes(seed, args)
     bp.fit(bayes, data["train"], epochs=args.epochs, lr=args.lr, lr_schedule="cosine", **fit)
     walks = {}
     for epochs in args.dev_finetune_epochs:
@@ -214,7 +256,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     bp.fit(det, train, epochs=args.epochs, lr=args.lr, lr_schedule="cosine", **fit)
     seconds["train_deterministic"] = time.perf_counter() - start
     start = time.perf_counter()
-    bayes = bp.convert(build(seed, args), "gaussian", init_from_weights=True, keep=args.keep)
+    bayes = build_bayes(seed, args)
     bp.fit(bayes, train, epochs=args.epochs, lr=args.lr, lr_schedule="cosine", **fit)
     seconds["train_bayesian"] = time.perf_counter() - start
     print(f"  trained ({seconds})", flush=True)
@@ -231,8 +273,14 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     nets: dict[str, nn.Module] = {"bayesian compressed": ours.pop("model")}
     grads = list(zip(x_train.split(128)[:4], y_train.split(128)[:4], strict=True))
     start = time.perf_counter()
+    ours_flops = flops(nets["bayesian compressed"])
     for kind in ("magnitude", "taylor"):
-        net = tp_prune(det, kind, ours["sparsity"], x_train[:2], grads)
+        if args.prune_heads:  # MLP units only, to our FLOPs
+            net, ours[f"tp_{kind}_match"] = tp_prune_to_flops(
+                det, kind, ours_flops, x_train[:2], grads
+            )
+        else:
+            net = tp_prune(det, kind, ours["sparsity"], x_train[:2], grads)
         finetune(net)
         nets[f"tp {kind}"] = net
     seconds["tp_prune_and_finetune"] = time.perf_counter() - start
@@ -259,6 +307,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         row["flops_ratio"] = row["flops"] / dense_flops
         row["parameters"] = sum(p.numel() for p in bp.to_deterministic(net).parameters())
         row["mlp_widths"] = mlp_widths(net)
+        row["heads"] = head_counts(net)
         if net is not model:
             row["temperature"] = float(model.temperature)
         scores[key] = row
@@ -290,6 +339,10 @@ def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["MLP widths"] = "; ".join(
             "-".join(map(str, r["contenders"][key]["mlp_widths"])) for r in runs
         )
+        if all("heads" in r["contenders"][key] for r in runs):
+            row["heads"] = "; ".join(
+                "-".join(map(str, r["contenders"][key]["heads"])) for r in runs
+            )
         rows.append(row)
     return rows
 
@@ -425,6 +478,9 @@ def main() -> None:
         nargs="*",
         default=[],
         help="development: the level walk after each fine-tune length, no test set",
+    )
+    parser.add_argument(
+        "--prune-heads", action="store_true", help="also remove attention heads (docstring)"
     )
     parser.add_argument("--mc-samples", type=int, default=12)
     parser.add_argument(

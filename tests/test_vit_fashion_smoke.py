@@ -18,8 +18,8 @@ from bayesprune import compress
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _resnet import onnx_checks
-from _vit import ViT, hidden_units, mlp_widths
-from vit_fashion import flops, tp_prune
+from _vit import ViT, attention_units, head_counts, hidden_units, mlp_widths
+from vit_fashion import flops, tp_prune, tp_prune_to_flops
 
 
 def _ours(x: torch.Tensor) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -53,3 +53,20 @@ def test_torch_pruning_cuts_as_many_mlp_units_at_equal_flops():
         assert mlp_widths(net) == [16, 16]
         assert net.blocks[0].attention.embed_dim == 16 and net.head.in_features == 16
         assert flops(net) == flops(ours) < flops(det)
+
+
+def test_with_prune_heads_ours_drops_heads_and_torch_pruning_matches_the_flops():
+    pytest.importorskip("torch_pruning", reason="Torch-Pruning comes with the bench extra")
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    torch.manual_seed(0)
+    det = ViT(16, 2, 4, 128).eval()
+    bayes = bp.convert(det, "gaussian", keep=("patch", "head"), split_attention=True).eval()
+    scores = compress.activation_scores(bayes, x)
+    units = hidden_units(bayes) + attention_units(bayes)
+    keep = compress.keep_units({n: scores[n] for n in units}, 0.5)
+    ours = compress.shrink_graph(bayes, x[:2], prune_units=keep).model
+    assert head_counts(bayes) == [4, 4] and head_counts(ours) == [2, 2]
+    assert mlp_widths(ours) == [64, 64]
+    net, match = tp_prune_to_flops(det, "magnitude", flops(ours), x[:2], [(x, y)])
+    assert head_counts(net) == [4, 4] and mlp_widths(net)[0] < 64  # more MLP units go
+    assert abs(match["flops_gap"]) < 0.05
