@@ -266,3 +266,27 @@ def test_head_masks_are_value_rows_and_shrink_deletes_what_they_silence():
     assert result.model.attn.q_proj.out_features == 8
     q = bp.to_deterministic(result.model.attn.q_proj).weight
     assert int(q.flatten(1).ne(0).any(1).sum()) == 3  # q units 0-2 stay, the others masked
+
+
+def test_self_compression_rounds_remove_heads_with_the_other_units():
+    torch.manual_seed(9)
+    model = split_attention(TinyTransformer().double())
+    with torch.no_grad():
+        model.attn.out_proj.weight[:, 4:12] *= 1e-3  # heads 1 and 2 barely matter
+    x = _tokens(32)
+    reference = _out(model, x)
+
+    def evaluate(candidate: nn.Module) -> dict[str, float]:  # agreement with the input
+        return {
+            "accuracy": float((_out(candidate, x).argmax(1) == reference.argmax(1)).double().mean())
+        }
+
+    result = bp.compress.self_compress(
+        model, evaluate, score="activation", example_inputs=x[:2], score_data=x,
+        fraction=0.5, max_rounds=1, tolerance=0.2,
+    )  # fmt: skip
+    assert result.model.attn.num_heads == 2
+    assert result.model.attn.q_proj.out_features == 8
+    torch.testing.assert_close(
+        _out(result.model, x), reference, atol=0.05 * float(reference.abs().max()), rtol=0
+    )
