@@ -17,6 +17,7 @@ from torch import nn
 
 from .nn import DETERMINISTIC, convert, evi_cnn, evi_deep_cnn
 from .resnet import resnet
+from .vit import vit
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -91,6 +92,7 @@ def lenet5_caffe(
 
 BUILDERS = {"mlp": mlp, "lenet_300_100": lenet_300_100, "lenet5_caffe": lenet5_caffe}
 BUILDERS["resnet"] = resnet  # residual graph: compress shrinks it with shrink_graph
+BUILDERS["vit"] = vit  # a transformer: MLP units and attention heads go by shrink_graph
 BUILDERS.update({"evi_cnn": evi_cnn, "evi_deep_cnn": evi_deep_cnn})  # moment networks
 
 
