@@ -145,7 +145,7 @@ def test_convert_splits_attention_into_bayesian_projections():
     assert bp.kl(model).item() > bp.kl(whole).item()  # the projections have posteriors now
 
 
-@pytest.mark.parametrize("family", ["gaussian", "sparse_vd", "spike_slab"])
+@pytest.mark.parametrize("family", ["gaussian", "sparse_vd", "sparse_vd_group", "spike_slab"])
 def test_removed_heads_leave_the_model_with_those_value_rows_masked(family):
     torch.manual_seed(3)
     model = _with_biases(bp.convert(TinyTransformer().double(), family, split_attention=True))
