@@ -101,6 +101,7 @@ def _fold_value_bias(module: MultiheadAttention, units: Tensor) -> None:
     value = as_prunable(module.v_proj).to_deterministic()
     if value.bias is None:
         return  # the heads output 0: nothing to fold
+    units = units.to(value.bias.device)
     constant = value.bias.detach()[units]
     out = as_prunable(module.out_proj)
     weight = out.to_deterministic().weight.detach()[:, units]
