@@ -1,9 +1,11 @@
-"""shrink_graph on a U-Net: the encoder's channels read by an nn.ConvTranspose2d go too.
+"""shrink_graph on a U-Net: an nn.ConvTranspose2d reads and writes channels like a layer.
 
-The transposed convolution stays deterministic (`convert` leaves it) and keeps its own
-output channels, but the channels it reads are scored and can be deleted with their
-producer. A constant through a strided transposed convolution is not a constant, so a
-dead channel it reads goes only where it is exactly 0 (deleted with its BatchNorm).
+The transposed convolution stays deterministic (`convert` leaves it); the encoder
+channels it reads are scored and deleted with their producer, and its own output
+channels (the decoder's upsampled half of the skip concatenation) are scored and
+deleted like any layer's units. A constant through a strided transposed convolution is
+not a constant, so a dead channel it reads goes only where it is exactly 0 (deleted
+with its BatchNorm).
 """
 
 from __future__ import annotations
@@ -57,14 +59,15 @@ def test_the_channels_a_transposed_convolution_reads_are_scored_and_go(family):
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
     scores = activation_scores(model, x)
     assert torch.isfinite(scores["enc2"]).all()  # read by the transposed convolution
-    assert "up" not in scores  # it stays as it is: not a prunable layer
+    assert torch.isfinite(scores["up"]).all()  # its own outputs are units too
     keep = keep_units(scores, sparsity=0.5)
     result = shrink_graph(model, x, prune_units=keep)  # checks shrunk == masked itself
     small = result.model
     assert isinstance(small.up, nn.ConvTranspose2d)
     assert small.up.in_channels == int(keep["enc2"].sum()) == 5
-    assert small.up.out_channels == 6 and small.up.weight.shape[:2] == (5, 6)
+    assert small.up.out_channels == 3 and small.up.weight.shape[:2] == (5, 3)
     assert small.bn2.num_features == 5
+    assert small.dec.in_channels == 3 + int(keep["enc1"].sum())  # the concatenation's halves
     assert result.max_abs_difference < TOL
     other = torch.randn(2, 1, 12, 12, dtype=torch.float64)  # another size: still equal
     reference = shrink_graph(model, x, prune_units=keep, check=False)  # deterministic
@@ -99,3 +102,23 @@ def test_a_shrunk_unet_saves_loads_and_exports(tmp_path):
     plain = small.float()
     onnx = export_onnx(plain, tmp_path / "unet.onnx", (1, 8, 8))
     assert onnx_difference(onnx, plain, x.float()) < 1e-5
+
+
+def test_dropped_upsampled_channels_are_deleted_with_their_bias():
+    """The decoder's upsampled channels meet a padded convolution, which cannot absorb a
+    constant: asked to drop them, shrink_graph deletes them (bias zeroed too), and the
+    result equals the U-Net with those channels' weights and bias set to 0."""
+    model = _unet("deterministic")
+    with torch.no_grad():
+        model.up.bias.copy_(torch.linspace(-1.0, 1.0, 6, dtype=torch.float64))
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    result = shrink_graph(model, x, prune_units={"up": [0, 2, 5]})
+    assert result.model.up.out_channels == 3 and result.model.dec.in_channels == 9
+    assert any("bias was zeroed" in note for note in result.notes)
+    deleted = _unet("deterministic")
+    deleted.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        deleted.up.weight[:, [1, 3, 4]] = 0.0
+        deleted.up.bias[[1, 3, 4]] = 0.0
+    torch.testing.assert_close(_out(result.model, x), _out(deleted, x), atol=TOL, rtol=TOL)
+    assert not torch.allclose(_out(result.model, x), _out(model, x), atol=1e-3)

@@ -105,6 +105,61 @@ class PlainLayer:
         return copy_model(self.module)
 
 
+class _TransposedWeights(nn.Module):
+    """The weights of an nn.ConvTranspose2d as an ordinary layer holds them: out × in × k × k."""
+
+    def __init__(self, module: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        self.weight = module.weight.detach().transpose(0, 1)
+        self.bias = None if module.bias is None else module.bias.detach()
+
+
+class TransposedLayer:
+    """A plain nn.ConvTranspose2d seen through the variational interface, its weight
+    (stored in × out × k × k) turned to a layer's out × in × k × k: graph compression then
+    reads, masks and slices it like any convolution. Nothing folds into it (a constant
+    through a strided transposed convolution is not a constant)."""
+
+    def __init__(self, module: nn.ConvTranspose2d) -> None:
+        self.module = module
+
+    def posterior(self) -> Posterior:
+        view = _TransposedWeights(self.module)
+        bias = view.bias
+        return Posterior(
+            weight_mean=view.weight,
+            weight_std=torch.zeros_like(view.weight),
+            bias_mean=bias,
+            bias_std=None if bias is None else torch.zeros_like(bias),
+        )
+
+    def select(self, out_idx: Tensor | None = None, in_idx: Tensor | None = None) -> nn.Module:
+        m = self.module
+        new = copy.deepcopy(m)
+        w = m.weight.detach()
+        in_idx = torch.arange(w.shape[0]) if in_idx is None else in_idx
+        out_idx = torch.arange(w.shape[1]) if out_idx is None else out_idx
+        in_idx, out_idx = in_idx.to(w.device), out_idx.to(w.device)
+        weight = w.index_select(0, in_idx).index_select(1, out_idx).clone()
+        new.weight = nn.Parameter(weight, m.weight.requires_grad)
+        if m.bias is not None:
+            new.bias = nn.Parameter(m.bias.detach()[out_idx].clone(), m.bias.requires_grad)
+        new.in_channels, new.out_channels = len(in_idx), len(out_idx)
+        return new
+
+    def fold_into_bias(self, mean: Tensor, var: Tensor | None = None) -> None:
+        raise NotImplementedError("a constant through a transposed convolution is not a bias")
+
+    def set_weight_mask(self, mask: Tensor | None) -> None:
+        """Zero the pruned weights in place; `mask` in the out × in × k × k layout."""
+        if mask is not None:
+            with torch.no_grad():
+                self.module.weight.mul_(mask.transpose(0, 1).to(self.module.weight))
+
+    def to_deterministic(self) -> nn.Module:
+        return _TransposedWeights(self.module)
+
+
 def is_prunable(module: nn.Module) -> bool:
     """A layer with weights compression can score: variational, or plain Linear / Conv2d."""
     return isinstance(module, VariationalLayer | nn.Linear | nn.Conv2d)
@@ -116,6 +171,8 @@ def as_prunable(module: nn.Module) -> Prunable:
         return module  # type: ignore[return-value]
     if isinstance(module, nn.Linear | nn.Conv2d):
         return PlainLayer(module)
+    if isinstance(module, nn.ConvTranspose2d) and module.groups == 1:
+        return TransposedLayer(module)  # read and sliced by shrink_graph only
     raise TypeError(
         f"{type(module).__name__} is not a prunable layer; compression handles variational "
         "layers (bayesprune.nn) and plain nn.Linear / nn.Conv2d"

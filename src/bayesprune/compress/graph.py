@@ -157,6 +157,13 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
+def _bias(layer: nn.Module) -> Tensor | None:
+    """The tensor holding a layer's bias (its posterior mean for a variational layer)."""
+    bias = getattr(layer, "bias_mu", None)
+    bias = getattr(layer, "bias", None) if bias is None else bias
+    return bias if isinstance(bias, Tensor) else None
+
+
 def _tensor_input(x: Any) -> bool:
     return isinstance(x, Tensor) and x.ndim >= 2
 
@@ -182,6 +189,7 @@ class _GraphShrinker:
         self.kept_dead: dict[str, int] = {}
         self.masked = 0
         self.silenced = 0  # normalisation channels zeroed after dropped units
+        self.zeroed = 0  # biases of dropped units whose constant could not be folded
         self.bn_variance_dropped: set[str] = set()
         self._cache: dict[tuple[str, str], Any] = {}  # this round's posterior-mean layers
 
@@ -216,9 +224,6 @@ class _GraphShrinker:
         return as_prunable(layer).posterior().weight_std.detach()
 
     def _zero_columns(self, use: Use) -> Tensor:
-        if use.transposed:  # in × out × k × k: an input channel is a row
-            w = self.model.get_submodule(use.name).weight.detach()
-            return (w.flatten(1) == 0).all(1).cpu()
         w = dense_weight(self._deployed(use.name).weight.detach(), use.groups)
         spread = self._spread(use.name)
         if spread is not None:
@@ -294,9 +299,7 @@ class _GraphShrinker:
         for name in outs.keys() | ins.keys():
             layer = self.model.get_submodule(name)
             out_idx, in_idx = outs.get(name), ins.get(name)
-            if isinstance(layer, nn.ConvTranspose2d):
-                new = _slice_transposed_inputs(layer, in_idx)
-            elif getattr(layer, "groups", 1) > 1:
+            if getattr(layer, "groups", 1) > 1:
                 new = _slice_grouped(layer, out_idx, len(in_idx))
             else:
                 new = as_prunable(layer).select(out_idx=out_idx, in_idx=in_idx)
@@ -355,6 +358,25 @@ class _GraphShrinker:
                             norm.bias[idx] = 0.0
                 self.silenced += len(rows)
 
+    def _zero_biases(self, cg: ChannelGraph, groups: set[int]) -> bool:
+        """Zero the bias of units `prune_units` drops whose constant output cannot be
+        folded (a padded convolution reads it), here and in the reference: asked to
+        delete them, delete them, as `_silence_followers` does with BatchNorm's shift."""
+        before = self.zeroed
+        for p in cg.producers:
+            rows = [u for u, i in enumerate(p.ids) if cg.find(i) in groups]
+            if not rows:
+                continue
+            original = self.kept[p.name][rows].tolist()
+            for model, at in ((self.model, rows), (self.reference, original)):
+                bias = _bias(model.get_submodule(p.name))
+                if bias is not None and bool(bias.detach()[at].any()):
+                    with torch.no_grad():
+                        bias[at] = 0.0
+                    self.zeroed += len(at) if model is self.model else 0
+        self._cache.clear()
+        return self.zeroed > before
+
     def _mask_dead(self, cg: ChannelGraph, dead: set[int]) -> bool:
         """Mask the dead units that still have weights, here and in the reference."""
         before = self.masked + self.silenced
@@ -381,13 +403,18 @@ class _GraphShrinker:
         if dead and self._mask_dead(cg, dead):
             cg = analyse(self.model, self.inputs, **self.options)  # values with the masks
             dead, orphan = self._removable(cg)
+        wanted, unfoldable = self._forced_groups(cg, dead), set()
         while True:
             removed = dead | orphan
             self._keep_one(cg, removed)
             dead, orphan = dead & removed, orphan & removed
+            planned = set(dead)
             folds = self._plan_folds(cg, dead)  # drops the dead groups that cannot fold
+            unfoldable |= planned - dead
             if dead | orphan == removed:
                 break
+        if self._zero_biases(cg, unfoldable & wanted):
+            return True  # the next round sees those units emit act(0) instead
         self._record_kept_dead(cg, removed)
         if not removed:
             return False
@@ -480,7 +507,7 @@ class _GraphShrinker:
         for use in cg.sinks:
             unread = self._zero_columns(use)
             layer = self.model.get_submodule(use.name)
-            pip = None if use.transposed else as_prunable(layer).posterior().input_inclusion
+            pip = as_prunable(layer).posterior().input_inclusion
             if pip is not None and len(pip) == len(use.ids):
                 unread = unread | (pip.detach().cpu() <= self.threshold)
             read |= {cg.find(i) for i, u in zip(use.ids, unread.tolist(), strict=True) if not u}
@@ -495,11 +522,7 @@ class _GraphShrinker:
             live = [j for j in cols if not zero[j]]
             if live:
                 for model in (self.model, self.reference):
-                    if use.transposed:
-                        with torch.no_grad():
-                            model.get_submodule(use.name).weight[live] = 0.0
-                    else:
-                        mask_rows(model, use.name, live, columns=True)
+                    mask_rows(model, use.name, live, columns=True)
                 self.masked_inputs += len(live)
         self._cache.clear()
 
@@ -570,14 +593,6 @@ def _slice_grouped(module: nn.Module, out_idx: Tensor, inputs: int) -> nn.Module
         new = as_prunable(module).select(out_idx=out_idx)
     new.out_channels, new.in_channels = len(out_idx), inputs
     new.groups = len(out_idx) // per_group
-    return new
-
-
-def _slice_transposed_inputs(module: nn.ConvTranspose2d, idx: Tensor) -> nn.Module:
-    """An nn.ConvTranspose2d keeping the input channels `idx` (its weight's rows)."""
-    new = copy.deepcopy(module)
-    _cut(module, new, ("weight",), idx)
-    new.in_channels = len(idx)
     return new
 
 
@@ -678,7 +693,9 @@ def shrink_graph(
     to KEEP (indices or boolean mask)} deletes the others: their incoming weights are
     masked and the scale and shift of a normalisation after them (BatchNorm…) zeroed,
     so the channel is 0 rather than BatchNorm's constant, which a padded convolution
-    downstream could not absorb (the check compares against that model). For a
+    downstream could not absorb (the check compares against that model); where no layer
+    can absorb a dropped unit's own constant (a padded convolution reads it) its bias is
+    zeroed too, so it is deleted rather than kept. For a
     `bayesprune.nn.MultiheadAttention` the units are its heads (`compress.heads`: their
     value rows masked, the constant folded into `out_proj`'s bias); dead heads go too.
     `passthrough`: extra module types that act on each channel apart; `leaf_modules`:
@@ -748,6 +765,12 @@ def shrink_graph(
             f"{worker.silenced} normalisation channels after units dropped by prune_units had "
             "their scale and shift zeroed: the result equals the model with those channels "
             "deleted, not only masked"
+        )
+    if worker.zeroed:
+        result.notes.append(
+            f"{worker.zeroed} units dropped by prune_units emitted a constant that no layer "
+            "could absorb (a padded convolution reads it): their bias was zeroed too, so the "
+            "result equals the model with those units deleted"
         )
     for name in sorted(worker.bn_variance_dropped):
         result.notes.append(

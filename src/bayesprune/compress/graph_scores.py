@@ -143,10 +143,7 @@ def activation_scores(
     squared: dict[int, float] = {}
     for use in cg.sinks:
         layer = model.get_submodule(use.name)
-        if use.transposed:  # nn.ConvTranspose2d: in × out × k × k
-            weight = layer.weight.detach().transpose(0, 1)
-        else:
-            weight = as_prunable(layer).posterior().weight_mean.detach()
+        weight = as_prunable(layer).posterior().weight_mean.detach()
         norm = weight.double().transpose(0, 1).reshape(weight.shape[1], -1).norm(dim=1)
         part = (moments[use.name].sd().to(norm) * norm).square().cpu()
         for col, i in enumerate(use.ids):

@@ -203,7 +203,7 @@ class Use:
     ids: list[int]  # channel id per entry of the channel axis (per column for a Linear)
     groups: int = 1  # a grouped convolution's groups (its groups go whole)
     axis: int = 1  # where those channels are: 1, or the last axis for a Linear on tokens
-    transposed: bool = False  # an nn.ConvTranspose2d reading them (weight: in × out × k × k)
+    transposed: bool = False  # an nn.ConvTranspose2d reading them: nothing folds into it
 
 
 @dataclass
@@ -446,13 +446,18 @@ def _layer_ids(cg: ChannelGraph, node: fx.Node, module: nn.Module, first: Channe
 
 
 def _transposed_ids(cg: ChannelGraph, node: fx.Node, first: Channels) -> Channels:
-    """An nn.ConvTranspose2d (a U-Net's upsampling): a sink for its input channels, which
-    can go with their producer; its own outputs stay (it is not a prunable layer, and a
-    constant through a strided transposed convolution is not a constant, so nothing is
-    folded into it: a dead input channel goes only where it is exactly 0)."""
-    cg.sinks.append(Use(str(node.target), node, first[0], transposed=True))
-    why = f"the output of {_describe(node)} (a transposed convolution keeps its channels)"
-    return cg.pinned_fresh(cg.values[node].shape[1], why), 1
+    """An nn.ConvTranspose2d (a U-Net's upsampling): a sink for its input channels and
+    the producer of its output channels, like a convolution (`adapters.TransposedLayer`
+    gives it a layer's view of its weight). It stays deterministic, and nothing is
+    folded into it: a constant through a strided transposed convolution is not a
+    constant, so a dead channel it reads goes only where it is exactly 0."""
+    name = str(node.target)
+    cg.sinks.append(Use(name, node, first[0], transposed=True))
+    out = cg.fresh(cg.values[node].shape[1])
+    for unit, i in enumerate(out):
+        cg.owner[i] = (name, unit)
+    cg.producers.append(Use(name, node, out))
+    return out, 1
 
 
 def _pads_zeros_in(pool: nn.Module) -> bool:
