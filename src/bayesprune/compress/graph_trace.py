@@ -13,7 +13,8 @@ reductions and indexing). Ids that must go together are united (union-find) into
 
 - a prunable layer's outputs get fresh ids (its units); it is a *sink* for its inputs
   (their columns are cut). A grouped convolution unites each group's input channels
-  with that group's output channels: a group goes whole (channel multipliers too);
+  with that group's output channels: a group goes whole (channel multipliers too); an
+  nn.ConvTranspose2d is both too (`adapters.TransposedLayer`), though nothing folds into it;
 - *followers* pass ids through and are sliced with them: BatchNorm, InstanceNorm,
   depthwise convolutions, GroupNorm (which also unites the channels of each of its
   groups, since they share statistics);
