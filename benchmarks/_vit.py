@@ -1,4 +1,5 @@
-"""A small Vision Transformer for 1×28×28 images, in plain torch, as a user would write it.
+"""A small Vision Transformer for 1×28×28 images with torch's own attention, as a user's
+model holds it (the library's `bayesprune.vit.ViT` layout, built with nn.MultiheadAttention).
 
 Patch embedding (a 7×7 stride-7 convolution: 16 tokens), a class token and learned
 position embeddings, `depth` pre-norm encoder blocks (LayerNorm → nn.MultiheadAttention
@@ -11,44 +12,19 @@ keep their width.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
+
+from bayesprune.vit import ViT as _LibraryViT
 
 
-class EncoderBlock(nn.Module):
-    def __init__(self, width: int, heads: int, hidden: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(width)
-        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.norm2 = nn.LayerNorm(width)
-        self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.norm1(x)
-        x = x + self.attention(y, y, y, need_weights=False)[0]
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
-
-
-class ViT(nn.Module):
-    """ViT for 1×28×28 inputs: 4×4 patches of 7×7, `depth` blocks of `width` channels."""
+class ViT(_LibraryViT):
+    """ViT for 1×28×28 inputs: 4×4 patches of 7×7, `depth` blocks of `width` channels,
+    with torch's fused nn.MultiheadAttention (`bayesprune.vit.ViT`'s layout)."""
 
     def __init__(
         self, width: int = 64, depth: int = 4, heads: int = 4, hidden: int = 256, classes: int = 10
     ) -> None:
-        super().__init__()
-        self.patch = nn.Conv2d(1, width, 7, 7)
-        self.cls = nn.Parameter(torch.zeros(1, 1, width))
-        self.position = nn.Parameter(0.02 * torch.randn(1, 17, width))
-        self.blocks = nn.Sequential(*(EncoderBlock(width, heads, hidden) for _ in range(depth)))
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        tokens = self.patch(x).flatten(2).transpose(1, 2)  # B × 16 × width
-        cls = self.cls.expand(tokens.shape[0], -1, -1)
-        x = torch.cat([cls, tokens], dim=1) + self.position
-        return self.head(self.norm(self.blocks(x))[:, 0])
+        super().__init__(1, classes, 28, 7, width, depth, heads, hidden, nn.MultiheadAttention)
 
 
 def hidden_units(model: nn.Module) -> list[str]:

@@ -21,14 +21,18 @@ from torch import Tensor, nn
 from .nn import convert
 from .nn.attention import MultiheadAttention
 
+Attention = type[MultiheadAttention] | type[nn.MultiheadAttention]
+
 
 class EncoderBlock(nn.Module):
     """Pre-norm: x + attention(norm(x)), then x + MLP(norm(x))."""
 
-    def __init__(self, width: int, heads: int, hidden: int) -> None:
+    def __init__(
+        self, width: int, heads: int, hidden: int, attention: Attention = MultiheadAttention
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width)
-        self.attention = MultiheadAttention(width, heads, batch_first=True)
+        self.attention = attention(width, heads, batch_first=True)
         self.norm2 = nn.LayerNorm(width)
         self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
 
@@ -39,7 +43,10 @@ class EncoderBlock(nn.Module):
 
 
 class ViT(nn.Module):
-    """Patches of `patch`×`patch` pixels as tokens, a class token, `depth` blocks."""
+    """Patches of `patch`×`patch` pixels as tokens, a class token, `depth` blocks.
+
+    `attention`: bayesprune's split `MultiheadAttention` (heads can go), or torch's
+    fused `nn.MultiheadAttention` (what a user's model usually holds)."""
 
     def __init__(
         self,
@@ -51,6 +58,7 @@ class ViT(nn.Module):
         depth: int,
         heads: int,
         hidden: int,
+        attention: Attention = MultiheadAttention,
     ) -> None:
         super().__init__()
         if patch < 1 or image_size % patch:
@@ -64,7 +72,8 @@ class ViT(nn.Module):
         self.patch = nn.Conv2d(in_channels, width, patch, patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, width))
         self.position = nn.Parameter(0.02 * torch.randn(1, tokens + 1, width))
-        self.blocks = nn.Sequential(*(EncoderBlock(width, heads, hidden) for _ in range(depth)))
+        blocks = (EncoderBlock(width, heads, hidden, attention) for _ in range(depth))
+        self.blocks = nn.Sequential(*blocks)
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, n_classes)
 
