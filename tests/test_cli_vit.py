@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
+from test_cli_graph_model import _invoke
 from test_readme_sequence import _fake_mnist
 
 from bayesprune.app import Run
-from bayesprune.cli import main
 from bayesprune.compress import load_shrunk
 from bayesprune.nn import MultiheadAttention, use_posterior_mean, variational_layers
 from bayesprune.vit import ViT, vit
@@ -26,12 +25,6 @@ CONFIG = {
     "compress": {"score": "norm", "rule": "global", "sparsity": 0.4, "finetune_epochs": 0},
     "evaluate": {"samples": 3},
 }
-
-
-def _invoke(*args: str) -> str:
-    result = CliRunner().invoke(main, [*args, "--threads", "1"])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")

@@ -212,8 +212,8 @@ def copy_model(model: nn.Module) -> nn.Module:
 def mask_rows(model: nn.Module, name: str, rows: Sequence[int], columns: bool = False) -> None:
     """Zero the incoming weights of units `rows` of layer `name` (combined with its mask);
     with `columns`, zero its weights on inputs `rows` instead."""
-    layer = as_prunable(model.get_submodule(name))
-    current = getattr(model.get_submodule(name), "weight_mask", None)
+    module = model.get_submodule(name)
+    layer, current = as_prunable(module), getattr(module, "weight_mask", None)
     weight = layer.to_deterministic().weight.detach()
     mask = torch.ones_like(weight) if current is None else current.detach().clone()
     if columns:

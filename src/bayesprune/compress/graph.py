@@ -665,10 +665,9 @@ def _remove_heads(
     kept = {}
     for name, module in attention_modules(work).items():
         wanted = keep.get(name, torch.ones(module.num_heads, dtype=torch.bool))
-        wanted = wanted & ~dead_heads(module, threshold)
         before = module.num_heads
-        if remove_heads(work, name, wanted, reference):
-            survivors = torch.arange(before)[wanted] if wanted.any() else torch.arange(1)
+        survivors = remove_heads(work, name, wanted & ~dead_heads(module, threshold), reference)
+        if len(survivors) < before:
             kept[name] = survivors.tolist()
     return kept
 

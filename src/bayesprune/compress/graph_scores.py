@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from ..nn.base import use_posterior_mean
 from .adapters import as_prunable
 from .graph_trace import analyse
-from .heads import head_hooks, head_scores
+from .heads import attention_modules, head_scores
 
 Batches = Tensor | Iterable[Any]
 
@@ -65,7 +65,7 @@ def _batches(data: Batches, inputs: int = 1) -> Iterable[tuple[Tensor, ...]]:
 
 class _ColumnMoments:
     """Running mean and variance of each column of a layer's input (Chan et al.): dim 1,
-    or the last axis for a Linear that reads tokens."""
+    or the last axis (-1) for a Linear that reads tokens."""
 
     def __init__(self, axis: int = 1) -> None:
         self.axis = axis
@@ -125,8 +125,10 @@ def activation_scores(
     cg = analyse(model, tuple(t[:2] for t in first), **options)
     moments = {use.name: _ColumnMoments(use.axis) for use in cg.sinks}
     handles = [model.get_submodule(n).register_forward_pre_hook(m) for n, m in moments.items()]
-    head_stats, head_handles = head_hooks(model)
-    handles += head_handles
+    heads = {name: _ColumnMoments(-1) for name in attention_modules(model)}  # out_proj's inputs
+    handles += [
+        model.get_submodule(f"{n}.out_proj").register_forward_pre_hook(m) for n, m in heads.items()
+    ]
     was = model.training
     model.eval()
     try:
@@ -155,7 +157,7 @@ def activation_scores(
         groups = [cg.find(i) for i in use.ids]
         values = [float("inf") if g in pinned else squared.get(g, 0.0) ** 0.5 for g in groups]
         scores[use.name] = torch.tensor(values, dtype=torch.float64)
-    return {**scores, **head_scores(model, head_stats)}
+    return {**scores, **head_scores(model, {n: m.sd() for n, m in heads.items()})}
 
 
 def keep_units(

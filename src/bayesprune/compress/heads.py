@@ -62,38 +62,30 @@ def dead_heads(module: MultiheadAttention, threshold: float = 0.5) -> Tensor:
 
 def remove_heads(
     model: nn.Module, name: str, keep: Tensor, reference: nn.Module | None = None
-) -> int:
+) -> Tensor:
     """Delete the heads of attention `name` that `keep` (bool per head) drops, in place.
 
     Their value rows are masked (also in `reference`, the model the result must equal),
     the constant they then output is folded into out_proj's bias, and q/k/v lose those
-    rows, out_proj those columns. Every module keeps at least one head. Returns the
-    number of heads removed.
+    rows, out_proj those columns. Every module keeps at least one head (the first, when
+    `keep` keeps none). Returns the indices of the heads it kept.
     """
     module = model.get_submodule(name)
-    drop = (~keep).nonzero().flatten()
-    if len(drop) == module.num_heads:
-        drop = drop[1:]
+    keep = keep.clone() if keep.any() else torch.arange(len(keep)) == 0
+    kept_heads, drop = keep.nonzero().flatten(), (~keep).nonzero().flatten()
     if not len(drop):
-        return 0
+        return kept_heads
     units = head_units(module, drop)
     for target in (model, reference):
         if target is not None:
             mask_rows(target, f"{name}.v_proj", units.tolist())
     _fold_value_bias(module, units)
-    kept = head_units(module, _remaining(module.num_heads, drop))
+    kept = head_units(module, kept_heads)
     module.q_proj = as_prunable(module.q_proj).select(out_idx=kept)
     module.k_proj = as_prunable(module.k_proj).select(out_idx=kept)
     module.v_proj = as_prunable(module.v_proj).select(out_idx=kept)
     module.out_proj = as_prunable(module.out_proj).select(in_idx=kept)
-    return len(drop)
-
-
-def _remaining(heads: int, drop: Tensor) -> Tensor:
-    """The head indices that remain when `drop` goes."""
-    keep = torch.ones(heads, dtype=torch.bool)
-    keep[drop] = False
-    return keep.nonzero().flatten()
+    return kept_heads
 
 
 def _fold_value_bias(module: MultiheadAttention, units: Tensor) -> None:
@@ -111,44 +103,14 @@ def _fold_value_bias(module: MultiheadAttention, units: Tensor) -> None:
         out.fold_into_bias(mean, std.square() @ constant.square())
 
 
-class _OutputColumns:
-    """Running sum and sum of squares of out_proj's input columns (the heads' outputs)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.total: Tensor | None = None
-        self.squares: Tensor | None = None
-
-    def __call__(self, _module: nn.Module, args: tuple[Tensor, ...]) -> None:
-        x = args[0].detach().double().reshape(-1, args[0].shape[-1])
-        total, squares = x.sum(0), x.square().sum(0)
-        self.n += x.shape[0]
-        self.total = total if self.total is None else self.total + total
-        self.squares = squares if self.squares is None else self.squares + squares
-
-    def sd(self) -> Tensor:
-        if self.total is None or self.squares is None:
-            raise ValueError("the data gave no batch")
-        mean = self.total / self.n
-        return (self.squares / self.n - mean.square()).clamp(min=0).sqrt()
-
-
-def head_hooks(model: nn.Module) -> tuple[dict[str, _OutputColumns], list[object]]:
-    """Pre-hooks on every attention's out_proj that gather its inputs' spread."""
-    stats, handles = {}, []
-    for name, module in attention_modules(model).items():
-        stats[name] = _OutputColumns()
-        handles.append(module.out_proj.register_forward_pre_hook(stats[name]))
-    return stats, handles
-
-
-def head_scores(model: nn.Module, stats: Mapping[str, _OutputColumns]) -> dict[str, Tensor]:
+def head_scores(model: nn.Module, spreads: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Per head: √Σ over its columns j of sd(x_j)² ‖W_out[:, j]‖², the unit score of
-    `activation_scores` with the head's outputs as its columns."""
+    `activation_scores` with the head's outputs as its columns; `spreads` holds, per
+    attention module, the sd of each of out_proj's input columns over the data."""
     scores = {}
-    for name, columns in stats.items():
+    for name, sd in spreads.items():
         module = model.get_submodule(name)
         weight = as_prunable(module.out_proj).posterior().weight_mean.detach().double()
-        part = (columns.sd().to(weight) * weight.norm(dim=0)).square().cpu()
+        part = (sd.to(weight) * weight.norm(dim=0)).square().cpu()
         scores[name] = _per_head(part, module).sum(1).sqrt()
     return scores
