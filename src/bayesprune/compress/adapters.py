@@ -2,7 +2,7 @@
 
 Compression code reads and rebuilds layers through `as_prunable(module)`, which
 returns the variational layer itself or a `PlainLayer` that gives a plain
-`nn.Linear` / `nn.Conv2d` the same few methods (a posterior with zero spread,
+`nn.Linear` / `nn.Conv1d` / `2d` / `3d` the same few methods (a posterior with zero spread,
 `select`, `fold_into_bias`, `set_weight_mask`, `to_deterministic`). So the
 deterministic baseline goes through exactly the same code as the Bayesian models.
 """
@@ -18,6 +18,16 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from ..nn.base import Posterior, VariationalLayer
+from ..nn.family import PLAIN_CONVOLUTIONS
+
+CONVOLUTIONS: tuple[type[nn.Module], ...] = tuple(PLAIN_CONVOLUTIONS.values())
+"""nn.Conv1d / 2d / 3d: plain convolutions compression reads like any layer."""
+TRANSPOSED: tuple[type[nn.Module], ...] = (
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+"""Transposed convolutions: read and sliced by shrink_graph (`TransposedLayer`)."""
 
 
 class Prunable(Protocol):
@@ -35,7 +45,8 @@ class Prunable(Protocol):
 
 
 class PlainLayer:
-    """A plain Linear / Conv2d seen through the variational interface (weights are exact).
+    """A plain Linear / Conv1d / 2d / 3d seen through the variational interface (weights
+    are exact).
 
     Works on layers pruned with `torch.nn.utils.prune` too: `.weight` is then the
     masked weight, and `select` returns a fresh layer without the pruning hooks.
@@ -60,10 +71,10 @@ class PlainLayer:
         out_idx = torch.arange(w.shape[0]) if out_idx is None else out_idx
         in_idx = torch.arange(w.shape[1]) if in_idx is None else in_idx
         out_idx, in_idx = out_idx.to(w.device), in_idx.to(w.device)
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, CONVOLUTIONS):
             if m.groups != 1:
                 raise NotImplementedError("selecting channels of a grouped convolution")
-            new: nn.Module = nn.Conv2d(
+            new: nn.Module = type(m)(
                 len(in_idx),
                 len(out_idx),
                 m.kernel_size,
@@ -106,21 +117,21 @@ class PlainLayer:
 
 
 class _TransposedWeights(nn.Module):
-    """The weights of an nn.ConvTranspose2d as an ordinary layer holds them: out × in × k × k."""
+    """The weights of a transposed convolution as an ordinary layer holds them: out × in × k…"""
 
-    def __init__(self, module: nn.ConvTranspose2d) -> None:
+    def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.weight = module.weight.detach().transpose(0, 1)
         self.bias = None if module.bias is None else module.bias.detach()
 
 
 class TransposedLayer:
-    """A plain nn.ConvTranspose2d seen through the variational interface, its weight
-    (stored in × out × k × k) turned to a layer's out × in × k × k: graph compression then
+    """A plain nn.ConvTranspose1d / 2d / 3d seen through the variational interface, its
+    weight (stored in × out × k…) turned to a layer's out × in × k…: graph compression then
     reads, masks and slices it like any convolution. Nothing folds into it (a constant
     through a strided transposed convolution is not a constant)."""
 
-    def __init__(self, module: nn.ConvTranspose2d) -> None:
+    def __init__(self, module: nn.Module) -> None:
         self.module = module
 
     def posterior(self) -> Posterior:
@@ -151,7 +162,7 @@ class TransposedLayer:
         raise NotImplementedError("a constant through a transposed convolution is not a bias")
 
     def set_weight_mask(self, mask: Tensor | None) -> None:
-        """Zero the pruned weights in place; `mask` in the out × in × k × k layout."""
+        """Zero the pruned weights in place; `mask` in the out × in × k… layout."""
         if mask is not None:
             with torch.no_grad():
                 self.module.weight.mul_(mask.transpose(0, 1).to(self.module.weight))
@@ -161,21 +172,23 @@ class TransposedLayer:
 
 
 def is_prunable(module: nn.Module) -> bool:
-    """A layer with weights compression can score: variational, or plain Linear / Conv2d."""
-    return isinstance(module, VariationalLayer | nn.Linear | nn.Conv2d)
+    """A layer with weights compression can score: variational, or plain Linear / Conv1d /
+    2d / 3d."""
+    return isinstance(module, (VariationalLayer, nn.Linear, *CONVOLUTIONS))
 
 
 def as_prunable(module: nn.Module) -> Prunable:
-    """The layer itself if variational, else a `PlainLayer` adapter for Linear / Conv2d."""
+    """The layer itself if variational, else a `PlainLayer` adapter for Linear / Conv1d /
+    2d / 3d (a `TransposedLayer` for an ungrouped transposed convolution)."""
     if isinstance(module, VariationalLayer):
         return module  # type: ignore[return-value]
-    if isinstance(module, nn.Linear | nn.Conv2d):
+    if isinstance(module, (nn.Linear, *CONVOLUTIONS)):
         return PlainLayer(module)
-    if isinstance(module, nn.ConvTranspose2d) and module.groups == 1:
+    if isinstance(module, TRANSPOSED) and module.groups == 1:
         return TransposedLayer(module)  # read and sliced by shrink_graph only
     raise TypeError(
         f"{type(module).__name__} is not a prunable layer; compression handles variational "
-        "layers (bayesprune.nn) and plain nn.Linear / nn.Conv2d"
+        "layers (bayesprune.nn) and plain nn.Linear / nn.Conv1d / 2d / 3d"
     )
 
 

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from ..nn.base import GatedLayer, use_posterior_mean
 from ..nn.moments import Factored, Moments
-from .adapters import as_prunable, copy_model, is_prunable, mask_rows
+from .adapters import CONVOLUTIONS, as_prunable, copy_model, is_prunable, mask_rows
 from .chain import deployed_weight
 from .graph_fold import (
     Fold,
@@ -494,7 +494,7 @@ class _GraphShrinker:
             if why:
                 raise ValueError(
                     f"prune_inputs: feature {j} of input {name!r} {why}. Only features that "
-                    "reach prunable layers (nn.Linear / nn.Conv2d / Bayesian layers, through "
+                    "reach prunable layers (nn.Linear / nn.ConvNd / Bayesian layers, through "
                     "activations, pooling, flatten, BatchNorm or concatenation) can be removed: "
                     "keep that feature, or drop it from your data and build the model narrower"
                 )
@@ -586,7 +586,7 @@ def _cut(module: nn.Module, new: nn.Module, names: tuple[str, ...], idx: Tensor)
 def _slice_grouped(module: nn.Module, out_idx: Tensor, inputs: int) -> nn.Module:
     """A grouped convolution keeping the output channels `out_idx` (whole groups)."""
     per_group = module.out_channels // module.groups
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, CONVOLUTIONS):
         new = copy.deepcopy(module)
         _cut(module, new, ("weight", "bias"), out_idx)
     else:
@@ -615,7 +615,7 @@ def _slice_follower(module: nn.Module, idx: Tensor) -> nn.Module:
         _cut(module, new, ("weight", "bias"), idx)
         return new
     # depthwise: in = out = groups; its kernels are its "output units"
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, CONVOLUTIONS):
         _cut(module, new, ("weight", "bias"), idx)
     else:
         new = as_prunable(module).select(out_idx=idx)

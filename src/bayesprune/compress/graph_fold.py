@@ -36,18 +36,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from .adapters import as_prunable
+from .adapters import CONVOLUTIONS, as_prunable
 from .graph_trace import BATCHNORMS, ChannelGraph, Use, propagates_variance
 
 _SHIFT_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.MaxPool1d,
-    nn.MaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
 )  # fmt: skip
 """y ↦ op(y) with op(y + δ) = op(y) + δ for a constant δ per channel (eval mode)."""
 _SHIFT_FUNCTIONS = {
-    F.max_pool1d, F.max_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
 }  # fmt: skip
 _CAT = {torch.cat, torch.concat}
 
@@ -71,7 +71,7 @@ class Reader:
     column j is input channel j for every kind of reader.
     """
 
-    plain: nn.Module  # nn.Linear or nn.Conv2d
+    plain: nn.Module  # nn.Linear or nn.Conv1d / 2d / 3d
     weight: Tensor  # dense: (units, input channels, ...)
     weight_std: Tensor
     has_bias: bool
@@ -107,7 +107,7 @@ def _same(t: Tensor) -> Tensor:
     return torch.isclose(t, t[..., :1].expand_as(t), rtol=1e-6, atol=1e-7).all(-1)
 
 
-def _tap_masks(plain: nn.Conv2d, axis: int, size: int) -> Tensor:
+def _tap_masks(plain: nn.Module, axis: int, size: int) -> Tensor:
     """Which kernel taps along `axis` lie inside a map of `size`, one row per distinct case.
 
     Output position i reads input i·stride − pad + t·dilation for tap t; with zero
@@ -127,25 +127,27 @@ def _tap_masks(plain: nn.Conv2d, axis: int, size: int) -> Tensor:
     return torch.unique(inside, dim=0)
 
 
-def _tap_sums(plain: nn.Conv2d, weight: Tensor, size: tuple[int, ...]) -> Tensor:
-    """Σ over in-bounds taps of `weight` (O × D × k × k), per column, on an all-ones map.
+def _tap_sums(plain: nn.Module, weight: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Σ over in-bounds taps of `weight` (O × D × k…), per column, on an all-ones map.
 
     (D, O, cases): what a constant 1 in column d adds to output unit o at each kind of
     position of a map of `size` (zero padding drops the taps that hang over the border).
+    One spatial axis at a time: its taps are summed per case, the cases go last.
     """
-    rows, cols = (_tap_masks(plain, axis, n).to(weight) for axis, n in enumerate(size))
-    sums = torch.einsum("odhw,ah,bw->doab", weight, rows, cols)
-    return sums.reshape(weight.shape[1], weight.shape[0], -1)
+    sums = weight
+    for axis, n in enumerate(size):
+        sums = torch.tensordot(sums, _tap_masks(plain, axis, n).to(weight), dims=([2], [1]))
+    return sums.transpose(0, 1).reshape(weight.shape[1], weight.shape[0], -1)
 
 
-def _probe_size(plain: nn.Conv2d) -> tuple[int, int]:
+def _probe_size(plain: nn.Module) -> tuple[int, ...]:
     """A map with interior positions and every kind of border position."""
     reach = [d * (k - 1) + 1 for d, k in zip(plain.dilation, plain.kernel_size, strict=True)]
     return tuple(2 * (r + s) + r for r, s in zip(reach, plain.stride, strict=True))
 
 
 def _shift_ok(module: nn.Module) -> bool:
-    if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d)):
+    if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
         padding = module.padding if isinstance(module.padding, tuple) else (module.padding,)
         return not module.count_include_pad or not any(padding)
     return isinstance(module, _SHIFT_MODULES)
@@ -200,7 +202,7 @@ def shift_targets(cg: ChannelGraph, use: Use) -> list[tuple[str, Tensor]] | None
     return targets or None
 
 
-def depthwise_size_bound(cg: ChannelGraph, use: Use, plain: nn.Conv2d, dead: set[int]) -> set[int]:
+def depthwise_size_bound(cg: ChannelGraph, use: Use, plain: nn.Module, dead: set[int]) -> set[int]:
     """Dead groups whose constant a padded depthwise convolution makes size-dependent.
 
     A depthwise kernel on a constant v gives v·(sum of its in-bounds taps): one number at
@@ -212,7 +214,7 @@ def depthwise_size_bound(cg: ChannelGraph, use: Use, plain: nn.Conv2d, dead: set
     if not cols:
         return set()
     c = x[cols].flatten(1)
-    weight = plain.weight.detach()[cols].transpose(0, 1)  # (1, D, k, k): one "unit"
+    weight = plain.weight.detach()[cols].transpose(0, 1)  # (1, D, k…): one "unit"
     sums = torch.cat(
         [_tap_sums(plain, weight, size)[:, 0] for size in (tuple(x.shape[1:]), _probe_size(plain))],
         dim=1,
@@ -247,7 +249,7 @@ def group_folds(
     weight = reader.weight[:, cols]
     var_w = reader.weight_std[:, cols].square()
     bad: set[int] = set()
-    if isinstance(reader.plain, nn.Conv2d):
+    if isinstance(reader.plain, CONVOLUTIONS):
         uniform = _same(c)
         value = c[:, 0]
         sums = [_tap_sums(reader.plain, weight, tuple(x.shape[1:]))]

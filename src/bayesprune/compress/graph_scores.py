@@ -46,13 +46,13 @@ Batches = Tensor | Iterable[Any]
 def _batches(data: Batches, inputs: int = 1) -> Iterable[tuple[Tensor, ...]]:
     """The forward's arguments in each batch of `data`: its first `inputs` tensors.
 
-    `data` is one batch (a tensor; with `inputs` > 1 a tuple of that many or more
-    tensors) or an iterable of batches, each a tensor or a tuple / list starting with
-    the inputs, e.g. ``(x, y)`` or ``(x, mask, y)``."""
+    `data` is one batch (a tensor, or a tuple of tensors starting with the inputs, as
+    `fit` reads ``(x, y)``) or an iterable of batches (a list, a DataLoader), each a
+    tensor or a tuple / list starting with the inputs, e.g. ``(x, y)`` or ``(x, mask, y)``."""
     if isinstance(data, Tensor):
         data = [data]
-    elif inputs > 1 and isinstance(data, tuple) and all(isinstance(t, Tensor) for t in data):
-        data = [data]  # one batch of several inputs
+    elif isinstance(data, tuple) and all(isinstance(t, Tensor) for t in data):
+        data = [data]  # one batch: (x, y), or several inputs (and labels)
     for batch in data:
         args = tuple(batch[:inputs]) if isinstance(batch, tuple | list) else (batch,)
         if len(args) < inputs or not all(isinstance(t, Tensor) for t in args):
@@ -105,15 +105,15 @@ def activation_scores(
 ) -> dict[str, Tensor]:
     """Per output unit of every prunable layer of the graph: sd × outgoing-norm (see above).
 
-    `data`: one input batch, or an iterable of batches (a DataLoader; a batch may be
-    `(x, y)`), read up to `max_batches`; a model whose `forward` takes several tensors
-    reads the first `inputs` of each batch (``(x, mask, y)`` with ``inputs=2``, or one
-    batch ``(x, mask)``). `passthrough` / `leaf_modules` as for
-    `shrink_graph`. Higher = keep; +inf for pinned channels. Layers called more than once
-    or grouped convolutions are not producers of the graph and get no entry. A
-    `bayesprune.nn.MultiheadAttention` gets one score per head under its own name (the
-    same formula, its heads' outputs as the columns of `out_proj`). The model
-    is run in eval mode with posterior means; its mode is put back.
+    `data`: one batch (a tensor, or a tuple ``(x, y)`` as `fit` takes), or an iterable of
+    batches (a DataLoader; a batch may be `(x, y)`), read up to `max_batches`; a model
+    whose `forward` takes several tensors reads the first `inputs` of each batch
+    (``(x, mask, y)`` with ``inputs=2``, or one batch ``(x, mask)``). `passthrough` /
+    `leaf_modules` as for `shrink_graph`. Higher = keep; +inf for pinned channels.
+    Layers called more than once or grouped convolutions are not producers of the graph
+    and get no entry. A `bayesprune.nn.MultiheadAttention` gets one score per head under
+    its own name (the same formula, its heads' outputs as the columns of `out_proj`). The
+    model is run in eval mode with posterior means; its mode is put back.
     """
     if inputs < 1:
         raise ValueError(f"inputs counts the forward's tensors, at least 1, got {inputs}")

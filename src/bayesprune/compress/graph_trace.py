@@ -14,7 +14,8 @@ reductions and indexing). Ids that must go together are united (union-find) into
 - a prunable layer's outputs get fresh ids (its units); it is a *sink* for its inputs
   (their columns are cut). A grouped convolution unites each group's input channels
   with that group's output channels: a group goes whole (channel multipliers too); an
-  nn.ConvTranspose2d is both too (`adapters.TransposedLayer`), though nothing folds into it;
+  transposed convolution is both too (`adapters.TransposedLayer`), though nothing folds
+  into it;
 - *followers* pass ids through and are sliced with them: BatchNorm, InstanceNorm,
   depthwise convolutions, GroupNorm (which also unites the channels of each of its
   groups, since they share statistics);
@@ -68,22 +69,30 @@ from torch import Tensor, fx, nn
 from ..nn.attention import MultiheadAttention
 from ..nn.base import SerializableLayer, use_posterior_mean
 from ..nn.moments import Moments
-from .adapters import is_prunable
+from .adapters import TRANSPOSED, is_prunable
 from .chain import PASSTHROUGH
 from .graph_axes import indexed, permuted, reduced, reshaped, size_follows
 
-BATCHNORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d)
-NORMS: tuple[type[nn.Module], ...] = (*BATCHNORMS, nn.InstanceNorm1d, nn.InstanceNorm2d)
+BATCHNORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+NORMS: tuple[type[nn.Module], ...] = (
+    *BATCHNORMS,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
 """Per-channel normalisations: followers sliced channel by channel (weight, bias, stats)."""
 CHANNELWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d, nn.LPPool2d, nn.Hardshrink,
-    nn.Softshrink, nn.Tanhshrink, nn.LogSigmoid, nn.Threshold, nn.RReLU, nn.ZeroPad2d,
-    nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.Upsample,
-    nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+    nn.Softshrink, nn.Tanhshrink, nn.LogSigmoid, nn.Threshold, nn.RReLU, nn.ZeroPad1d,
+    nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d,
+    nn.ReplicationPad2d, nn.ReplicationPad3d, nn.Upsample, nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
 )  # fmt: skip
 """Channelwise modules beyond `chain.PASSTHROUGH` (which `shrink` shares)."""
-_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-          nn.AdaptiveMaxPool2d)  # fmt: skip
+_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+          nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool3d,
+          nn.AdaptiveMaxPool3d)  # fmt: skip
 ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = tuple(m for m in PASSTHROUGH if m not in _POOLS)
 """Passthrough modules that act on each entry apart: what channels on the last axis pass."""
 
@@ -204,7 +213,7 @@ class Use:
     ids: list[int]  # channel id per entry of the channel axis (per column for a Linear)
     groups: int = 1  # a grouped convolution's groups (its groups go whole)
     axis: int = 1  # where those channels are: 1, or the last axis for a Linear on tokens
-    transposed: bool = False  # an nn.ConvTranspose2d reading them: nothing folds into it
+    transposed: bool = False  # a transposed convolution reading them: nothing folds into it
 
 
 @dataclass
@@ -387,7 +396,7 @@ def _module_ids(
         return _module_flattens(cg, node, first) if whole else None
     if is_prunable(module):
         return _layer_ids(cg, node, module, first)
-    if isinstance(module, nn.ConvTranspose2d) and module.groups == 1 and axis == 1:
+    if isinstance(module, TRANSPOSED) and module.groups == 1 and axis == 1:
         return _transposed_ids(cg, node, first)
     if axis != 1:  # channels last (tokens): only ops that act on each entry apart pass
         same = value.shape == in_value.shape
@@ -407,7 +416,7 @@ def _module_ids(
     if isinstance(module, nn.LayerNorm):
         normalised = len(module.normalized_shape)
         return first if in_value.ndim - normalised > 1 else None  # over the channels: pinned
-    if isinstance(module, nn.AvgPool1d | nn.AvgPool2d) and _pads_zeros_in(module):
+    if isinstance(module, nn.AvgPool1d | nn.AvgPool2d | nn.AvgPool3d) and _pads_zeros_in(module):
         return None  # averages zeros in at the border: a constant there depends on the size
     if isinstance(module, channelwise) or getattr(module, "channelwise", False):
         return first if value.shape[1] == in_value.shape[1] else None
@@ -447,7 +456,7 @@ def _layer_ids(cg: ChannelGraph, node: fx.Node, module: nn.Module, first: Channe
 
 
 def _transposed_ids(cg: ChannelGraph, node: fx.Node, first: Channels) -> Channels:
-    """An nn.ConvTranspose2d (a U-Net's upsampling): a sink for its input channels and
+    """A transposed convolution (a U-Net's upsampling): a sink for its input channels and
     the producer of its output channels, like a convolution (`adapters.TransposedLayer`
     gives it a layer's view of its weight). It stays deterministic, and nothing is
     folded into it: a constant through a strided transposed convolution is not a

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..nn import SerializableLayer, layer_types
 from ..nn.base import conv_geometry
+from .adapters import CONVOLUTIONS, TRANSPOSED
 from .chain import SelectInputs
 
 Config = dict[str, Any]
@@ -56,12 +57,17 @@ def _tuple(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
 
+def _rebuild(cls: type[nn.Module]) -> Callable[[Config], nn.Module]:
+    """`cls` built from a config whose JSON lists were tuples (kernel sizes, strides)."""
+    return lambda c: cls(**{k: _tuple(v) for k, v in c.items()})
+
+
 def _simple(cls: type[nn.Module], *attrs: str) -> None:
     """A type rebuilt from attributes of the same name as its constructor arguments."""
     register_layer(
         cls,
         lambda m: {a: getattr(m, a) for a in attrs},
-        lambda c: cls(**{k: _tuple(v) for k, v in c.items()}),
+        _rebuild(cls),
     )
 
 
@@ -75,11 +81,15 @@ _simple(nn.Softmax, "dim")
 _simple(nn.LogSoftmax, "dim")
 _simple(nn.Flatten, "start_dim", "end_dim")
 _simple(nn.Dropout, "p")
-_simple(nn.Dropout2d, "p")
-_simple(nn.MaxPool2d, "kernel_size", "stride", "padding", "dilation", "ceil_mode")
-_simple(nn.AvgPool2d, "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
-_simple(nn.AdaptiveAvgPool2d, "output_size")
-for _bn in (nn.BatchNorm1d, nn.BatchNorm2d):
+for _cls in (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d):
+    _simple(_cls, "p")
+for _cls in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d):
+    _simple(_cls, "kernel_size", "stride", "padding", "dilation", "ceil_mode")
+for _cls in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d):
+    _simple(_cls, "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
+for _cls in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d):
+    _simple(_cls, "output_size")
+for _bn in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
     _simple(_bn, "num_features", "eps", "momentum", "affine", "track_running_stats")
 register_layer(
     SelectInputs,
@@ -101,22 +111,20 @@ register_layer(
     },
     lambda c: nn.Linear(**c),
 )
-register_layer(
-    nn.Conv2d,
-    lambda m: {**_conv_args(m), "bias": m.bias is not None, "padding_mode": m.padding_mode},
-    lambda c: nn.Conv2d(**{k: _tuple(v) for k, v in c.items()}),
-)
 
 
-register_layer(
-    nn.ConvTranspose2d,
-    lambda m: {
-        **_conv_args(m),
-        "output_padding": m.output_padding,
-        "bias": m.bias is not None,
-    },
-    lambda c: nn.ConvTranspose2d(**{k: _tuple(v) for k, v in c.items()}),
-)
+for _cls in CONVOLUTIONS:
+    register_layer(
+        _cls,
+        lambda m: {**_conv_args(m), "bias": m.bias is not None, "padding_mode": m.padding_mode},
+        _rebuild(_cls),
+    )
+for _cls in TRANSPOSED:
+    register_layer(
+        _cls,
+        lambda m: {**_conv_args(m), "output_padding": m.output_padding, "bias": m.bias is not None},
+        _rebuild(_cls),
+    )
 
 
 def architecture(model: nn.Module) -> Config:

@@ -23,17 +23,32 @@ from .family import (
     register_family,
     to_deterministic,
 )
-from .gaussian import BayesConv2d, BayesLinear, GradientEstimator
-from .group_sparse_vd import GroupSparseVDConv2d, GroupSparseVDLinear
+from .gaussian import BayesConv1d, BayesConv2d, BayesConv3d, BayesLinear, GradientEstimator
+from .group_sparse_vd import (
+    GroupSparseVDConv1d,
+    GroupSparseVDConv2d,
+    GroupSparseVDConv3d,
+    GroupSparseVDLinear,
+)
 from .moments import EVIConv2d, EVILikelihood, EVILinear, Moments, evi_cnn, evi_deep_cnn
 from .priors import GaussianPrior, MixtureKL, ScaleMixturePrior, make_prior
-from .sparse_vd import LogUniformPrior, SparseVDConv2d, SparseVDLinear
+from .sparse_vd import (
+    LogUniformPrior,
+    SparseVDConv1d,
+    SparseVDConv2d,
+    SparseVDConv3d,
+    SparseVDLinear,
+)
 from .spike_slab import (
     GateEstimator,
     GateSampling,
     MeanGates,
+    SpikeSlabConv1d,
     SpikeSlabConv2d,
+    SpikeSlabConv3d,
+    SpikeSlabEdgeConv1d,
     SpikeSlabEdgeConv2d,
+    SpikeSlabEdgeConv3d,
     SpikeSlabEdgeLinear,
     SpikeSlabLinear,
     SpikeSlabOptions,
@@ -42,7 +57,9 @@ from .spike_slab import (
 
 __all__ = [
     "DETERMINISTIC",
+    "BayesConv1d",
     "BayesConv2d",
+    "BayesConv3d",
     "BayesLinear",
     "EVIConv2d",
     "EVILikelihood",
@@ -54,7 +71,9 @@ __all__ = [
     "GatedLayer",
     "GaussianPrior",
     "GradientEstimator",
+    "GroupSparseVDConv1d",
     "GroupSparseVDConv2d",
+    "GroupSparseVDConv3d",
     "GroupSparseVDLinear",
     "LogUniformPrior",
     "MeanGates",
@@ -65,10 +84,16 @@ __all__ = [
     "Role",
     "ScaleMixturePrior",
     "SerializableLayer",
+    "SparseVDConv1d",
     "SparseVDConv2d",
+    "SparseVDConv3d",
     "SparseVDLinear",
+    "SpikeSlabConv1d",
     "SpikeSlabConv2d",
+    "SpikeSlabConv3d",
+    "SpikeSlabEdgeConv1d",
     "SpikeSlabEdgeConv2d",
+    "SpikeSlabEdgeConv3d",
     "SpikeSlabEdgeLinear",
     "SpikeSlabLinear",
     "SpikeSlabOptions",

@@ -24,6 +24,9 @@ from torch import nn
 from .attention import split_attention as _split_attention
 from .base import Role, VariationalLayer, conv_geometry
 
+PLAIN_CONVOLUTIONS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+"""torch's convolutions by number of spatial dims: the layers every conv family twins."""
+
 LayerFactory = Callable[[nn.Module, Role, dict[str, Any]], VariationalLayer]
 """(plain layer, its role, the family options) → the Bayesian twin."""
 
@@ -56,8 +59,8 @@ def keyword_options(*classes: type, exclude: Iterable[str] = ()) -> tuple[str, .
 
 
 def plain_layer_args(plain: nn.Module) -> dict[str, Any]:
-    """Arguments that rebuild a Bayesian twin of a plain Linear / Conv2d layer."""
-    if isinstance(plain, nn.Conv2d):
+    """Arguments that rebuild a Bayesian twin of a plain Linear / Conv1d / 2d / 3d layer."""
+    if isinstance(plain, tuple(PLAIN_CONVOLUTIONS.values())):
         return {
             **conv_geometry(plain),
             "groups": plain.groups,
@@ -69,6 +72,14 @@ def plain_layer_args(plain: nn.Module) -> dict[str, Any]:
         "out_features": plain.out_features,
         "bias": plain.bias is not None,
     }
+
+
+def conv_factories(
+    make: Callable[[Any], LayerFactory], *classes: type[nn.Module]
+) -> dict[type[nn.Module], LayerFactory]:
+    """`{nn.Conv1d: make(classes[0]), ...}`: a family's factories for its convolutions,
+    given by number of spatial dims (each class's `spatial_dims`)."""
+    return {PLAIN_CONVOLUTIONS[cls.spatial_dims]: make(cls) for cls in classes}  # type: ignore[attr-defined]
 
 
 def twin_factory(cls: type[VariationalLayer]) -> LayerFactory:
@@ -190,7 +201,7 @@ def convert(
     split_attention: bool = False,
     **options: Any,
 ) -> nn.Module:
-    """Return `model` with every nn.Linear / nn.Conv2d replaced by a Bayesian twin.
+    """Return `model` with every nn.Linear / nn.Conv1d / 2d / 3d replaced by a Bayesian twin.
 
     Works on any `nn.Module`, whatever its `forward`. `keep` names modules (as in
     `model.named_modules()`, e.g. `("conv1", "fc")`, or a block such as `"layer4"`) or
@@ -232,7 +243,7 @@ def convert(
     unmatched = [k for k in keep if not any(_kept(q, [k]) for *_, q in named)]
     if unmatched:
         raise ValueError(
-            f"keep names {unmatched} match no nn.Linear / nn.Conv2d of the model; "
+            f"keep names {unmatched} match no nn.Linear / nn.Conv1d / 2d / 3d of the model; "
             f"replaceable layers: {[q for *_, q in named][:20]}"
         )
     found = [(parent, name, child) for parent, name, child, q in named if not _kept(q, keep)]

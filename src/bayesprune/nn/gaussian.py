@@ -47,7 +47,14 @@ from torch import Tensor, nn
 
 from ..options import Choice
 from .base import Posterior, VariationalLayer, conv_geometry
-from .family import Family, keyword_options, register_family, twin_factory
+from .family import (
+    PLAIN_CONVOLUTIONS,
+    Family,
+    conv_factories,
+    keyword_options,
+    register_family,
+    twin_factory,
+)
 from .fused import eager, sample_normal, softplus_scales
 from .priors import GaussianPrior, Prior, make_prior
 from .weight_sample import DrawState, sample_weights
@@ -130,7 +137,7 @@ class _GaussianLayer(VariationalLayer):
     """Parameters, KL and forward maths shared by the dense and conv variants.
 
     Subclasses only say which linear map they apply (`_linear_map`) and how to make
-    their deterministic twin; `_LinearMap` / `_Conv2dMap` below supply both, so other
+    their deterministic twin; `_LinearMap` / `_ConvMap` below supply both, so other
     families (e.g. spike-and-slab) reuse them with their own parameters on top.
     """
 
@@ -432,9 +439,17 @@ class _LinearMap:
         return {"in_features": self.in_features, "out_features": self.out_features}
 
 
-class _Conv2dMap:
-    """The 2-D convolution, its nn.Conv2d twin and its sizes: shared by every conv family."""
+_CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
+
+class _ConvMap:
+    """The convolution, its torch twin and its sizes: shared by every conv family.
+
+    `spatial_dims` (1, 2 or 3) is the one thing a family's Conv1d / Conv2d / Conv3d
+    layers differ in; everything else (noise, KL, gates, scores) reads the weight's
+    first two axes and flattens the rest."""
+
+    spatial_dims: ClassVar[int] = 2
     in_channels: int
     out_channels: int
     bias_mu: Tensor | None
@@ -444,10 +459,10 @@ class _Conv2dMap:
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int],
-        padding: int | tuple[int, int] | str,
-        dilation: int | tuple[int, int],
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...],
+        padding: int | tuple[int, ...] | str,
+        dilation: int | tuple[int, ...],
         groups: int,
         padding_mode: str,
     ) -> tuple[int, ...]:
@@ -461,17 +476,23 @@ class _Conv2dMap:
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must be "
                 f"divisible by groups ({groups})"
             )
-        ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        ks = (kernel_size,) * self.spatial_dims if isinstance(kernel_size, int) else kernel_size
+        if len(ks) != self.spatial_dims:
+            raise ValueError(
+                f"{type(self).__name__} needs a kernel_size of {self.spatial_dims} number(s), "
+                f"got {kernel_size!r}"
+            )
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size: tuple[int, ...] = ks
+        self.kernel_size: tuple[int, ...] = tuple(ks)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         return (out_channels, in_channels // groups, *ks)
 
     def _linear_map(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        conv = _CONV_FUNCTIONS[self.spatial_dims]
+        return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def _plain_twin(self) -> nn.Module:
-        return nn.Conv2d(
+        return PLAIN_CONVOLUTIONS[self.spatial_dims](
             self.in_channels,
             self.out_channels,
             self.kernel_size,
@@ -487,6 +508,12 @@ class _Conv2dMap:
 
     def _shape_config(self) -> dict[str, Any]:
         return {**conv_geometry(self), "groups": self.groups}
+
+    def _conv_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )
 
 
 class _PriorGaussianLayer(_GaussianLayer):
@@ -544,17 +571,17 @@ class BayesLinear(_LinearMap, _PriorGaussianLayer):
         )
 
 
-class BayesConv2d(_Conv2dMap, _PriorGaussianLayer):
-    """Drop-in for `nn.Conv2d` (zero padding) with a mean-field Gaussian posterior."""
+class _BayesConv(_ConvMap, _PriorGaussianLayer):
+    """A convolution with a mean-field Gaussian posterior (the Conv1d / 2d / 3d below)."""
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | str = 0,
-        dilation: int | tuple[int, int] = 1,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
+        dilation: int | tuple[int, ...] = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
@@ -572,16 +599,34 @@ class BayesConv2d(_Conv2dMap, _PriorGaussianLayer):
         self._init_options(estimator)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, {self._options_repr()}"
-        )
+        return f"{self._conv_repr()}, {self._options_repr()}"
+
+
+class BayesConv1d(_BayesConv):
+    """Drop-in for `nn.Conv1d` (zero padding) with a mean-field Gaussian posterior."""
+
+    spatial_dims = 1
+
+
+class BayesConv2d(_BayesConv):
+    """Drop-in for `nn.Conv2d` (zero padding) with a mean-field Gaussian posterior."""
+
+    spatial_dims = 2
+
+
+class BayesConv3d(_BayesConv):
+    """Drop-in for `nn.Conv3d` (zero padding) with a mean-field Gaussian posterior."""
+
+    spatial_dims = 3
 
 
 register_family(
     Family(
         "gaussian",
-        factories={nn.Linear: twin_factory(BayesLinear), nn.Conv2d: twin_factory(BayesConv2d)},
+        factories={
+            nn.Linear: twin_factory(BayesLinear),
+            **conv_factories(twin_factory, BayesConv1d, BayesConv2d, BayesConv3d),
+        },
         layer_options=keyword_options(BayesLinear, BayesConv2d),
         prior_keys=("kind", "scale", "pi", "scale1", "scale2", "kl"),
         prior_options=lambda prior: {"prior": dict(prior)} if prior else {},

@@ -44,9 +44,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Posterior, Role, VariationalLayer
-from .family import Family, LayerFactory, keyword_options, register_family, twin_factory
+from .family import (
+    Family,
+    LayerFactory,
+    conv_factories,
+    keyword_options,
+    register_family,
+    twin_factory,
+)
 from .fused import sample_normal, unit_noise
-from .gaussian import _Conv2dMap, _LinearMap
+from .gaussian import _ConvMap, _LinearMap
 from .sparse_vd import LOG_ALPHA_MAX, _SparseVDLayer, log_alpha, log_uniform_kl
 
 SCALE_SIDES = ("out", "in")
@@ -220,17 +227,17 @@ class GroupSparseVDLinear(_LinearMap, _GroupSparseVDLayer):
         )
 
 
-class GroupSparseVDConv2d(_Conv2dMap, _GroupSparseVDLayer):
-    """Drop-in for `nn.Conv2d` (zero padding): Sparse VD weights, one scale per channel."""
+class _GroupSparseVDConv(_ConvMap, _GroupSparseVDLayer):
+    """A convolution with Sparse VD weights and one scale per channel (1d / 2d / 3d below)."""
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | str = 0,
-        dilation: int | tuple[int, int] = 1,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
+        dilation: int | tuple[int, ...] = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
@@ -247,10 +254,25 @@ class GroupSparseVDConv2d(_Conv2dMap, _GroupSparseVDLayer):
         self._init_units(out_channels, in_channels, unit_rho_init, scale_on)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, {self._group_repr()}"
-        )
+        return f"{self._conv_repr()}, {self._group_repr()}"
+
+
+class GroupSparseVDConv1d(_GroupSparseVDConv):
+    """Drop-in for `nn.Conv1d` (zero padding): Sparse VD weights, one scale per channel."""
+
+    spatial_dims = 1
+
+
+class GroupSparseVDConv2d(_GroupSparseVDConv):
+    """Drop-in for `nn.Conv2d` (zero padding): Sparse VD weights, one scale per channel."""
+
+    spatial_dims = 2
+
+
+class GroupSparseVDConv3d(_GroupSparseVDConv):
+    """Drop-in for `nn.Conv3d` (zero padding): Sparse VD weights, one scale per channel."""
+
+    spatial_dims = 3
 
 
 def _group_factory(cls: type[_GroupSparseVDLayer], kind: str) -> LayerFactory:
@@ -277,7 +299,12 @@ register_family(
         "sparse_vd_group",
         factories={
             nn.Linear: _group_factory(GroupSparseVDLinear, "linear"),
-            nn.Conv2d: _group_factory(GroupSparseVDConv2d, "conv"),
+            **conv_factories(
+                lambda cls: _group_factory(cls, "conv"),
+                GroupSparseVDConv1d,
+                GroupSparseVDConv2d,
+                GroupSparseVDConv3d,
+            ),
         },
         layer_options=keyword_options(GroupSparseVDLinear, GroupSparseVDConv2d),
         default_score="snr",

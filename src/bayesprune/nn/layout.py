@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .gaussian import _Conv2dMap, _LinearMap, channels_last_on_cpu
+from .gaussian import _ConvMap, _LinearMap, channels_last_on_cpu
 
 # modules whose forward is elementwise, pools, normalises or flattens with reshape
 _AGNOSTIC: tuple[type[nn.Module], ...] = (
@@ -53,7 +53,9 @@ _AGNOSTIC: tuple[type[nn.Module], ...] = (
 
 
 def _is_conv2d(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d | _Conv2dMap)
+    return isinstance(module, nn.Conv2d) or (
+        isinstance(module, _ConvMap) and module.spatial_dims == 2
+    )
 
 
 def layout_agnostic(model: nn.Module) -> bool:
@@ -62,7 +64,7 @@ def layout_agnostic(model: nn.Module) -> bool:
     package's convolution / linear layers."""
     if type(model) is nn.Sequential:
         return all(layout_agnostic(m) for m in model)
-    return type(model) in _AGNOSTIC or isinstance(model, _Conv2dMap | _LinearMap)
+    return type(model) in _AGNOSTIC or isinstance(model, _ConvMap | _LinearMap)
 
 
 def use_channels_last(option: bool | None, model: nn.Module, device: str | torch.device) -> bool:

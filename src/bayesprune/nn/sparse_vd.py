@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .family import Family, keyword_options, register_family, twin_factory
-from .gaussian import _Conv2dMap, _GaussianLayer, _LinearMap
+from .family import Family, conv_factories, keyword_options, register_family, twin_factory
+from .gaussian import _ConvMap, _GaussianLayer, _LinearMap
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 LOG_ALPHA_MIN, LOG_ALPHA_MAX = -10.0, 10.0
@@ -107,17 +107,17 @@ class SparseVDLinear(_LinearMap, _SparseVDLayer):
         )
 
 
-class SparseVDConv2d(_Conv2dMap, _SparseVDLayer):
-    """Drop-in for `nn.Conv2d` (zero padding) with Sparse Variational Dropout."""
+class _SparseVDConv(_ConvMap, _SparseVDLayer):
+    """A convolution with Sparse Variational Dropout (the Conv1d / 2d / 3d below)."""
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | str = 0,
-        dilation: int | tuple[int, int] = 1,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
+        dilation: int | tuple[int, ...] = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
@@ -131,10 +131,25 @@ class SparseVDConv2d(_Conv2dMap, _SparseVDLayer):
         self._init_sparse_vd(shape, bias, rho_init)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, {self._sparse_vd_repr()}"
-        )
+        return f"{self._conv_repr()}, {self._sparse_vd_repr()}"
+
+
+class SparseVDConv1d(_SparseVDConv):
+    """Drop-in for `nn.Conv1d` (zero padding) with Sparse Variational Dropout."""
+
+    spatial_dims = 1
+
+
+class SparseVDConv2d(_SparseVDConv):
+    """Drop-in for `nn.Conv2d` (zero padding) with Sparse Variational Dropout."""
+
+    spatial_dims = 2
+
+
+class SparseVDConv3d(_SparseVDConv):
+    """Drop-in for `nn.Conv3d` (zero padding) with Sparse Variational Dropout."""
+
+    spatial_dims = 3
 
 
 register_family(
@@ -142,7 +157,7 @@ register_family(
         "sparse_vd",
         factories={
             nn.Linear: twin_factory(SparseVDLinear),
-            nn.Conv2d: twin_factory(SparseVDConv2d),
+            **conv_factories(twin_factory, SparseVDConv1d, SparseVDConv2d, SparseVDConv3d),
         },
         layer_options=keyword_options(SparseVDLinear, SparseVDConv2d),
         default_score="snr",

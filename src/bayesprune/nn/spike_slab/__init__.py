@@ -74,7 +74,7 @@ from typing import Any
 from torch import nn
 
 from ..base import Role
-from ..family import Family, keyword_options, plain_layer_args, register_family
+from ..family import Family, conv_factories, keyword_options, plain_layer_args, register_family
 from .core import (
     PIN,
     GateEstimator,
@@ -86,16 +86,25 @@ from .core import (
     normal_kl,
     straight_through_bernoulli,
 )
-from .edge import SpikeSlabEdgeConv2d, SpikeSlabEdgeLinear
-from .node import SpikeSlabConv2d, SpikeSlabLinear
+from .edge import (
+    SpikeSlabEdgeConv1d,
+    SpikeSlabEdgeConv2d,
+    SpikeSlabEdgeConv3d,
+    SpikeSlabEdgeLinear,
+)
+from .node import SpikeSlabConv1d, SpikeSlabConv2d, SpikeSlabConv3d, SpikeSlabLinear
 
 __all__ = [
     "PIN",
     "GateEstimator",
     "GateSampling",
     "MeanGates",
+    "SpikeSlabConv1d",
     "SpikeSlabConv2d",
+    "SpikeSlabConv3d",
+    "SpikeSlabEdgeConv1d",
     "SpikeSlabEdgeConv2d",
+    "SpikeSlabEdgeConv3d",
     "SpikeSlabEdgeLinear",
     "SpikeSlabLinear",
     "SpikeSlabOptions",
@@ -139,7 +148,7 @@ register_family(
         "spike_slab",
         factories={
             nn.Linear: _node_factory(SpikeSlabLinear),
-            nn.Conv2d: _node_factory(SpikeSlabConv2d),
+            **conv_factories(_node_factory, SpikeSlabConv1d, SpikeSlabConv2d, SpikeSlabConv3d),
         },
         layer_options=tuple(
             sorted(
@@ -160,7 +169,9 @@ register_family(
         "spike_slab_edge",
         factories={
             nn.Linear: _edge_factory(SpikeSlabEdgeLinear),
-            nn.Conv2d: _edge_factory(SpikeSlabEdgeConv2d),
+            **conv_factories(
+                _edge_factory, SpikeSlabEdgeConv1d, SpikeSlabEdgeConv2d, SpikeSlabEdgeConv3d
+            ),
         },
         layer_options=tuple(
             sorted({o for o in _OPTIONS if o != "gate_sampling"} | {"options", "prior_inclusion"})

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import EdgeAggregate, Posterior
-from ..gaussian import _Conv2dMap, _LinearMap
+from ..gaussian import _ConvMap, _LinearMap
 from .core import (
     GateSampling,
     SpikeSlabOptions,
@@ -233,17 +233,17 @@ class SpikeSlabEdgeLinear(_LinearMap, _EdgeSpikeSlab):
         )
 
 
-class SpikeSlabEdgeConv2d(_Conv2dMap, _EdgeSpikeSlab):
-    """Drop-in for `nn.Conv2d` (groups=1) with a spike-and-slab gate on every weight."""
+class _SpikeSlabEdgeConv(_ConvMap, _EdgeSpikeSlab):
+    """A convolution with a spike-and-slab gate on every weight (1d / 2d / 3d below)."""
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | str = 0,
-        dilation: int | tuple[int, int] = 1,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
+        dilation: int | tuple[int, ...] = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
@@ -265,7 +265,22 @@ class SpikeSlabEdgeConv2d(_Conv2dMap, _EdgeSpikeSlab):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, {self._edge_repr()}"
-        )
+        return f"{self._conv_repr()}, {self._edge_repr()}"
+
+
+class SpikeSlabEdgeConv1d(_SpikeSlabEdgeConv):
+    """Drop-in for `nn.Conv1d` (groups=1) with a spike-and-slab gate on every weight."""
+
+    spatial_dims = 1
+
+
+class SpikeSlabEdgeConv2d(_SpikeSlabEdgeConv):
+    """Drop-in for `nn.Conv2d` (groups=1) with a spike-and-slab gate on every weight."""
+
+    spatial_dims = 2
+
+
+class SpikeSlabEdgeConv3d(_SpikeSlabEdgeConv):
+    """Drop-in for `nn.Conv3d` (groups=1) with a spike-and-slab gate on every weight."""
+
+    spatial_dims = 3

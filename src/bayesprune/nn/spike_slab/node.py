@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..base import EdgeAggregate, Posterior
 from ..fused import sample_normal, unit_noise
-from ..gaussian import _Conv2dMap, _LinearMap
+from ..gaussian import _ConvMap, _LinearMap
 from .core import (
     SpikeSlabOptions,
     _check_probability,
@@ -280,8 +280,8 @@ class SpikeSlabLinear(_LinearMap, _NodeSpikeSlab):
         )
 
 
-class SpikeSlabConv2d(_Conv2dMap, _NodeSpikeSlab):
-    """Drop-in for `nn.Conv2d` with one spike-and-slab gate per output channel.
+class _SpikeSlabConv(_ConvMap, _NodeSpikeSlab):
+    """A convolution with one spike-and-slab gate per output channel (1d / 2d / 3d below).
 
     `input_gates=True` gates each input channel (needs groups=1). Options as
     `SpikeSlabLinear`.
@@ -291,10 +291,10 @@ class SpikeSlabConv2d(_Conv2dMap, _NodeSpikeSlab):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | str = 0,
-        dilation: int | tuple[int, int] = 1,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
+        dilation: int | tuple[int, ...] = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
@@ -321,7 +321,22 @@ class SpikeSlabConv2d(_Conv2dMap, _NodeSpikeSlab):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, {self._node_repr()}"
-        )
+        return f"{self._conv_repr()}, {self._node_repr()}"
+
+
+class SpikeSlabConv1d(_SpikeSlabConv):
+    """Drop-in for `nn.Conv1d` with one spike-and-slab gate per output channel."""
+
+    spatial_dims = 1
+
+
+class SpikeSlabConv2d(_SpikeSlabConv):
+    """Drop-in for `nn.Conv2d` with one spike-and-slab gate per output channel."""
+
+    spatial_dims = 2
+
+
+class SpikeSlabConv3d(_SpikeSlabConv):
+    """Drop-in for `nn.Conv3d` with one spike-and-slab gate per output channel."""
+
+    spatial_dims = 3
