@@ -254,3 +254,48 @@ def test_scores_read_an_x_y_tuple_as_one_batch():
     from_tuple = activation_scores(model, (x, y))  # as fit takes it: the labels are not read
     torch.testing.assert_close(from_tuple, activation_scores(model, x))
     assert set(from_tuple) == {"stem", "conv1", "conv2", "head"}
+
+
+class TaggedConv(nn.Conv1d):
+    """A subclass that keeps torch's forward (as torchvision's video Conv3DSimple)."""
+
+    @staticmethod
+    def tag() -> str:
+        return "tagged"
+
+
+class ScaledConv(nn.Conv1d):
+    """A subclass with its own forward: it computes something else."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 2 * super().forward(x)
+
+
+def test_convert_replaces_subclasses_that_keep_torchs_forward_only():
+    net = nn.Sequential(TaggedConv(2, 4, 3), nn.ReLU(), ScaledConv(4, 3, 3))
+    model = convert(net, "gaussian")
+    assert type(model[0]).__name__ == "BayesConv1d" and type(model[2]) is ScaledConv
+    attention = convert(nn.MultiheadAttention(8, 2), "gaussian")  # out_proj: torch's subclass
+    assert type(attention.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+
+
+@pytest.mark.parametrize("family", ["deterministic", "gaussian"])
+def test_torchvision_video_resnet_shrinks_and_reloads(family, tmp_path):
+    from _torchvision import import_torchvision_models
+
+    import_torchvision_models()
+    from torchvision.models.video import r3d_18
+
+    torch.manual_seed(0)
+    model = convert(r3d_18(num_classes=4).eval(), family)
+    if family != "deterministic":  # every convolution, Conv3DSimple included, is Bayesian
+        assert not any(isinstance(m, nn.Conv3d) for m in model.modules())
+    x = torch.randn(2, 3, 4, 24, 24)
+    scores = activation_scores(model.eval(), x)
+    assert len(scores) == 21  # 20 convolutions (stem, blocks, shortcuts) and the head
+    result = shrink_graph(model, x, prune_units=keep_units(scores, sparsity=0.25))
+    assert result.max_abs_difference < 1e-5
+    assert result.model.layer1[0].conv1[0].out_channels == 48
+    path = save_shrunk(result.model, tmp_path / "r3d.safetensors")
+    loaded = load_shrunk(path, r3d_18(num_classes=4))  # its Conv3DSimple layers get the file's
+    torch.testing.assert_close(_out(loaded, x), _out(result.model, x), rtol=0, atol=0)

@@ -74,7 +74,8 @@ class PlainLayer:
         if isinstance(m, CONVOLUTIONS):
             if m.groups != 1:
                 raise NotImplementedError("selecting channels of a grouped convolution")
-            new: nn.Module = type(m)(
+            torch_type = next(c for c in CONVOLUTIONS if isinstance(m, c))  # not a subclass
+            new: nn.Module = torch_type(
                 len(in_idx),
                 len(out_idx),
                 m.kernel_size,

@@ -69,7 +69,7 @@ from torch import Tensor, fx, nn
 from ..nn.attention import MultiheadAttention
 from ..nn.base import SerializableLayer, use_posterior_mean
 from ..nn.moments import Moments
-from .adapters import TRANSPOSED, is_prunable
+from .adapters import CONVOLUTIONS, TRANSPOSED, is_prunable
 from .chain import PASSTHROUGH
 from .graph_axes import indexed, permuted, reduced, reshaped, size_follows
 
@@ -81,6 +81,10 @@ NORMS: tuple[type[nn.Module], ...] = (
     nn.InstanceNorm3d,
 )
 """Per-channel normalisations: followers sliced channel by channel (weight, bias, stats)."""
+_LEAF_KINDS: tuple[type[nn.Module], ...] = (
+    nn.Linear, *CONVOLUTIONS, *TRANSPOSED, *NORMS, nn.GroupNorm, nn.LayerNorm
+)  # fmt: skip
+"""Layers read whole, subclasses too when they keep torch's `forward` (`Tracer`)."""
 CHANNELWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d, nn.LPPool2d, nn.Hardshrink,
     nn.Softshrink, nn.Tanhshrink, nn.LogSigmoid, nn.Threshold, nn.RReLU, nn.ZeroPad1d,
@@ -151,6 +155,8 @@ class Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (SerializableLayer, MultiheadAttention, *self.extra_leaves)):
             return True
+        if isinstance(m, _LEAF_KINDS) and type(m).forward.__module__.startswith("torch.nn."):
+            return True  # a subclass that keeps torch's forward is read as its base type
         return super().is_leaf_module(m, module_qualified_name)
 
 

@@ -71,9 +71,13 @@ def _describe(module: nn.Module) -> Spec | None:
 
 def _kind(spec: Spec | None, module: nn.Module) -> type[nn.Module]:
     """The torch layer a spec stands for (a Bayesian layer's deterministic twin), built on
-    the meta device; `module`'s own type when it has no spec."""
+    the meta device; without a spec, the torch type `module` computes as (a subclass
+    that keeps torch's `forward`, as torchvision's video `Conv3DSimple`, is an
+    nn.Conv3d: `convert` and `shrink_graph` replace it by one) or its own type."""
     if spec is None:
-        return type(module)
+        kind = type(module)
+        torch_base = next((c for c in kind.__mro__ if c.__module__.startswith("torch.nn.")), kind)
+        return torch_base if torch_base.forward is kind.forward else kind
     with torch.device("meta"):
         built = build(spec)
         return type(built.to_deterministic() if isinstance(built, VariationalLayer) else built)

@@ -135,6 +135,23 @@ class Family:
         """Whether `option` is one of this family's layer options."""
         return option in self.layer_options
 
+    def factory_for(self, module: nn.Module) -> LayerFactory | None:
+        """The factory that replaces `module`, or None: its type's own, or, for a subclass
+        from outside torch that keeps its base's `forward` (torchvision's video
+        `Conv3DSimple` is an nn.Conv3d that only adds a static method), the base type's.
+        A subclass with its own `forward` computes something else, and torch's own
+        subclasses (the `out_proj` of nn.MultiheadAttention, whose owner reads its
+        `.weight`) are used by torch code that needs the plain layer: both stay."""
+        kind = type(module)
+        if kind in self.factories:
+            return self.factories[kind]
+        if kind.__module__.startswith("torch."):
+            return None
+        for base, factory in self.factories.items():
+            if issubclass(kind, base) and kind.forward is base.forward:
+                return factory
+        return None
+
 
 DETERMINISTIC = "deterministic"
 _FAMILIES: dict[str, Family] = {}
@@ -181,7 +198,7 @@ def _named_convertible(
     found = []
     for prefix, parent in model.named_modules():
         for name, child in parent.named_children():
-            if type(child) in family.factories:
+            if family.factory_for(child) is not None:
                 found.append((parent, name, child, f"{prefix}.{name}" if prefix else name))
     return found
 
@@ -237,7 +254,7 @@ def convert(
     if split_attention:
         model = _split_attention(model, inplace=True)
     keep = _keep_names(model, keep)
-    if type(model) in fam.factories and not keep:  # a single layer
+    if fam.factory_for(model) is not None and not keep:  # a single layer
         return _twin(model, fam, Role(first=True, last=True), init_from_weights, options)
     named = _named_convertible(model, fam)
     unmatched = [k for k in keep if not any(_kept(q, [k]) for *_, q in named)]
@@ -270,7 +287,7 @@ def _keep_names(model: nn.Module, keep: list[str | type[nn.Module]]) -> list[str
 def _twin(
     plain: nn.Module, fam: Family, role: Role, init_from_weights: bool, options: dict[str, Any]
 ) -> VariationalLayer:
-    layer = fam.factories[type(plain)](plain, role, dict(options)).to(plain.weight)
+    layer = fam.factory_for(plain)(plain, role, dict(options)).to(plain.weight)  # type: ignore[misc]
     if init_from_weights:
         layer.load_means_from(plain)
     return layer
