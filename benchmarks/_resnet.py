@@ -418,18 +418,22 @@ def tp_prune_to_flops(
     grad_batches: Sequence[tuple[Tensor, Tensor]],
     steps: int = 14,
     max_gap: float = 0.02,
+    count: Callable[[nn.Module], int] | None = None,
+    ignored: Callable[[nn.Module], list[nn.Module]] = lambda net: [net.fc],
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Bisect Torch-Pruning's `pruning_ratio` so that FLOPs come closest to `target_flops`
     (FLOPs fall as the ratio grows): uniform per layer first; if that cannot come within
     `max_gap` (a narrow layer loses channels in whole steps), also global ranking, and
-    the closer of the two. Returns the net and {mode, pruning_ratio, flops_gap}."""
+    the closer of the two. Returns the net and {mode, pruning_ratio, flops_gap}.
+    `count` counts a net's FLOPs (default: on one Fashion-MNIST image)."""
+    count = count or flops
     best: tuple[float, nn.Module, dict[str, Any]] | None = None
     for global_pruning in (False, True):
         lo, hi = 0.0, 0.95
         for _ in range(steps):
             mid = (lo + hi) / 2
-            net = tp_prune(model, kind, mid, example, grad_batches, global_pruning)
-            got = flops(net)
+            net = tp_prune(model, kind, mid, example, grad_batches, global_pruning, ignored)
+            got = count(net)
             gap = got / target_flops - 1
             if best is None or abs(gap) < abs(best[0]):
                 mode = "global" if global_pruning else "uniform"
@@ -446,7 +450,11 @@ def tp_prune_to_flops(
 
 
 def onnx_latency(
-    paths: dict[str, Path], batch: int, repeats: int, warmup: int = 5
+    paths: dict[str, Path],
+    batch: int,
+    repeats: int,
+    warmup: int = 5,
+    shape: Sequence[int] = SHAPE,
 ) -> dict[str, float]:
     """Median seconds per run of each ONNX file at `batch`, one intra-op thread; the
     sessions' runs interleaved so that load changes hit every file alike."""
@@ -459,7 +467,7 @@ def onnx_latency(
         k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
         for k, p in paths.items()
     }
-    x = torch.randn(batch, *SHAPE, generator=torch.Generator().manual_seed(0)).numpy()
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0)).numpy()
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for i in range(warmup + repeats):
         for k, s in sessions.items():
@@ -477,12 +485,13 @@ def onnx_checks(
     largest difference from the model on `batch`, and their latency (median ms) at
     batch 1 (`repeats` runs) and 256 (`repeats` / 20), sessions interleaved."""
     out: dict[str, Any] = {"difference": {}, "latency_ms": {}}
+    shape = tuple(batch.shape[1:])  # one input, as the models take it
     with tempfile.TemporaryDirectory() as folder:
         paths = {}
         for i, key in enumerate(keys):
-            paths[key] = compress.export_onnx(models[key], Path(folder) / f"{i}.onnx", SHAPE)
+            paths[key] = compress.export_onnx(models[key], Path(folder) / f"{i}.onnx", shape)
             out["difference"][key] = compress.onnx_difference(paths[key], models[key], batch)
         for size, runs in ((1, repeats), (256, max(5, repeats // 20))):
-            times = onnx_latency(paths, size, runs)
+            times = onnx_latency(paths, size, runs, shape=shape)
             out["latency_ms"][f"batch {size}"] = {k: 1e3 * v for k, v in times.items()}
     return out
