@@ -99,6 +99,42 @@ def test_brute_force_across_a_flatten_and_a_data_loader():
     torch.testing.assert_close(first_two, activation_scores(model, x[:32])["conv"])
 
 
+class Grouped(nn.Module):
+    """ResNeXt's shape: a 1×1 conv, a grouped 3×3 conv (2 groups of 3 → 2), a 1×1 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.g, self.b = (
+            nn.Conv2d(2, 6, 1),
+            nn.Conv2d(6, 4, 3, groups=2),
+            nn.Conv2d(4, 3, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.tanh(self.g(torch.tanh(self.a(x))))).mean((2, 3))
+
+
+def test_a_grouped_convolution_reads_each_column_in_its_own_group_only():
+    torch.manual_seed(0)
+    model = Grouped().double()
+    x = torch.randn(20, 2, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        a = torch.tanh(model.a(x))
+        cols = a.transpose(0, 1).flatten(1)  # (6 channels, positions)
+        outs = torch.tanh(model.g(a)).transpose(0, 1).flatten(1)  # (4, positions), read by b
+    w = model.g.weight  # (4, 3, 3, 3): outputs 0-1 read channels 0-2, outputs 2-3 read 3-5
+    norms = torch.cat([w[:2].transpose(0, 1).flatten(1), w[2:].transpose(0, 1).flatten(1)])
+    read_by_g = (cols.std(1, unbiased=False) * norms.norm(dim=1)).square().view(2, 3).sum(1)
+    read_by_b = (outs.std(1, unbiased=False) * model.b.weight.flatten(1).norm(dim=0)).square()
+    # a group goes whole: its input channels and its output channels share one score
+    expected = (read_by_g + read_by_b.view(2, 2).sum(1)).sqrt().repeat_interleave(3)
+    scores = activation_scores(model, x)
+    torch.testing.assert_close(scores["a"], expected)
+    keep = keep_units(scores, widths={"a": 3, "g": 2})  # one group: its inputs and outputs
+    small = shrink_graph(model, x[:2], prune_units=keep).model
+    assert small.a.out_channels == 3 and small.g.groups == 1 and small.g.out_channels == 2
+
+
 def test_keep_units_feeds_shrink_graph():
     model = _residual()
     x = torch.randn(8, 2, 6, 6, dtype=torch.float64)

@@ -1,4 +1,5 @@
-"""shrink_graph on torchvision's resnet18, mobilenet_v3_small, vgg11_bn and densenet121.
+"""shrink_graph on torchvision's resnet18, mobilenet_v3_small, vgg11_bn and densenet121
+(and, scored and shrunk by keep_units, resnext50_32x4d and regnet_y_400mf).
 
 Random weights, BatchNorms in eval mode with random running statistics (so removed
 channels emit non-zero constants that must be folded), float64, 1-2 images of 32×32.
@@ -23,7 +24,9 @@ from _torchvision import import_torchvision_models
 from torch import Tensor, nn
 
 from bayesprune import convert
+from bayesprune.compress import activation_scores as compress_scores
 from bayesprune.compress import apply_masks, unit_weight_masks
+from bayesprune.compress import keep_units as keep
 from bayesprune.compress.graph import GraphShrinkResult, shrink_graph
 from bayesprune.nn import GatedLayer, VariationalLayer, use_posterior_mean
 
@@ -272,3 +275,30 @@ def test_densenet121(family):
     # block 1's dead growth channels reach the bias-free transition conv: its offset went
     # through the average pool and block 2's concatenations into their BatchNorms
     assert any("'features.transition1.conv' has no bias" in note for note in result.notes)
+
+
+# -- grouped convolutions: resnext50_32x4d and regnet_y_400mf ----------------------------
+@pytest.mark.parametrize("name", ["resnext50_32x4d", "regnet_y_400mf"])
+def test_grouped_convolutions_are_scored_and_shrunk_by_whole_groups(name):
+    """Activation scores read a grouped convolution's columns in their own groups (they
+    crashed on these models before), and keep_units → shrink_graph removes whole groups."""
+    models = import_torchvision_models()
+    torch.manual_seed(0)
+    plain = getattr(models, name)(num_classes=10)
+    _randomise_batchnorms(plain)
+    model = convert(plain.double(), "gaussian").double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    scores = compress_scores(model, x)
+    grouped = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, VariationalLayer) and getattr(m, "groups", 1) > 1
+    ]
+    assert grouped and all(n in scores for n in grouped)
+    result = shrink_graph(model, x, prune_units=keep(scores, sparsity=0.25))
+    assert result.max_abs_difference < TOL
+    for name_ in grouped:
+        before, after = model.get_submodule(name_), result.model.get_submodule(name_)
+        per_group = before.out_channels // before.groups
+        assert after.out_channels < before.out_channels
+        assert after.out_channels // after.groups == per_group  # whole groups went

@@ -63,6 +63,14 @@ def _batches(data: Batches, inputs: int = 1) -> Iterable[tuple[Tensor, ...]]:
         yield args
 
 
+def _column_norms(weight: Tensor, groups: int = 1) -> Tensor:
+    """The norm of the weights that read each input column (channel): a grouped
+    convolution's weight (out × in / groups × k…) reads column j only in j's group."""
+    out, per_group = weight.shape[:2]
+    w = weight.double().reshape(groups, out // groups, per_group, -1)
+    return w.transpose(1, 2).reshape(groups * per_group, -1).norm(dim=1)
+
+
 class _ColumnMoments:
     """Running mean and variance of each column of a layer's input (Chan et al.): dim 1,
     or the last axis (-1) for a Linear that reads tokens."""
@@ -110,8 +118,9 @@ def activation_scores(
     whose `forward` takes several tensors reads the first `inputs` of each batch
     (``(x, mask, y)`` with ``inputs=2``, or one batch ``(x, mask)``). `passthrough` /
     `leaf_modules` as for `shrink_graph`. Higher = keep; +inf for pinned channels.
-    Layers called more than once or grouped convolutions are not producers of the graph
-    and get no entry. A `bayesprune.nn.MultiheadAttention` gets one score per head under
+    Layers called more than once and depthwise convolutions (which follow their input's
+    channels) get no entry; a grouped convolution's group goes whole, so its input and
+    output channels share the group's score. A `bayesprune.nn.MultiheadAttention` gets one score per head under
     its own name (the same formula, its heads' outputs as the columns of `out_proj`). The
     model is run in eval mode with posterior means; its mode is put back.
     """
@@ -146,7 +155,7 @@ def activation_scores(
     for use in cg.sinks:
         layer = model.get_submodule(use.name)
         weight = as_prunable(layer).posterior().weight_mean.detach()
-        norm = weight.double().transpose(0, 1).reshape(weight.shape[1], -1).norm(dim=1)
+        norm = _column_norms(weight, use.groups)
         part = (moments[use.name].sd().to(norm) * norm).square().cpu()
         for col, i in enumerate(use.ids):
             g = cg.find(i)

@@ -179,7 +179,7 @@ class VariationalLayer(SerializableLayer):
 
     # -- shapes and twins of the subclass ---------------------------------------------
     def _plain_twin(self) -> nn.Module:  # pragma: no cover - abstract
-        """An untrained plain torch layer of the same shape (nn.Linear / nn.Conv2d)."""
+        """An untrained plain torch layer of the same shape (nn.Linear / nn.Conv1d / 2d / 3d)."""
         raise NotImplementedError
 
     def _deterministic_weights(self) -> tuple[Tensor, Tensor | None]:  # pragma: no cover

@@ -176,7 +176,7 @@ class _GaussianLayer(VariationalLayer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Means as torch initialises nn.Linear / nn.Conv2d; small equal sigmas."""
+        """Means as torch initialises nn.Linear / nn.ConvNd; small equal sigmas."""
         nn.init.kaiming_uniform_(self.weight_mu, a=math.sqrt(5))
         nn.init.constant_(self.weight_rho, self.rho_init)
         if self.bias_mu is not None:
