@@ -21,7 +21,8 @@ from it):
 4. Test, read once per contender: accuracy, ECE, NLL, OOD AUROC against Fashion-MNIST
    test rows (entropy; mutual information for the Bayesian nets' Monte-Carlo
    predictive), channels, FLOPs, parameters, and onnxruntime latency (1 thread, batch 1
-   and 256, sessions interleaved) of the dense and compressed nets.
+   and 256, sessions interleaved) of the dense and compressed nets. `--temperature`
+   adds each compressed net after temperature scaling fitted on the validation split.
 
     python benchmarks/sequence_cnn.py --seeds 0 1 2
 """
@@ -224,6 +225,12 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         finetune(net)
         nets[f"tp {kind}"] = net
     seconds["tp_prune_and_finetune"] = time.perf_counter() - start
+    if args.temperature:  # every compressed net, alike: T fitted on the validation split
+        for key in list(nets):
+            mode = "mc" if key.startswith("bayesian") else "mean"
+            nets[f"{key} + T"] = bp.restore_uncertainty(
+                nets[key], "temperature", val=data["val"], mode=mode, samples=args.mc_samples
+            )
 
     start = time.perf_counter()
     x_test, y_test = data["test"]
@@ -235,10 +242,13 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     for key, model in models.items():
         scorer = mc if key.startswith("bayesian") else mean
         row = {k: v for k, v in scorer(model).items() if not k.startswith("mean_")}
-        row["flops"] = flops(model)
+        net = getattr(model, "model", model)  # a temperature-scaled net's network
+        row["flops"] = flops(net)
         row["flops_ratio"] = row["flops"] / dense_flops
-        row["parameters"] = sum(p.numel() for p in bp.to_deterministic(model).parameters())
-        row["channels"] = channels(model)
+        row["parameters"] = sum(p.numel() for p in bp.to_deterministic(net).parameters())
+        row["channels"] = channels(net)
+        if net is not model:
+            row["temperature"] = float(model.temperature)
         scores[key] = row
         print(f"  {key}: {short_metrics(row)}", flush=True)
     seconds["test"] = time.perf_counter() - start
@@ -331,6 +341,11 @@ def main() -> None:
     parser.add_argument("--score-batches", type=int, default=4)
     parser.add_argument("--latency-repeats", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--temperature",
+        action="store_true",
+        help="also score each compressed net after temperature scaling on the validation split",
+    )
     parser.add_argument("--name", default=NAME)
     add_results_dir_option(parser)
     args = parser.parse_args()
