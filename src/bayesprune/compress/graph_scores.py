@@ -120,9 +120,10 @@ def activation_scores(
     `leaf_modules` as for `shrink_graph`. Higher = keep; +inf for pinned channels.
     Layers called more than once and depthwise convolutions (which follow their input's
     channels) get no entry; a grouped convolution's group goes whole, so its input and
-    output channels share the group's score. A `bayesprune.nn.MultiheadAttention` gets one score per head under
-    its own name (the same formula, its heads' outputs as the columns of `out_proj`). The
-    model is run in eval mode with posterior means; its mode is put back.
+    output channels share the group's score. A `bayesprune.nn.MultiheadAttention` gets
+    one score per head under its own name (the same formula, its heads' outputs as the
+    columns of `out_proj`). The model is run in eval mode with posterior means; its mode
+    is put back.
     """
     if inputs < 1:
         raise ValueError(f"inputs counts the forward's tensors, at least 1, got {inputs}")

@@ -185,6 +185,17 @@ def trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = ()) -> fx.
     return fx.GraphModule(tracer.root, graph)
 
 
+def _mutable(value: Any) -> Any:
+    """fx's immutable lists and dicts of node arguments as plain ones, recursively."""
+    if isinstance(value, list):
+        return [_mutable(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):  # named tuples as they are
+        return tuple(_mutable(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _mutable(v) for k, v in value.items()}
+    return value
+
+
 def record(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> dict[fx.Node, Any]:
     """Every node's value on `inputs` (eval mode, posterior mean, no grad)."""
     values: dict[fx.Node, Any] = {}
@@ -194,6 +205,11 @@ def record(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> dict[fx.Node, Any]
             out = super().run_node(n)
             values[n] = out.mean if isinstance(out, Moments) else out  # channels: the mean's
             return out
+
+        def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+            # the compiled forward passes fresh lists; a wrapped function may mutate them
+            # (torchvision's video Swin does), which fx's immutable argument lists refuse
+            return super().call_function(target, _mutable(args), _mutable(kwargs))
 
     was = gm.training
     gm.eval()

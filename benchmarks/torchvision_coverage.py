@@ -1,0 +1,177 @@
+"""Which torchvision models go through the whole graph path: convert → score → shrink.
+
+For every model of `torchvision.models.list_models()` (random weights, no download: the
+builders get `weights=None` and, where they take one, `weights_backbone=None`), one
+example input of the size the model needs, and a Bayesian family:
+
+1. `bp.convert(model, family)` (Swin's attention, whose forward reads its own
+   `qkv.weight`, kept deterministic with `keep=[ShiftedWindowAttention...]`, as the docs
+   say);
+2. `compress.activation_scores` on the example; the layers with a finite score (not
+   pinned) are counted;
+3. `keep_units(sparsity=0.25)` on those, `shrink_graph(check=True)`: the shrunk
+   network's largest difference from the masked one (posterior means) and its
+   parameters against the converted model's.
+
+A model that fails is listed with the error's first line: what a user would meet.
+Models above `--max-params` (plain parameters) are skipped and listed.
+
+    python benchmarks/torchvision_coverage.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from torch import nn
+
+import bayesprune as bp
+from bayesprune import compress
+
+NAME = "torchvision_coverage"
+REPO = str(Path(__file__).resolve().parents[1]) + "/"
+
+
+def _models() -> Any:
+    from graph_groups import torchvision_models
+
+    return torchvision_models()
+
+
+def example_shape(models: Any, name: str) -> tuple[int, ...]:
+    """One input the model takes: video clips, 224-pixel images for the transformers and
+    the Inception / S3D stems, 64 pixels for the rest."""
+    video = set(models.list_models(module=models.video))
+    if name.startswith(("mvit", "s3d", "swin3d")):
+        return (1, 3, 16, 224, 224)
+    if name in video:
+        return (1, 3, 4, 64, 64)
+    if name.startswith("swin_v2"):
+        return (1, 3, 256, 256)
+    if name.startswith(("vit", "swin", "maxvit")):
+        return (1, 3, 224, 224)
+    if "inception" in name:
+        return (1, 3, 299, 299)
+    if name.startswith("raft"):
+        return (1, 3, 128, 128)
+    return (1, 3, 64, 64)
+
+
+def build(models: Any, name: str) -> nn.Module:
+    builder = models.get_model_builder(name)
+    options: dict[str, Any] = {"weights": None}
+    taken = inspect.signature(builder).parameters
+    if "weights_backbone" in taken:
+        options["weights_backbone"] = None
+    if name.startswith(("inception", "googlenet")):
+        options.update(aux_logits=False, init_weights=False)
+    return builder(**options).eval()
+
+
+def keep_types(net: nn.Module) -> list[type[nn.Module]]:
+    """Swin's attention modules present in `net` (their forward reads `qkv.weight`)."""
+    from torchvision.models import swin_transformer as swin
+    from torchvision.models.video import swin_transformer as swin3d
+
+    kinds = (swin.ShiftedWindowAttention, swin.ShiftedWindowAttentionV2)
+    kinds += (swin3d.ShiftedWindowAttention3d,)
+    return [k for k in kinds if any(isinstance(m, k) for m in net.modules())]
+
+
+def _inputs(shape: tuple[int, ...], name: str) -> tuple[torch.Tensor, ...]:
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    return (x, x.clone()) if name.startswith("raft") else (x,)  # optical flow: two frames
+
+
+def probe(models: Any, name: str, family: str) -> dict[str, Any]:
+    start = time.perf_counter()
+    row: dict[str, Any] = {"model": name}
+    try:
+        net = build(models, name)
+        row["parameters"] = sum(p.numel() for p in net.parameters())
+        model = bp.convert(net, family, keep=keep_types(net))
+        inputs = _inputs(example_shape(models, name), name)
+        prunable = [n for n, m in model.named_modules() if compress.is_prunable(m)]
+        scores = compress.activation_scores(model.eval(), inputs, inputs=len(inputs))
+        finite = {n: s for n, s in scores.items() if torch.isfinite(s).any()}
+        keep = compress.keep_units(finite, sparsity=0.25)
+        result = compress.shrink_graph(model, inputs, prune_units=keep)
+        after = sum(p.numel() for p in result.model.parameters())
+        row.update(
+            status="ok",
+            prunable_layers=len(prunable),
+            scored_layers=len(finite),
+            parameters_kept=after / sum(p.numel() for p in model.parameters()),
+            shrunk_minus_masked=result.max_abs_difference,
+        )
+    except Exception as err:  # a user's view: the first line of what they would see
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        first = first.replace(REPO, "")  # no machine paths in the results
+        row.update(status="fails", error=f"{type(err).__name__}: {first[:160]}")
+        row["raised_at"] = f"{where.filename.rsplit('/', 1)[-1]}:{where.lineno}"
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    print(row, flush=True)
+    return row
+
+
+def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    ok = [r for r in rows if r["status"] == "ok"]
+    worst = max((r["shrunk_minus_masked"] for r in ok), default=0.0)
+    table = [
+        {
+            "model": r["model"],
+            "status": r["status"],
+            "layers scored / prunable": (
+                f"{r['scored_layers']} / {r['prunable_layers']}" if r["status"] == "ok" else ""
+            ),
+            "parameters kept": f"{r['parameters_kept']:.2f}" if r["status"] == "ok" else "",
+            "shrunk − masked": f"{r['shrunk_minus_masked']:.1e}" if r["status"] == "ok" else "",
+            "error": r.get("error", r.get("reason", "")),
+        }
+        for r in rows
+    ]
+    return "\n".join(
+        [
+            f"{len(ok)} of {len(rows)} models convert, score and shrink with check=True "
+            f"(largest shrunk − masked difference {worst:.1e}).",
+            "",
+            md_table(table),
+            "",
+            f"Settings: {settings}",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--family", default="gaussian")
+    parser.add_argument("--models", nargs="*", help="names (default: every torchvision model)")
+    parser.add_argument("--max-params", type=float, default=2e8)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default=NAME)
+    add_results_dir_option(parser)
+    args = parser.parse_args()
+    use_results_dir(args)
+    torch.set_num_threads(args.threads)
+    models = _models()
+    settings = {k: v for k, v in vars(args).items() if k not in ("name", "results_dir")}
+    rows = []
+    for name in args.models or models.list_models():
+        size = next(iter(models.get_model_weights(name))).meta["num_params"]
+        if size > args.max_params:
+            rows.append({"model": name, "status": "skipped", "reason": f"{size:.2e} parameters"})
+        else:
+            rows.append(probe(models, name, args.family))
+        write_results(args.name, {"settings": settings, "rows": rows}, render(rows, settings))
+
+
+if __name__ == "__main__":
+    main()
