@@ -4,7 +4,8 @@ chunk / slices, squeeze-excitation products, GroupNorm, LayerNorm, grouped convo
 (whole groups) and channel multipliers,
 a reused activation module, a bias-free reader whose constant reaches BatchNorms through
 pooling and a concatenation (DenseNet's transition), and a padded reader on a 1×1 map
-(the example cannot show the border: the fold must still hold at every size).
+(the example cannot show the border: the fold must still hold at every size), and a
+`torch.fx.wrap`-ped function that mutates its list argument (torchvision's video Swin).
 """
 
 from __future__ import annotations
@@ -350,3 +351,35 @@ def test_unknown_channel_ops_pin_instead_of_guessing(family):
     _, layers = _shrunk(model, x)
     assert layers["a"].units_after == layers["b"].units_after == 4
     assert layers["c"].kept_units == [1, 2]
+
+
+def _window(size: list[int], window: list[int]) -> list[int]:
+    """Clamps `window` to `size` in place, as torchvision's video Swin does with its
+    `torch.fx.wrap`-ped `_get_window_and_shift_size`."""
+    for i in range(len(size)):
+        window[i] = min(window[i], size[i])
+    return window
+
+
+torch.fx.wrap("_window")
+
+
+class MutatesItsArguments(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(2, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        window = _window([x.shape[2], x.shape[3]], [8, 8])
+        y = F.avg_pool2d(F.relu(self.conv(x)), window)
+        return self.head(y.flatten(1))
+
+
+def test_a_wrapped_function_may_mutate_the_list_it_is_given():
+    torch.manual_seed(0)
+    model = _build(MutatesItsArguments, "gaussian")
+    _kill(model, "conv", [1])
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    result = shrink_graph(model, x)  # fx's immutable argument lists refused the mutation
+    torch.testing.assert_close(_out(result.model, x), _out(model, x), atol=TOL, rtol=TOL)
+    assert {r.name: r for r in result.layers}["conv"].units_after == 3
