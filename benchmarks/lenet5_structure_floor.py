@@ -11,6 +11,11 @@ the cut columns held at zero). Per seed, on the benchmark's split of the MNIST t
 set (`compress_lenet5.split`: 55,000 training / 5,000 validation images), validation
 error only: the test set is not loaded.
 
+`--teacher-epochs N` first trains a full LeNet-5-Caffe (20-50-800-500) for N epochs and
+trains and fine-tunes the small network against it (knowledge distillation: a weight
+`--distill-alpha` on the KL from the teacher's softmax at `--distill-temperature`, × T²,
+the rest on the labels), to see whether a teacher lowers the floor.
+
     python benchmarks/lenet5_structure_floor.py --seeds 5 6 7
 """
 
@@ -46,9 +51,19 @@ def error_pct(net: nn.Module, x: Tensor, y: Tensor) -> float:
 
 
 def train(
-    net: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: float, seed: int, keep: Tensor | None
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epochs: int,
+    lr: float,
+    seed: int,
+    keep: Tensor | None,
+    teacher: Tensor | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
 ) -> None:
-    """Adam with a one-cycle rate over `epochs`; fc1's columns outside `keep` stay 0."""
+    """Adam with a one-cycle rate over `epochs`; fc1's columns outside `keep` stay 0.
+    With `teacher` (its logits on `x`), the loss is distillation's (module docstring)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr)
     per_epoch = len(y) // 128
@@ -59,7 +74,16 @@ def train(
         net.train()
         for i in range(per_epoch):
             idx = order[i * 128 : (i + 1) * 128]
-            loss = F.cross_entropy(net(x[idx]), y[idx])
+            logits = net(x[idx])
+            loss = F.cross_entropy(logits, y[idx])
+            if teacher is not None:
+                soft = F.kl_div(
+                    F.log_softmax(logits / temperature, 1),
+                    F.log_softmax(teacher[idx] / temperature, 1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
+                loss = alpha * temperature**2 * soft + (1 - alpha) * loss
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -73,11 +97,25 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     fit, val = split(load_mnist("train"), 5000, seed)
     x, y = fit.tensors
     xv, yv = val.tensors
+    start = time.perf_counter()
+    teacher, teacher_error = None, None
+    if args.teacher_epochs:
+        torch.manual_seed(seed + 100)
+        big = lenet5(20, 50, 500)
+        train(big, x, y, args.teacher_epochs, args.lr, seed + 100, None)
+        teacher_error = error_pct(big, xv, yv)
+        with torch.no_grad():
+            teacher = torch.cat([big(part) for part in x.split(4096)])
+        print(f"seed {seed}: teacher 20-50-800-500 {teacher_error:.2f} %", flush=True)
+    distill = {
+        "teacher": teacher,
+        "temperature": args.distill_temperature,
+        "alpha": args.distill_alpha,
+    }
     torch.manual_seed(seed)
     c1, c2, hidden = args.widths
     net = lenet5(c1, c2, hidden)
-    start = time.perf_counter()
-    train(net, x, y, args.epochs, args.lr, seed, None)
+    train(net, x, y, args.epochs, args.lr, seed, None, **distill)
     dense = error_pct(net, xv, yv)
     norms = net[7].weight.detach().norm(dim=0)
     keep = torch.zeros_like(norms, dtype=torch.bool)
@@ -85,7 +123,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     with torch.no_grad():
         net[7].weight[:, ~keep] = 0.0
     cut = error_pct(net, xv, yv)
-    train(net, x, y, args.finetune_epochs, args.finetune_lr, seed + 1, keep)
+    train(net, x, y, args.finetune_epochs, args.finetune_lr, seed + 1, keep, **distill)
     tuned = error_pct(net, xv, yv)
     structure = f"{c1}-{c2}-{int(keep.sum())}-{hidden}"
     print(f"seed {seed}: {c1}-{c2}-{c2 * 16}-{hidden} {dense:.2f} %, {structure} cut "
@@ -96,6 +134,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "val_error_pct_cut": cut,
         "val_error_pct_finetuned": tuned,
         "structure": structure,
+        "val_error_pct_teacher": teacher_error,
         "seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -116,10 +155,14 @@ def render(runs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
             "validation error %": mean_sd([r["val_error_pct_finetuned"] for r in runs], 2),
         },
     ]
-    per_seed = [
-        {k: r[k] for k in ("seed", "val_error_pct_dense", "val_error_pct_finetuned", "seconds")}
-        for r in runs
-    ]
+    if settings.get("teacher_epochs"):
+        teacher = f"teacher 20-50-800-500, {settings['teacher_epochs']} epochs"
+        error = mean_sd([r["val_error_pct_teacher"] for r in runs], 2)
+        rows.insert(0, {"network": teacher, "validation error %": error})
+        for row in rows[1:]:
+            row["network"] += f" (distilled, T = {settings['distill_temperature']})"
+    keys = ("seed", "val_error_pct_teacher", "val_error_pct_dense", "val_error_pct_finetuned")
+    per_seed = [{**{k: r.get(k) for k in keys}, "seconds": r["seconds"]} for r in runs]
     return (
         f"Settings: {settings}\n\nValidation only (no test set read).\n\n"
         + md_table(rows)
@@ -137,6 +180,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--finetune-lr", type=float, default=1e-3)
+    parser.add_argument("--teacher-epochs", type=int, default=0)
+    parser.add_argument("--distill-temperature", type=float, default=4.0)
+    parser.add_argument("--distill-alpha", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default=NAME)
     add_results_dir_option(parser)
