@@ -14,6 +14,9 @@ example input of the size the model needs, and a Bayesian family:
    parameters against the converted model's.
 
 A model that fails is listed with the error's first line: what a user would meet.
+torchvision's detectors (their forward loops over a list of images, which torch.fx
+cannot trace) are then also tried as the docs advise: `model.backbone` alone (the ResNet
+or MobileNet body and its feature pyramid; its outputs, which the heads read, are kept).
 Models above `--max-params` (plain parameters) are skipped and listed.
 
     python benchmarks/torchvision_coverage.py
@@ -90,11 +93,12 @@ def _inputs(shape: tuple[int, ...], name: str) -> tuple[torch.Tensor, ...]:
     return (x, x.clone()) if name.startswith("raft") else (x,)  # optical flow: two frames
 
 
-def probe(models: Any, name: str, family: str) -> dict[str, Any]:
+def probe(models: Any, name: str, family: str, part: str = "") -> dict[str, Any]:
     start = time.perf_counter()
-    row: dict[str, Any] = {"model": name}
+    row: dict[str, Any] = {"model": f"{name}.{part}" if part else name}
     try:
         net = build(models, name)
+        net = net.get_submodule(part) if part else net
         row["parameters"] = sum(p.numel() for p in net.parameters())
         model = bp.convert(net, family, keep=keep_types(net))
         inputs = _inputs(example_shape(models, name), name)
@@ -163,6 +167,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     models = _models()
     settings = {k: v for k, v in vars(args).items() if k not in ("name", "results_dir")}
+    detection = set(models.list_models(module=models.detection))
     rows = []
     for name in args.models or models.list_models():
         size = next(iter(models.get_model_weights(name))).meta["num_params"]
@@ -170,6 +175,8 @@ def main() -> None:
             rows.append({"model": name, "status": "skipped", "reason": f"{size:.2e} parameters"})
         else:
             rows.append(probe(models, name, args.family))
+            if rows[-1]["status"] == "fails" and name in detection:
+                rows.append(probe(models, name, args.family, part="backbone"))
         write_results(args.name, {"settings": settings, "rows": rows}, render(rows, settings))
 
 
