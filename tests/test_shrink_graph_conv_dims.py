@@ -299,3 +299,23 @@ def test_torchvision_video_resnet_shrinks_and_reloads(family, tmp_path):
     path = save_shrunk(result.model, tmp_path / "r3d.safetensors")
     loaded = load_shrunk(path, r3d_18(num_classes=4))  # its Conv3DSimple layers get the file's
     torch.testing.assert_close(_out(loaded, x), _out(result.model, x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_a_sequential_chain_shrinks_and_its_model_file_rebuilds_it(dims, tmp_path):
+    from bayesprune.compress import load_model, save_model, shrink
+
+    torch.manual_seed(0)
+    conv, pool, size = CONV[dims], POOL[dims], 8
+    net = nn.Sequential(
+        conv(2, 8, 3), nn.ReLU(), pool(2), conv(8, 6, 1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(6 * 3**dims, 4),
+    )  # fmt: skip
+    model = convert(net, "gaussian")
+    _kill(model, "0", [1, 5])
+    result = shrink(model, (2, *(size,) * dims))
+    assert result.model[0].out_channels == 6 and type(result.model[0]) is type(model[0])
+    loaded = load_model(save_model(result.model, tmp_path / "chain.safetensors"))  # no class
+    x = _input(dims, 3, size).float()
+    torch.testing.assert_close(_out(loaded, x), _out(result.model, x), rtol=0, atol=0)
+    torch.testing.assert_close(_out(result.model, x), _out(model, x), rtol=1e-5, atol=1e-5)
