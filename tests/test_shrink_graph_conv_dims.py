@@ -319,3 +319,31 @@ def test_a_sequential_chain_shrinks_and_its_model_file_rebuilds_it(dims, tmp_pat
     x = _input(dims, 3, size).float()
     torch.testing.assert_close(_out(loaded, x), _out(result.model, x), rtol=0, atol=0)
     torch.testing.assert_close(_out(result.model, x), _out(model, x), rtol=1e-5, atol=1e-5)
+
+
+class UpSampler(nn.Module):
+    """conv → transposed conv (upsampling, deterministic under convert) → conv."""
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        transposed = {1: nn.ConvTranspose1d, 3: nn.ConvTranspose3d}[dims]
+        self.down = CONV[dims](2, 6, 3, stride=2, padding=1)
+        self.up = transposed(6, 4, 2, stride=2)
+        self.out = CONV[dims](4, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(F.relu(self.up(F.relu(self.down(x)))))
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_transposed_convolutions_read_and_produce_channels(dims):
+    torch.manual_seed(0)
+    model = _build(UpSampler(dims), "gaussian")
+    with torch.no_grad():
+        model.down.bias_mu[[1, 4]] = -5.0  # relu(−5) = 0: exactly zero, so they may go
+    _kill(model, "down", [1, 4])
+    x = _input(dims, 2, 8)
+    result = shrink_graph(model, x, prune_units={"up": torch.tensor([1, 1, 0, 1]).bool()})
+    assert result.max_abs_difference < TOL  # against the model with up's unit 2 masked
+    assert result.model.down.out_channels == 4 and result.model.up.in_channels == 4
+    assert result.model.up.out_channels == 3 and result.model.out.in_channels == 3

@@ -13,7 +13,7 @@ reductions and indexing). Ids that must go together are united (union-find) into
 
 - a prunable layer's outputs get fresh ids (its units); it is a *sink* for its inputs
   (their columns are cut). A grouped convolution unites each group's input channels
-  with that group's output channels: a group goes whole (channel multipliers too); an
+  with that group's output channels: a group goes whole (channel multipliers too); a
   transposed convolution is both too (`adapters.TransposedLayer`), though nothing folds
   into it;
 - *followers* pass ids through and are sliced with them: BatchNorm, InstanceNorm,
