@@ -1,5 +1,11 @@
-"""shrink_graph() on 1-d and 3-d convolutions: the residual, concat and depthwise graphs of
-test_shrink_graph.py, built with Conv1d / Conv3d, shrink to masked outputs for every family."""
+"""1-d and 3-d convolutions through convert, scores, shrink, save and export.
+
+The residual, concat and depthwise graphs of test_shrink_graph.py built with Conv1d /
+Conv3d shrink to the masked outputs for every family (and round-trip through
+save_shrunk); a 1-d residual CNN learns a signal task, shrinks, reloads and exports;
+Sequential chains shrink with `compress.shrink`; transposed 1-d / 3-d convolutions read
+and produce channels; subclasses that keep torch's forward convert as their base, and
+torchvision's video ResNet (built of them) shrinks and reloads."""
 
 from __future__ import annotations
 
