@@ -128,7 +128,7 @@ def compress_bayes(
         mode="mc",
         samples=args.mc_samples,
         ood=data["val_ood"],
-        metrics=["ood_auroc_entropy", "ood_auroc_mi"],
+        metrics=["ood_auroc_entropy", "ood_auroc_mi", "ece"],  # ECE recorded, not held
         seed=seed,
     )
 
@@ -186,6 +186,37 @@ def compress_bayes(
     }
 
 
+def bayes_finetune(train: Any, args: argparse.Namespace, seed: int) -> Any:
+    """The compressed Bayesian nets' fine-tune: the shared epochs and rate, the posterior
+    scales trained or held (`--finetune-variances`), the KL at `--finetune-kl-weight`."""
+    options = {
+        "epochs": args.finetune_epochs,
+        "lr": args.finetune_lr,
+        "lr_schedule": "cosine",
+        "train_variances": args.finetune_variances == "train",
+        "kl_weight": args.finetune_kl_weight,
+    }
+
+    def finetune(net: nn.Module) -> None:
+        bp.finetune(net, train, batch_size=args.batch_size, seed=seed, progress=False, **options)
+
+    return finetune
+
+
+def dev_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """`--dev`: the Bayesian net trained and walked as `run_seed` does, validation only
+    (the walk's levels carry their validation ECE); no test set is read."""
+    data = make_data(seed, args)
+    data.pop("test"), data.pop("ood")
+    torch.manual_seed(seed)
+    bayes = bp.convert(SeqResNet(), "gaussian", keep=("fc",))
+    fit = {"batch_size": args.batch_size, "seed": seed, "progress": False}
+    bp.fit(bayes, data["train"], epochs=args.epochs, lr=args.lr, lr_schedule="cosine", **fit)
+    ours = compress_bayes(bayes, data, args, seed, bayes_finetune(data["train"], args, seed))
+    ours.pop("model")
+    return {"seed": seed, "bayesian_compression": ours}
+
+
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Train, compress, match, fine-tune and score every contender for one seed."""
     data = make_data(seed, args)
@@ -211,7 +242,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         bp.finetune(net, train, **tune, **fit)
 
     start = time.perf_counter()
-    ours = compress_bayes(bayes, data, args, seed, finetune)
+    ours = compress_bayes(bayes, data, args, seed, bayes_finetune(train, args, seed))
     seconds["compress_bayesian"] = time.perf_counter() - start
     print(f"  FLOPs share {ours['flops_share']} ({ours['rule']})", flush=True)
     nets: dict[str, nn.Module] = {"bayesian compressed": ours.pop("model")}
@@ -324,6 +355,25 @@ def render(runs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     )
 
 
+def render_dev(runs: list[dict[str, Any]]) -> str:
+    rows = [
+        {
+            "seed": r["seed"],
+            "FLOPs share": level["flops_share"],
+            "held": level["acceptable"],
+            **{k: round(v, 4) for k, v in level["val_finetuned"].items()},
+        }
+        for r in runs
+        for level in r["bayesian_compression"]["levels"]
+    ]
+    dense = [{"seed": r["seed"], **r["bayesian_compression"]["dense_val"]} for r in runs]
+    return (
+        "Validation only.\n\nDense Bayesian nets:\n\n"
+        + md_table(dense)
+        + ("\n\nLevels after the fine-tune:\n\n" + md_table(rows))
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -346,6 +396,11 @@ def main() -> None:
         action="store_true",
         help="also score each compressed net after temperature scaling on the validation split",
     )
+    parser.add_argument("--finetune-variances", choices=("train", "hold"), default="train")
+    parser.add_argument("--finetune-kl-weight", type=float, default=1.0)
+    parser.add_argument(
+        "--dev", action="store_true", help="validation only: the walk of the Bayesian net"
+    )
     parser.add_argument("--name", default=NAME)
     add_results_dir_option(parser)
     args = parser.parse_args()
@@ -355,9 +410,10 @@ def main() -> None:
     runs = []
     for seed in args.seeds:
         print(f"seed {seed}", flush=True)
-        runs.append(run_seed(seed, args))
+        runs.append(dev_seed(seed, args) if args.dev else run_seed(seed, args))
         payload = {"settings": settings, "runs": runs}
-        write_results(args.name, payload, render(runs, settings))
+        text = render_dev(runs) if args.dev else render(runs, settings)
+        write_results(args.name, payload, text)
 
 
 if __name__ == "__main__":
