@@ -28,8 +28,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _common import short_metrics
 from torch import Tensor, nn
 
+import bayesprune as bp
 from bayesprune import compress
 from bayesprune.compress.chain import deployed_weight
 from bayesprune.compress.graph_scores import _keep_global
@@ -444,6 +446,46 @@ def tp_prune_to_flops(
             break
     assert best is not None
     return best[1], best[2]
+
+
+# --- the test read, alike for every contender -------------------------------------------------
+
+
+def add_temperature_scaled(nets: dict[str, nn.Module], val: Any, samples: int) -> None:
+    """Every compressed net alike: "<key> + T" with T fitted on the validation split (the
+    Monte-Carlo predictive for the "bayesian…" keys, the posterior mean otherwise)."""
+    for key in list(nets):
+        mode = "mc" if key.startswith("bayesian") else "mean"
+        nets[f"{key} + T"] = bp.restore_uncertainty(
+            nets[key], "temperature", val=val, mode=mode, samples=samples
+        )
+
+
+def score_on_test(
+    models: dict[str, nn.Module],
+    data: dict[str, Any],
+    seed: int,
+    samples: int,
+    describe: Callable[[nn.Module], dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """Each contender's metrics on `data["test"]` with `data["ood"]` out, read once: the
+    Monte-Carlo predictive for "bayesian…" keys, the posterior mean otherwise; then
+    `describe(net)` (sizes; a temperature-scaled net is described by its network) and
+    the fitted temperature."""
+    test, ood = data["test"], data["ood"]
+    mean = bp.scorer(test, mode="mean", ood=ood, seed=seed)
+    mc = bp.scorer(test, mode="mc", samples=samples, ood=ood, seed=seed)
+    scores = {}
+    for key, model in models.items():
+        scorer = mc if key.startswith("bayesian") else mean
+        row = {k: v for k, v in scorer(model).items() if not k.startswith("mean_")}
+        net = getattr(model, "model", model)  # a temperature-scaled net's network
+        row.update(describe(net))
+        if net is not model:
+            row["temperature"] = float(model.temperature)
+        scores[key] = row
+        print(f"  {key}: {short_metrics(row)}", flush=True)
+    return scores
 
 
 # --- latency ---------------------------------------------------------------------------------

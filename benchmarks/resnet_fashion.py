@@ -61,11 +61,13 @@ from _common import (
 from _resnet import (
     ALLOCATIONS,
     ResNet,
+    add_temperature_scaled,
     bayes_compress,
     fashion_data,
     flops,
     onnx_checks,
     recalibrate_bn,
+    score_on_test,
     stage_channels,
     tp_prune_to_flops,
 )
@@ -197,33 +199,24 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         _restores(nets, data, args, seed, tracer, fit)
         return {"seed": seed, "trace": traced, "sparsity": ours.sparsity, "matching": matching}
 
-    if args.temperature:  # every compressed net alike: T fitted on the validation split
-        for key in list(nets):
-            mode = "mc" if key.startswith("bayesian") else "mean"
-            nets[f"{key} + T"] = bp.restore_uncertainty(
-                nets[key], "temperature", val=data["val"], mode=mode, samples=args.mc_samples
-            )
+    if args.temperature:
+        add_temperature_scaled(nets, data["val"], args.mc_samples)
 
     # --- the test and OOD test sets, read once per contender
     start = time.perf_counter()
-    x_test, y_test = data["test"]
-    mean = bp.scorer((x_test, y_test), mode="mean", ood=data["ood"], seed=seed)
-    mc = bp.scorer((x_test, y_test), mode="mc", samples=args.mc_samples, ood=data["ood"], seed=seed)
+    x_test = data["test"][0]
     models = {"deterministic (dense)": det, "bayesian (dense)": bayes, **nets}
     dense_flops = flops(det)
-    scores = {}
-    for key, model in models.items():
-        scorer = mc if key.startswith("bayesian") else mean
-        row = {k: v for k, v in scorer(model).items() if not k.startswith("mean_")}
-        net = _unwrapped(model)  # a temperature-scaled net's network
-        row["flops"] = flops(net)
-        row["flops_ratio"] = row["flops"] / dense_flops
-        row["parameters_deployed"] = deployed_weights(net)
-        row["channels"] = stage_channels(net)
-        if net is not model:
-            row["temperature"] = float(model.temperature)
-        scores[key] = row
-        print(f"  {key}: {short_metrics(row)}", flush=True)
+
+    def describe(net: nn.Module) -> dict[str, Any]:
+        return {
+            "flops": flops(net),
+            "flops_ratio": flops(net) / dense_flops,
+            "parameters_deployed": deployed_weights(net),
+            "channels": stage_channels(net),
+        }
+
+    scores = score_on_test(models, data, seed, args.mc_samples, describe)
     seconds["test"] = time.perf_counter() - start
     start = time.perf_counter()
     keys = ["bayesian (dense)", "bayesian compressed", "tp magnitude", "tp taylor"]

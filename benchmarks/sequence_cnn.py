@@ -39,11 +39,10 @@ from _common import (
     add_results_dir_option,
     md_table,
     mean_sd,
-    short_metrics,
     use_results_dir,
     write_results,
 )
-from _resnet import onnx_checks, tp_prune_to_flops
+from _resnet import add_temperature_scaled, onnx_checks, score_on_test, tp_prune_to_flops
 from torch import Tensor, nn
 
 import bayesprune as bp
@@ -256,36 +255,26 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         finetune(net)
         nets[f"tp {kind}"] = net
     seconds["tp_prune_and_finetune"] = time.perf_counter() - start
-    if args.temperature:  # every compressed net, alike: T fitted on the validation split
-        for key in list(nets):
-            mode = "mc" if key.startswith("bayesian") else "mean"
-            nets[f"{key} + T"] = bp.restore_uncertainty(
-                nets[key], "temperature", val=data["val"], mode=mode, samples=args.mc_samples
-            )
+    if args.temperature:
+        add_temperature_scaled(nets, data["val"], args.mc_samples)
 
     start = time.perf_counter()
-    x_test, y_test = data["test"]
-    mean = bp.scorer((x_test, y_test), mode="mean", ood=data["ood"], seed=seed)
-    mc = bp.scorer((x_test, y_test), mode="mc", samples=args.mc_samples, ood=data["ood"], seed=seed)
     models = {"deterministic (dense)": det, "bayesian (dense)": bayes, **nets}
     dense_flops = flops(det)
-    scores = {}
-    for key, model in models.items():
-        scorer = mc if key.startswith("bayesian") else mean
-        row = {k: v for k, v in scorer(model).items() if not k.startswith("mean_")}
-        net = getattr(model, "model", model)  # a temperature-scaled net's network
-        row["flops"] = flops(net)
-        row["flops_ratio"] = row["flops"] / dense_flops
-        row["parameters"] = sum(p.numel() for p in bp.to_deterministic(net).parameters())
-        row["channels"] = channels(net)
-        if net is not model:
-            row["temperature"] = float(model.temperature)
-        scores[key] = row
-        print(f"  {key}: {short_metrics(row)}", flush=True)
+
+    def describe(net: nn.Module) -> dict[str, Any]:
+        return {
+            "flops": flops(net),
+            "flops_ratio": flops(net) / dense_flops,
+            "parameters": sum(p.numel() for p in bp.to_deterministic(net).parameters()),
+            "channels": channels(net),
+        }
+
+    scores = score_on_test(models, data, seed, args.mc_samples, describe)
     seconds["test"] = time.perf_counter() - start
     start = time.perf_counter()
     keys = ["bayesian (dense)", "bayesian compressed", "tp magnitude", "tp taylor"]
-    deploy = onnx_checks(models, keys, x_test[:256], args.latency_repeats)
+    deploy = onnx_checks(models, keys, data["test"][0][:256], args.latency_repeats)
     seconds["onnx"] = time.perf_counter() - start
     return {
         "seed": seed,
