@@ -12,38 +12,24 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_shrink_graph import FAMILIES, TOL, _kill, _out, _params
 from torch import Tensor, nn
 
 import bayesprune as bp
 from bayesprune import convert
 from bayesprune.compress import (
     activation_scores,
-    apply_masks,
     export_onnx,
     keep_units,
     load_shrunk,
     onnx_difference,
     save_shrunk,
-    unit_weight_masks,
 )
 from bayesprune.compress.graph import shrink_graph
-from bayesprune.nn import use_posterior_mean
 
-TOL = 1e-5
-FAMILIES = ["deterministic", "gaussian", "sparse_vd", "sparse_vd_group", "spike_slab"]
 CONV = {1: nn.Conv1d, 3: nn.Conv3d}
 NORM = {1: nn.BatchNorm1d, 3: nn.BatchNorm3d}
 POOL = {1: nn.MaxPool1d, 3: nn.MaxPool3d}
-
-
-def _out(model: nn.Module, x: Tensor) -> Tensor:
-    model.eval()
-    with torch.no_grad(), use_posterior_mean(model):
-        return model(x)
-
-
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _bn(dims: int, c: int) -> nn.Module:
@@ -55,14 +41,6 @@ def _bn(dims: int, c: int) -> nn.Module:
         bn.running_mean.uniform_(-0.3, 0.3)
         bn.running_var.uniform_(0.5, 2.0)
     return bn
-
-
-def _kill(model: nn.Module, layer: str, units: list[int]) -> None:
-    target = model.get_submodule(layer)
-    n = (target.weight_mu if hasattr(target, "weight_mu") else target.weight).shape[0]
-    keep = torch.ones(n)
-    keep[units] = 0.0
-    apply_masks(model, unit_weight_masks(model, {layer: keep}))
 
 
 class Residual(nn.Module):
