@@ -215,6 +215,23 @@ def test_untraceable_forward_names_the_op_and_the_fix():
         shrink_graph(Branchy(), torch.randn(2, 3))
 
 
+class Detector(nn.Module):
+    """A detector's shape: a traceable backbone, a forward that loops over its images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        return [self.backbone(image[None]) for image in images]
+
+
+def test_an_untraceable_model_with_a_backbone_is_told_to_compress_it():
+    with pytest.raises(GraphTraceError, match=r"for image in images.*model\.backbone"):
+        shrink_graph(Detector(), torch.randn(2, 3, 6, 6))
+    assert shrink_graph(Detector().backbone, torch.randn(2, 3, 6, 6)).max_abs_difference == 0
+
+
 class Block(nn.Module):
     """A ResNet basic block; a 1×1 conv + BN shortcut when the shape changes."""
 

@@ -55,6 +55,7 @@ Inputs named in `free_inputs` get unpinned ids (`ChannelGraph.inputs`) for input
 from __future__ import annotations
 
 import operator
+import os
 import traceback
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
@@ -161,8 +162,9 @@ class Tracer(fx.Tracer):
 
 
 def _user_frame(err: BaseException) -> str:
-    """'file:line: code' of the innermost frame outside torch (where tracing failed)."""
-    torch_dir = str(Path(torch.__file__).parent)
+    """'file:line: code' of the innermost frame outside torch (where tracing failed); a
+    package beside torch whose name starts with "torch" (torchvision) is not torch."""
+    torch_dir = os.path.join(Path(torch.__file__).parent, "")  # with its separator
     frames = [f for f in traceback.extract_tb(err.__traceback__) if torch_dir not in f.filename]
     if not frames:
         return "unknown place"
@@ -176,11 +178,18 @@ def trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = ()) -> fx.
     try:
         graph = tracer.trace(model)
     except Exception as err:  # fx raises TraceError, TypeError, RuntimeError...
+        backbone = getattr(model, "backbone", None)
+        part = (
+            "; or compress the part that holds the convolutions alone, e.g. model.backbone "
+            "(a detector's body and feature pyramid), and put the result back"
+            if isinstance(backbone, nn.Module)
+            else ""
+        )
         raise GraphTraceError(
             f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {err}) at "
             f"{_user_frame(err)}; move that code into its own nn.Module and pass its type in "
             "leaf_modules=(...) (its channels are then kept), or make it free of data-dependent "
-            "Python control flow"
+            f"Python control flow{part}"
         ) from err
     return fx.GraphModule(tracer.root, graph)
 
