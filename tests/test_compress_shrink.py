@@ -233,6 +233,9 @@ def test_clear_errors_for_unsupported_structure():
         shrink(nn.Sequential(nn.Linear(3, 3), nn.Softmax(-1), nn.Linear(3, 2)))
     with pytest.raises(ValueError, match="input_shape"):
         shrink(_cnn())
+    with_bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(TypeError, match=r"does not slice BatchNorm1d.*shrink_graph"):
+        shrink(with_bn)  # its running statistics must be cut with the layer: not a passthrough
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         shrink(

@@ -181,11 +181,17 @@ class Chain:
             passes = isinstance(module, passthrough) or getattr(module, "channelwise", False)
             if isinstance(module, nn.Flatten) or (passes and flattens):
                 group *= math.prod(in_shape[2:])  # channel-major, as torch flattens
+            elif not passes and any(t.numel() for t in module.state_dict().values()):
+                raise TypeError(  # per-channel tensors (a BatchNorm) must be sliced with it
+                    f"shrink does not slice {type(module).__name__} at {slot.name!r} (it holds "
+                    "per-unit tensors); use compress.shrink_graph(model, example_inputs), "
+                    "which slices BatchNorm and other followers with their producer"
+                )
             elif not passes:
                 raise TypeError(
                     f"shrink does not know how units pass through {type(module).__name__} at "
                     f"{slot.name!r}; if it acts on each unit/channel apart, pass "
-                    f"passthrough=({type(module).__name__},)"
+                    f"passthrough=({type(module).__name__},), or use compress.shrink_graph"
                 )
         out_units = deployed_weight(self.layer(k)).shape[0]
         in_next = deployed_weight(self.layer(k + 1)).shape[1]
