@@ -259,6 +259,7 @@ def test_convert_replaces_subclasses_that_keep_torchs_forward_only():
     net = nn.Sequential(TaggedConv(2, 4, 3), nn.ReLU(), ScaledConv(4, 3, 3))
     model = convert(net, "gaussian")
     assert type(model[0]).__name__ == "BayesConv1d" and type(model[2]) is ScaledConv
+    assert type(convert(TaggedConv(2, 4, 3), "sparse_vd")).__name__ == "SparseVDConv1d"
     attention = convert(nn.MultiheadAttention(8, 2), "gaussian")  # out_proj: torch's subclass
     assert type(attention.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
 
