@@ -14,6 +14,7 @@ from bayesprune.compress import (
     apply_masks,
     global_sparsity_masks,
     input_weight_masks,
+    prune,
     shrink,
     unit_weight_masks,
     weight_scores,
@@ -259,3 +260,19 @@ def test_moment_propagation_cnn_kernels_pruned_on_request():
     x = torch.randn(3, 1, 12, 12, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(result.model(x).mean, reference(x).mean)
+
+
+def test_prune_with_shrink_takes_models_a_chain_cannot_read():
+    """A BatchNorm in a Sequential: prune(shrink=True) goes through shrink_graph, and the
+    result equals the masked model."""
+    torch.manual_seed(0)
+    bn_chain = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3), nn.ReLU(),
+        nn.Flatten(), nn.Linear(6 * 4 * 4, 4),
+    ).eval()  # fmt: skip
+    model = convert(bn_chain, "gaussian").eval()
+    small = prune(model, "unit", "layer", "norm", sparsity=0.5, shrink=True, input_shape=(1, 8, 8))
+    assert small[0].out_channels == 4 and small[1].num_features == 4
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad(), use_posterior_mean(model), use_posterior_mean(small):
+        torch.testing.assert_close(small.eval()(x), model(x), atol=1e-5, rtol=1e-5)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..options import Choice
+from .graph import shrink_graph
 from .masks import apply_masks
 from .pip_rules import PIP_RULES, select_by_pip
 from .rules import (
@@ -136,7 +137,9 @@ def prune(
     `sparsity` (global, layer; a {layer: fraction} dict for layer), `k` (target_size),
     `threshold` (threshold; median's PIP cut, 0.5), `alpha` (fdr). PIP rules need
     `score="pip"`. `shrink=True` returns `shrink(model, input_shape).model`, a network
-    without the dead units (`input_shape`: one example's shape, needed for convs).
+    without the dead units (`input_shape`: one example's shape, needed for convs); a
+    model that is not a plain chain (BatchNorm, residual additions, any `forward`) goes
+    through `shrink_graph` on a seeded random batch of that shape instead.
     """
     level = PruneLevel(level)
     rule = PruneRule(rule)
@@ -148,4 +151,14 @@ def prune(
     apply_masks(model, weight_masks_for(model, keep, level.value))
     if not shrink:
         return model
-    return shrink_model(model, input_shape).model
+    try:
+        return shrink_model(model, input_shape).model
+    except TypeError:  # not a chain `shrink` can read: the graph path reads any model
+        if input_shape is None:
+            raise ValueError(
+                "shrink=True on a model that is not a plain nn.Sequential chain needs "
+                "input_shape (one example's shape, e.g. (3, 32, 32))"
+            ) from None
+        example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+        reference = next(model.parameters())
+        return shrink_graph(model, example.to(reference)).model
