@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..nn.attention import MultiheadAttention
-from ..nn.base import SerializableLayer, use_posterior_mean
+from ..nn.base import SerializableLayer, torch_type, use_posterior_mean
 from ..nn.moments import Moments
 from .adapters import CONVOLUTIONS, TRANSPOSED, is_prunable
 from .chain import PASSTHROUGH
@@ -156,7 +156,7 @@ class Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (SerializableLayer, MultiheadAttention, *self.extra_leaves)):
             return True
-        if isinstance(m, _LEAF_KINDS) and type(m).forward.__module__.startswith("torch.nn."):
+        if torch_type(type(m)) in _LEAF_KINDS:
             return True  # a subclass that keeps torch's forward is read as its base type
         return super().is_leaf_module(m, module_qualified_name)
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..io import CheckpointError, load_tensors, save_tensors
 from ..nn.attention import MultiheadAttention
-from ..nn.base import VariationalLayer
+from ..nn.base import VariationalLayer, torch_type
 from .export import _finite, _first_line, _without_prune_hooks, compare_state
 from .graph import KEPT_INPUTS, kept_inputs
 from .serialize import architecture, build
@@ -75,9 +75,7 @@ def _kind(spec: Spec | None, module: nn.Module) -> type[nn.Module]:
     that keeps torch's `forward`, as torchvision's video `Conv3DSimple`, is an
     nn.Conv3d: `convert` and `shrink_graph` replace it by one) or its own type."""
     if spec is None:
-        kind = type(module)
-        torch_base = next((c for c in kind.__mro__ if c.__module__.startswith("torch.nn.")), kind)
-        return torch_base if torch_base.forward is kind.forward else kind
+        return torch_type(type(module))
     with torch.device("meta"):
         built = build(spec)
         return type(built.to_deterministic() if isinstance(built, VariationalLayer) else built)

@@ -62,6 +62,16 @@ class SerializableLayer(nn.Module):
         return cls(**{k: _from_json(v) for k, v in config.items()})
 
 
+def torch_type(kind: type[nn.Module]) -> type[nn.Module]:
+    """The torch.nn class `kind` computes as: its nearest torch.nn base when `kind` keeps
+    that class's `forward` (torchvision's video `Conv3DSimple` is an nn.Conv3d with one
+    more static method), else `kind` itself (a subclass with its own forward computes
+    something else; torch's own subclasses, as nn.MultiheadAttention's `out_proj`, are
+    their own type). `convert`, the graph tracer and `load_shrunk` read a layer as this."""
+    base = next((c for c in kind.__mro__ if c.__module__.startswith("torch.nn.")), kind)
+    return base if base.forward is kind.forward else kind
+
+
 def conv_geometry(conv: Any) -> Config:
     """A 2-D convolution's shape as JSON-able constructor arguments (`groups` aside: not
     every convolution has it). Shared by the layers' configs and the torch codecs."""

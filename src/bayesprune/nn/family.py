@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from .attention import split_attention as _split_attention
-from .base import Role, VariationalLayer, conv_geometry
+from .base import Role, VariationalLayer, conv_geometry, torch_type
 
 PLAIN_CONVOLUTIONS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 """torch's convolutions by number of spatial dims: the layers every conv family twins."""
@@ -136,21 +136,12 @@ class Family:
         return option in self.layer_options
 
     def factory_for(self, module: nn.Module) -> LayerFactory | None:
-        """The factory that replaces `module`, or None: its type's own, or, for a subclass
-        from outside torch that keeps its base's `forward` (torchvision's video
-        `Conv3DSimple` is an nn.Conv3d that only adds a static method), the base type's.
-        A subclass with its own `forward` computes something else, and torch's own
-        subclasses (the `out_proj` of nn.MultiheadAttention, whose owner reads its
-        `.weight`) are used by torch code that needs the plain layer: both stay."""
-        kind = type(module)
-        if kind in self.factories:
-            return self.factories[kind]
-        if kind.__module__.startswith("torch."):
-            return None
-        for base, factory in self.factories.items():
-            if issubclass(kind, base) and kind.forward is base.forward:
-                return factory
-        return None
+        """The factory that replaces `module`, or None: the factory of the torch type it
+        computes as (`base.torch_type`), so a subclass that keeps torch's `forward`
+        (torchvision's `Conv3DSimple`) is replaced as its base; a subclass with its own
+        `forward`, and torch's own subclasses (the `out_proj` of nn.MultiheadAttention,
+        whose owner reads its `.weight`), stay."""
+        return self.factories.get(torch_type(type(module)))
 
 
 DETERMINISTIC = "deterministic"
