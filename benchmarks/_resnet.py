@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import statistics
 import tempfile
@@ -446,6 +447,38 @@ def tp_prune_to_flops(
             break
     assert best is not None
     return best[1], best[2]
+
+
+# --- the validation rule of a compression level, alike for every benchmark ---------------------
+
+
+def level_tolerances(args: argparse.Namespace) -> dict[str, float]:
+    """What a compression level must hold on validation against the dense Bayesian net:
+    accuracy within `--tolerance`, OOD AUROC by entropy and by MI within
+    `--ood-tolerance` (absolute; `compress.tolerances`)."""
+    ood = dict.fromkeys(("ood_auroc_entropy", "ood_auroc_mi"), args.ood_tolerance)
+    return {"accuracy": args.tolerance, **ood}
+
+
+def level_validator(
+    data: dict[str, Any],
+    args: argparse.Namespace,
+    seed: int,
+    accuracy: Any,
+    recorded: Sequence[str] = (),
+) -> Callable[[nn.Module], dict[str, float]]:
+    """model → validation accuracy (posterior mean, as the level search always compared)
+    and OOD AUROC by entropy and MI of the Monte-Carlo predictive, validation images in,
+    `val_ood` out (and the Monte-Carlo `recorded` metrics, kept but not held)."""
+    ood = bp.scorer(
+        data["val"],
+        mode="mc",
+        samples=args.mc_samples,
+        ood=data["val_ood"],
+        metrics=["ood_auroc_entropy", "ood_auroc_mi", *recorded],
+        seed=seed,
+    )
+    return lambda model: {**accuracy(model), **ood(model)}
 
 
 # --- the test read, alike for every contender -------------------------------------------------

@@ -65,6 +65,8 @@ from _resnet import (
     bayes_compress,
     fashion_data,
     flops,
+    level_tolerances,
+    level_validator,
     onnx_checks,
     recalibrate_bn,
     score_on_test,
@@ -128,7 +130,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
     # --- compression, on validation only
     val_acc = bp.scorer(data["val"], mode="mean", metrics=["accuracy"])
-    validate = _validator(data, args, seed, val_acc)
+    validate = level_validator(data, args, seed, val_acc)
     calibration = _batches(x_train, 256, args.calibration_batches)
     example = x_train[:16]
     tune = {"epochs": args.finetune_epochs, "lr": args.finetune_lr, "lr_schedule": "cosine"}
@@ -259,29 +261,6 @@ def bayes_finetune_options(args: argparse.Namespace) -> dict[str, Any]:
     ("hold": `bp.finetune(..., train_variances=False)`, means and BatchNorm only)."""
     lr = args.finetune_lr if args.bayes_finetune_lr is None else args.bayes_finetune_lr
     return {"lr": lr, "train_variances": args.finetune_variances == "train"}
-
-
-def level_tolerances(args: argparse.Namespace) -> dict[str, float]:
-    """What a compression level must hold on validation against the dense Bayesian net:
-    accuracy within `--tolerance`, OOD AUROC by entropy and by MI within
-    `--ood-tolerance` (absolute; `compress.tolerances`)."""
-    ood = dict.fromkeys(("ood_auroc_entropy", "ood_auroc_mi"), args.ood_tolerance)
-    return {"accuracy": args.tolerance, **ood}
-
-
-def _validator(data: dict[str, Any], args: argparse.Namespace, seed: int, accuracy: Any) -> Any:
-    """model → validation accuracy (posterior mean, as the level search always compared)
-    and OOD AUROC by entropy and MI of the Monte-Carlo predictive, Fashion-MNIST
-    validation images in, MNIST training images (`val_ood`) out."""
-    ood = bp.scorer(
-        data["val"],
-        mode="mc",
-        samples=args.mc_samples,
-        ood=data["val_ood"],
-        metrics=["ood_auroc_entropy", "ood_auroc_mi"],
-        seed=seed,
-    )
-    return lambda model: {**accuracy(model), **ood(model)}
 
 
 def restore_step(

@@ -42,7 +42,14 @@ from _common import (
     use_results_dir,
     write_results,
 )
-from _resnet import add_temperature_scaled, onnx_checks, score_on_test, tp_prune_to_flops
+from _resnet import (
+    add_temperature_scaled,
+    level_tolerances,
+    level_validator,
+    onnx_checks,
+    score_on_test,
+    tp_prune_to_flops,
+)
 from torch import Tensor, nn
 
 import bayesprune as bp
@@ -122,25 +129,8 @@ def compress_bayes(
 ) -> dict[str, Any]:
     """Step 2 of the module docstring: the FLOPs walk on validation."""
     accuracy = bp.scorer(data["val"], mode="mean", metrics=["accuracy"])
-    ood = bp.scorer(
-        data["val"],
-        mode="mc",
-        samples=args.mc_samples,
-        ood=data["val_ood"],
-        metrics=["ood_auroc_entropy", "ood_auroc_mi", "ece"],  # ECE recorded, not held
-        seed=seed,
-    )
-
-    def validate(model: nn.Module) -> dict[str, float]:
-        return {**accuracy(model), **ood(model)}
-
-    held = as_tolerances(
-        {
-            "accuracy": args.tolerance,
-            "ood_auroc_entropy": args.ood_tolerance,
-            "ood_auroc_mi": args.ood_tolerance,
-        }
-    )
+    validate = level_validator(data, args, seed, accuracy, recorded=("ece",))  # not held
+    held = as_tolerances(level_tolerances(args))
     bayes.eval()
     x_train = data["train"][0]
     scores = compress.activation_scores(bayes, x_train[: 256 * args.score_batches].split(256))

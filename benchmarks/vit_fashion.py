@@ -59,6 +59,8 @@ from _resnet import (
     SHAPE,
     add_temperature_scaled,
     fashion_data,
+    level_tolerances,
+    level_validator,
     onnx_checks,
     onnx_latency,
     score_on_test,
@@ -158,25 +160,8 @@ def compress_bayes(
     past a level that fails (development: to see them all)."""
     x_train = data["train"][0]
     accuracy = bp.scorer(data["val"], mode="mean", metrics=["accuracy"])
-    ood = bp.scorer(
-        data["val"],
-        mode="mc",
-        samples=args.mc_samples,
-        ood=data["val_ood"],
-        metrics=["ood_auroc_entropy", "ood_auroc_mi"],
-        seed=seed,
-    )
-
-    def validate(model: nn.Module) -> dict[str, float]:
-        return {**accuracy(model), **ood(model)}
-
-    held = as_tolerances(
-        {
-            "accuracy": args.tolerance,
-            "ood_auroc_entropy": args.ood_tolerance,
-            "ood_auroc_mi": args.ood_tolerance,
-        }
-    )
+    validate = level_validator(data, args, seed, accuracy)
+    held = as_tolerances(level_tolerances(args))
     bayes.eval()
     scores = compress.activation_scores(bayes, x_train[: 256 * args.score_batches].split(256))
     units = hidden_units(bayes) + (attention_units(bayes) if args.prune_heads else [])
