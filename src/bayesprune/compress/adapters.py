@@ -18,10 +18,8 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from ..nn.base import Posterior, VariationalLayer
-from ..nn.family import PLAIN_CONVOLUTIONS
+from ..nn.family import CONVOLUTIONS  # nn.Conv1d / 2d / 3d: read like any layer
 
-CONVOLUTIONS: tuple[type[nn.Module], ...] = tuple(PLAIN_CONVOLUTIONS.values())
-"""nn.Conv1d / 2d / 3d: plain convolutions compression reads like any layer."""
 TRANSPOSED: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose1d,
     nn.ConvTranspose2d,

@@ -26,6 +26,8 @@ from .base import Role, VariationalLayer, conv_geometry, torch_type
 
 PLAIN_CONVOLUTIONS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 """torch's convolutions by number of spatial dims: the layers every conv family twins."""
+CONVOLUTIONS: tuple[type[nn.Module], ...] = tuple(PLAIN_CONVOLUTIONS.values())
+"""nn.Conv1d / 2d / 3d, for isinstance checks."""
 
 LayerFactory = Callable[[nn.Module, Role, dict[str, Any]], VariationalLayer]
 """(plain layer, its role, the family options) → the Bayesian twin."""
@@ -60,7 +62,7 @@ def keyword_options(*classes: type, exclude: Iterable[str] = ()) -> tuple[str, .
 
 def plain_layer_args(plain: nn.Module) -> dict[str, Any]:
     """Arguments that rebuild a Bayesian twin of a plain Linear / Conv1d / 2d / 3d layer."""
-    if isinstance(plain, tuple(PLAIN_CONVOLUTIONS.values())):
+    if isinstance(plain, CONVOLUTIONS):
         return {
             **conv_geometry(plain),
             "groups": plain.groups,
