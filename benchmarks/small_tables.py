@@ -5,13 +5,15 @@ Designs: scikit-learn's wine, breast_cancer and diabetes; `make_classification`
 `bai2020` simulation; n from 100 to 5,000 rows, 5 to 100 real columns, each with 20
 N(0, 1) noise columns appended. Per split (75/25, `random_state` = split): the default
 `BayesianMLPClassifier` / `BayesianMLPRegressor` (no argument but `random_state`),
-`MLPClassifier` / `MLPRegressor` (early stopping on its own validation part), L1-logistic /
+the same estimators with `family="sparse_vd_group"` (a log-uniform scale per input column
+instead of input gates), `MLPClassifier` / `MLPRegressor` (early stopping on its own
+validation part), L1-logistic /
 Lasso with CV, RandomForest + `SelectFromModel`. Every tuning step (CV, early stopping)
 sees only the training rows; the test rows are scored once.
 Recorded: held-out accuracy or R², columns kept (real, noise), TPR / FDR where the
 support is known (simulations), seconds per fit, the estimator's warnings; then the
-issue's targets per design, and a separate timing of one default fit on 500 rows x 50
-columns on one thread.
+issue's targets per design for each of our estimators, and a separate timing of one
+default fit on 500 rows x 50 columns on one thread.
 
     python benchmarks/small_tables.py --splits 5 --jobs 2
 """
@@ -55,6 +57,10 @@ NOISE = 20
 OURS = "bayesprune (default)"
 OURS_MEAN = 'bayesprune, predict_mode="mean"'
 """The default fit scored again by its posterior-mean network (gates = PIPs), no refit."""
+GROUP_VD = 'bayesprune, family="sparse_vd_group"'
+"""The estimator with one log-uniform scale per input column (selection by the scales' log α)."""
+OUR_ESTIMATORS = (OURS, GROUP_VD)
+""""Ours" in the target tables; every other method but `OURS_MEAN` is a baseline."""
 MLP = "MLP (sklearn)"
 RF = "RF + SelectFromModel"
 
@@ -134,8 +140,10 @@ def methods(task: str, seed: int) -> dict[str, Any]:
     mlp = (MLPClassifier if clf else MLPRegressor)(
         early_stopping=True, max_iter=2000, random_state=seed
     )
+    ours = BayesianMLPClassifier if clf else BayesianMLPRegressor
     return {
-        OURS: (BayesianMLPClassifier if clf else BayesianMLPRegressor)(random_state=seed),
+        OURS: ours(random_state=seed),
+        GROUP_VD: ours(family="sparse_vd_group", random_state=seed),
         MLP: scaled(mlp),
         "L1-logistic CV" if clf else "Lasso CV": scaled(linear),
         RF: make_pipeline(SelectFromModel(clone(forest)), clone(forest)),
@@ -144,7 +152,7 @@ def methods(task: str, seed: int) -> dict[str, Any]:
 
 def _support(name: str, fitted: Any) -> np.ndarray | None:
     """Columns a selector kept (None for the plain MLP, which keeps all)."""
-    if name == OURS:
+    if name in OUR_ESTIMATORS:
         return fitted.get_support()
     if name == RF:
         return fitted[0].get_support()
@@ -252,13 +260,15 @@ def summarise(rows: list[dict]) -> list[dict]:
             "noise kept": _fmt(_mean(group, "noise_kept"), 2),
             "TPR": _fmt(_mean(group, "tpr"), 2), "FDR": _fmt(_mean(group, "fdr"), 2),
             "s / fit": _fmt(_mean(group, "seconds"), 1),
-            "warned": sum(bool(r["warnings"]) for r in group) if key[1] == OURS else "",
+            "warned": sum(bool(r["warnings"]) for r in group)
+            if key[1] in OUR_ESTIMATORS
+            else "",
         })  # fmt: skip
     return out
 
 
-def targets(rows: list[dict]) -> tuple[list[dict], dict[str, Any]]:
-    """Issue 17's targets per design for the default estimator, and overall."""
+def targets(rows: list[dict], ours_name: str = OURS) -> tuple[list[dict], dict[str, Any]]:
+    """Issue 17's targets per design for one of our estimators, and overall."""
     per_design, gaps_mlp = [], []
     for design in dict.fromkeys(r["design"] for r in rows):
         mine = [r for r in rows if r["design"] == design]
@@ -266,21 +276,20 @@ def targets(rows: list[dict]) -> tuple[list[dict], dict[str, Any]]:
             m: [r for r in mine if r["method"] == m]
             for m in dict.fromkeys(r["method"] for r in mine)
         }
-        if OURS not in by:
+        if ours_name not in by:
             continue
         mean_score = {m: statistics.mean(r["score"] for r in g) for m, g in by.items()}
-        baselines = {m: s for m, s in mean_score.items() if m not in (OURS, OURS_MEAN)}
+        baselines = {m: s for m, s in mean_score.items() if m not in (*OUR_ESTIMATORS, OURS_MEAN)}
         best = max(baselines, key=baselines.get) if baselines else None
-        ours = by[OURS]
+        ours, score = by[ours_name], mean_score[ours_name]
+        mean_network = mean_score.get(OURS_MEAN) if ours_name == OURS else None
         row = {
             "design": design,
-            "ours": round(mean_score[OURS], 3),
-            "ours, mean network": round(mean_score[OURS_MEAN], 3) if OURS_MEAN in by else None,
+            "ours": round(score, 3),
+            "ours, mean network": "" if mean_network is None else round(mean_network, 3),
             "best baseline": f"{best} {baselines[best]:.3f}" if best else "",
-            "gap to best (points)": round(100 * (mean_score[OURS] - baselines[best]), 1)
-            if best
-            else None,
-            "within 1 point": bool(best) and mean_score[OURS] >= baselines[best] - 0.01,
+            "gap to best (points)": round(100 * (score - baselines[best]), 1) if best else None,
+            "within 1 point": bool(best) and score >= baselines[best] - 0.01,
             "noise kept": round(_mean(ours, "noise_kept"), 2),
             "noise kept by RF": round(_mean(by[RF], "noise_kept"), 2) if RF in by else None,
             "TPR": _fmt(_mean(ours, "tpr"), 2),
@@ -289,8 +298,8 @@ def targets(rows: list[dict]) -> tuple[list[dict], dict[str, Any]]:
         }
         per_design.append(row)
         if MLP in mean_score:
-            gaps_mlp.append(mean_score[OURS] - mean_score[MLP])
-    simulated = [r for r in rows if r["method"] == OURS and "tpr" in r]
+            gaps_mlp.append(score - mean_score[MLP])
+    simulated = [r for r in rows if r["method"] == ours_name and "tpr" in r]
     overall = {
         "designs": len(per_design),
         "within 1 point of the best baseline": sum(r["within 1 point"] for r in per_design),
@@ -345,7 +354,8 @@ def main() -> None:
     skipped = [f"{d} split {s}" for (d, s) in tasks if not any(
         r["design"] == d and r["split"] == s for r in rows)]  # fmt: skip
     table = summarise(rows)
-    per_design, overall = targets(rows)
+    scored = {name: targets(rows, name) for name in OUR_ESTIMATORS}
+    per_design = scored[OURS][0]
     wall = time.perf_counter() - started
     markdown = (
         f"{len(per_design)} designs, {NOISE} N(0, 1) noise columns each, {args.splits} random "
@@ -356,11 +366,14 @@ def main() -> None:
         f"machine shared with other work; all runs took {wall / 60:.0f} min.\n\n"
         + (f"Not run (time limit): {', '.join(skipped)}.\n\n" if skipped else "")
         + md_table(table)
-        + "\n## Targets (issue 17) for the default estimator\n\n"
-        + md_table(per_design)
-        + "\n"
-        + "\n".join(f"- {k}: {v}" for k, v in overall.items())
-        + "\n"
+        + "".join(
+            f"\n## Targets (issue 17) for {name}\n\n"
+            + md_table(design_rows)
+            + "\n"
+            + "\n".join(f"- {k}: {v}" for k, v in overall.items())
+            + "\n"
+            for name, (design_rows, overall) in scored.items()
+        )
     )
     if timing:
         markdown += (
@@ -373,7 +386,10 @@ def main() -> None:
     payload = {
         "settings": vars(args), "wall_seconds": wall, "skipped": skipped,
         "timing_500x50": timing,
-        "targets": {"per_design": per_design, "overall": overall},
+        "targets": {
+            name: {"per_design": design_rows, "overall": overall}
+            for name, (design_rows, overall) in scored.items()
+        },
         "summary": table, "rows": rows,
     }  # fmt: skip
     print(write_results(args.name, payload, markdown))

@@ -87,6 +87,13 @@ def run(
     if key == OURS:
         row["pip_real"] = [round(float(v), 2) for v in est.feature_importances_[:p]]
         row["pip_noise"] = [round(float(v), 2) for v in est.feature_importances_[p:]]
+        if est.importance_kind_ == "scale":  # the input scales' log α, for a threshold
+            log_alpha = np.log1p(-est.feature_importances_) - np.log(est.feature_importances_)
+            row["log_alpha_real"] = [round(float(v), 2) for v in log_alpha[:p]]
+            row["log_alpha_noise"] = [round(float(v), 2) for v in log_alpha[p:]]
+            weights = est.model_[0].log_alpha().double().numpy()  # effective z w, (out, in)
+            row["weights_kept"] = (weights < 3).sum(0).tolist()
+            row["weight_log_alpha_min"] = [round(float(v), 2) for v in weights.min(0)]
         row["steps"] = est.n_steps_
     return row
 

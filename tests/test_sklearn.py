@@ -315,7 +315,7 @@ def test_refit_regressor_uses_a_fresh_noise_and_checks_its_parameters():
     assert est.refit_likelihood_ is not est.likelihood_
     assert est.get_support()[:2].all() and est.score(X, y) > 0.9
     twin = clone(est)
-    assert twin.get_params() == est.get_params() and twin.get_params()["refit"] is True
+    assert twin.get_params() == est.get_params() and twin.get_params()["refit"] == "auto"
     for bad in ({"refit": "yes"}, {"refit_steps": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             BayesianMLPRegressor(**bad).fit(X, y)
@@ -360,3 +360,16 @@ def test_the_refit_also_reads_the_kept_columns_correlated_proxies():
     for bad in (1.0, -0.1, "high", True):
         with pytest.raises(ValueError, match="refit_correlation"):
             BayesianMLPClassifier(refit_correlation=bad).fit(X, y)
+
+
+def test_group_sparse_vd_selects_inputs_by_their_scales_log_alpha():
+    X, y = _three_true_columns()
+    est = BayesianMLPClassifier(family="sparse_vd_group", random_state=0).fit(X, y)
+    assert est.importance_kind_ == "scale" and est.model_[0].scale_on == "in"
+    assert est.kl_weight_ == 1.0  # "auto" does not temper the scales' KL
+    assert est.refit_model_ is None  # refit="auto": the selection network predicts
+    share = est.feature_importances_  # 1 / (1 + α) of each input's scale
+    assert ((share > 0) & (share < 1)).all()
+    assert share[:3].min() > share[3:].max()
+    assert est.get_support().nonzero()[0].tolist() == [0, 1, 2]
+    assert est.score(X, y) > 0.8

@@ -84,14 +84,30 @@ FULL_KL_ROWS = 1000
 """`kl_weight="auto"`: the full KL (1.0) from this many training rows on."""
 
 
-def auto_kl_weight(n_rows: int, kl_weight: float | str) -> float:
+SCALE_FAMILIES = frozenset({"sparse_vd_group"})
+"""Families that select inputs by one log-uniform scale per input column, not by gates.
+Their `kl_weight="auto"` is always 1.0 (a scale's KL is a few nats; tempered to 0.7 it kept
+up to 15 of 20 noise columns on 331 rows) and their `refit="auto"` is False (no gate noise
+to shed: the refit lost 0.7-6 points on the four smallest designs); development splits,
+benchmarks/README.md "Issue 17, session 19"."""
+
+
+def auto_kl_weight(n_rows: int, kl_weight: float | str, family: str = "spike_slab") -> float:
     """The KL weight for `n_rows` training rows: `kl_weight`, or with "auto" the tempered
-    `TEMPERED_KL` below `FULL_KL_ROWS` rows (on a few hundred rows the full KL keeps too few
-    of the true columns) and 1.0 from there (with thousands of rows the tempered KL lets
-    noise columns in)."""
+    `TEMPERED_KL` below `FULL_KL_ROWS` rows (spike-and-slab: on a few hundred rows the full
+    KL keeps too few of the true columns) and 1.0 from there (with thousands of rows the
+    tempered KL lets noise columns in); 1.0 for `SCALE_FAMILIES`."""
     if kl_weight != "auto":
         return float(kl_weight)
+    if family in SCALE_FAMILIES:
+        return 1.0
     return TEMPERED_KL if n_rows < FULL_KL_ROWS else 1.0
+
+
+def auto_refit(refit: bool | str, family: str) -> bool:
+    """Whether a relaxed network is refitted on the kept columns: `refit`, or with "auto"
+    every family but `SCALE_FAMILIES`."""
+    return family not in SCALE_FAMILIES if refit == "auto" else bool(refit)
 
 
 def validation_rows(

@@ -12,10 +12,13 @@ only stores its arguments, `fit` validates them, fitted attributes end in `_`,
 `clone`, `Pipeline`, `cross_val_score` and `GridSearchCV` work.
 
 Feature selection: `feature_importances_` are the input PIPs (posterior inclusion
-probabilities of the input gates) of a spike-and-slab model, else the norm of each
-input's outgoing posterior-mean weights divided by the largest. `get_support()`
-keeps PIP > `selection_threshold` (0.5, the median-probability model) or, for
-norms, importance ≥ `selection_threshold` (0.1 of the largest); `transform(X)`
+probabilities of the input gates) of a spike-and-slab model; with group Sparse VD
+(`family="sparse_vd_group"`: one log-uniform scale z_i ~ N(μ, αμ²) per input column)
+each scale's signal share μ² / E[z²] = 1 / (1 + α); else the norm of each input's
+outgoing posterior-mean weights divided by the largest. `get_support()` keeps PIP >
+`selection_threshold` (0.5, the median-probability model), a share above it (default
+1 / (1 + e⁻²): log α < −2, chosen on development splits), or, for norms, importance ≥
+it (0.1 of the largest); `transform(X)`
 returns the kept columns, so the estimator can feed a later Pipeline step via
 `sklearn.feature_selection.SelectFromModel` as well. With `screen=True` (spike-and-slab
 with input gates) `fit` then runs the evidence screen (`bayesprune.screen`) on the
@@ -23,19 +26,20 @@ features the PIPs left out, and `get_support()` also keeps those it adds (`scree
 holds the gains): features that act only through an interaction, which a gate can
 miss.
 
-Prediction (`refit=True`, the default): after the selection, a second network of the
-same family without input gates is trained on the kept columns (`refit_steps`
-optimiser steps with epochs="auto"), the relaxed-lasso idea: the selection is the first
-network's, the predictions the second's, which no longer pays the gates' noise and
-prior on the inputs it uses (columns added by the screen included). The posterior keeps
-one column of a group of correlated ones; with `refit_correlation=r` (default None:
-the kept columns only) the refit also reads the kept columns' proxies, every column
-whose absolute correlation with a kept one on the training rows exceeds r, and
-averages the group's measurement noise (Monte Carlo about 1 point better on wine and
+Prediction (`refit="auto"`, the default: True for spike-and-slab and the other families,
+False for group Sparse VD, whose selection network has no gate noise to shed): after the
+selection, a second network of the same family without input gates is trained on the
+kept columns (`refit_steps` optimiser steps with epochs="auto"), the relaxed-lasso idea:
+the selection is the first network's, the predictions the second's, which no longer pays
+the gates' noise and prior on the inputs it uses (columns added by the screen included).
+The posterior keeps one column of a group of correlated ones; with `refit_correlation=r`
+(default None: the kept columns only) the refit also reads the kept columns' proxies,
+every column whose absolute correlation with a kept one on the training rows exceeds r,
+and averages the group's measurement noise (Monte Carlo about 1 point better on wine and
 breast cancer at 0.4, but the posterior-mean network 13-19 points worse: opt-in).
 `refit_columns_` are the columns it reads (`get_support()` stays the selection).
-`model_` is the selection network, `refit_model_` the predicting one; with
-`refit=False` `model_` predicts and reads every column.
+`model_` is the selection network, `refit_model_` the predicting one; with `refit=False`
+`model_` predicts and reads every column.
 
 Inputs are standardised inside (with training statistics), so the priors mean the
 same for every data set; regression targets too (predictions are returned in the
@@ -75,6 +79,7 @@ from .estimator_defaults import (
     StopTraining,
     auto_batch_size,
     auto_kl_weight,
+    auto_refit,
     fallback_support,
     step_budget,
     validation_rows,
@@ -99,6 +104,17 @@ GATE_SUFFIX = "gate_logit"  # unit and input gate logits of the spike-and-slab l
 _MAX_FLOAT32 = float(np.finfo(np.float32).max)
 CONSTANT_TOL = 1e-7
 """A posterior-mean prediction whose spread over the training rows is below this is constant."""
+SCALE_KIND = "scale"
+"""`importance_kind_` of group Sparse VD: each input scale's signal share 1 / (1 + α)."""
+SCALE_LOG_ALPHA_CUT = -2.0
+"""group Sparse VD keeps an input whose scale has log α below this (chosen on development
+splits of the small-table designs: benchmarks/README.md, "Issue 17, session 19")."""
+DEFAULT_THRESHOLDS = {
+    "pip": 0.5,
+    SCALE_KIND: 1.0 / (1.0 + math.exp(SCALE_LOG_ALPHA_CUT)),
+    "norm": 0.1,
+}
+"""`get_support()` keeps importance > the threshold (PIP, scale share) or >= it (norm)."""
 MEAN_GATES = "expected"
 """Gates of the estimators' posterior-mean network (`predict_mode="mean"`): each slab times
 its PIP. The median-probability network (gates 1[PIP > 0.5]) closes every hidden unit on
@@ -169,7 +185,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         selection_threshold: float | None = None,
         screen: bool = False,
         screen_epochs: int = 150,
-        refit: bool = True,
+        refit: bool | str = "auto",
         refit_steps: int = 500,
         refit_correlation: float | None = None,
         standardize: bool = True,
@@ -251,8 +267,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
                 and self.kl_weight >= 0)
         ):  # fmt: skip
             raise ValueError(f"kl_weight must be 'auto' or a number >= 0, got {self.kl_weight!r}")
-        if not isinstance(self.refit, bool | np.bool_):
-            raise ValueError(f"refit must be True or False, got {self.refit!r}")
+        if not (self.refit == "auto" or isinstance(self.refit, bool | np.bool_)):
+            raise ValueError(f"refit must be 'auto', True or False, got {self.refit!r}")
         corr = self.refit_correlation
         if corr is not None and not (
             isinstance(corr, int | float) and not isinstance(corr, bool) and 0 <= corr < 1
@@ -277,6 +293,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             "gate_init": self.gate_init,
             "input_gates": input_gates,
             "mean_gates": MEAN_GATES,
+            "scale_on": "in",  # group Sparse VD: a log-uniform scale per input column
         }
         options = {k: v for k, v in layer.items() if fam.takes(k)}
         options.update(fam.prior_options(prior))
@@ -307,7 +324,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         x = self._inputs(X, reset=True)
         self.family_ = family
         self.seed_ = seed
-        self.kl_weight_ = auto_kl_weight(len(x), self.kl_weight)
+        self.kl_weight_ = auto_kl_weight(len(x), self.kl_weight, family)
         trained = self._train(
             family, self.input_gates, x, targets, n_out, make_likelihood(likelihood),
             self.kl_weight_,
@@ -327,7 +344,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.n_features_selected_ = int(support.sum())
         self.refit_model_ = self.refit_likelihood_ = self.refit_history_ = None
         self.refit_columns_ = None
-        if self.refit:  # relaxed: the kept columns, no input gates (the selection stays)
+        if auto_refit(self.refit, family):  # relaxed: the kept columns, no input gates
             self.refit_columns_ = self._refit_columns(x, support)
             relaxed = self._refit(x, targets, n_out, likelihood, self.refit_columns_)
             self.refit_model_, self.refit_likelihood_ = relaxed.model, relaxed.likelihood
@@ -475,13 +492,17 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         )  # fmt: skip
 
     def _importances(self) -> tuple[np.ndarray, str]:
-        try:
-            pip = next(iter(input_scores(self.model_, "pip").values()))
-            return pip.double().cpu().numpy(), "pip"
-        except ValueError:
-            norm = next(iter(input_scores(self.model_, "norm").values())).double().cpu().numpy()
-            top = norm.max() if norm.size and norm.max() > 0 else 1.0
-            return norm / top, "norm"
+        """Input PIPs (gates), else each input scale's signal share 1 / (1 + α) (group
+        Sparse VD), else the relative norm of each input's outgoing weights."""
+        for kind in ("pip", "log_alpha"):
+            with contextlib.suppress(ValueError):
+                score = next(iter(input_scores(self.model_, kind).values())).double().numpy()
+                if kind == "pip":
+                    return score, kind
+                return 1.0 / (1.0 + np.exp(-score)), SCALE_KIND  # score is -log α
+        norm = next(iter(input_scores(self.model_, "norm").values())).double().cpu().numpy()
+        top = norm.max() if norm.size and norm.max() > 0 else 1.0
+        return norm / top, "norm"
 
     def _predict(self, X: Any) -> Any:
         check_is_fitted(self)
@@ -501,10 +522,10 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
 
     # -- feature selection (SelectorMixin gives get_support, transform, ...) ----------------
     def _pip_mask(self) -> np.ndarray:
-        default = 0.5 if self.importance_kind_ == "pip" else 0.1
+        default = DEFAULT_THRESHOLDS[self.importance_kind_]
         cut = default if self.selection_threshold is None else self.selection_threshold
         imp = self.feature_importances_
-        return imp > cut if self.importance_kind_ == "pip" else imp >= cut
+        return imp >= cut if self.importance_kind_ == "norm" else imp > cut
 
     def _decide_support(self) -> np.ndarray:
         """The threshold rule, never an empty selection in silence (see the module doc)."""
@@ -545,6 +566,8 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
 
     Parameters: `hidden_layer_sizes`; `family` ("auto" = "spike_slab" when
     registered, else "gaussian"; also "spike_slab_edge", "sparse_vd",
+    "sparse_vd_group" (a log-uniform scale per input column: the selection reads each
+    scale's log α, `kl_weight="auto"` is 1.0 and `refit="auto"` False for it),
     "deterministic"); `input_gates` (spike-and-slab: a PIP per input feature);
     `epochs`, `batch_size`, `lr`, `kl_weight` (as in `bayesprune.fit`); the
     data-dependent training defaults `epochs="auto"` (`max_steps` optimiser steps, at
@@ -562,7 +585,8 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     smallest tables);
     `selection_threshold` for `get_support`; `screen` (and `screen_epochs`): also test
     the left-out features by their evidence gain; `refit` (and `refit_steps`): predict
-    with a network retrained on the kept columns (default; `refit_steps` steps with
+    with a network retrained on the kept columns ("auto": every family but
+    "sparse_vd_group"; `refit_steps` steps with
     epochs="auto", an explicit `epochs` applies to both networks) and on every column
     correlated with a kept one above `refit_correlation` (None, the default: kept columns only);
     `standardize` the inputs;
@@ -570,7 +594,9 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
 
     Fitted attributes: `classes_`, `model_` (the torch network), `likelihood_`,
     `history_` (per-epoch records), `n_iter_` (epochs), `n_steps_`, `best_epoch_`
-    (early stopping), `feature_importances_`, `importance_kind_` ("pip" or "norm"),
+    (early stopping), `feature_importances_`, `importance_kind_` ("pip"; "scale":
+    1 / (1 + α) of each input's scale, kept above 1 / (1 + e⁻²), i.e. log α < −2; or
+    "norm"),
     `support_`, `n_features_selected_`, `screen_` (a `ScreenResult`, or None),
     `refit_model_`, `refit_likelihood_`, `refit_history_`, `refit_columns_` (the columns
     the refit network reads; None with `refit=False`),
