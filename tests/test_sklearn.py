@@ -373,3 +373,7 @@ def test_group_sparse_vd_selects_inputs_by_their_scales_log_alpha():
     assert share[:3].min() > share[3:].max()
     assert est.get_support().nonzero()[0].tolist() == [0, 1, 2]
     assert est.score(X, y) > 0.8
+    X, y = _three_true_columns(signal=False)  # every scale noisy: the warning names them
+    with pytest.warns(UserWarning, match=r"largest input scale share 1/\(1\+α\)"):
+        empty = clone(est).fit(X, y)
+    assert empty.n_features_selected_ >= 1

@@ -115,6 +115,12 @@ DEFAULT_THRESHOLDS = {
     "norm": 0.1,
 }
 """`get_support()` keeps importance > the threshold (PIP, scale share) or >= it (norm)."""
+IMPORTANCE_NAMES = {
+    "pip": "PIP",
+    SCALE_KIND: "input scale share 1/(1+α)",
+    "norm": "relative input norm",
+}
+"""How warnings name each kind of `feature_importances_`."""
 MEAN_GATES = "expected"
 """Gates of the estimators' posterior-mean network (`predict_mode="mean"`): each slab times
 its PIP. The median-probability network (gates 1[PIP > 0.5]) closes every hidden unit on
@@ -531,7 +537,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         """The threshold rule, never an empty selection in silence (see the module doc)."""
         mask = self._pip_mask()
         imp, p = self.feature_importances_, len(self.feature_importances_)
-        kind = "PIP" if self.importance_kind_ == "pip" else "relative input norm"
+        kind = IMPORTANCE_NAMES[self.importance_kind_]
         if not mask.any():
             mask = fallback_support(imp)
             warnings.warn(
