@@ -235,7 +235,7 @@ def test_clear_errors_for_unsupported_structure():
     with pytest.raises(ValueError, match="input_shape"):
         shrink(_cnn())
     with_bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
-    with pytest.raises(TypeError, match=r"does not slice BatchNorm1d.*shrink_graph"):
+    with pytest.raises(TypeError, match=r"does not slice BatchNorm1d.*example_inputs=x"):
         shrink(with_bn)  # its running statistics must be cut with the layer: not a passthrough
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -276,3 +276,34 @@ def test_prune_with_shrink_takes_models_a_chain_cannot_read():
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad(), use_posterior_mean(model), use_posterior_mean(small):
         torch.testing.assert_close(small.eval()(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_shrink_with_example_inputs_takes_any_model_through_the_graph():
+    """One entry point: with a batch, `shrink` slices BatchNorm and residual graphs."""
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.bn, self.fc2 = nn.Linear(3, 6), nn.BatchNorm1d(6), nn.Linear(6, 3)
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(x + self.fc2(torch.relu(self.bn(self.fc1(x)))))
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 3)
+    for model in (
+        nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)),
+        Residual(),
+    ):
+        model.eval()
+        first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+        with torch.no_grad():
+            first.weight[1] = 0.0  # a dead unit: no incoming weight
+        result = shrink(model, example_inputs=x)
+        assert result.model(x).shape == model(x).shape
+        torch.testing.assert_close(result.model(x), model(x), atol=1e-5, rtol=1e-5)
+        shrunk_first = next(m for m in result.model.modules() if isinstance(m, nn.Linear))
+        assert shrunk_first.out_features == first.out_features - 1
+    with pytest.raises(ValueError, match="input_shape .* or example_inputs .*, not both"):
+        shrink(Residual(), (3,), example_inputs=x)

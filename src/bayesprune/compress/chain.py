@@ -66,9 +66,10 @@ def leaves(model: nn.Module) -> list[Slot]:
     """The modules a Sequential chain applies, in order (nested Sequentials unrolled)."""
     if not isinstance(model, nn.Sequential):
         raise TypeError(
-            f"shrink needs an nn.Sequential chain, got {type(model).__name__}; for a model "
-            "with its own forward (residual additions, concatenations, BatchNorm) use "
-            "compress.shrink_graph(model, example_inputs)"
+            f"shrink needs an nn.Sequential chain or example inputs, got "
+            f"{type(model).__name__} without them; for a model with its own forward "
+            "(residual additions, concatenations, BatchNorm) pass one batch: "
+            "compress.shrink(model, example_inputs=x)"
         )
     slots: list[Slot] = []
 
@@ -184,14 +185,16 @@ class Chain:
             elif not passes and any(t.numel() for t in module.state_dict().values()):
                 raise TypeError(  # per-channel tensors (a BatchNorm) must be sliced with it
                     f"shrink does not slice {type(module).__name__} at {slot.name!r} (it holds "
-                    "per-unit tensors); use compress.shrink_graph(model, example_inputs), "
-                    "which slices BatchNorm and other followers with their producer"
+                    "per-unit tensors); pass one batch, compress.shrink(model, "
+                    "example_inputs=x), which slices BatchNorm and other followers with "
+                    "their producer"
                 )
             elif not passes:
                 raise TypeError(
                     f"shrink does not know how units pass through {type(module).__name__} at "
                     f"{slot.name!r}; if it acts on each unit/channel apart, pass "
-                    f"passthrough=({type(module).__name__},), or use compress.shrink_graph"
+                    f"passthrough=({type(module).__name__},), or pass one batch: "
+                    "compress.shrink(model, example_inputs=x)"
                 )
         out_units = deployed_weight(self.layer(k)).shape[0]
         in_next = deployed_weight(self.layer(k + 1)).shape[1]

@@ -1,5 +1,7 @@
 """Physically remove dead units from a pruned network, keeping its output exactly.
 
+`shrink(model, example_inputs=x)` takes any model: it is `compress.shrink_graph`
+(a traced graph: residual additions, concatenations, BatchNorm, custom `forward`).
 `shrink(model, input_shape)` walks an nn.Sequential chain (nested Sequentials too)
 of prunable layers (variational, or plain Linear / Conv2d via the adapter) joined by
 element-wise, channel-preserving modules (activations, dropout, pooling) and at most
@@ -33,7 +35,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +43,9 @@ from torch import Tensor, nn
 from ..nn.base import use_posterior_mean
 from .adapters import as_prunable, copy_model
 from .chain import PASSTHROUGH, Chain, SelectInputs, deployed_weight, first_tensor, unit_columns
+
+if TYPE_CHECKING:
+    from .graph import GraphShrinkResult
 
 
 @dataclass
@@ -272,16 +277,20 @@ def shrink(
     model: nn.Module,
     input_shape: Sequence[int] | None = None,
     *,
+    example_inputs: Tensor | tuple[Tensor, ...] | None = None,
     prune_units: Mapping[str, Tensor | Sequence[int]] | None = None,
     inclusion_threshold: float = 0.5,
     gather_inputs: bool = True,
     passthrough: Sequence[type[nn.Module]] = (),
     check: bool = True,
     seed: int = 0,
-) -> ShrinkResult:
+) -> ShrinkResult | GraphShrinkResult:
     """A genuinely smaller copy of `model` without its dead units (see the module docstring).
 
-    `input_shape`: one example's shape without the batch dimension; needed when the
+    `example_inputs` (one batch for `model(*example_inputs)`): any model, through
+    `shrink_graph` (its `GraphShrinkResult`; the shrunk model takes the same inputs, and
+    `check` raises on a mismatch instead of warning). Otherwise `model` is a chain and
+    `input_shape` is one example's shape without the batch dimension; needed when the
     network holds convolutions (e.g. (1, 28, 28)); for a dense network it defaults to
     (first layer's in_features,). `prune_units` = {layer name: units to KEEP (indices
     or a boolean mask)} removes the other units as if their incoming weights were
@@ -291,6 +300,18 @@ def shrink(
     skipped with `prune_units` (the output changes by design) or `gather_inputs=False`
     (the inputs differ). The input model is not modified.
     """
+    if example_inputs is not None:
+        if input_shape is not None:
+            raise ValueError(
+                "give input_shape (an nn.Sequential chain) or example_inputs (any model), "
+                "not both; example_inputs alone fixes every shape"
+            )
+        from .graph import shrink_graph  # graph.py builds on this module's records
+
+        return shrink_graph(
+            model, example_inputs, prune_units=prune_units,
+            inclusion_threshold=inclusion_threshold, passthrough=passthrough, check=check,
+        )  # fmt: skip
     if not 0.0 <= inclusion_threshold < 1.0:
         raise ValueError(f"inclusion_threshold must be in [0, 1), got {inclusion_threshold}")
     original = model
