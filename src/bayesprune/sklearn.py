@@ -502,7 +502,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         Sparse VD), else the relative norm of each input's outgoing weights."""
         for kind in ("pip", "log_alpha"):
             with contextlib.suppress(ValueError):
-                score = next(iter(input_scores(self.model_, kind).values())).double().numpy()
+                (first_layer,) = input_scores(self.model_, kind).values()
+                score = first_layer.double().cpu().numpy()
                 if kind == "pip":
                     return score, kind
                 return 1.0 / (1.0 + np.exp(-score)), SCALE_KIND  # score is -log α
