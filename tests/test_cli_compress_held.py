@@ -10,9 +10,10 @@ import yaml
 from _cli import invoke
 from _images import write_image_sets
 
+from bayesprune.app.config import SEARCH_ROWS
 from bayesprune.app.factory import ood_inputs
 from bayesprune.app.folder import Run
-from bayesprune.app.steps.compress import SEARCH_ROWS, _ece_resolution
+from bayesprune.app.steps.compress import _ece_resolution, _more_rows
 from bayesprune.evaluation import scorer
 from bayesprune.metrics import ece, ece_floor
 from bayesprune.predict import predict
@@ -211,3 +212,21 @@ class _Confident(torch.nn.Module):
         probs = torch.full((len(x), 10), (1 - self.confidence) / 9)
         probs[torch.arange(len(x)), top] = self.confidence
         return probs.log()
+
+
+def test_the_search_reads_compress_search_rows_and_the_floor_warning_names_it(trained):
+    _, run = trained
+    invoke(
+        "compress", str(run), "--rule", "search", "--tolerance", "ece=1.5x", "--no-shrink",
+        "--search-rows", "20", "--quiet",
+    )  # fmt: skip
+    data = json.loads((run / "compressed" / "compression.json").read_text())["extra"]
+    available = len(Run.open(run).data().val[0])
+    assert data["search"]["data"]["rows"] == 20
+    assert data["search"]["data"]["rows_available"] == available > 20
+    assert data["options"]["search_rows"] == 20
+    # the advice follows the cut: past compress.search_rows first, then the split itself
+    capped = {"split": "validation", "rows": 20, "rows_available": available}
+    assert "raise compress.search_rows (the search reads 20 of the" in _more_rows(capped)
+    whole = {"split": "validation", "rows": available, "rows_available": available}
+    assert _more_rows(whole) == "raise data.val_fraction / data.limit"

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from test_readme_sequence import _fake_mnist
 
 from bayesprune.app import Run
-from bayesprune.app.policy import SEARCH_ROWS
+from bayesprune.app.config import SEARCH_ROWS
 from bayesprune.cli import main
 from bayesprune.compress import load_shrunk
 from bayesprune.nn import use_posterior_mean, variational_layers

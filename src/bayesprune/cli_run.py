@@ -277,6 +277,13 @@ def evaluate(run: str, which: str, quiet: bool) -> None:
     "model's own, Monte Carlo for a sampling net).",
 )
 @click.option("--validation-samples", type=int, default=None, help="MC passes on validation (mc).")
+@click.option(
+    "--search-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Validation rows the search, rule flops and the rounds score (the first ones; "
+    "default 2000): raise it with a larger validation split to hold ECE beyond its floor.",
+)
 @_QUIET
 @_friendly
 def compress(run: str, quiet: bool, **overrides: Any) -> None:

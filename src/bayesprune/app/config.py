@@ -145,6 +145,10 @@ class TrainConfig:
     prune_score: str = field(default="auto", metadata=_choices("auto", *WEIGHT_SCORE_NAMES))
 
 
+SEARCH_ROWS = 2000
+"""Default `compress.search_rows`: validation rows the sparsity search evaluates."""
+
+
 @dataclass
 class CompressConfig:
     """How `compress` scores and prunes; "auto" picks by the model family (see app.policy)."""
@@ -168,6 +172,9 @@ class CompressConfig:
     # reported)
     validation_mode: str = field(default="auto", metadata=_choices(AUTO, "mean", "mc"))
     validation_samples: int = field(default=10, metadata={"min": 1})
+    # validation rows the search, rule flops and the rounds score (the first ones; they run
+    # many passes): raise it with a larger validation split to hold ECE beyond its floor
+    search_rows: int = field(default=SEARCH_ROWS, metadata={"min": 1})
     # rule "flops": the share of the trained model's FLOPs the shrunk one may cost
     flops: float | None = field(default=None, metadata={"min": 0.0, "max": 1.0})
     k: int | None = field(default=None, metadata={"min": 0})  # rule "target_size", per layer

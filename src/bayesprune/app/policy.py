@@ -36,7 +36,6 @@ from .config import (
 
 RELATIVE_THRESHOLD = 0.1
 LOG_ALPHA_THRESHOLD = 3.0  # Sparse VD's: an input scale noisier than this is dropped
-SEARCH_ROWS = 2000  # validation rows the sparsity search evaluates (it runs many passes)
 
 
 def modes_for(config: RunConfig, model: nn.Module) -> tuple[str, ...]:

@@ -57,7 +57,6 @@ from ..data import RunData
 from ..factory import ood_inputs
 from ..folder import Run
 from ..policy import (
-    SEARCH_ROWS,
     fit_kwargs,
     primary_mode,
     resolve_compress,
@@ -69,12 +68,14 @@ from .graph_units import SHRINK_ERRORS, deleted_first, deletes_units, flops_mask
 SMALL_SPLIT = 500  # fewer rows than this: an accuracy step is >= 0.2 %, a search is noisy
 
 
-def _search_data(data: RunData) -> tuple[tuple[Tensor, Tensor], dict[str, Any]]:
-    """The rows the search scores, and a record of them (split, rows, a warning if few)."""
+def _search_data(data: RunData, limit: int) -> tuple[tuple[Tensor, Tensor], dict[str, Any]]:
+    """The first `limit` rows (`compress.search_rows`) the search and the rounds score, and
+    a record of them (split, rows, rows available, a warning if few)."""
     split = "validation" if data.val is not None else "training"
     x, y = data.val if data.val is not None else data.train
-    x, y = x[:SEARCH_ROWS], y[:SEARCH_ROWS]
-    record: dict[str, Any] = {"split": split, "rows": len(x)}
+    available = len(x)
+    x, y = x[:limit], y[:limit]
+    record: dict[str, Any] = {"split": split, "rows": len(x), "rows_available": available}
     if len(x) < SMALL_SPLIT:
         record["warning"] = (
             f"the search held accuracy on only {len(x)} {split} rows (one row = "
@@ -112,6 +113,16 @@ def _held_mode(run: Run, model: nn.Module, names: tuple[str, ...]) -> str:
     return mode
 
 
+def _more_rows(used: dict[str, Any]) -> str:
+    """How to give the search more rows: past `compress.search_rows` first, if it cut any."""
+    if used.get("rows_available", 0) > used.get("rows", 0):
+        return (
+            f"raise compress.search_rows (the search reads {used['rows']} of the "
+            f"{used['rows_available']} {used['split']} rows)"
+        )
+    return "raise data.val_fraction / data.limit"
+
+
 def _validation_scorer(
     run: Run, model: nn.Module, names: tuple[str, ...]
 ) -> tuple[Scorer, tuple[Tensor, Tensor], dict[str, Any]]:
@@ -119,7 +130,7 @@ def _validation_scorer(
     `_held_mode`, OOD AUROC against as many images of `compress.ood`'s *training*
     split, so the OOD test images stay unread until the reported figures."""
     c = run.config
-    rows, used = _search_data(run.data())
+    rows, used = _search_data(run.data(), c.compress.search_rows)
     used["mode"] = mode = _held_mode(run, model, names)
     if mode == "mc":
         used["samples"] = c.compress.validation_samples
@@ -172,8 +183,7 @@ def _ece_resolution(
         f"model's ECE on them is {measured:.4f}, and a perfectly calibrated model with the "
         f"same confidences measures {floor.mean:.4f} on as many rows (95 % below "
         f"{floor.upper:.4f}), so the ECE held is mostly sampling noise; hold nll or brier "
-        "(no bins, no floor), or raise data.val_fraction / data.limit (the noise shrinks as "
-        "1/sqrt(rows))"
+        f"(no bins, no floor), or {_more_rows(used)} (the noise shrinks as 1/sqrt(rows))"
     )
     used["warning"] = f"{used['warning']}; {warning}" if "warning" in used else warning
 
@@ -186,7 +196,7 @@ def compression_masks(
     level = score_level(score)
     if rule == FLOPS_RULE:
         data = run.data()
-        (x, _), used = _search_data(data)
+        (x, _), used = _search_data(data, c.search_rows)
         return flops_masks(model, x, used, data.input_shape, float(c.flops or 0))
     scores = unit_scores(model, score) if level == "unit" else weight_scores(model, score)
     info: dict[str, Any] = {"score": score, "rule": rule, "level": level}
