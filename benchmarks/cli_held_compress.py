@@ -77,7 +77,9 @@ def _run(args: list[str], cwd: Path) -> tuple[float, str]:
 def _compress_and_restore(work: Path, folder: str, options: list[str], args: Any) -> dict:
     """`compress FOLDER OPTIONS --ood`, then `restore FOLDER --ood`: what both recorded."""
     threads = ["--threads", str(args.threads)]
-    seconds = _run(["compress", folder, *options, "--ood", args.ood, "--quiet", *threads], work)[0]
+    rows = [] if args.search_rows is None else ["--search-rows", str(args.search_rows)]
+    command = ["compress", folder, *options, *rows, "--ood", args.ood, "--quiet", *threads]
+    seconds = _run(command, work)[0]
     report = json.loads((work / folder / "compressed" / "compression.json").read_text())
     history = report["extra"]["rounds"]["history"]
     restore_s, restored = _restore(work, folder, [], args)
@@ -259,6 +261,11 @@ def main() -> None:
         "and dense figures when 'accuracy' is not among --variants",
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--search-rows", type=int, default=None,
+        help="compress --search-rows: validation rows the search and rounds score "
+        "(default: the CLI's, 2,000)",
+    )  # fmt: skip
     parser.add_argument("--name", default="cli_held_compress")
     parser.add_argument(
         "--merge",
