@@ -87,7 +87,7 @@ FULL_KL_ROWS = 1000
 SCALE_FAMILIES = frozenset({"sparse_vd_group"})
 """Families that select inputs by one log-uniform scale per input column, not by gates.
 Their `kl_weight="auto"` is always 1.0 (a scale's KL is a few nats; tempered to 0.7 it kept
-up to 15 of 20 noise columns on 331 rows) and their `refit="auto"` is False (no gate noise
+17.7 of 20 noise columns on 331 rows) and their `refit="auto"` is False (no gate noise
 to shed: the refit lost 0.7-6 points on the four smallest designs); development splits,
 benchmarks/README.md "Issue 17, session 19"."""
 
