@@ -33,6 +33,7 @@ shrunk model reloads with its new widths; nothing is ever pickled.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import os
@@ -106,6 +107,7 @@ class Run:
         self.folder = Path(folder)
         self.config = config
         self._data: RunData | None = None
+        self._device_noted = False
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -258,6 +260,19 @@ class Run:
     def build_model(self) -> nn.Module:
         return build_model(self.config, self.data())
 
+    @property
+    def device(self) -> torch.device:
+        """Where the steps after training compute (search, fine-tunes, predictions): the
+        run's `train.device` where this machine has it, else the CPU, so a run trained on
+        a GPU still compresses, evaluates and restores on a laptop."""
+        wanted = torch.device(self.config.train.device)
+        if wanted.type == "cpu" or _available(wanted):
+            return wanted
+        if not self._device_noted:
+            self._device_noted = True
+            self.log(f"train.device {str(wanted)!r} is not available here; computing on the cpu")
+        return torch.device("cpu")
+
     def likelihood(self) -> Likelihood:
         """The run's likelihood with its trained parameters (when training published them)."""
         likelihood = run_likelihood(self.config, self.data().task)
@@ -286,6 +301,7 @@ class Run:
         config rebuilds its architecture, else (a shrunk graph) with its pruned shapes
         (`compress.save_shrunk`), re-applied to the config's model on load."""
         path = tx.stage(self.model_path(which).relative_to(self.folder).as_posix())
+        model = _on_cpu(model)  # the file does not depend on where the step computed
         meta = {"input_shape": list(self.data().input_shape), **(metadata or {})}
         try:
             return save_model(model, path, meta)
@@ -319,7 +335,12 @@ class Run:
         same_keys = fresh.keys() == state.keys()
         return same_keys and all(fresh[k].shape == v.shape for k, v in state.items())
 
-    def load_model(self, which: str = "trained") -> nn.Module:
+    def load_model(self, which: str = "trained", *, on_device: bool = False) -> nn.Module:
+        """The saved model `which`, on the CPU, or with `on_device` on `self.device`."""
+        model = self._load_model(which)
+        return model.to(self.device) if on_device else model
+
+    def _load_model(self, which: str) -> nn.Module:
         path = self.model_path(which)
         if not self.has_model(which):
             step = {"trained": "train CONFIG --out RUN", "compressed": "compress RUN"}.get(
@@ -353,3 +374,19 @@ class Run:
             "family": m.family,
             "bayesian": get_family(m.family).bayesian,
         }
+
+
+def _available(device: torch.device) -> bool:
+    """True when torch can compute on `device` here."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    backend = getattr(torch.backends, device.type, None) or getattr(torch, device.type, None)
+    return bool(backend is not None and backend.is_available())
+
+
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """`model` itself when it is on the CPU, else a CPU copy (the caller's stays put)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.device.type == "cpu" for t in tensors):
+        return model
+    return copy.deepcopy(model).cpu()

@@ -123,11 +123,13 @@ def activation_scores(
     output channels share the group's score. A `bayesprune.nn.MultiheadAttention` gets
     one score per head under its own name (the same formula, its heads' outputs as the
     columns of `out_proj`). The model is run in eval mode with posterior means; its mode
-    is put back.
+    is put back. Batches move to the model's device one at a time.
     """
     if inputs < 1:
         raise ValueError(f"inputs counts the forward's tensors, at least 1, got {inputs}")
-    batches = iter(_batches(data, inputs))
+    reference = next(iter(model.parameters()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    batches = (tuple(t.to(device) for t in args) for args in _batches(data, inputs))
     first = next(batches, None)
     if first is None:
         raise ValueError("activation_scores needs data: the iterable gave no batch")

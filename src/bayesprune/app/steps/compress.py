@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -63,7 +62,7 @@ from ..policy import (
     score_level,
 )
 from .evaluate import evaluate_models, model_entry, ood_scores, record_entry
-from .graph_units import SHRINK_ERRORS, deleted_first, deletes_units, flops_masks
+from .graph_units import SHRINK_ERRORS, deleted_first, deletes_units, example_batch, flops_masks
 
 SMALL_SPLIT = 500  # fewer rows than this: an accuracy step is >= 0.2 %, a search is noisy
 
@@ -244,7 +243,7 @@ def _shrunk(
     if isinstance(pruned, nn.Sequential):
         result = shrink(pruned, input_shape)
         return result.model, {**result.as_dict(), "architecture": result.architecture}
-    example = torch.zeros(2, *input_shape)
+    example = example_batch(pruned, input_shape)
     keep = {name: m.flatten(1).any(1) for name, m in (unit_masks or {}).items()}
     graph = shrink_graph(pruned, example, prune_units=keep or None)
     return graph.model, {"graph": True, **graph.as_dict()}
@@ -258,6 +257,7 @@ def _finetune(model: nn.Module, run: Run, progress: bool) -> None:
         kwargs.pop(key)
     kwargs.pop("restore_best")
     kwargs["kl_weight"] = kl_stages(kwargs["kl_weight"]).final  # the posterior's own β
+    kwargs["device"] = run.device  # where the model already is (train.device, if here)
     finetune(
         model,
         run.data().train,
@@ -295,7 +295,7 @@ def _rounds(
     if isinstance(model, nn.Sequential):
         how: dict[str, Any] = {"input_shape": data.input_shape, "score": "norm"}
     else:
-        example = torch.zeros(2, *data.input_shape)
+        example = example_batch(model, data.input_shape)
         how = {"example_inputs": example, "score": "activation", "score_data": rows[0].split(500)}
     result = self_compress(
         model,
@@ -333,7 +333,7 @@ def compress_run(
 def _compress(run: Run, progress: bool) -> dict[str, Any]:
     c = run.config.compress
     score, rule = resolve_compress(run.config)
-    model = run.load_model("trained")
+    model = run.load_model("trained", on_device=True)
     data = run.data()
     masks, info = compression_masks(model, run, score, rule, progress)
     info["options"] = config_to_dict(run.config)["compress"]

@@ -182,7 +182,7 @@ def evaluate_models(run: Run, which: str, progress: bool, curve: bool) -> dict[s
         needs_curve = curve and name == "trained" and "pruning_curve" not in (entry or {})
         if entry is not None and not needs_curve:
             continue  # current: nothing is predicted again
-        model = run.load_model(name)
+        model = run.load_model(name, on_device=True)
         if entry is None:
             entry = model_entry(model, run, run.model_digest(name), progress)
             run.log(f"evaluate: {name} {entry['modes']}")

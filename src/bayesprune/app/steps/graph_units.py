@@ -37,6 +37,12 @@ def deletes_units(model: nn.Module, level: str) -> bool:
     return level == "unit" and not isinstance(model, nn.Sequential)
 
 
+def example_batch(model: nn.Module, input_shape: tuple[int, ...]) -> Tensor:
+    """Two rows of zeros on the model's device: what tracing a graph model runs."""
+    reference = next(iter(model.parameters()), None)
+    return torch.zeros(2, *input_shape, device=None if reference is None else reference.device)
+
+
 def deleted_first(
     evaluate: Callable[[nn.Module], dict[str, float]],
     layers: list[str],
@@ -45,9 +51,9 @@ def deleted_first(
     """`evaluate` of the network a unit-masked candidate ships as: the units of `layers`
     with no weight left deleted by `shrink_graph`. A graph that cannot be cut is scored
     masked; the shrink step then says why it was skipped."""
-    example = torch.zeros(2, *input_shape)
 
     def score(candidate: nn.Module) -> dict[str, float]:
+        example = example_batch(candidate, input_shape)
         keep = {
             name: deployed_weight(candidate.get_submodule(name)).flatten(1).ne(0).any(1)
             for name in layers
@@ -72,7 +78,7 @@ def flops_masks(
     validation rows, described by `used`), the same fraction dropped from every layer,
     the least whose shrunk model costs at most `flops` of the trained model's FLOPs
     (`keep_units_for_flops`). Returns unit weight masks and the record."""
-    example = torch.zeros(2, *input_shape)
+    example = example_batch(model, input_shape)
     try:
         scores = activation_scores(model, rows.split(500))
     except GraphTraceError as err:
@@ -100,4 +106,4 @@ def flops_masks(
     return weight_masks_for(model, found.masks, "unit"), info
 
 
-__all__ = ["SHRINK_ERRORS", "deleted_first", "deletes_units", "flops_masks"]
+__all__ = ["SHRINK_ERRORS", "deleted_first", "deletes_units", "example_batch", "flops_masks"]

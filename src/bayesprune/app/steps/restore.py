@@ -57,7 +57,8 @@ def _restore(run: Run) -> dict[str, Any]:
             "restore chooses its method on validation data, and this run has none: set "
             "data.val_fraction (e.g. 0.2) in the config and train a new run folder"
         )
-    compressed = run.load_model("compressed")  # one clear error when compress has not run
+    # one clear error when compress has not run
+    compressed = run.load_model("compressed", on_device=True)
     try:
         restoring_methods(cfg.method, compressed)
     except ValueError as error:
@@ -68,7 +69,11 @@ def _restore(run: Run) -> dict[str, Any]:
     needs_trained = cfg.ood or cfg.ece_factor is not None
     t = run.config.train
     # the posterior's own β: a staged train.kl_weight ends with it
-    training = {"batch_size": t.batch_size, "kl_weight": kl_stages(t.kl_weight).final}
+    training = {
+        "batch_size": t.batch_size,
+        "kl_weight": kl_stages(t.kl_weight).final,
+        "device": run.device,
+    }
     if t.dataset_size is not None:
         training["dataset_size"] = t.dataset_size
     choice = choose_restoration(
@@ -78,7 +83,7 @@ def _restore(run: Run) -> dict[str, Any]:
         likelihood=run.likelihood(),
         methods=cfg.method,
         ood=ood_val,
-        trained=run.load_model("trained") if needs_trained else None,
+        trained=run.load_model("trained", on_device=True) if needs_trained else None,
         mode=mode,
         samples=run.config.evaluate.samples,
         bins=run.config.evaluate.bins,

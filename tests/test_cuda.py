@@ -1,0 +1,169 @@
+"""On an accelerator: the library and every CLI step compute there, and what they write
+reads back on the CPU with the figures they recorded. The device is
+$BAYESPRUNE_TEST_DEVICE (default "cuda"); skipped where torch does not have it (CI). On
+a GPU machine: `python -m pytest tests/test_cuda.py`; the same tests on the CPU, to
+check the tests themselves: `BAYESPRUNE_TEST_DEVICE=cpu python -m pytest tests/test_cuda.py`.
+
+The first test runs everywhere: a run whose `train.device` this machine lacks is
+evaluated and compressed on the CPU, with a line in its log saying so."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from _cli import invoke
+from _images import bars, write_image_sets
+
+from bayesprune import fit
+from bayesprune.app import Run
+from bayesprune.app.config import parse_config
+from bayesprune.compress import (
+    apply_masks,
+    global_sparsity_masks,
+    self_compress,
+    shrink_graph,
+    weight_masks_for,
+    weight_scores,
+)
+from bayesprune.evaluation import scorer
+from bayesprune.models import build
+from bayesprune.nn import use_posterior_mean
+from bayesprune.predict import predict
+
+DEVICE = torch.device(os.environ.get("BAYESPRUNE_TEST_DEVICE", "cuda"))
+needs_cuda = pytest.mark.skipif(
+    DEVICE.type == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device"
+)
+
+
+def test_a_device_this_machine_lacks_falls_back_to_the_cpu_and_says_so(tmp_path):
+    raw = {"data": {"name": "breast_cancer"}, "train": {"device": "cuda:7"}}
+    run = Run(tmp_path, parse_config(raw))
+    assert run.device == torch.device("cpu")  # no machine here has an eighth GPU
+    assert run.device == torch.device("cpu")
+    log = (tmp_path / "log.txt").read_text()
+    assert log.count("train.device 'cuda:7' is not available here; computing on the cpu") == 1
+    assert Run(tmp_path, parse_config({"data": {"name": "breast_cancer"}})).device.type == "cpu"
+
+
+def _flat_bars(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = bars(n, seed)
+    return x.flatten(1), y
+
+
+@needs_cuda
+@pytest.mark.parametrize("family", ["gaussian", "sparse_vd", "spike_slab", "deterministic"])
+def test_fit_predict_prune_and_shrink_on_cuda(family):
+    x, y = _flat_bars(300, 0)
+    x_val, y_val = _flat_bars(200, 1)
+    torch.manual_seed(0)
+    model = build("mlp", in_features=64, hidden=[32, 32], out_features=3, family=family)
+    # a hundredth of the KL: Sparse VD's log-uniform prior would prune 300 rows' evidence away
+    fit(model, (x, y), epochs=15, batch_size=50, lr=0.01, kl_weight=0.01, device=DEVICE)
+    assert all(p.device.type == DEVICE.type for p in model.parameters())
+    score = scorer((x_val, y_val), metrics=("accuracy", "nll"))
+    assert score(model)["accuracy"] > 0.9  # it learned, on the GPU
+    pred = predict(model, x_val, samples=4, mode="mc", seed=0)
+    assert pred.probs.shape == (200, 3)
+    masks = global_sparsity_masks(weight_scores(model, "magnitude"), 0.5)
+    pruned = apply_masks(model, weight_masks_for(model, masks, "weight"))
+    example = x_val[:2].to(DEVICE)
+    small = shrink_graph(pruned, example).model
+    with torch.no_grad(), use_posterior_mean(pruned), use_posterior_mean(small):
+        pruned.eval(), small.eval()
+        torch.testing.assert_close(
+            small(x_val.to(DEVICE)), pruned(x_val.to(DEVICE)), atol=1e-4, rtol=1e-4
+        )
+        on_cpu = small.cpu()(x_val)
+    with torch.no_grad(), use_posterior_mean(pruned):
+        torch.testing.assert_close(on_cpu, pruned(x_val.to(DEVICE)).cpu(), atol=1e-4, rtol=1e-4)
+
+
+@needs_cuda
+def test_self_compress_with_a_finetune_stays_on_cuda():
+    x, y = _flat_bars(300, 0)
+    torch.manual_seed(0)
+    model = build("mlp", in_features=64, hidden=[32, 32], out_features=3)
+    fit(model, (x, y), epochs=10, batch_size=50, lr=0.01, device=DEVICE, progress=False)
+    score = scorer(_flat_bars(200, 1), metrics=("accuracy",))
+    before = score(model)["accuracy"]
+
+    def tune(m: torch.nn.Module) -> None:
+        fit(m, (x, y), epochs=2, batch_size=50, lr=0.003, device=DEVICE, progress=False)
+
+    result = self_compress(
+        model, score, tune, example_inputs=x[:2].to(DEVICE), score="activation",
+        score_data=x.to(DEVICE), fraction=0.3, max_rounds=2, tolerances={"accuracy": 0.05},
+    )  # fmt: skip
+    small = result.model
+    assert all(p.device.type == DEVICE.type for p in small.parameters())
+    assert result.accepted.round >= 1 and small[0].out_features < 32
+    assert score(small)["accuracy"] >= before - 0.05 - 1e-9
+
+
+# -- the CLI ---------------------------------------------------------------------------
+
+IMAGES = {
+    "data": {"name": "mnist", "val_fraction": 0.4},
+    "train": {"epochs": 8, "batch_size": 32, "lr": 0.01, "device": str(DEVICE)},
+    "evaluate": {"samples": 4},
+}
+MODELS = {
+    "mlp": {"kwargs": {"hidden": [24, 24]}},
+    "lenet5": {"builder": "lenet5_caffe"},
+    "resnet": {"builder": "resnet", "kwargs": {"widths": [6, 12], "blocks": 1}},
+    "evi": {"builder": "evi_cnn", "family": "evi", "kwargs": {"n_kernels": 8}},
+}
+
+
+def _trained(tmp: Path, model: dict[str, Any]) -> Path:
+    write_image_sets(tmp / "data")
+    raw = {**IMAGES, "data": {**IMAGES["data"], "root": str(tmp / "data")}, "model": model}
+    (tmp / "run.yaml").write_text(yaml.safe_dump(raw))
+    torch.manual_seed(0)
+    invoke("train", str(tmp / "run.yaml"), "--out", str(tmp / "run"), "--quiet")
+    return tmp / "run"
+
+
+def _recorded_matches_a_cpu_rescore(run: Path, which: str) -> None:
+    """The posterior-mean test figures `evaluate` recorded (computed on the GPU) are what
+    the saved model gives on the CPU."""
+    r = Run.open(run)
+    recorded = json.loads((run / "evaluation.json").read_text())[which]["modes"]["mean"]
+    model = r.load_model(which)
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    again = scorer(r.data().test, r.likelihood(), metrics=("accuracy", "nll"))(model)
+    rows = len(r.data().test[0])
+    assert again["accuracy"] == pytest.approx(recorded["accuracy"], abs=1.01 / rows)
+    assert again["nll"] == pytest.approx(recorded["nll"], rel=1e-3, abs=1e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_cli_step_runs_on_cuda(tmp_path, name):
+    run = _trained(tmp_path, MODELS[name])
+    assert Run.open(run).device.type == DEVICE.type
+    rounds = [] if name == "evi" else ["--rounds", "2", "--round-fraction", "0.2"]
+    invoke(
+        "compress", str(run), "--rule", "search", "--delta", "0.05", "--finetune-epochs", "1",
+        *rounds, "--ood", "fashion-mnist", "--tolerance", "ece=3x", "--quiet",
+    )  # fmt: skip
+    report = json.loads((run / "compressed" / "compression.json").read_text())
+    assert report["totals"]["nonzero_after"] < report["totals"]["nonzero_before"]
+    invoke("evaluate", str(run))
+    _recorded_matches_a_cpu_rescore(run, "trained")
+    _recorded_matches_a_cpu_rescore(run, "compressed")
+    if name != "evi":
+        invoke("restore", str(run), "--ood", "fashion-mnist")
+        record = json.loads((run / "restored" / "restore.json").read_text())
+        assert record["method"] in record["candidates"]
+    invoke("report", str(run))
+    invoke("export", str(run))
+    assert (run / "export" / "model.onnx").is_file()
+    assert "not available here" not in (run / "log.txt").read_text()
