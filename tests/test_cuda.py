@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml
-from _cli import invoke
 from _images import bars, write_image_sets
+from click.testing import CliRunner
 
 from bayesprune import fit
 from bayesprune.app import Run
 from bayesprune.app.config import parse_config
+from bayesprune.cli import main
 from bayesprune.compress import (
     apply_masks,
     global_sparsity_masks,
@@ -120,6 +122,14 @@ MODELS = {
     "resnet": {"builder": "resnet", "kwargs": {"widths": [6, 12], "blocks": 1}},
     "evi": {"builder": "evi_cnn", "family": "evi", "kwargs": {"n_kernels": 8}},
 }
+
+
+def invoke(*args: str) -> None:
+    """`bayesprune --debug ARGS`: a failure shows where on the device it broke."""
+    result = CliRunner().invoke(main, ["--debug", *args, "--threads", "1"])
+    if result.exit_code != 0:
+        where = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else ""
+        raise AssertionError(f"{' '.join(args[:1])} failed:\n{result.output}\n{where}")
 
 
 def _trained(tmp: Path, model: dict[str, Any]) -> Path:

@@ -244,7 +244,7 @@ def group_folds(
     if not cols:  # every dead column is exactly 0 here: nothing to fold
         return {}, {}, set()
     groups = sorted({column_groups[j] for j in cols})
-    slot = torch.tensor([groups.index(column_groups[j]) for j in cols])
+    slot = torch.tensor([groups.index(column_groups[j]) for j in cols], device=x.device)
     c = x[cols].reshape(len(cols), -1)  # (D, positions) of the constant columns
     weight = reader.weight[:, cols]
     var_w = reader.weight_std[:, cols].square()
@@ -296,6 +296,7 @@ def apply_fold(model: nn.Module, fold: Fold) -> bool:
         return False
     for name, units in fold.shifts:
         bn = model.get_submodule(name)
+        units = units.to(fold.mean.device)
         delta = torch.where(units >= 0, fold.mean[units.clamp(min=0)], 0.0)
         with torch.no_grad():
             bn.running_mean.sub_(delta.to(bn.running_mean))

@@ -165,6 +165,7 @@ def _to_remove(
     """Per layer, a boolean mask of the units to delete this round (never below `min_units`)."""
     out = {}
     for name, imp in scores.items():
+        imp = imp.detach().cpu()  # masks on the CPU, whatever device scored the units
         n = imp.numel()
         if fraction is not None:  # a share of the removable (finite) units, lowest first
             removable = int(torch.isfinite(imp).sum())
@@ -173,7 +174,7 @@ def _to_remove(
             if k > 0:
                 remove[torch.argsort(imp, stable=True)[:k]] = True
         else:
-            remove = near_zero(imp, rel_threshold).cpu()  # type: ignore[arg-type]
+            remove = near_zero(imp, rel_threshold)  # type: ignore[arg-type]
             extra = int(remove.sum()) - (n - min_units)
             if extra > 0:  # keep the strongest of the near-zero ones
                 order = torch.argsort(imp, descending=True, stable=True)

@@ -123,7 +123,7 @@ class _Shrinker:
             dead |= pip.to(dead.device) <= self.threshold
         if k in self.forced:
             dead |= ~self.forced[k][self.kept[k]].to(dead.device)
-        return dead
+        return dead.cpu()  # the unit bookkeeping (`kept`, `inputs`) stays on the CPU
 
     def _dead_inputs(self, layer: nn.Module) -> Tensor:
         w = deployed_weight(layer)
@@ -131,7 +131,7 @@ class _Shrinker:
         pip = as_prunable(layer).posterior().input_inclusion
         if pip is not None:
             dead |= pip.to(dead.device) <= self.threshold
-        return dead
+        return dead.cpu()
 
     # -- folding ---------------------------------------------------------------------
     def _constants(self, k: int, units: Tensor) -> Tensor:
