@@ -11,6 +11,10 @@ the cut columns held at zero). Per seed, on the benchmark's split of the MNIST t
 set (`compress_lenet5.split`: 55,000 training / 5,000 validation images), validation
 error only: the test set is not loaded.
 
+`--cut-epoch E` cuts fc1's inputs after E of the `--epochs` instead of after all of them:
+the small structure then trains the remaining epochs (a new one-cycle schedule) with the
+cut columns held at zero, before the fine-tune. `--device cuda` runs it on a GPU.
+
 `--teacher-epochs N` first trains a full LeNet-5-Caffe (20-50-800-500) for N epochs and
 trains and fine-tunes the small network against it (knowledge distillation: a weight
 `--distill-alpha` on the KL from the teacher's softmax at `--distill-temperature`, × T²,
@@ -93,15 +97,26 @@ def train(
                     fc1.weight[:, ~keep] = 0.0
 
 
+def _cut(net: nn.Sequential, inputs: int) -> Tensor:
+    """Keep fc1's `inputs` input columns of largest norm (the others zeroed): the mask."""
+    norms = net[7].weight.detach().norm(dim=0)
+    keep = torch.zeros_like(norms, dtype=torch.bool)
+    keep[norms.argsort(descending=True)[:inputs]] = True
+    with torch.no_grad():
+        net[7].weight[:, ~keep] = 0.0
+    return keep
+
+
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     fit, val = split(load_mnist("train"), 5000, seed)
-    x, y = fit.tensors
-    xv, yv = val.tensors
+    device = torch.device(args.device)
+    x, y = (t.to(device) for t in fit.tensors)
+    xv, yv = (t.to(device) for t in val.tensors)
     start = time.perf_counter()
     teacher, teacher_error = None, None
     if args.teacher_epochs:
         torch.manual_seed(seed + 100)
-        big = lenet5(20, 50, 500)
+        big = lenet5(20, 50, 500).to(device)
         train(big, x, y, args.teacher_epochs, args.lr, seed + 100, None)
         teacher_error = error_pct(big, xv, yv)
         with torch.no_grad():
@@ -114,15 +129,14 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     }
     torch.manual_seed(seed)
     c1, c2, hidden = args.widths
-    net = lenet5(c1, c2, hidden)
-    train(net, x, y, args.epochs, args.lr, seed, None, **distill)
+    net = lenet5(c1, c2, hidden).to(device)
+    first = args.cut_epoch or args.epochs
+    train(net, x, y, first, args.lr, seed, None, **distill)
     dense = error_pct(net, xv, yv)
-    norms = net[7].weight.detach().norm(dim=0)
-    keep = torch.zeros_like(norms, dtype=torch.bool)
-    keep[norms.argsort(descending=True)[: args.fc1_inputs]] = True
-    with torch.no_grad():
-        net[7].weight[:, ~keep] = 0.0
+    keep = _cut(net, args.fc1_inputs)
     cut = error_pct(net, xv, yv)
+    if first < args.epochs:  # the cut structure trains the rest of the epochs
+        train(net, x, y, args.epochs - first, args.lr, seed + 2, keep, **distill)
     train(net, x, y, args.finetune_epochs, args.finetune_lr, seed + 1, keep, **distill)
     tuned = error_pct(net, xv, yv)
     structure = f"{c1}-{c2}-{int(keep.sum())}-{hidden}"
@@ -141,9 +155,12 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
 def render(runs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     c1, c2, hidden = settings["widths"]
+    cut_at = settings.get("cut_epoch")
+    rest = f"{settings['epochs'] - cut_at} epochs with the cut held, " if cut_at else ""
     rows = [
         {
-            "network": f"{c1}-{c2}-{c2 * 16}-{hidden}, trained {settings['epochs']} epochs",
+            "network": f"{c1}-{c2}-{c2 * 16}-{hidden}, trained "
+            f"{settings.get('cut_epoch') or settings['epochs']} epochs",
             "validation error %": mean_sd([r["val_error_pct_dense"] for r in runs], 2),
         },
         {
@@ -151,7 +168,7 @@ def render(runs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
             "validation error %": mean_sd([r["val_error_pct_cut"] for r in runs], 2),
         },
         {
-            "network": f"  + {settings['finetune_epochs']} fine-tune epochs",
+            "network": f"  + {rest}{settings['finetune_epochs']} fine-tune epochs",
             "validation error %": mean_sd([r["val_error_pct_finetuned"] for r in runs], 2),
         },
     ]
@@ -183,6 +200,8 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=0)
     parser.add_argument("--distill-temperature", type=float, default=4.0)
     parser.add_argument("--distill-alpha", type=float, default=0.9)
+    parser.add_argument("--cut-epoch", type=int, default=None, help="cut fc1 after E epochs")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default=NAME)
     add_results_dir_option(parser)
