@@ -35,7 +35,7 @@ from bayesprune.compress import (
 )
 from bayesprune.evaluation import scorer
 from bayesprune.models import build
-from bayesprune.nn import use_posterior_mean
+from bayesprune.nn import use_posterior_mean, variational_layers
 from bayesprune.predict import predict
 
 DEVICE = torch.device(os.environ.get("BAYESPRUNE_TEST_DEVICE", "cuda"))
@@ -177,3 +177,57 @@ def test_every_cli_step_runs_on_cuda(tmp_path, name):
     invoke("export", str(run))
     assert (run / "export" / "model.onnx").is_file()
     assert "not available here" not in (run / "log.txt").read_text()
+
+
+@needs_cuda
+def test_a_transformer_loses_heads_and_units_to_a_flops_budget_on_cuda(tmp_path):
+    size = {"patch": 7, "width": 16, "depth": 2, "heads": 4, "hidden": 32}
+    run = _trained(tmp_path, {"builder": "vit", "kwargs": size})
+    invoke("compress", str(run), "--rule", "flops", "--flops", "0.6", "--quiet")
+    report = json.loads((run / "compressed" / "compression.json").read_text())
+    assert report["extra"]["flops"]["ratio"] <= 0.6
+    invoke("evaluate", str(run))
+    _recorded_matches_a_cpu_rescore(run, "compressed")
+    invoke("export", str(run))
+
+
+SPIKE = {
+    "data": {"name": "breast_cancer", "noise_columns": 4, "val_fraction": 0.25},
+    "model": {"kwargs": {"hidden": [8]}, "family": "spike_slab", "input_gates": True},
+    "train": {"epochs": 30, "batch_size": 64, "lr": 0.01, "device": str(DEVICE)},
+    "evaluate": {"samples": 4},
+}
+
+
+@needs_cuda
+def test_spike_and_slab_prunes_by_pips_and_selects_features_on_cuda(tmp_path):
+    (tmp_path / "spike.yaml").write_text(yaml.safe_dump(SPIKE))
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    invoke("train", str(tmp_path / "spike.yaml"), "--out", str(run), "--quiet")
+    invoke("compress", str(run), "--quiet")  # the family's default: a PIP rule on units
+    invoke("evaluate", str(run))
+    _recorded_matches_a_cpu_rescore(run, "compressed")
+    invoke("select-features", str(run))
+    features = json.loads((run / "features.json").read_text())
+    assert features["score"] == "pip" and features["n_features"] == 30 + 4  # 4 noise columns
+    assert set(features["selected"]) <= set(range(34)) and features["selected"]
+    first = next(layer for _, layer in variational_layers(Run.open(run).load_model("trained")))
+    pips = first.posterior().input_inclusion.flatten().double()  # read on the CPU
+    torch.testing.assert_close(torch.tensor(features["scores"], dtype=torch.float64), pips)
+    invoke("report", str(run))
+
+
+@needs_cuda
+def test_a_loader_trains_and_predicts_on_cuda_as_tensors_do():
+    x, y = _flat_bars(300, 0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=50)
+    torch.manual_seed(0)
+    model = build("mlp", in_features=64, hidden=[32], out_features=3)
+    fit(model, loader, epochs=10, lr=0.01, device=DEVICE, progress=False)
+    assert next(model.parameters()).device.type == DEVICE.type
+    by_loader = predict(model, loader, samples=3, seed=0, batch_size=None)
+    by_tensor = predict(model, x, samples=3, seed=0, batch_size=50)
+    torch.testing.assert_close(by_loader.probs.cpu(), by_tensor.probs.cpu())
+    shared = predict(model, x, samples=3, seed=0, sampling="shared")
+    assert float((shared.probs.cpu().argmax(1) == y).double().mean()) > 0.9

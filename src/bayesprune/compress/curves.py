@@ -101,7 +101,7 @@ def unit_removal_curve(
         raise ValueError(f"no unit scores for layer {layer!r}; hidden layers: {list(scores)}")
     importance = scores[layer]
     n = importance.numel()
-    order = torch.argsort(importance)
+    order = torch.argsort(importance).cpu()  # the keep masks are built on the CPU
     rows = []
     for k in sorted({min(round(i * n / steps), n - 1) for i in range(steps)}):
         keep = torch.ones(n, dtype=torch.bool)

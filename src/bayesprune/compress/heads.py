@@ -39,7 +39,7 @@ def attention_modules(model: nn.Module) -> dict[str, MultiheadAttention]:
 def head_units(module: MultiheadAttention, heads: Tensor) -> Tensor:
     """The projection units (rows of q/k/v, columns of out_proj) of `heads` (indices)."""
     size = module.head_dim
-    offsets = torch.arange(size)
+    offsets = torch.arange(size, device=heads.device)
     return (heads.long().view(-1, 1) * size + offsets).flatten()
 
 

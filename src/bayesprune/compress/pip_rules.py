@@ -95,7 +95,8 @@ def bayesian_fdr(pip: Tensor, alpha: float = 0.05) -> Tensor:
         return torch.zeros(0, dtype=torch.bool, device=pip.device)
     order = torch.argsort(-pip, stable=True)
     miss = 1 - pip[order].double()
-    running = torch.cumsum(miss, 0) / torch.arange(1, pip.numel() + 1, dtype=torch.float64)
+    ranks = torch.arange(1, pip.numel() + 1, dtype=torch.float64, device=pip.device)
+    running = torch.cumsum(miss, 0) / ranks
     over = (running > alpha + 1e-12).nonzero()
     k = int(over[0, 0]) if len(over) else pip.numel()
     keep = torch.zeros(pip.shape, dtype=torch.bool, device=pip.device)
