@@ -4,8 +4,9 @@ $BAYESPRUNE_TEST_DEVICE (default "cuda"); skipped where torch does not have it (
 a GPU machine: `python -m pytest tests/test_cuda.py`; the same tests on the CPU, to
 check the tests themselves: `BAYESPRUNE_TEST_DEVICE=cpu python -m pytest tests/test_cuda.py`.
 
-The first test runs everywhere: a run whose `train.device` this machine lacks is
-evaluated and compressed on the CPU, with a line in its log saying so."""
+The first two tests run everywhere: a run whose `train.device` this machine lacks
+computes on the CPU, with a line in its log saying so, and `train.device: auto` trains on
+the accelerator torch has (the CPU in CI) and records which."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from click.testing import CliRunner
 
 from bayesprune import fit
 from bayesprune.app import Run
-from bayesprune.app.config import parse_config
+from bayesprune.app.config import ConfigError, parse_config
 from bayesprune.cli import main
 from bayesprune.compress import (
     apply_masks,
@@ -37,6 +38,7 @@ from bayesprune.evaluation import scorer
 from bayesprune.models import build
 from bayesprune.nn import use_posterior_mean, variational_layers
 from bayesprune.predict import predict
+from bayesprune.validation import resolve_device
 
 DEVICE = torch.device(os.environ.get("BAYESPRUNE_TEST_DEVICE", "cuda"))
 needs_cuda = pytest.mark.skipif(
@@ -52,6 +54,27 @@ def test_a_device_this_machine_lacks_falls_back_to_the_cpu_and_says_so(tmp_path)
     log = (tmp_path / "log.txt").read_text()
     assert log.count("train.device 'cuda:7' is not available here; computing on the cpu") == 1
     assert Run(tmp_path, parse_config({"data": {"name": "breast_cancer"}})).device.type == "cpu"
+
+
+def test_auto_trains_on_the_accelerator_torch_has_and_records_which(tmp_path):
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    if expected == "cpu" and torch.backends.mps.is_available():
+        expected = "mps"
+    assert resolve_device("auto").type == expected
+    raw = {
+        "data": {"name": "breast_cancer", "limit": 120, "test_limit": 60},
+        "model": {"kwargs": {"hidden": [8]}},
+        "train": {"epochs": 1, "batch_size": 32},
+    }
+    (tmp_path / "auto.yaml").write_text(yaml.safe_dump(raw))
+    invoke("train", str(tmp_path / "auto.yaml"), "--out", str(tmp_path / "run"), "--device", "auto")
+    run = Run.open(tmp_path / "run")
+    assert run.config.train.device == "auto"  # the file stays portable
+    assert run.device.type == expected
+    made = json.loads((tmp_path / "run" / "metrics.json").read_text())["provenance"]
+    assert made["device"].startswith(expected)
+    with pytest.raises(ConfigError, match="'cpu', 'cuda', 'cuda:0' or 'auto'"):
+        parse_config({**raw, "train": {"device": "tpu:x"}})
 
 
 def _flat_bars(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -105,7 +105,11 @@ _ood_option = click.option(
     "model.kwargs.hidden=[32,16] (a YAML value; repeatable; validated like the file).",
 )
 @click.option("--seed", type=int, default=None, help="Shortcut for --set train.seed=N.")
-@click.option("--device", default=None, help="Shortcut for --set train.device=DEV (cpu, cuda:0).")
+@click.option(
+    "--device",
+    default=None,
+    help="Shortcut for --set train.device=DEV (cpu, cuda, cuda:0, auto: the GPU if any).",
+)
 @_QUIET
 @click.option(
     "--nproc",
@@ -185,9 +189,11 @@ def _train_process(
     """
     from .app.steps import train_run
     from .distributed import setup
+    from .validation import resolve_device
 
     cfg = load_config(config, sets)
-    if not setup(device=cfg.train.device, timeout_s=cfg.train.timeout_s).is_main:
+    device = resolve_device(cfg.train.device)
+    if not setup(device=device, timeout_s=cfg.train.timeout_s).is_main:
         with tempfile.TemporaryDirectory(prefix="bayesprune-rank-") as scratch:
             train_run(cfg, scratch)
         return None

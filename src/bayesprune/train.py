@@ -80,6 +80,7 @@ from .training_control import (
 from .validation import (
     check_device,
     forward_checked,
+    resolve_device,
 )
 
 __all__ = ["Callback", "DataLike", "History", "StopTraining", "as_dataset", "evaluate", "fit"]
@@ -217,6 +218,9 @@ def fit(
     rank 0 writes checkpoints and shows progress, callbacks run on every process with
     the same (all-reduced) record. See `bayesprune.distributed` and docs/distributed.md.
 
+    `device`: where the model trains ("cpu", "cuda", "cuda:1", ...; "auto" the GPU when
+    torch sees one, else MPS, else the CPU). The model is moved there in place.
+
     `train` / `val`: a Dataset, an (X, y) pair, or a DataLoader (for `train` also any
     re-iterable of (x, y) batches, streamed once per epoch; N is `len(loader.dataset)`,
     else pass `dataset_size`). A loader shuffles with its own generator, so resuming
@@ -254,6 +258,7 @@ def fit(
     lr_schedule = resolve_schedule(lr_schedule, model)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir, the folder of the run to resume")
+    device = resolve_device(device)  # "auto": the accelerator torch has here, else the CPU
     check_device(device)
     ctx = dp.context(distributed, device)
     device = dp.device_for(device, ctx)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .io import CheckpointError
 
 __all__ = [
+    "AUTO_DEVICE",
     "check_checkpoint_meta",
     "check_device",
     "check_finite_number",
@@ -25,6 +26,7 @@ __all__ = [
     "check_input_dtype",
     "check_scores",
     "forward_checked",
+    "resolve_device",
 ]
 
 
@@ -91,9 +93,25 @@ def forward_checked(model: nn.Module, x: Tensor) -> Any:
         raise
 
 
+AUTO_DEVICE = "auto"
+"""The device name that means the first accelerator torch has here (CUDA, then MPS), else
+the CPU: what Lightning's accelerator="auto" does."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch device, "auto" (`AUTO_DEVICE`) resolved on this machine."""
+    if isinstance(device, str) and device == AUTO_DEVICE:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
 def check_device(device: str | torch.device) -> None:
     """Refuse an accelerator this torch build cannot use, naming the fix."""
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {str(device)!r} was asked for but torch finds no CUDA device here; set "

@@ -35,6 +35,7 @@ from ..kl_schedule import kl_stages
 from ..likelihoods import likelihood_names
 from ..optim import AUTO_SCHEDULE, LR_SCHEDULES, OPTIMIZERS
 from ..restore import RestoreMethod
+from ..validation import resolve_device
 from .overrides import apply_overrides, override_keys
 from .schema import ConfigError, _section, _unknown
 from .yaml_safe import YamlRefused, load_strict
@@ -350,8 +351,6 @@ def prune_epochs(t: TrainConfig) -> tuple[int, int]:
 
 
 def _check_train(t: TrainConfig) -> None:
-    import torch
-
     if t.prune_sparsity is not None:
         start, end = prune_epochs(t)
         if not 1 <= start <= end <= t.epochs:
@@ -366,14 +365,14 @@ def _check_train(t: TrainConfig) -> None:
         )
 
     try:
-        device = torch.device(t.device)
+        device = resolve_device(t.device)  # "auto" is kept as "auto" in config.yaml
     except (RuntimeError, ValueError) as err:
         raise ConfigError(
             f"train.device {t.device!r} is not a device torch knows ({err}); use 'cpu', "
-            "'cuda' or 'cuda:0'"
+            "'cuda', 'cuda:0' or 'auto'"
         ) from None
     if device.type not in ("cpu", "cuda", "mps", "xpu"):
-        raise ConfigError(f"train.device {t.device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+        raise ConfigError(f"train.device {t.device!r}: use 'cpu', 'cuda', 'cuda:N' or 'auto'")
     try:
         kl_stages(t.kl_weight, t.epochs)
     except ValueError as err:

@@ -52,6 +52,7 @@ from ..compress.persist import load_shrunk, save_shrunk
 from ..io import CheckpointError, atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
 from ..likelihoods import Likelihood
 from ..nn import get_family, variational_layers
+from ..validation import resolve_device
 from .config import ConfigError, RunConfig, config_to_dict, dump_config, load_config
 from .data import RunData, load_data
 from .factory import build_model, flattens, run_likelihood
@@ -265,7 +266,7 @@ class Run:
         """Where the steps after training compute (search, fine-tunes, predictions): the
         run's `train.device` where this machine has it, else the CPU, so a run trained on
         a GPU still compresses, evaluates and restores on a laptop."""
-        wanted = torch.device(self.config.train.device)
+        wanted = resolve_device(self.config.train.device)
         if wanted.type == "cpu" or _available(wanted):
             return wanted
         if not self._device_noted:

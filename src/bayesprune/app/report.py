@@ -123,7 +123,8 @@ def _header_rows(trained: dict[str, Any], run: Run) -> list[list[Any]]:
     made = trained.get("provenance", {})
     rows.append(["seed", made.get("seed", run.config.train.seed)])
     if "training_seconds" in made:
-        rows.append(["training time", f"{made['training_seconds']:.1f} s"])
+        device = f" on {made['device']}" if "device" in made else ""
+        rows.append(["training time", f"{made['training_seconds']:.1f} s{device}"])
     if "finished" in made:
         rows.append(["trained (UTC)", made["finished"]])
     rows.append(["trained with", f"bayesprune {made.get('bayesprune', 'unknown')}"])

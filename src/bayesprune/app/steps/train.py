@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ... import __version__, metrics
@@ -107,6 +108,7 @@ def _train(run: Run, progress: bool, echo: Callable[[str], None] | None) -> dict
         "provenance": {  # shown in the report's header
             "bayesprune": __version__,
             "seed": config.train.seed,
+            "device": str(next(model.parameters(), torch.empty(0)).device),  # "auto" resolved
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "training_seconds": sum(float(e.get("seconds", 0.0)) for e in history.epochs),
         },
