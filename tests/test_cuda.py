@@ -56,6 +56,25 @@ def test_a_device_this_machine_lacks_falls_back_to_the_cpu_and_says_so(tmp_path)
     assert Run(tmp_path, parse_config({"data": {"name": "breast_cancer"}})).device.type == "cpu"
 
 
+def test_a_command_computes_on_its_own_device_and_refuses_one_this_machine_lacks(tmp_path):
+    raw = {
+        "data": {"name": "breast_cancer", "limit": 120, "test_limit": 60, "val_fraction": 0.25},
+        "model": {"kwargs": {"hidden": [8]}},
+        "train": {"epochs": 2, "batch_size": 32},
+        "compress": {"rule": "global", "sparsity": 0.5},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    folder = tmp_path / "run"
+    invoke("train", str(tmp_path / "run.yaml"), "--out", str(folder))
+    for step in ("compress", "evaluate", "restore"):
+        result = CliRunner().invoke(main, [step, str(folder), "--device", "cuda:7"])
+        assert result.exit_code != 0 and "'cuda:7' was asked for" in result.output, step
+    assert not (folder / "compressed").exists()  # nothing written by the refused compress
+    invoke("compress", str(folder), "--device", "cpu")
+    invoke("evaluate", str(folder), "--device", "auto")
+    assert yaml.safe_load((folder / "config.yaml").read_text())["train"]["device"] == "cpu"
+
+
 def test_auto_trains_on_the_accelerator_torch_has_and_records_which(tmp_path):
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     if expected == "cpu" and torch.backends.mps.is_available():

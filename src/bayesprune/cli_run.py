@@ -69,10 +69,20 @@ def _progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-def _open(run: str) -> Any:
+def _open(run: str, device: str | None = None) -> Any:
+    """The run folder; with `device`, computing there for this command only."""
     from .app.folder import Run
 
-    return Run.open(run)
+    opened = Run.open(run)
+    return opened if device is None else opened.on_device(device)
+
+
+_device_option = click.option(
+    "--device",
+    default=None,
+    help="Compute this command on DEV (cpu, cuda, cuda:0, auto: the GPU if any); default: "
+    "the run's train.device. Not written into config.yaml.",
+)
 
 
 def _show(obj: Any) -> str:
@@ -205,14 +215,15 @@ def _train_process(
 @click.command("evaluate")
 @_RUN
 @_model_choice("auto: the trained model and, if present, the compressed one.")
+@_device_option
 @_QUIET
 @_friendly
-def evaluate(run: str, which: str, quiet: bool) -> None:
+def evaluate(run: str, which: str, quiet: bool, device: str | None) -> None:
     """Accuracy / NLL / ECE / Brier (or RMSE / NLL) of RUN's models, MC and posterior mean."""
     from .app.steps import evaluate_run
     from .predict import describe_prediction
 
-    r = _open(run)
+    r = _open(run, device)
     results = evaluate_run(r, which, progress=_progress(quiet))
     samples = r.config.evaluate.samples
     for name, entry in results.items():
@@ -290,16 +301,17 @@ def evaluate(run: str, which: str, quiet: bool) -> None:
     help="Validation rows the search, rule flops and the rounds score (the first ones; "
     "default 2000): raise it with a larger validation split to hold ECE beyond its floor.",
 )
+@_device_option
 @_QUIET
 @_friendly
-def compress(run: str, quiet: bool, **overrides: Any) -> None:
+def compress(run: str, quiet: bool, device: str | None, **overrides: Any) -> None:
     """Prune RUN's trained model by its posterior, shrink it, write RUN/compressed/."""
     from .app.steps import compress_run
 
     if overrides.get("flops") is not None and overrides.get("rule") is None:
         overrides["rule"] = "flops"  # with its own score unless one is given
         overrides["score"] = overrides.get("score") or "auto"
-    report = compress_run(_open(run), overrides, progress=_progress(quiet))
+    report = compress_run(_open(run, device), overrides, progress=_progress(quiet))
     t, m = report["totals"], report["metrics"]
     click.echo(
         f"{report['title']}\n"
@@ -384,8 +396,9 @@ def _tolerances(items: tuple[str, ...]) -> dict[str, float | str] | None:
     help="Candidates within this many standard errors of the lowest validation NLL are "
     "tied and the tie goes to the lowest ECE (default: restore.tie_se, 1; 0: NLL alone).",
 )
+@_device_option
 @_friendly
-def restore(run: str, **overrides: Any) -> None:
+def restore(run: str, device: str | None, **overrides: Any) -> None:
     """Restore the calibration of RUN's compressed model; the method is chosen on validation.
 
     Writes RUN/restored/ (model.safetensors, restore.json with the metrics before and
@@ -394,7 +407,7 @@ def restore(run: str, **overrides: Any) -> None:
     """
     from .app.steps.restore import restore_run
 
-    record = restore_run(_open(run), overrides)
+    record = restore_run(_open(run, device), overrides)
     t = record["temperature"]
     click.echo(
         f"restore: {record['method']}"

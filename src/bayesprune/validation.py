@@ -117,6 +117,12 @@ def check_device(device: str | torch.device) -> None:
             f"device {str(device)!r} was asked for but torch finds no CUDA device here; set "
             "train.device: cpu (or device='cpu'), or install a CUDA build of torch"
         )
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {str(device)!r} was asked for but torch sees "
+            f"{torch.cuda.device_count()} CUDA device(s) here; use cuda:0 to "
+            f"cuda:{torch.cuda.device_count() - 1}, or 'auto'"
+        )
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {str(device)!r} is not available here; use device 'cpu'")
 

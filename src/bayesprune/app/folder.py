@@ -52,8 +52,15 @@ from ..compress.persist import load_shrunk, save_shrunk
 from ..io import CheckpointError, atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
 from ..likelihoods import Likelihood
 from ..nn import get_family, variational_layers
-from ..validation import resolve_device
-from .config import ConfigError, RunConfig, config_to_dict, dump_config, load_config
+from ..validation import check_device, resolve_device
+from .config import (
+    ConfigError,
+    RunConfig,
+    config_to_dict,
+    dump_config,
+    load_config,
+    parse_config,
+)
 from .data import RunData, load_data
 from .factory import build_model, flattens, run_likelihood
 from .transaction import ArtefactSet, RunFolderError, Transaction, folder_lock, recover, verify
@@ -157,6 +164,16 @@ class Run:
         other = Run(self.folder, config)
         if config.data == self.config.data:
             other._data = self._data
+        return other
+
+    def on_device(self, device: str) -> Run:
+        """The same run computing on `device` (a command's `--device`): checked here,
+        config.yaml untouched. Unlike `train.device`, an explicit device this machine
+        lacks is an error, not a fallback."""
+        raw = config_to_dict(self.config)
+        raw["train"]["device"] = device
+        other = self.with_config(parse_config(raw))
+        check_device(device)
         return other
 
     # -- locking and artefact sets -------------------------------------------------------
