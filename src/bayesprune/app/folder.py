@@ -284,12 +284,16 @@ class Run:
         run's `train.device` where this machine has it, else the CPU, so a run trained on
         a GPU still compresses, evaluates and restores on a laptop."""
         wanted = resolve_device(self.config.train.device)
-        if wanted.type == "cpu" or _available(wanted):
-            return wanted
-        if not self._device_noted:
-            self._device_noted = True
-            self.log(f"train.device {str(wanted)!r} is not available here; computing on the cpu")
-        return torch.device("cpu")
+        try:
+            check_device(wanted)
+        except ValueError:
+            if not self._device_noted:
+                self._device_noted = True
+                self.log(
+                    f"train.device {str(wanted)!r} is not available here; computing on the cpu"
+                )
+            return torch.device("cpu")
+        return wanted
 
     def likelihood(self) -> Likelihood:
         """The run's likelihood with its trained parameters (when training published them)."""
@@ -392,14 +396,6 @@ class Run:
             "family": m.family,
             "bayesian": get_family(m.family).bayesian,
         }
-
-
-def _available(device: torch.device) -> bool:
-    """True when torch can compute on `device` here."""
-    if device.type == "cuda":
-        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
-    backend = getattr(torch.backends, device.type, None) or getattr(torch, device.type, None)
-    return bool(backend is not None and backend.is_available())
 
 
 def _on_cpu(model: nn.Module) -> nn.Module:
