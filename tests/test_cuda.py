@@ -4,9 +4,10 @@ $BAYESPRUNE_TEST_DEVICE (default "cuda"); skipped where torch does not have it (
 a GPU machine: `python -m pytest tests/test_cuda.py`; the same tests on the CPU, to
 check the tests themselves: `BAYESPRUNE_TEST_DEVICE=cpu python -m pytest tests/test_cuda.py`.
 
-The first two tests run everywhere: a run whose `train.device` this machine lacks
-computes on the CPU, with a line in its log saying so, and `train.device: auto` trains on
-the accelerator torch has (the CPU in CI) and records which."""
+The first three tests run everywhere: a run whose `train.device` this machine lacks
+computes on the CPU, with a line in its log saying so; a command's own `--device` is
+checked and refused when missing; `train.device: auto` trains on the accelerator torch
+has (the CPU in CI) and records which."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_a_device_this_machine_lacks_falls_back_to_the_cpu_and_says_so(tmp_path)
     raw = {"data": {"name": "breast_cancer"}, "train": {"device": "cuda:7"}}
     run = Run(tmp_path, parse_config(raw))
     assert run.device == torch.device("cpu")  # no machine here has an eighth GPU
-    assert run.device == torch.device("cpu")
+    assert run.device == torch.device("cpu")  # asked twice, noted once
     log = (tmp_path / "log.txt").read_text()
     assert log.count("train.device 'cuda:7' is not available here; computing on the cpu") == 1
     assert Run(tmp_path, parse_config({"data": {"name": "breast_cancer"}})).device.type == "cpu"
