@@ -547,6 +547,13 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def with_overrides(config: RunConfig, section: str, overrides: dict[str, Any]) -> RunConfig:
+    """`config` with some keys of one section replaced (validated like a config file)."""
+    raw = config_to_dict(config)
+    raw[section].update({k: v for k, v in overrides.items() if v is not None})
+    return parse_config(raw)
+
+
 def dump_config(config: RunConfig) -> str:
     """The config as YAML (every key, defaults included), section order kept."""
     return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=None)

@@ -59,7 +59,7 @@ from .config import (
     config_to_dict,
     dump_config,
     load_config,
-    parse_config,
+    with_overrides,
 )
 from .data import RunData, load_data
 from .factory import build_model, flattens, run_likelihood
@@ -170,9 +170,7 @@ class Run:
         """The same run computing on `device` (a command's `--device`): checked here,
         config.yaml untouched. Unlike `train.device`, an explicit device this machine
         lacks is an error, not a fallback."""
-        raw = config_to_dict(self.config)
-        raw["train"]["device"] = device
-        other = self.with_config(parse_config(raw))
+        other = self.with_config(with_overrides(self.config, "train", {"device": device}))
         check_device(device)
         return other
 

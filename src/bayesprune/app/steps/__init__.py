@@ -10,7 +10,8 @@
 | `export_run` | export/model.onnx, export/model.safetensors, export/export.json |
 """
 
-from .compress import compress_run, compression_masks, with_overrides
+from ..config import with_overrides
+from .compress import compress_run, compression_masks
 from .evaluate import evaluate_model, evaluate_run, model_entry
 from .export import export_run
 from .features import feature_scores, select_features

@@ -48,9 +48,8 @@ from ..config import (
     FLOPS_RULE,
     PIP_RULE_NAMES,
     ConfigError,
-    RunConfig,
     config_to_dict,
-    parse_config,
+    with_overrides,
 )
 from ..data import RunData
 from ..factory import ood_inputs
@@ -311,13 +310,6 @@ def _rounds(
     if "warning" in used:
         run.log(f"compress: warning: {used['warning']}")
     return result.model, {**result.as_dict(), "score": how["score"], "data": used}
-
-
-def with_overrides(config: RunConfig, section: str, overrides: dict[str, Any]) -> RunConfig:
-    """`config` with some keys of one section replaced (validated like a config file)."""
-    raw = config_to_dict(config)
-    raw[section].update({k: v for k, v in overrides.items() if v is not None})
-    return parse_config(raw)
 
 
 def compress_run(

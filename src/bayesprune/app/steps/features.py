@@ -17,7 +17,7 @@ from ... import metrics
 from ...compress import input_scores
 from ...compress.pip_rules import select_by_pip
 from ...screen import ScreenResult, screen_features
-from ..config import AUTO, LOG_ALPHA_RULE, RELATIVE, ConfigError
+from ..config import AUTO, LOG_ALPHA_RULE, RELATIVE, ConfigError, with_overrides
 from ..data import RunData
 from ..folder import Run
 from ..policy import LOG_ALPHA_THRESHOLD, RELATIVE_THRESHOLD, feature_rule
@@ -67,8 +67,6 @@ def select_features(
     features section, e.g. from `select-features --rule`) apply to this selection only:
     recorded in features.json's "options", config.yaml untouched."""
     if overrides and any(v is not None for v in overrides.values()):
-        from .compress import with_overrides
-
         run = run.with_config(with_overrides(run.config, "features", overrides))
     if not write:
         return _select(run, write)

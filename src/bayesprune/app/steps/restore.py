@@ -26,11 +26,10 @@ from ...calibration import TemperatureScaled
 from ...evaluation import Scorer
 from ...kl_schedule import kl_stages
 from ...restore_choice import NONE, choose_restoration, restore_scorer, restoring_methods
-from ..config import ConfigError, config_to_dict
+from ..config import ConfigError, config_to_dict, with_overrides
 from ..factory import ood_inputs
 from ..folder import Run
 from ..policy import primary_mode
-from .compress import with_overrides
 
 RESTORE_JSON = "restored/restore.json"
 
