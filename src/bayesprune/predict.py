@@ -33,7 +33,7 @@ from .likelihoods import Likelihood, make_likelihood
 from .nn import GradientEstimator, use_posterior_mean
 from .nn.pass_draws import one_draw_per_pass
 from .options import Choice
-from .validation import check_input_dtype, forward_checked
+from .validation import check_input_dtype, forward_checked, model_device
 
 
 class PredictMode(Choice):
@@ -145,7 +145,7 @@ def predict(
         raise ValueError(f"samples must be >= 1, got {samples}")
     likelihood = make_likelihood(likelihood)
     reference = next(iter(model.parameters()), None)
-    device = reference.device if reference is not None else torch.device("cpu")
+    device = model_device(model)
     batch_size = default_batch_size(device) if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

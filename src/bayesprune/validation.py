@@ -26,6 +26,7 @@ __all__ = [
     "check_input_dtype",
     "check_scores",
     "forward_checked",
+    "model_device",
     "resolve_device",
 ]
 
@@ -107,6 +108,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(device)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where `model`'s parameters live (the CPU for a model without any)."""
+    reference = next(iter(model.parameters()), None)
+    return reference.device if reference is not None else torch.device("cpu")
 
 
 def check_device(device: str | torch.device) -> None:

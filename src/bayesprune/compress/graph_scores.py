@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.base import use_posterior_mean
+from ..validation import model_device
 from .adapters import as_prunable
 from .graph_trace import analyse
 from .heads import attention_modules, head_scores
@@ -127,8 +128,7 @@ def activation_scores(
     """
     if inputs < 1:
         raise ValueError(f"inputs counts the forward's tensors, at least 1, got {inputs}")
-    reference = next(iter(model.parameters()), None)
-    device = reference.device if reference is not None else torch.device("cpu")
+    device = model_device(model)
     batches = (tuple(t.to(device) for t in args) for args in _batches(data, inputs))
     first = next(batches, None)
     if first is None:

@@ -24,6 +24,7 @@ from ...compress import (
     weight_masks_for,
 )
 from ...compress.chain import deployed_weight
+from ...validation import model_device
 from ..config import FLOPS_RULE, ConfigError
 from ..policy import ACTIVATION_SCORE
 
@@ -39,8 +40,7 @@ def deletes_units(model: nn.Module, level: str) -> bool:
 
 def example_batch(model: nn.Module, input_shape: tuple[int, ...]) -> Tensor:
     """Two rows of zeros on the model's device: what tracing a graph model runs."""
-    reference = next(iter(model.parameters()), None)
-    return torch.zeros(2, *input_shape, device=None if reference is None else reference.device)
+    return torch.zeros(2, *input_shape, device=model_device(model))
 
 
 def deleted_first(

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ... import __version__, metrics
@@ -15,6 +14,7 @@ from ...compress import GradualPruning
 from ...evaluation import VALIDATION_METRICS, evaluate
 from ...predict import describe_prediction
 from ...train import fit
+from ...validation import model_device
 from ..config import RunConfig, config_to_dict, prune_epochs
 from ..factory import run_likelihood
 from ..folder import Run, lock_folder
@@ -108,7 +108,7 @@ def _train(run: Run, progress: bool, echo: Callable[[str], None] | None) -> dict
         "provenance": {  # shown in the report's header
             "bayesprune": __version__,
             "seed": config.train.seed,
-            "device": str(next(model.parameters(), torch.empty(0)).device),  # "auto" resolved
+            "device": str(model_device(model)),  # where it trained ("auto" resolved)
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "training_seconds": sum(float(e.get("seconds", 0.0)) for e in history.epochs),
         },
