@@ -4,10 +4,10 @@ Designs: scikit-learn's wine, breast_cancer and diabetes; `make_classification`
 (informative columns first, no redundant ones), `make_friedman1`, and the library's
 `bai2020` simulation; n from 100 to 5,000 rows, 5 to 100 real columns, each with 20
 N(0, 1) noise columns appended. Per split (75/25, `random_state` = split): the default
-`BayesianMLPClassifier` / `BayesianMLPRegressor` (no argument but `random_state`),
-the same estimators with `family="sparse_vd_group"` (a log-uniform scale per input column
-instead of input gates), `MLPClassifier` / `MLPRegressor` (early stopping on its own
-validation part), L1-logistic /
+`BayesianMLPClassifier` / `BayesianMLPRegressor` (no argument but `random_state`:
+spike-and-slab input gates for the classifier, a log-uniform scale per input column for
+the regressor), the same estimators with the other family (`OTHER`), `MLPClassifier` /
+`MLPRegressor` (early stopping on its own validation part), L1-logistic /
 Lasso with CV, RandomForest + `SelectFromModel`. Every tuning step (CV, early stopping)
 sees only the training rows; the test rows are scored once.
 Recorded: held-out accuracy or R², columns kept (real, noise), TPR / FDR where the
@@ -57,9 +57,12 @@ NOISE = 20
 OURS = "bayesprune (default)"
 OURS_MEAN = 'bayesprune, predict_mode="mean"'
 """The default fit scored again by its posterior-mean network (gates = PIPs), no refit."""
-GROUP_VD = 'bayesprune, family="sparse_vd_group"'
-"""The estimator with one log-uniform scale per input column (selection by the scales' log α)."""
-OUR_ESTIMATORS = (OURS, GROUP_VD)
+OTHER_FAMILY = "bayesprune, the other family"
+"""The estimator with the family its task does not default to: for a classifier group
+Sparse VD (`family="sparse_vd_group"`, a log-uniform scale per input column), for a
+regressor the spike-and-slab gates (`family="spike_slab"`, the default before session 21)."""
+OTHER = {"classification": "sparse_vd_group", "regression": "spike_slab"}
+OUR_ESTIMATORS = (OURS, OTHER_FAMILY)
 """"Ours" in the target tables; every other method but `OURS_MEAN` is a baseline."""
 MLP = "MLP (sklearn)"
 RF = "RF + SelectFromModel"
@@ -143,7 +146,7 @@ def methods(task: str, seed: int) -> dict[str, Any]:
     ours = BayesianMLPClassifier if clf else BayesianMLPRegressor
     return {
         OURS: ours(random_state=seed),
-        GROUP_VD: ours(family="sparse_vd_group", random_state=seed),
+        OTHER_FAMILY: ours(family=OTHER[task], random_state=seed),
         MLP: scaled(mlp),
         "L1-logistic CV" if clf else "Lasso CV": scaled(linear),
         RF: make_pipeline(SelectFromModel(clone(forest)), clone(forest)),

@@ -124,6 +124,7 @@ def test_screen_adds_the_feature_the_gates_miss():
     y = 2 * X[:, 0] + 6 * X[:, 0] * np.abs(X[:, 1]) + 0.3 * rng.standard_normal(400)
     kwargs = {"epochs": 60, "lr": 0.02, "random_state": 0, "batch_size": 64}
     kwargs.update(gate_lr_multiplier=1.0, kl_warmup_steps=0)  # the gates as before issue 17
+    kwargs.update(family="spike_slab")  # the gates, not the regressor's default scales
     plain = BayesianMLPRegressor((8,), **kwargs).fit(X, y)
     assert plain.screen_ is None and plain.get_support().nonzero()[0].tolist() == [0]
     est = BayesianMLPRegressor((8,), screen=True, screen_epochs=60, **kwargs).fit(X, y)
@@ -191,6 +192,30 @@ def test_new_parameters_round_trip_through_clone_and_get_params():
     assert BayesianMLPRegressor().get_params()["epochs"] == "auto"
     with pytest.raises(ValueError, match="unknown monitor"):
         BayesianMLPRegressor(monitor="r2").fit(*_xor_like(50))
+
+
+def test_family_auto_is_gates_for_a_classifier_and_scales_for_a_regressor():
+    """The regressor's default reads each input scale's log α, predicts with its selection
+    network (no refit) and beats least squares on a linear table with noise columns; the
+    options that need PIPs bring the gates back."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((300, 12))
+    y = 3 * X[:, 0] - 2 * X[:, 1] + X[:, 2] + rng.standard_normal(300)
+    est = BayesianMLPRegressor(random_state=0, max_steps=600).fit(X[:200], y[:200])
+    assert (est.family_, est.importance_kind_, est.kl_weight_) == ("sparse_vd_group", "scale", 1)
+    assert est.refit_model_ is None and est.get_support().nonzero()[0].tolist() == [0, 1, 2]
+    ols = np.linalg.lstsq(np.c_[np.ones(200), X[:200]], y[:200], rcond=None)[0]
+    ols_r2 = (
+        1
+        - ((np.c_[np.ones(100), X[200:]] @ ols - y[200:]) ** 2).sum()
+        / ((y[200:] - y[200:].mean()) ** 2).sum()
+    )
+    assert est.score(X[200:], y[200:]) > ols_r2 - 0.01  # least squares reads 9 noise columns
+    short = {"epochs": 1, "random_state": 0}
+    for gated in ({"screen": True, "screen_epochs": 1}, {"input_gates": False}):
+        assert BayesianMLPRegressor(**gated, **short).fit(X, y).family_ == "spike_slab"
+    classifier = BayesianMLPClassifier(**short).fit(X, y > 0)
+    assert (classifier.family_, classifier.importance_kind_) == ("spike_slab", "pip")
 
 
 def test_default_regressor_beats_a_constant_on_a_small_friedman_set():
@@ -310,9 +335,10 @@ def test_refit_regressor_uses_a_fresh_noise_and_checks_its_parameters():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((150, 6))
     y = 10 + 3 * X[:, 0] - 2 * X[:, 1] + 0.3 * rng.standard_normal(150)
-    est = BayesianMLPRegressor((8,), min_steps=300, max_steps=300, random_state=0)
+    est = BayesianMLPRegressor((8,), family="spike_slab", min_steps=300, max_steps=300,
+                               random_state=0)  # fmt: skip
     est.fit(X, y)
-    assert est.refit_likelihood_ is not est.likelihood_
+    assert est.refit_likelihood_ is not None and est.refit_likelihood_ is not est.likelihood_
     assert est.get_support()[:2].all() and est.score(X, y) > 0.9
     twin = clone(est)
     assert twin.get_params() == est.get_params() and twin.get_params()["refit"] == "auto"

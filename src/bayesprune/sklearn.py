@@ -4,12 +4,13 @@
 selection, screen, prediction — of one shared base class reads best in one place; the
 data-dependent defaults and early stopping live in `estimator_defaults`.)
 
-`BayesianMLPClassifier` and `BayesianMLPRegressor` train a spike-and-slab MLP with
-a gate on every input feature (default, when that family is registered) or a
-mean-field Gaussian MLP, with `bayesprune.fit`, and predict by Monte-Carlo
-averaging over the posterior. They follow the scikit-learn contract: `__init__`
-only stores its arguments, `fit` validates them, fitted attributes end in `_`,
-`clone`, `Pipeline`, `cross_val_score` and `GridSearchCV` work.
+`BayesianMLPClassifier` trains a spike-and-slab MLP with a gate on every input feature
+and `BayesianMLPRegressor` a group Sparse VD MLP with a log-uniform scale on every input
+feature (the defaults, `family="auto"`; any other family by name), with
+`bayesprune.fit`, and both predict by Monte-Carlo averaging over the posterior. They
+follow the scikit-learn contract: `__init__` only stores its arguments, `fit` validates
+them, fitted attributes end in `_`, `clone`, `Pipeline`, `cross_val_score` and
+`GridSearchCV` work.
 
 Feature selection: `feature_importances_` are the input PIPs (posterior inclusion
 probabilities of the input gates) of a spike-and-slab model; with group Sparse VD
@@ -155,8 +156,8 @@ def _is_int(value: Any, least: int) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= least
 
 
-def _auto_family() -> str:
-    return "spike_slab"
+GATES_FAMILY = "spike_slab"
+SCALES_FAMILY = "sparse_vd_group"
 
 
 class _BayesianMLP(SelectorMixin, BaseEstimator):
@@ -232,8 +233,19 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.verbose = verbose
 
     # -- validation -----------------------------------------------------------------------
+    _auto_family_for_task = GATES_FAMILY
+    """What `family="auto"` trains for this task (the subclasses say; see `_auto_family`)."""
+
+    def _auto_family(self) -> str:
+        """`family="auto"`: the task's family, chosen on development splits of the small
+        tables (benchmarks/README.md, "Issue 17, session 21"); spike-and-slab gates
+        wherever an option needs input PIPs (`screen=True`) or says no input gates."""
+        if self.screen or not self.input_gates:
+            return GATES_FAMILY
+        return self._auto_family_for_task
+
     def _check_params(self) -> str:
-        family = _auto_family() if self.family == FAMILY_AUTO else self.family
+        family = self._auto_family() if self.family == FAMILY_AUTO else self.family
         valid = [FAMILY_AUTO, *(f for f in families() if not get_family(f).builders)]
         if family not in valid:
             raise ValueError(f"unknown family {self.family!r}; valid: {valid}")
@@ -571,8 +583,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
 class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     """A Bayesian MLP classifier (spike-and-slab by default) with input-feature PIPs.
 
-    Parameters: `hidden_layer_sizes`; `family` ("auto" = "spike_slab" when
-    registered, else "gaussian"; also "spike_slab_edge", "sparse_vd",
+    Parameters: `hidden_layer_sizes`; `family` ("auto" = "spike_slab" for a classifier,
+    "sparse_vd_group" for a regressor; also "gaussian", "spike_slab_edge", "sparse_vd",
     "sparse_vd_group" (a log-uniform scale per input column: the selection reads each
     scale's log α, `kl_weight="auto"` is 1.0 and `refit="auto"` False for it),
     "deterministic"); `input_gates` (spike-and-slab: a PIP per input feature);
@@ -633,12 +645,19 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
 
 
 class BayesianMLPRegressor(RegressorMixin, _BayesianMLP):
-    """A Bayesian MLP regressor with learned Gaussian noise and input-feature PIPs.
+    """A Bayesian MLP regressor with learned Gaussian noise and input-feature selection.
 
     Parameters and fitted attributes as `BayesianMLPClassifier` (no `classes_`;
-    `y_mean_`, `y_scale_` instead). `predict(X, return_std=True)` also returns the
-    predictive standard deviation (aleatoric + epistemic), in the units of y.
+    `y_mean_`, `y_scale_` instead), except `family="auto"`: group Sparse VD, a
+    log-uniform scale per input column (`importance_kind_ == "scale"`, no refit, the full
+    KL), which on the development splits of every small regression table predicted as
+    well as or better than the spike-and-slab gates and found more true columns; the
+    gates (input PIPs) with `screen=True` or `input_gates=False`, or with
+    `family="spike_slab"`. `predict(X, return_std=True)` also returns the predictive
+    standard deviation (aleatoric + epistemic), in the units of y.
     """
+
+    _auto_family_for_task = SCALES_FAMILY
 
     def fit(self, X: Any, y: Any) -> BayesianMLPRegressor:
         X, y = validate_data(self, X, y, y_numeric=True)
