@@ -119,19 +119,28 @@ REFIT_VARIANTS: dict[str, dict[str, Any]] = {
         "proxies": 0.5,
         "hidden_layer_sizes": (),
     },
+    "pip>0.5, gaussian refit": {"cut": 0.5, "family": "gaussian"},
+    "pip>0.5 + proxies |r|>0.4, gaussian refit": {"cut": 0.5, "proxies": 0.4, "family": "gaussian"},
 }
 """Diagnosis (`--variants`): predictors refitted on one selection fit's PIPs (`cut`: the
 PIP above which a column is read; "real": every real column, an oracle), with `members`
-refits of different seeds averaged, or other refit settings."""
+refits of different seeds averaged, or other refit settings (`family`: the refit network's
+family instead of the selection's)."""
 
 
-def _score_members(est: Any, members: list, columns: np.ndarray, Xv: Any, yv: Any) -> float:
-    """Held-out score of the average predictive of the refitted `members`."""
+def _score_members(
+    est: Any, members: list, columns: np.ndarray, Xv: Any, yv: Any, mode: str = "mc"
+) -> float:
+    """Held-out score of the average predictive of the refitted `members` (`mode`: the
+    estimator's predict_mode for the score)."""
     preds = []
+    saved = est.predict_mode
+    est.predict_mode = mode
     for trained in members:
         est.refit_model_, est.refit_likelihood_ = trained.model, trained.likelihood
         est.support_ = est.refit_columns_ = columns
         preds.append(est.predict_proba(Xv) if hasattr(est, "classes_") else est.predict(Xv))
+    est.predict_mode = saved
     avg = np.mean(preds, axis=0)
     if hasattr(est, "classes_"):
         return float(np.mean(est.classes_[avg.argmax(1)] == yv))
@@ -173,14 +182,15 @@ def run_variants(design: str, seed: int, names: list[str] | None = None) -> list
         for m in range(v.get("members", 1)):
             est.set_params(**{k: v[k] for k in ("hidden_layer_sizes", "refit_steps") if k in v})
             est.seed_ = est.seed_ + m
-            kl = est.kl_weight_
-            est.kl_weight_ = v.get("kl", kl)
+            kl, family = est.kl_weight_, est.family_
+            est.kl_weight_, est.family_ = v.get("kl", kl), v.get("family", family)
             members.append(est._refit(x, targets, n_out, lik, cols))
-            est.kl_weight_, est.seed_ = kl, est.seed_ - m
+            est.kl_weight_, est.seed_, est.family_ = kl, est.seed_ - m, family
             est.set_params(**base)
         score = _score_members(est, members, cols, Xv, yv)
         rows.append({
             "cfg": name, "design": design, "seed": seed, "holdout": "test", "score": score,
+            "score_mean": _score_members(est, members, cols, Xv, yv, mode="mean"),
             "seconds": time.perf_counter() - start, "real": int(cols[:p].sum()),
             "noise": int(cols[p:].sum()), "neg_elbo": _neg_elbo(members[0].history, len(x)),
         })  # fmt: skip
