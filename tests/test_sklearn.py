@@ -369,23 +369,26 @@ def test_the_refit_also_reads_the_kept_columns_correlated_proxies():
     x = np.hstack([base, base + 0.3 * rng.standard_normal((200, 1)), rng.standard_normal((200, 3))])
     x = torch.tensor(x, dtype=torch.float32)
     kept = np.array([True, False, False, False, False])
-    est = BayesianMLPClassifier(refit_correlation=0.5)
-    np.testing.assert_array_equal(est._refit_columns(x, kept), [True, True, False, False, False])
-    est.set_params(refit_correlation=None)
-    np.testing.assert_array_equal(est._refit_columns(x, kept), kept)
+    columns = BayesianMLPClassifier._refit_columns
+    np.testing.assert_array_equal(columns(x, kept, 0.5), [True, True, False, False, False])
+    np.testing.assert_array_equal(columns(x, kept, None), kept)
     X, y = _three_true_columns(n=120, noise_columns=3)
     X = np.hstack([X, X[:, :1] + 0.1 * rng.standard_normal((120, 1))])  # a proxy of column 0
     short = {"min_steps": 200, "max_steps": 200, "refit_steps": 50, "kl_warmup_steps": 50}
-    default = BayesianMLPClassifier((8,), random_state=0, **short).fit(X, y)
-    np.testing.assert_array_equal(default.refit_columns_, default.get_support())  # opt-in
-    fitted = BayesianMLPClassifier((8,), random_state=0, refit_correlation=0.4, **short)
-    fitted.fit(X, y)
+    fitted = BayesianMLPClassifier((8,), random_state=0, **short).fit(X, y)
+    assert (fitted.refit_family_, fitted.refit_correlation_) == ("gaussian", 0.4)  # "auto"
     assert fitted.refit_columns_[[0, -1]].all() and fitted.refit_columns_[3:6].sum() == 0
     assert fitted.refit_model_[0].in_features == fitted.refit_columns_.sum()
     assert (fitted.refit_columns_ >= fitted.get_support()).all()
+    gated = BayesianMLPClassifier((8,), random_state=0, refit_family="spike_slab", **short)
+    gated.fit(X, y)  # a gated refit reads the kept columns only ("auto" -> None)
+    assert gated.refit_correlation_ is None and gated.refit_model_[0].gate_logit is not None
+    np.testing.assert_array_equal(gated.refit_columns_, gated.get_support())
     for bad in (1.0, -0.1, "high", True):
         with pytest.raises(ValueError, match="refit_correlation"):
             BayesianMLPClassifier(refit_correlation=bad).fit(X, y)
+    with pytest.raises(ValueError, match="unknown refit_family 'nope'"):
+        BayesianMLPClassifier(refit_family="nope").fit(X, y)
 
 
 def test_group_sparse_vd_selects_inputs_by_their_scales_log_alpha():
