@@ -141,25 +141,26 @@ class EpochBar:
     """One progress bar per epoch, left on screen with the epoch's figures."""
 
     def __init__(self, epoch: int, epochs: int, total: int | None, show: bool) -> None:
-        self._bar = tqdm(
-            total=total, desc=f"epoch {epoch + 1}/{epochs}", disable=not show, leave=True
-        )
+        # no bar object at all when hidden: on a small table an epoch is one step
+        desc = f"epoch {epoch + 1}/{epochs}"
+        self._bar = tqdm(total=total, desc=desc, leave=True) if show else None
         self.show = show
 
     def step(self, loss: float) -> None:
-        if self.show:
+        if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
     def close(self, record: Mapping[str, Any]) -> None:
         """Show the epoch's mean loss and validation metrics, then leave the bar."""
-        if self.show:
-            shown = {
-                k: f"{v:.4g}"
-                for k, v in record.items()
-                if k == "loss" or (k.startswith("val_") and isinstance(v, float))
-            }
-            self._bar.set_postfix(shown, refresh=True)
+        if self._bar is None:
+            return
+        shown = {
+            k: f"{v:.4g}"
+            for k, v in record.items()
+            if k == "loss" or (k.startswith("val_") and isinstance(v, float))
+        }
+        self._bar.set_postfix(shown, refresh=True)
         self._bar.close()
 
 

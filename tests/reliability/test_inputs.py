@@ -44,7 +44,7 @@ from bayesprune.compress.rules import (
 from bayesprune.io import CheckpointError
 from bayesprune.predict import predict
 from bayesprune.sklearn import BayesianMLPClassifier
-from bayesprune.validation import check_checkpoint_meta
+from bayesprune.validation import check_checkpoint_meta, check_finite_parameters
 
 # the processes of the distributed test import only this small module, by its plain name
 sys.path.insert(0, str(Path(__file__).parent))
@@ -184,6 +184,30 @@ def test_parameters_that_overflow_at_the_last_step_stop_training_before_any_save
     assert not list(folder.glob("*.safetensors"))  # nothing saved
     with pytest.raises(FloatingPointError, match="step overflowed at epoch 1.*lower train.lr"):
         bp.fit(_mlp(), (x, y), epochs=1, lr=1e300, optimizer="sgd")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        torch.tensor([1.0, math.nan]),
+        torch.tensor([-math.inf], dtype=torch.float64),
+        torch.tensor([1.0, math.inf], dtype=torch.float16),
+        torch.tensor([math.nan], dtype=torch.bfloat16),
+        torch.tensor([1 + 1j, complex(math.nan, 0)]),
+    ],
+)
+def test_the_per_epoch_parameter_check_finds_nan_and_inf_in_any_dtype(bad):
+    """The check reads each dtype's largest |value| at once; values near float32's limit,
+    empty and integer tensors are finite, and the error names only the bad parameter."""
+    fine = [
+        ("big", torch.tensor([3e38, -3e38])),
+        ("empty", torch.zeros(0)),
+        ("double", torch.ones(2, dtype=torch.float64)),
+        ("count", torch.tensor([1, 2])),
+    ]
+    check_finite_parameters(fine, epoch=1)
+    with pytest.raises(FloatingPointError, match=r"non-finite \(NaN or inf\) at epoch 2: bad;"):
+        check_finite_parameters([*fine, ("bad", bad)], epoch=2)
 
 
 def test_zero_training_rows_are_refused(tmp_path):
