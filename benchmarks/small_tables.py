@@ -239,6 +239,16 @@ def time_default_fit(repeats: int, seed: int = 0) -> dict[str, Any]:
             "median_cpu_seconds": statistics.median(cpu), "load_average": load}  # fmt: skip
 
 
+def _timing_markdown(timing: dict[str, Any], when: str) -> str:
+    return (
+        f"Default fit on 500 rows x 50 columns, one thread, {when}: median "
+        f"{timing['median_seconds']:.1f} s wall of {timing['seconds']!r}, "
+        f"{timing['median_cpu_seconds']:.1f} s CPU of {timing['cpu_seconds']!r} "
+        f"(optimiser steps {timing['steps']}; the machine's load average at the start "
+        f"{timing['load_average']}); target < 10 s.\n"
+    )
+
+
 def _mean(rows: list[dict], key: str) -> float | None:
     vals = [r[key] for r in rows if key in r]
     return statistics.mean(vals) if vals else None
@@ -330,6 +340,10 @@ def main() -> None:
         help="default fits on 500 x 50 timed alone on one thread before the runs (0: skip)",
     )  # fmt: skip
     parser.add_argument(
+        "--timing-only", action="store_true",
+        help="only the 500 x 50 timing (--timing-repeats fits), on a quiet machine",
+    )  # fmt: skip
+    parser.add_argument(
         "--time-limit-min", type=float, default=None,
         help="start no (design, split) run after this many minutes; the results say which ran",
     )  # fmt: skip
@@ -344,6 +358,12 @@ def main() -> None:
     timing = time_default_fit(args.timing_repeats) if args.timing_repeats else None
     if timing:
         print(f"500 x 50 default fit: {timing['seconds']} s", flush=True)
+    if args.timing_only:
+        if not timing:
+            parser.error("--timing-only needs --timing-repeats >= 1")
+        print(write_results(args.name, {"settings": vars(args), "timing_500x50": timing},
+                            _timing_markdown(timing, "alone")))  # fmt: skip
+        return
     started = time.perf_counter()
     deadline = None if args.time_limit_min is None else started + 60 * args.time_limit_min
     # split by split, so that a time limit leaves every design with the same splits run
@@ -379,13 +399,7 @@ def main() -> None:
         )
     )
     if timing:
-        markdown += (
-            f"\nDefault fit on 500 rows x 50 columns, one thread, before the runs: median "
-            f"{timing['median_seconds']:.1f} s wall of {timing['seconds']!r}, "
-            f"{timing['median_cpu_seconds']:.1f} s CPU of {timing['cpu_seconds']!r} "
-            f"(optimiser steps {timing['steps']}; the machine's load average at the start "
-            f"{timing['load_average']}); target < 10 s.\n"
-        )
+        markdown += "\n" + _timing_markdown(timing, "before the runs")
     payload = {
         "settings": vars(args), "wall_seconds": wall, "skipped": skipped,
         "timing_500x50": timing,
