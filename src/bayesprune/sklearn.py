@@ -103,6 +103,10 @@ except ImportError:  # scikit-learn < 1.6
 
 
 FAMILY_AUTO = "auto"
+GATES_FAMILY = "spike_slab"
+"""`family="auto"` of a classifier, and wherever input PIPs are needed (input gates)."""
+SCALES_FAMILY = "sparse_vd_group"
+"""`family="auto"` of a regressor (a log-uniform scale per input column)."""
 GATE_SUFFIX = "gate_logit"  # unit and input gate logits of the spike-and-slab layers
 _MAX_FLOAT32 = float(np.finfo(np.float32).max)
 CONSTANT_TOL = 1e-7
@@ -161,10 +165,6 @@ class _Trained(NamedTuple):
 
 def _is_int(value: Any, least: int) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= least
-
-
-GATES_FAMILY = "spike_slab"
-SCALES_FAMILY = "sparse_vd_group"
 
 
 class _BayesianMLP(SelectorMixin, BaseEstimator):
