@@ -204,6 +204,8 @@ def test_family_auto_is_gates_for_a_classifier_and_scales_for_a_regressor():
     est = BayesianMLPRegressor(random_state=0, max_steps=600).fit(X[:200], y[:200])
     assert (est.family_, est.importance_kind_, est.kl_weight_) == ("sparse_vd_group", "scale", 1)
     assert est.refit_model_ is None and est.get_support().nonzero()[0].tolist() == [0, 1, 2]
+    cut = 1 / (1 + np.exp(-3.0))  # a regressor keeps a column at log α < -3
+    np.testing.assert_array_equal(est.get_support(), est.feature_importances_ > cut)
     ols = np.linalg.lstsq(np.c_[np.ones(200), X[:200]], y[:200], rcond=None)[0]
     ols_r2 = (
         1
@@ -401,6 +403,7 @@ def test_group_sparse_vd_selects_inputs_by_their_scales_log_alpha():
     assert ((share > 0) & (share < 1)).all()
     assert share[:3].min() > share[3:].max()
     assert est.get_support().nonzero()[0].tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(est.get_support(), share > 1 / (1 + np.exp(-2.0)))
     assert est.score(X, y) > 0.8
     X, y = _three_true_columns(signal=False)  # every scale noisy: the warning names them
     with pytest.warns(UserWarning, match=r"largest input scale share 1/\(1\+α\)"):

@@ -18,8 +18,8 @@ probabilities of the input gates) of a spike-and-slab model; with group Sparse V
 each scale's signal share μ² / E[z²] = 1 / (1 + α); else the norm of each input's
 outgoing posterior-mean weights divided by the largest. `get_support()` keeps PIP >
 `selection_threshold` (0.5, the median-probability model), a share above it (default
-1 / (1 + e⁻²): log α < −2, chosen on development splits), or, for norms, importance ≥
-it (0.1 of the largest); `transform(X)`
+1 / (1 + e^cut): log α < cut, −2 for a classifier and −3 for a regressor, chosen on
+development splits), or, for norms, importance ≥ it (0.1 of the largest); `transform(X)`
 returns the kept columns, so the estimator can feed a later Pipeline step via
 `sklearn.feature_selection.SelectFromModel` as well. With `screen=True` (spike-and-slab
 with input gates) `fit` then runs the evidence screen (`bayesprune.screen`) on the
@@ -118,15 +118,14 @@ refit: wine 0.967 without the proxies, 0.978 with them; breast cancer 0.970 / 0.
 simulations' independent columns never pass)."""
 SCALE_KIND = "scale"
 """`importance_kind_` of group Sparse VD: each input scale's signal share 1 / (1 + α)."""
-SCALE_LOG_ALPHA_CUT = -2.0
-"""group Sparse VD keeps an input whose scale has log α below this (chosen on development
-splits of the small-table designs: benchmarks/README.md, "Issue 17, session 19")."""
-DEFAULT_THRESHOLDS = {
-    "pip": 0.5,
-    SCALE_KIND: 1.0 / (1.0 + math.exp(SCALE_LOG_ALPHA_CUT)),
-    "norm": 0.1,
-}
-"""`get_support()` keeps importance > the threshold (PIP, scale share) or >= it (norm)."""
+SCALE_LOG_ALPHA_CUT = {"classification": -2.0, "regression": -3.0}
+"""group Sparse VD keeps an input whose scale has log α below this, by task (chosen on
+development splits of the small-table designs: benchmarks/README.md, "Issue 17, session
+19" for every design, "session 21" for the regressor's default: there every true column
+sat below −4.5 and the noise columns above −2.7 but one)."""
+DEFAULT_THRESHOLDS = {"pip": 0.5, "norm": 0.1}
+"""`get_support()` keeps importance > the threshold (PIP; the scale share above
+1 / (1 + e^cut) of `SCALE_LOG_ALPHA_CUT`) or >= it (norm)."""
 IMPORTANCE_NAMES = {
     "pip": "PIP",
     SCALE_KIND: "input scale share 1/(1+α)",
@@ -242,6 +241,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.verbose = verbose
 
     # -- validation -----------------------------------------------------------------------
+    _task = "classification"
+    """"classification" or "regression" (the subclasses say)."""
     _auto_family_for_task = GATES_FAMILY
     """What `family="auto"` trains for this task (the subclasses say; see `_auto_family`)."""
     _refit_gated_as: str | None = None
@@ -579,8 +580,11 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
 
     # -- feature selection (SelectorMixin gives get_support, transform, ...) ----------------
     def _pip_mask(self) -> np.ndarray:
-        default = DEFAULT_THRESHOLDS[self.importance_kind_]
-        cut = default if self.selection_threshold is None else self.selection_threshold
+        cut = self.selection_threshold
+        if cut is None and self.importance_kind_ == SCALE_KIND:
+            cut = 1.0 / (1.0 + math.exp(SCALE_LOG_ALPHA_CUT[self._task]))
+        elif cut is None:
+            cut = DEFAULT_THRESHOLDS[self.importance_kind_]
         imp = self.feature_importances_
         return imp >= cut if self.importance_kind_ == "norm" else imp > cut
 
@@ -654,7 +658,8 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     Fitted attributes: `classes_`, `model_` (the torch network), `likelihood_`,
     `history_` (per-epoch records), `n_iter_` (epochs), `n_steps_`, `best_epoch_`
     (early stopping), `feature_importances_`, `importance_kind_` ("pip"; "scale":
-    1 / (1 + α) of each input's scale, kept above 1 / (1 + e⁻²), i.e. log α < −2; or
+    1 / (1 + α) of each input's scale, kept above 1 / (1 + e^cut), i.e. log α < cut, −2
+    for a classifier and −3 for a regressor; or
     "norm"),
     `support_`, `n_features_selected_`, `screen_` (a `ScreenResult`, or None),
     `refit_model_`, `refit_likelihood_`, `refit_history_`, `refit_columns_` (the columns
@@ -693,13 +698,15 @@ class BayesianMLPRegressor(RegressorMixin, _BayesianMLP):
     Parameters and fitted attributes as `BayesianMLPClassifier` (no `classes_`;
     `y_mean_`, `y_scale_` instead), except `family="auto"`: group Sparse VD, a
     log-uniform scale per input column (`importance_kind_ == "scale"`, no refit, the full
-    KL), which on the development splits of every small regression table predicted as
-    well as or better than the spike-and-slab gates and found more true columns; the
+    KL; a column is kept at log α < −3), which on the development splits of every small
+    regression table predicted as well as or better than the spike-and-slab gates and
+    found more true columns; the
     gates (input PIPs) with `screen=True` or `input_gates=False`, or with
     `family="spike_slab"`. `predict(X, return_std=True)` also returns the predictive
     standard deviation (aleatoric + epistemic), in the units of y.
     """
 
+    _task = "regression"
     _auto_family_for_task = SCALES_FAMILY
 
     def fit(self, X: Any, y: Any) -> BayesianMLPRegressor:
