@@ -385,8 +385,10 @@ def main() -> None:
         "75/25 splits (`random_state` = split); score: test accuracy (classification) or R² "
         "(regression), mean ± sd over splits. Real / noise kept: columns each selector keeps "
         "(the plain MLP keeps all). TPR / FDR: simulations (true support: the first 5 "
-        f"columns). Seconds per fit: one thread each, {args.jobs} run(s) in parallel on a "
-        f"machine shared with other work; all runs took {wall / 60:.0f} min.\n\n"
+        f'columns). "{OTHER_FAMILY}": the classifier with family="{OTHER["classification"]}", '
+        f'the regressor with family="{OTHER["regression"]}". Seconds per fit: one thread '
+        f"each, {args.jobs} run(s) in parallel on a machine shared with other work;"
+        f" all runs took {wall / 60:.0f} min.\n\n"
         + (f"Not run (time limit): {', '.join(skipped)}.\n\n" if skipped else "")
         + md_table(table)
         + "".join(
