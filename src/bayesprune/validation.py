@@ -54,10 +54,13 @@ def _all_finite(tensors: Sequence[Tensor]) -> bool:
                 return False
         elif t.is_floating_point() and t.numel():
             groups.setdefault((t.device, t.dtype), []).append(t.detach())
-    return all(
-        bool(torch.stack(torch._foreach_norm(group, math.inf)).isfinite().all())
-        for group in groups.values()
-    )
+    try:
+        return all(
+            bool(torch.stack(torch._foreach_norm(group, math.inf)).isfinite().all())
+            for group in groups.values()
+        )
+    except (RuntimeError, NotImplementedError):  # a backend without the foreach kernel
+        return all(bool(torch.isfinite(t).all()) for group in groups.values() for t in group)
 
 
 def check_finite_parameters(named: Iterable[tuple[str, Tensor]], epoch: int) -> None:
