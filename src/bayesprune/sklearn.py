@@ -104,9 +104,12 @@ except ImportError:  # scikit-learn < 1.6
 
 FAMILY_AUTO = "auto"
 GATES_FAMILY = "spike_slab"
-"""`family="auto"` of a classifier, and wherever input PIPs are needed (input gates)."""
-SCALES_FAMILY = "sparse_vd_group"
-"""`family="auto"` of a regressor (a log-uniform scale per input column)."""
+"""`family="auto"` wherever input PIPs are needed (input gates)."""
+AUTO_FAMILY = {"classification": GATES_FAMILY, "regression": "sparse_vd_group"}
+"""`family="auto"` by task: a regressor selects with a log-uniform scale per input column."""
+GATED_REFIT_FAMILY = {"classification": "gaussian", "regression": None}
+"""With `refit_family="auto"`: the refit network's family when the selection network is
+gated, by task (None: the selection's family; see `_auto_refit_family`)."""
 GATE_SUFFIX = "gate_logit"  # unit and input gate logits of the spike-and-slab layers
 _MAX_FLOAT32 = float(np.finfo(np.float32).max)
 CONSTANT_TOL = 1e-7
@@ -242,12 +245,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
 
     # -- validation -----------------------------------------------------------------------
     _task = "classification"
-    """"classification" or "regression" (the subclasses say)."""
-    _auto_family_for_task = GATES_FAMILY
-    """What `family="auto"` trains for this task (the subclasses say; see `_auto_family`)."""
-    _refit_gated_as: str | None = None
-    """With `refit_family="auto"`: the family of the refit network when the selection
-    network is gated (None: the selection's family; see `_auto_refit_family`)."""
+    """"classification" or "regression" (the subclasses say): keys `AUTO_FAMILY`,
+    `GATED_REFIT_FAMILY` and `SCALE_LOG_ALPHA_CUT`."""
 
     def _auto_refit_family(self, family: str) -> str:
         """`refit_family="auto"`: a classifier's gated selection is refitted as a mean-field
@@ -256,8 +255,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         (a regressor: the Gaussian refit lost 11 points R² on diabetes)."""
         if self.refit_family != FAMILY_AUTO:
             return self.refit_family
-        gated = get_family(family).gated and self._refit_gated_as is not None
-        return self._refit_gated_as if gated else family
+        refit = GATED_REFIT_FAMILY[self._task]
+        return refit if refit is not None and get_family(family).gated else family
 
     def _auto_refit_correlation(self) -> float | None:
         """`refit_correlation="auto"`: the proxies when the refit network has no gates
@@ -273,7 +272,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         wherever an option needs input PIPs (`screen=True`) or says no input gates."""
         if self.screen or not self.input_gates:
             return GATES_FAMILY
-        return self._auto_family_for_task
+        return AUTO_FAMILY[self._task]
 
     def _check_params(self) -> str:
         family = self._auto_family() if self.family == FAMILY_AUTO else self.family
@@ -670,8 +669,6 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     docstring for the estimator checks that do not apply and why.
     """
 
-    _refit_gated_as = "gaussian"
-
     def fit(self, X: Any, y: Any) -> BayesianMLPClassifier:
         X, y = validate_data(self, X, y)
         check_classification_targets(y)
@@ -707,7 +704,6 @@ class BayesianMLPRegressor(RegressorMixin, _BayesianMLP):
     """
 
     _task = "regression"
-    _auto_family_for_task = SCALES_FAMILY
 
     def fit(self, X: Any, y: Any) -> BayesianMLPRegressor:
         X, y = validate_data(self, X, y, y_numeric=True)

@@ -144,7 +144,6 @@ class EpochBar:
         # no bar object at all when hidden: on a small table an epoch is one step
         desc = f"epoch {epoch + 1}/{epochs}"
         self._bar = tqdm(total=total, desc=desc, leave=True) if show else None
-        self.show = show
 
     def step(self, loss: float) -> None:
         if self._bar is not None:
