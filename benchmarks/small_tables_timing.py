@@ -24,31 +24,23 @@ from pathlib import Path
 
 from _common import add_results_dir_option, md_table, use_results_dir, write_results
 
-HERE_SRC = Path(__file__).resolve().parents[1] / "src"
+HERE = Path(__file__).resolve().parent
+HERE_SRC = HERE.parent / "src"
 
 FIT = r"""
-import json, sys, time, warnings
-import numpy as np, torch
-from sklearn.datasets import make_classification
-from bayesprune.sklearn import BayesianMLPClassifier
-torch.set_num_threads(1)
-X, y = make_classification(n_samples=500, n_features=30, n_informative=5, n_redundant=0,
-                           random_state=0)
-X = np.hstack([X, np.random.default_rng(0).standard_normal((500, 20))])
-warnings.simplefilter("ignore")
-BayesianMLPClassifier(random_state=0, min_steps=20, max_steps=20, refit_steps=20).fit(X, y)
-start = time.process_time()
-est = BayesianMLPClassifier(random_state=int(sys.argv[1])).fit(X, y)
-print(json.dumps({"cpu_seconds": time.process_time() - start, "steps": est.n_steps_}))
+import json
+from small_tables import time_default_fit
+print(json.dumps(time_default_fit(1)))
 """
-"""One default fit of seed argv[1] (the small-tables timing's data), after a warm-up fit
-that pays the one-off imports."""
+"""One `small_tables.time_default_fit` (warm-up fit, then one timed default fit on one
+thread) with whichever library PYTHONPATH puts first."""
 
 
-def one_fit(src: Path, seed: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+def one_fit(src: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(HERE)])}
+    env["OMP_NUM_THREADS"] = "1"
     done = subprocess.run(
-        [sys.executable, "-c", FIT, str(seed)], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", FIT], env=env, capture_output=True, text=True, check=True
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -67,7 +59,7 @@ def main() -> None:
     for r in range(args.rounds):
         order = list(sources) if r % 2 == 0 else list(reversed(sources))
         for name in order:
-            seconds[name].append(round(one_fit(sources[name], r)["cpu_seconds"], 2))
+            seconds[name].append(one_fit(sources[name])["cpu_seconds"][0])
         print({k: v[-1] for k, v in seconds.items()}, flush=True)
     medians = {k: statistics.median(v) for k, v in seconds.items()}
     rows = [
