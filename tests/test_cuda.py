@@ -52,6 +52,7 @@ def test_a_device_this_machine_lacks_falls_back_to_the_cpu_and_says_so(tmp_path)
     run = Run(tmp_path, parse_config(raw))
     assert run.device == torch.device("cpu")  # no machine here has an eighth GPU
     assert run.device == torch.device("cpu")  # asked twice, noted once
+    assert run.with_config(run.config).device.type == "cpu"  # a derived run (overrides) too
     log = (tmp_path / "log.txt").read_text()
     assert log.count("train.device 'cuda:7' is not available here; computing on the cpu") == 1
     assert Run(tmp_path, parse_config({"data": {"name": "breast_cancer"}})).device.type == "cpu"

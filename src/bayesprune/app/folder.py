@@ -115,7 +115,7 @@ class Run:
         self.folder = Path(folder)
         self.config = config
         self._data: RunData | None = None
-        self._device_noted = False
+        self._fallbacks_noted: set[str] = set()  # shared with derived runs: one log line each
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -162,6 +162,7 @@ class Run:
         """The same folder read with other options (e.g. command-line overrides), config.yaml
         untouched; the data are shared when the data section is the same."""
         other = Run(self.folder, config)
+        other._fallbacks_noted = self._fallbacks_noted  # one log.txt, one note per device
         if config.data == self.config.data:
             other._data = self._data
         return other
@@ -285,8 +286,8 @@ class Run:
         try:
             check_device(wanted)
         except ValueError:
-            if not self._device_noted:
-                self._device_noted = True
+            if str(wanted) not in self._fallbacks_noted:
+                self._fallbacks_noted.add(str(wanted))
                 self.log(
                     f"train.device {str(wanted)!r} is not available here; computing on the cpu"
                 )
