@@ -6,7 +6,8 @@ channels emit non-zero constants that must be folded), float64, 1-2 images of 32
 Each model is converted to every Bayesian family; units are killed in chosen layers
 (masked incoming weights, or gates off for spike-and-slab); the shrunk model must equal
 the masked one to 1e-5 in posterior-mean mode, lose exactly the channels the plan says
-it can, keep the ones it cannot fold exactly, and stay Bayesian.
+it can, keep the ones it cannot fold exactly (of several read by the same layers, one,
+which carries the others' constants: `compress.graph_merge`), and stay Bayesian.
 
 A kill "silenced" also sets the following BatchNorm's β far below zero, so the channel
 is exactly 0 after the activation: that is how a channel read by a zero-padded 3×3
@@ -44,6 +45,9 @@ class Plan:
     silence: dict[str, list[int]] = field(default_factory=dict)  # BatchNorm → β = −50
     removed: dict[str, list[int]] = field(default_factory=dict)  # layer → units that must go
     kept: dict[str, list[int]] = field(default_factory=dict)  # layer → dead units that stay
+    carried: dict[str, list[int]] = field(default_factory=dict)
+    """layer → dead units that cannot fold, read by the same layers: one stays, carrying
+    the others' constants, and the others go."""
 
 
 def _pick(gen: torch.Generator, n: int, fraction: float = 0.25) -> list[int]:
@@ -109,6 +113,12 @@ def _check(model: nn.Module, x: Tensor, plan: Plan) -> GraphShrinkResult:
     for layer, units in plan.kept.items():
         assert set(units) <= set(records[layer].kept_units), layer
         assert records[layer].kept_dead_units >= len(units), layer
+    for layer, units in plan.carried.items():
+        n, record = records[layer].units_before, records[layer]
+        carrier = set(units) & set(record.kept_units)
+        assert len(carrier) == 1, layer
+        assert record.kept_units == sorted((set(range(n)) - set(units)) | carrier), layer
+        assert (record.kept_dead_units, record.merged_units) == (1, len(units) - 1), layer
     params = sum(p.numel() for p in result.model.parameters())
     assert params < sum(p.numel() for p in model.parameters())
     for name, module in model.named_modules():
@@ -127,8 +137,9 @@ def _resnet18_plan(model: nn.Module) -> Plan:
             plan.kill[conv] = units
             if (stage, block) == (4, 1):
                 # not silenced: the constant meets layer4.1.conv2's padded border (on a
-                # 1×1 map here, so only the size-free probe can see it): it must stay
-                plan.kept[conv] = units
+                # 1×1 map here, so only the size-free probe can see it): no bias takes
+                # it, one unit carries them all
+                plan.carried[conv] = units
             else:
                 plan.silence[bn], plan.removed[conv] = units, units
     # the last stage's residual stream: dead in all three producers; silenced after
@@ -217,7 +228,7 @@ def _vgg_plan(model: nn.Module) -> Plan:
         units = _pick(gen, _units(model, layer))
         plan.kill[layer] = units
         if i == 0:
-            plan.kept[layer] = units  # a non-zero constant read by a padded conv
+            plan.carried[layer] = units  # non-zero constants read by a padded conv
         elif i < len(convs) - 1:
             plan.silence[f"features.{int(conv) + 1}"] = units
             plan.removed[layer] = units

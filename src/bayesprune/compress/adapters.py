@@ -37,6 +37,11 @@ class Prunable(Protocol):
 
     def fold_into_bias(self, mean: Tensor, var: Tensor | None = None) -> None: ...
 
+    @property
+    def merges_input_columns(self) -> bool: ...
+
+    def merge_input_columns(self, into: int, ratios: Tensor) -> None: ...
+
     def set_weight_mask(self, mask: Tensor | None) -> None: ...
 
     def to_deterministic(self) -> nn.Module: ...
@@ -100,6 +105,21 @@ class PlainLayer:
         with torch.no_grad():
             self.module.bias.add_(mean.to(self.module.bias))
 
+    @property
+    def merges_input_columns(self) -> bool:
+        """An ungrouped layer without a torch.nn.utils.prune mask (which would re-mask the
+        merged column)."""
+        return getattr(self.module, "groups", 1) == 1 and not hasattr(self.module, "weight_orig")
+
+    def merge_input_columns(self, into: int, ratios: Tensor) -> None:
+        """Column `into` ← Σ_j ratios[j] · column j (see `VariationalLayer`)."""
+        if not self.merges_input_columns:
+            raise NotImplementedError("merging columns of a grouped or torch-pruned layer")
+        w = self.module.weight
+        r = ratios.to(w).view(1, -1, *(1,) * (w.ndim - 2))
+        with torch.no_grad():
+            w[:, into] = (w.detach() * r).sum(1)
+
     def set_weight_mask(self, mask: Tensor | None) -> None:
         """Zero the pruned weights in place (a plain layer has no separate mask)."""
         if mask is None:
@@ -159,6 +179,11 @@ class TransposedLayer:
 
     def fold_into_bias(self, mean: Tensor, var: Tensor | None = None) -> None:
         raise NotImplementedError("a constant through a transposed convolution is not a bias")
+
+    merges_input_columns = False  # nothing is merged into it either
+
+    def merge_input_columns(self, into: int, ratios: Tensor) -> None:
+        raise NotImplementedError("a constant through a transposed convolution is not merged")
 
     def set_weight_mask(self, mask: Tensor | None) -> None:
         """Zero the pruned weights in place; `mask` in the out × in × k… layout."""

@@ -23,8 +23,10 @@ tool for plain nn.Sequential chains. Channels coupled by the graph form groups
   output reaches through pooling and concatenations (BN(y + δ) = BN(y) with μ → μ − δ;
   the variance of a Bayesian weight is then dropped, which only changes sampling
   mode). A constant that meets a zero-padded border (a padded convolution reading it,
-  or a constant made non-uniform upstream) is not a bias: that group is kept and
-  recorded;
+  or a constant made non-uniform upstream) is not a bias. Of several such groups read
+  by the same layers, one is kept and carries the others' constants in its input
+  columns (`graph_merge`: Σ (c_k / c_0) · column k, exact at every input size); the
+  groups that stay are recorded;
 - producers lose those output units (`select(out_idx=…)`), readers the input columns
   (H·W of them per channel across a flatten), grouped convolutions whole groups,
   BatchNorm / InstanceNorm / GroupNorm their affine parameters and statistics,
@@ -47,6 +49,7 @@ those masks, in posterior-mean mode, on any input (for eVI: mean and covariance)
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -66,6 +69,7 @@ from .graph_fold import (
     depthwise_size_bound,
     group_folds,
 )
+from .graph_merge import Merge, apply_merge, plan_merges
 from .graph_trace import (
     NORMS,
     ChannelGraph,
@@ -186,6 +190,7 @@ class _GraphShrinker:
         self.masked_inputs = 0  # input columns masked because their PIP is low
         self.before: dict[str, tuple[int, int]] = {}
         self.folded: dict[str, int] = {}
+        self.merged: dict[str, int] = defaultdict(int)
         self.kept_dead: dict[str, int] = {}
         self.masked = 0
         self.silenced = 0  # normalisation channels zeroed after dropped units
@@ -278,6 +283,25 @@ class _GraphShrinker:
             if len(dead) == before:
                 return planned
 
+    def _plan_merges(
+        self, cg: ChannelGraph, removed: set[int], candidates: set[int]
+    ) -> tuple[set[int], list[Merge]]:
+        """(groups that go, the merges that carry their constants) among `candidates`,
+        dead groups that would stay (`graph_merge`); a layer keeps at least one channel."""
+        for f in cg.followers:  # a padded depthwise conv makes a constant size-dependent
+            if candidates and is_prunable(self.model.get_submodule(f.name)):
+                candidates -= depthwise_size_bound(cg, f, self._deployed(f.name), candidates)
+        while True:
+            merged, merges = plan_merges(cg, candidates, self.model.get_submodule)
+            gone = removed | merged
+            emptied = [u for u in _channel_uses(cg) if _emptied(cg, u, gone)]
+            if not emptied:
+                return merged, merges
+            # `removed` alone empties no layer (`_keep_one`): each emptied one has a merged group
+            candidates = candidates - {
+                next(cg.find(i) for i in u.ids if cg.find(i) in merged) for u in emptied
+            }
+
     def _apply_fold(self, fold: Fold) -> None:
         if apply_fold(self.model, fold):
             self.bn_variance_dropped.add(fold.use.name)
@@ -285,10 +309,9 @@ class _GraphShrinker:
     # -- surgery ---------------------------------------------------------------------
     def _keep_one(self, cg: ChannelGraph, removed: set[int]) -> None:
         """Every producer, reader and follower keeps at least one channel."""
-        for use in [*cg.producers, *cg.sinks, *cg.followers]:
-            groups = [cg.find(i) for i in use.ids]
-            if groups and all(g in removed for g in groups):
-                removed.discard(groups[0])
+        for use in _channel_uses(cg):
+            if _emptied(cg, use, removed):
+                removed.discard(cg.find(use.ids[0]))
 
     def _slice(self, cg: ChannelGraph, removed: set[int]) -> None:
         def keep(use: Use) -> Tensor:
@@ -415,12 +438,20 @@ class _GraphShrinker:
                 break
         if self._zero_biases(cg, unfoldable & wanted):
             return True  # the next round sees those units emit act(0) instead
+        merged, merges = self._plan_merges(cg, removed, unfoldable - wanted - removed)
+        removed |= merged
         self._record_kept_dead(cg, removed)
         if not removed:
             return False
         self._count_folded(cg, dead)
         for fold in folds:
             self._apply_fold(fold)
+        for merge in merges:
+            apply_merge(self.model, merge)
+        members = cg.members()
+        for g in merged:
+            for name, _ in members[g]:
+                self.merged[name] += 1
         self._slice(cg, removed)
         return True
 
@@ -566,9 +597,20 @@ class _GraphShrinker:
                     kept_units=self.kept[name].tolist(),
                     folded_units=self.folded[name],
                     kept_dead_units=self.kept_dead.get(name, 0),
+                    merged_units=self.merged[name],
                 )
             )
         return out
+
+
+def _channel_uses(cg: ChannelGraph) -> list[Use]:
+    """Every producer, reader and follower of the graph's channels."""
+    return [*cg.producers, *cg.sinks, *cg.followers]
+
+
+def _emptied(cg: ChannelGraph, use: Use, gone: set[int]) -> bool:
+    """Whether `use` would lose every channel if the groups `gone` went."""
+    return bool(use.ids) and all(cg.find(i) in gone for i in use.ids)
 
 
 def _cut(module: nn.Module, new: nn.Module, names: tuple[str, ...], idx: Tensor) -> None:
@@ -786,7 +828,8 @@ def shrink_graph(
         result.notes.append(
             f"{kept_dead} dead units were kept: their constant output meets a padded border, "
             "a layer without bias or BatchNorm, or a moment (eVI) layer, so it cannot be "
-            "folded exactly"
+            "folded exactly (where several share their readers, one is kept and carries "
+            "the others: merged_units)"
         )
     expected, got = _outputs(reference, inputs), _outputs(work, worker.inputs)
     diff = max(float((e - g).abs().max()) for e, g in zip(expected, got, strict=True))

@@ -102,7 +102,7 @@ def dense_weight(weight: Tensor, groups: int) -> Tensor:
     return dense
 
 
-def _same(t: Tensor) -> Tensor:
+def uniform_rows(t: Tensor) -> Tensor:
     """Per leading index: are all entries along the last axis equal (to tolerance)?"""
     return torch.isclose(t, t[..., :1].expand_as(t), rtol=1e-6, atol=1e-7).all(-1)
 
@@ -219,7 +219,7 @@ def depthwise_size_bound(cg: ChannelGraph, use: Use, plain: nn.Module, dead: set
         [_tap_sums(plain, weight, size)[:, 0] for size in (tuple(x.shape[1:]), _probe_size(plain))],
         dim=1,
     )
-    ok = _same(c) & _same(sums)
+    ok = uniform_rows(c) & uniform_rows(sums)
     return {cg.find(use.ids[j]) for j, good in zip(cols, ok.tolist(), strict=True) if not good}
 
 
@@ -250,7 +250,7 @@ def group_folds(
     var_w = reader.weight_std[:, cols].square()
     bad: set[int] = set()
     if isinstance(reader.plain, CONVOLUTIONS):
-        uniform = _same(c)
+        uniform = uniform_rows(c)
         value = c[:, 0]
         sums = [_tap_sums(reader.plain, weight, tuple(x.shape[1:]))]
         sums.append(_tap_sums(reader.plain, weight, _probe_size(reader.plain)))  # any size
@@ -260,7 +260,7 @@ def group_folds(
     else:  # Linear: one position, or the same constant at every token / pixel it reads
         per_col = [(weight * c[:, 0]).T.unsqueeze(-1)]  # (D, O, 1)
         var_col = (var_w * c[:, 0].square()).T
-        bad |= {groups[int(k)] for k in slot[~_same(c)].unique()}
+        bad |= {groups[int(k)] for k in slot[~uniform_rows(c)].unique()}
     if len(groups) == len(cols):  # one column per group (the usual case): no sums
         mean_by, var_by = [t[slot.argsort()] for t in per_col], var_col[slot.argsort()]
     else:
@@ -280,7 +280,7 @@ def group_folds(
         level = parts[0][:, :1]
         if not reader.folds:
             bad.add(g)
-        elif not all(bool(_same(torch.cat([level, p], 1)).all()) for p in parts):
+        elif not all(bool(uniform_rows(torch.cat([level, p], 1)).all()) for p in parts):
             bad.add(g)  # the constant meets a padded border: not a bias shift
         elif not reader.has_bias and reader.shifts is None:
             bad.add(g)  # no bias and no BatchNorm that takes the shift

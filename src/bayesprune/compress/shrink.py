@@ -61,6 +61,7 @@ class LayerRecord:
     kept_units: list[int]
     folded_units: int = 0  # removed dead units whose non-zero constant went into the next bias
     kept_dead_units: int = 0  # dead units kept because their constant could not be folded
+    merged_units: int = 0  # removed dead units whose constant a kept dead unit now carries
 
 
 @dataclass

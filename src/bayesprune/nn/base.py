@@ -187,6 +187,22 @@ class VariationalLayer(SerializableLayer):
         """
         raise NotImplementedError
 
+    @property
+    def merges_input_columns(self) -> bool:
+        """Whether `merge_input_columns` is exact for this layer (its weights are
+        independent per entry, with no gate or scale shared by an input column)."""
+        return False
+
+    def merge_input_columns(self, into: int, ratios: Tensor) -> None:
+        """Carry the contribution of constant input columns on column `into`, in place.
+
+        The inputs j with `ratios[j]` ≠ 0 are constants c_j with ratios[j] = c_j / c_into
+        (ratios[into] = 1): column `into` becomes Σ_j ratios[j] · column j (variances add
+        with ratios[j]²), so the other columns can be removed. `shrink_graph` uses it for
+        constants it cannot fold into a bias (`compress.graph_merge`).
+        """
+        raise NotImplementedError
+
     # -- shapes and twins of the subclass ---------------------------------------------
     def _plain_twin(self) -> nn.Module:  # pragma: no cover - abstract
         """An untrained plain torch layer of the same shape (nn.Linear / nn.Conv1d / 2d / 3d)."""

@@ -55,7 +55,7 @@ from .family import (
     register_family,
     twin_factory,
 )
-from .fused import eager, sample_normal, softplus_scales
+from .fused import VAR_FLOOR, eager, sample_normal, softplus_scales
 from .priors import GaussianPrior, Prior, make_prior
 from .weight_sample import DrawState, sample_weights
 
@@ -261,6 +261,26 @@ class _GaussianLayer(VariationalLayer):
             if var is not None and self.bias_rho is not None:
                 sigma = (self.bias_sigma.square() + var.to(self.bias_rho)).sqrt()
                 self.bias_rho.copy_(inverse_softplus(sigma))
+
+    @property
+    def merges_input_columns(self) -> bool:
+        """Independent Gaussian weights: a sum of scaled columns is again one column."""
+        return True
+
+    def merge_input_columns(self, into: int, ratios: Tensor) -> None:
+        """Column `into` ← Σ_j r_j · column j: mean Σ r_j μ_j, variance Σ r_j² σ_j² (the
+        sum of independent Gaussians, exact for constant inputs; see the base class)."""
+        if not self.merges_input_columns:
+            raise NotImplementedError(f"{type(self).__name__} cannot merge input columns")
+        shape = (1, -1, *(1,) * (self.weight_mu.ndim - 2))
+        r = ratios.to(self.weight_mu).view(shape)
+        with torch.no_grad():
+            mean = (self._masked(self.weight_mu) * r).sum(1)
+            var = (self._masked(self.weight_sigma.square()) * r.square()).sum(1)
+            self.weight_mu[:, into] = mean
+            self.weight_rho[:, into] = inverse_softplus(var.clamp_min(VAR_FLOOR).sqrt())
+            if self.weight_mask is not None:  # entries fed only by masked weights stay masked
+                self.weight_mask[:, into] = ((var > 0) | (mean != 0)).to(self.weight_mask)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.sample:

@@ -95,6 +95,11 @@ class _GroupSparseVDLayer(_SparseVDLayer):
             nn.init.constant_(self.unit_rho, self.unit_rho_init)
 
     @property
+    def merges_input_columns(self) -> bool:
+        """Scales on the outputs scale whole rows; one on an input is shared by its column."""
+        return self.scale_on == "out"
+
+    @property
     def unit_sigma(self) -> Tensor:
         return F.softplus(self.unit_rho)
 

@@ -37,6 +37,11 @@ class _EdgeSpikeSlab(_SpikeSlabLayer):
         "bias_gate_logit": (0, None),
     }
 
+    @property
+    def merges_input_columns(self) -> bool:
+        """Each weight has its own gate: a sum of gated weights is not one gated weight."""
+        return False
+
     def _init_edge(
         self,
         shape: tuple[int, ...],

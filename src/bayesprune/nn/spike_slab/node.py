@@ -71,6 +71,11 @@ class _NodeSpikeSlab(_SpikeSlabLayer):
         return [t for t in (self.gate_logit, self.input_gate_logit) if t is not None]
 
     @property
+    def merges_input_columns(self) -> bool:
+        """Unit gates scale whole rows; an input gate is shared by a column's weights."""
+        return self.input_gate_logit is None
+
+    @property
     def gamma(self) -> Tensor | None:
         """q(z_j = 1) per output unit: the unit PIPs (None without node gates)."""
         return None if self.gate_logit is None else torch.sigmoid(self.gate_logit)
