@@ -409,3 +409,60 @@ def test_group_sparse_vd_selects_inputs_by_their_scales_log_alpha():
     with pytest.warns(UserWarning, match=r"largest input scale share 1/\(1\+α\)"):
         empty = clone(est).fit(X, y)
     assert empty.n_features_selected_ >= 1
+
+
+def test_n_init_keeps_the_start_that_fits_the_training_rows_best():
+    """Each start is a full fit from its own seed; the one with the lowest training NLL
+    (its last epochs) is kept, with its seed, and one start is the single fit."""
+    from sklearn.utils import check_random_state
+
+    from bayesprune.estimator_defaults import RESTART_SCORE_EPOCHS
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((120, 5))
+    y = X[:, 0] * X[:, 1] + 0.5 * X[:, 2] + 0.1 * rng.standard_normal(120)
+    short = {"hidden_layer_sizes": (8,), "min_steps": 150, "max_steps": 150, "random_state": 4}
+    est = BayesianMLPRegressor(n_init=3, **short).fit(X, y)
+    assert est.n_init_ == 3 and len(est.init_scores_) == 3
+    assert len(set(est.init_scores_)) == 3  # three different fits
+    assert est.best_init_ == int(np.argmax(est.init_scores_))
+    seeds = check_random_state(4).randint(2**31 - 1, size=3)  # the estimator's draws
+    assert est.seed_ == seeds[est.best_init_]
+    tail = [r["nll"] for r in est.history_[-RESTART_SCORE_EPOCHS:]]
+    assert est.init_scores_[est.best_init_] == pytest.approx(-np.mean(tail))  # kept = scored
+    single = BayesianMLPRegressor(n_init=1, **short).fit(X, y)
+    assert single.init_scores_ == [est.init_scores_[0]] and single.seed_ == seeds[0]
+    if est.best_init_ != 0:  # the kept start fits better than the single fit
+        assert est.score(X, y) >= single.score(X, y) - 0.02
+
+
+def test_n_init_auto_is_three_starts_for_a_regressor_and_one_for_a_classifier():
+    X, y = _xor_like(60, p=3)
+    short = {"hidden_layer_sizes": (4,), "epochs": 1, "min_steps": 5, "random_state": 0}
+    assert BayesianMLPRegressor(**short).fit(X, y.astype(float)).n_init_ == 3
+    assert BayesianMLPClassifier(**short).fit(X, y).n_init_ == 1
+    for bad in (0, 1.5, "many"):
+        with pytest.raises(ValueError, match="n_init must be 'auto' or an int >= 1"):
+            BayesianMLPClassifier(n_init=bad, **short).fit(X, y)
+
+
+def test_with_early_stopping_every_start_holds_out_the_same_rows_and_is_scored_on_them():
+    from sklearn.utils import check_random_state
+
+    from bayesprune.estimator_defaults import validation_rows
+    from bayesprune.evaluation import evaluate
+
+    X, y = _xor_like(160, p=4)
+    est = BayesianMLPClassifier(
+        (8,), n_init=2, early_stopping=True, min_steps=20, max_steps=200, patience=60,
+        lr=0.05, kl_warmup_steps=20, random_state=0,
+    ).fit(X, y)  # fmt: skip
+    assert est.best_init_ == 1  # at random_state=0: the kept network is the second start's
+    best = est.history_[est.best_epoch_ - 1]["val_nll"]
+    assert est.init_scores_[1] == pytest.approx(-best)  # its best validation NLL, signed
+    first_seed = check_random_state(0).randint(2**31 - 1)
+    val = validation_rows(len(y), est.validation_fraction, first_seed, y)  # the first's rows
+    x = est._inputs(X[val], reset=False)
+    now = evaluate(est.model_, (x, torch.as_tensor(y[val])), est.likelihood_, mode="mc",
+                   samples=est.samples, seed=est.seed_, metrics=["nll"])["nll"]  # fmt: skip
+    assert now == pytest.approx(best, rel=1e-5)

@@ -76,6 +76,7 @@ from torch import nn
 
 from .compress import input_scores
 from .estimator_defaults import (
+    AUTO_N_INIT,
     MONITORS,
     EarlyStopping,
     StepBudget,
@@ -84,6 +85,7 @@ from .estimator_defaults import (
     auto_kl_weight,
     auto_refit,
     fallback_support,
+    restart_score,
     step_budget,
     validation_rows,
 )
@@ -206,6 +208,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         refit_correlation: float | str | None = "auto",
         refit_family: str = "auto",
         standardize: bool = True,
+        n_init: int | str = "auto",
         random_state: int | np.random.RandomState | None = None,
         verbose: bool = False,
     ) -> None:
@@ -240,13 +243,14 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         self.refit_correlation = refit_correlation
         self.refit_family = refit_family
         self.standardize = standardize
+        self.n_init = n_init
         self.random_state = random_state
         self.verbose = verbose
 
     # -- validation -----------------------------------------------------------------------
     _task = "classification"
     """"classification" or "regression" (the subclasses say): keys `AUTO_FAMILY`,
-    `GATED_REFIT_FAMILY` and `SCALE_LOG_ALPHA_CUT`."""
+    `GATED_REFIT_FAMILY`, `SCALE_LOG_ALPHA_CUT` and `AUTO_N_INIT`."""
 
     def _auto_refit_family(self, family: str) -> str:
         """`refit_family="auto"`: a classifier's gated selection is refitted as a mean-field
@@ -303,6 +307,8 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             value = getattr(self, name)
             if not _is_int(value, 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not (self.n_init == "auto" or _is_int(self.n_init, 1)):
+            raise ValueError(f"n_init must be 'auto' or an int >= 1, got {self.n_init!r}")
         if not isinstance(self.early_stopping, bool | np.bool_):
             raise ValueError(f"early_stopping must be True or False, got {self.early_stopping!r}")
         if not 0 < self.validation_fraction < 1:
@@ -370,15 +376,11 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
     # -- training ------------------------------------------------------------------------
     def _fit(self, X: Any, targets: torch.Tensor, n_out: int, likelihood: Any) -> None:
         family = self._check_params()
-        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         x = self._inputs(X, reset=True)
         self.family_ = family
-        self.seed_ = seed
         self.kl_weight_ = auto_kl_weight(len(x), self.kl_weight, family)
-        trained = self._train(
-            family, self.input_gates, x, targets, n_out, make_likelihood(likelihood),
-            self.kl_weight_,
-        )  # fmt: skip
+        trained = self._best_start(family, x, targets, n_out, likelihood)
+        seed = self.seed_
         self.model_, self.likelihood_ = trained.model, trained.likelihood
         self.history_, self.best_epoch_ = trained.history, trained.best_epoch
         self.n_iter_ = len(self.history_)
@@ -403,6 +405,32 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
             self.refit_history_ = relaxed.history
         if self.predict_mode == "mean":
             self._warn_if_constant(x)
+
+    def _best_start(
+        self, family: str, x: torch.Tensor, targets: torch.Tensor, n_out: int, likelihood: Any
+    ) -> _Trained:
+        """The selection network of the best of `n_init` random starts by `restart_score`;
+        sets `seed_` (its seed, which the refit and predictions use), `n_init_`,
+        `init_scores_` and `best_init_`. With one start, the fit of earlier versions."""
+        n_init = AUTO_N_INIT[self._task] if self.n_init == "auto" else int(self.n_init)
+        rng = check_random_state(self.random_state)
+        seeds = [int(rng.randint(2**31 - 1)) for _ in range(n_init)]
+        self._split_seed = seeds[0]  # every start (and the refit) holds out the same rows
+        best, scores = None, []
+        for seed in seeds:
+            self.seed_ = seed
+            trained = self._train(
+                family, self.input_gates, x, targets, n_out, make_likelihood(likelihood),
+                self.kl_weight_,
+            )  # fmt: skip
+            scores.append(restart_score(trained.history, trained.best_epoch, self.monitor))
+            if best is None or scores[-1] > max(scores[:-1]):
+                best = trained  # the others are dropped as they lose: one network kept
+        self.n_init_, self.init_scores_ = n_init, scores
+        self.best_init_ = int(np.argmax(scores))
+        self.seed_ = seeds[self.best_init_]
+        assert best is not None
+        return best
 
     @staticmethod
     def _refit_columns(
@@ -453,7 +481,7 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = self._build(family, x.shape[1], n_out, input_gates)
-        val = self._validation_mask(targets, seed)
+        val = self._validation_mask(targets, self._split_seed)
         train = (x, targets) if val is None else (x[~val], targets[~val])
         batch_size = auto_batch_size(len(train[0]), self.batch_size)
         least, most = self._min_steps(), int(self.max_steps)
@@ -651,7 +679,10 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     selection is refitted as a mean-field "gaussian" MLP, any other selection as its own
     family) and on every column correlated with a kept one above `refit_correlation`
     ("auto": 0.4 for a refit network without gates, else None, the kept columns only);
-    `standardize` the inputs;
+    `standardize` the inputs; `n_init`, the random starts of the selection network
+    ("auto": 1 for a classifier, 3 for a regressor), of which the one that fits the
+    training rows best is kept (lowest mean training NLL over its last epochs; with
+    early stopping, the best validation `monitor`);
     `random_state`; `verbose` shows a progress bar.
 
     Fitted attributes: `classes_`, `model_` (the torch network), `likelihood_`,
@@ -664,7 +695,9 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     `refit_model_`, `refit_likelihood_`, `refit_history_`, `refit_columns_` (the columns
     the refit network reads; None with `refit=False`), `refit_family_`,
     `refit_correlation_` (what the refit used; None without one),
-    `kl_weight_` (the KL weight used),
+    `kl_weight_` (the KL weight used), `n_init_`, `init_scores_` (each start's score,
+    larger is better: minus its training NLL, or its validation `monitor` signed so),
+    `best_init_` (the start kept), `seed_` (its seed),
     `n_features_in_`, `x_mean_`, `x_scale_`. See the module
     docstring for the estimator checks that do not apply and why.
     """

@@ -1,0 +1,139 @@
+"""Development probe for `n_init`: does the best of several random starts select better?
+
+For each regression design of `small_tables.py` and each development seed (100, 101, ...;
+never the reported splits 0-4), the table with its 20 noise columns is split 75/25
+(`random_state` = seed) and the default regressor is fitted on the 75 % from each of
+`--starts` random starts, one start per fit (`n_init=1`), the k-th start with the seed the
+k-th start of `BayesianMLPRegressor(n_init=K, random_state=seed)` draws: so "the best of
+the first k starts" below is exactly what `n_init=k` keeps (by training NLL, the
+estimator's rule without early stopping). Per start: its score (`init_scores_`), its
+negative ELBO per row over the last 50 epochs, the columns kept and the R² on the split's
+own 25 %. The summary compares, per design and k, the start kept by training NLL with the
+one the ELBO would keep.
+
+    python benchmarks/small_tables_restarts.py --seeds 100 101 102 103 104 105 --starts 5 --jobs 2
+
+Results: benchmarks/results/<name>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from sklearn.model_selection import train_test_split
+from small_tables import DESIGNS, with_noise
+
+from bayesprune.estimator_defaults import RESTART_SCORE_EPOCHS
+from bayesprune.sklearn import BayesianMLPRegressor
+
+REGRESSION = [d for d, (task, _) in DESIGNS.items() if task == "regression"]
+
+
+def _start_state(seed: int, start: int) -> np.random.RandomState:
+    """A RandomState whose next draw is the seed of start `start` of an `n_init` fit with
+    `random_state=seed`."""
+    state = np.random.RandomState(seed)
+    for _ in range(start):
+        state.randint(2**31 - 1)
+    return state
+
+
+def run_starts(design: str, seed: int, starts: int) -> list[dict[str, Any]]:
+    """Every start of the default regressor on one development split, one row each."""
+    torch.set_num_threads(1)
+    _, X, y, truth, p = with_noise(design, seed)
+    Xa, Xv, ya, yv = train_test_split(X, y, test_size=0.25, random_state=seed)
+    rows = []
+    for start in range(starts):
+        est = BayesianMLPRegressor(n_init=1, random_state=_start_state(seed, start))
+        began = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est.fit(Xa, ya)
+        tail = est.history_[-RESTART_SCORE_EPOCHS:]
+        kept = est.get_support()
+        true = np.zeros(X.shape[1], dtype=bool)
+        true[truth if truth is not None else []] = True
+        rows.append({
+            "design": design, "seed": seed, "start": start, "score": est.init_scores_[0],
+            "neg_elbo": float(np.mean([r["nll"] + r["kl"] / len(Xa) for r in tail])),
+            "kept": np.flatnonzero(kept).tolist(), "true_kept": int((kept & true).sum()),
+            "false_kept": int((kept & ~true).sum()) if truth is not None else None,
+            "noise_kept": int(kept[p:].sum()), "true": len(truth or []),
+            "r2": float(est.score(Xv, yv)), "seconds": round(time.perf_counter() - began, 1),
+        })  # fmt: skip
+    return rows
+
+
+RULES = {"training NLL": lambda r: r["score"], "ELBO": lambda r: -r["neg_elbo"]}
+"""How a start is kept: the estimator's score (minus the training NLL), or the ELBO."""
+
+
+def _mean(values: list[float], digits: int) -> float | str:
+    return round(float(np.mean(values)), digits) if values else ""
+
+
+def summary(rows: list[dict[str, Any]], starts: int) -> list[dict[str, Any]]:
+    """Per design and k: the start kept by training NLL (`n_init=k`) and by the ELBO,
+    averaged over the seeds (TPR where the support is known, columns kept that are not
+    true, noise columns kept, held-out R²)."""
+    by_split = collections.defaultdict(list)
+    for r in rows:
+        by_split[(r["design"], r["seed"])].append(r)
+    out = []
+    for design in dict.fromkeys(r["design"] for r in rows):
+        splits = [v for (d, _), v in by_split.items() if d == design]
+        splits = [sorted(v, key=lambda r: r["start"]) for v in splits]
+        for k in sorted({1, min(3, starts), starts}):
+            for rule, pick in RULES.items():
+                if k == 1 and rule == "ELBO":
+                    continue
+                chosen = [max(s[:k], key=pick) for s in splits]
+                known = [c for c in chosen if c["true"]]
+                out.append({
+                    "design": design, "starts": k, "kept by": rule if k > 1 else "(one start)",
+                    "splits": len(chosen),
+                    "TPR": _mean([c["true_kept"] / c["true"] for c in known], 3),
+                    "false kept": _mean([c["false_kept"] for c in known], 2),
+                    "noise kept": _mean([c["noise_kept"] for c in chosen], 2),
+                    "R2": _mean([c["r2"] for c in chosen], 4),
+                })  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--designs", nargs="+", choices=REGRESSION, default=REGRESSION)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[100, 101, 102, 103, 104, 105])
+    parser.add_argument("--starts", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--name", default="small_tables_restarts")
+    add_results_dir_option(parser)
+    args = parser.parse_args()
+    use_results_dir(args)
+    if any(s < 100 for s in args.seeds):
+        parser.error("development seeds start at 100 (0-99 are the reported splits' range)")
+    tasks = [(d, s, args.starts) for s in args.seeds for d in args.designs]
+    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+        rows = [r for part in pool.map(run_starts, *zip(*tasks, strict=True)) for r in part]
+    table = summary(rows, args.starts)
+    markdown = (
+        f"Development splits {args.seeds}, the default regressor from {args.starts} random "
+        "starts each (one thread per fit); per design and number of starts k, the start "
+        "kept by training NLL (what `n_init=k` keeps) or by the ELBO, averaged over the "
+        "splits. TPR and columns kept that are not true: simulations only.\n\n" + md_table(table)
+    )
+    print(write_results(args.name, {"settings": vars(args), "summary": table, "rows": rows},
+                        markdown))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
