@@ -680,9 +680,9 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     family) and on every column correlated with a kept one above `refit_correlation`
     ("auto": 0.4 for a refit network without gates, else None, the kept columns only);
     `standardize` the inputs; `n_init`, the random starts of the selection network
-    ("auto": 1 for a classifier, 3 for a regressor), of which the one that fits the
-    training rows best is kept (lowest mean training NLL over its last epochs; with
-    early stopping, the best validation `monitor`);
+    ("auto": 1 for a classifier, 3 for a regressor), of which the one with the best
+    ELBO is kept (lowest mean training loss over its last epochs; with early stopping,
+    the best validation `monitor`);
     `random_state`; `verbose` shows a progress bar.
 
     Fitted attributes: `classes_`, `model_` (the torch network), `likelihood_`,
@@ -696,7 +696,7 @@ class BayesianMLPClassifier(ClassifierMixin, _BayesianMLP):
     the refit network reads; None with `refit=False`), `refit_family_`,
     `refit_correlation_` (what the refit used; None without one),
     `kl_weight_` (the KL weight used), `n_init_`, `init_scores_` (each start's score,
-    larger is better: minus its training NLL, or its validation `monitor` signed so),
+    larger is better: its ELBO per row, or its validation `monitor` signed so),
     `best_init_` (the start kept), `seed_` (its seed),
     `n_features_in_`, `x_mean_`, `x_scale_`. See the module
     docstring for the estimator checks that do not apply and why.
