@@ -13,6 +13,10 @@ with the one the training NLL alone would keep (the first rule tried).
 
     python benchmarks/small_tables_restarts.py --seeds 100 101 102 103 104 105 --starts 5 --jobs 2
 
+`--timing DESIGN` instead measures what the starts cost: default regressor fits with
+`n_init=1` and `n_init=3` alternating (`--repeats` each, one thread, CPU seconds, after a
+short warm-up fit) on the design's development split `--seeds[0]`.
+
 Results: benchmarks/results/<name>.{json,md}.
 """
 
@@ -109,18 +113,47 @@ def summary(rows: list[dict[str, Any]], starts: int) -> list[dict[str, Any]]:
     return out
 
 
+def time_starts(design: str, seed: int, repeats: int) -> dict[str, Any]:
+    """CPU seconds of default regressor fits with one and with three starts, alternating."""
+    torch.set_num_threads(1)
+    _, X, y, _, _ = with_noise(design, seed)
+    Xa, _, ya, _ = train_test_split(X, y, test_size=0.25, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        BayesianMLPRegressor(min_steps=20, max_steps=20, random_state=0).fit(Xa, ya)
+        seconds: dict[int, list[float]] = {1: [], 3: []}
+        for _ in range(repeats):
+            for n_init in seconds:
+                began = time.process_time()
+                BayesianMLPRegressor(n_init=n_init, random_state=seed).fit(Xa, ya)
+                seconds[n_init].append(round(time.process_time() - began, 2))
+    ratio = float(np.median(seconds[3]) / np.median(seconds[1]))
+    return {"design": design, "seed": seed, "cpu_seconds": seconds, "ratio": round(ratio, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--designs", nargs="+", choices=REGRESSION, default=REGRESSION)
     parser.add_argument("--seeds", nargs="+", type=int, default=[100, 101, 102, 103, 104, 105])
     parser.add_argument("--starts", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--timing", choices=REGRESSION, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--name", default="small_tables_restarts")
     add_results_dir_option(parser)
     args = parser.parse_args()
     use_results_dir(args)
     if any(s < 100 for s in args.seeds):
         parser.error("development seeds start at 100 (0-99 are the reported splits' range)")
+    if args.timing:
+        timing = time_starts(args.timing, args.seeds[0], args.repeats)
+        markdown = (
+            f"{args.timing}, development split {timing['seed']}, one thread, fits alternating: "
+            f"CPU seconds with n_init=1 {timing['cpu_seconds'][1]}, with n_init=3 "
+            f"{timing['cpu_seconds'][3]}; ratio of medians {timing['ratio']}.\n"
+        )
+        print(write_results(args.name, {"settings": vars(args), "timing": timing}, markdown))
+        return
     tasks = [(d, s, args.starts) for s in args.seeds for d in args.designs]
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
         rows = [r for part in pool.map(run_starts, *zip(*tasks, strict=True)) for r in part]
