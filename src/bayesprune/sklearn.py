@@ -41,6 +41,11 @@ whose absolute correlation with a kept one on the training rows exceeds
 columns only, for a gated one, whose posterior-mean network lost 13-19 points with them),
 and averages the group's measurement noise.
 `refit_columns_` are the columns it reads (`get_support()` stays the selection).
+
+Random starts (`n_init`; "auto": 3 for a regressor, 1 for a classifier): the selection
+network is trained from each and the start with the best ELBO is kept. A column that acts
+only through an interaction has no gradient until the interaction is learned, so whether
+it is kept can depend on the start.
 `model_` is the selection network, `refit_model_` the predicting one; with `refit=False`
 `model_` predicts and reads every column.
 
