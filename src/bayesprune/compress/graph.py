@@ -253,13 +253,20 @@ class _GraphShrinker:
         return dead - orphan, orphan
 
     # -- folding (graph_fold) ---------------------------------------------------------
+    def _size_bound(self, cg: ChannelGraph, groups: set[int]) -> set[int]:
+        """The `groups` whose constant a padded depthwise convolution makes depend on the
+        input size: neither a bias fold nor a merge can carry them."""
+        bound: set[int] = set()
+        for f in cg.followers:
+            if groups - bound and is_prunable(self.model.get_submodule(f.name)):
+                bound |= depthwise_size_bound(cg, f, self._deployed(f.name), groups - bound)
+        return bound
+
     def _plan_folds(self, cg: ChannelGraph, dead: set[int]) -> list[Fold]:
         """Folds for every reader; dead groups whose fold is impossible leave `dead`."""
         readers: dict[str, Reader] = {}
         own = {p.name: p.ids for p in cg.producers}
-        for f in cg.followers:  # depthwise convolutions
-            if dead and is_prunable(self.model.get_submodule(f.name)):
-                dead -= depthwise_size_bound(cg, f, self._deployed(f.name), dead)
+        dead -= self._size_bound(cg, dead)
         while True:
             planned, before = [], len(dead)
             for use in cg.sinks:
@@ -288,9 +295,7 @@ class _GraphShrinker:
     ) -> tuple[set[int], list[Merge]]:
         """(groups that go, the merges that carry their constants) among `candidates`,
         dead groups that would stay (`graph_merge`); a layer keeps at least one channel."""
-        for f in cg.followers:  # a padded depthwise conv makes a constant size-dependent
-            if candidates and is_prunable(self.model.get_submodule(f.name)):
-                candidates -= depthwise_size_bound(cg, f, self._deployed(f.name), candidates)
+        candidates = candidates - self._size_bound(cg, candidates)
         while True:
             merged, merges = plan_merges(cg, candidates, self.model.get_submodule)
             gone = removed | merged
