@@ -422,17 +422,16 @@ class _BayesianMLP(SelectorMixin, BaseEstimator):
         seeds = [int(rng.randint(2**31 - 1)) for _ in range(n_init)]
         self._split_seed = seeds[0]  # every start (and the refit) holds out the same rows
         best, scores = None, []
-        for seed in seeds:
+        for start, seed in enumerate(seeds):
             self.seed_ = seed
             trained = self._train(
                 family, self.input_gates, x, targets, n_out, make_likelihood(likelihood),
                 self.kl_weight_,
             )  # fmt: skip
             scores.append(restart_score(trained.history, trained.best_epoch, self.monitor))
-            if best is None or scores[-1] > max(scores[:-1]):
-                best = trained  # the others are dropped as they lose: one network kept
+            if best is None or scores[-1] > scores[self.best_init_]:
+                best, self.best_init_ = trained, start  # the losers are dropped: one network kept
         self.n_init_, self.init_scores_ = n_init, scores
-        self.best_init_ = int(np.argmax(scores))
         self.seed_ = seeds[self.best_init_]
         assert best is not None
         return best
