@@ -1,15 +1,17 @@
 """Development probe for `n_init`: does the best of several random starts select better?
 
-For each regression design of `small_tables.py` and each development seed (100, 101, ...;
-never the reported splits 0-4), the table with its 20 noise columns is split 75/25
-(`random_state` = seed) and the default regressor is fitted on the 75 % from each of
+For each design of `small_tables.py` given (`--designs`; default: the regression ones)
+and each development seed (100, 101, ...; never the reported splits 0-4), the table with
+its 20 noise columns is split 75/25 (`random_state` = seed, stratified for
+classification) and the design's default estimator is fitted on the 75 % from each of
 `--starts` random starts, one start per fit (`n_init=1`), the k-th start with the seed the
-k-th start of `BayesianMLPRegressor(n_init=K, random_state=seed)` draws: so "the best of
+k-th start of `n_init=K, random_state=seed` draws: so "the best of
 the first k starts" by the ELBO below is exactly what `n_init=k` keeps (the estimator's
 rule without early stopping). Per start: its score (`init_scores_`: the ELBO per row over
-the last 50 epochs), its training NLL over the same epochs, the columns kept and the R² on
-the split's own 25 %. The summary compares, per design and k, the start kept by the ELBO
-with the one the training NLL alone would keep (the first rule tried).
+the last 50 epochs), its training NLL over the same epochs, the columns kept and the
+score (R² or accuracy) on the split's own 25 %. The summary compares, per design and k,
+the start kept by the ELBO with the one the training NLL alone would keep (the first rule
+tried).
 
     python benchmarks/small_tables_restarts.py --seeds 100 101 102 103 104 105 --starts 5 --jobs 2
 
@@ -36,9 +38,10 @@ from sklearn.model_selection import train_test_split
 from small_tables import DESIGNS, with_noise
 
 from bayesprune.estimator_defaults import RESTART_SCORE_EPOCHS
-from bayesprune.sklearn import BayesianMLPRegressor
+from bayesprune.sklearn import BayesianMLPClassifier, BayesianMLPRegressor
 
 REGRESSION = [d for d, (task, _) in DESIGNS.items() if task == "regression"]
+ESTIMATORS = {"regression": BayesianMLPRegressor, "classification": BayesianMLPClassifier}
 
 
 def _start_state(seed: int, start: int) -> np.random.RandomState:
@@ -51,13 +54,14 @@ def _start_state(seed: int, start: int) -> np.random.RandomState:
 
 
 def run_starts(design: str, seed: int, starts: int) -> list[dict[str, Any]]:
-    """Every start of the default regressor on one development split, one row each."""
+    """Every start of the design's default estimator on one development split, one row each."""
     torch.set_num_threads(1)
-    _, X, y, truth, p = with_noise(design, seed)
-    Xa, Xv, ya, yv = train_test_split(X, y, test_size=0.25, random_state=seed)
+    task, X, y, truth, p = with_noise(design, seed)
+    strat = y if task == "classification" else None  # as small_tables.py splits
+    Xa, Xv, ya, yv = train_test_split(X, y, test_size=0.25, random_state=seed, stratify=strat)
     rows = []
     for start in range(starts):
-        est = BayesianMLPRegressor(n_init=1, random_state=_start_state(seed, start))
+        est = ESTIMATORS[task](n_init=1, random_state=_start_state(seed, start))
         began = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -72,7 +76,8 @@ def run_starts(design: str, seed: int, starts: int) -> list[dict[str, Any]]:
             "kept": np.flatnonzero(kept).tolist(), "true_kept": int((kept & true).sum()),
             "false_kept": int((kept & ~true).sum()) if truth is not None else None,
             "noise_kept": int(kept[p:].sum()), "true": len(truth or []),
-            "r2": float(est.score(Xv, yv)), "seconds": round(time.perf_counter() - began, 1),
+            "score_test": float(est.score(Xv, yv)),
+            "seconds": round(time.perf_counter() - began, 1),
         })  # fmt: skip
     return rows
 
@@ -88,7 +93,7 @@ def _mean(values: list[float], digits: int) -> float | str:
 def summary(rows: list[dict[str, Any]], starts: int) -> list[dict[str, Any]]:
     """Per design and k: the start kept by the ELBO (`n_init=k`) and by the training NLL,
     averaged over the seeds (TPR where the support is known, columns kept that are not
-    true, noise columns kept, held-out R²)."""
+    true, noise columns kept, held-out R² or accuracy)."""
     by_split = collections.defaultdict(list)
     for r in rows:
         by_split[(r["design"], r["seed"])].append(r)
@@ -108,7 +113,7 @@ def summary(rows: list[dict[str, Any]], starts: int) -> list[dict[str, Any]]:
                     "TPR": _mean([c["true_kept"] / c["true"] for c in known], 3),
                     "false kept": _mean([c["false_kept"] for c in known], 2),
                     "noise kept": _mean([c["noise_kept"] for c in chosen], 2),
-                    "R2": _mean([c["r2"] for c in chosen], 4),
+                    "held-out score": _mean([c["score_test"] for c in chosen], 4),
                 })  # fmt: skip
     return out
 
@@ -133,7 +138,7 @@ def time_starts(design: str, seed: int, repeats: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--designs", nargs="+", choices=REGRESSION, default=REGRESSION)
+    parser.add_argument("--designs", nargs="+", choices=list(DESIGNS), default=REGRESSION)
     parser.add_argument("--seeds", nargs="+", type=int, default=[100, 101, 102, 103, 104, 105])
     parser.add_argument("--starts", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=1)
@@ -159,10 +164,12 @@ def main() -> None:
         rows = [r for part in pool.map(run_starts, *zip(*tasks, strict=True)) for r in part]
     table = summary(rows, args.starts)
     markdown = (
-        f"Development splits {args.seeds}, the default regressor from {args.starts} random "
-        "starts each (one thread per fit); per design and number of starts k, the start "
-        "kept by the ELBO (what `n_init=k` keeps) or by the training NLL, averaged over the "
-        "splits. TPR and columns kept that are not true: simulations only.\n\n" + md_table(table)
+        f"Development splits {args.seeds}, each design's default estimator from {args.starts} "
+        "random starts each (one thread per fit); per design and number of starts k, the "
+        "start kept by the ELBO (what `n_init=k` keeps) or by the training NLL, averaged over "
+        "the splits. TPR and columns kept that are not true: simulations only. Held-out "
+        "score: R² (regression) or accuracy (classification) on the split's 25 %.\n\n"
+        + md_table(table)
     )
     print(write_results(args.name, {"settings": vars(args), "summary": table, "rows": rows},
                         markdown))  # fmt: skip
