@@ -51,7 +51,7 @@ from __future__ import annotations
 import copy
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -70,6 +70,7 @@ from .graph_fold import (
     group_folds,
 )
 from .graph_merge import Merge, apply_merge, plan_merges
+from .graph_parts import Parts, find_parts
 from .graph_trace import (
     NORMS,
     ChannelGraph,
@@ -116,6 +117,9 @@ class GraphShrinkResult:
     heads: dict[str, list[int]] = field(default_factory=dict)
     """Per attention module that lost heads (`bayesprune.nn.MultiheadAttention`): the
     kept heads, original indices."""
+    parts: list[str] = field(default_factory=list)
+    """When torch.fx cannot trace the whole forward: the submodules shrunk one by one
+    (`graph_parts`); [] when the whole model was traced."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able record (without the model)."""
@@ -129,6 +133,7 @@ class GraphShrinkResult:
             "max_abs_difference": self.max_abs_difference,
             "notes": self.notes,
             "shapes": self.shapes,
+            "parts": self.parts,
         }
 
 
@@ -756,10 +761,56 @@ def shrink_graph(
     the masked input model on the example inputs in posterior-mean mode and raises
     GraphShrinkError beyond `tolerance` (relative to the output's scale). The input
     model is not modified.
+
+    A model whose whole `forward` torch.fx cannot trace (a detector, a forward that
+    branches on a tensor's value) is shrunk in parts (`graph_parts`): its largest
+    submodules that trace, each on the arguments it receives from the example, with
+    their inputs and outputs kept; `result.parts` names them, a note says why, and
+    `prune_units` may name layers inside them only. `check` then compares every call
+    of every part, and the example may hold non-tensors (a detector's list of images).
     """
     if not 0.0 <= inclusion_threshold < 1.0:
         raise ValueError(f"inclusion_threshold must be in [0, 1), got {inclusion_threshold}")
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    settings = _Settings(
+        inclusion_threshold, tuple(passthrough), tuple(leaf_modules), check, tolerance,
+        max_rounds,
+    )  # fmt: skip
+    found = find_parts(model, inputs, settings.leaf_modules)
+    if found.traced:
+        return _shrink_traced(model, inputs, prune_units, prune_inputs, settings)[0]
+    if prune_inputs:
+        raise ValueError(
+            f"prune_inputs needs the whole forward traced, and {found.reason}; shrink "
+            "without prune_inputs, or make the forward traceable"
+        )
+    return _shrink_parts(model, inputs, found, prune_units or {}, settings)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """shrink_graph's options that every part is shrunk with."""
+
+    inclusion_threshold: float
+    passthrough: tuple[type[nn.Module], ...]
+    leaf_modules: tuple[type[nn.Module], ...]
+    check: bool
+    tolerance: float
+    max_rounds: int
+
+
+def _shrink_traced(
+    model: nn.Module,
+    inputs: tuple[Tensor, ...],
+    prune_units: Mapping[str, Tensor | Sequence[int]] | None,
+    prune_inputs: Mapping[str, Tensor | Sequence[int]] | bool | None,
+    settings: _Settings,
+) -> tuple[GraphShrinkResult, nn.Module]:
+    """`shrink_graph` of a model torch.fx traces whole; also the masked model it was
+    checked against (the reference a model shrunk in parts is assembled from)."""
+    inclusion_threshold, max_rounds = settings.inclusion_threshold, settings.max_rounds
+    passthrough, leaf_modules = settings.passthrough, settings.leaf_modules
+    check, tolerance = settings.check, settings.tolerance
     work, reference = copy_model(model), copy_model(model)
     forced: dict[str, Tensor] = {}
     attention = attention_modules(work)
@@ -846,4 +897,93 @@ def shrink_graph(
             "passthrough= may mix channels, or a layer's to_deterministic/posterior may not "
             "reflect its gates; pass check=False to inspect result.model"
         )
+    return result, reference
+
+
+def _shrink_parts(
+    model: nn.Module,
+    inputs: tuple[Any, ...],
+    found: Parts,
+    prune_units: Mapping[str, Tensor | Sequence[int]],
+    settings: _Settings,
+) -> GraphShrinkResult:
+    """`shrink_graph` of a model torch.fx cannot trace whole: each part shrunk on its own
+    (with its own check) and put back into a copy; then every call of every part compared
+    with the masked model's, in one forward of the example."""
+    for name in prune_units:
+        try:
+            model.get_submodule(name)
+        except AttributeError as err:
+            raise ValueError(f"prune_units names unknown module {name!r}") from err
+        if found.owner(name) is None:
+            raise ValueError(
+                f"prune_units names {name!r}, which lies outside every part of "
+                f"{type(model).__name__} that torch.fx can trace "
+                f"({', '.join(p.name for p in found.parts)}), so its units cannot be "
+                "removed; leave it out of prune_units, or make the code around it traceable"
+            )
+    work, reference = copy_model(model), copy_model(model)
+    result = GraphShrinkResult(work, [], {}, parts=[p.name for p in found.parts])
+    for part in found.parts:
+        prefix = found.prefix(part)
+        units = {n[len(prefix) :]: v for n, v in prune_units.items() if n.startswith(prefix)}
+        shrunk, masked = _shrink_traced(part.module, part.inputs, units, None, settings)
+        _set_module(work, part.name, shrunk.model)
+        _set_module(reference, part.name, masked)
+        result.layers += [replace(r, name=prefix + r.name) for r in shrunk.layers]
+        result.followers.update({prefix + n: k for n, k in shrunk.followers.items()})
+        result.shapes.update({prefix + n: v for n, v in shrunk.shapes.items()})
+        result.heads.update({prefix + n: v for n, v in shrunk.heads.items()})
+        result.rounds = max(result.rounds, shrunk.rounds)
+        result.notes += [f"{part.name}: {note}" for note in shrunk.notes]
+    outside = (
+        f"; the prunable layers outside them keep every unit: {', '.join(found.outside)}"
+        if found.outside
+        else ""
+    )
+    result.notes.insert(
+        0,
+        f"{found.reason}: it was shrunk in parts, the submodules that trace "
+        f"({', '.join(result.parts)}), each with its inputs and outputs kept{outside}",
+    )
+    diff, scale = _part_differences(reference, work, inputs, result.parts)
+    result.max_abs_difference = diff
+    if settings.check and diff > settings.tolerance * max(1.0, scale):
+        raise GraphShrinkError(
+            f"the shrunk model differs from the masked one by up to {diff:.3g} in the "
+            "example's forward, at a part's output or the model's (inf: a different shape "
+            "or number of outputs, e.g. a filter on the values that let another row "
+            "through); pass check=False to inspect result.model"
+        )
     return result
+
+
+def _part_differences(
+    reference: nn.Module, work: nn.Module, inputs: tuple[Any, ...], parts: Sequence[str]
+) -> tuple[float, float]:
+    """Largest |shrunk − masked| over every output of every call of every part and the
+    model's own outputs in one forward of `inputs` (inf where the shapes or the numbers
+    of outputs differ), and the largest |masked output|."""
+    seen: dict[int, list[Tensor]] = {0: [], 1: []}
+    for side, model in enumerate((reference, work)):
+        handles = [
+            model.get_submodule(name).register_forward_hook(
+                lambda _m, _a, out, side=side: seen[side].extend(_tensors(out))
+            )
+            for name in parts
+        ]
+        try:
+            seen[side].extend(_outputs(model, inputs))
+        finally:
+            for handle in handles:
+                handle.remove()
+    diff, scale = 0.0, 0.0
+    if len(seen[0]) != len(seen[1]):
+        return float("inf"), scale
+    for expected, got in zip(seen[0], seen[1], strict=True):
+        if expected.shape != got.shape:
+            return float("inf"), scale
+        if expected.numel():
+            diff = max(diff, float((expected - got).abs().max()))
+            scale = max(scale, float(expected.abs().max()))
+    return diff, scale

@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from ..nn.base import use_posterior_mean
 from ..validation import model_device
 from .adapters import as_prunable
-from .graph_trace import analyse
+from .graph_parts import find_parts
+from .graph_trace import ChannelGraph, analyse
 from .heads import attention_modules, head_scores
 
 Batches = Tensor | Iterable[Any]
@@ -124,7 +125,9 @@ def activation_scores(
     output channels share the group's score. A `bayesprune.nn.MultiheadAttention` gets
     one score per head under its own name (the same formula, its heads' outputs as the
     columns of `out_proj`). The model is run in eval mode with posterior means; its mode
-    is put back. Batches move to the model's device one at a time.
+    is put back. Batches move to the model's device one at a time. A model whose whole
+    `forward` torch.fx cannot trace is scored in parts, as `shrink_graph` shrinks it
+    (`graph_parts`): the layers of its traceable submodules, their outputs pinned.
     """
     if inputs < 1:
         raise ValueError(f"inputs counts the forward's tensors, at least 1, got {inputs}")
@@ -134,10 +137,12 @@ def activation_scores(
     if first is None:
         raise ValueError("activation_scores needs data: the iterable gave no batch")
     options = {"passthrough": tuple(passthrough), "leaf_modules": tuple(leaf_modules)}
-    cg = analyse(model, tuple(t[:2] for t in first), **options)
-    moments = {use.name: _ColumnMoments(use.axis) for use in cg.sinks}
+    found = find_parts(model, tuple(t[:2] for t in first), options["leaf_modules"])
+    graphs = [(found.prefix(p), analyse(p.module, p.inputs, **options)) for p in found.parts]
+    moments = {pre + use.name: _ColumnMoments(use.axis) for pre, cg in graphs for use in cg.sinks}
     handles = [model.get_submodule(n).register_forward_pre_hook(m) for n, m in moments.items()]
-    heads = {name: _ColumnMoments(-1) for name in attention_modules(model)}  # out_proj's inputs
+    attention = [name for name in attention_modules(model) if found.owner(name) is not None]
+    heads = {name: _ColumnMoments(-1) for name in attention}  # out_proj's inputs
     handles += [
         model.get_submodule(f"{n}.out_proj").register_forward_pre_hook(m) for n, m in heads.items()
     ]
@@ -154,12 +159,22 @@ def activation_scores(
         model.train(was)
         for handle in handles:
             handle.remove()
+    scores = {}
+    for prefix, cg in graphs:
+        scores.update(_graph_scores(model, cg, prefix, moments))
+    return {**scores, **head_scores(model, {n: m.sd() for n, m in heads.items()})}
+
+
+def _graph_scores(
+    model: nn.Module, cg: ChannelGraph, prefix: str, moments: Mapping[str, _ColumnMoments]
+) -> dict[str, Tensor]:
+    """The scores of one traced graph's producers (`prefix`: where it sits in `model`)."""
     squared: dict[int, float] = {}
     for use in cg.sinks:
-        layer = model.get_submodule(use.name)
+        layer = model.get_submodule(prefix + use.name)
         weight = as_prunable(layer).posterior().weight_mean.detach()
         norm = _column_norms(weight, use.groups)
-        part = (moments[use.name].sd().to(norm) * norm).square().cpu()
+        part = (moments[prefix + use.name].sd().to(norm) * norm).square().cpu()
         for col, i in enumerate(use.ids):
             g = cg.find(i)
             squared[g] = squared.get(g, 0.0) + float(part[col])
@@ -168,8 +183,8 @@ def activation_scores(
     for use in cg.producers:
         groups = [cg.find(i) for i in use.ids]
         values = [float("inf") if g in pinned else squared.get(g, 0.0) ** 0.5 for g in groups]
-        scores[use.name] = torch.tensor(values, dtype=torch.float64)
-    return {**scores, **head_scores(model, {n: m.sd() for n, m in heads.items()})}
+        scores[prefix + use.name] = torch.tensor(values, dtype=torch.float64)
+    return scores
 
 
 def keep_units(

@@ -178,18 +178,11 @@ def trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = ()) -> fx.
     try:
         graph = tracer.trace(model)
     except Exception as err:  # fx raises TraceError, TypeError, RuntimeError...
-        backbone = getattr(model, "backbone", None)
-        part = (
-            "; or compress the part that holds the convolutions alone, e.g. model.backbone "
-            "(a detector's body and feature pyramid), and put the result back"
-            if isinstance(backbone, nn.Module)
-            else ""
-        )
         raise GraphTraceError(
             f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {err}) at "
             f"{_user_frame(err)}; move that code into its own nn.Module and pass its type in "
             "leaf_modules=(...) (its channels are then kept), or make it free of data-dependent "
-            f"Python control flow{part}"
+            "Python control flow"
         ) from err
     return fx.GraphModule(tracer.root, graph)
 

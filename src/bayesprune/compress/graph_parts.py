@@ -1,0 +1,186 @@
+"""The parts of a model that torch.fx can trace, when its whole `forward` cannot be.
+
+A detector's `forward` loops over a list of images and filters boxes by score; a user's
+may branch on a tensor's value. torch.fx cannot trace such code, so `shrink_graph` and
+`activation_scores` would have nothing to work on. Instead they work on the model's
+*parts*: the largest submodules that trace on their own. The example is run through the
+whole model once (eval mode, posterior means), forward hooks record the arguments each
+submodule receives, and the module tree is searched from the top: a submodule with
+prunable layers is a part when its `forward` traces, takes tensors only, and none of its
+modules is called by code outside it; any other is searched inside. Each part is then
+analysed and shrunk as a model of its own, on the arguments it received: its inputs and
+outputs are pinned, since the untraced code that feeds and reads them is unknown, so
+every channel that leaves a part keeps its width and the code around it runs unchanged.
+Prunable layers outside every part keep all their units. A part called several times (a
+detector head applied to every level of a feature pyramid) is analysed on its first
+call; `shrink_graph` checks every call, and the whole model's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.base import use_posterior_mean
+from .adapters import prunable_layers
+from .graph_trace import GraphTraceError, Tracer, trace
+
+
+@dataclass
+class Part:
+    """A submodule that traces on its own, and the arguments it received first."""
+
+    name: str  # its qualified name in the model; "" for the whole model
+    module: nn.Module
+    inputs: tuple[Tensor, ...]
+    calls: int = 1
+
+
+@dataclass
+class _Calls:
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    count: int = 1
+
+
+@dataclass
+class Parts:
+    """The parts of a model, whole (`traced`) or not; `reason` says why not."""
+
+    parts: list[Part]
+    traced: bool
+    reason: str = ""
+    outside: list[str] = field(default_factory=list)  # prunable layers in no part
+
+    def owner(self, name: str) -> Part | None:
+        """The part holding module `name` (the whole model's name), or None."""
+        for part in self.parts:
+            if not part.name or name.startswith(part.name + "."):
+                return part
+        return None
+
+    @staticmethod
+    def prefix(part: Part) -> str:
+        return f"{part.name}." if part.name else ""
+
+
+def _detached(value: Any) -> Any:
+    """A copy of an argument that later in-place ops of the forward cannot change."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, tuple | list):
+        return type(value)(_detached(v) for v in value)
+    return value
+
+
+def record_calls(
+    model: nn.Module, inputs: tuple[Any, ...], names: Sequence[str]
+) -> tuple[dict[str, _Calls], set[str]]:
+    """The first arguments and number of calls of the submodules `names` in one forward
+    of `inputs` (eval mode, posterior means, no gradients; the model's mode is put back),
+    and those of `names` whose modules are also called from outside their `forward` (a
+    layer of a block that the model's own code calls directly): shrinking such a block
+    would change what that outside call receives."""
+    calls: dict[str, _Calls] = {}
+    active: dict[str, int] = dict.fromkeys(names, 0)
+    leaky: set[str] = set()
+
+    def enter(name: str) -> Any:
+        def pre(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            leaky.update(a for a in _ancestors(name, active) if not active[a])
+            if name in active:
+                active[name] += 1
+                if name in calls:
+                    calls[name].count += 1
+                else:
+                    calls[name] = _Calls(_detached(args), _detached(kwargs))
+
+        return pre
+
+    def leave(name: str) -> Any:
+        def post(_module: nn.Module, _args: Any, _out: Any) -> None:
+            active[name] -= 1
+
+        return post
+
+    handles = [
+        module.register_forward_pre_hook(enter(name), with_kwargs=True)
+        for name, module in model.named_modules()
+        if name
+    ]
+    handles += [model.get_submodule(name).register_forward_hook(leave(name)) for name in names]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), use_posterior_mean(model):
+            model(*inputs)
+    finally:
+        model.train(was)
+        for handle in handles:
+            handle.remove()
+    return calls, leaky
+
+
+def _ancestors(name: str, candidates: Mapping[str, int]) -> list[str]:
+    """The proper prefixes of module `name` ("a", "a.b" of "a.b.c") among `candidates`."""
+    pieces = name.split(".")
+    return [a for a in (".".join(pieces[:i]) for i in range(1, len(pieces))) if a in candidates]
+
+
+def _traces(module: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> bool:
+    try:
+        trace(module, leaf_modules)
+    except GraphTraceError:
+        return False
+    return True
+
+
+def find_parts(
+    model: nn.Module,
+    inputs: tuple[Any, ...],
+    leaf_modules: Sequence[type[nn.Module]] = (),
+) -> Parts:
+    """The whole model when it traces, else its largest traceable submodules (module
+    docstring). A GraphTraceError when neither it nor any submodule with prunable layers
+    traces."""
+    try:
+        trace(model, leaf_modules)
+    except GraphTraceError as err:
+        whole = err
+    else:
+        return Parts([Part("", model, inputs)], traced=True)
+    leaf = Tracer(leaf_modules).is_leaf_module
+    layers = [name for name, _ in prunable_layers(model)]
+    candidates = [  # not a layer itself, and holding layers to prune
+        name
+        for name, module in model.named_modules()
+        if name and not leaf(module, name) and any(layer.startswith(name + ".") for layer in layers)
+    ]
+    calls, leaky = record_calls(model, inputs, candidates)
+    parts: list[Part] = []
+
+    def search(prefix: str, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            qualified = f"{prefix}.{name}" if prefix else name
+            if qualified not in calls:
+                continue  # a layer, nothing to prune, or not run by this example
+            seen = calls[qualified]
+            tensors = not seen.kwargs and all(isinstance(a, Tensor) for a in seen.args)
+            if tensors and qualified not in leaky and _traces(child, leaf_modules):
+                parts.append(Part(qualified, child, seen.args, seen.count))
+            else:
+                search(qualified, child)
+
+    search("", model)
+    if not parts:
+        raise GraphTraceError(
+            f"{whole}; and no submodule of {type(model).__name__} with prunable layers "
+            "traces on its own either"
+        ) from whole
+    found = Parts(parts, traced=False, reason=str(whole).split("; move that code")[0])
+    found.outside = [n for n, _ in prunable_layers(model) if found.owner(n) is None]
+    return found
