@@ -16,7 +16,7 @@ from bayesprune.compress import (
     self_compress,
 )
 from bayesprune.compress.adapters import mask_rows
-from bayesprune.compress.graph import GraphTraceError, shrink_graph
+from bayesprune.compress.graph import GraphShrinkError, GraphTraceError, shrink_graph
 from bayesprune.compress.graph_parts import find_parts
 from bayesprune.nn import use_posterior_mean
 
@@ -246,3 +246,23 @@ def test_a_block_whose_layer_is_called_from_outside_is_no_part():
     assert result.model.body.conv1.out_channels == 6 and result.max_abs_difference < TOL
     with pytest.raises(ValueError, match=r"'body.conv1'.*outside every part"):
         shrink_graph(model, x, prune_units={"body.conv1": [0, 1, 2]})
+
+
+class ReadsAWidth(nn.Module):
+    """Code outside the part reads a width inside it: shrinking changes the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = Body()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.body(x).mean((2, 3)) * self.body.conv1.out_channels
+        return y if y.sum() != 0 else -y
+
+
+def test_the_check_catches_outside_code_that_reads_a_shrunk_width():
+    model, x = _build(ReadsAWidth, "gaussian"), _x()
+    with pytest.raises(GraphShrinkError, match=r"code outside the parts reads"):
+        shrink_graph(model, x, prune_units={"body.conv1": [0, 1, 2]})
+    result = shrink_graph(model, x, prune_units={"body.conv1": [0, 1, 2]}, check=False)
+    assert result.max_abs_difference > 1e-3

@@ -951,9 +951,10 @@ def _shrink_parts(
     if settings.check and diff > settings.tolerance * max(1.0, scale):
         raise GraphShrinkError(
             f"the shrunk model differs from the masked one by up to {diff:.3g} in the "
-            "example's forward, at a part's output or the model's (inf: a different shape "
-            "or number of outputs, e.g. a filter on the values that let another row "
-            "through); pass check=False to inspect result.model"
+            "example's forward (inf: another shape or number of outputs): at a part's "
+            "output, or at the model's although both models' parts handed on the same "
+            "values, so code outside the parts reads something shrinking changed (a "
+            "layer's width or weights); pass check=False to inspect result.model"
         )
     return result
 
@@ -961,29 +962,45 @@ def _shrink_parts(
 def _part_differences(
     reference: nn.Module, work: nn.Module, inputs: tuple[Any, ...], parts: Sequence[str]
 ) -> tuple[float, float]:
-    """Largest |shrunk − masked| over every output of every call of every part and the
-    model's own outputs in one forward of `inputs` (inf where the shapes or the numbers
-    of outputs differ), and the largest |masked output|."""
-    seen: dict[int, list[Tensor]] = {0: [], 1: []}
-    for side, model in enumerate((reference, work)):
-        handles = [
-            model.get_submodule(name).register_forward_hook(
-                lambda _m, _a, out, side=side: seen[side].extend(_tensors(out))
-            )
-            for name in parts
-        ]
-        try:
-            seen[side].extend(_outputs(model, inputs))
-        finally:
-            for handle in handles:
-                handle.remove()
+    """Largest |shrunk − masked| in one forward of `inputs` (inf where shapes or counts
+    differ), and the largest |masked value| compared: over every output of every call of
+    every part, and over the model's outputs when the masked model's parts hand on the
+    shrunk parts' outputs. The code outside the parts then reads the same values in both
+    models, so its outputs differ only if it reads something shrinking changed; a
+    threshold or a sort in it cannot turn a rounding difference into a large one."""
+    shrunk: list[Any] = []
+    work_handles = [
+        work.get_submodule(name).register_forward_hook(lambda _m, _a, out: shrunk.append(out))
+        for name in parts
+    ]
+    try:
+        work_out = _outputs(work, inputs)
+    finally:
+        for handle in work_handles:
+            handle.remove()
+    masked: list[Any] = []
+
+    def hand_on(_module: nn.Module, _args: Any, out: Any) -> Any:
+        masked.append(out)
+        return shrunk[len(masked) - 1] if len(masked) <= len(shrunk) else out
+
+    handles = [reference.get_submodule(name).register_forward_hook(hand_on) for name in parts]
+    try:
+        reference_out = _outputs(reference, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(masked) != len(shrunk):
+        return float("inf"), 0.0
+    expected = [t for out in masked for t in _tensors(out)] + reference_out
+    got = [t for out in shrunk for t in _tensors(out)] + work_out
     diff, scale = 0.0, 0.0
-    if len(seen[0]) != len(seen[1]):
+    if len(expected) != len(got):
         return float("inf"), scale
-    for expected, got in zip(seen[0], seen[1], strict=True):
-        if expected.shape != got.shape:
+    for e, g in zip(expected, got, strict=True):
+        if e.shape != g.shape:
             return float("inf"), scale
-        if expected.numel():
-            diff = max(diff, float((expected - got).abs().max()))
-            scale = max(scale, float(expected.abs().max()))
+        if e.numel():
+            diff = max(diff, float((e - g).abs().max()))
+            scale = max(scale, float(e.abs().max()))
     return diff, scale
