@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from bayesprune.compress import (
     activation_scores,
     keep_units,
+    keep_units_for_flops,
     load_shrunk,
     save_shrunk,
     self_compress,
@@ -129,6 +130,14 @@ def test_a_part_reads_its_scores_from_every_call():
     model = _build(Detectorish, "gaussian")
     scores = activation_scores(model, _x(3))
     assert (scores["head.fc1"] > 0).any()
+
+
+def test_a_flops_budget_on_an_untraceable_model():
+    model, x = _build(Detectorish, "gaussian"), _x(8)
+    found = keep_units_for_flops(model, activation_scores(model, x), x[:2], 0.8)
+    assert found.ratio <= 0.8 and found.sparsity > 0
+    small = shrink_graph(model, x[:2], prune_units=found.masks).model
+    assert small.body.conv1.out_channels < 6
 
 
 def test_self_compress_takes_an_untraceable_model():
