@@ -1,5 +1,6 @@
 """shrink_graph on torchvision's resnet18, mobilenet_v3_small, vgg11_bn and densenet121
-(and, scored and shrunk by keep_units, resnext50_32x4d and regnet_y_400mf).
+(and, scored and shrunk by keep_units, resnext50_32x4d, regnet_y_400mf and
+efficientnet_b0).
 
 Random weights, BatchNorms in eval mode with random running statistics (so removed
 channels emit non-zero constants that must be folded), float64, 1-2 images of 32×32.
@@ -313,3 +314,24 @@ def test_grouped_convolutions_are_scored_and_shrunk_by_whole_groups(name):
         per_group = before.out_channels // before.groups
         assert after.out_channels < before.out_channels
         assert after.out_channels // after.groups == per_group  # whole groups went
+
+
+# -- stochastic depth on residual branches: efficientnet_b0 ------------------------------
+def test_stochastic_depth_passes_the_residual_channels():
+    """torchvision's stochastic_depth (identity in eval, one number per sample in
+    training) used to pin every residual stream of EfficientNet: now the projections
+    that write those streams are scored and shrunk with their readers."""
+    models = import_torchvision_models()
+    torch.manual_seed(0)
+    plain = models.efficientnet_b0(num_classes=10)
+    _randomise_batchnorms(plain)
+    model = convert(plain.double(), "gaussian").double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    scores = compress_scores(model, x)
+    projection = "features.2.1.block.3.0"  # writes a residual stream (stage 2, block 2)
+    assert torch.isfinite(scores[projection]).all()
+    torch.testing.assert_close(scores[projection], scores["features.2.0.block.3.0"])
+    result = shrink_graph(model, x, prune_units=keep(scores, sparsity=0.25))
+    assert result.max_abs_difference < TOL
+    small = result.model.get_submodule(projection)
+    assert small.out_channels < model.get_submodule(projection).out_channels

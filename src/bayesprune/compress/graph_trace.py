@@ -19,7 +19,8 @@ reductions and indexing). Ids that must go together are united (union-find) into
 - *followers* pass ids through and are sliced with them: BatchNorm, InstanceNorm,
   depthwise convolutions, GroupNorm (which also unites the channels of each of its
   groups, since they share statistics);
-- channelwise ops pass ids: activations (hardswish / hardsigmoid included), dropout,
+- channelwise ops pass ids: activations (hardswish / hardsigmoid included), dropout and
+  torchvision's stochastic depth,
   identity, pooling, adaptive pooling, upsampling, padding, `mean` over H·W, and an
   activation *module* reused at several places (stateless, so sharing is harmless);
   average pooling that counts zero padding pins (a constant there depends on the size);
@@ -134,6 +135,11 @@ _ELEMENTWISE = _CHANNELWISE - {
     F.upsample_nearest, F.upsample_bilinear,
 }  # fmt: skip
 """The channelwise functions that act on each entry apart (also on channels-last tensors)."""
+_PER_SAMPLE = {("torchvision.ops.stochastic_depth", "stochastic_depth")}
+"""Functions of other libraries (module, name; not imported here) that are the identity in
+eval mode and in training scale each sample, or the whole batch, by one number: every
+channel passes. torchvision's stochastic depth, on the residual branches of EfficientNet,
+ConvNeXt, Swin and MaxViT."""
 _CHANNELWISE_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min",
     "clamp_max", "abs", "contiguous", "clone", "detach", "float", "double", "to", "type_as",
@@ -505,6 +511,13 @@ def _is(node: fx.Node, functions: set[Any], methods: set[str]) -> bool:
     return node.op == "call_function" and node.target in functions
 
 
+def _per_sample(node: fx.Node) -> bool:
+    """A call of one of the `_PER_SAMPLE` functions."""
+    target = node.target
+    named = (getattr(target, "__module__", None), getattr(target, "__name__", None))
+    return node.op == "call_function" and named in _PER_SAMPLE
+
+
 def _arg(node: fx.Node, pos: int, name: str, default: Any) -> Any:
     return node.kwargs.get(name, node.args[pos] if len(node.args) > pos else default)
 
@@ -562,9 +575,9 @@ def _function_ids(cg: ChannelGraph, node: fx.Node, first: Channels | None) -> Ch
         kept = reduced(dim, bool(_arg(node, 2, "keepdim", False)), axis, in_value.ndim)
         return None if kept is None else (ids, kept)
     if axis != 1:  # channels last: only ops that act on each entry apart pass
-        elementwise = _is(node, _ELEMENTWISE, _CHANNELWISE_METHODS)
+        elementwise = _is(node, _ELEMENTWISE, _CHANNELWISE_METHODS) or _per_sample(node)
         return first if elementwise and value.shape == in_value.shape else None
-    if _is(node, _CHANNELWISE, _CHANNELWISE_METHODS):
+    if _is(node, _CHANNELWISE, _CHANNELWISE_METHODS) or _per_sample(node):
         return first if value.shape[:2] == in_value.shape[:2] else None
     if _is(node, {F.avg_pool1d, F.avg_pool2d}, set()):
         padding = _arg(node, 3, "padding", 0)
