@@ -275,3 +275,27 @@ def test_the_check_catches_outside_code_that_reads_a_shrunk_width():
         shrink_graph(model, x, prune_units={"body.conv1": [0, 1, 2]})
     result = shrink_graph(model, x, prune_units={"body.conv1": [0, 1, 2]}, check=False)
     assert result.max_abs_difference > 1e-3
+
+
+class Filtering(nn.Module):
+    """The head reads only the images that pass a filter on the values, here none (a
+    detector's mask head when no box passes the score threshold)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = Body()
+        self.head = Scorer()
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.body(x).mean((2, 3))
+        chosen = pooled[pooled.sum(1) > 1e9]
+        return self.head(chosen) if len(chosen) < 1e9 else chosen  # untraceable
+
+
+def test_a_part_the_data_never_reaches_is_left_unscored():
+    model, x = _build(Filtering, "gaussian"), _x(4)
+    with pytest.warns(UserWarning, match=r"never gave part 'head' a row"):
+        scores = activation_scores(model, x)
+    assert set(scores) == {"body.conv1", "body.conv2"}
+    result = shrink_graph(model, x, prune_units=keep_units(scores, 0.5))
+    assert result.model.body.conv1.out_channels == 3 and result.model.head.fc1.out_features == 8

@@ -888,9 +888,9 @@ def _shrink_traced(
             "the others: merged_units)"
         )
     expected, got = _outputs(reference, inputs), _outputs(work, worker.inputs)
-    diff = max(float((e - g).abs().max()) for e, g in zip(expected, got, strict=True))
+    diff = max(_largest(e - g) for e, g in zip(expected, got, strict=True))
     result.max_abs_difference = diff
-    scale = max(float(e.abs().max()) for e in expected)
+    scale = max(_largest(e) for e in expected)
     if check and diff > tolerance * max(1.0, scale):
         raise GraphShrinkError(
             f"shrunk output differs from the masked model by up to {diff:.3g}: a module in "
@@ -1000,7 +1000,10 @@ def _part_differences(
     for e, g in zip(expected, got, strict=True):
         if e.shape != g.shape:
             return float("inf"), scale
-        if e.numel():
-            diff = max(diff, float((e - g).abs().max()))
-            scale = max(scale, float(e.abs().max()))
+        diff, scale = max(diff, _largest(e - g)), max(scale, _largest(e))
     return diff, scale
+
+
+def _largest(t: Tensor) -> float:
+    """max |t|, 0 for an empty tensor (a part the example reached with no rows)."""
+    return float(t.abs().max()) if t.numel() else 0.0

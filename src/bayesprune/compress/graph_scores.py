@@ -29,6 +29,7 @@ iterative pruning is `schedules.width_schedule`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -99,8 +100,13 @@ class _ColumnMoments:
         self.n = total
 
     def sd(self) -> Tensor:
-        if self.m2 is None or self.n == 0:
+        if self.m2 is None:
             raise ValueError("the data gave no batch")
+        if self.n == 0:
+            raise ValueError(
+                "a scored layer never received a row from the data (the forward filtered "
+                "them all away): give data that reaches it"
+            )
         return (self.m2 / self.n).sqrt()
 
 
@@ -127,7 +133,8 @@ def activation_scores(
     columns of `out_proj`). The model is run in eval mode with posterior means; its mode
     is put back. Batches move to the model's device one at a time. A model whose whole
     `forward` torch.fx cannot trace is scored in parts, as `shrink_graph` shrinks it
-    (`graph_parts`): the layers of its traceable submodules, their outputs pinned.
+    (`graph_parts`): the layers of its traceable submodules, their outputs pinned; a
+    part the data never reaches with a row is left unscored, with a warning.
     """
     if inputs < 1:
         raise ValueError(f"inputs counts the forward's tensors, at least 1, got {inputs}")
@@ -161,6 +168,15 @@ def activation_scores(
             handle.remove()
     scores = {}
     for prefix, cg in graphs:
+        if not found.traced and any(moments[prefix + u.name].n == 0 for u in cg.sinks):
+            warnings.warn(
+                f"the data never gave part {prefix[:-1]!r} a row (a detector's mask head "
+                "when no box passed its filter?): its layers are not scored and keep "
+                "their units",
+                UserWarning,
+                stacklevel=2,
+            )
+            continue
         scores.update(_graph_scores(model, cg, prefix, moments))
     return {**scores, **head_scores(model, {n: m.sd() for n, m in heads.items()})}
 
