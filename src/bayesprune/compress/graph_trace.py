@@ -16,9 +16,10 @@ reductions and indexing). Ids that must go together are united (union-find) into
   with that group's output channels: a group goes whole (channel multipliers too); a
   transposed convolution is both too (`adapters.TransposedLayer`), though nothing folds
   into it;
-- *followers* pass ids through and are sliced with them: BatchNorm, InstanceNorm,
-  depthwise convolutions, GroupNorm (which also unites the channels of each of its
-  groups, since they share statistics);
+- *followers* pass ids through and are sliced with them: BatchNorm (also a subclass
+  whose own forward calls `F.batch_norm` on its tensors, as timm's BatchNormAct2d),
+  InstanceNorm, depthwise convolutions, GroupNorm (which also unites the channels of
+  each of its groups, since they share statistics);
 - channelwise ops pass ids: activations (hardswish / hardsigmoid included), dropout and
   torchvision's stochastic depth,
   identity, pooling, adaptive pooling, upsampling, padding, `mean` over H·W, and an
@@ -204,8 +205,29 @@ def _mutable(value: Any) -> Any:
     return value
 
 
+_TRAINING_ARGUMENT = {
+    F.batch_norm: 5, F.dropout: 2, F.dropout1d: 2, F.dropout2d: 2, F.dropout3d: 2,
+    F.alpha_dropout: 2, F.feature_alpha_dropout: 2,
+}  # fmt: skip
+"""Functions whose `training` flag a forward passes as `self.training` (position): fx
+writes its value at tracing into the graph, so a model traced in training mode would
+normalise with batch statistics and drop units while its values are recorded."""
+
+
+def _in_eval(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """The arguments of a call with its `training` flag off (`_TRAINING_ARGUMENT`, and
+    torchvision's stochastic depth, whose flag is its fourth argument)."""
+    position = 3 if _per_sample_function(target) else _TRAINING_ARGUMENT.get(target)
+    if "training" in kwargs:
+        kwargs = {**kwargs, "training": False}
+    elif position is not None and len(args) > position:
+        args = (*args[:position], False, *args[position + 1 :])
+    return args, kwargs
+
+
 def record(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> dict[fx.Node, Any]:
-    """Every node's value on `inputs` (eval mode, posterior mean, no grad)."""
+    """Every node's value on `inputs` (eval mode, posterior mean, no grad; buffers, such
+    as running statistics, as they were before)."""
     values: dict[fx.Node, Any] = {}
 
     class _Recorder(fx.Interpreter):
@@ -217,9 +239,11 @@ def record(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> dict[fx.Node, Any]
         def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
             # the compiled forward passes fresh lists; a wrapped function may mutate them
             # (torchvision's video Swin does), which fx's immutable argument lists refuse
-            return super().call_function(target, _mutable(args), _mutable(kwargs))
+            args, kwargs = _in_eval(target, _mutable(args), _mutable(kwargs))
+            return super().call_function(target, args, kwargs)
 
     was = gm.training
+    buffers = {name: b.clone() for name, b in gm.named_buffers()}
     gm.eval()
     try:
         with torch.no_grad(), use_posterior_mean(gm):
@@ -231,6 +255,9 @@ def record(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> dict[fx.Node, Any]
         ) from err
     finally:
         gm.train(was)
+        with torch.no_grad():
+            for name, b in gm.named_buffers():
+                b.copy_(buffers[name])  # a call traced in training mode may have updated them
     return values
 
 
@@ -260,6 +287,7 @@ class ChannelGraph:
     followers: list[Use] = field(default_factory=list)
     ids: dict[fx.Node, list[int]] = field(default_factory=dict)
     axis: dict[fx.Node, int] = field(default_factory=dict)  # where a node's ids are (≥ 0)
+    root: nn.Module | None = None  # the traced model (gm holds bare copies of get_attr owners)
     pieces: dict[fx.Node, list[tuple[list[int], int]]] = field(default_factory=dict)  # chunk
     inputs: dict[str, list[int]] = field(default_factory=dict)  # free input → its ids
     pinned_at: dict[int, str] = field(default_factory=dict)  # id → the op that pinned it
@@ -367,7 +395,7 @@ def analyse(
     The inputs named in `free_inputs` (forward argument names) are not pinned.
     """
     gm = trace(model, leaf_modules)
-    cg = ChannelGraph(gm, record(gm, inputs))
+    cg = ChannelGraph(gm, record(gm, inputs), root=model)
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     channelwise = PASSTHROUGH + CHANNELWISE_MODULES + tuple(passthrough)
     for node in gm.graph.nodes:
@@ -513,9 +541,12 @@ def _is(node: fx.Node, functions: set[Any], methods: set[str]) -> bool:
 
 def _per_sample(node: fx.Node) -> bool:
     """A call of one of the `_PER_SAMPLE` functions."""
-    target = node.target
+    return node.op == "call_function" and _per_sample_function(node.target)
+
+
+def _per_sample_function(target: Any) -> bool:
     named = (getattr(target, "__module__", None), getattr(target, "__name__", None))
-    return node.op == "call_function" and named in _PER_SAMPLE
+    return named in _PER_SAMPLE
 
 
 def _arg(node: fx.Node, pos: int, name: str, default: Any) -> Any:
@@ -561,6 +592,8 @@ def _function_ids(cg: ChannelGraph, node: fx.Node, first: Channels | None) -> Ch
         return _cat_ids(cg, parts, value.ndim, _arg(node, 1, "dim", 0))
     if first is None or not isinstance(node.args[0], fx.Node):
         return None
+    if _is(node, {F.batch_norm}, set()):
+        return _functional_norm(cg, node, first)
     ids, axis = first
     in_value = cg.values[node.args[0]]
     if _is(node, _RESHAPE, _RESHAPE_METHODS):
@@ -586,6 +619,30 @@ def _function_ids(cg: ChannelGraph, node: fx.Node, first: Channels | None) -> Ch
             return None  # averages zeros in at the border: pinned, as the module
         return first if value.shape[:2] == in_value.shape[:2] else None
     return None
+
+
+def _norm_owner(node: fx.Node) -> str | None:
+    """The one module whose tensors (statistics, affine parameters) a call reads."""
+    owners = {str(a.target).rpartition(".")[0] for a in node.all_input_nodes if a.op == "get_attr"}
+    return owners.pop() if len(owners) == 1 else None
+
+
+def _functional_norm(cg: ChannelGraph, node: fx.Node, first: Channels) -> Channels | None:
+    """`F.batch_norm` on the statistics and affine parameters of one BatchNorm module, as
+    in a subclass with its own `forward` (timm's BatchNormAct2d: the normalisation, then
+    an activation): that module follows the channels, as a BatchNorm module does. One
+    whose tensors are read by several calls, or a mix of modules' tensors, pins."""
+    owner = _norm_owner(node)
+    if owner is None or first[1] != 1 or cg.root is None:
+        return None
+    module = cg.root.get_submodule(owner)
+    calls = [
+        n for n in cg.gm.graph.nodes if _is(n, {F.batch_norm}, set()) and _norm_owner(n) == owner
+    ]
+    if not isinstance(module, NORMS) or len(calls) != 1:
+        return None
+    cg.followers.append(Use(owner, node, first[0]))
+    return first
 
 
 def _cat_ids(cg: ChannelGraph, parts: Any, ndim: int, dim: int) -> Channels | None:

@@ -1,0 +1,110 @@
+"""A BatchNorm subclass whose own forward calls F.batch_norm (timm's BatchNormAct2d)
+follows its channels like a BatchNorm module: scored, sliced, constants folded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_shrink_graph import TOL, _build, _kill, _out, _params
+from torch import Tensor, nn
+
+from bayesprune.compress import activation_scores, keep_units
+from bayesprune.compress.graph import shrink_graph
+from bayesprune.compress.graph_trace import analyse
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """timm's layout: the normalisation as a function call on the module's own tensors,
+    then an activation, in one module."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.act = nn.ReLU()
+        with torch.no_grad():  # statistics that give dead channels non-zero constants
+            self.weight.uniform_(0.5, 1.5)
+            self.bias.uniform_(0.2, 0.8)
+            self.running_mean.uniform_(-0.3, 0.3)
+            self.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias,
+            self.training, self.momentum, self.eps,
+        )  # fmt: skip
+        return self.act(x)
+
+
+class TimmStyle(nn.Module):
+    """conv → BatchNormAct → 1×1 conv → BatchNormAct, residual, a padded 3×3, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(2, 6, 3, padding=1, bias=False), BatchNormAct(6)
+        self.conv1, self.bn1 = nn.Conv2d(6, 5, 1, bias=False), BatchNormAct(5)
+        self.conv2, self.bn2 = nn.Conv2d(5, 6, 1), BatchNormAct(6)  # a bias to fold into
+        self.conv3 = nn.Conv2d(6, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.bn0(self.stem(x))
+        x = self.bn2(self.conv2(self.bn1(self.conv1(x)))) + x
+        return self.head(self.conv3(x).mean((2, 3)))
+
+
+def _x() -> Tensor:
+    return torch.randn(3, 2, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def test_the_module_behind_the_call_is_a_follower():
+    cg = analyse(_build(TimmStyle, "gaussian"), (_x(),))
+    assert {f.name for f in cg.followers} == {"bn0", "bn1", "bn2"}
+    stem = next(p for p in cg.producers if p.name == "stem")
+    assert not cg.pinned_groups() & {cg.find(i) for i in stem.ids}  # F.batch_norm pinned them
+    scores = activation_scores(_build(TimmStyle, "gaussian"), _x())
+    assert torch.isfinite(scores["conv1"]).all() and torch.isfinite(scores["stem"]).all()
+
+
+@pytest.mark.parametrize("family", ["gaussian", "sparse_vd", "spike_slab"])
+def test_dead_units_before_it_fold_and_go(family):
+    """conv1's dead units emit relu(β − γμ/σ) through bn1: a 1×1 reader (conv2) takes it
+    into its bias, so they go; the shrunk model equals the masked one."""
+    model, x = _build(TimmStyle, family), _x()
+    _kill(model, "conv1", [1, 3])
+    result = shrink_graph(model, x)
+    assert result.model.conv1.out_channels == 3 and result.model.bn1.num_features == 3
+    assert result.model.bn1.running_mean.shape == (3,) and type(result.model.bn1) is BatchNormAct
+    # traced in training mode, the call normalised with batch statistics and updated the
+    # running ones while it was recorded: now it records in eval mode and leaves them
+    torch.testing.assert_close(result.model.bn0.running_mean, model.bn0.running_mean)
+    torch.testing.assert_close(_out(result.model, x), _out(model, x), atol=TOL, rtol=TOL)
+
+
+def test_scores_keep_and_shrink_through_it():
+    model, x = _build(TimmStyle, "spike_slab"), _x()
+    scores = activation_scores(model, x)
+    result = shrink_graph(model, x, prune_units=keep_units(scores, 0.4))
+    assert result.model.stem.out_channels == result.model.bn0.num_features < 6
+    assert result.model.conv2.out_channels == result.model.stem.out_channels  # residual
+    assert _params(result.model) < _params(model) and result.max_abs_difference < TOL
+
+
+class SharedNorm(nn.Module):
+    """One BatchNorm's tensors read by two calls: its channels are pinned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(2, 4, 1), nn.Conv2d(2, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn = self.bn
+        y = [F.batch_norm(t, bn.running_mean, bn.running_var, bn.weight, bn.bias) for t in
+             (self.a(x), self.b(x))]  # fmt: skip
+        return self.head(y[0] + y[1])
+
+
+def test_a_norm_read_by_two_calls_pins():
+    scores = activation_scores(_build(SharedNorm, "gaussian"), _x())
+    assert torch.isinf(scores["a"]).all() and torch.isinf(scores["b"]).all()
