@@ -1,0 +1,163 @@
+"""Which timm models go through the whole graph path: convert → score → shrink.
+
+timm (pytorch-image-models) builds its networks from its own layers: BatchNormAct2d (a
+BatchNorm whose forward calls `F.batch_norm`, then an activation), its own Linear,
+squeeze-excitation, DropPath, split and ghost convolutions. This runs a list of its
+architectures (`--models`, default `DEFAULT`: one small model per family, random
+weights, `num_classes=10`, eval mode) as `torchvision_coverage.py` runs torchvision's:
+
+1. `bp.convert(model, family)`;
+2. `compress.activation_scores` on one 64 × 64 image (224 for the models that need it);
+   the layers with a finite score (not pinned) are counted;
+3. `keep_units(sparsity=0.25)` on those, `shrink_graph(check=True)`: the shrunk
+   network's largest difference from the masked one (posterior means) and its
+   parameters against the converted model's.
+
+A model that fails is listed with the error's first line. `--pinned` adds, per model,
+the three operations that pin the most channels (what keeps layers from being scored).
+
+    python benchmarks/timm_coverage.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from graph_groups import torchvision_models
+
+import bayesprune as bp
+from bayesprune import compress
+from bayesprune.compress.graph_trace import analyse
+
+NAME = "timm_coverage"
+REPO = str(Path(__file__).resolve().parents[1]) + "/"
+DEFAULT = [
+    "resnet18", "resnet50d", "seresnext26d_32x4d", "resnest14d", "res2net50_14w_8s",
+    "efficientnet_b0", "tf_efficientnet_b0", "efficientnet_lite0", "tinynet_a",
+    "mobilenetv2_100", "mobilenetv3_large_100", "mobilenetv4_conv_small", "mnasnet_100",
+    "fbnetc_100", "lcnet_050", "hardcorenas_a", "ghostnet_100", "repghostnet_050",
+    "mixnet_s", "rexnet_100", "regnetx_002", "regnety_002", "regnetz_b16", "repvgg_a0",
+    "gernet_s", "cspresnet50", "cspdarknet53", "darknet53", "dla34", "dpn68",
+    "densenet121", "hrnet_w18_small", "selecsls42b", "ese_vovnet19b_dw", "resnetv2_50",
+    "nf_resnet26", "xception41", "inception_v3", "convnext_atto", "convnextv2_atto",
+    "edgenext_xx_small", "poolformer_s12", "fastvit_t8", "efficientvit_b0",
+    "mobilevit_xxs", "vit_tiny_patch16_224", "deit_tiny_patch16_224", "levit_128s",
+    "swin_tiny_patch4_window7_224",
+]  # fmt: skip
+LARGE_INPUT = ("vit_", "deit_", "swin_", "levit_", "mobilevit_", "inception_")
+
+
+def _timm() -> Any:
+    torchvision_models()  # torchvision's import without its compiled ops (timm imports it)
+    import timm
+
+    return timm
+
+
+def _size(name: str) -> int:
+    return 256 if name.startswith("mobilevit_") else 224 if name.startswith(LARGE_INPUT) else 64
+
+
+def _pins(model: torch.nn.Module, x: torch.Tensor) -> str:
+    """The three operations that pin the most channels, with their counts."""
+    cg = analyse(model, (x,))
+    why = collections.Counter(re.sub(r" \(node [^)]*\)", "", v) for v in cg.pinned_at.values())
+    return "; ".join(f"{k} ({n})" for k, n in why.most_common(3))
+
+
+def probe(timm: Any, name: str, family: str, pinned: bool) -> dict[str, Any]:
+    start = time.perf_counter()
+    row: dict[str, Any] = {"model": name}
+    try:
+        torch.manual_seed(0)
+        net = timm.create_model(name, pretrained=False, num_classes=10).eval()
+        row["parameters"] = sum(p.numel() for p in net.parameters())
+        model = bp.convert(net, family).eval()
+        x = torch.randn(1, 3, _size(name), _size(name), generator=torch.Generator().manual_seed(0))
+        prunable = [n for n, m in model.named_modules() if compress.is_prunable(m)]
+        scores = compress.activation_scores(model, x)
+        finite = {n: s for n, s in scores.items() if torch.isfinite(s).any()}
+        if pinned:
+            row["pinned_by"] = _pins(model, x)
+        result = compress.shrink_graph(model, x, prune_units=compress.keep_units(finite, 0.25))
+        after = sum(p.numel() for p in result.model.parameters())
+        row.update(
+            status="ok",
+            prunable_layers=len(prunable),
+            scored_layers=len(finite),
+            parameters_kept=after / sum(p.numel() for p in model.parameters()),
+            shrunk_minus_masked=result.max_abs_difference,
+            parts=getattr(result, "parts", []),
+        )
+    except Exception as err:  # a user's view: the first line of what they would see
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        row.update(status="fails", error=f"{type(err).__name__}: {first.replace(REPO, '')[:160]}")
+        row["raised_at"] = f"{where.filename.rsplit('/', 1)[-1]}:{where.lineno}"
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    print(row, flush=True)
+    return row
+
+
+def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    ok = [r for r in rows if r["status"] == "ok"]
+    worst = max((r["shrunk_minus_masked"] for r in ok), default=0.0)
+    scored = sum(r["scored_layers"] for r in ok)
+    prunable = sum(r["prunable_layers"] for r in ok)
+    table = [
+        {
+            "model": r["model"],
+            "status": r["status"],
+            "layers scored / prunable": (
+                f"{r['scored_layers']} / {r['prunable_layers']}" if r["status"] == "ok" else ""
+            ),
+            "parameters kept": f"{r['parameters_kept']:.2f}" if r["status"] == "ok" else "",
+            "shrunk − masked": f"{r['shrunk_minus_masked']:.1e}" if r["status"] == "ok" else "",
+            **({"pinned by": r.get("pinned_by", "")} if settings.get("pinned") else {}),
+            "error": r.get("error", ""),
+        }
+        for r in rows
+    ]
+    return "\n".join(
+        [
+            f"{len(ok)} of {len(rows)} models convert, score and shrink with check=True "
+            f"(largest shrunk − masked difference {worst:.1e}); {scored} of their {prunable} "
+            "prunable layers scored (not pinned).",
+            "",
+            md_table(table),
+            "",
+            f"Settings: {settings}",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--family", default="gaussian")
+    parser.add_argument("--models", nargs="*", default=DEFAULT)
+    parser.add_argument("--pinned", action="store_true", help="list what pins the channels")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default=NAME)
+    add_results_dir_option(parser)
+    args = parser.parse_args()
+    use_results_dir(args)
+    torch.set_num_threads(args.threads)
+    timm = _timm()
+    settings = {k: v for k, v in vars(args).items() if k not in ("name", "results_dir")}
+    settings["timm"] = timm.__version__
+    rows: list[dict[str, Any]] = []
+    for name in args.models:
+        rows.append(probe(timm, name, args.family, args.pinned))
+        write_results(args.name, {"settings": settings, "rows": rows}, render(rows, settings))
+
+
+if __name__ == "__main__":
+    main()
