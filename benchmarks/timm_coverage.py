@@ -4,7 +4,11 @@ timm (pytorch-image-models) builds its networks from its own layers: BatchNormAc
 BatchNorm whose forward calls `F.batch_norm`, then an activation), its own Linear,
 squeeze-excitation, DropPath, split and ghost convolutions. This runs a list of its
 architectures (`--models`, default `DEFAULT`: one small model per family, random
-weights, `num_classes=10`, eval mode) as `torchvision_coverage.py` runs torchvision's:
+weights, `num_classes=10`, eval mode) as `torchvision_coverage.py` runs torchvision's,
+with every BatchNorm given random statistics and affine parameters (seeded), so that
+the features are not vanishingly small at initialisation (torchvision's EfficientNet
+gives 1e-12 there, and any comparison of outputs passes) and dead channels carry
+constants that must be folded:
 
 1. `bp.convert(model, family)`;
 2. `compress.activation_scores` on one 64 × 64 image (224 for the models that need it);
@@ -66,6 +70,20 @@ def _size(name: str) -> int:
     return 256 if name.startswith("mobilevit_") else 224 if name.startswith(LARGE_INPUT) else 64
 
 
+def randomise_norms(net: torch.nn.Module, seed: int = 0) -> None:
+    """Running statistics and affine parameters of every BatchNorm drawn at random."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) * 0.6 - 0.3)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                    m.bias.copy_(torch.rand(n, generator=g) * 0.6 - 0.1)
+
+
 def _pins(model: torch.nn.Module, x: torch.Tensor) -> str:
     """The three operations that pin the most channels, with their counts."""
     cg = analyse(model, (x,))
@@ -79,6 +97,7 @@ def probe(timm: Any, name: str, family: str, pinned: bool) -> dict[str, Any]:
     try:
         torch.manual_seed(0)
         net = timm.create_model(name, pretrained=False, num_classes=10).eval()
+        randomise_norms(net)
         row["parameters"] = sum(p.numel() for p in net.parameters())
         model = bp.convert(net, family).eval()
         x = torch.randn(1, 3, _size(name), _size(name), generator=torch.Generator().manual_seed(0))
