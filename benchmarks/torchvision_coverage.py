@@ -161,13 +161,18 @@ def probe(models: Any, name: str, family: str, part: str = "") -> dict[str, Any]
     return row
 
 
+def _status(row: dict[str, Any]) -> str:
+    parts = len(row.get("parts") or [])
+    return f"ok, in {parts} part{'s' * (parts > 1)}" if parts else row["status"]
+
+
 def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     worst = max((r["shrunk_minus_masked"] for r in ok), default=0.0)
     table = [
         {
             "model": r["model"],
-            "status": f"ok, in {len(r['parts'])} parts" if r.get("parts") else r["status"],
+            "status": _status(r),
             "layers scored / prunable": (
                 f"{r['scored_layers']} / {r['prunable_layers']}" if r["status"] == "ok" else ""
             ),
