@@ -39,6 +39,7 @@ from graph_groups import torchvision_models
 
 import bayesprune as bp
 from bayesprune import compress
+from bayesprune.compress.graph_parts import find_parts
 from bayesprune.compress.graph_trace import analyse
 
 NAME = "timm_coverage"
@@ -86,8 +87,10 @@ def randomise_norms(net: torch.nn.Module, seed: int = 0) -> None:
 
 def _pins(model: torch.nn.Module, x: torch.Tensor) -> str:
     """The three operations that pin the most channels, with their counts."""
-    cg = analyse(model, (x,))
-    why = collections.Counter(re.sub(r" \(node [^)]*\)", "", v) for v in cg.pinned_at.values())
+    why: collections.Counter = collections.Counter()
+    for part in find_parts(model, (x,)).parts:  # the whole model, or its traceable parts
+        cg = analyse(part.module, part.inputs)
+        why.update(re.sub(r" \(node [^)]*\)", "", v) for v in cg.pinned_at.values())
     return "; ".join(f"{k} ({n})" for k, n in why.most_common(3))
 
 

@@ -216,7 +216,12 @@ normalise with batch statistics and drop units while its values are recorded."""
 
 def _in_eval(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
     """The arguments of a call with its `training` flag off (`_TRAINING_ARGUMENT`, and
-    torchvision's stochastic depth, whose flag is its fourth argument)."""
+    torchvision's stochastic depth, whose flag is its fourth argument). A batch_norm
+    without running statistics is left as it is: it standardises something that has no
+    eval form (timm's ScaledStdConv2d standardises its own weights with one)."""
+    statistics = args[1] if len(args) > 1 else kwargs.get("running_mean")
+    if target is F.batch_norm and statistics is None:
+        return args, kwargs
     position = 3 if _per_sample_function(target) else _TRAINING_ARGUMENT.get(target)
     if "training" in kwargs:
         kwargs = {**kwargs, "training": False}
