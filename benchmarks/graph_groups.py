@@ -51,6 +51,20 @@ def torchvision_models() -> Any:
         torch.library.register_fake = original
 
 
+def randomise_norms(net: torch.nn.Module, seed: int = 0) -> None:
+    """Running statistics and affine parameters of every BatchNorm drawn at random."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) * 0.6 - 0.3)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                    m.bias.copy_(torch.rand(n, generator=g) * 0.6 - 0.1)
+
+
 def _depthwise(m: nn.Module) -> bool:
     groups = getattr(m, "groups", 1)
     return groups > 1 and groups == m.in_channels == m.out_channels

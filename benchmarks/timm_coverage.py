@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 from _common import add_results_dir_option, md_table, use_results_dir, write_results
-from graph_groups import torchvision_models
+from graph_groups import randomise_norms, torchvision_models
 
 import bayesprune as bp
 from bayesprune import compress
@@ -69,20 +69,6 @@ def _timm() -> Any:
 
 def _size(name: str) -> int:
     return 256 if name.startswith("mobilevit_") else 224 if name.startswith(LARGE_INPUT) else 64
-
-
-def randomise_norms(net: torch.nn.Module, seed: int = 0) -> None:
-    """Running statistics and affine parameters of every BatchNorm drawn at random."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=g) * 0.6 - 0.3)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-                if m.weight is not None:
-                    m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                    m.bias.copy_(torch.rand(n, generator=g) * 0.6 - 0.1)
 
 
 def _pins(model: torch.nn.Module, x: torch.Tensor) -> str:

@@ -127,12 +127,18 @@ def _inputs(shape: tuple[int, ...], name: str) -> tuple[torch.Tensor, ...]:
     return (x, x.clone()) if name.startswith("raft") else (x,)  # optical flow: two frames
 
 
-def probe(models: Any, name: str, family: str, part: str = "") -> dict[str, Any]:
+def probe(
+    models: Any, name: str, family: str, part: str = "", random_norms: bool = False
+) -> dict[str, Any]:
     start = time.perf_counter()
     row: dict[str, Any] = {"model": f"{name}.{part}" if part else name}
     try:
         net = build(models, name)
         net = net.get_submodule(part) if part else net
+        if random_norms:
+            from graph_groups import randomise_norms
+
+            randomise_norms(net)
         row["parameters"] = sum(p.numel() for p in net.parameters())
         model = bp.convert(net, family, keep=keep_types(net))
         inputs = _inputs(example_shape(models, name), name)
@@ -199,6 +205,11 @@ def main() -> None:
     parser.add_argument("--family", default="gaussian")
     parser.add_argument("--models", nargs="*", help="names (default: every torchvision model)")
     parser.add_argument("--max-params", type=float, default=2e8)
+    parser.add_argument(
+        "--random-norms",
+        action="store_true",
+        help="random BatchNorm statistics (initialised EfficientNets give 1e-12 features)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default=NAME)
     add_results_dir_option(parser)
@@ -215,9 +226,11 @@ def main() -> None:
         if size > args.max_params:
             rows.append({"model": name, "status": "skipped", "reason": f"{size:.2e} parameters"})
         else:
-            rows.append(probe(models, name, args.family))
+            rows.append(probe(models, name, args.family, random_norms=args.random_norms))
             if name in detection:  # the route the docs gave before models shrank in parts
-                rows.append(probe(models, name, args.family, part="backbone"))
+                rows.append(
+                    probe(models, name, args.family, "backbone", random_norms=args.random_norms)
+                )
         write_results(args.name, {"settings": settings, "rows": rows}, render(rows, settings))
 
 
