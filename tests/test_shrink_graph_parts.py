@@ -299,3 +299,25 @@ def test_a_part_the_data_never_reaches_is_left_unscored():
     assert set(scores) == {"body.conv1", "body.conv2"}
     result = shrink_graph(model, x, prune_units=keep_units(scores, 0.5))
     assert result.model.body.conv1.out_channels == 3 and result.model.head.fc1.out_features == 8
+
+
+class Shared(nn.Module):
+    """Two blocks hold one convolution (weight sharing): narrowing it inside either block
+    would change the other's call, so neither block is a part."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.one, self.two = Body(), Body()
+        self.two.conv1 = self.one.conv1  # the same module object, registered twice
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.one(x) + self.two(x)
+        return y if y.sum() != 0 else -y
+
+
+def test_blocks_that_share_a_module_are_no_parts():
+    torch.manual_seed(0)
+    model, x = Shared().double(), _x()  # plain layers: convert would give each its own copy
+    assert model.one.conv1 is model.two.conv1
+    with pytest.raises(GraphTraceError, match="no submodule"):
+        find_parts(model, (x,))

@@ -925,7 +925,7 @@ def _shrink_parts(
     work, reference = copy_model(model), copy_model(model)
     result = GraphShrinkResult(work, [], {}, parts=[p.name for p in found.parts])
     for part in found.parts:
-        prefix = found.prefix(part)
+        prefix = part.prefix
         units = {n[len(prefix) :]: v for n, v in prune_units.items() if n.startswith(prefix)}
         shrunk, masked = _shrink_traced(part.module, part.inputs, units, None, settings)
         _set_module(work, part.name, shrunk.model)

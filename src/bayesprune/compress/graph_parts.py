@@ -18,7 +18,7 @@ call; `shrink_graph` checks every call, and the whole model's output.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,11 @@ class Part:
     module: nn.Module
     inputs: tuple[Tensor, ...]
     calls: int = 1
+
+    @property
+    def prefix(self) -> str:
+        """What its modules' names start with in the model ("" for the whole model)."""
+        return f"{self.name}." if self.name else ""
 
 
 @dataclass
@@ -63,10 +68,6 @@ class Parts:
                 return part
         return None
 
-    @staticmethod
-    def prefix(part: Part) -> str:
-        return f"{part.name}." if part.name else ""
-
 
 def _detached(value: Any) -> Any:
     """A copy of an argument that later in-place ops of the forward cannot change."""
@@ -82,37 +83,42 @@ def record_calls(
 ) -> tuple[dict[str, _Calls], set[str]]:
     """The first arguments and number of calls of the submodules `names` in one forward
     of `inputs` (eval mode, posterior means, no gradients; the model's mode is put back),
-    and those of `names` whose modules are also called from outside their `forward` (a
-    layer of a block that the model's own code calls directly): shrinking such a block
-    would change what that outside call receives."""
+    and those of `names` holding a module that is also called from outside their
+    `forward` (a layer of a block that the model's own code calls directly, or a module
+    shared with another block): shrinking such a block would change that other call."""
     calls: dict[str, _Calls] = {}
     active: dict[str, int] = dict.fromkeys(names, 0)
+    named: dict[int, list[str]] = {}  # a candidate's module object → its names
+    holders: dict[int, list[str]] = {}  # a module object → the candidates that hold it
+    for name in names:
+        block = model.get_submodule(name)
+        named.setdefault(id(block), []).append(name)
+        for module in block.modules():
+            if module is not block:
+                holders.setdefault(id(module), []).append(name)
     leaky: set[str] = set()
 
-    def enter(name: str) -> Any:
-        def pre(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            leaky.update(a for a in _ancestors(name, active) if not active[a])
-            if name in active:
-                active[name] += 1
-                if name in calls:
-                    calls[name].count += 1
-                else:
-                    calls[name] = _Calls(_detached(args), _detached(kwargs))
+    def enter(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        leaky.update(h for h in holders.get(id(module), []) if not active[h])
+        for name in named.get(id(module), []):
+            active[name] += 1
+            if name in calls:
+                calls[name].count += 1
+            else:
+                calls[name] = _Calls(_detached(args), _detached(kwargs))
 
-        return pre
-
-    def leave(name: str) -> Any:
-        def post(_module: nn.Module, _args: Any, _out: Any) -> None:
+    def leave(module: nn.Module, _args: Any, _out: Any) -> None:
+        for name in named[id(module)]:
             active[name] -= 1
 
-        return post
-
     handles = [
-        module.register_forward_pre_hook(enter(name), with_kwargs=True)
-        for name, module in model.named_modules()
-        if name
+        module.register_forward_pre_hook(enter, with_kwargs=True)
+        for module in model.modules()
+        if module is not model
     ]
-    handles += [model.get_submodule(name).register_forward_hook(leave(name)) for name in names]
+    handles += [
+        module.register_forward_hook(leave) for module in model.modules() if id(module) in named
+    ]
     was = model.training
     model.eval()
     try:
@@ -123,12 +129,6 @@ def record_calls(
         for handle in handles:
             handle.remove()
     return calls, leaky
-
-
-def _ancestors(name: str, candidates: Mapping[str, int]) -> list[str]:
-    """The proper prefixes of module `name` ("a", "a.b" of "a.b.c") among `candidates`."""
-    pieces = name.split(".")
-    return [a for a in (".".join(pieces[:i]) for i in range(1, len(pieces))) if a in candidates]
 
 
 def _traces(module: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> bool:

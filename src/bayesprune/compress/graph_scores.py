@@ -145,7 +145,7 @@ def activation_scores(
         raise ValueError("activation_scores needs data: the iterable gave no batch")
     options = {"passthrough": tuple(passthrough), "leaf_modules": tuple(leaf_modules)}
     found = find_parts(model, tuple(t[:2] for t in first), options["leaf_modules"])
-    graphs = [(found.prefix(p), analyse(p.module, p.inputs, **options)) for p in found.parts]
+    graphs = [(p.prefix, analyse(p.module, p.inputs, **options)) for p in found.parts]
     moments = {pre + use.name: _ColumnMoments(use.axis) for pre, cg in graphs for use in cg.sinks}
     handles = [model.get_submodule(n).register_forward_pre_hook(m) for n, m in moments.items()]
     attention = [name for name in attention_modules(model) if found.owner(name) is not None]
