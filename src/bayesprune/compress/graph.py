@@ -767,7 +767,9 @@ def shrink_graph(
     submodules that trace, each on the arguments it receives from the example, with
     their inputs and outputs kept; `result.parts` names them, a note says why, and
     `prune_units` may name layers inside them only. `check` then compares every call
-    of every part, and the example may hold non-tensors (a detector's list of images).
+    of every part, and the model's outputs with the masked model's parts handing on the
+    shrunk parts' outputs (so code outside the parts that reads a changed width is
+    caught); the example may hold non-tensors (a detector's list of images).
     """
     if not 0.0 <= inclusion_threshold < 1.0:
         raise ValueError(f"inclusion_threshold must be in [0, 1), got {inclusion_threshold}")
@@ -908,8 +910,8 @@ def _shrink_parts(
     settings: _Settings,
 ) -> GraphShrinkResult:
     """`shrink_graph` of a model torch.fx cannot trace whole: each part shrunk on its own
-    (with its own check) and put back into a copy; then every call of every part compared
-    with the masked model's, in one forward of the example."""
+    (with its own check) and put back into a copy; then the whole model checked in one
+    forward of the example (`_part_differences`)."""
     for name in prune_units:
         try:
             model.get_submodule(name)
