@@ -136,3 +136,24 @@ def test_a_batch_norm_without_statistics_keeps_its_training_form():
     model, x = Standardised().double(), _x()
     result = shrink_graph(model, x)  # recorded with training=False it would raise
     assert result.max_abs_difference < TOL
+
+
+class BiasFree(TimmStyle):
+    """timm's usual pair: a convolution without bias, then BatchNormAct."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv2 = nn.Conv2d(5, 6, 1, bias=False)
+
+
+@pytest.mark.parametrize("family", ["gaussian", "spike_slab"])
+def test_a_constant_folds_into_its_running_mean_behind_a_bias_free_reader(family):
+    """conv1's dead units are read by conv2, which has no bias: their offset goes into
+    bn2's running mean (BN(y + δ) = BN(y) with μ → μ − δ), as with a BatchNorm module."""
+    model, x = _build(BiasFree, family), _x()
+    _kill(model, "conv1", [1, 3])
+    result = shrink_graph(model, x)
+    assert result.model.conv1.out_channels == 3
+    assert any("'conv2' has no bias" in note for note in result.notes)
+    assert not torch.equal(result.model.bn2.running_mean, model.bn2.running_mean)
+    torch.testing.assert_close(_out(result.model, x), _out(model, x), atol=TOL, rtol=TOL)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .adapters import CONVOLUTIONS, as_prunable
-from .graph_trace import BATCHNORMS, ChannelGraph, Use, propagates_variance
+from .graph_trace import BATCHNORMS, ChannelGraph, Use, norm_owner, propagates_variance
 
 _SHIFT_MODULES: tuple[type[nn.Module], ...] = (
     nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
@@ -188,6 +188,11 @@ def shift_targets(cg: ChannelGraph, use: Use) -> list[tuple[str, Tensor]] | None
                 carried[node] = carried[source]
             else:
                 return None
+        elif node.op == "call_function" and node.target is F.batch_norm:
+            target = _functional_norm_target(cg, node, carried, followers)
+            if target is None:
+                return None
+            targets.append(target)
         elif node.op == "call_function" and node.target in _SHIFT_FUNCTIONS:
             if len(node.all_input_nodes) != 1:
                 return None
@@ -200,6 +205,21 @@ def shift_targets(cg: ChannelGraph, use: Use) -> list[tuple[str, Tensor]] | None
         else:
             return None
     return targets or None
+
+
+def _functional_norm_target(
+    cg: ChannelGraph, node: fx.Node, carried: dict[fx.Node, Tensor], followers: set[str]
+) -> tuple[str, Tensor] | None:
+    """An `F.batch_norm` call on a follower's own tensors (timm's BatchNormAct2d) takes
+    the shift into that module's running mean, as a BatchNorm module does."""
+    owner, source = norm_owner(node), node.args[0]
+    others = [a for a in node.all_input_nodes if a is not source]
+    if owner not in followers or source not in carried or any(a in carried for a in others):
+        return None
+    module = cg.root.get_submodule(owner) if cg.root is not None else None
+    if not isinstance(module, BATCHNORMS) or module.running_mean is None:
+        return None
+    return owner, carried[source]
 
 
 def depthwise_size_bound(cg: ChannelGraph, use: Use, plain: nn.Module, dead: set[int]) -> set[int]:

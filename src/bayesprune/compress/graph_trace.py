@@ -626,7 +626,7 @@ def _function_ids(cg: ChannelGraph, node: fx.Node, first: Channels | None) -> Ch
     return None
 
 
-def _norm_owner(node: fx.Node) -> str | None:
+def norm_owner(node: fx.Node) -> str | None:
     """The one module whose tensors (statistics, affine parameters) a call reads."""
     owners = {str(a.target).rpartition(".")[0] for a in node.all_input_nodes if a.op == "get_attr"}
     return owners.pop() if len(owners) == 1 else None
@@ -637,12 +637,12 @@ def _functional_norm(cg: ChannelGraph, node: fx.Node, first: Channels) -> Channe
     in a subclass with its own `forward` (timm's BatchNormAct2d: the normalisation, then
     an activation): that module follows the channels, as a BatchNorm module does. One
     whose tensors are read by several calls, or a mix of modules' tensors, pins."""
-    owner = _norm_owner(node)
+    owner = norm_owner(node)
     if owner is None or first[1] != 1 or cg.root is None:
         return None
     module = cg.root.get_submodule(owner)
     calls = [
-        n for n in cg.gm.graph.nodes if _is(n, {F.batch_norm}, set()) and _norm_owner(n) == owner
+        n for n in cg.gm.graph.nodes if _is(n, {F.batch_norm}, set()) and norm_owner(n) == owner
     ]
     if not isinstance(module, NORMS) or len(calls) != 1:
         return None
