@@ -16,7 +16,8 @@ size* (the contract of `shrink_graph` is "equal on any input"), judged per dead 
   way is judged the same way (`depthwise_size_bound`).
 
 It then goes into the reader's bias (mean, and Σσ²c² for a random weight), or, for a
-reader without bias, into the running mean of every BatchNorm its output reaches
+reader without bias, into the running mean of every BatchNorm (a module, or
+`F.batch_norm` on a BatchNorm's own tensors as in timm's BatchNormAct2d) its output reaches
 through shift-equivariant ops only (identity, dropout, max / adaptive pooling, average
 pooling without zero padding, concatenation along the channels): BN(y + δ) = BN(y) with
 μ → μ − δ. That is DenseNet's transition (conv, average pool, then the next block's
