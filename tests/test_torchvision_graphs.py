@@ -335,3 +335,40 @@ def test_stochastic_depth_passes_the_residual_channels():
     assert result.max_abs_difference < TOL
     small = result.model.get_submodule(projection)
     assert small.out_channels < model.get_submodule(projection).out_channels
+
+
+# -- torchvision's FrozenBatchNorm2d: every detector built on pretrained weights -------
+def test_frozen_batchnorm_follows_its_channels_and_reloads(tmp_path):
+    """A resnet18 normalised by FrozenBatchNorm2d (x · scale + shift from fixed buffers)
+    had every channel pinned; it is now sliced like a BatchNorm, and a shrunk model saves
+    and loads into a fresh one of the same build."""
+    models = import_torchvision_models()
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from bayesprune.compress import load_shrunk, save_shrunk
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return models.resnet18(num_classes=10, norm_layer=FrozenBatchNorm2d)
+
+    plain = build()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in plain.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                n = m.weight.numel()
+                m.running_mean.copy_(torch.rand(n, generator=gen) * 0.6 - 0.3)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=gen) * 0.6 - 0.1)
+    model = convert(plain.double(), "gaussian").double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    scores = compress_scores(model, x)
+    assert torch.isfinite(scores["layer1.0.conv1"]).all()
+    result = shrink_graph(model, x, prune_units=keep(scores, sparsity=0.25))
+    assert result.max_abs_difference < TOL
+    small = result.model
+    assert small.layer1[0].bn1.weight.numel() == small.layer1[0].conv1.out_channels < 64
+    path = save_shrunk(small, tmp_path / "frozen.safetensors")
+    loaded = load_shrunk(path, lambda: convert(build().double(), "gaussian").double())
+    torch.testing.assert_close(_out(loaded, x), _out(small, x))

@@ -77,6 +77,7 @@ from .graph_trace import (
     GraphTraceError,
     Use,
     analyse,
+    is_frozen_norm,
     propagates_variance,
     trace,
 )
@@ -657,8 +658,9 @@ def _nonzero_groups(cg: ChannelGraph, use: Use, column_groups: list[int | None])
 def _slice_follower(module: nn.Module, idx: Tensor) -> nn.Module:
     """A norm layer or depthwise convolution keeping channels `idx` (one per channel)."""
     new = copy.deepcopy(module)
-    if isinstance(module, NORMS):
-        new.num_features = len(idx)
+    if isinstance(module, NORMS) or is_frozen_norm(module):
+        if hasattr(module, "num_features"):
+            new.num_features = len(idx)
         _cut(module, new, ("weight", "bias", "running_mean", "running_var"), idx)
         return new
     if isinstance(module, nn.GroupNorm):  # whole groups go (graph_trace unites them)

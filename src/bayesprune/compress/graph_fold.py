@@ -38,7 +38,14 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .adapters import CONVOLUTIONS, as_prunable
-from .graph_trace import BATCHNORMS, ChannelGraph, Use, norm_owner, propagates_variance
+from .graph_trace import (
+    BATCHNORMS,
+    ChannelGraph,
+    Use,
+    is_frozen_norm,
+    norm_owner,
+    propagates_variance,
+)
 
 _SHIFT_MODULES: tuple[type[nn.Module], ...] = (
     nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
@@ -181,7 +188,8 @@ def shift_targets(cg: ChannelGraph, use: Use) -> list[tuple[str, Tensor]] | None
             source = node.args[0]
             if len(node.all_input_nodes) != 1 or source not in carried:
                 return None
-            if isinstance(module, BATCHNORMS) and str(node.target) in followers:
+            norm = isinstance(module, BATCHNORMS) or is_frozen_norm(module)
+            if norm and str(node.target) in followers:
                 if module.running_mean is None:
                     return None
                 targets.append((str(node.target), carried[source]))

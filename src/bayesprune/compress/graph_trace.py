@@ -17,7 +17,8 @@ reductions and indexing). Ids that must go together are united (union-find) into
   transposed convolution is both too (`adapters.TransposedLayer`), though nothing folds
   into it;
 - *followers* pass ids through and are sliced with them: BatchNorm (also a subclass
-  whose own forward calls `F.batch_norm` on its tensors, as timm's BatchNormAct2d),
+  whose own forward calls `F.batch_norm` on its tensors, as timm's BatchNormAct2d, and
+  torchvision's FrozenBatchNorm2d),
   InstanceNorm, depthwise convolutions, GroupNorm (which also unites the channels of
   each of its groups, since they share statistics);
 - channelwise ops pass ids: activations (hardswish / hardsigmoid included), dropout and
@@ -84,6 +85,17 @@ NORMS: tuple[type[nn.Module], ...] = (
     nn.InstanceNorm3d,
 )
 """Per-channel normalisations: followers sliced channel by channel (weight, bias, stats)."""
+FROZEN_NORMS = {("torchvision.ops.misc", "FrozenBatchNorm2d")}
+"""BatchNorms of other libraries (module, class name; not imported here) with fixed
+statistics and affine buffers, computed as x · scale + shift per channel: torchvision's,
+in every detector built on pretrained weights. Leaves, followers, sliced as BatchNorm."""
+
+
+def is_frozen_norm(module: nn.Module) -> bool:
+    kind = type(module)
+    return (kind.__module__, kind.__name__) in FROZEN_NORMS
+
+
 _LEAF_KINDS: tuple[type[nn.Module], ...] = (
     nn.Linear, *CONVOLUTIONS, *TRANSPOSED, *NORMS, nn.GroupNorm, nn.LayerNorm
 )  # fmt: skip
@@ -162,6 +174,8 @@ class Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (SerializableLayer, MultiheadAttention, *self.extra_leaves)):
+            return True
+        if is_frozen_norm(m):
             return True
         if torch_type(type(m)) in _LEAF_KINDS:
             return True  # a subclass that keeps torch's forward is read as its base type
@@ -466,7 +480,7 @@ def _module_ids(
         if isinstance(module, nn.LayerNorm):
             return first if axis < in_value.ndim - len(module.normalized_shape) else None
         return first if same and isinstance(module, ELEMENTWISE_MODULES) else None
-    if isinstance(module, NORMS):
+    if isinstance(module, NORMS) or is_frozen_norm(module):
         cg.followers.append(Use(str(node.target), node, ids))
         return first
     if isinstance(module, nn.GroupNorm):

@@ -137,7 +137,7 @@ def architecture(model: nn.Module) -> Config:
     name = type(model).__name__
     if isinstance(model, SerializableLayer) and layer_types().get(name) is type(model):
         return {"type": name, "config": model.config()}
-    codec = _CODECS.get(name)
+    codec = _CODECS.get(name) or _known_elsewhere(type(model))
     if codec is None or codec.cls is not type(model):
         raise TypeError(
             f"cannot describe {type(model).__name__}: known layer types are "
@@ -145,6 +145,20 @@ def architecture(model: nn.Module) -> Config:
             "bayesprune.compress.register_layer(cls, to_config, from_config)"
         )
     return {"type": type(model).__name__, "config": codec.to_config(model)}
+
+
+def _known_elsewhere(cls: type[nn.Module]) -> LayerCodec | None:
+    """The codec of a layer type of another library that the package knows without
+    importing it (torchvision's FrozenBatchNorm2d: what a pretrained detector's backbone
+    normalises with), registered the first time one is described."""
+    if (cls.__module__, cls.__name__) != ("torchvision.ops.misc", "FrozenBatchNorm2d"):
+        return None
+    register_layer(
+        cls,
+        lambda m: {"num_features": int(m.weight.numel()), "eps": float(m.eps)},
+        lambda c: cls(int(c["num_features"]), eps=float(c["eps"])),
+    )
+    return _CODECS[cls.__name__]
 
 
 def build(spec: Config) -> nn.Module:
