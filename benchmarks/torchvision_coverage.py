@@ -128,7 +128,12 @@ def _inputs(shape: tuple[int, ...], name: str) -> tuple[torch.Tensor, ...]:
 
 
 def probe(
-    models: Any, name: str, family: str, part: str = "", random_norms: bool = False
+    models: Any,
+    name: str,
+    family: str,
+    part: str = "",
+    random_norms: bool = False,
+    frozen_norms: bool = False,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     row: dict[str, Any] = {"model": f"{name}.{part}" if part else name}
@@ -139,6 +144,8 @@ def probe(
             from graph_groups import randomise_norms
 
             randomise_norms(net)
+        if frozen_norms:  # after: it copies the statistics
+            net = freeze_norms(net)
         row["parameters"] = sum(p.numel() for p in net.parameters())
         model = bp.convert(net, family, keep=keep_types(net))
         inputs = _inputs(example_shape(models, name), name)
@@ -165,6 +172,22 @@ def probe(
     row["seconds"] = round(time.perf_counter() - start, 1)
     print(row, flush=True)
     return row
+
+
+def freeze_norms(net: nn.Module) -> nn.Module:
+    """Every BatchNorm2d replaced by torchvision's FrozenBatchNorm2d with its statistics
+    and affine parameters, as a builder does for pretrained weights (which need a
+    download): what a user's pretrained detector is normalised with."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for name, module in list(net.named_modules()):
+        if type(module) is nn.BatchNorm2d:
+            frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(module, key).detach())
+            parent, _, attr = name.rpartition(".")
+            setattr(net.get_submodule(parent) if parent else net, attr, frozen)
+    return net
 
 
 def _status(row: dict[str, Any]) -> str:
@@ -206,6 +229,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", help="names (default: every torchvision model)")
     parser.add_argument("--max-params", type=float, default=2e8)
     parser.add_argument(
+        "--frozen-norms",
+        action="store_true",
+        help="BatchNorm2d → FrozenBatchNorm2d, as in a detector built on pretrained weights",
+    )
+    parser.add_argument(
         "--random-norms",
         action="store_true",
         help="random BatchNorm statistics (initialised EfficientNets give 1e-12 features)",
@@ -226,11 +254,10 @@ def main() -> None:
         if size > args.max_params:
             rows.append({"model": name, "status": "skipped", "reason": f"{size:.2e} parameters"})
         else:
-            rows.append(probe(models, name, args.family, random_norms=args.random_norms))
+            norms = {"random_norms": args.random_norms, "frozen_norms": args.frozen_norms}
+            rows.append(probe(models, name, args.family, **norms))
             if name in detection:  # the route the docs gave before models shrank in parts
-                rows.append(
-                    probe(models, name, args.family, "backbone", random_norms=args.random_norms)
-                )
+                rows.append(probe(models, name, args.family, "backbone", **norms))
         write_results(args.name, {"settings": settings, "rows": rows}, render(rows, settings))
 
 
