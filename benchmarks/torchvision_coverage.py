@@ -161,7 +161,7 @@ def probe(
             scored_layers=len(finite),
             parameters_kept=after / sum(p.numel() for p in model.parameters()),
             shrunk_minus_masked=result.max_abs_difference,
-            parts=result.parts,
+            parts=getattr(result, "parts", []),  # [] from a library before parts
         )
     except Exception as err:  # a user's view: the first line of what they would see
         where = traceback.extract_tb(err.__traceback__)[-1]
