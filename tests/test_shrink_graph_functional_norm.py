@@ -157,3 +157,31 @@ def test_a_constant_folds_into_its_running_mean_behind_a_bias_free_reader(family
     assert any("'conv2' has no bias" in note for note in result.notes)
     assert not torch.equal(result.model.bn2.running_mean, model.bn2.running_mean)
     torch.testing.assert_close(_out(result.model, x), _out(model, x), atol=TOL, rtol=TOL)
+
+
+class Dropping(nn.Module):
+    """A functional dropout whose flag is `self.training`: fx writes the flag's value at
+    tracing into the graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 3, 1)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.dropout(F.relu(self.conv1(x)), 0.5, self.training)
+        return self.head(self.conv2(x).mean((2, 3)))
+
+
+def test_a_model_traced_in_training_mode_is_recorded_without_dropout():
+    """Traced in training mode, the recorded run dropped half the entries, and a dead
+    unit's constant (relu of its bias) looked different at every position: it could not
+    be folded into conv2's bias and stayed."""
+    model, x = _build(Dropping, "gaussian"), _x()
+    assert model.training
+    with torch.no_grad():
+        model.conv1.bias_mu[1] = 0.7  # its constant: relu(0.7) once its weights are masked
+    _kill(model, "conv1", [1])
+    result = shrink_graph(model, x)
+    assert result.model.conv1.out_channels == 3
+    torch.testing.assert_close(_out(result.model, x), _out(model, x), atol=TOL, rtol=TOL)
