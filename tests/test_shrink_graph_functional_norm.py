@@ -185,3 +185,36 @@ def test_a_model_traced_in_training_mode_is_recorded_without_dropout():
     result = shrink_graph(model, x)
     assert result.model.conv1.out_channels == 3
     torch.testing.assert_close(_out(result.model, x), _out(model, x), atol=TOL, rtol=TOL)
+
+
+def _timm_style_linear() -> type[nn.Linear]:
+    """A class as timm's `timm.layers.linear.Linear`: nn.Linear with its own forward
+    (a dtype cast under TorchScript only)."""
+
+    def forward(self: nn.Linear, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    kind = type("Linear", (nn.Linear,), {"forward": forward})
+    kind.__module__ = "timm.layers.linear"
+    return kind
+
+
+class TimmHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 6, 1)
+        self.classifier = _timm_style_linear()(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(F.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_timm_linear_is_read_as_torch_linear():
+    """Its own forward made it an unknown function call that pinned the channels it reads
+    (a MobileNet's whole last convolution); it is converted and read as an nn.Linear."""
+    model, x = _build(TimmHead, "gaussian"), _x()
+    assert type(model.classifier).__name__ == "BayesLinear"
+    scores = activation_scores(model, x)
+    assert torch.isfinite(scores["conv"]).all()
+    result = shrink_graph(model, x, prune_units=keep_units(scores, 0.5))
+    assert result.model.conv.out_channels == 3 and result.model.classifier.in_features == 3

@@ -62,14 +62,22 @@ class SerializableLayer(nn.Module):
         return cls(**{k: _from_json(v) for k, v in config.items()})
 
 
+SAME_AS_TORCH = {("timm.layers.linear", "Linear")}
+"""Subclasses of a torch.nn layer in other libraries (module, class; not imported here)
+whose own `forward` computes what torch's does: timm's Linear (it casts its weights to
+the input's dtype under TorchScript only), the classifier of its MobileNets, LCNet…"""
+
+
 def torch_type(kind: type[nn.Module]) -> type[nn.Module]:
     """The torch.nn class `kind` computes as: its nearest torch.nn base when `kind` keeps
     that class's `forward` (torchvision's video `Conv3DSimple` is an nn.Conv3d with one
-    more static method), else `kind` itself (a subclass with its own forward computes
-    something else; torch's own subclasses, as nn.MultiheadAttention's `out_proj`, are
-    their own type). `convert`, the graph tracer and `load_shrunk` read a layer as this."""
+    more static method) or is one of `SAME_AS_TORCH`, else `kind` itself (a subclass with
+    its own forward computes something else; torch's own subclasses, as
+    nn.MultiheadAttention's `out_proj`, are their own type). `convert`, the graph tracer
+    and `load_shrunk` read a layer as this."""
     base = next((c for c in kind.__mro__ if c.__module__.startswith("torch.nn.")), kind)
-    return base if base.forward is kind.forward else kind
+    same = base.forward is kind.forward or (kind.__module__, kind.__name__) in SAME_AS_TORCH
+    return base if same else kind
 
 
 def conv_geometry(conv: Any) -> Config:
