@@ -383,3 +383,33 @@ def test_a_wrapped_function_may_mutate_the_list_it_is_given():
     result = shrink_graph(model, x)  # fx's immutable argument lists refused the mutation
     torch.testing.assert_close(_out(result.model, x), _out(model, x), atol=TOL, rtol=TOL)
     assert {r.name: r for r in result.layers}["conv"].units_after == 3
+
+
+class Ghost(nn.Module):
+    """GhostNet's module: a primary conv, a cheap depthwise conv on its output, both
+    concatenated, then `[:, :out]` with `out` the whole width (a no-op that stays one
+    when there are fewer channels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.primary, self.cheap = nn.Conv2d(2, 4, 1), nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.out = 8
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1 = F.relu(self.primary(x))
+        y = torch.cat([x1, F.relu(self.cheap(x1))], dim=1)[:, : self.out]
+        return self.head(y).mean((2, 3))
+
+
+@pytest.mark.parametrize("family", ["gaussian", "spike_slab"])
+def test_a_slice_past_the_last_channel_passes_them(family):
+    model = _build(Ghost, family)
+    x = torch.randn(2, 2, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _kill(model, "primary", [1])  # dead after the relu (bias < 0 below): nothing to fold
+    with torch.no_grad():
+        bias = model.primary.bias_mu if hasattr(model.primary, "bias_mu") else model.primary.bias
+        bias[1] = -1.0
+    result = shrink_graph(model, x)
+    assert result.model.primary.out_channels == 3 and result.model.head.in_channels == 6
+    torch.testing.assert_close(_out(result.model, x), _out(model, x), atol=TOL, rtol=TOL)

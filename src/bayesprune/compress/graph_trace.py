@@ -714,7 +714,9 @@ def _getitem_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     The slice bounds are constants of the forward. `x[:, a:]` reads the channels from
     position a on: those before a are pinned (their count fixes where a falls), the
     rest pass and may go. `x[:, :-k]` and `x[:, -k:]` pin the last k; `x[:, :b]` pins
-    everything up to b. Any other index (a step, an integer, a tensor) pins. With the
+    everything up to b, unless b reaches past the last channel: then it is the identity,
+    and stays so when there are fewer. Any other index (a step, an integer, a tensor)
+    pins. With the
     channels after dim 1 (tokens), indexing the positions only passes them
     (`graph_axes.indexed`).
     """
@@ -739,6 +741,8 @@ def _getitem_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     if not ints or step not in (None, 1):
         return None
     start, stop, n = start or 0, stop, len(ids)
+    if start == 0 and stop is not None and stop >= n:
+        return ids, 1  # covers every channel, and will with fewer: GhostNet's out[:, :out_chs]
     if stop is None and start >= 0:
         cg.pinned.update(ids[:start])
     elif (stop is None and start < 0) or (start == 0 and stop is not None and stop < 0):
