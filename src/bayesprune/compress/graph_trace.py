@@ -18,9 +18,8 @@ reductions and indexing). Ids that must go together are united (union-find) into
   into it;
 - *followers* pass ids through and are sliced with them: BatchNorm (also a subclass
   whose own forward calls `F.batch_norm` on its tensors, as timm's BatchNormAct2d, and
-  torchvision's FrozenBatchNorm2d),
-  InstanceNorm, depthwise convolutions, GroupNorm (which also unites the channels of
-  each of its groups, since they share statistics);
+  torchvision's FrozenBatchNorm2d), InstanceNorm, depthwise convolutions, GroupNorm
+  (which also unites the channels of each of its groups, since they share statistics);
 - channelwise ops pass ids: activations (hardswish / hardsigmoid included), dropout and
   torchvision's stochastic depth,
   identity, pooling, adaptive pooling, upsampling, padding, `mean` over H·W, and an
