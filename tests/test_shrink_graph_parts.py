@@ -321,3 +321,24 @@ def test_blocks_that_share_a_module_are_no_parts():
     assert model.one.conv1 is model.two.conv1
     with pytest.raises(GraphTraceError, match="no submodule"):
         find_parts(model, (x,))
+
+
+class SometimesEmpty(nn.Module):
+    """The head's first call gets no rows (none passes the filter), the others do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = Body()
+        self.head = Scorer()
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        pooled = self.body(x).mean((2, 3))
+        out = [self.head(pooled[:0])]  # an empty call first
+        out += [self.head(pooled[i : i + 1]) for i in range(len(pooled))]
+        return out if len(out) < 1e9 else out[:1]  # untraceable
+
+
+def test_an_empty_call_does_not_spoil_a_part_scores():
+    model, x = _build(SometimesEmpty, "gaussian"), _x(4)
+    scores = activation_scores(model, x)
+    assert torch.isfinite(scores["head.fc1"]).all() and (scores["head.fc1"] > 0).any()

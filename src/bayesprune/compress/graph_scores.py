@@ -88,10 +88,15 @@ class _ColumnMoments:
         x = args[0].detach().double()
         cols = x.movedim(self.axis, 0).reshape(x.shape[self.axis], -1)
         n = cols.shape[1]
-        mean = cols.mean(1)
-        m2 = (cols - mean[:, None]).square().sum(1)
-        if self.mean is None or self.m2 is None:
+        if n == 0:  # a call on no rows (everything filtered away) adds nothing
+            mean = m2 = cols.new_zeros(cols.shape[0])
+        else:
+            mean = cols.mean(1)
+            m2 = (cols - mean[:, None]).square().sum(1)
+        if self.mean is None or self.m2 is None or self.n == 0:
             self.n, self.mean, self.m2 = n, mean, m2
+            return
+        if n == 0:
             return
         total = self.n + n
         delta = mean - self.mean
