@@ -415,6 +415,7 @@ def analyse(
     gm = trace(model, leaf_modules)
     cg = ChannelGraph(gm, record(gm, inputs), root=model)
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    calls.update(norm_owner(n) for n in gm.graph.nodes if _is(n, {F.batch_norm}, set()))
     channelwise = PASSTHROUGH + CHANNELWISE_MODULES + tuple(passthrough)
     for node in gm.graph.nodes:
         out = cg.values.get(node)
@@ -431,7 +432,7 @@ def analyse(
         elif node.op in ("call_function", "call_method"):
             if _chunk_pieces(cg, node, first):
                 continue
-            found = _function_ids(cg, node, first)
+            found = _function_ids(cg, node, first, calls)
         if found is None and node.op != "placeholder" and not _is_shape(out):
             _pin_args(cg, node)
         if node.op == "placeholder" and node.target in free_inputs and _tensor(out):
@@ -597,7 +598,10 @@ def _chunk_pieces(cg: ChannelGraph, node: fx.Node, first: Channels | None) -> bo
     return True
 
 
-def _function_ids(cg: ChannelGraph, node: fx.Node, first: Channels | None) -> Channels | None:
+def _function_ids(
+    cg: ChannelGraph, node: fx.Node, first: Channels | None, calls: Counter
+) -> Channels | None:
+    """`calls`: per module, the calls that use it (called, or its tensors read)."""
     target, value = node.target, cg.values[node]
     if not _tensor(value):
         return None
@@ -611,7 +615,7 @@ def _function_ids(cg: ChannelGraph, node: fx.Node, first: Channels | None) -> Ch
     if first is None or not isinstance(node.args[0], fx.Node):
         return None
     if _is(node, {F.batch_norm}, set()):
-        return _functional_norm(cg, node, first)
+        return _functional_norm(cg, node, first, calls)
     ids, axis = first
     in_value = cg.values[node.args[0]]
     if _is(node, _RESHAPE, _RESHAPE_METHODS):
@@ -645,19 +649,17 @@ def norm_owner(node: fx.Node) -> str | None:
     return owners.pop() if len(owners) == 1 else None
 
 
-def _functional_norm(cg: ChannelGraph, node: fx.Node, first: Channels) -> Channels | None:
+def _functional_norm(
+    cg: ChannelGraph, node: fx.Node, first: Channels, calls: Counter
+) -> Channels | None:
     """`F.batch_norm` on the statistics and affine parameters of one BatchNorm module, as
     in a subclass with its own `forward` (timm's BatchNormAct2d: the normalisation, then
     an activation): that module follows the channels, as a BatchNorm module does. One
-    whose tensors are read by several calls, or a mix of modules' tensors, pins."""
+    used by several calls (`calls`), or a mix of modules' tensors, pins."""
     owner = norm_owner(node)
     if owner is None or first[1] != 1 or cg.root is None:
         return None
-    module = cg.root.get_submodule(owner)
-    calls = [
-        n for n in cg.gm.graph.nodes if _is(n, {F.batch_norm}, set()) and norm_owner(n) == owner
-    ]
-    if not isinstance(module, NORMS) or len(calls) != 1:
+    if not isinstance(cg.root.get_submodule(owner), NORMS) or calls[owner] != 1:
         return None
     cg.followers.append(Use(owner, node, first[0]))
     return first
