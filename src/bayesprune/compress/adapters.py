@@ -26,6 +26,16 @@ TRANSPOSED: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose3d,
 )
 """Transposed convolutions: read and sliced by shrink_graph (`TransposedLayer`)."""
+FROZEN_NORMS = {("torchvision.ops.misc", "FrozenBatchNorm2d")}
+"""BatchNorms of other libraries (module, class name; not imported here) with fixed
+statistics and affine buffers, computed as x · scale + shift per channel: torchvision's,
+in every detector built on pretrained weights. Graph leaves and followers, sliced as a
+BatchNorm (`shrink_graph`), described by a codec (`serialize`)."""
+
+
+def is_frozen_norm(kind: type[nn.Module]) -> bool:
+    """Whether `kind` is one of the `FROZEN_NORMS`."""
+    return (kind.__module__, kind.__name__) in FROZEN_NORMS
 
 
 class Prunable(Protocol):

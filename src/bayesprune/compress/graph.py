@@ -59,7 +59,14 @@ from torch import Tensor, nn
 
 from ..nn.base import GatedLayer, use_posterior_mean
 from ..nn.moments import Factored, Moments
-from .adapters import CONVOLUTIONS, as_prunable, copy_model, is_prunable, mask_rows
+from .adapters import (
+    CONVOLUTIONS,
+    as_prunable,
+    copy_model,
+    is_frozen_norm,
+    is_prunable,
+    mask_rows,
+)
 from .chain import deployed_weight
 from .graph_fold import (
     Fold,
@@ -77,7 +84,6 @@ from .graph_trace import (
     GraphTraceError,
     Use,
     analyse,
-    is_frozen_norm,
     propagates_variance,
     trace,
 )
@@ -658,7 +664,7 @@ def _nonzero_groups(cg: ChannelGraph, use: Use, column_groups: list[int | None])
 def _slice_follower(module: nn.Module, idx: Tensor) -> nn.Module:
     """A norm layer or depthwise convolution keeping channels `idx` (one per channel)."""
     new = copy.deepcopy(module)
-    if isinstance(module, NORMS) or is_frozen_norm(module):
+    if isinstance(module, NORMS) or is_frozen_norm(type(module)):
         if hasattr(module, "num_features"):
             new.num_features = len(idx)
         _cut(module, new, ("weight", "bias", "running_mean", "running_var"), idx)

@@ -37,12 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from .adapters import CONVOLUTIONS, as_prunable
+from .adapters import CONVOLUTIONS, as_prunable, is_frozen_norm
 from .graph_trace import (
     BATCHNORMS,
     ChannelGraph,
     Use,
-    is_frozen_norm,
     norm_owner,
     propagates_variance,
 )
@@ -188,7 +187,7 @@ def shift_targets(cg: ChannelGraph, use: Use) -> list[tuple[str, Tensor]] | None
             source = node.args[0]
             if len(node.all_input_nodes) != 1 or source not in carried:
                 return None
-            norm = isinstance(module, BATCHNORMS) or is_frozen_norm(module)
+            norm = isinstance(module, BATCHNORMS) or is_frozen_norm(type(module))
             if norm and str(node.target) in followers:
                 if module.running_mean is None:
                     return None

@@ -72,7 +72,7 @@ from torch import Tensor, fx, nn
 from ..nn.attention import MultiheadAttention
 from ..nn.base import SerializableLayer, torch_type, use_posterior_mean
 from ..nn.moments import Moments
-from .adapters import CONVOLUTIONS, TRANSPOSED, is_prunable
+from .adapters import CONVOLUTIONS, TRANSPOSED, is_frozen_norm, is_prunable
 from .chain import PASSTHROUGH
 from .graph_axes import indexed, permuted, reduced, reshaped, size_follows
 
@@ -84,17 +84,6 @@ NORMS: tuple[type[nn.Module], ...] = (
     nn.InstanceNorm3d,
 )
 """Per-channel normalisations: followers sliced channel by channel (weight, bias, stats)."""
-FROZEN_NORMS = {("torchvision.ops.misc", "FrozenBatchNorm2d")}
-"""BatchNorms of other libraries (module, class name; not imported here) with fixed
-statistics and affine buffers, computed as x · scale + shift per channel: torchvision's,
-in every detector built on pretrained weights. Leaves, followers, sliced as BatchNorm."""
-
-
-def is_frozen_norm(module: nn.Module) -> bool:
-    kind = type(module)
-    return (kind.__module__, kind.__name__) in FROZEN_NORMS
-
-
 _LEAF_KINDS: tuple[type[nn.Module], ...] = (
     nn.Linear, *CONVOLUTIONS, *TRANSPOSED, *NORMS, nn.GroupNorm, nn.LayerNorm
 )  # fmt: skip
@@ -174,7 +163,7 @@ class Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (SerializableLayer, MultiheadAttention, *self.extra_leaves)):
             return True
-        if is_frozen_norm(m):
+        if is_frozen_norm(type(m)):
             return True
         if torch_type(type(m)) in _LEAF_KINDS:
             return True  # a subclass that keeps torch's forward is read as its base type
@@ -480,7 +469,7 @@ def _module_ids(
         if isinstance(module, nn.LayerNorm):
             return first if axis < in_value.ndim - len(module.normalized_shape) else None
         return first if same and isinstance(module, ELEMENTWISE_MODULES) else None
-    if isinstance(module, NORMS) or is_frozen_norm(module):
+    if isinstance(module, NORMS) or is_frozen_norm(type(module)):
         cg.followers.append(Use(str(node.target), node, ids))
         return first
     if isinstance(module, nn.GroupNorm):

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..nn import SerializableLayer, layer_types
 from ..nn.base import conv_geometry
-from .adapters import CONVOLUTIONS, TRANSPOSED
+from .adapters import CONVOLUTIONS, TRANSPOSED, is_frozen_norm
 from .chain import SelectInputs
 
 Config = dict[str, Any]
@@ -149,9 +149,10 @@ def architecture(model: nn.Module) -> Config:
 
 def _known_elsewhere(cls: type[nn.Module]) -> LayerCodec | None:
     """The codec of a layer type of another library that the package knows without
-    importing it (torchvision's FrozenBatchNorm2d: what a pretrained detector's backbone
-    normalises with), registered the first time one is described."""
-    if (cls.__module__, cls.__name__) != ("torchvision.ops.misc", "FrozenBatchNorm2d"):
+    importing it (`adapters.FROZEN_NORMS`: torchvision's FrozenBatchNorm2d, what a
+    pretrained detector's backbone normalises with), registered the first time one is
+    described."""
+    if not is_frozen_norm(cls):
         return None
     register_layer(
         cls,
