@@ -29,21 +29,18 @@ import argparse
 import collections
 import re
 import time
-import traceback
-from pathlib import Path
 from typing import Any
 
 import torch
 from _common import add_results_dir_option, md_table, use_results_dir, write_results
 from graph_groups import randomise_norms, torchvision_models
+from torchvision_coverage import failure, measure, table_row
 
 import bayesprune as bp
-from bayesprune import compress
 from bayesprune.compress.graph_parts import find_parts
 from bayesprune.compress.graph_trace import analyse
 
 NAME = "timm_coverage"
-REPO = str(Path(__file__).resolve().parents[1]) + "/"
 DEFAULT = [
     "resnet18", "resnet50d", "seresnext26d_32x4d", "resnest14d", "res2net50_14w_8s",
     "efficientnet_b0", "tf_efficientnet_b0", "efficientnet_lite0", "tinynet_a",
@@ -90,26 +87,11 @@ def probe(timm: Any, name: str, family: str, pinned: bool) -> dict[str, Any]:
         row["parameters"] = sum(p.numel() for p in net.parameters())
         model = bp.convert(net, family).eval()
         x = torch.randn(1, 3, _size(name), _size(name), generator=torch.Generator().manual_seed(0))
-        prunable = [n for n, m in model.named_modules() if compress.is_prunable(m)]
-        scores = compress.activation_scores(model, x)
-        finite = {n: s for n, s in scores.items() if torch.isfinite(s).any()}
         if pinned:
             row["pinned_by"] = _pins(model, x)
-        result = compress.shrink_graph(model, x, prune_units=compress.keep_units(finite, 0.25))
-        after = sum(p.numel() for p in result.model.parameters())
-        row.update(
-            status="ok",
-            prunable_layers=len(prunable),
-            scored_layers=len(finite),
-            parameters_kept=after / sum(p.numel() for p in model.parameters()),
-            shrunk_minus_masked=result.max_abs_difference,
-            parts=getattr(result, "parts", []),
-        )
+        row.update(measure(model, (x,)))
     except Exception as err:  # a user's view: the first line of what they would see
-        where = traceback.extract_tb(err.__traceback__)[-1]
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        row.update(status="fails", error=f"{type(err).__name__}: {first.replace(REPO, '')[:160]}")
-        row["raised_at"] = f"{where.filename.rsplit('/', 1)[-1]}:{where.lineno}"
+        row.update(failure(err))
     row["seconds"] = round(time.perf_counter() - start, 1)
     print(row, flush=True)
     return row
@@ -122,13 +104,7 @@ def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     prunable = sum(r["prunable_layers"] for r in ok)
     table = [
         {
-            "model": r["model"],
-            "status": r["status"],
-            "layers scored / prunable": (
-                f"{r['scored_layers']} / {r['prunable_layers']}" if r["status"] == "ok" else ""
-            ),
-            "parameters kept": f"{r['parameters_kept']:.2f}" if r["status"] == "ok" else "",
-            "shrunk − masked": f"{r['shrunk_minus_masked']:.1e}" if r["status"] == "ok" else "",
+            **table_row(r),
             **({"pinned by": r.get("pinned_by", "")} if settings.get("pinned") else {}),
             "error": r.get("error", ""),
         }

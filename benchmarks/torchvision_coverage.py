@@ -148,30 +148,42 @@ def probe(
             net = freeze_norms(net)
         row["parameters"] = sum(p.numel() for p in net.parameters())
         model = bp.convert(net, family, keep=keep_types(net))
-        inputs = _inputs(example_shape(models, name), name)
-        prunable = [n for n, m in model.named_modules() if compress.is_prunable(m)]
-        scores = compress.activation_scores(model.eval(), inputs, inputs=len(inputs))
-        finite = {n: s for n, s in scores.items() if torch.isfinite(s).any()}
-        keep = compress.keep_units(finite, sparsity=0.25)
-        result = compress.shrink_graph(model, inputs, prune_units=keep)
-        after = sum(p.numel() for p in result.model.parameters())
-        row.update(
-            status="ok",
-            prunable_layers=len(prunable),
-            scored_layers=len(finite),
-            parameters_kept=after / sum(p.numel() for p in model.parameters()),
-            shrunk_minus_masked=result.max_abs_difference,
-            parts=getattr(result, "parts", []),  # [] from a library before parts
-        )
+        row.update(measure(model, _inputs(example_shape(models, name), name)))
     except Exception as err:  # a user's view: the first line of what they would see
-        where = traceback.extract_tb(err.__traceback__)[-1]
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        first = first.replace(REPO, "")  # no machine paths in the results
-        row.update(status="fails", error=f"{type(err).__name__}: {first[:160]}")
-        row["raised_at"] = f"{where.filename.rsplit('/', 1)[-1]}:{where.lineno}"
+        row.update(failure(err))
     row["seconds"] = round(time.perf_counter() - start, 1)
     print(row, flush=True)
     return row
+
+
+def measure(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    """Steps 2-3 of the module docstring on a converted model: the row's figures."""
+    prunable = [n for n, m in model.named_modules() if compress.is_prunable(m)]
+    scores = compress.activation_scores(model.eval(), inputs, inputs=len(inputs))
+    finite = {n: s for n, s in scores.items() if torch.isfinite(s).any()}
+    keep = compress.keep_units(finite, sparsity=0.25)
+    result = compress.shrink_graph(model, inputs, prune_units=keep)
+    after = sum(p.numel() for p in result.model.parameters())
+    return {
+        "status": "ok",
+        "prunable_layers": len(prunable),
+        "scored_layers": len(finite),
+        "parameters_kept": after / sum(p.numel() for p in model.parameters()),
+        "shrunk_minus_masked": result.max_abs_difference,
+        "parts": getattr(result, "parts", []),  # [] from a library before parts
+    }
+
+
+def failure(err: Exception) -> dict[str, Any]:
+    """A failed row: the error's first line (no machine paths) and where it was raised."""
+    where = traceback.extract_tb(err.__traceback__)[-1]
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    first = first.replace(REPO, "")
+    return {
+        "status": "fails",
+        "error": f"{type(err).__name__}: {first[:160]}",
+        "raised_at": f"{where.filename.rsplit('/', 1)[-1]}:{where.lineno}",
+    }
 
 
 def freeze_norms(net: nn.Module) -> nn.Module:
@@ -195,22 +207,22 @@ def _status(row: dict[str, Any]) -> str:
     return f"ok, in {parts} part{'s' * (parts > 1)}" if parts else row["status"]
 
 
+def table_row(r: dict[str, Any]) -> dict[str, str]:
+    """A row's figures as the markdown table shows them (blank where it failed)."""
+    ok = r["status"] == "ok"
+    return {
+        "model": r["model"],
+        "status": _status(r),
+        "layers scored / prunable": f"{r['scored_layers']} / {r['prunable_layers']}" if ok else "",
+        "parameters kept": f"{r['parameters_kept']:.2f}" if ok else "",
+        "shrunk − masked": f"{r['shrunk_minus_masked']:.1e}" if ok else "",
+    }
+
+
 def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     worst = max((r["shrunk_minus_masked"] for r in ok), default=0.0)
-    table = [
-        {
-            "model": r["model"],
-            "status": _status(r),
-            "layers scored / prunable": (
-                f"{r['scored_layers']} / {r['prunable_layers']}" if r["status"] == "ok" else ""
-            ),
-            "parameters kept": f"{r['parameters_kept']:.2f}" if r["status"] == "ok" else "",
-            "shrunk − masked": f"{r['shrunk_minus_masked']:.1e}" if r["status"] == "ok" else "",
-            "error": r.get("error", r.get("reason", "")),
-        }
-        for r in rows
-    ]
+    table = [{**table_row(r), "error": r.get("error", r.get("reason", ""))} for r in rows]
     return "\n".join(
         [
             f"{len(ok)} of {len(rows)} models convert, score and shrink with check=True "
