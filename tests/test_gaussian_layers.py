@@ -16,6 +16,7 @@ from bayesprune.nn import (
     GradientEstimator,
     MixtureKL,
     ScaleMixturePrior,
+    evaluation_pass,
     make_prior,
     use_posterior_mean,
 )
@@ -181,6 +182,26 @@ def test_posterior_mean_mode_is_deterministic_and_restores_sampling():
         assert torch.equal(layer(x), layer(x))
         assert torch.allclose(layer(x), nn.functional.linear(x, layer.weight_mu, layer.bias_mu))
     assert layer.sample
+
+
+def test_evaluation_pass_reads_the_mean_network_and_puts_everything_back_on_error():
+    net = nn.Sequential(BayesLinear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5), BayesLinear(4, 2))
+    net.train()
+    seen = []
+    hooks = [net[0].register_forward_hook(lambda *a: seen.append(torch.is_grad_enabled()))]
+    x = torch.randn(5, 3)
+    with evaluation_pass(net, hooks):
+        assert not net.training and not net[2].training
+        assert torch.equal(net(x), net(x))  # no weight draws, no dropout, running statistics
+    assert net.training and net[0].sample and seen == [False, False]
+    net(x)
+    assert len(seen) == 2, "the pass removes its hooks"
+    hooks = [net[0].register_forward_hook(lambda *a: seen.append(1))]
+    with pytest.raises(RuntimeError), evaluation_pass(net, hooks):
+        net(torch.randn(5, 7))  # the wrong width: the pass fails
+    assert net.training and net[3].sample
+    net(x)
+    assert len(seen) == 2, "hooks go on an error too"
 
 
 def test_convert_and_back_keeps_the_means():

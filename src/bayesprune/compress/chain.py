@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..nn.base import use_posterior_mean
+from ..nn.base import evaluation_pass
 from .adapters import as_prunable, is_prunable
 
 PASSTHROUGH: tuple[type[nn.Module], ...] = (
@@ -107,16 +107,13 @@ def trace_shapes(model: nn.Module, slots: list[Slot], x: Tensor) -> dict[str, tu
 
         handles.append(slot.get().register_forward_hook(hook))
     try:
-        with torch.no_grad(), use_posterior_mean(model):
+        with evaluation_pass(model, handles):
             model(x)
     except RuntimeError as err:
         raise ValueError(
             f"a dummy input of shape {tuple(x.shape)} does not fit the model ({err}); pass "
             "input_shape as the shape of ONE example without the batch dimension, e.g. (1, 28, 28)"
         ) from err
-    finally:
-        for h in handles:
-            h.remove()
     return shapes
 
 
@@ -150,12 +147,7 @@ class Chain:
         ref = next(iter(model.parameters()))
         self.example = torch.zeros(1, *input_shape, dtype=ref.dtype, device=ref.device)
         self.input_shape = tuple(input_shape)
-        model_was_training = model.training
-        model.eval()
-        try:
-            self.shapes = trace_shapes(model, self.slots, self.example)
-        finally:
-            model.train(model_was_training)
+        self.shapes = trace_shapes(model, self.slots, self.example)
         self.groups = [self._group(k, passthrough) for k in range(len(self.layer_pos) - 1)]
 
     def layer(self, k: int) -> nn.Module:

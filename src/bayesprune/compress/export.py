@@ -33,7 +33,7 @@ from torch.nn.utils import prune
 from ..extras import require
 from ..io import CheckpointError, atomic_write_bytes, load_tensors, save_tensors
 from ..nn import to_deterministic
-from ..nn.base import use_posterior_mean, variational_layers
+from ..nn.base import evaluation_pass, variational_layers
 from .adapters import as_prunable, copy_model, prunable_layers
 from .chain import first_tensor
 from .serialize import architecture, build
@@ -268,13 +268,8 @@ def onnx_difference(
         for spec, x in zip(specs, args, strict=True)
     }
     got = torch.from_numpy(session.run(None, feed)[0])
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), use_posterior_mean(model):
-            want = first_tensor(model(*args))
-    finally:
-        model.train(was)
+    with evaluation_pass(model):
+        want = first_tensor(model(*args))
     return float((got.to(want) - want).abs().max())
 
 

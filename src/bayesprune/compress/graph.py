@@ -57,7 +57,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..nn.base import GatedLayer, use_posterior_mean
+from ..nn.base import GatedLayer, evaluation_pass
 from ..nn.moments import Factored, Moments
 from .adapters import (
     CONVOLUTIONS,
@@ -695,16 +695,11 @@ def _tensors(value: Any) -> list[Tensor]:
 
 
 def _outputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> list[Tensor]:
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), use_posterior_mean(model):
-            out = model(*inputs)
-            if isinstance(out, Moments) and isinstance(out.cov, Factored):
-                out = (out.mean, out.variance())  # eVI: a low-rank covariance by its marginals
-            return _tensors(out)
-    finally:
-        model.train(was)
+    with evaluation_pass(model):
+        out = model(*inputs)
+    if isinstance(out, Moments) and isinstance(out.cov, Factored):
+        out = (out.mean, out.variance())  # eVI: a low-rank covariance by its marginals
+    return _tensors(out)
 
 
 KEPT_INPUTS = "bayesprune_kept_inputs"

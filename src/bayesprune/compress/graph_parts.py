@@ -22,10 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from ..nn.base import use_posterior_mean
+from ..nn.base import evaluation_pass
 from .adapters import prunable_layers
 from .graph_trace import GraphTraceError, Tracer, trace
 
@@ -119,15 +118,8 @@ def record_calls(
     handles += [
         module.register_forward_hook(leave) for module in model.modules() if id(module) in named
     ]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), use_posterior_mean(model):
-            model(*inputs)
-    finally:
-        model.train(was)
-        for handle in handles:
-            handle.remove()
+    with evaluation_pass(model, handles):
+        model(*inputs)
     return calls, leaky
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..nn.base import use_posterior_mean
+from ..nn.base import evaluation_pass
 from ..validation import model_device
 from .adapters import as_prunable
 from .graph_parts import find_parts
@@ -158,19 +158,12 @@ def activation_scores(
     handles += [
         model.get_submodule(f"{n}.out_proj").register_forward_pre_hook(m) for n, m in heads.items()
     ]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), use_posterior_mean(model):
-            model(*first)
-            for i, args in enumerate(batches, start=2):
-                if max_batches is not None and i > max_batches:
-                    break
-                model(*args)
-    finally:
-        model.train(was)
-        for handle in handles:
-            handle.remove()
+    with evaluation_pass(model, handles):
+        model(*first)
+        for i, args in enumerate(batches, start=2):
+            if max_batches is not None and i > max_batches:
+                break
+            model(*args)
     scores = {}
     for prefix, cg in graphs:
         if not found.traced and any(moments[prefix + u.name].n == 0 for u in cg.sinks):

@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..nn.attention import MultiheadAttention
-from ..nn.base import SerializableLayer, torch_type, use_posterior_mean
+from ..nn.base import SerializableLayer, evaluation_pass, torch_type
 from ..nn.moments import Moments
 from .adapters import CONVOLUTIONS, TRANSPOSED, is_frozen_norm, is_prunable
 from .chain import PASSTHROUGH
@@ -249,11 +249,9 @@ def record(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> dict[fx.Node, Any]
             args, kwargs = _in_eval(target, _mutable(args), _mutable(kwargs))
             return super().call_function(target, args, kwargs)
 
-    was = gm.training
     buffers = {name: b.clone() for name, b in gm.named_buffers()}
-    gm.eval()
     try:
-        with torch.no_grad(), use_posterior_mean(gm):
+        with evaluation_pass(gm):
             _Recorder(gm).run(*inputs)
     except RuntimeError as err:
         raise ValueError(
@@ -261,7 +259,6 @@ def record(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> dict[fx.Node, Any]
             "(a tensor, or a tuple of the forward's positional tensors)"
         ) from err
     finally:
-        gm.train(was)
         with torch.no_grad():
             for name, b in gm.named_buffers():
                 b.copy_(buffers[name])  # a call traced in training mode may have updated them

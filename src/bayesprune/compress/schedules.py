@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..nn.base import VariationalLayer, use_posterior_mean
+from ..nn.base import VariationalLayer, evaluation_pass
 from .adapters import as_prunable, copy_model, prunable_layers
 from .masks import apply_masks
 from .scores import UNIT_SCORES, input_scores, unit_scores
@@ -76,12 +76,8 @@ def layer_inputs(model: nn.Module, x: Tensor) -> list[Tensor]:
         layer.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
         for layer in layers
     ]
-    try:
-        with torch.no_grad(), use_posterior_mean(model):
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with evaluation_pass(model, handles):
+        model(x)
     return seen[: len(layers)]
 
 

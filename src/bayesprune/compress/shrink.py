@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..nn.base import use_posterior_mean
+from ..nn.base import evaluation_pass
 from .adapters import as_prunable, copy_model
 from .chain import PASSTHROUGH, Chain, SelectInputs, deployed_weight, first_tensor, unit_columns
 
@@ -266,11 +266,8 @@ def _max_difference(
     x = torch.randn((8, *shape), generator=gen, dtype=ref_param.dtype).to(ref_param.device)
     outs = []
     for m in (reference, shrunk):
-        was = m.training
-        m.eval()
-        with torch.no_grad(), use_posterior_mean(m):
+        with evaluation_pass(m):
             outs.append(first_tensor(m(x)))
-        m.train(was)
     return float((outs[0] - outs[1]).abs().max()), float(outs[0].abs().max())
 
 

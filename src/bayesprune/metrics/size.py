@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.attention import MultiheadAttention
-from ..nn.base import VariationalLayer, use_posterior_mean
+from ..nn.base import VariationalLayer, evaluation_pass
 
 _CONNECTIONS = (nn.Linear, nn.modules.conv._ConvNd)
 
@@ -144,15 +144,8 @@ def _flops_on(model: nn.Module, inputs: tuple[Tensor, ...]) -> dict[str, int]:
                 flops[name] += _attention_flops(module, args, kwargs)
 
             handles.append(module.register_forward_hook(attend, with_kwargs=True))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), use_posterior_mean(model):
-            model(*inputs)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    with evaluation_pass(model, handles):
+        model(*inputs)
     return flops
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -375,3 +375,19 @@ def use_posterior_mean(model: nn.Module, enabled: bool = True) -> Iterator[nn.Mo
     finally:
         for layer, was in zip(layers, previous, strict=True):
             layer.sample = was
+
+
+@contextlib.contextmanager
+def evaluation_pass(model: nn.Module, hooks: Iterable[Any] = ()) -> Iterator[nn.Module]:
+    """One pass that reads the network (its activations, shapes, outputs to compare): no
+    gradients, eval mode, posterior means. The model's mode comes back and `hooks` (the
+    handles of hooks registered for the pass) are removed on exit, error or not."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), use_posterior_mean(model):
+            yield model
+    finally:
+        model.train(was)
+        for handle in hooks:
+            handle.remove()
