@@ -38,6 +38,27 @@ def is_frozen_norm(kind: type[nn.Module]) -> bool:
     return (kind.__module__, kind.__name__) in FROZEN_NORMS
 
 
+SAME_PADDING_CONVS = {("timm.layers.conv2d_same", "Conv2dSame")}
+"""nn.Conv2d subclasses of other libraries (module, class name; not imported here) that
+pad their input as TensorFlow's "SAME" does, by an amount computed from its size
+(`same_padding`), then convolve their own weight: timm's, in every `tf_` model ported
+from TensorFlow (EfficientNet, MobileNetV3, MixNet). fx cannot trace that arithmetic, so
+they are graph leaves, read as convolutions; they stay deterministic under `convert`
+and keep their class when sliced."""
+
+
+def is_same_padding_conv(kind: type[nn.Module]) -> bool:
+    """Whether `kind` is one of the `SAME_PADDING_CONVS`."""
+    return (kind.__module__, kind.__name__) in SAME_PADDING_CONVS
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """Zeros before and after one axis of `size` under TensorFlow's "SAME" padding: the
+    output has ceil(size / stride) positions, the odd zero goes after."""
+    total = max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
 class Prunable(Protocol):
     """The part of `VariationalLayer`'s interface that compression uses."""
 
@@ -84,6 +105,8 @@ class PlainLayer:
         out_idx = torch.arange(w.shape[0]) if out_idx is None else out_idx
         in_idx = torch.arange(w.shape[1]) if in_idx is None else in_idx
         out_idx, in_idx = out_idx.to(w.device), in_idx.to(w.device)
+        if is_same_padding_conv(type(m)):  # its own forward pads: keep the class
+            return self._sliced_copy(out_idx, in_idx)
         if isinstance(m, CONVOLUTIONS):
             if m.groups != 1:
                 raise NotImplementedError("selecting channels of a grouped convolution")
@@ -106,6 +129,20 @@ class PlainLayer:
             if m.bias is not None:
                 new.bias.copy_(m.bias.detach()[out_idx])
         new.train(m.training)
+        return new
+
+    def _sliced_copy(self, out_idx: Tensor, in_idx: Tensor) -> nn.Module:
+        """A copy of the layer, its own class, with output units `out_idx` and input
+        channels `in_idx` (ungrouped)."""
+        m = self.module
+        if m.groups != 1:
+            raise NotImplementedError("selecting channels of a grouped convolution")
+        new = copy.deepcopy(m)
+        weight = m.weight.detach().index_select(0, out_idx).index_select(1, in_idx).clone()
+        new.weight = nn.Parameter(weight, m.weight.requires_grad)
+        if m.bias is not None:
+            new.bias = nn.Parameter(m.bias.detach()[out_idx].clone(), m.bias.requires_grad)
+        new.out_channels, new.in_channels = len(out_idx), len(in_idx)
         return new
 
     def fold_into_bias(self, mean: Tensor, var: Tensor | None = None) -> None:

@@ -37,7 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from .adapters import CONVOLUTIONS, as_prunable, is_frozen_norm
+from .adapters import (
+    CONVOLUTIONS,
+    as_prunable,
+    is_frozen_norm,
+    is_same_padding_conv,
+    same_padding,
+)
 from .graph_trace import (
     BATCHNORMS,
     ChannelGraph,
@@ -122,7 +128,9 @@ def _tap_masks(plain: nn.Module, axis: int, size: int) -> Tensor:
     taps give the same sum, so only the distinct cases (≤ 2·kernel + 1) are kept.
     """
     k, s, d = plain.kernel_size[axis], plain.stride[axis], plain.dilation[axis]
-    if plain.padding == "same":  # stride 1; torch puts the odd one on the far side
+    if is_same_padding_conv(type(plain)):  # padded by the input's size, as TensorFlow does
+        pad, out = same_padding(size, k, s, d)[0], -(-size // s)
+    elif plain.padding == "same":  # stride 1; torch puts the odd one on the far side
         pad, out = d * (k - 1) // 2, size
     else:
         pad = 0 if plain.padding == "valid" else plain.padding[axis]
@@ -147,10 +155,13 @@ def _tap_sums(plain: nn.Module, weight: Tensor, size: tuple[int, ...]) -> Tensor
     return sums.transpose(0, 1).reshape(weight.shape[1], weight.shape[0], -1)
 
 
-def _probe_size(plain: nn.Module) -> tuple[int, ...]:
-    """A map with interior positions and every kind of border position."""
+def _probe_sizes(plain: nn.Module) -> list[tuple[int, ...]]:
+    """Maps with interior positions and every kind of border position. A "SAME"-padded
+    convolution pads by the size's remainder modulo the stride: one map per remainder."""
     reach = [d * (k - 1) + 1 for d, k in zip(plain.dilation, plain.kernel_size, strict=True)]
-    return tuple(2 * (r + s) + r for r, s in zip(reach, plain.stride, strict=True))
+    probe = [2 * (r + s) + r for r, s in zip(reach, plain.stride, strict=True)]
+    shifts = range(max(plain.stride)) if is_same_padding_conv(type(plain)) else range(1)
+    return [tuple(n + j for n in probe) for j in shifts]
 
 
 def _shift_ok(module: nn.Module) -> bool:
@@ -243,10 +254,8 @@ def depthwise_size_bound(cg: ChannelGraph, use: Use, plain: nn.Module, dead: set
         return set()
     c = x[cols].flatten(1)
     weight = plain.weight.detach()[cols].transpose(0, 1)  # (1, D, k…): one "unit"
-    sums = torch.cat(
-        [_tap_sums(plain, weight, size)[:, 0] for size in (tuple(x.shape[1:]), _probe_size(plain))],
-        dim=1,
-    )
+    sizes = [tuple(x.shape[1:]), *_probe_sizes(plain)]
+    sums = torch.cat([_tap_sums(plain, weight, size)[:, 0] for size in sizes], dim=1)
     ok = uniform_rows(c) & uniform_rows(sums)
     return {cg.find(use.ids[j]) for j, good in zip(cols, ok.tolist(), strict=True) if not good}
 
@@ -280,8 +289,8 @@ def group_folds(
     if isinstance(reader.plain, CONVOLUTIONS):
         uniform = uniform_rows(c)
         value = c[:, 0]
-        sums = [_tap_sums(reader.plain, weight, tuple(x.shape[1:]))]
-        sums.append(_tap_sums(reader.plain, weight, _probe_size(reader.plain)))  # any size
+        sizes = [tuple(x.shape[1:]), *_probe_sizes(reader.plain)]  # any size
+        sums = [_tap_sums(reader.plain, weight, size) for size in sizes]
         per_col = [value.view(-1, 1, 1) * t for t in sums]  # (D, O, positions)
         var_col = value.square().view(-1, 1) * var_w.flatten(2).sum(-1).T
         bad |= {groups[int(k)] for k in slot[~uniform].unique()}

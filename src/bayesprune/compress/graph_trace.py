@@ -72,7 +72,13 @@ from torch import Tensor, fx, nn
 from ..nn.attention import MultiheadAttention
 from ..nn.base import SerializableLayer, evaluation_pass, torch_type
 from ..nn.moments import Moments
-from .adapters import CONVOLUTIONS, TRANSPOSED, is_frozen_norm, is_prunable
+from .adapters import (
+    CONVOLUTIONS,
+    TRANSPOSED,
+    is_frozen_norm,
+    is_prunable,
+    is_same_padding_conv,
+)
 from .chain import PASSTHROUGH
 from .graph_axes import indexed, permuted, reduced, reshaped, size_follows
 
@@ -163,7 +169,7 @@ class Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (SerializableLayer, MultiheadAttention, *self.extra_leaves)):
             return True
-        if is_frozen_norm(type(m)):
+        if is_frozen_norm(type(m)) or is_same_padding_conv(type(m)):
             return True
         if torch_type(type(m)) in _LEAF_KINDS:
             return True  # a subclass that keeps torch's forward is read as its base type

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..nn import SerializableLayer, layer_types
 from ..nn.base import conv_geometry
-from .adapters import CONVOLUTIONS, TRANSPOSED, is_frozen_norm
+from .adapters import CONVOLUTIONS, TRANSPOSED, is_frozen_norm, is_same_padding_conv
 from .chain import SelectInputs
 
 Config = dict[str, Any]
@@ -149,16 +149,20 @@ def architecture(model: nn.Module) -> Config:
 
 def _known_elsewhere(cls: type[nn.Module]) -> LayerCodec | None:
     """The codec of a layer type of another library that the package knows without
-    importing it (`adapters.FROZEN_NORMS`: torchvision's FrozenBatchNorm2d, what a
-    pretrained detector's backbone normalises with), registered the first time one is
-    described."""
-    if not is_frozen_norm(cls):
+    importing it, registered the first time one is described: `adapters.FROZEN_NORMS`
+    (torchvision's FrozenBatchNorm2d, what a pretrained detector's backbone normalises
+    with) and `adapters.SAME_PADDING_CONVS` (timm's Conv2dSame, which takes nn.Conv2d's
+    arguments but `padding_mode`)."""
+    if is_frozen_norm(cls):
+        register_layer(
+            cls,
+            lambda m: {"num_features": int(m.weight.numel()), "eps": float(m.eps)},
+            lambda c: cls(int(c["num_features"]), eps=float(c["eps"])),
+        )
+    elif is_same_padding_conv(cls):
+        register_layer(cls, lambda m: {**_conv_args(m), "bias": m.bias is not None}, _rebuild(cls))
+    else:
         return None
-    register_layer(
-        cls,
-        lambda m: {"num_features": int(m.weight.numel()), "eps": float(m.eps)},
-        lambda c: cls(int(c["num_features"]), eps=float(c["eps"])),
-    )
     return _CODECS[cls.__name__]
 
 
