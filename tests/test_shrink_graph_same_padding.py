@@ -157,7 +157,9 @@ def test_a_constant_that_meets_only_an_even_sized_border_is_kept(depthwise):
     assert record.kept_dead_units == 1, "the constant meets a border: it cannot be folded"
     for size in (15, 16, 17, 18):
         other = _x(size)
-        torch.testing.assert_close(_out(result.model, other), _out(model, other), atol=TOL, rtol=TOL)
+        torch.testing.assert_close(
+            _out(result.model, other), _out(model, other), atol=TOL, rtol=TOL
+        )
 
 
 def test_save_and_load_keep_the_class_and_the_shapes(tmp_path):

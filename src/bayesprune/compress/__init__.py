@@ -54,6 +54,7 @@ from .graph import (
     shrink_graph,
 )
 from .graph_scores import activation_scores, keep_units
+from .graph_sizes import apply_attributes, shape_attributes
 from .masks import (
     apply_masks,
     apply_torch_prune,
@@ -131,6 +132,7 @@ __all__ = [
     "Tolerance",
     "ToleranceSpec",
     "activation_scores",
+    "apply_attributes",
     "apply_masks",
     "apply_shapes",
     "apply_torch_prune",
@@ -173,6 +175,7 @@ __all__ = [
     "search_sparsity",
     "select_by_pip",
     "self_compress",
+    "shape_attributes",
     "shrink",
     "shrink_graph",
     "sparse_storage",

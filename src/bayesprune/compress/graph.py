@@ -78,6 +78,14 @@ from .graph_fold import (
 )
 from .graph_merge import Merge, apply_merge, plan_merges
 from .graph_parts import Parts, find_parts
+from .graph_sizes import (
+    SHAPE_ATTRIBUTES,
+    keep_a_channel_per_piece,
+    merged,
+    rewrite_sizes,
+    shape_attributes,
+    with_prefix,
+)
 from .graph_trace import (
     NORMS,
     ChannelGraph,
@@ -127,6 +135,9 @@ class GraphShrinkResult:
     parts: list[str] = field(default_factory=list)
     """When torch.fx cannot trace the whole forward: the submodules shrunk one by one
     (`graph_parts`); [] when the whole model was traced."""
+    attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """{module name: {attribute: value}} of the split sizes rewritten with the channels
+    (`graph_sizes`: `torch.split(x, self.splits, 1)`); also `shape_attributes(model)`."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able record (without the model)."""
@@ -141,6 +152,7 @@ class GraphShrinkResult:
             "notes": self.notes,
             "shapes": self.shapes,
             "parts": self.parts,
+            "attributes": self.attributes,
         }
 
 
@@ -204,6 +216,7 @@ class _GraphShrinker:
         self.folded: dict[str, int] = {}
         self.merged: dict[str, int] = defaultdict(int)
         self.kept_dead: dict[str, int] = {}
+        self.attributes: dict[str, dict[str, Any]] = {}  # size attributes rewritten
         self.masked = 0
         self.silenced = 0  # normalisation channels zeroed after dropped units
         self.zeroed = 0  # biases of dropped units whose constant could not be folded
@@ -325,10 +338,12 @@ class _GraphShrinker:
 
     # -- surgery ---------------------------------------------------------------------
     def _keep_one(self, cg: ChannelGraph, removed: set[int]) -> None:
-        """Every producer, reader and follower keeps at least one channel."""
+        """Every producer, reader and follower keeps at least one channel, and so does
+        every piece of a split whose sizes an attribute holds."""
         for use in _channel_uses(cg):
             if _emptied(cg, use, removed):
                 removed.discard(cg.find(use.ids[0]))
+        keep_a_channel_per_piece(cg, removed)
 
     def _slice(self, cg: ChannelGraph, removed: set[int]) -> None:
         def keep(use: Use) -> Tensor:
@@ -350,6 +365,7 @@ class _GraphShrinker:
             idx = keep(f)
             _set_module(self.model, f.name, _slice_follower(self.model.get_submodule(f.name), idx))
             self.kept[f.name] = self.kept[f.name][idx]
+        self.attributes = merged(self.attributes, rewrite_sizes(self.model, cg, removed))
 
     def _start(self, cg: ChannelGraph) -> None:
         for use in [*cg.producers, *cg.followers]:
@@ -503,6 +519,13 @@ class _GraphShrinker:
                 if len(drop) == len({cg.find(i) for i in ids}):
                     drop.discard(cg.find(ids[0]))  # an input keeps one feature
             removed |= drop
+        asked = set(removed)
+        keep_a_channel_per_piece(cg, removed)
+        if explicit and removed != asked:
+            raise ValueError(
+                "prune_inputs drops every feature of one piece of a torch.split whose sizes "
+                "an attribute holds (its layer would get no input): keep one feature per piece"
+            )
         if not removed:
             return
         self._mask_input_columns(cg, removed)
@@ -843,6 +866,9 @@ def _shrink_traced(
     result = GraphShrinkResult(work, worker.records(), followers, rounds)
     result.kept_inputs, result.inputs_before = worker.kept_inputs, worker.inputs_before
     result.heads = kept_heads
+    result.attributes = worker.attributes
+    if worker.attributes:  # travels with the model (save_shrunk), after any earlier shrink
+        setattr(work, SHAPE_ATTRIBUTES, merged(shape_attributes(model), worker.attributes))
     if worker.kept_inputs:  # relative to the data: composed with an earlier pruning
         before = kept_inputs(model)
         composed = {
@@ -939,8 +965,11 @@ def _shrink_parts(
         result.followers.update({prefix + n: k for n, k in shrunk.followers.items()})
         result.shapes.update({prefix + n: v for n, v in shrunk.shapes.items()})
         result.heads.update({prefix + n: v for n, v in shrunk.heads.items()})
+        result.attributes = merged(result.attributes, with_prefix(shrunk.attributes, prefix))
         result.rounds = max(result.rounds, shrunk.rounds)
         result.notes += [f"{part.name}: {note}" for note in shrunk.notes]
+    if result.attributes:
+        setattr(work, SHAPE_ATTRIBUTES, merged(shape_attributes(model), result.attributes))
     outside = (
         f"; the prunable layers outside them keep every unit: {', '.join(found.outside)}"
         if found.outside

@@ -32,7 +32,8 @@ reductions and indexing). Ids that must go together are united (union-find) into
 - `torch.cat` along dim 1 concatenates the id lists; `chunk(n, dim=1)` unites position
   p of every piece (the pieces must stay equal); `x[:, a:]` passes the channels from a
   on and pins those before (their count fixes where a falls), other slices pin what
-  their bounds fix; `torch.split` (its sizes are constants of the forward) pins;
+  their bounds fix; `torch.split` pins (its sizes are constants of the forward), unless
+  an attribute of the splitting module holds them (`graph_sizes`: rewritten on shrinking);
 - a flatten, or a view/reshape whose channel-bearing size is computed (-1,
   `x.size(0)`), repeats each channel's id over its H·W block; a size written as a
   constant (`x.view(-1, 400)`) pins;
@@ -81,6 +82,7 @@ from .adapters import (
 )
 from .chain import PASSTHROUGH
 from .graph_axes import indexed, permuted, reduced, reshaped, size_follows
+from .graph_sizes import SizedSplit, split_pieces, verify_sized_splits
 
 BATCHNORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 NORMS: tuple[type[nn.Module], ...] = (
@@ -301,6 +303,7 @@ class ChannelGraph:
     pieces: dict[fx.Node, list[tuple[list[int], int]]] = field(default_factory=dict)  # chunk
     inputs: dict[str, list[int]] = field(default_factory=dict)  # free input → its ids
     pinned_at: dict[int, str] = field(default_factory=dict)  # id → the op that pinned it
+    sized: list[SizedSplit] = field(default_factory=list)  # splits an attribute sizes
 
     # -- union-find ------------------------------------------------------------------
     def fresh(self, n: int, pinned: bool = False) -> list[int]:
@@ -422,7 +425,7 @@ def analyse(
             once = calls[node.target] == 1 or _stateless(module)
             found = _module_ids(cg, node, module, first, once, channelwise)
         elif node.op in ("call_function", "call_method"):
-            if _chunk_pieces(cg, node, first):
+            if _chunk_pieces(cg, node, first) or split_pieces(cg, node, first):
                 continue
             found = _function_ids(cg, node, first, calls)
         if found is None and node.op != "placeholder" and not _is_shape(out):
@@ -434,6 +437,7 @@ def analyse(
             if found is None or found[1] >= out.ndim or len(found[0]) != out.shape[found[1]]:
                 found = (cg.pinned_fresh(out.shape[1], f"the output of {_describe(node)}"), 1)
             cg.ids[node], cg.axis[node] = found
+    verify_sized_splits(cg, lambda root: trace(root, leaf_modules))
     return cg
 
 
@@ -658,7 +662,13 @@ def _functional_norm(
 
 
 def _cat_ids(cg: ChannelGraph, parts: Any, ndim: int, dim: int) -> Channels | None:
-    """A concatenation along the channels: the parts' id lists, one after the other."""
+    """A concatenation along the channels: the parts' id lists, one after the other (the
+    pieces of a `chunk` or a sized split handed over whole: `torch.cat(x.chunk(2, 1), 1)`)."""
+    if isinstance(parts, fx.Node):
+        pieces = cg.pieces.get(parts, [])
+        if not pieces or any(axis != dim % ndim for _, axis in pieces):
+            return None
+        return [i for ids, _ in pieces for i in ids], dim % ndim
     if not all(p in cg.ids and cg.axis[p] == dim % ndim for p in parts):
         return None
     return [i for p in parts for i in cg.ids[p]], dim % ndim

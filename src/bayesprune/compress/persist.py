@@ -17,12 +17,14 @@ so, as with `torch.save(model.state_dict())` and Torch-Pruning's `tp.state_dict`
   and the other way round, never an `nn.Linear` by a convolution.
 
 A model shrunk with `prune_inputs` takes fewer input features: the kept indices
-(`graph.kept_inputs`) go into the header and come back on the loaded model.
+(`graph.kept_inputs`) go into the header and come back on the loaded model. So do the
+split sizes shrinking rewrote in a module's attributes (`graph_sizes`:
+`torch.split(x, self.splits, 1)`), set after the shapes.
 
 `pruned_shapes` / `apply_shapes` are the two halves without a file, for users who store
 tensors their own way. A file that does not fit the given class (another class, a module
 the class lacks or does not describe, a layer of another kind, a tensor of another shape)
-raises one `CheckpointError` that names the module. Attributes a `forward` reads besides
+raises one `CheckpointError` that names the module. Other attributes a `forward` reads besides
 its modules (`self.width = 64` used in a `view`) are not shapes of a module: such a
 class must derive them from its modules to load narrower.
 """
@@ -42,12 +44,14 @@ from ..nn.attention import MultiheadAttention
 from ..nn.base import VariationalLayer, torch_type
 from .export import _finite, _first_line, _without_prune_hooks, compare_state
 from .graph import KEPT_INPUTS, kept_inputs
+from .graph_sizes import apply_attributes, shape_attributes
 from .serialize import architecture, build
 
 FORMAT = "bayesprune-shrunk"
-VERSION = 2
-"""1: shapes and tensors; 2: also kept input features (written only when there are some,
-so that a reader of version 1 refuses a model that takes fewer inputs than it expects)."""
+VERSION = 3
+"""1: shapes and tensors; 2: also kept input features; 3: also size attributes that
+shrinking rewrote (`graph_sizes`). Each is written only when there are some, so that an
+older reader refuses a model it would rebuild wrongly."""
 
 Spec = dict[str, Any]
 
@@ -182,16 +186,20 @@ def save_shrunk(
     in its JSON header (and `metadata`, e.g. `result.as_dict()` of `shrink_graph`).
     Load it with `load_shrunk(path, MyClass())`.
     """
+    attributes = shape_attributes(model)  # read before the copy without prune hooks
     model = _without_prune_hooks(model)
+    version = 3 if attributes else 2 if kept_inputs(model) else 1
     record = {
         "format": FORMAT,
-        "version": VERSION if kept_inputs(model) else 1,
+        "version": version,
         "class": type(model).__qualname__,
         "class_module": type(model).__module__,
         "modules": pruned_shapes(model),
         "kept_inputs": kept_inputs(model),
         "metadata": dict(metadata or {}),
     }
+    if attributes:
+        record["attributes"] = attributes
     return save_tensors(path, dict(model.state_dict()), record)
 
 
@@ -272,6 +280,8 @@ def load_shrunk(path: str | Path, model: nn.Module | Callable[[], nn.Module]) ->
             _split_as_recorded(model, shapes)
         _check_tensors(_plan(model, shapes), tensors)
         apply_shapes(model, shapes)
+        if record.get("attributes"):
+            apply_attributes(model, record["attributes"])
         compare_state(
             model.state_dict(),
             tensors,

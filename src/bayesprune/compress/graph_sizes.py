@@ -1,0 +1,245 @@
+"""Split sizes that a module's attribute holds: `torch.split(x, self.splits, 1)`.
+
+A split's sizes are constants of the traced forward, so shrinking the channels it cuts
+would leave the forward asking for the old sizes: the channels were pinned. When the
+sizes come from a plain attribute of the module whose `forward` splits (timm's
+MixedConv2d: `self.splits`, the channels of each kernel size; Res2Net's bottleneck:
+`self.width`, one size repeated), `shrink_graph` rewrites that attribute with the layers:
+
+- a list of sizes: each piece is a range of channels that may lose any of them (at least
+  one stays per piece); the attribute becomes the number each piece keeps;
+- one int size repeated over equal pieces: position p of every piece goes together, as
+  for `chunk`, so the pieces stay equal; the attribute becomes the size they keep.
+
+The attribute is found by value among the module's own plain attributes (exactly one
+must hold it) and proven by tracing the model again with that attribute changed: the
+split must then ask for the changed sizes. Anything else (sizes computed in `forward`,
+a value two attributes hold, a module whose split runs twice) pins the channels, as
+before. The rewritten attributes travel with the shrunk model (`SHAPE_ATTRIBUTES`), so
+`save_shrunk` / `load_shrunk` restore them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import fx, nn
+
+if TYPE_CHECKING:
+    from .graph_trace import ChannelGraph
+
+SHAPE_ATTRIBUTES = "bayesprune_shape_attributes"
+"""The attribute of a shrunk model holding {module name: {attribute: value}} of every
+size attribute shrinking rewrote (`shape_attributes`)."""
+
+_SPLIT = {torch.split}
+_SPLIT_METHODS = {"split"}
+
+
+@dataclass
+class SizedSplit:
+    """A split whose sizes an attribute of the splitting module holds."""
+
+    node: str  # the fx node's name (the same in every trace of the same model)
+    owner: str  # the splitting module's name in the traced model ("" for the model)
+    attribute: str
+    sizes: int | list[int] | tuple[int, ...]  # the attribute's value
+    pieces: list[list[int]]  # the channel ids of each piece
+
+    def value(self, kept: Callable[[int], bool]) -> int | list[int] | tuple[int, ...]:
+        """The attribute's value for the channels `kept` leaves."""
+        counts = [sum(1 for i in piece if kept(i)) for piece in self.pieces]
+        if isinstance(self.sizes, int):
+            return counts[0]  # equal pieces (their positions are united)
+        return type(self.sizes)(counts)
+
+
+def _owner(node: fx.Node) -> str:
+    """The innermost module whose forward issued `node` ("" for the traced model's own)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.keys()), "") if stack else ""
+
+
+def _holder(module: nn.Module, sizes: Any) -> str | None:
+    """The one plain attribute of `module` equal to `sizes`, or None."""
+
+    def same(v: Any) -> bool:
+        if isinstance(sizes, int):
+            return isinstance(v, int) and not isinstance(v, bool) and v == sizes
+        return isinstance(v, list | tuple) and list(v) == list(sizes)
+
+    names = [k for k, v in vars(module).items() if not k.startswith("_") and same(v)]
+    return names[0] if len(names) == 1 else None
+
+
+def split_pieces(cg: ChannelGraph, node: fx.Node, first: tuple[list[int], int] | None) -> bool:
+    """Read a split of the channel axis whose sizes an attribute holds (module docstring);
+    False for any other node (the caller then pins a split)."""
+    if first is None or cg.root is None:
+        return False
+    if not (
+        (node.op == "call_function" and node.target in _SPLIT)
+        or (node.op == "call_method" and node.target in _SPLIT_METHODS)
+    ):
+        return False
+    ids, axis = first
+    sizes = _split_sizes(node)
+    dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+    value = cg.values[node]
+    if not isinstance(dim, int) or not value or dim % value[0].ndim != axis:
+        return False
+    owner = _owner(node)
+    try:
+        holder = _holder(cg.root.get_submodule(owner), sizes)
+    except AttributeError:
+        return False
+    if holder is None:
+        return False
+    if isinstance(sizes, int):
+        if sizes <= 0 or len(ids) % sizes:
+            return False  # a shorter last piece could not stay equal
+        pieces = [ids[k : k + sizes] for k in range(0, len(ids), sizes)]
+        for p in range(sizes):
+            for piece in pieces[1:]:
+                cg.union(pieces[0][p], piece[p])
+    elif all(isinstance(s, int) and s > 0 for s in sizes) and sum(sizes) == len(ids):
+        bounds = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+        pieces = [ids[a:b] for a, b in pairwise(bounds)]
+    else:
+        return False
+    cg.pieces[node] = [(piece, axis) for piece in pieces]
+    cg.sized.append(SizedSplit(node.name, owner, holder, sizes, pieces))
+    return True
+
+
+def _probe(sizes: Any) -> Any:
+    """A value of the same kind that differs from `sizes`."""
+    if isinstance(sizes, int):
+        return sizes + 1
+    return type(sizes)([sizes[0] + 1, *sizes[1:]])
+
+
+def _split_sizes(node: fx.Node) -> Any:
+    sizes = node.kwargs.get("split_size_or_sections", node.args[1] if len(node.args) > 1 else None)
+    return node.kwargs.get("split_size", sizes)
+
+
+def verify_sized_splits(cg: ChannelGraph, trace: Callable[[nn.Module], fx.GraphModule]) -> None:
+    """Keep the sized splits whose attribute reaches the split, pinning the others' channels:
+    the model is traced again with every such attribute changed (`_probe`) and put back.
+    One attribute read by splits of different tensors (a module called twice) is pinned
+    too: one value could not fit both."""
+    if not cg.sized or cg.root is None:
+        return
+    root = cg.root
+    sources = defaultdict(set)
+    for s in cg.sized:
+        sources[(s.owner, s.attribute)].add(tuple(i for piece in s.pieces for i in piece))
+    candidates = [s for s in cg.sized if len(sources[(s.owner, s.attribute)]) == 1]
+    saved = {(s.owner, s.attribute): s for s in candidates}  # each attribute once
+    saved = [(s, getattr(root.get_submodule(s.owner), s.attribute)) for s in saved.values()]
+    nodes: dict[str, fx.Node] = {}
+    try:
+        for s, _ in saved:
+            setattr(root.get_submodule(s.owner), s.attribute, _probe(s.sizes))
+        nodes = {n.name: n for n in trace(root).graph.nodes}
+    except Exception:
+        nodes = {}
+    finally:
+        for s, old in saved:
+            setattr(root.get_submodule(s.owner), s.attribute, old)
+    proven = {
+        id(s)
+        for s in candidates
+        if s.node in nodes and _equal(_split_sizes(nodes[s.node]), _probe(s.sizes))
+    }
+    for s in [s for s in cg.sized if id(s) not in proven]:
+        why = f"call_function 'split' (sizes not proven to come from {s.attribute!r})"
+        for piece in s.pieces:
+            for i in piece:
+                cg.pinned_at.setdefault(i, why)
+            cg.pinned.update(piece)
+    cg.sized = [s for s in cg.sized if id(s) in proven]
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(b, int):
+        return isinstance(a, int) and a == b
+    return isinstance(a, list | tuple) and list(a) == list(b)
+
+
+def keep_a_channel_per_piece(cg: ChannelGraph, removed: set[int]) -> None:
+    """Every piece of a sized split keeps at least one channel (a size of 0 would hand
+    the layer after it no input)."""
+    for s in cg.sized:
+        for piece in s.pieces:
+            if all(cg.find(i) in removed for i in piece):
+                removed.discard(cg.find(piece[0]))
+
+
+def rewrite_sizes(model: nn.Module, cg: ChannelGraph, removed: set[int]) -> dict[str, Any]:
+    """Set each sized split's attribute on `model` (the traced model, being shrunk) to fit
+    the channels `removed` leaves; {owner: {attribute: value}} of those that changed."""
+    changed: dict[str, dict[str, Any]] = {}
+    for s in cg.sized:
+        value = s.value(lambda i: cg.find(i) not in removed)
+        if value != s.sizes:
+            setattr(model.get_submodule(s.owner), s.attribute, value)
+            changed.setdefault(s.owner, {})[s.attribute] = value
+    return changed
+
+
+def shape_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """{module name: {attribute: value}} of the size attributes shrinking rewrote in
+    `model` (or `load_shrunk` restored); {} when none."""
+    return {k: dict(v) for k, v in (getattr(model, SHAPE_ATTRIBUTES, None) or {}).items()}
+
+
+def with_prefix(attributes: dict[str, dict[str, Any]], prefix: str) -> dict[str, dict[str, Any]]:
+    """The same record for modules named inside a submodule `prefix` ("name.")."""
+    return {(prefix + k if k else prefix.rstrip(".")): v for k, v in attributes.items()}
+
+
+def merged(*records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Later records override earlier ones attribute by attribute."""
+    out: dict[str, dict[str, Any]] = {}
+    for record in records:
+        for owner, values in record.items():
+            out.setdefault(owner, {}).update(values)
+    return out
+
+
+def apply_attributes(model: nn.Module, record: Any) -> None:
+    """Set the recorded size attributes on `model` (in place); ValueError naming the first
+    module or attribute that does not fit."""
+    if not isinstance(record, dict):
+        raise ValueError("the shape attributes record is not a mapping of module names")
+    for owner, values in record.items():
+        try:
+            module = model.get_submodule(owner)
+        except AttributeError as err:
+            raise ValueError(f"module {owner!r} is recorded but the model has none") from err
+        if not isinstance(values, dict):
+            raise ValueError(f"the shape attributes of {owner!r} are not a mapping")
+        for name, value in values.items():
+            old = getattr(module, name, None)
+            if not _same_kind(old, value):
+                raise ValueError(
+                    f"{owner or type(model).__name__}.{name} is {old!r} in the model but "
+                    f"{value!r} in the record"
+                )
+            setattr(module, name, type(old)(value) if isinstance(old, list | tuple) else value)
+    setattr(model, SHAPE_ATTRIBUTES, merged(shape_attributes(model), record))
+
+
+def _same_kind(old: Any, value: Any) -> bool:
+    if isinstance(old, int) and not isinstance(old, bool):
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    if isinstance(old, list | tuple) and isinstance(value, Sequence):
+        return len(old) == len(value) and all(isinstance(v, int) and v > 0 for v in value)
+    return False
