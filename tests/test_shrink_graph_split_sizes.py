@@ -147,14 +147,24 @@ class Computed(Res2):
         return self.head(F.relu(self.conv3(torch.cat(pieces, 1))).mean((2, 3)))
 
 
-@pytest.mark.parametrize("cls", [Literal, Computed])
+class Twice(MixNetish):
+    """One mixed convolution applied to two different tensors: one attribute, two splits."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.expand(x))
+        x = self.mix(h) + self.mix(h.flip(1))
+        return self.head(F.relu(self.project(F.relu(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("cls", [Literal, Computed, Twice])
 def test_sizes_no_attribute_is_proven_to_hold_still_pin(cls):
     model = _model(cls, "gaussian")
     cg = analyse(model, (_x(8),))
     ids = next(p.ids for p in cg.producers if p.name in ("expand", "conv1"))
     assert {cg.find(i) for i in ids} <= cg.pinned_groups()
     assert not cg.sized
-    assert "split" in cg.why_pinned(cg.find(ids[0]))
+    if cls is not Twice:  # there the twice-called convolutions pin first
+        assert "split" in cg.why_pinned(cg.find(ids[0]))
 
 
 class SplitInputs(nn.Module):

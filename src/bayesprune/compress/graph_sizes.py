@@ -60,9 +60,10 @@ class SizedSplit:
 
 
 def _owner(node: fx.Node) -> str:
-    """The innermost module whose forward issued `node` ("" for the traced model's own)."""
+    """The innermost module whose forward issued `node` ("" for the traced model's own);
+    fx names a module's later calls "name@1", "name@2"…: the same module."""
     stack = node.meta.get("nn_module_stack") or {}
-    return next(reversed(stack.keys()), "") if stack else ""
+    return next(reversed(stack.keys()), "").split("@")[0] if stack else ""
 
 
 def _holder(module: nn.Module, sizes: Any) -> str | None:
