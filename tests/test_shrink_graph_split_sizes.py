@@ -215,6 +215,31 @@ def test_the_sizes_are_saved_and_loaded(tmp_path):
         load_shrunk(path, lambda: convert(Renamed(), "gaussian"))
 
 
+class Branching(nn.Module):
+    """A forward fx cannot trace (a branch on a value) around a MixNet-like body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = MixNetish()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.body(x)
+        return out if bool(out.sum() > -1e9) else -out
+
+
+def test_inside_a_part_the_record_names_the_module_in_the_model(tmp_path):
+    model = _model(Branching, "gaussian")
+    _kill(model, "body.expand", [0, 3, 4, 8])
+    result = shrink_graph(model, _x(9))
+    assert result.parts == ["body"]
+    assert result.attributes == {"body.mix": {"splits": [1, 1, 3]}}
+    assert shape_attributes(result.model) == result.attributes
+    path = save_shrunk(result.model, tmp_path / "branching.safetensors")
+    loaded = load_shrunk(path, lambda: convert(Branching(), "gaussian")).double()
+    assert loaded.body.mix.splits == [1, 1, 3]
+    torch.testing.assert_close(_out(loaded, _x(12)), _out(model, _x(12)), atol=TOL, rtol=TOL)
+
+
 def test_timms_mixed_conv2d():
     if importlib.util.find_spec("timm") is None:
         pytest.skip("timm is not installed (it comes with the bench extra)")
