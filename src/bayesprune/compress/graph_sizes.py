@@ -90,6 +90,8 @@ def split_pieces(cg: ChannelGraph, node: fx.Node, first: tuple[list[int], int] |
         return False
     ids, axis = first
     sizes = _split_sizes(node)
+    if not _positive_ints(sizes if isinstance(sizes, list | tuple) else [sizes]):
+        return False  # a size fx could not write down (computed from a tensor's shape)
     dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
     value = cg.values[node]
     if not isinstance(dim, int) or not value or dim % value[0].ndim != axis:
@@ -102,13 +104,13 @@ def split_pieces(cg: ChannelGraph, node: fx.Node, first: tuple[list[int], int] |
     if holder is None:
         return False
     if isinstance(sizes, int):
-        if sizes <= 0 or len(ids) % sizes:
+        if len(ids) % sizes:
             return False  # a shorter last piece could not stay equal
         pieces = [ids[k : k + sizes] for k in range(0, len(ids), sizes)]
         for p in range(sizes):
             for piece in pieces[1:]:
                 cg.union(pieces[0][p], piece[p])
-    elif all(isinstance(s, int) and s > 0 for s in sizes) and sum(sizes) == len(ids):
+    elif sum(sizes) == len(ids):
         bounds = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
         pieces = [ids[a:b] for a, b in pairwise(bounds)]
     else:
@@ -116,6 +118,12 @@ def split_pieces(cg: ChannelGraph, node: fx.Node, first: tuple[list[int], int] |
     cg.pieces[node] = [(piece, axis) for piece in pieces]
     cg.sized.append(SizedSplit(node.name, owner, holder, sizes, pieces))
     return True
+
+
+def _positive_ints(values: Sequence[Any]) -> bool:
+    return bool(values) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
+    )
 
 
 def _probe(sizes: Any) -> Any:
@@ -240,7 +248,7 @@ def apply_attributes(model: nn.Module, record: Any) -> None:
 
 def _same_kind(old: Any, value: Any) -> bool:
     if isinstance(old, int) and not isinstance(old, bool):
-        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+        return _positive_ints([value])
     if isinstance(old, list | tuple) and isinstance(value, Sequence):
-        return len(old) == len(value) and all(isinstance(v, int) and v > 0 for v in value)
+        return len(old) == len(value) and _positive_ints(value)
     return False
