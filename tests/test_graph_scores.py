@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bayesprune import convert
 from bayesprune.compress import activation_scores, keep_units, shrink_graph, width_scores
+from bayesprune.compress.graph_scores import required_inputs
 
 
 class Residual(nn.Module):
@@ -245,6 +246,24 @@ def test_a_model_with_several_inputs_is_scored_on_each_batch_s_inputs():
     assert small.hidden.out_features == 4 and small.conv.out_channels == 3
     with pytest.raises(TypeError, match="forward's 2 input tensor"):
         activation_scores(model, x, inputs=2)  # the metadata is missing
+    counted = activation_scores(model, loader)  # inputs: what forward requires, 2
+    for name in whole:
+        torch.testing.assert_close(counted[name], whole[name])
+    with pytest.raises(TypeError, match="forward's 2 input tensor"):
+        activation_scores(model, x)
+
+
+def test_the_inputs_a_forward_requires():
+    class Optional(nn.Module):
+        def forward(self, x: Tensor, mask: Tensor | None = None, *, scale: float = 1.0):
+            return x
+
+    class Star(nn.Module):
+        def forward(self, *args: Tensor) -> Tensor:
+            return args[0]
+
+    assert required_inputs(TwoInputs()) == 2
+    assert required_inputs(Optional()) == 1 and required_inputs(Star()) == 1
 
 
 def test_self_compress_scores_a_model_with_several_inputs_by_its_example():

@@ -29,6 +29,7 @@ iterative pruning is `schedules.width_schedule`.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -64,6 +65,20 @@ def _batches(data: Batches, inputs: int = 1) -> Iterable[tuple[Tensor, ...]]:
                 f"a batch must start with the forward's {inputs} input tensor(s), got {got}"
             )
         yield args
+
+
+def required_inputs(model: nn.Module) -> int:
+    """How many positional arguments `model.forward` requires (none with a default), at
+    least 1; 1 when it takes ``*args``. A batch ``(img, tab, y)`` of a two-input model
+    then goes in as ``(img, tab)`` without the caller counting."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 1
+    return max(1, sum(p.kind in kinds and p.default is inspect.Parameter.empty for p in params))
 
 
 def _column_norms(weight: Tensor, groups: int = 1) -> Tensor:
@@ -122,14 +137,15 @@ def activation_scores(
     max_batches: int | None = None,
     passthrough: Sequence[type[nn.Module]] = (),
     leaf_modules: Sequence[type[nn.Module]] = (),
-    inputs: int = 1,
+    inputs: int | None = None,
 ) -> dict[str, Tensor]:
     """Per output unit of every prunable layer of the graph: sd × outgoing-norm (see above).
 
     `data`: one batch (a tensor, or a tuple ``(x, y)`` as `fit` takes), or an iterable of
     batches (a DataLoader; a batch may be `(x, y)`), read up to `max_batches`; a model
     whose `forward` takes several tensors reads the first `inputs` of each batch
-    (``(x, mask, y)`` with ``inputs=2``, or one batch ``(x, mask)``). `passthrough` /
+    (``(x, mask, y)`` with ``inputs=2``, or one batch ``(x, mask)``); by default as many
+    as `forward` requires (its positional parameters without a default, at least 1). `passthrough` /
     `leaf_modules` as for `shrink_graph`. Higher = keep; +inf for pinned channels.
     Layers called more than once and depthwise convolutions (which follow their input's
     channels) get no entry; a grouped convolution's group goes whole, so its input and
@@ -141,6 +157,7 @@ def activation_scores(
     (`graph_parts`): the layers of its traceable submodules, their outputs pinned; a
     part the data never reaches with a row is left unscored, with a warning.
     """
+    inputs = required_inputs(model) if inputs is None else inputs
     if inputs < 1:
         raise ValueError(f"inputs counts the forward's tensors, at least 1, got {inputs}")
     device = model_device(model)

@@ -127,7 +127,7 @@ def importances(
     score: str = "norm",
     data: Batches | None = None,
     passthrough: Sequence[type[nn.Module]] = (),
-    inputs: int = 1,
+    inputs: int | None = None,
 ) -> dict[str, Tensor]:
     """Non-negative importance of every hidden unit / kernel, by layer (output layer excluded).
 
