@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import prune
+from torch.nn.utils import parametrize, prune
 
 from ..nn.base import Posterior, VariationalLayer
 from ..nn.family import CONVOLUTIONS  # nn.Conv1d / 2d / 3d: read like any layer
@@ -131,6 +131,26 @@ class PlainLayer:
         new.train(m.training)
         return new
 
+    def plain_copy(self) -> nn.Module:
+        """The layer rebuilt as its torch type (no subclass, hook or parametrization),
+        groups included, holding the weight and bias it computes with now."""
+        m = self.module
+        if isinstance(m, CONVOLUTIONS):
+            kind = next(c for c in CONVOLUTIONS if isinstance(m, c))
+            new: nn.Module = kind(
+                m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode,
+            )  # fmt: skip
+        else:
+            new = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+        new = new.to(m.weight)
+        with torch.no_grad():
+            new.weight.copy_(m.weight.detach())
+            if m.bias is not None:
+                new.bias.copy_(m.bias.detach())
+        new.train(m.training)
+        return new
+
     def _sliced_copy(self, out_idx: Tensor, in_idx: Tensor) -> nn.Module:
         """A copy of the layer, its own class, with output units `out_idx` and input
         channels `in_idx` (ungrouped)."""
@@ -242,6 +262,10 @@ class TransposedLayer:
         return _TransposedWeights(self.module)
 
 
+PLAIN_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, *CONVOLUTIONS)
+"""The torch layers `PlainLayer` adapts."""
+
+
 def is_prunable(module: nn.Module) -> bool:
     """A layer with weights compression can score: variational, or plain Linear / Conv1d /
     2d / 3d."""
@@ -291,6 +315,27 @@ def copy_model(model: nn.Module) -> nn.Module:
                 name = hook._tensor_name
                 setattr(module, name, getattr(module, name).detach())
     return copy.deepcopy(model)
+
+
+def bake_parametrizations(model: nn.Module) -> int:
+    """Replace (in place) every plain Linear / Conv under a parametrization
+    (`weight_norm`, `spectral_norm`, a user's `register_parametrization`) by a plain
+    layer holding the weight it computes now; the number replaced. Shrinking slices and
+    masks plain tensors (a weight norm would renormalise the rows it cuts, and is
+    removed for inference anyway). torch's own `remove_parametrizations` is not used:
+    a deep copy shares its parametrized class with the original, whose weight it would
+    delete too."""
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name and parametrize.is_parametrized(module) and isinstance(module, PLAIN_LAYERS)
+    ]
+    for name, module in found:
+        parent, _, attr = name.rpartition(".")
+        setattr(
+            model.get_submodule(parent) if parent else model, attr, PlainLayer(module).plain_copy()
+        )
+    return len(found)
 
 
 def mask_rows(model: nn.Module, name: str, rows: Sequence[int], columns: bool = False) -> None:

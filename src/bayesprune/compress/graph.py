@@ -62,6 +62,7 @@ from ..nn.moments import Factored, Moments
 from .adapters import (
     CONVOLUTIONS,
     as_prunable,
+    bake_parametrizations,
     copy_model,
     is_frozen_norm,
     is_prunable,
@@ -785,7 +786,9 @@ def shrink_graph(
     constant sizes, an addition to a layer's output, the output) is a ValueError naming
     the op; with True such features are kept. `check` compares the shrunk and
     the masked input model on the example inputs in posterior-mean mode and raises
-    GraphShrinkError beyond `tolerance` (relative to the output's scale). The input
+    GraphShrinkError beyond `tolerance` (relative to the output's scale; for a bfloat16 or
+    float16 model at least 4 × its machine epsilon). Layers under a parametrization
+    (`weight_norm`…) hold its current value as plain weights in the result. The input
     model is not modified.
 
     A model whose whole `forward` torch.fx cannot trace (a detector, a forward that
@@ -840,6 +843,8 @@ def _shrink_traced(
     passthrough, leaf_modules = settings.passthrough, settings.leaf_modules
     check, tolerance = settings.check, settings.tolerance
     work, reference = copy_model(model), copy_model(model)
+    baked = bake_parametrizations(work)
+    bake_parametrizations(reference)
     forced: dict[str, Tensor] = {}
     attention = attention_modules(work)
     for name, spec in (prune_units or {}).items():
@@ -882,6 +887,11 @@ def _shrink_traced(
         shape = module_shape(work.get_submodule(name))
         if shape != module_shape(model.get_submodule(name)):
             result.shapes[name] = shape
+    if baked:
+        result.notes.append(
+            f"{baked} layers under a parametrization (weight_norm, spectral_norm…) hold its "
+            "current value as a plain weight in the result"
+        )
     if worker.masked:
         result.notes.append(
             f"{worker.masked} units dropped by prune_units / the inclusion threshold still had "
@@ -922,7 +932,7 @@ def _shrink_traced(
     diff = max(_largest(e - g) for e, g in zip(expected, got, strict=True))
     result.max_abs_difference = diff
     scale = max(_largest(e) for e in expected)
-    if check and diff > tolerance * max(1.0, scale):
+    if check and diff > _tolerance(tolerance, model) * max(1.0, scale):
         raise GraphShrinkError(
             f"shrunk output differs from the masked model by up to {diff:.3g}: a module in "
             "passthrough= may mix channels, or a layer's to_deterministic/posterior may not "
@@ -982,7 +992,7 @@ def _shrink_parts(
     )
     diff, scale = _part_differences(reference, work, inputs, result.parts)
     result.max_abs_difference = diff
-    if settings.check and diff > settings.tolerance * max(1.0, scale):
+    if settings.check and diff > _tolerance(settings.tolerance, model) * max(1.0, scale):
         raise GraphShrinkError(
             f"the shrunk model differs from the masked one by up to {diff:.3g} in the "
             "example's forward (inf: another shape or number of outputs): at a part's "
@@ -1036,6 +1046,14 @@ def _part_differences(
             return float("inf"), scale
         diff, scale = max(diff, _largest(e - g)), max(scale, _largest(e))
     return diff, scale
+
+
+def _tolerance(tolerance: float, model: nn.Module) -> float:
+    """`tolerance`, or 4 × the machine epsilon of the model's coarsest floating dtype where
+    that is larger: a bfloat16 or float16 network summing in another order (fewer terms,
+    a folded bias) moves its outputs by more than 1e-4 of their scale."""
+    eps = {torch.finfo(p.dtype).eps for p in model.parameters() if p.is_floating_point()}
+    return max([tolerance, *(4 * e for e in eps)])
 
 
 def _largest(t: Tensor) -> float:

@@ -74,7 +74,11 @@ def torch_type(kind: type[nn.Module]) -> type[nn.Module]:
     more static method) or is one of `SAME_AS_TORCH`, else `kind` itself (a subclass with
     its own forward computes something else; torch's own subclasses, as
     nn.MultiheadAttention's `out_proj`, are their own type). `convert`, the graph tracer
-    and `load_shrunk` read a layer as this."""
+    and `load_shrunk` read a layer as this. A layer under a parametrization
+    (`weight_norm`, `spectral_norm`: torch makes it a `ParametrizedConv1d`…) is its
+    layer, whose weight the parametrization computes."""
+    if kind.__module__ == "torch.nn.utils.parametrize" and kind.__bases__:
+        kind = kind.__bases__[0]
     base = next((c for c in kind.__mro__ if c.__module__.startswith("torch.nn.")), kind)
     same = base.forward is kind.forward or (kind.__module__, kind.__name__) in SAME_AS_TORCH
     return base if same else kind
