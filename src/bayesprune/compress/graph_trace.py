@@ -57,11 +57,12 @@ Inputs named in `free_inputs` get unpinned ids (`ChannelGraph.inputs`) for input
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import traceback
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.nn.modules import transformer as _transformer
 
 from ..nn.attention import MultiheadAttention
 from ..nn.base import SerializableLayer, evaluation_pass, torch_type
@@ -155,6 +157,52 @@ _CHANNELWISE_METHODS = {
 }  # fmt: skip
 
 
+_TRANSFORMER_BLOCKS = (
+    nn.Transformer, nn.TransformerEncoder, nn.TransformerEncoderLayer,
+    nn.TransformerDecoder, nn.TransformerDecoderLayer,
+)  # fmt: skip
+"""torch's own transformer modules: traced through, so their MLP hidden units are units
+like any (the attention inside stays a leaf), with their fused inference path switched
+off while tracing (its conditions test tensor properties) and `_TRANSFORMER_HELPERS`
+kept whole."""
+_TRANSFORMER_HELPERS = (
+    (_transformer, "_get_seq_len"), (_transformer, "_detect_is_causal_mask"),
+    (F, "_canonical_mask"), (F, "_none_or_dtype"),
+)  # fmt: skip
+"""Helpers of torch's transformer modules that branch on a tensor (`is_nested`, a mask's
+dtype or values): recorded as calls while tracing (`_recorded`), not traced into. (fx's
+own autowrap skips private names.)"""
+
+
+def _recorded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn`, recorded as one call_function node when a traced value reaches it."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        proxy = next((a for a in (*args, *kwargs.values()) if isinstance(a, fx.Proxy)), None)
+        if proxy is None:
+            return fn(*args, **kwargs)
+        return proxy.tracer.create_proxy("call_function", fn, args, kwargs)
+
+    return call
+
+
+@contextlib.contextmanager
+def _transformers_traceable() -> Iterator[None]:
+    """torch's transformer modules as fx can trace them: their fused path off (its
+    conditions test tensor properties) and `_TRANSFORMER_HELPERS` recorded as calls."""
+    fused = torch.backends.mha.get_fastpath_enabled()
+    helpers = [(m, n, getattr(m, n)) for m, n in _TRANSFORMER_HELPERS if hasattr(m, n)]
+    torch.backends.mha.set_fastpath_enabled(False)
+    for module, name, fn in helpers:
+        setattr(module, name, _recorded(fn))
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fused)
+        for module, name, fn in helpers:
+            setattr(module, name, fn)
+
+
 class GraphTraceError(TypeError):
     """torch.fx could not trace the model (data-dependent control flow, untraceable op)."""
 
@@ -171,6 +219,8 @@ class Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (SerializableLayer, MultiheadAttention, *self.extra_leaves)):
             return True
+        if isinstance(m, _TRANSFORMER_BLOCKS):
+            return False
         if is_frozen_norm(type(m)) or is_same_padding_conv(type(m)):
             return True
         if torch_type(type(m)) in _LEAF_KINDS:
@@ -190,10 +240,24 @@ def _user_frame(err: BaseException) -> str:
 
 
 def trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = ()) -> fx.GraphModule:
-    """The fx graph of `model`; a GraphTraceError names the op that stops tracing and the fix."""
+    """The fx graph of `model`; a GraphTraceError names the op that stops tracing and the fix.
+
+    torch's transformer modules are traced through where fx can (`_TRANSFORMER_BLOCKS`),
+    else kept whole, as before (nn.Transformer checks its inputs' sizes in Python)."""
+    try:
+        return _trace(model, leaf_modules)
+    except GraphTraceError:
+        whole = (*leaf_modules, *_TRANSFORMER_BLOCKS)
+        if not any(isinstance(m, _TRANSFORMER_BLOCKS) for m in model.modules()):
+            raise
+        return _trace(model, whole)
+
+
+def _trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> fx.GraphModule:
     tracer = Tracer(leaf_modules)
     try:
-        graph = tracer.trace(model)
+        with _transformers_traceable():
+            graph = tracer.trace(model)
     except Exception as err:  # fx raises TraceError, TypeError, RuntimeError...
         raise GraphTraceError(
             f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {err}) at "

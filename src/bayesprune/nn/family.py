@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import split_attention as _split_attention
@@ -260,7 +261,30 @@ def convert(
     for i, (parent, name, child) in enumerate(found):
         role = Role(first=i == 0, last=i == len(found) - 1)
         setattr(parent, name, _twin(child, fam, role, init_from_weights, options))
+    _transformer_fast_path(model)
     return model
+
+
+def _transformer_fast_path(model: nn.Module) -> None:
+    """Switch torch's fused inference path of each nn.TransformerEncoderLayer off where it
+    holds a variational layer, and back on where it holds none.
+
+    In eval mode without gradients the layer (and the TransformerEncoder around it) runs
+    one C++ kernel that reads `linear1.weight` and the like itself, which a Bayesian layer
+    has not: `predict` would fail. `activation_relu_or_gelu` is one of that path's
+    conditions and is read nowhere else (the layer's own forward calls `activation`), so
+    0 sends the layer through its modules; torch's value (1 for ReLU, 2 for GELU) comes
+    back with plain layers (`to_deterministic`), and the fused path with it."""
+    for module in model.modules():
+        if not isinstance(module, nn.TransformerEncoderLayer):
+            continue
+        if any(isinstance(m, VariationalLayer) for m in module.modules()):
+            module.activation_relu_or_gelu = 0
+        else:
+            act = module.activation
+            relu = act is F.relu or isinstance(act, nn.ReLU)
+            gelu = act is F.gelu or isinstance(act, nn.GELU)
+            module.activation_relu_or_gelu = 1 if relu else 2 if gelu else 0
 
 
 def _keep_names(model: nn.Module, keep: list[str | type[nn.Module]]) -> list[str]:
@@ -303,4 +327,5 @@ def to_deterministic(model: nn.Module) -> nn.Module:
                 setattr(parent, name, child.to_deterministic())
             elif hasattr(child, "torch_twin"):
                 setattr(parent, name, child.torch_twin())
+    _transformer_fast_path(model)
     return model
