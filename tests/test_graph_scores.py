@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bayesprune import convert
 from bayesprune.compress import activation_scores, keep_units, shrink_graph, width_scores
-from bayesprune.compress.graph_scores import required_inputs
+from bayesprune.validation import required_inputs
 
 
 class Residual(nn.Module):

@@ -225,6 +225,27 @@ def test_bad_shapes_and_labels_are_clear_errors():
         bp.fit(model, (x, y), epochs=1, resume=True)
 
 
+class _TwoInputs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.image, self.table = torch.nn.Linear(4, 3), torch.nn.Linear(2, 3)
+
+    def forward(self, image: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return self.image(image) + self.table(table)
+
+
+def test_a_model_with_two_inputs_gets_one_clear_error_from_fit_and_predict():
+    model = bp.convert(_TwoInputs(), "gaussian")
+    x, y = _blobs(20)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, torch.randn(20, 2), y), batch_size=10
+    )
+    with pytest.raises(ValueError, match="forward takes 2 tensors.*wrap the model"):
+        bp.fit(model, loader, epochs=1)
+    with pytest.raises(ValueError, match="tuple of 2 tensors.*wrap it"):
+        bp.predict(model, (x, torch.randn(20, 2)))
+
+
 def test_numpy_and_dataset_inputs_work(tmp_path: Path):
     x, y = _blobs(120)
     ds = torch.utils.data.TensorDataset(x, y)

@@ -197,6 +197,13 @@ def _check_finite_output(parts: list[Tensor], largest: float) -> None:
 
 def _as_input(x: Any, reference: Tensor | None) -> Tensor:
     """A tensor in the model's floating dtype; empty or non-finite inputs are refused."""
+    tensors = isinstance(x, tuple) and len(x) > 1 and all(isinstance(t, Tensor) for t in x)
+    if tensors and len({tuple(t.shape) for t in x}) > 1:  # not rows of one batch
+        raise ValueError(
+            f"x is a {type(x).__name__} of {len(x)} tensors: predict passes one input tensor "
+            "(x) to forward; for a model with several inputs wrap it in a module whose "
+            "forward takes one tensor (concatenated inputs, split inside)"
+        )
     if not isinstance(x, Tensor):
         try:
             x = torch.as_tensor(np.asarray(x))

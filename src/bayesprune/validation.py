@@ -8,6 +8,7 @@ from its cause. Each check here raises one error that names the value and the fi
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -91,10 +92,36 @@ def check_input_dtype(x: Tensor, what: str = "x") -> None:
         )
 
 
+def required_inputs(model: nn.Module) -> int:
+    """How many positional arguments `model.forward` requires (none with a default), at
+    least 1; 1 when it takes ``*args``. A batch ``(img, tab, y)`` of a two-input model
+    then goes in as ``(img, tab)`` without the caller counting."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 1
+    return max(1, sum(p.kind in kinds and p.default is inspect.Parameter.empty for p in params))
+
+
 def forward_checked(model: nn.Module, x: Tensor) -> Any:
-    """`model(x)`, with a shape or dtype mismatch turned into one ValueError."""
+    """`model(x)`, with a shape or dtype mismatch, or a forward that needs more than one
+    tensor, turned into one ValueError."""
     try:
         return model(x)
+    except TypeError as err:
+        needed = required_inputs(model)
+        if needed > 1:
+            raise ValueError(
+                f"{type(model).__name__}.forward takes {needed} tensors, but fit, predict and "
+                "evaluate pass one (x) per batch; wrap the model in a module whose forward "
+                "takes one tensor (concatenated inputs, split inside), or train it with your "
+                "own loop (bayesprune.kl gives the KL term) and use compress, which takes "
+                "several inputs (activation_scores, shrink_graph)"
+            ) from err
+        raise
     except RuntimeError as err:
         text = str(err)
         if "view size is not compatible" in text:  # not the data's fault: the layout's

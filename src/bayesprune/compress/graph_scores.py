@@ -29,7 +29,6 @@ iterative pruning is `schedules.width_schedule`.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -38,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.base import evaluation_pass
-from ..validation import model_device
+from ..validation import model_device, required_inputs
 from .adapters import as_prunable
 from .graph_parts import find_parts
 from .graph_trace import ChannelGraph, analyse
@@ -65,20 +64,6 @@ def _batches(data: Batches, inputs: int = 1) -> Iterable[tuple[Tensor, ...]]:
                 f"a batch must start with the forward's {inputs} input tensor(s), got {got}"
             )
         yield args
-
-
-def required_inputs(model: nn.Module) -> int:
-    """How many positional arguments `model.forward` requires (none with a default), at
-    least 1; 1 when it takes ``*args``. A batch ``(img, tab, y)`` of a two-input model
-    then goes in as ``(img, tab)`` without the caller counting."""
-    try:
-        params = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return 1
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        return 1
-    return max(1, sum(p.kind in kinds and p.default is inspect.Parameter.empty for p in params))
 
 
 def _column_norms(weight: Tensor, groups: int = 1) -> Tensor:
