@@ -11,7 +11,13 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
 from bayesprune import convert
-from bayesprune.compress import activation_scores, keep_units, shrink_graph
+from bayesprune.compress import (
+    activation_scores,
+    keep_units,
+    load_shrunk,
+    save_shrunk,
+    shrink_graph,
+)
 
 
 class WeightNormed(nn.Module):
@@ -33,7 +39,7 @@ def _x(length: int) -> Tensor:
     return torch.randn(4, 3, length, generator=torch.Generator().manual_seed(length))
 
 
-def test_weight_normed_layers_shrink_and_the_input_model_keeps_its_norm():
+def test_weight_normed_layers_shrink_and_the_input_model_keeps_its_norm(tmp_path):
     torch.manual_seed(0)
     model = WeightNormed().eval()
     before = _out(model, _x(10)).clone()
@@ -42,6 +48,9 @@ def test_weight_normed_layers_shrink_and_the_input_model_keeps_its_norm():
     assert result.max_abs_difference < TOL  # model (the parametrizations' weights masked)
     assert type(result.model.a) is nn.Conv1d and result.model.a.out_channels == 4
     assert any("3 layers under a parametrization" in note for note in result.notes)
+    loaded = load_shrunk(save_shrunk(result.model, tmp_path / "wn.safetensors"), WeightNormed)
+    assert type(loaded.a) is nn.Conv1d  # into a fresh weight-normed instance
+    torch.testing.assert_close(_out(loaded, _x(13)), _out(result.model, _x(13)))
     # the input model is untouched: still weight-normed, same outputs
     assert hasattr(model.a, "parametrizations") and model.a.weight.shape == (8, 3, 3)
     torch.testing.assert_close(_out(model, _x(10)), before)
