@@ -135,15 +135,15 @@ class Literal(MixNetish):
 
 
 class Computed(Res2):
-    """The size computed in forward from another attribute: no attribute holds it."""
+    """The size computed in forward: no attribute holds it or the whole width."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.channels = 6
+        self.unit = 1
         del self.width
 
     def forward(self, x: Tensor) -> Tensor:
-        pieces = torch.split(F.relu(self.conv1(x)), self.channels // 3, 1)
+        pieces = torch.split(F.relu(self.conv1(x)), self.unit * 2, 1)
         return self.head(F.relu(self.conv3(torch.cat(pieces, 1))).mean((2, 3)))
 
 
@@ -193,6 +193,36 @@ def test_input_features_go_from_each_piece():
     torch.testing.assert_close(_out(result.model, x[:, [0, 2, 3, 5]]), _out(masked, x))
     with pytest.raises(ValueError, match="one feature per piece"):
         shrink_graph(model, x, prune_inputs={"x": [0, 1, 2, 3]})
+
+
+class CrossStage(nn.Module):
+    """CSPNet's cross-stage split: halves of `expand_chs`, one through a block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand_chs = 8
+        self.conv_exp = nn.Conv2d(3, 8, 1, bias=False)
+        self.block = nn.Conv2d(4, 4, 3, padding=1)
+        self.transition = nn.Conv2d(8, 5, 1)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xs, xb = F.relu(self.conv_exp(x)).split(self.expand_chs // 2, dim=1)
+        out = self.transition(torch.cat([xs, F.relu(self.block(xb))], dim=1))
+        return self.head(F.relu(out).mean((2, 3)))
+
+
+def test_a_width_attribute_halved_in_forward_is_rewritten():
+    model = _model(CrossStage, "gaussian")
+    cg = analyse(model, (_x(8),))
+    assert [(s.attribute, s.total) for s in cg.sized] == [("expand_chs", True)]
+    _kill(model, "conv_exp", [1, 5])  # position 1 of both halves
+    result = shrink_graph(model, _x(8))
+    assert result.attributes == {"": {"expand_chs": 6}} and result.model.expand_chs == 6
+    for size in (8, 11):
+        torch.testing.assert_close(
+            _out(result.model, _x(size)), _out(model, _x(size)), atol=TOL, rtol=TOL
+        )
 
 
 def test_the_sizes_are_saved_and_loaded(tmp_path):

@@ -9,13 +9,16 @@ MixedConv2d: `self.splits`, the channels of each kernel size; Res2Net's bottlene
 - a list of sizes: each piece is a range of channels that may lose any of them (at least
   one stays per piece); the attribute becomes the number each piece keeps;
 - one int size repeated over equal pieces: position p of every piece goes together, as
-  for `chunk`, so the pieces stay equal; the attribute becomes the size they keep.
+  for `chunk`, so the pieces stay equal; the attribute becomes the size they keep;
+- equal pieces whose size `forward` computes from an attribute holding the whole width
+  (CSPNet: `x.split(self.expand_chs // 2, 1)`): as above, the attribute becomes the
+  width kept (the size per piece times the pieces).
 
 The attribute is found by value among the module's own plain attributes (exactly one
-must hold it) and proven by tracing the model again with that attribute changed: the
-split must then ask for the changed sizes. Anything else (sizes computed in `forward`,
-a value two attributes hold, a module whose split runs twice) pins the channels, as
-before. The rewritten attributes travel with the shrunk model (`SHAPE_ATTRIBUTES`), so
+must hold the sizes, else exactly one the width) and proven by tracing the model again
+with that attribute changed: the split must then ask for the sizes the change implies
+(one more channel per piece). Anything else (other arithmetic in `forward`, a value two
+attributes hold, a module whose split runs twice) pins the channels, as before. The rewritten attributes travel with the shrunk model (`SHAPE_ATTRIBUTES`), so
 `save_shrunk` / `load_shrunk` restore them.
 """
 
@@ -48,15 +51,28 @@ class SizedSplit:
     node: str  # the fx node's name (the same in every trace of the same model)
     owner: str  # the splitting module's name in the traced model ("" for the model)
     attribute: str
-    sizes: int | list[int] | tuple[int, ...]  # the attribute's value
+    sizes: int | list[int] | tuple[int, ...]  # the split's sizes
     pieces: list[list[int]]  # the channel ids of each piece
+    total: bool = False  # the attribute holds the whole width (CSPNet: `self.expand_chs // 2`)
 
     def value(self, kept: Callable[[int], bool]) -> int | list[int] | tuple[int, ...]:
         """The attribute's value for the channels `kept` leaves."""
         counts = [sum(1 for i in piece if kept(i)) for piece in self.pieces]
+        if self.total:
+            return counts[0] * len(self.pieces)
         if isinstance(self.sizes, int):
             return counts[0]  # equal pieces (their positions are united)
         return type(self.sizes)(counts)
+
+    def probe(self, held: Any) -> tuple[Any, Any]:
+        """Another value for the attribute (which holds `held`), and the sizes the split
+        must then ask for: one more channel in the first piece (in each, for equal ones)."""
+        if self.total:
+            return held + len(self.pieces), self.sizes + 1
+        if isinstance(held, int):
+            return held + 1, held + 1
+        changed = type(held)([held[0] + 1, *held[1:]])
+        return changed, changed
 
 
 def _owner(node: fx.Node) -> str:
@@ -66,16 +82,19 @@ def _owner(node: fx.Node) -> str:
     return next(reversed(stack.keys()), "").split("@")[0] if stack else ""
 
 
-def _holder(module: nn.Module, sizes: Any) -> str | None:
-    """The one plain attribute of `module` equal to `sizes`, or None."""
+def _holder(module: nn.Module, sizes: Any, width: int) -> tuple[str, bool] | None:
+    """The one plain attribute of `module` equal to `sizes`, else the one equal to the
+    split's whole `width` when it splits into equal pieces (`self.expand_chs // 2`):
+    (its name, whether it is the width); None when there is none or more than one."""
 
-    def same(v: Any) -> bool:
-        if isinstance(sizes, int):
-            return isinstance(v, int) and not isinstance(v, bool) and v == sizes
-        return isinstance(v, list | tuple) and list(v) == list(sizes)
+    def named(value: Any) -> list[str]:
+        return [k for k, v in vars(module).items() if not k.startswith("_") and _equal(v, value)]
 
-    names = [k for k, v in vars(module).items() if not k.startswith("_") and same(v)]
-    return names[0] if len(names) == 1 else None
+    names = named(sizes)
+    if not names and isinstance(sizes, int) and width % sizes == 0 and width > sizes:
+        totals = named(width)
+        return (totals[0], True) if len(totals) == 1 else None
+    return (names[0], False) if len(names) == 1 else None
 
 
 def split_pieces(cg: ChannelGraph, node: fx.Node, first: tuple[list[int], int] | None) -> bool:
@@ -98,11 +117,12 @@ def split_pieces(cg: ChannelGraph, node: fx.Node, first: tuple[list[int], int] |
         return False
     owner = _owner(node)
     try:
-        holder = _holder(cg.root.get_submodule(owner), sizes)
+        holder = _holder(cg.root.get_submodule(owner), sizes, len(ids))
     except AttributeError:
         return False
     if holder is None:
         return False
+    attribute, total = holder
     if isinstance(sizes, int):
         if len(ids) % sizes:
             return False  # a shorter last piece could not stay equal
@@ -116,7 +136,7 @@ def split_pieces(cg: ChannelGraph, node: fx.Node, first: tuple[list[int], int] |
     else:
         return False
     cg.pieces[node] = [(piece, axis) for piece in pieces]
-    cg.sized.append(SizedSplit(node.name, owner, holder, sizes, pieces))
+    cg.sized.append(SizedSplit(node.name, owner, attribute, sizes, pieces, total))
     return True
 
 
@@ -124,13 +144,6 @@ def _positive_ints(values: Sequence[Any]) -> bool:
     return bool(values) and all(
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
     )
-
-
-def _probe(sizes: Any) -> Any:
-    """A value of the same kind that differs from `sizes`."""
-    if isinstance(sizes, int):
-        return sizes + 1
-    return type(sizes)([sizes[0] + 1, *sizes[1:]])
 
 
 def _split_sizes(node: fx.Node) -> Any:
@@ -150,22 +163,27 @@ def verify_sized_splits(cg: ChannelGraph, trace: Callable[[nn.Module], fx.GraphM
     for s in cg.sized:
         sources[(s.owner, s.attribute)].add(tuple(i for piece in s.pieces for i in piece))
     candidates = [s for s in cg.sized if len(sources[(s.owner, s.attribute)]) == 1]
-    saved = {(s.owner, s.attribute): s for s in candidates}  # each attribute once
-    saved = [(s, getattr(root.get_submodule(s.owner), s.attribute)) for s in saved.values()]
+    held = {
+        (s.owner, s.attribute): getattr(root.get_submodule(s.owner), s.attribute)
+        for s in candidates
+    }
+    expected = {id(s): s.probe(held[(s.owner, s.attribute)])[1] for s in candidates}
     nodes: dict[str, fx.Node] = {}
     try:
-        for s, _ in saved:
-            setattr(root.get_submodule(s.owner), s.attribute, _probe(s.sizes))
+        for s in candidates:
+            setattr(
+                root.get_submodule(s.owner), s.attribute, s.probe(held[(s.owner, s.attribute)])[0]
+            )
         nodes = {n.name: n for n in trace(root).graph.nodes}
     except Exception:
         nodes = {}
     finally:
-        for s, old in saved:
-            setattr(root.get_submodule(s.owner), s.attribute, old)
+        for (owner, attribute), value in held.items():
+            setattr(root.get_submodule(owner), attribute, value)
     proven = {
         id(s)
         for s in candidates
-        if s.node in nodes and _equal(_split_sizes(nodes[s.node]), _probe(s.sizes))
+        if s.node in nodes and _equal(_split_sizes(nodes[s.node]), expected[id(s)])
     }
     for s in [s for s in cg.sized if id(s) not in proven]:
         why = f"call_function 'split' (sizes not proven to come from {s.attribute!r})"
@@ -177,9 +195,10 @@ def verify_sized_splits(cg: ChannelGraph, trace: Callable[[nn.Module], fx.GraphM
 
 
 def _equal(a: Any, b: Any) -> bool:
+    """Plain ints equal (not bools), or sequences with equal entries."""
     if isinstance(b, int):
-        return isinstance(a, int) and a == b
-    return isinstance(a, list | tuple) and list(a) == list(b)
+        return isinstance(a, int) and not isinstance(a, bool) and a == b
+    return isinstance(a, list | tuple) and isinstance(b, list | tuple) and list(a) == list(b)
 
 
 def keep_a_channel_per_piece(cg: ChannelGraph, removed: set[int]) -> None:
