@@ -280,12 +280,16 @@ class _GraphShrinker:
 
     # -- folding (graph_fold) ---------------------------------------------------------
     def _size_bound(self, cg: ChannelGraph, groups: set[int]) -> set[int]:
-        """The `groups` whose constant a padded depthwise convolution makes depend on the
-        input size: neither a bias fold nor a merge can carry them."""
+        """The `groups` whose constant a padded depthwise convolution (or an average pooling
+        that counts its zero padding) makes depend on the input size: neither a bias fold
+        nor a merge can carry them."""
         bound: set[int] = set()
         for f in cg.followers:
             if groups - bound and is_prunable(self.model.get_submodule(f.name)):
                 bound |= depthwise_size_bound(cg, f, self._deployed(f.name), groups - bound)
+        for use, depthwise in cg.pools:
+            if groups - bound:
+                bound |= depthwise_size_bound(cg, use, depthwise, groups - bound)
         return bound
 
     def _plan_folds(self, cg: ChannelGraph, dead: set[int]) -> list[Fold]:

@@ -18,8 +18,9 @@ The attribute is found by value among the module's own plain attributes (exactly
 must hold the sizes, else exactly one the width) and proven by tracing the model again
 with that attribute changed: the split must then ask for the sizes the change implies
 (one more channel per piece). Anything else (other arithmetic in `forward`, a value two
-attributes hold, a module whose split runs twice) pins the channels, as before. The rewritten attributes travel with the shrunk model (`SHAPE_ATTRIBUTES`), so
-`save_shrunk` / `load_shrunk` restore them.
+attributes hold, a module whose split runs twice) pins the channels, as before. The
+rewritten attributes travel with the shrunk model (`SHAPE_ATTRIBUTES`), so `save_shrunk`
+/ `load_shrunk` restore them.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ reductions and indexing). Ids that must go together are united (union-find) into
   torchvision's stochastic depth,
   identity, pooling, adaptive pooling, upsampling, padding, `mean` over H·W, and an
   activation *module* reused at several places (stateless, so sharing is harmless);
-  average pooling that counts zero padding pins (a constant there depends on the size);
+  average pooling that counts zero padding passes too, and a removed channel's constant
+  through it is checked at every size as for a padded depthwise convolution (`pools`);
   LayerNorm over the spatial axes only passes, LayerNorm over the channels pins them;
 - `+ − × ÷` of tensors with the same channels unite their ids position by position (a
   residual sum; a squeeze-excitation product x · s with s of shape N×C×1×1); an
@@ -58,6 +59,7 @@ Inputs named in `free_inputs` get unpinned ids (`ChannelGraph.inputs`) for input
 from __future__ import annotations
 
 import contextlib
+import math
 import operator
 import os
 import traceback
@@ -368,6 +370,7 @@ class ChannelGraph:
     inputs: dict[str, list[int]] = field(default_factory=dict)  # free input → its ids
     pinned_at: dict[int, str] = field(default_factory=dict)  # id → the op that pinned it
     sized: list[SizedSplit] = field(default_factory=list)  # splits an attribute sizes
+    pools: list[tuple[Use, nn.Module]] = field(default_factory=list)  # see `_padded_pool`
 
     # -- union-find ------------------------------------------------------------------
     def fresh(self, n: int, pinned: bool = False) -> list[int]:
@@ -554,7 +557,8 @@ def _module_ids(
         normalised = len(module.normalized_shape)
         return first if in_value.ndim - normalised > 1 else None  # over the channels: pinned
     if isinstance(module, nn.AvgPool1d | nn.AvgPool2d | nn.AvgPool3d) and _pads_zeros_in(module):
-        return None  # averages zeros in at the border: a constant there depends on the size
+        pool = (module.kernel_size, module.stride, module.padding, module.ceil_mode)
+        return _padded_pool(cg, node, first, *pool, getattr(module, "divisor_override", None))
     if isinstance(module, channelwise) or getattr(module, "channelwise", False):
         return first if value.shape[1] == in_value.shape[1] else None
     return None
@@ -605,6 +609,34 @@ def _transposed_ids(cg: ChannelGraph, node: fx.Node, first: Channels) -> Channel
         cg.owner[i] = (name, unit)
     cg.producers.append(Use(name, node, out))
     return out, 1
+
+
+def _padded_pool(
+    cg: ChannelGraph,
+    node: fx.Node,
+    first: Channels,
+    kernel: Any,
+    stride: Any,
+    padding: Any,
+    ceil_mode: bool,
+    divisor: Any,
+) -> Channels | None:
+    """An average pooling that counts its zero padding: channelwise, so its channels pass,
+    but a removed channel's constant c leaves it as c · (in-bound taps) / k, which varies
+    at the border with the input's size. It computes a depthwise convolution with weights
+    1/k, recorded beside it (`cg.pools`) for the fold's size check, as for a padded
+    depthwise convolution. With `ceil_mode` (windows past the padding) or a divisor of
+    its own that equivalence fails: pinned."""
+    value, ids = cg.values[node], first[0]
+    if ceil_mode or divisor is not None or first[1] != 1 or value.shape[1] != len(ids):
+        return None
+    dims = value.ndim - 2
+    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
+    depthwise = conv(len(ids), len(ids), kernel, stride, padding, groups=len(ids), bias=False)
+    with torch.no_grad():
+        depthwise.weight.fill_(1.0 / math.prod(depthwise.kernel_size))
+    cg.pools.append((Use(node.name, node, ids), depthwise.to(value)))
+    return first
 
 
 def _pads_zeros_in(pool: nn.Module) -> bool:
@@ -694,11 +726,17 @@ def _function_ids(
         return first if elementwise and value.shape == in_value.shape else None
     if _is(node, _CHANNELWISE, _CHANNELWISE_METHODS) or _per_sample(node):
         return first if value.shape[:2] == in_value.shape[:2] else None
-    if _is(node, {F.avg_pool1d, F.avg_pool2d}, set()):
+    if _is(node, {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d}, set()):
         padding = _arg(node, 3, "padding", 0)
         padded = any(padding) if isinstance(padding, tuple | list) else bool(padding)
         if padded and _arg(node, 5, "count_include_pad", True):
-            return None  # averages zeros in at the border: pinned, as the module
+            kernel = _arg(node, 1, "kernel_size", None)
+            stride = _arg(node, 2, "stride", None) or kernel
+            ceil, divisor = (
+                _arg(node, 4, "ceil_mode", False),
+                _arg(node, 6, "divisor_override", None),
+            )
+            return _padded_pool(cg, node, first, kernel, stride, padding, ceil, divisor)
         return first if value.shape[:2] == in_value.shape[:2] else None
     return None
 
