@@ -321,11 +321,9 @@ def test_padded_depthwise_or_pool_constant_is_judged_at_every_size(family, pool)
         bias = model.a.bias_mu if hasattr(model.a, "bias_mu") else model.a.bias
         bias[1], bias[2] = 1.0, -1.0  # relu: 1 meets the border, 0 has nothing to fold
     x, big = (torch.randn(2, 2, s, s, dtype=torch.float64) for s in (1, 5))
-    _, layers = _shrunk(model, x, big)
-    if pool:  # zeros averaged in at the border: the pool pins its channels
-        assert layers["a"].units_after == 4
-    else:
-        assert layers["a"].kept_units == [0, 1, 3] and layers["a"].kept_dead_units == 1
+    _, layers = _shrunk(model, x, big)  # the pool averages zeros in at the border: it is
+    assert layers["a"].kept_units == [0, 1, 3]  # judged as its depthwise twin, 1/9 per tap
+    assert layers["a"].kept_dead_units == 1
 
 
 class Unknown(nn.Module):
