@@ -18,7 +18,7 @@ from bayesprune.compress import (
 )
 from bayesprune.compress.adapters import mask_rows
 from bayesprune.compress.graph import GraphShrinkError, GraphTraceError, shrink_graph
-from bayesprune.compress.graph_parts import find_parts
+from bayesprune.compress.graph_parts import find_parts, record_calls
 from bayesprune.nn import use_posterior_mean
 
 
@@ -88,6 +88,8 @@ def test_the_parts_are_the_largest_submodules_that_trace():
     assert found.parts[0].inputs[0].shape == (1, 2, 6, 6)  # the first call's argument
     assert found.outside == ["calibration"]
     assert find_parts(model.body, (x,)).traced  # a model that traces is one part
+    calls, _ = record_calls(model, (x,), ["body", "head"])  # the search's first run
+    assert calls["body"].count == 3 and calls["body"].tensors and calls["body"].args is None
 
 
 @pytest.mark.parametrize("family", FAMILIES)

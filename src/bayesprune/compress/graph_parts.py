@@ -46,8 +46,8 @@ class Part:
 
 @dataclass
 class _Calls:
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
+    tensors: bool  # the first call passed tensors only, positionally
+    args: tuple[Any, ...] | None = None  # a copy of that call's arguments, when kept
     count: int = 1
 
 
@@ -78,13 +78,14 @@ def _detached(value: Any) -> Any:
 
 
 def record_calls(
-    model: nn.Module, inputs: tuple[Any, ...], names: Sequence[str]
+    model: nn.Module, inputs: tuple[Any, ...], names: Sequence[str], keep_args: bool = False
 ) -> tuple[dict[str, _Calls], set[str]]:
-    """The first arguments and number of calls of the submodules `names` in one forward
-    of `inputs` (eval mode, posterior means, no gradients; the model's mode is put back),
-    and those of `names` holding a module that is also called from outside their
-    `forward` (a layer of a block that the model's own code calls directly, or a module
-    shared with another block): shrinking such a block would change that other call."""
+    """The number of calls of the submodules `names` in one forward of `inputs` (eval
+    mode, posterior means, no gradients; the model's mode is put back), whether the first
+    passed tensors only, and with `keep_args` a copy of its arguments; and those of
+    `names` holding a module that is also called from outside their `forward` (a layer of
+    a block that the model's own code calls directly, or a module shared with another
+    block): shrinking such a block would change that other call."""
     calls: dict[str, _Calls] = {}
     active: dict[str, int] = dict.fromkeys(names, 0)
     named: dict[int, list[str]] = {}  # a candidate's module object → its names
@@ -104,7 +105,8 @@ def record_calls(
             if name in calls:
                 calls[name].count += 1
             else:
-                calls[name] = _Calls(_detached(args), _detached(kwargs))
+                tensors = not kwargs and all(isinstance(a, Tensor) for a in args)
+                calls[name] = _Calls(tensors, _detached(args) if keep_args else None)
 
     def leave(module: nn.Module, _args: Any, _out: Any) -> None:
         for name in named[id(module)]:
@@ -153,21 +155,26 @@ def find_parts(
         if name and not leaf(module, name) and any(layer.startswith(name + ".") for layer in layers)
     ]
     calls, leaky = record_calls(model, inputs, candidates)
-    parts: list[Part] = []
+    chosen: list[str] = []
 
     def search(prefix: str, module: nn.Module) -> None:
         for name, child in module.named_children():
             qualified = f"{prefix}.{name}" if prefix else name
             if qualified not in calls:
                 continue  # a layer, nothing to prune, or not run by this example
-            seen = calls[qualified]
-            tensors = not seen.kwargs and all(isinstance(a, Tensor) for a in seen.args)
-            if tensors and qualified not in leaky and _traces(child, leaf_modules):
-                parts.append(Part(qualified, child, seen.args, seen.count))
+            if calls[qualified].tensors and qualified not in leaky and _traces(child, leaf_modules):
+                chosen.append(qualified)
             else:
                 search(qualified, child)
 
     search("", model)
+    # a second run keeps the chosen parts' arguments only (a detector at full size
+    # would otherwise hold a copy of every candidate block's input at once)
+    kept = record_calls(model, inputs, chosen, keep_args=True)[0] if chosen else {}
+    parts = [
+        Part(name, model.get_submodule(name), kept[name].args or (), kept[name].count)
+        for name in chosen
+    ]
     if not parts:
         raise GraphTraceError(
             f"{whole}; and no submodule of {type(model).__name__} with prunable layers "
