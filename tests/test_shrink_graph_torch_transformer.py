@@ -107,3 +107,17 @@ def test_nn_transformer_which_checks_sizes_in_python_stays_whole():
     assert set(scores) == {"src", "tgt", "head"}  # the layers inside keep their units
     result = shrink_graph(model, example, prune_units=keep_units(scores, sparsity=0.5))
     assert result.max_abs_difference < TOL
+
+
+def test_with_split_attention_heads_and_mlp_units_go_together(tmp_path):
+    torch.manual_seed(0)
+    model = bp.convert(Encoder().double(), "gaussian", split_attention=True).double().eval()
+    scores = activation_scores(model, _batch(7))
+    assert scores["encoder.layers.0.self_attn"].shape == (4,)  # one score per head
+    result = shrink_graph(model, _batch(7), prune_units=keep_units(scores, sparsity=0.5))
+    layer = result.model.encoder.layers[0]
+    assert len(result.heads["encoder.layers.0.self_attn"]) == 2
+    assert layer.self_attn.q_proj.out_features == 8 and layer.linear1.out_features == 12
+    path = save_shrunk(result.model, tmp_path / "heads.safetensors")
+    loaded = load_shrunk(path, lambda: bp.convert(Encoder(), "gaussian")).double()
+    torch.testing.assert_close(_out(loaded, _batch(9)), _out(result.model, _batch(9)))
