@@ -228,22 +228,56 @@ def test_bad_shapes_and_labels_are_clear_errors():
 class _TwoInputs(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.image, self.table = torch.nn.Linear(4, 3), torch.nn.Linear(2, 3)
+        self.image, self.table = torch.nn.Linear(2, 8), torch.nn.Linear(2, 8)
+        self.head = torch.nn.Linear(16, 3)
 
     def forward(self, image: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        return self.image(image) + self.table(table)
+        hidden = torch.cat([self.image(image), self.table(table)], 1)
+        return self.head(torch.relu(hidden))
 
 
-def test_a_model_with_two_inputs_gets_one_clear_error_from_fit_and_predict():
+def _two_inputs(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The blobs' four features split over two inputs."""
+    x, y = _blobs(n)
+    return x[:, :2], x[:, 2:], y
+
+
+class _Nested(torch.utils.data.Dataset):
+    def __init__(self, image, table, y) -> None:
+        self.image, self.table, self.y = image, table, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return (self.image[i], self.table[i]), self.y[i]
+
+
+def test_a_model_with_two_inputs_trains_predicts_and_evaluates():
+    torch.manual_seed(0)
+    image, table, y = _two_inputs(400)
     model = bp.convert(_TwoInputs(), "gaussian")
-    x, y = _blobs(20)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x, torch.randn(20, 2), y), batch_size=10
-    )
-    with pytest.raises(ValueError, match="forward takes 2 tensors.*wrap the model"):
-        bp.fit(model, loader, epochs=1)
-    with pytest.raises(ValueError, match="tuple of 2 tensors.*wrap it"):
-        bp.predict(model, (x, torch.randn(20, 2)))
+    train, val = ((image[:300], table[:300]), y[:300]), ((image[300:], table[300:]), y[300:])
+    history = bp.fit(model, train, val, epochs=12, batch_size=32, lr=1e-2)
+    assert history.epochs[-1]["val_accuracy"] > 0.8  # the majority class is about half
+    pred = bp.predict(model, (image[300:], table[300:]), samples=4, seed=0)
+    assert pred.probs.shape == (100, 3)
+    assert bp.evaluate(model, val)["accuracy"] > 0.8
+    for batches in (  # flat (a, b, y) and nested ((a, b), y) batches train the same way
+        torch.utils.data.TensorDataset(image[:300], table[:300], y[:300]),
+        _Nested(image[:300], table[:300], y[:300]),
+    ):
+        other = bp.convert(_TwoInputs(), "gaussian")
+        loader = torch.utils.data.DataLoader(batches, batch_size=32, shuffle=True)
+        bp.fit(other, loader, epochs=12, lr=1e-2)
+        assert (
+            bp.evaluate(other, torch.utils.data.DataLoader(batches, batch_size=64))["accuracy"]
+            > 0.8
+        )
+    with pytest.raises(ValueError, match="takes 2 tensors.*tuple of 2 inputs"):
+        bp.predict(model, image[300:])
+    with pytest.raises(ValueError, match="must hold 2 inputs"):
+        bp.fit(model, (image, y), epochs=1)
 
 
 def test_numpy_and_dataset_inputs_work(tmp_path: Path):

@@ -26,6 +26,7 @@ from .data.xy import DataLike, as_xy
 from .evaluation import EvalMode
 from .likelihoods import Likelihood, make_likelihood
 from .predict import predict
+from .validation import required_inputs
 
 _TINY = 1e-300  # float64: log of an underflowed probability stays finite
 LOG_T_BOUNDS = (math.log(0.05), math.log(20.0))
@@ -131,7 +132,7 @@ def fit_temperature(
     lik = make_likelihood(likelihood)
     if lik.task != "classification":
         raise ValueError(f"temperature scaling needs a classification likelihood, not {lik.task}")
-    x, y = as_xy(val, "validation data")
+    x, y = as_xy(val, "validation data", required_inputs(model))
     pred = predict(
         model,
         x,

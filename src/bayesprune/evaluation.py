@@ -31,6 +31,7 @@ from .data.xy import DataLike, as_xy
 from .likelihoods import Likelihood, make_likelihood
 from .metrics.directions import METRIC_DIRECTIONS, Direction
 from .predict import ClassificationPrediction, PredictMode, RegressionPrediction, predict
+from .validation import required_inputs
 
 Scorer = Callable[[nn.Module], dict[str, float]]
 
@@ -145,6 +146,7 @@ def scorer(
     metrics: Sequence[str] | None = None,
     bins: int = 15,
     ood: Any = None,
+    inputs: int = 1,
 ) -> Scorer:
     """A function model → {metric: value} on `data` ((X, y), a Dataset or a DataLoader).
 
@@ -168,13 +170,13 @@ def scorer(
         raise ValueError(
             f"samples, batch_size and bins must be >= 1, got {samples}, {batch_size}, {bins}"
         )
-    x, y = as_xy(data, "evaluation data")
+    x, y = as_xy(data, "evaluation data", inputs)
     table = METRICS[lik.task]
 
-    def predictive(model: nn.Module, inputs: Tensor) -> Any:
+    def predictive(model: nn.Module, features: Any) -> Any:
         return predict(
             model,
-            inputs,
+            features,
             samples=samples,
             mode=mode.value,
             likelihood=lik,
@@ -226,7 +228,9 @@ def evaluate(
     likelihood: str | Likelihood = "categorical",
     **options: Any,
 ) -> dict[str, float]:
-    """Score `model` on `data` once: `scorer(data, likelihood, **options)(model)`."""
+    """Score `model` on `data` once: `scorer(data, likelihood, **options)(model)`, reading
+    as many inputs per example as the model's `forward` requires (`inputs`)."""
+    options.setdefault("inputs", required_inputs(model))
     return scorer(data, likelihood, **options)(model)
 
 

@@ -29,11 +29,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import metrics
+from .inputs import Inputs, rows, take, tensors, to_device
 from .likelihoods import Likelihood, make_likelihood
 from .nn import GradientEstimator, use_posterior_mean
 from .nn.pass_draws import one_draw_per_pass
 from .options import Choice
-from .validation import check_input_dtype, forward_checked, model_device
+from .validation import check_input_dtype, forward_checked, model_device, required_inputs
 
 
 class PredictMode(Choice):
@@ -149,7 +150,7 @@ def predict(
     batch_size = default_batch_size(device) if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    batches = _Batches(x, reference, batch_size)
+    batches = _Batches(x, reference, batch_size, required_inputs(model))
     likelihood.to(device)
     reduce = _regression_parts if likelihood.task == "regression" else _class_probs
     passes = samples if mode == "mc" else 1
@@ -195,14 +196,28 @@ def _check_finite_output(parts: list[Tensor], largest: float) -> None:
     )
 
 
+def _as_inputs(x: Any, reference: Tensor | None, count: int) -> Inputs:
+    """`_as_input` of each of a forward's `count` inputs (a tuple for several)."""
+    if count == 1:
+        return _as_input(x, reference)
+    if not (isinstance(x, tuple | list) and len(x) == count):
+        raise ValueError(
+            f"the model's forward takes {count} tensors: pass x as a tuple of {count} inputs "
+            f"(batch first), e.g. predict(model, (X_a, X_b)); got {type(x).__name__}"
+        )
+    parts = tuple(_as_input(t, reference) for t in x)
+    if len({len(t) for t in parts}) > 1:
+        raise ValueError(f"the inputs have {[len(t) for t in parts]} rows; they must match")
+    return parts
+
+
 def _as_input(x: Any, reference: Tensor | None) -> Tensor:
     """A tensor in the model's floating dtype; empty or non-finite inputs are refused."""
-    tensors = isinstance(x, tuple) and len(x) > 1 and all(isinstance(t, Tensor) for t in x)
-    if tensors and len({tuple(t.shape) for t in x}) > 1:  # not rows of one batch
+    several = isinstance(x, tuple) and len(x) > 1 and all(isinstance(t, Tensor) for t in x)
+    if several and len({tuple(t.shape) for t in x}) > 1:  # not rows of one batch
         raise ValueError(
-            f"x is a {type(x).__name__} of {len(x)} tensors: predict passes one input tensor "
-            "(x) to forward; for a model with several inputs wrap it in a module whose "
-            "forward takes one tensor (concatenated inputs, split inside)"
+            f"x is a {type(x).__name__} of {len(x)} tensors of different shapes, but the "
+            "model's forward takes one tensor"
         )
     if not isinstance(x, Tensor):
         try:
@@ -224,8 +239,8 @@ def _as_input(x: Any, reference: Tensor | None) -> Tensor:
 class _Batches:
     """The inputs as batches: slices of one tensor, or the batches of a loader."""
 
-    def __init__(self, x: Any, reference: Tensor | None, batch_size: int) -> None:
-        self.reference, self.largest = reference, 0.0
+    def __init__(self, x: Any, reference: Tensor | None, batch_size: int, count: int) -> None:
+        self.reference, self.largest, self.count = reference, 0.0, count
         if isinstance(x, DataLoader) or _is_batch_iterable(x):
             if iter(x) is x:
                 raise ValueError(
@@ -235,18 +250,19 @@ class _Batches:
             self.source: Iterable[Any] = x
             self.loader = True
         else:
-            whole = _as_input(x, reference)
-            self.source = [whole[i : i + batch_size] for i in range(0, len(whole), batch_size)]
+            whole = _as_inputs(x, reference, count)
+            n = rows(whole)
+            self.source = [take(whole, slice(i, i + batch_size)) for i in range(0, n, batch_size)]
             self.loader = False
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def __iter__(self) -> Iterator[Inputs]:
         count = 0
         for batch in self._drawn():
             if self.loader:
-                inputs = batch[0] if isinstance(batch, tuple | list) else batch
-                batch = _as_input(inputs, self.reference)
-            if batch.is_floating_point():
-                self.largest = max(self.largest, float(batch.abs().max()))
+                batch = _as_inputs(_loader_inputs(batch, self.count), self.reference, self.count)
+            for t in tensors(batch):
+                if t.is_floating_point():
+                    self.largest = max(self.largest, float(t.abs().max()))
             count += 1
             yield batch
         if not count:
@@ -266,6 +282,17 @@ class _Batches:
             if batch is None:
                 return
             yield batch
+
+
+def _loader_inputs(batch: Any, count: int) -> Any:
+    """The inputs of a loader's batch: x or (x, y); for a forward of `count` > 1 tensors
+    ((a, b), y), (a, b, y) or (a, b)."""
+    sequence = isinstance(batch, tuple | list)
+    if count == 1:
+        return batch[0] if sequence else batch
+    if sequence and batch and isinstance(batch[0], tuple | list):
+        return batch[0]
+    return tuple(batch[:count]) if sequence and len(batch) >= count else batch
 
 
 def _is_batch_iterable(x: Any) -> bool:
@@ -322,7 +349,7 @@ def _run(
     with tqdm(desc="predict", unit="pass", disable=not progress, leave=False) as bar:
 
         def one(k: int, batch: Tensor) -> None:
-            grid[k].append(reduce(forward_checked(model, batch.to(device))))
+            grid[k].append(reduce(forward_checked(model, to_device(batch, device))))
             bar.update()
 
         if redraw is None:

@@ -38,10 +38,12 @@ from .calibration import TemperatureScaled
 from .data.xy import DataLike, as_xy
 from .evaluation import EvalMode, Scorer, ood_metric_names, scorer
 from .finetuning import VARIANCE_SUFFIXES
+from .inputs import rows, take
 from .likelihoods import Likelihood
 from .metrics import nll_per_row
 from .predict import predict
 from .restore import RestoreMethod, restore_uncertainty
+from .validation import required_inputs
 
 NONE = "none"
 AUTO = "auto"
@@ -116,14 +118,15 @@ def choose_restoration(
     training methods. The input model is not modified.
     """
     mode = EvalMode(mode).value
-    x, y = as_xy(val, "validation data")
-    if len(x) < 2:
-        raise ValueError(f"choose_restoration needs at least 2 validation rows, got {len(x)}")
+    x, y = as_xy(val, "validation data", required_inputs(model))
+    if rows(x) < 2:
+        raise ValueError(f"choose_restoration needs at least 2 validation rows, got {rows(x)}")
     tried = restoring_methods(methods, model)
     if tried and RestoreMethod.TEMPERATURE not in tried and train is None:
         raise ValueError(f"restoring by {tried[0]!r} trains: pass train= (training data)")
-    half = len(x) // 2
-    fit_rows, pick_rows = (x[:half], y[:half]), (x[half:], y[half:])
+    half = rows(x) // 2
+    first, second = slice(None, half), slice(half, None)
+    fit_rows, pick_rows = (take(x, first), y[first]), (take(x, second), y[second])
     judge = restore_scorer(pick_rows, likelihood, mode, samples, bins, seed, ood)
     reference = judge(trained) if trained is not None else None
     before = judge(model)
@@ -180,9 +183,10 @@ def restore_scorer(
     """What a restoring candidate is judged by on `rows`: accuracy, NLL, ECE and, given
     `ood`, the OOD AUROCs of `mode`'s predictive."""
     names = (*METRICS, *(ood_metric_names(mode) if ood is not None else ()))
+    inputs = len(rows[0]) if isinstance(rows[0], tuple) else 1
     return scorer(
         rows, likelihood, mode=mode, samples=samples, bins=bins, seed=seed, metrics=names,
-        ood=ood,
+        ood=ood, inputs=inputs,
     )  # fmt: skip
 
 

@@ -45,6 +45,7 @@ from . import distributed as dp
 from .checkpoint import TrainingState, resume_training, save_training_state
 from .data.xy import DataLike, as_dataset
 from .evaluation import VALIDATION_METRICS, evaluate
+from .inputs import to_device
 from .io import save_tensors
 from .kl_schedule import KLWeight, kl_stages
 from .likelihoods import Likelihood, make_likelihood
@@ -80,6 +81,7 @@ from .training_control import (
 from .validation import (
     check_device,
     forward_checked,
+    required_inputs,
     resolve_device,
 )
 
@@ -276,8 +278,11 @@ def fit(
             "data-parallel training shards the rows itself: pass a Dataset or (X, y), not a "
             "DataLoader"
         )
-    train_set: Any = loader if loader is not None else as_dataset(train, "train")
-    val_set: Any = val if val is None or isinstance(val, DataLoader) else as_dataset(val, "val")
+    inputs = required_inputs(model)
+    train_set: Any = loader if loader is not None else as_dataset(train, "train", inputs)
+    val_set: Any = (
+        val if val is None or isinstance(val, DataLoader) else as_dataset(val, "val", inputs)
+    )
     n_train = loader_size(loader, dataset_size) if loader is not None else len(train_set)
     if n_train == 0:
         raise ValueError(
@@ -422,7 +427,7 @@ def _train_epoch(
     )
     checked = labels_checked
     for step, (x, y) in enumerate(batches):
-        x, y = x.to(device), y.to(device)
+        x, y = to_device(x, device), y.to(device)
         global_step = epoch * steps_per_epoch + step
         warm = 1.0 if warmup_steps <= 0 else min(1.0, (global_step + 1) / warmup_steps)
         problem: Exception | None = None

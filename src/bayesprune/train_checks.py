@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
+from .data.xy import InputsDataset
 from .likelihoods import Likelihood
 from .validation import (
     check_finite_number,
@@ -20,8 +21,8 @@ from .validation import (
 def check_targets(likelihood: Likelihood, out: Any, y: Tensor, dataset: Dataset) -> None:
     """Validate labels against the model's output: all of them at once for tensor data."""
     head = out if isinstance(out, Tensor) else out[0]
-    if isinstance(dataset, TensorDataset):
-        y = dataset.tensors[1]
+    if isinstance(dataset, TensorDataset | InputsDataset):
+        y = dataset.tensors[1] if isinstance(dataset, TensorDataset) else dataset.targets
         head = head[:1].expand(len(y), *head.shape[1:])
     likelihood.check_target(head, y)
 
@@ -48,6 +49,9 @@ def check_settings(
 
 def checked_inputs(dataset: Dataset, model: nn.Module, what: str) -> Dataset:
     """Tensor inputs must be real floats; other float widths are cast to the model's dtype."""
+    if isinstance(dataset, InputsDataset):
+        cast = [checked_inputs(TensorDataset(x), model, what).tensors[0] for x in dataset.inputs]
+        return InputsDataset(tuple(cast), dataset.targets)
     if not isinstance(dataset, TensorDataset):
         return dataset
     x, *rest = dataset.tensors

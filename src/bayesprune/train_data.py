@@ -12,8 +12,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from . import distributed as dp
+from .data.xy import InputsDataset
+from .inputs import Inputs, as_inputs, map_inputs, rows, split_batch, take, tensors
 from .validation import (
     check_input_dtype,
+    required_inputs,
 )
 
 
@@ -28,12 +31,16 @@ def iterate_batches(
 
     Tensor data is sliced directly (much faster than a DataLoader).
     """
-    if isinstance(dataset, TensorDataset):
-        x, y = dataset.tensors
+    if isinstance(dataset, TensorDataset | InputsDataset):
+        x, y = (
+            dataset.tensors
+            if isinstance(dataset, TensorDataset)
+            else (dataset.inputs, dataset.targets)
+        )
         for idx in dp.batch_indices(
-            x.shape[0], batch_size, generator, shuffle, ctx.rank, ctx.world_size
+            rows(x), batch_size, generator, shuffle, ctx.rank, ctx.world_size
         ):
-            yield x[idx], y[idx]
+            yield take(x, idx), y[idx]
         return
     if ctx.active:
         n = len(dataset)  # type: ignore[arg-type]
@@ -44,20 +51,26 @@ def iterate_batches(
     yield from loader
 
 
-def loader_batches(loader: Iterable[Any], model: nn.Module) -> Iterator[tuple[Tensor, Tensor]]:
-    """(x, y) from each batch of a loader, x cast to the model's floating dtype."""
+def loader_batches(loader: Iterable[Any], model: nn.Module) -> Iterator[tuple[Inputs, Tensor]]:
+    """(x, y) from each batch of a loader, x cast to the model's floating dtype (a tuple of
+    inputs for a forward that takes several: batches ((a, b), y) or (a, b, y))."""
     reference = next(iter(model.parameters()), None)
+    count = required_inputs(model)
     for batch in loader:
         if not (isinstance(batch, tuple | list) and len(batch) >= 2):
             raise ValueError(
                 f"each training batch must be an (x, y) pair, got {type(batch).__name__}; "
                 "return (inputs, targets) from the Dataset or collate_fn"
             )
-        x, y = torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
-        check_input_dtype(x, "train x")
-        if reference is not None and reference.is_floating_point() and x.dtype != reference.dtype:
-            x = x.to(reference.dtype)
-        yield x, y
+        inputs, targets = split_batch(batch, count)
+        x, y = as_inputs(inputs, count, "train x"), torch.as_tensor(targets)
+
+        def cast(t: Tensor) -> Tensor:
+            check_input_dtype(t, "train x")
+            floating = reference is not None and reference.is_floating_point()
+            return t.to(reference.dtype) if floating and t.dtype != reference.dtype else t
+
+        yield map_inputs(x, cast), y
 
 
 def loader_of(train: Any) -> Iterable[Any] | None:
@@ -110,8 +123,8 @@ def count_steps_per_epoch(
         return 1
 
 
-def check_finite_batch(x: Tensor, step: int) -> None:
-    if x.dtype.is_floating_point and not torch.isfinite(x).all():
+def check_finite_batch(x: Inputs, step: int) -> None:
+    if any(t.dtype.is_floating_point and not torch.isfinite(t).all() for t in tensors(x)):
         raise ValueError(
             f"a training batch (step {step}) contains NaN or inf inputs; "
             "clean the data set before training"

@@ -106,20 +106,19 @@ def required_inputs(model: nn.Module) -> int:
     return max(1, sum(p.kind in kinds and p.default is inspect.Parameter.empty for p in params))
 
 
-def forward_checked(model: nn.Module, x: Tensor) -> Any:
-    """`model(x)`, with a shape or dtype mismatch, or a forward that needs more than one
-    tensor, turned into one ValueError."""
+def forward_checked(model: nn.Module, x: Any) -> Any:
+    """`model(x)` (`model(*x)` for a tuple of inputs), with a shape or dtype mismatch, or
+    a forward that needs more tensors than it got, turned into one ValueError."""
     try:
-        return model(x)
+        return model(*x) if isinstance(x, tuple) else model(x)
     except TypeError as err:
         needed = required_inputs(model)
-        if needed > 1:
+        given = len(x) if isinstance(x, tuple) else 1
+        if needed > given:
             raise ValueError(
-                f"{type(model).__name__}.forward takes {needed} tensors, but fit, predict and "
-                "evaluate pass one (x) per batch; wrap the model in a module whose forward "
-                "takes one tensor (concatenated inputs, split inside), or train it with your "
-                "own loop (bayesprune.kl gives the KL term) and use compress, which takes "
-                "several inputs (activation_scores, shrink_graph)"
+                f"{type(model).__name__}.forward takes {needed} tensors but got {given}: pass "
+                "the inputs as a tuple, fit(model, ((X_a, X_b), y)) or batches ((a, b), y) "
+                "or (a, b, y), predict(model, (X_a, X_b))"
             ) from err
         raise
     except RuntimeError as err:
@@ -131,15 +130,17 @@ def forward_checked(model: nn.Module, x: Tensor) -> Any:
                 "or fit(..., channels_last=True) use channels_last=False (fit: None), or "
                 "flatten with torch.flatten / nn.Flatten"
             ) from err
+        shapes = [tuple(t.shape) for t in x] if isinstance(x, tuple) else tuple(x.shape)
         if "shape" in text or "size" in text or "dimension" in text:
             raise ValueError(
-                f"inputs of shape {tuple(x.shape)} (batch first) do not fit the model "
+                f"inputs of shape {shapes} (batch first) do not fit the model "
                 f"({text.splitlines()[0]}); reshape the data or change the first layer's "
                 "input size"
             ) from err
         if "dtype" in text or "type" in text:
             raise ValueError(
-                f"inputs of dtype {x.dtype} do not fit the model ({text.splitlines()[0]}); "
+                f"inputs of dtype {[t.dtype for t in x] if isinstance(x, tuple) else x.dtype} "
+                f"do not fit the model ({text.splitlines()[0]}); "
                 "convert them to the model's dtype"
             ) from err
         raise

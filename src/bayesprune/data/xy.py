@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ..inputs import Inputs, as_inputs, map_inputs, rows, split_batch, tensors
+
 DataLike = Dataset | tuple[Any, Any] | Sequence[Any]
 
 
@@ -28,52 +30,76 @@ def _to_tensor(value: Any, what: str) -> Tensor:
         raise ValueError(f"{what} must be a tensor or array-like, got {type(value)}") from err
 
 
-def _checked_pair(data: Any, what: str) -> tuple[Tensor, Tensor]:
-    """(X, y) as tensors of equal length, inputs free of NaN/inf."""
+class InputsDataset(Dataset):
+    """Examples of a model with several inputs: ``((x1, x2, ...), y)`` per row."""
+
+    def __init__(self, inputs: tuple[Tensor, ...], targets: Tensor) -> None:
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[tuple[Tensor, ...], Tensor]:
+        return tuple(x[i] for x in self.inputs), self.targets[i]
+
+
+def _checked_pair(data: Any, what: str, inputs: int = 1) -> tuple[Inputs, Tensor]:
+    """(X, y) as tensors of equal length, inputs free of NaN/inf; X a tuple of `inputs`
+    tensors for a forward that takes several."""
     if not (isinstance(data, tuple | list) and len(data) == 2):
         raise ValueError(f"{what} must be a torch Dataset or an (X, y) pair, got {type(data)}")
-    x, y = _to_tensor(data[0], f"{what} X"), _to_tensor(data[1], f"{what} y")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{what}: X has {x.shape[0]} rows but y has {y.shape[0]}; they must match")
-    for tensor, name in ((x, "X"), (y, "y")):
+    x, y = as_inputs(data[0], inputs, f"{what} X"), _to_tensor(data[1], f"{what} y")
+    if rows(x) != y.shape[0]:
+        raise ValueError(f"{what}: X has {rows(x)} rows but y has {y.shape[0]}; they must match")
+    named = [(t, "X" if inputs == 1 else f"X[{i}]") for i, t in enumerate(tensors(x))]
+    for tensor, name in (*named, (y, "y")):
         if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
             bad = (~torch.isfinite(tensor.reshape(tensor.shape[0], -1))).any(1).nonzero()
-            rows = bad[:5, 0].tolist()
+            first = bad[:5, 0].tolist()
             raise ValueError(
-                f"{what} {name} contains NaN or inf in {len(bad)} rows (first: {rows}); "
+                f"{what} {name} contains NaN or inf in {len(bad)} rows (first: {first}); "
                 "remove or impute those rows before training"
             )
     return x, y
 
 
-def as_dataset(data: DataLike, what: str = "train") -> Dataset:
+def as_dataset(data: DataLike, what: str = "train", inputs: int = 1) -> Dataset:
     """A Dataset from a Dataset or an (X, y) pair, with inputs checked for NaN/inf.
 
     float64 inputs become float32 (the layers' dtype); `what` names the data in errors.
+    With `inputs` > 1, X is a tuple of that many inputs (an `InputsDataset`).
     """
     if isinstance(data, Dataset):
         return data
-    x, y = _checked_pair(data, what)
-    return TensorDataset(x.float() if x.dtype == torch.float64 else x, y)
+    x, y = _checked_pair(data, what, inputs)
+    x = map_inputs(x, lambda t: t.float() if t.dtype == torch.float64 else t)
+    return InputsDataset(x, y) if isinstance(x, tuple) else TensorDataset(x, y)
 
 
-def as_xy(data: DataLike | DataLoader, what: str = "data") -> tuple[Tensor, Tensor]:
-    """The whole inputs and targets as two tensors (batch first).
+def as_xy(
+    data: DataLike | DataLoader, what: str = "data", inputs: int = 1
+) -> tuple[Inputs, Tensor]:
+    """The whole inputs and targets (batch first): two tensors, or with `inputs` > 1 a
+    tuple of that many input tensors and the targets.
 
-    A TensorDataset or an (X, y) pair gives its tensors without a copy; any other
-    Dataset, or a DataLoader, is read once, example by example or batch by batch,
-    and stacked (so it must fit in memory). Dtypes are kept (`predict` casts the
-    inputs to the model's).
+    A TensorDataset, an `InputsDataset` or an (X, y) pair gives its tensors without a
+    copy; any other Dataset, or a DataLoader, is read once, example by example or batch
+    by batch, and stacked (so it must fit in memory). Dtypes are kept (`predict` casts
+    the inputs to the model's).
     """
     if isinstance(data, DataLoader):
-        batches = [(b[0], b[1]) for b in data]
+        batches = [split_batch(b, inputs) for b in data]
         if not batches:
             raise ValueError(f"{what}: the DataLoader yields no batches")
-        return torch.cat([x for x, _ in batches]), torch.cat(
-            [torch.as_tensor(y) for _, y in batches]
-        )
+        xs = [as_inputs(x, inputs, f"{what} inputs") for x, _ in batches]
+        y = torch.cat([torch.as_tensor(y) for _, y in batches])
+        if inputs == 1:
+            return torch.cat(xs), y  # type: ignore[arg-type]
+        return tuple(torch.cat([x[i] for x in xs]) for i in range(inputs)), y  # type: ignore[index]
+    if isinstance(data, InputsDataset):
+        return data.inputs, data.targets
     if not isinstance(data, Dataset):
-        return _checked_pair(data, what)
+        return _checked_pair(data, what, inputs)
     tensors = getattr(data, "tensors", None)
     if tensors is not None:
         if len(tensors) != 2:
@@ -82,5 +108,8 @@ def as_xy(data: DataLike | DataLoader, what: str = "data") -> tuple[Tensor, Tens
     items = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
     if not items:
         raise ValueError(f"{what}: the Dataset is empty")
-    x = torch.stack([torch.as_tensor(item[0]) for item in items])
-    return x, torch.stack([torch.as_tensor(item[1]) for item in items])
+    y = torch.stack([torch.as_tensor(item[1]) for item in items])
+    if inputs == 1:
+        return torch.stack([torch.as_tensor(item[0]) for item in items]), y
+    parts = [as_inputs(item[0], inputs, f"{what} inputs") for item in items]
+    return tuple(torch.stack([p[i] for p in parts]) for i in range(inputs)), y  # type: ignore[index]
