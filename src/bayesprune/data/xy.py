@@ -100,11 +100,11 @@ def as_xy(
         return data.inputs, data.targets
     if not isinstance(data, Dataset):
         return _checked_pair(data, what, inputs)
-    tensors = getattr(data, "tensors", None)
-    if tensors is not None:
-        if len(tensors) != 2:
-            raise ValueError(f"{what}: a TensorDataset of (X, y) is needed, got {len(tensors)}")
-        return tensors[0], tensors[1]
+    held = getattr(data, "tensors", None)
+    if held is not None:
+        if len(held) != 2:
+            raise ValueError(f"{what}: a TensorDataset of (X, y) is needed, got {len(held)}")
+        return held[0], held[1]
     items = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
     if not items:
         raise ValueError(f"{what}: the Dataset is empty")
