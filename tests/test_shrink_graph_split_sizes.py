@@ -289,3 +289,32 @@ def test_timms_mixed_conv2d():
         torch.testing.assert_close(
             _out(result.model, _x(size)), _out(model, _x(size)), atol=TOL, rtol=TOL
         )
+
+
+class Flat(nn.Module):
+    """The tutorial LeNet's flatten, its width held in an attribute: x.view(-1, self.flat)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, bias=False)
+        self.flat = 6 * 2 * 2
+        self.fc = nn.Linear(self.flat, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.max_pool2d(F.relu(self.conv(x)), 2)
+        return self.head(F.relu(self.fc(x.view(-1, self.flat))))
+
+
+def test_a_view_whose_width_an_attribute_holds_is_rewritten(tmp_path):
+    model = _model(Flat, "gaussian")
+    cg = analyse(model, (_x(6),))
+    assert [(s.attribute, s.position) for s in cg.sized] == [("flat", 1)]
+    _kill(model, "conv", [1, 4])
+    result = shrink_graph(model, _x(6))
+    assert result.attributes == {"": {"flat": 16}} and result.model.fc.in_features == 16
+    torch.testing.assert_close(_out(result.model, _x(6)), _out(model, _x(6)), atol=TOL, rtol=TOL)
+    loaded = load_shrunk(save_shrunk(result.model, tmp_path / "flat.safetensors"), Flat)
+    loaded = loaded.double()
+    assert loaded.flat == 16
+    torch.testing.assert_close(_out(loaded, _x(6)), _out(result.model, _x(6)))

@@ -26,7 +26,7 @@ _TRANSPOSE = {torch.transpose, torch.swapaxes, torch.swapdims}
 _TRANSPOSE_METHODS = {"transpose", "swapaxes", "swapdims"}
 
 
-def _sizes(node: fx.Node) -> list[Any]:
+def view_sizes(node: fx.Node) -> list[Any]:
     """The new shape of `view` / `reshape` as a flat list (sizes may be fx nodes)."""
     sizes = list(node.args[1:]) or [node.kwargs.get("shape", ())]
     if len(sizes) == 1 and isinstance(sizes[0], tuple | list):
@@ -45,7 +45,7 @@ def size_follows(node: fx.Node, position: int) -> bool:
     A constant there (`x.view(-1, 16 * 5 * 5)`, `x.reshape(n, 768, -1)`) fixes the
     channel count in the forward's code: the reshape then pins its channels.
     """
-    sizes = _sizes(node)
+    sizes = view_sizes(node)
     return len(sizes) > 1 and -len(sizes) <= position < len(sizes) and _computed(sizes[position])
 
 

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import fx, nn
 
+from .graph_axes import view_sizes
+
 if TYPE_CHECKING:
     from .graph_trace import ChannelGraph
 
@@ -46,8 +48,9 @@ _SPLIT_METHODS = {"split"}
 
 
 @dataclass
-class SizedSplit:
-    """A split whose sizes an attribute of the splitting module holds."""
+class SizedCall:
+    """A split whose sizes an attribute of the splitting module holds, or (`position`) a
+    view / reshape whose channel-bearing size it holds (`x.view(-1, self.width)`)."""
 
     node: str  # the fx node's name (the same in every trace of the same model)
     owner: str  # the splitting module's name in the traced model ("" for the model)
@@ -55,9 +58,15 @@ class SizedSplit:
     sizes: int | list[int] | tuple[int, ...]  # the split's sizes
     pieces: list[list[int]]  # the channel ids of each piece
     total: bool = False  # the attribute holds the whole width (CSPNet: `self.expand_chs // 2`)
+    position: int | None = None  # a view's: which of its sizes (its ids: the one piece)
+
+    def read(self, node: fx.Node) -> Any:
+        """What the call asks for, in a trace: the split's sizes, or the view's size."""
+        return _split_sizes(node) if self.position is None else view_sizes(node)[self.position]
 
     def value(self, kept: Callable[[int], bool]) -> int | list[int] | tuple[int, ...]:
-        """The attribute's value for the channels `kept` leaves."""
+        """The attribute's value for the channels `kept` leaves (a view: its entries kept,
+        a channel's id repeated over the positions it carries)."""
         counts = [sum(1 for i in piece if kept(i)) for piece in self.pieces]
         if self.total:
             return counts[0] * len(self.pieces)
@@ -92,7 +101,7 @@ def _holder(module: nn.Module, sizes: Any, width: int) -> tuple[str, bool] | Non
         return [k for k, v in vars(module).items() if not k.startswith("_") and _equal(v, value)]
 
     names = named(sizes)
-    if not names and isinstance(sizes, int) and width % sizes == 0 and width > sizes:
+    if not names and isinstance(sizes, int) and width and width % sizes == 0 and width > sizes:
         totals = named(width)
         return (totals[0], True) if len(totals) == 1 else None
     return (names[0], False) if len(names) == 1 else None
@@ -137,7 +146,30 @@ def split_pieces(cg: ChannelGraph, node: fx.Node, first: tuple[list[int], int] |
     else:
         return False
     cg.pieces[node] = [(piece, axis) for piece in pieces]
-    cg.sized.append(SizedSplit(node.name, owner, attribute, sizes, pieces, total))
+    cg.sized.append(SizedCall(node.name, owner, attribute, sizes, pieces, total))
+    return True
+
+
+def sized_view(cg: ChannelGraph, node: fx.Node, moved: tuple[list[int], int]) -> bool:
+    """A view / reshape whose channel-bearing size (at `moved`'s axis) is a constant that
+    one attribute of the module holds (`x.view(-1, self.width)`): recorded, to be proven
+    and rewritten as a split is; False otherwise (the caller pins)."""
+    if cg.root is None:
+        return False
+    ids, axis = moved
+    sizes = view_sizes(node)
+    if not -len(sizes) <= axis < len(sizes) or not _positive_ints([sizes[axis]]):
+        return False
+    if sizes[axis] != len(ids):
+        return False
+    owner = _owner(node)
+    try:
+        holder = _holder(cg.root.get_submodule(owner), sizes[axis], 0)
+    except AttributeError:
+        return False
+    if holder is None:
+        return False
+    cg.sized.append(SizedCall(node.name, owner, holder[0], sizes[axis], [ids], position=axis))
     return True
 
 
@@ -184,7 +216,7 @@ def verify_sized_splits(cg: ChannelGraph, trace: Callable[[nn.Module], fx.GraphM
     proven = {
         id(s)
         for s in candidates
-        if s.node in nodes and _equal(_split_sizes(nodes[s.node]), expected[id(s)])
+        if s.node in nodes and _equal(s.read(nodes[s.node]), expected[id(s)])
     }
     for s in [s for s in cg.sized if id(s) not in proven]:
         why = f"call_function 'split' (sizes not proven to come from {s.attribute!r})"

@@ -86,7 +86,7 @@ from .adapters import (
 )
 from .chain import PASSTHROUGH
 from .graph_axes import indexed, permuted, reduced, reshaped, size_follows
-from .graph_sizes import SizedSplit, split_pieces, verify_sized_splits
+from .graph_sizes import SizedCall, sized_view, split_pieces, verify_sized_splits
 
 BATCHNORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 NORMS: tuple[type[nn.Module], ...] = (
@@ -369,7 +369,7 @@ class ChannelGraph:
     pieces: dict[fx.Node, list[tuple[list[int], int]]] = field(default_factory=dict)  # chunk
     inputs: dict[str, list[int]] = field(default_factory=dict)  # free input → its ids
     pinned_at: dict[int, str] = field(default_factory=dict)  # id → the op that pinned it
-    sized: list[SizedSplit] = field(default_factory=list)  # splits an attribute sizes
+    sized: list[SizedCall] = field(default_factory=list)  # splits an attribute sizes
     pools: list[tuple[Use, nn.Module]] = field(default_factory=list)  # see `_padded_pool`
 
     # -- union-find ------------------------------------------------------------------
@@ -713,7 +713,9 @@ def _function_ids(
     if _is(node, _RESHAPE, _RESHAPE_METHODS):
         moved = reshaped(ids, axis, in_value.shape, value.shape)
         if moved is not None and node.target in _SIZED and not size_follows(node, moved[1]):
-            return None  # the size that holds the channels is a constant of the forward
+            # the size that holds the channels is a constant of the forward: pinned,
+            # unless an attribute of the module holds it (`graph_sizes`)
+            return moved if sized_view(cg, node, moved) else None
         return moved
     if (moved := permuted(node, axis, in_value.ndim)) is not None:
         return ids, moved
