@@ -262,7 +262,8 @@ def test_a_model_with_two_inputs_trains_predicts_and_evaluates():
     assert history.epochs[-1]["val_accuracy"] > 0.8  # the majority class is about half
     pred = bp.predict(model, (image[300:], table[300:]), samples=4, seed=0)
     assert pred.probs.shape == (100, 3)
-    assert bp.evaluate(model, val)["accuracy"] > 0.8
+    scores = bp.evaluate(model, val, ood=(image[300:] * 9, table[300:] * 9), mode="mc")
+    assert scores["accuracy"] > 0.8 and 0 <= scores["ood_auroc_entropy"] <= 1
     for batches in (  # flat (a, b, y) and nested ((a, b), y) batches train the same way
         torch.utils.data.TensorDataset(image[:300], table[:300], y[:300]),
         _Nested(image[:300], table[:300], y[:300]),

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from . import metrics as m
 from .data.xy import DataLike, as_xy
+from .inputs import Inputs, as_inputs
 from .likelihoods import Likelihood, make_likelihood
 from .metrics.directions import METRIC_DIRECTIONS, Direction
 from .predict import ClassificationPrediction, PredictMode, RegressionPrediction, predict
@@ -164,7 +165,7 @@ def scorer(
     """
     mode = EvalMode(mode)
     lik = make_likelihood(likelihood)
-    x_ood = None if ood is None else _ood_inputs(ood, lik.task)
+    x_ood = None if ood is None else _ood_inputs(ood, lik.task, inputs)
     names = metric_names(metrics, lik.task, ood_metric_names(mode) if ood is not None else ())
     if samples < 1 or (batch_size is not None and batch_size < 1) or bins < 1:
         raise ValueError(
@@ -195,14 +196,20 @@ def scorer(
     return score
 
 
-def _ood_inputs(ood: Any, task: str) -> Tensor:
-    """The inputs of `ood` (a tensor or array, or data whose labels are ignored)."""
+def _ood_inputs(ood: Any, task: str, inputs: int = 1) -> Inputs:
+    """The inputs of `ood` (a tensor or array, or data whose labels are ignored; for a
+    forward of several tensors a tuple of them, or such data)."""
     if task != "classification":
         raise ValueError(
             f"ood= (OOD AUROC) needs a classification likelihood, not one of task {task!r}"
         )
     if isinstance(ood, Tensor):
         return ood
+    bare = isinstance(ood, tuple | list) and len(ood) == inputs
+    if inputs > 1 and bare and not isinstance(ood[0], tuple | list):  # not ((X_a, X_b), y)
+        return as_inputs(ood, inputs, "out-of-distribution data")
+    if inputs > 1:
+        return as_xy(ood, "out-of-distribution data", inputs)[0]
     try:
         return as_xy(ood, "out-of-distribution data")[0]
     except (TypeError, ValueError):
