@@ -49,13 +49,14 @@ def as_inputs(value: Any, count: int, what: str) -> Inputs:
     """`value` as the inputs of a forward taking `count` tensors: a tensor for one, a
     tuple of `count` tensors with the same number of rows for several."""
     if count == 1:
-        return _tensor(value, what)
+        return to_tensor(value, what)
     if not (isinstance(value, tuple | list) and len(value) == count):
         raise ValueError(
-            f"{what} must hold {count} inputs, one per tensor the model's forward takes, as a "
-            f"tuple (e.g. ((X_image, X_table), y)); got {type(value).__name__}"
+            f"{what} must hold {count} inputs: the model's forward takes {count} tensors, so "
+            f"pass a tuple of {count} inputs (batch first), e.g. ((X_a, X_b), y) to fit or "
+            f"(X_a, X_b) to predict; got {type(value).__name__}"
         )
-    parts = tuple(_tensor(v, f"{what}[{i}]") for i, v in enumerate(value))
+    parts = tuple(to_tensor(v, f"{what}[{i}]") for i, v in enumerate(value))
     if len({len(t) for t in parts}) > 1:
         raise ValueError(
             f"{what}: the inputs have {[len(t) for t in parts]} rows; every input needs one "
@@ -77,7 +78,9 @@ def split_batch(batch: Any, count: int) -> tuple[Any, Any]:
     return batch[0], batch[1]
 
 
-def _tensor(value: Any, what: str) -> Tensor:
+def to_tensor(value: Any, what: str) -> Tensor:
+    """`value` as a tensor (arrays and nested lists through numpy); `what` names it in
+    the error."""
     if isinstance(value, Tensor):
         return value
     try:

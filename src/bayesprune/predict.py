@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import metrics
-from .inputs import Inputs, rows, take, tensors, to_device
+from .inputs import Inputs, as_inputs, rows, take, tensors, to_device
 from .likelihoods import Likelihood, make_likelihood
 from .nn import GradientEstimator, use_posterior_mean
 from .nn.pass_draws import one_draw_per_pass
@@ -197,18 +197,11 @@ def _check_finite_output(parts: list[Tensor], largest: float) -> None:
 
 
 def _as_inputs(x: Any, reference: Tensor | None, count: int) -> Inputs:
-    """`_as_input` of each of a forward's `count` inputs (a tuple for several)."""
+    """`_as_input` of each of a forward's `count` inputs (a tuple for several, checked
+    by `inputs.as_inputs`)."""
     if count == 1:
         return _as_input(x, reference)
-    if not (isinstance(x, tuple | list) and len(x) == count):
-        raise ValueError(
-            f"the model's forward takes {count} tensors: pass x as a tuple of {count} inputs "
-            f"(batch first), e.g. predict(model, (X_a, X_b)); got {type(x).__name__}"
-        )
-    parts = tuple(_as_input(t, reference) for t in x)
-    if len({len(t) for t in parts}) > 1:
-        raise ValueError(f"the inputs have {[len(t) for t in parts]} rows; they must match")
-    return parts
+    return tuple(_as_input(t, reference) for t in tensors(as_inputs(x, count, "x")))
 
 
 def _as_input(x: Any, reference: Tensor | None) -> Tensor:

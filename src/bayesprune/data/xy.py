@@ -11,23 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ..inputs import Inputs, as_inputs, map_inputs, rows, split_batch, tensors
+from ..inputs import Inputs, as_inputs, map_inputs, rows, split_batch, tensors, to_tensor
 
 DataLike = Dataset | tuple[Any, Any] | Sequence[Any]
-
-
-def _to_tensor(value: Any, what: str) -> Tensor:
-    if isinstance(value, Tensor):
-        return value
-    try:
-        return torch.as_tensor(np.asarray(value))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{what} must be a tensor or array-like, got {type(value)}") from err
 
 
 class InputsDataset(Dataset):
@@ -48,7 +38,7 @@ def _checked_pair(data: Any, what: str, inputs: int = 1) -> tuple[Inputs, Tensor
     tensors for a forward that takes several."""
     if not (isinstance(data, tuple | list) and len(data) == 2):
         raise ValueError(f"{what} must be a torch Dataset or an (X, y) pair, got {type(data)}")
-    x, y = as_inputs(data[0], inputs, f"{what} X"), _to_tensor(data[1], f"{what} y")
+    x, y = as_inputs(data[0], inputs, f"{what} X"), to_tensor(data[1], f"{what} y")
     if rows(x) != y.shape[0]:
         raise ValueError(f"{what}: X has {rows(x)} rows but y has {y.shape[0]}; they must match")
     named = [(t, "X" if inputs == 1 else f"X[{i}]") for i, t in enumerate(tensors(x))]
