@@ -184,11 +184,11 @@ def _split_sizes(node: fx.Node) -> Any:
     return node.kwargs.get("split_size", sizes)
 
 
-def verify_sized_splits(cg: ChannelGraph, trace: Callable[[nn.Module], fx.GraphModule]) -> None:
-    """Keep the sized splits whose attribute reaches the split, pinning the others' channels:
-    the model is traced again with every such attribute changed (`_probe`) and put back.
-    One attribute read by splits of different tensors (a module called twice) is pinned
-    too: one value could not fit both."""
+def verify_sized_calls(cg: ChannelGraph, trace: Callable[[nn.Module], fx.GraphModule]) -> None:
+    """Keep the sized splits and views whose attribute reaches the call, pinning the
+    others' channels: the model is traced again with every such attribute changed
+    (`SizedCall.probe`) and put back. One attribute read by calls on different tensors (a
+    module called twice) is pinned too: one value could not fit both."""
     if not cg.sized or cg.root is None:
         return
     root = cg.root
@@ -200,13 +200,11 @@ def verify_sized_splits(cg: ChannelGraph, trace: Callable[[nn.Module], fx.GraphM
         (s.owner, s.attribute): getattr(root.get_submodule(s.owner), s.attribute)
         for s in candidates
     }
-    expected = {id(s): s.probe(held[(s.owner, s.attribute)])[1] for s in candidates}
+    probes = {id(s): s.probe(held[(s.owner, s.attribute)]) for s in candidates}
     nodes: dict[str, fx.Node] = {}
     try:
         for s in candidates:
-            setattr(
-                root.get_submodule(s.owner), s.attribute, s.probe(held[(s.owner, s.attribute)])[0]
-            )
+            setattr(root.get_submodule(s.owner), s.attribute, probes[id(s)][0])
         nodes = {n.name: n for n in trace(root).graph.nodes}
     except Exception:
         nodes = {}
@@ -216,10 +214,11 @@ def verify_sized_splits(cg: ChannelGraph, trace: Callable[[nn.Module], fx.GraphM
     proven = {
         id(s)
         for s in candidates
-        if s.node in nodes and _equal(s.read(nodes[s.node]), expected[id(s)])
+        if s.node in nodes and _equal(s.read(nodes[s.node]), probes[id(s)][1])
     }
     for s in [s for s in cg.sized if id(s) not in proven]:
-        why = f"call_function 'split' (sizes not proven to come from {s.attribute!r})"
+        call = "split" if s.position is None else "view"
+        why = f"call_function '{call}' (sizes not proven to come from {s.attribute!r})"
         for piece in s.pieces:
             for i in piece:
                 cg.pinned_at.setdefault(i, why)
@@ -235,8 +234,8 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def keep_a_channel_per_piece(cg: ChannelGraph, removed: set[int]) -> None:
-    """Every piece of a sized split keeps at least one channel (a size of 0 would hand
-    the layer after it no input)."""
+    """Every piece of a sized split (a sized view: its one piece) keeps at least one
+    channel (a size of 0 would hand the layer after it no input)."""
     for s in cg.sized:
         for piece in s.pieces:
             if all(cg.find(i) in removed for i in piece):

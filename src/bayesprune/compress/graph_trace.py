@@ -86,7 +86,7 @@ from .adapters import (
 )
 from .chain import PASSTHROUGH
 from .graph_axes import indexed, permuted, reduced, reshaped, size_follows
-from .graph_sizes import SizedCall, sized_view, split_pieces, verify_sized_splits
+from .graph_sizes import SizedCall, sized_view, split_pieces, verify_sized_calls
 
 BATCHNORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 NORMS: tuple[type[nn.Module], ...] = (
@@ -369,7 +369,7 @@ class ChannelGraph:
     pieces: dict[fx.Node, list[tuple[list[int], int]]] = field(default_factory=dict)  # chunk
     inputs: dict[str, list[int]] = field(default_factory=dict)  # free input → its ids
     pinned_at: dict[int, str] = field(default_factory=dict)  # id → the op that pinned it
-    sized: list[SizedCall] = field(default_factory=list)  # splits an attribute sizes
+    sized: list[SizedCall] = field(default_factory=list)  # splits / views an attribute sizes
     pools: list[tuple[Use, nn.Module]] = field(default_factory=list)  # see `_padded_pool`
 
     # -- union-find ------------------------------------------------------------------
@@ -504,7 +504,7 @@ def analyse(
             if found is None or found[1] >= out.ndim or len(found[0]) != out.shape[found[1]]:
                 found = (cg.pinned_fresh(out.shape[1], f"the output of {_describe(node)}"), 1)
             cg.ids[node], cg.axis[node] = found
-    verify_sized_splits(cg, lambda root: trace(root, leaf_modules))
+    verify_sized_calls(cg, lambda root: trace(root, leaf_modules))
     return cg
 
 
