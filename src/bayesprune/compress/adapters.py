@@ -107,47 +107,37 @@ class PlainLayer:
         out_idx, in_idx = out_idx.to(w.device), in_idx.to(w.device)
         if is_same_padding_conv(type(m)):  # its own forward pads: keep the class
             return self._sliced_copy(out_idx, in_idx)
-        if isinstance(m, CONVOLUTIONS):
-            if m.groups != 1:
-                raise NotImplementedError("selecting channels of a grouped convolution")
-            torch_type = next(c for c in CONVOLUTIONS if isinstance(m, c))  # not a subclass
-            new: nn.Module = torch_type(
-                len(in_idx),
-                len(out_idx),
-                m.kernel_size,
-                m.stride,
-                m.padding,
-                m.dilation,
-                bias=m.bias is not None,
-                padding_mode=m.padding_mode,
-            )
-        else:
-            new = nn.Linear(len(in_idx), len(out_idx), bias=m.bias is not None)
-        new = new.to(w)
-        with torch.no_grad():
-            new.weight.copy_(w.index_select(0, out_idx).index_select(1, in_idx))
-            if m.bias is not None:
-                new.bias.copy_(m.bias.detach()[out_idx])
-        new.train(m.training)
-        return new
+        if isinstance(m, CONVOLUTIONS) and m.groups != 1:
+            raise NotImplementedError("selecting channels of a grouped convolution")
+        bias = None if m.bias is None else m.bias.detach()[out_idx]
+        return self._rebuilt(w.index_select(0, out_idx).index_select(1, in_idx), bias)
 
     def plain_copy(self) -> nn.Module:
         """The layer rebuilt as its torch type (no subclass, hook or parametrization),
         groups included, holding the weight and bias it computes with now."""
         m = self.module
+        bias = None if m.bias is None else m.bias.detach()
+        return self._rebuilt(m.weight.detach(), bias, getattr(m, "groups", 1))
+
+    def _rebuilt(self, weight: Tensor, bias: Tensor | None, groups: int = 1) -> nn.Module:
+        """A fresh layer of the torch type (not a subclass: no own forward, hook or
+        parametrization) holding `weight` (out × in / groups × k…) and `bias`, in the
+        layer's train / eval mode."""
+        m = self.module
+        n_out, n_in = weight.shape[0], weight.shape[1] * groups
         if isinstance(m, CONVOLUTIONS):
             kind = next(c for c in CONVOLUTIONS if isinstance(m, c))
             new: nn.Module = kind(
-                m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode,
+                n_in, n_out, m.kernel_size, m.stride, m.padding, m.dilation, groups=groups,
+                bias=bias is not None, padding_mode=m.padding_mode,
             )  # fmt: skip
         else:
-            new = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-        new = new.to(m.weight)
+            new = nn.Linear(n_in, n_out, bias=bias is not None)
+        new = new.to(weight)
         with torch.no_grad():
-            new.weight.copy_(m.weight.detach())
-            if m.bias is not None:
-                new.bias.copy_(m.bias.detach())
+            new.weight.copy_(weight)
+            if bias is not None:
+                new.bias.copy_(bias)
         new.train(m.training)
         return new
 
