@@ -55,6 +55,7 @@ from .graph import (
 )
 from .graph_scores import activation_scores, keep_units
 from .graph_sizes import apply_attributes, shape_attributes
+from .layer_norm import ZeroCountingLayerNorm
 from .masks import (
     apply_masks,
     apply_torch_prune,
@@ -131,6 +132,7 @@ __all__ = [
     "ShrinkResult",
     "Tolerance",
     "ToleranceSpec",
+    "ZeroCountingLayerNorm",
     "activation_scores",
     "apply_attributes",
     "apply_masks",

@@ -30,7 +30,14 @@ tool for plain nn.Sequential chains. Channels coupled by the graph form groups
 - producers lose those output units (`select(out_idx=…)`), readers the input columns
   (H·W of them per channel across a flatten), grouped convolutions whole groups,
   BatchNorm / InstanceNorm / GroupNorm their affine parameters and statistics,
-  depthwise convolutions their kernels.
+  depthwise convolutions their kernels, per-channel parameters (a layer scale) their
+  entries (`channel_parameters`);
+- a LayerNorm over the channels reads every channel in its statistics: a group goes
+  through it only where it is exactly 0 at its input and the norm's scale there is 0
+  (for units `prune_units` drops, the norm's scale and shift and the producers' and
+  depthwise kernels' biases are zeroed first, as for BatchNorm), never as an orphan,
+  and the norm becomes a `ZeroCountingLayerNorm` whose statistics count the zeros
+  (`layer_norm`): ConvNeXt's and a transformer's residual streams narrow exactly.
 
 Attention heads (`bayesprune.nn.MultiheadAttention`, whose inputs and outputs the
 graph pins) are removed first, by `heads`: those `prune_units` drops and dead ones.
@@ -69,6 +76,7 @@ from .adapters import (
     mask_rows,
 )
 from .chain import deployed_weight
+from .channel_parameters import PARAMETER_SHAPES, parameter_shapes, slice_parameter
 from .graph_fold import (
     Fold,
     Reader,
@@ -97,6 +105,7 @@ from .graph_trace import (
     trace,
 )
 from .heads import attention_modules, dead_heads, remove_heads
+from .layer_norm import rebuilt
 from .shrink import LayerRecord
 
 __all__ = [
@@ -218,6 +227,7 @@ class _GraphShrinker:
         self.merged: dict[str, int] = defaultdict(int)
         self.kept_dead: dict[str, int] = {}
         self.attributes: dict[str, dict[str, Any]] = {}  # size attributes rewritten
+        self.parameters: dict[str, list[int]] = {}  # per-channel parameters sliced: shapes
         self.masked = 0
         self.silenced = 0  # normalisation channels zeroed after dropped units
         self.zeroed = 0  # biases of dropped units whose constant could not be folded
@@ -275,7 +285,8 @@ class _GraphShrinker:
         for use in cg.sinks:
             zero = self._zero_columns(use)
             read_live |= {cg.find(i) for i, z in zip(use.ids, zero.tolist(), strict=True) if not z}
-        orphan = {g for g in members if g not in pinned and g not in read_live}
+        normalised = {cg.find(i) for use in cg.layer_norms for i in use.ids}
+        orphan = {g for g in members if g not in pinned | read_live | normalised}
         return dead - orphan, orphan
 
     # -- folding (graph_fold) ---------------------------------------------------------
@@ -292,11 +303,26 @@ class _GraphShrinker:
                 bound |= depthwise_size_bound(cg, use, depthwise, groups - bound)
         return bound
 
+    def _layer_norm_bound(self, cg: ChannelGraph, groups: set[int]) -> set[int]:
+        """The `groups` a LayerNorm over the channels reads where they are not exactly 0
+        or its scale is not 0: their removal would change its statistics or its output."""
+        bound: set[int] = set()
+        for use in cg.layer_norms:
+            column_groups = [g if (g := cg.find(i)) in groups else None for i in use.ids]
+            if all(g is None for g in column_groups):
+                continue
+            bound |= _nonzero_groups(cg, use, column_groups)
+            weight = getattr(self.model.get_submodule(use.name), "weight", None)
+            for j, g in enumerate(column_groups):
+                if g is not None and (weight is None or bool(weight.detach()[j] != 0)):
+                    bound.add(g)
+        return bound
+
     def _plan_folds(self, cg: ChannelGraph, dead: set[int]) -> list[Fold]:
         """Folds for every reader; dead groups whose fold is impossible leave `dead`."""
         readers: dict[str, Reader] = {}
         own = {p.name: p.ids for p in cg.producers}
-        dead -= self._size_bound(cg, dead)
+        dead -= self._size_bound(cg, dead) | self._layer_norm_bound(cg, dead)
         while True:
             planned, before = [], len(dead)
             for use in cg.sinks:
@@ -325,7 +351,8 @@ class _GraphShrinker:
     ) -> tuple[set[int], list[Merge]]:
         """(groups that go, the merges that carry their constants) among `candidates`,
         dead groups that would stay (`graph_merge`); a layer keeps at least one channel."""
-        candidates = candidates - self._size_bound(cg, candidates)
+        bound = self._size_bound(cg, candidates) | self._layer_norm_bound(cg, candidates)
+        candidates = candidates - bound
         while True:
             merged, merges = plan_merges(cg, candidates, self.model.get_submodule)
             gone = removed | merged
@@ -366,10 +393,20 @@ class _GraphShrinker:
             _set_module(self.model, name, new)
             if out_idx is not None:
                 self.kept[name] = self.kept[name][out_idx]
+        norms = {u.name for u in cg.layer_norms}
         for f in cg.followers:
-            idx = keep(f)
-            _set_module(self.model, f.name, _slice_follower(self.model.get_submodule(f.name), idx))
+            idx, module = keep(f), self.model.get_submodule(f.name)
+            if f.name not in norms:
+                _set_module(self.model, f.name, _slice_follower(module, idx))
+            elif len(idx) < len(f.ids):  # counts the removed channels' zeros
+                _set_module(
+                    self.model, f.name, rebuilt(module, idx, f.axis, cg.values[f.node].ndim)
+                )
             self.kept[f.name] = self.kept[f.name][idx]
+        for p in cg.parameters:
+            idx = keep(p)
+            if len(idx) < len(p.ids):
+                self.parameters[p.name] = slice_parameter(self.model, p.name, idx, p.axis)
         self.attributes = merged(self.attributes, rewrite_sizes(self.model, cg, removed))
 
     def _start(self, cg: ChannelGraph) -> None:
@@ -421,10 +458,12 @@ class _GraphShrinker:
 
     def _zero_biases(self, cg: ChannelGraph, groups: set[int]) -> bool:
         """Zero the bias of units `prune_units` drops whose constant output cannot be
-        folded (a padded convolution reads it), here and in the reference: asked to
+        folded (a padded convolution or a LayerNorm over the channels reads it), and of
+        the depthwise kernels that follow them, here and in the reference: asked to
         delete them, delete them, as `_silence_followers` does with BatchNorm's shift."""
         before = self.zeroed
-        for p in cg.producers:
+        depthwise = [f for f in cg.followers if is_prunable(self.model.get_submodule(f.name))]
+        for p in [*cg.producers, *depthwise]:
             rows = [u for u, i in enumerate(p.ids) if cg.find(i) in groups]
             if not rows:
                 continue
@@ -878,6 +917,8 @@ def _shrink_traced(
     result.attributes = worker.attributes
     if worker.attributes:  # travels with the model (save_shrunk), after any earlier shrink
         setattr(work, SHAPE_ATTRIBUTES, merged(shape_attributes(model), worker.attributes))
+    if worker.parameters:
+        setattr(work, PARAMETER_SHAPES, {**parameter_shapes(model), **worker.parameters})
     if worker.kept_inputs:  # relative to the data: composed with an earlier pruning
         before = kept_inputs(model)
         composed = {
@@ -911,8 +952,9 @@ def _shrink_traced(
     if worker.zeroed:
         result.notes.append(
             f"{worker.zeroed} units dropped by prune_units emitted a constant that no layer "
-            "could absorb (a padded convolution reads it): their bias was zeroed too, so the "
-            "result equals the model with those units deleted"
+            "could absorb (a padded convolution or a LayerNorm over the channels reads it): "
+            "their bias was zeroed too, so the result equals the model with those units "
+            "deleted"
         )
     for name in sorted(worker.bn_variance_dropped):
         result.notes.append(
@@ -969,6 +1011,7 @@ def _shrink_parts(
             )
     work, reference = copy_model(model), copy_model(model)
     result = GraphShrinkResult(work, [], {}, parts=[p.name for p in found.parts])
+    sliced = parameter_shapes(model)
     for part in found.parts:
         prefix = part.prefix
         units = {n[len(prefix) :]: v for n, v in prune_units.items() if n.startswith(prefix)}
@@ -980,10 +1023,13 @@ def _shrink_parts(
         result.shapes.update({prefix + n: v for n, v in shrunk.shapes.items()})
         result.heads.update({prefix + n: v for n, v in shrunk.heads.items()})
         result.attributes = merged(result.attributes, with_prefix(shrunk.attributes, prefix))
+        sliced.update({prefix + n: v for n, v in parameter_shapes(shrunk.model).items()})
         result.rounds = max(result.rounds, shrunk.rounds)
         result.notes += [f"{part.name}: {note}" for note in shrunk.notes]
     if result.attributes:
         setattr(work, SHAPE_ATTRIBUTES, merged(shape_attributes(model), result.attributes))
+    if sliced:
+        setattr(work, PARAMETER_SHAPES, sliced)
     outside = (
         f"; the prunable layers outside them keep every unit: {', '.join(found.outside)}"
         if found.outside

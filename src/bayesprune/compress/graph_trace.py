@@ -26,10 +26,15 @@ reductions and indexing). Ids that must go together are united (union-find) into
   activation *module* reused at several places (stateless, so sharing is harmless);
   average pooling that counts zero padding passes too, and a removed channel's constant
   through it is checked at every size as for a padded depthwise convolution (`pools`);
-  LayerNorm over the spatial axes only passes, LayerNorm over the channels pins them;
+  LayerNorm over the spatial axes only passes; LayerNorm over the channels alone (on
+  tokens, or channels-first as torchvision's and timm's LayerNorm2d, read whole once a
+  probe shows what it computes) follows them (`layer_norms`: `shrink_graph` lets a
+  channel through it only where it is exactly 0 and the norm's scale there is 0);
 - `+ − × ÷` of tensors with the same channels unite their ids position by position (a
   residual sum; a squeeze-excitation product x · s with s of shape N×C×1×1); an
-  operand broadcast over the channels has its own ids pinned;
+  operand broadcast over the channels has its own ids pinned; a parameter with one
+  value per channel read there alone (ConvNeXt's layer scale) follows them
+  (`parameters`, sliced with them);
 - `torch.cat` along dim 1 concatenates the id lists; `chunk(n, dim=1)` unites position
   p of every piece (the pieces must stay equal); `x[:, a:]` passes the channels from a
   on and pins those before (their count fixes where a falls), other slices pin what
@@ -40,7 +45,7 @@ reductions and indexing). Ids that must go together are united (union-find) into
   constant (`x.view(-1, 400)`) pins;
 - on the last axis: a Linear reads and writes it; `permute` / `transpose` move the axis,
   `x[:, 0]` and a mean over the tokens pass the channels, activations and dropout pass,
-  LayerNorm over the channels pins; every dim-1 rule above (BatchNorm, pooling, slices
+  LayerNorm over the channels follows them; every dim-1 rule above (BatchNorm, pooling, slices
   of channels) is for dim 1 only, and an operand whose ids run along another axis pins.
 
 Moment networks (eVI) pass `Moments(mean, cov)` between layers: a node's channels are
@@ -87,6 +92,7 @@ from .adapters import (
 from .chain import PASSTHROUGH
 from .graph_axes import indexed, permuted, reduced, reshaped, size_follows
 from .graph_sizes import SizedCall, sized_view, split_pieces, verify_sized_calls
+from .layer_norm import ZeroCountingLayerNorm, channels_first_layer_norm, normalised_axes
 
 BATCHNORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 NORMS: tuple[type[nn.Module], ...] = (
@@ -214,9 +220,12 @@ class Tracer(fx.Tracer):
     (bayesprune's MultiheadAttention too: its heads are pruned by `heads`, its input and
     output, the residual stream, are pinned like any module's tuple output)."""
 
-    def __init__(self, leaf_modules: Sequence[type[nn.Module]] = ()) -> None:
+    def __init__(
+        self, leaf_modules: Sequence[type[nn.Module]] = (), norms: Collection[int] = ()
+    ) -> None:
         super().__init__()
         self.extra_leaves = tuple(leaf_modules)
+        self.channel_norms = set(norms)  # ids of channels-first LayerNorms (found before)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (SerializableLayer, MultiheadAttention, *self.extra_leaves)):
@@ -225,6 +234,8 @@ class Tracer(fx.Tracer):
             return False
         if is_frozen_norm(type(m)) or is_same_padding_conv(type(m)):
             return True
+        if id(m) in self.channel_norms:
+            return True  # torchvision's and timm's LayerNorm2d, read as a LayerNorm
         if torch_type(type(m)) in _LEAF_KINDS:
             return True  # a subclass that keeps torch's forward is read as its base type
         return super().is_leaf_module(m, module_qualified_name)
@@ -256,7 +267,9 @@ def trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = ()) -> fx.
 
 
 def _trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> fx.GraphModule:
-    tracer = Tracer(leaf_modules)
+    # probed before tracing: fx patches module calls and attribute reads while it traces
+    norms = [id(m) for m in model.modules() if channels_first_layer_norm(m)]
+    tracer = Tracer(leaf_modules, norms)
     try:
         with _transformers_traceable():
             graph = tracer.trace(model)
@@ -371,6 +384,8 @@ class ChannelGraph:
     pinned_at: dict[int, str] = field(default_factory=dict)  # id → the op that pinned it
     sized: list[SizedCall] = field(default_factory=list)  # splits / views an attribute sizes
     pools: list[tuple[Use, nn.Module]] = field(default_factory=list)  # see `_padded_pool`
+    layer_norms: list[Use] = field(default_factory=list)  # followers over the channels
+    parameters: list[Use] = field(default_factory=list)  # per-channel operands (layer scale)
 
     # -- union-find ------------------------------------------------------------------
     def fresh(self, n: int, pinned: bool = False) -> list[int]:
@@ -538,10 +553,10 @@ def _module_ids(
         return _layer_ids(cg, node, module, first)
     if isinstance(module, TRANSPOSED) and module.groups == 1 and axis == 1:
         return _transposed_ids(cg, node, first)
+    if isinstance(module, nn.LayerNorm | ZeroCountingLayerNorm):
+        return _layer_norm_ids(cg, node, module, first)
     if axis != 1:  # channels last (tokens): only ops that act on each entry apart pass
         same = value.shape == in_value.shape
-        if isinstance(module, nn.LayerNorm):
-            return first if axis < in_value.ndim - len(module.normalized_shape) else None
         return first if same and isinstance(module, ELEMENTWISE_MODULES) else None
     if isinstance(module, NORMS) or is_frozen_norm(type(module)):
         cg.followers.append(Use(str(node.target), node, ids))
@@ -553,15 +568,33 @@ def _module_ids(
                 cg.union(ids[g * size], i)
         cg.followers.append(Use(str(node.target), node, ids))
         return first
-    if isinstance(module, nn.LayerNorm):
-        normalised = len(module.normalized_shape)
-        return first if in_value.ndim - normalised > 1 else None  # over the channels: pinned
     if isinstance(module, nn.AvgPool1d | nn.AvgPool2d | nn.AvgPool3d) and _pads_zeros_in(module):
         pool = (module.kernel_size, module.stride, module.padding, module.ceil_mode)
         return _padded_pool(cg, node, first, *pool, getattr(module, "divisor_override", None))
     if isinstance(module, channelwise) or getattr(module, "channelwise", False):
         return first if value.shape[1] == in_value.shape[1] else None
     return None
+
+
+def _layer_norm_ids(
+    cg: ChannelGraph, node: fx.Node, module: nn.Module, first: Channels
+) -> Channels | None:
+    """A LayerNorm: over other axes than the channels it passes them; over the channels
+    alone it follows them (`layer_norms`: a channel goes through it only where it is
+    exactly 0 and its scale there is 0, and it becomes a `ZeroCountingLayerNorm`);
+    over the channels and more it pins."""
+    value, in_value = cg.values[node], cg.values[node.args[0]]
+    axes = normalised_axes(module, in_value.ndim)
+    if axes is None or value.shape != in_value.shape:
+        return None
+    if first[1] not in axes:
+        return first
+    if axes != {first[1]}:
+        return None
+    use = Use(str(node.target), node, first[0], axis=first[1])
+    cg.followers.append(use)
+    cg.layer_norms.append(use)
+    return first
 
 
 def _layer_ids(cg: ChannelGraph, node: fx.Node, module: nn.Module, first: Channels) -> Channels:
@@ -785,34 +818,51 @@ def _elementwise_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     make channel c of the output depend on channel c of each operand only, so those
     channels go together. An operand that does not reach the channel axis (a scalar, an
     H×W map) or has size 1 there (N×1×H×W) broadcasts over every channel: its own
-    channels are pinned. Any other operand that reaches the channel axis (a C×1×1
-    parameter, a layer scale of size C on tokens, a tensor whose ids run along another
-    axis) holds values per channel that no slice would follow: everything is pinned.
+    channels are pinned. A parameter of the model with one value per channel (a C×1×1
+    layer scale, one of size C on tokens) goes with them (`_per_channel_parameter`).
+    Any other operand that reaches the channel axis (a tensor whose ids run along
+    another axis, a parameter with values per position too) pins everything.
     """
     value = cg.values[node]
     nodes = [a for a in node.args if isinstance(a, fx.Node)]
     tensors = [(a, v) for a in nodes if isinstance(v := cg.values.get(a), Tensor)]
     shaped = [
         a for a, v in tensors
-        if a in cg.ids and v.ndim == value.ndim and v.shape[cg.axis[a]] == value.shape[cg.axis[a]]
+        if a in cg.ids and a.op != "get_attr" and v.ndim == value.ndim
+        and v.shape[cg.axis[a]] == value.shape[cg.axis[a]]
     ]  # fmt: skip
     axes = {cg.axis[a] for a in shaped}
     if len(axes) != 1:
         return None
     axis = axes.pop()
+    parameters = []
     for a, v in tensors:
         if a in shaped:
             continue
         at = axis - (value.ndim - v.ndim)  # the operand's dim that meets the channels
         if at < 0 or v.shape[at] == 1:
             cg.pinned.update(cg.ids.get(a, []))
+        elif _per_channel_parameter(cg, a, v, at):
+            parameters.append(Use(str(a.target), a, cg.fresh(v.shape[at]), axis=at))
         else:
             return None
     ids = cg.ids[shaped[0]]
-    for other in shaped[1:]:
-        for a, b in zip(ids, cg.ids[other], strict=True):
+    for other in [*(cg.ids[s] for s in shaped[1:]), *(p.ids for p in parameters)]:
+        for a, b in zip(ids, other, strict=True):
             cg.union(a, b)
+    cg.parameters.extend(parameters)
     return ids, axis
+
+
+def _per_channel_parameter(cg: ChannelGraph, node: fx.Node, value: Tensor, at: int) -> bool:
+    """A parameter or buffer of the model with one value per channel (size 1 on every
+    other dim: ConvNeXt's layer scale C×1×1, a scale of size C on tokens), read by this
+    op alone: it is sliced with the channels (`parameters`)."""
+    if node.op != "get_attr" or len(node.users) != 1:
+        return False
+    same_target = [n for n in cg.gm.graph.nodes if n.op == "get_attr" and n.target == node.target]
+    others = [s for d, s in enumerate(value.shape) if d != at]
+    return len(same_target) == 1 and all(s == 1 for s in others)
 
 
 def _getitem_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:

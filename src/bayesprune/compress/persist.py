@@ -42,16 +42,19 @@ from torch import Tensor, nn
 from ..io import CheckpointError, load_tensors, save_tensors
 from ..nn.attention import MultiheadAttention
 from ..nn.base import VariationalLayer, torch_type
+from .channel_parameters import apply_parameter_shapes, parameter_shapes
 from .export import _finite, _first_line, _without_prune_hooks, compare_state
 from .graph import KEPT_INPUTS, kept_inputs
 from .graph_sizes import apply_attributes, shape_attributes
+from .layer_norm import ZeroCountingLayerNorm
 from .serialize import architecture, build
 
 FORMAT = "bayesprune-shrunk"
-VERSION = 3
+VERSION = 4
 """1: shapes and tensors; 2: also kept input features; 3: also size attributes that
-shrinking rewrote (`graph_sizes`). Each is written only when there are some, so that an
-older reader refuses a model it would rebuild wrongly."""
+shrinking rewrote (`graph_sizes`); 4: also the shapes of per-channel parameters it sliced
+(`channel_parameters`). Each is written only when there are some, so that an older
+reader refuses a model it would rebuild wrongly."""
 
 Spec = dict[str, Any]
 
@@ -78,10 +81,12 @@ def _kind(spec: Spec | None, module: nn.Module) -> type[nn.Module]:
     the meta device; without a spec, the torch type `module` computes as (a subclass
     that keeps torch's `forward`, as torchvision's video `Conv3DSimple`, is an
     nn.Conv3d: `convert` and `shrink_graph` replace it by one) or its own type."""
-    if spec is None:
-        return torch_type(type(module))
+    if spec is None:  # any LayerNorm may come back counting removed channels' zeros
+        return nn.LayerNorm if isinstance(module, nn.LayerNorm) else torch_type(type(module))
     with torch.device("meta"):
         built = build(spec)
+        if isinstance(built, ZeroCountingLayerNorm):
+            return nn.LayerNorm
         return type(built.to_deterministic() if isinstance(built, VariationalLayer) else built)
 
 
@@ -187,8 +192,9 @@ def save_shrunk(
     Load it with `load_shrunk(path, MyClass())`.
     """
     attributes = shape_attributes(model)  # read before the copy without prune hooks
+    parameters = parameter_shapes(model)
     model = _without_prune_hooks(model)
-    version = 3 if attributes else 2 if kept_inputs(model) else 1
+    version = 4 if parameters else 3 if attributes else 2 if kept_inputs(model) else 1
     record = {
         "format": FORMAT,
         "version": version,
@@ -200,6 +206,8 @@ def save_shrunk(
     }
     if attributes:
         record["attributes"] = attributes
+    if parameters:
+        record["parameters"] = parameters
     return save_tensors(path, dict(model.state_dict()), record)
 
 
@@ -282,6 +290,8 @@ def load_shrunk(path: str | Path, model: nn.Module | Callable[[], nn.Module]) ->
         apply_shapes(model, shapes)
         if record.get("attributes"):
             apply_attributes(model, record["attributes"])
+        if record.get("parameters"):
+            apply_parameter_shapes(model, record["parameters"])
         compare_state(
             model.state_dict(),
             tensors,
