@@ -24,7 +24,7 @@ from bayesprune.compress import (
     save_shrunk,
     shrink_graph,
 )
-from bayesprune.compress.layer_norm import channels_first_layer_norm
+from bayesprune.compress.layer_norm import layer_norm_layout
 from bayesprune.io import load_tensors
 from bayesprune.nn import GatedLayer, use_posterior_mean
 
@@ -40,6 +40,13 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
+class FusedLayerNorm(nn.LayerNorm):
+    """As timm's LayerNorm: its own forward (which may call a fused kernel), same result."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
 class NormThenReLU(nn.LayerNorm):
     """A LayerNorm subclass that computes something else: read as before, not replaced."""
 
@@ -48,19 +55,20 @@ class NormThenReLU(nn.LayerNorm):
 
 
 class Block(nn.Module):
-    """ConvNeXt's block: depthwise conv, LayerNorm on tokens, MLP, layer scale, residual."""
+    """ConvNeXt's block as timm writes it: depthwise conv, LayerNorm on tokens (timm's
+    own class), MLP, a layer scale of size C reshaped to C×1×1, residual."""
 
     def __init__(self, c: int) -> None:
         super().__init__()
         self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
-        self.norm = nn.LayerNorm(c)
+        self.norm = FusedLayerNorm(c)
         self.fc1, self.fc2 = nn.Linear(c, 2 * c), nn.Linear(2 * c, c)
-        self.layer_scale = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+        self.layer_scale = nn.Parameter(torch.rand(c) + 0.5)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.norm(self.dw(x).permute(0, 2, 3, 1))
         y = self.fc2(F.gelu(self.fc1(y))).permute(0, 3, 1, 2)
-        return x + self.layer_scale * y
+        return x + y.mul(self.layer_scale.reshape(1, -1, 1, 1))
 
 
 class TinyConvNeXt(nn.Module):
@@ -134,10 +142,11 @@ def test_zero_counting_layer_norm_equals_layer_norm_over_the_zero_padded_channel
     assert (rebuilt.kept, rebuilt.total, rebuilt.channel_dim) == (4, 6, dim)
 
 
-def test_channels_first_layer_norms_are_recognised_by_what_they_compute():
-    assert channels_first_layer_norm(LayerNorm2d(4))
-    assert not channels_first_layer_norm(NormThenReLU(4))
-    assert not channels_first_layer_norm(nn.LayerNorm(4))  # torch's own: over the last axis
+def test_layer_norm_subclasses_are_read_by_what_they_compute():
+    assert layer_norm_layout(LayerNorm2d(4)) == 1
+    assert layer_norm_layout(FusedLayerNorm(4)) == -1
+    assert layer_norm_layout(NormThenReLU(4)) is None
+    assert layer_norm_layout(nn.LayerNorm(4)) is None  # torch's own forward: read as it is
 
 
 @pytest.mark.parametrize("family", ["gaussian", "sparse_vd", "spike_slab"])
@@ -156,7 +165,7 @@ def test_stream_channels_go_through_layer_norms_and_layer_scales(family):
         assert isinstance(norm, ZeroCountingLayerNorm), name
         assert (norm.kept, norm.total) == (WIDTH - len(DROPPED), WIDTH)
     for block in result.model.blocks:
-        assert block.layer_scale.shape == (WIDTH - len(DROPPED), 1, 1)
+        assert block.layer_scale.shape == (WIDTH - len(DROPPED),)
         assert block.dw.out_channels == block.fc1.in_features == WIDTH - len(DROPPED)
     # the masked model: those units and the norms' scale and shift at them zeroed
     masked = _model(family)
@@ -218,7 +227,7 @@ def test_a_shrunk_stream_saves_and_loads_into_a_fresh_model(tmp_path):
     path = save_shrunk(result.model, tmp_path / "tiny.safetensors")
     _, record = load_tensors(path)
     assert record["version"] == 4
-    assert record["parameters"]["blocks.0.layer_scale"] == [WIDTH - len(DROPPED), 1, 1]
+    assert record["parameters"]["blocks.0.layer_scale"] == [WIDTH - len(DROPPED)]
     loaded = load_shrunk(path, lambda: convert(TinyConvNeXt().double(), "gaussian"))
     assert isinstance(loaded.stem_norm, ZeroCountingLayerNorm)
     torch.testing.assert_close(_out(loaded, x), _out(result.model, x), rtol=0, atol=0)

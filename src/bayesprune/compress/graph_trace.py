@@ -92,7 +92,7 @@ from .adapters import (
 from .chain import PASSTHROUGH
 from .graph_axes import indexed, permuted, reduced, reshaped, size_follows
 from .graph_sizes import SizedCall, sized_view, split_pieces, verify_sized_calls
-from .layer_norm import ZeroCountingLayerNorm, channels_first_layer_norm, normalised_axes
+from .layer_norm import ZeroCountingLayerNorm, layer_norm_layout, normalised_axes
 
 BATCHNORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 NORMS: tuple[type[nn.Module], ...] = (
@@ -225,7 +225,7 @@ class Tracer(fx.Tracer):
     ) -> None:
         super().__init__()
         self.extra_leaves = tuple(leaf_modules)
-        self.channel_norms = set(norms)  # ids of channels-first LayerNorms (found before)
+        self.channel_norms = set(norms)  # ids of LayerNorms with their own forward (probed)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (SerializableLayer, MultiheadAttention, *self.extra_leaves)):
@@ -235,7 +235,7 @@ class Tracer(fx.Tracer):
         if is_frozen_norm(type(m)) or is_same_padding_conv(type(m)):
             return True
         if id(m) in self.channel_norms:
-            return True  # torchvision's and timm's LayerNorm2d, read as a LayerNorm
+            return True  # timm's LayerNorm, torchvision's and timm's LayerNorm2d
         if torch_type(type(m)) in _LEAF_KINDS:
             return True  # a subclass that keeps torch's forward is read as its base type
         return super().is_leaf_module(m, module_qualified_name)
@@ -268,7 +268,7 @@ def trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = ()) -> fx.
 
 def _trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> fx.GraphModule:
     # probed before tracing: fx patches module calls and attribute reads while it traces
-    norms = [id(m) for m in model.modules() if channels_first_layer_norm(m)]
+    norms = [id(m) for m in model.modules() if layer_norm_layout(m) is not None]
     tracer = Tracer(leaf_modules, norms)
     try:
         with _transformers_traceable():
@@ -828,7 +828,7 @@ def _elementwise_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     tensors = [(a, v) for a in nodes if isinstance(v := cg.values.get(a), Tensor)]
     shaped = [
         a for a, v in tensors
-        if a in cg.ids and a.op != "get_attr" and v.ndim == value.ndim
+        if a in cg.ids and _parameter_of(a) is None and v.ndim == value.ndim
         and v.shape[cg.axis[a]] == value.shape[cg.axis[a]]
     ]  # fmt: skip
     axes = {cg.axis[a] for a in shaped}
@@ -842,8 +842,8 @@ def _elementwise_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
         at = axis - (value.ndim - v.ndim)  # the operand's dim that meets the channels
         if at < 0 or v.shape[at] == 1:
             cg.pinned.update(cg.ids.get(a, []))
-        elif _per_channel_parameter(cg, a, v, at):
-            parameters.append(Use(str(a.target), a, cg.fresh(v.shape[at]), axis=at))
+        elif (parameter := _per_channel_parameter(cg, a, v, at)) is not None:
+            parameters.append(parameter)
         else:
             return None
     ids = cg.ids[shaped[0]]
@@ -854,15 +854,39 @@ def _elementwise_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     return ids, axis
 
 
-def _per_channel_parameter(cg: ChannelGraph, node: fx.Node, value: Tensor, at: int) -> bool:
+_PARAMETER_VIEWS = {"reshape", "view", "unsqueeze", "squeeze", "flatten", torch.reshape,
+                    torch.unsqueeze, torch.squeeze, torch.flatten}  # fmt: skip
+
+
+def _parameter_of(node: fx.Node) -> fx.Node | None:
+    """The get_attr node (a parameter or buffer of the model) `node` is, or is a view of
+    (`self.gamma.reshape(1, -1, 1, 1)`), each step read by one op only; else None."""
+    while node.op != "get_attr":
+        if node.op not in ("call_method", "call_function") or node.target not in _PARAMETER_VIEWS:
+            return None
+        source = node.args[0] if node.args else None
+        if not isinstance(source, fx.Node) or len(source.users) != 1:
+            return None
+        node = source
+    return node
+
+
+def _per_channel_parameter(cg: ChannelGraph, node: fx.Node, value: Tensor, at: int) -> Use | None:
     """A parameter or buffer of the model with one value per channel (size 1 on every
-    other dim: ConvNeXt's layer scale C×1×1, a scale of size C on tokens), read by this
-    op alone: it is sliced with the channels (`parameters`)."""
-    if node.op != "get_attr" or len(node.users) != 1:
-        return False
-    same_target = [n for n in cg.gm.graph.nodes if n.op == "get_attr" and n.target == node.target]
-    others = [s for d, s in enumerate(value.shape) if d != at]
-    return len(same_target) == 1 and all(s == 1 for s in others)
+    other dim: ConvNeXt's layer scale C×1×1, or of size C reshaped to it; a scale of size
+    C on tokens), read by this op alone: it is sliced with the channels (`parameters`)."""
+    source = _parameter_of(node)
+    if source is None or len(node.users) != 1:
+        return None
+    same_target = [n for n in cg.gm.graph.nodes if n.op == "get_attr" and n.target == source.target]
+    stored = cg.values.get(source)
+    size = value.shape[at]
+    if len(same_target) != 1 or not isinstance(stored, Tensor) or stored.numel() != size:
+        return None
+    if any(s != 1 for d, s in enumerate(value.shape) if d != at):
+        return None
+    axis = next(d for d, s in enumerate(stored.shape) if s == size)
+    return Use(str(source.target), source, cg.fresh(size), axis=axis)
 
 
 def _getitem_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:

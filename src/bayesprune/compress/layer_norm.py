@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..nn.base import Config, SerializableLayer
 
-__all__ = ["ZeroCountingLayerNorm", "channels_first_layer_norm", "normalised_axes", "rebuilt"]
+__all__ = ["ZeroCountingLayerNorm", "layer_norm_layout", "normalised_axes", "rebuilt"]
 
 
 class ZeroCountingLayerNorm(SerializableLayer):
@@ -84,31 +84,45 @@ class ZeroCountingLayerNorm(SerializableLayer):
         return f"{self.kept} of {self.total}, eps={self.eps}, channel_dim={self.channel_dim}"
 
 
-def channels_first_layer_norm(module: nn.Module) -> bool:
-    """A subclass of nn.LayerNorm with its own `forward` that normalises dim 1 of a map
-    over one size, as torchvision's and timm's `LayerNorm2d` (a permute, the norm, a
-    permute back): proven by running it on a random map against F.layer_norm over dim
-    1. The graph reads such a module whole, as a LayerNorm over the channels."""
+def layer_norm_layout(module: nn.Module) -> int | None:
+    """Where a subclass of nn.LayerNorm with its own `forward` normalises: -1 (the last
+    axis, as timm's LayerNorm, which may call a fused kernel) or 1 (dim 1 of a map, as
+    torchvision's and timm's `LayerNorm2d`: a permute, the norm, a permute back); None
+    when it computes something else. Proven by running it on random inputs against
+    F.layer_norm. The graph then reads such a module whole, as a LayerNorm."""
     if not isinstance(module, nn.LayerNorm) or type(module).forward is nn.LayerNorm.forward:
-        return False
+        return None
     shape = tuple(module.normalized_shape)
-    ref = module.weight if module.weight is not None else None
-    if len(shape) != 1 or (ref is not None and (ref.is_meta or not ref.is_floating_point())):
-        return False
-    kind = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
-    x = torch.randn(2, shape[0], 3, 4, generator=torch.Generator().manual_seed(0)).to(**kind)
+    weight = module._parameters.get("weight")  # not through fx's patched attribute reads
+    if len(shape) != 1 or (
+        weight is not None and (weight.is_meta or not weight.is_floating_point())
+    ):
+        return None
+    bias = module._parameters.get("bias")
+    kind = {"device": weight.device, "dtype": weight.dtype} if weight is not None else {}
+    gen = torch.Generator().manual_seed(0)
+    for layout, dims in ((-1, (2, 3, 5, shape[0])), (1, (2, shape[0], 3, 4))):
+        x = torch.randn(dims, generator=gen).to(**kind)
+        expected = F.layer_norm(x.movedim(layout, -1), shape, weight, bias, module.eps)
+        if _computes(module, x, expected.movedim(-1, layout)):
+            return layout
+    return None
+
+
+def _computes(module: nn.Module, x: Tensor, expected: Tensor) -> bool:
+    """Whether `module(x)` (eval mode, no grad) is `expected`."""
+    was = module.training
     try:
         with torch.no_grad():
-            was = module.training
             module.eval()
             out = module(x)
-            module.train(was)
-    except Exception:  # another signature, another rank: not a channels-first LayerNorm
+    except Exception:  # another signature, another rank: not this layout
         return False
-    expected = F.layer_norm(x.movedim(1, -1), shape, module.weight, module.bias, module.eps)
+    finally:
+        module.train(was)
     tolerance = 1e-4 if x.dtype == torch.float32 else 1e-2
-    same = isinstance(out, Tensor) and out.shape == x.shape
-    return bool(same and torch.allclose(out, expected.movedim(-1, 1), atol=tolerance))
+    same = isinstance(out, Tensor) and out.shape == expected.shape
+    return bool(same and torch.allclose(out, expected, atol=tolerance))
 
 
 def normalised_axes(module: nn.Module, ndim: int) -> set[int] | None:
@@ -121,7 +135,8 @@ def normalised_axes(module: nn.Module, ndim: int) -> set[int] | None:
         return None
     if type(module).forward is nn.LayerNorm.forward:
         return set(range(ndim - len(module.normalized_shape), ndim))
-    return {1} if channels_first_layer_norm(module) else None
+    layout = layer_norm_layout(module)
+    return None if layout is None else {layout % ndim}
 
 
 def rebuilt(module: nn.Module, idx: Tensor, axis: int, ndim: int) -> ZeroCountingLayerNorm:
