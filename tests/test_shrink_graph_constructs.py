@@ -411,3 +411,26 @@ def test_a_slice_past_the_last_channel_passes_them(family):
     result = shrink_graph(model, x)
     assert result.model.primary.out_channels == 3 and result.model.head.in_channels == 6
     torch.testing.assert_close(_out(result.model, x), _out(model, x), atol=TOL, rtol=TOL)
+
+
+class StarReLU(nn.Module):
+    """MetaFormer's activation: s · relu(x)² + b, s and b one number each, then exp."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(2, 4, 1), nn.Conv2d(4, 3, 1), nn.Linear(3, 2)
+        self.scale, self.shift = nn.Parameter(torch.ones(1) * 0.8), nn.Parameter(torch.ones(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.scale * F.relu(self.a(x)) ** 2 + self.shift
+        return self.head(torch.exp(-self.b(y.sqrt())).mean((2, 3)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_powers_and_elementwise_functions_pass_the_channels(family):
+    model = _build(StarReLU, family)
+    _kill(model, "a", [1])  # its constant goes through the power, sqrt: folded into b
+    x = torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    _, layers = _shrunk(model, x)
+    assert layers["a"].kept_units == [0, 2, 3]
+    assert layers["b"].inputs_after == 3

@@ -275,6 +275,12 @@ def test_a_model_with_two_inputs_trains_predicts_and_evaluates():
             bp.evaluate(other, torch.utils.data.DataLoader(batches, batch_size=64))["accuracy"]
             > 0.8
         )
+    flat = torch.utils.data.TensorDataset(image[:300], table[:300], y[:300])
+    direct = bp.convert(_TwoInputs(), "gaussian")  # a flat TensorDataset, no DataLoader
+    bp.fit(direct, flat, epochs=12, batch_size=32, lr=1e-2)
+    assert bp.evaluate(direct, flat)["accuracy"] > 0.8
+    with pytest.raises(ValueError, match=r"TensorDataset of \(X_1, X_2, y\) is needed"):
+        bp.fit(direct, torch.utils.data.TensorDataset(image, y), epochs=1)
     with pytest.raises(ValueError, match="takes 2 tensors.*tuple of 2 inputs"):
         bp.predict(model, image[300:])
     with pytest.raises(ValueError, match="must hold 2 inputs"):

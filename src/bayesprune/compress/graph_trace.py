@@ -20,9 +20,8 @@ reductions and indexing). Ids that must go together are united (union-find) into
   whose own forward calls `F.batch_norm` on its tensors, as timm's BatchNormAct2d, and
   torchvision's FrozenBatchNorm2d), InstanceNorm, depthwise convolutions, GroupNorm
   (which also unites the channels of each of its groups, since they share statistics);
-- channelwise ops pass ids: activations (hardswish / hardsigmoid included), dropout and
-  torchvision's stochastic depth,
-  identity, pooling, adaptive pooling, upsampling, padding, `mean` over H·W, and an
+- channelwise ops pass ids: activations (hardswish / hardsigmoid included; exp, sqrt,
+  square, negation, erf), dropout and torchvision's stochastic depth, identity, pooling, adaptive pooling, upsampling, padding, `mean` over H·W, and an
   activation *module* reused at several places (stateless, so sharing is harmless);
   average pooling that counts zero padding passes too, and a removed channel's constant
   through it is checked at every size as for a padded depthwise convolution (`pools`);
@@ -30,8 +29,9 @@ reductions and indexing). Ids that must go together are united (union-find) into
   tokens, or channels-first as torchvision's and timm's LayerNorm2d, read whole once a
   probe shows what it computes) follows them (`layer_norms`: `shrink_graph` lets a
   channel through it only where it is exactly 0 and the norm's scale there is 0);
-- `+ − × ÷` of tensors with the same channels unite their ids position by position (a
-  residual sum; a squeeze-excitation product x · s with s of shape N×C×1×1); an
+- `+ − × ÷` and powers of tensors with the same channels (or of a number: StarReLU's
+  relu(x) ** 2) unite their ids position by position (a residual sum; a
+  squeeze-excitation product x · s with s of shape N×C×1×1); an
   operand broadcast over the channels has its own ids pinned; a parameter with one
   value per channel read there alone (ConvNeXt's layer scale) follows them
   (`parameters`, sliced with them);
@@ -130,8 +130,9 @@ def propagates_variance(module: nn.Module) -> bool:
 
 _ADD = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub}
 _ADD_METHODS = {"add", "add_", "sub", "sub_"}
-_MUL = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div}
-_MUL_METHODS = {"mul", "mul_", "div", "div_"}
+_MUL = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div,
+        operator.pow, torch.pow}  # fmt: skip
+_MUL_METHODS = {"mul", "mul_", "div", "div_", "pow", "pow_"}
 _CHUNK = {torch.chunk}
 _CHUNK_METHODS = {"chunk"}
 _CAT = {torch.cat, torch.concat}
@@ -146,7 +147,8 @@ _CHANNELWISE: set[Callable[..., Any]] = {
     F.dropout1d, F.dropout2d, F.max_pool1d, F.max_pool2d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
     F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear,
-    torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.abs,
+    torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.abs, torch.exp, torch.sqrt,
+    torch.rsqrt, torch.square, torch.neg, operator.neg, torch.erf,
 }  # fmt: skip
 _ELEMENTWISE = _CHANNELWISE - {
     F.max_pool1d, F.max_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
@@ -162,6 +164,7 @@ ConvNeXt, Swin and MaxViT."""
 _CHANNELWISE_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min",
     "clamp_max", "abs", "contiguous", "clone", "detach", "float", "double", "to", "type_as",
+    "exp", "sqrt", "rsqrt", "square", "neg", "erf",
 }  # fmt: skip
 
 

@@ -53,12 +53,30 @@ def _checked_pair(data: Any, what: str, inputs: int = 1) -> tuple[Inputs, Tensor
     return x, y
 
 
+def _held(held: Sequence[Tensor], what: str, inputs: int) -> tuple[Inputs, Tensor]:
+    """(X, y) of a TensorDataset's tensors: (X, y), or (X_1, …, X_inputs, y) for a
+    forward that takes several inputs."""
+    if len(held) != inputs + 1:
+        layout = (
+            "(X, y)" if inputs == 1 else f"({', '.join(f'X_{i + 1}' for i in range(inputs))}, y)"
+        )
+        raise ValueError(
+            f"{what}: a TensorDataset of {layout} is needed (the model's forward takes "
+            f"{inputs} tensor(s)), got one of {len(held)} tensors"
+        )
+    x = held[0] if inputs == 1 else tuple(held[:inputs])
+    return x, held[inputs]
+
+
 def as_dataset(data: DataLike, what: str = "train", inputs: int = 1) -> Dataset:
     """A Dataset from a Dataset or an (X, y) pair, with inputs checked for NaN/inf.
 
     float64 inputs become float32 (the layers' dtype); `what` names the data in errors.
     With `inputs` > 1, X is a tuple of that many inputs (an `InputsDataset`).
     """
+    if isinstance(data, TensorDataset):
+        x, y = _held(data.tensors, what, inputs)
+        return InputsDataset(x, y) if isinstance(x, tuple) else data
     if isinstance(data, Dataset):
         return data
     x, y = _checked_pair(data, what, inputs)
@@ -92,9 +110,7 @@ def as_xy(
         return _checked_pair(data, what, inputs)
     held = getattr(data, "tensors", None)
     if held is not None:
-        if len(held) != 2:
-            raise ValueError(f"{what}: a TensorDataset of (X, y) is needed, got {len(held)}")
-        return held[0], held[1]
+        return _held(held, what, inputs)
     items = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
     if not items:
         raise ValueError(f"{what}: the Dataset is empty")
