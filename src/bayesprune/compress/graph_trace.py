@@ -21,8 +21,9 @@ reductions and indexing). Ids that must go together are united (union-find) into
   torchvision's FrozenBatchNorm2d), InstanceNorm, depthwise convolutions, GroupNorm
   (which also unites the channels of each of its groups, since they share statistics);
 - channelwise ops pass ids: activations (hardswish / hardsigmoid included; exp, sqrt,
-  square, negation, erf), dropout and torchvision's stochastic depth, identity, pooling, adaptive pooling, upsampling, padding, `mean` over H·W, and an
-  activation *module* reused at several places (stateless, so sharing is harmless);
+  square, negation, erf), dropout and torchvision's stochastic depth, identity, pooling,
+  adaptive pooling, upsampling, padding, `mean` over H·W, and an activation *module*
+  reused at several places (stateless, so sharing is harmless);
   average pooling that counts zero padding passes too, and a removed channel's constant
   through it is checked at every size as for a padded depthwise convolution (`pools`);
   LayerNorm over the spatial axes only passes; LayerNorm over the channels alone (on
