@@ -19,8 +19,10 @@ from bayesprune import convert
 from bayesprune.compress import (
     ZeroCountingLayerNorm,
     activation_scores,
+    export_onnx,
     keep_units,
     load_shrunk,
+    onnx_difference,
     save_shrunk,
     shrink_graph,
 )
@@ -231,6 +233,8 @@ def test_a_shrunk_stream_saves_and_loads_into_a_fresh_model(tmp_path):
     loaded = load_shrunk(path, lambda: convert(TinyConvNeXt().double(), "gaussian"))
     assert isinstance(loaded.stem_norm, ZeroCountingLayerNorm)
     torch.testing.assert_close(_out(loaded, x), _out(result.model, x), rtol=0, atol=0)
+    onnx = export_onnx(loaded.float(), tmp_path / "tiny.onnx", input_shape=(3, 16, 16))
+    assert onnx_difference(onnx, loaded, x.float()) < 1e-5  # a Pad, LayerNormalization, Slice
 
 
 def test_torchvision_convnext_streams_are_scored_and_shrunk():
