@@ -286,3 +286,25 @@ def test_a_channel_goes_through_a_layer_norm_only_where_it_is_exactly_zero(const
     torch.testing.assert_close(result.model(x), model(x), rtol=0, atol=1e-10)
     assert result.model.embed.out_features == (WIDTH if constant else WIDTH - 1)
     assert isinstance(result.model.norm, nn.LayerNorm if constant else ZeroCountingLayerNorm)
+
+
+class FixedScale(nn.Module):
+    """A layer scale viewed with a size the forward writes (timm's MetaFormer `Scale`):
+    the stream keeps its width instead of breaking the view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Conv2d(3, WIDTH, 1), nn.Linear(WIDTH, 2)
+        self.scale = nn.Parameter(torch.rand(WIDTH) + 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head((self.embed(x) * self.scale.view(WIDTH, 1, 1)).mean((2, 3)))
+
+
+def test_a_scale_viewed_with_a_written_size_pins_the_channels():
+    model = FixedScale().double().eval()
+    keep = torch.ones(WIDTH, dtype=torch.bool)
+    keep[DROPPED] = False
+    result = shrink_graph(model, _x(), prune_units={"embed": keep})
+    assert result.model.embed.out_channels == WIDTH
+    torch.testing.assert_close(result.model(_x()), model(_x()))

@@ -871,8 +871,19 @@ def _parameter_of(node: fx.Node) -> fx.Node | None:
         source = node.args[0] if node.args else None
         if not isinstance(source, fx.Node) or len(source.users) != 1:
             return None
+        if node.target in _SIZED and not _sizes_free(node):
+            return None  # `self.scale.view(320, 1, 1)`: the forward fixes the channel count
         node = source
     return node
+
+
+def _sizes_free(node: fx.Node) -> bool:
+    """A view / reshape whose sizes are 1s and one -1 (`reshape(1, -1, 1, 1)`): the count
+    it passes is the parameter's, whatever it is."""
+    sizes = node.args[1:] or (node.kwargs.get("shape"),)
+    if len(sizes) == 1 and isinstance(sizes[0], tuple | list):
+        sizes = tuple(sizes[0])
+    return all(s in (1, -1) for s in sizes) and list(sizes).count(-1) == 1
 
 
 def _per_channel_parameter(cg: ChannelGraph, node: fx.Node, value: Tensor, at: int) -> Use | None:
