@@ -33,6 +33,7 @@ from typing import Any
 
 from .adapters import PlainLayer, as_prunable, is_prunable, prunable_layers
 from .chain import PASSTHROUGH, SelectInputs
+from .channel_parameters import apply_parameter_shapes, parameter_shapes
 from .curves import bisect_sparsity, pruned_copy, pruning_curve, unit_removal_curve
 from .export import (
     csr_bytes,
@@ -136,6 +137,7 @@ __all__ = [
     "activation_scores",
     "apply_attributes",
     "apply_masks",
+    "apply_parameter_shapes",
     "apply_shapes",
     "apply_torch_prune",
     "architecture",
@@ -161,6 +163,7 @@ __all__ = [
     "load_model",
     "load_shrunk",
     "onnx_difference",
+    "parameter_shapes",
     "prunable_layers",
     "prune",
     "prune_to_widths",

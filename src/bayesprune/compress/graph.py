@@ -37,7 +37,7 @@ tool for plain nn.Sequential chains. Channels coupled by the graph form groups
   (for units `prune_units` drops, the norm's scale and shift and the producers' and
   depthwise kernels' biases are zeroed first, as for BatchNorm), never as an orphan,
   and the norm becomes a `ZeroCountingLayerNorm` whose statistics count the zeros
-  (`layer_norm`): ConvNeXt's and a transformer's residual streams narrow exactly.
+  (`layer_norm`): ConvNeXt's residual streams narrow exactly.
 
 Attention heads (`bayesprune.nn.MultiheadAttention`, whose inputs and outputs the
 graph pins) are removed first, by `heads`: those `prune_units` drops and dead ones.

@@ -22,9 +22,11 @@ split sizes shrinking rewrote in a module's attributes (`graph_sizes`:
 `torch.split(x, self.splits, 1)`), set after the shapes.
 
 `pruned_shapes` / `apply_shapes` are the two halves without a file, for users who store
-tensors their own way. A file that does not fit the given class (another class, a module
-the class lacks or does not describe, a layer of another kind, a tensor of another shape)
-raises one `CheckpointError` that names the module. Other attributes a `forward` reads besides
+tensors their own way (with `shape_attributes` / `apply_attributes` for rewritten size
+attributes and `parameter_shapes` / `apply_parameter_shapes` for sliced per-channel
+parameters, such as ConvNeXt's layer scale). A file that does not fit the given class
+(another class, a module the class lacks or does not describe, a layer of another kind, a
+tensor of another shape) raises one `CheckpointError` that names the module. Other attributes a `forward` reads besides
 its modules (`self.width = 64` used in a `view`) are not shapes of a module: such a
 class must derive them from its modules to load narrower.
 """
