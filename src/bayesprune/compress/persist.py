@@ -26,9 +26,9 @@ tensors their own way (with `shape_attributes` / `apply_attributes` for rewritte
 attributes and `parameter_shapes` / `apply_parameter_shapes` for sliced per-channel
 parameters, such as ConvNeXt's layer scale). A file that does not fit the given class
 (another class, a module the class lacks or does not describe, a layer of another kind, a
-tensor of another shape) raises one `CheckpointError` that names the module. Other attributes a `forward` reads besides
-its modules (`self.width = 64` used in a `view`) are not shapes of a module: such a
-class must derive them from its modules to load narrower.
+tensor of another shape) raises one `CheckpointError` that names the module. Other
+attributes a `forward` reads besides its modules (`self.width = 64` used in a `view`) are
+not shapes of a module: such a class must derive them from its modules to load narrower.
 """
 
 from __future__ import annotations
