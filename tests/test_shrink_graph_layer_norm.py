@@ -308,3 +308,31 @@ def test_a_scale_viewed_with_a_written_size_pins_the_channels():
     result = shrink_graph(model, _x(), prune_units={"embed": keep})
     assert result.model.embed.out_channels == WIDTH
     torch.testing.assert_close(result.model(_x()), model(_x()))
+
+
+class ReadsItsWidth(nn.Module):
+    """As MaxViT's and timm's attention: an inner tensor of its own width reshaped with
+    the stream's width read off the stream (`B, N, C = x.shape`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.norm = nn.Linear(4, WIDTH), nn.LayerNorm(WIDTH)
+        self.inner, self.proj = nn.Linear(WIDTH, WIDTH), nn.Linear(WIDTH, WIDTH)
+        self.head = nn.Linear(WIDTH, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.embed(x)
+        b, n, c = s.shape
+        h = self.inner(self.norm(s)).reshape(b, n, 2, WIDTH // 2).flip(2).reshape(b, n, c)
+        return self.head(s + self.proj(h))
+
+
+def test_a_stream_whose_width_sizes_another_tensor_keeps_it():
+    torch.manual_seed(0)
+    model = ReadsItsWidth().double().eval()
+    keep = torch.ones(WIDTH, dtype=torch.bool)
+    keep[DROPPED] = False
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    result = shrink_graph(model, x, prune_units={"embed": keep, "proj": keep})
+    assert result.model.embed.out_features == WIDTH
+    torch.testing.assert_close(result.model(x), model(x))

@@ -91,7 +91,8 @@ from .adapters import (
     is_same_padding_conv,
 )
 from .chain import PASSTHROUGH
-from .graph_axes import indexed, permuted, reduced, reshaped, size_follows
+from .graph_axes import indexed, permuted, reduced, reshaped, size_follows, view_sizes
+from .graph_size_reads import pin_size_reads
 from .graph_sizes import SizedCall, sized_view, split_pieces, verify_sized_calls
 from .layer_norm import ZeroCountingLayerNorm, layer_norm_layout, normalised_axes
 
@@ -523,6 +524,7 @@ def analyse(
             if found is None or found[1] >= out.ndim or len(found[0]) != out.shape[found[1]]:
                 found = (cg.pinned_fresh(out.shape[1], f"the output of {_describe(node)}"), 1)
             cg.ids[node], cg.axis[node] = found
+    pin_size_reads(cg)
     verify_sized_calls(cg, lambda root: trace(root, leaf_modules))
     return cg
 
@@ -880,10 +882,8 @@ def _parameter_of(node: fx.Node) -> fx.Node | None:
 def _sizes_free(node: fx.Node) -> bool:
     """A view / reshape whose sizes are 1s and one -1 (`reshape(1, -1, 1, 1)`): the count
     it passes is the parameter's, whatever it is."""
-    sizes = node.args[1:] or (node.kwargs.get("shape"),)
-    if len(sizes) == 1 and isinstance(sizes[0], tuple | list):
-        sizes = tuple(sizes[0])
-    return all(s in (1, -1) for s in sizes) and list(sizes).count(-1) == 1
+    sizes = view_sizes(node)
+    return all(isinstance(s, int) and s in (1, -1) for s in sizes) and sizes.count(-1) == 1
 
 
 def _per_channel_parameter(cg: ChannelGraph, node: fx.Node, value: Tensor, at: int) -> Use | None:
