@@ -91,10 +91,12 @@ def test_token_models_with_several_inputs_are_costed_on_the_example():
     # FLOPs per token row: embed 2·5·8, fc1 2·8·32, fc2 2·32·8, head 2·8·3 (once)
     assert found.dense_flops == 6 * (80 + 512 + 512) + 48
     assert found.ratio <= 0.5
-    kept = int(found.masks["fc1"].sum())
-    assert kept < 32 and found.flops == 6 * (80 + 32 * kept) + 48
+    # the LayerNorm's stream (embed and fc2's units) narrows too, to s; the MLP to h
+    stream, hidden = int(found.masks["embed"].sum()), int(found.masks["fc1"].sum())
+    assert stream < 8 and hidden < 32
+    assert found.flops == 6 * (2 * 5 * stream + 4 * stream * hidden) + 2 * stream * 3
     small = shrink_graph(model, example, prune_units=found.masks).model
-    assert small.fc1.out_features == kept
+    assert (small.embed.out_features, small.fc1.out_features) == (stream, hidden)
 
 
 def test_example_flops_is_count_flops_on_one_example():
