@@ -481,6 +481,66 @@ def level_validator(
     return lambda model: {**accuracy(model), **ood(model)}
 
 
+def walk_levels(
+    model: nn.Module,
+    scores: dict[str, Tensor],
+    data: dict[str, Any],
+    args: argparse.Namespace,
+    seed: int,
+    finetune: Callable[[nn.Module], None],
+    describe: Callable[[nn.Module], dict[str, Any]],
+    every_level: bool = False,
+) -> dict[str, Any]:
+    """The level walk on validation of the ViT and ConvNeXt benchmarks: per sparsity of
+    `args.grid`, lowest first, `keep_units(scores)` → `shrink_graph` → `finetune` →
+    `level_validator`, held against the dense net by `level_tolerances`; the walk stops
+    at the first level that fails (`every_level`: walks on, to see them all). The last
+    level of the run that holds is chosen, else the least-pruned one ("none held").
+    `describe(net)` adds sizes to each level's record."""
+    accuracy = bp.scorer(data["val"], mode="mean", metrics=["accuracy"])
+    validate = level_validator(data, args, seed, accuracy)
+    held = as_tolerances(level_tolerances(args))
+    dense = validate(model)
+    example = data["train"][0][:8]
+    levels: list[dict[str, Any]] = []
+    nets: list[nn.Module] = []
+    for sparsity in sorted(args.grid):
+        result = compress.shrink_graph(
+            model, example, prune_units=compress.keep_units(scores, sparsity)
+        )
+        small = result.model
+        pruned = accuracy(small)["accuracy"]
+        finetune(small)
+        values = validate(small)
+        holds = all_hold(held, values, dense)
+        levels.append(
+            {
+                "sparsity": sparsity,
+                "val_accuracy_pruned": pruned,
+                "val_finetuned": values,
+                "acceptable": holds,
+                **describe(small),
+                "shrunk_minus_masked": result.max_abs_difference,
+            }
+        )
+        print(f"    level {levels[-1]}", flush=True)
+        nets.append(small)
+        if not holds and not every_level:
+            break
+    run = 0  # the levels that hold before the first that does not
+    while run < len(levels) and levels[run]["acceptable"]:
+        run += 1
+    rule, index = ("grid", run - 1) if run else ("none held", 0)
+    return {
+        "sparsity": levels[index]["sparsity"],
+        "model": nets[index],
+        "rule": rule,
+        "dense_val": dense,
+        "levels": levels,
+        "tolerances": [t.as_dict() for t in held],
+    }
+
+
 # --- the test read, alike for every contender -------------------------------------------------
 
 

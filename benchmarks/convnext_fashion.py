@@ -42,18 +42,16 @@ from _common import add_results_dir_option, md_table, mean_sd, use_results_dir, 
 from _resnet import (
     SHAPE,
     fashion_data,
-    level_tolerances,
-    level_validator,
     onnx_checks,
     score_on_test,
     tp_prune_to_flops,
+    walk_levels,
 )
 from graph_groups import torchvision_models
 from torch import nn
 
 import bayesprune as bp
 from bayesprune import compress
-from bayesprune.compress.tolerances import all_hold, as_tolerances
 from bayesprune.metrics import count_flops
 
 NAME = "convnext_fashion"
@@ -108,53 +106,17 @@ def build(seed: int, args: argparse.Namespace) -> nn.Module:
 def compress_bayes(
     bayes: nn.Module, data: dict[str, Any], args: argparse.Namespace, seed: int, finetune: Any
 ) -> dict[str, Any]:
-    """The level walk on validation (module docstring, step 2)."""
+    """The level walk on validation (module docstring, step 2; `_resnet.walk_levels`) over
+    every scored layer (the head, the model's output, is pinned)."""
     x_train = data["train"][0]
-    accuracy = bp.scorer(data["val"], mode="mean", metrics=["accuracy"])
-    validate = level_validator(data, args, seed, accuracy)
-    held = as_tolerances(level_tolerances(args))
     bayes.eval()
     scores = compress.activation_scores(bayes, x_train[: 256 * args.score_batches].split(256))
-    scores = {k: v for k, v in scores.items() if torch.isfinite(v).all()}  # the head is pinned
-    dense = validate(bayes)
-    example = x_train[:8]
-    levels: list[dict[str, Any]] = []
-    nets: list[nn.Module] = []
-    for sparsity in sorted(args.grid):
-        keep = compress.keep_units(scores, sparsity)
-        result = compress.shrink_graph(bayes, example, prune_units=keep)
-        small = result.model
-        pruned = accuracy(small)["accuracy"]
-        finetune(small)
-        values = validate(small)
-        holds = all_hold(held, values, dense)
-        levels.append(
-            {
-                "sparsity": sparsity,
-                "val_accuracy_pruned": pruned,
-                "val_finetuned": values,
-                "acceptable": holds,
-                "widths": widths(small),
-                "flops": flops(small),
-                "shrunk_minus_masked": result.max_abs_difference,
-            }
-        )
-        print(f"    level {levels[-1]}", flush=True)
-        nets.append(small)
-        if not holds:
-            break
-    run = 0  # the levels that hold before the first that does not
-    while run < len(levels) and levels[run]["acceptable"]:
-        run += 1
-    rule, index = ("grid", run - 1) if run else ("none held", 0)
-    return {
-        "sparsity": levels[index]["sparsity"],
-        "model": nets[index],
-        "rule": rule,
-        "dense_val": dense,
-        "levels": levels,
-        "tolerances": [t.as_dict() for t in held],
-    }
+    scores = {k: v for k, v in scores.items() if torch.isfinite(v).all()}
+
+    def describe(net: nn.Module) -> dict[str, Any]:
+        return {"widths": widths(net), "flops": flops(net)}
+
+    return walk_levels(bayes, scores, data, args, seed, finetune, describe)
 
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:

@@ -59,11 +59,10 @@ from _resnet import (
     SHAPE,
     add_temperature_scaled,
     fashion_data,
-    level_tolerances,
-    level_validator,
     onnx_checks,
     onnx_latency,
     score_on_test,
+    walk_levels,
 )
 from _resnet import tp_prune as _resnet_tp_prune
 from _vit import ViT, attention_units, head_counts, hidden_units, mlp_widths
@@ -71,7 +70,6 @@ from torch import Tensor, nn
 
 import bayesprune as bp
 from bayesprune import compress
-from bayesprune.compress.tolerances import all_hold, as_tolerances
 from bayesprune.metrics import count_flops
 
 NAME = "vit_fashion"
@@ -156,62 +154,18 @@ def compress_bayes(
     finetune: Any,
     every_level: bool = False,
 ) -> dict[str, Any]:
-    """The level walk on validation (module docstring, step 2); `every_level` walks on
-    past a level that fails (development: to see them all)."""
+    """The level walk on validation (module docstring, step 2; `_resnet.walk_levels`) over
+    the MLP hidden units (and heads); `every_level` walks on past a level that fails."""
     x_train = data["train"][0]
-    accuracy = bp.scorer(data["val"], mode="mean", metrics=["accuracy"])
-    validate = level_validator(data, args, seed, accuracy)
-    held = as_tolerances(level_tolerances(args))
     bayes.eval()
     scores = compress.activation_scores(bayes, x_train[: 256 * args.score_batches].split(256))
     units = hidden_units(bayes) + (attention_units(bayes) if args.prune_heads else [])
     scores = {name: scores[name] for name in units}
-    dense = validate(bayes)
-    example = x_train[:8]
-    levels: list[dict[str, Any]] = []
-    nets: list[nn.Module] = []
-    chosen: tuple[float, nn.Module] | None = None
-    for sparsity in sorted(args.grid):
-        keep = compress.keep_units(scores, sparsity)
-        result = compress.shrink_graph(bayes, example, prune_units=keep)
-        small = result.model
-        pruned = accuracy(small)["accuracy"]
-        finetune(small)
-        values = validate(small)
-        holds = all_hold(held, values, dense)
-        levels.append(
-            {
-                "sparsity": sparsity,
-                "val_accuracy_pruned": pruned,
-                "val_finetuned": values,
-                "acceptable": holds,
-                "mlp_widths": mlp_widths(small),
-                "heads": head_counts(small),
-                "flops": flops(small),
-                "shrunk_minus_masked": result.max_abs_difference,
-            }
-        )
-        print(f"    level {levels[-1]}", flush=True)
-        nets.append(small)
-        if not holds and not every_level:
-            break
-    held_run = 0  # the levels that hold before the first that does not
-    while held_run < len(levels) and levels[held_run]["acceptable"]:
-        held_run += 1
-    if held_run:
-        chosen = (levels[held_run - 1]["sparsity"], nets[held_run - 1])
-    rule = "grid"
-    if chosen is None:  # the least-pruned level, already fine-tuned: recorded as not held
-        rule = "none held"
-        chosen = (levels[0]["sparsity"], nets[0])
-    return {
-        "sparsity": chosen[0],
-        "model": chosen[1],
-        "rule": rule,
-        "dense_val": dense,
-        "levels": levels,
-        "tolerances": [t.as_dict() for t in held],
-    }
+
+    def describe(net: nn.Module) -> dict[str, Any]:
+        return {"mlp_widths": mlp_widths(net), "heads": head_counts(net), "flops": flops(net)}
+
+    return walk_levels(bayes, scores, data, args, seed, finetune, describe, every_level)
 
 
 def dev_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:

@@ -178,32 +178,29 @@ def _masked_out(model: nn.Module, x: Tensor) -> Tensor:
     """The model with the dropped stream units deleted by hand (posterior means): their
     incoming weights, biases (the depthwise kernels' too) and the norms' scale and shift
     zeroed."""
+    _zero_stream_units(model, DROPPED)
     with torch.no_grad():
-        for name in STREAM:
-            layer = model.get_submodule(name)
-            layer.weight_mu[DROPPED], layer.bias_mu[DROPPED] = 0.0, 0.0
-        for block in model.blocks:
-            block.dw.bias_mu[DROPPED] = 0.0
         for name in NORMS:
             norm = model.get_submodule(name)
             norm.weight[DROPPED], norm.bias[DROPPED] = 0.0, 0.0
     return _out(model, x)
 
 
-def _zero_stream_unit(model: nn.Module, unit: int) -> None:
+def _zero_stream_units(model: nn.Module, units: list[int]) -> None:
+    """The stream units' incoming weights and biases, and the depthwise kernels' biases."""
     with torch.no_grad():
         for name in STREAM:
             layer = model.get_submodule(name)
-            layer.weight_mu[unit], layer.bias_mu[unit] = 0.0, 0.0
+            layer.weight_mu[units], layer.bias_mu[units] = 0.0, 0.0
         for block in model.blocks:
-            block.dw.bias_mu[unit] = 0.0
+            block.dw.bias_mu[units] = 0.0
 
 
 def test_a_dead_stream_channel_stays_where_a_layer_norm_still_scales_it():
     """Exactly 0 at every norm's input, but the norms' scale there is not 0: their
     output at it is −μ/σ · γ + β, which the next layers read, so it stays."""
     model, x = _model(), _x()
-    _zero_stream_unit(model, 3)
+    _zero_stream_units(model, [3])
     result = shrink_graph(model, x)
     assert result.model.stem.out_channels == WIDTH
     assert isinstance(result.model.stem_norm, LayerNorm2d)
