@@ -11,7 +11,8 @@ gives 1e-12 there, and any comparison of outputs passes) and dead channels carry
 constants that must be folded:
 
 1. `bp.convert(model, family)`;
-2. `compress.activation_scores` on one 64 × 64 image (224 for the models that need it);
+2. `compress.activation_scores` on one 64 × 64 image (the default size of the models
+   that need one: transformers with a fixed patch grid, Inception);
    the layers with a finite score (not pinned) are counted;
 3. `keep_units(sparsity=0.25)` on those, `shrink_graph(check=True)`: the shrunk
    network's largest difference from the masked one (posterior means) and its
@@ -64,8 +65,15 @@ def _timm() -> Any:
     return timm
 
 
-def _size(name: str) -> int:
-    return 256 if name.startswith("mobilevit_") else 224 if name.startswith(LARGE_INPUT) else 64
+def _size(name: str, net: torch.nn.Module) -> int:
+    """64, or what the model needs: a transformer whose position embedding or patch
+    embedding fixes the input size gets its default configuration's."""
+    if name.startswith("mobilevit_"):
+        return 256
+    fixed = any(getattr(m, "strict_img_size", False) for m in net.modules())
+    if fixed or isinstance(getattr(net, "pos_embed", None), torch.nn.Parameter):
+        return int(net.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+    return 224 if name.startswith(LARGE_INPUT) else 64
 
 
 def _pins(model: torch.nn.Module, x: torch.Tensor) -> str:
@@ -86,7 +94,8 @@ def probe(timm: Any, name: str, family: str, pinned: bool) -> dict[str, Any]:
         randomise_norms(net)
         row["parameters"] = sum(p.numel() for p in net.parameters())
         model = bp.convert(net, family).eval()
-        x = torch.randn(1, 3, _size(name), _size(name), generator=torch.Generator().manual_seed(0))
+        size = _size(name, net)
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
         if pinned:
             row["pinned_by"] = _pins(model, x)
         row.update(measure(model, (x,)))

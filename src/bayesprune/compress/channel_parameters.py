@@ -37,6 +37,19 @@ def slice_parameter(model: nn.Module, name: str, idx: Tensor, dim: int) -> list[
     return list(cut.shape)
 
 
+def zero_entries(model: nn.Module, name: str, idx: list[int], dim: int) -> bool:
+    """Zero entries `idx` along `dim` of parameter or buffer `name`; False when they
+    were all 0 already (nothing changed)."""
+    owner, attr = _owner(model, name)
+    tensor = getattr(owner, attr)
+    at = torch.tensor(idx, dtype=torch.long, device=tensor.device)
+    if not bool(tensor.detach().index_select(dim, at).any()):
+        return False
+    with torch.no_grad():
+        tensor.index_fill_(dim, at, 0.0)
+    return True
+
+
 def parameter_shapes(model: nn.Module) -> dict[str, list[int]]:
     """{name: shape} of the parameters shrinking sliced in `model` ({} when none)."""
     return {k: list(v) for k, v in (getattr(model, PARAMETER_SHAPES, None) or {}).items()}

@@ -76,7 +76,12 @@ from .adapters import (
     mask_rows,
 )
 from .chain import deployed_weight
-from .channel_parameters import PARAMETER_SHAPES, parameter_shapes, slice_parameter
+from .channel_parameters import (
+    PARAMETER_SHAPES,
+    parameter_shapes,
+    slice_parameter,
+    zero_entries,
+)
 from .graph_fold import (
     Fold,
     Reader,
@@ -228,9 +233,11 @@ class _GraphShrinker:
         self.kept_dead: dict[str, int] = {}
         self.attributes: dict[str, dict[str, Any]] = {}  # size attributes rewritten
         self.parameters: dict[str, list[int]] = {}  # per-channel parameters sliced: shapes
+        self.kept_entries: dict[str, Tensor] = {}  # per-channel parameter → kept entries
         self.masked = 0
         self.silenced = 0  # normalisation channels zeroed after dropped units
         self.zeroed = 0  # biases of dropped units whose constant could not be folded
+        self.offsets_zeroed: dict[str, int] = {}  # class token / position entries zeroed
         self.bn_variance_dropped: set[str] = set()
         self._cache: dict[tuple[str, str], Any] = {}  # this round's posterior-mean layers
 
@@ -407,9 +414,12 @@ class _GraphShrinker:
             idx = keep(p)
             if len(idx) < len(p.ids):
                 self.parameters[p.name] = slice_parameter(self.model, p.name, idx, p.axis)
+                self.kept_entries[p.name] = self.kept_entries[p.name][idx]
         self.attributes = merged(self.attributes, rewrite_sizes(self.model, cg, removed))
 
     def _start(self, cg: ChannelGraph) -> None:
+        for use in cg.parameters:
+            self.kept_entries.setdefault(use.name, torch.arange(len(use.ids)))
         for use in [*cg.producers, *cg.followers]:
             if use.name not in self.kept:
                 self.kept[use.name] = torch.arange(len(use.ids))
@@ -458,10 +468,17 @@ class _GraphShrinker:
 
     def _zero_biases(self, cg: ChannelGraph, groups: set[int]) -> bool:
         """Zero the bias of units `prune_units` drops whose constant output cannot be
-        folded (a padded convolution or a LayerNorm over the channels reads it), and of
-        the depthwise kernels that follow them, here and in the reference: asked to
-        delete them, delete them, as `_silence_followers` does with BatchNorm's shift."""
-        before = self.zeroed
+        folded (a padded convolution or a LayerNorm over the channels reads it), of the
+        depthwise kernels that follow them and the entries of parameters added into them
+        (a ViT's class token and position embedding), here and in the reference: asked
+        to delete them, delete them, as `_silence_followers` does with BatchNorm's shift."""
+        before = self.zeroed, sum(self.offsets_zeroed.values())
+        for p in cg.offsets:
+            rows = [u for u, i in enumerate(p.ids) if cg.find(i) in groups]
+            if rows and zero_entries(self.model, p.name, rows, p.axis):
+                original = self.kept_entries[p.name][rows].tolist()
+                zero_entries(self.reference, p.name, original, p.axis)
+                self.offsets_zeroed[p.name] = self.offsets_zeroed.get(p.name, 0) + len(rows)
         depthwise = [f for f in cg.followers if is_prunable(self.model.get_submodule(f.name))]
         for p in [*cg.producers, *depthwise]:
             rows = [u for u, i in enumerate(p.ids) if cg.find(i) in groups]
@@ -475,7 +492,7 @@ class _GraphShrinker:
                         bias[at] = 0.0
                     self.zeroed += len(at) if model is self.model else 0
         self._cache.clear()
-        return self.zeroed > before
+        return (self.zeroed, sum(self.offsets_zeroed.values())) != before
 
     def _mask_dead(self, cg: ChannelGraph, dead: set[int]) -> bool:
         """Mask the dead units that still have weights, here and in the reference."""
@@ -955,6 +972,13 @@ def _shrink_traced(
             "could absorb (a padded convolution or a LayerNorm over the channels reads it): "
             "their bias was zeroed too, so the result equals the model with those units "
             "deleted"
+        )
+    if worker.offsets_zeroed:
+        zeroed = ", ".join(f"{n} ({k})" for n, k in sorted(worker.offsets_zeroed.items()))
+        result.notes.append(
+            f"the entries of parameters added into the channels of units dropped by "
+            f"prune_units were zeroed too: {zeroed}; a class token or position embedding "
+            "makes a channel nonzero, so this is what deleting the units means"
         )
     for name in sorted(worker.bn_variance_dropped):
         result.notes.append(

@@ -34,13 +34,16 @@ reductions and indexing). Ids that must go together are united (union-find) into
   relu(x) ** 2) unite their ids position by position (a residual sum; a
   squeeze-excitation product x · s with s of shape N×C×1×1); an
   operand broadcast over the channels has its own ids pinned; a parameter with one
-  value per channel read there alone (ConvNeXt's layer scale) follows them
-  (`parameters`, sliced with them);
-- `torch.cat` along dim 1 concatenates the id lists; `chunk(n, dim=1)` unites position
-  p of every piece (the pieces must stay equal); `x[:, a:]` passes the channels from a
-  on and pins those before (their count fixes where a falls), other slices pin what
-  their bounds fix; `torch.split` pins (its sizes are constants of the forward), unless
-  an attribute of the splitting module holds them (`graph_sizes`: rewritten on shrinking);
+  value per channel read there alone (ConvNeXt's layer scale; a ViT's position
+  embedding, values per token too) follows them (`parameters`, sliced with them; one
+  added in is an *offset*, `offsets`, zeroed where `prune_units` drops the channel);
+- `torch.cat` along dim 1 concatenates the id lists; along another axis (a ViT's class
+  token, a parameter `expand`ed to the batch, before its patch tokens) it unites them;
+  `chunk(n, dim=1)` unites position p of every piece (the pieces must stay equal);
+  `x[:, a:]` passes the channels from a on and pins those before (their count fixes
+  where a falls), other slices pin what their bounds fix; `torch.split` pins (its sizes
+  are constants of the forward), unless an attribute of the splitting module holds them
+  (`graph_sizes`: rewritten on shrinking);
 - a flatten, or a view/reshape whose channel-bearing size is computed (-1,
   `x.size(0)`), repeats each channel's id over its H·W block; a size written as a
   constant (`x.view(-1, 400)`) pins;
@@ -391,6 +394,7 @@ class ChannelGraph:
     pools: list[tuple[Use, nn.Module]] = field(default_factory=list)  # see `_padded_pool`
     layer_norms: list[Use] = field(default_factory=list)  # followers over the channels
     parameters: list[Use] = field(default_factory=list)  # per-channel operands (layer scale)
+    offsets: list[Use] = field(default_factory=list)  # those added in: class token, positions
 
     # -- union-find ------------------------------------------------------------------
     def fresh(self, n: int, pinned: bool = False) -> list[int]:
@@ -806,15 +810,46 @@ def _functional_norm(
 
 def _cat_ids(cg: ChannelGraph, parts: Any, ndim: int, dim: int) -> Channels | None:
     """A concatenation along the channels: the parts' id lists, one after the other (the
-    pieces of a `chunk` or a sized split handed over whole: `torch.cat(x.chunk(2, 1), 1)`)."""
+    pieces of a `chunk` or a sized split handed over whole: `torch.cat(x.chunk(2, 1), 1)`);
+    along another axis see `_cat_along_positions`."""
     if isinstance(parts, fx.Node):
         pieces = cg.pieces.get(parts, [])
         if not pieces or any(axis != dim % ndim for _, axis in pieces):
             return None
         return [i for ids, _ in pieces for i in ids], dim % ndim
-    if not all(p in cg.ids and cg.axis[p] == dim % ndim for p in parts):
+    if all(p in cg.ids and cg.axis[p] == dim % ndim for p in parts):
+        return [i for p in parts for i in cg.ids[p]], dim % ndim
+    return _cat_along_positions(cg, parts, ndim, dim % ndim)
+
+
+def _cat_along_positions(cg: ChannelGraph, parts: Any, ndim: int, dim: int) -> Channels | None:
+    """A concatenation along an axis other than the channels (a ViT's class token before
+    its patches: B×1×C and B×N×C along the tokens): channel c of the output is channel c
+    of every part, so those unite. A part that is a parameter of the model (the class
+    token, `expand`ed to the batch) is sliced with them and is an offset (`offsets`)."""
+    if not isinstance(parts, tuple | list) or not all(isinstance(p, fx.Node) for p in parts):
         return None
-    return [i for p in parts for i in cg.ids[p]], dim % ndim
+    shaped = [p for p in parts if p in cg.ids and _parameter_of(p, cg.values) is None]
+    axes = {cg.axis[p] for p in shaped}
+    if len(axes) != 1 or (axis := axes.pop()) == dim:
+        return None
+    ids = cg.ids[shaped[0]]
+    parameters = []
+    for p in parts:
+        value = cg.values.get(p)
+        if p in shaped or not isinstance(value, Tensor) or value.ndim != ndim:
+            if p not in shaped or len(cg.ids[p]) != len(ids):
+                return None
+            continue
+        if (parameter := _per_channel_parameter(cg, p, value, axis)) is None:
+            return None
+        parameters.append(parameter)
+    for other in [*(cg.ids[s] for s in shaped[1:]), *(p.ids for p in parameters)]:
+        for a, b in zip(ids, other, strict=True):
+            cg.union(a, b)
+    cg.parameters.extend(parameters)
+    cg.offsets.extend(parameters)
+    return ids, axis
 
 
 def _elementwise_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
@@ -834,7 +869,7 @@ def _elementwise_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     tensors = [(a, v) for a in nodes if isinstance(v := cg.values.get(a), Tensor)]
     shaped = [
         a for a, v in tensors
-        if a in cg.ids and _parameter_of(a) is None and v.ndim == value.ndim
+        if a in cg.ids and _parameter_of(a, cg.values) is None and v.ndim == value.ndim
         and v.shape[cg.axis[a]] == value.shape[cg.axis[a]]
     ]  # fmt: skip
     axes = {cg.axis[a] for a in shaped}
@@ -857,6 +892,8 @@ def _elementwise_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
         for a, b in zip(ids, other, strict=True):
             cg.union(a, b)
     cg.parameters.extend(parameters)
+    if _is(node, _ADD, _ADD_METHODS):
+        cg.offsets.extend(parameters)  # a position embedding: it makes the channel nonzero
     return ids, axis
 
 
@@ -864,19 +901,43 @@ _PARAMETER_VIEWS = {"reshape", "view", "unsqueeze", "squeeze", "flatten", torch.
                     torch.unsqueeze, torch.squeeze, torch.flatten}  # fmt: skip
 
 
-def _parameter_of(node: fx.Node) -> fx.Node | None:
+def _parameter_of(node: fx.Node, values: dict[fx.Node, Any]) -> fx.Node | None:
     """The get_attr node (a parameter or buffer of the model) `node` is, or is a view of
-    (`self.gamma.reshape(1, -1, 1, 1)`), each step read by one op only; else None."""
+    (`self.gamma.reshape(1, -1, 1, 1)`, `self.cls_token.expand(B, -1, -1)`), each step
+    read by one op only; else None."""
     while node.op != "get_attr":
-        if node.op not in ("call_method", "call_function") or node.target not in _PARAMETER_VIEWS:
+        views = _PARAMETER_VIEWS | {"expand"}
+        if node.op not in ("call_method", "call_function") or node.target not in views:
             return None
         source = node.args[0] if node.args else None
         if not isinstance(source, fx.Node) or len(source.users) != 1:
             return None
         if node.target in _SIZED and not _sizes_free(node):
             return None  # `self.scale.view(320, 1, 1)`: the forward fixes the channel count
+        if node.target == "expand" and not _expand_keeps(node, values.get(source)):
+            return None  # `expand(B, 1, 192)`: so does this
         node = source
     return node
+
+
+def _expand_keeps(node: fx.Node, source: Any) -> bool:
+    """An `expand` that keeps every axis of its input longer than 1 (-1 there): it only
+    broadcasts, whatever the number of channels."""
+    sizes = view_sizes(node)
+    if not isinstance(source, Tensor) or len(sizes) < source.ndim:
+        return False
+    kept = sizes[len(sizes) - source.ndim :]
+    return all(s == -1 for s, n in zip(kept, source.shape, strict=True) if n != 1)
+
+
+def _positional(node: fx.Node) -> bool:
+    """`node` is a get_attr, or one expanded: its axes line up with the stored tensor's
+    from the right, so the channel axis is found by position, not by size."""
+    while node.op != "get_attr":
+        if node.target != "expand":
+            return False
+        node = node.args[0]
+    return True
 
 
 def _sizes_free(node: fx.Node) -> bool:
@@ -887,18 +948,25 @@ def _sizes_free(node: fx.Node) -> bool:
 
 
 def _per_channel_parameter(cg: ChannelGraph, node: fx.Node, value: Tensor, at: int) -> Use | None:
-    """A parameter or buffer of the model with one value per channel (size 1 on every
-    other dim: ConvNeXt's layer scale C×1×1, or of size C reshaped to it; a scale of size
-    C on tokens), read by this op alone: it is sliced with the channels (`parameters`)."""
-    source = _parameter_of(node)
+    """A parameter or buffer of the model with values per channel on its dim `at`, read by
+    this op alone: it is sliced with the channels (`parameters`). Read as stored or
+    expanded (a position embedding N×C, a class token 1×1×C), any other dims may hold
+    values too; through a view (ConvNeXt's layer scale C reshaped to C×1×1) it must hold
+    one value per channel and nothing else."""
+    source = _parameter_of(node, cg.values)
     if source is None or len(node.users) != 1:
         return None
     same_target = [n for n in cg.gm.graph.nodes if n.op == "get_attr" and n.target == source.target]
     stored = cg.values.get(source)
     size = value.shape[at]
-    if len(same_target) != 1 or not isinstance(stored, Tensor) or stored.numel() != size:
+    if len(same_target) != 1 or not isinstance(stored, Tensor):
         return None
-    if any(s != 1 for d, s in enumerate(value.shape) if d != at):
+    if _positional(node):
+        axis = at - (value.ndim - stored.ndim)
+        if axis < 0 or stored.shape[axis] != size:
+            return None
+        return Use(str(source.target), source, cg.fresh(size), axis=axis)
+    if stored.numel() != size or any(s != 1 for d, s in enumerate(value.shape) if d != at):
         return None
     axis = next(d for d, s in enumerate(stored.shape) if s == size)
     return Use(str(source.target), source, cg.fresh(size), axis=axis)
