@@ -30,7 +30,8 @@ from bayesprune.compress import (
     shrink_graph,
 )
 from bayesprune.io import load_tensors
-from bayesprune.nn import GatedLayer, use_posterior_mean
+from bayesprune.nn import GatedLayer, MultiheadAttention, use_posterior_mean
+from bayesprune.vit import vit
 
 WIDTH, HEADS, PATCH, SIZE = 8, 2, 4, 8
 TOKENS = (SIZE // PATCH) ** 2 + 1
@@ -212,3 +213,51 @@ def test_timm_vision_transformer_streams_are_scored_and_shrunk():
     width = result.model.patch_embed.proj.out_channels
     assert width < 16
     assert result.model.pos_embed.shape[-1] == result.model.cls_token.shape[-1] == width
+
+
+def test_bayesprunes_own_vit_narrows_through_its_attention_modules(tmp_path):
+    """`bayesprune.vit`: the attention's q/k/v projections read the stream and out_proj
+    writes it, so the stream's channels go through them (and its heads go as heads)."""
+    torch.manual_seed(0)
+    model = vit(image_size=8, patch=4, width=16, depth=2, heads=4, hidden=32).double().eval()
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    scores = activation_scores(model, x)
+    assert torch.isfinite(scores["blocks.0.attention.out_proj"]).all()
+    result = shrink_graph(model, x, prune_units=keep_units(scores, sparsity=0.25))
+    assert result.max_abs_difference < 1e-10
+    small = result.model
+    width = small.patch.out_channels
+    assert width < 16
+    for block in small.blocks:
+        attention = block.attention
+        assert attention.embed_dim == attention.out_proj.out_features == width
+        assert attention.k_proj.in_features == attention.v_proj.in_features == width
+    path = save_shrunk(small, tmp_path / "vit.safetensors")
+    factory = lambda: vit(image_size=8, patch=4, width=16, depth=2, heads=4, hidden=32)  # noqa: E731
+    loaded = load_shrunk(path, factory)
+    torch.testing.assert_close(_out(loaded.double(), x), _out(small, x), rtol=0, atol=1e-12)
+
+
+class CrossAttention(nn.Module):
+    """Queries from one stream, keys and values from another: not one tensor's channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, WIDTH), nn.Linear(4, WIDTH)
+        self.attn = MultiheadAttention(WIDTH, HEADS, batch_first=True)
+        self.head = nn.Linear(WIDTH, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, kv = self.a(x), self.b(x)
+        return self.head(q + self.attn(q, kv, kv, need_weights=False)[0])
+
+
+def test_cross_attention_keeps_its_streams():
+    torch.manual_seed(0)
+    model = CrossAttention().double().eval()
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    keep = torch.ones(WIDTH, dtype=torch.bool)
+    keep[DROPPED] = False
+    result = shrink_graph(model, x, prune_units={"a": keep, "b": keep})
+    assert result.model.a.out_features == result.model.b.out_features == WIDTH
+    torch.testing.assert_close(result.model(x), model(x))

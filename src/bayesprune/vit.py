@@ -7,7 +7,8 @@ final LayerNorm and a linear head on the class token (Dosovitskiy et al. 2021, s
 small images). Attention is `bayesprune.nn.MultiheadAttention`, so its projections are
 Bayesian in every family and whole heads can go; the MLP hidden units are units of the
 graph. The run's `compress` step shrinks it with `compress.shrink_graph`; the residual
-stream, normalised over its channels, keeps its width.
+stream narrows too (its channels go where they are exactly 0 at every LayerNorm, the
+class token, the positions and the attention's projections sliced with them).
 """
 
 from __future__ import annotations

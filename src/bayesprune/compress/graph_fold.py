@@ -180,8 +180,8 @@ def shift_targets(cg: ChannelGraph, use: Use) -> list[tuple[str, Tensor]] | None
     and there is no exact place for it.
     """
     gm = cg.gm
-    if cg.axis[use.node] != 1:
-        return None  # a Linear on tokens: BatchNorms normalise another axis
+    if cg.axis.get(use.node) != 1:
+        return None  # a Linear on tokens, or in an attention: no BatchNorm on its axis
     units = len(cg.ids[use.node])
     carried: dict[fx.Node, Tensor] = {use.node: torch.arange(units)}
     followers = {f.name for f in cg.followers}

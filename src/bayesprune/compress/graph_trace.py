@@ -547,6 +547,8 @@ def _module_ids(
     channelwise: tuple[type[nn.Module], ...],
 ) -> Channels | None:
     value = cg.values[node]
+    if isinstance(module, MultiheadAttention):
+        return _attention_ids(cg, node, module, first) if called_once else None
     if not called_once or first is None or not _tensor(value):
         return None  # shared modules and modules on non-channel tensors stay as they are
     ids, axis = first
@@ -584,6 +586,34 @@ def _module_ids(
     if isinstance(module, channelwise) or getattr(module, "channelwise", False):
         return first if value.shape[1] == in_value.shape[1] else None
     return None
+
+
+def _attention_ids(
+    cg: ChannelGraph, node: fx.Node, module: MultiheadAttention, first: Channels | None
+) -> Channels | None:
+    """bayesprune's MultiheadAttention as self-attention (one tensor its query, key and
+    value, channels on the last axis): `q_proj`, `k_proj` and `v_proj` are sinks of
+    the stream's channels (their columns are cut), `out_proj` writes fresh units into
+    the stream (its rows), so a residual stream narrows through it. The heads between
+    them are units of their own (`heads`): pinned here."""
+    value = cg.values[node]
+    query, key, val = (_arg(node, i, n, None) for i, n in enumerate(("query", "key", "value")))
+    if first is None or not query is key is val or not isinstance(value, tuple):
+        return None
+    if not _tensor(value[0]) or first[1] != cg.values[query].ndim - 1:
+        return None
+    name, (ids, axis) = str(node.target), first
+    for projection in ("q_proj", "k_proj", "v_proj"):
+        layer, full = module.get_submodule(projection), f"{name}.{projection}"
+        cg.sinks.append(Use(full, node, ids, 1, axis))
+        heads = cg.pinned_fresh(layer.out_features, f"the heads of {name} (units of their own)")
+        cg.producers.append(Use(full, node, heads, 1, axis))
+        cg.owner.update((i, (full, unit)) for unit, i in enumerate(heads))
+    out = cg.fresh(module.out_proj.out_features)
+    cg.producers.append(Use(f"{name}.out_proj", node, out, 1, value[0].ndim - 1))
+    cg.owner.update((i, (f"{name}.out_proj", unit)) for unit, i in enumerate(out))
+    cg.pieces[node] = [(out, value[0].ndim - 1), ([], 0)]
+    return first
 
 
 def _layer_norm_ids(

@@ -30,7 +30,8 @@ class MultiheadAttention(nn.Module):
     """`nn.MultiheadAttention`'s call signature and results, with separate projections.
 
     `head_dim` is fixed at construction (embed_dim // num_heads); `num_heads` follows
-    `q_proj`'s width. Not supported (refused by `from_torch`): `add_bias_kv`,
+    `q_proj`'s width, `embed_dim` / `kdim` / `vdim` its projections' inputs (a shrunk
+    residual stream narrows them). Not supported (refused by `from_torch`): `add_bias_kv`,
     `add_zero_attn`. A 3-d `attn_mask` (one per batch row and head) needs every head.
     """
 
@@ -55,17 +56,29 @@ class MultiheadAttention(nn.Module):
             raise ValueError(
                 f"embed_dim ({embed_dim}) must be a positive multiple of num_heads ({num_heads})"
             )
-        self.embed_dim, self.head_dim = embed_dim, embed_dim // num_heads
-        self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
+        self.head_dim = embed_dim // num_heads
         self.dropout, self.batch_first = dropout, batch_first
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias)
-        self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(kdim or embed_dim, embed_dim, bias=bias)
+        self.v_proj = nn.Linear(vdim or embed_dim, embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
     @property
     def num_heads(self) -> int:
         return int(self.q_proj.out_features) // self.head_dim
+
+    @property
+    def embed_dim(self) -> int:
+        """The width of the queries (and of the output): a narrowed residual stream's."""
+        return int(self.q_proj.in_features)
+
+    @property
+    def kdim(self) -> int:
+        return int(self.k_proj.in_features)
+
+    @property
+    def vdim(self) -> int:
+        return int(self.v_proj.in_features)
 
     @classmethod
     def from_torch(cls, mha: nn.MultiheadAttention) -> MultiheadAttention:
