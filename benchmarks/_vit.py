@@ -6,8 +6,8 @@ position embeddings, `depth` pre-norm encoder blocks (LayerNorm → nn.Multihead
 → residual add; LayerNorm → MLP `fc1` → GELU → `fc2` → residual add), a final LayerNorm
 and a linear head on the class token. Traceable by torch.fx, so `bp.convert` and
 `compress.shrink_graph` take it as any user's model: the MLP hidden units (`fc1`'s
-outputs) are what the graph can prune; attention and the normalised residual stream
-keep their width.
+outputs) are what the graph can prune; with the attention split into heads
+(`split_attention`) the heads and the residual stream can go too.
 """
 
 from __future__ import annotations
@@ -47,3 +47,17 @@ def attention_units(model: nn.Module) -> list[str]:
 def head_counts(model: nn.Module) -> list[int]:
     """Attention heads per block (torch's fused module or bayesprune's split one)."""
     return [int(b.attention.num_heads) for b in model.blocks]
+
+
+def stream_units(model: nn.Module) -> list[str]:
+    """The layers that write the residual stream (one channel group): the patch
+    embedding, every block's attention output and second MLP layer."""
+    blocks = range(len(model.blocks))
+    return ["patch", *(f"blocks.{i}.attention.out_proj" for i in blocks)] + [
+        f"blocks.{i}.fc2" for i in blocks
+    ]
+
+
+def stream_width(model: nn.Module) -> int:
+    """The residual stream's channels (the patch embedding's outputs)."""
+    return int(model.patch.out_channels)

@@ -29,6 +29,12 @@ and Torch-Pruning, which cannot remove a head of the deterministic twin's attent
 removes MLP hidden units until its FLOPs are the closest to ours (a bisection of its
 ratio; FLOPs count attention's projections and products).
 
+`--prune-stream` also narrows the residual stream (split attention as with
+`--prune-heads`; the stream's channels go through the class token, the position
+embedding, every LayerNorm and the attention's projections): each level drops the same
+fraction of the stream's channels, and Torch-Pruning again removes MLP hidden units to
+the closest FLOPs.
+
 `--dev-finetune-epochs E ...` reads no test set: it trains the Bayesian net once and walks
 the levels after a fine-tune of each length given, on validation only (to choose the
 fine-tune on development seeds). `--latency-widths W ...` measures only the deployed
@@ -65,7 +71,15 @@ from _resnet import (
     walk_levels,
 )
 from _resnet import tp_prune as _resnet_tp_prune
-from _vit import ViT, attention_units, head_counts, hidden_units, mlp_widths
+from _vit import (
+    ViT,
+    attention_units,
+    head_counts,
+    hidden_units,
+    mlp_widths,
+    stream_units,
+    stream_width,
+)
 from torch import Tensor, nn
 
 import bayesprune as bp
@@ -120,7 +134,7 @@ def build_bayes(seed: int, args: argparse.Namespace) -> nn.Module:
         "gaussian",
         init_from_weights=True,
         keep=args.keep,
-        split_attention=args.prune_heads,
+        split_attention=args.prune_heads or args.prune_stream,
     )
 
 
@@ -160,10 +174,12 @@ def compress_bayes(
     bayes.eval()
     scores = compress.activation_scores(bayes, x_train[: 256 * args.score_batches].split(256))
     units = hidden_units(bayes) + (attention_units(bayes) if args.prune_heads else [])
+    units += stream_units(bayes) if args.prune_stream else []
     scores = {name: scores[name] for name in units}
 
     def describe(net: nn.Module) -> dict[str, Any]:
-        return {"mlp_widths": mlp_widths(net), "heads": head_counts(net), "flops": flops(net)}
+        widths = {"mlp_widths": mlp_widths(net), "heads": head_counts(net)}
+        return {**widths, "stream": stream_width(net), "flops": flops(net)}
 
     return walk_levels(bayes, scores, data, args, seed, finetune, describe, every_level)
 
@@ -220,7 +236,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     ours_flops = flops(nets["bayesian compressed"])
     for kind in ("magnitude", "taylor"):
-        if args.prune_heads:  # MLP units only, to our FLOPs
+        if args.prune_heads or args.prune_stream:  # MLP units only, to our FLOPs
             net, ours[f"tp_{kind}_match"] = tp_prune_to_flops(
                 det, kind, ours_flops, x_train[:2], grads
             )
@@ -245,6 +261,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
             "parameters": sum(p.numel() for p in bp.to_deterministic(net).parameters()),
             "mlp_widths": mlp_widths(net),
             "heads": head_counts(net),
+            "stream": stream_width(net),
         }
 
     scores = score_on_test(models, data, seed, args.mc_samples, describe)
@@ -279,6 +296,8 @@ def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["heads"] = "; ".join(
                 "-".join(map(str, r["contenders"][key]["heads"])) for r in runs
             )
+        if all("stream" in r["contenders"][key] for r in runs):
+            row["stream"] = "; ".join(str(r["contenders"][key]["stream"]) for r in runs)
         rows.append(row)
     return rows
 
@@ -417,6 +436,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--prune-heads", action="store_true", help="also remove attention heads (docstring)"
+    )
+    parser.add_argument(
+        "--prune-stream", action="store_true", help="also narrow the residual stream"
     )
     parser.add_argument("--mc-samples", type=int, default=12)
     parser.add_argument(

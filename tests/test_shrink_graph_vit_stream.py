@@ -22,13 +22,16 @@ from bayesprune import convert
 from bayesprune.compress import (
     ZeroCountingLayerNorm,
     activation_scores,
+    apply_masks,
     export_onnx,
     keep_units,
     load_shrunk,
     onnx_difference,
     save_shrunk,
     shrink_graph,
+    unit_weight_masks,
 )
+from bayesprune.compress.heads import attention_modules, head_layout
 from bayesprune.io import load_tensors
 from bayesprune.nn import GatedLayer, MultiheadAttention, use_posterior_mean
 from bayesprune.vit import vit
@@ -261,3 +264,65 @@ def test_cross_attention_keeps_its_streams():
     result = shrink_graph(model, x, prune_units={"a": keep, "b": keep})
     assert result.model.a.out_features == result.model.b.out_features == WIDTH
     torch.testing.assert_close(result.model(x), model(x))
+
+
+def test_fused_attention_heads_are_units_proven_by_a_probe():
+    """timm's layout (one qkv layer, `num_heads` / `head_dim` / `attn_dim` read by its
+    forward): a head's q, k, v rows and output columns go, the attributes are rewritten,
+    and the result equals the model with that head's value rows masked."""
+    model, x = _model(), _x()
+    assert list(attention_modules(model)) == ["blocks.0.attn", "blocks.1.attn"]
+    scores = activation_scores(model, x)
+    assert scores["blocks.0.attn"].shape == (HEADS,)
+    result = shrink_graph(model, x, prune_units={"blocks.0.attn": [True, False]})
+    attention = result.model.blocks[0].attn
+    assert (attention.num_heads, attention.attn_dim) == (1, WIDTH // HEADS)
+    assert attention.qkv.out_features == 3 * WIDTH // HEADS
+    assert attention.proj.in_features == WIDTH // HEADS
+    assert result.heads == {"blocks.0.attn": [0]}
+    assert result.attributes["blocks.0.attn"] == {"num_heads": 1, "attn_dim": WIDTH // HEADS}
+    masked = _model()
+    values = unit_weight_masks(masked, {"blocks.0.attn": torch.tensor([True, False])})
+    rows = values["blocks.0.attn.qkv"].flatten(1).all(1)  # q, k stay; head 1's values go
+    assert rows.tolist() == [True] * (2 * WIDTH + WIDTH // HEADS) + [False] * (WIDTH // HEADS)
+    apply_masks(masked, values)
+    torch.testing.assert_close(_out(result.model, x), _out(masked, x), rtol=0, atol=1e-10)
+
+
+class ReadsItsInputWidth(Attention):
+    """An older timm attention: the output reshaped with the width read off its input."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+
+def test_a_fused_attention_that_reads_its_width_elsewhere_keeps_its_heads():
+    assert head_layout(Attention(WIDTH)) is not None
+    assert head_layout(ReadsItsInputWidth(WIDTH)) is None  # the probe without a head fails
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm (bench extra)")
+def test_timm_vision_transformer_loses_heads_and_stream_and_reloads(tmp_path):
+    import_torchvision_models()  # timm imports torchvision, whose compiled ops may not load
+    from timm.models.vision_transformer import VisionTransformer
+
+    def build() -> nn.Module:
+        net = VisionTransformer(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=4,
+                                num_classes=3)  # fmt: skip
+        return convert(net.double(), "gaussian")
+
+    torch.manual_seed(0)
+    model = build().double().eval()
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    scores = activation_scores(model, x)
+    assert scores["blocks.0.attn"].shape == (4,)
+    result = shrink_graph(model, x, prune_units=keep_units(scores, sparsity=0.5))
+    assert result.max_abs_difference < 1e-10
+    assert [b.attn.num_heads for b in result.model.blocks] == [2, 2]
+    assert result.model.patch_embed.proj.out_channels == 8
+    loaded = load_shrunk(save_shrunk(result.model, tmp_path / "vit.safetensors"), build)
+    assert loaded.blocks[1].attn.attn_dim == 8
+    torch.testing.assert_close(_out(loaded.double(), x), _out(result.model, x), rtol=0, atol=0)

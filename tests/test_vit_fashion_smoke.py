@@ -18,7 +18,15 @@ from bayesprune import compress
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _resnet import onnx_checks
-from _vit import ViT, attention_units, head_counts, hidden_units, mlp_widths
+from _vit import (
+    ViT,
+    attention_units,
+    head_counts,
+    hidden_units,
+    mlp_widths,
+    stream_units,
+    stream_width,
+)
 from vit_fashion import flops, tp_prune, tp_prune_to_flops
 
 
@@ -70,3 +78,20 @@ def test_with_prune_heads_ours_drops_heads_and_torch_pruning_matches_the_flops()
     net, match = tp_prune_to_flops(det, "magnitude", flops(ours), x[:2], [(x, y)])
     assert head_counts(net) == [4, 4] and mlp_widths(net)[0] < 64  # more MLP units go
     assert abs(match["flops_gap"]) < 0.05
+
+
+def test_with_prune_stream_the_residual_stream_narrows_and_exports():
+    x = torch.rand(16, 1, 28, 28)
+    torch.manual_seed(0)
+    bayes = bp.convert(ViT(16, 2, 4, 32), "gaussian", keep=("patch", "head"), split_attention=True)
+    bayes.eval()
+    scores = compress.activation_scores(bayes, x)
+    units = hidden_units(bayes) + attention_units(bayes) + stream_units(bayes)
+    keep = compress.keep_units({n: scores[n] for n in units}, 0.25)
+    ours = compress.shrink_graph(bayes, x[:2], prune_units=keep).model
+    assert stream_width(bayes) == 16 and stream_width(ours) == 12
+    assert ours.blocks[1].attention.embed_dim == ours.head.in_features == 12
+    assert ours.position.shape[-1] == ours.cls.shape[-1] == 12
+    assert flops(ours) < flops(bayes)
+    models = {"bayesian (dense)": bayes, "bayesian compressed": ours}
+    assert max(onnx_checks(models, list(models), x[:4], repeats=2)["difference"].values()) < 1e-4

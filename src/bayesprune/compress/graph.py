@@ -109,7 +109,7 @@ from .graph_trace import (
     propagates_variance,
     trace,
 )
-from .heads import attention_modules, dead_heads, remove_heads
+from .heads import HeadLayout, attention_modules, dead_heads, head_layout, remove_heads
 from .layer_norm import rebuilt
 from .shrink import LayerRecord
 
@@ -797,18 +797,32 @@ def kept_inputs(model: nn.Module) -> dict[str, list[int]]:
 
 
 def _remove_heads(
-    work: nn.Module, reference: nn.Module, keep: Mapping[str, Tensor], threshold: float
-) -> dict[str, list[int]]:
+    work: nn.Module,
+    reference: nn.Module,
+    attention: Mapping[str, nn.Module],
+    keep: Mapping[str, Tensor],
+    threshold: float,
+) -> tuple[dict[str, list[int]], dict[str, dict[str, Any]]]:
     """Remove the heads `keep` drops and the dead ones (`heads`); kept heads per module
-    that lost any."""
-    kept = {}
-    for name, module in attention_modules(work).items():
+    that lost any, and the size attributes rewritten (a fused module's head count)."""
+    kept, attributes = {}, {}
+    for name, module in attention.items():
         wanted = keep.get(name, torch.ones(module.num_heads, dtype=torch.bool))
         before = module.num_heads
-        survivors = remove_heads(work, name, wanted & ~dead_heads(module, threshold), reference)
+        drop = wanted & ~dead_heads(module, threshold)
+        survivors, changed = remove_heads(work, name, drop, reference)
         if len(survivors) < before:
             kept[name] = survivors.tolist()
-    return kept
+        if changed:
+            attributes[name] = changed
+    return kept, attributes
+
+
+def _head_projection(layouts: Mapping[str, HeadLayout], name: str) -> bool:
+    """`name` is a layer whose rows hold an attention module's heads (q, k, v; the output
+    projection's rows are the residual stream's units, which the channel rounds take)."""
+    parent, _, child = name.rpartition(".")
+    return parent in layouts and child in layouts[parent].projections
 
 
 def shrink_graph(
@@ -907,6 +921,7 @@ def _shrink_traced(
     bake_parametrizations(reference)
     forced: dict[str, Tensor] = {}
     attention = attention_modules(work)
+    layouts = {n: layout for n, m in attention.items() if (layout := head_layout(m)) is not None}
     for name, spec in (prune_units or {}).items():
         try:
             layer = work.get_submodule(name)
@@ -915,7 +930,7 @@ def _shrink_traced(
         units = layer.num_heads if name in attention else deployed_weight(layer).shape[0]
         forced[name] = _as_keep(spec, units, name)
     heads = {n: forced.pop(n) for n in list(forced) if n in attention}
-    for name in [n for n in forced if n.rpartition(".")[0] in attention]:
+    for name in [n for n in forced if _head_projection(layouts, n)]:
         dropped = (~forced.pop(name)).nonzero().flatten().tolist()  # a projection's units:
         for target in (work, reference):  # masked; heads left without values go below
             mask_rows(target, name, dropped)
@@ -923,7 +938,9 @@ def _shrink_traced(
     worker = _GraphShrinker(work, reference, inputs, inclusion_threshold, forced, options)
     if prune_inputs:
         worker.prune_inputs(prune_inputs)
-    kept_heads = _remove_heads(work, reference, heads, inclusion_threshold)
+    kept_heads, head_attributes = _remove_heads(
+        work, reference, attention, heads, inclusion_threshold
+    )
     rounds = 0
     while rounds < max_rounds and worker.round():
         rounds += 1
@@ -931,6 +948,7 @@ def _shrink_traced(
     result = GraphShrinkResult(work, worker.records(), followers, rounds)
     result.kept_inputs, result.inputs_before = worker.kept_inputs, worker.inputs_before
     result.heads = kept_heads
+    worker.attributes = merged(head_attributes, worker.attributes)
     result.attributes = worker.attributes
     if worker.attributes:  # travels with the model (save_shrunk), after any earlier shrink
         setattr(work, SHAPE_ATTRIBUTES, merged(shape_attributes(model), worker.attributes))
@@ -943,8 +961,12 @@ def _shrink_traced(
             for k, v in worker.kept_inputs.items()
         }
         setattr(work, KEPT_INPUTS, {**before, **composed})
-    projections = [f"{n}.{p}" for n in kept_heads for p in ("q_proj", "k_proj", "v_proj")]
-    projections += [f"{n}.out_proj" for n in kept_heads]
+    projections = [
+        f"{n}.{p}"
+        for n in kept_heads
+        for layout in [layouts[n]]
+        for p in (*layout.projections, layout.out)
+    ]  # fmt: skip
     for name in [*worker.before, *followers, *kept_heads, *projections]:
         shape = module_shape(work.get_submodule(name))
         if shape != module_shape(model.get_submodule(name)):

@@ -41,7 +41,7 @@ from ..validation import model_device, required_inputs
 from .adapters import as_prunable
 from .graph_parts import find_parts
 from .graph_trace import ChannelGraph, analyse
-from .heads import attention_modules, head_scores
+from .heads import attention_modules, head_layout, head_scores
 
 Batches = Tensor | Iterable[Any]
 
@@ -156,10 +156,9 @@ def activation_scores(
     moments = {pre + use.name: _ColumnMoments(use.axis) for pre, cg in graphs for use in cg.sinks}
     handles = [model.get_submodule(n).register_forward_pre_hook(m) for n, m in moments.items()]
     attention = [name for name in attention_modules(model) if found.owner(name) is not None]
-    heads = {name: _ColumnMoments(-1) for name in attention}  # out_proj's inputs
-    handles += [
-        model.get_submodule(f"{n}.out_proj").register_forward_pre_hook(m) for n, m in heads.items()
-    ]
+    heads = {name: _ColumnMoments(-1) for name in attention}  # the output projection's inputs
+    outs = {n: f"{n}.{_output_projection(model.get_submodule(n))}" for n in heads}
+    handles += [model.get_submodule(outs[n]).register_forward_pre_hook(m) for n, m in heads.items()]
     with evaluation_pass(model, handles):
         model(*first)
         for i, args in enumerate(batches, start=2):
@@ -179,6 +178,13 @@ def activation_scores(
             continue
         scores.update(_graph_scores(model, cg, prefix, moments))
     return {**scores, **head_scores(model, {n: m.sd() for n, m in heads.items()})}
+
+
+def _output_projection(module: nn.Module) -> str:
+    """The name, in an attention module, of the layer whose columns read its heads."""
+    layout = head_layout(module)
+    assert layout is not None  # `attention_modules` found it
+    return layout.out
 
 
 def _graph_scores(

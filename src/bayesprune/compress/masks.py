@@ -29,9 +29,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from ..nn.attention import MultiheadAttention
 from ..nn.base import VariationalLayer
 from .adapters import as_prunable, prunable_layers
+from .heads import head_layout
 
 
 def _module(model: nn.Module, name: str) -> nn.Module:
@@ -54,8 +54,12 @@ def unit_weight_masks(model: nn.Module, unit_masks: Mapping[str, Tensor]) -> dic
     out = {}
     for name, keep in unit_masks.items():
         module = _module(model, name)
-        if isinstance(module, MultiheadAttention):  # a head's incoming weights: its values
-            name, keep = f"{name}.v_proj", keep.repeat_interleave(module.head_dim)
+        layout = head_layout(module)
+        if layout is not None:  # a head's incoming weights: its values
+            rows = layout.value_rows(module, (~keep.bool()).nonzero().flatten())
+            name = f"{name}.{layout.value}"
+            keep = torch.ones(_weight_shape(model, name)[0], dtype=torch.bool)
+            keep[rows] = False
         shape = _weight_shape(model, name)
         if keep.shape != shape[:1]:
             raise ValueError(
