@@ -326,3 +326,23 @@ def test_timm_vision_transformer_loses_heads_and_stream_and_reloads(tmp_path):
     loaded = load_shrunk(save_shrunk(result.model, tmp_path / "vit.safetensors"), build)
     assert loaded.blocks[1].attn.attn_dim == 8
     torch.testing.assert_close(_out(loaded.double(), x), _out(result.model, x), rtol=0, atol=0)
+
+
+def test_torchvision_vision_transformer_with_split_attention_narrows():
+    """torchvision's ViT: its class token, position embedding, `reshape(n,
+    self.hidden_dim, -1)` (an attribute, rewritten) and, once split, its attention."""
+    import_torchvision_models()  # torchvision's compiled ops may not load beside CPU torch
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    net = VisionTransformer(32, 8, num_layers=2, num_heads=4, hidden_dim=48, mlp_dim=64,
+                            num_classes=5)  # fmt: skip
+    model = convert(net.double(), "gaussian", split_attention=True).double().eval()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    scores = activation_scores(model, x)
+    assert torch.isfinite(scores["conv_proj"]).all()
+    result = shrink_graph(model, x, prune_units=keep_units(scores, sparsity=0.25))
+    assert result.max_abs_difference < 1e-10
+    assert result.model.conv_proj.out_channels == result.model.hidden_dim == 36
+    assert result.attributes[""] == {"hidden_dim": 36}
+    assert result.model.encoder.pos_embedding.shape[-1] == 36
