@@ -56,7 +56,7 @@ from .graph import (
 )
 from .graph_scores import activation_scores, keep_units
 from .graph_sizes import apply_attributes, shape_attributes
-from .layer_norm import ZeroCountingLayerNorm
+from .layer_norm import ZeroCountingGroupNorm, ZeroCountingLayerNorm
 from .masks import (
     apply_masks,
     apply_torch_prune,
@@ -133,6 +133,7 @@ __all__ = [
     "ShrinkResult",
     "Tolerance",
     "ToleranceSpec",
+    "ZeroCountingGroupNorm",
     "ZeroCountingLayerNorm",
     "activation_scores",
     "apply_attributes",

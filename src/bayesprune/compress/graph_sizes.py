@@ -59,6 +59,7 @@ class SizedCall:
     pieces: list[list[int]]  # the channel ids of each piece
     total: bool = False  # the attribute holds the whole width (CSPNet: `self.expand_chs // 2`)
     position: int | None = None  # a view's: which of its sizes (its ids: the one piece)
+    whole: bool = False  # a view's: the attribute holds all its sizes (`view(self.shape)`)
 
     def read(self, node: fx.Node) -> Any:
         """What the call asks for, in a trace: the split's sizes, or the view's size."""
@@ -68,6 +69,9 @@ class SizedCall:
         """The attribute's value for the channels `kept` leaves (a view: its entries kept,
         a channel's id repeated over the positions it carries)."""
         counts = [sum(1 for i in piece if kept(i)) for piece in self.pieces]
+        if self.whole and isinstance(self.sizes, list | tuple):
+            at = self.position
+            return type(self.sizes)(counts[0] if i == at else n for i, n in enumerate(self.sizes))
         if self.total:
             return counts[0] * len(self.pieces)
         if isinstance(self.sizes, int):
@@ -77,6 +81,9 @@ class SizedCall:
     def probe(self, held: Any) -> tuple[Any, Any]:
         """Another value for the attribute (which holds `held`), and the sizes the split
         must then ask for: one more channel in the first piece (in each, for equal ones)."""
+        if self.whole:
+            at = self.position
+            return type(held)(n + 1 if i == at else n for i, n in enumerate(held)), held[at] + 1
         if self.total:
             return held + len(self.pieces), self.sizes + 1
         if isinstance(held, int):
@@ -170,6 +177,35 @@ def sized_view(cg: ChannelGraph, node: fx.Node, moved: tuple[list[int], int]) ->
     if holder is None:
         return False
     cg.sized.append(SizedCall(node.name, owner, holder[0], sizes[axis], [ids], position=axis))
+    return True
+
+
+def sized_parameter_view(cg: ChannelGraph, node: fx.Node, ids: list[int]) -> bool:
+    """A parameter viewed with written sizes, its channel count and 1s, that an attribute
+    of the module holds (timm's MetaFormer `Scale`: `self.scale.view(self.shape)`, the
+    attribute all the sizes; or `view(self.dim, 1, 1)`, the count alone): recorded, to be
+    proven and rewritten as a view of activations is; False otherwise (the caller pins)."""
+    sizes = view_sizes(node)
+    counts = [i for i, n in enumerate(sizes) if n != 1]
+    if cg.root is None or not _positive_ints(sizes) or len(counts) != 1:
+        return False
+    position = counts[0]
+    if sizes[position] != len(ids):
+        return False
+    owner = _owner(node)
+    try:
+        module = cg.root.get_submodule(owner)
+    except AttributeError:
+        return False
+    whole = [k for k, v in vars(module).items() if not k.startswith("_") and _equal(v, sizes)]
+    if len(whole) == 1:
+        held = getattr(module, whole[0])
+        call = SizedCall(node.name, owner, whole[0], held, [ids], position=position, whole=True)
+    elif (holder := _holder(module, sizes[position], 0)) is not None:
+        call = SizedCall(node.name, owner, holder[0], sizes[position], [ids], position=position)
+    else:
+        return False
+    cg.sized.append(call)
     return True
 
 

@@ -96,8 +96,20 @@ from .adapters import (
 from .chain import PASSTHROUGH
 from .graph_axes import indexed, permuted, reduced, reshaped, size_follows, view_sizes
 from .graph_size_reads import pin_size_reads
-from .graph_sizes import SizedCall, sized_view, split_pieces, verify_sized_calls
-from .layer_norm import ZeroCountingLayerNorm, layer_norm_layout, normalised_axes
+from .graph_sizes import (
+    SizedCall,
+    sized_parameter_view,
+    sized_view,
+    split_pieces,
+    verify_sized_calls,
+)
+from .layer_norm import (
+    ZeroCountingLayerNorm,
+    group_norm_layout,
+    layer_norm_layout,
+    normalised_axes,
+    one_group_norm,
+)
 
 BATCHNORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 NORMS: tuple[type[nn.Module], ...] = (
@@ -276,7 +288,9 @@ def trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = ()) -> fx.
 
 def _trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> fx.GraphModule:
     # probed before tracing: fx patches module calls and attribute reads while it traces
-    norms = [id(m) for m in model.modules() if layer_norm_layout(m) is not None]
+    norms = [
+        id(m) for m in model.modules() if layer_norm_layout(m) is not None or group_norm_layout(m)
+    ]
     tracer = Tracer(leaf_modules, norms)
     try:
         with _transformers_traceable():
@@ -572,6 +586,11 @@ def _module_ids(
         return first if same and isinstance(module, ELEMENTWISE_MODULES) else None
     if isinstance(module, NORMS) or is_frozen_norm(type(module)):
         cg.followers.append(Use(str(node.target), node, ids))
+        return first
+    if one_group_norm(module):  # statistics over every channel: counts removed zeros
+        use = Use(str(node.target), node, ids)
+        cg.followers.append(use)
+        cg.layer_norms.append(use)
         return first
     if isinstance(module, nn.GroupNorm):
         size = module.num_channels // module.num_groups  # statistics shared within a group
@@ -942,8 +961,8 @@ def _parameter_of(node: fx.Node, values: dict[fx.Node, Any]) -> fx.Node | None:
         source = node.args[0] if node.args else None
         if not isinstance(source, fx.Node) or len(source.users) != 1:
             return None
-        if node.target in _SIZED and not _sizes_free(node):
-            return None  # `self.scale.view(320, 1, 1)`: the forward fixes the channel count
+        if node.target in _SIZED and not _sizes_free(node) and not _sizes_written(node):
+            return None  # `x.view(2, -1)`: not one value per channel
         if node.target == "expand" and not _expand_keeps(node, values.get(source)):
             return None  # `expand(B, 1, 192)`: so does this
         node = source
@@ -968,6 +987,22 @@ def _positional(node: fx.Node) -> bool:
             return False
         node = node.args[0]
     return True
+
+
+def _sizes_written(node: fx.Node) -> bool:
+    """A view / reshape whose sizes are 1s and one written count (`view(320, 1, 1)`): it
+    passes the channels only where an attribute holds that count (`_written_view`)."""
+    sizes = view_sizes(node)
+    return all(isinstance(s, int) and s > 0 for s in sizes) and sum(s != 1 for s in sizes) == 1
+
+
+def _written_view(node: fx.Node) -> fx.Node | None:
+    """The view with written sizes on the way from `node` to its parameter, if any."""
+    while node.op != "get_attr":
+        if node.target in _SIZED and not _sizes_free(node):
+            return node
+        node = node.args[0]
+    return None
 
 
 def _sizes_free(node: fx.Node) -> bool:
@@ -999,7 +1034,11 @@ def _per_channel_parameter(cg: ChannelGraph, node: fx.Node, value: Tensor, at: i
     if stored.numel() != size or any(s != 1 for d, s in enumerate(value.shape) if d != at):
         return None
     axis = next(d for d, s in enumerate(stored.shape) if s == size)
-    return Use(str(source.target), source, cg.fresh(size), axis=axis)
+    ids = cg.fresh(size)
+    written = _written_view(node)
+    if written is not None and not sized_parameter_view(cg, written, ids):
+        return None  # `self.scale.view(320, 1, 1)`: the forward fixes the channel count
+    return Use(str(source.target), source, ids, axis=axis)
 
 
 def _getitem_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:

@@ -12,6 +12,11 @@ drops), the layer over the kept channels is exact if its statistics count the k 
 `ZeroCountingLayerNorm` computes that (C = `total`), over the last axis or, for a
 channels-first map, over dim 1, as torch's LayerNorm over the kept channels padded with
 the k zeros: it exports to ONNX as a Pad, one LayerNormalization and a Slice.
+
+A GroupNorm with one group (timm's `GroupNorm1`, PoolFormer's norm) normalises each
+sample over its channels and positions together, and is the same case:
+`ZeroCountingGroupNorm` pads the kept channels with the removed zeros before torch's
+group norm. (With several groups a group's channels go together instead: `graph_trace`.)
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ from torch import Tensor, nn
 
 from ..nn.base import Config, SerializableLayer
 
-__all__ = ["ZeroCountingLayerNorm", "layer_norm_layout", "normalised_axes", "rebuilt"]
+__all__ = [
+    "ZeroCountingGroupNorm",
+    "ZeroCountingLayerNorm",
+    "group_norm_layout",
+    "layer_norm_layout",
+    "normalised_axes",
+    "rebuilt",
+]
 
 
 class ZeroCountingLayerNorm(SerializableLayer):
@@ -84,6 +96,76 @@ class ZeroCountingLayerNorm(SerializableLayer):
         return f"{self.kept} of {self.total}, eps={self.eps}, channel_dim={self.channel_dim}"
 
 
+class ZeroCountingGroupNorm(SerializableLayer):
+    """GroupNorm with one group over `kept` channels of `total` (dim 1), the others zeros."""
+
+    def __init__(self, kept: int, total: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        if not 0 < kept <= total:
+            raise ValueError(f"kept ({kept}) must be in 1..total ({total})")
+        self.kept, self.total, self.eps = kept, total, eps
+        self.weight = nn.Parameter(torch.ones(kept)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(kept)) if affine else None
+
+    @classmethod
+    def of(cls, norm: nn.Module, idx: Tensor) -> ZeroCountingGroupNorm:
+        """The channels `idx` of a one-group GroupNorm (or of a ZeroCountingGroupNorm)."""
+        total = norm.total if isinstance(norm, cls) else int(norm.num_channels)
+        new = cls(len(idx), total, float(norm.eps), norm.weight is not None)
+        for name in ("weight", "bias"):
+            t = getattr(norm, name)
+            if t is not None:
+                cut = t.detach().index_select(0, idx.to(t.device)).clone()
+                setattr(new, name, nn.Parameter(cut, t.requires_grad))
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        """torch's group norm over the kept channels and `total − kept` zeros after them."""
+        zeros = (0, self.total - self.kept)
+        padded = F.pad(x, (0, 0) * (x.ndim - 2) + zeros)  # dim 1: the channels
+        weight = None if self.weight is None else F.pad(self.weight, zeros)
+        bias = None if self.bias is None else F.pad(self.bias, zeros)
+        return F.group_norm(padded, 1, weight, bias, self.eps)[:, : self.kept]
+
+    def config(self) -> Config:
+        return {
+            "kept": self.kept,
+            "total": self.total,
+            "eps": self.eps,
+            "affine": self.weight is not None,
+        }
+
+    def extra_repr(self) -> str:
+        return f"{self.kept} of {self.total}, eps={self.eps}"
+
+
+def one_group_norm(module: nn.Module) -> bool:
+    """A GroupNorm with one group that computes torch's (its own `forward` proven by
+    `group_norm_layout`), or a ZeroCountingGroupNorm."""
+    if isinstance(module, ZeroCountingGroupNorm):
+        return True
+    if not isinstance(module, nn.GroupNorm) or module.num_groups != 1:
+        return False
+    return type(module).forward is nn.GroupNorm.forward or group_norm_layout(module)
+
+
+def group_norm_layout(module: nn.Module) -> bool:
+    """A subclass of nn.GroupNorm with its own `forward` (timm's GroupNorm1, which may
+    call a fused kernel) that computes F.group_norm: proven on a random input. The graph
+    then reads it whole, as a GroupNorm."""
+    if not isinstance(module, nn.GroupNorm) or type(module).forward is nn.GroupNorm.forward:
+        return False
+    weight = module._parameters.get("weight")  # not through fx's patched attribute reads
+    if weight is not None and (weight.is_meta or not weight.is_floating_point()):
+        return False
+    bias = module._parameters.get("bias")
+    kind = {"device": weight.device, "dtype": weight.dtype} if weight is not None else {}
+    x = torch.randn(2, module.num_channels, 3, 4, generator=torch.Generator().manual_seed(0))
+    x = x.to(**kind)
+    expected = F.group_norm(x, module.num_groups, weight, bias, module.eps)
+    return _computes(module, x, expected)
+
+
 def layer_norm_layout(module: nn.Module) -> int | None:
     """Where a subclass of nn.LayerNorm with its own `forward` normalises: -1 (the last
     axis, as timm's LayerNorm, which may call a fused kernel) or 1 (dim 1 of a map, as
@@ -139,7 +221,9 @@ def normalised_axes(module: nn.Module, ndim: int) -> set[int] | None:
     return None if layout is None else {layout % ndim}
 
 
-def rebuilt(module: nn.Module, idx: Tensor, axis: int, ndim: int) -> ZeroCountingLayerNorm:
+def rebuilt(module: nn.Module, idx: Tensor, axis: int, ndim: int) -> nn.Module:
     """`module` keeping the channels `idx`, counting the others as zeros."""
+    if isinstance(module, nn.GroupNorm | ZeroCountingGroupNorm):
+        return ZeroCountingGroupNorm.of(module, idx)
     dim = -1 if axis == ndim - 1 else axis
     return ZeroCountingLayerNorm.of(module, idx, dim)

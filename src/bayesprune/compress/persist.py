@@ -48,7 +48,7 @@ from .channel_parameters import apply_parameter_shapes, parameter_shapes
 from .export import _finite, _first_line, _without_prune_hooks, compare_state
 from .graph import KEPT_INPUTS, kept_inputs
 from .graph_sizes import apply_attributes, shape_attributes
-from .layer_norm import ZeroCountingLayerNorm
+from .layer_norm import ZeroCountingGroupNorm, ZeroCountingLayerNorm
 from .serialize import architecture, build
 
 FORMAT = "bayesprune-shrunk"
@@ -83,12 +83,17 @@ def _kind(spec: Spec | None, module: nn.Module) -> type[nn.Module]:
     the meta device; without a spec, the torch type `module` computes as (a subclass
     that keeps torch's `forward`, as torchvision's video `Conv3DSimple`, is an
     nn.Conv3d: `convert` and `shrink_graph` replace it by one) or its own type."""
-    if spec is None:  # any LayerNorm may come back counting removed channels' zeros
-        return nn.LayerNorm if isinstance(module, nn.LayerNorm) else torch_type(type(module))
+    if spec is None:  # any LayerNorm (GroupNorm) may come back counting removed zeros
+        for norm in (nn.LayerNorm, nn.GroupNorm):
+            if isinstance(module, norm):
+                return norm
+        return torch_type(type(module))
     with torch.device("meta"):
         built = build(spec)
         if isinstance(built, ZeroCountingLayerNorm):
             return nn.LayerNorm
+        if isinstance(built, ZeroCountingGroupNorm):
+            return nn.GroupNorm
         return type(built.to_deterministic() if isinstance(built, VariationalLayer) else built)
 
 
