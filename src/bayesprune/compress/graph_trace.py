@@ -19,7 +19,8 @@ reductions and indexing). Ids that must go together are united (union-find) into
 - *followers* pass ids through and are sliced with them: BatchNorm (also a subclass
   whose own forward calls `F.batch_norm` on its tensors, as timm's BatchNormAct2d, and
   torchvision's FrozenBatchNorm2d), InstanceNorm, depthwise convolutions, GroupNorm
-  (which also unites the channels of each of its groups, since they share statistics);
+  (which also unites the channels of each of its groups, since they share statistics;
+  with one group it is read as a LayerNorm over the channels, below);
 - channelwise ops pass ids: activations (hardswish / hardsigmoid included; exp, sqrt,
   square, negation, erf), dropout and torchvision's stochastic depth, identity, pooling,
   adaptive pooling, upsampling, padding, `mean` over H·W, and an activation *module*
@@ -29,12 +30,14 @@ reductions and indexing). Ids that must go together are united (union-find) into
   LayerNorm over the spatial axes only passes; LayerNorm over the channels alone (on
   tokens, or channels-first as torchvision's and timm's LayerNorm2d, read whole once a
   probe shows what it computes) follows them (`layer_norms`: `shrink_graph` lets a
-  channel through it only where it is exactly 0 and the norm's scale there is 0);
+  channel through it only where it is exactly 0 and the norm's scale there is 0), and so
+  does a GroupNorm with one group (timm's GroupNorm1, probed as LayerNorm2d is);
 - `+ − × ÷` and powers of tensors with the same channels (or of a number: StarReLU's
   relu(x) ** 2) unite their ids position by position (a residual sum; a
   squeeze-excitation product x · s with s of shape N×C×1×1); an
   operand broadcast over the channels has its own ids pinned; a parameter with one
-  value per channel read there alone (ConvNeXt's layer scale; a ViT's position
+  value per channel read there alone (ConvNeXt's layer scale, MetaFormer's viewed with
+  the shape an attribute holds, `graph_sizes`; a ViT's position
   embedding, values per token too) follows them (`parameters`, sliced with them; one
   added in is an *offset*, `offsets`, zeroed where `prune_units` drops the channel);
 - `torch.cat` along dim 1 concatenates the id lists; along another axis (a ViT's class
