@@ -72,6 +72,7 @@ from .persist import apply_shapes, load_shrunk, pruned_shapes, save_shrunk
 from .pip_rules import PipRule, select_by_pip
 from .prune import DEFAULT_SCORES, PruneRule, keep_masks, prune
 from .report import compression_report, report_markdown, save_report
+from .response_norm import ZeroCountingResponseNorm
 from .rules import (
     PruneLevel,
     SearchResult,
@@ -135,6 +136,7 @@ __all__ = [
     "ToleranceSpec",
     "ZeroCountingGroupNorm",
     "ZeroCountingLayerNorm",
+    "ZeroCountingResponseNorm",
     "activation_scores",
     "apply_attributes",
     "apply_masks",

@@ -113,6 +113,7 @@ from .layer_norm import (
     normalised_axes,
     one_group_norm,
 )
+from .response_norm import response_norm_layout
 
 BATCHNORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 NORMS: tuple[type[nn.Module], ...] = (
@@ -292,7 +293,11 @@ def trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = ()) -> fx.
 def _trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> fx.GraphModule:
     # probed before tracing: fx patches module calls and attribute reads while it traces
     norms = [
-        id(m) for m in model.modules() if layer_norm_layout(m) is not None or group_norm_layout(m)
+        id(m)
+        for m in model.modules()
+        if layer_norm_layout(m) is not None
+        or group_norm_layout(m)
+        or (not isinstance(m, SerializableLayer) and response_norm_layout(m) is not None)
     ]
     tracer = Tracer(leaf_modules, norms)
     try:
@@ -584,6 +589,13 @@ def _module_ids(
         return _transposed_ids(cg, node, first)
     if isinstance(module, nn.LayerNorm | ZeroCountingLayerNorm):
         return _layer_norm_ids(cg, node, module, first)
+    if (layout := response_norm_layout(module)) is not None:
+        if axis != layout % value.ndim or value.shape != in_value.shape:
+            return None
+        use = Use(str(node.target), node, ids, axis=axis)  # reads every channel: as a
+        cg.followers.append(use)  # LayerNorm, a channel goes where it is exactly 0
+        cg.layer_norms.append(use)
+        return first
     if axis != 1:  # channels last (tokens): only ops that act on each entry apart pass
         same = value.shape == in_value.shape
         return first if same and isinstance(module, ELEMENTWISE_MODULES) else None

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.base import Config, SerializableLayer
+from .response_norm import ZeroCountingResponseNorm, response_norm_layout
 
 __all__ = [
     "ZeroCountingGroupNorm",
@@ -226,4 +227,6 @@ def rebuilt(module: nn.Module, idx: Tensor, axis: int, ndim: int) -> nn.Module:
     if isinstance(module, nn.GroupNorm | ZeroCountingGroupNorm):
         return ZeroCountingGroupNorm.of(module, idx)
     dim = -1 if axis == ndim - 1 else axis
+    if response_norm_layout(module) is not None:
+        return ZeroCountingResponseNorm.of(module, idx, dim)
     return ZeroCountingLayerNorm.of(module, idx, dim)

@@ -49,6 +49,7 @@ from .export import _finite, _first_line, _without_prune_hooks, compare_state
 from .graph import KEPT_INPUTS, kept_inputs
 from .graph_sizes import apply_attributes, shape_attributes
 from .layer_norm import ZeroCountingGroupNorm, ZeroCountingLayerNorm
+from .response_norm import ZeroCountingResponseNorm, response_norm_layout
 from .serialize import architecture, build
 
 FORMAT = "bayesprune-shrunk"
@@ -83,10 +84,12 @@ def _kind(spec: Spec | None, module: nn.Module) -> type[nn.Module]:
     the meta device; without a spec, the torch type `module` computes as (a subclass
     that keeps torch's `forward`, as torchvision's video `Conv3DSimple`, is an
     nn.Conv3d: `convert` and `shrink_graph` replace it by one) or its own type."""
-    if spec is None:  # any LayerNorm (GroupNorm) may come back counting removed zeros
+    if spec is None:  # any LayerNorm (GroupNorm, GRN) may come back counting removed zeros
         for norm in (nn.LayerNorm, nn.GroupNorm):
             if isinstance(module, norm):
                 return norm
+        if response_norm_layout(module) is not None:
+            return ZeroCountingResponseNorm
         return torch_type(type(module))
     with torch.device("meta"):
         built = build(spec)
@@ -94,6 +97,8 @@ def _kind(spec: Spec | None, module: nn.Module) -> type[nn.Module]:
             return nn.LayerNorm
         if isinstance(built, ZeroCountingGroupNorm):
             return nn.GroupNorm
+        if isinstance(built, ZeroCountingResponseNorm):
+            return ZeroCountingResponseNorm
         return type(built.to_deterministic() if isinstance(built, VariationalLayer) else built)
 
 
