@@ -62,7 +62,8 @@ def reshaped(
     - channels last, the leading axes merged or split (B×H×W×C → B×H·W×C, B×T×C →
       B·T×C): unchanged, still last;
     - channels last, everything after the batch merged (B×T×C → B×T·C): the ids repeat
-      once per position (position-major).
+      once per position (position-major); so do trailing axes merged into the channels'
+      (Swin's patch merging: B×H×W×2×2×C → B×H×W×4C).
     """
     in_shape, out_shape = tuple(in_shape), tuple(out_shape)
     if out_shape == in_shape:
@@ -79,6 +80,9 @@ def reshaped(
             return ids, len(out_shape) - 1
         if out_shape == (in_shape[0], math.prod(in_shape[1:])):
             return ids * math.prod(in_shape[1:-1]), 1
+        for k in range(2, len(in_shape) - 1):  # trailing axes merged into the channels'
+            if out_shape == (*in_shape[:k], math.prod(in_shape[k:])):
+                return ids * math.prod(in_shape[k:-1]), k
     return None
 
 
@@ -128,11 +132,18 @@ def indexed(index: Any, axis: Axis) -> Axis | None:
     if index[0] != slice(None):
         return None
     before, after = index[1:axis], index[axis:]
-    if not all(isinstance(e, int) or _plain_slice(e) for e in before):
+    if not all(isinstance(e, int) or _position_slice(e) for e in before):
         return None
     if not all(e == slice(None) for e in after):
         return None
     return axis - sum(isinstance(e, int) for e in before)
+
+
+def _position_slice(e: Any) -> bool:
+    """A slice of positions: its bounds may be values of the forward (`x[:, :H, :W]`)."""
+    return isinstance(e, slice) and all(
+        isinstance(b, int | fx.Node | None) for b in (e.start, e.stop, e.step)
+    )
 
 
 def _plain_slice(e: Any) -> bool:

@@ -830,6 +830,15 @@ def _function_ids(
         dim = _arg(node, 1, "dim", None)
         kept = reduced(dim, bool(_arg(node, 2, "keepdim", False)), axis, in_value.ndim)
         return None if kept is None else (ids, kept)
+    if _is(node, {torch.roll}, {"roll"}):  # Swin's shifted windows: positions move
+        dims = _arg(node, 2, "dims", None)
+        dims = [dims] if isinstance(dims, int) else dims
+        rolls_positions = dims is not None and axis not in {d % in_value.ndim for d in dims}
+        return first if rolls_positions else None
+    if _is(node, {F.pad}, set()):
+        return first if _pads_positions(node, axis, in_value.ndim) else None
+    if node.op == "call_function" and _opaque(node.target):
+        return first if _passes_channels(cg, node, axis) else None
     if axis != 1:  # channels last: only ops that act on each entry apart pass
         elementwise = _is(node, _ELEMENTWISE, _CHANNELWISE_METHODS) or _per_sample(node)
         return first if elementwise and value.shape == in_value.shape else None
@@ -848,6 +857,61 @@ def _function_ids(
             return _padded_pool(cg, node, first, kernel, stride, padding, ceil, divisor)
         return first if value.shape[:2] == in_value.shape[:2] else None
     return None
+
+
+def _pads_positions(node: fx.Node, axis: int, ndim: int) -> bool:
+    """`F.pad` that leaves the channel axis unpadded (pairs count from the last axis)."""
+    pad = _arg(node, 1, "pad", None)
+    if not isinstance(pad, tuple | list):
+        return False
+    pair = 2 * (ndim - 1 - axis)  # the other sizes may be values of the forward (Swin's)
+    return tuple(pad[pair : pair + 2]) in ((), (0, 0)) and _arg(node, 2, "mode", "constant") in (
+        "constant",
+    )
+
+
+def _opaque(target: Any) -> bool:
+    """A Python function fx kept whole (a library's `register_notrace_function`: timm's
+    `window_reverse`), not one of torch's, whose channels no rule above reads."""
+    module = getattr(target, "__module__", None) or ""
+    return callable(target) and not module.startswith(("torch", "_operator", "builtins", "math"))
+
+
+def _passes_channels(cg: ChannelGraph, node: fx.Node, axis: int) -> bool:
+    """An opaque function whose one tensor argument carries the channels on `axis` passes
+    them when a probe shows it commutes with permuting them and with dropping some (the
+    output then has them on the same axis): called again on the recorded input with its
+    channels reversed, and with the last one dropped."""
+    value, source = cg.values[node], node.args[0]
+    tensors = [a for a in node.all_input_nodes if isinstance(cg.values.get(a), Tensor)]
+    if tensors != [source] or not _tensor(value) or value.ndim != cg.values[source].ndim:
+        return False
+    x = cg.values[source]
+    if x.shape[axis] < 2 or value.shape[axis] != x.shape[axis]:
+        return False
+    n = x.shape[axis]
+    flip, fewer = torch.arange(n - 1, -1, -1), torch.arange(n - 1)
+
+    def call(inp: Tensor) -> Any:
+        args = tuple(inp if a is source else cg.values.get(a, a) for a in node.args)
+        kwargs = {
+            k: cg.values.get(v, v) if isinstance(v, fx.Node) else v for k, v in node.kwargs.items()
+        }
+        return node.target(
+            *[a if not isinstance(a, fx.Node) else cg.values[a] for a in args], **kwargs
+        )
+
+    try:
+        with torch.no_grad():
+            flipped = call(x.index_select(axis, flip))
+            dropped = call(x.index_select(axis, fewer))
+    except Exception:  # the function needs the channel count it had: it pins them
+        return False
+    expected = (value.index_select(axis, flip), value.index_select(axis, fewer))
+    return all(
+        isinstance(got, Tensor) and got.shape == want.shape and torch.equal(got, want)
+        for got, want in zip((flipped, dropped), expected, strict=True)
+    )
 
 
 def norm_owner(node: fx.Node) -> str | None:
