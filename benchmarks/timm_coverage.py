@@ -12,7 +12,8 @@ constants that must be folded:
 
 1. `bp.convert(model, family)`;
 2. `compress.activation_scores` on one 64 × 64 image (the default size of the models
-   that need one: transformers with a fixed patch grid, Inception);
+   that need one: transformers with a fixed patch grid, Inception, and any model that
+   does not run at 64 × 64: window attention, attention biases of a fixed grid);
    the layers with a finite score (not pinned) are counted;
 3. `keep_units(sparsity=0.25)` on those, `shrink_graph(check=True)`: the shrunk
    network's largest difference from the masked one (posterior means) and its
@@ -85,6 +86,16 @@ def _pins(model: torch.nn.Module, x: torch.Tensor) -> str:
     return "; ".join(f"{k} ({n})" for k, n in why.most_common(3))
 
 
+def _runs(model: torch.nn.Module, size: int) -> bool:
+    """Whether the model runs on one image of `size` (some need their default size)."""
+    try:
+        with torch.no_grad(), bp.nn.use_posterior_mean(model):
+            model(torch.zeros(1, 3, size, size))
+    except Exception:  # the model's own size checks: any error means "not this size"
+        return False
+    return True
+
+
 def probe(timm: Any, name: str, family: str, pinned: bool) -> dict[str, Any]:
     start = time.perf_counter()
     row: dict[str, Any] = {"model": name}
@@ -95,6 +106,9 @@ def probe(timm: Any, name: str, family: str, pinned: bool) -> dict[str, Any]:
         row["parameters"] = sum(p.numel() for p in net.parameters())
         model = bp.convert(net, family).eval()
         size = _size(name, net)
+        if not _runs(model, size):  # a fixed grid (window attention, attention biases)
+            size = int(net.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+        row["input_size"] = size
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
         if pinned:
             row["pinned_by"] = _pins(model, x)
