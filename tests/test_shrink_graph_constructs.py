@@ -434,3 +434,36 @@ def test_powers_and_elementwise_functions_pass_the_channels(family):
     _, layers = _shrunk(model, x)
     assert layers["a"].kept_units == [0, 2, 3]
     assert layers["b"].inputs_after == 3
+
+
+class CachesInEval(nn.Module):
+    """As timm's LeViT / EfficientFormer attention: a bias computed once per device in
+    eval mode and kept in a dict (while tracing, the cache would keep a proxy)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+        self.table = nn.Parameter(torch.randn(6))
+        self.index = [0, 1, 2, 3, 4, 5]
+        self.cache: dict[str, Tensor] = {}
+
+    def bias(self, device: torch.device) -> Tensor:
+        if self.training:
+            return self.table[self.index]
+        if str(device) not in self.cache:
+            self.cache[str(device)] = self.table[self.index]
+        return self.cache[str(device)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(torch.relu(self.fc1(x) + self.bias(x.device)))
+
+
+def test_a_cache_filled_while_tracing_does_not_leak_into_the_next_trace():
+    torch.manual_seed(0)
+    model = CachesInEval().eval()
+    x = torch.randn(5, 4)
+    for _ in range(2):  # a second trace read the first trace's proxy from the cache
+        result = shrink_graph(model, x)
+        assert not model.cache  # emptied of the proxies tracing put there
+    torch.testing.assert_close(result.model(x), model(x))
+    assert model.cache  # and the model's own eval run fills it as before
