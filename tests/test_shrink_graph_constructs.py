@@ -467,3 +467,30 @@ def test_a_cache_filled_while_tracing_does_not_leak_into_the_next_trace():
         assert not model.cache  # emptied of the proxies tracing put there
     torch.testing.assert_close(result.model(x), model(x))
     assert model.cache  # and the model's own eval run fills it as before
+
+
+class LinearNorm(nn.Module):
+    """LeViT's: a Linear on tokens, BatchNorm over the tokens flattened with the batch,
+    `reshape_as` back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.bn, self.fc2 = nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.fc1(x)
+        y = self.bn(y.flatten(0, 1)).reshape_as(y)
+        return self.fc2(F.gelu(y)).mean(1)
+
+
+def test_a_batch_norm_over_flattened_tokens_follows_them_back_through_reshape_as():
+    torch.manual_seed(0)
+    model = LinearNorm().eval()
+    with torch.no_grad():
+        model.bn.running_mean.normal_()
+        model.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 5, 4)
+    result = shrink_graph(model, x, prune_units={"fc1": [0, 1, 3, 4, 5]})
+    assert result.model.fc1.out_features == result.model.bn.num_features == 5
+    assert result.model.fc2.in_features == 5
+    assert result.max_abs_difference < 1e-5

@@ -60,7 +60,7 @@ def reshaped(
     - channels on dim 1, the positions after them merged but kept apart from the
       channels (B×C×H×W → B×C×H·W, a patch embedding before its transpose): unchanged;
     - channels last, the leading axes merged or split (B×H×W×C → B×H·W×C, B×T×C →
-      B·T×C): unchanged, still last;
+      B·T×C and back): unchanged, still last;
     - channels last, everything after the batch merged (B×T×C → B×T·C): the ids repeat
       once per position (position-major); so do trailing axes merged into the channels'
       (Swin's patch merging: B×H×W×2×2×C → B×H×W×4C).
@@ -75,6 +75,8 @@ def reshaped(
             return [i for i in ids for _ in range(block)], 1
         if len(out_shape) > 2 and out_shape[:2] == in_shape[:2]:
             return ids, 1
+    if axis == last == 1 and len(out_shape) > 2 and out_shape[-1] == in_shape[-1]:
+        return ids, len(out_shape) - 1  # tokens flattened with the batch, split back
     if axis == last and axis > 1:
         if len(out_shape) >= 2 and out_shape[-1] == in_shape[-1]:
             return ids, len(out_shape) - 1

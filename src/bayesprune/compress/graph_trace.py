@@ -839,6 +839,8 @@ def _function_ids(
         return _functional_norm(cg, node, first, calls)
     ids, axis = first
     in_value = cg.values[node.args[0]]
+    if _is(node, set(), {"reshape_as", "view_as"}):
+        return _reshaped_as(cg, node, first)
     if _is(node, _RESHAPE, _RESHAPE_METHODS):
         moved = reshaped(ids, axis, in_value.shape, value.shape)
         if moved is not None and node.target in _SIZED and not size_follows(node, moved[1]):
@@ -879,6 +881,23 @@ def _function_ids(
             return _padded_pool(cg, node, first, kernel, stride, padding, ceil, divisor)
         return first if value.shape[:2] == in_value.shape[:2] else None
     return None
+
+
+def _reshaped_as(cg: ChannelGraph, node: fx.Node, first: Channels) -> Channels | None:
+    """`x.reshape_as(y)` (LeViT's `bn(x.flatten(0, 1)).reshape_as(x)`): as a reshape, its
+    sizes y's, so the channels pass where y holds them on the same axis; the two tensors'
+    channels are then one (they must shrink together)."""
+    other = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+    if not isinstance(other, fx.Node) or other not in cg.ids:
+        return None
+    moved = reshaped(first[0], first[1], cg.values[node.args[0]].shape, cg.values[node].shape)
+    if moved is None or cg.axis[other] != moved[1] or len(cg.ids[other]) != len(moved[0]):
+        return None
+    if len(moved[0]) != len(first[0]):
+        return None  # the channels repeat over positions: not one id per entry of y's axis
+    for a, b in zip(moved[0], cg.ids[other], strict=True):
+        cg.union(a, b)
+    return moved
 
 
 def _pads_positions(node: fx.Node, axis: int, ndim: int) -> bool:
