@@ -20,7 +20,9 @@ constants that must be folded:
    parameters against the converted model's.
 
 A model that fails is listed with the error's first line. `--pinned` adds, per model,
-the three operations that pin the most channels (what keeps layers from being scored).
+the three operations that pin the most channels holding units (what keeps layers from
+being scored; the results committed up to session 27 also counted channels that hold no
+unit, as a parameter's own node's).
 
     python benchmarks/timm_coverage.py
 """
@@ -78,11 +80,17 @@ def _size(name: str, net: torch.nn.Module) -> int:
 
 
 def _pins(model: torch.nn.Module, x: torch.Tensor) -> str:
-    """The three operations that pin the most channels, with their counts."""
+    """The three operations that pin the most units, with their counts (pinned channels
+    that hold no layer's unit, as a parameter's own node or the input's, are left out)."""
     why: collections.Counter = collections.Counter()
     for part in find_parts(model, (x,)).parts:  # the whole model, or its traceable parts
         cg = analyse(part.module, part.inputs)
-        why.update(re.sub(r" \(node [^)]*\)", "", v) for v in cg.pinned_at.values())
+        units = {cg.find(i) for i in cg.owner}
+        why.update(
+            re.sub(r" \(node [^)]*\)", "", v)
+            for i, v in cg.pinned_at.items()
+            if cg.find(i) in units
+        )
     return "; ".join(f"{k} ({n})" for k, n in why.most_common(3))
 
 
