@@ -6,7 +6,7 @@ example input of the size the model needs, and a Bayesian family:
 
 1. `bp.convert(model, family)` (Swin's attention, whose forward reads its own
    `qkv.weight`, kept deterministic with `keep=[ShiftedWindowAttention...]`, as the docs
-   say);
+   say; with `--split-attention`, torch's `nn.MultiheadAttention` split into heads first);
 2. `compress.activation_scores` on the example; the layers with a finite score (not
    pinned) are counted;
 3. `keep_units(sparsity=0.25)` on those, `shrink_graph(check=True)`: the shrunk
@@ -134,6 +134,7 @@ def probe(
     part: str = "",
     random_norms: bool = False,
     frozen_norms: bool = False,
+    split_attention: bool = False,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     row: dict[str, Any] = {"model": f"{name}.{part}" if part else name}
@@ -147,7 +148,7 @@ def probe(
         if frozen_norms:  # after: it copies the statistics
             net = freeze_norms(net)
         row["parameters"] = sum(p.numel() for p in net.parameters())
-        model = bp.convert(net, family, keep=keep_types(net))
+        model = bp.convert(net, family, keep=keep_types(net), split_attention=split_attention)
         row.update(measure(model, _inputs(example_shape(models, name), name)))
     except Exception as err:  # a user's view: the first line of what they would see
         row.update(failure(err))
@@ -250,6 +251,11 @@ def main() -> None:
         action="store_true",
         help="random BatchNorm statistics (initialised EfficientNets give 1e-12 features)",
     )
+    parser.add_argument(
+        "--split-attention",
+        action="store_true",
+        help="convert with split_attention=True (nn.MultiheadAttention in heads: ViT)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default=NAME)
     add_results_dir_option(parser)
@@ -266,7 +272,11 @@ def main() -> None:
         if size > args.max_params:
             rows.append({"model": name, "status": "skipped", "reason": f"{size:.2e} parameters"})
         else:
-            norms = {"random_norms": args.random_norms, "frozen_norms": args.frozen_norms}
+            norms = {
+                "random_norms": args.random_norms,
+                "frozen_norms": args.frozen_norms,
+                "split_attention": args.split_attention,
+            }
             rows.append(probe(models, name, args.family, **norms))
             if name in detection:  # the route the docs gave before models shrank in parts
                 rows.append(probe(models, name, args.family, "backbone", **norms))
