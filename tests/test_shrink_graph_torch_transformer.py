@@ -1,6 +1,7 @@
 """torch's own nn.TransformerEncoder(Layer): traced through, so its MLP hidden units are
-scored and go; its fused inference path (which reads `linear1.weight` itself) is off
-while it holds Bayesian layers and back on in the deterministic twin."""
+scored and go (and, with its attention split, its heads and residual stream); its fused
+inference path (which reads `linear1.weight` itself) is off while it holds Bayesian
+layers and back on in the deterministic twin."""
 
 from __future__ import annotations
 
@@ -109,15 +110,23 @@ def test_nn_transformer_which_checks_sizes_in_python_stays_whole():
     assert result.max_abs_difference < TOL
 
 
-def test_with_split_attention_heads_and_mlp_units_go_together(tmp_path):
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_with_split_attention_heads_mlp_units_and_the_stream_go_together(tmp_path, norm_first):
+    """Split, the attention reads and writes the stream through its projections, and the
+    encoder's own reads of `src.dtype` pin nothing: the stream narrows (pre- or post-norm)."""
     torch.manual_seed(0)
-    model = bp.convert(Encoder().double(), "gaussian", split_attention=True).double().eval()
+    model = bp.convert(Encoder(norm_first).double(), "gaussian", split_attention=True)
+    model = model.double().eval()
     scores = activation_scores(model, _batch(7))
     assert scores["encoder.layers.0.self_attn"].shape == (4,)  # one score per head
+    assert torch.isfinite(scores["embed"]).all()  # the stream is scored
     result = shrink_graph(model, _batch(7), prune_units=keep_units(scores, sparsity=0.5))
+    assert result.max_abs_difference < 1e-10
     layer = result.model.encoder.layers[0]
     assert len(result.heads["encoder.layers.0.self_attn"]) == 2
     assert layer.self_attn.q_proj.out_features == 8 and layer.linear1.out_features == 12
+    assert result.model.embed.out_features == layer.self_attn.embed_dim == 8
+    assert isinstance(layer.norm1, bp.compress.ZeroCountingLayerNorm)
     path = save_shrunk(result.model, tmp_path / "heads.safetensors")
-    loaded = load_shrunk(path, lambda: bp.convert(Encoder(), "gaussian")).double()
+    loaded = load_shrunk(path, lambda: bp.convert(Encoder(norm_first), "gaussian")).double()
     torch.testing.assert_close(_out(loaded, _batch(9)), _out(result.model, _batch(9)))

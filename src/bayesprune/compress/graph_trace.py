@@ -495,10 +495,11 @@ def _tensor(value: Any) -> bool:
 
 
 def _is_shape(value: Any) -> bool:
-    """Sizes and shapes (x.size(0), x.shape) read no channel values: they pin nothing."""
+    """Sizes and shapes (x.size(0), x.shape) and a tensor's dtype or device (torch's
+    encoder reads `src.dtype` for its masks) read no channel values: they pin nothing."""
     if isinstance(value, tuple | list):
         return all(isinstance(v, int) for v in value)
-    return isinstance(value, int)
+    return isinstance(value, int | torch.dtype | torch.device)
 
 
 def _node_ids(cg: ChannelGraph, arg: Any) -> list[list[int]]:
