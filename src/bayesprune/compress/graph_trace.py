@@ -297,7 +297,7 @@ def _trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> fx.Grap
         for m in model.modules()
         if layer_norm_layout(m) is not None
         or group_norm_layout(m)
-        or (not isinstance(m, SerializableLayer) and response_norm_layout(m) is not None)
+        or response_norm_layout(m) is not None
     ]
     tracer = Tracer(leaf_modules, norms)
     try:
@@ -615,10 +615,7 @@ def _module_ids(
     if (layout := response_norm_layout(module)) is not None:
         if axis != layout % value.ndim or value.shape != in_value.shape:
             return None
-        use = Use(str(node.target), node, ids, axis=axis)  # reads every channel: as a
-        cg.followers.append(use)  # LayerNorm, a channel goes where it is exactly 0
-        cg.layer_norms.append(use)
-        return first
+        return _reads_every_channel(cg, node, first)
     if axis != 1:  # channels last (tokens): only ops that act on each entry apart pass
         same = value.shape == in_value.shape
         return first if same and isinstance(module, ELEMENTWISE_MODULES) else None
@@ -626,10 +623,7 @@ def _module_ids(
         cg.followers.append(Use(str(node.target), node, ids))
         return first
     if one_group_norm(module):  # statistics over every channel: counts removed zeros
-        use = Use(str(node.target), node, ids)
-        cg.followers.append(use)
-        cg.layer_norms.append(use)
-        return first
+        return _reads_every_channel(cg, node, first)
     if isinstance(module, nn.GroupNorm):
         size = module.num_channels // module.num_groups  # statistics shared within a group
         for g in range(module.num_groups):
@@ -688,6 +682,13 @@ def _layer_norm_ids(
         return first
     if axes != {first[1]}:
         return None
+    return _reads_every_channel(cg, node, first)
+
+
+def _reads_every_channel(cg: ChannelGraph, node: fx.Node, first: Channels) -> Channels:
+    """A norm whose statistics read every channel (LayerNorm over the channels, GroupNorm
+    with one group, GRN): a follower in `layer_norms`, which `shrink_graph` lets a
+    channel through only where it is exactly 0 and rebuilds counting the zeros."""
     use = Use(str(node.target), node, first[0], axis=first[1])
     cg.followers.append(use)
     cg.layer_norms.append(use)
@@ -907,9 +908,8 @@ def _pads_positions(node: fx.Node, axis: int, ndim: int) -> bool:
     if not isinstance(pad, tuple | list):
         return False
     pair = 2 * (ndim - 1 - axis)  # the other sizes may be values of the forward (Swin's)
-    return tuple(pad[pair : pair + 2]) in ((), (0, 0)) and _arg(node, 2, "mode", "constant") in (
-        "constant",
-    )
+    unpadded = tuple(pad[pair : pair + 2]) in ((), (0, 0))
+    return unpadded and _arg(node, 2, "mode", "constant") == "constant"
 
 
 def _opaque(target: Any) -> bool:
@@ -935,13 +935,11 @@ def _passes_channels(cg: ChannelGraph, node: fx.Node, axis: int) -> bool:
     flip, fewer = torch.arange(n - 1, -1, -1), torch.arange(n - 1)
 
     def call(inp: Tensor) -> Any:
-        args = tuple(inp if a is source else cg.values.get(a, a) for a in node.args)
-        kwargs = {
-            k: cg.values.get(v, v) if isinstance(v, fx.Node) else v for k, v in node.kwargs.items()
-        }
-        return node.target(
-            *[a if not isinstance(a, fx.Node) else cg.values[a] for a in args], **kwargs
-        )
+        def load(a: fx.Node) -> Any:
+            return inp if a is source else cg.values[a]
+
+        args, kwargs = _mutable(fx.node.map_arg((node.args, node.kwargs), load))
+        return node.target(*args, **kwargs)
 
     try:
         with torch.no_grad():
@@ -1004,22 +1002,34 @@ def _cat_along_positions(cg: ChannelGraph, parts: Any, ndim: int, dim: int) -> C
     if len(axes) != 1 or (axis := axes.pop()) == dim:
         return None
     ids = cg.ids[shaped[0]]
+    if any(len(cg.ids[p]) != len(ids) for p in shaped):
+        return None
     parameters = []
     for p in parts:
-        value = cg.values.get(p)
-        if p in shaped or not isinstance(value, Tensor) or value.ndim != ndim:
-            if p not in shaped or len(cg.ids[p]) != len(ids):
-                return None
+        if p in shaped:
             continue
+        value = cg.values.get(p)
+        if not isinstance(value, Tensor) or value.ndim != ndim:
+            return None
         if (parameter := _per_channel_parameter(cg, p, value, axis)) is None:
             return None
         parameters.append(parameter)
-    for other in [*(cg.ids[s] for s in shaped[1:]), *(p.ids for p in parameters)]:
+    return _unite(cg, [cg.ids[p] for p in shaped], parameters, added=True), axis
+
+
+def _unite(
+    cg: ChannelGraph, operands: list[list[int]], parameters: list[Use], added: bool
+) -> list[int]:
+    """Unite the channels of `operands` and `parameters` position by position, record the
+    parameters (as offsets when they are `added` into the channels); the first's ids."""
+    ids = operands[0]
+    for other in [*operands[1:], *(p.ids for p in parameters)]:
         for a, b in zip(ids, other, strict=True):
             cg.union(a, b)
     cg.parameters.extend(parameters)
-    cg.offsets.extend(parameters)
-    return ids, axis
+    if added:
+        cg.offsets.extend(parameters)  # a class token, a position embedding: nonzero channels
+    return ids
 
 
 def _elementwise_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
@@ -1057,17 +1067,11 @@ def _elementwise_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
             parameters.append(parameter)
         else:
             return None
-    ids = cg.ids[shaped[0]]
-    for other in [*(cg.ids[s] for s in shaped[1:]), *(p.ids for p in parameters)]:
-        for a, b in zip(ids, other, strict=True):
-            cg.union(a, b)
-    cg.parameters.extend(parameters)
-    if _is(node, _ADD, _ADD_METHODS):
-        cg.offsets.extend(parameters)  # a position embedding: it makes the channel nonzero
-    return ids, axis
+    added = _is(node, _ADD, _ADD_METHODS)
+    return _unite(cg, [cg.ids[s] for s in shaped], parameters, added), axis
 
 
-_PARAMETER_VIEWS = {"reshape", "view", "unsqueeze", "squeeze", "flatten", torch.reshape,
+_PARAMETER_VIEWS = {"reshape", "view", "unsqueeze", "squeeze", "flatten", "expand", torch.reshape,
                     torch.unsqueeze, torch.squeeze, torch.flatten}  # fmt: skip
 
 
@@ -1076,8 +1080,7 @@ def _parameter_of(node: fx.Node, values: dict[fx.Node, Any]) -> fx.Node | None:
     (`self.gamma.reshape(1, -1, 1, 1)`, `self.cls_token.expand(B, -1, -1)`), each step
     read by one op only; else None."""
     while node.op != "get_attr":
-        views = _PARAMETER_VIEWS | {"expand"}
-        if node.op not in ("call_method", "call_function") or node.target not in views:
+        if node.op not in ("call_method", "call_function") or node.target not in _PARAMETER_VIEWS:
             return None
         source = node.args[0] if node.args else None
         if not isinstance(source, fx.Node) or len(source.users) != 1:
