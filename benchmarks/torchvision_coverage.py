@@ -4,9 +4,9 @@ For every model of `torchvision.models.list_models()` (random weights, no downlo
 builders get `weights=None` and, where they take one, `weights_backbone=None`), one
 example input of the size the model needs, and a Bayesian family:
 
-1. `bp.convert(model, family)` (Swin's attention, whose forward reads its own
-   `qkv.weight`, kept deterministic with `keep=[ShiftedWindowAttention...]`, as the docs
-   say; with `--split-attention`, torch's `nn.MultiheadAttention` split into heads first);
+1. `bp.convert(model, family)` (Swin's `qkv` and `proj`, whose weights its attention's
+   forward reads itself, are kept deterministic by `convert`, which finds them; with
+   `--split-attention`, torch's `nn.MultiheadAttention` split into heads first);
 2. `compress.activation_scores` on the example; the layers with a finite score (not
    pinned) are counted;
 3. `keep_units(sparsity=0.25)` on those, `shrink_graph(check=True)`: the shrunk
@@ -112,16 +112,6 @@ def build(models: Any, name: str) -> nn.Module:
     return builder(**options).eval()
 
 
-def keep_types(net: nn.Module) -> list[type[nn.Module]]:
-    """Swin's attention modules present in `net` (their forward reads `qkv.weight`)."""
-    from torchvision.models import swin_transformer as swin
-    from torchvision.models.video import swin_transformer as swin3d
-
-    kinds = (swin.ShiftedWindowAttention, swin.ShiftedWindowAttentionV2)
-    kinds += (swin3d.ShiftedWindowAttention3d,)
-    return [k for k in kinds if any(isinstance(m, k) for m in net.modules())]
-
-
 def _inputs(shape: tuple[int, ...], name: str) -> tuple[torch.Tensor, ...]:
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     return (x, x.clone()) if name.startswith("raft") else (x,)  # optical flow: two frames
@@ -148,7 +138,7 @@ def probe(
         if frozen_norms:  # after: it copies the statistics
             net = freeze_norms(net)
         row["parameters"] = sum(p.numel() for p in net.parameters())
-        model = bp.convert(net, family, keep=keep_types(net), split_attention=split_attention)
+        model = bp.convert(net, family, split_attention=split_attention)
         row.update(measure(model, _inputs(example_shape(models, name), name)))
     except Exception as err:  # a user's view: the first line of what they would see
         row.update(failure(err))

@@ -18,6 +18,7 @@ from test_shrink_graph import _build, _kill, _out
 from test_shrink_graph_constructs import _shrunk
 from torch import Tensor, nn
 
+import bayesprune as bp
 from bayesprune import convert
 from bayesprune.compress import activation_scores
 from bayesprune.compress.graph import shrink_graph
@@ -221,7 +222,7 @@ def test_torchvision_convnext_mlp_units(family):
 
 
 def test_torchvision_swin_converts_with_its_attention_kept():
-    """Swin's attention reads `self.qkv.weight` itself: a Bayesian qkv cannot serve it."""
+    """Swin's attention reads `self.qkv.weight` itself: convert keeps qkv and proj plain."""
     import_torchvision_models()
     from torchvision.models.swin_transformer import ShiftedWindowAttention, SwinTransformer
 
@@ -229,11 +230,16 @@ def test_torchvision_swin_converts_with_its_attention_kept():
     plain = SwinTransformer([4, 4], 8, [1, 1], [2, 2], [4, 4], num_classes=3).double().eval()
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
     with pytest.raises(AttributeError, match=r"keep=\[ThatModuleClass\]"):
-        _convert(plain, "gaussian")(x)
-    model = _convert(plain, "gaussian", keep=[ShiftedWindowAttention])
-    assert not isinstance(model.features[1][0].attn.qkv, VariationalLayer)
-    _kill(model, "features.1.0.mlp.0", [1, 2, 3])
-    _, layers = _shrunk(model, x)
+        _convert(plain, "gaussian", keep_read=False)(x)
+    with pytest.warns(bp.nn.KeptDeterministicWarning, match=r"'features.1.0.attn.qkv'"):
+        found = _convert(plain, "gaussian")
+    by_type = _convert(plain, "gaussian", keep=[ShiftedWindowAttention])
+    for model in (found, by_type):
+        assert not isinstance(model.features[1][0].attn.qkv, VariationalLayer)
+        assert not isinstance(model.features[3][0].attn.proj, VariationalLayer)
+        assert isinstance(model.features[1][0].mlp[0], VariationalLayer)
+    _kill(found, "features.1.0.mlp.0", [1, 2, 3])
+    _, layers = _shrunk(found, x)
     assert layers["features.1.0.mlp.0"].units_after == 32 - 3
 
 

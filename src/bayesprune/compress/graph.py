@@ -293,7 +293,8 @@ class _GraphShrinker:
             zero = self._zero_columns(use)
             read_live |= {cg.find(i) for i, z in zip(use.ids, zero.tolist(), strict=True) if not z}
         normalised = {cg.find(i) for use in cg.layer_norms for i in use.ids}
-        orphan = {g for g in members if g not in pinned | read_live | normalised}
+        kept = pinned | read_live | normalised  # once: a union per group was quadratic
+        orphan = {g for g in members if g not in kept}
         return dead - orphan, orphan
 
     # -- folding (graph_fold) ---------------------------------------------------------

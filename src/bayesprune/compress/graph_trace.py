@@ -89,6 +89,7 @@ from torch.nn.modules import transformer as _transformer
 from ..nn.attention import MultiheadAttention
 from ..nn.base import SerializableLayer, evaluation_pass, torch_type
 from ..nn.moments import Moments
+from ..nn.parameter_reads import no_proxies_left
 from .adapters import (
     CONVOLUTIONS,
     TRANSPOSED,
@@ -301,7 +302,7 @@ def _trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> fx.Grap
     ]
     tracer = Tracer(leaf_modules, norms)
     try:
-        with _transformers_traceable(), _no_proxies_left(model):
+        with _transformers_traceable(), no_proxies_left(model):
             graph = tracer.trace(model)
     except Exception as err:  # fx raises TraceError, TypeError, RuntimeError...
         raise GraphTraceError(
@@ -311,28 +312,6 @@ def _trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> fx.Grap
             "Python control flow"
         ) from err
     return fx.GraphModule(tracer.root, graph)
-
-
-@contextlib.contextmanager
-def _no_proxies_left(model: nn.Module) -> Iterator[None]:
-    """Caches a module fills while it is traced (timm's LeViT and EfficientFormer keep
-    their attention biases in a dict per device in eval mode) would hold proxies of that
-    trace, which a later trace would read as values of another graph: such entries are
-    removed, and attributes set to a proxy get their value back."""
-    before = {id(m): dict(vars(m)) for m in model.modules()}
-    try:
-        yield
-    finally:
-        for m in model.modules():
-            for name, value in list(vars(m).items()):
-                if isinstance(value, fx.Proxy):
-                    if name in before.get(id(m), {}):
-                        setattr(m, name, before[id(m)][name])
-                    else:
-                        delattr(m, name)
-                elif isinstance(value, dict):
-                    for key in [k for k, v in value.items() if isinstance(v, fx.Proxy)]:
-                        del value[key]
 
 
 def _mutable(value: Any) -> Any:

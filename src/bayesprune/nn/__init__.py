@@ -18,6 +18,7 @@ from .base import (
 from .family import (
     DETERMINISTIC,
     Family,
+    KeptDeterministicWarning,
     convert,
     families,
     get_family,
@@ -32,6 +33,7 @@ from .group_sparse_vd import (
     GroupSparseVDLinear,
 )
 from .moments import EVIConv2d, EVILikelihood, EVILinear, Moments, evi_cnn, evi_deep_cnn
+from .parameter_reads import layers_read_outside
 from .priors import GaussianPrior, MixtureKL, ScaleMixturePrior, make_prior
 from .sparse_vd import (
     LogUniformPrior,
@@ -76,6 +78,7 @@ __all__ = [
     "GroupSparseVDConv2d",
     "GroupSparseVDConv3d",
     "GroupSparseVDLinear",
+    "KeptDeterministicWarning",
     "LogUniformPrior",
     "MeanGates",
     "MixtureKL",
@@ -109,6 +112,7 @@ __all__ = [
     "get_family",
     "kl",
     "layer_types",
+    "layers_read_outside",
     "make_prior",
     "register_family",
     "split_attention",

@@ -173,10 +173,13 @@ class VariationalLayer(SerializableLayer):
                 raise
         raise AttributeError(
             f"{type(self).__name__} has no fixed `{name}`: its weights are random (see "
-            f"posterior()). Code that reads `.{name}` of this layer itself (a functional call "
-            f"such as torchvision's Swin attention, F.linear(x, self.qkv.{name})) bypasses the "
-            "Bayesian layer; keep the module whose forward does that deterministic: "
-            "bp.convert(model, keep=[ThatModuleClass]) or keep=['its.name']"
+            f"posterior()). Code that reads `.{name}` of this layer itself (F.linear(x, "
+            f"self.qkv.{name}), `self.proj.{name}.device`) bypasses the Bayesian layer. "
+            "bp.convert keeps the layers it sees read so deterministic (it traces the model "
+            "with torch.fx; keep_read=True), but this read is in code it could not trace "
+            "(data-dependent control flow): keep the module whose forward does it "
+            "deterministic yourself, bp.convert(model, keep=[ThatModuleClass]) or "
+            "keep=['its.name']"
         )
 
     def kl(self) -> Tensor:  # pragma: no cover - abstract

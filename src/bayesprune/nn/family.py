@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from torch import nn
 
 from .attention import split_attention as _split_attention
 from .base import Role, VariationalLayer, conv_geometry, torch_type
+from .parameter_reads import layers_read_outside
 
 PLAIN_CONVOLUTIONS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 """torch's convolutions by number of spatial dims: the layers every conv family twins."""
@@ -210,17 +212,23 @@ def convert(
     inplace: bool = False,
     keep: Sequence[str | type[nn.Module]] = (),
     split_attention: bool = False,
+    keep_read: bool = True,
     **options: Any,
 ) -> nn.Module:
     """Return `model` with every nn.Linear / nn.Conv1d / 2d / 3d replaced by a Bayesian twin.
 
     Works on any `nn.Module`, whatever its `forward`. `keep` names modules (as in
     `model.named_modules()`, e.g. `("conv1", "fc")`, or a block such as `"layer4"`) or
-    module types (every module of the type, e.g. an attention class whose forward reads
-    `self.qkv.weight` itself) whose layers stay deterministic; a name or type that matches
-    no replaceable layer is an error. The first and last converted layers in module
-    order get the roles "first" and "last" (e.g. spike-and-slab gates the first layer's
-    inputs with `input_gates=True` and leaves the last layer's outputs ungated).
+    module types (every module of the type) whose layers stay deterministic; a name or
+    type that matches no replaceable layer is an error. With `keep_read=True` a layer whose
+    weight the model's own code reads (`F.linear(x, self.qkv.weight, bias)` in timm's BEiT,
+    torchvision's Swin) or shares with another module (tied weights) stays deterministic
+    too, with a `KeptDeterministicWarning` naming each and why (found by tracing the model
+    symbolically, `layers_read_outside`): a Bayesian layer has no fixed weight to read, and
+    converting one of two tied modules would untie them. The first and last converted
+    layers in module order get the roles "first" and "last" (e.g. spike-and-slab gates the
+    first layer's inputs with `input_gates=True` and leaves the last layer's outputs
+    ungated).
     `split_attention=True` first replaces every `nn.MultiheadAttention` by
     `bayesprune.nn.MultiheadAttention` (same outputs, four projection layers), whose
     projections are then converted and whose heads `compress.shrink_graph` can delete;
@@ -257,12 +265,39 @@ def convert(
             f"keep names {unmatched} match no nn.Linear / nn.Conv1d / 2d / 3d of the model; "
             f"replaceable layers: {[q for *_, q in named][:20]}"
         )
-    found = [(parent, name, child) for parent, name, child, q in named if not _kept(q, keep)]
+    read = _read_outside(model, [q for *_, q in named if not _kept(q, keep)]) if keep_read else {}
+    found = [
+        (parent, name, child)
+        for parent, name, child, q in named
+        if not _kept(q, keep) and q not in read
+    ]
     for i, (parent, name, child) in enumerate(found):
         role = Role(first=i == 0, last=i == len(found) - 1)
         setattr(parent, name, _twin(child, fam, role, init_from_weights, options))
     _transformer_fast_path(model)
     return model
+
+
+class KeptDeterministicWarning(UserWarning):
+    """`convert` left layers deterministic that the model reads or shares outside them."""
+
+
+def _read_outside(model: nn.Module, candidates: list[str]) -> dict[str, str]:
+    """The layers of `candidates` that `layers_read_outside` finds, with a warning."""
+    reads = layers_read_outside(model)
+    read = {q: reads[q] for q in candidates if q in reads}
+    if read:
+        shown = "; ".join(f"{q!r} ({why})" for q, why in list(read.items())[:3])
+        more = f" and {len(read) - 3} more" if len(read) > 3 else ""
+        warnings.warn(
+            f"convert kept {len(read)} layer(s) deterministic whose weights the model reads "
+            f"outside them or shares: {shown}{more}. A Bayesian layer has no fixed weight "
+            "for such code to read (and converting one of two tied modules would untie "
+            "them); pass keep_read=False to convert them anyway",
+            KeptDeterministicWarning,
+            stacklevel=3,
+        )
+    return read
 
 
 def _transformer_fast_path(model: nn.Module) -> None:
