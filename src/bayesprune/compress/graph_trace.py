@@ -428,6 +428,11 @@ class ChannelGraph:
             self.pinned.update(new)
         return new
 
+    def add_producer(self, use: Use) -> None:
+        """`use` writes its ids: unit k of the layer `use.name` is id `use.ids[k]`."""
+        self.producers.append(use)
+        self.owner.update((i, (use.name, unit)) for unit, i in enumerate(use.ids))
+
     def find(self, i: int) -> int:
         while self.parent[i] != i:
             self.parent[i] = self.parent[self.parent[i]]
@@ -637,11 +642,9 @@ def _attention_ids(
         layer, full = module.get_submodule(projection), f"{name}.{projection}"
         cg.sinks.append(Use(full, node, ids, 1, axis))
         heads = cg.pinned_fresh(layer.out_features, f"the heads of {name} (units of their own)")
-        cg.producers.append(Use(full, node, heads, 1, axis))
-        cg.owner.update((i, (full, unit)) for unit, i in enumerate(heads))
+        cg.add_producer(Use(full, node, heads, 1, axis))
     out = cg.fresh(module.out_proj.out_features)
-    cg.producers.append(Use(f"{name}.out_proj", node, out, 1, value[0].ndim - 1))
-    cg.owner.update((i, (f"{name}.out_proj", unit)) for unit, i in enumerate(out))
+    cg.add_producer(Use(f"{name}.out_proj", node, out, 1, value[0].ndim - 1))
     cg.pieces[node] = [(out, value[0].ndim - 1), ([], 0)]
     return first
 
@@ -695,9 +698,7 @@ def _layer_ids(cg: ChannelGraph, node: fx.Node, module: nn.Module, first: Channe
     units = 1 if reads == 1 else value.ndim - 1
     cg.sinks.append(Use(name, node, ids, groups, reads))
     out = cg.fresh(value.shape[units])
-    for unit, i in enumerate(out):
-        cg.owner[i] = (name, unit)
-    cg.producers.append(Use(name, node, out, groups, units))
+    cg.add_producer(Use(name, node, out, groups, units))
     if groups > 1:  # a group of a grouped conv goes whole: its inputs with its outputs
         k, m = len(ids) // groups, len(out) // groups
         for g in range(groups):
@@ -715,9 +716,7 @@ def _transposed_ids(cg: ChannelGraph, node: fx.Node, first: Channels) -> Channel
     name = str(node.target)
     cg.sinks.append(Use(name, node, first[0], transposed=True))
     out = cg.fresh(cg.values[node].shape[1])
-    for unit, i in enumerate(out):
-        cg.owner[i] = (name, unit)
-    cg.producers.append(Use(name, node, out))
+    cg.add_producer(Use(name, node, out))
     return out, 1
 
 
