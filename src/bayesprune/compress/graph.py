@@ -554,7 +554,7 @@ class _GraphShrinker:
     def prune_inputs(self, spec: Mapping[str, Any] | bool) -> None:
         """Remove input features: those `spec` does not keep, or (spec True) those no layer
         reads (zero weights, or an input PIP at most the threshold, masked first)."""
-        graph = trace(self.model, self.options["leaf_modules"])
+        graph = trace(self.model, self.options["leaf_modules"], self.inputs)
         places = [str(n.target) for n in graph.graph.nodes if n.op == "placeholder"]
         taking = {n for n, x in zip(places, self.inputs, strict=False) if _tensor_input(x)}
         explicit = spec if isinstance(spec, Mapping) else {}
@@ -884,7 +884,10 @@ def shrink_graph(
     )  # fmt: skip
     found = find_parts(model, inputs, settings.leaf_modules)
     if found.traced:
-        return _shrink_traced(model, inputs, prune_units, prune_inputs, settings)[0]
+        result = _shrink_traced(model, inputs, prune_units, prune_inputs, settings)[0]
+        if found.reason:  # traced with the example's values
+            result.notes.append(found.reason)
+        return result
     if prune_inputs:
         raise ValueError(
             f"prune_inputs needs the whole forward traced, and {found.reason}; shrink "

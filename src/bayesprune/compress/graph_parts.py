@@ -18,11 +18,12 @@ call; `shrink_graph` checks every call, and the whole model's output.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from ..nn.base import evaluation_pass
 from .adapters import prunable_layers
@@ -133,20 +134,52 @@ def _traces(module: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> bool:
     return True
 
 
+VALUED = (
+    "the forward was traced with the example's values (it branches on shapes, or leaves "
+    "optional arguments at their defaults): the graph's sizes are the example's"
+)
+
+
+def _valued_trace(
+    model: nn.Module, leaf_modules: Sequence[type[nn.Module]], inputs: tuple[Any, ...]
+) -> fx.GraphModule | None:
+    """The model traced with the example's values (`bayesprune.tracing`), or None."""
+    try:
+        return trace(model, leaf_modules, inputs)
+    except GraphTraceError:
+        return None
+
+
+def _repeated_calls(gm: fx.GraphModule) -> bool:
+    """Whether a module with parameters is called more than once: a loop over the batch
+    or the images that the valued trace unrolled, which parts handle better (a part is
+    analysed on one call and checked on all)."""
+    calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
+    return any(
+        count > 1 and next(gm.get_submodule(name).parameters(), None) is not None
+        for name, count in calls.items()
+    )
+
+
 def find_parts(
     model: nn.Module,
     inputs: tuple[Any, ...],
     leaf_modules: Sequence[type[nn.Module]] = (),
 ) -> Parts:
     """The whole model when it traces, else its largest traceable submodules (module
-    docstring). A GraphTraceError when neither it nor any submodule with prunable layers
-    traces."""
+    docstring). A model that traces only with the example's values (`VALUED`) is taken
+    whole unless that trace calls a module with parameters twice (a loop it unrolled),
+    where parts come first. A GraphTraceError when neither it nor any submodule with
+    prunable layers traces."""
     try:
         trace(model, leaf_modules)
     except GraphTraceError as err:
         whole = err
     else:
         return Parts([Part("", model, inputs)], traced=True)
+    valued = _valued_trace(model, leaf_modules, inputs)
+    if valued is not None and not _repeated_calls(valued):
+        return Parts([Part("", model, inputs)], traced=True, reason=VALUED)
     leaf = Tracer(leaf_modules).is_leaf_module
     layers = [name for name, _ in prunable_layers(model)]
     candidates = [  # not a layer itself, and holding layers to prune
@@ -175,6 +208,8 @@ def find_parts(
         Part(name, model.get_submodule(name), kept[name].args or (), kept[name].count)
         for name in chosen
     ]
+    if not parts and valued is not None:
+        return Parts([Part("", model, inputs)], traced=True, reason=VALUED)
     if not parts:
         raise GraphTraceError(
             f"{whole}; and no submodule of {type(model).__name__} with prunable layers "

@@ -87,9 +87,9 @@ from torch import Tensor, fx, nn
 from torch.nn.modules import transformer as _transformer
 
 from ..nn.attention import MultiheadAttention
-from ..nn.base import SerializableLayer, evaluation_pass, torch_type
+from ..nn.base import SerializableLayer, evaluation_pass, torch_type, use_posterior_mean
 from ..nn.moments import Moments
-from ..nn.parameter_reads import no_proxies_left
+from ..tracing import ExampleValues, no_proxies_left, trace_with_values
 from .adapters import (
     CONVOLUTIONS,
     TRANSPOSED,
@@ -252,6 +252,18 @@ class Tracer(fx.Tracer):
         self.extra_leaves = tuple(leaf_modules)
         self.channel_norms = set(norms)  # ids of LayerNorms with their own forward (probed)
 
+    def call_module(
+        self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """A module made inside `forward` (`nn.ReLU()(x)`, which DistilBERT does) has no
+        name to call it by: one without parameters or buffers is traced through."""
+        if _stateless(m):
+            try:
+                self.path_of_module(m)
+            except NameError:
+                return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (SerializableLayer, MultiheadAttention, *self.extra_leaves)):
             return True
@@ -277,21 +289,45 @@ def _user_frame(err: BaseException) -> str:
     return f"{f.filename}:{f.lineno}: {f.line}"
 
 
-def trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = ()) -> fx.GraphModule:
+def trace(
+    model: nn.Module,
+    leaf_modules: Sequence[type[nn.Module]] = (),
+    inputs: Sequence[Any] | None = None,
+) -> fx.GraphModule:
     """The fx graph of `model`; a GraphTraceError names the op that stops tracing and the fix.
 
     torch's transformer modules are traced through where fx can (`_TRANSFORMER_BLOCKS`),
-    else kept whole, as before (nn.Transformer checks its inputs' sizes in Python)."""
+    else kept whole, as before (nn.Transformer checks its inputs' sizes in Python). Where
+    the symbolic trace fails and example `inputs` are given, the model is traced again
+    with their values (`trace_values`: sizes, dims and dtypes known, optional arguments
+    at their defaults), which Hugging Face's models need."""
     try:
         return _trace(model, leaf_modules)
-    except GraphTraceError:
+    except GraphTraceError as err:
+        failed = err
+    if any(isinstance(m, _TRANSFORMER_BLOCKS) for m in model.modules()):
         whole = (*leaf_modules, *_TRANSFORMER_BLOCKS)
-        if not any(isinstance(m, _TRANSFORMER_BLOCKS) for m in model.modules()):
-            raise
-        return _trace(model, whole)
+        if inputs is None:
+            return _trace(model, whole)
+        with contextlib.suppress(GraphTraceError):
+            return _trace(model, whole)
+    if inputs is None:
+        raise failed
+    try:
+        return _trace(model, leaf_modules, inputs)
+    except GraphTraceError:
+        raise failed from None
 
 
-def _trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> fx.GraphModule:
+class ValuedTracer(ExampleValues, Tracer):
+    """`Tracer` whose proxies carry their values on the example (`trace_values`)."""
+
+
+def _trace(
+    model: nn.Module,
+    leaf_modules: Sequence[type[nn.Module]],
+    inputs: Sequence[Any] | None = None,
+) -> fx.GraphModule:
     # probed before tracing: fx patches module calls and attribute reads while it traces
     norms = [
         id(m)
@@ -300,10 +336,14 @@ def _trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> fx.Grap
         or group_norm_layout(m)
         or response_norm_layout(m) is not None
     ]
-    tracer = Tracer(leaf_modules, norms)
+    tracer = Tracer(leaf_modules, norms) if inputs is None else ValuedTracer(leaf_modules, norms)
     try:
         with _transformers_traceable(), no_proxies_left(model):
-            graph = tracer.trace(model)
+            if isinstance(tracer, ValuedTracer):
+                with use_posterior_mean(model):
+                    graph = trace_with_values(tracer, model, inputs or ())
+            else:
+                graph = tracer.trace(model)
     except Exception as err:  # fx raises TraceError, TypeError, RuntimeError...
         raise GraphTraceError(
             f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {err}) at "
@@ -378,8 +418,9 @@ def record(gm: fx.GraphModule, inputs: tuple[Tensor, ...]) -> dict[fx.Node, Any]
         ) from err
     finally:
         with torch.no_grad():
-            for name, b in gm.named_buffers():
-                b.copy_(buffers[name])  # a call traced in training mode may have updated them
+            for name, b in gm.named_buffers():  # a call in training mode may have updated
+                if not torch.equal(b, buffers[name]):  # them (an expanded one cannot be)
+                    b.copy_(buffers[name])
     return values
 
 
@@ -527,7 +568,7 @@ def analyse(
 
     The inputs named in `free_inputs` (forward argument names) are not pinned.
     """
-    gm = trace(model, leaf_modules)
+    gm = trace(model, leaf_modules, inputs)
     cg = ChannelGraph(gm, record(gm, inputs), root=model)
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     calls.update(norm_owner(n) for n in gm.graph.nodes if _is(n, {F.batch_norm}, set()))
@@ -558,7 +599,7 @@ def analyse(
                 found = (cg.pinned_fresh(out.shape[1], f"the output of {_describe(node)}"), 1)
             cg.ids[node], cg.axis[node] = found
     pin_size_reads(cg)
-    verify_sized_calls(cg, lambda root: trace(root, leaf_modules))
+    verify_sized_calls(cg, lambda root: trace(root, leaf_modules, inputs))
     return cg
 
 

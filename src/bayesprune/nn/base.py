@@ -176,10 +176,10 @@ class VariationalLayer(SerializableLayer):
             f"posterior()). Code that reads `.{name}` of this layer itself (F.linear(x, "
             f"self.qkv.{name}), `self.proj.{name}.device`) bypasses the Bayesian layer. "
             "bp.convert keeps the layers it sees read so deterministic (it traces the model "
-            "with torch.fx; keep_read=True), but this read is in code it could not trace "
-            "(data-dependent control flow): keep the module whose forward does it "
-            "deterministic yourself, bp.convert(model, keep=[ThatModuleClass]) or "
-            "keep=['its.name']"
+            "with torch.fx), but this read is in code it could not trace: give convert "
+            "example_inputs=(x,) (a forward that branches on shapes then traces), or keep "
+            "the module whose forward does it deterministic yourself, "
+            "bp.convert(model, keep=[ThatModuleClass]) or keep=['its.name']"
         )
 
     def kl(self) -> Tensor:  # pragma: no cover - abstract

@@ -213,6 +213,7 @@ def convert(
     keep: Sequence[str | type[nn.Module]] = (),
     split_attention: bool = False,
     keep_read: bool = True,
+    example_inputs: Any = None,
     **options: Any,
 ) -> nn.Module:
     """Return `model` with every nn.Linear / nn.Conv1d / 2d / 3d replaced by a Bayesian twin.
@@ -225,7 +226,9 @@ def convert(
     torchvision's Swin) or shares with another module (tied weights) stays deterministic
     too, with a `KeptDeterministicWarning` naming each and why (found by tracing the model
     symbolically, `layers_read_outside`): a Bayesian layer has no fixed weight to read, and
-    converting one of two tied modules would untie them. The first and last converted
+    converting one of two tied modules would untie them. `example_inputs` (the forward's
+    positional arguments, as `shrink_graph` takes them) let that trace see reads in a
+    forward that branches on shapes (Hugging Face's models). The first and last converted
     layers in module order get the roles "first" and "last" (e.g. spike-and-slab gates the
     first layer's inputs with `input_gates=True` and leaves the last layer's outputs
     ungated).
@@ -265,7 +268,8 @@ def convert(
             f"keep names {unmatched} match no nn.Linear / nn.Conv1d / 2d / 3d of the model; "
             f"replaceable layers: {[q for *_, q in named][:20]}"
         )
-    read = _read_outside(model, [q for *_, q in named if not _kept(q, keep)]) if keep_read else {}
+    candidates = [q for *_, q in named if not _kept(q, keep)]
+    read = _read_outside(model, candidates, example_inputs) if keep_read else {}
     found = [
         (parent, name, child)
         for parent, name, child, q in named
@@ -282,9 +286,11 @@ class KeptDeterministicWarning(UserWarning):
     """`convert` left layers deterministic that the model reads or shares outside them."""
 
 
-def _read_outside(model: nn.Module, candidates: list[str]) -> dict[str, str]:
+def _read_outside(
+    model: nn.Module, candidates: list[str], example_inputs: Any = None
+) -> dict[str, str]:
     """The layers of `candidates` that `layers_read_outside` finds, with a warning."""
-    reads = layers_read_outside(model)
+    reads = layers_read_outside(model, example_inputs)
     read = {q: reads[q] for q in candidates if q in reads}
     if read:
         shown = "; ".join(f"{q!r} ({why})" for q, why in list(read.items())[:3])

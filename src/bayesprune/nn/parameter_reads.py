@@ -6,44 +6,24 @@ bias)`, torchvision's Swin passes `self.qkv.weight` to a function, XCiT asks
 `self.token_projection.weight.device`) would bypass the posterior, and a weight shared by
 two modules (a language model's tied embedding and output layer) would be untied by
 converting one of them. `convert` keeps such layers deterministic; this module finds
-them, without running the model: `torch.fx` traces its `forward` symbolically and
-records every read of a layer's parameter that happens outside that layer's own
-`forward` (layers are leaves of the trace, so their own reads are never seen). Where a
-module cannot be traced, its children are, one by one; a read inside an untraceable
-module's own code is not seen, and the Bayesian layer's error names the fix there.
+them: `torch.fx` traces the `forward` symbolically (nothing is run) and records every
+read of a layer's parameter that happens outside that layer's own `forward` (layers are
+leaves of the trace, so their own reads are never seen). Where a module cannot be
+traced, it is traced with the values of example inputs if `convert` was given them
+(`bayesprune.tracing`: Hugging Face's models branch on shapes), else its children are
+traced one by one; a read inside an untraceable module's own code is not seen, and the
+Bayesian layer's error names the fix there.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import Any
 
 from torch import fx, nn
 
-from .base import SerializableLayer
-
-
-@contextlib.contextmanager
-def no_proxies_left(model: nn.Module) -> Iterator[None]:
-    """Caches a module fills while it is traced (timm's LeViT and EfficientFormer keep
-    their attention biases in a dict per device in eval mode) would hold proxies of that
-    trace, which a later trace or a forward would read as values: such entries are
-    removed, and attributes set to a proxy get their value back."""
-    before = {id(m): dict(vars(m)) for m in model.modules()}
-    try:
-        yield
-    finally:
-        for m in model.modules():
-            for name, value in list(vars(m).items()):
-                if isinstance(value, fx.Proxy):
-                    if name in before.get(id(m), {}):
-                        setattr(m, name, before[id(m)][name])
-                    else:
-                        delattr(m, name)
-                elif isinstance(value, dict):
-                    for key in [k for k, v in value.items() if isinstance(v, fx.Proxy)]:
-                        del value[key]
+from ..tracing import ExampleValues, no_proxies_left, trace_with_values
+from .base import SerializableLayer, use_posterior_mean
 
 
 class _ReadRecorder(fx.Tracer):
@@ -102,37 +82,61 @@ def _shared(model: nn.Module) -> dict[str, str]:
     return shared
 
 
-def _traces(tracer: fx.Tracer, module: nn.Module) -> bool:
+class _ValuedReadRecorder(ExampleValues, _ReadRecorder):
+    """`_ReadRecorder` whose proxies carry their values on example inputs, so a forward
+    that branches on shapes (Hugging Face's models) traces whole."""
+
+
+def _traces(tracer: fx.Tracer, module: nn.Module, inputs: Sequence[Any] | None = None) -> bool:
     """Whether `tracer` traces `module` whole (what it recorded before failing stands)."""
     try:
         with no_proxies_left(module):
-            tracer.trace(module)
+            if isinstance(tracer, ExampleValues):
+                with use_posterior_mean(module):
+                    trace_with_values(tracer, module, inputs or ())
+            else:
+                tracer.trace(module)
     except Exception:  # fx raises TraceError, TypeError, RuntimeError, ...
         return False
     return True
 
 
-def layers_read_outside(model: nn.Module) -> dict[str, str]:
+def layers_read_outside(
+    model: nn.Module, example_inputs: Sequence[Any] | None = None
+) -> dict[str, str]:
     """{layer name: why} for every layer (a module without children) whose parameters the
     model reads outside the layer's own forward, or shares with another module.
 
-    Nothing is run: the model is traced symbolically (untraceable modules are skipped,
-    their traceable children traced). Used by `convert` to keep such layers
-    deterministic; call it to see what `convert` will keep and why."""
+    The model is traced symbolically, nothing run (a module that does not trace is
+    skipped and its children traced). With `example_inputs` (the forward's positional
+    arguments) a model whose symbolic trace fails is first traced with their values
+    (`bayesprune.tracing`), which sees reads in code that branches on shapes. Used by
+    `convert` to keep such layers deterministic; call it to see what `convert` will keep
+    and why."""
     owners = _layer_parameters(model)
     found = dict(_shared(model))
     names = {id(m): q for q, m in model.named_modules()}
 
-    def visit(module: nn.Module) -> None:
+    def visit(module: nn.Module, inputs: Sequence[Any] | None = None) -> None:
         if not list(module.children()) or isinstance(module, SerializableLayer):
             return  # a layer: its own reads are its business
         tracer = _ReadRecorder(owners, names.get(id(module), ""))
         traced = _traces(tracer, module)
-        for layer, why in tracer.reads.items():
+        reads = dict(tracer.reads)
+        if not traced and inputs is not None:
+            valued = _ValuedReadRecorder(owners, names.get(id(module), ""))
+            traced = _traces(valued, module, inputs)
+            reads.update(valued.reads)
+        for layer, why in reads.items():
             found.setdefault(layer, why)
         if not traced:
             for child in module.children():
                 visit(child)
 
-    visit(model)
+    example = None if example_inputs is None else tuple(_as_tuple(example_inputs))
+    visit(model, example)
     return found
+
+
+def _as_tuple(inputs: Any) -> Sequence[Any]:
+    return inputs if isinstance(inputs, tuple | list) else (inputs,)

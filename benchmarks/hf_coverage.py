@@ -1,0 +1,190 @@
+"""Which Hugging Face transformers models go through the graph path: convert → score → shrink.
+
+Hugging Face's forwards unpack `input_ids.size()`, branch on `mask.dim()` and make masks
+when an argument is None, which fx's symbolic trace cannot follow; `shrink_graph` then
+traces them with the example's values (docs/byom.md, section 13). Each model is built
+from a small configuration of its architecture (random weights, seeded, eval mode, no
+download), then as `timm_coverage.py` runs timm's:
+
+1. `bp.convert(model, family, example_inputs=...)` (layers whose weights the forward
+   reads itself or ties, GPT-2's output layer, ViT's patch projection, stay plain);
+2. `compress.activation_scores` on one example (2 sequences of 16 token ids, or 2 images
+   of 32 × 32); the layers with a finite score (not pinned) are counted;
+3. `keep_units(sparsity=0.25)` on those, `shrink_graph(check=True)`.
+
+`--pinned` names the three operations that pin the most units. transformers is not a
+dependency of bayesprune; install it beside the bench extra for this script:
+
+    pip install "transformers>=4.44,<4.50"
+    python benchmarks/hf_coverage.py --pinned
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from graph_groups import torchvision_models
+from timm_coverage import _pins
+from torchvision_coverage import failure, measure, table_row
+
+import bayesprune as bp
+
+NAME = "hf_coverage"
+TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+VOCAB = 1000
+
+
+def _builders(tf: Any) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
+    """name → (a builder of the model from a small configuration, its input kind)."""
+    text = dict(TEXT, vocab_size=VOCAB)
+    image = dict(TEXT, image_size=32, patch_size=8, num_labels=10)
+    return {
+        "bert": (lambda: tf.BertForSequenceClassification(tf.BertConfig(**text)), "text"),
+        "roberta": (
+            lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(**text)),
+            "text",
+        ),
+        "electra": (
+            lambda: tf.ElectraForSequenceClassification(
+                tf.ElectraConfig(**text, embedding_size=64)
+            ),
+            "text",
+        ),
+        "distilbert": (
+            lambda: tf.DistilBertForSequenceClassification(
+                tf.DistilBertConfig(dim=64, n_layers=2, n_heads=4, hidden_dim=128, vocab_size=VOCAB)
+            ),
+            "text",
+        ),
+        "albert": (
+            lambda: tf.AlbertForSequenceClassification(tf.AlbertConfig(**text, embedding_size=32)),
+            "text",
+        ),
+        "gpt2": (
+            lambda: tf.GPT2LMHeadModel(
+                tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB)
+            ),
+            "text",
+        ),
+        "llama": (
+            lambda: tf.LlamaForCausalLM(
+                tf.LlamaConfig(**text, num_key_value_heads=2, max_position_embeddings=64)
+            ),
+            "text",
+        ),
+        "vit": (lambda: tf.ViTForImageClassification(tf.ViTConfig(**image)), "image"),
+        "convnext": (
+            lambda: tf.ConvNextForImageClassification(
+                tf.ConvNextConfig(num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], num_labels=10)
+            ),
+            "image",
+        ),
+        "resnet": (
+            lambda: tf.ResNetForImageClassification(
+                tf.ResNetConfig(
+                    hidden_sizes=[16, 32], depths=[1, 1], embedding_size=16, num_labels=10
+                )
+            ),
+            "image",
+        ),
+    }
+
+
+def _convert_takes_inputs() -> bool:
+    return "example_inputs" in inspect.signature(bp.convert).parameters
+
+
+def _example(kind: str) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(0)
+    if kind == "text":
+        return (torch.randint(0, VOCAB, (2, 16), generator=gen),)
+    return (torch.randn(2, 3, 32, 32, generator=gen),)
+
+
+def probe(
+    build: Callable[[], torch.nn.Module], kind: str, name: str, family: str, pinned: bool
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    row: dict[str, Any] = {"model": name}
+    try:
+        torch.manual_seed(0)
+        net = build().eval()
+        row["parameters"] = sum(p.numel() for p in net.parameters())
+        x = _example(kind)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            given = {"example_inputs": x} if _convert_takes_inputs() else {}  # older: none
+            model = bp.convert(net, family, **given).eval()
+        kept = [
+            str(w.message).split(": ", 1)[1].split(". A Bayesian")[0]
+            for w in caught
+            if w.category.__name__ == "KeptDeterministicWarning"  # absent from older code
+        ]
+        row["kept_plain"] = "; ".join(kept)
+        if pinned:
+            row["pinned_by"] = _pins(model, x[0])
+        row.update(measure(model, x))
+    except Exception as err:  # a user's view: the first line of what they would see
+        row.update(failure(err))
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    print(row, flush=True)
+    return row
+
+
+def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    ok = [r for r in rows if r["status"] == "ok"]
+    worst = max((r["shrunk_minus_masked"] for r in ok), default=0.0)
+    scored = sum(r["scored_layers"] for r in ok)
+    prunable = sum(r["prunable_layers"] for r in ok)
+    table = [
+        {
+            **table_row(r),
+            "kept plain by convert": r.get("kept_plain", ""),
+            **({"pinned by": r.get("pinned_by", "")} if settings.get("pinned") else {}),
+            "error": r.get("error", ""),
+        }
+        for r in rows
+    ]
+    head = (
+        f"{len(ok)} of {len(rows)} models convert, score and shrink with check=True (largest "
+        f"shrunk − masked difference {worst:.1e}); {scored} of their {prunable} prunable "
+        "layers scored (not pinned)."
+    )
+    return "\n".join([head, "", md_table(table), "", f"Settings: {settings}"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--family", default="gaussian")
+    parser.add_argument("--models", nargs="*", default=None, help="default: every builder")
+    parser.add_argument("--pinned", action="store_true", help="list what pins the channels")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default=NAME)
+    add_results_dir_option(parser)
+    args = parser.parse_args()
+    use_results_dir(args)
+    torch.set_num_threads(args.threads)
+    torchvision_models()  # transformers imports torchvision where installed
+    import transformers
+
+    builders = _builders(transformers)
+    names = args.models or list(builders)
+    settings = {k: v for k, v in vars(args).items() if k not in ("name", "results_dir")}
+    settings.update(models=names, transformers=transformers.__version__)
+    settings["convert_example_inputs"] = _convert_takes_inputs()
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        build, kind = builders[name]
+        rows.append(probe(build, kind, name, args.family, args.pinned))
+        write_results(args.name, {"settings": settings, "rows": rows}, render(rows, settings))
+
+
+if __name__ == "__main__":
+    main()

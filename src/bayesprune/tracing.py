@@ -1,0 +1,205 @@
+"""torch.fx helpers shared by `convert` (which layers' weights the model reads) and the
+graph compression: caches left clean after a trace, and tracing with the example's values.
+
+**Tracing with the example's values**, the fallback for forwards that branch on shapes.
+
+`torch.fx` traces with proxies that hold no values, so a forward that unpacks
+`batch, length = input_ids.size()`, compares `x.dim() == 3`, or checks that an optional
+argument is None (Hugging Face's BERT, GPT-2 and ViT do all three) cannot be traced.
+`ExampleValues` is a tracer mixin that runs every recorded op on the example inputs as
+it records it (posterior means, no gradients), so each proxy carries its value: a
+tensor's sizes, number of dims, dtype and device are then plain Python values, and
+arguments of `forward` the example does not give take their defaults (`concrete_args`).
+The caller chooses what the values are computed with (the graph uses posterior means).
+
+What this costs: the sizes are constants of the graph, fixed at the example's, so a
+reshape to a width read off a tensor pins those channels where a symbolic trace would
+let them narrow; it is therefore used only where the symbolic trace fails. Branches on
+a tensor's *values* (`if x.sum() > 0`) still fail: a graph that held one branch would
+be silently wrong for other inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+
+@contextlib.contextmanager
+def no_proxies_left(model: nn.Module) -> Iterator[None]:
+    """Caches a module fills while it is traced (timm's LeViT and EfficientFormer keep
+    their attention biases in a dict per device in eval mode) would hold proxies of that
+    trace, which a later trace or a forward would read as values: such entries are
+    removed, and attributes set to a proxy get their value back."""
+    before = {id(m): dict(vars(m)) for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m in model.modules():
+            for name, value in list(vars(m).items()):
+                if isinstance(value, fx.Proxy):
+                    if name in before.get(id(m), {}):
+                        setattr(m, name, before[id(m)][name])
+                    else:
+                        delattr(m, name)
+                elif isinstance(value, dict):
+                    for key in [k for k, v in value.items() if isinstance(v, fx.Proxy)]:
+                        del value[key]
+
+
+_UNKNOWN = object()
+_SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
+"""Tensor methods whose answer is a fact of the shape: answered, not recorded."""
+_SHAPE_ATTRIBUTES = frozenset({"shape", "ndim"})
+_TYPE_FACTS = frozenset({"dtype", "device", "is_cuda", "layout", "is_floating_point"})
+_DATA_SHAPED = frozenset(
+    {
+        "nonzero",
+        "argwhere",
+        "masked_select",
+        "unique",
+        "unique_consecutive",
+        "bincount",
+        "repeat_interleave",
+    }
+)
+"""Ops whose output's shape depends on the input's values, not its shape: a size read off
+their result (or anything computed from it) is not answered, so a branch on it fails as
+in a symbolic trace instead of being fixed at what this example happened to give."""
+
+
+class ExampleProxy(fx.Proxy):
+    """A proxy that knows its value on the example inputs (`example`, when computed) and
+    whether its shape follows from the inputs' shapes alone (`shape_known`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        value = self.__dict__.get("example", _UNKNOWN)
+        if isinstance(value, Tensor):
+            if name in _TYPE_FACTS:
+                return getattr(value, name)
+            shaped = name in _SHAPE_METHODS or name in _SHAPE_ATTRIBUTES
+            if shaped and self.__dict__.get("shape_known", False):
+                return getattr(value, name)
+        return super().__getattr__(name)
+
+    def __len__(self) -> int:
+        value = self.__dict__.get("example", _UNKNOWN)
+        if value is _UNKNOWN or not self.__dict__.get("shape_known", False):
+            return super().__len__()
+        return len(value)
+
+
+def _data_shaped(kind: str, target: Any, args: Any) -> bool:
+    """Whether the op's output shape depends on values (`_DATA_SHAPED`, a boolean mask)."""
+    name = target if kind == "call_method" else getattr(target, "__name__", "")
+    if name in _DATA_SHAPED or (name == "where" and len(args) == 1):
+        return True
+    if name == "getitem" and len(args) == 2:
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        return any(isinstance(i, Tensor) and i.dtype == torch.bool for i in index)
+    return False
+
+
+def _shape_known(args: Any) -> bool:
+    """No argument's shape came from values."""
+    known = True
+
+    def visit(a: Any) -> Any:
+        nonlocal known
+        if isinstance(a, ExampleProxy) and not a.__dict__.get("shape_known", False):
+            known = False
+        return a
+
+    fx.node.map_aggregate(args, visit)
+    return known
+
+
+def _values(arg: Any) -> Any:
+    return fx.node.map_aggregate(arg, lambda a: a.example if isinstance(a, ExampleProxy) else a)
+
+
+class ExampleValues(fx.Tracer):
+    """Mixin for an fx.Tracer: proxies carry their values on `inputs` (module docstring).
+    Use `trace_with_values`, which sets the inputs and the optional arguments."""
+
+    inputs: dict[str, Any]  # forward's argument name -> its value in the example
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return ExampleProxy(node, self)
+
+    def call_module(
+        self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
+    ) -> Any:
+        self._forward = forward  # a leaf's own forward, for its value (not fx's wrapper)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if getattr(self, "_computing", False):
+            return attr_val  # the value's own attribute reads are not recorded
+        out = super().getattr(attr, attr_val, parameter_proxy_cache)
+        if isinstance(out, ExampleProxy) and "example" not in out.__dict__:
+            out.example, out.shape_known = attr_val, True
+        return out
+
+    def create_proxy(
+        self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **options: Any
+    ) -> Any:
+        proxy = super().create_proxy(kind, target, args, kwargs, *rest, **options)
+        if isinstance(proxy, ExampleProxy):
+            self._computing = True
+            try:
+                values, named = _values(args), _values(kwargs)
+                proxy.example = self._value(kind, target, values, named)
+                known = _shape_known((args, kwargs)) and not _data_shaped(kind, target, values)
+                proxy.shape_known = known and proxy.example is not _UNKNOWN
+            except Exception:  # an op the example cannot run: the proxy stays symbolic
+                proxy.example, proxy.shape_known = _UNKNOWN, False
+            finally:
+                self._computing = False
+        return proxy
+
+    def _value(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
+        if kind == "placeholder":
+            return self.inputs.get(str(target), _UNKNOWN)
+        if kind == "get_attr":
+            return _attr(self.root, str(target))
+        if kind == "call_function":
+            return target(*args, **kwargs)
+        if kind == "call_method":
+            return getattr(args[0], target)(*args[1:], **kwargs)
+        if kind == "call_module":
+            return self._forward(*args, **kwargs)
+        return _UNKNOWN
+
+
+def _attr(root: nn.Module, target: str) -> Any:
+    value: Any = root
+    for atom in target.split("."):
+        value = getattr(value, atom)
+    return value
+
+
+def optional_defaults(model: nn.Module, given: int) -> dict[str, Any]:
+    """The defaults of `model.forward`'s arguments after the first `given` positional ones
+    (an optional mask left None stays None in the trace, as it was in the run)."""
+    params = list(inspect.signature(model.forward).parameters.values())
+    return {
+        p.name: p.default
+        for p in params[given:]
+        if p.default is not inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def trace_with_values(tracer: ExampleValues, model: nn.Module, inputs: Sequence[Any]) -> fx.Graph:
+    """`tracer.trace(model)` with every proxy valued on `inputs` (no gradients, the
+    model's mode kept)."""
+    names = list(inspect.signature(model.forward).parameters)
+    tracer.inputs = dict(zip(names, inputs, strict=False))
+    with torch.no_grad():
+        return tracer.trace(model, concrete_args=optional_defaults(model, len(inputs)))

@@ -1,0 +1,117 @@
+"""Forwards that branch on shapes (Hugging Face's style) trace with the example's values."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import bayesprune as bp
+from bayesprune.compress import activation_scores, keep_units
+from bayesprune.compress.graph import shrink_graph
+from bayesprune.compress.graph_parts import VALUED, find_parts
+from bayesprune.compress.graph_trace import GraphTraceError, trace
+from bayesprune.nn import KeptDeterministicWarning, VariationalLayer
+
+
+class Encoder(nn.Module):
+    """A BERT-like forward: sizes unpacked from `ids.size()`, an optional mask made when
+    None and widened by its number of dims, an inline activation module, an expanded
+    position buffer, and an optional second output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.words, self.places = nn.Embedding(50, 16), nn.Embedding(32, 16)
+        self.register_buffer("positions", torch.arange(32).expand((1, -1)), persistent=False)
+        self.norm = nn.LayerNorm(16)
+        self.fc1, self.fc2, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 3)
+
+    def forward(self, ids: Tensor, mask: Tensor | None = None, hidden: bool = False) -> Tensor:
+        batch, length = ids.size()
+        if mask is None:
+            mask = torch.ones(batch, length, device=ids.device)
+        if mask.dim() == 2:
+            mask = mask[:, :, None]
+        h = self.norm(self.words(ids) + self.places(self.positions[:, :length]))
+        h = h + self.fc2(nn.GELU()(self.fc1(h)))
+        pooled = (h * mask).sum(1) / mask.sum(1)
+        return (self.head(pooled), h) if hidden else self.head(pooled)
+
+
+def _ids(batch: int = 3, length: int = 7) -> Tensor:
+    return torch.randint(0, 50, (batch, length), generator=torch.Generator().manual_seed(0))
+
+
+def test_the_symbolic_trace_fails_and_the_valued_one_computes_the_model():
+    model, ids = Encoder().eval(), _ids()
+    with pytest.raises(GraphTraceError):
+        trace(model)
+    gm = trace(model, inputs=(ids,))
+    torch.testing.assert_close(gm(ids), model(ids), rtol=0, atol=0)
+    found = find_parts(model, (ids,))
+    assert found.traced and found.reason == VALUED
+
+
+@pytest.mark.parametrize("family", ["gaussian", "sparse_vd", "spike_slab"])
+def test_the_hidden_units_are_scored_and_deleted(family):
+    torch.manual_seed(0)
+    model, ids = bp.convert(Encoder(), family).double().eval(), _ids()
+    scores = activation_scores(model, (ids,))
+    scored = {n for n, s in scores.items() if torch.isfinite(s).any()}
+    assert scored == {"fc1"}  # the stream is read by the norm (and pinned by its embeddings)
+    result = shrink_graph(model, (ids,), prune_units=keep_units(scores, sparsity=0.5))
+    assert result.model.fc1.out_features == 16 and result.model.fc2.in_features == 16
+    assert result.max_abs_difference < 1e-9 and VALUED in result.notes
+    assert isinstance(result.model.fc1, VariationalLayer)
+    longer = _ids(2, 11)  # the user's class again: other lengths, the optional output
+    with bp.nn.use_posterior_mean(result.model):
+        logits, hidden = result.model(longer, hidden=True)
+    assert logits.shape == (2, 3) and hidden.shape == (2, 11, 16)
+
+
+class ValueFilter(nn.Module):
+    """A size read off a boolean-mask selection depends on the values: not answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        chosen = self.fc(x)[x.sum(1) > 0]
+        return chosen.sum() if chosen.shape[0] > 1 else x.sum()
+
+
+def test_a_size_that_depends_on_values_still_stops_the_trace():
+    with pytest.raises(GraphTraceError):
+        trace(ValueFilter(), inputs=(torch.randn(5, 4),))
+
+
+class CastsToItsWeight(nn.Module):
+    """Hugging Face's ViT casts its pixels to the patch projection's dtype in a forward
+    that also branches on the input's number of channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] != self.inner[0].in_channels:
+            raise ValueError("wrong number of channels")
+        x = x.to(self.inner[0].weight.dtype)
+        return self.head(self.inner(x).mean((2, 3)))
+
+
+def test_convert_sees_a_read_behind_a_shape_branch_given_example_inputs():
+    x = torch.randn(2, 3, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KeptDeterministicWarning)  # it does not see it
+        blind = bp.convert(CastsToItsWeight(), "gaussian")
+    with pytest.raises(AttributeError, match=r"example_inputs="):
+        blind(x)
+    with pytest.warns(KeptDeterministicWarning, match=r"'inner.0'"):
+        model = bp.convert(CastsToItsWeight(), "gaussian", example_inputs=x)
+    assert type(model.inner[0]) is nn.Conv2d and isinstance(model.inner[2], VariationalLayer)
+    assert model(x).shape == (2, 2)
