@@ -109,7 +109,14 @@ from .graph_trace import (
     propagates_variance,
     trace,
 )
-from .heads import HeadLayout, attention_modules, dead_heads, head_layout, remove_heads
+from .heads import (
+    HeadLayout,
+    attention_modules,
+    dead_heads,
+    head_count,
+    head_layout,
+    remove_heads,
+)
 from .layer_norm import rebuilt
 from .shrink import LayerRecord
 
@@ -808,22 +815,25 @@ def _remove_heads(
     that lost any, and the size attributes rewritten (a fused module's head count)."""
     kept, attributes = {}, {}
     for name, module in attention.items():
-        wanted = keep.get(name, torch.ones(module.num_heads, dtype=torch.bool))
-        before = module.num_heads
+        before = head_count(module)
+        wanted = keep.get(name, torch.ones(before, dtype=torch.bool))
         drop = wanted & ~dead_heads(module, threshold)
         survivors, changed = remove_heads(work, name, drop, reference)
         if len(survivors) < before:
             kept[name] = survivors.tolist()
-        if changed:
-            attributes[name] = changed
+        for path, value in changed.items():  # "self.num_attention_heads": its module's
+            owner, _, attribute = f"{name}.{path}".rpartition(".")
+            attributes.setdefault(owner, {})[attribute] = value
     return kept, attributes
 
 
 def _head_projection(layouts: Mapping[str, HeadLayout], name: str) -> bool:
     """`name` is a layer whose rows hold an attention module's heads (q, k, v; the output
     projection's rows are the residual stream's units, which the channel rounds take)."""
-    parent, _, child = name.rpartition(".")
-    return parent in layouts and child in layouts[parent].projections
+    return any(
+        name.startswith(f"{module}.") and name[len(module) + 1 :] in layout.projections
+        for module, layout in layouts.items()
+    )
 
 
 def shrink_graph(
@@ -931,7 +941,7 @@ def _shrink_traced(
             layer = work.get_submodule(name)
         except AttributeError as err:
             raise ValueError(f"prune_units names unknown module {name!r}") from err
-        units = layer.num_heads if name in attention else deployed_weight(layer).shape[0]
+        units = head_count(layer) if name in attention else deployed_weight(layer).shape[0]
         forced[name] = _as_keep(spec, units, name)
     heads = {n: forced.pop(n) for n in list(forced) if n in attention}
     for name in [n for n in forced if _head_projection(layouts, n)]:

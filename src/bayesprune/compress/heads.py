@@ -2,17 +2,19 @@
 their removal with the constant they leave behind folded.
 
 A head is a block of `head_dim` rows of the query, key and value projections and the
-same block of the output projection's columns. Two layouts are read (`HeadLayout`):
-`bayesprune.nn.MultiheadAttention`, with one layer per projection (`q_proj`, `k_proj`,
-`v_proj`, `out_proj`), and the fused layout of timm's `Attention` (one `qkv` layer whose
-rows are q, k and v in turn, an output `proj`, the head count and width in the
-attributes `num_heads`, `head_dim`, `attn_dim` that its forward reads). A fused module
-is taken only when a probe proves it: a copy without its first head must compute what
-the module computes with that head's output columns zeroed (a module whose forward
-reads its width elsewhere, adds a per-head bias table or normalises over all heads
-fails, and keeps its heads). Heads touch no channel group, so `shrink_graph` removes
-them before its channel rounds and `activation_scores` scores them under the attention
-module's name.
+same block of the output projection's columns. Three kinds of layout are read
+(`HeadLayout`): `bayesprune.nn.MultiheadAttention`, with one layer per projection
+(`q_proj`, `k_proj`, `v_proj`, `out_proj`); the fused layout of timm's `Attention` (one
+`qkv` layer whose rows are q, k and v in turn, an output `proj`, the head count and width
+in the attributes `num_heads`, `head_dim`, `attn_dim` that its forward reads); and
+Hugging Face's BERT and ViT attention (`self.query` / `key` / `value`, `output.dense`,
+`num_attention_heads`, `attention_head_size` and `all_head_size` in `self`). A fused or
+Hugging Face module is taken only when a probe proves it: a copy without its first
+head must compute what the module computes with that head's output columns zeroed (a
+module whose forward reads its width elsewhere, adds a per-head bias table or
+normalises over all heads fails, and keeps its heads). Heads touch no channel group,
+so `shrink_graph` removes them before its channel rounds and `activation_scores` scores
+them under the attention module's name.
 
 Removing a head means what removing a unit means elsewhere: its incoming (value)
 weights are masked, so the head outputs its value bias, the same at every position
@@ -43,6 +45,7 @@ __all__ = [
     "HeadLayout",
     "attention_modules",
     "dead_heads",
+    "head_count",
     "head_layout",
     "head_scores",
     "remove_heads",
@@ -53,47 +56,90 @@ __all__ = [
 class HeadLayout:
     """Where the heads of one attention module are: the layer whose rows hold the values
     (`value`), the layers whose rows hold q, k and v (`projections`), the layer whose
-    columns read the heads (`out`), and whether q, k and v share one layer (`fused`)."""
+    columns read the heads (`out`), whether q, k and v share one layer (`fused`), and
+    the attributes (of the submodule `owner`) that hold the head count (`count`), a
+    head's width (`size`) and their product (`widths`, those present are rewritten with
+    the count when `rewrites`). Layer names are paths below the attention module
+    ("self.query" in Hugging Face's BERT)."""
 
     value: str
     projections: tuple[str, ...]
     out: str
     fused: bool
+    owner: str = ""
+    count: str = "num_heads"
+    size: str = "head_dim"
+    widths: tuple[str, ...] = ()
+    rewrites: bool = True
+
+    def heads(self, module: nn.Module) -> int:
+        return int(getattr(module.get_submodule(self.owner), self.count))
+
+    def head_size(self, module: nn.Module) -> int:
+        return int(getattr(module.get_submodule(self.owner), self.size))
 
     def value_rows(self, module: nn.Module, heads: Tensor) -> Tensor:
         """The rows of `value` that hold `heads`' values."""
-        units = head_units(module, heads)
-        return units + 2 * _attention_width(module) if self.fused else units
+        units = self.units(module, heads)
+        return units + 2 * self.heads(module) * self.head_size(module) if self.fused else units
+
+    def units(self, module: nn.Module, heads: Tensor) -> Tensor:
+        """The units of `heads` (indices) in one projection: rows of q, k or v, columns
+        of the output projection."""
+        size = self.head_size(module)
+        offsets = torch.arange(size, device=heads.device)
+        return (heads.long().view(-1, 1) * size + offsets).flatten()
 
     def rows(self, module: nn.Module, heads: Tensor) -> Tensor:
         """The rows of each of `projections` that hold `heads` (q, k and v)."""
-        units = head_units(module, heads)
+        units = self.units(module, heads)
         if not self.fused:
             return units
-        width = _attention_width(module)
+        width = self.heads(module) * self.head_size(module)
         return torch.cat([units + part * width for part in range(3)])
 
     def keep(self, module: nn.Module, heads: Tensor) -> dict[str, int]:
-        """Slice `module` to `heads`, in place; the size attributes it rewrote."""
-        rows, columns = self.rows(module, heads), head_units(module, heads)
+        """Slice `module` to `heads`, in place; the size attributes it rewrote (by their
+        path from `module`: "self.num_attention_heads")."""
+        rows, columns = self.rows(module, heads), self.units(module, heads)
         for name in self.projections:
-            setattr(module, name, as_prunable(getattr(module, name)).select(out_idx=rows))
-        setattr(module, self.out, as_prunable(getattr(module, self.out)).select(in_idx=columns))
-        if not self.fused:
+            _replace(module, name, as_prunable(module.get_submodule(name)).select(out_idx=rows))
+        out = as_prunable(module.get_submodule(self.out)).select(in_idx=columns)
+        _replace(module, self.out, out)
+        if not self.rewrites:
             return {}  # the head count is read from q_proj
-        module.num_heads = len(heads)
-        changed = {"num_heads": len(heads)}
-        if hasattr(module, "attn_dim"):
-            module.attn_dim = changed["attn_dim"] = len(heads) * int(module.head_dim)
-        return changed
+        owner, prefix = module.get_submodule(self.owner), f"{self.owner}." if self.owner else ""
+        changed = {self.count: len(heads)}
+        changed.update(
+            {w: len(heads) * self.head_size(module) for w in self.widths if hasattr(owner, w)}
+        )
+        for attribute, value in changed.items():
+            setattr(owner, attribute, value)
+        return {prefix + attribute: value for attribute, value in changed.items()}
 
 
-_SPLIT = HeadLayout("v_proj", ("q_proj", "k_proj", "v_proj"), "out_proj", fused=False)
-_FUSED = HeadLayout("qkv", ("qkv",), "proj", fused=True)
+def _replace(module: nn.Module, path: str, layer: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(module.get_submodule(parent), name, layer)
 
 
-def _attention_width(module: nn.Module) -> int:
-    return int(module.num_heads) * int(module.head_dim)
+_SPLIT = HeadLayout(
+    "v_proj", ("q_proj", "k_proj", "v_proj"), "out_proj", fused=False, rewrites=False
+)
+_FUSED = HeadLayout("qkv", ("qkv",), "proj", fused=True, widths=("attn_dim",))
+_SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, and ViT
+    HeadLayout(
+        "self.value", ("self.query", "self.key", "self.value"), "output.dense", False,
+        "self", "num_attention_heads", "attention_head_size", ("all_head_size",),
+    ),
+    HeadLayout(
+        "attention.value", ("attention.query", "attention.key", "attention.value"),
+        "output.dense", False, "attention", "num_attention_heads", "attention_head_size",
+        ("all_head_size",),
+    ),
+)  # fmt: skip
+"""Layouts with one layer per projection and the head count in attributes: taken, as
+the fused one, only when the probe proves them."""
 
 
 _PROVEN: weakref.WeakKeyDictionary[nn.Module, tuple[Any, bool]] = weakref.WeakKeyDictionary()
@@ -105,58 +151,86 @@ def head_layout(module: nn.Module) -> HeadLayout | None:
     """The layout of `module`'s heads, or None when it is no head-prunable attention."""
     if isinstance(module, MultiheadAttention):
         return _SPLIT
-    if not hasattr(module, "qkv"):
+    candidates = [
+        layout
+        for layout in (_FUSED, *_SEPARATE)
+        if _has(module, (*layout.projections, layout.out)) and _has_attributes(module, layout)
+    ]
+    if not candidates:
         return None
-    state = (getattr(module, "num_heads", None), getattr(module, "head_dim", None))
-    state += tuple(_shape(getattr(module, n, None)) for n in ("qkv", "proj"))
+    layout = candidates[0]
+    state = (layout, layout.heads(module), layout.head_size(module))
+    state += tuple(_shape(module.get_submodule(n)) for n in (*layout.projections, layout.out))
     known = _PROVEN.get(module)
     if known is None or known[0] != state:
-        known = (state, _fused_attention(module))
+        known = (state, _proven(module, layout))
         _PROVEN[module] = known
-    return _FUSED if known[1] else None
+    return layout if known[1] else None
+
+
+def head_count(module: nn.Module) -> int:
+    """The number of heads of a head-prunable attention module."""
+    return _layout(module).heads(module)
+
+
+def _has(module: nn.Module, paths: tuple[str, ...]) -> bool:
+    try:
+        return all(is_prunable(module.get_submodule(p)) for p in paths)
+    except AttributeError:
+        return False
+
+
+def _has_attributes(module: nn.Module, layout: HeadLayout) -> bool:
+    owner = module.get_submodule(layout.owner)
+    heads, size = getattr(owner, layout.count, None), getattr(owner, layout.size, None)
+    return isinstance(heads, int) and isinstance(size, int) and heads > 1 and size > 0
 
 
 def _shape(layer: Any) -> Any:
     return tuple(as_prunable(layer).posterior().weight_mean.shape) if is_prunable(layer) else None
 
 
-def _fused_attention(module: nn.Module) -> bool:
-    """timm's `Attention` layout (module docstring), proven by the probe."""
-    heads, size = getattr(module, "num_heads", None), getattr(module, "head_dim", None)
-    qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
-    if not (isinstance(heads, int) and isinstance(size, int) and heads > 1 and size > 0):
+def _proven(module: nn.Module, layout: HeadLayout) -> bool:
+    """The layout's shapes fit its attributes, and the probe proves it."""
+    heads, size = layout.heads(module), layout.head_size(module)
+    shapes = [_shape(module.get_submodule(n)) for n in layout.projections]
+    rows = (3 if layout.fused else 1) * heads * size
+    if any(len(shape) != 2 or shape[0] != rows for shape in shapes):
         return False
-    if not (is_prunable(qkv) and is_prunable(proj)):
+    if _shape(module.get_submodule(layout.out))[1:] != (heads * size,):
         return False
-    q_shape = as_prunable(qkv).posterior().weight_mean.shape
-    p_shape = as_prunable(proj).posterior().weight_mean.shape
-    if len(q_shape) != 2 or q_shape[0] != 3 * heads * size or p_shape[1:] != (heads * size,):
-        return False
-    return _probe_fused(module)
+    return _probe(module, layout)
 
 
-def _probe_fused(module: nn.Module) -> bool:
+def _probe(module: nn.Module, layout: HeadLayout) -> bool:
     """A deterministic copy without head 0 computes what the copy computes with head 0's
     output columns zeroed (on a few random tokens)."""
     try:
         probe = copy.deepcopy(module).eval()
-        for name in ("qkv", "proj"):
-            setattr(probe, name, as_prunable(getattr(probe, name)).to_deterministic())
-        weight = probe.qkv.weight
+        for name in {*layout.projections, layout.out}:
+            _replace(probe, name, as_prunable(probe.get_submodule(name)).to_deterministic())
+        weight = probe.get_submodule(layout.projections[0]).weight
         g = torch.Generator().manual_seed(0)
         x = torch.randn(2, 5, weight.shape[1], generator=g).to(weight)
         silenced = copy.deepcopy(probe)
         with torch.no_grad():
-            silenced.proj.weight[:, : int(module.head_dim)] = 0.0
-            expected = silenced(x)
-            _FUSED.keep(probe, torch.arange(1, int(module.num_heads)))
-            got = probe(x)
+            silenced.get_submodule(layout.out).weight[:, : layout.head_size(module)] = 0.0
+            expected = _first(silenced(x))
+            layout.keep(probe, torch.arange(1, layout.heads(module)))
+            got = _first(probe(x))
     except Exception:  # any failure of the layout's assumptions: not this layout
         return False
-    if not isinstance(got, Tensor) or got.shape != expected.shape:
+    if not isinstance(got, Tensor) or not isinstance(expected, Tensor):
+        return False
+    if got.shape != expected.shape:
         return False
     scale = float(expected.abs().max()) or 1.0
     return bool(torch.allclose(got, expected, rtol=0, atol=1e-5 * scale))
+
+
+def _first(output: Any) -> Any:
+    """A module's tensor output, or the first of a tuple (Hugging Face's attention)."""
+    return output[0] if isinstance(output, tuple | list) else output
 
 
 def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -167,13 +241,12 @@ def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
 def head_units(module: nn.Module, heads: Tensor) -> Tensor:
     """The units of `heads` (indices) in one projection: rows of q, k or v, columns of
     the output projection."""
-    size = int(module.head_dim)
-    offsets = torch.arange(size, device=heads.device)
-    return (heads.long().view(-1, 1) * size + offsets).flatten()
+    return _layout(module).units(module, heads)
 
 
 def _per_head(values: Tensor, module: nn.Module) -> Tensor:
-    return values.reshape(int(module.num_heads), int(module.head_dim))
+    layout = _layout(module)
+    return values.reshape(layout.heads(module), layout.head_size(module))
 
 
 def _layout(module: nn.Module) -> HeadLayout:
@@ -187,15 +260,15 @@ def dead_heads(module: nn.Module, threshold: float = 0.5) -> Tensor:
     """Per head: True when its value units are all dead or the output projection
     ignores it."""
     layout = _layout(module)
-    value_layer = getattr(module, layout.value)
+    value_layer = module.get_submodule(layout.value)
     v = as_prunable(value_layer).to_deterministic()
     dead = (v.weight.detach().flatten(1) == 0).all(1).cpu()
     if isinstance(value_layer, GatedLayer):
         pip = value_layer.unit_inclusion()
         if pip is not None:
             dead |= pip.detach().cpu() <= threshold
-    rows = layout.value_rows(module, torch.arange(int(module.num_heads)))
-    out = as_prunable(getattr(module, layout.out)).to_deterministic().weight.detach()
+    rows = layout.value_rows(module, torch.arange(layout.heads(module)))
+    out = as_prunable(module.get_submodule(layout.out)).to_deterministic().weight.detach()
     unread = (out == 0).all(0).cpu()
     return _per_head(dead[rows], module).all(1) | _per_head(unread, module).all(1)
 
@@ -228,11 +301,11 @@ def remove_heads(
 def _fold_value_bias(module: nn.Module, layout: HeadLayout, rows: Tensor, columns: Tensor) -> None:
     """out's bias += W[:, columns] · c for the masked heads' constant value output c (the
     value bias at `rows`)."""
-    value = as_prunable(getattr(module, layout.value)).to_deterministic()
+    value = as_prunable(module.get_submodule(layout.value)).to_deterministic()
     if value.bias is None:
         return  # the heads output 0: nothing to fold
     constant = value.bias.detach()[rows.to(value.bias.device)]
-    out = as_prunable(getattr(module, layout.out))
+    out = as_prunable(module.get_submodule(layout.out))
     columns = columns.to(value.bias.device)
     weight = out.to_deterministic().weight.detach()[:, columns]
     std = out.posterior().weight_std.detach()[:, columns]
@@ -248,7 +321,7 @@ def head_scores(model: nn.Module, spreads: Mapping[str, Tensor]) -> dict[str, Te
     scores = {}
     for name, sd in spreads.items():
         module = model.get_submodule(name)
-        out = getattr(module, _layout(module).out)
+        out = module.get_submodule(_layout(module).out)
         weight = as_prunable(out).posterior().weight_mean.detach().double()
         part = (sd.to(weight) * weight.norm(dim=0)).square().cpu()
         scores[name] = _per_head(part, module).sum(1).sqrt()

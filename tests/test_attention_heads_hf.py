@@ -1,0 +1,118 @@
+"""Hugging Face's BERT attention layout: heads scored, removed, saved and loaded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import bayesprune as bp
+from bayesprune.compress import activation_scores, keep_units, load_shrunk, save_shrunk
+from bayesprune.compress.graph import shrink_graph
+from bayesprune.compress.heads import head_count, head_layout
+
+
+class SelfAttention(nn.Module):
+    """BertSelfAttention's forward: the head count and width read from attributes."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, width_from_input: bool = False) -> None:
+        super().__init__()
+        self.num_attention_heads, self.attention_head_size = heads, dim // heads
+        self.all_head_size = heads * self.attention_head_size
+        self.query, self.key = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.width_from_input = width_from_input
+
+    def split(self, x: Tensor, size: int) -> Tensor:
+        return x.view(*x.size()[:-1], self.num_attention_heads, size).permute(0, 2, 1, 3)
+
+    def forward(self, hidden: Tensor, mask: Tensor | None = None) -> tuple[Tensor]:
+        size = self.attention_head_size  # or, in older code, the stream's width per head:
+        if self.width_from_input:
+            size = hidden.size(-1) // self.num_attention_heads
+        q, k, v = (self.split(layer(hidden), size) for layer in (self.query, self.key, self.value))
+        scores = q @ k.transpose(-1, -2) / self.attention_head_size**0.5
+        if mask is not None:
+            scores = scores + mask
+        context = (scores.softmax(-1) @ v).permute(0, 2, 1, 3).contiguous()
+        return (context.view(*context.size()[:-2], self.all_head_size),)
+
+
+class SelfOutput(nn.Module):
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.dense, self.norm = nn.Linear(dim, dim), nn.LayerNorm(dim)
+
+    def forward(self, hidden: Tensor, residual: Tensor) -> Tensor:
+        return self.norm(self.dense(hidden) + residual)
+
+
+class Attention(nn.Module):
+    """BertAttention: the projections in `self`, the output projection in `output`."""
+
+    def __init__(self, width_from_input: bool = False) -> None:
+        super().__init__()
+        self.self = SelfAttention(width_from_input=width_from_input)
+        self.output = SelfOutput()
+
+    def forward(self, hidden: Tensor, mask: Tensor | None = None) -> tuple[Tensor]:
+        return (self.output(self.self(hidden, mask)[0], hidden),)
+
+
+class Encoder(nn.Module):
+    def __init__(self, width_from_input: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.attention = Attention(width_from_input)
+        self.fc1, self.fc2, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.attention(self.embed(x))[0]
+        h = h + self.fc2(torch.relu(self.fc1(h)))
+        return self.head(h.mean(1))
+
+
+def _tokens() -> Tensor:
+    return torch.randn(3, 5, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def _out(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.no_grad(), bp.nn.use_posterior_mean(model):
+        return model.eval()(x)
+
+
+@pytest.mark.parametrize("family", ["gaussian", "sparse_vd", "spike_slab"])
+def test_bert_heads_are_scored_and_removed(family):
+    torch.manual_seed(0)
+    model = bp.convert(Encoder(), family).double().eval()
+    assert head_layout(model.attention) is not None and head_count(model.attention) == 4
+    x = _tokens()
+    scores = activation_scores(model, x)
+    assert scores["attention"].shape == (4,) and torch.isfinite(scores["attention"]).all()
+    keep = torch.tensor([True, False, True, False])
+    result = shrink_graph(
+        model, x, prune_units={"attention": keep, "fc1": keep_units(scores, 0.5)["fc1"]}
+    )
+    small = result.model.attention
+    assert small.self.num_attention_heads == 2 and small.self.all_head_size == 8
+    assert small.self.query.out_features == 8 and small.output.dense.in_features == 8
+    assert result.heads["attention"] == [0, 2]
+    assert result.attributes["attention.self"]["num_attention_heads"] == 2
+    assert result.max_abs_difference < 1e-9
+
+
+def test_a_bert_model_without_heads_saves_and_loads_into_a_fresh_one(tmp_path):
+    torch.manual_seed(1)
+    model, x = bp.convert(Encoder(), "gaussian").double().eval(), _tokens()
+    small = shrink_graph(model, x, prune_units={"attention": [1, 3]}).model
+    path = save_shrunk(small, tmp_path / "bert.safetensors")
+    loaded = load_shrunk(path, lambda: bp.convert(Encoder(), "gaussian").double())
+    assert loaded.attention.self.num_attention_heads == 2
+    torch.testing.assert_close(_out(loaded, x), _out(small, x), rtol=0, atol=0)
+
+
+def test_a_forward_that_divides_the_stream_among_the_heads_keeps_them():
+    model = bp.convert(Encoder(width_from_input=True), "gaussian").double()
+    assert head_layout(model.attention) is None  # the probe fails: rows would not split
+    scores = activation_scores(model.eval(), _tokens())
+    assert "attention" not in scores
