@@ -176,3 +176,37 @@ def test_a_plain_model_has_no_reads_and_a_converted_one_its_kept_read():
     with warnings.catch_warnings():
         warnings.simplefilter("error", KeptDeterministicWarning)
         bp.convert(residual, "gaussian")  # nothing to say, no warning
+
+
+def test_a_tied_layer_keeps_its_width_and_its_tie_when_others_shrink():
+    torch.manual_seed(0)
+    model = _convert(TiedHead()).double().eval()
+    ids = torch.randint(0, 10, (4, 3))
+    scores = activation_scores(model, (ids,))
+    assert not torch.isfinite(scores["mix"]).any()  # its units are the tied head's columns
+    result = shrink_graph(model, (ids,), prune_units={"mix": [0, 1]}, check=True)
+    assert result.model.mix.out_features == 6  # pinned: the head's columns stay
+    assert result.model.head.weight is result.model.embed.weight
+
+
+class TiedDeep(nn.Module):
+    """A hidden layer before the tied pair, free to shrink."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(10, 6), nn.Linear(6, 10)
+        self.fc1, self.fc2 = nn.Linear(6, 12), nn.Linear(12, 6)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.embed(ids)
+        return self.head(h + self.fc2(torch.relu(self.fc1(h))))
+
+
+def test_a_tied_head_stays_tied_when_an_mlp_before_it_loses_units():
+    torch.manual_seed(0)
+    model = _convert(TiedDeep()).double().eval()
+    ids = torch.randint(0, 10, (4, 3))
+    result = shrink_graph(model, (ids,), prune_units={"fc1": [0, 1, 2, 3, 4, 5]}, check=True)
+    assert result.model.fc1.out_features == 6 and result.model.head.in_features == 6
+    assert result.model.head.weight is result.model.embed.weight  # not a re-made copy

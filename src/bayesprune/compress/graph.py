@@ -398,7 +398,9 @@ class _GraphShrinker:
 
         outs = {p.name: keep(p) for p in cg.producers}
         ins = {s.name: keep(s) for s in cg.sinks}
-        for name in outs.keys() | ins.keys():
+        cut = {p.name for p in cg.producers if len(outs[p.name]) < len(p.ids)}
+        cut |= {s.name for s in cg.sinks if len(ins[s.name]) < len(s.ids)}
+        for name in cut:  # a layer that loses nothing stays itself (a tied weight stays tied)
             layer = self.model.get_submodule(name)
             out_idx, in_idx = outs.get(name), ins.get(name)
             if getattr(layer, "groups", 1) > 1:
@@ -411,6 +413,8 @@ class _GraphShrinker:
         norms = {u.name for u in cg.layer_norms}
         for f in cg.followers:
             idx, module = keep(f), self.model.get_submodule(f.name)
+            if len(idx) == len(f.ids):
+                continue
             if f.name not in norms:
                 _set_module(self.model, f.name, _slice_follower(module, idx))
             elif len(idx) < len(f.ids):  # counts the removed channels' zeros

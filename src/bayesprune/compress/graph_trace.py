@@ -61,9 +61,10 @@ its mean's. Layers say what they do through class attributes (family knowledge s
 concatenates along the channels (`EVICat`), `flattens = True` flattens like `nn.Flatten`
 (`EVIFlatten`).
 
-Ids that reach the graph's inputs, outputs, a stateful module called twice, or any op
-that is not understood are *pinned*: such a group is never removed, which keeps the
-model's interface and makes every unknown op safe (it costs pruning, never correctness).
+Ids that reach the graph's inputs, outputs, a stateful module called twice or holding
+a weight tied to another module's, or any op that is not understood are *pinned*: such
+a group is never removed, which keeps the model's interface and makes every unknown op
+safe (it costs pruning, never correctness).
 Inputs named in `free_inputs` get unpinned ids (`ChannelGraph.inputs`) for input pruning;
 `pinned_at` remembers the op that pinned an id, to name it in errors.
 """
@@ -89,6 +90,7 @@ from torch.nn.modules import transformer as _transformer
 from ..nn.attention import MultiheadAttention
 from ..nn.base import SerializableLayer, evaluation_pass, torch_type, use_posterior_mean
 from ..nn.moments import Moments
+from ..nn.parameter_reads import tied_layers
 from ..tracing import ExampleValues, no_proxies_left, trace_with_values
 from .adapters import (
     CONVOLUTIONS,
@@ -571,6 +573,7 @@ def analyse(
     gm = trace(model, leaf_modules, inputs)
     cg = ChannelGraph(gm, record(gm, inputs), root=model)
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    tied = tied_layers(model)  # a weight tied to another module's: sliced alone, untied
     calls.update(norm_owner(n) for n in gm.graph.nodes if _is(n, {F.batch_norm}, set()))
     channelwise = PASSTHROUGH + CHANNELWISE_MODULES + tuple(passthrough)
     for node in gm.graph.nodes:
@@ -583,7 +586,7 @@ def analyse(
         first = (cg.ids[args[0]], cg.axis[args[0]]) if args and args[0] in cg.ids else None
         if node.op == "call_module":
             module = gm.get_submodule(str(node.target))
-            once = calls[node.target] == 1 or _stateless(module)
+            once = (calls[node.target] == 1 or _stateless(module)) and node.target not in tied
             found = _module_ids(cg, node, module, first, once, channelwise)
         elif node.op in ("call_function", "call_method"):
             if _chunk_pieces(cg, node, first) or split_pieces(cg, node, first):

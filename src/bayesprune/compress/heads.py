@@ -127,6 +127,7 @@ _SPLIT = HeadLayout(
     "v_proj", ("q_proj", "k_proj", "v_proj"), "out_proj", fused=False, rewrites=False
 )
 _FUSED = HeadLayout("qkv", ("qkv",), "proj", fused=True, widths=("attn_dim",))
+
 _SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, and ViT
     HeadLayout(
         "self.value", ("self.query", "self.key", "self.value"), "output.dense", False,

@@ -25,6 +25,7 @@ from torch import nn
 
 from .attention import split_attention as _split_attention
 from .base import Role, VariationalLayer, conv_geometry, torch_type
+from .linear_twins import linear_twins
 from .parameter_reads import layers_read_outside
 
 PLAIN_CONVOLUTIONS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -235,7 +236,9 @@ def convert(
     `split_attention=True` first replaces every `nn.MultiheadAttention` by
     `bayesprune.nn.MultiheadAttention` (same outputs, four projection layers), whose
     projections are then converted and whose heads `compress.shrink_graph` can delete;
-    without it torch's attention stays deterministic and whole.
+    without it torch's attention stays deterministic and whole. A layer that computes
+    `x @ weight + bias` with its weight stored transposed (GPT-2's `Conv1D`) becomes the
+    `nn.Linear` it is, and is converted as one (`linear_twins`, proven on random inputs).
     `init_from_weights=True` starts the
     posterior means at the trained weights (a cheap way to make a pretrained network
     Bayesian); `options` go to the family's layer factories (e.g. `prior_scale=0.1`).
@@ -258,6 +261,7 @@ def convert(
     model = model if inplace else copy.deepcopy(model)
     if split_attention:
         model = _split_attention(model, inplace=True)
+    linear_twins(model)  # GPT-2's Conv1D: a linear layer stored transposed
     keep = _keep_names(model, keep)
     if fam.factory_for(model) is not None and not keep:  # a single layer
         return _twin(model, fam, Role(first=True, last=True), init_from_weights, options)

@@ -65,8 +65,9 @@ def _layer_parameters(model: nn.Module) -> dict[int, tuple[str, str]]:
     return owners
 
 
-def _shared(model: nn.Module) -> dict[str, str]:
-    """Layers holding a parameter that another module holds too (tied weights)."""
+def tied_layers(model: nn.Module) -> dict[str, str]:
+    """{module name: why} of the modules holding a parameter that another module holds
+    too (tied weights): converting or slicing one alone would untie them."""
     holders: dict[int, list[str]] = {}
     for qualified, module in model.named_modules(remove_duplicate=False):
         for name, p in module.named_parameters(recurse=False):
@@ -114,7 +115,7 @@ def layers_read_outside(
     `convert` to keep such layers deterministic; call it to see what `convert` will keep
     and why."""
     owners = _layer_parameters(model)
-    found = dict(_shared(model))
+    found = dict(tied_layers(model))
     names = {id(m): q for q, m in model.named_modules()}
 
     def visit(module: nn.Module, inputs: Sequence[Any] | None = None) -> None:
