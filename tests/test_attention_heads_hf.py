@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 import bayesprune as bp
 from bayesprune.compress import activation_scores, keep_units, load_shrunk, save_shrunk
-from bayesprune.compress.graph import shrink_graph
+from bayesprune.compress.graph import GraphShrinkError, shrink_graph
 from bayesprune.compress.heads import head_count, head_layout
 
 
@@ -116,3 +116,60 @@ def test_a_forward_that_divides_the_stream_among_the_heads_keeps_them():
     assert head_layout(model.attention) is None  # the probe fails: rows would not split
     scores = activation_scores(model.eval(), _tokens())
     assert "attention" not in scores
+
+
+class DistilAttention(nn.Module):
+    """DistilBERT's attention: query, key, value and a mask passed apart."""
+
+    def __init__(self, dim: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.n_heads, self.dim, self.attention_head_size = heads, dim, dim // heads
+        self.q_lin, self.k_lin = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.v_lin, self.out_lin = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor) -> tuple[Tensor]:
+        size = self.dim // self.n_heads
+
+        def split(x: Tensor) -> Tensor:
+            return x.view(x.shape[0], -1, self.n_heads, size).transpose(1, 2)
+
+        q, k, v = split(self.q_lin(query)), split(self.k_lin(key)), split(self.v_lin(value))
+        scores = (q @ k.transpose(2, 3)).masked_fill(mask[:, None, None, :] == 0, -1e9)
+        context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(query.shape[0], -1, self.dim)
+        return (self.out_lin(context),)
+
+
+class DistilEncoder(nn.Module):
+    def __init__(self, keys_out: bool = False) -> None:
+        super().__init__()
+        self.embed, self.attention = nn.Linear(6, 16), DistilAttention()
+        self.head = nn.Linear(16, 3)
+        self.keys_out = keys_out
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        h = self.embed(x)
+        mask = torch.ones(x.shape[0], x.shape[1], dtype=torch.long)
+        h = h + self.attention(query=h, key=h, value=h, mask=mask)[0]
+        logits = self.head(h.mean(1))
+        if not self.keys_out:
+            return logits
+        keys = self.attention.k_lin(h).view(h.shape[0], -1, self.attention.n_heads, 4)
+        return logits, keys  # a cache of keys per head, as a language model returns
+
+
+def test_heads_of_an_attention_called_with_several_arguments_are_proven_on_its_call():
+    torch.manual_seed(2)
+    model, x = bp.convert(DistilEncoder(), "gaussian").double().eval(), _tokens()
+    assert head_layout(model.attention) is None  # one random tensor cannot call it
+    scores = activation_scores(model, x)  # probed on the call the model makes
+    assert scores["attention"].shape == (4,)
+    result = shrink_graph(model, x, prune_units={"attention": [0, 3]})
+    small = result.model.attention
+    assert small.n_heads == 2 and small.dim == 8 and small.q_lin.out_features == 8
+    assert result.max_abs_difference < 1e-9
+
+
+def test_an_output_that_carries_the_removed_heads_is_one_clear_error():
+    model, x = bp.convert(DistilEncoder(keys_out=True), "gaussian").double().eval(), _tokens()
+    with pytest.raises(GraphShrinkError, match="other shapes than the masked model's"):
+        shrink_graph(model, x, prune_units={"attention": [0, 3]})

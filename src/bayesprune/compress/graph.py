@@ -115,6 +115,7 @@ from .heads import (
     dead_heads,
     head_count,
     head_layout,
+    prove_heads,
     remove_heads,
 )
 from .layer_norm import rebuilt
@@ -938,6 +939,7 @@ def _shrink_traced(
     baked = bake_parametrizations(work)
     bake_parametrizations(reference)
     forced: dict[str, Tensor] = {}
+    prove_heads(work, inputs)  # each attention probed on its own call in the model
     attention = attention_modules(work)
     layouts = {n: layout for n, m in attention.items() if (layout := head_layout(m)) is not None}
     for name, spec in (prune_units or {}).items():
@@ -1039,6 +1041,14 @@ def _shrink_traced(
             "the others: merged_units)"
         )
     expected, got = _outputs(reference, inputs), _outputs(work, worker.inputs)
+    shapes = [(tuple(e.shape), tuple(g.shape)) for e, g in zip(expected, got, strict=True)]
+    if any(e != g for e, g in shapes):
+        raise GraphShrinkError(
+            "the shrunk model's outputs have other shapes than the masked model's "
+            f"({[s for s in shapes if s[0] != s[1]][:3]}): an output carries units that "
+            "were removed (a cache of attention keys and values per head, say); keep that "
+            "module's heads (leave it out of prune_units) or return no such output"
+        )
     diff = max(_largest(e - g) for e, g in zip(expected, got, strict=True))
     result.max_abs_difference = diff
     scale = max(_largest(e) for e in expected)

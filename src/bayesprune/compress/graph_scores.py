@@ -41,7 +41,7 @@ from ..validation import model_device, required_inputs
 from .adapters import as_prunable
 from .graph_parts import find_parts
 from .graph_trace import ChannelGraph, analyse
-from .heads import attention_modules, head_layout, head_scores
+from .heads import attention_modules, head_layout, head_scores, prove_heads
 
 Batches = Tensor | Iterable[Any]
 
@@ -152,6 +152,7 @@ def activation_scores(
         raise ValueError("activation_scores needs data: the iterable gave no batch")
     options = {"passthrough": tuple(passthrough), "leaf_modules": tuple(leaf_modules)}
     found = find_parts(model, tuple(t[:2] for t in first), options["leaf_modules"])
+    prove_heads(model, tuple(t[:2] for t in first))  # each on its own call, before the hooks
     graphs = [(p.prefix, analyse(p.module, p.inputs, **options)) for p in found.parts]
     moments = {pre + use.name: _ColumnMoments(use.axis) for pre, cg in graphs for use in cg.sinks}
     handles = [model.get_submodule(n).register_forward_pre_hook(m) for n, m in moments.items()]

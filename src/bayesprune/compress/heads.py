@@ -8,13 +8,15 @@ same block of the output projection's columns. Three kinds of layout are read
 `qkv` layer whose rows are q, k and v in turn, an output `proj`, the head count and width
 in the attributes `num_heads`, `head_dim`, `attn_dim` that its forward reads); and
 Hugging Face's BERT and ViT attention (`self.query` / `key` / `value`, `output.dense`,
-`num_attention_heads`, `attention_head_size` and `all_head_size` in `self`). A fused or
-Hugging Face module is taken only when a probe proves it: a copy without its first
-head must compute what the module computes with that head's output columns zeroed (a
-module whose forward reads its width elsewhere, adds a per-head bias table or
-normalises over all heads fails, and keeps its heads). Heads touch no channel group,
-so `shrink_graph` removes them before its channel rounds and `activation_scores` scores
-them under the attention module's name.
+`num_attention_heads`, `attention_head_size` and `all_head_size` in `self`; DistilBERT's
+`q_lin` ... `out_lin`, `n_heads`, `dim`). A fused or Hugging Face module is taken only
+when a probe proves it, on the arguments the model passes it where `prove_heads` ran
+(else on random tokens): a copy without its first head must compute what the module
+computes with that head's output columns zeroed (a module whose forward reads its
+width elsewhere, adds a per-head bias table or normalises over all heads fails, and
+keeps its heads). Heads touch no channel group, so `shrink_graph` removes them before
+its channel rounds and `activation_scores` scores them under the attention module's
+name.
 
 Removing a head means what removing a unit means elsewhere: its incoming (value)
 weights are masked, so the head outputs its value bias, the same at every position
@@ -38,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.attention import MultiheadAttention
-from ..nn.base import GatedLayer
+from ..nn.base import GatedLayer, evaluation_pass
 from .adapters import as_prunable, is_prunable, mask_rows
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "head_count",
     "head_layout",
     "head_scores",
+    "prove_heads",
     "remove_heads",
 ]
 
@@ -128,7 +131,7 @@ _SPLIT = HeadLayout(
 )
 _FUSED = HeadLayout("qkv", ("qkv",), "proj", fused=True, widths=("attn_dim",))
 
-_SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, and ViT
+_SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, ViT, DistilBERT
     HeadLayout(
         "self.value", ("self.query", "self.key", "self.value"), "output.dense", False,
         "self", "num_attention_heads", "attention_head_size", ("all_head_size",),
@@ -137,6 +140,10 @@ _SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, and ViT
         "attention.value", ("attention.query", "attention.key", "attention.value"),
         "output.dense", False, "attention", "num_attention_heads", "attention_head_size",
         ("all_head_size",),
+    ),
+    HeadLayout(
+        "v_lin", ("q_lin", "k_lin", "v_lin"), "out_lin", False, "", "n_heads",
+        "attention_head_size", ("dim",),
     ),
 )  # fmt: skip
 """Layouts with one layer per projection and the head count in attributes: taken, as
@@ -152,21 +159,59 @@ def head_layout(module: nn.Module) -> HeadLayout | None:
     """The layout of `module`'s heads, or None when it is no head-prunable attention."""
     if isinstance(module, MultiheadAttention):
         return _SPLIT
-    candidates = [
-        layout
-        for layout in (_FUSED, *_SEPARATE)
-        if _has(module, (*layout.projections, layout.out)) and _has_attributes(module, layout)
-    ]
-    if not candidates:
+    layout = _candidate(module)
+    if layout is None:
         return None
-    layout = candidates[0]
-    state = (layout, layout.heads(module), layout.head_size(module))
-    state += tuple(_shape(module.get_submodule(n)) for n in (*layout.projections, layout.out))
+    state = _state(module, layout)
     known = _PROVEN.get(module)
     if known is None or known[0] != state:
         known = (state, _proven(module, layout))
         _PROVEN[module] = known
     return layout if known[1] else None
+
+
+def prove_heads(model: nn.Module, inputs: tuple[Any, ...]) -> None:
+    """Probe every candidate attention module of `model` on the arguments it receives
+    when `model` runs on `inputs` (its masks, its query, key and value apart), which
+    `head_layout` then answers from. Without this the probe calls a module with one
+    tensor of random tokens, which a module that takes more arguments (DistilBERT's)
+    fails, and which cannot see what the model's own call does (GPT-2's causal mask)."""
+    candidates = {
+        name: (module, layout)
+        for name, module in model.named_modules()
+        if not isinstance(module, MultiheadAttention) and (layout := _candidate(module))
+    }
+    calls: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+    def recorder(name: str) -> Any:
+        def record(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            calls.setdefault(name, (args, kwargs))
+
+        return record
+
+    hooks = [
+        module.register_forward_pre_hook(recorder(name), with_kwargs=True)
+        for name, (module, _) in candidates.items()
+    ]
+    with evaluation_pass(model, hooks):
+        model(*inputs)
+    for name, (module, layout) in candidates.items():
+        if name in calls:
+            _PROVEN[module] = (_state(module, layout), _proven(module, layout, calls[name]))
+
+
+def _candidate(module: nn.Module) -> HeadLayout | None:
+    """The first layout whose layers and attributes `module` has (not yet proven)."""
+    for layout in (_FUSED, *_SEPARATE):
+        if _has(module, (*layout.projections, layout.out)) and _has_attributes(module, layout):
+            return layout
+    return None
+
+
+def _state(module: nn.Module, layout: HeadLayout) -> tuple[Any, ...]:
+    """What a probe's answer holds for: the layout, the head count and width, the shapes."""
+    state = (layout, layout.heads(module), layout.head_size(module))
+    return state + tuple(_shape(module.get_submodule(n)) for n in (*layout.projections, layout.out))
 
 
 def head_count(module: nn.Module) -> int:
@@ -191,8 +236,9 @@ def _shape(layer: Any) -> Any:
     return tuple(as_prunable(layer).posterior().weight_mean.shape) if is_prunable(layer) else None
 
 
-def _proven(module: nn.Module, layout: HeadLayout) -> bool:
-    """The layout's shapes fit its attributes, and the probe proves it."""
+def _proven(module: nn.Module, layout: HeadLayout, call: Any = None) -> bool:
+    """The layout's shapes fit its attributes, and the probe proves it (on `call`, the
+    recorded (args, kwargs) of the module's call in the model, when given)."""
     heads, size = layout.heads(module), layout.head_size(module)
     shapes = [_shape(module.get_submodule(n)) for n in layout.projections]
     rows = (3 if layout.fused else 1) * heads * size
@@ -200,25 +246,27 @@ def _proven(module: nn.Module, layout: HeadLayout) -> bool:
         return False
     if _shape(module.get_submodule(layout.out))[1:] != (heads * size,):
         return False
-    return _probe(module, layout)
+    return _probe(module, layout, call)
 
 
-def _probe(module: nn.Module, layout: HeadLayout) -> bool:
+def _probe(module: nn.Module, layout: HeadLayout, call: Any = None) -> bool:
     """A deterministic copy without head 0 computes what the copy computes with head 0's
-    output columns zeroed (on a few random tokens)."""
+    output columns zeroed (on the recorded `call`, else on a few random tokens)."""
     try:
         probe = copy.deepcopy(module).eval()
         for name in {*layout.projections, layout.out}:
             _replace(probe, name, as_prunable(probe.get_submodule(name)).to_deterministic())
-        weight = probe.get_submodule(layout.projections[0]).weight
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(2, 5, weight.shape[1], generator=g).to(weight)
+        if call is None:
+            weight = probe.get_submodule(layout.projections[0]).weight
+            g = torch.Generator().manual_seed(0)
+            call = ((torch.randn(2, 5, weight.shape[1], generator=g).to(weight),), {})
+        args, kwargs = call
         silenced = copy.deepcopy(probe)
         with torch.no_grad():
             silenced.get_submodule(layout.out).weight[:, : layout.head_size(module)] = 0.0
-            expected = _first(silenced(x))
+            expected = _first(silenced(*args, **kwargs))
             layout.keep(probe, torch.arange(1, layout.heads(module)))
-            got = _first(probe(x))
+            got = _first(probe(*args, **kwargs))
     except Exception:  # any failure of the layout's assumptions: not this layout
         return False
     if not isinstance(got, Tensor) or not isinstance(expected, Tensor):
