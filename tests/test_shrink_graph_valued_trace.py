@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import bayesprune as bp
@@ -115,3 +116,45 @@ def test_convert_sees_a_read_behind_a_shape_branch_given_example_inputs():
         model = bp.convert(CastsToItsWeight(), "gaussian", example_inputs=x)
     assert type(model.inner[0]) is nn.Conv2d and isinstance(model.inner[2], VariationalLayer)
     assert model(x).shape == (2, 2)
+
+
+class Cache:
+    """A cache object among the outputs (Hugging Face's DynamicCache), no tensor itself."""
+
+    def __init__(self) -> None:
+        self.keys: list[Tensor] = []
+
+
+class Decoder(nn.Module):
+    """A Llama-like forward: `**kwargs` in its signature, optional arguments before it, a
+    gated MLP, and a dict output that holds a cache object."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.words = nn.Embedding(50, 16)
+        self.gate, self.up, self.down = nn.Linear(16, 24), nn.Linear(16, 24), nn.Linear(24, 16)
+        self.head = nn.Linear(16, 50)
+
+    def forward(self, ids: Tensor, cache: Cache | None = None, use_cache: bool = True, **kwargs):
+        _, length = ids.shape
+        h = self.words(ids)
+        h = h + self.down(F.silu(self.gate(h)) * self.up(h))
+        if use_cache:
+            cache = cache or Cache()
+            cache.keys.append(h[:, :, :4])
+        return {"logits": self.head(h), "cache": cache, "length": length}
+
+
+@pytest.mark.parametrize("family", ["gaussian", "spike_slab"])
+def test_a_forward_with_kwargs_and_a_cache_output_shrinks(family):
+    torch.manual_seed(0)
+    model, ids = bp.convert(Decoder(), family).double().eval(), _ids(2, 6)
+    scores = activation_scores(model, (ids,))
+    scored = {n for n, s in scores.items() if torch.isfinite(s).any()}
+    assert scored == {"gate", "up"}  # a unit goes with its gate
+    result = shrink_graph(model, (ids,), prune_units=keep_units(scores, sparsity=0.5))
+    assert result.model.gate.out_features == result.model.up.out_features == 12
+    assert result.model.down.in_features == 12 and result.max_abs_difference < 1e-9
+    with bp.nn.use_posterior_mean(result.model):
+        out = result.model(ids)
+    assert isinstance(out["cache"], Cache) and out["logits"].shape == (2, 6, 50)

@@ -9,7 +9,8 @@ argument is None (Hugging Face's BERT, GPT-2 and ViT do all three) cannot be tra
 `ExampleValues` is a tracer mixin that runs every recorded op on the example inputs as
 it records it (posterior means, no gradients), so each proxy carries its value: a
 tensor's sizes, number of dims, dtype and device are then plain Python values, and
-arguments of `forward` the example does not give take their defaults (`concrete_args`).
+arguments of `forward` the example does not give keep their defaults (the trace goes
+through a forward that takes only the example's arguments).
 The caller chooses what the values are computed with (the graph uses posterior means).
 
 What this costs: the sizes are constants of the graph, fixed at the example's, so a
@@ -184,22 +185,57 @@ def _attr(root: nn.Module, target: str) -> Any:
     return value
 
 
-def optional_defaults(model: nn.Module, given: int) -> dict[str, Any]:
-    """The defaults of `model.forward`'s arguments after the first `given` positional ones
-    (an optional mask left None stays None in the trace, as it was in the run)."""
-    params = list(inspect.signature(model.forward).parameters.values())
-    return {
-        p.name: p.default
-        for p in params[given:]
-        if p.default is not inspect.Parameter.empty
-        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+def _given_names(model: nn.Module, given: int) -> list[str] | None:
+    """The names of the first `given` arguments of `model.forward` when the example can
+    pass them by position, else None."""
+    params = list(inspect.signature(model.forward).parameters.values())[:given]
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(params) < given or any(p.kind not in positional for p in params):
+        return None
+    return [p.name for p in params]
+
+
+@contextlib.contextmanager
+def _forward_of(model: nn.Module, names: list[str]) -> Iterator[None]:
+    """`model`'s class, for the block, has a forward taking exactly `names` and calling
+    its own with them: the arguments the example does not give keep their defaults
+    inside (not proxies), and a `**kwargs` in the signature, which fx's argument
+    patching fails on (Hugging Face's Llama), is never seen."""
+    cls = type(model)
+    arguments = ", ".join(names)
+    source = f"def forward(self, {arguments}):\n    return _plain(_forward(self, {arguments}))\n"
+    scope: dict[str, Any] = {"_forward": cls.forward, "_plain": _representable}
+    exec(source, scope)  # a real code object with these argument names: fx reads it
+    model.__class__ = type(cls.__name__, (cls,), {"forward": scope["forward"]})
+    try:
+        yield
+    finally:
+        model.__class__ = cls
+
+
+def _representable(output: Any) -> Any:
+    """`output` with what a graph cannot return (a cache object among a model's outputs:
+    Hugging Face's `DynamicCache`) as None; tensors, proxies, numbers and containers
+    of them are kept. Only the graph's output changes: the model itself is not run so."""
+    if isinstance(output, fx.Proxy | Tensor | int | float | bool | str | type(None)):
+        return output
+    if isinstance(output, dict):
+        return {k: _representable(v) for k, v in output.items()}
+    if isinstance(output, list | tuple) and not hasattr(output, "_fields"):
+        return type(output)(_representable(v) for v in output)
+    return None
 
 
 def trace_with_values(tracer: ExampleValues, model: nn.Module, inputs: Sequence[Any]) -> fx.Graph:
     """`tracer.trace(model)` with every proxy valued on `inputs` (no gradients, the
-    model's mode kept)."""
-    names = list(inspect.signature(model.forward).parameters)
-    tracer.inputs = dict(zip(names, inputs, strict=False))
-    with torch.no_grad():
-        return tracer.trace(model, concrete_args=optional_defaults(model, len(inputs)))
+    model's mode kept): `inputs` are the forward's first positional arguments, the rest
+    keep their defaults."""
+    names = _given_names(model, len(inputs))
+    if names is None:
+        raise TypeError(
+            f"{type(model).__name__}.forward does not take its {len(inputs)} example "
+            "input(s) by position"
+        )
+    tracer.inputs = dict(zip(names, inputs, strict=True))
+    with torch.no_grad(), _forward_of(model, names):
+        return tracer.trace(model)
