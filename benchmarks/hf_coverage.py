@@ -22,7 +22,6 @@ dependency of bayesprune; install it beside the bench extra for this script:
 from __future__ import annotations
 
 import argparse
-import inspect
 import time
 import warnings
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 from _common import add_results_dir_option, md_table, use_results_dir, write_results
 from graph_groups import torchvision_models
-from timm_coverage import _pins
+from timm_coverage import _convert_takes_inputs, _pins
 from torchvision_coverage import failure, measure, table_row
 
 import bayesprune as bp
@@ -95,10 +94,6 @@ def _builders(tf: Any) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
             "image",
         ),
     }
-
-
-def _convert_takes_inputs() -> bool:
-    return "example_inputs" in inspect.signature(bp.convert).parameters
 
 
 def _example(kind: str) -> tuple[torch.Tensor, ...]:

@@ -10,7 +10,8 @@ the features are not vanishingly small at initialisation (torchvision's Efficien
 gives 1e-12 there, and any comparison of outputs passes) and dead channels carry
 constants that must be folded:
 
-1. `bp.convert(model, family)`;
+1. `bp.convert(model, family, example_inputs=(x,))` (the example lets it see weight reads
+   in forwards that branch on shapes);
 2. `compress.activation_scores` on one 64 × 64 image (the default size of the models
    that need one: transformers with a fixed patch grid, Inception, and any model that
    does not run at 64 × 64: window attention, attention biases of a fixed grid);
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import re
 import time
 from typing import Any
@@ -104,6 +106,11 @@ def _runs(model: torch.nn.Module, size: int) -> bool:
     return True
 
 
+def _convert_takes_inputs() -> bool:
+    """Whether this library's `convert` takes `example_inputs` (session 28 on)."""
+    return "example_inputs" in inspect.signature(bp.convert).parameters
+
+
 def probe(timm: Any, name: str, family: str, pinned: bool) -> dict[str, Any]:
     start = time.perf_counter()
     row: dict[str, Any] = {"model": name}
@@ -112,12 +119,13 @@ def probe(timm: Any, name: str, family: str, pinned: bool) -> dict[str, Any]:
         net = timm.create_model(name, pretrained=False, num_classes=10).eval()
         randomise_norms(net)
         row["parameters"] = sum(p.numel() for p in net.parameters())
-        model = bp.convert(net, family).eval()
         size = _size(name, net)
-        if not _runs(model, size):  # a fixed grid (window attention, attention biases)
+        if not _runs(net, size):  # a fixed grid (window attention, attention biases)
             size = int(net.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
         row["input_size"] = size
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        given = {"example_inputs": (x,)} if _convert_takes_inputs() else {}  # older: none
+        model = bp.convert(net, family, **given).eval()
         if pinned:
             row["pinned_by"] = _pins(model, x)
         row.update(measure(model, (x,)))
