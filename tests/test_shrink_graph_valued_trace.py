@@ -158,3 +158,34 @@ def test_a_forward_with_kwargs_and_a_cache_output_shrinks(family):
     with bp.nn.use_posterior_mean(result.model):
         out = result.model(ids)
     assert isinstance(out["cache"], Cache) and out["logits"].shape == (2, 6, 50)
+
+
+class WidthReader(nn.Module):
+    """A forward that branches on a shape (so only the valued trace follows it) and
+    splits a projection with the stream's width read off its input, as ConViT does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.pair, self.head = nn.Linear(4, 8), nn.Linear(8, 16), nn.Linear(8, 3)
+        self.fc1, self.fc2 = nn.Linear(8, 12), nn.Linear(12, 8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x)
+        if h.shape[1] > 1000:  # a shape branch
+            h = h[:, :1000]
+        batch, tokens, width = h.shape
+        a, b = self.pair(h).reshape(batch, tokens, 2, width).unbind(2)
+        h = h + self.fc2(torch.relu(self.fc1(h)))
+        return self.head(h.mean(1)) + (a * b).mean((1, 2))[:, None]
+
+
+def test_a_width_read_off_a_tensor_in_a_valued_trace_pins_its_channels():
+    torch.manual_seed(0)
+    model = bp.convert(WidthReader(), "gaussian").double().eval()
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    scores = activation_scores(model, (x,))
+    scored = {n for n, s in scores.items() if torch.isfinite(s).any()}
+    assert scored == {"fc1"}  # the stream's width is read: embed and fc2 keep it
+    result = shrink_graph(model, (x,), prune_units=keep_units(scores, sparsity=0.5))
+    assert result.model.embed.out_features == 8 and result.model.fc1.out_features == 6
+    assert result.max_abs_difference < 1e-9

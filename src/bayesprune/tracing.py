@@ -76,7 +76,9 @@ in a symbolic trace instead of being fixed at what this example happened to give
 
 class ExampleProxy(fx.Proxy):
     """A proxy that knows its value on the example inputs (`example`, when computed) and
-    whether its shape follows from the inputs' shapes alone (`shape_known`)."""
+    whether its shape follows from the inputs' shapes alone (`shape_known`). Every size
+    it answers is noted in its tracer's `size_reads` (node name, the dims read): the
+    graph holds those sizes as constants, so whoever reads the graph must keep them."""
 
     def __getattr__(self, name: str) -> Any:
         value = self.__dict__.get("example", _UNKNOWN)
@@ -85,13 +87,36 @@ class ExampleProxy(fx.Proxy):
                 return getattr(value, name)
             shaped = name in _SHAPE_METHODS or name in _SHAPE_ATTRIBUTES
             if shaped and self.__dict__.get("shape_known", False):
-                return getattr(value, name)
+                return self._answer(name, value)
         return super().__getattr__(name)
+
+    def _answer(self, name: str, value: Tensor) -> Any:
+        every = tuple(range(value.ndim))
+        if name in ("ndim", "dim", "ndimension"):
+            return getattr(value, name)  # the number of dims: no size
+        if name == "shape":
+            self._read(every)
+            return value.shape
+        if name == "size":
+
+            def size(dim: int | None = None) -> Any:
+                self._read(every if dim is None else (dim % value.ndim,))
+                return value.size() if dim is None else value.size(dim)
+
+            return size
+        self._read(every)  # numel, nelement
+        return getattr(value, name)
+
+    def _read(self, dims: tuple[int, ...]) -> None:
+        reads = getattr(self.tracer, "size_reads", None)
+        if reads is not None:
+            reads.append((self.node.name, dims))
 
     def __len__(self) -> int:
         value = self.__dict__.get("example", _UNKNOWN)
         if value is _UNKNOWN or not self.__dict__.get("shape_known", False):
             return super().__len__()
+        self._read((0,))
         return len(value)
 
 
@@ -129,6 +154,7 @@ class ExampleValues(fx.Tracer):
     Use `trace_with_values`, which sets the inputs and the optional arguments."""
 
     inputs: dict[str, Any]  # forward's argument name -> its value in the example
+    size_reads: list[tuple[str, tuple[int, ...]]]  # (node name, dims) of every size read
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return ExampleProxy(node, self)
@@ -237,5 +263,6 @@ def trace_with_values(tracer: ExampleValues, model: nn.Module, inputs: Sequence[
             "input(s) by position"
         )
     tracer.inputs = dict(zip(names, inputs, strict=True))
+    tracer.size_reads = []
     with torch.no_grad(), _forward_of(model, names):
         return tracer.trace(model)

@@ -353,7 +353,10 @@ def _trace(
             "leaf_modules=(...) (its channels are then kept), or make it free of data-dependent "
             "Python control flow"
         ) from err
-    return fx.GraphModule(tracer.root, graph)
+    gm = fx.GraphModule(tracer.root, graph)
+    if isinstance(tracer, ValuedTracer):
+        gm.meta["size_reads"] = tracer.size_reads  # sizes the graph holds as constants
+    return gm
 
 
 def _mutable(value: Any) -> Any:
@@ -602,8 +605,24 @@ def analyse(
                 found = (cg.pinned_fresh(out.shape[1], f"the output of {_describe(node)}"), 1)
             cg.ids[node], cg.axis[node] = found
     pin_size_reads(cg)
+    _pin_valued_size_reads(cg)
     verify_sized_calls(cg, lambda root: trace(root, leaf_modules, inputs))
     return cg
+
+
+def _pin_valued_size_reads(cg: ChannelGraph) -> None:
+    """A graph traced with the example's values holds every size the forward read as a
+    constant (`bayesprune.tracing`): the channels of a tensor whose channel axis had
+    its size read are pinned (fewer of them would change a size the forward uses)."""
+    nodes = {n.name: n for n in cg.gm.graph.nodes}
+    for name, dims in cg.gm.meta.get("size_reads", []):
+        node = nodes.get(name)
+        if node is None or node not in cg.ids or cg.axis[node] not in dims:
+            continue
+        why = f"its width read by the forward at {_describe(node)} (traced with values)"
+        for i in cg.ids[node]:
+            cg.pinned_at.setdefault(i, why)
+        cg.pinned.update(cg.ids[node])
 
 
 def _stateless(module: nn.Module) -> bool:
