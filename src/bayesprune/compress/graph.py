@@ -418,7 +418,7 @@ class _GraphShrinker:
                 continue
             if f.name not in norms:
                 _set_module(self.model, f.name, _slice_follower(module, idx))
-            elif len(idx) < len(f.ids):  # counts the removed channels' zeros
+            else:  # counts the removed channels' zeros
                 _set_module(
                     self.model, f.name, rebuilt(module, idx, f.axis, cg.values[f.node].ndim)
                 )

@@ -14,6 +14,11 @@ every channel that leaves a part keeps its width and the code around it runs unc
 Prunable layers outside every part keep all their units. A part called several times (a
 detector head applied to every level of a feature pyramid) is analysed on its first
 call; `shrink_graph` checks every call, and the whole model's output.
+
+Before parts are sought, a forward that fails only on shapes or optional arguments
+(Hugging Face's) is traced with the example's values (`bayesprune.tracing`) and taken
+whole, unless that trace calls a module with weights twice (a loop over the images it
+unrolled), where parts come first and the valued graph is the last resort.
 """
 
 from __future__ import annotations

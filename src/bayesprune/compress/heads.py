@@ -181,6 +181,8 @@ def prove_heads(model: nn.Module, inputs: tuple[Any, ...]) -> None:
         for name, module in model.named_modules()
         if not isinstance(module, MultiheadAttention) and (layout := _candidate(module))
     }
+    if not candidates:
+        return
     calls: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
     def recorder(name: str) -> Any:
