@@ -210,3 +210,23 @@ def test_a_tied_head_stays_tied_when_an_mlp_before_it_loses_units():
     result = shrink_graph(model, (ids,), prune_units={"fc1": [0, 1, 2, 3, 4, 5]}, check=True)
     assert result.model.fc1.out_features == 6 and result.model.head.in_features == 6
     assert result.model.head.weight is result.model.embed.weight  # not a re-made copy
+
+
+class KeepsFeatures(nn.Module):
+    """A forward that appends what it computes to a list attribute (a debugging habit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.seen = nn.Linear(3, 2), []
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.fc(x)
+        self.seen.append(out)
+        return out
+
+
+def test_convert_leaves_no_trace_proxy_in_a_models_lists():
+    model = bp.convert(KeepsFeatures(), "gaussian")
+    assert model.seen == []  # convert traced it; nothing of that trace stays behind
+    model(torch.randn(4, 3))
+    assert len(model.seen) == 1 and isinstance(model.seen[0], Tensor)

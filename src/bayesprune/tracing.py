@@ -34,9 +34,10 @@ from torch import Tensor, fx, nn
 @contextlib.contextmanager
 def no_proxies_left(model: nn.Module) -> Iterator[None]:
     """Caches a module fills while it is traced (timm's LeViT and EfficientFormer keep
-    their attention biases in a dict per device in eval mode) would hold proxies of that
-    trace, which a later trace or a forward would read as values: such entries are
-    removed, and attributes set to a proxy get their value back."""
+    their attention biases in a dict per device in eval mode; a forward that appends its
+    features to a list) would hold proxies of that trace, which a later trace or a
+    forward would read as values: such entries are removed, and attributes set to a
+    proxy get their value back."""
     before = {id(m): dict(vars(m)) for m in model.modules()}
     try:
         yield
@@ -51,6 +52,8 @@ def no_proxies_left(model: nn.Module) -> Iterator[None]:
                 elif isinstance(value, dict):
                     for key in [k for k, v in value.items() if isinstance(v, fx.Proxy)]:
                         del value[key]
+                elif isinstance(value, list) and any(isinstance(v, fx.Proxy) for v in value):
+                    value[:] = [v for v in value if not isinstance(v, fx.Proxy)]
 
 
 _UNKNOWN = object()
