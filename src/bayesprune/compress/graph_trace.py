@@ -657,7 +657,9 @@ def _module_ids(
         return _layer_ids(cg, node, module, first)
     if isinstance(module, TRANSPOSED) and module.groups == 1 and axis == 1:
         return _transposed_ids(cg, node, first)
-    if isinstance(module, nn.LayerNorm | ZeroCountingLayerNorm):
+    if isinstance(module, nn.LayerNorm | ZeroCountingLayerNorm) or (
+        layer_norm_layout(module) is not None
+    ):
         return _layer_norm_ids(cg, node, module, first)
     if (layout := response_norm_layout(module)) is not None:
         if axis != layout % value.ndim or value.shape != in_value.shape:

@@ -28,6 +28,9 @@ from torch import Tensor, nn
 from ..nn.base import Config, SerializableLayer
 from .response_norm import ZeroCountingResponseNorm, response_norm_layout
 
+_NOT_WRITTEN = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, SerializableLayer)
+"""Modules `layer_norm_layout` does not probe as a LayerNorm written out."""
+
 __all__ = [
     "ZeroCountingGroupNorm",
     "ZeroCountingLayerNorm",
@@ -60,7 +63,7 @@ class ZeroCountingLayerNorm(SerializableLayer):
     @classmethod
     def of(cls, norm: nn.Module, idx: Tensor, channel_dim: int) -> ZeroCountingLayerNorm:
         """The channels `idx` of a LayerNorm (or of a ZeroCountingLayerNorm)."""
-        total = norm.total if isinstance(norm, cls) else int(norm.normalized_shape[-1])
+        total = norm.total if isinstance(norm, cls) else int(norm.weight.numel())
         weight, bias = norm.weight, norm.bias
         affine = weight is not None
         new = cls(len(idx), total, float(norm.eps), affine, bias is not None, channel_dim)
@@ -168,14 +171,22 @@ def group_norm_layout(module: nn.Module) -> bool:
 
 
 def layer_norm_layout(module: nn.Module) -> int | None:
-    """Where a subclass of nn.LayerNorm with its own `forward` normalises: -1 (the last
-    axis, as timm's LayerNorm, which may call a fused kernel) or 1 (dim 1 of a map, as
-    torchvision's and timm's `LayerNorm2d`: a permute, the norm, a permute back); None
-    when it computes something else. Proven by running it on random inputs against
-    F.layer_norm. The graph then reads such a module whole, as a LayerNorm."""
-    if not isinstance(module, nn.LayerNorm) or type(module).forward is nn.LayerNorm.forward:
-        return None
-    shape = tuple(module.normalized_shape)
+    """Where a subclass of nn.LayerNorm with its own `forward`, or a module of its own
+    that holds exactly a `weight` and a `bias` of one value per channel and an `eps`,
+    normalises: -1 (the last axis, as timm's LayerNorm, which may call a fused kernel,
+    or Hugging Face's ConvNeXt norm) or 1 (dim 1 of a map, as torchvision's and timm's
+    `LayerNorm2d`, or one written out as `(x - mean) / sqrt(var + eps)` over dim 1, as
+    Segment Anything's and Hugging Face's); None when it computes something else.
+    Proven by running it on random inputs against F.layer_norm. The graph then reads
+    such a module whole, as a LayerNorm."""
+    if isinstance(module, nn.LayerNorm):
+        if type(module).forward is nn.LayerNorm.forward:
+            return None
+        shape = tuple(module.normalized_shape)
+    else:
+        shape = _written_norm_shape(module)
+        if shape is None:
+            return None
     weight = module._parameters.get("weight")  # not through fx's patched attribute reads
     if len(shape) != 1 or (
         weight is not None and (weight.is_meta or not weight.is_floating_point())
@@ -190,6 +201,21 @@ def layer_norm_layout(module: nn.Module) -> int | None:
         if _computes(module, x, expected.movedim(-1, layout)):
             return layout
     return None
+
+
+def _written_norm_shape(module: nn.Module) -> tuple[int] | None:
+    """(C,) for a module that may be a LayerNorm written out: no children, exactly a
+    `weight` and a `bias` of C values, a number `eps`, and none of torch's norms."""
+    if isinstance(module, _NOT_WRITTEN) or next(module.children(), None) is not None:
+        return None
+    params = dict(module.named_parameters(recurse=False))
+    weight, bias = params.get("weight"), params.get("bias")
+    if set(params) != {"weight", "bias"} or weight.ndim != 1 or bias.shape != weight.shape:
+        return None
+    eps = getattr(module, "eps", None)
+    if not isinstance(eps, float | int) or isinstance(eps, bool):
+        return None
+    return (weight.numel(),)
 
 
 def _computes(module: nn.Module, x: Tensor, expected: Tensor) -> bool:
@@ -214,9 +240,7 @@ def normalised_axes(module: nn.Module, ndim: int) -> set[int] | None:
     `forward` does something else."""
     if isinstance(module, ZeroCountingLayerNorm):
         return {module.channel_dim % ndim}
-    if not isinstance(module, nn.LayerNorm):
-        return None
-    if type(module).forward is nn.LayerNorm.forward:
+    if isinstance(module, nn.LayerNorm) and type(module).forward is nn.LayerNorm.forward:
         return set(range(ndim - len(module.normalized_shape), ndim))
     layout = layer_norm_layout(module)
     return None if layout is None else {layout % ndim}

@@ -48,7 +48,7 @@ from .channel_parameters import apply_parameter_shapes, parameter_shapes
 from .export import _finite, _first_line, _without_prune_hooks, compare_state
 from .graph import KEPT_INPUTS, kept_inputs
 from .graph_sizes import apply_attributes, shape_attributes
-from .layer_norm import ZeroCountingGroupNorm, ZeroCountingLayerNorm
+from .layer_norm import ZeroCountingGroupNorm, ZeroCountingLayerNorm, layer_norm_layout
 from .response_norm import ZeroCountingResponseNorm, response_norm_layout
 from .serialize import architecture, build
 
@@ -88,6 +88,8 @@ def _kind(spec: Spec | None, module: nn.Module) -> type[nn.Module]:
         for norm in (nn.LayerNorm, nn.GroupNorm):
             if isinstance(module, norm):
                 return norm
+        if layer_norm_layout(module) is not None:  # a LayerNorm written out
+            return nn.LayerNorm
         if response_norm_layout(module) is not None:
             return ZeroCountingResponseNorm
         return torch_type(type(module))
