@@ -13,9 +13,9 @@ download), then as `timm_coverage.py` runs timm's:
 3. `keep_units(sparsity=0.25)` on those, `shrink_graph(check=True)`.
 
 `--pinned` names the three operations that pin the most units. transformers is not a
-dependency of bayesprune; install it beside the bench extra for this script:
+dependency of bayesprune; its `hf` extra installs it beside the bench extra:
 
-    pip install "transformers>=4.44,<4.50"
+    pip install -e ".[bench,hf]"
     python benchmarks/hf_coverage.py --pinned
 """
 
