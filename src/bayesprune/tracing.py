@@ -154,7 +154,8 @@ def _values(arg: Any) -> Any:
 
 class ExampleValues(fx.Tracer):
     """Mixin for an fx.Tracer: proxies carry their values on `inputs` (module docstring).
-    Use `trace_with_values`, which sets the inputs and the optional arguments."""
+    Use `trace_with_values`, which sets the inputs and traces through a forward taking
+    exactly them."""
 
     inputs: dict[str, Any]  # forward's argument name -> its value in the example
     size_reads: list[tuple[str, tuple[int, ...]]]  # (node name, dims) of every size read
