@@ -40,9 +40,7 @@ def pin_size_reads(cg: ChannelGraph) -> None:
         if all(_follows(cg, user, node, groups) for user in node.users):
             continue
         why = f"its width read by {node.op} {node.name!r} and used as another tensor's size"
-        for i in ids:
-            cg.pinned_at.setdefault(i, why)
-        cg.pinned.update(ids)
+        cg.pin(ids, why)
 
 
 def _channel_size_of(cg: ChannelGraph, node: fx.Node) -> fx.Node | None:

@@ -256,9 +256,7 @@ def verify_sized_calls(cg: ChannelGraph, trace: Callable[[nn.Module], fx.GraphMo
         call = "split" if s.position is None else "view"
         why = f"call_function '{call}' (sizes not proven to come from {s.attribute!r})"
         for piece in s.pieces:
-            for i in piece:
-                cg.pinned_at.setdefault(i, why)
-            cg.pinned.update(piece)
+            cg.pin(piece, why)
     cg.sized = [s for s in cg.sized if id(s) in proven]
 
 

@@ -512,6 +512,12 @@ class ChannelGraph:
         channels on dim 1 wherever the layer reads them (a Linear on tokens: the last)."""
         return self.values[use.node.args[0]][:1].movedim(use.axis, 1)
 
+    def pin(self, ids: Collection[int], why: str) -> None:
+        """`ids` may never go; `why` names the op, unless an earlier pin named one."""
+        for i in ids:
+            self.pinned_at.setdefault(i, why)
+        self.pinned.update(ids)
+
     def pinned_fresh(self, n: int, why: str) -> list[int]:
         """New ids that may never go (an axis no rule follows), `why` naming the op."""
         ids = self.fresh(n, pinned=True)
@@ -548,9 +554,7 @@ def _describe(node: fx.Node) -> str:
 
 def _pin_args(cg: ChannelGraph, node: fx.Node) -> None:
     for ids in _node_ids(cg, (node.args, node.kwargs)):
-        for i in ids:
-            cg.pinned_at.setdefault(i, _describe(node))
-        cg.pinned.update(ids)
+        cg.pin(ids, _describe(node))
 
 
 Channels = tuple[list[int], int]
@@ -620,9 +624,7 @@ def _pin_valued_size_reads(cg: ChannelGraph) -> None:
         if node is None or node not in cg.ids or cg.axis[node] not in dims:
             continue
         why = f"its width read by the forward at {_describe(node)} (traced with values)"
-        for i in cg.ids[node]:
-            cg.pinned_at.setdefault(i, why)
-        cg.pinned.update(cg.ids[node])
+        cg.pin(cg.ids[node], why)
 
 
 def _stateless(module: nn.Module) -> bool:
