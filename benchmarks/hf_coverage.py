@@ -28,10 +28,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from _common import add_results_dir_option, use_results_dir, write_results
 from graph_groups import torchvision_models
 from timm_coverage import _convert_takes_inputs, _pins
-from torchvision_coverage import failure, measure, table_row
+from timm_coverage import render as coverage_report
+from torchvision_coverage import failure, measure
 
 import bayesprune as bp
 
@@ -134,25 +135,7 @@ def probe(
 
 
 def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
-    ok = [r for r in rows if r["status"] == "ok"]
-    worst = max((r["shrunk_minus_masked"] for r in ok), default=0.0)
-    scored = sum(r["scored_layers"] for r in ok)
-    prunable = sum(r["prunable_layers"] for r in ok)
-    table = [
-        {
-            **table_row(r),
-            "kept plain by convert": r.get("kept_plain", ""),
-            **({"pinned by": r.get("pinned_by", "")} if settings.get("pinned") else {}),
-            "error": r.get("error", ""),
-        }
-        for r in rows
-    ]
-    head = (
-        f"{len(ok)} of {len(rows)} models convert, score and shrink with check=True (largest "
-        f"shrunk − masked difference {worst:.1e}); {scored} of their {prunable} prunable "
-        "layers scored (not pinned)."
-    )
-    return "\n".join([head, "", md_table(table), "", f"Settings: {settings}"])
+    return coverage_report(rows, settings, {"kept plain by convert": "kept_plain"})
 
 
 def main() -> None:

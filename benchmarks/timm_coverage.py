@@ -136,7 +136,10 @@ def probe(timm: Any, name: str, family: str, pinned: bool) -> dict[str, Any]:
     return row
 
 
-def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+def render(
+    rows: list[dict[str, Any]], settings: dict[str, Any], columns: dict[str, str] | None = None
+) -> str:
+    """The markdown report; `columns` adds {heading: row key} after the figures."""
     ok = [r for r in rows if r["status"] == "ok"]
     worst = max((r["shrunk_minus_masked"] for r in ok), default=0.0)
     scored = sum(r["scored_layers"] for r in ok)
@@ -144,6 +147,7 @@ def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     table = [
         {
             **table_row(r),
+            **{heading: r.get(key, "") for heading, key in (columns or {}).items()},
             **({"pinned by": r.get("pinned_by", "")} if settings.get("pinned") else {}),
             "error": r.get("error", ""),
         }
