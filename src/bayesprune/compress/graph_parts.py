@@ -32,7 +32,7 @@ from torch import Tensor, fx, nn
 
 from ..nn.base import evaluation_pass
 from .adapters import prunable_layers
-from .graph_trace import GraphTraceError, Tracer, trace
+from .graph_trace import GraphTraceError, Tracer, trace, trace_with_example
 
 
 @dataclass
@@ -148,9 +148,10 @@ VALUED = (
 def _valued_trace(
     model: nn.Module, leaf_modules: Sequence[type[nn.Module]], inputs: tuple[Any, ...]
 ) -> fx.GraphModule | None:
-    """The model traced with the example's values (`bayesprune.tracing`), or None."""
+    """The model traced with the example's values (`bayesprune.tracing`), or None (its
+    symbolic trace is known to fail: `find_parts` tried it first)."""
     try:
-        return trace(model, leaf_modules, inputs)
+        return trace_with_example(model, leaf_modules, inputs)
     except GraphTraceError:
         return None
 

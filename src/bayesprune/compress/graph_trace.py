@@ -301,8 +301,7 @@ def trace(
     torch's transformer modules are traced through where fx can (`_TRANSFORMER_BLOCKS`),
     else kept whole, as before (nn.Transformer checks its inputs' sizes in Python). Where
     the symbolic trace fails and example `inputs` are given, the model is traced again
-    with their values (`trace_values`: sizes, dims and dtypes known, optional arguments
-    at their defaults), which Hugging Face's models need."""
+    with their values (`trace_with_example`), which Hugging Face's models need."""
     try:
         return _trace(model, leaf_modules)
     except GraphTraceError as err:
@@ -316,9 +315,18 @@ def trace(
     if inputs is None:
         raise failed
     try:
-        return _trace(model, leaf_modules, inputs)
+        return trace_with_example(model, leaf_modules, inputs)
     except GraphTraceError:
         raise failed from None
+
+
+def trace_with_example(
+    model: nn.Module, leaf_modules: Sequence[type[nn.Module]], inputs: Sequence[Any]
+) -> fx.GraphModule:
+    """The fx graph of `model` traced with the values of `inputs` alone (`bayesprune.
+    tracing`: sizes, dims and dtypes known, the arguments `inputs` do not give at their
+    defaults), for a caller that has already seen the symbolic trace fail."""
+    return _trace(model, leaf_modules, inputs)
 
 
 class ValuedTracer(ExampleValues, Tracer):
