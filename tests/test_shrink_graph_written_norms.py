@@ -26,16 +26,18 @@ from bayesprune.compress.layer_norm import ZeroCountingLayerNorm, layer_norm_lay
 from bayesprune.nn import GatedLayer
 
 
-class WrittenLayerNorm2d(nn.Module):
-    """Segment Anything's LayerNorm2d: the statistics over dim 1 written out."""
+class _Affine(nn.Module):
+    """What every norm below holds: a scale and a shift per channel and an eps."""
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()
-        self.weight, self.bias = (
-            nn.Parameter(torch.ones(channels)),
-            nn.Parameter(torch.zeros(channels)),
-        )
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
         self.eps = eps
+
+
+class WrittenLayerNorm2d(_Affine):
+    """Segment Anything's LayerNorm2d: the statistics over dim 1 written out."""
 
     def forward(self, x: Tensor) -> Tensor:
         u = x.mean(1, keepdim=True)
@@ -44,31 +46,15 @@ class WrittenLayerNorm2d(nn.Module):
         return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
-class ChannelsLastNorm(nn.Module):
+class ChannelsLastNorm(_Affine):
     """Hugging Face's ConvNeXt norm in its channels-last form: F.layer_norm, not a module."""
 
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight, self.bias = (
-            nn.Parameter(torch.ones(channels)),
-            nn.Parameter(torch.zeros(channels)),
-        )
-        self.eps, self.normalized_shape = eps, (channels,)
-
     def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
 
-class RootMeanSquare(nn.Module):
+class RootMeanSquare(_Affine):
     """A norm with a weight, a bias and an eps that is no LayerNorm: not taken for one."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.weight, self.bias = (
-            nn.Parameter(torch.ones(channels)),
-            nn.Parameter(torch.zeros(channels)),
-        )
-        self.eps = 1e-6
 
     def forward(self, x: Tensor) -> Tensor:
         return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) + self.bias
