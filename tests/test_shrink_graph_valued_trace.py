@@ -61,15 +61,18 @@ def test_the_hidden_units_are_scored_and_deleted(family):
     model, ids = bp.convert(Encoder(), family).double().eval(), _ids()
     scores = activation_scores(model, (ids,))
     scored = {n for n, s in scores.items() if torch.isfinite(s).any()}
-    assert scored == {"fc1"}  # the stream is read by the norm (and pinned by its embeddings)
+    assert scored == {"fc1", "fc2"}  # the stream the embeddings write is scored too
     result = shrink_graph(model, (ids,), prune_units=keep_units(scores, sparsity=0.5))
     assert result.model.fc1.out_features == 16 and result.model.fc2.in_features == 16
+    assert result.model.fc2.out_features == result.model.head.in_features == 8
+    assert result.model.words.embedding_dim == result.model.places.weight.shape[1] == 8
     assert result.max_abs_difference < 1e-9 and VALUED in result.notes
     assert isinstance(result.model.fc1, VariationalLayer)
     longer = _ids(2, 11)  # the user's class again: other lengths, the optional output
     with bp.nn.use_posterior_mean(result.model):
         logits, hidden = result.model(longer, hidden=True)
-    assert logits.shape == (2, 3) and hidden.shape == (2, 11, 16)
+    # the optional output is the narrowed stream: the example's graph did not return it
+    assert logits.shape == (2, 3) and hidden.shape == (2, 11, 8)
 
 
 class ValueFilter(nn.Module):

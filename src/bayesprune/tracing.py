@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -77,6 +78,57 @@ their result (or anything computed from it) is not answered, so a branch on it f
 in a symbolic trace instead of being fixed at what this example happened to give."""
 
 
+class SizeRead(int):
+    """A size the forward read off a tensor while traced with values: a plain int that
+    notes when it is used. Python arithmetic, comparisons, formatting and hashing mark
+    it (`_mark`), so does entering the graph as an op's argument (`ExampleValues.
+    create_arg`); a size unpacked and never touched (`batch, length, _ = x.size()`)
+    stays unused, and the graph does not depend on it. Its results are plain ints."""
+
+    read: tuple[str, tuple[int, ...]]  # (node name, the dims this size stands for)
+    used: bool
+
+    def _mark(self) -> int:
+        self.used = True
+        return int.__int__(self)
+
+
+def _marking(name: str) -> Callable[..., Any]:
+    plain = getattr(int, name)
+
+    def method(self: SizeRead, *args: Any) -> Any:
+        self._mark()
+        return plain(self, *args)
+
+    method.__name__ = name
+    return method
+
+
+_MARKING = (
+    "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__floordiv__",
+    "__rfloordiv__", "__truediv__", "__rtruediv__", "__mod__", "__rmod__", "__divmod__",
+    "__rdivmod__", "__pow__", "__rpow__", "__neg__", "__pos__", "__abs__", "__invert__",
+    "__and__", "__rand__", "__or__", "__ror__", "__xor__", "__rxor__", "__lshift__",
+    "__rlshift__", "__rshift__", "__rrshift__", "__eq__", "__ne__", "__lt__", "__le__",
+    "__gt__", "__ge__", "__hash__", "__bool__", "__index__", "__int__", "__float__",
+    "__round__", "__trunc__", "__floor__", "__ceil__", "__format__", "__str__", "__repr__",
+    "__reduce__", "__reduce_ex__", "__copy__", "__deepcopy__", "bit_length", "to_bytes",
+    "as_integer_ratio", "conjugate",
+)  # fmt: skip
+"""int's methods through which a `SizeRead` is used: each marks it."""
+for _name in _MARKING:
+    if hasattr(int, _name):
+        setattr(SizeRead, _name, _marking(_name))
+
+
+class Sizes(tuple):
+    """The sizes of a tensor as `SizeRead`s (`x.shape`, `x.size()`): a tuple, with
+    `torch.Size`'s `numel`; slicing and `+` give plain tuples of them."""
+
+    def numel(self) -> int:
+        return math.prod(self)
+
+
 class ExampleProxy(fx.Proxy):
     """A proxy that knows its value on the example inputs (`example`, when computed) and
     whether its shape follows from the inputs' shapes alone (`shape_known`). Every size
@@ -94,33 +146,35 @@ class ExampleProxy(fx.Proxy):
         return super().__getattr__(name)
 
     def _answer(self, name: str, value: Tensor) -> Any:
-        every = tuple(range(value.ndim))
         if name in ("ndim", "dim", "ndimension"):
             return getattr(value, name)  # the number of dims: no size
         if name == "shape":
-            self._read(every)
-            return value.shape
+            return Sizes(self._read(value.shape[d], (d,)) for d in range(value.ndim))
         if name == "size":
 
             def size(dim: int | None = None) -> Any:
-                self._read(every if dim is None else (dim % value.ndim,))
-                return value.size() if dim is None else value.size(dim)
+                if dim is None:
+                    return Sizes(self._read(value.shape[d], (d,)) for d in range(value.ndim))
+                return self._read(value.size(dim), (dim % value.ndim,))
 
             return size
-        self._read(every)  # numel, nelement
-        return getattr(value, name)
+        every = tuple(range(value.ndim))  # numel, nelement: a product of every size
+        return lambda: self._read(value.numel(), every)
 
-    def _read(self, dims: tuple[int, ...]) -> None:
-        reads = getattr(self.tracer, "size_reads", None)
-        if reads is not None:
-            reads.append((self.node.name, dims))
+    def _read(self, size: int, dims: tuple[int, ...]) -> int:
+        """`size` as a `SizeRead` noted in the tracer's `size_answers`."""
+        answer = SizeRead(size)
+        answer.read, answer.used = (self.node.name, dims), False
+        answers = getattr(self.tracer, "size_answers", None)
+        if answers is not None:
+            answers.append(answer)
+        return answer
 
     def __len__(self) -> int:
         value = self.__dict__.get("example", _UNKNOWN)
         if value is _UNKNOWN or not self.__dict__.get("shape_known", False):
             return super().__len__()
-        self._read((0,))
-        return len(value)
+        return self._read(len(value), (0,))._mark()  # len() makes a plain int of it
 
 
 def _data_shaped(kind: str, target: Any, args: Any) -> bool:
@@ -158,10 +212,18 @@ class ExampleValues(fx.Tracer):
     exactly them."""
 
     inputs: dict[str, Any]  # forward's argument name -> its value in the example
-    size_reads: list[tuple[str, tuple[int, ...]]]  # (node name, dims) of every size read
+    size_answers: list[SizeRead]  # every size answered while tracing
+    size_reads: list[tuple[str, tuple[int, ...]]]  # (node name, dims) of the sizes used
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return ExampleProxy(node, self)
+
+    def create_arg(self, a: Any) -> Any:
+        if isinstance(a, SizeRead):
+            return a._mark()  # a size in the graph: a constant the graph depends on
+        if isinstance(a, Sizes):
+            return torch.Size(self.create_arg(list(a)))
+        return super().create_arg(a)
 
     def call_module(
         self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
@@ -267,6 +329,27 @@ def trace_with_values(tracer: ExampleValues, model: nn.Module, inputs: Sequence[
             "input(s) by position"
         )
     tracer.inputs = dict(zip(names, inputs, strict=True))
-    tracer.size_reads = []
+    tracer.size_answers = []
     with torch.no_grad(), _forward_of(model, names):
-        return tracer.trace(model)
+        graph = tracer.trace(model)
+    _mark_constant_sizes(tracer, graph)
+    tracer.size_reads = [a.read for a in tracer.size_answers if a.used]
+    return graph
+
+
+def _mark_constant_sizes(tracer: ExampleValues, graph: fx.Graph) -> None:
+    """A size handed to a function outside the graph (`torch.zeros(b, t, d)`) is read by
+    C code that no Python hook sees; the tensor it made enters the graph as a constant.
+    A size of such a constant's shape counts as used (conservative: a coincidence of
+    sizes keeps channels, never loses any)."""
+    root = tracer.root
+    own = {n for n, _ in root.named_parameters()} | {n for n, _ in root.named_buffers()}
+    shapes: set[int] = set()
+    for node in graph.nodes:
+        if node.op == "get_attr" and str(node.target) not in own:
+            value = _attr(tracer.root, str(node.target))
+            if isinstance(value, Tensor):
+                shapes.update(int.__int__(s) for s in value.shape)
+    for answer in tracer.size_answers:
+        if int.__int__(answer) in shapes:
+            answer.used = True

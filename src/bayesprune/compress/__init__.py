@@ -73,6 +73,7 @@ from .pip_rules import PipRule, select_by_pip
 from .prune import DEFAULT_SCORES, PruneRule, keep_masks, prune
 from .report import compression_report, report_markdown, save_report
 from .response_norm import ZeroCountingResponseNorm
+from .rms_norm import ZeroCountingRMSNorm
 from .rules import (
     PruneLevel,
     SearchResult,
@@ -136,6 +137,7 @@ __all__ = [
     "ToleranceSpec",
     "ZeroCountingGroupNorm",
     "ZeroCountingLayerNorm",
+    "ZeroCountingRMSNorm",
     "ZeroCountingResponseNorm",
     "activation_scores",
     "apply_attributes",

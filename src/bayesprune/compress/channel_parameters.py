@@ -34,7 +34,14 @@ def slice_parameter(model: nn.Module, name: str, idx: Tensor, dim: int) -> list[
         setattr(owner, attr, nn.Parameter(cut, old.requires_grad))
     else:
         owner.register_buffer(attr, cut, persistent=attr not in owner._non_persistent_buffers_set)
+    _resized(owner, attr)
     return list(cut.shape)
+
+
+def _resized(owner: nn.Module, attr: str) -> None:
+    """Keep a module's own record of its width true (an embedding's `embedding_dim`)."""
+    if isinstance(owner, nn.Embedding) and attr == "weight":
+        owner.embedding_dim = owner.weight.shape[1]
 
 
 def zero_entries(model: nn.Module, name: str, idx: list[int], dim: int) -> bool:
@@ -79,5 +86,6 @@ def apply_parameter_shapes(model: nn.Module, shapes: Mapping[str, Any]) -> None:
             owner.register_buffer(
                 attr, new, persistent=attr not in owner._non_persistent_buffers_set
             )
+        _resized(owner, attr)
     if shapes:
         setattr(model, PARAMETER_SHAPES, {k: list(v) for k, v in shapes.items()})

@@ -1019,8 +1019,9 @@ def _shrink_traced(
         zeroed = ", ".join(f"{n} ({k})" for n, k in sorted(worker.offsets_zeroed.items()))
         result.notes.append(
             f"the entries of parameters added into the channels of units dropped by "
-            f"prune_units were zeroed too: {zeroed}; a class token or position embedding "
-            "makes a channel nonzero, so this is what deleting the units means"
+            f"prune_units were zeroed too: {zeroed}; a class token, a position embedding "
+            "or an embedding table makes a channel nonzero, so this is what deleting the "
+            "units means"
         )
     for name in sorted(worker.bn_variance_dropped):
         result.notes.append(

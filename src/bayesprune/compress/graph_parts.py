@@ -32,7 +32,14 @@ from torch import Tensor, fx, nn
 
 from ..nn.base import evaluation_pass
 from .adapters import prunable_layers
-from .graph_trace import GraphTraceError, Tracer, trace, trace_with_example
+from .graph_trace import (
+    GraphTraceError,
+    Tracer,
+    trace,
+    trace_with_example,
+    unset_message,
+    unset_reads,
+)
 
 
 @dataclass
@@ -178,7 +185,9 @@ def find_parts(
     where parts come first. A GraphTraceError when neither it nor any submodule with
     prunable layers traces."""
     try:
-        trace(model, leaf_modules)
+        symbolic = trace(model, leaf_modules)
+        if unset := unset_reads(symbolic, len(inputs)):
+            raise GraphTraceError(unset_message(model, unset))
     except GraphTraceError as err:
         whole = err
     else:

@@ -117,6 +117,7 @@ from .layer_norm import (
     one_group_norm,
 )
 from .response_norm import response_norm_layout
+from .rms_norm import is_rms_norm
 
 BATCHNORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 NORMS: tuple[type[nn.Module], ...] = (
@@ -303,7 +304,10 @@ def trace(
     the symbolic trace fails and example `inputs` are given, the model is traced again
     with their values (`trace_with_example`), which Hugging Face's models need."""
     try:
-        return _trace(model, leaf_modules)
+        gm = _trace(model, leaf_modules)
+        if inputs is None or not (unset := unset_reads(gm, len(inputs))):
+            return gm
+        failed = GraphTraceError(unset_message(model, unset))
     except GraphTraceError as err:
         failed = err
     if any(isinstance(m, _TRANSFORMER_BLOCKS) for m in model.modules()):
@@ -318,6 +322,23 @@ def trace(
         return trace_with_example(model, leaf_modules, inputs)
     except GraphTraceError:
         raise failed from None
+
+
+def unset_reads(gm: fx.GraphModule, given: int) -> list[str]:
+    """The arguments after the first `given` that default to None and that the graph
+    reads: a symbolic trace took `if mask is None` as false for them (a proxy is not
+    None), so the graph computes with a None the example leaves there and fails, or
+    would hold the other branch. Such a model is traced with the example's values."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    return [str(n.target) for n in placeholders[given:] if n.users and (n.args[:1] == (None,))]
+
+
+def unset_message(model: nn.Module, unset: list[str]) -> str:
+    return (
+        f"torch.fx's symbolic trace of {type(model).__name__} reads {', '.join(unset)}, "
+        "which the example leaves at None (a proxy is never None, so the trace took the "
+        "other branch of the forward's test)"
+    )
 
 
 def trace_with_example(
@@ -345,6 +366,7 @@ def _trace(
         if layer_norm_layout(m) is not None
         or group_norm_layout(m)
         or response_norm_layout(m) is not None
+        or is_rms_norm(m)
     ]
     tracer = Tracer(leaf_modules, norms) if inputs is None else ValuedTracer(leaf_modules, norms)
     try:
@@ -651,6 +673,8 @@ def _module_ids(
     value = cg.values[node]
     if isinstance(module, MultiheadAttention):
         return _attention_ids(cg, node, module, first) if called_once else None
+    if isinstance(module, nn.Embedding):
+        return _embedding_ids(cg, node, module) if called_once and _tensor(value) else None
     if not called_once or first is None or not _tensor(value):
         return None  # shared modules and modules on non-channel tensors stay as they are
     ids, axis = first
@@ -671,6 +695,9 @@ def _module_ids(
         layer_norm_layout(module) is not None
     ):
         return _layer_norm_ids(cg, node, module, first)
+    if is_rms_norm(module):  # Llama's stream: the mean square over the channels
+        last = axis == value.ndim - 1 and value.shape == in_value.shape
+        return _reads_every_channel(cg, node, first) if last else None
     if (layout := response_norm_layout(module)) is not None:
         if axis != layout % value.ndim or value.shape != in_value.shape:
             return None
@@ -722,6 +749,20 @@ def _attention_ids(
     cg.add_producer(Use(f"{name}.out_proj", node, out, 1, value[0].ndim - 1))
     cg.pieces[node] = [(out, value[0].ndim - 1), ([], 0)]
     return first
+
+
+def _embedding_ids(cg: ChannelGraph, node: fx.Node, module: nn.Embedding) -> Channels | None:
+    """An embedding lookup writes the stream's first channels (a language model's tokens
+    and positions): its output's last axis is the weight's columns. They are fresh ids,
+    sliced with the channels (`parameters`) and zeroed where `prune_units` drops the
+    channel (`offsets`: the table's values are constants, which a LayerNorm after it
+    could not fold). A `max_norm` renormalises each row over all its columns: pinned."""
+    if module.max_norm is not None:
+        return None
+    use = Use(f"{node.target}.weight", node, cg.fresh(module.embedding_dim), axis=1)
+    cg.parameters.append(use)
+    cg.offsets.append(use)
+    return use.ids, cg.values[node].ndim - 1
 
 
 def _layer_norm_ids(
@@ -1091,9 +1132,10 @@ def _elementwise_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     A residual sum and a squeeze-excitation product (x · s, s of shape N×C×1×1) both
     make channel c of the output depend on channel c of each operand only, so those
     channels go together. An operand that does not reach the channel axis (a scalar, an
-    H×W map) or has size 1 there (N×1×H×W) broadcasts over every channel: its own
-    channels are pinned. A parameter of the model with one value per channel (a C×1×1
-    layer scale, one of size C on tokens) goes with them (`_per_channel_parameter`).
+    H×W map) or has size 1 there (N×1×H×W, an attention mask B×T×1 on tokens B×T×C)
+    broadcasts over every channel: its own channels are pinned. A parameter of the
+    model with one value per channel (a C×1×1 layer scale, one of size C on tokens)
+    goes with them (`_per_channel_parameter`).
     Any other operand that reaches the channel axis (a tensor whose ids run along
     another axis, a parameter with values per position too) pins everything.
     """
@@ -1106,6 +1148,12 @@ def _elementwise_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
         and v.shape[cg.axis[a]] == value.shape[cg.axis[a]]
     ]  # fmt: skip
     axes = {cg.axis[a] for a in shaped}
+    if len(axes) > 1:  # a mask B×T×1 (ids along the tokens) times the stream B×T×C
+        fits = [
+            x for x in axes if all(cg.axis[a] == x or cg.values[a].shape[x] == 1 for a in shaped)
+        ]
+        axes = set(fits)
+        shaped = [a for a in shaped if fits and cg.axis[a] == fits[0]]
     if len(axes) != 1:
         return None
     axis = axes.pop()

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..nn.base import Config, SerializableLayer
 from .response_norm import ZeroCountingResponseNorm, response_norm_layout
+from .rms_norm import ZeroCountingRMSNorm, is_rms_norm
 
 _NOT_WRITTEN = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, SerializableLayer)
 """Modules `layer_norm_layout` does not probe as a LayerNorm written out."""
@@ -253,4 +254,6 @@ def rebuilt(module: nn.Module, idx: Tensor, axis: int, ndim: int) -> nn.Module:
     dim = -1 if axis == ndim - 1 else axis
     if response_norm_layout(module) is not None:
         return ZeroCountingResponseNorm.of(module, idx, dim)
+    if is_rms_norm(module):
+        return ZeroCountingRMSNorm.of(module, idx)
     return ZeroCountingLayerNorm.of(module, idx, dim)

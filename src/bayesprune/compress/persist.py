@@ -50,6 +50,7 @@ from .graph import KEPT_INPUTS, kept_inputs
 from .graph_sizes import apply_attributes, shape_attributes
 from .layer_norm import ZeroCountingGroupNorm, ZeroCountingLayerNorm, layer_norm_layout
 from .response_norm import ZeroCountingResponseNorm, response_norm_layout
+from .rms_norm import ZeroCountingRMSNorm, is_rms_norm
 from .serialize import architecture, build
 
 FORMAT = "bayesprune-shrunk"
@@ -92,6 +93,8 @@ def _kind(spec: Spec | None, module: nn.Module) -> type[nn.Module]:
             return nn.LayerNorm
         if response_norm_layout(module) is not None:
             return ZeroCountingResponseNorm
+        if is_rms_norm(module):
+            return ZeroCountingRMSNorm
         return torch_type(type(module))
     with torch.device("meta"):
         built = build(spec)
@@ -99,8 +102,8 @@ def _kind(spec: Spec | None, module: nn.Module) -> type[nn.Module]:
             return nn.LayerNorm
         if isinstance(built, ZeroCountingGroupNorm):
             return nn.GroupNorm
-        if isinstance(built, ZeroCountingResponseNorm):
-            return ZeroCountingResponseNorm
+        if isinstance(built, ZeroCountingResponseNorm | ZeroCountingRMSNorm):
+            return type(built)
         return type(built.to_deterministic() if isinstance(built, VariationalLayer) else built)
 
 

@@ -1,0 +1,115 @@
+"""RMSNorm over channels some of which were removed: a mean square that still counts them.
+
+RMSNorm (Zhang & Sennrich 2019; Llama's, Mistral's, Qwen's and T5's residual streams,
+torch's `nn.RMSNorm`) scales each token by the root mean square of its channels:
+
+    y = w · x / sqrt(Σ x² / C + ε)
+
+The mean reads every channel, so a channel cannot simply go: over C − k channels it
+divides by C − k, not C. A removed channel that is exactly 0 adds 0 to the sum, so the
+layer over the kept channels is exact when it divides by the original count.
+`ZeroCountingRMSNorm` computes that, as torch's RMSNorm over the kept channels padded
+with the k zeros (it exports as a Pad, the norm and a Slice). A module is read as an
+RMSNorm when it is torch's or a probe shows that it computes the formula above over the
+last axis: a module of one `weight` of C values and an `eps` or `variance_epsilon`
+(Hugging Face's `LlamaRMSNorm`, `T5LayerNorm`); Gemma's, which scales by 1 + w, is not.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn.base import Config, SerializableLayer
+
+__all__ = ["ZeroCountingRMSNorm", "is_rms_norm"]
+
+_EPS_NAMES = ("eps", "variance_epsilon")
+"""Where a written RMSNorm keeps its ε (torch and Mistral: `eps`; Llama, T5: the other)."""
+
+
+class ZeroCountingRMSNorm(SerializableLayer):
+    """RMSNorm over `kept` channels of `total` on the last axis, the others zeros."""
+
+    def __init__(
+        self, kept: int, total: int, eps: float | None = None, affine: bool = True
+    ) -> None:
+        super().__init__()
+        if not 0 < kept <= total:
+            raise ValueError(f"kept ({kept}) must be in 1..total ({total})")
+        self.kept, self.total, self.eps = kept, total, eps
+        self.weight = nn.Parameter(torch.ones(kept)) if affine else None
+
+    @classmethod
+    def of(cls, norm: nn.Module, idx: Tensor) -> ZeroCountingRMSNorm:
+        """The channels `idx` of an RMSNorm (torch's, one a probe proved, or this)."""
+        total = norm.total if isinstance(norm, cls) else int(norm.weight.numel())
+        weight = norm.weight
+        new = cls(len(idx), total, _eps(norm), weight is not None)
+        if weight is not None:
+            cut = weight.detach().index_select(0, idx.to(weight.device)).clone()
+            new.weight = nn.Parameter(cut, weight.requires_grad)
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        zeros = (0, self.total - self.kept)
+        weight = None if self.weight is None else F.pad(self.weight, zeros)
+        return F.rms_norm(F.pad(x, zeros), (self.total,), weight, self.eps)[..., : self.kept]
+
+    def config(self) -> Config:
+        return {"kept": self.kept, "total": self.total, "eps": self.eps,
+                "affine": self.weight is not None}  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"{self.kept} of {self.total}, eps={self.eps}"
+
+
+def _eps(module: nn.Module) -> float | None:
+    for name in _EPS_NAMES:
+        value = getattr(module, name, None)
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def is_rms_norm(module: nn.Module) -> bool:
+    """Whether `module` is an RMSNorm over the last axis (module docstring): torch's,
+    a ZeroCountingRMSNorm, or a module of one `weight` (C values) and an ε, no children,
+    that computes it on random inputs in eval mode with its weight set to random values."""
+    if isinstance(module, ZeroCountingRMSNorm):
+        return True
+    if isinstance(module, nn.RMSNorm):
+        return type(module).forward is nn.RMSNorm.forward and len(module.normalized_shape) == 1
+    if isinstance(module, SerializableLayer) or next(module.children(), None) is not None:
+        return False
+    params = dict(module.named_parameters(recurse=False))
+    weight, eps = params.get("weight"), _eps(module)
+    if set(params) != {"weight"} or eps is None or weight.ndim != 1 or weight.is_meta:
+        return False
+    if not weight.is_floating_point():
+        return False
+    c, gen = weight.numel(), torch.Generator().manual_seed(0)
+    probe = (torch.rand(c, generator=gen) + 0.5).to(weight)
+    x = torch.randn(2, 3, c, generator=gen).to(weight)
+    return _computes_with(module, probe, x, F.rms_norm(x, (c,), probe, eps))
+
+
+def _computes_with(module: nn.Module, weight: Tensor, x: Tensor, expected: Tensor) -> bool:
+    """Whether `module(x)`, its weight set to `weight` for the call, is `expected`; the
+    module is put back."""
+    was, saved = module.training, module.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            module.weight.copy_(weight)
+            module.eval()
+            out = module(x)
+    except Exception:  # another signature, another rank: not an RMSNorm
+        return False
+    finally:
+        with torch.no_grad():
+            module.weight.copy_(saved)
+        module.train(was)
+    same = isinstance(out, Tensor) and out.shape == expected.shape
+    # the formula, not the precision: Llama's computes in float32 whatever its input
+    return bool(same and torch.allclose(out, expected, atol=1e-4, rtol=1e-4))
