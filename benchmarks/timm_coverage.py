@@ -45,6 +45,7 @@ from torchvision_coverage import failure, measure, table_row
 import bayesprune as bp
 from bayesprune.compress.graph_parts import find_parts
 from bayesprune.compress.graph_trace import analyse
+from bayesprune.compress.heads import attention_modules, head_layout, prove_heads
 
 NAME = "timm_coverage"
 DEFAULT = [
@@ -83,11 +84,18 @@ def _size(name: str, net: torch.nn.Module) -> int:
 
 def _pins(model: torch.nn.Module, x: torch.Tensor) -> str:
     """The three operations that pin the most units, with their counts (pinned channels
-    that hold no layer's unit, as a parameter's own node or the input's, are left out)."""
+    that hold no layer's unit, as a parameter's own node or the input's, are left out,
+    and so are the rows of attention projections whose heads are units of their own)."""
     why: collections.Counter = collections.Counter()
+    prove_heads(model, (x,))
+    heads = {
+        f"{name}.{p}" for name, module in attention_modules(model).items()
+        for p in head_layout(module).projections
+    }  # fmt: skip
     for part in find_parts(model, (x,)).parts:  # the whole model, or its traceable parts
         cg = analyse(part.module, part.inputs)
-        units = {cg.find(i) for i in cg.owner}
+        prefix = f"{part.name}." if part.name else ""
+        units = {cg.find(i) for i, (layer, _) in cg.owner.items() if prefix + layer not in heads}
         why.update(
             re.sub(r" \(node [^)]*\)", "", v)
             for i, v in cg.pinned_at.items()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import Tensor, nn
 
 import bayesprune as bp
 from bayesprune.compress import activation_scores, keep_units, load_shrunk, save_shrunk
+from bayesprune.compress.adapters import mask_rows
 from bayesprune.compress.graph import GraphShrinkError, shrink_graph
 from bayesprune.compress.heads import head_count, head_layout
 
@@ -140,11 +143,11 @@ class DistilAttention(nn.Module):
 
 
 class DistilEncoder(nn.Module):
-    def __init__(self, keys_out: bool = False) -> None:
+    def __init__(self, keys_out: str = "") -> None:
         super().__init__()
         self.embed, self.attention = nn.Linear(6, 16), DistilAttention()
         self.head = nn.Linear(16, 3)
-        self.keys_out = keys_out
+        self.keys_out = keys_out  # "", "heads" (B × T × heads × d) or "flat" (B × T × C)
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         h = self.embed(x)
@@ -154,6 +157,8 @@ class DistilEncoder(nn.Module):
         if not self.keys_out:
             return logits
         keys = self.attention.k_lin(h).view(h.shape[0], -1, self.attention.n_heads, 4)
+        if self.keys_out == "flat":
+            keys = keys.flatten(2)
         return logits, keys  # a cache of keys per head, as a language model returns
 
 
@@ -169,7 +174,23 @@ def test_heads_of_an_attention_called_with_several_arguments_are_proven_on_its_c
     assert result.max_abs_difference < 1e-9
 
 
-def test_an_output_that_carries_the_removed_heads_is_one_clear_error():
-    model, x = bp.convert(DistilEncoder(keys_out=True), "gaussian").double().eval(), _tokens()
+def test_an_output_with_an_entry_per_head_narrows_with_the_heads():
+    """A cache of keys per head (GPT-2 returns one per layer): the shrunk model's holds
+    the kept heads, checked against the masked model's entries of those heads."""
+    model, x = bp.convert(DistilEncoder("heads"), "gaussian").double().eval(), _tokens()
+    masked = copy.deepcopy(model)
+    mask_rows(masked, "attention.v_lin", list(range(4, 12)))  # heads 1 and 2 silenced
+    result = shrink_graph(model, x, prune_units={"attention": [0, 3]})
+    with torch.no_grad(), bp.nn.use_posterior_mean(masked):
+        _, keys = masked(x)
+    with torch.no_grad(), bp.nn.use_posterior_mean(result.model):
+        _, kept = result.model(x)
+    assert kept.shape[2] == 2 and result.max_abs_difference < 1e-9
+    torch.testing.assert_close(kept, keys[:, :, [0, 3]])
+    assert any("one entry per attention head" in n for n in result.notes)
+
+
+def test_an_output_that_carries_the_removed_heads_otherwise_is_one_clear_error():
+    model, x = bp.convert(DistilEncoder("flat"), "gaussian").double().eval(), _tokens()
     with pytest.raises(GraphShrinkError, match="other shapes than the masked model's"):
         shrink_graph(model, x, prune_units={"attention": [0, 3]})

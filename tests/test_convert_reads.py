@@ -178,14 +178,17 @@ def test_a_plain_model_has_no_reads_and_a_converted_one_its_kept_read():
         bp.convert(residual, "gaussian")  # nothing to say, no warning
 
 
-def test_a_tied_layer_keeps_its_width_and_its_tie_when_others_shrink():
+def test_a_tied_pair_loses_the_columns_of_the_layer_between_them_and_stays_tied():
+    """mix's units are the tied head's columns, which are the table's: all three go
+    together (the table's columns zeroed first, for the masked model to equal)."""
     torch.manual_seed(0)
     model = _convert(TiedHead()).double().eval()
     ids = torch.randint(0, 10, (4, 3))
     scores = activation_scores(model, (ids,))
-    assert not torch.isfinite(scores["mix"]).any()  # its units are the tied head's columns
+    assert torch.isfinite(scores["mix"]).all()
     result = shrink_graph(model, (ids,), prune_units={"mix": [0, 1]}, check=True)
-    assert result.model.mix.out_features == 6  # pinned: the head's columns stay
+    assert result.model.mix.out_features == result.model.embed.embedding_dim == 2
+    assert result.model.head.in_features == 2 and result.max_abs_difference < 1e-12
     assert result.model.head.weight is result.model.embed.weight
 
 

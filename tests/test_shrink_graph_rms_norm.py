@@ -57,7 +57,7 @@ class PreNormDecoder(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         h = self.embed(ids)
-        for norm, gate, up, down in zip(self.norms, self.gates, self.ups, self.downs):
+        for norm, gate, up, down in zip(self.norms, self.gates, self.ups, self.downs, strict=True):
             x = norm(h)
             h = h + down(nn.functional.silu(gate(x)) * up(x))
         return self.head(self.final(h))

@@ -70,7 +70,6 @@ _DATA_SHAPED = frozenset(
         "unique",
         "unique_consecutive",
         "bincount",
-        "repeat_interleave",
     }
 )
 """Ops whose output's shape depends on the input's values, not its shape: a size read off
@@ -86,7 +85,8 @@ class SizeRead(int):
     stays unused, and the graph does not depend on it. Its results are plain ints."""
 
     read: tuple[str, tuple[int, ...]]  # (node name, the dims this size stands for)
-    used: bool
+    used: bool  # used as a number (anything but a size of a view / reshape)
+    views: list[str]  # the views / reshapes it went into as a size (node names)
 
     def _mark(self) -> int:
         self.used = True
@@ -164,7 +164,7 @@ class ExampleProxy(fx.Proxy):
     def _read(self, size: int, dims: tuple[int, ...]) -> int:
         """`size` as a `SizeRead` noted in the tracer's `size_answers`."""
         answer = SizeRead(size)
-        answer.read, answer.used = (self.node.name, dims), False
+        answer.read, answer.used, answer.views = (self.node.name, dims), False, []
         answers = getattr(self.tracer, "size_answers", None)
         if answers is not None:
             answers.append(answer)
@@ -182,6 +182,9 @@ def _data_shaped(kind: str, target: Any, args: Any) -> bool:
     name = target if kind == "call_method" else getattr(target, "__name__", "")
     if name in _DATA_SHAPED or (name == "where" and len(args) == 1):
         return True
+    if name == "repeat_interleave":  # by a tensor of counts; by a number, shaped
+        repeats = args[1] if len(args) > 1 else args[0]
+        return isinstance(repeats, Tensor)
     if name == "getitem" and len(args) == 2:
         index = args[1] if isinstance(args[1], tuple) else (args[1],)
         return any(isinstance(i, Tensor) and i.dtype == torch.bool for i in index)
@@ -214,13 +217,15 @@ class ExampleValues(fx.Tracer):
     inputs: dict[str, Any]  # forward's argument name -> its value in the example
     size_answers: list[SizeRead]  # every size answered while tracing
     size_reads: list[tuple[str, tuple[int, ...]]]  # (node name, dims) of the sizes used
+    view_reads: list[tuple[tuple[str, tuple[int, ...]], list[str]]]  # only views' sizes
+    _view_sizes: frozenset[int] = frozenset()  # ids of the sizes of the view being made
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return ExampleProxy(node, self)
 
     def create_arg(self, a: Any) -> Any:
-        if isinstance(a, SizeRead):
-            return a._mark()  # a size in the graph: a constant the graph depends on
+        if isinstance(a, SizeRead):  # a size in the graph: a constant it depends on
+            return int.__int__(a) if id(a) in self._view_sizes else a._mark()
         if isinstance(a, Sizes):
             return torch.Size(self.create_arg(list(a)))
         return super().create_arg(a)
@@ -242,7 +247,16 @@ class ExampleValues(fx.Tracer):
     def create_proxy(
         self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **options: Any
     ) -> Any:
-        proxy = super().create_proxy(kind, target, args, kwargs, *rest, **options)
+        views, outer = _view_size_reads(kind, target, args, kwargs), self._view_sizes
+        self._view_sizes = frozenset(id(a) for a in views.values())
+        try:
+            proxy = super().create_proxy(kind, target, args, kwargs, *rest, **options)
+        finally:
+            self._view_sizes = outer
+        if views and isinstance(proxy, fx.Proxy):  # the view's sizes remember their source
+            proxy.node.meta["read_sizes"] = {at: a.read for at, a in views.items()}
+            for a in views.values():
+                a.views.append(proxy.node.name)
         if isinstance(proxy, ExampleProxy):
             self._computing = True
             try:
@@ -334,7 +348,23 @@ def trace_with_values(tracer: ExampleValues, model: nn.Module, inputs: Sequence[
         graph = tracer.trace(model)
     _mark_constant_sizes(tracer, graph)
     tracer.size_reads = [a.read for a in tracer.size_answers if a.used]
+    tracer.view_reads = [(a.read, a.views) for a in tracer.size_answers if a.views and not a.used]
     return graph
+
+
+_VIEWS = frozenset({"view", "reshape"})
+
+
+def _view_size_reads(kind: str, target: Any, args: Any, kwargs: Any) -> dict[int, SizeRead]:
+    """{position in the new shape: size} of the `SizeRead`s a view / reshape is given
+    (`x.view(b, t, c)`, `x.reshape((b, -1, c))`); {} for any other op."""
+    method = kind == "call_method" and target in _VIEWS
+    if not (method or (kind == "call_function" and target is torch.reshape)):
+        return {}
+    sizes = list(args[1:]) or [kwargs.get("shape", ())]
+    if len(sizes) == 1 and isinstance(sizes[0], tuple | list):
+        sizes = list(sizes[0])
+    return {at: s for at, s in enumerate(sizes) if isinstance(s, SizeRead)}
 
 
 def _mark_constant_sizes(tracer: ExampleValues, graph: fx.Graph) -> None:

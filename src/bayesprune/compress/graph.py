@@ -429,6 +429,7 @@ class _GraphShrinker:
                 self.parameters[p.name] = slice_parameter(self.model, p.name, idx, p.axis)
                 self.kept_entries[p.name] = self.kept_entries[p.name][idx]
         self.attributes = merged(self.attributes, rewrite_sizes(self.model, cg, removed))
+        _retie(self.model, cg.ties)
 
     def _start(self, cg: ChannelGraph) -> None:
         for use in cg.parameters:
@@ -722,6 +723,49 @@ def _channel_uses(cg: ChannelGraph) -> list[Use]:
     return [*cg.producers, *cg.sinks, *cg.followers]
 
 
+def _on_kept_heads(
+    expected: list[Tensor],
+    got: list[Tensor],
+    counts: Mapping[str, int],
+    kept_heads: Mapping[str, list[int]],
+) -> tuple[list[Tensor], int]:
+    """The masked model's outputs, each that holds one entry per head of an attention
+    module that lost heads (a cache of its keys and values, B × heads × T × d; `counts`:
+    the heads each had) reduced to that module's kept heads, where the shrunk output is
+    exactly that (so a per-head output narrows with its heads, compared value by value);
+    how many were reduced."""
+    reduced, narrowed = list(expected), 0
+    for k, (e, g) in enumerate(zip(expected, got, strict=True)):
+        if e.shape == g.shape or e.ndim != g.ndim:
+            continue
+        axes = [a for a in range(e.ndim) if e.shape[a] != g.shape[a]]
+        if len(axes) != 1:
+            continue
+        for name, kept in kept_heads.items():
+            if (counts[name], len(kept)) != (e.shape[axes[0]], g.shape[axes[0]]):
+                continue
+            candidate = e.index_select(axes[0], torch.tensor(kept, device=e.device))
+            if torch.allclose(candidate, g, rtol=1e-4, atol=1e-5 * max(1.0, _largest(e))):
+                reduced[k], narrowed = candidate, narrowed + 1
+                break
+    return reduced, narrowed
+
+
+def _retie(model: nn.Module, ties: Mapping[str, str]) -> None:
+    """A tied embedding table and output layer, sliced apart along the same columns
+    (`graph_trace.embedding_ties`), share one weight again."""
+    for name, partner in ties.items():
+        layer, table = model.get_submodule(name), model.get_submodule(partner)
+        if not isinstance(table, nn.Embedding) or layer.weight is table.weight:
+            continue
+        if layer.weight.shape != table.weight.shape or not torch.equal(layer.weight, table.weight):
+            raise GraphShrinkError(
+                f"{name!r} and {partner!r} share a weight, and shrinking cut them apart "
+                "differently; please report this model"
+            )
+        layer.weight = table.weight
+
+
 def _emptied(cg: ChannelGraph, use: Use, gone: set[int]) -> bool:
     """Whether `use` would lose every channel if the groups `gone` went."""
     return bool(use.ids) and all(cg.find(i) in gone for i in use.ids)
@@ -958,6 +1002,7 @@ def _shrink_traced(
     worker = _GraphShrinker(work, reference, inputs, inclusion_threshold, forced, options)
     if prune_inputs:
         worker.prune_inputs(prune_inputs)
+    head_counts = {name: head_count(module) for name, module in attention.items()}
     kept_heads, head_attributes = _remove_heads(
         work, reference, attention, heads, inclusion_threshold
     )
@@ -1042,13 +1087,20 @@ def _shrink_traced(
             "the others: merged_units)"
         )
     expected, got = _outputs(reference, inputs), _outputs(work, worker.inputs)
+    expected, narrowed = _on_kept_heads(expected, got, head_counts, kept_heads)
     shapes = [(tuple(e.shape), tuple(g.shape)) for e, g in zip(expected, got, strict=True)]
     if any(e != g for e, g in shapes):
         raise GraphShrinkError(
             "the shrunk model's outputs have other shapes than the masked model's "
             f"({[s for s in shapes if s[0] != s[1]][:3]}): an output carries units that "
-            "were removed (a cache of attention keys and values per head, say); keep that "
-            "module's heads (leave it out of prune_units) or return no such output"
+            "were removed; keep the module that writes it whole (leave it out of "
+            "prune_units) or return no such output"
+        )
+    if narrowed:
+        result.notes.append(
+            f"{narrowed} outputs hold one entry per attention head (a cache of keys and "
+            "values): they have the kept heads only, checked against the masked model's "
+            "entries of those heads"
         )
     diff = max(_largest(e - g) for e, g in zip(expected, got, strict=True))
     result.max_abs_difference = diff

@@ -43,10 +43,15 @@ def size_follows(node: fx.Node, position: int) -> bool:
     """The size at `position` of a `view` / `reshape` is computed, not a constant.
 
     A constant there (`x.view(-1, 16 * 5 * 5)`, `x.reshape(n, 768, -1)`) fixes the
-    channel count in the forward's code: the reshape then pins its channels.
+    channel count in the forward's code: the reshape then pins its channels. A graph
+    traced with values holds every size as a number; one the forward read off a tensor
+    is marked in the node's `read_sizes` and counts as computed.
     """
     sizes = view_sizes(node)
-    return len(sizes) > 1 and -len(sizes) <= position < len(sizes) and _computed(sizes[position])
+    if len(sizes) <= 1 or not -len(sizes) <= position < len(sizes):
+        return False
+    read = position % len(sizes) in node.meta.get("read_sizes", {})  # `bayesprune.tracing`
+    return read or _computed(sizes[position])
 
 
 def reshaped(

@@ -386,6 +386,7 @@ def _trace(
     gm = fx.GraphModule(tracer.root, graph)
     if isinstance(tracer, ValuedTracer):
         gm.meta["size_reads"] = tracer.size_reads  # sizes the graph holds as constants
+        gm.meta["view_reads"] = tracer.view_reads  # ... only as sizes of views
     return gm
 
 
@@ -494,6 +495,7 @@ class ChannelGraph:
     layer_norms: list[Use] = field(default_factory=list)  # followers over the channels
     parameters: list[Use] = field(default_factory=list)  # per-channel operands (layer scale)
     offsets: list[Use] = field(default_factory=list)  # those added in: class token, positions
+    ties: dict[str, str] = field(default_factory=dict)  # tied embedding ↔ output layer
 
     # -- union-find ------------------------------------------------------------------
     def fresh(self, n: int, pinned: bool = False) -> list[int]:
@@ -611,6 +613,8 @@ def analyse(
     cg = ChannelGraph(gm, record(gm, inputs), root=model)
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     tied = tied_layers(model)  # a weight tied to another module's: sliced alone, untied
+    cg.ties = embedding_ties(model)  # ... unless both are sliced alike (`_unite_ties`)
+    tie_columns: dict[str, list[int]] = {}
     calls.update(norm_owner(n) for n in gm.graph.nodes if _is(n, {F.batch_norm}, set()))
     channelwise = PASSTHROUGH + CHANNELWISE_MODULES + tuple(passthrough)
     for node in gm.graph.nodes:
@@ -622,9 +626,12 @@ def analyse(
         args = [a for a in node.args if isinstance(a, fx.Node)]
         first = (cg.ids[args[0]], cg.axis[args[0]]) if args and args[0] in cg.ids else None
         if node.op == "call_module":
-            module = gm.get_submodule(str(node.target))
-            once = (calls[node.target] == 1 or _stateless(module)) and node.target not in tied
+            module, target = gm.get_submodule(str(node.target)), str(node.target)
+            free = target not in tied or target in cg.ties
+            once = (calls[node.target] == 1 or _stateless(module)) and free
             found = _module_ids(cg, node, module, first, once, channelwise)
+            if target in cg.ties and found is not None:
+                tie_columns[target] = _tie_columns(cg, target, module, found)
         elif node.op in ("call_function", "call_method"):
             if _chunk_pieces(cg, node, first) or split_pieces(cg, node, first):
                 continue
@@ -638,10 +645,52 @@ def analyse(
             if found is None or found[1] >= out.ndim or len(found[0]) != out.shape[found[1]]:
                 found = (cg.pinned_fresh(out.shape[1], f"the output of {_describe(node)}"), 1)
             cg.ids[node], cg.axis[node] = found
+    _unite_ties(cg, tie_columns)
     pin_size_reads(cg)
     _pin_valued_size_reads(cg)
     verify_sized_calls(cg, lambda root: trace(root, leaf_modules, inputs))
     return cg
+
+
+def embedding_ties(model: nn.Module) -> dict[str, str]:
+    """{module name: its partner} of each embedding table and Linear output layer that
+    share one weight (a language model's tied input and output embeddings: GPT-2's
+    `wte` and `lm_head`): the Linear reads the stream's channels as the table writes
+    them, so both lose the same columns and stay tied (`_unite_ties`)."""
+    holders: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        weight = module._parameters.get("weight")
+        if weight is not None:
+            holders.setdefault(id(weight), []).append((name, module))
+    ties: dict[str, str] = {}
+    for pair in holders.values():
+        kinds = sorted(pair, key=lambda held: not isinstance(held[1], nn.Embedding))
+        if len(kinds) != 2 or len({id(m) for _, m in kinds}) != 2:
+            continue
+        (table, embedding), (layer, linear) = kinds
+        if isinstance(embedding, nn.Embedding) and type(linear) is nn.Linear:
+            ties[table], ties[layer] = layer, table
+    return ties
+
+
+def _tie_columns(cg: ChannelGraph, name: str, module: nn.Module, found: Channels) -> list[int]:
+    """The channel ids of the tied weight's columns at `name`: an embedding's output, a
+    Linear's input (its own rows, the vocabulary, are pinned: they are the table's)."""
+    if isinstance(module, nn.Embedding):
+        return found[0]
+    cg.pin(found[0], f"the rows of {name!r}, the embedding table {cg.ties[name]!r} tied to it")
+    return next(s.ids for s in reversed(cg.sinks) if s.name == name)
+
+
+def _unite_ties(cg: ChannelGraph, columns: dict[str, list[int]]) -> None:
+    """A tied table and output layer lose the same columns: their ids go together; where
+    the example reaches only one of them, its columns stay (the other keeps them all)."""
+    for name, partner in cg.ties.items():
+        if name in columns and partner in columns:
+            for a, b in zip(columns[name], columns[partner], strict=True):
+                cg.union(a, b)
+        elif name in columns:
+            cg.pin(columns[name], f"tied to {partner!r}, which the example does not reach")
 
 
 def _pin_valued_size_reads(cg: ChannelGraph) -> None:
@@ -655,6 +704,28 @@ def _pin_valued_size_reads(cg: ChannelGraph) -> None:
             continue
         why = f"its width read by the forward at {_describe(node)} (traced with values)"
         cg.pin(cg.ids[node], why)
+    for (name, dims), views in cg.gm.meta.get("view_reads", []):
+        node = nodes.get(name)
+        if node is None or node not in cg.ids or cg.axis[node] not in dims:
+            continue
+        groups = [cg.find(i) for i in cg.ids[node]]
+        for view in (nodes[v] for v in views):
+            if not _view_follows(cg, view, (name, dims), groups):
+                why = f"its width given to {_describe(view)} (traced with values)"
+                cg.pin(cg.ids[node], why)
+                cg.pin(cg.ids.get(view, []), why)
+
+
+def _view_follows(
+    cg: ChannelGraph, view: fx.Node, read: tuple[str, tuple[int, ...]], groups: list[int]
+) -> bool:
+    """The view puts the size `read` where its output's channels are, and those are the
+    channels it was read off (`groups`): fewer of them, the size follows."""
+    if view not in cg.ids:
+        return False
+    at = [p for p, r in view.meta.get("read_sizes", {}).items() if tuple(r) == tuple(read)]
+    same = [cg.find(i) for i in cg.ids[view]] == groups
+    return same and all(p == cg.axis[view] for p in at)
 
 
 def _stateless(module: nn.Module) -> bool:

@@ -9,7 +9,9 @@ same block of the output projection's columns. Three kinds of layout are read
 in the attributes `num_heads`, `head_dim`, `attn_dim` that its forward reads); and
 Hugging Face's BERT and ViT attention (`self.query` / `key` / `value`, `output.dense`,
 `num_attention_heads`, `attention_head_size` and `all_head_size` in `self`; DistilBERT's
-`q_lin` ... `out_lin`, `n_heads`, `dim`). A fused or Hugging Face module is taken only
+`q_lin` ... `out_lin`, `n_heads`, `dim`; Llama's grouped-query attention, `q_proj` ...
+`o_proj` with `head_dim` and `num_key_value_groups`, where a unit is one key / value
+head and the query heads that share it). A fused or Hugging Face module is taken only
 when a probe proves it, on the arguments the model passes it where `prove_heads` ran
 (else on random tokens): a copy without its first head must compute what the module
 computes with that head's output columns zeroed (a module whose forward reads its
@@ -74,28 +76,46 @@ class HeadLayout:
     size: str = "head_dim"
     widths: tuple[str, ...] = ()
     rewrites: bool = True
+    grouped: tuple[str, ...] = ()  # projections with one head per group of query heads
+    groups: str = ""  # the attribute that holds the query heads per group (1 when "")
 
     def heads(self, module: nn.Module) -> int:
+        """The number of units: heads, or groups of query heads that share a key / value
+        head (grouped-query attention: Llama's), counted from the value rows when
+        `count` is ""."""
+        if not self.count:
+            return int(_shape(module.get_submodule(self.value))[0]) // self.head_size(module)
         return int(getattr(module.get_submodule(self.owner), self.count))
 
     def head_size(self, module: nn.Module) -> int:
         return int(getattr(module.get_submodule(self.owner), self.size))
 
+    def group(self, module: nn.Module) -> int:
+        """Query heads per unit (1 but in grouped-query attention)."""
+        return int(getattr(module.get_submodule(self.owner), self.groups)) if self.groups else 1
+
     def value_rows(self, module: nn.Module, heads: Tensor) -> Tensor:
         """The rows of `value` that hold `heads`' values."""
-        units = self.units(module, heads)
+        units = self._blocks(heads, self.head_size(module) * self._width(module, self.value))
         return units + 2 * self.heads(module) * self.head_size(module) if self.fused else units
 
     def units(self, module: nn.Module, heads: Tensor) -> Tensor:
-        """The units of `heads` (indices) in one projection: rows of q, k or v, columns
-        of the output projection."""
-        size = self.head_size(module)
-        offsets = torch.arange(size, device=heads.device)
-        return (heads.long().view(-1, 1) * size + offsets).flatten()
+        """The units of `heads` (indices) in the query heads' space: rows of q (and of
+        k and v where they are not grouped), columns of the output projection."""
+        return self._blocks(heads, self.head_size(module) * self.group(module))
 
-    def rows(self, module: nn.Module, heads: Tensor) -> Tensor:
-        """The rows of each of `projections` that hold `heads` (q, k and v)."""
-        units = self.units(module, heads)
+    def _width(self, module: nn.Module, name: str) -> int:
+        return 1 if name in self.grouped else self.group(module)
+
+    @staticmethod
+    def _blocks(heads: Tensor, width: int) -> Tensor:
+        offsets = torch.arange(width, device=heads.device)
+        return (heads.long().view(-1, 1) * width + offsets).flatten()
+
+    def rows(self, module: nn.Module, heads: Tensor, name: str = "") -> Tensor:
+        """The rows of projection `name` that hold `heads` (q, k and v in turn when
+        fused; one key / value head per unit when `name` is grouped)."""
+        units = self._blocks(heads, self.head_size(module) * self._width(module, name))
         if not self.fused:
             return units
         width = self.heads(module) * self.head_size(module)
@@ -104,9 +124,11 @@ class HeadLayout:
     def keep(self, module: nn.Module, heads: Tensor) -> dict[str, int]:
         """Slice `module` to `heads`, in place; the size attributes it rewrote (by their
         path from `module`: "self.num_attention_heads")."""
-        rows, columns = self.rows(module, heads), self.units(module, heads)
+        columns = self.units(module, heads)
+        rows = {name: self.rows(module, heads, name) for name in self.projections}
         for name in self.projections:
-            _replace(module, name, as_prunable(module.get_submodule(name)).select(out_idx=rows))
+            layer = as_prunable(module.get_submodule(name)).select(out_idx=rows[name])
+            _replace(module, name, layer)
         out = as_prunable(module.get_submodule(self.out)).select(in_idx=columns)
         _replace(module, self.out, out)
         if not self.rewrites:
@@ -129,7 +151,10 @@ def _replace(module: nn.Module, path: str, layer: nn.Module) -> None:
 _SPLIT = HeadLayout(
     "v_proj", ("q_proj", "k_proj", "v_proj"), "out_proj", fused=False, rewrites=False
 )
-_FUSED = HeadLayout("qkv", ("qkv",), "proj", fused=True, widths=("attn_dim",))
+_FUSED = (
+    HeadLayout("qkv", ("qkv",), "proj", fused=True, widths=("attn_dim",)),
+    HeadLayout("c_attn", ("c_attn",), "c_proj", fused=True, widths=("split_size",)),  # GPT-2
+)
 
 _SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, ViT, DistilBERT
     HeadLayout(
@@ -144,6 +169,10 @@ _SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, ViT, DistilBE
     HeadLayout(
         "v_lin", ("q_lin", "k_lin", "v_lin"), "out_lin", False, "", "n_heads",
         "attention_head_size", ("dim",),
+    ),
+    HeadLayout(  # Llama's, Mistral's, Qwen2's: a unit is a key / value head and its queries
+        "v_proj", ("q_proj", "k_proj", "v_proj"), "o_proj", False, "", "", "head_dim",
+        rewrites=False, grouped=("k_proj", "v_proj"), groups="num_key_value_groups",
     ),
 )  # fmt: skip
 """Layouts with one layer per projection and the head count in attributes: taken, as
@@ -187,7 +216,8 @@ def prove_heads(model: nn.Module, inputs: tuple[Any, ...]) -> None:
 
     def recorder(name: str) -> Any:
         def record(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            calls.setdefault(name, (args, kwargs))
+            if name not in calls:  # as the module got it (it may fill a cache it is given)
+                calls[name] = _fresh((args, kwargs))
 
         return record
 
@@ -204,7 +234,7 @@ def prove_heads(model: nn.Module, inputs: tuple[Any, ...]) -> None:
 
 def _candidate(module: nn.Module) -> HeadLayout | None:
     """The first layout whose layers and attributes `module` has (not yet proven)."""
-    for layout in (_FUSED, *_SEPARATE):
+    for layout in (*_FUSED, *_SEPARATE):
         if _has(module, (*layout.projections, layout.out)) and _has_attributes(module, layout):
             return layout
     return None
@@ -230,8 +260,12 @@ def _has(module: nn.Module, paths: tuple[str, ...]) -> bool:
 
 def _has_attributes(module: nn.Module, layout: HeadLayout) -> bool:
     owner = module.get_submodule(layout.owner)
-    heads, size = getattr(owner, layout.count, None), getattr(owner, layout.size, None)
-    return isinstance(heads, int) and isinstance(size, int) and heads > 1 and size > 0
+    size = getattr(owner, layout.size, None)
+    group = getattr(owner, layout.groups, None) if layout.groups else 1
+    if not isinstance(size, int) or size <= 0 or not isinstance(group, int) or group < 1:
+        return False
+    heads = getattr(owner, layout.count, None) if layout.count else layout.heads(module)
+    return isinstance(heads, int) and heads > 1
 
 
 def _shape(layer: Any) -> Any:
@@ -242,11 +276,12 @@ def _proven(module: nn.Module, layout: HeadLayout, call: Any = None) -> bool:
     """The layout's shapes fit its attributes, and the probe proves it (on `call`, the
     recorded (args, kwargs) of the module's call in the model, when given)."""
     heads, size = layout.heads(module), layout.head_size(module)
-    shapes = [_shape(module.get_submodule(n)) for n in layout.projections]
-    rows = (3 if layout.fused else 1) * heads * size
-    if any(len(shape) != 2 or shape[0] != rows for shape in shapes):
-        return False
-    if _shape(module.get_submodule(layout.out))[1:] != (heads * size,):
+    for name in layout.projections:
+        shape = _shape(module.get_submodule(name))
+        rows = (3 if layout.fused else 1) * heads * size * layout._width(module, name)
+        if len(shape) != 2 or shape[0] != rows:
+            return False
+    if _shape(module.get_submodule(layout.out))[1:] != (heads * size * layout.group(module),):
         return False
     return _probe(module, layout, call)
 
@@ -262,12 +297,14 @@ def _probe(module: nn.Module, layout: HeadLayout, call: Any = None) -> bool:
             weight = probe.get_submodule(layout.projections[0]).weight
             g = torch.Generator().manual_seed(0)
             call = ((torch.randn(2, 5, weight.shape[1], generator=g).to(weight),), {})
-        args, kwargs = call
         silenced = copy.deepcopy(probe)
+        first = layout.head_size(module) * layout.group(module)  # unit 0's columns
         with torch.no_grad():
-            silenced.get_submodule(layout.out).weight[:, : layout.head_size(module)] = 0.0
+            silenced.get_submodule(layout.out).weight[:, :first] = 0.0
+            args, kwargs = _fresh(call)
             expected = _first(silenced(*args, **kwargs))
             layout.keep(probe, torch.arange(1, layout.heads(module)))
+            args, kwargs = _fresh(call)
             got = _first(probe(*args, **kwargs))
     except Exception:  # any failure of the layout's assumptions: not this layout
         return False
@@ -277,6 +314,16 @@ def _probe(module: nn.Module, layout: HeadLayout, call: Any = None) -> bool:
         return False
     scale = float(expected.abs().max()) or 1.0
     return bool(torch.allclose(got, expected, rtol=0, atol=1e-5 * scale))
+
+
+def _fresh(call: tuple[tuple[Any, ...], dict[str, Any]]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A call's arguments with copies of what is not a tensor: a cache object that the
+    module fills (Hugging Face's `past_key_value`) starts each probe as it was."""
+    args, kwargs = call
+    fresh = [a if isinstance(a, Tensor) else copy.deepcopy(a) for a in args]
+    return tuple(fresh), {
+        k: v if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in kwargs.items()
+    }
 
 
 def _first(output: Any) -> Any:
@@ -296,8 +343,8 @@ def head_units(module: nn.Module, heads: Tensor) -> Tensor:
 
 
 def _per_head(values: Tensor, module: nn.Module) -> Tensor:
-    layout = _layout(module)
-    return values.reshape(layout.heads(module), layout.head_size(module))
+    """Per unit (a row each): values of its rows or columns, in either space."""
+    return values.reshape(_layout(module).heads(module), -1)
 
 
 def _layout(module: nn.Module) -> HeadLayout:
@@ -356,6 +403,10 @@ def _fold_value_bias(module: nn.Module, layout: HeadLayout, rows: Tensor, column
     if value.bias is None:
         return  # the heads output 0: nothing to fold
     constant = value.bias.detach()[rows.to(value.bias.device)]
+    if layout.value in layout.grouped:  # one value head serves each query head of its group
+        size = layout.head_size(module)
+        blocks = constant.view(-1, 1, size).expand(-1, layout.group(module), size)
+        constant = blocks.reshape(-1)
     out = as_prunable(module.get_submodule(layout.out))
     columns = columns.to(value.bias.device)
     weight = out.to_deterministic().weight.detach()[:, columns]

@@ -54,11 +54,12 @@ from .rms_norm import ZeroCountingRMSNorm, is_rms_norm
 from .serialize import architecture, build
 
 FORMAT = "bayesprune-shrunk"
-VERSION = 4
+VERSION = 5
 """1: shapes and tensors; 2: also kept input features; 3: also size attributes that
 shrinking rewrote (`graph_sizes`); 4: also the shapes of per-channel parameters it sliced
-(`channel_parameters`). Each is written only when there are some, so that an older
-reader refuses a model it would rebuild wrongly."""
+(`channel_parameters`); 5: also which tensors are one (tied weights, stored once).
+Each is written only when there are some, so that an older reader refuses a model it
+would rebuild wrongly."""
 
 Spec = dict[str, Any]
 
@@ -211,7 +212,9 @@ def save_shrunk(
     attributes = shape_attributes(model)  # read before the copy without prune hooks
     parameters = parameter_shapes(model)
     model = _without_prune_hooks(model)
-    version = 4 if parameters else 3 if attributes else 2 if kept_inputs(model) else 1
+    state, tied = _untied(dict(model.state_dict()))
+    inputs = kept_inputs(model)
+    version = 5 if tied else 4 if parameters else 3 if attributes else 2 if inputs else 1
     record = {
         "format": FORMAT,
         "version": version,
@@ -225,7 +228,46 @@ def save_shrunk(
         record["attributes"] = attributes
     if parameters:
         record["parameters"] = parameters
-    return save_tensors(path, dict(model.state_dict()), record)
+    if tied:
+        record["tied"] = tied
+    return save_tensors(path, state, record)
+
+
+def _untied(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The state dict with each tensor that another entry shares (a language model's
+    embedding table and output layer) stored once, and {dropped name: kept name}:
+    safetensors refuses shared tensors, and a file should not hold a table twice."""
+    first: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}
+    tied: dict[str, str] = {}
+    for name, t in state.items():
+        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+        if t.numel() and key in first:
+            tied[name] = first[key]
+        else:
+            first.setdefault(key, name)
+    return {k: v for k, v in state.items() if k not in tied}, tied
+
+
+def _tied_back(tensors: dict[str, Tensor], tied: Any) -> None:
+    """Fill the file's tied entries (`_untied`) from the tensors they share; ValueError
+    for a damaged record."""
+    if not isinstance(tied, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) and v in tensors for k, v in tied.items()
+    ):
+        raise ValueError(f"the tied tensors record is damaged: {tied!r:.80}")
+    for name, source in tied.items():
+        tensors[name] = tensors[source]
+
+
+def _retie(model: nn.Module, tied: Mapping[str, str]) -> None:
+    """Make each tied parameter the very parameter it shares again (loading gave each
+    its own), so that training or editing one changes both, as in the saved model."""
+    for name, source in tied.items():
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner)
+        shared = model.get_parameter(source) if attr in module._parameters else None
+        if shared is not None:
+            setattr(module, attr, shared)
 
 
 def _check_tensors(changes: Mapping[str, Spec], tensors: dict[str, Tensor]) -> None:
@@ -300,6 +342,8 @@ def load_shrunk(path: str | Path, model: nn.Module | Callable[[], nn.Module]) ->
     tensors, record = _read(path, type(model))
     cls = type(model).__name__
     try:
+        tied = record.get("tied", {})
+        _tied_back(tensors, tied)
         shapes = record.get("modules", {})
         if isinstance(shapes, Mapping):
             _split_as_recorded(model, shapes)
@@ -319,6 +363,7 @@ def load_shrunk(path: str | Path, model: nn.Module | Callable[[], nn.Module]) ->
         model.load_state_dict(
             {k: v.to(device) for k, v in tensors.items()}, strict=True, assign=True
         )
+        _retie(model, tied)
     except (ValueError, TypeError, KeyError, RuntimeError) as err:
         raise CheckpointError(
             f"{path} does not fit this {cls} ({_first_line(err)}); pass a fresh {cls} built "
