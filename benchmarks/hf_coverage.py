@@ -79,7 +79,114 @@ def _builders(tf: Any) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
             ),
             "text",
         ),
+        "mistral": (
+            lambda: tf.MistralForCausalLM(
+                tf.MistralConfig(**text, num_key_value_heads=2, max_position_embeddings=64)
+            ),
+            "text",
+        ),
+        "qwen2": (
+            lambda: tf.Qwen2ForCausalLM(
+                tf.Qwen2Config(**text, num_key_value_heads=2, max_position_embeddings=64)
+            ),
+            "text",
+        ),
+        "gemma": (
+            lambda: tf.GemmaForCausalLM(
+                tf.GemmaConfig(
+                    **text, num_key_value_heads=2, head_dim=16, max_position_embeddings=64
+                )
+            ),
+            "text",
+        ),
+        "phi": (
+            lambda: tf.PhiForCausalLM(tf.PhiConfig(**text, max_position_embeddings=64)),
+            "text",
+        ),
+        "gpt_neox": (
+            lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**text, max_position_embeddings=64)),
+            "text",
+        ),
+        "opt": (
+            lambda: tf.OPTForCausalLM(
+                tf.OPTConfig(
+                    hidden_size=64,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    ffn_dim=128,
+                    vocab_size=VOCAB,
+                    word_embed_proj_dim=64,
+                    max_position_embeddings=64,
+                )
+            ),
+            "text",
+        ),
+        "bloom": (
+            lambda: tf.BloomForCausalLM(
+                tf.BloomConfig(hidden_size=64, n_layer=2, n_head=4, vocab_size=VOCAB)
+            ),
+            "text",
+        ),
+        "bart": (  # pools at the end-of-sentence token: the example ends with one
+            lambda: tf.BartForSequenceClassification(
+                tf.BartConfig(
+                    d_model=64,
+                    encoder_layers=2,
+                    decoder_layers=2,
+                    encoder_attention_heads=4,
+                    decoder_attention_heads=4,
+                    encoder_ffn_dim=128,
+                    decoder_ffn_dim=128,
+                    vocab_size=VOCAB,
+                    max_position_embeddings=64,
+                )
+            ),
+            "text ending in 2",
+        ),
+        "t5_encoder": (
+            lambda: tf.T5EncoderModel(
+                tf.T5Config(
+                    d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=VOCAB
+                )
+            ),
+            "text",
+        ),
+        "deberta_v2": (
+            lambda: tf.DebertaV2ForSequenceClassification(
+                tf.DebertaV2Config(**text, max_position_embeddings=64)
+            ),
+            "text",
+        ),
         "vit": (lambda: tf.ViTForImageClassification(tf.ViTConfig(**image)), "image"),
+        "swin": (
+            lambda: tf.SwinForImageClassification(
+                tf.SwinConfig(
+                    image_size=32,
+                    patch_size=4,
+                    embed_dim=16,
+                    depths=[1, 1],
+                    num_heads=[2, 4],
+                    window_size=4,
+                    num_labels=10,
+                )
+            ),
+            "image",
+        ),
+        "segformer": (
+            lambda: tf.SegformerForImageClassification(
+                tf.SegformerConfig(
+                    num_encoder_blocks=2,
+                    depths=[1, 1],
+                    sr_ratios=[2, 1],
+                    hidden_sizes=[16, 32],
+                    num_attention_heads=[1, 2],
+                    patch_sizes=[7, 3],
+                    strides=[4, 2],
+                    num_labels=10,
+                )
+            ),
+            "image",
+        ),
         "convnext": (
             lambda: tf.ConvNextForImageClassification(
                 tf.ConvNextConfig(num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], num_labels=10)
@@ -99,8 +206,11 @@ def _builders(tf: Any) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
 
 def _example(kind: str) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(0)
-    if kind == "text":
-        return (torch.randint(0, VOCAB, (2, 16), generator=gen),)
+    if kind.startswith("text"):
+        ids = torch.randint(0, VOCAB, (2, 16), generator=gen)
+        if kind == "text ending in 2":
+            ids[:, -1] = 2
+        return (ids,)
     return (torch.randn(2, 3, 32, 32, generator=gen),)
 
 

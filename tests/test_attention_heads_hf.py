@@ -194,3 +194,62 @@ def test_an_output_that_carries_the_removed_heads_otherwise_is_one_clear_error()
     model, x = bp.convert(DistilEncoder("flat"), "gaussian").double().eval(), _tokens()
     with pytest.raises(GraphShrinkError, match="other shapes than the masked model's"):
         shrink_graph(model, x, prune_units={"attention": [0, 3]})
+
+
+class EncoderDecoderAttention(nn.Module):
+    """BART's and OPT's attention: `q_proj` ... `out_proj`, the heads merged back to the
+    width held in `embed_dim` (not bayesprune's MultiheadAttention, same layer names)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed_dim, self.num_heads, self.head_dim = 16, 4, 4
+        self.q_proj, self.k_proj = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.v_proj, self.out_proj = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, hidden: Tensor) -> tuple[Tensor, None]:
+        bsz, length, _ = hidden.size()
+
+        def heads(x: Tensor) -> Tensor:
+            return x.view(bsz, -1, self.num_heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj(hidden)), heads(self.k_proj(hidden)), heads(self.v_proj(hidden))
+        out = (torch.softmax(q @ k.transpose(-1, -2), -1) @ v).transpose(1, 2)
+        return self.out_proj(out.reshape(bsz, length, self.embed_dim)), None
+
+
+class PositionTable(nn.Embedding):
+    """OPT's learned positions: an nn.Embedding with a forward of its own (an offset)."""
+
+    def forward(self, length: int) -> Tensor:  # type: ignore[override]
+        return super().forward(torch.arange(length) + 2)
+
+
+class BartLike(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(20, 16), PositionTable(18, 16)
+        self.attention, self.norm = EncoderDecoderAttention(), nn.LayerNorm(16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.tokens(ids) + self.positions(ids.shape[1])
+        h = self.norm(h + self.attention(h)[0])
+        return self.head(h[:, 0])
+
+
+def test_bart_and_opt_heads_and_their_learned_positions(tmp_path):
+    torch.manual_seed(0)
+    model = bp.convert(BartLike(), "gaussian").double().eval()
+    ids = torch.randint(0, 20, (3, 5), generator=torch.Generator().manual_seed(1))
+    scores = activation_scores(model, (ids,))
+    assert scores["attention"].shape == (4,)
+    assert torch.isfinite(scores["attention.out_proj"]).all()  # the stream: positions too
+    result = shrink_graph(model, (ids,), prune_units=keep_units(scores, sparsity=0.5))
+    small = result.model
+    assert small.attention.num_heads == 2 and small.attention.embed_dim == 8
+    assert small.positions.weight.shape == (18, 8) == (18, small.tokens.embedding_dim)
+    assert result.max_abs_difference < 1e-10
+    path = save_shrunk(small, tmp_path / "bart.safetensors")
+    loaded = load_shrunk(path, lambda: bp.convert(BartLike(), "gaussian").double())
+    with torch.no_grad(), bp.nn.use_posterior_mean(loaded), bp.nn.use_posterior_mean(small):
+        torch.testing.assert_close(loaded(ids), small(ids), rtol=0, atol=0)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import bayesprune as bp
-from bayesprune.compress import activation_scores, keep_units
+from bayesprune.compress import activation_scores, keep_units, load_shrunk, save_shrunk
 from bayesprune.compress.graph import shrink_graph
 from bayesprune.nn import KeptDeterministicWarning, VariationalLayer, layers_read_outside
 
@@ -233,3 +233,39 @@ def test_convert_leaves_no_trace_proxy_in_a_models_lists():
     assert model.seen == []  # convert traced it; nothing of that trace stays behind
     model(torch.randn(4, 3))
     assert len(model.seen) == 1 and isinstance(model.seen[0], Tensor)
+
+
+class Aliased(nn.Module):
+    """T5's `shared` embedding is also its encoder's `embed_tokens`: one module, two names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Embedding(10, 6)
+        self.encoder = nn.Module()
+        self.encoder.embed_tokens = self.shared
+        self.encoder.proj = nn.Linear(6, 6)
+        self.alias = self.encoder.proj  # a layer under a second name too
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.encoder.embed_tokens(ids)
+        return self.head(h + torch.relu(self.alias(h))).mean(1)
+
+
+def test_a_module_under_two_names_is_not_a_tie(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KeptDeterministicWarning)
+        model = bp.convert(Aliased(), "gaussian").double().eval()
+    assert isinstance(model.alias, VariationalLayer) and model.alias is model.encoder.proj
+    ids = torch.randint(0, 10, (4, 3))
+    scores = activation_scores(model, (ids,))
+    assert torch.isfinite(scores["encoder.proj"]).all()  # the stream from the table goes
+    result = shrink_graph(model, (ids,), prune_units=keep_units(scores, sparsity=0.5))
+    small = result.model
+    assert small.shared.embedding_dim == 3 and result.max_abs_difference < 1e-12
+    assert small.alias is small.encoder.proj and small.alias.in_features == 3
+    path = save_shrunk(small, tmp_path / "aliased.safetensors")
+    loaded = load_shrunk(path, lambda: bp.convert(Aliased(), "gaussian").double())
+    assert loaded.alias is loaded.encoder.proj
+    with torch.no_grad(), bp.nn.use_posterior_mean(loaded), bp.nn.use_posterior_mean(small):
+        torch.testing.assert_close(loaded(ids), small(ids), rtol=0, atol=0)

@@ -91,11 +91,20 @@ def test_the_stream_narrows_through_embeddings_and_post_norms_exactly(tmp_path):
     torch.testing.assert_close(_run(loaded, ids), _run(shrunk, ids), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("reads", ["view", "arithmetic", "constant"])
+def test_a_width_that_sizes_a_view_of_the_same_channels_follows_them():
+    """`h.view(batch * length, width)`: the width read off h sizes h's own channels."""
+    model, ids = _model(reads="view"), _ids()
+    scores = activation_scores(model, (ids,))
+    result = shrink_graph(model, (ids,), prune_units=keep_units(scores, sparsity=0.5))
+    assert result.model.down.out_features == 6 and result.max_abs_difference < 1e-10
+    assert _run(result.model, _ids(2, 13)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("reads", ["arithmetic", "constant"])
 def test_a_width_the_forward_uses_keeps_the_stream(reads):
-    """The width read off the stream goes into a view, into arithmetic, or into a tensor
-    made outside the graph (`torch.zeros(1, 1, width)`, a constant of the graph): fewer
-    channels would change what the forward computes, so the stream stays."""
+    """The width read off the stream goes into arithmetic, or into a tensor made outside
+    the graph (`torch.zeros(1, 1, width)`, a constant of the graph): fewer channels
+    would change what the forward computes, so the stream stays."""
     model, ids = _model(reads=reads), _ids()
     scores = activation_scores(model, (ids,))
     assert torch.isinf(scores["down"]).all()

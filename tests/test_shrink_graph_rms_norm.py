@@ -17,7 +17,7 @@ from bayesprune.compress import (
     save_shrunk,
 )
 from bayesprune.compress.graph import shrink_graph
-from bayesprune.compress.rms_norm import is_rms_norm
+from bayesprune.compress.rms_norm import is_rms_norm, rms_norm_offset
 
 WIDTH, VOCAB = 12, 30
 
@@ -25,16 +25,16 @@ WIDTH, VOCAB = 12, 30
 class WrittenRMSNorm(nn.Module):
     """Hugging Face's LlamaRMSNorm: in float32, ε named `variance_epsilon`."""
 
-    def __init__(self, width: int, eps: float = 1e-6, plus_one: bool = False) -> None:
+    def __init__(self, width: int, eps: float = 1e-6, scale: str = "w") -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(width))
-        self.variance_epsilon, self.plus_one = eps, plus_one
+        self.variance_epsilon, self.scale = eps, scale
 
     def forward(self, x: Tensor) -> Tensor:
         dtype, x = x.dtype, x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        scale = 1.0 + self.weight if self.plus_one else self.weight  # Gemma's is 1 + w
-        return scale * x.to(dtype)
+        scale = {"w": self.weight, "1+w": 1.0 + self.weight, "2w": 2 * self.weight}
+        return scale[self.scale] * x.to(dtype)  # Gemma's is 1 + w
 
 
 class PreNormDecoder(nn.Module):
@@ -46,7 +46,7 @@ class PreNormDecoder(nn.Module):
         def make() -> nn.Module:
             if norm == "torch":
                 return nn.RMSNorm(WIDTH, eps=1e-6)
-            return WrittenRMSNorm(WIDTH, plus_one=norm == "gemma")
+            return WrittenRMSNorm(WIDTH, scale={"gemma": "1+w", "other": "2w"}.get(norm, "w"))
 
         self.embed = nn.Embedding(VOCAB, WIDTH)
         self.norms = nn.ModuleList([make(), make()])
@@ -84,14 +84,15 @@ def _run(model: nn.Module, ids: Tensor) -> Tensor:
 
 def test_what_is_read_as_an_rms_norm():
     assert is_rms_norm(WrittenRMSNorm(8)) and is_rms_norm(nn.RMSNorm(8))
-    assert not is_rms_norm(WrittenRMSNorm(8, plus_one=True))  # Gemma's 1 + w
+    assert rms_norm_offset(WrittenRMSNorm(8, scale="1+w")) == 1.0  # Gemma's
+    assert not is_rms_norm(WrittenRMSNorm(8, scale="2w"))
     assert not is_rms_norm(nn.LayerNorm(8, bias=False))  # subtracts the mean
     counted = ZeroCountingRMSNorm.of(nn.RMSNorm(8, eps=1e-6), torch.arange(8))
     x = torch.randn(2, 8)
     torch.testing.assert_close(counted(x), nn.RMSNorm(8, eps=1e-6)(x))
 
 
-@pytest.mark.parametrize("norm", ["written", "torch"])
+@pytest.mark.parametrize("norm", ["written", "torch", "gemma"])
 def test_the_stream_narrows_through_rms_norms_exactly(norm, tmp_path):
     model, ids = _model(norm), _ids()
     scores = activation_scores(model, (ids,))
@@ -109,7 +110,7 @@ def test_the_stream_narrows_through_rms_norms_exactly(norm, tmp_path):
 
 
 def test_a_norm_that_computes_something_else_keeps_the_stream():
-    model, ids = _model("gemma"), _ids()
+    model, ids = _model("other"), _ids()
     scores = activation_scores(model, (ids,))
     assert torch.isinf(scores["downs.0"]).all()
     assert torch.isfinite(scores["gates.0"]).all()  # the MLP's hidden units still go

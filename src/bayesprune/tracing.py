@@ -25,11 +25,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
+from torch.overrides import TorchFunctionMode
 
 
 @contextlib.contextmanager
@@ -332,6 +334,27 @@ def _representable(output: Any) -> Any:
     return None
 
 
+@contextlib.contextmanager
+def scripted_functions_as_python(model: nn.Module) -> Iterator[None]:
+    """For the block, each TorchScript function (`@torch.jit.script`) that a module of
+    `model` can call from its own source file's globals is the Python function it was
+    compiled from, which a tracer can follow (a compiled function takes no proxies:
+    Hugging Face's DeBERTa scales its attention by one)."""
+    swapped: list[tuple[Any, str, Any]] = []
+    files = {sys.modules.get(type(m).__module__) for m in model.modules()}
+    for namespace in files - {None}:
+        for name, value in list(vars(namespace).items()):
+            original = getattr(value, "_torchdynamo_inline", None)
+            if isinstance(value, torch.jit.ScriptFunction) and callable(original):
+                swapped.append((namespace, name, value))
+                setattr(namespace, name, original)
+    try:
+        yield
+    finally:
+        for namespace, name, value in swapped:
+            setattr(namespace, name, value)
+
+
 def trace_with_values(tracer: ExampleValues, model: nn.Module, inputs: Sequence[Any]) -> fx.Graph:
     """`tracer.trace(model)` with every proxy valued on `inputs` (no gradients, the
     model's mode kept): `inputs` are the forward's first positional arguments, the rest
@@ -344,12 +367,38 @@ def trace_with_values(tracer: ExampleValues, model: nn.Module, inputs: Sequence[
         )
     tracer.inputs = dict(zip(names, inputs, strict=True))
     tracer.size_answers = []
-    with torch.no_grad(), _forward_of(model, names):
+    with torch.no_grad(), _forward_of(model, names), _EagerSizeUses(tracer):
         graph = tracer.trace(model)
     _mark_constant_sizes(tracer, graph)
     tracer.size_reads = [a.read for a in tracer.size_answers if a.used]
     tracer.view_reads = [(a.read, a.views) for a in tracer.size_answers if a.views and not a.used]
     return graph
+
+
+class _EagerSizeUses(TorchFunctionMode):
+    """Marks a `SizeRead` used where a torch function gets it with no proxy among its
+    arguments (`torch.tensor(x.size(-1))`, `torch.zeros(b, t, d)`): such a call runs at
+    once, reads the int in C, where no Python hook of the int sees it, and what it makes
+    enters the graph as a constant. Calls on proxies are recorded, their sizes seen by
+    `ExampleValues.create_arg` (and the tracer computing their values is not watched)."""
+
+    def __init__(self, tracer: ExampleValues) -> None:
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if getattr(self.tracer, "_computing", False):
+            return func(*args, **kwargs)
+        found: list[Any] = []
+        fx.node.map_aggregate((tuple(args), kwargs), found.append)
+        if not any(isinstance(a, fx.Proxy) for a in found):
+            for a in found:
+                if isinstance(a, SizeRead):
+                    a._mark()
+        return func(*args, **kwargs)
 
 
 _VIEWS = frozenset({"view", "reshape"})
@@ -368,10 +417,10 @@ def _view_size_reads(kind: str, target: Any, args: Any, kwargs: Any) -> dict[int
 
 
 def _mark_constant_sizes(tracer: ExampleValues, graph: fx.Graph) -> None:
-    """A size handed to a function outside the graph (`torch.zeros(b, t, d)`) is read by
-    C code that no Python hook sees; the tensor it made enters the graph as a constant.
-    A size of such a constant's shape counts as used (conservative: a coincidence of
-    sizes keeps channels, never loses any)."""
+    """A size handed to a function outside torch (`np.zeros((b, t, d))`) is read by C
+    code that neither a Python hook of the int nor `_EagerSizeUses` sees; the tensor made
+    of it enters the graph as a constant. A size of such a constant's shape counts as
+    used (conservative: a coincidence of sizes keeps channels, never loses any)."""
     root = tracer.root
     own = {n for n, _ in root.named_parameters()} | {n for n, _ in root.named_buffers()}
     shapes: set[int] = set()

@@ -203,9 +203,16 @@ def _as_keep(spec: Tensor | Sequence[int], n: int, name: str, what: str = "prune
     return keep
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` where `name` is, and under every other name of the module there (a
+    layer registered twice, as T5's shared embedding, stays one module)."""
+    old = model.get_submodule(name)
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, module)
+    for owner in model.modules():
+        for key, child in list(owner._modules.items()):
+            if child is old:
+                setattr(owner, key, module)
 
 
 def _bias(layer: nn.Module) -> Tensor | None:
@@ -408,7 +415,7 @@ class _GraphShrinker:
                 new = _slice_grouped(layer, out_idx, len(in_idx))
             else:
                 new = as_prunable(layer).select(out_idx=out_idx, in_idx=in_idx)
-            _set_module(self.model, name, new)
+            set_module(self.model, name, new)
             if out_idx is not None:
                 self.kept[name] = self.kept[name][out_idx]
         norms = {u.name for u in cg.layer_norms}
@@ -417,11 +424,9 @@ class _GraphShrinker:
             if len(idx) == len(f.ids):
                 continue
             if f.name not in norms:
-                _set_module(self.model, f.name, _slice_follower(module, idx))
+                set_module(self.model, f.name, _slice_follower(module, idx))
             else:  # counts the removed channels' zeros
-                _set_module(
-                    self.model, f.name, rebuilt(module, idx, f.axis, cg.values[f.node].ndim)
-                )
+                set_module(self.model, f.name, rebuilt(module, idx, f.axis, cg.values[f.node].ndim))
             self.kept[f.name] = self.kept[f.name][idx]
         for p in cg.parameters:
             idx = keep(p)
@@ -1143,8 +1148,8 @@ def _shrink_parts(
         prefix = part.prefix
         units = {n[len(prefix) :]: v for n, v in prune_units.items() if n.startswith(prefix)}
         shrunk, masked = _shrink_traced(part.module, part.inputs, units, None, settings)
-        _set_module(work, part.name, shrunk.model)
-        _set_module(reference, part.name, masked)
+        set_module(work, part.name, shrunk.model)
+        set_module(reference, part.name, masked)
         result.layers += [replace(r, name=prefix + r.name) for r in shrunk.layers]
         result.followers.update({prefix + n: k for n, k in shrunk.followers.items()})
         result.shapes.update({prefix + n: v for n, v in shrunk.shapes.items()})

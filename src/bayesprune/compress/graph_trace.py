@@ -91,7 +91,12 @@ from ..nn.attention import MultiheadAttention
 from ..nn.base import SerializableLayer, evaluation_pass, torch_type, use_posterior_mean
 from ..nn.moments import Moments
 from ..nn.parameter_reads import tied_layers
-from ..tracing import ExampleValues, no_proxies_left, trace_with_values
+from ..tracing import (
+    ExampleValues,
+    no_proxies_left,
+    scripted_functions_as_python,
+    trace_with_values,
+)
 from .adapters import (
     CONVOLUTIONS,
     TRANSPOSED,
@@ -370,7 +375,7 @@ def _trace(
     ]
     tracer = Tracer(leaf_modules, norms) if inputs is None else ValuedTracer(leaf_modules, norms)
     try:
-        with _transformers_traceable(), no_proxies_left(model):
+        with _transformers_traceable(), no_proxies_left(model), scripted_functions_as_python(model):
             if isinstance(tracer, ValuedTracer):
                 with use_posterior_mean(model):
                     graph = trace_with_values(tracer, model, inputs or ())
@@ -496,6 +501,7 @@ class ChannelGraph:
     parameters: list[Use] = field(default_factory=list)  # per-channel operands (layer scale)
     offsets: list[Use] = field(default_factory=list)  # those added in: class token, positions
     ties: dict[str, str] = field(default_factory=dict)  # tied embedding ↔ output layer
+    tied_weights: set[str] = field(default_factory=set)  # parameters another module holds
 
     # -- union-find ------------------------------------------------------------------
     def fresh(self, n: int, pinned: bool = False) -> list[int]:
@@ -614,6 +620,7 @@ def analyse(
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     tied = tied_layers(model)  # a weight tied to another module's: sliced alone, untied
     cg.ties = embedding_ties(model)  # ... unless both are sliced alike (`_unite_ties`)
+    cg.tied_weights = {f"{layer}.weight" for layer in tied}
     tie_columns: dict[str, list[int]] = {}
     calls.update(norm_owner(n) for n in gm.graph.nodes if _is(n, {F.batch_norm}, set()))
     channelwise = PASSTHROUGH + CHANNELWISE_MODULES + tuple(passthrough)
@@ -836,6 +843,26 @@ def _embedding_ids(cg: ChannelGraph, node: fx.Node, module: nn.Embedding) -> Cha
     return use.ids, cg.values[node].ndim - 1
 
 
+def _functional_embedding_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
+    """`F.embedding(ids, self.weight)` (an nn.Embedding subclass with a forward of its
+    own, as OPT's learned positions): as an embedding module, when the table is a
+    parameter of the model read by this lookup alone and there is no `max_norm`."""
+    weight = _arg(node, 1, "weight", None)
+    source = _parameter_of(weight, cg.values) if isinstance(weight, fx.Node) else None
+    if source is None or weight is not source or len(weight.users) != 1:
+        return None
+    table = cg.values.get(source)
+    reads = [n for n in cg.gm.graph.nodes if n.op == "get_attr" and n.target == source.target]
+    if not isinstance(table, Tensor) or table.ndim != 2 or len(reads) != 1:
+        return None
+    if _arg(node, 3, "max_norm", None) is not None or str(source.target) in cg.tied_weights:
+        return None
+    use = Use(str(source.target), source, cg.fresh(table.shape[1]), axis=1)
+    cg.parameters.append(use)
+    cg.offsets.append(use)
+    return use.ids, cg.values[node].ndim - 1
+
+
 def _layer_norm_ids(
     cg: ChannelGraph, node: fx.Node, module: nn.Module, first: Channels
 ) -> Channels | None:
@@ -997,6 +1024,8 @@ def _function_ids(
         return _getitem_ids(cg, node)
     if _is(node, _ADD | _MUL, _ADD_METHODS | _MUL_METHODS):
         return _elementwise_ids(cg, node)
+    if _is(node, {F.embedding}, set()):
+        return _functional_embedding_ids(cg, node)
     if _is(node, _CAT, set()):
         parts = node.args[0] if node.args else node.kwargs.get("tensors")
         return _cat_ids(cg, parts, value.ndim, _arg(node, 1, "dim", 0))
@@ -1233,6 +1262,10 @@ def _elementwise_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
         if a in shaped:
             continue
         at = axis - (value.ndim - v.ndim)  # the operand's dim that meets the channels
+        aligned = a in cg.ids and cg.axis[a] == at and len(cg.ids[a]) == value.shape[axis]
+        if aligned and _parameter_of(a, cg.values) is None:
+            shaped.append(a)  # fewer dims, its channels where the output's are (T × C)
+            continue
         if at < 0 or v.shape[at] == 1:
             cg.pinned.update(cg.ids.get(a, []))
         elif (parameter := _per_channel_parameter(cg, a, v, at)) is not None:

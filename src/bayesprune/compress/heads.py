@@ -11,7 +11,9 @@ Hugging Face's BERT and ViT attention (`self.query` / `key` / `value`, `output.d
 `num_attention_heads`, `attention_head_size` and `all_head_size` in `self`; DistilBERT's
 `q_lin` ... `out_lin`, `n_heads`, `dim`; Llama's grouped-query attention, `q_proj` ...
 `o_proj` with `head_dim` and `num_key_value_groups`, where a unit is one key / value
-head and the query heads that share it). A fused or Hugging Face module is taken only
+head and the query heads that share it, and Phi's; BART's and OPT's `q_proj` ...
+`out_proj` with `num_heads`, `head_dim`, `embed_dim`; GPT-2's fused `c_attn` with
+`split_size`). A fused or Hugging Face module is taken only
 when a probe proves it, on the arguments the model passes it where `prove_heads` ran
 (else on random tokens): a copy without its first head must compute what the module
 computes with that head's output columns zeroed (a module whose forward reads its
@@ -173,6 +175,14 @@ _SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, ViT, DistilBE
     HeadLayout(  # Llama's, Mistral's, Qwen2's: a unit is a key / value head and its queries
         "v_proj", ("q_proj", "k_proj", "v_proj"), "o_proj", False, "", "", "head_dim",
         rewrites=False, grouped=("k_proj", "v_proj"), groups="num_key_value_groups",
+    ),
+    HeadLayout(  # Phi's: the same, its output projection named `dense`
+        "v_proj", ("q_proj", "k_proj", "v_proj"), "dense", False, "", "", "head_dim",
+        rewrites=False, grouped=("k_proj", "v_proj"), groups="num_key_value_groups",
+    ),
+    HeadLayout(  # BART's, OPT's, Whisper's: `num_heads`, `head_dim`, and `embed_dim` merged
+        "v_proj", ("q_proj", "k_proj", "v_proj"), "out_proj", False, "", "num_heads",
+        "head_dim", ("embed_dim",),
     ),
 )  # fmt: skip
 """Layouts with one layer per projection and the head count in attributes: taken, as

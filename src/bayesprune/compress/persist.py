@@ -47,6 +47,7 @@ from ..nn.base import VariationalLayer, torch_type
 from .channel_parameters import apply_parameter_shapes, parameter_shapes
 from .export import _finite, _first_line, _without_prune_hooks, compare_state
 from .graph import KEPT_INPUTS, kept_inputs
+from .graph import set_module as _set_module
 from .graph_sizes import apply_attributes, shape_attributes
 from .layer_norm import ZeroCountingGroupNorm, ZeroCountingLayerNorm, layer_norm_layout
 from .response_norm import ZeroCountingResponseNorm, response_norm_layout
@@ -120,11 +121,6 @@ def pruned_shapes(model: nn.Module) -> dict[str, Spec]:
         if spec is not None:
             shapes[name] = spec
     return shapes
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
 def _plan(model: nn.Module, shapes: Mapping[str, Any]) -> dict[str, Spec]:

@@ -12,7 +12,8 @@ layer over the kept channels is exact when it divides by the original count.
 with the k zeros (it exports as a Pad, the norm and a Slice). A module is read as an
 RMSNorm when it is torch's or a probe shows that it computes the formula above over the
 last axis: a module of one `weight` of C values and an `eps` or `variance_epsilon`
-(Hugging Face's `LlamaRMSNorm`, `T5LayerNorm`); Gemma's, which scales by 1 + w, is not.
+(Hugging Face's `LlamaRMSNorm`, `T5LayerNorm`), or one that scales by 1 + w (Gemma's),
+which becomes a `ZeroCountingRMSNorm` with the scale 1 + w.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from ..nn.base import Config, SerializableLayer
 
-__all__ = ["ZeroCountingRMSNorm", "is_rms_norm"]
+__all__ = ["ZeroCountingRMSNorm", "is_rms_norm", "rms_norm_offset"]
 
 _EPS_NAMES = ("eps", "variance_epsilon")
 """Where a written RMSNorm keeps its ε (torch and Mistral: `eps`; Llama, T5: the other)."""
@@ -43,12 +44,13 @@ class ZeroCountingRMSNorm(SerializableLayer):
 
     @classmethod
     def of(cls, norm: nn.Module, idx: Tensor) -> ZeroCountingRMSNorm:
-        """The channels `idx` of an RMSNorm (torch's, one a probe proved, or this)."""
+        """The channels `idx` of an RMSNorm (torch's, one a probe proved, or this); a
+        norm that scales by 1 + w (Gemma's) gives the scale 1 + w here."""
         total = norm.total if isinstance(norm, cls) else int(norm.weight.numel())
-        weight = norm.weight
+        weight, offset = norm.weight, rms_norm_offset(norm)
         new = cls(len(idx), total, _eps(norm), weight is not None)
         if weight is not None:
-            cut = weight.detach().index_select(0, idx.to(weight.device)).clone()
+            cut = weight.detach().index_select(0, idx.to(weight.device)).clone() + offset
             new.weight = nn.Parameter(cut, weight.requires_grad)
         return new
 
@@ -74,25 +76,35 @@ def _eps(module: nn.Module) -> float | None:
 
 
 def is_rms_norm(module: nn.Module) -> bool:
-    """Whether `module` is an RMSNorm over the last axis (module docstring): torch's,
-    a ZeroCountingRMSNorm, or a module of one `weight` (C values) and an ε, no children,
-    that computes it on random inputs in eval mode with its weight set to random values."""
+    """Whether `module` is an RMSNorm over the last axis (module docstring)."""
+    return rms_norm_offset(module) is not None
+
+
+def rms_norm_offset(module: nn.Module) -> float | None:
+    """0 for an RMSNorm over the last axis that scales by its weight w: torch's, a
+    ZeroCountingRMSNorm, or a module of one `weight` (C values) and an ε, no children,
+    that computes it on random inputs in eval mode with its weight set to random values;
+    1 for one that scales by 1 + w (Gemma's); None for any other module."""
     if isinstance(module, ZeroCountingRMSNorm):
-        return True
+        return 0.0
     if isinstance(module, nn.RMSNorm):
-        return type(module).forward is nn.RMSNorm.forward and len(module.normalized_shape) == 1
+        plain = type(module).forward is nn.RMSNorm.forward and len(module.normalized_shape) == 1
+        return 0.0 if plain else None
     if isinstance(module, SerializableLayer) or next(module.children(), None) is not None:
-        return False
+        return None
     params = dict(module.named_parameters(recurse=False))
     weight, eps = params.get("weight"), _eps(module)
     if set(params) != {"weight"} or eps is None or weight.ndim != 1 or weight.is_meta:
-        return False
+        return None
     if not weight.is_floating_point():
-        return False
+        return None
     c, gen = weight.numel(), torch.Generator().manual_seed(0)
     probe = (torch.rand(c, generator=gen) + 0.5).to(weight)
     x = torch.randn(2, 3, c, generator=gen).to(weight)
-    return _computes_with(module, probe, x, F.rms_norm(x, (c,), probe, eps))
+    for offset in (0.0, 1.0):
+        if _computes_with(module, probe, x, F.rms_norm(x, (c,), probe + offset, eps)):
+            return offset
+    return None
 
 
 def _computes_with(module: nn.Module, weight: Tensor, x: Tensor, expected: Tensor) -> bool:

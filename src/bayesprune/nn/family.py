@@ -279,9 +279,14 @@ def convert(
         for parent, name, child, q in named
         if not _kept(q, keep) and q not in read
     ]
-    for i, (parent, name, child) in enumerate(found):
-        role = Role(first=i == 0, last=i == len(found) - 1)
-        setattr(parent, name, _twin(child, fam, role, init_from_weights, options))
+    order = list({id(child): child for *_, child in found})  # a layer under two names once
+    twins: dict[int, nn.Module] = {}
+    for parent, name, child in found:
+        if id(child) not in twins:
+            i = order.index(id(child))
+            role = Role(first=i == 0, last=i == len(order) - 1)
+            twins[id(child)] = _twin(child, fam, role, init_from_weights, options)
+        setattr(parent, name, twins[id(child)])  # one twin: the alias stays one module
     _transformer_fast_path(model)
     return model
 

@@ -22,7 +22,12 @@ from typing import Any
 
 from torch import fx, nn
 
-from ..tracing import ExampleValues, no_proxies_left, trace_with_values
+from ..tracing import (
+    ExampleValues,
+    no_proxies_left,
+    scripted_functions_as_python,
+    trace_with_values,
+)
 from .base import SerializableLayer, use_posterior_mean
 
 
@@ -69,13 +74,15 @@ def tied_layers(model: nn.Module) -> dict[str, str]:
     """{module name: why} of the modules holding a parameter that another module holds
     too (tied weights): converting or slicing one alone would untie them."""
     holders: dict[int, list[str]] = {}
+    modules: dict[int, set[int]] = {}  # a parameter → the module objects holding it
     for qualified, module in model.named_modules(remove_duplicate=False):
         for name, p in module.named_parameters(recurse=False):
             holders.setdefault(id(p), []).append(f"{qualified}.{name}" if qualified else name)
+            modules.setdefault(id(p), set()).add(id(module))
     shared: dict[str, str] = {}
-    for names in holders.values():
+    for key, names in holders.items():
         unique = list(dict.fromkeys(names))
-        if len(unique) > 1:
+        if len(modules[key]) > 1:  # one module under two names (T5's `shared`) is no tie
             for full in unique:
                 layer, _, name = full.rpartition(".")
                 others = [o for o in unique if o != full]
@@ -91,7 +98,7 @@ class _ValuedReadRecorder(ExampleValues, _ReadRecorder):
 def _traces(tracer: fx.Tracer, module: nn.Module, inputs: Sequence[Any] | None = None) -> bool:
     """Whether `tracer` traces `module` whole (what it recorded before failing stands)."""
     try:
-        with no_proxies_left(module):
+        with no_proxies_left(module), scripted_functions_as_python(module):
             if isinstance(tracer, ExampleValues):
                 with use_posterior_mean(module):
                     trace_with_values(tracer, module, inputs or ())
