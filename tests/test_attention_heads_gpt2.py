@@ -73,3 +73,43 @@ def test_fused_heads_go_with_their_cache_entries(tmp_path):
     loaded = load_shrunk(path, lambda: bp.convert(TinyDecoder(), "gaussian").double())
     assert loaded.blocks[1].num_heads == 2
     torch.testing.assert_close(_run(loaded, ids), _run(result.model, ids), rtol=0, atol=0)
+
+
+class InterleavedAttention(nn.Module):
+    """GPTNeoXAttention's forward: one `query_key_value` whose rows hold, head by head,
+    that head's q, k and v; the heads counted by `-1`, merged back by `-1`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head_size = WIDTH // HEADS
+        self.query_key_value, self.dense = nn.Linear(WIDTH, 3 * WIDTH), nn.Linear(WIDTH, WIDTH)
+
+    def forward(self, hidden: Tensor) -> tuple[Tensor, None]:
+        shape = hidden.shape[:-1]
+        qkv = self.query_key_value(hidden).view(*shape, -1, 3 * self.head_size).transpose(1, 2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        out = (torch.softmax(q @ k.transpose(-1, -2), -1) @ v).transpose(1, 2)
+        return self.dense(out.reshape(*shape, -1)), None
+
+
+class NeoX(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(30, WIDTH)
+        self.attention, self.head = InterleavedAttention(), nn.Linear(WIDTH, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.embed(ids)
+        return self.head((h + self.attention(h)[0]).mean(1))
+
+
+def test_interleaved_heads_are_units():
+    torch.manual_seed(0)
+    model, ids = bp.convert(NeoX(), "gaussian").double().eval(), _ids()
+    scores = activation_scores(model, (ids,))
+    assert scores["attention"].shape == (HEADS,)
+    result = shrink_graph(model, (ids,), prune_units={"attention": torch.tensor([1, 0, 0, 1]) > 0})
+    small = result.model.attention
+    assert small.query_key_value.out_features == 3 * 2 * small.head_size
+    assert small.dense.in_features == 2 * small.head_size
+    assert result.max_abs_difference < 1e-9

@@ -13,11 +13,14 @@ arguments of `forward` the example does not give keep their defaults (the trace 
 through a forward that takes only the example's arguments).
 The caller chooses what the values are computed with (the graph uses posterior means).
 
-What this costs: the sizes are constants of the graph, fixed at the example's, so a
-reshape to a width read off a tensor pins those channels where a symbolic trace would
-let them narrow; it is therefore used only where the symbolic trace fails. Branches on
-a tensor's *values* (`if x.sum() > 0`) still fail: a graph that held one branch would
-be silently wrong for other inputs.
+What this costs: the sizes are constants of the graph, fixed at the example's. Each
+size answered is a `SizeRead`, an int that notes how the forward uses it: as a number
+(arithmetic, a comparison, an argument of an op; the graph depends on it, and the
+channels it counts are kept), only as a size of a view or reshape (recorded on that
+node: the view follows the channels as a symbolic trace's would), or not at all
+(`batch, length, _ = x.size()`: nothing is kept). It is used only where the symbolic
+trace fails. Branches on a tensor's *values* (`if x.sum() > 0`) still fail: a graph
+that held one branch would be silently wrong for other inputs.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ Hugging Face's BERT and ViT attention (`self.query` / `key` / `value`, `output.d
 `o_proj` with `head_dim` and `num_key_value_groups`, where a unit is one key / value
 head and the query heads that share it, and Phi's; BART's and OPT's `q_proj` ...
 `out_proj` with `num_heads`, `head_dim`, `embed_dim`; GPT-2's fused `c_attn` with
-`split_size`). A fused or Hugging Face module is taken only
+`split_size`; GPT-NeoX's fused `query_key_value`, whose rows hold each head's q, k and
+v together). A fused or Hugging Face module is taken only
 when a probe proves it, on the arguments the model passes it where `prove_heads` ran
 (else on random tokens): a copy without its first head must compute what the module
 computes with that head's output columns zeroed (a module whose forward reads its
@@ -80,13 +81,15 @@ class HeadLayout:
     rewrites: bool = True
     grouped: tuple[str, ...] = ()  # projections with one head per group of query heads
     groups: str = ""  # the attribute that holds the query heads per group (1 when "")
+    interleaved: bool = False  # fused rows per head: its q, k and v together (GPT-NeoX)
 
     def heads(self, module: nn.Module) -> int:
         """The number of units: heads, or groups of query heads that share a key / value
         head (grouped-query attention: Llama's), counted from the value rows when
         `count` is ""."""
         if not self.count:
-            return int(_shape(module.get_submodule(self.value))[0]) // self.head_size(module)
+            rows = int(_shape(module.get_submodule(self.value))[0])
+            return rows // (self.head_size(module) * (3 if self.fused else 1))
         return int(getattr(module.get_submodule(self.owner), self.count))
 
     def head_size(self, module: nn.Module) -> int:
@@ -98,6 +101,9 @@ class HeadLayout:
 
     def value_rows(self, module: nn.Module, heads: Tensor) -> Tensor:
         """The rows of `value` that hold `heads`' values."""
+        if self.interleaved:  # head h's rows are its q, k, v: the values are the last third
+            size = self.head_size(module)
+            return self._blocks(heads, 3 * size).view(-1, 3, size)[:, 2].flatten()
         units = self._blocks(heads, self.head_size(module) * self._width(module, self.value))
         return units + 2 * self.heads(module) * self.head_size(module) if self.fused else units
 
@@ -117,6 +123,8 @@ class HeadLayout:
     def rows(self, module: nn.Module, heads: Tensor, name: str = "") -> Tensor:
         """The rows of projection `name` that hold `heads` (q, k and v in turn when
         fused; one key / value head per unit when `name` is grouped)."""
+        if self.interleaved:
+            return self._blocks(heads, 3 * self.head_size(module))
         units = self._blocks(heads, self.head_size(module) * self._width(module, name))
         if not self.fused:
             return units
@@ -156,7 +164,11 @@ _SPLIT = HeadLayout(
 _FUSED = (
     HeadLayout("qkv", ("qkv",), "proj", fused=True, widths=("attn_dim",)),
     HeadLayout("c_attn", ("c_attn",), "c_proj", fused=True, widths=("split_size",)),  # GPT-2
-)
+    HeadLayout(  # GPT-NeoX (Pythia): each head's q, k and v rows together, counted by -1
+        "query_key_value", ("query_key_value",), "dense", True, "", "", "head_size",
+        rewrites=False, interleaved=True,
+    ),
+)  # fmt: skip
 
 _SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, ViT, DistilBERT
     HeadLayout(
