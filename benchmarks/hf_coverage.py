@@ -143,6 +143,22 @@ def _builders(tf: Any) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
             ),
             "text ending in 2",
         ),
+        "bart_lm": (  # encoder-decoder; it returns the encoder's stream among its outputs
+            lambda: tf.BartForConditionalGeneration(
+                tf.BartConfig(
+                    d_model=64,
+                    encoder_layers=2,
+                    decoder_layers=2,
+                    encoder_attention_heads=4,
+                    decoder_attention_heads=4,
+                    encoder_ffn_dim=128,
+                    decoder_ffn_dim=128,
+                    vocab_size=VOCAB,
+                    max_position_embeddings=64,
+                )
+            ),
+            "text",
+        ),
         "t5_encoder": (
             lambda: tf.T5EncoderModel(
                 tf.T5Config(

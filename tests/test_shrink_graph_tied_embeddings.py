@@ -101,3 +101,48 @@ def test_a_table_whose_tied_layer_the_example_does_not_reach_keeps_its_columns()
         model = bp.convert(TinyGPT(view="none", head=False), "gaussian").double().eval()
     scores = activation_scores(model, (_ids(),))
     assert torch.isinf(scores["downs.0"]).all()
+
+
+class SharedTable(nn.Module):
+    """BART's layout: `shared`, the encoder's and the decoder's token tables are three
+    modules holding one weight, and so does the output layer; the tokens are shifted
+    right in place (`shifted[:, 1:] = ids[:, :-1]`), which a symbolic trace cannot
+    record; the encoder's output reaches the decoder by a cross term."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Embedding(VOCAB, WIDTH)
+        self.enc_tokens, self.dec_tokens = nn.Embedding(VOCAB, WIDTH), nn.Embedding(VOCAB, WIDTH)
+        self.enc_tokens.weight = self.dec_tokens.weight = self.shared.weight
+        self.enc_norm, self.dec_norm = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
+        self.enc_up, self.enc_down = nn.Linear(WIDTH, 20), nn.Linear(20, WIDTH)
+        self.cross = nn.Linear(WIDTH, WIDTH)
+        self.lm_head = nn.Linear(WIDTH, VOCAB, bias=False)
+        self.lm_head.weight = self.shared.weight
+
+    def forward(self, ids: Tensor) -> Tensor:
+        shifted = ids.new_zeros(ids.shape)
+        shifted[:, 1:] = ids[:, :-1].clone()
+        enc = self.enc_norm(self.enc_tokens(ids))
+        enc = enc + self.enc_down(torch.relu(self.enc_up(enc)))
+        dec = self.dec_norm(self.dec_tokens(shifted))
+        dec = dec + self.cross(enc.mean(1, keepdim=True))
+        return self.lm_head(dec)
+
+
+def test_one_table_in_three_modules_and_a_tied_head_go_together(tmp_path):
+    torch.manual_seed(0)
+    with pytest.warns(bp.nn.KeptDeterministicWarning):
+        model = bp.convert(SharedTable(), "gaussian").double().eval()
+    ids = _ids()
+    scores = activation_scores(model, (ids,))
+    assert torch.isfinite(scores["enc_down"]).all() and torch.isfinite(scores["cross"]).all()
+    result = shrink_graph(model, (ids,), prune_units=keep_units(scores, sparsity=0.5))
+    small = result.model
+    assert small.shared.weight.shape == (VOCAB, 6) and result.max_abs_difference < 1e-10
+    assert small.enc_tokens.weight is small.dec_tokens.weight is small.shared.weight
+    assert small.lm_head.weight is small.shared.weight and small.dec_tokens.embedding_dim == 6
+    path = save_shrunk(small, tmp_path / "shared.safetensors")
+    loaded = load_shrunk(path, lambda: bp.convert(SharedTable(), "gaussian").double())
+    assert loaded.enc_tokens.weight is loaded.shared.weight is loaded.lm_head.weight
+    torch.testing.assert_close(_run(loaded, ids), _run(small, ids), rtol=0, atol=0)

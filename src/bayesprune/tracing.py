@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import operator
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -174,6 +175,11 @@ class ExampleProxy(fx.Proxy):
         if answers is not None:
             answers.append(answer)
         return answer
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """`x[:, 1:] = y` (BART shifts its tokens so): recorded as `operator.setitem`,
+        which the graph runs in place, in order, as the forward did."""
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
 
     def __len__(self) -> int:
         value = self.__dict__.get("example", _UNKNOWN)

@@ -434,7 +434,7 @@ class _GraphShrinker:
                 self.parameters[p.name] = slice_parameter(self.model, p.name, idx, p.axis)
                 self.kept_entries[p.name] = self.kept_entries[p.name][idx]
         self.attributes = merged(self.attributes, rewrite_sizes(self.model, cg, removed))
-        _retie(self.model, cg.ties)
+        _retie(self.model, cg.ties, self.parameters)
 
     def _start(self, cg: ChannelGraph) -> None:
         for use in cg.parameters:
@@ -756,19 +756,26 @@ def _on_kept_heads(
     return reduced, narrowed
 
 
-def _retie(model: nn.Module, ties: Mapping[str, str]) -> None:
-    """A tied embedding table and output layer, sliced apart along the same columns
-    (`graph_trace.embedding_ties`), share one weight again."""
-    for name, partner in ties.items():
-        layer, table = model.get_submodule(name), model.get_submodule(partner)
-        if not isinstance(table, nn.Embedding) or layer.weight is table.weight:
+def _retie(model: nn.Module, ties: Mapping[str, str], shapes: dict[str, list[int]]) -> None:
+    """The modules that share an embedding table's weight (`graph_trace.embedding_ties`:
+    other tables, which held the very tensor the table's was sliced from, and a tied
+    output layer, sliced apart along the same columns) hold the table's weight again;
+    `shapes` gets the other tables' new weight shapes (for `save_shrunk`)."""
+    for name, table in ties.items():
+        holder, source = model.get_submodule(name), model.get_submodule(table).weight
+        if holder.weight is source:
             continue
-        if layer.weight.shape != table.weight.shape or not torch.equal(layer.weight, table.weight):
+        cut = holder.weight.shape != source.shape or not torch.equal(holder.weight, source)
+        if not isinstance(holder, nn.Embedding) and cut:  # a Linear's columns were sliced
             raise GraphShrinkError(
-                f"{name!r} and {partner!r} share a weight, and shrinking cut them apart "
+                f"{name!r} and {table!r} share a weight, and shrinking cut them apart "
                 "differently; please report this model"
             )
-        layer.weight = table.weight
+        holder.weight = source
+        if isinstance(holder, nn.Embedding):
+            holder.embedding_dim = source.shape[1]
+            if f"{table}.weight" in shapes:
+                shapes[f"{name}.weight"] = list(source.shape)
 
 
 def _emptied(cg: ChannelGraph, use: Use, gone: set[int]) -> bool:

@@ -500,8 +500,10 @@ class ChannelGraph:
     layer_norms: list[Use] = field(default_factory=list)  # followers over the channels
     parameters: list[Use] = field(default_factory=list)  # per-channel operands (layer scale)
     offsets: list[Use] = field(default_factory=list)  # those added in: class token, positions
-    ties: dict[str, str] = field(default_factory=dict)  # tied embedding ↔ output layer
+    ties: dict[str, str] = field(default_factory=dict)  # a tied module → its table
     tied_weights: set[str] = field(default_factory=set)  # parameters another module holds
+    tie_columns: dict[str, list[int]] = field(default_factory=dict)  # tied Linear → its ids
+    tables: dict[str, list[int]] = field(default_factory=dict)  # embedding weight → its ids
 
     # -- union-find ------------------------------------------------------------------
     def fresh(self, n: int, pinned: bool = False) -> list[int]:
@@ -621,7 +623,6 @@ def analyse(
     tied = tied_layers(model)  # a weight tied to another module's: sliced alone, untied
     cg.ties = embedding_ties(model)  # ... unless both are sliced alike (`_unite_ties`)
     cg.tied_weights = {f"{layer}.weight" for layer in tied}
-    tie_columns: dict[str, list[int]] = {}
     calls.update(norm_owner(n) for n in gm.graph.nodes if _is(n, {F.batch_norm}, set()))
     channelwise = PASSTHROUGH + CHANNELWISE_MODULES + tuple(passthrough)
     for node in gm.graph.nodes:
@@ -635,10 +636,11 @@ def analyse(
         if node.op == "call_module":
             module, target = gm.get_submodule(str(node.target)), str(node.target)
             free = target not in tied or target in cg.ties
-            once = (calls[node.target] == 1 or _stateless(module)) and free
+            table = isinstance(module, nn.Embedding)  # looked up again: the same columns
+            once = (calls[node.target] == 1 or _stateless(module) or table) and free
             found = _module_ids(cg, node, module, first, once, channelwise)
-            if target in cg.ties and found is not None:
-                tie_columns[target] = _tie_columns(cg, target, module, found)
+            if target in cg.ties and found is not None and not table:
+                cg.tie_columns[target] = _tie_columns(cg, target, found)
         elif node.op in ("call_function", "call_method"):
             if _chunk_pieces(cg, node, first) or split_pieces(cg, node, first):
                 continue
@@ -652,7 +654,7 @@ def analyse(
             if found is None or found[1] >= out.ndim or len(found[0]) != out.shape[found[1]]:
                 found = (cg.pinned_fresh(out.shape[1], f"the output of {_describe(node)}"), 1)
             cg.ids[node], cg.axis[node] = found
-    _unite_ties(cg, tie_columns)
+    _unite_ties(cg)
     pin_size_reads(cg)
     _pin_valued_size_reads(cg)
     verify_sized_calls(cg, lambda root: trace(root, leaf_modules, inputs))
@@ -660,44 +662,50 @@ def analyse(
 
 
 def embedding_ties(model: nn.Module) -> dict[str, str]:
-    """{module name: its partner} of each embedding table and Linear output layer that
-    share one weight (a language model's tied input and output embeddings: GPT-2's
-    `wte` and `lm_head`): the Linear reads the stream's channels as the table writes
-    them, so both lose the same columns and stay tied (`_unite_ties`)."""
+    """{module name: its table} of every module holding a weight that embedding tables
+    share, with at most one Linear output layer and nothing else (an encoder's and a
+    decoder's token tables and GPT-2's or BART's `lm_head`); the table is the first
+    embedding holding it, whose weight the others are pointed back at after slicing
+    (`graph._retie`). The lookups read the stream's channels as columns of the table and
+    the Linear reads them as its columns: all lose the same ones (`_unite_ties`)."""
     holders: dict[int, list[tuple[str, nn.Module]]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         weight = module._parameters.get("weight")
         if weight is not None:
             holders.setdefault(id(weight), []).append((name, module))
     ties: dict[str, str] = {}
-    for pair in holders.values():
-        kinds = sorted(pair, key=lambda held: not isinstance(held[1], nn.Embedding))
-        if len(kinds) != 2 or len({id(m) for _, m in kinds}) != 2:
-            continue
-        (table, embedding), (layer, linear) = kinds
-        if isinstance(embedding, nn.Embedding) and type(linear) is nn.Linear:
-            ties[table], ties[layer] = layer, table
+    for held in holders.values():
+        if len({id(m) for _, m in held}) < 2:
+            continue  # one module (under one name or several): no tie
+        tables = [n for n, m in held if isinstance(m, nn.Embedding)]
+        layers = [n for n, m in held if type(m) is nn.Linear]
+        if tables and len(layers) <= 1 and len(tables) + len(layers) == len(held):
+            ties.update(dict.fromkeys([*tables, *layers], tables[0]))
     return ties
 
 
-def _tie_columns(cg: ChannelGraph, name: str, module: nn.Module, found: Channels) -> list[int]:
-    """The channel ids of the tied weight's columns at `name`: an embedding's output, a
-    Linear's input (its own rows, the vocabulary, are pinned: they are the table's)."""
-    if isinstance(module, nn.Embedding):
-        return found[0]
+def _tie_columns(cg: ChannelGraph, name: str, found: Channels) -> list[int]:
+    """The channel ids of the tied weight's columns at the output layer `name`: its
+    input's (its own rows, the vocabulary, are pinned: they are the table's rows)."""
     cg.pin(found[0], f"the rows of {name!r}, the embedding table {cg.ties[name]!r} tied to it")
     return next(s.ids for s in reversed(cg.sinks) if s.name == name)
 
 
-def _unite_ties(cg: ChannelGraph, columns: dict[str, list[int]]) -> None:
-    """A tied table and output layer lose the same columns: their ids go together; where
-    the example reaches only one of them, its columns stay (the other keeps them all)."""
-    for name, partner in cg.ties.items():
-        if name in columns and partner in columns:
-            for a, b in zip(columns[name], columns[partner], strict=True):
+def _unite_ties(cg: ChannelGraph) -> None:
+    """A tied output layer loses the columns its table loses: their ids go together;
+    where the example reaches only one of the two, its columns stay (the other keeps them
+    all). Lookups of one table share its ids already (`_table_ids`)."""
+    for name, table in cg.ties.items():
+        if name == table or not isinstance(cg.root.get_submodule(name), nn.Linear):
+            continue
+        columns, ids = cg.tie_columns.get(name), cg.tables.get(f"{table}.weight")
+        if columns is not None and ids is not None:
+            for a, b in zip(columns, ids, strict=True):
                 cg.union(a, b)
-        elif name in columns:
-            cg.pin(columns[name], f"tied to {partner!r}, which the example does not reach")
+        elif columns is not None:
+            cg.pin(columns, f"tied to the table {table!r}, which the example does not look up")
+        elif ids is not None:
+            cg.pin(ids, f"its table is tied to {name!r}, which the example does not reach")
 
 
 def _pin_valued_size_reads(cg: ChannelGraph) -> None:
@@ -831,36 +839,48 @@ def _attention_ids(
 
 def _embedding_ids(cg: ChannelGraph, node: fx.Node, module: nn.Embedding) -> Channels | None:
     """An embedding lookup writes the stream's first channels (a language model's tokens
-    and positions): its output's last axis is the weight's columns. They are fresh ids,
-    sliced with the channels (`parameters`) and zeroed where `prune_units` drops the
-    channel (`offsets`: the table's values are constants, which a LayerNorm after it
-    could not fold). A `max_norm` renormalises each row over all its columns: pinned."""
+    and positions): its output's last axis is the weight's columns. A `max_norm`
+    renormalises each row over all its columns: pinned."""
     if module.max_norm is not None:
         return None
-    use = Use(f"{node.target}.weight", node, cg.fresh(module.embedding_dim), axis=1)
-    cg.parameters.append(use)
-    cg.offsets.append(use)
-    return use.ids, cg.values[node].ndim - 1
+    table = cg.ties.get(str(node.target), str(node.target))
+    return _table_ids(cg, f"{table}.weight", node, module.embedding_dim), cg.values[node].ndim - 1
+
+
+def _table_ids(cg: ChannelGraph, weight: str, node: fx.Node, width: int) -> list[int]:
+    """The channel ids of the columns of the table `weight`: fresh at its first lookup,
+    sliced with the channels (`parameters`) and zeroed where `prune_units` drops one
+    (`offsets`: the table's values are constants, which a LayerNorm after the lookup
+    could not fold); every other lookup of it (an encoder's and a decoder's) gives the
+    same ids, so the streams it writes lose the same columns."""
+    if weight not in cg.tables:
+        use = Use(weight, node, cg.fresh(width), axis=1)
+        cg.parameters.append(use)
+        cg.offsets.append(use)
+        cg.tables[weight] = use.ids
+    return cg.tables[weight]
 
 
 def _functional_embedding_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     """`F.embedding(ids, self.weight)` (an nn.Embedding subclass with a forward of its
-    own, as OPT's learned positions): as an embedding module, when the table is a
-    parameter of the model read by this lookup alone and there is no `max_norm`."""
+    own: OPT's learned positions, BART's scaled token table): as an embedding module,
+    when every read of the table is such a lookup and there is no `max_norm`."""
     weight = _arg(node, 1, "weight", None)
     source = _parameter_of(weight, cg.values) if isinstance(weight, fx.Node) else None
-    if source is None or weight is not source or len(weight.users) != 1:
+    if source is None or weight is not source:
         return None
-    table = cg.values.get(source)
+    table, target = cg.values.get(source), str(source.target)
     reads = [n for n in cg.gm.graph.nodes if n.op == "get_attr" and n.target == source.target]
-    if not isinstance(table, Tensor) or table.ndim != 2 or len(reads) != 1:
+    lookups = all(_is(u, {F.embedding}, set()) for n in reads for u in n.users)
+    if not isinstance(table, Tensor) or table.ndim != 2 or not lookups:
         return None
-    if _arg(node, 3, "max_norm", None) is not None or str(source.target) in cg.tied_weights:
+    owner = target.rpartition(".")[0]
+    if target in cg.tied_weights and owner not in cg.ties:
         return None
-    use = Use(str(source.target), source, cg.fresh(table.shape[1]), axis=1)
-    cg.parameters.append(use)
-    cg.offsets.append(use)
-    return use.ids, cg.values[node].ndim - 1
+    if _arg(node, 3, "max_norm", None) is not None:
+        return None
+    weight = f"{cg.ties[owner]}.weight" if owner in cg.ties else target
+    return _table_ids(cg, weight, source, table.shape[1]), cg.values[node].ndim - 1
 
 
 def _layer_norm_ids(
