@@ -253,3 +253,33 @@ def test_bart_and_opt_heads_and_their_learned_positions(tmp_path):
     loaded = load_shrunk(path, lambda: bp.convert(BartLike(), "gaussian").double())
     with torch.no_grad(), bp.nn.use_posterior_mean(loaded), bp.nn.use_posterior_mean(small):
         torch.testing.assert_close(loaded(ids), small(ids), rtol=0, atol=0)
+
+
+class NoNormBlock(nn.Module):
+    """MobileBERT's shape: the attention's output projection writes a stream that no
+    LayerNorm reads (its `NoNorm` is a per-channel scale and shift), so a dropped unit's
+    constant is folded into the next layer, not zeroed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.attention = nn.Linear(6, 16), EncoderDecoderAttention()
+        self.scale, self.shift = nn.Parameter(torch.rand(16) + 0.5), nn.Parameter(torch.randn(16))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x)
+        h = (h + self.attention(h)[0]) * self.scale + self.shift
+        return self.head(h.mean(1))
+
+
+def test_a_dropped_head_and_dropped_output_units_together_equal_the_masked_model():
+    """The dropped head's constant was folded into every row of the output projection,
+    the dropped rows too, which the masked model (those rows masked) does not have:
+    MobileBERT failed the check by 2e-3."""
+    torch.manual_seed(0)
+    model = bp.convert(NoNormBlock(), "gaussian").double().eval()
+    stream = list(range(4, 16))  # the residual stream's units: both writers drop 0-3
+    keep = {"attention": [1, 2, 3], "attention.out_proj": stream, "embed": stream}
+    result = shrink_graph(model, _tokens(), prune_units=keep)
+    assert result.model.attention.num_heads == 3 and result.model.head.in_features == 12
+    assert result.max_abs_difference < 1e-9

@@ -1010,6 +1010,11 @@ def _shrink_traced(
         dropped = (~forced.pop(name)).nonzero().flatten().tolist()  # a projection's units:
         for target in (work, reference):  # masked; heads left without values go below
             mask_rows(target, name, dropped)
+    for out in (f"{n}.{layout.out}" for n, layout in layouts.items()):
+        if out in forced:  # its dropped rows masked before a dropped head's constant is
+            dropped = (~forced[out]).nonzero().flatten().tolist()  # folded into its bias:
+            for target in (work, reference):  # the masked model has no such term there
+                mask_rows(target, out, dropped)
     options = {"passthrough": tuple(passthrough), "leaf_modules": tuple(leaf_modules)}
     worker = _GraphShrinker(work, reference, inputs, inclusion_threshold, forced, options)
     if prune_inputs:
