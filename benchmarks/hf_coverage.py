@@ -67,6 +67,47 @@ def _builders(tf: Any) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
             lambda: tf.AlbertForSequenceClassification(tf.AlbertConfig(**text, embedding_size=32)),
             "text",
         ),
+        "bert_mlm": (  # its decoder is tied to the word embeddings
+            lambda: tf.BertForMaskedLM(tf.BertConfig(**text)),
+            "text",
+        ),
+        "xlm_roberta": (
+            lambda: tf.XLMRobertaForSequenceClassification(tf.XLMRobertaConfig(**text)),
+            "text",
+        ),
+        "mpnet": (
+            lambda: tf.MPNetForSequenceClassification(tf.MPNetConfig(**text)),
+            "text",
+        ),
+        "mobilebert": (
+            lambda: tf.MobileBertForSequenceClassification(
+                tf.MobileBertConfig(
+                    vocab_size=VOCAB,
+                    hidden_size=64,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    intermediate_size=128,
+                    embedding_size=32,
+                    intra_bottleneck_size=32,
+                    true_hidden_size=32,
+                )
+            ),
+            "text",
+        ),
+        "gpt2_cls": (  # pools at the last token before padding
+            lambda: tf.GPT2ForSequenceClassification(
+                tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, pad_token_id=0)
+            ),
+            "text",
+        ),
+        "llama_cls": (
+            lambda: tf.LlamaForSequenceClassification(
+                tf.LlamaConfig(
+                    **text, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0
+                )
+            ),
+            "text",
+        ),
         "gpt2": (
             lambda: tf.GPT2LMHeadModel(
                 tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB)
