@@ -184,7 +184,7 @@ def test_a_traceable_submodule_of_a_branching_forward_is_shrunk():
 
 
 class Keyworded(nn.Module):
-    """A part called with a keyword argument is searched inside, not traced."""
+    """A part called with a keyword constant is bound to it (`scale=2.0`)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -203,9 +203,14 @@ class Wrapper(nn.Module):
         return self.body(x) * scale
 
 
-def test_a_submodule_called_with_keywords_is_searched_inside():
+def test_a_submodule_called_with_a_keyword_constant_is_a_part_bound_to_it():
     model, x = _build(Keyworded, "gaussian"), _x()
-    assert [p.name for p in find_parts(model, (x,)).parts] == ["inner.body"]
+    (part,) = find_parts(model, (x,)).parts
+    assert part.name == "inner" and part.constants == {"scale": 2.0}
+    with torch.no_grad(), use_posterior_mean(model):
+        with part.bound():
+            bound = part.module(*part.inputs)
+        torch.testing.assert_close(bound, 2.0 * model.inner.body(*part.inputs))
 
 
 class Layerless(nn.Module):

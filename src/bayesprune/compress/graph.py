@@ -729,25 +729,23 @@ def _channel_uses(cg: ChannelGraph) -> list[Use]:
 
 
 def _on_kept_heads(
-    expected: list[Tensor],
-    got: list[Tensor],
-    counts: Mapping[str, int],
-    kept_heads: Mapping[str, list[int]],
+    expected: list[Tensor], got: list[Tensor], kept_heads: Mapping[str, list[int]]
 ) -> tuple[list[Tensor], int]:
     """The masked model's outputs, each that holds one entry per head of an attention
-    module that lost heads (a cache of its keys and values, B × heads × T × d; `counts`:
-    the heads each had) reduced to that module's kept heads, where the shrunk output is
-    exactly that (so a per-head output narrows with its heads, compared value by value);
-    how many were reduced."""
+    module that lost heads (a cache of its keys and values, B × heads × T × d) reduced
+    to that module's kept heads, where the shrunk output is exactly that (so a per-head
+    output narrows with its heads, compared value by value); how many were reduced."""
     reduced, narrowed = list(expected), 0
+    if len(expected) != len(got):
+        return reduced, narrowed
     for k, (e, g) in enumerate(zip(expected, got, strict=True)):
         if e.shape == g.shape or e.ndim != g.ndim:
             continue
         axes = [a for a in range(e.ndim) if e.shape[a] != g.shape[a]]
         if len(axes) != 1:
             continue
-        for name, kept in kept_heads.items():
-            if (counts[name], len(kept)) != (e.shape[axes[0]], g.shape[axes[0]]):
+        for kept in kept_heads.values():
+            if len(kept) != g.shape[axes[0]] or max(kept, default=0) >= e.shape[axes[0]]:
                 continue
             candidate = e.index_select(axes[0], torch.tensor(kept, device=e.device))
             if torch.allclose(candidate, g, rtol=1e-4, atol=1e-5 * max(1.0, _largest(e))):
@@ -1019,7 +1017,6 @@ def _shrink_traced(
     worker = _GraphShrinker(work, reference, inputs, inclusion_threshold, forced, options)
     if prune_inputs:
         worker.prune_inputs(prune_inputs)
-    head_counts = {name: head_count(module) for name, module in attention.items()}
     kept_heads, head_attributes = _remove_heads(
         work, reference, attention, heads, inclusion_threshold
     )
@@ -1104,7 +1101,7 @@ def _shrink_traced(
             "the others: merged_units)"
         )
     expected, got = _outputs(reference, inputs), _outputs(work, worker.inputs)
-    expected, narrowed = _on_kept_heads(expected, got, head_counts, kept_heads)
+    expected, narrowed = _on_kept_heads(expected, got, kept_heads)
     shapes = [(tuple(e.shape), tuple(g.shape)) for e, g in zip(expected, got, strict=True)]
     if any(e != g for e, g in shapes):
         raise GraphShrinkError(
@@ -1159,7 +1156,9 @@ def _shrink_parts(
     for part in found.parts:
         prefix = part.prefix
         units = {n[len(prefix) :]: v for n, v in prune_units.items() if n.startswith(prefix)}
-        shrunk, masked = _shrink_traced(part.module, part.inputs, units, None, settings)
+        with part.bound() as cls:  # called with the constants its call in the model passed
+            shrunk, masked = _shrink_traced(part.module, part.inputs, units, None, settings)
+        shrunk.model.__class__ = masked.__class__ = cls  # copies made while it was bound
         set_module(work, part.name, shrunk.model)
         set_module(reference, part.name, masked)
         result.layers += [replace(r, name=prefix + r.name) for r in shrunk.layers]
@@ -1184,7 +1183,7 @@ def _shrink_parts(
         f"{found.reason}: it was shrunk in parts, the submodules that trace "
         f"({', '.join(result.parts)}), each with its inputs and outputs kept{outside}",
     )
-    diff, scale = _part_differences(reference, work, inputs, result.parts)
+    diff, scale = _part_differences(reference, work, inputs, result.parts, result.heads)
     result.max_abs_difference = diff
     if settings.check and diff > _tolerance(settings.tolerance, model) * max(1.0, scale):
         raise GraphShrinkError(
@@ -1198,14 +1197,19 @@ def _shrink_parts(
 
 
 def _part_differences(
-    reference: nn.Module, work: nn.Module, inputs: tuple[Any, ...], parts: Sequence[str]
+    reference: nn.Module,
+    work: nn.Module,
+    inputs: tuple[Any, ...],
+    parts: Sequence[str],
+    kept_heads: Mapping[str, list[int]],
 ) -> tuple[float, float]:
     """Largest |shrunk − masked| in one forward of `inputs` (inf where shapes or counts
     differ), and the largest |masked value| compared: over every output of every call of
     every part, and over the model's outputs when the masked model's parts hand on the
     shrunk parts' outputs. The code outside the parts then reads the same values in both
     models, so its outputs differ only if it reads something shrinking changed; a
-    threshold or a sort in it cannot turn a rounding difference into a large one."""
+    threshold or a sort in it cannot turn a rounding difference into a large one. An
+    output with one entry per head narrows with the heads (`_on_kept_heads`)."""
     shrunk: list[Any] = []
     work_handles = [
         work.get_submodule(name).register_forward_hook(lambda _m, _a, out: shrunk.append(out))
@@ -1232,6 +1236,7 @@ def _part_differences(
         return float("inf"), 0.0
     expected = [t for out in masked for t in _tensors(out)] + reference_out
     got = [t for out in shrunk for t in _tensors(out)] + work_out
+    expected = _on_kept_heads(expected, got, kept_heads)[0]  # a part's per-head cache
     diff, scale = 0.0, 0.0
     if len(expected) != len(got):
         return float("inf"), scale

@@ -6,8 +6,11 @@ may branch on a tensor's value. torch.fx cannot trace such code, so `shrink_grap
 *parts*: the largest submodules that trace on their own. The example is run through the
 whole model once (eval mode, posterior means), forward hooks record the arguments each
 submodule receives, and the module tree is searched from the top: a submodule with
-prunable layers is a part when its `forward` traces, takes tensors only, and none of its
-modules is called by code outside it; any other is searched inside. Each part is then
+prunable layers is a part when its `forward` traces, takes tensors by position and
+constants by keyword (`return_dict=True`), and none of its modules is called by code
+outside it; any other is searched inside. A part called with keyword constants is bound
+to them (`bound_constants`), and traced with the values of its arguments where the
+symbolic trace fails. Each part is then
 analysed and shrunk as a model of its own, on the arguments it received: its inputs and
 outputs are pinned, since the untraced code that feeds and reads them is unknown, so
 every channel that leaves a part keeps its width and the code around it runs unchanged.
@@ -23,8 +26,10 @@ unrolled), where parts come first and the valued graph is the last resort.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,24 +49,64 @@ from .graph_trace import (
 
 @dataclass
 class Part:
-    """A submodule that traces on its own, and the arguments it received first."""
+    """A submodule that traces on its own, and the arguments it received first: tensors
+    by position, and the constants it was given by keyword (`return_dict=True`)."""
 
     name: str  # its qualified name in the model; "" for the whole model
     module: nn.Module
     inputs: tuple[Tensor, ...]
     calls: int = 1
+    constants: dict[str, Any] = field(default_factory=dict)
 
     @property
     def prefix(self) -> str:
         """What its modules' names start with in the model ("" for the whole model)."""
         return f"{self.name}." if self.name else ""
 
+    @contextlib.contextmanager
+    def bound(self) -> Iterator[type[nn.Module]]:
+        """For the block, the module called with its inputs alone computes what its call
+        in the model did (`bound_constants`); yields its own class, which a copy made
+        inside the block gets back with `copy.__class__ = cls`."""
+        cls = type(self.module)
+        with bound_constants(self.module, self.constants, len(self.inputs)):
+            yield cls
+
+
+@contextlib.contextmanager
+def bound_constants(module: nn.Module, constants: dict[str, Any], given: int) -> Iterator[None]:
+    """For the block, `module`'s forward takes its first `given` arguments alone and
+    passes `constants` by keyword (a Hugging Face encoder-decoder called by its
+    classifier with `return_dict=True, use_cache=False, ...`), so a trace of it, and
+    every call of it on the part's inputs, is the call the model made."""
+    if not constants:
+        yield
+        return
+    cls = type(module)
+    params = list(inspect.signature(cls.forward).parameters)[1 : given + 1]  # after self
+    arguments = ", ".join(params)
+    source = (
+        f"def forward(self, {arguments}):\n    return _forward(self, {arguments}, **_constants)\n"
+    )
+    scope: dict[str, Any] = {"_forward": cls.forward, "_constants": dict(constants)}
+    exec(source, scope)  # a real code object with these argument names: fx reads it
+    module.__class__ = type(cls.__name__, (cls,), {"forward": scope["forward"]})
+    try:
+        yield
+    finally:
+        module.__class__ = cls
+
+
+def _constant(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
 
 @dataclass
 class _Calls:
-    tensors: bool  # the first call passed tensors only, positionally
+    tensors: bool  # the first call passed tensors by position and constants by keyword
     args: tuple[Any, ...] | None = None  # a copy of that call's arguments, when kept
     count: int = 1
+    constants: dict[str, Any] = field(default_factory=dict)  # its keyword constants
 
 
 @dataclass
@@ -118,8 +163,11 @@ def record_calls(
             if name in calls:
                 calls[name].count += 1
             else:
-                tensors = not kwargs and all(isinstance(a, Tensor) for a in args)
-                calls[name] = _Calls(tensors, _detached(args) if keep_args else None)
+                constants = all(_constant(v) for v in kwargs.values())
+                tensors = constants and all(isinstance(a, Tensor) for a in args)
+                keep = keep_args or (tensors and bool(kwargs))  # such a part is traced valued
+                copied = _detached(args) if keep else None
+                calls[name] = _Calls(tensors, copied, constants=dict(kwargs) if tensors else {})
 
     def leave(module: nn.Module, _args: Any, _out: Any) -> None:
         for name in named[id(module)]:
@@ -144,6 +192,19 @@ def _traces(module: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> bool:
     except GraphTraceError:
         return False
     return True
+
+
+def _part_traces(module: nn.Module, leaf_modules: Sequence[type[nn.Module]], call: _Calls) -> bool:
+    """Whether `module` traces as it was called: symbolically, or, for a call that passed
+    constants by keyword (Hugging Face's models calling their encoder-decoder), bound to
+    them and with the values of the arguments it got (not unrolling a loop)."""
+    if not call.constants:
+        return _traces(module, leaf_modules)
+    with bound_constants(module, call.constants, len(call.args or ())):
+        if _traces(module, leaf_modules):
+            return True
+        valued = _valued_trace(module, leaf_modules, call.args or ())
+    return valued is not None and not _repeated_calls(valued)
 
 
 VALUED = (
@@ -210,7 +271,8 @@ def find_parts(
             qualified = f"{prefix}.{name}" if prefix else name
             if qualified not in calls:
                 continue  # a layer, nothing to prune, or not run by this example
-            if calls[qualified].tensors and qualified not in leaky and _traces(child, leaf_modules):
+            call = calls[qualified]
+            if call.tensors and qualified not in leaky and _part_traces(child, leaf_modules, call):
                 chosen.append(qualified)
             else:
                 search(qualified, child)
@@ -220,9 +282,12 @@ def find_parts(
     # would otherwise hold a copy of every candidate block's input at once)
     kept = record_calls(model, inputs, chosen, keep_args=True)[0] if chosen else {}
     parts = [
-        Part(name, model.get_submodule(name), kept[name].args or (), kept[name].count)
+        Part(
+            name, model.get_submodule(name), kept[name].args or (), kept[name].count,
+            kept[name].constants,
+        )
         for name in chosen
-    ]
+    ]  # fmt: skip
     if not parts and valued is not None:
         return Parts([Part("", model, inputs)], traced=True, reason=VALUED)
     if not parts:

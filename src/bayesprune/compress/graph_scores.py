@@ -153,7 +153,10 @@ def activation_scores(
     options = {"passthrough": tuple(passthrough), "leaf_modules": tuple(leaf_modules)}
     found = find_parts(model, tuple(t[:2] for t in first), options["leaf_modules"])
     prove_heads(model, tuple(t[:2] for t in first))  # each on its own call, before the hooks
-    graphs = [(p.prefix, analyse(p.module, p.inputs, **options)) for p in found.parts]
+    graphs = []
+    for part in found.parts:
+        with part.bound():  # called with the constants its call in the model passed
+            graphs.append((part.prefix, analyse(part.module, part.inputs, **options)))
     moments = {pre + use.name: _ColumnMoments(use.axis) for pre, cg in graphs for use in cg.sinks}
     handles = [model.get_submodule(n).register_forward_pre_hook(m) for n, m in moments.items()]
     attention = [name for name in attention_modules(model) if found.owner(name) is not None]
