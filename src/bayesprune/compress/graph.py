@@ -238,6 +238,7 @@ class _GraphShrinker:
     ) -> None:
         self.model, self.reference, self.inputs = model, reference, inputs
         self.threshold, self.forced, self.options = threshold, forced, options
+        self.head_folds: dict[str, Tensor] = {}  # output projection → bias added per row
         self.kept: dict[str, Tensor] = {}  # producer / follower → kept original channels
         self.kept_inputs: dict[str, list[int]] = {}
         self.inputs_before: dict[str, int] = {}
@@ -513,6 +514,20 @@ class _GraphShrinker:
         self._cache.clear()
         return (self.zeroed, sum(self.offsets_zeroed.values())) != before
 
+    def _unfold_heads(self, name: str, rows: list[int]) -> None:
+        """Take back from masked rows of an attention's output projection the constant
+        of its removed heads folded into their bias (`heads.remove_heads`): the masked
+        model has those rows' weights zero, so no head reaches them there (their mean;
+        the variance folded with it stays, on rows that are deleted)."""
+        fold = self.head_folds.get(name)
+        if fold is None:
+            return
+        layer = as_prunable(self.model.get_submodule(name))
+        undo = torch.zeros(len(self.kept[name]), dtype=fold.dtype, device=fold.device)
+        undo[rows] = -fold[self.kept[name][rows].to(fold.device)]
+        if bool(undo.any()):
+            layer.fold_into_bias(undo)
+
     def _mask_dead(self, cg: ChannelGraph, dead: set[int]) -> bool:
         """Mask the dead units that still have weights, here and in the reference."""
         before = self.masked + self.silenced
@@ -526,6 +541,7 @@ class _GraphShrinker:
             if rows:
                 mask_rows(self.model, p.name, rows)
                 mask_rows(self.reference, p.name, self.kept[p.name][rows].tolist())
+                self._unfold_heads(p.name, rows)
                 self.masked += len(rows)
         self._cache.clear()
         return self.masked + self.silenced > before
@@ -869,15 +885,17 @@ def _remove_heads(
     attention: Mapping[str, nn.Module],
     keep: Mapping[str, Tensor],
     threshold: float,
+    folds: dict[str, Tensor],
 ) -> tuple[dict[str, list[int]], dict[str, dict[str, Any]]]:
     """Remove the heads `keep` drops and the dead ones (`heads`); kept heads per module
-    that lost any, and the size attributes rewritten (a fused module's head count)."""
+    that lost any, and the size attributes rewritten (a fused module's head count);
+    `folds` gets what each output projection's bias received per row."""
     kept, attributes = {}, {}
     for name, module in attention.items():
         before = head_count(module)
         wanted = keep.get(name, torch.ones(before, dtype=torch.bool))
         drop = wanted & ~dead_heads(module, threshold)
-        survivors, changed = remove_heads(work, name, drop, reference)
+        survivors, changed = remove_heads(work, name, drop, reference, folds)
         if len(survivors) < before:
             kept[name] = survivors.tolist()
         for path, value in changed.items():  # "self.num_attention_heads": its module's
@@ -1008,17 +1026,12 @@ def _shrink_traced(
         dropped = (~forced.pop(name)).nonzero().flatten().tolist()  # a projection's units:
         for target in (work, reference):  # masked; heads left without values go below
             mask_rows(target, name, dropped)
-    for out in (f"{n}.{layout.out}" for n, layout in layouts.items()):
-        if out in forced:  # its dropped rows masked before a dropped head's constant is
-            dropped = (~forced[out]).nonzero().flatten().tolist()  # folded into its bias:
-            for target in (work, reference):  # the masked model has no such term there
-                mask_rows(target, out, dropped)
     options = {"passthrough": tuple(passthrough), "leaf_modules": tuple(leaf_modules)}
     worker = _GraphShrinker(work, reference, inputs, inclusion_threshold, forced, options)
     if prune_inputs:
         worker.prune_inputs(prune_inputs)
     kept_heads, head_attributes = _remove_heads(
-        work, reference, attention, heads, inclusion_threshold
+        work, reference, attention, heads, inclusion_threshold, worker.head_folds
     )
     rounds = 0
     while rounds < max_rounds and worker.round():

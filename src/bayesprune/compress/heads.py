@@ -394,12 +394,17 @@ def dead_heads(module: nn.Module, threshold: float = 0.5) -> Tensor:
 
 
 def remove_heads(
-    model: nn.Module, name: str, keep: Tensor, reference: nn.Module | None = None
+    model: nn.Module,
+    name: str,
+    keep: Tensor,
+    reference: nn.Module | None = None,
+    folds: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, int]]:
     """Delete the heads of attention `name` that `keep` (bool per head) drops, in place.
 
     Their value rows are masked (also in `reference`, the model the result must equal),
-    the constant they then output is folded into the output projection's bias, and the
+    the constant they then output is folded into the output projection's bias (what
+    each row received is added to `folds` under the projection's name), and the
     projections lose those rows, the output projection those columns. Every module keeps
     at least one head (the first, when `keep` keeps none). Returns the indices of the
     heads it kept and the size attributes it rewrote (a fused module's head count).
@@ -414,16 +419,21 @@ def remove_heads(
     for target in (model, reference):
         if target is not None:
             mask_rows(target, f"{name}.{layout.value}", values.tolist())
-    _fold_value_bias(module, layout, values, head_units(module, drop))
+    added = _fold_value_bias(module, layout, values, head_units(module, drop))
+    if folds is not None and added is not None:
+        out = f"{name}.{layout.out}"
+        folds[out] = folds[out] + added if out in folds else added
     return kept_heads, layout.keep(module, kept_heads)
 
 
-def _fold_value_bias(module: nn.Module, layout: HeadLayout, rows: Tensor, columns: Tensor) -> None:
+def _fold_value_bias(
+    module: nn.Module, layout: HeadLayout, rows: Tensor, columns: Tensor
+) -> Tensor | None:
     """out's bias += W[:, columns] · c for the masked heads' constant value output c (the
-    value bias at `rows`)."""
+    value bias at `rows`); what was added (None when nothing was)."""
     value = as_prunable(module.get_submodule(layout.value)).to_deterministic()
     if value.bias is None:
-        return  # the heads output 0: nothing to fold
+        return None  # the heads output 0: nothing to fold
     constant = value.bias.detach()[rows.to(value.bias.device)]
     if layout.value in layout.grouped:  # one value head serves each query head of its group
         size = layout.head_size(module)
@@ -434,8 +444,10 @@ def _fold_value_bias(module: nn.Module, layout: HeadLayout, rows: Tensor, column
     weight = out.to_deterministic().weight.detach()[:, columns]
     std = out.posterior().weight_std.detach()[:, columns]
     mean = weight @ constant
-    if bool(mean.any()):
-        out.fold_into_bias(mean, std.square() @ constant.square())
+    if not bool(mean.any()):
+        return None
+    out.fold_into_bias(mean, std.square() @ constant.square())
+    return mean
 
 
 def head_scores(model: nn.Module, spreads: Mapping[str, Tensor]) -> dict[str, Tensor]:
