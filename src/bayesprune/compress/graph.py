@@ -886,6 +886,7 @@ def _remove_heads(
     keep: Mapping[str, Tensor],
     threshold: float,
     folds: dict[str, Tensor],
+    shapes: dict[str, list[int]],
 ) -> tuple[dict[str, list[int]], dict[str, dict[str, Any]]]:
     """Remove the heads `keep` drops and the dead ones (`heads`); kept heads per module
     that lost any, and the size attributes rewritten (a fused module's head count);
@@ -895,7 +896,7 @@ def _remove_heads(
         before = head_count(module)
         wanted = keep.get(name, torch.ones(before, dtype=torch.bool))
         drop = wanted & ~dead_heads(module, threshold)
-        survivors, changed = remove_heads(work, name, drop, reference, folds)
+        survivors, changed = remove_heads(work, name, drop, reference, folds, shapes)
         if len(survivors) < before:
             kept[name] = survivors.tolist()
         for path, value in changed.items():  # "self.num_attention_heads": its module's
@@ -1031,8 +1032,9 @@ def _shrink_traced(
     if prune_inputs:
         worker.prune_inputs(prune_inputs)
     kept_heads, head_attributes = _remove_heads(
-        work, reference, attention, heads, inclusion_threshold, worker.head_folds
-    )
+        work, reference, attention, heads, inclusion_threshold, worker.head_folds,
+        worker.parameters,
+    )  # fmt: skip
     rounds = 0
     while rounds < max_rounds and worker.round():
         rounds += 1

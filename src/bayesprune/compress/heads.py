@@ -93,6 +93,11 @@ class HeadLayout:
         return int(getattr(module.get_submodule(self.owner), self.count))
 
     def head_size(self, module: nn.Module) -> int:
+        """A head's width: its attribute, or, when `size` is "", the value rows over the
+        head count (timm's Swin keeps no `head_dim`)."""
+        if not self.size:
+            rows = int(_shape(module.get_submodule(self.value))[0])
+            return rows // (self.heads(module) * (3 if self.fused else 1))
         return int(getattr(module.get_submodule(self.owner), self.size))
 
     def group(self, module: nn.Module) -> int:
@@ -131,9 +136,18 @@ class HeadLayout:
         width = self.heads(module) * self.head_size(module)
         return torch.cat([units + part * width for part in range(3)])
 
-    def keep(self, module: nn.Module, heads: Tensor) -> dict[str, int]:
-        """Slice `module` to `heads`, in place; the size attributes it rewrote (by their
-        path from `module`: "self.num_attention_heads")."""
+    def keep(
+        self, module: nn.Module, heads: Tensor, tables: tuple[tuple[str, int], ...] = ()
+    ) -> dict[str, int]:
+        """Slice `module` to `heads`, in place, and its parameters `tables` (path, the dim
+        with one entry per head: a Swin's relative position bias table); the size
+        attributes it rewrote (by their path from `module`: "self.num_attention_heads")."""
+        for path, dim in tables:
+            owner, _, attr = path.rpartition(".")
+            holder = module.get_submodule(owner)
+            table = getattr(holder, attr)
+            cut = table.detach().index_select(dim, heads.to(table.device)).clone()
+            setattr(holder, attr, nn.Parameter(cut, table.requires_grad))
         columns = self.units(module, heads)
         rows = {name: self.rows(module, heads, name) for name in self.projections}
         for name in self.projections:
@@ -164,6 +178,7 @@ _SPLIT = HeadLayout(
 _FUSED = (
     HeadLayout("qkv", ("qkv",), "proj", fused=True, widths=("attn_dim",)),
     HeadLayout("c_attn", ("c_attn",), "c_proj", fused=True, widths=("split_size",)),  # GPT-2
+    HeadLayout("qkv", ("qkv",), "proj", fused=True, size=""),  # timm's Swin: no head_dim
     HeadLayout(  # GPT-NeoX (Pythia): each head's q, k and v rows together, counted by -1
         "query_key_value", ("query_key_value",), "dense", True, "", "", "head_size",
         rewrites=False, interleaved=True,
@@ -282,7 +297,9 @@ def _has(module: nn.Module, paths: tuple[str, ...]) -> bool:
 
 def _has_attributes(module: nn.Module, layout: HeadLayout) -> bool:
     owner = module.get_submodule(layout.owner)
-    size = getattr(owner, layout.size, None)
+    if not layout.size and not isinstance(getattr(owner, layout.count, None), int):
+        return False  # a width derived from the count needs the count
+    size = getattr(owner, layout.size, None) if layout.size else layout.head_size(module)
     group = getattr(owner, layout.groups, None) if layout.groups else 1
     if not isinstance(size, int) or size <= 0 or not isinstance(group, int) or group < 1:
         return False
@@ -292,6 +309,35 @@ def _has_attributes(module: nn.Module, layout: HeadLayout) -> bool:
 
 def _shape(layer: Any) -> Any:
     return tuple(as_prunable(layer).posterior().weight_mean.shape) if is_prunable(layer) else None
+
+
+_TABLES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[str, int], ...]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per proven module, its parameters with one entry per head that its heads take along."""
+
+
+def head_tables(module: nn.Module) -> tuple[tuple[str, int], ...]:
+    """The parameters of a proven attention module that hold one entry per head (path,
+    dim), sliced with its heads: () for most."""
+    return _TABLES.get(module, ())
+
+
+def _table_candidates(module: nn.Module, layout: HeadLayout) -> tuple[tuple[str, int], ...]:
+    """Parameters of `module` outside its projections with exactly one dim of the head
+    count (a relative position bias table, num_relative × heads): what a probe may prove
+    to be per head. None for grouped-query attention (its units are groups)."""
+    if layout.groups:
+        return ()
+    count, layers = layout.heads(module), (*layout.projections, layout.out)
+    found = []
+    for name, p in module.named_parameters():
+        if any(name.startswith(f"{layer}.") for layer in layers):
+            continue
+        dims = [d for d, size in enumerate(p.shape) if size == count]
+        if len(dims) == 1:
+            found.append((name, dims[0]))
+    return tuple(found)
 
 
 def _proven(module: nn.Module, layout: HeadLayout, call: Any = None) -> bool:
@@ -305,10 +351,22 @@ def _proven(module: nn.Module, layout: HeadLayout, call: Any = None) -> bool:
             return False
     if _shape(module.get_submodule(layout.out))[1:] != (heads * size * layout.group(module),):
         return False
-    return _probe(module, layout, call)
+    _TABLES.pop(module, None)
+    if _probe(module, layout, call):
+        return True
+    tables = _table_candidates(module, layout)  # the heads may carry a table of their own
+    if tables and _probe(module, layout, call, tables):
+        _TABLES[module] = tables
+        return True
+    return False
 
 
-def _probe(module: nn.Module, layout: HeadLayout, call: Any = None) -> bool:
+def _probe(
+    module: nn.Module,
+    layout: HeadLayout,
+    call: Any = None,
+    tables: tuple[tuple[str, int], ...] = (),
+) -> bool:
     """A deterministic copy without head 0 computes what the copy computes with head 0's
     output columns zeroed (on the recorded `call`, else on a few random tokens)."""
     try:
@@ -325,7 +383,7 @@ def _probe(module: nn.Module, layout: HeadLayout, call: Any = None) -> bool:
             silenced.get_submodule(layout.out).weight[:, :first] = 0.0
             args, kwargs = _fresh(call)
             expected = _first(silenced(*args, **kwargs))
-            layout.keep(probe, torch.arange(1, layout.heads(module)))
+            layout.keep(probe, torch.arange(1, layout.heads(module)), tables)
             args, kwargs = _fresh(call)
             got = _first(probe(*args, **kwargs))
     except Exception:  # any failure of the layout's assumptions: not this layout
@@ -399,12 +457,14 @@ def remove_heads(
     keep: Tensor,
     reference: nn.Module | None = None,
     folds: dict[str, Tensor] | None = None,
+    shapes: dict[str, list[int]] | None = None,
 ) -> tuple[Tensor, dict[str, int]]:
     """Delete the heads of attention `name` that `keep` (bool per head) drops, in place.
 
     Their value rows are masked (also in `reference`, the model the result must equal),
     the constant they then output is folded into the output projection's bias (what
-    each row received is added to `folds` under the projection's name), and the
+    each row received is added to `folds` under the projection's name), their entries of
+    a per-head table go (its new shape in `shapes`), and the
     projections lose those rows, the output projection those columns. Every module keeps
     at least one head (the first, when `keep` keeps none). Returns the indices of the
     heads it kept and the size attributes it rewrote (a fused module's head count).
@@ -423,7 +483,13 @@ def remove_heads(
     if folds is not None and added is not None:
         out = f"{name}.{layout.out}"
         folds[out] = folds[out] + added if out in folds else added
-    return kept_heads, layout.keep(module, kept_heads)
+    tables = head_tables(module)
+    changed = layout.keep(module, kept_heads, tables)
+    if shapes is not None:  # a table's new shape, for save_shrunk (`channel_parameters`)
+        shapes.update(
+            {f"{name}.{path}": list(module.get_parameter(path).shape) for path, _ in tables}
+        )
+    return kept_heads, changed
 
 
 def _fold_value_bias(
