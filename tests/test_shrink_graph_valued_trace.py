@@ -192,3 +192,25 @@ def test_a_width_read_off_a_tensor_in_a_valued_trace_pins_its_channels():
     result = shrink_graph(model, (x,), prune_units=keep_units(scores, sparsity=0.5))
     assert result.model.embed.out_features == 8 and result.model.fc1.out_features == 6
     assert result.max_abs_difference < 1e-9
+
+
+class OptionalMask(nn.Module):
+    """fx's symbolic trace takes `mask is None` as false (a proxy is not None) and
+    records the product with a mask the example never gives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is None:
+            mask = torch.ones_like(x[:, :1])
+        return self.fc(x) * mask
+
+
+def test_a_symbolic_trace_that_reads_an_unset_argument_gives_way_to_the_valued_one():
+    model, x = OptionalMask().eval(), torch.randn(5, 4)
+    gm = trace(model, inputs=(x,))
+    assert [n.target for n in gm.graph.nodes if n.op == "placeholder"] == ["x"]
+    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+    assert find_parts(model, (x,)).reason == VALUED
