@@ -21,16 +21,15 @@ dependency of bayesprune; its `hf` extra installs it beside the bench extra:
 
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import add_results_dir_option, use_results_dir, write_results
+from _common import write_results
 from graph_groups import torchvision_models
-from timm_coverage import _convert_takes_inputs, _pins
+from timm_coverage import _convert_takes_inputs, _pins, coverage_args
 from timm_coverage import render as coverage_report
 from torchvision_coverage import failure, measure
 
@@ -45,6 +44,13 @@ def _builders(tf: Any) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
     """name → (a builder of the model from a small configuration, its input kind)."""
     text = dict(TEXT, vocab_size=VOCAB)
     image = dict(TEXT, image_size=32, patch_size=8, num_labels=10)
+    decoder = dict(text, num_key_value_heads=2, max_position_embeddings=64)  # Llama's family
+    gpt2 = dict(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB)
+    bart = dict(
+        d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        vocab_size=VOCAB, max_position_embeddings=64,
+    )  # fmt: skip
     return {
         "bert": (lambda: tf.BertForSequenceClassification(tf.BertConfig(**text)), "text"),
         "roberta": (
@@ -95,49 +101,31 @@ def _builders(tf: Any) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
             "text",
         ),
         "gpt2_cls": (  # pools at the last token before padding
-            lambda: tf.GPT2ForSequenceClassification(
-                tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, pad_token_id=0)
-            ),
+            lambda: tf.GPT2ForSequenceClassification(tf.GPT2Config(**gpt2, pad_token_id=0)),
             "text",
         ),
         "llama_cls": (
-            lambda: tf.LlamaForSequenceClassification(
-                tf.LlamaConfig(
-                    **text, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0
-                )
-            ),
+            lambda: tf.LlamaForSequenceClassification(tf.LlamaConfig(**decoder, pad_token_id=0)),
             "text",
         ),
         "gpt2": (
-            lambda: tf.GPT2LMHeadModel(
-                tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB)
-            ),
+            lambda: tf.GPT2LMHeadModel(tf.GPT2Config(**gpt2)),
             "text",
         ),
         "llama": (
-            lambda: tf.LlamaForCausalLM(
-                tf.LlamaConfig(**text, num_key_value_heads=2, max_position_embeddings=64)
-            ),
+            lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**decoder)),
             "text",
         ),
         "mistral": (
-            lambda: tf.MistralForCausalLM(
-                tf.MistralConfig(**text, num_key_value_heads=2, max_position_embeddings=64)
-            ),
+            lambda: tf.MistralForCausalLM(tf.MistralConfig(**decoder)),
             "text",
         ),
         "qwen2": (
-            lambda: tf.Qwen2ForCausalLM(
-                tf.Qwen2Config(**text, num_key_value_heads=2, max_position_embeddings=64)
-            ),
+            lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**decoder)),
             "text",
         ),
         "gemma": (
-            lambda: tf.GemmaForCausalLM(
-                tf.GemmaConfig(
-                    **text, num_key_value_heads=2, head_dim=16, max_position_embeddings=64
-                )
-            ),
+            lambda: tf.GemmaForCausalLM(tf.GemmaConfig(**decoder, head_dim=16)),
             "text",
         ),
         "phi": (
@@ -169,35 +157,11 @@ def _builders(tf: Any) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
             "text",
         ),
         "bart": (  # pools at the end-of-sentence token: the example ends with one
-            lambda: tf.BartForSequenceClassification(
-                tf.BartConfig(
-                    d_model=64,
-                    encoder_layers=2,
-                    decoder_layers=2,
-                    encoder_attention_heads=4,
-                    decoder_attention_heads=4,
-                    encoder_ffn_dim=128,
-                    decoder_ffn_dim=128,
-                    vocab_size=VOCAB,
-                    max_position_embeddings=64,
-                )
-            ),
+            lambda: tf.BartForSequenceClassification(tf.BartConfig(**bart)),
             "text ending in 2",
         ),
         "bart_lm": (  # encoder-decoder; it returns the encoder's stream among its outputs
-            lambda: tf.BartForConditionalGeneration(
-                tf.BartConfig(
-                    d_model=64,
-                    encoder_layers=2,
-                    decoder_layers=2,
-                    encoder_attention_heads=4,
-                    decoder_attention_heads=4,
-                    encoder_ffn_dim=128,
-                    decoder_ffn_dim=128,
-                    vocab_size=VOCAB,
-                    max_position_embeddings=64,
-                )
-            ),
+            lambda: tf.BartForConditionalGeneration(tf.BartConfig(**bart)),
             "text",
         ),
         "t5_encoder": (
@@ -306,16 +270,7 @@ def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--family", default="gaussian")
-    parser.add_argument("--models", nargs="*", default=None, help="default: every builder")
-    parser.add_argument("--pinned", action="store_true", help="list what pins the channels")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--name", default=NAME)
-    add_results_dir_option(parser)
-    args = parser.parse_args()
-    use_results_dir(args)
-    torch.set_num_threads(args.threads)
+    args = coverage_args(__doc__, NAME, None, "default: every builder")
     torchvision_models()  # transformers imports torchvision where installed
     import transformers
 

@@ -174,17 +174,26 @@ def render(
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def coverage_args(
+    doc: str, name: str, models: list[str] | None, models_help: str | None = None
+) -> argparse.Namespace:
+    """The options of a coverage script (this one, `hf_coverage.py`), parsed: the results
+    go to `--results-dir` and torch uses `--threads`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--family", default="gaussian")
-    parser.add_argument("--models", nargs="*", default=DEFAULT)
+    parser.add_argument("--models", nargs="*", default=models, help=models_help)
     parser.add_argument("--pinned", action="store_true", help="list what pins the channels")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--name", default=NAME)
+    parser.add_argument("--name", default=name)
     add_results_dir_option(parser)
     args = parser.parse_args()
     use_results_dir(args)
     torch.set_num_threads(args.threads)
+    return args
+
+
+def main() -> None:
+    args = coverage_args(__doc__, NAME, DEFAULT)
     timm = _timm()
     settings = {k: v for k, v in vars(args).items() if k not in ("name", "results_dir")}
     settings["timm"] = timm.__version__

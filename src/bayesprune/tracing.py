@@ -313,21 +313,39 @@ def _given_names(model: nn.Module, given: int) -> list[str] | None:
 
 
 @contextlib.contextmanager
-def _forward_of(model: nn.Module, names: list[str]) -> Iterator[None]:
+def forward_taking(
+    model: nn.Module,
+    names: Sequence[str],
+    constants: dict[str, Any] | None = None,
+    result: Callable[[Any], Any] | None = None,
+) -> Iterator[None]:
     """`model`'s class, for the block, has a forward taking exactly `names` and calling
-    its own with them: the arguments the example does not give keep their defaults
-    inside (not proxies), and a `**kwargs` in the signature, which fx's argument
-    patching fails on (Hugging Face's Llama), is never seen."""
+    its own with them, and with `constants` by keyword; `result` (default: as it is)
+    applied to what it returns. fx reads the new forward's argument names."""
     cls = type(model)
     arguments = ", ".join(names)
-    source = f"def forward(self, {arguments}):\n    return _plain(_forward(self, {arguments}))\n"
-    scope: dict[str, Any] = {"_forward": cls.forward, "_plain": _representable}
+    source = (
+        f"def forward(self, {arguments}):\n"
+        f"    return _result(_forward(self, {arguments}, **_constants))\n"
+    )
+    scope: dict[str, Any] = {
+        "_forward": cls.forward,
+        "_constants": dict(constants or {}),
+        "_result": result or (lambda out: out),
+    }
     exec(source, scope)  # a real code object with these argument names: fx reads it
     model.__class__ = type(cls.__name__, (cls,), {"forward": scope["forward"]})
     try:
         yield
     finally:
         model.__class__ = cls
+
+
+def _forward_of(model: nn.Module, names: list[str]) -> contextlib.AbstractContextManager[None]:
+    """`forward_taking` the example's arguments: the others keep their defaults inside
+    (not proxies), and a `**kwargs` in the signature, which fx's argument patching fails
+    on (Hugging Face's Llama), is never seen; what a graph cannot return is None."""
+    return forward_taking(model, names, result=_representable)
 
 
 def _representable(output: Any) -> Any:

@@ -36,6 +36,7 @@ from typing import Any
 from torch import Tensor, fx, nn
 
 from ..nn.base import evaluation_pass
+from ..tracing import forward_taking
 from .adapters import prunable_layers
 from .graph_trace import (
     GraphTraceError,
@@ -82,19 +83,9 @@ def bound_constants(module: nn.Module, constants: dict[str, Any], given: int) ->
     if not constants:
         yield
         return
-    cls = type(module)
-    params = list(inspect.signature(cls.forward).parameters)[1 : given + 1]  # after self
-    arguments = ", ".join(params)
-    source = (
-        f"def forward(self, {arguments}):\n    return _forward(self, {arguments}, **_constants)\n"
-    )
-    scope: dict[str, Any] = {"_forward": cls.forward, "_constants": dict(constants)}
-    exec(source, scope)  # a real code object with these argument names: fx reads it
-    module.__class__ = type(cls.__name__, (cls,), {"forward": scope["forward"]})
-    try:
+    params = list(inspect.signature(type(module).forward).parameters)[1 : given + 1]  # after self
+    with forward_taking(module, params, constants):
         yield
-    finally:
-        module.__class__ = cls
 
 
 def _constant(value: Any) -> bool:

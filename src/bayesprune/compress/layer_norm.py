@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.base import Config, SerializableLayer
+from .norm_probe import computes
 from .response_norm import ZeroCountingResponseNorm, response_norm_layout
 from .rms_norm import ZeroCountingRMSNorm, is_rms_norm
 
@@ -221,18 +222,7 @@ def _written_norm_shape(module: nn.Module) -> tuple[int] | None:
 
 def _computes(module: nn.Module, x: Tensor, expected: Tensor) -> bool:
     """Whether `module(x)` (eval mode, no grad) is `expected`."""
-    was = module.training
-    try:
-        with torch.no_grad():
-            module.eval()
-            out = module(x)
-    except Exception:  # another signature, another rank: not this layout
-        return False
-    finally:
-        module.train(was)
-    tolerance = 1e-4 if x.dtype == torch.float32 else 1e-2
-    same = isinstance(out, Tensor) and out.shape == expected.shape
-    return bool(same and torch.allclose(out, expected, atol=tolerance))
+    return computes(module, x, expected, atol=1e-4 if x.dtype == torch.float32 else 1e-2)
 
 
 def normalised_axes(module: nn.Module, ndim: int) -> set[int] | None:

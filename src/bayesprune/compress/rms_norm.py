@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.base import Config, SerializableLayer
+from .norm_probe import computes
 
 __all__ = ["ZeroCountingRMSNorm", "is_rms_norm", "rms_norm_offset"]
 
@@ -101,27 +102,8 @@ def rms_norm_offset(module: nn.Module) -> float | None:
     c, gen = weight.numel(), torch.Generator().manual_seed(0)
     probe = (torch.rand(c, generator=gen) + 0.5).to(weight)
     x = torch.randn(2, 3, c, generator=gen).to(weight)
-    for offset in (0.0, 1.0):
-        if _computes_with(module, probe, x, F.rms_norm(x, (c,), probe + offset, eps)):
+    for offset in (0.0, 1.0):  # the formula, not the precision: Llama's computes in float32
+        expected = F.rms_norm(x, (c,), probe + offset, eps)
+        if computes(module, x, expected, atol=1e-4, rtol=1e-4, values={"weight": probe}):
             return offset
     return None
-
-
-def _computes_with(module: nn.Module, weight: Tensor, x: Tensor, expected: Tensor) -> bool:
-    """Whether `module(x)`, its weight set to `weight` for the call, is `expected`; the
-    module is put back."""
-    was, saved = module.training, module.weight.detach().clone()
-    try:
-        with torch.no_grad():
-            module.weight.copy_(weight)
-            module.eval()
-            out = module(x)
-    except Exception:  # another signature, another rank: not an RMSNorm
-        return False
-    finally:
-        with torch.no_grad():
-            module.weight.copy_(saved)
-        module.train(was)
-    same = isinstance(out, Tensor) and out.shape == expected.shape
-    # the formula, not the precision: Llama's computes in float32 whatever its input
-    return bool(same and torch.allclose(out, expected, atol=1e-4, rtol=1e-4))
