@@ -90,7 +90,7 @@ from torch.nn.modules import transformer as _transformer
 from ..nn.attention import MultiheadAttention
 from ..nn.base import SerializableLayer, evaluation_pass, torch_type, use_posterior_mean
 from ..nn.moments import Moments
-from ..nn.parameter_reads import tied_layers
+from ..nn.parameter_reads import parameter_holders, tied_layers
 from ..tracing import (
     ExampleValues,
     no_proxies_left,
@@ -668,13 +668,9 @@ def embedding_ties(model: nn.Module) -> dict[str, str]:
     embedding holding it, whose weight the others are pointed back at after slicing
     (`graph._retie`). The lookups read the stream's channels as columns of the table and
     the Linear reads them as its columns: all lose the same ones (`_unite_ties`)."""
-    holders: dict[int, list[tuple[str, nn.Module]]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        weight = module._parameters.get("weight")
-        if weight is not None:
-            holders.setdefault(id(weight), []).append((name, module))
     ties: dict[str, str] = {}
-    for held in holders.values():
+    for holders in parameter_holders(model).values():
+        held = [(name, module) for name, attr, module in holders if attr == "weight"]
         if len({id(m) for _, m in held}) < 2:
             continue  # one module (under one name or several): no tie
         tables = [n for n, m in held if isinstance(m, nn.Embedding)]

@@ -70,23 +70,28 @@ def _layer_parameters(model: nn.Module) -> dict[int, tuple[str, str]]:
     return owners
 
 
+def parameter_holders(model: nn.Module) -> dict[int, list[tuple[str, str, nn.Module]]]:
+    """id of each parameter → (module name, parameter name, module) of every module that
+    holds it, under each of its names."""
+    holders: dict[int, list[tuple[str, str, nn.Module]]] = {}
+    for qualified, module in model.named_modules(remove_duplicate=False):
+        for name, p in module.named_parameters(recurse=False):
+            holders.setdefault(id(p), []).append((qualified, name, module))
+    return holders
+
+
 def tied_layers(model: nn.Module) -> dict[str, str]:
     """{module name: why} of the modules holding a parameter that another module holds
     too (tied weights): converting or slicing one alone would untie them."""
-    holders: dict[int, list[str]] = {}
-    modules: dict[int, set[int]] = {}  # a parameter → the module objects holding it
-    for qualified, module in model.named_modules(remove_duplicate=False):
-        for name, p in module.named_parameters(recurse=False):
-            holders.setdefault(id(p), []).append(f"{qualified}.{name}" if qualified else name)
-            modules.setdefault(id(p), set()).add(id(module))
     shared: dict[str, str] = {}
-    for key, names in holders.items():
-        unique = list(dict.fromkeys(names))
-        if len(modules[key]) > 1:  # one module under two names (T5's `shared`) is no tie
-            for full in unique:
-                layer, _, name = full.rpartition(".")
-                others = [o for o in unique if o != full]
-                shared.setdefault(layer, f"`{name}` is shared with {others[0]!r}")
+    for held in parameter_holders(model).values():
+        if len({id(module) for *_, module in held}) < 2:
+            continue  # one module under two names (T5's `shared`) is no tie
+        unique = list(dict.fromkeys(f"{q}.{n}" if q else n for q, n, _ in held))
+        for full in unique:
+            layer, _, name = full.rpartition(".")
+            others = [o for o in unique if o != full]
+            shared.setdefault(layer, f"`{name}` is shared with {others[0]!r}")
     return shared
 
 
