@@ -38,6 +38,10 @@ import bayesprune as bp
 NAME = "hf_coverage"
 TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
 VOCAB = 1000
+AUDIO = dict(
+    num_mel_bins=16, max_source_positions=16, max_target_positions=32, pad_token_id=0,
+    bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+)  # fmt: skip
 
 
 def _builders(tf: Any) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
@@ -51,6 +55,7 @@ def _builders(tf: Any) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
         decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
         vocab_size=VOCAB, max_position_embeddings=64,
     )  # fmt: skip
+    t5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=VOCAB)
     return {
         "bert": (lambda: tf.BertForSequenceClassification(tf.BertConfig(**text)), "text"),
         "roberta": (
@@ -164,12 +169,37 @@ def _builders(tf: Any) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
             lambda: tf.BartForConditionalGeneration(tf.BartConfig(**bart)),
             "text",
         ),
-        "t5_encoder": (
-            lambda: tf.T5EncoderModel(
-                tf.T5Config(
-                    d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=VOCAB
+        "t5": (  # encoder-decoder: `decoder_input_ids` by name
+            lambda: tf.T5ForConditionalGeneration(tf.T5Config(**t5)),
+            "text pair by name",
+        ),
+        "bart_lm_by_name": (
+            lambda: tf.BartForConditionalGeneration(tf.BartConfig(**bart)),
+            "text pair by name",
+        ),
+        "marian": (
+            lambda: tf.MarianMTModel(tf.MarianConfig(**bart, pad_token_id=0)),
+            "text pair by name",
+        ),
+        "whisper": (
+            lambda: tf.WhisperForConditionalGeneration(
+                tf.WhisperConfig(
+                    **{k: v for k, v in bart.items() if k != "max_position_embeddings"},
+                    **AUDIO,
                 )
             ),
+            "audio by name",
+        ),
+        "bert_padded": (  # a tokenizer's padded batch, by name
+            lambda: tf.BertForSequenceClassification(tf.BertConfig(**text)),
+            "text by name",
+        ),
+        "llama_padded": (
+            lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**decoder)),
+            "text by name",
+        ),
+        "t5_encoder": (
+            lambda: tf.T5EncoderModel(tf.T5Config(**t5)),
             "text",
         ),
         "deberta_v2": (
@@ -225,14 +255,30 @@ def _builders(tf: Any) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
     }
 
 
-def _example(kind: str) -> tuple[torch.Tensor, ...]:
+def _example(kind: str) -> tuple[torch.Tensor, ...] | dict[str, torch.Tensor]:
+    """The example of an input kind: a tuple by position, or a dict by name (a padded
+    batch as a tokenizer gives it, an encoder-decoder's `decoder_input_ids`)."""
     gen = torch.Generator().manual_seed(0)
+    if kind == "audio by name":  # log-mel frames: 2 × mel bins × 2 · source positions
+        features = torch.randn(2, AUDIO["num_mel_bins"], 2 * AUDIO["max_source_positions"])
+        return {"input_features": features, "decoder_input_ids": _ids(gen, 8)}
     if kind.startswith("text"):
-        ids = torch.randint(0, VOCAB, (2, 16), generator=gen)
+        ids = _ids(gen, 16)
         if kind == "text ending in 2":
             ids[:, -1] = 2
-        return (ids,)
+        if not kind.endswith("by name"):
+            return (ids,)
+        mask = torch.ones_like(ids)
+        mask[1, 12:] = 0  # the second sequence is padded
+        named = {"input_ids": ids, "attention_mask": mask}
+        if kind == "text pair by name":
+            named["decoder_input_ids"] = _ids(gen, 8)
+        return named
     return (torch.randn(2, 3, 32, 32, generator=gen),)
+
+
+def _ids(gen: torch.Generator, tokens: int) -> torch.Tensor:
+    return torch.randint(3, VOCAB, (2, tokens), generator=gen)
 
 
 def probe(
@@ -256,7 +302,7 @@ def probe(
         ]
         row["kept_plain"] = "; ".join(kept)
         if pinned:
-            row["pinned_by"] = _pins(model, x[0])
+            row["pinned_by"] = _pins(model, x if isinstance(x, dict) else x[0])
         row.update(measure(model, x))
     except Exception as err:  # a user's view: the first line of what they would see
         row.update(failure(err))

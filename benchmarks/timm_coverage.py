@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import inspect
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -82,18 +84,38 @@ def _size(name: str, net: torch.nn.Module) -> int:
     return 224 if name.startswith(LARGE_INPUT) else 64
 
 
-def _pins(model: torch.nn.Module, x: torch.Tensor) -> str:
+def _pins(model: torch.nn.Module, x: torch.Tensor | dict[str, torch.Tensor]) -> str:
     """The three operations that pin the most units, with their counts (pinned channels
     that hold no layer's unit, as a parameter's own node or the input's, are left out,
-    and so are the rows of attention projections whose heads are units of their own)."""
+    and so are the rows of attention projections whose heads are units of their own).
+    `x`: one input, or the forward's inputs by name."""
+    with _by_position(model, x) as inputs:
+        return _pinned_by(model, inputs)
+
+
+@contextlib.contextmanager
+def _by_position(model: torch.nn.Module, x: Any) -> Iterator[tuple[Any, ...]]:
+    """The example as positional inputs (a library before keyword examples: a tensor)."""
+    try:
+        from bayesprune.example_inputs import by_position
+    except ImportError:
+        yield (x,)
+        return
+    with by_position(model, x) as (inputs, _):
+        yield inputs
+
+
+def _pinned_by(model: torch.nn.Module, inputs: tuple[Any, ...]) -> str:
     why: collections.Counter = collections.Counter()
-    prove_heads(model, (x,))
+    prove_heads(model, inputs)
     heads = {
         f"{name}.{p}" for name, module in attention_modules(model).items()
         for p in head_layout(module).projections
     }  # fmt: skip
-    for part in find_parts(model, (x,)).parts:  # the whole model, or its traceable parts
-        cg = analyse(part.module, part.inputs)
+    for part in find_parts(model, inputs).parts:  # the whole model, or its traceable parts
+        bound = getattr(part, "bound", contextlib.nullcontext)  # absent before keyword parts
+        with bound():
+            cg = analyse(part.module, part.inputs)
         prefix = f"{part.name}." if part.name else ""
         units = {cg.find(i) for i, (layer, _) in cg.owner.items() if prefix + layer not in heads}
         why.update(

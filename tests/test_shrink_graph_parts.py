@@ -89,7 +89,7 @@ def test_the_parts_are_the_largest_submodules_that_trace():
     assert found.outside == ["calibration"]
     assert find_parts(model.body, (x,)).traced  # a model that traces is one part
     calls, _ = record_calls(model, (x,), ["body", "head"])  # the search's first run
-    assert calls["body"].count == 3 and calls["body"].tensors and calls["body"].args is None
+    assert calls["body"].count == 3 and calls["body"].tensors and calls["body"].call is None
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -206,7 +206,7 @@ class Wrapper(nn.Module):
 def test_a_submodule_called_with_a_keyword_constant_is_a_part_bound_to_it():
     model, x = _build(Keyworded, "gaussian"), _x()
     (part,) = find_parts(model, (x,)).parts
-    assert part.name == "inner" and part.constants == {"scale": 2.0}
+    assert part.name == "inner" and part.call.constants == {"scale": 2.0}
     with torch.no_grad(), use_posterior_mean(model):
         with part.bound():
             bound = part.module(*part.inputs)

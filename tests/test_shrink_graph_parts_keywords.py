@@ -4,7 +4,6 @@ backbone is a part, bound to those constants, traced with the values of its inpu
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import Tensor, nn
 
@@ -32,6 +31,8 @@ class Backbone(nn.Module):
     ) -> Tensor | dict[str, Tensor]:
         if x.dim() == 3:
             x = x.mean(1)
+        if mask is not None:
+            x = x * mask
         up, down = (self.up, self.down) if path == "main" else (self.alt_up, self.alt_down)
         h = down(torch.relu(up(x)))
         h = h * 2.0 if double else h
@@ -55,7 +56,7 @@ def test_a_backbone_called_with_keyword_constants_is_a_part_bound_to_them():
     model, x = bp.convert(Classifier(), "gaussian").double().eval(), torch.randn(5, 4).double()
     found = find_parts(model, (x,))
     backbone = next(p for p in found.parts if p.name == "backbone")
-    assert backbone.constants == {"mask": None, "double": True, "as_dict": True, "path": "alt"}
+    assert backbone.call.constants == {"mask": None, "double": True, "as_dict": True, "path": "alt"}
     scores = activation_scores(model, x)  # the layers the call uses, not the default's
     assert torch.isfinite(scores["backbone.alt_up"]).all() and "backbone.up" not in scores
     result = shrink_graph(model, x, prune_units=keep_units(scores, sparsity=0.5))
@@ -67,16 +68,26 @@ def test_a_backbone_called_with_keyword_constants_is_a_part_bound_to_them():
         assert result.model(torch.randn(2, 4).double()).shape == (2, 3)
 
 
-def test_a_call_with_a_tensor_by_keyword_is_no_part():
-    """A tensor passed by keyword is an input the part would have to take by name."""
+def test_a_call_with_a_tensor_by_keyword_is_a_part_taking_it_by_position():
+    """A tensor passed by keyword (a mask) is one more input of the part, handed on by name."""
 
     class ByKeyword(Classifier):
         def forward(self, x: Tensor) -> Tensor:
-            h = self.backbone(x, mask=x, as_dict=False)
+            h = self.backbone(x, mask=(x > 0).to(x), as_dict=False, path="alt")
             if bool(h.isnan().any()):
                 raise ValueError("the backbone gave NaN")
             return self.head(h)
 
-    model = bp.convert(ByKeyword(), "gaussian").double().eval()
-    with pytest.raises(Exception, match="traces on its own"):
-        find_parts(model, (torch.randn(5, 4).double(),))
+    torch.manual_seed(1)
+    model, x = bp.convert(ByKeyword(), "gaussian").double().eval(), torch.randn(5, 4).double()
+    backbone = next(p for p in find_parts(model, (x,)).parts if p.name == "backbone")
+    assert list(backbone.call.keywords) == ["mask"] and len(backbone.inputs) == 2
+    assert backbone.call.constants == {"as_dict": False, "path": "alt"}
+    scores = activation_scores(model, x)
+    assert torch.isfinite(scores["backbone.alt_up"]).all() and "backbone.up" not in scores
+    result = shrink_graph(model, x, prune_units=keep_units(scores, sparsity=0.5))
+    assert result.parts == ["backbone"] and result.model.backbone.alt_up.out_features == 8
+    assert result.max_abs_difference < 1e-10
+    assert type(result.model.backbone) is Backbone
+    with torch.no_grad(), bp.nn.use_posterior_mean(model):  # the mask is read, not dropped
+        assert not torch.allclose(model(x), model.head(model.backbone(x, path="alt")))

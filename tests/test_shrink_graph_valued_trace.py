@@ -92,6 +92,43 @@ def test_a_size_that_depends_on_values_still_stops_the_trace():
         trace(ValueFilter(), inputs=(torch.randn(5, 4),))
 
 
+class ConstantMask(nn.Module):
+    """A boolean-mask selection by a mask made of constants (T5 slices its position bias
+    so), then a branch on the selection's shape: the shape is fixed, the trace goes on."""
+
+    def __init__(self, mask: str) -> None:
+        super().__init__()
+        self.fc, self.mask = nn.Linear(4, 6), mask
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc(x)
+        if self.mask == "outside":  # a tensor the forward makes: no node in the graph
+            keep = torch.ones(h.shape[1])
+            keep[[1, 4]] = 0
+        elif self.mask == "in the graph":  # from a size and constants: nodes, all constant
+            keep = torch.arange(h.shape[1], device=h.device) % 3 != 1
+        elif self.mask == "random":  # a draw in the graph: a node, not a constant
+            keep = torch.rand_like(h[0]) > -1.0
+        else:  # from the values
+            keep = h.sum(0) > -1e9
+        picked = h[:, keep.bool()]
+        if picked.shape[1] != 4 and self.mask != "random" and self.mask != "values":
+            raise ValueError("the selection should keep 4 of 6")
+        return picked
+
+
+@pytest.mark.parametrize("mask", ["outside", "in the graph"])
+def test_a_selection_by_a_constant_mask_keeps_its_shape_known(mask):
+    gm = trace(ConstantMask(mask), inputs=(torch.randn(5, 4),))
+    assert gm(torch.randn(3, 4)).shape == (3, 4)
+
+
+@pytest.mark.parametrize("mask", ["random", "values"])
+def test_a_selection_by_a_drawn_or_computed_mask_stays_data_shaped(mask):
+    with pytest.raises(GraphTraceError):
+        trace(ConstantMask(mask), inputs=(torch.randn(5, 4),))
+
+
 class CastsToItsWeight(nn.Module):
     """Hugging Face's ViT casts its pixels to the patch projection's dtype in a forward
     that also branches on the input's number of channels."""

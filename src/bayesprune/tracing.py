@@ -202,6 +202,38 @@ def _data_shaped(kind: str, target: Any, args: Any) -> bool:
     return False
 
 
+_RANDOM = ("rand", "bernoulli", "multinomial", "normal", "poisson", "dropout")
+
+
+def _constant_index(target: Any, args: Any) -> bool:
+    """A boolean-mask `getitem` whose mask is a constant (T5: `mask =
+    torch.ones(n_heads); mask[list(self.pruned_heads)] = 0`, a tensor the forward makes
+    outside the graph) or computed in the graph from constants alone (sizes included:
+    the valued graph holds them as constants): its output's shape is then fixed."""
+    if target is not operator.getitem or len(args) != 2:
+        return False
+    index = args[1] if isinstance(args[1], tuple) else (args[1],)
+    return all(_constant_node(i.node) for i in index if isinstance(i, fx.Proxy))
+
+
+def _constant_node(node: fx.Node) -> bool:
+    """`node` is computed from constants only (no input, parameter, buffer or random
+    draw), and so is every in-place write into what it reads (`operator.setitem`)."""
+    known = node.meta.get("constant")
+    if known is not None:
+        return bool(known)
+    node.meta["constant"] = False  # until shown: a cycle is not constant
+    name = str(getattr(node.target, "__name__", node.target))
+    constant = node.op in ("call_function", "call_method") and not any(r in name for r in _RANDOM)
+    constant = constant and all(_constant_node(n) for n in node.all_input_nodes)
+    writes = [u for u in node.users if u.target is operator.setitem and u.args[0] is node]
+    constant = constant and all(
+        _constant_node(n) for w in writes for n in w.all_input_nodes if n is not node
+    )
+    node.meta["constant"] = constant
+    return constant
+
+
 def _shape_known(args: Any) -> bool:
     """No argument's shape came from values."""
     known = True
@@ -273,7 +305,8 @@ class ExampleValues(fx.Tracer):
             try:
                 values, named = _values(args), _values(kwargs)
                 proxy.example = self._value(kind, target, values, named)
-                known = _shape_known((args, kwargs)) and not _data_shaped(kind, target, values)
+                shaped = _data_shaped(kind, target, values) and not _constant_index(target, args)
+                known = _shape_known((args, kwargs)) and not shaped
                 proxy.shape_known = known and proxy.example is not _UNKNOWN
             except Exception:  # an op the example cannot run: the proxy stays symbolic
                 proxy.example, proxy.shape_known = _UNKNOWN, False
@@ -318,16 +351,16 @@ def forward_taking(
     names: Sequence[str],
     constants: dict[str, Any] | None = None,
     result: Callable[[Any], Any] | None = None,
+    keywords: Sequence[str] = (),
 ) -> Iterator[None]:
-    """`model`'s class, for the block, has a forward taking exactly `names` and calling
-    its own with them, and with `constants` by keyword; `result` (default: as it is)
-    applied to what it returns. fx reads the new forward's argument names."""
+    """`model`'s class, for the block, has a forward taking exactly `names` and then
+    `keywords` by position, and calling its own with `names` by position, `keywords`
+    and `constants` by keyword; `result` (default: as it is) applied to what it
+    returns. fx reads the new forward's argument names."""
     cls = type(model)
-    arguments = ", ".join(names)
-    source = (
-        f"def forward(self, {arguments}):\n"
-        f"    return _result(_forward(self, {arguments}, **_constants))\n"
-    )
+    arguments = ", ".join([*names, *keywords])
+    passed = ", ".join(["self", *names, *(f"{k}={k}" for k in keywords), "**_constants"])
+    source = f"def forward(self, {arguments}):\n    return _result(_forward({passed}))\n"
     scope: dict[str, Any] = {
         "_forward": cls.forward,
         "_constants": dict(constants or {}),

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..example_inputs import Example
 from ..metrics.size import example_flops
 from .graph import shrink_graph
 from .graph_scores import keep_units
@@ -43,7 +44,7 @@ class FlopsBudgetKeep:
 def keep_units_for_flops(
     model: nn.Module,
     scores: Mapping[str, Tensor],
-    example_inputs: Tensor | tuple[Tensor, ...],
+    example_inputs: Example,
     flops: float,
     *,
     scope: str = "layer",
@@ -55,7 +56,7 @@ def keep_units_for_flops(
     """`keep_units(scores, sparsity, scope=scope)` at the sparsity whose shrunk network
     costs the most FLOPs not above `flops` (a fraction in (0, 1]) of `model`'s.
 
-    `example_inputs`: a batch for `model(*example_inputs)`, as for `shrink_graph`
+    `example_inputs`: a batch as `shrink_graph` takes it (a tensor, a tuple, a mapping)
     (`passthrough` / `leaf_modules` are passed on to it). `scan` + 1 sparsities evenly
     spaced in [0, 1) are shrunk, then `steps` rounds of bisection refine the first that
     fits against the one before it. With scope "layer" the FLOPs fall as the sparsity
@@ -93,7 +94,7 @@ def keep_units_for_flops(
 def _shrunk_cost(
     model: nn.Module,
     scores: Mapping[str, Tensor],
-    example_inputs: Tensor | tuple[Tensor, ...],
+    example_inputs: Example,
     scope: str,
     passthrough: Sequence[type[nn.Module]],
     leaf_modules: Sequence[type[nn.Module]],

@@ -64,6 +64,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..example_inputs import Example, by_position
 from ..nn.base import GatedLayer, evaluation_pass
 from ..nn.moments import Factored, Moments
 from .adapters import (
@@ -916,7 +917,7 @@ def _head_projection(layouts: Mapping[str, HeadLayout], name: str) -> bool:
 
 def shrink_graph(
     model: nn.Module,
-    example_inputs: Tensor | tuple[Tensor, ...],
+    example_inputs: Example,
     *,
     prune_units: Mapping[str, Tensor | Sequence[int]] | None = None,
     inclusion_threshold: float = 0.5,
@@ -929,7 +930,9 @@ def shrink_graph(
 ) -> GraphShrinkResult:
     """A genuinely smaller copy of `model` without its dead channels (module docstring).
 
-    `example_inputs`: one batch for `model(*example_inputs)` (a tensor or a tuple);
+    `example_inputs`: one batch for `model(*example_inputs)` (a tensor or a tuple), or
+    for `model(**example_inputs)` (a mapping: a tokenizer's output, T5's
+    `decoder_input_ids`; settings such as `return_dict=False` are passed as given);
     its spatial size fixes where folding is checked. `prune_units` = {layer name: units
     to KEEP (indices or boolean mask)} deletes the others: their incoming weights are
     masked and the scale and shift of a normalisation after them (BatchNorm…) zeroed,
@@ -965,23 +968,25 @@ def shrink_graph(
     """
     if not 0.0 <= inclusion_threshold < 1.0:
         raise ValueError(f"inclusion_threshold must be in [0, 1), got {inclusion_threshold}")
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     settings = _Settings(
         inclusion_threshold, tuple(passthrough), tuple(leaf_modules), check, tolerance,
         max_rounds,
     )  # fmt: skip
-    found = find_parts(model, inputs, settings.leaf_modules)
-    if found.traced:
-        result = _shrink_traced(model, inputs, prune_units, prune_inputs, settings)[0]
-        if found.reason:  # traced with the example's values
-            result.notes.append(found.reason)
-        return result
-    if prune_inputs:
-        raise ValueError(
-            f"prune_inputs needs the whole forward traced, and {found.reason}; shrink "
-            "without prune_inputs, or make the forward traceable"
-        )
-    return _shrink_parts(model, inputs, found, prune_units or {}, settings)
+    with by_position(model, example_inputs) as (inputs, cls):
+        found = find_parts(model, inputs, settings.leaf_modules)
+        if found.traced:
+            result = _shrink_traced(model, inputs, prune_units, prune_inputs, settings)[0]
+            if found.reason:  # traced with the example's values
+                result.notes.append(found.reason)
+        elif prune_inputs:
+            raise ValueError(
+                f"prune_inputs needs the whole forward traced, and {found.reason}; shrink "
+                "without prune_inputs, or make the forward traceable"
+            )
+        else:
+            result = _shrink_parts(model, inputs, found, prune_units or {}, settings)
+    result.model.__class__ = cls  # a copy made while it took a keyword example by position
+    return result
 
 
 @dataclass(frozen=True)

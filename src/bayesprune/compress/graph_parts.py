@@ -6,10 +6,11 @@ may branch on a tensor's value. torch.fx cannot trace such code, so `shrink_grap
 *parts*: the largest submodules that trace on their own. The example is run through the
 whole model once (eval mode, posterior means), forward hooks record the arguments each
 submodule receives, and the module tree is searched from the top: a submodule with
-prunable layers is a part when its `forward` traces, takes tensors by position and
-constants by keyword (`return_dict=True`), and none of its modules is called by code
-outside it; any other is searched inside. A part called with keyword constants is bound
-to them (`bound_constants`), and traced with the values of its arguments where the
+prunable layers is a part when its `forward` traces, takes tensors (by position or by
+keyword, `mask=mask`) and constants (`return_dict=True`), and none of its modules is
+called by code outside it; any other is searched inside. A part called by keyword takes
+its tensors by position and is bound to its constants (`example_inputs.
+taking_by_position`), and is traced with the values of its arguments where the
 symbolic trace fails. Each part is then
 analysed and shrunk as a model of its own, on the arguments it received: its inputs and
 outputs are pinned, since the untraced code that feeds and reads them is unknown, so
@@ -27,7 +28,6 @@ unrolled), where parts come first and the valued graph is the last resort.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +35,8 @@ from typing import Any
 
 from torch import Tensor, fx, nn
 
+from ..example_inputs import Call, is_constant, taking_by_position
 from ..nn.base import evaluation_pass
-from ..tracing import forward_taking
 from .adapters import prunable_layers
 from .graph_trace import (
     GraphTraceError,
@@ -50,54 +50,40 @@ from .graph_trace import (
 
 @dataclass
 class Part:
-    """A submodule that traces on its own, and the arguments it received first: tensors
-    by position, and the constants it was given by keyword (`return_dict=True`)."""
+    """A submodule that traces on its own, and the call it received first (tensors by
+    position or by keyword, constants by keyword: `return_dict=True`)."""
 
     name: str  # its qualified name in the model; "" for the whole model
     module: nn.Module
-    inputs: tuple[Tensor, ...]
+    call: Call
     calls: int = 1
-    constants: dict[str, Any] = field(default_factory=dict)
 
     @property
     def prefix(self) -> str:
         """What its modules' names start with in the model ("" for the whole model)."""
         return f"{self.name}." if self.name else ""
 
+    @property
+    def inputs(self) -> tuple[Any, ...]:
+        """Its arguments as it takes them inside `bound`: positional, then keyword tensors."""
+        return self.call.inputs
+
     @contextlib.contextmanager
     def bound(self) -> Iterator[type[nn.Module]]:
-        """For the block, the module called with its inputs alone computes what its call
-        in the model did (`bound_constants`); yields its own class, which a copy made
-        inside the block gets back with `copy.__class__ = cls`."""
-        cls = type(self.module)
-        with bound_constants(self.module, self.constants, len(self.inputs)):
+        """For the block, the module called with `inputs` alone computes what its call
+        in the model did (a Hugging Face encoder-decoder called by its classifier with
+        `return_dict=True, use_cache=False, ...`, a block given `mask=mask`); yields its
+        own class, which a copy made inside the block gets back with
+        `copy.__class__ = cls`."""
+        with taking_by_position(self.module, self.call) as cls:
             yield cls
-
-
-@contextlib.contextmanager
-def bound_constants(module: nn.Module, constants: dict[str, Any], given: int) -> Iterator[None]:
-    """For the block, `module`'s forward takes its first `given` arguments alone and
-    passes `constants` by keyword (a Hugging Face encoder-decoder called by its
-    classifier with `return_dict=True, use_cache=False, ...`), so a trace of it, and
-    every call of it on the part's inputs, is the call the model made."""
-    if not constants:
-        yield
-        return
-    params = list(inspect.signature(type(module).forward).parameters)[1 : given + 1]  # after self
-    with forward_taking(module, params, constants):
-        yield
-
-
-def _constant(value: Any) -> bool:
-    return value is None or isinstance(value, bool | int | float | str)
 
 
 @dataclass
 class _Calls:
-    tensors: bool  # the first call passed tensors by position and constants by keyword
-    args: tuple[Any, ...] | None = None  # a copy of that call's arguments, when kept
+    tensors: bool  # the first call passed tensors (by position or keyword) and constants
+    call: Call | None = None  # a copy of that call's arguments, when kept
     count: int = 1
-    constants: dict[str, Any] = field(default_factory=dict)  # its keyword constants
 
 
 @dataclass
@@ -123,6 +109,8 @@ def _detached(value: Any) -> Any:
         return value.detach().clone()
     if isinstance(value, tuple | list):
         return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
     return value
 
 
@@ -154,11 +142,12 @@ def record_calls(
             if name in calls:
                 calls[name].count += 1
             else:
-                constants = all(_constant(v) for v in kwargs.values())
-                tensors = constants and all(isinstance(a, Tensor) for a in args)
+                tensors = all(isinstance(a, Tensor) for a in args) and all(
+                    isinstance(v, Tensor) or is_constant(v) for v in kwargs.values()
+                )
                 keep = keep_args or (tensors and bool(kwargs))  # such a part is traced valued
-                copied = _detached(args) if keep else None
-                calls[name] = _Calls(tensors, copied, constants=dict(kwargs) if tensors else {})
+                copied = Call.of(_detached(args), _detached(kwargs)) if keep else None
+                calls[name] = _Calls(tensors, copied)
 
     def leave(module: nn.Module, _args: Any, _out: Any) -> None:
         for name in named[id(module)]:
@@ -187,15 +176,17 @@ def _traces(module: nn.Module, leaf_modules: Sequence[type[nn.Module]]) -> bool:
 
 def _part_traces(module: nn.Module, leaf_modules: Sequence[type[nn.Module]], call: _Calls) -> bool:
     """Whether `module` traces as it was called: symbolically, or, for a call that passed
-    constants by keyword (Hugging Face's models calling their encoder-decoder), bound to
-    them and with the values of the arguments it got (not unrolling a loop)."""
-    if not call.constants:
+    arguments by keyword (Hugging Face's models calling their encoder-decoder with
+    constants, a block given `mask=mask`), taking them by position and with the values
+    of the arguments it got (not unrolling a loop)."""
+    if call.call is None or call.call.plain:
         return _traces(module, leaf_modules)
-    with bound_constants(module, call.constants, len(call.args or ())):
+    with contextlib.suppress(ValueError), taking_by_position(module, call.call):
         if _traces(module, leaf_modules):
             return True
-        valued = _valued_trace(module, leaf_modules, call.args or ())
-    return valued is not None and not _repeated_calls(valued)
+        valued = _valued_trace(module, leaf_modules, call.call.inputs)
+        return valued is not None and not _repeated_calls(valued)
+    return False  # a keyword its forward takes only through **kwargs with a bad name
 
 
 VALUED = (
@@ -243,10 +234,10 @@ def find_parts(
     except GraphTraceError as err:
         whole = err
     else:
-        return Parts([Part("", model, inputs)], traced=True)
+        return Parts([Part("", model, Call(inputs))], traced=True)
     valued = _valued_trace(model, leaf_modules, inputs)
     if valued is not None and not _repeated_calls(valued):
-        return Parts([Part("", model, inputs)], traced=True, reason=VALUED)
+        return Parts([Part("", model, Call(inputs))], traced=True, reason=VALUED)
     leaf = Tracer(leaf_modules).is_leaf_module
     layers = [name for name, _ in prunable_layers(model)]
     candidates = [  # not a layer itself, and holding layers to prune
@@ -273,14 +264,11 @@ def find_parts(
     # would otherwise hold a copy of every candidate block's input at once)
     kept = record_calls(model, inputs, chosen, keep_args=True)[0] if chosen else {}
     parts = [
-        Part(
-            name, model.get_submodule(name), kept[name].args or (), kept[name].count,
-            kept[name].constants,
-        )
+        Part(name, model.get_submodule(name), kept[name].call or Call(()), kept[name].count)
         for name in chosen
-    ]  # fmt: skip
+    ]
     if not parts and valued is not None:
-        return Parts([Part("", model, inputs)], traced=True, reason=VALUED)
+        return Parts([Part("", model, Call(inputs))], traced=True, reason=VALUED)
     if not parts:
         raise GraphTraceError(
             f"{whole}; and no submodule of {type(model).__name__} with prunable layers "

@@ -29,13 +29,15 @@ iterative pruning is `schedules.width_schedule`.
 
 from __future__ import annotations
 
+import itertools
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..example_inputs import Call, taking_by_position
 from ..nn.base import evaluation_pass
 from ..validation import model_device, required_inputs
 from .adapters import as_prunable
@@ -46,24 +48,45 @@ from .heads import attention_modules, head_layout, head_scores, prove_heads
 Batches = Tensor | Iterable[Any]
 
 
-def _batches(data: Batches, inputs: int = 1) -> Iterable[tuple[Tensor, ...]]:
-    """The forward's arguments in each batch of `data`: its first `inputs` tensors.
+def _batches(data: Batches, inputs: int = 1) -> Iterable[Call]:
+    """The forward's call for each batch of `data`: its first `inputs` tensors, or the
+    batch itself by keyword.
 
-    `data` is one batch (a tensor, or a tuple of tensors starting with the inputs, as
-    `fit` reads ``(x, y)``) or an iterable of batches (a list, a DataLoader), each a
-    tensor or a tuple / list starting with the inputs, e.g. ``(x, y)`` or ``(x, mask, y)``."""
-    if isinstance(data, Tensor):
+    `data` is one batch (a tensor, a tuple of tensors starting with the inputs, as
+    `fit` reads ``(x, y)``, or a mapping of the forward's arguments by name) or an
+    iterable of batches (a list, a DataLoader), each a tensor, a tuple / list starting
+    with the inputs, e.g. ``(x, y)`` or ``(x, mask, y)``, or a mapping (a tokenizer's
+    output, a collated dict: ``{"input_ids": ..., "attention_mask": ...}``)."""
+    if isinstance(data, Tensor | Mapping):
         data = [data]
     elif isinstance(data, tuple) and all(isinstance(t, Tensor) for t in data):
         data = [data]  # one batch: (x, y), or several inputs (and labels)
     for batch in data:
+        if isinstance(batch, Mapping):
+            call = Call.of((), batch)
+            if not call.keywords or not all(isinstance(t, Tensor) for t in call.keywords.values()):
+                got = {k: type(v).__name__ for k, v in call.keywords.items()}
+                raise TypeError(f"a batch by name must hold the forward's tensors, got {got}")
+            yield call
+            continue
         args = tuple(batch[:inputs]) if isinstance(batch, tuple | list) else (batch,)
         if len(args) < inputs or not all(isinstance(t, Tensor) for t in args):
             got = [type(t).__name__ for t in args]
             raise TypeError(
                 f"a batch must start with the forward's {inputs} input tensor(s), got {got}"
             )
-        yield args
+        yield Call(args)
+
+
+def _same_form(call: Call, first: Call) -> tuple[Tensor, ...]:
+    """`call`'s inputs as the model takes them while bound to the first batch's form."""
+    if list(call.keywords) != list(first.keywords) or call.constants != first.constants:
+        raise ValueError(
+            f"every batch must name the same arguments: the first gave "
+            f"{[*first.keywords, *first.constants]}, a later one "
+            f"{[*call.keywords, *call.constants]}"
+        )
+    return call.inputs
 
 
 def _column_norms(weight: Tensor, groups: int = 1) -> Tensor:
@@ -126,8 +149,9 @@ def activation_scores(
 ) -> dict[str, Tensor]:
     """Per output unit of every prunable layer of the graph: sd × outgoing-norm (see above).
 
-    `data`: one batch (a tensor, or a tuple ``(x, y)`` as `fit` takes), or an iterable of
-    batches (a DataLoader; a batch may be `(x, y)`), read up to `max_batches`; a model
+    `data`: one batch (a tensor, a tuple ``(x, y)`` as `fit` takes, or a mapping of the
+    forward's arguments by name: a tokenizer's output), or an iterable of batches (a
+    DataLoader; a batch may be `(x, y)` or a dict), read up to `max_batches`; a model
     whose `forward` takes several tensors reads the first `inputs` of each batch
     (``(x, mask, y)`` with ``inputs=2``, or one batch ``(x, mask)``); by default as many
     as `forward` requires (its positional parameters without a default, at least 1). `passthrough` /
@@ -145,11 +169,28 @@ def activation_scores(
     inputs = required_inputs(model) if inputs is None else inputs
     if inputs < 1:
         raise ValueError(f"inputs counts the forward's tensors, at least 1, got {inputs}")
-    device = model_device(model)
-    batches = (tuple(t.to(device) for t in args) for args in _batches(data, inputs))
-    first = next(batches, None)
-    if first is None:
+    calls = iter(_batches(data, inputs))
+    form = next(calls, None)
+    if form is None:
         raise ValueError("activation_scores needs data: the iterable gave no batch")
+    device = model_device(model)
+    batches = (
+        tuple(t.to(device) for t in _same_form(call, form))
+        for call in itertools.chain([form], calls)
+    )
+    with taking_by_position(model, form):  # a batch by name: its tensors by position
+        return _scores(model, batches, max_batches, passthrough, leaf_modules)
+
+
+def _scores(
+    model: nn.Module,
+    batches: Iterator[tuple[Tensor, ...]],
+    max_batches: int | None,
+    passthrough: Sequence[type[nn.Module]],
+    leaf_modules: Sequence[type[nn.Module]],
+) -> dict[str, Tensor]:
+    """`activation_scores` of batches that the model takes by position."""
+    first = next(batches)
     options = {"passthrough": tuple(passthrough), "leaf_modules": tuple(leaf_modules)}
     found = find_parts(model, tuple(t[:2] for t in first), options["leaf_modules"])
     prove_heads(model, tuple(t[:2] for t in first))  # each on its own call, before the hooks
@@ -177,7 +218,7 @@ def activation_scores(
                 "when no box passed its filter?): its layers are not scored and keep "
                 "their units",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
             continue
         scores.update(_graph_scores(model, cg, prefix, moments))

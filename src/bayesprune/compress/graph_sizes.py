@@ -327,7 +327,8 @@ def apply_attributes(model: nn.Module, record: Any) -> None:
                     f"{owner or type(model).__name__}.{name} is {old!r} in the model but "
                     f"{value!r} in the record"
                 )
-            setattr(module, name, type(old)(value) if isinstance(old, list | tuple) else value)
+            kind = isinstance(old, list | tuple | set | frozenset)
+            setattr(module, name, type(old)(value) if kind else value)
     setattr(model, SHAPE_ATTRIBUTES, merged(shape_attributes(model), record))
 
 
@@ -336,4 +337,6 @@ def _same_kind(old: Any, value: Any) -> bool:
         return _positive_ints([value])
     if isinstance(old, list | tuple) and isinstance(value, Sequence):
         return len(old) == len(value) and _positive_ints(value)
+    if isinstance(old, set | frozenset) and isinstance(value, Sequence):  # indices: T5's heads
+        return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
     return False

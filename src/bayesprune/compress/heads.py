@@ -82,6 +82,7 @@ class HeadLayout:
     grouped: tuple[str, ...] = ()  # projections with one head per group of query heads
     groups: str = ""  # the attribute that holds the query heads per group (1 when "")
     interleaved: bool = False  # fused rows per head: its q, k and v together (GPT-NeoX)
+    pruned: str = ""  # the attribute holding the removed heads' original indices (T5's)
 
     def heads(self, module: nn.Module) -> int:
         """The number of units: heads, or groups of query heads that share a key / value
@@ -158,13 +159,27 @@ class HeadLayout:
         if not self.rewrites:
             return {}  # the head count is read from q_proj
         owner, prefix = module.get_submodule(self.owner), f"{self.owner}." if self.owner else ""
-        changed = {self.count: len(heads)}
+        pruned = self._pruned(owner, heads) if self.pruned else None
+        changed: dict[str, Any] = {self.count: len(heads)}
         changed.update(
             {w: len(heads) * self.head_size(module) for w in self.widths if hasattr(owner, w)}
         )
         for attribute, value in changed.items():
             setattr(owner, attribute, value)
+        if pruned is not None:  # a set on the module; a sorted list in the record (JSON)
+            setattr(owner, self.pruned, pruned)
+            changed[self.pruned] = sorted(pruned)
         return {prefix + attribute: value for attribute, value in changed.items()}
+
+    def _pruned(self, owner: nn.Module, heads: Tensor) -> set[int]:
+        """The original indices of every head removed so far, `heads` (current indices)
+        kept: T5 slices the position bias, computed for all its original heads by the
+        first layer and handed on, with them (Hugging Face's own `prune_heads`)."""
+        before = {int(h) for h in getattr(owner, self.pruned)}
+        count = int(getattr(owner, self.count))
+        original = [h for h in range(count + len(before)) if h not in before]
+        kept = {int(h) for h in heads}
+        return before | {original[j] for j in range(count) if j not in kept}
 
 
 def _replace(module: nn.Module, path: str, layer: nn.Module) -> None:
@@ -210,6 +225,10 @@ _SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, ViT, DistilBE
     HeadLayout(  # BART's, OPT's, Whisper's: `num_heads`, `head_dim`, and `embed_dim` merged
         "v_proj", ("q_proj", "k_proj", "v_proj"), "out_proj", False, "", "num_heads",
         "head_dim", ("embed_dim",),
+    ),
+    HeadLayout(  # T5's: the removed heads in `pruned_heads`, for the position bias
+        "v", ("q", "k", "v"), "o", False, "", "n_heads", "key_value_proj_dim",
+        ("inner_dim",), pruned="pruned_heads",
     ),
 )  # fmt: skip
 """Layouts with one layer per projection and the head count in attributes: taken, as
@@ -302,6 +321,8 @@ def _has_attributes(module: nn.Module, layout: HeadLayout) -> bool:
     size = getattr(owner, layout.size, None) if layout.size else layout.head_size(module)
     group = getattr(owner, layout.groups, None) if layout.groups else 1
     if not isinstance(size, int) or size <= 0 or not isinstance(group, int) or group < 1:
+        return False
+    if layout.pruned and not isinstance(getattr(owner, layout.pruned, None), set | frozenset):
         return False
     heads = getattr(owner, layout.count, None) if layout.count else layout.heads(module)
     return isinstance(heads, int) and heads > 1

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from ..example_inputs import Example, example_call, taking_by_position
 from ..nn.attention import MultiheadAttention
 from ..nn.base import VariationalLayer, evaluation_pass
 
@@ -180,13 +181,15 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return sum(_flops_by_layer(model, tuple(input_shape)).values())
 
 
-def example_flops(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) -> int:
-    """`count_flops` of one example of a real batch: `model(*example_inputs)` on the
-    first row of each tensor, for models whose input is not one tensor of a fixed shape
-    (several arguments, token sequences) or whose cost depends on the values."""
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    first = tuple(t[:1] if isinstance(t, Tensor) else t for t in inputs)
-    return sum(_flops_on(model, first).values())
+def example_flops(model: nn.Module, example_inputs: Example) -> int:
+    """`count_flops` of one example of a real batch: `model(*example_inputs)` (or
+    `model(**example_inputs)` for a mapping: a tokenizer's output) on the first row of
+    each tensor, for models whose input is not one tensor of a fixed shape (several
+    arguments, token sequences) or whose cost depends on the values."""
+    call = example_call(example_inputs)
+    first = tuple(t[:1] if isinstance(t, Tensor) else t for t in call.inputs)
+    with taking_by_position(model, call):
+        return sum(_flops_on(model, first).values())
 
 
 def layer_sizes(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list[LayerSize]:

@@ -227,8 +227,8 @@ def convert(
     torchvision's Swin) or shares with another module (tied weights) stays deterministic
     too, with a `KeptDeterministicWarning` naming each and why (found by tracing the model
     symbolically, `layers_read_outside`): a Bayesian layer has no fixed weight to read, and
-    converting one of two tied modules would untie them. `example_inputs` (the forward's
-    positional arguments, as `shrink_graph` takes them) let that trace see reads in a
+    converting one of two tied modules would untie them. `example_inputs` (as `shrink_graph`
+    takes them: a tensor, a tuple, or a mapping of arguments by name) let that trace see reads in a
     forward that branches on shapes (Hugging Face's models). The first and last converted
     layers in module order get the roles "first" and "last" (e.g. spike-and-slab gates the
     first layer's inputs with `input_gates=True` and leaves the last layer's outputs

@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import fx, nn
 
+from ..example_inputs import Example, example_call, taking_by_position
 from ..tracing import (
     ExampleValues,
     no_proxies_left,
@@ -114,16 +115,15 @@ def _traces(tracer: fx.Tracer, module: nn.Module, inputs: Sequence[Any] | None =
     return True
 
 
-def layers_read_outside(
-    model: nn.Module, example_inputs: Sequence[Any] | None = None
-) -> dict[str, str]:
+def layers_read_outside(model: nn.Module, example_inputs: Example | None = None) -> dict[str, str]:
     """{layer name: why} for every layer (a module without children) whose parameters the
     model reads outside the layer's own forward, or shares with another module.
 
     The model is traced symbolically, nothing run (a module that does not trace is
     skipped and its children traced). With `example_inputs` (the forward's positional
-    arguments) a model whose symbolic trace fails is first traced with their values
-    (`bayesprune.tracing`), which sees reads in code that branches on shapes. Used by
+    arguments, or its arguments by name in a mapping) a model whose symbolic trace
+    fails is first traced with their values (`bayesprune.tracing`), which sees reads in
+    code that branches on shapes. Used by
     `convert` to keep such layers deterministic; call it to see what `convert` will keep
     and why."""
     owners = _layer_parameters(model)
@@ -146,10 +146,10 @@ def layers_read_outside(
             for child in module.children():
                 visit(child)
 
-    example = None if example_inputs is None else tuple(_as_tuple(example_inputs))
-    visit(model, example)
+    if example_inputs is None:
+        visit(model)
+        return found
+    call = example_call(example_inputs)
+    with taking_by_position(model, call):  # a keyword example: its tensors by position
+        visit(model, call.inputs)
     return found
-
-
-def _as_tuple(inputs: Any) -> Sequence[Any]:
-    return inputs if isinstance(inputs, tuple | list) else (inputs,)
