@@ -1,53 +1,68 @@
-"""A model's inputs: one tensor, or a tuple of them for a `forward` that takes several.
+"""A model's inputs: one tensor, a tuple of them for a `forward` that takes several, or
+a dict of them by name.
 
 `fit`, `predict` and `evaluate` pass each batch's inputs to `forward` positionally; a
 model whose `forward(self, image, table)` requires two tensors gets a tuple of two
 (`validation.required_inputs` counts them). Data for such a model carries the inputs
 as a tuple: ``((X_image, X_table), y)`` for tensors or arrays, and a DataLoader's
 batches as ``((image, table), y)`` (a Dataset returning ``((a, b), y)``, batched by
-torch's default collate) or flat, ``(image, table, y)``. These helpers are what the
-data code does with either kind, so one path serves both.
+torch's default collate) or flat, ``(image, table, y)``. Inputs by name go in by
+keyword, ``model(**x)``: ``(X_dict, y)`` with X_dict a tokenizer's output, or a
+DataLoader of dicts whose targets are under ``"labels"`` (or ``"label"``), as Hugging
+Face's collators give them. These helpers are what the data code does with any kind,
+so one path serves all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-Inputs = Tensor | tuple[Tensor, ...]
+Inputs = Tensor | tuple[Tensor, ...] | dict[str, Tensor]
+
+TARGET_KEYS = ("labels", "label")
+"""Where a batch by name holds its targets (Hugging Face's collators: "labels")."""
 
 
 def tensors(x: Inputs) -> Iterator[Tensor]:
     """Each input tensor."""
+    if isinstance(x, dict):
+        yield from x.values()
+        return
     yield from (x if isinstance(x, tuple) else (x,))
 
 
 def rows(x: Inputs) -> int:
     """The batch size (every input has it)."""
-    return len(x[0]) if isinstance(x, tuple) else len(x)
+    return len(next(tensors(x)))
 
 
 def take(x: Inputs, index: Any) -> Inputs:
     """The rows `index` (a slice or an index tensor) of every input."""
-    return tuple(t[index] for t in x) if isinstance(x, tuple) else x[index]
+    return map_inputs(x, lambda t: t[index])
 
 
 def to_device(x: Inputs, device: torch.device | str) -> Inputs:
-    return tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device)
+    return map_inputs(x, lambda t: t.to(device))
 
 
 def map_inputs(x: Inputs, fn: Any) -> Inputs:
     """`fn` applied to each input tensor."""
+    if isinstance(x, dict):
+        return {k: fn(t) for k, t in x.items()}
     return tuple(fn(t) for t in x) if isinstance(x, tuple) else fn(x)
 
 
 def as_inputs(value: Any, count: int, what: str) -> Inputs:
     """`value` as the inputs of a forward taking `count` tensors: a tensor for one, a
-    tuple of `count` tensors with the same number of rows for several."""
+    tuple of `count` tensors with the same number of rows for several; a mapping of
+    names to tensors (any count: the names say where each goes)."""
+    if isinstance(value, Mapping):
+        return _named(value, what)
     if count == 1:
         return to_tensor(value, what)
     if not (isinstance(value, tuple | list) and len(value) == count):
@@ -65,9 +80,34 @@ def as_inputs(value: Any, count: int, what: str) -> Inputs:
     return parts
 
 
+def _named(value: Mapping[str, Any], what: str) -> dict[str, Tensor]:
+    """A mapping of inputs by name as tensors with one row per example each."""
+    if not value:
+        raise ValueError(f"{what} is an empty mapping; give the forward's inputs by name")
+    named = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{what}: input names must be strings, got {key!r}")
+        try:
+            named[key] = to_tensor(item, f"{what}[{key!r}]")
+        except ValueError as err:
+            raise ValueError(
+                f"{err}; drop that entry (a text column: remove it before batching)"
+            ) from None
+    lengths = {k: len(t) if t.ndim else 0 for k, t in named.items()}
+    if len(set(lengths.values())) > 1 or 0 in lengths.values():
+        raise ValueError(
+            f"{what}: the inputs by name have {lengths} rows; every input needs one row per example"
+        )
+    return named
+
+
 def split_batch(batch: Any, count: int) -> tuple[Any, Any]:
     """(inputs, targets) of a loader's batch: ``(x, y)``, ``((x1, x2), y)`` or, for a
-    forward of several inputs, flat ``(x1, x2, y)``."""
+    forward of several inputs, flat ``(x1, x2, y)``; a dict by name, its targets under
+    one of `TARGET_KEYS`."""
+    if isinstance(batch, Mapping):
+        return split_named(batch)
     if not isinstance(batch, tuple | list) or len(batch) < 2:
         raise ValueError(
             f"each batch must be an (inputs, targets) pair, got {type(batch).__name__}; return "
@@ -76,6 +116,26 @@ def split_batch(batch: Any, count: int) -> tuple[Any, Any]:
     if count > 1 and not isinstance(batch[0], tuple | list) and len(batch) > count:
         return tuple(batch[:count]), batch[count]
     return batch[0], batch[1]
+
+
+def split_named(batch: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """(inputs, targets) of a batch by name: every entry but the targets, which are under
+    "labels" or "label"."""
+    found = [k for k in TARGET_KEYS if k in batch]
+    if not found:
+        raise ValueError(
+            f"a batch by name must hold its targets under 'labels' (or 'label'), got the keys "
+            f"{sorted(batch)}"
+        )
+    return {k: v for k, v in batch.items() if k not in TARGET_KEYS}, batch[found[0]]
+
+
+def without_targets(batch: Any) -> Any:
+    """A batch by name without its targets (what `predict` gives the forward); any other
+    batch as it is."""
+    if isinstance(batch, Mapping):
+        return {k: v for k, v in batch.items() if k not in TARGET_KEYS}
+    return batch
 
 
 def to_tensor(value: Any, what: str) -> Tensor:

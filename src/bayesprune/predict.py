@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import metrics
-from .inputs import Inputs, as_inputs, rows, take, tensors, to_device
+from .inputs import Inputs, as_inputs, map_inputs, rows, take, tensors, to_device, without_targets
 from .likelihoods import Likelihood, make_likelihood
 from .nn import GradientEstimator, use_posterior_mean
 from .nn.pass_draws import one_draw_per_pass
@@ -197,8 +197,10 @@ def _check_finite_output(parts: list[Tensor], largest: float) -> None:
 
 
 def _as_inputs(x: Any, reference: Tensor | None, count: int) -> Inputs:
-    """`_as_input` of each of a forward's `count` inputs (a tuple for several, checked
-    by `inputs.as_inputs`)."""
+    """`_as_input` of each of a forward's `count` inputs (a tuple for several, a dict by
+    name, checked by `inputs.as_inputs`)."""
+    if isinstance(x, Mapping):
+        return map_inputs(as_inputs(x, count, "x"), lambda t: _as_input(t, reference))
     if count == 1:
         return _as_input(x, reference)
     return tuple(_as_input(t, reference) for t in tensors(as_inputs(x, count, "x")))
@@ -224,8 +226,8 @@ def _as_input(x: Any, reference: Tensor | None) -> Tensor:
     check_input_dtype(x)
     if not torch.isfinite(x).all():
         raise ValueError("x contains NaN or inf; clean or impute the inputs first")
-    if reference is not None and reference.is_floating_point():
-        x = x.to(reference.dtype)
+    if reference is not None and reference.is_floating_point() and x.is_floating_point():
+        x = x.to(reference.dtype)  # integers (token ids, masks) go in as they are
     return x
 
 
@@ -279,8 +281,13 @@ class _Batches:
 
 def _loader_inputs(batch: Any, count: int) -> Any:
     """The inputs of a loader's batch: x or (x, y); for a forward of `count` > 1 tensors
-    ((a, b), y), (a, b, y) or (a, b)."""
+    ((a, b), y), (a, b, y) or (a, b); a dict by name without its targets ("labels"),
+    or (dict, y)."""
+    if isinstance(batch, Mapping):
+        return without_targets(batch)
     sequence = isinstance(batch, tuple | list)
+    if sequence and batch and isinstance(batch[0], Mapping):
+        return batch[0]
     if count == 1:
         return batch[0] if sequence else batch
     if sequence and batch and isinstance(batch[0], tuple | list):

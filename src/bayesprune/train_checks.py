@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from .data.xy import InputsDataset
+from .inputs import map_inputs
 from .likelihoods import Likelihood
 from .validation import (
     check_finite_number,
@@ -48,16 +49,21 @@ def check_settings(
 
 
 def checked_inputs(dataset: Dataset, model: nn.Module, what: str) -> Dataset:
-    """Tensor inputs must be real floats; other float widths are cast to the model's dtype."""
+    """Tensor inputs must be real; other float widths are cast to the model's dtype
+    (integers, token ids, go in as they are)."""
     if isinstance(dataset, InputsDataset):
-        cast = [checked_inputs(TensorDataset(x), model, what).tensors[0] for x in dataset.inputs]
-        return InputsDataset(tuple(cast), dataset.targets)
+        cast = map_inputs(
+            dataset.inputs, lambda x: checked_inputs(TensorDataset(x), model, what).tensors[0]
+        )
+        return InputsDataset(cast, dataset.targets)
     if not isinstance(dataset, TensorDataset):
         return dataset
     x, *rest = dataset.tensors
     check_input_dtype(x, f"{what} X")
     reference = next(iter(model.parameters()), None)
     if reference is None or not reference.is_floating_point() or x.dtype == reference.dtype:
+        return dataset
+    if not x.is_floating_point():
         return dataset
     return TensorDataset(x.to(reference.dtype), *rest)
 

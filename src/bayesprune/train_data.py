@@ -57,10 +57,12 @@ def loader_batches(loader: Iterable[Any], model: nn.Module) -> Iterator[tuple[In
     reference = next(iter(model.parameters()), None)
     count = required_inputs(model)
     for batch in loader:
-        if not (isinstance(batch, tuple | list) and len(batch) >= 2):
+        if not (
+            isinstance(batch, Mapping) or (isinstance(batch, tuple | list) and len(batch) >= 2)
+        ):
             raise ValueError(
-                f"each training batch must be an (x, y) pair, got {type(batch).__name__}; "
-                "return (inputs, targets) from the Dataset or collate_fn"
+                f"each training batch must be an (x, y) pair or a dict with 'labels', got "
+                f"{type(batch).__name__}; return (inputs, targets) from the Dataset or collate_fn"
             )
         inputs, targets = split_batch(batch, count)
         x, y = as_inputs(inputs, count, "train x"), torch.as_tensor(targets)
@@ -68,7 +70,8 @@ def loader_batches(loader: Iterable[Any], model: nn.Module) -> Iterator[tuple[In
         def cast(t: Tensor) -> Tensor:
             check_input_dtype(t, "train x")
             floating = reference is not None and reference.is_floating_point()
-            return t.to(reference.dtype) if floating and t.dtype != reference.dtype else t
+            cast = floating and t.is_floating_point() and t.dtype != reference.dtype
+            return t.to(reference.dtype) if cast else t  # integers (token ids) as they are
 
         yield map_inputs(x, cast), y
 

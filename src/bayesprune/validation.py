@@ -28,6 +28,7 @@ __all__ = [
     "check_scores",
     "forward_checked",
     "model_device",
+    "model_output",
     "resolve_device",
 ]
 
@@ -83,13 +84,34 @@ def check_finite_parameters(named: Iterable[tuple[str, Tensor]], epoch: int) -> 
 
 
 def check_input_dtype(x: Tensor, what: str = "x") -> None:
-    """Refuse inputs a network cannot take: integers, booleans, complex numbers."""
-    if x.dtype.is_complex or not x.dtype.is_floating_point:
+    """Refuse inputs no network takes: complex numbers. Integers and booleans go in as
+    they are (token ids for an embedding, a padding mask); a layer that cannot take them
+    is one clear error from `forward_checked`."""
+    if x.dtype.is_complex:
         raise ValueError(
             f"{what} has dtype {x.dtype}, but the network takes real floating-point inputs "
-            f"(float32 or float64); convert with {what}.float() (or np.asarray(..., "
-            "dtype='float32'))"
+            f"(float32 or float64); convert with {what}.real or {what}.abs()"
         )
+
+
+def model_output(out: Any) -> Any:
+    """What the likelihood reads from a forward's output: the output itself, or the
+    logits of an output by name (Hugging Face's `ModelOutput`, a dict with "logits")."""
+    if isinstance(out, Mapping) and "logits" in out:
+        return out["logits"]
+    return out
+
+
+def _call(model: nn.Module, x: Any) -> Any:
+    if isinstance(x, dict):
+        return model(**x)
+    return model(*x) if isinstance(x, tuple) else model(x)
+
+
+def _dtypes(x: Any) -> list[torch.dtype]:
+    if isinstance(x, dict):
+        return [t.dtype for t in x.values()]
+    return [t.dtype for t in x] if isinstance(x, tuple) else [x.dtype]
 
 
 def required_inputs(model: nn.Module) -> int:
@@ -107,11 +129,17 @@ def required_inputs(model: nn.Module) -> int:
 
 
 def forward_checked(model: nn.Module, x: Any) -> Any:
-    """`model(x)` (`model(*x)` for a tuple of inputs), with a shape or dtype mismatch, or
-    a forward that needs more tensors than it got, turned into one ValueError."""
+    """`model(x)` (`model(*x)` for a tuple of inputs, `model(**x)` for a dict), its
+    `model_output`, with a shape or dtype mismatch, or a forward that needs more
+    tensors than it got, turned into one ValueError."""
     try:
-        return model(*x) if isinstance(x, tuple) else model(x)
+        return model_output(_call(model, x))
     except TypeError as err:
+        if isinstance(x, dict):
+            raise ValueError(
+                f"{type(model).__name__}.forward does not take the inputs by name "
+                f"{sorted(x)} ({str(err).splitlines()[0]}); name them as its arguments"
+            ) from err
         needed = required_inputs(model)
         given = len(x) if isinstance(x, tuple) else 1
         if needed > given:
@@ -130,7 +158,23 @@ def forward_checked(model: nn.Module, x: Any) -> Any:
                 "or fit(..., channels_last=True) use channels_last=False (fit: None), or "
                 "flatten with torch.flatten / nn.Flatten"
             ) from err
-        shapes = [tuple(t.shape) for t in x] if isinstance(x, tuple) else tuple(x.shape)
+        dtypes = _dtypes(x)
+        if any(not (d.is_floating_point or d.is_complex) for d in dtypes) and (
+            "dtype" in text or "type" in text or "Long" in text or "Int" in text
+        ):
+            raise ValueError(
+                f"inputs of dtype {dtypes[0] if len(dtypes) == 1 else dtypes} do not fit the "
+                f"model ({text.splitlines()[0]}): its layers take real floating-point "
+                "inputs; convert them with x.float() (integers go in as they are only for "
+                "a model that looks them up, token ids into an embedding)"
+            ) from err
+        shapes = (
+            {k: tuple(t.shape) for k, t in x.items()}
+            if isinstance(x, dict)
+            else [tuple(t.shape) for t in x]
+            if isinstance(x, tuple)
+            else tuple(x.shape)
+        )
         if "shape" in text or "size" in text or "dimension" in text:
             raise ValueError(
                 f"inputs of shape {shapes} (batch first) do not fit the model "
@@ -139,7 +183,7 @@ def forward_checked(model: nn.Module, x: Any) -> Any:
             ) from err
         if "dtype" in text or "type" in text:
             raise ValueError(
-                f"inputs of dtype {[t.dtype for t in x] if isinstance(x, tuple) else x.dtype} "
+                f"inputs of dtype {dtypes[0] if len(dtypes) == 1 else dtypes} "
                 f"do not fit the model ({text.splitlines()[0]}); "
                 "convert them to the model's dtype"
             ) from err

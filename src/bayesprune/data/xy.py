@@ -8,29 +8,30 @@ functions turn any of them into what the code below needs: a Dataset to batch fr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ..inputs import Inputs, as_inputs, map_inputs, rows, split_batch, tensors, to_tensor
+from ..inputs import Inputs, as_inputs, map_inputs, rows, split_batch, take, tensors, to_tensor
 
 DataLike = Dataset | tuple[Any, Any] | Sequence[Any]
 
 
 class InputsDataset(Dataset):
-    """Examples of a model with several inputs: ``((x1, x2, ...), y)`` per row."""
+    """Examples of a model with several inputs: ``((x1, x2, ...), y)`` per row, or
+    ``({name: x}, y)`` for inputs by name (torch's default collate batches either)."""
 
-    def __init__(self, inputs: tuple[Tensor, ...], targets: Tensor) -> None:
+    def __init__(self, inputs: tuple[Tensor, ...] | dict[str, Tensor], targets: Tensor) -> None:
         self.inputs, self.targets = inputs, targets
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, i: int) -> tuple[tuple[Tensor, ...], Tensor]:
-        return tuple(x[i] for x in self.inputs), self.targets[i]
+    def __getitem__(self, i: int) -> tuple[Inputs, Tensor]:
+        return take(self.inputs, i), self.targets[i]
 
 
 def _checked_pair(data: Any, what: str, inputs: int = 1) -> tuple[Inputs, Tensor]:
@@ -41,7 +42,10 @@ def _checked_pair(data: Any, what: str, inputs: int = 1) -> tuple[Inputs, Tensor
     x, y = as_inputs(data[0], inputs, f"{what} X"), to_tensor(data[1], f"{what} y")
     if rows(x) != y.shape[0]:
         raise ValueError(f"{what}: X has {rows(x)} rows but y has {y.shape[0]}; they must match")
-    named = [(t, "X" if inputs == 1 else f"X[{i}]") for i, t in enumerate(tensors(x))]
+    if isinstance(x, dict):
+        named = [(t, f"X[{k!r}]") for k, t in x.items()]
+    else:
+        named = [(t, "X" if inputs == 1 else f"X[{i}]") for i, t in enumerate(tensors(x))]
     for tensor, name in (*named, (y, "y")):
         if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
             bad = (~torch.isfinite(tensor.reshape(tensor.shape[0], -1))).any(1).nonzero()
@@ -81,7 +85,7 @@ def as_dataset(data: DataLike, what: str = "train", inputs: int = 1) -> Dataset:
         return data
     x, y = _checked_pair(data, what, inputs)
     x = map_inputs(x, lambda t: t.float() if t.dtype == torch.float64 else t)
-    return InputsDataset(x, y) if isinstance(x, tuple) else TensorDataset(x, y)
+    return InputsDataset(x, y) if isinstance(x, tuple | dict) else TensorDataset(x, y)
 
 
 def as_xy(
@@ -101,6 +105,8 @@ def as_xy(
             raise ValueError(f"{what}: the DataLoader yields no batches")
         xs = [as_inputs(x, inputs, f"{what} inputs") for x, _ in batches]
         y = torch.cat([torch.as_tensor(y) for _, y in batches])
+        if isinstance(xs[0], dict):
+            return _joined(xs, what), y  # type: ignore[arg-type]
         if inputs == 1:
             return torch.cat(xs), y  # type: ignore[arg-type]
         return tuple(torch.cat([x[i] for x in xs]) for i in range(inputs)), y  # type: ignore[index]
@@ -115,7 +121,29 @@ def as_xy(
     if not items:
         raise ValueError(f"{what}: the Dataset is empty")
     y = torch.stack([torch.as_tensor(item[1]) for item in items])
+    if isinstance(items[0][0], Mapping):
+        rows_by_name = [as_inputs(item[0], inputs, f"{what} inputs") for item in items]
+        return {k: torch.stack([r[k] for r in rows_by_name]) for k in rows_by_name[0]}, y  # type: ignore[index]
     if inputs == 1:
         return torch.stack([torch.as_tensor(item[0]) for item in items]), y
     parts = [as_inputs(item[0], inputs, f"{what} inputs") for item in items]
     return tuple(torch.stack([p[i] for p in parts]) for i in range(inputs)), y  # type: ignore[index]
+
+
+def _joined(batches: list[dict[str, Tensor]], what: str) -> dict[str, Tensor]:
+    """Batches by name as one set of inputs: each name's rows concatenated; every batch
+    must name the same inputs with the same sizes past the rows (padded alike)."""
+    names = list(batches[0])
+    if any(list(b) != names for b in batches):
+        raise ValueError(f"{what}: the batches name different inputs; give each the same names")
+    joined = {}
+    for name in names:
+        shapes = {tuple(b[name].shape[1:]) for b in batches}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"{what}: input {name!r} has sizes {sorted(shapes)} past the rows in different "
+                "batches, so they cannot be read as one set; pad every batch to one length "
+                "(a tokenizer's padding='max_length')"
+            )
+        joined[name] = torch.cat([b[name] for b in batches])
+    return joined

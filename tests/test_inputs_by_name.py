@@ -1,0 +1,119 @@
+"""A text classifier called by name (token ids, a padding mask; Hugging Face's style, its
+output a dict of logits): fit, predict and evaluate take its inputs as a tokenizer
+gives them, and the same batch scores and shrinks it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+import bayesprune as bp
+from bayesprune import compress
+
+VOCAB, LENGTH = 30, 8
+
+
+class TextClassifier(nn.Module):
+    """Mean of the token embeddings under the mask, an MLP; the logits in a dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 16)
+        self.hidden, self.out = nn.Linear(16, 32), nn.Linear(32, 2)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> dict[str, Tensor]:
+        mask = attention_mask.unsqueeze(-1).to(self.embed.weight.dtype)
+        pooled = (self.embed(input_ids) * mask).sum(1) / mask.sum(1)
+        return {"logits": self.out(torch.relu(self.hidden(pooled)))}
+
+
+def _texts(n: int, seed: int) -> tuple[dict[str, Tensor], Tensor]:
+    """Label 1 when token 3 appears among the unpadded tokens; the padding holds token 3
+    too, so a model that ignored the mask could not learn it."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, VOCAB, (n, LENGTH), generator=gen)
+    lengths = torch.randint(3, LENGTH + 1, (n,), generator=gen)
+    mask = (torch.arange(LENGTH)[None] < lengths[:, None]).long()
+    labels = torch.randint(0, 2, (n,), generator=gen)
+    where = (torch.rand(n, generator=gen) * lengths).long()
+    ids[labels == 1, where[labels == 1]] = 3
+    ids[mask == 0] = 3
+    return {"input_ids": ids, "attention_mask": mask}, labels
+
+
+class Rows(Dataset):
+    """Examples as a Hugging Face dataset gives them to a collator: one dict each."""
+
+    def __init__(self, x: dict[str, Tensor], y: Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {**{k: v[i] for k, v in self.x.items()}, "labels": self.y[i]}
+
+
+@pytest.fixture(scope="module")
+def trained() -> nn.Module:
+    torch.manual_seed(0)
+    model = bp.convert(TextClassifier(), "gaussian")
+    x, y = _texts(600, seed=0)
+    loader = DataLoader(Rows(x, y), batch_size=64, shuffle=True)
+    bp.fit(model, loader, epochs=12, lr=1e-2)
+    return model
+
+
+def test_fit_on_batches_by_name_learns_and_predict_takes_the_dict(trained):
+    x, y = _texts(300, seed=1)
+    probs = bp.predict(trained, x, samples=8).probs
+    assert probs.shape == (300, 2)
+    assert (probs.argmax(1) == y).float().mean() > 0.85  # chance is 0.5
+    loader = DataLoader(Rows(x, y), batch_size=50)
+    from_loader = bp.predict(trained, loader, samples=8, seed=3).probs
+    assert torch.allclose(
+        from_loader, bp.predict(trained, x, samples=8, seed=3, batch_size=50).probs
+    )
+
+
+def test_fit_on_an_xy_pair_by_name_and_evaluate(trained):
+    torch.manual_seed(1)
+    model = bp.convert(TextClassifier(), "gaussian")
+    x, y = _texts(600, seed=0)
+    history = bp.fit(model, (x, y), val=_texts(200, seed=2), epochs=12, lr=1e-2, batch_size=64)
+    assert history.last()["val_accuracy"] > 0.85
+    scores = bp.evaluate(model, _texts(200, seed=3), samples=4)
+    assert scores["accuracy"] > 0.85 and scores["nll"] < 0.5
+
+
+def test_the_same_batch_scores_and_shrinks_the_trained_model(trained):
+    x, _ = _texts(64, seed=4)
+    keep = compress.keep_units(compress.activation_scores(trained, x), sparsity=0.5)
+    small = compress.shrink_graph(trained, x, prune_units={"hidden": keep["hidden"]})
+    assert small.model.hidden.out_features == 16 and small.max_abs_difference < 1e-5
+    test_x, test_y = _texts(300, seed=5)
+    accuracy = bp.predict(small.model, test_x, samples=8).probs.argmax(1) == test_y
+    assert accuracy.float().mean() > 0.8
+
+
+def test_bad_batches_by_name_are_one_clear_error():
+    model = bp.convert(TextClassifier(), "gaussian")
+    x, y = _texts(20, seed=0)
+    unlabelled = DataLoader([{k: v[i] for k, v in x.items()} for i in range(20)], batch_size=5)
+    with pytest.raises(ValueError, match="targets under 'labels'"):
+        bp.fit(model, unlabelled, epochs=1)
+    with pytest.raises(ValueError, match="does not take the inputs by name"):
+        bp.predict(model, {**x, "token_type_ids": x["input_ids"]}, samples=1)
+    with pytest.raises(ValueError, match="one row per example"):
+        bp.predict(model, {"input_ids": x["input_ids"], "attention_mask": x["attention_mask"][:5]})
+    with pytest.raises(ValueError, match=r"X\['text'\].*drop that entry"):
+        bp.fit(model, ({**x, "text": ["a"] * 20}, y), epochs=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_integers_into_a_float_layer_still_say_what_to_do(dtype):
+    mlp = bp.mlp(3, [4], 2)
+    with pytest.raises(ValueError, match=f"dtype {dtype}.*real floating-point.*x.float"):
+        bp.predict(mlp, torch.ones(4, 3, dtype=dtype), samples=1)
