@@ -117,3 +117,20 @@ def test_integers_into_a_float_layer_still_say_what_to_do(dtype):
     mlp = bp.mlp(3, [4], 2)
     with pytest.raises(ValueError, match=f"dtype {dtype}.*real floating-point.*x.float"):
         bp.predict(mlp, torch.ones(4, 3, dtype=dtype), samples=1)
+
+
+def test_the_shrunk_model_exports_to_onnx_by_name_with_free_lengths(trained, tmp_path):
+    x, _ = _texts(16, seed=6)
+    keep = compress.keep_units(compress.activation_scores(trained, x), sparsity=0.5)
+    small = compress.shrink_graph(trained, x, prune_units={"hidden": keep["hidden"]}).model
+    free = {0: "batch", 1: "tokens"}
+    path = compress.export_onnx(
+        small, tmp_path / "text.onnx", example_inputs=x,
+        dynamic_axes={"input_ids": free, "attention_mask": free},
+    )  # fmt: skip
+    other, _ = _texts(5, seed=7)
+    shorter = {k: v[:, :5] for k, v in other.items()}  # another batch and length
+    shorter["attention_mask"][:, 0] = 1  # every row keeps a token
+    assert compress.onnx_difference(path, small, shorter) < 1e-5
+    with pytest.raises(ValueError, match="input_shape or example_inputs"):
+        compress.export_onnx(small, tmp_path / "none.onnx")

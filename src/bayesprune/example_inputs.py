@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import keyword
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,17 +96,25 @@ def _check_names(module: nn.Module, call: Call) -> None:
 
 
 @contextlib.contextmanager
-def taking_by_position(module: nn.Module, call: Call) -> Iterator[type[nn.Module]]:
+def taking_by_position(
+    module: nn.Module, call: Call, result: Callable[[Any], Any] | None = None
+) -> Iterator[type[nn.Module]]:
     """For the block, `module(*call.inputs)` computes `module(*call.args,
-    **call.keywords, **call.constants)`; yields the module's own class (module
-    docstring). A plain call changes nothing."""
+    **call.keywords, **call.constants)` (with `result` applied to its output, when
+    given); yields the module's own class (module docstring). A plain call without
+    `result` changes nothing."""
     cls = type(module)
-    if call.plain:
+    if call.plain and result is None:
         yield cls
         return
     _check_names(module, call)
-    params = list(inspect.signature(cls.forward).parameters)[1 : len(call.args) + 1]  # no self
-    with forward_taking(module, params, call.constants, keywords=tuple(call.keywords)):
+    params = inspect.signature(cls.forward).parameters
+    if call.plain and any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values()):
+        names = [f"input_{i}" for i in range(len(call.args))]  # a forward of *args
+    else:
+        names = list(params)[1 : len(call.args) + 1]  # after self
+    keywords = tuple(call.keywords)
+    with forward_taking(module, names, call.constants, result, keywords=keywords):
         yield cls
 
 

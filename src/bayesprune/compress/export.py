@@ -30,10 +30,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from ..example_inputs import Call, Example, example_call, taking_by_position
 from ..extras import require
 from ..io import CheckpointError, atomic_write_bytes, load_tensors, save_tensors
 from ..nn import to_deterministic
 from ..nn.base import evaluation_pass, variational_layers
+from ..validation import model_output
 from .adapters import as_prunable, copy_model, prunable_layers
 from .chain import first_tensor
 from .serialize import architecture, build
@@ -190,38 +192,60 @@ def _attention_as_ops() -> Iterator[None]:
 def export_onnx(
     model: nn.Module,
     path: str | Path,
-    input_shape: Sequence[int] | Sequence[Sequence[int]],
+    input_shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
     *,
+    example_inputs: Example | None = None,
     opset: int = 17,
     dynamic_batch: bool = True,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the deterministic network (posterior means) of `model` as ONNX, atomically.
 
     `input_shape` is one example's shape without the batch dimension, or a list of
-    them for a `forward` that takes several tensors. The graph's inputs are "input"
-    (then "input_1", ...) and its output "output"; with `dynamic_batch` any batch size
-    works. Any model the TorchScript tracer follows is exported, chains and graphs
-    alike (residual additions, concatenations, a class of your own from
-    `shrink_graph`). `metadata` goes into the model's `metadata_props` (string keys
-    and values). Needs the `onnx` package (`pip install 'bayesprune[export]'`);
-    without it this raises `MissingExtraError` before writing anything.
+    them for a `forward` that takes several tensors; or instead `example_inputs`, a
+    batch as `shrink_graph` takes it (a tensor, a tuple, or a mapping by name: a
+    tokenizer's output, whose integer token ids the file then takes as int64). The
+    graph's inputs are "input" (then "input_1", ...), or the mapping's names, and its
+    output "output" (the logits of a dict output: Hugging Face's `ModelOutput`); with
+    `dynamic_batch` any batch size works, and `dynamic_axes` (torch's {input name:
+    {dim: label}}) frees more dims, e.g. {"input_ids": {0: "batch", 1: "tokens"}}. Any
+    model the TorchScript tracer follows is exported, chains and graphs alike (residual
+    additions, concatenations, a class of your own from `shrink_graph`). `metadata` goes
+    into the model's `metadata_props` (string keys and values). Needs the `onnx`
+    package (`pip install 'bayesprune[export]'`); without it this raises
+    `MissingExtraError` before writing anything.
     """
     onnx = require("onnx", "export", "ONNX export")
-    shapes = _input_shapes(input_shape)
+    if (input_shape is None) == (example_inputs is None):
+        raise ValueError("export_onnx needs input_shape or example_inputs (one of them)")
     plain = to_deterministic(model) if any(True for _ in variational_layers(model)) else model
     plain = _without_prune_hooks(plain).eval()
     ref = next(iter(plain.parameters()))
-    examples = tuple(torch.zeros(1, *s, dtype=ref.dtype, device=ref.device) for s in shapes)
-    names = _input_names(len(shapes))
+    if example_inputs is None:
+        shapes = _input_shapes(input_shape)  # type: ignore[arg-type]
+        call = Call(tuple(torch.zeros(1, *s, dtype=ref.dtype, device=ref.device) for s in shapes))
+    else:
+        call = example_call(example_inputs)
+        shapes = [tuple(t.shape[1:]) for t in call.inputs if isinstance(t, Tensor)]
+    names = [*(_input_names(len(call.args)) if call.args else []), *call.keywords]
     buffer = io.BytesIO()
-    axes = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
-    with warnings.catch_warnings(), torch.no_grad(), _attention_as_ops():
+    axes: dict[str, Any] | None = (
+        {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
+    )
+    if dynamic_axes:
+        axes = {**(axes or {}), **{k: dict(v) for k, v in dynamic_axes.items()}}
+    with (
+        warnings.catch_warnings(),
+        torch.no_grad(),
+        _attention_as_ops(),
+        taking_by_position(plain, call, result=_output_tensor),
+    ):
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's notice
         try:
             torch.onnx.export(
                 plain,
-                examples,
+                call.inputs,
                 buffer,
                 input_names=names,
                 output_names=["output"],
@@ -247,18 +271,27 @@ def export_onnx(
     return atomic_write_bytes(path, data)
 
 
-def onnx_difference(
-    path: str | Path, model: nn.Module, inputs: Tensor | tuple[Tensor, ...]
-) -> float:
-    """Largest |onnxruntime − torch| of the file at `path` on `inputs` (one batch, or a
-    tuple with one per input of the forward), over the first output.
+def _output_tensor(out: Any) -> Tensor:
+    """The one tensor an exported graph returns: the logits of a dict output, else the
+    first tensor (a moment layer's mean)."""
+    out = model_output(out)
+    if isinstance(out, Mapping):
+        out = next(v for v in out.values() if isinstance(v, Tensor))
+    return first_tensor(out)
+
+
+def onnx_difference(path: str | Path, model: nn.Module, inputs: Example) -> float:
+    """Largest |onnxruntime − torch| of the file at `path` on `inputs` (one batch, a
+    tuple with one per input of the forward, or a mapping by name as exported), over
+    the first output (the logits of a dict output).
 
     torch's side is `model` itself in eval mode with posterior means (its mode is put
     back afterwards), so the check covers `to_deterministic` as well as the exporter.
     Needs onnxruntime (`pip install 'bayesprune[export]'`).
     """
     ort = require("onnxruntime", "export", "checking an ONNX file")
-    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    call = example_call(inputs)
+    args = call.inputs
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     specs = session.get_inputs()
     if len(specs) != len(args):
@@ -269,7 +302,7 @@ def onnx_difference(
     }
     got = torch.from_numpy(session.run(None, feed)[0])
     with evaluation_pass(model):
-        want = first_tensor(model(*args))
+        want = _output_tensor(model(*call.args, **call.keywords, **call.constants))
     return float((got.to(want) - want).abs().max())
 
 
@@ -277,6 +310,8 @@ _ONNX_DTYPES = {
     "tensor(float)": torch.float32,
     "tensor(double)": torch.float64,
     "tensor(int64)": torch.int64,
+    "tensor(int32)": torch.int32,
+    "tensor(bool)": torch.bool,
 }
 
 

@@ -1,0 +1,193 @@
+"""A Hugging Face BERT through the whole path, its inputs by name: convert → fit → evaluate
+→ score → shrink → evaluate.
+
+The data are generated (no download): sequences of token ids of varying length, padded,
+each token with a fixed polarity; the label is drawn from a logistic of the mean polarity
+of the unpadded tokens, so the task needs the attention mask and has label noise (its
+best accuracy is below 1). Batches are dicts (`input_ids`, `attention_mask`, `labels`),
+as a tokenizer and Hugging Face's collator give them. Per seed:
+
+1. `bp.convert(bert, "gaussian", example_inputs=batch)`; `bp.fit` on a DataLoader of dicts;
+2. `compress.activation_scores` on the validation batches (carved from the training
+   rows); `keep_units` at each `--sparsities` value; `shrink_graph(check=True)`;
+3. the largest sparsity whose validation accuracy is within `--tolerance` of the dense
+   network's is chosen; the test rows are read once, for the dense and the chosen network.
+
+The deterministic BERT trained by the same `bp.fit` call is the reference. transformers is
+not a dependency of bayesprune; its `hf` extra installs it beside the bench extra:
+
+    pip install -e ".[bench,hf]"
+    python benchmarks/hf_text_path.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+import warnings
+from typing import Any
+
+import torch
+from _common import add_results_dir_option, md_table, mean_sd, use_results_dir, write_results
+from graph_groups import torchvision_models
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+import bayesprune as bp
+from bayesprune import compress
+from bayesprune.metrics import example_flops
+
+NAME = "hf_text_path"
+VOCAB, LENGTH = 200, 24
+
+
+def make_texts(n: int, seed: int) -> tuple[dict[str, Tensor], Tensor]:
+    """`n` padded sequences and their labels; token polarities are fixed (seed 0)."""
+    polarity = torch.randn(VOCAB, generator=torch.Generator().manual_seed(0))
+    polarity[:3] = 0.0  # padding and special tokens carry nothing
+    gen = torch.Generator().manual_seed(1000 + seed)
+    ids = torch.randint(3, VOCAB, (n, LENGTH), generator=gen)
+    lengths = torch.randint(4, LENGTH + 1, (n,), generator=gen)
+    mask = (torch.arange(LENGTH)[None] < lengths[:, None]).long()
+    ids[mask == 0] = 0
+    score = (polarity[ids] * mask).sum(1) / lengths.sqrt()
+    labels = torch.bernoulli(torch.sigmoid(2.0 * score), generator=gen).long()
+    return {"input_ids": ids, "attention_mask": mask}, labels
+
+
+class Rows(Dataset):
+    """One dict per example, as a Hugging Face dataset hands them to a collator."""
+
+    def __init__(self, x: dict[str, Tensor], y: Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {**{k: v[i] for k, v in self.x.items()}, "labels": self.y[i]}
+
+
+def build_bert(transformers: Any) -> nn.Module:
+    config = transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=LENGTH,
+    )  # fmt: skip
+    return transformers.BertForSequenceClassification(config)
+
+
+def _evaluate(model: nn.Module, data: tuple[dict[str, Tensor], Tensor], samples: int) -> dict:
+    scores = bp.evaluate(model, data, samples=samples, seed=0)
+    return {k: scores[k] for k in ("accuracy", "nll", "ece")}
+
+
+def _parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def run_seed(transformers: Any, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    x, y = make_texts(args.train + args.val, seed=0)
+    train = ({k: v[: args.train] for k, v in x.items()}, y[: args.train])
+    val = ({k: v[args.train :] for k, v in x.items()}, y[args.train :])
+    test = make_texts(args.test, seed=1)
+    fit = dict(epochs=args.epochs, lr=args.lr, seed=seed, progress=False)
+    torch.manual_seed(seed)
+    plain = build_bert(transformers)
+    example = {k: v[:8] for k, v in train[0].items()}
+    model = bp.convert(copy.deepcopy(plain), "gaussian", example_inputs=example)
+    row: dict[str, Any] = {"seed": seed}
+    started = time.perf_counter()
+    bp.fit(plain, DataLoader(Rows(*train), batch_size=args.batch_size, shuffle=True), **fit)
+    row["deterministic_fit_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    bp.fit(model, DataLoader(Rows(*train), batch_size=args.batch_size, shuffle=True), **fit)
+    row["bayesian_fit_s"] = time.perf_counter() - started
+    dense_val = _evaluate(model, val, args.samples)
+    scores = compress.activation_scores(model.eval(), DataLoader(Rows(*val), batch_size=100))
+    finite = {n: s for n, s in scores.items() if torch.isfinite(s).any()}
+    chosen, tried = None, []
+    for sparsity in args.sparsities:
+        small = compress.shrink_graph(
+            model, example, prune_units=compress.keep_units(finite, sparsity=sparsity)
+        )
+        accuracy = _evaluate(small.model, val, args.samples)["accuracy"]
+        tried.append({"sparsity": sparsity, "val_accuracy": accuracy})
+        if accuracy >= dense_val["accuracy"] - args.tolerance:
+            chosen = (sparsity, small)
+    row["validation"] = tried
+    row["dense_val_accuracy"] = dense_val["accuracy"]
+    row["deterministic"] = _evaluate(plain, test, 1)
+    row["bayesian"] = _evaluate(model, test, args.samples)
+    if chosen is not None:
+        sparsity, small = chosen
+        row["chosen_sparsity"] = sparsity
+        row["shrunk"] = _evaluate(small.model, test, args.samples)
+        row["parameters_kept"] = _parameters(small.model) / _parameters(model)
+        row["flops_kept"] = example_flops(small.model, example) / example_flops(model, example)
+        row["shrunk_minus_masked"] = small.max_abs_difference
+    print(row, flush=True)
+    return row
+
+
+def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    table = []
+    for network in ("deterministic", "bayesian", "shrunk"):
+        got = [r[network] for r in rows if network in r]
+        table.append(
+            {
+                "network": network,
+                "seeds": len(got),
+                "test accuracy": mean_sd([g["accuracy"] for g in got]),
+                "test NLL": mean_sd([g["nll"] for g in got]),
+                "test ECE": mean_sd([g["ece"] for g in got]),
+            }
+        )
+    kept = [r for r in rows if "shrunk" in r]
+    lines = [
+        md_table(table),
+        f"Chosen sparsity (validation): {[r.get('chosen_sparsity') for r in rows]}; "
+        f"parameters kept {mean_sd([r['parameters_kept'] for r in kept], 3)}, FLOPs kept "
+        f"{mean_sd([r['flops_kept'] for r in kept], 3)}; largest shrunk − masked "
+        f"{max(r['shrunk_minus_masked'] for r in kept):.1e}.\n",
+        f"Seconds per fit: deterministic {mean_sd([r['deterministic_fit_s'] for r in rows], 1)}, "
+        f"Bayesian {mean_sd([r['bayesian_fit_s'] for r in rows], 1)} (one run each, not "
+        "interleaved: a rough figure).\n",
+        f"\nSettings: {settings}\n",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--train", type=int, default=2000)
+    parser.add_argument("--val", type=int, default=500)
+    parser.add_argument("--test", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    parser.add_argument("--tolerance", type=float, default=0.01)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default=NAME)
+    add_results_dir_option(parser)
+    args = parser.parse_args()
+    use_results_dir(args)
+    torch.set_num_threads(args.threads)
+    torchvision_models()  # transformers imports torchvision where installed
+    import transformers
+
+    settings = {k: v for k, v in vars(args).items() if k != "name"}
+    settings["transformers"] = transformers.__version__
+    rows = []
+    for seed in args.seeds:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convert's notes on tied or read layers
+            rows.append(run_seed(transformers, seed, args))
+        write_results(args.name, {"settings": settings, "rows": rows}, render(rows, settings))
+
+
+if __name__ == "__main__":
+    main()
