@@ -10,7 +10,8 @@ as a tokenizer and Hugging Face's collator give them. Per seed:
 1. `bp.convert(bert, "gaussian", example_inputs=batch)`; `bp.fit` on a DataLoader of dicts;
 2. `compress.activation_scores` on the validation batches (carved from the training
    rows); `keep_units` at each `--sparsities` value; `shrink_graph(check=True)`;
-3. the largest sparsity whose validation accuracy is within `--tolerance` of the dense
+3. each shrunk network is trained `--finetune-epochs` more (prune, then tune), and the
+   largest sparsity whose validation accuracy is within `--tolerance` of the dense
    network's is chosen; the test rows are read once, for the dense and the chosen network.
 
 The deterministic BERT trained by the same `bp.fit` call is the reference. transformers is
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 import warnings
 from typing import Any
@@ -111,12 +113,15 @@ def run_seed(transformers: Any, seed: int, args: argparse.Namespace) -> dict[str
         small = compress.shrink_graph(
             model, example, prune_units=compress.keep_units(finite, sparsity=sparsity)
         )
+        if args.finetune_epochs:  # the survivors trained on: the usual prune-then-tune
+            loader = DataLoader(Rows(*train), batch_size=args.batch_size, shuffle=True)
+            bp.fit(small.model, loader, **{**fit, "epochs": args.finetune_epochs})
         accuracy = _evaluate(small.model, val, args.samples)["accuracy"]
         tried.append({"sparsity": sparsity, "val_accuracy": accuracy})
         if accuracy >= dense_val["accuracy"] - args.tolerance:
             chosen = (sparsity, small)
     row["validation"] = tried
-    row["dense_val_accuracy"] = dense_val["accuracy"]
+    row["dense_val_accuracy"], row["dense_val_nll"] = dense_val["accuracy"], dense_val["nll"]
     row["deterministic"] = _evaluate(plain, test, 1)
     row["bayesian"] = _evaluate(model, test, args.samples)
     if chosen is not None:
@@ -126,14 +131,55 @@ def run_seed(transformers: Any, seed: int, args: argparse.Namespace) -> dict[str
         row["parameters_kept"] = _parameters(small.model) / _parameters(model)
         row["flops_kept"] = example_flops(small.model, example) / example_flops(model, example)
         row["shrunk_minus_masked"] = small.max_abs_difference
+        row.update(_onnx(model, small.model, example, test[0], args.latency_repeats))
     print(row, flush=True)
     return row
+
+
+def _onnx(
+    dense: nn.Module, small: nn.Module, example: dict, test_x: dict, repeats: int
+) -> dict[str, float]:
+    """Both networks exported by name (any batch and length), the shrunk one checked in
+    onnxruntime on 32 test rows, and their onnxruntime latency on those rows (medians,
+    the two interleaved)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    free = {0: "batch", 1: "tokens"}
+    axes = {"input_ids": free, "attention_mask": free}
+    rows = {k: v[:32] for k, v in test_x.items()}
+    feed = {k: v.numpy() for k, v in rows.items()}
+    sessions, times = {}, {"dense": [], "shrunk": []}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, net in (("dense", dense), ("shrunk", small)):
+            path = compress.export_onnx(
+                net, f"{folder}/{name}.onnx", example_inputs=example, dynamic_axes=axes
+            )
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            sessions[name] = ort.InferenceSession(str(path), options)
+            if name == "shrunk":
+                difference = compress.onnx_difference(path, small, rows)
+        for _ in range(repeats):
+            for name, session in sessions.items():
+                started = time.perf_counter()
+                session.run(None, feed)
+                times[name].append(time.perf_counter() - started)
+    dense_ms, small_ms = (1000 * statistics.median(times[n]) for n in ("dense", "shrunk"))
+    return {
+        "onnx_minus_torch": difference,
+        "onnx_ms_dense_batch32": dense_ms,
+        "onnx_ms_shrunk_batch32": small_ms,
+    }
 
 
 def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     table = []
     for network in ("deterministic", "bayesian", "shrunk"):
         got = [r[network] for r in rows if network in r]
+        if not got:
+            continue
         table.append(
             {
                 "network": network,
@@ -144,12 +190,18 @@ def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
             }
         )
     kept = [r for r in rows if "shrunk" in r]
+    if not kept:
+        return md_table(table) + "\nNo sparsity tried held the validation accuracy.\n"
     lines = [
         md_table(table),
         f"Chosen sparsity (validation): {[r.get('chosen_sparsity') for r in rows]}; "
         f"parameters kept {mean_sd([r['parameters_kept'] for r in kept], 3)}, FLOPs kept "
         f"{mean_sd([r['flops_kept'] for r in kept], 3)}; largest shrunk − masked "
         f"{max(r['shrunk_minus_masked'] for r in kept):.1e}.\n",
+        f"onnxruntime (one thread, 32 test rows, medians of {settings['latency_repeats']} "
+        f"interleaved runs): dense {mean_sd([r['onnx_ms_dense_batch32'] for r in kept], 2)} ms, "
+        f"shrunk {mean_sd([r['onnx_ms_shrunk_batch32'] for r in kept], 2)} ms; shrunk ONNX − "
+        f"torch {max(r['onnx_minus_torch'] for r in kept):.1e}.\n",
         f"Seconds per fit: deterministic {mean_sd([r['deterministic_fit_s'] for r in rows], 1)}, "
         f"Bayesian {mean_sd([r['bayesian_fit_s'] for r in rows], 1)} (one run each, not "
         "interleaved: a rough figure).\n",
@@ -161,16 +213,18 @@ def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--train", type=int, default=2000)
+    parser.add_argument("--train", type=int, default=5000)
     parser.add_argument("--val", type=int, default=500)
     parser.add_argument("--test", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--latency-repeats", type=int, default=50)
     parser.add_argument("--name", default=NAME)
     add_results_dir_option(parser)
     args = parser.parse_args()
