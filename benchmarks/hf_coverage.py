@@ -208,6 +208,20 @@ def _builders(tf: Any) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
             ),
             "text",
         ),
+        "deberta_v3": (  # relative positions through the shared key / query projections
+            lambda: tf.DebertaV2ForSequenceClassification(
+                tf.DebertaV2Config(
+                    **text,
+                    max_position_embeddings=64,
+                    relative_attention=True,
+                    pos_att_type=["p2c", "c2p"],
+                    share_att_key=True,
+                    position_buckets=16,
+                    norm_rel_ebd="layer_norm",
+                )
+            ),
+            "text",
+        ),
         "vit": (lambda: tf.ViTForImageClassification(tf.ViTConfig(**image)), "image"),
         "swin": (
             lambda: tf.SwinForImageClassification(

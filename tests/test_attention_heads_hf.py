@@ -283,3 +283,50 @@ def test_a_dropped_head_and_dropped_output_units_together_equal_the_masked_model
     result = shrink_graph(model, _tokens(), prune_units=keep)
     assert result.model.attention.num_heads == 3 and result.model.head.in_features == 12
     assert result.max_abs_difference < 1e-9
+
+
+class DisentangledSelfAttention(nn.Module):
+    """DeBERTa's: `*_proj` layers, the head count handed to `transpose_for_scores`."""
+
+    def __init__(self, dim: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.num_attention_heads, self.attention_head_size = heads, dim // heads
+        self.all_head_size = heads * self.attention_head_size
+        self.query_proj, self.key_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.value_proj = nn.Linear(dim, dim)
+
+    def transpose_for_scores(self, x: Tensor, heads: int) -> Tensor:
+        x = x.view(*x.size()[:-1], heads, -1)
+        return x.permute(0, 2, 1, 3).contiguous().view(-1, x.size(1), x.size(-1))
+
+    def forward(self, hidden: Tensor) -> tuple[Tensor]:
+        q, k, v = (
+            self.transpose_for_scores(layer(hidden), self.num_attention_heads)
+            for layer in (self.query_proj, self.key_proj, self.value_proj)
+        )
+        weights = (q @ k.transpose(-1, -2) / self.attention_head_size**0.5).softmax(-1)
+        context = (weights @ v).view(-1, self.num_attention_heads, hidden.size(1), q.size(-1))
+        context = context.permute(0, 2, 1, 3).contiguous()
+        return (context.view(*context.size()[:-2], self.all_head_size),)
+
+
+class DebertaAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.self, self.output = DisentangledSelfAttention(), SelfOutput()
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.output(self.self(hidden)[0], hidden)
+
+
+def test_deberta_heads_are_proven_scored_and_removed():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(6, 16), DebertaAttention(), nn.Linear(16, 3))
+    model = bp.convert(model, "gaussian").double().eval()
+    assert head_layout(model[1]) is not None and head_count(model[1]) == 4
+    x = _tokens()
+    assert activation_scores(model, x)["1"].shape == (4,)
+    result = shrink_graph(model, x, prune_units={"1": [0, 3]})
+    assert result.model[1].self.num_attention_heads == 2
+    assert result.model[1].self.value_proj.out_features == 8
+    assert result.max_abs_difference < 1e-9

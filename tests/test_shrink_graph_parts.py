@@ -349,3 +349,34 @@ def test_an_empty_call_does_not_spoil_a_part_scores():
     model, x = _build(SometimesEmpty, "gaussian"), _x(4)
     scores = activation_scores(model, x)
     assert torch.isfinite(scores["head.fc1"]).all() and (scores["head.fc1"] > 0).any()
+
+
+class SharedProjection(nn.Module):
+    """DeBERTa's pattern: one projection reads the tokens and a table of relative
+    positions in the same pass, in a forward that checks a shape (a valued trace), with
+    a small traceable head; most layers are the model's own children."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.positions = nn.Parameter(torch.randn(5, 8))
+        self.proj, self.up, self.down = nn.Linear(8, 8), nn.Linear(8, 16), nn.Linear(16, 8)
+        self.head = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3:
+            raise ValueError("tokens: batch x length x 8")
+        tokens, places = self.proj(x), self.proj(self.positions)
+        h = torch.softmax(tokens @ places.T, -1) @ places
+        h = h + self.down(torch.relu(self.up(h)))
+        return self.head(h.mean(1))
+
+
+def test_a_module_called_twice_in_a_valued_trace_keeps_the_model_whole():
+    """Parts would hold the head alone; the whole valued graph holds every layer."""
+    model, x = _build(SharedProjection, "gaussian"), torch.randn(3, 5, 8).double()
+    found = find_parts(model, (x,))
+    assert found.traced and found.parts[0].name == ""
+    scores = activation_scores(model, x)
+    assert torch.isfinite(scores["up"]).all()  # the main path's units, not only the head's
+    result = shrink_graph(model, x, prune_units={"up": keep_units(scores, 0.5)["up"]})
+    assert result.model.up.out_features == 8 and result.max_abs_difference < TOL

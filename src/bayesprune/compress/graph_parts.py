@@ -22,7 +22,8 @@ call; `shrink_graph` checks every call, and the whole model's output.
 Before parts are sought, a forward that fails only on shapes or optional arguments
 (Hugging Face's) is traced with the example's values (`bayesprune.tracing`) and taken
 whole, unless that trace calls a module with weights twice (a loop over the images it
-unrolled), where parts come first and the valued graph is the last resort.
+unrolled), where parts come first if they hold at least half of the prunable layers and
+the valued graph is the last resort.
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ def find_parts(
     """The whole model when it traces, else its largest traceable submodules (module
     docstring). A model that traces only with the example's values (`VALUED`) is taken
     whole unless that trace calls a module with parameters twice (a loop it unrolled),
-    where parts come first. A GraphTraceError when neither it nor any submodule with
+    where parts come first when they hold at least half of the prunable layers. A GraphTraceError when neither it nor any submodule with
     prunable layers traces."""
     try:
         symbolic = trace(model, leaf_modules)
@@ -267,13 +268,15 @@ def find_parts(
         Part(name, model.get_submodule(name), kept[name].call or Call(()), kept[name].count)
         for name in chosen
     ]
-    if not parts and valued is not None:
-        return Parts([Part("", model, Call(inputs))], traced=True, reason=VALUED)
-    if not parts:
+    if not parts and valued is None:
         raise GraphTraceError(
             f"{whole}; and no submodule of {type(model).__name__} with prunable layers "
             "traces on its own either"
         ) from whole
     found = Parts(parts, traced=False, reason=str(whole).split("; move that code")[0])
     found.outside = [n for n, _ in prunable_layers(model) if found.owner(n) is None]
+    if valued is not None and len(found.outside) > len(layers) / 2:
+        # the parts miss most layers: a module called twice in one pass (DeBERTa's key
+        # projection reads the tokens and the relative positions) was no unrolled loop
+        return Parts([Part("", model, Call(inputs))], traced=True, reason=VALUED)
     return found

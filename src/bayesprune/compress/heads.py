@@ -200,7 +200,7 @@ _FUSED = (
     ),
 )  # fmt: skip
 
-_SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, ViT, DistilBERT
+_SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, ViT, DistilBERT, DeBERTa
     HeadLayout(
         "self.value", ("self.query", "self.key", "self.value"), "output.dense", False,
         "self", "num_attention_heads", "attention_head_size", ("all_head_size",),
@@ -213,6 +213,11 @@ _SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, ViT, DistilBE
     HeadLayout(
         "v_lin", ("q_lin", "k_lin", "v_lin"), "out_lin", False, "", "n_heads",
         "attention_head_size", ("dim",),
+    ),
+    HeadLayout(  # DeBERTa's: its projections named `*_proj`
+        "self.value_proj", ("self.query_proj", "self.key_proj", "self.value_proj"),
+        "output.dense", False, "self", "num_attention_heads", "attention_head_size",
+        ("all_head_size",),
     ),
     HeadLayout(  # Llama's, Mistral's, Qwen2's: a unit is a key / value head and its queries
         "v_proj", ("q_proj", "k_proj", "v_proj"), "o_proj", False, "", "", "head_dim",
