@@ -134,3 +134,28 @@ def test_the_shrunk_model_exports_to_onnx_by_name_with_free_lengths(trained, tmp
     assert compress.onnx_difference(path, small, shorter) < 1e-5
     with pytest.raises(ValueError, match="input_shape or example_inputs"):
         compress.export_onnx(small, tmp_path / "none.onnx")
+
+
+def _padded_apart(batch: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """A collator that pads each batch to its own longest sequence (Hugging Face's
+    `DataCollatorWithPadding`): batches of different lengths."""
+    longest = max(int(row["attention_mask"].sum()) for row in batch)
+    return {
+        "input_ids": torch.stack([row["input_ids"][:longest] for row in batch]),
+        "attention_mask": torch.stack([row["attention_mask"][:longest] for row in batch]),
+        "labels": torch.stack([row["labels"] for row in batch]),
+    }
+
+
+def test_batches_padded_to_their_own_length_validate_and_evaluate(trained):
+    x, y = _texts(200, seed=8)
+    order = x["attention_mask"].sum(1).argsort()  # short rows first: lengths differ by batch
+    x, y = {k: v[order] for k, v in x.items()}, y[order]
+    loader = DataLoader(Rows(x, y), batch_size=40, collate_fn=_padded_apart)
+    assert len({b["input_ids"].shape[1] for b in loader}) > 1
+    scores = bp.evaluate(trained, loader, samples=4)
+    joined = bp.evaluate(trained, (x, y), samples=4)
+    assert scores["accuracy"] == pytest.approx(joined["accuracy"]) and scores["accuracy"] > 0.85
+    model = bp.convert(TextClassifier(), "gaussian")
+    history = bp.fit(model, DataLoader(Rows(*_texts(300, seed=9)), batch_size=50), val=loader)
+    assert "val_accuracy" in history.last()

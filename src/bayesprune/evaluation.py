@@ -171,7 +171,7 @@ def scorer(
         raise ValueError(
             f"samples, batch_size and bins must be >= 1, got {samples}, {batch_size}, {bins}"
         )
-    x, y = as_xy(data, "evaluation data", inputs)
+    x, y = as_xy(data, "evaluation data", inputs, ragged=True)  # batches padded apart: kept
     table = METRICS[lik.task]
 
     def predictive(model: nn.Module, features: Any) -> Any:

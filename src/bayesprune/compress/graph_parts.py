@@ -226,8 +226,8 @@ def find_parts(
     """The whole model when it traces, else its largest traceable submodules (module
     docstring). A model that traces only with the example's values (`VALUED`) is taken
     whole unless that trace calls a module with parameters twice (a loop it unrolled),
-    where parts come first when they hold at least half of the prunable layers. A GraphTraceError when neither it nor any submodule with
-    prunable layers traces."""
+    where parts come first when they hold at least half of the prunable layers. A
+    GraphTraceError when neither it nor any submodule with prunable layers traces."""
     try:
         symbolic = trace(model, leaf_modules)
         if unset := unset_reads(symbolic, len(inputs)):

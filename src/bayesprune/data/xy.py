@@ -88,8 +88,24 @@ def as_dataset(data: DataLike, what: str = "train", inputs: int = 1) -> Dataset:
     return InputsDataset(x, y) if isinstance(x, tuple | dict) else TensorDataset(x, y)
 
 
+class StoredBatches:
+    """Batches by name read once from a loader and kept, for inputs padded to a
+    different length in each batch (Hugging Face's `DataCollatorWithPadding`), which
+    cannot be joined: `predict` takes them as it takes a loader, in the same order as
+    the targets read beside them."""
+
+    def __init__(self, batches: list[dict[str, Tensor]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Any:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def as_xy(
-    data: DataLike | DataLoader, what: str = "data", inputs: int = 1
+    data: DataLike | DataLoader, what: str = "data", inputs: int = 1, ragged: bool = False
 ) -> tuple[Inputs, Tensor]:
     """The whole inputs and targets (batch first): two tensors, or with `inputs` > 1 a
     tuple of that many input tensors and the targets.
@@ -97,7 +113,9 @@ def as_xy(
     A TensorDataset, an `InputsDataset` or an (X, y) pair gives its tensors without a
     copy; any other Dataset, or a DataLoader, is read once, example by example or batch
     by batch, and stacked (so it must fit in memory). Dtypes are kept (`predict` casts
-    the inputs to the model's).
+    the inputs to the model's). With `ragged`, a loader of batches by name padded to a
+    different length in each batch gives its inputs as `StoredBatches` (for `predict`)
+    instead of an error.
     """
     if isinstance(data, DataLoader):
         batches = [split_batch(b, inputs) for b in data]
@@ -106,6 +124,8 @@ def as_xy(
         xs = [as_inputs(x, inputs, f"{what} inputs") for x, _ in batches]
         y = torch.cat([torch.as_tensor(y) for _, y in batches])
         if isinstance(xs[0], dict):
+            if ragged and _uneven(xs):  # type: ignore[arg-type]
+                return StoredBatches(xs), y  # type: ignore[arg-type, return-value]
             return _joined(xs, what), y  # type: ignore[arg-type]
         if inputs == 1:
             return torch.cat(xs), y  # type: ignore[arg-type]
@@ -128,6 +148,11 @@ def as_xy(
         return torch.stack([torch.as_tensor(item[0]) for item in items]), y
     parts = [as_inputs(item[0], inputs, f"{what} inputs") for item in items]
     return tuple(torch.stack([p[i] for p in parts]) for i in range(inputs)), y  # type: ignore[index]
+
+
+def _uneven(batches: list[dict[str, Tensor]]) -> bool:
+    """Whether some input has other sizes past the rows in another batch."""
+    return any(len({tuple(b[k].shape[1:]) for b in batches if k in b}) > 1 for k in batches[0])
 
 
 def _joined(batches: list[dict[str, Tensor]], what: str) -> dict[str, Tensor]:
