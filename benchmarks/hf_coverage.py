@@ -266,13 +266,115 @@ def _builders(tf: Any) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
             ),
             "image",
         ),
+        **_session_30(tf, text, decoder, bart),
     }
+
+
+def _session_30(
+    tf: Any, text: dict[str, Any], decoder: dict[str, Any], bart: dict[str, Any]
+) -> dict[str, tuple[Callable[[], torch.nn.Module], str]]:
+    """The rows added in session 30 (other families, two modalities, audio)."""
+    vision = dict(TEXT, image_size=32, patch_size=8)
+    special = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return {
+        "falcon": (  # its `FalconLinear`: an nn.Linear with a forward of its own
+            lambda: tf.FalconForCausalLM(
+                tf.FalconConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                vocab_size=VOCAB)
+            ),
+            "text",
+        ),
+        "mixtral": (  # mixture of experts: the tokens routed by value
+            lambda: tf.MixtralForCausalLM(
+                tf.MixtralConfig(**decoder, num_local_experts=4, num_experts_per_tok=2)
+            ),
+            "text",
+        ),
+        "gptj": (
+            lambda: tf.GPTJForCausalLM(
+                tf.GPTJConfig(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, rotary_dim=8,
+                              n_positions=64)
+            ),
+            "text",
+        ),
+        "gpt_bigcode": (
+            lambda: tf.GPTBigCodeForCausalLM(
+                tf.GPTBigCodeConfig(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB,
+                                    n_positions=64)
+            ),
+            "text",
+        ),
+        "modernbert": (
+            lambda: tf.ModernBertForSequenceClassification(
+                tf.ModernBertConfig(**text, reference_compile=False, cls_token_id=1,
+                                    sep_token_id=2, **special)
+            ),
+            "text by name",
+        ),
+        "pegasus": (
+            lambda: tf.PegasusForConditionalGeneration(tf.PegasusConfig(**bart)),
+            "text pair by name",
+        ),
+        "clip": (  # two towers: token ids and pixels by name
+            lambda: tf.CLIPModel(
+                tf.CLIPConfig(text_config=dict(text, max_position_embeddings=32),
+                              vision_config=vision, projection_dim=32)
+            ),
+            "text and image by name",
+        ),
+        "wav2vec2": (  # raw audio through a convolutional feature encoder
+            lambda: tf.Wav2Vec2ForSequenceClassification(
+                tf.Wav2Vec2Config(**TEXT, conv_dim=(32, 32), conv_stride=(5, 2),
+                                  conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                                  num_conv_pos_embedding_groups=4)
+            ),
+            "audio",
+        ),
+        "dinov2": (
+            lambda: tf.Dinov2ForImageClassification(
+                tf.Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                mlp_ratio=2, image_size=32, patch_size=8, num_labels=10)
+            ),
+            "image",
+        ),
+        "beit": (
+            lambda: tf.BeitForImageClassification(
+                tf.BeitConfig(**vision, num_labels=10, use_relative_position_bias=True)
+            ),
+            "image",
+        ),
+        "mobilevit": (
+            lambda: tf.MobileViTForImageClassification(
+                tf.MobileViTConfig(image_size=32, hidden_sizes=[32, 48, 64],
+                                   neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64], num_labels=10)
+            ),
+            "image",
+        ),
+        "squeezebert": (
+            lambda: tf.SqueezeBertForSequenceClassification(
+                tf.SqueezeBertConfig(**text, embedding_size=64)
+            ),
+            "text",
+        ),
+        "funnel": (
+            lambda: tf.FunnelForSequenceClassification(
+                tf.FunnelConfig(d_model=64, n_head=4, d_head=16, d_inner=128,
+                                block_sizes=[1, 1], vocab_size=VOCAB)
+            ),
+            "text",
+        ),
+    }  # fmt: skip
 
 
 def _example(kind: str) -> tuple[torch.Tensor, ...] | dict[str, torch.Tensor]:
     """The example of an input kind: a tuple by position, or a dict by name (a padded
     batch as a tokenizer gives it, an encoder-decoder's `decoder_input_ids`)."""
     gen = torch.Generator().manual_seed(0)
+    if kind == "audio":  # 0.05 s of 16 kHz samples
+        return (torch.randn(2, 800, generator=gen),)
+    if kind == "text and image by name":
+        pixels = torch.randn(2, 3, 32, 32, generator=gen)
+        return {"input_ids": _ids(gen, 16), "pixel_values": pixels}
     if kind == "audio by name":  # log-mel frames: 2 × mel bins × 2 · source positions
         features = torch.randn(2, AUDIO["num_mel_bins"], 2 * AUDIO["max_source_positions"])
         return {"input_features": features, "decoder_input_ids": _ids(gen, 8)}

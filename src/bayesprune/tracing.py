@@ -249,7 +249,18 @@ def _shape_known(args: Any) -> bool:
 
 
 def _values(arg: Any) -> Any:
-    return fx.node.map_aggregate(arg, lambda a: a.example if isinstance(a, ExampleProxy) else a)
+    return fx.node.map_aggregate(arg, _value_of)
+
+
+def _value_of(a: Any) -> Any:
+    """A proxy's value on the example; a tensor attribute read without a call (`w.T` in
+    Falcon's linear layers, an fx `Attribute`) is that attribute of its owner's value."""
+    if isinstance(a, ExampleProxy):
+        return a.__dict__.get("example", _UNKNOWN)
+    if isinstance(a, fx.proxy.Attribute):
+        owner = _value_of(a.root)
+        return _UNKNOWN if owner is _UNKNOWN else getattr(owner, a.attr)
+    return a
 
 
 class ExampleValues(fx.Tracer):

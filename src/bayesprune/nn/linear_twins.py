@@ -1,4 +1,5 @@
-"""Layers that compute a linear map with their weight stored transposed, as nn.Linear.
+"""Layers that compute a linear map with their weight stored transposed, or through a
+forward of their own, as nn.Linear.
 
 GPT-2 (and OpenAI GPT) write their projections as Hugging Face's `Conv1D`: a module
 whose `weight` is `in × out` and whose forward is `x @ weight + bias`. It is a linear
@@ -8,7 +9,10 @@ projection of a GPT-2 plain. `linear_twins` replaces each such module by the
 makes Bayesian like any other. A module is taken on what it computes, not its name: it
 has no children, exactly a 2-d `weight` and a matching 1-d `bias` (or none), and on
 random inputs (a batch of rows and a batch of sequences) its output equals
-`x @ weight + bias` to float rounding.
+`x @ weight + bias` to float rounding. An nn.Linear subclass whose own forward computes
+what nn.Linear's does (Falcon's `FalconLinear`) is replaced the same way (`convert`
+replaces only subclasses that keep torch's forward, since another forward may compute
+something else).
 """
 
 from __future__ import annotations
@@ -20,16 +24,22 @@ from .base import SerializableLayer
 
 
 def _transposed_weight(module: nn.Module) -> tuple[Tensor, Tensor | None] | None:
-    """(weight in × out, bias) of a module shaped like a transposed linear layer."""
-    if isinstance(module, nn.Linear | SerializableLayer) or next(module.children(), None):
+    """(weight in × out, bias) of a module shaped like a transposed linear layer, or of
+    an nn.Linear subclass with a forward of its own (Falcon's `FalconLinear` writes
+    `x @ self.weight.T + self.bias`), its weight seen transposed."""
+    if isinstance(module, SerializableLayer) or next(module.children(), None):
         return None
+    own_forward = type(module).forward is not nn.Linear.forward
+    if isinstance(module, nn.Linear) and not own_forward:
+        return None  # torch's own forward: `convert` takes it as it is
     params = dict(module.named_parameters(recurse=False))
     weight, bias = params.get("weight"), params.get("bias")
     if weight is None or set(params) - {"weight", "bias"} or weight.ndim != 2:
         return None
-    if bias is not None and bias.shape != (weight.shape[1],):
-        return None
     if not weight.is_floating_point() or weight.is_meta:
+        return None
+    weight = weight.t() if isinstance(module, nn.Linear) else weight
+    if bias is not None and bias.shape != (weight.shape[1],):
         return None
     return weight, bias
 
