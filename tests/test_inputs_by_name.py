@@ -159,3 +159,14 @@ def test_batches_padded_to_their_own_length_validate_and_evaluate(trained):
     model = bp.convert(TextClassifier(), "gaussian")
     history = bp.fit(model, DataLoader(Rows(*_texts(300, seed=9)), batch_size=50), val=loader)
     assert "val_accuracy" in history.last()
+
+
+def test_scores_read_a_loader_of_labelled_dicts_without_the_labels(trained):
+    x, y = _texts(100, seed=10)
+    from_loader = compress.activation_scores(trained, DataLoader(Rows(x, y), batch_size=25))
+    from_inputs = compress.activation_scores(
+        trained, [{k: v[i : i + 25] for k, v in x.items()} for i in range(0, 100, 25)]
+    )
+    assert from_loader.keys() == from_inputs.keys()
+    for name in from_loader:
+        assert torch.allclose(from_loader[name], from_inputs[name])

@@ -350,6 +350,7 @@ class _GraphShrinker:
         dead -= self._size_bound(cg, dead) | self._layer_norm_bound(cg, dead)
         while True:
             planned, before = [], len(dead)
+            folded: dict[str, dict[int, Tensor]] = {}  # a layer called twice folds once
             for use in cg.sinks:
                 column_groups = [g if (g := cg.find(i)) in dead else None for i in use.ids]
                 if all(g is None for g in column_groups):
@@ -364,6 +365,10 @@ class _GraphShrinker:
                 rows = torch.tensor([cg.find(i) in dead for i in own[use.name]], dtype=torch.bool)
                 means, variances, bad = group_folds(cg, use, reader, column_groups, rows)
                 dead -= bad
+                if use.name in folded:  # another call: its constants must be the first's
+                    dead -= _differing(folded[use.name], means)
+                    continue
+                folded[use.name] = means
                 if means:
                     shifts = [] if reader.has_bias else reader.shifts or []
                     mean, var = sum(means.values()), sum(variances.values())
@@ -1265,6 +1270,18 @@ def _part_differences(
             return float("inf"), scale
         diff, scale = max(diff, _largest(e - g)), max(scale, _largest(e))
     return diff, scale
+
+
+def _differing(first: Mapping[int, Tensor], other: Mapping[int, Tensor]) -> set[int]:
+    """The groups whose constant offsets differ between two calls of one reader (a layer
+    the graph calls twice folds one offset into its bias: it must serve both calls)."""
+    differ = set()
+    for g in {*first, *other}:
+        a, b = first.get(g), other.get(g)
+        same = a is not None and b is not None and a.shape == b.shape
+        if not (same and torch.allclose(a, b, rtol=1e-5, atol=1e-7)):
+            differ.add(g)
+    return differ
 
 
 def _tolerance(tolerance: float, model: nn.Module) -> float:

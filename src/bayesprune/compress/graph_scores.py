@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..example_inputs import Call, taking_by_position
+from ..inputs import without_targets
 from ..nn.base import evaluation_pass
 from ..validation import model_device, required_inputs
 from .adapters import as_prunable
@@ -56,14 +57,15 @@ def _batches(data: Batches, inputs: int = 1) -> Iterable[Call]:
     `fit` reads ``(x, y)``, or a mapping of the forward's arguments by name) or an
     iterable of batches (a list, a DataLoader), each a tensor, a tuple / list starting
     with the inputs, e.g. ``(x, y)`` or ``(x, mask, y)``, or a mapping (a tokenizer's
-    output, a collated dict: ``{"input_ids": ..., "attention_mask": ...}``)."""
+    output, a collated dict: ``{"input_ids": ..., "attention_mask": ...}``; its targets,
+    "labels", are left out as `predict` leaves them)."""
     if isinstance(data, Tensor | Mapping):
         data = [data]
     elif isinstance(data, tuple) and all(isinstance(t, Tensor) for t in data):
         data = [data]  # one batch: (x, y), or several inputs (and labels)
     for batch in data:
         if isinstance(batch, Mapping):
-            call = Call.of((), batch)
+            call = Call.of((), without_targets(batch))  # as `predict` reads it
             if not call.keywords or not all(isinstance(t, Tensor) for t in call.keywords.values()):
                 got = {k: type(v).__name__ for k, v in call.keywords.items()}
                 raise TypeError(f"a batch by name must hold the forward's tensors, got {got}")
@@ -156,9 +158,10 @@ def activation_scores(
     (``(x, mask, y)`` with ``inputs=2``, or one batch ``(x, mask)``); by default as many
     as `forward` requires (its positional parameters without a default, at least 1). `passthrough` /
     `leaf_modules` as for `shrink_graph`. Higher = keep; +inf for pinned channels.
-    Layers called more than once and depthwise convolutions (which follow their input's
-    channels) get no entry; a grouped convolution's group goes whole, so its input and
-    output channels share the group's score. A `bayesprune.nn.MultiheadAttention` gets
+    Depthwise convolutions (which follow their input's channels) get no entry; a layer
+    called several times (ALBERT's shared layer) is scored over all its calls; a
+    grouped convolution's group goes whole, so its input and output channels share the
+    group's score. A `bayesprune.nn.MultiheadAttention` gets
     one score per head under its own name (the same formula, its heads' outputs as the
     columns of `out_proj`). The model is run in eval mode with posterior means; its mode
     is put back. Batches move to the model's device one at a time. A model whose whole
@@ -198,7 +201,12 @@ def _scores(
     for part in found.parts:
         with part.bound():  # called with the constants its call in the model passed
             graphs.append((part.prefix, analyse(part.module, part.inputs, **options)))
-    moments = {pre + use.name: _ColumnMoments(use.axis) for pre, cg in graphs for use in cg.sinks}
+    moments = {  # a convolution reads dim 1, a Linear the last (in every call of it)
+        pre + use.name: _ColumnMoments(1 if hasattr(layer, "in_channels") else -1)
+        for pre, cg in graphs
+        for use in cg.sinks
+        for layer in [model.get_submodule(pre + use.name)]
+    }
     handles = [model.get_submodule(n).register_forward_pre_hook(m) for n, m in moments.items()]
     attention = [name for name in attention_modules(model) if found.owner(name) is not None]
     heads = {name: _ColumnMoments(-1) for name in attention}  # the output projection's inputs

@@ -61,8 +61,11 @@ its mean's. Layers say what they do through class attributes (family knowledge s
 concatenates along the channels (`EVICat`), `flattens = True` flattens like `nn.Flatten`
 (`EVIFlatten`).
 
-Ids that reach the graph's inputs, outputs, a stateful module called twice or holding
-a weight tied to another module's, or any op that is not understood are *pinned*: such
+A prunable layer or a norm over the channels called several times (ALBERT's one layer
+at every depth) reads the same columns and writes the same units in every call
+(`_shared_ids`). Ids that reach the graph's inputs, outputs, another stateful module
+called twice or holding a weight tied to another module's, or any op that is not
+understood are *pinned*: such
 a group is never removed, which keeps the model's interface and makes every unknown op
 safe (it costs pruning, never correctness).
 Inputs named in `free_inputs` get unpinned ids (`ChannelGraph.inputs`) for input pruning;
@@ -504,6 +507,7 @@ class ChannelGraph:
     tied_weights: set[str] = field(default_factory=set)  # parameters another module holds
     tie_columns: dict[str, list[int]] = field(default_factory=dict)  # tied Linear → its ids
     tables: dict[str, list[int]] = field(default_factory=dict)  # embedding weight → its ids
+    shared: dict[str, tuple[Use, Channels] | None] = field(default_factory=dict)  # `_shared_ids`
 
     # -- union-find ------------------------------------------------------------------
     def fresh(self, n: int, pinned: bool = False) -> list[int]:
@@ -638,7 +642,10 @@ def analyse(
             free = target not in tied or target in cg.ties
             table = isinstance(module, nn.Embedding)  # looked up again: the same columns
             once = (calls[node.target] == 1 or _stateless(module) or table) and free
-            found = _module_ids(cg, node, module, first, once, channelwise)
+            if not once and free and _shareable(module):
+                found = _shared_ids(cg, node, module, first, channelwise)
+            else:
+                found = _module_ids(cg, node, module, first, once, channelwise)
             if target in cg.ties and found is not None and not table:
                 cg.tie_columns[target] = _tie_columns(cg, target, found)
         elif node.op in ("call_function", "call_method"):
@@ -737,6 +744,73 @@ def _view_follows(
     at = [p for p, r in view.meta.get("read_sizes", {}).items() if tuple(r) == tuple(read)]
     same = [cg.find(i) for i in cg.ids[view]] == groups
     return same and all(p == cg.axis[view] for p in at)
+
+
+def _shareable(module: nn.Module) -> bool:
+    """A module whose every call may share its channels: a prunable layer (not grouped)
+    or a LayerNorm / RMSNorm over the channels; ALBERT calls one such layer at every
+    depth, DeBERTa's key projection reads the tokens and the relative positions."""
+    if isinstance(module, MultiheadAttention) or getattr(module, "groups", 1) > 1:
+        return False
+    if is_prunable(module):
+        return True
+    norm = isinstance(module, nn.LayerNorm | ZeroCountingLayerNorm)
+    return norm or layer_norm_layout(module) is not None or is_rms_norm(module)
+
+
+def _shared_ids(
+    cg: ChannelGraph,
+    node: fx.Node,
+    module: nn.Module,
+    first: Channels | None,
+    channelwise: tuple[type[nn.Module], ...],
+) -> Channels | None:
+    """One call of a module that the graph calls several times (`_shareable`): every call
+    reads the same columns and writes the same units. The first call is taken as a call
+    of its own; a later one is a sink whose columns are united with the first call's,
+    and gives the first call's unit ids (a layer keeps one producer). A call that is not
+    understood or does not fit (other widths or axes) pins the module's channels in
+    every call, those before it and those after (`cg.shared[name]` is then None)."""
+    name = str(node.target)
+    if name not in cg.shared:
+        found = None if first is None else _module_ids(cg, node, module, first, True, channelwise)
+        if found is None or first is None:
+            cg.shared[name] = None  # its later calls pin too
+            return None
+        use = next((u for u in reversed(cg.sinks) if u.node is node), None)
+        cg.shared[name] = (use or Use(name, node, first[0], axis=first[1]), found)
+        return found
+    earlier = cg.shared[name]
+    if earlier is None or first is None:
+        if earlier is not None:
+            cg.pin([*earlier[0].ids, *earlier[1][0]], f"a call of {_describe(node)}")
+        cg.shared[name] = None
+        return None
+    sink, out = earlier
+    why = f"a call of {_describe(node)} that its other calls' channels do not fit"
+    value, in_value = cg.values[node], cg.values[node.args[0]]
+    if is_prunable(module):  # its columns: those of every call; its units: one set
+        reads = 1 if hasattr(module, "in_channels") else in_value.ndim - 1
+        units = 1 if reads == 1 else value.ndim - 1
+        ids = first[0]
+        if first[1] != reads:  # this call's input is not tracked there: its columns stay
+            _pin_args(cg, node)
+            ids = cg.pinned_fresh(in_value.shape[reads], f"the input of {_describe(node)}")
+        if len(ids) != len(sink.ids) or value.shape[units] != len(out[0]):
+            cg.pin([*ids, *sink.ids, *out[0]], why)
+            return None
+        cg.sinks.append(Use(name, node, ids, sink.groups, reads))
+        found: Channels = (out[0], units)
+    else:  # a norm over the channels: the same channels in every call
+        if first[1] != sink.axis or len(first[0]) != len(sink.ids) or value.shape != in_value.shape:
+            cg.pin([*first[0], *sink.ids, *out[0]], why)
+            return None
+        if any(u.node is sink.node for u in cg.layer_norms):  # its statistics read them here
+            cg.layer_norms.append(Use(name, node, first[0], axis=first[1]))
+        ids, found = first[0], (out[0], first[1])
+    for a, b in zip(ids, sink.ids, strict=True):
+        cg.union(a, b)
+    return found
 
 
 def _stateless(module: nn.Module) -> bool:
