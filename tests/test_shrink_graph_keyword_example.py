@@ -147,3 +147,12 @@ def test_a_model_shrunk_from_a_keyword_example_saves_and_loads(model, tmp_path):
     assert type(loaded) is Encoder and loaded.up.out_features == 16
     other = _example(rows=2, seed=5)
     assert torch.allclose(_mean_output(loaded.eval(), other), _mean_output(result.model, other))
+
+
+def test_a_flops_budget_by_name(model):
+    example = _example()
+    scores = activation_scores(model, example)
+    budget = bp.compress.keep_units_for_flops(model, scores, example, 0.6)
+    assert budget.flops <= 0.6 * budget.dense_flops
+    small = shrink_graph(model, example, prune_units=budget.masks)
+    assert example_flops(small.model, example) == budget.flops
