@@ -170,3 +170,14 @@ def test_scores_read_a_loader_of_labelled_dicts_without_the_labels(trained):
     assert from_loader.keys() == from_inputs.keys()
     for name in from_loader:
         assert torch.allclose(from_loader[name], from_inputs[name])
+
+
+def test_self_compress_takes_a_model_called_by_name(trained):
+    x, y = _texts(200, seed=11)
+    evaluate = bp.evaluation.scorer((x, y), metrics=["accuracy"])
+    result = compress.self_compress(
+        trained, evaluate, example_inputs={k: v[:16] for k, v in x.items()},
+        score="activation", score_data=x, fraction=0.25, tolerance=0.05, max_rounds=2,
+    )  # fmt: skip
+    assert result.model.hidden.out_features < 32
+    assert evaluate(result.model)["accuracy"] > 0.8

@@ -53,6 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..example_inputs import Example
 from .adapters import copy_model
 from .graph import shrink_graph
 from .graph_scores import Batches, activation_scores, score_groups
@@ -189,7 +190,7 @@ class _Cutter:
 
     score: str
     input_shape: Sequence[int] | None
-    example_inputs: Tensor | tuple[Tensor, ...] | None
+    example_inputs: Example | None
     score_data: Batches | None
     passthrough: tuple[type[nn.Module], ...]
 
@@ -305,7 +306,7 @@ def self_compress(
     min_units: int = 1,
     passthrough: Sequence[type[nn.Module]] = (),
     greedy: bool = False,
-    example_inputs: Tensor | tuple[Tensor, ...] | None = None,
+    example_inputs: Example | None = None,
     score_data: Batches | None = None,
     reference: Mapping[str, float] | None = None,
 ) -> SelfCompressResult:
@@ -325,9 +326,9 @@ def self_compress(
     uncompressed model's, in its own direction (a `tolerances` entry for `metric` itself
     replaces `tolerance`); `accuracy` in the history is `metric`. `greedy`: one layer
     per round, the one whose removal costs the least (module doc). `example_inputs` (one
-    batch for `model(*example_inputs)`): cut any graph with `shrink_graph` instead of
-    walking a chain; `score_data` (a batch or a DataLoader) is what `score="activation"`
-    reads. `reference` ({metric: value}) replaces the input model's own value as what a
+    batch for `model(*example_inputs)`, or a mapping for `model(**example_inputs)`): cut
+    any graph with `shrink_graph` instead of walking a chain; `score_data` (a batch or a
+    DataLoader) is what `score="activation"` reads. `reference` ({metric: value}) replaces the input model's own value as what a
     named metric is held against, e.g. the unpruned model's validation ECE when the
     input is already pruned, so that a whole pipeline stays within one tolerance of it
     instead of each stage adding its own. The input model is not modified.
