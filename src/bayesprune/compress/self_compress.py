@@ -328,10 +328,11 @@ def self_compress(
     per round, the one whose removal costs the least (module doc). `example_inputs` (one
     batch for `model(*example_inputs)`, or a mapping for `model(**example_inputs)`): cut
     any graph with `shrink_graph` instead of walking a chain; `score_data` (a batch or a
-    DataLoader) is what `score="activation"` reads. `reference` ({metric: value}) replaces the input model's own value as what a
-    named metric is held against, e.g. the unpruned model's validation ECE when the
-    input is already pruned, so that a whole pipeline stays within one tolerance of it
-    instead of each stage adding its own. The input model is not modified.
+    DataLoader) is what `score="activation"` reads. `reference` ({metric: value})
+    replaces the input model's own value as what a named metric is held against, e.g.
+    the unpruned model's validation ECE when the input is already pruned, so that a
+    whole pipeline stays within one tolerance of it instead of each stage adding its
+    own. The input model is not modified.
     """
     rel_threshold = _check(rel_threshold, fraction, tolerance, max_rounds, min_units)
     held = held_tolerances(metric, tolerance, tolerances)
