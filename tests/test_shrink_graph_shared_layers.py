@@ -82,3 +82,36 @@ def test_dead_units_of_a_shared_layer_fold_once():
     assert result.max_abs_difference < 1e-8
     other = _x(2, seed=2)
     torch.testing.assert_close(_mean(result.model, other), _mean(model, other))
+
+
+class RelativeTable(nn.Module):
+    """DeBERTa's pattern: a table of relative positions read whole (`self.rel.weight`),
+    normalised, its first rows taken (`[0:T, :]`) and given a batch axis (`unsqueeze`),
+    then read by the same key projection as the tokens: the table's columns are the
+    stream's channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.rel = nn.Embedding(30, 16), nn.Embedding(12, 16)
+        self.norm, self.key = nn.LayerNorm(16), nn.Linear(16, 16)
+        self.up, self.down, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 2)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.embed(ids)
+        table = self.norm(self.rel.weight)[0 : ids.shape[1], :].unsqueeze(0)
+        weights = (self.key(h) * self.key(table)).sum(-1, keepdim=True).sigmoid()
+        h = h + weights * self.down(torch.relu(self.up(h)))
+        return self.head(h.mean(1))
+
+
+def test_a_table_read_whole_narrows_with_the_stream():
+    torch.manual_seed(0)
+    model = bp.convert(RelativeTable(), "gaussian").double().eval()
+    ids = torch.randint(0, 30, (4, 7), generator=torch.Generator().manual_seed(0))
+    scores = activation_scores(model, ids)
+    assert torch.isfinite(scores["down"]).all()  # the stream: not pinned by the table
+    keep = keep_units(scores, sparsity=0.25)
+    result = shrink_graph(model, ids, prune_units=keep)
+    assert result.model.rel.embedding_dim == result.model.embed.embedding_dim < 16
+    assert result.model.key.in_features == result.model.embed.embedding_dim
+    assert result.max_abs_difference < 1e-8

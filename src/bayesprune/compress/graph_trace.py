@@ -169,8 +169,8 @@ _MUL_METHODS = {"mul", "mul_", "div", "div_", "pow", "pow_"}
 _CHUNK = {torch.chunk}
 _CHUNK_METHODS = {"chunk"}
 _CAT = {torch.cat, torch.concat}
-_RESHAPE = {torch.flatten, torch.reshape}
-_RESHAPE_METHODS = {"flatten", "view", "reshape"}
+_RESHAPE = {torch.flatten, torch.reshape, torch.unsqueeze}
+_RESHAPE_METHODS = {"flatten", "view", "reshape", "unsqueeze"}
 _SIZED = {torch.reshape, "view", "reshape"}  # take the new shape as arguments
 _REDUCE = {torch.mean, torch.sum, torch.amax, torch.amin}
 _REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
@@ -637,6 +637,8 @@ def analyse(
         found: Channels | None = None
         args = [a for a in node.args if isinstance(a, fx.Node)]
         first = (cg.ids[args[0]], cg.axis[args[0]]) if args and args[0] in cg.ids else None
+        if node.op == "get_attr":
+            found = _table_read(cg, node)
         if node.op == "call_module":
             module, target = gm.get_submodule(str(node.target)), str(node.target)
             free = target not in tied or target in cg.ties
@@ -929,6 +931,27 @@ def _table_ids(cg: ChannelGraph, weight: str, node: fx.Node, width: int) -> list
         cg.offsets.append(use)
         cg.tables[weight] = use.ids
     return cg.tables[weight]
+
+
+def _table_read(cg: ChannelGraph, node: fx.Node) -> Channels | None:
+    """An embedding table read whole (DeBERTa's relative position embeddings,
+    `self.rel_embeddings.weight`, normalised and projected by its attention's layers):
+    its columns are the table's channel ids, as in a lookup of it."""
+    target = str(node.target)
+    owner, _, attr = target.rpartition(".")
+    value = cg.values.get(node)
+    if attr != "weight" or cg.root is None or not _tensor(value) or value.ndim != 2:
+        return None
+    try:
+        module = cg.root.get_submodule(owner)
+    except AttributeError:
+        return None
+    if not isinstance(module, nn.Embedding) or module.max_norm is not None:
+        return None
+    if target in cg.tied_weights and owner not in cg.ties:
+        return None
+    table = cg.ties.get(owner, owner)
+    return _table_ids(cg, f"{table}.weight", node, value.shape[1]), 1
 
 
 def _functional_embedding_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
@@ -1467,8 +1490,8 @@ def _getitem_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     position a on: those before a are pinned (their count fixes where a falls), the
     rest pass and may go. `x[:, :-k]` and `x[:, -k:]` pin the last k; `x[:, :b]` pins
     everything up to b, unless b reaches past the last channel: then it is the identity,
-    and stays so when there are fewer. Any other index (a step, an integer, a tensor)
-    pins. With the
+    and stays so when there are fewer. Rows sliced on dim 0 (`table[0:k, :]`, `x[:1]`)
+    pass every channel. Any other index (a step, an integer, a tensor) pins. With the
     channels after dim 1 (tokens), indexing the positions only passes them
     (`graph_axes.indexed`).
     """
@@ -1481,6 +1504,13 @@ def _getitem_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     if cg.axis[source] != 1:
         moved = indexed(index, cg.axis[source])
         return None if moved is None else (ids, moved)
+    if isinstance(index, slice) or (  # rows only (dim 0: `table[0:k, :]`): every channel
+        isinstance(index, tuple)
+        and index
+        and isinstance(index[0], slice)
+        and all(r == slice(None) or r is Ellipsis for r in index[1:])
+    ):
+        return ids, 1
     if not isinstance(index, tuple) or len(index) < 2:
         return None
     rest = index[2:]
