@@ -1504,11 +1504,14 @@ def _getitem_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     if cg.axis[source] != 1:
         moved = indexed(index, cg.axis[source])
         return None if moved is None else (ids, moved)
-    if isinstance(index, slice) or (  # rows only (dim 0: `table[0:k, :]`): every channel
-        isinstance(index, tuple)
-        and index
-        and isinstance(index[0], slice)
-        and all(r == slice(None) or r is Ellipsis for r in index[1:])
+    if (
+        isinstance(index, slice)
+        or (  # rows only (dim 0: `table[0:k, :]`): every channel
+            isinstance(index, tuple)
+            and index
+            and isinstance(index[0], slice)
+            and all(r == slice(None) or r is Ellipsis for r in index[1:])
+        )
     ):
         return ids, 1
     if not isinstance(index, tuple) or len(index) < 2:
