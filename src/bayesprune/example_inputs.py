@@ -25,10 +25,11 @@ from torch import Tensor, nn
 
 from .tracing import forward_taking
 
-Example = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
+Example = Tensor | tuple[Any, ...] | Mapping[str, Any]
 """What `shrink_graph`, `activation_scores`, `convert` and `example_flops` take: one
 tensor, a tuple of the forward's positional arguments, or a mapping of its arguments by
-name (``tokenizer(text, return_tensors="pt")``)."""
+name (``tokenizer(text, return_tensors="pt")``). Anything else is one argument (a
+detector's list of images)."""
 
 
 def is_constant(value: Any) -> bool:
@@ -66,9 +67,9 @@ def example_call(example: Example) -> Call:
     """The call a user's example stands for (module docstring's `Example`)."""
     if isinstance(example, Mapping):
         return Call.of((), example)
-    if isinstance(example, tuple | list):
-        return Call(tuple(example))
-    return Call((example,))
+    if isinstance(example, tuple):
+        return Call(example)
+    return Call((example,))  # a tensor, or one argument of another kind (a list of images)
 
 
 def _check_names(module: nn.Module, call: Call) -> None:
