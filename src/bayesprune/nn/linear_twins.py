@@ -83,8 +83,10 @@ def linear_twins(model: nn.Module) -> list[str]:
         weight, bias = found
         if not _computes_transposed(module, weight, bias):
             continue
-        twin = nn.Linear(weight.shape[0], weight.shape[1], bias=bias is not None)
-        twin = twin.to(device=weight.device, dtype=weight.dtype)
+        twin = nn.utils.skip_init(  # no draw from the global RNG: the weights are copied
+            nn.Linear, weight.shape[0], weight.shape[1], bias=bias is not None,
+            device=weight.device, dtype=weight.dtype,
+        )  # fmt: skip
         with torch.no_grad():
             twin.weight.copy_(weight.t())
             if bias is not None:
