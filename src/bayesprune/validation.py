@@ -135,14 +135,14 @@ def forward_checked(model: nn.Module, x: Any) -> Any:
     try:
         return model_output(_call(model, x))
     except TypeError as err:
-        if isinstance(x, dict):
+        if isinstance(x, dict) and "argument" in str(err):  # a name it does not take
             raise ValueError(
                 f"{type(model).__name__}.forward does not take the inputs by name "
                 f"{sorted(x)} ({str(err).splitlines()[0]}); name them as its arguments"
             ) from err
         needed = required_inputs(model)
-        given = len(x) if isinstance(x, tuple) else 1
-        if needed > given:
+        given = len(x) if isinstance(x, tuple | dict) else 1
+        if needed > given and not isinstance(x, dict):
             raise ValueError(
                 f"{type(model).__name__}.forward takes {needed} tensors but got {given}: pass "
                 "the inputs as a tuple, fit(model, ((X_a, X_b), y)) or batches ((a, b), y) "
