@@ -34,7 +34,13 @@ from .likelihoods import Likelihood, make_likelihood
 from .nn import GradientEstimator, use_posterior_mean
 from .nn.pass_draws import one_draw_per_pass
 from .options import Choice
-from .validation import check_input_dtype, forward_checked, model_device, required_inputs
+from .validation import (
+    check_input_dtype,
+    forward_checked,
+    model_device,
+    required_inputs,
+    to_model_dtype,
+)
 
 
 class PredictMode(Choice):
@@ -226,9 +232,7 @@ def _as_input(x: Any, reference: Tensor | None) -> Tensor:
     check_input_dtype(x)
     if not torch.isfinite(x).all():
         raise ValueError("x contains NaN or inf; clean or impute the inputs first")
-    if reference is not None and reference.is_floating_point() and x.is_floating_point():
-        x = x.to(reference.dtype)  # integers (token ids, masks) go in as they are
-    return x
+    return to_model_dtype(x, reference)
 
 
 class _Batches:

@@ -16,6 +16,7 @@ from .validation import (
     check_finite_number,
     check_finite_parameters,
     check_input_dtype,
+    to_model_dtype,
 )
 
 
@@ -60,12 +61,8 @@ def checked_inputs(dataset: Dataset, model: nn.Module, what: str) -> Dataset:
         return dataset
     x, *rest = dataset.tensors
     check_input_dtype(x, f"{what} X")
-    reference = next(iter(model.parameters()), None)
-    if reference is None or not reference.is_floating_point() or x.dtype == reference.dtype:
-        return dataset
-    if not x.is_floating_point():
-        return dataset
-    return TensorDataset(x.to(reference.dtype), *rest)
+    cast = to_model_dtype(x, next(iter(model.parameters()), None))
+    return dataset if cast is x else TensorDataset(cast, *rest)
 
 
 def non_finite(named: Sequence[tuple[str, Tensor]], epoch: int) -> Exception | None:

@@ -17,6 +17,7 @@ from .inputs import Inputs, as_inputs, map_inputs, rows, split_batch, take, tens
 from .validation import (
     check_input_dtype,
     required_inputs,
+    to_model_dtype,
 )
 
 
@@ -69,9 +70,7 @@ def loader_batches(loader: Iterable[Any], model: nn.Module) -> Iterator[tuple[In
 
         def cast(t: Tensor) -> Tensor:
             check_input_dtype(t, "train x")
-            floating = reference is not None and reference.is_floating_point()
-            cast = floating and t.is_floating_point() and t.dtype != reference.dtype
-            return t.to(reference.dtype) if cast else t  # integers (token ids) as they are
+            return to_model_dtype(t, reference)
 
         yield map_inputs(x, cast), y
 

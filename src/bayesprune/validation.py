@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .inputs import tensors
 from .io import CheckpointError
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "model_device",
     "model_output",
     "resolve_device",
+    "to_model_dtype",
 ]
 
 
@@ -94,6 +96,14 @@ def check_input_dtype(x: Tensor, what: str = "x") -> None:
         )
 
 
+def to_model_dtype(x: Tensor, reference: Tensor | None) -> Tensor:
+    """A floating input in the dtype of the model's parameter `reference` (float64 data
+    for a float32 network); integers (token ids, masks) as they are."""
+    if reference is None or not reference.is_floating_point() or not x.is_floating_point():
+        return x
+    return x if x.dtype == reference.dtype else x.to(reference.dtype)
+
+
 def model_output(out: Any) -> Any:
     """What the likelihood reads from a forward's output: the output itself, or the
     logits of an output by name (Hugging Face's `ModelOutput`, a dict with "logits")."""
@@ -106,12 +116,6 @@ def _call(model: nn.Module, x: Any) -> Any:
     if isinstance(x, dict):
         return model(**x)
     return model(*x) if isinstance(x, tuple) else model(x)
-
-
-def _dtypes(x: Any) -> list[torch.dtype]:
-    if isinstance(x, dict):
-        return [t.dtype for t in x.values()]
-    return [t.dtype for t in x] if isinstance(x, tuple) else [x.dtype]
 
 
 def required_inputs(model: nn.Module) -> int:
@@ -158,7 +162,7 @@ def forward_checked(model: nn.Module, x: Any) -> Any:
                 "or fit(..., channels_last=True) use channels_last=False (fit: None), or "
                 "flatten with torch.flatten / nn.Flatten"
             ) from err
-        dtypes = _dtypes(x)
+        dtypes = [t.dtype for t in tensors(x)]
         if any(not (d.is_floating_point or d.is_complex) for d in dtypes) and (
             "dtype" in text or "type" in text or "Long" in text or "Int" in text
         ):

@@ -170,7 +170,8 @@ def _input_shapes(input_shape: Sequence[int] | Sequence[Sequence[int]]) -> list[
 
 
 def _input_names(n: int) -> list[str]:
-    return ["input", *(f"input_{i}" for i in range(1, n))]
+    """ "input", then "input_1", ...: one per positional input (none for none)."""
+    return [f"input_{i}" if i else "input" for i in range(n)]
 
 
 @contextmanager
@@ -228,7 +229,7 @@ def export_onnx(
     else:
         call = example_call(example_inputs)
         shapes = [tuple(t.shape[1:]) for t in call.inputs if isinstance(t, Tensor)]
-    names = [*(_input_names(len(call.args)) if call.args else []), *call.keywords]
+    names = [*_input_names(len(call.args)), *call.keywords]
     buffer = io.BytesIO()
     axes: dict[str, Any] | None = (
         {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None

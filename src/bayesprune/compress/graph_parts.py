@@ -274,7 +274,7 @@ def find_parts(
             "traces on its own either"
         ) from whole
     found = Parts(parts, traced=False, reason=str(whole).split("; move that code")[0])
-    found.outside = [n for n, _ in prunable_layers(model) if found.owner(n) is None]
+    found.outside = [n for n in layers if found.owner(n) is None]
     if valued is not None and len(found.outside) > len(layers) / 2:
         # the parts miss most layers: a module called twice in one pass (DeBERTa's key
         # projection reads the tokens and the relative positions) was no unrolled loop

@@ -792,12 +792,7 @@ def _shared_ids(
     why = f"a call of {_describe(node)} that its other calls' channels do not fit"
     value, in_value = cg.values[node], cg.values[node.args[0]]
     if is_prunable(module):  # its columns: those of every call; its units: one set
-        reads = 1 if hasattr(module, "in_channels") else in_value.ndim - 1
-        units = 1 if reads == 1 else value.ndim - 1
-        ids = first[0]
-        if first[1] != reads:  # this call's input is not tracked there: its columns stay
-            _pin_args(cg, node)
-            ids = cg.pinned_fresh(in_value.shape[reads], f"the input of {_describe(node)}")
+        ids, reads, units = _read_columns(cg, node, module, first)
         if len(ids) != len(sink.ids) or value.shape[units] != len(out[0]):
             cg.pin([*ids, *sink.ids, *out[0]], why)
             return None
@@ -1004,6 +999,21 @@ def _reads_every_channel(cg: ChannelGraph, node: fx.Node, first: Channels) -> Ch
     return first
 
 
+def _read_columns(
+    cg: ChannelGraph, node: fx.Node, module: nn.Module, first: Channels
+) -> tuple[list[int], int, int]:
+    """A prunable layer's input column ids, the axis it reads (a convolution dim 1, a
+    Linear the last) and the axis of its units. Where the input's ids run along another
+    axis, those and these stay (pinned)."""
+    value, in_value = cg.values[node], cg.values[node.args[0]]
+    ids, axis = first
+    reads = 1 if hasattr(module, "in_channels") else in_value.ndim - 1
+    if reads != axis:
+        _pin_args(cg, node)
+        ids = cg.pinned_fresh(in_value.shape[reads], f"the input of {_describe(node)}")
+    return ids, reads, 1 if reads == 1 else value.ndim - 1
+
+
 def _layer_ids(cg: ChannelGraph, node: fx.Node, module: nn.Module, first: Channels) -> Channels:
     """A prunable layer: a sink for its input columns, the producer of fresh unit ids.
 
@@ -1012,17 +1022,11 @@ def _layer_ids(cg: ChannelGraph, node: fx.Node, module: nn.Module, first: Channe
     input's ids do not run along are pinned; a depthwise convolution follows its input.
     """
     name, value = str(node.target), cg.values[node]
-    in_value = cg.values[node.args[0]]
-    ids, axis = first
     groups = getattr(module, "groups", 1)
-    reads = 1 if hasattr(module, "in_channels") else in_value.ndim - 1
-    if reads != axis:  # the input's ids run along another axis: those and these stay
-        _pin_args(cg, node)
-        ids = cg.pinned_fresh(in_value.shape[reads], f"the input of {_describe(node)}")
+    ids, reads, units = _read_columns(cg, node, module, first)
     if groups > 1 and groups == module.in_channels == module.out_channels:
         cg.followers.append(Use(name, node, ids))  # depthwise: follows its producer
         return ids, reads
-    units = 1 if reads == 1 else value.ndim - 1
     cg.sinks.append(Use(name, node, ids, groups, reads))
     out = cg.fresh(value.shape[units])
     cg.add_producer(Use(name, node, out, groups, units))
