@@ -12,7 +12,12 @@ from torch import Tensor, nn
 import bayesprune as bp
 from bayesprune.compress import activation_scores, keep_units, load_shrunk, save_shrunk
 from bayesprune.compress.graph import shrink_graph
-from bayesprune.nn import KeptDeterministicWarning, VariationalLayer, layers_read_outside
+from bayesprune.nn import (
+    KeptDeterministicWarning,
+    VariationalLayer,
+    WeightValuesError,
+    layers_read_outside,
+)
 
 
 class FusedBiasAttention(nn.Module):
@@ -100,7 +105,7 @@ def test_a_kept_reader_still_shrinks_around_it():
 def test_keep_read_false_converts_it_and_the_forward_says_what_to_do():
     model = bp.convert(Tokens(), "gaussian", keep_read=False)
     assert isinstance(model.block.attn.qkv, VariationalLayer)
-    with pytest.raises(AttributeError, match=r"no fixed `weight`.*keep=\[ThatModuleClass\]"):
+    with pytest.raises(WeightValuesError, match=r"linear asked.*keep=\[ThatModuleClass\]"):
         model(torch.randn(2, 5, 4))
 
 
@@ -165,7 +170,7 @@ def test_reads_are_found_in_the_traceable_children_of_an_untraceable_module():
     assert set(reads) == {"0.inner.proj"}  # the untraceable module's own read is not seen
     model = _convert(nn.Sequential(Untraceable()))
     assert type(model[0].inner.proj) is nn.Conv2d
-    with pytest.raises(AttributeError, match="could not trace"):
+    with pytest.raises(WeightValuesError, match="sum asked.*could not trace"):
         model(torch.randn(3, 4))
 
 

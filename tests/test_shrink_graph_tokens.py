@@ -229,7 +229,7 @@ def test_torchvision_swin_converts_with_its_attention_kept():
     torch.manual_seed(0)
     plain = SwinTransformer([4, 4], 8, [1, 1], [2, 2], [4, 4], num_classes=3).double().eval()
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
-    with pytest.raises(AttributeError, match=r"keep=\[ThatModuleClass\]"):
+    with pytest.raises(bp.nn.WeightValuesError, match=r"keep=\[ThatModuleClass\]"):
         _convert(plain, "gaussian", keep_read=False)(x)
     with pytest.warns(bp.nn.KeptDeterministicWarning, match=r"'features.1.0.attn.qkv'"):
         found = _convert(plain, "gaussian")

@@ -14,7 +14,7 @@ from bayesprune.compress import activation_scores, keep_units
 from bayesprune.compress.graph import shrink_graph
 from bayesprune.compress.graph_parts import VALUED, find_parts
 from bayesprune.compress.graph_trace import GraphTraceError, trace
-from bayesprune.nn import KeptDeterministicWarning, VariationalLayer
+from bayesprune.nn import KeptDeterministicWarning, VariationalLayer, WeightValuesError
 
 
 class Encoder(nn.Module):
@@ -129,19 +129,24 @@ def test_a_selection_by_a_drawn_or_computed_mask_stays_data_shaped(mask):
         trace(ConstantMask(mask), inputs=(torch.randn(5, 4),))
 
 
-class CastsToItsWeight(nn.Module):
+class ReadsItsWeight(nn.Module):
     """Hugging Face's ViT casts its pixels to the patch projection's dtype in a forward
-    that also branches on the input's number of channels."""
+    that also branches on the input's number of channels; `read="values"` scales them by
+    the weight's norm instead (a read of its values)."""
 
-    def __init__(self) -> None:
+    def __init__(self, read: str = "dtype") -> None:
         super().__init__()
+        self.read = read
         self.inner = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1))
         self.head = nn.Linear(4, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[1] != self.inner[0].in_channels:
             raise ValueError("wrong number of channels")
-        x = x.to(self.inner[0].weight.dtype)
+        if self.read == "dtype":
+            x = x.to(self.inner[0].weight.dtype)
+        else:
+            x = x / self.inner[0].weight.norm()
         return self.head(self.inner(x).mean((2, 3)))
 
 
@@ -149,13 +154,23 @@ def test_convert_sees_a_read_behind_a_shape_branch_given_example_inputs():
     x = torch.randn(2, 3, 6, 6)
     with warnings.catch_warnings():
         warnings.simplefilter("error", KeptDeterministicWarning)  # it does not see it
-        blind = bp.convert(CastsToItsWeight(), "gaussian")
-    with pytest.raises(AttributeError, match=r"example_inputs="):
+        blind = bp.convert(ReadsItsWeight("values"), "gaussian")
+    with pytest.raises(WeightValuesError, match=r"norm asked.*example_inputs="):
         blind(x)
     with pytest.warns(KeptDeterministicWarning, match=r"'inner.0'"):
-        model = bp.convert(CastsToItsWeight(), "gaussian", example_inputs=x)
+        model = bp.convert(ReadsItsWeight("values"), "gaussian", example_inputs=x)
     assert type(model.inner[0]) is nn.Conv2d and isinstance(model.inner[2], VariationalLayer)
     assert model(x).shape == (2, 2)
+
+
+def test_a_dtype_read_behind_a_shape_branch_converts_with_or_without_an_example():
+    x = torch.randn(2, 3, 6, 6)
+    for example in (None, x):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", KeptDeterministicWarning)
+            model = bp.convert(ReadsItsWeight("dtype"), "gaussian", example_inputs=example)
+        assert isinstance(model.inner[0], VariationalLayer)
+        assert model(x).shape == (2, 2)
 
 
 class Cache:

@@ -57,6 +57,7 @@ from .spike_slab import (
     SpikeSlabOptions,
     default_prior_inclusion,
 )
+from .weight_metadata import WeightMetadata, WeightValuesError
 
 __all__ = [
     "DETERMINISTIC",
@@ -102,6 +103,8 @@ __all__ = [
     "SpikeSlabLinear",
     "SpikeSlabOptions",
     "VariationalLayer",
+    "WeightMetadata",
+    "WeightValuesError",
     "convert",
     "default_prior_inclusion",
     "evaluation_pass",

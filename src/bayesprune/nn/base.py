@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..options import Choice
+from .weight_metadata import WeightMetadata
 
 Config = dict[str, Any]
 _LAYER_TYPES: dict[str, type[nn.Module]] = {}
@@ -164,23 +165,22 @@ class VariationalLayer(SerializableLayer):
     weight_mask: Tensor | None
 
     def __getattr__(self, name: str) -> Any:
-        """nn.Module's lookup; `weight` / `bias`, which a Bayesian layer does not have,
-        get an error that says why and what to do instead of a bare AttributeError."""
+        """nn.Module's lookup; `weight` / `bias`, which a Bayesian layer does not have as
+        parameters, are a `WeightMetadata` of the posterior mean: code outside the layer
+        may ask their dtype, device and shape (T5 casts to `wo.weight.dtype`), and any
+        computation with them is an error that says why and what to do. A layer without
+        a bias answers `bias` with None, as nn.Linear(bias=False) does."""
         try:
             return super().__getattr__(name)
         except AttributeError:
             if name not in ("weight", "bias"):
                 raise
-        raise AttributeError(
-            f"{type(self).__name__} has no fixed `{name}`: its weights are random (see "
-            f"posterior()). Code that reads `.{name}` of this layer itself (F.linear(x, "
-            f"self.qkv.{name}), `self.proj.{name}.device`) bypasses the Bayesian layer. "
-            "bp.convert keeps the layers it sees read so deterministic (it traces the model "
-            "with torch.fx), but this read is in code it could not trace: give convert "
-            "example_inputs=(x,) (a forward that branches on shapes then traces), or keep "
-            "the module whose forward does it deterministic yourself, "
-            "bp.convert(model, keep=[ThatModuleClass]) or keep=['its.name']"
-        )
+        if f"{name}_mu" not in self._parameters:
+            raise AttributeError(f"{type(self).__name__} has no `{name}`: see posterior()")
+        mean = self._parameters[f"{name}_mu"]  # not through __getattr__, which fx wraps
+        if mean is None:
+            return None
+        return WeightMetadata.of(mean, f"this {type(self).__name__}", name)
 
     def kl(self) -> Tensor:  # pragma: no cover - abstract
         """KL(q ‖ p) of this layer, summed over all its parameters (never averaged)."""

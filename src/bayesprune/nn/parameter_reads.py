@@ -1,18 +1,20 @@
 """Which layers' parameters a model reads outside the layers themselves.
 
-A Bayesian layer has no fixed `.weight`: its weights are random. Code that reads a
-layer's weight itself (timm's BEiT and EVA attention call `F.linear(x, self.qkv.weight,
-bias)`, torchvision's Swin passes `self.qkv.weight` to a function, XCiT asks
-`self.token_projection.weight.device`) would bypass the posterior, and a weight shared by
-two modules (a language model's tied embedding and output layer) would be untied by
-converting one of them. `convert` keeps such layers deterministic; this module finds
-them: `torch.fx` traces the `forward` symbolically (nothing is run) and records every
-read of a layer's parameter that happens outside that layer's own `forward` (layers are
-leaves of the trace, so their own reads are never seen). Where a module cannot be
-traced, it is traced with the values of example inputs if `convert` was given them
-(`bayesprune.tracing`: Hugging Face's models branch on shapes), else its children are
-traced one by one; a read inside an untraceable module's own code is not seen, and the
-Bayesian layer's error names the fix there.
+A Bayesian layer has no fixed `.weight`: its weights are random. Code that computes with
+a layer's weight itself (timm's BEiT and EVA attention call `F.linear(x, self.qkv.weight,
+bias)`, torchvision's Swin passes `self.qkv.weight` to a function) would bypass the
+posterior, and a weight shared by two modules (a language model's tied embedding and
+output layer) would be untied by converting one of them. A read that only asks what the
+weight is (T5's `self.wo.weight.dtype`, XCiT's `.weight.device`) is not counted: a
+Bayesian layer answers it (`WeightMetadata`). `convert` keeps such layers
+deterministic; this module finds them: `torch.fx` traces the `forward` symbolically
+(nothing is run) and records every read of a layer's parameter that happens outside that
+layer's own `forward` (layers are leaves of the trace, so their own reads are never
+seen), with the uses of the value it read. Where a module cannot be traced, it is traced
+with the values of example inputs if `convert` was given them (`bayesprune.tracing`:
+Hugging Face's models branch on shapes), else its children are traced one by one; a
+read inside an untraceable module's own code is not seen, and the Bayesian layer's
+`.weight` answers it at run time (its dtype, device, shape) or names the fix.
 """
 
 from __future__ import annotations
@@ -30,18 +32,20 @@ from ..tracing import (
     trace_with_values,
 )
 from .base import SerializableLayer, use_posterior_mean
+from .weight_metadata import METADATA_ATTRIBUTES, METADATA_METHODS
 
 
 class _ReadRecorder(fx.Tracer):
     """A tracer that notes each parameter of `owners` read while it traces, with the
-    module whose forward read it. Layers (torch's, ours, any module without children)
-    stay leaves."""
+    module whose forward read it and the graph nodes the reads gave. Layers (torch's,
+    ours, any module without children) stay leaves."""
 
     def __init__(self, owners: dict[int, tuple[str, str]], prefix: str) -> None:
         super().__init__()
         self.owners = owners
         self.prefix = prefix
         self.reads: dict[str, str] = {}
+        self.read_nodes: dict[str, list[fx.Node | None]] = {}  # None: a read not in the graph
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         # a module without children (a user's subclass of nn.Conv1d too) reads its own
@@ -52,13 +56,40 @@ class _ReadRecorder(fx.Tracer):
         )
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        out = super().getattr(attr, attr_val, parameter_proxy_cache)
         owner = self.owners.get(id(attr_val))
         if owner is not None:
             layer, name = owner
             reader = next(reversed(self.module_stack.values()), ("", None))[0]
             reader = ".".join(p for p in (self.prefix, reader) if p) or "the model"
             self.reads.setdefault(layer, f"`{name}` read in the forward of {reader!r}")
-        return super().getattr(attr, attr_val, parameter_proxy_cache)
+            node = out.node if isinstance(out, fx.Proxy) else None
+            self.read_nodes.setdefault(layer, []).append(node)
+        return out
+
+    def value_reads(self) -> dict[str, str]:
+        """The reads of a whole trace that use a parameter's values: those whose nodes
+        are used only for what the tensor is (its dtype, device, shape: T5's
+        `wo.weight.dtype`) a Bayesian layer answers too (`WeightMetadata`)."""
+        return {
+            layer: why
+            for layer, why in self.reads.items()
+            if not all(_metadata_only(node) for node in self.read_nodes.get(layer, [None]))
+        }
+
+
+def _metadata_only(node: fx.Node | None) -> bool:
+    """Whether a parameter's node is used only to ask what kind of tensor it is."""
+    if node is None:
+        return False
+    for user in node.users:
+        if user.op == "call_function" and user.target is getattr:
+            if user.args[1] in METADATA_ATTRIBUTES:
+                continue
+        elif user.op == "call_method" and user.target in METADATA_METHODS:
+            continue
+        return False
+    return True
 
 
 def _layer_parameters(model: nn.Module) -> dict[int, tuple[str, str]]:
@@ -135,11 +166,12 @@ def layers_read_outside(model: nn.Module, example_inputs: Example | None = None)
             return  # a layer: its own reads are its business
         tracer = _ReadRecorder(owners, names.get(id(module), ""))
         traced = _traces(tracer, module)
-        reads = dict(tracer.reads)
+        reads = tracer.value_reads() if traced else dict(tracer.reads)
         if not traced and inputs is not None:
             valued = _ValuedReadRecorder(owners, names.get(id(module), ""))
             traced = _traces(valued, module, inputs)
-            reads.update(valued.reads)
+            # whole with values, it is the trace of what runs; else every read counts
+            reads = valued.value_reads() if traced else {**reads, **valued.reads}
         for layer, why in reads.items():
             found.setdefault(layer, why)
         if not traced:
