@@ -12,7 +12,12 @@ as a tokenizer and Hugging Face's collator give them. Per seed:
    rows); `keep_units` at each `--sparsities` value; `shrink_graph(check=True)`;
 3. each shrunk network is trained `--finetune-epochs` more (prune, then tune), and the
    largest sparsity whose validation accuracy is within `--tolerance` of the dense
-   network's is chosen; the test rows are read once, for the dense and the chosen network.
+   network's is chosen;
+4. `bp.choose_restoration` restores the chosen network's uncertainty (every method, the
+   library's defaults) on the validation rows as a length-grouped loader whose batches
+   are each padded to their own longest sequence (Hugging Face's `group_by_length` and
+   `DataCollatorWithPadding`); the test rows are read once, for the dense, the chosen
+   and the restored network.
 
 The deterministic BERT trained by the same `bp.fit` call is the reference. transformers is
 not a dependency of bayesprune; its `hf` extra installs it beside the bench extra:
@@ -71,6 +76,23 @@ class Rows(Dataset):
         return {**{k: v[i] for k, v in self.x.items()}, "labels": self.y[i]}
 
 
+def padded_apart(data: tuple[dict[str, Tensor], Tensor], batch_size: int) -> DataLoader:
+    """The rows grouped by length, each batch padded to its own longest sequence: batches
+    of different lengths, as a length-grouped sampler and a padding collator give them."""
+    x, y = data
+    order = x["attention_mask"].sum(1).argsort(stable=True)
+    grouped = Rows({k: v[order] for k, v in x.items()}, y[order])
+    return DataLoader(grouped, batch_size=batch_size, collate_fn=_to_longest)
+
+
+def _to_longest(batch: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    longest = max(int(row["attention_mask"].sum()) for row in batch)
+    return {
+        k: torch.stack([row[k][:longest] if row[k].ndim else row[k] for row in batch])
+        for k in batch[0]
+    }
+
+
 def build_bert(transformers: Any) -> nn.Module:
     config = transformers.BertConfig(
         vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -80,7 +102,10 @@ def build_bert(transformers: Any) -> nn.Module:
 
 
 def _evaluate(model: nn.Module, data: tuple[dict[str, Tensor], Tensor], samples: int) -> dict:
-    scores = bp.evaluate(model, data, samples=samples, seed=0)
+    """Accuracy, NLL and ECE of the Monte-Carlo predictive (`samples` draws; one pass of
+    the posterior mean or of a deterministic network for `samples=1`)."""
+    mode = "mc" if samples > 1 else "mean"
+    scores = bp.evaluate(model, data, mode=mode, samples=samples, seed=0)
     return {k: scores[k] for k in ("accuracy", "nll", "ece")}
 
 
@@ -132,6 +157,19 @@ def run_seed(transformers: Any, seed: int, args: argparse.Namespace) -> dict[str
         row["flops_kept"] = example_flops(small.model, example) / example_flops(model, example)
         row["shrunk_minus_masked"] = small.max_abs_difference
         row.update(_onnx(model, small.model, example, test[0], args.latency_repeats))
+        if args.restore:
+            started = time.perf_counter()
+            choice = bp.choose_restoration(
+                small.model, padded_apart(val, 100), trained=model, samples=args.samples,
+                train=DataLoader(Rows(*train), batch_size=args.batch_size, shuffle=True),
+            )  # fmt: skip
+            row["restore_s"] = time.perf_counter() - started
+            row["restore_method"] = choice.method
+            row["restore_candidates"] = {
+                m: {**c["validation"], "eligible": c["eligible"]}
+                for m, c in choice.candidates.items()
+            }
+            row["restored"] = _evaluate(choice.model, test, args.samples)
     print(row, flush=True)
     return row
 
@@ -176,7 +214,7 @@ def _onnx(
 
 def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     table = []
-    for network in ("deterministic", "bayesian", "shrunk"):
+    for network in ("deterministic", "bayesian", "shrunk", "restored"):
         got = [r[network] for r in rows if network in r]
         if not got:
             continue
@@ -202,6 +240,8 @@ def render(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         f"interleaved runs): dense {mean_sd([r['onnx_ms_dense_batch32'] for r in kept], 2)} ms, "
         f"shrunk {mean_sd([r['onnx_ms_shrunk_batch32'] for r in kept], 2)} ms; shrunk ONNX − "
         f"torch {max(r['onnx_minus_torch'] for r in kept):.1e}.\n",
+        f"Restoring method chosen on validation (shrunk → restored): "
+        f"{[r.get('restore_method') for r in kept]}.\n",
         f"Seconds per fit: deterministic {mean_sd([r['deterministic_fit_s'] for r in rows], 1)}, "
         f"Bayesian {mean_sd([r['bayesian_fit_s'] for r in rows], 1)} (one run each, not "
         "interleaved: a rough figure).\n",
@@ -225,6 +265,9 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--latency-repeats", type=int, default=50)
+    parser.add_argument(
+        "--no-restore", dest="restore", action="store_false", help="skip choose_restoration"
+    )
     parser.add_argument("--name", default=NAME)
     add_results_dir_option(parser)
     args = parser.parse_args()

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import bayesprune as bp
@@ -330,3 +331,60 @@ def test_deberta_heads_are_proven_scored_and_removed():
     assert result.model[1].self.num_attention_heads == 2
     assert result.model[1].self.value_proj.out_features == 8
     assert result.max_abs_difference < 1e-9
+
+
+class AlbertAttention(nn.Module):
+    """ALBERT's: the projections, the output layer and the norm in one module."""
+
+    def __init__(self, dim: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.num_attention_heads, self.attention_head_size = heads, dim // heads
+        self.all_head_size = heads * self.attention_head_size
+        self.query, self.key = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.value, self.dense = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.LayerNorm = nn.LayerNorm(dim)
+
+    def split(self, x: Tensor) -> Tensor:
+        shape = (*x.size()[:-1], self.num_attention_heads, self.attention_head_size)
+        return x.view(shape).permute(0, 2, 1, 3)
+
+    def forward(self, hidden: Tensor) -> tuple[Tensor]:
+        batch, length, _ = hidden.size()
+        q, k, v = (self.split(layer(hidden)) for layer in (self.query, self.key, self.value))
+        context = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        context = context.reshape(batch, length, self.all_head_size)
+        return (self.LayerNorm(hidden + self.dense(context)),)
+
+
+class Albert(nn.Module):
+    """One attention and MLP called at every depth (ALBERT shares its layer)."""
+
+    def __init__(self, depth: int = 2) -> None:
+        super().__init__()
+        self.depth, self.embed = depth, nn.Linear(6, 16)
+        self.attention = AlbertAttention()
+        self.fc1, self.fc2, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x)
+        for _ in range(self.depth):
+            h = self.attention(h)[0]
+            h = h + self.fc2(torch.relu(self.fc1(h)))
+        return self.head(h.mean(1))
+
+
+def test_albert_heads_go_in_every_call_of_its_shared_layer(tmp_path):
+    torch.manual_seed(3)
+    model = bp.convert(Albert(), "gaussian").double().eval()
+    assert head_layout(model.attention) is not None and head_count(model.attention) == 4
+    x = _tokens()
+    scores = activation_scores(model, x)
+    assert scores["attention"].shape == (4,) and torch.isfinite(scores["attention"]).all()
+    result = shrink_graph(model, x, prune_units={"attention": [1, 2]}, check=True)
+    small = result.model.attention
+    assert (small.num_attention_heads, small.all_head_size) == (2, 8)
+    assert small.value.out_features == small.dense.in_features == 8
+    assert small.dense.out_features == 16 and result.max_abs_difference < 1e-9
+    path = save_shrunk(result.model, tmp_path / "albert.safetensors")
+    loaded = load_shrunk(path, lambda: bp.convert(Albert(), "gaussian").double())
+    torch.testing.assert_close(_out(loaded, x), _out(result.model, x), rtol=0, atol=0)

@@ -153,8 +153,8 @@ def test_batches_padded_to_their_own_length_validate_and_evaluate(trained):
     x, y = {k: v[order] for k, v in x.items()}, y[order]
     loader = DataLoader(Rows(x, y), batch_size=40, collate_fn=_padded_apart)
     assert len({b["input_ids"].shape[1] for b in loader}) > 1
-    scores = bp.evaluate(trained, loader, samples=4)
-    joined = bp.evaluate(trained, (x, y), samples=4)
+    scores = bp.evaluate(trained, loader, mode="mean")
+    joined = bp.evaluate(trained, (x, y), mode="mean")
     assert scores["accuracy"] == pytest.approx(joined["accuracy"]) and scores["accuracy"] > 0.85
     model = bp.convert(TextClassifier(), "gaussian")
     history = bp.fit(model, DataLoader(Rows(*_texts(300, seed=9)), batch_size=50), val=loader)
@@ -181,3 +181,51 @@ def test_self_compress_takes_a_model_called_by_name(trained):
     )  # fmt: skip
     assert result.model.hidden.out_features < 32
     assert evaluate(result.model)["accuracy"] > 0.8
+
+
+def _sorted_loader(n: int, seed: int, batch_size: int = 40) -> tuple[DataLoader, tuple]:
+    """Rows sorted by length and batched by `_padded_apart`: each batch its own length."""
+    x, y = _texts(n, seed=seed)
+    order = x["attention_mask"].sum(1).argsort()
+    x, y = {k: v[order] for k, v in x.items()}, y[order]
+    return DataLoader(Rows(x, y), batch_size=batch_size, collate_fn=_padded_apart), (x, y)
+
+
+def test_stored_batches_give_rows_as_the_joined_inputs_do():
+    loader, (x, y) = _sorted_loader(100, seed=12, batch_size=30)
+    stored, targets = bp.data.as_xy(loader, "data", ragged=True)
+    assert isinstance(stored, bp.inputs.StoredBatches) and torch.equal(targets, y)
+    assert bp.inputs.rows(stored) == 100
+    for index in (slice(25, 70), torch.randperm(100, generator=torch.Generator().manual_seed(0))):
+        taken = bp.inputs.take(stored, index)
+        expected, at = {k: v[index] for k, v in x.items()}, 0
+        for piece in taken:  # the rows in the index's order, each piece at its own padding
+            n, width = piece["input_ids"].shape
+            for name in ("input_ids", "attention_mask"):
+                assert torch.equal(piece[name], expected[name][at : at + n, :width])
+            assert expected["attention_mask"][at : at + n, width:].sum() == 0
+            at += n
+        assert at == bp.inputs.rows(taken) == len(y[index])
+
+
+def test_temperature_and_the_restoring_choice_read_batches_padded_apart(trained):
+    """Padding is masked, so the loader's batches and the same rows joined must give the
+    same temperature and the same candidates' metrics (posterior mean: no draws)."""
+    loader, joined = _sorted_loader(200, seed=13)
+    assert len({b["input_ids"].shape[1] for b in loader}) > 1
+    fit_t = bp.calibration.fit_temperature
+    assert fit_t(trained, loader, mode="mean") == pytest.approx(
+        fit_t(trained, joined, mode="mean"), rel=1e-4
+    )
+    train = DataLoader(Rows(*_texts(200, seed=14)), batch_size=50)
+    options = {"mode": "mean", "train": train, "methods": "auto", "epochs": 1, "lr": 1e-3}
+    choice = bp.choose_restoration(trained, loader, **options)
+    reference = bp.choose_restoration(trained, joined, **options)
+    assert choice.rows == reference.rows == {"fit": 100, "choose": 100}
+    assert {"temperature", "finetune"} <= set(choice.candidates)
+    for method, candidate in reference.candidates.items():
+        for metric, value in candidate["validation"].items():
+            assert choice.candidates[method]["validation"][metric] == pytest.approx(
+                value, rel=1e-3, abs=1e-5
+            ), (method, metric)
+    assert choice.method == reference.method

@@ -16,7 +16,9 @@ so T is fitted from the probability samples `bayesprune.predict` returns.
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -97,18 +99,25 @@ class TemperatureScaled(nn.Module):
         self.model = model
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
-    def forward(self, x: Tensor) -> Any:
-        out = self.model(x)
+    def forward(self, *inputs: Any, **named: Any) -> Any:
+        """The model called as given (one tensor, several, or inputs by name), its
+        logits tempered: a tensor, a mapping's "logits" (Hugging Face's `ModelOutput`,
+        returned as the same kind), or eVI moments."""
+        out = self.model(*inputs, **named)
         if isinstance(out, Tensor):
             return out / self.temperature.to(out.dtype)
+        if isinstance(out, Mapping) and isinstance(out.get("logits"), Tensor):
+            tempered = copy.copy(out)
+            tempered["logits"] = out["logits"] / self.temperature.to(out["logits"].dtype)
+            return tempered
         if _is_moments(out):  # eVI: temper the mean probabilities, keep the covariance
             mean = out.mean
             logits = mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
             tempered = torch.softmax(logits / self.temperature.to(mean.dtype), dim=-1)
             return out._replace(mean=tempered)
         raise TypeError(
-            "TemperatureScaled needs a model that returns logits (a tensor) or eVI moments "
-            f"(mean probabilities, cov), got {type(out).__name__}"
+            "TemperatureScaled needs a model that returns logits (a tensor, or a mapping with "
+            f"'logits') or eVI moments (mean probabilities, cov), got {type(out).__name__}"
         )
 
 
@@ -132,7 +141,7 @@ def fit_temperature(
     lik = make_likelihood(likelihood)
     if lik.task != "classification":
         raise ValueError(f"temperature scaling needs a classification likelihood, not {lik.task}")
-    x, y = as_xy(val, "validation data", required_inputs(model))
+    x, y = as_xy(val, "validation data", required_inputs(model), ragged=True)
     pred = predict(
         model,
         x,

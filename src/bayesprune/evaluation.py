@@ -140,8 +140,8 @@ def scorer(
     data: DataLike,
     likelihood: str | Likelihood = "categorical",
     *,
-    mode: EvalMode | str = EvalMode.MEAN,
-    samples: int = 30,
+    mode: EvalMode | str | None = None,
+    samples: int | None = None,
     batch_size: int | None = None,
     seed: int | None = 0,
     metrics: Sequence[str] | None = None,
@@ -151,8 +151,10 @@ def scorer(
 ) -> Scorer:
     """A function model → {metric: value} on `data` ((X, y), a Dataset or a DataLoader).
 
-    `mode`: "mean" (default: one deterministic pass, what the compression schedules
-    compare) or "mc" (`samples` passes, drawn from `seed` so that a score repeats).
+    `mode`: "mean" (one deterministic pass, what the compression schedules compare) or
+    "mc" (`samples` passes, default 30, drawn from `seed` so that a score repeats). Left
+    out, it is "mc" when `samples` is given (`evaluate(model, data, samples=8)` scores
+    eight draws) and "mean" otherwise.
     `metrics`: names from `METRICS[likelihood.task]`, in the order wanted (None:
     `DEFAULT_METRICS`); `bins`: ECE's bins. The data is read once, here; the model
     is scored by `predict` (eval mode, no_grad, its train/eval state and the caller's
@@ -163,7 +165,8 @@ def scorer(
     in mode "mc", "ood_auroc_mi" (by default both follow `DEFAULT_METRICS`), computed
     by `metrics.ood_auroc` with the evaluation data as in-distribution.
     """
-    mode = EvalMode(mode)
+    mode = EvalMode(mode) if mode is not None else EvalMode.MEAN if samples is None else EvalMode.MC
+    samples = 30 if samples is None else samples
     lik = make_likelihood(likelihood)
     x_ood = None if ood is None else _ood_inputs(ood, lik.task, inputs)
     names = metric_names(metrics, lik.task, ood_metric_names(mode) if ood is not None else ())

@@ -28,21 +28,82 @@ TARGET_KEYS = ("labels", "label")
 """Where a batch by name holds its targets (Hugging Face's collators: "labels")."""
 
 
-def tensors(x: Inputs) -> Iterator[Tensor]:
-    """Each input tensor."""
+class StoredBatches:
+    """Batches by name read once from a loader and kept, for inputs padded to a
+    different length in each batch (Hugging Face's `DataCollatorWithPadding`), which
+    cannot be joined: `predict` takes them as it takes a loader, in the same order as
+    the targets read beside them, and `rows` / `take` count and select their rows as
+    they do a tensor's (a validation split cut in halves)."""
+
+    def __init__(self, batches: list[dict[str, Tensor]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def rows(self) -> int:
+        return sum(rows(b) for b in self.batches)
+
+    def take(self, index: Any) -> StoredBatches:
+        """The rows `index` (a slice, or positions) in its order; consecutive rows of one
+        batch stay one batch, so each piece keeps its own padding."""
+        positions = torch.arange(self.rows())[index].reshape(-1).tolist()
+        starts = np.cumsum([0] + [rows(b) for b in self.batches])
+        pieces: list[dict[str, Tensor]] = []
+        run: list[int] = []
+        for at in positions:
+            if run and (_batch_of(starts, at) != _batch_of(starts, run[-1]) or at != run[-1] + 1):
+                pieces.append(self._piece(starts, run))
+                run = []
+            run.append(at)
+        if run:
+            pieces.append(self._piece(starts, run))
+        return StoredBatches(pieces)
+
+    def labelled(self, targets: Tensor) -> list[dict[str, Tensor]]:
+        """The batches with their rows of `targets` under "labels" (a loader's batches)."""
+        labelled, start = [], 0
+        for batch in self.batches:
+            labelled.append({**batch, "labels": targets[start : start + rows(batch)]})
+            start += rows(batch)
+        return labelled
+
+    def _piece(self, starts: np.ndarray, run: list[int]) -> dict[str, Tensor]:
+        b = _batch_of(starts, run[0])
+        first = run[0] - int(starts[b])
+        return {k: t[first : first + len(run)] for k, t in self.batches[b].items()}
+
+
+def _batch_of(starts: np.ndarray, position: int) -> int:
+    return int(np.searchsorted(starts, position, side="right")) - 1
+
+
+def tensors(x: Inputs | StoredBatches) -> Iterator[Tensor]:
+    """Each input tensor (of every batch, for stored batches)."""
+    if isinstance(x, StoredBatches):
+        for batch in x:
+            yield from batch.values()
+        return
     if isinstance(x, dict):
         yield from x.values()
         return
     yield from (x if isinstance(x, tuple) else (x,))
 
 
-def rows(x: Inputs) -> int:
+def rows(x: Inputs | StoredBatches) -> int:
     """The batch size (every input has it)."""
+    if isinstance(x, StoredBatches):
+        return x.rows()
     return len(next(tensors(x)))
 
 
-def take(x: Inputs, index: Any) -> Inputs:
+def take(x: Inputs | StoredBatches, index: Any) -> Inputs | StoredBatches:
     """The rows `index` (a slice or an index tensor) of every input."""
+    if isinstance(x, StoredBatches):
+        return x.take(index)
     return map_inputs(x, lambda t: t[index])
 
 
@@ -60,7 +121,10 @@ def map_inputs(x: Inputs, fn: Any) -> Inputs:
 def as_inputs(value: Any, count: int, what: str) -> Inputs:
     """`value` as the inputs of a forward taking `count` tensors: a tensor for one, a
     tuple of `count` tensors with the same number of rows for several; a mapping of
-    names to tensors (any count: the names say where each goes)."""
+    names to tensors (any count: the names say where each goes); stored batches as
+    they are."""
+    if isinstance(value, StoredBatches):
+        return value  # type: ignore[return-value]
     if isinstance(value, Mapping):
         return _named(value, what)
     if count == 1:

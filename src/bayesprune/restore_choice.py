@@ -118,7 +118,7 @@ def choose_restoration(
     training methods. The input model is not modified.
     """
     mode = EvalMode(mode).value
-    x, y = as_xy(val, "validation data", required_inputs(model))
+    x, y = as_xy(val, "validation data", required_inputs(model), ragged=True)
     if rows(x) < 2:
         raise ValueError(f"choose_restoration needs at least 2 validation rows, got {rows(x)}")
     tried = restoring_methods(methods, model)
@@ -165,7 +165,7 @@ def choose_restoration(
         model=models[chosen],
         candidates=candidates,
         rule=_rule(ece_factor, auroc_tolerance if ood is not None else None, tie_se),
-        rows={"fit": len(fit_rows[0]), "choose": len(pick_rows[0])},
+        rows={"fit": rows(fit_rows[0]), "choose": rows(pick_rows[0])},
         trained=reference,
         models=models,
     )

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from . import distributed as dp
 from .checkpoint import TrainingState, resume_training, save_training_state
-from .data.xy import DataLike, as_dataset
+from .data.xy import DataLike, as_dataset, validation_data
 from .evaluation import VALIDATION_METRICS, evaluate
 from .inputs import to_device
 from .io import save_tensors
@@ -280,9 +280,7 @@ def fit(
         )
     inputs = required_inputs(model)
     train_set: Any = loader if loader is not None else as_dataset(train, "train", inputs)
-    val_set: Any = (
-        val if val is None or isinstance(val, DataLoader) else as_dataset(val, "val", inputs)
-    )
+    val_set: Any = None if val is None else validation_data(val, inputs)
     n_train = loader_size(loader, dataset_size) if loader is not None else len(train_set)
     if n_train == 0:
         raise ValueError(

@@ -200,7 +200,7 @@ _FUSED = (
     ),
 )  # fmt: skip
 
-_SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, ViT, DistilBERT, DeBERTa
+_SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, ViT, DistilBERT, DeBERTa, ...
     HeadLayout(
         "self.value", ("self.query", "self.key", "self.value"), "output.dense", False,
         "self", "num_attention_heads", "attention_head_size", ("all_head_size",),
@@ -230,6 +230,10 @@ _SEPARATE = (  # Hugging Face's layouts: BERT / RoBERTa / ELECTRA, ViT, DistilBE
     HeadLayout(  # BART's, OPT's, Whisper's: `num_heads`, `head_dim`, and `embed_dim` merged
         "v_proj", ("q_proj", "k_proj", "v_proj"), "out_proj", False, "", "num_heads",
         "head_dim", ("embed_dim",),
+    ),
+    HeadLayout(  # ALBERT's: the projections and the output layer in one module
+        "value", ("query", "key", "value"), "dense", False, "", "num_attention_heads",
+        "attention_head_size", ("all_head_size",),
     ),
     HeadLayout(  # T5's: the removed heads in `pruned_heads`, for the position bias
         "v", ("q", "k", "v"), "o", False, "", "n_heads", "key_value_proj_dim",

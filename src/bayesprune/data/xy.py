@@ -15,7 +15,17 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ..inputs import Inputs, as_inputs, map_inputs, rows, split_batch, take, tensors, to_tensor
+from ..inputs import (
+    Inputs,
+    StoredBatches,
+    as_inputs,
+    map_inputs,
+    rows,
+    split_batch,
+    take,
+    tensors,
+    to_tensor,
+)
 
 DataLike = Dataset | tuple[Any, Any] | Sequence[Any]
 
@@ -88,20 +98,17 @@ def as_dataset(data: DataLike, what: str = "train", inputs: int = 1) -> Dataset:
     return InputsDataset(x, y) if isinstance(x, tuple | dict) else TensorDataset(x, y)
 
 
-class StoredBatches:
-    """Batches by name read once from a loader and kept, for inputs padded to a
-    different length in each batch (Hugging Face's `DataCollatorWithPadding`), which
-    cannot be joined: `predict` takes them as it takes a loader, in the same order as
-    the targets read beside them."""
-
-    def __init__(self, batches: list[dict[str, Tensor]]) -> None:
-        self.batches = batches
-
-    def __iter__(self) -> Any:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
+def validation_data(data: DataLike | DataLoader, inputs: int = 1) -> Dataset | DataLoader:
+    """`fit`'s validation data: a DataLoader as it is, anything else as `as_dataset`
+    gives it, except stored batches padded apart with their targets (the halves
+    `choose_restoration` cuts a loader's batches into), which stay batches: a loader of
+    them, each with its targets under "labels"."""
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], StoredBatches):
+        x, y = _checked_pair(data, "val", inputs)
+        return DataLoader(x.labelled(y), batch_size=None)  # type: ignore[union-attr]
+    return as_dataset(data, "val", inputs)
 
 
 def as_xy(
