@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ..example_inputs import Example
 from ..nn.base import evaluation_pass
 from .adapters import as_prunable, copy_model
 from .chain import PASSTHROUGH, Chain, SelectInputs, deployed_weight, first_tensor, unit_columns
@@ -275,7 +276,7 @@ def shrink(
     model: nn.Module,
     input_shape: Sequence[int] | None = None,
     *,
-    example_inputs: Tensor | tuple[Tensor, ...] | None = None,
+    example_inputs: Example | None = None,
     prune_units: Mapping[str, Tensor | Sequence[int]] | None = None,
     inclusion_threshold: float = 0.5,
     gather_inputs: bool = True,
@@ -285,7 +286,8 @@ def shrink(
 ) -> ShrinkResult | GraphShrinkResult:
     """A genuinely smaller copy of `model` without its dead units (see the module docstring).
 
-    `example_inputs` (one batch for `model(*example_inputs)`): any model, through
+    `example_inputs` (one batch for `model(*example_inputs)`, or a mapping for
+    `model(**example_inputs)`, a tokenizer's output): any model, through
     `shrink_graph` (its `GraphShrinkResult`; the shrunk model takes the same inputs, and
     `check` raises on a mismatch instead of warning). Otherwise `model` is a chain and
     `input_shape` is one example's shape without the batch dimension; needed when the
