@@ -490,17 +490,19 @@ def walk_levels(
     finetune: Callable[[nn.Module], None],
     describe: Callable[[nn.Module], dict[str, Any]],
     every_level: bool = False,
+    reference: nn.Module | None = None,
 ) -> dict[str, Any]:
     """The level walk on validation of the ViT and ConvNeXt benchmarks: per sparsity of
     `args.grid`, lowest first, `keep_units(scores)` → `shrink_graph` → `finetune` →
-    `level_validator`, held against the dense net by `level_tolerances`; the walk stops
-    at the first level that fails (`every_level`: walks on, to see them all). The last
-    level of the run that holds is chosen, else the least-pruned one ("none held").
-    `describe(net)` adds sizes to each level's record."""
+    `level_validator`, held against the dense net (or `reference`: the dense net
+    fine-tuned as long, so that the fine-tune's own drift is not charged to the cut) by
+    `level_tolerances`; the walk stops at the first level that fails (`every_level`:
+    walks on, to see them all). The last level of the run that holds is chosen, else the
+    least-pruned one ("none held"). `describe(net)` adds sizes to each level's record."""
     accuracy = bp.scorer(data["val"], mode="mean", metrics=["accuracy"])
     validate = level_validator(data, args, seed, accuracy)
     held = as_tolerances(level_tolerances(args))
-    dense = validate(model)
+    dense = validate(model if reference is None else reference)
     example = data["train"][0][:8]
     levels: list[dict[str, Any]] = []
     nets: list[nn.Module] = []

@@ -21,6 +21,9 @@ Per seed, on Fashion-MNIST (a training subset; the validation split is carved fr
 3. Torch-Pruning (`MetaPruner`, magnitude and Taylor importance; it slices LayerNorms and
    the layer scale with the channels) prunes the deterministic twin to the same FLOPs
    (ratio bisected; the head ignored), fine-tuned as long.
+   `--reference finetuned` holds the levels against the dense Bayesian net fine-tuned
+   as long as each level (`convnext_mi_dev.py`: the fine-tune alone moves its OOD AUROC
+   by more than the tolerance), which is then a test contender too.
 4. Test (read once per contender): accuracy, ECE, NLL, OOD AUROC against MNIST test images
    by predictive entropy and, for the Bayesian nets' Monte-Carlo predictive, by mutual
    information; stream and MLP widths, FLOPs; the ONNX export's difference and
@@ -32,6 +35,7 @@ Per seed, on Fashion-MNIST (a training subset; the validation split is carved fr
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -104,10 +108,16 @@ def build(seed: int, args: argparse.Namespace) -> nn.Module:
 
 
 def compress_bayes(
-    bayes: nn.Module, data: dict[str, Any], args: argparse.Namespace, seed: int, finetune: Any
+    bayes: nn.Module,
+    data: dict[str, Any],
+    args: argparse.Namespace,
+    seed: int,
+    finetune: Any,
+    reference: nn.Module | None = None,
 ) -> dict[str, Any]:
     """The level walk on validation (module docstring, step 2; `_resnet.walk_levels`) over
-    every scored layer (the head, the model's output, is pinned)."""
+    every scored layer (the head, the model's output, is pinned), held against `bayes` or
+    `reference`."""
     x_train = data["train"][0]
     bayes.eval()
     scores = compress.activation_scores(bayes, x_train[: 256 * args.score_batches].split(256))
@@ -116,7 +126,7 @@ def compress_bayes(
     def describe(net: nn.Module) -> dict[str, Any]:
         return {"widths": widths(net), "flops": flops(net)}
 
-    return walk_levels(bayes, scores, data, args, seed, finetune, describe)
+    return walk_levels(bayes, scores, data, args, seed, finetune, describe, reference=reference)
 
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -140,10 +150,16 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         bp.finetune(net, train, **tune, **fit)
 
     start = time.perf_counter()
-    ours = compress_bayes(bayes, data, args, seed, finetune)
+    reference = None
+    if args.reference == "finetuned":  # the dense net trained as long as each level
+        reference = copy.deepcopy(bayes)
+        finetune(reference)
+    ours = compress_bayes(bayes, data, args, seed, finetune, reference)
     seconds["compress_bayesian"] = time.perf_counter() - start
     print(f"  level {ours['sparsity']} ({ours['rule']})", flush=True)
     nets: dict[str, nn.Module] = {"bayesian compressed": ours.pop("model")}
+    if reference is not None:
+        nets["bayesian (dense, fine-tuned)"] = reference
     grads = list(zip(x_train.split(128)[:4], y_train.split(128)[:4], strict=True))
     target = flops(nets["bayesian compressed"])
     start = time.perf_counter()
@@ -205,11 +221,12 @@ def render(runs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
             rows.append(row)
     text += md_table(rows)
     text += "\n## Levels tried (validation)\n\n"
+    reference = "dense, fine-tuned alike" if settings.get("reference") == "finetuned" else "dense"
     for r in runs:
         walk = r["bayesian_compression"]
         d = walk["dense_val"]
         text += (
-            f"- seed {r['seed']}, dense: accuracy {d['accuracy']:.4f}, AUROC "
+            f"- seed {r['seed']}, {reference}: accuracy {d['accuracy']:.4f}, AUROC "
             f"{d['ood_auroc_entropy']:.3f} / {d['ood_auroc_mi']:.3f}\n"
         )
         for level in walk["levels"]:
@@ -241,6 +258,13 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.01, help="validation accuracy")
     parser.add_argument("--ood-tolerance", type=float, default=0.02, help="validation AUROCs")
     parser.add_argument("--score-batches", type=int, default=8, help="of 256 training images")
+    parser.add_argument(
+        "--reference",
+        choices=["dense", "finetuned"],
+        default="dense",
+        help="what the levels are held against: the dense Bayesian net, or it fine-tuned "
+        "as long as each level (then also a test contender)",
+    )
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--finetune-lr", type=float, default=5e-4, help="cosine to 0")
     parser.add_argument("--mc-samples", type=int, default=12)
