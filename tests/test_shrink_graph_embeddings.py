@@ -4,6 +4,7 @@ after them); a size the forward reads and never uses does not pin the stream."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -46,8 +47,10 @@ class PostNormEncoder(nn.Module):
             h = h.view(batch * length, width).view(batch, length, -1)
         elif self.reads == "arithmetic":
             h = h * (width / WIDTH)
-        elif self.reads == "constant":
-            h = h + torch.zeros(1, 1, width)
+        elif self.reads == "new tensor":
+            h = h + torch.zeros((1, 1, width))
+        elif self.reads == "numpy":
+            h = h + torch.as_tensor(np.zeros((1, 1, width)))
         h = self.norm1(h + self.down(torch.relu(self.up(h))))
         h = h * mask[..., None]
         return self.head(torch.tanh(self.pool(h[:, 0])))
@@ -91,20 +94,23 @@ def test_the_stream_narrows_through_embeddings_and_post_norms_exactly(tmp_path):
     torch.testing.assert_close(_run(loaded, ids), _run(shrunk, ids), rtol=0, atol=0)
 
 
-def test_a_width_that_sizes_a_view_of_the_same_channels_follows_them():
-    """`h.view(batch * length, width)`: the width read off h sizes h's own channels."""
-    model, ids = _model(reads="view"), _ids()
+@pytest.mark.parametrize("reads", ["view", "new tensor"])
+def test_a_width_that_sizes_the_same_channels_follows_them(reads):
+    """`h.view(batch * length, width)`, `h + torch.zeros((1, 1, width))`: the width read
+    off h sizes h's own channels (a new tensor of one value for every channel, sliced,
+    is what the forward makes with fewer of them)."""
+    model, ids = _model(reads=reads), _ids()
     scores = activation_scores(model, (ids,))
     result = shrink_graph(model, (ids,), prune_units=keep_units(scores, sparsity=0.5))
     assert result.model.down.out_features == 6 and result.max_abs_difference < 1e-10
     assert _run(result.model, _ids(2, 13)).shape == (2, 3)
 
 
-@pytest.mark.parametrize("reads", ["arithmetic", "constant"])
+@pytest.mark.parametrize("reads", ["arithmetic", "numpy"])
 def test_a_width_the_forward_uses_keeps_the_stream(reads):
     """The width read off the stream goes into arithmetic, or into a tensor made outside
-    the graph (`torch.zeros(1, 1, width)`, a constant of the graph): fewer channels
-    would change what the forward computes, so the stream stays."""
+    torch (`np.zeros((1, 1, width))`, a constant of the graph): fewer channels would
+    change what the forward computes, or cannot be seen to not, so the stream stays."""
     model, ids = _model(reads=reads), _ids()
     scores = activation_scores(model, (ids,))
     assert torch.isinf(scores["down"]).all()

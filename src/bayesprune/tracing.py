@@ -30,7 +30,7 @@ import inspect
 import math
 import operator
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -446,6 +446,24 @@ def trace_with_values(tracer: ExampleValues, model: nn.Module, inputs: Sequence[
     return graph
 
 
+FACTORIES = frozenset({torch.zeros, torch.ones, torch.empty, torch.full})
+"""Torch functions that make a new tensor of a shape they are given."""
+
+
+def factory_shape(func: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+    """The shape a `FACTORIES` call is given (`torch.zeros((b, d))`, `torch.zeros(b, d)`,
+    `torch.full((b, d), 0.0)`, `size=`), or [] for any other call."""
+    if func not in FACTORIES:
+        return []
+    if "size" in kwargs:
+        shape = kwargs["size"]
+    elif func is torch.full or (args and isinstance(args[0], tuple | list | torch.Size)):
+        shape = args[0] if args else ()
+    else:
+        shape = args
+    return list(shape) if isinstance(shape, tuple | list | torch.Size) else []
+
+
 class _EagerSizeUses(TorchFunctionMode):
     """Marks a `SizeRead` used where a torch function gets it with no proxy among its
     arguments (`torch.tensor(x.size(-1))`, `torch.zeros(b, t, d)`): such a call runs at
@@ -465,10 +483,16 @@ class _EagerSizeUses(TorchFunctionMode):
             return func(*args, **kwargs)
         found: list[Any] = []
         fx.node.map_aggregate((tuple(args), kwargs), found.append)
-        if not any(isinstance(a, fx.Proxy) for a in found):
-            for a in found:
-                if isinstance(a, SizeRead):
-                    a._mark()
+        if any(isinstance(a, fx.Proxy) for a in found):
+            return func(*args, **kwargs)
+        if any(isinstance(s, SizeRead) for s in factory_shape(func, args, kwargs)):
+            # a new tensor sized by a size read (Mixtral's `torch.zeros((b * t, width))`,
+            # which its experts then add into): a node, so that what is done to it is
+            # traced, and its sizes are noted as a view's are (`_view_size_reads`)
+            return self.tracer.create_proxy("call_function", func, tuple(args), kwargs)
+        for a in found:
+            if isinstance(a, SizeRead):
+                a._mark()
         return func(*args, **kwargs)
 
 
@@ -477,7 +501,11 @@ _VIEWS = frozenset({"view", "reshape"})
 
 def _view_size_reads(kind: str, target: Any, args: Any, kwargs: Any) -> dict[int, SizeRead]:
     """{position in the new shape: size} of the `SizeRead`s a view / reshape is given
-    (`x.view(b, t, c)`, `x.reshape((b, -1, c))`); {} for any other op."""
+    (`x.view(b, t, c)`, `x.reshape((b, -1, c))`), or a new tensor (`torch.zeros((n, c))`);
+    {} for any other op."""
+    if kind == "call_function" and target in FACTORIES:
+        shape = factory_shape(target, args, kwargs)
+        return {at: s for at, s in enumerate(shape) if isinstance(s, SizeRead)}
     method = kind == "call_method" and target in _VIEWS
     if not (method or (kind == "call_function" and target is torch.reshape)):
         return {}

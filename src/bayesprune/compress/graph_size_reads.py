@@ -7,8 +7,10 @@ MaxViT's attention reshapes its output, H · d wide, with the width of its input
 While the LayerNorms over those streams pinned them this never showed; now that they
 follow their channels (`layer_norm`), `pin_size_reads` pins the channels of x wherever
 such a size goes anywhere but a view / reshape of a tensor with the same channels at the
-same place (`x.view(b, c)` after pooling x: the size follows). It also pins them where
-the size feeds arithmetic or a new tensor's shape, which no slice would follow.
+same place (`x.view(b, c)` after pooling x: the size follows), or a new tensor of that
+width whose channels are the same (`torch.zeros((n, c))`, into which the channels are
+then added). It also pins them where the size feeds arithmetic, which no slice would
+follow.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, fx
 
+from ..tracing import FACTORIES, factory_shape
 from .graph_axes import view_sizes
 
 if TYPE_CHECKING:
@@ -32,7 +35,7 @@ def pin_size_reads(cg: ChannelGraph) -> None:
     """Pin the channels of every tensor whose channel count the forward reads and uses
     other than as the same channels' size in a view (module docstring)."""
     for node in cg.gm.graph.nodes:
-        source = _channel_size_of(cg, node)
+        source = channel_size_of(cg, node)
         if source is None:
             continue
         ids = cg.ids[source]
@@ -43,7 +46,7 @@ def pin_size_reads(cg: ChannelGraph) -> None:
         cg.pin(ids, why)
 
 
-def _channel_size_of(cg: ChannelGraph, node: fx.Node) -> fx.Node | None:
+def channel_size_of(cg: ChannelGraph, node: fx.Node) -> fx.Node | None:
     """The tensor whose channel count `node` is (`x.size(1)`, `x.shape[-1]`, an entry of
     `x.size()`), else None."""
     if node.op == "call_method" and node.target == "size" and len(node.args) == 2:
@@ -71,11 +74,16 @@ def _whole_shape(node: fx.Node) -> bool:
 
 
 def _follows(cg: ChannelGraph, user: fx.Node, size: fx.Node, groups: list[int]) -> bool:
-    """`user` is a view / reshape putting `size` where its output's channels are, and
-    those are the same channels (`groups`)."""
-    if user.target not in _VIEWS or user not in cg.ids:
+    """`user` is a view / reshape, or a new tensor (`torch.zeros((n, size))`), putting
+    `size` where its output's channels are, and those are the same channels (`groups`)."""
+    if user not in cg.ids:
         return False
-    sizes = view_sizes(user)
+    if user.op == "call_function" and user.target in FACTORIES:
+        sizes = factory_shape(user.target, user.args, user.kwargs)
+    elif user.target in _VIEWS:
+        sizes = view_sizes(user)
+    else:
+        return False
     out = cg.values.get(user)
     if not isinstance(out, Tensor) or len(sizes) != out.ndim or size not in sizes:
         return False

@@ -95,7 +95,9 @@ from ..nn.base import SerializableLayer, evaluation_pass, torch_type, use_poster
 from ..nn.moments import Moments
 from ..nn.parameter_reads import parameter_holders, tied_layers
 from ..tracing import (
+    FACTORIES,
     ExampleValues,
+    factory_shape,
     no_proxies_left,
     scripted_functions_as_python,
     trace_with_values,
@@ -109,7 +111,7 @@ from .adapters import (
 )
 from .chain import PASSTHROUGH
 from .graph_axes import indexed, permuted, reduced, reshaped, size_follows, view_sizes
-from .graph_size_reads import pin_size_reads
+from .graph_size_reads import channel_size_of, pin_size_reads
 from .graph_sizes import (
     SizedCall,
     sized_parameter_view,
@@ -949,6 +951,28 @@ def _table_read(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     return _table_ids(cg, f"{table}.weight", node, value.shape[1]), 1
 
 
+def _factory_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
+    """A new tensor whose dim is sized by a channel count the forward read
+    (`torch.zeros((b * t, x.size(-1)))`: Mixtral's buffer that its experts add into):
+    that dim holds the channels the count was read off, since with fewer of them the
+    forward reads a smaller count and makes a narrower tensor. The count is a node of a
+    symbolic trace, or, traced with values, a size the node notes (`read_sizes`); a
+    second such dim is left to the size checks, which pin its channels."""
+    shape = factory_shape(node.target, node.args, node.kwargs)
+    reads = node.meta.get("read_sizes", {})
+    names = {n.name: n for n in cg.gm.graph.nodes} if reads else {}
+    for at, size in enumerate(shape):
+        source = channel_size_of(cg, size) if isinstance(size, fx.Node) else None
+        if at in reads:
+            name, dims = reads[at]
+            read = names.get(name)
+            if read is not None and read in cg.ids and tuple(dims) == (cg.axis[read],):
+                source = read
+        if source is not None:
+            return cg.ids[source], at
+    return None
+
+
 def _functional_embedding_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     """`F.embedding(ids, self.weight)` (an nn.Embedding subclass with a forward of its
     own: OPT's learned positions, BART's scaled token table): as an embedding module,
@@ -1139,6 +1163,10 @@ def _function_ids(
         return None
     if target is operator.getitem:
         return _getitem_ids(cg, node)
+    if node.op == "call_function" and target in FACTORIES:
+        return _factory_ids(cg, node)
+    if _is(node, {torch.index_add}, {"index_add", "index_add_"}):
+        return _index_add_ids(cg, node)
     if _is(node, _ADD | _MUL, _ADD_METHODS | _MUL_METHODS):
         return _elementwise_ids(cg, node)
     if _is(node, {F.embedding}, set()):
@@ -1487,6 +1515,44 @@ def _per_channel_parameter(cg: ChannelGraph, node: fx.Node, value: Tensor, at: i
     return Use(str(source.target), source, ids, axis=axis)
 
 
+def _index_add_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
+    """`out.index_add_(0, rows, source)`: rows of `source` added into `out` along a dim
+    that is not the channels': channel c of the result is channel c of both, which
+    unite (Mixtral adds each expert's output into the stream's buffer)."""
+    out, dim = node.args[0], _arg(node, 1, "dim", None)
+    source = node.args[3] if len(node.args) > 3 else node.kwargs.get("source")
+    if not (isinstance(out, fx.Node) and isinstance(source, fx.Node) and isinstance(dim, int)):
+        return None
+    if out not in cg.ids or source not in cg.ids:
+        return None
+    axis, ndim = cg.axis[out], cg.values[out].ndim
+    if dim % ndim == axis or cg.axis[source] != axis or cg.values[source].ndim != ndim:
+        return None
+    if len(cg.ids[source]) != len(cg.ids[out]):
+        return None
+    return _unite(cg, [cg.ids[out], cg.ids[source]], [], added=False), axis
+
+
+def _rows_gathered(cg: ChannelGraph, node: fx.Node, index: Any, axis: int) -> int | None:
+    """`x[None, rows]` (Mixtral gathering the tokens routed to an expert): new dims and
+    one 1-d tensor of positions, none of them on the channel axis or after it. The
+    channels pass; the axis they land on, or None for any other index."""
+    if not isinstance(index, tuple) or Ellipsis in index:
+        return None
+    picked = [e for e in index if isinstance(e, fx.Node)]
+    if len(picked) != 1 or any(not isinstance(e, fx.Node) and e is not None for e in index):
+        return None
+    positions = cg.values.get(picked[0])
+    if not isinstance(positions, Tensor) or positions.ndim != 1:
+        return None
+    consumed = sum(e is not None for e in index)
+    moved = len(index) + axis - consumed
+    value = cg.values[node]
+    if consumed > axis or moved >= value.ndim:
+        return None
+    return moved if value.shape[moved] == cg.values[node.args[0]].shape[axis] else None
+
+
 def _getitem_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     """A piece of a `chunk`, `x[:, a:b]` on channels, or `x[:, 0]` on tokens.
 
@@ -1505,6 +1571,8 @@ def _getitem_ids(cg: ChannelGraph, node: fx.Node) -> Channels | None:
     ids = cg.ids.get(source)
     if ids is None:
         return None
+    if (gathered := _rows_gathered(cg, node, index, cg.axis[source])) is not None:
+        return ids, gathered
     if cg.axis[source] != 1:
         moved = indexed(index, cg.axis[source])
         return None if moved is None else (ids, moved)
