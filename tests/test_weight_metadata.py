@@ -122,7 +122,7 @@ def test_the_weight_answers_what_it_is_and_refuses_its_values():
     assert isinstance(weight, WeightMetadata) and isinstance(weight, Tensor)
     assert (weight.shape, weight.dtype, weight.device.type) == ((3, 4), torch.float32, "cpu")
     assert (weight.ndim, weight.size(1), weight.numel(), len(weight)) == (2, 4, 12, 3)
-    assert weight.is_floating_point() and not weight.requires_grad
+    assert weight.is_floating_point() and weight.requires_grad  # as its posterior mean
     assert layer.bias is None  # as nn.Linear(bias=False)
     assert "shape=(3, 4)" in repr(weight) and "BayesLinear" in f"{weight}"
     assert bp.convert(nn.Linear(4, 3), "gaussian").double().bias.dtype == torch.float64

@@ -6,9 +6,9 @@ pixels to the patch projection's dtype, timm's XCiT asks `token_projection.weigh
 where to put a grid. A Bayesian layer has no fixed weight, but it has a fixed shape,
 dtype and device: `layer.weight` (and `layer.bias`) give a `WeightMetadata`, a tensor of
 the posterior mean's shape, dtype and device that answers those questions and refuses
-every computation with one `WeightValuesError` that names the fix. So such layers convert, and code
-that computes with the weight (`F.linear(x, self.qkv.weight)`, which would bypass the
-posterior) still fails loudly instead of computing with a stand-in.
+every computation with one `WeightValuesError` that names the fix. So such layers
+convert, and code that computes with the weight (`F.linear(x, self.qkv.weight)`, which
+would bypass the posterior) still fails loudly instead of computing with a stand-in.
 
 `convert` tells the two uses apart before converting (`parameter_reads`): a read whose
 only uses are the attributes and methods listed here does not keep the layer plain.
@@ -60,7 +60,7 @@ class WeightMetadata(Tensor):
 
     @classmethod
     def of(cls, mean: Tensor, layer_name: str, attribute: str) -> WeightMetadata:
-        shown = mean.detach().as_subclass(cls)
+        shown = mean.as_subclass(cls)  # a view: its requires_grad is the mean's
         shown.layer_name, shown.attribute = layer_name, attribute
         return shown
 
