@@ -466,7 +466,8 @@ def factory_shape(func: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> 
 
 class _EagerSizeUses(TorchFunctionMode):
     """Marks a `SizeRead` used where a torch function gets it with no proxy among its
-    arguments (`torch.tensor(x.size(-1))`, `torch.zeros(b, t, d)`): such a call runs at
+    arguments (`torch.tensor(x.size(-1))`; a factory given one in its shape,
+    `torch.zeros(b, t, d)`, is recorded as a node instead): such a call runs at
     once, reads the int in C, where no Python hook of the int sees it, and what it makes
     enters the graph as a constant. Calls on proxies are recorded, their sizes seen by
     `ExampleValues.create_arg` (and the tracer computing their values is not watched)."""
