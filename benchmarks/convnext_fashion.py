@@ -241,23 +241,33 @@ def render(runs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     return text
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+def add_net_options(parser: argparse.ArgumentParser) -> None:
+    """The options that make, train, fine-tune and score the net, shared with
+    `convnext_mi_dev.py`, which studies the same net on other seeds."""
     parser.add_argument("--dims", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--depths", type=int, nargs="+", default=[2, 2])
     parser.add_argument("--layer-scale", type=float, default=0.1, help="its initial value")
     parser.add_argument("--train-limit", type=int, default=12000, help="training rows (+val)")
     parser.add_argument("--val-size", type=int, default=2000)
-    parser.add_argument("--test-limit", type=int, default=5000, help="test images, in and out")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--keep", nargs="*", default=["0.0.0", "2.2"], help="stay deterministic")
+    parser.add_argument("--score-batches", type=int, default=8, help="of 256 training images")
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--finetune-lr", type=float, default=5e-4, help="cosine to 0")
+    parser.add_argument("--mc-samples", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_net_options(parser)
+    parser.add_argument("--test-limit", type=int, default=5000, help="test images, in and out")
     parser.add_argument("--grid", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     parser.add_argument("--tolerance", type=float, default=0.01, help="validation accuracy")
     parser.add_argument("--ood-tolerance", type=float, default=0.02, help="validation AUROCs")
-    parser.add_argument("--score-batches", type=int, default=8, help="of 256 training images")
     parser.add_argument(
         "--reference",
         choices=["dense", "finetuned"],
@@ -265,11 +275,7 @@ def main() -> None:
         help="what the levels are held against: the dense Bayesian net, or it fine-tuned "
         "as long as each level (then also a test contender)",
     )
-    parser.add_argument("--finetune-epochs", type=int, default=2)
-    parser.add_argument("--finetune-lr", type=float, default=5e-4, help="cosine to 0")
-    parser.add_argument("--mc-samples", type=int, default=12)
     parser.add_argument("--latency-repeats", type=int, default=200, help="batch 1; /20 at 256")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default=NAME, help="result file name")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="combine seed runs")
     add_results_dir_option(parser)

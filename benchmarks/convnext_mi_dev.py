@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from _common import add_results_dir_option, md_table, mean_sd, use_results_dir, write_results
 from _resnet import fashion_data
-from convnext_fashion import build
+from convnext_fashion import add_net_options, build
 from torch import nn
 
 import bayesprune as bp
@@ -106,21 +106,8 @@ def render(runs: list[dict[str, Any]], settings: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[5, 6])
-    parser.add_argument("--dims", type=int, nargs="+", default=[32, 64])
-    parser.add_argument("--depths", type=int, nargs="+", default=[2, 2])
-    parser.add_argument("--layer-scale", type=float, default=0.1)
-    parser.add_argument("--train-limit", type=int, default=12000)
-    parser.add_argument("--val-size", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--keep", nargs="*", default=["0.0.0", "2.2"])
+    add_net_options(parser)
     parser.add_argument("--sparsity", type=float, default=0.125)
-    parser.add_argument("--score-batches", type=int, default=8)
-    parser.add_argument("--finetune-epochs", type=int, default=2)
-    parser.add_argument("--finetune-lr", type=float, default=5e-4)
-    parser.add_argument("--mc-samples", type=int, default=12)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default=NAME)
     add_results_dir_option(parser)
     args = parser.parse_args()

@@ -84,6 +84,15 @@ def _size(name: str, net: torch.nn.Module) -> int:
     return 224 if name.startswith(LARGE_INPUT) else 64
 
 
+def example_image(name: str, net: torch.nn.Module) -> torch.Tensor:
+    """One seeded image of the size the model takes (`_size`, else its default
+    configuration's: a fixed grid of window attention or attention biases)."""
+    size = _size(name, net)
+    if not _runs(net, size):
+        size = int(net.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+    return torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
 def _pins(model: torch.nn.Module, x: torch.Tensor | dict[str, torch.Tensor]) -> str:
     """The three operations that pin the most units, with their counts (pinned channels
     that hold no layer's unit, as a parameter's own node or the input's, are left out,
@@ -149,11 +158,8 @@ def probe(timm: Any, name: str, family: str, pinned: bool) -> dict[str, Any]:
         net = timm.create_model(name, pretrained=False, num_classes=10).eval()
         randomise_norms(net)
         row["parameters"] = sum(p.numel() for p in net.parameters())
-        size = _size(name, net)
-        if not _runs(net, size):  # a fixed grid (window attention, attention biases)
-            size = int(net.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-        row["input_size"] = size
-        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        x = example_image(name, net)
+        row["input_size"] = x.shape[-1]
         given = {"example_inputs": (x,)} if _convert_takes_inputs() else {}  # older: none
         model = bp.convert(net, family, **given).eval()
         if pinned:

@@ -23,7 +23,7 @@ import torch
 from _common import add_results_dir_option, md_table, use_results_dir, write_results
 from graph_groups import torchvision_models
 from timm_coverage import DEFAULT as TIMM_DEFAULT
-from timm_coverage import _runs, _size
+from timm_coverage import example_image
 
 from bayesprune.nn import layers_read_outside
 
@@ -40,17 +40,11 @@ def _timm_models() -> Models:
     torchvision_models()
     import timm
 
-    def example(net: Any, name: str) -> Example:
-        size = _size(name, net)
-        if not _runs(net, size):
-            size = int(net.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-        return (torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)),)
-
     for name in TIMM_DEFAULT + TIMM_READERS:
         yield (
             f"timm/{name}",
             lambda n=name: timm.create_model(n, pretrained=False, num_classes=10).eval(),
-            lambda net, n=name: example(net, n),
+            lambda net, n=name: (example_image(n, net),),
         )
 
 

@@ -145,7 +145,7 @@ def forward_checked(model: nn.Module, x: Any) -> Any:
                 f"{sorted(x)} ({str(err).splitlines()[0]}); name them as its arguments"
             ) from err
         needed = required_inputs(model)
-        given = len(x) if isinstance(x, tuple | dict) else 1
+        given = len(x) if isinstance(x, tuple) else 1
         if needed > given and not isinstance(x, dict):
             raise ValueError(
                 f"{type(model).__name__}.forward takes {needed} tensors but got {given}: pass "

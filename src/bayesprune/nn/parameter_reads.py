@@ -74,7 +74,7 @@ class _ReadRecorder(fx.Tracer):
         return {
             layer: why
             for layer, why in self.reads.items()
-            if not all(_metadata_only(node) for node in self.read_nodes.get(layer, [None]))
+            if not all(_metadata_only(node) for node in self.read_nodes[layer])
         }
 
 
