@@ -27,6 +27,7 @@ import json
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -34,11 +35,37 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 from small_tables import DESIGNS, OURS, RF, _support, methods, with_noise
+from torch import nn
 
+from bayesprune import models
 from bayesprune.likelihoods import Gaussian
 from bayesprune.sklearn import BayesianMLPClassifier, BayesianMLPRegressor
 
 BASELINES = {"base:rf": RF, "base:mlp": "MLP (sklearn)", "base:linear": None}
+
+
+class ReluWithLinearUnits(nn.Module):
+    """ReLU on every hidden unit but the last `linear`, which pass their input unchanged:
+    a linear path from the input scales (or gates) to the output beside the ReLUs."""
+
+    def __init__(self, linear: int) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        split = x.shape[-1] - self.linear
+        return torch.cat([torch.relu(x[..., :split]), x[..., split:]], -1)
+
+
+PROBE_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu_linear2": lambda: ReluWithLinearUnits(2),
+    "relu_linear4": lambda: ReluWithLinearUnits(4),
+    "identity": nn.Identity,
+}
+"""Activations a candidate may name (`{"activation": "relu_linear2"}`) that the library
+does not offer: probes of a linear path (session 32; not adopted). Registered in the
+library's table of activations by this script only."""
+models._ACTIVATIONS.update(PROBE_ACTIVATIONS)
 
 
 def run(
