@@ -280,6 +280,36 @@ def targets(runs: list[dict[str, Any]], delta: float) -> list[dict[str, Any]]:
     return rows
 
 
+def per_seed_targets(runs: list[dict[str, Any]], model: str, delta: float) -> list[dict[str, Any]]:
+    """Issue 18's targets seed by seed for the stage `bayesprune restore` keeps by default
+    (`TIE_RULE`) in each group that has one: a mean can pass where a seed does not."""
+    rows = []
+    for run in runs:
+        base = run["stages"]["bayesian/before"]
+        for group in groups(model):
+            stage = run["stages"].get(f"{group}/{TIE_RULE}")
+            if stage is None:
+                continue
+            drops = [base[m] - stage[m] for m in AUROCS if m in base and m in stage]
+            ratio = stage["ece"] / base["ece"]
+            acc_drop = base["accuracy"] - stage["accuracy"]
+            rows.append(
+                {
+                    "seed": run["seed"],
+                    "group": group,
+                    "chosen": stage["chosen"].removeprefix(group + "/"),
+                    "sparsity": round(stage["sparsity"], 4),
+                    "ece / unpruned": round(ratio, 3),
+                    "≤ 1.5×": ratio <= 1.5,
+                    "worst AUROC drop": round(max(drops), 4),
+                    "≤ 0.02": max(drops) <= 0.02,
+                    "accuracy drop": round(acc_drop, 4),
+                    f"≤ {delta}": acc_drop <= delta,
+                }
+            )
+    return rows
+
+
 def render(payload: dict[str, Any]) -> str:
     s, model = payload["settings"], payload["model"]
     parts = [
@@ -318,6 +348,12 @@ def render(payload: dict[str, Any]) -> str:
             + "\nIssue 18 targets (seed means):\n\n"
             + md_table(targets(runs, s["delta"]))
         )
+        seeds = per_seed_targets(runs, model, s["delta"])
+        if seeds:
+            parts.append(
+                f"\nPer seed, the stage kept by '{TIE_RULE}' (the CLI's default):\n\n"
+                + md_table(seeds)
+            )
     return "".join(parts)
 
 
