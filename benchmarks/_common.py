@@ -39,6 +39,12 @@ def use_results_dir(args: argparse.Namespace) -> Path:
     return _results_dir
 
 
+def recorded_settings(args: argparse.Namespace, *left_out: str) -> dict[str, Any]:
+    """The parsed options a result records: all but the output `--name` (and `left_out`);
+    `--results-dir` is already gone (`use_results_dir`), as it changes no number."""
+    return {k: v for k, v in vars(args).items() if k not in ("name", *left_out)}
+
+
 def results_dir() -> Path:
     """The folder results are written to (benchmarks/results unless --results-dir)."""
     return _results_dir

@@ -42,7 +42,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import add_results_dir_option, md_table, mean_sd, use_results_dir, write_results
+from _common import (
+    add_results_dir_option,
+    md_table,
+    mean_sd,
+    recorded_settings,
+    use_results_dir,
+    write_results,
+)
 from _resnet import (
     SHAPE,
     fashion_data,
@@ -288,7 +295,7 @@ def main() -> None:
         write_results(args.name, {"settings": settings, "runs": runs}, render(runs, settings))
         return
     torch.set_num_threads(args.threads)
-    settings = {k: v for k, v in vars(args).items() if k not in ("merge", "name")}
+    settings = recorded_settings(args, "merge")
     runs = []
     for seed in args.seeds:
         print(f"seed {seed}", flush=True)

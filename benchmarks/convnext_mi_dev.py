@@ -26,7 +26,14 @@ import time
 from typing import Any
 
 import torch
-from _common import add_results_dir_option, md_table, mean_sd, use_results_dir, write_results
+from _common import (
+    add_results_dir_option,
+    md_table,
+    mean_sd,
+    recorded_settings,
+    use_results_dir,
+    write_results,
+)
 from _resnet import fashion_data
 from convnext_fashion import add_net_options, build
 from torch import nn
@@ -113,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     use_results_dir(args)
     torch.set_num_threads(args.threads)
-    settings = {k: v for k, v in vars(args).items() if k not in ("name", "results_dir")}
+    settings = recorded_settings(args)
     runs: list[dict[str, Any]] = []
     for seed in args.seeds:
         runs.append(run_seed(seed, args))

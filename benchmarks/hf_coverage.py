@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import write_results
+from _common import recorded_settings, write_results
 from graph_groups import torchvision_models
 from timm_coverage import _convert_takes_inputs, _pins, coverage_args
 from timm_coverage import render as coverage_report
@@ -438,7 +438,7 @@ def main() -> None:
 
     builders = _builders(transformers)
     names = args.models or list(builders)
-    settings = {k: v for k, v in vars(args).items() if k not in ("name", "results_dir")}
+    settings = recorded_settings(args)
     settings.update(models=names, transformers=transformers.__version__)
     settings["convert_example_inputs"] = _convert_takes_inputs()
     rows: list[dict[str, Any]] = []

@@ -39,6 +39,7 @@ from _common import (
     add_results_dir_option,
     md_table,
     mean_sd,
+    recorded_settings,
     use_results_dir,
     write_results,
 )
@@ -385,7 +386,7 @@ def main() -> None:
     args = parser.parse_args()
     use_results_dir(args)
     torch.set_num_threads(args.threads)
-    settings = {k: v for k, v in vars(args).items() if k not in ("name", "results_dir")}
+    settings = recorded_settings(args)
     runs = []
     for seed in args.seeds:
         print(f"seed {seed}", flush=True)

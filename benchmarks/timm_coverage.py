@@ -40,7 +40,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from _common import (
+    add_results_dir_option,
+    md_table,
+    recorded_settings,
+    use_results_dir,
+    write_results,
+)
 from graph_groups import randomise_norms, torchvision_models
 from torchvision_coverage import failure, measure, table_row
 
@@ -223,7 +229,7 @@ def coverage_args(
 def main() -> None:
     args = coverage_args(__doc__, NAME, DEFAULT)
     timm = _timm()
-    settings = {k: v for k, v in vars(args).items() if k not in ("name", "results_dir")}
+    settings = recorded_settings(args)
     settings["timm"] = timm.__version__
     rows: list[dict[str, Any]] = []
     for name in args.models:

@@ -36,7 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from _common import (
+    add_results_dir_option,
+    md_table,
+    recorded_settings,
+    use_results_dir,
+    write_results,
+)
 from torch import nn
 
 import bayesprune as bp
@@ -253,7 +259,7 @@ def main() -> None:
     use_results_dir(args)
     torch.set_num_threads(args.threads)
     models = _models()
-    settings = {k: v for k, v in vars(args).items() if k not in ("name", "results_dir")}
+    settings = recorded_settings(args)
     settings["nms"] = "plain-PyTorch stand-in" if stand_in_nms() else "torchvision's"
     detection = set(models.list_models(module=models.detection))
     rows = []

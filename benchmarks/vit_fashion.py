@@ -58,6 +58,7 @@ from _common import (
     add_results_dir_option,
     md_table,
     mean_sd,
+    recorded_settings,
     use_results_dir,
     write_results,
 )
@@ -464,7 +465,7 @@ def main() -> None:
         write_results(args.name, {"settings": settings, "runs": runs}, text)
         return
     torch.set_num_threads(args.threads)
-    settings = {k: v for k, v in vars(args).items() if k not in ("merge", "name")}
+    settings = recorded_settings(args, "merge")
     if args.latency_widths:
         result = latency_by_width(args)
         write_results(args.name, {"settings": settings, **result}, render_latency(result))

@@ -20,7 +20,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from _common import add_results_dir_option, md_table, use_results_dir, write_results
+from _common import (
+    add_results_dir_option,
+    md_table,
+    recorded_settings,
+    use_results_dir,
+    write_results,
+)
 from graph_groups import torchvision_models
 from timm_coverage import DEFAULT as TIMM_DEFAULT
 from timm_coverage import example_image
@@ -129,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
     use_results_dir(args)
     torch.set_num_threads(args.threads)
-    settings = {k: v for k, v in vars(args).items() if k not in ("name", "results_dir")}
+    settings = recorded_settings(args)
     rows: list[dict[str, Any]] = []
     for zoo in args.zoos:
         for name, build, example in ZOOS[zoo]():
