@@ -16,11 +16,14 @@ def _stage(accuracy: float, ece: float, entropy: float, sparsity: float = 0.5) -
 
 def _run(seed: int, chosen: dict, name: str) -> dict:
     before = _stage(0.98, 0.010, 0.90, sparsity=0.0)
+    twin = _stage(0.95, 0.015, 0.80)  # the deterministic net pruned as far
     return {
         "seed": seed,
         "stages": {
             "bayesian/before": before,
             f"bayesian/accuracy/{TIE_RULE}": {**chosen, "chosen": f"bayesian/accuracy/{name}"},
+            "deterministic/same-sparsity/pruned": twin,
+            "deterministic/same-sparsity/pruned+temperature": twin,
         },
     }
 
@@ -39,6 +42,7 @@ def test_each_seed_is_judged_on_its_own_against_its_own_unpruned_net():
     assert second["ece / unpruned"] == 2.0 and not second["≤ 1.5×"]
     assert second["worst AUROC drop"] == 0.05 and not second["≤ 0.02"]
     assert not second["≤ 0.005"]
+    assert first["< deterministic"] and not second["< deterministic"]  # 0.012, 0.020 vs 0.015
 
 
 def test_groups_without_a_chosen_stage_give_no_row():
